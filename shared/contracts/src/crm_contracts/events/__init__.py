@@ -1,0 +1,1 @@
+"""One module per owning department; each class is one version of one event."""

@@ -1,0 +1,70 @@
+"""The topic table: every topic the platform uses, declared once.
+
+Provisioning (``crm_platform.topics``) creates missing topics from this table and
+reports mismatches on existing ones; nothing else creates topics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DAY_MS = 24 * 60 * 60 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    owner: str
+    description: str
+    partitions: int = 6
+    replication_factor: int = 3
+    retention_ms: int = 30 * DAY_MS
+    cleanup_policy: str = "delete"
+    configs: dict[str, str] = field(default_factory=dict)
+
+    def topic_configs(self) -> dict[str, str]:
+        return {
+            "retention.ms": str(self.retention_ms),
+            "cleanup.policy": self.cleanup_policy,
+            **self.configs,
+        }
+
+
+# Handoff topics (between departments)
+LEAD_QUALIFIED = "crm.leads.lead-qualified"
+LEAD_VERDICT = "crm.sales.lead-verdict"
+DEAL_WON = "crm.sales.deal-won"
+ACCOUNT_SIGNAL = "crm.service-desk.account-signal"
+# Domain events each department emits for analytics
+LEADS_EVENTS = "crm.leads.events"
+SALES_EVENTS = "crm.sales.events"
+SERVICE_DESK_EVENTS = "crm.service-desk.events"
+# Receivers' receipts of handoffs (transport latency, for analytics)
+HANDOFF_RECEIPTS = "crm.platform.handoff-receipts"
+
+
+def dead_letter_topic(service: str) -> str:
+    return f"crm.dlq.{service}"
+
+
+_YEAR = 365 * DAY_MS
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(LEAD_QUALIFIED, "leads", "Qualified leads handed to sales", retention_ms=_YEAR),
+    TopicSpec(LEAD_VERDICT, "sales", "Sales' verdict on a qualified lead", retention_ms=_YEAR),
+    TopicSpec(DEAL_WON, "sales", "Won deals handed to customer success", retention_ms=_YEAR),
+    TopicSpec(
+        ACCOUNT_SIGNAL, "service-desk", "Upsell/renewal chances and over-promise flags",
+        retention_ms=_YEAR,
+    ),
+    TopicSpec(LEADS_EVENTS, "leads", "Marketing domain events", retention_ms=_YEAR),
+    TopicSpec(SALES_EVENTS, "sales", "Sales domain events", retention_ms=_YEAR),
+    TopicSpec(SERVICE_DESK_EVENTS, "service-desk", "Service desk domain events", retention_ms=_YEAR),
+    TopicSpec(HANDOFF_RECEIPTS, "platform", "Receiver-side receipts of every handoff"),
+    *(
+        TopicSpec(dead_letter_topic(s), s, f"Dead letters of the {s} consumer", partitions=1)
+        for s in ("leads", "sales", "service-desk", "analytics")
+    ),
+)
+
+TOPICS_BY_NAME = {t.name: t for t in TOPICS}
