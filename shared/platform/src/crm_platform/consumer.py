@@ -1,0 +1,361 @@
+"""The idempotent consumer: effect stored once, offset committed after, bad events parked.
+
+For each message:
+1. parse the envelope and validate the payload against its (type, version)
+   contract; anything that fails goes to the dead-letter topic with the reason;
+2. in ONE transaction in this service's database: record the event id in the
+   processed-events ledger (a duplicate id aborts: the effect is already there),
+   run the handler, store the events it emits in the outbox and, when the event
+   is a handoff addressed to this department, a ``handoff.received`` receipt;
+3. after the batch's effects are stored, commit the offsets.
+
+A crash between 2 and 3 redelivers the batch and the ledger drops the repeats.
+Transient database or broker errors are retried with backoff, without skipping;
+a handler that raises anything else dead-letters that one event and the
+consumer carries on with the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from crm_contracts import (
+    HANDOFF_BY_EVENT_TYPE,
+    Envelope,
+    Event,
+    UnknownEventError,
+    decode,
+    utcnow,
+)
+from crm_contracts.events.platform import HandoffReceivedV1
+from crm_contracts.topics import dead_letter_topic
+from pydantic import ValidationError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+
+from crm_platform import metrics
+from crm_platform.kafka import make_producer
+from crm_platform.logging import correlation_id_var
+from crm_platform.mongo import PROCESSED, Store, Tx, causation_var
+
+log = logging.getLogger("crm.consumer")
+
+Handler = Callable[[Tx, Any, Envelope], Awaitable[None]]
+AfterStore = Callable[[Envelope], Awaitable[None] | None]
+
+
+class DeadLetter(Exception):
+    """Raised by a handler for an event it can never process (a business reason)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class ConsumerConfig:
+    service: str
+    group_id: str
+    topics: list[str]
+    bootstrap: str
+    department: str | None = None  # receivers of handoffs emit receipts and latency
+    max_records: int = 200
+    retry_max_seconds: float = 30.0
+
+
+@dataclass
+class Outcome:
+    outcome: str  # processed | duplicate | dead_lettered | ignored
+    reason: str | None = None
+
+
+@dataclass
+class _Batch:
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionFailure):
+        return True
+    if isinstance(exc, PyMongoError):
+        return exc.has_error_label("TransientTransactionError") or exc.has_error_label(
+            "RetryableWriteError"
+        )
+    return False
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        config: ConsumerConfig,
+        store: Store,
+        handlers: dict[str, Handler],
+        *,
+        after_store: AfterStore | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.handlers = handlers
+        self.after_store = after_store
+        self.dlq_topic = dead_letter_topic(config.service)
+        self._stopping = asyncio.Event()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Consume until stopped; reconnect with backoff when the broker goes away."""
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                await self._connect()
+                backoff = 0.5
+                await self._loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("consumer %s failed (%s); reconnecting in %.1f s",
+                            self.config.group_id, exc, backoff)
+                await self._disconnect()
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 15.0)
+        await self._disconnect()
+
+    async def _connect(self) -> None:
+        if self.consumer is not None:
+            return
+        self.producer = make_producer(self.config.bootstrap, f"{self.config.service}-dlq")
+        await self.producer.start()
+        self.consumer = AIOKafkaConsumer(
+            *self.config.topics,
+            bootstrap_servers=self.config.bootstrap,
+            group_id=self.config.group_id,
+            client_id=f"{self.config.service}-consumer",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await self.consumer.start()
+        log.info("consumer %s subscribed to %s", self.config.group_id, self.config.topics)
+
+    async def _disconnect(self) -> None:
+        consumer, self.consumer = self.consumer, None
+        producer, self.producer = self.producer, None
+        for client in (consumer, producer):
+            if client is not None:
+                try:
+                    await client.stop()
+                except Exception as exc:
+                    log.debug("client stop failed: %s", exc)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    async def _loop(self) -> None:
+        assert self.consumer is not None
+        while not self._stopping.is_set():
+            batches = await self.consumer.getmany(
+                timeout_ms=200, max_records=self.config.max_records
+            )
+            if not batches:
+                continue
+            offsets: dict[TopicPartition, int] = {}
+            for tp, records in batches.items():
+                for record in records:
+                    await self.handle_record(record)
+                    offsets[tp] = record.offset + 1
+                    if self._stopping.is_set():
+                        break
+                if self._stopping.is_set():
+                    break
+            # Effects are stored: only now may the group move past them.
+            await self.consumer.commit(offsets)
+            await self._observe_lag(offsets.keys())
+
+    async def _observe_lag(self, partitions: Iterable[TopicPartition]) -> None:
+        assert self.consumer is not None
+        for tp in partitions:
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            position = await self.consumer.position(tp)
+            metrics.CONSUMER_LAG.labels(self.config.service, tp.topic, str(tp.partition)).set(
+                max(0, high - position)
+            )
+
+    async def handle_record(self, record: ConsumerRecord[Any, Any]) -> Outcome:
+        """Process one record to a final outcome; only returns once that outcome is durable."""
+        started = time.perf_counter()
+        event_type = _header(record, "event_type") or "unknown"
+        try:
+            raw = record.value if isinstance(record.value, bytes) else b""
+            envelope = Envelope.from_bytes(raw)
+            event_type = envelope.event_type
+            event = decode(envelope)
+        except UnknownEventError as exc:
+            return await self._dead_letter(record, event_type, "unknown_version", str(exc))
+        except ValidationError as exc:
+            reason = "schema_invalid" if _looks_like_json_object(record.value) else "malformed"
+            return await self._dead_letter(record, event_type, reason, _short(exc))
+
+        handler = self.handlers.get(envelope.event_type)
+        if handler is None:
+            metrics.EVENTS_CONSUMED.labels(
+                self.config.service, record.topic, event_type, "ignored"
+            ).inc()
+            return Outcome("ignored")
+
+        outcome = await self._store_effect(record, handler, event, envelope)
+        metrics.PROCESSING_SECONDS.labels(self.config.service, event_type).observe(
+            time.perf_counter() - started
+        )
+        return outcome
+
+    async def _store_effect(
+        self, record: ConsumerRecord[Any, Any], handler: Handler, event: Event, envelope: Envelope
+    ) -> Outcome:
+        handoff = HANDOFF_BY_EVENT_TYPE.get(envelope.event_type)
+        receiving = handoff is not None and handoff.to_department == self.config.department
+        stored_at = utcnow()
+
+        async def work(tx: Tx) -> None:
+            nonlocal stored_at
+            await tx.db[PROCESSED].insert_one(
+                {"_id": str(envelope.event_id), "event_type": envelope.event_type,
+                 "topic": record.topic, "partition": record.partition,
+                 "offset": record.offset, "processed_at": utcnow()},
+                session=tx.session,
+            )
+            await handler(tx, event, envelope)
+            stored_at = utcnow()
+            if receiving and handoff is not None:
+                tx.emit(HandoffReceivedV1(
+                    handoff=handoff.name,
+                    handoff_event_id=str(envelope.event_id),
+                    handoff_event_type=envelope.event_type,
+                    from_department=handoff.from_department,
+                    to_department=handoff.to_department,
+                    occurred_at=envelope.occurred_at,
+                    stored_at=stored_at,
+                    transport_latency_seconds=(stored_at - envelope.occurred_at).total_seconds(),
+                ))
+
+        c_token = correlation_id_var.set(envelope.correlation_id)
+        e_token = causation_var.set(envelope)
+        backoff = 0.1
+        try:
+            while True:
+                try:
+                    await self.store.transaction(work)
+                    break
+                except DuplicateKeyError as exc:
+                    if _is_ledger_duplicate(exc):
+                        metrics.EVENTS_CONSUMED.labels(
+                            self.config.service, record.topic, envelope.event_type, "duplicate"
+                        ).inc()
+                        log.info("duplicate event %s skipped", envelope.event_id)
+                        return Outcome("duplicate")
+                    return await self._dead_letter(
+                        record, envelope.event_type, "handler_error", _short(exc))
+                except DeadLetter as exc:
+                    return await self._dead_letter(record, envelope.event_type, exc.reason, str(exc))
+                except Exception as exc:
+                    if not _is_transient(exc) or self._stopping.is_set():
+                        if self._stopping.is_set():
+                            raise
+                        log.exception("handler failed for %s", envelope.event_type)
+                        return await self._dead_letter(
+                            record, envelope.event_type, "handler_error",
+                            f"{type(exc).__name__}: {exc}")
+                    log.warning("transient error storing %s (%s); retrying in %.1f s",
+                                envelope.event_id, exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.config.retry_max_seconds)
+        finally:
+            correlation_id_var.reset(c_token)
+            causation_var.reset(e_token)
+
+        if receiving and handoff is not None:
+            metrics.HANDOFF_TRANSPORT_LATENCY.labels(
+                handoff.name, handoff.from_department, handoff.to_department
+            ).observe((stored_at - envelope.occurred_at).total_seconds())
+        metrics.EVENTS_CONSUMED.labels(
+            self.config.service, record.topic, envelope.event_type, "processed"
+        ).inc()
+        if self.after_store is not None:
+            result = self.after_store(envelope)
+            if result is not None:
+                await result
+        return Outcome("processed")
+
+    async def _dead_letter(
+        self, record: ConsumerRecord[Any, Any], event_type: str, reason: str, detail: str
+    ) -> Outcome:
+        headers = [
+            *[(k, v) for k, v in (record.headers or ()) if not k.startswith("dlq_")],
+            ("dlq_reason", reason.encode()),
+            ("dlq_error", detail[:2000].encode()),
+            ("dlq_consumer_group", self.config.group_id.encode()),
+            ("dlq_source_topic", record.topic.encode()),
+            ("dlq_source_partition", str(record.partition).encode()),
+            ("dlq_source_offset", str(record.offset).encode()),
+            ("dlq_failed_at", utcnow().isoformat().encode()),
+        ]
+        backoff = 0.2
+        while True:
+            try:
+                assert self.producer is not None
+                await self.producer.send_and_wait(
+                    self.dlq_topic, record.value, key=record.key, headers=headers
+                )
+                break
+            except Exception as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning("cannot write dead letter (%s); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.config.retry_max_seconds)
+        log.error(
+            "dead-lettered %s from %s[%d]@%d: %s: %s", event_type, record.topic,
+            record.partition, record.offset, reason, detail,
+            extra={"dlq_reason": reason, "event_type": event_type},
+        )
+        metrics.DEAD_LETTERED.labels(self.config.service, record.topic, reason).inc()
+        metrics.EVENTS_CONSUMED.labels(
+            self.config.service, record.topic, event_type, "dead_lettered"
+        ).inc()
+        return Outcome("dead_lettered", reason)
+
+
+def _header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
+    for key, value in record.headers or ():
+        if key == name and isinstance(value, bytes | bytearray):
+            return bytes(value).decode(errors="replace")
+    return None
+
+
+def _looks_like_json_object(raw: Any) -> bool:
+    try:
+        return isinstance(json.loads(raw), dict)
+    except (ValueError, TypeError):
+        return False
+
+
+def _is_ledger_duplicate(exc: DuplicateKeyError) -> bool:
+    details = exc.details or {}
+    return PROCESSED in str(details.get("errmsg", "")) or PROCESSED in str(exc)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) < 1500 else text[:1500] + "..."

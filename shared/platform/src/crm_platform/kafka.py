@@ -1,0 +1,115 @@
+"""Kafka clients configured once for every service, and topic provisioning.
+
+Only the Kafka protocol and configuration are used here, so the same code runs
+against a real cluster, a testcontainers broker or the embedded one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaProducer
+from crm_contracts.topics import TOPICS, TopicSpec
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+log = logging.getLogger("crm.kafka")
+
+
+def make_producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
+    # Idempotent + acks=all: a retried send never duplicates or reorders within
+    # a partition, and a send is only "done" once every in-sync replica has it.
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=2,
+        request_timeout_ms=15000,
+    )
+
+
+@dataclass
+class ProvisionReport:
+    created: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
+
+
+def ensure_topics(
+    bootstrap: str,
+    specs: Iterable[TopicSpec] = TOPICS,
+    *,
+    replication_factor: int | None = None,
+    client_id: str = "crm-provisioner",
+) -> ProvisionReport:
+    """Create missing topics from the table; leave existing ones alone, report drift.
+
+    The replication factor is capped by the number of brokers so the same table
+    provisions a three-broker cluster and a one-broker development setup.
+    """
+    report = ProvisionReport()
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id)
+    try:
+        brokers = max(1, len(admin.describe_cluster().get("brokers", [])))
+        existing = {t["topic"]: t for t in admin.describe_topics()}
+        missing: list[NewTopic] = []
+        for spec in specs:
+            if spec.name in existing:
+                report.existing.append(spec.name)
+                partitions = len(existing[spec.name].get("partitions", []))
+                if partitions != spec.partitions:
+                    report.mismatches.append(
+                        f"{spec.name}: {partitions} partitions, table says {spec.partitions}"
+                    )
+                continue
+            rf = min(replication_factor or spec.replication_factor, brokers)
+            missing.append(
+                NewTopic(spec.name, spec.partitions, rf, topic_configs=spec.topic_configs())
+            )
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another service's replica created it first: that is fine
+            report.created.extend(t.name for t in missing)
+        report.mismatches.extend(_config_drift(admin, [s for s in specs if s.name in existing]))
+    finally:
+        admin.close()
+    for line in report.mismatches:
+        log.warning("topic drift: %s", line)
+    if report.created:
+        log.info("created topics: %s", ", ".join(report.created))
+    return report
+
+
+def _config_drift(admin: KafkaAdminClient, specs: list[TopicSpec]) -> list[str]:
+    if not specs:
+        return []
+    try:
+        results = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, s.name) for s in specs]
+        )
+    except Exception as exc:  # some brokers do not implement DescribeConfigs
+        log.info("cannot compare topic configs: %s", exc)
+        return []
+    drift = []
+    by_name = {s.name: s for s in specs}
+    for response in results:
+        for resource in getattr(response, "resources", []):
+            name, entries = resource[3], resource[4]
+            spec = by_name.get(name)
+            if spec is None:
+                continue
+            actual = {e[0]: e[1] for e in entries}
+            for key, want in spec.topic_configs().items():
+                if key in actual and actual[key] != want:
+                    drift.append(f"{name}: {key}={actual[key]}, table says {want}")
+    return drift
+
+
+async def ensure_topics_async(bootstrap: str, replication_factor: int | None = None) -> None:
+    await asyncio.to_thread(ensure_topics, bootstrap, replication_factor=replication_factor)

@@ -1,0 +1,124 @@
+"""This service's own MongoDB database, and the unit of work over it.
+
+Every state change goes through :meth:`Store.transaction`: the handler's writes,
+the events it emits (the outbox) and, for consumers, the processed-event ledger
+commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+from crm_contracts import Envelope, Event, envelope_for
+from crm_contracts.registry import model_for
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
+
+from crm_platform.logging import correlation_id_var
+
+log = logging.getLogger("crm.store")
+T = TypeVar("T")
+Doc = dict[str, Any]
+
+OUTBOX = "outbox"
+PROCESSED = "processed_events"
+
+# The envelope being handled, so events emitted in reaction name it as their cause.
+causation_var: ContextVar[Envelope | None] = ContextVar("causation", default=None)
+
+
+def connect(uri: str, app_name: str) -> AsyncMongoClient[Doc]:
+    return AsyncMongoClient(uri, tz_aware=True, appname=app_name, serverSelectionTimeoutMS=5000)
+
+
+class Tx:
+    """One attempt of one transaction: the session plus the events to emit."""
+
+    def __init__(self, db: AsyncDatabase[Doc], session: AsyncClientSession, source: str) -> None:
+        self.db = db
+        self.session = session
+        self.source = source
+        self.emitted: list[Envelope] = []
+
+    def emit(self, event: Event, *, correlation_id: str | None = None) -> Envelope:
+        cause = causation_var.get()
+        corr = correlation_id or (cause.correlation_id if cause else None)
+        corr = corr or correlation_id_var.get() or event.partition_key()
+        env = envelope_for(
+            event,
+            source=self.source,
+            correlation_id=corr,
+            causation_id=str(cause.event_id) if cause else None,
+        )
+        self.emitted.append(env)
+        return env
+
+
+class Store:
+    def __init__(self, client: AsyncMongoClient[Doc], database: str, source: str) -> None:
+        self.client = client
+        self.db: AsyncDatabase[Doc] = client[database]
+        self.source = source
+        self._on_commit: list[Callable[[], None]] = []
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Called after each transaction that emitted events (wakes the outbox relay)."""
+        self._on_commit.append(callback)
+
+    async def ensure_platform_indexes(self) -> None:
+        await self.db[OUTBOX].create_index(
+            [("published", ASCENDING), ("_id", ASCENDING)], name="pending"
+        )
+        await self.db[OUTBOX].create_index("event_id", unique=True, name="event_id")
+        # Published events are kept a week for forensics, then expire.
+        await self.db[OUTBOX].create_index(
+            "published_at", expireAfterSeconds=7 * 24 * 3600, name="published_ttl"
+        )
+
+    async def transaction(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run ``work`` in a transaction, storing its emitted events in the outbox.
+
+        PyMongo's ``with_transaction`` retries transient errors and unknown commit
+        results; ``work`` may therefore run more than once and must only touch
+        the database through ``tx.session``.
+        """
+        emitted: list[Envelope] = []
+
+        async def attempt(session: AsyncClientSession) -> T:
+            tx = Tx(self.db, session, self.source)
+            result = await work(tx)
+            if tx.emitted:
+                await self.db[OUTBOX].insert_many(
+                    [outbox_doc(env) for env in tx.emitted], session=session
+                )
+            emitted[:] = tx.emitted
+            return result
+
+        async with self.client.start_session() as session:
+            result = await session.with_transaction(
+                attempt,
+                read_concern=ReadConcern("snapshot"),
+                write_concern=WriteConcern("majority"),
+            )
+        if emitted:
+            for callback in self._on_commit:
+                callback()
+        return result
+
+
+def outbox_doc(env: Envelope) -> Doc:
+    return {
+        "event_id": str(env.event_id),
+        "event_type": env.event_type,
+        "topic": model_for(env.event_type, env.schema_version).topic,
+        "key": env.partition_key,
+        "envelope": env.model_dump(mode="json"),
+        "published": False,
+        "created_at": env.occurred_at,
+    }

@@ -1,0 +1,181 @@
+"""The outbox relay: publishes events stored by transactions, in order, at least once.
+
+Handlers never talk to Kafka. They store events in the ``outbox`` collection in
+the same transaction as their state change; this relay publishes pending events
+in ``_id`` order (ObjectIds increase within a process, so one aggregate's events
+keep their order) with an idempotent producer and marks them published. If the
+broker is down, writes keep succeeding and the backlog drains when it returns.
+Consumers deduplicate by event id, so a crash between publish and mark costs a
+duplicate delivery, never a lost event.
+
+With several replicas of a service, a lease in the database makes one relay the
+publisher at a time, so two relays never interleave one key's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from datetime import timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from crm_contracts import Envelope, utcnow
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from crm_platform import metrics
+from crm_platform.kafka import make_producer
+from crm_platform.mongo import OUTBOX
+
+log = logging.getLogger("crm.outbox")
+LEASE = "outbox_lease"
+LEASE_SECONDS = 10.0
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        db: AsyncDatabase[dict[str, Any]],
+        *,
+        bootstrap: str,
+        service: str,
+        poll_seconds: float = 0.5,
+        batch_size: int = 500,
+    ) -> None:
+        self.db = db
+        self.bootstrap = bootstrap
+        self.service = service
+        self.poll_seconds = poll_seconds
+        self.batch_size = batch_size
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self.producer: AIOKafkaProducer | None = None
+        self.connected = False
+
+    def notify(self) -> None:
+        """Wake the relay now (called after a transaction stored events)."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                if self.producer is None:
+                    self.producer = await self._start_producer()
+                    backoff = 0.5
+                if not await self._hold_lease():
+                    await self._idle(LEASE_SECONDS / 3)
+                    continue
+                published = await self.publish_pending()
+                if published == 0:
+                    await self._refresh_backlog()
+                    await self._idle(self.poll_seconds)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.connected = False
+                log.warning(
+                    "outbox relay cannot publish (%s); retrying in %.1f s", exc, backoff,
+                    extra={"error": type(exc).__name__},
+                )
+                await self._close_producer()
+                await self._idle(backoff)
+                backoff = min(backoff * 2, 15.0)
+        await self._close_producer()
+        await self._release_lease()
+
+    async def publish_pending(self) -> int:
+        """Publish one batch of pending events; returns how many were published."""
+        assert self.producer is not None
+        docs = await (
+            self.db[OUTBOX].find({"published": False}).sort("_id", 1).limit(self.batch_size)
+        ).to_list()
+        if not docs:
+            return 0
+        futures = []
+        for doc in docs:
+            env = Envelope.model_validate({**doc["envelope"], "produced_at": utcnow()})
+            futures.append(
+                await self.producer.send(
+                    doc["topic"], env.to_bytes(), key=doc["key"].encode(), headers=env.headers()
+                )
+            )
+        # Mark only the prefix that the broker acknowledged, so a failure midway
+        # republishes the rest (and consumers drop any duplicate by event id).
+        done: list[Any] = []
+        error: BaseException | None = None
+        for doc, fut in zip(docs, futures, strict=True):
+            try:
+                await fut
+            except Exception as exc:
+                error = exc
+                break
+            done.append(doc)
+        if done:
+            await self.db[OUTBOX].update_many(
+                {"_id": {"$in": [d["_id"] for d in done]}},
+                {"$set": {"published": True, "published_at": utcnow()}},
+            )
+            for d in done:
+                metrics.EVENTS_PRODUCED.labels(self.service, d["topic"], d["event_type"]).inc()
+        self.connected = True
+        if error is not None:
+            raise error
+        return len(done)
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        producer = make_producer(self.bootstrap, f"{self.service}-outbox")
+        try:
+            await producer.start()
+        except Exception:
+            await producer.stop()
+            raise
+        self.connected = True
+        log.info("outbox relay connected to %s", self.bootstrap)
+        return producer
+
+    async def _close_producer(self) -> None:
+        if self.producer is not None:
+            producer, self.producer = self.producer, None
+            try:
+                await producer.stop()
+            except Exception as exc:  # closing a broken connection may fail too
+                log.debug("producer stop failed: %s", exc)
+
+    async def _idle(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    async def _refresh_backlog(self) -> None:
+        backlog = await self.db[OUTBOX].count_documents({"published": False})
+        metrics.OUTBOX_BACKLOG.labels(self.service).set(backlog)
+
+    async def _hold_lease(self) -> bool:
+        now = utcnow()
+        try:
+            await self.db[LEASE].find_one_and_update(
+                {"_id": "relay", "$or": [{"owner": self.owner}, {"expires_at": {"$lt": now}}]},
+                {"$set": {"owner": self.owner,
+                          "expires_at": now + timedelta(seconds=LEASE_SECONDS)}},
+                upsert=True,
+            )
+            return True
+        except DuplicateKeyError:
+            return False  # another replica's relay holds the lease
+
+    async def _release_lease(self) -> None:
+        try:
+            await self.db[LEASE].delete_one({"_id": "relay", "owner": self.owner})
+        except Exception as exc:
+            log.debug("lease release failed: %s", exc)

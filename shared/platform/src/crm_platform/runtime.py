@@ -1,0 +1,129 @@
+"""Everything a service runs besides its HTTP routes, started and stopped together.
+
+A service's ``bootstrap`` builds one :class:`ServiceRuntime` with its handlers;
+the app factory starts it in the FastAPI lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from crm_platform.consumer import AfterStore, ConsumerConfig, EventConsumer, Handler
+from crm_platform.kafka import ensure_topics_async, make_producer
+from crm_platform.mongo import Store, connect
+from crm_platform.outbox import OutboxRelay
+from crm_platform.settings import ServiceSettings
+
+log = logging.getLogger("crm.runtime")
+
+IndexSetup = Callable[[AsyncDatabase[dict[str, Any]]], Awaitable[None]]
+
+
+@dataclass
+class Subscription:
+    topics: list[str]
+    handlers: dict[str, Handler]
+    department: str | None = None
+    after_store: AfterStore | None = None
+
+
+@dataclass
+class ServiceRuntime:
+    settings: ServiceSettings
+    subscription: Subscription | None = None
+    indexes: IndexSetup | None = None
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.client = connect(s.mongodb_uri, s.service_name)
+        self.store = Store(self.client, s.database_name, s.service_name)
+        self.relay = OutboxRelay(
+            self.store.db, bootstrap=s.kafka_bootstrap_servers, service=s.service_name,
+            poll_seconds=s.outbox_poll_seconds,
+        )
+        self.store.on_commit(self.relay.notify)
+        self.consumer: EventConsumer | None = None
+        if self.subscription is not None and s.consumer_enabled:
+            sub = self.subscription
+            self.consumer = EventConsumer(
+                ConsumerConfig(
+                    service=s.service_name, group_id=s.service_name, topics=sub.topics,
+                    bootstrap=s.kafka_bootstrap_servers, department=sub.department,
+                ),
+                self.store, sub.handlers, after_store=sub.after_store,
+            )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def db(self) -> AsyncDatabase[dict[str, Any]]:
+        return self.store.db
+
+    async def start(self) -> None:
+        await self.store.ensure_platform_indexes()
+        if self.indexes is not None:
+            await self.indexes(self.store.db)
+        if self.settings.provision_topics:
+            try:
+                await ensure_topics_async(
+                    self.settings.kafka_bootstrap_servers, self.settings.topic_replication_factor
+                )
+            except Exception as exc:
+                # Writes must keep working while the broker is away; the relay
+                # and consumer retry on their own.
+                log.warning("topic provisioning skipped, broker unreachable: %s", exc)
+        self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+        if self.consumer is not None:
+            self._tasks.append(asyncio.create_task(self.consumer.run(), name="consumer"))
+        for job in self.background:
+            self._tasks.append(asyncio.create_task(job(), name=getattr(job, "__name__", "job")))
+        log.info("runtime started", extra={"database": self.settings.database_name})
+
+    async def stop(self) -> None:
+        await self.relay.stop()
+        if self.consumer is not None:
+            await self.consumer.stop()
+        pending: set[asyncio.Task[None]] = set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=10)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self.client.close()
+        log.info("runtime stopped")
+
+    async def check_ready(self) -> dict[str, str]:
+        """What /readyz reports: each dependency 'ok' or the reason it is not."""
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(self.client.admin.command("ping"), timeout=2)
+            checks["mongodb"] = "ok"
+        except Exception as exc:
+            checks["mongodb"] = f"unreachable: {type(exc).__name__}"
+        checks["kafka"] = await self._check_kafka()
+        return checks
+
+    async def _check_kafka(self) -> str:
+        producer = self.relay.producer
+        try:
+            if producer is not None and self.relay.connected:
+                await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=2)
+                return "ok"
+            probe = make_producer(self.settings.kafka_bootstrap_servers, "readiness-probe")
+            try:
+                await asyncio.wait_for(probe.start(), timeout=3)
+                return "ok"
+            finally:
+                await probe.stop()
+        except Exception as exc:
+            return f"unreachable: {type(exc).__name__}"

@@ -1,0 +1,188 @@
+"""Pytest plugin shared by every test suite: one broker and one mongod per run.
+
+Enable with ``pytest_plugins = ["crm_platform.testing"]``. The infrastructure is
+resolved once per session (env vars -> testcontainers -> embedded, see
+``crm_platform.devinfra``) and left running for the next suite; ``make test``
+stops it at the end. Helpers poll with a deadline, never sleep a fixed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from crm_contracts import Envelope
+from fastapi import FastAPI
+
+from crm_platform.auth import Principal, TokenVerifier
+from crm_platform.settings import DEV_JWT_SECRET, ServiceSettings
+
+T = TypeVar("T")
+
+TEST_HOME = Path(os.environ.get("CRM_TEST_INFRA_HOME", ".local/test"))
+TEST_KAFKA_PORT = int(os.environ.get("CRM_TEST_KAFKA_PORT", "19192"))
+TEST_MONGO_PORT = int(os.environ.get("CRM_TEST_MONGO_PORT", "27217"))
+SESSION = uuid.uuid4().hex[:8]
+
+
+def _repo_root() -> Path:
+    here = Path.cwd().resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "uv.lock").exists():
+            return candidate
+    return here
+
+
+@pytest.fixture(scope="session")
+def crm_infra() -> Any:
+    from crm_platform.devinfra.resolve import resolve
+
+    home = TEST_HOME if TEST_HOME.is_absolute() else _repo_root() / TEST_HOME
+    infra = resolve(home, TEST_KAFKA_PORT, TEST_MONGO_PORT)
+    from crm_platform.kafka import ensure_topics
+
+    ensure_topics(infra.kafka_bootstrap)
+    return infra
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(crm_infra: Any) -> str:
+    return str(crm_infra.kafka_bootstrap)
+
+
+@pytest.fixture(scope="session")
+def mongodb_uri(crm_infra: Any) -> str:
+    return str(crm_infra.mongodb_uri)
+
+
+@pytest.fixture
+def make_settings(kafka_bootstrap: str, mongodb_uri: str) -> Callable[..., ServiceSettings]:
+    """Settings for a service under test: its own fresh database, a per-run group."""
+
+    def build(service_name: str, **overrides: Any) -> ServiceSettings:
+        values: dict[str, Any] = {
+            "CRM_SERVICE_NAME": service_name,
+            "CRM_ENV": "test",
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "MONGODB_URI": mongodb_uri,
+            "MONGODB_DATABASE": f"t_{service_name.replace('-', '_')}_{uuid.uuid4().hex[:10]}",
+            "CRM_OUTBOX_POLL_SECONDS": 0.1,
+            "CRM_PROVISION_TOPICS": False,
+        }
+        values.update(overrides)
+        return ServiceSettings.model_validate(values)
+
+    return build
+
+
+def token_for(roles: list[str], username: str = "tester", secret: str = DEV_JWT_SECRET) -> str:
+    verifier = TokenVerifier(secret, "crm-gateway")
+    return verifier.issue(Principal(f"user-{username}", username, frozenset(roles)))
+
+
+def auth_headers(roles: list[str], username: str = "tester") -> dict[str, str]:
+    return {"Authorization": f"Bearer {token_for(roles, username)}"}
+
+
+@asynccontextmanager
+async def running_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan (runtime, relay, consumer) and give an HTTP client on it."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], *, timeout: float = 20.0, interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+class TopicReader:
+    """Reads a topic from its current end onward (what arrives after ``start``)."""
+
+    def __init__(self, bootstrap: str, *topics: str) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.records: list[Any] = []
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> TopicReader:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        partitions = []
+        for topic in self.topics:
+            for p in sorted(await consumer.partitions_for_topic(topic) or []):
+                partitions.append(TopicPartition(topic, p))
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        for tp in partitions:  # resolve positions now, before anything is produced
+            await consumer.position(tp)
+        self._consumer = consumer
+        return self
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def poll(self) -> list[Any]:
+        assert self._consumer is not None
+        batches = await self._consumer.getmany(timeout_ms=100)
+        for records in batches.values():
+            self.records.extend(records)
+        return self.records
+
+    def envelopes(self, event_type: str | None = None) -> list[Envelope]:
+        out = []
+        for r in self.records:
+            try:
+                env = Envelope.from_bytes(r.value)
+            except Exception:
+                continue
+            if event_type is None or env.event_type == event_type:
+                out.append(env)
+        return out
+
+    async def wait_for(
+        self, predicate: Callable[[list[Any]], T | None], *, timeout: float = 20.0, what: str = "records"
+    ) -> T:
+        async def check() -> T | None:
+            return predicate(await self.poll())
+
+        return await eventually(check, timeout=timeout, what=what)
+
+
+async def produce(
+    bootstrap: str, topic: str, value: bytes, *, key: bytes | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key, headers=headers or [])
+    finally:
+        await producer.stop()
+
+
+async def produce_envelope(bootstrap: str, topic: str, env: Envelope) -> None:
+    await produce(bootstrap, topic, env.to_bytes(), key=env.partition_key.encode(),
+                  headers=env.headers())
