@@ -126,7 +126,7 @@ class EventConsumer:
                             self.config.group_id, exc, backoff)
                 await self._disconnect()
                 await self._sleep(backoff)
-                backoff = min(backoff * 2, 15.0)
+                backoff = min(backoff * 2, 5.0)
         await self._disconnect()
 
     async def _connect(self) -> None:

@@ -88,7 +88,7 @@ class OutboxRelay:
                 )
                 await self._close_producer()
                 await self._idle(backoff)
-                backoff = min(backoff * 2, 15.0)
+                backoff = min(backoff * 2, 5.0)
         await self._close_producer()
         await self._release_lease()
 

@@ -55,7 +55,7 @@ class ServiceRuntime:
             sub = self.subscription
             self.consumer = EventConsumer(
                 ConsumerConfig(
-                    service=s.service_name, group_id=s.service_name, topics=sub.topics,
+                    service=s.service_name, group_id=s.group_id, topics=sub.topics,
                     bootstrap=s.kafka_bootstrap_servers, department=sub.department,
                 ),
                 self.store, sub.handlers, after_store=sub.after_store,

@@ -27,6 +27,7 @@ class ServiceSettings(BaseSettings):
     http_host: str = Field(default="127.0.0.1", validation_alias="CRM_HTTP_HOST")
     http_port: int = Field(default=8000, validation_alias="CRM_HTTP_PORT", ge=1, le=65535)
     log_level: str = Field(default="INFO", validation_alias="CRM_LOG_LEVEL")
+    consumer_group: str | None = Field(default=None, validation_alias="CRM_CONSUMER_GROUP")
     outbox_poll_seconds: float = Field(default=0.5, validation_alias="CRM_OUTBOX_POLL_SECONDS", gt=0)
     consumer_enabled: bool = Field(default=True, validation_alias="CRM_CONSUMER_ENABLED")
     provision_topics: bool = Field(default=True, validation_alias="CRM_PROVISION_TOPICS")
@@ -39,6 +40,10 @@ class ServiceSettings(BaseSettings):
         if self.env == "production" and self.jwt_secret == DEV_JWT_SECRET:
             raise ValueError("CRM_JWT_SECRET must be set to a real secret when CRM_ENV=production")
         return self
+
+    @property
+    def group_id(self) -> str:
+        return self.consumer_group or self.service_name
 
     @property
     def database_name(self) -> str:

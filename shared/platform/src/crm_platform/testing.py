@@ -45,12 +45,11 @@ def _repo_root() -> Path:
 @pytest.fixture(scope="session")
 def crm_infra() -> Any:
     from crm_platform.devinfra.resolve import resolve
+    from crm_platform.kafka import ensure_topics
 
     home = TEST_HOME if TEST_HOME.is_absolute() else _repo_root() / TEST_HOME
     infra = resolve(home, TEST_KAFKA_PORT, TEST_MONGO_PORT)
-    from crm_platform.kafka import ensure_topics
-
-    ensure_topics(infra.kafka_bootstrap)
+    ensure_topics(infra.kafka_bootstrap, replication_factor=1)
     return infra
 
 
@@ -118,11 +117,12 @@ async def eventually(
 
 
 class TopicReader:
-    """Reads a topic from its current end onward (what arrives after ``start``)."""
+    """Reads topics from their current end (what arrives after ``start``) or from the beginning."""
 
-    def __init__(self, bootstrap: str, *topics: str) -> None:
+    def __init__(self, bootstrap: str, *topics: str, from_beginning: bool = False) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
+        self.from_beginning = from_beginning
         self.records: list[Any] = []
         self._consumer: AIOKafkaConsumer | None = None
 
@@ -134,7 +134,10 @@ class TopicReader:
             for p in sorted(await consumer.partitions_for_topic(topic) or []):
                 partitions.append(TopicPartition(topic, p))
         consumer.assign(partitions)
-        await consumer.seek_to_end(*partitions)
+        if self.from_beginning:
+            await consumer.seek_to_beginning(*partitions)
+        else:
+            await consumer.seek_to_end(*partitions)
         for tp in partitions:  # resolve positions now, before anything is produced
             await consumer.position(tp)
         self._consumer = consumer

@@ -1,0 +1,58 @@
+# Enterprise CRM: one service per department, Kafka handoffs as versioned contracts.
+#   make run     set up everything, start broker + mongod + all services + demo data
+#   make test    set up everything, lint, type-check, run every test suite
+#   make bench   handoff latency / throughput figures against a bare baseline
+#   make stop    stop whatever `make run` started
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .local/tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+export UV := $(CURDIR)/$(UV)
+
+.PHONY: help setup run stop test lint typecheck unit bench schemas clean
+
+help:
+	@grep -E '^#   make' Makefile | sed 's/^#   //'
+
+$(UV):
+	@echo "==> installing uv $(UV_VERSION) into $(TOOLS)"
+	@$(PYTHON) -m venv $(TOOLS)
+	@$(TOOLS)/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+setup: $(UV)
+	@echo "==> syncing the workspace from uv.lock into $(VENV)"
+	@$(UV) sync --frozen --quiet
+
+run: setup
+	@$(PY) scripts/run_platform.py
+
+stop:
+	@if [ -x $(PY) ]; then $(PY) scripts/run_platform.py --stop; fi
+
+test: setup
+	@bash scripts/test.sh
+
+lint: setup
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	@$(VENV)/bin/mypy
+
+unit: setup
+	@$(VENV)/bin/pytest -q -m "not integration and not e2e" tests shared
+
+schemas: setup
+	@$(PY) -m crm_contracts.schemas --write
+
+bench: setup
+	@$(PY) bench/run_bench.py
+
+clean: stop
+	rm -rf .local/run .local/test .local/bench .local/iso

@@ -1,0 +1,97 @@
+"""The bare baseline: produce -> consume -> insert on the same broker and mongod.
+
+No services, no outbox, no contracts validation, no transactions: the floor any
+handoff implementation pays on this machine. The platform figures are reported
+as a ratio to this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pymongo import AsyncMongoClient
+
+from crm_platform.kafka import ensure_topics
+from crm_contracts.topics import TopicSpec
+
+
+@dataclass
+class RunResult:
+    sent: int
+    stored: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.stored / self.seconds if self.seconds else 0.0
+
+
+PAYLOAD_PAD = "x" * 900  # about the size of a lead.qualified envelope
+
+
+async def run_baseline(
+    bootstrap: str, mongodb_uri: str, *, rate: float | None, duration: float,
+    drain_timeout: float = 60.0,
+) -> RunResult:
+    """Offer ``rate`` messages/s (None: as fast as possible) for ``duration`` seconds."""
+    topic = f"bench.baseline.{uuid.uuid4().hex[:8]}"
+    await asyncio.to_thread(
+        ensure_topics, bootstrap,
+        [TopicSpec(topic, "bench", "baseline", partitions=6, replication_factor=1)],
+    )
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongodb_uri)
+    coll = client["bench_baseline"][topic.replace(".", "_")]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                                linger_ms=2)
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=topic,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await producer.start()
+    await consumer.start()
+    latencies: list[float] = []
+    sent = 0
+    done = asyncio.Event()
+
+    async def consume() -> None:
+        while not done.is_set() or len(latencies) < sent:
+            batches = await consumer.getmany(timeout_ms=100, max_records=500)
+            for records in batches.values():
+                for r in records:
+                    doc = json.loads(r.value)
+                    await coll.insert_one(doc)
+                    latencies.append(time.time() - doc["created"])
+            if batches:
+                await consumer.commit()
+
+    consumer_task = asyncio.create_task(consume())
+    started = time.perf_counter()
+    interval = 1.0 / rate if rate else 0.0
+    pending = []
+    while time.perf_counter() - started < duration:
+        doc = {"_id": uuid.uuid4().hex, "created": time.time(), "pad": PAYLOAD_PAD}
+        pending.append(await producer.send(topic, json.dumps(doc).encode(), key=doc["_id"].encode()))
+        sent += 1
+        if rate:
+            next_at = started + sent * interval
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        elif len(pending) >= 1000:
+            await asyncio.gather(*pending)
+            pending.clear()
+    await asyncio.gather(*pending)
+    done.set()
+    try:
+        await asyncio.wait_for(consumer_task, timeout=drain_timeout)
+    except TimeoutError:
+        consumer_task.cancel()
+    elapsed = time.perf_counter() - started
+    await consumer.stop()
+    await producer.stop()
+    await client.close()
+    return RunResult(sent, len(latencies), elapsed, latencies)

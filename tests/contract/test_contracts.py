@@ -1,0 +1,96 @@
+"""The contracts every department builds against: schemas, compatibility, envelope."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from crm_contracts import (
+    ALL_EVENTS,
+    HANDOFFS,
+    REGISTRY,
+    Envelope,
+    UnknownEventError,
+    decode,
+    envelope_for,
+)
+from crm_contracts.compat import breaking_changes
+from crm_contracts.compat import main as compat_main
+from crm_contracts.schemas import SCHEMA_DIR, generate, schema_filename, stale_files
+from crm_contracts.topics import TOPICS_BY_NAME
+
+FIXTURES = Path(__file__).with_name("fixtures")
+
+
+def _load(name: str) -> dict:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def test_checked_in_schemas_match_the_models() -> None:
+    assert stale_files() == [], "run: .venv/bin/python -m crm_contracts.schemas --write"
+
+
+def test_every_event_version_is_compatible_with_its_previous_version() -> None:
+    by_type: dict[str, list[int]] = {}
+    for event_type, version in REGISTRY:
+        by_type.setdefault(event_type, []).append(version)
+    for event_type, versions in by_type.items():
+        versions.sort()
+        assert versions == list(range(1, len(versions) + 1)), f"{event_type}: gap in versions"
+        for old, new in zip(versions, versions[1:], strict=False):
+            errors = breaking_changes(
+                generate(REGISTRY[(event_type, old)]), generate(REGISTRY[(event_type, new)])
+            )
+            assert errors == [], f"{event_type} v{old} -> v{new}: {errors}"
+
+
+def test_compat_gate_rejects_a_breaking_change_naming_each_field() -> None:
+    old = json.loads((SCHEMA_DIR / "lead.qualified.v1.json").read_text())
+    errors = breaking_changes(old, _load("lead.qualified.v2.broken.json"))
+    assert "field 'score' removed" in errors
+    assert any(e.startswith("field 'company' retyped: string -> integer") for e in errors)
+    assert "field 'campaign' changed from optional to required" in errors
+    assert "field 'region' added as required (new fields must be optional)" in errors
+    assert any(e.startswith("field 'contact.name' retyped") for e in errors)
+    assert len(errors) == 5
+
+
+def test_compat_gate_accepts_an_added_optional_field() -> None:
+    old = json.loads((SCHEMA_DIR / "lead.qualified.v1.json").read_text())
+    assert breaking_changes(old, _load("lead.qualified.v2.compatible.json")) == []
+
+
+def test_compat_cli_exit_code_is_the_deploy_gate(capsys: pytest.CaptureFixture[str]) -> None:
+    old = str(SCHEMA_DIR / "lead.qualified.v1.json")
+    assert compat_main([old, str(FIXTURES / "lead.qualified.v2.compatible.json")]) == 0
+    assert compat_main([old, str(FIXTURES / "lead.qualified.v2.broken.json")]) == 1
+    assert "BREAKING: field 'score' removed" in capsys.readouterr().err
+
+
+def test_every_event_publishes_to_a_declared_topic() -> None:
+    for event in ALL_EVENTS:
+        assert event.topic in TOPICS_BY_NAME, f"{event.event_type} -> undeclared {event.topic}"
+        assert (SCHEMA_DIR / schema_filename(event)).exists()
+
+
+def test_every_handoff_names_a_registered_event() -> None:
+    types = {t for t, _ in REGISTRY}
+    for handoff in HANDOFFS:
+        assert handoff.event_type in types
+
+
+def test_envelope_round_trip_and_typed_decode(sample_lead_qualified: object) -> None:
+    env = envelope_for(sample_lead_qualified, source="leads", correlation_id="c-1")  # type: ignore[arg-type]
+    again = Envelope.from_bytes(env.to_bytes())
+    assert again == env
+    assert decode(again) == sample_lead_qualified
+    assert dict(env.headers())["event_type"] == b"lead.qualified"
+
+
+def test_unknown_version_is_refused_with_the_known_ones() -> None:
+    env = Envelope(event_type="lead.qualified", schema_version=7, occurred_at="2026-01-01T00:00:00Z",
+                   source="x", correlation_id="c", partition_key="k", payload={})
+    with pytest.raises(UnknownEventError, match=r"known versions: \[1\]"):
+        decode(env)

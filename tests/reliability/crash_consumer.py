@@ -1,0 +1,83 @@
+"""A consumer process for the crash test (run as a subprocess).
+
+With ``--crash-on NAME`` it SIGKILLs itself right after the effect of the event
+whose payload name is NAME is stored, before its offset can be committed.
+Each outcome is appended to ``--outcomes`` so the test can see redeliveries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from crm_contracts import Envelope
+from crm_platform.consumer import ConsumerConfig, EventConsumer, Outcome
+from crm_platform.mongo import Store, connect
+from reliability.probe import record_effect
+
+
+class RecordingConsumer(EventConsumer):
+    outcomes_file: Path
+
+    async def handle_record(self, record: Any) -> Outcome:
+        outcome = await super().handle_record(record)
+        name = Envelope.from_bytes(record.value).payload.get("name")
+        with self.outcomes_file.open("a") as f:
+            f.write(f"{name} {outcome.outcome}\n")
+        return outcome
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--mongo", required=True)
+    p.add_argument("--database", required=True)
+    p.add_argument("--topic", required=True)
+    p.add_argument("--group", required=True)
+    p.add_argument("--outcomes", required=True)
+    p.add_argument("--crash-on")
+    p.add_argument("--expect", type=int, required=True, help="stop after this many effects")
+    args = p.parse_args()
+
+    client = connect(args.mongo, "crash-test")
+    store = Store(client, args.database, args.group)
+
+    def maybe_crash(env: Envelope) -> None:
+        if args.crash_on and env.payload.get("name") == args.crash_on:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    consumer = RecordingConsumer(
+        ConsumerConfig(service=args.group, group_id=args.group, topics=[args.topic],
+                       bootstrap=args.bootstrap),
+        store, {"lead.captured": record_effect}, after_store=maybe_crash,
+    )
+    consumer.outcomes_file = Path(args.outcomes)
+    task = asyncio.create_task(consumer.run())
+    while await store.db["effects"].count_documents({}) < args.expect:
+        await asyncio.sleep(0.05)
+    # Let the final batch's offsets be committed before leaving.
+    while consumer.consumer is None or not await _committed_all(consumer):
+        await asyncio.sleep(0.05)
+    await consumer.stop()
+    await task
+    await client.close()
+
+
+async def _committed_all(consumer: EventConsumer) -> bool:
+    assert consumer.consumer is not None
+    for tp in consumer.consumer.assignment():
+        committed = await consumer.consumer.committed(tp)
+        if committed is None or committed < (consumer.consumer.highwater(tp) or 0):
+            return False
+    return True
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

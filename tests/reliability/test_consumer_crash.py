@@ -1,0 +1,53 @@
+"""A consumer killed with SIGKILL after storing an effect, before committing its
+offset, has no second effect after restart."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from crm_platform.testing import produce_envelope
+from pymongo import MongoClient
+from reliability.probe import envelope
+
+pytestmark = pytest.mark.integration
+SCRIPT = Path(__file__).with_name("crash_consumer.py")
+
+
+def _run(args: list[str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+async def test_sigkill_between_store_and_commit_causes_no_second_effect(
+    kafka_bootstrap: str, mongodb_uri: str, tmp_path: Path,
+    scratch_topics: Callable[[str], tuple[str, str]],
+) -> None:
+    group = f"rel-crash-{uuid.uuid4().hex[:6]}"
+    topic, _ = scratch_topics(group)
+    database = f"t_{group.replace('-', '_')}"
+    names = [f"e{i}" for i in range(1, 6)]
+    for name in names:
+        await produce_envelope(kafka_bootstrap, topic, envelope(f"lead-{name}", name))
+    outcomes = tmp_path / "outcomes.txt"
+    common = ["--bootstrap", kafka_bootstrap, "--mongo", mongodb_uri, "--database", database,
+              "--topic", topic, "--group", group, "--outcomes", str(outcomes)]
+
+    crashed = _run([*common, "--crash-on", "e3", "--expect", "5"])
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    effects = MongoClient(mongodb_uri)[database]["effects"]
+    assert effects.find_one({"name": "e3"}) is not None, "e3's effect was stored before the kill"
+
+    resumed = _run([*common, "--expect", "5"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    counts = {d["name"]: d["count"] for d in effects.find()}
+    assert counts == dict.fromkeys(names, 1), "every event has exactly one effect"
+    second_run = outcomes.read_text().split("e3 processed\n", 1)[1]
+    assert "e3 duplicate" in second_run, "e3 was redelivered after the kill and skipped"
