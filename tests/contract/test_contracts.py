@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
-
 from crm_contracts import (
     ALL_EVENTS,
     HANDOFFS,
@@ -39,7 +39,7 @@ def test_every_event_version_is_compatible_with_its_previous_version() -> None:
     for event_type, versions in by_type.items():
         versions.sort()
         assert versions == list(range(1, len(versions) + 1)), f"{event_type}: gap in versions"
-        for old, new in zip(versions, versions[1:], strict=False):
+        for old, new in pairwise(versions):
             errors = breaking_changes(
                 generate(REGISTRY[(event_type, old)]), generate(REGISTRY[(event_type, new)])
             )
@@ -90,7 +90,14 @@ def test_envelope_round_trip_and_typed_decode(sample_lead_qualified: object) -> 
 
 
 def test_unknown_version_is_refused_with_the_known_ones() -> None:
-    env = Envelope(event_type="lead.qualified", schema_version=7, occurred_at="2026-01-01T00:00:00Z",
-                   source="x", correlation_id="c", partition_key="k", payload={})
+    env = Envelope(
+        event_type="lead.qualified",
+        schema_version=7,
+        occurred_at="2026-01-01T00:00:00Z",
+        source="x",
+        correlation_id="c",
+        partition_key="k",
+        payload={},
+    )
     with pytest.raises(UnknownEventError, match=r"known versions: \[1\]"):
         decode(env)

@@ -17,10 +17,13 @@ def scratch_topics(kafka_bootstrap: str) -> Callable[[str], tuple[str, str]]:
     def make(service: str) -> tuple[str, str]:
         topic = f"crm.test.{service}.{uuid.uuid4().hex[:8]}"
         dlq = dead_letter_topic(service)
-        ensure_topics(kafka_bootstrap, [
-            TopicSpec(topic, "test", "scratch", partitions=1, replication_factor=1),
-            TopicSpec(dlq, "test", "scratch dlq", partitions=1, replication_factor=1),
-        ])
+        ensure_topics(
+            kafka_bootstrap,
+            [
+                TopicSpec(topic, "test", "scratch", partitions=1, replication_factor=1),
+                TopicSpec(dlq, "test", "scratch dlq", partitions=1, replication_factor=1),
+            ],
+        )
         return topic, dlq
 
     return make

@@ -54,9 +54,12 @@ async def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     consumer = RecordingConsumer(
-        ConsumerConfig(service=args.group, group_id=args.group, topics=[args.topic],
-                       bootstrap=args.bootstrap),
-        store, {"lead.captured": record_effect}, after_store=maybe_crash,
+        ConsumerConfig(
+            service=args.group, group_id=args.group, topics=[args.topic], bootstrap=args.bootstrap
+        ),
+        store,
+        {"lead.captured": record_effect},
+        after_store=maybe_crash,
     )
     consumer.outcomes_file = Path(args.outcomes)
     task = asyncio.create_task(consumer.run())

@@ -18,17 +18,22 @@ async def record_effect(tx: Tx, event: Any, envelope: Envelope) -> None:
     await tx.db["effects"].update_one(
         {"_id": str(envelope.event_id)},
         {"$inc": {"count": 1}, "$set": {"name": event.name}},
-        upsert=True, session=tx.session,
+        upsert=True,
+        session=tx.session,
     )
 
 
 def captured(lead_id: str, name: str) -> LeadCapturedV1:
     return LeadCapturedV1(
-        lead_id=lead_id, email=f"{lead_id}@example.com", name=name, company="Acme",
-        source_channel="web", consent=Consent(marketing_email=True), merged=False,
+        lead_id=lead_id,
+        email=f"{lead_id}@example.com",
+        name=name,
+        company="Acme",
+        source_channel="web",
+        consent=Consent(marketing_email=True),
+        merged=False,
     )
 
 
 def envelope(lead_id: str, name: str) -> Envelope:
     return envelope_for(captured(lead_id, name), source="reliability-test", correlation_id=lead_id)
-

@@ -27,7 +27,8 @@ async def _effect(runtime: ServiceRuntime, event_id: object) -> dict[str, Any] |
 
 
 async def test_same_event_delivered_twice_has_one_effect(
-    kafka_bootstrap: str, make_settings: Callable[..., ServiceSettings],
+    kafka_bootstrap: str,
+    make_settings: Callable[..., ServiceSettings],
     scratch_topics: Callable[[str], tuple[str, str]],
 ) -> None:
     service = f"rel-idem-{uuid.uuid4().hex[:6]}"
@@ -52,7 +53,8 @@ async def test_same_event_delivered_twice_has_one_effect(
 
 
 async def test_unprocessable_events_are_dead_lettered_and_the_consumer_carries_on(
-    kafka_bootstrap: str, make_settings: Callable[..., ServiceSettings],
+    kafka_bootstrap: str,
+    make_settings: Callable[..., ServiceSettings],
     scratch_topics: Callable[[str], tuple[str, str]],
 ) -> None:
     service = f"rel-dlq-{uuid.uuid4().hex[:6]}"
@@ -70,9 +72,7 @@ async def test_unprocessable_events_are_dead_lettered_and_the_consumer_carries_o
         await produce_envelope(kafka_bootstrap, topic, good)
 
         await eventually(lambda: _effect(runtime, good.event_id), what="the valid event's effect")
-        records = await reader.wait_for(
-            lambda rs: rs if len(rs) >= 3 else None, what="three dead letters"
-        )
+        records = await reader.wait_for(lambda rs: rs if len(rs) >= 3 else None, what="three dead letters")
     finally:
         await runtime.stop()
         await reader.stop()

@@ -36,9 +36,12 @@ async def test_events_written_while_broker_is_down_arrive_once_in_order(
         try:
             for i in range(PER_KEY):
                 for lead_id in lead_ids:
+
                     async def write(tx: Tx, lead_id: str = lead_id, i: int = i) -> None:
                         await tx.db["leads"].update_one(
-                            {"_id": lead_id}, {"$set": {"seq": i}}, upsert=True,
+                            {"_id": lead_id},
+                            {"$set": {"seq": i}},
+                            upsert=True,
                             session=tx.session,
                         )
                         tx.emit(captured(lead_id, f"seq-{i:03d}"))
@@ -51,14 +54,13 @@ async def test_events_written_while_broker_is_down_arrive_once_in_order(
 
         reader = await TopicReader(kafka_bootstrap, LEADS_EVENTS, from_beginning=True).start()
         try:
+
             def mine(_: list[Any]) -> list[Envelope] | None:
                 envs = [e for e in reader.envelopes() if e.partition_key in lead_ids]
                 return envs if len(envs) >= KEYS * PER_KEY else None
 
             envs = await reader.wait_for(mine, timeout=60, what="all outbox events after restart")
-            await eventually(
-                lambda: _none_pending(runtime), timeout=20, what="outbox marked published"
-            )
+            await eventually(lambda: _none_pending(runtime), timeout=20, what="outbox marked published")
             await reader.poll()  # anything published twice would show up here
             envs = [e for e in reader.envelopes() if e.partition_key in lead_ids]
         finally:

@@ -19,16 +19,41 @@ class Handoff:
 
 
 HANDOFFS: tuple[Handoff, ...] = (
-    Handoff("lead-qualified", "lead.qualified", "marketing", "sales",
-            "A qualified lead: contact, company, score and why, channel, behaviour, consent"),
-    Handoff("lead-verdict", "lead.verdict", "sales", "marketing",
-            "Accepted, rejected with a reason code, or recycled"),
-    Handoff("deal-won", "deal.won", "sales", "customer-success",
-            "Account, contacts, products, value and the commitments sales made"),
-    Handoff("upsell-spotted", "upsell.spotted", "customer-success", "sales",
-            "An upsell or renewal chance spotted by the service desk"),
-    Handoff("commitment-flagged", "commitment.flagged", "customer-success", "sales",
-            "A commitment sales made that cannot be delivered"),
+    Handoff(
+        "lead-qualified",
+        "lead.qualified",
+        "marketing",
+        "sales",
+        "A qualified lead: contact, company, score and why, channel, behaviour, consent",
+    ),
+    Handoff(
+        "lead-verdict",
+        "lead.verdict",
+        "sales",
+        "marketing",
+        "Accepted, rejected with a reason code, or recycled",
+    ),
+    Handoff(
+        "deal-won",
+        "deal.won",
+        "sales",
+        "customer-success",
+        "Account, contacts, products, value and the commitments sales made",
+    ),
+    Handoff(
+        "upsell-spotted",
+        "upsell.spotted",
+        "customer-success",
+        "sales",
+        "An upsell or renewal chance spotted by the service desk",
+    ),
+    Handoff(
+        "commitment-flagged",
+        "commitment.flagged",
+        "customer-success",
+        "sales",
+        "A commitment sales made that cannot be delivered",
+    ),
 )
 
 HANDOFF_BY_EVENT_TYPE = {h.event_type: h for h in HANDOFFS}

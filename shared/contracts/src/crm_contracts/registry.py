@@ -22,6 +22,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     sales.OpportunityLostV1,
     sales.DealWonV1,
     service_desk.OnboardingStartedV1,
+    service_desk.OnboardingCompletedV1,
     service_desk.TicketOpenedV1,
     service_desk.TicketResolvedV1,
     service_desk.TicketRatedV1,

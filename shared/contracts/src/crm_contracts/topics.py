@@ -54,7 +54,9 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(LEAD_VERDICT, "sales", "Sales' verdict on a qualified lead", retention_ms=_YEAR),
     TopicSpec(DEAL_WON, "sales", "Won deals handed to customer success", retention_ms=_YEAR),
     TopicSpec(
-        ACCOUNT_SIGNAL, "service-desk", "Upsell/renewal chances and over-promise flags",
+        ACCOUNT_SIGNAL,
+        "service-desk",
+        "Upsell/renewal chances and over-promise flags",
         retention_ms=_YEAR,
     ),
     TopicSpec(LEADS_EVENTS, "leads", "Marketing domain events", retention_ms=_YEAR),

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -41,7 +42,7 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     body = {"error": code, "message": message, "request_id": request_id_var.get(), **extra}
-    return JSONResponse(status_code=status, content=body)
+    return JSONResponse(status_code=status, content=jsonable_encoder(body))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -71,9 +72,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def install_request_context(app: FastAPI, service: str) -> None:
     @app.middleware("http")
-    async def _context(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+    async def _context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         cid = request.headers.get("x-correlation-id") or rid
         r_token, c_token = request_id_var.set(rid), correlation_id_var.set(cid)
@@ -92,8 +91,13 @@ def install_request_context(app: FastAPI, service: str) -> None:
             metrics.HTTP_REQUESTS.labels(service, request.method, path, str(status)).inc()
             metrics.HTTP_SECONDS.labels(service, request.method, path).observe(elapsed)
             if path not in ("/healthz", "/readyz", "/metrics"):
-                log.info("%s %s -> %d", request.method, request.url.path, status,
-                         extra={"status": status, "duration_ms": round(elapsed * 1000, 2)})
+                log.info(
+                    "%s %s -> %d",
+                    request.method,
+                    request.url.path,
+                    status,
+                    extra={"status": status, "duration_ms": round(elapsed * 1000, 2)},
+                )
             request_id_var.reset(r_token)
             correlation_id_var.reset(c_token)
 
@@ -158,5 +162,4 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
     """Run under uvicorn; SIGTERM triggers the lifespan shutdown (graceful stop)."""
     import uvicorn
 
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None,
-                access_log=False)
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False)

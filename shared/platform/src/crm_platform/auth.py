@@ -65,7 +65,10 @@ class TokenVerifier:
     def verify(self, token: str) -> Principal:
         try:
             claims = jwt.decode(
-                token, self.secret, algorithms=[self.algorithm], issuer=self.issuer,
+                token,
+                self.secret,
+                algorithms=[self.algorithm],
+                issuer=self.issuer,
                 options={"require": ["sub", "exp", "iss"]},
             )
         except jwt.ExpiredSignatureError:

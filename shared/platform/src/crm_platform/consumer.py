@@ -84,9 +84,7 @@ def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, ConnectionFailure):
         return True
     if isinstance(exc, PyMongoError):
-        return exc.has_error_label("TransientTransactionError") or exc.has_error_label(
-            "RetryableWriteError"
-        )
+        return exc.has_error_label("TransientTransactionError") or exc.has_error_label("RetryableWriteError")
     return False
 
 
@@ -122,8 +120,9 @@ class EventConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("consumer %s failed (%s); reconnecting in %.1f s",
-                            self.config.group_id, exc, backoff)
+                log.warning(
+                    "consumer %s failed (%s); reconnecting in %.1f s", self.config.group_id, exc, backoff
+                )
                 await self._disconnect()
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -164,9 +163,7 @@ class EventConsumer:
     async def _loop(self) -> None:
         assert self.consumer is not None
         while not self._stopping.is_set():
-            batches = await self.consumer.getmany(
-                timeout_ms=200, max_records=self.config.max_records
-            )
+            batches = await self.consumer.getmany(timeout_ms=200, max_records=self.config.max_records)
             if not batches:
                 continue
             offsets: dict[TopicPartition, int] = {}
@@ -210,9 +207,7 @@ class EventConsumer:
 
         handler = self.handlers.get(envelope.event_type)
         if handler is None:
-            metrics.EVENTS_CONSUMED.labels(
-                self.config.service, record.topic, event_type, "ignored"
-            ).inc()
+            metrics.EVENTS_CONSUMED.labels(self.config.service, record.topic, event_type, "ignored").inc()
             return Outcome("ignored")
 
         outcome = await self._store_effect(record, handler, event, envelope)
@@ -231,24 +226,31 @@ class EventConsumer:
         async def work(tx: Tx) -> None:
             nonlocal stored_at
             await tx.db[PROCESSED].insert_one(
-                {"_id": str(envelope.event_id), "event_type": envelope.event_type,
-                 "topic": record.topic, "partition": record.partition,
-                 "offset": record.offset, "processed_at": utcnow()},
+                {
+                    "_id": str(envelope.event_id),
+                    "event_type": envelope.event_type,
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "processed_at": utcnow(),
+                },
                 session=tx.session,
             )
             await handler(tx, event, envelope)
             stored_at = utcnow()
             if receiving and handoff is not None:
-                tx.emit(HandoffReceivedV1(
-                    handoff=handoff.name,
-                    handoff_event_id=str(envelope.event_id),
-                    handoff_event_type=envelope.event_type,
-                    from_department=handoff.from_department,
-                    to_department=handoff.to_department,
-                    occurred_at=envelope.occurred_at,
-                    stored_at=stored_at,
-                    transport_latency_seconds=(stored_at - envelope.occurred_at).total_seconds(),
-                ))
+                tx.emit(
+                    HandoffReceivedV1(
+                        handoff=handoff.name,
+                        handoff_event_id=str(envelope.event_id),
+                        handoff_event_type=envelope.event_type,
+                        from_department=handoff.from_department,
+                        to_department=handoff.to_department,
+                        occurred_at=envelope.occurred_at,
+                        stored_at=stored_at,
+                        transport_latency_seconds=(stored_at - envelope.occurred_at).total_seconds(),
+                    )
+                )
 
         c_token = correlation_id_var.set(envelope.correlation_id)
         e_token = causation_var.set(envelope)
@@ -265,8 +267,7 @@ class EventConsumer:
                         ).inc()
                         log.info("duplicate event %s skipped", envelope.event_id)
                         return Outcome("duplicate")
-                    return await self._dead_letter(
-                        record, envelope.event_type, "handler_error", _short(exc))
+                    return await self._dead_letter(record, envelope.event_type, "handler_error", _short(exc))
                 except DeadLetter as exc:
                     return await self._dead_letter(record, envelope.event_type, exc.reason, str(exc))
                 except Exception as exc:
@@ -275,10 +276,11 @@ class EventConsumer:
                             raise
                         log.exception("handler failed for %s", envelope.event_type)
                         return await self._dead_letter(
-                            record, envelope.event_type, "handler_error",
-                            f"{type(exc).__name__}: {exc}")
-                    log.warning("transient error storing %s (%s); retrying in %.1f s",
-                                envelope.event_id, exc, backoff)
+                            record, envelope.event_type, "handler_error", f"{type(exc).__name__}: {exc}"
+                        )
+                    log.warning(
+                        "transient error storing %s (%s); retrying in %.1f s", envelope.event_id, exc, backoff
+                    )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self.config.retry_max_seconds)
         finally:
@@ -326,14 +328,17 @@ class EventConsumer:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.config.retry_max_seconds)
         log.error(
-            "dead-lettered %s from %s[%d]@%d: %s: %s", event_type, record.topic,
-            record.partition, record.offset, reason, detail,
+            "dead-lettered %s from %s[%d]@%d: %s: %s",
+            event_type,
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+            detail,
             extra={"dlq_reason": reason, "event_type": event_type},
         )
         metrics.DEAD_LETTERED.labels(self.config.service, record.topic, reason).inc()
-        metrics.EVENTS_CONSUMED.labels(
-            self.config.service, record.topic, event_type, "dead_lettered"
-        ).inc()
+        metrics.EVENTS_CONSUMED.labels(self.config.service, record.topic, event_type, "dead_lettered").inc()
         return Outcome("dead_lettered", reason)
 
 

@@ -54,8 +54,8 @@ def ensure_topics(
     report = ProvisionReport()
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id)
     try:
-        brokers = max(1, len(admin.describe_cluster().get("brokers", [])))
-        existing = {t["topic"]: t for t in admin.describe_topics()}
+        brokers = _broker_count(admin)
+        existing = {t.get("name") or t.get("topic"): t for t in admin.describe_topics()}
         missing: list[NewTopic] = []
         for spec in specs:
             if spec.name in existing:
@@ -67,9 +67,7 @@ def ensure_topics(
                     )
                 continue
             rf = min(replication_factor or spec.replication_factor, brokers)
-            missing.append(
-                NewTopic(spec.name, spec.partitions, rf, topic_configs=spec.topic_configs())
-            )
+            missing.append(NewTopic(spec.name, spec.partitions, rf, topic_configs=spec.topic_configs()))
         if missing:
             try:
                 admin.create_topics(missing)
@@ -86,13 +84,22 @@ def ensure_topics(
     return report
 
 
+def _broker_count(admin: KafkaAdminClient) -> int:
+    try:
+        return max(1, len(admin.describe_cluster().get("brokers", [])))
+    except Exception:
+        # Some Kafka-protocol brokers answer DescribeCluster in a shape this
+        # client cannot parse; the bootstrap metadata knows the brokers too.
+        cluster = getattr(getattr(admin, "_client", None), "cluster", None)
+        brokers = cluster.brokers() if cluster is not None else ()
+        return max(1, len(brokers))
+
+
 def _config_drift(admin: KafkaAdminClient, specs: list[TopicSpec]) -> list[str]:
     if not specs:
         return []
     try:
-        results = admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, s.name) for s in specs]
-        )
+        results = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, s.name) for s in specs])
     except Exception as exc:  # some brokers do not implement DescribeConfigs
         log.info("cannot compare topic configs: %s", exc)
         return []

@@ -11,40 +11,70 @@ from prometheus_client import Counter, Gauge, Histogram
 # Transport latencies are milliseconds to seconds; the top buckets catch a
 # receiver that was down for minutes and is catching up.
 LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    1800,
 )
 
 EVENTS_PRODUCED = Counter(
-    "crm_events_produced", "Events published by the outbox relay",
+    "crm_events_produced",
+    "Events published by the outbox relay",
     ["service", "topic", "event_type"],
 )
 EVENTS_CONSUMED = Counter(
-    "crm_events_consumed", "Events taken off a topic, by outcome",
+    "crm_events_consumed",
+    "Events taken off a topic, by outcome",
     ["service", "topic", "event_type", "outcome"],
 )
 PROCESSING_SECONDS = Histogram(
-    "crm_event_processing_seconds", "Time to store one consumed event's effect",
-    ["service", "event_type"], buckets=LATENCY_BUCKETS,
+    "crm_event_processing_seconds",
+    "Time to store one consumed event's effect",
+    ["service", "event_type"],
+    buckets=LATENCY_BUCKETS,
 )
 OUTBOX_BACKLOG = Gauge(
-    "crm_outbox_backlog", "Events stored in the outbox but not yet published", ["service"],
+    "crm_outbox_backlog",
+    "Events stored in the outbox but not yet published",
+    ["service"],
 )
 DEAD_LETTERED = Counter(
-    "crm_dead_lettered", "Events sent to the dead-letter topic", ["service", "topic", "reason"],
+    "crm_dead_lettered",
+    "Events sent to the dead-letter topic",
+    ["service", "topic", "reason"],
 )
 CONSUMER_LAG = Gauge(
-    "crm_consumer_lag", "Messages behind the partition's high watermark",
+    "crm_consumer_lag",
+    "Messages behind the partition's high watermark",
     ["service", "topic", "partition"],
 )
 HANDOFF_TRANSPORT_LATENCY = Histogram(
     "crm_handoff_transport_latency_seconds",
     "Handoff occurred -> effect stored by the receiving department",
-    ["handoff", "from_department", "to_department"], buckets=LATENCY_BUCKETS,
+    ["handoff", "from_department", "to_department"],
+    buckets=LATENCY_BUCKETS,
 )
 HTTP_REQUESTS = Counter(
-    "crm_http_requests", "HTTP requests served", ["service", "method", "route", "status"],
+    "crm_http_requests",
+    "HTTP requests served",
+    ["service", "method", "route", "status"],
 )
 HTTP_SECONDS = Histogram(
-    "crm_http_request_seconds", "HTTP request duration", ["service", "method", "route"],
+    "crm_http_request_seconds",
+    "HTTP request duration",
+    ["service", "method", "route"],
     buckets=LATENCY_BUCKETS,
 )

@@ -72,9 +72,7 @@ class Store:
         self._on_commit.append(callback)
 
     async def ensure_platform_indexes(self) -> None:
-        await self.db[OUTBOX].create_index(
-            [("published", ASCENDING), ("_id", ASCENDING)], name="pending"
-        )
+        await self.db[OUTBOX].create_index([("published", ASCENDING), ("_id", ASCENDING)], name="pending")
         await self.db[OUTBOX].create_index("event_id", unique=True, name="event_id")
         # Published events are kept a week for forensics, then expire.
         await self.db[OUTBOX].create_index(
@@ -94,9 +92,7 @@ class Store:
             tx = Tx(self.db, session, self.source)
             result = await work(tx)
             if tx.emitted:
-                await self.db[OUTBOX].insert_many(
-                    [outbox_doc(env) for env in tx.emitted], session=session
-                )
+                await self.db[OUTBOX].insert_many([outbox_doc(env) for env in tx.emitted], session=session)
             emitted[:] = tx.emitted
             return result
 

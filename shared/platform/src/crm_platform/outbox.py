@@ -83,7 +83,9 @@ class OutboxRelay:
             except Exception as exc:
                 self.connected = False
                 log.warning(
-                    "outbox relay cannot publish (%s); retrying in %.1f s", exc, backoff,
+                    "outbox relay cannot publish (%s); retrying in %.1f s",
+                    exc,
+                    backoff,
                     extra={"error": type(exc).__name__},
                 )
                 await self._close_producer()
@@ -166,8 +168,7 @@ class OutboxRelay:
         try:
             await self.db[LEASE].find_one_and_update(
                 {"_id": "relay", "$or": [{"owner": self.owner}, {"expires_at": {"$lt": now}}]},
-                {"$set": {"owner": self.owner,
-                          "expires_at": now + timedelta(seconds=LEASE_SECONDS)}},
+                {"$set": {"owner": self.owner, "expires_at": now + timedelta(seconds=LEASE_SECONDS)}},
                 upsert=True,
             )
             return True

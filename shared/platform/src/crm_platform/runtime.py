@@ -46,7 +46,9 @@ class ServiceRuntime:
         self.client = connect(s.mongodb_uri, s.service_name)
         self.store = Store(self.client, s.database_name, s.service_name)
         self.relay = OutboxRelay(
-            self.store.db, bootstrap=s.kafka_bootstrap_servers, service=s.service_name,
+            self.store.db,
+            bootstrap=s.kafka_bootstrap_servers,
+            service=s.service_name,
             poll_seconds=s.outbox_poll_seconds,
         )
         self.store.on_commit(self.relay.notify)
@@ -55,10 +57,15 @@ class ServiceRuntime:
             sub = self.subscription
             self.consumer = EventConsumer(
                 ConsumerConfig(
-                    service=s.service_name, group_id=s.group_id, topics=sub.topics,
-                    bootstrap=s.kafka_bootstrap_servers, department=sub.department,
+                    service=s.service_name,
+                    group_id=s.group_id,
+                    topics=sub.topics,
+                    bootstrap=s.kafka_bootstrap_servers,
+                    department=sub.department,
                 ),
-                self.store, sub.handlers, after_store=sub.after_store,
+                self.store,
+                sub.handlers,
+                after_store=sub.after_store,
             )
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -102,7 +102,10 @@ async def running_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[T | None]], *, timeout: float = 20.0, interval: float = 0.05,
+    check: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
     what: str = "condition",
 ) -> T:
     """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
@@ -129,9 +132,10 @@ class TopicReader:
     async def start(self) -> TopicReader:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
         await consumer.start()
+        await consumer.topics()  # fetches cluster metadata, so partitions are known
         partitions = []
         for topic in self.topics:
-            for p in sorted(await consumer.partitions_for_topic(topic) or []):
+            for p in sorted(consumer.partitions_for_topic(topic) or []):
                 partitions.append(TopicPartition(topic, p))
         consumer.assign(partitions)
         if self.from_beginning:
@@ -175,7 +179,11 @@ class TopicReader:
 
 
 async def produce(
-    bootstrap: str, topic: str, value: bytes, *, key: bytes | None = None,
+    bootstrap: str,
+    topic: str,
+    value: bytes,
+    *,
+    key: bytes | None = None,
     headers: list[tuple[str, bytes]] | None = None,
 ) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
@@ -187,5 +195,4 @@ async def produce(
 
 
 async def produce_envelope(bootstrap: str, topic: str, env: Envelope) -> None:
-    await produce(bootstrap, topic, env.to_bytes(), key=env.partition_key.encode(),
-                  headers=env.headers())
+    await produce(bootstrap, topic, env.to_bytes(), key=env.partition_key.encode(), headers=env.headers())

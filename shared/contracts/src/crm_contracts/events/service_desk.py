@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
@@ -21,6 +22,24 @@ class OnboardingStartedV1(Event):
     account_name: str
     csm: str
     checklist: list[str]
+
+    def partition_key(self) -> str:
+        return self.account_id
+
+
+class OnboardingCompletedV1(Event):
+    """Every onboarding checklist item of an account is done."""
+
+    event_type: ClassVar[str] = "account.onboarding_completed"
+    version: ClassVar[int] = 1
+    topic: ClassVar[str] = topics.SERVICE_DESK_EVENTS
+
+    account_id: str
+    deal_id: str
+    csm: str | None = None
+    started_at: datetime
+    completed_at: datetime
+    duration_seconds: float = Field(ge=0, description="Onboarding started -> last item completed")
 
     def partition_key(self) -> str:
         return self.account_id

@@ -1,0 +1,1 @@
+"""HTTP routers and their request/response models: thin, the rules live in domain/."""

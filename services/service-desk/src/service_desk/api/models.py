@@ -1,0 +1,268 @@
+"""Request and response bodies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from crm_contracts.events.service_desk import SignalKind
+from pydantic import BaseModel, ConfigDict, Field
+
+from service_desk.domain.accounts import (
+    Account,
+    AccountCommitment,
+    AccountContact,
+    AccountProduct,
+    AccountValue,
+    CommitmentStatus,
+    OnboardingStatus,
+    Signal,
+)
+from service_desk.domain.config import Priority, ServiceDeskConfig
+from service_desk.domain.roster import CsmEntry
+from service_desk.domain.tickets import SlaState, Ticket, TicketStatus, sla_view
+from service_desk.handlers import ConfigRecord, RosterRecord
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- roster and config -----------------------------------------------------------------------
+
+
+class RosterIn(Body):
+    csms: list[CsmEntry] = Field(max_length=500, description="The whole roster (replaces it)")
+
+
+class RosterOut(BaseModel):
+    csms: list[CsmEntry]
+    active: list[str] = Field(description="Active CSMs in round-robin order")
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+
+    @classmethod
+    def of(cls, record: RosterRecord) -> RosterOut:
+        return cls(
+            csms=record.csms,
+            active=[e.username for e in record.csms if e.active],
+            updated_at=record.updated_at,
+            updated_by=record.updated_by,
+        )
+
+
+class ConfigOut(ServiceDeskConfig):
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+
+    @classmethod
+    def of(cls, record: ConfigRecord) -> ConfigOut:
+        return cls(**record.config.model_dump(), updated_at=record.updated_at, updated_by=record.updated_by)
+
+
+# --- accounts ----------------------------------------------------------------------------------
+
+
+class CommitmentOut(BaseModel):
+    commitment_id: str
+    description: str
+    due_date: datetime | None
+    status: CommitmentStatus
+    flag_id: str | None
+    flag_reason: str | None
+    flagged_by: str | None
+    flagged_at: datetime | None
+    delivered_by: str | None
+    delivered_at: datetime | None
+
+    @classmethod
+    def of(cls, c: AccountCommitment) -> CommitmentOut:
+        return cls.model_validate(c.model_dump())
+
+
+class ChecklistItemOut(BaseModel):
+    key: str = Field(description="Use in POST /accounts/{id}/checklist/{key}/complete")
+    title: str
+    completed: bool
+    completed_at: datetime | None
+    completed_by: str | None
+
+
+class OnboardingOut(BaseModel):
+    status: OnboardingStatus
+    started_at: datetime
+    completed_at: datetime | None
+    duration_seconds: float | None
+    checklist: list[ChecklistItemOut]
+
+
+class SignalOut(BaseModel):
+    signal_id: str
+    kind: SignalKind
+    description: str
+    estimated_value: float | None
+    spotted_by: str
+    spotted_at: datetime
+
+    @classmethod
+    def of(cls, s: Signal) -> SignalOut:
+        return cls.model_validate(s.model_dump())
+
+
+class AccountOut(BaseModel):
+    account_id: str
+    deal_id: str
+    lead_id: str | None
+    name: str
+    contacts: list[AccountContact]
+    products: list[AccountProduct]
+    value: AccountValue
+    sales_owner: str
+    won_at: datetime
+    csm: str | None
+    commitments: list[CommitmentOut]
+    onboarding: OnboardingOut
+    signals: list[SignalOut]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, a: Account) -> AccountOut:
+        ob = a.onboarding
+        return cls(
+            account_id=a.account_id,
+            deal_id=a.deal_id,
+            lead_id=a.lead_id,
+            name=a.name,
+            contacts=a.contacts,
+            products=a.products,
+            value=a.value,
+            sales_owner=a.sales_owner,
+            won_at=a.won_at,
+            csm=a.csm,
+            commitments=[CommitmentOut.of(c) for c in a.commitments],
+            onboarding=OnboardingOut(
+                status=ob.status,
+                started_at=ob.started_at,
+                completed_at=ob.completed_at,
+                duration_seconds=ob.duration_seconds,
+                checklist=[
+                    ChecklistItemOut(
+                        key=i.key,
+                        title=i.title,
+                        completed=i.done,
+                        completed_at=i.completed_at,
+                        completed_by=i.completed_by,
+                    )
+                    for i in ob.checklist
+                ],
+            ),
+            signals=[SignalOut.of(s) for s in a.signals],
+            created_at=a.created_at,
+        )
+
+
+class AssignCsmIn(Body):
+    username: str = Field(min_length=1, max_length=100)
+
+
+class SignalIn(Body):
+    kind: SignalKind
+    description: str = Field(min_length=1, max_length=4000)
+    estimated_value: float | None = Field(default=None, ge=0)
+
+
+class FlagIn(Body):
+    reason: str = Field(min_length=1, max_length=4000)
+
+
+# --- tickets -----------------------------------------------------------------------------------
+
+
+class TicketIn(Body):
+    account_id: str = Field(min_length=1, max_length=100)
+    subject: str = Field(min_length=1, max_length=300)
+    request: str = Field(min_length=1, max_length=20000, description="What the customer asked for")
+    priority: Priority = Priority.NORMAL
+    assign_to: Literal["csm", "me"] = Field(
+        default="csm",
+        description="'csm': the account's CSM (the opening rep if the account has none); 'me': the rep",
+    )
+
+
+class ProgressIn(Body):
+    note: str = Field(min_length=1, max_length=20000)
+
+
+class ResolveIn(Body):
+    result: str = Field(min_length=1, max_length=20000)
+
+
+class RateIn(Body):
+    csat: int = Field(ge=1, le=5, description="Customer satisfaction, 1 (bad) to 5 (great)")
+
+
+class ProgressNoteOut(BaseModel):
+    note: str
+    by: str
+    at: datetime
+
+
+class SlaOut(BaseModel):
+    state: SlaState | None = Field(description="on_track | at_risk | breached while open; null once resolved")
+    first_response: SlaState
+    resolution: SlaState
+    first_response_due_at: datetime
+    resolution_due_at: datetime
+    first_response_breached: bool
+    resolution_breached: bool
+
+
+class TicketOut(BaseModel):
+    ticket_id: str
+    account_id: str
+    account_name: str
+    subject: str
+    request: str
+    priority: Priority
+    status: TicketStatus
+    opened_by: str
+    assignee: str
+    opened_at: datetime
+    first_response_at: datetime | None
+    first_response_seconds: float | None
+    progress: list[ProgressNoteOut]
+    resolved_at: datetime | None
+    resolved_by: str | None
+    result: str | None
+    resolution_seconds: float | None
+    csat: int | None
+    rated_at: datetime | None
+    rated_by: str | None
+    sla: SlaOut
+
+    @classmethod
+    def of(cls, t: Ticket, now: datetime, at_risk_fraction: float) -> TicketOut:
+        view = sla_view(t, now, at_risk_fraction)
+        return cls(
+            **t.model_dump(
+                exclude={
+                    "progress",
+                    "first_response_due_at",
+                    "resolution_due_at",
+                    "first_response_breached",
+                    "resolution_breached",
+                }
+            ),
+            progress=[ProgressNoteOut(note=n.note, by=n.by, at=n.at) for n in t.progress],
+            first_response_seconds=t.first_response_seconds,
+            resolution_seconds=t.resolution_seconds,
+            sla=SlaOut(
+                state=view.state,
+                first_response=view.first_response,
+                resolution=view.resolution,
+                first_response_due_at=view.first_response_due_at,
+                resolution_due_at=view.resolution_due_at,
+                first_response_breached=view.first_response_breached,
+                resolution_breached=view.resolution_breached,
+            ),
+        )

@@ -1,0 +1,16 @@
+"""What the service desk consumes: event type -> handler, for the platform consumer."""
+
+from __future__ import annotations
+
+from crm_contracts import topics
+from crm_contracts.events.sales import DealWonV1
+from crm_platform.consumer import Handler
+
+from service_desk.domain.clock import Clock
+from service_desk.handlers import deal_won_handler
+
+TOPICS: list[str] = [topics.DEAL_WON]
+
+
+def handlers(clock: Clock) -> dict[str, Handler]:
+    return {DealWonV1.event_type: deal_won_handler(clock)}

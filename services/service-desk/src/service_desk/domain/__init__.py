@@ -1,0 +1,1 @@
+"""The service desk's rules: pure, no I/O (no database, no broker, no HTTP)."""

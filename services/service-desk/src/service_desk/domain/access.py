@@ -1,0 +1,24 @@
+"""Who sees which records: a CSM sees the accounts they manage; reps and admins see all."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from crm_platform.auth import Role
+
+SEE_ALL = frozenset({Role.SERVICE_REP, Role.ADMIN})
+ROSTER_EDITORS = frozenset({Role.CUSTOMER_SUCCESS_MANAGER, Role.ADMIN})
+CONFIG_EDITORS = frozenset({Role.ADMIN})
+
+
+def sees_all(roles: Iterable[str]) -> bool:
+    return bool(SEE_ALL & set(roles))
+
+
+def can_see_account(roles: Iterable[str], username: str, account_csm: str | None) -> bool:
+    return sees_all(roles) or (account_csm is not None and account_csm == username)
+
+
+def can_see_ticket(roles: Iterable[str], username: str, *, assignee: str, account_csm: str | None) -> bool:
+    """A CSM sees the tickets of their accounts and the tickets assigned to them."""
+    return sees_all(roles) or assignee == username or account_csm == username

@@ -1,0 +1,256 @@
+"""A customer account after the deal is won: onboarding, commitments, signals.
+
+Everything here is pure: callers pass identifiers and the current time in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from enum import StrEnum
+
+from crm_contracts.events.sales import DealWonV1
+from crm_contracts.events.service_desk import SignalKind
+from crm_platform.errors import Conflict, NotFound, RuleViolation
+from pydantic import BaseModel, ConfigDict, Field
+
+from service_desk.domain.config import slugify
+
+
+class Entity(BaseModel):
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+
+class CommitmentStatus(StrEnum):
+    OPEN = "open"
+    DELIVERED = "delivered"
+    FLAGGED = "flagged"
+
+
+class OnboardingStatus(StrEnum):
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+
+
+class AccountContact(Entity):
+    name: str
+    email: str
+    phone: str | None = None
+    role: str | None = None
+
+
+class AccountProduct(Entity):
+    sku: str
+    name: str
+    quantity: int
+    unit_price: float
+
+
+class AccountValue(Entity):
+    amount: float
+    currency: str
+
+
+class AccountCommitment(Entity):
+    """What sales promised the customer, as the desk tracks its delivery."""
+
+    commitment_id: str
+    description: str
+    due_date: datetime | None = None
+    status: CommitmentStatus = CommitmentStatus.OPEN
+    flag_id: str | None = None
+    flag_reason: str | None = None
+    flagged_by: str | None = None
+    flagged_at: datetime | None = None
+    delivered_by: str | None = None
+    delivered_at: datetime | None = None
+
+
+class ChecklistItem(Entity):
+    key: str
+    title: str
+    completed_at: datetime | None = None
+    completed_by: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.completed_at is not None
+
+
+class Onboarding(Entity):
+    status: OnboardingStatus = OnboardingStatus.IN_PROGRESS
+    started_at: datetime
+    completed_at: datetime | None = None
+    checklist: list[ChecklistItem]
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.completed_at is None:
+            return None
+        return max(0.0, (self.completed_at - self.started_at).total_seconds())
+
+
+class Signal(Entity):
+    """An upsell or renewal chance handed to sales."""
+
+    signal_id: str
+    kind: SignalKind
+    description: str
+    estimated_value: float | None = None
+    spotted_by: str
+    spotted_at: datetime
+
+
+class Account(Entity):
+    account_id: str
+    deal_id: str
+    lead_id: str | None = None
+    name: str
+    contacts: list[AccountContact] = Field(default_factory=list)
+    products: list[AccountProduct] = Field(default_factory=list)
+    value: AccountValue
+    sales_owner: str
+    won_at: datetime
+    csm: str | None = None
+    commitments: list[AccountCommitment] = Field(default_factory=list)
+    onboarding: Onboarding
+    signals: list[Signal] = Field(default_factory=list)
+    created_at: datetime
+    journey_id: str | None = Field(
+        default=None, description="Correlation id of the customer's journey (from the won deal)"
+    )
+
+    # --- onboarding -------------------------------------------------------------------------
+
+    def complete_item(self, key: str, *, by: str, now: datetime) -> bool:
+        """Tick one checklist item; returns True when that completes the onboarding."""
+        item = next((i for i in self.onboarding.checklist if i.key == key), None)
+        if item is None:
+            known = [i.key for i in self.onboarding.checklist]
+            raise NotFound(
+                f"account {self.account_id} has no checklist item {key!r}; items: {known}",
+                item=key,
+                items=known,
+            )
+        if item.completed_at is not None:
+            raise Conflict(
+                f"checklist item {key!r} was already completed by {item.completed_by}",
+                item=key,
+                completed_at=item.completed_at.isoformat(),
+            )
+        item.completed_at = now
+        item.completed_by = by
+        if all(i.done for i in self.onboarding.checklist):
+            self.onboarding.status = OnboardingStatus.COMPLETED
+            self.onboarding.completed_at = now
+            return True
+        return False
+
+    # --- commitments ------------------------------------------------------------------------
+
+    def commitment(self, commitment_id: str) -> AccountCommitment:
+        for c in self.commitments:
+            if c.commitment_id == commitment_id:
+                return c
+        raise NotFound(
+            f"account {self.account_id} has no commitment {commitment_id!r}", commitment_id=commitment_id
+        )
+
+    def flag_commitment(
+        self, commitment_id: str, *, flag_id: str, reason: str, by: str, now: datetime
+    ) -> AccountCommitment:
+        """Customer success says sales promised more than can be delivered."""
+        reason = reason.strip()
+        if not reason:
+            raise RuleViolation("a flag needs a reason", field="reason")
+        c = self.commitment(commitment_id)
+        if c.status != CommitmentStatus.OPEN:
+            raise Conflict(
+                f"commitment {commitment_id!r} is already {c.status.value}",
+                commitment_id=commitment_id,
+                status=c.status.value,
+            )
+        c.status = CommitmentStatus.FLAGGED
+        c.flag_id, c.flag_reason, c.flagged_by, c.flagged_at = flag_id, reason, by, now
+        return c
+
+    def deliver_commitment(self, commitment_id: str, *, by: str, now: datetime) -> AccountCommitment:
+        """The promise was kept (a flagged one too, once sales and the desk sorted it out)."""
+        c = self.commitment(commitment_id)
+        if c.status == CommitmentStatus.DELIVERED:
+            raise Conflict(
+                f"commitment {commitment_id!r} is already delivered",
+                commitment_id=commitment_id,
+                status=c.status.value,
+            )
+        c.status = CommitmentStatus.DELIVERED
+        c.delivered_by, c.delivered_at = by, now
+        return c
+
+    # --- signals ----------------------------------------------------------------------------
+
+    def spot_signal(
+        self,
+        *,
+        signal_id: str,
+        kind: SignalKind,
+        description: str,
+        estimated_value: float | None,
+        by: str,
+        now: datetime,
+    ) -> Signal:
+        description = description.strip()
+        if not description:
+            raise RuleViolation("a signal needs a description", field="description")
+        if estimated_value is not None and estimated_value < 0:
+            raise RuleViolation("estimated_value must not be negative", field="estimated_value")
+        signal = Signal(
+            signal_id=signal_id,
+            kind=kind,
+            description=description,
+            estimated_value=estimated_value,
+            spotted_by=by,
+            spotted_at=now,
+        )
+        self.signals.append(signal)
+        return signal
+
+
+def new_checklist(titles: Sequence[str]) -> list[ChecklistItem]:
+    return [ChecklistItem(key=slugify(t), title=t) for t in titles]
+
+
+def account_from_deal(
+    deal: DealWonV1,
+    *,
+    account_id: str,
+    csm: str | None,
+    checklist: Sequence[str],
+    now: datetime,
+    journey_id: str | None = None,
+) -> Account:
+    """The account customer success opens for a won deal, keeping everything sales handed over."""
+    return Account(
+        account_id=account_id,
+        deal_id=deal.deal_id,
+        lead_id=deal.lead_id,
+        name=deal.account_name,
+        contacts=[
+            AccountContact(name=c.name, email=str(c.email), phone=c.phone, role=c.role) for c in deal.contacts
+        ],
+        products=[
+            AccountProduct(sku=p.sku, name=p.name, quantity=p.quantity, unit_price=p.unit_price)
+            for p in deal.products
+        ],
+        value=AccountValue(amount=deal.value.amount, currency=deal.value.currency),
+        sales_owner=deal.sales_owner,
+        won_at=deal.won_at,
+        csm=csm,
+        commitments=[
+            AccountCommitment(commitment_id=c.commitment_id, description=c.description, due_date=c.due_date)
+            for c in deal.commitments
+        ],
+        onboarding=Onboarding(started_at=now, checklist=new_checklist(checklist)),
+        created_at=now,
+        journey_id=journey_id,
+    )

@@ -1,0 +1,797 @@
+"""The deployment artefacts agree with the code: Dockerfiles, Kubernetes manifests, monitoring.
+
+Only reads files (no Docker, no cluster, no network). What it pins down:
+
+- every YAML file under ``deploy/`` parses; every kustomization's references exist;
+- every service has a self-contained base whose Deployments have both probes,
+  requests and limits, a non-root numeric user, a read-only root filesystem, ...;
+- each service points at its own database, with secrets only referenced;
+- the checked-in Strimzi ``KafkaTopic`` manifests match the topic table;
+- the production overlay: HPAs, network policies, pinned images;
+- every metric the alerts and the dashboard use is one the services export, so
+  renaming a metric breaks this test;
+- every Dockerfile builds from ``uv.lock`` and runs as a numeric non-root user.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+from crm_contracts.handoffs import HANDOFFS
+from crm_contracts.topics import TOPICS
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+BASE = K8S / "base"
+PRODUCTION = K8S / "overlays" / "production"
+MONITORING = DEPLOY / "monitoring"
+GENERATOR = ROOT / "scripts" / "gen_k8s_topics.py"
+
+RUN_AS = 65532  # distroless "nonroot"; the Dockerfiles' USER and the pods' runAsUser
+IMAGE_REPO = "registry.example.com/crm"
+TOPICS_BASE = "kafka-topics"
+
+Doc = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    package: str
+    port: int
+    database: str
+    kafka: bool = True
+
+
+SERVICES: dict[str, ServiceSpec] = {
+    s.name: s
+    for s in (
+        ServiceSpec("leads", "leads", 8001, "leads"),
+        ServiceSpec("sales", "sales", 8002, "sales"),
+        ServiceSpec("service-desk", "service_desk", 8003, "service_desk"),
+        ServiceSpec("analytics", "analytics", 8004, "analytics"),
+        ServiceSpec("gateway", "gateway", 8080, "gateway", kafka=False),
+    )
+}
+HPA_SERVICES = frozenset({"gateway", "leads", "sales"})
+WORKER = "analytics-worker"
+GATEWAY_URLS = {
+    "CRM_LEADS_URL": "leads",
+    "CRM_SALES_URL": "sales",
+    "CRM_SERVICE_DESK_URL": "service-desk",
+    "CRM_ANALYTICS_URL": "analytics",
+}
+
+# The metric names the services export: the ops contract (see crm_platform.metrics).
+CRM_METRICS = frozenset(
+    {
+        "crm_events_produced_total",
+        "crm_events_consumed_total",
+        "crm_event_processing_seconds",
+        "crm_outbox_backlog",
+        "crm_dead_lettered_total",
+        "crm_consumer_lag",
+        "crm_handoff_transport_latency_seconds",
+        "crm_http_requests_total",
+        "crm_http_request_seconds",
+        "crm_analytics_handoff_latency_seconds",
+        "crm_analytics_funnel",
+    }
+)
+HISTOGRAMS = frozenset(
+    {
+        "crm_event_processing_seconds",
+        "crm_handoff_transport_latency_seconds",
+        "crm_http_request_seconds",
+    }
+)
+# Series of other exporters the alerts rely on: Prometheus itself and kube-state-metrics.
+EXTERNAL_METRICS = frozenset(
+    {
+        "up",
+        "kube_deployment_spec_replicas",
+        "kube_deployment_status_replicas_available",
+    }
+)
+ALLOWED_SERIES = (
+    CRM_METRICS
+    | {f"{h}{suffix}" for h in HISTOGRAMS for suffix in ("_bucket", "_count", "_sum")}
+    | EXTERNAL_METRICS
+)
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def load_docs(path: Path) -> list[Doc]:
+    with path.open(encoding="utf-8") as fh:
+        return [d for d in yaml.safe_load_all(fh) if d is not None]
+
+
+def yaml_files() -> list[Path]:
+    return sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def kustomization(directory: Path) -> Doc:
+    docs = load_docs(directory / "kustomization.yaml")
+    assert len(docs) == 1, directory
+    return docs[0]
+
+
+@cache
+def base_resources(service: str) -> tuple[Doc, ...]:
+    directory = BASE / service
+    docs: list[Doc] = []
+    for entry in kustomization(directory).get("resources", []):
+        docs.extend(load_docs(directory / entry))
+    return tuple(docs)
+
+
+def of_kind(docs: tuple[Doc, ...] | list[Doc], kind: str) -> list[Doc]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def one(docs: tuple[Doc, ...] | list[Doc], kind: str, name: str) -> Doc:
+    found = [d for d in of_kind(docs, kind) if d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name!r}, found {len(found)}"
+    return found[0]
+
+
+def all_base_deployments() -> list[tuple[str, Doc]]:
+    return [(svc, d) for svc in SERVICES for d in of_kind(base_resources(svc), "Deployment")]
+
+
+def container(deployment: Doc) -> Doc:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, deployment["metadata"]["name"]
+    return containers[0]
+
+
+def env_of(deployment: Doc) -> dict[str, Doc]:
+    return {e["name"]: e for e in container(deployment).get("env", [])}
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def production_resources(service: str) -> list[Doc]:
+    directory = PRODUCTION / service
+    docs: list[Doc] = []
+    for entry in kustomization(directory).get("resources", []):
+        path = directory / entry
+        if path.is_file():
+            docs.extend(load_docs(path))
+    return docs
+
+
+def load_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_k8s_topics", GENERATOR)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("gen_k8s_topics", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- PromQL: which series an expression reads ------------------------------------------
+
+_STRINGS_OR_COMMENTS = re.compile(r"(\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'|`[^`]*`)|#[^\n]*")
+_MATCHERS = re.compile(r"\{[^{}]*\}")
+_RANGES = re.compile(r"\[[^\[\]]*\]")
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
+_IDENTIFIER = re.compile(r"(?<![\w.:$])[A-Za-z_:][A-Za-z0-9_:]*")
+_KEYWORDS = frozenset(
+    {
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "inf",
+        "nan",
+        "atan2",
+    }
+)
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (functions, labels, keywords excluded)."""
+    text = _STRINGS_OR_COMMENTS.sub(lambda m: '""' if m.group(1) else "", expr)
+    text = _MATCHERS.sub("", text)
+    text = _RANGES.sub("", text)
+    text = _GROUPING.sub("", text)
+    names: set[str] = set()
+    for match in _IDENTIFIER.finditer(text):
+        word = match.group(0)
+        if text[match.end() :].lstrip().startswith("("):
+            continue  # a function or aggregation
+        if word.lower() in _KEYWORDS:
+            continue
+        names.add(word)
+    return names
+
+
+def test_metric_name_extraction_sees_through_promql() -> None:
+    expr = """
+    histogram_quantile(0.99, sum by (handoff, le) (rate(crm_x_seconds_bucket{handoff="a"}[5m]))) > 1e3
+    and on (service) # a comment naming not_a_metric
+    max by (service) (crm_y_total offset 10m) unless crm_z{label=~"up|down"}
+    """
+    assert metric_names(expr) == {"crm_x_seconds_bucket", "crm_y_total", "crm_z"}
+
+
+def prometheus_rules() -> list[Doc]:
+    (doc,) = load_docs(MONITORING / "prometheusrule.yaml")
+    return [rule for group in doc["spec"]["groups"] for rule in group["rules"]]
+
+
+def dashboard() -> Doc:
+    data: Doc = json.loads((MONITORING / "crm-handoffs.json").read_text(encoding="utf-8"))
+    return data
+
+
+def dashboard_panels() -> Iterator[Doc]:
+    def walk(panels: list[Doc]) -> Iterator[Doc]:
+        for panel in panels:
+            yield panel
+            yield from walk(panel.get("panels", []))
+
+    yield from walk(dashboard()["panels"])
+
+
+_LABEL_VALUES = re.compile(r"^\s*label_values\((?P<selector>.*),\s*\w+\s*\)\s*$", re.DOTALL)
+
+
+def dashboard_exprs() -> list[str]:
+    """Every PromQL expression of the dashboard: panel targets and template-variable queries."""
+    exprs = [t["expr"] for p in dashboard_panels() for t in p.get("targets", []) if "expr" in t]
+    for variable in dashboard().get("templating", {}).get("list", []):
+        if variable.get("type") != "query":
+            continue
+        query = variable["query"]
+        text = str(query["query"] if isinstance(query, dict) else query)
+        # Grafana's label_values(<selector>, <label>): the selector is PromQL.
+        match = _LABEL_VALUES.match(text)
+        exprs.append(match.group("selector") if match else text)
+    return exprs
+
+
+# --- every file parses; kustomizations are complete ----------------------------------------
+
+
+def test_deploy_tree_has_yaml() -> None:
+    assert len(yaml_files()) > 20
+
+
+@pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_yaml_parses_into_kubernetes_objects(path: Path) -> None:
+    docs = load_docs(path)
+    assert docs, f"{path} is empty"
+    for doc in docs:
+        assert isinstance(doc, dict), path
+        assert doc.get("apiVersion"), f"{path}: a document without apiVersion"
+        assert doc.get("kind"), f"{path}: a document without kind"
+
+
+def kustomization_dirs() -> list[Path]:
+    return sorted(p.parent for p in DEPLOY.rglob("kustomization.yaml"))
+
+
+@pytest.mark.parametrize("directory", kustomization_dirs(), ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_kustomization_references_exist(directory: Path) -> None:
+    k = kustomization(directory)
+    for entry in [*k.get("resources", []), *k.get("components", [])]:
+        assert (directory / entry).exists(), f"{directory}: {entry} does not exist"
+    for generator in k.get("configMapGenerator", []):
+        for file in generator.get("files", []):
+            assert (directory / file.split("=")[-1]).is_file(), f"{directory}: {file} does not exist"
+
+
+def test_every_service_has_a_self_contained_base() -> None:
+    service_dirs = {p.parent.name for p in (ROOT / "services").glob("*/pyproject.toml")}
+    assert service_dirs == set(SERVICES), "update SERVICES here (and deploy/k8s) for a new service"
+    base_dirs = {p.name for p in BASE.iterdir() if p.is_dir()}
+    assert base_dirs == set(SERVICES) | {TOPICS_BASE}
+    for svc in SERVICES:
+        k = kustomization(BASE / svc)
+        resources = k.get("resources", [])
+        assert all(".." not in r for r in resources), f"base/{svc} must not reach outside itself"
+        assert "components" not in k
+        listed = set(resources)
+        on_disk = {p.name for p in (BASE / svc).glob("*.yaml")} - {"kustomization.yaml"}
+        assert listed == on_disk, f"base/{svc}: files not listed in kustomization.yaml: {on_disk - listed}"
+        kinds = {d["kind"] for d in base_resources(svc)}
+        assert {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"} <= kinds, svc
+
+
+def test_no_secret_is_committed() -> None:
+    for path in yaml_files():
+        for doc in load_docs(path):
+            assert doc["kind"] != "Secret", f"{path}: reference Secrets, never commit them"
+    for directory in (BASE, PRODUCTION):
+        for k in directory.rglob("kustomization.yaml"):
+            assert "secretGenerator" not in kustomization(k.parent), f"{k}: no secret values outside local"
+
+
+# --- Deployments -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("service", "deployment"),
+    all_base_deployments(),
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_deployment_is_hardened_and_probed(service: str, deployment: Doc) -> None:
+    name = deployment["metadata"]["name"]
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    assert selects(spec["selector"]["matchLabels"], spec["template"]["metadata"]["labels"]), name
+
+    # service account: none of the Kubernetes API
+    assert pod["automountServiceAccountToken"] is False, name
+    sa = one(base_resources(service), "ServiceAccount", pod["serviceAccountName"])
+    assert sa["automountServiceAccountToken"] is False, name
+
+    # pod security
+    pod_sc = pod["securityContext"]
+    assert pod_sc["runAsNonRoot"] is True, name
+    assert isinstance(pod_sc["runAsUser"], int), name
+    assert pod_sc["runAsUser"] == RUN_AS, name
+    assert pod_sc["seccompProfile"]["type"] == "RuntimeDefault", name
+
+    c = container(deployment)
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True, name
+    assert isinstance(sc["runAsUser"], int), name
+    assert sc["runAsUser"] == RUN_AS, name
+    assert sc["readOnlyRootFilesystem"] is True, name
+    assert sc["allowPrivilegeEscalation"] is False, name
+    assert sc.get("privileged", False) is False, name
+    assert "ALL" in sc["capabilities"]["drop"], name
+    assert not sc["capabilities"].get("add"), name
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault", name
+
+    # a writable /tmp on an emptyDir (the root filesystem is read-only)
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "/tmp" in mounts, name
+    assert "emptyDir" in volumes[mounts["/tmp"]], name
+
+    # probes
+    assert "livenessProbe" in c, name
+    assert "readinessProbe" in c, name
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    if name == WORKER:
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert c[probe]["tcpSocket"]["port"] in ports, name
+    else:
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, name
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, name
+        assert ports["http"] == SERVICES[service].port, name
+
+    # resources
+    for section in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(c["resources"][section]), f"{name}: {section}"
+
+    # image: this service's repository, pinned to a tag
+    image = c["image"]
+    assert image.startswith(f"{IMAGE_REPO}/{service}:"), image
+    assert not image.endswith(":latest"), image
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_service_configuration_and_own_database(service: str) -> None:
+    spec = SERVICES[service]
+    resources = base_resources(service)
+    api = one(resources, "Deployment", service)
+    env = env_of(api)
+    value = {k: e.get("value") for k, e in env.items()}
+    assert value["CRM_SERVICE_NAME"] == service
+    assert value["CRM_ENV"] == "production"
+    assert value["CRM_HTTP_HOST"] == "0.0.0.0"
+    assert value["CRM_HTTP_PORT"] == str(spec.port)
+    assert value["MONGODB_DATABASE"] == spec.database
+    assert ("KAFKA_BOOTSTRAP_SERVERS" in env) is spec.kafka
+    if spec.kafka:
+        assert value["CRM_PROVISION_TOPICS"] == "false", "topics are provisioned by Strimzi KafkaTopics"
+
+    for deployment in of_kind(resources, "Deployment"):
+        denv = env_of(deployment)
+        assert denv["MONGODB_URI"]["valueFrom"]["secretKeyRef"]["name"] == f"{service}-mongodb"
+        assert denv["MONGODB_DATABASE"]["value"] == spec.database
+        assert denv["CRM_JWT_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "crm-jwt"
+        for name, entry in denv.items():
+            if any(word in name for word in ("SECRET", "PASSWORD", "MONGODB_URI")):
+                assert "value" not in entry, f"{name} must come from a Secret"
+
+    service_obj = one(resources, "Service", service)
+    assert selects(service_obj["spec"]["selector"], api["spec"]["template"]["metadata"]["labels"])
+    (port,) = service_obj["spec"]["ports"]
+    assert port["port"] == spec.port
+    assert port["targetPort"] == "http"
+
+    for deployment in of_kind(resources, "Deployment"):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        pdbs = [
+            p
+            for p in of_kind(resources, "PodDisruptionBudget")
+            if selects(p["spec"]["selector"]["matchLabels"], labels)
+        ]
+        assert len(pdbs) == 1, f"{deployment['metadata']['name']}: one PodDisruptionBudget"
+
+
+def test_each_service_has_its_own_database_and_credentials() -> None:
+    databases = [SERVICES[s].database for s in SERVICES]
+    assert len(set(databases)) == len(databases)
+    secrets = {
+        env_of(one(base_resources(s), "Deployment", s))["MONGODB_URI"]["valueFrom"]["secretKeyRef"]["name"]
+        for s in SERVICES
+    }
+    assert len(secrets) == len(SERVICES)
+
+
+def test_gateway_fronts_the_services_by_their_service_names() -> None:
+    env = env_of(one(base_resources("gateway"), "Deployment", "gateway"))
+    for variable, target in GATEWAY_URLS.items():
+        svc = one(base_resources(target), "Service", target)
+        assert env[variable]["value"] == f"http://{target}:{svc['spec']['ports'][0]['port']}"
+    assert env["CRM_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "gateway-admin"
+
+
+def test_analytics_worker_runs_alone_from_the_analytics_image() -> None:
+    resources = base_resources("analytics")
+    worker = one(resources, "Deployment", WORKER)
+    api = one(resources, "Deployment", "analytics")
+    assert worker["spec"]["replicas"] == 1
+    assert worker["spec"]["strategy"]["type"] == "Recreate", "never two workers during a rollout"
+    assert container(worker)["command"][-2:] == ["-m", "analytics.worker"]
+    assert container(worker)["image"] == container(api)["image"]
+    for service in SERVICES:
+        for hpa in of_kind(production_resources(service), "HorizontalPodAutoscaler"):
+            assert hpa["spec"]["scaleTargetRef"]["name"] != WORKER
+
+
+def test_prometheus_scrapes_every_http_pod() -> None:
+    for service, deployment in all_base_deployments():
+        annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+        if deployment["metadata"]["name"] == WORKER:
+            continue
+        assert annotations["prometheus.io/scrape"] == "true", service
+        assert annotations["prometheus.io/port"] == str(SERVICES[service].port), service
+        assert annotations["prometheus.io/path"] == "/metrics", service
+
+
+# --- Kafka topics -------------------------------------------------------------------------------
+
+
+def test_kafka_topic_manifests_are_generated_from_the_topic_table() -> None:
+    generator = load_generator()
+    problems: list[str] = generator.check()
+    assert problems == [], "\n".join(problems)
+
+
+def test_kafka_topic_manifests_match_the_topic_table() -> None:
+    directory = BASE / TOPICS_BASE
+    docs = [d for r in kustomization(directory)["resources"] for d in load_docs(directory / r)]
+    by_topic = {d["spec"]["topicName"]: d for d in docs}
+    assert set(by_topic) == {t.name for t in TOPICS}
+    for topic in TOPICS:
+        doc = by_topic[topic.name]
+        assert doc["kind"] == "KafkaTopic"
+        assert doc["metadata"]["labels"]["strimzi.io/cluster"]
+        assert doc["spec"]["partitions"] == topic.partitions
+        assert doc["spec"]["replicas"] == topic.replication_factor
+        assert {k: str(v) for k, v in doc["spec"]["config"].items()} == topic.topic_configs()
+
+
+def test_topic_generator_check_mode_exit_codes(tmp_path: Path) -> None:
+    generator = load_generator()
+    assert generator.main(["--check"]) == 0
+    stale = tmp_path / "topics.yaml"
+    stale.write_text(generator.render()[:-40], encoding="utf-8")
+    assert generator.main(["--check", "--output", str(stale)]) == 1
+    assert generator.main(["--check", "--output", str(tmp_path / "missing.yaml")]) == 1
+
+
+# --- production overlay ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_production_overlay_per_service(service: str) -> None:
+    k = kustomization(PRODUCTION / service)
+    assert f"../../../base/{service}" in k["resources"], "each department deploys its own directory"
+    assert k["namespace"]
+    (image,) = [i for i in k["images"] if i["name"] == f"{IMAGE_REPO}/{service}"]
+    tag = str(image.get("newTag", ""))
+    assert (tag and tag != "latest") or image.get("digest"), f"{service}: pin the image"
+
+    hpas = of_kind(production_resources(service), "HorizontalPodAutoscaler")
+    if service in HPA_SERVICES:
+        (hpa,) = hpas
+        target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": service}
+        assert hpa["spec"]["scaleTargetRef"] == target
+        assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+        removes_replicas = any(
+            "/spec/replicas" in str(p.get("patch", "")) and "remove" in str(p.get("patch", ""))
+            for p in k.get("patches", [])
+        )
+        assert removes_replicas, f"{service}: the HPA, not kubectl apply, owns spec.replicas"
+    else:
+        assert hpas == []
+
+
+def test_production_overlay_includes_everything() -> None:
+    k = kustomization(PRODUCTION)
+    assert set(k["resources"]) == {*SERVICES, "platform", f"../../base/{TOPICS_BASE}"}
+    assert "namespace" not in k, "the KafkaTopics must stay in the Kafka cluster's namespace"
+    platform = [
+        d
+        for r in kustomization(PRODUCTION / "platform")["resources"]
+        for d in load_docs(PRODUCTION / "platform" / r)
+    ]
+    (deny,) = [d for d in of_kind(platform, "NetworkPolicy") if d["spec"]["podSelector"] == {}]
+    assert set(deny["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert not deny["spec"].get("ingress")
+    assert not deny["spec"].get("egress")
+
+
+def _ports(rules: list[Doc]) -> set[int]:
+    return {p["port"] for rule in rules for p in rule.get("ports", [])}
+
+
+def _peer_names(rule: Doc) -> set[str]:
+    names: set[str] = set()
+    peers: list[Doc] = rule.get("from") or rule.get("to") or []
+    for peer in peers:
+        pod = peer.get("podSelector", {}).get("matchLabels", {})
+        ns = peer.get("namespaceSelector", {}).get("matchLabels", {})
+        names.add(pod.get("app.kubernetes.io/name") or ns.get("kubernetes.io/metadata.name") or "?")
+    return names
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_production_network_policies(service: str) -> None:
+    policies = of_kind(production_resources(service), "NetworkPolicy")
+    for deployment in of_kind(base_resources(service), "Deployment"):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        matching = [p for p in policies if selects(p["spec"]["podSelector"]["matchLabels"], labels)]
+        assert len(matching) == 1, deployment["metadata"]["name"]
+        (policy,) = matching
+        spec = policy["spec"]
+        assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+        ingress: list[Doc] = spec.get("ingress") or []
+        egress: list[Doc] = spec["egress"]
+        name = deployment["metadata"]["name"]
+
+        if name == WORKER:
+            assert ingress == [], "the worker takes no inbound traffic"
+        elif service == "gateway":
+            sources = set().union(*(_peer_names(r) for r in ingress))
+            assert sources == {"ingress-nginx", "prometheus"}
+            assert _ports(ingress) == {SERVICES[service].port}
+        else:
+            sources = set().union(*(_peer_names(r) for r in ingress))
+            assert sources == {"gateway", "prometheus"}, "only the gateway (and Prometheus) may call in"
+            assert _ports(ingress) == {SERVICES[service].port}
+
+        egress_ports = _ports(egress)
+        assert {53, 27017} <= egress_ports, "DNS and MongoDB"
+        if service == "gateway":
+            upstream_ports = {SERVICES[s].port for s in GATEWAY_URLS.values()}
+            assert egress_ports == {53, 27017} | upstream_ports, "no Kafka for the gateway"
+        else:
+            assert egress_ports == {53, 9092, 27017}, "DNS, Kafka and MongoDB only"
+
+
+# --- Dockerfiles ----------------------------------------------------------------------------------------
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    lines: list[str] = []
+    pending = ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        stripped = raw.strip()
+        if stripped.startswith("#") or not stripped:
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        lines.append(pending + stripped)
+        pending = ""
+    out: list[tuple[str, str]] = []
+    for line in lines:
+        keyword, _, rest = line.partition(" ")
+        out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_dockerfile(service: str) -> None:
+    spec = SERVICES[service]
+    path = ROOT / "services" / service / "Dockerfile"
+    instructions = dockerfile_instructions(path)
+    froms = [i for i, (kw, _) in enumerate(instructions) if kw == "FROM"]
+    assert len(froms) >= 2, "multi-stage"
+    final = instructions[froms[-1] :]
+    runs = " ".join(rest for kw, rest in instructions if kw == "RUN")
+    copies = [rest for kw, rest in instructions if kw == "COPY"]
+
+    assert "uv sync" in runs
+    assert "--frozen" in runs, "installs exactly what uv.lock says"
+    assert "--no-dev" in runs
+    assert f"--package {service}" in runs
+    assert any("uv.lock" in c for c in copies), "installs from the lock file"
+    assert any(c.split()[0] == "shared" or " shared " in f" {c} " for c in copies), "copies shared/"
+    assert any(f"services/{service}" in c for c in copies)
+
+    users = [rest for kw, rest in final if kw == "USER"]
+    assert users, "the runtime stage sets USER"
+    uid, _, gid = users[-1].partition(":")
+    assert uid.isdigit(), "a numeric user"
+    assert int(uid) != 0, "a non-root user"
+    assert int(uid) == RUN_AS, "the same uid as the pods' runAsUser"
+    assert not gid or (gid.isdigit() and int(gid) != 0)
+
+    assert ("EXPOSE", str(spec.port)) in final
+    (entrypoint,) = [json.loads(rest) for kw, rest in final if kw == "ENTRYPOINT"]
+    assert entrypoint[-2:] == ["-m", f"{spec.package}.main"], "exec form, no shell"
+    assert all(not rest.lstrip().startswith(("sh ", "/bin/sh", "bash")) for kw, rest in final if kw == "CMD")
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    lines = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {"*", "!pyproject.toml", "!uv.lock", "!shared/", "!services/"} <= lines
+    assert {"**/.venv/", "**/tests/"} <= lines
+
+
+# --- monitoring ---------------------------------------------------------------------------------------
+
+
+def test_metric_contract_names_exist_in_the_code() -> None:
+    sources = [
+        *(ROOT / "shared" / "platform" / "src").rglob("*.py"),
+        *(ROOT / "services").glob("*/src/**/*.py"),
+    ]
+    text = "\n".join(p.read_text(encoding="utf-8") for p in sources)
+    for name in CRM_METRICS:
+        declared = name.removesuffix("_total")  # prometheus_client adds _total to counters
+        assert f'"{declared}"' in text or f'"{name}"' in text, f"no service declares the metric {name}"
+
+
+def test_alerts_use_only_exported_metrics() -> None:
+    for rule in prometheus_rules():
+        unknown = metric_names(rule["expr"]) - ALLOWED_SERIES
+        assert not unknown, f"{rule.get('alert')}: unknown metrics {sorted(unknown)}"
+
+
+def test_dashboard_uses_only_exported_metrics() -> None:
+    exprs = dashboard_exprs()
+    assert exprs
+    for expr in exprs:
+        unknown = metric_names(expr) - ALLOWED_SERIES
+        assert not unknown, f"dashboard query {expr!r}: unknown metrics {sorted(unknown)}"
+
+
+def test_every_alert_is_documented() -> None:
+    rules = prometheus_rules()
+    names = [r["alert"] for r in rules]
+    assert len(names) == len(set(names)), "alert names are unique"
+    for rule in rules:
+        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+        for key in ("summary", "description", "runbook"):
+            assert str(rule["annotations"].get(key, "")).strip(), f"{rule['alert']}: no {key}"
+
+
+def _threshold(expr: str) -> float:
+    match = re.search(r">\s*([0-9.e+]+)\s*$", expr.strip())
+    assert match, expr
+    return float(match.group(1))
+
+
+def test_transport_latency_alert_per_handoff() -> None:
+    rules = prometheus_rules()
+    for handoff in HANDOFFS:
+        matching = [
+            r
+            for r in rules
+            if "histogram_quantile(0.99" in r["expr"]
+            and "crm_handoff_transport_latency_seconds_bucket" in r["expr"]
+            and f'handoff="{handoff.name}"' in r["expr"]
+        ]
+        assert len(matching) == 1, f"one p99 transport latency alert for {handoff.name}"
+        assert matching[0]["labels"]["handoff"] == handoff.name
+        assert _threshold(matching[0]["expr"]) > 0
+
+
+@pytest.mark.parametrize(("handoff", "sla_seconds"), [("lead-qualified", 3600), ("deal-won", 86400)])
+def test_business_latency_sla_alerts(handoff: str, sla_seconds: int) -> None:
+    matching = [
+        r
+        for r in prometheus_rules()
+        if "crm_analytics_handoff_latency_seconds" in r["expr"]
+        and f'handoff="{handoff}"' in r["expr"]
+        and 'kind="business"' in r["expr"]
+        and 'quantile="0.95"' in r["expr"]
+    ]
+    assert len(matching) == 1
+    assert _threshold(matching[0]["expr"]) == sla_seconds
+
+
+def test_pipeline_and_readiness_alerts_exist() -> None:
+    rules = prometheus_rules()
+
+    def using(metric: str) -> list[Doc]:
+        return [r for r in rules if metric in metric_names(r["expr"])]
+
+    assert using("crm_dead_lettered_total"), "dead letters increasing"
+    assert any(r["for"] == "5m" and "deriv(" in r["expr"] for r in using("crm_outbox_backlog")), (
+        "outbox backlog growing for 5 minutes"
+    )
+    assert using("crm_consumer_lag"), "consumer lag high"
+    assert using("kube_deployment_status_replicas_available"), "a service not ready"
+
+
+def test_dashboard_covers_every_handoff_and_pipeline_signal() -> None:
+    board = dashboard()
+    assert board["uid"] == "crm-handoffs"
+    ids = [p["id"] for p in dashboard_panels()]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    for handoff in HANDOFFS:
+        panels = [
+            p
+            for p in dashboard_panels()
+            if any(
+                f'handoff="{handoff.name}"' in t.get("expr", "")
+                and "crm_handoff_transport_latency_seconds_bucket" in t.get("expr", "")
+                for t in p.get("targets", [])
+            )
+        ]
+        assert panels, f"no transport latency panel for {handoff.name}"
+        exprs = " ".join(t["expr"] for p in panels for t in p["targets"])
+        for q in ("0.50", "0.95", "0.99"):
+            assert f"histogram_quantile({q}" in exprs, f"{handoff.name}: p{q}"
+    all_exprs = " ".join(dashboard_exprs())
+    assert 'kind="business"' in all_exprs
+    for metric in (
+        "crm_outbox_backlog",
+        "crm_dead_lettered_total",
+        "crm_consumer_lag",
+        "crm_analytics_funnel",
+    ):
+        assert metric in all_exprs, metric
+
+
+def test_deploy_readme_exists() -> None:
+    text = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    for needle in (
+        "kubectl apply -k deploy/k8s/base/",
+        "overlays/production",
+        "gen_k8s_topics.py",
+        "prometheusrule.yaml",
+        "crm-handoffs.json",
+    ):
+        assert needle in text, needle
