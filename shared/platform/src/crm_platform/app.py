@@ -118,9 +118,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if runtime is not None:
             await runtime.start()
-        if on_startup is not None:
-            await on_startup(app)
         try:
+            if on_startup is not None:
+                await on_startup(app)
             yield
         finally:
             if runtime is not None:

@@ -1,6 +1,6 @@
 """Settings shared by every service, read from the environment, failing fast.
 
-Outside ``CRM_ENV=local`` the development JWT secret is refused, so a service
+With ``CRM_ENV=production`` the development JWT secret is refused, so a service
 can never reach production signing tokens with a key printed in the README.
 """
 

@@ -1,0 +1,124 @@
+"""``/api/{service}/{path}``: verify the token, check the route table, forward unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from crm_platform.auth import Principal
+from crm_platform.errors import NotFound
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from starlette.background import BackgroundTask
+from starlette.responses import StreamingResponse
+
+from gateway.api.deps import active_principal, get_upstreams
+from gateway.domain.routes import SERVICES, UnsafePath, authorize
+from gateway.logctx import annotate
+from gateway.upstream import Forwarded, Upstreams
+
+router = APIRouter(tags=["forwarding"])
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+DESCRIPTION = (
+    "Forwards to the department service (leads, sales, service-desk, analytics) with the same "
+    "method, query string, body and Authorization header. The gateway checks the token (401) "
+    "and the coarse route table (403) first; the service checks again. Upstream down: 503; "
+    "upstream too slow: 504."
+)
+
+
+def upstream_path(request: Request) -> str:
+    """The path below ``/api/{service}`` exactly as the client encoded it."""
+    raw = request.scope.get("raw_path")
+    if isinstance(raw, bytes | bytearray):
+        full = bytes(raw).split(b"?", 1)[0].decode("latin-1")
+    else:
+        full = quote(request.scope["path"], safe="/:@!$&'()*+,;=-._~")
+    parts = full.split("/", 3)  # ['', 'api', '<service>', '<rest>']
+    return "/" + parts[3] if len(parts) > 3 else "/"
+
+
+async def _forward(service: str, request: Request, principal: Principal, upstreams: Upstreams) -> Response:
+    if service not in SERVICES:
+        raise NotFound(f"unknown service {service!r}; one of {list(SERVICES)}", service=service)
+    path = upstream_path(request)
+    annotate(upstream=service, upstream_path=path)
+    try:
+        decision = authorize(principal.roles, service, request.method, path)
+    except UnsafePath as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    if not decision.allowed:
+        assert decision.rule is not None
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"{request.method} {decision.rule.pattern} on {service} requires one of the roles "
+            f"{sorted(decision.rule.roles)}; you have {sorted(principal.roles)}",
+        )
+    forwarded = await upstreams.forward(
+        service,
+        method=request.method,
+        raw_path=path,
+        query=request.scope.get("query_string", b""),
+        headers=request.headers,
+        body=await request.body(),
+        client_host=request.client.host if request.client else None,
+        scheme=request.url.scheme,
+        host=request.headers.get("host"),
+    )
+    return _stream(forwarded)
+
+
+def _stream(forwarded: Forwarded) -> Response:
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in forwarded.body:
+                yield chunk
+        finally:
+            await forwarded.aclose()
+
+    response = StreamingResponse(
+        body(), status_code=forwarded.status_code, background=BackgroundTask(forwarded.aclose)
+    )
+    response.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in forwarded.headers]
+    return response
+
+
+async def forward(
+    service: str,
+    path: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(active_principal)],
+    upstreams: Annotated[Upstreams, Depends(get_upstreams)],
+) -> Response:
+    return await _forward(service, request, principal, upstreams)
+
+
+async def forward_root(
+    service: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(active_principal)],
+    upstreams: Annotated[Upstreams, Depends(get_upstreams)],
+) -> Response:
+    return await _forward(service, request, principal, upstreams)
+
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no valid token"},
+    403: {"description": "the route table refuses your roles"},
+    404: {"description": "unknown service"},
+    503: {"description": "upstream unavailable"},
+    504: {"description": "upstream timeout"},
+}
+# One route per method so each has its own operation id in the gateway's OpenAPI.
+for _method in METHODS:
+    router.add_api_route(
+        "/api/{service}/{path:path}",
+        forward,
+        methods=[_method],
+        operation_id=f"forward_{_method.lower()}",
+        summary=f"{_method} on a department service",
+        description=DESCRIPTION,
+        responses=RESPONSES,
+        include_in_schema=_method != "HEAD",
+    )
+router.add_api_route("/api/{service}", forward_root, methods=METHODS, include_in_schema=False)

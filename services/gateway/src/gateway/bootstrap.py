@@ -1,0 +1,120 @@
+"""The one place that wires the gateway: settings, runtime, accounts, upstreams, routers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from crm_platform.app import create_app
+from crm_platform.logging import request_id_var
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.routing import BaseRoute
+
+from gateway import store
+from gateway.api import auth, docs, proxy, users
+from gateway.domain.lockout import LockoutPolicy
+from gateway.handlers import Accounts
+from gateway.logctx import RequestLogFields, install_log_filter
+from gateway.runtime import GatewayRuntime
+from gateway.settings import GatewaySettings
+from gateway.upstream import UpstreamError, Upstreams
+
+DESCRIPTION = """The single entry point of the CRM.
+
+* `POST /auth/login` gives a bearer token; send it as `Authorization: Bearer <token>`.
+* `/users` manages accounts (admin only).
+* `/api/{service}/{path}` forwards to leads, sales, service-desk and analytics after checking
+  the token and the route table; `/docs` links every service's API documentation.
+"""
+
+
+def build_app(settings: GatewaySettings) -> FastAPI:
+    upstreams = Upstreams(
+        settings.upstreams,
+        timeout=settings.upstream_timeout_seconds,
+        connect_timeout=settings.upstream_connect_timeout_seconds,
+        max_connections=settings.upstream_max_connections,
+    )
+    runtime = GatewayRuntime(settings, indexes=store.ensure_indexes, upstreams=upstreams)
+
+    async def on_startup(app: FastAPI) -> None:
+        await app.state.accounts.bootstrap_admin(settings.bootstrap_admin_password)
+
+    app = create_app(
+        settings=settings,
+        title="CRM gateway",
+        description=DESCRIPTION,
+        runtime=runtime,
+        # Public: login and the documentation; the rest needs a valid token.
+        public=[auth.login_router, docs.router],
+        protected=[auth.me_router, users.router, proxy.router],
+        on_startup=on_startup,
+    )
+    app.state.upstreams = upstreams
+    app.state.accounts = Accounts(
+        runtime.store,
+        app.state.token_verifier,
+        settings.password_policy,
+        LockoutPolicy(
+            max_failures=settings.login_max_failures,
+            window=timedelta(minutes=settings.login_window_minutes),
+            lock_for=timedelta(minutes=settings.login_lockout_minutes),
+        ),
+        timedelta(minutes=settings.token_ttl_minutes),
+        session_cache_seconds=settings.session_check_seconds,
+    )
+
+    # FastAPI's own Swagger page would shadow the docs index; ours lists every service
+    # (the gateway's own page is /docs/gateway).
+    _drop_routes(app, "/docs")
+    _replace_readiness(app, runtime, upstreams)
+
+    @app.exception_handler(UpstreamError)
+    async def _upstream(_: Request, exc: UpstreamError) -> JSONResponse:
+        body = {
+            "error": exc.code,
+            "message": exc.message,
+            "service": exc.service,
+            "request_id": request_id_var.get(),
+        }
+        return JSONResponse(status_code=exc.status_code, content=body)
+
+    app.add_middleware(RequestLogFields)
+    install_log_filter()
+    return app
+
+
+def _drop_routes(app: FastAPI, path: str) -> None:
+    """Remove the routes at ``path`` that FastAPI or the platform added (never the gateway's)."""
+
+    def foreign(route: BaseRoute) -> bool:
+        module = getattr(getattr(route, "endpoint", None), "__module__", "") or ""
+        return getattr(route, "path", None) == path and not module.startswith("gateway.")
+
+    app.router.routes[:] = [r for r in app.router.routes if not foreign(r)]
+
+
+def _replace_readiness(app: FastAPI, runtime: GatewayRuntime, upstreams: Upstreams) -> None:
+    """Ready when the gateway's own database answers; upstreams are reported, not required.
+
+    A department being down must not take the whole entry point out of the load
+    balancer: its routes answer 503 while the others keep working.
+    """
+    _drop_routes(app, "/readyz")
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> JSONResponse:
+        checks = await runtime.check_ready()
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            status_code=200 if ready else 503,
+            content={
+                "status": "ready" if ready else "not_ready",
+                "checks": checks,
+                "upstreams": await upstreams.health(),
+            },
+        )
+
+    # Keep it where the platform had it, before any router (routes match in order).
+    route = app.router.routes.pop()
+    app.router.routes.insert(0, route)

@@ -1,0 +1,1 @@
+"""The gateway's pure rules: route policy, password policy, lockout. No I/O here."""

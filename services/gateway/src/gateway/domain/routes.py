@@ -1,0 +1,164 @@
+"""Which services the gateway fronts, and the coarse role check per route.
+
+The table is declarative: ``(service, methods, path pattern) -> allowed roles``,
+first match wins. Unlisted routes are open to any authenticated user and the
+upstream service decides (every service verifies the token and checks roles
+again). Patterns are matched against the *normalised* path below the service
+prefix (``/api/leads/scoring-rules`` -> ``/scoring-rules``):
+
+- a literal segment matches itself (case-insensitive),
+- ``*`` matches exactly one segment,
+- ``a|b|c`` matches one of the literals,
+- ``**`` (last segment only) matches zero or more segments.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from crm_platform.auth import Role
+
+LEADS = "leads"
+SALES = "sales"
+SERVICE_DESK = "service-desk"
+ANALYTICS = "analytics"
+SERVICES: tuple[str, ...] = (LEADS, SALES, SERVICE_DESK, ANALYTICS)
+
+READ = frozenset({"GET", "HEAD"})
+WRITE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+ANY: frozenset[str] = frozenset()  # empty = every method
+
+MARKETING_ROLES = frozenset({Role.MARKETING, Role.ADMIN})
+SALES_ROLES = frozenset({Role.SALES_REP, Role.SALES_MANAGER, Role.ADMIN})
+SERVICE_ROLES = frozenset({Role.SERVICE_REP, Role.CUSTOMER_SUCCESS_MANAGER, Role.ADMIN})
+LEAD_READERS = MARKETING_ROLES | SALES_ROLES | {Role.ANALYST}
+ANALYTICS_READERS = frozenset({Role.ANALYST, Role.SALES_MANAGER, Role.ADMIN})
+
+
+class UnsafePath(ValueError):
+    """A path the gateway refuses to forward (dot segments, control characters)."""
+
+
+def normalize_path(path: str) -> str:
+    """The canonical form used for policy matching: decoded, no empty or trailing segments.
+
+    ``.`` and ``..`` segments are refused rather than resolved, so no spelling of a
+    path can match one rule at the gateway and reach another route upstream.
+    """
+    decoded = unquote(path)
+    if any(ord(c) < 0x20 or c == "\x7f" for c in decoded):
+        raise UnsafePath("control characters in path")
+    segments = [s for s in decoded.split("/") if s]
+    if any(s in (".", "..") for s in segments):
+        raise UnsafePath("'.' and '..' path segments are not allowed")
+    return "/" + "/".join(segments)
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    if not pattern.startswith("/"):
+        raise ValueError(f"pattern must start with '/': {pattern!r}")
+    segments = [s for s in pattern.split("/") if s]
+    parts: list[str] = []
+    for i, seg in enumerate(segments):
+        if seg == "**":
+            if i != len(segments) - 1:
+                raise ValueError(f"'**' must be the last segment: {pattern!r}")
+            parts.append("(?:/[^/]+)*")
+        elif seg == "*":
+            parts.append("/[^/]+")
+        elif "*" in seg:
+            raise ValueError(f"'*' must be a whole segment: {pattern!r}")
+        else:
+            options = seg.split("|")
+            if any(not o for o in options):
+                raise ValueError(f"empty alternative in {pattern!r}")
+            parts.append("/(?:" + "|".join(re.escape(o) for o in options) + ")")
+    body = "".join(parts)
+    return re.compile(f"^{body}$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    service: str
+    methods: frozenset[str]
+    pattern: str
+    roles: frozenset[Role]
+    why: str = ""
+    regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.service not in SERVICES:
+            raise ValueError(f"unknown service {self.service!r}")
+        if not self.roles:
+            raise ValueError("a rule must allow at least one role")
+        object.__setattr__(self, "regex", _compile(self.pattern))
+
+    def matches(self, service: str, method: str, path: str) -> bool:
+        if service != self.service:
+            return False
+        if self.methods and method.upper() not in self.methods:
+            return False
+        return bool(self.regex.match("" if path == "/" else path))
+
+    def describe_methods(self) -> str:
+        order = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+        return ", ".join(m for m in order if m in self.methods) if self.methods else "any"
+
+
+def rule(
+    service: str, methods: Iterable[str], pattern: str, roles: Iterable[Role], why: str = ""
+) -> RouteRule:
+    return RouteRule(service, frozenset(m.upper() for m in methods), pattern, frozenset(roles), why)
+
+
+# First match wins: list the specific rules before the broad ones of a service.
+ROUTE_TABLE: tuple[RouteRule, ...] = (
+    # leads (marketing)
+    rule(LEADS, WRITE, "/scoring-rules/**", MARKETING_ROLES, "scoring rules are marketing's"),
+    rule(LEADS, {"POST"}, "/behaviours|behaviors/**", MARKETING_ROLES, "behaviour tracking feeds scoring"),
+    rule(LEADS, READ, "/**", LEAD_READERS, "sales and analysts read leads"),
+    # sales
+    rule(SALES, {"POST"}, "/inbox/*/accept|reject|recycle", SALES_ROLES, "the verdict on a handed-off lead"),
+    rule(SALES, WRITE, "/opportunities/**", SALES_ROLES, "deals are changed by sales only"),
+    # service desk (customer service and customer success)
+    rule(SERVICE_DESK, ANY, "/**", SERVICE_ROLES, "cases, accounts and commitments"),
+    # analytics
+    rule(ANALYTICS, READ, "/**", ANALYTICS_READERS, "reports and exports"),
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    rule: RouteRule | None  # None: unlisted route, any authenticated user passes
+
+    @property
+    def required_roles(self) -> frozenset[Role] | None:
+        return self.rule.roles if self.rule is not None else None
+
+
+def find_rule(
+    service: str, method: str, path: str, table: tuple[RouteRule, ...] = ROUTE_TABLE
+) -> RouteRule | None:
+    """The first rule matching; ``path`` must already be normalised."""
+    for r in table:
+        if r.matches(service, method, path):
+            return r
+    return None
+
+
+def authorize(
+    roles: Iterable[str],
+    service: str,
+    method: str,
+    path: str,
+    table: tuple[RouteRule, ...] = ROUTE_TABLE,
+) -> Decision:
+    """May a user with ``roles`` call ``method path`` on ``service``? ``path`` is normalised here."""
+    matched = find_rule(service, method, normalize_path(path), table)
+    if matched is None:
+        return Decision(True, None)
+    return Decision(bool(set(roles) & matched.roles), matched)

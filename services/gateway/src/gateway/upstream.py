@@ -1,0 +1,229 @@
+"""The department services behind the gateway: one pooled HTTP client, forwarding, health, docs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from crm_platform.logging import correlation_id_var, request_id_var
+
+from gateway.logctx import annotate
+
+log = logging.getLogger("crm.gateway.upstream")
+
+# Hop-by-hop headers (RFC 9110 7.6.1) and those the client recomputes are not forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+REQUEST_DROP = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "x-request-id",
+    "x-correlation-id",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+}
+# The gateway's own server stamps date/server; request ids are set by the platform middleware.
+RESPONSE_DROP = HOP_BY_HOP | {"date", "server", "x-request-id", "x-correlation-id"}
+
+
+class UpstreamError(Exception):
+    status_code = 502
+    code = "bad_gateway"
+
+    def __init__(self, service: str, message: str) -> None:
+        super().__init__(message)
+        self.service = service
+        self.message = message
+
+
+class UpstreamUnavailable(UpstreamError):
+    status_code = 503
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class UnknownService(LookupError):
+    pass
+
+
+@dataclass
+class Forwarded:
+    """An upstream response whose body is still to be streamed back."""
+
+    status_code: int
+    headers: list[tuple[str, str]]
+    body: AsyncIterator[bytes]
+    response: httpx.Response
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
+
+
+class Upstreams:
+    def __init__(
+        self,
+        urls: Mapping[str, str],
+        *,
+        timeout: float = 30.0,
+        connect_timeout: float = 3.0,
+        max_connections: int = 200,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.urls = dict(urls)
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout),
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max(10, max_connections // 4),
+                keepalive_expiry=30.0,
+            ),
+            transport=transport or httpx.AsyncHTTPTransport(retries=1),
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    def base_url(self, service: str) -> str:
+        try:
+            return self.urls[service]
+        except KeyError:
+            raise UnknownService(service) from None
+
+    async def forward(
+        self,
+        service: str,
+        *,
+        method: str,
+        raw_path: str,
+        query: bytes,
+        headers: Mapping[str, str],
+        body: bytes,
+        client_host: str | None,
+        scheme: str,
+        host: str | None,
+    ) -> Forwarded:
+        """Send the request upstream and return its response head; the body streams on."""
+        url = self.base_url(service) + raw_path
+        if query:
+            url = f"{url}?{query.decode('latin-1')}"
+        out = [(k, v) for k, v in headers.items() if k.lower() not in REQUEST_DROP]
+        out += _trace_headers()
+        prior = headers.get("x-forwarded-for")
+        if client_host:
+            out.append(("x-forwarded-for", f"{prior}, {client_host}" if prior else client_host))
+        out.append(("x-forwarded-proto", scheme))
+        if host:
+            out.append(("x-forwarded-host", host))
+        request = self.client.build_request(method, httpx.URL(url), headers=out, content=body)
+        started = time.perf_counter()
+        annotate(upstream=service, upstream_url=self.base_url(service))
+        try:
+            response = await self.client.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            self._failed(service, method, raw_path, started, exc)
+            raise UpstreamUnavailable(service, f"{service} is unavailable: {type(exc).__name__}") from None
+        except httpx.TimeoutException as exc:
+            self._failed(service, method, raw_path, started, exc)
+            raise UpstreamTimeout(service, f"{service} did not answer in time") from None
+        except httpx.HTTPError as exc:
+            self._failed(service, method, raw_path, started, exc)
+            raise UpstreamError(service, f"{service} failed: {type(exc).__name__}") from None
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+        annotate(upstream_status=response.status_code, upstream_ms=elapsed_ms)
+        resp_headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in RESPONSE_DROP]
+        return Forwarded(response.status_code, resp_headers, response.aiter_raw(), response)
+
+    def _failed(self, service: str, method: str, path: str, started: float, exc: Exception) -> None:
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+        annotate(upstream_error=type(exc).__name__, upstream_ms=elapsed_ms)
+        log.warning(
+            "upstream %s failed: %s %s (%s)",
+            service,
+            method,
+            path,
+            type(exc).__name__,
+            extra={"upstream": service, "upstream_error": type(exc).__name__, "upstream_ms": elapsed_ms},
+        )
+
+    async def health(self, timeout: float = 1.5) -> dict[str, str]:
+        """Each upstream's ``/healthz``: 'ok' or why not."""
+
+        async def one(service: str) -> tuple[str, str]:
+            try:
+                r = await self.client.get(self.base_url(service) + "/healthz", timeout=timeout)
+            except httpx.HTTPError as exc:
+                return service, f"unreachable: {type(exc).__name__}"
+            return service, "ok" if r.status_code == 200 else f"unhealthy: HTTP {r.status_code}"
+
+        return dict(await asyncio.gather(*(one(s) for s in self.urls)))
+
+    async def openapi(self, service: str) -> dict[str, Any]:
+        """The service's OpenAPI document, rewritten so requests go through the gateway."""
+        try:
+            r = await self.client.get(self.base_url(service) + "/openapi.json", headers=_trace_headers())
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise UpstreamUnavailable(service, f"{service} is unavailable: {type(exc).__name__}") from None
+        except httpx.TimeoutException:
+            raise UpstreamTimeout(service, f"{service} did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(service, f"{service} failed: {type(exc).__name__}") from None
+        if r.status_code != 200:
+            raise UpstreamError(service, f"{service} answered HTTP {r.status_code} for its OpenAPI document")
+        try:
+            doc = r.json()
+        except ValueError:
+            raise UpstreamError(service, f"{service} returned an OpenAPI document that is not JSON") from None
+        if not isinstance(doc, dict):
+            raise UpstreamError(service, f"{service} returned an OpenAPI document that is not an object")
+        return rewrite_openapi(doc, service)
+
+
+def _trace_headers() -> list[tuple[str, str]]:
+    out = []
+    if (rid := request_id_var.get()) is not None:
+        out.append(("x-request-id", rid))
+    if (cid := correlation_id_var.get()) is not None:
+        out.append(("x-correlation-id", cid))
+    return out
+
+
+def rewrite_openapi(doc: dict[str, Any], service: str) -> dict[str, Any]:
+    """Point ``servers`` at ``/api/{service}`` and declare the bearer token for "try it out"."""
+    doc = dict(doc)
+    doc["servers"] = [{"url": f"/api/{service}", "description": f"{service} through the gateway"}]
+    components = dict(doc.get("components") or {})
+    schemes = dict(components.get("securitySchemes") or {})
+    if not schemes:
+        schemes["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "the access_token from POST /auth/login on the gateway",
+        }
+        components["securitySchemes"] = schemes
+        doc["components"] = components
+        doc.setdefault("security", [{"bearer": []}])
+    return doc

@@ -1,0 +1,301 @@
+"""Integration (real mongod): login, lockout, tokens, bootstrap admin, admin user management."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from crm_platform.auth import TokenVerifier
+from crm_platform.settings import DEV_JWT_SECRET
+from crm_platform.testing import auth_headers
+from pymongo import AsyncMongoClient
+
+PASSWORD = "a-good-long-password"
+
+
+async def test_bootstrap_admin_logs_in_and_gets_a_verifiable_token(gateway: Any, helpers: Any) -> None:
+    async with gateway() as client:
+        r = await client.post("/auth/login", json={"username": "admin", "password": helpers.admin_password})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert set(body) == {"access_token", "token_type", "expires_in", "roles"}
+        assert body["token_type"] == "bearer"
+        assert body["expires_in"] == 8 * 3600
+        assert body["roles"] == ["admin"]
+        principal = TokenVerifier(DEV_JWT_SECRET, "crm-gateway").verify(body["access_token"])
+        assert principal.username == "admin"
+        assert principal.roles == {"admin"}
+
+        me = await client.get("/auth/me", headers=helpers.bearer(body["access_token"]))
+        assert me.status_code == 200
+        assert me.json() == {
+            "id": principal.user_id,
+            "username": "admin",
+            "display_name": "Administrator",
+            "roles": ["admin"],
+            "active": True,
+        }
+
+
+async def test_bootstrap_happens_only_on_an_empty_database(
+    gateway_settings: Any, gateway: Any, helpers: Any
+) -> None:
+    settings = gateway_settings()
+    async with gateway(settings) as client:
+        await helpers.login(client)
+    again = type(settings).model_validate(
+        {**settings.model_dump(), "admin_password": "another-admin-password"}
+    )
+    async with gateway(again) as client:
+        r = await client.post("/auth/login", json={"username": "admin", "password": "another-admin-password"})
+        assert r.status_code == 401
+        await helpers.login(client)  # the original password still works
+        users = await client.get("/users", headers=helpers.bearer(await helpers.login(client)))
+        assert users.json()["total"] == 1
+
+
+async def test_wrong_password_and_unknown_user_look_the_same(gateway: Any) -> None:
+    async with gateway() as client:
+        wrong = await client.post("/auth/login", json={"username": "admin", "password": "not-the-password"})
+        unknown = await client.post("/auth/login", json={"username": "nobody", "password": "whatever-it-is"})
+        assert wrong.status_code == unknown.status_code == 401
+        for r in (wrong, unknown):
+            body = r.json()
+            body.pop("request_id")
+            assert body == {"error": "unauthorized", "message": "invalid username or password"}
+        missing = await client.post("/auth/login", json={"username": "admin"})
+        assert missing.status_code == 422
+        assert "password" in missing.json()["message"]
+
+
+async def test_usernames_are_case_insensitive(gateway: Any, helpers: Any) -> None:
+    async with gateway() as client:
+        admin = await helpers.login(client, "ADMIN")
+        await helpers.create_user(client, admin, "Jane.Doe", ["sales_rep"])
+        taken = await client.post(
+            "/users",
+            headers=helpers.bearer(admin),
+            json={"username": "jane.doe", "password": PASSWORD, "roles": ["analyst"]},
+        )
+        assert taken.status_code == 409
+        assert taken.json()["error"] == "conflict"
+        r = await client.post("/auth/login", json={"username": "JANE.DOE", "password": PASSWORD})
+        assert r.status_code == 200
+        assert r.json()["roles"] == ["sales_rep"]
+
+
+async def test_lockout_after_repeated_failures(gateway: Any, helpers: Any) -> None:
+    async with gateway(CRM_LOGIN_MAX_FAILURES=3, CRM_LOGIN_LOCKOUT_MINUTES=10) as client:
+        admin = await helpers.login(client)
+        await helpers.create_user(client, admin, "victim", ["analyst"])
+        bad = {"username": "victim", "password": "wrong-password-1"}
+        assert (await client.post("/auth/login", json=bad)).status_code == 401
+        assert (await client.post("/auth/login", json=bad)).status_code == 401
+        third = await client.post("/auth/login", json=bad)
+        assert third.status_code == 429
+        assert third.json()["error"] == "too_many_attempts"
+        assert 590 <= int(third.headers["retry-after"]) <= 600
+        # Locked: even the right password is refused, without checking it.
+        right = await client.post("/auth/login", json={"username": "Victim", "password": PASSWORD})
+        assert right.status_code == 429
+        assert "retry-after" in right.headers
+        # Other accounts are unaffected; unknown names lock the same way (no account probing).
+        await helpers.login(client)
+        for _ in range(3):
+            r = await client.post("/auth/login", json={"username": "ghost", "password": "wrong-password-1"})
+        assert r.status_code == 429
+        # An admin password reset lifts the lock.
+        users = (await client.get("/users", headers=helpers.bearer(admin))).json()["items"]
+        victim = next(u for u in users if u["username"] == "victim")
+        reset = await client.patch(
+            f"/users/{victim['id']}", headers=helpers.bearer(admin), json={"password": "a-brand-new-password"}
+        )
+        assert reset.status_code == 200
+        await helpers.login(client, "victim", "a-brand-new-password")
+
+
+async def test_concurrent_failures_are_all_counted(gateway: Any) -> None:
+    async with gateway(CRM_LOGIN_MAX_FAILURES=4) as client:
+        bad = {"username": "admin", "password": "wrong-password-1"}
+        results = await asyncio.gather(*(client.post("/auth/login", json=bad) for _ in range(8)))
+        assert {r.status_code for r in results} <= {401, 429}
+        r = await client.post("/auth/login", json={"username": "admin", "password": "admin-dev-password"})
+        assert r.status_code == 429
+
+
+async def test_success_clears_earlier_failures(gateway: Any, helpers: Any) -> None:
+    async with gateway(CRM_LOGIN_MAX_FAILURES=3) as client:
+        bad = {"username": "admin", "password": "wrong-password-1"}
+        for _ in range(2):
+            assert (await client.post("/auth/login", json=bad)).status_code == 401
+        await helpers.login(client)
+        for _ in range(2):
+            assert (await client.post("/auth/login", json=bad)).status_code == 401
+        await helpers.login(client)
+
+
+async def test_auth_me_needs_a_valid_token(gateway: Any) -> None:
+    async with gateway() as client:
+        assert (await client.get("/auth/me")).status_code == 401
+        r = await client.get("/auth/me", headers={"Authorization": "Bearer not.a.token"})
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"] == "Bearer"
+        foreign = TokenVerifier("another-secret-of-at-least-32-characters!!", "crm-gateway")
+        from crm_platform.auth import Principal
+
+        forged = foreign.issue(Principal("x", "x", frozenset({"admin"})))
+        assert (
+            await client.get("/auth/me", headers={"Authorization": f"Bearer {forged}"})
+        ).status_code == 401
+
+
+async def test_user_management_is_admin_only(gateway: Any, helpers: Any) -> None:
+    async with gateway() as client:
+        admin = await helpers.login(client)
+        await helpers.create_user(client, admin, "rep", ["sales_rep"])
+        rep = await helpers.login(client, "rep", PASSWORD)
+        assert (await client.get("/users")).status_code == 401
+        for method, url, body in [
+            ("GET", "/users", None),
+            ("POST", "/users", {"username": "x-user", "password": PASSWORD, "roles": ["admin"]}),
+            ("PATCH", "/users/whatever", {"roles": ["admin"]}),
+        ]:
+            r = await client.request(method, url, json=body, headers=helpers.bearer(rep))
+            assert r.status_code == 403, (method, url, r.text)
+            assert r.json()["error"] == "forbidden"
+
+
+async def test_admin_creates_lists_updates_and_deactivates_users(gateway: Any, helpers: Any) -> None:
+    async with gateway() as client:
+        admin = await helpers.login(client)
+        h = helpers.bearer(admin)
+        r = await client.post(
+            "/users",
+            headers=h,
+            json={
+                "username": "ann",
+                "password": PASSWORD,
+                "roles": ["marketing", "analyst"],
+                "display_name": "Ann Smith",
+            },
+        )
+        assert r.status_code == 201
+        ann = r.json()
+        assert set(ann) == {"id", "username", "display_name", "roles", "active", "created_at", "updated_at"}
+        assert ann["roles"] == ["analyst", "marketing"]
+        assert ann["display_name"] == "Ann Smith"
+        assert ann["active"] is True
+
+        listed = (await client.get("/users", headers=h)).json()
+        assert listed["total"] == 2
+        assert [u["username"] for u in listed["items"]] == ["admin", "ann"]
+        assert (await client.get(f"/users/{ann['id']}", headers=h)).json()["username"] == "ann"
+        assert (await client.get("/users/nope", headers=h)).status_code == 404
+
+        ann_token = await helpers.login(client, "ann", PASSWORD)
+        changed = await client.patch(f"/users/{ann['id']}", headers=h, json={"roles": ["sales_manager"]})
+        assert changed.status_code == 200
+        assert changed.json()["roles"] == ["sales_manager"]
+        # The old token carried the old roles: the gateway no longer accepts it.
+        stale = await client.get("/auth/me", headers=helpers.bearer(ann_token))
+        assert stale.status_code == 401
+        assert "log in again" in stale.json()["message"]
+        fresh = await client.post("/auth/login", json={"username": "ann", "password": PASSWORD})
+        assert fresh.json()["roles"] == ["sales_manager"]
+        ann_token = fresh.json()["access_token"]
+
+        off = await client.patch(f"/users/{ann['id']}", headers=h, json={"active": False})
+        assert off.json()["active"] is False
+        refused = await client.post("/auth/login", json={"username": "ann", "password": PASSWORD})
+        assert refused.status_code == 401
+        assert refused.json()["message"] == "invalid username or password"
+        assert (await client.get("/auth/me", headers=helpers.bearer(ann_token))).status_code == 401
+        assert (await client.get("/users?active=false", headers=h)).json()["total"] == 1
+
+        on = await client.patch(
+            f"/users/{ann['id']}", headers=h, json={"active": True, "password": "new-pass-for-ann"}
+        )
+        assert on.status_code == 200
+        assert (
+            await client.post("/auth/login", json={"username": "ann", "password": PASSWORD})
+        ).status_code == 401
+        await helpers.login(client, "ann", "new-pass-for-ann")
+        assert (await client.patch("/users/nope", headers=h, json={"active": False})).status_code == 404
+
+
+async def test_user_input_is_validated(gateway: Any, helpers: Any) -> None:
+    async with gateway() as client:
+        h = helpers.bearer(await helpers.login(client))
+        cases = [
+            ({"username": "bob", "password": "short", "roles": ["analyst"]}, 422, "at least 12"),
+            ({"username": "bob", "password": PASSWORD, "roles": ["wizard"]}, 422, "roles"),
+            ({"username": "bob", "password": PASSWORD, "roles": []}, 422, "roles"),
+            ({"username": "b b", "password": PASSWORD, "roles": ["analyst"]}, 422, "username"),
+            ({"username": "bob", "password": PASSWORD, "roles": ["analyst"], "admin": True}, 422, "admin"),
+        ]
+        for body, status, text in cases:
+            r = await client.post("/users", headers=h, json=body)
+            assert r.status_code == status, (body, r.text)
+            assert text in r.text, (body, r.text)
+            assert "short" not in r.text or "at least" in r.text  # the password itself is not echoed
+        bad_patch = await client.patch("/users/x", headers=h, json={"password": "short"})
+        assert bad_patch.status_code in (404, 422)
+
+
+async def test_the_last_active_admin_cannot_be_removed(gateway: Any, helpers: Any) -> None:
+    async with gateway() as client:
+        admin = await helpers.login(client)
+        h = helpers.bearer(admin)
+        me = (await client.get("/auth/me", headers=h)).json()
+        for change in ({"active": False}, {"roles": ["analyst"]}):
+            r = await client.patch(f"/users/{me['id']}", headers=h, json=change)
+            assert r.status_code == 409, r.text
+            assert "no active administrator" in r.json()["message"]
+        second = await helpers.create_user(client, admin, "admin2", ["admin"])
+        r = await client.patch(f"/users/{me['id']}", headers=h, json={"roles": ["analyst"]})
+        assert r.status_code == 200
+        h2 = helpers.bearer(await helpers.login(client, "admin2", PASSWORD))
+        r = await client.patch(f"/users/{second['id']}", headers=h2, json={"active": False})
+        assert r.status_code == 409
+
+
+async def test_passwords_are_hashed_with_argon2_and_never_logged(
+    gateway_settings: Any, gateway: Any, helpers: Any, capsys: Any
+) -> None:
+    settings = gateway_settings()
+    async with gateway(settings) as client:
+        admin = await helpers.login(client)
+        await helpers.create_user(client, admin, "carol", ["analyst"], password="carol-secret-pass")
+        await client.post("/auth/login", json={"username": "carol", "password": "carol-wrong-pass"})
+        # A password typed into the username field is not logged either.
+        await client.post("/auth/login", json={"username": "Typed-Pass-Word", "password": "carol-x-pass"})
+        await helpers.login(client, "carol", "carol-secret-pass")
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri)
+    try:
+        doc = await mongo[settings.database_name]["users"].find_one({"username_key": "carol"})
+    finally:
+        await mongo.close()
+    assert doc is not None
+    assert doc["password_hash"].startswith("$argon2id$")
+    assert "carol-secret-pass" not in str(doc)
+    out = capsys.readouterr()
+    logs = out.out + out.err
+    assert '"login failed"' in logs
+    assert '"user created"' in logs
+    for secret in (
+        "carol-secret-pass",
+        "carol-wrong-pass",
+        "admin-dev-password",
+        "Typed-Pass-Word",
+        "typed-pass-word",
+        "carol-x-pass",
+    ):
+        assert secret not in logs
+
+
+async def test_tokens_of_users_the_gateway_does_not_store_still_work(gateway: Any) -> None:
+    """Tokens minted with the shared secret (the services' test helpers) keep working."""
+    async with gateway() as client:
+        r = await client.get("/auth/me", headers=auth_headers(["analyst"], "robot"))
+        assert r.status_code == 200
+        assert r.json()["username"] == "robot"

@@ -1,0 +1,188 @@
+"""Unit tests without I/O: settings, OpenAPI rewriting, upstream error mapping, raw paths."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from gateway.api.proxy import upstream_path
+from gateway.settings import DEV_ADMIN_PASSWORD, GatewaySettings
+from gateway.upstream import (
+    UpstreamError,
+    Upstreams,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    rewrite_openapi,
+)
+from pydantic import ValidationError
+from starlette.requests import Request
+
+BASE = {"MONGODB_URI": "mongodb://127.0.0.1:1/?directConnection=true"}
+REAL_SECRET = "a-real-production-secret-0123456789abcdef"
+
+
+def settings(**env: object) -> GatewaySettings:
+    return GatewaySettings.model_validate({**BASE, **env})
+
+
+def test_defaults() -> None:
+    s = settings()
+    assert s.service_name == "gateway"
+    assert s.http_port == 8080
+    assert s.database_name == "gateway"
+    assert s.upstreams == {
+        "leads": "http://127.0.0.1:8001",
+        "sales": "http://127.0.0.1:8002",
+        "service-desk": "http://127.0.0.1:8003",
+        "analytics": "http://127.0.0.1:8004",
+    }
+    assert s.bootstrap_admin_password == DEV_ADMIN_PASSWORD == "admin-dev-password"
+    assert "admin-dev-password" not in repr(s)
+
+
+def test_upstream_urls_from_env() -> None:
+    s = settings(CRM_LEADS_URL="http://leads.crm.svc:8000/", CRM_SERVICE_DESK_URL="http://sd:1")
+    assert s.upstreams["leads"] == "http://leads.crm.svc:8000"
+    assert s.upstreams["service-desk"] == "http://sd:1"
+
+
+def test_production_refuses_a_missing_admin_password() -> None:
+    with pytest.raises(ValidationError, match="CRM_ADMIN_PASSWORD must be set"):
+        settings(CRM_ENV="production", CRM_JWT_SECRET=REAL_SECRET)
+
+
+def test_production_refuses_the_dev_admin_password() -> None:
+    with pytest.raises(ValidationError, match="development password"):
+        settings(CRM_ENV="production", CRM_JWT_SECRET=REAL_SECRET, CRM_ADMIN_PASSWORD=DEV_ADMIN_PASSWORD)
+
+
+def test_production_with_a_real_admin_password() -> None:
+    s = settings(CRM_ENV="production", CRM_JWT_SECRET=REAL_SECRET, CRM_ADMIN_PASSWORD="s3cret-enough-pass")
+    assert s.bootstrap_admin_password == "s3cret-enough-pass"
+    assert "s3cret-enough-pass" not in repr(s)
+
+
+def test_admin_password_must_meet_the_policy() -> None:
+    with pytest.raises(ValidationError, match="at least 12"):
+        settings(CRM_ADMIN_PASSWORD="short")
+
+
+def test_production_still_refuses_the_dev_jwt_secret() -> None:
+    with pytest.raises(ValidationError, match="CRM_JWT_SECRET"):
+        settings(CRM_ENV="production", CRM_ADMIN_PASSWORD="s3cret-enough-pass")
+
+
+def test_rewrite_openapi_points_servers_at_the_gateway_and_adds_bearer() -> None:
+    doc = {"openapi": "3.1.0", "servers": [{"url": "http://10.0.0.5:8001"}], "paths": {}}
+    out = rewrite_openapi(doc, "leads")
+    assert out["servers"] == [{"url": "/api/leads", "description": "leads through the gateway"}]
+    assert out["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert out["security"] == [{"bearer": []}]
+    assert doc["servers"] == [{"url": "http://10.0.0.5:8001"}]  # the input is not mutated
+
+
+def test_rewrite_openapi_keeps_a_service_s_own_security_schemes() -> None:
+    doc = {"components": {"securitySchemes": {"HTTPBearer": {"type": "http", "scheme": "bearer"}}}}
+    out = rewrite_openapi(doc, "sales")
+    assert out["components"]["securitySchemes"] == {"HTTPBearer": {"type": "http", "scheme": "bearer"}}
+    assert "security" not in out
+    assert out["servers"][0]["url"] == "/api/sales"
+
+
+def _request(raw_path: bytes | None, path: str) -> Request:
+    scope = {"type": "http", "method": "GET", "path": path, "headers": [], "query_string": b""}
+    if raw_path is not None:
+        scope["raw_path"] = raw_path
+    return Request(scope)
+
+
+@pytest.mark.parametrize(
+    ("raw", "path", "expected"),
+    [
+        (b"/api/leads/leads/1", "/api/leads/leads/1", "/leads/1"),
+        (b"/api/leads/a%2Fb?x=1", "/api/leads/a/b", "/a%2Fb"),  # httpx puts the query in raw_path
+        (b"/api/service%2Ddesk/cases", "/api/service-desk/cases", "/cases"),
+        (b"/api/leads", "/api/leads", "/"),
+        (b"/api/leads/", "/api/leads/", "/"),
+        (None, "/api/leads/a b", "/a%20b"),
+    ],
+)
+def test_upstream_path_keeps_the_client_s_encoding(raw: bytes | None, path: str, expected: str) -> None:
+    assert upstream_path(_request(raw, path)) == expected
+
+
+async def _forward_with(handler: httpx.MockTransport) -> httpx.Response | Exception:
+    up = Upstreams({"leads": "http://leads"}, transport=handler)
+    try:
+        fwd = await up.forward(
+            "leads",
+            method="GET",
+            raw_path="/x",
+            query=b"",
+            headers={},
+            body=b"",
+            client_host=None,
+            scheme="http",
+            host=None,
+        )
+        await fwd.aclose()
+        return fwd.response
+    except Exception as exc:
+        return exc
+    finally:
+        await up.aclose()
+
+
+@pytest.mark.parametrize(
+    ("error", "expected", "status"),
+    [
+        (httpx.ConnectError("refused"), UpstreamUnavailable, 503),
+        (httpx.ConnectTimeout("slow connect"), UpstreamUnavailable, 503),
+        (httpx.PoolTimeout("pool full"), UpstreamUnavailable, 503),
+        (httpx.ReadTimeout("slow"), UpstreamTimeout, 504),
+        (httpx.WriteTimeout("slow"), UpstreamTimeout, 504),
+        (httpx.RemoteProtocolError("closed"), UpstreamError, 502),
+    ],
+)
+async def test_upstream_errors_map_to_gateway_statuses(
+    error: Exception, expected: type[UpstreamError], status: int
+) -> None:
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    result = await _forward_with(httpx.MockTransport(fail))
+    assert type(result) is expected
+    assert isinstance(result, UpstreamError)
+    assert result.status_code == status
+    assert result.service == "leads"
+
+
+async def test_unknown_service_is_a_lookup_error() -> None:
+    up = Upstreams({"leads": "http://leads"})
+    with pytest.raises(LookupError):
+        up.base_url("billing")
+    await up.aclose()
+
+
+async def test_password_hashing_uses_argon2id_and_verifies() -> None:
+    from gateway.security import Passwords
+
+    pw = Passwords()
+    h = await pw.hash("correct horse battery")
+    assert h.startswith("$argon2id$")
+    assert "correct horse battery" not in h
+    assert await pw.verify(h, "correct horse battery")
+    assert not await pw.verify(h, "wrong horse battery")
+    assert not await pw.verify(None, "dummy password for timing equalisation")  # no user, never ok
+    assert not await pw.verify("not-a-hash", "x")
+    assert not pw.needs_rehash(h)
+
+
+def test_readme_documents_every_route_rule() -> None:
+    from pathlib import Path
+
+    from gateway.domain.routes import ROUTE_TABLE
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for r in ROUTE_TABLE:
+        row = f"| {r.service} | {r.describe_methods()} | `{r.pattern.replace('|', chr(92) + '|')}` |"
+        assert row in readme, f"README route table is missing: {row}"
