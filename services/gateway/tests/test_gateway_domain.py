@@ -42,8 +42,8 @@ def allowed_roles(service: str, method: str, path: str) -> set[Role]:
         # leads: scoring rules and behaviours are marketing's
         ("leads", "PUT", "/scoring-rules", {MKT, ADMIN}),
         ("leads", "PUT", "/scoring-rules/web", {MKT, ADMIN}),
-        ("leads", "POST", "/behaviours", {MKT, ADMIN}),
-        ("leads", "POST", "/behaviors/batch", {MKT, ADMIN}),
+        ("leads", "POST", "/leads", {MKT, ADMIN}),
+        ("leads", "POST", "/leads/L-1/behaviours", {MKT, ADMIN}),
         # leads: reads for marketing, sales roles and analysts
         ("leads", "GET", "/leads", {MKT, ADMIN, REP, MGR, ANALYST}),
         ("leads", "GET", "/leads/123", {MKT, ADMIN, REP, MGR, ANALYST}),
@@ -51,7 +51,7 @@ def allowed_roles(service: str, method: str, path: str) -> set[Role]:
         ("leads", "GET", "/scoring-rules", {MKT, ADMIN, REP, MGR, ANALYST}),
         ("leads", "GET", "/", {MKT, ADMIN, REP, MGR, ANALYST}),
         # leads: unlisted writes are left to the service
-        ("leads", "POST", "/leads", EVERYONE),
+        ("leads", "POST", "/imports", EVERYONE),
         # sales: verdicts and opportunities are sales roles only
         ("sales", "POST", "/inbox/L-1/accept", {REP, MGR, ADMIN}),
         ("sales", "POST", "/inbox/L-1/reject", {REP, MGR, ADMIN}),

@@ -128,7 +128,7 @@ async def test_role_table_is_applied_before_forwarding(gateway: Any, upstream: A
             (["sales_rep"], "PUT", "/api/leads/scoring-rules"),
             (["sales_rep"], "PUT", "/api/leads/Scoring-Rules/"),
             (["sales_rep"], "PUT", "/api/leads//scoring-rules"),
-            (["analyst"], "POST", "/api/leads/behaviours"),
+            (["analyst"], "POST", "/api/leads/leads/L-1/behaviours"),
             (["marketing"], "POST", "/api/sales/inbox/L-1/accept"),
             (["analyst"], "PATCH", "/api/sales/opportunities/o-1"),
             (["sales_rep"], "GET", "/api/service-desk/cases"),

@@ -118,7 +118,7 @@ def rule(
 ROUTE_TABLE: tuple[RouteRule, ...] = (
     # leads (marketing)
     rule(LEADS, WRITE, "/scoring-rules/**", MARKETING_ROLES, "scoring rules are marketing's"),
-    rule(LEADS, {"POST"}, "/behaviours|behaviors/**", MARKETING_ROLES, "behaviour tracking feeds scoring"),
+    rule(LEADS, WRITE, "/leads/**", MARKETING_ROLES, "capture and behaviour tracking are marketing's"),
     rule(LEADS, READ, "/**", LEAD_READERS, "sales and analysts read leads"),
     # sales
     rule(SALES, {"POST"}, "/inbox/*/accept|reject|recycle", SALES_ROLES, "the verdict on a handed-off lead"),

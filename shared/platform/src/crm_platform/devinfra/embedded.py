@@ -255,6 +255,18 @@ def _log_tail(path: Path, lines: int = 40) -> list[str]:
     return out
 
 
+class _DetachedPopen(subprocess.Popen[bytes]):
+    """A child that is meant to outlive this object and this process.
+
+    Popen warns "subprocess N is still running" when collected while the child runs,
+    which for a server started for `make run` (and stopped by pid from `make stop`) is
+    the intended state, not a leak. Reaping is covered by _alive()'s waitpid.
+    """
+
+    def __del__(self) -> None:
+        pass
+
+
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while _alive(pid):
@@ -369,8 +381,10 @@ def ensure_replica_set_primary(
                         client.admin.command("replSetInitiate", config)
                         log.info("initiated replica set %s with member %s", REPLICA_SET, member_host)
                     except OperationFailure as exc:
-                        if exc.code != 23:  # AlreadyInitialized: a restart of an existing data dir
-                            raise
+                        # 23 AlreadyInitialized: a restart of an existing data dir. Anything else
+                        # will not fix itself by polling until the deadline.
+                        if exc.code != 23:
+                            raise StartError(f"replSetInitiate on {member_host} failed: {exc}") from None
                 elif not hello.get("setName") and not reconfigured:
                     reconfigured = _repoint_member(client, member_host)
             except PyMongoError as exc:
@@ -509,7 +523,7 @@ class EmbeddedInfra:
             with self.kafka_log.open("ab") as out:
                 # Own session: a Ctrl-C in the terminal that started it must not reach the broker
                 # (it would stop mid-write), and it must outlive this process for `make stop`.
-                proc = subprocess.Popen(
+                proc = _DetachedPopen(
                     [
                         str(binary),
                         "start",

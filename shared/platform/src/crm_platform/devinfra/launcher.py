@@ -71,16 +71,18 @@ class Platform:
     def env_for(self, spec: ServiceSpec) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
         service = "analytics" if spec.name == "analytics-worker" else spec.name
-        env.update({
-            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
-            "MONGODB_URI": self.mongodb_uri,
-            "MONGODB_DATABASE": f"{self.db_prefix}{service.replace('-', '_')}",
-            "CRM_SERVICE_NAME": service,
-            "CRM_ENV": "local",
-            "CRM_LOG_LEVEL": "INFO",
-            "CRM_OUTBOX_POLL_SECONDS": "0.2",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
+                "MONGODB_URI": self.mongodb_uri,
+                "MONGODB_DATABASE": f"{self.db_prefix}{service.replace('-', '_')}",
+                "CRM_SERVICE_NAME": service,
+                "CRM_ENV": "local",
+                "CRM_LOG_LEVEL": "INFO",
+                "CRM_OUTBOX_POLL_SECONDS": "0.2",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         if self.group_suffix:
             env["CRM_CONSUMER_GROUP"] = f"{service}{self.group_suffix}"
             env["CRM_ANALYTICS_APP_ID"] = f"crm-analytics{self.group_suffix}"
@@ -102,8 +104,11 @@ class Platform:
                 continue
             logfile = (self.logdir / f"{spec.name}.log").open("ab")
             self.procs[spec.name] = subprocess.Popen(
-                [sys.executable, "-m", spec.module], env=self.env_for(spec),
-                stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
+                [sys.executable, "-m", spec.module],
+                env=self.env_for(spec),
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
             log.info("started %s (pid %d)", spec.name, self.procs[spec.name].pid)
 
@@ -152,17 +157,18 @@ class Platform:
 
 def stop_from_pidfile(path: Path, timeout: float = 20.0) -> list[str]:
     """Stop processes recorded by a previous ``make run`` (for ``make stop``)."""
-    stopped = []
+    stopped: list[str] = []
     if not path.exists():
         return stopped
-    pids = []
+    pids: list[tuple[str, int]] = []
     for line in path.read_text().splitlines():
-        name, _, pid = line.partition(" ")
+        name, _, raw_pid = line.partition(" ")
         try:
-            os.kill(int(pid), signal.SIGTERM)
-            pids.append((name, int(pid)))
+            pid = int(raw_pid)
+            os.kill(pid, signal.SIGTERM)
         except (ProcessLookupError, ValueError):
             continue
+        pids.append((name, pid))
     deadline = time.monotonic() + timeout
     for name, pid in pids:
         while time.monotonic() < deadline:

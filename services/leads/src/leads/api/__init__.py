@@ -1,0 +1,1 @@
+"""HTTP API of the leads service: thin routers over the use cases in ``leads.handlers``."""

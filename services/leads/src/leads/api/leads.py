@@ -1,0 +1,159 @@
+"""/leads: capture (with duplicate merge), read, list, and record behaviour."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from crm_contracts.events.common import Behaviour
+from crm_platform.auth import CurrentUser
+from crm_platform.errors import NotFound, RuleViolation
+from crm_platform.mongo import Store
+from fastapi import APIRouter, Depends, Path, Query, Response, status
+from pydantic import BeforeValidator, StringConstraints
+from pymongo.asynchronous.database import AsyncDatabase
+
+from leads import handlers
+from leads import store as repo
+from leads.api.deps import actor, can_read, can_write, get_db, get_store
+from leads.api.models import (
+    BehaviourIn,
+    BehaviourListOut,
+    BehaviourOut,
+    BehaviourRecordOut,
+    CaptureIn,
+    CaptureOut,
+    LeadOut,
+    LeadPageOut,
+)
+from leads.domain.leads import Capture, LeadStatus
+
+router = APIRouter(prefix="/leads", tags=["leads"])
+
+StoreDep = Annotated[Store, Depends(get_store)]
+DbDep = Annotated[AsyncDatabase[dict[str, Any]], Depends(get_db)]
+LeadId = Annotated[str, Path(min_length=1, max_length=100)]
+ChannelFilter = Annotated[str, StringConstraints(max_length=64)]
+
+
+def _blank_is_none(value: Any) -> Any:
+    """``?status=&channel=`` (empty) means no filter, as if the parameter were absent."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+@router.post(
+    "",
+    response_model=CaptureOut,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[can_write],
+    summary="Capture a lead (201 new; 200 when the email matched a lead and it merged)",
+)
+async def capture_lead(body: CaptureIn, response: Response, store: StoreDep) -> CaptureOut:
+    result = await handlers.capture_lead(
+        store,
+        Capture(
+            email=str(body.email),
+            name=body.name,
+            source_channel=body.source_channel,
+            marketing_email=body.consent.marketing_email,
+            company=body.company,
+            campaign=body.campaign,
+        ),
+    )
+    if result.merged:
+        response.status_code = status.HTTP_200_OK
+    return CaptureOut(merged=result.merged, lead=LeadOut.of(result.lead))
+
+
+@router.get(
+    "",
+    response_model=LeadPageOut,
+    dependencies=[can_read],
+    summary="Leads, newest first, filtered by status and origin channel, paged",
+)
+async def list_leads(
+    db: DbDep,
+    status_: Annotated[LeadStatus | None, BeforeValidator(_blank_is_none), Query(alias="status")] = None,
+    channel: Annotated[ChannelFilter | None, BeforeValidator(_blank_is_none), Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> LeadPageOut:
+    try:
+        page = await repo.list_leads(
+            db,
+            status=status_.value if status_ else None,
+            channel=channel.strip().lower() if channel else None,
+            limit=limit,
+            cursor=cursor,
+        )
+    except repo.BadCursor as exc:
+        raise RuleViolation(f"invalid input: query.cursor: {exc}", field="query.cursor") from None
+    return LeadPageOut(items=[LeadOut.of(x) for x in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/{lead_id}", response_model=LeadOut, dependencies=[can_read])
+async def get_lead(lead_id: LeadId, db: DbDep) -> LeadOut:
+    lead = await repo.get_lead(db, lead_id)
+    if lead is None:
+        raise NotFound(f"no lead '{lead_id}'", lead_id=lead_id)
+    return LeadOut.of(lead)
+
+
+@router.post(
+    "/{lead_id}/behaviours",
+    response_model=BehaviourOut,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[can_write],
+    summary="Record a behaviour and re-score (200 when external_id was already recorded)",
+)
+async def record_behaviour(
+    lead_id: LeadId, body: BehaviourIn, response: Response, store: StoreDep, user: CurrentUser
+) -> BehaviourOut:
+    result = await handlers.record_behaviour(
+        store,
+        lead_id,
+        Behaviour(body.behaviour),
+        occurred_at=body.occurred_at,
+        meta=body.meta,
+        external_id=body.external_id,
+        actor=actor(user),
+    )
+    if result.duplicate:
+        response.status_code = status.HTTP_200_OK
+    return BehaviourOut(
+        behaviour_id=result.behaviour_id,
+        duplicate=result.duplicate,
+        counted_in_score=result.counted_in_score,
+        qualified_now=result.qualified_now,
+        lead=LeadOut.of(result.lead),
+    )
+
+
+@router.get(
+    "/{lead_id}/behaviours",
+    response_model=BehaviourListOut,
+    dependencies=[can_read],
+    summary="A lead's recorded behaviour, most recent first",
+)
+async def list_behaviours(
+    lead_id: LeadId, db: DbDep, limit: Annotated[int, Query(ge=1, le=500)] = 100
+) -> BehaviourListOut:
+    if await repo.get_lead(db, lead_id) is None:
+        raise NotFound(f"no lead '{lead_id}'", lead_id=lead_id)
+    docs = await repo.list_behaviours(db, lead_id, limit)
+    return BehaviourListOut(
+        items=[
+            BehaviourRecordOut(
+                id=d["_id"],
+                behaviour=Behaviour(d["behaviour"]),
+                occurred_at=d["occurred_at"],
+                recorded_at=d["recorded_at"],
+                meta=d.get("meta") or {},
+                external_id=d.get("external_id"),
+                counted_in_score=bool(d.get("in_cycle", True)),
+                score_after=float(d.get("score_after", 0.0)),
+                rules_version=int(d["rules_version"]),
+                recorded_by=d.get("recorded_by", {}).get("username", ""),
+            )
+            for d in docs
+        ]
+    )

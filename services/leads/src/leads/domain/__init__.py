@@ -1,0 +1,1 @@
+"""Marketing's pure rules: scoring, duplicate merge, status transitions. No I/O here."""

@@ -1,0 +1,306 @@
+"""Marketing's own collections, and the mapping between documents and the domain.
+
+Collections (database ``leads``):
+- ``leads``          one document per person (unique normalized email)
+- ``behaviours``     every recorded behaviour occurrence, with its meta
+- ``scoring_rules``  every version of the scoring rules (``_id`` = version)
+- ``verdicts``       every verdict received from sales, applied or ignored
+
+Writes take a :class:`Tx` and always pass ``session=tx.session``; reads for the
+API go straight to the database.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from crm_contracts.events.common import Behaviour
+from crm_platform.mongo import Tx
+from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from leads.domain.leads import Consent, Lead, LeadStatus, Touch
+from leads.domain.scoring import (
+    DEFAULT_RULES,
+    BehaviourRule,
+    Reason,
+    RulesAuthor,
+    ScoringRules,
+)
+
+Doc = dict[str, Any]
+Db = AsyncDatabase[Doc]
+
+LEADS = "leads"
+BEHAVIOURS = "behaviours"
+SCORING_RULES = "scoring_rules"
+VERDICTS = "verdicts"
+
+
+async def ensure_indexes(db: Db) -> None:
+    """Indexes, and version 1 of the scoring rules (the defaults) if none is stored."""
+    await db[LEADS].create_index("email", unique=True, name="email_unique")
+    await db[LEADS].create_index([("created_at", DESCENDING), ("_id", DESCENDING)], name="newest")
+    await db[LEADS].create_index(
+        [("status", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="by_status"
+    )
+    await db[LEADS].create_index(
+        [("origin_channel", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+        name="by_channel",
+    )
+    await db[BEHAVIOURS].create_index([("lead_id", ASCENDING), ("occurred_at", ASCENDING)], name="by_lead")
+    await db[BEHAVIOURS].create_index(
+        [("lead_id", ASCENDING), ("external_id", ASCENDING)],
+        unique=True,
+        name="external_id",
+        partialFilterExpression={"external_id": {"$type": "string"}},
+    )
+    await db[VERDICTS].create_index("lead_id", name="by_lead")
+    try:
+        await db[SCORING_RULES].update_one(
+            {"_id": DEFAULT_RULES.version},
+            {"$setOnInsert": {k: v for k, v in rules_to_doc(DEFAULT_RULES).items() if k != "_id"}},
+            upsert=True,
+        )
+    except DuplicateKeyError:
+        pass  # another replica seeded it at the same moment
+
+
+# -- leads -------------------------------------------------------------------------------
+
+
+def _counts_to_doc(counts: Any) -> Doc:
+    return {Behaviour(b).value: int(n) for b, n in counts.items()}
+
+
+def _counts_from_doc(doc: Doc | None) -> dict[Behaviour, int]:
+    return {Behaviour(b): int(n) for b, n in (doc or {}).items()}
+
+
+def reason_to_doc(r: Reason) -> Doc:
+    return {
+        "behaviour": r.behaviour.value,
+        "count": r.count,
+        "counted": r.counted,
+        "weight": r.weight,
+        "points": r.points,
+    }
+
+
+def reason_from_doc(d: Doc) -> Reason:
+    return Reason(
+        Behaviour(d["behaviour"]), int(d["count"]), int(d["counted"]), float(d["weight"]), float(d["points"])
+    )
+
+
+def lead_to_doc(lead: Lead) -> Doc:
+    return {
+        "_id": lead.id,
+        "email": lead.email,
+        "name": lead.name,
+        "company": lead.company,
+        "origin_channel": lead.origin_channel,
+        "campaign": lead.campaign,
+        "consent": {"marketing_email": lead.consent.marketing_email, "captured_at": lead.consent.captured_at},
+        "status": lead.status.value,
+        "created_at": lead.created_at,
+        "updated_at": lead.updated_at,
+        "touches": [{"channel": t.channel, "campaign": t.campaign, "at": t.at} for t in lead.touches],
+        "touch_count": lead.touch_count,
+        "behaviour_totals": _counts_to_doc(lead.behaviour_totals),
+        "cycle_counts": _counts_to_doc(lead.cycle_counts),
+        "cycle_started_at": lead.cycle_started_at,
+        "score": lead.score,
+        "score_reasons": [reason_to_doc(r) for r in lead.score_reasons],
+        "rules_version": lead.rules_version,
+        "threshold": lead.threshold,
+        "last_behaviour_at": lead.last_behaviour_at,
+        "qualified_at": lead.qualified_at,
+        "handoff_count": lead.handoff_count,
+        "recycle_count": lead.recycle_count,
+        "verdict": lead.verdict,
+        "verdict_reason_code": lead.verdict_reason_code,
+        "verdict_at": lead.verdict_at,
+    }
+
+
+def lead_from_doc(d: Doc) -> Lead:
+    return Lead(
+        id=d["_id"],
+        email=d["email"],
+        name=d["name"],
+        company=d.get("company"),
+        origin_channel=d["origin_channel"],
+        campaign=d.get("campaign"),
+        consent=Consent(bool(d["consent"]["marketing_email"]), d["consent"]["captured_at"]),
+        status=LeadStatus(d["status"]),
+        created_at=d["created_at"],
+        updated_at=d["updated_at"],
+        touches=tuple(Touch(t["channel"], t.get("campaign"), t["at"]) for t in d.get("touches", [])),
+        touch_count=int(d.get("touch_count", 1)),
+        behaviour_totals=_counts_from_doc(d.get("behaviour_totals")),
+        cycle_counts=_counts_from_doc(d.get("cycle_counts")),
+        cycle_started_at=d.get("cycle_started_at"),
+        score=float(d.get("score", 0.0)),
+        score_reasons=tuple(reason_from_doc(r) for r in d.get("score_reasons", [])),
+        rules_version=d.get("rules_version"),
+        threshold=d.get("threshold"),
+        last_behaviour_at=d.get("last_behaviour_at"),
+        qualified_at=d.get("qualified_at"),
+        handoff_count=int(d.get("handoff_count", 0)),
+        recycle_count=int(d.get("recycle_count", 0)),
+        verdict=d.get("verdict"),
+        verdict_reason_code=d.get("verdict_reason_code"),
+        verdict_at=d.get("verdict_at"),
+    )
+
+
+async def find_lead_by_email(tx: Tx, email: str) -> Lead | None:
+    doc = await tx.db[LEADS].find_one({"email": email}, session=tx.session)
+    return lead_from_doc(doc) if doc else None
+
+
+async def load_lead(tx: Tx, lead_id: str) -> Lead | None:
+    doc = await tx.db[LEADS].find_one({"_id": lead_id}, session=tx.session)
+    return lead_from_doc(doc) if doc else None
+
+
+async def insert_lead(tx: Tx, lead: Lead) -> None:
+    await tx.db[LEADS].insert_one(lead_to_doc(lead), session=tx.session)
+
+
+async def save_lead(tx: Tx, lead: Lead) -> None:
+    await tx.db[LEADS].replace_one({"_id": lead.id}, lead_to_doc(lead), session=tx.session)
+
+
+async def get_lead(db: Db, lead_id: str) -> Lead | None:
+    doc = await db[LEADS].find_one({"_id": lead_id})
+    return lead_from_doc(doc) if doc else None
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode_cursor(lead: Lead) -> str:
+    raw = json.dumps({"t": lead.created_at.isoformat(), "id": lead.id}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+        when = datetime.fromisoformat(data["t"])
+        lead_id = data["id"]
+    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        raise BadCursor("not a cursor returned by this API") from exc
+    if not isinstance(lead_id, str) or when.tzinfo is None:
+        raise BadCursor("not a cursor returned by this API")
+    return when, lead_id
+
+
+@dataclass(frozen=True)
+class LeadPage:
+    items: list[Lead]
+    next_cursor: str | None
+
+
+async def list_leads(
+    db: Db, *, status: str | None, channel: str | None, limit: int, cursor: str | None
+) -> LeadPage:
+    """Newest first (capture time, then id); keyset paging so pages never shift."""
+    query: Doc = {}
+    if status is not None:
+        query["status"] = status
+    if channel is not None:
+        query["origin_channel"] = channel
+    if cursor is not None:
+        when, lead_id = decode_cursor(cursor)
+        query["$or"] = [{"created_at": {"$lt": when}}, {"created_at": when, "_id": {"$lt": lead_id}}]
+    docs = await (
+        db[LEADS].find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit + 1)
+    ).to_list()
+    items = [lead_from_doc(d) for d in docs[:limit]]
+    more = len(docs) > limit
+    return LeadPage(items, encode_cursor(items[-1]) if more and items else None)
+
+
+# -- behaviours --------------------------------------------------------------------------
+
+
+async def find_behaviour_by_external_id(tx: Tx, lead_id: str, external_id: str) -> Doc | None:
+    return await tx.db[BEHAVIOURS].find_one(
+        {"lead_id": lead_id, "external_id": external_id}, session=tx.session
+    )
+
+
+async def insert_behaviour(tx: Tx, doc: Doc) -> None:
+    await tx.db[BEHAVIOURS].insert_one(doc, session=tx.session)
+
+
+async def list_behaviours(db: Db, lead_id: str, limit: int) -> list[Doc]:
+    """A lead's behaviour, most recent occurrence first."""
+    return await (
+        db[BEHAVIOURS]
+        .find({"lead_id": lead_id})
+        .sort([("occurred_at", DESCENDING), ("_id", DESCENDING)])
+        .limit(limit)
+    ).to_list()
+
+
+# -- scoring rules -----------------------------------------------------------------------
+
+
+def rules_to_doc(rules: ScoringRules) -> Doc:
+    return {
+        "_id": rules.version,
+        "rules": {b.value: {"weight": r.weight, "cap": r.cap} for b, r in rules.rules.items()},
+        "threshold": rules.threshold,
+        "changed_by": {"user_id": rules.changed_by.user_id, "username": rules.changed_by.username},
+        "changed_at": rules.changed_at,
+        "note": rules.note,
+    }
+
+
+def rules_from_doc(d: Doc) -> ScoringRules:
+    return ScoringRules(
+        rules={Behaviour(b): BehaviourRule(float(r["weight"]), r.get("cap")) for b, r in d["rules"].items()},
+        threshold=float(d["threshold"]),
+        version=int(d["_id"]),
+        changed_by=RulesAuthor(d["changed_by"]["user_id"], d["changed_by"]["username"]),
+        changed_at=d.get("changed_at"),
+        note=d.get("note"),
+    )
+
+
+async def current_rules_tx(tx: Tx) -> ScoringRules:
+    doc = await tx.db[SCORING_RULES].find_one({}, sort=[("_id", DESCENDING)], session=tx.session)
+    return rules_from_doc(doc) if doc else DEFAULT_RULES
+
+
+async def current_rules(db: Db) -> ScoringRules:
+    doc = await db[SCORING_RULES].find_one({}, sort=[("_id", DESCENDING)])
+    return rules_from_doc(doc) if doc else DEFAULT_RULES
+
+
+async def insert_rules(tx: Tx, rules: ScoringRules) -> None:
+    await tx.db[SCORING_RULES].insert_one(rules_to_doc(rules), session=tx.session)
+
+
+async def rules_history(db: Db, limit: int) -> list[ScoringRules]:
+    docs = await db[SCORING_RULES].find({}).sort("_id", DESCENDING).limit(limit).to_list()
+    return [rules_from_doc(d) for d in docs]
+
+
+# -- verdicts ----------------------------------------------------------------------------
+
+
+async def insert_verdict(tx: Tx, doc: Doc) -> None:
+    await tx.db[VERDICTS].insert_one(doc, session=tx.session)

@@ -1,0 +1,432 @@
+"""Marketing's pure rules: scoring, merge, status transitions, qualification, verdicts. No I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from crm_contracts.events.common import Behaviour
+from leads.domain import leads as d
+from leads.domain.leads import Capture, Lead, LeadStatus
+from leads.domain.scoring import (
+    DEFAULT_RULES,
+    BehaviourRule,
+    InvalidRules,
+    RulesAuthor,
+    ScoringRules,
+    next_version,
+    score,
+    validate_rules,
+)
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+PV, EO, FS, TS = (Behaviour.PAGE_VIEW, Behaviour.EMAIL_OPEN, Behaviour.FORM_SUBMIT, Behaviour.TRIAL_SIGNUP)
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def capture(**overrides: object) -> Capture:
+    values: dict[str, object] = {
+        "email": "Ada@Example.com",
+        "name": "Ada Lovelace",
+        "source_channel": "webinar",
+        "marketing_email": True,
+        "company": "Analytical Engines",
+        "campaign": "q1-launch",
+    }
+    values.update(overrides)
+    return Capture(**values)  # type: ignore[arg-type]
+
+
+def lead(**overrides: object) -> Lead:
+    return dataclasses.replace(d.new_lead("lead-1", capture(), T0), **overrides)  # type: ignore[arg-type]
+
+
+def behave(
+    x: Lead, *behaviours: Behaviour, rules: ScoringRules = DEFAULT_RULES, start: float = 1
+) -> tuple[Lead, list[d.BehaviourOutcome]]:
+    outcomes = []
+    for i, b in enumerate(behaviours):
+        out = d.record_behaviour(x, b, at(start + i), rules, at(start + i))
+        outcomes.append(out)
+        x = out.lead
+    return x, outcomes
+
+
+# -- scoring ---------------------------------------------------------------------------------
+
+
+def test_default_rules_are_the_documented_ones() -> None:
+    assert DEFAULT_RULES.rules[PV] == BehaviourRule(5, 10)
+    assert DEFAULT_RULES.rules[EO] == BehaviourRule(3, 10)
+    assert DEFAULT_RULES.rules[FS] == BehaviourRule(20, None)
+    assert DEFAULT_RULES.rules[TS] == BehaviourRule(40, None)
+    assert DEFAULT_RULES.threshold == 60
+    assert DEFAULT_RULES.version == 1
+    validate_rules(DEFAULT_RULES.rules, DEFAULT_RULES.threshold)
+
+
+def test_score_sums_weight_times_count_with_reasons_per_behaviour() -> None:
+    s = score({PV: 3, FS: 1}, DEFAULT_RULES)
+    assert s.total == 35
+    assert [(r.behaviour, r.count, r.counted, r.points) for r in s.reasons] == [
+        (PV, 3, 3, 15.0),
+        (FS, 1, 1, 20.0),
+    ]
+    assert not s.qualifies
+    assert s.rules_version == 1
+    assert s.threshold == 60
+
+
+def test_cap_limits_counted_occurrences_but_reason_keeps_the_real_count() -> None:
+    s = score({PV: 25}, DEFAULT_RULES)
+    assert s.total == 50
+    (reason,) = s.reasons
+    assert (reason.count, reason.counted, reason.points) == (25, 10, 50.0)
+
+
+def test_uncapped_behaviour_counts_every_occurrence() -> None:
+    assert score({FS: 7}, DEFAULT_RULES).total == 140
+
+
+def test_score_reaching_the_threshold_exactly_qualifies() -> None:
+    s = score({TS: 1, FS: 1}, DEFAULT_RULES)
+    assert s.total == 60
+    assert s.qualifies
+
+
+def test_no_behaviour_scores_zero_with_no_reasons() -> None:
+    s = score({}, DEFAULT_RULES)
+    assert s.total == 0
+    assert s.reasons == ()
+
+
+@pytest.mark.parametrize(
+    ("rules", "threshold", "field"),
+    [
+        ({**DEFAULT_RULES.rules, PV: BehaviourRule(-1, None)}, 60, "rules.page_view.weight"),
+        ({**DEFAULT_RULES.rules, EO: BehaviourRule(float("nan"), None)}, 60, "rules.email_open.weight"),
+        ({**DEFAULT_RULES.rules, FS: BehaviourRule(1, 0)}, 60, "rules.form_submit.cap"),
+        (DEFAULT_RULES.rules, 0, "threshold"),
+        (DEFAULT_RULES.rules, -5, "threshold"),
+        ({PV: BehaviourRule(1, None)}, 60, "rules.email_open"),
+    ],
+)
+def test_invalid_rules_name_the_field(
+    rules: dict[Behaviour, BehaviourRule], threshold: float, field: str
+) -> None:
+    with pytest.raises(InvalidRules) as err:
+        validate_rules(rules, threshold)
+    assert err.value.field == field
+
+
+def test_zero_weight_is_allowed() -> None:
+    validate_rules({**DEFAULT_RULES.rules, PV: BehaviourRule(0, None)}, 1)
+
+
+def test_next_version_increments_and_records_who() -> None:
+    who = RulesAuthor("u-1", "mia")
+    new = next_version(
+        DEFAULT_RULES,
+        {**DEFAULT_RULES.rules, TS: BehaviourRule(70)},
+        50,
+        author=who,
+        at=T0,
+        note="trials convert",
+    )
+    assert new.version == 2
+    assert new.changed_by == who
+    assert new.changed_at == T0
+    assert new.note == "trials convert"
+    assert new.rules[TS].weight == 70
+    assert new.threshold == 50
+    assert list(new.rules) == list(Behaviour)
+    with pytest.raises(InvalidRules):
+        next_version(new, new.rules, 0, author=who, at=T0)
+
+
+# -- capture and merge -----------------------------------------------------------------------
+
+
+def test_normalize_email_trims_and_case_folds() -> None:
+    assert d.normalize_email("  Ada@Example.COM \n") == "ada@example.com"
+
+
+def test_new_lead_starts_new_with_origin_and_one_touch() -> None:
+    x = d.new_lead("lead-1", capture(email=" ADA@example.com "), T0)
+    assert x.email == "ada@example.com"
+    assert x.status == LeadStatus.NEW
+    assert x.origin_channel == "webinar"
+    assert x.touch_count == 1
+    assert x.touches == (d.Touch("webinar", "q1-launch", T0),)
+    assert x.consent == d.Consent(True, T0)
+    assert x.score == 0
+
+
+def test_merge_fills_empty_fields_keeps_filled_ones_and_the_origin() -> None:
+    first = d.new_lead("lead-1", capture(company=None, campaign=None), T0)
+    merged = d.merge(
+        first,
+        capture(
+            email="ada@EXAMPLE.com ",
+            name="A. Lovelace",
+            company="Engines Ltd",
+            campaign="spring",
+            source_channel="trade_show",
+        ),
+        at(10),
+    )
+    assert merged.id == "lead-1"
+    assert merged.name == "Ada Lovelace"  # filled: kept
+    assert merged.company == "Engines Ltd"  # empty: filled
+    assert merged.campaign == "spring"  # empty: filled
+    assert merged.origin_channel == "webinar"  # the first channel stays the origin
+    assert merged.touch_count == 2
+    assert merged.touches[-1] == d.Touch("trade_show", "spring", at(10))
+    assert merged.created_at == T0
+    assert merged.updated_at == at(10)
+
+
+def test_merge_keeps_a_filled_company_even_if_the_new_capture_differs() -> None:
+    merged = d.merge(lead(), capture(company="Other Co"), at(1))
+    assert merged.company == "Analytical Engines"
+
+
+def test_merge_blank_strings_do_not_overwrite_or_fill() -> None:
+    first = d.new_lead("lead-1", capture(company="  ", campaign=""), T0)
+    assert first.company is None
+    assert first.campaign is None
+    assert d.merge(first, capture(company=" "), at(1)).company is None
+
+
+def test_merge_consent_follows_the_latest_statement() -> None:
+    opted_out = d.merge(lead(), capture(marketing_email=False), at(5))
+    assert opted_out.consent == d.Consent(False, at(5))
+    assert d.merge(opted_out, capture(marketing_email=True), at(6)).consent.marketing_email
+
+
+def test_merge_does_not_change_status_or_score() -> None:
+    x, _ = behave(lead(), TS)
+    merged = d.merge(x, capture(), at(30))
+    assert merged.status == x.status == LeadStatus.NURTURING
+    assert merged.score == x.score
+
+
+def test_merge_refuses_a_different_email() -> None:
+    with pytest.raises(ValueError, match="same email"):
+        d.merge(lead(), capture(email="bob@example.com"), at(1))
+
+
+def test_merge_keeps_only_the_latest_touches_but_counts_them_all() -> None:
+    x = lead()
+    for i in range(d.MAX_TOUCHES_KEPT + 5):
+        x = d.merge(x, capture(source_channel=f"c{i}"), at(i + 1))
+    assert x.touch_count == d.MAX_TOUCHES_KEPT + 6
+    assert len(x.touches) == d.MAX_TOUCHES_KEPT
+    assert x.touches[-1].channel == f"c{d.MAX_TOUCHES_KEPT + 4}"
+    assert x.origin_channel == "webinar"
+
+
+# -- status transitions ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("current", "target"),
+    [
+        (LeadStatus.NEW, LeadStatus.NURTURING),
+        (LeadStatus.NURTURING, LeadStatus.QUALIFIED),
+        (LeadStatus.QUALIFIED, LeadStatus.ACCEPTED),
+        (LeadStatus.QUALIFIED, LeadStatus.REJECTED),
+        (LeadStatus.QUALIFIED, LeadStatus.RECYCLED),
+        (LeadStatus.RECYCLED, LeadStatus.NURTURING),
+    ],
+)
+def test_allowed_transitions(current: LeadStatus, target: LeadStatus) -> None:
+    assert d.transition(current, target) == target
+
+
+@pytest.mark.parametrize(
+    ("current", "target"),
+    [
+        (LeadStatus.NEW, LeadStatus.QUALIFIED),
+        (LeadStatus.NEW, LeadStatus.ACCEPTED),
+        (LeadStatus.NURTURING, LeadStatus.ACCEPTED),
+        (LeadStatus.QUALIFIED, LeadStatus.NURTURING),
+        (LeadStatus.ACCEPTED, LeadStatus.NURTURING),
+        (LeadStatus.REJECTED, LeadStatus.QUALIFIED),
+        (LeadStatus.RECYCLED, LeadStatus.ACCEPTED),
+    ],
+)
+def test_forbidden_transitions(current: LeadStatus, target: LeadStatus) -> None:
+    with pytest.raises(d.InvalidTransition):
+        d.transition(current, target)
+
+
+def test_every_status_has_a_transition_entry() -> None:
+    assert set(d.TRANSITIONS) == set(LeadStatus)
+
+
+# -- behaviour and qualification -------------------------------------------------------------
+
+
+def test_first_behaviour_moves_new_to_nurturing_and_scores() -> None:
+    x, (out,) = behave(lead(), PV)
+    assert x.status == LeadStatus.NURTURING
+    assert x.score == 5
+    assert x.behaviour_totals == {PV: 1}
+    assert x.rules_version == 1
+    assert x.threshold == 60
+    assert x.last_behaviour_at == at(1)
+    assert not out.qualified
+    assert out.in_cycle
+
+
+def test_crossing_the_threshold_qualifies_once() -> None:
+    x, outs = behave(lead(), FS, TS, PV, TS)
+    assert [o.qualified for o in outs] == [False, True, False, False]
+    assert x.status == LeadStatus.QUALIFIED
+    assert x.handoff_count == 1
+    assert x.qualified_at == at(2)
+    assert x.score == 105  # still re-scored after the handoff
+
+
+def test_a_single_behaviour_can_take_a_new_lead_straight_to_qualified() -> None:
+    rules = dataclasses.replace(DEFAULT_RULES, threshold=30)
+    x, (out,) = behave(lead(), TS, rules=rules)
+    assert out.qualified
+    assert x.status == LeadStatus.QUALIFIED
+
+
+def test_rules_change_applies_on_the_next_behaviour() -> None:
+    x, _ = behave(lead(), FS, FS)  # 40 < 60
+    assert x.status == LeadStatus.NURTURING
+    lower = dataclasses.replace(DEFAULT_RULES, threshold=45, version=2)
+    x, (out,) = behave(x, PV, rules=lower, start=5)
+    assert out.qualified
+    assert x.rules_version == 2
+    assert x.threshold == 45
+
+
+def test_reasons_are_kept_on_the_lead() -> None:
+    x, _ = behave(lead(), PV, PV, EO)
+    assert [(r.behaviour, r.count, r.points) for r in x.score_reasons] == [(PV, 2, 10.0), (EO, 1, 3.0)]
+
+
+def test_behaviour_on_accepted_or_rejected_lead_is_scored_but_never_handed_off() -> None:
+    qualified, _ = behave(lead(), TS, FS)
+    for verdict in ("accepted", "rejected"):
+        closed = d.apply_verdict(qualified, verdict, None, at(10), at(10)).lead
+        x, outs = behave(closed, TS, TS, start=20)
+        assert x.status == closed.status
+        assert not any(o.qualified for o in outs)
+        assert x.handoff_count == 1
+        assert x.score == 140
+
+
+def test_behaviour_summary_lists_lifetime_counts() -> None:
+    x, _ = behave(lead(), PV, PV, FS)
+    assert d.behaviour_summary(x) == {PV: 2, FS: 1}
+
+
+def test_last_behaviour_at_keeps_the_latest_even_when_a_late_one_arrives() -> None:
+    x, _ = behave(lead(), PV, start=10)
+    late = d.record_behaviour(x, PV, at(2), DEFAULT_RULES, at(12)).lead
+    assert late.last_behaviour_at == at(10)
+
+
+def test_occurred_at_in_the_future_beyond_skew_is_a_problem() -> None:
+    assert d.occurred_at_problem(at(4), T0) is None
+    assert d.occurred_at_problem(at(-600), T0) is None
+    assert d.occurred_at_problem(at(6), T0) is not None
+
+
+# -- verdicts ----------------------------------------------------------------------------------
+
+
+def qualified_lead() -> Lead:
+    x, _ = behave(lead(), TS, FS)
+    assert x.status == LeadStatus.QUALIFIED
+    return x
+
+
+@pytest.mark.parametrize(
+    ("verdict", "status"),
+    [("accepted", LeadStatus.ACCEPTED), ("rejected", LeadStatus.REJECTED), ("recycled", LeadStatus.RECYCLED)],
+)
+def test_verdict_on_qualified_lead_sets_status(verdict: str, status: LeadStatus) -> None:
+    out = d.apply_verdict(
+        qualified_lead(), verdict, "no_budget" if verdict == "rejected" else None, at(30), at(31)
+    )
+    assert out.applied
+    assert out.lead.status == status
+    assert out.lead.verdict == verdict
+    assert out.lead.verdict_at == at(30)
+    assert out.lead.updated_at == at(31)
+
+
+def test_rejection_keeps_the_reason_code() -> None:
+    out = d.apply_verdict(qualified_lead(), "rejected", "competitor", at(30), at(30))
+    assert out.lead.verdict_reason_code == "competitor"
+
+
+@pytest.mark.parametrize("status", [s for s in LeadStatus if s != LeadStatus.QUALIFIED])
+def test_verdict_for_a_lead_not_qualified_is_ignored(status: LeadStatus) -> None:
+    x = lead(status=status)
+    out = d.apply_verdict(x, "accepted", None, at(30), at(30))
+    assert not out.applied
+    assert out.lead is x
+    assert out.ignored_because is not None
+    assert status.value in out.ignored_because
+
+
+def test_a_second_verdict_is_ignored() -> None:
+    accepted = d.apply_verdict(qualified_lead(), "accepted", None, at(30), at(30)).lead
+    again = d.apply_verdict(accepted, "rejected", "no_need", at(31), at(31))
+    assert not again.applied
+    assert again.lead.status == LeadStatus.ACCEPTED
+
+
+def test_unknown_verdict_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown verdict"):
+        d.apply_verdict(qualified_lead(), "maybe", None, at(30), at(30))
+
+
+def test_recycling_restarts_the_scoring_cycle() -> None:
+    out = d.apply_verdict(qualified_lead(), "recycled", "bad_timing", at(30), at(30))
+    x = out.lead
+    assert x.status == LeadStatus.RECYCLED
+    assert x.score == 0
+    assert x.score_reasons == ()
+    assert x.cycle_counts == {}
+    assert x.cycle_started_at == at(30)
+    assert x.recycle_count == 1
+    assert x.behaviour_totals == {TS: 1, FS: 1}  # lifetime kept for the summary
+    assert x.verdict_reason_code == "bad_timing"
+
+
+def test_recycled_lead_is_handed_off_again_once_its_new_score_crosses_the_threshold() -> None:
+    recycled = d.apply_verdict(qualified_lead(), "recycled", None, at(30), at(30)).lead
+    x, outs = behave(recycled, PV, start=40)
+    assert x.status == LeadStatus.NURTURING  # back to nurturing, not straight back to sales
+    assert x.score == 5
+    assert not outs[0].qualified
+    x, outs = behave(x, FS, TS, PV, start=41)
+    assert [o.qualified for o in outs] == [False, True, False]
+    assert x.status == LeadStatus.QUALIFIED
+    assert x.handoff_count == 2
+    assert x.qualified_at == at(42)
+    assert d.behaviour_summary(x) == {PV: 2, FS: 2, TS: 2}
+    assert {r.behaviour: r.count for r in x.score_reasons} == {PV: 2, FS: 1, TS: 1}
+
+
+def test_behaviour_that_occurred_before_the_recycle_is_kept_but_not_scored() -> None:
+    recycled = d.apply_verdict(qualified_lead(), "recycled", None, at(30), at(30)).lead
+    out = d.record_behaviour(recycled, TS, at(20), DEFAULT_RULES, at(35))
+    assert not out.in_cycle
+    assert out.lead.status == LeadStatus.RECYCLED
+    assert out.lead.score == 0
+    assert out.lead.behaviour_totals[TS] == 2
+    assert not out.qualified
