@@ -23,22 +23,28 @@ $BIN/python -m crm_contracts.schemas
 export CRM_TEST_INFRA_HOME="$PWD/.local/test"
 export CRM_TEST_KAFKA_PORT=${CRM_TEST_KAFKA_PORT:-19192}
 export CRM_TEST_MONGO_PORT=${CRM_TEST_MONGO_PORT:-27217}
+infra=(--home "$CRM_TEST_INFRA_HOME" --kafka-port "$CRM_TEST_KAFKA_PORT" --mongo-port "$CRM_TEST_MONGO_PORT")
 started_here=0
-if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" || -z "${MONGODB_URI:-}" ]]; then
-  if $BIN/python -c 'import sys; from crm_platform.devinfra.resolve import docker_available; sys.exit(0 if docker_available() else 1)' 2>/dev/null; then
-    step "Docker answers: each suite starts its own testcontainers broker and mongo"
-  else
-    step "starting the embedded broker and mongod for this run (fresh data in .local/test)"
-    $BIN/crm-infra stop --home "$CRM_TEST_INFRA_HOME" --kafka-port "$CRM_TEST_KAFKA_PORT" --mongo-port "$CRM_TEST_MONGO_PORT" >/dev/null 2>&1 || true
-    rm -rf "$CRM_TEST_INFRA_HOME"
-    $BIN/crm-infra start --home "$CRM_TEST_INFRA_HOME" --kafka-port "$CRM_TEST_KAFKA_PORT" --mongo-port "$CRM_TEST_MONGO_PORT"
-    eval "$($BIN/crm-infra env --home "$CRM_TEST_INFRA_HOME" --kafka-port "$CRM_TEST_KAFKA_PORT" --mongo-port "$CRM_TEST_MONGO_PORT")"
-    started_here=1
-  fi
+isolated_env=()
+if [[ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" && -n "${MONGODB_URI:-}" ]]; then
+  step "using the broker and database named by KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI"
+elif $BIN/python -c 'import sys; from crm_platform.devinfra.resolve import docker_available as d; sys.exit(0 if d() else 1)' 2>/dev/null; then
+  step "Docker answers: each suite starts its own testcontainers broker and mongo"
+else
+  step "starting the embedded broker and mongod for this run (fresh data in .local/test)"
+  $BIN/crm-infra stop "${infra[@]}" >/dev/null 2>&1 || true
+  rm -rf "$CRM_TEST_INFRA_HOME"
+  $BIN/crm-infra start "${infra[@]}"
+  started_here=1
+  # The root suite finds this embedded pair itself (and may restart the broker
+  # for the outage tests); the isolated service venvs, which do not carry the
+  # embedded binaries, are pointed at it explicitly.
+  isolated_env=($(eval "$($BIN/crm-infra env "${infra[@]}")"
+                  echo "KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS" "MONGODB_URI=$MONGODB_URI"))
 fi
 cleanup() {
   if [[ $started_here == 1 ]]; then
-    $BIN/crm-infra stop --home "$CRM_TEST_INFRA_HOME" --kafka-port "$CRM_TEST_KAFKA_PORT" --mongo-port "$CRM_TEST_MONGO_PORT" >/dev/null 2>&1 || true
+    $BIN/crm-infra stop "${infra[@]}" >/dev/null 2>&1 || true
   fi
 }
 trap cleanup EXIT
@@ -48,7 +54,7 @@ $BIN/pytest -q -p no:cacheprovider tests shared
 
 for svc in leads sales service-desk analytics gateway; do
   step "services/$svc on its own (only shared/ and $svc installed)"
-  bash scripts/test_service_isolated.sh "$svc"
+  env "${isolated_env[@]}" bash scripts/test_service_isolated.sh "$svc"
 done
 
 step "all green in $(( $(date +%s) - START ))s"

@@ -68,10 +68,14 @@ async def test_sigkill_between_store_and_commit_causes_no_second_effect(
         crm_infra.embedded.stop_kafka()
         crm_infra.embedded.start_kafka()
 
+    with outcomes.open("a") as f:
+        f.write("--- restart\n")
     resumed = _run([*common, "--expect", "5"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     counts = {d["name"]: d["count"] for d in effects.find()}
     assert counts == dict.fromkeys(names, 1), "every event has exactly one effect"
-    second_run = outcomes.read_text().split("e3 processed\n", 1)[1]
+    first_run, second_run = outcomes.read_text().split("--- restart\n")
+    assert "e3" not in first_run, "killed before e3's offset (or outcome) was recorded"
     assert "e3 duplicate" in second_run, "e3 was redelivered after the kill and skipped"
+    assert "e4 processed" in second_run and "e5 processed" in second_run
