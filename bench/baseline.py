@@ -14,10 +14,9 @@ import uuid
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from pymongo import AsyncMongoClient
-
-from crm_platform.kafka import ensure_topics
 from crm_contracts.topics import TopicSpec
+from crm_platform.kafka import ensure_topics
+from pymongo import AsyncMongoClient
 
 
 @dataclass
@@ -36,21 +35,30 @@ PAYLOAD_PAD = "x" * 900  # about the size of a lead.qualified envelope
 
 
 async def run_baseline(
-    bootstrap: str, mongodb_uri: str, *, rate: float | None, duration: float,
+    bootstrap: str,
+    mongodb_uri: str,
+    *,
+    rate: float | None,
+    duration: float,
     drain_timeout: float = 60.0,
 ) -> RunResult:
     """Offer ``rate`` messages/s (None: as fast as possible) for ``duration`` seconds."""
     topic = f"bench.baseline.{uuid.uuid4().hex[:8]}"
     await asyncio.to_thread(
-        ensure_topics, bootstrap,
+        ensure_topics,
+        bootstrap,
         [TopicSpec(topic, "bench", "baseline", partitions=6, replication_factor=1)],
     )
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongodb_uri)
     coll = client["bench_baseline"][topic.replace(".", "_")]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                                linger_ms=2)
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=topic,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=topic,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await producer.start()
     await consumer.start()
     latencies: list[float] = []

@@ -58,8 +58,7 @@ def main() -> int:
     report = ensure_topics(infra.kafka_bootstrap)
     print(f"==> topics: {len(report.created)} created, {len(report.existing)} already there")
 
-    platform = Platform(infra.kafka_bootstrap, infra.mongodb_uri, HOME / "logs",
-                        gateway_port=GATEWAY_PORT)
+    platform = Platform(infra.kafka_bootstrap, infra.mongodb_uri, HOME / "logs", gateway_port=GATEWAY_PORT)
     print("==> starting leads, sales, service-desk, analytics (API + faust worker), gateway")
     platform.start()
     platform.write_pids(PIDFILE)
@@ -99,8 +98,8 @@ def _banner(platform: Platform, credentials: dict[str, str]) -> None:
         f"  gateway          {g}   (login: POST {g}/auth/login)",
         f"  API docs         {g}/docs",
         f"  analytics        {g}/api/analytics/summary",
-        "  services (direct, for ops): " + ", ".join(
-            f"{n} {platform.url(n)}" for n in ("leads", "sales", "service-desk", "analytics")),
+        "  services (direct, for ops): "
+        + ", ".join(f"{n} {platform.url(n)}" for n in ("leads", "sales", "service-desk", "analytics")),
         "  metrics          <service>/metrics   health: /healthz  readiness: /readyz",
         f"  logs             {platform.logdir}/<service>.log",
     ]
