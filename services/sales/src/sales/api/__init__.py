@@ -1,0 +1,1 @@
+"""Sales' HTTP API: thin routers over the handlers and the store."""

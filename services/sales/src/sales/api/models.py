@@ -1,0 +1,575 @@
+"""Request and response bodies. Unknown fields are refused, so a typo is a 422 naming it."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Annotated, Any
+
+from crm_contracts import utcnow
+from crm_contracts.events.common import Contact
+from crm_contracts.events.leads import LeadQualifiedV1
+from crm_contracts.events.sales import RejectReason, Verdict
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    model_validator,
+)
+
+from sales.domain.assignment import round_robin
+from sales.domain.forecast import Forecast
+from sales.domain.inbox import (
+    MAX_SLA_MINUTES,
+    MIN_SLA_MINUTES,
+    InboxStatus,
+    is_overdue,
+    responded_within_sla,
+)
+from sales.domain.opportunity import ActivityType, OpportunityStatus, flagged_commitments
+from sales.domain.pipeline import NAME_PATTERN, Pipeline
+
+Doc = dict[str, Any]
+
+
+class In(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _upper(value: Any) -> Any:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Username = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9._@\-]{1,100}$")]
+Currency = Annotated[str, BeforeValidator(_upper), StringConstraints(pattern=r"^[A-Z]{3}$")]
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+Note = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)]
+
+
+# -- reps, config, pipeline -----------------------------------------------------------------
+
+
+class RepIn(In):
+    username: Username
+    active: StrictBool = True
+
+
+class RosterIn(In):
+    reps: list[RepIn] = Field(max_length=1000, description="The whole roster: reps not listed leave it")
+
+    @model_validator(mode="after")
+    def _unique(self) -> RosterIn:
+        names = [r.username for r in self.reps]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"usernames listed twice: {duplicates}")
+        return self
+
+
+class RepActiveIn(In):
+    active: StrictBool
+
+
+class RepOut(Out):
+    username: str
+    active: bool
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+
+    @classmethod
+    def of(cls, d: Doc) -> RepOut:
+        return cls(
+            username=d["_id"],
+            active=bool(d["active"]),
+            updated_at=d.get("updated_at"),
+            updated_by=d.get("updated_by"),
+        )
+
+
+class RosterOut(Out):
+    reps: list[RepOut]
+    rotation: list[str] = Field(description="Active reps in the order they take turns")
+    next_up: str | None = Field(description="Who the next round-robin assignment goes to")
+
+    @classmethod
+    def of(cls, docs: list[Doc], counter: int) -> RosterOut:
+        active = [d["_id"] for d in docs if d.get("active")]
+        return cls(
+            reps=[RepOut.of(d) for d in docs], rotation=sorted(active), next_up=round_robin(active, counter)
+        )
+
+
+class ConfigIn(In):
+    lead_response_sla_minutes: int = Field(
+        ge=MIN_SLA_MINUTES,
+        le=MAX_SLA_MINUTES,
+        description="Minutes from a qualified lead reaching sales to its response being due",
+    )
+
+
+class ConfigOut(Out):
+    lead_response_sla_minutes: int
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+
+
+class StageIn(In):
+    name: str = Field(min_length=1, max_length=40)
+    probability: float = Field(ge=0, le=1, description="Win probability for the weighted forecast")
+    required_fields: list[str] = Field(default_factory=list, max_length=20)
+
+
+class PipelineIn(In):
+    stages: list[StageIn] = Field(min_length=1, max_length=20)
+
+
+class StageOut(Out):
+    name: str
+    probability: float
+    required_fields: list[str]
+    closed: bool
+
+
+class PipelineOut(Out):
+    version: int
+    stages: list[StageOut]
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+
+    @classmethod
+    def of(cls, p: Pipeline, doc: Doc) -> PipelineOut:
+        return cls(
+            version=p.version,
+            stages=[
+                StageOut(
+                    name=s.name,
+                    probability=s.probability,
+                    required_fields=list(s.required_fields),
+                    closed=s.closed,
+                )
+                for s in p.stages
+            ],
+            updated_at=doc.get("updated_at"),
+            updated_by=doc.get("updated_by"),
+        )
+
+
+# -- inbox ------------------------------------------------------------------------------------
+
+
+class AssignIn(In):
+    owner: Username | None = Field(
+        default=None, description="An active rep; omitted: the next one in the round-robin rotation"
+    )
+
+
+class AcceptIn(In):
+    note: Note | None = None
+
+
+class RejectIn(In):
+    reason_code: RejectReason = Field(description="Why sales turned the lead down (required)")
+    note: Note | None = None
+
+
+class RecycleIn(In):
+    reason_code: RejectReason | None = Field(default=None, description="Optional, e.g. bad_timing")
+    note: Note | None = None
+
+
+class VerdictOut(Out):
+    verdict: Verdict
+    reason_code: RejectReason | None
+    note: str | None
+    decided_by: str
+    decided_at: datetime
+    opportunity_id: str | None
+
+
+class InboxItemOut(Out):
+    id: str = Field(description="The inbox item: the id of the lead.qualified event that created it")
+    lead_id: str
+    status: InboxStatus
+    owner: str | None
+    assigned_by: str | None
+    assigned_at: datetime | None
+    received_at: datetime
+    handed_off_at: datetime
+    response_due_at: datetime
+    sla_minutes: int
+    overdue: bool
+    responded_within_sla: bool | None
+    handoff_number: int = Field(description="1 for the lead's first handoff, 2 after one recycle, ...")
+    company: str
+    handoff: LeadQualifiedV1 = Field(description="The full handoff payload from marketing")
+    verdict: VerdictOut | None
+
+    @classmethod
+    def of(cls, d: Doc, now: datetime | None = None) -> InboxItemOut:
+        now = now or utcnow()
+        status = InboxStatus(d["status"])
+        verdict = d.get("verdict")
+        return cls(
+            id=d["_id"],
+            lead_id=d["lead_id"],
+            status=status,
+            owner=d.get("owner"),
+            assigned_by=d.get("assigned_by"),
+            assigned_at=d.get("assigned_at"),
+            received_at=d["received_at"],
+            handed_off_at=d["handed_off_at"],
+            response_due_at=d["response_due_at"],
+            sla_minutes=int(d["sla_minutes"]),
+            overdue=is_overdue(status, d["response_due_at"], now),
+            responded_within_sla=responded_within_sla(
+                d["response_due_at"], verdict["decided_at"] if verdict else None
+            ),
+            handoff_number=int(d.get("handoff_number", 1)),
+            company=d["company"],
+            handoff=LeadQualifiedV1.model_validate(d["handoff"]),
+            verdict=VerdictOut.model_validate(verdict) if verdict else None,
+        )
+
+
+class InboxPageOut(Out):
+    items: list[InboxItemOut]
+    total: int
+    limit: int
+    offset: int
+
+
+# -- opportunities ----------------------------------------------------------------------------
+
+
+class ProductIn(In):
+    sku: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=200)
+    quantity: int = Field(ge=1, le=1_000_000)
+    unit_price: float = Field(ge=0)
+
+
+class CommitmentIn(In):
+    description: str = Field(min_length=1, max_length=2000)
+    due_date: UtcDatetime | None = None
+
+
+CustomScalar = Annotated[str, StringConstraints(min_length=1, max_length=1000)] | StrictBool | int | float
+RESERVED_FIELDS = frozenset({"contacts", "stage", "status", "owner", "id", "origin"})
+MAX_CUSTOM_FIELDS = 50
+
+
+class OpportunityFieldsIn(BaseModel):
+    """The fields stages require. Known ones are typed; any other name is a custom field
+    (a manager may require it in a stage) holding a string, number, boolean or a list of them.
+    Fields are set, never cleared: ``null`` is refused."""
+
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
+
+    amount: float | None = Field(default=None, ge=0, description="Deal value")
+    currency: Currency | None = Field(default=None, description="ISO 4217; default EUR")
+    budget: float | None = Field(default=None, ge=0)
+    decision_maker: str | None = Field(default=None, min_length=1, max_length=200)
+    close_date: date | None = None
+    products: list[ProductIn] | None = Field(default=None, min_length=1, max_length=200)
+    commitments: list[CommitmentIn] | None = Field(
+        default=None,
+        max_length=100,
+        description="What sales promised (may be empty, but must be given to win)",
+    )
+    lost_reason: str | None = Field(default=None, min_length=1, max_length=500)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            nulls = sorted(str(k) for k, v in data.items() if v is None)
+            if nulls:
+                raise ValueError(f"fields are set, not cleared: null given for {nulls}")
+        return data
+
+    @model_validator(mode="after")
+    def _custom_fields(self) -> OpportunityFieldsIn:
+        extra = self.model_extra or {}
+        if len(extra) > MAX_CUSTOM_FIELDS:
+            raise ValueError(f"at most {MAX_CUSTOM_FIELDS} custom fields")
+        problems: list[str] = []
+        for name, value in extra.items():
+            if name in RESERVED_FIELDS:
+                problems.append(f"{name!r} is not a field (contacts go in the top-level 'contacts')")
+            elif not NAME_PATTERN.match(name):
+                problems.append(f"custom field name {name!r} must be lower-case letters, digits and '_'")
+            elif not _custom_value_ok(value):
+                problems.append(
+                    f"custom field {name!r} must be a non-empty string (max 1000), a number, a boolean "
+                    "or a list of up to 100 of them"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def values(self) -> Doc:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+def _scalar_ok(v: Any) -> bool:
+    if isinstance(v, str):
+        return 0 < len(v.strip()) <= 1000
+    return isinstance(v, bool | int | float)
+
+
+def _custom_value_ok(v: Any) -> bool:
+    if isinstance(v, list):
+        return len(v) <= 100 and all(_scalar_ok(x) for x in v)
+    return _scalar_ok(v)
+
+
+class StageMoveIn(In):
+    stage: str = Field(min_length=1, max_length=40)
+    fields: OpportunityFieldsIn = Field(default_factory=OpportunityFieldsIn)
+    contacts: list[Contact] = Field(
+        default_factory=list, max_length=50, description="Extra contacts (merged by email)"
+    )
+
+
+class FieldsUpdateIn(In):
+    fields: OpportunityFieldsIn = Field(default_factory=OpportunityFieldsIn)
+    contacts: list[Contact] = Field(default_factory=list, max_length=50)
+
+
+class ActivityIn(In):
+    type: ActivityType
+    summary: str = Field(min_length=1, max_length=2000)
+    occurred_at: UtcDatetime | None = Field(default=None, description="Default: now")
+    amount: float | None = Field(default=None, ge=0, description="Quotes only")
+    currency: Currency | None = None
+
+
+class ActivityOut(Out):
+    id: str
+    opportunity_id: str
+    type: ActivityType
+    summary: str
+    occurred_at: datetime
+    logged_at: datetime
+    logged_by: str
+    amount: float | None
+    currency: str | None
+
+    @classmethod
+    def of(cls, d: Doc) -> ActivityOut:
+        return cls(
+            id=d["_id"],
+            **{
+                k: d.get(k)
+                for k in (
+                    "opportunity_id",
+                    "type",
+                    "summary",
+                    "occurred_at",
+                    "logged_at",
+                    "logged_by",
+                    "amount",
+                    "currency",
+                )
+            },
+        )
+
+
+class ProductOut(Out):
+    sku: str
+    name: str
+    quantity: int
+    unit_price: float
+
+
+class CommitmentOut(Out):
+    commitment_id: str
+    description: str
+    due_date: datetime | None
+    flagged: bool = Field(description="Customer success flagged it as more than can be delivered")
+
+
+class FlagOut(Out):
+    flag_id: str
+    commitment_id: str
+    commitment_known: bool
+    account_id: str
+    reason: str
+    flagged_by: str
+    flagged_at: datetime
+    received_at: datetime
+
+
+class StageChangeOut(Out):
+    from_stage: str | None
+    to_stage: str
+    at: datetime
+    by: str
+
+
+class LeadSourceOut(Out):
+    source_channel: str
+    campaign: str | None
+    score: float
+
+
+class OpportunityOut(Out):
+    id: str
+    origin: str
+    status: OpportunityStatus
+    stage: str
+    owner: str
+    assigned_by: str
+    account_name: str
+    account_id: str | None
+    lead_id: str | None
+    inbox_item_id: str | None
+    signal_id: str | None
+    source_deal_id: str | None
+    signal_kind: str | None
+    description: str | None
+    lead_source: LeadSourceOut | None
+    amount: float | None
+    currency: str
+    fields: dict[str, Any]
+    contacts: list[Contact]
+    products: list[ProductOut]
+    commitments: list[CommitmentOut]
+    commitment_flags: list[FlagOut]
+    flagged: bool
+    stage_history: list[StageChangeOut]
+    activity_count: int
+    last_activity_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    won_at: datetime | None
+    lost_at: datetime | None
+    lost_reason: str | None
+    activities: list[ActivityOut] | None = Field(
+        default=None, description="Newest first (on GET /opportunities/{id} only)"
+    )
+
+    @classmethod
+    def of(cls, d: Doc, activities: list[Doc] | None = None) -> OpportunityOut:
+        flags = d.get("commitment_flags", [])
+        flagged_ids = flagged_commitments(flags)
+        fields = d.get("fields", {})
+        return cls(
+            id=d["_id"],
+            origin=d["origin"],
+            status=OpportunityStatus(d["status"]),
+            stage=d["stage"],
+            owner=d["owner"],
+            assigned_by=d["assigned_by"],
+            account_name=d["account_name"],
+            account_id=d.get("account_id"),
+            lead_id=d.get("lead_id"),
+            inbox_item_id=d.get("inbox_item_id"),
+            signal_id=d.get("signal_id"),
+            source_deal_id=d.get("source_deal_id"),
+            signal_kind=d.get("signal_kind"),
+            description=d.get("description"),
+            lead_source=LeadSourceOut.model_validate(d["lead_source"]) if d.get("lead_source") else None,
+            amount=d.get("amount"),
+            currency=d.get("currency") or "EUR",
+            fields=fields,
+            contacts=[Contact.model_validate(c) for c in d.get("contacts", [])],
+            products=[ProductOut.model_validate(p) for p in fields.get("products", [])],
+            commitments=[
+                CommitmentOut(
+                    commitment_id=c["commitment_id"],
+                    description=c["description"],
+                    due_date=c.get("due_date"),
+                    flagged=c["commitment_id"] in flagged_ids,
+                )
+                for c in fields.get("commitments", [])
+            ],
+            commitment_flags=[FlagOut.model_validate(f) for f in flags],
+            flagged=bool(flags),
+            stage_history=[StageChangeOut.model_validate(h) for h in d.get("stage_history", [])],
+            activity_count=int(d.get("activity_count", 0)),
+            last_activity_at=d.get("last_activity_at"),
+            created_at=d["created_at"],
+            updated_at=d["updated_at"],
+            won_at=d.get("won_at"),
+            lost_at=d.get("lost_at"),
+            lost_reason=d.get("lost_reason"),
+            activities=[ActivityOut.of(a) for a in activities] if activities is not None else None,
+        )
+
+
+class OpportunityPageOut(Out):
+    items: list[OpportunityOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class DecisionOut(Out):
+    item: InboxItemOut
+    opportunity: OpportunityOut | None = Field(description="The opportunity an acceptance opened")
+
+
+# -- forecast ---------------------------------------------------------------------------------
+
+
+class StageForecastOut(Out):
+    stage: str
+    probability: float
+    closed: bool
+    count: int
+    value: float
+    weighted: float
+
+
+class ForecastOut(Out):
+    scope: str = Field(description="'own' (the caller's book), 'rep' (one rep's, for managers) or 'team'")
+    owner: str | None = Field(description="The rep the figures are for; null for the whole team")
+    pipeline_version: int
+    currencies: list[str] = Field(description="Currencies seen; amounts are summed as given, not converted")
+    stages: list[StageForecastOut]
+    open_count: int
+    open_value: float
+    weighted_open: float
+    won_value: float
+    weighted_forecast: float = Field(description="Sum over every stage of amount x win probability")
+
+    @classmethod
+    def of(
+        cls, f: Forecast, *, scope: str, owner: str | None, pipeline_version: int, currencies: list[str]
+    ) -> ForecastOut:
+        return cls(
+            scope=scope,
+            owner=owner,
+            pipeline_version=pipeline_version,
+            currencies=currencies,
+            stages=[
+                StageForecastOut(
+                    stage=s.stage,
+                    probability=s.probability,
+                    closed=s.closed,
+                    count=s.count,
+                    value=s.value,
+                    weighted=s.weighted,
+                )
+                for s in f.stages
+            ],
+            open_count=f.open_count,
+            open_value=f.open_value,
+            weighted_open=f.weighted_open,
+            won_value=f.won_value,
+            weighted_forecast=f.weighted_forecast,
+        )

@@ -1,0 +1,132 @@
+"""/opportunities: the pipeline's deals, their stage moves and logged activities."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from crm_platform.errors import NotFound
+from fastapi import APIRouter, Query, status
+
+from sales import handlers
+from sales import store as repo
+from sales.api.deps import ActorDep, DbDep, OpportunityId, StoreDep, sales_only
+from sales.api.models import (
+    ActivityIn,
+    ActivityOut,
+    FieldsUpdateIn,
+    OpportunityOut,
+    OpportunityPageOut,
+    StageMoveIn,
+)
+from sales.domain.access import owner_scope, require_access
+from sales.domain.opportunity import OpportunityStatus, Origin
+
+router = APIRouter(prefix="/opportunities", tags=["opportunities"])
+
+
+@router.get(
+    "",
+    response_model=OpportunityPageOut,
+    dependencies=[sales_only],
+    summary="Opportunities, newest first: a rep sees their own book, managers the team",
+)
+async def list_opportunities(
+    db: DbDep,
+    actor: ActorDep,
+    stage: Annotated[str | None, Query(max_length=40)] = None,
+    status_: Annotated[OpportunityStatus | None, Query(alias="status")] = None,
+    origin: Annotated[Origin | None, Query()] = None,
+    flagged: Annotated[bool | None, Query(description="Has a commitment flagged by customer success")] = None,
+    owner: Annotated[str | None, Query(max_length=100, description="Managers: one rep's book")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
+) -> OpportunityPageOut:
+    docs, total = await repo.list_opportunities(
+        db,
+        owner=owner_scope(actor, owner),
+        stage=stage,
+        status=status_.value if status_ else None,
+        origin=origin.value if origin else None,
+        flagged=flagged,
+        limit=limit,
+        offset=offset,
+    )
+    return OpportunityPageOut(
+        items=[OpportunityOut.of(d) for d in docs], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get(
+    "/{opportunity_id}",
+    response_model=OpportunityOut,
+    dependencies=[sales_only],
+    summary="One opportunity with its activities, stage history and commitment flags",
+)
+async def get_opportunity(opportunity_id: OpportunityId, db: DbDep, actor: ActorDep) -> OpportunityOut:
+    doc = await repo.get_opportunity(db, opportunity_id)
+    if doc is None:
+        raise NotFound(f"no opportunity {opportunity_id!r}", opportunity_id=opportunity_id)
+    require_access(actor, doc["owner"], "opportunity")
+    return OpportunityOut.of(doc, await repo.activities_for(db, opportunity_id))
+
+
+@router.post(
+    "/{opportunity_id}/stage",
+    response_model=OpportunityOut,
+    dependencies=[sales_only],
+    summary="Move to a stage, setting fields; 422 lists the required fields still missing",
+)
+async def move_stage(
+    opportunity_id: OpportunityId, body: StageMoveIn, store: StoreDep, actor: ActorDep
+) -> OpportunityOut:
+    doc = await handlers.move_stage(
+        store,
+        opportunity_id,
+        body.stage,
+        body.fields.values(),
+        [c.model_dump(mode="json") for c in body.contacts],
+        actor,
+    )
+    return OpportunityOut.of(doc)
+
+
+@router.patch(
+    "/{opportunity_id}",
+    response_model=OpportunityOut,
+    dependencies=[sales_only],
+    summary="Set fields or add contacts on an open opportunity without moving it",
+)
+async def update_fields(
+    opportunity_id: OpportunityId, body: FieldsUpdateIn, store: StoreDep, actor: ActorDep
+) -> OpportunityOut:
+    doc = await handlers.update_fields(
+        store,
+        opportunity_id,
+        body.fields.values(),
+        [c.model_dump(mode="json") for c in body.contacts],
+        actor,
+    )
+    return OpportunityOut.of(doc)
+
+
+@router.post(
+    "/{opportunity_id}/activities",
+    response_model=ActivityOut,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[sales_only],
+    summary="Log a call, visit, email or quote (quotes may carry an amount)",
+)
+async def log_activity(
+    opportunity_id: OpportunityId, body: ActivityIn, store: StoreDep, actor: ActorDep
+) -> ActivityOut:
+    doc = await handlers.log_activity(
+        store,
+        opportunity_id,
+        body.type,
+        body.summary,
+        actor,
+        occurred_at=body.occurred_at,
+        amount=body.amount,
+        currency=body.currency,
+    )
+    return ActivityOut.of(doc)

@@ -1,0 +1,109 @@
+"""/reps, /config and /pipeline: the team and the rules sales managers set."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from sales import handlers
+from sales import store as repo
+from sales.api.deps import ActorDep, DbDep, StoreDep, forecast_readers, managers_only, sales_only
+from sales.api.models import (
+    ConfigIn,
+    ConfigOut,
+    PipelineIn,
+    PipelineOut,
+    RepActiveIn,
+    RepOut,
+    RosterIn,
+    RosterOut,
+)
+from sales.domain.pipeline import Stage
+
+router = APIRouter(tags=["team"])
+
+Username = Annotated[str, Path(pattern=r"^[A-Za-z0-9._@\-]{1,100}$")]
+
+
+async def _roster(db: DbDep) -> RosterOut:
+    return RosterOut.of(await repo.list_reps(db), await repo.peek_counter(db))
+
+
+@router.get(
+    "/reps",
+    response_model=RosterOut,
+    dependencies=[sales_only],
+    summary="The rep roster, and the round-robin rotation of the active reps",
+)
+async def get_reps(db: DbDep) -> RosterOut:
+    return await _roster(db)
+
+
+@router.put(
+    "/reps",
+    response_model=RosterOut,
+    dependencies=[managers_only],
+    summary="Replace the roster (reps not listed leave it; their records stay theirs)",
+)
+async def put_reps(body: RosterIn, store: StoreDep, db: DbDep, actor: ActorDep) -> RosterOut:
+    await handlers.replace_roster(store, [(r.username, r.active) for r in body.reps], actor)
+    return await _roster(db)
+
+
+@router.put(
+    "/reps/{username}",
+    response_model=RepOut,
+    dependencies=[managers_only],
+    summary="Add one rep or switch them active/inactive",
+)
+async def put_rep(username: Username, body: RepActiveIn, store: StoreDep, actor: ActorDep) -> RepOut:
+    return RepOut.of(await handlers.set_rep(store, username, body.active, actor))
+
+
+@router.get(
+    "/config",
+    response_model=ConfigOut,
+    dependencies=[sales_only],
+    summary="Sales settings: the lead response SLA",
+)
+async def get_config(db: DbDep) -> ConfigOut:
+    return ConfigOut.model_validate({k: v for k, v in (await repo.get_config(db)).items() if k != "_id"})
+
+
+@router.put(
+    "/config",
+    response_model=ConfigOut,
+    dependencies=[managers_only],
+    summary="Set the lead response SLA (applies to leads received from now on)",
+)
+async def put_config(body: ConfigIn, store: StoreDep, db: DbDep, actor: ActorDep) -> ConfigOut:
+    await handlers.set_sla(store, body.lead_response_sla_minutes, actor)
+    return await get_config(db)
+
+
+async def _pipeline(db: DbDep) -> PipelineOut:
+    doc = await repo.get_pipeline_doc(db)
+    return PipelineOut.of(repo.pipeline_from_doc(doc), doc)
+
+
+@router.get(
+    "/pipeline",
+    response_model=PipelineOut,
+    dependencies=[forecast_readers],
+    summary="The pipeline: ordered stages, required fields, win probabilities",
+)
+async def get_pipeline(db: DbDep) -> PipelineOut:
+    return await _pipeline(db)
+
+
+@router.put(
+    "/pipeline",
+    response_model=PipelineOut,
+    dependencies=[managers_only],
+    summary="Replace the pipeline (a new version; stages holding opportunities stay)",
+)
+async def put_pipeline(body: PipelineIn, store: StoreDep, db: DbDep, actor: ActorDep) -> PipelineOut:
+    stages = [Stage(s.name, s.probability, tuple(s.required_fields)) for s in body.stages]
+    await handlers.replace_pipeline(store, stages, actor)
+    return await _pipeline(db)

@@ -1,0 +1,1 @@
+"""Sales' pure rules: pipeline and required fields, assignment, verdicts, forecast, access."""

@@ -1,0 +1,25 @@
+"""Sales' own Prometheus metrics (``crm_sales_`` prefix), observed after commit."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+# Lead response is minutes to days: the buckets follow the SLA conversation.
+RESPONSE_BUCKETS = (60, 300, 900, 1800, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 24 * 3600, 72 * 3600, 7 * 86400)
+
+LEAD_VERDICTS = Counter(
+    "crm_sales_lead_verdicts",
+    "Verdicts given on qualified leads",
+    ["verdict", "within_sla"],
+)
+LEAD_RESPONSE_SECONDS = Histogram(
+    "crm_sales_lead_response_seconds",
+    "Qualified lead received by sales -> verdict (the first human action)",
+    ["verdict"],
+    buckets=RESPONSE_BUCKETS,
+)
+STAGE_MOVES = Counter(
+    "crm_sales_stage_moves",
+    "Opportunity stage moves, by target stage",
+    ["to_stage"],
+)

@@ -1,0 +1,169 @@
+"""The team and its rules: rep roster, pipeline configuration, roles, service edges."""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import pytest
+from sales.bootstrap import SalesSettings
+
+Sales: TypeAlias = Any  # conftest.Sales (conftest is not importable in importlib mode)
+
+
+def test_settings_default_to_the_sales_service_on_port_8002(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "k:9092")
+    monkeypatch.setenv("MONGODB_URI", "mongodb://m")
+    for var in ("CRM_SERVICE_NAME", "CRM_HTTP_PORT", "CRM_SALES_LEAD_RESPONSE_SLA_MINUTES"):
+        monkeypatch.delenv(var, raising=False)
+    s = SalesSettings()
+    assert (s.service_name, s.http_port, s.database_name, s.group_id) == ("sales", 8002, "sales", "sales")
+    assert s.lead_response_sla_minutes == 60
+    monkeypatch.setenv("CRM_SALES_LEAD_RESPONSE_SLA_MINUTES", "15")
+    assert SalesSettings().lead_response_sla_minutes == 15
+
+
+@pytest.mark.integration
+async def test_the_roster_is_edited_by_managers_and_read_by_sales(sales: Sales) -> None:
+    a, b, c = sales.uid("ada"), sales.uid("ben"), sales.uid("cy")
+    r = await sales.client.put("/reps", json={"reps": [{"username": a}]}, headers=sales.rep(a))
+    assert r.status_code == 403
+    for bad in (
+        {"reps": [{"username": a}, {"username": a}]},
+        {"reps": [{"username": "has space"}]},
+        {"reps": [{"username": a, "active": "yes"}]},
+        {"reps": [{"username": a, "team": "x"}]},
+    ):
+        r = await sales.client.put("/reps", json=bad, headers=sales.manager())
+        assert r.status_code == 422, bad
+
+    roster = await sales.set_roster(**{b: True, a: True, c: False})
+    assert [r["username"] for r in roster["reps"]] == sorted([a, b, c])
+    assert roster["rotation"] == sorted([a, b])
+    assert roster["next_up"] in {a, b}
+    assert roster["reps"][0]["updated_by"] == "mona"
+
+    r = await sales.client.put(f"/reps/{c}", json={"active": True}, headers=sales.headers("admin", "root"))
+    assert r.status_code == 200, r.text
+    assert r.json() == {**r.json(), "username": c, "active": True, "updated_by": "root"}
+    r = await sales.client.get("/reps", headers=sales.rep(a))
+    assert r.status_code == 200
+    assert r.json()["rotation"] == sorted([a, b, c])
+
+    roster = await sales.set_roster(**{a: True})  # PUT replaces: b and c leave the roster
+    assert [r["username"] for r in roster["reps"]] == [a]
+    assert roster["next_up"] == a
+    r = await sales.client.get("/reps", headers=sales.headers("marketing", "mia"))
+    assert r.status_code == 403
+
+
+@pytest.mark.integration
+async def test_managers_shape_the_pipeline_and_opportunities_follow_it(sales: Sales) -> None:
+    r = await sales.client.get("/pipeline", headers=sales.headers("analyst", "ana"))
+    assert r.status_code == 200
+    default = r.json()
+    assert default["version"] == 1
+    assert [(s["name"], s["probability"], s["required_fields"], s["closed"]) for s in default["stages"]] == [
+        ("qualification", 0.1, [], False),
+        ("discovery", 0.2, ["budget", "decision_maker"], False),
+        ("proposal", 0.5, ["amount", "products"], False),
+        ("negotiation", 0.7, ["close_date"], False),
+        ("won", 1.0, ["amount", "products", "commitments"], True),
+        ("lost", 0.0, ["lost_reason"], True),
+    ]
+
+    custom = {
+        "stages": [
+            {"name": "qualification", "probability": 0.1},
+            {"name": "discovery", "probability": 0.25, "required_fields": ["budget", "decision_maker"]},
+            {"name": "legal_review", "probability": 0.6, "required_fields": ["legal_approver"]},
+            {"name": "won", "probability": 1.0, "required_fields": ["amount", "products", "commitments"]},
+            {"name": "lost", "probability": 0.0, "required_fields": ["lost_reason"]},
+        ]
+    }
+    r = await sales.client.put("/pipeline", json=custom, headers=sales.rep("rita"))
+    assert r.status_code == 403
+
+    broken = {
+        "stages": [
+            {"name": "won", "probability": 1.0, "required_fields": ["amount"]},
+            {"name": "pitch", "probability": 0.4},
+        ]
+    }
+    r = await sales.client.put("/pipeline", json=broken, headers=sales.manager())
+    assert r.status_code == 422
+    problems = " | ".join(r.json()["details"]["problems"])
+    assert "'lost'" in problems
+    assert "must come after every open stage" in problems
+    assert "['products', 'commitments']" in problems
+    r = await sales.client.put(
+        "/pipeline", json={"stages": [{"name": "x", "probability": 2}]}, headers=sales.manager()
+    )
+    assert r.status_code == 422
+
+    # An opportunity sitting in 'negotiation' keeps that stage from being removed.
+    rep = sales.uid("nina")
+    opp = await sales.opportunity_for(rep)
+    r = await sales.move(opp["id"], "negotiation", rep, fields={"close_date": "2026-09-30"})
+    assert r.status_code == 200, r.text
+    r = await sales.client.put("/pipeline", json=custom, headers=sales.manager())
+    assert r.status_code == 409
+    assert r.json()["details"]["stages"] == {"negotiation": 1}
+    r = await sales.move(opp["id"], "lost", rep, fields={"lost_reason": "budget frozen"})
+    assert r.status_code == 200
+
+    r = await sales.client.put("/pipeline", json=custom, headers=sales.manager())
+    assert r.status_code == 200, r.text
+    assert r.json()["version"] == 2
+    assert r.json()["updated_by"] == "mona"
+    fresh = await sales.opportunity_for(rep)
+    try:
+        assert fresh["stage"] == "qualification"
+        r = await sales.move(fresh["id"], "negotiation", rep)
+        assert r.status_code == 422, "no such stage any more"
+        r = await sales.move(fresh["id"], "legal_review", rep)
+        assert r.json()["details"]["missing"] == ["legal_approver"]
+        r = await sales.move(fresh["id"], "legal_review", rep, fields={"legal_approver": "Dr. Who"})
+        assert r.status_code == 200, r.text
+        assert r.json()["fields"]["legal_approver"] == "Dr. Who"
+        r = await sales.client.get("/forecast", headers=sales.rep(rep))
+        f = r.json()
+        assert f["pipeline_version"] == 2
+        assert [s["stage"] for s in f["stages"]] == [
+            "qualification",
+            "discovery",
+            "legal_review",
+            "won",
+            "lost",
+        ]
+        assert {s["stage"]: s["count"] for s in f["stages"]}["legal_review"] == 1
+    finally:
+        restore = {
+            "stages": [
+                {k: s[k] for k in ("name", "probability", "required_fields")} for s in default["stages"]
+            ]
+        }
+        await sales.client.post(
+            f"/opportunities/{fresh['id']}/stage",
+            json={"stage": "lost", "fields": {"lost_reason": "test over"}},
+            headers=sales.manager(),
+        )
+        r = await sales.client.put("/pipeline", json=restore, headers=sales.manager())
+        assert r.status_code == 200, r.text
+        assert r.json()["version"] == 3
+
+
+@pytest.mark.integration
+async def test_service_edges_and_authentication(sales: Sales) -> None:
+    r = await sales.client.get("/healthz")
+    assert r.json() == {"status": "ok", "service": "sales"}
+    r = await sales.client.get("/readyz")
+    assert r.status_code == 200, r.text
+    for method, path in (("GET", "/inbox"), ("GET", "/forecast"), ("PUT", "/config"), ("GET", "/pipeline")):
+        r = await sales.client.request(method, path)
+        assert r.status_code == 401, (method, path)
+    r = await sales.client.get("/inbox", headers={"Authorization": "Bearer forged"})
+    assert r.status_code == 401
+    r = await sales.client.get("/inbox", headers=sales.headers("service_rep", "sam"))
+    assert r.status_code == 403
+    r = await sales.client.get("/pipeline", headers=sales.headers("service_rep", "sam"))
+    assert r.status_code == 403
