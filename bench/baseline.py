@@ -81,8 +81,9 @@ async def run_baseline(
     interval = 1.0 / rate if rate else 0.0
     pending = []
     while time.perf_counter() - started < duration:
-        doc = {"_id": uuid.uuid4().hex, "created": time.time(), "pad": PAYLOAD_PAD}
-        pending.append(await producer.send(topic, json.dumps(doc).encode(), key=doc["_id"].encode()))
+        key = uuid.uuid4().hex
+        doc = {"_id": key, "created": time.time(), "pad": PAYLOAD_PAD}
+        pending.append(await producer.send(topic, json.dumps(doc).encode(), key=key.encode()))
         sent += 1
         if rate:
             next_at = started + sent * interval

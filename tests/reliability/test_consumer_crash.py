@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from crm_platform.testing import produce_envelope
 from pymongo import MongoClient
+from pymongo.collection import Collection
 from reliability.probe import envelope
 
 pytestmark = pytest.mark.integration
@@ -57,7 +58,7 @@ async def test_sigkill_between_store_and_commit_causes_no_second_effect(
 
     crashed = _run([*common, "--crash-on", "e3", "--expect", "5"])
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
-    effects = MongoClient(mongodb_uri)[database]["effects"]
+    effects: Collection[dict[str, Any]] = MongoClient(mongodb_uri)[database]["effects"]
     assert effects.find_one({"name": "e3"}) is not None, "e3's effect was stored before the kill"
 
     if crm_infra.embedded is not None:
