@@ -1,0 +1,66 @@
+"""GET /funnel, /channels, /handoffs, /summary: the latest snapshot, for analysts and managers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crm_platform.auth import Role, require_roles
+from crm_platform.errors import DomainError
+from fastapi import APIRouter, Request
+
+from analytics.api.models import ChannelsOut, FunnelOut, HandoffsOut, SummaryOut
+from analytics.metrics import SnapshotCache
+
+READERS = (Role.ANALYST, Role.ADMIN, Role.SALES_MANAGER)
+
+router = APIRouter(tags=["analytics"], dependencies=[require_roles(*READERS)])
+
+
+class SnapshotUnavailable(DomainError):
+    status_code = 503
+    code = "snapshot_unavailable"
+
+
+async def _summary(request: Request) -> dict[str, Any]:
+    cache: SnapshotCache = request.app.state.snapshot_cache
+    try:
+        return await cache.refresh()
+    except Exception as exc:
+        raise SnapshotUnavailable(
+            "the analytics snapshot store is unreachable; retry shortly",
+            cause=type(exc).__name__,
+        ) from exc
+
+
+def _funnel(summary: dict[str, Any]) -> FunnelOut:
+    return FunnelOut.model_validate({**summary["funnel"], "updated_at": summary["updated_at"]})
+
+
+@router.get("/funnel", response_model=FunnelOut, summary="Distinct leads/deals per funnel stage")
+async def funnel(request: Request) -> FunnelOut:
+    return _funnel(await _summary(request))
+
+
+@router.get("/channels", response_model=ChannelsOut, summary="Funnel stage counts per channel")
+async def channels(request: Request) -> ChannelsOut:
+    return ChannelsOut.model_validate((await _summary(request))["channels"])
+
+
+@router.get(
+    "/handoffs", response_model=HandoffsOut, summary="Transport and business latency percentiles per handoff"
+)
+async def handoffs(request: Request) -> HandoffsOut:
+    return HandoffsOut.model_validate((await _summary(request))["handoffs"])
+
+
+@router.get("/summary", response_model=SummaryOut, summary="Funnel, channels and handoffs")
+async def summary(request: Request) -> SummaryOut:
+    data = await _summary(request)
+    return SummaryOut.model_validate(
+        {
+            "funnel": _funnel(data),
+            "channels": data["channels"],
+            "handoffs": data["handoffs"],
+            "updated_at": data["updated_at"],
+        }
+    )

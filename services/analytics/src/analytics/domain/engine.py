@@ -1,0 +1,137 @@
+"""The stream logic: one validated event in, the analytics state updated (no I/O).
+
+``apply(state, envelope, event)`` is all the faust agent calls. The state is three
+fact tables (plain mutable mappings of JSON documents: dicts in unit tests, faust
+tables in the worker) and the in-memory figures derived from them:
+
+- ``leads``    lead_id -> LeadFacts      (lead.captured, lead.qualified, lead.verdict, deal.won)
+- ``deals``    deal_id -> DealFacts      (deal.won, account.onboarding_started)
+- ``receipts`` handoff_event_id -> ReceiptFact (handoff.received)
+
+Facts are keyed by the business id, never counted: a redelivered or replayed event
+rewrites the same fact, so no figure moves; events arriving out of order (the
+verdict before the qualification, the onboarding before the win) meet in the facts
+and give the same figures as in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from crm_contracts import Envelope, Event
+from crm_contracts.events.leads import LeadCapturedV1, LeadQualifiedV1
+from crm_contracts.events.platform import HandoffReceivedV1
+from crm_contracts.events.sales import DealWonV1, LeadVerdictV1, Verdict
+from crm_contracts.events.service_desk import OnboardingStartedV1
+
+from analytics.domain.facts import DealFacts, LeadFacts, ReceiptFact, epoch
+from analytics.domain.figures import (
+    Figures,
+    deal_contribution,
+    lead_contribution,
+    receipt_contribution,
+)
+
+Table = MutableMapping[str, Any]
+
+
+@dataclass
+class AnalyticsState:
+    leads: Table = field(default_factory=dict)
+    deals: Table = field(default_factory=dict)
+    receipts: Table = field(default_factory=dict)
+    figures: Figures = field(default_factory=Figures)
+    applied: int = 0  # events that changed a fact (diagnostics only)
+
+    # -- reading facts ---------------------------------------------------------
+    def lead(self, lead_id: str) -> LeadFacts | None:
+        doc = self.leads.get(lead_id)
+        return LeadFacts.from_json(doc) if doc else None
+
+    def deal(self, deal_id: str) -> DealFacts | None:
+        doc = self.deals.get(deal_id)
+        return DealFacts.from_json(doc) if doc else None
+
+    def receipt(self, handoff_event_id: str) -> ReceiptFact | None:
+        return ReceiptFact.from_json(self.receipts.get(handoff_event_id))
+
+
+def apply(state: AnalyticsState, envelope: Envelope, event: Event) -> AnalyticsState:
+    """Fold one event into the state and return it (the tables are updated in place)."""
+    at = epoch(envelope.occurred_at)
+    if isinstance(event, LeadCapturedV1):
+        if not event.merged:  # a merged capture is a known lead seen again: not a new one
+            _update_lead(state, event.lead_id, lambda f: f.with_capture(at, event.source_channel))
+    elif isinstance(event, LeadQualifiedV1):
+        _update_lead(state, event.lead_id, lambda f: f.with_qualification(at, event.source_channel))
+    elif isinstance(event, LeadVerdictV1):
+        if event.verdict == Verdict.ACCEPTED:
+            _update_lead(state, event.lead_id, lambda f: f.with_acceptance(at))
+    elif isinstance(event, DealWonV1):
+        _update_deal(state, event.deal_id, lambda f: f.with_win(at, event.lead_id))
+        if event.lead_id:
+            _update_lead(state, event.lead_id, lambda f: f.with_deal(event.deal_id))
+    elif isinstance(event, OnboardingStartedV1):
+        _update_deal(state, event.deal_id, lambda f: f.with_onboarding(at))
+    elif isinstance(event, HandoffReceivedV1):
+        _update_receipt(
+            state, event.handoff_event_id, ReceiptFact(event.handoff, event.transport_latency_seconds)
+        )
+    return state
+
+
+def _update_lead(state: AnalyticsState, lead_id: str, change: Callable[[LeadFacts], LeadFacts]) -> None:
+    before = state.lead(lead_id)
+    after = change(before or LeadFacts())
+    if after == before:
+        return
+    state.leads[lead_id] = after.to_json()
+    state.applied += 1
+    state.figures.replace(lead_contribution(before), lead_contribution(after))
+    if before is None or before.channel != after.channel:
+        # The lead's deals count under its channel: move them along with it.
+        for deal_id in after.deal_ids:
+            deal = state.deal(deal_id)
+            if deal is None or deal.lead_id != lead_id:
+                continue
+            state.figures.replace(deal_contribution(deal, before), deal_contribution(deal, after))
+
+
+def _update_deal(state: AnalyticsState, deal_id: str, change: Callable[[DealFacts], DealFacts]) -> None:
+    before = state.deal(deal_id)
+    after = change(before or DealFacts())
+    if after == before:
+        return
+    state.deals[deal_id] = after.to_json()
+    state.applied += 1
+    old_lead = state.lead(before.lead_id) if before is not None and before.lead_id else None
+    new_lead = state.lead(after.lead_id) if after.lead_id else None
+    state.figures.replace(deal_contribution(before, old_lead), deal_contribution(after, new_lead))
+
+
+def _update_receipt(state: AnalyticsState, key: str, receipt: ReceiptFact) -> None:
+    before = state.receipt(key)
+    after = receipt if before is None else before.merged(receipt)
+    if after == before:
+        return
+    state.receipts[key] = after.to_json()
+    state.applied += 1
+    state.figures.replace(receipt_contribution(before), receipt_contribution(after))
+
+
+def rebuild_figures(state: AnalyticsState) -> AnalyticsState:
+    """Recompute every figure from the facts (after the tables were recovered)."""
+    figures = Figures(version=state.figures.version + 1)
+    leads = {key: LeadFacts.from_json(doc) for key, doc in list(state.leads.items()) if doc}
+    for lead in leads.values():
+        figures.add(lead_contribution(lead))
+    for doc in list(state.deals.values()):
+        if doc:
+            deal = DealFacts.from_json(doc)
+            figures.add(deal_contribution(deal, leads.get(deal.lead_id or "")))
+    for doc in list(state.receipts.values()):
+        figures.add(receipt_contribution(ReceiptFact.from_json(doc)))
+    state.figures = figures
+    return state

@@ -1,0 +1,156 @@
+"""What analytics remembers per lead, per deal and per handoff receipt (pure, no I/O).
+
+Every fold is *order-insensitive and idempotent*: it keeps the earliest time of
+each stage (or, for re-qualifications, the set of the most recent times), so the
+same event applied twice, or two events applied in either order, give the same
+facts. That is what makes every figure derived from the facts safe under Kafka's
+at-least-once redelivery and under cross-topic reordering.
+
+Facts travel through faust tables as JSON, so each has ``to_json``/``from_json``.
+Times are epoch seconds (floats).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+MAX_QUALIFICATIONS = 8  # re-qualifications kept per lead (the most recent ones)
+
+
+def epoch(moment: datetime) -> float:
+    return moment.timestamp()
+
+
+def _earliest(current: float | None, candidate: float) -> float:
+    return candidate if current is None else min(current, candidate)
+
+
+@dataclass(frozen=True)
+class LeadFacts:
+    captured_at: float | None = None  # earliest lead.captured with merged=false
+    capture_channel: str | None = None  # channel of that capture
+    qualified_at: tuple[float, ...] = ()  # lead.qualified times, ascending, most recent kept
+    qualify_channel: str | None = None  # channel of the earliest qualification
+    accepted_at: float | None = None  # earliest lead.verdict accepted
+    deal_ids: tuple[str, ...] = ()  # deals won from this lead (for channel attribution)
+
+    @property
+    def channel(self) -> str | None:
+        """The lead's source channel: where it was captured, else where it qualified."""
+        return self.capture_channel or self.qualify_channel
+
+    def with_capture(self, at: float, channel: str) -> LeadFacts:
+        if self.captured_at is not None and self.captured_at < at:
+            return self
+        if self.captured_at == at and self.capture_channel is not None:
+            channel = min(self.capture_channel, channel)  # same instant: any fixed choice
+        return replace(self, captured_at=at, capture_channel=channel)
+
+    def with_qualification(self, at: float, channel: str) -> LeadFacts:
+        times = tuple(sorted({*self.qualified_at, at}))[-MAX_QUALIFICATIONS:]
+        first = self.qualified_at[0] if self.qualified_at else None
+        qualify_channel = self.qualify_channel
+        if first is None or at < first:
+            qualify_channel = channel
+        elif at == first and qualify_channel is not None:
+            qualify_channel = min(qualify_channel, channel)
+        return replace(self, qualified_at=times, qualify_channel=qualify_channel)
+
+    def with_acceptance(self, at: float) -> LeadFacts:
+        return replace(self, accepted_at=_earliest(self.accepted_at, at))
+
+    def with_deal(self, deal_id: str) -> LeadFacts:
+        if deal_id in self.deal_ids:
+            return self
+        return replace(self, deal_ids=tuple(sorted({*self.deal_ids, deal_id})))
+
+    def business_latency(self) -> float | None:
+        """Handed off (qualified) -> accepted by sales, in seconds.
+
+        Pairs the acceptance with the latest qualification not after it (a recycled
+        lead is qualified again); never negative (clock skew is clamped).
+        """
+        if self.accepted_at is None or not self.qualified_at:
+            return None
+        before = [t for t in self.qualified_at if t <= self.accepted_at]
+        start = before[-1] if before else self.qualified_at[0]
+        return max(0.0, self.accepted_at - start)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "captured_at": self.captured_at,
+            "capture_channel": self.capture_channel,
+            "qualified_at": list(self.qualified_at),
+            "qualify_channel": self.qualify_channel,
+            "accepted_at": self.accepted_at,
+            "deal_ids": list(self.deal_ids),
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any] | None) -> LeadFacts:
+        if not doc:
+            return cls()
+        return cls(
+            captured_at=doc.get("captured_at"),
+            capture_channel=doc.get("capture_channel"),
+            qualified_at=tuple(doc.get("qualified_at") or ()),
+            qualify_channel=doc.get("qualify_channel"),
+            accepted_at=doc.get("accepted_at"),
+            deal_ids=tuple(doc.get("deal_ids") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class DealFacts:
+    won_at: float | None = None  # earliest deal.won
+    lead_id: str | None = None  # the lead the deal came from (deal.won carries it)
+    onboarded_at: float | None = None  # earliest account.onboarding_started for the deal
+
+    def with_win(self, at: float, lead_id: str | None) -> DealFacts:
+        lead = self.lead_id if self.lead_id is not None else lead_id
+        if self.lead_id is not None and lead_id is not None and self.lead_id != lead_id:
+            lead = min(self.lead_id, lead_id)  # conflicting producers: any fixed choice
+        return replace(self, won_at=_earliest(self.won_at, at), lead_id=lead)
+
+    def with_onboarding(self, at: float) -> DealFacts:
+        return replace(self, onboarded_at=_earliest(self.onboarded_at, at))
+
+    def business_latency(self) -> float | None:
+        """Deal won -> onboarding started by customer success, in seconds."""
+        if self.won_at is None or self.onboarded_at is None:
+            return None
+        return max(0.0, self.onboarded_at - self.won_at)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"won_at": self.won_at, "lead_id": self.lead_id, "onboarded_at": self.onboarded_at}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any] | None) -> DealFacts:
+        if not doc:
+            return cls()
+        return cls(won_at=doc.get("won_at"), lead_id=doc.get("lead_id"), onboarded_at=doc.get("onboarded_at"))
+
+
+@dataclass(frozen=True)
+class ReceiptFact:
+    """One handoff's transport latency, keyed by the handoff event's id."""
+
+    handoff: str
+    latency: float
+
+    def merged(self, other: ReceiptFact) -> ReceiptFact:
+        """Two receipts for one handoff event: the first store is the real one (min)."""
+        if (other.latency, other.handoff) < (self.latency, self.handoff):
+            return other
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {"handoff": self.handoff, "latency": self.latency}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any] | None) -> ReceiptFact | None:
+        if not doc:
+            return None
+        return cls(handoff=str(doc["handoff"]), latency=float(doc["latency"]))

@@ -1,0 +1,169 @@
+"""The figures analytics publishes, derived from the facts (pure, no I/O).
+
+Each lead, deal and receipt *contributes* to the figures: which funnel stages it
+reached, under which channel, and at most one latency sample. The figures are the
+sum of the contributions, kept incrementally: when a fact changes, its old
+contribution is taken out and the new one put in. A redelivered event leaves the
+fact, hence the contribution, unchanged, so no figure moves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from crm_contracts import HANDOFFS
+
+from analytics.domain.facts import DealFacts, LeadFacts, ReceiptFact
+from analytics.domain.histogram import LatencyHistogram
+
+CAPTURED, QUALIFIED, ACCEPTED, WON, ONBOARDED = (
+    "captured",
+    "qualified",
+    "accepted",
+    "won",
+    "onboarded",
+)
+STAGES: tuple[str, ...] = (CAPTURED, QUALIFIED, ACCEPTED, WON, ONBOARDED)
+UNKNOWN_CHANNEL = "unknown"
+
+TRANSPORT, BUSINESS = "transport", "business"
+KINDS: tuple[str, ...] = (TRANSPORT, BUSINESS)
+HANDOFF_NAMES: tuple[str, ...] = tuple(h.name for h in HANDOFFS)
+# The handoffs with a business latency, and what ends it.
+LEAD_QUALIFIED_HANDOFF = "lead-qualified"  # lead.qualified -> lead.verdict accepted
+DEAL_WON_HANDOFF = "deal-won"  # deal.won -> account.onboarding_started
+BUSINESS_HANDOFFS: tuple[str, ...] = (LEAD_QUALIFIED_HANDOFF, DEAL_WON_HANDOFF)
+
+CONVERSIONS: tuple[tuple[str, str, str], ...] = (
+    ("captured_to_qualified", CAPTURED, QUALIFIED),
+    ("qualified_to_accepted", QUALIFIED, ACCEPTED),
+    ("accepted_to_won", ACCEPTED, WON),
+    ("won_to_onboarded", WON, ONBOARDED),
+    ("captured_to_won", CAPTURED, WON),
+)
+
+
+@dataclass(frozen=True)
+class Contribution:
+    stages: frozenset[str] = frozenset()
+    channel: str = UNKNOWN_CHANNEL
+    sample: tuple[str, str, float] | None = None  # (handoff, kind, seconds)
+
+
+NOTHING = Contribution()
+
+
+def lead_contribution(lead: LeadFacts | None) -> Contribution:
+    if lead is None:
+        return NOTHING
+    stages = set()
+    if lead.captured_at is not None:
+        stages.add(CAPTURED)
+    if lead.qualified_at:
+        stages.add(QUALIFIED)
+    if lead.accepted_at is not None:
+        stages.add(ACCEPTED)
+    latency = lead.business_latency()
+    return Contribution(
+        stages=frozenset(stages),
+        channel=lead.channel or UNKNOWN_CHANNEL,
+        sample=None if latency is None else (LEAD_QUALIFIED_HANDOFF, BUSINESS, latency),
+    )
+
+
+def deal_contribution(deal: DealFacts | None, lead: LeadFacts | None) -> Contribution:
+    """A deal counts under the channel of the lead it came from (``unknown`` until known)."""
+    if deal is None:
+        return NOTHING
+    stages = set()
+    if deal.won_at is not None:
+        stages.add(WON)
+    if deal.onboarded_at is not None:
+        stages.add(ONBOARDED)
+    latency = deal.business_latency()
+    channel = (lead.channel if lead is not None else None) or UNKNOWN_CHANNEL
+    return Contribution(
+        stages=frozenset(stages),
+        channel=channel,
+        sample=None if latency is None else (DEAL_WON_HANDOFF, BUSINESS, latency),
+    )
+
+
+def receipt_contribution(receipt: ReceiptFact | None) -> Contribution:
+    if receipt is None:
+        return NOTHING
+    return Contribution(sample=(receipt.handoff, TRANSPORT, receipt.latency))
+
+
+@dataclass
+class Figures:
+    funnel: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
+    channels: dict[str, dict[str, int]] = field(default_factory=dict)
+    latencies: dict[tuple[str, str], LatencyHistogram] = field(default_factory=dict)
+    version: int = 0  # bumped whenever a figure actually changes
+
+    def replace(self, old: Contribution, new: Contribution) -> bool:
+        """Swap one fact's contribution; returns whether any figure changed."""
+        if old == new:
+            return False
+        self._apply(old, -1)
+        self._apply(new, +1)
+        self.version += 1
+        return True
+
+    def add(self, contribution: Contribution) -> None:
+        if contribution != NOTHING:
+            self._apply(contribution, +1)
+            self.version += 1
+
+    def _apply(self, c: Contribution, sign: int) -> None:
+        if c.stages:
+            per_channel = self.channels.setdefault(c.channel, dict.fromkeys(STAGES, 0))
+            for stage in c.stages:
+                self.funnel[stage] += sign
+                per_channel[stage] += sign
+            if sign < 0 and not any(per_channel.values()):
+                del self.channels[c.channel]
+        if c.sample is not None:
+            handoff, kind, seconds = c.sample
+            histogram = self.latencies.setdefault((handoff, kind), LatencyHistogram())
+            if sign > 0:
+                histogram.add(seconds)
+            else:
+                histogram.remove(seconds)
+
+    def summary(self) -> dict[str, Any]:
+        """The published figures: plain JSON, ready for the snapshot document."""
+        return {
+            "funnel": {
+                "stages": dict(self.funnel),
+                "conversion": conversion(self.funnel),
+            },
+            "channels": {name: dict(counts) for name, counts in sorted(self.channels.items())},
+            "handoffs": self.handoff_summary(),
+        }
+
+    def handoff_summary(self) -> dict[str, dict[str, Any]]:
+        names = list(HANDOFF_NAMES) + sorted({h for h, _ in self.latencies} - set(HANDOFF_NAMES))
+        out: dict[str, dict[str, Any]] = {}
+        for name in names:
+            transport = self.latencies.get((name, TRANSPORT), LatencyHistogram())
+            business: dict[str, Any] | None = None
+            if name in BUSINESS_HANDOFFS:
+                business = self.latencies.get((name, BUSINESS), LatencyHistogram()).summary()
+            out[name] = {TRANSPORT: transport.summary(), BUSINESS: business}
+        return out
+
+
+def conversion(funnel: dict[str, int]) -> dict[str, float | None]:
+    """Stage-to-stage ratios; ``None`` when the earlier stage is empty.
+
+    Stages are counted independently (distinct leads or deals that reached each),
+    so a ratio can exceed 1, e.g. deals won that did not come from a tracked lead.
+    """
+    out: dict[str, float | None] = {}
+    for name, earlier, later in CONVERSIONS:
+        base = funnel.get(earlier, 0)
+        out[name] = round(funnel.get(later, 0) / base, 4) if base > 0 else None
+    return out

@@ -1,0 +1,329 @@
+"""The analytics stream worker: ``python -m analytics.worker``.
+
+A faust-streaming app (id ``CRM_ANALYTICS_APP_ID``, default ``crm-analytics``; it is
+also the consumer group) with one agent over every department's topics. The agent
+is thin: it parses the raw bytes with the contracts (anything bad goes to
+``crm.dlq.analytics`` with the original bytes and ``dlq_*`` headers, and the agent
+carries on) and hands the event to :func:`analytics.domain.engine.apply`.
+
+State lives in three faust tables (in-memory store, changelog topics
+``<app id>-{leads,deals,receipts}-changelog``) holding *facts* keyed by lead id,
+deal id and handoff event id; the figures are derived from the facts in memory and
+rebuilt from the tables after each recovery. A timer writes a snapshot of the
+figures to MongoDB about once a second, only when a figure changed.
+
+Run ONE worker per app id: the funnel is a global figure and the tables are not
+repartitioned, so two workers would each see half the partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+from crm_contracts import utcnow
+from crm_contracts.topics import (
+    ACCOUNT_SIGNAL,
+    DEAL_WON,
+    HANDOFF_RECEIPTS,
+    LEAD_QUALIFIED,
+    LEAD_VERDICT,
+    LEADS_EVENTS,
+    SALES_EVENTS,
+    SERVICE_DESK_EVENTS,
+    dead_letter_topic,
+)
+from crm_platform.kafka import ensure_topics
+from crm_platform.logging import configure_logging
+from crm_platform.mongo import connect
+from pymongo import AsyncMongoClient
+
+from analytics import store
+from analytics.domain.engine import AnalyticsState, apply, rebuild_figures
+from analytics.domain.intake import HANDLER_ERROR, Accepted, dead_letter_headers, parse
+from analytics.settings import AnalyticsSettings
+
+log = logging.getLogger("crm.analytics.worker")
+
+SOURCE_TOPICS: tuple[str, ...] = (
+    LEADS_EVENTS,
+    LEAD_QUALIFIED,
+    LEAD_VERDICT,
+    SALES_EVENTS,
+    DEAL_WON,
+    SERVICE_DESK_EVENTS,
+    ACCOUNT_SIGNAL,
+    HANDOFF_RECEIPTS,
+)
+
+
+def build_faust_app(settings: AnalyticsSettings) -> faust.App:
+    web_port = settings.worker_web_port
+    # faust creates only the last level of its data directory itself.
+    settings.faust_datadir.parent.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        settings.app_id,
+        broker=settings.faust_broker,
+        store="memory://",
+        autodiscover=False,
+        datadir=str(settings.faust_datadir),
+        web_enabled=web_port is not None,
+        web_port=web_port or 6066,
+        web_host=settings.http_host,
+        topic_partitions=settings.table_partitions,
+        topic_replication_factor=settings.topic_replication_factor or 1,
+        topic_disable_leader=True,  # no on_leader timers: no leader-election topic
+        consumer_auto_offset_reset="earliest",
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+
+class ConfirmedTable(faust.Table):
+    """A faust table whose changelog writes can be awaited.
+
+    faust sends table changes through a fire-and-forget buffer; at shutdown (and
+    whenever its flush gives up) a change can be lost while the offset of the event
+    that made it is committed, and the fact is then gone for good. The agent takes
+    the futures of an event's writes (:meth:`take_unconfirmed`) and awaits them before
+    it lets faust ack the event, so an offset is only committed once the facts it
+    produced are stored in the changelog.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.unconfirmed: list[asyncio.Future[Any]] = []
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        fut = super().send_changelog(*args, **kwargs)
+        self.unconfirmed.append(fut)
+        return fut
+
+    def take_unconfirmed(self) -> list[asyncio.Future[Any]]:
+        pending, self.unconfirmed = self.unconfirmed, []
+        return pending
+
+
+class AnalyticsWorker:
+    """The faust app with its tables, agent and snapshot timer, built from settings."""
+
+    def __init__(self, settings: AnalyticsSettings, app: faust.App | None = None) -> None:
+        self.settings = settings
+        self.app = app if app is not None else build_faust_app(settings)
+        tables = {
+            name: ConfirmedTable(
+                self.app,
+                name=name,
+                beacon=self.app.tables.beacon,
+                default=None,
+                partitions=settings.table_partitions,
+                # Changelog partition by the table key: a key written from several
+                # source topics keeps its writes in one ordered changelog partition.
+                use_partitioner=True,
+                on_recover=self._on_recover,
+                help=f"analytics facts: {name}",
+            )
+            for name in ("leads", "deals", "receipts")
+        }
+        for table in tables.values():
+            self.app.tables.add(table)
+        self.tables = tables
+        self.state = AnalyticsState(leads=tables["leads"], deals=tables["deals"], receipts=tables["receipts"])
+        self.source = self.app.topic(
+            *SOURCE_TOPICS,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        self.dlq_topic_name = dead_letter_topic(settings.service_name)
+        self.dlq = self.app.topic(
+            self.dlq_topic_name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        # Several actors share the stream: each awaits its own changelog writes, so the
+        # writes of many events travel together. The folds are order-insensitive, and
+        # faust commits only up to the first offset not yet acked.
+        self.agent = self.app.agent(
+            self.source, name="analytics-events", concurrency=settings.agent_concurrency
+        )(self._process)
+        self.app.timer(settings.snapshot_interval_seconds, name="analytics-snapshot")(self.snapshot_tick)
+        self.app.on_before_shutdown.connect(self._on_before_shutdown)
+        self.recovered = False
+        self._needs_rebuild = False
+        self._written_version = -1
+        self._mongo: AsyncMongoClient[dict[str, Any]] | None = None
+        self.dead_lettered = 0
+
+    # -- the agent ---------------------------------------------------------------
+    async def _process(self, stream: Any) -> None:
+        async for event in stream.events():
+            await self.handle(event.message)
+
+    async def handle(self, message: Any) -> None:
+        """One Kafka message: validate, fold into the state, or dead-letter it."""
+        self._maybe_rebuild()
+        outcome = parse(message.value)
+        if not isinstance(outcome, Accepted):
+            await self.dead_letter(message, outcome.reason, outcome.error, outcome.event_type)
+            return
+        failure: Exception | None = None
+        try:
+            apply(self.state, outcome.envelope, outcome.event)
+        except Exception as exc:  # our bug: park the event, keep consuming
+            failure = exc
+        # This event's changelog writes, taken before any await so that no other actor
+        # can take (and wait for) them instead.
+        pending = [fut for table in self.tables.values() for fut in table.take_unconfirmed()]
+        if failure is not None:
+            log.error("cannot apply %s", outcome.envelope.event_type, exc_info=failure)
+            await self.dead_letter(
+                message, HANDLER_ERROR, f"{type(failure).__name__}: {failure}", outcome.envelope.event_type
+            )
+        if pending:
+            # Only once its facts are in the changelog may faust ack (and commit) the
+            # event. A failure propagates: faust restarts the actor and the event, never
+            # acked, is delivered again (its facts are rewritten, idempotently).
+            await asyncio.gather(*pending)
+
+    async def dead_letter(self, message: Any, reason: str, error: str, event_type: str | None = None) -> None:
+        headers = dead_letter_headers(
+            message.headers,
+            reason=reason,
+            error=error,
+            consumer_group=self.settings.app_id,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            failed_at=utcnow(),
+        )
+        # force=True: publish now and wait for the broker's ack, not when the source
+        # offset is acked, so the dead letter is stored before the offset commit.
+        delivery = await self.dlq.send(key=message.key, value=message.value, headers=headers, force=True)
+        await delivery
+        self.dead_lettered += 1
+        log.error(
+            "dead-lettered %s from %s[%d]@%d: %s: %s",
+            event_type or "message",
+            message.topic,
+            message.partition,
+            message.offset,
+            reason,
+            error[:300],
+            extra={"dlq_reason": reason, "event_type": event_type},
+        )
+
+    # -- recovery ----------------------------------------------------------------
+    async def _on_recover(self) -> None:
+        # Called once per table after ALL tables are recovered: rebuild lazily, once.
+        self._needs_rebuild = True
+        self.recovered = True
+
+    def _maybe_rebuild(self) -> None:
+        if self._needs_rebuild:
+            self._needs_rebuild = False
+            rebuild_figures(self.state)
+            log.info(
+                "figures rebuilt from the tables",
+                extra={
+                    "leads": len(self.state.leads),
+                    "deals": len(self.state.deals),
+                    "receipts": len(self.state.receipts),
+                },
+            )
+
+    # -- snapshots -----------------------------------------------------------------
+    @property
+    def mongo(self) -> AsyncMongoClient[dict[str, Any]]:
+        if self._mongo is None:
+            self._mongo = connect(self.settings.mongodb_uri, f"{self.settings.service_name}-worker")
+        return self._mongo
+
+    async def snapshot_tick(self) -> bool:
+        """Write the figures to MongoDB if they changed since the last write."""
+        if not self.recovered:
+            return False  # never overwrite a good snapshot with not-yet-recovered zeros
+        self._maybe_rebuild()
+        figures = self.state.figures
+        version = figures.version
+        if version == self._written_version:
+            return False
+        doc = store.snapshot_document(
+            figures.summary(), version=version, worker=self.settings.app_id, updated_at=utcnow()
+        )
+        try:
+            await store.write_snapshot(self.mongo[self.settings.database_name], doc)
+        except Exception as exc:
+            log.warning("cannot write the analytics snapshot (will retry): %s", exc)
+            return False
+        self._written_version = version
+        return True
+
+    async def _on_before_shutdown(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        try:
+            await self.snapshot_tick()
+        finally:
+            if self._mongo is not None:
+                await self._mongo.close()
+                self._mongo = None
+
+
+def logging_config(settings: AnalyticsSettings) -> dict[str, Any]:
+    """The platform's JSON log lines, for faust's own logging setup."""
+    quiet = ("aiokafka", "kafka", "pymongo", "faust.transport", "mode")
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "json": {
+                "()": "crm_platform.logging.JsonFormatter",
+                "service": f"{settings.service_name}-worker",
+            }
+        },
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stdout",
+            }
+        },
+        "root": {"level": settings.log_level.upper(), "handlers": ["default"]},
+        "loggers": {name: {"level": "WARNING"} for name in quiet},
+    }
+
+
+def provision_topics(settings: AnalyticsSettings) -> None:
+    """Create missing topics from the contracts' table before faust subscribes.
+
+    Otherwise a broker that auto-creates topics would create the source topics on
+    first metadata request with its default partition count, not the table's.
+    """
+    if not settings.provision_topics:
+        return
+    try:
+        ensure_topics(settings.kafka_bootstrap_servers, replication_factor=settings.topic_replication_factor)
+    except Exception as exc:  # the broker may be away: faust retries on its own
+        log.warning("topic provisioning skipped: %s: %s", type(exc).__name__, exc)
+
+
+def main() -> None:
+    settings = AnalyticsSettings()  # from the environment
+    configure_logging(f"{settings.service_name}-worker", settings.log_level)
+    provision_topics(settings)
+    worker = AnalyticsWorker(settings)
+    log.info("starting analytics worker %s on %s", settings.app_id, settings.faust_broker)
+    faust.Worker(
+        worker.app,
+        loglevel=settings.log_level,
+        logging_config=logging_config(settings),
+        redirect_stdouts=False,
+    ).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Shared fixtures: the platform's test plugin and builders of a customer journey."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import pytest
+from crm_contracts import Envelope, envelope_for
+from crm_contracts.events.common import Behaviour, Consent, Contact, Money
+from crm_contracts.events.leads import BehaviourRecordedV1, LeadCapturedV1, LeadQualifiedV1
+from crm_contracts.events.platform import HandoffReceivedV1
+from crm_contracts.events.sales import DealWonV1, LeadVerdictV1, Product, RejectReason, Verdict
+from crm_contracts.events.service_desk import OnboardingStartedV1
+
+pytest_plugins = ["crm_platform.testing"]
+
+T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
+
+
+def at(seconds: float, base: datetime = T0) -> datetime:
+    return base + timedelta(seconds=seconds)
+
+
+def captured(lead_id, channel="web", *, when=0.0, merged=False, base=T0) -> Envelope:
+    event = LeadCapturedV1(
+        lead_id=lead_id,
+        email=f"{lead_id}@example.com",
+        name="Ada",
+        company="Acme",
+        source_channel=channel,
+        consent=Consent(marketing_email=True),
+        merged=merged,
+    )
+    return envelope_for(event, source="leads", correlation_id=lead_id, occurred_at=at(when, base))
+
+
+def behaviour(lead_id, channel="web", *, when=0.0, base=T0) -> Envelope:
+    event = BehaviourRecordedV1(
+        lead_id=lead_id, behaviour=Behaviour.PAGE_VIEW, score=3, source_channel=channel
+    )
+    return envelope_for(event, source="leads", correlation_id=lead_id, occurred_at=at(when, base))
+
+
+def qualified(lead_id, channel="web", *, when=60.0, base=T0) -> Envelope:
+    event = LeadQualifiedV1(
+        lead_id=lead_id,
+        contact=Contact(name="Ada", email=f"{lead_id}@example.com"),
+        company="Acme",
+        score=80,
+        threshold=50,
+        score_reasons=[],
+        source_channel=channel,
+        behaviour_summary={},
+        consent=Consent(marketing_email=True),
+        qualified_at=at(when, base),
+    )
+    return envelope_for(event, source="leads", correlation_id=lead_id, occurred_at=at(when, base))
+
+
+def verdict(lead_id, outcome="accepted", *, when=360.0, base=T0) -> Envelope:
+    event = LeadVerdictV1(
+        lead_id=lead_id,
+        verdict=Verdict(outcome),
+        decided_by="rep-1",
+        reason_code=RejectReason.NO_BUDGET if outcome == "rejected" else None,
+    )
+    return envelope_for(event, source="sales", correlation_id=lead_id, occurred_at=at(when, base))
+
+
+def won(deal_id, lead_id, *, when=3600.0, base=T0) -> Envelope:
+    event = DealWonV1(
+        deal_id=deal_id,
+        lead_id=lead_id,
+        account_name="Acme",
+        contacts=[Contact(name="Ada", email="ada@example.com")],
+        products=[Product(sku="crm", name="CRM", quantity=1, unit_price=1000)],
+        value=Money(amount=1000),
+        commitments=[],
+        sales_owner="rep-1",
+        won_at=at(when, base),
+    )
+    return envelope_for(event, source="sales", correlation_id=lead_id or deal_id, occurred_at=at(when, base))
+
+
+def onboarded(deal_id, account_id="acc-1", *, when=7200.0, base=T0) -> Envelope:
+    event = OnboardingStartedV1(
+        account_id=account_id,
+        deal_id=deal_id,
+        account_name="Acme",
+        csm="csm-1",
+        checklist=["kickoff"],
+    )
+    return envelope_for(event, source="service-desk", correlation_id=deal_id, occurred_at=at(when, base))
+
+
+HANDOFF_EVENT_TYPES = {
+    "lead-qualified": ("lead.qualified", "marketing", "sales"),
+    "lead-verdict": ("lead.verdict", "sales", "marketing"),
+    "deal-won": ("deal.won", "sales", "customer-success"),
+    "upsell-spotted": ("upsell.spotted", "customer-success", "sales"),
+    "commitment-flagged": ("commitment.flagged", "customer-success", "sales"),
+}
+
+
+def receipt(handoff, handoff_event_id, latency, *, when=0.0, base=T0) -> Envelope:
+    event_type, sender, receiver = HANDOFF_EVENT_TYPES[handoff]
+    event = HandoffReceivedV1(
+        handoff=handoff,
+        handoff_event_id=handoff_event_id,
+        handoff_event_type=event_type,
+        from_department=sender,
+        to_department=receiver,
+        occurred_at=at(when, base),
+        stored_at=at(when + latency, base),
+        transport_latency_seconds=latency,
+    )
+    return envelope_for(
+        event,
+        source=receiver,
+        correlation_id=handoff_event_id,
+        occurred_at=at(when + latency, base),
+    )
+
+
+@pytest.fixture
+def journey() -> SimpleNamespace:
+    """The builders above: ``journey.captured("lead-1", "web", when=0)`` etc."""
+    return SimpleNamespace(
+        T0=T0,
+        at=at,
+        captured=captured,
+        behaviour=behaviour,
+        qualified=qualified,
+        verdict=verdict,
+        won=won,
+        onboarded=onboarded,
+        receipt=receipt,
+    )

@@ -1,0 +1,149 @@
+"""The read API over the snapshot: shapes, roles, readiness, /metrics gauges."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import pytest
+from analytics import store
+from analytics.domain.engine import AnalyticsState, apply
+from analytics.main import create_app
+from crm_contracts import decode
+from crm_platform.mongo import connect
+from crm_platform.settings import ServiceSettings
+from crm_platform.testing import auth_headers, running_app
+
+pytestmark = pytest.mark.integration
+
+ANALYST = auth_headers(["analyst"], "ann")
+
+
+def figures_of(journey):
+    state = AnalyticsState()
+    for env in [
+        journey.captured("lead-1", "web", when=0),
+        journey.qualified("lead-1", "web", when=60),
+        journey.verdict("lead-1", when=360),
+        journey.won("deal-1", "lead-1", when=3600),
+        journey.captured("lead-2", "partner.eu", when=0),  # a dot in a channel name
+        journey.receipt("lead-qualified", "evt-1", 0.004),
+        journey.receipt("deal-won", "evt-2", 0.02),
+    ]:
+        apply(state, env, decode(env))
+    return state.figures
+
+
+async def write(settings, figures, when=datetime(2025, 5, 1, 12, 0, tzinfo=UTC)):
+    client = connect(settings.mongodb_uri, "analytics-test")
+    try:
+        doc = store.snapshot_document(
+            figures.summary(), version=figures.version, worker="test", updated_at=when
+        )
+        await store.write_snapshot(client[settings.database_name], doc)
+    finally:
+        await client.close()
+
+
+async def test_before_any_snapshot_the_figures_are_zero(make_settings):
+    async with running_app(create_app(make_settings("analytics"))) as client:
+        funnel = (await client.get("/funnel", headers=ANALYST)).json()
+        assert funnel["stages"] == dict.fromkeys(["captured", "qualified", "accepted", "won", "onboarded"], 0)
+        assert funnel["updated_at"] is None
+        assert all(v is None for v in funnel["conversion"].values())
+        assert (await client.get("/channels", headers=ANALYST)).json() == {}
+        handoffs = (await client.get("/handoffs", headers=ANALYST)).json()
+        assert handoffs["lead-qualified"]["transport"] == {"count": 0, "p50": None, "p95": None, "p99": None}
+
+
+async def test_snapshot_served_as_funnel_channels_handoffs_and_summary(make_settings, journey):
+    settings = make_settings("analytics")
+    await write(settings, figures_of(journey))
+    async with running_app(create_app(settings)) as client:
+        funnel = (await client.get("/funnel", headers=ANALYST)).json()
+        assert funnel["stages"] == {"captured": 2, "qualified": 1, "accepted": 1, "won": 1, "onboarded": 0}
+        assert funnel["conversion"]["captured_to_qualified"] == 0.5
+        assert funnel["conversion"]["won_to_onboarded"] == 0.0
+        assert funnel["updated_at"].startswith("2025-05-01T12:00:00")
+
+        channels = (await client.get("/channels", headers=ANALYST)).json()
+        assert channels["web"] == {"captured": 1, "qualified": 1, "accepted": 1, "won": 1, "onboarded": 0}
+        assert channels["partner.eu"]["captured"] == 1
+
+        handoffs = (await client.get("/handoffs", headers=ANALYST)).json()
+        assert set(handoffs) == {
+            "lead-qualified",
+            "lead-verdict",
+            "deal-won",
+            "upsell-spotted",
+            "commitment-flagged",
+        }
+        lq = handoffs["lead-qualified"]
+        assert lq["transport"]["count"] == 1
+        assert lq["transport"]["p50"] == pytest.approx(0.004, rel=0.02)
+        assert lq["business"]["count"] == 1
+        assert lq["business"]["p95"] == pytest.approx(300, rel=0.02)
+        assert handoffs["deal-won"]["business"]["count"] == 0
+        assert handoffs["lead-verdict"]["business"] is None
+
+        summary = (await client.get("/summary", headers=ANALYST)).json()
+        assert summary["funnel"] == funnel
+        assert summary["channels"] == channels
+        assert summary["handoffs"] == handoffs
+        assert summary["updated_at"] == funnel["updated_at"]
+
+
+async def test_only_analysts_admins_and_sales_managers_may_read(make_settings):
+    async with running_app(create_app(make_settings("analytics"))) as client:
+        assert (await client.get("/summary")).status_code == 401
+        denied = await client.get("/funnel", headers=auth_headers(["sales_rep"]))
+        assert denied.status_code == 403
+        assert denied.json()["error"] == "forbidden"
+        for role in ("analyst", "admin", "sales_manager"):
+            for path in ("/funnel", "/channels", "/handoffs", "/summary"):
+                response = await client.get(path, headers=auth_headers([role]))
+                assert response.status_code == 200, (role, path)
+
+
+async def test_metrics_export_the_latest_snapshot(make_settings, journey):
+    settings = make_settings("analytics")
+    async with running_app(create_app(settings)) as client:
+        await write(settings, figures_of(journey))  # written after start: read on scrape
+        text = (await client.get("/metrics")).text
+        assert 'crm_analytics_funnel{stage="captured"} 2.0' in text
+        assert 'crm_analytics_channel_funnel{channel="web",stage="won"} 1.0' in text
+        for quantile in ("0.5", "0.95", "0.99"):
+            pattern = (
+                r'crm_analytics_handoff_latency_seconds\{handoff="lead-qualified",'
+                rf'kind="business",quantile="{re.escape(quantile)}"\}} (\S+)'
+            )
+            match = re.search(pattern, text)
+            assert match, quantile
+            assert float(match.group(1)) == pytest.approx(300, rel=0.02)
+        assert 'crm_analytics_handoff_latency_samples{handoff="deal-won",kind="transport"} 1.0' in text
+        assert "crm_analytics_snapshot_timestamp_seconds" in text
+
+
+async def test_readyz_checks_mongodb(make_settings):
+    async with running_app(create_app(make_settings("analytics"))) as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"] == {"mongodb": "ok"}
+
+
+async def test_mongodb_down_means_not_ready_and_503_not_500():
+    settings = ServiceSettings.model_validate(
+        {
+            "CRM_SERVICE_NAME": "analytics",
+            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+            "MONGODB_URI": "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300",
+        }
+    )
+    async with running_app(create_app(settings)) as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["mongodb"].startswith("unreachable")
+        response = await client.get("/funnel", headers=ANALYST)
+        assert response.status_code == 503
+        assert response.json()["error"] == "snapshot_unavailable"
+        assert (await client.get("/metrics")).status_code == 200  # last figures, if any

@@ -1,0 +1,259 @@
+"""The pure stream logic: funnel, channels, latencies; idempotent and order-insensitive."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+
+import pytest
+from analytics.domain.engine import AnalyticsState, apply, rebuild_figures
+from analytics.domain.histogram import GROWTH
+from crm_contracts import decode
+
+REL = GROWTH - 1
+
+
+class JsonTable(dict):
+    """A dict that stores what a faust changelog would give back (JSON round trip)."""
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, json.loads(json.dumps(value)))
+
+
+def new_state() -> AnalyticsState:
+    return AnalyticsState(leads=JsonTable(), deals=JsonTable(), receipts=JsonTable())
+
+
+def run(envelopes, state=None) -> AnalyticsState:
+    state = state or new_state()
+    for env in envelopes:
+        apply(state, env, decode(env))
+    return state
+
+
+def stages(state):
+    return state.figures.summary()["funnel"]["stages"]
+
+
+def handoffs(state):
+    return state.figures.summary()["handoffs"]
+
+
+def full_journey(j, lead="lead-1", deal="deal-1", channel="web"):
+    return [
+        j.captured(lead, channel, when=0),
+        j.behaviour(lead, channel, when=10),
+        j.qualified(lead, channel, when=60),
+        j.verdict(lead, "accepted", when=360),
+        j.won(deal, lead, when=3600),
+        j.onboarded(deal, when=7200),
+    ]
+
+
+def test_a_full_journey_reaches_every_stage(journey):
+    state = run(full_journey(journey))
+    summary = state.figures.summary()
+    assert summary["funnel"]["stages"] == {
+        "captured": 1,
+        "qualified": 1,
+        "accepted": 1,
+        "won": 1,
+        "onboarded": 1,
+    }
+    assert summary["funnel"]["conversion"]["captured_to_won"] == 1.0
+    assert summary["channels"] == {
+        "web": {"captured": 1, "qualified": 1, "accepted": 1, "won": 1, "onboarded": 1},
+    }
+    lead_qualified = summary["handoffs"]["lead-qualified"]["business"]
+    deal_won = summary["handoffs"]["deal-won"]["business"]
+    assert lead_qualified["count"] == 1
+    assert lead_qualified["p50"] == pytest.approx(300, rel=REL)
+    assert deal_won["count"] == 1
+    assert deal_won["p99"] == pytest.approx(3600, rel=REL)
+
+
+def test_conversion_ratios_and_empty_stages(journey):
+    state = run(
+        [
+            journey.captured("a"),
+            journey.captured("b"),
+            journey.captured("c"),
+            journey.captured("d"),
+            journey.qualified("a"),
+            journey.qualified("b"),
+            journey.verdict("a"),
+        ]
+    )
+    conversion = state.figures.summary()["funnel"]["conversion"]
+    assert conversion["captured_to_qualified"] == 0.5
+    assert conversion["qualified_to_accepted"] == 0.5
+    assert conversion["accepted_to_won"] == 0.0
+    assert conversion["won_to_onboarded"] is None  # nothing won yet
+
+
+def test_a_redelivered_event_changes_no_figure(journey):
+    events = [*full_journey(journey), journey.receipt("lead-qualified", "evt-1", 0.004)]
+    state = run(events)
+    before, version = state.figures.summary(), state.figures.version
+    run(events, state)  # every event delivered a second time
+    run(reversed(events), state)  # and a third, backwards
+    assert state.figures.summary() == before
+    assert state.figures.version == version  # nothing changed: no snapshot to write
+
+
+def test_stages_count_distinct_leads_and_deals(journey):
+    state = run(
+        [
+            journey.captured("lead-1", when=0),
+            journey.captured("lead-1", merged=True, when=5),  # same email again: not a new lead
+            journey.captured("lead-2", merged=True, when=6),  # merged captures never count
+            journey.qualified("lead-1", when=60),
+            journey.qualified("lead-1", when=900),  # re-qualified after a recycle: still one lead
+            journey.verdict("lead-1", "recycled", when=300),
+            journey.verdict("lead-1", "rejected", when=400),
+            journey.won("deal-1", "lead-1"),
+            journey.won("deal-2", "lead-1"),  # two deals from one lead: two won deals
+            journey.onboarded("deal-1", "acc-1"),
+            journey.onboarded("deal-1", "acc-2"),
+        ]
+    )
+    assert stages(state) == {"captured": 1, "qualified": 1, "accepted": 0, "won": 2, "onboarded": 1}
+
+
+def test_out_of_order_gives_the_same_figures_in_every_order(journey):
+    events = full_journey(journey)
+    expected = run(events).figures.summary()
+    for order in itertools.permutations(events):
+        assert run(order).figures.summary() == expected
+
+
+def test_business_latency_pairs_when_the_second_event_arrives_first(journey):
+    state = run(
+        [
+            journey.verdict("lead-1", "accepted", when=400),  # before the qualification
+            journey.onboarded("deal-1", when=5000),  # before the win
+        ]
+    )
+    assert handoffs(state)["lead-qualified"]["business"]["count"] == 0
+    assert handoffs(state)["deal-won"]["business"]["count"] == 0
+    run([journey.qualified("lead-1", when=100), journey.won("deal-1", "lead-1", when=1000)], state)
+    assert handoffs(state)["lead-qualified"]["business"]["p50"] == pytest.approx(300, rel=REL)
+    assert handoffs(state)["deal-won"]["business"]["p50"] == pytest.approx(4000, rel=REL)
+
+
+def test_a_requalified_lead_pairs_acceptance_with_the_latest_qualification_before_it(journey):
+    state = run(
+        [
+            journey.qualified("lead-1", when=60),
+            journey.verdict("lead-1", "recycled", when=120),
+            journey.qualified("lead-1", when=1000),
+            journey.verdict("lead-1", "accepted", when=1300),
+            journey.qualified("lead-1", when=5000),  # later qualifications do not move it
+        ]
+    )
+    business = handoffs(state)["lead-qualified"]["business"]
+    assert business["count"] == 1
+    assert business["p50"] == pytest.approx(300, rel=REL)
+
+
+def test_business_latency_is_never_negative(journey):
+    state = run([journey.qualified("lead-1", when=500), journey.verdict("lead-1", when=400)])
+    assert handoffs(state)["lead-qualified"]["business"]["p50"] == 0.0
+
+
+def test_channel_comes_from_capture_then_qualification(journey):
+    state = run(
+        [
+            journey.captured("lead-1", "webinar", when=0),
+            journey.qualified("lead-1", "web", when=60),  # capture channel wins
+            journey.qualified("lead-2", "partner", when=60),  # never captured here: qualification's
+        ]
+    )
+    channels = state.figures.summary()["channels"]
+    assert channels["webinar"]["qualified"] == 1
+    assert channels["partner"]["qualified"] == 1
+    assert "web" not in channels
+
+
+def test_deals_count_under_their_leads_channel_even_when_they_come_first(journey):
+    state = run(
+        [
+            journey.won("deal-1", "lead-1", when=3600),
+            journey.onboarded("deal-1", when=7200),
+            journey.won("deal-9", None, when=3600),  # an upsell deal without a lead
+        ]
+    )
+    channels = state.figures.summary()["channels"]
+    assert channels["unknown"] == {
+        "captured": 0,
+        "qualified": 0,
+        "accepted": 0,
+        "won": 2,
+        "onboarded": 1,
+    }
+    run([journey.captured("lead-1", "events", when=0)], state)
+    channels = state.figures.summary()["channels"]
+    assert channels["events"] == {
+        "captured": 1,
+        "qualified": 0,
+        "accepted": 0,
+        "won": 1,
+        "onboarded": 1,
+    }
+    assert channels["unknown"]["won"] == 1  # deal-9 stays unattributed
+
+
+def test_transport_latency_from_receipts_keyed_by_handoff_event(journey):
+    state = run(
+        [
+            journey.receipt("lead-qualified", "evt-1", 0.002),
+            journey.receipt("lead-qualified", "evt-2", 0.004),
+            journey.receipt("lead-qualified", "evt-3", 0.006),
+            journey.receipt("deal-won", "evt-4", 0.5),
+            # A second receipt for evt-1 (new envelope, new event id): one sample, the first store.
+            journey.receipt("lead-qualified", "evt-1", 0.010),
+        ]
+    )
+    h = handoffs(state)
+    transport = h["lead-qualified"]["transport"]
+    assert transport["count"] == 3
+    assert transport["p50"] == pytest.approx(0.004, rel=REL)
+    assert transport["p99"] == pytest.approx(0.006, rel=REL)
+    assert h["deal-won"]["transport"]["count"] == 1
+    assert h["upsell-spotted"] == {
+        "transport": {"count": 0, "p50": None, "p95": None, "p99": None},
+        "business": None,
+    }
+    assert set(h) == {
+        "lead-qualified",
+        "lead-verdict",
+        "deal-won",
+        "upsell-spotted",
+        "commitment-flagged",
+    }
+
+
+def test_events_analytics_does_not_count_are_ignored(journey):
+    state = run([journey.behaviour("lead-1"), journey.verdict("lead-2", "rejected")])
+    assert state.figures.version == 0
+    assert stages(state) == dict.fromkeys(stages(state), 0)
+
+
+def test_rebuild_from_recovered_tables_gives_the_same_figures(journey):
+    rng = random.Random(11)
+    events = []
+    for i in range(40):
+        lead, deal = f"lead-{i}", f"deal-{i}"
+        channel = rng.choice(["web", "partner", "events"])
+        events += full_journey(journey, lead, deal, channel)[: rng.randint(1, 6)]
+        events.append(journey.receipt("lead-qualified", f"evt-{i}", rng.uniform(0.001, 0.2)))
+    rng.shuffle(events)
+    live = run(events + events[:25])  # with some redeliveries
+    recovered = AnalyticsState(
+        leads=JsonTable(live.leads), deals=JsonTable(live.deals), receipts=JsonTable(live.receipts)
+    )
+    rebuild_figures(recovered)
+    assert recovered.figures.summary() == live.figures.summary()
+    # and the same as a clean in-order run
+    assert run(sorted(events, key=lambda e: e.occurred_at)).figures.summary() == (live.figures.summary())

@@ -1,0 +1,265 @@
+"""The faust worker as a real process against the real broker and mongod.
+
+A unique faust app id (so a fresh consumer group and fresh changelog topics) and a
+unique database per run. The group starts at the topics' current end, so what
+earlier suites left in the shared broker does not slow the test down; events other
+tests produce meanwhile arrive too: exact figures are asserted on this run's own
+channel, the rest as lower bounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from analytics.main import create_app
+from analytics.worker import SOURCE_TOPICS
+from crm_contracts.registry import model_for
+from crm_contracts.topics import LEADS_EVENTS, SALES_EVENTS, dead_letter_topic
+from crm_platform.testing import (
+    TopicReader,
+    auth_headers,
+    eventually,
+    produce,
+    produce_envelope,
+    running_app,
+)
+from kafka import KafkaConsumer
+from kafka import TopicPartition as KafkaTopicPartition
+from kafka.admin import KafkaAdminClient
+from kafka.structs import OffsetAndMetadata
+from pymongo import MongoClient
+
+pytestmark = pytest.mark.integration
+
+ANALYST = auth_headers(["analyst"])
+DLQ = dead_letter_topic("analytics")
+
+
+@dataclass
+class WorkerProcess:
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+    log_path: Path
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text()[-4000:]
+
+
+@pytest.fixture
+def worker(kafka_bootstrap, mongodb_uri, tmp_path):
+    """Start ``python -m analytics.worker``; the test stops it with SIGTERM."""
+    run = uuid.uuid4().hex[:10]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
+    env.update(
+        {
+            "CRM_SERVICE_NAME": "analytics",
+            "CRM_ENV": "test",
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "MONGODB_URI": mongodb_uri,
+            "MONGODB_DATABASE": f"t_analytics_worker_{run}",
+            "CRM_ANALYTICS_APP_ID": f"crm-analytics-test-{run}",
+            "CRM_ANALYTICS_WORKER_DATADIR": str(tmp_path / "faust"),
+            "CRM_PROVISION_TOPICS": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    start_group_at_end(kafka_bootstrap, env["CRM_ANALYTICS_APP_ID"])
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "analytics.worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield WorkerProcess(proc, env, log_path)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.returncode not in (0, None):
+            print(log_path.read_text()[-6000:])
+        forget_run(kafka_bootstrap, mongodb_uri, env)
+
+
+def start_group_at_end(bootstrap: str, group: str) -> None:
+    """Commit the new group's offsets at the topics' current end.
+
+    The worker then counts only what this test produces (and whatever other suites
+    produce meanwhile), not everything earlier suites left in the shared broker.
+    """
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        tps = [
+            KafkaTopicPartition(topic, p)
+            for topic in SOURCE_TOPICS
+            for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
+        ends = consumer.end_offsets(tps)
+        consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in ends.items()})
+    finally:
+        consumer.close()
+
+
+def forget_run(bootstrap: str, mongodb_uri: str, env: dict[str, str]) -> None:
+    """Best effort: drop this run's changelog topics and database from the shared infra."""
+    app_id = env["CRM_ANALYTICS_APP_ID"]
+    with contextlib.suppress(Exception):
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            admin.delete_topics([f"{app_id}-{t}-changelog" for t in ("leads", "deals", "receipts")])
+        finally:
+            admin.close()
+    client: MongoClient[dict[str, object]] = MongoClient(mongodb_uri, serverSelectionTimeoutMS=3000)
+    with contextlib.suppress(Exception), client:
+        client.drop_database(env["MONGODB_DATABASE"])
+
+
+async def partitions(consumer: AIOKafkaConsumer, *topics: str) -> list[TopicPartition]:
+    await consumer.topics()  # loads the cluster metadata; partitions_for_topic is sync
+    return [
+        TopicPartition(topic, p)
+        for topic in topics
+        for p in sorted(consumer.partitions_for_topic(topic) or [])
+    ]
+
+
+async def caught_up(bootstrap: str, group: str) -> bool:
+    """Has the worker committed every offset up to the current end of its topics?"""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await admin.start()
+    try:
+        ends = await consumer.end_offsets(await partitions(consumer, *SOURCE_TOPICS))
+        committed = await admin.list_consumer_group_offsets(group)
+        return all(end == 0 or (tp in committed and committed[tp].offset >= end) for tp, end in ends.items())
+    finally:
+        await admin.close()
+        await consumer.stop()
+
+
+async def test_worker_computes_funnel_and_latencies_and_dead_letters(
+    worker, kafka_bootstrap, make_settings, journey
+):
+    run = uuid.uuid4().hex[:8]
+    lead, deal, channel = f"lead-{run}", f"deal-{run}", f"it-{run}"
+    base = datetime.now(UTC)
+    captured = journey.captured(lead, channel, when=0, base=base)
+    qualified = journey.qualified(lead, channel, when=60, base=base)
+    accepted = journey.verdict(lead, "accepted", when=360, base=base)
+    won = journey.won(deal, lead, when=3600, base=base)
+    onboarded = journey.onboarded(deal, f"acc-{run}", when=7200, base=base)
+    receipts = [
+        journey.receipt("lead-qualified", str(qualified.event_id), 0.004, when=60, base=base),
+        journey.receipt("deal-won", str(won.event_id), 0.007, when=3600, base=base),
+    ]
+    dlq = await TopicReader(kafka_bootstrap, DLQ).start()
+    try:
+        # Out of order (onboarding before the win, the verdict first) and redelivered.
+        for env in [
+            accepted,
+            onboarded,
+            captured,
+            qualified,
+            captured,
+            won,
+            *receipts,
+            qualified,
+            won,
+            onboarded,
+            receipts[0],
+        ]:
+            await produce_envelope(kafka_bootstrap, model_for(env.event_type, 1).topic, env)
+        garbage = f"not an envelope {run}".encode()
+        await produce(
+            kafka_bootstrap,
+            LEADS_EVENTS,
+            garbage,
+            key=f"bad-{run}".encode(),
+            headers=[("x-test-run", run.encode())],
+        )
+        future = json.loads(won.to_bytes())
+        future["schema_version"] = 7
+        await produce(kafka_bootstrap, SALES_EVENTS, json.dumps(future).encode(), key=f"v7-{run}".encode())
+
+        settings = make_settings("analytics", MONGODB_DATABASE=worker.env["MONGODB_DATABASE"])
+        async with running_app(create_app(settings)) as client:
+
+            async def my_channel():
+                assert worker.proc.poll() is None, worker.log_tail()
+                counts = (await client.get("/channels", headers=ANALYST)).json().get(channel)
+                done = counts == dict.fromkeys(["captured", "qualified", "accepted", "won", "onboarded"], 1)
+                if done and await caught_up(kafka_bootstrap, worker.env["CRM_ANALYTICS_APP_ID"]):
+                    return counts
+                return None
+
+            await eventually(
+                my_channel,
+                timeout=90,
+                interval=0.5,
+                what=f"the funnel of channel {channel}, all events consumed",
+            )
+
+            async def settled():
+                summary = (await client.get("/summary", headers=ANALYST)).json()
+                channels = summary["channels"]
+                # Everything is consumed: the redeliveries changed nothing.
+                assert channels[channel] == dict.fromkeys(
+                    ["captured", "qualified", "accepted", "won", "onboarded"], 1
+                )
+                return summary
+
+            summary = await eventually(settled, timeout=10, what="the final snapshot")
+            stages = summary["funnel"]["stages"]
+            assert all(stages[s] >= 1 for s in stages)
+            assert summary["updated_at"] is not None
+            lq = summary["handoffs"]["lead-qualified"]
+            dw = summary["handoffs"]["deal-won"]
+            for stats in (lq["transport"], lq["business"], dw["transport"], dw["business"]):
+                assert stats["count"] >= 1
+                assert 0 <= stats["p50"] <= stats["p95"] <= stats["p99"]
+
+        def parked(records):
+            mine = [r for r in records if r.key in (f"bad-{run}".encode(), f"v7-{run}".encode())]
+            return mine if len(mine) == 2 else None
+
+        mine = await dlq.wait_for(parked, timeout=30, what="both bad messages dead-lettered")
+    finally:
+        await dlq.stop()
+
+    by_key = {r.key: dict(r.headers) for r in mine}
+    bad = by_key[f"bad-{run}".encode()]
+    assert bad["dlq_reason"] == b"malformed"
+    assert bad["dlq_consumer_group"] == worker.env["CRM_ANALYTICS_APP_ID"].encode()
+    assert bad["dlq_source_topic"] == LEADS_EVENTS.encode()
+    assert int(bad["dlq_source_partition"]) >= 0
+    assert int(bad["dlq_source_offset"]) >= 0
+    assert bad["dlq_error"]
+    assert bad["x-test-run"] == run.encode()  # original headers kept
+    assert next(r.value for r in mine if r.key == f"bad-{run}".encode()) == garbage
+    v7 = by_key[f"v7-{run}".encode()]
+    assert v7["dlq_reason"] == b"unknown_version"
+    assert v7["dlq_source_topic"] == SALES_EVENTS.encode()
+
+    # A clean stop on SIGTERM.
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(timeout=30) == 0, worker.log_tail()

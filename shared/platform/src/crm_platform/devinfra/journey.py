@@ -1,0 +1,310 @@
+"""A customer journey driven through the gateway, as real users would.
+
+Used by ``make run`` for demo data and by the end-to-end tests, so the demo is
+proof as much as the tests are: a lead captured by marketing, scored until
+qualified, accepted by sales, taken through the pipeline to won, onboarded by
+customer success, a ticket opened, resolved and rated, and an upsell handed
+back to sales. Only public HTTP APIs are used, through the gateway.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+ADMIN = ("admin", "admin-dev-password")
+DEMO_USERS: dict[str, tuple[str, list[str], str]] = {
+    # username: (password, roles, display name)
+    "maria": ("maria-demo-pass", ["marketing"], "Maria (marketing)"),
+    "sam": ("sam-demo-pass-1", ["sales_manager"], "Sam (sales manager)"),
+    "rita": ("rita-demo-pass1", ["sales_rep"], "Rita (sales rep)"),
+    "rob": ("rob-demo-pass-1", ["sales_rep"], "Rob (sales rep)"),
+    "sven": ("sven-demo-pass1", ["service_rep"], "Sven (service rep)"),
+    "cora": ("cora-demo-pass1", ["customer_success_manager"], "Cora (customer success)"),
+    "ana": ("ana-demo-pass-1", ["analyst"], "Ana (analyst)"),
+}
+
+
+class JourneyError(AssertionError):
+    pass
+
+
+def until(check: Callable[[], T | None], *, timeout: float = 30.0, what: str) -> T:
+    """Poll ``check`` until it returns something truthy (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise JourneyError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Gateway:
+    base_url: str
+    timeout: float = 30.0
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.http = httpx.Client(base_url=self.base_url, timeout=self.timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def login(self, username: str, password: str) -> str:
+        r = self.http.post("/auth/login", json={"username": username, "password": password})
+        if r.status_code != 200:
+            raise JourneyError(f"login {username}: {r.status_code} {r.text}")
+        token = str(r.json()["access_token"])
+        self.tokens[username] = token
+        return token
+
+    def call(
+        self, user: str, method: str, path: str, json: Any = None, expect: tuple[int, ...] = (200, 201)
+    ) -> Any:
+        headers = {"Authorization": f"Bearer {self.tokens[user]}"}
+        r = self.http.request(method, path, json=json, headers=headers)
+        if r.status_code not in expect:
+            raise JourneyError(f"{user} {method} {path}: {r.status_code} {r.text[:500]}")
+        return r.json() if r.content else None
+
+    def get(self, user: str, path: str) -> Any:
+        return self.call(user, "GET", path)
+
+
+def seed_users(gw: Gateway) -> dict[str, str]:
+    """Create the demo users (idempotent) and log each one in."""
+    gw.login(*ADMIN)
+    for username, (password, roles, display) in DEMO_USERS.items():
+        gw.call(
+            "admin",
+            "POST",
+            "/users",
+            {"username": username, "password": password, "roles": roles, "display_name": display},
+            expect=(201, 409),
+        )
+        gw.login(username, password)
+    return {ADMIN[0]: ADMIN[1], **{u: p for u, (p, _, _) in DEMO_USERS.items()}}
+
+
+def seed_rosters(gw: Gateway) -> None:
+    gw.call(
+        "sam",
+        "PUT",
+        "/api/sales/reps",
+        {"reps": [{"username": "rita", "active": True}, {"username": "rob", "active": True}]},
+    )
+    gw.call("cora", "PUT", "/api/service-desk/csms", {"csms": [{"username": "cora", "active": True}]})
+
+
+@dataclass
+class Journey:
+    lead_id: str
+    owner: str
+    opportunity_id: str
+    account_id: str
+    ticket_id: str
+    upsell_opportunity_id: str
+
+
+def capture_and_qualify(gw: Gateway, channel: str, campaign: str, name: str) -> str:
+    email = f"{name.lower().replace(' ', '.')}.{uuid.uuid4().hex[:6]}@example.com"
+    lead = gw.call(
+        "maria",
+        "POST",
+        "/api/leads/leads",
+        {
+            "name": name,
+            "email": email,
+            "company": f"{name.split()[-1]} GmbH",
+            "source_channel": channel,
+            "campaign": campaign,
+            "consent": {"marketing_email": True},
+        },
+    )["lead"]
+    lead_id = str(lead["id"])
+    qualified = False
+    for behaviour in ("page_view", "page_view", "email_open", "form_submit", "trial_signup"):
+        out = gw.call("maria", "POST", f"/api/leads/leads/{lead_id}/behaviours", {"behaviour": behaviour})
+        qualified = qualified or bool(out.get("qualified_now"))
+    if not qualified:
+        raise JourneyError(f"lead {lead_id} did not qualify: {out}")
+    return lead_id
+
+
+def inbox_owner(gw: Gateway, lead_id: str, timeout: float = 30.0) -> str:
+    def arrived() -> str | None:
+        r = gw.http.get(
+            f"/api/sales/inbox/{lead_id}", headers={"Authorization": f"Bearer {gw.tokens['sam']}"}
+        )
+        return r.json().get("owner") if r.status_code == 200 else None
+
+    return until(arrived, timeout=timeout, what=f"lead {lead_id} in the sales inbox")
+
+
+def win(gw: Gateway, owner: str, opp: str) -> None:
+    stage = f"/api/sales/opportunities/{opp}/stage"
+    gw.call(
+        owner,
+        "POST",
+        f"/api/sales/opportunities/{opp}/activities",
+        {"type": "call", "summary": "Discovery call: pains, budget owner, timeline"},
+    )
+    gw.call(
+        owner, "POST", stage, {"stage": "discovery", "fields": {"budget": 50000, "decision_maker": "CFO"}}
+    )
+    products = [{"sku": "CRM-ENT", "name": "CRM Enterprise seat", "quantity": 50, "unit_price": 600}]
+    gw.call(owner, "POST", stage, {"stage": "proposal", "fields": {"amount": 30000, "products": products}})
+    gw.call(
+        owner,
+        "POST",
+        f"/api/sales/opportunities/{opp}/activities",
+        {"type": "quote", "summary": "Quote sent", "amount": 30000},
+    )
+    gw.call(owner, "POST", stage, {"stage": "negotiation", "fields": {"close_date": "2027-01-31"}})
+    gw.call(
+        owner,
+        "POST",
+        stage,
+        {
+            "stage": "won",
+            "fields": {
+                "commitments": [
+                    {"description": "Data migration from the legacy CRM within 30 days"},
+                    {"description": "Dedicated onboarding workshop"},
+                ]
+            },
+        },
+    )
+
+
+def run_journey(
+    gw: Gateway,
+    channel: str,
+    *,
+    name: str = "Ada Lovelace",
+    campaign: str = "autumn-webinar",
+    timeout: float = 30.0,
+    progress: Callable[[str], None] = lambda _: None,
+) -> Journey:
+    lead_id = capture_and_qualify(gw, channel, campaign, name)
+    progress(f"lead {lead_id} captured on '{channel}' and qualified by its behaviour")
+    owner = inbox_owner(gw, lead_id, timeout)
+    accepted = gw.call(owner, "POST", f"/api/sales/inbox/{lead_id}/accept", {"note": "fits ICP"})
+    opp = str(accepted["opportunity"]["id"])
+    progress(f"sales rep {owner} accepted it: opportunity {opp}")
+    until(
+        lambda: gw.get("maria", f"/api/leads/leads/{lead_id}")["status"] == "accepted",
+        timeout=timeout,
+        what="marketing to see the verdict",
+    )
+    win(gw, owner, opp)
+    progress("taken through discovery, proposal, negotiation to won, with two commitments")
+
+    def onboarded() -> dict[str, Any] | None:
+        items = gw.get("sven", f"/api/service-desk/accounts?deal_id={opp}")
+        items = items.get("items", items) if isinstance(items, dict) else items
+        return items[0] if items else None
+
+    account = until(onboarded, timeout=timeout, what="the won deal to become an account")
+    account_id = str(account["id"] if "id" in account else account["account_id"])
+    progress(f"customer success onboarding account {account_id} (CSM {account.get('csm')})")
+    ticket = gw.call(
+        "sven",
+        "POST",
+        "/api/service-desk/tickets",
+        {
+            "account_id": account_id,
+            "subject": "SSO login fails",
+            "request": "Users get an error after the SSO redirect",
+            "priority": "high",
+        },
+    )
+    ticket_id = str(ticket["id"] if "id" in ticket else ticket["ticket_id"])
+    gw.call(
+        "sven",
+        "POST",
+        f"/api/service-desk/tickets/{ticket_id}/progress",
+        {"note": "Reproduced; IdP certificate rotated"},
+    )
+    gw.call(
+        "sven",
+        "POST",
+        f"/api/service-desk/tickets/{ticket_id}/resolve",
+        {"result": "Certificate updated, logins work"},
+    )
+    gw.call("sven", "POST", f"/api/service-desk/tickets/{ticket_id}/rate", {"csat": 5})
+    progress(f"ticket {ticket_id} opened, resolved and rated 5")
+    signal = gw.call(
+        "sven",
+        "POST",
+        f"/api/service-desk/accounts/{account_id}/signals",
+        {
+            "kind": "upsell",
+            "description": "Wants the analytics add-on for 50 seats",
+            "estimated_value": 12000,
+        },
+    )
+
+    def upsell() -> str | None:
+        page = gw.get(owner, "/api/sales/opportunities?origin=upsell")
+        for item in page["items"]:
+            if item.get("source_deal_id") == opp or item.get("signal_id") == signal.get(
+                "signal_id", signal.get("id")
+            ):
+                return str(item["id"])
+        return None
+
+    upsell_id = until(upsell, timeout=timeout, what="the upsell to reach sales")
+    progress(f"upsell spotted by the service desk is opportunity {upsell_id} for {owner}")
+    return Journey(lead_id, owner, opp, account_id, ticket_id, upsell_id)
+
+
+def seed_demo(gateway_url: str, progress: Callable[[str], None] = print) -> dict[str, str]:
+    """Demo users, rosters and a few journeys so every screen has data."""
+    gw = Gateway(gateway_url)
+    try:
+        credentials = seed_users(gw)
+        seed_rosters(gw)
+        existing = gw.get("maria", "/api/leads/leads?limit=1")["items"]
+        if existing:
+            progress("demo journey already played on this data; skipping")
+            return credentials
+        run_journey(gw, "webinar", name="Ada Lovelace", progress=progress)
+        run_journey(gw, "web_form", name="Grace Hopper", campaign="trial-q4", progress=progress)
+        # A lead sales rejects and one still being nurtured, for the verdict loop and scoring.
+        rejected = capture_and_qualify(gw, "partner_api", "partner-referrals", "Alan Turing")
+        owner = inbox_owner(gw, rejected)
+        gw.call(
+            owner,
+            "POST",
+            f"/api/sales/inbox/{rejected}/reject",
+            {"reason_code": "no_budget", "note": "Budget frozen until Q3"},
+        )
+        progress(f"lead {rejected} rejected by {owner} (no_budget)")
+        nurturing = gw.call(
+            "maria",
+            "POST",
+            "/api/leads/leads",
+            {
+                "name": "Katherine Johnson",
+                "email": f"k.johnson.{uuid.uuid4().hex[:6]}@example.com",
+                "company": "Orbit Ltd",
+                "source_channel": "web_form",
+                "consent": {"marketing_email": False},
+            },
+        )["lead"]
+        gw.call("maria", "POST", f"/api/leads/leads/{nurturing['id']}/behaviours", {"behaviour": "page_view"})
+        progress(f"lead {nurturing['id']} captured and nurturing")
+        return credentials
+    finally:
+        gw.close()
