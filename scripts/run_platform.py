@@ -47,6 +47,8 @@ def main() -> int:
     parser.add_argument("--no-demo", action="store_true", help="skip the demo users and journey")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for chatty in ("httpx", "kafka", "aiokafka"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     if args.stop:
         return stop()
 

@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 VENV=.venv
 BIN=$VENV/bin
 START=$(date +%s)
+RESULTS=$(mktemp)
+trap 'rm -f "$RESULTS"' EXIT
+# Each pytest run's output is kept so the closing line can total every suite.
+suite() { "$@" 2>&1 | tee -a "$RESULTS"; }
 step() { printf '\n==> [%4ss] %s\n' "$(( $(date +%s) - START ))" "$*"; }
 
 step "lint (ruff)"
@@ -43,6 +47,7 @@ else
                   echo "KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS" "MONGODB_URI=$MONGODB_URI"))
 fi
 cleanup() {
+  rm -f "$RESULTS"
   if [[ $started_here == 1 ]]; then
     $BIN/crm-infra stop "${infra[@]}" >/dev/null 2>&1 || true
   fi
@@ -50,11 +55,15 @@ cleanup() {
 trap cleanup EXIT
 
 step "platform, contracts, reliability and end-to-end suites"
-$BIN/pytest -q -p no:cacheprovider tests shared
+suite $BIN/pytest -q -p no:cacheprovider tests shared
 
 for svc in leads sales service-desk analytics gateway; do
   step "services/$svc on its own (only shared/ and $svc installed)"
-  env "${isolated_env[@]}" bash scripts/test_service_isolated.sh "$svc"
+  suite env "${isolated_env[@]}" bash scripts/test_service_isolated.sh "$svc"
 done
 
+passed=$(grep -oE '[0-9]+ passed' "$RESULTS" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -oE '[0-9]+ failed' "$RESULTS" | awk '{s+=$1} END {print s+0}')
+skipped=$(grep -oE '[0-9]+ skipped' "$RESULTS" | awk '{s+=$1} END {print s+0}')
 step "all green in $(( $(date +%s) - START ))s"
+echo "tests: $passed passed, $failed failed, $skipped skipped"
