@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from crm_contracts.topics import TopicSpec
 from crm_platform.kafka import ensure_topics
+from kafka.admin import KafkaAdminClient
 from pymongo import AsyncMongoClient
 
 
@@ -39,10 +40,15 @@ async def run_baseline(
     mongodb_uri: str,
     *,
     rate: float | None,
-    duration: float,
-    drain_timeout: float = 60.0,
+    count: int,
+    drain_timeout: float = 120.0,
 ) -> RunResult:
-    """Offer ``rate`` messages/s (None: as fast as possible) for ``duration`` seconds."""
+    """Send ``count`` messages at ``rate``/s (None: as fast as possible), until all are stored.
+
+    ``seconds`` runs from the first send to the last insert, so with ``rate=None``
+    ``stored / seconds`` is the pipeline's sustained throughput. The topic is
+    deleted afterwards: the embedded broker's cost grows with what it holds.
+    """
     topic = f"bench.baseline.{uuid.uuid4().hex[:8]}"
     await asyncio.to_thread(
         ensure_topics,
@@ -80,7 +86,7 @@ async def run_baseline(
     started = time.perf_counter()
     interval = 1.0 / rate if rate else 0.0
     pending = []
-    while time.perf_counter() - started < duration:
+    while sent < count:
         key = uuid.uuid4().hex
         doc = {"_id": key, "created": time.time(), "pad": PAYLOAD_PAD}
         pending.append(await producer.send(topic, json.dumps(doc).encode(), key=key.encode()))
@@ -102,5 +108,17 @@ async def run_baseline(
     elapsed = time.perf_counter() - started
     await consumer.stop()
     await producer.stop()
+    await client["bench_baseline"].drop_collection(coll.name)
     await client.close()
+    await asyncio.to_thread(_delete_topic, bootstrap, topic)
     return RunResult(sent, len(latencies), elapsed, latencies)
+
+
+def _delete_topic(bootstrap: str, topic: str) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.delete_topics([topic])
+    except Exception as exc:  # a broker that cannot delete keeps it; figures are unaffected
+        print(f"  (could not delete {topic}: {exc})")
+    finally:
+        admin.close()

@@ -72,6 +72,7 @@ async def capture_through_gateway(
     """Capture ``n`` leads through the gateway with ``clients`` concurrent clients."""
     ids: list[str] = []
     latencies: list[float] = []
+    failures: list[str] = []
     counter = iter(range(n))
     run = uuid.uuid4().hex[:6]
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -89,14 +90,22 @@ async def capture_through_gateway(
                     "consent": {"marketing_email": True},
                 }
                 started = time.perf_counter()
-                r = await client.post("/api/leads/leads", json=body)
+                try:
+                    r = await client.post("/api/leads/leads", json=body)
+                except httpx.HTTPError as exc:
+                    failures.append(type(exc).__name__)
+                    continue
                 latencies.append(time.perf_counter() - started)
-                r.raise_for_status()
+                if r.status_code >= 300:
+                    failures.append(str(r.status_code))
+                    continue
                 ids.append(r.json()["lead"]["id"])
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         elapsed = time.perf_counter() - started
+    if failures:
+        say(f"  !! {len(failures)} capture requests failed: {sorted(set(failures))}")
     return ids, figures(latencies, len(ids) / elapsed)
 
 
@@ -117,7 +126,11 @@ async def qualify(
         async def one(lead_id: str) -> None:
             nonlocal errors
             async with sem:
-                r = await client.post(f"/leads/{lead_id}/behaviours", json={"behaviour": "trial_signup"})
+                try:
+                    r = await client.post(f"/leads/{lead_id}/behaviours", json={"behaviour": "trial_signup"})
+                except httpx.HTTPError:
+                    errors += 1
+                    return
                 if r.status_code >= 300 or not r.json().get("qualified_now"):
                     errors += 1
 
@@ -212,11 +225,11 @@ async def bench_platform(args: argparse.Namespace, kafka: str, mongo: str) -> di
 
 async def bench_baseline(args: argparse.Namespace, kafka: str, mongo: str) -> dict[str, Any]:
     say(f"baseline produce->consume->insert at {args.rate:.0f}/s for {args.duration:.0f}s ...")
-    fixed: RunResult = await run_baseline(kafka, mongo, rate=args.rate, duration=args.duration)
+    fixed: RunResult = await run_baseline(kafka, mongo, rate=args.rate, count=int(args.rate * args.duration))
     f = figures(fixed.latencies, fixed.stored / fixed.seconds)
     say(f"  {fixed.stored}/{fixed.sent} stored, p50 {f.p50_ms:.1f} ms, p99 {f.p99_ms:.1f} ms")
-    say("baseline saturated (producer as fast as it can for 10 s) ...")
-    sat = await run_baseline(kafka, mongo, rate=None, duration=10)
+    say(f"baseline saturated ({args.baseline_saturation} messages as fast as possible) ...")
+    sat = await run_baseline(kafka, mongo, rate=None, count=args.baseline_saturation)
     s = figures(sat.latencies, sat.rate)
     say(f"  {sat.stored}/{sat.sent} stored, {s.rate:.0f} msg/s sustained")
     return {"fixed": asdict(f), "saturated": asdict(s)}
@@ -269,6 +282,11 @@ async def main() -> int:
     parser.add_argument("--duration", type=float, default=float(os.environ.get("BENCH_DURATION", 30)))
     parser.add_argument(
         "--saturation-leads", type=int, default=int(os.environ.get("BENCH_SATURATION_LEADS", 4000))
+    )
+    parser.add_argument(
+        "--baseline-saturation",
+        type=int,
+        default=int(os.environ.get("BENCH_BASELINE_SATURATION", 10000)),
     )
     parser.add_argument("--clients", type=int, default=32)
     args = parser.parse_args()

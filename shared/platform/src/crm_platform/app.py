@@ -162,4 +162,13 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
     """Run under uvicorn; SIGTERM triggers the lifespan shutdown (graceful stop)."""
     import uvicorn
 
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False)
+    # Keep-alive longer than typical client idle timeouts, so an idle pooled
+    # connection is not closed under a client that is about to reuse it.
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=75,
+    )
