@@ -65,7 +65,7 @@ class ConsumerConfig:
     topics: list[str]
     bootstrap: str
     department: str | None = None  # receivers of handoffs emit receipts and latency
-    max_records: int = 200
+    max_records: int = 50  # per partition and batch
     retry_max_seconds: float = 30.0
 
 
@@ -163,21 +163,51 @@ class EventConsumer:
     async def _loop(self) -> None:
         assert self.consumer is not None
         while not self._stopping.is_set():
-            batches = await self.consumer.getmany(timeout_ms=200, max_records=self.config.max_records)
+            batches = await self._fetch()
             if not batches:
                 continue
             offsets: dict[TopicPartition, int] = {}
-            for tp, records in batches.items():
-                for record in records:
-                    await self.handle_record(record)
-                    offsets[tp] = record.offset + 1
-                    if self._stopping.is_set():
-                        break
-                if self._stopping.is_set():
-                    break
+            # Partitions are independent: their records are handled concurrently,
+            # each partition's strictly in order, so one aggregate's events keep
+            # their order while database round trips overlap across aggregates.
+            await asyncio.gather(
+                *(self._handle_partition(tp, records, offsets) for tp, records in batches.items())
+            )
             # Effects are stored: only now may the group move past them.
             await self.consumer.commit(offsets)
             await self._observe_lag(offsets.keys())
+
+    async def _fetch(self) -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
+        """Wait for records, then take what the other partitions already hold.
+
+        ``getmany`` fills its batch from one partition at a time; asking each
+        other partition without waiting gives a batch that spans partitions, so
+        they can be handled side by side, without adding latency when idle.
+        """
+        assert self.consumer is not None
+        per_partition = self.config.max_records
+        batches = dict(await self.consumer.getmany(timeout_ms=200, max_records=per_partition))
+        if not batches:
+            return batches
+        others = [tp for tp in self.consumer.assignment() if tp not in batches]
+        more = await asyncio.gather(
+            *(self.consumer.getmany(tp, timeout_ms=0, max_records=per_partition) for tp in others)
+        )
+        for extra in more:
+            batches.update(extra)
+        return batches
+
+    async def _handle_partition(
+        self,
+        tp: TopicPartition,
+        records: list[ConsumerRecord[Any, Any]],
+        offsets: dict[TopicPartition, int],
+    ) -> None:
+        for record in records:
+            if self._stopping.is_set():
+                return
+            await self.handle_record(record)
+            offsets[tp] = record.offset + 1
 
     async def _observe_lag(self, partitions: Iterable[TopicPartition]) -> None:
         assert self.consumer is not None
