@@ -37,7 +37,7 @@ from crm_contracts import Envelope
 from crm_contracts.topics import HANDOFF_RECEIPTS
 from crm_platform.devinfra.launcher import Platform
 from crm_platform.kafka import ensure_topics
-from crm_platform.testing import TopicReader, auth_headers
+from crm_platform.testing import TopicReader, auth_headers, idle_backoff_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = ROOT / ".local/bench"
@@ -160,7 +160,9 @@ async def receipts_for(reader: TopicReader, lead_ids: set[str], timeout: float) 
     return list(found.values())
 
 
-async def bench_platform(args: argparse.Namespace, kafka: str, mongo: str) -> dict[str, Any]:
+async def bench_platform(
+    args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int
+) -> dict[str, Any]:
     platform = Platform(
         kafka,
         mongo,
@@ -169,6 +171,7 @@ async def bench_platform(args: argparse.Namespace, kafka: str, mongo: str) -> di
         service_port_base=28000,
         db_prefix="bench_",
         only=("leads", "sales", "gateway"),
+        consumer_idle_backoff_ms=idle_backoff,
     )
     platform.start()
     try:
@@ -304,7 +307,9 @@ async def main() -> int:
     try:
         ensure_topics(infra.kafka_bootstrap, replication_factor=1)
         baseline = await bench_baseline(args, infra.kafka_bootstrap, infra.mongodb_uri)
-        platform = await bench_platform(args, infra.kafka_bootstrap, infra.mongodb_uri)
+        platform = await bench_platform(
+            args, infra.kafka_bootstrap, infra.mongodb_uri, idle_backoff_ms(infra)
+        )
     finally:
         infra.stop()
     text = report(platform, baseline, args)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from crm_platform.devinfra.launcher import Platform, stop_from_pidfile
 from crm_platform.kafka import ensure_topics
+from crm_platform.testing import idle_backoff_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = Path(os.environ.get("CRM_INFRA_HOME", ROOT / ".local/run"))
@@ -60,7 +61,13 @@ def main() -> int:
     report = ensure_topics(infra.kafka_bootstrap)
     print(f"==> topics: {len(report.created)} created, {len(report.existing)} already there")
 
-    platform = Platform(infra.kafka_bootstrap, infra.mongodb_uri, HOME / "logs", gateway_port=GATEWAY_PORT)
+    platform = Platform(
+        infra.kafka_bootstrap,
+        infra.mongodb_uri,
+        HOME / "logs",
+        gateway_port=GATEWAY_PORT,
+        consumer_idle_backoff_ms=idle_backoff_ms(infra),
+    )
     print("==> starting leads, sales, service-desk, analytics (API + faust worker), gateway")
     platform.start()
     platform.write_pids(PIDFILE)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from crm_platform.devinfra.journey import Gateway, seed_rosters, seed_users
 from crm_platform.devinfra.launcher import Platform
+from crm_platform.testing import idle_backoff_ms
 
 RUN = uuid.uuid4().hex[:6]
 
@@ -32,6 +33,7 @@ def platform(crm_infra: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         service_port_base=int(os.environ.get("CRM_E2E_SERVICE_PORT_BASE", "18000")),
         db_prefix=f"e2e_{RUN}_",
         group_suffix=f"-e2e-{RUN}",
+        consumer_idle_backoff_ms=idle_backoff_ms(crm_infra),
     )
     p.start()
     try:

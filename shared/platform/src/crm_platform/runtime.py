@@ -62,6 +62,7 @@ class ServiceRuntime:
                     topics=sub.topics,
                     bootstrap=s.kafka_bootstrap_servers,
                     department=sub.department,
+                    idle_backoff_ms=s.consumer_idle_backoff_ms,
                 ),
                 self.store,
                 sub.handlers,

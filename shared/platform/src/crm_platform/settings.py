@@ -27,6 +27,12 @@ class ServiceSettings(BaseSettings):
     http_host: str = Field(default="127.0.0.1", validation_alias="CRM_HTTP_HOST")
     http_port: int = Field(default=8000, validation_alias="CRM_HTTP_PORT", ge=1, le=65535)
     log_level: str = Field(default="INFO", validation_alias="CRM_LOG_LEVEL")
+    # Kafka brokers hold an empty fetch for fetch.max.wait.ms; a broker that answers
+    # at once makes an idle consumer spin. A pause between empty polls bounds that
+    # (0 = rely on the broker, right for Apache Kafka).
+    consumer_idle_backoff_ms: int = Field(
+        default=0, validation_alias="CRM_CONSUMER_IDLE_BACKOFF_MS", ge=0, le=1000
+    )
     consumer_group: str | None = Field(default=None, validation_alias="CRM_CONSUMER_GROUP")
     outbox_poll_seconds: float = Field(default=0.5, validation_alias="CRM_OUTBOX_POLL_SECONDS", gt=0)
     consumer_enabled: bool = Field(default=True, validation_alias="CRM_CONSUMER_ENABLED")

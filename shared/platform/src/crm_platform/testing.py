@@ -32,6 +32,7 @@ TEST_HOME = Path(os.environ.get("CRM_TEST_INFRA_HOME", ".local/test"))
 TEST_KAFKA_PORT = int(os.environ.get("CRM_TEST_KAFKA_PORT", "19192"))
 TEST_MONGO_PORT = int(os.environ.get("CRM_TEST_MONGO_PORT", "27217"))
 SESSION = uuid.uuid4().hex[:8]
+EMBEDDED_IDLE_BACKOFF_MS = 20
 
 
 def _repo_root() -> Path:
@@ -64,7 +65,7 @@ def mongodb_uri(crm_infra: Any) -> str:
 
 
 @pytest.fixture
-def make_settings(kafka_bootstrap: str, mongodb_uri: str) -> Callable[..., ServiceSettings]:
+def make_settings(crm_infra: Any, kafka_bootstrap: str, mongodb_uri: str) -> Callable[..., ServiceSettings]:
     """Settings for a service under test: its own fresh database, a per-run group."""
 
     def build(service_name: str, **overrides: Any) -> ServiceSettings:
@@ -75,12 +76,18 @@ def make_settings(kafka_bootstrap: str, mongodb_uri: str) -> Callable[..., Servi
             "MONGODB_URI": mongodb_uri,
             "MONGODB_DATABASE": f"t_{service_name.replace('-', '_')}_{uuid.uuid4().hex[:10]}",
             "CRM_OUTBOX_POLL_SECONDS": 0.1,
+            "CRM_CONSUMER_IDLE_BACKOFF_MS": idle_backoff_ms(crm_infra),
             "CRM_PROVISION_TOPICS": False,
         }
         values.update(overrides)
         return ServiceSettings.model_validate(values)
 
     return build
+
+
+def idle_backoff_ms(infra: Any) -> int:
+    """The idle-fetch pause for consumers on this infrastructure (see ServiceSettings)."""
+    return EMBEDDED_IDLE_BACKOFF_MS if getattr(infra, "embedded", None) is not None else 0
 
 
 def token_for(roles: list[str], username: str = "tester", secret: str = DEV_JWT_SECRET) -> str:

@@ -56,6 +56,8 @@ class Platform:
     group_suffix: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
     only: tuple[str, ...] | None = None
+    # The embedded broker answers empty fetches at once; see ServiceSettings.
+    consumer_idle_backoff_ms: int = 0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def port(self, name: str) -> int:
@@ -80,6 +82,7 @@ class Platform:
                 "CRM_ENV": "local",
                 "CRM_LOG_LEVEL": "INFO",
                 "CRM_OUTBOX_POLL_SECONDS": "0.2",
+                "CRM_CONSUMER_IDLE_BACKOFF_MS": str(self.consumer_idle_backoff_ms),
                 "PYTHONUNBUFFERED": "1",
             }
         )
