@@ -113,17 +113,19 @@ async def upsert_rep(tx: Tx, rep: Doc) -> None:
 
 
 async def take_counter(tx: Tx) -> int:
-    """The counter's current value, incremented in the same transaction.
+    """The next position in the rotation: the counter's value, incremented atomically.
 
-    Two transactions taking it at once write the same document: one of them hits
-    a write conflict and is retried, so every value is used once.
+    The increment is its own single-document write, outside ``tx``: every caller
+    gets a distinct value, and the transactions that assign owners never write a
+    shared document, so handoffs handled side by side do not abort each other with
+    write conflicts. A transaction that is retried or never commits leaves its
+    value unused: the rotation skips one position, nobody gets two leads at once.
     """
     doc = await tx.db[COUNTERS].find_one_and_update(
         {"_id": ROUND_ROBIN},
         {"$inc": {"value": 1}},
         upsert=True,
         return_document=ReturnDocument.BEFORE,
-        session=tx.session,
     )
     return int(doc["value"]) if doc else 0
 
