@@ -37,7 +37,7 @@ from baseline import RunResult, run_baseline
 from crm_contracts import Envelope
 from crm_contracts.topics import HANDOFF_RECEIPTS
 from crm_platform.devinfra.launcher import Platform
-from crm_platform.kafka import ensure_topics
+from crm_platform.kafka import ensure_topics, pace_empty_fetches
 from crm_platform.testing import TopicReader, auth_headers, idle_backoff_ms
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -361,6 +361,8 @@ async def main() -> int:
         shutil.rmtree(HOME, ignore_errors=True)  # fresh data: figures do not depend on history
     infra = resolve(HOME, 19292, 27317)
     say(f"infra: {infra.source} (kafka {infra.kafka_bootstrap})")
+    # Baseline and receipt readers get the same empty-fetch pause as the services.
+    pace_empty_fetches(idle_backoff_ms(infra))
     try:
         ensure_topics(infra.kafka_bootstrap, replication_factor=1)
         baseline = await bench_baseline(args, infra.kafka_bootstrap, infra.mongodb_uri)

@@ -43,8 +43,10 @@ else
   # The root suite finds this embedded pair itself (and may restart the broker
   # for the outage tests); the isolated service venvs, which do not carry the
   # embedded binaries, are pointed at it explicitly.
+  # They also get the empty-fetch pause the embedded broker needs (see pace_empty_fetches).
   isolated_env=($(eval "$($BIN/crm-infra env "${infra[@]}")"
-                  echo "KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS" "MONGODB_URI=$MONGODB_URI"))
+                  echo "KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS" "MONGODB_URI=$MONGODB_URI")
+                CRM_CONSUMER_IDLE_BACKOFF_MS=20)
 fi
 cleanup() {
   rm -f "$RESULTS"

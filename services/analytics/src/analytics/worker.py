@@ -35,7 +35,7 @@ from crm_contracts.topics import (
     SERVICE_DESK_EVENTS,
     dead_letter_topic,
 )
-from crm_platform.kafka import ensure_topics
+from crm_platform.kafka import ensure_topics, pace_empty_fetches
 from crm_platform.logging import configure_logging
 from crm_platform.mongo import connect
 from pymongo import AsyncMongoClient
@@ -315,6 +315,7 @@ def main() -> None:
     settings = AnalyticsSettings()  # from the environment
     configure_logging(f"{settings.service_name}-worker", settings.log_level)
     provision_topics(settings)
+    pace_empty_fetches(settings.consumer_idle_backoff_ms)  # faust's consumer is aiokafka's too
     worker = AnalyticsWorker(settings)
     log.info("starting analytics worker %s on %s", settings.app_id, settings.faust_broker)
     faust.Worker(

@@ -66,7 +66,6 @@ class ConsumerConfig:
     bootstrap: str
     department: str | None = None  # receivers of handoffs emit receipts and latency
     max_records: int = 50  # per partition and batch
-    idle_backoff_ms: int = 0  # pause fetching this long after an empty poll (0: never)
     retry_max_seconds: float = 30.0
 
 
@@ -187,18 +186,8 @@ class EventConsumer:
         """
         assert self.consumer is not None
         per_partition = self.config.max_records
-        backoff = self.config.idle_backoff_ms
-        batches = dict(
-            await self.consumer.getmany(timeout_ms=2 if backoff else 200, max_records=per_partition)
-        )
+        batches = dict(await self.consumer.getmany(timeout_ms=200, max_records=per_partition))
         if not batches:
-            if backoff:
-                # Paused partitions are not fetched: the client stops polling an
-                # idle broker that answers empty fetches without waiting.
-                assigned = list(self.consumer.assignment())
-                self.consumer.pause(*assigned)
-                await self._sleep(backoff / 1000)
-                self.consumer.resume(*assigned)
             return batches
         others = [tp for tp in self.consumer.assignment() if tp not in batches]
         more = await asyncio.gather(

@@ -10,8 +10,10 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.consumer.fetcher import Fetcher
 from crm_contracts.topics import TOPICS, TopicSpec
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -30,6 +32,49 @@ def make_producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
         linger_ms=2,
         request_timeout_ms=15000,
     )
+
+
+_empty_fetch_pause = 0.0
+
+
+def pace_empty_fetches(delay_ms: int) -> None:
+    """Make every aiokafka consumer in this process wait ``delay_ms`` after an empty fetch.
+
+    Apache Kafka holds a fetch that finds nothing for ``fetch.max.wait.ms`` before
+    answering, so an idle consumer costs nothing. A broker that answers empty
+    fetches at once (the embedded emulator) makes aiokafka's background fetch loop
+    spin at full CPU in every consumer, faust's included. This puts the wait on
+    the client side: after a fetch that brought no records, the next fetch to that
+    broker starts ``delay_ms`` later (records arriving meanwhile wait at most that
+    long). Process-wide; the last positive value wins. 0 changes nothing, which
+    is right for Apache Kafka, so a component configured for a real cluster never
+    undoes the pacing another one in the same process asked for.
+    """
+    global _empty_fetch_pause
+    if delay_ms <= 0:
+        return
+    _empty_fetch_pause = delay_ms / 1000
+    if getattr(Fetcher, "_crm_paced", False):
+        return
+    original = getattr(Fetcher, "_proc_fetch_request", None)
+    if original is None:  # a future aiokafka may rename it: then stay unpaced
+        log.warning("cannot pace empty fetches: this aiokafka has no Fetcher._proc_fetch_request")
+        return
+
+    async def paced(self: Fetcher, *args: Any, **kwargs: Any) -> bool:
+        has_data: bool = await original(self, *args, **kwargs)
+        if not has_data and _empty_fetch_pause:
+            # Still inside the fetch task, so the fetcher counts this broker as
+            # busy and sends it nothing new until the pause is over.
+            try:
+                await asyncio.sleep(_empty_fetch_pause)
+            except asyncio.CancelledError:
+                return False  # closing: the fetcher cancels its tasks and moves on
+        return has_data
+
+    Fetcher._proc_fetch_request = paced
+    Fetcher._crm_paced = True
+    log.info("empty fetches paced at %d ms (broker answers empty fetches at once)", delay_ms)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from crm_platform.consumer import AfterStore, ConsumerConfig, EventConsumer, Handler
-from crm_platform.kafka import ensure_topics_async, make_producer
+from crm_platform.kafka import ensure_topics_async, make_producer, pace_empty_fetches
 from crm_platform.mongo import Store, connect
 from crm_platform.outbox import OutboxRelay
 from crm_platform.settings import ServiceSettings
@@ -43,6 +43,7 @@ class ServiceRuntime:
 
     def __post_init__(self) -> None:
         s = self.settings
+        pace_empty_fetches(s.consumer_idle_backoff_ms)
         self.client = connect(s.mongodb_uri, s.service_name)
         self.store = Store(self.client, s.database_name, s.service_name)
         self.relay = OutboxRelay(
@@ -62,7 +63,6 @@ class ServiceRuntime:
                     topics=sub.topics,
                     bootstrap=s.kafka_bootstrap_servers,
                     department=sub.department,
-                    idle_backoff_ms=s.consumer_idle_backoff_ms,
                 ),
                 self.store,
                 sub.handlers,

@@ -28,8 +28,8 @@ class ServiceSettings(BaseSettings):
     http_port: int = Field(default=8000, validation_alias="CRM_HTTP_PORT", ge=1, le=65535)
     log_level: str = Field(default="INFO", validation_alias="CRM_LOG_LEVEL")
     # Kafka brokers hold an empty fetch for fetch.max.wait.ms; a broker that answers
-    # at once makes an idle consumer spin. A pause between empty polls bounds that
-    # (0 = rely on the broker, right for Apache Kafka).
+    # at once makes an idle consumer spin. A pause after each empty fetch bounds that
+    # (0 = rely on the broker, right for Apache Kafka). See kafka.pace_empty_fetches.
     consumer_idle_backoff_ms: int = Field(
         default=0, validation_alias="CRM_CONSUMER_IDLE_BACKOFF_MS", ge=0, le=1000
     )

@@ -46,11 +46,12 @@ def _repo_root() -> Path:
 @pytest.fixture(scope="session")
 def crm_infra() -> Any:
     from crm_platform.devinfra.resolve import resolve
-    from crm_platform.kafka import ensure_topics
+    from crm_platform.kafka import ensure_topics, pace_empty_fetches
 
     home = TEST_HOME if TEST_HOME.is_absolute() else _repo_root() / TEST_HOME
     infra = resolve(home, TEST_KAFKA_PORT, TEST_MONGO_PORT)
     ensure_topics(infra.kafka_bootstrap, replication_factor=1)
+    pace_empty_fetches(idle_backoff_ms(infra))  # the test's own readers, and in-process services
     return infra
 
 
@@ -86,7 +87,15 @@ def make_settings(crm_infra: Any, kafka_bootstrap: str, mongodb_uri: str) -> Cal
 
 
 def idle_backoff_ms(infra: Any) -> int:
-    """The idle-fetch pause for consumers on this infrastructure (see ServiceSettings)."""
+    """The empty-fetch pause for consumers on this infrastructure (see ``pace_empty_fetches``).
+
+    ``CRM_CONSUMER_IDLE_BACKOFF_MS`` decides when set (``make test`` sets it for the
+    service suites it points at its embedded broker); otherwise the embedded broker
+    gets a pause and any other broker none.
+    """
+    explicit = os.environ.get("CRM_CONSUMER_IDLE_BACKOFF_MS")
+    if explicit:
+        return int(explicit)
     return EMBEDDED_IDLE_BACKOFF_MS if getattr(infra, "embedded", None) is not None else 0
 
 
