@@ -318,6 +318,11 @@ def report(platform: dict[str, Any], baseline: dict[str, Any], args: argparse.Na
                 f"  at {rate:.0f}/s offered the machine is saturated: leads accepted {accepted:.0f}/s, the "
                 "rest waited in the load generator; the latency is occurred -> stored under that load"
             )
+    if args.empty_fetch_pause_ms:
+        lines.append(
+            f"  every consumer here, the baseline's too, waits {args.empty_fetch_pause_ms} ms after an empty "
+            "fetch (the embedded broker answers them at once; see README)"
+        )
     lines += [
         "",
         f"lead capture through the gateway: {cap['rate']:.0f} req/s "
@@ -362,7 +367,8 @@ async def main() -> int:
     infra = resolve(HOME, 19292, 27317)
     say(f"infra: {infra.source} (kafka {infra.kafka_bootstrap})")
     # Baseline and receipt readers get the same empty-fetch pause as the services.
-    pace_empty_fetches(idle_backoff_ms(infra))
+    args.empty_fetch_pause_ms = idle_backoff_ms(infra)
+    pace_empty_fetches(args.empty_fetch_pause_ms)
     try:
         ensure_topics(infra.kafka_bootstrap, replication_factor=1)
         baseline = await bench_baseline(args, infra.kafka_bootstrap, infra.mongodb_uri)
