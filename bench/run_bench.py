@@ -5,8 +5,8 @@ Figures (all on this machine, one broker, one mongod, measured in one run):
 2. the lead-qualified handoff (leads -> Kafka -> sales), transport latency
    occurred -> stored by sales, read from sales' own handoff receipts:
    p50/p99 at each fixed offered rate (default 25/s, below this machine's
-   capacity, and 200/s, above it: there the figure is mostly queueing), and the
-   highest sustained rate (receiver throughput while the sender is saturated);
+   capacity, and 200/s, above it: the report then shows the rate leads accepted),
+   and the highest sustained rate (receiver throughput while the sender is saturated);
 3. the same two figures for a bare baseline: produce -> consume -> insert, no
    services, no outbox, no transactions;
 4. the ratio platform / baseline.
@@ -373,7 +373,7 @@ async def main() -> int:
         ensure_topics(infra.kafka_bootstrap, replication_factor=1)
         baseline = await bench_baseline(args, infra.kafka_bootstrap, infra.mongodb_uri)
         platform = await bench_platform(
-            args, infra.kafka_bootstrap, infra.mongodb_uri, idle_backoff_ms(infra)
+            args, infra.kafka_bootstrap, infra.mongodb_uri, args.empty_fetch_pause_ms
         )
     finally:
         infra.stop()

@@ -46,7 +46,8 @@ else
   # They also get the empty-fetch pause the embedded broker needs (see pace_empty_fetches).
   isolated_env=($(eval "$($BIN/crm-infra env "${infra[@]}")"
                   echo "KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS" "MONGODB_URI=$MONGODB_URI")
-                CRM_CONSUMER_IDLE_BACKOFF_MS=20)
+                "CRM_CONSUMER_IDLE_BACKOFF_MS=$($BIN/python -c \
+                  'from crm_platform.testing import EMBEDDED_IDLE_BACKOFF_MS as ms; print(ms)')")
 fi
 cleanup() {
   rm -f "$RESULTS"
