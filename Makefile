@@ -2,7 +2,8 @@
 #   make run     set up everything, start broker + mongod + all services + demo data
 #   make test    set up everything, lint, type-check, run every test suite
 #   make bench   handoff latency / throughput figures against a bare baseline
-#   make stop    stop whatever `make run` started
+#   make stop    stop whatever `make run` started (services first, then broker and mongod)
+#   make restart S=sales   restart one department of a running `make run`
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -15,7 +16,7 @@ PY := $(VENV)/bin/python
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export UV := $(CURDIR)/$(UV)
 
-.PHONY: help setup run stop test lint typecheck unit bench schemas clean
+.PHONY: help setup run stop restart test lint typecheck unit bench schemas clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -34,6 +35,10 @@ run: setup
 
 stop:
 	@if [ -x $(PY) ]; then $(PY) scripts/run_platform.py --stop; fi
+
+restart:
+	@if [ -z "$(S)" ]; then echo "usage: make restart S=<leads|sales|service-desk|analytics|analytics-worker|gateway>"; exit 2; fi
+	@$(PY) scripts/run_platform.py --restart "$(S)"
 
 test: setup
 	@bash scripts/test.sh

@@ -50,6 +50,22 @@ def resource_name(topic: str) -> str:
     return name
 
 
+def durability_configs(spec: TopicSpec) -> dict[str, str]:
+    """What keeps a replicated topic from losing acknowledged writes on a real cluster.
+
+    With ``acks=all`` (every producer here) a write is acknowledged once every in-sync
+    replica has it; ``min.insync.replicas=2`` refuses writes that only one replica
+    holds, and no unclean leader election keeps an out-of-date replica from becoming
+    leader and dropping what the others acknowledged. Only for replicated topics: on
+    a one-replica topic the first would refuse every write. The development
+    provisioning (``ensure_topics``) caps replication at the broker count and leaves
+    these out.
+    """
+    if spec.replication_factor < 3:
+        return {}
+    return {"min.insync.replicas": "2", "unclean.leader.election.enable": "false"}
+
+
 def topic_manifest(spec: TopicSpec) -> dict[str, Any]:
     """One ``KafkaTopic`` resource for one row of the topic table."""
     return {
@@ -70,7 +86,7 @@ def topic_manifest(spec: TopicSpec) -> dict[str, Any]:
             "topicName": spec.name,
             "partitions": spec.partitions,
             "replicas": spec.replication_factor,
-            "config": dict(sorted(spec.topic_configs().items())),
+            "config": dict(sorted({**durability_configs(spec), **spec.topic_configs()}.items())),
         },
     }
 

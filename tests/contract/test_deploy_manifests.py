@@ -501,7 +501,19 @@ def test_kafka_topic_manifests_match_the_topic_table() -> None:
         assert doc["metadata"]["labels"]["strimzi.io/cluster"]
         assert doc["spec"]["partitions"] == topic.partitions
         assert doc["spec"]["replicas"] == topic.replication_factor
-        assert {k: str(v) for k, v in doc["spec"]["config"].items()} == topic.topic_configs()
+        config = {k: str(v) for k, v in doc["spec"]["config"].items()}
+        assert {k: config[k] for k in topic.topic_configs()} == topic.topic_configs()
+
+
+def test_replicated_topics_never_lose_acknowledged_writes() -> None:
+    """acks=all only protects a write when two replicas must hold it and no stale one may lead."""
+    directory = BASE / TOPICS_BASE
+    docs = [d for r in kustomization(directory)["resources"] for d in load_docs(directory / r)]
+    for doc in docs:
+        assert doc["spec"]["replicas"] >= 3, doc["spec"]["topicName"]
+        config = {k: str(v) for k, v in doc["spec"]["config"].items()}
+        assert config["min.insync.replicas"] == "2", doc["spec"]["topicName"]
+        assert config["unclean.leader.election.enable"] == "false", doc["spec"]["topicName"]
 
 
 def test_topic_generator_check_mode_exit_codes(tmp_path: Path) -> None:

@@ -15,6 +15,13 @@ write (data, logs, pid files) lives under one ``home`` folder, e.g. ``.local/run
 Both run detached from the process that started them, so ``make run`` can start
 them and a later ``make stop`` (another process) stops them by pid. Starting is
 idempotent: a live process of ours is reused; a stale pid file is removed.
+
+The broker is an emulator and loses acknowledged writes when it stops: it saves its
+log shortly after changes, keeps acknowledging produce requests after SIGINT or
+SIGTERM until it exits without saving those, and a SIGKILL loses about the last
+1.4 s. No stop under traffic is safe; stop producers first (``make stop`` stops the
+services before the broker). What the platform does about it is in the README
+("The embedded broker loses acknowledged writes when it stops").
 """
 
 from __future__ import annotations
@@ -555,6 +562,7 @@ class EmbeddedInfra:
             log.info("kafka ready in %.2f s (pid %d)", time.monotonic() - started, proc.pid)
 
     def stop_kafka(self) -> StopReport:
+        """SIGINT, as the broker expects; writes acknowledged while it stops are lost."""
         return self._stop("kafka", signal.SIGINT)
 
     def start_mongo(self) -> None:
