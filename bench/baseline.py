@@ -13,10 +13,10 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from crm_contracts.topics import TopicSpec
-from crm_platform.kafka import ensure_topics
-from kafka.admin import KafkaAdminClient
+from crm_platform.kafka import ensure_topics, make_admin, make_consumer
+from crm_platform.kafka_security import aiokafka_security
 from pymongo import AsyncMongoClient
 
 
@@ -57,8 +57,10 @@ async def run_baseline(
     )
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongodb_uri)
     coll = client["bench_baseline"][topic.replace(".", "_")]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2)
-    consumer = AIOKafkaConsumer(
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2, **aiokafka_security()
+    )
+    consumer = make_consumer(
         topic,
         bootstrap_servers=bootstrap,
         group_id=topic,
@@ -115,7 +117,7 @@ async def run_baseline(
 
 
 def _delete_topic(bootstrap: str, topic: str) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = make_admin(bootstrap, "crm-bench")
     try:
         admin.delete_topics([topic])
     except Exception as exc:  # a broker that cannot delete keeps it; figures are unaffected

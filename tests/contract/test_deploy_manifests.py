@@ -28,8 +28,9 @@ from typing import Any
 
 import pytest
 import yaml
+from crm_contracts.access import CONSUMES, produces
 from crm_contracts.handoffs import HANDOFFS
-from crm_contracts.topics import TOPICS
+from crm_contracts.topics import HANDOFF_RECEIPTS, TOPICS, dead_letter_topic
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -42,6 +43,8 @@ GENERATOR = ROOT / "scripts" / "gen_k8s_topics.py"
 RUN_AS = 65532  # distroless "nonroot"; the Dockerfiles' USER and the pods' runAsUser
 IMAGE_REPO = "registry.example.com/crm"
 TOPICS_BASE = "kafka-topics"
+STRIMZI_API = "kafka.strimzi.io/v1"
+KAFKA_CA_SECRET = "crm-kafka-cluster-ca-cert"
 
 Doc = dict[str, Any]
 
@@ -498,6 +501,7 @@ def test_kafka_topic_manifests_match_the_topic_table() -> None:
     for topic in TOPICS:
         doc = by_topic[topic.name]
         assert doc["kind"] == "KafkaTopic"
+        assert doc["apiVersion"] == STRIMZI_API, "Strimzi 1.0 serves only kafka.strimzi.io/v1"
         assert doc["metadata"]["labels"]["strimzi.io/cluster"]
         assert doc["spec"]["partitions"] == topic.partitions
         assert doc["spec"]["replicas"] == topic.replication_factor
@@ -514,6 +518,77 @@ def test_replicated_topics_never_lose_acknowledged_writes() -> None:
         config = {k: str(v) for k, v in doc["spec"]["config"].items()}
         assert config["min.insync.replicas"] == "2", doc["spec"]["topicName"]
         assert config["unclean.leader.election.enable"] == "false", doc["spec"]["topicName"]
+
+
+def _acl_names(user: Doc, kind: str, operation: str) -> set[str]:
+    return {
+        acl["resource"]["name"]
+        for acl in user["spec"]["authorization"]["acls"]
+        if acl["resource"]["type"] == kind and operation in acl["operations"]
+    }
+
+
+@pytest.mark.parametrize("service", [s for s in SERVICES if SERVICES[s].kafka])
+def test_each_department_may_write_only_its_own_topics_and_read_only_what_it_consumes(service: str) -> None:
+    (user,) = of_kind(base_resources(service), "KafkaUser")
+    assert user["apiVersion"] == STRIMZI_API
+    assert user["metadata"]["name"] == f"crm-{service}"
+    assert user["metadata"]["labels"]["strimzi.io/cluster"]
+    assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+    assert user["spec"]["authorization"]["type"] == "simple"
+    acls = user["spec"]["authorization"]["acls"]
+    for acl in acls:
+        assert "All" not in acl["operations"], acl
+        assert acl["resource"].get("name") != "*", f"{service}: no wildcard ACLs"
+        assert "operation" not in acl, "the deprecated singular `operation` is gone in the v1 API"
+
+    writes = _acl_names(user, "topic", "Write")
+    owners = {t.name: t.owner for t in TOPICS}
+    foreign = {t for t in writes if owners.get(t) not in (service, None) and t != HANDOFF_RECEIPTS}
+    assert not foreign, f"{service} may write another department's topics: {foreign}"
+    if service == "analytics":  # plus its faust changelogs (a prefix it owns)
+        assert writes == {*produces(service), "crm-analytics-"}
+    else:
+        assert writes == set(produces(service))
+    assert dead_letter_topic(service) in writes
+    reads = _acl_names(user, "topic", "Read")
+    if service == "analytics":
+        assert reads == {*CONSUMES[service], "crm-analytics-"}
+        assert _acl_names(user, "group", "Read") == {"crm-analytics"}
+    else:
+        assert reads == set(CONSUMES[service])
+        assert _acl_names(user, "group", "Read") == {service}
+
+
+@pytest.mark.parametrize("service", [s for s in SERVICES if SERVICES[s].kafka])
+def test_each_kafka_deployment_authenticates_as_its_department(service: str) -> None:
+    for deployment in of_kind(base_resources(service), "Deployment"):
+        name = deployment["metadata"]["name"]
+        env = env_of(deployment)
+        value = {k: str(e.get("value")) for k, e in env.items()}
+        assert value["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", name
+        assert value["KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512", name
+        assert value["KAFKA_SASL_USERNAME"] == f"crm-{service}", name
+        password = env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert password == {"name": f"crm-{service}", "key": "password"}, name
+        assert value["KAFKA_BOOTSTRAP_SERVERS"].endswith(":9093"), f"{name}: the TLS listener"
+        cafile = Path(value["KAFKA_SSL_CAFILE"])
+        mounts = {m["mountPath"]: m["name"] for m in container(deployment)["volumeMounts"]}
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        secret = volumes[mounts[str(cafile.parent)]]["secret"]
+        assert secret["secretName"] == KAFKA_CA_SECRET, name
+        assert {"key": "ca.crt", "path": cafile.name} in secret["items"], name
+
+
+def test_services_subscribe_to_what_the_acls_allow() -> None:
+    from analytics.worker import SOURCE_TOPICS
+    from leads.consumers import TOPICS as LEADS
+    from sales.consumers import TOPICS as SALES
+    from service_desk.consumers import TOPICS as SERVICE_DESK
+
+    declared = {"leads": LEADS, "sales": SALES, "service-desk": SERVICE_DESK, "analytics": SOURCE_TOPICS}
+    for service, topics in declared.items():
+        assert tuple(topics) == CONSUMES[service], f"{service}: update crm_contracts.access.CONSUMES"
 
 
 def test_topic_generator_check_mode_exit_codes(tmp_path: Path) -> None:
@@ -612,7 +687,7 @@ def test_production_network_policies(service: str) -> None:
             upstream_ports = {SERVICES[s].port for s in GATEWAY_URLS.values()}
             assert egress_ports == {53, 27017} | upstream_ports, "no Kafka for the gateway"
         else:
-            assert egress_ports == {53, 9092, 27017}, "DNS, Kafka and MongoDB only"
+            assert egress_ports == {53, 9093, 27017}, "DNS, Kafka (TLS listener) and MongoDB only"
 
 
 # --- Dockerfiles ----------------------------------------------------------------------------------------

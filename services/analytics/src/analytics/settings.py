@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crm_contracts.topics import LEADS_EVENTS, TOPICS_BY_NAME
 from crm_platform.settings import ServiceSettings
 from pydantic import Field
+
+if TYPE_CHECKING:
+    from faust.types.auth import CredentialsT
 
 
 class AnalyticsSettings(ServiceSettings):
@@ -58,6 +62,28 @@ class AnalyticsSettings(ServiceSettings):
         """``KAFKA_BOOTSTRAP_SERVERS`` (``host:port[,host:port]``) as faust broker URLs."""
         hosts = [h.strip() for h in self.kafka_bootstrap_servers.split(",") if h.strip()]
         return [h if "://" in h else f"kafka://{h}" for h in hosts]
+
+    @property
+    def faust_credentials(self) -> CredentialsT | None:
+        """The platform's Kafka security settings as faust's ``broker_credentials``.
+
+        faust hands them to every client it makes (consumer, producer, admin), so the
+        worker authenticates like the services: SASL (SCRAM or PLAIN) over TLS, TLS
+        alone, or mTLS (a client certificate in the TLS context). None: PLAINTEXT.
+        """
+        from faust.auth import SASLCredentials, SSLCredentials
+
+        security = self.kafka_security
+        if security.sasl:
+            return SASLCredentials(
+                username=security.sasl_username,
+                password=security.sasl_password,
+                mechanism=security.sasl_mechanism,
+                ssl_context=security.ssl_context(),  # None with SASL_PLAINTEXT
+            )
+        if security.tls:
+            return SSLCredentials(security.ssl_context())
+        return None
 
     @property
     def faust_datadir(self) -> Path:

@@ -66,6 +66,7 @@ def build_faust_app(settings: AnalyticsSettings) -> faust.App:
     return faust.App(
         settings.app_id,
         broker=settings.faust_broker,
+        broker_credentials=settings.faust_credentials,
         store="memory://",
         autodiscover=False,
         datadir=str(settings.faust_datadir),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from crm_platform.settings import ServiceSettings
 from pydantic import Field, SecretStr, model_validator
 
@@ -15,6 +17,7 @@ class GatewaySettings(ServiceSettings):
     service_name: str = Field(default="gateway", validation_alias="CRM_SERVICE_NAME")
     http_port: int = Field(default=8080, validation_alias="CRM_HTTP_PORT", ge=1, le=65535)
     # The gateway publishes and consumes no events; Kafka is not needed.
+    uses_kafka: ClassVar[bool] = False
     kafka_bootstrap_servers: str = Field(default="unused", validation_alias="KAFKA_BOOTSTRAP_SERVERS")
 
     leads_url: str = Field(default="http://127.0.0.1:8001", validation_alias="CRM_LEADS_URL")

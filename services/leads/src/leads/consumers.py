@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from crm_contracts.access import CONSUMES
 from crm_contracts.events.sales import LeadVerdictV1
-from crm_contracts.topics import LEAD_VERDICT
 from crm_platform.consumer import Handler
 from crm_platform.runtime import Subscription
 
 from leads.handlers import on_lead_verdict
 
 DEPARTMENT = "marketing"
-TOPICS = [LEAD_VERDICT]
+TOPICS = list(CONSUMES["leads"])  # declared once in the contracts (the Kafka ACLs use it)
 HANDLERS: dict[str, Handler] = {
     LeadVerdictV1.event_type: on_lead_verdict,
 }

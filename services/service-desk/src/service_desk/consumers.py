@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from crm_contracts import topics
+from crm_contracts.access import CONSUMES
 from crm_contracts.events.sales import DealWonV1
 from crm_platform.consumer import Handler
 
 from service_desk.domain.clock import Clock
 from service_desk.handlers import deal_won_handler
 
-TOPICS: list[str] = [topics.DEAL_WON]
+TOPICS: list[str] = list(CONSUMES["service-desk"])  # declared once in the contracts (the Kafka ACLs use it)
 
 
 def handlers(clock: Clock) -> dict[str, Handler]:

@@ -40,7 +40,7 @@ from pydantic import ValidationError
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from crm_platform import metrics
-from crm_platform.kafka import make_producer
+from crm_platform.kafka import make_consumer, make_producer
 from crm_platform.logging import correlation_id_var
 from crm_platform.mongo import PROCESSED, Store, Tx, causation_var
 
@@ -133,7 +133,7 @@ class EventConsumer:
             return
         self.producer = make_producer(self.config.bootstrap, f"{self.config.service}-dlq")
         await self.producer.start()
-        self.consumer = AIOKafkaConsumer(
+        self.consumer = make_consumer(
             *self.config.topics,
             bootstrap_servers=self.config.bootstrap,
             group_id=self.config.group_id,

@@ -1,7 +1,9 @@
 """Kafka clients configured once for every service, and topic provisioning.
 
 Only the Kafka protocol and configuration are used here, so the same code runs
-against a real cluster, a testcontainers broker or the embedded one.
+against a real cluster, a testcontainers broker or the embedded one. Every client
+is built here and gets the process's security settings (TLS, SASL, mTLS; see
+:mod:`crm_platform.kafka_security`), so none can connect without them.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.consumer.fetcher import Fetcher
 from crm_contracts.topics import TOPICS, TopicSpec
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from crm_platform.kafka_security import KafkaSecurity
+
 log = logging.getLogger("crm.kafka")
 
 
-def make_producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
+def make_producer(bootstrap: str, client_id: str, security: KafkaSecurity | None = None) -> AIOKafkaProducer:
     # Idempotent + acks=all: a retried send never duplicates or reorders within
     # a partition, and a send is only "done" once every in-sync replica has it.
     return AIOKafkaProducer(
@@ -31,6 +35,21 @@ def make_producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
         acks="all",
         linger_ms=2,
         request_timeout_ms=15000,
+        **(security or KafkaSecurity.from_env()).aiokafka_kwargs(),
+    )
+
+
+def make_consumer(*topics: str, security: KafkaSecurity | None = None, **config: Any) -> AIOKafkaConsumer:
+    """An ``AIOKafkaConsumer`` with the security settings; ``config`` as aiokafka takes it."""
+    return AIOKafkaConsumer(*topics, **config, **(security or KafkaSecurity.from_env()).aiokafka_kwargs())
+
+
+def make_admin(bootstrap: str, client_id: str, security: KafkaSecurity | None = None) -> KafkaAdminClient:
+    """kafka-python's admin client (topic provisioning) with the security settings."""
+    return KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        **(security or KafkaSecurity.from_env()).kafka_python_kwargs(),
     )
 
 
@@ -97,7 +116,7 @@ def ensure_topics(
     provisions a three-broker cluster and a one-broker development setup.
     """
     report = ProvisionReport()
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id)
+    admin = make_admin(bootstrap, client_id)
     try:
         brokers = _broker_count(admin)
         existing = {t.get("name") or t.get("topic"): t for t in admin.describe_topics()}

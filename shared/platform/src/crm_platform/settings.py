@@ -6,16 +6,20 @@ can never reach production signing tokens with a key printed in the README.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from crm_platform.kafka_security import KafkaSecurity, refuse_plaintext_in_production
 
 DEV_JWT_SECRET = "dev-only-secret-change-me-0123456789abcdef"
 
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+    # False for a service that never talks to Kafka (the gateway): its Kafka settings are not checked.
+    uses_kafka: ClassVar[bool] = True
 
     service_name: str = Field(default="service", validation_alias="CRM_SERVICE_NAME")
     env: Literal["local", "test", "production"] = Field(default="local", validation_alias="CRM_ENV")
@@ -40,12 +44,45 @@ class ServiceSettings(BaseSettings):
     topic_replication_factor: int | None = Field(
         default=None, validation_alias="CRM_TOPIC_REPLICATION_FACTOR", ge=1
     )
+    # Kafka security for real clusters (crm_platform.kafka_security): every client gets it.
+    kafka_security_protocol: str = Field(default="PLAINTEXT", validation_alias="KAFKA_SECURITY_PROTOCOL")
+    kafka_sasl_mechanism: str | None = Field(default=None, validation_alias="KAFKA_SASL_MECHANISM")
+    kafka_sasl_username: str | None = Field(default=None, validation_alias="KAFKA_SASL_USERNAME")
+    kafka_sasl_password: SecretStr | None = Field(default=None, validation_alias="KAFKA_SASL_PASSWORD")
+    kafka_ssl_cafile: str | None = Field(default=None, validation_alias="KAFKA_SSL_CAFILE")
+    kafka_ssl_certfile: str | None = Field(default=None, validation_alias="KAFKA_SSL_CERTFILE")
+    kafka_ssl_keyfile: str | None = Field(default=None, validation_alias="KAFKA_SSL_KEYFILE")
+    kafka_ssl_key_password: SecretStr | None = Field(default=None, validation_alias="KAFKA_SSL_KEY_PASSWORD")
+    kafka_ssl_check_hostname: bool = Field(default=True, validation_alias="KAFKA_SSL_CHECK_HOSTNAME")
+    kafka_allow_plaintext: bool = Field(default=False, validation_alias="CRM_KAFKA_ALLOW_PLAINTEXT")
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> ServiceSettings:
         if self.env == "production" and self.jwt_secret == DEV_JWT_SECRET:
             raise ValueError("CRM_JWT_SECRET must be set to a real secret when CRM_ENV=production")
+        if self.uses_kafka:
+            refuse_plaintext_in_production(self.kafka_security, self.env, self.kafka_allow_plaintext)
         return self
+
+    @property
+    def kafka_security(self) -> KafkaSecurity:
+        """The same settings the client factories read from the environment (validated here)."""
+        mechanism = self.kafka_sasl_mechanism
+        if mechanism is None and self.kafka_security_protocol.upper().startswith("SASL_"):
+            mechanism = "SCRAM-SHA-512"
+        return KafkaSecurity(
+            protocol=self.kafka_security_protocol.upper(),  # type: ignore[arg-type]  # checked by KafkaSecurity
+            sasl_mechanism=mechanism.upper() if mechanism else None,  # type: ignore[arg-type]
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None,
+            ssl_cafile=self.kafka_ssl_cafile,
+            ssl_certfile=self.kafka_ssl_certfile,
+            ssl_keyfile=self.kafka_ssl_keyfile,
+            ssl_key_password=(
+                self.kafka_ssl_key_password.get_secret_value() if self.kafka_ssl_key_password else None
+            ),
+            ssl_check_hostname=self.kafka_ssl_check_hostname,
+        )
 
     @property
     def group_id(self) -> str:

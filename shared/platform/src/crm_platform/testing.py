@@ -24,6 +24,8 @@ from crm_contracts import Envelope
 from fastapi import FastAPI
 
 from crm_platform.auth import Principal, TokenVerifier
+from crm_platform.kafka import make_consumer
+from crm_platform.kafka_security import KafkaSecurity
 from crm_platform.settings import DEV_JWT_SECRET, ServiceSettings
 
 T = TypeVar("T")
@@ -146,7 +148,7 @@ class TopicReader:
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> TopicReader:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        consumer = make_consumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
         await consumer.start()
         await consumer.topics()  # fetches cluster metadata, so partitions are known
         partitions = []
@@ -202,7 +204,7 @@ async def produce(
     key: bytes | None = None,
     headers: list[tuple[str, bytes]] | None = None,
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **KafkaSecurity.from_env().aiokafka_kwargs())
     await producer.start()
     try:
         await producer.send_and_wait(topic, value, key=key, headers=headers or [])

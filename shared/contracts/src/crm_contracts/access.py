@@ -1,0 +1,61 @@
+"""Who may read and write which topic, declared once.
+
+The services subscribe to exactly :data:`CONSUMES` (their consumers take their topics
+from here) and the Strimzi ``KafkaUser`` ACLs are generated from it and the topic
+table (``scripts/gen_k8s_topics.py``): each department may write only the topics it
+owns, its dead-letter topic and, when it receives handoffs, the receipts topic; it may
+read only what it consumes, in its own consumer group(s).
+"""
+
+from __future__ import annotations
+
+from crm_contracts.handoffs import HANDOFF_BY_EVENT_TYPE
+from crm_contracts.registry import ALL_EVENTS
+from crm_contracts.topics import (
+    ACCOUNT_SIGNAL,
+    DEAL_WON,
+    HANDOFF_RECEIPTS,
+    LEAD_QUALIFIED,
+    LEAD_VERDICT,
+    LEADS_EVENTS,
+    SALES_EVENTS,
+    SERVICE_DESK_EVENTS,
+    TOPICS,
+    dead_letter_topic,
+)
+
+# service name -> the topics its consumer subscribes to
+CONSUMES: dict[str, tuple[str, ...]] = {
+    "leads": (LEAD_VERDICT,),
+    "sales": (LEAD_QUALIFIED, ACCOUNT_SIGNAL),
+    "service-desk": (DEAL_WON,),
+    # the faust worker: every department's events and the receivers' receipts
+    "analytics": (
+        LEADS_EVENTS,
+        LEAD_QUALIFIED,
+        LEAD_VERDICT,
+        SALES_EVENTS,
+        DEAL_WON,
+        SERVICE_DESK_EVENTS,
+        ACCOUNT_SIGNAL,
+        HANDOFF_RECEIPTS,
+    ),
+}
+
+_HANDOFF_TOPICS = frozenset(e.topic for e in ALL_EVENTS if e.event_type in HANDOFF_BY_EVENT_TYPE)
+
+
+def receives_handoffs(service: str) -> bool:
+    """A receiver of handoffs writes a ``handoff.received`` receipt for each (analytics only reads)."""
+    return service != "analytics" and any(t in _HANDOFF_TOPICS for t in CONSUMES.get(service, ()))
+
+
+def produces(service: str) -> tuple[str, ...]:
+    """The topics ``service`` may write: those it owns (its DLQ included), receipts if it receives."""
+    owned = [t.name for t in TOPICS if t.owner == service]
+    dlq = dead_letter_topic(service)
+    if dlq not in owned:
+        owned.append(dlq)
+    if receives_handoffs(service):
+        owned.append(HANDOFF_RECEIPTS)
+    return tuple(sorted(owned))
