@@ -2,6 +2,7 @@
 #   make run     set up everything, start broker + mongod + all services + demo data
 #   make test    set up everything, lint, type-check, run every test suite
 #   make bench   handoff latency / throughput figures against a bare baseline
+#   make chaos   fault suite under load (kills, broker and mongod restarts, a department down)
 #   make stop    stop whatever `make run` started (services first, then broker and mongod)
 #   make restart S=sales   restart one department of a running `make run`
 SHELL := /bin/bash
@@ -16,7 +17,7 @@ PY := $(VENV)/bin/python
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export UV := $(CURDIR)/$(UV)
 
-.PHONY: help setup run stop restart test lint typecheck unit bench schemas clean
+.PHONY: help setup run stop restart chaos test lint typecheck unit bench schemas clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -59,5 +60,8 @@ schemas: setup
 bench: setup
 	@$(PY) bench/run_bench.py
 
+chaos: setup
+	@$(PY) scripts/chaos.py
+
 clean: stop
-	rm -rf .local/run .local/test .local/bench .local/iso
+	rm -rf .local/run .local/test .local/bench .local/iso .local/chaos

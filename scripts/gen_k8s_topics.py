@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from crm_contracts.access import CONSUMES, produces
+from crm_contracts.access import CONSUMES, produces, reads
 from crm_contracts.topics import TOPICS, TopicSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,12 +131,12 @@ def user_acls(service: str) -> list[dict[str, Any]]:
     operations: dict[str, set[str]] = {}
     for topic in produces(service):
         operations.setdefault(topic, set()).update(("Write", "Describe"))
-    for topic in CONSUMES[service]:
+    for topic in reads(service):
         operations.setdefault(topic, set()).update(("Read", "Describe"))
     acls = [_acl("topic", topic, ops) for topic, ops in sorted(operations.items())]
     if service == "analytics":
         # faust: its group is the app id; it creates, writes and re-reads its changelogs.
-        acls.append(_acl("group", ANALYTICS_APP_ID, ["Read"]))
+        acls.append(_acl("group", ANALYTICS_APP_ID, ["Describe", "Read"]))
         acls.append(
             _acl(
                 "topic",
@@ -146,7 +146,8 @@ def user_acls(service: str) -> list[dict[str, Any]]:
             )
         )
     else:
-        acls.append(_acl("group", service, ["Read"]))  # CRM_CONSUMER_GROUP defaults to the service name
+        # CRM_CONSUMER_GROUP defaults to the service name; the receipts tracker's group extends it.
+        acls.append(_acl("group", service, ["Describe", "Read"], "prefix"))
     acls.append(_acl("cluster", None, ["IdempotentWrite"]))  # idempotent producers on brokers before 3.0
     return acls
 

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import yaml
 from crm_contracts.access import CONSUMES, produces
+from crm_contracts.access import reads as readable
 from crm_contracts.handoffs import HANDOFFS
 from crm_contracts.topics import HANDOFF_RECEIPTS, TOPICS, dead_letter_topic
 
@@ -552,12 +553,15 @@ def test_each_department_may_write_only_its_own_topics_and_read_only_what_it_con
         assert writes == set(produces(service))
     assert dead_letter_topic(service) in writes
     reads = _acl_names(user, "topic", "Read")
+    assert set(CONSUMES[service]) <= reads
     if service == "analytics":
         assert reads == {*CONSUMES[service], "crm-analytics-"}
         assert _acl_names(user, "group", "Read") == {"crm-analytics"}
     else:
-        assert reads == set(CONSUMES[service])
-        assert _acl_names(user, "group", "Read") == {service}
+        assert reads == set(readable(service))
+        assert HANDOFF_RECEIPTS in reads, "senders read the receipts of their handoffs"
+        (group,) = [a["resource"] for a in acls if a["resource"]["type"] == "group"]
+        assert group == {"type": "group", "name": service, "patternType": "prefix"}
 
 
 @pytest.mark.parametrize("service", [s for s in SERVICES if SERVICES[s].kafka])

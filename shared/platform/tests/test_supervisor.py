@@ -259,3 +259,22 @@ def test_make_stop_stops_every_service_before_the_broker_and_restarts_none(tmp_p
         if harness.poll() is None:
             harness.kill()
             harness.wait()
+
+
+def test_a_held_process_stays_down_until_released(
+    supervised: Callable[..., tuple[Platform, Supervisor]], tmp_path: Path
+) -> None:
+    platform, supervisor = supervised("alpha", "beta")
+    first = platform.procs["alpha"].pid
+
+    supervisor.hold("alpha")
+
+    assert "alpha" not in platform.procs
+    assert f"term {first}" in events(tmp_path, "alpha"), "held with a graceful stop"
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:  # many supervisor polls: none may restart it
+        assert "alpha" not in platform.procs
+        time.sleep(0.05)
+    supervisor.release("alpha")
+    assert pid_alive(platform.procs["alpha"].pid)
+    assert platform.procs["beta"].poll() is None

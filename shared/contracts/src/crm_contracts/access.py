@@ -4,7 +4,8 @@ The services subscribe to exactly :data:`CONSUMES` (their consumers take their t
 from here) and the Strimzi ``KafkaUser`` ACLs are generated from it and the topic
 table (``scripts/gen_k8s_topics.py``): each department may write only the topics it
 owns, its dead-letter topic and, when it receives handoffs, the receipts topic; it may
-read only what it consumes, in its own consumer group(s).
+read only what it consumes (and, when it sends handoffs, their receipts), in its own
+consumer groups (the service name, or names starting with it, e.g. ``sales.handoff-receipts``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ _HANDOFF_TOPICS = frozenset(e.topic for e in ALL_EVENTS if e.event_type in HANDO
 def receives_handoffs(service: str) -> bool:
     """A receiver of handoffs writes a ``handoff.received`` receipt for each (analytics only reads)."""
     return service != "analytics" and any(t in _HANDOFF_TOPICS for t in CONSUMES.get(service, ()))
+
+
+def sends_handoffs(service: str) -> bool:
+    """A sender of handoffs reads the receipts, to re-send the handoffs nobody receipted."""
+    return any(t.owner == service and t.name in _HANDOFF_TOPICS for t in TOPICS)
+
+
+def reads(service: str) -> tuple[str, ...]:
+    """The topics ``service`` may read: what it consumes, plus the receipts if it sends handoffs."""
+    topics = list(CONSUMES.get(service, ()))
+    if sends_handoffs(service) and HANDOFF_RECEIPTS not in topics:
+        topics.append(HANDOFF_RECEIPTS)
+    return tuple(topics)
 
 
 def produces(service: str) -> tuple[str, ...]:

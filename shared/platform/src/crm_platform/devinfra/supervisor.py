@@ -49,6 +49,7 @@ class ServiceState:
     failures: int = 0  # deaths since it last stayed up `stable_after` seconds
     restart_at: float | None = None  # when a death is pending restart
     given_up: bool = False
+    held: bool = False  # stopped on purpose (hold): not restarted until released
     restarts: int = 0  # total, for reports
 
 
@@ -75,6 +76,8 @@ class Supervisor:
         self.clock = clock
         now = clock()
         self.states: dict[str, ServiceState] = {name: ServiceState(now) for name in platform.procs}
+        # poll() runs in its own thread; hold/release/restart may come from another.
+        self._lock = threading.RLock()
         if control_dir is not None:
             control_dir.mkdir(parents=True, exist_ok=True)
             for stale in control_dir.glob(f"{REQUEST_PREFIX}*"):
@@ -85,30 +88,45 @@ class Supervisor:
             self.poll()
 
     def poll(self) -> None:
-        self._take_requests()
-        now = self.clock()
-        for name, proc in list(self.platform.procs.items()):
-            state = self.states.setdefault(name, ServiceState(now))
-            if state.restart_at is None and not state.given_up and proc.poll() is not None:
-                self._died(name, proc.pid, proc.returncode, now)
-        for name, state in self.states.items():
-            if state.restart_at is not None and now >= state.restart_at:
-                self._start(name, now)
+        with self._lock:
+            self._take_requests()
+            now = self.clock()
+            for name, proc in list(self.platform.procs.items()):
+                state = self.states.setdefault(name, ServiceState(now))
+                if state.restart_at is None and not state.given_up and proc.poll() is not None:
+                    self._died(name, proc.pid, proc.returncode, now)
+            for name, state in self.states.items():
+                if state.restart_at is not None and now >= state.restart_at and not state.held:
+                    self._start(name, now)
 
     def restart(self, name: str) -> None:
         """Graceful stop, immediate start, failures forgotten (``make restart S=<name>``)."""
         if name not in {s.name for s in self.platform.specs}:
             log.warning("%s restart requested for unknown process %r", _now(), name)
             return
-        log.info(
-            "%s restarting %s by request (SIGTERM, then SIGKILL after %.0f s)",
-            _now(),
-            name,
-            self.platform.stop_timeout,
-        )
-        self.platform.stop((name,))
-        self.states[name] = ServiceState(self.clock())
-        self._start(name, self.clock(), requested=True)
+        with self._lock:
+            log.info(
+                "%s restarting %s by request (SIGTERM, then SIGKILL after %.0f s)",
+                _now(),
+                name,
+                self.platform.stop_timeout,
+            )
+            self.platform.stop((name,))
+            self.states[name] = ServiceState(self.clock())
+            self._start(name, self.clock(), requested=True)
+
+    def hold(self, name: str) -> None:
+        """Stop ``name`` gracefully and keep it down (a department taken out on purpose)."""
+        with self._lock:
+            log.warning("%s holding %s down (SIGTERM; not restarted until released)", _now(), name)
+            self.platform.stop((name,))
+            self.states[name] = ServiceState(self.clock(), held=True)
+
+    def release(self, name: str) -> None:
+        """Start a held process again at once."""
+        with self._lock:
+            self.states[name] = ServiceState(self.clock())
+            self._start(name, self.clock(), requested=True)
 
     def _died(self, name: str, pid: int, returncode: int, now: float) -> None:
         state = self.states[name]

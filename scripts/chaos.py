@@ -1,0 +1,566 @@
+"""`make chaos`: a bounded fault suite under load, outside `make test`.
+
+Starts its own embedded broker and mongod under ``.local/chaos`` (fresh each run, own
+ports, loopback only) and the whole platform under the ``make run`` supervisor, then
+drives leads through the gateway (capture, then a qualifying behaviour: each lead is
+one lead-qualified handoff from marketing to sales) while it injects, in turn:
+
+1. ``kills``: SIGKILL of a random service process, ``CHAOS_KILLS`` times (the supervisor
+   restarts it; the next kill waits until it answers again);
+2. ``broker-sigint``, ``broker-sigterm``, ``broker-sigkill``: the broker stopped with each
+   signal and started again with the same command line;
+3. ``mongod-restart``: mongod stopped (SIGTERM) and started again;
+4. ``<service>-down``: one department (``CHAOS_DOWN_SERVICE``, default sales) held down
+   for ``CHAOS_DOWN_SECONDS``, then started again and its backlog drained.
+
+Then it waits for the platform to converge (bounded) and reports, per fault: what the
+clients saw (HTTP status counts while it lasted), the recovery time, and lost / doubled
+effects of the lead-qualified handoff for the leads qualified while it lasted (read-only
+queries of leads' and sales' databases: this is ops tooling, not a service); the backlog
+drain rate after the department returned; and analytics' difference from the
+departments' own counts. Figures go to ``bench/results/chaos.{txt,json}``.
+
+Every loop and wait is bounded; the whole run stops by itself. Settings (environment):
+``CHAOS_LEADS`` (10000), ``CHAOS_RATE`` leads/s offered (8: the load lasts about as long as
+the faults), ``CHAOS_CLIENTS`` (32),
+``CHAOS_KILLS`` (50), ``CHAOS_KILL_INTERVAL`` seconds between kills (2),
+``CHAOS_DOWN_SERVICE`` (sales), ``CHAOS_DOWN_SECONDS`` (600), ``CHAOS_CONVERGE_SECONDS``
+(300), ``CHAOS_SEED`` (random), ports ``CRM_CHAOS_KAFKA_PORT`` (19692),
+``CRM_CHAOS_MONGO_PORT`` (27517), ``CRM_CHAOS_GATEWAY_PORT`` (18580),
+``CRM_CHAOS_SERVICE_PORT_BASE`` (18500), data ``CRM_CHAOS_HOME`` (.local/chaos).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from crm_platform.devinfra.embedded import EmbeddedInfra
+from crm_platform.devinfra.journey import DEMO_USERS, Gateway, seed_rosters, seed_users
+from crm_platform.devinfra.launcher import Platform, pid_alive
+from crm_platform.devinfra.supervisor import RestartPolicy, Supervisor
+from crm_platform.kafka import ensure_topics
+from crm_platform.testing import EMBEDDED_IDLE_BACKOFF_MS
+from pymongo import MongoClient
+
+ROOT = Path(__file__).resolve().parents[1]
+HOME = Path(os.environ.get("CRM_CHAOS_HOME", ROOT / ".local/chaos"))
+RESULTS = ROOT / "bench/results"
+RECOVERY_TIMEOUT = 120.0  # seconds a fault may take to recover before it is reported as not recovered
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, str(default)))
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, str(default)))
+
+
+@dataclass(frozen=True)
+class Config:
+    leads: int = field(default_factory=lambda: _env_int("CHAOS_LEADS", 10_000))
+    rate: float = field(default_factory=lambda: _env_float("CHAOS_RATE", 8.0))
+    clients: int = field(default_factory=lambda: _env_int("CHAOS_CLIENTS", 32))
+    kills: int = field(default_factory=lambda: _env_int("CHAOS_KILLS", 50))
+    kill_interval: float = field(default_factory=lambda: _env_float("CHAOS_KILL_INTERVAL", 2.0))
+    down_service: str = field(default_factory=lambda: os.environ.get("CHAOS_DOWN_SERVICE", "sales"))
+    down_seconds: float = field(default_factory=lambda: _env_float("CHAOS_DOWN_SECONDS", 600.0))
+    converge_seconds: float = field(default_factory=lambda: _env_float("CHAOS_CONVERGE_SECONDS", 300.0))
+    seed: int = field(default_factory=lambda: _env_int("CHAOS_SEED", random.randrange(1 << 30)))
+    kafka_port: int = field(default_factory=lambda: _env_int("CRM_CHAOS_KAFKA_PORT", 19692))
+    mongo_port: int = field(default_factory=lambda: _env_int("CRM_CHAOS_MONGO_PORT", 27517))
+    gateway_port: int = field(default_factory=lambda: _env_int("CRM_CHAOS_GATEWAY_PORT", 18580))
+    service_port_base: int = field(default_factory=lambda: _env_int("CRM_CHAOS_SERVICE_PORT_BASE", 18500))
+
+
+@dataclass
+class Phase:
+    name: str
+    started: float
+    ended: float | None = None
+    recovery_seconds: float | None = None  # injection -> everything answers again (None: not recovered)
+    statuses: Counter[str] = field(default_factory=Counter)  # what clients saw while it lasted
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Chaos:
+    """One run: infrastructure, platform, load, faults, measurements."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.random = random.Random(config.seed)
+        self.infra = EmbeddedInfra(HOME, config.kafka_port, config.mongo_port)
+        self.platform = Platform(
+            self.infra.kafka_bootstrap,
+            self.infra.mongodb_uri,
+            HOME / "logs",
+            gateway_port=config.gateway_port,
+            service_port_base=config.service_port_base,
+            consumer_idle_backoff_ms=EMBEDDED_IDLE_BACKOFF_MS,
+        )
+        self.supervisor: Supervisor | None = None
+        self.stopping = threading.Event()
+        self.phases: list[Phase] = [Phase("warm-up (no fault)", time.monotonic())]
+        self.qualified_in: dict[str, str] = {}  # lead id -> phase it qualified in
+        self.unqualified = 0  # leads the load gave up on (client-visible failures, not losses)
+        self.load_done: float | None = None
+        self.tokens: dict[str, str] = {}
+
+    @property
+    def phase(self) -> Phase:
+        return self.phases[-1]
+
+    # -- set-up and tear-down -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if HOME.exists():
+            self.infra.stop()
+            shutil.rmtree(HOME)
+        say(f"embedded broker and mongod under {HOME} (kafka {self.infra.kafka_bootstrap})")
+        self.infra.start()
+        ensure_topics(self.infra.kafka_bootstrap, replication_factor=1)
+        self.platform.start()
+        self.platform.wait_ready(timeout=120)
+        self.supervisor = Supervisor(
+            self.platform, RestartPolicy(initial_delay=0.5, max_delay=10.0, max_attempts=100)
+        )
+        threading.Thread(target=self.supervisor.run, args=(self.stopping, 0.2), daemon=True).start()
+        gw = Gateway(self.platform.url("gateway"))
+        try:
+            seed_users(gw)
+            seed_rosters(gw)
+            # One trial signup qualifies a lead: each lead is exactly one handoff.
+            rules = gw.get("maria", "/api/leads/scoring-rules")
+            gw.call("maria", "PUT", "/api/leads/scoring-rules", {**_rules_body(rules), "threshold": 40})
+            self.tokens = dict(gw.tokens)
+        finally:
+            gw.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.platform.stop()
+        self.infra.stop()
+
+    # -- the load -----------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        c = self.config
+        sem = asyncio.Semaphore(c.clients)
+        limits = httpx.Limits(max_connections=c.clients, max_keepalive_connections=c.clients)
+        async with httpx.AsyncClient(
+            base_url=self.platform.url("gateway"), limits=limits, timeout=10
+        ) as http:
+            tasks = []
+            started = time.monotonic()
+            for i in range(c.leads):
+                delay = started + i / c.rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await sem.acquire()
+                task = asyncio.create_task(self._one_lead(http, i))
+                task.add_done_callback(lambda _: sem.release())
+                tasks.append(task)
+            await asyncio.gather(*tasks)
+        self.load_done = time.monotonic()
+
+    async def _one_lead(self, http: httpx.AsyncClient, i: int) -> None:
+        body = {
+            "name": f"Chaos Lead{i}",
+            "email": f"chaos-{self.config.seed}-{i}@example.com",  # a retried capture merges by email
+            "company": "Chaos GmbH",
+            "source_channel": "web_form",
+            "consent": {"marketing_email": True},
+        }
+        lead = await self._request(http, "POST", "/api/leads/leads", body)
+        if lead is None:
+            self.unqualified += 1
+            return
+        lead_id = str(lead["lead"]["id"])
+        for _ in range(8):  # bounded retries of the qualifying behaviour
+            phase = self.phase.name
+            out = await self._request(
+                http, "POST", f"/api/leads/leads/{lead_id}/behaviours", {"behaviour": "trial_signup"}
+            )
+            if out is not None and (
+                out.get("qualified_now") or (out.get("lead") or {}).get("status") == "qualified"
+            ):
+                self.qualified_in.setdefault(lead_id, phase)
+                return
+            if out is not None:
+                break  # answered, not qualified: nothing a retry would change
+        self.unqualified += 1
+
+    async def _request(self, http: httpx.AsyncClient, method: str, path: str, body: Any) -> Any:
+        """One request with bounded retries; every answer is counted in the current phase."""
+        for attempt in range(8):
+            headers = {"Authorization": f"Bearer {self.tokens['maria']}"}
+            try:
+                r = await http.request(method, path, json=body, headers=headers)
+            except httpx.HTTPError as exc:
+                self.phase.statuses[type(exc).__name__] += 1  # the phase the answer came in
+            else:
+                self.phase.statuses[str(r.status_code)] += 1
+                if r.status_code < 300:
+                    return r.json()
+                if r.status_code == 401:
+                    await self._relogin(http)
+                elif r.status_code < 500 and r.status_code != 429:
+                    return None
+            await asyncio.sleep(min(0.5 * 2**attempt, 5.0))
+        return None
+
+    async def _relogin(self, http: httpx.AsyncClient) -> None:
+        password = DEMO_USERS["maria"][0]
+        try:
+            r = await http.post("/auth/login", json={"username": "maria", "password": password})
+            if r.status_code == 200:
+                self.tokens["maria"] = r.json()["access_token"]
+        except httpx.HTTPError:
+            pass
+
+    # -- the faults ---------------------------------------------------------------------------------
+
+    def _begin(self, name: str) -> Phase:
+        self.phase.ended = time.monotonic()
+        phase = Phase(name, time.monotonic())
+        self.phases.append(phase)
+        say(f"fault: {name}")
+        return phase
+
+    def _recovered(self, phase: Phase, injected: float, names: tuple[str, ...] | None = None) -> None:
+        phase.recovery_seconds = self._wait_ready(names, injected)
+        shown = "NOT recovered" if phase.recovery_seconds is None else f"{phase.recovery_seconds:.1f} s"
+        say(f"  recovered: {shown}")
+
+    def _wait_ready(self, names: tuple[str, ...] | None, since: float) -> float | None:
+        http_names = [
+            n for n in (names or tuple(self.platform.procs)) if self.platform.spec(n).port_offset is not None
+        ]
+        deadline = since + RECOVERY_TIMEOUT
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if all(_ready(client, self.platform.url(n)) for n in http_names):
+                    return time.monotonic() - since
+                time.sleep(0.1)
+        return None
+
+    def faults(self) -> None:
+        time.sleep(min(10.0, self.config.leads / self.config.rate / 10))  # some load before the first fault
+        self.kills()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            self.broker_restart(sig)
+        self.mongod_restart()
+        self.department_down()
+        self._begin("after the faults (no fault)")
+
+    def kills(self) -> None:
+        phase = self._begin(f"kills ({self.config.kills} x SIGKILL of a random service)")
+        assert self.supervisor is not None
+        recoveries: list[float] = []
+        victims: Counter[str] = Counter()
+        for _ in range(self.config.kills):
+            name = self.random.choice(sorted(self.platform.procs))
+            proc = self.platform.procs[name]
+            injected = time.monotonic()
+            os.kill(proc.pid, signal.SIGKILL)
+            victims[name] += 1
+            took = self._replaced(name, proc.pid, injected)
+            if took is not None and self.platform.spec(name).port_offset is not None:
+                took = self._wait_ready((name,), injected)  # the worker has no HTTP: restarted is all we see
+            if took is not None:
+                recoveries.append(took)
+            time.sleep(self.config.kill_interval)
+        phase.recovery_seconds = max(recoveries) if len(recoveries) == self.config.kills else None
+        phase.detail = {
+            "victims": dict(victims),
+            "recovered": len(recoveries),
+            "recovery_p50_s": _pct(recoveries, 0.5),
+            "recovery_max_s": max(recoveries, default=None),
+            "restarts_by_supervisor": {n: s.restarts for n, s in self.supervisor.states.items()},
+        }
+
+    def _replaced(self, name: str, old_pid: int, since: float) -> float | None:
+        """Seconds until the supervisor runs a new process for ``name`` (None: not in time)."""
+        deadline = since + RECOVERY_TIMEOUT
+        while time.monotonic() < deadline:
+            current = self.platform.procs.get(name)
+            if current is not None and current.pid != old_pid and current.poll() is None:
+                return time.monotonic() - since
+            time.sleep(0.05)
+        return None
+
+    def broker_restart(self, sig: signal.Signals) -> None:
+        phase = self._begin(f"broker-{sig.name.lower()} (stop, then start with the same command line)")
+        pid = self.infra.status()["kafka"]["pid"]
+        injected = time.monotonic()
+        if pid is not None:
+            os.kill(pid, sig)
+            deadline = time.monotonic() + 30
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        phase.detail["stopped_after_s"] = round(time.monotonic() - injected, 2)
+        self.infra.start_kafka()
+        self._recovered(phase, injected)
+        time.sleep(5)  # let consumers rejoin under load before the next fault
+
+    def mongod_restart(self) -> None:
+        phase = self._begin("mongod-restart (SIGTERM, then start)")
+        injected = time.monotonic()
+        self.infra.stop_mongo()
+        self.infra.start_mongo()
+        self._recovered(phase, injected)
+        time.sleep(5)
+
+    def department_down(self) -> None:
+        name = self.config.down_service
+        phase = self._begin(f"{name}-down ({self.config.down_seconds:.0f} s)")
+        assert self.supervisor is not None
+        self.supervisor.hold(name)
+        self.stopping.wait(self.config.down_seconds)
+        backlog_at_return = len(self.qualified_in) - self._inbox_leads()
+        returned = time.monotonic()
+        self.supervisor.release(name)
+        self._recovered(phase, returned, (name,))
+        phase.detail.update(self._drain(backlog_at_return, returned))
+
+    def _drain(self, backlog: int, since: float) -> dict[str, Any]:
+        """How fast the held department catches up once it is back (bounded)."""
+        deadline = since + max(RECOVERY_TIMEOUT, backlog / 2)
+        start_count = self._inbox_leads()
+        while time.monotonic() < deadline:
+            if self._inbox_leads() >= len(self.qualified_in):
+                break
+            time.sleep(0.5)
+        took = time.monotonic() - since
+        drained = self._inbox_leads() - start_count
+        return {
+            "backlog_at_return": backlog,
+            "drained": drained,
+            "drain_seconds": round(took, 1),
+            "drain_rate_per_s": round(drained / took, 1) if took > 0 else None,
+        }
+
+    # -- measurements (read-only) -------------------------------------------------------------------
+
+    def _db(self, service: str) -> Any:
+        client: MongoClient[dict[str, Any]] = MongoClient(
+            self.infra.mongodb_uri, serverSelectionTimeoutMS=5000
+        )
+        return client, client[service.replace("-", "_")]
+
+    def _inbox_leads(self) -> int:
+        client, db = self._db("sales")
+        try:
+            return len(db["inbox"].distinct("lead_id"))
+        except Exception:
+            return 0
+        finally:
+            client.close()
+
+    def converge(self) -> float:
+        """Wait until the receivers stop changing (bounded); returns how long it took."""
+        started = time.monotonic()
+        deadline = started + self.config.converge_seconds
+        last, stable_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now = self._inbox_leads()
+            if now != last:
+                last, stable_since = now, time.monotonic()
+            elif now >= len(self.qualified_in) or time.monotonic() - stable_since > 30:
+                break
+            time.sleep(1.0)
+        return time.monotonic() - started
+
+    def measure(self) -> dict[str, Any]:
+        leads_client, leads_db = self._db("leads")
+        sales_client, sales_db = self._db("sales")
+        try:
+            qualified_db = {
+                d["_id"] for d in leads_db["leads"].find({"qualified_at": {"$ne": None}}, {"_id": 1})
+            }
+            captured_db = leads_db["leads"].count_documents({})
+            per_lead: Counter[str] = Counter()
+            for item in sales_db["inbox"].find({}, {"lead_id": 1}):
+                per_lead[str(item["lead_id"])] += 1
+        finally:
+            leads_client.close()
+            sales_client.close()
+        for phase in self.phases:
+            mine = [lead for lead, p in self.qualified_in.items() if p == phase.name]
+            phase.detail["lead_qualified"] = {
+                "qualified": len(mine),
+                "lost": sum(1 for lead in mine if per_lead[lead] == 0),
+                "doubled": sum(1 for lead in mine if per_lead[lead] > 1),
+            }
+        analytics = self._analytics()
+        return {
+            "lead_qualified_total": {
+                "qualified_in_leads_db": len(qualified_db),
+                "distinct_in_sales_inbox": len(per_lead),
+                "lost": len(qualified_db - set(per_lead)),
+                "doubled": sum(1 for n in per_lead.values() if n > 1),
+                "inbox_items_for_unknown_leads": len(set(per_lead) - qualified_db),
+            },
+            "analytics_vs_departments": {
+                "captured": _diff(analytics.get("captured"), captured_db),
+                "qualified": _diff(analytics.get("qualified"), len(qualified_db)),
+            },
+        }
+
+    def _analytics(self) -> dict[str, int]:
+        token = self.tokens.get("ana")
+        try:
+            r = httpx.get(
+                f"{self.platform.url('gateway')}/api/analytics/funnel",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            )
+            return dict(r.json()["stages"]) if r.status_code == 200 else {}
+        except (httpx.HTTPError, KeyError, ValueError):
+            return {}
+
+
+def _rules_body(rules: dict[str, Any]) -> dict[str, Any]:
+    return {"rules": rules["rules"], "note": "chaos: one trial signup qualifies"}
+
+
+def _ready(client: httpx.Client, url: str) -> bool:
+    try:
+        return client.get(f"{url}/readyz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+
+def _diff(analytics: int | None, department: int) -> dict[str, Any]:
+    return {
+        "analytics": analytics,
+        "department": department,
+        "difference": None if analytics is None else analytics - department,
+    }
+
+
+def report(chaos: Chaos, totals: dict[str, Any], converge_s: float, elapsed: float) -> str:
+    c = chaos.config
+    lines = [
+        f"make chaos: {c.leads} leads offered at {c.rate:g}/s through the gateway, {c.kills} kills, "
+        f"{c.down_service} down {c.down_seconds:g} s (seed {c.seed}); {elapsed / 60:.1f} min in all",
+        f"leads qualified: {len(chaos.qualified_in)}, given up by the load: {chaos.unqualified}; "
+        f"converged (or gave up waiting) after {converge_s:.0f} s",
+        "",
+        f"{'fault':<58} {'recovery':>9}  {'qualified':>9} {'lost':>5} {'doubled':>7}  clients saw",
+    ]
+    for p in chaos.phases:
+        lq = p.detail.get("lead_qualified", {})
+        rec = (
+            "-"
+            if p.name.endswith("(no fault)")
+            else ("NOT" if p.recovery_seconds is None else f"{p.recovery_seconds:.1f} s")
+        )
+        seen = ", ".join(f"{k}: {v}" for k, v in sorted(p.statuses.items()))
+        lines.append(
+            f"{p.name:<58} {rec:>9}  {lq.get('qualified', 0):>9} {lq.get('lost', 0):>5} "
+            f"{lq.get('doubled', 0):>7}  {seen}"
+        )
+        extra = {k: v for k, v in p.detail.items() if k != "lead_qualified"}
+        if extra:
+            lines.append(f"    {json.dumps(extra, default=str)}")
+    t = totals["lead_qualified_total"]
+    lines += [
+        "",
+        f"lead-qualified handoff after convergence: {t['qualified_in_leads_db']} qualified in leads' DB, "
+        f"{t['distinct_in_sales_inbox']} distinct in sales' inbox: lost {t['lost']}, doubled {t['doubled']}",
+        "analytics vs the departments' own counts: "
+        + ", ".join(
+            f"{k} {v['analytics']} vs {v['department']} (difference {v['difference']})"
+            for k, v in totals["analytics_vs_departments"].items()
+        ),
+        "Not exercised: the lead-verdict, deal-won, upsell and commitment handoffs "
+        "(the load only qualifies leads).",
+    ]
+    return "\n".join(lines)
+
+
+async def run(chaos: Chaos) -> tuple[dict[str, Any], float]:
+    load = asyncio.create_task(chaos.load())
+    await asyncio.to_thread(chaos.faults)
+    await load
+    chaos.phase.ended = time.monotonic()
+    say("load finished; waiting for the receivers to converge ...")
+    converge_s = await asyncio.to_thread(chaos.converge)
+    return chaos.measure(), converge_s
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("crm.supervisor").setLevel(logging.INFO)
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or os.environ.get("MONGODB_URI"):
+        print(
+            "make chaos runs only on its own embedded broker and mongod; "
+            "unset KAFKA_BOOTSTRAP_SERVERS and MONGODB_URI"
+        )
+        return 2
+    config = Config()
+    chaos = Chaos(config)
+    started = time.monotonic()
+    say(f"chaos settings: {json.dumps(asdict(config))}")
+    try:
+        chaos.start()
+        totals, converge_s = asyncio.run(run(chaos))
+    finally:
+        chaos.stop()
+    text = report(chaos, totals, converge_s, time.monotonic() - started)
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "chaos.txt").write_text(text + "\n")
+    (RESULTS / "chaos.json").write_text(
+        json.dumps(
+            {
+                "config": asdict(config),
+                "phases": [
+                    {**asdict(p), "statuses": dict(p.statuses), "started": None, "ended": None}
+                    for p in chaos.phases
+                ],
+                "totals": totals,
+                "leads_qualified": len(chaos.qualified_in),
+                "leads_given_up_by_load": chaos.unqualified,
+                "converge_seconds": round(converge_s, 1),
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "cpu_count": os.cpu_count(),
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    say(f"written: {RESULTS / 'chaos.txt'}, {RESULTS / 'chaos.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
