@@ -70,11 +70,10 @@ def restart(name: str) -> int:
         print(f"the supervisor (pid {supervisor}) did not pick up the request", file=sys.stderr)
         return 1
     pid = read_pidfile(PIDFILE).get(name)
-    if platform.spec(name).port_offset is not None:
-        platform.procs = {}
-        if not _wait_http_ready(f"{platform.url(name)}/readyz", deadline):
-            print(f"{name} restarted (pid {pid}) but is not ready yet; see {platform.logfile(name)}")
-            return 1
+    has_http = platform.spec(name).port_offset is not None
+    if has_http and not _wait_http_ready(f"{platform.url(name)}/readyz", deadline):
+        print(f"{name} restarted (pid {pid}) but is not ready yet; see {platform.logfile(name)}")
+        return 1
     print(f"{name} restarted (pid {pid}); log {platform.logfile(name)}")
     return 0
 
