@@ -88,10 +88,16 @@ CRM_METRICS = frozenset(
         "crm_dead_lettered_total",
         "crm_consumer_lag",
         "crm_handoff_transport_latency_seconds",
+        "crm_handoff_resent_total",
+        "crm_handoffs_unreceipted",
+        "crm_handoff_unreceipted_oldest_seconds",
+        "crm_handoffs_resend_exhausted",
         "crm_http_requests_total",
         "crm_http_request_seconds",
         "crm_analytics_handoff_latency_seconds",
         "crm_analytics_funnel",
+        "crm_analytics_reconciliation_difference",
+        "crm_analytics_reconciliation_timestamp_seconds",
     }
 )
 HISTOGRAMS = frozenset(

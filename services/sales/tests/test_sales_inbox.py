@@ -4,7 +4,7 @@ redelivery, re-qualification after a recycle, and dead letters."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
 import pytest
@@ -468,3 +468,35 @@ async def test_a_lead_handed_off_again_while_pending_refreshes_its_item(sales: S
     assert item is not None
     assert item["id"] == str(env1.event_id)
     assert item["company"] == "Renamed Engines"
+
+
+async def test_a_re_sent_handoff_older_than_the_inbox_item_does_not_resurrect_the_lead(
+    sales: Sales, kafka_bootstrap: str
+) -> None:
+    """The sender re-sends a handoff whose first publish was lost; it arrives after a newer one."""
+    rep = sales.uid("otto")
+    await sales.activate(rep)
+    lead = sales.uid("lead")
+    stale = envelope_for(
+        make_qualified_again(lead),
+        source="leads",
+        correlation_id=f"journey-{lead}",
+        occurred_at=datetime.now(UTC) - timedelta(minutes=5),
+    )
+    newer, _ = await sales.qualify(lead)
+    await sales.assign(lead, rep)
+    r = await sales.client.post(
+        f"/inbox/{lead}/recycle", json={"reason_code": "bad_timing"}, headers=sales.rep(rep)
+    )
+    assert r.status_code == 200, r.text
+
+    await produce_envelope(kafka_bootstrap, LEAD_QUALIFIED, stale)
+
+    async def handled() -> bool:
+        return await sales.runtime.db[PROCESSED].count_documents({"_id": str(stale.event_id)}) == 1
+
+    await eventually(handled, what="the stale handoff handled")
+    items = await sales.runtime.db[repo.INBOX].find({"lead_id": lead}).to_list()
+    assert [i["_id"] for i in items] == [newer["id"]], "no second inbox item from the stale handoff"
+    assert items[0]["status"] == "recycled"
+    assert items[0]["superseded_event_ids"] == [str(stale.event_id)]

@@ -6,6 +6,10 @@
   quantile "0.5", "0.95", "0.99"; kind is ``transport`` or ``business``
 - ``crm_analytics_handoff_latency_samples{handoff,kind}``: exact sample count
 - ``crm_analytics_snapshot_timestamp_seconds``: when the worker wrote the snapshot
+- ``crm_analytics_reconciliation_difference{figure}``: what the latest reconciliation found
+  the worker short of, per figure (``funnel:<stage>``, ``transport_samples:<handoff>``,
+  ``business_samples:<handoff>``), ``crm_analytics_reconciliation_repaired_facts`` and
+  ``crm_analytics_reconciliation_timestamp_seconds`` (see ``analytics.reconcile``)
 """
 
 from __future__ import annotations
@@ -33,15 +37,23 @@ class SnapshotCache:
         self._db = db
         self.timeout = timeout
         self.summary: dict[str, Any] | None = None
+        self.reconciliation: dict[str, Any] | None = None
 
     async def refresh(self) -> dict[str, Any]:
         doc = await asyncio.wait_for(store.read_snapshot(self._db()), timeout=self.timeout)
         self.summary = store.summary_from_document(doc)
         return self.summary
 
+    async def refresh_reconciliation(self) -> dict[str, Any] | None:
+        self.reconciliation = await asyncio.wait_for(
+            store.read_reconciliation(self._db()), timeout=self.timeout
+        )
+        return self.reconciliation
+
     async def refresh_quietly(self) -> None:
         try:
             await self.refresh()
+            await self.refresh_reconciliation()
         except Exception as exc:  # keep serving the last figures we had
             log.warning("cannot refresh the analytics snapshot for /metrics: %s", exc)
 
@@ -56,6 +68,8 @@ class AnalyticsCollector:
         return []  # nothing to describe before the first snapshot is read
 
     def collect(self) -> Iterator[Metric]:
+        if self.source is not None and self.source.reconciliation is not None:
+            yield from reconciliation_metrics(self.source.reconciliation)
         summary = self.source.summary if self.source is not None else None
         if summary is None:
             return
@@ -108,6 +122,32 @@ class AnalyticsCollector:
             )
             stamp.add_metric([], updated.timestamp())
             yield stamp
+
+
+def reconciliation_metrics(report: dict[str, Any]) -> Iterator[Metric]:
+    """The latest reconciliation: what the worker lacked per figure, and when it was checked."""
+    difference = GaugeMetricFamily(
+        "crm_analytics_reconciliation_difference",
+        "Replay of the log minus the worker's figure, found (and repaired) by the latest reconciliation",
+        labels=["figure"],
+    )
+    for figure, value in sorted(report.get("difference", {}).items()):
+        difference.add_metric([figure], value)
+    yield difference
+    repaired = GaugeMetricFamily(
+        "crm_analytics_reconciliation_repaired_facts",
+        "Facts the latest reconciliation added to the worker's tables",
+    )
+    repaired.add_metric([], report.get("repaired_facts", 0))
+    yield repaired
+    at = report.get("at")
+    if isinstance(at, datetime):
+        stamp = GaugeMetricFamily(
+            "crm_analytics_reconciliation_timestamp_seconds",
+            "When the latest reconciliation of the worker's figures against the log finished (unix time)",
+        )
+        stamp.add_metric([], at.timestamp())
+        yield stamp
 
 
 COLLECTOR = AnalyticsCollector()

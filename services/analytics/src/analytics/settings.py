@@ -49,6 +49,13 @@ class AnalyticsSettings(ServiceSettings):
         le=256,
         description="events in flight at once (each waits for its changelog writes)",
     )
+    reconcile_interval_seconds: float = Field(
+        default=3600.0,
+        validation_alias="CRM_ANALYTICS_RECONCILE_SECONDS",
+        ge=0,
+        description="replay the log and repair the facts every so often, and after each "
+        "table recovery; 0 turns reconciliation off",
+    )
     table_partitions: int = Field(
         # Changelog partitions must equal the source topics' partitions (faust maps
         # changelog partition n to source partition n when recovering).

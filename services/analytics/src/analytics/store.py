@@ -18,6 +18,8 @@ from analytics.domain.figures import Figures
 
 SNAPSHOTS = "snapshots"
 LATEST = "latest"
+# The latest reconciliation of the worker's facts against the log (analytics.reconcile).
+RECONCILIATIONS = "reconciliations"
 
 Doc = dict[str, Any]
 
@@ -52,3 +54,11 @@ async def write_snapshot(db: AsyncDatabase[Doc], doc: Doc) -> None:
 
 async def read_snapshot(db: AsyncDatabase[Doc]) -> Doc | None:
     return await db[SNAPSHOTS].find_one({"_id": LATEST})
+
+
+async def write_reconciliation(db: AsyncDatabase[Doc], report: Doc) -> None:
+    await db[RECONCILIATIONS].replace_one({"_id": LATEST}, {"_id": LATEST, **report}, upsert=True)
+
+
+async def read_reconciliation(db: AsyncDatabase[Doc]) -> Doc | None:
+    return await db[RECONCILIATIONS].find_one({"_id": LATEST})

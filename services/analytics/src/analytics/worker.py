@@ -10,7 +10,10 @@ State lives in three faust tables (in-memory store, changelog topics
 ``<app id>-{leads,deals,receipts}-changelog``) holding *facts* keyed by lead id,
 deal id and handoff event id; the figures are derived from the facts in memory and
 rebuilt from the tables after each recovery. A timer writes a snapshot of the
-figures to MongoDB about once a second, only when a figure changed.
+figures to MongoDB about once a second, only when a figure changed. After each
+recovery and every ``CRM_ANALYTICS_RECONCILE_SECONDS`` the facts are reconciled
+against a replay of the log (``analytics.reconcile``): what a lossy broker took
+from the changelog is put back and reported per figure.
 
 Run ONE worker per app id: the funnel is a global figure and the tables are not
 repartitioned, so two workers would each see half the partitions.
@@ -43,6 +46,7 @@ from pymongo import AsyncMongoClient
 from analytics import store
 from analytics.domain.engine import AnalyticsState, apply, rebuild_figures
 from analytics.domain.intake import HANDLER_ERROR, Accepted, dead_letter_headers, parse
+from analytics.reconcile import Reconciler, Report, committed_offsets, log_report, reconcile
 from analytics.settings import AnalyticsSettings
 
 log = logging.getLogger("crm.analytics.worker")
@@ -154,6 +158,10 @@ class AnalyticsWorker:
             self.source, name="analytics-events", concurrency=settings.agent_concurrency
         )(self._process)
         self.app.timer(settings.snapshot_interval_seconds, name="analytics-snapshot")(self.snapshot_tick)
+        # Replays the log against the facts after each recovery and every interval.
+        self.reconciler = Reconciler(interval_seconds=settings.reconcile_interval_seconds, run=self.reconcile)
+        self.app.timer(1.0, name="analytics-reconcile")(self.reconcile_tick)
+        self._recoveries = 0
         self.app.on_before_shutdown.connect(self._on_before_shutdown)
         self.recovered = False
         self._needs_rebuild = False
@@ -224,6 +232,8 @@ class AnalyticsWorker:
         # Called once per table after ALL tables are recovered: rebuild lazily, once.
         self._needs_rebuild = True
         self.recovered = True
+        self._recoveries += 1
+        self.reconciler.recovered()
 
     def _maybe_rebuild(self) -> None:
         if self._needs_rebuild:
@@ -237,6 +247,31 @@ class AnalyticsWorker:
                     "receipts": len(self.state.receipts),
                 },
             )
+
+    # -- reconciliation (analytics.reconcile) --------------------------------------
+    async def reconcile_tick(self) -> None:
+        if self.recovered:
+            await self.reconciler.tick()
+
+    async def reconcile(self) -> Report | None:
+        """Replay the log up to the committed offsets; merge, persist and report what was short."""
+        self._maybe_rebuild()
+        generation = self._recoveries
+        bootstrap = self.settings.kafka_bootstrap_servers
+        upto = await committed_offsets(bootstrap, self.settings.app_id, SOURCE_TOPICS)
+        report = await reconcile(
+            self.state, bootstrap, upto, may_merge=lambda: generation == self._recoveries
+        )
+        if report is None:
+            return None  # the tables were recovered again meanwhile: the next run checks them
+        # The repaired facts' changelog writes, taken before any await (see handle()).
+        pending = [fut for table in self.tables.values() for fut in table.take_unconfirmed()]
+        if pending:
+            await asyncio.gather(*pending)
+        report.worker = self.settings.app_id
+        await store.write_reconciliation(self.mongo[self.settings.database_name], report.document())
+        log_report(report)
+        return report
 
     # -- snapshots -----------------------------------------------------------------
     @property

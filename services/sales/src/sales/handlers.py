@@ -170,6 +170,15 @@ async def on_lead_qualified(tx: Tx, event: LeadQualifiedV1, envelope: Envelope) 
     """
     now = now_ms()
     payload = event.to_payload()
+    latest = await repo.load_latest_item(tx, event.lead_id)
+    if latest is not None and _latest_handoff_at(latest) > as_utc(envelope.occurred_at):
+        # A re-sent handoff (its first publish was lost) arriving after a newer handoff
+        # of the same lead: the newer one already superseded it; do not resurrect it.
+        await repo.update_item(
+            tx, latest["_id"], latest["status"], {"$push": {"superseded_event_ids": str(envelope.event_id)}}
+        )
+        log.info("lead %s: handoff %s is older than the inbox's; ignored", event.lead_id, envelope.event_id)
+        return
     pending = await repo.pending_item_for_lead(tx, event.lead_id)
     if pending is not None:
         await _refresh_pending(tx, pending, payload, event, envelope, now)
@@ -210,6 +219,12 @@ async def on_lead_qualified(tx: Tx, event: LeadQualifiedV1, envelope: Envelope) 
         )
 
 
+def _latest_handoff_at(item: Doc) -> datetime:
+    """When the newest handoff behind an inbox item occurred (a refresh moves it on)."""
+    when: datetime = item.get("last_handed_off_at") or item["handed_off_at"]
+    return as_utc(when)  # stored to the millisecond: compare like with like
+
+
 def _auto_assignment(owner: str, counter: int | None, now: datetime) -> Doc:
     return {
         "owner": owner,
@@ -223,7 +238,12 @@ def _auto_assignment(owner: str, counter: int | None, now: datetime) -> Doc:
 async def _refresh_pending(
     tx: Tx, pending: Doc, payload: Doc, event: LeadQualifiedV1, envelope: Envelope, now: datetime
 ) -> None:
-    sets: Doc = {"handoff": payload, "company": event.company, "updated_at": now}
+    sets: Doc = {
+        "handoff": payload,
+        "company": event.company,
+        "updated_at": now,
+        "last_handed_off_at": envelope.occurred_at,
+    }
     pushes: Doc = {"handoff_event_ids": str(envelope.event_id)}
     owner = None
     if pending["owner"] is None:

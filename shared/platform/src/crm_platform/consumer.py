@@ -39,7 +39,7 @@ from crm_contracts.topics import dead_letter_topic
 from pydantic import ValidationError
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
-from crm_platform import metrics
+from crm_platform import metrics, receipts
 from crm_platform.kafka import make_consumer, make_producer
 from crm_platform.logging import correlation_id_var
 from crm_platform.mongo import PROCESSED, Store, Tx, causation_var
@@ -292,6 +292,8 @@ class EventConsumer:
                     break
                 except DuplicateKeyError as exc:
                     if _is_ledger_duplicate(exc):
+                        if receiving:  # a re-sent handoff: its sender still waits for the receipt
+                            await receipts.confirm_again(self.store, envelope)
                         metrics.EVENTS_CONSUMED.labels(
                             self.config.service, record.topic, envelope.event_type, "duplicate"
                         ).inc()

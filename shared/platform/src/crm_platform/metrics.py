@@ -67,6 +67,26 @@ HANDOFF_TRANSPORT_LATENCY = Histogram(
     ["handoff", "from_department", "to_department"],
     buckets=LATENCY_BUCKETS,
 )
+HANDOFFS_RESENT = Counter(
+    "crm_handoff_resent",
+    "Handoffs published again (same event id) because no receipt came back in time",
+    ["service", "handoff"],
+)
+HANDOFFS_UNRECEIPTED = Gauge(
+    "crm_handoffs_unreceipted",
+    "Handoffs this service sent whose receipt has not arrived (in flight, re-sent or given up)",
+    ["service", "handoff"],
+)
+HANDOFF_UNRECEIPTED_OLDEST = Gauge(
+    "crm_handoff_unreceipted_oldest_seconds",
+    "Age of the oldest handoff this service sent without a receipt (0 when none)",
+    ["service", "handoff"],
+)
+HANDOFFS_GIVEN_UP = Gauge(
+    "crm_handoffs_resend_exhausted",
+    "Handoffs re-sent the maximum number of times and still without a receipt",
+    ["service", "handoff"],
+)
 HTTP_REQUESTS = Counter(
     "crm_http_requests",
     "HTTP requests served",

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from datetime import timedelta
 from typing import Any, TypeVar
 
-from crm_contracts import Envelope, Event, envelope_for
+from crm_contracts import HANDOFF_BY_EVENT_TYPE, Envelope, Event, envelope_for
 from crm_contracts.registry import model_for
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -28,6 +29,8 @@ Doc = dict[str, Any]
 
 OUTBOX = "outbox"
 PROCESSED = "processed_events"
+# Handoffs this service sent, tracked until their receipt arrives (crm_platform.receipts).
+HANDOFFS_SENT = "handoffs_sent"
 
 # The envelope being handled, so events emitted in reaction name it as their cause.
 causation_var: ContextVar[Envelope | None] = ContextVar("causation", default=None)
@@ -66,6 +69,9 @@ class Store:
         self.db: AsyncDatabase[Doc] = client[database]
         self.source = source
         self._on_commit: list[Callable[[], None]] = []
+        # When a handoff sent now is first checked for its receipt (the runtime
+        # sets it from CRM_HANDOFF_RESEND_AFTER_SECONDS).
+        self.receipt_grace = timedelta(seconds=120)
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Called after each transaction that emitted events (wakes the outbox relay)."""
@@ -93,6 +99,13 @@ class Store:
             result = await work(tx)
             if tx.emitted:
                 await self.db[OUTBOX].insert_many([outbox_doc(env) for env in tx.emitted], session=session)
+                sent = [
+                    handoff_doc(env, self.receipt_grace)
+                    for env in tx.emitted
+                    if env.event_type in HANDOFF_BY_EVENT_TYPE
+                ]
+                if sent:
+                    await self.db[HANDOFFS_SENT].insert_many(sent, session=session)
             emitted[:] = tx.emitted
             return result
 
@@ -103,9 +116,13 @@ class Store:
                 write_concern=WriteConcern("majority"),
             )
         if emitted:
-            for callback in self._on_commit:
-                callback()
+            self.wake()
         return result
+
+    def wake(self) -> None:
+        """Tell the outbox relay that events wait (after a commit or a re-send)."""
+        for callback in self._on_commit:
+            callback()
 
 
 def outbox_doc(env: Envelope) -> Doc:
@@ -117,4 +134,18 @@ def outbox_doc(env: Envelope) -> Doc:
         "envelope": env.model_dump(mode="json"),
         "published": False,
         "created_at": env.occurred_at,
+    }
+
+
+def handoff_doc(env: Envelope, grace: timedelta) -> Doc:
+    """The sender's record of one handoff, pending until its receipt arrives."""
+    return {
+        "_id": str(env.event_id),
+        "handoff": HANDOFF_BY_EVENT_TYPE[env.event_type].name,
+        "event_type": env.event_type,
+        "key": env.partition_key,
+        "state": "pending",
+        "created_at": env.occurred_at,
+        "resends": 0,
+        "next_check_at": env.occurred_at + grace,
     }

@@ -11,10 +11,12 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from crm_platform import receipts
 from crm_platform.consumer import AfterStore, ConsumerConfig, EventConsumer, Handler
 from crm_platform.kafka import ensure_topics_async, make_producer, pace_empty_fetches
 from crm_platform.mongo import Store, connect
@@ -68,6 +70,15 @@ class ServiceRuntime:
                 sub.handlers,
                 after_store=sub.after_store,
             )
+        self.receipts: receipts.HandoffTracker | None = None
+        department = self.subscription.department if self.subscription is not None else None
+        if department and s.handoff_receipts_enabled and s.consumer_enabled:
+            # Every department that receives handoffs sends some too: track them
+            # until their receipt comes back, re-send those that never do.
+            self.store.receipt_grace = timedelta(seconds=s.handoff_resend_after_seconds)
+            self.receipts = receipts.HandoffTracker(
+                self.store, s, department=department, wake_relay=self.relay.notify
+            )
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -76,6 +87,7 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         await self.store.ensure_platform_indexes()
+        await receipts.ensure_indexes(self.store.db)
         if self.indexes is not None:
             await self.indexes(self.store.db)
         if self.settings.provision_topics:
@@ -90,6 +102,8 @@ class ServiceRuntime:
         self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
         if self.consumer is not None:
             self._tasks.append(asyncio.create_task(self.consumer.run(), name="consumer"))
+        if self.receipts is not None:
+            self._tasks.append(asyncio.create_task(self.receipts.run(), name="handoff-receipts"))
         for job in self.background:
             self._tasks.append(asyncio.create_task(job(), name=getattr(job, "__name__", "job")))
         log.info("runtime started", extra={"database": self.settings.database_name})
@@ -98,6 +112,8 @@ class ServiceRuntime:
         await self.relay.stop()
         if self.consumer is not None:
             await self.consumer.stop()
+        if self.receipts is not None:
+            await self.receipts.stop()
         pending: set[asyncio.Task[None]] = set()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=10)

@@ -55,6 +55,19 @@ class ServiceSettings(BaseSettings):
     kafka_ssl_key_password: SecretStr | None = Field(default=None, validation_alias="KAFKA_SSL_KEY_PASSWORD")
     kafka_ssl_check_hostname: bool = Field(default=True, validation_alias="KAFKA_SSL_CHECK_HOSTNAME")
     kafka_allow_plaintext: bool = Field(default=False, validation_alias="CRM_KAFKA_ALLOW_PLAINTEXT")
+    # Handoff receipts (crm_platform.receipts): a handoff this service sent is
+    # published again, with the same event id, when no receipt came back in time.
+    handoff_receipts_enabled: bool = Field(default=True, validation_alias="CRM_HANDOFF_RECEIPTS_ENABLED")
+    handoff_resend_after_seconds: float = Field(
+        default=120.0, validation_alias="CRM_HANDOFF_RESEND_AFTER_SECONDS", gt=0
+    )
+    handoff_resend_max_backoff_seconds: float = Field(
+        default=3600.0, validation_alias="CRM_HANDOFF_RESEND_MAX_BACKOFF_SECONDS", gt=0
+    )
+    handoff_resend_max_attempts: int = Field(
+        default=8, validation_alias="CRM_HANDOFF_RESEND_MAX_ATTEMPTS", ge=0
+    )
+    handoff_check_seconds: float = Field(default=5.0, validation_alias="CRM_HANDOFF_CHECK_SECONDS", gt=0)
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> ServiceSettings:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from crm_contracts import Envelope, Event
@@ -135,3 +136,37 @@ def rebuild_figures(state: AnalyticsState) -> AnalyticsState:
         figures.add(receipt_contribution(ReceiptFact.from_json(doc)))
     state.figures = figures
     return state
+
+
+def merge_state(state: AnalyticsState, other: AnalyticsState) -> int:
+    """Fold every fact of ``other`` into ``state``; returns how many facts changed.
+
+    The folds are joins (earliest times, unions of sets), so merging the facts of
+    a replay of the log gives the state a replay into ``state`` itself would give:
+    what ``state`` lacked is added, nothing it had is taken away. Synchronous on
+    purpose: no other writer interleaves with a merge in one event loop.
+    """
+    changed = state.applied
+    for lead_id, doc in list(other.leads.items()):
+        if doc:
+            theirs = LeadFacts.from_json(doc)
+            _update_lead(state, lead_id, partial(LeadFacts.merged, other=theirs))
+    for deal_id, doc in list(other.deals.items()):
+        if doc:
+            deal = DealFacts.from_json(doc)
+            _update_deal(state, deal_id, partial(DealFacts.merged, other=deal))
+    for key, doc in list(other.receipts.items()):
+        receipt = ReceiptFact.from_json(doc)
+        if receipt is not None:
+            _update_receipt(state, key, receipt)
+    return state.applied - changed
+
+
+def figure_values(figures: Figures) -> dict[str, int]:
+    """The countable figures, by name: funnel stages and latency sample counts per handoff."""
+    values = {f"funnel:{stage}": count for stage, count in figures.funnel.items()}
+    for name, kinds in figures.handoff_summary().items():
+        for kind, stats in kinds.items():
+            if stats is not None:
+                values[f"{kind}_samples:{name}"] = int(stats["count"])
+    return values

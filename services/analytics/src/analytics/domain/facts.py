@@ -66,6 +66,22 @@ class LeadFacts:
             return self
         return replace(self, deal_ids=tuple(sorted({*self.deal_ids, deal_id})))
 
+    def merged(self, other: LeadFacts) -> LeadFacts:
+        """Everything either knows, as if both facts' events had been applied here."""
+        out = self
+        if other.captured_at is not None and other.capture_channel is not None:
+            out = out.with_capture(other.captured_at, other.capture_channel)
+        if other.qualified_at:
+            # The earliest time first, with its channel: later ones cannot change the channel.
+            channel = other.qualify_channel or ""
+            for at in other.qualified_at:
+                out = out.with_qualification(at, channel)
+        if other.accepted_at is not None:
+            out = out.with_acceptance(other.accepted_at)
+        for deal_id in other.deal_ids:
+            out = out.with_deal(deal_id)
+        return out
+
     def business_latency(self) -> float | None:
         """Handed off (qualified) -> accepted by sales, in seconds.
 
@@ -116,6 +132,15 @@ class DealFacts:
 
     def with_onboarding(self, at: float) -> DealFacts:
         return replace(self, onboarded_at=_earliest(self.onboarded_at, at))
+
+    def merged(self, other: DealFacts) -> DealFacts:
+        """Everything either knows, as if both facts' events had been applied here."""
+        out = self
+        if other.won_at is not None:
+            out = out.with_win(other.won_at, other.lead_id)
+        if other.onboarded_at is not None:
+            out = out.with_onboarding(other.onboarded_at)
+        return out
 
     def business_latency(self) -> float | None:
         """Deal won -> onboarding started by customer success, in seconds."""

@@ -1,0 +1,373 @@
+"""Handoff receipts as an end-to-end guarantee, on the sender's side.
+
+The outbox makes "stored, therefore published" hold; it cannot make "published,
+therefore received" hold when the broker loses an acknowledged write (an
+emulator stopped under traffic, a cluster with ``unclean.leader.election`` or
+``min.insync.replicas=1``): the outbox row says published and nobody notices.
+The receiver already stores a ``handoff.received`` receipt in the same
+transaction as the handoff's effect; this module closes the loop:
+
+1. **Track.** :meth:`Store.transaction` records every handoff a service emits in
+   ``handoffs_sent`` (same transaction as its outbox row), ``state: pending``.
+2. **Receipt.** :class:`HandoffTracker` consumes ``crm.platform.handoff-receipts``
+   in its own group (``<group>.handoff-receipts``), keeps the receipts whose
+   ``from_department`` is this service's department and marks those handoffs
+   ``receipted``. Marking is idempotent, so the listener needs no ledger.
+3. **Re-send.** A timer looks at pending handoffs whose check is due. One still in
+   the outbox backlog is not lost (the relay will publish it). One published
+   ``CRM_HANDOFF_RESEND_AFTER_SECONDS`` ago (doubling after each re-send, at most
+   ``CRM_HANDOFF_RESEND_MAX_BACKOFF_SECONDS``) without a receipt is put back in the
+   outbox as pending: the relay publishes it again with the SAME event id. After
+   ``CRM_HANDOFF_RESEND_MAX_ATTEMPTS`` re-sends it is given up (``resend_exhausted``)
+   and alerted on; a late receipt still marks it receipted.
+4. **Confirm duplicates.** A receiver whose ledger drops a re-sent handoff (it did
+   arrive; the receipt was what got lost) publishes that handoff's receipt again
+   (:func:`confirm_again`), so the sender stops re-sending.
+
+Each check runs in a transaction, so replicas of one service never re-send one
+handoff twice for one timeout. Metrics: ``crm_handoff_resent_total``,
+``crm_handoffs_unreceipted``, ``crm_handoff_unreceipted_oldest_seconds``,
+``crm_handoffs_resend_exhausted`` (see :mod:`crm_platform.metrics`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from crm_contracts import Envelope, utcnow
+from crm_contracts.events.platform import HandoffReceivedV1
+from crm_contracts.handoffs import HANDOFF_BY_EVENT_TYPE
+from crm_contracts.topics import HANDOFF_RECEIPTS
+from pymongo import ASCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+
+from crm_platform import metrics
+from crm_platform.kafka import make_consumer
+from crm_platform.mongo import HANDOFFS_SENT, OUTBOX, PROCESSED, Store, Tx
+from crm_platform.settings import ServiceSettings
+
+log = logging.getLogger("crm.receipts")
+
+PENDING, RECEIPTED, GAVE_UP = "pending", "receipted", "gave_up"
+RECEIPT_EVENT = HandoffReceivedV1.event_type
+RECEIPTED_KEPT = timedelta(days=7)  # receipted handoffs are kept a week for forensics
+
+Action = Literal["resend", "wait", "give_up", "gone"]
+
+
+@dataclass(frozen=True)
+class ResendPolicy:
+    after: timedelta
+    max_backoff: timedelta
+    max_attempts: int
+
+    @classmethod
+    def from_settings(cls, s: ServiceSettings) -> ResendPolicy:
+        return cls(
+            after=timedelta(seconds=s.handoff_resend_after_seconds),
+            max_backoff=timedelta(seconds=s.handoff_resend_max_backoff_seconds),
+            max_attempts=s.handoff_resend_max_attempts,
+        )
+
+    def wait(self, resends: int) -> timedelta:
+        """How long a publish may stay unreceipted after ``resends`` re-sends (doubling, capped)."""
+        return min(self.after * (2 ** min(resends, 32)), max(self.max_backoff, self.after))
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    next_check_at: datetime | None = None
+
+
+def decide(
+    policy: ResendPolicy, *, resends: int, outbox_row: dict[str, Any] | None, now: datetime
+) -> Decision:
+    """What to do with one pending handoff whose check is due (pure)."""
+    if outbox_row is None:
+        return Decision("gone")  # its outbox row expired or was removed: nothing to re-send
+    published_at = outbox_row.get("published_at")
+    if not outbox_row.get("published") or published_at is None:
+        return Decision("wait", now + policy.after)  # still in the backlog: late, not lost
+    due = published_at + policy.wait(resends)
+    if due > now:
+        return Decision("wait", due)
+    if resends >= policy.max_attempts:
+        return Decision("give_up")
+    return Decision("resend", now + policy.wait(resends + 1))
+
+
+async def ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
+    await db[HANDOFFS_SENT].create_index([("state", ASCENDING), ("next_check_at", ASCENDING)], name="due")
+    await db[HANDOFFS_SENT].create_index(
+        "receipted_at", expireAfterSeconds=int(RECEIPTED_KEPT.total_seconds()), name="receipted_ttl"
+    )
+    # The receiver finds the receipt it stored for a handoff (confirm_again).
+    await db[OUTBOX].create_index(
+        "envelope.payload.handoff_event_id",
+        name="receipt_of_handoff",
+        partialFilterExpression={"event_type": RECEIPT_EVENT},
+    )
+
+
+class HandoffTracker:
+    """Receipt listener + re-send timer for the handoffs one service sends."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: ServiceSettings,
+        *,
+        department: str,
+        wake_relay: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.department = department
+        self.service = settings.service_name
+        self.group_id = f"{settings.group_id}.handoff-receipts"
+        self.policy = ResendPolicy.from_settings(settings)
+        self.wake_relay = wake_relay
+        self._stopping = asyncio.Event()
+        self._seen_handoffs: set[str] = set()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        await asyncio.gather(self._listen(), self._resend_loop())
+
+    # -- receipts -----------------------------------------------------------------
+    def ours(self, raw_values: Iterable[Any]) -> list[str]:
+        """The handoff event ids receipted for this department, from raw receipt records."""
+        ids = []
+        for raw in raw_values:
+            try:
+                env = Envelope.from_bytes(raw)
+            except Exception:
+                continue  # not ours to judge: analytics dead-letters malformed receipts
+            if env.event_type != RECEIPT_EVENT or env.payload.get("from_department") != self.department:
+                continue
+            event_id = env.payload.get("handoff_event_id")
+            if isinstance(event_id, str):
+                ids.append(event_id)
+        return ids
+
+    async def mark_receipted(self, event_ids: list[str]) -> int:
+        result = await self.store.db[HANDOFFS_SENT].update_many(
+            {"_id": {"$in": event_ids}, "state": {"$in": [PENDING, GAVE_UP]}},
+            {"$set": {"state": RECEIPTED, "receipted_at": utcnow()}},
+        )
+        return result.modified_count
+
+    async def _listen(self) -> None:
+        backoff = 0.5
+        while not self._stopping.is_set():
+            consumer = make_consumer(
+                HANDOFF_RECEIPTS,
+                bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                group_id=self.group_id,
+                client_id=f"{self.service}-receipts",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
+            try:
+                await consumer.start()
+                backoff = 0.5
+                while not self._stopping.is_set():
+                    batches = await consumer.getmany(timeout_ms=500, max_records=500)
+                    if not batches:
+                        continue
+                    ids = self.ours(r.value for records in batches.values() for r in records)
+                    if ids:
+                        await self.mark_receipted(ids)
+                    await consumer.commit()  # only after the marks are stored
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "receipt listener %s failed (%s); retrying in %.1f s", self.group_id, exc, backoff
+                )
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                try:
+                    await consumer.stop()
+                except Exception as exc:
+                    log.debug("receipt consumer stop failed: %s", exc)
+
+    # -- re-sends -----------------------------------------------------------------
+    async def _resend_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.check_due()
+                await self.refresh_gauges()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("handoff receipt check failed (%s); retrying", exc)
+            await self._sleep(self.settings.handoff_check_seconds)
+
+    async def check_due(self, limit: int = 200) -> dict[str, int]:
+        """Check every pending handoff whose check is due; returns the count per action."""
+        now = utcnow()
+        cursor = (
+            self.store.db[HANDOFFS_SENT]
+            .find({"state": PENDING, "next_check_at": {"$lte": now}}, {"_id": 1})
+            .sort("next_check_at", 1)
+            .limit(limit)
+        )
+        counts: dict[str, int] = {}
+        for doc in await cursor.to_list():
+            action = await self._check_one(doc["_id"])
+            counts[action] = counts.get(action, 0) + 1
+        if counts.get("resend"):
+            self.wake_relay()
+        return counts
+
+    async def _check_one(self, event_id: str) -> str:
+        now = utcnow()
+        outcome: dict[str, Any] = {}
+
+        async def work(tx: Tx) -> str:
+            sent = tx.db[HANDOFFS_SENT]
+            doc = await sent.find_one({"_id": event_id, "state": PENDING}, session=tx.session)
+            if doc is None or doc["next_check_at"] > now:
+                return "skip"  # receipted meanwhile, or another replica checked it
+            row = await tx.db[OUTBOX].find_one(
+                {"event_id": event_id}, {"published": 1, "published_at": 1}, session=tx.session
+            )
+            decision = decide(self.policy, resends=doc["resends"], outbox_row=row, now=now)
+            outcome.update(doc)
+            if decision.action == "resend":
+                assert row is not None
+                await tx.db[OUTBOX].update_one(
+                    {"_id": row["_id"], "published": True},
+                    {"$set": {"published": False, "resent_at": now}, "$unset": {"published_at": ""}},
+                    session=tx.session,
+                )
+                update: dict[str, Any] = {
+                    "$set": {"next_check_at": decision.next_check_at, "last_resent_at": now},
+                    "$inc": {"resends": 1},
+                }
+            elif decision.action == "wait":
+                update = {"$set": {"next_check_at": decision.next_check_at}}
+            else:
+                update = {"$set": {"state": GAVE_UP, "gave_up_at": now, "gave_up_because": decision.action}}
+            await sent.update_one({"_id": event_id}, update, session=tx.session)
+            return decision.action
+
+        action = await self.store.transaction(work)
+        self._report(action, event_id, outcome)
+        return action
+
+    def _report(self, action: str, event_id: str, doc: dict[str, Any]) -> None:
+        handoff = str(doc.get("handoff", "?"))
+        fields = {"handoff": handoff, "event_id": event_id, "key": doc.get("key")}
+        if action == "resend":
+            metrics.HANDOFFS_RESENT.labels(self.service, handoff).inc()
+            log.warning(
+                "handoff %s %s has no receipt: published again (re-send %d of at most %d)",
+                handoff,
+                event_id,
+                int(doc.get("resends", 0)) + 1,
+                self.policy.max_attempts,
+                extra=fields,
+            )
+        elif action in ("give_up", "gone"):
+            log.error(
+                "handoff %s %s still has no receipt after %d re-sends: given up (%s), needs an operator",
+                handoff,
+                event_id,
+                int(doc.get("resends", 0)),
+                "outbox row gone" if action == "gone" else "max attempts reached",
+                extra=fields,
+            )
+
+    async def refresh_gauges(self) -> None:
+        rows = await (
+            await self.store.db[HANDOFFS_SENT].aggregate(
+                [
+                    {"$match": {"state": {"$in": [PENDING, GAVE_UP]}}},
+                    {
+                        "$group": {
+                            "_id": {"handoff": "$handoff", "state": "$state"},
+                            "count": {"$sum": 1},
+                            "oldest": {"$min": "$created_at"},
+                        }
+                    },
+                ]
+            )
+        ).to_list()
+        now = utcnow()
+        unreceipted: dict[str, int] = dict.fromkeys(self._seen_handoffs, 0)
+        given_up: dict[str, int] = dict.fromkeys(self._seen_handoffs, 0)
+        oldest: dict[str, float] = dict.fromkeys(self._seen_handoffs, 0.0)
+        for row in rows:
+            handoff, state = row["_id"]["handoff"], row["_id"]["state"]
+            unreceipted[handoff] = unreceipted.get(handoff, 0) + row["count"]
+            if state == GAVE_UP:
+                given_up[handoff] = row["count"]
+            age = max(0.0, (now - row["oldest"]).total_seconds())
+            oldest[handoff] = max(oldest.get(handoff, 0.0), age)
+        for handoff, count in unreceipted.items():
+            metrics.HANDOFFS_UNRECEIPTED.labels(self.service, handoff).set(count)
+            metrics.HANDOFFS_GIVEN_UP.labels(self.service, handoff).set(given_up.get(handoff, 0))
+            metrics.HANDOFF_UNRECEIPTED_OLDEST.labels(self.service, handoff).set(oldest.get(handoff, 0.0))
+        self._seen_handoffs |= set(unreceipted)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+
+async def confirm_again(store: Store, envelope: Envelope) -> str:
+    """A handoff this receiver already stored arrived again: publish its receipt again.
+
+    The sender re-sends a handoff when no receipt reached it; when the handoff did
+    arrive, the receiver's ledger drops the copy, and without a new receipt the
+    sender would re-send until it gives up. The receipt stored with the effect is
+    put back in the outbox (the same receipt event, so analytics counts it once);
+    if its outbox row has expired, a new receipt with the originally stored time
+    is emitted. Idempotent: a receipt still waiting in the outbox is left alone.
+    Returns ``republished``, ``pending`` or ``emitted``.
+    """
+    event_id = str(envelope.event_id)
+    query = {"event_type": RECEIPT_EVENT, "envelope.payload.handoff_event_id": event_id}
+    row = await store.db[OUTBOX].find_one(query, {"published": 1})
+    if row is not None:
+        if not row.get("published"):
+            return "pending"
+        await store.db[OUTBOX].update_one(
+            {"_id": row["_id"], "published": True},
+            {"$set": {"published": False}, "$unset": {"published_at": ""}},
+        )
+        store.wake()
+        return "republished"
+    ledger = await store.db[PROCESSED].find_one({"_id": event_id}, {"processed_at": 1})
+    stored_at = ledger["processed_at"] if ledger and ledger.get("processed_at") else utcnow()
+    handoff = HANDOFF_BY_EVENT_TYPE[envelope.event_type]
+
+    async def work(tx: Tx) -> None:
+        tx.emit(
+            HandoffReceivedV1(
+                handoff=handoff.name,
+                handoff_event_id=event_id,
+                handoff_event_type=envelope.event_type,
+                from_department=handoff.from_department,
+                to_department=handoff.to_department,
+                occurred_at=envelope.occurred_at,
+                stored_at=stored_at,
+                transport_latency_seconds=max(0.0, (stored_at - envelope.occurred_at).total_seconds()),
+            )
+        )
+
+    await store.transaction(work)
+    return "emitted"

@@ -1,0 +1,261 @@
+"""Handoff receipts end to end: a handoff the broker lost is re-sent and arrives once.
+
+Real broker, real mongod, two departments built on the platform: a sender
+(marketing) that emits ``lead.qualified`` and a receiver (sales) that stores one
+effect per handoff event and emits the ``handoff.received`` receipt.
+
+How a loss is simulated: the broker losing an acknowledged write looks, from the
+sender, exactly like an outbox row marked published whose record never reaches
+anyone. The test makes that state directly: while another "replica" holds the
+outbox lease (so the relay cannot publish), the event is stored, then its outbox
+row is marked published without being sent, then the lease is released. The
+same trick on the receiver's side loses its receipt.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from crm_contracts import Envelope, utcnow
+from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason
+from crm_contracts.events.leads import LeadQualifiedV1
+from crm_contracts.topics import HANDOFF_RECEIPTS, LEAD_VERDICT
+from crm_platform.mongo import HANDOFFS_SENT, OUTBOX, PROCESSED, Tx
+from crm_platform.outbox import LEASE
+from crm_platform.runtime import ServiceRuntime, Subscription
+from crm_platform.settings import ServiceSettings
+from crm_platform.testing import TopicReader, eventually
+from prometheus_client import REGISTRY
+
+pytestmark = pytest.mark.integration
+
+RESEND_FAST = {"CRM_HANDOFF_RESEND_AFTER_SECONDS": 1, "CRM_HANDOFF_CHECK_SECONDS": 0.2}
+
+
+async def record_qualified(tx: Tx, event: LeadQualifiedV1, envelope: Envelope) -> None:
+    await tx.db["effects"].update_one(
+        {"_id": str(envelope.event_id)},
+        {"$inc": {"count": 1}, "$set": {"lead_id": event.lead_id}},
+        upsert=True,
+        session=tx.session,
+    )
+
+
+def qualified(lead_id: str) -> LeadQualifiedV1:
+    return LeadQualifiedV1(
+        lead_id=lead_id,
+        contact=Contact(name="Ada", email=f"{lead_id}@example.com"),
+        company="Acme",
+        score=72,
+        threshold=60,
+        score_reasons=[ScoreReason(behaviour=Behaviour.TRIAL_SIGNUP, count=1, points=40)],
+        source_channel="web",
+        behaviour_summary={Behaviour.TRIAL_SIGNUP: 1},
+        consent=Consent(marketing_email=True),
+        qualified_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+
+async def start_at_end(bootstrap: str, group: str, *topics: str) -> None:
+    """Commit the topics' current end for ``group``: its first run skips the shared history."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [
+            TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])
+        ]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        await consumer.commit(dict(ends))
+    finally:
+        await consumer.stop()
+
+
+async def pause_relay(runtime: ServiceRuntime) -> None:
+    """Another replica holds the outbox lease: this relay publishes nothing."""
+    expires = utcnow() + timedelta(hours=1)
+    await runtime.db[LEASE].replace_one(
+        {"_id": "relay"}, {"owner": "test-other-replica", "expires_at": expires}, upsert=True
+    )
+
+
+async def resume_relay(runtime: ServiceRuntime) -> None:
+    await runtime.db[LEASE].delete_one({"_id": "relay", "owner": "test-other-replica"})
+    runtime.relay.notify()
+
+
+async def lose_published(runtime: ServiceRuntime, query: dict[str, Any]) -> None:
+    """Mark stored events published although no broker has them: a lost acknowledged write."""
+    result = await runtime.db[OUTBOX].update_many(
+        {**query, "published": False}, {"$set": {"published": True, "published_at": utcnow()}}
+    )
+    assert result.modified_count == 1, query
+
+
+def resent_count(service: str) -> float:
+    labels = {"service": service, "handoff": "lead-qualified"}
+    return REGISTRY.get_sample_value("crm_handoff_resent_total", labels) or 0.0
+
+
+def duplicates(service: str, topic: str) -> float:
+    labels = {
+        "service": service,
+        "topic": topic,
+        "event_type": "lead.qualified",
+        "outcome": "duplicate",
+    }
+    return REGISTRY.get_sample_value("crm_events_consumed_total", labels) or 0.0
+
+
+class Departments:
+    """A sender (marketing) and a receiver (sales), each with its own database and groups.
+
+    The handoffs travel on a topic of the test's own: the suites share one broker, and
+    other suites' sales services (the e2e platform runs for the whole session) consume
+    the real lead-qualified topic and would receipt these handoffs too.
+    """
+
+    def __init__(
+        self,
+        make_settings: Callable[..., ServiceSettings],
+        bootstrap: str,
+        scratch_topics: Callable[[str], tuple[str, str]],
+    ) -> None:
+        run = uuid.uuid4().hex[:6]
+        self.bootstrap = bootstrap
+        self.sender_name = f"rcpt-marketing-{run}"
+        receiver_name = f"rcpt-sales-{run}"
+        self.topic, _ = scratch_topics(receiver_name)
+        sender_settings = make_settings(
+            self.sender_name, CRM_CONSUMER_GROUP=f"rcpt-marketing-{run}", **RESEND_FAST
+        )
+        receiver_settings = make_settings(receiver_name, CRM_CONSUMER_GROUP=f"rcpt-sales-{run}")
+        # The sender handles nothing in this test, but a department with a
+        # subscription is what gets receipt tracking.
+        self.sender = ServiceRuntime(
+            sender_settings,
+            subscription=Subscription(topics=[LEAD_VERDICT], handlers={}, department="marketing"),
+        )
+        self.receiver = ServiceRuntime(
+            receiver_settings,
+            subscription=Subscription(
+                topics=[self.topic], handlers={"lead.qualified": record_qualified}, department="sales"
+            ),
+        )
+
+    async def start(self) -> None:
+        assert self.sender.receipts is not None
+        await start_at_end(self.bootstrap, self.sender.receipts.group_id, HANDOFF_RECEIPTS)
+        await start_at_end(self.bootstrap, self.sender.settings.group_id, LEAD_VERDICT)
+        await self.receiver.start()
+        await self.sender.start()
+
+    async def stop(self) -> None:
+        await self.sender.stop()
+        await self.receiver.stop()
+
+    async def hand_off(self, lead_id: str, *, lost: bool = False) -> str:
+        """Marketing qualifies a lead; with ``lost`` the broker "loses" the publish."""
+
+        async def work(tx: Tx) -> str:
+            return str(tx.emit(qualified(lead_id)).event_id)
+
+        await pause_relay(self.sender)
+        event_id = await self.sender.store.transaction(work)
+        await self.sender.db[OUTBOX].update_one({"event_id": event_id}, {"$set": {"topic": self.topic}})
+        if lost:
+            await lose_published(self.sender, {"event_id": event_id})
+        await resume_relay(self.sender)
+        return event_id
+
+    async def effect(self, event_id: str) -> dict[str, Any] | None:
+        return await self.receiver.db["effects"].find_one({"_id": event_id})
+
+    async def tracked(self, event_id: str) -> dict[str, Any]:
+        doc = await self.sender.db[HANDOFFS_SENT].find_one({"_id": event_id})
+        assert doc is not None, "the sender tracks every handoff it emits"
+        return doc
+
+    async def receipted(self, event_id: str) -> dict[str, Any] | None:
+        doc = await self.tracked(event_id)
+        return doc if doc["state"] == "receipted" else None
+
+
+async def test_a_handoff_lost_by_the_broker_is_re_sent_and_arrives_once(
+    kafka_bootstrap: str,
+    make_settings: Callable[..., ServiceSettings],
+    scratch_topics: Callable[[str], tuple[str, str]],
+) -> None:
+    deps = Departments(make_settings, kafka_bootstrap, scratch_topics)
+    resent_before = resent_count(deps.sender_name)
+    await deps.start()
+    try:
+        event_id = await deps.hand_off(f"lost-{uuid.uuid4().hex[:8]}", lost=True)
+        assert (await deps.tracked(event_id))["state"] == "pending"
+
+        tracked = await eventually(
+            lambda: deps.receipted(event_id), timeout=45, what="the receipt of the re-sent handoff"
+        )
+        effect = await deps.effect(event_id)
+        ledger = await deps.receiver.db[PROCESSED].count_documents({"_id": event_id})
+    finally:
+        await deps.stop()
+
+    assert effect is not None
+    assert effect["count"] == 1, "the re-sent handoff has exactly one effect"
+    assert ledger == 1
+    assert tracked["resends"] == 1, "re-sent once, with the same event id"
+    assert resent_count(deps.sender_name) == resent_before + 1, "the re-send is counted"
+
+
+async def test_a_handoff_whose_receipt_was_lost_is_re_sent_dropped_and_receipted(
+    kafka_bootstrap: str,
+    make_settings: Callable[..., ServiceSettings],
+    scratch_topics: Callable[[str], tuple[str, str]],
+) -> None:
+    deps = Departments(make_settings, kafka_bootstrap, scratch_topics)
+    dropped_before = duplicates(deps.receiver.settings.service_name, deps.topic)
+    receipts = await TopicReader(kafka_bootstrap, HANDOFF_RECEIPTS).start()
+    await deps.start()
+    try:
+        await pause_relay(deps.receiver)  # the receipt will be stored, not published
+        event_id = await deps.hand_off(f"unreceipted-{uuid.uuid4().hex[:8]}")
+        await eventually(lambda: deps.effect(event_id), timeout=30, what="the handoff's effect")
+        receipt_query = {"event_type": "handoff.received", "envelope.payload.handoff_event_id": event_id}
+        await lose_published(deps.receiver, receipt_query)
+        await resume_relay(deps.receiver)
+
+        tracked = await eventually(
+            lambda: deps.receipted(event_id), timeout=45, what="the receipt confirmed again"
+        )
+        effect = await deps.effect(event_id)
+        receipt_rows = await deps.receiver.db[OUTBOX].find(receipt_query).to_list()
+        dropped = duplicates(deps.receiver.settings.service_name, deps.topic) - dropped_before
+
+        def delivered(_: list[Any]) -> list[Envelope] | None:
+            mine = [
+                e for e in receipts.envelopes("handoff.received") if e.payload["handoff_event_id"] == event_id
+            ]
+            return mine or None
+
+        seen = await receipts.wait_for(delivered, what="the receipt on the topic")
+    finally:
+        await deps.stop()
+        await receipts.stop()
+
+    assert effect is not None
+    assert effect["count"] == 1, "the duplicate had no second effect"
+    # The copy the ledger dropped is normally the sender's re-send; a redelivery of the
+    # original (a rebalance before the receiver's offset commit) confirms the receipt
+    # the same way, and then the sender has no need to re-send.
+    assert dropped >= 1, "a copy of the handoff reached the receiver and was dropped by its ledger"
+    assert tracked["resends"] >= 1 or dropped >= 1
+    assert len(receipt_rows) == 1, "the receiver stored one receipt, published again, not a new one"
+    original = receipt_rows[0]["event_id"]
+    assert {str(e.event_id) for e in seen} == {original}, "the sender got the original receipt"
