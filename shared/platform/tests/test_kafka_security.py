@@ -257,3 +257,54 @@ def test_production_accepts_tls_and_a_service_without_kafka(
         uses_kafka: ClassVar[bool] = False
 
     assert NoKafka().kafka_security.protocol == "PLAINTEXT"
+
+
+CLIENT_CLASSES = frozenset(
+    {
+        "AIOKafkaConsumer",
+        "AIOKafkaProducer",
+        "AIOKafkaAdminClient",
+        "KafkaAdminClient",
+        "KafkaConsumer",
+        "KafkaProducer",
+    }
+)
+# Probes of the embedded development broker, which speaks only PLAINTEXT.
+PLAINTEXT_ONLY = frozenset({"shared/platform/src/crm_platform/devinfra/embedded.py"})
+
+
+def _product_sources() -> list[Path]:
+    root = Path(kafka_module.__file__).resolve().parents[4]
+    folders = [*root.glob("shared/*/src"), *root.glob("services/*/src"), root / "bench", root / "scripts"]
+    return sorted(p for folder in folders for p in folder.rglob("*.py"))
+
+
+def test_no_kafka_client_is_built_without_the_security_settings() -> None:
+    """Every client construction outside the factories passes the security kwargs along."""
+    import ast
+
+    root = Path(kafka_module.__file__).resolve().parents[4]
+    unsafe: list[str] = []
+    for path in _product_sources():
+        relative = str(path.relative_to(root))
+        if relative in PLAINTEXT_ONLY:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), relative)):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if name in CLIENT_CLASSES and not any(
+                k.arg is None and "security" in ast.unparse(k.value).lower() for k in node.keywords
+            ):
+                unsafe.append(f"{relative}:{node.lineno} {name}(...)")
+            if (
+                name == "App"
+                and "faust" in ast.unparse(node.func)
+                and not any(k.arg == "broker_credentials" for k in node.keywords)
+            ):
+                unsafe.append(f"{relative}:{node.lineno} faust.App without broker_credentials")
+    assert not unsafe, (
+        "Kafka clients built without the security settings; use crm_platform.kafka.make_producer / "
+        "make_consumer / make_admin, or pass **KafkaSecurity.from_env().aiokafka_kwargs() "
+        "(kafka_python_kwargs() for kafka-python):\n" + "\n".join(unsafe)
+    )
