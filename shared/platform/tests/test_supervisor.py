@@ -215,13 +215,18 @@ HARNESS = textwrap.dedent(
     from test_supervisor import standin_platform
 
     tmp = Path(sys.argv[1])
-    platform = standin_platform(tmp, "alpha", "beta", "stubborn", stop_timeout=1.0)
+    platform = standin_platform(tmp, *sys.argv[2].split(","), stop_timeout=1.0)
     platform.start()
     pidfile = tmp / "platform.pids"
     platform.write_pids(pidfile, os.getpid())
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    Supervisor(platform, RestartPolicy(initial_delay=0.01), control_dir=tmp / "control").run(stopping, 0.02)
+    Supervisor(
+        platform,
+        RestartPolicy(initial_delay=0.01),
+        control_dir=tmp / "control",
+        on_change=lambda: platform.write_pids(pidfile, os.getpid()),  # as run_platform does
+    ).run(stopping, 0.02)
     pids = {n: p.pid for n, p in platform.procs.items()}
 
     def stop_infra():
@@ -233,10 +238,16 @@ HARNESS = textwrap.dedent(
 )
 
 
+def start_harness(tmp_path: Path, *names: str) -> subprocess.Popen[bytes]:
+    """A `make run` stand-in: supervisor + stand-in services, pid file and control dir in tmp_path."""
+    (tmp_path / "test_supervisor.py").write_text(Path(__file__).read_text())
+    return subprocess.Popen(
+        [sys.executable, "-c", HARNESS, str(tmp_path), ",".join(names)], start_new_session=True
+    )
+
+
 def test_make_stop_stops_every_service_before_the_broker_and_restarts_none(tmp_path: Path) -> None:
-    test_dir = Path(__file__).parent
-    (tmp_path / "test_supervisor.py").write_text((test_dir / "test_supervisor.py").read_text())
-    harness = subprocess.Popen([sys.executable, "-c", HARNESS, str(tmp_path)], start_new_session=True)
+    harness = start_harness(tmp_path, "alpha", "beta", "stubborn")
     try:
         pidfile = tmp_path / "platform.pids"
         until(lambda: len(read_pidfile(pidfile)) == 4, what="the pid file")
@@ -278,3 +289,46 @@ def test_a_held_process_stays_down_until_released(
     supervisor.release("alpha")
     assert pid_alive(platform.procs["alpha"].pid)
     assert platform.procs["beta"].poll() is None
+
+
+def test_make_restart_restarts_one_department_of_a_running_platform(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    monkeypatch.setenv("CRM_INFRA_HOME", str(tmp_path))
+    script = Path(__file__).resolve().parents[3] / "scripts" / "run_platform.py"
+    spec = importlib.util.spec_from_file_location("run_platform_under_test", script)
+    assert spec is not None
+    assert spec.loader is not None
+    run_platform = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_platform)
+
+    assert run_platform.restart("analytics-worker") == 1, "no supervisor running yet"
+    assert "no `make run` is running here" in capsys.readouterr().err
+
+    harness = start_harness(tmp_path, "analytics-worker", "beta")  # the worker has no HTTP port
+    try:
+        pidfile = tmp_path / "platform.pids"
+        until(lambda: len(read_pidfile(pidfile)) == 3, what="the pid file")
+        first = read_pidfile(pidfile)["analytics-worker"]
+        # The launcher gives the worker CRM_SERVICE_NAME=analytics: its stand-in records as "analytics".
+        until(lambda: events(tmp_path, "analytics"), what="the worker to start")
+
+        assert run_platform.restart("analytics-worker") == 0
+        assert run_platform.restart("no-such-department") == 2
+
+        second = read_pidfile(pidfile)["analytics-worker"]
+        assert second != first
+        assert f"analytics-worker restarted (pid {second})" in capsys.readouterr().out
+        assert events(tmp_path, "analytics")[:3] == [
+            f"start {first}",
+            f"term {first}",
+            f"start {second}",
+        ]
+        assert events(tmp_path, "beta") == [f"start {read_pidfile(pidfile)['beta']}"]
+    finally:
+        stop_from_pidfile(tmp_path / "platform.pids", timeout=10)
+        if harness.poll() is None:
+            harness.kill()
+        harness.wait()
