@@ -3,7 +3,9 @@
 Starts its own embedded broker and mongod under ``.local/chaos`` (fresh each run, own
 ports, loopback only) and the whole platform under the ``make run`` supervisor, then
 drives leads through the gateway (capture, then a qualifying behaviour: each lead is
-one lead-qualified handoff from marketing to sales) while it injects, in turn:
+one lead-qualified handoff from marketing to sales; sales' reps accept every
+``CHAOS_ACCEPT_EVERY``-th lead from their inbox: one lead-verdict handoff back to
+marketing) while it injects, in turn:
 
 1. ``kills``: SIGKILL of a random service process, ``CHAOS_KILLS`` times (the supervisor
    restarts it; the next kill waits until it answers again);
@@ -24,10 +26,10 @@ Every loop and wait is bounded; the whole run stops by itself. Settings (environ
 ``CHAOS_LEADS`` (10000), ``CHAOS_RATE`` leads/s offered (8: the load lasts about as long as
 the faults), ``CHAOS_CLIENTS`` (32),
 ``CHAOS_KILLS`` (50), ``CHAOS_KILL_INTERVAL`` seconds between kills (2),
-``CHAOS_DOWN_SERVICE`` (sales), ``CHAOS_DOWN_SECONDS`` (600), ``CHAOS_CONVERGE_SECONDS``
-(300), ``CHAOS_SEED`` (random), ports ``CRM_CHAOS_KAFKA_PORT`` (19692),
-``CRM_CHAOS_MONGO_PORT`` (27517), ``CRM_CHAOS_GATEWAY_PORT`` (18580),
-``CRM_CHAOS_SERVICE_PORT_BASE`` (18500), data ``CRM_CHAOS_HOME`` (.local/chaos).
+``CHAOS_DOWN_SERVICE`` (sales), ``CHAOS_DOWN_SECONDS`` (600), ``CHAOS_ACCEPT_EVERY`` (2),
+``CHAOS_CONVERGE_SECONDS`` (300), ``CHAOS_SEED`` (random), ports ``CRM_CHAOS_KAFKA_PORT`` (29092),
+``CRM_CHAOS_MONGO_PORT`` (29017), ``CRM_CHAOS_GATEWAY_PORT`` (29080),
+``CRM_CHAOS_SERVICE_PORT_BASE`` (29000), data ``CRM_CHAOS_HOME`` (.local/chaos).
 """
 
 from __future__ import annotations
@@ -80,11 +82,12 @@ class Config:
     down_service: str = field(default_factory=lambda: os.environ.get("CHAOS_DOWN_SERVICE", "sales"))
     down_seconds: float = field(default_factory=lambda: _env_float("CHAOS_DOWN_SECONDS", 600.0))
     converge_seconds: float = field(default_factory=lambda: _env_float("CHAOS_CONVERGE_SECONDS", 300.0))
+    accept_every: int = field(default_factory=lambda: _env_int("CHAOS_ACCEPT_EVERY", 2))
     seed: int = field(default_factory=lambda: _env_int("CHAOS_SEED", random.randrange(1 << 30)))
-    kafka_port: int = field(default_factory=lambda: _env_int("CRM_CHAOS_KAFKA_PORT", 19692))
-    mongo_port: int = field(default_factory=lambda: _env_int("CRM_CHAOS_MONGO_PORT", 27517))
-    gateway_port: int = field(default_factory=lambda: _env_int("CRM_CHAOS_GATEWAY_PORT", 18580))
-    service_port_base: int = field(default_factory=lambda: _env_int("CRM_CHAOS_SERVICE_PORT_BASE", 18500))
+    kafka_port: int = field(default_factory=lambda: _env_int("CRM_CHAOS_KAFKA_PORT", 29092))
+    mongo_port: int = field(default_factory=lambda: _env_int("CRM_CHAOS_MONGO_PORT", 29017))
+    gateway_port: int = field(default_factory=lambda: _env_int("CRM_CHAOS_GATEWAY_PORT", 29080))
+    service_port_base: int = field(default_factory=lambda: _env_int("CRM_CHAOS_SERVICE_PORT_BASE", 29000))
 
 
 @dataclass
@@ -120,6 +123,8 @@ class Chaos:
         self.stopping = threading.Event()
         self.phases: list[Phase] = [Phase("warm-up (no fault)", time.monotonic())]
         self.qualified_in: dict[str, str] = {}  # lead id -> phase it qualified in
+        self.to_accept: set[str] = set()  # leads sales' reps accept (a lead-verdict handoff each)
+        self.accepted_in: dict[str, str] = {}  # lead id -> phase sales accepted it in
         self.unqualified = 0  # leads the load gave up on (client-visible failures, not losses)
         self.load_done: float | None = None
         self.tokens: dict[str, str] = {}
@@ -203,15 +208,46 @@ class Chaos:
                 out.get("qualified_now") or (out.get("lead") or {}).get("status") == "qualified"
             ):
                 self.qualified_in.setdefault(lead_id, phase)
+                if i % self.config.accept_every == 0:
+                    self.to_accept.add(lead_id)
                 return
             if out is not None:
                 break  # answered, not qualified: nothing a retry would change
         self.unqualified += 1
 
-    async def _request(self, http: httpx.AsyncClient, method: str, path: str, body: Any) -> Any:
+    async def accept(self) -> None:
+        """Sales' reps accept the chosen leads once they reach the inbox, until the load is over."""
+        limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
+        async with httpx.AsyncClient(
+            base_url=self.platform.url("gateway"), limits=limits, timeout=10
+        ) as http:
+            while self.load_done is None or time.monotonic() - self.load_done < 60:
+                pending = self.to_accept - set(self.accepted_in)
+                if not pending:
+                    if self.load_done is not None:
+                        return
+                    await asyncio.sleep(1.0)
+                    continue
+                page = await self._request(
+                    http, "GET", "/api/sales/inbox?status=pending&limit=200", None, "sam"
+                )
+                items = [
+                    i for i in (page or {}).get("items", []) if i["lead_id"] in pending and i.get("owner")
+                ]
+                for item in items:
+                    phase = self.phase.name
+                    path = f"/api/sales/inbox/{item['lead_id']}/accept"
+                    if await self._request(http, "POST", path, {"note": "chaos"}, item["owner"]) is not None:
+                        self.accepted_in.setdefault(item["lead_id"], phase)
+                if not items:
+                    await asyncio.sleep(1.0)
+
+    async def _request(
+        self, http: httpx.AsyncClient, method: str, path: str, body: Any, user: str = "maria"
+    ) -> Any:
         """One request with bounded retries; every answer is counted in the current phase."""
         for attempt in range(8):
-            headers = {"Authorization": f"Bearer {self.tokens['maria']}"}
+            headers = {"Authorization": f"Bearer {self.tokens[user]}"}
             try:
                 r = await http.request(method, path, json=body, headers=headers)
             except httpx.HTTPError as exc:
@@ -221,18 +257,18 @@ class Chaos:
                 if r.status_code < 300:
                     return r.json()
                 if r.status_code == 401:
-                    await self._relogin(http)
+                    await self._relogin(http, user)
                 elif r.status_code < 500 and r.status_code != 429:
                     return None
             await asyncio.sleep(min(0.5 * 2**attempt, 5.0))
         return None
 
-    async def _relogin(self, http: httpx.AsyncClient) -> None:
-        password = DEMO_USERS["maria"][0]
+    async def _relogin(self, http: httpx.AsyncClient, user: str) -> None:
+        password = DEMO_USERS[user][0]
         try:
-            r = await http.post("/auth/login", json={"username": "maria", "password": password})
+            r = await http.post("/auth/login", json={"username": user, "password": password})
             if r.status_code == 200:
-                self.tokens["maria"] = r.json()["access_token"]
+                self.tokens[user] = r.json()["access_token"]
         except httpx.HTTPError:
             pass
 
@@ -344,20 +380,29 @@ class Chaos:
         phase.detail.update(self._drain(backlog_at_return, returned))
 
     def _drain(self, backlog: int, since: float) -> dict[str, Any]:
-        """How fast the held department catches up once it is back (bounded)."""
+        """How fast the held department catches up once it is back (bounded).
+
+        The rate is taken up to the last item that arrived, so a handoff that never
+        arrives (a loss) does not dilute it; the loss shows in the per-fault counts.
+        """
         deadline = since + max(RECOVERY_TIMEOUT, backlog / 2)
-        start_count = self._inbox_leads()
-        while time.monotonic() < deadline:
-            if self._inbox_leads() >= len(self.qualified_in):
-                break
+        start_count = last = self._inbox_leads()
+        last_change = since
+        while time.monotonic() < deadline and last < len(self.qualified_in):
             time.sleep(0.5)
-        took = time.monotonic() - since
-        drained = self._inbox_leads() - start_count
+            now = self._inbox_leads()
+            if now != last:
+                last, last_change = now, time.monotonic()
+            elif time.monotonic() - last_change > 30:
+                break  # nothing arrived for 30 s: what is missing is not coming
+        took = last_change - since
+        drained = last - start_count
         return {
             "backlog_at_return": backlog,
             "drained": drained,
             "drain_seconds": round(took, 1),
             "drain_rate_per_s": round(drained / took, 1) if took > 0 else None,
+            "caught_up": last >= len(self.qualified_in),
         }
 
     # -- measurements (read-only) -------------------------------------------------------------------
@@ -369,9 +414,12 @@ class Chaos:
         return client, client[service.replace("-", "_")]
 
     def _inbox_leads(self) -> int:
-        client, db = self._db("sales")
+        return self._distinct_leads("sales", "inbox")
+
+    def _distinct_leads(self, service: str, collection: str) -> int:
+        client, db = self._db(service)
         try:
-            return len(db["inbox"].distinct("lead_id"))
+            return len(db[collection].distinct("lead_id"))
         except Exception:
             return 0
         finally:
@@ -381,12 +429,14 @@ class Chaos:
         """Wait until the receivers stop changing (bounded); returns how long it took."""
         started = time.monotonic()
         deadline = started + self.config.converge_seconds
-        last, stable_since = -1, time.monotonic()
+        last, stable_since = (-1, -1), time.monotonic()
         while time.monotonic() < deadline:
-            now = self._inbox_leads()
+            now = (self._inbox_leads(), self._distinct_leads("leads", "verdicts"))
             if now != last:
                 last, stable_since = now, time.monotonic()
-            elif now >= len(self.qualified_in) or time.monotonic() - stable_since > 30:
+            elif (now[0] >= len(self.qualified_in) and now[1] >= len(self.accepted_in)) or (
+                time.monotonic() - stable_since > 30
+            ):
                 break
             time.sleep(1.0)
         return time.monotonic() - started
@@ -400,8 +450,14 @@ class Chaos:
             }
             captured_db = leads_db["leads"].count_documents({})
             per_lead: Counter[str] = Counter()
-            for item in sales_db["inbox"].find({}, {"lead_id": 1}):
+            accepted_db: set[str] = set()
+            for item in sales_db["inbox"].find({}, {"lead_id": 1, "status": 1}):
                 per_lead[str(item["lead_id"])] += 1
+                if item.get("status") == "accepted":
+                    accepted_db.add(str(item["lead_id"]))
+            verdicts: Counter[str] = Counter()
+            for doc in leads_db["verdicts"].find({}, {"lead_id": 1}):
+                verdicts[str(doc["lead_id"])] += 1
         finally:
             leads_client.close()
             sales_client.close()
@@ -412,6 +468,12 @@ class Chaos:
                 "lost": sum(1 for lead in mine if per_lead[lead] == 0),
                 "doubled": sum(1 for lead in mine if per_lead[lead] > 1),
             }
+            accepted = [lead for lead, p in self.accepted_in.items() if p == phase.name]
+            phase.detail["lead_verdict"] = {
+                "accepted": len(accepted),
+                "lost": sum(1 for lead in accepted if verdicts[lead] == 0),
+                "doubled": sum(1 for lead in accepted if verdicts[lead] > 1),
+            }
         analytics = self._analytics()
         return {
             "lead_qualified_total": {
@@ -421,9 +483,16 @@ class Chaos:
                 "doubled": sum(1 for n in per_lead.values() if n > 1),
                 "inbox_items_for_unknown_leads": len(set(per_lead) - qualified_db),
             },
+            "lead_verdict_total": {
+                "accepted_in_sales_db": len(accepted_db),
+                "verdicts_in_leads_db": len(verdicts),
+                "lost": len(accepted_db - set(verdicts)),
+                "doubled": sum(1 for n in verdicts.values() if n > 1),
+            },
             "analytics_vs_departments": {
                 "captured": _diff(analytics.get("captured"), captured_db),
                 "qualified": _diff(analytics.get("qualified"), len(qualified_db)),
+                "accepted": _diff(analytics.get("accepted"), len(accepted_db)),
             },
         }
 
@@ -474,21 +543,25 @@ def report(chaos: Chaos, totals: dict[str, Any], converge_s: float, elapsed: flo
         f"leads qualified: {len(chaos.qualified_in)}, given up by the load: {chaos.unqualified}; "
         f"converged (or gave up waiting) after {converge_s:.0f} s",
         "",
-        f"{'fault':<58} {'recovery':>9}  {'qualified':>9} {'lost':>5} {'doubled':>7}  clients saw",
+        "per fault: lead-qualified handoffs (qualified / lost / doubled), lead-verdict handoffs "
+        "(accepted / lost / doubled)",
+        f"{'fault':<58} {'recovery':>9}  {'qualified':>15} {'accepted':>15}  clients saw",
     ]
     for p in chaos.phases:
         lq = p.detail.get("lead_qualified", {})
+        lv = p.detail.get("lead_verdict", {})
         rec = (
             "-"
             if p.name.endswith("(no fault)")
             else ("NOT" if p.recovery_seconds is None else f"{p.recovery_seconds:.1f} s")
         )
         seen = ", ".join(f"{k}: {v}" for k, v in sorted(p.statuses.items()))
-        lines.append(
-            f"{p.name:<58} {rec:>9}  {lq.get('qualified', 0):>9} {lq.get('lost', 0):>5} "
-            f"{lq.get('doubled', 0):>7}  {seen}"
-        )
-        extra = {k: v for k, v in p.detail.items() if k != "lead_qualified"}
+        handoffs = [
+            f"{d.get(first, 0)} / {d.get('lost', 0)} / {d.get('doubled', 0)}"
+            for d, first in ((lq, "qualified"), (lv, "accepted"))
+        ]
+        lines.append(f"{p.name:<58} {rec:>9}  {handoffs[0]:>15} {handoffs[1]:>15}  {seen}")
+        extra = {k: v for k, v in p.detail.items() if k not in ("lead_qualified", "lead_verdict")}
         if extra:
             lines.append(f"    {json.dumps(extra, default=str)}")
     t = totals["lead_qualified_total"]
@@ -496,21 +569,26 @@ def report(chaos: Chaos, totals: dict[str, Any], converge_s: float, elapsed: flo
         "",
         f"lead-qualified handoff after convergence: {t['qualified_in_leads_db']} qualified in leads' DB, "
         f"{t['distinct_in_sales_inbox']} distinct in sales' inbox: lost {t['lost']}, doubled {t['doubled']}",
+        "lead-verdict handoff after convergence: {accepted_in_sales_db} accepted in sales' DB, "
+        "{verdicts_in_leads_db} leads with a verdict in leads' DB: lost {lost}, doubled {doubled}".format(
+            **totals["lead_verdict_total"]
+        ),
         "analytics vs the departments' own counts: "
         + ", ".join(
             f"{k} {v['analytics']} vs {v['department']} (difference {v['difference']})"
             for k, v in totals["analytics_vs_departments"].items()
         ),
-        "Not exercised: the lead-verdict, deal-won, upsell and commitment handoffs "
-        "(the load only qualifies leads).",
+        "Not exercised: the deal-won, upsell-spotted and commitment-flagged handoffs.",
     ]
     return "\n".join(lines)
 
 
 async def run(chaos: Chaos) -> tuple[dict[str, Any], float]:
     load = asyncio.create_task(chaos.load())
+    acceptor = asyncio.create_task(chaos.accept())
     await asyncio.to_thread(chaos.faults)
     await load
+    await acceptor
     chaos.phase.ended = time.monotonic()
     say("load finished; waiting for the receivers to converge ...")
     converge_s = await asyncio.to_thread(chaos.converge)
@@ -549,6 +627,7 @@ def main() -> int:
                 ],
                 "totals": totals,
                 "leads_qualified": len(chaos.qualified_in),
+                "leads_accepted": len(chaos.accepted_in),
                 "leads_given_up_by_load": chaos.unqualified,
                 "converge_seconds": round(converge_s, 1),
                 "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
