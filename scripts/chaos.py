@@ -27,7 +27,9 @@ Every loop and wait is bounded; the whole run stops by itself. Settings (environ
 the faults), ``CHAOS_CLIENTS`` (32),
 ``CHAOS_KILLS`` (50), ``CHAOS_KILL_INTERVAL`` seconds between kills (2),
 ``CHAOS_DOWN_SERVICE`` (sales), ``CHAOS_DOWN_SECONDS`` (600), ``CHAOS_ACCEPT_EVERY`` (2),
-``CHAOS_CONVERGE_SECONDS`` (300), ``CHAOS_SEED`` (random), ports ``CRM_CHAOS_KAFKA_PORT`` (29092),
+``CHAOS_CONVERGE_SECONDS`` (300), ``CHAOS_RESEND_AFTER_SECONDS`` (30: the platform's
+``CRM_HANDOFF_RESEND_AFTER_SECONDS``), ``CHAOS_RECONCILE_SECONDS`` (60: analytics'
+``CRM_ANALYTICS_RECONCILE_SECONDS``), ``CHAOS_SEED`` (random), ports ``CRM_CHAOS_KAFKA_PORT`` (29092),
 ``CRM_CHAOS_MONGO_PORT`` (29017), ``CRM_CHAOS_GATEWAY_PORT`` (29080),
 ``CRM_CHAOS_SERVICE_PORT_BASE`` (29000), data ``CRM_CHAOS_HOME`` (.local/chaos).
 """
@@ -83,6 +85,10 @@ class Config:
     down_seconds: float = field(default_factory=lambda: _env_float("CHAOS_DOWN_SECONDS", 600.0))
     converge_seconds: float = field(default_factory=lambda: _env_float("CHAOS_CONVERGE_SECONDS", 300.0))
     accept_every: int = field(default_factory=lambda: _env_int("CHAOS_ACCEPT_EVERY", 2))
+    # The platform's own repair loops, shortened so a run converges in minutes: a handoff without
+    # a receipt is re-sent after this long; analytics reconciles against the log this often.
+    resend_after: float = field(default_factory=lambda: _env_float("CHAOS_RESEND_AFTER_SECONDS", 30.0))
+    reconcile_every: float = field(default_factory=lambda: _env_float("CHAOS_RECONCILE_SECONDS", 60.0))
     seed: int = field(default_factory=lambda: _env_int("CHAOS_SEED", random.randrange(1 << 30)))
     kafka_port: int = field(default_factory=lambda: _env_int("CRM_CHAOS_KAFKA_PORT", 29092))
     mongo_port: int = field(default_factory=lambda: _env_int("CRM_CHAOS_MONGO_PORT", 29017))
@@ -118,6 +124,10 @@ class Chaos:
             gateway_port=config.gateway_port,
             service_port_base=config.service_port_base,
             consumer_idle_backoff_ms=EMBEDDED_IDLE_BACKOFF_MS,
+            extra_env={
+                "CRM_HANDOFF_RESEND_AFTER_SECONDS": str(config.resend_after),
+                "CRM_ANALYTICS_RECONCILE_SECONDS": str(config.reconcile_every),
+            },
         )
         self.supervisor: Supervisor | None = None
         self.stopping = threading.Event()
@@ -429,13 +439,15 @@ class Chaos:
         """Wait until the receivers stop changing (bounded); returns how long it took."""
         started = time.monotonic()
         deadline = started + self.config.converge_seconds
+        # Unchanged for longer than a re-send takes (twice, to be sure): what is missing is lost.
+        settle = max(45.0, 2 * self.config.resend_after + 15)
         last, stable_since = (-1, -1), time.monotonic()
         while time.monotonic() < deadline:
             now = (self._inbox_leads(), self._distinct_leads("leads", "verdicts"))
             if now != last:
                 last, stable_since = now, time.monotonic()
             elif (now[0] >= len(self.qualified_in) and now[1] >= len(self.accepted_in)) or (
-                time.monotonic() - stable_since > 30
+                time.monotonic() - stable_since > settle
             ):
                 break
             time.sleep(1.0)
@@ -474,8 +486,10 @@ class Chaos:
                 "lost": sum(1 for lead in accepted if verdicts[lead] == 0),
                 "doubled": sum(1 for lead in accepted if verdicts[lead] > 1),
             }
-        analytics = self._analytics()
+        departments = {"captured": captured_db, "qualified": len(qualified_db), "accepted": len(accepted_db)}
+        analytics, waited = self._analytics_settled(departments)
         return {
+            "analytics_waited_seconds": round(waited, 1),
             "lead_qualified_total": {
                 "qualified_in_leads_db": len(qualified_db),
                 "distinct_in_sales_inbox": len(per_lead),
@@ -495,6 +509,16 @@ class Chaos:
                 "accepted": _diff(analytics.get("accepted"), len(accepted_db)),
             },
         }
+
+    def _analytics_settled(self, departments: dict[str, int]) -> tuple[dict[str, int], float]:
+        """Analytics' funnel once it matches the departments, or after a reconciliation period."""
+        started = time.monotonic()
+        deadline = started + self.config.reconcile_every + 30
+        figures = self._analytics()
+        while time.monotonic() < deadline and any(figures.get(k) != v for k, v in departments.items()):
+            time.sleep(2.0)
+            figures = self._analytics()
+        return figures, time.monotonic() - started
 
     def _analytics(self) -> dict[str, int]:
         token = self.tokens.get("ana")
@@ -573,7 +597,8 @@ def report(chaos: Chaos, totals: dict[str, Any], converge_s: float, elapsed: flo
         "{verdicts_in_leads_db} leads with a verdict in leads' DB: lost {lost}, doubled {doubled}".format(
             **totals["lead_verdict_total"]
         ),
-        "analytics vs the departments' own counts: "
+        f"analytics vs the departments' own counts (after waiting {totals['analytics_waited_seconds']} s "
+        "for its reconciliation): "
         + ", ".join(
             f"{k} {v['analytics']} vs {v['department']} (difference {v['difference']})"
             for k, v in totals["analytics_vs_departments"].items()
