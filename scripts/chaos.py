@@ -28,7 +28,8 @@ the faults), ``CHAOS_CLIENTS`` (32),
 ``CHAOS_KILLS`` (50), ``CHAOS_KILL_INTERVAL`` seconds between kills (2),
 ``CHAOS_DOWN_SERVICE`` (sales), ``CHAOS_DOWN_SECONDS`` (600), ``CHAOS_ACCEPT_EVERY`` (2),
 ``CHAOS_CONVERGE_SECONDS`` (300), ``CHAOS_RESEND_AFTER_SECONDS`` (30: the platform's
-``CRM_HANDOFF_RESEND_AFTER_SECONDS``), ``CHAOS_RECONCILE_SECONDS`` (60: analytics'
+``CRM_HANDOFF_RESEND_AFTER_SECONDS``; twice that is its
+``CRM_HANDOFF_RESEND_SILENT_AFTER_SECONDS``), ``CHAOS_RECONCILE_SECONDS`` (60: analytics'
 ``CRM_ANALYTICS_RECONCILE_SECONDS``), ``CHAOS_SEED`` (random), ports ``CRM_CHAOS_KAFKA_PORT`` (29092),
 ``CRM_CHAOS_MONGO_PORT`` (29017), ``CRM_CHAOS_GATEWAY_PORT`` (29080),
 ``CRM_CHAOS_SERVICE_PORT_BASE`` (29000), data ``CRM_CHAOS_HOME`` (.local/chaos).
@@ -126,6 +127,8 @@ class Chaos:
             consumer_idle_backoff_ms=EMBEDDED_IDLE_BACKOFF_MS,
             extra_env={
                 "CRM_HANDOFF_RESEND_AFTER_SECONDS": str(config.resend_after),
+                # A lone lost handoff (nothing later receipted) is re-sent after this.
+                "CRM_HANDOFF_RESEND_SILENT_AFTER_SECONDS": str(2 * config.resend_after),
                 "CRM_ANALYTICS_RECONCILE_SECONDS": str(config.reconcile_every),
             },
         )
@@ -440,7 +443,7 @@ class Chaos:
         started = time.monotonic()
         deadline = started + self.config.converge_seconds
         # Unchanged for longer than a re-send takes (twice, to be sure): what is missing is lost.
-        settle = max(45.0, 2 * self.config.resend_after + 15)
+        settle = max(45.0, 3 * self.config.resend_after + 15)  # the silent re-send comes at 2x
         last, stable_since = (-1, -1), time.monotonic()
         while time.monotonic() < deadline:
             now = (self._inbox_leads(), self._distinct_leads("leads", "verdicts"))

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from crm_platform.receipts import ResendPolicy, decide
+from crm_platform.receipts import Decision, ResendPolicy, decide
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
-POLICY = ResendPolicy(after=timedelta(seconds=60), max_backoff=timedelta(seconds=300), max_attempts=3)
+POLICY = ResendPolicy(
+    after=timedelta(seconds=60),
+    max_backoff=timedelta(seconds=300),
+    max_attempts=3,
+    silent_after=timedelta(seconds=900),
+)
 
 
 def published(seconds_ago: float) -> dict[str, object]:
     return {"published": True, "published_at": NOW - timedelta(seconds=seconds_ago)}
+
+
+def check(resends: int, row: dict[str, object] | None, *, overtaken: bool = True) -> Decision:
+    return decide(POLICY, resends=resends, outbox_row=row, now=NOW, overtaken=overtaken)
 
 
 def test_the_wait_doubles_after_each_re_send_up_to_the_cap() -> None:
@@ -20,27 +29,38 @@ def test_the_wait_doubles_after_each_re_send_up_to_the_cap() -> None:
 
 
 def test_a_handoff_still_in_the_backlog_is_late_not_lost() -> None:
-    decision = decide(POLICY, resends=0, outbox_row={"published": False}, now=NOW)
+    decision = check(0, {"published": False})
     assert decision.action == "wait"
     assert decision.next_check_at == NOW + timedelta(seconds=60)
 
 
 def test_a_recent_publish_waits_until_its_timeout() -> None:
-    decision = decide(POLICY, resends=1, outbox_row=published(100), now=NOW)
+    decision = check(1, published(100))
     assert decision.action == "wait"
     assert decision.next_check_at == NOW + timedelta(seconds=20)  # 120 s after the re-send
 
 
-def test_a_publish_without_receipt_past_its_timeout_is_re_sent() -> None:
-    decision = decide(POLICY, resends=0, outbox_row=published(60), now=NOW)
+def test_an_overtaken_publish_without_receipt_past_its_timeout_is_re_sent() -> None:
+    decision = check(0, published(60))
     assert decision.action == "resend"
     assert decision.next_check_at == NOW + timedelta(seconds=120)
 
 
+def test_while_the_receiver_shows_no_progress_nothing_is_re_sent_until_the_silent_timeout() -> None:
+    """A receiver that is down or catching up gets no copies to wade through."""
+    decision = check(0, published(120), overtaken=False)
+    assert decision.action == "wait"
+    assert decision.next_check_at == NOW + timedelta(seconds=60)
+    near = check(0, published(870), overtaken=False)
+    assert near.action == "wait"
+    assert near.next_check_at == NOW + timedelta(seconds=30)  # at the silent timeout
+    assert check(0, published(900), overtaken=False).action == "resend"  # a lone handoff
+
+
 def test_after_the_last_attempt_the_handoff_is_given_up() -> None:
-    assert decide(POLICY, resends=3, outbox_row=published(300), now=NOW).action == "give_up"
-    assert decide(POLICY, resends=2, outbox_row=published(240), now=NOW).action == "resend"
+    assert check(3, published(300)).action == "give_up"
+    assert check(2, published(240)).action == "resend"
 
 
 def test_a_handoff_whose_outbox_row_is_gone_cannot_be_re_sent() -> None:
-    assert decide(POLICY, resends=0, outbox_row=None, now=NOW).action == "gone"
+    assert check(0, None).action == "gone"

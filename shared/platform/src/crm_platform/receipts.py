@@ -16,8 +16,12 @@ transaction as the handoff's effect; this module closes the loop:
 3. **Re-send.** A timer looks at pending handoffs whose check is due. One still in
    the outbox backlog is not lost (the relay will publish it). One published
    ``CRM_HANDOFF_RESEND_AFTER_SECONDS`` ago (doubling after each re-send, at most
-   ``CRM_HANDOFF_RESEND_MAX_BACKOFF_SECONDS``) without a receipt is put back in the
-   outbox as pending: the relay publishes it again with the SAME event id. After
+   ``CRM_HANDOFF_RESEND_MAX_BACKOFF_SECONDS``) without a receipt, and overtaken (a
+   handoff of its kind that occurred that much later is receipted: the receiver
+   works and is past it) or published ``CRM_HANDOFF_RESEND_SILENT_AFTER_SECONDS``
+   ago (a lone handoff, or a receiver silent that long), is put back in the
+   outbox as pending: the relay publishes it again with the SAME event id. A
+   receiver that is merely down or catching up gets no copies to wade through. After
    ``CRM_HANDOFF_RESEND_MAX_ATTEMPTS`` re-sends it is given up (``resend_exhausted``)
    and alerted on; a late receipt still marks it receipted.
 4. **Confirm duplicates.** A receiver whose ledger drops a re-sent handoff (it did
@@ -65,6 +69,9 @@ class ResendPolicy:
     after: timedelta
     max_backoff: timedelta
     max_attempts: int
+    # Re-send even though no later handoff was receipted (a lone handoff; a receiver
+    # silent for this long) once a publish is this old.
+    silent_after: timedelta = timedelta(minutes=15)
 
     @classmethod
     def from_settings(cls, s: ServiceSettings) -> ResendPolicy:
@@ -72,6 +79,7 @@ class ResendPolicy:
             after=timedelta(seconds=s.handoff_resend_after_seconds),
             max_backoff=timedelta(seconds=s.handoff_resend_max_backoff_seconds),
             max_attempts=s.handoff_resend_max_attempts,
+            silent_after=timedelta(seconds=s.handoff_resend_silent_after_seconds),
         )
 
     def wait(self, resends: int) -> timedelta:
@@ -86,9 +94,22 @@ class Decision:
 
 
 def decide(
-    policy: ResendPolicy, *, resends: int, outbox_row: dict[str, Any] | None, now: datetime
+    policy: ResendPolicy,
+    *,
+    resends: int,
+    outbox_row: dict[str, Any] | None,
+    now: datetime,
+    overtaken: bool,
 ) -> Decision:
-    """What to do with one pending handoff whose check is due (pure)."""
+    """What to do with one pending handoff whose check is due (pure).
+
+    ``overtaken``: a handoff of the same kind that occurred ``policy.after`` later has
+    been receipted, so the receiver is working and past this one: it was lost (or
+    its receipt was). Without that sign the receiver may just be down or behind, and
+    copies would only pile up behind its backlog: the handoff waits, and is re-sent
+    anyway once its publish is ``policy.silent_after`` old (a lone handoff has no
+    later one to be overtaken by).
+    """
     if outbox_row is None:
         return Decision("gone")  # its outbox row expired or was removed: nothing to re-send
     published_at = outbox_row.get("published_at")
@@ -97,6 +118,9 @@ def decide(
     due = published_at + policy.wait(resends)
     if due > now:
         return Decision("wait", due)
+    silent_due = published_at + max(policy.silent_after, policy.wait(resends))
+    if not overtaken and silent_due > now:
+        return Decision("wait", min(silent_due, now + policy.after))
     if resends >= policy.max_attempts:
         return Decision("give_up")
     return Decision("resend", now + policy.wait(resends + 1))
@@ -135,6 +159,8 @@ class HandoffTracker:
         self.wake_relay = wake_relay
         self._stopping = asyncio.Event()
         self._seen_handoffs: set[str] = set()
+        # Per handoff: when the newest receipted handoff occurred (from the receipts seen).
+        self.newest_receipted: dict[str, datetime] = {}
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -144,19 +170,32 @@ class HandoffTracker:
 
     # -- receipts -----------------------------------------------------------------
     def ours(self, raw_values: Iterable[Any]) -> list[str]:
-        """The handoff event ids receipted for this department, from raw receipt records."""
+        """The handoff event ids receipted for this department, from raw receipt records.
+
+        Also notes, per handoff, when the newest receipted handoff occurred (see :func:`decide`).
+        """
         ids = []
         for raw in raw_values:
             try:
                 env = Envelope.from_bytes(raw)
+                payload = env.payload
+                if env.event_type != RECEIPT_EVENT or payload.get("from_department") != self.department:
+                    continue
+                event_id, handoff = payload["handoff_event_id"], str(payload["handoff"])
+                occurred = datetime.fromisoformat(str(payload["occurred_at"]))
             except Exception:
                 continue  # not ours to judge: analytics dead-letters malformed receipts
-            if env.event_type != RECEIPT_EVENT or env.payload.get("from_department") != self.department:
+            if occurred.tzinfo is None:
                 continue
-            event_id = env.payload.get("handoff_event_id")
-            if isinstance(event_id, str):
-                ids.append(event_id)
+            ids.append(str(event_id))
+            newest = self.newest_receipted.get(handoff)
+            if newest is None or occurred > newest:
+                self.newest_receipted[handoff] = occurred
         return ids
+
+    def overtaken(self, handoff: str, created_at: datetime) -> bool:
+        newest = self.newest_receipted.get(handoff)
+        return newest is not None and newest >= created_at + self.policy.after
 
     async def mark_receipted(self, event_ids: list[str]) -> int:
         result = await self.store.db[HANDOFFS_SENT].update_many(
@@ -218,14 +257,30 @@ class HandoffTracker:
         now = utcnow()
         cursor = (
             self.store.db[HANDOFFS_SENT]
-            .find({"state": PENDING, "next_check_at": {"$lte": now}}, {"_id": 1})
+            .find({"state": PENDING, "next_check_at": {"$lte": now}}, {"handoff": 1, "created_at": 1})
             .sort("next_check_at", 1)
             .limit(limit)
         )
         counts: dict[str, int] = {}
+        waiting: list[str] = []
         for doc in await cursor.to_list():
+            if not self.overtaken(doc["handoff"], doc["created_at"]) and (
+                doc["created_at"] + self.policy.silent_after > now
+            ):
+                # Nothing shows the receiver is past it and it cannot be silent-due yet
+                # (published no earlier than created): check again later, in one write
+                # for all of them, not one transaction each (a department that is down
+                # leaves thousands pending).
+                waiting.append(doc["_id"])
+                continue
             action = await self._check_one(doc["_id"])
             counts[action] = counts.get(action, 0) + 1
+        if waiting:
+            await self.store.db[HANDOFFS_SENT].update_many(
+                {"_id": {"$in": waiting}, "state": PENDING},
+                {"$set": {"next_check_at": now + self.policy.after}},
+            )
+            counts["wait"] = counts.get("wait", 0) + len(waiting)
         if counts.get("resend"):
             self.wake_relay()
         return counts
@@ -242,7 +297,10 @@ class HandoffTracker:
             row = await tx.db[OUTBOX].find_one(
                 {"event_id": event_id}, {"published": 1, "published_at": 1}, session=tx.session
             )
-            decision = decide(self.policy, resends=doc["resends"], outbox_row=row, now=now)
+            overtaken = self.overtaken(doc["handoff"], doc["created_at"])
+            decision = decide(
+                self.policy, resends=doc["resends"], outbox_row=row, now=now, overtaken=overtaken
+            )
             outcome.update(doc)
             if decision.action == "resend":
                 assert row is not None

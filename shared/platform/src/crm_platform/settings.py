@@ -67,6 +67,9 @@ class ServiceSettings(BaseSettings):
     handoff_resend_max_attempts: int = Field(
         default=8, validation_alias="CRM_HANDOFF_RESEND_MAX_ATTEMPTS", ge=0
     )
+    handoff_resend_silent_after_seconds: float = Field(
+        default=900.0, validation_alias="CRM_HANDOFF_RESEND_SILENT_AFTER_SECONDS", gt=0
+    )
     handoff_check_seconds: float = Field(default=5.0, validation_alias="CRM_HANDOFF_CHECK_SECONDS", gt=0)
 
     @model_validator(mode="after")
