@@ -25,6 +25,7 @@ from pathlib import Path
 from crm_platform.devinfra.launcher import SERVICE_NAMES, Platform, pid_alive, read_pidfile, stop_from_pidfile
 from crm_platform.devinfra.supervisor import Supervisor, request_restart, shutdown
 from crm_platform.kafka import ensure_topics
+from crm_platform.keys import ensure_dev_keys
 from crm_platform.testing import idle_backoff_ms
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +124,8 @@ def run(no_demo: bool) -> int:
     signal.signal(signal.SIGTERM, on_term)
     print(f"==> broker and database (data under {HOME})")
     infra = resolve(HOME, KAFKA_PORT, MONGO_PORT)
+    keys = ensure_dev_keys()
+    print(f"==> token keys: {keys.private.parent} (Ed25519, generated once for this install)")
     platform = Platform(
         infra.kafka_bootstrap,
         infra.mongodb_uri,
@@ -130,6 +133,7 @@ def run(no_demo: bool) -> int:
         gateway_port=GATEWAY_PORT,
         service_port_base=SERVICE_PORT_BASE,
         consumer_idle_backoff_ms=idle_backoff_ms(infra),
+        keys=keys,
     )
     try:
         print(f"    {infra.source}: kafka {infra.kafka_bootstrap}, mongodb {infra.mongodb_uri}")

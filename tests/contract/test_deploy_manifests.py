@@ -409,6 +409,39 @@ def test_deployment_is_hardened_and_probed(service: str, deployment: Doc) -> Non
     assert not image.endswith(":latest"), image
 
 
+PUBLIC_KEYS_CONFIGMAP = "crm-jwt-public-keys"
+SIGNING_KEY_SECRET = "gateway-jwt-signing-key"
+
+
+def _mounted(deployment: Doc, env_value: str) -> Doc:
+    """The volume holding the file an env var names (the mount must be read-only)."""
+    mounts = container(deployment).get("volumeMounts", [])
+    (mount,) = [m for m in mounts if env_value.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert mount.get("readOnly") is True, mount
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    volume: Doc = volumes[mount["name"]]
+    return volume
+
+
+def _assert_token_keys(service: str, deployment: Doc) -> None:
+    """Every process verifies with the public keys (a ConfigMap); only the gateway mounts the
+    private key (a Secret), and every other process follows the gateway's revocation list."""
+    env = env_of(deployment)
+    name = deployment["metadata"]["name"]
+    public = _mounted(deployment, env["CRM_JWT_PUBLIC_KEYS_FILE"]["value"])
+    assert public["configMap"]["name"] == PUBLIC_KEYS_CONFIGMAP, name
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    secrets = {v["secret"]["secretName"] for v in volumes if "secret" in v}
+    if service == "gateway":
+        private = _mounted(deployment, env["CRM_JWT_PRIVATE_KEY_FILE"]["value"])
+        assert private["secret"]["secretName"] == SIGNING_KEY_SECRET
+        assert "CRM_REVOCATIONS_URL" not in env
+    else:
+        assert "CRM_JWT_PRIVATE_KEY_FILE" not in env, f"{name} must not be able to mint tokens"
+        assert SIGNING_KEY_SECRET not in secrets, f"{name} must not mount the signing key"
+        assert env["CRM_REVOCATIONS_URL"]["value"] == "http://gateway:8080/auth/revocations"
+
+
 @pytest.mark.parametrize("service", list(SERVICES))
 def test_service_configuration_and_own_database(service: str) -> None:
     spec = SERVICES[service]
@@ -429,7 +462,8 @@ def test_service_configuration_and_own_database(service: str) -> None:
         denv = env_of(deployment)
         assert denv["MONGODB_URI"]["valueFrom"]["secretKeyRef"]["name"] == f"{service}-mongodb"
         assert denv["MONGODB_DATABASE"]["value"] == spec.database
-        assert denv["CRM_JWT_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "crm-jwt"
+        assert "CRM_JWT_SECRET" not in denv, "no shared signing secret: the gateway alone signs"
+        _assert_token_keys(service, deployment)
         for name, entry in denv.items():
             if any(word in name for word in ("SECRET", "PASSWORD", "MONGODB_URI")):
                 assert "value" not in entry, f"{name} must come from a Secret"
@@ -684,7 +718,8 @@ def test_production_network_policies(service: str) -> None:
             assert ingress == [], "the worker takes no inbound traffic"
         elif service == "gateway":
             sources = set().union(*(_peer_names(r) for r in ingress))
-            assert sources == {"ingress-nginx", "prometheus"}
+            # the departments only for the revocation list they poll
+            assert sources == {"ingress-nginx", "prometheus", *GATEWAY_URLS.values()}
             assert _ports(ingress) == {SERVICES[service].port}
         else:
             sources = set().union(*(_peer_names(r) for r in ingress))
@@ -697,7 +732,11 @@ def test_production_network_policies(service: str) -> None:
             upstream_ports = {SERVICES[s].port for s in GATEWAY_URLS.values()}
             assert egress_ports == {53, 27017} | upstream_ports, "no Kafka for the gateway"
         else:
-            assert egress_ports == {53, 9093, 27017}, "DNS, Kafka (TLS listener) and MongoDB only"
+            assert egress_ports == {53, 8080, 9093, 27017}, (
+                "DNS, the gateway, Kafka (TLS listener), MongoDB only"
+            )
+            to_gateway = [r for r in egress if _peer_names(r) == {"gateway"}]
+            assert _ports(to_gateway) == {SERVICES["gateway"].port}, "the gateway: its revocation list"
 
 
 # --- Dockerfiles ----------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def _upstream_app(hits: list[dict[str, Any]]) -> Any:
     )
     router = APIRouter()
 
-    @router.get("/slow")
+    @router.get("/inbox/slow")
     async def slow() -> dict[str, str]:
         await asyncio.sleep(3)
         return {"status": "late"}

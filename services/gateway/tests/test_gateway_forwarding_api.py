@@ -35,7 +35,7 @@ async def test_forwarding_passes_method_path_query_body_and_headers(
     async with gateway() as client:
         token = await helpers.login(client)
         r = await client.post(
-            "/api/leads/echo/a%20b/c?x=1&y=two%20words&y=3&status=201",
+            "/api/leads/leads/a%20b/c?x=1&y=two%20words&y=3&status=201",
             content=b'{"name": "Ada"}',
             headers={
                 **helpers.bearer(token),
@@ -51,8 +51,8 @@ async def test_forwarding_passes_method_path_query_body_and_headers(
         assert r.headers["x-request-id"] == "req-123"
         seen = r.json()
         assert seen["method"] == "POST"
-        assert seen["path"] == "/echo/a b/c"
-        assert seen["raw_path"] == "/echo/a%20b/c"
+        assert seen["path"] == "/leads/a b/c"
+        assert seen["raw_path"] == "/leads/a%20b/c"
         assert seen["query"] == "x=1&y=two%20words&y=3&status=201"
         assert seen["body"] == '{"name": "Ada"}'
         h = seen["headers"]
@@ -73,36 +73,36 @@ async def test_every_method_is_forwarded(gateway: Any, method: str) -> None:
     async with gateway() as client:
         r = await client.request(
             method,
-            "/api/sales/things/1?status=202",
+            "/api/sales/opportunities/1?status=202",
             headers=auth_headers(["sales_manager"]),
             content=b"payload" if method in ("PUT", "PATCH") else None,
         )
         assert r.status_code == 202
         assert r.json()["method"] == method
-        assert r.json()["path"] == "/things/1"
+        assert r.json()["path"] == "/opportunities/1"
 
 
 async def test_head_is_forwarded(gateway: Any) -> None:
     async with gateway() as client:
-        r = await client.head("/api/sales/things", headers=auth_headers(["sales_rep"]))
+        r = await client.head("/api/sales/inbox", headers=auth_headers(["sales_rep"]))
         assert r.status_code == 200
         assert r.content == b""
 
 
 async def test_non_json_responses_come_back_unchanged(gateway: Any) -> None:
     async with gateway() as client:
-        r = await client.get("/api/analytics/export?as=csv&status=200", headers=auth_headers(["analyst"]))
+        r = await client.get("/api/analytics/summary?as=csv&status=200", headers=auth_headers(["analyst"]))
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/csv")
         assert r.content == b"id,name\n1,Ada\n"
-        err = await client.get("/api/sales/missing?status=418", headers=auth_headers(["sales_rep"]))
+        err = await client.get("/api/sales/inbox/missing?status=418", headers=auth_headers(["sales_rep"]))
         assert err.status_code == 418
-        assert err.json()["path"] == "/missing"
+        assert err.json()["path"] == "/inbox/missing"
 
 
 async def test_request_ids_are_generated_and_forwarded_when_missing(gateway: Any, upstream: Any) -> None:
     async with gateway() as client:
-        r = await client.get("/api/sales/x", headers=auth_headers(["sales_rep"]))
+        r = await client.get("/api/sales/inbox", headers=auth_headers(["sales_rep"]))
         rid = r.headers["x-request-id"]
         assert r.json()["headers"]["x-request-id"] == rid
         assert r.json()["headers"]["x-correlation-id"] == rid
@@ -124,16 +124,20 @@ async def test_api_routes_need_a_valid_token_before_anything_is_forwarded(
 async def test_role_table_is_applied_before_forwarding(gateway: Any, upstream: Any) -> None:
     async with gateway() as client:
         before = len(upstream.hits)
-        denied = [
+        denied: list[tuple[list[str], str, str]] = [
             (["sales_rep"], "PUT", "/api/leads/scoring-rules"),
             (["sales_rep"], "PUT", "/api/leads/Scoring-Rules/"),
             (["sales_rep"], "PUT", "/api/leads//scoring-rules"),
             (["analyst"], "POST", "/api/leads/leads/L-1/behaviours"),
             (["marketing"], "POST", "/api/sales/inbox/L-1/accept"),
             (["analyst"], "PATCH", "/api/sales/opportunities/o-1"),
-            (["sales_rep"], "GET", "/api/service-desk/cases"),
+            (["sales_rep"], "GET", "/api/service-desk/tickets"),
             (["marketing"], "GET", "/api/analytics/summary"),
             (["service_rep"], "GET", "/api/leads/leads"),
+            # deny by default: no rule, no entry, whatever the roles
+            (["admin"], "GET", "/api/sales/reports"),
+            ([str(r) for r in Role], "POST", "/api/leads/imports"),
+            (["admin"], "GET", "/api/analytics"),
         ]
         for roles, method, path in denied:
             r = await client.request(method, path, headers=auth_headers(roles))
@@ -145,7 +149,6 @@ async def test_role_table_is_applied_before_forwarding(gateway: Any, upstream: A
             (["sales_rep"], "POST", "/api/sales/inbox/L-1/reject"),
             (["sales_manager"], "GET", "/api/analytics/summary"),
             (["analyst"], "GET", "/api/leads/leads"),
-            (["service_rep"], "GET", "/api/sales/reports"),  # unlisted: the service decides
         ]
         for roles, method, path in allowed:
             r = await client.request(method, path, headers=auth_headers(roles))
@@ -170,6 +173,56 @@ async def test_dot_segments_are_refused(gateway: Any, upstream: Any) -> None:
         assert len(upstream.hits) == before
 
 
+async def _raw_status(app: Any, method: str, raw_path: bytes, headers: dict[str, str]) -> int:
+    """Send a request line as a raw socket client would (httpx cuts a '#' off as a fragment)."""
+    from urllib.parse import unquote
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": unquote(raw_path.decode("latin-1")),
+        "raw_path": raw_path,
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"test")] + [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("test", 80),
+    }
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"/api/sales/opportunities#",  # matched as '/opportunities#', sent as '/opportunities'
+        b"/api/sales/opportunities%23/x",  # decoded '#' inside a segment is only a character: no rule
+        b"/api/leads/scoring-rules#/../x",
+        b"/api/sales%2F..%2Fleads/scoring-rules",  # the service spelled with an encoded slash
+    ],
+)
+async def test_unusual_spellings_never_reach_an_upstream(gateway: Any, upstream: Any, raw: bytes) -> None:
+    async with gateway() as client:
+        app = client._transport.app
+        before = len(upstream.hits)
+        status = await _raw_status(app, "POST", raw, auth_headers(["analyst"]))
+        assert status in (400, 403, 404), status
+        assert len(upstream.hits) == before
+
+
 async def test_unknown_service_is_404(gateway: Any) -> None:
     async with gateway() as client:
         r = await client.get("/api/billing/invoices", headers=auth_headers(["admin"]))
@@ -180,7 +233,7 @@ async def test_unknown_service_is_404(gateway: Any) -> None:
 
 async def test_upstream_down_is_503(gateway: Any) -> None:
     async with gateway() as client:
-        r = await client.get("/api/service-desk/cases", headers=auth_headers(["service_rep"]))
+        r = await client.get("/api/service-desk/tickets", headers=auth_headers(["service_rep"]))
         assert r.status_code == 503
         body = r.json()
         assert body["error"] == "upstream_unavailable"
@@ -190,7 +243,7 @@ async def test_upstream_down_is_503(gateway: Any) -> None:
 
 async def test_upstream_timeout_is_504(gateway: Any) -> None:
     async with gateway(CRM_UPSTREAM_TIMEOUT_SECONDS=0.3) as client:
-        r = await client.get("/api/sales/slow", headers=auth_headers(["sales_rep"]))
+        r = await client.get("/api/sales/inbox/slow", headers=auth_headers(["sales_rep"]))
         assert r.status_code == 504
         assert r.json()["error"] == "upstream_timeout"
         assert r.json()["service"] == "sales"
@@ -211,7 +264,7 @@ async def test_forwarded_request_logs_one_line_with_upstream_fields(gateway: Any
         assert line.upstream_ms > 0
         assert line.duration_ms >= line.upstream_ms
         records.clear()
-        await client.get("/api/service-desk/cases", headers=auth_headers(["service_rep"]))
+        await client.get("/api/service-desk/tickets", headers=auth_headers(["service_rep"]))
         (down,) = [rec for rec in records if rec.getMessage().startswith("GET /api/service-desk")]
         assert down.status == 503
         assert down.upstream == "service-desk"
@@ -223,9 +276,9 @@ async def test_deactivated_users_tokens_stop_working_at_the_gateway(gateway: Any
         admin = await helpers.login(client)
         user = await helpers.create_user(client, admin, "ana", ["analyst"])
         token = await helpers.login(client, "ana", PASSWORD)
-        assert (await client.get("/api/analytics/x", headers=helpers.bearer(token))).status_code == 200
+        assert (await client.get("/api/analytics/summary", headers=helpers.bearer(token))).status_code == 200
         await client.patch(f"/users/{user['id']}", headers=helpers.bearer(admin), json={"active": False})
-        r = await client.get("/api/analytics/x", headers=helpers.bearer(token))
+        r = await client.get("/api/analytics/summary", headers=helpers.bearer(token))
         assert r.status_code == 401
         assert "deactivated" in r.json()["message"]
 

@@ -1,27 +1,43 @@
-"""The process refuses to start in production without a bootstrap admin password (fail fast)."""
+"""The process refuses to start in production without real keys or an admin password (fail fast)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+from crm_platform.keys import new_key
 
 
-def test_production_without_admin_password_exits_with_a_clear_error() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
-    env.update(
+def _start_in_production(**env: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
+    full.update(
         {
             "CRM_ENV": "production",
-            "CRM_JWT_SECRET": "a-real-production-secret-0123456789abcdef",
             "MONGODB_URI": "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=100",
+            **env,
         }
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "gateway.main"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.main"], env=full, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_production_without_admin_password_exits_with_a_clear_error(tmp_path: Path) -> None:
+    new_key(tmp_path / "private.pem", tmp_path / "public.json")
+    proc = _start_in_production(
+        CRM_JWT_PRIVATE_KEY_FILE=str(tmp_path / "private.pem"),
+        CRM_JWT_PUBLIC_KEYS_FILE=str(tmp_path / "public.json"),
     )
     assert proc.returncode != 0
     assert "CRM_ADMIN_PASSWORD must be set when CRM_ENV=production" in proc.stderr
+
+
+def test_production_without_keys_exits_with_a_clear_error() -> None:
+    """No development key and no shared secret can reach production: the keys must be given."""
+    proc = _start_in_production(
+        CRM_ADMIN_PASSWORD="s3cret-enough-pass", CRM_JWT_SECRET="dev-only-secret-change-me-0123456789abcdef"
+    )
+    assert proc.returncode != 0
+    assert "CRM_JWT_PUBLIC_KEYS_FILE must name the gateway's public keys" in proc.stderr

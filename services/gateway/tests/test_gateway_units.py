@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 from gateway.api.proxy import upstream_path
@@ -17,7 +19,19 @@ from pydantic import ValidationError
 from starlette.requests import Request
 
 BASE = {"MONGODB_URI": "mongodb://127.0.0.1:1/?directConnection=true"}
-REAL_SECRET = "a-real-production-secret-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def real_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A production key pair made the way an operator makes one."""
+    from crm_platform.keys import new_key
+
+    d = tmp_path_factory.mktemp("keys")
+    new_key(d / "private.pem", d / "public.json")
+    return {
+        "CRM_JWT_PRIVATE_KEY_FILE": str(d / "private.pem"),
+        "CRM_JWT_PUBLIC_KEYS_FILE": str(d / "public.json"),
+    }
 
 
 def settings(**env: object) -> GatewaySettings:
@@ -45,18 +59,18 @@ def test_upstream_urls_from_env() -> None:
     assert s.upstreams["service-desk"] == "http://sd:1"
 
 
-def test_production_refuses_a_missing_admin_password() -> None:
+def test_production_refuses_a_missing_admin_password(real_keys: dict[str, str]) -> None:
     with pytest.raises(ValidationError, match="CRM_ADMIN_PASSWORD must be set"):
-        settings(CRM_ENV="production", CRM_JWT_SECRET=REAL_SECRET)
+        settings(CRM_ENV="production", **real_keys)
 
 
-def test_production_refuses_the_dev_admin_password() -> None:
+def test_production_refuses_the_dev_admin_password(real_keys: dict[str, str]) -> None:
     with pytest.raises(ValidationError, match="development password"):
-        settings(CRM_ENV="production", CRM_JWT_SECRET=REAL_SECRET, CRM_ADMIN_PASSWORD=DEV_ADMIN_PASSWORD)
+        settings(CRM_ENV="production", CRM_ADMIN_PASSWORD=DEV_ADMIN_PASSWORD, **real_keys)
 
 
-def test_production_with_a_real_admin_password() -> None:
-    s = settings(CRM_ENV="production", CRM_JWT_SECRET=REAL_SECRET, CRM_ADMIN_PASSWORD="s3cret-enough-pass")
+def test_production_with_a_real_admin_password(real_keys: dict[str, str]) -> None:
+    s = settings(CRM_ENV="production", CRM_ADMIN_PASSWORD="s3cret-enough-pass", **real_keys)
     assert s.bootstrap_admin_password == "s3cret-enough-pass"
     assert "s3cret-enough-pass" not in repr(s)
 
@@ -66,9 +80,19 @@ def test_admin_password_must_meet_the_policy() -> None:
         settings(CRM_ADMIN_PASSWORD="short")
 
 
-def test_production_still_refuses_the_dev_jwt_secret() -> None:
-    with pytest.raises(ValidationError, match="CRM_JWT_SECRET"):
-        settings(CRM_ENV="production", CRM_ADMIN_PASSWORD="s3cret-enough-pass")
+def test_production_refuses_to_start_without_real_keys(real_keys: dict[str, str], tmp_path: Path) -> None:
+    password = {"CRM_ADMIN_PASSWORD": "s3cret-enough-pass"}
+    with pytest.raises(ValidationError, match="CRM_JWT_PUBLIC_KEYS_FILE"):
+        settings(CRM_ENV="production", **password)
+    public_only = {"CRM_JWT_PUBLIC_KEYS_FILE": real_keys["CRM_JWT_PUBLIC_KEYS_FILE"]}
+    with pytest.raises(ValidationError, match="CRM_JWT_PRIVATE_KEY_FILE"):
+        settings(CRM_ENV="production", **password, **public_only)
+    not_a_key = tmp_path / "secret.pem"
+    not_a_key.write_text("dev-only-secret-change-me-0123456789abcdef")
+    with pytest.raises(ValidationError, match="signing key"):
+        settings(
+            CRM_ENV="production", **password, **{**real_keys, "CRM_JWT_PRIVATE_KEY_FILE": str(not_a_key)}
+        )
 
 
 def test_rewrite_openapi_points_servers_at_the_gateway_and_adds_bearer() -> None:

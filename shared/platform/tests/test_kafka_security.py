@@ -222,12 +222,20 @@ def test_incomplete_or_contradictory_settings_fail_fast(
         ServiceSettings()
 
 
+def _production_token_settings(env: pytest.MonkeyPatch) -> None:
+    """What production needs besides Kafka: the gateway's public keys and its revocation list."""
+    from crm_platform.keys import ensure_dev_keys
+
+    env.setenv("CRM_JWT_PUBLIC_KEYS_FILE", str(ensure_dev_keys().public))
+    env.setenv("CRM_REVOCATIONS_URL", "http://gateway:8080/internal/revocations")
+
+
 @pytest.mark.parametrize("protocol", ["PLAINTEXT", "SASL_PLAINTEXT"])
 def test_production_refuses_unencrypted_kafka_unless_explicitly_allowed(
     protocol: str, env: pytest.MonkeyPatch
 ) -> None:
     env.setenv("CRM_ENV", "production")
-    env.setenv("CRM_JWT_SECRET", "x" * 40)
+    _production_token_settings(env)
     env.setenv("KAFKA_SECURITY_PROTOCOL", protocol)
     if protocol.startswith("SASL"):
         env.setenv("KAFKA_SASL_USERNAME", "u")
@@ -242,7 +250,7 @@ def test_production_accepts_tls_and_a_service_without_kafka(
     env: pytest.MonkeyPatch, certs: dict[str, str]
 ) -> None:
     env.setenv("CRM_ENV", "production")
-    env.setenv("CRM_JWT_SECRET", "x" * 40)
+    _production_token_settings(env)
     env.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
     env.setenv("KAFKA_SASL_USERNAME", "sales")
     env.setenv("KAFKA_SASL_PASSWORD", "s3cret")

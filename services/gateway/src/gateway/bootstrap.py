@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from crm_platform.app import create_app
+from crm_platform.auth import TokenIssuer, TokenVerifier
+from crm_platform.keys import load_private_key
 from crm_platform.logging import request_id_var
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -12,7 +14,6 @@ from starlette.routing import BaseRoute
 
 from gateway import store
 from gateway.api import auth, docs, proxy, users
-from gateway.domain.lockout import LockoutPolicy
 from gateway.handlers import Accounts
 from gateway.logctx import RequestLogFields, install_log_filter
 from gateway.runtime import GatewayRuntime
@@ -21,7 +22,8 @@ from gateway.upstream import UpstreamError, Upstreams
 
 DESCRIPTION = """The single entry point of the CRM.
 
-* `POST /auth/login` gives a bearer token; send it as `Authorization: Bearer <token>`.
+* `POST /auth/login` gives a short-lived access token (send it as `Authorization: Bearer
+  <token>`) and a refresh token (`POST /auth/refresh`); `POST /auth/logout` revokes both.
 * `/users` manages accounts (admin only).
 * `/api/{service}/{path}` forwards to leads, sales, service-desk and analytics after checking
   the token and the route table; `/docs` links every service's API documentation.
@@ -39,6 +41,8 @@ def build_app(settings: GatewaySettings) -> FastAPI:
 
     async def on_startup(app: FastAPI) -> None:
         await app.state.accounts.bootstrap_admin(settings.bootstrap_admin_password)
+        # The revocation list is in memory before the first request is served.
+        await app.state.accounts.reload_revocations()
 
     app = create_app(
         settings=settings,
@@ -46,23 +50,14 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         description=DESCRIPTION,
         runtime=runtime,
         # Public: login and the documentation; the rest needs a valid token.
-        public=[auth.login_router, docs.router],
+        public=[auth.login_router, auth.keys_router, docs.router],
         protected=[auth.me_router, users.router, proxy.router],
         on_startup=on_startup,
     )
     app.state.upstreams = upstreams
-    app.state.accounts = Accounts(
-        runtime.store,
-        app.state.token_verifier,
-        settings.password_policy,
-        LockoutPolicy(
-            max_failures=settings.login_max_failures,
-            window=timedelta(minutes=settings.login_window_minutes),
-            lock_for=timedelta(minutes=settings.login_lockout_minutes),
-        ),
-        timedelta(minutes=settings.token_ttl_minutes),
-        session_cache_seconds=settings.session_check_seconds,
-    )
+    app.state.accounts = accounts = _accounts(settings, runtime, app.state.token_verifier)
+    app.state.token_verifier = accounts.verifier
+    runtime.background.append(lambda: accounts.keep_revocations_fresh(settings.revocation_refresh_seconds))
 
     # FastAPI's own Swagger page would shadow the docs index; ours lists every service
     # (the gateway's own page is /docs/gateway).
@@ -82,6 +77,26 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(RequestLogFields)
     install_log_filter()
     return app
+
+
+def _accounts(settings: GatewaySettings, runtime: GatewayRuntime, platform: TokenVerifier) -> Accounts:
+    """Accounts with the signing key; the gateway verifies its own key's tokens even when the
+    public key file does not list it yet (the first step of a rotation)."""
+    assert settings.jwt_private_key_file is not None  # the settings fill in the dev key
+    key = load_private_key(settings.jwt_private_key_file)
+    verifier = TokenVerifier(
+        {**platform.public_keys, key.kid: key.public}, settings.jwt_issuer, settings.jwt_audience
+    )
+    return Accounts(
+        runtime.store,
+        TokenIssuer(key, settings.jwt_issuer, settings.jwt_audience),
+        verifier,
+        settings.password_policy,
+        settings.throttles(),
+        timedelta(minutes=settings.access_token_ttl_minutes),
+        timedelta(minutes=settings.refresh_token_ttl_minutes),
+        max_concurrent_logins=settings.login_max_concurrent,
+    )
 
 
 def _drop_routes(app: FastAPI, path: str) -> None:

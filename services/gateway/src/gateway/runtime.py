@@ -8,6 +8,7 @@ only sets up its indexes and closes its clients.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -25,9 +26,17 @@ class GatewayRuntime(ServiceRuntime):
     async def start(self) -> None:
         if self.indexes is not None:
             await self.indexes(self.store.db)
+        for job in self.background:
+            self._tasks.append(asyncio.create_task(job(), name="gateway-job"))
         log.info("gateway runtime started", extra={"database": self.settings.database_name})
 
     async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
         if self.upstreams is not None:
             await self.upstreams.aclose()
         await self.client.close()

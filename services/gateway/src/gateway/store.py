@@ -1,4 +1,5 @@
-"""The gateway's own collections: ``users`` and ``login_attempts`` (and one guard document).
+"""The gateway's own collections: ``users``, ``login_attempts``, ``refresh_tokens`` (hashed),
+``revoked_tokens`` (logged-out token ids) and one guard document.
 
 Functions take the database (or a :class:`Tx` for the few multi-document changes).
 Password hashes are stored, never passwords.
@@ -15,13 +16,15 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from gateway.domain.lockout import Attempts, LockoutPolicy
+from gateway.domain.lockout import Attempts, ThrottlePolicy
 
 Doc = dict[str, Any]
 Db = AsyncDatabase[Doc]
 
 USERS = "users"
 ATTEMPTS = "login_attempts"
+REFRESH = "refresh_tokens"
+REVOKED = "revoked_tokens"
 META = "gateway_meta"
 ADMIN_GUARD = "admin_guard"
 
@@ -30,6 +33,11 @@ async def ensure_indexes(db: Db) -> None:
     await db[USERS].create_index("username_key", unique=True, name="username_unique")
     await db[USERS].create_index([("active", ASCENDING), ("roles", ASCENDING)], name="active_roles")
     await db[ATTEMPTS].create_index("expires_at", expireAfterSeconds=0, name="attempts_ttl")
+    await db[USERS].create_index("sessions_valid_after", name="sessions_valid_after")
+    await db[REFRESH].create_index("expires_at", expireAfterSeconds=0, name="refresh_ttl")
+    await db[REFRESH].create_index("session_id", name="refresh_session")
+    await db[REFRESH].create_index("user_id", name="refresh_user")
+    await db[REVOKED].create_index("expires_at", expireAfterSeconds=0, name="revoked_ttl")
 
 
 # --- users -----------------------------------------------------------------------------------
@@ -100,9 +108,9 @@ async def load_attempts(db: Db, key: str) -> tuple[Attempts, int | None]:
     if doc is None:
         return Attempts(), None
     state = Attempts(
-        failures=int(doc.get("failures", 0)),
-        window_started=doc.get("window_started"),
-        locked_until=doc.get("locked_until"),
+        attempts=int(doc.get("attempts", 0)),
+        last_attempt=doc.get("last_attempt"),
+        next_allowed=doc.get("next_allowed"),
     )
     return state, int(doc.get("version", 0))
 
@@ -112,14 +120,14 @@ async def save_attempts(
     key: str,
     state: Attempts,
     version: int | None,
-    policy: LockoutPolicy,
+    policy: ThrottlePolicy,
     now: datetime,
 ) -> bool:
     """Compare-and-set on ``version``; False when another login changed the record first."""
     fields: Doc = {
-        "failures": state.failures,
-        "window_started": state.window_started,
-        "locked_until": state.locked_until,
+        "attempts": state.attempts,
+        "last_attempt": state.last_attempt,
+        "next_allowed": state.next_allowed,
         "expires_at": state.expires_at(policy) or now,
     }
     if version is None:
@@ -134,5 +142,58 @@ async def save_attempts(
     return result.matched_count == 1
 
 
-async def clear_attempts(db: Db, key: str) -> None:
-    await db[ATTEMPTS].delete_one({"_id": key})
+async def clear_attempts(db: Db, *keys: str) -> None:
+    await db[ATTEMPTS].delete_many({"_id": {"$in": list(keys)}})
+
+
+async def uncount_attempt(db: Db, key: str) -> None:
+    """Undo one counted attempt (a login that succeeded) without touching its delay."""
+    await db[ATTEMPTS].update_one(
+        {"_id": key, "attempts": {"$gt": 0}}, {"$inc": {"attempts": -1, "version": 1}}
+    )
+
+
+# --- sessions: refresh tokens and revocations --------------------------------------------------
+
+
+async def insert_refresh_token(db: Db, doc: Doc) -> None:
+    await db[REFRESH].insert_one(doc)
+
+
+async def use_refresh_token(db: Db, token_hash: str, now: datetime) -> tuple[Doc | None, bool]:
+    """Mark a refresh token used, atomically; (its document, True) if this call used it.
+
+    (doc, False): it had been used before — a replay; (None, False): unknown or expired.
+    """
+    doc = await db[REFRESH].find_one_and_update(
+        {"_id": token_hash, "used_at": None, "expires_at": {"$gt": now}},
+        {"$set": {"used_at": now}},
+    )
+    if doc is not None:
+        return doc, True
+    return await db[REFRESH].find_one({"_id": token_hash, "expires_at": {"$gt": now}}), False
+
+
+async def revoke_refresh_session(db: Db, session_id: str) -> None:
+    await db[REFRESH].delete_many({"session_id": session_id})
+
+
+async def revoke_refresh_tokens_of(db: Db, user_id: str) -> None:
+    await db[REFRESH].delete_many({"user_id": user_id})
+
+
+async def revoke_token(db: Db, jti: str, expires_at: datetime) -> None:
+    await db[REVOKED].update_one({"_id": jti}, {"$setOnInsert": {"expires_at": expires_at}}, upsert=True)
+
+
+async def revocations(db: Db, *, users_since: int, now: datetime) -> tuple[dict[str, int], dict[str, int]]:
+    """Users whose sessions were revoked after ``users_since`` (epoch s), and revoked token ids."""
+    users: dict[str, int] = {}
+    async for doc in db[USERS].find(
+        {"sessions_valid_after": {"$gt": users_since}}, {"sessions_valid_after": 1}
+    ):
+        users[str(doc["_id"])] = int(doc["sessions_valid_after"])
+    tokens: dict[str, int] = {}
+    async for doc in db[REVOKED].find({"expires_at": {"$gt": now}}):
+        tokens[str(doc["_id"])] = int(doc["expires_at"].timestamp())
+    return users, tokens

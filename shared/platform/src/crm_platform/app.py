@@ -8,6 +8,7 @@ applied once where the protected routers are mounted.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -23,8 +24,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crm_platform import metrics
-from crm_platform.auth import TokenVerifier, current_principal
+from crm_platform.auth import RevocationFeed, TokenVerifier, current_principal
 from crm_platform.errors import DomainError
+from crm_platform.keys import load_public_keys
 from crm_platform.logging import configure_logging, correlation_id_var, request_id_var
 from crm_platform.runtime import ServiceRuntime
 from crm_platform.settings import ServiceSettings
@@ -116,6 +118,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        feed = _start_revocation_feed(app, settings)
         if runtime is not None:
             await runtime.start()
         try:
@@ -123,13 +126,15 @@ def create_app(
                 await on_startup(app)
             yield
         finally:
+            if feed is not None:
+                feed.cancel()
             if runtime is not None:
                 await runtime.stop()
 
     app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.runtime = runtime
-    app.state.token_verifier = TokenVerifier(settings.jwt_secret, settings.jwt_issuer)
+    app.state.token_verifier = token_verifier(settings)
     install_error_handlers(app)
     install_request_context(app, settings.service_name)
 
@@ -156,6 +161,22 @@ def create_app(
         # Authentication applied once, here, for every protected route.
         app.include_router(router, dependencies=[Depends(current_principal)])
     return app
+
+
+def token_verifier(settings: ServiceSettings) -> TokenVerifier:
+    """Verifies with the gateway's public keys; this process cannot mint tokens."""
+    assert settings.jwt_public_keys_file is not None  # the settings fill in the dev keys
+    keys = load_public_keys(settings.jwt_public_keys_file)
+    return TokenVerifier(keys, settings.jwt_issuer, settings.jwt_audience)
+
+
+def _start_revocation_feed(app: FastAPI, settings: ServiceSettings) -> asyncio.Task[None] | None:
+    if not settings.revocations_url:
+        return None
+    verifier: TokenVerifier = app.state.token_verifier
+    feed = RevocationFeed(settings.revocations_url, verifier.revocations, settings.revocation_poll_seconds)
+    app.state.revocation_feed = feed
+    return asyncio.create_task(feed.run(), name="revocation-feed")
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:

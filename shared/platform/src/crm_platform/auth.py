@@ -1,19 +1,43 @@
-"""Identity: the gateway issues JWTs, and every service verifies them again.
+"""Identity: the gateway signs short-lived JWTs, every service verifies them itself.
 
+Tokens are signed with Ed25519 (``EdDSA``). Only the gateway holds the private key
+(:class:`TokenIssuer`); services hold the public keys (:class:`TokenVerifier`, keys
+by ``kid`` from a JWKS file, see :mod:`crm_platform.keys`) and so cannot mint.
 Services never trust a forwarded header: each request carries the bearer token
-and each service checks its signature, issuer and expiry itself.
+and each service checks its signature, algorithm, issuer, audience, expiry and the
+revocation list itself. A token names its user by ``sub`` (the gateway's user id):
+that is the identity; ``name`` is the username, for display and logs.
+
+Revocation (logout, deactivation, changed roles or password) reaches every service
+through a :class:`RevocationList` that the gateway publishes at ``/auth/revocations``
+and each service polls (:class:`RevocationFeed`); access tokens live minutes, so the
+list only holds entries younger than the longest token lifetime.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
+import httpx
 import jwt
 from crm_contracts import utcnow
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import Depends, HTTPException, Request, status
+
+from crm_platform.keys import SigningKey
+
+log = logging.getLogger("crm.auth")
+
+ALGORITHM = "EdDSA"
+REQUIRED_CLAIMS = ["sub", "exp", "iat", "iss", "aud", "jti"]
+CLOCK_SKEW_SECONDS = 5
 
 
 class Role(StrEnum):
@@ -32,9 +56,16 @@ SERVICE_ROLES = frozenset({Role.SERVICE_REP, Role.CUSTOMER_SUCCESS_MANAGER, Role
 
 @dataclass(frozen=True)
 class Principal:
+    """Who a verified token belongs to. ``user_id`` (the ``sub``) is the identity;
+    ``username`` is for display and logs only."""
+
     user_id: str
     username: str
     roles: frozenset[str]
+    token_id: str = ""
+    issued_at: int = 0
+    expires_at: int = 0
+    session_id: str = ""  # the login session (``sid``): logout ends it
 
     def has_any(self, roles: frozenset[str] | set[str]) -> bool:
         return bool(self.roles & set(roles))
@@ -44,41 +75,175 @@ class AuthError(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class TokenVerifier:
-    secret: str
-    issuer: str
-    algorithm: str = "HS256"
+@dataclass
+class RevocationList:
+    """Tokens refused although validly signed.
 
-    def issue(self, principal: Principal, ttl: timedelta = timedelta(hours=8)) -> str:
-        now = utcnow()
+    ``users``: user id -> epoch second; that user's tokens issued before it are refused
+    (deactivation, changed roles or password). ``tokens``: jti -> the token's expiry
+    (logout). Entries are dropped once no token they could refuse is still valid.
+    """
+
+    users: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+
+    def reason(self, principal: Principal) -> str | None:
+        if principal.token_id and principal.token_id in self.tokens:
+            return "token revoked (logged out)"
+        not_before = self.users.get(principal.user_id)
+        if not_before is not None and principal.issued_at < not_before:
+            return "session revoked (account deactivated, or roles or password changed); log in again"
+        return None
+
+    def replace(self, other: RevocationList) -> None:
+        """Swap in a fresher list (one assignment each: readers never see a half-built one)."""
+        self.users, self.tokens = dict(other.users), dict(other.tokens)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "users": [{"user_id": u, "not_before": t} for u, t in sorted(self.users.items())],
+            "tokens": [{"jti": j, "expires_at": t} for j, t in sorted(self.tokens.items())],
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> RevocationList:
+        if not isinstance(doc, dict):
+            raise ValueError("revocation list: not an object")
+        users = {str(e["user_id"]): int(e["not_before"]) for e in doc.get("users", [])}
+        tokens = {str(e["jti"]): int(e["expires_at"]) for e in doc.get("tokens", [])}
+        return cls(users, tokens)
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    jti: str
+    issued_at: int
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class TokenIssuer:
+    """Mints access tokens; only the gateway has the private key to build one."""
+
+    key: SigningKey
+    issuer: str
+    audience: str
+
+    def issue(self, principal: Principal, ttl: timedelta, *, session_id: str | None = None) -> IssuedToken:
+        now = int(utcnow().timestamp())
+        exp = now + int(ttl.total_seconds())
+        jti = uuid.uuid4().hex
         claims = {
             "sub": principal.user_id,
             "name": principal.username,
             "roles": sorted(principal.roles),
             "iss": self.issuer,
+            "aud": self.audience,
             "iat": now,
-            "exp": now + ttl,
+            "nbf": now,
+            "exp": exp,
+            "jti": jti,
         }
-        return jwt.encode(claims, self.secret, algorithm=self.algorithm)
+        if session_id:
+            claims["sid"] = session_id
+        token = jwt.encode(claims, self.key.private, algorithm=ALGORITHM, headers={"kid": self.key.kid})
+        return IssuedToken(token, jti, now, exp)
+
+
+@dataclass
+class TokenVerifier:
+    """Checks a token against the public keys (by ``kid``) and the revocation list."""
+
+    public_keys: Mapping[str, Ed25519PublicKey]
+    issuer: str
+    audience: str
+    revocations: RevocationList = field(default_factory=RevocationList)
 
     def verify(self, token: str) -> Principal:
         try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"invalid token: {exc}") from None
+        if header.get("alg") != ALGORITHM:
+            raise AuthError(f"invalid token: only {ALGORITHM}-signed tokens are accepted")
+        key = self.public_keys.get(str(header.get("kid")))
+        if key is None:
+            raise AuthError("invalid token: unknown signing key (kid)")
+        try:
             claims = jwt.decode(
                 token,
-                self.secret,
-                algorithms=[self.algorithm],
+                key,
+                algorithms=[ALGORITHM],
                 issuer=self.issuer,
-                options={"require": ["sub", "exp", "iss"]},
+                audience=self.audience,
+                leeway=CLOCK_SKEW_SECONDS,
+                options={"require": REQUIRED_CLAIMS},
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("token expired") from None
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"invalid token: {exc}") from None
-        roles = claims.get("roles", [])
-        if not isinstance(roles, list):
-            raise AuthError("invalid token: roles must be a list")
-        return Principal(str(claims["sub"]), str(claims.get("name", "")), frozenset(roles))
+        principal = _principal(claims)
+        if (reason := self.revocations.reason(principal)) is not None:
+            raise AuthError(reason)
+        return principal
+
+
+def _principal(claims: dict[str, Any]) -> Principal:
+    roles = claims.get("roles", [])
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise AuthError("invalid token: roles must be a list of strings")
+    sub, iat, exp = claims["sub"], claims["iat"], claims["exp"]
+    if not isinstance(sub, str) or not sub:
+        raise AuthError("invalid token: sub must be a non-empty string")
+    if not isinstance(iat, int | float) or not isinstance(exp, int | float):
+        raise AuthError("invalid token: iat and exp must be numbers")
+    return Principal(
+        sub,
+        str(claims.get("name", "")),
+        frozenset(roles),
+        token_id=str(claims["jti"]),
+        issued_at=int(iat),
+        expires_at=int(exp),
+        session_id=str(claims.get("sid", "")),
+    )
+
+
+class RevocationFeed:
+    """Keeps a service's revocation list in step with the gateway's (``GET /auth/revocations``).
+
+    Polled every ``poll_seconds``; while the gateway does not answer, the last list
+    stays in force (tokens still expire on their own within minutes).
+    """
+
+    def __init__(self, url: str, target: RevocationList, poll_seconds: float = 5.0) -> None:
+        self.url = url
+        self.target = target
+        self.poll_seconds = poll_seconds
+        self.failing = False
+
+    async def refresh(self, client: httpx.AsyncClient) -> bool:
+        try:
+            response = await client.get(self.url)
+            response.raise_for_status()
+            fresh = RevocationList.from_json(response.json())
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            if not self.failing:
+                log.warning("revocation list not refreshed from %s: %s", self.url, exc)
+            self.failing = True
+            return False
+        if self.failing:
+            log.info("revocation list refreshed again from %s", self.url)
+        self.failing = False
+        self.target.replace(fresh)
+        return True
+
+    async def run(self) -> None:
+        async with httpx.AsyncClient(timeout=max(1.0, self.poll_seconds), trust_env=False) as client:
+            while True:
+                await self.refresh(client)
+                await asyncio.sleep(self.poll_seconds)
 
 
 def bearer_token(request: Request) -> str:
@@ -111,16 +276,22 @@ def current_principal(request: Request) -> Principal:
 CurrentUser = Annotated[Principal, Depends(current_principal)]
 
 
-def require_roles(*roles: str) -> Any:
-    """A dependency that lets only these roles through (403 naming them otherwise)."""
-    allowed = frozenset(roles)
+class RoleCheck:
+    """The dependency behind :func:`require_roles`; ``allowed`` is introspectable (route tests)."""
 
-    def check(principal: CurrentUser) -> Principal:
-        if not principal.has_any(allowed):
+    def __init__(self, roles: frozenset[str]) -> None:
+        self.allowed = roles
+
+    def __call__(self, principal: CurrentUser) -> Principal:
+        if not principal.has_any(self.allowed):
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
-                f"requires one of the roles {sorted(allowed)}; you have {sorted(principal.roles)}",
+                f"requires one of the roles {sorted(str(r) for r in self.allowed)}; "
+                f"you have {sorted(principal.roles)}",
             )
         return principal
 
-    return Depends(check)
+
+def require_roles(*roles: str) -> Any:
+    """A dependency that lets only these roles through (403 naming them otherwise)."""
+    return Depends(RoleCheck(frozenset(roles)))

@@ -1,33 +1,44 @@
 """Settings shared by every service, read from the environment, failing fast.
 
-With ``CRM_ENV=production`` the development JWT secret is refused, so a service
-can never reach production signing tokens with a key printed in the README.
+Tokens are verified with the gateway's public keys (``CRM_JWT_PUBLIC_KEYS_FILE``, a
+JWKS file). With ``CRM_ENV=production`` the file must be given and hold valid keys;
+locally and in tests it defaults to this install's generated development keys
+(``.local/keys``, see :mod:`crm_platform.keys`): there is no known default key.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crm_platform.kafka_security import KafkaSecurity, refuse_plaintext_in_production
-
-DEV_JWT_SECRET = "dev-only-secret-change-me-0123456789abcdef"
+from crm_platform.keys import ensure_dev_keys, load_public_keys
 
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
     # False for a service that never talks to Kafka (the gateway): its Kafka settings are not checked.
     uses_kafka: ClassVar[bool] = True
+    # The gateway keeps the revocation list itself; every other service polls it.
+    owns_revocations: ClassVar[bool] = False
 
     service_name: str = Field(default="service", validation_alias="CRM_SERVICE_NAME")
     env: Literal["local", "test", "production"] = Field(default="local", validation_alias="CRM_ENV")
     kafka_bootstrap_servers: str = Field(validation_alias="KAFKA_BOOTSTRAP_SERVERS", min_length=1)
     mongodb_uri: str = Field(validation_alias="MONGODB_URI", min_length=1)
     mongodb_database: str | None = Field(default=None, validation_alias="MONGODB_DATABASE")
-    jwt_secret: str = Field(default=DEV_JWT_SECRET, validation_alias="CRM_JWT_SECRET", min_length=32)
-    jwt_issuer: str = Field(default="crm-gateway", validation_alias="CRM_JWT_ISSUER")
+    jwt_public_keys_file: Path | None = Field(default=None, validation_alias="CRM_JWT_PUBLIC_KEYS_FILE")
+    jwt_issuer: str = Field(default="crm-gateway", validation_alias="CRM_JWT_ISSUER", min_length=1)
+    jwt_audience: str = Field(default="crm", validation_alias="CRM_JWT_AUDIENCE", min_length=1)
+    # Where the gateway publishes revoked tokens and users (GET /auth/revocations);
+    # unset: this process enforces no revocation beyond token expiry (tests, tools).
+    revocations_url: str | None = Field(default=None, validation_alias="CRM_REVOCATIONS_URL")
+    revocation_poll_seconds: float = Field(
+        default=5.0, validation_alias="CRM_REVOCATION_POLL_SECONDS", gt=0, le=300
+    )
     http_host: str = Field(default="127.0.0.1", validation_alias="CRM_HTTP_HOST")
     http_port: int = Field(default=8000, validation_alias="CRM_HTTP_PORT", ge=1, le=65535)
     log_level: str = Field(default="INFO", validation_alias="CRM_LOG_LEVEL")
@@ -74,10 +85,25 @@ class ServiceSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> ServiceSettings:
-        if self.env == "production" and self.jwt_secret == DEV_JWT_SECRET:
-            raise ValueError("CRM_JWT_SECRET must be set to a real secret when CRM_ENV=production")
         if self.uses_kafka:
             refuse_plaintext_in_production(self.kafka_security, self.env, self.kafka_allow_plaintext)
+        return self
+
+    @model_validator(mode="after")
+    def _token_keys(self) -> ServiceSettings:
+        if self.jwt_public_keys_file is None:
+            if self.env == "production":
+                raise ValueError(
+                    "CRM_JWT_PUBLIC_KEYS_FILE must name the gateway's public keys (a JWKS file) "
+                    "when CRM_ENV=production"
+                )
+            self.jwt_public_keys_file = ensure_dev_keys().public
+        load_public_keys(self.jwt_public_keys_file)  # unreadable or not Ed25519: refuse to start
+        if self.env == "production" and not self.owns_revocations and not self.revocations_url:
+            raise ValueError(
+                "CRM_REVOCATIONS_URL must point at the gateway's /auth/revocations when "
+                "CRM_ENV=production (otherwise logout and deactivation would not reach this service)"
+            )
         return self
 
     @property

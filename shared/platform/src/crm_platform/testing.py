@@ -9,11 +9,13 @@ stops it at the end. Helpers poll with a deadline, never sleep a fixed time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,10 +25,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from crm_contracts import Envelope
 from fastapi import FastAPI
 
-from crm_platform.auth import Principal, TokenVerifier
+from crm_platform.auth import Principal, TokenIssuer
 from crm_platform.kafka import make_consumer
 from crm_platform.kafka_security import KafkaSecurity
-from crm_platform.settings import DEV_JWT_SECRET, ServiceSettings
+from crm_platform.keys import SigningKey, ensure_dev_keys, load_private_key
+from crm_platform.settings import ServiceSettings
 
 T = TypeVar("T")
 
@@ -101,9 +104,24 @@ def idle_backoff_ms(infra: Any) -> int:
     return EMBEDDED_IDLE_BACKOFF_MS if getattr(infra, "embedded", None) is not None else 0
 
 
-def token_for(roles: list[str], username: str = "tester", secret: str = DEV_JWT_SECRET) -> str:
-    verifier = TokenVerifier(secret, "crm-gateway")
-    return verifier.issue(Principal(f"user-{username}", username, frozenset(roles)))
+@functools.cache
+def dev_signing_key() -> SigningKey:
+    """This install's development signing key (generated once under ``.local/keys``); services
+    under test verify with its public half, the settings' development default."""
+    return load_private_key(ensure_dev_keys().private)
+
+
+def token_for(
+    roles: list[str],
+    username: str = "tester",
+    *,
+    user_id: str | None = None,
+    ttl: timedelta = timedelta(hours=1),
+) -> str:
+    """A token as the gateway would sign it; the subject is ``user-<username>`` unless given."""
+    issuer = TokenIssuer(dev_signing_key(), "crm-gateway", "crm")
+    principal = Principal(user_id or f"user-{username}", username, frozenset(roles))
+    return issuer.issue(principal, ttl).token
 
 
 def auth_headers(roles: list[str], username: str = "tester") -> dict[str, str]:
@@ -214,3 +232,84 @@ async def produce(
 
 async def produce_envelope(bootstrap: str, topic: str, env: Envelope) -> None:
     await produce(bootstrap, topic, env.to_bytes(), key=env.partition_key.encode(), headers=env.headers())
+
+
+def _claims(
+    roles: list[str], username: str, *, issued: int, ttl: int, audience: str = "crm"
+) -> dict[str, Any]:
+    return {
+        "sub": f"user-{username}",
+        "name": username,
+        "roles": roles,
+        "iss": "crm-gateway",
+        "aud": audience,
+        "iat": issued,
+        "exp": issued + ttl,
+        "jti": uuid.uuid4().hex,
+    }
+
+
+def _compact(header: dict[str, Any], claims: dict[str, Any], sign: Callable[[bytes], bytes]) -> str:
+    import base64
+    import json
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+    return f"{signing_input}.{b64(sign(signing_input.encode('ascii')))}"
+
+
+def expired_token(roles: list[str], username: str = "tester") -> str:
+    """Signed with this install's key, expired ten minutes ago."""
+    key = dev_signing_key()
+    claims = _claims(roles, username, issued=int(time.time()) - 3600, ttl=3000)
+    return _compact({"alg": "EdDSA", "typ": "JWT", "kid": key.kid}, claims, key.private.sign)
+
+
+def forged_tokens(roles: list[str], username: str = "tester") -> dict[str, str]:
+    """Tokens this install's gateway never signed, by the way they are forged."""
+    import hashlib
+    import hmac
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from crm_platform.keys import thumbprint
+
+    real = dev_signing_key()
+    other = Ed25519PrivateKey.generate()
+    claims = _claims(roles, username, issued=int(time.time()), ttl=600)
+    public_pem = real.public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return {
+        "another_key_same_kid": _compact({"alg": "EdDSA", "kid": real.kid}, claims, other.sign),
+        "another_key_own_kid": _compact(
+            {"alg": "EdDSA", "kid": thumbprint(other.public_key())}, claims, other.sign
+        ),
+        "alg_none": _compact({"alg": "none", "kid": real.kid}, claims, lambda _: b""),
+        "hs256_public_key_as_secret": _compact(
+            {"alg": "HS256", "kid": real.kid},
+            claims,
+            lambda data: hmac.new(public_pem, data, hashlib.sha256).digest(),
+        ),
+        "wrong_audience": _compact(
+            {"alg": "EdDSA", "kid": real.kid},
+            _claims(roles, username, issued=int(time.time()), ttl=600, audience="elsewhere"),
+            real.private.sign,
+        ),
+        "tampered_roles": _tamper(token_for(["analyst"], username), roles),
+    }
+
+
+def _tamper(token: str, roles: list[str]) -> str:
+    """A real token whose payload was edited (roles raised) with the signature kept."""
+    import base64
+    import json
+
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["roles"] = roles
+    edited = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{edited}.{signature}"

@@ -1,23 +1,30 @@
-"""``POST /auth/login`` (public) and ``GET /auth/me``."""
+"""``/auth``: login, refresh and logout; who am I; the revocation list and public keys."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from crm_platform.errors import NotFound
+from crm_platform.keys import jwks
 from crm_platform.logging import request_id_var
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from pymongo.errors import PyMongoError
 
 from gateway.api.deps import ActivePrincipal, get_accounts
-from gateway.api.models import LoginRequest, MeOut, TokenOut
-from gateway.handlers import Accounts, InvalidCredentials, LockedOut
+from gateway.api.models import LoginRequest, MeOut, RefreshRequest, TokenOut
+from gateway.handlers import Accounts, InvalidCredentials, InvalidRefreshToken, LoginResult, Throttled
 
 login_router = APIRouter(prefix="/auth", tags=["auth"])
 me_router = APIRouter(prefix="/auth", tags=["auth"])
+keys_router = APIRouter(tags=["auth"])
+DB_RETRY_AFTER = 5
 
 ERROR_SCHEMA: dict[str, Any] = {
     "content": {"application/json": {"example": {"error": "...", "message": "...", "request_id": "..."}}}
+}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"description": "the gateway's database is unreachable (see Retry-After)", **ERROR_SCHEMA}
 }
 
 
@@ -28,25 +35,63 @@ def _error(
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
+def _unavailable() -> JSONResponse:
+    return _error(
+        503,
+        "service_unavailable",
+        "the gateway's database is unreachable; logins and refreshes resume when it is back "
+        "(tokens already issued keep working)",
+        headers={"Retry-After": str(DB_RETRY_AFTER)},
+        retry_after=DB_RETRY_AFTER,
+    )
+
+
+def client_address(request: Request) -> str:
+    """The caller's address: the socket peer, or the X-Forwarded-For entry added by the
+    outermost of ``CRM_TRUSTED_PROXY_HOPS`` trusted proxies (clients can forge the rest)."""
+    hops: int = request.app.state.settings.trusted_proxy_hops
+    peer = request.client.host if request.client else "unknown"
+    if hops <= 0:
+        return peer
+    chain = [a.strip() for a in request.headers.get("x-forwarded-for", "").split(",") if a.strip()]
+    return chain[-hops] if len(chain) >= hops else (chain[0] if chain else peer)
+
+
+def _token(result: LoginResult) -> TokenOut:
+    return TokenOut(
+        access_token=result.access_token,
+        expires_in=result.expires_in,
+        refresh_token=result.refresh_token,
+        refresh_expires_in=result.refresh_expires_in,
+        roles=result.roles,
+    )
+
+
 @login_router.post(
     "/login",
     response_model=TokenOut,
-    summary="Log in with username and password; returns a bearer token",
+    summary="Log in with username and password; returns an access and a refresh token",
     responses={
         401: {
             "description": "unknown user, wrong password or deactivated account (one message)",
             **ERROR_SCHEMA,
         },
         429: {
-            "description": "too many failed logins: the username is locked (see Retry-After)",
+            "description": "too many attempts from this client or on this account, or too many "
+            "logins at once: wait Retry-After seconds",
             **ERROR_SCHEMA,
         },
+        **UNAVAILABLE,
     },
 )
-async def login(body: LoginRequest, accounts: Annotated[Accounts, Depends(get_accounts)]) -> Any:
+async def login(
+    body: LoginRequest, request: Request, accounts: Annotated[Accounts, Depends(get_accounts)]
+) -> Any:
     try:
-        result = await accounts.login(body.username, body.password.get_secret_value())
-    except LockedOut as exc:
+        result = await accounts.login(
+            body.username, body.password.get_secret_value(), client_address(request)
+        )
+    except Throttled as exc:
         return _error(
             429,
             "too_many_attempts",
@@ -56,15 +101,54 @@ async def login(body: LoginRequest, accounts: Annotated[Accounts, Depends(get_ac
         )
     except InvalidCredentials as exc:
         return _error(401, "unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"})
-    return TokenOut(access_token=result.access_token, expires_in=result.expires_in, roles=result.roles)
+    except PyMongoError:
+        return _unavailable()
+    return _token(result)
+
+
+@login_router.post(
+    "/refresh",
+    response_model=TokenOut,
+    summary="Trade a refresh token for a new access token and a new refresh token",
+    responses={
+        401: {"description": "unknown, expired, already used or revoked refresh token", **ERROR_SCHEMA},
+        **UNAVAILABLE,
+    },
+)
+async def refresh(body: RefreshRequest, accounts: Annotated[Accounts, Depends(get_accounts)]) -> Any:
+    try:
+        result = await accounts.refresh(body.refresh_token.get_secret_value())
+    except InvalidRefreshToken as exc:
+        return _error(401, "unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"})
+    except PyMongoError:
+        return _unavailable()
+    return _token(result)
+
+
+@me_router.post(
+    "/logout",
+    status_code=204,
+    response_class=Response,
+    summary="Revoke this access token everywhere and end its session (its refresh token)",
+    responses={401: {"description": "no valid token"}, **UNAVAILABLE},
+)
+async def logout(
+    principal: ActivePrincipal, accounts: Annotated[Accounts, Depends(get_accounts)]
+) -> Response:
+    try:
+        await accounts.logout(principal)
+    except PyMongoError:
+        return _unavailable()
+    return Response(status_code=204)
 
 
 @me_router.get("/me", response_model=MeOut, summary="Who the bearer token belongs to")
 async def me(principal: ActivePrincipal, accounts: Annotated[Accounts, Depends(get_accounts)]) -> MeOut:
     try:
         user = await accounts.get_user(principal.user_id)
-    except NotFound:
-        # A token signed with the shared secret for a user the gateway does not store.
+    except (NotFound, PyMongoError):
+        # Not stored here (a token minted with this install's development key by a test
+        # helper) or the database is down: what the signed token says.
         return MeOut(
             id=principal.user_id,
             username=principal.username,
@@ -79,3 +163,17 @@ async def me(principal: ActivePrincipal, accounts: Annotated[Accounts, Depends(g
         roles=sorted(principal.roles),
         active=bool(user["active"]),
     )
+
+
+@login_router.get(
+    "/revocations",
+    summary="Revoked sessions and tokens still within their lifetime (polled by every service)",
+)
+async def revocations(accounts: Annotated[Accounts, Depends(get_accounts)]) -> dict[str, Any]:
+    # Served from memory: services keep getting the list while the database is down.
+    return accounts.verifier.revocations.to_json()
+
+
+@keys_router.get("/.well-known/jwks.json", summary="The public keys that verify the gateway's tokens")
+async def public_keys(accounts: Annotated[Accounts, Depends(get_accounts)]) -> dict[str, Any]:
+    return jwks(accounts.verifier.public_keys)

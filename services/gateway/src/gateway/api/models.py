@@ -15,10 +15,17 @@ class LoginRequest(BaseModel):
     password: SecretStr = Field(min_length=1, max_length=1024)
 
 
+class RefreshRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    refresh_token: SecretStr = Field(min_length=1, max_length=256)
+
+
 class TokenOut(BaseModel):
     access_token: str
     token_type: Literal["bearer"] = "bearer"
-    expires_in: int = Field(description="seconds until the token expires")
+    expires_in: int = Field(description="seconds until the access token expires")
+    refresh_token: str = Field(description="single use: POST /auth/refresh trades it for a new pair")
+    refresh_expires_in: int = Field(description="seconds until the session ends (log in again)")
     roles: list[str]
 
 
@@ -40,7 +47,8 @@ class CreateUser(BaseModel):
 
 class UpdateUser(BaseModel):
     """Only the fields sent are changed. Changing roles, active or password revokes the user's
-    current tokens at the gateway (they log in again); a password reset also lifts a lockout."""
+    current tokens at the gateway and every service (they log in again); a password reset
+    also lifts the login throttle on the account."""
 
     model_config = ConfigDict(extra="forbid")
     roles: list[Role] | None = Field(default=None, min_length=1)

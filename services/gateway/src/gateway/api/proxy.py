@@ -13,7 +13,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 
 from gateway.api.deps import active_principal, get_upstreams
-from gateway.domain.routes import SERVICES, UnsafePath, authorize
+from gateway.domain.routes import SERVICES, UnsafePath, authorize, normalize_path
 from gateway.logctx import annotate
 from gateway.upstream import Forwarded, Upstreams
 
@@ -29,26 +29,39 @@ DESCRIPTION = (
 
 def upstream_path(request: Request) -> str:
     """The path below ``/api/{service}`` exactly as the client encoded it."""
+    return _raw_parts(request)[1]
+
+
+def _raw_parts(request: Request) -> tuple[str, str]:
+    """(service segment, rest) of the raw path, as the client encoded them."""
     raw = request.scope.get("raw_path")
     if isinstance(raw, bytes | bytearray):
         full = bytes(raw).split(b"?", 1)[0].decode("latin-1")
     else:
         full = quote(request.scope["path"], safe="/:@!$&'()*+,;=-._~")
     parts = full.split("/", 3)  # ['', 'api', '<service>', '<rest>']
-    return "/" + parts[3] if len(parts) > 3 else "/"
+    service = parts[2] if len(parts) > 2 else ""
+    return service, "/" + parts[3] if len(parts) > 3 else "/"
 
 
 async def _forward(service: str, request: Request, principal: Principal, upstreams: Upstreams) -> Response:
     if service not in SERVICES:
         raise NotFound(f"unknown service {service!r}; one of {list(SERVICES)}", service=service)
-    path = upstream_path(request)
+    raw_service, path = _raw_parts(request)
     annotate(upstream=service, upstream_path=path)
     try:
+        if raw_service != service:  # an encoded '/' or other spelling of the service name
+            raise UnsafePath("the service name must be spelled plainly in the path")
         decision = authorize(principal.roles, service, request.method, path)
     except UnsafePath as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    if decision.rule is None:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"{request.method} {normalize_path(path)} on {service} is not in the gateway's route "
+            "table: refused by default",
+        )
     if not decision.allowed:
-        assert decision.rule is not None
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
             f"{request.method} {decision.rule.pattern} on {service} requires one of the roles "
@@ -104,7 +117,10 @@ async def forward_root(
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "no valid token"},
-    403: {"description": "the route table refuses your roles"},
+    400: {"description": "unsafe path: '.'/'..' segments, a literal '#' or '?', control characters"},
+    403: {
+        "description": "the route table refuses your roles, or has no rule for the route (deny by default)"
+    },
     404: {"description": "unknown service"},
     503: {"description": "upstream unavailable"},
     504: {"description": "upstream timeout"},

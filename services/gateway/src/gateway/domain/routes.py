@@ -1,10 +1,12 @@
 """Which services the gateway fronts, and the coarse role check per route.
 
 The table is declarative: ``(service, methods, path pattern) -> allowed roles``,
-first match wins. Unlisted routes are open to any authenticated user and the
-upstream service decides (every service verifies the token and checks roles
-again). Patterns are matched against the *normalised* path below the service
-prefix (``/api/leads/scoring-rules`` -> ``/scoring-rules``):
+first match wins. **Deny by default**: a request that matches no rule is refused
+(403), whoever sends it, so a route added to a service is unreachable through the
+gateway until it gets a rule here (``tests/contract/test_role_route_matrix.py`` fails
+until then). The services check the token and roles again. Patterns are matched
+against the *normalised* path below the service prefix
+(``/api/leads/scoring-rules`` -> ``/scoring-rules``):
 
 - a literal segment matches itself (case-insensitive),
 - ``*`` matches exactly one segment,
@@ -43,11 +45,16 @@ class UnsafePath(ValueError):
 
 
 def normalize_path(path: str) -> str:
-    """The canonical form used for policy matching: decoded, no empty or trailing segments.
+    """The canonical form used for policy matching: decoded once (as the services decode
+    it), no empty or trailing segments.
 
-    ``.`` and ``..`` segments are refused rather than resolved, so no spelling of a
-    path can match one rule at the gateway and reach another route upstream.
+    ``.`` and ``..`` segments are refused rather than resolved, and so are a literal
+    ``#`` or ``?`` (never part of a path on the wire: an HTTP client would cut the
+    path there, so it would reach another route than the one matched), so no
+    spelling of a path can match one rule at the gateway and reach another upstream.
     """
+    if "#" in path or "?" in path:
+        raise UnsafePath("'#' and '?' are not allowed in a path (percent-encode them)")
     decoded = unquote(path)
     if any(ord(c) < 0x20 or c == "\x7f" for c in decoded):
         raise UnsafePath("control characters in path")
@@ -114,26 +121,45 @@ def rule(
     return RouteRule(service, frozenset(m.upper() for m in methods), pattern, frozenset(roles), why)
 
 
+SALES_LEADS = frozenset({Role.SALES_MANAGER, Role.ADMIN})
+CSM_LEADS = frozenset({Role.CUSTOMER_SUCCESS_MANAGER, Role.ADMIN})
+ADMINS = frozenset({Role.ADMIN})
+SALES_READERS = SALES_ROLES | {Role.ANALYST}
+
 # First match wins: list the specific rules before the broad ones of a service.
 ROUTE_TABLE: tuple[RouteRule, ...] = (
     # leads (marketing)
     rule(LEADS, WRITE, "/scoring-rules/**", MARKETING_ROLES, "scoring rules are marketing's"),
     rule(LEADS, WRITE, "/leads/**", MARKETING_ROLES, "capture and behaviour tracking are marketing's"),
-    rule(LEADS, READ, "/**", LEAD_READERS, "sales and analysts read leads"),
+    rule(LEADS, READ, "/leads|scoring-rules/**", LEAD_READERS, "sales and analysts read leads"),
     # sales
+    rule(SALES, {"POST"}, "/inbox/*/assign", SALES_LEADS, "managers route handed-off leads"),
     rule(SALES, {"POST"}, "/inbox/*/accept|reject|recycle", SALES_ROLES, "the verdict on a handed-off lead"),
-    rule(SALES, WRITE, "/opportunities/**", SALES_ROLES, "deals are changed by sales only"),
+    rule(SALES, READ, "/inbox/**", SALES_ROLES, "the inbox of handed-off leads"),
+    rule(SALES, ANY, "/opportunities/**", SALES_ROLES, "deals are sales' own"),
+    rule(SALES, READ, "/forecast|pipeline", SALES_READERS, "analysts read the forecast and stages"),
+    rule(SALES, READ, "/reps|config/**", SALES_ROLES, "the team and its settings"),
+    rule(SALES, WRITE, "/reps|config|pipeline/**", SALES_LEADS, "managers run the team"),
     # service desk (customer service and customer success)
-    rule(SERVICE_DESK, ANY, "/**", SERVICE_ROLES, "cases, accounts and commitments"),
+    rule(SERVICE_DESK, {"PUT"}, "/accounts/*/csm", CSM_LEADS, "customer success assigns CSMs"),
+    rule(SERVICE_DESK, WRITE, "/csms/**", CSM_LEADS, "customer success runs its roster"),
+    rule(SERVICE_DESK, WRITE, "/config/**", ADMINS, "SLA settings are the administrator's"),
+    rule(
+        SERVICE_DESK,
+        ANY,
+        "/accounts|tickets|csms|config/**",
+        SERVICE_ROLES,
+        "cases, accounts and commitments",
+    ),
     # analytics
-    rule(ANALYTICS, READ, "/**", ANALYTICS_READERS, "reports and exports"),
+    rule(ANALYTICS, READ, "/funnel|channels|handoffs|summary/**", ANALYTICS_READERS, "reports"),
 )
 
 
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
-    rule: RouteRule | None  # None: unlisted route, any authenticated user passes
+    rule: RouteRule | None  # None: no rule matches, so the route is refused
 
     @property
     def required_roles(self) -> frozenset[Role] | None:
@@ -160,5 +186,5 @@ def authorize(
     """May a user with ``roles`` call ``method path`` on ``service``? ``path`` is normalised here."""
     matched = find_rule(service, method, normalize_path(path), table)
     if matched is None:
-        return Decision(True, None)
+        return Decision(False, None)
     return Decision(bool(set(roles) & matched.roles), matched)

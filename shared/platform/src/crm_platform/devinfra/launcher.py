@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from crm_platform.keys import KeyFiles, ensure_dev_keys
+
 log = logging.getLogger("crm.launcher")
 
 
@@ -72,6 +74,8 @@ class Platform:
     only: tuple[str, ...] | None = None
     # The embedded broker answers empty fetches at once; see ServiceSettings.
     consumer_idle_backoff_ms: int = 0
+    # The token keys: this install's development pair unless given.
+    keys: KeyFiles | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # What to run; tests of the supervisor put stand-in processes here.
     specs: tuple[ServiceSpec, ...] = SERVICES
@@ -114,10 +118,22 @@ class Platform:
             env["CRM_ANALYTICS_APP_ID"] = f"crm-analytics{self.group_suffix}"
         if spec.port_offset is not None:
             env["CRM_HTTP_PORT"] = str(self.port(spec.name))
+        env.update(self._token_env(spec))
         for other in self.specs:
             if other.env_name:
                 env[other.env_name] = self.url(other.name)
         env.update(self.extra_env)
+        return env
+
+    def _token_env(self, spec: ServiceSpec) -> dict[str, str]:
+        """Every process gets the public keys; only the gateway the private key. Services
+        follow the gateway's revocation list."""
+        keys = self.keys or ensure_dev_keys()
+        env = {"CRM_JWT_PUBLIC_KEYS_FILE": str(keys.public)}
+        if spec.name == "gateway":
+            env["CRM_JWT_PRIVATE_KEY_FILE"] = str(keys.private)
+        elif any(s.name == "gateway" for s in self.specs):
+            env["CRM_REVOCATIONS_URL"] = f"{self.url('gateway')}/auth/revocations"
         return env
 
     def start(self, names: tuple[str, ...] | None = None) -> None:
