@@ -68,7 +68,9 @@ def allowed_roles(service: str, method: str, path: str) -> set[Role]:
         # service desk: service reps, customer success, admin
         ("service-desk", "GET", "/tickets", {SVC, CSM, ADMIN}),
         ("service-desk", "POST", "/tickets/t-1/resolve", {SVC, CSM, ADMIN}),
-        ("service-desk", "PUT", "/accounts/a-1/csm", {SVC, CSM, ADMIN}),
+        ("service-desk", "PUT", "/accounts/a-1/csm", {CSM, ADMIN}),
+        ("service-desk", "PUT", "/config", {ADMIN}),
+        ("service-desk", "GET", "/config", {SVC, CSM, ADMIN}),
         ("service-desk", "DELETE", "/", set()),
         # analytics: analysts, sales managers, admin may read
         ("analytics", "GET", "/summary", {ANALYST, MGR, ADMIN}),
