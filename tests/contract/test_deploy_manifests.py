@@ -439,7 +439,7 @@ def _assert_token_keys(service: str, deployment: Doc) -> None:
     else:
         assert "CRM_JWT_PRIVATE_KEY_FILE" not in env, f"{name} must not be able to mint tokens"
         assert SIGNING_KEY_SECRET not in secrets, f"{name} must not mount the signing key"
-        assert env["CRM_REVOCATIONS_URL"]["value"] == "http://gateway:8080/auth/revocations"
+        assert env["CRM_REVOCATIONS_URL"]["value"] == "http://gateway:8080/internal/revocations"
 
 
 @pytest.mark.parametrize("service", list(SERVICES))
@@ -669,6 +669,14 @@ def test_production_overlay_per_service(service: str) -> None:
         assert removes_replicas, f"{service}: the HPA, not kubectl apply, owns spec.replicas"
     else:
         assert hpas == []
+
+
+def test_the_revocation_list_stays_inside_the_cluster() -> None:
+    """Services poll the gateway's /internal/revocations; the public ingress never routes it."""
+    (ingress,) = of_kind(production_resources("gateway"), "Ingress")
+    paths = [p["path"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    assert paths
+    assert not any("/internal/revocations".startswith(p.rstrip("/") + "/") or p == "/" for p in paths), paths
 
 
 def test_production_overlay_includes_everything() -> None:

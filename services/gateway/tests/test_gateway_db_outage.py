@@ -98,7 +98,7 @@ async def test_tokens_keep_working_and_logins_say_503_while_the_database_is_down
         assert (await client.get("/auth/me", headers=admin)).status_code == 200
         r = await client.get("/api/analytics/summary", headers=logged_out)
         assert r.status_code == 401, "the revocation list survives the outage"
-        listed = (await client.get("/auth/revocations")).json()
+        listed = (await client.get("/internal/revocations")).json()
         assert listed["tokens"], "services keep getting the list from memory"
         # What needs the database says so, with a time to come back, within the driver's deadline.
         for path, body in (

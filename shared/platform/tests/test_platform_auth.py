@@ -112,7 +112,7 @@ async def test_the_feed_follows_the_gateway_and_keeps_the_last_list_while_it_is_
         httpx.Response(200, json={"users": [], "tokens": [{"jti": "t-1", "expires_at": 200}]}),
     ]
     target = RevocationList()
-    feed = RevocationFeed("http://gateway/auth/revocations", target)
+    feed = RevocationFeed("http://gateway/internal/revocations", target)
     async with httpx.AsyncClient(transport=httpx.MockTransport(lambda _: served.pop(0))) as client:
         assert await feed.refresh(client)
         assert target.users == {"u-1": 100}
@@ -141,7 +141,7 @@ def test_production_refuses_to_start_without_real_keys(pair: tuple[Path, Path], 
         **BASE,
         "CRM_ENV": "production",
         "CRM_KAFKA_ALLOW_PLAINTEXT": True,  # Kafka security is another test's subject
-        "CRM_REVOCATIONS_URL": "http://gateway:8080/auth/revocations",
+        "CRM_REVOCATIONS_URL": "http://gateway:8080/internal/revocations",
     }
     with pytest.raises(ValidationError, match="CRM_JWT_PUBLIC_KEYS_FILE"):
         ServiceSettings.model_validate(prod)

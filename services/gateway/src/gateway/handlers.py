@@ -281,7 +281,10 @@ class Accounts:
         while True:
             await asyncio.sleep(every)
             try:
-                await asyncio.wait_for(self.reload_revocations(), timeout=max(2.0, every * 2))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that arrives as the reload finishes, and the job would never stop.
+                async with asyncio.timeout(max(2.0, every * 2)):
+                    await self.reload_revocations()
             except (PyMongoError, TimeoutError) as exc:
                 if not self._reload_failing:
                     log.warning("revocation list not reloaded (database unreachable): %s", type(exc).__name__)

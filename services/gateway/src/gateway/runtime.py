@@ -8,7 +8,6 @@ only sets up its indexes and closes its clients.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -33,9 +32,11 @@ class GatewayRuntime(ServiceRuntime):
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            # Bounded: a job that ignores its cancellation must not hold up the shutdown.
+            _, stuck = await asyncio.wait(self._tasks, timeout=5)
+            for task in stuck:
+                log.warning("gateway job %s did not stop in 5 s", task.get_name())
         self._tasks.clear()
         if self.upstreams is not None:
             await self.upstreams.aclose()

@@ -9,7 +9,7 @@ revocation list itself. A token names its user by ``sub`` (the gateway's user id
 that is the identity; ``name`` is the username, for display and logs.
 
 Revocation (logout, deactivation, changed roles or password) reaches every service
-through a :class:`RevocationList` that the gateway publishes at ``/auth/revocations``
+through a :class:`RevocationList` that the gateway publishes at ``/internal/revocations``
 and each service polls (:class:`RevocationFeed`); access tokens live minutes, so the
 list only holds entries younger than the longest token lifetime.
 """
@@ -211,7 +211,7 @@ def _principal(claims: dict[str, Any]) -> Principal:
 
 
 class RevocationFeed:
-    """Keeps a service's revocation list in step with the gateway's (``GET /auth/revocations``).
+    """Keeps a service's revocation list in step with the gateway's (``GET /internal/revocations``).
 
     Polled every ``poll_seconds``; while the gateway does not answer, the last list
     stays in force (tokens still expire on their own within minutes).

@@ -33,7 +33,7 @@ class ServiceSettings(BaseSettings):
     jwt_public_keys_file: Path | None = Field(default=None, validation_alias="CRM_JWT_PUBLIC_KEYS_FILE")
     jwt_issuer: str = Field(default="crm-gateway", validation_alias="CRM_JWT_ISSUER", min_length=1)
     jwt_audience: str = Field(default="crm", validation_alias="CRM_JWT_AUDIENCE", min_length=1)
-    # Where the gateway publishes revoked tokens and users (GET /auth/revocations);
+    # Where the gateway publishes revoked tokens and users (GET /internal/revocations);
     # unset: this process enforces no revocation beyond token expiry (tests, tools).
     revocations_url: str | None = Field(default=None, validation_alias="CRM_REVOCATIONS_URL")
     revocation_poll_seconds: float = Field(
@@ -101,7 +101,7 @@ class ServiceSettings(BaseSettings):
         load_public_keys(self.jwt_public_keys_file)  # unreadable or not Ed25519: refuse to start
         if self.env == "production" and not self.owns_revocations and not self.revocations_url:
             raise ValueError(
-                "CRM_REVOCATIONS_URL must point at the gateway's /auth/revocations when "
+                "CRM_REVOCATIONS_URL must point at the gateway's /internal/revocations when "
                 "CRM_ENV=production (otherwise logout and deactivation would not reach this service)"
             )
         return self

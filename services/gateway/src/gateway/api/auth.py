@@ -18,6 +18,8 @@ from gateway.handlers import Accounts, InvalidCredentials, InvalidRefreshToken, 
 login_router = APIRouter(prefix="/auth", tags=["auth"])
 me_router = APIRouter(prefix="/auth", tags=["auth"])
 keys_router = APIRouter(tags=["auth"])
+# In-cluster only: the production ingress routes /api, /auth, /users and /docs, not /internal.
+internal_router = APIRouter(prefix="/internal", tags=["internal"])
 DB_RETRY_AFTER = 5
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -165,7 +167,7 @@ async def me(principal: ActivePrincipal, accounts: Annotated[Accounts, Depends(g
     )
 
 
-@login_router.get(
+@internal_router.get(
     "/revocations",
     summary="Revoked sessions and tokens still within their lifetime (polled by every service)",
 )

@@ -133,7 +133,7 @@ class Platform:
         if spec.name == "gateway":
             env["CRM_JWT_PRIVATE_KEY_FILE"] = str(keys.private)
         elif any(s.name == "gateway" for s in self.specs):
-            env["CRM_REVOCATIONS_URL"] = f"{self.url('gateway')}/auth/revocations"
+            env["CRM_REVOCATIONS_URL"] = f"{self.url('gateway')}/internal/revocations"
         return env
 
     def start(self, names: tuple[str, ...] | None = None) -> None:
