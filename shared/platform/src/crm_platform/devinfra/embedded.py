@@ -157,7 +157,19 @@ def _alive(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True  # no /proc: trust kill(0)
-    # Another parent's unreaped zombie (or a dying process) is not a running server.
+    # Another parent's unreaped zombie (or a dying process) is not a running server, but a
+    # leader thread that exited first also shows "Z" while the others (mongod's, holding its
+    # listening socket) still run: the process is gone only when every thread is.
+    if stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X"):
+        return True
+    return any(_task_running(task) for task in Path(f"/proc/{pid}/task").glob("*"))
+
+
+def _task_running(task: Path) -> bool:
+    try:
+        stat = (task / "stat").read_text()
+    except OSError:
+        return False
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
