@@ -268,6 +268,24 @@ def test_stop_kills_a_broker_that_ignores_the_signal(tmp_path: Path) -> None:
     wait_until(lambda: not port_accepts(kafka_port), what="the killed broker's port to close")
 
 
+@pytest.mark.integration
+def test_a_port_still_held_without_a_listener_is_waited_for(tmp_path: Path) -> None:
+    """Like the sockets a just-stopped server leaves (FIN_WAIT2): bound, nobody listening."""
+    import threading
+
+    lingering = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lingering.bind(("127.0.0.1", 0))  # no SO_REUSEADDR, no listen(): the port cannot be bound again
+    port = lingering.getsockname()[1]
+    threading.Timer(1.0, lingering.close).start()
+    embedded = EmbeddedInfra(tmp_path / "infra", kafka_port=port)
+    try:
+        embedded.start_kafka()
+        assert kafka_answers(embedded.kafka_bootstrap)
+    finally:
+        lingering.close()
+        embedded.stop()
+
+
 def test_port_taken_by_a_stranger_is_a_clear_error(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as stranger:
         stranger.bind(("127.0.0.1", 0))

@@ -754,8 +754,16 @@ class EmbeddedInfra:
                 f"(crm-infra stop --home {self.home} --{component}-port {running_port})"
             )
 
-    def _require_free_port(self, component: Component, port: int) -> None:
-        if _port_bindable(port):
+    def _require_free_port(self, component: Component, port: int, release_timeout: float = 90.0) -> None:
+        # Right after a server of ours stopped, its connections' sockets (FIN_WAIT2 on the
+        # server side) keep the port bound for up to a minute although nobody listens: wait
+        # for them instead of calling the port taken. A real listener fails at once.
+        deadline = time.monotonic() + release_timeout
+        while not _port_bindable(port):
+            if _port_accepts(port) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        else:
             return
         owner = _port_owner(port)
         env = "CRM_KAFKA_PORT" if component == "kafka" else "CRM_MONGO_PORT"
