@@ -60,8 +60,10 @@ def wait_until(check: Callable[[], T], *, timeout: float = 20.0, what: str = "co
 
 def port_accepts(port: int) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
-            return True
+        with socket.create_connection(("127.0.0.1", port), timeout=0.3) as sock:
+            # With nobody listening, a connect to a port in the ephemeral range can pick that
+            # very port as its source and connect to itself (TCP simultaneous open).
+            return bool(sock.getsockname()[1] != port)
     except OSError:
         return False
 

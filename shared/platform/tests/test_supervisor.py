@@ -321,6 +321,7 @@ def test_make_restart_restarts_one_department_of_a_running_platform(
         second = read_pidfile(pidfile)["analytics-worker"]
         assert second != first
         assert f"analytics-worker restarted (pid {second})" in capsys.readouterr().out
+        until(lambda: len(events(tmp_path, "analytics")) >= 3, what="the new worker to start")
         assert events(tmp_path, "analytics")[:3] == [
             f"start {first}",
             f"term {first}",

@@ -206,8 +206,10 @@ def _read_pid(path: Path) -> int | None:
 
 def _port_accepts(port: int, timeout: float = 0.3) -> bool:
     try:
-        with socket.create_connection((HOST, port), timeout=timeout):
-            return True
+        with socket.create_connection((HOST, port), timeout=timeout) as sock:
+            # With nobody listening, a connect to a port in the ephemeral range can pick that
+            # very port as its source and connect to itself (TCP simultaneous open).
+            return bool(sock.getsockname()[1] != port)
     except OSError:
         return False
 
