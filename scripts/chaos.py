@@ -247,13 +247,19 @@ class Chaos:
                 items = [
                     i for i in (page or {}).get("items", []) if i["lead_id"] in pending and i.get("owner")
                 ]
-                for item in items:
-                    phase = self.phase.name
-                    path = f"/api/sales/inbox/{item['lead_id']}/accept"
-                    if await self._request(http, "POST", path, {"note": "chaos"}, item["owner"]) is not None:
-                        self.accepted_in.setdefault(item["lead_id"], phase)
+                gate = asyncio.Semaphore(4)  # the pool's size: no request waits for a connection
+                await asyncio.gather(*(self._accept_one(http, item, gate) for item in items))
                 if not items:
                     await asyncio.sleep(1.0)
+
+    async def _accept_one(
+        self, http: httpx.AsyncClient, item: dict[str, Any], gate: asyncio.Semaphore
+    ) -> None:
+        async with gate:
+            phase = self.phase.name
+            path = f"/api/sales/inbox/{item['lead_id']}/accept"
+            if await self._request(http, "POST", path, {"note": "chaos"}, item["owner"]) is not None:
+                self.accepted_in.setdefault(item["lead_id"], phase)
 
     async def _request(
         self, http: httpx.AsyncClient, method: str, path: str, body: Any, user: str = "maria"
@@ -400,7 +406,7 @@ class Chaos:
         """
         deadline = since + max(RECOVERY_TIMEOUT, backlog / 2)
         start_count = last = self._inbox_leads()
-        last_change = since
+        last_change = time.monotonic()
         while time.monotonic() < deadline and last < len(self.qualified_in):
             time.sleep(0.5)
             now = self._inbox_leads()

@@ -58,14 +58,16 @@ def wait_until(check: Callable[[], T], *, timeout: float = 20.0, what: str = "co
         time.sleep(0.05)
 
 
-def port_accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.3) as sock:
-            # With nobody listening, a connect to a port in the ephemeral range can pick that
-            # very port as its source and connect to itself (TCP simultaneous open).
-            return bool(sock.getsockname()[1] != port)
-    except OSError:
-        return False
+def served_by(port: int, pids: set[int]) -> bool:
+    """Whether one of ``pids`` still listens on ``port``.
+
+    Not "does the port accept": on a machine shared with other test runs, a port freed by
+    our server may be taken by someone else's at once (free_ports hands out the same range).
+    """
+    from crm_platform.devinfra.embedded import _port_owner
+
+    owner = _port_owner(port)
+    return owner is not None and any(owner.startswith(f"pid {pid} ") for pid in pids)
 
 
 def pid_exists(pid: int) -> bool:
@@ -224,8 +226,8 @@ def test_stop_then_start_keeps_data(infra: EmbeddedInfra) -> None:
     assert [(r.component, r.outcome) for r in reports] == [("kafka", "stopped"), ("mongo", "stopped")]
     for report, name in zip(reports, ("kafka", "mongo"), strict=True):
         assert report.pid == old[name]["pid"]
-    assert not port_accepts(infra.kafka_port)
-    assert not port_accepts(infra.mongo_port)
+    assert not served_by(infra.kafka_port, {p for p in (old["kafka"]["pid"], old["mongo"]["pid"]) if p})
+    assert not served_by(infra.mongo_port, {p for p in (old["kafka"]["pid"], old["mongo"]["pid"]) if p})
     status = infra.status()
     assert not status["kafka"]["running"]
     assert not status["mongo"]["running"]
@@ -267,7 +269,7 @@ def test_stop_kills_a_broker_that_ignores_the_signal(tmp_path: Path) -> None:
     assert report.outcome == "killed"
     assert report.pid == pid
     assert not embedded.status()["kafka"]["running"]
-    wait_until(lambda: not port_accepts(kafka_port), what="the killed broker's port to close")
+    wait_until(lambda: not served_by(kafka_port, {pid}), what="the killed broker's port to close")
 
 
 @pytest.mark.integration
@@ -341,6 +343,7 @@ def test_cli_start_outlives_its_process_and_stop_stops(tmp_path: Path) -> None:
         "--mongo-port",
         str(mongo_port),
     ]
+    pids: set[int] = set()
     try:
         started = run_cli("start", *opts)
         assert started.returncode == 0, started.stderr
@@ -364,13 +367,15 @@ def test_cli_start_outlives_its_process_and_stop_stops(tmp_path: Path) -> None:
         assert status.returncode == 0
         rows = [line.split() for line in status.stdout.splitlines()[1:]]
         assert [(row[0], row[1]) for row in rows] == [("kafka", "running"), ("mongo", "running")]
+        pids = {int(row[2]) for row in rows}
     finally:
         stopped = run_cli("stop", *opts)
     assert stopped.returncode == 0, stopped.stderr
     assert stopped.stdout.startswith("kafka: stopped")
     assert "mongo: stopped" in stopped.stdout
-    assert not port_accepts(kafka_port)
-    assert not port_accepts(mongo_port)
+    assert not served_by(kafka_port, pids)
+    assert not served_by(mongo_port, pids)
+    assert not any(pid_exists(pid) for pid in pids)
 
 
 def test_cli_failure_is_one_line_and_nonzero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
