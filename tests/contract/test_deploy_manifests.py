@@ -87,6 +87,8 @@ CRM_METRICS = frozenset(
         "crm_outbox_backlog",
         "crm_dead_lettered_total",
         "crm_consumer_lag",
+        "crm_consumer_stalled",
+        "crm_consumer_rejoins_total",
         "crm_handoff_transport_latency_seconds",
         "crm_handoff_resent_total",
         "crm_handoffs_unreceipted",

@@ -43,6 +43,7 @@ async def main() -> None:
     p.add_argument("--group", required=True)
     p.add_argument("--outcomes", required=True)
     p.add_argument("--crash-on")
+    p.add_argument("--instance-id", help="static membership: group.instance.id")
     p.add_argument("--expect", type=int, required=True, help="stop after this many effects")
     args = p.parse_args()
 
@@ -55,7 +56,11 @@ async def main() -> None:
 
     consumer = RecordingConsumer(
         ConsumerConfig(
-            service=args.group, group_id=args.group, topics=[args.topic], bootstrap=args.bootstrap
+            service=args.group,
+            group_id=args.group,
+            topics=[args.topic],
+            bootstrap=args.bootstrap,
+            group_instance_id=args.instance_id,
         ),
         store,
         {"lead.captured": record_effect},

@@ -39,6 +39,7 @@ from crm_contracts.topics import (
     dead_letter_topic,
 )
 from crm_platform.kafka import ensure_topics, pace_empty_fetches
+from crm_platform.liveness import ConsumerWatchdog, PartitionTracker, WatchdogConfig, harden_aiokafka
 from crm_platform.logging import configure_logging
 from crm_platform.mongo import connect
 from pymongo import AsyncMongoClient
@@ -81,6 +82,9 @@ def build_faust_app(settings: AnalyticsSettings) -> faust.App:
         topic_replication_factor=settings.topic_replication_factor or 1,
         topic_disable_leader=True,  # no on_leader timers: no leader-election topic
         consumer_auto_offset_reset="earliest",
+        # Static membership (CRM_CONSUMER_INSTANCE_ID): a restarted worker takes its
+        # partitions back at once instead of waiting for its old self to be evicted.
+        consumer_group_instance_id=settings.consumer_instance_id,
         key_serializer="raw",
         value_serializer="raw",
     )
@@ -347,12 +351,37 @@ def provision_topics(settings: AnalyticsSettings) -> None:
         log.warning("topic provisioning skipped: %s: %s", type(exc).__name__, exc)
 
 
+def watch_progress(app: faust.App, settings: AnalyticsSettings) -> ConsumerWatchdog:
+    """The platform's progress watchdog over the worker's group (``crm_platform.liveness``).
+
+    faust's consumer cannot be rejoined from outside, so a stall of
+    ``CRM_CONSUMER_STALL_SECONDS`` (lag, no committed progress) ends the process
+    non-zero and its supervisor or Kubernetes starts a fresh one.
+    """
+    watchdog = ConsumerWatchdog(
+        WatchdogConfig(
+            service=f"{settings.service_name}-worker",
+            group_id=settings.app_id,
+            topics=list(SOURCE_TOPICS),
+            bootstrap=settings.kafka_bootstrap_servers,
+            stall_seconds=settings.consumer_stall_seconds,
+            interval_seconds=settings.consumer_watchdog_seconds,
+        ),
+        PartitionTracker(f"{settings.service_name}-worker"),
+        rejoin=None,
+    )
+    app.task(watchdog.run)
+    return watchdog
+
+
 def main() -> None:
     settings = AnalyticsSettings()  # from the environment
     configure_logging(f"{settings.service_name}-worker", settings.log_level)
     provision_topics(settings)
     pace_empty_fetches(settings.consumer_idle_backoff_ms)  # faust's consumer is aiokafka's too
+    harden_aiokafka()  # so is its fetcher: see crm_platform.liveness
     worker = AnalyticsWorker(settings)
+    watch_progress(worker.app, settings)
     log.info("starting analytics worker %s on %s", settings.app_id, settings.faust_broker)
     faust.Worker(
         worker.app,

@@ -21,11 +21,17 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from crm_contracts import (
     HANDOFF_BY_EVENT_TYPE,
     Envelope,
@@ -47,6 +53,7 @@ from crm_platform.mongo import PROCESSED, Store, Tx, causation_var
 log = logging.getLogger("crm.consumer")
 
 Handler = Callable[[Tx, Any, Envelope], Awaitable[None]]
+CLIENT_STOP_SECONDS = 15.0
 AfterStore = Callable[[Envelope], Awaitable[None] | None]
 
 
@@ -67,6 +74,8 @@ class ConsumerConfig:
     department: str | None = None  # receivers of handoffs emit receipts and latency
     max_records: int = 50  # per partition and batch
     retry_max_seconds: float = 30.0
+    group_instance_id: str | None = None  # static membership (group.instance.id)
+    listener: ConsumerRebalanceListener | None = None  # told of assignments (crm_platform.liveness)
 
 
 @dataclass
@@ -134,15 +143,20 @@ class EventConsumer:
         self.producer = make_producer(self.config.bootstrap, f"{self.config.service}-dlq")
         await self.producer.start()
         self.consumer = make_consumer(
-            *self.config.topics,
             bootstrap_servers=self.config.bootstrap,
             group_id=self.config.group_id,
+            group_instance_id=self.config.group_instance_id,
             client_id=f"{self.config.service}-consumer",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
+        self.consumer.subscribe(self.config.topics, listener=self.config.listener)
         await self.consumer.start()
         log.info("consumer %s subscribed to %s", self.config.group_id, self.config.topics)
+
+    async def reset(self) -> None:
+        """Drop the Kafka clients; ``run`` connects afresh (the liveness watchdog's rejoin)."""
+        await self._disconnect()
 
     async def _disconnect(self) -> None:
         consumer, self.consumer = self.consumer, None
@@ -150,9 +164,11 @@ class EventConsumer:
         for client in (consumer, producer):
             if client is not None:
                 try:
-                    await client.stop()
+                    # Bounded: a client stuck on a broker that went away must not
+                    # keep this consumer from reconnecting (see liveness.harden_aiokafka).
+                    await asyncio.wait_for(client.stop(), timeout=CLIENT_STOP_SECONDS)
                 except Exception as exc:
-                    log.debug("client stop failed: %s", exc)
+                    log.warning("client stop failed (%s: %s); dropping it", type(exc).__name__, exc)
 
     async def _sleep(self, seconds: float) -> None:
         try:
@@ -175,7 +191,6 @@ class EventConsumer:
             )
             # Effects are stored: only now may the group move past them.
             await self.consumer.commit(offsets)
-            await self._observe_lag(offsets.keys())
 
     async def _fetch(self) -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
         """Wait for records, then take what the other partitions already hold.
@@ -208,17 +223,6 @@ class EventConsumer:
                 return
             await self.handle_record(record)
             offsets[tp] = record.offset + 1
-
-    async def _observe_lag(self, partitions: Iterable[TopicPartition]) -> None:
-        assert self.consumer is not None
-        for tp in partitions:
-            high = self.consumer.highwater(tp)
-            if high is None:
-                continue
-            position = await self.consumer.position(tp)
-            metrics.CONSUMER_LAG.labels(self.config.service, tp.topic, str(tp.partition)).set(
-                max(0, high - position)
-            )
 
     async def handle_record(self, record: ConsumerRecord[Any, Any]) -> Outcome:
         """Process one record to a final outcome; only returns once that outcome is durable."""

@@ -82,6 +82,13 @@ def pace_empty_fetches(delay_ms: int) -> None:
 
     async def paced(self: Fetcher, *args: Any, **kwargs: Any) -> bool:
         has_data: bool = await original(self, *args, **kwargs)
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # aiokafka's fetch swallowed a cancel (the fetcher is closing or the
+            # assignment changed): pausing now would keep the fetcher waiting on this
+            # task, widening the window in which its own close() is swallowed
+            # (see crm_platform.liveness.harden_aiokafka).
+            return False
         if not has_data and _empty_fetch_pause:
             # Still inside the fetch task, so the fetcher counts this broker as
             # busy and sends it nothing new until the pause is over.

@@ -58,7 +58,8 @@ DEAD_LETTERED = Counter(
 )
 CONSUMER_LAG = Gauge(
     "crm_consumer_lag",
-    "Messages behind the partition's high watermark",
+    "Messages between the group's committed offset and the high watermark, per partition this member "
+    "holds (sampled on a timer by crm_platform.liveness; dropped when the partition is revoked)",
     ["service", "topic", "partition"],
 )
 HANDOFF_TRANSPORT_LATENCY = Histogram(
@@ -97,4 +98,15 @@ HTTP_SECONDS = Histogram(
     "HTTP request duration",
     ["service", "method", "route"],
     buckets=LATENCY_BUCKETS,
+)
+CONSUMER_STALLED = Gauge(
+    "crm_consumer_stalled",
+    "1 while a partition this member holds has lag and its committed offset has not moved "
+    "for CRM_CONSUMER_STALL_SECONDS",
+    ["service", "group", "topic", "partition"],
+)
+CONSUMER_REJOINS = Counter(
+    "crm_consumer_rejoins",
+    "Times the liveness watchdog dropped a stalled consumer's Kafka clients and rejoined its group",
+    ["service", "group"],
 )

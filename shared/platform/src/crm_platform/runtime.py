@@ -19,6 +19,15 @@ from pymongo.asynchronous.database import AsyncDatabase
 from crm_platform import receipts
 from crm_platform.consumer import AfterStore, ConsumerConfig, EventConsumer, Handler
 from crm_platform.kafka import ensure_topics_async, make_producer, pace_empty_fetches
+from crm_platform.liveness import (
+    ConsumerWatchdog,
+    Fatal,
+    PartitionTracker,
+    WatchdogConfig,
+    exit_process,
+    guard_task,
+    harden_aiokafka,
+)
 from crm_platform.mongo import Store, connect
 from crm_platform.outbox import OutboxRelay
 from crm_platform.settings import ServiceSettings
@@ -46,6 +55,7 @@ class ServiceRuntime:
     def __post_init__(self) -> None:
         s = self.settings
         pace_empty_fetches(s.consumer_idle_backoff_ms)
+        harden_aiokafka()
         self.client = connect(s.mongodb_uri, s.service_name)
         self.store = Store(self.client, s.database_name, s.service_name)
         self.relay = OutboxRelay(
@@ -56,20 +66,13 @@ class ServiceRuntime:
         )
         self.store.on_commit(self.relay.notify)
         self.consumer: EventConsumer | None = None
+        self.watchdog: ConsumerWatchdog | None = None
+        # What to do when the service finds itself broken (a stalled consumer that a
+        # rejoin did not cure, a background task that ended): exit non-zero so it is
+        # restarted. Tests replace it.
+        self.on_fatal: Fatal = exit_process
         if self.subscription is not None and s.consumer_enabled:
-            sub = self.subscription
-            self.consumer = EventConsumer(
-                ConsumerConfig(
-                    service=s.service_name,
-                    group_id=s.group_id,
-                    topics=sub.topics,
-                    bootstrap=s.kafka_bootstrap_servers,
-                    department=sub.department,
-                ),
-                self.store,
-                sub.handlers,
-                after_store=sub.after_store,
-            )
+            self._build_consumer(self.subscription)
         self.receipts: receipts.HandoffTracker | None = None
         department = self.subscription.department if self.subscription is not None else None
         if department and s.handoff_receipts_enabled and s.consumer_enabled:
@@ -80,6 +83,41 @@ class ServiceRuntime:
                 self.store, s, department=department, wake_relay=self.relay.notify
             )
         self._tasks: list[asyncio.Task[None]] = []
+        self._consumer_task: asyncio.Task[None] | None = None
+        self._retired: set[asyncio.Task[None]] = set()  # cancelled on purpose (rejoin)
+        self._stopping = False
+
+    def _build_consumer(self, sub: Subscription) -> None:
+        s = self.settings
+        tracker = PartitionTracker(s.service_name)
+        self.consumer = EventConsumer(
+            ConsumerConfig(
+                service=s.service_name,
+                group_id=s.group_id,
+                topics=sub.topics,
+                bootstrap=s.kafka_bootstrap_servers,
+                department=sub.department,
+                group_instance_id=s.consumer_instance_id,
+                listener=tracker,
+            ),
+            self.store,
+            sub.handlers,
+            after_store=sub.after_store,
+        )
+        self.watchdog = ConsumerWatchdog(
+            WatchdogConfig(
+                service=s.service_name,
+                group_id=s.group_id,
+                topics=sub.topics,
+                bootstrap=s.kafka_bootstrap_servers,
+                stall_seconds=s.consumer_stall_seconds,
+                interval_seconds=s.consumer_watchdog_seconds,
+            ),
+            tracker,
+            rejoin=self._rejoin_consumer,
+            on_fatal=lambda reason: self.on_fatal(reason),
+            database_ok=self._database_ok,
+        )
 
     @property
     def db(self) -> AsyncDatabase[dict[str, Any]]:
@@ -99,17 +137,62 @@ class ServiceRuntime:
                 # Writes must keep working while the broker is away; the relay
                 # and consumer retry on their own.
                 log.warning("topic provisioning skipped, broker unreachable: %s", exc)
-        self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+        self._stopping = False
+        self._guarded(self.relay.run(), "outbox-relay")
         if self.consumer is not None:
-            self._tasks.append(asyncio.create_task(self.consumer.run(), name="consumer"))
+            self._consumer_task = self._guarded(self.consumer.run(), "consumer")
+        if self.watchdog is not None:
+            self._guarded(self.watchdog.run(), "consumer-watchdog")
         if self.receipts is not None:
             self._tasks.append(asyncio.create_task(self.receipts.run(), name="handoff-receipts"))
         for job in self.background:
             self._tasks.append(asyncio.create_task(job(), name=getattr(job, "__name__", "job")))
         log.info("runtime started", extra={"database": self.settings.database_name})
 
+    def _guarded(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A background task whose unexpected end makes the service exit (``on_fatal``)."""
+        task = asyncio.create_task(work, name=name)
+        self._tasks.append(task)
+        guard_task(
+            task,
+            stopping=lambda: self._stopping or task in self._retired,
+            on_fatal=lambda reason: self.on_fatal(reason),
+        )
+        return task
+
+    async def _rejoin_consumer(self) -> None:
+        """Drop the consumer's task and Kafka clients, then start it afresh (a new group member).
+
+        Bounded throughout: a client stuck on a broker that went away must not
+        hold the watchdog too.
+        """
+        assert self.consumer is not None
+        old = self._consumer_task
+        if old is not None:
+            self._retired.add(old)
+            old.cancel()
+            await asyncio.wait([old], timeout=10)
+            if old in self._tasks:
+                self._tasks.remove(old)
+        try:
+            await asyncio.wait_for(self.consumer.reset(), timeout=10)
+        except (TimeoutError, Exception) as exc:
+            log.warning("closing the stalled consumer's clients failed: %s", exc)
+        if not self._stopping:
+            self._consumer_task = self._guarded(self.consumer.run(), "consumer")
+
+    async def _database_ok(self) -> bool:
+        try:
+            await asyncio.wait_for(self.client.admin.command("ping"), timeout=2)
+            return True
+        except Exception:
+            return False
+
     async def stop(self) -> None:
+        self._stopping = True
         await self.relay.stop()
+        if self.watchdog is not None:
+            await self.watchdog.stop()
         if self.consumer is not None:
             await self.consumer.stop()
         if self.receipts is not None:

@@ -49,6 +49,17 @@ class ServiceSettings(BaseSettings):
         default=0, validation_alias="CRM_CONSUMER_IDLE_BACKOFF_MS", ge=0, le=1000
     )
     consumer_group: str | None = Field(default=None, validation_alias="CRM_CONSUMER_GROUP")
+    # Liveness (crm_platform.liveness): lag is sampled every consumer_watchdog_seconds; a
+    # partition with lag whose committed offset does not move for consumer_stall_seconds
+    # makes the consumer rejoin, and if it stays stalled as long again, the process exit.
+    consumer_stall_seconds: float = Field(default=180.0, validation_alias="CRM_CONSUMER_STALL_SECONDS", gt=0)
+    consumer_watchdog_seconds: float = Field(
+        default=5.0, validation_alias="CRM_CONSUMER_WATCHDOG_SECONDS", gt=0
+    )
+    # Kafka static membership (group.instance.id): a restarted member with the same id takes
+    # its old place and partitions at once. One stable id per replica (StatefulSet pod name);
+    # unset = dynamic membership. See consumer_instance_id_from_env().
+    consumer_instance_id: str | None = Field(default=None, validation_alias="CRM_CONSUMER_INSTANCE_ID")
     outbox_poll_seconds: float = Field(default=0.5, validation_alias="CRM_OUTBOX_POLL_SECONDS", gt=0)
     consumer_enabled: bool = Field(default=True, validation_alias="CRM_CONSUMER_ENABLED")
     provision_topics: bool = Field(default=True, validation_alias="CRM_PROVISION_TOPICS")

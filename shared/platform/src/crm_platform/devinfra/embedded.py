@@ -575,9 +575,12 @@ class EmbeddedInfra:
                 raise StartError(self._explain(exc, self.kafka_log)) from None
             log.info("kafka ready in %.2f s (pid %d)", time.monotonic() - started, proc.pid)
 
-    def stop_kafka(self) -> StopReport:
-        """SIGINT, as the broker expects; writes acknowledged while it stops are lost."""
-        return self._stop("kafka", signal.SIGINT)
+    def stop_kafka(self, sig: signal.Signals = signal.SIGINT) -> StopReport:
+        """Stop the broker with ``sig``: SIGINT (as it expects), SIGTERM, or SIGKILL for a crash.
+
+        Writes acknowledged while it stops are lost, whichever the signal.
+        """
+        return self._stop("kafka", sig)
 
     def start_mongo(self) -> None:
         binary = mongod_binary()

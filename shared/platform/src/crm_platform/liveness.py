@@ -1,0 +1,439 @@
+"""Consumers that never silently stop: lag from the broker, a progress watchdog, task guards.
+
+A consumer can go quiet while its process looks healthy: an aiokafka client stuck
+in a join that never completes, a fetch position that never moves, a task that
+ended. Nothing the consumer says about itself can be trusted then, so the
+watchdog asks the broker, on a timer, with clients of its own:
+
+* the group's **committed offsets** and each partition's **high watermark**
+  give ``crm_consumer_lag`` per partition this member holds (series of a
+  partition this member no longer holds are dropped when it is revoked, so a pod
+  that lost a partition stops reporting it);
+* a partition with lag whose committed offset has not moved for
+  ``CRM_CONSUMER_STALL_SECONDS`` is **stalled**: the watchdog logs an error
+  naming the group and partitions, sets ``crm_consumer_stalled`` and **rejoins**
+  (drops the Kafka clients and starts the consumer afresh);
+* still stalled ``CRM_CONSUMER_STALL_SECONDS`` after that rejoin, the process
+  **exits** with :data:`EXIT_STALLED` so its supervisor (``make run``) or
+  Kubernetes restarts it.
+
+A stall while the service's own database is unreachable is reported (metric,
+log) but neither rejoins nor exits: a new process would wait for the same
+database, and the consumer retries on its own when it returns.
+
+The same exit covers a background task (consumer, outbox relay, watchdog) that
+ends while the service is running: the process must not keep serving as if it
+were whole (:func:`guard_task`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.consumer.fetcher import Fetcher
+
+from crm_platform import metrics
+from crm_platform.kafka import make_consumer
+from crm_platform.kafka_security import KafkaSecurity
+
+log = logging.getLogger("crm.liveness")
+
+# EX_SOFTWARE from sysexits.h: the process found itself broken and asks to be restarted.
+EXIT_STALLED = 70
+
+Fatal = Callable[[str], None]
+Check = Callable[[], Awaitable[bool]]
+
+
+def exit_process(reason: str) -> None:
+    """Leave now, non-zero, so the supervisor or Kubernetes starts a fresh process.
+
+    A hard exit: the state that matters is in MongoDB transactions and Kafka, and the
+    platform is built to survive a kill at any point (the ledger drops redeliveries,
+    the outbox re-publishes), while a graceful shutdown could wait on the very
+    client that is stuck.
+    """
+    log.critical("exiting (code %d): %s", EXIT_STALLED, reason)
+    logging.shutdown()
+    os._exit(EXIT_STALLED)
+
+
+def guard_task(task: asyncio.Task[Any], *, stopping: Callable[[], bool], on_fatal: Fatal) -> None:
+    """Call ``on_fatal`` if ``task`` ends (returns, raises or is cancelled) while not ``stopping()``."""
+
+    def done(t: asyncio.Task[Any]) -> None:
+        if stopping():
+            return
+        if t.cancelled():
+            how = "was cancelled"
+        elif t.exception() is not None:
+            exc = t.exception()
+            how = f"failed: {type(exc).__name__}: {exc}"
+        else:
+            how = "returned"
+        log.error("background task %s ended unexpectedly (%s)", t.get_name(), how)
+        on_fatal(f"background task {t.get_name()} {how}")
+
+    task.add_done_callback(done)
+
+
+# --- aiokafka: a consumer whose stop() never returns ------------------------------------------
+
+
+def harden_aiokafka() -> None:
+    """Make ``AIOKafkaConsumer.stop()`` return even when its fetch task swallows the cancel.
+
+    The root cause of consumers going silent after broker restarts. aiokafka 0.14's
+    ``Fetcher._fetch_requests_routine`` waits for its cancelled fetch tasks inside
+    ``contextlib.suppress(CancelledError)`` whenever the assignment changed (a
+    rebalance: after a broker restart the next commit fails with
+    ``IllegalGenerationError`` and the group rejoins). A ``Fetcher.close()`` landing
+    in that window has its cancellation swallowed: the routine carries on, starts
+    waiting for committed offsets from a coordinator that is already closed, and
+    ``close()`` awaits it forever. ``stop()`` never returns, so the consumer that
+    called it (to reconnect after the failed commit) never consumes again, with
+    nothing logged (aio-libs/aiokafka#983 and #1007 are the same family).
+
+    The patched ``close`` cancels the fetch task (and its pending requests) again
+    until it has really ended, bounded, then runs aiokafka's own close. Idempotent,
+    process-wide; faust's consumer, being aiokafka's, is covered too.
+    """
+    if getattr(Fetcher, "_crm_hardened", False):
+        return
+    original = Fetcher.close
+
+    async def close(self: Fetcher) -> None:
+        await _finish(getattr(self, "_fetch_task", None))
+        pending = getattr(self, "_pending_tasks", None)
+        if pending:
+            await _finish(*pending)
+            pending.clear()  # finished: aiokafka's close would re-raise their cancellation
+        await original(self)
+
+    Fetcher.close = close
+    Fetcher._crm_hardened = True
+
+
+async def _finish(*tasks: asyncio.Future[Any] | None, rounds: int = 20) -> None:
+    """Cancel each task until it is done (a task may swallow a cancel), at most ``rounds`` times."""
+    for task in tasks:
+        if task is None:
+            continue
+        for _ in range(rounds):
+            if task.done():
+                break
+            task.cancel()
+            await asyncio.wait([task], timeout=0.5)
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: no "exception was never retrieved" at exit
+        elif not task.done():
+            log.warning("aiokafka task %r ignores cancellation; leaving it behind", task)
+
+
+# --- which partitions this member holds -----------------------------------------------------
+
+
+class PartitionTracker(ConsumerRebalanceListener):
+    """The partitions assigned to this member; drops a partition's lag series on revocation."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.assigned: frozenset[TopicPartition] = frozenset()
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        gone = set(revoked)
+        self.assigned = frozenset(self.assigned - gone)
+        drop_lag_series(self.service, gone)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self.assigned = frozenset(assigned)
+
+    def reset(self) -> None:
+        """The member left the group (its client was closed): it holds nothing."""
+        drop_lag_series(self.service, self.assigned)
+        self.assigned = frozenset()
+
+
+def drop_lag_series(service: str, partitions: Iterable[TopicPartition]) -> None:
+    for tp in partitions:
+        with contextlib.suppress(KeyError):
+            metrics.CONSUMER_LAG.remove(service, tp.topic, str(tp.partition))
+
+
+# --- stall detection (pure) -------------------------------------------------------------------
+
+
+@dataclass
+class _Progress:
+    committed: int | None
+    lagging: bool
+    since: float  # when the committed offset last moved, or the lag appeared
+
+
+@dataclass
+class StallDetector:
+    """Decides, from samples of committed offsets and high watermarks, which partitions are stalled.
+
+    A partition is stalled when it has had lag (messages past its committed offset)
+    for ``stall_seconds`` without its committed offset moving. No I/O: the watchdog
+    feeds it what it read from the broker.
+    """
+
+    stall_seconds: float
+    _seen: dict[TopicPartition, _Progress] = field(default_factory=dict)
+
+    def observe(
+        self,
+        now: float,
+        committed: dict[TopicPartition, int | None],
+        ends: dict[TopicPartition, int],
+    ) -> list[TopicPartition]:
+        """Record one sample; return the stalled partitions among those sampled."""
+        stalled = []
+        for tp, end in ends.items():
+            offset = committed.get(tp)
+            lag = end - (offset or 0)
+            seen = self._seen.get(tp)
+            if seen is None or seen.committed != offset or lag <= 0 or not seen.lagging:
+                self._seen[tp] = _Progress(offset, lag > 0, now)
+            elif now - seen.since >= self.stall_seconds:
+                stalled.append(tp)
+        for tp in set(self._seen) - set(ends):
+            del self._seen[tp]  # no longer watched (revoked): forget it
+        return sorted(stalled)
+
+    def forget(self) -> None:
+        """Start afresh (after a rejoin the clock restarts for every partition)."""
+        self._seen.clear()
+
+
+# --- reading the group's state from the broker ---------------------------------------------------
+
+
+class OffsetsReader:
+    """Committed offsets of a group and high watermarks, with its own clients (not the consumer's)."""
+
+    def __init__(self, bootstrap: str, client_id: str, timeout: float) -> None:
+        self.bootstrap = bootstrap
+        self.client_id = client_id
+        self.timeout = timeout
+        self._admin: AIOKafkaAdminClient | None = None
+        self._ends: AIOKafkaConsumer | None = None
+
+    async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
+        if self._admin is None or self._ends is None:
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=self.bootstrap,
+                client_id=f"{self.client_id}-admin",
+                request_timeout_ms=int(self.timeout * 1000),
+                **KafkaSecurity.from_env().aiokafka_kwargs(),
+            )
+            ends = make_consumer(
+                bootstrap_servers=self.bootstrap,
+                client_id=f"{self.client_id}-offsets",
+                group_id=None,
+                enable_auto_commit=False,
+                request_timeout_ms=int(self.timeout * 1000),
+            )
+            try:
+                await asyncio.wait_for(admin.start(), self.timeout)
+                await asyncio.wait_for(ends.start(), self.timeout)
+            except BaseException:
+                await _close(admin, ends)
+                raise
+            self._admin, self._ends = admin, ends
+        return self._admin, self._ends
+
+    async def partitions(self, topics: Iterable[str]) -> set[TopicPartition]:
+        _, ends = await self._clients()
+        found: set[TopicPartition] = set()
+        for topic in topics:
+            ids = ends.partitions_for_topic(topic)
+            if ids is None:
+                await asyncio.wait_for(ends._client._wait_on_metadata(topic), self.timeout)
+                ids = ends.partitions_for_topic(topic) or set()
+            found.update(TopicPartition(topic, p) for p in ids)
+        return found
+
+    async def read(
+        self, group: str, partitions: set[TopicPartition]
+    ) -> tuple[dict[TopicPartition, int | None], dict[TopicPartition, int]]:
+        admin, ends = await self._clients()
+        tps = sorted(partitions)
+        listed = await asyncio.wait_for(
+            admin.list_consumer_group_offsets(group, partitions=tps), self.timeout
+        )
+        committed: dict[TopicPartition, int | None] = {tp: None for tp in tps}
+        for tp, meta in listed.items():
+            if meta is not None and meta.offset >= 0:
+                committed[tp] = meta.offset
+        high = await asyncio.wait_for(ends.end_offsets(tps), self.timeout)
+        return committed, dict(high)
+
+    async def close(self) -> None:
+        admin, ends, self._admin, self._ends = self._admin, self._ends, None, None
+        await _close(admin, ends)
+
+
+async def _close(*clients: Any) -> None:
+    for client in clients:
+        if client is None:
+            continue
+        try:
+            await asyncio.wait_for(client.close() if hasattr(client, "close") else client.stop(), 5)
+        except Exception as exc:  # a broken client must not stop the watchdog
+            log.debug("closing %s failed: %s", type(client).__name__, exc)
+
+
+# --- the watchdog ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WatchdogConfig:
+    service: str
+    group_id: str
+    topics: list[str]
+    bootstrap: str
+    stall_seconds: float = 180.0
+    interval_seconds: float = 5.0
+
+
+class ConsumerWatchdog:
+    """Reports lag per held partition on a timer; rejoins, then exits, when progress stops.
+
+    ``rejoin`` drops the consumer's Kafka clients and starts it afresh (None: a consumer
+    that cannot be rejoined from outside, like faust's, goes straight to ``on_fatal``);
+    ``on_fatal``
+    ends the process (:func:`exit_process` in services); ``database_ok`` tells a
+    stall the consumer cannot help (its database is down) from one it can.
+    """
+
+    def __init__(
+        self,
+        config: WatchdogConfig,
+        tracker: PartitionTracker,
+        *,
+        rejoin: Callable[[], Awaitable[None]] | None,
+        on_fatal: Fatal = exit_process,
+        database_ok: Check | None = None,
+        reader: OffsetsReader | None = None,
+    ) -> None:
+        self.config = config
+        self.tracker = tracker
+        self.rejoin = rejoin
+        self.on_fatal = on_fatal
+        self.database_ok = database_ok
+        self.reader = reader or OffsetsReader(
+            config.bootstrap, f"{config.service}-watchdog", timeout=max(2.0, config.interval_seconds)
+        )
+        self.detector = StallDetector(config.stall_seconds)
+        self.rejoined_at: float | None = None  # the last rejoin, while the stall lasts
+        self._committed_at_rejoin: dict[TopicPartition, int | None] = {}
+        self._stopping = asyncio.Event()
+        self._stalled_series: set[TopicPartition] = set()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self.tick(time.monotonic())
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # The broker is away (the consumer reconnects on its own) or a
+                    # client broke: start with fresh clients on the next tick.
+                    log.info("watchdog of %s cannot read offsets: %s", self.config.group_id, exc)
+                    await self.reader.close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.config.interval_seconds)
+        finally:
+            await self.reader.close()
+
+    async def tick(self, now: float) -> list[TopicPartition]:
+        """One sample: report lag, detect a stall and act on it; returns the stalled partitions."""
+        held = set(self.tracker.assigned)
+        # Holding nothing, this member watches the whole subscription: a member stuck
+        # before it was ever assigned anything is as silent as one stuck after.
+        watched = held or await self.reader.partitions(self.config.topics)
+        committed, ends = await self.reader.read(self.config.group_id, watched)
+        for tp in held & set(ends):
+            lag = max(0, ends[tp] - (committed.get(tp) or 0))
+            metrics.CONSUMER_LAG.labels(self.config.service, tp.topic, str(tp.partition)).set(lag)
+        stalled = self.detector.observe(now, committed, ends)
+        lagging = [tp for tp in ends if ends[tp] > (committed.get(tp) or 0)]
+        if not held and len(stalled) < len(lagging):
+            stalled = []  # some lagging partitions move: other members hold them and work
+        if self.rejoined_at is not None and (
+            not lagging or any(committed.get(tp) != c for tp, c in self._committed_at_rejoin.items())
+        ):
+            log.info("consumer group %s makes progress again", self.config.group_id)
+            self.rejoined_at = None  # the rejoin cured it
+        # A stall lasts from its detection until progress, across the rejoin (whose
+        # restarted clock reports nothing stalled for a while): the alert must see it.
+        self._report(set(stalled) | (self._stalled_series if self.rejoined_at is not None else set()))
+        if stalled:
+            await self._act(now, stalled, committed, ends)
+        return stalled
+
+    def _report(self, stalled: set[TopicPartition]) -> None:
+        labels = (self.config.service, self.config.group_id)
+        for tp in self._stalled_series - set(stalled):
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_STALLED.remove(*labels, tp.topic, str(tp.partition))
+        for tp in stalled:
+            metrics.CONSUMER_STALLED.labels(*labels, tp.topic, str(tp.partition)).set(1)
+        self._stalled_series = stalled
+
+    async def _act(
+        self,
+        now: float,
+        stalled: list[TopicPartition],
+        committed: dict[TopicPartition, int | None],
+        ends: dict[TopicPartition, int],
+    ) -> None:
+        where = ", ".join(
+            f"{tp.topic}[{tp.partition}] at {committed.get(tp)} of {ends[tp]}" for tp in stalled
+        )
+        if self.database_ok is not None and not await self.database_ok():
+            log.error(
+                "consumer group %s stalled on %s while its database is unreachable; waiting for it",
+                self.config.group_id,
+                where,
+            )
+            return
+        if self.rejoined_at is None and self.rejoin is not None:
+            log.error(
+                "consumer group %s made no progress for %.0f s on %s; rejoining",
+                self.config.group_id,
+                self.config.stall_seconds,
+                where,
+                extra={"consumer_group": self.config.group_id},
+            )
+            metrics.CONSUMER_REJOINS.labels(self.config.service, self.config.group_id).inc()
+            self.rejoined_at = now
+            self._committed_at_rejoin = dict(committed)
+            self.detector.forget()
+            self.tracker.reset()
+            await self.rejoin()
+            return
+        log.critical(
+            "consumer group %s stalled on %s for %.0f s%s; restarting the process",
+            self.config.group_id,
+            where,
+            self.config.stall_seconds,
+            "" if self.rejoined_at is None else " after a rejoin",
+            extra={"consumer_group": self.config.group_id},
+        )
+        self.on_fatal(f"consumer group {self.config.group_id} stalled on {where}")

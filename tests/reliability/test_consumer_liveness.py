@@ -1,0 +1,201 @@
+"""Consumers never stop silently: lag from the broker, a stall watchdog, guarded tasks.
+
+Against the real broker and mongod: a consumer whose handler blocks shows rising
+lag, is rejoined, then (still stalled) reported as fatal naming its group and
+partition; a partition moving to another member stops being reported by the one
+that lost it; a consumer or relay task that ends makes the service fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from crm_contracts import Envelope
+from crm_contracts.topics import TopicSpec, dead_letter_topic
+from crm_platform import metrics
+from crm_platform.kafka import ensure_topics
+from crm_platform.mongo import Tx
+from crm_platform.runtime import ServiceRuntime, Subscription
+from crm_platform.settings import ServiceSettings
+from crm_platform.testing import eventually, produce_envelope
+from reliability.probe import envelope, record_effect
+
+pytestmark = pytest.mark.integration
+
+
+def make_topic(bootstrap: str, service: str, partitions: int) -> str:
+    topic = f"crm.test.{service}.{uuid.uuid4().hex[:8]}"
+    ensure_topics(
+        bootstrap,
+        [
+            TopicSpec(topic, "test", "scratch", partitions=partitions, replication_factor=1),
+            TopicSpec(dead_letter_topic(service), "test", "dlq", partitions=1, replication_factor=1),
+        ],
+    )
+    return topic
+
+
+def gauge(metric: Any, *labels: str) -> float | None:
+    for family in metric.collect():
+        for sample in family.samples:
+            if tuple(sample.labels.values()) == labels:
+                return float(sample.value)
+    return None
+
+
+class Fatal:
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def __call__(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+async def test_a_stalled_consumer_shows_rising_lag_rejoins_then_is_fatal(
+    kafka_bootstrap: str,
+    make_settings: Callable[..., ServiceSettings],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service = f"rel-stall-{uuid.uuid4().hex[:6]}"
+    topic = make_topic(kafka_bootstrap, service, partitions=1)
+    release = asyncio.Event()
+    entered = 0
+
+    async def blocked(tx: Tx, event: Any, env: Envelope) -> None:
+        nonlocal entered
+        entered += 1
+        await release.wait()  # a handler that never returns: nothing is ever committed
+        await record_effect(tx, event, env)
+
+    settings = make_settings(
+        service,
+        CRM_SERVICE_NAME=service,
+        CRM_CONSUMER_STALL_SECONDS=3,
+        CRM_CONSUMER_WATCHDOG_SECONDS=0.5,
+    )
+    runtime = ServiceRuntime(
+        settings, subscription=Subscription(topics=[topic], handlers={"lead.captured": blocked})
+    )
+    fatal = Fatal()
+    runtime.on_fatal = fatal
+    caplog.set_level(logging.ERROR, logger="crm.liveness")
+    await runtime.start()
+    try:
+        await produce_envelope(kafka_bootstrap, topic, envelope("lead-stall", "first"))
+
+        async def lag() -> float | None:
+            return gauge(metrics.CONSUMER_LAG, service, topic, "0")
+
+        assert await eventually(lag, timeout=30, what="lag of the held partition") == 1
+        for i in range(4):
+            await produce_envelope(kafka_bootstrap, topic, envelope(f"lead-stall-{i}", f"more-{i}"))
+        await eventually(lambda: _equals(lag, 5), timeout=30, what="lag rising to 5")
+
+        rejoins = metrics.CONSUMER_REJOINS.labels(service, settings.group_id)
+        await eventually(_at_least(lambda: rejoins._value.get(), 1), timeout=30, what="a rejoin")
+        stalled = gauge(metrics.CONSUMER_STALLED, service, settings.group_id, topic, "0")
+        assert stalled == 1
+        await eventually(_at_least(lambda: entered, 2), timeout=30, what="the rejoined consumer fetching")
+
+        await eventually(_at_least(lambda: len(fatal.reasons), 1), timeout=30, what="fatal")
+        assert settings.group_id in fatal.reasons[0]
+        assert f"{topic}[0]" in fatal.reasons[0]
+        logged = [r.getMessage() for r in caplog.records if r.name == "crm.liveness"]
+        assert any("rejoining" in m and settings.group_id in m and f"{topic}[0]" in m for m in logged)
+    finally:
+        release.set()
+        await runtime.stop()
+
+
+async def test_a_revoked_partition_is_no_longer_reported(
+    kafka_bootstrap: str, make_settings: Callable[..., ServiceSettings]
+) -> None:
+    base = f"rel-revoke-{uuid.uuid4().hex[:6]}"
+    topic = make_topic(kafka_bootstrap, base, partitions=2)
+    group = f"{base}-group"
+    runtimes = []
+    for member in ("a", "b"):
+        settings = make_settings(
+            f"{base}-{member}",
+            CRM_CONSUMER_GROUP=group,
+            CRM_CONSUMER_WATCHDOG_SECONDS=0.3,
+        )
+        runtimes.append(
+            ServiceRuntime(
+                settings,
+                subscription=Subscription(topics=[topic], handlers={"lead.captured": record_effect}),
+            )
+        )
+    first, second = runtimes
+    a, b = first.settings.service_name, second.settings.service_name
+
+    def reported(service: str) -> set[int]:
+        return {p for p in (0, 1) if gauge(metrics.CONSUMER_LAG, service, topic, str(p)) is not None}
+
+    await first.start()
+    try:
+        await eventually(_async(lambda: reported(a) == {0, 1}), timeout=30, what="a reports both")
+        await second.start()
+        try:
+            await eventually(
+                _async(lambda: len(reported(a)) == 1 and reported(a) | reported(b) == {0, 1}),
+                timeout=60,
+                what="each member reporting only the partition it holds",
+            )
+        finally:
+            await second.stop()
+        await eventually(_async(lambda: reported(a) == {0, 1}), timeout=60, what="a holds both again")
+    finally:
+        await first.stop()
+
+
+@pytest.mark.parametrize("task", ["consumer", "relay"])
+async def test_a_background_task_that_ends_is_fatal(
+    task: str,
+    kafka_bootstrap: str,
+    make_settings: Callable[..., ServiceSettings],
+) -> None:
+    service = f"rel-task-{uuid.uuid4().hex[:6]}"
+    topic = make_topic(kafka_bootstrap, service, partitions=1)
+    runtime = ServiceRuntime(
+        make_settings(service),
+        subscription=Subscription(topics=[topic], handlers={"lead.captured": record_effect}),
+    )
+    fatal = Fatal()
+    runtime.on_fatal = fatal
+
+    async def broken() -> None:
+        raise RuntimeError("boom")
+
+    target: Any = runtime.consumer if task == "consumer" else runtime.relay
+    target.run = broken
+    await runtime.start()
+    try:
+        await eventually(_at_least(lambda: len(fatal.reasons), 1), timeout=10, what="fatal")
+        assert "RuntimeError: boom" in fatal.reasons[0]
+    finally:
+        await runtime.stop()
+    assert len(fatal.reasons) == 1, "a graceful stop is not fatal"
+
+
+def _at_least(value: Callable[[], float], n: float) -> Callable[[], Any]:
+    async def check() -> bool:
+        return value() >= n
+
+    return check
+
+
+def _async(predicate: Callable[[], bool]) -> Callable[[], Any]:
+    async def check() -> bool:
+        return predicate()
+
+    return check
+
+
+async def _equals(read: Callable[[], Any], value: float) -> bool:
+    return await read() == value
