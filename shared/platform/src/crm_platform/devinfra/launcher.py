@@ -116,7 +116,7 @@ class Platform:
         # Static membership: a service killed without leaving its group (kill -9, the
         # supervisor's restart) takes its partitions back when it comes up again,
         # even on the embedded broker, which never evicts such a member.
-        env["CRM_CONSUMER_INSTANCE_ID"] = f"{service}{self.group_suffix}-0"
+        env["CRM_CONSUMER_INSTANCE_ID"] = f"{spec.name}{self.group_suffix}-0"
         if self.group_suffix:
             env["CRM_CONSUMER_GROUP"] = f"{service}{self.group_suffix}"
             env["CRM_ANALYTICS_APP_ID"] = f"crm-analytics{self.group_suffix}"
