@@ -199,3 +199,28 @@ def _async(predicate: Callable[[], bool]) -> Callable[[], Any]:
 
 async def _equals(read: Callable[[], Any], value: float) -> bool:
     return await read() == value
+
+
+async def test_a_consumer_task_killed_by_a_stray_cancelled_error_is_fatal(
+    kafka_bootstrap: str, make_settings: Callable[..., ServiceSettings]
+) -> None:
+    service = f"rel-stray-{uuid.uuid4().hex[:6]}"
+    topic = make_topic(kafka_bootstrap, service, partitions=1)
+    runtime = ServiceRuntime(
+        make_settings(service),
+        subscription=Subscription(topics=[topic], handlers={"lead.captured": record_effect}),
+    )
+    fatal = Fatal()
+    runtime.on_fatal = fatal
+
+    async def stray() -> None:
+        # e.g. a client's stop() re-raising the cancellation of one of its own tasks
+        raise asyncio.CancelledError
+
+    assert runtime.consumer is not None
+    runtime.consumer.run = stray  # type: ignore[method-assign]
+    await runtime.start()
+    try:
+        await eventually(_at_least(lambda: len(fatal.reasons), 1), timeout=10, what="fatal")
+    finally:
+        await runtime.stop()

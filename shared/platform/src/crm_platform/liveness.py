@@ -68,13 +68,18 @@ def exit_process(reason: str) -> None:
 
 
 def guard_task(task: asyncio.Task[Any], *, stopping: Callable[[], bool], on_fatal: Fatal) -> None:
-    """Call ``on_fatal`` if ``task`` ends (returns, raises or is cancelled) while not ``stopping()``."""
+    """Call ``on_fatal`` if ``task`` ends (returns or raises) while not ``stopping()``.
+
+    A task someone called ``cancel()`` on (a stop, the event loop shutting down) ended on
+    purpose; one that ended with a ``CancelledError`` nobody asked for (a library letting
+    an inner cancellation escape) died, and counts.
+    """
 
     def done(t: asyncio.Task[Any]) -> None:
-        if stopping():
+        if stopping() or (t.cancelled() and t.cancelling() > 0):
             return
         if t.cancelled():
-            how = "was cancelled"
+            how = "ended with a CancelledError nobody asked for"
         elif t.exception() is not None:
             exc = t.exception()
             how = f"failed: {type(exc).__name__}: {exc}"
