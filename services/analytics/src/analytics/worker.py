@@ -356,8 +356,10 @@ def watch_progress(app: faust.App, settings: AnalyticsSettings) -> ConsumerWatch
 
     faust's consumer cannot be rejoined from outside, so a stall of
     ``CRM_CONSUMER_STALL_SECONDS`` (lag, no committed progress) ends the process
-    non-zero and its supervisor or Kubernetes starts a fresh one.
+    non-zero and its supervisor or Kubernetes starts a fresh one. faust's consumer is
+    aiokafka's, so it also gets the fix for ``stop()`` hanging after a broker restart.
     """
+    harden_aiokafka()
     watchdog = ConsumerWatchdog(
         WatchdogConfig(
             service=f"{settings.service_name}-worker",
@@ -379,7 +381,6 @@ def main() -> None:
     configure_logging(f"{settings.service_name}-worker", settings.log_level)
     provision_topics(settings)
     pace_empty_fetches(settings.consumer_idle_backoff_ms)  # faust's consumer is aiokafka's too
-    harden_aiokafka()  # so is its fetcher: see crm_platform.liveness
     worker = AnalyticsWorker(settings)
     watch_progress(worker.app, settings)
     log.info("starting analytics worker %s on %s", settings.app_id, settings.faust_broker)
