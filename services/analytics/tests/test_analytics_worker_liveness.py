@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
+import pytest
 from aiokafka.consumer.fetcher import Fetcher
 from analytics.settings import AnalyticsSettings
 from analytics.worker import SOURCE_TOPICS, AnalyticsWorker, watch_progress
+from crm_contracts import envelope_for
+from crm_contracts.events.common import Consent
+from crm_contracts.events.leads import LeadCapturedV1
+from crm_contracts.topics import LEADS_EVENTS
+from crm_platform.liveness import OffsetsReader
+from crm_platform.testing import eventually, produce_envelope
+from kafka import KafkaConsumer
+from kafka import TopicPartition as KafkaTopicPartition
+from kafka.structs import OffsetAndMetadata
 
 
 def settings(tmp_path: Path, **env: object) -> AnalyticsSettings:
@@ -37,3 +52,116 @@ def test_the_worker_watches_its_group_and_exits_on_a_stall(tmp_path: Path) -> No
     assert watchdog.config.stall_seconds == 42
     assert watchdog.rejoin is None, "faust's consumer cannot be rejoined from outside: a stall exits"
     assert Fetcher.close.__qualname__.startswith("harden_aiokafka"), "faust's fetcher hardened too"
+
+
+# --- a real worker process: killed, restarted with its instance id, consuming again -----------
+
+
+def _start_group_at_end(bootstrap: str, group: str) -> None:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        tps = [
+            KafkaTopicPartition(topic, p)
+            for topic in SOURCE_TOPICS
+            for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
+        ends = consumer.end_offsets(tps)
+        consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in ends.items()})
+    finally:
+        consumer.close()
+
+
+def _spawn(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "analytics.worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+async def _caught_up(bootstrap: str, group: str) -> bool:
+    reader = OffsetsReader(bootstrap, "liveness-test", timeout=5)
+    try:
+        tps = await reader.partitions(SOURCE_TOPICS)
+        committed, ends = await reader.read(group, tps)
+        return all(end == 0 or (committed[tp] or 0) >= end for tp, end in ends.items())
+    finally:
+        await reader.close()
+
+
+async def _captured(bootstrap: str, name: str) -> None:
+    event = LeadCapturedV1(
+        lead_id=f"lead-{name}",
+        email=f"{name}@example.com",
+        name=name,
+        company="Acme",
+        source_channel="web",
+        consent=Consent(marketing_email=True),
+        merged=False,
+    )
+    await produce_envelope(bootstrap, LEADS_EVENTS, envelope_for(event, source="test", correlation_id=name))
+
+
+@pytest.mark.integration
+async def test_a_killed_worker_restarted_with_its_instance_id_consumes_again(
+    kafka_bootstrap: str, mongodb_uri: str, tmp_path: Path
+) -> None:
+    run = uuid.uuid4().hex[:10]
+    app_id = f"crm-analytics-static-{run}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
+    env.update(
+        {
+            "CRM_SERVICE_NAME": "analytics",
+            "CRM_ENV": "test",
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "MONGODB_URI": mongodb_uri,
+            "MONGODB_DATABASE": f"t_analytics_static_{run}",
+            "CRM_ANALYTICS_APP_ID": app_id,
+            "CRM_ANALYTICS_WORKER_DATADIR": str(tmp_path / "faust"),
+            "CRM_PROVISION_TOPICS": "false",
+            "CRM_CONSUMER_INSTANCE_ID": f"analytics-worker-{run}",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    _start_group_at_end(kafka_bootstrap, app_id)
+    log_path = tmp_path / "worker.log"
+    procs = [_spawn(env, log_path)]
+
+    async def consumed() -> bool:
+        return await _caught_up(kafka_bootstrap, app_id)
+
+    try:
+        await _captured(kafka_bootstrap, f"before-{run}")
+        await eventually(
+            lambda: _caught_up(kafka_bootstrap, app_id),
+            timeout=90,
+            interval=0.5,
+            what="first worker consumed",
+        )
+        procs[0].kill()  # no LeaveGroup: its member stays in the group
+        procs[0].wait()
+        procs.append(_spawn(env, log_path))
+        await _captured(kafka_bootstrap, f"after-{run}")
+        # No broker restart, no eviction on the emulator: only static membership gives
+        # the restarted worker its partitions.
+        await eventually(
+            lambda: _caught_up(kafka_bootstrap, app_id),
+            timeout=90,
+            interval=0.5,
+            what="restarted worker consumed",
+        )
+    except AssertionError:
+        print(log_path.read_text()[-6000:])
+        raise
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
