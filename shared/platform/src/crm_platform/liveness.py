@@ -345,6 +345,7 @@ class ConsumerWatchdog:
         self._committed_at_rejoin: dict[TopicPartition, int | None] = {}
         self._stopping = asyncio.Event()
         self._stalled_series: set[TopicPartition] = set()
+        self._lag_series: set[TopicPartition] = set()
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -364,6 +365,8 @@ class ConsumerWatchdog:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.config.interval_seconds)
         finally:
+            drop_lag_series(self.config.service, self._lag_series)  # this member holds nothing now
+            self._lag_series = set()
             await self.reader.close()
 
     async def tick(self, now: float) -> list[TopicPartition]:
@@ -373,9 +376,7 @@ class ConsumerWatchdog:
         # before it was ever assigned anything is as silent as one stuck after.
         watched = held or await self.reader.partitions(self.config.topics)
         committed, ends = await self.reader.read(self.config.group_id, watched)
-        for tp in held & set(ends):
-            lag = max(0, ends[tp] - (committed.get(tp) or 0))
-            metrics.CONSUMER_LAG.labels(self.config.service, tp.topic, str(tp.partition)).set(lag)
+        self._report_lag(committed, ends)
         stalled = self.detector.observe(now, committed, ends)
         lagging = [tp for tp in ends if ends[tp] > (committed.get(tp) or 0)]
         if not held and len(stalled) < len(lagging):
@@ -391,6 +392,17 @@ class ConsumerWatchdog:
         if stalled:
             await self._act(now, stalled, committed, ends)
         return stalled
+
+    def _report_lag(
+        self, committed: dict[TopicPartition, int | None], ends: dict[TopicPartition, int]
+    ) -> None:
+        # Held *now*: a revocation during this tick's reads must not bring a series back.
+        held = set(self.tracker.assigned) & set(ends)
+        drop_lag_series(self.config.service, self._lag_series - held)
+        for tp in held:
+            lag = max(0, ends[tp] - (committed.get(tp) or 0))
+            metrics.CONSUMER_LAG.labels(self.config.service, tp.topic, str(tp.partition)).set(lag)
+        self._lag_series = held
 
     def _report(self, stalled: set[TopicPartition]) -> None:
         labels = (self.config.service, self.config.group_id)
