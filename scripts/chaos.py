@@ -141,6 +141,7 @@ class Chaos:
         self.unqualified = 0  # leads the load gave up on (client-visible failures, not losses)
         self.load_done: float | None = None
         self.tokens: dict[str, str] = {}
+        self.usernames: dict[str, str] = {}  # user id -> username (owners are user ids)
 
     @property
     def phase(self) -> Phase:
@@ -169,6 +170,7 @@ class Chaos:
             rules = gw.get("maria", "/api/leads/scoring-rules")
             gw.call("maria", "PUT", "/api/leads/scoring-rules", {**_rules_body(rules), "threshold": 40})
             self.tokens = dict(gw.tokens)
+            self.usernames = {uid: name for name, uid in gw.user_ids.items()}
         finally:
             gw.close()
 
@@ -258,7 +260,8 @@ class Chaos:
         async with gate:
             phase = self.phase.name
             path = f"/api/sales/inbox/{item['lead_id']}/accept"
-            if await self._request(http, "POST", path, {"note": "chaos"}, item["owner"]) is not None:
+            rep = self.usernames[item["owner"]]  # owners are user ids; tokens are by username
+            if await self._request(http, "POST", path, {"note": "chaos"}, rep) is not None:
                 self.accepted_in.setdefault(item["lead_id"], phase)
 
     async def _request(

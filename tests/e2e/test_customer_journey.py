@@ -31,8 +31,9 @@ def test_lead_to_customer_and_back_to_sales(gw: Gateway) -> None:
 
     account = gw.get("sven", f"/api/service-desk/accounts/{journey.account_id}")
     assert account["deal_id"] == journey.opportunity_id
-    assert account["sales_owner"] == journey.owner
-    assert account["csm"] == "cora"
+    # Owners and CSMs are user ids (the token's sub), never usernames.
+    assert account["sales_owner"] == journey.owner_id == gw.user_ids[journey.owner]
+    assert account["csm"] == gw.user_ids["cora"]
     assert len(account["commitments"]) == 2, "what sales promised travels with the deal"
 
     ticket = gw.get("sven", f"/api/service-desk/tickets/{journey.ticket_id}")
@@ -42,7 +43,7 @@ def test_lead_to_customer_and_back_to_sales(gw: Gateway) -> None:
 
     upsell = gw.get(journey.owner, f"/api/sales/opportunities/{journey.upsell_opportunity_id}")
     assert upsell["origin"] == "upsell"
-    assert upsell["owner"] == journey.owner
+    assert upsell["owner"] == journey.owner_id
 
     def analytics_caught_up() -> dict[str, Any] | None:
         summary = gw.get("ana", "/api/analytics/summary")

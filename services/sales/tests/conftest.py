@@ -27,12 +27,14 @@ from sales.main import create_app
 pytest_plugins = ["crm_platform.testing"]
 
 
-def headers(role: str, username: str) -> dict[str, str]:
+def headers(role: str, user_id: str, name: str | None = None) -> dict[str, str]:
+    """A token whose ``sub`` (the identity sales uses) is ``user_id``; its display ``name``
+    is ``name`` (default: the id), which sales must never compare."""
     # Imported here, not at the top: pytest registers crm_platform.testing as a plugin
     # (assertion rewriting) only if this conftest has not imported it first.
-    from crm_platform.testing import auth_headers
+    from crm_platform.testing import token_for
 
-    return auth_headers([role], username)
+    return {"Authorization": f"Bearer {token_for([role], name or user_id, user_id=user_id)}"}
 
 
 def uid(prefix: str) -> str:
@@ -58,7 +60,7 @@ class Sales:
         return headers("sales_rep", username)
 
     async def set_roster(self, **reps: bool) -> dict[str, Any]:
-        body = {"reps": [{"username": u, "active": a} for u, a in reps.items()]}
+        body = {"reps": [{"user_id": u, "active": a} for u, a in reps.items()]}
         r = await self.client.put("/reps", json=body, headers=self.manager())
         assert r.status_code == 200, r.text
         return dict(r.json())
@@ -80,8 +82,8 @@ class Sales:
         item: dict[str, Any] = await eventually(landed, what=f"inbox item for {lead_id}")
         return item, env
 
-    async def activate(self, *usernames: str, active: bool = True) -> None:
-        for u in usernames:
+    async def activate(self, *user_ids: str, active: bool = True) -> None:
+        for u in user_ids:
             r = await self.client.put(f"/reps/{u}", json={"active": active}, headers=self.manager())
             assert r.status_code == 200, r.text
 

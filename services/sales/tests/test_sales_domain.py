@@ -169,7 +169,7 @@ def test_removed_stages() -> None:
 # -- round-robin -----------------------------------------------------------------------------
 
 
-def test_round_robin_takes_turns_by_username_whatever_the_roster_order() -> None:
+def test_round_robin_takes_turns_by_user_id_whatever_the_roster_order() -> None:
     picks = [round_robin(["cleo", "amir", "bea"], n) for n in range(7)]
     assert picks == ["amir", "bea", "cleo", "amir", "bea", "cleo", "amir"]
     assert round_robin(["bea", "amir", "amir"], 1) == "bea"  # duplicates count once

@@ -358,3 +358,36 @@ async def test_forecast_weighs_pipeline_value_by_stage_probability(sales: Sales)
     assert r.json()["scope"] == "rep"
     r = await sales.client.get("/forecast", headers=sales.headers("marketing", "mia"))
     assert r.status_code == 403
+
+
+async def test_identity_is_the_tokens_sub_never_its_display_name(sales: Sales) -> None:
+    """Two reps with the same display name, and a token whose ``name`` claim is another
+    rep's user id, reach only their own book: ownership is the ``sub``."""
+    owner, twin, impostor = sales.uid("ann"), sales.uid("ann"), sales.uid("ivy")
+    shared_name = "Ann Example"
+    await sales.activate(owner)
+    item, _ = await sales.qualify()
+    if item["owner"] != owner:
+        await sales.assign(item["lead_id"], owner)
+    as_owner = sales.headers("sales_rep", owner, shared_name)
+    r = await sales.client.post(f"/inbox/{item['lead_id']}/accept", json={}, headers=as_owner)
+    assert r.status_code == 200, r.text
+    opp_id = r.json()["opportunity"]["id"]
+    r = await sales.client.get(f"/opportunities/{opp_id}", headers=as_owner)
+    assert r.status_code == 200, r.text
+    assert r.json()["owner"] == owner
+
+    for other in (
+        sales.headers("sales_rep", twin, shared_name),  # same display name, another user
+        sales.headers("sales_rep", impostor, owner),  # display name = the owner's user id
+    ):
+        r = await sales.client.get(f"/opportunities/{opp_id}", headers=other)
+        assert r.status_code == 403, r.text
+        r = await sales.client.get(f"/inbox/{item['lead_id']}", headers=other)
+        assert r.status_code == 403, r.text
+        r = await sales.client.get("/opportunities", headers=other)
+        assert opp_id not in [o["id"] for o in r.json()["items"]]
+        r = await sales.client.get("/forecast", headers=other)
+        assert r.status_code == 200, r.text
+        assert (r.json()["scope"], r.json()["open_count"]) == ("own", 0)
+        assert r.json()["owner"] != owner

@@ -25,32 +25,32 @@ def test_settings_default_to_the_sales_service_on_port_8002(monkeypatch: pytest.
 @pytest.mark.integration
 async def test_the_roster_is_edited_by_managers_and_read_by_sales(sales: Sales) -> None:
     a, b, c = sales.uid("ada"), sales.uid("ben"), sales.uid("cy")
-    r = await sales.client.put("/reps", json={"reps": [{"username": a}]}, headers=sales.rep(a))
+    r = await sales.client.put("/reps", json={"reps": [{"user_id": a}]}, headers=sales.rep(a))
     assert r.status_code == 403
     for bad in (
-        {"reps": [{"username": a}, {"username": a}]},
-        {"reps": [{"username": "has space"}]},
-        {"reps": [{"username": a, "active": "yes"}]},
-        {"reps": [{"username": a, "team": "x"}]},
+        {"reps": [{"user_id": a}, {"user_id": a}]},
+        {"reps": [{"user_id": "has space"}]},
+        {"reps": [{"user_id": a, "active": "yes"}]},
+        {"reps": [{"user_id": a, "team": "x"}]},
     ):
         r = await sales.client.put("/reps", json=bad, headers=sales.manager())
         assert r.status_code == 422, bad
 
     roster = await sales.set_roster(**{b: True, a: True, c: False})
-    assert [r["username"] for r in roster["reps"]] == sorted([a, b, c])
+    assert [r["user_id"] for r in roster["reps"]] == sorted([a, b, c])
     assert roster["rotation"] == sorted([a, b])
     assert roster["next_up"] in {a, b}
     assert roster["reps"][0]["updated_by"] == "mona"
 
     r = await sales.client.put(f"/reps/{c}", json={"active": True}, headers=sales.headers("admin", "root"))
     assert r.status_code == 200, r.text
-    assert r.json() == {**r.json(), "username": c, "active": True, "updated_by": "root"}
+    assert r.json() == {**r.json(), "user_id": c, "active": True, "updated_by": "root"}
     r = await sales.client.get("/reps", headers=sales.rep(a))
     assert r.status_code == 200
     assert r.json()["rotation"] == sorted([a, b, c])
 
     roster = await sales.set_roster(**{a: True})  # PUT replaces: b and c leave the roster
-    assert [r["username"] for r in roster["reps"]] == [a]
+    assert [r["user_id"] for r in roster["reps"]] == [a]
     assert roster["next_up"] == a
     r = await sales.client.get("/reps", headers=sales.headers("marketing", "mia"))
     assert r.status_code == 403

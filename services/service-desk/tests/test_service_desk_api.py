@@ -19,11 +19,11 @@ from crm_contracts.events.sales import DealWonV1
 from crm_platform.settings import ServiceSettings
 from crm_platform.testing import (
     TopicReader,
-    auth_headers,
     eventually,
     produce,
     produce_envelope,
     running_app,
+    token_for,
 )
 from fastapi import FastAPI
 from service_desk.domain.clock import ManualClock
@@ -31,14 +31,21 @@ from service_desk.main import create_app
 
 pytestmark = pytest.mark.integration
 
-ADMIN = auth_headers(["admin"], "ada.admin")
-REP = auth_headers(["service_rep"], "rita.rep")
-SALES = auth_headers(["sales_rep"], "sam.sales")
+
+def headers_for(roles: list[str], user_id: str, name: str | None = None) -> dict[str, str]:
+    """A token whose ``sub`` (the identity the desk uses) is ``user_id``; its display ``name``
+    is ``name`` (default: the id), which the desk must never compare."""
+    return {"Authorization": f"Bearer {token_for(roles, name or user_id, user_id=user_id)}"}
+
+
+ADMIN = headers_for(["admin"], "ada.admin")
+REP = headers_for(["service_rep"], "rita.rep")
+SALES = headers_for(["sales_rep"], "sam.sales")
 CSMS = ("carla.csm", "dora.csm")
 
 
 def csm_headers(username: str) -> dict[str, str]:
-    return auth_headers(["customer_success_manager"], username)
+    return headers_for(["customer_success_manager"], username)
 
 
 class Desk:
@@ -107,8 +114,8 @@ async def desk(
         r = await client.put(
             "/csms",
             json={
-                "csms": [{"username": u, "active": True} for u in CSMS]
-                + [{"username": "olga.onleave", "active": False}]
+                "csms": [{"user_id": u, "active": True} for u in CSMS]
+                + [{"user_id": "olga.onleave", "active": False}]
             },
             headers=ADMIN,
         )
@@ -267,14 +274,47 @@ async def test_csms_see_their_own_accounts_reps_see_all_others_are_refused(
     assert (await desk.client.get("/accounts/nope", headers=ADMIN)).status_code == 404
 
     # Handing the account over changes whose book it is in.
-    r = await desk.client.put(f"/accounts/{acc_id}/csm", json={"username": other}, headers=ADMIN)
+    r = await desk.client.put(f"/accounts/{acc_id}/csm", json={"user_id": other}, headers=ADMIN)
     assert r.status_code == 200, r.text
     assert (await desk.client.get(f"/accounts/{acc_id}", headers=csm_headers(other))).status_code == 200
-    r = await desk.client.put(f"/accounts/{acc_id}/csm", json={"username": "olga.onleave"}, headers=ADMIN)
+    r = await desk.client.put(f"/accounts/{acc_id}/csm", json={"user_id": "olga.onleave"}, headers=ADMIN)
     assert r.status_code == 422
     assert "not an active CSM" in r.json()["message"]
-    r = await desk.client.put(f"/accounts/{acc_id}/csm", json={"username": csm}, headers=REP)
+    r = await desk.client.put(f"/accounts/{acc_id}/csm", json={"user_id": csm}, headers=REP)
     assert r.status_code == 403
+
+
+async def test_identity_is_the_tokens_sub_never_its_display_name(
+    desk: Desk, make_deal: Callable[..., DealWonV1]
+) -> None:
+    """A CSM sharing the account CSM's display name, or a token whose ``name`` claim is the
+    CSM's user id, sees none of that CSM's accounts or tickets: identity is the ``sub``."""
+    account = await desk.win(make_deal())
+    acc_id, csm = account["account_id"], account["csm"]
+    as_csm = headers_for(["customer_success_manager"], csm, "Carla Example")
+    assert (await desk.client.get(f"/accounts/{acc_id}", headers=as_csm)).status_code == 200
+    r = await desk.client.post(
+        "/tickets",
+        json={"account_id": acc_id, "subject": "SSO", "request": "rejected", "priority": "low"},
+        headers=REP,
+    )
+    assert r.status_code == 201, r.text
+    ticket_id = r.json()["ticket_id"]
+    assert r.json()["assignee"] == csm
+
+    for other in (
+        headers_for(["customer_success_manager"], uuid.uuid4().hex, "Carla Example"),
+        headers_for(["customer_success_manager"], uuid.uuid4().hex, csm),
+    ):
+        assert (await desk.client.get(f"/accounts/{acc_id}", headers=other)).status_code == 404
+        r = await desk.client.get("/accounts", headers=other)
+        assert r.status_code == 200
+        assert acc_id not in [a["account_id"] for a in r.json()["items"]]
+        r = await desk.client.get("/accounts", params={"csm": csm}, headers=other)
+        assert r.json()["items"] == []
+        assert (await desk.client.get(f"/tickets/{ticket_id}", headers=other)).status_code == 404
+        r = await desk.client.get("/tickets", headers=other)
+        assert ticket_id not in [t["ticket_id"] for t in r.json()["items"]]
 
 
 # --- tickets --------------------------------------------------------------------------------------

@@ -18,16 +18,23 @@ from crm_contracts import envelope_for, utcnow
 from crm_contracts.events.sales import DealWonV1
 from crm_platform.mongo import Store, Tx
 from crm_platform.settings import ServiceSettings
-from crm_platform.testing import auth_headers, running_app
+from crm_platform.testing import running_app, token_for
 from fastapi import FastAPI
 from service_desk.handlers import deal_won_handler
 from service_desk.main import create_app
 
 pytestmark = pytest.mark.integration
 
-ADMIN = auth_headers(["admin"], "ada.admin")
-CSM = auth_headers(["customer_success_manager"], "carla.csm")
-REP = auth_headers(["service_rep"], "rita.rep")
+
+def headers_for(roles: list[str], user_id: str, name: str | None = None) -> dict[str, str]:
+    """A token whose ``sub`` (the identity the desk uses) is ``user_id``; its display ``name``
+    is ``name`` (default: the id), which the desk must never compare."""
+    return {"Authorization": f"Bearer {token_for(roles, name or user_id, user_id=user_id)}"}
+
+
+ADMIN = headers_for(["admin"], "ada.admin")
+CSM = headers_for(["customer_success_manager"], "carla.csm")
+REP = headers_for(["service_rep"], "rita.rep")
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +71,9 @@ async def test_roster_read_and_replace_with_role_checks(
     assert r.status_code == 200
     roster = {
         "csms": [
-            {"username": "zoe.csm"},
-            {"username": "bob.csm", "active": False},
-            {"username": "carla.csm", "active": True},
+            {"user_id": "zoe.csm"},
+            {"user_id": "bob.csm", "active": False},
+            {"user_id": "carla.csm", "active": True},
         ]
     }
     r = await client.put("/csms", json=roster, headers=REP)
@@ -74,20 +81,20 @@ async def test_roster_read_and_replace_with_role_checks(
     r = await client.put("/csms", json=roster, headers=CSM)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert [c["username"] for c in body["csms"]] == ["bob.csm", "carla.csm", "zoe.csm"]
+    assert [c["user_id"] for c in body["csms"]] == ["bob.csm", "carla.csm", "zoe.csm"]
     assert body["active"] == ["carla.csm", "zoe.csm"]
     assert body["updated_by"] == "carla.csm"
     assert (await client.get("/csms", headers=REP)).json()["active"] == ["carla.csm", "zoe.csm"]
 
     r = await client.put(
-        "/csms", json={"csms": [{"username": "zoe.csm"}, {"username": "zoe.csm"}]}, headers=ADMIN
+        "/csms", json={"csms": [{"user_id": "zoe.csm"}, {"user_id": "zoe.csm"}]}, headers=ADMIN
     )
     assert r.status_code == 422
     assert "listed twice" in r.json()["message"]
-    r = await client.put("/csms", json={"csms": [{"username": ""}]}, headers=ADMIN)
+    r = await client.put("/csms", json={"csms": [{"user_id": ""}]}, headers=ADMIN)
     assert r.status_code == 422
-    assert "body.csms.0.username" in [f["field"] for f in r.json()["fields"]]
-    r = await client.get("/csms", headers=auth_headers(["marketing"], "mo"))
+    assert "body.csms.0.user_id" in [f["field"] for f in r.json()["fields"]]
+    r = await client.get("/csms", headers=headers_for(["marketing"], "mo"))
     assert r.status_code == 403
 
 
@@ -98,8 +105,8 @@ async def test_round_robin_is_even_under_concurrent_deals(
     r = await client.put(
         "/csms",
         json={
-            "csms": [{"username": u} for u in ("ann.csm", "ben.csm", "cat.csm")]
-            + [{"username": "dan.csm", "active": False}]
+            "csms": [{"user_id": u} for u in ("ann.csm", "ben.csm", "cat.csm")]
+            + [{"user_id": "dan.csm", "active": False}]
         },
         headers=ADMIN,
     )
@@ -123,7 +130,7 @@ async def test_the_same_deal_twice_at_once_makes_one_account(
     on the unique deal_id index. Either way the loser is retried and sees the account.
     """
     app, client = app_client
-    r = await client.put("/csms", json={"csms": [{"username": u} for u in roster]}, headers=ADMIN)
+    r = await client.put("/csms", json={"csms": [{"user_id": u} for u in roster]}, headers=ADMIN)
     assert r.status_code == 200
     deal = make_deal()
     await asyncio.gather(*(_deliver(app.state.runtime.store, deal) for _ in range(6)))

@@ -214,14 +214,14 @@ def test_round_robin_cycles_through_active_csms_in_name_order() -> None:
 
 def test_roster_is_sorted_unique_and_knows_who_is_active() -> None:
     roster = validate_roster(
-        [CsmEntry(username="zoe"), CsmEntry(username=" bob ", active=False), CsmEntry(username="carla")]
+        [CsmEntry(user_id="zoe"), CsmEntry(user_id=" bob ", active=False), CsmEntry(user_id="carla")]
     )
-    assert [e.username for e in roster] == ["bob", "carla", "zoe"]
+    assert [e.user_id for e in roster] == ["bob", "carla", "zoe"]
     assert active_csms(roster) == ["carla", "zoe"]
     with pytest.raises(RuleViolation, match="listed twice"):
-        validate_roster([CsmEntry(username="zoe"), CsmEntry(username="zoe", active=False)])
+        validate_roster([CsmEntry(user_id="zoe"), CsmEntry(user_id="zoe", active=False)])
     with pytest.raises(ValidationError):
-        CsmEntry(username="   ")
+        CsmEntry(user_id="   ")
 
 
 # --- config --------------------------------------------------------------------------------------

@@ -345,11 +345,11 @@ async def on_commitment_flagged(tx: Tx, event: CommitmentFlaggedV1, envelope: En
 # -- rep roster, config, pipeline -------------------------------------------------------------
 
 
-async def replace_roster(store: Store, reps: Sequence[tuple[str, bool]], actor: Actor) -> None:
+async def replace_roster(store: Store, reps: Sequence[tuple[str, str | None, bool]], actor: Actor) -> None:
+    """Reps are keyed by user id (the token's ``sub``); ``name`` is display only."""
     now = now_ms()
     docs = [
-        {"_id": u, "username": u, "active": a, "updated_at": now, "updated_by": actor.username}
-        for u, a in reps
+        {"_id": u, "name": n, "active": a, "updated_at": now, "updated_by": actor.user_id} for u, n, a in reps
     ]
 
     async def work(tx: Tx) -> None:
@@ -358,27 +358,26 @@ async def replace_roster(store: Store, reps: Sequence[tuple[str, bool]], actor: 
     await store.transaction(work)
 
 
-async def set_rep(store: Store, username: str, active: bool, actor: Actor) -> Doc:
+async def set_rep(store: Store, user_id: str, name: str | None, active: bool, actor: Actor) -> Doc:
     doc = {
-        "_id": username,
-        "username": username,
+        "_id": user_id,
+        "name": name,
         "active": active,
         "updated_at": now_ms(),
-        "updated_by": actor.username,
+        "updated_by": actor.user_id,
     }
 
-    async def work(tx: Tx) -> None:
-        await repo.upsert_rep(tx, doc)
+    async def work(tx: Tx) -> Doc:
+        return await repo.upsert_rep(tx, doc)
 
-    await store.transaction(work)
-    return doc
+    return await store.transaction(work)
 
 
 async def set_sla(store: Store, minutes: int, actor: Actor) -> None:
     check_sla_minutes(minutes)
 
     async def work(tx: Tx) -> None:
-        await repo.save_config(tx, minutes, actor.username, now_ms())
+        await repo.save_config(tx, minutes, actor.user_id, now_ms())
 
     await store.transaction(work)
 
@@ -397,7 +396,7 @@ async def replace_pipeline(store: Store, stages: Sequence[Stage], actor: Actor) 
                     "a stage that still holds opportunities cannot be removed: move them first",
                     stages=held,
                 )
-        await repo.save_pipeline(tx, proposed, actor.username, now_ms())
+        await repo.save_pipeline(tx, proposed, actor.user_id, now_ms())
 
     await store.transaction(work)
 
@@ -441,7 +440,7 @@ async def assign(store: Store, lead_id: str, owner: str | None, actor: Actor) ->
                 "$push": {
                     "assignment_history": {
                         "owner": chosen,
-                        "by": actor.username,
+                        "by": actor.user_id,
                         "how": how.value,
                         "at": now,
                         "counter": counter,
@@ -489,14 +488,14 @@ async def decide(
             opp = _new_opportunity(
                 origin=Origin.LEAD,
                 stage=pipeline.first.name,
-                owner=item["owner"] or actor.username,
+                owner=item["owner"] or actor.user_id,
                 assigned_by=AssignedBy(item["assigned_by"]) if item["owner"] else AssignedBy.MANAGER,
                 account_name=handoff.company,
                 contacts=[handoff.contact.model_dump(mode="json")],
                 fields={},
                 correlation_id=corr,
                 now=now,
-                created_by=actor.username,
+                created_by=actor.user_id,
                 lead_id=lead_id,
                 inbox_item_id=item["_id"],
                 lead_source={
@@ -511,7 +510,7 @@ async def decide(
             "verdict": verdict.value,
             "reason_code": reason_code.value if reason_code else None,
             "note": note,
-            "decided_by": actor.username,
+            "decided_by": actor.user_id,
             "decided_at": now,
             "opportunity_id": opp["_id"] if opp else None,
         }
@@ -529,7 +528,7 @@ async def decide(
                 verdict=verdict,
                 reason_code=reason_code,
                 note=note,
-                decided_by=actor.username,
+                decided_by=actor.user_id,
                 opportunity_id=record["opportunity_id"],
             ),
             correlation_id=corr,
@@ -633,7 +632,7 @@ async def move_stage(
                         "from_stage": opp["stage"],
                         "to_stage": target,
                         "at": now,
-                        "by": actor.username,
+                        "by": actor.user_id,
                     }
                 },
             },
@@ -718,7 +717,7 @@ async def log_activity(
             "summary": summary,
             "occurred_at": when,
             "logged_at": now,
-            "logged_by": actor.username,
+            "logged_by": actor.user_id,
             "amount": amount,
             "currency": (currency or opp.get("currency") or DEFAULT_CURRENCY) if amount is not None else None,
         }

@@ -1,7 +1,7 @@
 """Sales' own collections (database ``sales``) and the repository functions over them.
 
 Collections:
-- ``reps``           the rep roster: ``_id`` = username, ``active``
+- ``reps``           the rep roster: ``_id`` = user id (the token's ``sub``), ``name`` (display), ``active``
 - ``counters``       ``{_id: "round_robin", value}``: the assignment counter
 - ``config``         ``{_id: "sales", lead_response_sla_minutes}``
 - ``pipeline``       ``{_id: "current", version, stages: [...]}``
@@ -108,8 +108,18 @@ async def replace_reps(tx: Tx, reps: list[Doc]) -> None:
         await tx.db[REPS].insert_many(reps, session=tx.session)
 
 
-async def upsert_rep(tx: Tx, rep: Doc) -> None:
-    await tx.db[REPS].replace_one({"_id": rep["_id"]}, rep, upsert=True, session=tx.session)
+async def upsert_rep(tx: Tx, rep: Doc) -> Doc:
+    """Add or change one rep; a ``name`` of None keeps the display name already stored."""
+    fields = {k: v for k, v in rep.items() if k != "_id" and not (k == "name" and v is None)}
+    doc: Doc | None = await tx.db[REPS].find_one_and_update(
+        {"_id": rep["_id"]},
+        {"$set": fields},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+        session=tx.session,
+    )
+    assert doc is not None  # upsert with ReturnDocument.AFTER always returns the document
+    return doc
 
 
 async def take_counter(tx: Tx) -> int:

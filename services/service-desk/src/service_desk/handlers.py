@@ -144,10 +144,10 @@ class ServiceDesk:
         now = self.now()
 
         async def work(tx: Tx) -> None:
-            await Repo.of(tx).save_roster(roster, {"updated_at": now, "updated_by": by.username})
+            await Repo.of(tx).save_roster(roster, {"updated_at": now, "updated_by": by.user_id})
 
         await self.store.transaction(work)
-        return RosterRecord(roster, now, by.username)
+        return RosterRecord(roster, now, by.user_id)
 
     # --- config -----------------------------------------------------------------------------
 
@@ -159,10 +159,10 @@ class ServiceDesk:
         now = self.now()
 
         async def work(tx: Tx) -> None:
-            await Repo.of(tx).save_config(config, {"updated_at": now, "updated_by": by.username})
+            await Repo.of(tx).save_config(config, {"updated_at": now, "updated_by": by.user_id})
 
         await self.store.transaction(work)
-        return ConfigRecord(config, now, by.username)
+        return ConfigRecord(config, now, by.user_id)
 
     # --- accounts ---------------------------------------------------------------------------
 
@@ -176,9 +176,9 @@ class ServiceDesk:
         limit: int = 100,
     ) -> list[Account]:
         if not access.sees_all(user.roles):
-            if csm is not None and csm != user.username:
+            if csm is not None and csm != user.user_id:
                 return []  # a CSM's book is their own accounts
-            csm = user.username
+            csm = user.user_id
         return await self.reader.accounts(csm=csm, onboarding=onboarding, deal_id=deal_id, limit=limit)
 
     async def get_account(self, user: Principal, account_id: str) -> Account:
@@ -190,7 +190,7 @@ class ServiceDesk:
         async def work(tx: Tx) -> tuple[Account, bool]:
             repo = Repo.of(tx)
             account = _visible_account(user, account_id, await repo.account(account_id))
-            completed = account.complete_item(item, by=user.username, now=now)
+            completed = account.complete_item(item, by=user.user_id, now=now)
             await repo.save_account(account)
             if completed:
                 duration = account.onboarding.duration_seconds or 0.0
@@ -213,16 +213,16 @@ class ServiceDesk:
             metrics.ONBOARDING_SECONDS.observe(account.onboarding.duration_seconds or 0.0)
         return account
 
-    async def assign_csm(self, user: Principal, account_id: str, username: str) -> Account:
+    async def assign_csm(self, user: Principal, account_id: str, csm_user_id: str) -> Account:
         async def work(tx: Tx) -> Account:
             repo = Repo.of(tx)
             account = _visible_account(user, account_id, await repo.account(account_id))
             roster, _ = await repo.roster()
-            if username not in active_csms(roster):
+            if csm_user_id not in active_csms(roster):
                 raise RuleViolation(
-                    f"{username!r} is not an active CSM on the roster (PUT /csms)", field="username"
+                    f"user {csm_user_id!r} is not an active CSM on the roster (PUT /csms)", field="user_id"
                 )
-            account.csm = username
+            account.csm = csm_user_id
             await repo.save_account(account)
             return account
 
@@ -238,7 +238,7 @@ class ServiceDesk:
             repo = Repo.of(tx)
             account = _visible_account(user, account_id, await repo.account(account_id))
             commitment = account.flag_commitment(
-                commitment_id, flag_id=flag_id, reason=reason, by=user.username, now=now
+                commitment_id, flag_id=flag_id, reason=reason, by=user.user_id, now=now
             )
             await repo.save_account(account)
             tx.emit(
@@ -248,7 +248,7 @@ class ServiceDesk:
                     deal_id=account.deal_id,
                     commitment_id=commitment.commitment_id,
                     reason=commitment.flag_reason or reason,
-                    flagged_by=user.username,
+                    flagged_by=user.user_id,
                 ),
                 correlation_id=account.journey_id,
             )
@@ -264,7 +264,7 @@ class ServiceDesk:
         async def work(tx: Tx) -> AccountCommitment:
             repo = Repo.of(tx)
             account = _visible_account(user, account_id, await repo.account(account_id))
-            commitment = account.deliver_commitment(commitment_id, by=user.username, now=now)
+            commitment = account.deliver_commitment(commitment_id, by=user.user_id, now=now)
             await repo.save_account(account)
             return commitment
 
@@ -290,7 +290,7 @@ class ServiceDesk:
                 kind=kind,
                 description=description,
                 estimated_value=estimated_value,
-                by=user.username,
+                by=user.user_id,
                 now=now,
             )
             await repo.save_account(account)
@@ -304,7 +304,7 @@ class ServiceDesk:
                     kind=signal.kind,
                     description=signal.description,
                     estimated_value=signal.estimated_value,
-                    spotted_by=user.username,
+                    spotted_by=user.user_id,
                 ),
                 correlation_id=account.journey_id,
             )
@@ -332,10 +332,10 @@ class ServiceDesk:
         async def work(tx: Tx) -> Ticket:
             repo = Repo.of(tx)
             account = await repo.account(account_id)
-            if account is None or not access.can_see_account(user.roles, user.username, account.csm):
+            if account is None or not access.can_see_account(user.roles, user.user_id, account.csm):
                 raise RuleViolation(f"unknown account {account_id!r}", field="account_id")
             config, _ = await repo.config()
-            assignee = user.username if assign_to_me or account.csm is None else account.csm
+            assignee = user.user_id if assign_to_me or account.csm is None else account.csm
             ticket = open_ticket(
                 ticket_id=ticket_id,
                 account_id=account.account_id,
@@ -343,7 +343,7 @@ class ServiceDesk:
                 subject=subject,
                 request=request,
                 priority=priority,
-                opened_by=user.username,
+                opened_by=user.user_id,
                 assignee=assignee,
                 target=config.target(priority),
                 now=now,
@@ -370,7 +370,7 @@ class ServiceDesk:
         async def work(tx: Tx) -> Ticket:
             repo = Repo.of(tx)
             ticket, _ = await self._visible_ticket(repo, user, ticket_id)
-            ticket.add_progress(note, by=user.username, now=now)
+            ticket.add_progress(note, by=user.user_id, now=now)
             await repo.save_ticket(ticket)
             return ticket
 
@@ -382,7 +382,7 @@ class ServiceDesk:
         async def work(tx: Tx) -> Ticket:
             repo = Repo.of(tx)
             ticket, account = await self._visible_ticket(repo, user, ticket_id)
-            ticket.resolve(result, by=user.username, now=now)
+            ticket.resolve(result, by=user.user_id, now=now)
             await repo.save_ticket(ticket)
             assert ticket.resolution_seconds is not None
             tx.emit(
@@ -412,7 +412,7 @@ class ServiceDesk:
         async def work(tx: Tx) -> Ticket:
             repo = Repo.of(tx)
             ticket, account = await self._visible_ticket(repo, user, ticket_id)
-            ticket.rate(csat, by=user.username, now=now)
+            ticket.rate(csat, by=user.user_id, now=now)
             await repo.save_ticket(ticket)
             tx.emit(
                 TicketRatedV1(ticket_id=ticket.ticket_id, account_id=ticket.account_id, csat=csat),
@@ -433,7 +433,7 @@ class ServiceDesk:
     ) -> list[Ticket]:
         visible_to = None
         if not access.sees_all(user.roles):
-            visible_to = (user.username, await self.reader.account_ids_of(user.username))
+            visible_to = (user.user_id, await self.reader.account_ids_of(user.user_id))
         return await self.reader.tickets(
             account_id=account_id, status=status, visible_to=visible_to, limit=limit
         )
@@ -445,7 +445,7 @@ class ServiceDesk:
         account = await repo.account(ticket.account_id) if ticket else None
         if ticket is None or not access.can_see_ticket(
             user.roles,
-            user.username,
+            user.user_id,
             assignee=ticket.assignee,
             account_csm=account.csm if account else None,
         ):
@@ -455,6 +455,6 @@ class ServiceDesk:
 
 def _visible_account(user: Principal, account_id: str, account: Account | None) -> Account:
     """The account, or 404 when it does not exist or is outside this user's book."""
-    if account is None or not access.can_see_account(user.roles, user.username, account.csm):
+    if account is None or not access.can_see_account(user.roles, user.user_id, account.csm):
         raise NotFound(f"account {account_id} not found", account_id=account_id)
     return account

@@ -33,7 +33,7 @@ def get_db(request: Request) -> AsyncDatabase[dict[str, Any]]:
 
 
 def get_actor(principal: CurrentUser) -> Actor:
-    return Actor.of(principal.username or principal.user_id, principal.roles)
+    return Actor.of(principal.user_id, principal.roles, principal.username)
 
 
 StoreDep = Annotated[Store, Depends(get_store)]

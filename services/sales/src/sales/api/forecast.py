@@ -35,7 +35,7 @@ async def get_forecast(
     totals, currencies = await repo.stage_totals(db, scoped)
     return ForecastOut.of(
         forecast(pipeline, totals),
-        scope="team" if scoped is None else "own" if scoped == actor.username else "rep",
+        scope="team" if scoped is None else "own" if scoped == actor.user_id else "rep",
         owner=scoped,
         pipeline_version=pipeline.version,
         currencies=currencies,

@@ -53,7 +53,9 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-Username = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9._@\-]{1,100}$")]
+UserId = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9._@\-]{1,100}$")]
+DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+USER_ID_HELP = "A user id (the token's sub), as listed by the gateway's GET /users (admin); never a username"
 Currency = Annotated[str, BeforeValidator(_upper), StringConstraints(pattern=r"^[A-Z]{3}$")]
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 Note = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)]
@@ -63,7 +65,8 @@ Note = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)]
 
 
 class RepIn(In):
-    username: Username
+    user_id: UserId = Field(description=USER_ID_HELP)
+    name: DisplayName | None = Field(default=None, description="Display name, shown only; never an identity")
     active: StrictBool = True
 
 
@@ -72,27 +75,30 @@ class RosterIn(In):
 
     @model_validator(mode="after")
     def _unique(self) -> RosterIn:
-        names = [r.username for r in self.reps]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        ids = [r.user_id for r in self.reps]
+        duplicates = sorted({n for n in ids if ids.count(n) > 1})
         if duplicates:
-            raise ValueError(f"usernames listed twice: {duplicates}")
+            raise ValueError(f"user ids listed twice: {duplicates}")
         return self
 
 
 class RepActiveIn(In):
+    name: DisplayName | None = Field(default=None, description="Display name, shown only; never an identity")
     active: StrictBool
 
 
 class RepOut(Out):
-    username: str
+    user_id: str = Field(description="The rep's user id (the token's sub): what owners and checks use")
+    name: str | None = Field(default=None, description="Display name, as the manager gave it")
     active: bool
     updated_at: datetime | None = None
-    updated_by: str | None = None
+    updated_by: str | None = Field(default=None, description="User id of who changed it")
 
     @classmethod
     def of(cls, d: Doc) -> RepOut:
         return cls(
-            username=d["_id"],
+            user_id=d["_id"],
+            name=d.get("name"),
             active=bool(d["active"]),
             updated_at=d.get("updated_at"),
             updated_by=d.get("updated_by"),
@@ -171,8 +177,10 @@ class PipelineOut(Out):
 
 
 class AssignIn(In):
-    owner: Username | None = Field(
-        default=None, description="An active rep; omitted: the next one in the round-robin rotation"
+    owner: UserId | None = Field(
+        default=None,
+        description="An active rep's user id (the token's sub), as listed by the gateway's GET /users; "
+        "omitted: the next one in the round-robin rotation",
     )
 
 

@@ -23,7 +23,13 @@ from sales.domain.pipeline import Stage
 
 router = APIRouter(tags=["team"])
 
-Username = Annotated[str, Path(pattern=r"^[A-Za-z0-9._@\-]{1,100}$")]
+UserIdPath = Annotated[
+    str,
+    Path(
+        pattern=r"^[A-Za-z0-9._@\-]{1,100}$",
+        description="The rep's user id (the token's sub), as listed by the gateway's GET /users",
+    ),
+]
 
 
 async def _roster(db: DbDep) -> RosterOut:
@@ -47,18 +53,18 @@ async def get_reps(db: DbDep) -> RosterOut:
     summary="Replace the roster (reps not listed leave it; their records stay theirs)",
 )
 async def put_reps(body: RosterIn, store: StoreDep, db: DbDep, actor: ActorDep) -> RosterOut:
-    await handlers.replace_roster(store, [(r.username, r.active) for r in body.reps], actor)
+    await handlers.replace_roster(store, [(r.user_id, r.name, r.active) for r in body.reps], actor)
     return await _roster(db)
 
 
 @router.put(
-    "/reps/{username}",
+    "/reps/{user_id}",
     response_model=RepOut,
     dependencies=[managers_only],
     summary="Add one rep or switch them active/inactive",
 )
-async def put_rep(username: Username, body: RepActiveIn, store: StoreDep, actor: ActorDep) -> RepOut:
-    return RepOut.of(await handlers.set_rep(store, username, body.active, actor))
+async def put_rep(user_id: UserIdPath, body: RepActiveIn, store: StoreDep, actor: ActorDep) -> RepOut:
+    return RepOut.of(await handlers.set_rep(store, user_id, body.name, body.active, actor))
 
 
 @router.get(

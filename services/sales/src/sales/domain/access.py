@@ -19,17 +19,22 @@ MANAGER_ROLES = frozenset({"sales_manager", "admin"})
 
 @dataclass(frozen=True)
 class Actor:
-    username: str
+    """The acting user. ``user_id`` (the token's ``sub``) is the identity every owner,
+    roster entry and audit field stores and every check compares; ``name`` (the token's
+    display ``name``) is for logs only and never decides anything."""
+
+    user_id: str
     is_manager: bool
+    name: str = ""
 
     @classmethod
-    def of(cls, username: str, roles: Iterable[str]) -> Actor:
-        return cls(username, bool(MANAGER_ROLES & set(roles)))
+    def of(cls, user_id: str, roles: Iterable[str], name: str = "") -> Actor:
+        return cls(user_id, bool(MANAGER_ROLES & set(roles)), name)
 
 
 def can_access(actor: Actor, owner: str | None) -> bool:
     """Managers and admins reach every record; a rep only the records they own."""
-    return actor.is_manager or (owner is not None and owner == actor.username)
+    return actor.is_manager or (owner is not None and owner == actor.user_id)
 
 
 def require_access(actor: Actor, owner: str | None, what: str) -> None:
@@ -44,4 +49,4 @@ def owner_scope(actor: Actor, requested_owner: str | None) -> str | None:
     """The owner filter a listing must apply: a rep is always scoped to themself."""
     if actor.is_manager:
         return requested_owner
-    return actor.username
+    return actor.user_id

@@ -27,7 +27,7 @@ class Assignment:
 
 
 def rotation(active: Iterable[str]) -> list[str]:
-    """The order reps take turns in: by username, each once."""
+    """The order reps take turns in: by user id, each once."""
     return sorted(set(active))
 
 

@@ -66,7 +66,7 @@ async def complete_item(account_id: str, item: str, desk: Desk, user: CurrentUse
     dependencies=[require_roles(*sorted(ROSTER_EDITORS))],
 )
 async def assign_csm(account_id: str, body: AssignCsmIn, desk: Desk, user: CurrentUser) -> AccountOut:
-    return AccountOut.of(await desk.assign_csm(user, account_id, body.username.strip()))
+    return AccountOut.of(await desk.assign_csm(user, account_id, body.user_id.strip()))
 
 
 @router.post(

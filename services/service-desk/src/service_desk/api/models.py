@@ -45,7 +45,7 @@ class RosterOut(BaseModel):
     def of(cls, record: RosterRecord) -> RosterOut:
         return cls(
             csms=record.csms,
-            active=[e.username for e in record.csms if e.active],
+            active=[e.user_id for e in record.csms if e.active],
             updated_at=record.updated_at,
             updated_by=record.updated_by,
         )
@@ -162,7 +162,12 @@ class AccountOut(BaseModel):
 
 
 class AssignCsmIn(Body):
-    username: str = Field(min_length=1, max_length=100)
+    user_id: str = Field(
+        min_length=1,
+        max_length=100,
+        description="An active CSM's user id (the token's sub), as listed by the gateway's GET /users "
+        "(admin); never a username",
+    )
 
 
 class SignalIn(Body):

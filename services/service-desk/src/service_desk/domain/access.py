@@ -15,10 +15,10 @@ def sees_all(roles: Iterable[str]) -> bool:
     return bool(SEE_ALL & set(roles))
 
 
-def can_see_account(roles: Iterable[str], username: str, account_csm: str | None) -> bool:
-    return sees_all(roles) or (account_csm is not None and account_csm == username)
+def can_see_account(roles: Iterable[str], user_id: str, account_csm: str | None) -> bool:
+    return sees_all(roles) or (account_csm is not None and account_csm == user_id)
 
 
-def can_see_ticket(roles: Iterable[str], username: str, *, assignee: str, account_csm: str | None) -> bool:
+def can_see_ticket(roles: Iterable[str], user_id: str, *, assignee: str, account_csm: str | None) -> bool:
     """A CSM sees the tickets of their accounts and the tickets assigned to them."""
-    return sees_all(roles) or assignee == username or account_csm == username
+    return sees_all(roles) or assignee == user_id or account_csm == user_id

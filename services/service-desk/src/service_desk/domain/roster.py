@@ -9,34 +9,43 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class CsmEntry(BaseModel):
+    """One CSM on the roster, keyed by user id (the token's ``sub``): accounts store it as
+    their ``csm`` and visibility compares it; ``name`` is shown only, never compared."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    username: str = Field(min_length=1, max_length=100)
+    user_id: str = Field(
+        min_length=1,
+        max_length=100,
+        description="The CSM's user id (the token's sub), as listed by the gateway's GET /users "
+        "(admin); never a username",
+    )
+    name: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Display name, shown only"
+    )
     active: bool = True
 
-    @field_validator("username")
+    @field_validator("user_id")
     @classmethod
     def _strip(cls, value: str) -> str:
         value = value.strip()
         if not value:
-            raise ValueError("username must not be blank")
+            raise ValueError("user_id must not be blank")
         return value
 
 
 def validate_roster(entries: Iterable[CsmEntry]) -> list[CsmEntry]:
-    """The roster as stored: unique usernames, sorted (the round-robin order)."""
-    by_name: dict[str, CsmEntry] = {}
+    """The roster as stored: unique user ids, sorted (the round-robin order)."""
+    by_id: dict[str, CsmEntry] = {}
     for entry in entries:
-        if entry.username in by_name:
-            raise RuleViolation(
-                f"CSM {entry.username!r} is listed twice", field="csms", username=entry.username
-            )
-        by_name[entry.username] = entry
-    return [by_name[name] for name in sorted(by_name)]
+        if entry.user_id in by_id:
+            raise RuleViolation(f"CSM {entry.user_id!r} is listed twice", field="csms", user_id=entry.user_id)
+        by_id[entry.user_id] = entry
+    return [by_id[user_id] for user_id in sorted(by_id)]
 
 
 def active_csms(roster: Iterable[CsmEntry]) -> list[str]:
-    return sorted({e.username for e in roster if e.active})
+    return sorted({e.user_id for e in roster if e.active})
 
 
 def round_robin(active: Sequence[str], turn: int) -> str | None:

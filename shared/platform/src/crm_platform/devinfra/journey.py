@@ -53,6 +53,7 @@ class Gateway:
     base_url: str
     timeout: float = 30.0
     tokens: dict[str, str] = field(default_factory=dict)
+    user_ids: dict[str, str] = field(default_factory=dict)  # username -> user id (the token's sub)
 
     def __post_init__(self) -> None:
         self.http = httpx.Client(base_url=self.base_url, timeout=self.timeout)
@@ -80,6 +81,23 @@ class Gateway:
     def get(self, user: str, path: str) -> Any:
         return self.call(user, "GET", path)
 
+    def load_user_ids(self) -> dict[str, str]:
+        """Every user's id by username, from the gateway's users API (as the admin)."""
+        offset = 0
+        while True:
+            page = self.get("admin", f"/users?limit=500&offset={offset}")
+            self.user_ids.update({u["username"]: u["id"] for u in page["items"]})
+            offset += len(page["items"])
+            if not page["items"] or offset >= page["total"]:
+                return self.user_ids
+
+    def username_of(self, user_id: str) -> str:
+        """The username (to log in as) of a user id that services return as an owner or CSM."""
+        for username, uid in self.user_ids.items():
+            if uid == user_id:
+                return username
+        raise JourneyError(f"no user with id {user_id!r} (known: {sorted(self.user_ids)})")
+
 
 def seed_users(gw: Gateway) -> dict[str, str]:
     """Create the demo users (idempotent) and log each one in."""
@@ -93,23 +111,26 @@ def seed_users(gw: Gateway) -> dict[str, str]:
             expect=(201, 409),
         )
         gw.login(username, password)
+    gw.load_user_ids()
     return {ADMIN[0]: ADMIN[1], **{u: p for u, (p, _, _) in DEMO_USERS.items()}}
 
 
 def seed_rosters(gw: Gateway) -> None:
-    gw.call(
-        "sam",
-        "PUT",
-        "/api/sales/reps",
-        {"reps": [{"username": "rita", "active": True}, {"username": "rob", "active": True}]},
-    )
-    gw.call("cora", "PUT", "/api/service-desk/csms", {"csms": [{"username": "cora", "active": True}]})
+    """Rosters name users by id (the token's ``sub``), looked up through the gateway's users API."""
+    ids = gw.user_ids or gw.load_user_ids()
+
+    def entry(username: str) -> dict[str, Any]:
+        return {"user_id": ids[username], "name": DEMO_USERS[username][2], "active": True}
+
+    gw.call("sam", "PUT", "/api/sales/reps", {"reps": [entry("rita"), entry("rob")]})
+    gw.call("cora", "PUT", "/api/service-desk/csms", {"csms": [entry("cora")]})
 
 
 @dataclass
 class Journey:
     lead_id: str
-    owner: str
+    owner: str  # the rep's username (to log in as)
+    owner_id: str  # the rep's user id: what sales stores as the owner
     opportunity_id: str
     account_id: str
     ticket_id: str
@@ -198,7 +219,8 @@ def run_journey(
 ) -> Journey:
     lead_id = capture_and_qualify(gw, channel, campaign, name)
     progress(f"lead {lead_id} captured on '{channel}' and qualified by its behaviour")
-    owner = inbox_owner(gw, lead_id, timeout)
+    owner_id = inbox_owner(gw, lead_id, timeout)
+    owner = gw.username_of(owner_id)
     accepted = gw.call(owner, "POST", f"/api/sales/inbox/{lead_id}/accept", {"note": "fits ICP"})
     opp = str(accepted["opportunity"]["id"])
     progress(f"sales rep {owner} accepted it: opportunity {opp}")
@@ -266,7 +288,7 @@ def run_journey(
 
     upsell_id = until(upsell, timeout=timeout, what="the upsell to reach sales")
     progress(f"upsell spotted by the service desk is opportunity {upsell_id} for {owner}")
-    return Journey(lead_id, owner, opp, account_id, ticket_id, upsell_id)
+    return Journey(lead_id, owner, owner_id, opp, account_id, ticket_id, upsell_id)
 
 
 def seed_demo(gateway_url: str, progress: Callable[[str], None] = print) -> dict[str, str]:
