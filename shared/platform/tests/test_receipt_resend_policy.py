@@ -1,10 +1,14 @@
-"""When a handoff without a receipt is re-sent (pure: crm_platform.receipts.decide)."""
+"""When a handoff without a receipt is re-sent (crm_platform.receipts, no I/O)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from crm_platform.receipts import Decision, ResendPolicy, decide
+from crm_contracts import envelope_for
+from crm_contracts.events.platform import HandoffReceivedV1
+from crm_platform.mongo import Store, connect
+from crm_platform.receipts import Decision, HandoffTracker, ResendPolicy, decide
+from crm_platform.settings import ServiceSettings
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 POLICY = ResendPolicy(
@@ -64,3 +68,47 @@ def test_after_the_last_attempt_the_handoff_is_given_up() -> None:
 
 def test_a_handoff_whose_outbox_row_is_gone_cannot_be_re_sent() -> None:
     assert check(0, None).action == "gone"
+
+
+def _tracker() -> HandoffTracker:
+    settings = ServiceSettings.model_validate(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+            "MONGODB_URI": "mongodb://127.0.0.1:1",
+            "CRM_SERVICE_NAME": "sales",
+        }
+    )
+    store = Store(connect(settings.mongodb_uri, "test"), "unused", "sales")  # never connects here
+    return HandoffTracker(store, settings, department="sales", wake_relay=lambda: None)
+
+
+def _receipt(handoff_event_id: str, *, from_department: str, occurred_at: datetime) -> bytes:
+    event = HandoffReceivedV1(
+        handoff="deal-won",
+        handoff_event_id=handoff_event_id,
+        handoff_event_type="deal.won",
+        from_department=from_department,
+        to_department="customer-success",
+        occurred_at=occurred_at,
+        stored_at=occurred_at,
+        transport_latency_seconds=0.01,
+    )
+    return envelope_for(event, source="service-desk", correlation_id="c").to_bytes()
+
+
+def test_the_listener_keeps_only_its_departments_receipts_and_the_newest_handoff_time() -> None:
+    tracker = _tracker()
+    ids = tracker.ours(
+        [
+            _receipt("mine-1", from_department="sales", occurred_at=NOW),
+            _receipt("theirs", from_department="marketing", occurred_at=NOW + timedelta(hours=1)),
+            b"not an envelope",
+            _receipt("mine-2", from_department="sales", occurred_at=NOW + timedelta(seconds=90)),
+        ]
+    )
+    assert ids == ["mine-1", "mine-2"]
+    assert tracker.newest_receipted == {"deal-won": NOW + timedelta(seconds=90)}
+    # Overtaken: a handoff that occurred at least CRM_HANDOFF_RESEND_AFTER_SECONDS (120) later is receipted.
+    assert tracker.overtaken("deal-won", NOW - timedelta(seconds=30))
+    assert not tracker.overtaken("deal-won", NOW)
+    assert not tracker.overtaken("lead-verdict", NOW - timedelta(days=1))
