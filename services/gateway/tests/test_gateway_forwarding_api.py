@@ -303,6 +303,17 @@ async def test_service_docs_page_points_at_the_proxied_openapi(gateway: Any) -> 
         assert (await client.get("/docs/billing")).status_code == 404
 
 
+async def test_docs_pages_load_swagger_assets_from_the_gateway_not_a_cdn(gateway: Any) -> None:
+    async with gateway() as client:
+        page = (await client.get("/docs/leads")).text
+        assert "cdn." not in page
+        for asset in ("/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"):
+            assert asset in page
+            r = await client.get(asset)
+            assert r.status_code == 200, asset
+            assert len(r.content) > 10_000
+
+
 async def test_openapi_is_fetched_without_a_token_and_servers_rewritten(gateway: Any, upstream: Any) -> None:
     async with gateway() as client:
         r = await client.get("/api/sales/openapi.json")

@@ -292,6 +292,19 @@ async def test_behaviour_with_time_and_meta_and_a_retried_external_id(leads: Lea
     assert items["items"][0]["occurred_at"].startswith("2026-01-05T10:00:00")
 
 
+@pytest.mark.parametrize("number", ["1e309", "Infinity", "-Infinity", "NaN"])
+async def test_non_finite_meta_numbers_are_a_422(leads: Leads, number: str) -> None:
+    # Before: accepted, stored, and returned as null.
+    lead = (await leads.capture())["lead"]
+    r = await leads.client.post(
+        f"/leads/{lead['id']}/behaviours",
+        content=f'{{"behaviour": "page_view", "meta": {{"n": {number}}}}}',
+        headers={**MARKETING, "content-type": "application/json"},
+    )
+    assert r.status_code == 422, r.text
+    assert "body.meta.n" in field_names(r.json())
+
+
 async def test_occurred_at_with_an_offset_is_stored_in_utc(leads: Leads) -> None:
     lead = (await leads.capture())["lead"]
     body = {"behaviour": "page_view", "occurred_at": "2026-01-05T12:00:00.123456+02:00"}
@@ -310,6 +323,12 @@ async def test_occurred_at_with_an_offset_is_stored_in_utc(leads: Leads) -> None
         ({"behaviour": "page_view", "occurred_at": "yesterday"}, "body.occurred_at"),
         ({"behaviour": "page_view", "meta": {"a": {"nested": 1}}}, "body.meta.a"),
         ({"behaviour": "page_view", "meta": "x"}, "body.meta"),
+        # Before: a datetime overflow converting to UTC (500), and BSON refusing 2^64 (500).
+        ({"behaviour": "page_view", "occurred_at": "0001-01-01T00:00:00+01:00"}, "body.occurred_at"),
+        ({"behaviour": "page_view", "occurred_at": "9999-12-31T23:59:59-01:00"}, "body.occurred_at"),
+        ({"behaviour": "page_view", "occurred_at": "2026-01-05T10:00:00"}, "body.occurred_at"),
+        ({"behaviour": "page_view", "occurred_at": 12}, "body.occurred_at"),
+        ({"behaviour": "page_view", "meta": {"big": 2**64}}, "body.meta.big"),
     ],
 )
 async def test_bad_behaviour_is_a_422_naming_the_field(

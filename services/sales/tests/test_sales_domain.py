@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from crm_platform.errors import Conflict, Forbidden, RuleViolation
@@ -295,10 +296,10 @@ def test_each_commitment_gets_its_own_id_and_keeps_one_it_has() -> None:
 
 
 def test_only_quotes_carry_an_amount_and_nothing_happens_in_the_future() -> None:
-    check_activity(ActivityType.QUOTE, 900.0, NOW, NOW)
+    check_activity(ActivityType.QUOTE, Decimal("900.00"), NOW, NOW)
     check_activity(ActivityType.CALL, None, NOW + timedelta(minutes=4), NOW)
     with pytest.raises(RuleViolation, match="only a quote"):
-        check_activity(ActivityType.CALL, 10.0, NOW, NOW)
+        check_activity(ActivityType.CALL, Decimal("10.00"), NOW, NOW)
     with pytest.raises(RuleViolation, match="future"):
         check_activity(ActivityType.VISIT, None, NOW + timedelta(hours=1), NOW)
 
@@ -310,12 +311,12 @@ def test_forecast_weights_each_stage_by_its_probability() -> None:
     f = forecast(
         DEFAULT_PIPELINE,
         [
-            StageTotal("qualification", 2, 1000.0),
-            StageTotal("proposal", 1, 4000.0),
-            StageTotal("proposal", 1, 2000.0),  # a second currency row of the same stage
-            StageTotal("negotiation", 1, 10000.0),
-            StageTotal("won", 1, 5000.0),
-            StageTotal("lost", 3, 9000.0),
+            StageTotal("qualification", 2, Decimal("1000.0")),
+            StageTotal("proposal", 1, Decimal("4000.0")),
+            StageTotal("proposal", 1, Decimal("2000.0")),  # a second currency row of the same stage
+            StageTotal("negotiation", 1, Decimal("10000.0")),
+            StageTotal("won", 1, Decimal("5000.0")),
+            StageTotal("lost", 3, Decimal("9000.0")),
         ],
     )
     rows = {s.stage: s for s in f.stages}
@@ -337,7 +338,33 @@ def test_forecast_of_an_empty_book_and_of_a_stage_no_longer_configured() -> None
     assert empty.weighted_forecast == 0.0
     assert empty.open_count == 0
     assert len(empty.stages) == len(DEFAULT_PIPELINE.stages)
-    legacy = forecast(DEFAULT_PIPELINE, [StageTotal("pilot", 1, 100.0)])
+    legacy = forecast(DEFAULT_PIPELINE, [StageTotal("pilot", 1, Decimal("100.0"))])
     assert legacy.stages[-1].stage == "pilot"
     assert legacy.stages[-1].probability == 0.0
     assert legacy.open_value == 100.0
+
+
+def test_forecast_money_is_exact_to_the_cent() -> None:
+    # Binary floats make 0.1 + 0.2 != 0.3 and 0.35 x 10.05 = 3.5174999...; exact decimals do not.
+    pipeline = Pipeline(
+        version=2,
+        stages=(
+            Stage("qualification", 0.35, ()),
+            Stage("won", 1.0, ("amount", "products", "commitments")),
+            Stage("lost", 0.0, ("lost_reason",)),
+        ),
+    )
+    f = forecast(
+        pipeline,
+        [
+            StageTotal("qualification", 1, Decimal("0.10")),
+            StageTotal("qualification", 1, Decimal("0.20")),
+            StageTotal("qualification", 1, Decimal("9.75")),
+            StageTotal("won", 1, Decimal("999999999999.99")),
+        ],
+    )
+    rows = {s.stage: s for s in f.stages}
+    assert rows["qualification"].value == Decimal("10.05")
+    assert rows["qualification"].weighted == Decimal("3.52")  # 3.5175 half-even to the cent
+    assert f.won_value == Decimal("999999999999.99")
+    assert f.weighted_forecast == Decimal("1000000000003.51")

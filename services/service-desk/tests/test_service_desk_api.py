@@ -484,6 +484,21 @@ async def test_ticket_sla_breaches_and_bad_input(desk: Desk, make_deal: Callable
 # --- handoffs back to sales -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("value", ["1e309", "Infinity", "NaN", "-1", "0.001", "1e13"])
+async def test_a_signal_value_must_be_finite_money(
+    desk: Desk, make_deal: Callable[..., DealWonV1], value: str
+) -> None:
+    # Before: 1e309 / Infinity / NaN were stored and handed to sales, then shown as null.
+    account = await desk.win(make_deal())
+    r = await desk.client.post(
+        f"/accounts/{account['account_id']}/signals",
+        content=f'{{"kind": "upsell", "description": "more", "estimated_value": {value}}}',
+        headers={**REP, "content-type": "application/json"},
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["fields"][0]["field"] == "body.estimated_value"
+
+
 async def test_signal_hands_an_upsell_to_the_sales_owner(
     desk: Desk, make_deal: Callable[..., DealWonV1]
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from crm_contracts.events.common import Contact, Money
@@ -177,7 +178,7 @@ def test_spot_signal_is_recorded_on_the_account() -> None:
         signal_id="s-1",
         kind=SignalKind.UPSELL,
         description=" 20 more seats ",
-        estimated_value=18000.0,
+        estimated_value=Decimal("18000.00"),
         by="rita",
         now=T0,
     )
@@ -197,7 +198,7 @@ def test_spot_signal_is_recorded_on_the_account() -> None:
             signal_id="s-3",
             kind=SignalKind.RENEWAL,
             description="renew",
-            estimated_value=-1,
+            estimated_value=Decimal(-1),
             by="rita",
             now=T0,
         )

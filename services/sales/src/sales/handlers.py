@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from crm_contracts import Envelope, utcnow
@@ -35,6 +36,7 @@ from crm_contracts.events.sales import (
 from crm_contracts.events.service_desk import CommitmentFlaggedV1, UpsellSpottedV1
 from crm_platform.consumer import DeadLetter
 from crm_platform.errors import Conflict, NotFound, RuleViolation
+from crm_platform.money import plain_numbers, to_amount, to_wire
 from crm_platform.mongo import Store, Tx
 from pydantic import ValidationError
 from pymongo.errors import DuplicateKeyError
@@ -126,7 +128,7 @@ def _new_opportunity(
         "description": None,
         "lead_source": None,
         "fields": fields,
-        "amount": float(amount) if amount is not None else None,
+        "amount": to_amount(amount) if amount is not None else None,
         "currency": fields.get("currency") or DEFAULT_CURRENCY,
         "contacts": contacts,
         "commitment_flags": [],
@@ -153,7 +155,7 @@ def _created_event(opp: Doc) -> OpportunityCreatedV1:
         origin=opp["origin"],
         lead_id=opp["lead_id"],
         signal_id=opp["signal_id"],
-        amount=opp["amount"],
+        amount=to_wire(opp["amount"]),
     )
 
 
@@ -281,7 +283,7 @@ async def on_upsell_spotted(tx: Tx, event: UpsellSpottedV1, envelope: Envelope) 
     pipeline = await repo.load_pipeline(tx)
     source = await repo.load_opportunity(tx, event.deal_id)
     now = now_ms()
-    fields: Doc = {} if event.estimated_value is None else {"amount": event.estimated_value}
+    fields: Doc = {} if event.estimated_value is None else {"amount": to_amount(event.estimated_value)}
     opp = _new_opportunity(
         origin=Origin.UPSELL,
         stage=pipeline.first.name,
@@ -579,8 +581,11 @@ def _deal_won(opp: Doc, fields: Mapping[str, Any], contacts: list[Doc], now: dat
             lead_id=opp.get("lead_id"),
             account_name=opp["account_name"],
             contacts=[Contact.model_validate(c) for c in contacts],
-            products=[Product.model_validate(p) for p in fields["products"]],
-            value=Money(amount=fields["amount"], currency=fields.get("currency") or DEFAULT_CURRENCY),
+            products=[Product.model_validate(plain_numbers(p)) for p in fields["products"]],
+            value=Money(
+                amount=to_wire(to_amount(fields["amount"])),
+                currency=fields.get("currency") or DEFAULT_CURRENCY,
+            ),
             commitments=[Commitment.model_validate(c) for c in fields["commitments"]],
             sales_owner=opp["owner"],
             won_at=now,
@@ -611,7 +616,7 @@ async def move_stage(
             "stage": target,
             "status": status.value,
             "fields": merged,
-            "amount": float(amount) if amount is not None else None,
+            "amount": to_amount(amount) if amount is not None else None,
             "currency": merged.get("currency") or DEFAULT_CURRENCY,
             "contacts": contacts_after,
             "stage_entered_at": now,
@@ -644,7 +649,7 @@ async def move_stage(
                 from_stage=opp["stage"],
                 to_stage=target,
                 owner=opp["owner"],
-                amount=changes["amount"],
+                amount=to_wire(changes["amount"]),
             ),
             correlation_id=corr,
         )
@@ -682,7 +687,7 @@ async def update_fields(
             {
                 "$set": {
                     "fields": merged,
-                    "amount": float(amount) if amount is not None else None,
+                    "amount": to_amount(amount) if amount is not None else None,
                     "currency": merged.get("currency") or DEFAULT_CURRENCY,
                     "contacts": merge_contacts(opp["contacts"], contacts),
                     "updated_at": now_ms(),
@@ -701,7 +706,7 @@ async def log_activity(
     actor: Actor,
     *,
     occurred_at: datetime | None = None,
-    amount: float | None = None,
+    amount: Decimal | None = None,
     currency: str | None = None,
 ) -> Doc:
     now = now_ms()

@@ -15,10 +15,13 @@ Functions taking a :class:`Tx` read and write inside the caller's transaction
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from crm_contracts import utcnow
+from crm_platform.money import to_amount
 from crm_platform.mongo import Tx
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
@@ -27,6 +30,8 @@ from pymongo.errors import DuplicateKeyError
 from sales.domain.forecast import StageTotal
 from sales.domain.inbox import DEFAULT_SLA_MINUTES
 from sales.domain.pipeline import DEFAULT_PIPELINE, Pipeline, Stage
+
+log = logging.getLogger("crm.sales.store")
 
 Doc = dict[str, Any]
 Db = AsyncDatabase[Doc]
@@ -375,6 +380,18 @@ async def activities_for(db: Db, opp_id: str, limit: int = 200) -> list[Doc]:
     ).to_list()
 
 
+def _stored_amount(value: Any) -> Decimal:
+    """An amount summed by MongoDB (Decimal128; doubles in documents written before money was exact).
+
+    A non-finite double (stored before the API refused them) counts as 0, with a warning.
+    """
+    try:
+        return to_amount(value)
+    except ValueError:
+        log.warning("ignoring a non-finite stored amount in the forecast: %r", value)
+        return Decimal(0)
+
+
 async def stage_totals(db: Db, owner: str | None) -> tuple[list[StageTotal], list[str]]:
     """Count and amount per stage (and the currencies seen) for the forecast."""
     match: Doc = {} if owner is None else {"owner": owner}
@@ -392,6 +409,6 @@ async def stage_totals(db: Db, owner: str | None) -> tuple[list[StageTotal], lis
             ]
         )
     ).to_list()
-    totals = [StageTotal(str(r["_id"]["stage"]), int(r["n"]), float(r["amount"])) for r in rows]
+    totals = [StageTotal(str(r["_id"]["stage"]), int(r["n"]), _stored_amount(r["amount"])) for r in rows]
     currencies = sorted({str(r["_id"]["currency"]) for r in rows})
     return totals, currencies

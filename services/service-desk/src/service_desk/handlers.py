@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
 from crm_contracts import Envelope
 from crm_contracts.events.sales import DealWonV1
@@ -29,6 +30,7 @@ from crm_contracts.events.service_desk import (
 from crm_platform.auth import Principal
 from crm_platform.consumer import Handler
 from crm_platform.errors import NotFound, RuleViolation
+from crm_platform.money import to_wire
 from crm_platform.mongo import Store, Tx
 
 from service_desk import metrics
@@ -277,7 +279,7 @@ class ServiceDesk:
         *,
         kind: SignalKind,
         description: str,
-        estimated_value: float | None,
+        estimated_value: Decimal | None,
     ) -> Signal:
         now = self.now()
         signal_id = self.ids()
@@ -303,7 +305,7 @@ class ServiceDesk:
                     sales_owner=account.sales_owner,
                     kind=signal.kind,
                     description=signal.description,
-                    estimated_value=signal.estimated_value,
+                    estimated_value=to_wire(signal.estimated_value),
                     spotted_by=user.user_id,
                 ),
                 correlation_id=account.journey_id,

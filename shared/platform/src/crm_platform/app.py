@@ -2,32 +2,35 @@
 
 ``/healthz`` (alive), ``/readyz`` (its database and broker answer), ``/metrics``,
 request ids, JSON logs with correlation ids, JSON error bodies (422 with the
-fields at fault for bad input; 500 only for our own bugs), and JWT verification
-applied once where the protected routers are mounted.
+fields at fault for bad input; 413 above the body limit; 503 with ``Retry-After``
+when the database cannot answer within the request deadline; 500 only for our
+own bugs), JWT verification applied once where the protected routers are
+mounted, the error answers documented on every route's OpenAPI entry, and
+Swagger UI served from local files (``/docs``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from crm_platform import metrics
 from crm_platform.auth import RevocationFeed, TokenVerifier, current_principal
-from crm_platform.errors import DomainError
+from crm_platform.docs import install_local_docs
+from crm_platform.edge import HttpEdge, error_response
+from crm_platform.errors import DomainError, is_database_outage
 from crm_platform.keys import load_public_keys
-from crm_platform.logging import configure_logging, correlation_id_var, request_id_var
+from crm_platform.logging import configure_logging
+from crm_platform.openapi import document_error_responses
 from crm_platform.runtime import ServiceRuntime
 from crm_platform.settings import ServiceSettings
 
@@ -42,66 +45,52 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
-def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    body = {"error": code, "message": message, "request_id": request_id_var.get(), **extra}
-    return JSONResponse(status_code=status, content=jsonable_encoder(body))
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    429: "too_many_requests",
+    503: "unavailable",
+}
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, retry_after_seconds: int = 5) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         fields = _field_errors(exc)
         names = ", ".join(f["field"] for f in fields)
-        return _error(422, "validation_error", f"invalid input: {names}", fields=fields)
+        return error_response(422, "validation_error", f"invalid input: {names}", fields=fields)
 
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
-        return _error(exc.status_code, exc.code, exc.message, details=exc.details)
+        return error_response(exc.status_code, exc.code, exc.message, details=exc.details)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
-        response = _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        response = error_response(exc.status_code, code, str(exc.detail))
         for k, v in (exc.headers or {}).items():
             response.headers[k] = v
         return response
 
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, "internal_error", "internal error; quote the request id to support")
-
-
-def install_request_context(app: FastAPI, service: str) -> None:
-    @app.middleware("http")
-    async def _context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        cid = request.headers.get("x-correlation-id") or rid
-        r_token, c_token = request_id_var.set(rid), correlation_id_var.set(cid)
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            response.headers["x-request-id"] = rid
-            response.headers["x-correlation-id"] = cid
-            return response
-        finally:
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            elapsed = time.perf_counter() - started
-            metrics.HTTP_REQUESTS.labels(service, request.method, path, str(status)).inc()
-            metrics.HTTP_SECONDS.labels(service, request.method, path).observe(elapsed)
-            if path not in ("/healthz", "/readyz", "/metrics"):
-                log.info(
-                    "%s %s -> %d",
-                    request.method,
-                    request.url.path,
-                    status,
-                    extra={"status": status, "duration_ms": round(elapsed * 1000, 2)},
-                )
-            request_id_var.reset(r_token)
-            correlation_id_var.reset(c_token)
+    @app.exception_handler(PyMongoError)
+    async def _database(request: Request, exc: PyMongoError) -> JSONResponse:
+        if not is_database_outage(exc):
+            log.exception("database error on %s %s", request.method, request.url.path)
+            return error_response(500, "internal_error", "internal error; quote the request id to support")
+        # Expected during an outage: one line, no traceback.
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        response = error_response(
+            503,
+            "database_unavailable",
+            "the service's database did not answer in time; nothing was changed unless a retry "
+            "with the same Idempotency-Key says otherwise. Retry later.",
+        )
+        response.headers["Retry-After"] = str(retry_after_seconds)
+        return response
 
 
 def create_app(
@@ -131,12 +120,18 @@ def create_app(
             if runtime is not None:
                 await runtime.stop()
 
-    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
+    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan, docs_url=None)
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.token_verifier = token_verifier(settings)
-    install_error_handlers(app)
-    install_request_context(app, settings.service_name)
+    install_error_handlers(app, settings.retry_after_seconds)
+    app.add_middleware(
+        HttpEdge,
+        service=settings.service_name,
+        max_body_bytes=settings.max_request_bytes,
+        db_deadline_seconds=settings.db_deadline_seconds,
+    )
+    install_local_docs(app, title)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -156,10 +151,12 @@ def create_app(
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     for router in public:
-        app.include_router(router)
+        app.include_router(document_error_responses(router, protected=False))
     for router in protected:
         # Authentication applied once, here, for every protected route.
-        app.include_router(router, dependencies=[Depends(current_principal)])
+        app.include_router(
+            document_error_responses(router, protected=True), dependencies=[Depends(current_principal)]
+        )
     return app
 
 

@@ -22,6 +22,7 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from crm_platform.logging import correlation_id_var
+from crm_platform.money import TYPE_REGISTRY
 
 log = logging.getLogger("crm.store")
 T = TypeVar("T")
@@ -37,7 +38,10 @@ causation_var: ContextVar[Envelope | None] = ContextVar("causation", default=Non
 
 
 def connect(uri: str, app_name: str) -> AsyncMongoClient[Doc]:
-    return AsyncMongoClient(uri, tz_aware=True, appname=app_name, serverSelectionTimeoutMS=5000)
+    # Decimal <-> Decimal128: money is stored exactly (crm_platform.money).
+    return AsyncMongoClient(
+        uri, tz_aware=True, appname=app_name, serverSelectionTimeoutMS=5000, type_registry=TYPE_REGISTRY
+    )
 
 
 class Tx:

@@ -1,13 +1,16 @@
-"""API documentation of every service, reachable through the gateway (no token needed)."""
+"""API documentation of every service, reachable through the gateway (no token needed).
+
+The Swagger UI assets are served by the gateway itself (``/docs/assets``), never from a CDN.
+"""
 
 from __future__ import annotations
 
 import html
 from typing import Annotated, Any
 
+from crm_platform.docs import swagger_page
 from crm_platform.errors import NotFound
 from fastapi import APIRouter, Depends
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from gateway.api.deps import get_upstreams
@@ -49,7 +52,7 @@ Get a token with <code>POST /auth/login</code>, then use "Authorize" in each pag
 async def service_docs(service: str) -> HTMLResponse:
     if service != GATEWAY and service not in SERVICES:
         raise NotFound(f"unknown service {service!r}", service=service)
-    return get_swagger_ui_html(openapi_url=_openapi_url(service), title=f"CRM {TITLES[service]} - API")
+    return swagger_page(_openapi_url(service), f"CRM {TITLES[service]} - API")
 
 
 @router.get("/api/{service}/openapi.json", include_in_schema=False)

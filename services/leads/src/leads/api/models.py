@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from crm_contracts import utcnow
 from crm_contracts.events.common import Behaviour
+from crm_platform.values import FiniteFloat, InRange, Int64, Timestamp
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -40,7 +41,9 @@ Channel = Annotated[
     StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.\-]*$"),
 ]
 MetaKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]{1,64}$")]
-MetaValue = Annotated[str, StringConstraints(max_length=1000)] | int | float | bool | None
+MetaValue = Annotated[
+    Annotated[str, StringConstraints(max_length=1000)] | StrictBool | Int64 | FiniteFloat | None, InRange
+]
 
 
 # -- leads ---------------------------------------------------------------------------------
@@ -167,8 +170,8 @@ class LeadPageOut(BaseModel):
 
 class BehaviourIn(In):
     behaviour: Behaviour
-    occurred_at: datetime | None = Field(
-        default=None, description="When it happened (default: now); without a zone it is UTC"
+    occurred_at: Timestamp | None = Field(
+        default=None, description="When it happened (default: now); RFC 3339 with a zone"
     )
     meta: dict[MetaKey, MetaValue] | None = Field(
         default=None, max_length=50, description="Flat details, e.g. {'url': '/pricing'}"
@@ -185,8 +188,6 @@ class BehaviourIn(In):
     def _not_in_future(cls, value: datetime | None) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
         problem = occurred_at_problem(value, utcnow())
         if problem is not None:
             raise ValueError(problem)
@@ -224,7 +225,9 @@ class BehaviourListOut(BaseModel):
 
 
 class RuleIn(In):
-    weight: float = Field(ge=0, allow_inf_nan=False, description="Points per counted occurrence")
+    weight: float = Field(
+        ge=0, le=1_000_000, allow_inf_nan=False, description="Points per counted occurrence"
+    )
     cap: int | None = Field(
         default=None, ge=1, le=1_000_000, description="Occurrences counted at most (omit: no cap)"
     )
@@ -247,7 +250,9 @@ class RuleSetIn(In):
 
 class RulesIn(In):
     rules: RuleSetIn
-    threshold: float = Field(gt=0, allow_inf_nan=False, description="Score that qualifies a lead")
+    threshold: float = Field(
+        gt=0, le=1_000_000_000, allow_inf_nan=False, description="Score that qualifies a lead"
+    )
     note: str | None = Field(default=None, max_length=500, description="Why it changed")
     expected_version: int | None = Field(
         default=None,

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Annotated, Any
 
 from crm_contracts import utcnow
 from crm_contracts.events.common import Contact
 from crm_contracts.events.leads import LeadQualifiedV1
 from crm_contracts.events.sales import RejectReason, Verdict
+from crm_platform.money import Amount, StoredAmount, plain_numbers
+from crm_platform.values import Timestamp, custom_value
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -47,17 +48,10 @@ def _upper(value: Any) -> Any:
     return value.strip().upper() if isinstance(value, str) else value
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 UserId = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9._@\-]{1,100}$")]
 DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 USER_ID_HELP = "A user id (the token's sub), as listed by the gateway's GET /users (admin); never a username"
 Currency = Annotated[str, BeforeValidator(_upper), StringConstraints(pattern=r"^[A-Z]{3}$")]
-UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 Note = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)]
 
 
@@ -266,29 +260,29 @@ class ProductIn(In):
     sku: str = Field(min_length=1, max_length=100)
     name: str = Field(min_length=1, max_length=200)
     quantity: int = Field(ge=1, le=1_000_000)
-    unit_price: float = Field(ge=0)
+    unit_price: Amount
 
 
 class CommitmentIn(In):
     description: str = Field(min_length=1, max_length=2000)
-    due_date: UtcDatetime | None = None
+    due_date: Timestamp | None = None
 
 
-CustomScalar = Annotated[str, StringConstraints(min_length=1, max_length=1000)] | StrictBool | int | float
 RESERVED_FIELDS = frozenset({"contacts", "stage", "status", "owner", "id", "origin"})
 MAX_CUSTOM_FIELDS = 50
 
 
 class OpportunityFieldsIn(BaseModel):
     """The fields stages require. Known ones are typed; any other name is a custom field
-    (a manager may require it in a stage) holding a string, number, boolean or a list of them.
-    Fields are set, never cleared: ``null`` is refused."""
+    (a manager may require it in a stage) holding a string, number, boolean or a list of them
+    (``crm_platform.values.custom_value``: 64-bit integers, finite numbers). Money fields are
+    exact decimals (``crm_platform.money``). Fields are set, never cleared: ``null`` is refused."""
 
     model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
 
-    amount: float | None = Field(default=None, ge=0, description="Deal value")
+    amount: Amount | None = Field(default=None, description="Deal value")
     currency: Currency | None = Field(default=None, description="ISO 4217; default EUR")
-    budget: float | None = Field(default=None, ge=0)
+    budget: Amount | None = None
     decision_maker: str | None = Field(default=None, min_length=1, max_length=200)
     close_date: date | None = None
     products: list[ProductIn] | None = Field(default=None, min_length=1, max_length=200)
@@ -319,29 +313,27 @@ class OpportunityFieldsIn(BaseModel):
                 problems.append(f"{name!r} is not a field (contacts go in the top-level 'contacts')")
             elif not NAME_PATTERN.match(name):
                 problems.append(f"custom field name {name!r} must be lower-case letters, digits and '_'")
-            elif not _custom_value_ok(value):
-                problems.append(
-                    f"custom field {name!r} must be a non-empty string (max 1000), a number, a boolean "
-                    "or a list of up to 100 of them"
-                )
+            else:
+                try:
+                    custom_value(value)
+                except ValueError as exc:
+                    problems.append(
+                        f"custom field {name!r}: {exc} (or a list of up to 100 of those)",
+                    )
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
     def values(self) -> Doc:
-        return self.model_dump(mode="json", exclude_unset=True)
-
-
-def _scalar_ok(v: Any) -> bool:
-    if isinstance(v, str):
-        return 0 < len(v.strip()) <= 1000
-    return isinstance(v, bool | int | float)
-
-
-def _custom_value_ok(v: Any) -> bool:
-    if isinstance(v, list):
-        return len(v) <= 100 and all(_scalar_ok(x) for x in v)
-    return _scalar_ok(v)
+        """The fields to store: JSON-like, except money, which stays an exact Decimal."""
+        out: Doc = self.model_dump(mode="json", exclude_unset=True)
+        for name in ("amount", "budget"):
+            if name in out:
+                out[name] = getattr(self, name)
+        if self.products is not None and "products" in out:
+            for stored, given in zip(out["products"], self.products, strict=True):
+                stored["unit_price"] = given.unit_price
+        return out
 
 
 class StageMoveIn(In):
@@ -360,8 +352,8 @@ class FieldsUpdateIn(In):
 class ActivityIn(In):
     type: ActivityType
     summary: str = Field(min_length=1, max_length=2000)
-    occurred_at: UtcDatetime | None = Field(default=None, description="Default: now")
-    amount: float | None = Field(default=None, ge=0, description="Quotes only")
+    occurred_at: Timestamp | None = Field(default=None, description="Default: now")
+    amount: Amount | None = Field(default=None, description="Quotes only")
     currency: Currency | None = None
 
 
@@ -373,7 +365,7 @@ class ActivityOut(Out):
     occurred_at: datetime
     logged_at: datetime
     logged_by: str
-    amount: float | None
+    amount: StoredAmount | None
     currency: str | None
 
     @classmethod
@@ -400,7 +392,7 @@ class ProductOut(Out):
     sku: str
     name: str
     quantity: int
-    unit_price: float
+    unit_price: StoredAmount
 
 
 class CommitmentOut(Out):
@@ -450,7 +442,7 @@ class OpportunityOut(Out):
     signal_kind: str | None
     description: str | None
     lead_source: LeadSourceOut | None
-    amount: float | None
+    amount: StoredAmount | None
     currency: str
     fields: dict[str, Any]
     contacts: list[Contact]
@@ -493,7 +485,7 @@ class OpportunityOut(Out):
             lead_source=LeadSourceOut.model_validate(d["lead_source"]) if d.get("lead_source") else None,
             amount=d.get("amount"),
             currency=d.get("currency") or "EUR",
-            fields=fields,
+            fields=plain_numbers(fields),
             contacts=[Contact.model_validate(c) for c in d.get("contacts", [])],
             products=[ProductOut.model_validate(p) for p in fields.get("products", [])],
             commitments=[
@@ -539,8 +531,8 @@ class StageForecastOut(Out):
     probability: float
     closed: bool
     count: int
-    value: float
-    weighted: float
+    value: StoredAmount
+    weighted: StoredAmount
 
 
 class ForecastOut(Out):
@@ -550,10 +542,10 @@ class ForecastOut(Out):
     currencies: list[str] = Field(description="Currencies seen; amounts are summed as given, not converted")
     stages: list[StageForecastOut]
     open_count: int
-    open_value: float
-    weighted_open: float
-    won_value: float
-    weighted_forecast: float = Field(description="Sum over every stage of amount x win probability")
+    open_value: StoredAmount
+    weighted_open: StoredAmount
+    won_value: StoredAmount
+    weighted_forecast: StoredAmount = Field(description="Sum over every stage of amount x win probability")
 
     @classmethod
     def of(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -79,7 +80,7 @@ def with_commitment_ids(
 
 
 def check_activity(
-    activity_type: ActivityType, amount: float | None, occurred_at: datetime, now: datetime
+    activity_type: ActivityType, amount: Decimal | None, occurred_at: datetime, now: datetime
 ) -> None:
     problems: list[str] = []
     if amount is not None and activity_type != ActivityType.QUOTE:

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Literal
 
 from crm_contracts.events.service_desk import SignalKind
+from crm_platform.money import Amount, StoredAmount
 from pydantic import BaseModel, ConfigDict, Field
 
 from service_desk.domain.accounts import (
@@ -100,7 +101,7 @@ class SignalOut(BaseModel):
     signal_id: str
     kind: SignalKind
     description: str
-    estimated_value: float | None
+    estimated_value: StoredAmount | None
     spotted_by: str
     spotted_at: datetime
 
@@ -173,7 +174,7 @@ class AssignCsmIn(Body):
 class SignalIn(Body):
     kind: SignalKind
     description: str = Field(min_length=1, max_length=4000)
-    estimated_value: float | None = Field(default=None, ge=0)
+    estimated_value: Amount | None = None
 
 
 class FlagIn(Body):

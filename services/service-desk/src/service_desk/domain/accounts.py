@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 
 from crm_contracts.events.sales import DealWonV1
 from crm_contracts.events.service_desk import SignalKind
 from crm_platform.errors import Conflict, NotFound, RuleViolation
+from crm_platform.money import StoredAmount, to_amount
 from pydantic import BaseModel, ConfigDict, Field
 
 from service_desk.domain.config import slugify
@@ -43,11 +45,13 @@ class AccountProduct(Entity):
     sku: str
     name: str
     quantity: int
-    unit_price: float
+    unit_price: StoredAmount
 
 
 class AccountValue(Entity):
-    amount: float
+    """Exact money (crm_platform.money): Decimal here, Decimal128 stored, a JSON number shown."""
+
+    amount: StoredAmount
     currency: str
 
 
@@ -96,7 +100,7 @@ class Signal(Entity):
     signal_id: str
     kind: SignalKind
     description: str
-    estimated_value: float | None = None
+    estimated_value: StoredAmount | None = None
     spotted_by: str
     spotted_at: datetime
 
@@ -195,7 +199,7 @@ class Account(Entity):
         signal_id: str,
         kind: SignalKind,
         description: str,
-        estimated_value: float | None,
+        estimated_value: Decimal | None,
         by: str,
         now: datetime,
     ) -> Signal:
@@ -239,10 +243,10 @@ def account_from_deal(
             AccountContact(name=c.name, email=str(c.email), phone=c.phone, role=c.role) for c in deal.contacts
         ],
         products=[
-            AccountProduct(sku=p.sku, name=p.name, quantity=p.quantity, unit_price=p.unit_price)
+            AccountProduct(sku=p.sku, name=p.name, quantity=p.quantity, unit_price=to_amount(p.unit_price))
             for p in deal.products
         ],
-        value=AccountValue(amount=deal.value.amount, currency=deal.value.currency),
+        value=AccountValue(amount=to_amount(deal.value.amount), currency=deal.value.currency),
         sales_owner=deal.sales_owner,
         won_at=deal.won_at,
         csm=csm,

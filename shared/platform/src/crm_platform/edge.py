@@ -1,0 +1,186 @@
+"""The HTTP edge every service shares: one pure ASGI middleware, outermost.
+
+Per request it
+
+* sets the request and correlation ids (``X-Request-ID`` / ``X-Correlation-ID``)
+  for the whole request, *including* the answer to an unhandled error, so a 500
+  names the id its body asks the user to quote (the ids used to be reset before
+  Starlette's catch-all handler ran, which then printed ``null``);
+* refuses bodies above ``CRM_MAX_REQUEST_BYTES`` with 413 before anything reads
+  them: at once from ``Content-Length``, and while streaming for chunked bodies
+  (the byte count is checked on every chunk the application pulls);
+* bounds the request's database work with PyMongo's client-side operation
+  timeout (CSOT, ``pymongo.timeout``): every operation, server selection and
+  transaction commit included, must finish within ``CRM_DB_DEADLINE_SECONDS``;
+  PyMongo sends the remaining time as ``maxTimeMS`` so the server gives up too,
+  and ``with_transaction`` stops retrying at the deadline. The timeout surfaces
+  as a PyMongo error that the app factory maps to 503 with ``Retry-After``;
+* answers anything unhandled with a JSON 500 carrying the request id;
+* counts the request in the HTTP metrics and writes one log line.
+
+Being pure ASGI (no ``BaseHTTPMiddleware``) it runs in the request's own task,
+so the context variables it sets are the ones handlers and error handlers see.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pymongo
+from fastapi import HTTPException
+from fastapi.encoders import jsonable_encoder
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from crm_platform import metrics
+from crm_platform.logging import correlation_id_var, request_id_var
+
+log = logging.getLogger("crm.http")
+
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# A client-chosen id is echoed into logs and headers: keep it short and printable.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+
+class RequestTooLarge(HTTPException):
+    """Raised while the application reads a body that grew past the limit.
+
+    A FastAPI ``HTTPException`` on purpose: FastAPI re-raises those unchanged
+    from its body parsing (any other exception there becomes a 400).
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body larger than {limit} bytes")
+        self.limit = limit
+
+
+# ``repr()`` of an enum member, as f-strings print them inside lists and tuples.
+_ENUM_REPR = re.compile(r"<[A-Za-z_][\w.]*: ('[^']*'|\"[^\"]*\"|-?\d+)>")
+
+
+def plain_enums(message: str) -> str:
+    """``[<Role.ADMIN: 'admin'>]`` -> ``['admin']``: users see values, never Python reprs."""
+    return _ENUM_REPR.sub(r"\1", message)
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    """The platform's JSON error body: ``{"error", "message", ..., "request_id"}``.
+
+    Every error answer goes through here, so this is also where enum reprs in a
+    message become plain values.
+    """
+    body = {"error": code, "message": plain_enums(message), "request_id": request_id_var.get(), **extra}
+    return JSONResponse(status_code=status, content=jsonable_encoder(body))
+
+
+def _client_id(headers: Headers, name: str) -> str | None:
+    value = headers.get(name)
+    return value if value and _SAFE_ID.match(value) else None
+
+
+@dataclass
+class _Exchange:
+    """What the edge learns about one request while it runs."""
+
+    status: int = 500
+    started: bool = False
+    received: int = 0
+    ids: dict[str, str] = field(default_factory=dict)
+
+
+class HttpEdge:
+    def __init__(
+        self, app: ASGIApp, *, service: str, max_body_bytes: int, db_deadline_seconds: float
+    ) -> None:
+        self.app = app
+        self.service = service
+        self.max_body = max_body_bytes
+        self.deadline = db_deadline_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        rid = _client_id(headers, "x-request-id") or uuid.uuid4().hex
+        cid = _client_id(headers, "x-correlation-id") or rid
+        r_token, c_token = request_id_var.set(rid), correlation_id_var.set(cid)
+        ex = _Exchange(ids={"x-request-id": rid, "x-correlation-id": cid})
+        started = time.perf_counter()
+        try:
+            await self._handle(scope, receive, self._sender(send, ex), ex, headers)
+        finally:
+            self._observe(scope, ex, time.perf_counter() - started)
+            request_id_var.reset(r_token)
+            correlation_id_var.reset(c_token)
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, ex: _Exchange, headers: Headers
+    ) -> None:
+        declared = headers.get("content-length")
+        if declared is not None and not declared.isdigit():
+            await error_response(400, "bad_request", "invalid Content-Length header")(scope, receive, send)
+            return
+        if declared is not None and int(declared) > self.max_body:
+            message = f"request body larger than {self.max_body} bytes"
+            await error_response(413, "payload_too_large", message, limit=self.max_body)(scope, receive, send)
+            return
+        try:
+            with pymongo.timeout(self.deadline):
+                await self.app(scope, self._limited(receive, ex), send)
+        except RequestTooLarge as exc:
+            if ex.started:
+                raise
+            await error_response(413, "payload_too_large", exc.detail, limit=exc.limit)(scope, receive, send)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if ex.started:
+                raise
+            await error_response(500, "internal_error", "internal error; quote the request id to support")(
+                scope, receive, send
+            )
+
+    def _limited(self, receive: Receive, ex: _Exchange) -> Receive:
+        async def limited() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                ex.received += len(message.get("body", b""))
+                if ex.received > self.max_body:
+                    raise RequestTooLarge(self.max_body)
+            return message
+
+        return limited
+
+    @staticmethod
+    def _sender(send: Send, ex: _Exchange) -> Send:
+        async def sender(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ex.started = True
+                ex.status = message["status"]
+                out = MutableHeaders(scope=message)
+                for name, value in ex.ids.items():
+                    out[name] = value
+            await send(message)
+
+        return sender
+
+    def _observe(self, scope: Scope, ex: _Exchange, elapsed: float) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        method = scope.get("method", "")
+        metrics.HTTP_REQUESTS.labels(self.service, method, path, str(ex.status)).inc()
+        metrics.HTTP_SECONDS.labels(self.service, method, path).observe(elapsed)
+        if path not in QUIET_PATHS:
+            log.info(
+                "%s %s -> %d",
+                method,
+                scope.get("path", ""),
+                ex.status,
+                extra={"status": ex.status, "duration_ms": round(elapsed * 1000, 2)},
+            )

@@ -1,0 +1,176 @@
+"""The HTTP edge every service shares (crm_platform.app / edge / openapi / docs), no I/O.
+
+Each test pins one defect an outside client could trigger: a 500 naming no
+request id, bodies of any size read before auth, database outages answered 500,
+enum reprs in messages, undocumented error statuses, and a blank /docs offline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from crm_platform.app import create_app
+from crm_platform.auth import Role, require_roles
+from crm_platform.settings import ServiceSettings
+from crm_platform.testing import auth_headers
+from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel
+from pymongo.errors import AutoReconnect, ExecutionTimeout, OperationFailure, ServerSelectionTimeoutError
+
+LIMIT = 4096
+
+
+class Note(BaseModel):
+    text: str
+
+
+router = APIRouter()
+
+
+@router.post("/notes", status_code=201)
+async def create_note(note: Note) -> Note:
+    return note
+
+
+@router.get("/boom")
+async def boom() -> None:
+    raise RuntimeError("a bug")
+
+
+@router.get("/db/{kind}")
+async def db_error(kind: str) -> None:
+    errors: dict[str, Exception] = {
+        "selection": ServerSelectionTimeoutError("no servers"),
+        "reconnect": AutoReconnect("connection reset"),
+        "deadline": ExecutionTimeout("operation exceeded time limit", 50),
+        "bug": OperationFailure("bad query", 2),
+    }
+    raise errors[kind]
+
+
+@router.get("/admins-only", dependencies=[require_roles(Role.ADMIN, Role.SALES_MANAGER)])
+async def admins_only() -> dict[str, str]:
+    return {"ok": "yes"}
+
+
+def _app() -> FastAPI:
+    settings = ServiceSettings.model_validate(
+        {
+            "CRM_SERVICE_NAME": "edge-test",
+            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+            "MONGODB_URI": "mongodb://127.0.0.1:1",
+            "CRM_MAX_REQUEST_BYTES": LIMIT,
+            "CRM_RETRY_AFTER_SECONDS": 7,
+        }
+    )
+    return create_app(settings=settings, title="edge test", runtime=None, protected=[router])
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        yield c
+
+
+AUTH = auth_headers(["marketing"])
+
+
+async def test_an_unhandled_error_answers_500_naming_the_request_id(client: httpx.AsyncClient) -> None:
+    r = await client.get("/boom", headers={**AUTH, "X-Request-ID": "req-42"})
+    assert r.status_code == 500
+    assert r.json()["error"] == "internal_error"
+    assert r.json()["request_id"] == "req-42"
+    assert r.headers["x-request-id"] == "req-42"
+
+    generated = await client.get("/boom", headers=AUTH)
+    assert generated.json()["request_id"]
+    assert generated.json()["request_id"] == generated.headers["x-request-id"]
+
+
+async def test_a_body_declared_above_the_limit_is_refused_unread(client: httpx.AsyncClient) -> None:
+    # No token either: the size check comes first, and the body is never parsed.
+    r = await client.post("/notes", content=b"x" * (LIMIT + 1), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["error"] == "payload_too_large"
+    assert r.json()["request_id"] == r.headers["x-request-id"]
+
+
+async def test_a_streamed_body_is_cut_off_at_the_limit(client: httpx.AsyncClient) -> None:
+    chunks_sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal chunks_sent
+        yield b'{"text": "'
+        for _ in range(100):  # 100 KB, no Content-Length: chunked
+            chunks_sent += 1
+            yield b"y" * 1024
+        yield b'"}'
+
+    r = await client.post("/notes", content=chunks(), headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["error"] == "payload_too_large"
+    assert chunks_sent < 100
+
+
+async def test_a_body_within_the_limit_is_served(client: httpx.AsyncClient) -> None:
+    r = await client.post("/notes", json={"text": "y" * (LIMIT // 2)}, headers=AUTH)
+    assert r.status_code == 201
+
+
+async def test_an_invalid_content_length_is_a_400(client: httpx.AsyncClient) -> None:
+    r = await client.post("/notes", content=b"{}", headers={**AUTH, "content-length": "abc"})
+    assert r.status_code == 400
+
+
+@pytest.mark.parametrize("kind", ["selection", "reconnect", "deadline"])
+async def test_a_database_outage_is_a_503_with_retry_after(client: httpx.AsyncClient, kind: str) -> None:
+    r = await client.get(f"/db/{kind}", headers=AUTH)
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "7"
+    assert r.json()["error"] == "database_unavailable"
+    assert r.json()["request_id"] == r.headers["x-request-id"]
+
+
+async def test_other_database_errors_stay_500(client: httpx.AsyncClient) -> None:
+    r = await client.get("/db/bug", headers=AUTH)
+    assert r.status_code == 500
+    assert r.json()["request_id"]
+
+
+async def test_role_errors_name_role_values_not_python_reprs(client: httpx.AsyncClient) -> None:
+    r = await client.get("/admins-only", headers=AUTH)
+    assert r.status_code == 403
+    message = r.json()["message"]
+    assert "<Role." not in message
+    assert "'admin'" in message
+    assert "'sales_manager'" in message
+
+
+def _responses(doc: dict[str, Any], method: str, path: str) -> set[str]:
+    return set(doc["paths"][path][method]["responses"])
+
+
+async def test_openapi_documents_the_error_statuses_routes_return(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    assert {"201", "401", "403", "409", "413", "422", "503"} <= _responses(doc, "post", "/notes")
+    assert {"401", "403", "404", "422", "503"} <= _responses(doc, "get", "/db/{kind}")
+    assert "413" not in _responses(doc, "get", "/boom")
+    unavailable = doc["paths"]["/notes"]["post"]["responses"]["503"]
+    assert "Retry-After" in unavailable["headers"]
+    assert unavailable["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+
+
+async def test_docs_page_and_its_assets_are_served_locally(client: httpx.AsyncClient) -> None:
+    page = await client.get("/docs")
+    assert page.status_code == 200
+    assert "cdn" not in page.text.lower()
+    assert "/docs/assets/swagger-ui-bundle.js" in page.text
+    js = await client.get("/docs/assets/swagger-ui-bundle.js")
+    assert js.status_code == 200
+    assert len(js.content) > 100_000
+    css = await client.get("/docs/assets/swagger-ui.css")
+    assert css.status_code == 200
