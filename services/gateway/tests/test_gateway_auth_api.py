@@ -268,9 +268,18 @@ async def test_admin_creates_lists_updates_and_deactivates_users(gateway: Any, h
         assert ann["display_name"] == "Ann Smith"
         assert ann["active"] is True
 
+        # A retried creation with its Idempotency-Key gets the first answer, not "taken".
+        retry_body = {"username": "ivy", "password": PASSWORD, "roles": ["analyst"]}
+        key = {**h, "Idempotency-Key": "create-ivy-1"}
+        first = await client.post("/users", headers=key, json=retry_body)
+        assert first.status_code == 201, first.text
+        again = await client.post("/users", headers=key, json=retry_body)
+        assert (again.status_code, again.json()) == (201, first.json())
+        assert again.headers["idempotent-replayed"] == "true"
+
         listed = (await client.get("/users", headers=h)).json()
-        assert listed["total"] == 2
-        assert [u["username"] for u in listed["items"]] == ["admin", "ann"]
+        assert listed["total"] == 3
+        assert [u["username"] for u in listed["items"]] == ["admin", "ann", "ivy"]
         assert (await client.get(f"/users/{ann['id']}", headers=h)).json()["username"] == "ann"
         assert (await client.get("/users/nope", headers=h)).status_code == 404
 

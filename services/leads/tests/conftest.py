@@ -64,9 +64,10 @@ class Leads:
     async def behave(self, lead_id: str, *behaviours: str) -> dict[str, Any]:
         body: dict[str, Any] = {}
         for b in behaviours:
-            r = await self.client.post(
-                f"/leads/{lead_id}/behaviours", json={"behaviour": b}, headers=_headers("marketing", "mia")
-            )
+            # Each call is a distinct occurrence (identical content without a key would be
+            # taken as a retry: see the leads README, "Safe retries").
+            headers = {**_headers("marketing", "mia"), "Idempotency-Key": uuid.uuid4().hex}
+            r = await self.client.post(f"/leads/{lead_id}/behaviours", json={"behaviour": b}, headers=headers)
             assert r.status_code == 201, r.text
             body = r.json()
         return body

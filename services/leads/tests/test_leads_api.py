@@ -410,10 +410,14 @@ async def test_concurrent_behaviours_crossing_the_threshold_hand_off_once(leads:
     await leads.behave(lead["id"], "form_submit", "form_submit")  # 40 of 60
     responses = await asyncio.gather(
         *[
+            # Six distinct occurrences (each its own key; identical content without one
+            # would be taken as retries of one POST).
             leads.client.post(
-                f"/leads/{lead['id']}/behaviours", json={"behaviour": "trial_signup"}, headers=MARKETING
+                f"/leads/{lead['id']}/behaviours",
+                json={"behaviour": "trial_signup"},
+                headers={**MARKETING, "Idempotency-Key": f"occurrence-{i}"},
             )
-            for _ in range(6)
+            for i in range(6)
         ]
     )
     assert [r.status_code for r in responses] == [201] * 6

@@ -1,4 +1,4 @@
-"""Bad numbers and timestamps from outside are a 422, never a 500 or a stored null.
+"""Bad numbers and timestamps from outside are a 422, never a 500 or a stored null; safe retries.
 
 Before: ``1e309``/``Infinity``/``NaN`` amounts were stored and came back as
 ``null`` (turning forecast values into ``null``); an activity dated
@@ -105,3 +105,19 @@ async def test_forecast_values_stay_numbers(sales: Any) -> None:
 
 def test_decimal128_round_trips_the_cents() -> None:
     assert Decimal128(Decimal("999999999999.99")).to_decimal() == Decimal("999999999999.99")
+
+
+async def test_a_retried_activity_with_its_idempotency_key_is_logged_once(sales: Any) -> None:
+    rep = sales.uid("sven")
+    opp = await sales.opportunity_for(rep)
+    url = f"/opportunities/{opp['id']}/activities"
+    headers = {**sales.rep(rep), "Idempotency-Key": sales.uid("key")}
+    body = {"type": "quote", "summary": "Quote v1", "amount": "4800.50"}
+    first = await sales.client.post(url, json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    again = await sales.client.post(url, json=body, headers=headers)
+    assert (again.status_code, again.json()) == (201, first.json())
+    assert (await sales.opportunity(opp["id"], sales.rep(rep)))["activity_count"] == 1
+    changed = await sales.client.post(url, json={**body, "amount": "1.00"}, headers=headers)
+    assert changed.status_code == 422
+    assert changed.json()["error"] == "idempotency_key_reused"

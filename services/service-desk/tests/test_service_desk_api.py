@@ -320,6 +320,21 @@ async def test_identity_is_the_tokens_sub_never_its_display_name(
 # --- tickets --------------------------------------------------------------------------------------
 
 
+async def test_a_retried_ticket_with_its_idempotency_key_opens_one_ticket(
+    desk: Desk, make_deal: Callable[..., DealWonV1]
+) -> None:
+    account = await desk.win(make_deal())
+    body = {"account_id": account["account_id"], "subject": "Retry", "request": "r", "priority": "low"}
+    headers = {**REP, "Idempotency-Key": uuid.uuid4().hex}
+    first = await desk.client.post("/tickets", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    again = await desk.client.post("/tickets", json=body, headers=headers)
+    assert (again.status_code, again.json()) == (201, first.json())
+    assert again.headers["idempotent-replayed"] == "true"
+    r = await desk.client.get("/tickets", params={"account_id": account["account_id"]}, headers=REP)
+    assert r.json()["count"] == 1
+
+
 async def test_ticket_open_progress_resolve_rate(desk: Desk, make_deal: Callable[..., DealWonV1]) -> None:
     account = await desk.win(make_deal())
     acc_id, csm = account["account_id"], account["csm"]

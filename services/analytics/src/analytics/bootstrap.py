@@ -26,7 +26,7 @@ class SnapshotReaderRuntime(ServiceRuntime):
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.client = connect(s.mongodb_uri, s.service_name)
+        self.client = connect(s.mongodb_uri, s.service_name, timeout_seconds=s.db_deadline_seconds)
         self.store = Store(self.client, s.database_name, s.service_name)
         self.consumer = None
         self._tasks = []

@@ -53,6 +53,9 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         public=[auth.login_router, auth.keys_router, auth.internal_router, docs.router],
         protected=[auth.me_router, users.router, proxy.router],
         on_startup=on_startup,
+        # Forwarded requests carry their Idempotency-Key to the department, which keeps it
+        # with the effect; logins create nothing.
+        idempotent_paths=lambda path: not path.startswith(("/api/", "/auth/")),
     )
     app.state.upstreams = upstreams
     app.state.accounts = accounts = _accounts(settings, runtime, app.state.token_verifier)

@@ -325,8 +325,13 @@ class Accounts:
             "password_changed_at": now,
             "sessions_valid_after": int(now.timestamp()),
         }
+
+        async def work(tx: Tx) -> None:
+            # A transaction, so a POST /users Idempotency-Key commits with the user.
+            await store.insert_user(tx.db, doc, session=tx.session)
+
         try:
-            await store.insert_user(self.db, doc)
+            await self.db_store.transaction(work)
         except DuplicateKeyError:
             raise Conflict(f"username {name!r} is taken", username=name) from None
         log.info("user created", extra={"user_id": doc["_id"], "username": name, "roles": doc["roles"]})

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from crm_platform.auth import Role
+from crm_platform.idempotency import ensure_indexes as ensure_idempotency_indexes
 from crm_platform.mongo import Tx
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
@@ -38,6 +39,7 @@ async def ensure_indexes(db: Db) -> None:
     await db[REFRESH].create_index("session_id", name="refresh_session")
     await db[REFRESH].create_index("user_id", name="refresh_user")
     await db[REVOKED].create_index("expires_at", expireAfterSeconds=0, name="revoked_ttl")
+    await ensure_idempotency_indexes(db)
 
 
 # --- users -----------------------------------------------------------------------------------
@@ -47,9 +49,9 @@ async def has_users(db: Db) -> bool:
     return await db[USERS].count_documents({}, limit=1) > 0
 
 
-async def insert_user(db: Db, doc: Doc) -> None:
+async def insert_user(db: Db, doc: Doc, session: Any = None) -> None:
     """Raises :class:`DuplicateKeyError` when the username is taken (any case)."""
-    await db[USERS].insert_one(doc)
+    await db[USERS].insert_one(doc, session=session)
 
 
 async def find_by_username_key(db: Db, key: str) -> Doc | None:

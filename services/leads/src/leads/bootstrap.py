@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from datetime import timedelta
+
 from crm_platform.app import create_app
+from crm_platform.idempotency import canonical
 from crm_platform.runtime import ServiceRuntime
 from crm_platform.settings import ServiceSettings
 from fastapi import FastAPI
@@ -19,6 +26,38 @@ DEFAULT_PORT = 8001
 class LeadsSettings(ServiceSettings):
     service_name: str = Field(default=SERVICE_NAME, validation_alias="CRM_SERVICE_NAME")
     http_port: int = Field(default=DEFAULT_PORT, validation_alias="CRM_HTTP_PORT", ge=1, le=65535)
+    # A behaviour POSTed without Idempotency-Key and without external_id is taken as a
+    # retry when the same caller posts the same content again within this window.
+    behaviour_retry_window_seconds: int = Field(
+        default=600, validation_alias="CRM_BEHAVIOUR_RETRY_WINDOW_SECONDS", ge=1, le=86400
+    )
+
+
+BEHAVIOURS_PATH = re.compile(r"^/leads/[^/]+/behaviours$")
+
+
+def behaviour_retry_key(window: timedelta) -> Callable[[str, bytes], tuple[str, timedelta] | None]:
+    """The default Idempotency-Key of a behaviour: its content (behaviour, occurred_at, meta).
+
+    Only when the client sent neither ``Idempotency-Key`` nor ``external_id`` (an
+    ``external_id`` is deduplicated for good by the handler). The key holds for
+    ``window``: an identical POST by the same caller within it is a retry and gets
+    the first answer; send ``occurred_at`` or ``external_id`` to record genuinely
+    repeated identical behaviour.
+    """
+
+    def derive(path: str, body: bytes) -> tuple[str, timedelta] | None:
+        if not BEHAVIOURS_PATH.match(path):
+            return None
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(parsed, dict) or parsed.get("external_id") is not None:
+            return None
+        return f"behaviour-content:{hashlib.sha256(canonical(body)).hexdigest()}", window
+
+    return derive
 
 
 def build_runtime(settings: ServiceSettings) -> ServiceRuntime:
@@ -40,4 +79,11 @@ def build_app(settings: ServiceSettings) -> FastAPI:
         ),
         runtime=build_runtime(settings),
         protected=[leads_api.router, scoring_api.router],
+        default_idempotency_key=behaviour_retry_key(timedelta(seconds=_window(settings))),
     )
+
+
+def _window(settings: ServiceSettings) -> int:
+    if isinstance(settings, LeadsSettings):
+        return settings.behaviour_retry_window_seconds
+    return int(LeadsSettings.model_fields["behaviour_retry_window_seconds"].default)

@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
@@ -26,8 +27,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crm_platform.auth import RevocationFeed, TokenVerifier, current_principal
 from crm_platform.docs import install_local_docs
-from crm_platform.edge import HttpEdge, error_response
+from crm_platform.edge import HttpEdge, database_unavailable, error_response
 from crm_platform.errors import DomainError, is_database_outage
+from crm_platform.idempotency import DefaultKey, IdempotencyMiddleware
 from crm_platform.keys import load_public_keys
 from crm_platform.logging import configure_logging
 from crm_platform.openapi import document_error_responses
@@ -66,7 +68,10 @@ def install_error_handlers(app: FastAPI, retry_after_seconds: int = 5) -> None:
 
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, exc.message, details=exc.details)
+        response = error_response(exc.status_code, exc.code, exc.message, details=exc.details)
+        if exc.status_code == 503:
+            response.headers["Retry-After"] = str(retry_after_seconds)
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -83,14 +88,7 @@ def install_error_handlers(app: FastAPI, retry_after_seconds: int = 5) -> None:
             return error_response(500, "internal_error", "internal error; quote the request id to support")
         # Expected during an outage: one line, no traceback.
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-        response = error_response(
-            503,
-            "database_unavailable",
-            "the service's database did not answer in time; nothing was changed unless a retry "
-            "with the same Idempotency-Key says otherwise. Retry later.",
-        )
-        response.headers["Retry-After"] = str(retry_after_seconds)
-        return response
+        return database_unavailable(retry_after_seconds)
 
 
 def create_app(
@@ -102,7 +100,11 @@ def create_app(
     public: Sequence[APIRouter] = (),
     description: str = "",
     on_startup: Callable[[FastAPI], Awaitable[None]] | None = None,
+    idempotent_paths: Callable[[str], bool] = lambda _: True,
+    default_idempotency_key: DefaultKey | None = None,
 ) -> FastAPI:
+    """The service's app. ``idempotent_paths`` says which POST paths honour ``Idempotency-Key``
+    (all by default); ``default_idempotency_key`` derives one for requests sent without it."""
     configure_logging(settings.service_name, settings.log_level)
 
     @asynccontextmanager
@@ -125,11 +127,20 @@ def create_app(
     app.state.runtime = runtime
     app.state.token_verifier = token_verifier(settings)
     install_error_handlers(app, settings.retry_after_seconds)
+    # Added inner first: the edge (ids, limits, deadline) wraps the idempotency layer.
+    app.add_middleware(
+        IdempotencyMiddleware,
+        service=settings.service_name,
+        ttl=timedelta(hours=settings.idempotency_ttl_hours),
+        applies=idempotent_paths,
+        default_key=default_idempotency_key,
+    )
     app.add_middleware(
         HttpEdge,
         service=settings.service_name,
         max_body_bytes=settings.max_request_bytes,
         db_deadline_seconds=settings.db_deadline_seconds,
+        retry_after_seconds=settings.retry_after_seconds,
     )
     install_local_docs(app, title)
 

@@ -9,12 +9,11 @@ Per request it
 * refuses bodies above ``CRM_MAX_REQUEST_BYTES`` with 413 before anything reads
   them: at once from ``Content-Length``, and while streaming for chunked bodies
   (the byte count is checked on every chunk the application pulls);
-* bounds the request's database work with PyMongo's client-side operation
-  timeout (CSOT, ``pymongo.timeout``): every operation, server selection and
-  transaction commit included, must finish within ``CRM_DB_DEADLINE_SECONDS``;
-  PyMongo sends the remaining time as ``maxTimeMS`` so the server gives up too,
-  and ``with_transaction`` stops retrying at the deadline. The timeout surfaces
-  as a PyMongo error that the app factory maps to 503 with ``Retry-After``;
+* gives the request's transactions their deadline (``CRM_DB_DEADLINE_SECONDS``,
+  :mod:`crm_platform.deadline`; single operations get the same bound from the
+  client's ``timeoutMS``, see :func:`crm_platform.mongo.connect`), and answers a
+  database outage that escaped the app's handlers (e.g. in a middleware) with
+  503 and ``Retry-After``, like the app factory's handler does for the routes;
 * answers anything unhandled with a JSON 500 carrying the request id;
 * counts the request in the HTTP metrics and writes one log line.
 
@@ -31,7 +30,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import pymongo
 from fastapi import HTTPException
 from fastapi.encoders import jsonable_encoder
 from starlette.datastructures import Headers, MutableHeaders
@@ -39,6 +37,8 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crm_platform import metrics
+from crm_platform.deadline import request_db_deadline
+from crm_platform.errors import is_database_outage
 from crm_platform.logging import correlation_id_var, request_id_var
 
 log = logging.getLogger("crm.http")
@@ -84,6 +84,17 @@ def _client_id(headers: Headers, name: str) -> str | None:
     return value if value and _SAFE_ID.match(value) else None
 
 
+def database_unavailable(retry_after_seconds: int) -> JSONResponse:
+    response = error_response(
+        503,
+        "database_unavailable",
+        "the service's database did not answer in time; retry later (with the same Idempotency-Key, "
+        "a retry never repeats an effect that did happen)",
+    )
+    response.headers["Retry-After"] = str(retry_after_seconds)
+    return response
+
+
 @dataclass
 class _Exchange:
     """What the edge learns about one request while it runs."""
@@ -96,12 +107,19 @@ class _Exchange:
 
 class HttpEdge:
     def __init__(
-        self, app: ASGIApp, *, service: str, max_body_bytes: int, db_deadline_seconds: float
+        self,
+        app: ASGIApp,
+        *,
+        service: str,
+        max_body_bytes: int,
+        db_deadline_seconds: float | None = None,
+        retry_after_seconds: int = 5,
     ) -> None:
         self.app = app
+        self.deadline = db_deadline_seconds
+        self.retry_after = retry_after_seconds
         self.service = service
         self.max_body = max_body_bytes
-        self.deadline = db_deadline_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -132,19 +150,30 @@ class HttpEdge:
             await error_response(413, "payload_too_large", message, limit=self.max_body)(scope, receive, send)
             return
         try:
-            with pymongo.timeout(self.deadline):
+            deadline = request_db_deadline.set(self.deadline)
+            try:
                 await self.app(scope, self._limited(receive, ex), send)
+            finally:
+                request_db_deadline.reset(deadline)
         except RequestTooLarge as exc:
             if ex.started:
                 raise
             await error_response(413, "payload_too_large", exc.detail, limit=exc.limit)(scope, receive, send)
-        except Exception:
-            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+        except Exception as exc:
             if ex.started:
+                log.exception(
+                    "error after the answer started on %s %s", scope.get("method"), scope.get("path")
+                )
                 raise
-            await error_response(500, "internal_error", "internal error; quote the request id to support")(
-                scope, receive, send
-            )
+            await self._failure(exc, scope)(scope, receive, send)
+
+    def _failure(self, exc: Exception, scope: Scope) -> JSONResponse:
+        """Errors that escaped the app's handlers (raised by middleware): 503 or 500."""
+        if is_database_outage(exc):
+            log.warning("database unavailable on %s %s: %s", scope.get("method"), scope.get("path"), exc)
+            return database_unavailable(self.retry_after)
+        log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+        return error_response(500, "internal_error", "internal error; quote the request id to support")
 
     def _limited(self, receive: Receive, ex: _Exchange) -> Receive:
         async def limited() -> Message:

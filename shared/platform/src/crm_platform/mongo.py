@@ -13,6 +13,7 @@ from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import pymongo
 from crm_contracts import HANDOFF_BY_EVENT_TYPE, Envelope, Event, envelope_for
 from crm_contracts.registry import model_for
 from pymongo import ASCENDING, AsyncMongoClient
@@ -21,6 +22,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
+from crm_platform.deadline import request_db_deadline
+from crm_platform.idempotency import claim_in, current_claim
+from crm_platform.idempotency import ensure_indexes as ensure_idempotency_indexes
 from crm_platform.logging import correlation_id_var
 from crm_platform.money import TYPE_REGISTRY
 
@@ -37,11 +41,20 @@ HANDOFFS_SENT = "handoffs_sent"
 causation_var: ContextVar[Envelope | None] = ContextVar("causation", default=None)
 
 
-def connect(uri: str, app_name: str) -> AsyncMongoClient[Doc]:
-    # Decimal <-> Decimal128: money is stored exactly (crm_platform.money).
-    return AsyncMongoClient(
-        uri, tz_aware=True, appname=app_name, serverSelectionTimeoutMS=5000, type_registry=TYPE_REGISTRY
-    )
+def connect(uri: str, app_name: str, *, timeout_seconds: float | None = None) -> AsyncMongoClient[Doc]:
+    """The service's client. Decimal <-> Decimal128, so money is stored exactly (crm_platform.money).
+
+    ``timeout_seconds`` (``CRM_DB_DEADLINE_SECONDS`` in services) is PyMongo's client-side
+    operation timeout (CSOT, ``timeoutMS``): every operation, server selection included,
+    gives up after it, and the server is sent the time left as ``maxTimeMS`` so it gives
+    up too; the error becomes 503 + Retry-After at the HTTP edge. Whole transactions are
+    bounded by the request's deadline in :meth:`Store.transaction`.
+    """
+    options: dict[str, Any] = {"serverSelectionTimeoutMS": 5000}
+    if timeout_seconds is not None:
+        ms = max(1, int(timeout_seconds * 1000))
+        options = {"timeoutMS": ms, "serverSelectionTimeoutMS": min(5000, ms)}
+    return AsyncMongoClient(uri, tz_aware=True, appname=app_name, type_registry=TYPE_REGISTRY, **options)
 
 
 class Tx:
@@ -88,6 +101,7 @@ class Store:
         await self.db[OUTBOX].create_index(
             "published_at", expireAfterSeconds=7 * 24 * 3600, name="published_ttl"
         )
+        await ensure_idempotency_indexes(self.db)
 
     async def transaction(self, work: Callable[[Tx], Awaitable[T]]) -> T:
         """Run ``work`` in a transaction, storing its emitted events in the outbox.
@@ -98,8 +112,12 @@ class Store:
         """
         emitted: list[Envelope] = []
 
+        claim = current_claim.get()
+
         async def attempt(session: AsyncClientSession) -> T:
             tx = Tx(self.db, session, self.source)
+            # The request's Idempotency-Key commits with its effect (crm_platform.idempotency).
+            await claim_in(self.db, session)
             result = await work(tx)
             if tx.emitted:
                 await self.db[OUTBOX].insert_many([outbox_doc(env) for env in tx.emitted], session=session)
@@ -113,12 +131,22 @@ class Store:
             emitted[:] = tx.emitted
             return result
 
-        async with self.client.start_session() as session:
-            result = await session.with_transaction(
-                attempt,
-                read_concern=ReadConcern("snapshot"),
-                write_concern=WriteConcern("majority"),
-            )
+        # In an HTTP request, one deadline for the whole transaction, retries and commit
+        # included (crm_platform.deadline): without it with_transaction keeps retrying
+        # transient errors for up to 120 s while the database is away. commitTransaction
+        # is sent with maxTimeMS = the time left, so the server aborts rather than commits
+        # late; only a commit already being applied when the deadline passes can still
+        # land, and an Idempotency-Key makes the client's retry of that request safe
+        # (crm_platform.idempotency).
+        with pymongo.timeout(request_db_deadline.get()):
+            async with self.client.start_session() as session:
+                result = await session.with_transaction(
+                    attempt,
+                    read_concern=ReadConcern("snapshot"),
+                    write_concern=WriteConcern("majority"),
+                )
+        if claim is not None:
+            claim.committed = True
         if emitted:
             self.wake()
         return result

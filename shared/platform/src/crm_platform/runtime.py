@@ -56,7 +56,7 @@ class ServiceRuntime:
         s = self.settings
         pace_empty_fetches(s.consumer_idle_backoff_ms)
         harden_aiokafka()
-        self.client = connect(s.mongodb_uri, s.service_name)
+        self.client = connect(s.mongodb_uri, s.service_name, timeout_seconds=s.db_deadline_seconds)
         self.store = Store(self.client, s.database_name, s.service_name)
         self.relay = OutboxRelay(
             self.store.db,

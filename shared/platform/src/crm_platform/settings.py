@@ -94,14 +94,14 @@ class ServiceSettings(BaseSettings):
     )
     handoff_check_seconds: float = Field(default=5.0, validation_alias="CRM_HANDOFF_CHECK_SECONDS", gt=0)
     # HTTP edge (crm_platform.edge): bodies above this are refused with 413 before
-    # they are read; every request's database work must finish within the deadline
-    # (PyMongo client-side operation timeout, sent to the server as maxTimeMS) or
-    # the request is answered 503 with Retry-After. Keep the deadline shorter
-    # than the clients' timeouts (the gateway's upstream timeout included).
+    # they are read. Each database operation, and each whole transaction of an HTTP
+    # request, must finish within the deadline (PyMongo client-side operation timeout, sent to the server
+    # as maxTimeMS) or the request is answered 503 with Retry-After. Keep it well
+    # below the clients' timeouts (the gateway's upstream timeout, 30 s, included).
     max_request_bytes: int = Field(
         default=1_048_576, validation_alias="CRM_MAX_REQUEST_BYTES", ge=1024, le=1_073_741_824
     )
-    db_deadline_seconds: float = Field(default=5.0, validation_alias="CRM_DB_DEADLINE_SECONDS", gt=0, le=120)
+    db_deadline_seconds: float = Field(default=10.0, validation_alias="CRM_DB_DEADLINE_SECONDS", gt=0, le=120)
     retry_after_seconds: int = Field(default=5, validation_alias="CRM_RETRY_AFTER_SECONDS", ge=1, le=3600)
     # Idempotency-Key records (crm_platform.idempotency) are kept this long.
     idempotency_ttl_hours: int = Field(

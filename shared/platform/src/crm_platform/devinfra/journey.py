@@ -154,8 +154,10 @@ def capture_and_qualify(gw: Gateway, channel: str, campaign: str, name: str) -> 
     )["lead"]
     lead_id = str(lead["id"])
     qualified = False
-    for behaviour in ("page_view", "page_view", "email_open", "form_submit", "trial_signup"):
-        out = gw.call("maria", "POST", f"/api/leads/leads/{lead_id}/behaviours", {"behaviour": behaviour})
+    for i, behaviour in enumerate(("page_view", "page_view", "email_open", "form_submit", "trial_signup")):
+        # The tracker's id per occurrence: two page views are two, a retried POST is one.
+        body = {"behaviour": behaviour, "external_id": f"{lead_id}-{i}"}
+        out = gw.call("maria", "POST", f"/api/leads/leads/{lead_id}/behaviours", body)
         qualified = qualified or bool(out.get("qualified_now"))
     if not qualified:
         raise JourneyError(f"lead {lead_id} did not qualify: {out}")

@@ -1,0 +1,287 @@
+"""Safe retries: ``Idempotency-Key`` on every POST, stored with the effect it guards.
+
+A client that timed out cannot know whether its POST took effect. It retries
+with the same ``Idempotency-Key`` header (any printable string up to 200
+characters, e.g. a UUID) and gets the first answer back (status and body, with
+``Idempotent-Replayed: true``), with no second effect.
+
+The rules, for every service (:class:`IdempotencyMiddleware`, installed by the
+app factory):
+
+* A key is scoped to the service, the request path (``POST /leads/L1/behaviours``)
+  and the authenticated principal (``sub``): other users' keys never collide
+  with yours, and a key is only looked up after the bearer token verified.
+* The key's record is inserted **in the same MongoDB transaction as the
+  effect** (the first :meth:`crm_platform.mongo.Store.transaction` the request
+  runs), so the effect and the key commit together or not at all. The answer
+  is added to the record right after. Requests whose transaction never
+  committed (validation errors, broken rules, the database down before the
+  commit) leave no record: retrying them simply runs them.
+* Same key, different request (other query or body; JSON bodies are compared
+  canonically, so key order and spacing do not matter): 422
+  ``idempotency_key_reused``. Same key while the first request is still
+  running: 409 ``idempotency_in_progress``. A key whose effect committed but
+  whose answer was lost (the process died, or the database failed between the
+  commit and recording the answer): 409 ``idempotency_answer_lost``; the
+  effect happened once, read the resource to see it.
+* Records expire after ``CRM_IDEMPOTENCY_TTL_HOURS`` (TTL index on
+  ``expires_at``); a key can be reused after that.
+* A service may derive a default key for a route when the client sends none
+  (``default_key``); leads does so for behaviours (see its README).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from bson.binary import Binary
+from crm_contracts import utcnow
+from fastapi import HTTPException, Request
+from pymongo import ASCENDING
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from crm_platform.edge import error_response
+from crm_platform.errors import Conflict
+
+log = logging.getLogger("crm.idempotency")
+
+COLLECTION = "idempotency_keys"
+HEADER = "idempotency-key"
+REPLAYED = "idempotent-replayed"
+_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+class InProgress(Conflict):
+    code = "idempotency_in_progress"
+
+
+@dataclass
+class Claim:
+    """The key a request runs under, inserted by the request's first transaction."""
+
+    id: str
+    fingerprint: str
+    path: str
+    expires_at: datetime
+    committed: bool = False
+    in_transaction: bool = field(default=False, repr=False)
+
+
+current_claim: ContextVar[Claim | None] = ContextVar("idempotency_claim", default=None)
+
+
+async def claim_in(db: AsyncDatabase[Any], session: AsyncClientSession) -> Claim | None:
+    """Called by ``Store.transaction`` inside each attempt: insert the request's key, if any.
+
+    A duplicate key means the same request committed concurrently: 409, no second effect.
+    """
+    claim = current_claim.get()
+    if claim is None or claim.committed:
+        return None
+    doc = {
+        "_id": claim.id,
+        "fingerprint": claim.fingerprint,
+        "path": claim.path,
+        "created_at": utcnow(),
+        "expires_at": claim.expires_at,
+        "response": None,
+    }
+    try:
+        await db[COLLECTION].insert_one(doc, session=session)
+    except DuplicateKeyError:
+        raise InProgress(
+            "a request with this Idempotency-Key was carried out meanwhile; retry to get its answer"
+        ) from None
+    return claim
+
+
+async def ensure_indexes(db: AsyncDatabase[Any]) -> None:
+    await db[COLLECTION].create_index([("expires_at", ASCENDING)], expireAfterSeconds=0, name="expires")
+
+
+def canonical(body: bytes) -> bytes:
+    try:
+        return json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+    except (ValueError, UnicodeDecodeError):
+        return body
+
+
+def fingerprint(query: bytes, body: bytes) -> str:
+    h = hashlib.sha256()
+    for part in (query, canonical(body)):
+        h.update(len(part).to_bytes(8, "big") + part)
+    return h.hexdigest()
+
+
+DefaultKey = Callable[[str, bytes], tuple[str, timedelta] | None]
+"""(path, body) -> a key and how long it holds, for a POST that came without a key; or None."""
+
+
+@dataclass
+class _Captured:
+    status: int = 0
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+
+
+class IdempotencyMiddleware:
+    """Replays the first answer to a retried POST; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        service: str,
+        ttl: timedelta,
+        applies: Callable[[str], bool] = lambda _: True,
+        default_key: DefaultKey | None = None,
+    ) -> None:
+        self.app = app
+        self.service = service
+        self.ttl = ttl
+        self.applies = applies
+        self.default_key = default_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not self.applies(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        key = Headers(scope=scope).get(HEADER)
+        if key is not None and not _KEY.match(key):
+            await error_response(
+                422, "validation_error", "Idempotency-Key must be 1-200 printable ASCII characters"
+            )(scope, receive, send)
+            return
+        principal = _principal(scope, receive)
+        if principal is None:  # no valid token: the route answers 401 itself
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        ttl = self.ttl
+        if key is None and self.default_key is not None:
+            key, ttl = self.default_key(scope["path"], body) or (None, ttl)
+        store = getattr(getattr(scope["app"].state, "runtime", None), "store", None)
+        if key is None or store is None:
+            await self.app(scope, _replay(body), send)
+            return
+        path = scope["path"]
+        claim = Claim(
+            id=hashlib.sha256(f"{self.service}\nPOST {path}\n{principal}\n{key}".encode()).hexdigest(),
+            fingerprint=fingerprint(scope.get("query_string", b""), body),
+            path=path,
+            expires_at=utcnow() + ttl,
+        )
+        collection = store.db[COLLECTION]
+        if await self._answered_from_record(collection, claim, scope, receive, send):
+            return
+        await self._run(collection, claim, scope, _replay(body), send)
+
+    async def _answered_from_record(
+        self, collection: Any, claim: Claim, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        record = await collection.find_one({"_id": claim.id})
+        if record is None:
+            return False
+        if record["expires_at"] <= utcnow():
+            await collection.delete_one({"_id": claim.id, "expires_at": record["expires_at"]})
+            return False
+        if record["fingerprint"] != claim.fingerprint:
+            message = "this Idempotency-Key was already used for a different request (other body or query)"
+            await error_response(422, "idempotency_key_reused", message)(scope, receive, send)
+        elif record.get("response") is None:
+            message = (
+                "the request with this Idempotency-Key was carried out, but its answer was not recorded; "
+                "read the resource to see the effect (it happened once)"
+            )
+            await error_response(409, "idempotency_answer_lost", message)(scope, receive, send)
+        else:
+            await _send_recorded(record["response"], send)
+        return True
+
+    async def _run(self, collection: Any, claim: Claim, scope: Scope, receive: Receive, send: Send) -> None:
+        captured = _Captured()
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                captured.status = message["status"]
+                captured.headers = list(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                captured.body.extend(message.get("body", b""))
+            await send(message)
+
+        token = current_claim.set(claim)
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            current_claim.reset(token)
+        if claim.committed:
+            await self._record(collection, claim, captured)
+
+    @staticmethod
+    async def _record(collection: Any, claim: Claim, captured: _Captured) -> None:
+        keep = [(k, v) for k, v in captured.headers if k.lower() in (b"content-type", b"location")]
+        response = {
+            "status": captured.status,
+            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in keep],
+            "body": Binary(bytes(captured.body)),
+        }
+        try:
+            await collection.update_one({"_id": claim.id}, {"$set": {"response": response}})
+        except Exception:
+            # The effect is committed; a retry is told its answer was lost (409), never re-run.
+            log.exception("could not record the answer for an idempotent request")
+
+
+def _principal(scope: Scope, receive: Receive) -> str | None:
+    from crm_platform.auth import current_principal
+
+    try:
+        principal = current_principal(Request(scope, receive))
+    except HTTPException:
+        return None
+    return str(principal.user_id)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+        elif message["type"] == "http.disconnect":
+            return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+async def _send_recorded(response: dict[str, Any], send: Send) -> None:
+    body = bytes(response["body"])
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response["headers"]]
+    headers += [(b"content-length", str(len(body)).encode()), (REPLAYED.encode(), b"true")]
+    await send({"type": "http.response.start", "status": response["status"], "headers": headers})
+    await send({"type": "http.response.body", "body": body})
