@@ -164,6 +164,9 @@ class IdempotencyMiddleware:
                 422, "validation_error", "Idempotency-Key must be 1-200 printable ASCII characters"
             )(scope, receive, send)
             return
+        if key is None and self.default_key is None:
+            await self.app(scope, receive, send)
+            return
         principal = _principal(scope, receive)
         if principal is None:  # no valid token: the route answers 401 itself
             await self.app(scope, receive, send)
