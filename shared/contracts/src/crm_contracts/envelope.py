@@ -4,19 +4,49 @@ Wire format: the Kafka value is the envelope as UTF-8 JSON; the Kafka key is
 ``partition_key`` (the aggregate id, so one aggregate's events stay in order);
 headers repeat ``event_type``, ``schema_version`` and ``event_id`` so routers and
 dead-letter tooling can read them without parsing the body.
+
+Timestamps (the envelope's and every event's) are RFC 3339 strings with a zone
+(``2026-01-31T12:00:00Z``, ``...+02:00``): what the JSON Schemas' ``date-time``
+format always said. Numbers (``"occurred_at": 12`` used to become 1970), dates
+without a time and times without a zone are schema-invalid.
+
+Plausible time, checked by consumers (:func:`implausible_time`): an envelope's
+``occurred_at`` and ``produced_at`` lie within [now - ``MAX_EVENT_AGE``,
+now + ``MAX_CLOCK_SKEW``]. An event outside it is dead-lettered with reason
+``implausible_time``, never clamped, so it cannot reach a latency figure.
+``MAX_EVENT_AGE`` (3 years) exceeds the longest topic retention (365 days) so a
+full replay is always plausible; ``MAX_CLOCK_SKEW`` (5 minutes) tolerates
+producer clocks running ahead of the consumer's.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+MAX_EVENT_AGE = timedelta(days=3 * 365)
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _rfc3339_only(value: object) -> object:
+    """Let through datetimes built in code and RFC 3339 strings; refuse numbers and the rest."""
+    if isinstance(value, datetime) or (isinstance(value, str) and _RFC3339.fullmatch(value)):
+        return value
+    raise ValueError("expected an RFC 3339 timestamp with a zone, e.g. 2026-01-31T12:00:00Z")
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_only)]
+"""A zone-aware instant; on the wire only an RFC 3339 string with a zone."""
 
 
 class Envelope(BaseModel):
@@ -24,9 +54,9 @@ class Envelope(BaseModel):
 
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     event_type: str = Field(min_length=1, description="e.g. 'lead.qualified'")
-    schema_version: int = Field(ge=1)
-    occurred_at: datetime = Field(description="When the business fact happened (UTC)")
-    produced_at: datetime | None = Field(
+    schema_version: int = Field(ge=1, strict=True)  # "1" or 1.0 is not a version
+    occurred_at: Timestamp = Field(description="When the business fact happened (UTC)")
+    produced_at: Timestamp | None = Field(
         default=None, description="When the outbox relay handed it to the broker"
     )
     source: str = Field(min_length=1, description="The emitting service")
@@ -49,3 +79,22 @@ class Envelope(BaseModel):
             ("event_id", str(self.event_id).encode()),
             ("correlation_id", self.correlation_id.encode()),
         ]
+
+
+def implausible_time(envelope: Envelope, *, now: datetime | None = None) -> str | None:
+    """Why the envelope's times are outside the plausible window, or None when they are fine."""
+    now = now or utcnow()
+    earliest, latest = now - MAX_EVENT_AGE, now + MAX_CLOCK_SKEW
+    for name in ("occurred_at", "produced_at"):
+        value: datetime | None = getattr(envelope, name)
+        if value is None:
+            continue
+        try:
+            instant = value.astimezone(UTC)
+        except (OverflowError, ValueError):  # e.g. 0001-01-01T00:00:00+01:00
+            return f"{name} {value.isoformat()} cannot be expressed in UTC"
+        if instant > latest:
+            return f"{name} {instant.isoformat()} is in the future (more than {MAX_CLOCK_SKEW} ahead)"
+        if instant < earliest:
+            return f"{name} {instant.isoformat()} is in the past (older than {MAX_EVENT_AGE.days} days)"
+    return None

@@ -8,6 +8,7 @@ from typing import Any
 from crm_contracts.base import Event
 from crm_contracts.envelope import Envelope, utcnow
 from crm_contracts.events import leads, platform, sales, service_desk
+from crm_contracts.topics import TOPICS_BY_NAME
 
 ALL_EVENTS: tuple[type[Event], ...] = (
     leads.LeadCapturedV1,
@@ -32,6 +33,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
 )
 
 REGISTRY: dict[tuple[str, int], type[Event]] = {(e.event_type, e.version): e for e in ALL_EVENTS}
+TOPIC_BY_EVENT_TYPE: dict[str, str] = {e.event_type: e.topic for e in ALL_EVENTS}
 
 
 class UnknownEventError(Exception):
@@ -76,3 +78,23 @@ def decode(envelope: Envelope) -> Event:
 
 def decode_payload(event_type: str, version: int, payload: dict[str, Any]) -> Event:
     return model_for(event_type, version).model_validate(payload)
+
+
+def wrong_source(topic: str, envelope: Envelope) -> str | None:
+    """Why this envelope may not travel on ``topic`` (a forged handoff), or None.
+
+    From the topic table: the ``source`` must be one of the topic's producers and a
+    known ``event_type`` must be declared for this topic. An event type no contract
+    knows is left to :func:`model_for` (``unknown_version``); a topic outside the
+    table has no rule.
+    """
+    spec = TOPICS_BY_NAME.get(topic)
+    if spec is None:
+        return None
+    if envelope.source not in spec.sources():
+        allowed = ", ".join(sorted(spec.sources()))
+        return f"source {envelope.source!r} may not publish to {topic} (producers: {allowed})"
+    declared = TOPIC_BY_EVENT_TYPE.get(envelope.event_type)
+    if declared is not None and declared != topic:
+        return f"{envelope.event_type} belongs on {declared}, not {topic}"
+    return None

@@ -2,6 +2,12 @@
 
 Provisioning (``crm_platform.topics``) creates missing topics from this table and
 reports mismatches on existing ones; nothing else creates topics.
+
+The table is also the source of truth for who may publish where: a record whose
+envelope ``source`` is not one of its topic's :meth:`TopicSpec.sources` (the owner,
+unless ``producers`` says otherwise), or whose ``event_type`` is declared for another
+topic, is dead-lettered as ``wrong_source``
+(:func:`crm_contracts.registry.wrong_source`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ class TopicSpec:
     retention_ms: int = 30 * DAY_MS
     cleanup_policy: str = "delete"
     configs: dict[str, str] = field(default_factory=dict)
+    producers: tuple[str, ...] = ()  # services that may publish, when not only the owner
+
+    def sources(self) -> frozenset[str]:
+        """The envelope ``source`` values allowed on this topic."""
+        return frozenset(self.producers or (self.owner,))
 
     def topic_configs(self) -> dict[str, str]:
         return {
@@ -62,7 +73,13 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(LEADS_EVENTS, "leads", "Marketing domain events", retention_ms=_YEAR),
     TopicSpec(SALES_EVENTS, "sales", "Sales domain events", retention_ms=_YEAR),
     TopicSpec(SERVICE_DESK_EVENTS, "service-desk", "Service desk domain events", retention_ms=_YEAR),
-    TopicSpec(HANDOFF_RECEIPTS, "platform", "Receiver-side receipts of every handoff"),
+    TopicSpec(
+        HANDOFF_RECEIPTS,
+        "platform",
+        "Receiver-side receipts of every handoff",
+        # The platform library emits a receipt in whichever service received a handoff.
+        producers=("leads", "sales", "service-desk"),
+    ),
     *(
         TopicSpec(dead_letter_topic(s), s, f"Dead letters of the {s} consumer", partitions=1)
         for s in ("leads", "sales", "service-desk", "analytics")

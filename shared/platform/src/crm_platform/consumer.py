@@ -18,7 +18,6 @@ consumer carries on with the next.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,20 +31,20 @@ from aiokafka import (
     ConsumerRecord,
     TopicPartition,
 )
-from crm_contracts import (
-    HANDOFF_BY_EVENT_TYPE,
-    Envelope,
-    Event,
-    UnknownEventError,
-    decode,
-    utcnow,
-)
+from crm_contracts import HANDOFF_BY_EVENT_TYPE, Envelope, Event, utcnow
 from crm_contracts.events.platform import HandoffReceivedV1
 from crm_contracts.topics import dead_letter_topic
-from pydantic import ValidationError
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from crm_platform import metrics, receipts
+from crm_platform.dead_letters import (
+    HANDLER_ERROR,
+    UNREADABLE,
+    Rejected,
+    classify,
+    dead_letter_headers,
+    short,
+)
 from crm_platform.kafka import make_consumer, make_producer
 from crm_platform.logging import correlation_id_var
 from crm_platform.mongo import PROCESSED, Store, Tx, causation_var
@@ -183,14 +182,19 @@ class EventConsumer:
             if not batches:
                 continue
             offsets: dict[TopicPartition, int] = {}
-            # Partitions are independent: their records are handled concurrently,
-            # each partition's strictly in order, so one aggregate's events keep
-            # their order while database round trips overlap across aggregates.
-            await asyncio.gather(
-                *(self._handle_partition(tp, records, offsets) for tp, records in batches.items())
-            )
-            # Effects are stored: only now may the group move past them.
-            await self.consumer.commit(offsets)
+            try:
+                # Partitions are independent: their records are handled concurrently,
+                # each partition's strictly in order, so one aggregate's events keep
+                # their order while database round trips overlap across aggregates.
+                await asyncio.gather(
+                    *(self._handle_partition(tp, records, offsets) for tp, records in batches.items())
+                )
+            finally:
+                # Every record up to these offsets reached its final outcome (effect
+                # stored or dead letter acked): commit them even if another partition
+                # failed, so a reconnect never handles (or dead-letters) them again.
+                if offsets:
+                    await self.consumer.commit(offsets)
 
     async def _fetch(self) -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
         """Wait for records, then take what the other partitions already hold.
@@ -218,36 +222,49 @@ class EventConsumer:
         records: list[ConsumerRecord[Any, Any]],
         offsets: dict[TopicPartition, int],
     ) -> None:
+        assert self.consumer is not None
         for record in records:
             if self._stopping.is_set():
                 return
-            await self.handle_record(record)
+            outcome = await self.handle_record(record)
             offsets[tp] = record.offset + 1
+            if outcome.outcome == "dead_lettered":
+                # A dead letter is not idempotent like an effect (no ledger): commit
+                # at once so even a crash cannot send this record to the DLQ twice.
+                await self.consumer.commit({tp: record.offset + 1})
 
     async def handle_record(self, record: ConsumerRecord[Any, Any]) -> Outcome:
-        """Process one record to a final outcome; only returns once that outcome is durable."""
+        """Process one record to a final outcome; only returns once that outcome is durable.
+
+        Whatever raises while reading the record (decoding, classification,
+        validation, the handler) dead-letters this one record with a reason; only
+        a stop request or a transient error that outlives its retries escapes.
+        """
         started = time.perf_counter()
         event_type = _header(record, "event_type") or "unknown"
+        reason = UNREADABLE  # until the record is classified: then the handler's fault
         try:
-            raw = record.value if isinstance(record.value, bytes) else b""
-            envelope = Envelope.from_bytes(raw)
-            event_type = envelope.event_type
-            event = decode(envelope)
-        except UnknownEventError as exc:
-            return await self._dead_letter(record, event_type, "unknown_version", str(exc))
-        except ValidationError as exc:
-            reason = "schema_invalid" if _looks_like_json_object(record.value) else "malformed"
-            return await self._dead_letter(record, event_type, reason, _short(exc))
-
-        handler = self.handlers.get(envelope.event_type)
-        if handler is None:
-            metrics.EVENTS_CONSUMED.labels(self.config.service, record.topic, event_type, "ignored").inc()
-            return Outcome("ignored")
-
-        outcome = await self._store_effect(record, handler, event, envelope)
-        metrics.PROCESSING_SECONDS.labels(self.config.service, event_type).observe(
-            time.perf_counter() - started
-        )
+            raw = record.value if isinstance(record.value, bytes) else None
+            verdict = classify(raw, topic=record.topic)
+            if isinstance(verdict, Rejected):
+                return await self._dead_letter(
+                    record, verdict.event_type or event_type, verdict.reason, verdict.error
+                )
+            envelope, event = verdict.envelope, verdict.event
+            event_type, reason = envelope.event_type, HANDLER_ERROR
+            handler = self.handlers.get(envelope.event_type)
+            if handler is None:
+                metrics.EVENTS_CONSUMED.labels(self.config.service, record.topic, event_type, "ignored").inc()
+                return Outcome("ignored")
+            outcome = await self._store_effect(record, handler, event, envelope)
+        except Exception as exc:
+            if self._stopping.is_set():
+                raise
+            where = f"{record.topic}[{record.partition}]@{record.offset}"
+            log.exception("cannot handle %s from %s", event_type, where)
+            return await self._dead_letter(record, event_type, reason, short(f"{type(exc).__name__}: {exc}"))
+        elapsed = time.perf_counter() - started
+        metrics.PROCESSING_SECONDS.labels(self.config.service, event_type).observe(elapsed)
         return outcome
 
     async def _store_effect(
@@ -330,25 +347,33 @@ class EventConsumer:
         metrics.EVENTS_CONSUMED.labels(
             self.config.service, record.topic, envelope.event_type, "processed"
         ).inc()
-        if self.after_store is not None:
+        await self._after_store(envelope)
+        return Outcome("processed")
+
+    async def _after_store(self, envelope: Envelope) -> None:
+        """The effect is stored: a failing hook is logged, never turns it into a dead letter."""
+        if self.after_store is None:
+            return
+        try:
             result = self.after_store(envelope)
             if result is not None:
                 await result
-        return Outcome("processed")
+        except Exception:
+            log.exception("after-store hook failed for %s", envelope.event_id)
 
     async def _dead_letter(
         self, record: ConsumerRecord[Any, Any], event_type: str, reason: str, detail: str
     ) -> Outcome:
-        headers = [
-            *[(k, v) for k, v in (record.headers or ()) if not k.startswith("dlq_")],
-            ("dlq_reason", reason.encode()),
-            ("dlq_error", detail[:2000].encode()),
-            ("dlq_consumer_group", self.config.group_id.encode()),
-            ("dlq_source_topic", record.topic.encode()),
-            ("dlq_source_partition", str(record.partition).encode()),
-            ("dlq_source_offset", str(record.offset).encode()),
-            ("dlq_failed_at", utcnow().isoformat().encode()),
-        ]
+        headers = dead_letter_headers(
+            record.headers,
+            reason=reason,
+            error=detail,
+            consumer_group=self.config.group_id,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            failed_at=utcnow(),
+        )
         backoff = 0.2
         while True:
             try:
@@ -385,18 +410,10 @@ def _header(record: ConsumerRecord[Any, Any], name: str) -> str | None:
     return None
 
 
-def _looks_like_json_object(raw: Any) -> bool:
-    try:
-        return isinstance(json.loads(raw), dict)
-    except (ValueError, TypeError):
-        return False
-
-
 def _is_ledger_duplicate(exc: DuplicateKeyError) -> bool:
     details = exc.details or {}
     return PROCESSED in str(details.get("errmsg", "")) or PROCESSED in str(exc)
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc)
-    return text if len(text) < 1500 else text[:1500] + "..."
+    return short(str(exc))

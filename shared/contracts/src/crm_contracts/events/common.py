@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
+
+from crm_contracts.envelope import Timestamp
 
 
 class Value(BaseModel):
@@ -21,7 +22,7 @@ class Contact(Value):
 
 class Consent(Value):
     marketing_email: bool
-    captured_at: datetime | None = None
+    captured_at: Timestamp | None = None
 
 
 class Behaviour(StrEnum):

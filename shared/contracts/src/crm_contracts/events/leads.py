@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import ClassVar
 
 from pydantic import EmailStr, Field
 
 from crm_contracts import topics
 from crm_contracts.base import Event
+from crm_contracts.envelope import Timestamp
 from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason
 
 
@@ -61,7 +61,7 @@ class LeadQualifiedV1(Event):
     campaign: str | None = None
     behaviour_summary: dict[Behaviour, int]
     consent: Consent
-    qualified_at: datetime
+    qualified_at: Timestamp
 
     def partition_key(self) -> str:
         return self.lead_id

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import ClassVar
 
 from crm_contracts import topics
 from crm_contracts.base import Event
+from crm_contracts.envelope import Timestamp
 
 
 class HandoffReceivedV1(Event):
@@ -21,8 +21,8 @@ class HandoffReceivedV1(Event):
     handoff_event_type: str
     from_department: str
     to_department: str
-    occurred_at: datetime
-    stored_at: datetime
+    occurred_at: Timestamp
+    stored_at: Timestamp
     transport_latency_seconds: float
 
     def partition_key(self) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
@@ -10,6 +9,7 @@ from pydantic import Field, model_validator
 
 from crm_contracts import topics
 from crm_contracts.base import Event
+from crm_contracts.envelope import Timestamp
 from crm_contracts.events.common import Contact, Money, Value
 
 
@@ -61,7 +61,7 @@ class LeadAssignedV1(Event):
 
     lead_id: str
     owner: str
-    response_due_at: datetime
+    response_due_at: Timestamp
 
     def partition_key(self) -> str:
         return self.lead_id
@@ -137,7 +137,7 @@ class Product(Value):
 class Commitment(Value):
     commitment_id: str
     description: str = Field(min_length=1)
-    due_date: datetime | None = None
+    due_date: Timestamp | None = None
 
 
 class DealWonV1(Event):
@@ -155,7 +155,7 @@ class DealWonV1(Event):
     value: Money
     commitments: list[Commitment]
     sales_owner: str
-    won_at: datetime
+    won_at: Timestamp
 
     def partition_key(self) -> str:
         return self.deal_id

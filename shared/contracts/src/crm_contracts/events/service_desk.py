@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
@@ -10,6 +9,7 @@ from pydantic import Field
 
 from crm_contracts import topics
 from crm_contracts.base import Event
+from crm_contracts.envelope import Timestamp
 
 
 class OnboardingStartedV1(Event):
@@ -37,8 +37,8 @@ class OnboardingCompletedV1(Event):
     account_id: str
     deal_id: str
     csm: str | None = None
-    started_at: datetime
-    completed_at: datetime
+    started_at: Timestamp
+    completed_at: Timestamp
     duration_seconds: float = Field(ge=0, description="Onboarding started -> last item completed")
 
     def partition_key(self) -> str:

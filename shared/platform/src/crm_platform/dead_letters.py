@@ -1,0 +1,177 @@
+"""Raw Kafka record -> a validated event, or the reason it goes to the dead-letter topic.
+
+One classification for every consumer (the platform's :class:`~crm_platform.consumer.EventConsumer`
+and the analytics faust worker), so dead-letter tooling reads every DLQ alike. The
+reasons, in the order they are checked:
+
+- ``too_large``: the value is over ``MAX_RECORD_BYTES`` (checked before parsing);
+- ``malformed``: empty value or tombstone, invalid UTF-8, not JSON, not a JSON
+  object, a number JSON cannot hold (``1e400``, a 5,000-digit integer, ``NaN``);
+- ``too_deep``: objects/arrays nested deeper than ``MAX_DEPTH`` (an envelope needs
+  about six levels);
+- ``schema_invalid``: a JSON object that fails the envelope or payload contract
+  (also a timestamp that is not an RFC 3339 string with a zone);
+- ``wrong_source``: the envelope's ``source`` or ``event_type`` does not belong to
+  the topic's owner in the topic table (a forged handoff);
+- ``unknown_version``: a type/version pair this build does not know;
+- ``implausible_time``: occurred/produced outside the window of
+  :func:`crm_contracts.envelope.implausible_time`;
+- ``unreadable``: anything else that raised while reading the record (a bug here,
+  never allowed to stop a partition).
+
+``handler_error`` (raised by the consumer's own processing) and business reasons
+raised by handlers complete the list. :func:`classify` never raises.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pydantic_core
+from crm_contracts import Envelope, Event, UnknownEventError, decode
+from crm_contracts.envelope import implausible_time
+from crm_contracts.registry import wrong_source
+from pydantic import ValidationError
+
+TOO_LARGE = "too_large"
+MALFORMED = "malformed"
+TOO_DEEP = "too_deep"
+SCHEMA_INVALID = "schema_invalid"
+WRONG_SOURCE = "wrong_source"
+UNKNOWN_VERSION = "unknown_version"
+IMPLAUSIBLE_TIME = "implausible_time"
+UNREADABLE = "unreadable"
+HANDLER_ERROR = "handler_error"
+
+MAX_RECORD_BYTES = 1024 * 1024  # Kafka's default message.max.bytes; envelopes are a few KB
+MAX_DEPTH = 32
+_MAX_ERROR = 1500
+
+
+@dataclass(frozen=True)
+class Accepted:
+    envelope: Envelope
+    event: Event
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+    error: str
+    event_type: str | None = None
+
+
+def short(text: str) -> str:
+    return text if len(text) <= _MAX_ERROR else text[:_MAX_ERROR] + "..."
+
+
+def classify(
+    raw: bytes | None,
+    *,
+    topic: str | None = None,
+    now: datetime | None = None,
+    max_bytes: int = MAX_RECORD_BYTES,
+) -> Accepted | Rejected:
+    """Validate one record's value as it arrived on ``topic``; never raises."""
+    try:
+        return _classify(raw, topic, now, max_bytes)
+    except RecursionError:
+        return Rejected(TOO_DEEP, "nested too deeply to read")
+    except Exception as exc:  # any bug reading one record must not stop the partition
+        return Rejected(UNREADABLE, short(f"{type(exc).__name__}: {exc}"))
+
+
+def _classify(
+    raw: bytes | None, topic: str | None, now: datetime | None, max_bytes: int
+) -> Accepted | Rejected:
+    if not raw:
+        return Rejected(MALFORMED, "empty message value (tombstone)")
+    if len(raw) > max_bytes:
+        return Rejected(TOO_LARGE, f"{len(raw)} bytes (at most {max_bytes})")
+    shape = _shape_problem(raw)
+    if shape is not None:
+        return shape
+    try:
+        envelope = Envelope.from_bytes(raw)
+    except ValidationError as exc:
+        return Rejected(SCHEMA_INVALID, short(str(exc)))
+    if topic is not None:
+        forged = wrong_source(topic, envelope)
+        if forged is not None:
+            return Rejected(WRONG_SOURCE, forged, envelope.event_type)
+    try:
+        event = decode(envelope)
+    except UnknownEventError as exc:
+        return Rejected(UNKNOWN_VERSION, str(exc), envelope.event_type)
+    except ValidationError as exc:
+        return Rejected(SCHEMA_INVALID, short(str(exc)), envelope.event_type)
+    problem = implausible_time(envelope, now=now)
+    if problem is not None:
+        return Rejected(IMPLAUSIBLE_TIME, problem, envelope.event_type)
+    return Accepted(envelope, event)
+
+
+def _shape_problem(raw: bytes) -> Rejected | None:
+    """Parse with a bounded (non-recursive-in-Python) parser and check the shape."""
+    try:
+        doc = pydantic_core.from_json(raw, allow_inf_nan=False)
+    except ValueError as exc:
+        if "recursion limit" in str(exc):
+            return Rejected(TOO_DEEP, short(str(exc)))
+        return Rejected(MALFORMED, short(f"not JSON: {exc}"))
+    if not isinstance(doc, dict):
+        return Rejected(MALFORMED, f"not a JSON object but a JSON {type(doc).__name__}")
+    return _walk(doc)
+
+
+def _walk(doc: dict[str, Any]) -> Rejected | None:
+    """Depth and numbers of a parsed document, iteratively (no Python recursion)."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return Rejected(TOO_DEEP, f"nested deeper than {MAX_DEPTH} levels")
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+            elif isinstance(child, float) and not math.isfinite(child):
+                return Rejected(MALFORMED, "a number out of range (not a finite double)")
+    return None
+
+
+Headers = Iterable[tuple[str, bytes | None]] | Mapping[str, bytes | None] | None
+
+
+def dead_letter_headers(
+    original: Headers,
+    *,
+    reason: str,
+    error: str,
+    consumer_group: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    failed_at: datetime,
+) -> list[tuple[str, bytes]]:
+    """The original headers (minus any earlier ``dlq_*``) plus where and why it failed.
+
+    (``dlq_consumer_group``, ``dlq_source_topic``, ``dlq_source_partition``,
+    ``dlq_source_offset``) identify the dead letter: tooling may deduplicate on it.
+    """
+    pairs = original.items() if isinstance(original, Mapping) else (original or ())
+    kept = [(str(k), bytes(v or b"")) for k, v in pairs if not str(k).startswith("dlq_")]
+    return [
+        *kept,
+        ("dlq_reason", reason.encode()),
+        ("dlq_error", error[:2000].encode(errors="replace")),
+        ("dlq_consumer_group", consumer_group.encode()),
+        ("dlq_source_topic", topic.encode()),
+        ("dlq_source_partition", str(partition).encode()),
+        ("dlq_source_offset", str(offset).encode()),
+        ("dlq_failed_at", failed_at.isoformat().encode()),
+    ]
