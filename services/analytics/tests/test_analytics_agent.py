@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any, cast
 
 import pytest
 from analytics import store
 from analytics.domain.engine import AnalyticsState
 from analytics.settings import AnalyticsSettings
 from analytics.worker import AnalyticsWorker
+from crm_contracts.topics import LEADS_EVENTS
+from crm_platform.dead_letters import Rejected
 from crm_platform.mongo import connect
 
 
@@ -79,7 +82,9 @@ async def test_snapshot_is_written_after_recovery_and_only_when_figures_change(m
         assert await worker.snapshot_tick() is True  # the recovered figures, once
         assert await worker.snapshot_tick() is False  # nothing changed since
 
-        message = type("Message", (), {"value": journey.captured("lead-1", "web").to_bytes()})
+        message = type(
+            "Message", (), {"value": journey.captured("lead-1", "web").to_bytes(), "topic": LEADS_EVENTS}
+        )
         await worker.handle(message)
         assert await worker.snapshot_tick() is True
         await worker.handle(message)  # redelivered: no change, no write
@@ -94,3 +99,68 @@ async def test_snapshot_is_written_after_recovery_and_only_when_figures_change(m
     finally:
         await worker._on_before_shutdown(worker.app, signal=None)
         await client.close()
+
+
+async def test_agent_dead_letters_poison_and_implausible_records_and_carries_on(journey, monkeypatch):
+    worker = make_worker()
+    parked = []
+
+    async def dead_letter(message, reason, error, event_type=None):
+        parked.append(reason)
+
+    monkeypatch.setattr(worker, "dead_letter", dead_letter)
+    absurd = journey.receipt("lead-qualified", "event-absurd", 1e8, when=0)
+    negative = journey.receipt("lead-qualified", "event-negative", -3600.0, when=7200)
+    async with worker.agent.test_context() as agent:
+        await agent.put(b"[" * 1000 + b"]" * 1000)  # RecursionError in the old intake
+        await agent.put(b'{"a": 1e400}')
+        await agent.put(b"")
+        await agent.put(absurd.to_bytes())
+        await agent.put(negative.to_bytes())
+        await agent.put(journey.receipt("lead-qualified", "event-ok", 0.004, when=60).to_bytes())
+        await agent.put(journey.captured("lead-1").to_bytes())
+    assert parked == ["too_deep", "malformed", "malformed", "implausible_time", "implausible_time"]
+    summary = worker.state.figures.summary()
+    assert summary["funnel"]["stages"]["captured"] == 1, "the records behind the poison were folded"
+    assert summary["handoffs"]["lead-qualified"]["transport"]["count"] == 1
+    assert summary["handoffs"]["lead-qualified"]["transport"]["p99"] < 1
+
+
+async def test_fold_never_raises(journey, monkeypatch):
+    import analytics.worker as module
+
+    worker = make_worker()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the engine")
+
+    monkeypatch.setattr(module, "apply", broken)
+    message = type("Message", (), {"value": journey.captured("lead-1").to_bytes(), "topic": LEADS_EVENTS})
+    verdict = worker.fold(message)
+    assert isinstance(verdict, Rejected)
+    assert (verdict.reason, verdict.event_type) == ("handler_error", "lead.captured")
+
+
+async def test_a_crash_looping_agent_gives_up_once_its_restart_budget_is_spent():
+    from analytics.worker import crash_loop_supervisor
+
+    reasons: list[BaseException | None] = []
+    supervisor_class = crash_loop_supervisor(3, 60.0, reasons.append)
+    supervisor = supervisor_class(max_restarts=100.0, over=1.0)  # faust's own values are overridden
+
+    class Crashing:
+        crash_reason = RuntimeError("changelog unavailable")
+        restarts = 0
+
+        async def restart(self):
+            self.restarts += 1
+
+    service = cast(Any, Crashing())  # the supervisor only calls restart() and reads crash_reason
+    for _ in range(3):
+        await supervisor.restart_service(service)
+    assert (service.restarts, reasons) == (3, []), "within the budget: restarted"
+    for _ in range(3):
+        await supervisor.restart_service(service)
+    assert service.restarts == 3, "no restart once the budget is spent"
+    assert reasons
+    assert str(reasons[0]) == "changelog unavailable"

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from analytics.main import create_app
 from analytics.worker import SOURCE_TOPICS
 from crm_contracts.registry import model_for
-from crm_contracts.topics import LEADS_EVENTS, SALES_EVENTS, dead_letter_topic
+from crm_contracts.topics import DEAL_WON, LEADS_EVENTS, dead_letter_topic
 from crm_platform.testing import (
     TopicReader,
     auth_headers,
@@ -165,7 +165,7 @@ async def test_worker_computes_funnel_and_latencies_and_dead_letters(
 ):
     run = uuid.uuid4().hex[:8]
     lead, deal, channel = f"lead-{run}", f"deal-{run}", f"it-{run}"
-    base = datetime.now(UTC)
+    base = datetime.now(UTC) - timedelta(hours=3)  # the journey's last step is 2 h in: not in the future
     captured = journey.captured(lead, channel, when=0, base=base)
     qualified = journey.qualified(lead, channel, when=60, base=base)
     accepted = journey.verdict(lead, "accepted", when=360, base=base)
@@ -202,7 +202,7 @@ async def test_worker_computes_funnel_and_latencies_and_dead_letters(
         )
         future = json.loads(won.to_bytes())
         future["schema_version"] = 7
-        await produce(kafka_bootstrap, SALES_EVENTS, json.dumps(future).encode(), key=f"v7-{run}".encode())
+        await produce(kafka_bootstrap, DEAL_WON, json.dumps(future).encode(), key=f"v7-{run}".encode())
 
         settings = make_settings("analytics", MONGODB_DATABASE=worker.env["MONGODB_DATABASE"])
         async with running_app(create_app(settings)) as client:
@@ -261,7 +261,7 @@ async def test_worker_computes_funnel_and_latencies_and_dead_letters(
     assert next(r.value for r in mine if r.key == f"bad-{run}".encode()) == garbage
     v7 = by_key[f"v7-{run}".encode()]
     assert v7["dlq_reason"] == b"unknown_version"
-    assert v7["dlq_source_topic"] == SALES_EVENTS.encode()
+    assert v7["dlq_source_topic"] == DEAL_WON.encode()
 
     # A clean stop on SIGTERM.
     worker.proc.send_signal(signal.SIGTERM)

@@ -31,17 +31,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from crm_contracts import utcnow
+from crm_platform.dead_letters import Accepted, classify
 from crm_platform.kafka import make_consumer
 from crm_platform.kafka_security import aiokafka_security
 
 from analytics.domain.engine import AnalyticsState, apply, figure_values, merge_state
-from analytics.domain.intake import Accepted, parse
 
 log = logging.getLogger("crm.analytics.reconcile")
 
@@ -123,14 +123,18 @@ async def replay_log(
                     if record.offset >= targets[tp]:
                         break
                     scanned += 1
-                    _fold(state, record.value)
+                    _fold(state, record)
     finally:
         await consumer.stop()
     return state, scanned
 
 
-def _fold(state: AnalyticsState, raw: bytes | None) -> None:
-    outcome = parse(raw)
+def _fold(state: AnalyticsState, record: ConsumerRecord[Any, Any]) -> None:
+    """Fold one replayed record as the worker did: the same classification, and the
+    plausible-time window around the record's own timestamp, not today's, so a record
+    dead-lettered as implausible then does not count now (nor the reverse)."""
+    appended = datetime.fromtimestamp(record.timestamp / 1000, UTC)
+    outcome = classify(record.value, topic=record.topic, now=appended)
     if not isinstance(outcome, Accepted):
         return  # the worker dead-lettered it: it counts for nothing there either
     try:

@@ -56,6 +56,15 @@ class AnalyticsSettings(ServiceSettings):
         description="replay the log and repair the facts every so often, and after each "
         "table recovery; 0 turns reconciliation off",
     )
+    max_restarts: int = Field(
+        default=10,
+        validation_alias="CRM_ANALYTICS_MAX_RESTARTS",
+        ge=1,
+        description="agent restarts tolerated within the window before the worker exits 1",
+    )
+    restart_window_seconds: float = Field(
+        default=60.0, validation_alias="CRM_ANALYTICS_RESTART_WINDOW_SECONDS", gt=0
+    )
     table_partitions: int = Field(
         # Changelog partitions must equal the source topics' partitions (faust maps
         # changelog partition n to source partition n when recovering).

@@ -2,9 +2,18 @@
 
 A faust-streaming app (id ``CRM_ANALYTICS_APP_ID``, default ``crm-analytics``; it is
 also the consumer group) with one agent over every department's topics. The agent
-is thin: it parses the raw bytes with the contracts (anything bad goes to
-``crm.dlq.analytics`` with the original bytes and ``dlq_*`` headers, and the agent
-carries on) and hands the event to :func:`analytics.domain.engine.apply`.
+is thin: it reads the raw bytes with the platform's dead-letter classification
+(:func:`crm_platform.dead_letters.classify`, the one the departments' consumers use)
+and hands the event to :func:`analytics.domain.engine.apply`. Whatever raises while
+reading or folding one record sends that record to ``crm.dlq.analytics`` once, with
+the original bytes and ``dlq_*`` headers, and the agent carries on.
+
+Only a failure to store (the dead letter or the changelog writes) crashes the actor:
+faust restarts it and the record, never acked, comes again. If actors keep crashing
+(more than ``CRM_ANALYTICS_MAX_RESTARTS`` restarts within
+``CRM_ANALYTICS_RESTART_WINDOW_SECONDS``) the worker stops and exits with status 1,
+so its supervisor (``make run``, Kubernetes) restarts the process; faust's own
+default would give up on the agent and leave a live process with frozen figures.
 
 State lives in three faust tables (in-memory store, changelog topics
 ``<app id>-{leads,deals,receipts}-changelog``) holding *facts* keyed by lead id,
@@ -23,6 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -38,15 +51,23 @@ from crm_contracts.topics import (
     SERVICE_DESK_EVENTS,
     dead_letter_topic,
 )
+from crm_platform.dead_letters import (
+    HANDLER_ERROR,
+    IMPLAUSIBLE_TIME,
+    Accepted,
+    Rejected,
+    classify,
+    dead_letter_headers,
+)
 from crm_platform.kafka import ensure_topics, pace_empty_fetches
 from crm_platform.liveness import ConsumerWatchdog, PartitionTracker, WatchdogConfig, harden_aiokafka
 from crm_platform.logging import configure_logging
 from crm_platform.mongo import connect
+from mode import OneForOneSupervisor, ServiceT
 from pymongo import AsyncMongoClient
 
 from analytics import store
-from analytics.domain.engine import AnalyticsState, apply, rebuild_figures
-from analytics.domain.intake import HANDLER_ERROR, Accepted, dead_letter_headers, parse
+from analytics.domain.engine import AnalyticsState, ImplausibleEvent, apply, rebuild_figures
 from analytics.reconcile import Reconciler, Report, committed_offsets, log_report, reconcile
 from analytics.settings import AnalyticsSettings
 
@@ -115,6 +136,35 @@ class ConfirmedTable(faust.Table):
         return pending
 
 
+EXIT_CRASH_LOOP = 1
+
+
+def crash_loop_supervisor(
+    max_restarts: int, window_seconds: float, give_up: Callable[[BaseException | None], None]
+) -> type[OneForOneSupervisor]:
+    """faust's one-for-one actor supervisor, with our bound and our way of giving up.
+
+    faust builds it with 100 restarts a second and, past that, raises ``SystemExit``
+    inside a background task, which leaves the process alive with a dead agent.
+    """
+
+    class ExitOnCrashLoop(OneForOneSupervisor):
+        def __init__(self, *services: ServiceT, **kwargs: Any) -> None:
+            # mode's token bucket holds ``over`` tokens and refills ``max_restarts`` a
+            # second: ``max_restarts`` restarts in a burst, ``max_restarts`` per window
+            # sustained.
+            kwargs.update(max_restarts=max_restarts / window_seconds, over=float(max_restarts))
+            super().__init__(*services, **kwargs)
+
+        async def restart_service(self, service: ServiceT) -> None:
+            try:
+                await super().restart_service(service)
+            except SystemExit:  # raised by mode once the restart budget is spent
+                give_up(service.crash_reason)
+
+    return ExitOnCrashLoop
+
+
 class AnalyticsWorker:
     """The faust app with its tables, agent and snapshot timer, built from settings."""
 
@@ -159,7 +209,12 @@ class AnalyticsWorker:
         # writes of many events travel together. The folds are order-insensitive, and
         # faust commits only up to the first offset not yet acked.
         self.agent = self.app.agent(
-            self.source, name="analytics-events", concurrency=settings.agent_concurrency
+            self.source,
+            name="analytics-events",
+            concurrency=settings.agent_concurrency,
+            supervisor_strategy=crash_loop_supervisor(
+                settings.max_restarts, settings.restart_window_seconds, self.give_up
+            ),
         )(self._process)
         self.app.timer(settings.snapshot_interval_seconds, name="analytics-snapshot")(self.snapshot_tick)
         # Replays the log against the facts after each recovery and every interval.
@@ -172,6 +227,7 @@ class AnalyticsWorker:
         self._written_version = -1
         self._mongo: AsyncMongoClient[dict[str, Any]] | None = None
         self.dead_lettered = 0
+        self.crash_looping = False
 
     # -- the agent ---------------------------------------------------------------
     async def _process(self, stream: Any) -> None:
@@ -179,30 +235,41 @@ class AnalyticsWorker:
             await self.handle(event.message)
 
     async def handle(self, message: Any) -> None:
-        """One Kafka message: validate, fold into the state, or dead-letter it."""
-        self._maybe_rebuild()
-        outcome = parse(message.value)
-        if not isinstance(outcome, Accepted):
-            await self.dead_letter(message, outcome.reason, outcome.error, outcome.event_type)
-            return
-        failure: Exception | None = None
-        try:
-            apply(self.state, outcome.envelope, outcome.event)
-        except Exception as exc:  # our bug: park the event, keep consuming
-            failure = exc
+        """One Kafka message: fold it into the state, or dead-letter it once with the reason."""
+        verdict = self.fold(message)
         # This event's changelog writes, taken before any await so that no other actor
         # can take (and wait for) them instead.
         pending = [fut for table in self.tables.values() for fut in table.take_unconfirmed()]
-        if failure is not None:
-            log.error("cannot apply %s", outcome.envelope.event_type, exc_info=failure)
-            await self.dead_letter(
-                message, HANDLER_ERROR, f"{type(failure).__name__}: {failure}", outcome.envelope.event_type
-            )
+        if isinstance(verdict, Rejected):
+            await self.dead_letter(message, verdict.reason, verdict.error, verdict.event_type)
         if pending:
             # Only once its facts are in the changelog may faust ack (and commit) the
             # event. A failure propagates: faust restarts the actor and the event, never
             # acked, is delivered again (its facts are rewritten, idempotently).
             await asyncio.gather(*pending)
+
+    def fold(self, message: Any) -> Accepted | Rejected:
+        """Classify and apply one message; never raises (a raise would stop the partition)."""
+        verdict: Accepted | Rejected = Rejected(HANDLER_ERROR, "not read")
+        try:
+            self._maybe_rebuild()
+            verdict = classify(message.value, topic=message.topic)
+            if isinstance(verdict, Accepted):
+                apply(self.state, verdict.envelope, verdict.event)
+            return verdict
+        except ImplausibleEvent as exc:
+            return Rejected(IMPLAUSIBLE_TIME, str(exc), _event_type(verdict))
+        except Exception as exc:  # our bug: park the event, keep consuming
+            log.error("cannot apply %s", _event_type(verdict) or "message", exc_info=exc)
+            return Rejected(HANDLER_ERROR, f"{type(exc).__name__}: {exc}"[:1500], _event_type(verdict))
+
+    def give_up(self, reason: BaseException | None) -> None:
+        """Actors keep crashing: stop the worker so that main() exits non-zero."""
+        if self.crash_looping:
+            return
+        self.crash_looping = True
+        log.critical("analytics agent crash-looping (last: %r); stopping the worker", reason)
+        os.kill(os.getpid(), signal.SIGTERM)  # faust's worker stops gracefully on it
 
     async def dead_letter(self, message: Any, reason: str, error: str, event_type: str | None = None) -> None:
         headers = dead_letter_headers(
@@ -313,6 +380,10 @@ class AnalyticsWorker:
                 self._mongo = None
 
 
+def _event_type(verdict: Accepted | Rejected) -> str | None:
+    return verdict.envelope.event_type if isinstance(verdict, Accepted) else verdict.event_type
+
+
 def logging_config(settings: AnalyticsSettings) -> dict[str, Any]:
     """The platform's JSON log lines, for faust's own logging setup."""
     quiet = ("aiokafka", "kafka", "pymongo", "faust.transport", "mode")
@@ -384,12 +455,16 @@ def main() -> None:
     worker = AnalyticsWorker(settings)
     watch_progress(worker.app, settings)
     log.info("starting analytics worker %s on %s", settings.app_id, settings.faust_broker)
-    faust.Worker(
-        worker.app,
-        loglevel=settings.log_level,
-        logging_config=logging_config(settings),
-        redirect_stdouts=False,
-    ).execute_from_commandline()
+    try:
+        faust.Worker(
+            worker.app,
+            loglevel=settings.log_level,
+            logging_config=logging_config(settings),
+            redirect_stdouts=False,
+        ).execute_from_commandline()
+    finally:
+        if worker.crash_looping:  # overrides faust's own exit status 0 after SIGTERM
+            sys.exit(EXIT_CRASH_LOOP)
 
 
 if __name__ == "__main__":

@@ -1,1 +1,1 @@
-"""Pure analytics rules: facts, figures, histograms, intake. No I/O, no faust, no pymongo."""
+"""Pure analytics rules: facts, figures, histograms. No I/O, no faust, no pymongo."""

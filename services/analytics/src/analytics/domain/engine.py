@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from crm_contracts import Envelope, Event
 from crm_contracts.events.leads import LeadCapturedV1, LeadQualifiedV1
@@ -27,7 +27,7 @@ from crm_contracts.events.platform import HandoffReceivedV1
 from crm_contracts.events.sales import DealWonV1, LeadVerdictV1, Verdict
 from crm_contracts.events.service_desk import OnboardingStartedV1
 
-from analytics.domain.facts import DealFacts, LeadFacts, ReceiptFact, epoch
+from analytics.domain.facts import DealFacts, LeadFacts, ReceiptFact, epoch, plausible_latency
 from analytics.domain.figures import (
     Figures,
     deal_contribution,
@@ -36,6 +36,10 @@ from analytics.domain.figures import (
 )
 
 Table = MutableMapping[str, Any]
+
+
+class ImplausibleEvent(ValueError):
+    """A contract-valid event whose figures cannot be real (the worker dead-letters it)."""
 
 
 @dataclass
@@ -77,6 +81,8 @@ def apply(state: AnalyticsState, envelope: Envelope, event: Event) -> AnalyticsS
     elif isinstance(event, OnboardingStartedV1):
         _update_deal(state, event.deal_id, lambda f: f.with_onboarding(at))
     elif isinstance(event, HandoffReceivedV1):
+        if not plausible_latency(event.transport_latency_seconds):
+            raise ImplausibleEvent(f"transport latency {event.transport_latency_seconds} s")
         _update_receipt(
             state, event.handoff_event_id, ReceiptFact(event.handoff, event.transport_latency_seconds)
         )
@@ -125,15 +131,18 @@ def _update_receipt(state: AnalyticsState, key: str, receipt: ReceiptFact) -> No
 def rebuild_figures(state: AnalyticsState) -> AnalyticsState:
     """Recompute every figure from the facts (after the tables were recovered)."""
     figures = Figures(version=state.figures.version + 1)
-    leads = {key: LeadFacts.from_json(doc) for key, doc in list(state.leads.items()) if doc}
-    for lead in leads.values():
-        figures.add(lead_contribution(lead))
+    leads: dict[str, LeadFacts] = {}
+    for key, doc in list(state.leads.items()):
+        lead = _readable(LeadFacts.from_json, doc)
+        if lead is not None:
+            leads[key] = lead
+            figures.add(lead_contribution(lead))
     for doc in list(state.deals.values()):
-        if doc:
-            deal = DealFacts.from_json(doc)
+        deal = _readable(DealFacts.from_json, doc)
+        if deal is not None:
             figures.add(deal_contribution(deal, leads.get(deal.lead_id or "")))
     for doc in list(state.receipts.values()):
-        figures.add(receipt_contribution(ReceiptFact.from_json(doc)))
+        figures.add(receipt_contribution(_readable(ReceiptFact.from_json, doc)))
     state.figures = figures
     return state
 
@@ -170,3 +179,16 @@ def figure_values(figures: Figures) -> dict[str, int]:
             if stats is not None:
                 values[f"{kind}_samples:{name}"] = int(stats["count"])
     return values
+
+
+F = TypeVar("F")
+
+
+def _readable(read: Callable[[Any], F | None], doc: Any) -> F | None:
+    """A stored fact, or None when it is empty or unreadable: a recovery never crashes on one."""
+    if not doc:
+        return None
+    try:
+        return read(doc)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None

@@ -12,11 +12,16 @@ Times are epoch seconds (floats).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from crm_contracts.envelope import MAX_CLOCK_SKEW, MAX_EVENT_AGE
+
 MAX_QUALIFICATIONS = 8  # re-qualifications kept per lead (the most recent ones)
+MAX_CLOCK_SKEW_SECONDS = MAX_CLOCK_SKEW.total_seconds()
+MAX_EVENT_AGE_SECONDS = MAX_EVENT_AGE.total_seconds()
 
 
 def epoch(moment: datetime) -> float:
@@ -156,6 +161,12 @@ class DealFacts:
         if not doc:
             return cls()
         return cls(won_at=doc.get("won_at"), lead_id=doc.get("lead_id"), onboarded_at=doc.get("onboarded_at"))
+
+
+def plausible_latency(seconds: float) -> bool:
+    """A latency a real handoff can have: finite, not negative beyond the contracts' clock-skew
+    allowance, not longer than the oldest plausible event (``crm_contracts.envelope``)."""
+    return math.isfinite(seconds) and -MAX_CLOCK_SKEW_SECONDS <= seconds <= MAX_EVENT_AGE_SECONDS
 
 
 @dataclass(frozen=True)

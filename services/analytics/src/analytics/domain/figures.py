@@ -14,7 +14,7 @@ from typing import Any
 
 from crm_contracts import HANDOFFS
 
-from analytics.domain.facts import DealFacts, LeadFacts, ReceiptFact
+from analytics.domain.facts import DealFacts, LeadFacts, ReceiptFact, plausible_latency
 from analytics.domain.histogram import LatencyHistogram
 
 CAPTURED, QUALIFIED, ACCEPTED, WON, ONBOARDED = (
@@ -91,7 +91,9 @@ def deal_contribution(deal: DealFacts | None, lead: LeadFacts | None) -> Contrib
 
 
 def receipt_contribution(receipt: ReceiptFact | None) -> Contribution:
-    if receipt is None:
+    # An implausible latency never reaches a percentile, even one stored before the
+    # intake refused them (a fact recovered from an old changelog).
+    if receipt is None or not plausible_latency(receipt.latency):
         return NOTHING
     return Contribution(sample=(receipt.handoff, TRANSPORT, receipt.latency))
 
