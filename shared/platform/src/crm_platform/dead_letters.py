@@ -13,9 +13,10 @@ reasons, in the order they are checked:
   (also a timestamp that is not an RFC 3339 string with a zone);
 - ``wrong_source``: the envelope's ``source`` or ``event_type`` does not belong to
   the topic's owner in the topic table (a forged handoff);
-- ``unknown_version``: a type/version pair this build does not know;
 - ``implausible_time``: occurred/produced outside the window of
   :func:`crm_contracts.envelope.implausible_time`;
+- ``unknown_version``: a type/version pair this build does not know;
+- ``schema_invalid`` again: a payload that fails its (type, version) contract;
 - ``unreadable``: anything else that raised while reading the record (a bug here,
   never allowed to stop a partition).
 
@@ -47,7 +48,7 @@ IMPLAUSIBLE_TIME = "implausible_time"
 UNREADABLE = "unreadable"
 HANDLER_ERROR = "handler_error"
 
-MAX_RECORD_BYTES = 1024 * 1024  # Kafka's default message.max.bytes; envelopes are a few KB
+MAX_RECORD_BYTES = 512 * 1024  # envelopes are a few KB; Kafka's default limit is 1 MiB
 MAX_DEPTH = 32
 _MAX_ERROR = 1500
 
@@ -103,15 +104,15 @@ def _classify(
         forged = wrong_source(topic, envelope)
         if forged is not None:
             return Rejected(WRONG_SOURCE, forged, envelope.event_type)
+    problem = implausible_time(envelope, now=now)
+    if problem is not None:
+        return Rejected(IMPLAUSIBLE_TIME, problem, envelope.event_type)
     try:
         event = decode(envelope)
     except UnknownEventError as exc:
         return Rejected(UNKNOWN_VERSION, str(exc), envelope.event_type)
     except ValidationError as exc:
         return Rejected(SCHEMA_INVALID, short(str(exc)), envelope.event_type)
-    problem = implausible_time(envelope, now=now)
-    if problem is not None:
-        return Rejected(IMPLAUSIBLE_TIME, problem, envelope.event_type)
     return Accepted(envelope, event)
 
 
