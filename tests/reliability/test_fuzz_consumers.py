@@ -101,7 +101,7 @@ async def _send(bootstrap: str, records: list[FuzzRecord]) -> None:
         await producer.stop()
 
 
-async def _send_valid_handoffs(bootstrap: str) -> dict[str, list[Envelope]]:
+async def _send_valid_handoffs(bootstrap: str, run: str) -> dict[str, list[Envelope]]:
     """One valid handoff on every partition of every handoff topic."""
     sent: dict[str, list[Envelope]] = {}
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
@@ -109,7 +109,7 @@ async def _send_valid_handoffs(bootstrap: str) -> dict[str, list[Envelope]]:
     try:
         for topic in (LEAD_QUALIFIED, LEAD_VERDICT, DEAL_WON, ACCOUNT_SIGNAL):
             for partition in sorted(await producer.partitions_for(topic)):
-                env = valid_handoff(topic, RUN, partition)
+                env = valid_handoff(topic, run, partition)
                 await producer.send_and_wait(
                     topic,
                     env.to_bytes(),
@@ -161,13 +161,6 @@ async def _read_to_end(reader: TopicReader) -> list[Any]:
     return reader.records
 
 
-def _fuzz_id(record: Any) -> str | None:
-    for key, value in record.headers or ():
-        if key == FUZZ_HEADER:
-            return bytes(value).decode()
-    return None
-
-
 @pytest.mark.timeout(600)  # about a minute alone; several times that on a loaded 2-core box
 async def test_every_malformed_record_is_dead_lettered_once_and_every_consumer_keeps_going(
     consumers: Platform, kafka_bootstrap: str
@@ -175,30 +168,57 @@ async def test_every_malformed_record_is_dead_lettered_once_and_every_consumer_k
     ensure_topics(kafka_bootstrap)
     records = generate(RECORDS, list(SOURCE_TOPICS), seed=SEED, run=RUN)
     assert len(records) >= 10_000 or RECORDS < 10_000
+    shapes = Counter((r.shape, r.topic) for r in records)
+    assert len(shapes) == len({r.shape for r in records}) * len(SOURCE_TOPICS), "every shape on every topic"
     dlqs = await TopicReader(kafka_bootstrap, *(dead_letter_topic(s) for s in CONSUMERS)).start()
     receipts = await TopicReader(kafka_bootstrap, HANDOFF_RECEIPTS).start()
     try:
         started = time.monotonic()
         await _send(kafka_bootstrap, records)
-        valid = await _send_valid_handoffs(kafka_bootstrap)
+        valid = await _send_valid_handoffs(kafka_bootstrap, RUN)
         sent_in = time.monotonic() - started
-
-        async def drained() -> dict[str, int] | None:
-            for name, proc in consumers.procs.items():
-                assert proc.poll() is None, f"{name} exited with {proc.returncode}"
-            lag = await _lag(kafka_bootstrap)
-            return lag if not any(lag.values()) else None
-
-        await eventually(drained, timeout=420, interval=1.0, what="every consumer group caught up")
+        await _drain(consumers, kafka_bootstrap)
         drained_in = time.monotonic() - started
-        dead_letters = await _read_to_end(dlqs)
-        handoff_receipts = await _read_to_end(receipts)
+        print(f"\n{len(records)} records sent in {sent_in:.1f} s, all drained after {drained_in:.1f} s")
+        _assert_each_dead_lettered_once(records, await _read_to_end(dlqs))
+        _assert_handled(valid, await _read_to_end(dlqs), await _read_to_end(receipts))
+
+        # Restarted, the consumers start cleanly and repeat nothing: every outcome was committed.
+        worker = consumers.procs["analytics-worker"]
+        consumers.stop(("analytics-worker", "sales"))
+        assert worker.returncode == 0, f"the analytics worker exited with {worker.returncode}"
+        consumers.start(("analytics-worker", "sales"))
+        consumers.wait_ready(timeout=90, names=("sales",))
+        again = await _send_valid_handoffs(kafka_bootstrap, f"{RUN}-again")
+        await _drain(consumers, kafka_bootstrap)
+        _assert_each_dead_lettered_once(records, await _read_to_end(dlqs))
+        _assert_handled(again, await _read_to_end(dlqs), await _read_to_end(receipts))
     finally:
         await dlqs.stop()
         await receipts.stop()
-    print(f"\n{len(records)} records sent in {sent_in:.1f} s, every group drained after {drained_in:.1f} s")
 
-    # Every record: once in the DLQ of every consumer of its topic, with its reason.
+
+async def _drain(consumers: Platform, bootstrap: str) -> None:
+    """Every group has committed up to the end of its topics, every process still running."""
+
+    async def drained() -> dict[str, int] | None:
+        for name, proc in consumers.procs.items():
+            assert proc.poll() is None, f"{name} exited with {proc.returncode}"
+        lag = await _lag(bootstrap)
+        return lag if not any(lag.values()) else None
+
+    await eventually(drained, timeout=420, interval=1.0, what="every consumer group caught up")
+
+
+def _ours(dead_letters: list[Any]) -> list[tuple[Any, dict[str, bytes]]]:
+    """Dead letters written by this test's groups (the e2e platform's share the DLQ topics)."""
+    groups = {dead_letter_topic(service): group.encode() for service, group in GROUPS.items()}
+    pairs = [(d, {k: bytes(v or b"") for k, v in d.headers or ()}) for d in dead_letters]
+    return [(d, h) for d, h in pairs if h.get("dlq_consumer_group") == groups[d.topic]]
+
+
+def _assert_each_dead_lettered_once(records: list[FuzzRecord], dead_letters: list[Any]) -> None:
+    """Every record: once in the DLQ of every consumer of its topic, with its reason."""
     expected = Counter(
         (dead_letter_topic(service), r.fuzz_id, r.reason)
         for r in records
@@ -206,25 +226,22 @@ async def test_every_malformed_record_is_dead_lettered_once_and_every_consumer_k
         if r.topic in topics
     )
     got = Counter(
-        (d.topic, fuzz_id, dict(d.headers).get("dlq_reason", b"").decode())
-        for d in dead_letters
-        if (fuzz_id := _fuzz_id(d)) is not None and fuzz_id.startswith(f"fuzz-{RUN}-")
+        (d.topic, h[FUZZ_HEADER].decode(), h.get("dlq_reason", b"").decode())
+        for d, h in _ours(dead_letters)
+        if h.get(FUZZ_HEADER, b"").startswith(f"fuzz-{RUN}-".encode())
     )
     missing, extra = expected - got, got - expected
     assert not missing, f"{sum(missing.values())} not dead-lettered (as expected), e.g. {list(missing)[:5]}"
     assert not extra, f"{sum(extra.values())} dead-lettered twice or wrongly, e.g. {list(extra)[:5]}"
-    shapes = Counter((r.shape, r.topic) for r in records)
-    assert len(shapes) == len({r.shape for r in records}) * len(SOURCE_TOPICS), "every shape on every topic"
 
-    # A valid handoff on every partition still arrives at its receiver.
-    receipt_ids = {env.payload.get("handoff_event_id") for env in _envelopes(handoff_receipts)}
+
+def _assert_handled(valid: dict[str, list[Envelope]], dead_letters: list[Any], receipts: list[Any]) -> None:
+    """A valid handoff on every partition still arrives at its receiver."""
+    receipt_ids = {env.payload.get("handoff_event_id") for env in _envelopes(receipts)}
     for topic in (LEAD_QUALIFIED, DEAL_WON, ACCOUNT_SIGNAL):
         missed = [str(env.event_id) for env in valid[topic] if str(env.event_id) not in receipt_ids]
         assert not missed, f"no receipt for the valid {topic} handoffs {missed}"
-    refused = {
-        dict(d.headers).get("event_id", b"").decode(): dict(d.headers)["dlq_reason"].decode()
-        for d in dead_letters
-    }
+    refused = {h.get("event_id", b"").decode(): h["dlq_reason"].decode() for _, h in _ours(dead_letters)}
     for topic, rule in HANDOFF_RULES.items():
         for env in valid[topic]:
             assert refused.get(str(env.event_id)) == rule, f"{topic} handoff {env.event_id} not handled"
