@@ -1,8 +1,10 @@
 """The idempotent consumer: effect stored once, offset committed after, bad events parked.
 
 For each message:
-1. parse the envelope and validate the payload against its (type, version)
-   contract; anything that fails goes to the dead-letter topic with the reason;
+1. classify it (``crm_platform.dead_letters.classify``: size and depth bounds,
+   the envelope, the topic's owner, a plausible time, the payload's (type,
+   version) contract); anything that fails goes to the dead-letter topic with the
+   reason, and its offset is committed at once so it is never dead-lettered twice;
 2. in ONE transaction in this service's database: record the event id in the
    processed-events ledger (a duplicate id aborts: the effect is already there),
    run the handler, store the events it emits in the outbox and, when the event
@@ -11,8 +13,9 @@ For each message:
 
 A crash between 2 and 3 redelivers the batch and the ledger drops the repeats.
 Transient database or broker errors are retried with backoff, without skipping;
-a handler that raises anything else dead-letters that one event and the
-consumer carries on with the next.
+anything else that raises while one record is read or handled dead-letters that
+one record and the consumer carries on with the next: no record can stop a
+partition.
 """
 
 from __future__ import annotations
@@ -238,7 +241,7 @@ class EventConsumer:
 
         Whatever raises while reading the record (decoding, classification,
         validation, the handler) dead-letters this one record with a reason; only
-        a stop request or a transient error that outlives its retries escapes.
+        a stop request escapes (transient errors are retried, never skipped).
         """
         started = time.perf_counter()
         event_type = _header(record, "event_type") or "unknown"
