@@ -16,7 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ STAGES = ["captured", "qualified", "accepted", "won", "onboarded"]
 def journey_events(journey: Any, run: str, leads: int) -> tuple[str, list[Envelope]]:
     """``leads`` full journeys on a channel of this run's own, each with two receipts."""
     channel = f"rec-{run}"
-    base = datetime.now(UTC)
+    base = datetime.now(UTC) - timedelta(hours=3)  # its last step is 2 h in: not in the future
     events: list[Envelope] = []
     for i in range(leads):
         lead, deal = f"lead-{run}-{i}", f"deal-{run}-{i}"
