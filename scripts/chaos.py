@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from crm_platform.devinfra.embedded import EmbeddedInfra
+from crm_platform.devinfra.embedded import EmbeddedInfra, port_accepts
 from crm_platform.devinfra.journey import DEMO_USERS, Gateway, seed_rosters, seed_users
 from crm_platform.devinfra.launcher import Platform, pid_alive
 from crm_platform.devinfra.supervisor import RestartPolicy, Supervisor
@@ -377,6 +377,12 @@ class Chaos:
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
         phase.detail["stopped_after_s"] = round(time.monotonic() - injected, 2)
+        # Under load the broker's listener can outlive its reaped pid for a moment (its
+        # other threads still closing): starting again then finds the port taken.
+        released = time.monotonic() + 60
+        while port_accepts(self.infra.kafka_port) and time.monotonic() < released:
+            time.sleep(0.1)
+        phase.detail["port_released_after_s"] = round(time.monotonic() - injected, 2)
         self.infra.start_kafka()
         self._recovered(phase, injected)
         time.sleep(5)  # let consumers rejoin under load before the next fault

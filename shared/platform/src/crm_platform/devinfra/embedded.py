@@ -204,7 +204,7 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _port_accepts(port: int, timeout: float = 0.3) -> bool:
+def port_accepts(port: int, timeout: float = 0.3) -> bool:
     try:
         with socket.create_connection((HOST, port), timeout=timeout) as sock:
             # With nobody listening, a connect to a port in the ephemeral range can pick that
@@ -534,7 +534,7 @@ class EmbeddedInfra:
                     self.kafka_bootstrap,
                     time.monotonic() + self.start_timeout,
                     alive=lambda: _alive(running),
-                    precheck=lambda: _port_accepts(self.kafka_port),
+                    precheck=lambda: port_accepts(self.kafka_port),
                 )
                 return
             self._require_free_port("kafka", self.kafka_port)
@@ -568,7 +568,7 @@ class EmbeddedInfra:
                     self.kafka_bootstrap,
                     started + self.start_timeout,
                     alive=lambda: proc.poll() is None,
-                    precheck=lambda: _port_accepts(self.kafka_port),
+                    precheck=lambda: port_accepts(self.kafka_port),
                 )
             except StartError as exc:
                 self._abort_start("kafka", proc.pid, self.kafka_pidfile)
@@ -680,7 +680,7 @@ class EmbeddedInfra:
         return {
             "kafka": ComponentStatus(
                 running=kafka_pid is not None,
-                listening=kafka_pid is not None and _port_accepts(self.kafka_port),
+                listening=kafka_pid is not None and port_accepts(self.kafka_port),
                 pid=kafka_pid,
                 port=self.kafka_port,
                 url=self.kafka_bootstrap,
@@ -689,7 +689,7 @@ class EmbeddedInfra:
             ),
             "mongo": ComponentStatus(
                 running=mongo_pid is not None,
-                listening=mongo_pid is not None and _port_accepts(self.mongo_port),
+                listening=mongo_pid is not None and port_accepts(self.mongo_port),
                 pid=mongo_pid,
                 port=self.mongo_port,
                 url=self.mongodb_uri,
@@ -765,7 +765,7 @@ class EmbeddedInfra:
         # for them instead of calling the port taken. A real listener fails at once.
         deadline = time.monotonic() + release_timeout
         while not _port_bindable(port):
-            if _port_accepts(port) or time.monotonic() >= deadline:
+            if port_accepts(port) or time.monotonic() >= deadline:
                 break
             time.sleep(0.2)
         else:
