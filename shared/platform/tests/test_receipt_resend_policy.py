@@ -112,3 +112,21 @@ def test_the_listener_keeps_only_its_departments_receipts_and_the_newest_handoff
     assert tracker.overtaken("deal-won", NOW - timedelta(seconds=30))
     assert not tracker.overtaken("deal-won", NOW)
     assert not tracker.overtaken("lead-verdict", NOW - timedelta(days=1))
+
+
+def test_a_receipt_that_contradicts_the_handoff_table_silences_no_resend() -> None:
+    tracker = _tracker()
+    forged = HandoffReceivedV1(
+        handoff="deal-won",
+        handoff_event_id="forged",
+        handoff_event_type="deal.won",
+        from_department="sales",
+        to_department="marketing",  # deal-won is received by customer success, not marketing
+        occurred_at=NOW,
+        stored_at=NOW,
+        transport_latency_seconds=0.01,
+    )
+    renamed = forged.model_copy(update={"to_department": "customer-success", "handoff": "lead-verdict"})
+    raws = [envelope_for(e, source="leads", correlation_id="c").to_bytes() for e in (forged, renamed)]
+    assert tracker.ours([*raws, _receipt("real", from_department="sales", occurred_at=NOW)]) == ["real"]
+    assert tracker.newest_receipted == {"deal-won": NOW}

@@ -185,7 +185,7 @@ class HandoffTracker:
                 occurred = datetime.fromisoformat(str(payload["occurred_at"]))
             except Exception:
                 continue  # not ours to judge: analytics dead-letters malformed receipts
-            if occurred.tzinfo is None:
+            if occurred.tzinfo is None or not _consistent(payload):
                 continue
             ids.append(str(event_id))
             newest = self.newest_receipted.get(handoff)
@@ -429,3 +429,19 @@ async def confirm_again(store: Store, envelope: Envelope) -> str:
 
     await store.transaction(work)
     return "emitted"
+
+
+def _consistent(payload: dict[str, Any]) -> bool:
+    """A receipt agrees with the handoff table: its handoff, event type and departments.
+
+    A receipt that names a handoff this department never sends, or claims another
+    receiver, cannot silence a re-send. Who may write the receipts topic at all is
+    enforced by the brokers' ACLs (each department's KafkaUser), not here.
+    """
+    handoff = HANDOFF_BY_EVENT_TYPE.get(str(payload.get("handoff_event_type")))
+    return (
+        handoff is not None
+        and handoff.name == payload.get("handoff")
+        and handoff.from_department == payload.get("from_department")
+        and handoff.to_department == payload.get("to_department")
+    )
