@@ -314,6 +314,7 @@ def test_make_restart_restarts_one_department_of_a_running_platform(
         first = read_pidfile(pidfile)["analytics-worker"]
         # The launcher gives the worker CRM_SERVICE_NAME=analytics: its stand-in records as "analytics".
         until(lambda: events(tmp_path, "analytics"), what="the worker to start")
+        until(lambda: events(tmp_path, "beta"), what="the other department to start")
 
         assert run_platform.restart("analytics-worker") == 0
         assert run_platform.restart("no-such-department") == 2
