@@ -307,7 +307,7 @@ def seed_demo(gateway_url: str, progress: Callable[[str], None] = print) -> dict
         run_journey(gw, "web_form", name="Grace Hopper", campaign="trial-q4", progress=progress)
         # A lead sales rejects and one still being nurtured, for the verdict loop and scoring.
         rejected = capture_and_qualify(gw, "partner_api", "partner-referrals", "Alan Turing")
-        owner = inbox_owner(gw, rejected)
+        owner = gw.username_of(inbox_owner(gw, rejected))  # sales stores the rep's user id
         gw.call(
             owner,
             "POST",
