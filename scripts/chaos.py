@@ -539,12 +539,17 @@ class Chaos:
         return figures, time.monotonic() - started
 
     def _analytics(self) -> dict[str, int]:
-        token = self.tokens.get("ana")
+        # A fresh login each time: access tokens live 15 minutes and a full run is longer.
+        gateway = self.platform.url("gateway")
         try:
-            r = httpx.get(
-                f"{self.platform.url('gateway')}/api/analytics/funnel",
-                headers={"Authorization": f"Bearer {token}"},
+            login = httpx.post(
+                f"{gateway}/auth/login",
+                json={"username": "ana", "password": DEMO_USERS["ana"][0]},
                 timeout=10,
+            )
+            token = login.json()["access_token"]
+            r = httpx.get(
+                f"{gateway}/api/analytics/funnel", headers={"Authorization": f"Bearer {token}"}, timeout=10
             )
             return dict(r.json()["stages"]) if r.status_code == 200 else {}
         except (httpx.HTTPError, KeyError, ValueError):
