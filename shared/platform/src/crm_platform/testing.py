@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import RecordMetadata
 from crm_contracts import Envelope
 from fastapi import FastAPI
 
@@ -221,17 +222,20 @@ async def produce(
     *,
     key: bytes | None = None,
     headers: list[tuple[str, bytes]] | None = None,
-) -> None:
+) -> RecordMetadata:
+    """Produce one record and return where it landed (topic, partition, offset)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **KafkaSecurity.from_env().aiokafka_kwargs())
     await producer.start()
     try:
-        await producer.send_and_wait(topic, value, key=key, headers=headers or [])
+        return await producer.send_and_wait(topic, value, key=key, headers=headers or [])
     finally:
         await producer.stop()
 
 
-async def produce_envelope(bootstrap: str, topic: str, env: Envelope) -> None:
-    await produce(bootstrap, topic, env.to_bytes(), key=env.partition_key.encode(), headers=env.headers())
+async def produce_envelope(bootstrap: str, topic: str, env: Envelope) -> RecordMetadata:
+    return await produce(
+        bootstrap, topic, env.to_bytes(), key=env.partition_key.encode(), headers=env.headers()
+    )
 
 
 def _claims(
