@@ -138,6 +138,21 @@ async def running_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
+def timeout_scale() -> float:
+    """How much longer than written a polling deadline may run on this machine now.
+
+    ``CRM_TEST_TIMEOUT_SCALE`` sets it; otherwise it follows the load: on a quiet machine 1,
+    on a machine whose run queue is several times its cores (parallel test runs on two cores)
+    up to 5. Only deadlines stretch; a passing check still returns at once, and a test
+    never asserts on how long something took.
+    """
+    configured = os.environ.get("CRM_TEST_TIMEOUT_SCALE")
+    if configured:
+        return max(1.0, float(configured))
+    per_core = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return min(5.0, max(1.0, per_core / 2))
+
+
 async def eventually(
     check: Callable[[], Awaitable[T | None]],
     *,
@@ -145,7 +160,11 @@ async def eventually(
     interval: float = 0.05,
     what: str = "condition",
 ) -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds.
+
+    ``timeout`` is stretched by :func:`timeout_scale` on an overloaded machine.
+    """
+    timeout *= timeout_scale()
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
