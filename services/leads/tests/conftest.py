@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from crm_platform.runtime import ServiceRuntime
 from crm_platform.settings import ServiceSettings
 from fastapi import FastAPI
@@ -86,52 +85,19 @@ class Leads:
 
 @pytest.fixture(scope="module")
 def leads_settings(kafka_bootstrap: str, mongodb_uri: str) -> ServiceSettings:
-    # What the platform's make_settings builds, as LeadsSettings, once per module.
-    return LeadsSettings.model_validate(
-        {
-            "CRM_SERVICE_NAME": "leads",
-            "CRM_ENV": "test",
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "MONGODB_URI": mongodb_uri,
-            "MONGODB_DATABASE": f"t_leads_{uuid.uuid4().hex[:10]}",
-            "CRM_OUTBOX_POLL_SECONDS": 0.1,
-            "CRM_PROVISION_TOPICS": False,
-            # A group of its own, positioned at the topics' end (see ``leads``).
-            "CRM_CONSUMER_GROUP": f"leads-test-{uuid.uuid4().hex[:10]}",
-        }
-    )
+    # A fresh database and a group of its own, positioned at the topics' end (see ``leads``).
+    from crm_platform.testing import isolated_settings
 
-
-async def _group_starts_at_end(bootstrap: str, group: str, topics: list[str]) -> None:
-    """Commit the topics' current end offsets for a new consumer group.
-
-    The test broker is shared: other suites leave thousands of verdicts on
-    crm.sales.lead-verdict. A group reading them all first (the platform consumer
-    starts new groups at the earliest offset) would keep these tests waiting, so
-    the module's group starts where the topics end now and sees only what is
-    produced from here on. The service name stays "leads" (DLQ crm.dlq.leads).
-    """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer.topics()  # fetch metadata so partitions are known
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        consumer.assign(partitions)
-        await consumer.seek_to_end(*partitions)
-        await consumer.commit({tp: await consumer.position(tp) for tp in partitions})
-    finally:
-        await consumer.stop()
+    return isolated_settings(LeadsSettings, "leads", kafka_bootstrap, mongodb_uri)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def leads(leads_settings: ServiceSettings) -> AsyncIterator[Leads]:
-    from crm_platform.testing import running_app
+    from crm_platform.testing import running_app, start_group_at_end
 
-    await _group_starts_at_end(
+    # The test broker is shared: the module's group starts where the topics end now and
+    # sees only what is produced from here on (the service name stays "leads").
+    await start_group_at_end(
         leads_settings.kafka_bootstrap_servers, leads_settings.group_id, consumers.TOPICS
     )
     app = create_app(leads_settings)

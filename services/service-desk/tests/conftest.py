@@ -23,21 +23,14 @@ def desk_settings(kafka_bootstrap: str, mongodb_uri: str) -> Iterator[Callable[.
     the consumer group is unique so no other process consuming deal.won steals our events.
     """
 
+    from crm_platform.testing import isolated_settings
+
     def build(**overrides: Any) -> ServiceSettings:
-        run = uuid.uuid4().hex[:10]
-        values: dict[str, Any] = {
-            "CRM_SERVICE_NAME": "service-desk",
-            "CRM_ENV": "test",
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "MONGODB_URI": mongodb_uri,
-            "MONGODB_DATABASE": f"t_service_desk_{run}",
-            "CRM_CONSUMER_GROUP": f"service-desk-test-{run}",
-            "CRM_OUTBOX_POLL_SECONDS": 0.1,
-            "CRM_PROVISION_TOPICS": False,
-        }
-        values.update(overrides)
-        databases.append(values["MONGODB_DATABASE"])
-        return ServiceSettings.model_validate(values)
+        settings = isolated_settings(
+            ServiceSettings, "service-desk", kafka_bootstrap, mongodb_uri, **overrides
+        )
+        databases.append(settings.database_name)
+        return settings
 
     databases: list[str] = []
     yield build

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from crm_contracts import Envelope, envelope_for, topics, utcnow
 from crm_contracts.events.sales import DealWonV1
+from crm_platform.clock import ManualClock
 from crm_platform.settings import ServiceSettings
 from crm_platform.testing import (
     TopicReader,
@@ -25,7 +26,6 @@ from crm_platform.testing import (
     token_for,
 )
 from fastapi import FastAPI
-from service_desk.domain.clock import ManualClock
 from service_desk.main import create_app
 
 pytestmark = pytest.mark.integration

@@ -126,8 +126,8 @@ async def test_the_same_deal_twice_at_once_makes_one_account(
 ) -> None:
     """Concurrent deliveries under different event ids: one account, one onboarding_started.
 
-    With CSMs the transactions collide on the round-robin counter first; without any,
-    on the unique deal_id index. Either way the loser is retried and sees the account.
+    The transactions collide on the unique deal_id index (the round-robin turn is taken
+    outside them, crm_platform.counters); the loser is retried and sees the account.
     """
     app, client = app_client
     r = await client.put("/csms", json={"csms": [{"user_id": u} for u in roster]}, headers=ADMIN)

@@ -9,6 +9,7 @@ import pytest
 from crm_contracts.events.common import Contact, Money
 from crm_contracts.events.sales import Commitment, DealWonV1, Product
 from crm_contracts.events.service_desk import SignalKind
+from crm_platform.clock import ManualClock
 from crm_platform.errors import Conflict, NotFound, RuleViolation
 from pydantic import ValidationError
 from service_desk.domain.access import can_see_account, can_see_ticket, sees_all
@@ -18,7 +19,6 @@ from service_desk.domain.accounts import (
     OnboardingStatus,
     account_from_deal,
 )
-from service_desk.domain.clock import ManualClock
 from service_desk.domain.config import (
     DEFAULT_CHECKLIST,
     Priority,

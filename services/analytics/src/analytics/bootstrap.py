@@ -8,42 +8,15 @@ read API out of rotation.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
-from crm_platform.mongo import Store, connect
-from crm_platform.runtime import ServiceRuntime
+from crm_platform.runtime import MongoOnlyRuntime
 from crm_platform.settings import ServiceSettings
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from analytics.api.routes import router
 from analytics.metrics import COLLECTOR, SnapshotCache
 from analytics.settings import AnalyticsSettings
-
-
-class SnapshotReaderRuntime(ServiceRuntime):
-    """A runtime without outbox relay or consumer: the MongoDB client and nothing else."""
-
-    def __post_init__(self) -> None:
-        s = self.settings
-        self.client = connect(s.mongodb_uri, s.service_name, timeout_seconds=s.db_deadline_seconds)
-        self.store = Store(self.client, s.database_name, s.service_name)
-        self.consumer = None
-        self._tasks = []
-
-    async def start(self) -> None:
-        if self.indexes is not None:
-            await self.indexes(self.store.db)
-
-    async def stop(self) -> None:
-        await self.client.close()
-
-    async def check_ready(self) -> dict[str, str]:
-        try:
-            await asyncio.wait_for(self.client.admin.command("ping"), timeout=2)
-            return {"mongodb": "ok"}
-        except Exception as exc:
-            return {"mongodb": f"unreachable: {type(exc).__name__}"}
 
 
 def analytics_settings(settings: ServiceSettings | None = None) -> AnalyticsSettings:
@@ -54,15 +27,15 @@ def analytics_settings(settings: ServiceSettings | None = None) -> AnalyticsSett
     return AnalyticsSettings(**settings.model_dump())
 
 
-def build_runtime(settings: AnalyticsSettings) -> SnapshotReaderRuntime:
-    return SnapshotReaderRuntime(settings)
+def build_runtime(settings: AnalyticsSettings) -> MongoOnlyRuntime:
+    return MongoOnlyRuntime(settings)
 
 
 def routers() -> list[APIRouter]:
     return [router]
 
 
-def install_snapshot_cache(app: FastAPI, runtime: SnapshotReaderRuntime) -> SnapshotCache:
+def install_snapshot_cache(app: FastAPI, runtime: MongoOnlyRuntime) -> SnapshotCache:
     """The figures cache behind the routes and ``/metrics`` (refreshed on each scrape)."""
     cache = SnapshotCache(lambda: runtime.db)
     app.state.snapshot_cache = cache

@@ -8,6 +8,7 @@ from crm_platform.app import create_app
 from crm_platform.auth import TokenIssuer, TokenVerifier
 from crm_platform.keys import load_private_key
 from crm_platform.logging import request_id_var
+from crm_platform.runtime import MongoOnlyRuntime
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.routing import BaseRoute
@@ -16,7 +17,6 @@ from gateway import store
 from gateway.api import auth, docs, proxy, users
 from gateway.handlers import Accounts
 from gateway.logctx import RequestLogFields, install_log_filter
-from gateway.runtime import GatewayRuntime
 from gateway.settings import GatewaySettings
 from gateway.upstream import UpstreamError, Upstreams
 
@@ -37,7 +37,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         connect_timeout=settings.upstream_connect_timeout_seconds,
         max_connections=settings.upstream_max_connections,
     )
-    runtime = GatewayRuntime(settings, indexes=store.ensure_indexes, upstreams=upstreams)
+    runtime = MongoOnlyRuntime(settings, indexes=store.ensure_indexes, on_stop=[upstreams.aclose])
 
     async def on_startup(app: FastAPI) -> None:
         await app.state.accounts.bootstrap_admin(settings.bootstrap_admin_password)
@@ -82,7 +82,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     return app
 
 
-def _accounts(settings: GatewaySettings, runtime: GatewayRuntime, platform: TokenVerifier) -> Accounts:
+def _accounts(settings: GatewaySettings, runtime: MongoOnlyRuntime, platform: TokenVerifier) -> Accounts:
     """Accounts with the signing key; the gateway verifies its own key's tokens even when the
     public key file does not list it yet (the first step of a rotation)."""
     assert settings.jwt_private_key_file is not None  # the settings fill in the dev key
@@ -112,7 +112,7 @@ def _drop_routes(app: FastAPI, path: str) -> None:
     app.router.routes[:] = [r for r in app.router.routes if not foreign(r)]
 
 
-def _replace_readiness(app: FastAPI, runtime: GatewayRuntime, upstreams: Upstreams) -> None:
+def _replace_readiness(app: FastAPI, runtime: MongoOnlyRuntime, upstreams: Upstreams) -> None:
     """Ready when the gateway's own database answers; upstreams are reported, not required.
 
     A department being down must not take the whole entry point out of the load

@@ -15,7 +15,6 @@ import hashlib
 import logging
 import secrets
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,6 +29,7 @@ from crm_platform.auth import (
     TokenVerifier,
 )
 from crm_platform.errors import Conflict, NotFound, RuleViolation
+from crm_platform.ids import new_id
 from crm_platform.mongo import Store, Tx
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -188,7 +188,7 @@ class Accounts:
         await _wait_until(int(user.get("sessions_valid_after", 0)))
         roles = sorted(str(r) for r in user.get("roles", []))
         principal = Principal(str(user["_id"]), str(user["username"]), frozenset(roles))
-        session_id = session_id or uuid.uuid4().hex
+        session_id = session_id or new_id()
         issued = self.issuer.issue(principal, self.access_ttl, session_id=session_id)
         now = utcnow()
         expires = session_expires or now + self.refresh_ttl
@@ -313,7 +313,7 @@ class Accounts:
             raise RuleViolation("a user needs at least one role", field="roles")
         now = utcnow()
         doc: dict[str, Any] = {
-            "_id": uuid.uuid4().hex,
+            "_id": new_id(),
             "username": name,
             "username_key": username_key(name),
             "display_name": display_name or name,

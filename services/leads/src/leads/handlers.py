@@ -8,13 +8,12 @@ database through ``tx`` and count metrics only after the commit.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
-from crm_contracts import Envelope, utcnow
+from crm_contracts import Envelope
 from crm_contracts.events.common import Behaviour, Contact, ScoreReason
 from crm_contracts.events.common import Consent as ConsentV1
 from crm_contracts.events.leads import (
@@ -24,8 +23,11 @@ from crm_contracts.events.leads import (
     LeadStatusChangedV1,
 )
 from crm_contracts.events.sales import LeadVerdictV1
+from crm_platform.actor import Actor
+from crm_platform.clock import now_millis, to_millis
 from crm_platform.consumer import DeadLetter
 from crm_platform.errors import Conflict, NotFound, RuleViolation
+from crm_platform.ids import new_id
 from crm_platform.mongo import Store, Tx
 from prometheus_client import Counter
 from pymongo.errors import DuplicateKeyError
@@ -48,23 +50,6 @@ BEHAVIOURS_RECORDED = Counter("crm_leads_behaviours_recorded", "Behaviours recor
 # A unique index answered "already there" (a concurrent capture of the same email,
 # a concurrent retry of the same behaviour): run again and see the winner's write.
 _RACE_RETRIES = 3
-
-
-def now_ms() -> datetime:
-    """Now, at MongoDB's precision (ms), so what a write answers is what a read returns."""
-    return to_ms(utcnow())
-
-
-def to_ms(when: datetime) -> datetime:
-    """In UTC and truncated to ms: how MongoDB stores and returns it."""
-    when = when.astimezone(UTC)
-    return when.replace(microsecond=when.microsecond // 1000 * 1000)
-
-
-@dataclass(frozen=True)
-class Actor:
-    user_id: str
-    username: str
 
 
 # -- events --------------------------------------------------------------------------------
@@ -118,13 +103,13 @@ async def capture_lead(store: Store, capture: Capture) -> CaptureResult:
     email = domain.normalize_email(capture.email)
 
     async def work(tx: Tx) -> CaptureResult:
-        now = now_ms()
+        now = now_millis()
         existing = await repo.find_lead_by_email(tx, email)
         if existing is not None:
             lead = domain.merge(existing, capture, now)
             await repo.save_lead(tx, lead)
         else:
-            lead = domain.new_lead(str(uuid.uuid4()), capture, now)
+            lead = domain.new_lead(new_id(), capture, now)
             await repo.insert_lead(tx, lead)
         merged = existing is not None
         tx.emit(captured_event(lead, capture, merged), correlation_id=lead.id)
@@ -158,7 +143,7 @@ async def record_behaviour(
     actor: Actor,
 ) -> BehaviourResult:
     async def work(tx: Tx) -> BehaviourResult:
-        now = now_ms()
+        now = now_millis()
         lead = await repo.load_lead(tx, lead_id)
         if lead is None:
             raise NotFound(f"no lead '{lead_id}'", lead_id=lead_id)
@@ -166,11 +151,11 @@ async def record_behaviour(
             seen = await repo.find_behaviour_by_external_id(tx, lead_id, external_id)
             if seen is not None:
                 return BehaviourResult(lead, seen["_id"], True, bool(seen.get("in_cycle")), False)
-        when = to_ms(occurred_at) if occurred_at is not None else now
+        when = to_millis(occurred_at) if occurred_at is not None else now
         rules = await repo.current_rules_tx(tx)
         outcome = domain.record_behaviour(lead, behaviour, when, rules, now)
         updated = outcome.lead
-        behaviour_id = str(uuid.uuid4())
+        behaviour_id = new_id()
         doc: dict[str, Any] = {
             "_id": behaviour_id,
             "lead_id": lead_id,
@@ -178,7 +163,7 @@ async def record_behaviour(
             "occurred_at": when,
             "recorded_at": now,
             "meta": dict(meta or {}),
-            "recorded_by": {"user_id": actor.user_id, "username": actor.username},
+            "recorded_by": {"user_id": actor.user_id, "username": actor.display_name},
             "in_cycle": outcome.in_cycle,
             "score_after": updated.score,
             "rules_version": rules.version,
@@ -244,8 +229,8 @@ async def change_rules(
                 current,
                 rules,
                 threshold,
-                author=RulesAuthor(actor.user_id, actor.username),
-                at=now_ms(),
+                author=RulesAuthor(actor.user_id, actor.display_name),
+                at=now_millis(),
                 note=note,
             )
         except InvalidRules as exc:
@@ -260,8 +245,8 @@ async def change_rules(
     log.info(
         "scoring rules v%d stored by %s",
         new.version,
-        actor.username,
-        extra={"rules_version": new.version, "changed_by": actor.username},
+        actor.display_name,
+        extra={"rules_version": new.version, "changed_by": actor.display_name},
     )
     return new
 
@@ -279,9 +264,9 @@ async def on_lead_verdict(tx: Tx, event: LeadVerdictV1, envelope: Envelope) -> N
     lead = await repo.load_lead(tx, event.lead_id)
     if lead is None:
         raise DeadLetter("unknown_lead", f"no lead '{event.lead_id}' in marketing's records")
-    now = now_ms()
+    now = now_millis()
     reason = event.reason_code.value if event.reason_code is not None else None
-    outcome = domain.apply_verdict(lead, event.verdict.value, reason, to_ms(envelope.occurred_at), now)
+    outcome = domain.apply_verdict(lead, event.verdict.value, reason, to_millis(envelope.occurred_at), now)
     await repo.insert_verdict(
         tx,
         {
@@ -292,7 +277,7 @@ async def on_lead_verdict(tx: Tx, event: LeadVerdictV1, envelope: Envelope) -> N
             "note": event.note,
             "decided_by": event.decided_by,
             "opportunity_id": event.opportunity_id,
-            "decided_at": to_ms(envelope.occurred_at),
+            "decided_at": to_millis(envelope.occurred_at),
             "received_at": now,
             "applied": outcome.applied,
             "ignored_because": outcome.ignored_because,

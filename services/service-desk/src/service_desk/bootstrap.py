@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from crm_contracts import utcnow
 from crm_platform.app import create_app
+from crm_platform.clock import Clock
 from crm_platform.runtime import ServiceRuntime, Subscription
 from crm_platform.settings import ServiceSettings
 from fastapi import FastAPI
 
 from service_desk import consumers, store
 from service_desk.api import accounts, admin, tickets
-from service_desk.domain.clock import Clock
 from service_desk.handlers import ServiceDesk
 from service_desk.settings import DEPARTMENT
 

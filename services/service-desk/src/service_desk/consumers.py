@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from crm_contracts.access import CONSUMES
 from crm_contracts.events.sales import DealWonV1
+from crm_platform.clock import Clock
 from crm_platform.consumer import Handler
 
-from service_desk.domain.clock import Clock
 from service_desk.handlers import deal_won_handler
 
 TOPICS: list[str] = list(CONSUMES["service-desk"])  # declared once in the contracts (the Kafka ACLs use it)

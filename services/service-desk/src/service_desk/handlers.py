@@ -9,7 +9,6 @@ other side effects; metrics are counted after the commit.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,8 +27,10 @@ from crm_contracts.events.service_desk import (
     UpsellSpottedV1,
 )
 from crm_platform.auth import Principal
+from crm_platform.clock import Clock, to_millis
 from crm_platform.consumer import Handler
 from crm_platform.errors import NotFound, RuleViolation
+from crm_platform.ids import new_id
 from crm_platform.money import to_wire
 from crm_platform.mongo import Store, Tx
 
@@ -42,7 +43,6 @@ from service_desk.domain.accounts import (
     Signal,
     account_from_deal,
 )
-from service_desk.domain.clock import Clock
 from service_desk.domain.config import Priority, ServiceDeskConfig
 from service_desk.domain.roster import CsmEntry, active_csms, round_robin, validate_roster
 from service_desk.domain.tickets import Ticket, TicketStatus, open_ticket
@@ -51,15 +51,6 @@ from service_desk.store import Repo
 log = logging.getLogger("service_desk")
 
 UNASSIGNED = "unassigned"  # the CSM named in onboarding_started when nobody is on the roster
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
-def to_millis(moment: datetime) -> datetime:
-    """MongoDB keeps milliseconds: use the stored precision everywhere, events included."""
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 @dataclass

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from crm_platform.app import serve
+from crm_platform.clock import Clock
 from crm_platform.settings import ServiceSettings
 from fastapi import FastAPI
 
 from service_desk.bootstrap import bootstrap
-from service_desk.domain.clock import Clock
 from service_desk.settings import ServiceDeskSettings
 
 

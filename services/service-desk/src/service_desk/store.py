@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from crm_platform.counters import RoundRobinCounter
 from crm_platform.mongo import Tx
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -29,6 +30,7 @@ COUNTERS = "counters"
 ROSTER_ID = "csm_roster"
 CONFIG_ID = "config"
 ROUND_ROBIN_ID = "csm_round_robin"
+CSM_TURNS = RoundRobinCounter(ROUND_ROBIN_ID, collection=COUNTERS, field="turn")
 
 
 async def ensure_indexes(db: AsyncDatabase[Doc]) -> None:
@@ -76,19 +78,9 @@ class Repo:
         )
 
     async def take_turn(self) -> int:
-        """The round-robin counter before this call, incremented in the caller's transaction.
-
-        Two concurrent assignments write the same document, so one of their
-        transactions conflicts and is retried: no two get the same turn.
-        """
-        before = await self.db[COUNTERS].find_one_and_update(
-            {"_id": ROUND_ROBIN_ID},
-            {"$inc": {"turn": 1}},
-            upsert=True,
-            return_document=ReturnDocument.BEFORE,
-            session=self.session,
-        )
-        return int(before["turn"]) if before else 0
+        """The next round-robin turn (``crm_platform.counters``: taken outside the transaction,
+        so concurrent assignments never conflict on it; an aborted one skips a turn)."""
+        return await CSM_TURNS.take(self.db)
 
     # --- config -----------------------------------------------------------------------------
 

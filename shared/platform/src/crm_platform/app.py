@@ -33,7 +33,7 @@ from crm_platform.idempotency import DefaultKey, IdempotencyMiddleware
 from crm_platform.keys import load_public_keys
 from crm_platform.logging import configure_logging
 from crm_platform.openapi import document_error_responses
-from crm_platform.runtime import ServiceRuntime
+from crm_platform.runtime import Runtime
 from crm_platform.settings import ServiceSettings
 
 log = logging.getLogger("crm.http")
@@ -95,7 +95,7 @@ def create_app(
     *,
     settings: ServiceSettings,
     title: str,
-    runtime: ServiceRuntime | None,
+    runtime: Runtime | None,
     protected: Sequence[APIRouter] = (),
     public: Sequence[APIRouter] = (),
     description: str = "",

@@ -234,3 +234,57 @@ class ServiceRuntime:
                 await probe.stop()
         except Exception as exc:
             return f"unreachable: {type(exc).__name__}"
+
+
+@dataclass
+class MongoOnlyRuntime:
+    """The runtime of a process that only uses its MongoDB database (the analytics read API, the
+    gateway): the client, the indexes, background jobs and ``on_stop`` hooks; no outbox relay, no
+    consumer, no Kafka, so ``/readyz`` depends on MongoDB alone."""
+
+    settings: ServiceSettings
+    indexes: IndexSetup | None = None
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    # Called on stop after the jobs ended, before the Mongo client closes (other clients).
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.client = connect(s.mongodb_uri, s.service_name, timeout_seconds=s.db_deadline_seconds)
+        self.store = Store(self.client, s.database_name, s.service_name)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def db(self) -> AsyncDatabase[dict[str, Any]]:
+        return self.store.db
+
+    async def start(self) -> None:
+        if self.indexes is not None:
+            await self.indexes(self.store.db)
+        for job in self.background:
+            self._tasks.append(asyncio.create_task(job(), name=getattr(job, "__name__", "job")))
+        log.info("runtime started (MongoDB only)", extra={"database": self.settings.database_name})
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            # Bounded: a job that ignores its cancellation must not hold up the shutdown.
+            _, stuck = await asyncio.wait(self._tasks, timeout=5)
+            for task in stuck:
+                log.warning("background job %s did not stop in 5 s", task.get_name())
+        self._tasks.clear()
+        for hook in self.on_stop:
+            await hook()
+        await self.client.close()
+        log.info("runtime stopped")
+
+    async def check_ready(self) -> dict[str, str]:
+        try:
+            await asyncio.wait_for(self.client.admin.command("ping"), timeout=2)
+            return {"mongodb": "ok"}
+        except Exception as exc:
+            return {"mongodb": f"unreachable: {type(exc).__name__}"}
+
+
+Runtime = ServiceRuntime | MongoOnlyRuntime

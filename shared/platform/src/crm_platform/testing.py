@@ -92,6 +92,58 @@ def make_settings(crm_infra: Any, kafka_bootstrap: str, mongodb_uri: str) -> Cal
     return build
 
 
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def isolated_settings(
+    settings_cls: type[S], service_name: str, kafka_bootstrap: str, mongodb_uri: str, **env: Any
+) -> S:
+    """Settings for one service under test: a fresh database and a consumer group of its own.
+
+    The service name is kept, so dead letters still go to ``crm.dlq.<service>``; the
+    group is unique, so no other process consuming as ``<service>`` on the same broker
+    (another suite, a local ``make run``) takes this test's partitions. ``env``
+    overrides any value by its environment name.
+    """
+    run = uuid.uuid4().hex[:10]
+    values: dict[str, Any] = {
+        "CRM_SERVICE_NAME": service_name,
+        "CRM_CONSUMER_GROUP": f"{service_name}-test-{run}",
+        "CRM_ENV": "test",
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "MONGODB_URI": mongodb_uri,
+        "MONGODB_DATABASE": f"t_{service_name.replace('-', '_')}_{run}",
+        "CRM_OUTBOX_POLL_SECONDS": 0.1,
+        "CRM_PROVISION_TOPICS": False,
+    }
+    values.update(env)
+    return settings_cls.model_validate(values)
+
+
+async def start_group_at_end(bootstrap: str, group: str, topics: list[str]) -> None:
+    """Commit the topics' current end offsets for a new consumer group.
+
+    The test broker is shared: other suites leave thousands of events on the
+    topics. A new group (the platform consumer starts new groups at the earliest
+    offset) would read them all first; positioned at the end it sees only what is
+    produced from here on.
+    """
+    consumer = make_consumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()  # fetch metadata so partitions are known
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        await consumer.commit({tp: await consumer.position(tp) for tp in partitions})
+    finally:
+        await consumer.stop()
+
+
 def idle_backoff_ms(infra: Any) -> int:
     """The empty-fetch pause for consumers on this infrastructure (see ``pace_empty_fetches``).
 

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from crm_platform.auth import Principal, Role, require_roles
-from crm_platform.mongo import Store
-from fastapi import Request
-from pymongo.asynchronous.database import AsyncDatabase
-
-from leads.handlers import Actor
+from crm_platform.auth import Role, require_roles
+from crm_platform.routes import current_actor
 
 # Marketing owns leads and scoring; admins may do anything marketing does.
 WRITERS = (Role.MARKETING, Role.ADMIN)
@@ -20,14 +14,5 @@ can_write = require_roles(*WRITERS)
 can_read = require_roles(*READERS)
 
 
-def get_store(request: Request) -> Store:
-    store: Store = request.app.state.runtime.store
-    return store
-
-
-def get_db(request: Request) -> AsyncDatabase[dict[str, Any]]:
-    return get_store(request).db
-
-
-def actor(principal: Principal) -> Actor:
-    return Actor(principal.user_id, principal.username or principal.user_id)
+# The one acting-user type (crm_platform.actor.Actor), from the verified token.
+actor = current_actor

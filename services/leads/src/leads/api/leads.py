@@ -8,13 +8,14 @@ from crm_contracts.events.common import Behaviour
 from crm_platform.auth import CurrentUser
 from crm_platform.errors import NotFound, RuleViolation
 from crm_platform.mongo import Store
+from crm_platform.routes import get_db, get_store
 from fastapi import APIRouter, Depends, Path, Query, Response, status
 from pydantic import BeforeValidator, StringConstraints
 from pymongo.asynchronous.database import AsyncDatabase
 
 from leads import handlers
 from leads import store as repo
-from leads.api.deps import actor, can_read, can_write, get_db, get_store
+from leads.api.deps import actor, can_read, can_write
 from leads.api.models import (
     BehaviourIn,
     BehaviourListOut,

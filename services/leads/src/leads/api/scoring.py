@@ -6,12 +6,13 @@ from typing import Annotated, Any
 
 from crm_platform.auth import CurrentUser
 from crm_platform.mongo import Store
+from crm_platform.routes import get_db, get_store
 from fastapi import APIRouter, Depends, Query
 from pymongo.asynchronous.database import AsyncDatabase
 
 from leads import handlers
 from leads import store as repo
-from leads.api.deps import actor, can_read, can_write, get_db, get_store
+from leads.api.deps import actor, can_read, can_write
 from leads.api.models import RulesHistoryOut, RulesIn, RulesOut
 
 router = APIRouter(prefix="/scoring-rules", tags=["scoring"])

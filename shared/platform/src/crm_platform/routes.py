@@ -1,0 +1,46 @@
+"""Route dependencies every service uses: the acting user, the store, role checks.
+
+One acting-user type (:class:`crm_platform.actor.Actor`) reaches handlers; one way
+to require roles: ``APIRouter(dependencies=[require_roles(*AUDIENCE)])`` once per
+router, and ``dependencies=[require_roles(...)]`` on a route only where it narrows
+the router's audience.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from pymongo.asynchronous.database import AsyncDatabase
+
+from crm_platform.actor import Actor
+from crm_platform.auth import CurrentUser, require_roles
+from crm_platform.mongo import Store
+
+__all__ = [
+    "CurrentActor",
+    "DbDep",
+    "StoreDep",
+    "current_actor",
+    "get_db",
+    "get_store",
+    "require_roles",
+]
+
+
+def current_actor(principal: CurrentUser) -> Actor:
+    return Actor(principal.user_id, principal.username, principal.roles)
+
+
+def get_store(request: Request) -> Store:
+    store: Store = request.app.state.runtime.store
+    return store
+
+
+def get_db(request: Request) -> AsyncDatabase[dict[str, Any]]:
+    return get_store(request).db
+
+
+CurrentActor = Annotated[Actor, Depends(current_actor)]
+StoreDep = Annotated[Store, Depends(get_store)]
+DbDep = Annotated[AsyncDatabase[dict[str, Any]], Depends(get_db)]

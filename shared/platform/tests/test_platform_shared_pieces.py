@@ -1,0 +1,103 @@
+"""What services share from the platform: ids, time, roster, actor, unit of work (no I/O)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from crm_contracts.events.sales import LeadAssignedV1
+from crm_platform.actor import Actor
+from crm_platform.clock import ManualClock, now_millis, to_millis
+from crm_platform.errors import RuleViolation
+from crm_platform.ids import new_id
+from crm_platform.roster import RosterEntry, active_ids, rotation, round_robin, validate_roster
+from crm_platform.uow import FakeUnit, FakeUnitOfWork
+from pydantic import ValidationError
+
+
+def test_new_ids_are_canonical_uuids_and_distinct() -> None:
+    ids = {new_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for value in list(ids)[:20]:
+        assert str(uuid.UUID(value)) == value
+
+
+def test_to_millis_truncates_to_mongodbs_precision_in_utc() -> None:
+    paris = timezone(timedelta(hours=1))
+    moment = datetime(2026, 12, 5, 1, 2, 3, 456789, tzinfo=paris)
+    assert to_millis(moment) == datetime(2026, 12, 5, 0, 2, 3, 456000, tzinfo=UTC)
+    assert to_millis(moment).tzinfo == UTC
+    # A naive datetime is taken as UTC, not as the machine's local time.
+    assert to_millis(datetime(2026, 1, 1, 12, 0, 0, 999999)) == datetime(
+        2026, 1, 1, 12, 0, 0, 999000, tzinfo=UTC
+    )
+
+
+def test_manual_clock_moves_only_when_told() -> None:
+    clock = ManualClock(datetime(2026, 1, 1, tzinfo=UTC))
+    assert clock() == clock()
+    clock.advance(minutes=90)
+    assert now_millis(clock) == datetime(2026, 1, 1, 1, 30, tzinfo=UTC)
+
+
+def test_round_robin_takes_active_user_ids_in_order() -> None:
+    assert rotation(["zoe", "bob", "zoe", "carla"]) == ["bob", "carla", "zoe"]
+    assert [round_robin(["zoe", "bob", "carla"], t) for t in range(5)] == [
+        "bob",
+        "carla",
+        "zoe",
+        "bob",
+        "carla",
+    ]
+    assert round_robin([], 7) is None
+
+
+def test_a_roster_is_unique_sorted_and_refuses_blank_ids() -> None:
+    roster = validate_roster(
+        [RosterEntry(user_id="zoe"), RosterEntry(user_id=" bob ", active=False), RosterEntry(user_id="carla")]
+    )
+    assert [e.user_id for e in roster] == ["bob", "carla", "zoe"]
+    assert active_ids(roster) == ["carla", "zoe"]
+    with pytest.raises(RuleViolation) as err:
+        validate_roster([RosterEntry(user_id="zoe"), RosterEntry(user_id="zoe")], field="csms")
+    assert err.value.details["field"] == "csms"
+    with pytest.raises(ValidationError):
+        RosterEntry(user_id="   ")
+
+
+def test_an_actor_checks_roles_and_shows_a_name() -> None:
+    actor = Actor.of("u-1", ["sales_rep"], "sam")
+    assert actor.has_any({"sales_rep", "admin"})
+    assert not actor.has_any({"admin"})
+    assert actor.display_name == "sam"
+    assert Actor("u-2").display_name == "u-2"
+
+
+class _Unit(FakeUnit):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, int] = {}
+
+
+async def test_the_fake_unit_of_work_undoes_a_failed_work_like_an_aborted_transaction() -> None:
+    uow = FakeUnitOfWork(_Unit())
+    due = datetime(2026, 1, 1, tzinfo=UTC)
+
+    async def ok(unit: _Unit) -> None:
+        unit.rows["a"] = 1
+        unit.emit(LeadAssignedV1(lead_id="l-1", owner="u-1", response_due_at=due), correlation_id="c-1")
+
+    async def fails(unit: _Unit) -> None:
+        unit.rows["a"] = 2
+        unit.rows["b"] = 3
+        unit.emit(LeadAssignedV1(lead_id="l-2", owner="u-1", response_due_at=due))
+        raise RuleViolation("no")
+
+    await uow.run(ok)
+    with pytest.raises(RuleViolation):
+        await uow.run(fails)
+    assert uow.unit.rows == {"a": 1}
+    assert [e.lead_id for e in uow.unit.emitted(LeadAssignedV1)] == ["l-1"]
+    assert uow.unit.events[0].correlation_id == "c-1"
+    assert uow.commits == 1
