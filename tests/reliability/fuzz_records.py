@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from crm_contracts import ALL_EVENTS, Envelope, envelope_for, utcnow
+from crm_contracts import ALL_EVENTS, REGISTRY, Envelope, envelope_for, utcnow
 from crm_contracts.events.common import Behaviour, Consent, Contact, Money
 from crm_contracts.events.leads import LeadQualifiedV1
 from crm_contracts.events.sales import DealWonV1, LeadVerdictV1, Product, Verdict
@@ -185,7 +185,9 @@ def wrong_source(rng: random.Random, topic: str) -> bytes:
 def unknown_version(rng: random.Random, topic: str) -> bytes:
     doc = _base(rng, topic)
     if rng.random() < 0.7:
-        doc["schema_version"] = rng.choice([2, 7, 99, 2**31, 2**63 + 1])
+        # The first version this build does not know (deal.won has a v2), then far-off ones.
+        unknown = 1 + max(v for (t, v) in REGISTRY if t == doc["event_type"])
+        doc["schema_version"] = rng.choice([unknown, 7, 99, 2**31, 2**63 + 1])
     else:
         doc["event_type"] = rng.choice(["lead.teleported", "x", "deal.lost.v2", "ü"])
     return _dump(doc)

@@ -117,6 +117,8 @@ async def test_a_won_deal_is_handed_to_customer_success_with_its_commitments(
                 {"description": "SSO integration live by go-live", "due_date": due.isoformat()},
                 {"description": "Dedicated onboarding manager"},
             ],
+            "contract_months": 24,
+            "contract_start": "2026-07-01",
         }
         extra = {"name": "Charles Babbage", "email": "charles@example.com", "role": "COO"}
         r = await sales.move(oid, "won", rep, fields=won_fields, contacts=[extra])
@@ -149,6 +151,13 @@ async def test_a_won_deal_is_handed_to_customer_success_with_its_commitments(
         assert p["commitments"][1]["due_date"] is None
         assert [c["email"] for c in p["contacts"]] == [f"{opp['lead_id']}@example.com", "charles@example.com"]
         assert event.correlation_id == f"journey-{opp['lead_id']}"
+        assert event.schema_version == 2  # v2 carries the contract term
+        assert p["term"] == {
+            "start": "2026-07-01T00:00:00Z",
+            "months": 24,
+            "renewal_date": "2028-07-01T00:00:00Z",
+            "value": {"amount": 5000.0, "currency": "EUR"},
+        }
         (changed,) = await reader.wait_for(
             lambda _: (
                 [e for e in mine(reader, "opportunity.stage_changed", oid) if e.payload["to_stage"] == "won"]

@@ -23,7 +23,8 @@ from crm_contracts.events.leads import LeadQualifiedV1
 from crm_contracts.events.sales import (
     ActivityLoggedV1,
     Commitment,
-    DealWonV1,
+    ContractTerm,
+    DealWonV2,
     LeadAssignedV1,
     LeadVerdictV1,
     OpportunityCreatedV1,
@@ -54,6 +55,7 @@ from sales.domain.inbox import (
     response_due_at,
 )
 from sales.domain.opportunity import (
+    DEFAULT_CONTRACT_MONTHS,
     DEFAULT_CURRENCY,
     ActivityType,
     OpportunityStatus,
@@ -573,22 +575,32 @@ def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
     return [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
 
 
-def _deal_won(opp: Doc, fields: Mapping[str, Any], contacts: list[Doc], now: datetime) -> DealWonV1:
-    """The handoff to customer success, validated against its contract before anything is stored."""
+def _deal_won(opp: Doc, fields: Mapping[str, Any], contacts: list[Doc], now: datetime) -> DealWonV2:
+    """The handoff to customer success, validated against its contract before anything is stored.
+
+    v2 carries the contract term: ``contract_start`` (a date; default the win) and
+    ``contract_months`` (default 12), valued at the deal's amount."""
     try:
-        return DealWonV1(
+        value = Money(
+            amount=to_wire(to_amount(fields["amount"])), currency=fields.get("currency") or DEFAULT_CURRENCY
+        )
+        start = fields.get("contract_start")
+        term = ContractTerm.starting(
+            datetime.fromisoformat(f"{start}T00:00:00+00:00") if start else now,
+            int(fields.get("contract_months") or DEFAULT_CONTRACT_MONTHS),
+            value,
+        )
+        return DealWonV2(
             deal_id=opp["_id"],
             lead_id=opp.get("lead_id"),
             account_name=opp["account_name"],
             contacts=[Contact.model_validate(c) for c in contacts],
             products=[Product.model_validate(plain_numbers(p)) for p in fields["products"]],
-            value=Money(
-                amount=to_wire(to_amount(fields["amount"])),
-                currency=fields.get("currency") or DEFAULT_CURRENCY,
-            ),
+            value=value,
             commitments=[Commitment.model_validate(c) for c in fields["commitments"]],
             sales_owner=opp["owner"],
             won_at=now,
+            term=term,
         )
     except (ValidationError, TypeError, KeyError) as exc:
         errors = _field_errors(exc) if isinstance(exc, ValidationError) else [{"message": str(exc)}]

@@ -5,14 +5,18 @@ from __future__ import annotations
 from crm_contracts import utcnow
 from crm_platform.app import create_app
 from crm_platform.clock import Clock
+from crm_platform.ids import new_id
 from crm_platform.runtime import ServiceRuntime, Subscription
 from crm_platform.settings import ServiceSettings
+from crm_platform.uow import MongoUnitOfWork
 from fastapi import FastAPI
 
 from service_desk import consumers, store
 from service_desk.api import accounts, admin, tickets
+from service_desk.api import lifecycle as lifecycle_api
 from service_desk.handlers import ServiceDesk
 from service_desk.settings import DEPARTMENT
+from service_desk.store import MongoSuccessUnit
 
 
 def bootstrap(settings: ServiceSettings, *, clock: Clock | None = None) -> FastAPI:
@@ -32,7 +36,8 @@ def bootstrap(settings: ServiceSettings, *, clock: Clock | None = None) -> FastA
         description="Customer service and customer success: accounts after the won deal, "
         "onboarding, tickets with SLA timers, CSAT, upsell signals and commitment flags.",
         runtime=runtime,
-        protected=[accounts.router, tickets.router, admin.router],
+        protected=[accounts.router, tickets.router, admin.router, lifecycle_api.router],
     )
     app.state.desk = ServiceDesk(runtime.store, clock)
+    app.state.uow = MongoUnitOfWork(MongoSuccessUnit, runtime.store, clock=clock, new_id=new_id)
     return app

@@ -39,6 +39,7 @@ from service_desk.domain import access
 from service_desk.domain.accounts import (
     Account,
     AccountCommitment,
+    AssignmentRole,
     OnboardingStatus,
     Signal,
     account_from_deal,
@@ -85,6 +86,7 @@ def deal_won_handler(clock: Clock, ids: Callable[[], str] = new_id) -> Handler:
             )
             return
         config, _ = await repo.config()
+        success, _ = await repo.success_config()
         roster, _ = await repo.roster()
         active = active_csms(roster)
         csm = round_robin(active, await repo.take_turn()) if active else None
@@ -95,6 +97,7 @@ def deal_won_handler(clock: Clock, ids: Callable[[], str] = new_id) -> Handler:
             checklist=config.onboarding_checklist,
             now=to_millis(clock()),
             journey_id=envelope.correlation_id,
+            success=success,
         )
         await repo.insert_account(account)
         tx.emit(
@@ -215,8 +218,9 @@ class ServiceDesk:
                 raise RuleViolation(
                     f"user {csm_user_id!r} is not an active CSM on the roster (PUT /csms)", field="user_id"
                 )
-            account.csm = csm_user_id
-            await repo.save_account(account)
+            if account.csm != csm_user_id:  # the same CSM again changes (and records) nothing
+                account.reassign(AssignmentRole.CSM, csm_user_id, by=user.user_id, now=self.now())
+                await repo.save_account(account)
             return account
 
         return await self.store.transaction(work)
@@ -325,7 +329,9 @@ class ServiceDesk:
         async def work(tx: Tx) -> Ticket:
             repo = Repo.of(tx)
             account = await repo.account(account_id)
-            if account is None or not access.can_see_account(user.roles, user.user_id, account.csm):
+            if account is None or not access.can_see_account(
+                user.roles, user.user_id, account.csm, account.account_manager
+            ):
                 raise RuleViolation(f"unknown account {account_id!r}", field="account_id")
             config, _ = await repo.config()
             assignee = user.user_id if assign_to_me or account.csm is None else account.csm
@@ -448,6 +454,8 @@ class ServiceDesk:
 
 def _visible_account(user: Principal, account_id: str, account: Account | None) -> Account:
     """The account, or 404 when it does not exist or is outside this user's book."""
-    if account is None or not access.can_see_account(user.roles, user.user_id, account.csm):
+    if account is None or not access.can_see_account(
+        user.roles, user.user_id, account.csm, account.account_manager
+    ):
         raise NotFound(f"account {account_id} not found", account_id=account_id)
     return account

@@ -22,6 +22,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     sales.ActivityLoggedV1,
     sales.OpportunityLostV1,
     sales.DealWonV1,
+    sales.DealWonV2,
     service_desk.OnboardingStartedV1,
     service_desk.OnboardingCompletedV1,
     service_desk.TicketOpenedV1,
@@ -29,6 +30,11 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     service_desk.TicketRatedV1,
     service_desk.UpsellSpottedV1,
     service_desk.CommitmentFlaggedV1,
+    service_desk.RenewalRecordedV1,
+    service_desk.CheckInLoggedV1,
+    service_desk.HealthScoredV1,
+    service_desk.ChurnRiskChangedV1,
+    service_desk.SurveyAnsweredV1,
     platform.HandoffReceivedV1,
 )
 

@@ -141,13 +141,20 @@ ROUTE_TABLE: tuple[RouteRule, ...] = (
     rule(SALES, READ, "/reps|config/**", SALES_ROLES, "the team and its settings"),
     rule(SALES, WRITE, "/reps|config|pipeline/**", SALES_LEADS, "managers run the team"),
     # service desk (customer service and customer success)
-    rule(SERVICE_DESK, {"PUT"}, "/accounts/*/csm", CSM_LEADS, "customer success assigns CSMs"),
+    rule(
+        SERVICE_DESK,
+        {"PUT"},
+        "/accounts/*/csm|tier|account-manager",
+        CSM_LEADS,
+        "customer success assigns CSMs, account managers and tiers",
+    ),
+    rule(SERVICE_DESK, WRITE, "/success/**", ADMINS, "customer success settings are the administrator's"),
     rule(SERVICE_DESK, WRITE, "/csms/**", CSM_LEADS, "customer success runs its roster"),
     rule(SERVICE_DESK, WRITE, "/config/**", ADMINS, "SLA settings are the administrator's"),
     rule(
         SERVICE_DESK,
         ANY,
-        "/accounts|tickets|csms|config/**",
+        "/accounts|tickets|csms|config|success|renewals/**",
         SERVICE_ROLES,
         "cases, accounts and commitments",
     ),

@@ -292,6 +292,10 @@ class OpportunityFieldsIn(BaseModel):
         description="What sales promised (may be empty, but must be given to win)",
     )
     lost_reason: str | None = Field(default=None, min_length=1, max_length=500)
+    contract_months: int | None = Field(
+        default=None, ge=1, le=120, description="The contract's term in months (deal.won v2 term; default 12)"
+    )
+    contract_start: date | None = Field(default=None, description="The contract's start (default: the win)")
 
     @model_validator(mode="before")
     @classmethod

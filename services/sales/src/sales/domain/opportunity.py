@@ -17,6 +17,7 @@ from sales.domain.pipeline import LOST, WON
 
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 DEFAULT_CURRENCY = "EUR"
+DEFAULT_CONTRACT_MONTHS = 12  # a won deal whose fields name no contract_months
 
 
 class OpportunityStatus(StrEnum):

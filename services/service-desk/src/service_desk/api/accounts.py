@@ -8,7 +8,7 @@ from crm_platform.auth import CurrentUser, require_roles
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel
 
-from service_desk.api.deps import SERVICE_DESK_ROLES, Desk
+from service_desk.api.deps import SERVICE_DESK_ROLES, Desk, Success
 from service_desk.api.models import (
     AccountOut,
     AssignCsmIn,
@@ -34,6 +34,7 @@ class AccountList(BaseModel):
 async def list_accounts(
     desk: Desk,
     user: CurrentUser,
+    success: Success,
     csm: Annotated[str | None, Query(max_length=100)] = None,
     onboarding_status: OnboardingStatus | None = None,
     deal_id: Annotated[str | None, Query(max_length=100, description="The won deal's id")] = None,
@@ -42,12 +43,12 @@ async def list_accounts(
     accounts = await desk.list_accounts(
         user, csm=csm, onboarding=onboarding_status, deal_id=deal_id, limit=limit
     )
-    return AccountList(items=[AccountOut.of(a) for a in accounts], count=len(accounts))
+    return AccountList(items=[AccountOut.of(a, success) for a in accounts], count=len(accounts))
 
 
 @router.get("/{account_id}", response_model=AccountOut)
-async def get_account(account_id: str, desk: Desk, user: CurrentUser) -> AccountOut:
-    return AccountOut.of(await desk.get_account(user, account_id))
+async def get_account(account_id: str, desk: Desk, user: CurrentUser, success: Success) -> AccountOut:
+    return AccountOut.of(await desk.get_account(user, account_id), success)
 
 
 @router.post(
@@ -55,8 +56,10 @@ async def get_account(account_id: str, desk: Desk, user: CurrentUser) -> Account
     response_model=AccountOut,
     summary="Complete one onboarding item (all done -> onboarding completed)",
 )
-async def complete_item(account_id: str, item: str, desk: Desk, user: CurrentUser) -> AccountOut:
-    return AccountOut.of(await desk.complete_checklist_item(user, account_id, item))
+async def complete_item(
+    account_id: str, item: str, desk: Desk, user: CurrentUser, success: Success
+) -> AccountOut:
+    return AccountOut.of(await desk.complete_checklist_item(user, account_id, item), success)
 
 
 @router.put(
@@ -65,8 +68,10 @@ async def complete_item(account_id: str, item: str, desk: Desk, user: CurrentUse
     summary="Hand the account to another CSM",
     dependencies=[require_roles(*sorted(ROSTER_EDITORS))],
 )
-async def assign_csm(account_id: str, body: AssignCsmIn, desk: Desk, user: CurrentUser) -> AccountOut:
-    return AccountOut.of(await desk.assign_csm(user, account_id, body.user_id.strip()))
+async def assign_csm(
+    account_id: str, body: AssignCsmIn, desk: Desk, user: CurrentUser, success: Success
+) -> AccountOut:
+    return AccountOut.of(await desk.assign_csm(user, account_id, body.user_id.strip()), success)
 
 
 @router.post(

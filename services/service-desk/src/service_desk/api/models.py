@@ -14,13 +14,18 @@ from service_desk.domain.accounts import (
     AccountCommitment,
     AccountContact,
     AccountProduct,
+    AccountStatus,
     AccountValue,
+    Assignment,
     CommitmentStatus,
     OnboardingStatus,
     Signal,
+    TierChange,
 )
 from service_desk.domain.config import Priority, ServiceDeskConfig
 from service_desk.domain.roster import CsmEntry
+from service_desk.domain.success_config import SuccessConfig
+from service_desk.domain.terms import Term
 from service_desk.domain.tickets import SlaState, Ticket, TicketStatus, sla_view
 from service_desk.handlers import ConfigRecord, RosterRecord
 
@@ -110,6 +115,24 @@ class SignalOut(BaseModel):
         return cls.model_validate(s.model_dump())
 
 
+class TermOut(BaseModel):
+    start: datetime
+    months: int
+    renewal_date: datetime
+    value: AccountValue
+    source: str = Field(description="deal (from the won deal), default (the deal had none), renewal")
+
+    @classmethod
+    def of(cls, t: Term) -> TermOut:
+        return cls(
+            start=t.start,
+            months=t.months,
+            renewal_date=t.renewal_date,
+            value=AccountValue(amount=t.amount, currency=t.currency),
+            source=t.source,
+        )
+
+
 class AccountOut(BaseModel):
     account_id: str
     deal_id: str
@@ -125,9 +148,19 @@ class AccountOut(BaseModel):
     onboarding: OnboardingOut
     signals: list[SignalOut]
     created_at: datetime
+    term: TermOut | None = Field(
+        description="The current contract term (from the won deal or the last renewal)"
+    )
+    tier: str
+    account_manager: str | None = Field(description="User id of the named account manager")
+    needs_account_manager: bool = Field(description="Its tier needs a named account manager and has none")
+    status: AccountStatus
+    churned_at: datetime | None
+    assignments: list[Assignment] = Field(description="Every CSM / account manager change, oldest first")
+    tier_changes: list[TierChange]
 
     @classmethod
-    def of(cls, a: Account) -> AccountOut:
+    def of(cls, a: Account, success: SuccessConfig | None = None) -> AccountOut:
         ob = a.onboarding
         return cls(
             account_id=a.account_id,
@@ -159,6 +192,14 @@ class AccountOut(BaseModel):
             ),
             signals=[SignalOut.of(s) for s in a.signals],
             created_at=a.created_at,
+            term=TermOut.of(a.term) if a.term else None,
+            tier=a.tier,
+            account_manager=a.account_manager,
+            needs_account_manager=a.needs_account_manager(success or SuccessConfig()),
+            status=a.status,
+            churned_at=a.churned_at,
+            assignments=a.assignments,
+            tier_changes=a.tier_changes,
         )
 
 

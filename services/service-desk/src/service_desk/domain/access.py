@@ -15,8 +15,11 @@ def sees_all(roles: Iterable[str]) -> bool:
     return bool(SEE_ALL & set(roles))
 
 
-def can_see_account(roles: Iterable[str], user_id: str, account_csm: str | None) -> bool:
-    return sees_all(roles) or (account_csm is not None and account_csm == user_id)
+def can_see_account(
+    roles: Iterable[str], user_id: str, account_csm: str | None, account_manager: str | None = None
+) -> bool:
+    """Reps and admins see every account; a CSM the ones they manage (as CSM or account manager)."""
+    return sees_all(roles) or user_id in {account_csm, account_manager} - {None}
 
 
 def can_see_ticket(roles: Iterable[str], user_id: str, *, assignee: str, account_csm: str | None) -> bool:

@@ -10,13 +10,15 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from crm_contracts.events.sales import DealWonV1
+from crm_contracts.events.sales import DealWonV1, DealWonV2
 from crm_contracts.events.service_desk import SignalKind
 from crm_platform.errors import Conflict, NotFound, RuleViolation
 from crm_platform.money import StoredAmount, to_amount
 from pydantic import BaseModel, ConfigDict, Field
 
 from service_desk.domain.config import slugify
+from service_desk.domain.success_config import SuccessConfig, TierConfig
+from service_desk.domain.terms import Term
 
 
 class Entity(BaseModel):
@@ -32,6 +34,34 @@ class CommitmentStatus(StrEnum):
 class OnboardingStatus(StrEnum):
     IN_PROGRESS = "in_progress"
     COMPLETED = "completed"
+
+
+class AccountStatus(StrEnum):
+    ACTIVE = "active"
+    CHURNED = "churned"
+
+
+class AssignmentRole(StrEnum):
+    CSM = "csm"
+    ACCOUNT_MANAGER = "account_manager"
+
+
+class Assignment(Entity):
+    """One recorded reassignment (who held the account before, who holds it now, who decided)."""
+
+    role: AssignmentRole
+    from_user: str | None
+    to_user: str | None
+    by: str
+    at: datetime
+    reason: str | None = None
+
+
+class TierChange(Entity):
+    from_tier: str | None
+    to_tier: str
+    by: str
+    at: datetime
 
 
 class AccountContact(Entity):
@@ -123,6 +153,49 @@ class Account(Entity):
     journey_id: str | None = Field(
         default=None, description="Correlation id of the customer's journey (from the won deal)"
     )
+    term: Term | None = None
+    tier: str = "standard"
+    account_manager: str | None = None
+    assignments: list[Assignment] = Field(default_factory=list)
+    tier_changes: list[TierChange] = Field(default_factory=list)
+    status: AccountStatus = AccountStatus.ACTIVE
+    churned_at: datetime | None = None
+
+    # --- ownership and tiers ----------------------------------------------------------------
+
+    @property
+    def owner(self) -> str | None:
+        """Who answers for the account's renewal and risk: the account manager, else the CSM."""
+        return self.account_manager or self.csm
+
+    def needs_account_manager(self, config: SuccessConfig) -> bool:
+        tier = config.tier(self.tier)
+        return bool(tier and tier.named_account_manager and self.account_manager is None)
+
+    def reassign(
+        self, role: AssignmentRole, to_user: str | None, *, by: str, now: datetime, reason: str | None = None
+    ) -> Assignment:
+        """Hand the account (as CSM or as account manager) to ``to_user``; the change is recorded."""
+        before = self.csm if role == AssignmentRole.CSM else self.account_manager
+        if before == to_user:
+            raise Conflict(
+                f"{to_user} already is the account's {role.value}", field="user_id", role=role.value
+            )
+        if role == AssignmentRole.CSM:
+            self.csm = to_user
+        else:
+            self.account_manager = to_user
+        change = Assignment(role=role, from_user=before, to_user=to_user, by=by, at=now, reason=reason)
+        self.assignments.append(change)
+        return change
+
+    def change_tier(self, tier: TierConfig, *, by: str, now: datetime) -> TierChange:
+        if tier.name == self.tier:
+            raise Conflict(f"the account already is {tier.name}", field="tier", tier=tier.name)
+        change = TierChange(from_tier=self.tier, to_tier=tier.name, by=by, at=now)
+        self.tier = tier.name
+        self.tier_changes.append(change)
+        return change
 
     # --- onboarding -------------------------------------------------------------------------
 
@@ -232,8 +305,25 @@ def account_from_deal(
     checklist: Sequence[str],
     now: datetime,
     journey_id: str | None = None,
+    success: SuccessConfig | None = None,
 ) -> Account:
-    """The account customer success opens for a won deal, keeping everything sales handed over."""
+    """The account customer success opens for a won deal, keeping everything sales handed over.
+
+    The contract term comes from the deal (``deal.won`` v2); a deal without one (v1) gets the
+    configured default length from the day it was won, marked ``source="default"``.
+    """
+    success = success or SuccessConfig()
+    value = to_amount(deal.value.amount)
+    if isinstance(deal, DealWonV2) and deal.term is not None:
+        term = Term.from_contract(deal.term, source="deal")
+    else:
+        term = Term.of(
+            start=deal.won_at,
+            months=success.default_term_months,
+            amount=value,
+            currency=deal.value.currency,
+            source="default",
+        )
     return Account(
         account_id=account_id,
         deal_id=deal.deal_id,
@@ -257,4 +347,6 @@ def account_from_deal(
         onboarding=Onboarding(started_at=now, checklist=new_checklist(checklist)),
         created_at=now,
         journey_id=journey_id,
+        term=term,
+        tier=success.tier_for_value(term.amount).name,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import calendar
+from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
@@ -159,3 +161,41 @@ class DealWonV1(Event):
 
     def partition_key(self) -> str:
         return self.deal_id
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """``moment`` plus whole calendar months; the 31st becomes the month's last day when needed."""
+    index = moment.month - 1 + months
+    year, month = moment.year + index // 12, index % 12 + 1
+    return moment.replace(year=year, month=month, day=min(moment.day, calendar.monthrange(year, month)[1]))
+
+
+class ContractTerm(Value):
+    """The contract a won deal (or a renewal) starts: when, how long, when it renews, its value."""
+
+    start: Timestamp
+    months: int = Field(ge=1, le=120, description="Length of the term in months")
+    renewal_date: Timestamp = Field(description="When the contract is up for renewal")
+    value: Money = Field(description="The contract's value over the term")
+
+    @model_validator(mode="after")
+    def _renews_after_it_starts(self) -> ContractTerm:
+        if self.renewal_date <= self.start:
+            raise ValueError("renewal_date must be after start")
+        return self
+
+    @classmethod
+    def starting(cls, start: datetime, months: int, value: Money) -> ContractTerm:
+        """A term renewing ``months`` calendar months after ``start``."""
+        return cls(start=start, months=months, renewal_date=add_months(start, months), value=value)
+
+
+class DealWonV2(DealWonV1):
+    """HANDOFF sales -> customer success: v1 plus the contract's term (optional, so v1 readers'
+    data stays valid). A subclass of v1, so every consumer that handles v1 handles v2."""
+
+    version: ClassVar[int] = 2
+
+    term: ContractTerm | None = Field(
+        default=None, description="The contract term sales closed (start, months, renewal date, value)"
+    )

@@ -5,11 +5,13 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from crm_contracts import topics
 from crm_contracts.base import Event
 from crm_contracts.envelope import Timestamp
+from crm_contracts.events.common import Money, Value
+from crm_contracts.events.sales import ContractTerm
 
 
 class OnboardingStartedV1(Event):
@@ -127,6 +129,165 @@ class CommitmentFlaggedV1(Event):
     commitment_id: str
     reason: str = Field(min_length=1)
     flagged_by: str
+
+    def partition_key(self) -> str:
+        return self.account_id
+
+
+# --- accounts over their whole life: renewals, check-ins, health, surveys ----------------------
+
+
+class RenewalOutcome(StrEnum):
+    RENEWED = "renewed"
+    DOWNGRADED = "downgraded"
+    CHURNED = "churned"
+
+
+class ChurnReason(StrEnum):
+    PRICE = "price"
+    COMPETITOR = "competitor"
+    BUDGET_CUT = "budget_cut"
+    PRODUCT_FIT = "product_fit"
+    LOW_ADOPTION = "low_adoption"
+    SERVICE_QUALITY = "service_quality"
+    BUSINESS_CLOSED = "business_closed"
+    OTHER = "other"
+
+
+class RenewalRecordedV1(Event):
+    """The outcome of an account's renewal: renewed (new value and term), downgraded, or churned."""
+
+    event_type: ClassVar[str] = "account.renewal_recorded"
+    version: ClassVar[int] = 1
+    topic: ClassVar[str] = topics.SERVICE_DESK_EVENTS
+
+    renewal_id: str
+    account_id: str
+    deal_id: str
+    tier: str
+    account_manager: str | None = Field(default=None, description="User id of the account manager/CSM")
+    outcome: RenewalOutcome
+    due_date: Timestamp = Field(description="The renewal date that was due")
+    previous_value: Money
+    new_term: ContractTerm | None = Field(default=None, description="Renewed or downgraded: the new term")
+    churn_reason: ChurnReason | None = None
+    recorded_by: str
+
+    @model_validator(mode="after")
+    def _outcome_fields(self) -> RenewalRecordedV1:
+        if self.outcome == RenewalOutcome.CHURNED:
+            if self.churn_reason is None or self.new_term is not None:
+                raise ValueError("a churned renewal has a churn_reason and no new_term")
+        elif self.new_term is None or self.churn_reason is not None:
+            raise ValueError("a renewed or downgraded renewal has a new_term and no churn_reason")
+        return self
+
+    def partition_key(self) -> str:
+        return self.account_id
+
+
+class Sentiment(StrEnum):
+    POSITIVE = "positive"
+    NEUTRAL = "neutral"
+    NEGATIVE = "negative"
+
+
+class CheckInLoggedV1(Event):
+    """A customer success check-in held with an account (notes and attendees stay in the desk)."""
+
+    event_type: ClassVar[str] = "account.checkin_logged"
+    version: ClassVar[int] = 1
+    topic: ClassVar[str] = topics.SERVICE_DESK_EVENTS
+
+    checkin_id: str
+    account_id: str
+    tier: str
+    csm: str = Field(description="User id of who held it")
+    held_at: Timestamp
+    sentiment: Sentiment
+    attendees: int = Field(ge=1, description="How many people attended")
+    due_at: Timestamp | None = Field(default=None, description="When it was due by the tier's cadence")
+
+    def partition_key(self) -> str:
+        return self.account_id
+
+
+class HealthBand(StrEnum):
+    HEALTHY = "healthy"
+    WATCH = "watch"
+    AT_RISK = "at_risk"
+
+
+class HealthReason(Value):
+    component: str = Field(description="e.g. onboarding, tickets, sla, csat, nps, checkins, promises, usage")
+    points: float = Field(description="What this component added (+) or took away (-)")
+    detail: str
+
+
+class HealthScoredV1(Event):
+    """An account's health score changed, with the rules version and the reasons behind it."""
+
+    event_type: ClassVar[str] = "account.health_scored"
+    version: ClassVar[int] = 1
+    topic: ClassVar[str] = topics.SERVICE_DESK_EVENTS
+
+    account_id: str
+    score: float = Field(ge=0, le=100)
+    band: HealthBand
+    rules_version: int = Field(ge=1)
+    reasons: list[HealthReason]
+    scored_at: Timestamp
+
+    def partition_key(self) -> str:
+        return self.account_id
+
+
+class ChurnRiskChangedV1(Event):
+    """The churn early warning was raised (``at_risk``) or cleared for an account."""
+
+    event_type: ClassVar[str] = "account.churn_risk_changed"
+    version: ClassVar[int] = 1
+    topic: ClassVar[str] = topics.SERVICE_DESK_EVENTS
+
+    account_id: str
+    at_risk: bool
+    signals: list[str] = Field(
+        description="Codes of the warning signals that hold: falling_trend, detractor_nps, "
+        "repeated_sla_breaches, overdue_renewal"
+    )
+    account_manager: str | None = None
+    health_score: float | None = Field(default=None, ge=0, le=100)
+
+    def partition_key(self) -> str:
+        return self.account_id
+
+
+class SurveyKind(StrEnum):
+    CSAT = "csat"  # 1-5, after a ticket
+    NPS = "nps"  # 0-10, on a schedule
+
+
+class SurveyAnsweredV1(Event):
+    """The customer answered a survey through its signed link (not typed by a rep)."""
+
+    event_type: ClassVar[str] = "survey.answered"
+    version: ClassVar[int] = 1
+    topic: ClassVar[str] = topics.SERVICE_DESK_EVENTS
+
+    survey_id: str
+    account_id: str
+    kind: SurveyKind
+    score: int = Field(ge=0, le=10, description="CSAT 1-5, NPS 0-10")
+    ticket_id: str | None = None
+    has_comment: bool = False
+    sent_at: Timestamp
+    answered_at: Timestamp
+
+    @model_validator(mode="after")
+    def _score_in_range(self) -> SurveyAnsweredV1:
+        if self.kind == SurveyKind.CSAT and not 1 <= self.score <= 5:
+            raise ValueError("a CSAT score is 1 to 5")
+        return self
 
     def partition_key(self) -> str:
         return self.account_id

@@ -1,0 +1,155 @@
+"""Renewals: each account's renewal date, the renewal list, and the recorded outcome.
+
+Pure: the caller passes the account, identifiers and the current time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from crm_contracts.events.service_desk import ChurnReason, RenewalOutcome
+from crm_platform.errors import Conflict, RuleViolation
+from crm_platform.money import StoredAmount
+from pydantic import BaseModel, ConfigDict
+
+from service_desk.domain.accounts import Account, AccountStatus
+from service_desk.domain.terms import Term
+
+
+class RenewalRecord(BaseModel):
+    """One renewal decision, kept forever (the churn warning's hit rate is measured against it)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    renewal_id: str
+    account_id: str
+    deal_id: str
+    tier: str
+    account_manager: str | None
+    outcome: RenewalOutcome
+    due_date: datetime
+    previous_amount: StoredAmount
+    currency: str
+    new_term: Term | None = None
+    churn_reason: ChurnReason | None = None
+    notes: str | None = None
+    recorded_by: str
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class RenewalDecision:
+    """What the account manager decided; ``new_*`` for renewed/downgraded, ``churn_reason`` for churned."""
+
+    outcome: RenewalOutcome
+    new_amount: Decimal | None = None
+    new_months: int | None = None
+    new_start: datetime | None = None
+    churn_reason: ChurnReason | None = None
+    notes: str | None = None
+
+
+def record_renewal(
+    account: Account, decision: RenewalDecision, *, renewal_id: str, by: str, now: datetime
+) -> RenewalRecord:
+    """Apply the outcome to the account (a new term, or churned) and return the record."""
+    if account.status != AccountStatus.ACTIVE or account.term is None:
+        raise Conflict(
+            f"account {account.account_id} is {account.status.value}; there is no renewal to record",
+            account_id=account.account_id,
+            status=account.status.value,
+        )
+    term = account.term
+    new_term = _new_term(term, decision) if decision.outcome != RenewalOutcome.CHURNED else None
+    if decision.outcome == RenewalOutcome.CHURNED:
+        if decision.churn_reason is None:
+            raise RuleViolation("a churned renewal needs a churn_reason", field="churn_reason")
+        if decision.new_amount is not None or decision.new_months is not None:
+            raise RuleViolation("a churned renewal has no new term", field="new_value")
+        account.status, account.churned_at = AccountStatus.CHURNED, now
+    else:
+        if decision.churn_reason is not None:
+            raise RuleViolation(
+                f"churn_reason only goes with outcome 'churned', not {decision.outcome.value!r}",
+                field="churn_reason",
+            )
+        account.term = new_term
+    return RenewalRecord(
+        renewal_id=renewal_id,
+        account_id=account.account_id,
+        deal_id=account.deal_id,
+        tier=account.tier,
+        account_manager=account.owner,
+        outcome=decision.outcome,
+        due_date=term.renewal_date,
+        previous_amount=term.amount,
+        currency=term.currency,
+        new_term=new_term,
+        churn_reason=decision.churn_reason,
+        notes=decision.notes,
+        recorded_by=by,
+        recorded_at=now,
+    )
+
+
+def _new_term(term: Term, decision: RenewalDecision) -> Term:
+    if decision.new_amount is None:
+        raise RuleViolation(f"a {decision.outcome.value} renewal needs new_value", field="new_value")
+    if decision.new_months is None:
+        raise RuleViolation(
+            f"a {decision.outcome.value} renewal needs new_term_months", field="new_term_months"
+        )
+    if decision.outcome == RenewalOutcome.DOWNGRADED and decision.new_amount >= term.amount:
+        raise RuleViolation(
+            f"a downgrade's new_value must be below the current {term.amount} {term.currency}",
+            field="new_value",
+        )
+    if decision.outcome == RenewalOutcome.RENEWED and decision.new_amount < term.amount:
+        raise RuleViolation(
+            f"new_value is below the current {term.amount} {term.currency}: record it as 'downgraded'",
+            field="new_value",
+        )
+    return Term.of(
+        start=decision.new_start or term.renewal_date,
+        months=decision.new_months,
+        amount=decision.new_amount,
+        currency=term.currency,
+        source="renewal",
+    )
+
+
+@dataclass(frozen=True)
+class RenewalDue:
+    """One line of the renewal list."""
+
+    account: Account
+    due_date: datetime
+    days_left: int
+    overdue: bool
+
+
+def renewal_overdue(account: Account, now: datetime) -> bool:
+    """The renewal date has passed and no outcome was recorded (a recorded one moves the date)."""
+    return (
+        account.status == AccountStatus.ACTIVE
+        and account.term is not None
+        and account.term.renewal_date < now
+    )
+
+
+def renewal_list(accounts: list[Account], *, now: datetime, window_days: int) -> list[RenewalDue]:
+    """Active accounts renewing within the window (overdue ones first), soonest first."""
+    until = now + timedelta(days=window_days)
+    due = [
+        RenewalDue(
+            account=a,
+            due_date=a.term.renewal_date,
+            days_left=(a.term.renewal_date - now).days,
+            overdue=a.term.renewal_date < now,
+        )
+        for a in accounts
+        if a.status == AccountStatus.ACTIVE and a.term is not None and a.term.renewal_date <= until
+    ]
+    return sorted(due, key=lambda d: d.due_date)
