@@ -2,10 +2,14 @@
 
 Starts its own embedded broker and mongod under ``.local/chaos`` (fresh each run, own
 ports, loopback only) and the whole platform under the ``make run`` supervisor, then
-drives leads through the gateway (capture, then a qualifying behaviour: each lead is
-one lead-qualified handoff from marketing to sales; sales' reps accept every
-``CHAOS_ACCEPT_EVERY``-th lead from their inbox: one lead-verdict handoff back to
-marketing) while it injects, in turn:
+drives leads through the gateway as clients would (every POST with an
+``Idempotency-Key``): capture, then a qualifying behaviour (each lead is one
+lead-qualified handoff, marketing -> sales); sales' reps accept every
+``CHAOS_ACCEPT_EVERY``-th lead from their inbox (one lead-verdict handoff back to
+marketing); every ``CHAOS_WIN_EVERY``-th accepted opportunity is taken to won with one
+commitment (deal-won, sales -> service desk); once its account appears, the service
+desk spots an upsell on it and flags the commitment (upsell-spotted and
+commitment-flagged, service desk -> sales). Meanwhile it injects, in turn:
 
 1. ``kills``: SIGKILL of a random service process, ``CHAOS_KILLS`` times (the supervisor
    restarts it; the next kill waits until it answers again);
@@ -17,16 +21,18 @@ marketing) while it injects, in turn:
 
 Then it waits for the platform to converge (bounded) and reports, per fault: what the
 clients saw (HTTP status counts while it lasted), the recovery time, and lost / doubled
-effects of the lead-qualified handoff for the leads qualified while it lasted (read-only
-queries of leads' and sales' databases: this is ops tooling, not a service); the backlog
+effects of each of the five handoffs for what was handed off while it lasted (read-only
+queries of the departments' databases: this is ops tooling, not a service); the backlog
 drain rate after the department returned; and analytics' difference from the
-departments' own counts. Figures go to ``bench/results/chaos.{txt,json}``.
+departments' own counts (captured, qualified, accepted, won). Figures go to
+``bench/results/chaos.{txt,json}``.
 
 Every loop and wait is bounded; the whole run stops by itself. Settings (environment):
 ``CHAOS_LEADS`` (10000), ``CHAOS_RATE`` leads/s offered (8: the load lasts about as long as
 the faults), ``CHAOS_CLIENTS`` (32),
 ``CHAOS_KILLS`` (50), ``CHAOS_KILL_INTERVAL`` seconds between kills (2),
 ``CHAOS_DOWN_SERVICE`` (sales), ``CHAOS_DOWN_SECONDS`` (600), ``CHAOS_ACCEPT_EVERY`` (2),
+``CHAOS_WIN_EVERY`` (4),
 ``CHAOS_CONVERGE_SECONDS`` (300), ``CHAOS_RESEND_AFTER_SECONDS`` (30: the platform's
 ``CRM_HANDOFF_RESEND_AFTER_SECONDS``; twice that is its
 ``CRM_HANDOFF_RESEND_SILENT_AFTER_SECONDS``), ``CHAOS_RECONCILE_SECONDS`` (60: analytics'
@@ -47,6 +53,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,6 +71,7 @@ from pymongo import MongoClient
 ROOT = Path(__file__).resolve().parents[1]
 HOME = Path(os.environ.get("CRM_CHAOS_HOME", ROOT / ".local/chaos"))
 RESULTS = ROOT / "bench/results"
+ACCOUNT_WAIT = 300.0  # seconds after the load that won deals' accounts are still waited for
 RECOVERY_TIMEOUT = 120.0  # seconds a fault may take to recover before it is reported as not recovered
 
 
@@ -86,6 +94,7 @@ class Config:
     down_seconds: float = field(default_factory=lambda: _env_float("CHAOS_DOWN_SECONDS", 600.0))
     converge_seconds: float = field(default_factory=lambda: _env_float("CHAOS_CONVERGE_SECONDS", 300.0))
     accept_every: int = field(default_factory=lambda: _env_int("CHAOS_ACCEPT_EVERY", 2))
+    win_every: int = field(default_factory=lambda: _env_int("CHAOS_WIN_EVERY", 4))
     # The platform's own repair loops, shortened so a run converges in minutes: a handoff without
     # a receipt is re-sent after this long; analytics reconciles against the log this often.
     resend_after: float = field(default_factory=lambda: _env_float("CHAOS_RESEND_AFTER_SECONDS", 30.0))
@@ -139,6 +148,14 @@ class Chaos:
         self.to_accept: set[str] = set()  # leads sales' reps accept (a lead-verdict handoff each)
         self.accepted_in: dict[str, str] = {}  # lead id -> phase sales accepted it in
         self.unqualified = 0  # leads the load gave up on (client-visible failures, not losses)
+        # Deals (every win_every-th accepted lead's opportunity is won with one commitment):
+        self.to_win: list[tuple[str, str]] = []  # (opportunity id, rep username) not yet won
+        self.won_in: dict[str, str] = {}  # deal id -> phase sales answered the win in
+        self.awaiting_account: dict[str, float] = {}  # deal id -> when it was won (no account seen yet)
+        self.signal_in: dict[str, str] = {}  # upsell signal id -> phase service-desk stored it in
+        self.flag_in: dict[str, str] = {}  # commitment flag id -> phase service-desk stored it in
+        self.deals_given_up = 0  # wins/signals/flags the load gave up on (client-visible, not losses)
+        self.accept_done = False
         self.load_done: float | None = None
         self.tokens: dict[str, str] = {}
         self.usernames: dict[str, str] = {}  # user id -> username (owners are user ids)
@@ -240,7 +257,7 @@ class Chaos:
                 pending = self.to_accept - set(self.accepted_in)
                 if not pending:
                     if self.load_done is not None:
-                        return
+                        break
                     await asyncio.sleep(1.0)
                     continue
                 page = await self._request(
@@ -253,6 +270,7 @@ class Chaos:
                 await asyncio.gather(*(self._accept_one(http, item, gate) for item in items))
                 if not items:
                     await asyncio.sleep(1.0)
+        self.accept_done = True
 
     async def _accept_one(
         self, http: httpx.AsyncClient, item: dict[str, Any], gate: asyncio.Semaphore
@@ -261,15 +279,26 @@ class Chaos:
             phase = self.phase.name
             path = f"/api/sales/inbox/{item['lead_id']}/accept"
             rep = self.usernames[item["owner"]]  # owners are user ids; tokens are by username
-            if await self._request(http, "POST", path, {"note": "chaos"}, rep) is not None:
+            out = await self._request(http, "POST", path, {"note": "chaos"}, rep)
+            if out is not None:
                 self.accepted_in.setdefault(item["lead_id"], phase)
+                opportunity = (out.get("opportunity") or {}).get("id")
+                if opportunity and len(self.accepted_in) % self.config.win_every == 0:
+                    self.to_win.append((str(opportunity), rep))
 
     async def _request(
         self, http: httpx.AsyncClient, method: str, path: str, body: Any, user: str = "maria"
     ) -> Any:
-        """One request with bounded retries; every answer is counted in the current phase."""
+        """One request with bounded retries; every answer is counted in the current phase.
+
+        A POST carries one ``Idempotency-Key`` for all its attempts, as a careful client's
+        would: a retry after a timeout or a 503 has no second effect.
+        """
+        key = uuid.uuid4().hex
         for attempt in range(8):
             headers = {"Authorization": f"Bearer {self.tokens[user]}"}
+            if method == "POST":
+                headers["Idempotency-Key"] = key
             try:
                 r = await http.request(method, path, json=body, headers=headers)
             except httpx.HTTPError as exc:
@@ -293,6 +322,68 @@ class Chaos:
                 self.tokens[user] = r.json()["access_token"]
         except httpx.HTTPError:
             pass
+
+    async def deals(self) -> None:
+        """Win the chosen opportunities (deal-won: sales -> service desk), then, once each
+        won deal is an account, spot an upsell on it and flag its commitment (upsell-spotted
+        and commitment-flagged: service desk -> sales), all through the gateway.
+
+        Runs until the acceptor is done and every won deal's account was seen, or until
+        ``ACCOUNT_WAIT`` after the load ended (a deal whose account never appears is
+        counted as lost by ``measure``, not here).
+        """
+        limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
+        async with httpx.AsyncClient(
+            base_url=self.platform.url("gateway"), limits=limits, timeout=10
+        ) as http:
+            gate = asyncio.Semaphore(4)
+            while True:
+                ended = self.load_done is not None and time.monotonic() - self.load_done > ACCOUNT_WAIT
+                if ended or (self.accept_done and not self.to_win and not self.awaiting_account):
+                    return
+                batch, self.to_win = self.to_win, []
+                await asyncio.gather(*(self._win(http, opp, rep, gate) for opp, rep in batch))
+                waiting = sorted(self.awaiting_account, key=self.awaiting_account.__getitem__)[:40]
+                await asyncio.gather(*(self._after_win(http, deal, gate) for deal in waiting))
+                await asyncio.sleep(1.0)
+
+    async def _win(self, http: httpx.AsyncClient, opp: str, rep: str, gate: asyncio.Semaphore) -> None:
+        async with gate:
+            for body in _win_steps():
+                phase = self.phase.name
+                path = f"/api/sales/opportunities/{opp}/{body.pop('_to')}"
+                if await self._request(http, "POST", path, body, rep) is None:
+                    self.deals_given_up += 1
+                    return
+            self.won_in[opp] = phase
+            self.awaiting_account[opp] = time.monotonic()
+
+    async def _after_win(self, http: httpx.AsyncClient, deal: str, gate: asyncio.Semaphore) -> None:
+        async with gate:
+            page = await self._request(
+                http, "GET", f"/api/service-desk/accounts?deal_id={deal}", None, "sven"
+            )
+            items = (page or {}).get("items") or []
+            if not items:
+                return
+            del self.awaiting_account[deal]
+            account = items[0]
+            base = f"/api/service-desk/accounts/{account['account_id']}"
+            phase = self.phase.name
+            body = {"kind": "upsell", "description": "chaos: more seats", "estimated_value": 1200}
+            signal = await self._request(http, "POST", f"{base}/signals", body, "sven")
+            if signal is not None:
+                self.signal_in[str(signal["signal_id"])] = phase
+            else:
+                self.deals_given_up += 1
+            for commitment in account.get("commitments", [])[:1]:
+                phase = self.phase.name
+                path = f"{base}/commitments/{commitment['commitment_id']}/flag"
+                flag = await self._request(http, "POST", path, {"reason": "chaos: cannot deliver"}, "sven")
+                if flag is not None and flag.get("flag_id"):
+                    self.flag_in[str(flag["flag_id"])] = phase
+                else:
+                    self.deals_given_up += 1
 
     # -- the faults ---------------------------------------------------------------------------------
 
@@ -459,17 +550,40 @@ class Chaos:
         deadline = started + self.config.converge_seconds
         # Unchanged for longer than a re-send takes (twice, to be sure): what is missing is lost.
         settle = max(45.0, 3 * self.config.resend_after + 15)  # the silent re-send comes at 2x
-        last, stable_since = (-1, -1), time.monotonic()
+        last: tuple[int, ...] = ()
+        stable_since = time.monotonic()
+        expected = (
+            len(self.qualified_in),
+            len(self.accepted_in),
+            len(self.won_in),
+            len(self.signal_in),
+            len(self.flag_in),
+        )
         while time.monotonic() < deadline:
-            now = (self._inbox_leads(), self._distinct_leads("leads", "verdicts"))
+            now = self._received_counts()
             if now != last:
                 last, stable_since = now, time.monotonic()
-            elif (now[0] >= len(self.qualified_in) and now[1] >= len(self.accepted_in)) or (
+            elif all(n >= e for n, e in zip(now, expected, strict=True)) or (
                 time.monotonic() - stable_since > settle
             ):
                 break
             time.sleep(1.0)
         return time.monotonic() - started
+
+    def _received_counts(self) -> tuple[int, ...]:
+        """What the receivers hold: inbox leads, verdicts, accounts, upsells, flags."""
+        sales_client, sales_db = self._db("sales")
+        desk_client, desk_db = self._db("service-desk")
+        try:
+            upsells = sales_db["opportunities"].count_documents({"signal_id": {"$type": "string"}})
+            flags = _count_flags(sales_db)
+            accounts = desk_db["accounts"].count_documents({})
+        except Exception:
+            upsells = flags = accounts = 0
+        finally:
+            sales_client.close()
+            desk_client.close()
+        return (self._inbox_leads(), self._distinct_leads("leads", "verdicts"), accounts, upsells, flags)
 
     def measure(self) -> dict[str, Any]:
         leads_client, leads_db = self._db("leads")
@@ -488,6 +602,7 @@ class Chaos:
             verdicts: Counter[str] = Counter()
             for doc in leads_db["verdicts"].find({}, {"lead_id": 1}):
                 verdicts[str(doc["lead_id"])] += 1
+            deals = self._deal_handoffs(sales_db)
         finally:
             leads_client.close()
             sales_client.close()
@@ -504,7 +619,19 @@ class Chaos:
                 "lost": sum(1 for lead in accepted if verdicts[lead] == 0),
                 "doubled": sum(1 for lead in accepted if verdicts[lead] > 1),
             }
-        departments = {"captured": captured_db, "qualified": len(qualified_db), "accepted": len(accepted_db)}
+            for handoff, (sent_in, received) in deals["per_id"].items():
+                mine = [key for key, p in sent_in.items() if p == phase.name]
+                phase.detail[handoff] = {
+                    "sent": len(mine),
+                    "lost": sum(1 for key in mine if received[key] == 0),
+                    "doubled": sum(1 for key in mine if received[key] > 1),
+                }
+        departments = {
+            "captured": captured_db,
+            "qualified": len(qualified_db),
+            "accepted": len(accepted_db),
+            "won": deals["won_in_sales_db"],
+        }
         analytics, waited = self._analytics_settled(departments)
         return {
             "analytics_waited_seconds": round(waited, 1),
@@ -521,10 +648,61 @@ class Chaos:
                 "lost": len(accepted_db - set(verdicts)),
                 "doubled": sum(1 for n in verdicts.values() if n > 1),
             },
+            **deals["totals"],
             "analytics_vs_departments": {
-                "captured": _diff(analytics.get("captured"), captured_db),
-                "qualified": _diff(analytics.get("qualified"), len(qualified_db)),
-                "accepted": _diff(analytics.get("accepted"), len(accepted_db)),
+                stage: _diff(analytics.get(stage), count) for stage, count in departments.items()
+            },
+        }
+
+    def _deal_handoffs(self, sales_db: Any) -> dict[str, Any]:
+        """deal-won, upsell-spotted and commitment-flagged: what was sent, what arrived, how often.
+
+        Sent is what the sending department stored (sales' won deals, service desk's
+        signals and flags); received is what the receiver stored for it (accounts by
+        deal id; opportunities by signal id; flags by flag id on the won deal).
+        """
+        desk_client, desk_db = self._db("service-desk")
+        try:
+            won = {str(d["_id"]) for d in sales_db["opportunities"].find({"status": "won"}, {"_id": 1})}
+            accounts: Counter[str] = Counter()
+            signals_sent: set[str] = set()
+            flags_sent: set[str] = set()
+            for account in desk_db["accounts"].find({}, {"deal_id": 1, "signals": 1, "commitments": 1}):
+                accounts[str(account["deal_id"])] += 1
+                signals_sent |= {str(s["signal_id"]) for s in account.get("signals") or []}
+                flags_sent |= {
+                    str(c["flag_id"]) for c in account.get("commitments") or [] if c.get("flag_id")
+                }
+            upsells: Counter[str] = Counter(
+                str(d["signal_id"])
+                for d in sales_db["opportunities"].find({"signal_id": {"$type": "string"}}, {"signal_id": 1})
+            )
+            flags: Counter[str] = Counter()
+            for opp in sales_db["opportunities"].find({"commitment_flags.0": {"$exists": True}}):
+                flags.update(str(f["flag_id"]) for f in opp["commitment_flags"])
+        finally:
+            desk_client.close()
+
+        def total(sent: set[str], received: Counter[str]) -> dict[str, int]:
+            return {
+                "sent": len(sent),
+                "received": sum(1 for key in sent if received[key] > 0),
+                "lost": sum(1 for key in sent if received[key] == 0),
+                "doubled": sum(1 for key in sent if received[key] > 1),
+                "received_unknown": len(set(received) - sent),
+            }
+
+        return {
+            "won_in_sales_db": len(won),
+            "per_id": {
+                "deal_won": (self.won_in, accounts),
+                "upsell_spotted": (self.signal_in, upsells),
+                "commitment_flagged": (self.flag_in, flags),
+            },
+            "totals": {
+                "deal_won_total": total(won, accounts),
+                "upsell_spotted_total": total(signals_sent, upsells),
+                "commitment_flagged_total": total(flags_sent, flags),
             },
         }
 
@@ -556,6 +734,42 @@ class Chaos:
             return {}
 
 
+def _win_steps() -> list[dict[str, Any]]:
+    """The requests that take an opportunity to won (``_to`` is the path's last part).
+
+    A small deal (3,000) with one commitment, so customer success has one to flag.
+    """
+    stage = "stage"
+    return [
+        {"_to": "activities", "type": "call", "summary": "chaos: discovery call"},
+        {"_to": stage, "stage": "discovery", "fields": {"budget": 5000, "decision_maker": "CFO"}},
+        {
+            "_to": stage,
+            "stage": "proposal",
+            "fields": {
+                "amount": 3000,
+                "products": [{"sku": "CRM-STD", "name": "CRM seat", "quantity": 5, "unit_price": 600}],
+            },
+        },
+        {"_to": stage, "stage": "negotiation", "fields": {"close_date": "2027-01-31"}},
+        {
+            "_to": stage,
+            "stage": "won",
+            "fields": {"commitments": [{"description": "chaos: onboarding workshop"}]},
+        },
+    ]
+
+
+def _count_flags(sales_db: Any) -> int:
+    rows = sales_db["opportunities"].aggregate(
+        [
+            {"$project": {"n": {"$size": {"$ifNull": ["$commitment_flags", []]}}}},
+            {"$group": {"_id": None, "n": {"$sum": "$n"}}},
+        ]
+    )
+    return int(next(iter(rows), {"n": 0})["n"])
+
+
 def _rules_body(rules: dict[str, Any]) -> dict[str, Any]:
     return {"rules": rules["rules"], "note": "chaos: one trial signup qualifies"}
 
@@ -582,61 +796,95 @@ def _diff(analytics: int | None, department: int) -> dict[str, Any]:
     }
 
 
+HANDOFF_COLUMNS = (  # (detail key, column title, what the first figure counts)
+    ("lead_qualified", "lead-qualified", "qualified"),
+    ("lead_verdict", "lead-verdict", "accepted"),
+    ("deal_won", "deal-won", "sent"),
+    ("upsell_spotted", "upsell-spotted", "sent"),
+    ("commitment_flagged", "commitment-flagged", "sent"),
+)
+
+
 def report(chaos: Chaos, totals: dict[str, Any], converge_s: float, elapsed: float) -> str:
     c = chaos.config
     lines = [
         f"make chaos: {c.leads} leads offered at {c.rate:g}/s through the gateway, {c.kills} kills, "
         f"{c.down_service} down {c.down_seconds:g} s (seed {c.seed}); {elapsed / 60:.1f} min in all",
         f"leads qualified: {len(chaos.qualified_in)}, given up by the load: {chaos.unqualified}; "
-        f"converged (or gave up waiting) after {converge_s:.0f} s",
+        f"accepted: {len(chaos.accepted_in)}; deals won: {len(chaos.won_in)}, upsells spotted: "
+        f"{len(chaos.signal_in)}, commitments flagged: {len(chaos.flag_in)} (deal steps given up by "
+        f"the load: {chaos.deals_given_up}); converged (or gave up waiting) after {converge_s:.0f} s",
         "",
-        "per fault: lead-qualified handoffs (qualified / lost / doubled), lead-verdict handoffs "
-        "(accepted / lost / doubled)",
-        f"{'fault':<58} {'recovery':>9}  {'qualified':>15} {'accepted':>15}  clients saw",
+        "per fault, per handoff: handed off while it lasted / lost / doubled (after convergence)",
+        f"{'fault':<58} {'recovery':>9}  "
+        + " ".join(f"{title:>18}" for _, title, _ in HANDOFF_COLUMNS)
+        + "  clients saw",
     ]
     for p in chaos.phases:
-        lq = p.detail.get("lead_qualified", {})
-        lv = p.detail.get("lead_verdict", {})
         rec = (
             "-"
             if p.name.endswith("(no fault)")
             else ("NOT" if p.recovery_seconds is None else f"{p.recovery_seconds:.1f} s")
         )
         seen = ", ".join(f"{k}: {v}" for k, v in sorted(p.statuses.items()))
-        handoffs = [
-            f"{d.get(first, 0)} / {d.get('lost', 0)} / {d.get('doubled', 0)}"
-            for d, first in ((lq, "qualified"), (lv, "accepted"))
-        ]
-        lines.append(f"{p.name:<58} {rec:>9}  {handoffs[0]:>15} {handoffs[1]:>15}  {seen}")
-        extra = {k: v for k, v in p.detail.items() if k not in ("lead_qualified", "lead_verdict")}
+        cells = []
+        for key, _, first in HANDOFF_COLUMNS:
+            d = p.detail.get(key, {})
+            cells.append(f"{d.get(first, 0)} / {d.get('lost', 0)} / {d.get('doubled', 0)}")
+        lines.append(f"{p.name:<58} {rec:>9}  " + " ".join(f"{cell:>18}" for cell in cells) + f"  {seen}")
+        extra = {k: v for k, v in p.detail.items() if k not in {key for key, _, _ in HANDOFF_COLUMNS}}
         if extra:
             lines.append(f"    {json.dumps(extra, default=str)}")
     t = totals["lead_qualified_total"]
     lines += [
         "",
-        f"lead-qualified handoff after convergence: {t['qualified_in_leads_db']} qualified in leads' DB, "
+        "after convergence, each handoff over the whole run (the departments' databases):",
+        f"  lead-qualified: {t['qualified_in_leads_db']} qualified in leads' DB, "
         f"{t['distinct_in_sales_inbox']} distinct in sales' inbox: lost {t['lost']}, doubled {t['doubled']}",
-        "lead-verdict handoff after convergence: {accepted_in_sales_db} accepted in sales' DB, "
+        "  lead-verdict: {accepted_in_sales_db} accepted in sales' DB, "
         "{verdicts_in_leads_db} leads with a verdict in leads' DB: lost {lost}, doubled {doubled}".format(
             **totals["lead_verdict_total"]
         ),
+    ]
+    for key, title, sender, receiver in (
+        ("deal_won_total", "deal-won", "won deals in sales' DB", "with an account in service desk's DB"),
+        (
+            "upsell_spotted_total",
+            "upsell-spotted",
+            "signals in service desk's DB",
+            "with an opportunity in sales' DB",
+        ),
+        (
+            "commitment_flagged_total",
+            "commitment-flagged",
+            "flags in service desk's DB",
+            "recorded on the deal in sales' DB",
+        ),
+    ):
+        d = totals[key]
+        lines.append(
+            f"  {title}: {d['sent']} {sender}, {d['received']} {receiver}: lost {d['lost']}, "
+            f"doubled {d['doubled']}, received without a sender's record {d['received_unknown']}"
+        )
+    lines.append(
         f"analytics vs the departments' own counts (after waiting {totals['analytics_waited_seconds']} s "
         "for its reconciliation): "
         + ", ".join(
             f"{k} {v['analytics']} vs {v['department']} (difference {v['difference']})"
             for k, v in totals["analytics_vs_departments"].items()
-        ),
-        "Not exercised: the deal-won, upsell-spotted and commitment-flagged handoffs.",
-    ]
+        )
+    )
     return "\n".join(lines)
 
 
 async def run(chaos: Chaos) -> tuple[dict[str, Any], float]:
     load = asyncio.create_task(chaos.load())
     acceptor = asyncio.create_task(chaos.accept())
+    deals = asyncio.create_task(chaos.deals())
     await asyncio.to_thread(chaos.faults)
     await load
     await acceptor
+    await deals
     chaos.phase.ended = time.monotonic()
     say("load finished; waiting for the receivers to converge ...")
     converge_s = await asyncio.to_thread(chaos.converge)
@@ -677,6 +925,10 @@ def main() -> int:
                 "leads_qualified": len(chaos.qualified_in),
                 "leads_accepted": len(chaos.accepted_in),
                 "leads_given_up_by_load": chaos.unqualified,
+                "deals_won": len(chaos.won_in),
+                "upsells_spotted": len(chaos.signal_in),
+                "commitments_flagged": len(chaos.flag_in),
+                "deal_steps_given_up_by_load": chaos.deals_given_up,
                 "converge_seconds": round(converge_s, 1),
                 "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "cpu_count": os.cpu_count(),
