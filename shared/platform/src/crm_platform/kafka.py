@@ -20,6 +20,7 @@ from crm_contracts.topics import TOPICS, TopicSpec
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from crm_platform.aiokafka_compat import require_patchable
 from crm_platform.kafka_security import KafkaSecurity
 
 log = logging.getLogger("crm.kafka")
@@ -75,10 +76,8 @@ def pace_empty_fetches(delay_ms: int) -> None:
     _empty_fetch_pause = delay_ms / 1000
     if getattr(Fetcher, "_crm_paced", False):
         return
-    original = getattr(Fetcher, "_proc_fetch_request", None)
-    if original is None:  # a future aiokafka may rename it: then stay unpaced
-        log.warning("cannot pace empty fetches: this aiokafka has no Fetcher._proc_fetch_request")
-        return
+    require_patchable("crm_platform.kafka.pace_empty_fetches (Fetcher._proc_fetch_request)")
+    original = Fetcher._proc_fetch_request
 
     async def paced(self: Fetcher, *args: Any, **kwargs: Any) -> bool:
         has_data: bool = await original(self, *args, **kwargs)

@@ -42,6 +42,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.consumer.fetcher import Fetcher
 
 from crm_platform import metrics
+from crm_platform.aiokafka_compat import require_patchable
 from crm_platform.kafka import make_consumer
 from crm_platform.kafka_security import KafkaSecurity
 
@@ -110,10 +111,13 @@ def harden_aiokafka() -> None:
 
     The patched ``close`` cancels the fetch task (and its pending requests) again
     until it has really ended, bounded, then runs aiokafka's own close. Idempotent,
-    process-wide; faust's consumer, being aiokafka's, is covered too.
+    process-wide; faust's consumer, being aiokafka's, is covered too. Raises
+    :class:`crm_platform.aiokafka_compat.UnsupportedAiokafka` (the service does not
+    start) on an aiokafka this was not written for.
     """
     if getattr(Fetcher, "_crm_hardened", False):
         return
+    require_patchable("crm_platform.liveness.harden_aiokafka (Fetcher.close)")
     original = Fetcher.close
 
     async def close(self: Fetcher) -> None:
