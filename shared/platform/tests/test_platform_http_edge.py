@@ -174,3 +174,36 @@ async def test_docs_page_and_its_assets_are_served_locally(client: httpx.AsyncCl
     assert len(js.content) > 100_000
     css = await client.get("/docs/assets/swagger-ui.css")
     assert css.status_code == 200
+
+
+class _NotReady:
+    """A runtime stand-in whose database check fails (create_app only calls check_ready here)."""
+
+    async def check_ready(self) -> dict[str, str]:
+        return {"mongodb": "unreachable: ServerSelectionTimeoutError"}
+
+
+async def test_a_readiness_report_adds_fields_without_deciding_readiness() -> None:
+    async def report() -> dict[str, Any]:
+        return {"upstreams": {"sales": "ok"}}
+
+    public = APIRouter()
+
+    @public.get("/docs")
+    async def own_docs() -> dict[str, str]:
+        return {"docs": "the service's own"}
+
+    app = _app_with(readiness_report=report, docs_page=False, runtime=_NotReady(), public=[public])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+        r = await c.get("/readyz")
+        assert r.status_code == 503, "the runtime's check decides, not the report"
+        assert r.json()["upstreams"] == {"sales": "ok"}
+        assert r.json()["checks"] == {"mongodb": "unreachable: ServerSelectionTimeoutError"}
+        assert (await c.get("/docs")).json() == {"docs": "the service's own"}, "no platform page to shadow it"
+        assert (await c.get("/docs/assets/swagger-ui.css")).status_code == 200
+
+
+def _app_with(**options: Any) -> FastAPI:
+    app = _app()
+    settings = app.state.settings
+    return create_app(settings=settings, title="edge test", **options)

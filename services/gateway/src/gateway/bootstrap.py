@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from crm_platform.app import create_app
 from crm_platform.auth import TokenIssuer, TokenVerifier
@@ -11,7 +12,6 @@ from crm_platform.logging import request_id_var
 from crm_platform.runtime import MongoOnlyRuntime
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.routing import BaseRoute
 
 from gateway import store
 from gateway.api import auth, docs, proxy, users
@@ -44,6 +44,12 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         # The revocation list is in memory before the first request is served.
         await app.state.accounts.reload_revocations()
 
+    async def upstream_health() -> dict[str, Any]:
+        # Ready when the gateway's own database answers (the runtime's check); upstreams
+        # are reported, not required: a department being down must not take the whole
+        # entry point out of the load balancer (its routes answer 503, the others work).
+        return {"upstreams": await upstreams.health()}
+
     app = create_app(
         settings=settings,
         title="CRM gateway",
@@ -53,6 +59,9 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         public=[auth.login_router, auth.keys_router, auth.internal_router, docs.router],
         protected=[auth.me_router, users.router, proxy.router],
         on_startup=on_startup,
+        readiness_report=upstream_health,
+        # The gateway's /docs lists every service's documentation (its own page is /docs/gateway).
+        docs_page=False,
         # Forwarded requests carry their Idempotency-Key to the department, which keeps it
         # with the effect; logins create nothing.
         idempotent_paths=lambda path: not path.startswith(("/api/", "/auth/")),
@@ -61,11 +70,6 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.state.accounts = accounts = _accounts(settings, runtime, app.state.token_verifier)
     app.state.token_verifier = accounts.verifier
     runtime.background.append(lambda: accounts.keep_revocations_fresh(settings.revocation_refresh_seconds))
-
-    # FastAPI's own Swagger page would shadow the docs index; ours lists every service
-    # (the gateway's own page is /docs/gateway).
-    _drop_routes(app, "/docs")
-    _replace_readiness(app, runtime, upstreams)
 
     @app.exception_handler(UpstreamError)
     async def _upstream(_: Request, exc: UpstreamError) -> JSONResponse:
@@ -100,39 +104,3 @@ def _accounts(settings: GatewaySettings, runtime: MongoOnlyRuntime, platform: To
         timedelta(minutes=settings.refresh_token_ttl_minutes),
         max_concurrent_logins=settings.login_max_concurrent,
     )
-
-
-def _drop_routes(app: FastAPI, path: str) -> None:
-    """Remove the routes at ``path`` that FastAPI or the platform added (never the gateway's)."""
-
-    def foreign(route: BaseRoute) -> bool:
-        module = getattr(getattr(route, "endpoint", None), "__module__", "") or ""
-        return getattr(route, "path", None) == path and not module.startswith("gateway.")
-
-    app.router.routes[:] = [r for r in app.router.routes if not foreign(r)]
-
-
-def _replace_readiness(app: FastAPI, runtime: MongoOnlyRuntime, upstreams: Upstreams) -> None:
-    """Ready when the gateway's own database answers; upstreams are reported, not required.
-
-    A department being down must not take the whole entry point out of the load
-    balancer: its routes answer 503 while the others keep working.
-    """
-    _drop_routes(app, "/readyz")
-
-    @app.get("/readyz", tags=["ops"])
-    async def readyz() -> JSONResponse:
-        checks = await runtime.check_ready()
-        ready = all(v == "ok" for v in checks.values())
-        return JSONResponse(
-            status_code=200 if ready else 503,
-            content={
-                "status": "ready" if ready else "not_ready",
-                "checks": checks,
-                "upstreams": await upstreams.health(),
-            },
-        )
-
-    # Keep it where the platform had it, before any router (routes match in order).
-    route = app.router.routes.pop()
-    app.router.routes.insert(0, route)

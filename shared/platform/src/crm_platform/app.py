@@ -36,6 +36,9 @@ from crm_platform.openapi import document_error_responses
 from crm_platform.runtime import Runtime
 from crm_platform.settings import ServiceSettings
 
+# Extra ``/readyz`` fields, reported without deciding readiness (see create_app).
+ReadinessReport = Callable[[], Awaitable[dict[str, Any]]]
+
 log = logging.getLogger("crm.http")
 
 
@@ -102,9 +105,17 @@ def create_app(
     on_startup: Callable[[FastAPI], Awaitable[None]] | None = None,
     idempotent_paths: Callable[[str], bool] = lambda _: True,
     default_idempotency_key: DefaultKey | None = None,
+    readiness_report: ReadinessReport | None = None,
+    docs_page: bool = True,
 ) -> FastAPI:
     """The service's app. ``idempotent_paths`` says which POST paths honour ``Idempotency-Key``
-    (all by default); ``default_idempotency_key`` derives one for requests sent without it."""
+    (all by default); ``default_idempotency_key`` derives one for requests sent without it.
+
+    ``readiness_report`` adds fields to the ``/readyz`` body that are reported but do not
+    decide readiness (the gateway's upstreams); only the runtime's checks do. ``docs_page=False``
+    leaves ``/docs`` to the service (the gateway's index of every service's docs); the local
+    Swagger assets are served either way.
+    """
     configure_logging(settings.service_name, settings.log_level)
 
     @asynccontextmanager
@@ -142,7 +153,7 @@ def create_app(
         db_deadline_seconds=settings.db_deadline_seconds,
         retry_after_seconds=settings.retry_after_seconds,
     )
-    install_local_docs(app, title)
+    install_local_docs(app, title, page=docs_page)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -152,10 +163,10 @@ def create_app(
     async def readyz() -> JSONResponse:
         checks = await runtime.check_ready() if runtime is not None else {}
         ready = all(v == "ok" for v in checks.values())
-        return JSONResponse(
-            status_code=200 if ready else 503,
-            content={"status": "ready" if ready else "not_ready", "checks": checks},
-        )
+        content: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": checks}
+        if readiness_report is not None:
+            content.update(await readiness_report())
+        return JSONResponse(status_code=200 if ready else 503, content=content)
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
     async def prometheus() -> Response:

@@ -27,8 +27,11 @@ def swagger_page(openapi_url: str, title: str) -> HTMLResponse:
     )
 
 
-def install_local_docs(app: FastAPI, title: str) -> None:
+def install_local_docs(app: FastAPI, title: str, *, page: bool = True) -> None:
+    """The Swagger assets under ``/docs/assets`` and, unless ``page`` is False, the ``/docs`` page."""
     app.mount(ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="swagger-assets")
+    if not page:
+        return
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
