@@ -29,23 +29,16 @@ from crm_platform.consumer import DeadLetter
 from crm_platform.errors import Conflict, NotFound, RuleViolation
 from crm_platform.ids import new_id
 from crm_platform.mongo import Store, Tx
-from prometheus_client import Counter
 from pymongo.errors import DuplicateKeyError
 
 from leads import store as repo
 from leads.domain import leads as domain
 from leads.domain.leads import Capture, Lead
 from leads.domain.scoring import BehaviourRule, InvalidRules, RulesAuthor, ScoringRules, next_version
+from leads.metrics import BEHAVIOURS_RECORDED, LEAD_VERDICTS, LEADS_CAPTURED, LEADS_QUALIFIED
 
 log = logging.getLogger("leads.handlers")
 T = TypeVar("T")
-
-LEADS_CAPTURED = Counter("crm_leads_captured", "Leads captured, by whether they merged", ["merged"])
-LEADS_QUALIFIED = Counter("crm_leads_qualified", "Leads handed to sales (lead.qualified emitted)")
-LEAD_VERDICTS = Counter(
-    "crm_leads_verdicts", "Sales' verdicts received, by verdict and outcome", ["verdict", "outcome"]
-)
-BEHAVIOURS_RECORDED = Counter("crm_leads_behaviours_recorded", "Behaviours recorded", ["behaviour"])
 
 # A unique index answered "already there" (a concurrent capture of the same email,
 # a concurrent retry of the same behaviour): run again and see the winner's write.
