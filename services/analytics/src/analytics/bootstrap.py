@@ -1,4 +1,4 @@
-"""THE one place that wires analytics' settings, runtime, routers and metrics.
+"""The one place that wires settings, runtime, routers and metrics for the analytics read API.
 
 The API process only reads: it neither consumes nor emits events (the faust worker,
 ``analytics.worker``, does the consuming), so its runtime owns just the MongoDB
@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from crm_platform.app import create_app
 from crm_platform.runtime import MongoOnlyRuntime
 from crm_platform.settings import ServiceSettings
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 
-from analytics.api.routes import router
+from analytics.api import routes
 from analytics.metrics import COLLECTOR, SnapshotCache
 from analytics.settings import AnalyticsSettings
 
@@ -31,8 +32,21 @@ def build_runtime(settings: AnalyticsSettings) -> MongoOnlyRuntime:
     return MongoOnlyRuntime(settings)
 
 
-def routers() -> list[APIRouter]:
-    return [router]
+def build_app(settings: ServiceSettings) -> FastAPI:
+    s = analytics_settings(settings)
+    runtime = build_runtime(s)
+    app = create_app(
+        settings=s,
+        title="CRM analytics",
+        description=(
+            "Funnel, channel attribution and handoff latencies, computed by the analytics "
+            "stream worker from every department's events and read from its latest snapshot."
+        ),
+        runtime=runtime,
+        protected=[routes.router],
+    )
+    install_snapshot_cache(app, runtime)
+    return app
 
 
 def install_snapshot_cache(app: FastAPI, runtime: MongoOnlyRuntime) -> SnapshotCache:

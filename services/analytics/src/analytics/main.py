@@ -1,37 +1,22 @@
-"""The analytics read API: ``python -m analytics.main`` (port 8004 by default)."""
+"""Entry point: ``python -m analytics.main`` (or ``crm-analytics``) serves the analytics read API
+on port 8004. The stream worker has its own: ``python -m analytics.worker``."""
 
 from __future__ import annotations
 
-from crm_platform.app import create_app as platform_app
 from crm_platform.app import serve
 from crm_platform.settings import ServiceSettings
 from fastapi import FastAPI
 
-from analytics import bootstrap
-
-DESCRIPTION = (
-    "Funnel, channel attribution and handoff latencies, computed by the analytics "
-    "stream worker from every department's events and read from its latest snapshot."
-)
+from analytics.bootstrap import AnalyticsSettings, build_app
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
-    s = bootstrap.analytics_settings(settings)
-    runtime = bootstrap.build_runtime(s)
-    app = platform_app(
-        settings=s,
-        title="CRM analytics",
-        description=DESCRIPTION,
-        runtime=runtime,
-        protected=bootstrap.routers(),
-    )
-    bootstrap.install_snapshot_cache(app, runtime)
-    return app
+    return build_app(settings if settings is not None else AnalyticsSettings())
 
 
 def run() -> None:
-    s = bootstrap.analytics_settings()
-    serve(create_app(s), s)
+    settings = AnalyticsSettings()
+    serve(create_app(settings), settings)
 
 
 if __name__ == "__main__":
