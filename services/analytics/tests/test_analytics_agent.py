@@ -6,9 +6,9 @@ import uuid
 from typing import Any, cast
 
 import pytest
-from analytics import store
 from analytics.domain.engine import AnalyticsState
 from analytics.settings import AnalyticsSettings
+from analytics.store import MongoSnapshots
 from analytics.worker import AnalyticsWorker
 from crm_contracts.topics import LEADS_EVENTS
 from crm_platform.dead_letters import Rejected
@@ -76,7 +76,7 @@ async def test_snapshot_is_written_after_recovery_and_only_when_figures_change(m
     db = client[database]
     try:
         assert await worker.snapshot_tick() is False  # tables not recovered yet: never zeros
-        assert await store.read_snapshot(db) is None
+        assert await MongoSnapshots(db).latest() is None
 
         await worker._on_recover()
         assert await worker.snapshot_tick() is True  # the recovered figures, once
@@ -90,12 +90,13 @@ async def test_snapshot_is_written_after_recovery_and_only_when_figures_change(m
         await worker.handle(message)  # redelivered: no change, no write
         assert await worker.snapshot_tick() is False
 
-        summary = store.summary_from_document(await store.read_snapshot(db))
-        assert summary["funnel"]["stages"]["captured"] == 1
-        assert summary["channels"] == {
+        snapshot = await MongoSnapshots(db).latest()
+        assert snapshot is not None
+        assert snapshot.funnel["stages"]["captured"] == 1
+        assert snapshot.channels == {
             "web": {"captured": 1, "qualified": 0, "accepted": 0, "won": 0, "onboarded": 0}
         }
-        assert summary["updated_at"] is not None
+        assert snapshot.updated_at is not None
     finally:
         await worker._on_before_shutdown(worker.app, signal=None)
         await client.close()
@@ -123,7 +124,9 @@ async def test_agent_dead_letters_poison_and_implausible_records_and_carries_on(
     summary = worker.state.figures.summary()
     assert summary["funnel"]["stages"]["captured"] == 1, "the records behind the poison were folded"
     assert summary["handoffs"]["lead-qualified"]["transport"]["count"] == 1
-    assert summary["handoffs"]["lead-qualified"]["transport"]["p99"] < 1
+    p99 = summary["handoffs"]["lead-qualified"]["transport"]["p99"]
+    assert p99 is not None
+    assert p99 < 1
 
 
 async def test_fold_never_raises(journey, monkeypatch):

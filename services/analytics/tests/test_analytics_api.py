@@ -6,9 +6,10 @@ import re
 from datetime import UTC, datetime
 
 import pytest
-from analytics import store
 from analytics.domain.engine import AnalyticsState, apply
+from analytics.domain.snapshot import Snapshot
 from analytics.main import create_app
+from analytics.store import MongoSnapshots
 from crm_contracts import decode
 from crm_platform.mongo import connect
 from crm_platform.settings import ServiceSettings
@@ -37,10 +38,9 @@ def figures_of(journey):
 async def write(settings, figures, when=datetime(2025, 5, 1, 12, 0, tzinfo=UTC)):
     client = connect(settings.mongodb_uri, "analytics-test")
     try:
-        doc = store.snapshot_document(
-            figures.summary(), version=figures.version, worker="test", updated_at=when
+        await MongoSnapshots(client[settings.database_name]).save(
+            Snapshot.of(figures, worker="test", at=when)
         )
-        await store.write_snapshot(client[settings.database_name], doc)
     finally:
         await client.close()
 

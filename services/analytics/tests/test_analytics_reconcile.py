@@ -22,10 +22,11 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from analytics import store
 from analytics.domain.engine import AnalyticsState, apply
+from analytics.domain.snapshot import Reconciliation
 from analytics.main import create_app
 from analytics.reconcile import reconcile
+from analytics.store import MongoReconciliations
 from analytics.worker import SOURCE_TOPICS
 from crm_contracts import Envelope, decode
 from crm_contracts.registry import model_for
@@ -203,21 +204,21 @@ async def test_a_worker_restarted_after_a_broker_loss_converges_to_the_log(
     db = mongo[worker_env["MONGODB_DATABASE"]]
     try:
 
-        async def first_report() -> dict[str, Any] | None:
+        async def first_report() -> Reconciliation | None:
             assert proc.poll() is None, log_path.read_text()[-4000:]
-            return await store.read_reconciliation(db)
+            return await MongoReconciliations(db).latest()
 
         found = await eventually(first_report, timeout=120, interval=0.5, what="the first reconciliation")
-        assert found["difference"]["funnel:captured"] >= 3, found
-        assert found["difference"]["funnel:onboarded"] >= 3, found
-        assert found["repaired_facts"] >= 3 * 3
+        assert found.difference["funnel:captured"] >= 3, found
+        assert found.difference["funnel:onboarded"] >= 3, found
+        assert found.repaired_facts >= 3 * 3
 
-        async def converged() -> dict[str, Any] | None:
+        async def converged() -> Reconciliation | None:
             assert proc.poll() is None, log_path.read_text()[-4000:]
-            report = await store.read_reconciliation(db)
-            if report is None or report["at"] <= found["at"]:
+            report = await MongoReconciliations(db).latest()
+            if report is None or report.at <= found.at:
                 return None
-            return report if not any(report["difference"].values()) else None
+            return report if not any(report.difference.values()) else None
 
         await eventually(converged, timeout=60, interval=0.5, what="a reconciliation with no difference")
 

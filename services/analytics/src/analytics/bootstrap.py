@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request, Response
 from analytics.api import routes
 from analytics.metrics import COLLECTOR, SnapshotCache
 from analytics.settings import AnalyticsSettings
+from analytics.store import MongoReconciliations, MongoSnapshots
 
 
 def analytics_settings(settings: ServiceSettings | None = None) -> AnalyticsSettings:
@@ -51,7 +52,7 @@ def build_app(settings: ServiceSettings) -> FastAPI:
 
 def install_snapshot_cache(app: FastAPI, runtime: MongoOnlyRuntime) -> SnapshotCache:
     """The figures cache behind the routes and ``/metrics`` (refreshed on each scrape)."""
-    cache = SnapshotCache(lambda: runtime.db)
+    cache = SnapshotCache(MongoSnapshots(runtime.db), MongoReconciliations(runtime.db))
     app.state.snapshot_cache = cache
     COLLECTOR.source = cache
 

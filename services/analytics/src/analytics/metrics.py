@@ -16,37 +16,40 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
 
 from prometheus_client.core import REGISTRY, GaugeMetricFamily, Metric
-from pymongo.asynchronous.database import AsyncDatabase
 
-from analytics import store
+from analytics import handlers
+from analytics.domain.snapshot import Reconciliation, Snapshot
+from analytics.repository import ReconciliationRepository, SnapshotRepository
 
 log = logging.getLogger("crm.analytics.metrics")
-
-QUANTILE_LABELS: tuple[tuple[str, str], ...] = (("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99"))
 
 
 class SnapshotCache:
     """The latest snapshot as published figures; refreshed by API reads and scrapes."""
 
-    def __init__(self, db: Callable[[], AsyncDatabase[dict[str, Any]]], timeout: float = 2.0) -> None:
-        self._db = db
+    def __init__(
+        self,
+        snapshots: SnapshotRepository,
+        reconciliations: ReconciliationRepository,
+        timeout: float = 2.0,
+    ) -> None:
+        self.snapshots = snapshots
+        self.reconciliations = reconciliations
         self.timeout = timeout
-        self.summary: dict[str, Any] | None = None
-        self.reconciliation: dict[str, Any] | None = None
+        self.snapshot: Snapshot | None = None
+        self.reconciliation: Reconciliation | None = None
 
-    async def refresh(self) -> dict[str, Any]:
-        doc = await asyncio.wait_for(store.read_snapshot(self._db()), timeout=self.timeout)
-        self.summary = store.summary_from_document(doc)
-        return self.summary
+    async def refresh(self) -> Snapshot:
+        self.snapshot = await asyncio.wait_for(handlers.latest_snapshot(self.snapshots), timeout=self.timeout)
+        return self.snapshot
 
-    async def refresh_reconciliation(self) -> dict[str, Any] | None:
+    async def refresh_reconciliation(self) -> Reconciliation | None:
         self.reconciliation = await asyncio.wait_for(
-            store.read_reconciliation(self._db()), timeout=self.timeout
+            handlers.latest_reconciliation(self.reconciliations), timeout=self.timeout
         )
         return self.reconciliation
 
@@ -68,86 +71,93 @@ class AnalyticsCollector:
         return []  # nothing to describe before the first snapshot is read
 
     def collect(self) -> Iterator[Metric]:
-        if self.source is not None and self.source.reconciliation is not None:
-            yield from reconciliation_metrics(self.source.reconciliation)
-        summary = self.source.summary if self.source is not None else None
-        if summary is None:
+        if self.source is None:
             return
-        funnel = GaugeMetricFamily(
-            "crm_analytics_funnel",
-            "Distinct leads/deals that reached each funnel stage",
-            labels=["stage"],
+        if self.source.reconciliation is not None:
+            yield from reconciliation_metrics(self.source.reconciliation)
+        if self.source.snapshot is not None:
+            yield from snapshot_metrics(self.source.snapshot)
+
+
+def snapshot_metrics(snapshot: Snapshot) -> Iterator[Metric]:
+    funnel = GaugeMetricFamily(
+        "crm_analytics_funnel",
+        "Distinct leads/deals that reached each funnel stage",
+        labels=["stage"],
+    )
+    for stage, count in snapshot.funnel["stages"].items():
+        funnel.add_metric([stage], count)
+    yield funnel
+
+    channels = GaugeMetricFamily(
+        "crm_analytics_channel_funnel",
+        "Funnel stage counts per source channel",
+        labels=["channel", "stage"],
+    )
+    for channel, stages in snapshot.channels.items():
+        for stage, count in stages.items():
+            channels.add_metric([channel, stage], count)
+    yield channels
+    yield from latency_metrics(snapshot)
+    if snapshot.updated_at is not None:
+        yield _timestamp(
+            "crm_analytics_snapshot_timestamp_seconds",
+            "When the analytics worker wrote the snapshot (unix time)",
+            snapshot.updated_at,
         )
-        for stage, count in summary["funnel"]["stages"].items():
-            funnel.add_metric([stage], count)
-        yield funnel
-
-        channels = GaugeMetricFamily(
-            "crm_analytics_channel_funnel",
-            "Funnel stage counts per source channel",
-            labels=["channel", "stage"],
-        )
-        for channel, stages in summary["channels"].items():
-            for stage, count in stages.items():
-                channels.add_metric([channel, stage], count)
-        yield channels
-
-        latency = GaugeMetricFamily(
-            "crm_analytics_handoff_latency_seconds",
-            "Handoff latency percentiles (transport: occurred -> stored by the receiver; "
-            "business: handed off -> first action by the receiver)",
-            labels=["handoff", "kind", "quantile"],
-        )
-        samples = GaugeMetricFamily(
-            "crm_analytics_handoff_latency_samples",
-            "Latency samples behind the percentiles",
-            labels=["handoff", "kind"],
-        )
-        for handoff, kinds in summary["handoffs"].items():
-            for kind, stats in kinds.items():
-                if stats is None:
-                    continue
-                samples.add_metric([handoff, kind], stats["count"])
-                for key, quantile in QUANTILE_LABELS:
-                    if stats.get(key) is not None:
-                        latency.add_metric([handoff, kind, quantile], stats[key])
-        yield latency
-        yield samples
-
-        updated = summary.get("updated_at")
-        if isinstance(updated, datetime):
-            stamp = GaugeMetricFamily(
-                "crm_analytics_snapshot_timestamp_seconds",
-                "When the analytics worker wrote the snapshot (unix time)",
-            )
-            stamp.add_metric([], updated.timestamp())
-            yield stamp
 
 
-def reconciliation_metrics(report: dict[str, Any]) -> Iterator[Metric]:
+def latency_metrics(snapshot: Snapshot) -> Iterator[Metric]:
+    latency = GaugeMetricFamily(
+        "crm_analytics_handoff_latency_seconds",
+        "Handoff latency percentiles (transport: occurred -> stored by the receiver; "
+        "business: handed off -> first action by the receiver)",
+        labels=["handoff", "kind", "quantile"],
+    )
+    samples = GaugeMetricFamily(
+        "crm_analytics_handoff_latency_samples",
+        "Latency samples behind the percentiles",
+        labels=["handoff", "kind"],
+    )
+    for handoff, kinds in snapshot.handoffs.items():
+        for kind, stats in (("transport", kinds["transport"]), ("business", kinds["business"])):
+            if stats is None:
+                continue
+            samples.add_metric([handoff, kind], stats["count"])
+            for value, quantile in ((stats["p50"], "0.5"), (stats["p95"], "0.95"), (stats["p99"], "0.99")):
+                if value is not None:
+                    latency.add_metric([handoff, kind, quantile], value)
+    yield latency
+    yield samples
+
+
+def reconciliation_metrics(report: Reconciliation) -> Iterator[Metric]:
     """The latest reconciliation: what the worker lacked per figure, and when it was checked."""
     difference = GaugeMetricFamily(
         "crm_analytics_reconciliation_difference",
         "Replay of the log minus the worker's figure, found (and repaired) by the latest reconciliation",
         labels=["figure"],
     )
-    for figure, value in sorted(report.get("difference", {}).items()):
+    for figure, value in sorted(report.difference.items()):
         difference.add_metric([figure], value)
     yield difference
     repaired = GaugeMetricFamily(
         "crm_analytics_reconciliation_repaired_facts",
         "Facts the latest reconciliation added to the worker's tables",
     )
-    repaired.add_metric([], report.get("repaired_facts", 0))
+    repaired.add_metric([], report.repaired_facts)
     yield repaired
-    at = report.get("at")
-    if isinstance(at, datetime):
-        stamp = GaugeMetricFamily(
-            "crm_analytics_reconciliation_timestamp_seconds",
-            "When the latest reconciliation of the worker's figures against the log finished (unix time)",
-        )
-        stamp.add_metric([], at.timestamp())
-        yield stamp
+    yield _timestamp(
+        "crm_analytics_reconciliation_timestamp_seconds",
+        "When the latest reconciliation of the worker's figures against the log finished (unix time)",
+        report.at,
+    )
+
+
+def _timestamp(name: str, documentation: str, at: datetime) -> Metric:
+    stamp = GaugeMetricFamily(name, documentation)
+    stamp.add_metric([], at.timestamp())
+    return stamp
 
 
 COLLECTOR = AnalyticsCollector()

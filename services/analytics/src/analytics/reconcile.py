@@ -30,7 +30,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,33 +41,9 @@ from crm_platform.kafka import make_consumer
 from crm_platform.kafka_security import aiokafka_security
 
 from analytics.domain.engine import AnalyticsState, apply, figure_values, merge_state
+from analytics.domain.snapshot import Reconciliation
 
 log = logging.getLogger("crm.analytics.reconcile")
-
-
-@dataclass
-class Report:
-    at: datetime
-    scanned_events: int
-    repaired_facts: int
-    difference: dict[str, int]
-    seconds: float
-    worker: str = ""
-    committed: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def short(self) -> dict[str, int]:
-        return {figure: n for figure, n in self.difference.items() if n}
-
-    def document(self) -> dict[str, Any]:
-        return {
-            "at": self.at,
-            "worker": self.worker,
-            "scanned_events": self.scanned_events,
-            "repaired_facts": self.repaired_facts,
-            "difference": dict(self.difference),
-            "seconds": round(self.seconds, 3),
-        }
 
 
 async def committed_offsets(bootstrap: str, group: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
@@ -150,7 +125,7 @@ async def reconcile(
     *,
     since: Mapping[TopicPartition, int] | None = None,
     may_merge: Callable[[], bool] = lambda: True,
-) -> Report | None:
+) -> Reconciliation | None:
     """Replay the log up to ``upto``, merge what ``state`` lacks; ``None`` if merging was refused."""
     started = time.monotonic()
     replay, scanned = await replay_log(bootstrap, upto, since=since)
@@ -160,7 +135,7 @@ async def reconcile(
     repaired = merge_state(state, replay)  # synchronous: no event is folded in between
     after = figure_values(state.figures)
     difference = {name: after.get(name, 0) - before.get(name, 0) for name in sorted(set(before) | set(after))}
-    return Report(
+    return Reconciliation(
         at=utcnow(),
         scanned_events=scanned,
         repaired_facts=repaired,
@@ -177,7 +152,7 @@ class Reconciler:
         self,
         *,
         interval_seconds: float,
-        run: Callable[[], Awaitable[Report | None]],
+        run: Callable[[], Awaitable[Reconciliation | None]],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.interval = interval_seconds
@@ -186,7 +161,7 @@ class Reconciler:
         self._due = False
         self._next_at: float | None = None
         self.running = False
-        self.last: Report | None = None
+        self.last: Reconciliation | None = None
 
     @property
     def enabled(self) -> bool:
@@ -201,7 +176,7 @@ class Reconciler:
             return False
         return self._due or (self._next_at is not None and self._clock() >= self._next_at)
 
-    async def tick(self) -> Report | None:
+    async def tick(self) -> Reconciliation | None:
         if not self.is_due():
             return None
         self.running = True
@@ -222,7 +197,7 @@ class Reconciler:
         return report
 
 
-def log_report(report: Report) -> None:
+def log_report(report: Reconciliation) -> None:
     extra = {
         "scanned_events": report.scanned_events,
         "repaired_facts": report.repaired_facts,

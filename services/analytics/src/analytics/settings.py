@@ -14,9 +14,14 @@ if TYPE_CHECKING:
     from faust.types.auth import CredentialsT
 
 
+SERVICE_NAME = "analytics"
+DEPARTMENT = "analytics"
+DEFAULT_PORT = 8004
+
+
 class AnalyticsSettings(ServiceSettings):
-    service_name: str = Field(default="analytics", validation_alias="CRM_SERVICE_NAME")
-    http_port: int = Field(default=8004, validation_alias="CRM_HTTP_PORT", ge=1, le=65535)
+    service_name: str = Field(default=SERVICE_NAME, validation_alias="CRM_SERVICE_NAME")
+    http_port: int = Field(default=DEFAULT_PORT, validation_alias="CRM_HTTP_PORT", ge=1, le=65535)
 
     # The faust worker (python -m analytics.worker)
     app_id: str = Field(

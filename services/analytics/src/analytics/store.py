@@ -1,64 +1,97 @@
-"""Analytics' own MongoDB collection: the latest snapshot of the figures.
+"""Analytics' own MongoDB collections: the latest snapshot of the figures and the latest reconciliation.
 
-The faust worker writes it (about once a second, only when a figure changed);
-the API and ``/metrics`` read it, so neither depends on the worker's memory.
-One document, replaced atomically: ``{_id: "latest", updated_at, version,
-worker, funnel, channels: [{channel, stages}], handoffs}``. Channels are stored
-as a list because channel names are free text (a name may hold a ``.``).
+The Mongo implementations of ``analytics.repository``. One document each, replaced
+atomically:
+
+- ``snapshots``: ``{_id: "latest", updated_at, version, worker, funnel,
+  channels: [{channel, stages}], handoffs}``; channels are stored as a list because
+  channel names are free text (a name may hold a ``.``);
+- ``reconciliations``: ``{_id: "latest", at, worker, scanned_events, repaired_facts,
+  difference, seconds}``.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from analytics.domain.figures import Figures
+from analytics.domain.snapshot import Reconciliation, Snapshot
 
 SNAPSHOTS = "snapshots"
 LATEST = "latest"
-# The latest reconciliation of the worker's facts against the log (analytics.reconcile).
 RECONCILIATIONS = "reconciliations"
 
 Doc = dict[str, Any]
+Db = AsyncDatabase[Doc]
 
 
-def snapshot_document(summary: dict[str, Any], *, version: int, worker: str, updated_at: datetime) -> Doc:
+class MongoSnapshots:
+    def __init__(self, db: Db) -> None:
+        self.db = db
+
+    async def latest(self) -> Snapshot | None:
+        doc = await self.db[SNAPSHOTS].find_one({"_id": LATEST})
+        return _snapshot_from_doc(doc) if doc else None
+
+    async def save(self, snapshot: Snapshot) -> None:
+        await self.db[SNAPSHOTS].replace_one({"_id": LATEST}, _snapshot_to_doc(snapshot), upsert=True)
+
+
+class MongoReconciliations:
+    def __init__(self, db: Db) -> None:
+        self.db = db
+
+    async def latest(self) -> Reconciliation | None:
+        doc = await self.db[RECONCILIATIONS].find_one({"_id": LATEST})
+        return _reconciliation_from_doc(doc) if doc else None
+
+    async def save(self, reconciliation: Reconciliation) -> None:
+        doc = _reconciliation_to_doc(reconciliation)
+        await self.db[RECONCILIATIONS].replace_one({"_id": LATEST}, doc, upsert=True)
+
+
+def _snapshot_to_doc(snapshot: Snapshot) -> Doc:
     return {
         "_id": LATEST,
-        "updated_at": updated_at,
-        "version": version,
-        "worker": worker,
-        "funnel": summary["funnel"],
-        "channels": [{"channel": name, "stages": stages} for name, stages in summary["channels"].items()],
-        "handoffs": summary["handoffs"],
+        "updated_at": snapshot.updated_at,
+        "version": snapshot.version,
+        "worker": snapshot.worker,
+        "funnel": snapshot.funnel,
+        "channels": [{"channel": name, "stages": stages} for name, stages in snapshot.channels.items()],
+        "handoffs": snapshot.handoffs,
     }
 
 
-def summary_from_document(doc: Doc | None) -> dict[str, Any]:
-    """The published figures from a snapshot document; empty figures when there is none."""
-    if not doc:
-        return {**Figures().summary(), "updated_at": None}
+def _snapshot_from_doc(doc: Doc) -> Snapshot:
+    return Snapshot(
+        funnel=doc["funnel"],
+        channels={c["channel"]: c["stages"] for c in doc.get("channels", [])},
+        handoffs=doc["handoffs"],
+        updated_at=doc.get("updated_at"),
+        version=int(doc.get("version", 0)),
+        worker=str(doc.get("worker", "")),
+    )
+
+
+def _reconciliation_to_doc(report: Reconciliation) -> Doc:
     return {
-        "funnel": doc["funnel"],
-        "channels": {c["channel"]: c["stages"] for c in doc.get("channels", [])},
-        "handoffs": doc["handoffs"],
-        "updated_at": doc.get("updated_at"),
+        "_id": LATEST,
+        "at": report.at,
+        "worker": report.worker,
+        "scanned_events": report.scanned_events,
+        "repaired_facts": report.repaired_facts,
+        "difference": dict(report.difference),
+        "seconds": round(report.seconds, 3),
     }
 
 
-async def write_snapshot(db: AsyncDatabase[Doc], doc: Doc) -> None:
-    await db[SNAPSHOTS].replace_one({"_id": doc["_id"]}, doc, upsert=True)
-
-
-async def read_snapshot(db: AsyncDatabase[Doc]) -> Doc | None:
-    return await db[SNAPSHOTS].find_one({"_id": LATEST})
-
-
-async def write_reconciliation(db: AsyncDatabase[Doc], report: Doc) -> None:
-    await db[RECONCILIATIONS].replace_one({"_id": LATEST}, {"_id": LATEST, **report}, upsert=True)
-
-
-async def read_reconciliation(db: AsyncDatabase[Doc]) -> Doc | None:
-    return await db[RECONCILIATIONS].find_one({"_id": LATEST})
+def _reconciliation_from_doc(doc: Doc) -> Reconciliation:
+    return Reconciliation(
+        at=doc["at"],
+        scanned_events=int(doc.get("scanned_events", 0)),
+        repaired_facts=int(doc.get("repaired_facts", 0)),
+        difference={str(k): int(v) for k, v in doc.get("difference", {}).items()},
+        seconds=float(doc.get("seconds", 0.0)),
+        worker=str(doc.get("worker", "")),
+    )

@@ -66,10 +66,12 @@ from crm_platform.mongo import connect
 from mode import OneForOneSupervisor, ServiceT
 from pymongo import AsyncMongoClient
 
-from analytics import store
+from analytics import handlers
 from analytics.domain.engine import AnalyticsState, ImplausibleEvent, apply, rebuild_figures
-from analytics.reconcile import Reconciler, Report, committed_offsets, log_report, reconcile
+from analytics.domain.snapshot import Reconciliation, Snapshot
+from analytics.reconcile import Reconciler, committed_offsets, log_report, reconcile
 from analytics.settings import AnalyticsSettings
+from analytics.store import MongoReconciliations, MongoSnapshots
 
 log = logging.getLogger("crm.analytics.worker")
 
@@ -224,7 +226,7 @@ class AnalyticsWorker:
         self.app.on_before_shutdown.connect(self._on_before_shutdown)
         self.recovered = False
         self._needs_rebuild = False
-        self._written_version = -1
+        self._written: Snapshot | None = None  # the last snapshot this worker wrote
         self._mongo: AsyncMongoClient[dict[str, Any]] | None = None
         self.dead_lettered = 0
         self.crash_looping = False
@@ -324,7 +326,7 @@ class AnalyticsWorker:
         if self.recovered:
             await self.reconciler.tick()
 
-    async def reconcile(self) -> Report | None:
+    async def reconcile(self) -> Reconciliation | None:
         """Replay the log up to the committed offsets; merge, persist and report what was short."""
         self._maybe_rebuild()
         generation = self._recoveries
@@ -340,7 +342,8 @@ class AnalyticsWorker:
         if pending:
             await asyncio.gather(*pending)
         report.worker = self.settings.app_id
-        await store.write_reconciliation(self.mongo[self.settings.database_name], report.document())
+        reconciliations = MongoReconciliations(self.mongo[self.settings.database_name])
+        await handlers.record_reconciliation(reconciliations, report)
         log_report(report)
         return report
 
@@ -356,19 +359,17 @@ class AnalyticsWorker:
         if not self.recovered:
             return False  # never overwrite a good snapshot with not-yet-recovered zeros
         self._maybe_rebuild()
-        figures = self.state.figures
-        version = figures.version
-        if version == self._written_version:
-            return False
-        doc = store.snapshot_document(
-            figures.summary(), version=version, worker=self.settings.app_id, updated_at=utcnow()
-        )
+        snapshots = MongoSnapshots(self.mongo[self.settings.database_name])
         try:
-            await store.write_snapshot(self.mongo[self.settings.database_name], doc)
+            written = await handlers.publish_snapshot(
+                snapshots, self.state.figures, worker=self.settings.app_id, now=utcnow(), last=self._written
+            )
         except Exception as exc:
             log.warning("cannot write the analytics snapshot (will retry): %s", exc)
             return False
-        self._written_version = version
+        if written is None:
+            return False
+        self._written = written
         return True
 
     async def _on_before_shutdown(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:

@@ -67,6 +67,8 @@ def test_a_full_journey_reaches_every_stage(journey):
     }
     lead_qualified = summary["handoffs"]["lead-qualified"]["business"]
     deal_won = summary["handoffs"]["deal-won"]["business"]
+    assert lead_qualified is not None
+    assert deal_won is not None
     assert lead_qualified["count"] == 1
     assert lead_qualified["p50"] == pytest.approx(300, rel=REL)
     assert deal_won["count"] == 1

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from crm_platform.auth import Role, require_roles
 from crm_platform.errors import DomainError
 from fastapi import APIRouter, Request
 
 from analytics.api.models import ChannelsOut, FunnelOut, HandoffsOut, SummaryOut
+from analytics.domain.snapshot import Snapshot
 from analytics.metrics import SnapshotCache
 
 READERS = (Role.ANALYST, Role.ADMIN, Role.SALES_MANAGER)
@@ -21,7 +20,7 @@ class SnapshotUnavailable(DomainError):
     code = "snapshot_unavailable"
 
 
-async def _summary(request: Request) -> dict[str, Any]:
+async def _snapshot(request: Request) -> Snapshot:
     cache: SnapshotCache = request.app.state.snapshot_cache
     try:
         return await cache.refresh()
@@ -32,35 +31,33 @@ async def _summary(request: Request) -> dict[str, Any]:
         ) from exc
 
 
-def _funnel(summary: dict[str, Any]) -> FunnelOut:
-    return FunnelOut.model_validate({**summary["funnel"], "updated_at": summary["updated_at"]})
+def _funnel(snapshot: Snapshot) -> FunnelOut:
+    return FunnelOut.model_validate({**snapshot.funnel, "updated_at": snapshot.updated_at})
 
 
 @router.get("/funnel", response_model=FunnelOut, summary="Distinct leads/deals per funnel stage")
 async def funnel(request: Request) -> FunnelOut:
-    return _funnel(await _summary(request))
+    return _funnel(await _snapshot(request))
 
 
 @router.get("/channels", response_model=ChannelsOut, summary="Funnel stage counts per channel")
 async def channels(request: Request) -> ChannelsOut:
-    return ChannelsOut.model_validate((await _summary(request))["channels"])
+    return ChannelsOut.model_validate((await _snapshot(request)).channels)
 
 
 @router.get(
     "/handoffs", response_model=HandoffsOut, summary="Transport and business latency percentiles per handoff"
 )
 async def handoffs(request: Request) -> HandoffsOut:
-    return HandoffsOut.model_validate((await _summary(request))["handoffs"])
+    return HandoffsOut.model_validate((await _snapshot(request)).handoffs)
 
 
 @router.get("/summary", response_model=SummaryOut, summary="Funnel, channels and handoffs")
 async def summary(request: Request) -> SummaryOut:
-    data = await _summary(request)
-    return SummaryOut.model_validate(
-        {
-            "funnel": _funnel(data),
-            "channels": data["channels"],
-            "handoffs": data["handoffs"],
-            "updated_at": data["updated_at"],
-        }
+    snapshot = await _snapshot(request)
+    return SummaryOut(
+        funnel=_funnel(snapshot),
+        channels=ChannelsOut.model_validate(snapshot.channels).root,
+        handoffs=HandoffsOut.model_validate(snapshot.handoffs).root,
+        updated_at=snapshot.updated_at,
     )

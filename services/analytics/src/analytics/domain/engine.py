@@ -29,6 +29,8 @@ from crm_contracts.events.service_desk import OnboardingStartedV1
 
 from analytics.domain.facts import DealFacts, LeadFacts, ReceiptFact, epoch, plausible_latency
 from analytics.domain.figures import (
+    BUSINESS,
+    TRANSPORT,
     Figures,
     deal_contribution,
     lead_contribution,
@@ -175,9 +177,9 @@ def figure_values(figures: Figures) -> dict[str, int]:
     """The countable figures, by name: funnel stages and latency sample counts per handoff."""
     values = {f"funnel:{stage}": count for stage, count in figures.funnel.items()}
     for name, kinds in figures.handoff_summary().items():
-        for kind, stats in kinds.items():
-            if stats is not None:
-                values[f"{kind}_samples:{name}"] = int(stats["count"])
+        values[f"{TRANSPORT}_samples:{name}"] = kinds["transport"]["count"]
+        if (business := kinds["business"]) is not None:
+            values[f"{BUSINESS}_samples:{name}"] = business["count"]
     return values
 
 

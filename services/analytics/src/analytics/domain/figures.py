@@ -10,12 +10,12 @@ fact, hence the contribution, unchanged, so no figure moves.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 from crm_contracts import HANDOFFS
 
 from analytics.domain.facts import DealFacts, LeadFacts, ReceiptFact, plausible_latency
-from analytics.domain.histogram import LatencyHistogram
+from analytics.domain.histogram import LatencyHistogram, LatencySummary
 
 CAPTURED, QUALIFIED, ACCEPTED, WON, ONBOARDED = (
     "captured",
@@ -135,27 +135,42 @@ class Figures:
             else:
                 histogram.remove(seconds)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> Published:
         """The published figures: plain JSON, ready for the snapshot document."""
-        return {
-            "funnel": {
-                "stages": dict(self.funnel),
-                "conversion": conversion(self.funnel),
-            },
-            "channels": {name: dict(counts) for name, counts in sorted(self.channels.items())},
-            "handoffs": self.handoff_summary(),
-        }
+        return Published(
+            funnel=FunnelSummary(stages=dict(self.funnel), conversion=conversion(self.funnel)),
+            channels={name: dict(counts) for name, counts in sorted(self.channels.items())},
+            handoffs=self.handoff_summary(),
+        )
 
-    def handoff_summary(self) -> dict[str, dict[str, Any]]:
+    def handoff_summary(self) -> dict[str, HandoffSummary]:
         names = list(HANDOFF_NAMES) + sorted({h for h, _ in self.latencies} - set(HANDOFF_NAMES))
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, HandoffSummary] = {}
         for name in names:
             transport = self.latencies.get((name, TRANSPORT), LatencyHistogram())
-            business: dict[str, Any] | None = None
+            business: LatencySummary | None = None
             if name in BUSINESS_HANDOFFS:
                 business = self.latencies.get((name, BUSINESS), LatencyHistogram()).summary()
-            out[name] = {TRANSPORT: transport.summary(), BUSINESS: business}
+            out[name] = HandoffSummary(transport=transport.summary(), business=business)
         return out
+
+
+class FunnelSummary(TypedDict):
+    stages: dict[str, int]  # stage -> distinct leads/deals that reached it
+    conversion: dict[str, float | None]  # stage-to-stage ratios
+
+
+class HandoffSummary(TypedDict):
+    transport: LatencySummary
+    business: LatencySummary | None  # None where a handoff has no business latency
+
+
+class Published(TypedDict):
+    """What analytics publishes: the funnel, per-channel stage counts, handoff latencies."""
+
+    funnel: FunnelSummary
+    channels: dict[str, dict[str, int]]
+    handoffs: dict[str, HandoffSummary]
 
 
 def conversion(funnel: dict[str, int]) -> dict[str, float | None]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 GROWTH = 1.02
 MIN_SECONDS = 1e-4  # 0.1 ms: transport latencies are milliseconds
@@ -75,9 +76,19 @@ class LatencyHistogram:
                 return bucket_value(index)
         return bucket_value(max(self.buckets))  # pragma: no cover - counts are consistent
 
-    def summary(self) -> dict[str, float | int | None]:
-        out: dict[str, float | int | None] = {"count": self.count}
-        for name, q in QUANTILES:
-            value = self.quantile(q)
-            out[name] = None if value is None else round(value, 6)
-        return out
+    def summary(self) -> LatencySummary:
+        p50, p95, p99 = (self.quantile(q) for _, q in QUANTILES)
+        return LatencySummary(count=self.count, p50=_rounded(p50), p95=_rounded(p95), p99=_rounded(p99))
+
+
+class LatencySummary(TypedDict):
+    """Exact sample count and the p50/p95/p99 seconds (None while empty)."""
+
+    count: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)

@@ -1,0 +1,42 @@
+"""Analytics' use cases over its repositories: publish the figures, read them back.
+
+The stream logic itself is ``analytics.domain.engine`` (the faust worker folds each
+event into the facts); these are the steps around it: the worker publishing a
+snapshot of the figures and its reconciliation report, the API reading the latest
+of each. Each is one single-document write or read through ``analytics.repository``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from analytics.domain.figures import Figures
+from analytics.domain.snapshot import Reconciliation, Snapshot
+from analytics.repository import ReconciliationRepository, SnapshotRepository
+
+
+async def publish_snapshot(
+    snapshots: SnapshotRepository, figures: Figures, *, worker: str, now: datetime, last: Snapshot | None
+) -> Snapshot | None:
+    """Write ``figures`` as the latest snapshot unless ``last`` (what this worker wrote) shows them.
+
+    Returns the snapshot written, or None when there was nothing new.
+    """
+    if last is not None and last.shows(figures):
+        return None
+    snapshot = Snapshot.of(figures, worker=worker, at=now)
+    await snapshots.save(snapshot)
+    return snapshot
+
+
+async def latest_snapshot(snapshots: SnapshotRepository) -> Snapshot:
+    """The latest published figures; all zero before the worker wrote any."""
+    return await snapshots.latest() or Snapshot.empty()
+
+
+async def record_reconciliation(reconciliations: ReconciliationRepository, report: Reconciliation) -> None:
+    await reconciliations.save(report)
+
+
+async def latest_reconciliation(reconciliations: ReconciliationRepository) -> Reconciliation | None:
+    return await reconciliations.latest()
