@@ -28,7 +28,7 @@ from gateway.settings import GatewaySettings
 from gateway.upstream import Upstreams
 
 APPS = {  # service -> (app module, settings module, settings class)
-    "leads": ("leads.main", "leads.bootstrap", "LeadsSettings"),
+    "leads": ("leads.main", "leads.settings", "LeadsSettings"),
     "sales": ("sales.main", "sales.bootstrap", "SalesSettings"),
     "service-desk": ("service_desk.main", "service_desk.settings", "ServiceDeskSettings"),
     "analytics": ("analytics.main", "analytics.settings", "AnalyticsSettings"),

@@ -80,7 +80,8 @@ def _apps(mongo_uri: str, kafka_bootstrap: str) -> dict[str, Any]:
     from analytics.settings import AnalyticsSettings
     from gateway.main import create_app as gateway_app
     from gateway.settings import GatewaySettings
-    from leads.bootstrap import LeadsSettings, build_app
+    from leads.bootstrap import build_app
+    from leads.settings import LeadsSettings
     from sales.bootstrap import SalesSettings
     from sales.main import create_app as sales_app
     from service_desk.main import create_app as desk_app

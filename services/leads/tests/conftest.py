@@ -19,8 +19,8 @@ from crm_platform.runtime import ServiceRuntime
 from crm_platform.settings import ServiceSettings
 from fastapi import FastAPI
 from leads import consumers
-from leads.bootstrap import LeadsSettings
 from leads.main import create_app
+from leads.settings import LeadsSettings
 
 pytest_plugins = ["crm_platform.testing"]
 

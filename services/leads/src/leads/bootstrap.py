@@ -12,26 +12,15 @@ from crm_platform.app import create_app
 from crm_platform.idempotency import canonical
 from crm_platform.runtime import ServiceRuntime
 from crm_platform.settings import ServiceSettings
+from crm_platform.uow import MongoUnitOfWork
 from fastapi import FastAPI
-from pydantic import Field
 
 from leads import consumers, store
 from leads.api import leads as leads_api
 from leads.api import scoring as scoring_api
-
-SERVICE_NAME = "leads"
-DEFAULT_PORT = 8001
-
-
-class LeadsSettings(ServiceSettings):
-    service_name: str = Field(default=SERVICE_NAME, validation_alias="CRM_SERVICE_NAME")
-    http_port: int = Field(default=DEFAULT_PORT, validation_alias="CRM_HTTP_PORT", ge=1, le=65535)
-    # A behaviour POSTed without Idempotency-Key and without external_id is taken as a
-    # retry when the same caller posts the same content again within this window.
-    behaviour_retry_window_seconds: int = Field(
-        default=600, validation_alias="CRM_BEHAVIOUR_RETRY_WINDOW_SECONDS", ge=1, le=86400
-    )
-
+from leads.repository import LeadsUnit
+from leads.settings import LeadsSettings
+from leads.store import MongoLeadsUnit
 
 BEHAVIOURS_PATH = re.compile(r"^/leads/[^/]+/behaviours$")
 
@@ -60,30 +49,22 @@ def behaviour_retry_key(window: timedelta) -> Callable[[str, bytes], tuple[str, 
     return derive
 
 
-def build_runtime(settings: ServiceSettings) -> ServiceRuntime:
-    return ServiceRuntime(
-        settings,
-        subscription=consumers.subscription(),
-        indexes=store.ensure_indexes,
-    )
-
-
 def build_app(settings: ServiceSettings) -> FastAPI:
-    return create_app(
-        settings=settings,
+    s = LeadsSettings.of(settings)
+    uow: MongoUnitOfWork[LeadsUnit] = MongoUnitOfWork(MongoLeadsUnit)
+    runtime = ServiceRuntime(s, subscription=consumers.subscription(uow), indexes=store.ensure_indexes)
+    uow.store = runtime.store
+    app = create_app(
+        settings=s,
         title="CRM leads (marketing)",
         description=(
             "Marketing's department service: captures leads (merging duplicates by email), "
             "scores them from behaviour with versioned rules, hands qualified leads to sales "
             "(lead.qualified) and closes the loop with sales' verdict (lead.verdict)."
         ),
-        runtime=build_runtime(settings),
+        runtime=runtime,
         protected=[leads_api.router, scoring_api.router],
-        default_idempotency_key=behaviour_retry_key(timedelta(seconds=_window(settings))),
+        default_idempotency_key=behaviour_retry_key(timedelta(seconds=s.behaviour_retry_window_seconds)),
     )
-
-
-def _window(settings: ServiceSettings) -> int:
-    if isinstance(settings, LeadsSettings):
-        return settings.behaviour_retry_window_seconds
-    return int(LeadsSettings.model_fields["behaviour_retry_window_seconds"].default)
+    app.state.uow = uow
+    return app

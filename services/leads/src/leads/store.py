@@ -6,8 +6,10 @@ Collections (database ``leads``):
 - ``scoring_rules``  every version of the scoring rules (``_id`` = version)
 - ``verdicts``       every verdict received from sales, applied or ignored
 
-Writes take a :class:`Tx` and always pass ``session=tx.session``; reads for the
-API go straight to the database.
+The Mongo implementations of ``leads.repository`` work inside the unit of work's
+transaction (``session=tx.session`` on every call); :class:`MongoLeadsUnit` groups them.
+The read-side queries for the API (``get_lead``, ``list_leads``, ``list_behaviours``,
+``current_rules``, ``rules_history``) go straight to the database.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from datetime import datetime
 from typing import Any
 
 from crm_contracts.events.common import Behaviour
+from crm_platform.actor import Actor
 from crm_platform.mongo import Tx
+from crm_platform.uow import MongoUnit
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from leads.domain.leads import Consent, Lead, LeadStatus, Touch
+from leads.domain.leads import BehaviourRecord, Consent, Lead, LeadStatus, Touch, VerdictRecord
 from leads.domain.scoring import (
     DEFAULT_RULES,
     BehaviourRule,
@@ -161,22 +165,23 @@ def lead_from_doc(d: Doc) -> Lead:
     )
 
 
-async def find_lead_by_email(tx: Tx, email: str) -> Lead | None:
-    doc = await tx.db[LEADS].find_one({"email": email}, session=tx.session)
-    return lead_from_doc(doc) if doc else None
+class MongoLeads:
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
 
+    async def get(self, lead_id: str) -> Lead | None:
+        doc = await self.tx.db[LEADS].find_one({"_id": lead_id}, session=self.tx.session)
+        return lead_from_doc(doc) if doc else None
 
-async def load_lead(tx: Tx, lead_id: str) -> Lead | None:
-    doc = await tx.db[LEADS].find_one({"_id": lead_id}, session=tx.session)
-    return lead_from_doc(doc) if doc else None
+    async def get_by_email(self, email: str) -> Lead | None:
+        doc = await self.tx.db[LEADS].find_one({"email": email}, session=self.tx.session)
+        return lead_from_doc(doc) if doc else None
 
+    async def add(self, lead: Lead) -> None:
+        await self.tx.db[LEADS].insert_one(lead_to_doc(lead), session=self.tx.session)
 
-async def insert_lead(tx: Tx, lead: Lead) -> None:
-    await tx.db[LEADS].insert_one(lead_to_doc(lead), session=tx.session)
-
-
-async def save_lead(tx: Tx, lead: Lead) -> None:
-    await tx.db[LEADS].replace_one({"_id": lead.id}, lead_to_doc(lead), session=tx.session)
+    async def save(self, lead: Lead) -> None:
+        await self.tx.db[LEADS].replace_one({"_id": lead.id}, lead_to_doc(lead), session=self.tx.session)
 
 
 async def get_lead(db: Db, lead_id: str) -> Lead | None:
@@ -235,24 +240,66 @@ async def list_leads(
 # -- behaviours --------------------------------------------------------------------------
 
 
-async def find_behaviour_by_external_id(tx: Tx, lead_id: str, external_id: str) -> Doc | None:
-    return await tx.db[BEHAVIOURS].find_one(
-        {"lead_id": lead_id, "external_id": external_id}, session=tx.session
+def behaviour_to_doc(record: BehaviourRecord) -> Doc:
+    doc: Doc = {
+        "_id": record.id,
+        "lead_id": record.lead_id,
+        "behaviour": record.behaviour.value,
+        "occurred_at": record.occurred_at,
+        "recorded_at": record.recorded_at,
+        "meta": dict(record.meta),
+        "recorded_by": {"user_id": record.recorded_by.user_id, "username": record.recorded_by.display_name},
+        "in_cycle": record.in_cycle,
+        "score_after": record.score_after,
+        "rules_version": record.rules_version,
+        "qualified": record.qualified,
+    }
+    if record.external_id is not None:
+        doc["external_id"] = record.external_id
+    return doc
+
+
+def behaviour_from_doc(d: Doc) -> BehaviourRecord:
+    by = d.get("recorded_by") or {}
+    return BehaviourRecord(
+        id=d["_id"],
+        lead_id=d["lead_id"],
+        behaviour=Behaviour(d["behaviour"]),
+        occurred_at=d["occurred_at"],
+        recorded_at=d["recorded_at"],
+        recorded_by=Actor(str(by.get("user_id", "")), str(by.get("username", ""))),
+        in_cycle=bool(d.get("in_cycle", True)),
+        score_after=float(d.get("score_after", 0.0)),
+        rules_version=int(d["rules_version"]),
+        qualified=bool(d.get("qualified", False)),
+        meta=d.get("meta") or {},
+        external_id=d.get("external_id"),
     )
 
 
-async def insert_behaviour(tx: Tx, doc: Doc) -> None:
-    await tx.db[BEHAVIOURS].insert_one(doc, session=tx.session)
+class MongoBehaviours:
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+
+    async def by_external_id(self, lead_id: str, external_id: str) -> BehaviourRecord | None:
+        doc = await self.tx.db[BEHAVIOURS].find_one(
+            {"lead_id": lead_id, "external_id": external_id}, session=self.tx.session
+        )
+        return behaviour_from_doc(doc) if doc else None
+
+    async def add(self, record: BehaviourRecord) -> None:
+        await self.tx.db[BEHAVIOURS].insert_one(behaviour_to_doc(record), session=self.tx.session)
 
 
-async def list_behaviours(db: Db, lead_id: str, limit: int) -> list[Doc]:
+async def list_behaviours(db: Db, lead_id: str, limit: int) -> list[BehaviourRecord]:
     """A lead's behaviour, most recent occurrence first."""
-    return await (
+    docs = await (
         db[BEHAVIOURS]
         .find({"lead_id": lead_id})
         .sort([("occurred_at", DESCENDING), ("_id", DESCENDING)])
         .limit(limit)
     ).to_list()
+    return [behaviour_from_doc(d) for d in docs]
 
 
 # -- scoring rules -----------------------------------------------------------------------
@@ -280,18 +327,23 @@ def rules_from_doc(d: Doc) -> ScoringRules:
     )
 
 
-async def current_rules_tx(tx: Tx) -> ScoringRules:
-    doc = await tx.db[SCORING_RULES].find_one({}, sort=[("_id", DESCENDING)], session=tx.session)
-    return rules_from_doc(doc) if doc else DEFAULT_RULES
+class MongoScoringRules:
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+
+    async def current(self) -> ScoringRules:
+        doc = await self.tx.db[SCORING_RULES].find_one(
+            {}, sort=[("_id", DESCENDING)], session=self.tx.session
+        )
+        return rules_from_doc(doc) if doc else DEFAULT_RULES
+
+    async def add(self, rules: ScoringRules) -> None:
+        await self.tx.db[SCORING_RULES].insert_one(rules_to_doc(rules), session=self.tx.session)
 
 
 async def current_rules(db: Db) -> ScoringRules:
     doc = await db[SCORING_RULES].find_one({}, sort=[("_id", DESCENDING)])
     return rules_from_doc(doc) if doc else DEFAULT_RULES
-
-
-async def insert_rules(tx: Tx, rules: ScoringRules) -> None:
-    await tx.db[SCORING_RULES].insert_one(rules_to_doc(rules), session=tx.session)
 
 
 async def rules_history(db: Db, limit: int) -> list[ScoringRules]:
@@ -302,5 +354,40 @@ async def rules_history(db: Db, limit: int) -> list[ScoringRules]:
 # -- verdicts ----------------------------------------------------------------------------
 
 
-async def insert_verdict(tx: Tx, doc: Doc) -> None:
-    await tx.db[VERDICTS].insert_one(doc, session=tx.session)
+def verdict_to_doc(record: VerdictRecord) -> Doc:
+    return {
+        "_id": record.id,
+        "lead_id": record.lead_id,
+        "verdict": record.verdict,
+        "reason_code": record.reason_code,
+        "note": record.note,
+        "decided_by": record.decided_by,
+        "opportunity_id": record.opportunity_id,
+        "decided_at": record.decided_at,
+        "received_at": record.received_at,
+        "applied": record.applied,
+        "ignored_because": record.ignored_because,
+        "status_before": record.status_before.value,
+    }
+
+
+class MongoVerdicts:
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+
+    async def add(self, record: VerdictRecord) -> None:
+        await self.tx.db[VERDICTS].insert_one(verdict_to_doc(record), session=self.tx.session)
+
+
+# -- the unit ----------------------------------------------------------------------------
+
+
+class MongoLeadsUnit(MongoUnit):
+    """``leads.repository.LeadsUnit`` over one transaction (events go to its outbox)."""
+
+    def __init__(self, tx: Tx) -> None:
+        super().__init__(tx)
+        self.leads = MongoLeads(tx)
+        self.behaviours = MongoBehaviours(tx)
+        self.rules = MongoScoringRules(tx)
+        self.verdicts = MongoVerdicts(tx)

@@ -1,9 +1,19 @@
-"""Shared route dependencies: the service's store and who may do what."""
+"""Route dependencies of the leads API: who may do what, and the unit of work.
+
+The acting user and the database come from ``crm_platform.routes`` (``CurrentActor``,
+``DbDep``); roles are required once per router (its audience, ``READERS``) and
+narrowed on the routes that change something (``can_write``).
+"""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from crm_platform.auth import Role, require_roles
-from crm_platform.routes import current_actor
+from crm_platform.uow import UnitOfWork
+from fastapi import Depends, Request
+
+from leads.repository import LeadsUnit
 
 # Marketing owns leads and scoring; admins may do anything marketing does.
 WRITERS = (Role.MARKETING, Role.ADMIN)
@@ -11,8 +21,11 @@ WRITERS = (Role.MARKETING, Role.ADMIN)
 READERS = (*WRITERS, Role.SALES_REP, Role.SALES_MANAGER, Role.ANALYST)
 
 can_write = require_roles(*WRITERS)
-can_read = require_roles(*READERS)
 
 
-# The one acting-user type (crm_platform.actor.Actor), from the verified token.
-actor = current_actor
+def get_uow(request: Request) -> UnitOfWork[LeadsUnit]:
+    uow: UnitOfWork[LeadsUnit] = request.app.state.uow
+    return uow
+
+
+UowDep = Annotated[UnitOfWork[LeadsUnit], Depends(get_uow)]

@@ -5,17 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from crm_contracts.events.common import Behaviour
-from crm_platform.auth import CurrentUser
 from crm_platform.errors import NotFound, RuleViolation
-from crm_platform.mongo import Store
-from crm_platform.routes import get_db, get_store
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from crm_platform.routes import CurrentActor, DbDep, require_roles
+from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import BeforeValidator, StringConstraints
-from pymongo.asynchronous.database import AsyncDatabase
 
 from leads import handlers
 from leads import store as repo
-from leads.api.deps import actor, can_read, can_write
+from leads.api.deps import READERS, UowDep, can_write
 from leads.api.models import (
     BehaviourIn,
     BehaviourListOut,
@@ -28,10 +25,8 @@ from leads.api.models import (
 )
 from leads.domain.leads import Capture, LeadStatus
 
-router = APIRouter(prefix="/leads", tags=["leads"])
+router = APIRouter(prefix="/leads", tags=["leads"], dependencies=[require_roles(*READERS)])
 
-StoreDep = Annotated[Store, Depends(get_store)]
-DbDep = Annotated[AsyncDatabase[dict[str, Any]], Depends(get_db)]
 LeadId = Annotated[str, Path(min_length=1, max_length=100)]
 ChannelFilter = Annotated[str, StringConstraints(max_length=64)]
 
@@ -48,9 +43,9 @@ def _blank_is_none(value: Any) -> Any:
     dependencies=[can_write],
     summary="Capture a lead (201 new; 200 when the email matched a lead and it merged)",
 )
-async def capture_lead(body: CaptureIn, response: Response, store: StoreDep) -> CaptureOut:
+async def capture_lead(body: CaptureIn, response: Response, uow: UowDep) -> CaptureOut:
     result = await handlers.capture_lead(
-        store,
+        uow,
         Capture(
             email=str(body.email),
             name=body.name,
@@ -68,7 +63,6 @@ async def capture_lead(body: CaptureIn, response: Response, store: StoreDep) -> 
 @router.get(
     "",
     response_model=LeadPageOut,
-    dependencies=[can_read],
     summary="Leads, newest first, filtered by status and origin channel, paged",
 )
 async def list_leads(
@@ -91,7 +85,7 @@ async def list_leads(
     return LeadPageOut(items=[LeadOut.of(x) for x in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/{lead_id}", response_model=LeadOut, dependencies=[can_read])
+@router.get("/{lead_id}", response_model=LeadOut)
 async def get_lead(lead_id: LeadId, db: DbDep) -> LeadOut:
     lead = await repo.get_lead(db, lead_id)
     if lead is None:
@@ -107,16 +101,16 @@ async def get_lead(lead_id: LeadId, db: DbDep) -> LeadOut:
     summary="Record a behaviour and re-score (200 when external_id was already recorded)",
 )
 async def record_behaviour(
-    lead_id: LeadId, body: BehaviourIn, response: Response, store: StoreDep, user: CurrentUser
+    lead_id: LeadId, body: BehaviourIn, response: Response, uow: UowDep, actor: CurrentActor
 ) -> BehaviourOut:
     result = await handlers.record_behaviour(
-        store,
+        uow,
         lead_id,
         Behaviour(body.behaviour),
         occurred_at=body.occurred_at,
         meta=body.meta,
         external_id=body.external_id,
-        actor=actor(user),
+        actor=actor,
     )
     if result.duplicate:
         response.status_code = status.HTTP_200_OK
@@ -132,7 +126,6 @@ async def record_behaviour(
 @router.get(
     "/{lead_id}/behaviours",
     response_model=BehaviourListOut,
-    dependencies=[can_read],
     summary="A lead's recorded behaviour, most recent first",
 )
 async def list_behaviours(
@@ -140,21 +133,5 @@ async def list_behaviours(
 ) -> BehaviourListOut:
     if await repo.get_lead(db, lead_id) is None:
         raise NotFound(f"no lead '{lead_id}'", lead_id=lead_id)
-    docs = await repo.list_behaviours(db, lead_id, limit)
-    return BehaviourListOut(
-        items=[
-            BehaviourRecordOut(
-                id=d["_id"],
-                behaviour=Behaviour(d["behaviour"]),
-                occurred_at=d["occurred_at"],
-                recorded_at=d["recorded_at"],
-                meta=d.get("meta") or {},
-                external_id=d.get("external_id"),
-                counted_in_score=bool(d.get("in_cycle", True)),
-                score_after=float(d.get("score_after", 0.0)),
-                rules_version=int(d["rules_version"]),
-                recorded_by=d.get("recorded_by", {}).get("username", ""),
-            )
-            for d in docs
-        ]
-    )
+    records = await repo.list_behaviours(db, lead_id, limit)
+    return BehaviourListOut(items=[BehaviourRecordOut.of(r) for r in records])

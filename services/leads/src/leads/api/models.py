@@ -19,7 +19,7 @@ from pydantic import (
     field_validator,
 )
 
-from leads.domain.leads import Lead, LeadStatus, occurred_at_problem
+from leads.domain.leads import BehaviourRecord, Lead, LeadStatus, occurred_at_problem
 from leads.domain.scoring import BehaviourRule, Reason, ScoringRules
 
 
@@ -215,6 +215,21 @@ class BehaviourRecordOut(BaseModel):
     score_after: float
     rules_version: int
     recorded_by: str
+
+    @classmethod
+    def of(cls, record: BehaviourRecord) -> BehaviourRecordOut:
+        return cls(
+            id=record.id,
+            behaviour=record.behaviour,
+            occurred_at=record.occurred_at,
+            recorded_at=record.recorded_at,
+            meta=dict(record.meta),
+            external_id=record.external_id,
+            counted_in_score=record.in_cycle,
+            score_after=record.score_after,
+            rules_version=record.rules_version,
+            recorded_by=record.recorded_by.username,
+        )
 
 
 class BehaviourListOut(BaseModel):

@@ -13,7 +13,9 @@ after the verdict counts, so "crossing the threshold again" needs new
 engagement, not one more page view on an old score. Lifetime behaviour totals
 are kept for the behaviour summary sales receives.
 
-Everything here is pure: no clock (callers pass ``now``), no I/O.
+Everything here is pure: no clock (callers pass ``now``), no I/O. A :class:`Lead` is
+immutable: its methods return the changed lead (and the events the change causes)
+and the handler saves it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from crm_contracts.events.common import Behaviour
+from crm_contracts import Event
+from crm_contracts.events.common import Behaviour, Contact, ScoreReason
+from crm_contracts.events.common import Consent as ConsentV1
+from crm_contracts.events.leads import (
+    BehaviourRecordedV1,
+    LeadCapturedV1,
+    LeadQualifiedV1,
+    LeadStatusChangedV1,
+)
+from crm_platform.actor import Actor
 
 from leads.domain.scoring import Reason, Score, ScoringRules, score
 
@@ -141,54 +152,177 @@ class Lead:
     verdict_reason_code: str | None = None
     verdict_at: datetime | None = None
 
+    @classmethod
+    def new(cls, lead_id: str, capture: Capture, now: datetime) -> Lead:
+        return cls(
+            id=lead_id,
+            email=normalize_email(capture.email),
+            name=capture.name,
+            company=_filled(capture.company),
+            origin_channel=capture.source_channel,
+            campaign=_filled(capture.campaign),
+            consent=Consent(capture.marketing_email, now),
+            status=LeadStatus.NEW,
+            created_at=now,
+            updated_at=now,
+            touches=(Touch(capture.source_channel, capture.campaign, now),),
+            touch_count=1,
+        )
+
+    def merge(self, capture: Capture, now: datetime) -> Lead:
+        """The same person captured again: one lead, never two.
+
+        - empty fields are filled from the new capture, filled ones are kept;
+        - the first source channel stays the origin; the new capture is a touch;
+        - consent follows the person's latest statement (an opt-out must win, and a
+          fresh opt-in is just as explicit);
+        - the status is untouched (a capture is not behaviour).
+        """
+        if normalize_email(capture.email) != self.email:
+            raise ValueError("merge needs the same email")
+        touches = (*self.touches, Touch(capture.source_channel, capture.campaign, now))
+        return dataclasses.replace(
+            self,
+            name=capture.name if _blank(self.name) else self.name,
+            company=self.company if not _blank(self.company) else _filled(capture.company),
+            campaign=self.campaign if not _blank(self.campaign) else _filled(capture.campaign),
+            consent=Consent(capture.marketing_email, now),
+            touches=touches[-MAX_TOUCHES_KEPT:],
+            touch_count=self.touch_count + 1,
+            updated_at=now,
+        )
+
+    def record_behaviour(
+        self, behaviour: Behaviour, occurred_at: datetime, rules: ScoringRules, now: datetime
+    ) -> BehaviourOutcome:
+        """Count the behaviour, re-score with the current rules, qualify on crossing the threshold."""
+        in_cycle = self.cycle_started_at is None or occurred_at >= self.cycle_started_at
+        cycle = _plus_one(self.cycle_counts, behaviour) if in_cycle else dict(self.cycle_counts)
+        rescored = score(cycle, rules)
+        status = self.status
+        if in_cycle and status in (LeadStatus.NEW, LeadStatus.RECYCLED):
+            status = transition(status, LeadStatus.NURTURING)
+        qualified = status == LeadStatus.NURTURING and rescored.qualifies
+        if qualified:
+            status = transition(status, LeadStatus.QUALIFIED)
+        last = self.last_behaviour_at
+        updated = dataclasses.replace(
+            self,
+            status=status,
+            behaviour_totals=_plus_one(self.behaviour_totals, behaviour),
+            cycle_counts=cycle,
+            score=rescored.total,
+            score_reasons=rescored.reasons,
+            rules_version=rescored.rules_version,
+            threshold=rescored.threshold,
+            last_behaviour_at=occurred_at if last is None or occurred_at > last else last,
+            qualified_at=now if qualified else self.qualified_at,
+            handoff_count=self.handoff_count + (1 if qualified else 0),
+            updated_at=now,
+        )
+        recorded = BehaviourRecordedV1(
+            lead_id=self.id, behaviour=behaviour, score=updated.score, source_channel=updated.origin_channel
+        )
+        events: tuple[Event, ...] = (recorded, updated.qualified_event()) if qualified else (recorded,)
+        return BehaviourOutcome(updated, rescored, in_cycle, qualified, events)
+
+    def apply_verdict(
+        self, verdict: str, reason_code: str | None, decided_at: datetime, now: datetime
+    ) -> VerdictOutcome:
+        """Sales' verdict (decided at ``decided_at``) on a lead it was handed.
+
+        Only a lead in 'qualified' takes a verdict. Any other status means the verdict
+        is late, repeated or about a lead sales was never handed: it is ignored
+        (the caller logs it) rather than rewriting history.
+        """
+        target = VERDICT_STATUS.get(verdict)
+        if target is None:
+            raise ValueError(f"unknown verdict '{verdict}'")
+        if self.status != LeadStatus.QUALIFIED:
+            return VerdictOutcome(self, False, f"lead is '{self.status}', not 'qualified'")
+        updated = dataclasses.replace(
+            self,
+            status=transition(self.status, target),
+            verdict=verdict,
+            verdict_reason_code=reason_code,
+            verdict_at=decided_at,
+            updated_at=now,
+        )
+        if target == LeadStatus.RECYCLED:
+            updated = dataclasses.replace(
+                updated,
+                cycle_counts={},
+                cycle_started_at=decided_at,
+                score=0.0,
+                score_reasons=(),
+                recycle_count=self.recycle_count + 1,
+            )
+        changed = LeadStatusChangedV1(
+            lead_id=updated.id,
+            status=updated.status.value,
+            reason_code=updated.verdict_reason_code,
+            source_channel=updated.origin_channel,
+        )
+        return VerdictOutcome(updated, True, events=(changed,))
+
+    def behaviour_summary(self) -> dict[Behaviour, int]:
+        """Lifetime occurrences per behaviour (what sales sees in the handoff)."""
+        return {b: self.behaviour_totals[b] for b in Behaviour if self.behaviour_totals.get(b, 0) > 0}
+
+    def captured_event(self, capture: Capture, merged: bool) -> LeadCapturedV1:
+        """Describes the lead after this capture; channel and campaign are this capture's touch."""
+        return LeadCapturedV1(
+            lead_id=self.id,
+            email=self.email,
+            name=self.name,
+            company=self.company or "",
+            source_channel=capture.source_channel,
+            campaign=capture.campaign,
+            consent=_consent_v1(self.consent),
+            merged=merged,
+        )
+
+    def qualified_event(self) -> LeadQualifiedV1:
+        """The handoff to sales: who, why (score and reasons), from where, and consent."""
+        if self.qualified_at is None or self.threshold is None:
+            raise ValueError(f"lead {self.id} is not qualified")
+        return LeadQualifiedV1(
+            lead_id=self.id,
+            contact=Contact(name=self.name, email=self.email),
+            company=self.company or "",
+            score=self.score,
+            threshold=self.threshold,
+            score_reasons=[
+                ScoreReason(behaviour=r.behaviour, count=r.count, points=r.points) for r in self.score_reasons
+            ],
+            source_channel=self.origin_channel,
+            campaign=self.campaign,
+            behaviour_summary=self.behaviour_summary(),
+            consent=_consent_v1(self.consent),
+            qualified_at=self.qualified_at,
+        )
+
 
 def _blank(value: str | None) -> bool:
     return value is None or not value.strip()
 
 
-def new_lead(lead_id: str, capture: Capture, now: datetime) -> Lead:
-    return Lead(
-        id=lead_id,
-        email=normalize_email(capture.email),
-        name=capture.name,
-        company=None if _blank(capture.company) else capture.company,
-        origin_channel=capture.source_channel,
-        campaign=None if _blank(capture.campaign) else capture.campaign,
-        consent=Consent(capture.marketing_email, now),
-        status=LeadStatus.NEW,
-        created_at=now,
-        updated_at=now,
-        touches=(Touch(capture.source_channel, capture.campaign, now),),
-        touch_count=1,
-    )
+def _filled(value: str | None) -> str | None:
+    return None if _blank(value) else value
 
 
-def merge(lead: Lead, capture: Capture, now: datetime) -> Lead:
-    """The same person captured again: one lead, never two.
+@dataclass(frozen=True)
+class CaptureOutcome:
+    lead: Lead
+    merged: bool  # True: the email matched a lead, which absorbed this capture
+    events: tuple[Event, ...]
 
-    - empty fields are filled from the new capture, filled ones are kept;
-    - the first source channel stays the origin; the new capture is a touch;
-    - consent follows the person's latest statement (an opt-out must win, and a
-      fresh opt-in is just as explicit);
-    - the status is untouched (a capture is not behaviour).
-    """
-    if normalize_email(capture.email) != lead.email:
-        raise ValueError("merge needs the same email")
-    touches = (*lead.touches, Touch(capture.source_channel, capture.campaign, now))
-    return dataclasses.replace(
-        lead,
-        name=capture.name if _blank(lead.name) else lead.name,
-        company=lead.company
-        if not _blank(lead.company)
-        else (None if _blank(capture.company) else capture.company),
-        campaign=lead.campaign
-        if not _blank(lead.campaign)
-        else (None if _blank(capture.campaign) else capture.campaign),
-        consent=Consent(capture.marketing_email, now),
-        touches=touches[-MAX_TOUCHES_KEPT:],
-        touch_count=lead.touch_count + 1,
-        updated_at=now,
-    )
+
+def capture(existing: Lead | None, new_id: str, capture: Capture, now: datetime) -> CaptureOutcome:
+    """A capture: a new lead, or ``existing`` (the lead with this email) merging it."""
+    lead = existing.merge(capture, now) if existing is not None else Lead.new(new_id, capture, now)
+    merged = existing is not None
+    return CaptureOutcome(lead, merged, (lead.captured_event(capture, merged),))
 
 
 @dataclass(frozen=True)
@@ -197,6 +331,15 @@ class BehaviourOutcome:
     score: Score
     in_cycle: bool  # False: occurred before the lead was recycled; kept but not scored
     qualified: bool  # True: this behaviour hands the lead to sales (emit the handoff)
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True)
+class VerdictOutcome:
+    lead: Lead
+    applied: bool
+    ignored_because: str | None = None
+    events: tuple[Event, ...] = ()
 
 
 def _plus_one(counts: Mapping[Behaviour, int], behaviour: Behaviour) -> dict[Behaviour, int]:
@@ -205,82 +348,71 @@ def _plus_one(counts: Mapping[Behaviour, int], behaviour: Behaviour) -> dict[Beh
     return out
 
 
-def record_behaviour(
-    lead: Lead, behaviour: Behaviour, occurred_at: datetime, rules: ScoringRules, now: datetime
-) -> BehaviourOutcome:
-    """Count the behaviour, re-score with the current rules, qualify on crossing the threshold."""
-    in_cycle = lead.cycle_started_at is None or occurred_at >= lead.cycle_started_at
-    totals = _plus_one(lead.behaviour_totals, behaviour)
-    cycle = _plus_one(lead.cycle_counts, behaviour) if in_cycle else dict(lead.cycle_counts)
-    rescored = score(cycle, rules)
+def _consent_v1(consent: Consent) -> ConsentV1:
+    return ConsentV1(marketing_email=consent.marketing_email, captured_at=consent.captured_at)
 
-    status = lead.status
-    if in_cycle and status in (LeadStatus.NEW, LeadStatus.RECYCLED):
-        status = transition(status, LeadStatus.NURTURING)
-    qualified = status == LeadStatus.NURTURING and rescored.qualifies
-    if qualified:
-        status = transition(status, LeadStatus.QUALIFIED)
 
-    last = lead.last_behaviour_at
-    updated = dataclasses.replace(
-        lead,
-        status=status,
-        behaviour_totals=totals,
-        cycle_counts=cycle,
-        score=rescored.total,
-        score_reasons=rescored.reasons,
-        rules_version=rescored.rules_version,
-        threshold=rescored.threshold,
-        last_behaviour_at=occurred_at if last is None or occurred_at > last else last,
-        qualified_at=now if qualified else lead.qualified_at,
-        handoff_count=lead.handoff_count + (1 if qualified else 0),
-        updated_at=now,
-    )
-    return BehaviourOutcome(updated, rescored, in_cycle, qualified)
+MetaValue = str | bool | int | float | None
 
 
 @dataclass(frozen=True)
-class VerdictOutcome:
-    lead: Lead
-    applied: bool
-    ignored_because: str | None = None
+class BehaviourRecord:
+    """One recorded behaviour occurrence, as it counted (or not) in the lead's score."""
 
+    id: str
+    lead_id: str
+    behaviour: Behaviour
+    occurred_at: datetime
+    recorded_at: datetime
+    recorded_by: Actor
+    in_cycle: bool
+    score_after: float
+    rules_version: int
+    qualified: bool
+    meta: Mapping[str, MetaValue] = field(default_factory=dict)
+    external_id: str | None = None
 
-def apply_verdict(
-    lead: Lead, verdict: str, reason_code: str | None, decided_at: datetime, now: datetime
-) -> VerdictOutcome:
-    """Sales' verdict (decided at ``decided_at``) on a lead it was handed.
-
-    Only a lead in 'qualified' takes a verdict. Any other status means the verdict
-    is late, repeated or about a lead sales was never handed: it is ignored
-    (the caller logs it) rather than rewriting history.
-    """
-    target = VERDICT_STATUS.get(verdict)
-    if target is None:
-        raise ValueError(f"unknown verdict '{verdict}'")
-    if lead.status != LeadStatus.QUALIFIED:
-        return VerdictOutcome(lead, False, f"lead is '{lead.status}', not 'qualified'")
-    status = transition(lead.status, target)
-    updated = dataclasses.replace(
-        lead,
-        status=status,
-        verdict=verdict,
-        verdict_reason_code=reason_code,
-        verdict_at=decided_at,
-        updated_at=now,
-    )
-    if status == LeadStatus.RECYCLED:
-        updated = dataclasses.replace(
-            updated,
-            cycle_counts={},
-            cycle_started_at=decided_at,
-            score=0.0,
-            score_reasons=(),
-            recycle_count=lead.recycle_count + 1,
+    @classmethod
+    def of(
+        cls,
+        record_id: str,
+        outcome: BehaviourOutcome,
+        *,
+        behaviour: Behaviour,
+        occurred_at: datetime,
+        by: Actor,
+        meta: Mapping[str, MetaValue] | None,
+        external_id: str | None,
+    ) -> BehaviourRecord:
+        return cls(
+            id=record_id,
+            lead_id=outcome.lead.id,
+            behaviour=behaviour,
+            occurred_at=occurred_at,
+            recorded_at=outcome.lead.updated_at,
+            recorded_by=by,
+            in_cycle=outcome.in_cycle,
+            score_after=outcome.lead.score,
+            rules_version=outcome.score.rules_version,
+            qualified=outcome.qualified,
+            meta=dict(meta or {}),
+            external_id=external_id,
         )
-    return VerdictOutcome(updated, True)
 
 
-def behaviour_summary(lead: Lead) -> dict[Behaviour, int]:
-    """Lifetime occurrences per behaviour (what sales sees in the handoff)."""
-    return {b: lead.behaviour_totals[b] for b in Behaviour if lead.behaviour_totals.get(b, 0) > 0}
+@dataclass(frozen=True)
+class VerdictRecord:
+    """Sales' verdict as received, applied or ignored (with why)."""
+
+    id: str  # the verdict event's id
+    lead_id: str
+    verdict: str
+    reason_code: str | None
+    note: str | None
+    decided_by: str
+    opportunity_id: str | None
+    decided_at: datetime
+    received_at: datetime
+    applied: bool
+    ignored_because: str | None
+    status_before: LeadStatus

@@ -42,7 +42,7 @@ def capture(**overrides: object) -> Capture:
 
 
 def lead(**overrides: object) -> Lead:
-    return dataclasses.replace(d.new_lead("lead-1", capture(), T0), **overrides)  # type: ignore[arg-type]
+    return dataclasses.replace(Lead.new("lead-1", capture(), T0), **overrides)  # type: ignore[arg-type]
 
 
 def behave(
@@ -50,7 +50,7 @@ def behave(
 ) -> tuple[Lead, list[d.BehaviourOutcome]]:
     outcomes = []
     for i, b in enumerate(behaviours):
-        out = d.record_behaviour(x, b, at(start + i), rules, at(start + i))
+        out = x.record_behaviour(b, at(start + i), rules, at(start + i))
         outcomes.append(out)
         x = out.lead
     return x, outcomes
@@ -156,7 +156,7 @@ def test_normalize_email_trims_and_case_folds() -> None:
 
 
 def test_new_lead_starts_new_with_origin_and_one_touch() -> None:
-    x = d.new_lead("lead-1", capture(email=" ADA@example.com "), T0)
+    x = Lead.new("lead-1", capture(email=" ADA@example.com "), T0)
     assert x.email == "ada@example.com"
     assert x.status == LeadStatus.NEW
     assert x.origin_channel == "webinar"
@@ -167,9 +167,8 @@ def test_new_lead_starts_new_with_origin_and_one_touch() -> None:
 
 
 def test_merge_fills_empty_fields_keeps_filled_ones_and_the_origin() -> None:
-    first = d.new_lead("lead-1", capture(company=None, campaign=None), T0)
-    merged = d.merge(
-        first,
+    first = Lead.new("lead-1", capture(company=None, campaign=None), T0)
+    merged = first.merge(
         capture(
             email="ada@EXAMPLE.com ",
             name="A. Lovelace",
@@ -191,39 +190,39 @@ def test_merge_fills_empty_fields_keeps_filled_ones_and_the_origin() -> None:
 
 
 def test_merge_keeps_a_filled_company_even_if_the_new_capture_differs() -> None:
-    merged = d.merge(lead(), capture(company="Other Co"), at(1))
+    merged = lead().merge(capture(company="Other Co"), at(1))
     assert merged.company == "Analytical Engines"
 
 
 def test_merge_blank_strings_do_not_overwrite_or_fill() -> None:
-    first = d.new_lead("lead-1", capture(company="  ", campaign=""), T0)
+    first = Lead.new("lead-1", capture(company="  ", campaign=""), T0)
     assert first.company is None
     assert first.campaign is None
-    assert d.merge(first, capture(company=" "), at(1)).company is None
+    assert first.merge(capture(company=" "), at(1)).company is None
 
 
 def test_merge_consent_follows_the_latest_statement() -> None:
-    opted_out = d.merge(lead(), capture(marketing_email=False), at(5))
+    opted_out = lead().merge(capture(marketing_email=False), at(5))
     assert opted_out.consent == d.Consent(False, at(5))
-    assert d.merge(opted_out, capture(marketing_email=True), at(6)).consent.marketing_email
+    assert opted_out.merge(capture(marketing_email=True), at(6)).consent.marketing_email
 
 
 def test_merge_does_not_change_status_or_score() -> None:
     x, _ = behave(lead(), TS)
-    merged = d.merge(x, capture(), at(30))
+    merged = x.merge(capture(), at(30))
     assert merged.status == x.status == LeadStatus.NURTURING
     assert merged.score == x.score
 
 
 def test_merge_refuses_a_different_email() -> None:
     with pytest.raises(ValueError, match="same email"):
-        d.merge(lead(), capture(email="bob@example.com"), at(1))
+        lead().merge(capture(email="bob@example.com"), at(1))
 
 
 def test_merge_keeps_only_the_latest_touches_but_counts_them_all() -> None:
     x = lead()
     for i in range(d.MAX_TOUCHES_KEPT + 5):
-        x = d.merge(x, capture(source_channel=f"c{i}"), at(i + 1))
+        x = x.merge(capture(source_channel=f"c{i}"), at(i + 1))
     assert x.touch_count == d.MAX_TOUCHES_KEPT + 6
     assert len(x.touches) == d.MAX_TOUCHES_KEPT
     assert x.touches[-1].channel == f"c{d.MAX_TOUCHES_KEPT + 4}"
@@ -318,7 +317,7 @@ def test_reasons_are_kept_on_the_lead() -> None:
 def test_behaviour_on_accepted_or_rejected_lead_is_scored_but_never_handed_off() -> None:
     qualified, _ = behave(lead(), TS, FS)
     for verdict in ("accepted", "rejected"):
-        closed = d.apply_verdict(qualified, verdict, None, at(10), at(10)).lead
+        closed = qualified.apply_verdict(verdict, None, at(10), at(10)).lead
         x, outs = behave(closed, TS, TS, start=20)
         assert x.status == closed.status
         assert not any(o.qualified for o in outs)
@@ -328,12 +327,12 @@ def test_behaviour_on_accepted_or_rejected_lead_is_scored_but_never_handed_off()
 
 def test_behaviour_summary_lists_lifetime_counts() -> None:
     x, _ = behave(lead(), PV, PV, FS)
-    assert d.behaviour_summary(x) == {PV: 2, FS: 1}
+    assert x.behaviour_summary() == {PV: 2, FS: 1}
 
 
 def test_last_behaviour_at_keeps_the_latest_even_when_a_late_one_arrives() -> None:
     x, _ = behave(lead(), PV, start=10)
-    late = d.record_behaviour(x, PV, at(2), DEFAULT_RULES, at(12)).lead
+    late = x.record_behaviour(PV, at(2), DEFAULT_RULES, at(12)).lead
     assert late.last_behaviour_at == at(10)
 
 
@@ -357,8 +356,8 @@ def qualified_lead() -> Lead:
     [("accepted", LeadStatus.ACCEPTED), ("rejected", LeadStatus.REJECTED), ("recycled", LeadStatus.RECYCLED)],
 )
 def test_verdict_on_qualified_lead_sets_status(verdict: str, status: LeadStatus) -> None:
-    out = d.apply_verdict(
-        qualified_lead(), verdict, "no_budget" if verdict == "rejected" else None, at(30), at(31)
+    out = qualified_lead().apply_verdict(
+        verdict, "no_budget" if verdict == "rejected" else None, at(30), at(31)
     )
     assert out.applied
     assert out.lead.status == status
@@ -368,14 +367,14 @@ def test_verdict_on_qualified_lead_sets_status(verdict: str, status: LeadStatus)
 
 
 def test_rejection_keeps_the_reason_code() -> None:
-    out = d.apply_verdict(qualified_lead(), "rejected", "competitor", at(30), at(30))
+    out = qualified_lead().apply_verdict("rejected", "competitor", at(30), at(30))
     assert out.lead.verdict_reason_code == "competitor"
 
 
 @pytest.mark.parametrize("status", [s for s in LeadStatus if s != LeadStatus.QUALIFIED])
 def test_verdict_for_a_lead_not_qualified_is_ignored(status: LeadStatus) -> None:
     x = lead(status=status)
-    out = d.apply_verdict(x, "accepted", None, at(30), at(30))
+    out = x.apply_verdict("accepted", None, at(30), at(30))
     assert not out.applied
     assert out.lead is x
     assert out.ignored_because is not None
@@ -383,19 +382,19 @@ def test_verdict_for_a_lead_not_qualified_is_ignored(status: LeadStatus) -> None
 
 
 def test_a_second_verdict_is_ignored() -> None:
-    accepted = d.apply_verdict(qualified_lead(), "accepted", None, at(30), at(30)).lead
-    again = d.apply_verdict(accepted, "rejected", "no_need", at(31), at(31))
+    accepted = qualified_lead().apply_verdict("accepted", None, at(30), at(30)).lead
+    again = accepted.apply_verdict("rejected", "no_need", at(31), at(31))
     assert not again.applied
     assert again.lead.status == LeadStatus.ACCEPTED
 
 
 def test_unknown_verdict_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown verdict"):
-        d.apply_verdict(qualified_lead(), "maybe", None, at(30), at(30))
+        qualified_lead().apply_verdict("maybe", None, at(30), at(30))
 
 
 def test_recycling_restarts_the_scoring_cycle() -> None:
-    out = d.apply_verdict(qualified_lead(), "recycled", "bad_timing", at(30), at(30))
+    out = qualified_lead().apply_verdict("recycled", "bad_timing", at(30), at(30))
     x = out.lead
     assert x.status == LeadStatus.RECYCLED
     assert x.score == 0
@@ -408,7 +407,7 @@ def test_recycling_restarts_the_scoring_cycle() -> None:
 
 
 def test_recycled_lead_is_handed_off_again_once_its_new_score_crosses_the_threshold() -> None:
-    recycled = d.apply_verdict(qualified_lead(), "recycled", None, at(30), at(30)).lead
+    recycled = qualified_lead().apply_verdict("recycled", None, at(30), at(30)).lead
     x, outs = behave(recycled, PV, start=40)
     assert x.status == LeadStatus.NURTURING  # back to nurturing, not straight back to sales
     assert x.score == 5
@@ -418,13 +417,13 @@ def test_recycled_lead_is_handed_off_again_once_its_new_score_crosses_the_thresh
     assert x.status == LeadStatus.QUALIFIED
     assert x.handoff_count == 2
     assert x.qualified_at == at(42)
-    assert d.behaviour_summary(x) == {PV: 2, FS: 2, TS: 2}
+    assert x.behaviour_summary() == {PV: 2, FS: 2, TS: 2}
     assert {r.behaviour: r.count for r in x.score_reasons} == {PV: 2, FS: 1, TS: 1}
 
 
 def test_behaviour_that_occurred_before_the_recycle_is_kept_but_not_scored() -> None:
-    recycled = d.apply_verdict(qualified_lead(), "recycled", None, at(30), at(30)).lead
-    out = d.record_behaviour(recycled, TS, at(20), DEFAULT_RULES, at(35))
+    recycled = qualified_lead().apply_verdict("recycled", None, at(30), at(30)).lead
+    out = recycled.record_behaviour(TS, at(20), DEFAULT_RULES, at(35))
     assert not out.in_cycle
     assert out.lead.status == LeadStatus.RECYCLED
     assert out.lead.score == 0

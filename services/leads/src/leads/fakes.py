@@ -1,0 +1,78 @@
+"""In-memory implementations of marketing's repositories and unit, for unit tests only.
+
+Entities are kept as stored (a ``get`` returns what the last ``add``/``save`` put
+there), and the unique keys the Mongo indexes enforce raise ``DuplicateKeyError``
+here too, so the handlers' race handling runs in unit tests.
+"""
+
+from __future__ import annotations
+
+from crm_platform.uow import FakeUnit
+from pymongo.errors import DuplicateKeyError
+
+from leads.domain.leads import BehaviourRecord, Lead, VerdictRecord
+from leads.domain.scoring import DEFAULT_RULES, ScoringRules
+
+
+class InMemoryLeads:
+    def __init__(self) -> None:
+        self.items: dict[str, Lead] = {}
+
+    async def get(self, lead_id: str) -> Lead | None:
+        return self.items.get(lead_id)
+
+    async def get_by_email(self, email: str) -> Lead | None:
+        return next((lead for lead in self.items.values() if lead.email == email), None)
+
+    async def add(self, lead: Lead) -> None:
+        if lead.id in self.items or await self.get_by_email(lead.email) is not None:
+            raise DuplicateKeyError(f"lead {lead.email!r} exists")
+        self.items[lead.id] = lead
+
+    async def save(self, lead: Lead) -> None:
+        self.items[lead.id] = lead
+
+
+class InMemoryBehaviours:
+    def __init__(self) -> None:
+        self.items: dict[str, BehaviourRecord] = {}
+
+    async def by_external_id(self, lead_id: str, external_id: str) -> BehaviourRecord | None:
+        return next(
+            (r for r in self.items.values() if r.lead_id == lead_id and r.external_id == external_id), None
+        )
+
+    async def add(self, record: BehaviourRecord) -> None:
+        if record.external_id is not None and await self.by_external_id(record.lead_id, record.external_id):
+            raise DuplicateKeyError(f"behaviour {record.external_id!r} recorded")
+        self.items[record.id] = record
+
+
+class InMemoryScoringRules:
+    def __init__(self) -> None:
+        self.versions: dict[int, ScoringRules] = {DEFAULT_RULES.version: DEFAULT_RULES}
+
+    async def current(self) -> ScoringRules:
+        return self.versions[max(self.versions)]
+
+    async def add(self, rules: ScoringRules) -> None:
+        if rules.version in self.versions:
+            raise DuplicateKeyError(f"rules version {rules.version} exists")
+        self.versions[rules.version] = rules
+
+
+class InMemoryVerdicts:
+    def __init__(self) -> None:
+        self.items: dict[str, VerdictRecord] = {}
+
+    async def add(self, record: VerdictRecord) -> None:
+        self.items[record.id] = record
+
+
+class FakeLeadsUnit(FakeUnit):
+    def __init__(self) -> None:
+        super().__init__()
+        self.leads = InMemoryLeads()
+        self.behaviours = InMemoryBehaviours()
+        self.rules = InMemoryScoringRules()
+        self.verdicts = InMemoryVerdicts()

@@ -1,0 +1,65 @@
+"""What marketing's handlers need from storage: one small interface per aggregate, and the unit.
+
+``store.py`` implements these over MongoDB (inside the unit of work's transaction),
+``fakes.py`` in memory for unit tests. Listings for the API are read-side queries in
+``store.py`` and do not go through a repository.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from crm_contracts import Event
+
+from leads.domain.leads import BehaviourRecord, Lead, VerdictRecord
+from leads.domain.scoring import ScoringRules
+
+
+class LeadRepository(Protocol):
+    async def get(self, lead_id: str) -> Lead | None: ...
+
+    async def get_by_email(self, email: str) -> Lead | None: ...
+
+    async def add(self, lead: Lead) -> None:
+        """Raises ``DuplicateKeyError`` when a lead with this email exists (a concurrent capture)."""
+
+    async def save(self, lead: Lead) -> None: ...
+
+
+class BehaviourRepository(Protocol):
+    async def by_external_id(self, lead_id: str, external_id: str) -> BehaviourRecord | None: ...
+
+    async def add(self, record: BehaviourRecord) -> None:
+        """Raises ``DuplicateKeyError`` when the lead's ``external_id`` is recorded (a concurrent retry)."""
+
+
+class ScoringRulesRepository(Protocol):
+    async def current(self) -> ScoringRules: ...
+
+    async def add(self, rules: ScoringRules) -> None:
+        """Raises ``DuplicateKeyError`` when that version exists (changed at the same moment)."""
+
+
+class VerdictRepository(Protocol):
+    async def add(self, record: VerdictRecord) -> None: ...
+
+
+class LeadsUnit(Protocol):
+    """What a handler works in: the repositories and ``emit``, committed together."""
+
+    def emit(self, event: Event, *, correlation_id: str | None = None) -> None: ...
+
+    def emit_all(self, events: Iterable[Event], *, correlation_id: str | None = None) -> None: ...
+
+    @property
+    def leads(self) -> LeadRepository: ...
+
+    @property
+    def behaviours(self) -> BehaviourRepository: ...
+
+    @property
+    def rules(self) -> ScoringRulesRepository: ...
+
+    @property
+    def verdicts(self) -> VerdictRepository: ...

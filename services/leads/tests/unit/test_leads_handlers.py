@@ -1,0 +1,239 @@
+"""Every marketing handler against the in-memory fakes: no broker, no database."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from crm_contracts import envelope_for
+from crm_contracts.events.common import Behaviour
+from crm_contracts.events.leads import (
+    BehaviourRecordedV1,
+    LeadCapturedV1,
+    LeadQualifiedV1,
+    LeadStatusChangedV1,
+)
+from crm_contracts.events.sales import LeadVerdictV1, RejectReason, Verdict
+from crm_platform.actor import Actor
+from crm_platform.clock import ManualClock
+from crm_platform.consumer import DeadLetter
+from crm_platform.errors import Conflict, NotFound, RuleViolation
+from crm_platform.uow import FakeUnitOfWork
+from leads import handlers
+from leads.domain.leads import Capture, Lead, LeadStatus
+from leads.domain.scoring import BehaviourRule
+from leads.fakes import FakeLeadsUnit, InMemoryLeads
+from pymongo.errors import DuplicateKeyError
+
+T0 = datetime(2026, 3, 1, 9, 0, 0, 123456, tzinfo=UTC)
+MIA = Actor.of("user-mia", ["marketing"], "mia")
+
+
+def uow() -> FakeUnitOfWork[FakeLeadsUnit]:
+    ids = (f"id-{n}" for n in itertools.count(1))
+    return FakeUnitOfWork(FakeLeadsUnit(), clock=ManualClock(T0), new_id=lambda: next(ids))
+
+
+def capture(email: str = "Ada@Example.com", **overrides: object) -> Capture:
+    values: dict[str, object] = {
+        "email": email,
+        "name": "Ada Lovelace",
+        "source_channel": "webinar",
+        "marketing_email": True,
+        "company": "Engines",
+    }
+    values.update(overrides)
+    return Capture(**values)  # type: ignore[arg-type]
+
+
+async def captured(u: FakeUnitOfWork[FakeLeadsUnit]) -> Lead:
+    return (await handlers.capture_lead(u, capture())).lead
+
+
+async def test_a_new_capture_stores_the_lead_and_emits_lead_captured() -> None:
+    u = uow()
+    outcome = await handlers.capture_lead(u, capture())
+    assert not outcome.merged
+    assert outcome.lead.id == "id-1"
+    assert outcome.lead.email == "ada@example.com"
+    assert outcome.lead.created_at == T0.replace(microsecond=123000), "MongoDB's millisecond precision"
+    assert await u.unit.leads.get("id-1") == outcome.lead
+    [event] = u.unit.emitted(LeadCapturedV1)
+    assert (event.lead_id, event.merged) == ("id-1", False)
+    assert u.unit.events[0].correlation_id == "id-1"
+
+
+async def test_the_same_email_merges_into_the_one_lead() -> None:
+    u = uow()
+    await handlers.capture_lead(u, capture())
+    again = await handlers.capture_lead(u, capture(" ADA@example.com", source_channel="trade_show"))
+    assert again.merged
+    assert list(u.unit.leads.items) == ["id-1"]
+    assert again.lead.touch_count == 2
+    assert [e.merged for e in u.unit.emitted(LeadCapturedV1)] == [False, True]
+
+
+class StaleFirstRead(InMemoryLeads):
+    """A rival request committed this email after our read: the first lookup misses it."""
+
+    misses = [1]  # on the class: a rolled-back unit (a deep copy) must not reset it
+
+    async def get_by_email(self, email: str) -> Lead | None:
+        if self.misses[0]:
+            self.misses[0] -= 1
+            return None
+        return await super().get_by_email(email)
+
+
+async def test_a_capture_that_loses_the_race_for_the_email_merges_on_its_retry() -> None:
+    u = uow()
+    u.unit.leads = StaleFirstRead()
+    await u.unit.leads.add(Lead.new("rival", capture(), T0))
+    outcome = await handlers.capture_lead(u, capture())
+    assert outcome.merged, "the unique email refused the insert; the retry merged into the rival"
+    assert outcome.lead.id == "rival"
+    assert list(u.unit.leads.items) == ["rival"]
+    assert [e.merged for e in u.unit.emitted(LeadCapturedV1)] == [True], "the failed attempt emitted nothing"
+
+
+async def test_behaviour_is_recorded_scored_and_emitted() -> None:
+    u = uow()
+    lead = await captured(u)
+    result = await handlers.record_behaviour(
+        u,
+        lead.id,
+        Behaviour.PAGE_VIEW,
+        occurred_at=None,
+        meta={"page": "/pricing"},
+        external_id=None,
+        actor=MIA,
+    )
+    assert not result.duplicate
+    assert result.counted_in_score
+    assert not result.qualified_now
+    assert result.lead.status == LeadStatus.NURTURING
+    stored = u.unit.behaviours.items[result.behaviour_id]
+    assert stored.meta == {"page": "/pricing"}
+    assert stored.recorded_by == MIA
+    assert stored.occurred_at == T0.replace(microsecond=123000)
+    assert (await u.unit.leads.get(lead.id)) == result.lead, "the lead was saved"
+    [event] = u.unit.emitted(BehaviourRecordedV1)
+    assert (event.lead_id, event.behaviour) == (lead.id, Behaviour.PAGE_VIEW)
+    assert u.unit.emitted(LeadQualifiedV1) == []
+
+
+async def test_crossing_the_threshold_hands_the_lead_to_sales_once() -> None:
+    u = uow()
+    lead = await captured(u)
+    for behaviour in (Behaviour.TRIAL_SIGNUP, Behaviour.FORM_SUBMIT, Behaviour.PAGE_VIEW):
+        result = await handlers.record_behaviour(
+            u, lead.id, behaviour, occurred_at=None, meta=None, external_id=None, actor=MIA
+        )
+    assert result.lead.status == LeadStatus.QUALIFIED
+    [handoff] = u.unit.emitted(LeadQualifiedV1)
+    assert handoff.lead_id == lead.id
+    assert handoff.behaviour_summary == {Behaviour.TRIAL_SIGNUP: 1, Behaviour.FORM_SUBMIT: 1}
+
+
+async def test_an_external_id_recorded_before_counts_once() -> None:
+    u = uow()
+    lead = await captured(u)
+    first = await handlers.record_behaviour(
+        u, lead.id, Behaviour.PAGE_VIEW, occurred_at=None, meta=None, external_id="ext-1", actor=MIA
+    )
+    again = await handlers.record_behaviour(
+        u, lead.id, Behaviour.PAGE_VIEW, occurred_at=None, meta=None, external_id="ext-1", actor=MIA
+    )
+    assert again.duplicate
+    assert again.behaviour_id == first.behaviour_id
+    assert len(u.unit.behaviours.items) == 1
+    assert len(u.unit.emitted(BehaviourRecordedV1)) == 1
+
+
+async def test_behaviour_of_an_unknown_lead_is_not_found_and_changes_nothing() -> None:
+    u = uow()
+    with pytest.raises(NotFound):
+        await handlers.record_behaviour(
+            u, "nobody", Behaviour.PAGE_VIEW, occurred_at=None, meta=None, external_id=None, actor=MIA
+        )
+    assert u.unit.events == []
+
+
+async def test_changed_rules_are_stored_as_the_next_version_with_their_author() -> None:
+    u = uow()
+    rules = {b: BehaviourRule(5.0, 10) for b in Behaviour}
+    new = await handlers.change_rules(u, rules, 40.0, actor=MIA, note="tighter", expected_version=1)
+    assert new.version == 2
+    assert new.changed_by.user_id == "user-mia"
+    assert (await u.unit.rules.current()) == new
+    with pytest.raises(Conflict):
+        await handlers.change_rules(u, rules, 40.0, actor=MIA, expected_version=1)
+    with pytest.raises(RuleViolation):
+        await handlers.change_rules(u, rules, -1.0, actor=MIA)
+    assert (await u.unit.rules.current()).version == 2
+
+
+async def test_rules_changed_at_the_same_moment_elsewhere_answer_conflict() -> None:
+    u = uow()
+
+    async def taken(_: object) -> None:
+        raise DuplicateKeyError("version 2 exists")
+
+    u.unit.rules.add = taken  # type: ignore[method-assign,assignment]
+    with pytest.raises(Conflict, match="same moment"):
+        await handlers.change_rules(u, {b: BehaviourRule(5.0, 10) for b in Behaviour}, 40.0, actor=MIA)
+
+
+def verdict(lead_id: str, value: Verdict, reason: RejectReason | None = None):
+    event = LeadVerdictV1(lead_id=lead_id, verdict=value, reason_code=reason, decided_by="user-sam")
+    envelope = envelope_for(
+        event, source="sales", correlation_id=lead_id, occurred_at=T0 + timedelta(hours=1)
+    )
+    return event, envelope
+
+
+async def qualified(u: FakeUnitOfWork[FakeLeadsUnit]) -> Lead:
+    lead = await captured(u)
+    for behaviour in (Behaviour.TRIAL_SIGNUP, Behaviour.FORM_SUBMIT):
+        await handlers.record_behaviour(
+            u, lead.id, behaviour, occurred_at=None, meta=None, external_id=None, actor=MIA
+        )
+    return lead
+
+
+async def test_a_verdict_on_a_qualified_lead_is_applied_and_announced() -> None:
+    u = uow()
+    lead = await qualified(u)
+    event, envelope = verdict(lead.id, Verdict.REJECTED, RejectReason.NO_BUDGET)
+    await handlers.on_lead_verdict(u, event, envelope)
+    stored = await u.unit.leads.get(lead.id)
+    assert stored is not None
+    assert stored.status == LeadStatus.REJECTED
+    assert stored.verdict_reason_code == RejectReason.NO_BUDGET.value
+    [changed] = u.unit.emitted(LeadStatusChangedV1)
+    assert (changed.lead_id, changed.status) == (lead.id, "rejected")
+    record = u.unit.verdicts.items[str(envelope.event_id)]
+    assert record.applied
+    assert record.status_before == LeadStatus.QUALIFIED
+
+
+async def test_a_verdict_on_a_lead_not_in_qualified_is_recorded_as_ignored() -> None:
+    u = uow()
+    lead = await captured(u)
+    event, envelope = verdict(lead.id, Verdict.ACCEPTED)
+    await handlers.on_lead_verdict(u, event, envelope)
+    record = u.unit.verdicts.items[str(envelope.event_id)]
+    assert not record.applied
+    assert record.ignored_because == "lead is 'new', not 'qualified'"
+    assert u.unit.emitted(LeadStatusChangedV1) == []
+    assert (await u.unit.leads.get(lead.id)) == lead
+
+
+async def test_a_verdict_on_an_unknown_lead_is_dead_lettered() -> None:
+    u = uow()
+    event, envelope = verdict("nobody", Verdict.ACCEPTED)
+    with pytest.raises(DeadLetter) as dead:
+        await handlers.on_lead_verdict(u, event, envelope)
+    assert dead.value.reason == "unknown_lead"
+    assert u.unit.verdicts.items == {}
