@@ -51,8 +51,17 @@ lint: setup
 typecheck: setup
 	@$(VENV)/bin/mypy
 
+# No broker, no database (CRM_TEST_NO_INFRA makes any test that asks for them fail): the
+# platform's and contracts' unit tests, then each service's tests/unit in its own directory.
 unit: setup
-	@$(VENV)/bin/pytest -q -m "not integration and not e2e" tests shared
+	@export CRM_TEST_NO_INFRA=1; set -e; \
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not integration and not e2e" tests shared; \
+	for svc in services/*/; do \
+	  if [ -d "$$svc/tests/unit" ]; then \
+	    echo "==> $$svc"; \
+	    (cd "$$svc" && ../../$(VENV)/bin/pytest -q -p no:cacheprovider -m "not integration and not e2e" tests/unit); \
+	  fi; \
+	done
 
 schemas: setup
 	@$(PY) -m crm_contracts.schemas --write

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
 from crm_platform.auth import Role, RoleCheck
 from crm_platform.testing import auth_headers, expired_token, forged_tokens, running_app
@@ -220,6 +221,7 @@ def _callers(gw: Gateway) -> dict[str, tuple[dict[str, str], Callable[[ServiceRo
     return callers
 
 
+@pytest.mark.integration
 async def test_every_route_with_every_caller(gateway: Gateway) -> None:
     failures = []
     calls = 0

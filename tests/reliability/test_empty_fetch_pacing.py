@@ -23,6 +23,7 @@ PAUSE_MS = 50
 IDLE_WINDOW_S = 1.0
 
 
+@pytest.mark.integration
 async def test_idle_consumer_fetches_at_most_once_per_pause_and_still_receives(
     kafka_bootstrap: str,
     scratch_topics: Callable[[str], tuple[str, str]],

@@ -51,6 +51,10 @@ def _repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def crm_infra() -> Any:
+    if os.environ.get("CRM_TEST_NO_INFRA"):
+        # `make unit` sets it: a unit test reaching for the broker or mongod fails here
+        # instead of quietly starting them (unit tests use the fakes).
+        pytest.fail("this is a unit run (CRM_TEST_NO_INFRA): no broker, no database; use the fakes")
     from crm_platform.devinfra.resolve import resolve
     from crm_platform.kafka import ensure_topics, pace_empty_fetches
 

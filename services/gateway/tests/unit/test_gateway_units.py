@@ -206,7 +206,7 @@ def test_readme_documents_every_route_rule() -> None:
 
     from gateway.domain.routes import ROUTE_TABLE
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for r in ROUTE_TABLE:
         row = f"| {r.service} | {r.describe_methods()} | `{r.pattern.replace('|', chr(92) + '|')}` |"
         assert row in readme, f"README route table is missing: {row}"
