@@ -72,7 +72,7 @@ def test_payload_timestamps_are_strict_too() -> None:
 
 def test_a_naive_datetime_is_refused_when_building_an_event() -> None:
     with pytest.raises(ValidationError):
-        Envelope.model_validate(_doc(occurred_at=datetime(2026, 1, 1)))
+        Envelope.model_validate(_doc(occurred_at=datetime(2026, 1, 1)))  # noqa: DTZ001 - refused: naive
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ touches `.local/run`, `.local/test` or anything another test run has started.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import signal
@@ -460,7 +461,7 @@ def test_resolve_prefers_testcontainers_when_docker_answers(
 
 def test_no_docker_opt_out_skips_the_probe(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRM_INFRA_NO_DOCKER", "1")
-    monkeypatch.setattr(resolve_module.importlib.util, "find_spec", _forbidden)
+    monkeypatch.setattr(importlib.util, "find_spec", _forbidden)
     assert docker_available() is False
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiokafka
 import pytest
 from aiokafka.consumer.fetcher import Fetcher
-from crm_platform import aiokafka_compat, kafka
+from crm_platform import kafka
 from crm_platform.aiokafka_compat import PATCHED_FOR, UnsupportedAiokafka, require_patchable
 from crm_platform.liveness import harden_aiokafka
 
@@ -42,7 +42,7 @@ def test_harden_aiokafka_refuses_another_version_and_leaves_fetcher_alone(
 ) -> None:
     monkeypatch.setattr(Fetcher, "_crm_hardened", False, raising=False)
     close = Fetcher.close
-    monkeypatch.setattr(aiokafka_compat.aiokafka, "__version__", "0.99.0")
+    monkeypatch.setattr(aiokafka, "__version__", "0.99.0")
     with pytest.raises(UnsupportedAiokafka, match="harden_aiokafka"):
         harden_aiokafka()
     assert Fetcher.close is close
@@ -52,7 +52,7 @@ def test_empty_fetch_pacing_refuses_another_version(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(Fetcher, "_crm_paced", False, raising=False)
     monkeypatch.setattr(kafka, "_empty_fetch_pause", kafka._empty_fetch_pause)
     proc = Fetcher._proc_fetch_request
-    monkeypatch.setattr(aiokafka_compat.aiokafka, "__version__", "0.99.0")
+    monkeypatch.setattr(aiokafka, "__version__", "0.99.0")
     with pytest.raises(UnsupportedAiokafka, match="pace_empty_fetches"):
         kafka.pace_empty_fetches(100)
     assert Fetcher._proc_fetch_request is proc

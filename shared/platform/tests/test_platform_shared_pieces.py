@@ -29,7 +29,7 @@ def test_to_millis_truncates_to_mongodbs_precision_in_utc() -> None:
     assert to_millis(moment) == datetime(2026, 12, 5, 0, 2, 3, 456000, tzinfo=UTC)
     assert to_millis(moment).tzinfo == UTC
     # A naive datetime is taken as UTC, not as the machine's local time.
-    assert to_millis(datetime(2026, 1, 1, 12, 0, 0, 999999)) == datetime(
+    assert to_millis(datetime(2026, 1, 1, 12, 0, 0, 999999)) == datetime(  # noqa: DTZ001 - naive on purpose
         2026, 1, 1, 12, 0, 0, 999000, tzinfo=UTC
     )
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
-from crm_platform import testing
 from crm_platform.testing import eventually, timeout_scale
 
 
 def test_a_configured_scale_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRM_TEST_TIMEOUT_SCALE", "3")
-    monkeypatch.setattr(testing.os, "getloadavg", lambda: (100.0, 0.0, 0.0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (100.0, 0.0, 0.0))
     assert timeout_scale() == 3.0
 
 
@@ -26,8 +27,8 @@ def test_the_scale_follows_the_run_queue_per_core(
     monkeypatch: pytest.MonkeyPatch, load: float, cores: int, scale: float
 ) -> None:
     monkeypatch.delenv("CRM_TEST_TIMEOUT_SCALE", raising=False)
-    monkeypatch.setattr(testing.os, "getloadavg", lambda: (load, 0.0, 0.0))
-    monkeypatch.setattr(testing.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
     assert timeout_scale() == scale
 
 

@@ -57,7 +57,7 @@ class SnapshotCache:
         try:
             await self.refresh()
             await self.refresh_reconciliation()
-        except Exception as exc:  # keep serving the last figures we had
+        except Exception as exc:  # noqa: BLE001 - a scrape never fails: keep the last figures we had
             log.warning("cannot refresh the analytics snapshot for /metrics: %s", exc)
 
 

@@ -62,7 +62,7 @@ async def committed_offsets(bootstrap: str, group: str, topics: Iterable[str]) -
     }
 
 
-async def replay_log(
+async def replay_log(  # noqa: C901 - one consumer loop with its stop conditions, read in one piece
     bootstrap: str,
     upto: Mapping[TopicPartition, int],
     *,
@@ -114,7 +114,7 @@ def _fold(state: AnalyticsState, record: ConsumerRecord[Any, Any]) -> None:
         return  # the worker dead-lettered it: it counts for nothing there either
     try:
         apply(state, outcome.envelope, outcome.event)
-    except Exception as exc:  # the worker dead-lettered it as handler_error
+    except Exception as exc:  # noqa: BLE001 - the worker dead-lettered it as handler_error
         log.debug("replay skips %s: %s", outcome.envelope.event_id, exc)
 
 
@@ -185,7 +185,7 @@ class Reconciler:
             report = await self._run()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed run is retried; the worker keeps going
             log.warning("reconciliation failed (will retry): %s: %s", type(exc).__name__, exc)
             report = None
             self._due = True

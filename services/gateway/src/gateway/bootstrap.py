@@ -71,19 +71,20 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.state.token_verifier = accounts.verifier
     runtime.background.append(lambda: accounts.keep_revocations_fresh(settings.revocation_refresh_seconds))
 
-    @app.exception_handler(UpstreamError)
-    async def _upstream(_: Request, exc: UpstreamError) -> JSONResponse:
-        body = {
-            "error": exc.code,
-            "message": exc.message,
-            "service": exc.service,
-            "request_id": request_id_var.get(),
-        }
-        return JSONResponse(status_code=exc.status_code, content=body)
-
+    app.add_exception_handler(UpstreamError, _upstream_error)  # type: ignore[arg-type]
     app.add_middleware(RequestLogFields)
     install_log_filter()
     return app
+
+
+async def _upstream_error(_: Request, exc: UpstreamError) -> JSONResponse:
+    body = {
+        "error": exc.code,
+        "message": exc.message,
+        "service": exc.service,
+        "request_id": request_id_var.get(),
+    }
+    return JSONResponse(status_code=exc.status_code, content=body)
 
 
 def _accounts(settings: GatewaySettings, runtime: MongoOnlyRuntime, platform: TokenVerifier) -> Accounts:

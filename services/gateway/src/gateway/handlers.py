@@ -348,7 +348,15 @@ class Accounts:
             raise NotFound(f"no user {user_id!r}", user_id=user_id)
         return user
 
-    async def update_user(self, actor: Principal, user_id: str, changes: UserChanges) -> dict[str, Any]:
+    async def update_user(  # noqa: C901 - TODO(issue 11): becomes User.change in the gateway's port
+        self, actor: Principal, user_id: str, changes: UserChanges
+    ) -> dict[str, Any]:
+        """Roles, active, password, display name; revokes sessions on what grants access.
+
+        Why long: what the change may do (policy, last admin) and how it is written still
+        live here together (complexity 16); the gateway's port to the guide's shape moves
+        the rules into a ``User`` entity.
+        """
         password_hash: str | None = None
         if changes.password is not None:
             existing = await self.get_user(user_id)

@@ -151,7 +151,7 @@ async def _finish(*tasks: asyncio.Future[Any] | None, rounds: int = 20) -> None:
 # --- which partitions this member holds -----------------------------------------------------
 
 
-class PartitionTracker(ConsumerRebalanceListener):
+class PartitionTracker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types
     """The partitions assigned to this member; drops a partition's lag series on revocation."""
 
     def __init__(self, service: str) -> None:

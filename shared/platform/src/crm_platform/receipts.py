@@ -84,7 +84,7 @@ class ResendPolicy:
 
     def wait(self, resends: int) -> timedelta:
         """How long a publish may stay unreceipted after ``resends`` re-sends (doubling, capped)."""
-        return min(self.after * (2 ** min(resends, 32)), max(self.max_backoff, self.after))
+        return min(self.after * (1 << min(resends, 32)), max(self.max_backoff, self.after))
 
 
 @dataclass(frozen=True)

@@ -222,7 +222,7 @@ async def eventually(
     """
     timeout *= timeout_scale()
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: T | None = None
     while time.monotonic() < deadline:
         last = await check()
         if last:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import TypedDict
 
 from crm_contracts.envelope import MAX_CLOCK_SKEW, MAX_EVENT_AGE
 
@@ -99,7 +99,7 @@ class LeadFacts:
         start = before[-1] if before else self.qualified_at[0]
         return max(0.0, self.accepted_at - start)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> LeadFactsJson:
         return {
             "captured_at": self.captured_at,
             "capture_channel": self.capture_channel,
@@ -110,7 +110,7 @@ class LeadFacts:
         }
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any] | None) -> LeadFacts:
+    def from_json(cls, doc: LeadFactsJson | None) -> LeadFacts:
         if not doc:
             return cls()
         return cls(
@@ -153,11 +153,11 @@ class DealFacts:
             return None
         return max(0.0, self.onboarded_at - self.won_at)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> DealFactsJson:
         return {"won_at": self.won_at, "lead_id": self.lead_id, "onboarded_at": self.onboarded_at}
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any] | None) -> DealFacts:
+    def from_json(cls, doc: DealFactsJson | None) -> DealFacts:
         if not doc:
             return cls()
         return cls(won_at=doc.get("won_at"), lead_id=doc.get("lead_id"), onboarded_at=doc.get("onboarded_at"))
@@ -182,11 +182,36 @@ class ReceiptFact:
             return other
         return self
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ReceiptJson:
         return {"handoff": self.handoff, "latency": self.latency}
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any] | None) -> ReceiptFact | None:
+    def from_json(cls, doc: ReceiptJson | None) -> ReceiptFact | None:
         if not doc:
             return None
         return cls(handoff=str(doc["handoff"]), latency=float(doc["latency"]))
+
+
+# The facts as JSON documents (the faust tables' values). A document read back from a
+# changelog may be anything: the engine reads it through ``from_json`` and skips what
+# does not parse.
+
+
+class LeadFactsJson(TypedDict, total=False):
+    captured_at: float | None
+    capture_channel: str | None
+    qualified_at: list[float]
+    qualify_channel: str | None
+    accepted_at: float | None
+    deal_ids: list[str]
+
+
+class DealFactsJson(TypedDict, total=False):
+    won_at: float | None
+    lead_id: str | None
+    onboarded_at: float | None
+
+
+class ReceiptJson(TypedDict):
+    handoff: str
+    latency: float

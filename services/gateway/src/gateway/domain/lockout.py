@@ -40,7 +40,7 @@ class ThrottlePolicy:
         over = attempts - self.free_attempts
         if over < 0:
             return timedelta(0)
-        return min(self.max_delay, self.base_delay * (2 ** min(over, 40)))
+        return min(self.max_delay, self.base_delay * (1 << min(over, 40)))
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ class JourneyError(AssertionError):
 def until(check: Callable[[], T | None], *, timeout: float = 30.0, what: str) -> T:
     """Poll ``check`` until it returns something truthy (no fixed sleeps)."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: T | None = None
     while time.monotonic() < deadline:
         last = check()
         if last:
