@@ -23,7 +23,14 @@ from crm_platform.auth import Role, RoleCheck
 from crm_platform.testing import auth_headers, expired_token, forged_tokens, running_app
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from gateway.domain.routes import ROUTE_TABLE, RouteRule, find_rule, normalize_path
+from gateway.domain.routes import (
+    PUBLIC_ROUTES,
+    ROUTE_TABLE,
+    RouteRule,
+    find_public_route,
+    find_rule,
+    normalize_path,
+)
 from gateway.main import create_app as create_gateway
 from gateway.settings import GatewaySettings
 from gateway.upstream import Upstreams
@@ -35,6 +42,7 @@ APPS = {  # service -> (app module, settings module, settings class)
     "analytics": ("analytics.main", "analytics.settings", "AnalyticsSettings"),
 }
 OPS = {"/healthz", "/readyz", "/metrics"}  # probed inside the cluster, never through the gateway
+PUBLIC = "/public/"  # a service's routes without a token: the gateway's public table, not its roles
 METHODS = ("get", "post", "put", "patch", "delete")
 ADMIN_PASSWORD = "admin-dev-password"
 
@@ -85,8 +93,9 @@ def _service_app(service: str) -> FastAPI:
     return app
 
 
-def service_routes() -> list[ServiceRoute]:
-    """Every route each service documents in its OpenAPI, with the roles it requires."""
+def service_routes(public: bool = False) -> list[ServiceRoute]:
+    """Every route each service documents in its OpenAPI, with the roles it requires (or, with
+    ``public``, only the routes under ``/public/``, which need no token)."""
     out: list[ServiceRoute] = []
     for service in APPS:
         app = _service_app(service)
@@ -96,7 +105,7 @@ def service_routes() -> list[ServiceRoute]:
             for m in route.methods or ()
         }
         for template, operations in app.openapi()["paths"].items():
-            if template in OPS:
+            if template in OPS or template.startswith(PUBLIC) != public:
                 continue
             for method in operations:
                 if method in METHODS:
@@ -107,6 +116,7 @@ def service_routes() -> list[ServiceRoute]:
 
 
 ROUTES = service_routes()
+PUBLIC_SERVICE_ROUTES = service_routes(public=True)
 
 
 def uncovered(routes: list[ServiceRoute], table: tuple[RouteRule, ...]) -> list[str]:
@@ -129,6 +139,15 @@ def test_the_services_have_routes_to_check() -> None:
 
 def test_every_service_route_has_a_gateway_rule_with_the_service_s_roles() -> None:
     assert uncovered(ROUTES, ROUTE_TABLE) == []
+
+
+def test_every_public_route_is_in_the_gateway_s_public_table_and_checks_no_role() -> None:
+    assert PUBLIC_SERVICE_ROUTES, "the survey links are public routes"
+    for r in PUBLIC_SERVICE_ROUTES:
+        assert r.roles is None, f"{r} is public but requires roles {r.roles}"
+        assert find_public_route(r.service, r.method, r.path) is not None, f"{r}: not in PUBLIC_ROUTES"
+    listed = {(p.service, p.pattern) for p in PUBLIC_ROUTES}
+    assert all(p.pattern.startswith(PUBLIC) for p in PUBLIC_ROUTES), listed
 
 
 def test_a_route_added_without_a_rule_fails_the_check() -> None:
@@ -237,3 +256,32 @@ async def test_every_route_with_every_caller(gateway: Gateway) -> None:
             if r.status_code != want or reached != (want == 200):
                 failures.append(f"{caller} {route}: {r.status_code} (want {want}), forwarded={reached}")
     assert not failures, f"{len(failures)} of {calls} calls wrong:\n" + "\n".join(failures[:40])
+
+
+async def test_public_routes_need_no_token_and_only_they_are_public(gateway: Gateway) -> None:
+    """Reached at /public/<service>/... without credentials (forwarded without any); never at
+    /api/<service>/public/... (no rule: 403 for every role); anything else under /public/ is 404."""
+    failures = []
+    for route in PUBLIC_SERVICE_ROUTES:
+        before = len(gateway.forwarded)
+        outside = route.path.removeprefix("/public")
+        r = await gateway.client.request(
+            route.method, f"/public/{route.service}{outside}", headers={"Authorization": "Bearer forged"}
+        )
+        if r.status_code != 200 or len(gateway.forwarded) != before + 1:
+            failures.append(f"public {route}: {r.status_code}")
+        for role in Role:
+            r = await gateway.client.request(
+                route.method, f"/api/{route.service}{route.path}", headers=auth_headers([str(role)], "m")
+            )
+            if r.status_code != 403:
+                failures.append(f"/api {route} as {role}: {r.status_code}")
+    for method, path in (
+        ("GET", "/public/service-desk/accounts"),
+        ("DELETE", "/public/service-desk/surveys/x"),
+    ):
+        before = len(gateway.forwarded)
+        r = await gateway.client.request(method, path)
+        if r.status_code not in (404, 405) or len(gateway.forwarded) != before:
+            failures.append(f"{method} {path}: {r.status_code}")
+    assert not failures, failures

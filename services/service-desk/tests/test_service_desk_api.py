@@ -370,9 +370,10 @@ async def test_ticket_open_progress_resolve_rate(desk: Desk, make_deal: Callable
     r = await desk.client.get(f"/tickets/{tid}", headers=REP)
     assert r.json()["sla"]["state"] == "at_risk"
 
+    r = await desk.client.post(f"/tickets/{tid}/csat-survey", headers=REP)
+    assert r.status_code == 409  # the CSAT survey goes out once the ticket is resolved
     r = await desk.client.post(f"/tickets/{tid}/rate", json={"csat": 5}, headers=REP)
-    assert r.status_code == 409
-    assert "only after it is resolved" in r.json()["message"]
+    assert r.status_code in (404, 405)  # a rep can no longer type the customer's score
 
     r = await desk.client.post(
         f"/tickets/{tid}/progress", json={"note": "Looking at the IdP logs"}, headers=csm_headers(csm)
@@ -414,18 +415,42 @@ async def test_ticket_open_progress_resolve_rate(desk: Desk, make_deal: Callable
     r = await desk.client.post(f"/tickets/{tid}/progress", json={"note": "late"}, headers=REP)
     assert r.status_code == 409
 
-    r = await desk.client.post(f"/tickets/{tid}/rate", json={"csat": 6}, headers=REP)
-    assert r.status_code == 422
-    assert "csat" in r.json()["message"]
-    assert r.json()["fields"][0]["field"] == "body.csat"
-    r = await desk.client.post(f"/tickets/{tid}/rate", json={"csat": 5}, headers=REP)
+    # The customer rates through the signed, single-use link (no login).
+    r = await desk.client.post(f"/tickets/{tid}/csat-survey", headers=REP)
+    assert r.status_code == 201, r.text
+    token = r.json()["link"].rsplit("/", 1)[1]
+    assert (await desk.client.post(f"/tickets/{tid}/csat-survey", headers=REP)).status_code == 409
+    r = await desk.client.get(f"/public/surveys/{token}")
     assert r.status_code == 200, r.text
-    assert r.json()["csat"] == 5
-    r = await desk.client.post(f"/tickets/{tid}/rate", json={"csat": 4}, headers=REP)
-    assert r.status_code == 409
-    assert "already rated" in r.json()["message"]
+    assert (r.json()["kind"], r.json()["min_score"], r.json()["max_score"]) == ("csat", 1, 5)
+    r = await desk.client.post(f"/public/surveys/{token}", json={"score": 6})
+    assert r.status_code == 422
+    assert r.json()["details"]["field"] == "score"
+    sid, expires, mac = token.split(".")
+    forged = f"{sid}.{int(expires) + 3600}.{mac}"
+    r = await desk.client.post(f"/public/surveys/{forged}", json={"score": 5})
+    assert r.status_code == 403
+    assert r.json()["error"] == "survey_link_invalid"
+    r = await desk.client.post(f"/public/surveys/{token}", json={"score": 5, "comment": "fast"})
+    assert r.status_code == 200, r.text
+    r = await desk.client.post(f"/public/surveys/{token}", json={"score": 4})
+    assert r.status_code == 409  # a replay
+    assert (await desk.client.get(f"/tickets/{tid}", headers=REP)).json()["csat"] == 5
     rated = await desk.emitted(desk.events, "ticket.rated", ticket_id=tid)
     assert rated.payload["csat"] == 5
+    answered = await desk.emitted(desk.events, "survey.answered", ticket_id=tid)
+    assert (answered.payload["kind"], answered.payload["score"]) == ("csat", 5)
+    desk.clock.advance(days=15)  # past the link's 14 days
+    r = await desk.client.post(f"/accounts/{acc_id}/nps-survey", headers=REP)
+    assert r.status_code == 201, r.text
+    nps = r.json()["link"].rsplit("/", 1)[1]
+    desk.clock.advance(days=15)
+    r = await desk.client.post(f"/public/surveys/{nps}", json={"score": 9})
+    assert r.status_code == 410
+    r = await desk.client.get(f"/accounts/{acc_id}/health", headers=REP)
+    assert r.status_code == 200, r.text
+    assert r.json()["current"]["rules_version"] == 1
+    assert r.json()["history"]
 
     r = await desk.client.get("/tickets", params={"account_id": acc_id, "status": "resolved"}, headers=REP)
     assert [t["ticket_id"] for t in r.json()["items"]] == [tid]

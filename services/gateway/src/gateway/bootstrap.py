@@ -56,7 +56,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         description=DESCRIPTION,
         runtime=runtime,
         # Public: login and the documentation; the rest needs a valid token.
-        public=[auth.login_router, auth.keys_router, auth.internal_router, docs.router],
+        public=[auth.login_router, auth.keys_router, auth.internal_router, docs.router, proxy.public_router],
         protected=[auth.me_router, users.router, proxy.router],
         on_startup=on_startup,
         readiness_report=upstream_health,

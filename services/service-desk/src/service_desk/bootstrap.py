@@ -11,11 +11,11 @@ from crm_platform.settings import ServiceSettings
 from crm_platform.uow import MongoUnitOfWork
 from fastapi import FastAPI
 
-from service_desk import consumers, store
-from service_desk.api import accounts, admin, tickets
+from service_desk import consumers, lifecycle, store
+from service_desk.api import accounts, admin, public, success, tickets
 from service_desk.api import lifecycle as lifecycle_api
 from service_desk.handlers import ServiceDesk
-from service_desk.settings import DEPARTMENT
+from service_desk.settings import DEPARTMENT, survey_base_url, survey_secret
 from service_desk.store import MongoSuccessUnit
 
 
@@ -36,8 +36,12 @@ def bootstrap(settings: ServiceSettings, *, clock: Clock | None = None) -> FastA
         description="Customer service and customer success: accounts after the won deal, "
         "onboarding, tickets with SLA timers, CSAT, upsell signals and commitment flags.",
         runtime=runtime,
-        protected=[accounts.router, tickets.router, admin.router, lifecycle_api.router],
+        protected=[accounts.router, tickets.router, admin.router, lifecycle_api.router, success.router],
+        public=[public.router],
     )
     app.state.desk = ServiceDesk(runtime.store, clock)
     app.state.uow = MongoUnitOfWork(MongoSuccessUnit, runtime.store, clock=clock, new_id=new_id)
+    app.state.desk.after_change = lifecycle.rescorer(app.state.uow)
+    app.state.survey_secret = survey_secret(settings)
+    app.state.survey_base_url = survey_base_url(settings)
     return app

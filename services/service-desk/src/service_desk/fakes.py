@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from crm_contracts.events.service_desk import SurveyKind
 from crm_platform.uow import FakeUnit
 
 from service_desk.domain.accounts import Account, AccountStatus
+from service_desk.domain.checkins import CheckIn
+from service_desk.domain.health import HealthRecord, HealthRules, RiskChange, RuleSet
 from service_desk.domain.renewals import RenewalRecord
 from service_desk.domain.roster import CsmEntry
 from service_desk.domain.success_config import SuccessConfig
+from service_desk.domain.surveys import Survey
+from service_desk.domain.tickets import Ticket
 from service_desk.repository import Meta
 
 
@@ -35,6 +40,13 @@ class InMemoryAccounts:
         ]
         return sorted(found, key=lambda a: a.term.renewal_date if a.term else until)
 
+    async def active(self, member: str | None) -> list[Account]:
+        return [
+            a.model_copy(deep=True)
+            for a in self.items.values()
+            if a.status == AccountStatus.ACTIVE and (member is None or member in (a.csm, a.account_manager))
+        ]
+
 
 class InMemoryRenewals:
     def __init__(self) -> None:
@@ -46,6 +58,110 @@ class InMemoryRenewals:
     async def of_account(self, account_id: str) -> list[RenewalRecord]:
         found = [r for r in self.items if r.account_id == account_id]
         return sorted(found, key=lambda r: r.recorded_at, reverse=True)
+
+    async def all(self) -> list[RenewalRecord]:
+        return list(self.items)
+
+
+class InMemoryCheckIns:
+    def __init__(self) -> None:
+        self.items: list[CheckIn] = []
+
+    async def add(self, checkin: CheckIn) -> None:
+        self.items.append(checkin)
+
+    async def of_account(self, account_id: str) -> list[CheckIn]:
+        return sorted(
+            (c for c in self.items if c.account_id == account_id), key=lambda c: c.held_at, reverse=True
+        )
+
+
+class InMemoryHealth:
+    def __init__(self) -> None:
+        self.rulesets: list[RuleSet] = []
+        self.records: list[HealthRecord] = []
+        self.changes: list[RiskChange] = []
+
+    async def rules(self) -> RuleSet:
+        return self.rulesets[-1] if self.rulesets else RuleSet(version=1, rules=HealthRules())
+
+    async def add_rules(self, ruleset: RuleSet) -> None:
+        self.rulesets.append(ruleset)
+
+    async def add(self, record: HealthRecord) -> None:
+        self.records.append(record)
+
+    async def history(self, account_id: str, *, since: datetime | None = None) -> list[HealthRecord]:
+        found = [
+            r for r in self.records if r.account_id == account_id and (since is None or r.scored_at >= since)
+        ]
+        return sorted(found, key=lambda r: r.scored_at, reverse=True)
+
+    async def add_risk_change(self, change: RiskChange) -> None:
+        self.changes.append(change)
+
+    async def raised(self) -> list[tuple[str, datetime]]:
+        return [(c.account_id, c.at) for c in self.changes if c.at_risk]
+
+
+class InMemoryTickets:
+    def __init__(self) -> None:
+        self.items: list[Ticket] = []
+
+    async def of_account(self, account_id: str, *, since: datetime | None = None) -> list[Ticket]:
+        found = [
+            t for t in self.items if t.account_id == account_id and (since is None or t.opened_at >= since)
+        ]
+        return sorted((t.model_copy(deep=True) for t in found), key=lambda t: t.opened_at, reverse=True)
+
+    async def get(self, ticket_id: str) -> Ticket | None:
+        found = next((t for t in self.items if t.ticket_id == ticket_id), None)
+        return found.model_copy(deep=True) if found else None
+
+    async def save(self, ticket: Ticket) -> None:
+        self.items = [
+            ticket.model_copy(deep=True) if t.ticket_id == ticket.ticket_id else t for t in self.items
+        ]
+
+
+class InMemorySurveys:
+    def __init__(self) -> None:
+        self.items: dict[str, Survey] = {}
+
+    async def add(self, survey: Survey) -> None:
+        self.items[survey.survey_id] = survey.model_copy(deep=True)
+
+    async def get(self, survey_id: str) -> Survey | None:
+        found = self.items.get(survey_id)
+        return found.model_copy(deep=True) if found else None
+
+    async def save_answer(self, survey: Survey) -> bool:
+        if self.items[survey.survey_id].answered_at is not None:
+            return False
+        self.items[survey.survey_id] = survey.model_copy(deep=True)
+        return True
+
+    async def of_account(self, account_id: str) -> list[Survey]:
+        found = [s for s in self.items.values() if s.account_id == account_id]
+        return sorted(found, key=lambda s: s.sent_at, reverse=True)
+
+    async def for_ticket(self, ticket_id: str) -> Survey | None:
+        return next((s for s in self.items.values() if s.ticket_id == ticket_id), None)
+
+    async def last_sent(self, account_id: str, kind: SurveyKind) -> datetime | None:
+        sent = [s.sent_at for s in self.items.values() if s.account_id == account_id and s.kind == kind]
+        return max(sent, default=None)
+
+    async def latest_answer(self, account_id: str, kind: SurveyKind) -> tuple[int, datetime] | None:
+        answered = [
+            (s.answered_at, s.score)
+            for s in self.items.values()
+            if s.account_id == account_id and s.kind == kind and s.answered_at and s.score is not None
+        ]
+        if not answered:
+            return None
+        at, score = max(answered)
+        return score, at
 
 
 class InMemorySettings:
@@ -72,3 +188,7 @@ class FakeSuccessUnit(FakeUnit):
         self.accounts = InMemoryAccounts()
         self.renewals = InMemoryRenewals()
         self.settings = InMemorySettings()
+        self.checkins = InMemoryCheckIns()
+        self.health = InMemoryHealth()
+        self.tickets = InMemoryTickets()
+        self.surveys = InMemorySurveys()

@@ -9,7 +9,7 @@ other side effects; metrics are counted after the commit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -22,7 +22,6 @@ from crm_contracts.events.service_desk import (
     OnboardingStartedV1,
     SignalKind,
     TicketOpenedV1,
-    TicketRatedV1,
     TicketResolvedV1,
     UpsellSpottedV1,
 )
@@ -121,6 +120,14 @@ class ServiceDesk:
         self.store = store
         self.clock = clock
         self.ids = ids
+        # Rescores the account's health after a change here commits (bootstrap wires it to
+        # lifecycle.rescore; health is derived: a crash in between leaves it stale until the
+        # next POST /health/recompute, never wrong data).
+        self.after_change: Callable[[str], Awaitable[None]] | None = None
+
+    async def changed(self, account_id: str) -> None:
+        if self.after_change is not None:
+            await self.after_change(account_id)
 
     def now(self) -> datetime:
         return to_millis(self.clock())
@@ -207,6 +214,7 @@ class ServiceDesk:
         account, completed = await self.store.transaction(work)
         if completed:
             metrics.ONBOARDING_SECONDS.observe(account.onboarding.duration_seconds or 0.0)
+            await self.changed(account_id)
         return account
 
     async def assign_csm(self, user: Principal, account_id: str, csm_user_id: str) -> Account:
@@ -251,7 +259,9 @@ class ServiceDesk:
             )
             return commitment
 
-        return await self.store.transaction(work)
+        commitment = await self.store.transaction(work)
+        await self.changed(account_id)
+        return commitment
 
     async def deliver_commitment(
         self, user: Principal, account_id: str, commitment_id: str
@@ -265,7 +275,9 @@ class ServiceDesk:
             await repo.save_account(account)
             return commitment
 
-        return await self.store.transaction(work)
+        commitment = await self.store.transaction(work)
+        await self.changed(account_id)
+        return commitment
 
     async def spot_signal(
         self,
@@ -403,24 +415,7 @@ class ServiceDesk:
             str(bool(ticket.first_response_breached)).lower(),
             str(bool(ticket.resolution_breached)).lower(),
         ).inc()
-        return ticket
-
-    async def rate_ticket(self, user: Principal, ticket_id: str, csat: int) -> Ticket:
-        now = self.now()
-
-        async def work(tx: Tx) -> Ticket:
-            repo = Repo.of(tx)
-            ticket, account = await self._visible_ticket(repo, user, ticket_id)
-            ticket.rate(csat, by=user.user_id, now=now)
-            await repo.save_ticket(ticket)
-            tx.emit(
-                TicketRatedV1(ticket_id=ticket.ticket_id, account_id=ticket.account_id, csat=csat),
-                correlation_id=account.journey_id if account else None,
-            )
-            return ticket
-
-        ticket = await self.store.transaction(work)
-        metrics.CSAT.observe(csat)
+        await self.changed(ticket.account_id)
         return ticket
 
     async def get_ticket(self, user: Principal, ticket_id: str) -> Ticket:

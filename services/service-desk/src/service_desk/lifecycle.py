@@ -9,27 +9,58 @@ function decide, saves and emits (one transaction with the outbox). Unit tests r
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from crm_contracts.events.common import Money
-from crm_contracts.events.service_desk import RenewalRecordedV1
+from crm_contracts.events.service_desk import (
+    CheckInLoggedV1,
+    ChurnRiskChangedV1,
+    HealthReason,
+    HealthScoredV1,
+    RenewalRecordedV1,
+    Sentiment,
+    SurveyAnsweredV1,
+    SurveyKind,
+    TicketRatedV1,
+)
 from crm_platform.auth import Principal
 from crm_platform.clock import to_millis
-from crm_platform.errors import NotFound, RuleViolation
+from crm_platform.errors import Conflict, NotFound, RuleViolation
 from crm_platform.money import to_wire
 from crm_platform.uow import UnitOfWork
 
-from service_desk.domain import access
-from service_desk.domain.accounts import Account, AssignmentRole
+from service_desk.domain import access, checkins, health, surveys
+from service_desk.domain.accounts import (
+    Account,
+    AccountStatus,
+    AssignmentRole,
+    CommitmentStatus,
+    OnboardingStatus,
+    Usage,
+)
+from service_desk.domain.checkins import CheckIn, CheckInDue
+from service_desk.domain.health import (
+    HealthFacts,
+    HealthRecord,
+    HealthRules,
+    HealthState,
+    RiskChange,
+    RuleSet,
+)
 from service_desk.domain.renewals import (
     RenewalDecision,
     RenewalDue,
     RenewalRecord,
     record_renewal,
     renewal_list,
+    renewal_overdue,
 )
 from service_desk.domain.roster import active_csms
 from service_desk.domain.success_config import SuccessConfig
+from service_desk.domain.surveys import Survey
+from service_desk.domain.tickets import TicketStatus
 from service_desk.repository import Meta, SuccessUnit
 
 Uow = UnitOfWork[SuccessUnit]
@@ -153,6 +184,8 @@ async def record_renewal_outcome(
         await unit.accounts.save(account)
         await unit.renewals.add(record)
         unit.emit(renewal_recorded(record), correlation_id=account.journey_id)
+        if account.status == AccountStatus.ACTIVE:
+            await refresh_health(unit, account, now, uow.new_id)
         return record
 
     return await uow.run(work)
@@ -180,3 +213,437 @@ async def account_renewals(uow: Uow, account_id: str, user: Principal) -> list[R
         return await unit.renewals.of_account(account_id)
 
     return await uow.run(work)
+
+
+# --- check-ins ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckInEntry:
+    held_at: datetime
+    attendees: list[str]
+    sentiment: Sentiment
+    notes: str | None = None
+
+
+async def log_checkin(uow: Uow, account_id: str, entry: CheckInEntry, user: Principal) -> CheckIn:
+    now, checkin_id = now_millis(uow), uow.new_id()
+
+    async def work(unit: SuccessUnit) -> CheckIn:
+        account = await load(unit, user, account_id)
+        config, _ = await unit.settings.config()
+        checkin = checkins.log_checkin(
+            account,
+            config.tier(account.tier),
+            checkin_id=checkin_id,
+            held_at=entry.held_at,
+            attendees=entry.attendees,
+            sentiment=entry.sentiment,
+            notes=entry.notes,
+            by=user.user_id,
+            now=now,
+        )
+        await unit.checkins.add(checkin)
+        unit.emit(checkin_logged(account, checkin), correlation_id=account.journey_id)
+        await refresh_health(unit, account, now, uow.new_id)
+        return checkin
+
+    return await uow.run(work)
+
+
+def checkin_logged(account: Account, checkin: CheckIn) -> CheckInLoggedV1:
+    return CheckInLoggedV1(
+        checkin_id=checkin.checkin_id,
+        account_id=account.account_id,
+        tier=account.tier,
+        csm=checkin.logged_by,
+        held_at=checkin.held_at,
+        sentiment=checkin.sentiment,
+        attendees=len(checkin.attendees),
+        due_at=checkin.due_at,
+    )
+
+
+async def account_checkins(uow: Uow, account_id: str, user: Principal) -> list[CheckIn]:
+    async def work(unit: SuccessUnit) -> list[CheckIn]:
+        await load(unit, user, account_id)
+        return await unit.checkins.of_account(account_id)
+
+    return await uow.run(work)
+
+
+async def checkins_due(uow: Uow, csm: str | None, horizon_days: int, user: Principal) -> list[CheckInDue]:
+    """Due (within the horizon) and overdue check-ins: a CSM's own; reps and admins anyone's."""
+    allowed, member = book_of(user, csm)
+    now = now_millis(uow)
+
+    async def work(unit: SuccessUnit) -> list[CheckInDue]:
+        if not allowed:
+            return []
+        config, _ = await unit.settings.config()
+        accounts = await unit.accounts.active(member)
+        return checkins.checkins_due(accounts, config, now=now, horizon_days=horizon_days)
+
+    return await uow.run(work)
+
+
+# --- health and the churn early warning ---------------------------------------------------------
+
+
+async def gather_facts(unit: SuccessUnit, account: Account, rules: HealthRules, now: datetime) -> HealthFacts:
+    """What the score looks at, from the desk's own records."""
+    config, _ = await unit.settings.config()
+    tickets = await unit.tickets.of_account(account.account_id)
+    recent = [t for t in tickets if t.opened_at >= now - timedelta(days=rules.window_days)]
+    return HealthFacts(
+        onboarding_completed=account.onboarding.status == OnboardingStatus.COMPLETED,
+        onboarding_started_at=account.onboarding.started_at,
+        tickets_in_window=len(recent),
+        sla_breaches_in_window=sum(
+            bool(t.first_response_breached) + bool(t.resolution_breached) for t in recent
+        ),
+        csat_scores=[t.csat for t in tickets if t.csat is not None][:5],
+        latest_nps=await unit.surveys.latest_answer(account.account_id, SurveyKind.NPS),
+        checkin_due_at=checkins.checkin_due_at(account, config.tier(account.tier)),
+        last_sentiment=account.last_checkin_sentiment,
+        open_flags=sum(c.status == CommitmentStatus.FLAGGED for c in account.commitments),
+        usage_ratio=account.usage.ratio if account.usage else None,
+        renewal_overdue=renewal_overdue(account, now),
+    )
+
+
+async def refresh_health(
+    unit: SuccessUnit, account: Account, now: datetime, new_id: Callable[[], str]
+) -> None:
+    """Score the account and update its churn warning, inside the caller's transaction.
+
+    A score is added to the history (``account.health_scored``) only when it changed; the
+    warning's raise, change and clear (``account.churn_risk_changed``) only when they happen."""
+    ruleset = await unit.health.rules()
+    facts = await gather_facts(unit, account, ruleset.rules, now)
+    result = health.score(facts, ruleset, now)
+    since = now - timedelta(days=ruleset.rules.falling_window_days)
+    history = [(h.scored_at, h.score) for h in await unit.health.history(account.account_id, since=since)]
+    warnings = health.churn_signals(result.score, history, facts, ruleset.rules, now)
+    state, record, risk = health.next_state(
+        account.health,
+        result,
+        warnings,
+        account_id=account.account_id,
+        record_id=new_id(),
+        account_manager=account.owner,
+        now=now,
+    )
+    account.health = state
+    await unit.accounts.save(account)
+    if record is not None:
+        await unit.health.add(record)
+        unit.emit(health_scored(record), correlation_id=account.journey_id)
+    if risk is not None:
+        await unit.health.add_risk_change(risk)
+        unit.emit(churn_risk_changed(risk), correlation_id=account.journey_id)
+
+
+def health_scored(record: HealthRecord) -> HealthScoredV1:
+    return HealthScoredV1(
+        account_id=record.account_id,
+        score=record.score,
+        band=record.band,
+        rules_version=record.rules_version,
+        reasons=[
+            HealthReason(component=r.component, points=r.points, detail=r.detail) for r in record.reasons
+        ],
+        scored_at=record.scored_at,
+    )
+
+
+def churn_risk_changed(risk: RiskChange) -> ChurnRiskChangedV1:
+    return ChurnRiskChangedV1(
+        account_id=risk.account_id,
+        at_risk=risk.at_risk,
+        signals=risk.signals,
+        account_manager=risk.account_manager,
+        health_score=risk.health_score,
+    )
+
+
+async def rescore(uow: Uow, account_id: str) -> None:
+    """Score one account again after a change elsewhere (a ticket, a commitment, onboarding)."""
+    now = now_millis(uow)
+
+    async def work(unit: SuccessUnit) -> None:
+        account = await unit.accounts.get(account_id)
+        if account is not None and account.status == AccountStatus.ACTIVE:
+            await refresh_health(unit, account, now, uow.new_id)
+
+    await uow.run(work)
+
+
+async def recompute_health(uow: Uow, user: Principal) -> int:
+    """Score every active account of the user's book again (time moves: check-ins and renewals
+    fall overdue, breaches leave the window); one transaction per account. Returns how many."""
+    _, member = book_of(user, None)
+
+    async def ids(unit: SuccessUnit) -> list[str]:
+        return [a.account_id for a in await unit.accounts.active(member)]
+
+    account_ids = await uow.run(ids)
+    for account_id in account_ids:
+        await rescore(uow, account_id)
+    return len(account_ids)
+
+
+@dataclass(frozen=True)
+class HealthView:
+    state: HealthState | None
+    history: list[HealthRecord]
+
+
+async def account_health(uow: Uow, account_id: str, user: Principal) -> HealthView:
+    async def work(unit: SuccessUnit) -> HealthView:
+        account = await load(unit, user, account_id)
+        return HealthView(account.health, await unit.health.history(account_id))
+
+    return await uow.run(work)
+
+
+async def health_rules(uow: Uow) -> RuleSet:
+    async def work(unit: SuccessUnit) -> RuleSet:
+        return await unit.health.rules()
+
+    return await uow.run(work)
+
+
+async def replace_health_rules(uow: Uow, rules: HealthRules, user: Principal) -> RuleSet:
+    """Save the rules as the next version; scores from now on name it."""
+    now = now_millis(uow)
+
+    async def work(unit: SuccessUnit) -> RuleSet:
+        current = await unit.health.rules()
+        ruleset = RuleSet(version=current.version + 1, rules=rules, created_at=now, created_by=user.user_id)
+        await unit.health.add_rules(ruleset)
+        return ruleset
+
+    return await uow.run(work)
+
+
+async def churn_warnings(uow: Uow, manager: str | None, user: Principal) -> list[Account]:
+    """Accounts whose churn warning is raised, for their account manager (a CSM: their own)."""
+    allowed, member = book_of(user, manager)
+
+    async def work(unit: SuccessUnit) -> list[Account]:
+        if not allowed:
+            return []
+        at_risk = [a for a in await unit.accounts.active(member) if a.health and a.health.at_risk]
+        return sorted(at_risk, key=lambda a: a.health.score if a.health else 0)
+
+    return await uow.run(work)
+
+
+async def warning_hit_rate(uow: Uow, lookback_days: int) -> health.HitRate:
+    """Precision and recall of the churn warning against every recorded renewal outcome."""
+
+    async def work(unit: SuccessUnit) -> health.HitRate:
+        outcomes = [
+            health.outcome_of(r.account_id, r.outcome, r.due_date, r.recorded_at)
+            for r in await unit.renewals.all()
+        ]
+        return health.hit_rate(outcomes, await unit.health.raised(), lookback_days=lookback_days)
+
+    return await uow.run(work)
+
+
+async def record_usage(uow: Uow, account_id: str, usage: Usage, user: Principal) -> Account:
+    now = now_millis(uow)
+
+    async def work(unit: SuccessUnit) -> Account:
+        account = await load(unit, user, account_id)
+        account.record_usage(usage)
+        await refresh_health(unit, account, now, uow.new_id)
+        return account
+
+    return await uow.run(work)
+
+
+# --- surveys ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SentSurvey:
+    survey: Survey
+    token: str
+
+
+async def send_csat(uow: Uow, ticket_id: str, secret: bytes, user: Principal) -> SentSurvey:
+    """A CSAT survey for a resolved ticket (one per ticket), answered by the customer's link."""
+    now, survey_id = now_millis(uow), uow.new_id()
+
+    async def work(unit: SuccessUnit) -> Survey:
+        ticket = await unit.tickets.get(ticket_id)
+        account = await unit.accounts.get(ticket.account_id) if ticket else None
+        if (
+            ticket is None
+            or account is None
+            or not access.can_see_ticket(
+                user.roles, user.user_id, assignee=ticket.assignee, account_csm=account.csm
+            )
+        ):
+            raise NotFound(f"ticket {ticket_id} not found", ticket_id=ticket_id)
+        if ticket.status != TicketStatus.RESOLVED:
+            raise Conflict(f"ticket {ticket_id} is not resolved yet", ticket_id=ticket_id)
+        if await unit.surveys.for_ticket(ticket_id) is not None:
+            raise Conflict(f"ticket {ticket_id} already has its CSAT survey", ticket_id=ticket_id)
+        config, _ = await unit.settings.config()
+        survey = surveys.new_survey(
+            survey_id=survey_id,
+            account_id=account.account_id,
+            account_name=account.name,
+            kind=SurveyKind.CSAT,
+            ticket_id=ticket_id,
+            by=user.user_id,
+            now=now,
+            valid_days=config.survey_link_valid_days,
+        )
+        await unit.surveys.add(survey)
+        return survey
+
+    survey = await uow.run(work)
+    return SentSurvey(survey, surveys.sign(secret, survey))
+
+
+async def _send_nps(
+    unit: SuccessUnit, account: Account, survey_id: str, by: str, now: datetime
+) -> Survey | None:
+    config, _ = await unit.settings.config()
+    last = await unit.surveys.last_sent(account.account_id, SurveyKind.NPS)
+    if not surveys.nps_due(last, every_days=config.nps_every_days, now=now):
+        return None
+    survey = surveys.new_survey(
+        survey_id=survey_id,
+        account_id=account.account_id,
+        account_name=account.name,
+        kind=SurveyKind.NPS,
+        ticket_id=None,
+        by=by,
+        now=now,
+        valid_days=config.survey_link_valid_days,
+    )
+    await unit.surveys.add(survey)
+    return survey
+
+
+async def send_nps(uow: Uow, account_id: str, secret: bytes, user: Principal) -> SentSurvey:
+    """An NPS survey for one account, if its schedule (``nps_every_days``) says one is due."""
+    now, survey_id = now_millis(uow), uow.new_id()
+
+    async def work(unit: SuccessUnit) -> Survey:
+        account = await load(unit, user, account_id)
+        survey = await _send_nps(unit, account, survey_id, user.user_id, now)
+        if survey is None:
+            raise Conflict(f"account {account_id} was sent an NPS survey less than its schedule ago")
+        return survey
+
+    survey = await uow.run(work)
+    return SentSurvey(survey, surveys.sign(secret, survey))
+
+
+async def send_due_nps(uow: Uow, secret: bytes, user: Principal) -> list[SentSurvey]:
+    """The scheduled NPS round: a survey for every active account of the book that is due one."""
+    _, member = book_of(user, None)
+
+    async def ids(unit: SuccessUnit) -> list[str]:
+        return [a.account_id for a in await unit.accounts.active(member)]
+
+    sent = []
+    for account_id in await uow.run(ids):
+        now, survey_id = now_millis(uow), uow.new_id()
+
+        async def work(
+            unit: SuccessUnit, account_id: str = account_id, survey_id: str = survey_id, now: datetime = now
+        ) -> Survey | None:
+            account = await unit.accounts.get(account_id)
+            return await _send_nps(unit, account, survey_id, user.user_id, now) if account else None
+
+        survey = await uow.run(work)
+        if survey is not None:
+            sent.append(SentSurvey(survey, surveys.sign(secret, survey)))
+    return sent
+
+
+async def survey_by_link(uow: Uow, token: str, secret: bytes) -> Survey:
+    survey_id = surveys.verify(secret, token, now=now_millis(uow))
+
+    async def work(unit: SuccessUnit) -> Survey:
+        survey = await unit.surveys.get(survey_id)
+        if survey is None:  # signed by us, yet unknown: a survey of another installation
+            raise surveys.SurveyLinkInvalid("this is not a survey link of ours")
+        return survey
+
+    return await uow.run(work)
+
+
+async def answer_survey(uow: Uow, token: str, score: int, comment: str | None, secret: bytes) -> Survey:
+    """The customer's answer through the link: once, before it expires; CSAT lands on its
+    ticket, NPS on the account's health."""
+    now = now_millis(uow)
+    survey_id = surveys.verify(secret, token, now=now)
+
+    async def work(unit: SuccessUnit) -> Survey:
+        survey = await unit.surveys.get(survey_id)
+        if survey is None:
+            raise surveys.SurveyLinkInvalid("this is not a survey link of ours")
+        survey.answer(score, comment, now=now)
+        if not await unit.surveys.save_answer(survey):
+            raise Conflict("this survey was already answered; a link works once")
+        account = await unit.accounts.get(survey.account_id)
+        if survey.ticket_id is not None:
+            await _rate_ticket(unit, survey, account.journey_id if account else None)
+        unit.emit(survey_answered(survey), correlation_id=account.journey_id if account else None)
+        if account is not None and account.status == AccountStatus.ACTIVE:
+            await refresh_health(unit, account, now, uow.new_id)
+        return survey
+
+    return await uow.run(work)
+
+
+async def _rate_ticket(unit: SuccessUnit, survey: Survey, journey_id: str | None) -> None:
+    ticket = await unit.tickets.get(survey.ticket_id or "")
+    if ticket is not None and ticket.csat is None and survey.score is not None and survey.answered_at:
+        ticket.rate(survey.score, by="customer", now=survey.answered_at)
+        await unit.tickets.save(ticket)
+        unit.emit(
+            TicketRatedV1(ticket_id=ticket.ticket_id, account_id=ticket.account_id, csat=survey.score),
+            correlation_id=journey_id,
+        )
+
+
+def survey_answered(survey: Survey) -> SurveyAnsweredV1:
+    assert survey.score is not None
+    assert survey.answered_at is not None
+    return SurveyAnsweredV1(
+        survey_id=survey.survey_id,
+        account_id=survey.account_id,
+        kind=survey.kind,
+        score=survey.score,
+        ticket_id=survey.ticket_id,
+        has_comment=survey.comment is not None,
+        sent_at=survey.sent_at,
+        answered_at=survey.answered_at,
+    )
+
+
+async def account_surveys(uow: Uow, account_id: str, user: Principal) -> list[Survey]:
+    async def work(unit: SuccessUnit) -> list[Survey]:
+        await load(unit, user, account_id)
+        return await unit.surveys.of_account(account_id)
+
+    return await uow.run(work)
+
+
+def rescorer(uow: Uow) -> Callable[[str], Awaitable[None]]:
+    """What the older handlers (tickets, commitments, onboarding) call after their commit."""
+
+    async def after_change(account_id: str) -> None:
+        await rescore(uow, account_id)
+
+    return after_change

@@ -3,13 +3,43 @@
 from __future__ import annotations
 
 from crm_platform.settings import ServiceSettings
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 
 SERVICE_NAME = "service-desk"
 DEPARTMENT = "customer-success"
 DEFAULT_PORT = 8003
+# Development only: production refuses to start without its own CRM_SURVEY_LINK_SECRET.
+DEV_SURVEY_SECRET = "dev-survey-link-secret-not-for-production"
+DEFAULT_SURVEY_BASE_URL = "http://localhost:8080/public/service-desk/surveys"
 
 
 class ServiceDeskSettings(ServiceSettings):
     service_name: str = Field(default=SERVICE_NAME, validation_alias="CRM_SERVICE_NAME")
     http_port: int = Field(default=DEFAULT_PORT, validation_alias="CRM_HTTP_PORT", ge=1, le=65535)
+    survey_link_secret: SecretStr = Field(
+        default=SecretStr(DEV_SURVEY_SECRET),
+        validation_alias="CRM_SURVEY_LINK_SECRET",
+        description="HMAC key of the customers' survey links (the same in every replica)",
+    )
+    survey_base_url: str = Field(
+        default=DEFAULT_SURVEY_BASE_URL,
+        validation_alias="CRM_SURVEY_BASE_URL",
+        description="Where customers open survey links: the gateway's /public/service-desk/surveys",
+    )
+
+    @model_validator(mode="after")
+    def _production_secret(self) -> ServiceDeskSettings:
+        secret = self.survey_link_secret.get_secret_value()
+        if self.env == "production" and (secret == DEV_SURVEY_SECRET or len(secret) < 32):
+            raise ValueError("CRM_SURVEY_LINK_SECRET must be set to a secret of at least 32 characters")
+        return self
+
+
+def survey_secret(settings: ServiceSettings) -> bytes:
+    """The survey link key (settings of another class, e.g. in tests, get the development key)."""
+    secret = getattr(settings, "survey_link_secret", None)
+    return (secret.get_secret_value() if secret else DEV_SURVEY_SECRET).encode()
+
+
+def survey_base_url(settings: ServiceSettings) -> str:
+    return str(getattr(settings, "survey_base_url", DEFAULT_SURVEY_BASE_URL))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from crm_contracts.events.service_desk import SurveyKind
 from crm_platform.counters import RoundRobinCounter
 from crm_platform.mongo import Tx
 from crm_platform.uow import MongoUnit
@@ -18,10 +19,13 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from service_desk.domain.accounts import Account, AccountStatus, OnboardingStatus
+from service_desk.domain.checkins import CheckIn
 from service_desk.domain.config import ServiceDeskConfig, default_config
+from service_desk.domain.health import HealthRecord, HealthRules, RiskChange, RuleSet
 from service_desk.domain.renewals import RenewalRecord
 from service_desk.domain.roster import CsmEntry
 from service_desk.domain.success_config import SuccessConfig
+from service_desk.domain.surveys import Survey
 from service_desk.domain.tickets import Ticket, TicketStatus
 
 Doc = dict[str, Any]
@@ -31,6 +35,11 @@ TICKETS = "tickets"
 SETTINGS = "settings"  # the roster and the config, one document each
 COUNTERS = "counters"
 RENEWALS = "renewals"
+CHECKINS = "checkins"
+HEALTH_SCORES = "health_scores"
+HEALTH_RULES = "health_rules"
+CHURN_WARNINGS = "churn_warnings"
+SURVEYS = "surveys"
 
 ROSTER_ID = "csm_roster"
 CONFIG_ID = "config"
@@ -57,8 +66,29 @@ async def ensure_indexes(db: AsyncDatabase[Doc]) -> None:
     await db[TICKETS].create_index([("status", ASCENDING), ("opened_at", DESCENDING)], name="by_status")
     await db[TICKETS].create_index([("assignee", ASCENDING), ("opened_at", DESCENDING)], name="by_assignee")
     # Collections used inside transactions exist up front.
+    await db[CHECKINS].create_index([("account_id", ASCENDING), ("held_at", DESCENDING)], name="by_account")
+    await db[HEALTH_SCORES].create_index(
+        [("account_id", ASCENDING), ("scored_at", DESCENDING)], name="by_account"
+    )
+    await db[HEALTH_RULES].create_index([("version", DESCENDING)], name="by_version", unique=True)
+    await db[CHURN_WARNINGS].create_index([("account_id", ASCENDING), ("at", DESCENDING)], name="by_account")
+    await db[SURVEYS].create_index(
+        [("account_id", ASCENDING), ("kind", ASCENDING), ("sent_at", DESCENDING)], name="by_account"
+    )
+    await db[SURVEYS].create_index(
+        "ticket_id", name="by_ticket", unique=True, partialFilterExpression={"ticket_id": {"$type": "string"}}
+    )
     existing = set(await db.list_collection_names())
-    for name in (SETTINGS, COUNTERS, RENEWALS):
+    for name in (
+        SETTINGS,
+        COUNTERS,
+        RENEWALS,
+        CHECKINS,
+        HEALTH_SCORES,
+        HEALTH_RULES,
+        CHURN_WARNINGS,
+        SURVEYS,
+    ):
         if name not in existing:
             await db.create_collection(name)
 
@@ -220,6 +250,13 @@ class MongoAccounts(_Collection):
         cursor = self.db[ACCOUNTS].find(query, session=self.session).sort("term.renewal_date", ASCENDING)
         return [Account.model_validate(_without_id(d)) for d in await cursor.limit(5000).to_list()]
 
+    async def active(self, member: str | None) -> list[Account]:
+        query: Doc = {"status": {"$ne": AccountStatus.CHURNED.value}}
+        if member is not None:
+            query["$or"] = [{"csm": member}, {"account_manager": member}]
+        cursor = self.db[ACCOUNTS].find(query, session=self.session).sort("created_at", ASCENDING)
+        return [Account.model_validate(_without_id(d)) for d in await cursor.limit(20000).to_list()]
+
 
 class MongoRenewals(_Collection):
     async def add(self, record: RenewalRecord) -> None:
@@ -231,6 +268,115 @@ class MongoRenewals(_Collection):
         cursor = self.db[RENEWALS].find({"account_id": account_id}, session=self.session)
         docs = await cursor.sort("recorded_at", DESCENDING).limit(1000).to_list()
         return [RenewalRecord.model_validate(_without_id(d)) for d in docs]
+
+    async def all(self) -> list[RenewalRecord]:
+        docs = await self.db[RENEWALS].find({}, session=self.session).to_list()
+        return [RenewalRecord.model_validate(_without_id(d)) for d in docs]
+
+
+class MongoCheckIns(_Collection):
+    async def add(self, checkin: CheckIn) -> None:
+        await self.db[CHECKINS].insert_one(
+            {"_id": checkin.checkin_id, **checkin.model_dump(mode="python")}, session=self.session
+        )
+
+    async def of_account(self, account_id: str) -> list[CheckIn]:
+        cursor = self.db[CHECKINS].find({"account_id": account_id}, session=self.session)
+        docs = await cursor.sort("held_at", DESCENDING).limit(1000).to_list()
+        return [CheckIn.model_validate(_without_id(d)) for d in docs]
+
+
+class MongoHealth(_Collection):
+    async def rules(self) -> RuleSet:
+        doc = await self.db[HEALTH_RULES].find_one({}, sort=[("version", DESCENDING)], session=self.session)
+        return RuleSet.model_validate(_without_id(doc)) if doc else RuleSet(version=1, rules=HealthRules())
+
+    async def add_rules(self, ruleset: RuleSet) -> None:
+        # The unique index on version makes two concurrent saves of the same version conflict.
+        await self.db[HEALTH_RULES].insert_one(ruleset.model_dump(mode="python"), session=self.session)
+
+    async def add(self, record: HealthRecord) -> None:
+        await self.db[HEALTH_SCORES].insert_one(
+            {"_id": record.record_id, **record.model_dump(mode="python")}, session=self.session
+        )
+
+    async def history(self, account_id: str, *, since: datetime | None = None) -> list[HealthRecord]:
+        query: Doc = {"account_id": account_id}
+        if since is not None:
+            query["scored_at"] = {"$gte": since}
+        cursor = self.db[HEALTH_SCORES].find(query, session=self.session).sort("scored_at", DESCENDING)
+        return [HealthRecord.model_validate(_without_id(d)) for d in await cursor.limit(500).to_list()]
+
+    async def add_risk_change(self, change: RiskChange) -> None:
+        await self.db[CHURN_WARNINGS].insert_one(change.model_dump(mode="python"), session=self.session)
+
+    async def raised(self) -> list[tuple[str, datetime]]:
+        cursor = self.db[CHURN_WARNINGS].find(
+            {"at_risk": True}, {"account_id": 1, "at": 1}, session=self.session
+        )
+        return [(str(d["account_id"]), d["at"]) for d in await cursor.to_list()]
+
+
+class MongoTickets(_Collection):
+    async def of_account(self, account_id: str, *, since: datetime | None = None) -> list[Ticket]:
+        query: Doc = {"account_id": account_id}
+        if since is not None:
+            query["opened_at"] = {"$gte": since}
+        cursor = self.db[TICKETS].find(query, session=self.session).sort("opened_at", DESCENDING)
+        return [Ticket.model_validate(_without_id(d)) for d in await cursor.limit(1000).to_list()]
+
+    async def get(self, ticket_id: str) -> Ticket | None:
+        return await Repo(self.db, self.session).ticket(ticket_id)
+
+    async def save(self, ticket: Ticket) -> None:
+        await Repo(self.db, self.session).save_ticket(ticket)
+
+
+class MongoSurveys(_Collection):
+    async def add(self, survey: Survey) -> None:
+        await self.db[SURVEYS].insert_one(
+            {"_id": survey.survey_id, **survey.model_dump(mode="python")}, session=self.session
+        )
+
+    async def get(self, survey_id: str) -> Survey | None:
+        doc = await self.db[SURVEYS].find_one({"_id": survey_id}, session=self.session)
+        return Survey.model_validate(_without_id(doc)) if doc else None
+
+    async def save_answer(self, survey: Survey) -> bool:
+        result = await self.db[SURVEYS].replace_one(
+            {"_id": survey.survey_id, "answered_at": None},
+            survey.model_dump(mode="python"),
+            session=self.session,
+        )
+        return result.modified_count == 1
+
+    async def of_account(self, account_id: str) -> list[Survey]:
+        cursor = (
+            self.db[SURVEYS]
+            .find({"account_id": account_id}, session=self.session)
+            .sort("sent_at", DESCENDING)
+        )
+        return [Survey.model_validate(_without_id(d)) for d in await cursor.limit(1000).to_list()]
+
+    async def for_ticket(self, ticket_id: str) -> Survey | None:
+        doc = await self.db[SURVEYS].find_one({"ticket_id": ticket_id}, session=self.session)
+        return Survey.model_validate(_without_id(doc)) if doc else None
+
+    async def last_sent(self, account_id: str, kind: SurveyKind) -> datetime | None:
+        doc = await self.db[SURVEYS].find_one(
+            {"account_id": account_id, "kind": kind.value},
+            sort=[("sent_at", DESCENDING)],
+            session=self.session,
+        )
+        return doc["sent_at"] if doc else None
+
+    async def latest_answer(self, account_id: str, kind: SurveyKind) -> tuple[int, datetime] | None:
+        doc = await self.db[SURVEYS].find_one(
+            {"account_id": account_id, "kind": kind.value, "answered_at": {"$ne": None}},
+            sort=[("answered_at", DESCENDING)],
+            session=self.session,
+        )
+        return (int(doc["score"]), doc["answered_at"]) if doc else None
 
 
 class MongoSettings(_Collection):
@@ -261,3 +407,7 @@ class MongoSuccessUnit(MongoUnit):
         self.accounts = MongoAccounts(tx.db, tx.session)
         self.renewals = MongoRenewals(tx.db, tx.session)
         self.settings = MongoSettings(tx.db, tx.session)
+        self.checkins = MongoCheckIns(tx.db, tx.session)
+        self.health = MongoHealth(tx.db, tx.session)
+        self.tickets = MongoTickets(tx.db, tx.session)
+        self.surveys = MongoSurveys(tx.db, tx.session)

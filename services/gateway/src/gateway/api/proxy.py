@@ -13,7 +13,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 
 from gateway.api.deps import active_principal, get_upstreams
-from gateway.domain.routes import SERVICES, UnsafePath, authorize, normalize_path
+from gateway.domain.routes import SERVICES, UnsafePath, authorize, find_public_route, normalize_path
 from gateway.logctx import annotate
 from gateway.upstream import Forwarded, Upstreams
 
@@ -138,3 +138,59 @@ for _method in METHODS:
         include_in_schema=_method != "HEAD",
     )
 router.add_api_route("/api/{service}", forward_root, methods=METHODS, include_in_schema=False)
+
+
+# --- public routes: no token, only what PUBLIC_ROUTES lists ----------------------------------------
+
+public_router = APIRouter(tags=["forwarding"])
+CREDENTIALS = frozenset({"authorization", "cookie"})
+
+
+async def forward_public(
+    service: str,
+    path: str,
+    request: Request,
+    upstreams: Annotated[Upstreams, Depends(get_upstreams)],
+) -> Response:
+    """``/public/{service}/{path}`` -> the service's ``/public/{path}``, if the public table lists it."""
+    if service not in SERVICES:
+        raise NotFound(f"unknown service {service!r}; one of {list(SERVICES)}", service=service)
+    raw_service, rest = _raw_parts(request)
+    upstream = "/public" + rest
+    try:
+        if raw_service != service:
+            raise UnsafePath("the service name must be spelled plainly in the path")
+        rule = find_public_route(service, request.method, upstream)
+    except UnsafePath as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    if rule is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"{request.method} {normalize_path(upstream)} on {service} is not public",
+        )
+    annotate(upstream=service, upstream_path=upstream)
+    forwarded = await upstreams.forward(
+        service,
+        method=request.method,
+        raw_path=upstream,
+        query=request.scope.get("query_string", b""),
+        headers={k: v for k, v in request.headers.items() if k.lower() not in CREDENTIALS},
+        body=await request.body(),
+        client_host=request.client.host if request.client else None,
+        scheme=request.url.scheme,
+        host=request.headers.get("host"),
+    )
+    return _stream(forwarded)
+
+
+for _method in ("GET", "POST"):
+    public_router.add_api_route(
+        "/public/{service}/{path:path}",
+        forward_public,
+        methods=[_method],
+        operation_id=f"forward_public_{_method.lower()}",
+        summary=f"{_method} on a department's public route (no token; e.g. a survey link)",
+        description="Forwards without credentials to the department's `/public/...` route, only for "
+        "the routes in the gateway's public table (404 otherwise).",
+        responses={k: v for k, v in RESPONSES.items() if k not in (401, 403)},
+    )

@@ -149,18 +149,60 @@ ROUTE_TABLE: tuple[RouteRule, ...] = (
         "customer success assigns CSMs, account managers and tiers",
     ),
     rule(SERVICE_DESK, WRITE, "/success/**", ADMINS, "customer success settings are the administrator's"),
+    rule(SERVICE_DESK, WRITE, "/health/rules", CSM_LEADS, "customer success leads version the health rules"),
     rule(SERVICE_DESK, WRITE, "/csms/**", CSM_LEADS, "customer success runs its roster"),
     rule(SERVICE_DESK, WRITE, "/config/**", ADMINS, "SLA settings are the administrator's"),
     rule(
         SERVICE_DESK,
         ANY,
-        "/accounts|tickets|csms|config|success|renewals/**",
+        "/accounts|tickets|csms|config|success|renewals|checkins|health|churn-warnings|surveys/**",
         SERVICE_ROLES,
         "cases, accounts and commitments",
     ),
     # analytics
     rule(ANALYTICS, READ, "/funnel|channels|handoffs|summary/**", ANALYTICS_READERS, "reports"),
 )
+
+
+@dataclass(frozen=True)
+class PublicRoute:
+    """A service route anyone may call without a token (``/public/...`` on the service)."""
+
+    service: str
+    methods: frozenset[str]
+    pattern: str
+    why: str
+    regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.service not in SERVICES:
+            raise ValueError(f"unknown service {self.service!r}")
+        if not self.pattern.startswith("/public/"):
+            raise ValueError(f"a public route lives under /public/: {self.pattern!r}")
+        object.__setattr__(self, "regex", _compile(self.pattern))
+
+    def matches(self, service: str, method: str, path: str) -> bool:
+        return service == self.service and method.upper() in self.methods and bool(self.regex.match(path))
+
+
+# Deny by default here too: only these service routes are reachable without a token, at
+# /public/<service>/<rest> (forwarded to the service's /public/<rest>, credentials stripped).
+PUBLIC_ROUTES: tuple[PublicRoute, ...] = (
+    PublicRoute(
+        SERVICE_DESK,
+        frozenset({"GET", "POST"}),
+        "/public/surveys/*",
+        "customers answer CSAT/NPS survey links (signed, single-use, expiring) without a login",
+    ),
+)
+
+
+def find_public_route(
+    service: str, method: str, path: str, table: tuple[PublicRoute, ...] = PUBLIC_ROUTES
+) -> PublicRoute | None:
+    """The public route matching; ``path`` (the service's, starting ``/public/``) normalised here."""
+    normalised = normalize_path(path)
+    return next((r for r in table if r.matches(service, method, normalised)), None)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,11 @@ def get_uow(request: Request) -> Uow:
     return uow
 
 
+def get_survey_secret(request: Request) -> bytes:
+    secret: bytes = request.app.state.survey_secret
+    return secret
+
+
 async def get_success_config(life: Annotated[Uow, Depends(get_uow)]) -> SuccessConfig:
     config, _ = await lifecycle.success_config(life)
     return config
@@ -31,6 +36,7 @@ async def get_success_config(life: Annotated[Uow, Depends(get_uow)]) -> SuccessC
 Desk = Annotated[ServiceDesk, Depends(get_desk)]
 Life = Annotated[Uow, Depends(get_uow)]
 Success = Annotated[SuccessConfig, Depends(get_success_config)]
+Secret = Annotated[bytes, Depends(get_survey_secret)]
 
 # Every service-desk route: service reps, customer success managers, admins.
 SERVICE_DESK_ROLES = require_roles(*sorted(SERVICE_ROLES))

@@ -244,10 +244,6 @@ class ResolveIn(Body):
     result: str = Field(min_length=1, max_length=20000)
 
 
-class RateIn(Body):
-    csat: int = Field(ge=1, le=5, description="Customer satisfaction, 1 (bad) to 5 (great)")
-
-
 class ProgressNoteOut(BaseModel):
     note: str
     by: str

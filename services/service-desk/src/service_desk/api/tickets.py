@@ -1,4 +1,5 @@
-"""Tickets: request, progress, result, SLA timers, CSAT."""
+"""Tickets: request, progress, result, SLA timers. CSAT comes from the customer's survey link
+(``POST /tickets/{id}/csat-survey``); a rep can no longer type it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from fastapi import APIRouter, Query, status
 from pydantic import BaseModel
 
 from service_desk.api.deps import SERVICE_DESK_ROLES, Desk
-from service_desk.api.models import ProgressIn, RateIn, ResolveIn, TicketIn, TicketOut
+from service_desk.api.models import ProgressIn, ResolveIn, TicketIn, TicketOut
 from service_desk.domain.tickets import Ticket, TicketStatus
 from service_desk.handlers import ServiceDesk
 
@@ -78,12 +79,3 @@ async def add_progress(ticket_id: str, body: ProgressIn, desk: Desk, user: Curre
 )
 async def resolve(ticket_id: str, body: ResolveIn, desk: Desk, user: CurrentUser) -> TicketOut:
     return (await _out(desk, await desk.resolve_ticket(user, ticket_id, body.result)))[0]
-
-
-@router.post(
-    "/{ticket_id}/rate",
-    response_model=TicketOut,
-    summary="Record the customer's CSAT (1-5), once, after resolution",
-)
-async def rate(ticket_id: str, body: RateIn, desk: Desk, user: CurrentUser) -> TicketOut:
-    return (await _out(desk, await desk.rate_ticket(user, ticket_id, body.csat)))[0]

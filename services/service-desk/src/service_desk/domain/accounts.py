@@ -11,12 +11,13 @@ from decimal import Decimal
 from enum import StrEnum
 
 from crm_contracts.events.sales import DealWonV1, DealWonV2
-from crm_contracts.events.service_desk import SignalKind
+from crm_contracts.events.service_desk import Sentiment, SignalKind
 from crm_platform.errors import Conflict, NotFound, RuleViolation
 from crm_platform.money import StoredAmount, to_amount
 from pydantic import BaseModel, ConfigDict, Field
 
 from service_desk.domain.config import slugify
+from service_desk.domain.health import HealthState
 from service_desk.domain.success_config import SuccessConfig, TierConfig
 from service_desk.domain.terms import Term
 
@@ -55,6 +56,18 @@ class Assignment(Entity):
     by: str
     at: datetime
     reason: str | None = None
+
+
+class Usage(Entity):
+    """Usage signals, when the product reports them: licences in use of those bought."""
+
+    active_users: int = Field(ge=0)
+    licensed_users: int = Field(ge=1)
+    as_of: datetime
+
+    @property
+    def ratio(self) -> float:
+        return min(1.0, self.active_users / self.licensed_users)
 
 
 class TierChange(Entity):
@@ -160,6 +173,15 @@ class Account(Entity):
     tier_changes: list[TierChange] = Field(default_factory=list)
     status: AccountStatus = AccountStatus.ACTIVE
     churned_at: datetime | None = None
+    last_checkin_at: datetime | None = None
+    last_checkin_sentiment: Sentiment | None = None
+    usage: Usage | None = None
+    health: HealthState | None = None
+
+    def record_usage(self, usage: Usage) -> None:
+        """The latest usage report wins; an older one arriving late changes nothing."""
+        if self.usage is None or usage.as_of >= self.usage.as_of:
+            self.usage = usage
 
     # --- ownership and tiers ----------------------------------------------------------------
 
