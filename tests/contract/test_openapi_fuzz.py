@@ -57,8 +57,8 @@ def _builders() -> dict[str, Callable[[dict[str, Any]], FastAPI]]:
     from gateway.settings import GatewaySettings
     from leads.bootstrap import build_app
     from leads.settings import LeadsSettings
-    from sales.bootstrap import SalesSettings
     from sales.main import create_app as sales_app
+    from sales.settings import SalesSettings
     from service_desk.main import create_app as desk_app
     from service_desk.settings import ServiceDeskSettings
 

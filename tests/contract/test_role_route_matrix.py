@@ -37,7 +37,7 @@ from gateway.upstream import Upstreams
 
 APPS = {  # service -> (app module, settings module, settings class)
     "leads": ("leads.main", "leads.settings", "LeadsSettings"),
-    "sales": ("sales.main", "sales.bootstrap", "SalesSettings"),
+    "sales": ("sales.main", "sales.settings", "SalesSettings"),
     "service-desk": ("service_desk.main", "service_desk.settings", "ServiceDeskSettings"),
     "analytics": ("analytics.main", "analytics.settings", "AnalyticsSettings"),
 }

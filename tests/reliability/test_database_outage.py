@@ -82,8 +82,8 @@ def _apps(mongo_uri: str, kafka_bootstrap: str) -> dict[str, Any]:
     from gateway.settings import GatewaySettings
     from leads.bootstrap import build_app
     from leads.settings import LeadsSettings
-    from sales.bootstrap import SalesSettings
     from sales.main import create_app as sales_app
+    from sales.settings import SalesSettings
     from service_desk.main import create_app as desk_app
     from service_desk.settings import ServiceDeskSettings
 

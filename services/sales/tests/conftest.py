@@ -16,13 +16,12 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from crm_platform.runtime import ServiceRuntime
 from crm_platform.settings import ServiceSettings
 from fastapi import FastAPI
-from sales.bootstrap import SalesSettings
 from sales.consumers import TOPICS
 from sales.main import create_app
+from sales.settings import SalesSettings
 
 pytest_plugins = ["crm_platform.testing"]
 
@@ -153,46 +152,20 @@ def make_qualified() -> Any:
 
 @pytest.fixture(scope="module")
 def sales_settings(kafka_bootstrap: str, mongodb_uri: str) -> ServiceSettings:
-    # What the platform's make_settings builds, as SalesSettings, once per module; plus
-    # a consumer group of its own (the service name, hence crm.dlq.sales, is kept):
-    # another process consuming as group "sales" on the same broker (another suite,
-    # a local `make run`) would otherwise take some of the partitions, and this
-    # module's events would land in that process's database.
-    return SalesSettings.model_validate(
-        {
-            "CRM_SERVICE_NAME": "sales",
-            "CRM_CONSUMER_GROUP": f"sales-test-{uuid.uuid4().hex[:10]}",
-            "CRM_ENV": "test",
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "MONGODB_URI": mongodb_uri,
-            "MONGODB_DATABASE": f"t_sales_{uuid.uuid4().hex[:10]}",
-            "CRM_OUTBOX_POLL_SECONDS": 0.1,
-            "CRM_PROVISION_TOPICS": False,
-        }
-    )
+    # A fresh database and a consumer group of its own (the service name, hence
+    # crm.dlq.sales, is kept): another process consuming as group "sales" on the same
+    # broker (another suite, a local `make run`) would otherwise take some of the
+    # partitions, and this module's events would land in that process's database.
+    from crm_platform.testing import isolated_settings
 
-
-async def start_group_at_end(bootstrap: str, group: str, topics: list[str]) -> None:
-    """Commit the topics' current end offsets for a new group, so it skips the history
-    earlier runs left on the shared topics and consumes only what comes next."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        partitions = [
-            TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])
-        ]
-        consumer.assign(partitions)
-        await consumer.seek_to_end(*partitions)
-        await consumer.commit({tp: await consumer.position(tp) for tp in partitions})
-    finally:
-        await consumer.stop()
+    return isolated_settings(SalesSettings, "sales", kafka_bootstrap, mongodb_uri)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def sales(sales_settings: ServiceSettings) -> AsyncIterator[Sales]:
-    from crm_platform.testing import running_app
+    from crm_platform.testing import running_app, start_group_at_end
 
+    # The shared broker holds earlier runs' history: the module's group starts at the end.
     await start_group_at_end(sales_settings.kafka_bootstrap_servers, sales_settings.group_id, TOPICS)
     app = create_app(sales_settings)
     async with running_app(app) as client:

@@ -20,6 +20,7 @@ from crm_platform.mongo import PROCESSED, Tx
 from crm_platform.testing import TopicReader, eventually, produce, produce_envelope
 from sales import store as repo
 from sales.domain.assignment import round_robin
+from sales.store import MongoTeamRepository
 
 pytestmark = pytest.mark.integration
 Sales: TypeAlias = Any  # conftest.Sales (conftest is not importable in importlib mode)
@@ -125,8 +126,9 @@ async def test_round_robin_counter_is_safe_under_concurrent_assignments(sales: S
     await sales.set_roster(**dict.fromkeys(reps, True))
 
     async def take(tx: Tx) -> tuple[int, str | None]:
-        active = await repo.active_rep_names(tx)
-        counter = await repo.take_counter(tx)
+        team = MongoTeamRepository(tx)
+        active = await team.active_rep_ids()
+        counter = await team.take_turn()
         return counter, round_robin(active, counter)
 
     results = await asyncio.gather(*(sales.runtime.store.transaction(take) for _ in range(12)))

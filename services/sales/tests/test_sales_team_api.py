@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, TypeAlias
 
 import pytest
-from sales.bootstrap import SalesSettings
+from sales.settings import SalesSettings
 
 Sales: TypeAlias = Any  # conftest.Sales (conftest is not importable in importlib mode)
 

@@ -1,4 +1,4 @@
-"""The one place that wires settings, runtime, handlers and routers for the sales service."""
+"""The one place that wires settings, runtime, unit of work, consumers and routers for sales."""
 
 from __future__ import annotations
 
@@ -7,52 +7,40 @@ from typing import Any
 from crm_platform.app import create_app
 from crm_platform.runtime import ServiceRuntime
 from crm_platform.settings import ServiceSettings
+from crm_platform.uow import MongoUnitOfWork
 from fastapi import FastAPI
-from pydantic import Field
 from pymongo.asynchronous.database import AsyncDatabase
 
 from sales import consumers, store
-from sales.api import forecast as forecast_api
-from sales.api import inbox as inbox_api
-from sales.api import opportunities as opportunities_api
-from sales.api import team as team_api
-from sales.domain.inbox import DEFAULT_SLA_MINUTES, MAX_SLA_MINUTES, MIN_SLA_MINUTES
+from sales.api import forecast, inbox, opportunities, team
+from sales.domain.inbox import DEFAULT_SLA_MINUTES
+from sales.repository import SalesUnit
 
-SERVICE_NAME = "sales"
-DEFAULT_PORT = 8002
-
-
-class SalesSettings(ServiceSettings):
-    service_name: str = Field(default=SERVICE_NAME, validation_alias="CRM_SERVICE_NAME")
-    http_port: int = Field(default=DEFAULT_PORT, validation_alias="CRM_HTTP_PORT", ge=1, le=65535)
-    lead_response_sla_minutes: int = Field(
-        default=DEFAULT_SLA_MINUTES,
-        validation_alias="CRM_SALES_LEAD_RESPONSE_SLA_MINUTES",
-        ge=MIN_SLA_MINUTES,
-        le=MAX_SLA_MINUTES,
-        description="The SLA stored on first start; afterwards PUT /config changes it",
-    )
+DESCRIPTION = (
+    "Sales' department service: the inbox of qualified leads handed over by marketing "
+    "(round-robin assignment, response SLA, verdicts back to marketing), the pipeline with "
+    "required fields per stage, opportunities and their activities, the weighted forecast, "
+    "and won deals handed to customer success with the commitments sales made."
+)
 
 
-def build_runtime(settings: ServiceSettings) -> ServiceRuntime:
+def build_app(settings: ServiceSettings) -> FastAPI:
+    """The sales app: its runtime (Mongo, outbox relay, consumer) and ``app.state.uow`` for the routes."""
     sla = getattr(settings, "lead_response_sla_minutes", DEFAULT_SLA_MINUTES)
 
     async def indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
         await store.ensure_indexes(db, default_sla_minutes=sla)
 
-    return ServiceRuntime(settings, subscription=consumers.subscription(), indexes=indexes)
-
-
-def build_app(settings: ServiceSettings) -> FastAPI:
-    return create_app(
+    # The consumer's handlers are bound to the unit of work before the runtime (and its store) exists.
+    uow: MongoUnitOfWork[SalesUnit] = MongoUnitOfWork(store.MongoSalesUnit)
+    runtime = ServiceRuntime(settings, subscription=consumers.subscription(uow), indexes=indexes)
+    uow.store = runtime.store
+    app = create_app(
         settings=settings,
         title="CRM sales",
-        description=(
-            "Sales' department service: the inbox of qualified leads handed over by marketing "
-            "(round-robin assignment, response SLA, verdicts back to marketing), the pipeline with "
-            "required fields per stage, opportunities and their activities, the weighted forecast, "
-            "and won deals handed to customer success with the commitments sales made."
-        ),
-        runtime=build_runtime(settings),
-        protected=[inbox_api.router, opportunities_api.router, forecast_api.router, team_api.router],
+        description=DESCRIPTION,
+        runtime=runtime,
+        protected=[inbox.router, opportunities.router, forecast.router, team.router],
     )
+    app.state.uow = uow
+    return app

@@ -1,26 +1,32 @@
-"""What sales consumes: qualified leads from marketing, account signals from the service desk."""
+"""What sales consumes: qualified leads from marketing, account signals from the service desk.
+
+An adapter: each event type maps to its handler, bound to the platform consumer's
+transaction (``crm_platform.uow.bind_event``: the ledger entry, the effect, the
+emitted events and the handoff receipt commit together).
+"""
 
 from __future__ import annotations
 
 from crm_contracts.access import CONSUMES
 from crm_contracts.events.leads import LeadQualifiedV1
 from crm_contracts.events.service_desk import CommitmentFlaggedV1, UpsellSpottedV1
-from crm_platform.consumer import Handler
 from crm_platform.runtime import Subscription
+from crm_platform.uow import MongoUnitOfWork, bind_event
 
 from sales.handlers import on_commitment_flagged, on_lead_qualified, on_upsell_spotted
+from sales.repository import SalesUnit
+from sales.settings import DEPARTMENT
 
-DEPARTMENT = "sales"
 TOPICS = list(CONSUMES["sales"])  # declared once in the contracts (the Kafka ACLs use it)
-HANDLERS: dict[str, Handler] = {
-    LeadQualifiedV1.event_type: on_lead_qualified,
-    UpsellSpottedV1.event_type: on_upsell_spotted,
-    CommitmentFlaggedV1.event_type: on_commitment_flagged,
-}
 
 
-def subscription() -> Subscription:
+def subscription(uow: MongoUnitOfWork[SalesUnit]) -> Subscription:
     # department="sales": the platform records the transport latency of the
     # lead-qualified, upsell-spotted and commitment-flagged handoffs and emits
     # their handoff.received receipts.
-    return Subscription(topics=list(TOPICS), handlers=dict(HANDLERS), department=DEPARTMENT)
+    handlers = {
+        LeadQualifiedV1.event_type: bind_event(uow, on_lead_qualified),
+        UpsellSpottedV1.event_type: bind_event(uow, on_upsell_spotted),
+        CommitmentFlaggedV1.event_type: bind_event(uow, on_commitment_flagged),
+    }
+    return Subscription(topics=list(TOPICS), handlers=handlers, department=DEPARTMENT)

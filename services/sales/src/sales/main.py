@@ -6,7 +6,8 @@ from crm_platform.app import serve
 from crm_platform.settings import ServiceSettings
 from fastapi import FastAPI
 
-from sales.bootstrap import SalesSettings, build_app
+from sales.bootstrap import build_app
+from sales.settings import SalesSettings
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:

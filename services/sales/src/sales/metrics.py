@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Histogram
+
+if TYPE_CHECKING:
+    from sales.domain.inbox import InboxItem
 
 # Lead response is minutes to days: the buckets follow the SLA conversation.
 RESPONSE_BUCKETS = (60, 300, 900, 1800, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 24 * 3600, 72 * 3600, 7 * 86400)
@@ -23,3 +28,16 @@ STAGE_MOVES = Counter(
     "Opportunity stage moves, by target stage",
     ["to_stage"],
 )
+
+
+def observe_verdict(item: InboxItem) -> None:
+    """A verdict was committed: count it (within the SLA or not) and how long the lead waited."""
+    if item.verdict is None:
+        return
+    verdict, decided_at = item.verdict.verdict.value, item.verdict.decided_at
+    LEAD_VERDICTS.labels(verdict, str(decided_at <= item.response_due_at).lower()).inc()
+    LEAD_RESPONSE_SECONDS.labels(verdict).observe(max(0.0, (decided_at - item.received_at).total_seconds()))
+
+
+def observe_stage_move(target: str) -> None:
+    STAGE_MOVES.labels(target).inc()

@@ -1,16 +1,19 @@
-"""Sales' own collections (database ``sales``) and the repository functions over them.
+"""Sales' own collections (database ``sales``): the Mongo repositories and the API's read side.
 
 Collections:
 - ``reps``           the rep roster: ``_id`` = user id (the token's ``sub``), ``name`` (display), ``active``
-- ``counters``       ``{_id: "round_robin", value}``: the assignment counter
+- ``counters``       ``{_id: "round_robin", value}``: the round-robin turn counter
 - ``config``         ``{_id: "sales", lead_response_sla_minutes}``
 - ``pipeline``       ``{_id: "current", version, stages: [...]}``
 - ``inbox``          one item per ``lead.qualified`` handoff (``_id`` = its event id)
 - ``opportunities``  opportunities and, once won, deals (``_id`` = the deal id)
 - ``activities``     calls, visits, emails, quotes logged against an opportunity
 
-Functions taking a :class:`Tx` read and write inside the caller's transaction
-(always with ``session=tx.session``); the others are plain reads for the API.
+The repositories implement ``repository.py`` over the handler's transaction (always
+``session=tx.session``) and map entities to documents in one place (``*_doc`` /
+``*_from_doc``); ``save`` sets the entity's fields, so fields older documents hold and
+the entity does not know stay as they are. The functions over a ``Db`` are the read
+side the API lists and shows with.
 """
 
 from __future__ import annotations
@@ -21,15 +24,32 @@ from decimal import Decimal
 from typing import Any
 
 from crm_contracts import utcnow
+from crm_contracts.events.leads import LeadQualifiedV1
+from crm_contracts.events.sales import RejectReason, Verdict
+from crm_platform.counters import RoundRobinCounter
 from crm_platform.money import to_amount
 from crm_platform.mongo import Tx
+from crm_platform.uow import MongoUnit
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from sales.domain.assignment import Rep
 from sales.domain.forecast import StageTotal
-from sales.domain.inbox import DEFAULT_SLA_MINUTES
+from sales.domain.inbox import DEFAULT_SLA_MINUTES, AssignmentRecord, InboxItem, InboxStatus, VerdictRecord
+from sales.domain.opportunity import (
+    DEFAULT_CURRENCY,
+    Activity,
+    ActivityType,
+    CommitmentFlag,
+    LeadSource,
+    Opportunity,
+    OpportunityStatus,
+    Origin,
+    StageChange,
+)
 from sales.domain.pipeline import DEFAULT_PIPELINE, Pipeline, Stage
+from sales.repository import DuplicateOpportunity
 
 log = logging.getLogger("crm.sales.store")
 
@@ -44,9 +64,10 @@ INBOX = "inbox"
 OPPORTUNITIES = "opportunities"
 ACTIVITIES = "activities"
 
-ROUND_ROBIN = "round_robin"
 CONFIG_ID = "sales"
 PIPELINE_ID = "current"
+TURNS = RoundRobinCounter("round_robin", collection=COUNTERS, field="value")
+NEWEST_FIRST = [("received_at", DESCENDING), ("_id", DESCENDING)]
 
 
 async def ensure_indexes(db: Db, *, default_sla_minutes: int = DEFAULT_SLA_MINUTES) -> None:
@@ -63,24 +84,16 @@ async def ensure_indexes(db: Db, *, default_sla_minutes: int = DEFAULT_SLA_MINUT
     await db[OPPORTUNITIES].create_index([("stage", ASCENDING), ("owner", ASCENDING)], name="by_stage")
     await db[OPPORTUNITIES].create_index("lead_id", name="by_lead")
     # One opportunity per inbox item and per service-desk signal, whatever redelivers them.
-    await db[OPPORTUNITIES].create_index(
-        "inbox_item_id",
-        unique=True,
-        name="inbox_item_unique",
-        partialFilterExpression={"inbox_item_id": {"$type": "string"}},
-    )
-    await db[OPPORTUNITIES].create_index(
-        "signal_id",
-        unique=True,
-        name="signal_unique",
-        partialFilterExpression={"signal_id": {"$type": "string"}},
-    )
+    for key, name in (("inbox_item_id", "inbox_item_unique"), ("signal_id", "signal_unique")):
+        await db[OPPORTUNITIES].create_index(
+            key, unique=True, name=name, partialFilterExpression={key: {"$type": "string"}}
+        )
     await db[ACTIVITIES].create_index(
         [("opportunity_id", ASCENDING), ("occurred_at", DESCENDING)], name="by_opportunity"
     )
+    await TURNS.seed(db)
     now = utcnow()
     seeds: list[tuple[str, str, Doc]] = [
-        (COUNTERS, ROUND_ROBIN, {"value": 0}),
         (
             CONFIG,
             CONFIG_ID,
@@ -95,81 +108,21 @@ async def ensure_indexes(db: Db, *, default_sla_minutes: int = DEFAULT_SLA_MINUT
             pass  # another replica seeded it at the same moment
 
 
-# -- reps and the round-robin counter ------------------------------------------------------
+# -- mapping: entities <-> documents -----------------------------------------------------------
 
 
-async def list_reps(db: Db) -> list[Doc]:
-    return await db[REPS].find({}).sort("_id", ASCENDING).to_list()
+def rep_doc(rep: Rep) -> Doc:
+    return {
+        "_id": rep.user_id,
+        "name": rep.name,
+        "active": rep.active,
+        "updated_at": rep.updated_at,
+        "updated_by": rep.updated_by,
+    }
 
 
-async def active_rep_names(tx: Tx) -> list[str]:
-    docs = await tx.db[REPS].find({"active": True}, {"_id": 1}, session=tx.session).to_list()
-    return [str(d["_id"]) for d in docs]
-
-
-async def replace_reps(tx: Tx, reps: list[Doc]) -> None:
-    await tx.db[REPS].delete_many({}, session=tx.session)
-    if reps:
-        await tx.db[REPS].insert_many(reps, session=tx.session)
-
-
-async def upsert_rep(tx: Tx, rep: Doc) -> Doc:
-    """Add or change one rep; a ``name`` of None keeps the display name already stored."""
-    fields = {k: v for k, v in rep.items() if k != "_id" and not (k == "name" and v is None)}
-    doc: Doc | None = await tx.db[REPS].find_one_and_update(
-        {"_id": rep["_id"]},
-        {"$set": fields},
-        upsert=True,
-        return_document=ReturnDocument.AFTER,
-        session=tx.session,
-    )
-    assert doc is not None  # upsert with ReturnDocument.AFTER always returns the document
-    return doc
-
-
-async def take_counter(tx: Tx) -> int:
-    """The next position in the rotation: the counter's value, incremented atomically.
-
-    The increment is its own single-document write, outside ``tx``: every caller
-    gets a distinct value, and the transactions that assign owners never write a
-    shared document, so handoffs handled side by side do not abort each other with
-    write conflicts. A transaction that is retried or never commits leaves its
-    value unused: the rotation skips one position, nobody gets two leads at once.
-    """
-    doc = await tx.db[COUNTERS].find_one_and_update(
-        {"_id": ROUND_ROBIN},
-        {"$inc": {"value": 1}},
-        upsert=True,
-        return_document=ReturnDocument.BEFORE,
-    )
-    return int(doc["value"]) if doc else 0
-
-
-async def peek_counter(db: Db) -> int:
-    doc = await db[COUNTERS].find_one({"_id": ROUND_ROBIN})
-    return int(doc["value"]) if doc else 0
-
-
-# -- config and pipeline -------------------------------------------------------------------
-
-
-async def get_config(db: Db) -> Doc:
-    doc = await db[CONFIG].find_one({"_id": CONFIG_ID})
-    return doc or {"lead_response_sla_minutes": DEFAULT_SLA_MINUTES, "updated_at": None, "updated_by": None}
-
-
-async def sla_minutes(tx: Tx) -> int:
-    doc = await tx.db[CONFIG].find_one({"_id": CONFIG_ID}, session=tx.session)
-    return int(doc["lead_response_sla_minutes"]) if doc else DEFAULT_SLA_MINUTES
-
-
-async def save_config(tx: Tx, sla: int, by: str, now: datetime) -> None:
-    await tx.db[CONFIG].update_one(
-        {"_id": CONFIG_ID},
-        {"$set": {"lead_response_sla_minutes": sla, "updated_at": now, "updated_by": by}},
-        upsert=True,
-        session=tx.session,
-    )
+def rep_from_doc(d: Doc) -> Rep:
+    return Rep(str(d["_id"]), bool(d["active"]), d.get("name"), d.get("updated_at"), d.get("updated_by"))
 
 
 def pipeline_to_doc(p: Pipeline) -> Doc:
@@ -194,6 +147,323 @@ def pipeline_from_doc(d: Doc | None) -> Pipeline:
     )
 
 
+def item_doc(item: InboxItem) -> Doc:
+    v = item.verdict
+    doc: Doc = {
+        "_id": item.id,
+        "lead_id": item.lead_id,
+        "status": item.status.value,
+        "owner": item.owner,
+        "assigned_by": item.assigned_by,
+        "assigned_at": item.assigned_at,
+        "assignment_history": [vars(a).copy() for a in item.assignment_history],
+        "received_at": item.received_at,
+        "handed_off_at": item.handed_off_at,
+        "response_due_at": item.response_due_at,
+        "sla_minutes": item.sla_minutes,
+        "handoff_number": item.handoff_number,
+        "handoff": item.handoff.to_payload(),
+        "handoff_event_ids": list(item.handoff_event_ids),
+        "company": item.company,
+        "correlation_id": item.correlation_id,
+        "verdict": None
+        if v is None
+        else {
+            "verdict": v.verdict.value,
+            "reason_code": v.reason_code.value if v.reason_code else None,
+            "note": v.note,
+            "decided_by": v.decided_by,
+            "decided_at": v.decided_at,
+            "opportunity_id": v.opportunity_id,
+        },
+        "updated_at": item.updated_at,
+    }
+    if item.last_handed_off_at is not None:
+        doc["last_handed_off_at"] = item.last_handed_off_at
+    if item.superseded_event_ids:
+        doc["superseded_event_ids"] = list(item.superseded_event_ids)
+    return doc
+
+
+def item_from_doc(d: Doc) -> InboxItem:
+    v = d.get("verdict")
+    return InboxItem(
+        id=str(d["_id"]),
+        lead_id=d["lead_id"],
+        company=d["company"],
+        handoff=LeadQualifiedV1.model_validate(d["handoff"]),
+        correlation_id=d["correlation_id"],
+        received_at=d["received_at"],
+        handed_off_at=d["handed_off_at"],
+        response_due_at=d["response_due_at"],
+        sla_minutes=int(d["sla_minutes"]),
+        updated_at=d["updated_at"],
+        status=InboxStatus(d["status"]),
+        owner=d.get("owner"),
+        assigned_by=d.get("assigned_by"),
+        assigned_at=d.get("assigned_at"),
+        assignment_history=[
+            AssignmentRecord(a["owner"], a["by"], a["how"], a["at"], a.get("counter"))
+            for a in d.get("assignment_history", [])
+        ],
+        handoff_number=int(d.get("handoff_number", 1)),
+        handoff_event_ids=list(d.get("handoff_event_ids", [])),
+        superseded_event_ids=list(d.get("superseded_event_ids", [])),
+        last_handed_off_at=d.get("last_handed_off_at"),
+        verdict=None
+        if not v
+        else VerdictRecord(
+            Verdict(v["verdict"]),
+            RejectReason(v["reason_code"]) if v.get("reason_code") else None,
+            v.get("note"),
+            v["decided_by"],
+            v["decided_at"],
+            v.get("opportunity_id"),
+        ),
+    )
+
+
+_OPPORTUNITY_REFS = ("account_id", "lead_id", "inbox_item_id", "signal_id", "source_deal_id", "signal_kind")
+
+
+def opportunity_doc(o: Opportunity) -> Doc:
+    doc: Doc = {
+        "_id": o.id,
+        "origin": o.origin.value,
+        "status": o.status.value,
+        "stage": o.stage,
+        "owner": o.owner,
+        "assigned_by": o.assigned_by,
+        "account_name": o.account_name,
+        **{k: getattr(o, k) for k in _OPPORTUNITY_REFS},
+        "description": o.description,
+        "lead_source": vars(o.lead_source).copy() if o.lead_source else None,
+        "fields": o.fields,
+        "amount": o.amount,
+        "currency": o.currency,
+        "contacts": o.contacts,
+        "commitment_flags": [vars(f).copy() for f in o.commitment_flags],
+        "stage_history": [vars(h).copy() for h in o.stage_history],
+        "stage_entered_at": o.stage_entered_at,
+        "activity_count": o.activity_count,
+        "last_activity_at": o.last_activity_at,
+        "created_at": o.created_at,
+        "updated_at": o.updated_at,
+        "won_at": o.won_at,
+        "lost_at": o.lost_at,
+        "lost_reason": o.lost_reason,
+        "correlation_id": o.correlation_id,
+    }
+    if o.origin == Origin.UPSELL:
+        doc["assignment_counter"] = o.assignment_counter
+    return doc
+
+
+def opportunity_from_doc(d: Doc) -> Opportunity:
+    amount = d.get("amount")
+    source = d.get("lead_source")
+    return Opportunity(
+        id=str(d["_id"]),
+        origin=Origin(d["origin"]),
+        stage=d["stage"],
+        owner=d["owner"],
+        assigned_by=d["assigned_by"],
+        account_name=d["account_name"],
+        correlation_id=d.get("correlation_id") or str(d["_id"]),
+        created_at=d["created_at"],
+        updated_at=d["updated_at"],
+        stage_entered_at=d.get("stage_entered_at") or d["created_at"],
+        status=OpportunityStatus(d["status"]),
+        fields=dict(d.get("fields") or {}),
+        amount=None if amount is None else to_amount(amount),
+        currency=d.get("currency") or DEFAULT_CURRENCY,
+        contacts=[dict(c) for c in d.get("contacts", [])],
+        **{k: d.get(k) for k in _OPPORTUNITY_REFS},
+        description=d.get("description"),
+        lead_source=LeadSource(source["source_channel"], source.get("campaign"), source["score"])
+        if source
+        else None,
+        commitment_flags=[CommitmentFlag(**f) for f in d.get("commitment_flags", [])],
+        stage_history=[StageChange(**h) for h in d.get("stage_history", [])],
+        activity_count=int(d.get("activity_count", 0)),
+        last_activity_at=d.get("last_activity_at"),
+        won_at=d.get("won_at"),
+        lost_at=d.get("lost_at"),
+        lost_reason=d.get("lost_reason"),
+        assignment_counter=d.get("assignment_counter"),
+    )
+
+
+def activity_doc(a: Activity) -> Doc:
+    return {"_id": a.id, **{k: v for k, v in vars(a).items() if k != "id"}, "type": a.type.value}
+
+
+def activity_from_doc(d: Doc) -> Activity:
+    amount = d.get("amount")
+    return Activity(
+        id=str(d["_id"]),
+        opportunity_id=d["opportunity_id"],
+        type=ActivityType(d["type"]),
+        summary=d["summary"],
+        occurred_at=d["occurred_at"],
+        logged_at=d["logged_at"],
+        logged_by=d["logged_by"],
+        amount=None if amount is None else to_amount(amount),
+        currency=d.get("currency"),
+    )
+
+
+def _fields(doc: Doc) -> Doc:
+    return {k: v for k, v in doc.items() if k != "_id"}
+
+
+# -- the repositories, inside the handler's transaction ----------------------------------------
+
+
+class MongoInboxRepository:
+    def __init__(self, tx: Tx) -> None:
+        self.tx, self.col = tx, tx.db[INBOX]
+
+    async def latest_for_lead(self, lead_id: str) -> InboxItem | None:
+        doc = await self.col.find_one({"lead_id": lead_id}, sort=NEWEST_FIRST, session=self.tx.session)
+        return None if doc is None else item_from_doc(doc)
+
+    async def pending_for_lead(self, lead_id: str) -> InboxItem | None:
+        doc = await self.col.find_one({"lead_id": lead_id, "status": "pending"}, session=self.tx.session)
+        return None if doc is None else item_from_doc(doc)
+
+    async def count_for_lead(self, lead_id: str) -> int:
+        return await self.col.count_documents({"lead_id": lead_id}, session=self.tx.session)
+
+    async def add(self, item: InboxItem) -> None:
+        await self.col.insert_one(item_doc(item), session=self.tx.session)
+
+    async def save(self, item: InboxItem) -> None:
+        result = await self.col.update_one(
+            {"_id": item.id}, {"$set": _fields(item_doc(item))}, session=self.tx.session
+        )
+        if result.matched_count != 1:  # pragma: no cover - loaded in the same transaction
+            raise RuntimeError(f"inbox item {item.id} vanished under the transaction")
+
+
+class MongoOpportunityRepository:
+    def __init__(self, tx: Tx) -> None:
+        self.tx, self.col = tx, tx.db[OPPORTUNITIES]
+
+    async def get(self, opportunity_id: str) -> Opportunity | None:
+        doc = await self.col.find_one({"_id": opportunity_id}, session=self.tx.session)
+        return None if doc is None else opportunity_from_doc(doc)
+
+    async def for_signal(self, signal_id: str) -> Opportunity | None:
+        doc = await self.col.find_one({"signal_id": signal_id}, session=self.tx.session)
+        return None if doc is None else opportunity_from_doc(doc)
+
+    async def add(self, opportunity: Opportunity) -> None:
+        try:
+            await self.col.insert_one(opportunity_doc(opportunity), session=self.tx.session)
+        except DuplicateKeyError:
+            raise DuplicateOpportunity(
+                "an opportunity for this inbox item or signal exists already"
+            ) from None
+
+    async def save(self, opportunity: Opportunity) -> None:
+        doc = _fields(opportunity_doc(opportunity))
+        result = await self.col.update_one({"_id": opportunity.id}, {"$set": doc}, session=self.tx.session)
+        if result.matched_count != 1:  # pragma: no cover - loaded in the same transaction
+            raise RuntimeError(f"opportunity {opportunity.id} vanished under the transaction")
+
+    async def add_activity(self, activity: Activity) -> None:
+        await self.tx.db[ACTIVITIES].insert_one(activity_doc(activity), session=self.tx.session)
+
+    async def count_in_stages(self, stages: list[str]) -> dict[str, int]:
+        pipeline: list[Doc] = [
+            {"$match": {"stage": {"$in": stages}}},
+            {"$group": {"_id": "$stage", "n": {"$sum": 1}}},
+        ]
+        rows = await (await self.col.aggregate(pipeline, session=self.tx.session)).to_list()
+        return {str(r["_id"]): int(r["n"]) for r in rows}
+
+
+class MongoTeamRepository:
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+
+    async def active_rep_ids(self) -> list[str]:
+        docs = await self.tx.db[REPS].find({"active": True}, {"_id": 1}, session=self.tx.session).to_list()
+        return [str(d["_id"]) for d in docs]
+
+    async def take_turn(self) -> int:
+        return await TURNS.take(self.tx.db)
+
+    async def replace_reps(self, reps: list[Rep]) -> None:
+        await self.tx.db[REPS].delete_many({}, session=self.tx.session)
+        if reps:
+            await self.tx.db[REPS].insert_many([rep_doc(r) for r in reps], session=self.tx.session)
+
+    async def save_rep(self, rep: Rep) -> Rep:
+        fields = {k: v for k, v in _fields(rep_doc(rep)).items() if not (k == "name" and v is None)}
+        doc = await self.tx.db[REPS].find_one_and_update(
+            {"_id": rep.user_id},
+            {"$set": fields},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+            session=self.tx.session,
+        )
+        assert doc is not None  # upsert with ReturnDocument.AFTER always returns the document
+        return rep_from_doc(doc)
+
+    async def sla_minutes(self) -> int:
+        doc = await self.tx.db[CONFIG].find_one({"_id": CONFIG_ID}, session=self.tx.session)
+        return int(doc["lead_response_sla_minutes"]) if doc else DEFAULT_SLA_MINUTES
+
+    async def save_sla(self, minutes: int, by: str, now: datetime) -> None:
+        await self.tx.db[CONFIG].update_one(
+            {"_id": CONFIG_ID},
+            {"$set": {"lead_response_sla_minutes": minutes, "updated_at": now, "updated_by": by}},
+            upsert=True,
+            session=self.tx.session,
+        )
+
+    async def pipeline(self) -> Pipeline:
+        return pipeline_from_doc(
+            await self.tx.db[PIPELINE].find_one({"_id": PIPELINE_ID}, session=self.tx.session)
+        )
+
+    async def save_pipeline(self, pipeline: Pipeline, by: str, now: datetime) -> None:
+        await self.tx.db[PIPELINE].replace_one(
+            {"_id": PIPELINE_ID},
+            {**pipeline_to_doc(pipeline), "updated_at": now, "updated_by": by},
+            upsert=True,
+            session=self.tx.session,
+        )
+
+
+class MongoSalesUnit(MongoUnit):
+    """``repository.SalesUnit`` over one MongoDB transaction; events go to its outbox."""
+
+    def __init__(self, tx: Tx) -> None:
+        super().__init__(tx)
+        self.inbox = MongoInboxRepository(tx)
+        self.opportunities = MongoOpportunityRepository(tx)
+        self.team = MongoTeamRepository(tx)
+
+
+# -- the read side (the API's listings and views) ----------------------------------------------
+
+
+async def list_reps(db: Db) -> list[Rep]:
+    return [rep_from_doc(d) for d in await db[REPS].find({}).sort("_id", ASCENDING).to_list()]
+
+
+async def peek_turn(db: Db) -> int:
+    return await TURNS.peek(db)
+
+
+async def get_config(db: Db) -> Doc:
+    doc = await db[CONFIG].find_one({"_id": CONFIG_ID})
+    return doc or {"lead_response_sla_minutes": DEFAULT_SLA_MINUTES, "updated_at": None, "updated_by": None}
+
+
 async def get_pipeline_doc(db: Db) -> Doc:
     doc = await db[PIPELINE].find_one({"_id": PIPELINE_ID})
     return doc or {**pipeline_to_doc(DEFAULT_PIPELINE), "updated_at": None, "updated_by": None}
@@ -203,69 +473,9 @@ async def get_pipeline(db: Db) -> Pipeline:
     return pipeline_from_doc(await db[PIPELINE].find_one({"_id": PIPELINE_ID}))
 
 
-async def load_pipeline(tx: Tx) -> Pipeline:
-    return pipeline_from_doc(await tx.db[PIPELINE].find_one({"_id": PIPELINE_ID}, session=tx.session))
-
-
-async def save_pipeline(tx: Tx, p: Pipeline, by: str, now: datetime) -> None:
-    await tx.db[PIPELINE].replace_one(
-        {"_id": PIPELINE_ID},
-        {**pipeline_to_doc(p), "updated_at": now, "updated_by": by},
-        upsert=True,
-        session=tx.session,
-    )
-
-
-async def count_in_stages(tx: Tx, stages: list[str]) -> dict[str, int]:
-    rows = await (
-        await tx.db[OPPORTUNITIES].aggregate(
-            [{"$match": {"stage": {"$in": stages}}}, {"$group": {"_id": "$stage", "n": {"$sum": 1}}}],
-            session=tx.session,
-        )
-    ).to_list()
-    return {str(r["_id"]): int(r["n"]) for r in rows}
-
-
-# -- inbox ---------------------------------------------------------------------------------
-
-
-async def pending_item_for_lead(tx: Tx, lead_id: str) -> Doc | None:
-    return await tx.db[INBOX].find_one({"lead_id": lead_id, "status": "pending"}, session=tx.session)
-
-
-async def count_items_for_lead(tx: Tx, lead_id: str) -> int:
-    return await tx.db[INBOX].count_documents({"lead_id": lead_id}, session=tx.session)
-
-
-async def insert_item(tx: Tx, item: Doc) -> None:
-    await tx.db[INBOX].insert_one(item, session=tx.session)
-
-
-async def load_latest_item(tx: Tx, lead_id: str) -> Doc | None:
-    """The lead's current inbox item: its most recent handoff."""
-    return await tx.db[INBOX].find_one(
-        {"lead_id": lead_id},
-        sort=[("received_at", DESCENDING), ("_id", DESCENDING)],
-        session=tx.session,
-    )
-
-
-async def get_latest_item(db: Db, lead_id: str) -> Doc | None:
-    return await db[INBOX].find_one(
-        {"lead_id": lead_id}, sort=[("received_at", DESCENDING), ("_id", DESCENDING)]
-    )
-
-
-async def update_item(tx: Tx, item_id: str, expected_status: str, changes: Doc) -> Doc:
-    doc = await tx.db[INBOX].find_one_and_update(
-        {"_id": item_id, "status": expected_status},
-        changes,
-        return_document=ReturnDocument.AFTER,
-        session=tx.session,
-    )
-    if doc is None:  # pragma: no cover - the transaction's snapshot makes this unreachable
-        raise RuntimeError(f"inbox item {item_id} changed under the transaction")
-    return doc
+async def get_latest_item(db: Db, lead_id: str) -> InboxItem | None:
+    doc = await db[INBOX].find_one({"lead_id": lead_id}, sort=NEWEST_FIRST)
+    return None if doc is None else item_from_doc(doc)
 
 
 async def list_inbox(
@@ -278,7 +488,7 @@ async def list_inbox(
     now: datetime,
     limit: int,
     offset: int,
-) -> tuple[list[Doc], int]:
+) -> tuple[list[InboxItem], int]:
     query: Doc = {}
     if unassigned:
         query["owner"] = None
@@ -294,42 +504,13 @@ async def list_inbox(
     elif overdue is False:
         query["$or"] = [{"status": {"$ne": "pending"}}, {"response_due_at": {"$gte": now}}]
     total = await db[INBOX].count_documents(query)
-    docs = await (
-        db[INBOX]
-        .find(query)
-        .sort([("received_at", DESCENDING), ("_id", DESCENDING)])
-        .skip(offset)
-        .limit(limit)
-    ).to_list()
-    return docs, total
+    docs = await db[INBOX].find(query).sort(NEWEST_FIRST).skip(offset).limit(limit).to_list()
+    return [item_from_doc(d) for d in docs], total
 
 
-# -- opportunities and activities ----------------------------------------------------------
-
-
-async def insert_opportunity(tx: Tx, opp: Doc) -> None:
-    await tx.db[OPPORTUNITIES].insert_one(opp, session=tx.session)
-
-
-async def load_opportunity(tx: Tx, opp_id: str) -> Doc | None:
-    return await tx.db[OPPORTUNITIES].find_one({"_id": opp_id}, session=tx.session)
-
-
-async def opportunity_for_signal(tx: Tx, signal_id: str) -> Doc | None:
-    return await tx.db[OPPORTUNITIES].find_one({"signal_id": signal_id}, session=tx.session)
-
-
-async def update_opportunity(tx: Tx, opp_id: str, changes: Doc) -> Doc:
-    doc = await tx.db[OPPORTUNITIES].find_one_and_update(
-        {"_id": opp_id}, changes, return_document=ReturnDocument.AFTER, session=tx.session
-    )
-    if doc is None:  # pragma: no cover - loaded in the same transaction
-        raise RuntimeError(f"opportunity {opp_id} vanished under the transaction")
-    return doc
-
-
-async def get_opportunity(db: Db, opp_id: str) -> Doc | None:
-    return await db[OPPORTUNITIES].find_one({"_id": opp_id})
+async def get_opportunity(db: Db, opportunity_id: str) -> Opportunity | None:
+    doc = await db[OPPORTUNITIES].find_one({"_id": opportunity_id})
+    return None if doc is None else opportunity_from_doc(doc)
 
 
 async def list_opportunities(
@@ -342,20 +523,14 @@ async def list_opportunities(
     flagged: bool | None,
     limit: int,
     offset: int,
-) -> tuple[list[Doc], int]:
-    query: Doc = {}
-    if owner is not None:
-        query["owner"] = owner
-    if stage is not None:
-        query["stage"] = stage
-    if status is not None:
-        query["status"] = status
-    if origin is not None:
-        query["origin"] = origin
-    if flagged is True:
-        query["commitment_flags.0"] = {"$exists": True}
-    elif flagged is False:
-        query["commitment_flags.0"] = {"$exists": False}
+) -> tuple[list[Opportunity], int]:
+    query: Doc = {
+        k: v
+        for k, v in (("owner", owner), ("stage", stage), ("status", status), ("origin", origin))
+        if v is not None
+    }
+    if flagged is not None:
+        query["commitment_flags.0"] = {"$exists": flagged}
     total = await db[OPPORTUNITIES].count_documents(query)
     docs = await (
         db[OPPORTUNITIES]
@@ -364,20 +539,17 @@ async def list_opportunities(
         .skip(offset)
         .limit(limit)
     ).to_list()
-    return docs, total
+    return [opportunity_from_doc(d) for d in docs], total
 
 
-async def insert_activity(tx: Tx, activity: Doc) -> None:
-    await tx.db[ACTIVITIES].insert_one(activity, session=tx.session)
-
-
-async def activities_for(db: Db, opp_id: str, limit: int = 200) -> list[Doc]:
-    return await (
+async def activities_for(db: Db, opportunity_id: str, limit: int = 200) -> list[Activity]:
+    docs = await (
         db[ACTIVITIES]
-        .find({"opportunity_id": opp_id})
+        .find({"opportunity_id": opportunity_id})
         .sort([("occurred_at", DESCENDING), ("_id", DESCENDING)])
         .limit(limit)
     ).to_list()
+    return [activity_from_doc(d) for d in docs]
 
 
 def _stored_amount(value: Any) -> Decimal:
@@ -395,20 +567,12 @@ def _stored_amount(value: Any) -> Decimal:
 async def stage_totals(db: Db, owner: str | None) -> tuple[list[StageTotal], list[str]]:
     """Count and amount per stage (and the currencies seen) for the forecast."""
     match: Doc = {} if owner is None else {"owner": owner}
-    rows = await (
-        await db[OPPORTUNITIES].aggregate(
-            [
-                {"$match": match},
-                {
-                    "$group": {
-                        "_id": {"stage": "$stage", "currency": {"$ifNull": ["$currency", "EUR"]}},
-                        "n": {"$sum": 1},
-                        "amount": {"$sum": {"$ifNull": ["$amount", 0]}},
-                    }
-                },
-            ]
-        )
-    ).to_list()
+    group: Doc = {
+        "_id": {"stage": "$stage", "currency": {"$ifNull": ["$currency", DEFAULT_CURRENCY]}},
+        "n": {"$sum": 1},
+        "amount": {"$sum": {"$ifNull": ["$amount", 0]}},
+    }
+    rows = await (await db[OPPORTUNITIES].aggregate([{"$match": match}, {"$group": group}])).to_list()
     totals = [StageTotal(str(r["_id"]["stage"]), int(r["n"]), _stored_amount(r["amount"])) for r in rows]
     currencies = sorted({str(r["_id"]["currency"]) for r in rows})
     return totals, currencies

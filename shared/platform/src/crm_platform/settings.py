@@ -9,7 +9,7 @@ locally and in tests it defaults to this install's generated development keys
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -158,3 +158,13 @@ class ServiceSettings(BaseSettings):
     @property
     def database_name(self) -> str:
         return self.mongodb_database or self.service_name.replace("-", "_")
+
+
+def service_name_field(name: str) -> Any:
+    """A service's ``service_name``: its name, unless ``CRM_SERVICE_NAME`` says otherwise."""
+    return Field(default=name, validation_alias="CRM_SERVICE_NAME")
+
+
+def http_port_field(port: int) -> Any:
+    """A service's ``http_port``: its default port, unless ``CRM_HTTP_PORT`` says otherwise."""
+    return Field(default=port, validation_alias="CRM_HTTP_PORT", ge=1, le=65535)

@@ -1,15 +1,21 @@
-"""Shared route dependencies: the service's store, the acting user, and who may do what."""
+"""Route dependencies of sales: who may do what, and the unit of work handlers run in.
+
+The acting user (``CurrentActor``), the store and the database come from
+``crm_platform.routes``; each router requires its audience once
+(``APIRouter(dependencies=[sales_only])``) and a route narrows it where needed
+(``dependencies=[managers_only]``).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from crm_platform.auth import CurrentUser, Role, require_roles
-from crm_platform.mongo import Store
+from crm_platform.auth import Role
+from crm_platform.routes import require_roles
+from crm_platform.uow import MongoUnitOfWork
 from fastapi import Depends, Path, Request
-from pymongo.asynchronous.database import AsyncDatabase
 
-from sales.domain.access import Actor
+from sales.repository import SalesUnit
 
 # Sales works leads and deals; managers run the team and its configuration; admins
 # may do anything a manager may; analysts read the forecast and the pipeline
@@ -23,21 +29,11 @@ managers_only = require_roles(*MANAGERS)
 forecast_readers = require_roles(*FORECAST_READERS)
 
 
-def get_store(request: Request) -> Store:
-    store: Store = request.app.state.runtime.store
-    return store
+def get_uow(request: Request) -> MongoUnitOfWork[SalesUnit]:
+    uow: MongoUnitOfWork[SalesUnit] = request.app.state.uow
+    return uow
 
 
-def get_db(request: Request) -> AsyncDatabase[dict[str, Any]]:
-    return get_store(request).db
-
-
-def get_actor(principal: CurrentUser) -> Actor:
-    return Actor.of(principal.user_id, principal.roles, principal.username)
-
-
-StoreDep = Annotated[Store, Depends(get_store)]
-DbDep = Annotated[AsyncDatabase[dict[str, Any]], Depends(get_db)]
-ActorDep = Annotated[Actor, Depends(get_actor)]
+UowDep = Annotated[MongoUnitOfWork[SalesUnit], Depends(get_uow)]
 LeadId = Annotated[str, Path(min_length=1, max_length=200)]
 OpportunityId = Annotated[str, Path(min_length=1, max_length=100)]

@@ -4,33 +4,30 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from crm_platform.auth import CurrentUser, Role
+from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Query
 
 from sales import store as repo
-from sales.api.deps import ActorDep, DbDep, forecast_readers
+from sales.api.deps import forecast_readers
 from sales.api.models import ForecastOut
-from sales.domain.access import owner_scope
+from sales.domain.access import forecast_scope
 from sales.domain.forecast import forecast
 
-router = APIRouter(tags=["forecast"])
+router = APIRouter(tags=["forecast"], dependencies=[forecast_readers])
 
 
 @router.get(
     "/forecast",
     response_model=ForecastOut,
-    dependencies=[forecast_readers],
     summary="Value per stage and weighted forecast: a rep's own book; managers, admins "
     "and analysts the team (or one rep with ?owner=)",
 )
 async def get_forecast(
     db: DbDep,
-    actor: ActorDep,
-    principal: CurrentUser,
+    actor: CurrentActor,
     owner: Annotated[str | None, Query(max_length=100)] = None,
 ) -> ForecastOut:
-    team_view = actor.is_manager or Role.ANALYST in principal.roles
-    scoped = owner if team_view else owner_scope(actor, owner)
+    scoped = forecast_scope(actor, owner)
     pipeline = await repo.get_pipeline(db)
     totals, currencies = await repo.stage_totals(db, scoped)
     return ForecastOut.of(

@@ -21,16 +21,17 @@ from pydantic import (
     model_validator,
 )
 
-from sales.domain.assignment import round_robin
+from sales.domain.assignment import Rep, rotation, round_robin
 from sales.domain.forecast import Forecast
-from sales.domain.inbox import (
-    MAX_SLA_MINUTES,
-    MIN_SLA_MINUTES,
-    InboxStatus,
-    is_overdue,
-    responded_within_sla,
+from sales.domain.inbox import MAX_SLA_MINUTES, MIN_SLA_MINUTES, InboxItem, InboxStatus
+from sales.domain.opportunity import (
+    DEFAULT_CURRENCY,
+    Activity,
+    ActivityType,
+    Opportunity,
+    OpportunityStatus,
+    flagged_commitments,
 )
-from sales.domain.opportunity import ActivityType, OpportunityStatus, flagged_commitments
 from sales.domain.pipeline import NAME_PATTERN, Pipeline
 
 Doc = dict[str, Any]
@@ -89,13 +90,13 @@ class RepOut(Out):
     updated_by: str | None = Field(default=None, description="User id of who changed it")
 
     @classmethod
-    def of(cls, d: Doc) -> RepOut:
+    def of(cls, rep: Rep) -> RepOut:
         return cls(
-            user_id=d["_id"],
-            name=d.get("name"),
-            active=bool(d["active"]),
-            updated_at=d.get("updated_at"),
-            updated_by=d.get("updated_by"),
+            user_id=rep.user_id,
+            name=rep.name,
+            active=rep.active,
+            updated_at=rep.updated_at,
+            updated_by=rep.updated_by,
         )
 
 
@@ -105,10 +106,10 @@ class RosterOut(Out):
     next_up: str | None = Field(description="Who the next round-robin assignment goes to")
 
     @classmethod
-    def of(cls, docs: list[Doc], counter: int) -> RosterOut:
-        active = [d["_id"] for d in docs if d.get("active")]
+    def of(cls, reps: list[Rep], turn: int) -> RosterOut:
+        active = [r.user_id for r in reps if r.active]
         return cls(
-            reps=[RepOut.of(d) for d in docs], rotation=sorted(active), next_up=round_robin(active, counter)
+            reps=[RepOut.of(r) for r in reps], rotation=rotation(active), next_up=round_robin(active, turn)
         )
 
 
@@ -220,29 +221,34 @@ class InboxItemOut(Out):
     verdict: VerdictOut | None
 
     @classmethod
-    def of(cls, d: Doc, now: datetime | None = None) -> InboxItemOut:
-        now = now or utcnow()
-        status = InboxStatus(d["status"])
-        verdict = d.get("verdict")
+    def of(cls, item: InboxItem, now: datetime | None = None) -> InboxItemOut:
+        v = item.verdict
         return cls(
-            id=d["_id"],
-            lead_id=d["lead_id"],
-            status=status,
-            owner=d.get("owner"),
-            assigned_by=d.get("assigned_by"),
-            assigned_at=d.get("assigned_at"),
-            received_at=d["received_at"],
-            handed_off_at=d["handed_off_at"],
-            response_due_at=d["response_due_at"],
-            sla_minutes=int(d["sla_minutes"]),
-            overdue=is_overdue(status, d["response_due_at"], now),
-            responded_within_sla=responded_within_sla(
-                d["response_due_at"], verdict["decided_at"] if verdict else None
+            id=item.id,
+            lead_id=item.lead_id,
+            status=item.status,
+            owner=item.owner,
+            assigned_by=item.assigned_by,
+            assigned_at=item.assigned_at,
+            received_at=item.received_at,
+            handed_off_at=item.handed_off_at,
+            response_due_at=item.response_due_at,
+            sla_minutes=item.sla_minutes,
+            overdue=item.overdue(now or utcnow()),
+            responded_within_sla=item.within_sla,
+            handoff_number=item.handoff_number,
+            company=item.company,
+            handoff=item.handoff,
+            verdict=None
+            if v is None
+            else VerdictOut(
+                verdict=v.verdict,
+                reason_code=v.reason_code,
+                note=v.note,
+                decided_by=v.decided_by,
+                decided_at=v.decided_at,
+                opportunity_id=v.opportunity_id,
             ),
-            handoff_number=int(d.get("handoff_number", 1)),
-            company=d["company"],
-            handoff=LeadQualifiedV1.model_validate(d["handoff"]),
-            verdict=VerdictOut.model_validate(verdict) if verdict else None,
         )
 
 
@@ -281,7 +287,7 @@ class OpportunityFieldsIn(BaseModel):
     model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
 
     amount: Amount | None = Field(default=None, description="Deal value")
-    currency: Currency | None = Field(default=None, description="ISO 4217; default EUR")
+    currency: Currency | None = Field(default=None, description=f"ISO 4217; default {DEFAULT_CURRENCY}")
     budget: Amount | None = None
     decision_maker: str | None = Field(default=None, min_length=1, max_length=200)
     close_date: date | None = None
@@ -373,22 +379,17 @@ class ActivityOut(Out):
     currency: str | None
 
     @classmethod
-    def of(cls, d: Doc) -> ActivityOut:
+    def of(cls, a: Activity) -> ActivityOut:
         return cls(
-            id=d["_id"],
-            **{
-                k: d.get(k)
-                for k in (
-                    "opportunity_id",
-                    "type",
-                    "summary",
-                    "occurred_at",
-                    "logged_at",
-                    "logged_by",
-                    "amount",
-                    "currency",
-                )
-            },
+            id=a.id,
+            opportunity_id=a.opportunity_id,
+            type=a.type,
+            summary=a.summary,
+            occurred_at=a.occurred_at,
+            logged_at=a.logged_at,
+            logged_by=a.logged_by,
+            amount=a.amount,
+            currency=a.currency,
         )
 
 
@@ -430,6 +431,32 @@ class LeadSourceOut(Out):
     score: float
 
 
+_OPPORTUNITY_AS_IS = (
+    "id",
+    "status",
+    "stage",
+    "owner",
+    "assigned_by",
+    "account_name",
+    "account_id",
+    "lead_id",
+    "inbox_item_id",
+    "signal_id",
+    "source_deal_id",
+    "signal_kind",
+    "description",
+    "amount",
+    "currency",
+    "activity_count",
+    "last_activity_at",
+    "created_at",
+    "updated_at",
+    "won_at",
+    "lost_at",
+    "lost_reason",
+)
+
+
 class OpportunityOut(Out):
     id: str
     origin: str
@@ -467,31 +494,17 @@ class OpportunityOut(Out):
     )
 
     @classmethod
-    def of(cls, d: Doc, activities: list[Doc] | None = None) -> OpportunityOut:
-        flags = d.get("commitment_flags", [])
-        flagged_ids = flagged_commitments(flags)
-        fields = d.get("fields", {})
+    def of(cls, o: Opportunity, activities: list[Activity] | None = None) -> OpportunityOut:
+        flagged_ids = flagged_commitments(o.commitment_flags)
+        products = o.fields.get("products")
+        commitments = o.fields.get("commitments")
         return cls(
-            id=d["_id"],
-            origin=d["origin"],
-            status=OpportunityStatus(d["status"]),
-            stage=d["stage"],
-            owner=d["owner"],
-            assigned_by=d["assigned_by"],
-            account_name=d["account_name"],
-            account_id=d.get("account_id"),
-            lead_id=d.get("lead_id"),
-            inbox_item_id=d.get("inbox_item_id"),
-            signal_id=d.get("signal_id"),
-            source_deal_id=d.get("source_deal_id"),
-            signal_kind=d.get("signal_kind"),
-            description=d.get("description"),
-            lead_source=LeadSourceOut.model_validate(d["lead_source"]) if d.get("lead_source") else None,
-            amount=d.get("amount"),
-            currency=d.get("currency") or "EUR",
-            fields=plain_numbers(fields),
-            contacts=[Contact.model_validate(c) for c in d.get("contacts", [])],
-            products=[ProductOut.model_validate(p) for p in fields.get("products", [])],
+            **{k: getattr(o, k) for k in _OPPORTUNITY_AS_IS},
+            origin=o.origin.value,
+            lead_source=LeadSourceOut.model_validate(vars(o.lead_source)) if o.lead_source else None,
+            fields=plain_numbers(o.fields),
+            contacts=[Contact.model_validate(c) for c in o.contacts],
+            products=[ProductOut.model_validate(p) for p in products] if isinstance(products, list) else [],
             commitments=[
                 CommitmentOut(
                     commitment_id=c["commitment_id"],
@@ -499,18 +512,11 @@ class OpportunityOut(Out):
                     due_date=c.get("due_date"),
                     flagged=c["commitment_id"] in flagged_ids,
                 )
-                for c in fields.get("commitments", [])
+                for c in (commitments if isinstance(commitments, list) else [])
             ],
-            commitment_flags=[FlagOut.model_validate(f) for f in flags],
-            flagged=bool(flags),
-            stage_history=[StageChangeOut.model_validate(h) for h in d.get("stage_history", [])],
-            activity_count=int(d.get("activity_count", 0)),
-            last_activity_at=d.get("last_activity_at"),
-            created_at=d["created_at"],
-            updated_at=d["updated_at"],
-            won_at=d.get("won_at"),
-            lost_at=d.get("lost_at"),
-            lost_reason=d.get("lost_reason"),
+            commitment_flags=[FlagOut.model_validate(vars(f)) for f in o.commitment_flags],
+            flagged=bool(o.commitment_flags),
+            stage_history=[StageChangeOut.model_validate(vars(h)) for h in o.stage_history],
             activities=[ActivityOut.of(a) for a in activities] if activities is not None else None,
         )
 

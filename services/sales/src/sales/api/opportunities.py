@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from crm_platform.errors import NotFound
+from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Query, status
 
 from sales import handlers
 from sales import store as repo
-from sales.api.deps import ActorDep, DbDep, OpportunityId, StoreDep, sales_only
+from sales.api.deps import OpportunityId, UowDep, sales_only
 from sales.api.models import (
     ActivityIn,
     ActivityOut,
@@ -21,18 +22,17 @@ from sales.api.models import (
 from sales.domain.access import owner_scope, require_access
 from sales.domain.opportunity import OpportunityStatus, Origin
 
-router = APIRouter(prefix="/opportunities", tags=["opportunities"])
+router = APIRouter(prefix="/opportunities", tags=["opportunities"], dependencies=[sales_only])
 
 
 @router.get(
     "",
     response_model=OpportunityPageOut,
-    dependencies=[sales_only],
     summary="Opportunities, newest first: a rep sees their own book, managers the team",
 )
 async def list_opportunities(
     db: DbDep,
-    actor: ActorDep,
+    actor: CurrentActor,
     stage: Annotated[str | None, Query(max_length=40)] = None,
     status_: Annotated[OpportunityStatus | None, Query(alias="status")] = None,
     origin: Annotated[Origin | None, Query()] = None,
@@ -41,7 +41,7 @@ async def list_opportunities(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> OpportunityPageOut:
-    docs, total = await repo.list_opportunities(
+    opps, total = await repo.list_opportunities(
         db,
         owner=owner_scope(actor, owner),
         stage=stage,
@@ -52,75 +52,71 @@ async def list_opportunities(
         offset=offset,
     )
     return OpportunityPageOut(
-        items=[OpportunityOut.of(d) for d in docs], total=total, limit=limit, offset=offset
+        items=[OpportunityOut.of(o) for o in opps], total=total, limit=limit, offset=offset
     )
 
 
 @router.get(
     "/{opportunity_id}",
     response_model=OpportunityOut,
-    dependencies=[sales_only],
     summary="One opportunity with its activities, stage history and commitment flags",
 )
-async def get_opportunity(opportunity_id: OpportunityId, db: DbDep, actor: ActorDep) -> OpportunityOut:
-    doc = await repo.get_opportunity(db, opportunity_id)
-    if doc is None:
+async def get_opportunity(opportunity_id: OpportunityId, db: DbDep, actor: CurrentActor) -> OpportunityOut:
+    opp = await repo.get_opportunity(db, opportunity_id)
+    if opp is None:
         raise NotFound(f"no opportunity {opportunity_id!r}", opportunity_id=opportunity_id)
-    require_access(actor, doc["owner"], "opportunity")
-    return OpportunityOut.of(doc, await repo.activities_for(db, opportunity_id))
+    require_access(actor, opp.owner, "opportunity")
+    return OpportunityOut.of(opp, await repo.activities_for(db, opportunity_id))
 
 
 @router.post(
     "/{opportunity_id}/stage",
     response_model=OpportunityOut,
-    dependencies=[sales_only],
     summary="Move to a stage, setting fields; 422 lists the required fields still missing",
 )
 async def move_stage(
-    opportunity_id: OpportunityId, body: StageMoveIn, store: StoreDep, actor: ActorDep
+    opportunity_id: OpportunityId, body: StageMoveIn, uow: UowDep, actor: CurrentActor
 ) -> OpportunityOut:
-    doc = await handlers.move_stage(
-        store,
+    result = await handlers.move_stage(
+        uow,
         opportunity_id,
         body.stage,
         body.fields.values(),
         [c.model_dump(mode="json") for c in body.contacts],
         actor,
     )
-    return OpportunityOut.of(doc)
+    return OpportunityOut.of(result)
 
 
 @router.patch(
     "/{opportunity_id}",
     response_model=OpportunityOut,
-    dependencies=[sales_only],
     summary="Set fields or add contacts on an open opportunity without moving it",
 )
 async def update_fields(
-    opportunity_id: OpportunityId, body: FieldsUpdateIn, store: StoreDep, actor: ActorDep
+    opportunity_id: OpportunityId, body: FieldsUpdateIn, uow: UowDep, actor: CurrentActor
 ) -> OpportunityOut:
-    doc = await handlers.update_fields(
-        store,
+    result = await handlers.update_fields(
+        uow,
         opportunity_id,
         body.fields.values(),
         [c.model_dump(mode="json") for c in body.contacts],
         actor,
     )
-    return OpportunityOut.of(doc)
+    return OpportunityOut.of(result)
 
 
 @router.post(
     "/{opportunity_id}/activities",
     response_model=ActivityOut,
     status_code=status.HTTP_201_CREATED,
-    dependencies=[sales_only],
     summary="Log a call, visit, email or quote (quotes may carry an amount)",
 )
 async def log_activity(
-    opportunity_id: OpportunityId, body: ActivityIn, store: StoreDep, actor: ActorDep
+    opportunity_id: OpportunityId, body: ActivityIn, uow: UowDep, actor: CurrentActor
 ) -> ActivityOut:
-    doc = await handlers.log_activity(
-        store,
+    result = await handlers.log_activity(
+        uow,
         opportunity_id,
         body.type,
         body.summary,
@@ -129,4 +125,4 @@ async def log_activity(
         amount=body.amount,
         currency=body.currency,
     )
-    return ActivityOut.of(doc)
+    return ActivityOut.of(result)

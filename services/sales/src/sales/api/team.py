@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Path
 
 from sales import handlers
 from sales import store as repo
-from sales.api.deps import ActorDep, DbDep, StoreDep, forecast_readers, managers_only, sales_only
+from sales.api.deps import UowDep, forecast_readers, managers_only, sales_only
 from sales.api.models import (
     ConfigIn,
     ConfigOut,
@@ -21,7 +22,8 @@ from sales.api.models import (
 )
 from sales.domain.pipeline import Stage
 
-router = APIRouter(tags=["team"])
+# Its widest audience once (the pipeline is read by analysts too); each route narrows it.
+router = APIRouter(tags=["team"], dependencies=[forecast_readers])
 
 UserIdPath = Annotated[
     str,
@@ -33,7 +35,7 @@ UserIdPath = Annotated[
 
 
 async def _roster(db: DbDep) -> RosterOut:
-    return RosterOut.of(await repo.list_reps(db), await repo.peek_counter(db))
+    return RosterOut.of(await repo.list_reps(db), await repo.peek_turn(db))
 
 
 @router.get(
@@ -52,8 +54,8 @@ async def get_reps(db: DbDep) -> RosterOut:
     dependencies=[managers_only],
     summary="Replace the roster (reps not listed leave it; their records stay theirs)",
 )
-async def put_reps(body: RosterIn, store: StoreDep, db: DbDep, actor: ActorDep) -> RosterOut:
-    await handlers.replace_roster(store, [(r.user_id, r.name, r.active) for r in body.reps], actor)
+async def put_reps(body: RosterIn, uow: UowDep, db: DbDep, actor: CurrentActor) -> RosterOut:
+    await handlers.replace_roster(uow, [(r.user_id, r.name, r.active) for r in body.reps], actor)
     return await _roster(db)
 
 
@@ -63,8 +65,8 @@ async def put_reps(body: RosterIn, store: StoreDep, db: DbDep, actor: ActorDep) 
     dependencies=[managers_only],
     summary="Add one rep or switch them active/inactive",
 )
-async def put_rep(user_id: UserIdPath, body: RepActiveIn, store: StoreDep, actor: ActorDep) -> RepOut:
-    return RepOut.of(await handlers.set_rep(store, user_id, body.name, body.active, actor))
+async def put_rep(user_id: UserIdPath, body: RepActiveIn, uow: UowDep, actor: CurrentActor) -> RepOut:
+    return RepOut.of(await handlers.set_rep(uow, user_id, body.name, body.active, actor))
 
 
 @router.get(
@@ -83,8 +85,8 @@ async def get_config(db: DbDep) -> ConfigOut:
     dependencies=[managers_only],
     summary="Set the lead response SLA (applies to leads received from now on)",
 )
-async def put_config(body: ConfigIn, store: StoreDep, db: DbDep, actor: ActorDep) -> ConfigOut:
-    await handlers.set_sla(store, body.lead_response_sla_minutes, actor)
+async def put_config(body: ConfigIn, uow: UowDep, db: DbDep, actor: CurrentActor) -> ConfigOut:
+    await handlers.set_sla(uow, body.lead_response_sla_minutes, actor)
     return await get_config(db)
 
 
@@ -109,7 +111,7 @@ async def get_pipeline(db: DbDep) -> PipelineOut:
     dependencies=[managers_only],
     summary="Replace the pipeline (a new version; stages holding opportunities stay)",
 )
-async def put_pipeline(body: PipelineIn, store: StoreDep, db: DbDep, actor: ActorDep) -> PipelineOut:
+async def put_pipeline(body: PipelineIn, uow: UowDep, db: DbDep, actor: CurrentActor) -> PipelineOut:
     stages = [Stage(s.name, s.probability, tuple(s.required_fields)) for s in body.stages]
-    await handlers.replace_pipeline(store, stages, actor)
+    await handlers.replace_pipeline(uow, stages, actor)
     return await _pipeline(db)

@@ -8,33 +8,20 @@ one rule everywhere, and ids are opaque so nothing is enumerable.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-
+from crm_platform.actor import Actor
 from crm_platform.errors import Forbidden
 
-REP = "sales_rep"
 MANAGER_ROLES = frozenset({"sales_manager", "admin"})
+TEAM_VIEW_ROLES = MANAGER_ROLES | {"analyst"}
 
 
-@dataclass(frozen=True)
-class Actor:
-    """The acting user. ``user_id`` (the token's ``sub``) is the identity every owner,
-    roster entry and audit field stores and every check compares; ``name`` (the token's
-    display ``name``) is for logs only and never decides anything."""
-
-    user_id: str
-    is_manager: bool
-    name: str = ""
-
-    @classmethod
-    def of(cls, user_id: str, roles: Iterable[str], name: str = "") -> Actor:
-        return cls(user_id, bool(MANAGER_ROLES & set(roles)), name)
+def is_manager(actor: Actor) -> bool:
+    return actor.has_any(MANAGER_ROLES)
 
 
 def can_access(actor: Actor, owner: str | None) -> bool:
     """Managers and admins reach every record; a rep only the records they own."""
-    return actor.is_manager or (owner is not None and owner == actor.user_id)
+    return is_manager(actor) or (owner is not None and owner == actor.user_id)
 
 
 def require_access(actor: Actor, owner: str | None, what: str) -> None:
@@ -47,6 +34,11 @@ def require_access(actor: Actor, owner: str | None, what: str) -> None:
 
 def owner_scope(actor: Actor, requested_owner: str | None) -> str | None:
     """The owner filter a listing must apply: a rep is always scoped to themself."""
-    if actor.is_manager:
+    if is_manager(actor):
         return requested_owner
     return actor.user_id
+
+
+def forecast_scope(actor: Actor, requested_owner: str | None) -> str | None:
+    """Managers, admins and analysts see the team (or one rep); a rep only their own book."""
+    return requested_owner if actor.has_any(TEAM_VIEW_ROLES) else actor.user_id

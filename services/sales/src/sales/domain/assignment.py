@@ -1,15 +1,21 @@
-"""Round-robin assignment among the active reps, deterministic given a counter.
+"""Who gets a lead or an upsell: the rep roster and round-robin among its active reps.
 
-The counter lives in one document that the assigning transaction increments,
-so two concurrent assignments conflict on it and one retries: each value of the
-counter is used exactly once and the pick is ``sorted(active)[counter % n]``.
+The rotation is the platform's (``crm_platform.roster``: ``sorted(active)[turn % n]``);
+the turn comes from ``crm_platform.counters.RoundRobinCounter``, taken as its own
+atomic write outside the assigning transaction (so concurrent assignments never
+conflict on it; an aborted transaction skips a turn).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
+
+from crm_platform.errors import RuleViolation
+from crm_platform.roster import rotation as rotation
+from crm_platform.roster import round_robin as round_robin
 
 
 class AssignedBy(StrEnum):
@@ -20,22 +26,21 @@ class AssignedBy(StrEnum):
 
 
 @dataclass(frozen=True)
+class Rep:
+    """A rep on the roster: ``user_id`` (the token's ``sub``) is the identity; ``name`` is display only."""
+
+    user_id: str
+    active: bool
+    name: str | None = None
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+
+
+@dataclass(frozen=True)
 class Assignment:
     owner: str | None
     how: AssignedBy
     uses_counter: bool
-
-
-def rotation(active: Iterable[str]) -> list[str]:
-    """The order reps take turns in: by user id, each once."""
-    return sorted(set(active))
-
-
-def round_robin(active: Iterable[str], counter: int) -> str | None:
-    reps = rotation(active)
-    if not reps:
-        return None
-    return reps[counter % len(reps)]
 
 
 def plan_round_robin(active: Iterable[str]) -> Assignment:
@@ -57,3 +62,15 @@ def plan_upsell_owner(account_owner: str, active: Iterable[str]) -> Assignment:
     if reps:
         return Assignment(None, AssignedBy.ROUND_ROBIN, uses_counter=True)
     return Assignment(account_owner, AssignedBy.ACCOUNT_OWNER, uses_counter=False)
+
+
+def plan_manager_assignment(owner: str | None, active: Iterable[str]) -> Assignment:
+    """A manager names an active rep, or (no one named) the next in the rotation."""
+    reps = rotation(active)
+    if owner is not None and owner not in reps:
+        raise RuleViolation(f"{owner!r} is not an active rep in the sales roster", owner=owner, active=reps)
+    if not reps:
+        raise RuleViolation("no active rep in the sales roster to assign to (PUT /reps)")
+    if owner is not None:
+        return Assignment(owner, AssignedBy.MANAGER, uses_counter=False)
+    return Assignment(None, AssignedBy.ROUND_ROBIN, uses_counter=True)

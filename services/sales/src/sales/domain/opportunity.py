@@ -1,23 +1,51 @@
-"""The opportunity: status from its stage, contacts, commitments, activities, flags.
+"""The opportunity: an entity that moves through the pipeline and records what happened to it.
 
-Pure helpers over plain values (the store keeps opportunities as documents).
+An opportunity opens in the pipeline's first stage (from an accepted lead or an
+upsell spotted by customer success), moves stage by stage (each move checks the
+target stage's required fields and records its history), and once won is the deal
+handed to customer success (``deal.won``, validated before anything is stored).
+Its fields are set, never cleared; ``amount`` and ``currency`` are derived from
+them in one place (:meth:`Opportunity._set_fields`). Won or lost, its fields stay
+as they were handed off. Methods take the time, ids and acting user as arguments
+and return the events the change causes; no I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
 
+from crm_contracts import Event
+from crm_contracts.events.common import Contact, Money
+from crm_contracts.events.leads import LeadQualifiedV1
+from crm_contracts.events.sales import (
+    ActivityLoggedV1,
+    Commitment,
+    ContractTerm,
+    DealWonV2,
+    OpportunityCreatedV1,
+    OpportunityLostV1,
+    OpportunityStageChangedV1,
+    Product,
+)
+from crm_contracts.events.service_desk import CommitmentFlaggedV1, UpsellSpottedV1
 from crm_platform.errors import Conflict, RuleViolation
+from crm_platform.money import plain_numbers, to_amount, to_wire
+from pydantic import ValidationError
 
-from sales.domain.pipeline import LOST, WON
+from sales.domain.pipeline import LOST, WON, Pipeline, check_stage_move
 
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 DEFAULT_CURRENCY = "EUR"
 DEFAULT_CONTRACT_MONTHS = 12  # a won deal whose fields name no contract_months
+
+Fields = dict[str, object]
+"""An opportunity's stage fields: typed known ones (amount, products, ...) and custom ones."""
+ContactDoc = dict[str, str | None]
+"""A contact as stored and merged (the ``Contact`` contract's fields)."""
 
 
 class OpportunityStatus(StrEnum):
@@ -53,29 +81,33 @@ def check_open_for_edit(status: OpportunityStatus) -> None:
 
 
 def merge_contacts(
-    existing: Sequence[Mapping[str, Any]], extra: Iterable[Mapping[str, Any]]
-) -> list[dict[str, Any]]:
+    existing: Sequence[Mapping[str, object]], extra: Iterable[Mapping[str, object]]
+) -> list[ContactDoc]:
     """Existing contacts first, then the extra ones; one per email (case-insensitive).
 
     A repeated email updates the details given for it (name, phone, role) and keeps
     the email as first spelled.
     """
-    out: list[dict[str, Any]] = [dict(c) for c in existing]
+    out: list[ContactDoc] = [_contact(c) for c in existing]
     index = {str(c["email"]).casefold(): i for i, c in enumerate(out)}
     for c in extra:
         key = str(c["email"]).casefold()
         if key in index:
             merged = out[index[key]]
-            merged.update({k: v for k, v in c.items() if v is not None and k != "email"})
+            merged.update({k: v for k, v in _contact(c).items() if v is not None and k != "email"})
         else:
             index[key] = len(out)
-            out.append(dict(c))
+            out.append(_contact(c))
     return out
 
 
+def _contact(c: Mapping[str, object]) -> ContactDoc:
+    return {k: None if v is None else str(v) for k, v in c.items()}
+
+
 def with_commitment_ids(
-    commitments: Iterable[Mapping[str, Any]], new_id: Callable[[], str]
-) -> list[dict[str, Any]]:
+    commitments: Iterable[Mapping[str, object]], new_id: Callable[[], str]
+) -> list[dict[str, object]]:
     """Each commitment gets its own id: customer success flags it back by that id."""
     return [{**c, "commitment_id": c.get("commitment_id") or new_id()} for c in commitments]
 
@@ -92,5 +124,350 @@ def check_activity(
         raise RuleViolation("; ".join(problems), problems=problems)
 
 
-def flagged_commitments(flags: Iterable[Mapping[str, Any]]) -> set[str]:
-    return {str(f["commitment_id"]) for f in flags}
+def flagged_commitments(flags: Iterable[CommitmentFlag]) -> set[str]:
+    return {f.commitment_id for f in flags}
+
+
+def money_of(fields: Mapping[str, object]) -> tuple[Decimal | None, str]:
+    """The amount (exact) and currency the fields give; the default currency when none is set."""
+    amount = fields.get("amount")
+    return (None if amount is None else to_amount(amount)), str(fields.get("currency") or DEFAULT_CURRENCY)
+
+
+def _dicts(value: object) -> list[Mapping[str, object]]:
+    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+
+
+@dataclass(frozen=True)
+class StageChange:
+    from_stage: str | None
+    to_stage: str
+    at: datetime
+    by: str
+
+
+@dataclass(frozen=True)
+class CommitmentFlag:
+    flag_id: str
+    commitment_id: str
+    commitment_known: bool
+    account_id: str
+    reason: str
+    flagged_by: str
+    flagged_at: datetime
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class LeadSource:
+    source_channel: str
+    campaign: str | None
+    score: float
+
+
+@dataclass(frozen=True)
+class Activity:
+    id: str
+    opportunity_id: str
+    type: ActivityType
+    summary: str
+    occurred_at: datetime
+    logged_at: datetime
+    logged_by: str
+    amount: Decimal | None
+    currency: str | None
+
+
+@dataclass
+class Opportunity:
+    id: str
+    origin: Origin
+    stage: str
+    owner: str
+    assigned_by: str
+    account_name: str
+    correlation_id: str
+    created_at: datetime
+    updated_at: datetime
+    stage_entered_at: datetime
+    status: OpportunityStatus = OpportunityStatus.OPEN
+    fields: Fields = field(default_factory=dict)
+    amount: Decimal | None = None
+    currency: str = DEFAULT_CURRENCY
+    contacts: list[ContactDoc] = field(default_factory=list)
+    account_id: str | None = None
+    lead_id: str | None = None
+    inbox_item_id: str | None = None
+    signal_id: str | None = None
+    source_deal_id: str | None = None
+    signal_kind: str | None = None
+    description: str | None = None
+    lead_source: LeadSource | None = None
+    commitment_flags: list[CommitmentFlag] = field(default_factory=list)
+    stage_history: list[StageChange] = field(default_factory=list)
+    activity_count: int = 0
+    last_activity_at: datetime | None = None
+    won_at: datetime | None = None
+    lost_at: datetime | None = None
+    lost_reason: str | None = None
+    assignment_counter: int | None = None
+
+    # -- opening --------------------------------------------------------------------------------
+
+    @classmethod
+    def from_lead(
+        cls,
+        opportunity_id: str,
+        handoff: LeadQualifiedV1,
+        *,
+        inbox_item_id: str,
+        stage: str,
+        owner: str,
+        assigned_by: str,
+        correlation_id: str,
+        by: str,
+        now: datetime,
+    ) -> Opportunity:
+        """The opportunity an accepted lead opens, in the pipeline's first stage."""
+        return cls(
+            id=opportunity_id,
+            origin=Origin.LEAD,
+            stage=stage,
+            owner=owner,
+            assigned_by=assigned_by,
+            account_name=handoff.company,
+            correlation_id=correlation_id,
+            created_at=now,
+            updated_at=now,
+            stage_entered_at=now,
+            contacts=[_contact(handoff.contact.model_dump(mode="json"))],
+            lead_id=handoff.lead_id,
+            inbox_item_id=inbox_item_id,
+            lead_source=LeadSource(handoff.source_channel, handoff.campaign, handoff.score),
+            stage_history=[StageChange(None, stage, now, by)],
+        )
+
+    @classmethod
+    def from_upsell(
+        cls,
+        opportunity_id: str,
+        signal: UpsellSpottedV1,
+        *,
+        stage: str,
+        owner: str,
+        assigned_by: str,
+        contacts: Sequence[ContactDoc],
+        correlation_id: str,
+        counter: int | None,
+        now: datetime,
+    ) -> Opportunity:
+        """The opportunity customer success' upsell signal opens for the account's sales owner."""
+        opp = cls(
+            id=opportunity_id,
+            origin=Origin.UPSELL,
+            stage=stage,
+            owner=owner,
+            assigned_by=assigned_by,
+            account_name=signal.account_name,
+            correlation_id=correlation_id,
+            created_at=now,
+            updated_at=now,
+            stage_entered_at=now,
+            contacts=[dict(c) for c in contacts],
+            account_id=signal.account_id,
+            signal_id=signal.signal_id,
+            source_deal_id=signal.deal_id,
+            signal_kind=signal.kind.value,
+            description=signal.description,
+            stage_history=[StageChange(None, stage, now, f"service-desk:{signal.spotted_by}")],
+            assignment_counter=counter,
+        )
+        if signal.estimated_value is not None:
+            opp._set_fields({"amount": to_amount(signal.estimated_value)})
+        return opp
+
+    def created_event(self) -> OpportunityCreatedV1:
+        return OpportunityCreatedV1(
+            opportunity_id=self.id,
+            account_name=self.account_name,
+            owner=self.owner,
+            stage=self.stage,
+            origin=self.origin.value,
+            lead_id=self.lead_id,
+            signal_id=self.signal_id,
+            amount=to_wire(self.amount),
+        )
+
+    # -- changes --------------------------------------------------------------------------------
+
+    def _set_fields(self, fields: Fields) -> None:
+        self.fields = fields
+        self.amount, self.currency = money_of(fields)
+
+    def _with_ids(self, new_fields: Mapping[str, object], new_id: Callable[[], str]) -> Fields:
+        out = dict(new_fields)
+        if "commitments" in out:
+            out["commitments"] = with_commitment_ids(_dicts(out["commitments"]), new_id)
+        return out
+
+    def move_to(
+        self,
+        pipeline: Pipeline,
+        target: str,
+        new_fields: Mapping[str, object],
+        contacts: Sequence[Mapping[str, object]],
+        *,
+        by: str,
+        now: datetime,
+        new_id: Callable[[], str],
+    ) -> list[Event]:
+        """Move to ``target`` (its required fields checked over the merged fields); the events it causes.
+
+        A move into ``won`` builds the ``deal.won`` handoff first: a deal that would not make
+        a valid one is refused (422) before anything changes.
+        """
+        merged = dict(
+            check_stage_move(pipeline, self.stage, target, self.fields, self._with_ids(new_fields, new_id))
+        )
+        contacts_after = merge_contacts(self.contacts, contacts)
+        status = status_for_stage(target)
+        deal = self._deal_won(merged, contacts_after, now) if status == OpportunityStatus.WON else None
+        from_stage = self.stage
+        self._set_fields(merged)
+        self.contacts = contacts_after
+        self.stage, self.status = target, status
+        self.stage_entered_at = self.updated_at = now
+        if status == OpportunityStatus.WON:
+            self.won_at = now
+        elif status == OpportunityStatus.LOST:
+            self.lost_at, self.lost_reason = now, str(merged["lost_reason"])
+        self.stage_history.append(StageChange(from_stage, target, now, by))
+        amount = to_wire(self.amount)
+        events: list[Event] = [
+            OpportunityStageChangedV1(
+                opportunity_id=self.id,
+                from_stage=from_stage,
+                to_stage=target,
+                owner=self.owner,
+                amount=amount,
+            )
+        ]
+        if deal is not None:
+            events.append(deal)
+        if self.lost_reason is not None and status == OpportunityStatus.LOST:
+            events.append(
+                OpportunityLostV1(opportunity_id=self.id, reason=self.lost_reason, owner=self.owner)
+            )
+        return events
+
+    def _deal_won(self, fields: Mapping[str, object], contacts: list[ContactDoc], now: datetime) -> DealWonV2:
+        """The handoff to customer success, validated against its contract.
+
+        v2 carries the contract term: ``contract_start`` (a date; default the win) and
+        ``contract_months`` (default 12), valued at the deal's amount."""
+        try:
+            amount, currency = money_of(fields)
+            value = Money(amount=to_wire(amount), currency=currency)
+            start = fields.get("contract_start")
+            months = fields.get("contract_months")
+            term = ContractTerm.starting(
+                datetime.fromisoformat(f"{start}T00:00:00+00:00") if start else now,
+                int(str(months)) if months else DEFAULT_CONTRACT_MONTHS,
+                value,
+            )
+            return DealWonV2(
+                deal_id=self.id,
+                lead_id=self.lead_id,
+                account_name=self.account_name,
+                contacts=[Contact.model_validate(c) for c in contacts],
+                products=[Product.model_validate(plain_numbers(p)) for p in _dicts(fields["products"])],
+                value=value,
+                commitments=[Commitment.model_validate(c) for c in _dicts(fields["commitments"])],
+                sales_owner=self.owner,
+                won_at=now,
+                term=term,
+            )
+        except (ValidationError, TypeError, KeyError, ValueError) as exc:
+            errors = (
+                [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+                if isinstance(exc, ValidationError)
+                else [{"message": str(exc)}]
+            )
+            raise RuleViolation(
+                "the won deal does not make a valid deal.won handoff", errors=errors
+            ) from None
+
+    def update_fields(
+        self,
+        new_fields: Mapping[str, object],
+        contacts: Sequence[Mapping[str, object]],
+        *,
+        now: datetime,
+        new_id: Callable[[], str],
+    ) -> None:
+        """Set fields (and add contacts) on an open opportunity without moving it."""
+        check_open_for_edit(self.status)
+        self._set_fields({**self.fields, **self._with_ids(new_fields, new_id)})
+        self.contacts = merge_contacts(self.contacts, contacts)
+        self.updated_at = now
+
+    def log_activity(
+        self,
+        activity_id: str,
+        activity_type: ActivityType,
+        summary: str,
+        *,
+        by: str,
+        occurred_at: datetime,
+        now: datetime,
+        amount: Decimal | None = None,
+        currency: str | None = None,
+    ) -> tuple[Activity, ActivityLoggedV1]:
+        """A call, visit, email or quote against this opportunity (checked by :func:`check_activity`)."""
+        check_activity(activity_type, amount, occurred_at, now)
+        activity = Activity(
+            id=activity_id,
+            opportunity_id=self.id,
+            type=activity_type,
+            summary=summary,
+            occurred_at=occurred_at,
+            logged_at=now,
+            logged_by=by,
+            amount=amount,
+            currency=(currency or self.currency) if amount is not None else None,
+        )
+        self.activity_count += 1
+        if self.last_activity_at is None or occurred_at > self.last_activity_at:
+            self.last_activity_at = occurred_at
+        self.updated_at = now
+        event = ActivityLoggedV1(
+            opportunity_id=self.id,
+            activity_id=activity_id,
+            activity_type=activity_type.value,
+            owner=self.owner,
+        )
+        return activity, event
+
+    @property
+    def commitment_ids(self) -> set[str]:
+        return {str(c.get("commitment_id")) for c in _dicts(self.fields.get("commitments"))}
+
+    def flag_commitment(
+        self, flag: CommitmentFlaggedV1, *, flagged_at: datetime, now: datetime
+    ) -> CommitmentFlag | None:
+        """Record customer success' flag on a promise of this won deal; None if already recorded."""
+        if any(f.flag_id == flag.flag_id for f in self.commitment_flags):
+            return None
+        recorded = CommitmentFlag(
+            flag_id=flag.flag_id,
+            commitment_id=flag.commitment_id,
+            commitment_known=flag.commitment_id in self.commitment_ids,
+            account_id=flag.account_id,
+            reason=flag.reason,
+            flagged_by=flag.flagged_by,
+            flagged_at=flagged_at,
+            received_at=now,
+        )
+        self.commitment_flags.append(recorded)
+        self.updated_at = now
+        return recorded

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from crm_platform.actor import Actor
 from crm_platform.errors import Conflict, Forbidden, RuleViolation
-from sales.domain.access import Actor, can_access, owner_scope, require_access
+from sales.domain.access import can_access, forecast_scope, is_manager, owner_scope, require_access
 from sales.domain.assignment import AssignedBy, plan_upsell_owner, rotation, round_robin
 from sales.domain.forecast import StageTotal, forecast
 from sales.domain.inbox import (
@@ -22,6 +23,7 @@ from sales.domain.inbox import (
 )
 from sales.domain.opportunity import (
     ActivityType,
+    CommitmentFlag,
     OpportunityStatus,
     check_activity,
     check_open_for_edit,
@@ -42,9 +44,9 @@ from sales.domain.pipeline import (
 )
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-REP = Actor("rita", is_manager=False)
-OTHER = Actor("otto", is_manager=False)
-MANAGER = Actor("mona", is_manager=True)
+REP = Actor.of("rita", ["sales_rep"])
+OTHER = Actor.of("otto", ["sales_rep"])
+MANAGER = Actor.of("mona", ["sales_manager"])
 
 WON_FIELDS = {
     "amount": 1000.0,
@@ -252,9 +254,13 @@ def test_reps_reach_their_own_book_and_managers_the_team() -> None:
     assert owner_scope(REP, "otto") == "rita"  # a rep cannot widen their view
     assert owner_scope(MANAGER, None) is None
     assert owner_scope(MANAGER, "otto") == "otto"
-    assert Actor.of("x", ["admin"]).is_manager
-    assert Actor.of("x", ["sales_manager", "sales_rep"]).is_manager
-    assert not Actor.of("x", ["sales_rep", "analyst"]).is_manager
+    assert is_manager(Actor.of("x", ["admin"]))
+    assert is_manager(Actor.of("x", ["sales_manager", "sales_rep"]))
+    assert not is_manager(Actor.of("x", ["sales_rep", "analyst"]))
+    # The forecast: analysts see the team like managers; a rep only their own book.
+    assert forecast_scope(Actor.of("x", ["analyst"]), None) is None
+    assert forecast_scope(Actor.of("x", ["analyst"]), "otto") == "otto"
+    assert forecast_scope(REP, None) == "rita"
 
 
 # -- opportunity helpers ---------------------------------------------------------------------
@@ -292,7 +298,8 @@ def test_each_commitment_gets_its_own_id_and_keeps_one_it_has() -> None:
         lambda: next(ids),
     )
     assert [c["commitment_id"] for c in out] == ["c1", "old"]
-    assert flagged_commitments([{"commitment_id": "c1"}, {"commitment_id": "c1"}]) == {"c1"}
+    flags = [CommitmentFlag(f"f{n}", "c1", True, "acc", "no", "cs", NOW, NOW) for n in range(2)]
+    assert flagged_commitments(flags) == {"c1"}
 
 
 def test_only_quotes_carry_an_amount_and_nothing_happens_in_the_future() -> None:
