@@ -85,6 +85,7 @@ CRM_METRICS = frozenset(
         "crm_events_consumed_total",
         "crm_event_processing_seconds",
         "crm_outbox_backlog",
+        "crm_broker_reachable",
         "crm_dead_lettered_total",
         "crm_consumer_lag",
         "crm_consumer_stalled",
@@ -100,6 +101,7 @@ CRM_METRICS = frozenset(
         "crm_analytics_funnel",
         "crm_analytics_reconciliation_difference",
         "crm_analytics_reconciliation_timestamp_seconds",
+        "crm_analytics_snapshot_age_seconds",
     }
 )
 HISTOGRAMS = frozenset(
@@ -517,6 +519,16 @@ def test_analytics_worker_runs_alone_from_the_analytics_image() -> None:
             assert hpa["spec"]["scaleTargetRef"]["name"] != WORKER
 
 
+def test_the_analytics_worker_is_scraped_on_its_web_port() -> None:
+    worker = one(base_resources("analytics"), "Deployment", WORKER)
+    ports = {p["name"]: p["containerPort"] for p in container(worker)["ports"]}
+    assert env_of(worker)["CRM_ANALYTICS_WORKER_WEB_PORT"]["value"] == str(ports["faust-web"])
+    monitors = load_docs(K8S / "components" / "podmonitor" / "podmonitor.yaml")
+    labels = worker["spec"]["template"]["metadata"]["labels"]
+    scraping = [m for m in monitors if selects(m["spec"]["selector"]["matchLabels"], labels)]
+    assert [e["port"] for m in scraping for e in m["spec"]["podMetricsEndpoints"]] == ["faust-web"]
+
+
 def test_prometheus_scrapes_every_http_pod() -> None:
     for service, deployment in all_base_deployments():
         annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
@@ -725,7 +737,9 @@ def test_production_network_policies(service: str) -> None:
         name = deployment["metadata"]["name"]
 
         if name == WORKER:
-            assert ingress == [], "the worker takes no inbound traffic"
+            sources = set().union(*(_peer_names(r) for r in ingress))
+            assert sources == {"prometheus"}, "the worker takes no inbound traffic but the scrape"
+            assert _ports(ingress) == {6066}, "faust's web port serves its /metrics"
         elif service == "gateway":
             sources = set().union(*(_peer_names(r) for r in ingress))
             # the departments only for the revocation list they poll

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -75,6 +77,8 @@ def worker(kafka_bootstrap, mongodb_uri, tmp_path):
             # The group starts at the end on purpose; reconciling would replay (and count)
             # all the history before it: test_analytics_reconcile.py covers that.
             "CRM_ANALYTICS_RECONCILE_SECONDS": "0",
+            "CRM_ANALYTICS_WORKER_WEB_PORT": str(free_port()),
+            "CRM_CONSUMER_WATCHDOG_SECONDS": "1",
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -101,6 +105,12 @@ def worker(kafka_bootstrap, mongodb_uri, tmp_path):
         if proc.returncode not in (0, None):
             print(log_path.read_text()[-6000:])
         forget_run(kafka_bootstrap, mongodb_uri, env)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def start_group_at_end(bootstrap: str, group: str) -> None:
@@ -263,6 +273,45 @@ async def test_worker_computes_funnel_and_latencies_and_dead_letters(
     assert v7["dlq_reason"] == b"unknown_version"
     assert v7["dlq_source_topic"] == DEAL_WON.encode()
 
+    # The worker's own /metrics (faust's web server): what it consumed and
+    # dead-lettered, its lag per held source partition, and how fresh the snapshot is.
+    url = f"http://127.0.0.1:{worker.env['CRM_ANALYTICS_WORKER_WEB_PORT']}/metrics"
+
+    async def scraped() -> dict[str, list[tuple[dict[str, str], float]]] | None:
+        async with httpx.AsyncClient() as client:
+            found = samples((await client.get(url, timeout=5)).text)
+        return found if found.get("crm_consumer_lag") else None
+
+    found = await eventually(scraped, timeout=30, what="the worker's lag series on /metrics")
+    service = {"service": "analytics-worker"}
+
+    def total(name: str, **labels: str) -> float:
+        want = service | labels
+        return sum(v for lbl, v in found.get(name, []) if want.items() <= lbl.items())
+
+    assert total("crm_dead_lettered_total", topic=LEADS_EVENTS, reason="malformed") >= 1
+    assert total("crm_dead_lettered_total", topic=DEAL_WON, reason="unknown_version") >= 1
+    assert total("crm_events_consumed_total", outcome="dead_lettered") >= 2
+    assert total("crm_events_consumed_total", event_type="deal.won", outcome="processed") >= 2  # sent twice
+    lag_topics = {
+        lbl["topic"] for lbl, _ in found["crm_consumer_lag"] if lbl["service"] == "analytics-worker"
+    }
+    assert lag_topics, found["crm_consumer_lag"]
+    assert lag_topics <= set(SOURCE_TOPICS), lag_topics  # source partitions, no changelogs
+    [(_, age)] = found["crm_analytics_snapshot_age_seconds"]
+    assert 0 <= age < 30, age  # the snapshot holds the figures (written after each change)
+
     # A clean stop on SIGTERM.
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.proc.wait(timeout=30) == 0, worker.log_tail()
+
+
+def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus text format -> {name: [(labels, value)]}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return out

@@ -72,6 +72,7 @@ from analytics.domain.snapshot import Reconciliation, Snapshot
 from analytics.reconcile import Reconciler, committed_offsets, log_report, reconcile
 from analytics.settings import AnalyticsSettings
 from analytics.store import MongoReconciliations, MongoSnapshots
+from analytics.worker_metrics import WorkerMetrics, serve_metrics, track_partitions
 
 log = logging.getLogger("crm.analytics.worker")
 
@@ -231,6 +232,8 @@ class AnalyticsWorker:
         self._written: Snapshot | None = None  # the last snapshot this worker wrote
         self._mongo: AsyncMongoClient[dict[str, Any]] | None = None
         self.dead_lettered = 0
+        self.metrics = WorkerMetrics(f"{settings.service_name}-worker")
+        serve_metrics(self.app)
         self.crash_looping = False
 
     # -- the agent ---------------------------------------------------------------
@@ -246,6 +249,8 @@ class AnalyticsWorker:
         pending = [fut for table in self.tables.values() for fut in table.take_unconfirmed()]
         if isinstance(verdict, Rejected):
             await self.dead_letter(message, verdict.reason, verdict.error, verdict.event_type)
+        else:
+            self.metrics.consumed(message.topic, verdict.envelope.event_type, "processed")
         if pending:
             # Only once its facts are in the changelog may faust ack (and commit) the
             # event. A failure propagates: faust restarts the actor and the event, never
@@ -291,6 +296,8 @@ class AnalyticsWorker:
         delivery = await self.dlq.send(key=message.key, value=message.value, headers=headers, force=True)
         await delivery
         self.dead_lettered += 1
+        self.metrics.consumed(message.topic, event_type, "dead_lettered")
+        self.metrics.dead_lettered(message.topic, reason)
         log.error(
             "dead-lettered %s from %s[%d]@%d: %s: %s",
             event_type or "message",
@@ -370,8 +377,10 @@ class AnalyticsWorker:
             log.warning("cannot write the analytics snapshot (will retry): %s", exc)
             return False
         if written is None:
+            self.metrics.snapshot_current()
             return False
         self._written = written
+        self.metrics.snapshot_current()
         return True
 
     async def _on_before_shutdown(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -434,6 +443,8 @@ def watch_progress(app: faust.App, settings: AnalyticsSettings) -> ConsumerWatch
     aiokafka's, so it also gets the fix for ``stop()`` hanging after a broker restart.
     """
     harden_aiokafka()
+    tracker = PartitionTracker(f"{settings.service_name}-worker")
+    track_partitions(app, tracker, SOURCE_TOPICS)
     watchdog = ConsumerWatchdog(
         WatchdogConfig(
             service=f"{settings.service_name}-worker",
@@ -443,7 +454,7 @@ def watch_progress(app: faust.App, settings: AnalyticsSettings) -> ConsumerWatch
             stall_seconds=settings.consumer_stall_seconds,
             interval_seconds=settings.consumer_watchdog_seconds,
         ),
-        PartitionTracker(f"{settings.service_name}-worker"),
+        tracker,
         rejoin=None,
     )
     app.task(watchdog.run)

@@ -1,6 +1,7 @@
 """The app factory: every service gets the same edges from one place.
 
-``/healthz`` (alive), ``/readyz`` (its database and broker answer), ``/metrics``,
+``/healthz`` (alive), ``/readyz`` (its database answers; the broker's state is
+reported, never gated on: the outbox rides out broker outages), ``/metrics``,
 request ids, JSON logs with correlation ids, JSON error bodies (422 with the
 fields at fault for bad input; 413 above the body limit; 503 with ``Retry-After``
 when the database cannot answer within the request deadline; 500 only for our
@@ -166,6 +167,8 @@ def create_app(
         content: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": checks}
         if readiness_report is not None:
             content.update(await readiness_report())
+        if runtime is not None:
+            content["broker"] = runtime.broker_status  # informational: never gates readiness
         return JSONResponse(status_code=200 if ready else 503, content=content)
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)

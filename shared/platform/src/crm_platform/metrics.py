@@ -51,6 +51,12 @@ OUTBOX_BACKLOG = Gauge(
     "Events stored in the outbox but not yet published",
     ["service"],
 )
+BROKER_REACHABLE = Gauge(
+    "crm_broker_reachable",
+    "1 when the service's last broker check (every CRM_BROKER_CHECK_SECONDS) answered, 0 otherwise; "
+    "readiness does not depend on it (the outbox keeps writes going through a broker outage)",
+    ["service"],
+)
 DEAD_LETTERED = Counter(
     "crm_dead_lettered",
     "Events sent to the dead-letter topic",

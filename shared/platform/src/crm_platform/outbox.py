@@ -163,6 +163,27 @@ class OutboxRelay:
         backlog = await self.db[OUTBOX].count_documents({"published": False})
         metrics.OUTBOX_BACKLOG.labels(self.service).set(backlog)
 
+    async def track_backlog(self, interval_seconds: float) -> None:
+        """Sample ``crm_outbox_backlog`` on a timer, whatever the relay is doing.
+
+        Runs beside :meth:`run`, never inside it: while the broker is down the relay
+        sits in its retry loop, and a gauge refreshed only by the relay would freeze
+        at its last (typically 0) value exactly when the backlog grows. Every
+        replica samples (the backlog is the database's, so replicas agree; alerts
+        take ``max``). A database that does not answer leaves the last value.
+        """
+        while not self._stopping.is_set():
+            try:
+                await self._refresh_backlog()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("cannot sample the outbox backlog: %s", exc)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval_seconds)
+            except TimeoutError:
+                pass
+
     async def _hold_lease(self) -> bool:
         now = utcnow()
         try:

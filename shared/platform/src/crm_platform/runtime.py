@@ -16,7 +16,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from crm_platform import receipts
+from crm_platform import metrics, receipts
 from crm_platform.consumer import AfterStore, ConsumerConfig, EventConsumer, Handler
 from crm_platform.kafka import ensure_topics_async, make_producer, pace_empty_fetches
 from crm_platform.liveness import (
@@ -86,6 +86,8 @@ class ServiceRuntime:
         self._consumer_task: asyncio.Task[None] | None = None
         self._retired: set[asyncio.Task[None]] = set()  # cancelled on purpose (rejoin)
         self._stopping = False
+        self.broker_status = "not checked yet"
+        self._stop_requested = asyncio.Event()  # wakes the timers in stop()
 
     def _build_consumer(self, sub: Subscription) -> None:
         s = self.settings
@@ -138,7 +140,14 @@ class ServiceRuntime:
                 # and consumer retry on their own.
                 log.warning("topic provisioning skipped, broker unreachable: %s", exc)
         self._stopping = False
+        self._stop_requested.clear()
         self._guarded(self.relay.run(), "outbox-relay")
+        self._tasks.append(
+            asyncio.create_task(
+                self.relay.track_backlog(self.settings.outbox_backlog_sample_seconds), name="outbox-backlog"
+            )
+        )
+        self._tasks.append(asyncio.create_task(self._watch_broker(), name="broker-check"))
         if self.consumer is not None:
             self._consumer_task = self._guarded(self.consumer.run(), "consumer")
         if self.watchdog is not None:
@@ -190,6 +199,7 @@ class ServiceRuntime:
 
     async def stop(self) -> None:
         self._stopping = True
+        self._stop_requested.set()
         await self.relay.stop()
         if self.watchdog is not None:
             await self.watchdog.stop()
@@ -210,15 +220,30 @@ class ServiceRuntime:
         log.info("runtime stopped")
 
     async def check_ready(self) -> dict[str, str]:
-        """What /readyz reports: each dependency 'ok' or the reason it is not."""
+        """What /readyz gates on: what the API needs, its database ('ok' or why not).
+
+        Not the broker: writes go to the outbox while it is away, so a broker outage
+        must not take every replica out of its Service. The broker's state is
+        ``broker_status`` (in the /readyz body) and ``crm_broker_reachable``.
+        """
         checks: dict[str, str] = {}
         try:
             await asyncio.wait_for(self.client.admin.command("ping"), timeout=2)
             checks["mongodb"] = "ok"
         except Exception as exc:
             checks["mongodb"] = f"unreachable: {type(exc).__name__}"
-        checks["kafka"] = await self._check_kafka()
         return checks
+
+    async def _watch_broker(self) -> None:
+        """Check the broker every ``broker_check_seconds``; export the result as a gauge."""
+        gauge = metrics.BROKER_REACHABLE.labels(self.settings.service_name)
+        while not self._stopping:
+            self.broker_status = await self._check_kafka()
+            gauge.set(1 if self.broker_status == "ok" else 0)
+            if self.broker_status != "ok":
+                log.warning("broker check failed: %s", self.broker_status)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), self.settings.broker_check_seconds)
 
     async def _check_kafka(self) -> str:
         producer = self.relay.producer

@@ -61,6 +61,12 @@ class ServiceSettings(BaseSettings):
     # unset = dynamic membership. See consumer_instance_id_from_env().
     consumer_instance_id: str | None = Field(default=None, validation_alias="CRM_CONSUMER_INSTANCE_ID")
     outbox_poll_seconds: float = Field(default=0.5, validation_alias="CRM_OUTBOX_POLL_SECONDS", gt=0)
+    # crm_outbox_backlog and crm_broker_reachable are sampled on their own timers, so
+    # they keep moving while the relay is stuck on a broker outage.
+    outbox_backlog_sample_seconds: float = Field(
+        default=5.0, validation_alias="CRM_OUTBOX_BACKLOG_SAMPLE_SECONDS", gt=0
+    )
+    broker_check_seconds: float = Field(default=15.0, validation_alias="CRM_BROKER_CHECK_SECONDS", gt=0)
     consumer_enabled: bool = Field(default=True, validation_alias="CRM_CONSUMER_ENABLED")
     provision_topics: bool = Field(default=True, validation_alias="CRM_PROVISION_TOPICS")
     topic_replication_factor: int | None = Field(
