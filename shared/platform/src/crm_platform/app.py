@@ -167,8 +167,9 @@ def create_app(
         content: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": checks}
         if readiness_report is not None:
             content.update(await readiness_report())
-        if runtime is not None:
-            content["broker"] = runtime.broker_status  # informational: never gates readiness
+        broker = getattr(runtime, "broker_status", None)  # a runtime without a broker has none
+        if broker is not None:
+            content["broker"] = broker  # informational: never gates readiness
         return JSONResponse(status_code=200 if ready else 503, content=content)
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 
 from crm_platform import metrics, receipts
 from crm_platform.consumer import AfterStore, ConsumerConfig, EventConsumer, Handler
@@ -226,13 +227,22 @@ class ServiceRuntime:
         must not take every replica out of its Service. The broker's state is
         ``broker_status`` (in the /readyz body) and ``crm_broker_reachable``.
         """
-        checks: dict[str, str] = {}
-        try:
-            await asyncio.wait_for(self.client.admin.command("ping"), timeout=2)
-            checks["mongodb"] = "ok"
-        except Exception as exc:
-            checks["mongodb"] = f"unreachable: {type(exc).__name__}"
-        return checks
+        reason = ""
+        for _ in range(2):
+            try:
+                await asyncio.wait_for(self.client.admin.command("ping"), timeout=2)
+                return {"mongodb": "ok"}
+            except ServerSelectionTimeoutError as exc:  # no server: asking again will not help
+                reason = type(exc).__name__
+                break
+            except AutoReconnect as exc:
+                # A pooled connection closed under the ping (the pool was reset after
+                # another operation's network error): ask once more on a fresh one.
+                reason = type(exc).__name__
+            except Exception as exc:
+                reason = type(exc).__name__
+                break
+        return {"mongodb": f"unreachable: {reason}"}
 
     async def _watch_broker(self) -> None:
         """Check the broker every ``broker_check_seconds``; export the result as a gauge."""
