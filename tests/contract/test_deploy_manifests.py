@@ -134,8 +134,19 @@ def load_docs(path: Path) -> list[Doc]:
         return [d for d in yaml.safe_load_all(fh) if d is not None]
 
 
+# YAML under deploy/ that is not a Kubernetes object: the SLO table the rules are
+# generated from and promtool's unit tests (tests/contract/test_monitoring_rules.py).
+NOT_KUBERNETES = (MONITORING / "slos.yaml", MONITORING / "tests")
+
+
 def yaml_files() -> list[Path]:
-    return sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    return sorted(
+        p
+        for p in DEPLOY.rglob("*")
+        if p.suffix in (".yaml", ".yml")
+        and p.is_file()
+        and not any(p == n or n in p.parents for n in NOT_KUBERNETES)
+    )
 
 
 def kustomization(directory: Path) -> Doc:
@@ -848,12 +859,47 @@ def test_alerts_use_only_exported_metrics() -> None:
         assert not unknown, f"{rule.get('alert')}: unknown metrics {sorted(unknown)}"
 
 
+def recorded_series() -> set[str]:
+    (doc,) = load_docs(MONITORING / "slo-rules.yaml")
+    return {r["record"] for g in doc["spec"]["groups"] for r in g["rules"] if "record" in r}
+
+
 def test_dashboard_uses_only_exported_metrics() -> None:
     exprs = dashboard_exprs()
     assert exprs
     for expr in exprs:
-        unknown = metric_names(expr) - ALLOWED_SERIES
+        unknown = metric_names(expr) - ALLOWED_SERIES - recorded_series()
         assert not unknown, f"dashboard query {expr!r}: unknown metrics {sorted(unknown)}"
+
+
+def test_dashboard_is_scoped_by_cluster_and_namespace_and_shows_error_budgets() -> None:
+    variables = {v["name"] for v in dashboard()["templating"]["list"]}
+    assert {"datasource", "cluster", "namespace"} <= variables
+    panel_exprs = [t["expr"] for p in dashboard_panels() for t in p.get("targets", []) if "expr" in t]
+    for expr in panel_exprs:
+        selectors = re.findall(r"\b(crm[_:][A-Za-z0-9_:]*)(\{[^{}]*\})?", expr)
+        for name, matchers in selectors:
+            if name.endswith("error_budget_ratio"):
+                continue  # a constant per handoff, the same in every namespace
+            assert 'namespace=~"$namespace"' in matchers, f"{name} unscoped in {expr!r}"
+            assert 'cluster=~"$cluster"' in matchers, f"{name} unscoped in {expr!r}"
+    titles = " ".join(p.get("title", "") for p in dashboard_panels())
+    for kind in ("Transport", "Business"):
+        assert f"{kind} SLO: error budget remaining" in titles
+        assert f"{kind} SLO: burn rate" in titles
+
+
+def test_slo_rules_use_only_exported_or_recorded_series() -> None:
+    (doc,) = load_docs(MONITORING / "slo-rules.yaml")
+    rules = [rule for group in doc["spec"]["groups"] for rule in group["rules"]]
+    recorded = {r["record"] for r in rules if "record" in r}
+    for rule in rules:
+        unknown = metric_names(rule["expr"]) - ALLOWED_SERIES - recorded
+        assert not unknown, f"{rule.get('alert') or rule['record']}: unknown metrics {sorted(unknown)}"
+        if "alert" in rule:
+            assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+            for key in ("summary", "description", "runbook"):
+                assert str(rule["annotations"].get(key, "")).strip(), f"{rule['alert']}: no {key}"
 
 
 def test_every_alert_is_documented() -> None:
