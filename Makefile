@@ -1,6 +1,7 @@
 # Enterprise CRM: one service per department, Kafka handoffs as versioned contracts.
 #   make run     set up everything, start broker + mongod + all services + demo data
 #   make test    set up everything, lint, type-check, run every test suite
+#   make test-service S=sales   only what one department needs to release alone
 #   make bench   handoff latency / throughput figures against a bare baseline
 #   make chaos   fault suite under load (kills, broker and mongod restarts, a department down)
 #   make stop    stop whatever `make run` started (services first, then broker and mongod)
@@ -17,7 +18,7 @@ PY := $(VENV)/bin/python
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export UV := $(CURDIR)/$(UV)
 
-.PHONY: help setup run stop restart chaos test lint typecheck unit bench schemas clean
+.PHONY: help setup run stop restart chaos test test-service lint typecheck unit bench schemas clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -44,6 +45,10 @@ restart:
 test: setup
 	@bash scripts/test.sh
 
+test-service: setup
+	@if [ -z "$(S)" ]; then echo "usage: make test-service S=<leads|sales|service-desk|analytics|gateway>"; exit 2; fi
+	@bash scripts/test_service.sh "$(S)"
+
 lint: setup
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
@@ -65,6 +70,7 @@ unit: setup
 
 schemas: setup
 	@$(PY) -m crm_contracts.schemas --write
+	@$(PY) scripts/gen_asyncapi.py
 
 bench: setup
 	@$(PY) bench/run_bench.py

@@ -21,8 +21,14 @@ $BIN/ruff format --check . >/dev/null || { $BIN/ruff format --check . ; exit 1; 
 step "type check (mypy)"
 $BIN/mypy
 
-step "contracts: checked-in JSON Schemas are up to date"
+step "contracts: checked-in JSON Schemas and the AsyncAPI document are up to date"
 $BIN/python -m crm_contracts.schemas
+$BIN/python scripts/gen_asyncapi.py --check
+
+step "contracts: releasable against the last release (tag v*/release-*, else main)"
+$BIN/python -m crm_contracts.release_gate
+
+command -v promtool >/dev/null || echo "!! promtool is missing: the monitoring rule tests will FAIL (apt-get install prometheus)"
 
 export CRM_TEST_INFRA_HOME="$PWD/.local/test"
 export CRM_TEST_KAFKA_PORT=${CRM_TEST_KAFKA_PORT:-19192}
