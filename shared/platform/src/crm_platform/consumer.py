@@ -270,6 +270,38 @@ class EventConsumer:
         metrics.PROCESSING_SECONDS.labels(self.config.service, event_type).observe(elapsed)
         return outcome
 
+    async def _skip_duplicate(
+        self, record: ConsumerRecord[Any, Any], envelope: Envelope, receiving: bool
+    ) -> Outcome:
+        """An event already in the ledger: no second effect; a re-sent handoff's receipt is
+        published again (its sender still waits for it).
+
+        Confirming the receipt reads and writes the database: a transient error there (a
+        ``mongod`` restart) is retried like the effect's own store, never turned into a dead
+        letter of the duplicate (``make chaos`` saw one).
+        """
+        backoff = 0.1
+        while receiving:
+            try:
+                await receipts.confirm_again(self.store, envelope)
+                break
+            except Exception as exc:
+                if not _is_transient(exc) or self._stopping.is_set():
+                    raise
+                log.warning(
+                    "transient error confirming the receipt of %s (%s); retrying in %.1f s",
+                    envelope.event_id,
+                    exc,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.config.retry_max_seconds)
+        metrics.EVENTS_CONSUMED.labels(
+            self.config.service, record.topic, envelope.event_type, "duplicate"
+        ).inc()
+        log.info("duplicate event %s skipped", envelope.event_id)
+        return Outcome("duplicate")
+
     async def _store_effect(
         self, record: ConsumerRecord[Any, Any], handler: Handler, event: Event, envelope: Envelope
     ) -> Outcome:
@@ -316,13 +348,7 @@ class EventConsumer:
                     break
                 except DuplicateKeyError as exc:
                     if _is_ledger_duplicate(exc):
-                        if receiving:  # a re-sent handoff: its sender still waits for the receipt
-                            await receipts.confirm_again(self.store, envelope)
-                        metrics.EVENTS_CONSUMED.labels(
-                            self.config.service, record.topic, envelope.event_type, "duplicate"
-                        ).inc()
-                        log.info("duplicate event %s skipped", envelope.event_id)
-                        return Outcome("duplicate")
+                        return await self._skip_duplicate(record, envelope, receiving)
                     return await self._dead_letter(record, envelope.event_type, "handler_error", _short(exc))
                 except DeadLetter as exc:
                     return await self._dead_letter(record, envelope.event_type, exc.reason, str(exc))
