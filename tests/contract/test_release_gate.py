@@ -86,6 +86,15 @@ def test_the_released_ref_is_the_last_tag_else_main(repo: Path) -> None:
     assert set(schemas) == {"deal.won.v1.json"}
 
 
+def test_a_checkout_without_main_compares_with_origin_main_else_head(repo: Path) -> None:
+    _git(repo, "checkout", "-q", "--detach")
+    _git(repo, "update-ref", "refs/remotes/origin/main", "HEAD")
+    _git(repo, "branch", "-q", "-D", "main")
+    assert released_ref(repo) == "origin/main"
+    _git(repo, "update-ref", "-d", "refs/remotes/origin/main")
+    assert released_ref(repo) == "HEAD"
+
+
 def test_the_command_fails_on_an_in_place_change_against_the_release(
     repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -45,13 +45,23 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def released_ref(repo: Path) -> str:
-    """The last release tag reachable from HEAD, else the default branch."""
+    """The last release tag reachable from HEAD, else the default branch (local or ``origin/``).
+
+    A checkout that has neither (a CI job on a detached commit of a single-branch clone)
+    compares with ``HEAD``: the checked-out tree is then the only release it knows of.
+    """
     for pattern in TAG_PATTERNS:
         try:
             return _git(repo, "describe", "--tags", "--abbrev=0", "--match", pattern, "HEAD").strip()
         except RuntimeError:
             continue
-    return DEFAULT_BRANCH
+    for branch in (DEFAULT_BRANCH, f"origin/{DEFAULT_BRANCH}"):
+        try:
+            _git(repo, "rev-parse", "--verify", "--quiet", f"{branch}^{{commit}}")
+            return branch
+        except RuntimeError:
+            continue
+    return "HEAD"
 
 
 def released_schemas(repo: Path, ref: str, directory: Path = SCHEMA_DIR) -> dict[str, Schema]:
