@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crm_platform.testing import produce_envelope
+from crm_platform.testing import produce_envelope, timeout_scale
 from pymongo import MongoClient
 from pymongo.collection import Collection
 from reliability.probe import envelope
@@ -24,7 +24,10 @@ SCRIPT = Path(__file__).with_name("crash_consumer.py")
 
 def _run(args: list[str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout * timeout_scale(),  # a deadline, stretched on an overloaded machine
     )
 
 
@@ -71,7 +74,8 @@ async def test_sigkill_between_store_and_commit_causes_no_second_effect(
     with outcomes.open("a") as f:
         f.write("--- restart\n")
     # No broker restart, and well inside a session timeout: only static membership
-    # gives the partitions back this soon.
+    # gives the partitions back this soon (the emulator never evicts, so on it the bound
+    # is only a deadline, stretched like every other one on an overloaded machine).
     resumed = _run([*common, "--expect", "5"], timeout=30)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
