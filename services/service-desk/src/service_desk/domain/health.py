@@ -356,6 +356,14 @@ class HealthState(BaseModel):
     at_risk_since: datetime | None = None
 
 
+def _score_changed(previous: HealthState | None, state: HealthState) -> bool:
+    """A new history record is kept only when the score, band, rules or reasons moved."""
+    if previous is None:
+        return True
+    before = (previous.score, previous.band, previous.rules_version, previous.reasons)
+    return before != (state.score, state.band, state.rules_version, state.reasons)
+
+
 def next_state(
     previous: HealthState | None,
     result: Score,
@@ -369,8 +377,7 @@ def next_state(
     """The account's new state, the history record if the score changed, the warning change."""
     reasons = [StoredReason(component=r.component, points=r.points, detail=r.detail) for r in result.reasons]
     codes = [w.code for w in warnings]
-    at_risk = bool(codes)
-    was_at_risk = previous.at_risk if previous else False
+    at_risk, was_at_risk = bool(codes), (previous.at_risk if previous else False)
     state = HealthState(
         score=result.score,
         band=result.band,
@@ -382,17 +389,6 @@ def next_state(
         signal_details=[w.detail for w in warnings],
         at_risk_since=(previous.at_risk_since if previous and was_at_risk else now) if at_risk else None,
     )
-    changed = previous is None or (
-        previous.score,
-        previous.band,
-        previous.rules_version,
-        previous.reasons,
-    ) != (
-        state.score,
-        state.band,
-        state.rules_version,
-        state.reasons,
-    )
     record = (
         HealthRecord(
             record_id=record_id,
@@ -403,7 +399,7 @@ def next_state(
             reasons=reasons,
             scored_at=now,
         )
-        if changed
+        if _score_changed(previous, state)
         else None
     )
     risk = None
