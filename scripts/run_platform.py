@@ -139,7 +139,7 @@ def run(no_demo: bool) -> int:
         print(f"    {infra.source}: kafka {infra.kafka_bootstrap}, mongodb {infra.mongodb_uri}")
         report = ensure_topics(infra.kafka_bootstrap)
         print(f"==> topics: {len(report.created)} created, {len(report.existing)} already there")
-        print("==> starting leads, sales, service-desk, analytics (API + faust worker), gateway")
+        print("==> starting leads, sales, service-desk, analytics (API + faust worker), console, gateway")
         platform.start()
         platform.write_pids(PIDFILE, os.getpid())
         platform.wait_ready(timeout=90)
@@ -171,11 +171,14 @@ def _banner(platform: Platform, credentials: dict[str, str]) -> None:
     lines = [
         "",
         "CRM platform is running. Everything goes through the gateway:",
+        f"  console          {g}/   (the web console: log in as one of the demo users below)",
         f"  gateway          {g}   (login: POST {g}/auth/login)",
         f"  API docs         {g}/docs",
         f"  analytics        {g}/api/analytics/summary",
         "  services (direct, for ops): "
-        + ", ".join(f"{n} {platform.url(n)}" for n in ("leads", "sales", "service-desk", "analytics")),
+        + ", ".join(
+            f"{n} {platform.url(n)}" for n in ("leads", "sales", "service-desk", "analytics", "console")
+        ),
         "  metrics          <service>/metrics   health: /healthz  readiness: /readyz",
         f"  logs             {platform.logdir}/<service>.log",
     ]

@@ -66,7 +66,7 @@ trap cleanup EXIT
 step "platform, contracts, reliability and end-to-end suites"
 suite $BIN/pytest -q -p no:cacheprovider tests shared
 
-for svc in leads sales service-desk analytics gateway; do
+for svc in leads sales service-desk analytics gateway console; do
   step "services/$svc on its own (only shared/ and $svc installed)"
   suite env "${isolated_env[@]}" bash scripts/test_service_isolated.sh "$svc"
 done

@@ -18,7 +18,7 @@ trap 'rm -f "$reqs"' EXIT
 VIRTUAL_ENV=$iso "$uv" pip install --quiet -r "$reqs"
 # Anything in the venv beyond shared/ and this service would be a boundary leak.
 others=$(VIRTUAL_ENV=$iso "$uv" pip list --format freeze 2>/dev/null \
-  | grep -E '^(leads|sales|service-desk|analytics|gateway)==' | grep -v "^$svc==" || true)
+  | grep -E '^(leads|sales|service-desk|analytics|gateway|console)==' | grep -v "^$svc==" || true)
 [[ -z $others ]] || { echo "isolation broken: $others installed beside $svc"; exit 1; }
 cd "services/$svc"
 "../../$iso/bin/python" -m pytest -q -p no:cacheprovider

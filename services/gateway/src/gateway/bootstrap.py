@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from gateway import store
-from gateway.api import auth, docs, proxy, users
+from gateway.api import auth, console, docs, proxy, users
 from gateway.handlers import Accounts
 from gateway.logctx import RequestLogFields, install_log_filter
 from gateway.settings import GatewaySettings
@@ -63,8 +63,10 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         # The gateway's /docs lists every service's documentation (its own page is /docs/gateway).
         docs_page=False,
         # Forwarded requests carry their Idempotency-Key to the department, which keeps it
-        # with the effect; logins create nothing.
-        idempotent_paths=lambda path: not path.startswith(("/api/", "/auth/")),
+        # with the effect; logins create nothing; the console's forms are the console's.
+        idempotent_paths=lambda path: (
+            not path.startswith(("/api/", "/auth/")) and not console.is_console_path(path)
+        ),
     )
     app.state.upstreams = upstreams
     app.state.accounts = accounts = _accounts(settings, runtime, app.state.token_verifier)
@@ -72,6 +74,8 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     runtime.background.append(lambda: accounts.keep_revocations_fresh(settings.revocation_refresh_seconds))
 
     app.add_exception_handler(UpstreamError, _upstream_error)  # type: ignore[arg-type]
+    # Last: the console gets only the paths no route above matched.
+    app.include_router(console.router)
     app.add_middleware(RequestLogFields)
     install_log_filter()
     return app

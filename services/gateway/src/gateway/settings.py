@@ -12,7 +12,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from gateway.domain.lockout import ThrottlePolicy
 from gateway.domain.passwords import PasswordPolicy, PolicyViolation
-from gateway.domain.routes import ANALYTICS, LEADS, SALES, SERVICE_DESK
+from gateway.domain.routes import ANALYTICS, CONSOLE, LEADS, SALES, SERVICE_DESK
 
 DEV_ADMIN_PASSWORD = "admin-dev-password"  # documented local/test default only
 
@@ -29,6 +29,8 @@ class GatewaySettings(ServiceSettings):
     sales_url: str = Field(default="http://127.0.0.1:8002", validation_alias="CRM_SALES_URL")
     service_desk_url: str = Field(default="http://127.0.0.1:8003", validation_alias="CRM_SERVICE_DESK_URL")
     analytics_url: str = Field(default="http://127.0.0.1:8004", validation_alias="CRM_ANALYTICS_URL")
+    # The web console, served at / (every path the gateway does not route itself).
+    console_url: str = Field(default="http://127.0.0.1:8005", validation_alias="CRM_CONSOLE_URL")
     upstream_timeout_seconds: float = Field(
         default=30.0, validation_alias="CRM_UPSTREAM_TIMEOUT_SECONDS", gt=0
     )
@@ -145,4 +147,5 @@ class GatewaySettings(ServiceSettings):
             SALES: self.sales_url.rstrip("/"),
             SERVICE_DESK: self.service_desk_url.rstrip("/"),
             ANALYTICS: self.analytics_url.rstrip("/"),
+            CONSOLE: self.console_url.rstrip("/"),
         }

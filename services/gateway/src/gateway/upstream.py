@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
@@ -41,6 +42,11 @@ REQUEST_DROP = HOP_BY_HOP | {
 }
 # The gateway's own server stamps date/server; request ids are set by the platform middleware.
 RESPONSE_DROP = HOP_BY_HOP | {"date", "server", "x-request-id", "x-correlation-id"}
+
+
+def no_cookie_jar() -> CookieJar:
+    """A cookie jar that stores nothing: cookies pass through the gateway, never stay in it."""
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
 
 
 class UpstreamError(Exception):
@@ -101,6 +107,9 @@ class Upstreams:
             transport=transport or httpx.AsyncHTTPTransport(retries=1),
             follow_redirects=False,
             trust_env=False,
+            # One client serves every user: it must never keep a Set-Cookie (the console's
+            # session cookie) and send it with the next user's request.
+            cookies=no_cookie_jar(),
         )
 
     async def aclose(self) -> None:

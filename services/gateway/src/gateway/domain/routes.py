@@ -28,6 +28,8 @@ SALES = "sales"
 SERVICE_DESK = "service-desk"
 ANALYTICS = "analytics"
 SERVICES: tuple[str, ...] = (LEADS, SALES, SERVICE_DESK, ANALYTICS)
+# The web console is an upstream too, but not an API: it is served at / (gateway.api.console).
+CONSOLE = "console"
 
 READ = frozenset({"GET", "HEAD"})
 WRITE = frozenset({"POST", "PUT", "PATCH", "DELETE"})

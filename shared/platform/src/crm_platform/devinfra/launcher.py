@@ -38,6 +38,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("service-desk", "service_desk.main", 3, "CRM_SERVICE_DESK_URL"),
     ServiceSpec("analytics", "analytics.main", 4, "CRM_ANALYTICS_URL"),
     ServiceSpec("analytics-worker", "analytics.worker", None, ""),
+    # The web console: no database, no broker; it calls the gateway, which serves it at /.
+    ServiceSpec("console", "console.main", 5, "CRM_CONSOLE_URL"),
     ServiceSpec("gateway", "gateway.main", 0, ""),
 )
 SERVICE_NAMES: tuple[str, ...] = tuple(s.name for s in SERVICES)
@@ -60,7 +62,7 @@ class Platform:
     """The processes of one platform instance.
 
     The gateway listens on ``gateway_port``; the others on ``service_port_base +
-    offset`` (defaults: gateway 8080, leads 8001 ... analytics 8004).
+    offset`` (defaults: gateway 8080, leads 8001 ... analytics 8004, console 8005).
     """
 
     kafka_bootstrap: str
@@ -126,6 +128,8 @@ class Platform:
         for other in self.specs:
             if other.env_name:
                 env[other.env_name] = self.url(other.name)
+        if spec.name == "console" and any(s.name == "gateway" for s in self.specs):
+            env["CRM_CONSOLE_GATEWAY_URL"] = self.url("gateway")
         env.update(self.extra_env)
         return env
 

@@ -1,0 +1,1 @@
+"""The CRM web console: server-rendered pages over the gateway's public API."""

@@ -1,0 +1,195 @@
+"""Marketing: capture, the lead list, a lead's page, scoring rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from console.api.forms import number, text
+from console.api_client import ApiError
+from console.domain import charts
+from console.domain.pages import MARKETERS
+from console.web import CSRF, PageCtx, read_form, redirect
+
+router = APIRouter()
+STATUSES = ("new", "nurturing", "qualified", "accepted", "rejected", "recycled")
+CHANNELS = ("web_form", "webinar", "partner_api", "import", "email", "event", "ads", "referral")
+BEHAVIOURS = ("page_view", "email_open", "form_submit", "trial_signup")
+SORTS = {"updated": "updated_at", "score": "score", "name": "name", "created": "created_at"}
+
+
+def filter_leads(items: list[dict[str, Any]], q: dict[str, str]) -> list[dict[str, Any]]:
+    """Search, score range, owner and campaign over the page the leads API returned, then sort.
+
+    The leads API filters by status and channel and pages with a cursor; the rest is done
+    here on the page it returned (up to 200 leads), and the page says so.
+    """
+    needle = (q.get("search") or "").strip().lower()
+    campaign = (q.get("campaign") or "").strip().lower()
+    errors: dict[str, str] = {}
+    low = number(q, "min_score", errors)
+    high = number(q, "max_score", errors)
+    out = []
+    for lead in items:
+        hay = " ".join(str(lead.get(k) or "") for k in ("name", "email", "company")).lower()
+        if needle and needle not in hay:
+            continue
+        if campaign and campaign not in str(lead.get("campaign") or "").lower():
+            continue
+        if low is not None and float(lead.get("score") or 0) < low:
+            continue
+        if high is not None and float(lead.get("score") or 0) > high:
+            continue
+        out.append(lead)
+    key = SORTS.get(q.get("sort") or "updated", "updated_at")
+    descending = (q.get("order") or ("asc" if key == "name" else "desc")) == "desc"
+    out.sort(key=lambda lead: (lead.get(key) is None, lead.get(key) or ""), reverse=descending)
+    return out
+
+
+@router.get("/leads", include_in_schema=False)
+async def lead_list(ctx: PageCtx) -> Response:
+    ctx.require("leads")
+    q = dict(ctx.request.query_params)
+    limit = q.get("limit") if q.get("limit") in ("25", "50", "100", "200") else "50"
+    page = await ctx.api.get(
+        "/api/leads/leads",
+        {"status": q.get("status"), "channel": q.get("channel"), "limit": limit, "cursor": q.get("cursor")},
+    )
+    leads = filter_leads(page["items"], q)
+    template = "leads_rows.html" if ctx.request.headers.get("hx-request") else "leads.html"
+    next_query = {k: v for k, v in q.items() if k not in ("cursor", "ok")} | {
+        "cursor": page.get("next_cursor")
+    }
+    return ctx.render(
+        template,
+        leads=leads,
+        q=q,
+        limit=limit,
+        statuses=STATUSES,
+        channels=CHANNELS,
+        next_cursor=page.get("next_cursor"),
+        next_query=next_query,
+        fetched=len(page["items"]),
+    )
+
+
+@router.get("/leads/new", include_in_schema=False)
+async def capture_page(ctx: PageCtx) -> Response:
+    ctx.require("capture")
+    return ctx.render("capture.html", values=ctx.draft() or {"consent": ""}, channels=CHANNELS)
+
+
+@router.post("/leads/new", include_in_schema=False, dependencies=CSRF)
+async def capture(ctx: PageCtx) -> Response:
+    ctx.require("capture")
+    form = await read_form(ctx.request)
+    body = {
+        "name": form.get("name", "").strip(),
+        "email": form.get("email", "").strip(),
+        "company": text(form, "company"),
+        "source_channel": form.get("source_channel", "").strip(),
+        "campaign": text(form, "campaign"),
+        "consent": {"marketing_email": form.get("consent") == "yes"},
+    }
+    try:
+        out = await ctx.api.post("/api/leads/leads", body)
+    except ApiError as exc:
+        return ctx.render(
+            "capture.html",
+            status=exc.status if exc.status < 500 else 502,
+            values=form,
+            errors=exc.fields or {"form": exc.message},
+            error=exc.message,
+            channels=CHANNELS,
+        )
+    return redirect(f"/leads/{out['lead']['id']}", "merged" if out.get("merged") else "captured")
+
+
+async def _lead_page(ctx: PageCtx, lead_id: str, **extra: Any) -> Response:
+    lead = await ctx.api.get(f"/api/leads/leads/{lead_id}")
+    behaviours = await ctx.api.get(f"/api/leads/leads/{lead_id}/behaviours")
+    reasons = [
+        charts.Bar(r["behaviour"].replace("_", " "), float(r["points"]), charts.format_number(r["points"], 1))
+        for r in lead.get("score_reasons", [])
+    ]
+    chart = charts.bar_chart(f"Score {lead['score']} by behaviour", reasons, unit=" pts")
+    return ctx.render(
+        "lead.html",
+        lead=lead,
+        behaviours=behaviours["items"],
+        chart=chart,
+        behaviour_kinds=BEHAVIOURS,
+        can_write=ctx.has(MARKETERS),
+        **extra,
+    )
+
+
+@router.get("/leads/{lead_id}", include_in_schema=False)
+async def lead_page(ctx: PageCtx, lead_id: str) -> Response:
+    ctx.require("lead")
+    return await _lead_page(ctx, lead_id)
+
+
+@router.post("/leads/{lead_id}/behaviours", include_in_schema=False, dependencies=CSRF)
+async def record_behaviour(ctx: PageCtx, lead_id: str) -> Response:
+    ctx.require("capture")
+    form = await read_form(ctx.request)
+    try:
+        body = {"behaviour": form.get("behaviour", ""), "external_id": text(form, "external_id")}
+        await ctx.api.post(f"/api/leads/leads/{lead_id}/behaviours", body)
+    except ApiError as exc:
+        return await _lead_page(
+            ctx, lead_id, errors=exc.fields or {"behaviour": exc.message}, error=exc.message
+        )
+    return redirect(f"/leads/{lead_id}", "behaviour")
+
+
+async def _scoring_page(ctx: PageCtx, status: int = 200, **extra: Any) -> Response:
+    rules = await ctx.api.get("/api/leads/scoring-rules")
+    history = await ctx.api.get("/api/leads/scoring-rules/history", {"limit": 20})
+    return ctx.render(
+        "scoring.html",
+        status=status,
+        rules=rules,
+        history=history["items"],
+        behaviours=BEHAVIOURS,
+        can_write=ctx.has(MARKETERS),
+        **extra,
+    )
+
+
+@router.get("/scoring", include_in_schema=False)
+async def scoring(ctx: PageCtx) -> Response:
+    ctx.require("scoring")
+    return await _scoring_page(ctx, values=ctx.draft() or {})
+
+
+@router.post("/scoring", include_in_schema=False, dependencies=CSRF)
+async def save_scoring(ctx: PageCtx) -> Response:
+    ctx.require("scoring")
+    form = await read_form(ctx.request)
+    errors: dict[str, str] = {}
+    rules: dict[str, Any] = {}
+    for kind in BEHAVIOURS:
+        weight = number(form, f"{kind}.weight", errors, required=True)
+        cap = number(form, f"{kind}.cap", errors)
+        rules[kind] = {"weight": weight, "cap": int(cap) if cap is not None else None}
+    threshold = number(form, "threshold", errors, required=True)
+    version = number(form, "expected_version", errors)
+    if errors:
+        return await _scoring_page(
+            ctx, status=422, values=form, errors=errors, error="Check the marked fields."
+        )
+    body = {
+        "rules": rules,
+        "threshold": threshold,
+        "note": text(form, "note"),
+        "expected_version": int(version) if version is not None else None,
+    }
+    try:
+        await ctx.api.put("/api/leads/scoring-rules", body)
+    except ApiError as exc:
+        return await _scoring_page(ctx, status=exc.status, values=form, errors=exc.fields, error=exc.message)
+    return redirect("/scoring", "rules")

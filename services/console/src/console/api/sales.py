@@ -1,0 +1,267 @@
+"""Sales: the inbox with SLA countdowns, the pipeline board, a deal's page, forecast, team."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from console.api.forms import FIELD_LABELS, number, stage_fields, text
+from console.api_client import ApiError
+from console.domain import charts
+from console.domain.pages import SALES, SALES_LEADS
+from console.web import CSRF, Ctx, PageCtx, read_form, redirect
+
+router = APIRouter()
+REJECT_REASONS = (
+    "no_budget",
+    "no_authority",
+    "no_need",
+    "bad_timing",
+    "competitor",
+    "bad_data",
+    "duplicate",
+    "not_a_fit",
+)
+ACTIVITY_TYPES = ("call", "visit", "email", "quote")
+
+
+async def roster(ctx: Ctx) -> dict[str, str]:
+    """Rep user id -> name, for showing owners (empty when the roster cannot be read)."""
+    try:
+        reps = await ctx.api.get("/api/sales/reps")
+    except ApiError:
+        return {}
+    return {r["user_id"]: r.get("name") or r["user_id"] for r in reps["reps"]}
+
+
+async def _inbox_page(ctx: Ctx, status: int = 200, **extra: Any) -> Response:
+    q = dict(ctx.request.query_params)
+    state = (
+        q.get("status") if q.get("status") in ("pending", "accepted", "rejected", "recycled") else "pending"
+    )
+    page = await ctx.api.get("/api/sales/inbox", {"status": state, "overdue": q.get("overdue"), "limit": 100})
+    names = await roster(ctx)
+    manager = ctx.has(SALES_LEADS)
+    return ctx.render(
+        "inbox.html",
+        status=status,
+        items=page["items"],
+        total=page["total"],
+        state=state,
+        names=names,
+        manager=manager,
+        reasons=REJECT_REASONS,
+        **extra,
+    )
+
+
+@router.get("/inbox", include_in_schema=False)
+async def inbox(ctx: PageCtx) -> Response:
+    ctx.require("inbox")
+    return await _inbox_page(ctx)
+
+
+@router.post("/inbox/{lead_id}/{action}", include_in_schema=False, dependencies=CSRF)
+async def decide(ctx: PageCtx, lead_id: str, action: str) -> Response:
+    ctx.require("inbox")
+    form = await read_form(ctx.request)
+    body: dict[str, Any]
+    if action == "accept":
+        body = {"note": text(form, "note")}
+    elif action == "reject":
+        body = {"reason_code": form.get("reason_code", ""), "note": text(form, "note")}
+    elif action == "recycle":
+        body = {"note": text(form, "note")}
+    elif action == "assign" and ctx.has(SALES_LEADS):
+        body = {"owner": text(form, "owner")}
+    else:
+        return redirect("/inbox")
+    try:
+        out = await ctx.api.post(f"/api/sales/inbox/{lead_id}/{action}", body)
+    except ApiError as exc:
+        errors = {f"{lead_id}.{k}": v for k, v in exc.fields.items()} or {f"{lead_id}.form": exc.message}
+        return await _inbox_page(ctx, status=exc.status, errors=errors, error=exc.message)
+    if action == "accept" and out.get("opportunity"):
+        return redirect(f"/opportunities/{out['opportunity']['id']}", "accepted")
+    return redirect("/inbox", {"reject": "rejected", "recycle": "recycled", "assign": "assigned"}.get(action))
+
+
+def missing_fields(opp: dict[str, Any], stage: dict[str, Any]) -> list[str]:
+    """The stage's required fields the deal does not have yet (asked for in place)."""
+    have = dict(opp.get("fields") or {})
+    have.update(
+        {
+            "amount": opp.get("amount"),
+            "products": opp.get("products"),
+            "commitments": opp.get("commitments"),
+            "lost_reason": opp.get("lost_reason") or have.get("lost_reason"),
+        }
+    )
+    return [f for f in stage.get("required_fields", []) if not have.get(f)]
+
+
+@router.get("/pipeline", include_in_schema=False)
+async def board(ctx: PageCtx) -> Response:
+    ctx.require("pipeline")
+    pipeline = await ctx.api.get("/api/sales/pipeline")
+    page = await ctx.api.get("/api/sales/opportunities", {"limit": 200})
+    names = await roster(ctx) if ctx.has(SALES_LEADS) else {}
+    columns = [
+        {"stage": s, "deals": [o for o in page["items"] if o["stage"] == s["name"]]}
+        for s in pipeline["stages"]
+    ]
+    return ctx.render(
+        "pipeline.html", columns=columns, names=names, manager=ctx.has(SALES_LEADS), total=page["total"]
+    )
+
+
+async def _opportunity_page(ctx: Ctx, opp_id: str, status: int = 200, **extra: Any) -> Response:
+    opp = await ctx.api.get(f"/api/sales/opportunities/{opp_id}")
+    pipeline = await ctx.api.get("/api/sales/pipeline")
+    moves = [
+        {"stage": s, "missing": missing_fields(opp, s)}
+        for s in pipeline["stages"]
+        if s["name"] != opp["stage"] and opp["status"] == "open"
+    ]
+    return ctx.render(
+        "opportunity.html",
+        status=status,
+        opp=opp,
+        moves=moves,
+        labels=FIELD_LABELS,
+        activity_types=ACTIVITY_TYPES,
+        values=ctx.draft() or extra.pop("values", {}),
+        **extra,
+    )
+
+
+@router.get("/opportunities/{opp_id}", include_in_schema=False)
+async def opportunity(ctx: PageCtx, opp_id: str) -> Response:
+    ctx.require("opportunity")
+    return await _opportunity_page(ctx, opp_id)
+
+
+@router.post("/opportunities/{opp_id}/stage", include_in_schema=False, dependencies=CSRF)
+async def move(ctx: PageCtx, opp_id: str) -> Response:
+    ctx.require("opportunity")
+    form = await read_form(ctx.request)
+    fields, errors = stage_fields(form)
+    stage = form.get("stage", "")
+    back = form.get("_back") or f"/opportunities/{opp_id}"
+    if not errors:
+        try:
+            await ctx.api.post(f"/api/sales/opportunities/{opp_id}/stage", {"stage": stage, "fields": fields})
+        except ApiError as exc:
+            errors = {f"{stage}.{k.split('.')[-1]}": v for k, v in exc.fields.items()} or {
+                f"{stage}.form": exc.message
+            }
+            return await _opportunity_page(
+                ctx,
+                opp_id,
+                status=exc.status,
+                errors=errors,
+                error=exc.message,
+                values=form,
+                open_stage=stage,
+            )
+        return redirect(back if back.startswith("/") and not back.startswith("//") else "/pipeline", "moved")
+    return await _opportunity_page(
+        ctx,
+        opp_id,
+        status=422,
+        errors={f"{stage}.{k}": v for k, v in errors.items()},
+        error="Check the marked fields.",
+        values=form,
+        open_stage=stage,
+    )
+
+
+@router.post("/opportunities/{opp_id}/activities", include_in_schema=False, dependencies=CSRF)
+async def log_activity(ctx: PageCtx, opp_id: str) -> Response:
+    ctx.require("opportunity")
+    form = await read_form(ctx.request)
+    errors: dict[str, str] = {}
+    amount = number(form, "amount", errors)
+    body = {
+        "type": form.get("type", ""),
+        "summary": form.get("summary", "").strip(),
+        "amount": form["amount"].strip() if amount is not None else None,
+    }
+    if not errors:
+        try:
+            await ctx.api.post(f"/api/sales/opportunities/{opp_id}/activities", body)
+        except ApiError as exc:
+            errors = {f"activity.{k}": v for k, v in exc.fields.items()} or {"activity.form": exc.message}
+            return await _opportunity_page(
+                ctx, opp_id, status=exc.status, errors=errors, error=exc.message, values=form
+            )
+        return redirect(f"/opportunities/{opp_id}", "activity")
+    return await _opportunity_page(
+        ctx, opp_id, status=422, errors={f"activity.{k}": v for k, v in errors.items()}, values=form
+    )
+
+
+@router.get("/forecast", include_in_schema=False)
+async def forecast(ctx: PageCtx) -> Response:
+    ctx.require("forecast")
+    data = await ctx.api.get("/api/sales/forecast")
+    bars = [
+        charts.Bar(s["stage"], float(s["weighted"]), charts.format_number(s["weighted"], 2))
+        for s in data["stages"]
+        if not s["closed"] or s["stage"] == "won"
+    ]
+    chart = charts.bar_chart("Weighted value per stage", bars)
+    return ctx.render("forecast.html", data=data, chart=chart, team=data.get("scope") != "own")
+
+
+async def _team_page(ctx: Ctx, status: int = 200, **extra: Any) -> Response:
+    reps = await ctx.api.get("/api/sales/reps")
+    config = await ctx.api.get("/api/sales/config")
+    try:
+        users = await ctx.api.get("/users", {"limit": 500}) if "admin" in ctx.roles else None
+    except ApiError:
+        users = None
+    return ctx.render("team.html", status=status, reps=reps, config=config, users=users, **extra)
+
+
+@router.get("/team", include_in_schema=False)
+async def team(ctx: PageCtx) -> Response:
+    ctx.require("team")
+    return await _team_page(ctx)
+
+
+@router.post("/team/sla", include_in_schema=False, dependencies=CSRF)
+async def save_sla(ctx: PageCtx) -> Response:
+    ctx.require("team")
+    form = await read_form(ctx.request)
+    errors: dict[str, str] = {}
+    minutes = number(form, "lead_response_sla_minutes", errors, required=True)
+    if not errors:
+        try:
+            await ctx.api.put("/api/sales/config", {"lead_response_sla_minutes": int(minutes or 0)})
+        except ApiError as exc:
+            return await _team_page(
+                ctx, status=exc.status, errors=exc.fields or {"lead_response_sla_minutes": exc.message}
+            )
+        return redirect("/team", "sla")
+    return await _team_page(ctx, status=422, errors=errors)
+
+
+@router.post("/team/reps/{user_id}", include_in_schema=False, dependencies=CSRF)
+async def set_rep_active(ctx: PageCtx, user_id: str) -> Response:
+    ctx.require("team")
+    form = await read_form(ctx.request)
+    body = {"active": form.get("active") == "true", "name": text(form, "name")}
+    try:
+        await ctx.api.put(f"/api/sales/reps/{user_id}", body)
+    except ApiError as exc:
+        return await _team_page(ctx, status=exc.status, errors={f"{user_id}.form": exc.message})
+    return redirect("/team", "roster")
+
+
+def is_manager(ctx: Ctx) -> bool:
+    return ctx.has(SALES_LEADS)
+
+
+__all__ = ["SALES", "router"]

@@ -1,0 +1,202 @@
+"""Customer service and success: the ticket queue, a ticket, accounts and onboarding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from console.api.forms import number, text
+from console.api_client import ApiError
+from console.web import CSRF, Ctx, PageCtx, read_form, redirect
+
+router = APIRouter()
+PRIORITIES = ("low", "normal", "high", "urgent")
+
+
+@router.get("/tickets", include_in_schema=False)
+async def queue(ctx: PageCtx) -> Response:
+    ctx.require("tickets")
+    state = ctx.request.query_params.get("status")
+    state = state if state in ("open", "resolved") else "open"
+    tickets = await ctx.api.get("/api/service-desk/tickets", {"status": state, "limit": 200})
+    return ctx.render("tickets.html", tickets=tickets["items"], state=state)
+
+
+async def _new_ticket_page(ctx: Ctx, status: int = 200, **extra: Any) -> Response:
+    accounts = await ctx.api.get("/api/service-desk/accounts", {"limit": 200})
+    values = (
+        extra.pop("values", None)
+        or ctx.draft()
+        or {"account_id": ctx.request.query_params.get("account", "")}
+    )
+    options = [(a["account_id"], a["name"]) for a in accounts["items"]]
+    return ctx.render(
+        "ticket_new.html",
+        status=status,
+        account_options=options,
+        priorities=PRIORITIES,
+        values=values,
+        **extra,
+    )
+
+
+@router.get("/tickets/new", include_in_schema=False)
+async def new_ticket(ctx: PageCtx) -> Response:
+    ctx.require("tickets")
+    return await _new_ticket_page(ctx)
+
+
+@router.post("/tickets/new", include_in_schema=False, dependencies=CSRF)
+async def open_ticket(ctx: PageCtx) -> Response:
+    ctx.require("tickets")
+    form = await read_form(ctx.request)
+    body = {
+        "account_id": form.get("account_id", ""),
+        "subject": form.get("subject", "").strip(),
+        "request": form.get("request", "").strip(),
+        "priority": form.get("priority") or "normal",
+        "assign_to": "me" if form.get("assign_to") == "me" else "csm",
+    }
+    try:
+        ticket = await ctx.api.post("/api/service-desk/tickets", body)
+    except ApiError as exc:
+        return await _new_ticket_page(
+            ctx, status=exc.status, values=form, errors=exc.fields or {"form": exc.message}, error=exc.message
+        )
+    return redirect(f"/tickets/{ticket['ticket_id']}", "ticket")
+
+
+async def _ticket_page(ctx: Ctx, ticket_id: str, status: int = 200, **extra: Any) -> Response:
+    ticket = await ctx.api.get(f"/api/service-desk/tickets/{ticket_id}")
+    return ctx.render(
+        "ticket.html",
+        status=status,
+        ticket=ticket,
+        values=extra.pop("values", None) or ctx.draft() or {},
+        **extra,
+    )
+
+
+@router.get("/tickets/{ticket_id}", include_in_schema=False)
+async def ticket_page(ctx: PageCtx, ticket_id: str) -> Response:
+    ctx.require("ticket")
+    return await _ticket_page(ctx, ticket_id)
+
+
+@router.post("/tickets/{ticket_id}/{action}", include_in_schema=False, dependencies=CSRF)
+async def ticket_action(ctx: PageCtx, ticket_id: str, action: str) -> Response:
+    ctx.require("ticket")
+    form = await read_form(ctx.request)
+    errors: dict[str, str] = {}
+    body: dict[str, Any]
+    if action == "progress":
+        body = {"note": form.get("note", "").strip()}
+    elif action == "resolve":
+        body = {"result": form.get("result", "").strip()}
+    elif action == "rate":
+        csat = number(form, "csat", errors, required=True)
+        body = {"csat": int(csat or 0)}
+    else:
+        return redirect(f"/tickets/{ticket_id}")
+    if not errors:
+        try:
+            await ctx.api.post(f"/api/service-desk/tickets/{ticket_id}/{action}", body)
+        except ApiError as exc:
+            errors = exc.fields or {next(iter(body)): exc.message}
+            return await _ticket_page(
+                ctx, ticket_id, status=exc.status, values=form, errors=errors, error=exc.message
+            )
+        return redirect(
+            f"/tickets/{ticket_id}", {"progress": "progress", "resolve": "resolved", "rate": "rated"}[action]
+        )
+    return await _ticket_page(ctx, ticket_id, status=422, values=form, errors=errors)
+
+
+@router.get("/accounts", include_in_schema=False)
+async def accounts(ctx: PageCtx) -> Response:
+    ctx.require("accounts")
+    q = ctx.request.query_params
+    state = q.get("onboarding_status") if q.get("onboarding_status") in ("in_progress", "completed") else None
+    data = await ctx.api.get("/api/service-desk/accounts", {"onboarding_status": state, "limit": 200})
+    return ctx.render("accounts.html", accounts=data["items"], state=state)
+
+
+async def _account_page(ctx: Ctx, account_id: str, status: int = 200, **extra: Any) -> Response:
+    account = await ctx.api.get(f"/api/service-desk/accounts/{account_id}")
+    tickets = await ctx.api.get("/api/service-desk/tickets", {"account_id": account_id, "limit": 100})
+    return ctx.render(
+        "account.html",
+        status=status,
+        account=account,
+        tickets=tickets["items"],
+        values=extra.pop("values", None) or ctx.draft() or {},
+        **extra,
+    )
+
+
+@router.get("/accounts/{account_id}", include_in_schema=False)
+async def account_page(ctx: PageCtx, account_id: str) -> Response:
+    ctx.require("account")
+    return await _account_page(ctx, account_id)
+
+
+@router.post("/accounts/{account_id}/checklist/{item}", include_in_schema=False, dependencies=CSRF)
+async def complete_item(ctx: PageCtx, account_id: str, item: str) -> Response:
+    ctx.require("account")
+    try:
+        await ctx.api.post(f"/api/service-desk/accounts/{account_id}/checklist/{item}/complete")
+    except ApiError as exc:
+        return await _account_page(
+            ctx, account_id, status=exc.status, errors={f"checklist.{item}": exc.message}, error=exc.message
+        )
+    return redirect(f"/accounts/{account_id}", "checklist")
+
+
+@router.post(
+    "/accounts/{account_id}/commitments/{commitment_id}/{action}", include_in_schema=False, dependencies=CSRF
+)
+async def commitment(ctx: PageCtx, account_id: str, commitment_id: str, action: str) -> Response:
+    ctx.require("account")
+    form = await read_form(ctx.request)
+    if action not in ("flag", "deliver"):
+        return redirect(f"/accounts/{account_id}")
+    body = {"reason": form.get("reason", "").strip()} if action == "flag" else {}
+    try:
+        await ctx.api.post(
+            f"/api/service-desk/accounts/{account_id}/commitments/{commitment_id}/{action}", body
+        )
+    except ApiError as exc:
+        errors = {f"{commitment_id}.reason": exc.fields.get("reason", exc.message)}
+        return await _account_page(
+            ctx, account_id, status=exc.status, errors=errors, error=exc.message, values=form
+        )
+    return redirect(f"/accounts/{account_id}", "flagged" if action == "flag" else "delivered")
+
+
+@router.post("/accounts/{account_id}/signals", include_in_schema=False, dependencies=CSRF)
+async def signal(ctx: PageCtx, account_id: str) -> Response:
+    ctx.require("account")
+    form = await read_form(ctx.request)
+    errors: dict[str, str] = {}
+    value = number(form, "estimated_value", errors)
+    body = {
+        "kind": form.get("kind", ""),
+        "description": form.get("description", "").strip(),
+        "estimated_value": form["estimated_value"].strip() if value is not None else None,
+    }
+    if not errors:
+        try:
+            await ctx.api.post(f"/api/service-desk/accounts/{account_id}/signals", body)
+        except ApiError as exc:
+            errors = {f"signal.{k}": v for k, v in exc.fields.items()} or {"signal.form": exc.message}
+            return await _account_page(
+                ctx, account_id, status=exc.status, errors=errors, error=exc.message, values=form
+            )
+        return redirect(f"/accounts/{account_id}", "signal")
+    return await _account_page(
+        ctx, account_id, status=422, errors={f"signal.{k}": v for k, v in errors.items()}, values=form
+    )
+
+
+__all__ = ["router", "text"]

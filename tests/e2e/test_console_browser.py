@@ -1,0 +1,361 @@
+"""The web console in a real headless Chromium, driven by Playwright, one browser context per role.
+
+The journey goes through the console alone (no API call drives it): marketing captures a lead
+and records its behaviour until it qualifies, the sales manager reassigns it, the rep accepts it
+and takes the deal through every stage to won (the stage's required fields asked in place,
+commitments included), customer success completes onboarding, the service desk opens, works,
+resolves and rates a ticket, the analyst reads the dashboard and the administrator the customer's
+whole journey. Then what each role may not open, CSRF, session expiry and logout. The suite
+writes each role's first page to docs/console/<role>.png (shown in the README).
+
+The browser: ``CRM_CHROMIUM_PATH``, else the system's Chromium, else Playwright's own download
+(crm_platform.devinfra.browser). Without one the suite FAILS saying how to get one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from crm_platform.devinfra.browser import LAUNCH_ARGS, NoBrowser, resolve
+from crm_platform.devinfra.journey import ADMIN, DEMO_USERS, Gateway, seed_rosters, seed_users
+from crm_platform.devinfra.launcher import Platform
+
+pytestmark = pytest.mark.e2e
+RUN = uuid.uuid4().hex[:6]
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = Path(os.environ.get("CRM_CONSOLE_SCREENSHOTS", ROOT / "docs" / "console"))
+PASSWORDS = {"admin": ADMIN[1], **{u: p for u, (p, _, _) in DEMO_USERS.items()}}
+FIRST_PAGES = {
+    "maria": ("marketing", "/leads"),
+    "sam": ("sales-manager", "/inbox"),
+    "rita": ("sales-rep", "/inbox"),
+    "sven": ("service-rep", "/tickets"),
+    "cora": ("customer-success", "/accounts"),
+    "ana": ("analyst", "/dashboard"),
+    "admin": ("admin", "/admin/users"),
+}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    try:
+        found = resolve()
+    except NoBrowser as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=found.path, args=list(LAUNCH_ARGS))
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def base(request: pytest.FixtureRequest) -> str:
+    """The console as users reach it: the gateway's root.
+
+    ``CRM_E2E_CONSOLE_URL`` points the suite at a running platform (e.g. `make run`'s gateway)
+    instead of starting one, for working on the console.
+    """
+    url = os.environ.get("CRM_E2E_CONSOLE_URL")
+    if url:
+        return url.rstrip("/")
+    platform: Platform = request.getfixturevalue("platform")
+    return platform.url("gateway")
+
+
+@pytest.fixture(scope="module")
+def gw(base: str) -> Iterator[Gateway]:
+    """The public API as the demo users (users and rosters seeded; used to set up, never to drive)."""
+    gateway = Gateway(base)
+    seed_users(gateway)
+    seed_rosters(gateway)
+    yield gateway
+    gateway.close()
+
+
+@pytest.fixture(scope="module")
+def as_user(browser: Any, base: str, gw: Gateway) -> Iterator[Callable[..., Any]]:
+    """``as_user("rita")``: a page in its own browser context, logged in through the form."""
+    contexts: list[Any] = []
+
+    def open_as(username: str, password: str | None = None, **options: Any) -> Any:
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=base, **options)
+        context.set_default_timeout(30_000)
+        contexts.append(context)
+        page = context.new_page()
+        login(page, username, password or PASSWORDS[username])
+        return page
+
+    yield open_as
+    for context in contexts:
+        context.close()
+
+
+def login(page: Any, username: str, password: str) -> None:
+    page.goto("/login")
+    page.get_by_label("Username", exact=True).fill(username)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(r"^(?!.*/login).*$"))
+
+
+def poll_page(page: Any, path: str, ready: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Reload ``path`` until ``ready()`` (handoffs travel over Kafka): a deadline, no fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        page.goto(path)
+        if ready():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} on {path}")
+        page.wait_for_timeout(500)
+
+
+def notice(page: Any) -> str:
+    """The page's confirmation; on a page that shows an error instead, that error, in words."""
+    shown = page.locator(".notice, .error, .field-error")
+    shown.first.wait_for()
+    return " | ".join(str(t) for t in shown.all_inner_texts())
+
+
+@pytest.fixture(scope="module")
+def journey(as_user: Callable[..., Any]) -> dict[str, Any]:
+    """The whole journey through the console; later tests read what it left behind."""
+    company = f"Console {RUN} GmbH"
+    out: dict[str, Any] = {"company": company}
+    maria = as_user("maria")
+    maria.goto("/leads/new")
+    maria.get_by_label("Name", exact=True).fill(f"Ada Console {RUN}")
+    maria.get_by_label("Email", exact=True).fill(f"ada.console.{RUN}@example.com")
+    maria.get_by_label("Company", exact=True).fill(company)
+    maria.get_by_label("Channel", exact=True).fill("webinar")
+    maria.get_by_label("Campaign", exact=True).fill("console-launch")
+    maria.get_by_label("Agreed to marketing email", exact=True).check()
+    maria.get_by_role("button", name="Capture").click()
+    maria.wait_for_url(re.compile(r"/leads/[^/?]+\?ok=captured$"))
+    out["lead_id"] = lead_id = maria.url.split("/leads/")[1].split("?")[0]
+    for behaviour in ("page view", "page view", "email open", "form submit", "trial signup"):
+        maria.get_by_label("Behaviour", exact=True).select_option(label=behaviour)
+        maria.get_by_role("button", name="Record").click()
+        maria.wait_for_url(re.compile(r"\?ok=behaviour$"))
+    assert maria.locator(".facts .badge").inner_text() == "qualified"
+    out["maria"] = maria
+
+    sam = as_user("sam")
+    item = sam.locator(f"#item-{lead_id}")
+    poll_page(sam, "/inbox", lambda: item.count() == 1, "the qualified lead in the team inbox")
+    item.get_by_label("Reassign to", exact=True).select_option(label=DEMO_USERS["rita"][2])
+    item.get_by_role("button", name="Reassign").click()
+    assert notice(sam) == "Lead reassigned."
+    out["sam"] = sam
+
+    rita = as_user("rita")
+    mine = rita.locator(f"#item-{lead_id}")
+    poll_page(rita, "/inbox", lambda: mine.count() == 1, "the reassigned lead in Rita's inbox")
+    assert "due in" in mine.locator(".sla").inner_text()
+    mine.get_by_label("Note", exact=True).first.fill("fits our ICP")
+    mine.get_by_role("button", name="Accept").click()
+    rita.wait_for_url(re.compile(r"/opportunities/[^/?]+\?ok=accepted$"))
+    out["opportunity_id"] = rita.url.split("/opportunities/")[1].split("?")[0]
+    win_in_console(rita)
+    out["rita"] = rita
+
+    cora = as_user("cora")
+    account_link = cora.get_by_role("link", name=company)
+    poll_page(cora, "/accounts", lambda: account_link.count() == 1, "the won deal as an account")
+    account_link.click()
+    out["account_id"] = cora.url.split("/accounts/")[1].split("?")[0]
+    while cora.get_by_role("button", name=re.compile("^Complete: ")).count():
+        cora.get_by_role("button", name=re.compile("^Complete: ")).first.click()
+        cora.wait_for_url(re.compile(r"\?ok=checklist$"))
+    assert "completed" in cora.get_by_role("heading", name=re.compile("^Onboarding")).inner_text()
+    cora.get_by_role("button", name="Mark delivered").first.click()
+    assert notice(cora) == "Commitment marked delivered."
+    out["cora"] = cora
+
+    sven = as_user("sven")
+    sven.goto(f"/tickets/new?account={out['account_id']}")
+    sven.get_by_label("Subject", exact=True).fill("SSO login fails")
+    sven.get_by_label("What the customer asks", exact=True).fill("Users see an error after the SSO redirect")
+    sven.get_by_label("Priority", exact=True).select_option("high")
+    sven.get_by_role("button", name="Open ticket").click()
+    sven.wait_for_url(re.compile(r"/tickets/[^/?]+\?ok=ticket$"))
+    sven.get_by_label("Progress note", exact=True).fill("Reproduced; the IdP certificate was rotated")
+    sven.get_by_role("button", name="Add note").click()
+    assert notice(sven) == "Progress noted."
+    sven.get_by_label("Result", exact=True).fill("Certificate updated, logins work")
+    sven.get_by_role("button", name="Resolve").click()
+    assert notice(sven) == "Ticket resolved."
+    sven.get_by_label("Customer's satisfaction (1-5)", exact=True).fill("5")
+    sven.get_by_role("button", name="Record rating").click()
+    assert "5 / 5" in sven.locator(".facts").inner_text()
+    out["sven"] = sven
+    return out
+
+
+def win_in_console(rita: Any) -> None:
+    """Discovery, proposal, negotiation, won: each stage asks for its missing required fields."""
+    rita.get_by_label("Type", exact=True).select_option("call")
+    rita.get_by_label("Summary", exact=True).fill("Discovery call: pains, budget owner, timeline")
+    rita.get_by_role("button", name="Log activity").click()
+    assert notice(rita) == "Activity logged."
+    steps: list[tuple[str, dict[str, str]]] = [
+        ("discovery", {"Budget": "50000", "Decision maker": "CFO"}),
+        ("proposal", {"Amount": "30000", "Products": "CRM-ENT; CRM Enterprise seat; 50; 600"}),
+        ("negotiation", {"Close date": "2027-01-31"}),
+        ("won", {"Commitments": "Data migration from the legacy CRM | 2027-02-28\nOnboarding workshop"}),
+    ]
+    for stage, fields in steps:
+        rita.locator("summary", has_text=f"Move to {stage}").click()
+        form = rita.locator("details[open] form")
+        for label, value in fields.items():
+            form.get_by_label(re.compile(f"^{label}")).fill(value)
+        form.get_by_role("button", name=f"Move to {stage}").click()
+        assert notice(rita) == "Deal moved."
+        assert rita.locator("h1 .badge").inner_text() == stage
+
+
+def test_the_journey_runs_through_the_console_alone(
+    journey: dict[str, Any], as_user: Callable[..., Any]
+) -> None:
+    maria = journey["maria"]
+    maria.goto(f"/leads/{journey['lead_id']}")
+    assert "accepted" in maria.get_by_role("heading", name="Sales' verdict").locator("..").inner_text()
+    rita = journey["rita"]
+    rita.goto("/forecast")
+    assert rita.get_by_role("heading", name="Your forecast").count() == 1
+    assert rita.locator("svg.chart").count() == 1
+    ana = as_user("ana")
+    won = ana.locator("#h-funnel").locator("..").locator("tr", has_text="won").locator("td.num")
+    poll_page(
+        ana, "/dashboard", lambda: won.count() == 1 and int(won.inner_text()) >= 1, "a won deal in the funnel"
+    )
+    assert ana.locator("svg.chart").count() == 3
+    admin = as_user("admin")
+    admin.goto(f"/customers/{journey['lead_id']}")
+    story = admin.locator("ol.journey").inner_text()
+    for part in ("won", "SSO login fails", "CSAT 5/5", "Data migration from the legacy CRM", "accepted"):
+        assert part in story, part
+
+
+def test_each_roles_first_page_is_captured_for_the_readme(
+    journey: dict[str, Any], as_user: Callable[..., Any]
+) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for username, (name, path) in FIRST_PAGES.items():
+        page = journey.get(username) or as_user(username)
+        page.goto("/")
+        assert page.url.endswith(path), (username, page.url)
+        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)
+        assert (SHOTS / f"{name}.png").stat().st_size > 10_000
+
+
+FORBIDDEN = {
+    "maria": ["/inbox", "/pipeline", "/tickets", "/accounts", "/dashboard", "/admin/users", "/team"],
+    "rita": ["/leads", "/leads/new", "/team", "/tickets", "/dashboard", "/admin/users"],
+    "sam": ["/leads/new", "/tickets", "/accounts", "/admin/users"],
+    "sven": ["/leads", "/inbox", "/pipeline", "/forecast", "/dashboard", "/admin/users"],
+    "cora": ["/leads", "/inbox", "/forecast", "/dashboard", "/team", "/admin/users"],
+    "ana": ["/leads/new", "/inbox", "/tickets", "/accounts", "/team", "/admin/users"],
+}
+
+
+@pytest.mark.parametrize("username", sorted(FORBIDDEN))
+def test_a_role_is_neither_offered_nor_shown_what_it_may_not_open(
+    username: str, journey: dict[str, Any], as_user: Callable[..., Any]
+) -> None:
+    page = journey.get(username) or as_user(username)
+    page.goto("/")
+    menu = [
+        str(h).split("?")[0]
+        for h in page.locator("header nav a").evaluate_all("els => els.map(e => e.getAttribute('href'))")
+    ]
+    for path in FORBIDDEN[username]:
+        assert path not in menu, (username, path)
+        response = page.goto(path)
+        assert response is not None
+        assert response.status == 403, (username, path)
+        assert page.get_by_role("heading", name="Not for your role").count() == 1
+
+
+def test_the_api_decides_what_a_customer_360_shows(journey: dict[str, Any]) -> None:
+    rita = journey["rita"]
+    rita.goto(f"/customers/{journey['lead_id']}")
+    account = rita.locator("li.card", has=rita.get_by_role("heading", name="Account (customer success)"))
+    assert "Not shown for your role" in account.inner_text()
+    deal = rita.locator("li.card", has=rita.get_by_role("heading", name="Deal (sales)"))
+    assert journey["company"] in deal.inner_text()
+
+
+def test_a_form_without_its_csrf_token_or_with_another_sessions_is_refused(
+    journey: dict[str, Any], as_user: Callable[..., Any], gw: Gateway
+) -> None:
+    maria = journey["maria"]
+    email = f"csrf.{RUN}@example.com"
+    form = {"name": "Forged", "email": email, "source_channel": "web_form"}
+    refused = maria.request.post("/leads/new", form=form, max_redirects=0)
+    assert refused.status == 403
+    assert "Form refused" in refused.text()
+    other = as_user("admin")
+    other.goto("/leads/new")
+    foreign = other.locator("input[name=csrf_token]").first.get_attribute("value")
+    refused = maria.request.post("/leads/new", form={**form, "csrf_token": foreign}, max_redirects=0)
+    assert refused.status == 403
+    gw.login("maria", PASSWORDS["maria"])
+    leads = gw.get("maria", "/api/leads/leads?limit=200")["items"]
+    assert all(lead["email"] != email for lead in leads)
+
+
+def test_an_expired_session_logs_in_again_by_keyboard_and_keeps_what_was_typed(
+    as_user: Callable[..., Any], gw: Gateway
+) -> None:
+    username, password = f"mia{RUN}", "mia-console-pass-1"
+    gw.login(*ADMIN)
+    user = gw.call(
+        "admin", "POST", "/users", {"username": username, "password": password, "roles": ["marketing"]}
+    )
+    page = as_user(username, password)
+    page.goto("/leads/new")
+    page.get_by_label("Name", exact=True).fill("Typed Before Expiry")
+    page.get_by_label("Email", exact=True).fill(f"typed.{RUN}@example.com")
+    page.get_by_label("Channel", exact=True).fill("web_form")
+    # The session ends at the gateway: a password reset revokes every token and refresh token.
+    gw.call("admin", "PATCH", f"/users/{user['id']}", {"password": password})
+    page.get_by_role("button", name="Capture").click()
+    page.wait_for_url(re.compile(r"/login\?next=%2Fleads%2Fnew&expired=1$"))
+    assert "Your session has expired" in page.locator(".notice").inner_text()
+    page.keyboard.type(username)  # the username field has the focus
+    page.keyboard.press("Tab")
+    page.keyboard.type(password)
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"/leads/new\?ok=restored$"))
+    assert page.get_by_label("Name", exact=True).input_value() == "Typed Before Expiry"
+    assert page.get_by_label("Email", exact=True).input_value() == f"typed.{RUN}@example.com"
+    page.get_by_role("button", name="Capture").click()
+    page.wait_for_url(re.compile(r"/leads/[^/?]+\?ok=captured$"))
+    page.get_by_role("button", name="Log out").click()
+    page.wait_for_url(re.compile(r"/login\?ok=loggedout$"))
+    page.goto("/leads")
+    assert "/login?next=%2Fleads" in page.url
+
+
+def test_pages_fit_a_phone_and_a_1280_px_screen(journey: dict[str, Any], browser: Any, base: str) -> None:
+    for width, height in ((390, 844), (1280, 800)):
+        context = browser.new_context(viewport={"width": width, "height": height}, base_url=base)
+        try:
+            page = context.new_page()
+            login(page, "sam", PASSWORDS["sam"])
+            for path in ("/inbox", "/pipeline", f"/opportunities/{journey['opportunity_id']}", "/forecast"):
+                page.goto(path)
+                overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+                assert overflow <= 1, (width, path, overflow)
+        finally:
+            context.close()
