@@ -336,7 +336,8 @@ def test_kustomization_references_exist(directory: Path) -> None:
 
 def test_every_service_has_a_self_contained_base() -> None:
     service_dirs = {p.parent.name for p in (ROOT / "services").glob("*/pyproject.toml")}
-    assert service_dirs == set(SERVICES) | set(NO_BASE_YET), "update SERVICES here (and deploy/k8s) for a new service"
+    expected = set(SERVICES) | set(NO_BASE_YET)
+    assert service_dirs == expected, "update SERVICES here (and deploy/k8s) for a new service"
     base_dirs = {p.name for p in BASE.iterdir() if p.is_dir()}
     assert base_dirs == set(SERVICES) | {TOPICS_BASE}
     for svc in SERVICES:
