@@ -27,7 +27,8 @@ from crm_platform.devinfra.browser import LAUNCH_ARGS, NoBrowser, resolve
 from crm_platform.devinfra.journey import ADMIN, DEMO_USERS, Gateway, seed_rosters, seed_users
 from crm_platform.devinfra.launcher import Platform
 
-pytestmark = pytest.mark.e2e
+# Starting the platform and walking the journey in a browser takes minutes on a loaded machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 RUN = uuid.uuid4().hex[:6]
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = Path(os.environ.get("CRM_CONSOLE_SCREENSHOTS", ROOT / "docs" / "console"))
@@ -126,9 +127,26 @@ def notice(page: Any) -> str:
     return " | ".join(str(t) for t in shown.all_inner_texts())
 
 
+JOURNEY_FAILED: list[BaseException] = []
+
+
 @pytest.fixture(scope="module")
 def journey(as_user: Callable[..., Any]) -> dict[str, Any]:
-    """The whole journey through the console; later tests read what it left behind."""
+    """The whole journey through the console; later tests read what it left behind.
+
+    Walked once: if it fails, the tests that need it fail at once with the same error
+    instead of walking it again each.
+    """
+    if JOURNEY_FAILED:
+        pytest.fail(f"the journey failed earlier: {JOURNEY_FAILED[0]}", pytrace=False)
+    try:
+        return walk_journey(as_user)
+    except BaseException as exc:
+        JOURNEY_FAILED.append(exc)
+        raise
+
+
+def walk_journey(as_user: Callable[..., Any]) -> dict[str, Any]:
     company = f"Console {RUN} GmbH"
     out: dict[str, Any] = {"company": company}
     maria = as_user("maria")
