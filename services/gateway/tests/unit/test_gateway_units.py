@@ -48,6 +48,7 @@ def test_defaults() -> None:
         "sales": "http://127.0.0.1:8002",
         "service-desk": "http://127.0.0.1:8003",
         "analytics": "http://127.0.0.1:8004",
+        "console": "http://127.0.0.1:8005",
     }
     assert s.bootstrap_admin_password == DEV_ADMIN_PASSWORD == "admin-dev-password"
     assert "admin-dev-password" not in repr(s)
