@@ -251,113 +251,120 @@ def _login_redirect(request: Request) -> Response:
     return response
 
 
+async def _login(request: Request, _: LoginRequired) -> Response:
+    return _login_redirect(request)
+
+
+async def _expired(request: Request, _: SessionExpired) -> Response:
+    return _login_redirect(request)
+
+
+async def _csrf(request: Request, _: CsrfRefused) -> Response:
+    message = (
+        "This form was not sent from a page of this console, or it is too old. "
+        "Reload the page and send it again."
+    )
+    return render(
+        request,
+        "error.html",
+        status=403,
+        session=load_session(request),
+        title="Form refused",
+        message=message,
+    )
+
+
+async def _forbidden(request: Request, exc: PageForbidden) -> Response:
+    message = (
+        f"{exc.title} is for the roles: {pages.describe_roles(exc.needed)}. "
+        f"You are signed in as: {pages.describe_roles(exc.roles)}."
+    )
+    return render(
+        request,
+        "error.html",
+        status=403,
+        session=load_session(request),
+        title="Not for your role",
+        message=message,
+    )
+
+
+async def _api(request: Request, exc: ApiError) -> Response:
+    title = {403: "Not allowed", 404: "Not found"}.get(exc.status, "The CRM answered with an error")
+    status = exc.status if 400 <= exc.status < 600 else 502
+    return render(
+        request,
+        "error.html",
+        status=status,
+        session=getattr(request.state, "session", None),
+        title=title,
+        message=exc.message,
+    )
+
+
+async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+    if request.url.path.startswith(("/static/", "/healthz", "/readyz", "/metrics")):
+        return Response(str(exc.detail), status_code=exc.status_code)
+    title = "Page not found" if exc.status_code == 404 else "Request refused"
+    return render(
+        request,
+        "error.html",
+        status=exc.status_code,
+        session=load_session(request),
+        title=title,
+        message=str(exc.detail),
+    )
+
+
+async def cookies(request: Request, call_next: Any) -> Response:
+    response: Response = await call_next(request)
+    settings: ConsoleSettings = request.app.state.settings
+    secure = settings.secure_cookies
+    fresh_csrf = getattr(request.state, "csrf_value", None)
+    if fresh_csrf and not request.cookies.get(CSRF_COOKIE):
+        response.set_cookie(
+            CSRF_COOKIE,
+            fresh_csrf,
+            max_age=int(settings.session_hours * 3600) + 3600,
+            httponly=True,
+            samesite="strict",
+            secure=secure,
+        )
+    out = getattr(request.state, "session_out", None)
+    session: Session | None = getattr(request.state, "session", None)
+    if out is False:
+        response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="lax", secure=secure)
+    elif isinstance(out, Session) or (session is not None and session.changed):
+        chosen = out if isinstance(out, Session) else session
+        assert chosen is not None
+        response.set_cookie(
+            SESSION_COOKIE,
+            sealer(request).seal(chosen.to_doc()),
+            max_age=int(settings.session_hours * 3600),
+            httponly=True,
+            samesite="lax",
+            secure=secure,
+        )
+    if getattr(request.state, "clear_draft", False):
+        response.delete_cookie(DRAFT_COOKIE, httponly=True, samesite="lax", secure=secure)
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "frame-ancestors 'none'; form-action 'self'",
+    )
+    return response
+
+
 def install(app: FastAPI) -> None:
     """Exception handlers that answer in pages, and the cookie writer."""
-
-    @app.exception_handler(LoginRequired)
-    async def _login(request: Request, _: LoginRequired) -> Response:
-        return _login_redirect(request)
-
-    @app.exception_handler(SessionExpired)
-    async def _expired(request: Request, _: SessionExpired) -> Response:
-        return _login_redirect(request)
-
-    @app.exception_handler(CsrfRefused)
-    async def _csrf(request: Request, _: CsrfRefused) -> Response:
-        message = (
-            "This form was not sent from a page of this console, or it is too old. "
-            "Reload the page and send it again."
-        )
-        return render(
-            request,
-            "error.html",
-            status=403,
-            session=load_session(request),
-            title="Form refused",
-            message=message,
-        )
-
-    @app.exception_handler(PageForbidden)
-    async def _forbidden(request: Request, exc: PageForbidden) -> Response:
-        message = (
-            f"{exc.title} is for the roles: {pages.describe_roles(exc.needed)}. "
-            f"You are signed in as: {pages.describe_roles(exc.roles)}."
-        )
-        return render(
-            request,
-            "error.html",
-            status=403,
-            session=load_session(request),
-            title="Not for your role",
-            message=message,
-        )
-
-    @app.exception_handler(ApiError)
-    async def _api(request: Request, exc: ApiError) -> Response:
-        title = {403: "Not allowed", 404: "Not found"}.get(exc.status, "The CRM answered with an error")
-        status = exc.status if 400 <= exc.status < 600 else 502
-        return render(
-            request,
-            "error.html",
-            status=status,
-            session=getattr(request.state, "session", None),
-            title=title,
-            message=exc.message,
-        )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        if request.url.path.startswith(("/static/", "/healthz", "/readyz", "/metrics")):
-            return Response(str(exc.detail), status_code=exc.status_code)
-        title = "Page not found" if exc.status_code == 404 else "Request refused"
-        return render(
-            request,
-            "error.html",
-            status=exc.status_code,
-            session=load_session(request),
-            title=title,
-            message=str(exc.detail),
-        )
-
-    @app.middleware("http")
-    async def cookies(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        settings: ConsoleSettings = request.app.state.settings
-        secure = settings.secure_cookies
-        fresh_csrf = getattr(request.state, "csrf_value", None)
-        if fresh_csrf and not request.cookies.get(CSRF_COOKIE):
-            response.set_cookie(
-                CSRF_COOKIE,
-                fresh_csrf,
-                max_age=int(settings.session_hours * 3600) + 3600,
-                httponly=True,
-                samesite="strict",
-                secure=secure,
-            )
-        out = getattr(request.state, "session_out", None)
-        session: Session | None = getattr(request.state, "session", None)
-        if out is False:
-            response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="lax", secure=secure)
-        elif isinstance(out, Session) or (session is not None and session.changed):
-            chosen = out if isinstance(out, Session) else session
-            assert chosen is not None
-            response.set_cookie(
-                SESSION_COOKIE,
-                sealer(request).seal(chosen.to_doc()),
-                max_age=int(settings.session_hours * 3600),
-                httponly=True,
-                samesite="lax",
-                secure=secure,
-            )
-        if getattr(request.state, "clear_draft", False):
-            response.delete_cookie(DRAFT_COOKIE, httponly=True, samesite="lax", secure=secure)
-        response.headers.setdefault("Cache-Control", "no-store")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        response.headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-            "frame-ancestors 'none'; form-action 'self'",
-        )
-        return response
+    app.add_exception_handler(LoginRequired, _login)  # type: ignore[arg-type]
+    app.add_exception_handler(SessionExpired, _expired)  # type: ignore[arg-type]
+    app.add_exception_handler(CsrfRefused, _csrf)  # type: ignore[arg-type]
+    app.add_exception_handler(PageForbidden, _forbidden)  # type: ignore[arg-type]
+    app.add_exception_handler(ApiError, _api)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]
+    app.middleware("http")(cookies)
