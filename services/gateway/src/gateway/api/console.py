@@ -22,8 +22,8 @@ from gateway.api.proxy import _stream
 from gateway.domain.routes import CONSOLE
 from gateway.upstream import Upstreams
 
-GATEWAY_PREFIXES = ("/api/", "/auth/", "/users/", "/internal/", "/docs/", "/.well-known/")
-GATEWAY_PATHS = frozenset({"/api", "/auth", "/users", "/internal", "/docs", "/openapi.json"})
+GATEWAY_PREFIXES = ("/api/", "/public/", "/auth/", "/users/", "/internal/", "/docs/", "/.well-known/")
+GATEWAY_PATHS = frozenset({"/api", "/public", "/auth", "/users", "/internal", "/docs", "/openapi.json"})
 
 router = APIRouter(tags=["console"])
 
