@@ -3,9 +3,9 @@
 The journey goes through the console alone (no API call drives it): marketing captures a lead
 and records its behaviour until it qualifies, the sales manager reassigns it, the rep accepts it
 and takes the deal through every stage to won (the stage's required fields asked in place,
-commitments included), customer success completes onboarding, the service desk opens, works,
-resolves and rates a ticket, the analyst reads the dashboard and the administrator the customer's
-whole journey. Then what each role may not open, CSRF, session expiry and logout. The suite
+commitments included), customer success completes onboarding, the service desk opens, works
+and resolves a ticket and sends its CSAT survey link, the analyst reads the dashboard and the
+administrator the customer's whole journey. Then what each role may not open, CSRF, session expiry and logout. The suite
 writes each role's first page to docs/console/<role>.png (shown in the README).
 
 The browser: ``CRM_CHROMIUM_PATH``, else the system's Chromium, else Playwright's own download
@@ -212,9 +212,8 @@ def walk_journey(as_user: Callable[..., Any]) -> dict[str, Any]:
     sven.get_by_label("Result", exact=True).fill("Certificate updated, logins work")
     sven.get_by_role("button", name="Resolve").click()
     assert notice(sven) == "Ticket resolved."
-    sven.get_by_label("Customer's satisfaction (1-5)", exact=True).fill("5")
-    sven.get_by_role("button", name="Record rating").click()
-    assert "5 / 5" in sven.locator(".facts").inner_text()
+    sven.get_by_role("button", name="Send CSAT survey").click()
+    assert "surveys/" in sven.locator(".survey-link").inner_text()
     out["sven"] = sven
     return out
 
@@ -260,7 +259,7 @@ def test_the_journey_runs_through_the_console_alone(
     admin = as_user("admin")
     admin.goto(f"/customers/{journey['lead_id']}")
     story = admin.locator("ol.journey").inner_text()
-    for part in ("won", "SSO login fails", "CSAT 5/5", "Data migration from the legacy CRM", "accepted"):
+    for part in ("won", "SSO login fails", "Data migration from the legacy CRM", "accepted"):
         assert part in story, part
 
 

@@ -65,7 +65,6 @@ NOTICES = {
     "ticket": "Ticket opened.",
     "progress": "Progress noted.",
     "resolved": "Ticket resolved.",
-    "rated": "Rating recorded.",
     "checklist": "Checklist item completed.",
     "delivered": "Commitment marked delivered.",
     "flagged": "Commitment flagged back to sales.",

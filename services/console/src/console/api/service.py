@@ -94,9 +94,13 @@ async def ticket_action(ctx: PageCtx, ticket_id: str, action: str) -> Response:
         body = {"note": form.get("note", "").strip()}
     elif action == "resolve":
         body = {"result": form.get("result", "").strip()}
-    elif action == "rate":
-        csat = number(form, "csat", errors, required=True)
-        body = {"csat": int(csat or 0)}
+    elif action == "survey":
+        # CSAT comes from the customer, by a signed single-use link: shown here once, to send.
+        try:
+            sent = await ctx.api.post(f"/api/service-desk/tickets/{ticket_id}/csat-survey")
+        except ApiError as exc:
+            return await _ticket_page(ctx, ticket_id, status=exc.status, error=exc.message)
+        return await _ticket_page(ctx, ticket_id, survey=sent)
     else:
         return redirect(f"/tickets/{ticket_id}")
     if not errors:
@@ -108,7 +112,7 @@ async def ticket_action(ctx: PageCtx, ticket_id: str, action: str) -> Response:
                 ctx, ticket_id, status=exc.status, values=form, errors=errors, error=exc.message
             )
         return redirect(
-            f"/tickets/{ticket_id}", {"progress": "progress", "resolve": "resolved", "rate": "rated"}[action]
+            f"/tickets/{ticket_id}", {"progress": "progress", "resolve": "resolved"}[action]
         )
     return await _ticket_page(ctx, ticket_id, status=422, values=form, errors=errors)
 
