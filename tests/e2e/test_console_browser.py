@@ -5,8 +5,8 @@ and records its behaviour until it qualifies, the sales manager reassigns it, th
 and takes the deal through every stage to won (the stage's required fields asked in place,
 commitments included), customer success completes onboarding, the service desk opens, works
 and resolves a ticket and sends its CSAT survey link, the analyst reads the dashboard and the
-administrator the customer's whole journey. Then what each role may not open, CSRF, session expiry and logout. The suite
-writes each role's first page to docs/console/<role>.png (shown in the README).
+administrator the customer's whole journey. Then what each role may not open, CSRF, session
+expiry and logout. The suite writes each role's first page to docs/console/<role>.png (shown in the README).
 
 The browser: ``CRM_CHROMIUM_PATH``, else the system's Chromium, else Playwright's own download
 (crm_platform.devinfra.browser). Without one the suite FAILS saying how to get one.

@@ -111,9 +111,7 @@ async def ticket_action(ctx: PageCtx, ticket_id: str, action: str) -> Response:
             return await _ticket_page(
                 ctx, ticket_id, status=exc.status, values=form, errors=errors, error=exc.message
             )
-        return redirect(
-            f"/tickets/{ticket_id}", {"progress": "progress", "resolve": "resolved"}[action]
-        )
+        return redirect(f"/tickets/{ticket_id}", {"progress": "progress", "resolve": "resolved"}[action])
     return await _ticket_page(ctx, ticket_id, status=422, values=form, errors=errors)
 
 
