@@ -31,7 +31,9 @@ from crm_platform.devinfra.launcher import Platform
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 RUN = uuid.uuid4().hex[:6]
 ROOT = Path(__file__).resolve().parents[2]
-SHOTS = Path(os.environ.get("CRM_CONSOLE_SCREENSHOTS", ROOT / "docs" / "console"))
+# Screenshots of each role's first page. A test run must not dirty the checkout, so they go
+# under .local unless asked for: `CRM_CONSOLE_SCREENSHOTS=docs/console` refreshes the README's.
+SHOTS = Path(os.environ.get("CRM_CONSOLE_SCREENSHOTS", ROOT / ".local" / "console-screenshots"))
 PASSWORDS = {"admin": ADMIN[1], **{u: p for u, (p, _, _) in DEMO_USERS.items()}}
 FIRST_PAGES = {
     "maria": ("marketing", "/leads"),
