@@ -30,11 +30,8 @@ from analytics.store import MongoReconciliations
 from analytics.worker import SOURCE_TOPICS
 from crm_contracts import Envelope, decode
 from crm_contracts.registry import model_for
-from crm_platform.testing import auth_headers, eventually, produce_envelope, running_app
-from kafka import KafkaConsumer
-from kafka import TopicPartition as KafkaTopicPartition
+from crm_platform.testing import auth_headers, eventually, produce_envelope, running_app, start_group_at_end
 from kafka.admin import KafkaAdminClient
-from kafka.structs import OffsetAndMetadata
 from pymongo import AsyncMongoClient, MongoClient
 
 pytestmark = pytest.mark.integration
@@ -159,21 +156,6 @@ def worker_env(kafka_bootstrap: str, mongodb_uri: str, tmp_path: Path) -> Iterat
         client.drop_database(env["MONGODB_DATABASE"])
 
 
-def commit_at_end(bootstrap: str, group: str) -> None:
-    """The group's offsets at the topics' end, as if the worker had folded everything there."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        tps = [
-            KafkaTopicPartition(topic, p)
-            for topic in SOURCE_TOPICS
-            for p in sorted(consumer.partitions_for_topic(topic) or [])
-        ]
-        ends = consumer.end_offsets(tps)
-        consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in ends.items()})
-    finally:
-        consumer.close()
-
-
 def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("wb") as log:
         return subprocess.Popen(
@@ -197,7 +179,7 @@ async def test_a_worker_restarted_after_a_broker_loss_converges_to_the_log(
     channel, events = journey_events(journey, run, leads=3)
     await produce_all(kafka_bootstrap, events)
     # The state a broker loss leaves: offsets committed, facts in no changelog.
-    commit_at_end(kafka_bootstrap, worker_env["CRM_ANALYTICS_APP_ID"])
+    await start_group_at_end(kafka_bootstrap, worker_env["CRM_ANALYTICS_APP_ID"], list(SOURCE_TOPICS))
     log_path = tmp_path / "worker.log"
     proc = start_worker(worker_env, log_path)
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri, tz_aware=True)

@@ -20,10 +20,7 @@ from crm_contracts.events.common import Consent
 from crm_contracts.events.leads import LeadCapturedV1
 from crm_contracts.topics import LEADS_EVENTS
 from crm_platform.liveness import OffsetsReader
-from crm_platform.testing import eventually, produce_envelope
-from kafka import KafkaConsumer
-from kafka import TopicPartition as KafkaTopicPartition
-from kafka.structs import OffsetAndMetadata
+from crm_platform.testing import eventually, produce_envelope, start_group_at_end
 
 
 def settings(tmp_path: Path, **env: object) -> AnalyticsSettings:
@@ -57,20 +54,6 @@ def test_the_worker_watches_its_group_and_exits_on_a_stall(tmp_path: Path) -> No
 
 
 # --- a real worker process: killed, restarted with its instance id, consuming again -----------
-
-
-def _start_group_at_end(bootstrap: str, group: str) -> None:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        tps = [
-            KafkaTopicPartition(topic, p)
-            for topic in SOURCE_TOPICS
-            for p in sorted(consumer.partitions_for_topic(topic) or [])
-        ]
-        ends = consumer.end_offsets(tps)
-        consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in ends.items()})
-    finally:
-        consumer.close()
 
 
 def _spawn(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -135,7 +118,7 @@ async def test_a_killed_worker_restarted_with_its_instance_id_consumes_again(
             "PYTHONUNBUFFERED": "1",
         }
     )
-    _start_group_at_end(kafka_bootstrap, app_id)
+    await start_group_at_end(kafka_bootstrap, app_id, list(SOURCE_TOPICS))
     log_path = tmp_path / "worker.log"
     procs = [_spawn(env, log_path)]
 
