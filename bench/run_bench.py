@@ -39,9 +39,13 @@ from crm_contracts.topics import HANDOFF_RECEIPTS
 from crm_platform.devinfra.launcher import Platform
 from crm_platform.kafka import ensure_topics, pace_empty_fetches
 from crm_platform.testing import TopicReader, auth_headers, idle_backoff_ms
+from profiling import profiled, summarize
+from scenarios import analytics_replay, backlog_drain, bulk_capture
+from system import RssSampler, cpu_share, dir_mb, load_average
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = ROOT / ".local/bench"
+PROFILE_DIR = ROOT / "bench/results/profile"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -184,74 +188,166 @@ async def fixed_rate(
     return asdict(f)
 
 
-async def bench_platform(
-    args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int
-) -> dict[str, Any]:
-    platform = Platform(
+SERVICES_UNDER_LOAD = ("leads", "sales", "service-desk", "analytics", "analytics-worker", "gateway")
+
+
+def _platform(args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int, prefix: str) -> Platform:
+    env = {}
+    if args.http_stack == "plain":  # the stack before uvloop/httptools, for comparison
+        env = {"CRM_HTTP_LOOP": "asyncio", "CRM_HTTP_PARSER": "h11"}
+    return Platform(
         kafka,
         mongo,
         HOME / "logs",
-        gateway_port=28080,
-        service_port_base=28000,
-        db_prefix="bench_",
-        only=("leads", "sales", "gateway"),
+        gateway_port=args.gateway_port,
+        service_port_base=args.service_port_base,
+        db_prefix=prefix,
+        only=args.services,
         consumer_idle_backoff_ms=idle_backoff,
+        extra_env=env,
     )
+
+
+def _pids(platform: Platform) -> dict[str, int]:
+    return {name: p.pid for name, p in platform.procs.items() if p.poll() is None}
+
+
+async def _configure(platform: Platform, marketing: dict[str, str]) -> None:
+    async with httpx.AsyncClient(base_url=platform.url("leads"), headers=marketing) as c:
+        # One trial signup qualifies a lead, so each request is one handoff.
+        rules = (await c.get("/scoring-rules")).json()
+        body = {"rules": rules["rules"], "threshold": 40, "note": "bench"}
+        (await c.put("/scoring-rules", json=body)).raise_for_status()
+    async with httpx.AsyncClient(
+        base_url=platform.url("sales"), headers=auth_headers(["sales_manager"], "mgr")
+    ) as c:
+        await c.put(
+            "/reps",
+            json={"reps": [{"username": "rep1", "active": True}, {"username": "rep2", "active": True}]},
+        )
+
+
+async def bench_platform(
+    args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int
+) -> dict[str, Any]:
+    """Capture, handoff at fixed rates and saturated, bulk capture, RSS and idle CPU."""
+    platform = _platform(args, kafka, mongo, idle_backoff, "bench_")
     platform.start()
     try:
-        platform.wait_ready(timeout=90)
+        platform.wait_ready(timeout=120)
         marketing = auth_headers(["marketing"], "bench")
-        async with httpx.AsyncClient(base_url=platform.url("leads"), headers=marketing) as c:
-            # One trial signup qualifies a lead, so each request is one handoff.
-            rules = (await c.get("/scoring-rules")).json()
-            body = {"rules": rules["rules"], "threshold": 40, "note": "bench"}
-            (await c.put("/scoring-rules", json=body)).raise_for_status()
-        async with httpx.AsyncClient(
-            base_url=platform.url("sales"), headers=auth_headers(["sales_manager"], "mgr")
-        ) as c:
-            await c.put(
-                "/reps",
-                json={"reps": [{"username": "rep1", "active": True}, {"username": "rep2", "active": True}]},
-            )
+        await _configure(platform, marketing)
+        with RssSampler(_pids(platform)) as rss:
+            out = await _load(platform, args, kafka, marketing)
+        out["rss_mb"] = {k: round(v, 1) for k, v in rss.peak.items()}
+        say(f"peak resident memory under load (MB): {out['rss_mb']}")
+        say(f"idle: waiting {args.idle_settle:.0f} s, then measuring CPU for {args.idle_seconds:.0f} s ...")
+        await asyncio.sleep(args.idle_settle)
+        out["idle_cpu_percent"] = await asyncio.to_thread(cpu_share, _pids(platform), args.idle_seconds)
+        out["load_average"] = load_average()
+        say(
+            f"  services idle: {sum(out['idle_cpu_percent'].values()):.1f}% of one core "
+            f"{out['idle_cpu_percent']} (load average {out['load_average']})"
+        )
+        return out
+    finally:
+        platform.stop()
 
-        # The emulated broker rewrites its whole state after changes, so it slows
-        # as the run writes more: the figures that matter most (latency below
-        # capacity, sustained rate, capture rate) are taken first, and the leads
-        # for higher rates are only captured when their turn comes.
-        low, *higher = sorted(args.rates)
-        sat_n = args.saturation_leads
-        first_n = int(low * args.duration) + sat_n
-        say(f"capturing {first_n} leads through the gateway ({args.clients} concurrent clients) ...")
+
+async def _load(
+    platform: Platform, args: argparse.Namespace, kafka: str, marketing: dict[str, str]
+) -> dict[str, Any]:
+    # The figures that matter most (latency below capacity, sustained rate, capture
+    # rate) are taken first; leads for higher rates are captured when their turn comes.
+    low, *higher = sorted(args.rates)
+    sat_n = args.saturation_leads
+    first_n = int(low * args.duration) + sat_n
+    say(f"capturing {first_n} leads through the gateway ({args.clients} concurrent clients) ...")
+    load = {"before": load_average()}
+    with profiled("capture", _pids(platform), PROFILE_DIR):
         ids, capture = await capture_through_gateway(
             platform.url("gateway"), first_n, args.clients, marketing
         )
-        say(f"  {capture.rate:.0f} req/s, p50 {capture.p50_ms:.1f} ms, p99 {capture.p99_ms:.1f} ms")
-
-        reader = await TopicReader(kafka, HANDOFF_RECEIPTS).start()
-        fixed: dict[str, dict[str, Any]] = {}
-        try:
-            fixed[_rate_key(low)] = await fixed_rate(platform, reader, ids[sat_n:], low, args, marketing)
-
-            say(f"lead-qualified handoff saturated ({sat_n} leads, {args.clients} clients) ...")
-            sat_ids = ids[:sat_n]
-            started = time.perf_counter()
+    load["capture"] = load_average()
+    say(
+        f"  {capture.rate:.0f} req/s, p50 {capture.p50_ms:.1f} ms, p99 {capture.p99_ms:.1f} ms "
+        f"(load average {load['capture']})"
+    )
+    # The baseline runs now, on the same broker and mongod with the platform up and idle,
+    # so both see the same machine (others' load on it changes by the minute).
+    load["baseline_start"] = load_average()
+    baseline = await bench_baseline(args, kafka, platform.mongodb_uri)
+    load["baseline_end"] = load_average()
+    reader = await TopicReader(kafka, HANDOFF_RECEIPTS).start()
+    fixed: dict[str, dict[str, Any]] = {}
+    try:
+        fixed[_rate_key(low)] = await fixed_rate(platform, reader, ids[sat_n:], low, args, marketing)
+        say(f"lead-qualified handoff saturated ({sat_n} leads, {args.clients} clients) ...")
+        sat_ids = ids[:sat_n]
+        started = time.perf_counter()
+        with profiled("handoff", _pids(platform), PROFILE_DIR):
             await qualify(platform.url("leads"), sat_ids, rate=None, clients=args.clients, headers=marketing)
             got = await receipts_for(reader, set(sat_ids), timeout=max(120.0, sat_n / 10))
-            elapsed = time.perf_counter() - started
-            lat = [e.payload["transport_latency_seconds"] for e in got]
-            sat = figures(lat, len(got) / elapsed)
-            say(f"  {sat.count}/{sat_n} delivered, {sat.rate:.0f} handoffs/s sustained")
+        elapsed = time.perf_counter() - started
+        lat = [e.payload["transport_latency_seconds"] for e in got]
+        sat = figures(lat, len(got) / elapsed)
+        load["handoff"] = load_average()
+        say(f"  {sat.count}/{sat_n} delivered, {sat.rate:.0f} handoffs/s sustained (load {load['handoff']})")
+        bulk = await bulk_capture(
+            platform.url("gateway"), marketing, total=args.bulk_leads, per_request=args.bulk_size, clients=4
+        )
+        load["bulk"] = load_average()
+        say(f"bulk capture: {bulk['rate']:.0f} leads/s ({bulk['leads']} leads, load {load['bulk']})")
+        for rate in higher:
+            n = int(rate * args.duration)
+            say(f"capturing {n} more leads for the {rate:.0f}/s run ...")
+            more, _ = await capture_through_gateway(platform.url("gateway"), n, args.clients, marketing)
+            fixed[_rate_key(rate)] = await fixed_rate(platform, reader, more, rate, args, marketing)
+    finally:
+        await reader.stop()
+    return {
+        "capture_via_gateway": asdict(capture),
+        "fixed": fixed,
+        "saturated": asdict(sat),
+        "bulk_capture": bulk,
+        "load_average": load,
+        "baseline": baseline,
+    }
 
-            for rate in higher:
-                n = int(rate * args.duration)
-                say(f"capturing {n} more leads for the {rate:.0f}/s run ...")
-                more, _ = await capture_through_gateway(platform.url("gateway"), n, args.clients, marketing)
-                fixed[_rate_key(rate)] = await fixed_rate(platform, reader, more, rate, args, marketing)
-        finally:
-            await reader.stop()
-        return {"capture_via_gateway": asdict(capture), "fixed": fixed, "saturated": asdict(sat)}
+
+async def bench_backlog(
+    args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int
+) -> dict[str, Any]:
+    """A department down while others work, then back: backlog drain; then analytics' replay."""
+    args_services = args.services
+    args.services = ("sales", "gateway")
+    platform = _platform(args, kafka, mongo, idle_backoff, "bench_backlog_")
+    args.services = args_services
+    platform.start()
+    try:
+        platform.wait_ready(timeout=120)
+        await _configure_sales(platform)
+        drain = await backlog_drain(
+            platform, mongo, n=args.backlog_events, max_seconds=args.drain_max_seconds
+        )
+        drain["load_average"] = load_average()
     finally:
         platform.stop()
+    from analytics.worker import SOURCE_TOPICS  # what the worker reads, exactly
+
+    replay = await analytics_replay(platform, SOURCE_TOPICS, max_seconds=args.replay_max_seconds)
+    replay["load_average"] = load_average()
+    return {"backlog_drain": drain, "analytics_replay": replay}
+
+
+async def _configure_sales(platform: Platform) -> None:
+    async with httpx.AsyncClient(
+        base_url=platform.url("sales"), headers=auth_headers(["sales_manager"], "mgr")
+    ) as c:
+        await c.put(
+            "/reps",
+            json={"reps": [{"username": "rep1", "active": True}, {"username": "rep2", "active": True}]},
+        )
 
 
 def _rate_key(rate: float) -> str:
@@ -273,9 +369,8 @@ async def bench_baseline(args: argparse.Namespace, kafka: str, mongo: str) -> di
     return {"fixed": fixed, "saturated": asdict(s)}
 
 
-def report(platform: dict[str, Any], baseline: dict[str, Any], args: argparse.Namespace) -> str:
+def handoff_table(platform: dict[str, Any], baseline: dict[str, Any], args: argparse.Namespace) -> list[str]:
     ps, bs = platform["saturated"], baseline["saturated"]
-    cap = platform["capture_via_gateway"]
     rows = [("", "platform", "baseline", "ratio")]
     for rate in args.rates:
         pf, bf = platform["fixed"][_rate_key(rate)], baseline["fixed"][_rate_key(rate)]
@@ -305,7 +400,7 @@ def report(platform: dict[str, Any], baseline: dict[str, Any], args: argparse.Na
         )
     )
     width = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["", "lead-qualified handoff transport latency (occurred in leads -> stored by sales)"]
+    lines = ["lead-qualified handoff transport latency (occurred in leads -> stored by sales)"]
     lines += [
         "  "
         + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, width, strict=True)))
@@ -323,12 +418,125 @@ def report(platform: dict[str, Any], baseline: dict[str, Any], args: argparse.Na
             f"  every consumer here, the baseline's too, waits {args.empty_fetch_pause_ms} ms after an empty "
             "fetch (the embedded broker answers them at once; see README)"
         )
+    return lines
+
+
+@dataclass
+class Target:
+    name: str
+    figure: str
+    bound: str
+    met: bool | None  # None: not measured
+
+
+def targets(results: dict[str, Any], args: argparse.Namespace) -> list[Target]:
+    """Issue 12's targets, each with its figure and the baseline or bound it is held to."""
+    p, b, extra = results["platform"], results["baseline"], results.get("backlog") or {}
+    out: list[Target] = []
+    ratio = p["saturated"]["rate"] / b["saturated"]["rate"] if b["saturated"]["rate"] else 0.0
+    out.append(
+        Target(
+            "handoff highest sustained rate",
+            f"{p['saturated']['rate']:.0f}/s = {ratio:.2f}x baseline {b['saturated']['rate']:.0f}/s",
+            ">= 0.6x baseline",
+            ratio >= 0.6,
+        )
+    )
+    low = _rate_key(min(args.rates))
+    pf, bf = p["fixed"][low], b["fixed"][low]
+    p99_ratio = pf["p99_ms"] / bf["p99_ms"] if bf["p99_ms"] else float("inf")
+    out.append(
+        Target(
+            f"handoff p99 at {low} (below capacity)",
+            f"{pf['p99_ms']:.1f} ms = {p99_ratio:.2f}x baseline {bf['p99_ms']:.1f} ms",
+            "<= 1.5x baseline",
+            p99_ratio <= 1.5,
+        )
+    )
+    cap = p["capture_via_gateway"]
+    out.append(
+        Target(
+            f"lead capture via gateway ({args.clients} clients)",
+            f"{cap['rate']:.0f} req/s, p99 {cap['p99_ms']:.1f} ms",
+            ">= 400/s and p99 <= 100 ms (goal 1,000/s)",
+            cap["rate"] >= 400 and cap["p99_ms"] <= 100,
+        )
+    )
+    bulk = p.get("bulk_capture") or {}
+    out.append(
+        Target(
+            "bulk capture end to end",
+            f"{bulk.get('rate', 0):.0f} leads/s ({bulk.get('leads', 0)} leads, "
+            f"{bulk.get('failures', 0)} failed requests)",
+            ">= 5,000 leads/s",
+            bool(bulk.get("leads")) and bulk.get("rate", 0) >= 5000 and not bulk.get("failures"),
+        )
+    )
+    drain = extra.get("backlog_drain")
+    if drain:
+        exact = drain["complete"] and drain["lost"] == 0 and drain["doubled"] == 0
+        out.append(
+            Target(
+                f"backlog drain ({drain['events']} events)",
+                f"{drain['rate']:.0f} events/s, drained {drain['drained']}/{drain['backlog']}, "
+                f"lost {drain['lost']}, doubled {drain['doubled']}",
+                ">= 5,000/s, nothing lost or doubled",
+                drain["rate"] >= 5000 and exact,
+            )
+        )
+    replay = extra.get("analytics_replay")
+    if replay:
+        out.append(
+            Target(
+                "analytics worker replay",
+                f"{replay['rate']:.0f} events/s ({replay.get('replayed', 0)}/{replay['events']} events)",
+                ">= 20,000 events/s",
+                replay["rate"] >= 20000,
+            )
+        )
+    rss = p.get("rss_mb") or {}
+    if rss:
+        worst = max(rss, key=lambda k: rss[k])
+        out.append(
+            Target(
+                "resident memory per service under load",
+                f"max {rss[worst]:.0f} MB ({worst}); " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()),
+                "<= 150 MB each",
+                rss[worst] <= 150,
+            )
+        )
+    idle = p.get("idle_cpu_percent") or {}
+    if idle:
+        total = sum(idle.values())
+        out.append(
+            Target("idle platform CPU", f"{total:.1f}% of one core", "<= 10% of one core", total <= 10)
+        )
+    return out
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> str:
+    platform = results["platform"]
+    lines = ["", *handoff_table(platform, results["baseline"], args)]
+    cap = platform["capture_via_gateway"]
     lines += [
         "",
         f"lead capture through the gateway: {cap['rate']:.0f} req/s "
         f"({args.clients} clients; p50 {cap['p50_ms']:.1f} ms, p99 {cap['p99_ms']:.1f} ms)",
-        f"(all on one machine with {os.cpu_count()} CPUs: broker, mongod, services and load generator)",
+        f"(all on one machine with {os.cpu_count()} CPUs: broker, mongod, services and load generator; "
+        f"HTTP stack: {args.http_stack})",
+        f"load average (1/5/15 min) at each phase: {json.dumps(results['load_average'])}",
+        f"broker state at the end of each phase (MB): {json.dumps(results['broker_state_mb'])}",
+        "",
+        "issue 12 targets (met = the figure is within its bound in this run):",
     ]
+    rows = [
+        (t.name, t.figure, t.bound, "n/a" if t.met is None else ("MET" if t.met else "not met"))
+        for t in targets(results, args)
+    ]
+    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)).rstrip() for r in rows]
+    met = sum(1 for r in rows if r[3] == "MET")
+    lines.append(f"  {met} of {len(rows)} targets met")
     return "\n".join(lines)
 
 
@@ -336,64 +544,99 @@ def _ratio(platform: dict[str, Any], baseline: dict[str, Any], key: str) -> str:
     return f"{platform[key] / baseline[key]:.1f}x" if baseline[key] else "n/a"
 
 
-async def main() -> int:
+def parse_args() -> argparse.Namespace:
+    quick = os.environ.get("BENCH_QUICK", "") not in ("", "0", "false")
+    env = os.environ.get
+
+    def num(name: str, full: float, reduced: float) -> float:
+        return float(env(name, reduced if quick else full))
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--rates",
         type=lambda v: [float(r) for r in v.split(",") if r.strip()],
-        default=os.environ.get("BENCH_RATES", "25,200"),
-        help="fixed offered rates per second, comma separated (default 25,200)",
+        default=env("BENCH_RATES", "25"),
+        help="fixed offered rates per second, comma separated (default 25)",
     )
-    parser.add_argument("--duration", type=float, default=float(os.environ.get("BENCH_DURATION", 30)))
+    parser.add_argument("--duration", type=float, default=num("BENCH_DURATION", 30, 8))
+    parser.add_argument("--saturation-leads", type=int, default=int(num("BENCH_SATURATION_LEADS", 4000, 600)))
     parser.add_argument(
-        "--saturation-leads", type=int, default=int(os.environ.get("BENCH_SATURATION_LEADS", 4000))
-    )
-    parser.add_argument(
-        "--baseline-saturation",
-        type=int,
-        default=int(os.environ.get("BENCH_BASELINE_SATURATION", 10000)),
+        "--baseline-saturation", type=int, default=int(num("BENCH_BASELINE_SATURATION", 10000, 2000))
     )
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--bulk-leads", type=int, default=int(num("BENCH_BULK_LEADS", 20000, 2000)))
+    parser.add_argument("--bulk-size", type=int, default=int(num("BENCH_BULK_SIZE", 500, 200)))
+    parser.add_argument("--backlog-events", type=int, default=int(num("BENCH_BACKLOG_EVENTS", 100000, 3000)))
+    parser.add_argument("--drain-max-seconds", type=float, default=num("BENCH_DRAIN_MAX_SECONDS", 300, 60))
+    parser.add_argument("--replay-max-seconds", type=float, default=num("BENCH_REPLAY_MAX_SECONDS", 180, 60))
+    parser.add_argument("--idle-settle", type=float, default=num("BENCH_IDLE_SETTLE", 15, 5))
+    parser.add_argument("--idle-seconds", type=float, default=num("BENCH_IDLE_SECONDS", 20, 5))
+    parser.add_argument(
+        "--http-stack",
+        choices=("auto", "plain"),
+        default=env("BENCH_HTTP_STACK", "auto"),
+        help="auto: uvloop + httptools when installed; plain: asyncio + h11 (for comparison)",
+    )
     args = parser.parse_args()
+    args.quick = quick
+    args.services = tuple(s for s in env("BENCH_SERVICES", ",".join(SERVICES_UNDER_LOAD)).split(",") if s)
+    args.kafka_port = int(env("CRM_BENCH_KAFKA_PORT", 19292))
+    args.mongo_port = int(env("CRM_BENCH_MONGO_PORT", 27317))
+    args.gateway_port = int(env("CRM_BENCH_GATEWAY_PORT", 28080))
+    args.service_port_base = int(env("CRM_BENCH_SERVICE_PORT_BASE", 28000))
+    return args
 
+
+def fresh_infra(args: argparse.Namespace) -> Any:
+    """A broker and mongod with no history (the embedded broker slows as its state grows)."""
     from crm_platform.devinfra.resolve import resolve
 
-    kafka_env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not kafka_env:
+    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         from crm_platform.devinfra.embedded import EmbeddedInfra
 
-        EmbeddedInfra(HOME, 19292, 27317).stop()
-        shutil.rmtree(HOME, ignore_errors=True)  # fresh data: figures do not depend on history
-    infra = resolve(HOME, 19292, 27317)
-    say(f"infra: {infra.source} (kafka {infra.kafka_bootstrap})")
-    # Baseline and receipt readers get the same empty-fetch pause as the services.
-    args.empty_fetch_pause_ms = idle_backoff_ms(infra)
-    pace_empty_fetches(args.empty_fetch_pause_ms)
-    try:
-        ensure_topics(infra.kafka_bootstrap, replication_factor=1)
-        baseline = await bench_baseline(args, infra.kafka_bootstrap, infra.mongodb_uri)
-        platform = await bench_platform(
-            args, infra.kafka_bootstrap, infra.mongodb_uri, args.empty_fetch_pause_ms
-        )
-    finally:
-        infra.stop()
-    text = report(platform, baseline, args)
+        EmbeddedInfra(HOME, args.kafka_port, args.mongo_port).stop()
+        shutil.rmtree(HOME, ignore_errors=True)
+    infra = resolve(HOME, args.kafka_port, args.mongo_port)
+    ensure_topics(infra.kafka_bootstrap, replication_factor=1)
+    return infra
+
+
+async def main() -> int:
+    args = parse_args()
+    results: dict[str, Any] = {"load_average": {"start": load_average()}, "broker_state_mb": {}}
+    say(f"{'reduced' if args.quick else 'full'} run; load average {results['load_average']['start']}")
+    phases = [("platform", bench_platform), ("backlog", bench_backlog)]
+    for phase, run in phases:
+        infra = fresh_infra(args)  # fresh broker state per phase: no figure pays for another's
+        say(f"{phase}: infra {infra.source} (kafka {infra.kafka_bootstrap})")
+        # Baseline and receipt readers get the same empty-fetch pause as the services.
+        args.empty_fetch_pause_ms = idle_backoff_ms(infra)
+        pace_empty_fetches(args.empty_fetch_pause_ms)
+        try:
+            results[phase] = await run(
+                args, infra.kafka_bootstrap, infra.mongodb_uri, args.empty_fetch_pause_ms
+            )
+        finally:
+            results["load_average"][phase] = load_average()
+            results["broker_state_mb"][phase] = dir_mb(HOME / "kafka")
+            infra.stop()
+    results["baseline"] = results["platform"].pop("baseline")
+    text = report(results, args)
     print(text)
     out = ROOT / "bench/results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "latest.json").write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "platform": platform,
-                "baseline": baseline,
-                "cpu_count": os.cpu_count(),
-                "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            },
-            indent=2,
-        )
-    )
+    summary = [asdict(t) for t in targets(results, args)]
+    document = {
+        "args": {k: v for k, v in vars(args).items()},
+        **results,
+        "targets": summary,
+        "cpu_count": os.cpu_count(),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    (out / "latest.json").write_text(json.dumps(document, indent=2, default=str))
     (out / "latest.txt").write_text(text + "\n")
+    if os.environ.get("BENCH_PROFILE"):
+        print(summarize(PROFILE_DIR))
     return 0
 
 

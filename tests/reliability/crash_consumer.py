@@ -26,12 +26,10 @@ from reliability.probe import record_effect
 class RecordingConsumer(EventConsumer):
     outcomes_file: Path
 
-    async def handle_record(self, record: Any) -> Outcome:
-        outcome = await super().handle_record(record)
+    async def on_outcome(self, record: Any, outcome: Outcome) -> None:
         name = Envelope.from_bytes(record.value).payload.get("name")
         with self.outcomes_file.open("a") as f:
             f.write(f"{name} {outcome.outcome}\n")
-        return outcome
 
 
 async def main() -> None:
@@ -80,6 +78,8 @@ async def main() -> None:
 
 async def _committed_all(consumer: EventConsumer) -> bool:
     assert consumer.consumer is not None
+    if not consumer.consumer.assignment():  # not joined yet: nothing is committed by us
+        return False
     for tp in consumer.consumer.assignment():
         committed = await consumer.consumer.committed(tp)
         if committed is None or committed < (consumer.consumer.highwater(tp) or 0):

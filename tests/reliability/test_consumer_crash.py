@@ -84,5 +84,7 @@ async def test_sigkill_between_store_and_commit_causes_no_second_effect(
     first_run, second_run = outcomes.read_text().split("--- restart\n")
     assert "e3" not in first_run, "killed before e3's offset (or outcome) was recorded"
     assert "e3 duplicate" in second_run, "e3 was redelivered after the kill and skipped"
-    assert "e4 processed" in second_run
-    assert "e5 processed" in second_run
+    for name in ("e4", "e5"):
+        # Processed after the restart or, when stored in the same group transaction as
+        # e3 before the kill (crm_platform.consumer's group commit), redelivered and skipped.
+        assert f"{name} processed" in second_run or f"{name} duplicate" in second_run, second_run

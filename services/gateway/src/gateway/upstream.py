@@ -73,14 +73,20 @@ class UnknownService(LookupError):
     pass
 
 
+# Bodies announced at most this large are read whole and answered in one piece;
+# larger or unannounced ones (chunked) are streamed through.
+SMALL_BODY_BYTES = 256 * 1024
+
+
 @dataclass
 class Forwarded:
-    """An upstream response whose body is still to be streamed back."""
+    """An upstream response: its body read whole (``content``) or still to be streamed."""
 
     status_code: int
     headers: list[tuple[str, str]]
     body: AsyncIterator[bytes]
     response: httpx.Response
+    content: bytes | None = None
 
     async def aclose(self) -> None:
         await self.response.aclose()
@@ -101,7 +107,9 @@ class Upstreams:
             timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout),
             limits=httpx.Limits(
                 max_connections=max_connections,
-                max_keepalive_connections=max(10, max_connections // 4),
+                # Every connection may stay open: a pool that closes some after each burst
+                # makes the next burst open new TCP connections (and pay their setup).
+                max_keepalive_connections=max_connections,
                 keepalive_expiry=30.0,
             ),
             transport=transport or httpx.AsyncHTTPTransport(retries=1),
@@ -163,7 +171,18 @@ class Upstreams:
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
         annotate(upstream_status=response.status_code, upstream_ms=elapsed_ms)
         resp_headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in RESPONSE_DROP]
-        return Forwarded(response.status_code, resp_headers, response.aiter_raw(), response)
+        forwarded = Forwarded(response.status_code, resp_headers, response.aiter_raw(), response)
+        if _is_small(response):
+            # Read whole (raw: the headers still describe these bytes) and answered in one
+            # piece: streaming a small body costs a task and several ASGI messages per request.
+            try:
+                forwarded.content = b"".join([chunk async for chunk in response.aiter_raw()])
+            except httpx.HTTPError as exc:
+                self._failed(service, method, raw_path, started, exc)
+                raise UpstreamError(service, f"{service} failed: {type(exc).__name__}") from None
+            finally:
+                await response.aclose()
+        return forwarded
 
     def _failed(self, service: str, method: str, path: str, started: float, exc: Exception) -> None:
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
@@ -208,6 +227,11 @@ class Upstreams:
         if not isinstance(doc, dict):
             raise UpstreamError(service, f"{service} returned an OpenAPI document that is not an object")
         return rewrite_openapi(doc, service)
+
+
+def _is_small(response: httpx.Response) -> bool:
+    length = response.headers.get("content-length")
+    return length is not None and length.isdigit() and int(length) <= SMALL_BODY_BYTES
 
 
 def _trace_headers() -> list[tuple[str, str]]:

@@ -7,6 +7,8 @@ here too, so the handlers' race handling runs in unit tests.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+
 from crm_platform.uow import FakeUnit
 from pymongo.errors import DuplicateKeyError
 
@@ -31,6 +33,19 @@ class InMemoryLeads:
 
     async def save(self, lead: Lead) -> None:
         self.items[lead.id] = lead
+
+    async def get_many_by_email(self, emails: Collection[str]) -> dict[str, Lead]:
+        return {lead.email: lead for lead in self.items.values() if lead.email in emails}
+
+    async def add_many(self, leads: Sequence[Lead]) -> None:
+        emails = [lead.email for lead in leads]
+        taken = {lead.email for lead in self.items.values()}
+        if len(set(emails)) < len(emails) or taken & set(emails):
+            raise DuplicateKeyError("a lead with one of these emails exists")
+        self.items.update((lead.id, lead) for lead in leads)
+
+    async def save_many(self, leads: Sequence[Lead]) -> None:
+        self.items.update((lead.id, lead) for lead in leads)
 
 
 class InMemoryBehaviours:

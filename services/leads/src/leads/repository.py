@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Protocol
 
 from crm_contracts import Event
@@ -25,6 +25,14 @@ class LeadRepository(Protocol):
         """Raises ``DuplicateKeyError`` when a lead with this email exists (a concurrent capture)."""
 
     async def save(self, lead: Lead) -> None: ...
+
+    async def get_many_by_email(self, emails: Collection[str]) -> dict[str, Lead]:
+        """The stored leads with these (normalized) emails, by email: one round trip."""
+
+    async def add_many(self, leads: Sequence[Lead]) -> None:
+        """:meth:`add` for many; ``DuplicateKeyError`` if any email exists (nothing added)."""
+
+    async def save_many(self, leads: Sequence[Lead]) -> None: ...
 
 
 class BehaviourRepository(Protocol):

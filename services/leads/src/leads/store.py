@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,9 +26,9 @@ from crm_contracts.events.common import Behaviour
 from crm_platform.actor import Actor
 from crm_platform.mongo import Tx
 from crm_platform.uow import MongoUnit
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from leads.domain.leads import BehaviourRecord, Consent, Lead, LeadStatus, Touch, VerdictRecord
 from leads.domain.scoring import (
@@ -45,6 +46,7 @@ LEADS = "leads"
 BEHAVIOURS = "behaviours"
 SCORING_RULES = "scoring_rules"
 VERDICTS = "verdicts"
+DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index violation
 
 
 async def ensure_indexes(db: Db) -> None:
@@ -176,6 +178,29 @@ class MongoLeads:
     async def get_by_email(self, email: str) -> Lead | None:
         doc = await self.tx.db[LEADS].find_one({"email": email}, session=self.tx.session)
         return lead_from_doc(doc) if doc else None
+
+    async def get_many_by_email(self, emails: Collection[str]) -> dict[str, Lead]:
+        if not emails:
+            return {}
+        cursor = self.tx.db[LEADS].find({"email": {"$in": sorted(emails)}}, session=self.tx.session)
+        return {lead.email: lead for lead in [lead_from_doc(d) async for d in cursor]}
+
+    async def add_many(self, leads: Sequence[Lead]) -> None:
+        if not leads:
+            return
+        try:
+            docs = [lead_to_doc(lead) for lead in leads]
+            await self.tx.db[LEADS].insert_many(docs, session=self.tx.session)
+        except BulkWriteError as exc:  # one of their emails was captured meanwhile: as for add()
+            if any(e.get("code") == DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+                raise DuplicateKeyError("a lead with one of these emails exists", DUPLICATE_KEY) from exc
+            raise
+
+    async def save_many(self, leads: Sequence[Lead]) -> None:
+        if leads:
+            await self.tx.db[LEADS].bulk_write(
+                [ReplaceOne({"_id": lead.id}, lead_to_doc(lead)) for lead in leads], session=self.tx.session
+            )
 
     async def add(self, lead: Lead) -> None:
         await self.tx.db[LEADS].insert_one(lead_to_doc(lead), session=self.tx.session)

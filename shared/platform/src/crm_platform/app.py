@@ -215,4 +215,6 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         log_config=None,
         access_log=False,
         timeout_keep_alive=75,
+        loop=settings.http_loop,
+        http=settings.http_parser,
     )

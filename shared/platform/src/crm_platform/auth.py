@@ -258,7 +258,17 @@ def bearer_token(request: Request) -> str:
     return token
 
 
-def current_principal(request: Request) -> Principal:
+async def current_principal(request: Request) -> Principal:
+    """The request's verified principal (401 otherwise).
+
+    ``async`` on purpose, like every dependency here: FastAPI runs a plain ``def``
+    dependency in the thread pool, a hop that cost more than the check itself.
+    """
+    return principal_of(request)
+
+
+def principal_of(request: Request) -> Principal:
+    """:func:`current_principal` for synchronous callers (the idempotency middleware)."""
     cached = getattr(request.state, "principal", None)
     if isinstance(cached, Principal):
         return cached
@@ -282,7 +292,7 @@ class RoleCheck:
     def __init__(self, roles: frozenset[str]) -> None:
         self.allowed = roles
 
-    def __call__(self, principal: CurrentUser) -> Principal:
+    async def __call__(self, principal: CurrentUser) -> Principal:
         if not principal.has_any(self.allowed):
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from aiokafka import (
@@ -74,7 +75,7 @@ class ConsumerConfig:
     topics: list[str]
     bootstrap: str
     department: str | None = None  # receivers of handoffs emit receipts and latency
-    max_records: int = 50  # per partition and batch
+    max_records: int = 100  # per partition and batch (one transaction: group commit)
     retry_max_seconds: float = 30.0
     group_instance_id: str | None = None  # static membership (group.instance.id)
     listener: ConsumerRebalanceListener | None = None  # told of assignments (crm_platform.liveness)
@@ -89,6 +90,16 @@ class Outcome:
 @dataclass
 class _Batch:
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Ready:
+    """A record that classified as valid and has a handler: its effect is to be stored."""
+
+    record: ConsumerRecord[Any, Any]
+    handler: Handler
+    event: Event
+    envelope: Envelope
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -225,16 +236,183 @@ class EventConsumer:
         records: list[ConsumerRecord[Any, Any]],
         offsets: dict[TopicPartition, int],
     ) -> None:
-        assert self.consumer is not None
+        """One partition's records, in order, with group commit.
+
+        Consecutive records that classify as valid and have a handler are stored
+        together in ONE transaction (:meth:`_store_group`: each event's ledger
+        entry, handler and receipt, then one commit), so a batch costs a few round
+        trips instead of several per event. A record that must be dead-lettered
+        first has the records before it stored, then goes to the DLQ with its
+        offset committed at once, as before.
+        """
+        group: list[_Ready] = []
+        ignored_through = 0  # records without a handler: skipped, they need no transaction
         for record in records:
             if self._stopping.is_set():
-                return
-            outcome = await self.handle_record(record)
-            offsets[tp] = record.offset + 1
-            if outcome.outcome == "dead_lettered":
-                # A dead letter is not idempotent like an effect (no ledger): commit
-                # at once so even a crash cannot send this record to the DLQ twice.
-                await self.consumer.commit({tp: record.offset + 1})
+                break
+            prepared = self._prepare(record)
+            if isinstance(prepared, _Ready):
+                group.append(prepared)
+            elif prepared is not None:
+                ignored_through = record.offset + 1
+                await self.on_outcome(record, prepared)
+            else:  # rejected by classification or unreadable: store what precedes, then dead-letter
+                if not await self._flush(tp, group, offsets, ignored_through):
+                    return
+                group = []
+                await self._settle(tp, record, await self.handle_record(record), offsets)
+        await self._flush(tp, group, offsets, ignored_through)
+
+    async def _settle(
+        self,
+        tp: TopicPartition,
+        record: ConsumerRecord[Any, Any],
+        outcome: Outcome,
+        offsets: dict[TopicPartition, int],
+    ) -> None:
+        assert self.consumer is not None
+        offsets[tp] = record.offset + 1
+        await self.on_outcome(record, outcome)
+        if outcome.outcome == "dead_lettered":
+            # A dead letter is not idempotent like an effect (no ledger): commit
+            # at once so even a crash cannot send this record to the DLQ twice.
+            await self.consumer.commit({tp: record.offset + 1})
+
+    def _prepare(self, record: ConsumerRecord[Any, Any]) -> _Ready | Outcome | None:
+        """Classify without side effects: ready to store, ignored (no handler), or None (dead letter)."""
+        try:
+            raw = record.value if isinstance(record.value, bytes) else None
+            verdict = classify(raw, topic=record.topic)
+        except Exception:
+            return None  # handle_record dead-letters it as unreadable, with the error
+        if isinstance(verdict, Rejected):
+            return None
+        handler = self.handlers.get(verdict.envelope.event_type)
+        if handler is None:
+            metrics.EVENTS_CONSUMED.labels(
+                self.config.service, record.topic, verdict.envelope.event_type, "ignored"
+            ).inc()
+            return Outcome("ignored")
+        return _Ready(record, handler, verdict.event, verdict.envelope)
+
+    async def _flush(
+        self,
+        tp: TopicPartition,
+        group: list[_Ready],
+        offsets: dict[TopicPartition, int],
+        ignored_through: int,
+    ) -> bool:
+        """Store a run of ready records: one transaction, or one by one when that fails.
+
+        True when every record reached its outcome (then ignored records up to
+        ``ignored_through`` may be committed too); False if a stop interrupted it.
+        """
+        if len(group) > 1 and await self._store_group(group):
+            offsets[tp] = group[-1].record.offset + 1
+        else:
+            # One record, or the group's transaction failed (a duplicate, a handler that
+            # raised, a dead letter): each record on its own, with the per-record outcomes.
+            for ready in group:
+                if self._stopping.is_set():
+                    return False
+                await self._settle(tp, ready.record, await self._finish(ready), offsets)
+        if ignored_through > offsets.get(tp, 0):
+            offsets[tp] = ignored_through
+        return True
+
+    async def _store_group(self, group: list[_Ready]) -> bool:
+        """Store every record's effect in ONE transaction; False (nothing stored) if it failed.
+
+        Inside: the ledger entries of the whole group (one insert; a duplicate id
+        fails it), then each handler in offset order with its own correlation and
+        causation, and each receipt. The group shares one snapshot, so a handler
+        sees the writes of the records before it, as it would one by one.
+        """
+        started = time.perf_counter()
+        stored_at: list[datetime] = []
+
+        async def work(tx: Tx) -> None:
+            stored_at.clear()
+            await tx.db[PROCESSED].insert_many([_ledger_doc(r) for r in group], session=tx.session)
+            for ready in group:
+                c_token = correlation_id_var.set(ready.envelope.correlation_id)
+                e_token = causation_var.set(ready.envelope)
+                try:
+                    await ready.handler(tx, ready.event, ready.envelope)
+                    stored_at.append(utcnow())
+                    receipt = self._receipt(ready.envelope, stored_at[-1])
+                    if receipt is not None:
+                        tx.emit(receipt)
+                finally:
+                    correlation_id_var.reset(c_token)
+                    causation_var.reset(e_token)
+
+        try:
+            await self.store.transaction(work)
+        except Exception as exc:
+            if self._stopping.is_set():
+                raise
+            log.info("group of %d events not stored together (%s); one by one", len(group), _short(exc))
+            return False
+        elapsed = (time.perf_counter() - started) / len(group)
+        for ready, at in zip(group, stored_at, strict=True):
+            self._observe_stored(ready.record, ready.envelope, at)
+            metrics.PROCESSING_SECONDS.labels(self.config.service, ready.envelope.event_type).observe(elapsed)
+            await self._after_store(ready.envelope)
+            await self.on_outcome(ready.record, Outcome("processed"))
+        return True
+
+    async def on_outcome(self, record: ConsumerRecord[Any, Any], outcome: Outcome) -> None:
+        """Each record's final outcome once it is durable, before its offset is committed.
+
+        Does nothing; a subclass may observe outcomes (the crash test records them).
+        """
+
+    def _receipt(self, envelope: Envelope, stored_at: datetime) -> HandoffReceivedV1 | None:
+        """The ``handoff.received`` receipt when ``envelope`` is a handoff to this department."""
+        handoff = HANDOFF_BY_EVENT_TYPE.get(envelope.event_type)
+        if handoff is None or handoff.to_department != self.config.department:
+            return None
+        return HandoffReceivedV1(
+            handoff=handoff.name,
+            handoff_event_id=str(envelope.event_id),
+            handoff_event_type=envelope.event_type,
+            from_department=handoff.from_department,
+            to_department=handoff.to_department,
+            occurred_at=envelope.occurred_at,
+            stored_at=stored_at,
+            transport_latency_seconds=(stored_at - envelope.occurred_at).total_seconds(),
+        )
+
+    def _observe_stored(
+        self, record: ConsumerRecord[Any, Any], envelope: Envelope, stored_at: datetime
+    ) -> None:
+        handoff = HANDOFF_BY_EVENT_TYPE.get(envelope.event_type)
+        if handoff is not None and handoff.to_department == self.config.department:
+            metrics.HANDOFF_TRANSPORT_LATENCY.labels(
+                handoff.name, handoff.from_department, handoff.to_department
+            ).observe((stored_at - envelope.occurred_at).total_seconds())
+        metrics.EVENTS_CONSUMED.labels(
+            self.config.service, record.topic, envelope.event_type, "processed"
+        ).inc()
+
+    async def _finish(self, ready: _Ready) -> Outcome:
+        """One classified record stored on its own (the path :meth:`handle_record` takes)."""
+        started = time.perf_counter()
+        record, envelope = ready.record, ready.envelope
+        try:
+            outcome = await self._store_effect(record, ready.handler, ready.event, envelope)
+        except Exception as exc:
+            if self._stopping.is_set():
+                raise
+            where = f"{record.topic}[{record.partition}]@{record.offset}"
+            log.exception("cannot handle %s from %s", envelope.event_type, where)
+            detail = short(f"{type(exc).__name__}: {exc}")
+            return await self._dead_letter(record, envelope.event_type, HANDLER_ERROR, detail)
+        metrics.PROCESSING_SECONDS.labels(self.config.service, envelope.event_type).observe(
+            time.perf_counter() - started
+        )
+        return outcome
 
     async def handle_record(self, record: ConsumerRecord[Any, Any]) -> Outcome:
         """Process one record to a final outcome; only returns once that outcome is durable.
@@ -312,15 +490,7 @@ class EventConsumer:
         async def work(tx: Tx) -> None:
             nonlocal stored_at
             await tx.db[PROCESSED].insert_one(
-                {
-                    "_id": str(envelope.event_id),
-                    "event_type": envelope.event_type,
-                    "topic": record.topic,
-                    "partition": record.partition,
-                    "offset": record.offset,
-                    "processed_at": utcnow(),
-                },
-                session=tx.session,
+                _ledger_doc(_Ready(record, handler, event, envelope)), session=tx.session
             )
             await handler(tx, event, envelope)
             stored_at = utcnow()
@@ -430,6 +600,18 @@ class EventConsumer:
         metrics.DEAD_LETTERED.labels(self.config.service, record.topic, reason).inc()
         metrics.EVENTS_CONSUMED.labels(self.config.service, record.topic, event_type, "dead_lettered").inc()
         return Outcome("dead_lettered", reason)
+
+
+def _ledger_doc(ready: _Ready) -> dict[str, Any]:
+    """The processed-events ledger entry: the event id is the key, a repeat fails the insert."""
+    return {
+        "_id": str(ready.envelope.event_id),
+        "event_type": ready.envelope.event_type,
+        "topic": ready.record.topic,
+        "partition": ready.record.partition,
+        "offset": ready.record.offset,
+        "processed_at": utcnow(),
+    }
 
 
 def _header(record: ConsumerRecord[Any, Any], name: str) -> str | None:

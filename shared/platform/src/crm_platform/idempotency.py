@@ -248,10 +248,10 @@ class IdempotencyMiddleware:
 
 
 def _principal(scope: Scope, receive: Receive) -> str | None:
-    from crm_platform.auth import current_principal
+    from crm_platform.auth import principal_of
 
     try:
-        principal = current_principal(Request(scope, receive))
+        principal = principal_of(Request(scope, receive))
     except HTTPException:
         return None
     return str(principal.user_id)

@@ -28,17 +28,20 @@ __all__ = [
 ]
 
 
-def current_actor(principal: CurrentUser) -> Actor:
+# Every dependency here is ``async``: FastAPI runs a plain ``def`` dependency in its
+# thread pool, a hop per request that cost more than the dependency (docs/performance.md).
+async def current_actor(principal: CurrentUser) -> Actor:
     return Actor(principal.user_id, principal.username, principal.roles)
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     store: Store = request.app.state.runtime.store
     return store
 
 
-def get_db(request: Request) -> AsyncDatabase[dict[str, Any]]:
-    return get_store(request).db
+async def get_db(request: Request) -> AsyncDatabase[dict[str, Any]]:
+    store: Store = request.app.state.runtime.store
+    return store.db
 
 
 CurrentActor = Annotated[Actor, Depends(current_actor)]

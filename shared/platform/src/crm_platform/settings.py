@@ -42,6 +42,12 @@ class ServiceSettings(BaseSettings):
     http_host: str = Field(default="127.0.0.1", validation_alias="CRM_HTTP_HOST")
     http_port: int = Field(default=8000, validation_alias="CRM_HTTP_PORT", ge=1, le=65535)
     log_level: str = Field(default="INFO", validation_alias="CRM_LOG_LEVEL")
+    # uvicorn's event loop and HTTP parser: "auto" takes uvloop and httptools (installed
+    # with the platform); "asyncio" / "h11" are the pure-Python ones (docs/performance.md).
+    http_loop: Literal["auto", "asyncio", "uvloop"] = Field(default="auto", validation_alias="CRM_HTTP_LOOP")
+    http_parser: Literal["auto", "h11", "httptools"] = Field(
+        default="auto", validation_alias="CRM_HTTP_PARSER"
+    )
     # Kafka brokers hold an empty fetch for fetch.max.wait.ms; a broker that answers
     # at once makes an idle consumer spin. A pause after each empty fetch bounds that
     # (0 = rely on the broker, right for Apache Kafka). See kafka.pace_empty_fetches.

@@ -16,12 +16,12 @@ from gateway.upstream import Upstreams
 bearer_scheme = HTTPBearer(auto_error=False, description="access_token from POST /auth/login")
 
 
-def get_accounts(request: Request) -> Accounts:
+async def get_accounts(request: Request) -> Accounts:
     accounts: Accounts = request.app.state.accounts
     return accounts
 
 
-def get_upstreams(request: Request) -> Upstreams:
+async def get_upstreams(request: Request) -> Upstreams:
     upstreams: Upstreams = request.app.state.upstreams
     return upstreams
 

@@ -82,6 +82,12 @@ async def _forward(service: str, request: Request, principal: Principal, upstrea
 
 
 def _stream(forwarded: Forwarded) -> Response:
+    raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in forwarded.headers]
+    if forwarded.content is not None:  # small: read whole upstream, answered in one piece
+        response = Response(forwarded.content, status_code=forwarded.status_code)
+        response.raw_headers = raw_headers
+        return response
+
     async def body() -> AsyncIterator[bytes]:
         try:
             async for chunk in forwarded.body:
@@ -89,11 +95,11 @@ def _stream(forwarded: Forwarded) -> Response:
         finally:
             await forwarded.aclose()
 
-    response = StreamingResponse(
+    streamed = StreamingResponse(
         body(), status_code=forwarded.status_code, background=BackgroundTask(forwarded.aclose)
     )
-    response.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in forwarded.headers]
-    return response
+    streamed.raw_headers = raw_headers
+    return streamed
 
 
 async def forward(

@@ -23,7 +23,7 @@ READERS = (*WRITERS, Role.SALES_REP, Role.SALES_MANAGER, Role.ANALYST)
 can_write = require_roles(*WRITERS)
 
 
-def get_uow(request: Request) -> UnitOfWork[LeadsUnit]:
+async def get_uow(request: Request) -> UnitOfWork[LeadsUnit]:
     uow: UnitOfWork[LeadsUnit] = request.app.state.uow
     return uow
 

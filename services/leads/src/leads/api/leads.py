@@ -18,6 +18,8 @@ from leads.api.models import (
     BehaviourListOut,
     BehaviourOut,
     BehaviourRecordOut,
+    BulkCaptureIn,
+    BulkCaptureOut,
     CaptureIn,
     CaptureOut,
     LeadOut,
@@ -44,20 +46,32 @@ def _blank_is_none(value: Any) -> Any:
     summary="Capture a lead (201 new; 200 when the email matched a lead and it merged)",
 )
 async def capture_lead(body: CaptureIn, response: Response, uow: UowDep) -> CaptureOut:
-    result = await handlers.capture_lead(
-        uow,
-        Capture(
-            email=str(body.email),
-            name=body.name,
-            source_channel=body.source_channel,
-            marketing_email=body.consent.marketing_email,
-            company=body.company,
-            campaign=body.campaign,
-        ),
-    )
+    result = await handlers.capture_lead(uow, _capture(body))
     if result.merged:
         response.status_code = status.HTTP_200_OK
     return CaptureOut(merged=result.merged, lead=LeadOut.of(result.lead))
+
+
+def _capture(body: CaptureIn) -> Capture:
+    return Capture(
+        email=str(body.email),
+        name=body.name,
+        source_channel=body.source_channel,
+        marketing_email=body.consent.marketing_email,
+        company=body.company,
+        campaign=body.campaign,
+    )
+
+
+@router.post(
+    "/bulk",
+    response_model=BulkCaptureOut,
+    dependencies=[can_write],
+    summary="Capture many leads at once (each merged by email like POST /leads; all or none)",
+)
+async def capture_leads(body: BulkCaptureIn, uow: UowDep) -> BulkCaptureOut:
+    results = await handlers.capture_leads(uow, [_capture(lead) for lead in body.leads])
+    return BulkCaptureOut(results=[CaptureOut(merged=r.merged, lead=LeadOut.of(r.lead)) for r in results])
 
 
 @router.get(

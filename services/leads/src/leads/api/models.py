@@ -160,6 +160,21 @@ class CaptureOut(BaseModel):
     lead: LeadOut
 
 
+MAX_BULK_LEADS = 1000
+
+
+class BulkCaptureIn(In):
+    leads: list[CaptureIn] = Field(
+        min_length=1,
+        max_length=MAX_BULK_LEADS,
+        description=f"1-{MAX_BULK_LEADS} leads, captured in order as if sent one by one",
+    )
+
+
+class BulkCaptureOut(BaseModel):
+    results: list[CaptureOut] = Field(description="One per lead sent, in the same order")
+
+
 class LeadPageOut(BaseModel):
     items: list[LeadOut]
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null at the end")

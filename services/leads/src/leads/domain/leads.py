@@ -21,7 +21,7 @@ and the handler saves it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -323,6 +323,38 @@ def capture(existing: Lead | None, new_id: str, capture: Capture, now: datetime)
     lead = existing.merge(capture, now) if existing is not None else Lead.new(new_id, capture, now)
     merged = existing is not None
     return CaptureOutcome(lead, merged, (lead.captured_event(capture, merged),))
+
+
+@dataclass(frozen=True)
+class BatchCaptureOutcome:
+    outcomes: tuple[CaptureOutcome, ...]  # one per capture, in the batch's order
+    new: tuple[Lead, ...]  # leads the batch created (each in its state after the whole batch)
+    merged: tuple[Lead, ...]  # known leads the batch changed (likewise)
+
+
+def capture_batch(
+    known: Mapping[str, Lead], captures: Sequence[Capture], new_id: Callable[[], str], now: datetime
+) -> BatchCaptureOutcome:
+    """Many captures with exactly the effects of :func:`capture` applied one by one, in order.
+
+    ``known`` holds the stored leads with the batch's emails (by normalized email). A
+    capture merges into the lead with its email, whether stored or created earlier in
+    this batch, and each capture has its own ``lead.captured``.
+    """
+    leads = dict(known)
+    outcomes = []
+    for each in captures:
+        email = normalize_email(each.email)
+        existing = leads.get(email)
+        outcome = capture(existing, new_id() if existing is None else existing.id, each, now)
+        leads[email] = outcome.lead
+        outcomes.append(outcome)
+    changed = {normalize_email(c.email) for c in captures}
+    return BatchCaptureOutcome(
+        tuple(outcomes),
+        new=tuple(lead for email, lead in leads.items() if email in changed and email not in known),
+        merged=tuple(lead for email, lead in leads.items() if email in changed and email in known),
+    )
 
 
 @dataclass(frozen=True)

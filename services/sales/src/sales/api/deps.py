@@ -29,7 +29,7 @@ managers_only = require_roles(*MANAGERS)
 forecast_readers = require_roles(*FORECAST_READERS)
 
 
-def get_uow(request: Request) -> MongoUnitOfWork[SalesUnit]:
+async def get_uow(request: Request) -> MongoUnitOfWork[SalesUnit]:
     uow: MongoUnitOfWork[SalesUnit] = request.app.state.uow
     return uow
 

@@ -18,7 +18,7 @@ def get_desk(request: Request) -> ServiceDesk:
     return desk
 
 
-def get_uow(request: Request) -> Uow:
+async def get_uow(request: Request) -> Uow:
     uow: Uow = request.app.state.uow
     return uow
 

@@ -1,0 +1,98 @@
+"""What the machine did while the bench ran: load average, resident memory, CPU time.
+
+Read from ``/proc`` (Linux); elsewhere the figures are reported as unavailable.
+The machine is shared (other processes run while the bench does), so every
+figure that depends on CPU is printed next to a baseline measured in the same
+run and the load average at that moment.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/statm").read_text().split()
+    except OSError:
+        return None
+    return int(fields[1]) * PAGE / 2**20
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of one process so far."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+class RssSampler:
+    """Samples each named process's resident memory every ``interval`` s; keeps the peak."""
+
+    def __init__(self, pids: Mapping[str, int], interval: float = 1.0) -> None:
+        self.pids = dict(pids)
+        self.interval = interval
+        self.peak: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sample()
+
+    def sample(self) -> None:
+        for name, pid in self.pids.items():
+            mb = rss_mb(pid)
+            if mb is not None:
+                self.peak[name] = max(self.peak.get(name, 0.0), mb)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+
+def cpu_share(pids: Mapping[str, int], seconds: float) -> dict[str, float]:
+    """Each process's CPU use over the next ``seconds``, in % of one core."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    started = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - started
+    out: dict[str, float] = {}
+    for name, pid in pids.items():
+        after, first = cpu_seconds(pid), before[name]
+        if after is not None and first is not None:
+            out[name] = round(100 * (after - first) / elapsed, 1)
+    return out
+
+
+def dir_mb(path: Path) -> float:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += (Path(root) / f).stat().st_size
+            except OSError:
+                pass
+    return round(total / 2**20, 1)

@@ -1,0 +1,164 @@
+"""Group commit: a partition's batch is stored in one transaction, with the ledger per event.
+
+Against the real mongod; the Kafka side is a stand-in (records are handed to the
+consumer as a fetch would, dead letters and commits are recorded), so the test
+sees exactly which transactions ran and which offsets were committed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+from crm_contracts import Envelope
+from crm_platform.consumer import ConsumerConfig, DeadLetter, EventConsumer, Outcome
+from crm_platform.mongo import PROCESSED, Store, Tx, causation_var, connect
+from reliability.probe import envelope, record_effect
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "crm.test.group-commit"
+TP = TopicPartition(TOPIC, 0)
+
+
+class CountingStore(Store):
+    """Counts committed transactions."""
+
+    commits = 0
+
+    async def transaction(self, work: Callable[[Tx], Awaitable[Any]]) -> Any:
+        result = await super().transaction(work)
+        self.commits += 1
+        return result
+
+
+class StandInKafka:
+    """What the consumer asks of its Kafka clients: a DLQ send and offset commits."""
+
+    def __init__(self) -> None:
+        self.dead_letters: list[bytes] = []
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    async def send_and_wait(self, topic: str, value: bytes, **_: Any) -> None:
+        self.dead_letters.append(value)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+
+class Recording(EventConsumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.outcomes: list[tuple[int, str]] = []
+
+    async def on_outcome(self, record: Any, outcome: Outcome) -> None:
+        self.outcomes.append((record.offset, outcome.outcome))
+
+
+def _record(offset: int, value: bytes) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(TOPIC, 0, offset, 0, 0, b"k", value, None, 1, len(value), ())
+
+
+@pytest.fixture
+async def store(mongodb_uri: str) -> AsyncIterator[CountingStore]:
+    client = connect(mongodb_uri, "group-commit-test")
+    s = CountingStore(client, f"t_group_{uuid.uuid4().hex[:8]}", "reliability-test")
+    try:
+        yield s
+    finally:
+        await client.drop_database(s.db.name)
+        await client.close()
+
+
+def _consumer(store: Store, handler: Any = record_effect) -> tuple[Recording, StandInKafka]:
+    kafka = StandInKafka()
+    consumer = Recording(
+        ConsumerConfig(service="rel-group", group_id="rel-group", topics=[TOPIC], bootstrap="unused"),
+        store,
+        {"lead.captured": handler},
+    )
+    consumer.consumer = kafka
+    consumer.producer = kafka
+    return consumer, kafka
+
+
+async def _effects(store: Store) -> dict[str, int]:
+    return {d["_id"]: d["count"] async for d in store.db["effects"].find()}
+
+
+async def test_a_batch_of_one_partition_is_stored_in_one_transaction_in_order(
+    store: CountingStore,
+) -> None:
+    envs = [envelope(f"lead-{i}", f"e{i}") for i in range(20)]
+    seen: list[tuple[str, str | None]] = []
+
+    async def handler(tx: Tx, event: Any, env: Envelope) -> None:
+        cause = causation_var.get()
+        seen.append((event.name, str(cause.event_id) if cause else None))
+        await record_effect(tx, event, env)
+
+    consumer, kafka = _consumer(store, handler)
+    offsets: dict[TopicPartition, int] = {}
+    await consumer._handle_partition(TP, [_record(i, e.to_bytes()) for i, e in enumerate(envs)], offsets)
+
+    assert store.commits == 1, "one transaction for the whole batch"
+    assert [name for name, _ in seen] == [f"e{i}" for i in range(20)], "handlers ran in offset order"
+    assert [cause for _, cause in seen] == [str(e.event_id) for e in envs], "each with its own causation"
+    assert await _effects(store) == {str(e.event_id): 1 for e in envs}
+    assert await store.db[PROCESSED].count_documents({}) == 20, "one ledger entry per event"
+    assert offsets == {TP: 20}
+    assert consumer.outcomes == [(i, "processed") for i in range(20)]
+    assert kafka.dead_letters == []
+
+
+async def test_a_redelivered_batch_has_no_second_effect(store: CountingStore) -> None:
+    envs = [envelope(f"lead-{i}", f"e{i}") for i in range(6)]
+    consumer, _ = _consumer(store)
+    # The first three were stored before a crash; the batch comes again with three more.
+    await consumer._handle_partition(TP, [_record(i, e.to_bytes()) for i, e in enumerate(envs[:3])], {})
+    offsets: dict[TopicPartition, int] = {}
+    consumer.outcomes.clear()
+    await consumer._handle_partition(TP, [_record(i, e.to_bytes()) for i, e in enumerate(envs)], offsets)
+
+    assert await _effects(store) == {str(e.event_id): 1 for e in envs}, "exactly one effect each"
+    assert consumer.outcomes == [(0, "duplicate"), (1, "duplicate"), (2, "duplicate")] + [
+        (i, "processed") for i in range(3, 6)
+    ]
+    assert offsets == {TP: 6}
+
+
+async def test_a_dead_letter_in_a_batch_stores_the_others_once_and_parks_only_it(
+    store: CountingStore,
+) -> None:
+    envs = [envelope(f"lead-{i}", f"e{i}") for i in range(5)]
+
+    async def handler(tx: Tx, event: Any, env: Envelope) -> None:
+        if event.name == "e2":
+            raise DeadLetter("unknown_lead", "no such lead")
+        await record_effect(tx, event, env)
+
+    consumer, kafka = _consumer(store, handler)
+    values = [e.to_bytes() for e in envs]
+    values.insert(3, b"not json")  # a malformed record between valid ones
+    records = [_record(i, v) for i, v in enumerate(values)]
+    offsets: dict[TopicPartition, int] = {}
+    await consumer._handle_partition(TP, records, offsets)
+
+    stored = await _effects(store)
+    assert stored == {str(e.event_id): 1 for e in envs if e.payload["name"] != "e2"}
+    assert len(kafka.dead_letters) == 2, "e2 (its handler's reason) and the malformed record"
+    assert dict(consumer.outcomes) == {
+        0: "processed",
+        1: "processed",
+        2: "dead_lettered",
+        3: "dead_lettered",
+        4: "processed",
+        5: "processed",
+    }
+    # Each dead letter's offset is committed as soon as it is acknowledged.
+    assert {TP: 3} in kafka.commits
+    assert {TP: 4} in kafka.commits
+    assert offsets == {TP: 6}

@@ -1,0 +1,60 @@
+"""The outbox relay's lease: renewed on a timer, not on every loop; one publisher at a time.
+
+Against the real mongod; time is the relay's monotonic clock, stepped by the test
+(no sleeps, no timed assertions).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from crm_platform.mongo import connect
+from crm_platform.outbox import LEASE, LEASE_SECONDS, OutboxRelay
+from pymongo.asynchronous.database import AsyncDatabase
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def db(mongodb_uri: str) -> AsyncIterator[AsyncDatabase[dict[str, Any]]]:
+    client = connect(mongodb_uri, "outbox-lease-test")
+    name = f"t_lease_{uuid.uuid4().hex[:8]}"
+    try:
+        yield client[name]
+    finally:
+        await client.drop_database(name)
+        await client.close()
+
+
+async def test_the_lease_is_written_once_per_third_of_its_term_and_kept_from_others(
+    db: AsyncDatabase[dict[str, Any]],
+) -> None:
+    clock = [1000.0]
+    relay = OutboxRelay(db, bootstrap="unused", service="lease-test")
+    other = OutboxRelay(db, bootstrap="unused", service="lease-test")
+    writes: list[str] = []
+    for r in (relay, other):
+        r.monotonic = lambda: clock[0]
+        original = r._hold_lease
+
+        async def counted(original: Any = original, owner: str = r.owner) -> bool:
+            writes.append(owner)
+            return bool(await original())
+
+        r._hold_lease = counted  # type: ignore[method-assign]
+
+    assert await relay._lease_held()
+    for _ in range(50):  # fifty publish loops within a third of the term: no lease write
+        assert await relay._lease_held()
+    assert writes == [relay.owner]
+
+    assert not await other._lease_held(), "another replica cannot publish while the lease is held"
+    clock[0] += LEASE_SECONDS / 3 + 0.01
+    assert await relay._lease_held()
+    assert writes == [relay.owner, other.owner, relay.owner], "renewed once the third has passed"
+    doc = await db[LEASE].find_one({"_id": "relay"})
+    assert doc is not None
+    assert doc["owner"] == relay.owner
