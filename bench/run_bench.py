@@ -41,7 +41,15 @@ from crm_platform.kafka import ensure_topics, pace_empty_fetches
 from crm_platform.testing import TopicReader, auth_headers, idle_backoff_ms
 from profiling import profiled, summarize
 from scenarios import analytics_replay, backlog_drain, bulk_capture
-from system import RssSampler, cpu_share, dir_mb, load_average
+from system import (
+    RssSampler,
+    cpu_ms_per_op,
+    cpu_share,
+    cpu_snapshot,
+    dir_mb,
+    infra_pids,
+    load_average,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = ROOT / ".local/bench"
@@ -264,11 +272,16 @@ async def _load(
     first_n = int(low * args.duration) + sat_n
     say(f"capturing {first_n} leads through the gateway ({args.clients} concurrent clients) ...")
     load = {"before": load_average()}
+    everyone = {**_pids(platform), **infra_pids(HOME)}
+    cpu: dict[str, dict[str, float]] = {}
+    before = cpu_snapshot(everyone)
     with profiled("capture", _pids(platform), PROFILE_DIR):
         ids, capture = await capture_through_gateway(
             platform.url("gateway"), first_n, args.clients, marketing
         )
+    cpu["capture_ms_per_request"] = cpu_ms_per_op(before, cpu_snapshot(everyone), capture.count)
     load["capture"] = load_average()
+    say(f"  CPU per capture (ms): {cpu['capture_ms_per_request']}")
     say(
         f"  {capture.rate:.0f} req/s, p50 {capture.p50_ms:.1f} ms, p99 {capture.p99_ms:.1f} ms "
         f"(load average {load['capture']})"
@@ -285,17 +298,23 @@ async def _load(
         say(f"lead-qualified handoff saturated ({sat_n} leads, {args.clients} clients) ...")
         sat_ids = ids[:sat_n]
         started = time.perf_counter()
+        before = cpu_snapshot(everyone)
         with profiled("handoff", _pids(platform), PROFILE_DIR):
             await qualify(platform.url("leads"), sat_ids, rate=None, clients=args.clients, headers=marketing)
             got = await receipts_for(reader, set(sat_ids), timeout=max(120.0, sat_n / 10))
         elapsed = time.perf_counter() - started
+        # Qualifying behaviour + handoff + receipt + analytics, per handoff delivered.
+        cpu["handoff_ms_per_event"] = cpu_ms_per_op(before, cpu_snapshot(everyone), len(got))
+        say(f"  CPU per handoff (ms, the qualifying request included): {cpu['handoff_ms_per_event']}")
         lat = [e.payload["transport_latency_seconds"] for e in got]
         sat = figures(lat, len(got) / elapsed)
         load["handoff"] = load_average()
         say(f"  {sat.count}/{sat_n} delivered, {sat.rate:.0f} handoffs/s sustained (load {load['handoff']})")
+        before = cpu_snapshot(everyone)
         bulk = await bulk_capture(
             platform.url("gateway"), marketing, total=args.bulk_leads, per_request=args.bulk_size, clients=4
         )
+        cpu["bulk_ms_per_lead"] = cpu_ms_per_op(before, cpu_snapshot(everyone), bulk["leads"])
         load["bulk"] = load_average()
         say(f"bulk capture: {bulk['rate']:.0f} leads/s ({bulk['leads']} leads, load {load['bulk']})")
         for rate in higher:
@@ -312,6 +331,7 @@ async def _load(
         "bulk_capture": bulk,
         "load_average": load,
         "baseline": baseline,
+        "cpu": cpu,
     }
 
 
@@ -524,6 +544,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"({args.clients} clients; p50 {cap['p50_ms']:.1f} ms, p99 {cap['p99_ms']:.1f} ms)",
         f"(all on one machine with {os.cpu_count()} CPUs: broker, mongod, services and load generator; "
         f"HTTP stack: {args.http_stack})",
+        f"CPU per operation (ms, per process; broker and mongod included): {json.dumps(platform.get('cpu'))}",
         f"load average (1/5/15 min) at each phase: {json.dumps(results['load_average'])}",
         f"broker state at the end of each phase (MB): {json.dumps(results['broker_state_mb'])}",
         "",

@@ -96,3 +96,27 @@ def dir_mb(path: Path) -> float:
             except OSError:
                 pass
     return round(total / 2**20, 1)
+
+
+def cpu_snapshot(pids: Mapping[str, int]) -> dict[str, float]:
+    return {name: t for name, pid in pids.items() if (t := cpu_seconds(pid)) is not None}
+
+
+def cpu_ms_per_op(before: Mapping[str, float], after: Mapping[str, float], ops: int) -> dict[str, float]:
+    """CPU milliseconds each process spent per operation between two snapshots, and the total."""
+    if not ops:
+        return {}
+    out = {name: round(1000 * (after[name] - before[name]) / ops, 2) for name in before if name in after}
+    out["total"] = round(sum(out.values()), 2)
+    return out
+
+
+def infra_pids(home: Path) -> dict[str, int]:
+    """The embedded broker's and mongod's pids (from their pid files), if they run here."""
+    out = {}
+    for name, pidfile in (("broker", home / "kafka/noida-db.pid"), ("mongod", home / "mongo/mongod.pid")):
+        try:
+            out[name] = int(pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return out

@@ -55,6 +55,18 @@ def make_admin(bootstrap: str, client_id: str, security: KafkaSecurity | None = 
 
 
 _empty_fetch_pause = 0.0
+# A consumer whose fetches came back empty for this long is idle: it then waits
+# IDLE_PAUSE_FACTOR times the pause (so an idle platform costs a fifth of the CPU);
+# the first record after a quiet second waits that much longer, none while traffic flows.
+IDLE_AFTER_SECONDS = 1.0
+IDLE_PAUSE_FACTOR = 5
+
+
+def pause_after(empty_streak: int, pause: float) -> float:
+    """The wait after the ``empty_streak``-th empty fetch in a row (``pause`` seconds each)."""
+    if pause <= 0:
+        return 0.0
+    return pause * IDLE_PAUSE_FACTOR if empty_streak * pause >= IDLE_AFTER_SECONDS else pause
 
 
 def pace_empty_fetches(delay_ms: int) -> None:
@@ -66,9 +78,11 @@ def pace_empty_fetches(delay_ms: int) -> None:
     spin at full CPU in every consumer, faust's included. This puts the wait on
     the client side: after a fetch that brought no records, the next fetch to that
     broker starts ``delay_ms`` later (records arriving meanwhile wait at most that
-    long). Process-wide; the last positive value wins. 0 changes nothing, which
-    is right for Apache Kafka, so a component configured for a real cluster never
-    undoes the pacing another one in the same process asked for.
+    long), and ``IDLE_PAUSE_FACTOR`` times later once the consumer has found nothing
+    for ``IDLE_AFTER_SECONDS`` (see :func:`pause_after`). Process-wide; the last
+    positive value wins. 0 changes nothing, which is right for Apache Kafka, so a
+    component configured for a real cluster never undoes the pacing another one in
+    the same process asked for.
     """
     global _empty_fetch_pause
     if delay_ms <= 0:
@@ -88,11 +102,13 @@ def pace_empty_fetches(delay_ms: int) -> None:
             # task, widening the window in which its own close() is swallowed
             # (see crm_platform.liveness.harden_aiokafka).
             return False
+        streak = 0 if has_data else getattr(self, "_crm_empty_streak", 0) + 1
+        self._crm_empty_streak = streak
         if not has_data and _empty_fetch_pause:
             # Still inside the fetch task, so the fetcher counts this broker as
             # busy and sends it nothing new until the pause is over.
             try:
-                await asyncio.sleep(_empty_fetch_pause)
+                await asyncio.sleep(pause_after(streak, _empty_fetch_pause))
             except asyncio.CancelledError:
                 return False  # closing: the fetcher cancels its tasks and moves on
         return has_data
