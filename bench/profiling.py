@@ -58,7 +58,7 @@ def _bucket(frame: str) -> str:
 
 
 @contextlib.contextmanager
-def profiled(phase: str, pids: Mapping[str, int], outdir: Path, rate: int = 97) -> Iterator[None]:
+def profiled(phase: str, pids: Mapping[str, int], outdir: Path, rate: int = 50) -> Iterator[None]:
     """Record every process in ``pids`` while the ``with`` block runs."""
     if not os.environ.get("BENCH_PROFILE"):
         yield
