@@ -28,6 +28,9 @@ PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
 # Innermost frame (py-spy prints "function (package/module.py:line)") -> bucket, first match wins.
 BUCKETS: list[tuple[str, str]] = [
     (r"EpollSelector\.select|KqueueSelector\.select|\(selectors\.py", "idle (waiting in epoll)"),
+    # Under uvloop the loop runs in C: a thread waiting in epoll, or in uvloop's own socket
+    # code, shows Runner.run as its innermost Python frame; py-spy cannot tell them apart.
+    (r"Runner\.run \(asyncio/runners\.py", "idle (waiting in epoll)"),
     (r"\(crm_platform/", "crm platform code"),
     (r"\((leads|sales|gateway|service_desk|analytics)/", "service code"),
     (r"\(crm_contracts/", "contracts"),
@@ -106,7 +109,7 @@ def summarize(outdir: Path, top: int = 12) -> str:
         busy = total - idle
         if not busy:
             continue
-        lines.append(f"== {path.stem}: {busy} busy samples ({idle} idle left out)")
+        lines.append(f"== {path.stem}: {busy} busy samples ({idle} idle or in uvloop's C code, left out)")
         total = busy
         for name, n in buckets.most_common():
             lines.append(f"  {100 * n / total:5.1f}%  {name}")

@@ -87,6 +87,9 @@ async def pause_relay(runtime: ServiceRuntime) -> None:
     await runtime.db[LEASE].replace_one(
         {"_id": "relay"}, {"owner": "test-other-replica", "expires_at": expires}, upsert=True
     )
+    # A real replica takes the lease only after it expired, by when this relay's timer has
+    # renewed it (and failed); here it is handed over at once, so the relay looks now.
+    runtime.relay.check_lease_now()
 
 
 async def resume_relay(runtime: ServiceRuntime) -> None:

@@ -188,6 +188,16 @@ class OutboxRelay:
             except TimeoutError:
                 pass
 
+    def check_lease_now(self) -> None:
+        """Make the next loop verify the lease in the database instead of trusting the timer.
+
+        Another replica can only take the lease once it expired (``LEASE_SECONDS``
+        without a renewal, three renewals missed), so between renewals the timer is
+        enough; a test that hands the lease to a stand-in replica calls this.
+        """
+        self._renew_at = 0.0
+        self._wake.set()
+
     async def _lease_held(self) -> bool:
         """Whether this relay may publish: the lease is renewed on a timer, every third of
         its term, not on every loop (a round trip per publish otherwise)."""
