@@ -14,13 +14,14 @@ from fastapi import Depends, Request
 from pymongo.asynchronous.database import AsyncDatabase
 
 from crm_platform.actor import Actor
-from crm_platform.auth import CurrentUser, require_roles
+from crm_platform.auth import CurrentUser, Principal, require_roles
 from crm_platform.mongo import Store
 
 __all__ = [
     "CurrentActor",
     "DbDep",
     "StoreDep",
+    "actor_of",
     "current_actor",
     "get_db",
     "get_store",
@@ -31,6 +32,11 @@ __all__ = [
 # Every dependency here is ``async``: FastAPI runs a plain ``def`` dependency in its
 # thread pool, a hop per request that cost more than the dependency (docs/performance.md).
 async def current_actor(principal: CurrentUser) -> Actor:
+    return actor_of(principal)
+
+
+def actor_of(principal: Principal) -> Actor:
+    """The acting user of a verified principal (for code that already holds one)."""
     return Actor(principal.user_id, principal.username, principal.roles)
 
 
