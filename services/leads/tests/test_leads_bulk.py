@@ -34,9 +34,9 @@ async def test_bulk_capture_creates_and_merges_in_order_with_one_event_each(
     leads: Leads, kafka_bootstrap: str
 ) -> None:
     known, new, twice = email(), email(), email()
-    existing = await leads.capture(known)
     reader = await TopicReader(kafka_bootstrap, LEADS_EVENTS).start()
     try:
+        existing = await leads.capture(known)
         body = {
             "leads": [
                 lead(new),
@@ -68,10 +68,12 @@ async def test_bulk_capture_creates_and_merges_in_order_with_one_event_each(
 
         def captured(_: list[Any]) -> list[Envelope] | None:
             envs = [e for e in reader.envelopes("lead.captured") if e.partition_key in ids]
-            return envs if len(envs) >= 4 else None
+            return envs if len(envs) >= 5 else None
 
-        envs = await reader.wait_for(captured, what="four lead.captured events")
-        assert len(envs) == 4, "one event per capture"
+        envs = await reader.wait_for(captured, what="five lead.captured events")
+        assert len(envs) == 5, "one event per capture (the first capture of the known email included)"
+        known_events = [e.payload["merged"] for e in envs if e.partition_key == existing["lead"]["id"]]
+        assert known_events == [False, True]
         per_lead = [e.payload["merged"] for e in envs if e.partition_key == merged_twice["id"]]
         assert per_lead == [False, True], "in the batch's order"
     finally:
