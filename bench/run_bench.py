@@ -262,6 +262,60 @@ async def bench_platform(
         platform.stop()
 
 
+async def _saturated(
+    platform: Platform,
+    args: argparse.Namespace,
+    reader: TopicReader,
+    sat_ids: list[str],
+    marketing: dict[str, str],
+    cpu: dict[str, dict[str, float]],
+) -> Figures:
+    """Qualify ``sat_ids`` as fast as the clients can: the highest sustained handoff rate."""
+    say(f"lead-qualified handoff saturated ({len(sat_ids)} leads, {args.clients} clients) ...")
+    everyone = {**_pids(platform), **infra_pids(HOME)}
+    started = time.perf_counter()
+    before = cpu_snapshot(everyone)
+    with profiled("handoff", _pids(platform), PROFILE_DIR):
+        await qualify(platform.url("leads"), sat_ids, rate=None, clients=args.clients, headers=marketing)
+        got = await receipts_for(reader, set(sat_ids), timeout=max(120.0, len(sat_ids) / 10))
+    elapsed = time.perf_counter() - started
+    # Qualifying behaviour + handoff + receipt + analytics, per handoff delivered.
+    cpu["handoff_ms_per_event"] = cpu_ms_per_op(before, cpu_snapshot(everyone), len(got))
+    say(f"  CPU per handoff (ms, the qualifying request included): {cpu['handoff_ms_per_event']}")
+    return figures([e.payload["transport_latency_seconds"] for e in got], len(got) / elapsed)
+
+
+async def _bulk(
+    platform: Platform, args: argparse.Namespace, marketing: dict[str, str], cpu: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """Bulk capture through the gateway (4 clients), with its CPU per lead."""
+    everyone = {**_pids(platform), **infra_pids(HOME)}
+    before = cpu_snapshot(everyone)
+    bulk = await bulk_capture(
+        platform.url("gateway"), marketing, total=args.bulk_leads, per_request=args.bulk_size, clients=4
+    )
+    cpu["bulk_ms_per_lead"] = cpu_ms_per_op(before, cpu_snapshot(everyone), bulk["leads"])
+    return bulk
+
+
+async def _capture(
+    platform: Platform,
+    args: argparse.Namespace,
+    n: int,
+    marketing: dict[str, str],
+    cpu: dict[str, dict[str, float]],
+) -> tuple[list[str], Figures]:
+    """Capture ``n`` leads through the gateway, with the CPU per request of every process."""
+    say(f"capturing {n} leads through the gateway ({args.clients} concurrent clients) ...")
+    everyone = {**_pids(platform), **infra_pids(HOME)}
+    before = cpu_snapshot(everyone)
+    with profiled("capture", _pids(platform), PROFILE_DIR):
+        ids, capture = await capture_through_gateway(platform.url("gateway"), n, args.clients, marketing)
+    cpu["capture_ms_per_request"] = cpu_ms_per_op(before, cpu_snapshot(everyone), capture.count)
+    say(f"  CPU per capture (ms): {cpu['capture_ms_per_request']}")
+    return ids, capture
+
+
 async def _load(
     platform: Platform, args: argparse.Namespace, kafka: str, marketing: dict[str, str]
 ) -> dict[str, Any]:
@@ -270,18 +324,10 @@ async def _load(
     low, *higher = sorted(args.rates)
     sat_n = args.saturation_leads
     first_n = int(low * args.duration) + sat_n
-    say(f"capturing {first_n} leads through the gateway ({args.clients} concurrent clients) ...")
     load = {"before": load_average()}
-    everyone = {**_pids(platform), **infra_pids(HOME)}
     cpu: dict[str, dict[str, float]] = {}
-    before = cpu_snapshot(everyone)
-    with profiled("capture", _pids(platform), PROFILE_DIR):
-        ids, capture = await capture_through_gateway(
-            platform.url("gateway"), first_n, args.clients, marketing
-        )
-    cpu["capture_ms_per_request"] = cpu_ms_per_op(before, cpu_snapshot(everyone), capture.count)
+    ids, capture = await _capture(platform, args, first_n, marketing, cpu)
     load["capture"] = load_average()
-    say(f"  CPU per capture (ms): {cpu['capture_ms_per_request']}")
     say(
         f"  {capture.rate:.0f} req/s, p50 {capture.p50_ms:.1f} ms, p99 {capture.p99_ms:.1f} ms "
         f"(load average {load['capture']})"
@@ -295,26 +341,10 @@ async def _load(
     fixed: dict[str, dict[str, Any]] = {}
     try:
         fixed[_rate_key(low)] = await fixed_rate(platform, reader, ids[sat_n:], low, args, marketing)
-        say(f"lead-qualified handoff saturated ({sat_n} leads, {args.clients} clients) ...")
-        sat_ids = ids[:sat_n]
-        started = time.perf_counter()
-        before = cpu_snapshot(everyone)
-        with profiled("handoff", _pids(platform), PROFILE_DIR):
-            await qualify(platform.url("leads"), sat_ids, rate=None, clients=args.clients, headers=marketing)
-            got = await receipts_for(reader, set(sat_ids), timeout=max(120.0, sat_n / 10))
-        elapsed = time.perf_counter() - started
-        # Qualifying behaviour + handoff + receipt + analytics, per handoff delivered.
-        cpu["handoff_ms_per_event"] = cpu_ms_per_op(before, cpu_snapshot(everyone), len(got))
-        say(f"  CPU per handoff (ms, the qualifying request included): {cpu['handoff_ms_per_event']}")
-        lat = [e.payload["transport_latency_seconds"] for e in got]
-        sat = figures(lat, len(got) / elapsed)
+        sat = await _saturated(platform, args, reader, ids[:sat_n], marketing, cpu)
         load["handoff"] = load_average()
         say(f"  {sat.count}/{sat_n} delivered, {sat.rate:.0f} handoffs/s sustained (load {load['handoff']})")
-        before = cpu_snapshot(everyone)
-        bulk = await bulk_capture(
-            platform.url("gateway"), marketing, total=args.bulk_leads, per_request=args.bulk_size, clients=4
-        )
-        cpu["bulk_ms_per_lead"] = cpu_ms_per_op(before, cpu_snapshot(everyone), bulk["leads"])
+        bulk = await _bulk(platform, args, marketing, cpu)
         load["bulk"] = load_average()
         say(f"bulk capture: {bulk['rate']:.0f} leads/s ({bulk['leads']} leads, load {load['bulk']})")
         for rate in higher:
@@ -452,6 +482,15 @@ class Target:
 def targets(results: dict[str, Any], args: argparse.Namespace) -> list[Target]:
     """Issue 12's targets, each with its figure and the baseline or bound it is held to."""
     p, b, extra = results["platform"], results["baseline"], results.get("backlog") or {}
+    return [
+        *_handoff_targets(p, b, args),
+        *_capture_targets(p, args),
+        *_backlog_targets(extra),
+        *_resource_targets(p),
+    ]
+
+
+def _handoff_targets(p: dict[str, Any], b: dict[str, Any], args: argparse.Namespace) -> list[Target]:
     out: list[Target] = []
     ratio = p["saturated"]["rate"] / b["saturated"]["rate"] if b["saturated"]["rate"] else 0.0
     out.append(
@@ -473,6 +512,11 @@ def targets(results: dict[str, Any], args: argparse.Namespace) -> list[Target]:
             p99_ratio <= 1.5,
         )
     )
+    return out
+
+
+def _capture_targets(p: dict[str, Any], args: argparse.Namespace) -> list[Target]:
+    out: list[Target] = []
     cap = p["capture_via_gateway"]
     out.append(
         Target(
@@ -492,6 +536,11 @@ def targets(results: dict[str, Any], args: argparse.Namespace) -> list[Target]:
             bool(bulk.get("leads")) and bulk.get("rate", 0) >= 5000 and not bulk.get("failures"),
         )
     )
+    return out
+
+
+def _backlog_targets(extra: dict[str, Any]) -> list[Target]:
+    out: list[Target] = []
     drain = extra.get("backlog_drain")
     if drain:
         exact = drain["complete"] and drain["lost"] == 0 and drain["doubled"] == 0
@@ -514,6 +563,11 @@ def targets(results: dict[str, Any], args: argparse.Namespace) -> list[Target]:
                 replay["rate"] >= 20000,
             )
         )
+    return out
+
+
+def _resource_targets(p: dict[str, Any]) -> list[Target]:
+    out: list[Target] = []
     rss = p.get("rss_mb") or {}
     if rss:
         worst = max(rss, key=lambda k: rss[k])

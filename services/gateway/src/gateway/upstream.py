@@ -146,14 +146,7 @@ class Upstreams:
         url = self.base_url(service) + raw_path
         if query:
             url = f"{url}?{query.decode('latin-1')}"
-        out = [(k, v) for k, v in headers.items() if k.lower() not in REQUEST_DROP]
-        out += _trace_headers()
-        prior = headers.get("x-forwarded-for")
-        if client_host:
-            out.append(("x-forwarded-for", f"{prior}, {client_host}" if prior else client_host))
-        out.append(("x-forwarded-proto", scheme))
-        if host:
-            out.append(("x-forwarded-host", host))
+        out = _outgoing_headers(headers, client_host=client_host, scheme=scheme, host=host)
         request = self.client.build_request(method, httpx.URL(url), headers=out, content=body)
         started = time.perf_counter()
         annotate(upstream=service, upstream_url=self.base_url(service))
@@ -176,12 +169,10 @@ class Upstreams:
             # Read whole (raw: the headers still describe these bytes) and answered in one
             # piece: streaming a small body costs a task and several ASGI messages per request.
             try:
-                forwarded.content = b"".join([chunk async for chunk in response.aiter_raw()])
+                forwarded.content = await _read_raw(response)
             except httpx.HTTPError as exc:
                 self._failed(service, method, raw_path, started, exc)
                 raise UpstreamError(service, f"{service} failed: {type(exc).__name__}") from None
-            finally:
-                await response.aclose()
         return forwarded
 
     def _failed(self, service: str, method: str, path: str, started: float, exc: Exception) -> None:
@@ -232,6 +223,28 @@ class Upstreams:
 def _is_small(response: httpx.Response) -> bool:
     length = response.headers.get("content-length")
     return length is not None and length.isdigit() and int(length) <= SMALL_BODY_BYTES
+
+
+async def _read_raw(response: httpx.Response) -> bytes:
+    try:
+        return b"".join([chunk async for chunk in response.aiter_raw()])
+    finally:
+        await response.aclose()
+
+
+def _outgoing_headers(
+    headers: Mapping[str, str], *, client_host: str | None, scheme: str, host: str | None
+) -> list[tuple[str, str]]:
+    """The caller's headers minus hop-by-hop ones, plus trace and ``X-Forwarded-*`` headers."""
+    out = [(k, v) for k, v in headers.items() if k.lower() not in REQUEST_DROP]
+    out += _trace_headers()
+    prior = headers.get("x-forwarded-for")
+    if client_host:
+        out.append(("x-forwarded-for", f"{prior}, {client_host}" if prior else client_host))
+    out.append(("x-forwarded-proto", scheme))
+    if host:
+        out.append(("x-forwarded-host", host))
+    return out
 
 
 def _trace_headers() -> list[tuple[str, str]]:

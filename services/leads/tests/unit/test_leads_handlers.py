@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -95,6 +96,60 @@ async def test_a_capture_that_loses_the_race_for_the_email_merges_on_its_retry()
     assert outcome.lead.id == "rival"
     assert list(u.unit.leads.items) == ["rival"]
     assert [e.merged for e in u.unit.emitted(LeadCapturedV1)] == [True], "the failed attempt emitted nothing"
+
+
+async def test_bulk_capture_has_the_effects_of_its_captures_one_by_one_in_order() -> None:
+    u = uow()
+    known = await captured(u)  # id-1
+    outcomes = await handlers.capture_leads(
+        u,
+        [
+            capture("grace@example.com"),
+            capture(" ADA@example.com ", source_channel="trade_show", company="Other"),
+            capture("grace@example.com", source_channel="import"),
+        ],
+    )
+    assert [(o.lead.id, o.merged) for o in outcomes] == [("id-2", False), ("id-1", True), ("id-2", True)]
+    assert u.commits == 2, "the whole batch is one unit of work"
+    stored_ada, stored_grace = await u.unit.leads.get("id-1"), await u.unit.leads.get("id-2")
+    assert stored_ada == outcomes[1].lead
+    assert stored_ada is not None
+    assert stored_ada.company == known.company, "filled fields are kept, as one by one"
+    assert stored_grace == outcomes[2].lead
+    assert stored_grace is not None
+    assert [t.channel for t in stored_grace.touches] == ["webinar", "import"], "merged within the batch"
+    events = u.unit.events[1:]
+    assert [(e.event.lead_id, e.event.merged) for e in events] == [  # type: ignore[attr-defined]
+        ("id-2", False),
+        ("id-1", True),
+        ("id-2", True),
+    ], "one lead.captured per capture, in the batch's order"
+    assert [e.correlation_id for e in events] == ["id-2", "id-1", "id-2"]
+
+
+class StaleFirstBatchRead(InMemoryLeads):
+    """A rival request committed one of the batch's emails after our read."""
+
+    misses = [1]
+
+    async def get_many_by_email(self, emails: Collection[str]) -> dict[str, Lead]:
+        if self.misses[0]:
+            self.misses[0] -= 1
+            return {}
+        return await super().get_many_by_email(emails)
+
+
+async def test_a_bulk_capture_that_loses_a_race_stores_nothing_then_merges_on_its_retry() -> None:
+    u = uow()
+    u.unit.leads = StaleFirstBatchRead()
+    await u.unit.leads.add(Lead.new("rival", capture(), T0))
+    outcomes = await handlers.capture_leads(u, [capture("grace@example.com"), capture()])
+    assert [o.merged for o in outcomes] == [False, True]
+    assert outcomes[1].lead.id == "rival"
+    assert sorted(u.unit.leads.items) == sorted(["rival", outcomes[0].lead.id])
+    assert [e.merged for e in u.unit.emitted(LeadCapturedV1)] == [False, True], (
+        "the failed attempt emitted nothing"
+    )
 
 
 async def test_behaviour_is_recorded_scored_and_emitted() -> None:
