@@ -175,16 +175,16 @@ async def test_parallel_guesses_cannot_outrun_the_count(gateway: Any, helpers: A
     """Forty wrong guesses and the right one at once: attempts are counted before the password
     is checked, so at most the free attempts reach argon2 and the rest wait."""
     async with gateway(CRM_LOGIN_PAIR_FREE_ATTEMPTS=5, CRM_LOGIN_BASE_DELAY_SECONDS=60) as client:
-        accounts = client._transport.app.state.accounts
+        deps = client._transport.app.state.deps
         checked = 0
-        verify = accounts.passwords.verify
+        verify = deps.passwords.verify
 
         async def counting(password_hash: str | None, password: str) -> bool:
             nonlocal checked
             checked += 1
             return bool(await verify(password_hash, password))
 
-        accounts.passwords.verify = counting
+        deps.passwords.verify = counting
         bad = {"username": "admin", "password": "wrong-password-1"}
         right = {"username": "admin", "password": helpers.admin_password}
         results = await asyncio.gather(

@@ -1,4 +1,4 @@
-"""The one place that wires the gateway: settings, runtime, accounts, upstreams, routers."""
+"""The one place that wires the gateway: settings, runtime, handlers' dependencies, upstreams, routers."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ from crm_platform.auth import TokenIssuer, TokenVerifier
 from crm_platform.keys import load_private_key
 from crm_platform.logging import request_id_var
 from crm_platform.runtime import MongoOnlyRuntime
+from crm_platform.uow import MongoUnitOfWork
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from gateway import store
+from gateway import handlers, store
 from gateway.api import auth, console, docs, proxy, users
-from gateway.handlers import Accounts
+from gateway.handlers import Deps, Tokens
 from gateway.logctx import RequestLogFields, install_log_filter
+from gateway.revocations import RevocationCache
+from gateway.security import Passwords
 from gateway.settings import GatewaySettings
 from gateway.upstream import UpstreamError, Upstreams
 
@@ -40,9 +43,9 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     runtime = MongoOnlyRuntime(settings, indexes=store.ensure_indexes, on_stop=[upstreams.aclose])
 
     async def on_startup(app: FastAPI) -> None:
-        await app.state.accounts.bootstrap_admin(settings.bootstrap_admin_password)
+        await handlers.bootstrap_admin(app.state.deps, settings.bootstrap_admin_password)
         # The revocation list is in memory before the first request is served.
-        await app.state.accounts.reload_revocations()
+        await app.state.deps.revocations.reload()
 
     async def upstream_health() -> dict[str, Any]:
         # Ready when the gateway's own database answers (the runtime's check); upstreams
@@ -69,9 +72,9 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         ),
     )
     app.state.upstreams = upstreams
-    app.state.accounts = accounts = _accounts(settings, runtime, app.state.token_verifier)
-    app.state.token_verifier = accounts.verifier
-    runtime.background.append(lambda: accounts.keep_revocations_fresh(settings.revocation_refresh_seconds))
+    app.state.deps = deps = _deps(settings, runtime, app.state.token_verifier)
+    app.state.token_verifier = deps.revocations.verifier
+    runtime.background.append(lambda: deps.revocations.keep_fresh(settings.revocation_refresh_seconds))
 
     app.add_exception_handler(UpstreamError, _upstream_error)  # type: ignore[arg-type]
     # Last: the console gets only the paths no route above matched.
@@ -91,21 +94,27 @@ async def _upstream_error(_: Request, exc: UpstreamError) -> JSONResponse:
     return JSONResponse(status_code=exc.status_code, content=body)
 
 
-def _accounts(settings: GatewaySettings, runtime: MongoOnlyRuntime, platform: TokenVerifier) -> Accounts:
-    """Accounts with the signing key; the gateway verifies its own key's tokens even when the
-    public key file does not list it yet (the first step of a rotation)."""
+def _deps(settings: GatewaySettings, runtime: MongoOnlyRuntime, platform: TokenVerifier) -> Deps:
+    """The handlers' dependencies with the signing key; the gateway verifies its own key's tokens
+    even when the public key file does not list it yet (the first step of a rotation)."""
     assert settings.jwt_private_key_file is not None  # the settings fill in the dev key
     key = load_private_key(settings.jwt_private_key_file)
     verifier = TokenVerifier(
         {**platform.public_keys, key.kid: key.public}, settings.jwt_issuer, settings.jwt_audience
     )
-    return Accounts(
-        runtime.store,
-        TokenIssuer(key, settings.jwt_issuer, settings.jwt_audience),
-        verifier,
-        settings.password_policy,
-        settings.throttles(),
-        timedelta(minutes=settings.access_token_ttl_minutes),
-        timedelta(minutes=settings.refresh_token_ttl_minutes),
+    access_ttl = timedelta(minutes=settings.access_token_ttl_minutes)
+    repos = store.MongoRepositories(runtime.db)
+    return Deps(
+        uow=MongoUnitOfWork(store.MongoGatewayUnit, runtime.store),
+        repos=repos,
+        tokens=Tokens(
+            TokenIssuer(key, settings.jwt_issuer, settings.jwt_audience),
+            access_ttl,
+            timedelta(minutes=settings.refresh_token_ttl_minutes),
+        ),
+        revocations=RevocationCache(verifier, repos.revocations, access_ttl),
+        password_policy=settings.password_policy,
+        throttles=settings.throttles(),
+        passwords=Passwords(),
         max_concurrent_logins=settings.login_max_concurrent,
     )

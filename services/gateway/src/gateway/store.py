@@ -1,8 +1,13 @@
 """The gateway's own collections: ``users``, ``login_attempts``, ``refresh_tokens`` (hashed),
-``revoked_tokens`` (logged-out token ids) and one guard document.
+``revoked_tokens`` (logged-out token ids) and one guard document (``gateway_meta``).
 
-Functions take the database (or a :class:`Tx` for the few multi-document changes).
-Password hashes are stored, never passwords.
+The repositories implement ``repository.py``: :class:`MongoUsers` over the unit of
+work's transaction (always ``session=tx.session``) or, outside one, over the database;
+the others are single-document atomic writes. Entities map to documents in one place
+(``user_doc`` / ``user_from_doc``, ``refresh_doc`` / ``refresh_from_doc``); ``save`` sets
+the entity's fields, so fields an older document holds and the entity does not know
+stay. ``list_users`` is the read side the API lists with. Password hashes are stored,
+never passwords.
 """
 
 from __future__ import annotations
@@ -13,11 +18,15 @@ from typing import Any
 from crm_platform.auth import Role
 from crm_platform.idempotency import ensure_indexes as ensure_idempotency_indexes
 from crm_platform.mongo import Tx
-from pymongo import ASCENDING, ReturnDocument
+from crm_platform.uow import MongoUnit
+from pymongo import ASCENDING
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from gateway.domain.lockout import Attempts, ThrottlePolicy
+from gateway.domain.sessions import RefreshToken, RefreshUse
+from gateway.domain.users import User
 
 Doc = dict[str, Any]
 Db = AsyncDatabase[Doc]
@@ -45,157 +54,221 @@ async def ensure_indexes(db: Db) -> None:
 # --- users -----------------------------------------------------------------------------------
 
 
-async def has_users(db: Db) -> bool:
-    return await db[USERS].count_documents({}, limit=1) > 0
+def user_doc(user: User) -> Doc:
+    return {
+        "_id": user.id,
+        "username": user.username,
+        "username_key": user.username_key,
+        "display_name": user.display_name,
+        "roles": list(user.roles),
+        "active": user.active,
+        "password_hash": user.password_hash,
+        "created_at": user.created_at,
+        "updated_at": user.updated_at,
+        "password_changed_at": user.password_changed_at,
+        "sessions_valid_after": user.sessions_valid_after,
+    }
 
 
-async def insert_user(db: Db, doc: Doc, session: Any = None) -> None:
-    """Raises :class:`DuplicateKeyError` when the username is taken (any case)."""
-    await db[USERS].insert_one(doc, session=session)
+def user_from_doc(doc: Doc) -> User:
+    return User(
+        id=str(doc["_id"]),
+        username=doc["username"],
+        username_key=doc["username_key"],
+        display_name=doc.get("display_name") or doc["username"],
+        roles=list(doc.get("roles", [])),
+        active=bool(doc.get("active", False)),
+        password_hash=doc.get("password_hash", ""),
+        created_at=doc["created_at"],
+        updated_at=doc["updated_at"],
+        password_changed_at=doc.get("password_changed_at") or doc["created_at"],
+        sessions_valid_after=int(doc.get("sessions_valid_after", 0)),
+    )
 
 
-async def find_by_username_key(db: Db, key: str) -> Doc | None:
-    return await db[USERS].find_one({"username_key": key})
+class MongoUsers:
+    """Users over ``db``; every read and write in ``session`` when one is given (a transaction)."""
+
+    def __init__(self, db: Db, session: AsyncClientSession | None = None) -> None:
+        self.db, self.session = db, session
+
+    async def get(self, user_id: str) -> User | None:
+        return _user(await self.db[USERS].find_one({"_id": user_id}, session=self.session))
+
+    async def by_username_key(self, key: str) -> User | None:
+        return _user(await self.db[USERS].find_one({"username_key": key}, session=self.session))
+
+    async def any(self) -> bool:
+        return await self.db[USERS].count_documents({}, limit=1, session=self.session) > 0
+
+    async def add(self, user: User) -> None:
+        await self.db[USERS].insert_one(user_doc(user), session=self.session)
+
+    async def save(self, user: User) -> None:
+        fields = user_doc(user)
+        del fields["_id"]
+        await self.db[USERS].update_one({"_id": user.id}, {"$set": fields}, session=self.session)
+
+    async def set_password_hash(self, user_id: str, password_hash: str) -> None:
+        await self.db[USERS].update_one(
+            {"_id": user_id}, {"$set": {"password_hash": password_hash}}, session=self.session
+        )
+
+    async def count_other_active_admins(self, user_id: str) -> int:
+        return await self.db[USERS].count_documents(
+            {"_id": {"$ne": user_id}, "active": True, "roles": str(Role.ADMIN)}, session=self.session
+        )
+
+    async def guard_admins(self) -> None:
+        # Two concurrent demotions write this same document, so one transaction conflicts,
+        # retries and sees the other's effect.
+        await self.db[META].update_one(
+            {"_id": ADMIN_GUARD}, {"$inc": {"version": 1}}, upsert=True, session=self.session
+        )
 
 
-async def get_user(db: Db, user_id: str) -> Doc | None:
-    return await db[USERS].find_one({"_id": user_id})
+def _user(doc: Doc | None) -> User | None:
+    return None if doc is None else user_from_doc(doc)
 
 
-async def list_users(db: Db, *, active: bool | None, limit: int, offset: int) -> tuple[list[Doc], int]:
+async def list_users(db: Db, *, active: bool | None, limit: int, offset: int) -> tuple[list[User], int]:
     query: Doc = {} if active is None else {"active": active}
     total = await db[USERS].count_documents(query)
-    cursor = db[USERS].find(query, {"password_hash": 0}).sort("username_key", ASCENDING)
+    cursor = db[USERS].find(query).sort("username_key", ASCENDING)
     docs = await cursor.skip(offset).limit(limit).to_list(None)
-    return docs, total
+    return [user_from_doc(d) for d in docs], total
 
 
-async def set_password_hash(db: Db, user_id: str, password_hash: str) -> None:
-    """A transparent rehash after login (argon2 parameters changed); no session revocation."""
-    await db[USERS].update_one({"_id": user_id}, {"$set": {"password_hash": password_hash}})
-
-
-async def get_user_tx(tx: Tx, user_id: str) -> Doc | None:
-    return await tx.db[USERS].find_one({"_id": user_id}, session=tx.session)
-
-
-async def update_user_tx(tx: Tx, user_id: str, changes: Doc) -> Doc | None:
-    return await tx.db[USERS].find_one_and_update(
-        {"_id": user_id},
-        {"$set": changes},
-        session=tx.session,
-        return_document=ReturnDocument.AFTER,
-    )
-
-
-async def count_other_active_admins_tx(tx: Tx, user_id: str) -> int:
-    return await tx.db[USERS].count_documents(
-        {"_id": {"$ne": user_id}, "active": True, "roles": str(Role.ADMIN)}, session=tx.session
-    )
-
-
-async def touch_admin_guard_tx(tx: Tx) -> None:
-    """Serialises changes to administrators: two concurrent demotions write the same document,
-    so one transaction conflicts and retries, and sees the other's effect (no write skew)."""
-    await tx.db[META].update_one(
-        {"_id": ADMIN_GUARD}, {"$inc": {"version": 1}}, upsert=True, session=tx.session
-    )
+class MongoGatewayUnit(MongoUnit):
+    def __init__(self, tx: Tx) -> None:
+        super().__init__(tx)
+        self.users = MongoUsers(tx.db, tx.session)
 
 
 # --- login attempts ---------------------------------------------------------------------------
 
 
-async def load_attempts(db: Db, key: str) -> tuple[Attempts, int | None]:
-    doc = await db[ATTEMPTS].find_one({"_id": key})
-    if doc is None:
-        return Attempts(), None
-    state = Attempts(
-        attempts=int(doc.get("attempts", 0)),
-        last_attempt=doc.get("last_attempt"),
-        next_allowed=doc.get("next_allowed"),
-    )
-    return state, int(doc.get("version", 0))
+class MongoLoginAttempts:
+    def __init__(self, db: Db) -> None:
+        self.db = db
 
+    async def load(self, key: str) -> tuple[Attempts, int | None]:
+        doc = await self.db[ATTEMPTS].find_one({"_id": key})
+        if doc is None:
+            return Attempts(), None
+        state = Attempts(
+            attempts=int(doc.get("attempts", 0)),
+            last_attempt=doc.get("last_attempt"),
+            next_allowed=doc.get("next_allowed"),
+        )
+        return state, int(doc.get("version", 0))
 
-async def save_attempts(
-    db: Db,
-    key: str,
-    state: Attempts,
-    version: int | None,
-    policy: ThrottlePolicy,
-    now: datetime,
-) -> bool:
-    """Compare-and-set on ``version``; False when another login changed the record first."""
-    fields: Doc = {
-        "attempts": state.attempts,
-        "last_attempt": state.last_attempt,
-        "next_allowed": state.next_allowed,
-        "expires_at": state.expires_at(policy) or now,
-    }
-    if version is None:
-        try:
-            await db[ATTEMPTS].insert_one({"_id": key, **fields, "version": 1})
-        except DuplicateKeyError:
-            return False
-        return True
-    result = await db[ATTEMPTS].update_one(
-        {"_id": key, "version": version}, {"$set": fields, "$inc": {"version": 1}}
-    )
-    return result.matched_count == 1
+    async def save(
+        self, key: str, state: Attempts, version: int | None, policy: ThrottlePolicy, now: datetime
+    ) -> bool:
+        fields: Doc = {
+            "attempts": state.attempts,
+            "last_attempt": state.last_attempt,
+            "next_allowed": state.next_allowed,
+            "expires_at": state.expires_at(policy) or now,
+        }
+        if version is None:
+            try:
+                await self.db[ATTEMPTS].insert_one({"_id": key, **fields, "version": 1})
+            except DuplicateKeyError:
+                return False
+            return True
+        result = await self.db[ATTEMPTS].update_one(
+            {"_id": key, "version": version}, {"$set": fields, "$inc": {"version": 1}}
+        )
+        return result.matched_count == 1
 
+    async def clear(self, *keys: str) -> None:
+        await self.db[ATTEMPTS].delete_many({"_id": {"$in": list(keys)}})
 
-async def clear_attempts(db: Db, *keys: str) -> None:
-    await db[ATTEMPTS].delete_many({"_id": {"$in": list(keys)}})
-
-
-async def uncount_attempt(db: Db, key: str) -> None:
-    """Undo one counted attempt (a login that succeeded) without touching its delay."""
-    await db[ATTEMPTS].update_one(
-        {"_id": key, "attempts": {"$gt": 0}}, {"$inc": {"attempts": -1, "version": 1}}
-    )
+    async def uncount(self, key: str) -> None:
+        await self.db[ATTEMPTS].update_one(
+            {"_id": key, "attempts": {"$gt": 0}}, {"$inc": {"attempts": -1, "version": 1}}
+        )
 
 
 # --- sessions: refresh tokens and revocations --------------------------------------------------
 
 
-async def insert_refresh_token(db: Db, doc: Doc) -> None:
-    await db[REFRESH].insert_one(doc)
+def refresh_doc(token: RefreshToken) -> Doc:
+    return {
+        "_id": token.id,
+        "user_id": token.user_id,
+        "session_id": token.session_id,
+        "issued_at": token.issued_at,
+        "created_at": token.created_at,
+        "expires_at": token.expires_at,
+        "used_at": token.used_at,
+    }
 
 
-async def use_refresh_token(db: Db, token_hash: str, now: datetime) -> tuple[Doc | None, bool]:
-    """Mark a refresh token used, atomically; (its document, True) if this call used it.
-
-    (doc, False): it had been used before — a replay; (None, False): unknown or expired.
-    """
-    doc = await db[REFRESH].find_one_and_update(
-        {"_id": token_hash, "used_at": None, "expires_at": {"$gt": now}},
-        {"$set": {"used_at": now}},
+def refresh_from_doc(doc: Doc) -> RefreshToken:
+    return RefreshToken(
+        id=str(doc["_id"]),
+        user_id=str(doc["user_id"]),
+        session_id=str(doc["session_id"]),
+        issued_at=int(doc.get("issued_at", 0)),
+        created_at=doc["created_at"],
+        expires_at=doc["expires_at"],
+        used_at=doc.get("used_at"),
     )
-    if doc is not None:
-        return doc, True
-    return await db[REFRESH].find_one({"_id": token_hash, "expires_at": {"$gt": now}}), False
 
 
-async def revoke_refresh_session(db: Db, session_id: str) -> None:
-    await db[REFRESH].delete_many({"session_id": session_id})
+class MongoRefreshTokens:
+    def __init__(self, db: Db) -> None:
+        self.db = db
+
+    async def add(self, token: RefreshToken) -> None:
+        await self.db[REFRESH].insert_one(refresh_doc(token))
+
+    async def use(self, token_id: str, now: datetime) -> RefreshUse:
+        doc = await self.db[REFRESH].find_one_and_update(
+            {"_id": token_id, "used_at": None, "expires_at": {"$gt": now}},
+            {"$set": {"used_at": now}},
+        )
+        if doc is not None:
+            return RefreshUse(refresh_from_doc(doc), first_use=True)
+        doc = await self.db[REFRESH].find_one({"_id": token_id, "expires_at": {"$gt": now}})
+        return RefreshUse(None if doc is None else refresh_from_doc(doc), first_use=False)
+
+    async def end_session(self, session_id: str) -> None:
+        await self.db[REFRESH].delete_many({"session_id": session_id})
+
+    async def end_sessions_of(self, user_id: str) -> None:
+        await self.db[REFRESH].delete_many({"user_id": user_id})
 
 
-async def revoke_refresh_tokens_of(db: Db, user_id: str) -> None:
-    await db[REFRESH].delete_many({"user_id": user_id})
+class MongoRevocations:
+    def __init__(self, db: Db) -> None:
+        self.db = db
+
+    async def revoke_token(self, jti: str, expires_at: datetime) -> None:
+        await self.db[REVOKED].update_one(
+            {"_id": jti}, {"$setOnInsert": {"expires_at": expires_at}}, upsert=True
+        )
+
+    async def load(self, *, users_since: int, now: datetime) -> tuple[dict[str, int], dict[str, int]]:
+        users: dict[str, int] = {}
+        async for doc in self.db[USERS].find(
+            {"sessions_valid_after": {"$gt": users_since}}, {"sessions_valid_after": 1}
+        ):
+            users[str(doc["_id"])] = int(doc["sessions_valid_after"])
+        tokens: dict[str, int] = {}
+        async for doc in self.db[REVOKED].find({"expires_at": {"$gt": now}}):
+            tokens[str(doc["_id"])] = int(doc["expires_at"].timestamp())
+        return users, tokens
 
 
-async def revoke_token(db: Db, jti: str, expires_at: datetime) -> None:
-    await db[REVOKED].update_one({"_id": jti}, {"$setOnInsert": {"expires_at": expires_at}}, upsert=True)
+class MongoRepositories:
+    """The repositories outside a transaction, over the gateway's database."""
 
-
-async def revocations(db: Db, *, users_since: int, now: datetime) -> tuple[dict[str, int], dict[str, int]]:
-    """Users whose sessions were revoked after ``users_since`` (epoch s), and revoked token ids."""
-    users: dict[str, int] = {}
-    async for doc in db[USERS].find(
-        {"sessions_valid_after": {"$gt": users_since}}, {"sessions_valid_after": 1}
-    ):
-        users[str(doc["_id"])] = int(doc["sessions_valid_after"])
-    tokens: dict[str, int] = {}
-    async for doc in db[REVOKED].find({"expires_at": {"$gt": now}}):
-        tokens[str(doc["_id"])] = int(doc["expires_at"].timestamp())
-    return users, tokens
+    def __init__(self, db: Db) -> None:
+        self.users = MongoUsers(db)
+        self.attempts = MongoLoginAttempts(db)
+        self.refresh_tokens = MongoRefreshTokens(db)
+        self.revocations = MongoRevocations(db)

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from crm_platform.auth import Role
+from crm_platform.errors import Conflict
 from gateway.domain.lockout import Attempts, ThrottlePolicy, register_attempt, retry_after
 from gateway.domain.passwords import PasswordPolicy, PolicyViolation, check_username, username_key
 from gateway.domain.routes import (
@@ -17,7 +18,7 @@ from gateway.domain.routes import (
     normalize_path,
     rule,
 )
-from gateway.domain.users import removes_last_admin
+from gateway.domain.users import Applied, User, UserChange, removes_last_admin
 
 ADMIN, MKT, REP, MGR = Role.ADMIN, Role.MARKETING, Role.SALES_REP, Role.SALES_MANAGER
 SVC, CSM, ANALYST = Role.SERVICE_REP, Role.CUSTOMER_SUCCESS_MANAGER, Role.ANALYST
@@ -320,3 +321,41 @@ def test_removes_last_admin(
         )
         is expected
     )
+
+
+# --- the User entity ---------------------------------------------------------------------------
+
+T_USER = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+
+def a_user(roles: list[str], active: bool = True) -> User:
+    user = User.register(
+        user_id="u-1", username="Ann", roles=roles, display_name=None, password_hash="h", now=T_USER
+    )
+    user.active = active
+    return user
+
+
+def test_what_grants_access_revokes_sessions_and_a_display_name_does_not() -> None:
+    later = T_USER + timedelta(minutes=1)
+    for change in (UserChange(roles=["analyst"]), UserChange(active=False), UserChange(password_hash="h2")):
+        user = a_user(["sales_rep"])
+        assert user.apply(change, later) == Applied(changed=True, revoked=True)
+        assert user.sessions_valid_after == int(later.timestamp()) + 1
+        assert not user.accepts_session(int(later.timestamp()))
+    user = a_user(["sales_rep"])
+    assert user.apply(UserChange(display_name="Ann L."), later) == Applied(changed=True, revoked=False)
+    assert user.accepts_session(int(T_USER.timestamp()))
+    assert user.apply(UserChange(roles=["sales_rep"], active=True), later) == Applied(False, False)
+
+
+def test_only_a_change_of_an_admins_access_needs_the_other_admins() -> None:
+    admin = a_user(["admin"])
+    assert admin.touches_admin(UserChange(roles=["analyst"]))
+    assert admin.touches_admin(UserChange(active=False))
+    assert not admin.touches_admin(UserChange(roles=["admin"], display_name="Root"))
+    assert not a_user(["analyst"]).touches_admin(UserChange(roles=["admin"]))
+    with pytest.raises(Conflict):
+        admin.apply(UserChange(active=False), T_USER, other_active_admins=0)
+    assert admin.active, "a refused change changes nothing"
+    assert a_user(["admin"], active=False).apply(UserChange(roles=["analyst"]), T_USER, other_active_admins=0)

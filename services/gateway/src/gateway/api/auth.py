@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from crm_platform.errors import NotFound
 from crm_platform.keys import jwks
 from crm_platform.logging import request_id_var
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pymongo.errors import PyMongoError
 
-from gateway.api.deps import ActivePrincipal, get_accounts
+from gateway import handlers
+from gateway.api.deps import ActivePrincipal, HandlerDeps
 from gateway.api.models import LoginRequest, MeOut, RefreshRequest, TokenOut
-from gateway.handlers import Accounts, InvalidCredentials, InvalidRefreshToken, LoginResult, Throttled
+from gateway.handlers import InvalidCredentials, InvalidRefreshToken, LoginResult, Throttled
 
 login_router = APIRouter(prefix="/auth", tags=["auth"])
 me_router = APIRouter(prefix="/auth", tags=["auth"])
@@ -86,12 +87,10 @@ def _token(result: LoginResult) -> TokenOut:
         **UNAVAILABLE,
     },
 )
-async def login(
-    body: LoginRequest, request: Request, accounts: Annotated[Accounts, Depends(get_accounts)]
-) -> Any:
+async def login(body: LoginRequest, request: Request, deps: HandlerDeps) -> Any:
     try:
-        result = await accounts.login(
-            body.username, body.password.get_secret_value(), client_address(request)
+        result = await handlers.login(
+            deps, body.username, body.password.get_secret_value(), client_address(request)
         )
     except Throttled as exc:
         return _error(
@@ -117,9 +116,9 @@ async def login(
         **UNAVAILABLE,
     },
 )
-async def refresh(body: RefreshRequest, accounts: Annotated[Accounts, Depends(get_accounts)]) -> Any:
+async def refresh(body: RefreshRequest, deps: HandlerDeps) -> Any:
     try:
-        result = await accounts.refresh(body.refresh_token.get_secret_value())
+        result = await handlers.refresh(deps, body.refresh_token.get_secret_value())
     except InvalidRefreshToken as exc:
         return _error(401, "unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"})
     except PyMongoError:
@@ -134,20 +133,18 @@ async def refresh(body: RefreshRequest, accounts: Annotated[Accounts, Depends(ge
     summary="Revoke this access token everywhere and end its session (its refresh token)",
     responses={401: {"description": "no valid token"}, **UNAVAILABLE},
 )
-async def logout(
-    principal: ActivePrincipal, accounts: Annotated[Accounts, Depends(get_accounts)]
-) -> Response:
+async def logout(principal: ActivePrincipal, deps: HandlerDeps) -> Response:
     try:
-        await accounts.logout(principal)
+        await handlers.logout(deps, principal)
     except PyMongoError:
         return _unavailable()
     return Response(status_code=204)
 
 
 @me_router.get("/me", response_model=MeOut, summary="Who the bearer token belongs to")
-async def me(principal: ActivePrincipal, accounts: Annotated[Accounts, Depends(get_accounts)]) -> MeOut:
+async def me(principal: ActivePrincipal, deps: HandlerDeps) -> MeOut:
     try:
-        user = await accounts.get_user(principal.user_id)
+        user = await handlers.get_user(deps, principal.user_id)
     except (NotFound, PyMongoError):
         # Not stored here (a token minted with this install's development key by a test
         # helper) or the database is down: what the signed token says.
@@ -159,11 +156,11 @@ async def me(principal: ActivePrincipal, accounts: Annotated[Accounts, Depends(g
             active=True,
         )
     return MeOut(
-        id=user["_id"],
-        username=user["username"],
-        display_name=user.get("display_name"),
+        id=user.id,
+        username=user.username,
+        display_name=user.display_name,
         roles=sorted(principal.roles),
-        active=bool(user["active"]),
+        active=user.active,
     )
 
 
@@ -171,11 +168,11 @@ async def me(principal: ActivePrincipal, accounts: Annotated[Accounts, Depends(g
     "/revocations",
     summary="Revoked sessions and tokens still within their lifetime (polled by every service)",
 )
-async def revocations(accounts: Annotated[Accounts, Depends(get_accounts)]) -> dict[str, Any]:
+async def revocations(deps: HandlerDeps) -> dict[str, Any]:
     # Served from memory: services keep getting the list while the database is down.
-    return accounts.verifier.revocations.to_json()
+    return deps.revocations.verifier.revocations.to_json()
 
 
 @keys_router.get("/.well-known/jwks.json", summary="The public keys that verify the gateway's tokens")
-async def public_keys(accounts: Annotated[Accounts, Depends(get_accounts)]) -> dict[str, Any]:
-    return jwks(accounts.verifier.public_keys)
+async def public_keys(deps: HandlerDeps) -> dict[str, Any]:
+    return jwks(deps.revocations.verifier.public_keys)

@@ -8,7 +8,7 @@ from crm_platform.auth import CurrentUser, Principal
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from gateway.handlers import Accounts
+from gateway.handlers import Deps
 from gateway.upstream import Upstreams
 
 # Documents the bearer scheme in the OpenAPI (the "Authorize" button); verification
@@ -16,9 +16,9 @@ from gateway.upstream import Upstreams
 bearer_scheme = HTTPBearer(auto_error=False, description="access_token from POST /auth/login")
 
 
-async def get_accounts(request: Request) -> Accounts:
-    accounts: Accounts = request.app.state.accounts
-    return accounts
+async def get_deps(request: Request) -> Deps:
+    deps: Deps = request.app.state.deps
+    return deps
 
 
 async def get_upstreams(request: Request) -> Upstreams:
@@ -36,3 +36,4 @@ async def active_principal(
 
 
 ActivePrincipal = Annotated[Principal, Depends(active_principal)]
+HandlerDeps = Annotated[Deps, Depends(get_deps)]

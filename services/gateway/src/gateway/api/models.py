@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from crm_platform.auth import Role
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from gateway.domain.users import User
 
 
 class LoginRequest(BaseModel):
@@ -67,15 +69,15 @@ class UserOut(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> UserOut:
+    def of(cls, user: User) -> UserOut:
         return cls(
-            id=str(doc["_id"]),
-            username=doc["username"],
-            display_name=doc.get("display_name"),
-            roles=list(doc.get("roles", [])),
-            active=bool(doc.get("active")),
-            created_at=doc["created_at"],
-            updated_at=doc["updated_at"],
+            id=user.id,
+            username=user.username,
+            display_name=user.display_name,
+            roles=list(user.roles),
+            active=user.active,
+            created_at=user.created_at,
+            updated_at=user.updated_at,
         )
 
 
