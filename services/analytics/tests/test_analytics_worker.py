@@ -36,11 +36,9 @@ from crm_platform.testing import (
     produce,
     produce_envelope,
     running_app,
+    start_group_at_end,
 )
-from kafka import KafkaConsumer
-from kafka import TopicPartition as KafkaTopicPartition
 from kafka.admin import KafkaAdminClient
-from kafka.structs import OffsetAndMetadata
 from pymongo import MongoClient
 
 pytestmark = pytest.mark.integration
@@ -60,9 +58,17 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def worker(kafka_bootstrap, mongodb_uri, tmp_path):
-    """Start ``python -m analytics.worker``; the test stops it with SIGTERM."""
+async def run_id(kafka_bootstrap: str) -> str:
+    """This run's id; the worker's group (``crm-analytics-test-<id>``) starts at the topics' end."""
     run = uuid.uuid4().hex[:10]
+    await start_group_at_end(kafka_bootstrap, f"crm-analytics-test-{run}", list(SOURCE_TOPICS))
+    return run
+
+
+@pytest.fixture
+def worker(kafka_bootstrap, mongodb_uri, tmp_path, run_id):
+    """Start ``python -m analytics.worker``; the test stops it with SIGTERM."""
+    run = run_id
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
     env.update(
         {
@@ -82,7 +88,6 @@ def worker(kafka_bootstrap, mongodb_uri, tmp_path):
             "PYTHONUNBUFFERED": "1",
         }
     )
-    start_group_at_end(kafka_bootstrap, env["CRM_ANALYTICS_APP_ID"])
     log_path = tmp_path / "worker.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -111,25 +116,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def start_group_at_end(bootstrap: str, group: str) -> None:
-    """Commit the new group's offsets at the topics' current end.
-
-    The worker then counts only what this test produces (and whatever other suites
-    produce meanwhile), not everything earlier suites left in the shared broker.
-    """
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        tps = [
-            KafkaTopicPartition(topic, p)
-            for topic in SOURCE_TOPICS
-            for p in sorted(consumer.partitions_for_topic(topic) or [])
-        ]
-        ends = consumer.end_offsets(tps)
-        consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in ends.items()})
-    finally:
-        consumer.close()
 
 
 def forget_run(bootstrap: str, mongodb_uri: str, env: dict[str, str]) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crm_contracts.topics import LEADS_EVENTS, TOPICS_BY_NAME
-from crm_platform.settings import ServiceSettings
+from crm_platform.settings import ServiceSettings, http_port_field, service_name_field
 from pydantic import Field
 
 if TYPE_CHECKING:
@@ -20,8 +20,8 @@ DEFAULT_PORT = 8004
 
 
 class AnalyticsSettings(ServiceSettings):
-    service_name: str = Field(default=SERVICE_NAME, validation_alias="CRM_SERVICE_NAME")
-    http_port: int = Field(default=DEFAULT_PORT, validation_alias="CRM_HTTP_PORT", ge=1, le=65535)
+    service_name: str = service_name_field(SERVICE_NAME)
+    http_port: int = http_port_field(DEFAULT_PORT)
 
     # The faust worker (python -m analytics.worker)
     app_id: str = Field(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from crm_platform.keys import dev_keys_dir
-from crm_platform.settings import ServiceSettings
+from crm_platform.settings import ServiceSettings, http_port_field, service_name_field
 from pydantic import Field, model_validator
 
 SERVICE_NAME = "console"
@@ -24,8 +24,8 @@ SESSION_KEY_NAME = "console-session.key"
 
 class ConsoleSettings(ServiceSettings):
     uses_kafka: ClassVar[bool] = False
-    service_name: str = Field(default=SERVICE_NAME, validation_alias="CRM_SERVICE_NAME")
-    http_port: int = Field(default=DEFAULT_PORT, validation_alias="CRM_HTTP_PORT", ge=1, le=65535)
+    service_name: str = service_name_field(SERVICE_NAME)
+    http_port: int = http_port_field(DEFAULT_PORT)
     # No broker, no database: the platform's settings require the names, nothing uses them.
     kafka_bootstrap_servers: str = Field(default="unused", validation_alias="KAFKA_BOOTSTRAP_SERVERS")
     mongodb_uri: str = Field(default="unused", validation_alias="MONGODB_URI")

@@ -7,20 +7,22 @@ from pathlib import Path
 from typing import ClassVar
 
 from crm_platform.keys import ensure_dev_keys, load_private_key
-from crm_platform.settings import ServiceSettings
+from crm_platform.settings import ServiceSettings, http_port_field, service_name_field
 from pydantic import Field, SecretStr, model_validator
 
 from gateway.domain.lockout import ThrottlePolicy
 from gateway.domain.passwords import PasswordPolicy, PolicyViolation
 from gateway.domain.routes import ANALYTICS, CONSOLE, LEADS, SALES, SERVICE_DESK
 
+SERVICE_NAME = "gateway"
+DEFAULT_PORT = 8080
 DEV_ADMIN_PASSWORD = "admin-dev-password"  # documented local/test default only
 
 
 class GatewaySettings(ServiceSettings):
     owns_revocations: ClassVar[bool] = True
-    service_name: str = Field(default="gateway", validation_alias="CRM_SERVICE_NAME")
-    http_port: int = Field(default=8080, validation_alias="CRM_HTTP_PORT", ge=1, le=65535)
+    service_name: str = service_name_field(SERVICE_NAME)
+    http_port: int = http_port_field(DEFAULT_PORT)
     # The gateway publishes and consumes no events; Kafka is not needed.
     uses_kafka: ClassVar[bool] = False
     kafka_bootstrap_servers: str = Field(default="unused", validation_alias="KAFKA_BOOTSTRAP_SERVERS")

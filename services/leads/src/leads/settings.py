@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crm_platform.settings import ServiceSettings
+from crm_platform.settings import ServiceSettings, http_port_field, service_name_field
 from pydantic import Field
 
 SERVICE_NAME = "leads"
@@ -11,8 +11,8 @@ DEFAULT_PORT = 8001
 
 
 class LeadsSettings(ServiceSettings):
-    service_name: str = Field(default=SERVICE_NAME, validation_alias="CRM_SERVICE_NAME")
-    http_port: int = Field(default=DEFAULT_PORT, validation_alias="CRM_HTTP_PORT", ge=1, le=65535)
+    service_name: str = service_name_field(SERVICE_NAME)
+    http_port: int = http_port_field(DEFAULT_PORT)
     # A behaviour POSTed without Idempotency-Key and without external_id is taken as a
     # retry when the same caller posts the same content again within this window.
     behaviour_retry_window_seconds: int = Field(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crm_platform.settings import ServiceSettings
+from crm_platform.settings import ServiceSettings, http_port_field, service_name_field
 from pydantic import Field, SecretStr, model_validator
 
 SERVICE_NAME = "service-desk"
@@ -14,8 +14,8 @@ DEFAULT_SURVEY_BASE_URL = "http://localhost:8080/public/service-desk/surveys"
 
 
 class ServiceDeskSettings(ServiceSettings):
-    service_name: str = Field(default=SERVICE_NAME, validation_alias="CRM_SERVICE_NAME")
-    http_port: int = Field(default=DEFAULT_PORT, validation_alias="CRM_HTTP_PORT", ge=1, le=65535)
+    service_name: str = service_name_field(SERVICE_NAME)
+    http_port: int = http_port_field(DEFAULT_PORT)
     survey_link_secret: SecretStr = Field(
         default=SecretStr(DEV_SURVEY_SECRET),
         validation_alias="CRM_SURVEY_LINK_SECRET",
