@@ -172,55 +172,18 @@ class AnalyticsWorker:
     """The faust app with its tables, agent and snapshot timer, built from settings."""
 
     def __init__(self, settings: AnalyticsSettings, app: faust.App | None = None) -> None:
-        """Why long: it declares the whole faust app (three tables, two topics, the agent,
-        two timers, the shutdown hook) in the order faust needs them, in one place."""
+        """Declare the faust app's pieces in the order faust needs them: tables, topics, the
+        agent, the timers, the shutdown hook."""
         self.settings = settings
         self.app = app if app is not None else build_faust_app(settings)
-        tables = {
-            name: ConfirmedTable(
-                self.app,
-                name=name,
-                beacon=self.app.tables.beacon,
-                default=None,
-                partitions=settings.table_partitions,
-                # Changelog partition by the table key: a key written from several
-                # source topics keeps its writes in one ordered changelog partition.
-                use_partitioner=True,
-                on_recover=self._on_recover,
-                help=f"analytics facts: {name}",
-            )
-            for name in ("leads", "deals", "receipts")
-        }
-        for table in tables.values():
-            self.app.tables.add(table)
-        self.tables = tables
-        self.state = AnalyticsState(leads=tables["leads"], deals=tables["deals"], receipts=tables["receipts"])
-        self.source = self.app.topic(
-            *SOURCE_TOPICS,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
+        self.tables = self._declare_tables()
+        self.state = AnalyticsState(
+            leads=self.tables["leads"], deals=self.tables["deals"], receipts=self.tables["receipts"]
         )
+        self.source = self._raw_topic(*SOURCE_TOPICS)
         self.dlq_topic_name = dead_letter_topic(settings.service_name)
-        self.dlq = self.app.topic(
-            self.dlq_topic_name,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-        )
-        # Several actors share the stream: each awaits its own changelog writes, so the
-        # writes of many events travel together. The folds are order-insensitive, and
-        # faust commits only up to the first offset not yet acked.
-        self.agent = self.app.agent(
-            self.source,
-            name="analytics-events",
-            concurrency=settings.agent_concurrency,
-            supervisor_strategy=crash_loop_supervisor(
-                settings.max_restarts, settings.restart_window_seconds, self.give_up
-            ),
-        )(self._process)
+        self.dlq = self._raw_topic(self.dlq_topic_name)
+        self.agent = self._declare_agent()
         self.app.timer(settings.snapshot_interval_seconds, name="analytics-snapshot")(self.snapshot_tick)
         # Replays the log against the facts after each recovery and every interval.
         self.reconciler = Reconciler(interval_seconds=settings.reconcile_interval_seconds, run=self.reconcile)
@@ -235,6 +198,46 @@ class AnalyticsWorker:
         self.metrics = WorkerMetrics(f"{settings.service_name}-worker")
         serve_metrics(self.app)
         self.crash_looping = False
+
+    def _declare_tables(self) -> dict[str, ConfirmedTable]:
+        tables = {
+            name: ConfirmedTable(
+                self.app,
+                name=name,
+                beacon=self.app.tables.beacon,
+                default=None,
+                partitions=self.settings.table_partitions,
+                # Changelog partition by the table key: a key written from several
+                # source topics keeps its writes in one ordered changelog partition.
+                use_partitioner=True,
+                on_recover=self._on_recover,
+                help=f"analytics facts: {name}",
+            )
+            for name in ("leads", "deals", "receipts")
+        }
+        for table in tables.values():
+            self.app.tables.add(table)
+        return tables
+
+    def _raw_topic(self, *names: str) -> faust.TopicT:
+        """Topics read and written as raw bytes: ``handle`` decodes and classifies them itself."""
+        return self.app.topic(
+            *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
+
+    def _declare_agent(self) -> faust.types.AgentT[Any]:
+        # Several actors share the stream: each awaits its own changelog writes, so the
+        # writes of many events travel together. The folds are order-insensitive, and
+        # faust commits only up to the first offset not yet acked.
+        settings = self.settings
+        return self.app.agent(
+            self.source,
+            name="analytics-events",
+            concurrency=settings.agent_concurrency,
+            supervisor_strategy=crash_loop_supervisor(
+                settings.max_restarts, settings.restart_window_seconds, self.give_up
+            ),
+        )(self._process)
 
     # -- the agent ---------------------------------------------------------------
     async def _process(self, stream: Any) -> None:

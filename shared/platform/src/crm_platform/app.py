@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -118,6 +118,36 @@ def create_app(
     Swagger assets are served either way.
     """
     configure_logging(settings.service_name, settings.log_level)
+    app = FastAPI(
+        title=title,
+        description=description,
+        version="1.0.0",
+        lifespan=_lifespan(settings, runtime, on_startup),
+        docs_url=None,
+    )
+    app.state.settings = settings
+    app.state.runtime = runtime
+    app.state.token_verifier = token_verifier(settings)
+    install_error_handlers(app, settings.retry_after_seconds)
+    _install_edge(app, settings, idempotent_paths, default_idempotency_key)
+    install_local_docs(app, title, page=docs_page)
+    _install_ops_routes(app, settings, runtime, readiness_report)
+    for router in public:
+        app.include_router(document_error_responses(router, protected=False))
+    for router in protected:
+        # Authentication applied once, here, for every protected route.
+        app.include_router(
+            document_error_responses(router, protected=True), dependencies=[Depends(current_principal)]
+        )
+    return app
+
+
+def _lifespan(
+    settings: ServiceSettings,
+    runtime: Runtime | None,
+    on_startup: Callable[[FastAPI], Awaitable[None]] | None,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start the revocation feed and the runtime, then ``on_startup``; stop them in reverse."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -134,12 +164,17 @@ def create_app(
             if runtime is not None:
                 await runtime.stop()
 
-    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan, docs_url=None)
-    app.state.settings = settings
-    app.state.runtime = runtime
-    app.state.token_verifier = token_verifier(settings)
-    install_error_handlers(app, settings.retry_after_seconds)
-    # Added inner first: the edge (ids, limits, deadline) wraps the idempotency layer.
+    return lifespan
+
+
+def _install_edge(
+    app: FastAPI,
+    settings: ServiceSettings,
+    idempotent_paths: Callable[[str], bool],
+    default_idempotency_key: DefaultKey | None,
+) -> None:
+    """The middleware every route goes through: added inner first, so the edge (ids, limits,
+    deadline) wraps the idempotency layer."""
     app.add_middleware(
         IdempotencyMiddleware,
         service=settings.service_name,
@@ -154,7 +189,16 @@ def create_app(
         db_deadline_seconds=settings.db_deadline_seconds,
         retry_after_seconds=settings.retry_after_seconds,
     )
-    install_local_docs(app, title, page=docs_page)
+
+
+def _install_ops_routes(
+    app: FastAPI,
+    settings: ServiceSettings,
+    runtime: Runtime | None,
+    readiness_report: ReadinessReport | None,
+) -> None:
+    """``/healthz``, ``/readyz`` (the runtime's checks decide; the report and the broker are
+    informational) and ``/metrics``."""
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -175,15 +219,6 @@ def create_app(
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
     async def prometheus() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    for router in public:
-        app.include_router(document_error_responses(router, protected=False))
-    for router in protected:
-        # Authentication applied once, here, for every protected route.
-        app.include_router(
-            document_error_responses(router, protected=True), dependencies=[Depends(current_principal)]
-        )
-    return app
 
 
 def token_verifier(settings: ServiceSettings) -> TokenVerifier:

@@ -587,70 +587,13 @@ class EmbeddedInfra:
         with self._lock("mongo"):
             running = self._find("mongo", clean=True)
             if running is not None:
-                self._require_same_port("mongo", running)
-                log.info(
-                    "mongod already running (pid %d) on %s:%d; reusing it", running, HOST, self.mongo_port
-                )
-                ensure_replica_set_primary(
-                    self.mongodb_direct_uri,
-                    f"{HOST}:{self.mongo_port}",
-                    time.monotonic() + self.start_timeout,
-                    alive=lambda: _alive(running),
-                )
+                self._reuse_mongo(running)
                 return
             self._require_free_port("mongo", self.mongo_port)
             self.mongo_data.mkdir(parents=True, exist_ok=True)
             log.info("starting mongod on %s:%d ...", HOST, self.mongo_port)
             started = time.monotonic()
-            cmd = [
-                str(binary),
-                "--dbpath",
-                str(self.mongo_data),
-                "--bind_ip",
-                HOST,
-                "--port",
-                str(self.mongo_port),
-                "--replSet",
-                REPLICA_SET,
-                "--wiredTigerCacheSizeGB",
-                "0.25",
-                # TCP only: the default unix socket would land in /tmp, outside home.
-                "--nounixsocket",
-                "--fork",
-                "--logpath",
-                str(self.mongo_log),
-                "--logappend",
-                "--pidfilepath",
-                str(self.mongo_pidfile),
-            ]
-            # --fork: the launcher returns once the daemon listens; the daemon detaches itself
-            # (setsid), so it outlives us. A temp file, not a pipe, catches the launcher's
-            # output, because a pipe could be held open by the daemon and block the read.
-            with tempfile.TemporaryFile() as out:
-                try:
-                    result = subprocess.run(
-                        cmd,
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        timeout=self.start_timeout,
-                        check=False,
-                        start_new_session=True,
-                    )
-                except subprocess.TimeoutExpired:
-                    raise StartError(
-                        f"mongod did not start within {self.start_timeout:.0f} s; see {self.mongo_log}"
-                    ) from None
-                out.seek(0)
-                launcher_output = out.read().decode(errors="replace")
-            if result.returncode != 0:
-                reasons = _log_tail(self.mongo_log, 20) or launcher_output.strip().splitlines()[-1:]
-                hint = {48: "port in use", 100: "data dir locked or unusable", 62: "incompatible data files"}
-                raise StartError(
-                    f"mongod failed to start (exit {result.returncode}"
-                    + (f": {hint[result.returncode]}" if result.returncode in hint else "")
-                    + f"): {(reasons or ['no output'])[-1]} -- see {self.mongo_log}"
-                )
+            self._launch_mongod(binary)
             daemon = _read_pid(self.mongo_pidfile)
             if daemon is None:
                 raise StartError(f"mongod started but wrote no pid file at {self.mongo_pidfile}")
@@ -669,6 +612,74 @@ class EmbeddedInfra:
                 time.monotonic() - started,
                 daemon,
                 REPLICA_SET,
+            )
+
+    def _reuse_mongo(self, running: int) -> None:
+        """A mongod of ours already runs (another make target, another suite): check its port
+        and wait until it is a writable primary."""
+        self._require_same_port("mongo", running)
+        log.info("mongod already running (pid %d) on %s:%d; reusing it", running, HOST, self.mongo_port)
+        ensure_replica_set_primary(
+            self.mongodb_direct_uri,
+            f"{HOST}:{self.mongo_port}",
+            time.monotonic() + self.start_timeout,
+            alive=lambda: _alive(running),
+        )
+
+    def _mongod_command(self, binary: Path) -> list[str]:
+        return [
+            str(binary),
+            "--dbpath",
+            str(self.mongo_data),
+            "--bind_ip",
+            HOST,
+            "--port",
+            str(self.mongo_port),
+            "--replSet",
+            REPLICA_SET,
+            "--wiredTigerCacheSizeGB",
+            "0.25",
+            # TCP only: the default unix socket would land in /tmp, outside home.
+            "--nounixsocket",
+            "--fork",
+            "--logpath",
+            str(self.mongo_log),
+            "--logappend",
+            "--pidfilepath",
+            str(self.mongo_pidfile),
+        ]
+
+    def _launch_mongod(self, binary: Path) -> None:
+        """Run mongod's ``--fork`` launcher; :class:`StartError` with its reason when it fails.
+
+        The launcher returns once the daemon listens; the daemon detaches itself (setsid),
+        so it outlives us. A temp file, not a pipe, catches the launcher's output, because
+        a pipe could be held open by the daemon and block the read.
+        """
+        with tempfile.TemporaryFile() as out:
+            try:
+                result = subprocess.run(
+                    self._mongod_command(binary),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    timeout=self.start_timeout,
+                    check=False,
+                    start_new_session=True,
+                )
+            except subprocess.TimeoutExpired:
+                raise StartError(
+                    f"mongod did not start within {self.start_timeout:.0f} s; see {self.mongo_log}"
+                ) from None
+            out.seek(0)
+            launcher_output = out.read().decode(errors="replace")
+        if result.returncode != 0:
+            reasons = _log_tail(self.mongo_log, 20) or launcher_output.strip().splitlines()[-1:]
+            hint = {48: "port in use", 100: "data dir locked or unusable", 62: "incompatible data files"}
+            raise StartError(
+                f"mongod failed to start (exit {result.returncode}"
+                + (f": {hint[result.returncode]}" if result.returncode in hint else "")
+                + f"): {(reasons or ['no output'])[-1]} -- see {self.mongo_log}"
             )
 
     def stop_mongo(self) -> StopReport:

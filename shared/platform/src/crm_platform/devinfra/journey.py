@@ -226,10 +226,26 @@ def run_journey(
     timeout: float = 30.0,
     progress: Callable[[str], None] = lambda _: None,
 ) -> Journey:
+    """One customer through every department: marketing, sales, customer success and back."""
     lead_id = capture_and_qualify(gw, channel, campaign, name)
     progress(f"lead {lead_id} captured on '{channel}' and qualified by its behaviour")
     owner_id = inbox_owner(gw, lead_id, timeout)
     owner = gw.username_of(owner_id)
+    opp = accept_and_win(gw, owner, lead_id, timeout, progress)
+    account = onboarded_account(gw, opp, timeout)
+    account_id = str(account["id"] if "id" in account else account["account_id"])
+    progress(f"customer success onboarding account {account_id} (CSM {account.get('csm')})")
+    ticket_id = resolve_a_ticket(gw, account_id)
+    progress(f"ticket {ticket_id} opened, resolved and rated 5 by the customer through the survey link")
+    upsell_id = spot_an_upsell(gw, owner, opp, account_id, timeout)
+    progress(f"upsell spotted by the service desk is opportunity {upsell_id} for {owner}")
+    return Journey(lead_id, owner, owner_id, opp, account_id, ticket_id, upsell_id)
+
+
+def accept_and_win(
+    gw: Gateway, owner: str, lead_id: str, timeout: float, progress: Callable[[str], None]
+) -> str:
+    """The inbox owner accepts the lead (marketing sees the verdict) and wins the deal: its id."""
     accepted = gw.call(owner, "POST", f"/api/sales/inbox/{lead_id}/accept", {"note": "fits ICP"})
     opp = str(accepted["opportunity"]["id"])
     progress(f"sales rep {owner} accepted it: opportunity {opp}")
@@ -240,15 +256,22 @@ def run_journey(
     )
     win(gw, owner, opp)
     progress("taken through discovery, proposal, negotiation to won, with two commitments")
+    return opp
+
+
+def onboarded_account(gw: Gateway, opp: str, timeout: float) -> dict[str, Any]:
+    """The account the service desk opened for the won deal (waits for the handoff)."""
 
     def onboarded() -> dict[str, Any] | None:
         items = gw.get("sven", f"/api/service-desk/accounts?deal_id={opp}")
         items = items.get("items", items) if isinstance(items, dict) else items
         return items[0] if items else None
 
-    account = until(onboarded, timeout=timeout, what="the won deal to become an account")
-    account_id = str(account["id"] if "id" in account else account["account_id"])
-    progress(f"customer success onboarding account {account_id} (CSM {account.get('csm')})")
+    return until(onboarded, timeout=timeout, what="the won deal to become an account")
+
+
+def resolve_a_ticket(gw: Gateway, account_id: str) -> str:
+    """A ticket opened, worked on, resolved and rated 5 through the survey link: its id."""
     ticket = gw.call(
         "sven",
         "POST",
@@ -276,7 +299,11 @@ def run_journey(
     # The customer rates the ticket through the signed, single-use survey link (no login).
     link = gw.call("sven", "POST", f"/api/service-desk/tickets/{ticket_id}/csat-survey")["link"]
     gw.public("POST", f"/public/service-desk/surveys/{str(link).rsplit('/', 1)[1]}", {"score": 5})
-    progress(f"ticket {ticket_id} opened, resolved and rated 5 by the customer through the survey link")
+    return ticket_id
+
+
+def spot_an_upsell(gw: Gateway, owner: str, opp: str, account_id: str, timeout: float) -> str:
+    """The service desk flags an upsell on the account; the id of the opportunity it became in sales."""
     signal = gw.call(
         "sven",
         "POST",
@@ -287,19 +314,16 @@ def run_journey(
             "estimated_value": 12000,
         },
     )
+    signal_id = signal.get("signal_id", signal.get("id"))
 
     def upsell() -> str | None:
         page = gw.get(owner, "/api/sales/opportunities?origin=upsell")
         for item in page["items"]:
-            if item.get("source_deal_id") == opp or item.get("signal_id") == signal.get(
-                "signal_id", signal.get("id")
-            ):
+            if item.get("source_deal_id") == opp or item.get("signal_id") == signal_id:
                 return str(item["id"])
         return None
 
-    upsell_id = until(upsell, timeout=timeout, what="the upsell to reach sales")
-    progress(f"upsell spotted by the service desk is opportunity {upsell_id} for {owner}")
-    return Journey(lead_id, owner, owner_id, opp, account_id, ticket_id, upsell_id)
+    return str(until(upsell, timeout=timeout, what="the upsell to reach sales"))
 
 
 def seed_demo(gateway_url: str, progress: Callable[[str], None] = print) -> dict[str, str]:
