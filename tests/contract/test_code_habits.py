@@ -19,7 +19,6 @@ SOURCES = ["shared/contracts/src", "shared/platform/src", "services", "scripts",
 KNOWN_LONG = {
     "shared/platform/src/crm_platform/devinfra/embedded.py:ensure_replica_set_primary",
     "shared/platform/src/crm_platform/devinfra/embedded.py:start_kafka",
-    "shared/platform/src/crm_platform/consumer.py:_store_effect",
     "services/service-desk/src/service_desk/domain/accounts.py:account_from_deal",
     "bench/baseline.py:run_baseline",
     "bench/run_bench.py:bench_platform",

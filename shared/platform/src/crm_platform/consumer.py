@@ -37,6 +37,7 @@ from aiokafka import (
 )
 from crm_contracts import HANDOFF_BY_EVENT_TYPE, Envelope, Event, utcnow
 from crm_contracts.events.platform import HandoffReceivedV1
+from crm_contracts.handoffs import Handoff
 from crm_contracts.topics import dead_letter_topic
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
@@ -368,10 +369,18 @@ class EventConsumer:
         Does nothing; a subclass may observe outcomes (the crash test records them).
         """
 
+    def _handoff_to_us(self, envelope: Envelope) -> Handoff | None:
+        """The handoff ``envelope`` carries when it is addressed to this department."""
+        handoff = HANDOFF_BY_EVENT_TYPE.get(envelope.event_type)
+        return handoff if handoff is not None and handoff.to_department == self.config.department else None
+
+    def _receives(self, envelope: Envelope) -> bool:
+        return self._handoff_to_us(envelope) is not None
+
     def _receipt(self, envelope: Envelope, stored_at: datetime) -> HandoffReceivedV1 | None:
         """The ``handoff.received`` receipt when ``envelope`` is a handoff to this department."""
-        handoff = HANDOFF_BY_EVENT_TYPE.get(envelope.event_type)
-        if handoff is None or handoff.to_department != self.config.department:
+        handoff = self._handoff_to_us(envelope)
+        if handoff is None:
             return None
         return HandoffReceivedV1(
             handoff=handoff.name,
@@ -387,8 +396,8 @@ class EventConsumer:
     def _observe_stored(
         self, record: ConsumerRecord[Any, Any], envelope: Envelope, stored_at: datetime
     ) -> None:
-        handoff = HANDOFF_BY_EVENT_TYPE.get(envelope.event_type)
-        if handoff is not None and handoff.to_department == self.config.department:
+        handoff = self._handoff_to_us(envelope)
+        if handoff is not None:
             metrics.HANDOFF_TRANSPORT_LATENCY.labels(
                 handoff.name, handoff.from_department, handoff.to_department
             ).observe((stored_at - envelope.occurred_at).total_seconds())
@@ -483,31 +492,35 @@ class EventConsumer:
     async def _store_effect(
         self, record: ConsumerRecord[Any, Any], handler: Handler, event: Event, envelope: Envelope
     ) -> Outcome:
-        handoff = HANDOFF_BY_EVENT_TYPE.get(envelope.event_type)
-        receiving = handoff is not None and handoff.to_department == self.config.department
-        stored_at = utcnow()
+        """One record's ledger entry, effect and receipt in one transaction (retried while the
+        errors are transient); a duplicate or a dead letter is the record's outcome instead."""
+        stored_at: list[datetime] = []
 
         async def work(tx: Tx) -> None:
-            nonlocal stored_at
+            stored_at.clear()
             await tx.db[PROCESSED].insert_one(
                 _ledger_doc(_Ready(record, handler, event, envelope)), session=tx.session
             )
             await handler(tx, event, envelope)
-            stored_at = utcnow()
-            if receiving and handoff is not None:
-                tx.emit(
-                    HandoffReceivedV1(
-                        handoff=handoff.name,
-                        handoff_event_id=str(envelope.event_id),
-                        handoff_event_type=envelope.event_type,
-                        from_department=handoff.from_department,
-                        to_department=handoff.to_department,
-                        occurred_at=envelope.occurred_at,
-                        stored_at=stored_at,
-                        transport_latency_seconds=(stored_at - envelope.occurred_at).total_seconds(),
-                    )
-                )
+            stored_at.append(utcnow())
+            receipt = self._receipt(envelope, stored_at[-1])
+            if receipt is not None:
+                tx.emit(receipt)
 
+        not_stored = await self._store_retrying(record, envelope, work)
+        if not_stored is not None:
+            return not_stored
+        self._observe_stored(record, envelope, stored_at[-1])
+        await self._after_store(envelope)
+        return Outcome("processed")
+
+    async def _store_retrying(
+        self, record: ConsumerRecord[Any, Any], envelope: Envelope, work: Callable[[Tx], Awaitable[None]]
+    ) -> Outcome | None:
+        """Run ``work`` in a transaction until it commits (None), retrying transient errors with
+        backoff, or return the outcome that replaces it: ``duplicate`` (the id is in the ledger)
+        or a dead letter (the handler's :class:`DeadLetter`, or any other failure). A stop
+        request raises. The event's correlation and causation are set throughout."""
         c_token = correlation_id_var.set(envelope.correlation_id)
         e_token = causation_var.set(envelope)
         backoff = 0.1
@@ -515,17 +528,17 @@ class EventConsumer:
             while True:
                 try:
                     await self.store.transaction(work)
-                    break
+                    return None
                 except DuplicateKeyError as exc:
                     if _is_ledger_duplicate(exc):
-                        return await self._skip_duplicate(record, envelope, receiving)
+                        return await self._skip_duplicate(record, envelope, self._receives(envelope))
                     return await self._dead_letter(record, envelope.event_type, "handler_error", _short(exc))
                 except DeadLetter as exc:
                     return await self._dead_letter(record, envelope.event_type, exc.reason, str(exc))
                 except Exception as exc:
-                    if not _is_transient(exc) or self._stopping.is_set():
-                        if self._stopping.is_set():
-                            raise
+                    if self._stopping.is_set():
+                        raise
+                    if not _is_transient(exc):
                         log.exception("handler failed for %s", envelope.event_type)
                         return await self._dead_letter(
                             record, envelope.event_type, "handler_error", f"{type(exc).__name__}: {exc}"
@@ -538,16 +551,6 @@ class EventConsumer:
         finally:
             correlation_id_var.reset(c_token)
             causation_var.reset(e_token)
-
-        if receiving and handoff is not None:
-            metrics.HANDOFF_TRANSPORT_LATENCY.labels(
-                handoff.name, handoff.from_department, handoff.to_department
-            ).observe((stored_at - envelope.occurred_at).total_seconds())
-        metrics.EVENTS_CONSUMED.labels(
-            self.config.service, record.topic, envelope.event_type, "processed"
-        ).inc()
-        await self._after_store(envelope)
-        return Outcome("processed")
 
     async def _after_store(self, envelope: Envelope) -> None:
         """The effect is stored: a failing hook is logged, never turns it into a dead letter."""
