@@ -87,44 +87,63 @@ DEFAULT_PIPELINE = Pipeline(
 
 def pipeline_problems(stages: Sequence[Stage]) -> list[str]:
     """Everything wrong with a proposed pipeline; empty when it is valid."""
-    problems: list[str] = []
     if not stages:
         return ["a pipeline needs at least one open stage, then 'won' and 'lost'"]
-    if len(stages) > MAX_STAGES:
-        problems.append(f"at most {MAX_STAGES} stages")
-    names = [s.name for s in stages]
-    for name in names:
-        if not NAME_PATTERN.match(name):
-            problems.append(
-                f"stage name {name!r} must be lower-case letters, digits and '_' (max 40), "
-                "starting with a letter"
-            )
+    problems = [f"at most {MAX_STAGES} stages"] if len(stages) > MAX_STAGES else []
+    problems += _name_problems([s.name for s in stages])
+    problems += _order_problems(stages)
+    for stage in stages:
+        problems += _stage_problems(stage)
+    return problems
+
+
+def _name_problems(names: list[str]) -> list[str]:
+    """Stage names: their form, each once, and the two closed stages present."""
+    problems = [
+        f"stage name {name!r} must be lower-case letters, digits and '_' (max 40), starting with a letter"
+        for name in names
+        if not NAME_PATTERN.match(name)
+    ]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         problems.append(f"duplicate stage names: {duplicates}")
-    for required in (WON, LOST):
-        if required not in names:
-            problems.append(f"the pipeline must contain the closed stage {required!r}")
-    open_stages = [s for s in stages if not s.closed]
-    if not open_stages:
+    problems += [
+        f"the pipeline must contain the closed stage {required!r}"
+        for required in (WON, LOST)
+        if required not in names
+    ]
+    return problems
+
+
+def _order_problems(stages: Sequence[Stage]) -> list[str]:
+    """At least one open stage, and every open stage before the closed ones."""
+    problems = []
+    if all(s.closed for s in stages):
         problems.append("the pipeline needs at least one open stage before 'won' and 'lost'")
     first_closed = next((i for i, s in enumerate(stages) if s.closed), len(stages))
     if any(not s.closed for s in stages[first_closed:]):
         problems.append("'won' and 'lost' must come after every open stage")
-    for s in stages:
-        if not 0.0 <= s.probability <= 1.0:
-            problems.append(f"stage {s.name!r}: probability must be between 0 and 1")
-        if len(s.required_fields) > MAX_REQUIRED_FIELDS:
-            problems.append(f"stage {s.name!r}: at most {MAX_REQUIRED_FIELDS} required fields")
-        for f in s.required_fields:
-            if not NAME_PATTERN.match(f):
-                problems.append(f"stage {s.name!r}: field name {f!r} is not a valid field name")
-        if len(set(s.required_fields)) != len(s.required_fields):
-            problems.append(f"stage {s.name!r}: a required field is listed twice")
-        must = WON_MUST_REQUIRE if s.name == WON else LOST_MUST_REQUIRE if s.name == LOST else ()
-        absent = [f for f in must if f not in s.required_fields]
-        if absent:
-            problems.append(f"stage {s.name!r} must require {absent} (its handoff needs them)")
+    return problems
+
+
+def _stage_problems(s: Stage) -> list[str]:
+    """One stage's probability and required fields (won and lost require what their handoffs need)."""
+    problems = []
+    if not 0.0 <= s.probability <= 1.0:
+        problems.append(f"stage {s.name!r}: probability must be between 0 and 1")
+    if len(s.required_fields) > MAX_REQUIRED_FIELDS:
+        problems.append(f"stage {s.name!r}: at most {MAX_REQUIRED_FIELDS} required fields")
+    problems += [
+        f"stage {s.name!r}: field name {f!r} is not a valid field name"
+        for f in s.required_fields
+        if not NAME_PATTERN.match(f)
+    ]
+    if len(set(s.required_fields)) != len(s.required_fields):
+        problems.append(f"stage {s.name!r}: a required field is listed twice")
+    must = WON_MUST_REQUIRE if s.name == WON else LOST_MUST_REQUIRE if s.name == LOST else ()
+    absent = [f for f in must if f not in s.required_fields]
+    if absent:
+        problems.append(f"stage {s.name!r} must require {absent} (its handoff needs them)")
     return problems
 
 

@@ -228,6 +228,19 @@ def _port_bindable(port: int) -> bool:
 
 def _port_owner(port: int) -> str | None:
     """Best effort "pid N (command)" of whoever listens on the port (Linux, same user or root)."""
+    inodes = _listening_inodes(port)
+    if not inodes:
+        return None
+    targets = {f"socket:[{inode}]" for inode in inodes}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and _holds_any(proc, targets):
+            argv = _cmdline(int(proc.name)) or ["?"]
+            return f"pid {proc.name} ({' '.join(argv)[:160]})"
+    return None
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """The socket inodes listening on ``port`` (``/proc/net/tcp`` and ``tcp6``: state 0A)."""
     inodes: set[str] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -238,20 +251,15 @@ def _port_owner(port: int) -> str | None:
             fields = line.split()
             if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
                 inodes.add(fields[9])
-    if not inodes:
-        return None
-    targets = {f"socket:[{inode}]" for inode in inodes}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            for fd in (proc / "fd").iterdir():
-                if os.readlink(fd) in targets:
-                    argv = _cmdline(int(proc.name)) or ["?"]
-                    return f"pid {proc.name} ({' '.join(argv)[:160]})"
-        except OSError:
-            continue
-    return None
+    return inodes
+
+
+def _holds_any(proc: Path, targets: set[str]) -> bool:
+    """Does the process ``/proc/<pid>`` hold one of ``targets`` open (False when unreadable)?"""
+    try:
+        return any(os.readlink(fd) in targets for fd in (proc / "fd").iterdir())
+    except OSError:
+        return False
 
 
 def _log_tail(path: Path, lines: int = 40) -> list[str]:
@@ -364,6 +372,21 @@ def wait_for_kafka(
         time.sleep(0.05)
 
 
+def _initiate(client: MongoClient[dict[str, Any]], member_host: str) -> None:
+    """``replSetInitiate`` with this one member; an already initiated set (a restart) is fine."""
+    from pymongo.errors import OperationFailure
+
+    config = {"_id": REPLICA_SET, "members": [{"_id": 0, "host": member_host}]}
+    try:
+        client.admin.command("replSetInitiate", config)
+        log.info("initiated replica set %s with member %s", REPLICA_SET, member_host)
+    except OperationFailure as exc:
+        # 23 AlreadyInitialized: a restart of an existing data dir. Anything else will not
+        # fix itself by polling until the deadline.
+        if exc.code != 23:
+            raise StartError(f"replSetInitiate on {member_host} failed: {exc}") from None
+
+
 def ensure_replica_set_primary(
     direct_uri: str,
     member_host: str,
@@ -377,7 +400,7 @@ def ensure_replica_set_primary(
     replica set for a ``replicaSet=`` URI to discover.
     """
     from pymongo import MongoClient
-    from pymongo.errors import OperationFailure, PyMongoError
+    from pymongo.errors import PyMongoError
 
     initiated = reconfigured = False
     last_error = ""
@@ -397,15 +420,7 @@ def ensure_replica_set_primary(
                     return
                 if not hello.get("setName") and not initiated:
                     initiated = True
-                    config = {"_id": REPLICA_SET, "members": [{"_id": 0, "host": member_host}]}
-                    try:
-                        client.admin.command("replSetInitiate", config)
-                        log.info("initiated replica set %s with member %s", REPLICA_SET, member_host)
-                    except OperationFailure as exc:
-                        # 23 AlreadyInitialized: a restart of an existing data dir. Anything else
-                        # will not fix itself by polling until the deadline.
-                        if exc.code != 23:
-                            raise StartError(f"replSetInitiate on {member_host} failed: {exc}") from None
+                    _initiate(client, member_host)
                 elif not hello.get("setName") and not reconfigured:
                     reconfigured = _repoint_member(client, member_host)
             except PyMongoError as exc:
@@ -541,27 +556,7 @@ class EmbeddedInfra:
             self.kafka_data.mkdir(parents=True, exist_ok=True)
             log.info("starting the Kafka-protocol broker (noida-db) on %s ...", self.kafka_bootstrap)
             started = time.monotonic()
-            with self.kafka_log.open("ab") as out:
-                # Own session: a Ctrl-C in the terminal that started it must not reach the broker
-                # (it would stop mid-write), and it must outlive this process for `make stop`.
-                proc = _DetachedPopen(
-                    [
-                        str(binary),
-                        "start",
-                        "--only",
-                        "kafka",
-                        "--host",
-                        HOST,
-                        "--kafka-port",
-                        str(self.kafka_port),
-                        "--data-dir",
-                        str(self.kafka_data),
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            proc = self._launch_kafka(binary)
             self.kafka_pidfile.write_text(f"{proc.pid}\n")
             try:
                 wait_for_kafka(
@@ -574,6 +569,33 @@ class EmbeddedInfra:
                 self._abort_start("kafka", proc.pid, self.kafka_pidfile)
                 raise StartError(self._explain(exc, self.kafka_log)) from None
             log.info("kafka ready in %.2f s (pid %d)", time.monotonic() - started, proc.pid)
+
+    def _launch_kafka(self, binary: Path) -> _DetachedPopen:
+        """The broker (only its Kafka part, on loopback), its output appended to its log.
+
+        Own session: a Ctrl-C in the terminal that started it must not reach the broker (it
+        would stop mid-write), and it must outlive this process for `make stop`.
+        """
+        command = [
+            str(binary),
+            "start",
+            "--only",
+            "kafka",
+            "--host",
+            HOST,
+            "--kafka-port",
+            str(self.kafka_port),
+            "--data-dir",
+            str(self.kafka_data),
+        ]
+        with self.kafka_log.open("ab") as out:
+            return _DetachedPopen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def stop_kafka(self, sig: signal.Signals = signal.SIGINT) -> StopReport:
         """Stop the broker with ``sig``: SIGINT (as it expects), SIGTERM, or SIGKILL for a crash.
