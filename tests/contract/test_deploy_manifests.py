@@ -55,7 +55,7 @@ class ServiceSpec:
     name: str
     package: str
     port: int
-    database: str
+    database: str | None  # None: no database at all (the console)
     kafka: bool = True
 
 
@@ -67,11 +67,14 @@ SERVICES: dict[str, ServiceSpec] = {
         ServiceSpec("service-desk", "service_desk", 8003, "service_desk"),
         ServiceSpec("analytics", "analytics", 8004, "analytics"),
         ServiceSpec("gateway", "gateway", 8080, "gateway", kafka=False),
+        ServiceSpec("console", "console", 8005, None, kafka=False),
     )
 }
+# The deployables with a database of their own (everything but the console).
+DATABASE_SERVICES = [s for s, spec in SERVICES.items() if spec.database]
 HPA_SERVICES = frozenset({"gateway", "leads", "sales"})
 # Deployables whose Kubernetes base is not written yet: named here so the gap stays visible.
-NO_BASE_YET = {"console": "issue 8: the web console runs under `make run`; its base is still to come"}
+NO_BASE_YET: dict[str, str] = {}
 WORKER = "analytics-worker"
 GATEWAY_URLS = {
     "CRM_LEADS_URL": "leads",
@@ -79,6 +82,7 @@ GATEWAY_URLS = {
     "CRM_SERVICE_DESK_URL": "service-desk",
     "CRM_ANALYTICS_URL": "analytics",
 }
+CONSOLE_URL = {"CRM_CONSOLE_URL": "console"}
 
 # The metric names the services export: the ops contract (see crm_platform.metrics).
 CRM_METRICS = frozenset(
@@ -471,15 +475,17 @@ def test_service_configuration_and_own_database(service: str) -> None:
     assert value["CRM_ENV"] == "production"
     assert value["CRM_HTTP_HOST"] == "0.0.0.0"
     assert value["CRM_HTTP_PORT"] == str(spec.port)
-    assert value["MONGODB_DATABASE"] == spec.database
+    assert value.get("MONGODB_DATABASE") == spec.database
+    assert ("MONGODB_URI" in env) is (spec.database is not None), "a database only where one is owned"
     assert ("KAFKA_BOOTSTRAP_SERVERS" in env) is spec.kafka
     if spec.kafka:
         assert value["CRM_PROVISION_TOPICS"] == "false", "topics are provisioned by Strimzi KafkaTopics"
 
     for deployment in of_kind(resources, "Deployment"):
         denv = env_of(deployment)
-        assert denv["MONGODB_URI"]["valueFrom"]["secretKeyRef"]["name"] == f"{service}-mongodb"
-        assert denv["MONGODB_DATABASE"]["value"] == spec.database
+        if spec.database is not None:
+            assert denv["MONGODB_URI"]["valueFrom"]["secretKeyRef"]["name"] == f"{service}-mongodb"
+            assert denv["MONGODB_DATABASE"]["value"] == spec.database
         assert "CRM_JWT_SECRET" not in denv, "no shared signing secret: the gateway alone signs"
         _assert_token_keys(service, deployment)
         for name, entry in denv.items():
@@ -503,18 +509,33 @@ def test_service_configuration_and_own_database(service: str) -> None:
 
 
 def test_each_service_has_its_own_database_and_credentials() -> None:
-    databases = [SERVICES[s].database for s in SERVICES]
+    databases = [SERVICES[s].database for s in DATABASE_SERVICES]
     assert len(set(databases)) == len(databases)
     secrets = {
         env_of(one(base_resources(s), "Deployment", s))["MONGODB_URI"]["valueFrom"]["secretKeyRef"]["name"]
-        for s in SERVICES
+        for s in DATABASE_SERVICES
     }
-    assert len(secrets) == len(SERVICES)
+    assert len(secrets) == len(DATABASE_SERVICES)
+
+
+def test_the_console_talks_to_the_gateway_only() -> None:
+    """No database, no Kafka, no department: the gateway's public API with each user's token."""
+    resources = base_resources("console")
+    (deployment,) = of_kind(resources, "Deployment")
+    env = env_of(deployment)
+    gateway = one(base_resources("gateway"), "Service", "gateway")
+    assert env["CRM_CONSOLE_GATEWAY_URL"]["value"] == f"http://gateway:{gateway['spec']['ports'][0]['port']}"
+    assert not {k for k in env if k.startswith(("MONGODB_", "KAFKA_"))}
+    assert not of_kind(resources, "KafkaUser")
+    key = _mounted(deployment, env["CRM_CONSOLE_SESSION_KEY_FILE"]["value"])
+    assert key["secret"]["secretName"] == "console-session-key", "the cookie key comes from a Secret"
+    urls = [str(e.get("value", "")) for e in env.values()]
+    assert not [u for u in urls if "://" in u and not u.startswith("http://gateway:")], urls
 
 
 def test_gateway_fronts_the_services_by_their_service_names() -> None:
     env = env_of(one(base_resources("gateway"), "Deployment", "gateway"))
-    for variable, target in GATEWAY_URLS.items():
+    for variable, target in {**GATEWAY_URLS, **CONSOLE_URL}.items():
         svc = one(base_resources(target), "Service", target)
         assert env[variable]["value"] == f"http://{target}:{svc['spec']['ports'][0]['port']}"
     assert env["CRM_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "gateway-admin"
@@ -702,9 +723,31 @@ def test_production_overlay_per_service(service: str) -> None:
 def test_the_revocation_list_stays_inside_the_cluster() -> None:
     """Services poll the gateway's /internal/revocations; the public ingress never routes it."""
     (ingress,) = of_kind(production_resources("gateway"), "Ingress")
-    paths = [p["path"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
     assert paths
-    assert not any("/internal/revocations".startswith(p.rstrip("/") + "/") or p == "/" for p in paths), paths
+    prefixes = [p["path"] for p in paths if p["pathType"] != "Exact"]
+    routed = [p for p in prefixes if p == "/" or "/internal/revocations".startswith(p.rstrip("/") + "/")]
+    assert not routed, paths
+    assert "/internal/revocations" not in [p["path"] for p in paths]
+
+
+def test_the_ingress_routes_every_console_page_and_nothing_internal() -> None:
+    """The gateway serves the console at /: each page's first path segment must be routed
+    (a new page without its Ingress path would 404 in production), and never a prefix that
+    would also publish /metrics, /healthz, /readyz or /internal."""
+    from console.bootstrap import ROUTERS
+
+    (ingress,) = of_kind(production_resources("gateway"), "Ingress")
+    paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    prefixes = {p["path"] for p in paths if p["pathType"] == "Prefix"}
+    exact = {p["path"] for p in paths if p["pathType"] == "Exact"}
+    pages = {route.path for router in ROUTERS for route in router.routes}  # type: ignore[attr-defined]
+    assert "/" in pages
+    assert "/" in exact, "the console's home page: an exact match, never a prefix"
+    firsts = {"/" + page.split("/")[1] for page in pages if page != "/"} | {"/static"}
+    assert firsts <= prefixes, f"console pages the Ingress does not route: {sorted(firsts - prefixes)}"
+    for internal in ("/metrics", "/healthz", "/readyz", "/internal"):
+        assert internal not in prefixes | exact, internal
 
 
 def test_production_overlay_includes_everything() -> None:
@@ -756,8 +799,8 @@ def test_production_network_policies(service: str) -> None:
             assert _ports(ingress) == {6066}, "faust's web port serves its /metrics"
         elif service == "gateway":
             sources = set().union(*(_peer_names(r) for r in ingress))
-            # the departments only for the revocation list they poll
-            assert sources == {"ingress-nginx", "prometheus", *GATEWAY_URLS.values()}
+            # the departments only for the revocation list they poll; the console for the API
+            assert sources == {"ingress-nginx", "prometheus", "console", *GATEWAY_URLS.values()}
             assert _ports(ingress) == {SERVICES[service].port}
         else:
             sources = set().union(*(_peer_names(r) for r in ingress))
@@ -765,9 +808,13 @@ def test_production_network_policies(service: str) -> None:
             assert _ports(ingress) == {SERVICES[service].port}
 
         egress_ports = _ports(egress)
+        if service == "console":
+            assert egress_ports == {53, SERVICES["gateway"].port}, "DNS and the gateway only"
+            assert set().union(*(_peer_names(r) for r in egress)) == {"gateway", "kube-system"}
+            continue
         assert {53, 27017} <= egress_ports, "DNS and MongoDB"
         if service == "gateway":
-            upstream_ports = {SERVICES[s].port for s in GATEWAY_URLS.values()}
+            upstream_ports = {SERVICES[s].port for s in (*GATEWAY_URLS.values(), "console")}
             assert egress_ports == {53, 27017} | upstream_ports, "no Kafka for the gateway"
         else:
             assert egress_ports == {53, 8080, 9093, 27017}, (

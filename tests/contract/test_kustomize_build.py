@@ -61,7 +61,8 @@ def test_kustomization_renders(directory: Path) -> None:
 def test_the_production_overlay_renders_every_service_in_its_namespace() -> None:
     docs = render(DEPLOY / "k8s" / "overlays" / "production")
     deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
-    assert deployments == {"leads", "sales", "service-desk", "analytics", "analytics-worker", "gateway"}
+    expected = {"leads", "sales", "service-desk", "analytics", "analytics-worker", "gateway", "console"}
+    assert deployments == expected
     for doc in docs:
         if doc["kind"] in ("Deployment", "Service", "NetworkPolicy", "HorizontalPodAutoscaler", "KafkaUser"):
             assert doc["metadata"].get("namespace") == "crm", (doc["kind"], doc["metadata"]["name"])
