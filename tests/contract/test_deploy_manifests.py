@@ -72,7 +72,12 @@ SERVICES: dict[str, ServiceSpec] = {
 }
 # The deployables with a database of their own (everything but the console).
 DATABASE_SERVICES = [s for s, spec in SERVICES.items() if spec.database]
-HPA_SERVICES = frozenset({"gateway", "leads", "sales"})
+# Who owns each Deployment's replica count in production: a CPU HPA for the gateway; KEDA
+# (lag + CPU) for every department that consumes events from its API Deployment. The
+# analytics worker is not scaled at all (exactly one replica per app id).
+HPA_SERVICES = frozenset({"gateway"})
+KEDA_SERVICES = frozenset({"leads", "sales", "service-desk"})
+KEDA_API = "keda.sh/v1alpha1"
 # Deployables whose Kubernetes base is not written yet: named here so the gap stays visible.
 NO_BASE_YET: dict[str, str] = {}
 WORKER = "analytics-worker"
@@ -550,8 +555,9 @@ def test_analytics_worker_runs_alone_from_the_analytics_image() -> None:
     assert container(worker)["command"][-2:] == ["-m", "analytics.worker"]
     assert container(worker)["image"] == container(api)["image"]
     for service in SERVICES:
-        for hpa in of_kind(production_resources(service), "HorizontalPodAutoscaler"):
-            assert hpa["spec"]["scaleTargetRef"]["name"] != WORKER
+        for kind in ("HorizontalPodAutoscaler", "ScaledObject"):
+            for scaler in of_kind(production_resources(service), kind):
+                assert scaler["spec"]["scaleTargetRef"]["name"] != WORKER
 
 
 def test_the_analytics_worker_is_scraped_on_its_web_port() -> None:
@@ -706,18 +712,83 @@ def test_production_overlay_per_service(service: str) -> None:
     assert (tag and tag != "latest") or image.get("digest"), f"{service}: pin the image"
 
     hpas = of_kind(production_resources(service), "HorizontalPodAutoscaler")
+    scaled = of_kind(production_resources(service), "ScaledObject")
+    target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": service}
+    removes_replicas = any(
+        "/spec/replicas" in str(p.get("patch", "")) and "remove" in str(p.get("patch", ""))
+        for p in k.get("patches", [])
+    )
     if service in HPA_SERVICES:
         (hpa,) = hpas
-        target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": service}
+        assert scaled == [], f"{service}: one owner of replicas"
         assert hpa["spec"]["scaleTargetRef"] == target
         assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
-        removes_replicas = any(
-            "/spec/replicas" in str(p.get("patch", "")) and "remove" in str(p.get("patch", ""))
-            for p in k.get("patches", [])
-        )
         assert removes_replicas, f"{service}: the HPA, not kubectl apply, owns spec.replicas"
+    elif service in KEDA_SERVICES:
+        (scaled_object,) = scaled
+        assert hpas == [], f"{service}: KEDA makes its own HPA; a second one would fight it"
+        assert scaled_object["spec"]["scaleTargetRef"] == target
+        assert removes_replicas, f"{service}: KEDA, not kubectl apply, owns spec.replicas"
     else:
         assert hpas == []
+        assert scaled == []
+        assert not removes_replicas, f"{service}: a fixed replica count"
+
+
+def _partitions() -> dict[str, int]:
+    return {t.name: t.partitions for t in TOPICS}
+
+
+@pytest.mark.parametrize("service", sorted(KEDA_SERVICES))
+def test_keda_scales_each_consumer_on_lag_and_cpu_within_its_partitions(service: str) -> None:
+    """One kafka trigger per topic the service consumes (its own group, its own principal),
+    plus CPU; maxReplicaCount never above the partitions of those topics (from the topic table):
+    a pod beyond them would hold no partition."""
+    resources = production_resources(service)
+    (scaled,) = of_kind(resources, "ScaledObject")
+    assert scaled["apiVersion"] == KEDA_API
+    spec = scaled["spec"]
+    triggers = spec["triggers"]
+    kafka = [tr for tr in triggers if tr["type"] == "kafka"]
+    assert {tr["metadata"]["topic"] for tr in kafka} == set(CONSUMES[service])
+    assert len(kafka) == len(CONSUMES[service])
+    env = env_of(one(base_resources(service), "Deployment", service))
+    auths = {a["metadata"]["name"]: a for a in of_kind(resources, "TriggerAuthentication")}
+    for trigger in kafka:
+        meta = trigger["metadata"]
+        assert meta["consumerGroup"] == service, "the group the service consumes in (CRM_CONSUMER_GROUP)"
+        assert meta["bootstrapServers"] == env["KAFKA_BOOTSTRAP_SERVERS"]["value"]
+        assert str(meta["allowIdleConsumers"]) == "false", "KEDA's own cap: no idle consumers"
+        assert int(meta["lagThreshold"]) > 0
+        assert (meta["sasl"], meta["tls"]) == ("scram_sha512", "enable"), "the TLS listener, SCRAM"
+        auth = auths[trigger["authenticationRef"]["name"]]["spec"]
+        secrets = {r["parameter"]: (r["name"], r["key"]) for r in auth["secretTargetRef"]}
+        assert secrets["password"] == (f"crm-{service}", "password"), "its own KafkaUser's secret"
+        assert secrets["ca"] == (KAFKA_CA_SECRET, "ca.crt")
+        (username,) = [e for e in auth["env"] if e["parameter"] == "username"]
+        assert env[username["name"]]["value"] == f"crm-{service}"
+    (cpu,) = [tr for tr in triggers if tr["type"] == "cpu"]
+    assert cpu["metricType"] == "Utilization"
+    assert 0 < int(cpu["metadata"]["value"]) <= 100
+
+    bound = max(_partitions()[topic] for topic in CONSUMES[service])
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= bound, (
+        f"{service}: maxReplicaCount {spec['maxReplicaCount']} above the {bound} partitions it consumes"
+    )
+
+
+def test_every_scaled_object_targets_a_consumer_and_no_deployment_has_two_scalers() -> None:
+    owners: dict[str, list[str]] = {}
+    for service in SERVICES:
+        for doc in production_resources(service):
+            if doc["kind"] in ("ScaledObject", "HorizontalPodAutoscaler"):
+                name = doc["spec"]["scaleTargetRef"]["name"]
+                owners.setdefault(name, []).append(doc["kind"])
+                if doc["kind"] == "ScaledObject":
+                    assert name in KEDA_SERVICES, f"a ScaledObject on {name}, which consumes nothing"
+    assert all(len(kinds) == 1 for kinds in owners.values()), owners
+    assert WORKER not in owners, "the analytics worker runs exactly one replica"
+    assert set(owners) == HPA_SERVICES | KEDA_SERVICES
 
 
 def test_the_revocation_list_stays_inside_the_cluster() -> None:

@@ -63,6 +63,8 @@ def test_the_production_overlay_renders_every_service_in_its_namespace() -> None
     deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
     expected = {"leads", "sales", "service-desk", "analytics", "analytics-worker", "gateway", "console"}
     assert deployments == expected
+    namespaced = {"Deployment", "Service", "NetworkPolicy", "HorizontalPodAutoscaler"}
+    namespaced |= {"KafkaUser", "ScaledObject", "TriggerAuthentication"}
     for doc in docs:
-        if doc["kind"] in ("Deployment", "Service", "NetworkPolicy", "HorizontalPodAutoscaler", "KafkaUser"):
+        if doc["kind"] in namespaced:
             assert doc["metadata"].get("namespace") == "crm", (doc["kind"], doc["metadata"]["name"])
