@@ -9,6 +9,7 @@ instruction rather than skipping.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -68,3 +69,43 @@ def test_the_production_overlay_renders_every_service_in_its_namespace() -> None
     for doc in docs:
         if doc["kind"] in namespaced:
             assert doc["metadata"].get("namespace") == "crm", (doc["kind"], doc["metadata"]["name"])
+
+
+SECRET_NAMES = re.compile(r"SECRET|PASSWORD|TOKEN|PRIVATE|MONGODB_URI|_KEY$")
+PINNED = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
+
+
+def production_images(docs: list[dict[str, Any]]) -> dict[str, str]:
+    images = {}
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            pod = doc["spec"]["template"]["spec"]
+            for c in [*pod.get("initContainers", []), *pod["containers"]]:
+                images[f"{doc['metadata']['name']}/{c['name']}"] = c["image"]
+    return images
+
+
+def unpinned(images: dict[str, str]) -> list[str]:
+    return sorted(f"{where}: {image}" for where, image in images.items() if not PINNED.match(image))
+
+
+def test_production_runs_only_images_pinned_by_digest() -> None:
+    """A tag can be moved to another image; a digest cannot. Production refuses tags alone."""
+    images = production_images(render(DEPLOY / "k8s" / "overlays" / "production"))
+    assert images
+    assert unpinned(images) == []
+    # and the check refuses what it should: a tag, latest, a short digest
+    bad = {"a": "registry.example.com/crm/a:1.2.3", "b": "r/b:latest", "c": "r/c@sha256:abc"}
+    assert len(unpinned(bad)) == 3
+
+
+def test_production_holds_no_literal_secret() -> None:
+    docs = render(DEPLOY / "k8s" / "overlays" / "production")
+    assert not [d for d in docs if d["kind"] == "Secret"], "Secrets come from ExternalSecrets"
+    for doc in docs:
+        if doc["kind"] != "Deployment":
+            continue
+        for c in doc["spec"]["template"]["spec"]["containers"]:
+            for env in c.get("env", []):
+                if SECRET_NAMES.search(env["name"]) and not env["name"].endswith("_FILE"):
+                    assert "value" not in env, f"{doc['metadata']['name']}: {env['name']} is a literal"
