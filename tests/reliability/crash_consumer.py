@@ -1,7 +1,10 @@
 """A consumer process for the crash test (run as a subprocess).
 
 With ``--crash-on NAME`` it SIGKILLs itself right after the effect of the event
-whose payload name is NAME is stored, before its offset can be committed.
+whose payload name is NAME is stored, before its offset can be committed. With
+``--crash-inside NAME`` it SIGKILLs itself inside that event's transaction, after its
+handler wrote the effect and before the commit (the batch's group transaction, with
+crm_platform.consumer's group commit).
 Each outcome is appended to ``--outcomes`` so the test can see redeliveries.
 """
 
@@ -19,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from crm_contracts import Envelope
 from crm_platform.consumer import ConsumerConfig, EventConsumer, Outcome
-from crm_platform.mongo import Store, connect
+from crm_platform.mongo import Store, Tx, connect
 from reliability.probe import record_effect
 
 
@@ -41,6 +44,7 @@ async def main() -> None:
     p.add_argument("--group", required=True)
     p.add_argument("--outcomes", required=True)
     p.add_argument("--crash-on")
+    p.add_argument("--crash-inside")
     p.add_argument("--instance-id", help="static membership: group.instance.id")
     p.add_argument("--expect", type=int, required=True, help="stop after this many effects")
     args = p.parse_args()
@@ -52,6 +56,11 @@ async def main() -> None:
         if args.crash_on and env.payload.get("name") == args.crash_on:
             os.kill(os.getpid(), signal.SIGKILL)
 
+    async def effect_then_maybe_crash(tx: Tx, event: Any, env: Envelope) -> None:
+        await record_effect(tx, event, env)
+        if args.crash_inside and env.payload.get("name") == args.crash_inside:
+            os.kill(os.getpid(), signal.SIGKILL)  # written in the transaction, never committed
+
     consumer = RecordingConsumer(
         ConsumerConfig(
             service=args.group,
@@ -61,7 +70,7 @@ async def main() -> None:
             group_instance_id=args.instance_id,
         ),
         store,
-        {"lead.captured": record_effect},
+        {"lead.captured": effect_then_maybe_crash},
         after_store=maybe_crash,
     )
     consumer.outcomes_file = Path(args.outcomes)

@@ -1,6 +1,8 @@
 """A consumer killed with SIGKILL after storing an effect, before committing its
 offset, has no second effect after restart; with static membership the restarted
-process takes its old place in the group at once."""
+process takes its old place in the group at once. Killed inside a batch's transaction
+(group commit), nothing of that transaction is kept and every event still has exactly
+one effect after the restart."""
 
 from __future__ import annotations
 
@@ -88,3 +90,46 @@ async def test_sigkill_between_store_and_commit_causes_no_second_effect(
         # Processed after the restart or, when stored in the same group transaction as
         # e3 before the kill (crm_platform.consumer's group commit), redelivered and skipped.
         assert f"{name} processed" in second_run or f"{name} duplicate" in second_run, second_run
+
+
+@pytest.mark.timeout(900)  # the restart's deadline stretches with the machine's load (up to 5x)
+async def test_sigkill_inside_a_batch_transaction_keeps_none_of_it_and_loses_nothing(
+    crm_infra: Any,
+    kafka_bootstrap: str,
+    mongodb_uri: str,
+    tmp_path: Path,
+    scratch_topics: Callable[[str], tuple[str, str]],
+) -> None:
+    group = f"rel-crash-in-{uuid.uuid4().hex[:6]}"
+    topic, _ = scratch_topics(group)
+    database = f"t_{group.replace('-', '_')}"
+    names = [f"e{i}" for i in range(1, 6)]
+    for name in names:
+        await produce_envelope(kafka_bootstrap, topic, envelope(f"lead-{name}", name))
+    outcomes = tmp_path / "outcomes.txt"
+    common = [
+        *("--bootstrap", kafka_bootstrap, "--mongo", mongodb_uri, "--database", database),
+        *("--topic", topic, "--group", group, "--outcomes", str(outcomes)),
+        *("--instance-id", f"{group}-0"),  # static membership, as above
+    ]
+
+    crashed = _run([*common, "--crash-inside", "e3", "--expect", "5"])
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    client: MongoClient[dict[str, Any]] = MongoClient(mongodb_uri)
+    effects: Collection[dict[str, Any]] = client[database]["effects"]
+    assert effects.find_one({"name": "e3"}) is None, "e3's effect was written but never committed"
+
+    with outcomes.open("a") as f:
+        f.write("--- restart\n")
+    # The killed process's transaction stays open in mongod until it expires
+    # (transactionLifetimeLimitSeconds, 60 s by default): until then the restarted
+    # consumer's writes of the same ledger entries conflict and are retried.
+    resumed = _run([*common, "--expect", "5"], timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    counts = {d["name"]: d["count"] for d in effects.find()}
+    assert counts == dict.fromkeys(names, 1), "every event has exactly one effect"
+    first_run, second_run = outcomes.read_text().split("--- restart\n")
+    assert "e3" not in first_run
+    assert "e3 processed" in second_run, "stored once, after the restart (nothing of it was kept)"
+    client.close()
