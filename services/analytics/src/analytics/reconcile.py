@@ -20,8 +20,8 @@ every ``CRM_ANALYTICS_RECONCILE_SECONDS``; the report is stored in analytics'
 database and exported by the API as ``crm_analytics_reconciliation_difference``.
 
 Events the broker lost from the source topics themselves are not in the log
-either: handoffs are re-sent by their senders (handoff receipts) and then
-counted; other domain events are not recoverable from Kafka.
+either: their senders publish them again (``crm_platform.outbox_audit`` for every
+event, handoff receipts for handoffs never received), and they are counted then.
 """
 
 from __future__ import annotations

@@ -57,6 +57,11 @@ BROKER_REACHABLE = Gauge(
     "readiness does not depend on it (the outbox keeps writes going through a broker outage)",
     ["service"],
 )
+OUTBOX_REPUBLISHED = Counter(
+    "crm_outbox_republished",
+    "Published events the broker lost afterwards (not at the acknowledged position), published again",
+    ["service", "topic"],
+)
 DEAD_LETTERED = Counter(
     "crm_dead_lettered",
     "Events sent to the dead-letter topic",

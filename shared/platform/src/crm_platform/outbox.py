@@ -6,7 +6,9 @@ in ``_id`` order (ObjectIds increase within a process, so one aggregate's events
 keep their order) with an idempotent producer and marks them published. If the
 broker is down, writes keep succeeding and the backlog drains when it returns.
 Consumers deduplicate by event id, so a crash between publish and mark costs a
-duplicate delivery, never a lost event.
+duplicate delivery, never a lost event. Each row keeps the partition and offset the
+broker acknowledged; :mod:`crm_platform.outbox_audit` republishes the rows whose
+record the broker lost afterwards.
 
 With several replicas of a service, a lease in the database makes one relay the
 publisher at a time, so two relays never interleave one key's events.
@@ -25,12 +27,14 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from crm_contracts import Envelope, utcnow
+from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from crm_platform import metrics
 from crm_platform.kafka import make_producer
 from crm_platform.mongo import OUTBOX
+from crm_platform.outbox_audit import AUDITED, LOG_OFFSET, LOG_PARTITION
 
 log = logging.getLogger("crm.outbox")
 LEASE = "outbox_lease"
@@ -117,19 +121,27 @@ class OutboxRelay:
         # Mark only the prefix that the broker acknowledged, so a failure midway
         # republishes the rest (and consumers drop any duplicate by event id).
         done: list[Any] = []
+        marks: list[UpdateOne] = []
         error: BaseException | None = None
+        published_at = utcnow()
         for doc, fut in zip(docs, futures, strict=True):
             try:
-                await fut
+                meta = await fut
             except Exception as exc:
                 error = exc
                 break
             done.append(doc)
-        if done:
-            await self.db[OUTBOX].update_many(
-                {"_id": {"$in": [d["_id"] for d in done]}},
-                {"$set": {"published": True, "published_at": utcnow()}},
+            # Where the broker says it stored the event: the audit checks it is still
+            # there once the publish is old enough (crm_platform.outbox_audit).
+            position = {LOG_PARTITION: meta.partition, LOG_OFFSET: meta.offset, AUDITED: False}
+            marks.append(
+                UpdateOne(
+                    {"_id": doc["_id"]},
+                    {"$set": {"published": True, "published_at": published_at, **position}},
+                )
             )
+        if marks:
+            await self.db[OUTBOX].bulk_write(marks, ordered=False)
             for d in done:
                 metrics.EVENTS_PRODUCED.labels(self.service, d["topic"], d["event_type"]).inc()
         self.connected = True

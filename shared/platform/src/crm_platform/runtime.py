@@ -17,7 +17,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 
-from crm_platform import metrics, receipts
+from crm_platform import metrics, outbox_audit, receipts
 from crm_platform.consumer import AfterStore, ConsumerConfig, EventConsumer, Handler
 from crm_platform.kafka import ensure_topics_async, make_producer, pace_empty_fetches
 from crm_platform.liveness import (
@@ -31,6 +31,7 @@ from crm_platform.liveness import (
 )
 from crm_platform.mongo import Store, connect
 from crm_platform.outbox import OutboxRelay
+from crm_platform.outbox_audit import OutboxAudit
 from crm_platform.settings import ServiceSettings
 
 log = logging.getLogger("crm.runtime")
@@ -66,6 +67,16 @@ class ServiceRuntime:
             poll_seconds=s.outbox_poll_seconds,
         )
         self.store.on_commit(self.relay.notify)
+        self.audit: OutboxAudit | None = None
+        if s.outbox_audit_after_seconds > 0:
+            self.audit = OutboxAudit(
+                self.store.db,
+                bootstrap=s.kafka_bootstrap_servers,
+                service=s.service_name,
+                after_seconds=s.outbox_audit_after_seconds,
+                interval_seconds=s.outbox_audit_seconds,
+                wake_relay=self.relay.notify,
+            )
         self.consumer: EventConsumer | None = None
         self.watchdog: ConsumerWatchdog | None = None
         # What to do when the service finds itself broken (a stalled consumer that a
@@ -129,6 +140,7 @@ class ServiceRuntime:
     async def start(self) -> None:
         await self.store.ensure_platform_indexes()
         await receipts.ensure_indexes(self.store.db)
+        await outbox_audit.ensure_indexes(self.store.db)
         if self.indexes is not None:
             await self.indexes(self.store.db)
         if self.settings.provision_topics:
@@ -149,6 +161,8 @@ class ServiceRuntime:
             )
         )
         self._tasks.append(asyncio.create_task(self._watch_broker(), name="broker-check"))
+        if self.audit is not None:
+            self._guarded(self.audit.run(), "outbox-audit")
         if self.consumer is not None:
             self._consumer_task = self._guarded(self.consumer.run(), "consumer")
         if self.watchdog is not None:
@@ -202,6 +216,8 @@ class ServiceRuntime:
         self._stopping = True
         self._stop_requested.set()
         await self.relay.stop()
+        if self.audit is not None:
+            await self.audit.stop()
         if self.watchdog is not None:
             await self.watchdog.stop()
         if self.consumer is not None:

@@ -105,6 +105,13 @@ class ServiceSettings(BaseSettings):
         default=900.0, validation_alias="CRM_HANDOFF_RESEND_SILENT_AFTER_SECONDS", gt=0
     )
     handoff_check_seconds: float = Field(default=5.0, validation_alias="CRM_HANDOFF_CHECK_SECONDS", gt=0)
+    # The outbox audit (crm_platform.outbox_audit): a publish this old is checked against
+    # the log (the record at its acknowledged position) and published again if the broker
+    # lost it; 0 turns the audit off. Checked every CRM_OUTBOX_AUDIT_SECONDS.
+    outbox_audit_after_seconds: float = Field(
+        default=30.0, validation_alias="CRM_OUTBOX_AUDIT_AFTER_SECONDS", ge=0
+    )
+    outbox_audit_seconds: float = Field(default=5.0, validation_alias="CRM_OUTBOX_AUDIT_SECONDS", gt=0)
     # HTTP edge (crm_platform.edge): bodies above this are refused with 413 before
     # they are read. Each database operation, and each whole transaction of an HTTP
     # request, must finish within the deadline (PyMongo client-side operation timeout, sent to the server

@@ -20,7 +20,8 @@ The broker is an emulator and loses acknowledged writes when it stops: it saves 
 log shortly after changes, keeps acknowledging produce requests after SIGINT or
 SIGTERM until it exits without saving those, and a SIGKILL loses about the last
 1.4 s. No stop under traffic is safe; stop producers first (``make stop`` stops the
-services before the broker). What the platform does about it is in the README
+services before the broker). What the platform does about it (the outbox audit and
+handoff receipts) is in the README
 ("The embedded broker loses acknowledged writes when it stops").
 """
 
