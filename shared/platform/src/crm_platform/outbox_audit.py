@@ -150,13 +150,19 @@ class OutboxAudit:
         for row in rows:
             by_tp[TopicPartition(row["topic"], int(row[LOG_PARTITION]))].append(row)
         ok: list[Any] = []
-        for tp, tp_rows in by_tp.items():
-            verdicts = await self._check_partition(tp, tp_rows)
-            for row, verdict in zip(tp_rows, verdicts, strict=True):
-                if verdict == "lost":
-                    await self._republish(row)
-                else:
-                    ok.append(row["_id"])
+        try:
+            for tp, tp_rows in by_tp.items():
+                verdicts = await self._check_partition(tp, tp_rows)
+                for row, verdict in zip(tp_rows, verdicts, strict=True):
+                    if verdict == "lost":
+                        await self._republish(row)
+                    else:
+                        ok.append(row["_id"])
+        finally:
+            # An assigned partition is fetched in the background for ever (on a broker that
+            # answers empty fetches at once, at full CPU): hold none between rounds.
+            if self._consumer is not None:
+                self._consumer.unsubscribe()
         if ok:
             await self.db[OUTBOX].update_many({"_id": {"$in": ok}}, {"$set": {AUDITED: True}})
         return len(rows)
