@@ -233,7 +233,7 @@ class OutboxAudit:
             try:
                 await asyncio.wait_for(consumer.stop(), timeout=10)
             except Exception as exc:
-                log.debug("outbox audit consumer stop failed: %s", exc)
+                log.debug("outbox audit consumer stop failed: %s", exc, exc_info=exc)
 
 
 def _event_id(headers: Any) -> str | None:
