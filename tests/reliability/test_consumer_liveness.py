@@ -15,8 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from crm_contracts import Envelope
-from crm_contracts.topics import TopicSpec, dead_letter_topic
+from crm_contracts import Envelope, envelope_for, utcnow
+from crm_contracts.events.platform import HandoffReceivedV1
+from crm_contracts.handoffs import HANDOFF_BY_EVENT_TYPE
+from crm_contracts.topics import HANDOFF_RECEIPTS, TopicSpec, dead_letter_topic
 from crm_platform import metrics
 from crm_platform.kafka import ensure_topics
 from crm_platform.mongo import Tx
@@ -110,6 +112,88 @@ async def test_a_stalled_consumer_shows_rising_lag_rejoins_then_is_fatal(
     finally:
         release.set()
         await runtime.stop()
+
+
+async def test_a_stalled_receipt_listener_is_rejoined_and_receipts_flow_again(
+    kafka_bootstrap: str,
+    make_settings: Callable[..., ServiceSettings],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The receipt listener is watched like the department's consumer: stuck, it is rejoined."""
+    service = f"rel-receipts-{uuid.uuid4().hex[:6]}"
+    topic = make_topic(kafka_bootstrap, service, partitions=1)
+    settings = make_settings(
+        service,
+        CRM_SERVICE_NAME=service,
+        CRM_CONSUMER_STALL_SECONDS=3,
+        CRM_CONSUMER_WATCHDOG_SECONDS=0.5,
+    )
+    runtime = ServiceRuntime(
+        settings,
+        subscription=Subscription(
+            topics=[topic], handlers={"lead.captured": record_effect}, department="marketing"
+        ),
+    )
+    fatal = Fatal()
+    runtime.on_fatal = fatal
+    tracker = runtime.receipts
+    watchdog = runtime.receipts_watchdog
+    assert tracker is not None
+    assert watchdog is not None
+    stuck = asyncio.Event()
+    calls: list[list[str]] = []
+    mark = tracker.mark_receipted
+
+    async def first_call_hangs(event_ids: list[str]) -> int:
+        calls.append(event_ids)
+        if len(calls) == 1:
+            stuck.set()
+            await asyncio.Event().wait()  # the listener never commits: only a rejoin ends this
+        return await mark(event_ids)
+
+    tracker.mark_receipted = first_call_hangs  # type: ignore[method-assign]
+    caplog.set_level(logging.ERROR, logger="crm.liveness")
+    await runtime.start()
+    try:
+        await produce_envelope(kafka_bootstrap, HANDOFF_RECEIPTS, _receipt_for_marketing())
+        await eventually(_async(stuck.is_set), timeout=60, what="the receipt listener stuck")
+        group = tracker.group_id
+        rejoins = metrics.CONSUMER_REJOINS.labels(service, group)
+        await eventually(_at_least(lambda: rejoins._value.get(), 1), timeout=60, what="a rejoin")
+        await eventually(_at_least(lambda: len(calls), 2), timeout=60, what="a fresh listener")
+        await eventually(
+            _async(
+                lambda: (
+                    runtime.receipts_watchdog is not None and runtime.receipts_watchdog.rejoined_at is None
+                )
+            ),
+            timeout=60,
+            what="the listener's group making progress again",
+        )
+        assert fatal.reasons == []
+        logged = [r.getMessage() for r in caplog.records if r.name == "crm.liveness"]
+        assert any("rejoining" in m and group in m and HANDOFF_RECEIPTS in m for m in logged)
+    finally:
+        await runtime.stop()
+
+
+def _receipt_for_marketing() -> Envelope:
+    handoff = HANDOFF_BY_EVENT_TYPE["lead.qualified"]
+    now = utcnow()
+    return envelope_for(
+        HandoffReceivedV1(
+            handoff=handoff.name,
+            handoff_event_id=f"evt-{uuid.uuid4().hex}",
+            handoff_event_type="lead.qualified",
+            from_department=handoff.from_department,
+            to_department=handoff.to_department,
+            occurred_at=now,
+            stored_at=now,
+            transport_latency_seconds=0.0,
+        ),
+        source="reliability-test",
+        correlation_id="receipt-listener-stall",
+    )
 
 
 async def test_a_revoked_partition_is_no_longer_reported(

@@ -52,6 +52,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from crm_platform import metrics
 from crm_platform.kafka import make_consumer
+from crm_platform.liveness import PartitionTracker
 from crm_platform.mongo import HANDOFFS_SENT, OUTBOX, PROCESSED, Store, Tx
 from crm_platform.settings import ServiceSettings
 
@@ -161,12 +162,39 @@ class HandoffTracker:
         self._seen_handoffs: set[str] = set()
         # Per handoff: when the newest receipted handoff occurred (from the receipts seen).
         self.newest_receipted: dict[str, datetime] = {}
+        # The receipt partitions this member holds: the runtime's watchdog over the
+        # listener's group reads them (a listener that stops silently is rejoined).
+        self.partitions = PartitionTracker(self.service)
+        self._listener: asyncio.Task[None] | None = None
 
     async def stop(self) -> None:
         self._stopping.set()
 
     async def run(self) -> None:
-        await asyncio.gather(self._listen(), self._resend_loop())
+        self._listener = asyncio.create_task(self._listen(), name="handoff-receipts-listener")
+        try:
+            await self._resend_loop()
+        finally:
+            await self._stop_listener()
+
+    async def rejoin(self) -> None:
+        """Drop the receipt listener and its Kafka client, then start it afresh (a new member).
+
+        The watchdog calls it when the listener's group makes no progress while receipts
+        wait (the broker restarts that left the departments' own consumers silently
+        stalled can do the same to this one). Bounded: a client stuck on a broker that
+        went away must not hold the watchdog too.
+        """
+        await self._stop_listener()
+        self.partitions.reset()
+        if not self._stopping.is_set():
+            self._listener = asyncio.create_task(self._listen(), name="handoff-receipts-listener")
+
+    async def _stop_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            await asyncio.wait([listener], timeout=10)
 
     # -- receipts -----------------------------------------------------------------
     def ours(self, raw_values: Iterable[Any]) -> list[str]:
@@ -208,13 +236,13 @@ class HandoffTracker:
         backoff = 0.5
         while not self._stopping.is_set():
             consumer = make_consumer(
-                HANDOFF_RECEIPTS,
                 bootstrap_servers=self.settings.kafka_bootstrap_servers,
                 group_id=self.group_id,
                 client_id=f"{self.service}-receipts",
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
             )
+            consumer.subscribe([HANDOFF_RECEIPTS], listener=self.partitions)
             try:
                 await consumer.start()
                 backoff = 0.5

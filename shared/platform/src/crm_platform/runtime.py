@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from crm_contracts.topics import HANDOFF_RECEIPTS
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 
@@ -86,6 +87,7 @@ class ServiceRuntime:
         if self.subscription is not None and s.consumer_enabled:
             self._build_consumer(self.subscription)
         self.receipts: receipts.HandoffTracker | None = None
+        self.receipts_watchdog: ConsumerWatchdog | None = None
         department = self.subscription.department if self.subscription is not None else None
         if department and s.handoff_receipts_enabled and s.consumer_enabled:
             # Every department that receives handoffs sends some too: track them
@@ -93,6 +95,11 @@ class ServiceRuntime:
             self.store.receipt_grace = timedelta(seconds=s.handoff_resend_after_seconds)
             self.receipts = receipts.HandoffTracker(
                 self.store, s, department=department, wake_relay=self.relay.notify
+            )
+            # The receipt listener is a consumer like the department's own: it must not
+            # stop silently either (no receipts would re-send every handoff for nothing).
+            self.receipts_watchdog = self._watchdog(
+                self.receipts.group_id, [HANDOFF_RECEIPTS], self.receipts.partitions, self.receipts.rejoin
             )
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer_task: asyncio.Task[None] | None = None
@@ -118,17 +125,27 @@ class ServiceRuntime:
             sub.handlers,
             after_store=sub.after_store,
         )
-        self.watchdog = ConsumerWatchdog(
+        self.watchdog = self._watchdog(s.group_id, sub.topics, tracker, self._rejoin_consumer)
+
+    def _watchdog(
+        self,
+        group_id: str,
+        topics: list[str],
+        tracker: PartitionTracker,
+        rejoin: Callable[[], Awaitable[None]],
+    ) -> ConsumerWatchdog:
+        s = self.settings
+        return ConsumerWatchdog(
             WatchdogConfig(
                 service=s.service_name,
-                group_id=s.group_id,
-                topics=sub.topics,
+                group_id=group_id,
+                topics=topics,
                 bootstrap=s.kafka_bootstrap_servers,
                 stall_seconds=s.consumer_stall_seconds,
                 interval_seconds=s.consumer_watchdog_seconds,
             ),
             tracker,
-            rejoin=self._rejoin_consumer,
+            rejoin=rejoin,
             on_fatal=lambda reason: self.on_fatal(reason),
             database_ok=self._database_ok,
         )
@@ -168,7 +185,9 @@ class ServiceRuntime:
         if self.watchdog is not None:
             self._guarded(self.watchdog.run(), "consumer-watchdog")
         if self.receipts is not None:
-            self._tasks.append(asyncio.create_task(self.receipts.run(), name="handoff-receipts"))
+            self._guarded(self.receipts.run(), "handoff-receipts")
+        if self.receipts_watchdog is not None:
+            self._guarded(self.receipts_watchdog.run(), "handoff-receipts-watchdog")
         for job in self.background:
             self._tasks.append(asyncio.create_task(job(), name=getattr(job, "__name__", "job")))
         log.info("runtime started", extra={"database": self.settings.database_name})
@@ -222,6 +241,8 @@ class ServiceRuntime:
             await self.watchdog.stop()
         if self.consumer is not None:
             await self.consumer.stop()
+        if self.receipts_watchdog is not None:
+            await self.receipts_watchdog.stop()
         if self.receipts is not None:
             await self.receipts.stop()
         pending: set[asyncio.Task[None]] = set()
