@@ -11,6 +11,7 @@ answered 503 must not commit once the server resumes, and everything recovers.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -37,6 +38,8 @@ OUTAGE_MONGO_PORT = int(
     )
 )
 ADMIN_PASSWORD = "outage-admin-password-1"
+# A runtime stops within this while its database is frozen (its steps are bounded by 10 s or less).
+STOP_WITHIN = 40.0
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +188,46 @@ async def _recovers(clients: dict[str, Any], token: str) -> None:
             return ok(r.status_code)
 
         await eventually(answered, timeout=60, interval=0.5, what=f"{service} {path} after the outage")
+
+
+async def test_a_service_stops_within_its_bound_while_the_database_is_frozen(
+    dedicated_mongod: EmbeddedInfra, kafka_bootstrap: str
+) -> None:
+    """SIGTERM during a frozen database: the runtime stops anyway (before: it waited for ever).
+
+    Kubernetes sends SIGKILL after the grace period, but ``make run``'s supervisor and
+    ``make stop`` wait, and a stuck stop hides the real state; every step is bounded.
+    """
+    from crm_contracts.topics import TopicSpec
+    from crm_platform.kafka import ensure_topics
+    from crm_platform.runtime import ServiceRuntime, Subscription
+    from crm_platform.settings import ServiceSettings
+    from reliability.probe import record_effect
+
+    service = f"outage-stop-{uuid.uuid4().hex[:6]}"
+    topic = f"crm.test.{service}"
+    ensure_topics(kafka_bootstrap, [TopicSpec(topic, "test", "scratch", partitions=1, replication_factor=1)])
+    settings = ServiceSettings.model_validate(
+        {
+            **_settings(service, dedicated_mongod.mongodb_uri, kafka_bootstrap),
+            "CRM_CONSUMER_ENABLED": True,
+            "CRM_CONSUMER_GROUP": service,
+        }
+    )
+    runtime = ServiceRuntime(
+        settings,
+        subscription=Subscription(
+            topics=[topic], handlers={"lead.captured": record_effect}, department="marketing"
+        ),
+    )
+    await runtime.start()
+    pid = _mongod_pid(dedicated_mongod)
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        await asyncio.wait_for(runtime.stop(), timeout=STOP_WITHIN * 3)
+        took = time.monotonic() - started
+        assert took < STOP_WITHIN, took
+    finally:
+        os.kill(pid, signal.SIGCONT)
