@@ -68,16 +68,7 @@ class ServiceRuntime:
             poll_seconds=s.outbox_poll_seconds,
         )
         self.store.on_commit(self.relay.notify)
-        self.audit: OutboxAudit | None = None
-        if s.outbox_audit_after_seconds > 0:
-            self.audit = OutboxAudit(
-                self.store.db,
-                bootstrap=s.kafka_bootstrap_servers,
-                service=s.service_name,
-                after_seconds=s.outbox_audit_after_seconds,
-                interval_seconds=s.outbox_audit_seconds,
-                wake_relay=self.relay.notify,
-            )
+        self.audit = self._build_audit()
         self.consumer: EventConsumer | None = None
         self.watchdog: ConsumerWatchdog | None = None
         # What to do when the service finds itself broken (a stalled consumer that a
@@ -90,23 +81,40 @@ class ServiceRuntime:
         self.receipts_watchdog: ConsumerWatchdog | None = None
         department = self.subscription.department if self.subscription is not None else None
         if department and s.handoff_receipts_enabled and s.consumer_enabled:
-            # Every department that receives handoffs sends some too: track them
-            # until their receipt comes back, re-send those that never do.
-            self.store.receipt_grace = timedelta(seconds=s.handoff_resend_after_seconds)
-            self.receipts = receipts.HandoffTracker(
-                self.store, s, department=department, wake_relay=self.relay.notify
-            )
-            # The receipt listener is a consumer like the department's own: it must not
-            # stop silently either (no receipts would re-send every handoff for nothing).
-            self.receipts_watchdog = self._watchdog(
-                self.receipts.group_id, [HANDOFF_RECEIPTS], self.receipts.partitions, self.receipts.rejoin
-            )
+            self._build_receipts(department)
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer_task: asyncio.Task[None] | None = None
         self._retired: set[asyncio.Task[None]] = set()  # cancelled on purpose (rejoin)
         self._stopping = False
         self.broker_status = "not checked yet"
         self._stop_requested = asyncio.Event()  # wakes the timers in stop()
+
+    def _build_audit(self) -> OutboxAudit | None:
+        s = self.settings
+        if s.outbox_audit_after_seconds <= 0:
+            return None
+        return OutboxAudit(
+            self.store.db,
+            bootstrap=s.kafka_bootstrap_servers,
+            service=s.service_name,
+            after_seconds=s.outbox_audit_after_seconds,
+            interval_seconds=s.outbox_audit_seconds,
+            wake_relay=self.relay.notify,
+        )
+
+    def _build_receipts(self, department: str) -> None:
+        """Every department that receives handoffs sends some too: track them until their
+        receipt comes back, re-send those that never do."""
+        s = self.settings
+        self.store.receipt_grace = timedelta(seconds=s.handoff_resend_after_seconds)
+        self.receipts = receipts.HandoffTracker(
+            self.store, s, department=department, wake_relay=self.relay.notify
+        )
+        # The receipt listener is a consumer like the department's own: it must not
+        # stop silently either (no receipts would re-send every handoff for nothing).
+        self.receipts_watchdog = self._watchdog(
+            self.receipts.group_id, [HANDOFF_RECEIPTS], self.receipts.partitions, self.receipts.rejoin
+        )
 
     def _build_consumer(self, sub: Subscription) -> None:
         s = self.settings
