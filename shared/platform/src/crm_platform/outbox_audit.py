@@ -42,9 +42,11 @@ from datetime import timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from crm_contracts import utcnow
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
 
 from crm_platform import metrics
 from crm_platform.kafka import make_consumer
@@ -120,6 +122,11 @@ class OutboxAudit:
                         pass  # a backlog of rows to check: keep going
                 except asyncio.CancelledError:
                     raise
+                except (PyMongoError, KafkaError, TimeoutError) as exc:
+                    # The database or the broker is away: expected during an outage, and
+                    # the next round retries; one line, not a traceback every round.
+                    log.warning("outbox audit postponed (%s: %s); retrying", type(exc).__name__, exc)
+                    await self._close()
                 except Exception as exc:
                     log.warning(
                         "outbox audit failed (%s: %s); retrying", type(exc).__name__, exc, exc_info=exc
