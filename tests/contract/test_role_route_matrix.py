@@ -258,6 +258,7 @@ async def test_every_route_with_every_caller(gateway: Gateway) -> None:
     assert not failures, f"{len(failures)} of {calls} calls wrong:\n" + "\n".join(failures[:40])
 
 
+@pytest.mark.integration
 async def test_public_routes_need_no_token_and_only_they_are_public(gateway: Gateway) -> None:
     """Reached at /public/<service>/... without credentials (forwarded without any); never at
     /api/<service>/public/... (no rule: 403 for every role); anything else under /public/ is 404."""
