@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 from analytics.domain.engine import AnalyticsState, apply
+from analytics.domain.figures import HANDOFF_NAMES
 from analytics.domain.snapshot import Snapshot
 from analytics.main import create_app
 from analytics.store import MongoSnapshots
@@ -71,13 +72,10 @@ async def test_snapshot_served_as_funnel_channels_handoffs_and_summary(make_sett
         assert channels["partner.eu"]["captured"] == 1
 
         handoffs = (await client.get("/handoffs", headers=ANALYST)).json()
-        assert set(handoffs) == {
-            "lead-qualified",
-            "lead-verdict",
-            "deal-won",
-            "upsell-spotted",
-            "commitment-flagged",
-        }
+        # Every handoff of the contracts' table, the action items' too, and the five of the brief among them.
+        assert list(handoffs) == list(HANDOFF_NAMES)
+        brief = {"lead-qualified", "lead-verdict", "deal-won", "upsell-spotted", "commitment-flagged"}
+        assert brief < set(handoffs)
         lq = handoffs["lead-qualified"]
         assert lq["transport"]["count"] == 1
         assert lq["transport"]["p50"] == pytest.approx(0.004, rel=0.02)

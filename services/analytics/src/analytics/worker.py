@@ -42,11 +42,14 @@ import faust
 from crm_contracts import utcnow
 from crm_contracts.topics import (
     ACCOUNT_SIGNAL,
+    ACTION_ITEMS,
     DEAL_WON,
     HANDOFF_RECEIPTS,
     LEAD_QUALIFIED,
     LEAD_VERDICT,
+    LEADS_ACTION_ITEM_UPDATES,
     LEADS_EVENTS,
+    SALES_ACTION_ITEM_UPDATES,
     SALES_EVENTS,
     SERVICE_DESK_EVENTS,
     dead_letter_topic,
@@ -84,6 +87,9 @@ SOURCE_TOPICS: tuple[str, ...] = (
     DEAL_WON,
     SERVICE_DESK_EVENTS,
     ACCOUNT_SIGNAL,
+    ACTION_ITEMS,
+    SALES_ACTION_ITEM_UPDATES,
+    LEADS_ACTION_ITEM_UPDATES,
     HANDOFF_RECEIPTS,
 )
 

@@ -22,6 +22,7 @@ from gateway.domain.users import Applied, User, UserChange, removes_last_admin
 
 ADMIN, MKT, REP, MGR = Role.ADMIN, Role.MARKETING, Role.SALES_REP, Role.SALES_MANAGER
 SVC, CSM, ANALYST = Role.SERVICE_REP, Role.CUSTOMER_SUCCESS_MANAGER, Role.ANALYST
+MKT_MGR, SVC_LEAD, EXEC = Role.MARKETING_MANAGER, Role.SERVICE_LEAD, Role.EXECUTIVE
 EVERYONE = set(Role)
 
 
@@ -36,16 +37,16 @@ def allowed_roles(service: str, method: str, path: str) -> set[Role]:
     ("service", "method", "path", "expected"),
     [
         # leads: scoring rules and behaviours are marketing's
-        ("leads", "PUT", "/scoring-rules", {MKT, ADMIN}),
-        ("leads", "PUT", "/scoring-rules/web", {MKT, ADMIN}),
-        ("leads", "POST", "/leads", {MKT, ADMIN}),
-        ("leads", "POST", "/leads/L-1/behaviours", {MKT, ADMIN}),
+        ("leads", "PUT", "/scoring-rules", {MKT, MKT_MGR, ADMIN}),
+        ("leads", "PUT", "/scoring-rules/web", {MKT, MKT_MGR, ADMIN}),
+        ("leads", "POST", "/leads", {MKT, MKT_MGR, ADMIN}),
+        ("leads", "POST", "/leads/L-1/behaviours", {MKT, MKT_MGR, ADMIN}),
         # leads: reads for marketing, sales roles and analysts
-        ("leads", "GET", "/leads", {MKT, ADMIN, REP, MGR, ANALYST}),
-        ("leads", "GET", "/leads/123", {MKT, ADMIN, REP, MGR, ANALYST}),
-        ("leads", "HEAD", "/leads/123", {MKT, ADMIN, REP, MGR, ANALYST}),
-        ("leads", "GET", "/scoring-rules", {MKT, ADMIN, REP, MGR, ANALYST}),
-        ("leads", "GET", "/scoring-rules/history", {MKT, ADMIN, REP, MGR, ANALYST}),
+        ("leads", "GET", "/leads", {MKT, MKT_MGR, ADMIN, REP, MGR, ANALYST}),
+        ("leads", "GET", "/leads/123", {MKT, MKT_MGR, ADMIN, REP, MGR, ANALYST}),
+        ("leads", "HEAD", "/leads/123", {MKT, MKT_MGR, ADMIN, REP, MGR, ANALYST}),
+        ("leads", "GET", "/scoring-rules", {MKT, MKT_MGR, ADMIN, REP, MGR, ANALYST}),
+        ("leads", "GET", "/scoring-rules/history", {MKT, MKT_MGR, ADMIN, REP, MGR, ANALYST}),
         # deny by default: routes without a rule are refused to everyone
         ("leads", "GET", "/", set()),
         ("leads", "POST", "/imports", set()),
@@ -67,15 +68,21 @@ def allowed_roles(service: str, method: str, path: str) -> set[Role]:
         ("sales", "POST", "/inbox/accept", set()),  # not the /inbox/{id}/accept shape
         ("sales", "GET", "/reports", set()),
         # service desk: service reps, customer success, admin
-        ("service-desk", "GET", "/tickets", {SVC, CSM, ADMIN}),
-        ("service-desk", "POST", "/tickets/t-1/resolve", {SVC, CSM, ADMIN}),
-        ("service-desk", "PUT", "/accounts/a-1/csm", {CSM, ADMIN}),
+        ("service-desk", "GET", "/tickets", {SVC, CSM, SVC_LEAD, ADMIN}),
+        ("service-desk", "POST", "/tickets/t-1/resolve", {SVC, CSM, SVC_LEAD, ADMIN}),
+        ("service-desk", "PUT", "/accounts/a-1/csm", {CSM, SVC_LEAD, ADMIN}),
         ("service-desk", "PUT", "/config", {ADMIN}),
-        ("service-desk", "GET", "/config", {SVC, CSM, ADMIN}),
+        ("service-desk", "GET", "/config", {SVC, CSM, SVC_LEAD, ADMIN}),
         ("service-desk", "DELETE", "/", set()),
+        # voice of the customer: each department works its own queue, its manager assigns
+        ("leads", "POST", "/action-queue/i-1/accept", {MKT, MKT_MGR, ADMIN}),
+        ("leads", "POST", "/action-queue/i-1/assign", {MKT_MGR, ADMIN}),
+        ("sales", "POST", "/action-queue/i-1/assign", {MGR, ADMIN}),
+        ("service-desk", "POST", "/action-items", {SVC, CSM, SVC_LEAD, ADMIN}),
+        ("service-desk", "POST", "/action-queue/i-1/assign", {SVC_LEAD, ADMIN}),
         # analytics: analysts, sales managers, admin may read
-        ("analytics", "GET", "/summary", {ANALYST, MGR, ADMIN}),
-        ("analytics", "GET", "/handoffs/lead.qualified/latency", {ANALYST, MGR, ADMIN}),
+        ("analytics", "GET", "/summary", {ANALYST, MGR, EXEC, ADMIN}),
+        ("analytics", "GET", "/handoffs/lead.qualified/latency", {ANALYST, MGR, EXEC, ADMIN}),
         ("analytics", "POST", "/exports", set()),
         ("analytics", "POST", "/summary", set()),
     ],
@@ -132,7 +139,7 @@ def test_first_match_wins_and_decision_names_the_rule() -> None:
     assert not decision.allowed
     assert decision.rule is not None
     assert decision.rule.pattern == "/scoring-rules/**"
-    assert decision.required_roles == {MKT, ADMIN}
+    assert decision.required_roles == {MKT, MKT_MGR, ADMIN}
     unlisted = authorize(list(Role), "sales", "GET", "/reports")
     assert not unlisted.allowed  # deny by default, even for every role at once
     assert unlisted.rule is None

@@ -15,7 +15,7 @@ from crm_platform.settings import ServiceSettings
 from crm_platform.uow import MongoUnitOfWork
 from fastapi import FastAPI
 
-from leads import consumers, store
+from leads import action_items, consumers, store
 from leads.api import leads as leads_api
 from leads.api import scoring as scoring_api
 from leads.repository import LeadsUnit
@@ -63,8 +63,9 @@ def build_app(settings: ServiceSettings) -> FastAPI:
             "(lead.qualified) and closes the loop with sales' verdict (lead.verdict)."
         ),
         runtime=runtime,
-        protected=[leads_api.router, scoring_api.router],
+        protected=[leads_api.router, scoring_api.router, action_items.router],
         default_idempotency_key=behaviour_retry_key(timedelta(seconds=s.behaviour_retry_window_seconds)),
     )
     app.state.uow = uow
+    action_items.wire(app, runtime)
     return app

@@ -7,6 +7,7 @@ from crm_contracts.events.sales import LeadVerdictV1
 from crm_platform.runtime import Subscription
 from crm_platform.uow import MongoUnitOfWork, bind_event
 
+from leads import action_items
 from leads.handlers import on_lead_verdict
 from leads.repository import LeadsUnit
 from leads.settings import DEPARTMENT
@@ -19,6 +20,9 @@ def subscription(uow: MongoUnitOfWork[LeadsUnit]) -> Subscription:
     # transport latency and emits the handoff.received receipt.
     return Subscription(
         topics=list(TOPICS),
-        handlers={LeadVerdictV1.event_type: bind_event(uow, on_lead_verdict)},
+        handlers={
+            LeadVerdictV1.event_type: bind_event(uow, on_lead_verdict),
+            **action_items.HANDLERS,  # action items customer success raised for marketing
+        },
         department=DEPARTMENT,
     )

@@ -11,7 +11,7 @@ from crm_platform.uow import MongoUnitOfWork
 from fastapi import FastAPI
 from pymongo.asynchronous.database import AsyncDatabase
 
-from sales import consumers, store
+from sales import action_items, consumers, store
 from sales.api import forecast, inbox, opportunities, team
 from sales.domain.inbox import DEFAULT_SLA_MINUTES
 from sales.repository import SalesUnit
@@ -40,7 +40,8 @@ def build_app(settings: ServiceSettings) -> FastAPI:
         title="CRM sales",
         description=DESCRIPTION,
         runtime=runtime,
-        protected=[inbox.router, opportunities.router, forecast.router, team.router],
+        protected=[inbox.router, opportunities.router, forecast.router, team.router, action_items.router],
     )
     app.state.uow = uow
+    action_items.wire(app, runtime)
     return app

@@ -13,6 +13,7 @@ from crm_contracts.events.service_desk import CommitmentFlaggedV1, UpsellSpotted
 from crm_platform.runtime import Subscription
 from crm_platform.uow import MongoUnitOfWork, bind_event
 
+from sales import action_items
 from sales.handlers import on_commitment_flagged, on_lead_qualified, on_upsell_spotted
 from sales.repository import SalesUnit
 from sales.settings import DEPARTMENT
@@ -28,5 +29,6 @@ def subscription(uow: MongoUnitOfWork[SalesUnit]) -> Subscription:
         LeadQualifiedV1.event_type: bind_event(uow, on_lead_qualified),
         UpsellSpottedV1.event_type: bind_event(uow, on_upsell_spotted),
         CommitmentFlaggedV1.event_type: bind_event(uow, on_commitment_flagged),
+        **action_items.HANDLERS,  # action items customer success raised for sales
     }
     return Subscription(topics=list(TOPICS), handlers=handlers, department=DEPARTMENT)

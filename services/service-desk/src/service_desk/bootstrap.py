@@ -11,7 +11,7 @@ from crm_platform.settings import ServiceSettings
 from crm_platform.uow import MongoUnitOfWork
 from fastapi import FastAPI
 
-from service_desk import consumers, lifecycle, store
+from service_desk import action_items, consumers, lifecycle, store
 from service_desk.api import accounts, admin, public, success, tickets
 from service_desk.api import lifecycle as lifecycle_api
 from service_desk.handlers import ServiceDesk
@@ -36,7 +36,15 @@ def bootstrap(settings: ServiceSettings, *, clock: Clock | None = None) -> FastA
         description="Customer service and customer success: accounts after the won deal, "
         "onboarding, tickets with SLA timers, CSAT, upsell signals and commitment flags.",
         runtime=runtime,
-        protected=[accounts.router, tickets.router, admin.router, lifecycle_api.router, success.router],
+        protected=[
+            accounts.router,
+            tickets.router,
+            admin.router,
+            lifecycle_api.router,
+            success.router,
+            action_items.router,
+            action_items.queue_router,
+        ],
         public=[public.router],
     )
     app.state.desk = ServiceDesk(runtime.store, clock)
@@ -44,4 +52,5 @@ def bootstrap(settings: ServiceSettings, *, clock: Clock | None = None) -> FastA
     app.state.desk.after_change = lifecycle.rescorer(app.state.uow)
     app.state.survey_secret = survey_secret(settings)
     app.state.survey_base_url = survey_base_url(settings)
+    action_items.wire(app, runtime, clock)
     return app

@@ -14,11 +14,14 @@ from crm_contracts.handoffs import HANDOFF_BY_EVENT_TYPE
 from crm_contracts.registry import ALL_EVENTS
 from crm_contracts.topics import (
     ACCOUNT_SIGNAL,
+    ACTION_ITEMS,
     DEAL_WON,
     HANDOFF_RECEIPTS,
     LEAD_QUALIFIED,
     LEAD_VERDICT,
+    LEADS_ACTION_ITEM_UPDATES,
     LEADS_EVENTS,
+    SALES_ACTION_ITEM_UPDATES,
     SALES_EVENTS,
     SERVICE_DESK_EVENTS,
     TOPICS,
@@ -27,9 +30,9 @@ from crm_contracts.topics import (
 
 # service name -> the topics its consumer subscribes to
 CONSUMES: dict[str, tuple[str, ...]] = {
-    "leads": (LEAD_VERDICT,),
-    "sales": (LEAD_QUALIFIED, ACCOUNT_SIGNAL),
-    "service-desk": (DEAL_WON,),
+    "leads": (LEAD_VERDICT, ACTION_ITEMS),
+    "sales": (LEAD_QUALIFIED, ACCOUNT_SIGNAL, ACTION_ITEMS),
+    "service-desk": (DEAL_WON, SALES_ACTION_ITEM_UPDATES, LEADS_ACTION_ITEM_UPDATES),
     # the faust worker: every department's events and the receivers' receipts
     "analytics": (
         LEADS_EVENTS,
@@ -39,6 +42,9 @@ CONSUMES: dict[str, tuple[str, ...]] = {
         DEAL_WON,
         SERVICE_DESK_EVENTS,
         ACCOUNT_SIGNAL,
+        ACTION_ITEMS,
+        SALES_ACTION_ITEM_UPDATES,
+        LEADS_ACTION_ITEM_UPDATES,
         HANDOFF_RECEIPTS,
     ),
 }

@@ -54,6 +54,34 @@ HANDOFFS: tuple[Handoff, ...] = (
         "sales",
         "A commitment sales made that cannot be delivered",
     ),
+    Handoff(
+        "action-item-to-marketing",
+        "action_item.raised_for_marketing",
+        "customer-success",
+        "marketing",
+        "Voice of the customer: an action item for marketing's queue (what, owner, due date, source)",
+    ),
+    Handoff(
+        "action-item-to-sales",
+        "action_item.raised_for_sales",
+        "customer-success",
+        "sales",
+        "Voice of the customer: an action item for sales' queue (what, owner, due date, source)",
+    ),
+    Handoff(
+        "action-item-outcome-from-marketing",
+        "action_item.updated_by_marketing",
+        "marketing",
+        "customer-success",
+        "What marketing did with an action item: accepted, assigned, done, declined with a reason",
+    ),
+    Handoff(
+        "action-item-outcome-from-sales",
+        "action_item.updated_by_sales",
+        "sales",
+        "customer-success",
+        "What sales did with an action item: accepted, assigned, done, declined with a reason",
+    ),
 )
 
 HANDOFF_BY_EVENT_TYPE = {h.event_type: h for h in HANDOFFS}

@@ -7,7 +7,7 @@ from typing import Any
 
 from crm_contracts.base import Event
 from crm_contracts.envelope import Envelope, utcnow
-from crm_contracts.events import leads, platform, sales, service_desk
+from crm_contracts.events import action_items, leads, platform, sales, service_desk
 from crm_contracts.topics import TOPICS_BY_NAME
 
 ALL_EVENTS: tuple[type[Event], ...] = (
@@ -35,6 +35,12 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     service_desk.HealthScoredV1,
     service_desk.ChurnRiskChangedV1,
     service_desk.SurveyAnsweredV1,
+    action_items.ActionItemRaisedForMarketingV1,
+    action_items.ActionItemRaisedForSalesV1,
+    action_items.ActionItemRaisedForCustomerSuccessV1,
+    action_items.ActionItemUpdatedByMarketingV1,
+    action_items.ActionItemUpdatedBySalesV1,
+    action_items.ActionItemUpdatedByCustomerSuccessV1,
     platform.HandoffReceivedV1,
 )
 

@@ -46,6 +46,10 @@ LEAD_QUALIFIED = "crm.leads.lead-qualified"
 LEAD_VERDICT = "crm.sales.lead-verdict"
 DEAL_WON = "crm.sales.deal-won"
 ACCOUNT_SIGNAL = "crm.service-desk.account-signal"
+# Voice-of-the-customer action items (crm_contracts.events.action_items)
+ACTION_ITEMS = "crm.service-desk.action-items"
+SALES_ACTION_ITEM_UPDATES = "crm.sales.action-item-updates"
+LEADS_ACTION_ITEM_UPDATES = "crm.leads.action-item-updates"
 # Domain events each department emits for analytics
 LEADS_EVENTS = "crm.leads.events"
 SALES_EVENTS = "crm.sales.events"
@@ -69,6 +73,16 @@ TOPICS: tuple[TopicSpec, ...] = (
         "service-desk",
         "Upsell/renewal chances and over-promise flags",
         retention_ms=_YEAR,
+    ),
+    TopicSpec(
+        ACTION_ITEMS,
+        "service-desk",
+        "Action items raised by customer success for a department's queue",
+        retention_ms=_YEAR,
+    ),
+    TopicSpec(SALES_ACTION_ITEM_UPDATES, "sales", "What sales did with an action item", retention_ms=_YEAR),
+    TopicSpec(
+        LEADS_ACTION_ITEM_UPDATES, "leads", "What marketing did with an action item", retention_ms=_YEAR
     ),
     TopicSpec(LEADS_EVENTS, "leads", "Marketing domain events", retention_ms=_YEAR),
     TopicSpec(SALES_EVENTS, "sales", "Sales domain events", retention_ms=_YEAR),

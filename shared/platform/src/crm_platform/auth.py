@@ -48,10 +48,15 @@ class Role(StrEnum):
     CUSTOMER_SUCCESS_MANAGER = "customer_success_manager"
     MARKETING = "marketing"
     ANALYST = "analyst"
+    # Issue 7: team views, reassignment and escalations in service/success; marketing's
+    # scoring, campaigns and team figures; every KPI read-only, no records' personal data.
+    SERVICE_LEAD = "service_lead"
+    MARKETING_MANAGER = "marketing_manager"
+    EXECUTIVE = "executive"
 
 
 SALES_ROLES = frozenset({Role.SALES_REP, Role.SALES_MANAGER, Role.ADMIN})
-SERVICE_ROLES = frozenset({Role.SERVICE_REP, Role.CUSTOMER_SUCCESS_MANAGER, Role.ADMIN})
+SERVICE_ROLES = frozenset({Role.SERVICE_REP, Role.CUSTOMER_SUCCESS_MANAGER, Role.SERVICE_LEAD, Role.ADMIN})
 
 
 @dataclass(frozen=True)

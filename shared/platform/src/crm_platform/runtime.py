@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -85,6 +85,7 @@ class ServiceRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer_task: asyncio.Task[None] | None = None
         self._retired: set[asyncio.Task[None]] = set()  # cancelled on purpose (rejoin)
+        self._jobs: list[asyncio.Task[None]] = []  # the background jobs: cancelled first on stop
         self._stopping = False
         self.broker_status = "not checked yet"
         self._stop_requested = asyncio.Event()  # wakes the timers in stop()
@@ -197,7 +198,7 @@ class ServiceRuntime:
         if self.receipts_watchdog is not None:
             self._guarded(self.receipts_watchdog.run(), "handoff-receipts-watchdog")
         for job in self.background:
-            self._tasks.append(asyncio.create_task(job(), name=getattr(job, "__name__", "job")))
+            self._jobs.append(asyncio.create_task(job(), name=getattr(job, "__name__", "job")))
         log.info("runtime started", extra={"database": self.settings.database_name})
 
     def _guarded(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
@@ -242,6 +243,8 @@ class ServiceRuntime:
     async def stop(self) -> None:
         self._stopping = True
         self._stop_requested.set()
+        await _cancel_all(self._jobs)  # periodic jobs (e.g. escalations) loop until cancelled
+        self._jobs.clear()
         await self.relay.stop()
         if self.audit is not None:
             await self.audit.stop()
@@ -256,11 +259,7 @@ class ServiceRuntime:
         pending: set[asyncio.Task[None]] = set()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=10)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await _cancel_all(pending)
         self._tasks.clear()
         await self.client.close()
         log.info("runtime stopped")
@@ -368,3 +367,13 @@ class MongoOnlyRuntime:
 
 
 Runtime = ServiceRuntime | MongoOnlyRuntime
+
+
+async def _cancel_all(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Cancel the tasks and wait for each to end (whatever it raises on the way out)."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

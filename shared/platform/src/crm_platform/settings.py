@@ -112,6 +112,11 @@ class ServiceSettings(BaseSettings):
         default=30.0, validation_alias="CRM_OUTBOX_AUDIT_AFTER_SECONDS", ge=0
     )
     outbox_audit_seconds: float = Field(default=5.0, validation_alias="CRM_OUTBOX_AUDIT_SECONDS", gt=0)
+    # Voice-of-the-customer action items (crm_platform.action_items): how often a
+    # department's queue escalates overdue items to its manager.
+    action_item_escalation_seconds: float = Field(
+        default=60.0, validation_alias="CRM_ACTION_ITEM_ESCALATION_SECONDS", gt=0
+    )
     # HTTP edge (crm_platform.edge): bodies above this are refused with 413 before
     # they are read. Each database operation, and each whole transaction of an HTTP
     # request, must finish within the deadline (PyMongo client-side operation timeout, sent to the server

@@ -10,7 +10,7 @@ from analytics.api.models import ChannelsOut, FunnelOut, HandoffsOut, SummaryOut
 from analytics.domain.snapshot import Snapshot
 from analytics.metrics import SnapshotCache
 
-READERS = (Role.ANALYST, Role.ADMIN, Role.SALES_MANAGER)
+READERS = (Role.ANALYST, Role.ADMIN, Role.SALES_MANAGER, Role.EXECUTIVE)
 
 router = APIRouter(tags=["analytics"], dependencies=[require_roles(*READERS)])
 

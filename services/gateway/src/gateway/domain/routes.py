@@ -35,11 +35,11 @@ READ = frozenset({"GET", "HEAD"})
 WRITE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 ANY: frozenset[str] = frozenset()  # empty = every method
 
-MARKETING_ROLES = frozenset({Role.MARKETING, Role.ADMIN})
+MARKETING_ROLES = frozenset({Role.MARKETING, Role.MARKETING_MANAGER, Role.ADMIN})
 SALES_ROLES = frozenset({Role.SALES_REP, Role.SALES_MANAGER, Role.ADMIN})
-SERVICE_ROLES = frozenset({Role.SERVICE_REP, Role.CUSTOMER_SUCCESS_MANAGER, Role.ADMIN})
+SERVICE_ROLES = frozenset({Role.SERVICE_REP, Role.CUSTOMER_SUCCESS_MANAGER, Role.SERVICE_LEAD, Role.ADMIN})
 LEAD_READERS = MARKETING_ROLES | SALES_ROLES | {Role.ANALYST}
-ANALYTICS_READERS = frozenset({Role.ANALYST, Role.SALES_MANAGER, Role.ADMIN})
+ANALYTICS_READERS = frozenset({Role.ANALYST, Role.SALES_MANAGER, Role.EXECUTIVE, Role.ADMIN})
 
 
 class UnsafePath(ValueError):
@@ -124,8 +124,10 @@ def rule(
 
 
 SALES_LEADS = frozenset({Role.SALES_MANAGER, Role.ADMIN})
-CSM_LEADS = frozenset({Role.CUSTOMER_SUCCESS_MANAGER, Role.ADMIN})
+CSM_LEADS = frozenset({Role.CUSTOMER_SUCCESS_MANAGER, Role.SERVICE_LEAD, Role.ADMIN})
 ADMINS = frozenset({Role.ADMIN})
+MARKETING_LEADS = frozenset({Role.MARKETING_MANAGER, Role.ADMIN})
+SERVICE_LEADS = frozenset({Role.SERVICE_LEAD, Role.ADMIN})
 SALES_READERS = SALES_ROLES | {Role.ANALYST}
 
 # First match wins: list the specific rules before the broad ones of a service.
@@ -134,11 +136,15 @@ ROUTE_TABLE: tuple[RouteRule, ...] = (
     rule(LEADS, WRITE, "/scoring-rules/**", MARKETING_ROLES, "scoring rules are marketing's"),
     rule(LEADS, WRITE, "/leads/**", MARKETING_ROLES, "capture and behaviour tracking are marketing's"),
     rule(LEADS, READ, "/leads|scoring-rules/**", LEAD_READERS, "sales and analysts read leads"),
+    rule(LEADS, {"POST"}, "/action-queue/*/assign", MARKETING_LEADS, "the manager routes action items"),
+    rule(LEADS, ANY, "/action-queue/**", MARKETING_ROLES, "marketing's queue of action items"),
     # sales
     rule(SALES, {"POST"}, "/inbox/*/assign", SALES_LEADS, "managers route handed-off leads"),
     rule(SALES, {"POST"}, "/inbox/*/accept|reject|recycle", SALES_ROLES, "the verdict on a handed-off lead"),
     rule(SALES, READ, "/inbox/**", SALES_ROLES, "the inbox of handed-off leads"),
     rule(SALES, ANY, "/opportunities/**", SALES_ROLES, "deals are sales' own"),
+    rule(SALES, {"POST"}, "/action-queue/*/assign", SALES_LEADS, "the manager routes action items"),
+    rule(SALES, ANY, "/action-queue/**", SALES_ROLES, "sales' queue of action items"),
     rule(SALES, READ, "/forecast|pipeline", SALES_READERS, "analysts read the forecast and stages"),
     rule(SALES, READ, "/reps|config/**", SALES_ROLES, "the team and its settings"),
     rule(SALES, WRITE, "/reps|config|pipeline/**", SALES_LEADS, "managers run the team"),
@@ -154,6 +160,14 @@ ROUTE_TABLE: tuple[RouteRule, ...] = (
     rule(SERVICE_DESK, WRITE, "/health/rules", CSM_LEADS, "customer success leads version the health rules"),
     rule(SERVICE_DESK, WRITE, "/csms/**", CSM_LEADS, "customer success runs its roster"),
     rule(SERVICE_DESK, WRITE, "/config/**", ADMINS, "SLA settings are the administrator's"),
+    rule(SERVICE_DESK, {"POST"}, "/action-queue/*/assign", SERVICE_LEADS, "the team lead routes items"),
+    rule(
+        SERVICE_DESK,
+        ANY,
+        "/action-items|action-queue/**",
+        SERVICE_ROLES,
+        "voice of the customer: raise action items, work customer success' own queue",
+    ),
     rule(
         SERVICE_DESK,
         ANY,

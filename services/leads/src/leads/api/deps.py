@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 from leads.repository import LeadsUnit
 
 # Marketing owns leads and scoring; admins may do anything marketing does.
-WRITERS = (Role.MARKETING, Role.ADMIN)
+WRITERS = (Role.MARKETING, Role.MARKETING_MANAGER, Role.ADMIN)
 # Sales works the leads it is handed and analysts study them: both read.
 READERS = (*WRITERS, Role.SALES_REP, Role.SALES_MANAGER, Role.ANALYST)
 

@@ -41,5 +41,5 @@ Secret = Annotated[bytes, Depends(get_survey_secret)]
 # Every service-desk route: service reps, customer success managers, admins.
 SERVICE_DESK_ROLES = require_roles(*sorted(SERVICE_ROLES))
 # Customer success leads: tiers, account managers, the roster.
-CSM_LEADS = require_roles(Role.CUSTOMER_SUCCESS_MANAGER, Role.ADMIN)
+CSM_LEADS = require_roles(Role.CUSTOMER_SUCCESS_MANAGER, Role.SERVICE_LEAD, Role.ADMIN)
 ADMINS = require_roles(Role.ADMIN)

@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 from crm_platform.auth import Role
 
-SEE_ALL = frozenset({Role.SERVICE_REP, Role.ADMIN})
-ROSTER_EDITORS = frozenset({Role.CUSTOMER_SUCCESS_MANAGER, Role.ADMIN})
+SEE_ALL = frozenset({Role.SERVICE_REP, Role.SERVICE_LEAD, Role.ADMIN})
+ROSTER_EDITORS = frozenset({Role.CUSTOMER_SUCCESS_MANAGER, Role.SERVICE_LEAD, Role.ADMIN})
 CONFIG_EDITORS = frozenset({Role.ADMIN})
 
 
