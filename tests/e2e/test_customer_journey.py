@@ -11,7 +11,14 @@ from crm_platform.devinfra.journey import Gateway, run_journey, until
 
 pytestmark = pytest.mark.e2e
 
-HANDOFFS_WITH_TRAFFIC = ("lead-qualified", "lead-verdict", "deal-won", "upsell-spotted")
+HANDOFFS_WITH_TRAFFIC = (
+    "lead-qualified",
+    "lead-verdict",
+    "commitment-review-requested",
+    "commitment-review-completed",
+    "deal-won",
+    "upsell-spotted",
+)
 
 
 def test_lead_to_customer_and_back_to_sales(gw: Gateway) -> None:
@@ -28,6 +35,11 @@ def test_lead_to_customer_and_back_to_sales(gw: Gateway) -> None:
         "Data migration from the legacy CRM within 30 days",
         "Dedicated onboarding workshop",
     ]
+    # Customer success reviewed what sales promised before the win (the CSM approved each).
+    review = won["commitment_review"]
+    assert (review["status"], review["reviewed_by"]) == ("approved", gw.user_ids["cora"])
+    assert review["commitment_ids"] == [c["commitment_id"] for c in won["commitments"]]
+    assert [d["decision"] for d in review["decisions"]] == ["approved", "approved"]
 
     account = gw.get("sven", f"/api/service-desk/accounts/{journey.account_id}")
     assert account["deal_id"] == journey.opportunity_id

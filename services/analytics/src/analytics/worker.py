@@ -43,6 +43,7 @@ from crm_contracts import utcnow
 from crm_contracts.topics import (
     ACCOUNT_SIGNAL,
     ACTION_ITEMS,
+    COMMITMENT_REVIEWS,
     DEAL_WON,
     HANDOFF_RECEIPTS,
     LEAD_QUALIFIED,
@@ -90,6 +91,7 @@ SOURCE_TOPICS: tuple[str, ...] = (
     ACTION_ITEMS,
     SALES_ACTION_ITEM_UPDATES,
     LEADS_ACTION_ITEM_UPDATES,
+    COMMITMENT_REVIEWS,
     HANDOFF_RECEIPTS,
 )
 

@@ -80,6 +80,11 @@ def allowed_roles(service: str, method: str, path: str) -> set[Role]:
         ("sales", "POST", "/action-queue/i-1/assign", {MGR, ADMIN}),
         ("service-desk", "POST", "/action-items", {SVC, CSM, SVC_LEAD, ADMIN}),
         ("service-desk", "POST", "/action-queue/i-1/assign", {SVC_LEAD, ADMIN}),
+        # commitment reviews: customer success reviews, sales asks (on its opportunity)
+        ("service-desk", "GET", "/commitment-reviews", {CSM, SVC_LEAD, ADMIN}),
+        ("service-desk", "POST", "/commitment-reviews/r-1/verdict", {CSM, SVC_LEAD, ADMIN}),
+        ("sales", "POST", "/opportunities/o-1/commitment-review", {REP, MGR, ADMIN}),
+        ("sales", "PUT", "/config/commitment-review", {MGR, ADMIN}),
         # analytics: analysts, sales managers, admin may read
         ("analytics", "GET", "/summary", {ANALYST, MGR, EXEC, ADMIN}),
         ("analytics", "GET", "/handoffs/lead.qualified/latency", {ANALYST, MGR, EXEC, ADMIN}),

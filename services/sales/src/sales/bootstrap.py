@@ -14,7 +14,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from sales import action_items, consumers, store
 from sales.api import forecast, inbox, opportunities, team
 from sales.domain.inbox import DEFAULT_SLA_MINUTES
+from sales.domain.review import ReviewPolicy
 from sales.repository import SalesUnit
+from sales.settings import SalesSettings
 
 DESCRIPTION = (
     "Sales' department service: the inbox of qualified leads handed over by marketing "
@@ -27,9 +29,10 @@ DESCRIPTION = (
 def build_app(settings: ServiceSettings) -> FastAPI:
     """The sales app: its runtime (Mongo, outbox relay, consumer) and ``app.state.uow`` for the routes."""
     sla = getattr(settings, "lead_response_sla_minutes", DEFAULT_SLA_MINUTES)
+    review = settings.review_policy() if isinstance(settings, SalesSettings) else ReviewPolicy()
 
     async def indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
-        await store.ensure_indexes(db, default_sla_minutes=sla)
+        await store.ensure_indexes(db, default_sla_minutes=sla, default_review=review)
 
     # The consumer's handlers are bound to the unit of work before the runtime (and its store) exists.
     uow: MongoUnitOfWork[SalesUnit] = MongoUnitOfWork(store.MongoSalesUnit)

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 from crm_contracts.access import CONSUMES
 from crm_contracts.events.leads import LeadQualifiedV1
-from crm_contracts.events.service_desk import CommitmentFlaggedV1, UpsellSpottedV1
+from crm_contracts.events.service_desk import (
+    CommitmentFlaggedV1,
+    CommitmentReviewCompletedV1,
+    UpsellSpottedV1,
+)
 from crm_platform.runtime import Subscription
 from crm_platform.uow import MongoUnitOfWork, bind_event
 
 from sales import action_items
-from sales.handlers import on_commitment_flagged, on_lead_qualified, on_upsell_spotted
+from sales.handlers import (
+    on_commitment_flagged,
+    on_commitment_review_completed,
+    on_lead_qualified,
+    on_upsell_spotted,
+)
 from sales.repository import SalesUnit
 from sales.settings import DEPARTMENT
 
@@ -23,12 +32,13 @@ TOPICS = list(CONSUMES["sales"])  # declared once in the contracts (the Kafka AC
 
 def subscription(uow: MongoUnitOfWork[SalesUnit]) -> Subscription:
     # department="sales": the platform records the transport latency of the
-    # lead-qualified, upsell-spotted and commitment-flagged handoffs and emits
-    # their handoff.received receipts.
+    # lead-qualified, upsell-spotted, commitment-flagged and commitment-review-completed
+    # handoffs and emits their handoff.received receipts.
     handlers = {
         LeadQualifiedV1.event_type: bind_event(uow, on_lead_qualified),
         UpsellSpottedV1.event_type: bind_event(uow, on_upsell_spotted),
         CommitmentFlaggedV1.event_type: bind_event(uow, on_commitment_flagged),
+        CommitmentReviewCompletedV1.event_type: bind_event(uow, on_commitment_review_completed),
         **action_items.HANDLERS,  # action items customer success raised for sales
     }
     return Subscription(topics=list(TOPICS), handlers=handlers, department=DEPARTMENT)

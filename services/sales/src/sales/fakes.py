@@ -18,6 +18,7 @@ from sales.domain.assignment import Rep
 from sales.domain.inbox import DEFAULT_SLA_MINUTES, InboxItem, InboxStatus
 from sales.domain.opportunity import Activity, Opportunity
 from sales.domain.pipeline import DEFAULT_PIPELINE, Pipeline
+from sales.domain.review import ReviewPolicy
 from sales.repository import DuplicateOpportunity
 
 E = TypeVar("E")
@@ -116,6 +117,7 @@ class FakeTeamRepository:
         self.turns = _Turns()
         self.sla = sla_minutes
         self.current_pipeline: Pipeline = DEFAULT_PIPELINE
+        self.policy = ReviewPolicy()
         self.changes: list[tuple[str, str, datetime]] = []
 
     async def active_rep_ids(self) -> list[str]:
@@ -147,6 +149,13 @@ class FakeTeamRepository:
     async def save_pipeline(self, pipeline: Pipeline, by: str, now: datetime) -> None:
         self.current_pipeline = pipeline
         self.changes.append(("pipeline", by, now))
+
+    async def review_policy(self) -> ReviewPolicy:
+        return self.policy
+
+    async def save_review_policy(self, policy: ReviewPolicy, by: str, now: datetime) -> None:
+        self.policy = policy
+        self.changes.append(("review_policy", by, now))
 
 
 class FakeSalesUnit(FakeUnit):

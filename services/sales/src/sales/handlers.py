@@ -23,7 +23,11 @@ from decimal import Decimal
 from crm_contracts import Envelope
 from crm_contracts.events.leads import LeadQualifiedV1
 from crm_contracts.events.sales import RejectReason, Verdict
-from crm_contracts.events.service_desk import CommitmentFlaggedV1, UpsellSpottedV1
+from crm_contracts.events.service_desk import (
+    CommitmentFlaggedV1,
+    CommitmentReviewCompletedV1,
+    UpsellSpottedV1,
+)
 from crm_platform.actor import Actor
 from crm_platform.clock import now_millis, to_millis
 from crm_platform.consumer import DeadLetter
@@ -42,6 +46,7 @@ from sales.domain.assignment import (
 from sales.domain.inbox import InboxItem, check_reason, check_sla_minutes
 from sales.domain.opportunity import Activity, ActivityType, Opportunity, OpportunityStatus, check_activity
 from sales.domain.pipeline import Stage, build_pipeline, removed_stages
+from sales.domain.review import ReviewPolicy
 from sales.repository import DuplicateOpportunity, SalesUnit, SalesUoW
 
 log = logging.getLogger("crm.sales")
@@ -173,6 +178,25 @@ async def on_commitment_flagged(uow: SalesUoW, event: CommitmentFlaggedV1, envel
     await uow.run(work)
 
 
+async def on_commitment_review_completed(
+    uow: SalesUoW, event: CommitmentReviewCompletedV1, envelope: Envelope
+) -> None:
+    """Customer success' verdict on a commitment review: shown on the deal, it opens (or not) the win."""
+
+    async def work(unit: SalesUnit) -> None:
+        opp = await unit.opportunities.get(event.deal_id)
+        if opp is None:
+            raise DeadLetter("unknown_deal", f"sales has no opportunity {event.deal_id!r}")
+        if not opp.record_review(event, now=now_millis(uow.clock)):
+            log.info(
+                "review %s of %s: not the current pending review; ignored", event.review_id, event.deal_id
+            )
+            return
+        await unit.opportunities.save(opp)
+
+    await uow.run(work)
+
+
 # -- rep roster, config, pipeline -------------------------------------------------------------
 
 
@@ -201,6 +225,13 @@ async def set_sla(uow: SalesUoW, minutes: int, actor: Actor) -> None:
 
     async def work(unit: SalesUnit) -> None:
         await unit.team.save_sla(minutes, actor.user_id, now_millis(uow.clock))
+
+    await uow.run(work)
+
+
+async def set_review_policy(uow: SalesUoW, policy: ReviewPolicy, actor: Actor) -> None:
+    async def work(unit: SalesUnit) -> None:
+        await unit.team.save_review_policy(policy, actor.user_id, now_millis(uow.clock))
 
     await uow.run(work)
 
@@ -321,7 +352,16 @@ async def move_stage(
         opp = await _load_opportunity(unit, opp_id, actor)
         pipeline = await unit.team.pipeline()
         now = now_millis(uow.clock)
-        events = opp.move_to(pipeline, target, fields, contacts, by=actor.user_id, now=now, new_id=uow.new_id)
+        events = opp.move_to(
+            pipeline,
+            target,
+            fields,
+            contacts,
+            by=actor.user_id,
+            now=now,
+            new_id=uow.new_id,
+            review_policy=await unit.team.review_policy(),
+        )
         await unit.opportunities.save(opp)
         unit.emit_all(events, correlation_id=opp.correlation_id)
         return opp
@@ -380,5 +420,19 @@ async def log_activity(
         await unit.opportunities.save(opp)
         unit.emit(event, correlation_id=opp.correlation_id)
         return activity
+
+    return await uow.run(work)
+
+
+async def request_review(uow: SalesUoW, opp_id: str, actor: Actor) -> Opportunity:
+    """Ask customer success to review the opportunity's commitments (a handoff to the service desk)."""
+
+    async def work(unit: SalesUnit) -> Opportunity:
+        opp = await _load_opportunity(unit, opp_id, actor)
+        policy = await unit.team.review_policy()
+        event = opp.request_review(policy, uow.new_id(), by=actor.user_id, now=now_millis(uow.clock))
+        await unit.opportunities.save(opp)
+        unit.emit(event, correlation_id=opp.correlation_id)
+        return opp
 
     return await uow.run(work)

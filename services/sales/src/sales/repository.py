@@ -18,6 +18,7 @@ from sales.domain.assignment import Rep
 from sales.domain.inbox import InboxItem
 from sales.domain.opportunity import Activity, Opportunity
 from sales.domain.pipeline import Pipeline
+from sales.domain.review import ReviewPolicy
 
 
 class DuplicateOpportunity(Conflict):
@@ -53,7 +54,7 @@ class OpportunityRepository(Protocol):
 
 
 class TeamRepository(Protocol):
-    """The rep roster, the round-robin turn counter, the SLA and the pipeline."""
+    """The rep roster, the round-robin turn counter, the SLA, the pipeline and the review policy."""
 
     async def active_rep_ids(self) -> list[str]: ...
 
@@ -72,6 +73,11 @@ class TeamRepository(Protocol):
     async def pipeline(self) -> Pipeline: ...
 
     async def save_pipeline(self, pipeline: Pipeline, by: str, now: datetime) -> None: ...
+
+    async def review_policy(self) -> ReviewPolicy:
+        """When a deal needs customer success' commitment review before the win."""
+
+    async def save_review_policy(self, policy: ReviewPolicy, by: str, now: datetime) -> None: ...
 
 
 class SalesUnit(Protocol):

@@ -3,7 +3,8 @@
 Collections:
 - ``reps``           the rep roster: ``_id`` = user id (the token's ``sub``), ``name`` (display), ``active``
 - ``counters``       ``{_id: "round_robin", value}``: the round-robin turn counter
-- ``config``         ``{_id: "sales", lead_response_sla_minutes}``
+- ``config``         ``{_id: "sales", lead_response_sla_minutes, commitment_review: {value_threshold,
+                     commitment_threshold}}``
 - ``pipeline``       ``{_id: "current", version, stages: [...]}``
 - ``inbox``          one item per ``lead.qualified`` handoff (``_id`` = its event id)
 - ``opportunities``  opportunities and, once won, deals (``_id`` = the deal id)
@@ -25,7 +26,8 @@ from typing import Any
 
 from crm_contracts import utcnow
 from crm_contracts.events.leads import LeadQualifiedV1
-from crm_contracts.events.sales import RejectReason, Verdict
+from crm_contracts.events.sales import Commitment, RejectReason, Verdict
+from crm_contracts.events.service_desk import CommitmentDecisionKind
 from crm_platform.counters import RoundRobinCounter
 from crm_platform.money import to_amount
 from crm_platform.mongo import Tx
@@ -49,6 +51,7 @@ from sales.domain.opportunity import (
     StageChange,
 )
 from sales.domain.pipeline import DEFAULT_PIPELINE, Pipeline, Stage
+from sales.domain.review import CommitmentReview, Decision, ReviewPolicy, ReviewStatus
 from sales.repository import DuplicateOpportunity
 
 log = logging.getLogger("crm.sales.store")
@@ -70,8 +73,14 @@ TURNS = RoundRobinCounter("round_robin", collection=COUNTERS, field="value")
 NEWEST_FIRST = [("received_at", DESCENDING), ("_id", DESCENDING)]
 
 
-async def ensure_indexes(db: Db, *, default_sla_minutes: int = DEFAULT_SLA_MINUTES) -> None:
-    """Indexes, and the seed documents (counter, config, default pipeline) if absent."""
+async def ensure_indexes(
+    db: Db, *, default_sla_minutes: int = DEFAULT_SLA_MINUTES, default_review: ReviewPolicy | None = None
+) -> None:
+    """Indexes, and the seed documents (counter, config, default pipeline) if absent.
+
+    The review policy is seeded into a config document that has none (one stored before
+    commitment reviews existed too); afterwards PUT /config/commitment-review changes it.
+    """
     await db[REPS].create_index("active", name="active")
     await db[INBOX].create_index([("lead_id", ASCENDING), ("received_at", DESCENDING)], name="by_lead")
     await db[INBOX].create_index(
@@ -106,6 +115,10 @@ async def ensure_indexes(db: Db, *, default_sla_minutes: int = DEFAULT_SLA_MINUT
             await db[collection].update_one({"_id": _id}, {"$setOnInsert": doc}, upsert=True)
         except DuplicateKeyError:
             pass  # another replica seeded it at the same moment
+    await db[CONFIG].update_one(
+        {"_id": CONFIG_ID, "commitment_review": {"$exists": False}},
+        {"$set": {"commitment_review": review_policy_doc(default_review or ReviewPolicy())}},
+    )
 
 
 # -- mapping: entities <-> documents -----------------------------------------------------------
@@ -226,6 +239,47 @@ def item_from_doc(d: Doc) -> InboxItem:
 _OPPORTUNITY_REFS = ("account_id", "lead_id", "inbox_item_id", "signal_id", "source_deal_id", "signal_kind")
 
 
+def review_policy_doc(p: ReviewPolicy) -> Doc:
+    return {"value_threshold": p.value_threshold, "commitment_threshold": p.commitment_threshold}
+
+
+def review_policy_from_doc(d: Doc | None) -> ReviewPolicy:
+    if d is None:
+        return ReviewPolicy()
+    value = d.get("value_threshold")
+    return ReviewPolicy(None if value is None else to_amount(value), d.get("commitment_threshold"))
+
+
+def review_doc(r: CommitmentReview) -> Doc:
+    return {
+        **{k: getattr(r, k) for k in ("review_id", "requested_by", "requested_at", "reasons")},
+        "commitments": [c.model_dump() for c in r.commitments],
+        "status": r.status.value,
+        "decisions": [{**vars(d), "decision": d.decision.value} for d in r.decisions],
+        **{k: getattr(r, k) for k in ("reviewed_by", "reviewed_at", "received_at")},
+    }
+
+
+def review_from_doc(d: Doc | None) -> CommitmentReview | None:
+    if d is None:
+        return None
+    return CommitmentReview(
+        review_id=d["review_id"],
+        requested_by=d["requested_by"],
+        requested_at=d["requested_at"],
+        reasons=list(d.get("reasons", [])),
+        commitments=[Commitment.model_validate(c) for c in d.get("commitments", [])],
+        status=ReviewStatus(d["status"]),
+        decisions=[
+            Decision(x["commitment_id"], CommitmentDecisionKind(x["decision"]), x.get("reason"))
+            for x in d.get("decisions", [])
+        ],
+        reviewed_by=d.get("reviewed_by"),
+        reviewed_at=d.get("reviewed_at"),
+        received_at=d.get("received_at"),
+    )
+
+
 def opportunity_doc(o: Opportunity) -> Doc:
     doc: Doc = {
         "_id": o.id,
@@ -243,6 +297,7 @@ def opportunity_doc(o: Opportunity) -> Doc:
         "currency": o.currency,
         "contacts": o.contacts,
         "commitment_flags": [vars(f).copy() for f in o.commitment_flags],
+        "commitment_review": review_doc(o.commitment_review) if o.commitment_review else None,
         "stage_history": [vars(h).copy() for h in o.stage_history],
         "stage_entered_at": o.stage_entered_at,
         "activity_count": o.activity_count,
@@ -284,6 +339,7 @@ def opportunity_from_doc(d: Doc) -> Opportunity:
         if source
         else None,
         commitment_flags=[CommitmentFlag(**f) for f in d.get("commitment_flags", [])],
+        commitment_review=review_from_doc(d.get("commitment_review")),
         stage_history=[StageChange(**h) for h in d.get("stage_history", [])],
         activity_count=int(d.get("activity_count", 0)),
         last_activity_at=d.get("last_activity_at"),
@@ -437,6 +493,18 @@ class MongoTeamRepository:
             session=self.tx.session,
         )
 
+    async def review_policy(self) -> ReviewPolicy:
+        doc = await self.tx.db[CONFIG].find_one({"_id": CONFIG_ID}, session=self.tx.session)
+        return review_policy_from_doc((doc or {}).get("commitment_review"))
+
+    async def save_review_policy(self, policy: ReviewPolicy, by: str, now: datetime) -> None:
+        await self.tx.db[CONFIG].update_one(
+            {"_id": CONFIG_ID},
+            {"$set": {"commitment_review": review_policy_doc(policy), "updated_at": now, "updated_by": by}},
+            upsert=True,
+            session=self.tx.session,
+        )
+
 
 class MongoSalesUnit(MongoUnit):
     """``repository.SalesUnit`` over one MongoDB transaction; events go to its outbox."""
@@ -462,6 +530,10 @@ async def peek_turn(db: Db) -> int:
 async def get_config(db: Db) -> Doc:
     doc = await db[CONFIG].find_one({"_id": CONFIG_ID})
     return doc or {"lead_response_sla_minutes": DEFAULT_SLA_MINUTES, "updated_at": None, "updated_by": None}
+
+
+async def get_review_policy(db: Db) -> ReviewPolicy:
+    return review_policy_from_doc((await get_config(db)).get("commitment_review"))
 
 
 async def get_pipeline_doc(db: Db) -> Doc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import datetime
 
 from crm_contracts.events.service_desk import SurveyKind
@@ -11,6 +12,7 @@ from service_desk.domain.accounts import Account, AccountStatus
 from service_desk.domain.checkins import CheckIn
 from service_desk.domain.health import HealthRecord, HealthRules, RiskChange, RuleSet
 from service_desk.domain.renewals import RenewalRecord
+from service_desk.domain.reviews import CommitmentReview
 from service_desk.domain.roster import CsmEntry
 from service_desk.domain.success_config import SuccessConfig
 from service_desk.domain.surveys import Survey
@@ -180,6 +182,29 @@ class InMemorySettings:
         self.success, self.meta = config, dict(meta)
 
 
+class InMemoryReviews:
+    def __init__(self) -> None:
+        self.items: dict[str, CommitmentReview] = {}
+
+    async def get(self, review_id: str) -> CommitmentReview | None:
+        found = self.items.get(review_id)
+        return copy.deepcopy(found) if found else None
+
+    async def add(self, review: CommitmentReview) -> None:
+        if review.review_id in self.items:
+            raise KeyError(f"review {review.review_id} exists")
+        self.items[review.review_id] = copy.deepcopy(review)
+
+    async def save(self, review: CommitmentReview) -> None:
+        if review.review_id not in self.items:
+            raise KeyError(f"review {review.review_id} was never added")
+        self.items[review.review_id] = copy.deepcopy(review)
+
+    async def of_deal(self, deal_id: str) -> list[CommitmentReview]:
+        found = [copy.deepcopy(r) for r in self.items.values() if r.deal_id == deal_id]
+        return sorted(found, key=lambda r: r.requested_at, reverse=True)
+
+
 class FakeSuccessUnit(FakeUnit):
     """The in-memory unit: fakes of every repository; emitted events are kept in ``events``."""
 
@@ -192,3 +217,4 @@ class FakeSuccessUnit(FakeUnit):
         self.health = InMemoryHealth()
         self.tickets = InMemoryTickets()
         self.surveys = InMemorySurveys()
+        self.reviews = InMemoryReviews()

@@ -10,7 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from crm_contracts.events.service_desk import SurveyKind
+from crm_contracts.events.common import Money
+from crm_contracts.events.sales import Commitment
+from crm_contracts.events.service_desk import CommitmentDecision, SurveyKind
 from crm_platform.counters import RoundRobinCounter
 from crm_platform.mongo import Tx
 from crm_platform.uow import MongoUnit
@@ -23,6 +25,7 @@ from service_desk.domain.checkins import CheckIn
 from service_desk.domain.config import ServiceDeskConfig, default_config
 from service_desk.domain.health import HealthRecord, HealthRules, RiskChange, RuleSet
 from service_desk.domain.renewals import RenewalRecord
+from service_desk.domain.reviews import CommitmentReview, ReviewStatus
 from service_desk.domain.roster import CsmEntry
 from service_desk.domain.success_config import SuccessConfig
 from service_desk.domain.surveys import Survey
@@ -40,6 +43,7 @@ HEALTH_SCORES = "health_scores"
 HEALTH_RULES = "health_rules"
 CHURN_WARNINGS = "churn_warnings"
 SURVEYS = "surveys"
+REVIEWS = "commitment_reviews"
 
 ROSTER_ID = "csm_roster"
 CONFIG_ID = "config"
@@ -78,6 +82,8 @@ async def ensure_indexes(db: AsyncDatabase[Doc]) -> None:
     await db[SURVEYS].create_index(
         "ticket_id", name="by_ticket", unique=True, partialFilterExpression={"ticket_id": {"$type": "string"}}
     )
+    await db[REVIEWS].create_index([("deal_id", ASCENDING), ("requested_at", DESCENDING)], name="by_deal")
+    await db[REVIEWS].create_index([("status", ASCENDING), ("received_at", ASCENDING)], name="by_status")
     existing = set(await db.list_collection_names())
     for name in (
         SETTINGS,
@@ -399,6 +405,59 @@ class MongoSettings(_Collection):
         )
 
 
+def review_doc(r: CommitmentReview) -> Doc:
+    doc: Doc = {k: v for k, v in vars(r).items() if k not in ("value", "commitments", "decisions")}
+    return {
+        **doc,
+        "_id": r.review_id,
+        "status": r.status.value,
+        "value": r.value.model_dump(mode="python") if r.value else None,
+        "commitments": [c.model_dump(mode="python") for c in r.commitments],
+        "decisions": [d.model_dump(mode="json") for d in r.decisions],
+    }
+
+
+def review_from_doc(d: Doc) -> CommitmentReview:
+    fields = {k: v for k, v in d.items() if k in CommitmentReview.__dataclass_fields__}
+    return CommitmentReview(
+        **{
+            **fields,
+            "status": ReviewStatus(d["status"]),
+            "value": Money.model_validate(d["value"]) if d.get("value") else None,
+            "commitments": [Commitment.model_validate(c) for c in d.get("commitments", [])],
+            "decisions": [CommitmentDecision.model_validate(x) for x in d.get("decisions", [])],
+        }
+    )
+
+
+class MongoReviews(_Collection):
+    async def get(self, review_id: str) -> CommitmentReview | None:
+        doc = await self.db[REVIEWS].find_one({"_id": review_id}, session=self.session)
+        return review_from_doc(doc) if doc else None
+
+    async def add(self, review: CommitmentReview) -> None:
+        await self.db[REVIEWS].insert_one(review_doc(review), session=self.session)
+
+    async def save(self, review: CommitmentReview) -> None:
+        doc = review_doc(review)
+        await self.db[REVIEWS].update_one({"_id": doc.pop("_id")}, {"$set": doc}, session=self.session)
+
+    async def of_deal(self, deal_id: str) -> list[CommitmentReview]:
+        cursor = self.db[REVIEWS].find({"deal_id": deal_id}, session=self.session)
+        return [
+            review_from_doc(d) for d in await cursor.sort("requested_at", DESCENDING).limit(500).to_list()
+        ]
+
+
+async def list_reviews(
+    db: AsyncDatabase[Doc], status: ReviewStatus | None, limit: int
+) -> list[CommitmentReview]:
+    """The API's listing: oldest received first (the queue order), of one status when given."""
+    query: Doc = {"status": status.value} if status else {}
+    cursor = db[REVIEWS].find(query).sort([("received_at", ASCENDING), ("_id", ASCENDING)]).limit(limit)
+    return [review_from_doc(d) for d in await cursor.to_list()]
+
+
 class MongoSuccessUnit(MongoUnit):
     """One transaction's customer-success unit: the repositories over ``tx``; events to the outbox."""
 
@@ -411,3 +470,4 @@ class MongoSuccessUnit(MongoUnit):
         self.health = MongoHealth(tx.db, tx.session)
         self.tickets = MongoTickets(tx.db, tx.session)
         self.surveys = MongoSurveys(tx.db, tx.session)
+        self.reviews = MongoReviews(tx.db, tx.session)

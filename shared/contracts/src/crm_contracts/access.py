@@ -15,6 +15,7 @@ from crm_contracts.registry import ALL_EVENTS
 from crm_contracts.topics import (
     ACCOUNT_SIGNAL,
     ACTION_ITEMS,
+    COMMITMENT_REVIEWS,
     DEAL_WON,
     HANDOFF_RECEIPTS,
     LEAD_QUALIFIED,
@@ -32,7 +33,7 @@ from crm_contracts.topics import (
 CONSUMES: dict[str, tuple[str, ...]] = {
     "leads": (LEAD_VERDICT, ACTION_ITEMS),
     "sales": (LEAD_QUALIFIED, ACCOUNT_SIGNAL, ACTION_ITEMS),
-    "service-desk": (DEAL_WON, SALES_ACTION_ITEM_UPDATES, LEADS_ACTION_ITEM_UPDATES),
+    "service-desk": (DEAL_WON, SALES_ACTION_ITEM_UPDATES, LEADS_ACTION_ITEM_UPDATES, COMMITMENT_REVIEWS),
     # the faust worker: every department's events and the receivers' receipts
     "analytics": (
         LEADS_EVENTS,
@@ -45,6 +46,7 @@ CONSUMES: dict[str, tuple[str, ...]] = {
         ACTION_ITEMS,
         SALES_ACTION_ITEM_UPDATES,
         LEADS_ACTION_ITEM_UPDATES,
+        COMMITMENT_REVIEWS,
         HANDOFF_RECEIPTS,
     ),
 }

@@ -82,6 +82,20 @@ HANDOFFS: tuple[Handoff, ...] = (
         "customer-success",
         "What sales did with an action item: accepted, assigned, done, declined with a reason",
     ),
+    Handoff(
+        "commitment-review-requested",
+        "commitment_review.requested",
+        "sales",
+        "customer-success",
+        "A deal over the review threshold: the commitments customer success must review before the win",
+    ),
+    Handoff(
+        "commitment-review-completed",
+        "commitment_review.completed",
+        "customer-success",
+        "sales",
+        "Customer success' verdict: each commitment approved or flagged with a reason",
+    ),
 )
 
 HANDOFF_BY_EVENT_TYPE = {h.event_type: h for h in HANDOFFS}

@@ -46,6 +46,8 @@ LEAD_QUALIFIED = "crm.leads.lead-qualified"
 LEAD_VERDICT = "crm.sales.lead-verdict"
 DEAL_WON = "crm.sales.deal-won"
 ACCOUNT_SIGNAL = "crm.service-desk.account-signal"
+# Commitment reviews sales requests before a deal can be won (verdicts: ACCOUNT_SIGNAL)
+COMMITMENT_REVIEWS = "crm.sales.commitment-reviews"
 # Voice-of-the-customer action items (crm_contracts.events.action_items)
 ACTION_ITEMS = "crm.service-desk.action-items"
 SALES_ACTION_ITEM_UPDATES = "crm.sales.action-item-updates"
@@ -71,7 +73,13 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         ACCOUNT_SIGNAL,
         "service-desk",
-        "Upsell/renewal chances and over-promise flags",
+        "Upsell/renewal chances, over-promise flags and commitment review verdicts",
+        retention_ms=_YEAR,
+    ),
+    TopicSpec(
+        COMMITMENT_REVIEWS,
+        "sales",
+        "Commitment reviews sales asks customer success for before a deal is won",
         retention_ms=_YEAR,
     ),
     TopicSpec(

@@ -160,6 +160,13 @@ ROUTE_TABLE: tuple[RouteRule, ...] = (
     rule(SERVICE_DESK, WRITE, "/health/rules", CSM_LEADS, "customer success leads version the health rules"),
     rule(SERVICE_DESK, WRITE, "/csms/**", CSM_LEADS, "customer success runs its roster"),
     rule(SERVICE_DESK, WRITE, "/config/**", ADMINS, "SLA settings are the administrator's"),
+    rule(
+        SERVICE_DESK,
+        ANY,
+        "/commitment-reviews/**",
+        CSM_LEADS,
+        "customer success reviews what sales promised before a deal can be won",
+    ),
     rule(SERVICE_DESK, {"POST"}, "/action-queue/*/assign", SERVICE_LEADS, "the team lead routes items"),
     rule(
         SERVICE_DESK,

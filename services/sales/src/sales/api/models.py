@@ -33,6 +33,7 @@ from sales.domain.opportunity import (
     flagged_commitments,
 )
 from sales.domain.pipeline import NAME_PATTERN, Pipeline
+from sales.domain.review import MAX_COMMITMENT_THRESHOLD, CommitmentReview, ReviewPolicy
 
 Doc = dict[str, Any]
 
@@ -121,8 +122,32 @@ class ConfigIn(In):
     )
 
 
+class ReviewPolicyIn(In):
+    value_threshold: Amount | None = Field(
+        description="A deal of at least this value (its own currency) needs customer success' review; "
+        "null: value is no criterion"
+    )
+    commitment_threshold: int | None = Field(
+        ge=1,
+        le=MAX_COMMITMENT_THRESHOLD,
+        description="A deal with at least this many commitments needs the review; null: no criterion",
+    )
+
+
+class ReviewPolicyOut(Out):
+    value_threshold: StoredAmount | None
+    commitment_threshold: int | None
+
+    @classmethod
+    def of(cls, p: ReviewPolicy) -> ReviewPolicyOut:
+        return cls(value_threshold=p.value_threshold, commitment_threshold=p.commitment_threshold)
+
+
 class ConfigOut(Out):
     lead_response_sla_minutes: int
+    commitment_review: ReviewPolicyOut = Field(
+        description="When a deal needs customer success' commitment review before it can be won"
+    )
     updated_at: datetime | None = None
     updated_by: str | None = None
 
@@ -418,6 +443,44 @@ class FlagOut(Out):
     received_at: datetime
 
 
+class CommitmentDecisionOut(Out):
+    commitment_id: str
+    decision: str = Field(description="approved | flagged")
+    reason: str | None
+
+
+class CommitmentReviewOut(Out):
+    review_id: str
+    status: str = Field(description="pending | approved | flagged")
+    reasons: list[str] = Field(description="Why the review was required when requested")
+    requested_by: str
+    requested_at: datetime
+    commitment_ids: list[str] = Field(description="The commitments the review covers")
+    covers_current_commitments: bool = Field(
+        description="False when the commitments changed since: a new review is needed"
+    )
+    decisions: list[CommitmentDecisionOut]
+    reviewed_by: str | None
+    reviewed_at: datetime | None
+
+    @classmethod
+    def of(cls, r: CommitmentReview, covers: bool) -> CommitmentReviewOut:
+        return cls(
+            **{k: getattr(r, k) for k in ("review_id", "reasons", "requested_by", "requested_at")},
+            status=r.status.value,
+            commitment_ids=[c.commitment_id for c in r.commitments],
+            covers_current_commitments=covers,
+            decisions=[
+                CommitmentDecisionOut(
+                    commitment_id=d.commitment_id, decision=d.decision.value, reason=d.reason
+                )
+                for d in r.decisions
+            ],
+            reviewed_by=r.reviewed_by,
+            reviewed_at=r.reviewed_at,
+        )
+
+
 class StageChangeOut(Out):
     from_stage: str | None
     to_stage: str
@@ -481,6 +544,14 @@ class OpportunityOut(Out):
     commitments: list[CommitmentOut]
     commitment_flags: list[FlagOut]
     flagged: bool
+    commitment_review: CommitmentReviewOut | None = Field(
+        description="The latest commitment review by customer success and its verdict"
+    )
+    win_blocked_by: str | None = Field(
+        default=None,
+        description="On GET /opportunities/{id} of an open deal: what keeps it from being won "
+        "(a required commitment review missing, pending, flagged or outdated); null: nothing",
+    )
     stage_history: list[StageChangeOut]
     activity_count: int
     last_activity_at: datetime | None
@@ -494,7 +565,10 @@ class OpportunityOut(Out):
     )
 
     @classmethod
-    def of(cls, o: Opportunity, activities: list[Activity] | None = None) -> OpportunityOut:
+    def of(
+        cls, o: Opportunity, activities: list[Activity] | None = None, *, win_blocked_by: str | None = None
+    ) -> OpportunityOut:
+        review = o.commitment_review
         flagged_ids = flagged_commitments(o.commitment_flags)
         products = o.fields.get("products")
         commitments = o.fields.get("commitments")
@@ -516,6 +590,10 @@ class OpportunityOut(Out):
             ],
             commitment_flags=[FlagOut.model_validate(vars(f)) for f in o.commitment_flags],
             flagged=bool(o.commitment_flags),
+            commitment_review=CommitmentReviewOut.of(review, o.review_covers_commitments())
+            if review
+            else None,
+            win_blocked_by=win_blocked_by,
             stage_history=[StageChangeOut.model_validate(vars(h)) for h in o.stage_history],
             activities=[ActivityOut.of(a) for a in activities] if activities is not None else None,
         )

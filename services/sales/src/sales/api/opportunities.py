@@ -59,14 +59,15 @@ async def list_opportunities(
 @router.get(
     "/{opportunity_id}",
     response_model=OpportunityOut,
-    summary="One opportunity with its activities, stage history and commitment flags",
+    summary="One opportunity with its activities, stage history, commitment flags and review verdict",
 )
 async def get_opportunity(opportunity_id: OpportunityId, db: DbDep, actor: CurrentActor) -> OpportunityOut:
     opp = await repo.get_opportunity(db, opportunity_id)
     if opp is None:
         raise NotFound(f"no opportunity {opportunity_id!r}", opportunity_id=opportunity_id)
     require_access(actor, opp.owner, "opportunity")
-    return OpportunityOut.of(opp, await repo.activities_for(db, opportunity_id))
+    blocked = opp.win_blocked_by(await repo.get_review_policy(db))
+    return OpportunityOut.of(opp, await repo.activities_for(db, opportunity_id), win_blocked_by=blocked)
 
 
 @router.post(
@@ -126,3 +127,13 @@ async def log_activity(
         currency=body.currency,
     )
     return ActivityOut.of(result)
+
+
+@router.post(
+    "/{opportunity_id}/commitment-review",
+    response_model=OpportunityOut,
+    summary="Ask customer success to review the commitments (required before winning a deal over "
+    "the review threshold); the verdict shows on the opportunity",
+)
+async def request_review(opportunity_id: OpportunityId, uow: UowDep, actor: CurrentActor) -> OpportunityOut:
+    return OpportunityOut.of(await handlers.request_review(uow, opportunity_id, actor))

@@ -17,10 +17,13 @@ from sales.api.models import (
     PipelineOut,
     RepActiveIn,
     RepOut,
+    ReviewPolicyIn,
+    ReviewPolicyOut,
     RosterIn,
     RosterOut,
 )
 from sales.domain.pipeline import Stage
+from sales.domain.review import ReviewPolicy
 
 # Its widest audience once (the pipeline is read by analysts too); each route narrows it.
 router = APIRouter(tags=["team"], dependencies=[forecast_readers])
@@ -73,10 +76,16 @@ async def put_rep(user_id: UserIdPath, body: RepActiveIn, uow: UowDep, actor: Cu
     "/config",
     response_model=ConfigOut,
     dependencies=[sales_only],
-    summary="Sales settings: the lead response SLA",
+    summary="Sales settings: the lead response SLA and when a deal needs a commitment review",
 )
 async def get_config(db: DbDep) -> ConfigOut:
-    return ConfigOut.model_validate({k: v for k, v in (await repo.get_config(db)).items() if k != "_id"})
+    doc = await repo.get_config(db)
+    return ConfigOut(
+        lead_response_sla_minutes=doc["lead_response_sla_minutes"],
+        commitment_review=ReviewPolicyOut.of(repo.review_policy_from_doc(doc.get("commitment_review"))),
+        updated_at=doc.get("updated_at"),
+        updated_by=doc.get("updated_by"),
+    )
 
 
 @router.put(
@@ -87,6 +96,18 @@ async def get_config(db: DbDep) -> ConfigOut:
 )
 async def put_config(body: ConfigIn, uow: UowDep, db: DbDep, actor: CurrentActor) -> ConfigOut:
     await handlers.set_sla(uow, body.lead_response_sla_minutes, actor)
+    return await get_config(db)
+
+
+@router.put(
+    "/config/commitment-review",
+    response_model=ConfigOut,
+    dependencies=[managers_only],
+    summary="Set when a deal needs customer success' commitment review before it can be won",
+)
+async def put_review_policy(body: ReviewPolicyIn, uow: UowDep, db: DbDep, actor: CurrentActor) -> ConfigOut:
+    policy = ReviewPolicy(body.value_threshold, body.commitment_threshold)
+    await handlers.set_review_policy(uow, policy, actor)
     return await get_config(db)
 
 

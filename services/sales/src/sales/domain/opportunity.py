@@ -24,6 +24,7 @@ from crm_contracts.events.leads import LeadQualifiedV1
 from crm_contracts.events.sales import (
     ActivityLoggedV1,
     Commitment,
+    CommitmentReviewRequestedV1,
     ContractTerm,
     DealWonV2,
     OpportunityCreatedV1,
@@ -31,12 +32,17 @@ from crm_contracts.events.sales import (
     OpportunityStageChangedV1,
     Product,
 )
-from crm_contracts.events.service_desk import CommitmentFlaggedV1, UpsellSpottedV1
+from crm_contracts.events.service_desk import (
+    CommitmentFlaggedV1,
+    CommitmentReviewCompletedV1,
+    UpsellSpottedV1,
+)
 from crm_platform.errors import Conflict, RuleViolation
 from crm_platform.money import plain_numbers, to_amount, to_wire
 from pydantic import ValidationError
 
 from sales.domain.pipeline import LOST, WON, Pipeline, check_stage_move
+from sales.domain.review import CommitmentReview, ReviewPolicy, ReviewStatus, as_commitments, missing_review
 
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 DEFAULT_CURRENCY = "EUR"
@@ -204,6 +210,7 @@ class Opportunity:
     description: str | None = None
     lead_source: LeadSource | None = None
     commitment_flags: list[CommitmentFlag] = field(default_factory=list)
+    commitment_review: CommitmentReview | None = None
     stage_history: list[StageChange] = field(default_factory=list)
     activity_count: int = 0
     last_activity_at: datetime | None = None
@@ -320,11 +327,14 @@ class Opportunity:
         by: str,
         now: datetime,
         new_id: Callable[[], str],
+        review_policy: ReviewPolicy,
     ) -> list[Event]:
         """Move to ``target`` (its required fields checked over the merged fields); the events it causes.
 
         A move into ``won`` builds the ``deal.won`` handoff first: a deal that would not make
-        a valid one is refused (422) before anything changes.
+        a valid one is refused (422) before anything changes, and so (409) is a deal that
+        needs customer success' review of its commitments (``review_policy``) without an
+        approved one covering them.
         """
         merged = dict(
             check_stage_move(pipeline, self.stage, target, self.fields, self._with_ids(new_fields, new_id))
@@ -332,24 +342,17 @@ class Opportunity:
         contacts_after = merge_contacts(self.contacts, contacts)
         status = status_for_stage(target)
         deal = self._deal_won(merged, contacts_after, now) if status == OpportunityStatus.WON else None
+        if deal is not None:
+            self._check_review(review_policy, deal)
         from_stage = self.stage
-        self._set_fields(merged)
-        self.contacts = contacts_after
-        self.stage, self.status = target, status
-        self.stage_entered_at = self.updated_at = now
-        if status == OpportunityStatus.WON:
-            self.won_at = now
-        elif status == OpportunityStatus.LOST:
-            self.lost_at, self.lost_reason = now, str(merged["lost_reason"])
-        self.stage_history.append(StageChange(from_stage, target, now, by))
-        amount = to_wire(self.amount)
+        self._enter(target, status, merged, contacts_after, by=by, now=now)
         events: list[Event] = [
             OpportunityStageChangedV1(
                 opportunity_id=self.id,
                 from_stage=from_stage,
                 to_stage=target,
                 owner=self.owner,
-                amount=amount,
+                amount=to_wire(self.amount),
             )
         ]
         if deal is not None:
@@ -359,6 +362,28 @@ class Opportunity:
                 OpportunityLostV1(opportunity_id=self.id, reason=self.lost_reason, owner=self.owner)
             )
         return events
+
+    def _enter(
+        self,
+        target: str,
+        status: OpportunityStatus,
+        fields: Fields,
+        contacts: list[ContactDoc],
+        *,
+        by: str,
+        now: datetime,
+    ) -> None:
+        """The checked move's changes: fields, contacts, stage, status, when won or lost, history."""
+        from_stage = self.stage
+        self._set_fields(fields)
+        self.contacts = contacts
+        self.stage, self.status = target, status
+        self.stage_entered_at = self.updated_at = now
+        if status == OpportunityStatus.WON:
+            self.won_at = now
+        elif status == OpportunityStatus.LOST:
+            self.lost_at, self.lost_reason = now, str(fields["lost_reason"])
+        self.stage_history.append(StageChange(from_stage, target, now, by))
 
     def _deal_won(self, fields: Mapping[str, object], contacts: list[ContactDoc], now: datetime) -> DealWonV2:
         """The handoff to customer success, validated against its contract.
@@ -447,6 +472,77 @@ class Opportunity:
             owner=self.owner,
         )
         return activity, event
+
+    # -- customer success' commitment review -----------------------------------------------------
+
+    def review_reasons(self, policy: ReviewPolicy) -> list[str]:
+        """Why this deal needs customer success' review before the win (empty: it does not)."""
+        return policy.reasons(self.amount, self.currency, len(_dicts(self.fields.get("commitments"))))
+
+    def review_covers_commitments(self) -> bool:
+        review = self.commitment_review
+        return review is not None and review.covers(as_commitments(_dicts(self.fields.get("commitments"))))
+
+    def win_blocked_by(self, policy: ReviewPolicy) -> str | None:
+        """What keeps this open deal from being won as it stands (a required review); None: nothing."""
+        if self.status != OpportunityStatus.OPEN:
+            return None
+        commitments = as_commitments(_dicts(self.fields.get("commitments")))
+        return missing_review(self.commitment_review, self.review_reasons(policy), commitments)
+
+    def _check_review(self, policy: ReviewPolicy, deal: DealWonV2) -> None:
+        reasons = policy.reasons(to_amount(deal.value.amount), deal.value.currency, len(deal.commitments))
+        missing = missing_review(self.commitment_review, reasons, deal.commitments)
+        if missing is not None:
+            review = self.commitment_review
+            raise Conflict(
+                missing,
+                review_required_because=reasons,
+                review_id=review.review_id if review else None,
+                review_status=review.status.value if review else None,
+            )
+
+    def request_review(
+        self, policy: ReviewPolicy, review_id: str, *, by: str, now: datetime
+    ) -> CommitmentReviewRequestedV1:
+        """Ask customer success to review the commitments as they are now (superseding an older review)."""
+        check_open_for_edit(self.status)
+        commitments = as_commitments(_dicts(self.fields.get("commitments")))
+        current = self.commitment_review
+        if current is not None and current.covers(commitments) and current.status != ReviewStatus.FLAGGED:
+            raise Conflict(
+                f"review {current.review_id} already covers these commitments ({current.status}): "
+                "change the commitments to ask again",
+                review_id=current.review_id,
+                review_status=current.status.value,
+            )
+        reasons = self.review_reasons(policy)
+        self.commitment_review = CommitmentReview(review_id, by, now, reasons, commitments)
+        self.updated_at = now
+        return CommitmentReviewRequestedV1(
+            review_id=review_id,
+            deal_id=self.id,
+            account_name=self.account_name,
+            sales_owner=self.owner,
+            value=Money(amount=to_wire(self.amount), currency=self.currency)
+            if self.amount is not None
+            else None,
+            commitments=commitments,
+            reasons=reasons,
+            requested_by=by,
+            requested_at=now,
+        )
+
+    def _money(self) -> Money | None:
+        amount = to_wire(self.amount)
+        return None if amount is None else Money(amount=amount, currency=self.currency)
+
+    def record_review(self, verdict: CommitmentReviewCompletedV1, *, now: datetime) -> bool:
+        """Customer success' verdict on the current review; False if it is for an older one or known."""
+        if self.commitment_review is None or not self.commitment_review.record(verdict, now):
+            return False
+        self.updated_at = now
+        return True
 
     @property
     def commitment_ids(self) -> set[str]:

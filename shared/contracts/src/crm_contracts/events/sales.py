@@ -199,3 +199,31 @@ class DealWonV2(DealWonV1):
     term: ContractTerm | None = Field(
         default=None, description="The contract term sales closed (start, months, renewal date, value)"
     )
+
+
+class CommitmentReviewRequestedV1(Event):
+    """HANDOFF sales -> customer success: review the commitments of a deal before it is won.
+
+    A deal whose value or number of commitments reaches sales' configured threshold cannot
+    be won until customer success has approved what sales promised. ``commitments`` are
+    the ones the review covers (the deal's at the time of the request, with their ids);
+    ``reasons`` say which threshold made the review required (empty when sales asked
+    without one being crossed). A later request for the same deal supersedes this one.
+    """
+
+    event_type: ClassVar[str] = "commitment_review.requested"
+    version: ClassVar[int] = 1
+    topic: ClassVar[str] = topics.COMMITMENT_REVIEWS
+
+    review_id: str = Field(min_length=1, max_length=100)
+    deal_id: str = Field(min_length=1, max_length=100, description="The opportunity (the deal once won)")
+    account_name: str
+    sales_owner: str
+    value: Money | None = Field(default=None, description="The deal's value when requested, if set")
+    commitments: list[Commitment] = Field(max_length=200)
+    reasons: list[str] = Field(default_factory=list, max_length=10)
+    requested_by: str
+    requested_at: Timestamp
+
+    def partition_key(self) -> str:
+        return self.deal_id

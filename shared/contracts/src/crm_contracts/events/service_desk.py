@@ -291,3 +291,56 @@ class SurveyAnsweredV1(Event):
 
     def partition_key(self) -> str:
         return self.account_id
+
+
+# --- customer success intervening before the close ---------------------------------------------
+
+
+class CommitmentDecisionKind(StrEnum):
+    APPROVED = "approved"
+    FLAGGED = "flagged"
+
+
+class CommitmentDecision(Value):
+    """A CSM's decision on one commitment of a reviewed deal; a flag always says why."""
+
+    commitment_id: str = Field(min_length=1, max_length=100)
+    decision: CommitmentDecisionKind
+    reason: str | None = Field(default=None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _a_flag_has_a_reason(self) -> CommitmentDecision:
+        if self.decision == CommitmentDecisionKind.FLAGGED and not (self.reason or "").strip():
+            raise ValueError("a flagged commitment needs a reason")
+        return self
+
+
+class CommitmentReviewCompletedV1(Event):
+    """HANDOFF service desk -> sales: customer success' verdict on a commitment review.
+
+    One decision per commitment of the request; ``outcome`` is ``approved`` when every
+    commitment is approved, ``flagged`` when one or more is flagged (each with its reason).
+    """
+
+    event_type: ClassVar[str] = "commitment_review.completed"
+    version: ClassVar[int] = 1
+    topic: ClassVar[str] = topics.ACCOUNT_SIGNAL
+
+    review_id: str = Field(min_length=1, max_length=100)
+    deal_id: str = Field(min_length=1, max_length=100)
+    outcome: CommitmentDecisionKind
+    decisions: list[CommitmentDecision] = Field(max_length=200)
+    reviewed_by: str
+    reviewed_at: Timestamp
+
+    @model_validator(mode="after")
+    def _outcome_follows_the_decisions(self) -> CommitmentReviewCompletedV1:
+        flagged = any(d.decision == CommitmentDecisionKind.FLAGGED for d in self.decisions)
+        if self.outcome != (CommitmentDecisionKind.FLAGGED if flagged else CommitmentDecisionKind.APPROVED):
+            raise ValueError("outcome must be 'flagged' when a decision is, else 'approved'")
+        if len({d.commitment_id for d in self.decisions}) != len(self.decisions):
+            raise ValueError("one decision per commitment")
+        return self
+
+    def partition_key(self) -> str:
+        return self.deal_id

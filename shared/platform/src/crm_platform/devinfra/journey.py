@@ -181,7 +181,14 @@ def inbox_owner(gw: Gateway, lead_id: str, timeout: float = 30.0) -> str:
     return until(arrived, timeout=timeout, what=f"lead {lead_id} in the sales inbox")
 
 
-def win(gw: Gateway, owner: str, opp: str) -> None:
+COMMITMENTS = [
+    {"description": "Data migration from the legacy CRM within 30 days"},
+    {"description": "Dedicated onboarding workshop"},
+]
+
+
+def win(gw: Gateway, owner: str, opp: str, timeout: float = 30.0) -> None:
+    """Discovery, proposal and negotiation; customer success reviews the commitments; won."""
     stage = f"/api/sales/opportunities/{opp}/stage"
     gw.call(
         owner,
@@ -200,20 +207,32 @@ def win(gw: Gateway, owner: str, opp: str) -> None:
         f"/api/sales/opportunities/{opp}/activities",
         {"type": "quote", "summary": "Quote sent", "amount": 30000},
     )
-    gw.call(owner, "POST", stage, {"stage": "negotiation", "fields": {"close_date": "2027-01-31"}})
+    fields = {"close_date": "2027-01-31", "commitments": COMMITMENTS}
+    gw.call(owner, "POST", stage, {"stage": "negotiation", "fields": fields})
+    review_commitments(gw, owner, opp, timeout)
+    gw.call(owner, "POST", stage, {"stage": "won", "fields": {}})
+
+
+def review_commitments(gw: Gateway, owner: str, opp: str, timeout: float = 30.0) -> None:
+    """Sales asks customer success to review what it promised; Cora approves every commitment."""
+    gw.call(owner, "POST", f"/api/sales/opportunities/{opp}/commitment-review")
+
+    def pending() -> dict[str, Any] | None:
+        items = gw.get("cora", "/api/service-desk/commitment-reviews?status=pending&limit=500")["items"]
+        return next((r for r in items if r["deal_id"] == opp), None)
+
+    review = until(pending, timeout=timeout, what=f"the commitment review of {opp} at the service desk")
+    decisions = [{"commitment_id": c["commitment_id"], "decision": "approved"} for c in review["commitments"]]
     gw.call(
-        owner,
+        "cora",
         "POST",
-        stage,
-        {
-            "stage": "won",
-            "fields": {
-                "commitments": [
-                    {"description": "Data migration from the legacy CRM within 30 days"},
-                    {"description": "Dedicated onboarding workshop"},
-                ]
-            },
-        },
+        f"/api/service-desk/commitment-reviews/{review['review_id']}/verdict",
+        {"decisions": decisions},
+    )
+    until(
+        lambda: gw.get(owner, f"/api/sales/opportunities/{opp}")["commitment_review"]["status"] == "approved",
+        timeout=timeout,
+        what=f"sales to see the approved review of {opp}",
     )
 
 
@@ -254,8 +273,10 @@ def accept_and_win(
         timeout=timeout,
         what="marketing to see the verdict",
     )
-    win(gw, owner, opp)
-    progress("taken through discovery, proposal, negotiation to won, with two commitments")
+    win(gw, owner, opp, timeout)
+    progress(
+        "taken through discovery, proposal, negotiation; customer success approved its two commitments; won"
+    )
     return opp
 
 
