@@ -20,6 +20,7 @@ USERS = {
     "maria": ("maria-pass", ["marketing"]),
     "rita": ("rita-pass", ["sales_rep"]),
     "admin": ("admin-pass", ["admin"]),
+    "carl": ("carl-pass", ["customer_success_manager"]),
 }
 
 
@@ -39,6 +40,7 @@ class FakeGateway:
     leads: dict[str, dict[str, Any]] = field(default_factory=dict)
     calls: list[tuple[str, str, Any]] = field(default_factory=list)
     refresh_tokens: dict[str, str] = field(default_factory=dict)  # refresh -> username
+    success: FakeSuccess = field(default_factory=lambda: FakeSuccess())
 
     def issue(self, username: str) -> dict[str, Any]:
         refresh = f"r-{username}-{len(self.refresh_tokens)}"
@@ -105,6 +107,153 @@ class FakeGateway:
             return httpx.Response(201, json={"merged": False, "lead": lead})
         if path == "/api/leads/leads" and method == "GET":
             return httpx.Response(200, json={"items": [], "next_cursor": None})
+        if path.startswith("/api/service-desk/"):
+            return self.success.api(method, path.removeprefix("/api/service-desk"), payload)
+        return httpx.Response(404, json={"error": "not_found", "message": f"no fake for {method} {path}"})
+
+
+def _account(account_id: str, name: str, renewal_date: str) -> dict[str, Any]:
+    value = {"amount": 12000, "currency": "EUR"}
+    return {
+        "account_id": account_id,
+        "name": name,
+        "lead_id": None,
+        "value": value,
+        "won_at": "2026-01-05T10:00:00Z",
+        "onboarding": {"status": "completed", "checklist": []},
+        "commitments": [],
+        "products": [],
+        "contacts": [],
+        "signals": [],
+        "tier": "standard",
+        "term": {"start": "2026-01-05T00:00:00Z", "months": 12, "renewal_date": renewal_date, "value": value},
+    }
+
+
+@dataclass
+class FakeSuccess:
+    """Service desk's customer-success routes (accounts, health, renewals, check-ins)."""
+
+    accounts: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {
+            "acc-1": _account("acc-1", "Globex", "2026-12-20T00:00:00Z"),
+            "acc-2": _account("acc-2", "Initech", "2026-11-30T00:00:00Z"),
+        }
+    )
+    health: dict[str, Any] = field(
+        default_factory=lambda: {
+            "acc-1": {
+                "score": 81.0,
+                "band": "healthy",
+                "rules_version": 3,
+                "reasons": [{"component": "checkins", "points": 10.0, "detail": "check-ins on cadence"}],
+                "scored_at": "2026-12-01T08:00:00Z",
+                "at_risk": False,
+                "signals": [],
+                "signal_details": [],
+                "at_risk_since": None,
+            },
+            "acc-2": {
+                "score": 34.0,
+                "band": "at_risk",
+                "rules_version": 3,
+                "reasons": [
+                    {"component": "tickets", "points": -25.0, "detail": "4 urgent tickets in 30 days"}
+                ],
+                "scored_at": "2026-12-01T08:00:00Z",
+                "at_risk": True,
+                "signals": ["tickets"],
+                "signal_details": ["4 urgent tickets in 30 days"],
+                "at_risk_since": "2026-11-20T00:00:00Z",
+            },
+        }
+    )
+    renewals: list[dict[str, Any]] = field(default_factory=list)
+    checkins: list[dict[str, Any]] = field(default_factory=list)
+
+    def _due_renewal(self, a: dict[str, Any], days_left: int) -> dict[str, Any]:
+        return {
+            "account_id": a["account_id"],
+            "account_name": a["name"],
+            "tier": a["tier"],
+            "account_manager": None,
+            "csm": "user-carl",
+            "renewal_date": a["term"]["renewal_date"],
+            "days_left": days_left,
+            "overdue": days_left < 0,
+            "value": a["term"],
+        }
+
+    def api(self, method: str, path: str, payload: Any) -> httpx.Response:  # noqa: C901 - a route table
+        parts = path.strip("/").split("/")
+        if method == "GET" and path == "/accounts":
+            return httpx.Response(200, json={"items": list(self.accounts.values())})
+        if method == "GET" and path == "/renewals":
+            recorded = {r["account_id"] for r in self.renewals}
+            due = [
+                self._due_renewal(self.accounts["acc-1"], 15),
+                self._due_renewal(self.accounts["acc-2"], -5),
+            ]
+            items = [d for d in due if d["account_id"] not in recorded]
+            return httpx.Response(200, json={"window_days": 90, "items": items, "count": len(items)})
+        if method == "GET" and path == "/checkins/due":
+            logged = {c["account_id"] for c in self.checkins}
+            items = [
+                {
+                    "account_id": a,
+                    "account_name": self.accounts[a]["name"],
+                    "tier": "standard",
+                    "csm": "user-carl",
+                    "due_at": due,
+                    "overdue": overdue,
+                    "days_overdue": days,
+                }
+                for a, due, overdue, days in (
+                    ("acc-1", "2026-12-09T00:00:00Z", False, 0),
+                    ("acc-2", "2026-11-25T00:00:00Z", True, 10),
+                )
+                if a not in logged
+            ]
+            return httpx.Response(200, json={"items": items, "count": len(items), "per_csm": {}})
+        if method == "GET" and path == "/tickets":
+            return httpx.Response(200, json={"items": []})
+        if len(parts) >= 2 and parts[0] == "accounts" and parts[1] not in self.accounts:
+            return httpx.Response(404, json={"error": "not_found", "message": f"no account {parts[1]}"})
+        if method == "GET" and len(parts) == 2:
+            return httpx.Response(200, json=self.accounts[parts[1]])
+        if len(parts) == 3 and parts[2] == "health":
+            current = self.health.get(parts[1])
+            keys = ("score", "band", "rules_version", "reasons", "scored_at")
+            history = [{k: current[k] for k in keys}] if current else []
+            return httpx.Response(200, json={"account_id": parts[1], "current": current, "history": history})
+        if len(parts) == 3 and parts[2] == "renewals":
+            if method == "GET":
+                items = [r for r in self.renewals if r["account_id"] == parts[1]]
+                return httpx.Response(200, json={"items": items, "count": len(items)})
+            if payload["outcome"] == "churned" and payload.get("new_value"):
+                return httpx.Response(
+                    422,
+                    json={
+                        "error": "rule_violation",
+                        "message": "a churned renewal has no new term",
+                        "details": {"field": "new_value"},
+                    },
+                )
+            record = {
+                "account_id": parts[1],
+                "due_date": self.accounts[parts[1]]["term"]["renewal_date"],
+                "new_term": None,
+                **payload,
+            }
+            self.renewals.append(record)
+            return httpx.Response(201, json=record)
+        if len(parts) == 3 and parts[2] == "checkins":
+            if method == "GET":
+                items = [c for c in self.checkins if c["account_id"] == parts[1]]
+                return httpx.Response(200, json={"items": items, "count": len(items)})
+            record = {"account_id": parts[1], **payload}
+            self.checkins.append(record)
+            return httpx.Response(201, json=record)
         return httpx.Response(404, json={"error": "not_found", "message": f"no fake for {method} {path}"})
 
 

@@ -9,7 +9,7 @@ from crm_platform.app import create_app
 from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from console.api import admin, auth, customer, marketing, reports, sales, service
+from console.api import admin, auth, customer, marketing, reports, sales, service, success
 from console.api_client import Gateway
 from console.session import Sealer
 from console.settings import ConsoleSettings
@@ -21,6 +21,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     marketing.router,
     sales.router,
     service.router,
+    success.router,
     reports.router,
     admin.router,
     customer.router,

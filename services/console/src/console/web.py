@@ -69,6 +69,8 @@ NOTICES = {
     "delivered": "Commitment marked delivered.",
     "flagged": "Commitment flagged back to sales.",
     "signal": "Handed to sales.",
+    "renewal": "Renewal outcome recorded.",
+    "checkin": "Check-in logged; the account's health is scored again.",
     "user": "User saved.",
     "loggedout": "You are logged out.",
     "restored": "Your session had expired. What you typed is back in the form: check it and send it again.",

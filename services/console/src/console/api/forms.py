@@ -100,3 +100,71 @@ def stage_fields(form: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     if text(form, "commitments"):
         fields["commitments"] = commitments(form["commitments"])
     return fields, errors
+
+
+RENEWAL_OUTCOMES = ("renewed", "downgraded", "churned")
+CHURN_REASONS = (
+    "price",
+    "competitor",
+    "budget_cut",
+    "product_fit",
+    "low_adoption",
+    "service_quality",
+    "business_closed",
+    "other",
+)
+SENTIMENTS = ("positive", "neutral", "negative")
+
+
+def _day(form: dict[str, str], name: str, errors: dict[str, str], *, required: bool) -> str | None:
+    """A ``YYYY-MM-DD`` date input as the API's RFC 3339 time: that day, 00:00 UTC."""
+    raw = form.get(name, "").strip()
+    if not raw:
+        if required:
+            errors[name] = "Enter a date."
+        return None
+    if len(raw) != 10 or not raw[:4].isdigit() or raw[4] != "-" or raw[7] != "-":
+        errors[name] = f"'{raw}' is not a date (YYYY-MM-DD)."
+        return None
+    return f"{raw}T00:00:00Z"
+
+
+def renewal_body(form: dict[str, str], errors: dict[str, str]) -> dict[str, Any]:
+    """The renewal form as ``POST /accounts/{id}/renewals``: a churn needs its reason code.
+
+    What else contradicts the outcome (a churn with a new value) is sent as typed: the API's
+    rule answers it in words next to the field.
+    """
+    outcome = form.get("outcome", "")
+    if outcome not in RENEWAL_OUTCOMES:
+        errors["outcome"] = "Choose renewed, downgraded or churned."
+    reason = form.get("churn_reason", "")
+    if reason and reason not in CHURN_REASONS:
+        errors["churn_reason"] = f"'{reason}' is not a churn reason."
+    elif outcome == "churned" and not reason:
+        errors["churn_reason"] = "Choose why the customer churned."
+    body: dict[str, Any] = {"outcome": outcome, "churn_reason": reason or None, "notes": text(form, "notes")}
+    if number(form, "new_value", errors) is not None:
+        body["new_value"] = form["new_value"].strip().replace(",", "")
+    months = form.get("new_term_months", "").strip()
+    if months.isdigit():
+        body["new_term_months"] = int(months)
+    elif months:
+        errors["new_term_months"] = f"'{months}' is not a whole number of months."
+    return body
+
+
+def checkin_body(form: dict[str, str], errors: dict[str, str]) -> dict[str, Any]:
+    """The check-in form as ``POST /accounts/{id}/checkins``; attendees comma-separated."""
+    attendees = [a.strip() for a in form.get("attendees", "").split(",") if a.strip()]
+    if not attendees:
+        errors["attendees"] = "Name at least one attendee."
+    sentiment = form.get("sentiment", "")
+    if sentiment not in SENTIMENTS:
+        errors["sentiment"] = "Choose positive, neutral or negative."
+    return {
+        "held_at": _day(form, "held_at", errors, required=True),
+        "attendees": attendees,
+        "sentiment": sentiment,
+        "notes": text(form, "notes"),
+    }

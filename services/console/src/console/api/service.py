@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
+from console.api import success
 from console.api.forms import number, text
 from console.api_client import ApiError
 from console.web import CSRF, Ctx, PageCtx, read_form, redirect
@@ -121,17 +122,24 @@ async def accounts(ctx: PageCtx) -> Response:
     q = ctx.request.query_params
     state = q.get("onboarding_status") if q.get("onboarding_status") in ("in_progress", "completed") else None
     data = await ctx.api.get("/api/service-desk/accounts", {"onboarding_status": state, "limit": 200})
-    return ctx.render("accounts.html", accounts=data["items"], state=state)
+    health = await success.account_health(ctx.api, [a["account_id"] for a in data["items"]])
+    return ctx.render("accounts.html", accounts=data["items"], state=state, health=health)
 
 
 async def _account_page(ctx: Ctx, account_id: str, status: int = 200, **extra: Any) -> Response:
     account = await ctx.api.get(f"/api/service-desk/accounts/{account_id}")
     tickets = await ctx.api.get("/api/service-desk/tickets", {"account_id": account_id, "limit": 100})
+    health = await ctx.api.get(f"/api/service-desk/accounts/{account_id}/health")
+    checkins = await ctx.api.get(f"/api/service-desk/accounts/{account_id}/checkins")
+    renewals = await ctx.api.get(f"/api/service-desk/accounts/{account_id}/renewals")
     return ctx.render(
         "account.html",
         status=status,
         account=account,
         tickets=tickets["items"],
+        health=health,
+        checkins=checkins["items"],
+        renewals=renewals["items"],
         values=extra.pop("values", None) or ctx.draft() or {},
         **extra,
     )

@@ -60,6 +60,8 @@ PAGES: tuple[Page, ...] = (
     Page("team", "Team & SLA", "/team", SALES_LEADS),
     Page("tickets", "Tickets", "/tickets", SERVICE),
     Page("accounts", "Accounts", "/accounts", SERVICE),
+    Page("renewals", "Renewals", "/renewals", SERVICE),
+    Page("checkins", "Check-ins due", "/checkins", SERVICE),
     Page("dashboard", "Dashboard", "/dashboard", REPORT_READERS),
     Page("users", "Users & roles", "/admin/users", ADMINS),
     # Reached from a lead, an inbox item, a deal or an account; each part is shown by permission.

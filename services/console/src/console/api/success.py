@@ -1,0 +1,123 @@
+"""Customer success: renewals due (record the outcome) and check-ins due (log one).
+
+Both lists come from service-desk's API through the gateway (a CSM sees their own book); a
+form's refusal by the API is shown in words next to its row's fields, with what was typed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from console.api.forms import CHURN_REASONS, RENEWAL_OUTCOMES, SENTIMENTS, checkin_body, renewal_body
+from console.api_client import ApiError, UserApi
+from console.web import CSRF, Ctx, PageCtx, read_form, redirect
+
+router = APIRouter()
+HEALTH_CALLS = 8  # the account list's health look-ups in flight at once
+
+
+async def account_health(api: UserApi, account_ids: list[str]) -> dict[str, dict[str, Any] | None]:
+    """Each account's current health state (None until first scored), a few calls at a time."""
+    gate = asyncio.Semaphore(HEALTH_CALLS)
+
+    async def one(account_id: str) -> dict[str, Any] | None:
+        async with gate:
+            health = await api.get(f"/api/service-desk/accounts/{account_id}/health")
+        current: dict[str, Any] | None = health.get("current")
+        return current
+
+    states = await asyncio.gather(*(one(a) for a in account_ids))
+    return dict(zip(account_ids, states, strict=True))
+
+
+def _keyed(account_id: str, errors: dict[str, str]) -> dict[str, str]:
+    return {f"{account_id}.{k}": v for k, v in errors.items()}
+
+
+async def _renewals_page(ctx: Ctx, status: int = 200, **extra: Any) -> Response:
+    due = await ctx.api.get("/api/service-desk/renewals")
+    items = sorted(due["items"], key=lambda r: (not r["overdue"], r["renewal_date"]))
+    return ctx.render(
+        "renewals.html",
+        status=status,
+        renewals=items,
+        window_days=due["window_days"],
+        outcomes=RENEWAL_OUTCOMES,
+        churn_reasons=CHURN_REASONS,
+        values=extra.pop("values", None) or ctx.draft() or {},
+        **extra,
+    )
+
+
+@router.get("/renewals", include_in_schema=False)
+async def renewals(ctx: PageCtx) -> Response:
+    ctx.require("renewals")
+    return await _renewals_page(ctx)
+
+
+@router.post("/renewals/{account_id}", include_in_schema=False, dependencies=CSRF)
+async def record_renewal(ctx: PageCtx, account_id: str) -> Response:
+    ctx.require("renewals")
+    form = await read_form(ctx.request)
+    errors: dict[str, str] = {}
+    body = renewal_body(form, errors)
+    status, message = 422, None
+    if not errors:
+        try:
+            await ctx.api.post(f"/api/service-desk/accounts/{account_id}/renewals", body)
+        except ApiError as exc:
+            errors, status, message = exc.fields or {"form": exc.message}, exc.status, exc.message
+        else:
+            return redirect("/renewals", "renewal")
+    return await _renewals_page(
+        ctx,
+        status=status,
+        values={**form, "account_id": account_id},
+        errors=_keyed(account_id, errors),
+        error=message,
+    )
+
+
+async def _checkins_page(ctx: Ctx, status: int = 200, **extra: Any) -> Response:
+    due = await ctx.api.get("/api/service-desk/checkins/due")
+    items = sorted(due["items"], key=lambda c: (not c["overdue"], c["due_at"]))
+    return ctx.render(
+        "checkins.html",
+        status=status,
+        checkins=items,
+        sentiments=SENTIMENTS,
+        values=extra.pop("values", None) or ctx.draft() or {},
+        **extra,
+    )
+
+
+@router.get("/checkins", include_in_schema=False)
+async def checkins(ctx: PageCtx) -> Response:
+    ctx.require("checkins")
+    return await _checkins_page(ctx)
+
+
+@router.post("/checkins/{account_id}", include_in_schema=False, dependencies=CSRF)
+async def log_checkin(ctx: PageCtx, account_id: str) -> Response:
+    ctx.require("checkins")
+    form = await read_form(ctx.request)
+    errors: dict[str, str] = {}
+    body = checkin_body(form, errors)
+    status, message = 422, None
+    if not errors:
+        try:
+            await ctx.api.post(f"/api/service-desk/accounts/{account_id}/checkins", body)
+        except ApiError as exc:
+            errors, status, message = exc.fields or {"form": exc.message}, exc.status, exc.message
+        else:
+            return redirect("/checkins", "checkin")
+    return await _checkins_page(
+        ctx,
+        status=status,
+        values={**form, "account_id": account_id},
+        errors=_keyed(account_id, errors),
+        error=message,
+    )
