@@ -265,6 +265,44 @@ def test_the_journey_runs_through_the_console_alone(
         assert part in story, part
 
 
+def test_a_csm_logs_a_checkin_and_records_a_renewal_and_sees_them_on_the_account(
+    journey: dict[str, Any],
+) -> None:
+    """Customer success's pages: the won account on the due lists, a check-in and a renewal
+    recorded through their forms, reflected on the account (its health scored, its next term)."""
+    cora, company, account_id = journey["cora"], journey["company"], journey["account_id"]
+    cora.goto("/accounts")
+    row = cora.locator("tr", has=cora.get_by_role("link", name=company))
+    assert re.search(r"\d{4}-\d{2}-\d{2}", row.locator("td").nth(6).inner_text()), "the renewal date"
+    # A new account's first check-in and renewal lie ahead: widen the lists to reach them.
+    cora.goto("/checkins?horizon_days=366")
+    due = cora.locator("section.checkin", has=cora.get_by_role("link", name=company))
+    due.get_by_label("Held on", exact=True).fill(time.strftime("%Y-%m-%d", time.gmtime()))
+    due.get_by_label("Attendees (comma-separated)", exact=True).fill("Ada Console, Cora")
+    due.get_by_label("Sentiment", exact=True).select_option("positive")
+    due.get_by_label("Notes", exact=True).fill(f"kick-off review {RUN}")
+    due.get_by_role("button", name="Log check-in").click()
+    assert notice(cora) == "Check-in logged; the account's health is scored again."
+    cora.goto("/renewals?window_days=730")
+    renewal = cora.locator("section.renewal", has=cora.get_by_role("link", name=company))
+    renewal.get_by_label("Outcome", exact=True).select_option("churned")  # without its reason first
+    renewal.get_by_role("button", name="Record outcome").click()
+    assert notice(cora) == "Choose why the customer churned."
+    renewal = cora.locator("section.renewal", has=cora.get_by_role("link", name=company))
+    renewal.get_by_label("Outcome", exact=True).select_option("renewed")
+    renewal.get_by_label("New value (renewed / downgraded)", exact=True).fill("33000")
+    renewal.get_by_label("New term in months", exact=True).fill("24")
+    renewal.get_by_role("button", name="Record outcome").click()
+    assert notice(cora) == "Renewal outcome recorded."
+    cora.goto(f"/accounts/{account_id}")
+    success = cora.locator("#success").inner_text()
+    assert f"positive — Ada Console, Cora: kick-off review {RUN}" in success
+    assert "renewed" in success
+    assert "33,000.00" in success
+    assert "for 24 months" in success
+    assert cora.locator("#health .score").count() == 1, cora.locator("#health").inner_text()
+
+
 def test_each_roles_first_page_is_captured_for_the_readme(
     journey: dict[str, Any], as_user: Callable[..., Any]
 ) -> None:
@@ -278,12 +316,21 @@ def test_each_roles_first_page_is_captured_for_the_readme(
 
 
 FORBIDDEN = {
-    "maria": ["/inbox", "/pipeline", "/tickets", "/accounts", "/dashboard", "/admin/users", "/team"],
+    "maria": [
+        "/inbox",
+        "/pipeline",
+        "/tickets",
+        "/accounts",
+        "/renewals",
+        "/dashboard",
+        "/admin/users",
+        "/team",
+    ],
     "rita": ["/leads", "/leads/new", "/team", "/tickets", "/dashboard", "/admin/users"],
     "sam": ["/leads/new", "/tickets", "/accounts", "/admin/users"],
     "sven": ["/leads", "/inbox", "/pipeline", "/forecast", "/dashboard", "/admin/users"],
     "cora": ["/leads", "/inbox", "/forecast", "/dashboard", "/team", "/admin/users"],
-    "ana": ["/leads/new", "/inbox", "/tickets", "/accounts", "/team", "/admin/users"],
+    "ana": ["/leads/new", "/inbox", "/tickets", "/accounts", "/checkins", "/team", "/admin/users"],
 }
 
 

@@ -33,18 +33,25 @@ async def account_health(api: UserApi, account_ids: list[str]) -> dict[str, dict
     return dict(zip(account_ids, states, strict=True))
 
 
+def bounded(raw: str | None, low: int, high: int) -> int | None:
+    """A whole number of days from the query or a form, within the API's bounds; else None."""
+    raw = (raw or "").strip()
+    return int(raw) if raw.isdigit() and low <= int(raw) <= high else None
+
+
 def _keyed(account_id: str, errors: dict[str, str]) -> dict[str, str]:
     return {f"{account_id}.{k}": v for k, v in errors.items()}
 
 
-async def _renewals_page(ctx: Ctx, status: int = 200, **extra: Any) -> Response:
-    due = await ctx.api.get("/api/service-desk/renewals")
+async def _renewals_page(ctx: Ctx, window: int | None, status: int = 200, **extra: Any) -> Response:
+    due = await ctx.api.get("/api/service-desk/renewals", {"window_days": window})
     items = sorted(due["items"], key=lambda r: (not r["overdue"], r["renewal_date"]))
     return ctx.render(
         "renewals.html",
         status=status,
         renewals=items,
         window_days=due["window_days"],
+        asked_window=window,
         outcomes=RENEWAL_OUTCOMES,
         churn_reasons=CHURN_REASONS,
         values=extra.pop("values", None) or ctx.draft() or {},
@@ -55,7 +62,7 @@ async def _renewals_page(ctx: Ctx, status: int = 200, **extra: Any) -> Response:
 @router.get("/renewals", include_in_schema=False)
 async def renewals(ctx: PageCtx) -> Response:
     ctx.require("renewals")
-    return await _renewals_page(ctx)
+    return await _renewals_page(ctx, bounded(ctx.request.query_params.get("window_days"), 1, 730))
 
 
 @router.post("/renewals/{account_id}", include_in_schema=False, dependencies=CSRF)
@@ -74,6 +81,7 @@ async def record_renewal(ctx: PageCtx, account_id: str) -> Response:
             return redirect("/renewals", "renewal")
     return await _renewals_page(
         ctx,
+        bounded(form.get("window_days"), 1, 730),
         status=status,
         values={**form, "account_id": account_id},
         errors=_keyed(account_id, errors),
@@ -81,13 +89,14 @@ async def record_renewal(ctx: PageCtx, account_id: str) -> Response:
     )
 
 
-async def _checkins_page(ctx: Ctx, status: int = 200, **extra: Any) -> Response:
-    due = await ctx.api.get("/api/service-desk/checkins/due")
+async def _checkins_page(ctx: Ctx, horizon: int | None, status: int = 200, **extra: Any) -> Response:
+    due = await ctx.api.get("/api/service-desk/checkins/due", {"horizon_days": horizon})
     items = sorted(due["items"], key=lambda c: (not c["overdue"], c["due_at"]))
     return ctx.render(
         "checkins.html",
         status=status,
         checkins=items,
+        horizon_days=horizon,
         sentiments=SENTIMENTS,
         values=extra.pop("values", None) or ctx.draft() or {},
         **extra,
@@ -97,7 +106,7 @@ async def _checkins_page(ctx: Ctx, status: int = 200, **extra: Any) -> Response:
 @router.get("/checkins", include_in_schema=False)
 async def checkins(ctx: PageCtx) -> Response:
     ctx.require("checkins")
-    return await _checkins_page(ctx)
+    return await _checkins_page(ctx, bounded(ctx.request.query_params.get("horizon_days"), 0, 366))
 
 
 @router.post("/checkins/{account_id}", include_in_schema=False, dependencies=CSRF)
@@ -116,6 +125,7 @@ async def log_checkin(ctx: PageCtx, account_id: str) -> Response:
             return redirect("/checkins", "checkin")
     return await _checkins_page(
         ctx,
+        bounded(form.get("horizon_days"), 0, 366),
         status=status,
         values={**form, "account_id": account_id},
         errors=_keyed(account_id, errors),
