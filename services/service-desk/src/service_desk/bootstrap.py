@@ -16,7 +16,7 @@ from service_desk.api import accounts, admin, public, reviews, success, tickets
 from service_desk.api import lifecycle as lifecycle_api
 from service_desk.handlers import ServiceDesk
 from service_desk.repository import SuccessUnit
-from service_desk.settings import DEPARTMENT, survey_base_url, survey_secret
+from service_desk.settings import DEPARTMENT, health_recompute_seconds, survey_base_url, survey_secret
 from service_desk.store import MongoSuccessUnit
 
 
@@ -34,6 +34,12 @@ def bootstrap(settings: ServiceSettings, *, clock: Clock | None = None) -> FastA
         indexes=store.ensure_indexes,
     )
     uow.store = runtime.store
+    if (every := health_recompute_seconds(settings)) > 0:
+
+        async def scheduled_health() -> None:
+            await lifecycle.keep_health_current(uow, every)
+
+        runtime.background.append(scheduled_health)
     app = create_app(
         settings=settings,
         title="Service desk",

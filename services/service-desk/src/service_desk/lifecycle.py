@@ -9,6 +9,9 @@ function decide, saves and emits (one transaction with the outbox). Unit tests r
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +33,7 @@ from crm_platform.clock import to_millis
 from crm_platform.errors import Conflict, NotFound, RuleViolation
 from crm_platform.money import to_wire
 from crm_platform.uow import UnitOfWork
+from pymongo.errors import PyMongoError
 
 from service_desk.domain import access, checkins, health, surveys
 from service_desk.domain.accounts import (
@@ -62,6 +66,8 @@ from service_desk.domain.success_config import SuccessConfig
 from service_desk.domain.surveys import Survey
 from service_desk.domain.tickets import TicketStatus
 from service_desk.repository import Meta, SuccessUnit
+
+log = logging.getLogger("crm.service_desk.health")
 
 Uow = UnitOfWork[SuccessUnit]
 
@@ -383,7 +389,10 @@ async def recompute_health(uow: Uow, user: Principal) -> int:
     """Score every active account of the user's book again (time moves: check-ins and renewals
     fall overdue, breaches leave the window); one transaction per account. Returns how many."""
     _, member = book_of(user, None)
+    return await _rescore_active(uow, member)
 
+
+async def _rescore_active(uow: Uow, member: str | None) -> int:
     async def ids(unit: SuccessUnit) -> list[str]:
         return [a.account_id for a in await unit.accounts.active(member)]
 
@@ -391,6 +400,25 @@ async def recompute_health(uow: Uow, user: Principal) -> int:
     for account_id in account_ids:
         await rescore(uow, account_id)
     return len(account_ids)
+
+
+async def keep_health_current(uow: Uow, every_seconds: float) -> None:
+    """The scheduled recompute: every ``every_seconds``, score every active account again.
+
+    Health depends on time as well as on events (a check-in or a renewal falls overdue
+    with nothing happening), so without it a score and its churn warning would wait for
+    the next change to the account. Replicas may overlap: a score enters the history only
+    when it changed, and each account is scored in its own transaction.
+    """
+    while True:
+        await asyncio.sleep(every_seconds)
+        started = time.monotonic()
+        try:
+            count = await _rescore_active(uow, None)
+        except (PyMongoError, TimeoutError) as exc:
+            log.warning("scheduled health recompute postponed (%s: %s)", type(exc).__name__, exc)
+            continue
+        log.info("scheduled health recompute: %d accounts in %.1f s", count, time.monotonic() - started)
 
 
 @dataclass(frozen=True)

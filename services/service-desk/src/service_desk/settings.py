@@ -21,6 +21,13 @@ class ServiceDeskSettings(ServiceSettings):
         validation_alias="CRM_SURVEY_LINK_SECRET",
         description="HMAC key of the customers' survey links (the same in every replica)",
     )
+    health_recompute_seconds: float = Field(
+        default=3600.0,
+        validation_alias="CRM_HEALTH_RECOMPUTE_SECONDS",
+        ge=0,
+        description="Every active account's health is scored again this often (time makes "
+        "check-ins and renewals overdue); 0 turns the schedule off",
+    )
     survey_base_url: str = Field(
         default=DEFAULT_SURVEY_BASE_URL,
         validation_alias="CRM_SURVEY_BASE_URL",
@@ -39,6 +46,10 @@ def survey_secret(settings: ServiceSettings) -> bytes:
     """The survey link key (settings of another class, e.g. in tests, get the development key)."""
     secret = getattr(settings, "survey_link_secret", None)
     return (secret.get_secret_value() if secret else DEV_SURVEY_SECRET).encode()
+
+
+def health_recompute_seconds(settings: ServiceSettings) -> float:
+    return float(getattr(settings, "health_recompute_seconds", 3600.0))
 
 
 def survey_base_url(settings: ServiceSettings) -> str:

@@ -3,6 +3,8 @@ without I/O: pure rules, and the handlers on the in-memory fakes."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -23,6 +25,7 @@ from crm_contracts.events.service_desk import (
 from crm_platform.auth import Principal
 from crm_platform.clock import ManualClock
 from crm_platform.errors import Conflict, RuleViolation
+from crm_platform.testing import eventually
 from crm_platform.uow import FakeUnitOfWork
 from service_desk import lifecycle
 from service_desk.domain import health, surveys
@@ -276,6 +279,34 @@ async def test_repeated_breaches_raise_the_warning_once_and_a_renewal_clears_it(
     cleared = unit.emitted(ChurnRiskChangedV1)[-1]
     assert cleared.at_risk is False
     assert await lifecycle.churn_warnings(uow, None, CARLA) == []
+
+
+async def test_the_schedule_scores_again_as_time_passes_with_no_one_asking() -> None:
+    """Time alone changes health (breaches leave the window): the scheduled recompute sees it."""
+    clock = ManualClock(T0 + timedelta(days=30))
+    uow, unit = setup(clock, account())
+    unit.tickets.items = [ticket(1, True, T0 + timedelta(days=20)), ticket(2, True, T0 + timedelta(days=25))]
+
+    def risk_changes() -> list[bool]:
+        return [e.at_risk for e in unit.emitted(ChurnRiskChangedV1)]
+
+    schedule = asyncio.create_task(lifecycle.keep_health_current(uow, 0.01))
+    try:
+        await eventually(_async(lambda: risk_changes() == [True]), timeout=5, what="the warning raised")
+        clock.advance(days=100)  # nothing happens to the account; only time passes
+        await eventually(
+            _async(lambda: risk_changes() == [True, False]), timeout=5, what="the warning cleared"
+        )
+    finally:
+        schedule.cancel()
+    assert len(unit.emitted(HealthScoredV1)) == 2  # a score enters the history only when it changed
+
+
+def _async(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return predicate()
+
+    return check
 
 
 async def test_new_rules_make_a_new_version_used_by_the_next_score() -> None:
