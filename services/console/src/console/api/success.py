@@ -43,6 +43,18 @@ def _keyed(account_id: str, errors: dict[str, str]) -> dict[str, str]:
     return {f"{account_id}.{k}": v for k, v in errors.items()}
 
 
+Refusal = tuple[int, dict[str, str], str | None]  # status, field errors, message
+
+
+async def _refusal(ctx: Ctx, path: str, body: dict[str, Any]) -> Refusal | None:
+    """Post the form's body; None when the API took it, else (status, field errors, message)."""
+    try:
+        await ctx.api.post(path, body)
+    except ApiError as exc:
+        return exc.status, exc.fields or {"form": exc.message}, exc.message
+    return None
+
+
 async def _renewals_page(ctx: Ctx, window: int | None, status: int = 200, **extra: Any) -> Response:
     due = await ctx.api.get("/api/service-desk/renewals", {"window_days": window})
     items = sorted(due["items"], key=lambda r: (not r["overdue"], r["renewal_date"]))
@@ -71,14 +83,11 @@ async def record_renewal(ctx: PageCtx, account_id: str) -> Response:
     form = await read_form(ctx.request)
     errors: dict[str, str] = {}
     body = renewal_body(form, errors)
-    status, message = 422, None
-    if not errors:
-        try:
-            await ctx.api.post(f"/api/service-desk/accounts/{account_id}/renewals", body)
-        except ApiError as exc:
-            errors, status, message = exc.fields or {"form": exc.message}, exc.status, exc.message
-        else:
-            return redirect("/renewals", "renewal")
+    path = f"/api/service-desk/accounts/{account_id}/renewals"
+    refused = (422, errors, None) if errors else await _refusal(ctx, path, body)
+    if refused is None:
+        return redirect("/renewals", "renewal")
+    status, errors, message = refused
     return await _renewals_page(
         ctx,
         bounded(form.get("window_days"), 1, 730),
@@ -115,14 +124,11 @@ async def log_checkin(ctx: PageCtx, account_id: str) -> Response:
     form = await read_form(ctx.request)
     errors: dict[str, str] = {}
     body = checkin_body(form, errors)
-    status, message = 422, None
-    if not errors:
-        try:
-            await ctx.api.post(f"/api/service-desk/accounts/{account_id}/checkins", body)
-        except ApiError as exc:
-            errors, status, message = exc.fields or {"form": exc.message}, exc.status, exc.message
-        else:
-            return redirect("/checkins", "checkin")
+    path = f"/api/service-desk/accounts/{account_id}/checkins"
+    refused = (422, errors, None) if errors else await _refusal(ctx, path, body)
+    if refused is None:
+        return redirect("/checkins", "checkin")
+    status, errors, message = refused
     return await _checkins_page(
         ctx,
         bounded(form.get("horizon_days"), 0, 366),
