@@ -14,13 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
-from crm_contracts import envelope_for, utcnow
+from crm_contracts import envelope_for
 from crm_contracts.events.sales import DealWonV1
-from crm_platform.mongo import Store, Tx
+from crm_platform.mongo import Tx
 from crm_platform.settings import ServiceSettings
 from crm_platform.testing import running_app, token_for
+from crm_platform.uow import bind_event
 from fastapi import FastAPI
-from service_desk.handlers import deal_won_handler
+from service_desk.handlers.accounts import on_deal_won
 from service_desk.main import create_app
 
 pytestmark = pytest.mark.integration
@@ -46,14 +47,15 @@ async def app_client(
         yield app, client
 
 
-async def _deliver(store: Store, deal: DealWonV1) -> None:
-    handler = deal_won_handler(utcnow)
+async def _deliver(app: FastAPI, deal: DealWonV1) -> None:
+    """The consumer's handler, in a transaction of its own (as the platform consumer runs it)."""
+    handler = bind_event(app.state.uow, on_deal_won)
     env = envelope_for(deal, source="sales", correlation_id=f"journey-{deal.deal_id}")
 
     async def work(tx: Tx) -> None:
         await handler(tx, deal, env)
 
-    await store.transaction(work)
+    await app.state.runtime.store.transaction(work)
 
 
 async def _accounts(client: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
@@ -112,7 +114,7 @@ async def test_round_robin_is_even_under_concurrent_deals(
     )
     assert r.status_code == 200
     deals = [make_deal(account_name=f"Concurrent {n}") for n in range(9)]
-    await asyncio.gather(*(_deliver(app.state.runtime.store, d) for d in deals))
+    await asyncio.gather(*(_deliver(app, d) for d in deals))
 
     ids = {d.deal_id for d in deals}
     mine = [a for a in await _accounts(client) if a["deal_id"] in ids]
@@ -133,9 +135,9 @@ async def test_the_same_deal_twice_at_once_makes_one_account(
     r = await client.put("/csms", json={"csms": [{"user_id": u} for u in roster]}, headers=ADMIN)
     assert r.status_code == 200
     deal = make_deal()
-    await asyncio.gather(*(_deliver(app.state.runtime.store, deal) for _ in range(6)))
+    await asyncio.gather(*(_deliver(app, deal) for _ in range(6)))
     [account] = await _accounts(client, deal_id=deal.deal_id)
-    await _deliver(app.state.runtime.store, deal)
+    await _deliver(app, deal)
     assert len(await _accounts(client, deal_id=deal.deal_id)) == 1
     outbox = app.state.runtime.db["outbox"]
     started = await outbox.find(
@@ -194,7 +196,7 @@ async def test_config_defaults_replace_and_apply_to_new_accounts_and_tickets(
     assert r.status_code == 422
 
     deal = make_deal()
-    await _deliver(app.state.runtime.store, deal)
+    await _deliver(app, deal)
     [account] = await _accounts(client, deal_id=deal.deal_id)
     assert [i["key"] for i in account["onboarding"]["checklist"]] == [
         "kickoff-call",

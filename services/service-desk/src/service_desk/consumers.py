@@ -1,24 +1,33 @@
-"""What the service desk consumes: event type -> handler, for the platform consumer."""
+"""What the service desk consumes: won deals and commitment reviews from sales, and what the
+other departments did with the action items customer success raised.
+
+An adapter: each event type maps to its handler, bound to the platform consumer's
+transaction (``crm_platform.uow.bind_event``: the ledger entry, the effect, the emitted
+events and the handoff receipt commit together).
+"""
 
 from __future__ import annotations
 
 from crm_contracts.access import CONSUMES
 from crm_contracts.events.sales import CommitmentReviewRequestedV1, DealWonV1
-from crm_platform.clock import Clock
-from crm_platform.consumer import Handler
+from crm_platform.runtime import Subscription
 from crm_platform.uow import MongoUnitOfWork, bind_event
 
 from service_desk import action_items
-from service_desk.handlers import deal_won_handler
+from service_desk.handlers.accounts import on_deal_won
+from service_desk.handlers.reviews import on_review_requested
 from service_desk.repository import SuccessUnit
-from service_desk.reviews import on_review_requested
+from service_desk.settings import DEPARTMENT
 
 TOPICS: list[str] = list(CONSUMES["service-desk"])  # declared once in the contracts (the Kafka ACLs use it)
 
 
-def handlers(clock: Clock, uow: MongoUnitOfWork[SuccessUnit]) -> dict[str, Handler]:
-    return {
-        DealWonV1.event_type: deal_won_handler(clock),
+def subscription(uow: MongoUnitOfWork[SuccessUnit]) -> Subscription:
+    # department="customer-success": the platform records the transport latency of the deal-won,
+    # commitment-review-requested and action-item-outcome handoffs and emits their receipts.
+    handlers = {
+        DealWonV1.event_type: bind_event(uow, on_deal_won),
         CommitmentReviewRequestedV1.event_type: bind_event(uow, on_review_requested),
         **action_items.HANDLERS,
     }
+    return Subscription(topics=list(TOPICS), handlers=handlers, department=DEPARTMENT)

@@ -10,10 +10,11 @@ from crm_platform.uow import FakeUnit
 
 from service_desk.domain.accounts import Account, AccountStatus
 from service_desk.domain.checkins import CheckIn
+from service_desk.domain.config import ConfigRecord, default_config
 from service_desk.domain.health import HealthRecord, HealthRules, RiskChange, RuleSet
 from service_desk.domain.renewals import RenewalRecord
 from service_desk.domain.reviews import CommitmentReview
-from service_desk.domain.roster import CsmEntry
+from service_desk.domain.roster import CsmEntry, RosterRecord
 from service_desk.domain.success_config import SuccessConfig
 from service_desk.domain.surveys import Survey
 from service_desk.domain.tickets import Ticket
@@ -28,7 +29,18 @@ class InMemoryAccounts:
         found = self.items.get(account_id)
         return found.model_copy(deep=True) if found else None
 
+    async def by_deal(self, deal_id: str) -> Account | None:
+        found = next((a for a in self.items.values() if a.deal_id == deal_id), None)
+        return found.model_copy(deep=True) if found else None
+
+    async def add(self, account: Account) -> None:
+        if account.account_id in self.items or await self.by_deal(account.deal_id) is not None:
+            raise KeyError(f"account {account.account_id} (deal {account.deal_id}) exists")
+        self.items[account.account_id] = account.model_copy(deep=True)
+
     async def save(self, account: Account) -> None:
+        if account.account_id not in self.items:
+            raise KeyError(f"account {account.account_id} was never added")
         self.items[account.account_id] = account.model_copy(deep=True)
 
     async def renewing(self, *, until: datetime, member: str | None) -> list[Account]:
@@ -110,6 +122,11 @@ class InMemoryTickets:
     def __init__(self) -> None:
         self.items: list[Ticket] = []
 
+    async def add(self, ticket: Ticket) -> None:
+        if any(t.ticket_id == ticket.ticket_id for t in self.items):
+            raise KeyError(f"ticket {ticket.ticket_id} exists")
+        self.items.append(ticket.model_copy(deep=True))
+
     async def of_account(self, account_id: str, *, since: datetime | None = None) -> list[Ticket]:
         found = [
             t for t in self.items if t.account_id == account_id and (since is None or t.opened_at >= since)
@@ -169,11 +186,31 @@ class InMemorySurveys:
 class InMemorySettings:
     def __init__(self) -> None:
         self.csms: list[CsmEntry] = []
+        self.roster_stamp: tuple[datetime | None, str | None] = (None, None)
+        self.turns = 0
+        self.desk = ConfigRecord(default_config())
         self.success: SuccessConfig = SuccessConfig()
         self.meta: Meta = {}
 
     async def roster(self) -> list[CsmEntry]:
         return list(self.csms)
+
+    async def roster_record(self) -> RosterRecord:
+        return RosterRecord(list(self.csms), *self.roster_stamp)
+
+    async def save_roster(self, record: RosterRecord) -> None:
+        self.csms, self.roster_stamp = list(record.csms), (record.updated_at, record.updated_by)
+
+    async def take_turn(self) -> int:
+        """Like the Mongo counter: a turn is taken even if the transaction then aborts."""
+        turn, self.turns = self.turns, self.turns + 1
+        return turn
+
+    async def desk_config(self) -> ConfigRecord:
+        return self.desk
+
+    async def save_desk_config(self, record: ConfigRecord) -> None:
+        self.desk = record
 
     async def config(self) -> tuple[SuccessConfig, Meta]:
         return self.success, dict(self.meta)

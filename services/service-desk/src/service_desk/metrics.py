@@ -29,3 +29,21 @@ ONBOARDING_SECONDS = Histogram(
     "Account onboarding started -> completed",
     buckets=(3600, 86400, 3 * 86400, 7 * 86400, 14 * 86400, 30 * 86400, 60 * 86400, 90 * 86400),
 )
+
+
+def observe_onboarding(duration_seconds: float) -> None:
+    ONBOARDING_SECONDS.observe(duration_seconds)
+
+
+def observe_signal(kind: str) -> None:
+    SIGNALS.labels(kind).inc()
+
+
+def observe_ticket_opened(priority: str) -> None:
+    TICKETS_OPENED.labels(priority).inc()
+
+
+def observe_ticket_resolved(priority: str, first_response_breached: bool, resolution_breached: bool) -> None:
+    TICKETS_RESOLVED.labels(
+        priority, str(first_response_breached).lower(), str(resolution_breached).lower()
+    ).inc()

@@ -1,6 +1,6 @@
-"""What the customer-success handlers (``lifecycle.py``) need from storage: one small Protocol
-per aggregate and the unit they work in (repositories + ``emit``), run by
-``crm_platform.uow`` (``UnitOfWork[SuccessUnit]``).
+"""What the service desk's handlers (``handlers/``) need from storage: one small Protocol per
+aggregate and the unit they work in (repositories + ``emit``), run by ``crm_platform.uow``
+(``SuccessUoW = UnitOfWork[SuccessUnit]``).
 
 The MongoDB implementations are in ``store.py``, the in-memory fakes in ``fakes.py``.
 """
@@ -12,13 +12,15 @@ from typing import Any, Protocol
 
 from crm_contracts.base import Event
 from crm_contracts.events.service_desk import SurveyKind
+from crm_platform.uow import UnitOfWork
 
 from service_desk.domain.accounts import Account
 from service_desk.domain.checkins import CheckIn
+from service_desk.domain.config import ConfigRecord
 from service_desk.domain.health import HealthRecord, RiskChange, RuleSet
 from service_desk.domain.renewals import RenewalRecord
 from service_desk.domain.reviews import CommitmentReview
-from service_desk.domain.roster import CsmEntry
+from service_desk.domain.roster import CsmEntry, RosterRecord
 from service_desk.domain.success_config import SuccessConfig
 from service_desk.domain.surveys import Survey
 from service_desk.domain.tickets import Ticket
@@ -28,6 +30,11 @@ Meta = dict[str, Any]
 
 class AccountRepository(Protocol):
     async def get(self, account_id: str) -> Account | None: ...
+    async def by_deal(self, deal_id: str) -> Account | None:
+        """The account opened for a won deal (one per deal: a unique index says so)."""
+        ...
+
+    async def add(self, account: Account) -> None: ...
     async def save(self, account: Account) -> None: ...
     async def renewing(self, *, until: datetime, member: str | None) -> list[Account]:
         """Active accounts whose renewal date is at most ``until`` (of ``member``, as CSM or
@@ -67,7 +74,8 @@ class HealthRepository(Protocol):
         ...
 
 
-class TicketReader(Protocol):
+class TicketRepository(Protocol):
+    async def add(self, ticket: Ticket) -> None: ...
     async def of_account(self, account_id: str, *, since: datetime | None = None) -> list[Ticket]:
         """The account's tickets opened since ``since``, newest first."""
         ...
@@ -98,8 +106,22 @@ class CommitmentReviewRepository(Protocol):
         ...
 
 
-class SuccessSettings(Protocol):
+class SettingsRepository(Protocol):
+    """The CSM roster and its round-robin turns, the desk's and customer success' configuration."""
+
     async def roster(self) -> list[CsmEntry]: ...
+    async def roster_record(self) -> RosterRecord: ...
+    async def save_roster(self, record: RosterRecord) -> None: ...
+    async def take_turn(self) -> int:
+        """The next round-robin turn (``crm_platform.counters``: taken outside the transaction,
+        so concurrent assignments never conflict on it; an aborted one skips a turn)."""
+        ...
+
+    async def desk_config(self) -> ConfigRecord:
+        """The onboarding checklist and SLA targets (the defaults until someone saves others)."""
+        ...
+
+    async def save_desk_config(self, record: ConfigRecord) -> None: ...
     async def config(self) -> tuple[SuccessConfig, Meta]: ...
     async def save_config(self, config: SuccessConfig, meta: Meta) -> None: ...
 
@@ -112,16 +134,19 @@ class SuccessUnit(Protocol):
     @property
     def renewals(self) -> RenewalRepository: ...
     @property
-    def settings(self) -> SuccessSettings: ...
+    def settings(self) -> SettingsRepository: ...
     @property
     def checkins(self) -> CheckInRepository: ...
     @property
     def health(self) -> HealthRepository: ...
     @property
-    def tickets(self) -> TicketReader: ...
+    def tickets(self) -> TicketRepository: ...
     @property
     def surveys(self) -> SurveyRepository: ...
     @property
     def reviews(self) -> CommitmentReviewRepository: ...
 
     def emit(self, event: Event, *, correlation_id: str | None = None) -> None: ...
+
+
+SuccessUoW = UnitOfWork[SuccessUnit]

@@ -1,8 +1,6 @@
-"""The service desk's own collections, as repository functions.
-
-Inside a use case, build the repository from the transaction (``Repo.of(tx)``) so
-every read and write goes through ``tx.session``; plain reads for the API use
-``Repo(db)`` without a session.
+"""The service desk's own collections: the MongoDB implementations of ``repository.py``'s
+Protocols (inside a handler's transaction: every read and write passes ``session=tx.session``),
+the indexes, and the read-side queries the API lists with (``list_*``, no transaction).
 """
 
 from __future__ import annotations
@@ -22,11 +20,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from service_desk.domain.accounts import Account, AccountStatus, OnboardingStatus
 from service_desk.domain.checkins import CheckIn
-from service_desk.domain.config import ServiceDeskConfig, default_config
+from service_desk.domain.config import ConfigRecord, ServiceDeskConfig, default_config
 from service_desk.domain.health import HealthRecord, HealthRules, RiskChange, RuleSet
 from service_desk.domain.renewals import RenewalRecord
 from service_desk.domain.reviews import CommitmentReview, ReviewStatus
-from service_desk.domain.roster import CsmEntry
+from service_desk.domain.roster import CsmEntry, RosterRecord
 from service_desk.domain.success_config import SuccessConfig
 from service_desk.domain.surveys import Survey
 from service_desk.domain.tickets import Ticket, TicketStatus
@@ -103,137 +101,25 @@ def _without_id(doc: Doc) -> Doc:
     return {k: v for k, v in doc.items() if k != "_id"}
 
 
-class Repo:
-    def __init__(self, db: AsyncDatabase[Doc], session: AsyncClientSession | None = None) -> None:
-        self.db = db
-        self.session = session
-
-    @classmethod
-    def of(cls, tx: Tx) -> Repo:
-        return cls(tx.db, tx.session)
-
-    # --- roster and round robin -------------------------------------------------------------
-
-    async def roster(self) -> tuple[list[CsmEntry], Doc]:
-        doc = await self.db[SETTINGS].find_one({"_id": ROSTER_ID}, session=self.session)
-        if doc is None:
-            return [], {}
-        return [CsmEntry.model_validate(e) for e in doc.get("csms", [])], doc
-
-    async def save_roster(self, entries: list[CsmEntry], meta: Doc) -> None:
-        await self.db[SETTINGS].replace_one(
-            {"_id": ROSTER_ID},
-            {"csms": [e.model_dump(mode="json") for e in entries], **meta},
-            upsert=True,
-            session=self.session,
-        )
-
-    async def take_turn(self) -> int:
-        """The next round-robin turn (``crm_platform.counters``: taken outside the transaction,
-        so concurrent assignments never conflict on it; an aborted one skips a turn)."""
-        return await CSM_TURNS.take(self.db)
-
-    # --- config -----------------------------------------------------------------------------
-
-    async def config(self) -> tuple[ServiceDeskConfig, Doc]:
-        doc = await self.db[SETTINGS].find_one({"_id": CONFIG_ID}, session=self.session)
-        if doc is None:
-            return default_config(), {}
-        return ServiceDeskConfig.model_validate(doc["config"]), doc
-
-    async def save_config(self, config: ServiceDeskConfig, meta: Doc) -> None:
-        await self.db[SETTINGS].replace_one(
-            {"_id": CONFIG_ID},
-            {"config": config.model_dump(mode="json"), **meta},
-            upsert=True,
-            session=self.session,
-        )
-
-    # --- accounts ---------------------------------------------------------------------------
-
-    async def account(self, account_id: str) -> Account | None:
-        doc = await self.db[ACCOUNTS].find_one({"_id": account_id}, session=self.session)
-        return Account.model_validate(_without_id(doc)) if doc else None
-
-    async def account_by_deal(self, deal_id: str) -> Account | None:
-        doc = await self.db[ACCOUNTS].find_one({"deal_id": deal_id}, session=self.session)
-        return Account.model_validate(_without_id(doc)) if doc else None
-
-    async def insert_account(self, account: Account) -> None:
-        await self.db[ACCOUNTS].insert_one(
-            {"_id": account.account_id, **account.model_dump(mode="python")}, session=self.session
-        )
-
-    async def save_account(self, account: Account) -> None:
-        await self.db[ACCOUNTS].replace_one(
-            {"_id": account.account_id}, account.model_dump(mode="python"), session=self.session
-        )
-
-    async def accounts(
-        self,
-        *,
-        csm: str | None = None,
-        onboarding: OnboardingStatus | None = None,
-        deal_id: str | None = None,
-        limit: int = 100,
-    ) -> list[Account]:
-        query: Doc = {}
-        if csm is not None:  # the accounts a CSM manages, as CSM or as account manager
-            query["$or"] = [{"csm": csm}, {"account_manager": csm}]
-        if deal_id is not None:
-            query["deal_id"] = deal_id
-        if onboarding is not None:
-            query["onboarding.status"] = onboarding.value
-        cursor = self.db[ACCOUNTS].find(query, session=self.session).sort("created_at", DESCENDING)
-        return [Account.model_validate(_without_id(d)) for d in await cursor.limit(limit).to_list()]
-
-    async def account_ids_of(self, csm: str) -> list[str]:
-        cursor = self.db[ACCOUNTS].find(
-            {"$or": [{"csm": csm}, {"account_manager": csm}]}, {"_id": 1}, session=self.session
-        )
-        return [str(d["_id"]) for d in await cursor.to_list()]
-
-    # --- tickets ----------------------------------------------------------------------------
-
-    async def ticket(self, ticket_id: str) -> Ticket | None:
-        doc = await self.db[TICKETS].find_one({"_id": ticket_id}, session=self.session)
-        return Ticket.model_validate(_without_id(doc)) if doc else None
-
-    async def insert_ticket(self, ticket: Ticket) -> None:
-        await self.db[TICKETS].insert_one(
-            {"_id": ticket.ticket_id, **ticket.model_dump(mode="python")}, session=self.session
-        )
-
-    async def save_ticket(self, ticket: Ticket) -> None:
-        await self.db[TICKETS].replace_one(
-            {"_id": ticket.ticket_id}, ticket.model_dump(mode="python"), session=self.session
-        )
-
-    async def tickets(
-        self,
-        *,
-        account_id: str | None = None,
-        status: TicketStatus | None = None,
-        visible_to: tuple[str, list[str]] | None = None,
-        limit: int = 100,
-    ) -> list[Ticket]:
-        """Tickets, newest first; ``visible_to`` = (username, their account ids) limits to a CSM's book."""
-        query: Doc = {}
-        if account_id is not None:
-            query["account_id"] = account_id
-        if status is not None:
-            query["status"] = status.value
-        if visible_to is not None:
-            username, account_ids = visible_to
-            query["$or"] = [{"assignee": username}, {"account_id": {"$in": account_ids}}]
-        cursor = self.db[TICKETS].find(query, session=self.session).sort("opened_at", DESCENDING)
-        return [Ticket.model_validate(_without_id(d)) for d in await cursor.limit(limit).to_list()]
-
-    async def success_config(self) -> tuple[SuccessConfig, Doc]:
-        return await MongoSettings(self.db, self.session).config()
+def account_doc(account: Account) -> Doc:
+    return {"_id": account.account_id, **account.model_dump(mode="python")}
 
 
-# --- customer success: the Mongo implementations of repository.py's Protocols ------------------
+def account_from_doc(doc: Doc) -> Account:
+    return Account.model_validate(_without_id(doc))
+
+
+def ticket_doc(ticket: Ticket) -> Doc:
+    return {"_id": ticket.ticket_id, **ticket.model_dump(mode="python")}
+
+
+def ticket_from_doc(doc: Doc) -> Ticket:
+    return Ticket.model_validate(_without_id(doc))
+
+
+def _book(member: str) -> Doc:
+    """The accounts a CSM manages, as CSM or as account manager."""
+    return {"$or": [{"csm": member}, {"account_manager": member}]}
 
 
 class _Collection:
@@ -244,24 +130,73 @@ class _Collection:
 
 class MongoAccounts(_Collection):
     async def get(self, account_id: str) -> Account | None:
-        return await Repo(self.db, self.session).account(account_id)
+        doc = await self.db[ACCOUNTS].find_one({"_id": account_id}, session=self.session)
+        return account_from_doc(doc) if doc else None
+
+    async def by_deal(self, deal_id: str) -> Account | None:
+        doc = await self.db[ACCOUNTS].find_one({"deal_id": deal_id}, session=self.session)
+        return account_from_doc(doc) if doc else None
+
+    async def add(self, account: Account) -> None:
+        await self.db[ACCOUNTS].insert_one(account_doc(account), session=self.session)
 
     async def save(self, account: Account) -> None:
-        await Repo(self.db, self.session).save_account(account)
+        doc = account_doc(account)
+        await self.db[ACCOUNTS].update_one({"_id": doc.pop("_id")}, {"$set": doc}, session=self.session)
 
     async def renewing(self, *, until: datetime, member: str | None) -> list[Account]:
         query: Doc = {"status": {"$ne": AccountStatus.CHURNED.value}, "term.renewal_date": {"$lte": until}}
         if member is not None:
-            query["$or"] = [{"csm": member}, {"account_manager": member}]
+            query |= _book(member)
         cursor = self.db[ACCOUNTS].find(query, session=self.session).sort("term.renewal_date", ASCENDING)
-        return [Account.model_validate(_without_id(d)) for d in await cursor.limit(5000).to_list()]
+        return [account_from_doc(d) for d in await cursor.limit(5000).to_list()]
 
     async def active(self, member: str | None) -> list[Account]:
         query: Doc = {"status": {"$ne": AccountStatus.CHURNED.value}}
         if member is not None:
-            query["$or"] = [{"csm": member}, {"account_manager": member}]
+            query |= _book(member)
         cursor = self.db[ACCOUNTS].find(query, session=self.session).sort("created_at", ASCENDING)
-        return [Account.model_validate(_without_id(d)) for d in await cursor.limit(20000).to_list()]
+        return [account_from_doc(d) for d in await cursor.limit(20000).to_list()]
+
+
+async def list_accounts(
+    db: AsyncDatabase[Doc],
+    *,
+    member: str | None = None,
+    onboarding: OnboardingStatus | None = None,
+    deal_id: str | None = None,
+    limit: int = 100,
+) -> list[Account]:
+    """The API's listing, newest first: ``member``'s accounts (as CSM or account manager) when given."""
+    query: Doc = _book(member) if member is not None else {}
+    if deal_id is not None:
+        query["deal_id"] = deal_id
+    if onboarding is not None:
+        query["onboarding.status"] = onboarding.value
+    cursor = db[ACCOUNTS].find(query).sort("created_at", DESCENDING)
+    return [account_from_doc(d) for d in await cursor.limit(limit).to_list()]
+
+
+async def list_tickets(
+    db: AsyncDatabase[Doc],
+    *,
+    account_id: str | None = None,
+    status: TicketStatus | None = None,
+    visible_to: str | None = None,
+    limit: int = 100,
+) -> list[Ticket]:
+    """The API's listing, newest first; ``visible_to`` (a CSM's user id) keeps the tickets
+    assigned to them and those of the accounts they manage."""
+    query: Doc = {}
+    if account_id is not None:
+        query["account_id"] = account_id
+    if status is not None:
+        query["status"] = status.value
+    if visible_to is not None:
+        ids = [str(d["_id"]) for d in await db[ACCOUNTS].find(_book(visible_to), {"_id": 1}).to_list()]
+        query["$or"] = [{"assignee": visible_to}, {"account_id": {"$in": ids}}]
+    cursor = db[TICKETS].find(query).sort("opened_at", DESCENDING)
+    return [ticket_from_doc(d) for d in await cursor.limit(limit).to_list()]
 
 
 class MongoRenewals(_Collection):
@@ -324,18 +259,23 @@ class MongoHealth(_Collection):
 
 
 class MongoTickets(_Collection):
+    async def add(self, ticket: Ticket) -> None:
+        await self.db[TICKETS].insert_one(ticket_doc(ticket), session=self.session)
+
     async def of_account(self, account_id: str, *, since: datetime | None = None) -> list[Ticket]:
         query: Doc = {"account_id": account_id}
         if since is not None:
             query["opened_at"] = {"$gte": since}
         cursor = self.db[TICKETS].find(query, session=self.session).sort("opened_at", DESCENDING)
-        return [Ticket.model_validate(_without_id(d)) for d in await cursor.limit(1000).to_list()]
+        return [ticket_from_doc(d) for d in await cursor.limit(1000).to_list()]
 
     async def get(self, ticket_id: str) -> Ticket | None:
-        return await Repo(self.db, self.session).ticket(ticket_id)
+        doc = await self.db[TICKETS].find_one({"_id": ticket_id}, session=self.session)
+        return ticket_from_doc(doc) if doc else None
 
     async def save(self, ticket: Ticket) -> None:
-        await Repo(self.db, self.session).save_ticket(ticket)
+        doc = ticket_doc(ticket)
+        await self.db[TICKETS].update_one({"_id": doc.pop("_id")}, {"$set": doc}, session=self.session)
 
 
 class MongoSurveys(_Collection):
@@ -387,8 +327,32 @@ class MongoSurveys(_Collection):
 
 class MongoSettings(_Collection):
     async def roster(self) -> list[CsmEntry]:
-        entries, _ = await Repo(self.db, self.session).roster()
-        return entries
+        return (await self.roster_record()).csms
+
+    async def roster_record(self) -> RosterRecord:
+        doc = await self.db[SETTINGS].find_one({"_id": ROSTER_ID}, session=self.session)
+        if doc is None:
+            return RosterRecord()
+        csms = [CsmEntry.model_validate(e) for e in doc.get("csms", [])]
+        return RosterRecord(csms, doc.get("updated_at"), doc.get("updated_by"))
+
+    async def save_roster(self, record: RosterRecord) -> None:
+        doc = {"csms": [e.model_dump(mode="json") for e in record.csms], **_stamp(record)}
+        await self.db[SETTINGS].replace_one({"_id": ROSTER_ID}, doc, upsert=True, session=self.session)
+
+    async def take_turn(self) -> int:
+        return await CSM_TURNS.take(self.db)
+
+    async def desk_config(self) -> ConfigRecord:
+        doc = await self.db[SETTINGS].find_one({"_id": CONFIG_ID}, session=self.session)
+        if doc is None:
+            return ConfigRecord(default_config())
+        config = ServiceDeskConfig.model_validate(doc["config"])
+        return ConfigRecord(config, doc.get("updated_at"), doc.get("updated_by"))
+
+    async def save_desk_config(self, record: ConfigRecord) -> None:
+        doc = {"config": record.config.model_dump(mode="json"), **_stamp(record)}
+        await self.db[SETTINGS].replace_one({"_id": CONFIG_ID}, doc, upsert=True, session=self.session)
 
     async def config(self) -> tuple[SuccessConfig, Doc]:
         doc = await self.db[SETTINGS].find_one({"_id": SUCCESS_CONFIG_ID}, session=self.session)
@@ -403,6 +367,10 @@ class MongoSettings(_Collection):
             upsert=True,
             session=self.session,
         )
+
+
+def _stamp(record: RosterRecord | ConfigRecord) -> Doc:
+    return {"updated_at": record.updated_at, "updated_by": record.updated_by}
 
 
 def review_doc(r: CommitmentReview) -> Doc:

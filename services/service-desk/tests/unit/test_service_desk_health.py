@@ -22,12 +22,11 @@ from crm_contracts.events.service_desk import (
     SurveyAnsweredV1,
     SurveyKind,
 )
-from crm_platform.auth import Principal
+from crm_platform.actor import Actor
 from crm_platform.clock import ManualClock
 from crm_platform.errors import Conflict, RuleViolation
 from crm_platform.testing import eventually
 from crm_platform.uow import FakeUnitOfWork
-from service_desk import lifecycle
 from service_desk.domain import health, surveys
 from service_desk.domain.accounts import Account, account_from_deal
 from service_desk.domain.checkins import checkin_due_at, checkins_due, per_csm
@@ -36,10 +35,11 @@ from service_desk.domain.roster import CsmEntry
 from service_desk.domain.success_config import SuccessConfig
 from service_desk.domain.tickets import Ticket
 from service_desk.fakes import FakeSuccessUnit
+from service_desk.handlers import success as lifecycle
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-ADMIN = Principal(user_id="u-admin", username="ada", roles=frozenset({"admin"}))
-CARLA = Principal(user_id="u-carla", username="carla", roles=frozenset({"customer_success_manager"}))
+ADMIN = Actor.of("u-admin", ["admin"], username="ada")
+CARLA = Actor.of("u-carla", ["customer_success_manager"], username="carla")
 SECRET = b"test-secret"
 
 

@@ -10,23 +10,23 @@ import pytest
 from crm_contracts.events.common import Contact, Money
 from crm_contracts.events.sales import ContractTerm, DealWonV1, DealWonV2, Product, add_months
 from crm_contracts.events.service_desk import ChurnReason, RenewalOutcome, RenewalRecordedV1
-from crm_platform.auth import Principal
+from crm_platform.actor import Actor
 from crm_platform.clock import ManualClock
 from crm_platform.errors import Conflict, NotFound, RuleViolation
 from crm_platform.uow import FakeUnitOfWork
 from pydantic import ValidationError
-from service_desk import lifecycle
 from service_desk.domain.accounts import Account, AccountStatus, AssignmentRole, account_from_deal
 from service_desk.domain.renewals import RenewalDecision
 from service_desk.domain.roster import CsmEntry
 from service_desk.domain.success_config import SuccessConfig, TierConfig
 from service_desk.fakes import FakeSuccessUnit
+from service_desk.handlers import success as lifecycle
 
 Fake = FakeUnitOfWork[FakeSuccessUnit]
 T0 = datetime(2026, 1, 31, 9, 0, tzinfo=UTC)
-ADMIN = Principal(user_id="u-admin", username="ada", roles=frozenset({"admin"}))
-CARLA = Principal(user_id="u-carla", username="carla", roles=frozenset({"customer_success_manager"}))
-DORA = Principal(user_id="u-dora", username="dora", roles=frozenset({"customer_success_manager"}))
+ADMIN = Actor.of("u-admin", ["admin"], username="ada")
+CARLA = Actor.of("u-carla", ["customer_success_manager"], username="carla")
+DORA = Actor.of("u-dora", ["customer_success_manager"], username="dora")
 
 
 def deal(amount: float = 54000.0, term: ContractTerm | None = None, v2: bool = True) -> DealWonV1:

@@ -18,9 +18,9 @@ from crm_platform.actor import Actor
 from crm_platform.clock import ManualClock
 from crm_platform.errors import Conflict, NotFound, RuleViolation
 from crm_platform.uow import FakeUnitOfWork
-from service_desk import reviews
 from service_desk.domain.reviews import ReviewStatus
 from service_desk.fakes import FakeSuccessUnit
+from service_desk.handlers import reviews
 
 T0 = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
 CARLA = Actor.of("carla", ["customer_success_manager"])

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from crm_platform.auth import CurrentUser, require_roles
+from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel
 
-from service_desk.api.deps import SERVICE_DESK_ROLES, Desk, Success
+from service_desk import store
+from service_desk.api.deps import ROSTER_EDITING, SERVICE_DESK_ROLES, Success, UowDep
 from service_desk.api.models import (
     AccountOut,
     AssignCsmIn,
@@ -17,8 +18,9 @@ from service_desk.api.models import (
     SignalIn,
     SignalOut,
 )
-from service_desk.domain.access import ROSTER_EDITORS
+from service_desk.domain.access import book_of
 from service_desk.domain.accounts import OnboardingStatus
+from service_desk.handlers import accounts as handlers
 
 router = APIRouter(prefix="/accounts", tags=["accounts"], dependencies=[SERVICE_DESK_ROLES])
 
@@ -32,23 +34,28 @@ class AccountList(BaseModel):
     "", response_model=AccountList, summary="Accounts (a CSM sees their own; reps and admins see all)"
 )
 async def list_accounts(
-    desk: Desk,
-    user: CurrentUser,
+    db: DbDep,
+    actor: CurrentActor,
     success: Success,
     csm: Annotated[str | None, Query(max_length=100)] = None,
     onboarding_status: OnboardingStatus | None = None,
     deal_id: Annotated[str | None, Query(max_length=100, description="The won deal's id")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AccountList:
-    accounts = await desk.list_accounts(
-        user, csm=csm, onboarding=onboarding_status, deal_id=deal_id, limit=limit
+    allowed, member = book_of(actor, csm)
+    found = (
+        await store.list_accounts(
+            db, member=member, onboarding=onboarding_status, deal_id=deal_id, limit=limit
+        )
+        if allowed
+        else []
     )
-    return AccountList(items=[AccountOut.of(a, success) for a in accounts], count=len(accounts))
+    return AccountList(items=[AccountOut.of(a, success) for a in found], count=len(found))
 
 
 @router.get("/{account_id}", response_model=AccountOut)
-async def get_account(account_id: str, desk: Desk, user: CurrentUser, success: Success) -> AccountOut:
-    return AccountOut.of(await desk.get_account(user, account_id), success)
+async def get_account(account_id: str, uow: UowDep, actor: CurrentActor, success: Success) -> AccountOut:
+    return AccountOut.of(await handlers.get_account(uow, account_id, actor), success)
 
 
 @router.post(
@@ -57,21 +64,21 @@ async def get_account(account_id: str, desk: Desk, user: CurrentUser, success: S
     summary="Complete one onboarding item (all done -> onboarding completed)",
 )
 async def complete_item(
-    account_id: str, item: str, desk: Desk, user: CurrentUser, success: Success
+    account_id: str, item: str, uow: UowDep, actor: CurrentActor, success: Success
 ) -> AccountOut:
-    return AccountOut.of(await desk.complete_checklist_item(user, account_id, item), success)
+    return AccountOut.of(await handlers.complete_checklist_item(uow, account_id, item, actor), success)
 
 
 @router.put(
     "/{account_id}/csm",
     response_model=AccountOut,
     summary="Hand the account to another CSM",
-    dependencies=[require_roles(*sorted(ROSTER_EDITORS))],
+    dependencies=[ROSTER_EDITING],
 )
 async def assign_csm(
-    account_id: str, body: AssignCsmIn, desk: Desk, user: CurrentUser, success: Success
+    account_id: str, body: AssignCsmIn, uow: UowDep, actor: CurrentActor, success: Success
 ) -> AccountOut:
-    return AccountOut.of(await desk.assign_csm(user, account_id, body.user_id.strip()), success)
+    return AccountOut.of(await handlers.assign_csm(uow, account_id, body.user_id.strip(), actor), success)
 
 
 @router.post(
@@ -80,9 +87,9 @@ async def assign_csm(
     status_code=status.HTTP_201_CREATED,
     summary="Hand an upsell or renewal chance to sales (upsell.spotted)",
 )
-async def spot_signal(account_id: str, body: SignalIn, desk: Desk, user: CurrentUser) -> SignalOut:
-    signal = await desk.spot_signal(
-        user, account_id, kind=body.kind, description=body.description, estimated_value=body.estimated_value
+async def spot_signal(account_id: str, body: SignalIn, uow: UowDep, actor: CurrentActor) -> SignalOut:
+    signal = await handlers.spot_signal(
+        uow, account_id, body.kind, body.description, body.estimated_value, actor
     )
     return SignalOut.of(signal)
 
@@ -93,9 +100,11 @@ async def spot_signal(account_id: str, body: SignalIn, desk: Desk, user: Current
     summary="Flag a commitment sales made that cannot be delivered (commitment.flagged)",
 )
 async def flag_commitment(
-    account_id: str, commitment_id: str, body: FlagIn, desk: Desk, user: CurrentUser
+    account_id: str, commitment_id: str, body: FlagIn, uow: UowDep, actor: CurrentActor
 ) -> CommitmentOut:
-    return CommitmentOut.of(await desk.flag_commitment(user, account_id, commitment_id, body.reason))
+    return CommitmentOut.of(
+        await handlers.flag_commitment(uow, account_id, commitment_id, body.reason, actor)
+    )
 
 
 @router.post(
@@ -104,6 +113,6 @@ async def flag_commitment(
     summary="Mark a commitment delivered",
 )
 async def deliver_commitment(
-    account_id: str, commitment_id: str, desk: Desk, user: CurrentUser
+    account_id: str, commitment_id: str, uow: UowDep, actor: CurrentActor
 ) -> CommitmentOut:
-    return CommitmentOut.of(await desk.deliver_commitment(user, account_id, commitment_id))
+    return CommitmentOut.of(await handlers.deliver_commitment(uow, account_id, commitment_id, actor))

@@ -22,12 +22,11 @@ from service_desk.domain.accounts import (
     Signal,
     TierChange,
 )
-from service_desk.domain.config import Priority, ServiceDeskConfig
-from service_desk.domain.roster import CsmEntry
+from service_desk.domain.config import ConfigRecord, Priority, ServiceDeskConfig
+from service_desk.domain.roster import CsmEntry, RosterRecord
 from service_desk.domain.success_config import SuccessConfig
 from service_desk.domain.terms import Term
 from service_desk.domain.tickets import SlaState, Ticket, TicketStatus, sla_view
-from service_desk.handlers import ConfigRecord, RosterRecord
 
 
 class Body(BaseModel):

@@ -12,10 +12,10 @@ from crm_contracts.events.service_desk import SurveyKind
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 
-from service_desk import lifecycle
-from service_desk.api.deps import Life, Secret
+from service_desk.api.deps import Secret, UowDep
 from service_desk.api.models import Body
 from service_desk.domain.surveys import MAX_TOKEN_LENGTH, SCALES
+from service_desk.handlers import success as lifecycle
 
 router = APIRouter(prefix="/public/surveys", tags=["surveys (customer, no login)"])
 Token = Path(min_length=1, max_length=MAX_TOKEN_LENGTH, description="The token of the survey link")
@@ -48,8 +48,8 @@ class Thanks(BaseModel):
 
 
 @router.get("/{token}", response_model=SurveyQuestion, summary="The survey behind a link")
-async def get_survey(life: Life, secret: Secret, token: str = Token) -> SurveyQuestion:
-    survey = await lifecycle.survey_by_link(life, token, secret)
+async def get_survey(uow: UowDep, secret: Secret, token: str = Token) -> SurveyQuestion:
+    survey = await lifecycle.survey_by_link(uow, token, secret)
     low, high = SCALES[survey.kind]
     return SurveyQuestion(
         kind=survey.kind,
@@ -63,8 +63,8 @@ async def get_survey(life: Life, secret: Secret, token: str = Token) -> SurveyQu
 
 
 @router.post("/{token}", response_model=Thanks, summary="Answer the survey (once)")
-async def answer(body: AnswerIn, life: Life, secret: Secret, token: str = Token) -> Thanks:
-    survey = await lifecycle.answer_survey(life, token, body.score, body.comment, secret)
+async def answer(body: AnswerIn, uow: UowDep, secret: Secret, token: str = Token) -> Thanks:
+    survey = await lifecycle.answer_survey(uow, token, body.score, body.comment, secret)
     assert survey.score is not None
     assert survey.answered_at is not None
     return Thanks(kind=survey.kind, score=survey.score, answered_at=survey.answered_at)

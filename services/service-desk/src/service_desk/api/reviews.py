@@ -12,10 +12,11 @@ from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
-from service_desk import reviews, store
-from service_desk.api.deps import CSM_LEADS, Life
+from service_desk import store
+from service_desk.api.deps import CSM_LEADS, UowDep
 from service_desk.api.models import Body
 from service_desk.domain.reviews import CommitmentReview, ReviewStatus
+from service_desk.handlers import reviews
 
 # Customer success managers (and their leads, admins) review; service reps do not.
 router = APIRouter(prefix="/commitment-reviews", tags=["commitment reviews"], dependencies=[CSM_LEADS])
@@ -68,8 +69,8 @@ async def list_reviews(
 
 
 @router.get("/{review_id}", response_model=ReviewOut, summary="One commitment review and its verdict")
-async def get_review(review_id: ReviewId, life: Life) -> ReviewOut:
-    return ReviewOut.of(await reviews.get_review(life, review_id))
+async def get_review(review_id: ReviewId, uow: UowDep) -> ReviewOut:
+    return ReviewOut.of(await reviews.get_review(uow, review_id))
 
 
 @router.post(
@@ -77,5 +78,5 @@ async def get_review(review_id: ReviewId, life: Life) -> ReviewOut:
     response_model=ReviewOut,
     summary="Approve or flag (with a reason) every commitment; the verdict goes back to sales",
 )
-async def post_verdict(review_id: ReviewId, body: VerdictIn, life: Life, actor: CurrentActor) -> ReviewOut:
-    return ReviewOut.of(await reviews.decide(life, review_id, body.decisions, actor))
+async def post_verdict(review_id: ReviewId, body: VerdictIn, uow: UowDep, actor: CurrentActor) -> ReviewOut:
+    return ReviewOut.of(await reviews.decide(uow, review_id, body.decisions, actor))

@@ -6,18 +6,18 @@ from datetime import datetime
 from typing import Annotated
 
 from crm_contracts.events.service_desk import HealthBand, Sentiment, SurveyKind
-from crm_platform.auth import CurrentUser
+from crm_platform.routes import CurrentActor
 from crm_platform.values import Timestamp
 from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel, Field
 
-from service_desk import lifecycle
-from service_desk.api.deps import CSM_LEADS, SERVICE_DESK_ROLES, Life, Secret
+from service_desk.api.deps import CSM_LEADS, SERVICE_DESK_ROLES, Secret, UowDep
 from service_desk.api.models import Body
 from service_desk.domain.accounts import Account, Usage
 from service_desk.domain.checkins import CheckIn, CheckInDue, per_csm
 from service_desk.domain.health import HealthRecord, HealthRules, HealthState, RuleSet, StoredReason
 from service_desk.domain.surveys import Survey
+from service_desk.handlers import success as lifecycle
 
 router = APIRouter(tags=["customer success"], dependencies=[SERVICE_DESK_ROLES])
 
@@ -87,14 +87,14 @@ class CheckInsDue(BaseModel):
     status_code=status.HTTP_201_CREATED,
     summary="Log a check-in (account.checkin_logged); rescoring the account's health",
 )
-async def post_checkin(account_id: str, body: CheckInIn, life: Life, user: CurrentUser) -> CheckInOut:
+async def post_checkin(account_id: str, body: CheckInIn, uow: UowDep, user: CurrentActor) -> CheckInOut:
     entry = lifecycle.CheckInEntry(body.held_at, body.attendees, body.sentiment, body.notes)
-    return CheckInOut.of(await lifecycle.log_checkin(life, account_id, entry, user))
+    return CheckInOut.of(await lifecycle.log_checkin(uow, account_id, entry, user))
 
 
 @router.get("/accounts/{account_id}/checkins", response_model=CheckInList, summary="The account's check-ins")
-async def get_checkins(account_id: str, life: Life, user: CurrentUser) -> CheckInList:
-    items = [CheckInOut.of(c) for c in await lifecycle.account_checkins(life, account_id, user)]
+async def get_checkins(account_id: str, uow: UowDep, user: CurrentActor) -> CheckInList:
+    items = [CheckInOut.of(c) for c in await lifecycle.account_checkins(uow, account_id, user)]
     return CheckInList(items=items, count=len(items))
 
 
@@ -104,12 +104,12 @@ async def get_checkins(account_id: str, life: Life, user: CurrentUser) -> CheckI
     summary="Check-ins due within the horizon and overdue, per CSM (a CSM: their own)",
 )
 async def get_checkins_due(
-    life: Life,
-    user: CurrentUser,
+    uow: UowDep,
+    user: CurrentActor,
     csm: Annotated[str | None, Query(max_length=100)] = None,
     horizon_days: Annotated[int, Query(ge=0, le=366)] = 14,
 ) -> CheckInsDue:
-    due = await lifecycle.checkins_due(life, csm, horizon_days, user)
+    due = await lifecycle.checkins_due(uow, csm, horizon_days, user)
     return CheckInsDue(items=[CheckInDueOut.of(d) for d in due], count=len(due), per_csm=per_csm(due))
 
 
@@ -225,8 +225,8 @@ class HitRateOut(BaseModel):
 @router.get(
     "/accounts/{account_id}/health", response_model=HealthOut, summary="Health score, reasons, history"
 )
-async def get_health(account_id: str, life: Life, user: CurrentUser) -> HealthOut:
-    view = await lifecycle.account_health(life, account_id, user)
+async def get_health(account_id: str, uow: UowDep, user: CurrentActor) -> HealthOut:
+    view = await lifecycle.account_health(uow, account_id, user)
     return HealthOut(
         account_id=account_id,
         current=HealthStateOut.of(view.state) if view.state else None,
@@ -239,15 +239,15 @@ async def get_health(account_id: str, life: Life, user: CurrentUser) -> HealthOu
     response_model=HealthOut,
     summary="Report usage (licences in use); rescoring health",
 )
-async def put_usage(account_id: str, body: UsageIn, life: Life, user: CurrentUser) -> HealthOut:
+async def put_usage(account_id: str, body: UsageIn, uow: UowDep, user: CurrentActor) -> HealthOut:
     usage = Usage(active_users=body.active_users, licensed_users=body.licensed_users, as_of=body.as_of)
-    await lifecycle.record_usage(life, account_id, usage, user)
-    return await get_health(account_id, life, user)
+    await lifecycle.record_usage(uow, account_id, usage, user)
+    return await get_health(account_id, uow, user)
 
 
 @router.get("/health/rules", response_model=RuleSetOut, summary="The current health rules and their version")
-async def get_rules(life: Life) -> RuleSetOut:
-    return RuleSetOut.of(await lifecycle.health_rules(life))
+async def get_rules(uow: UowDep) -> RuleSetOut:
+    return RuleSetOut.of(await lifecycle.health_rules(uow))
 
 
 @router.put(
@@ -256,8 +256,8 @@ async def get_rules(life: Life) -> RuleSetOut:
     summary="Save new health rules as the next version",
     dependencies=[CSM_LEADS],
 )
-async def put_rules(body: HealthRules, life: Life, user: CurrentUser) -> RuleSetOut:
-    return RuleSetOut.of(await lifecycle.replace_health_rules(life, body, user))
+async def put_rules(body: HealthRules, uow: UowDep, user: CurrentActor) -> RuleSetOut:
+    return RuleSetOut.of(await lifecycle.replace_health_rules(uow, body, user))
 
 
 @router.post(
@@ -265,8 +265,8 @@ async def put_rules(body: HealthRules, life: Life, user: CurrentUser) -> RuleSet
     response_model=Recomputed,
     summary="Score every active account of your book again (run it daily: time moves the score)",
 )
-async def recompute(life: Life, user: CurrentUser) -> Recomputed:
-    return Recomputed(accounts=await lifecycle.recompute_health(life, user))
+async def recompute(uow: UowDep, user: CurrentActor) -> Recomputed:
+    return Recomputed(accounts=await lifecycle.recompute_health(uow, user))
 
 
 @router.get(
@@ -275,9 +275,9 @@ async def recompute(life: Life, user: CurrentUser) -> Recomputed:
     summary="Accounts at risk of churning with the reasons, for their account manager (a CSM: their own)",
 )
 async def get_churn_warnings(
-    life: Life, user: CurrentUser, manager: Annotated[str | None, Query(max_length=100)] = None
+    uow: UowDep, user: CurrentActor, manager: Annotated[str | None, Query(max_length=100)] = None
 ) -> AtRiskList:
-    items = [AtRiskOut.of(a) for a in await lifecycle.churn_warnings(life, manager, user)]
+    items = [AtRiskOut.of(a) for a in await lifecycle.churn_warnings(uow, manager, user)]
     return AtRiskList(items=items, count=len(items))
 
 
@@ -286,9 +286,9 @@ async def get_churn_warnings(
     response_model=HitRateOut,
     summary="Precision and recall of the churn warning against the recorded renewal outcomes",
 )
-async def get_hit_rate(life: Life, lookback_days: Annotated[int, Query(ge=1, le=730)] = 180) -> HitRateOut:
-    rate = await lifecycle.warning_hit_rate(life, lookback_days)
-    rules = await lifecycle.health_rules(life)
+async def get_hit_rate(uow: UowDep, lookback_days: Annotated[int, Query(ge=1, le=730)] = 180) -> HitRateOut:
+    rate = await lifecycle.warning_hit_rate(uow, lookback_days)
+    rules = await lifecycle.health_rules(uow)
     return HitRateOut(
         lookback_days=rate.lookback_days,
         evaluated=rate.evaluated,
@@ -348,9 +348,9 @@ def _sent(request: Request, sent: lifecycle.SentSurvey) -> SentSurveyOut:
     summary="Send the CSAT survey of a resolved ticket (one per ticket); the customer answers by link",
 )
 async def post_csat_survey(
-    ticket_id: str, request: Request, life: Life, user: CurrentUser, secret: Secret
+    ticket_id: str, request: Request, uow: UowDep, user: CurrentActor, secret: Secret
 ) -> SentSurveyOut:
-    return _sent(request, await lifecycle.send_csat(life, ticket_id, secret, user))
+    return _sent(request, await lifecycle.send_csat(uow, ticket_id, secret, user))
 
 
 @router.post(
@@ -360,9 +360,9 @@ async def post_csat_survey(
     summary="Send the account its NPS survey when its schedule says one is due (409 otherwise)",
 )
 async def post_nps_survey(
-    account_id: str, request: Request, life: Life, user: CurrentUser, secret: Secret
+    account_id: str, request: Request, uow: UowDep, user: CurrentActor, secret: Secret
 ) -> SentSurveyOut:
-    return _sent(request, await lifecycle.send_nps(life, account_id, secret, user))
+    return _sent(request, await lifecycle.send_nps(uow, account_id, secret, user))
 
 
 @router.post(
@@ -370,12 +370,12 @@ async def post_nps_survey(
     response_model=SentList,
     summary="The scheduled NPS round: a survey for every account of your book that is due one",
 )
-async def post_nps_round(request: Request, life: Life, user: CurrentUser, secret: Secret) -> SentList:
-    items = [_sent(request, s) for s in await lifecycle.send_due_nps(life, secret, user)]
+async def post_nps_round(request: Request, uow: UowDep, user: CurrentActor, secret: Secret) -> SentList:
+    items = [_sent(request, s) for s in await lifecycle.send_due_nps(uow, secret, user)]
     return SentList(items=items, count=len(items))
 
 
 @router.get("/accounts/{account_id}/surveys", response_model=SurveyList, summary="The account's surveys")
-async def get_surveys(account_id: str, life: Life, user: CurrentUser) -> SurveyList:
-    items = [SurveyOut.of(s) for s in await lifecycle.account_surveys(life, account_id, user)]
+async def get_surveys(account_id: str, uow: UowDep, user: CurrentActor) -> SurveyList:
+    items = [SurveyOut.of(s) for s in await lifecycle.account_surveys(uow, account_id, user)]
     return SurveyList(items=items, count=len(items))

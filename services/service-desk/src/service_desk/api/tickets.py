@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from crm_platform.auth import CurrentUser
+from crm_platform.clock import now_millis
+from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel
 
-from service_desk.api.deps import SERVICE_DESK_ROLES, Desk
+from service_desk import store
+from service_desk.api.deps import SERVICE_DESK_ROLES, UowDep
 from service_desk.api.models import ProgressIn, ResolveIn, TicketIn, TicketOut
+from service_desk.domain.access import sees_all
 from service_desk.domain.tickets import Ticket, TicketStatus
-from service_desk.handlers import ServiceDesk
+from service_desk.handlers import accounts, tickets
+from service_desk.repository import SuccessUoW
 
 router = APIRouter(prefix="/tickets", tags=["tickets"], dependencies=[SERVICE_DESK_ROLES])
 
@@ -22,10 +26,11 @@ class TicketList(BaseModel):
     count: int
 
 
-async def _out(desk: ServiceDesk, *tickets: Ticket) -> list[TicketOut]:
-    config = await desk.config()
-    now = desk.now()
-    return [TicketOut.of(t, now, config.config.at_risk_fraction) for t in tickets]
+async def _out(uow: SuccessUoW, *found: Ticket) -> list[TicketOut]:
+    """The tickets with their SLA state now (the configured at-risk fraction)."""
+    record = await accounts.desk_config(uow)
+    now = now_millis(uow.clock)
+    return [TicketOut.of(t, now, record.config.at_risk_fraction) for t in found]
 
 
 @router.post(
@@ -34,33 +39,36 @@ async def _out(desk: ServiceDesk, *tickets: Ticket) -> list[TicketOut]:
     status_code=status.HTTP_201_CREATED,
     summary="Open a ticket (SLA due times from the priority's targets)",
 )
-async def open_ticket(body: TicketIn, desk: Desk, user: CurrentUser) -> TicketOut:
-    ticket = await desk.open_ticket(
-        user,
+async def open_ticket(body: TicketIn, uow: UowDep, actor: CurrentActor) -> TicketOut:
+    new = tickets.NewTicket(
         account_id=body.account_id,
         subject=body.subject,
         request=body.request,
         priority=body.priority,
         assign_to_me=body.assign_to == "me",
     )
-    return (await _out(desk, ticket))[0]
+    return (await _out(uow, await tickets.open_new_ticket(uow, new, actor)))[0]
 
 
 @router.get("", response_model=TicketList, summary="Tickets, newest first, with their SLA state")
 async def list_tickets(
-    desk: Desk,
-    user: CurrentUser,
+    db: DbDep,
+    uow: UowDep,
+    actor: CurrentActor,
     account_id: Annotated[str | None, Query(max_length=100)] = None,
     status: TicketStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> TicketList:
-    tickets = await desk.list_tickets(user, account_id=account_id, status=status, limit=limit)
-    return TicketList(items=await _out(desk, *tickets), count=len(tickets))
+    visible_to = None if sees_all(actor.roles) else actor.user_id
+    found = await store.list_tickets(
+        db, account_id=account_id, status=status, visible_to=visible_to, limit=limit
+    )
+    return TicketList(items=await _out(uow, *found), count=len(found))
 
 
 @router.get("/{ticket_id}", response_model=TicketOut)
-async def get_ticket(ticket_id: str, desk: Desk, user: CurrentUser) -> TicketOut:
-    return (await _out(desk, await desk.get_ticket(user, ticket_id)))[0]
+async def get_ticket(ticket_id: str, uow: UowDep, actor: CurrentActor) -> TicketOut:
+    return (await _out(uow, await tickets.get_ticket(uow, ticket_id, actor)))[0]
 
 
 @router.post(
@@ -68,8 +76,8 @@ async def get_ticket(ticket_id: str, desk: Desk, user: CurrentUser) -> TicketOut
     response_model=TicketOut,
     summary="Add a progress note (the first one is the first response)",
 )
-async def add_progress(ticket_id: str, body: ProgressIn, desk: Desk, user: CurrentUser) -> TicketOut:
-    return (await _out(desk, await desk.add_progress(user, ticket_id, body.note)))[0]
+async def add_progress(ticket_id: str, body: ProgressIn, uow: UowDep, actor: CurrentActor) -> TicketOut:
+    return (await _out(uow, await tickets.add_progress(uow, ticket_id, body.note, actor)))[0]
 
 
 @router.post(
@@ -77,5 +85,5 @@ async def add_progress(ticket_id: str, body: ProgressIn, desk: Desk, user: Curre
     response_model=TicketOut,
     summary="Resolve with the result; records resolution time and SLA breaches",
 )
-async def resolve(ticket_id: str, body: ResolveIn, desk: Desk, user: CurrentUser) -> TicketOut:
-    return (await _out(desk, await desk.resolve_ticket(user, ticket_id, body.result)))[0]
+async def resolve(ticket_id: str, body: ResolveIn, uow: UowDep, actor: CurrentActor) -> TicketOut:
+    return (await _out(uow, await tickets.resolve_ticket(uow, ticket_id, body.result, actor)))[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from crm_platform.actor import Actor
 from crm_platform.auth import Role
 
 SEE_ALL = frozenset({Role.SERVICE_REP, Role.SERVICE_LEAD, Role.ADMIN})
@@ -25,3 +26,11 @@ def can_see_account(
 def can_see_ticket(roles: Iterable[str], user_id: str, *, assignee: str, account_csm: str | None) -> bool:
     """A CSM sees the tickets of their accounts and the tickets assigned to them."""
     return sees_all(roles) or assignee == user_id or account_csm == user_id
+
+
+def book_of(actor: Actor, member: str | None) -> tuple[bool, str | None]:
+    """(may see anything, whose accounts) for a listing asked for ``member``'s accounts (None:
+    everyone's): a CSM sees only their own; reps and admins anyone's."""
+    if sees_all(actor.roles):
+        return True, member
+    return member is None or member == actor.user_id, actor.user_id

@@ -11,15 +11,24 @@ from decimal import Decimal
 from enum import StrEnum
 
 from crm_contracts.events.sales import DealWonV1, DealWonV2
-from crm_contracts.events.service_desk import Sentiment, SignalKind
+from crm_contracts.events.service_desk import (
+    CommitmentFlaggedV1,
+    OnboardingCompletedV1,
+    OnboardingStartedV1,
+    Sentiment,
+    SignalKind,
+    UpsellSpottedV1,
+)
 from crm_platform.errors import Conflict, NotFound, RuleViolation
-from crm_platform.money import StoredAmount, to_amount
+from crm_platform.money import StoredAmount, to_amount, to_wire
 from pydantic import BaseModel, ConfigDict, Field
 
 from service_desk.domain.config import slugify
 from service_desk.domain.health import HealthState
 from service_desk.domain.success_config import SuccessConfig, TierConfig
 from service_desk.domain.terms import Term
+
+UNASSIGNED = "unassigned"  # the CSM named in onboarding_started when nobody is on the roster
 
 
 class Entity(BaseModel):
@@ -211,6 +220,28 @@ class Account(Entity):
         self.assignments.append(change)
         return change
 
+    def assign(
+        self,
+        role: AssignmentRole,
+        to_user: str | None,
+        *,
+        active: Sequence[str],
+        by: str,
+        now: datetime,
+        reason: str | None = None,
+    ) -> bool:
+        """Hand the account (as CSM or account manager) to an active CSM of the roster, or (account
+        manager only) to nobody; the same user again changes (and records) nothing: False then."""
+        if to_user is not None and to_user not in active:
+            raise RuleViolation(
+                f"user {to_user!r} is not an active CSM on the roster (PUT /csms)", field="user_id"
+            )
+        before = self.csm if role == AssignmentRole.CSM else self.account_manager
+        if before == to_user:
+            return False
+        self.reassign(role, to_user, by=by, now=now, reason=reason)
+        return True
+
     def change_tier(self, tier: TierConfig, *, by: str, now: datetime) -> TierChange:
         if tier.name == self.tier:
             raise Conflict(f"the account already is {tier.name}", field="tier", tier=tier.name)
@@ -221,8 +252,18 @@ class Account(Entity):
 
     # --- onboarding -------------------------------------------------------------------------
 
-    def complete_item(self, key: str, *, by: str, now: datetime) -> bool:
-        """Tick one checklist item; returns True when that completes the onboarding."""
+    def onboarding_started(self) -> OnboardingStartedV1:
+        return OnboardingStartedV1(
+            account_id=self.account_id,
+            deal_id=self.deal_id,
+            account_name=self.name,
+            csm=self.csm or UNASSIGNED,
+            checklist=[i.title for i in self.onboarding.checklist],
+        )
+
+    def complete_item(self, key: str, *, by: str, now: datetime) -> OnboardingCompletedV1 | None:
+        """Tick one checklist item; returns ``account.onboarding_completed`` when that completes
+        the onboarding (None while items are left)."""
         item = next((i for i in self.onboarding.checklist if i.key == key), None)
         if item is None:
             known = [i.key for i in self.onboarding.checklist]
@@ -242,8 +283,15 @@ class Account(Entity):
         if all(i.done for i in self.onboarding.checklist):
             self.onboarding.status = OnboardingStatus.COMPLETED
             self.onboarding.completed_at = now
-            return True
-        return False
+            return OnboardingCompletedV1(
+                account_id=self.account_id,
+                deal_id=self.deal_id,
+                csm=self.csm,
+                started_at=self.onboarding.started_at,
+                completed_at=now,
+                duration_seconds=self.onboarding.duration_seconds or 0.0,
+            )
+        return None
 
     # --- commitments ------------------------------------------------------------------------
 
@@ -272,6 +320,20 @@ class Account(Entity):
         c.status = CommitmentStatus.FLAGGED
         c.flag_id, c.flag_reason, c.flagged_by, c.flagged_at = flag_id, reason, by, now
         return c
+
+    def commitment_flagged(self, commitment: AccountCommitment) -> CommitmentFlaggedV1:
+        """The flag as handed to sales (``commitment.flagged``)."""
+        assert commitment.flag_id is not None
+        assert commitment.flag_reason is not None
+        assert commitment.flagged_by is not None
+        return CommitmentFlaggedV1(
+            flag_id=commitment.flag_id,
+            account_id=self.account_id,
+            deal_id=self.deal_id,
+            commitment_id=commitment.commitment_id,
+            reason=commitment.flag_reason,
+            flagged_by=commitment.flagged_by,
+        )
 
     def deliver_commitment(self, commitment_id: str, *, by: str, now: datetime) -> AccountCommitment:
         """The promise was kept (a flagged one too, once sales and the desk sorted it out)."""
@@ -314,6 +376,20 @@ class Account(Entity):
         self.signals.append(signal)
         return signal
 
+    def upsell_spotted(self, signal: Signal) -> UpsellSpottedV1:
+        """The chance as handed to sales (``upsell.spotted``)."""
+        return UpsellSpottedV1(
+            signal_id=signal.signal_id,
+            account_id=self.account_id,
+            deal_id=self.deal_id,
+            account_name=self.name,
+            sales_owner=self.sales_owner,
+            kind=signal.kind,
+            description=signal.description,
+            estimated_value=to_wire(signal.estimated_value),
+            spotted_by=signal.spotted_by,
+        )
+
 
 def new_checklist(titles: Sequence[str]) -> list[ChecklistItem]:
     return [ChecklistItem(key=slugify(t), title=t) for t in titles]
@@ -329,23 +405,9 @@ def account_from_deal(
     journey_id: str | None = None,
     success: SuccessConfig | None = None,
 ) -> Account:
-    """The account customer success opens for a won deal, keeping everything sales handed over.
-
-    The contract term comes from the deal (``deal.won`` v2); a deal without one (v1) gets the
-    configured default length from the day it was won, marked ``source="default"``.
-    """
+    """The account customer success opens for a won deal, keeping everything sales handed over."""
     success = success or SuccessConfig()
-    value = to_amount(deal.value.amount)
-    if isinstance(deal, DealWonV2) and deal.term is not None:
-        term = Term.from_contract(deal.term, source="deal")
-    else:
-        term = Term.of(
-            start=deal.won_at,
-            months=success.default_term_months,
-            amount=value,
-            currency=deal.value.currency,
-            source="default",
-        )
+    term = term_of(deal, success)
     return Account(
         account_id=account_id,
         deal_id=deal.deal_id,
@@ -371,4 +433,18 @@ def account_from_deal(
         journey_id=journey_id,
         term=term,
         tier=success.tier_for_value(term.amount).name,
+    )
+
+
+def term_of(deal: DealWonV1, success: SuccessConfig) -> Term:
+    """The contract term comes from the deal (``deal.won`` v2); a deal without one (v1) gets the
+    configured default length from the day it was won, marked ``source="default"``."""
+    if isinstance(deal, DealWonV2) and deal.term is not None:
+        return Term.from_contract(deal.term, source="deal")
+    return Term.of(
+        start=deal.won_at,
+        months=success.default_term_months,
+        amount=to_amount(deal.value.amount),
+        currency=deal.value.currency,
+        source="default",
     )

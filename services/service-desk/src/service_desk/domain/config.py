@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -104,3 +105,12 @@ def default_config() -> ServiceDeskConfig:
         sla=dict(DEFAULT_SLA),
         at_risk_fraction=DEFAULT_AT_RISK_FRACTION,
     )
+
+
+@dataclass(frozen=True)
+class ConfigRecord:
+    """The configuration as stored, with who changed it last and when."""
+
+    config: ServiceDeskConfig
+    updated_at: datetime | None = None
+    updated_by: str | None = None

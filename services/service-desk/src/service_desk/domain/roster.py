@@ -6,6 +6,8 @@ The roster and the rotation are the platform's (``crm_platform.roster``), shared
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from crm_platform.roster import RosterEntry, active_ids
 from crm_platform.roster import round_robin as round_robin
@@ -24,3 +26,12 @@ def validate_roster(entries: Iterable[CsmEntry]) -> list[CsmEntry]:
 
 def active_csms(roster: Iterable[CsmEntry]) -> list[str]:
     return active_ids(roster)
+
+
+@dataclass(frozen=True)
+class RosterRecord:
+    """The roster as stored, with who changed it last and when."""
+
+    csms: list[CsmEntry] = field(default_factory=list)
+    updated_at: datetime | None = None
+    updated_by: str | None = None

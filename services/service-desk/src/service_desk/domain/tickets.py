@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from crm_contracts.events.service_desk import TicketOpenedV1, TicketRatedV1, TicketResolvedV1
 from crm_platform.errors import Conflict, RuleViolation
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -79,6 +80,14 @@ class Ticket(BaseModel):
             return None
         return _seconds_between(self.opened_at, self.resolved_at)
 
+    def opened(self) -> TicketOpenedV1:
+        return TicketOpenedV1(
+            ticket_id=self.ticket_id,
+            account_id=self.account_id,
+            priority=self.priority.value,
+            assignee=self.assignee,
+        )
+
     def add_progress(self, note: str, *, by: str, now: datetime) -> bool:
         """Record progress; returns True when this note is the ticket's first response."""
         note = note.strip()
@@ -96,7 +105,7 @@ class Ticket(BaseModel):
             return True
         return False
 
-    def resolve(self, result: str, *, by: str, now: datetime) -> None:
+    def resolve(self, result: str, *, by: str, now: datetime) -> TicketResolvedV1:
         """Close the case with its result and record whether each SLA target was kept.
 
         Resolving answers the customer: with no earlier progress note, the
@@ -117,8 +126,16 @@ class Ticket(BaseModel):
         self.resolved_at, self.resolved_by, self.result = now, by, result
         self.first_response_breached = self.first_response_at > self.first_response_due_at
         self.resolution_breached = now > self.resolution_due_at
+        return TicketResolvedV1(
+            ticket_id=self.ticket_id,
+            account_id=self.account_id,
+            first_response_seconds=self.first_response_seconds,
+            resolution_seconds=_seconds_between(self.opened_at, now),
+            first_response_breached=self.first_response_breached,
+            resolution_breached=self.resolution_breached,
+        )
 
-    def rate(self, csat: int, *, by: str, now: datetime) -> None:
+    def rate(self, csat: int, *, by: str, now: datetime) -> TicketRatedV1:
         """The customer's satisfaction (1-5), once, and only for a resolved case."""
         validate_csat(csat)
         if self.status != TicketStatus.RESOLVED:
@@ -135,6 +152,7 @@ class Ticket(BaseModel):
                 csat=self.csat,
             )
         self.csat, self.rated_at, self.rated_by = csat, now, by
+        return TicketRatedV1(ticket_id=self.ticket_id, account_id=self.account_id, csat=csat)
 
 
 def validate_csat(csat: int) -> int:

@@ -18,8 +18,8 @@ from crm_platform.clock import now_millis
 from crm_platform.errors import NotFound
 
 from service_desk.domain.reviews import CommitmentReview, arrive
-from service_desk.lifecycle import Uow
 from service_desk.repository import SuccessUnit
+from service_desk.repository import SuccessUoW as Uow
 
 log = logging.getLogger("crm.service_desk.reviews")
 

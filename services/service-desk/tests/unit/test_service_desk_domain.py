@@ -113,10 +113,10 @@ def test_onboarding_completes_when_the_last_item_is_ticked() -> None:
     acc = _account()
     keys = [i.key for i in acc.onboarding.checklist]
     for n, key in enumerate(keys[:-1]):
-        assert acc.complete_item(key, by="carla", now=T0 + timedelta(days=n)) is False
+        assert acc.complete_item(key, by="carla", now=T0 + timedelta(days=n)) is None
     assert acc.onboarding.status == OnboardingStatus.IN_PROGRESS
     done_at = T0 + timedelta(days=10)
-    assert acc.complete_item(keys[-1], by="carla", now=done_at) is True
+    assert acc.complete_item(keys[-1], by="carla", now=done_at) is not None
     assert acc.onboarding.status == OnboardingStatus.COMPLETED
     assert acc.onboarding.completed_at == done_at
     assert acc.onboarding.duration_seconds == 10 * 86400

@@ -4,7 +4,7 @@ managers, renewals, check-ins, health and surveys.
 The service layer in the shape of docs/SERVICE-GUIDE.md: one function per command, each
 ``uow.run(work)`` where ``work`` loads through the unit's repositories, lets ONE domain
 function decide, saves and emits (one transaction with the outbox). Unit tests run them on
-``fakes.py``; the app on ``store.MongoUnitOfWork``.
+``fakes.py``; the app on ``crm_platform.uow.MongoUnitOfWork`` over ``store.MongoSuccessUnit``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -26,16 +26,15 @@ from crm_contracts.events.service_desk import (
     Sentiment,
     SurveyAnsweredV1,
     SurveyKind,
-    TicketRatedV1,
 )
-from crm_platform.auth import Principal
+from crm_platform.actor import Actor
 from crm_platform.clock import to_millis
 from crm_platform.errors import Conflict, NotFound, RuleViolation
 from crm_platform.money import to_wire
-from crm_platform.uow import UnitOfWork
 from pymongo.errors import PyMongoError
 
-from service_desk.domain import access, checkins, health, surveys
+from service_desk.domain import checkins, health, surveys
+from service_desk.domain.access import book_of
 from service_desk.domain.accounts import (
     Account,
     AccountStatus,
@@ -65,11 +64,13 @@ from service_desk.domain.roster import active_csms
 from service_desk.domain.success_config import SuccessConfig
 from service_desk.domain.surveys import Survey
 from service_desk.domain.tickets import TicketStatus
-from service_desk.repository import Meta, SuccessUnit
+from service_desk.handlers.loading import load_account as _load
+from service_desk.handlers.loading import load_ticket
+from service_desk.repository import Meta, SuccessUnit, SuccessUoW
 
 log = logging.getLogger("crm.service_desk.health")
 
-Uow = UnitOfWork[SuccessUnit]
+Uow = SuccessUoW
 
 
 def now_millis(uow: Uow) -> datetime:
@@ -77,17 +78,8 @@ def now_millis(uow: Uow) -> datetime:
     return to_millis(uow.clock())
 
 
-def visible(user: Principal, account_id: str, account: Account | None) -> Account:
-    """The account, or 404 when it does not exist or is outside the user's book."""
-    if account is None or not access.can_see_account(
-        user.roles, user.user_id, account.csm, account.account_manager
-    ):
-        raise NotFound(f"account {account_id} not found", account_id=account_id)
-    return account
-
-
-async def load(unit: SuccessUnit, user: Principal, account_id: str) -> Account:
-    return visible(user, account_id, await unit.accounts.get(account_id))
+async def load(unit: SuccessUnit, user: Actor, account_id: str) -> Account:
+    return await _load(unit, user, account_id)
 
 
 # --- configuration ------------------------------------------------------------------------------
@@ -100,7 +92,7 @@ async def success_config(uow: Uow) -> tuple[SuccessConfig, Meta]:
     return await uow.run(work)
 
 
-async def replace_success_config(uow: Uow, config: SuccessConfig, user: Principal) -> Meta:
+async def replace_success_config(uow: Uow, config: SuccessConfig, user: Actor) -> Meta:
     meta: Meta = {"updated_at": now_millis(uow), "updated_by": user.user_id}
 
     async def work(unit: SuccessUnit) -> None:
@@ -113,7 +105,7 @@ async def replace_success_config(uow: Uow, config: SuccessConfig, user: Principa
 # --- tiers and account managers -----------------------------------------------------------------
 
 
-async def change_tier(uow: Uow, account_id: str, tier_name: str, user: Principal) -> Account:
+async def change_tier(uow: Uow, account_id: str, tier_name: str, user: Actor) -> Account:
     now = now_millis(uow)
 
     async def work(unit: SuccessUnit) -> Account:
@@ -132,19 +124,16 @@ async def change_tier(uow: Uow, account_id: str, tier_name: str, user: Principal
 
 
 async def assign_account_manager(
-    uow: Uow, account_id: str, manager: str | None, reason: str | None, user: Principal
+    uow: Uow, account_id: str, manager: str | None, reason: str | None, user: Actor
 ) -> Account:
     """Name (or, with ``None``, remove) the account manager; every change is recorded."""
     now = now_millis(uow)
 
     async def work(unit: SuccessUnit) -> Account:
         account = await load(unit, user, account_id)
-        if manager is not None and manager not in active_csms(await unit.settings.roster()):
-            raise RuleViolation(
-                f"user {manager!r} is not an active CSM on the roster (PUT /csms)", field="user_id"
-            )
-        if account.account_manager != manager:  # the same manager again changes (and records) nothing
-            account.reassign(AssignmentRole.ACCOUNT_MANAGER, manager, by=user.user_id, now=now, reason=reason)
+        active = active_csms(await unit.settings.roster())
+        role = AssignmentRole.ACCOUNT_MANAGER
+        if account.assign(role, manager, active=active, by=user.user_id, now=now, reason=reason):
             await unit.accounts.save(account)
         return account
 
@@ -154,15 +143,8 @@ async def assign_account_manager(
 # --- renewals -----------------------------------------------------------------------------------
 
 
-def book_of(user: Principal, manager: str | None) -> tuple[bool, str | None]:
-    """(may see anything, whose accounts): a CSM sees only their own; reps and admins anyone's."""
-    if access.sees_all(user.roles):
-        return True, manager
-    return manager is None or manager == user.user_id, user.user_id
-
-
 async def renewals_due(
-    uow: Uow, manager: str | None, window_days: int | None, user: Principal
+    uow: Uow, manager: str | None, window_days: int | None, user: Actor
 ) -> list[RenewalDue]:
     """The renewal list: renewals due within the window (default: configured), overdue first."""
     allowed, member = book_of(user, manager)
@@ -180,7 +162,7 @@ async def renewals_due(
 
 
 async def record_renewal_outcome(
-    uow: Uow, account_id: str, decision: RenewalDecision, user: Principal
+    uow: Uow, account_id: str, decision: RenewalDecision, user: Actor
 ) -> RenewalRecord:
     now, renewal_id = now_millis(uow), uow.new_id()
 
@@ -213,7 +195,7 @@ def renewal_recorded(record: RenewalRecord) -> RenewalRecordedV1:
     )
 
 
-async def account_renewals(uow: Uow, account_id: str, user: Principal) -> list[RenewalRecord]:
+async def account_renewals(uow: Uow, account_id: str, user: Actor) -> list[RenewalRecord]:
     async def work(unit: SuccessUnit) -> list[RenewalRecord]:
         await load(unit, user, account_id)
         return await unit.renewals.of_account(account_id)
@@ -232,7 +214,7 @@ class CheckInEntry:
     notes: str | None = None
 
 
-async def log_checkin(uow: Uow, account_id: str, entry: CheckInEntry, user: Principal) -> CheckIn:
+async def log_checkin(uow: Uow, account_id: str, entry: CheckInEntry, user: Actor) -> CheckIn:
     now, checkin_id = now_millis(uow), uow.new_id()
 
     async def work(unit: SuccessUnit) -> CheckIn:
@@ -270,7 +252,7 @@ def checkin_logged(account: Account, checkin: CheckIn) -> CheckInLoggedV1:
     )
 
 
-async def account_checkins(uow: Uow, account_id: str, user: Principal) -> list[CheckIn]:
+async def account_checkins(uow: Uow, account_id: str, user: Actor) -> list[CheckIn]:
     async def work(unit: SuccessUnit) -> list[CheckIn]:
         await load(unit, user, account_id)
         return await unit.checkins.of_account(account_id)
@@ -278,7 +260,7 @@ async def account_checkins(uow: Uow, account_id: str, user: Principal) -> list[C
     return await uow.run(work)
 
 
-async def checkins_due(uow: Uow, csm: str | None, horizon_days: int, user: Principal) -> list[CheckInDue]:
+async def checkins_due(uow: Uow, csm: str | None, horizon_days: int, user: Actor) -> list[CheckInDue]:
     """Due (within the horizon) and overdue check-ins: a CSM's own; reps and admins anyone's."""
     allowed, member = book_of(user, csm)
     now = now_millis(uow)
@@ -385,7 +367,7 @@ async def rescore(uow: Uow, account_id: str) -> None:
     await uow.run(work)
 
 
-async def recompute_health(uow: Uow, user: Principal) -> int:
+async def recompute_health(uow: Uow, user: Actor) -> int:
     """Score every active account of the user's book again (time moves: check-ins and renewals
     fall overdue, breaches leave the window); one transaction per account. Returns how many."""
     _, member = book_of(user, None)
@@ -427,7 +409,7 @@ class HealthView:
     history: list[HealthRecord]
 
 
-async def account_health(uow: Uow, account_id: str, user: Principal) -> HealthView:
+async def account_health(uow: Uow, account_id: str, user: Actor) -> HealthView:
     async def work(unit: SuccessUnit) -> HealthView:
         account = await load(unit, user, account_id)
         return HealthView(account.health, await unit.health.history(account_id))
@@ -442,7 +424,7 @@ async def health_rules(uow: Uow) -> RuleSet:
     return await uow.run(work)
 
 
-async def replace_health_rules(uow: Uow, rules: HealthRules, user: Principal) -> RuleSet:
+async def replace_health_rules(uow: Uow, rules: HealthRules, user: Actor) -> RuleSet:
     """Save the rules as the next version; scores from now on name it."""
     now = now_millis(uow)
 
@@ -455,7 +437,7 @@ async def replace_health_rules(uow: Uow, rules: HealthRules, user: Principal) ->
     return await uow.run(work)
 
 
-async def churn_warnings(uow: Uow, manager: str | None, user: Principal) -> list[Account]:
+async def churn_warnings(uow: Uow, manager: str | None, user: Actor) -> list[Account]:
     """Accounts whose churn warning is raised, for their account manager (a CSM: their own)."""
     allowed, member = book_of(user, manager)
 
@@ -481,7 +463,7 @@ async def warning_hit_rate(uow: Uow, lookback_days: int) -> health.HitRate:
     return await uow.run(work)
 
 
-async def record_usage(uow: Uow, account_id: str, usage: Usage, user: Principal) -> Account:
+async def record_usage(uow: Uow, account_id: str, usage: Usage, user: Actor) -> Account:
     now = now_millis(uow)
 
     async def work(unit: SuccessUnit) -> Account:
@@ -502,20 +484,13 @@ class SentSurvey:
     token: str
 
 
-async def send_csat(uow: Uow, ticket_id: str, secret: bytes, user: Principal) -> SentSurvey:
+async def send_csat(uow: Uow, ticket_id: str, secret: bytes, user: Actor) -> SentSurvey:
     """A CSAT survey for a resolved ticket (one per ticket), answered by the customer's link."""
     now, survey_id = now_millis(uow), uow.new_id()
 
     async def work(unit: SuccessUnit) -> Survey:
-        ticket = await unit.tickets.get(ticket_id)
-        account = await unit.accounts.get(ticket.account_id) if ticket else None
-        if (
-            ticket is None
-            or account is None
-            or not access.can_see_ticket(
-                user.roles, user.user_id, assignee=ticket.assignee, account_csm=account.csm
-            )
-        ):
+        ticket, account = await load_ticket(unit, user, ticket_id)
+        if account is None:
             raise NotFound(f"ticket {ticket_id} not found", ticket_id=ticket_id)
         if ticket.status != TicketStatus.RESOLVED:
             raise Conflict(f"ticket {ticket_id} is not resolved yet", ticket_id=ticket_id)
@@ -560,7 +535,7 @@ async def _send_nps(
     return survey
 
 
-async def send_nps(uow: Uow, account_id: str, secret: bytes, user: Principal) -> SentSurvey:
+async def send_nps(uow: Uow, account_id: str, secret: bytes, user: Actor) -> SentSurvey:
     """An NPS survey for one account, if its schedule (``nps_every_days``) says one is due."""
     now, survey_id = now_millis(uow), uow.new_id()
 
@@ -575,7 +550,7 @@ async def send_nps(uow: Uow, account_id: str, secret: bytes, user: Principal) ->
     return SentSurvey(survey, surveys.sign(secret, survey))
 
 
-async def send_due_nps(uow: Uow, secret: bytes, user: Principal) -> list[SentSurvey]:
+async def send_due_nps(uow: Uow, secret: bytes, user: Actor) -> list[SentSurvey]:
     """The scheduled NPS round: a survey for every active account of the book that is due one."""
     _, member = book_of(user, None)
 
@@ -637,12 +612,9 @@ async def answer_survey(uow: Uow, token: str, score: int, comment: str | None, s
 async def _rate_ticket(unit: SuccessUnit, survey: Survey, journey_id: str | None) -> None:
     ticket = await unit.tickets.get(survey.ticket_id or "")
     if ticket is not None and ticket.csat is None and survey.score is not None and survey.answered_at:
-        ticket.rate(survey.score, by="customer", now=survey.answered_at)
+        rated = ticket.rate(survey.score, by="customer", now=survey.answered_at)
         await unit.tickets.save(ticket)
-        unit.emit(
-            TicketRatedV1(ticket_id=ticket.ticket_id, account_id=ticket.account_id, csat=survey.score),
-            correlation_id=journey_id,
-        )
+        unit.emit(rated, correlation_id=journey_id)
 
 
 def survey_answered(survey: Survey) -> SurveyAnsweredV1:
@@ -660,18 +632,9 @@ def survey_answered(survey: Survey) -> SurveyAnsweredV1:
     )
 
 
-async def account_surveys(uow: Uow, account_id: str, user: Principal) -> list[Survey]:
+async def account_surveys(uow: Uow, account_id: str, user: Actor) -> list[Survey]:
     async def work(unit: SuccessUnit) -> list[Survey]:
         await load(unit, user, account_id)
         return await unit.surveys.of_account(account_id)
 
     return await uow.run(work)
-
-
-def rescorer(uow: Uow) -> Callable[[str], Awaitable[None]]:
-    """What the older handlers (tickets, commitments, onboarding) call after their commit."""
-
-    async def after_change(account_id: str) -> None:
-        await rescore(uow, account_id)
-
-    return after_change
