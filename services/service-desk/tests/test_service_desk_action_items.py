@@ -21,9 +21,15 @@ from crm_contracts.events.sales import DealWonV1
 from crm_platform.clock import ManualClock
 from crm_platform.mongo import HANDOFFS_SENT
 from crm_platform.settings import ServiceSettings
-from crm_platform.testing import TopicReader, eventually, produce_envelope, running_app, token_for
+from crm_platform.testing import (
+    TopicReader,
+    eventually,
+    produce_envelope,
+    running_app,
+    start_group_at_end,
+    token_for,
+)
 from fastapi import FastAPI
-from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from service_desk.main import create_app
 
 pytestmark = pytest.mark.integration
@@ -81,22 +87,11 @@ class Desk:
         return await reader.wait_for(find, what=f"{event_type} {match}")
 
 
-def start_group_at_end(bootstrap: str, group: str, topics: list[str]) -> None:
-    """The fresh group skips what other suites left on the shared broker (thousands of
-    fuzz records on these topics): only this module's events matter."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
-        consumer.commit({tp: OffsetAndMetadata(end, "", -1) for tp, end in consumer.end_offsets(tps).items()})
-    finally:
-        consumer.close()
-
-
 @pytest.fixture(scope="module")
 async def desk(desk_settings: Callable[..., ServiceSettings], kafka_bootstrap: str) -> AsyncIterator[Desk]:
     clock = ManualClock(utcnow())
     settings = desk_settings(CRM_ACTION_ITEM_ESCALATION_SECONDS=3600)
-    start_group_at_end(kafka_bootstrap, settings.group_id, list(CONSUMES["service-desk"]))
+    await start_group_at_end(kafka_bootstrap, settings.group_id, list(CONSUMES["service-desk"]))
     app = create_app(settings, clock=clock)
     async with running_app(app) as client:
         d = Desk(app, client, clock, kafka_bootstrap)

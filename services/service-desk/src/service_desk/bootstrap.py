@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from service_desk import action_items, consumers, store
 from service_desk.api import accounts, admin, lifecycle, public, reviews, success, tickets
+from service_desk.api import action_items as action_items_api
 from service_desk.handlers.success import keep_health_current
 from service_desk.repository import SuccessUnit
 from service_desk.settings import health_recompute_seconds, survey_base_url, survey_secret
@@ -48,7 +49,7 @@ def build_app(settings: ServiceSettings, *, clock: Clock = system_clock) -> Fast
             lifecycle.router,
             success.router,
             reviews.router,
-            action_items.router,
+            action_items_api.router,
             action_items.queue_router,
         ],
         public=[public.router],
@@ -56,5 +57,5 @@ def build_app(settings: ServiceSettings, *, clock: Clock = system_clock) -> Fast
     app.state.uow = uow
     app.state.survey_secret = survey_secret(settings)
     app.state.survey_base_url = survey_base_url(settings)
-    action_items.wire(app, runtime, clock)
+    action_items.wire(app, runtime, uow, clock)
     return app

@@ -9,12 +9,13 @@ events and the handoff receipt commit together).
 from __future__ import annotations
 
 from crm_contracts.access import CONSUMES
+from crm_contracts.events.action_items import CUSTOMER_SUCCESS, UPDATED_BY_DEPARTMENT
 from crm_contracts.events.sales import CommitmentReviewRequestedV1, DealWonV1
 from crm_platform.runtime import Subscription
 from crm_platform.uow import MongoUnitOfWork, bind_event
 
-from service_desk import action_items
 from service_desk.handlers.accounts import on_deal_won
+from service_desk.handlers.action_items import on_outcome
 from service_desk.handlers.reviews import on_review_requested
 from service_desk.repository import SuccessUnit
 from service_desk.settings import DEPARTMENT
@@ -28,6 +29,11 @@ def subscription(uow: MongoUnitOfWork[SuccessUnit]) -> Subscription:
     handlers = {
         DealWonV1.event_type: bind_event(uow, on_deal_won),
         CommitmentReviewRequestedV1.event_type: bind_event(uow, on_review_requested),
-        **action_items.HANDLERS,
+        # what marketing and sales did with the action items customer success raised
+        **{
+            UPDATED_BY_DEPARTMENT[d].event_type: bind_event(uow, on_outcome)
+            for d in UPDATED_BY_DEPARTMENT
+            if d != CUSTOMER_SUCCESS
+        },
     }
     return Subscription(topics=list(TOPICS), handlers=handlers, department=DEPARTMENT)

@@ -6,19 +6,20 @@ import copy
 from datetime import datetime
 
 from crm_contracts.events.service_desk import SurveyKind
+from crm_platform.action_items.repository import InMemoryActionItems
 from crm_platform.uow import FakeUnit
 
 from service_desk.domain.accounts import Account, AccountStatus
 from service_desk.domain.checkins import CheckIn
 from service_desk.domain.config import ConfigRecord, default_config
 from service_desk.domain.health import HealthRecord, HealthRules, RiskChange, RuleSet
+from service_desk.domain.raised_items import RaisedItem
 from service_desk.domain.renewals import RenewalRecord
 from service_desk.domain.reviews import CommitmentReview
 from service_desk.domain.roster import CsmEntry, RosterRecord
-from service_desk.domain.success_config import SuccessConfig
+from service_desk.domain.success_config import SuccessConfig, SuccessConfigRecord
 from service_desk.domain.surveys import Survey
 from service_desk.domain.tickets import Ticket
-from service_desk.repository import Meta
 
 
 class InMemoryAccounts:
@@ -189,8 +190,7 @@ class InMemorySettings:
         self.roster_stamp: tuple[datetime | None, str | None] = (None, None)
         self.turns = 0
         self.desk = ConfigRecord(default_config())
-        self.success: SuccessConfig = SuccessConfig()
-        self.meta: Meta = {}
+        self.success = SuccessConfigRecord(SuccessConfig())
 
     async def roster(self) -> list[CsmEntry]:
         return list(self.csms)
@@ -212,11 +212,14 @@ class InMemorySettings:
     async def save_desk_config(self, record: ConfigRecord) -> None:
         self.desk = record
 
-    async def config(self) -> tuple[SuccessConfig, Meta]:
-        return self.success, dict(self.meta)
+    async def config(self) -> SuccessConfig:
+        return self.success.config
 
-    async def save_config(self, config: SuccessConfig, meta: Meta) -> None:
-        self.success, self.meta = config, dict(meta)
+    async def config_record(self) -> SuccessConfigRecord:
+        return self.success
+
+    async def save_config(self, record: SuccessConfigRecord) -> None:
+        self.success = record
 
 
 class InMemoryReviews:
@@ -242,6 +245,25 @@ class InMemoryReviews:
         return sorted(found, key=lambda r: r.requested_at, reverse=True)
 
 
+class InMemoryRaisedItems:
+    def __init__(self) -> None:
+        self.items: dict[str, RaisedItem] = {}
+
+    async def get(self, item_id: str) -> RaisedItem | None:
+        found = self.items.get(item_id)
+        return copy.deepcopy(found) if found else None
+
+    async def add(self, item: RaisedItem) -> None:
+        if item.item_id in self.items:
+            raise KeyError(f"action item {item.item_id} exists")
+        self.items[item.item_id] = copy.deepcopy(item)
+
+    async def save(self, item: RaisedItem) -> None:
+        if item.item_id not in self.items:
+            raise KeyError(f"action item {item.item_id} was never added")
+        self.items[item.item_id] = copy.deepcopy(item)
+
+
 class FakeSuccessUnit(FakeUnit):
     """The in-memory unit: fakes of every repository; emitted events are kept in ``events``."""
 
@@ -255,3 +277,5 @@ class FakeSuccessUnit(FakeUnit):
         self.tickets = InMemoryTickets()
         self.surveys = InMemorySurveys()
         self.reviews = InMemoryReviews()
+        self.raised = InMemoryRaisedItems()
+        self.action_queue = InMemoryActionItems()

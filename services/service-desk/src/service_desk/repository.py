@@ -8,24 +8,24 @@ The MongoDB implementations are in ``store.py``, the in-memory fakes in ``fakes.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from crm_contracts.base import Event
 from crm_contracts.events.service_desk import SurveyKind
+from crm_platform.action_items.repository import ActionItemRepository
 from crm_platform.uow import UnitOfWork
 
 from service_desk.domain.accounts import Account
 from service_desk.domain.checkins import CheckIn
 from service_desk.domain.config import ConfigRecord
 from service_desk.domain.health import HealthRecord, RiskChange, RuleSet
+from service_desk.domain.raised_items import RaisedItem
 from service_desk.domain.renewals import RenewalRecord
 from service_desk.domain.reviews import CommitmentReview
 from service_desk.domain.roster import CsmEntry, RosterRecord
-from service_desk.domain.success_config import SuccessConfig
+from service_desk.domain.success_config import SuccessConfig, SuccessConfigRecord
 from service_desk.domain.surveys import Survey
 from service_desk.domain.tickets import Ticket
-
-Meta = dict[str, Any]
 
 
 class AccountRepository(Protocol):
@@ -106,6 +106,14 @@ class CommitmentReviewRepository(Protocol):
         ...
 
 
+class RaisedItemRepository(Protocol):
+    """The action items customer success raised (their outcomes recorded on them)."""
+
+    async def get(self, item_id: str) -> RaisedItem | None: ...
+    async def add(self, item: RaisedItem) -> None: ...
+    async def save(self, item: RaisedItem) -> None: ...
+
+
 class SettingsRepository(Protocol):
     """The CSM roster and its round-robin turns, the desk's and customer success' configuration."""
 
@@ -122,8 +130,12 @@ class SettingsRepository(Protocol):
         ...
 
     async def save_desk_config(self, record: ConfigRecord) -> None: ...
-    async def config(self) -> tuple[SuccessConfig, Meta]: ...
-    async def save_config(self, config: SuccessConfig, meta: Meta) -> None: ...
+    async def config(self) -> SuccessConfig:
+        """Customer success' tiers, cadences and windows (the defaults until someone saves others)."""
+        ...
+
+    async def config_record(self) -> SuccessConfigRecord: ...
+    async def save_config(self, record: SuccessConfigRecord) -> None: ...
 
 
 class SuccessUnit(Protocol):
@@ -145,6 +157,12 @@ class SuccessUnit(Protocol):
     def surveys(self) -> SurveyRepository: ...
     @property
     def reviews(self) -> CommitmentReviewRepository: ...
+    @property
+    def raised(self) -> RaisedItemRepository: ...
+    @property
+    def action_queue(self) -> ActionItemRepository:
+        """Customer success' own action-item queue (``crm_platform.action_items``)."""
+        ...
 
     def emit(self, event: Event, *, correlation_id: str | None = None) -> None: ...
 

@@ -5,12 +5,14 @@ the indexes, and the read-side queries the API lists with (``list_*``, no transa
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from crm_contracts.events.common import Money
 from crm_contracts.events.sales import Commitment
 from crm_contracts.events.service_desk import CommitmentDecision, SurveyKind
+from crm_platform.action_items.repository import MongoActionItems
 from crm_platform.counters import RoundRobinCounter
 from crm_platform.mongo import Tx
 from crm_platform.uow import MongoUnit
@@ -22,10 +24,11 @@ from service_desk.domain.accounts import Account, AccountStatus, OnboardingStatu
 from service_desk.domain.checkins import CheckIn
 from service_desk.domain.config import ConfigRecord, ServiceDeskConfig, default_config
 from service_desk.domain.health import HealthRecord, HealthRules, RiskChange, RuleSet
+from service_desk.domain.raised_items import RaisedItem, RaisedSource, RaisedStep
 from service_desk.domain.renewals import RenewalRecord
 from service_desk.domain.reviews import CommitmentReview, ReviewStatus
 from service_desk.domain.roster import CsmEntry, RosterRecord
-from service_desk.domain.success_config import SuccessConfig
+from service_desk.domain.success_config import SuccessConfig, SuccessConfigRecord
 from service_desk.domain.surveys import Survey
 from service_desk.domain.tickets import Ticket, TicketStatus
 
@@ -42,6 +45,7 @@ HEALTH_RULES = "health_rules"
 CHURN_WARNINGS = "churn_warnings"
 SURVEYS = "surveys"
 REVIEWS = "commitment_reviews"
+RAISED = "raised_action_items"  # the items customer success raised, with their outcomes
 
 ROSTER_ID = "csm_roster"
 CONFIG_ID = "config"
@@ -82,8 +86,11 @@ async def ensure_indexes(db: AsyncDatabase[Doc]) -> None:
     )
     await db[REVIEWS].create_index([("deal_id", ASCENDING), ("requested_at", DESCENDING)], name="by_deal")
     await db[REVIEWS].create_index([("status", ASCENDING), ("received_at", ASCENDING)], name="by_status")
+    await db[RAISED].create_index([("account_id", ASCENDING), ("raised_at", DESCENDING)], name="by_account")
+    await db[RAISED].create_index([("department", ASCENDING), ("status", ASCENDING)], name="by_department")
     existing = set(await db.list_collection_names())
     for name in (
+        RAISED,
         SETTINGS,
         COUNTERS,
         RENEWALS,
@@ -354,22 +361,24 @@ class MongoSettings(_Collection):
         doc = {"config": record.config.model_dump(mode="json"), **_stamp(record)}
         await self.db[SETTINGS].replace_one({"_id": CONFIG_ID}, doc, upsert=True, session=self.session)
 
-    async def config(self) -> tuple[SuccessConfig, Doc]:
+    async def config(self) -> SuccessConfig:
+        return (await self.config_record()).config
+
+    async def config_record(self) -> SuccessConfigRecord:
         doc = await self.db[SETTINGS].find_one({"_id": SUCCESS_CONFIG_ID}, session=self.session)
         if doc is None:
-            return SuccessConfig(), {}
-        return SuccessConfig.model_validate(doc["config"]), doc
+            return SuccessConfigRecord(SuccessConfig())
+        config = SuccessConfig.model_validate(doc["config"])
+        return SuccessConfigRecord(config, doc.get("updated_at"), doc.get("updated_by"))
 
-    async def save_config(self, config: SuccessConfig, meta: Doc) -> None:
+    async def save_config(self, record: SuccessConfigRecord) -> None:
+        doc = {"config": record.config.model_dump(mode="python"), **_stamp(record)}
         await self.db[SETTINGS].replace_one(
-            {"_id": SUCCESS_CONFIG_ID},
-            {"config": config.model_dump(mode="python"), **meta},
-            upsert=True,
-            session=self.session,
+            {"_id": SUCCESS_CONFIG_ID}, doc, upsert=True, session=self.session
         )
 
 
-def _stamp(record: RosterRecord | ConfigRecord) -> Doc:
+def _stamp(record: RosterRecord | ConfigRecord | SuccessConfigRecord) -> Doc:
     return {"updated_at": record.updated_at, "updated_by": record.updated_by}
 
 
@@ -426,6 +435,59 @@ async def list_reviews(
     return [review_from_doc(d) for d in await cursor.to_list()]
 
 
+# --- the action items customer success raised -----------------------------------------------------
+
+
+def raised_doc(item: RaisedItem) -> Doc:
+    doc = asdict(item)
+    return {"_id": doc.pop("item_id"), "item_id": item.item_id, **doc}
+
+
+def raised_from_doc(doc: Doc) -> RaisedItem:
+    fields = {k: v for k, v in doc.items() if k in RaisedItem.__dataclass_fields__}
+    return RaisedItem(
+        **{
+            **fields,
+            "item_id": str(doc["_id"]),
+            "source": RaisedSource(**doc["source"]),
+            "history": [RaisedStep(**step) for step in doc.get("history", [])],
+        }
+    )
+
+
+class MongoRaisedItems(_Collection):
+    async def get(self, item_id: str) -> RaisedItem | None:
+        doc = await self.db[RAISED].find_one({"_id": item_id}, session=self.session)
+        return raised_from_doc(doc) if doc else None
+
+    async def add(self, item: RaisedItem) -> None:
+        await self.db[RAISED].insert_one(raised_doc(item), session=self.session)
+
+    async def save(self, item: RaisedItem) -> None:
+        doc = raised_doc(item)
+        await self.db[RAISED].update_one({"_id": doc.pop("_id")}, {"$set": doc}, session=self.session)
+
+
+async def list_raised(
+    db: AsyncDatabase[Doc],
+    *,
+    account_id: str | None = None,
+    department: str | None = None,
+    raised_by: str | None = None,
+    limit: int = 100,
+) -> list[RaisedItem]:
+    """The API's listing of raised items, newest first."""
+    query: Doc = {}
+    if account_id is not None:
+        query["account_id"] = account_id
+    if raised_by is not None:
+        query["raised_by"] = raised_by
+    if department is not None:
+        query["department"] = department
+    cursor = db[RAISED].find(query).sort("raised_at", DESCENDING).limit(limit)
+    return [raised_from_doc(d) for d in await cursor.to_list()]
+
+
 class MongoSuccessUnit(MongoUnit):
     """One transaction's customer-success unit: the repositories over ``tx``; events to the outbox."""
 
@@ -439,3 +501,5 @@ class MongoSuccessUnit(MongoUnit):
         self.tickets = MongoTickets(tx.db, tx.session)
         self.surveys = MongoSurveys(tx.db, tx.session)
         self.reviews = MongoReviews(tx.db, tx.session)
+        self.raised = MongoRaisedItems(tx.db, tx.session)
+        self.action_queue = MongoActionItems(tx.db, tx.session)

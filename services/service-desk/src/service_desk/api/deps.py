@@ -32,8 +32,7 @@ async def get_survey_secret(request: Request) -> bytes:
 
 
 async def get_success_config(uow: Annotated[MongoUnitOfWork[SuccessUnit], Depends(get_uow)]) -> SuccessConfig:
-    config, _ = await success.success_config(uow)
-    return config
+    return (await success.success_config(uow)).config
 
 
 UowDep = Annotated[MongoUnitOfWork[SuccessUnit], Depends(get_uow)]

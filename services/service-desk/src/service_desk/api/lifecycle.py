@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from service_desk.api.deps import ADMINS, CSM_LEADS, SERVICE_DESK_ROLES, Success, UowDep
 from service_desk.api.models import AccountOut, Body, TermOut
 from service_desk.domain.renewals import RenewalDecision, RenewalDue, RenewalRecord
-from service_desk.domain.success_config import SuccessConfig
+from service_desk.domain.success_config import SuccessConfig, SuccessConfigRecord
 from service_desk.handlers import success as lifecycle
 
 router = APIRouter(tags=["customer success"], dependencies=[SERVICE_DESK_ROLES])
@@ -28,13 +28,14 @@ class SuccessConfigOut(SuccessConfig):
     updated_at: datetime | None = None
     updated_by: str | None = None
 
+    @classmethod
+    def of(cls, record: SuccessConfigRecord) -> SuccessConfigOut:
+        return cls(**record.config.model_dump(), updated_at=record.updated_at, updated_by=record.updated_by)
+
 
 @router.get("/success/config", response_model=SuccessConfigOut, summary="Tiers, cadences, renewal window")
 async def get_success_config(uow: UowDep) -> SuccessConfigOut:
-    config, meta = await lifecycle.success_config(uow)
-    return SuccessConfigOut(
-        **config.model_dump(), updated_at=meta.get("updated_at"), updated_by=meta.get("updated_by")
-    )
+    return SuccessConfigOut.of(await lifecycle.success_config(uow))
 
 
 @router.put(
@@ -43,9 +44,8 @@ async def get_success_config(uow: UowDep) -> SuccessConfigOut:
     summary="Replace the customer success configuration (tiers apply to accounts created afterwards)",
     dependencies=[ADMINS],
 )
-async def put_success_config(body: SuccessConfig, uow: UowDep, user: CurrentActor) -> SuccessConfigOut:
-    meta = await lifecycle.replace_success_config(uow, body, user)
-    return SuccessConfigOut(**body.model_dump(), **meta)
+async def put_success_config(body: SuccessConfig, uow: UowDep, actor: CurrentActor) -> SuccessConfigOut:
+    return SuccessConfigOut.of(await lifecycle.replace_success_config(uow, body, actor))
 
 
 # --- tiers and account managers -----------------------------------------------------------------
@@ -69,9 +69,9 @@ class AccountManagerIn(Body):
     dependencies=[CSM_LEADS],
 )
 async def put_tier(
-    account_id: str, body: TierIn, uow: UowDep, user: CurrentActor, success: Success
+    account_id: str, body: TierIn, uow: UowDep, actor: CurrentActor, success: Success
 ) -> AccountOut:
-    return AccountOut.of(await lifecycle.change_tier(uow, account_id, body.tier.strip(), user), success)
+    return AccountOut.of(await lifecycle.change_tier(uow, account_id, body.tier.strip(), actor), success)
 
 
 @router.put(
@@ -81,10 +81,10 @@ async def put_tier(
     dependencies=[CSM_LEADS],
 )
 async def put_account_manager(
-    account_id: str, body: AccountManagerIn, uow: UowDep, user: CurrentActor, success: Success
+    account_id: str, body: AccountManagerIn, uow: UowDep, actor: CurrentActor, success: Success
 ) -> AccountOut:
     manager = body.user_id.strip() if body.user_id else None
-    account = await lifecycle.assign_account_manager(uow, account_id, manager or None, body.reason, user)
+    account = await lifecycle.assign_account_manager(uow, account_id, manager or None, body.reason, actor)
     return AccountOut.of(account, success)
 
 
@@ -172,12 +172,12 @@ class RenewalsDue(BaseModel):
 )
 async def list_renewals(
     uow: UowDep,
-    user: CurrentActor,
+    actor: CurrentActor,
     success: Success,
     manager: Annotated[str | None, Query(max_length=100, description="An account manager's user id")] = None,
     window_days: Annotated[int | None, Query(ge=1, le=730)] = None,
 ) -> RenewalsDue:
-    due = await lifecycle.renewals_due(uow, manager, window_days, user)
+    due = await lifecycle.renewals_due(uow, manager, window_days, actor)
     items = [RenewalDueOut.of(d) for d in due]
     return RenewalsDue(window_days=window_days or success.renewal_window_days, items=items, count=len(items))
 
@@ -188,7 +188,7 @@ async def list_renewals(
     status_code=status.HTTP_201_CREATED,
     summary="Record the renewal's outcome (account.renewal_recorded)",
 )
-async def post_renewal(account_id: str, body: RenewalIn, uow: UowDep, user: CurrentActor) -> RenewalOut:
+async def post_renewal(account_id: str, body: RenewalIn, uow: UowDep, actor: CurrentActor) -> RenewalOut:
     decision = RenewalDecision(
         outcome=body.outcome,
         new_amount=body.new_value,
@@ -197,10 +197,10 @@ async def post_renewal(account_id: str, body: RenewalIn, uow: UowDep, user: Curr
         churn_reason=body.churn_reason,
         notes=body.notes,
     )
-    return RenewalOut.of(await lifecycle.record_renewal_outcome(uow, account_id, decision, user))
+    return RenewalOut.of(await lifecycle.record_renewal_outcome(uow, account_id, decision, actor))
 
 
 @router.get("/accounts/{account_id}/renewals", response_model=RenewalList, summary="The account's renewals")
-async def get_renewals(account_id: str, uow: UowDep, user: CurrentActor) -> RenewalList:
-    records = await lifecycle.account_renewals(uow, account_id, user)
+async def get_renewals(account_id: str, uow: UowDep, actor: CurrentActor) -> RenewalList:
+    records = await lifecycle.account_renewals(uow, account_id, actor)
     return RenewalList(items=[RenewalOut.of(r) for r in records], count=len(records))

@@ -87,14 +87,14 @@ class CheckInsDue(BaseModel):
     status_code=status.HTTP_201_CREATED,
     summary="Log a check-in (account.checkin_logged); rescoring the account's health",
 )
-async def post_checkin(account_id: str, body: CheckInIn, uow: UowDep, user: CurrentActor) -> CheckInOut:
+async def post_checkin(account_id: str, body: CheckInIn, uow: UowDep, actor: CurrentActor) -> CheckInOut:
     entry = lifecycle.CheckInEntry(body.held_at, body.attendees, body.sentiment, body.notes)
-    return CheckInOut.of(await lifecycle.log_checkin(uow, account_id, entry, user))
+    return CheckInOut.of(await lifecycle.log_checkin(uow, account_id, entry, actor))
 
 
 @router.get("/accounts/{account_id}/checkins", response_model=CheckInList, summary="The account's check-ins")
-async def get_checkins(account_id: str, uow: UowDep, user: CurrentActor) -> CheckInList:
-    items = [CheckInOut.of(c) for c in await lifecycle.account_checkins(uow, account_id, user)]
+async def get_checkins(account_id: str, uow: UowDep, actor: CurrentActor) -> CheckInList:
+    items = [CheckInOut.of(c) for c in await lifecycle.account_checkins(uow, account_id, actor)]
     return CheckInList(items=items, count=len(items))
 
 
@@ -105,11 +105,11 @@ async def get_checkins(account_id: str, uow: UowDep, user: CurrentActor) -> Chec
 )
 async def get_checkins_due(
     uow: UowDep,
-    user: CurrentActor,
+    actor: CurrentActor,
     csm: Annotated[str | None, Query(max_length=100)] = None,
     horizon_days: Annotated[int, Query(ge=0, le=366)] = 14,
 ) -> CheckInsDue:
-    due = await lifecycle.checkins_due(uow, csm, horizon_days, user)
+    due = await lifecycle.checkins_due(uow, csm, horizon_days, actor)
     return CheckInsDue(items=[CheckInDueOut.of(d) for d in due], count=len(due), per_csm=per_csm(due))
 
 
@@ -225,8 +225,8 @@ class HitRateOut(BaseModel):
 @router.get(
     "/accounts/{account_id}/health", response_model=HealthOut, summary="Health score, reasons, history"
 )
-async def get_health(account_id: str, uow: UowDep, user: CurrentActor) -> HealthOut:
-    view = await lifecycle.account_health(uow, account_id, user)
+async def get_health(account_id: str, uow: UowDep, actor: CurrentActor) -> HealthOut:
+    view = await lifecycle.account_health(uow, account_id, actor)
     return HealthOut(
         account_id=account_id,
         current=HealthStateOut.of(view.state) if view.state else None,
@@ -239,10 +239,10 @@ async def get_health(account_id: str, uow: UowDep, user: CurrentActor) -> Health
     response_model=HealthOut,
     summary="Report usage (licences in use); rescoring health",
 )
-async def put_usage(account_id: str, body: UsageIn, uow: UowDep, user: CurrentActor) -> HealthOut:
+async def put_usage(account_id: str, body: UsageIn, uow: UowDep, actor: CurrentActor) -> HealthOut:
     usage = Usage(active_users=body.active_users, licensed_users=body.licensed_users, as_of=body.as_of)
-    await lifecycle.record_usage(uow, account_id, usage, user)
-    return await get_health(account_id, uow, user)
+    await lifecycle.record_usage(uow, account_id, usage, actor)
+    return await get_health(account_id, uow, actor)
 
 
 @router.get("/health/rules", response_model=RuleSetOut, summary="The current health rules and their version")
@@ -256,8 +256,8 @@ async def get_rules(uow: UowDep) -> RuleSetOut:
     summary="Save new health rules as the next version",
     dependencies=[CSM_LEADS],
 )
-async def put_rules(body: HealthRules, uow: UowDep, user: CurrentActor) -> RuleSetOut:
-    return RuleSetOut.of(await lifecycle.replace_health_rules(uow, body, user))
+async def put_rules(body: HealthRules, uow: UowDep, actor: CurrentActor) -> RuleSetOut:
+    return RuleSetOut.of(await lifecycle.replace_health_rules(uow, body, actor))
 
 
 @router.post(
@@ -265,8 +265,8 @@ async def put_rules(body: HealthRules, uow: UowDep, user: CurrentActor) -> RuleS
     response_model=Recomputed,
     summary="Score every active account of your book again (run it daily: time moves the score)",
 )
-async def recompute(uow: UowDep, user: CurrentActor) -> Recomputed:
-    return Recomputed(accounts=await lifecycle.recompute_health(uow, user))
+async def recompute(uow: UowDep, actor: CurrentActor) -> Recomputed:
+    return Recomputed(accounts=await lifecycle.recompute_health(uow, actor))
 
 
 @router.get(
@@ -275,9 +275,9 @@ async def recompute(uow: UowDep, user: CurrentActor) -> Recomputed:
     summary="Accounts at risk of churning with the reasons, for their account manager (a CSM: their own)",
 )
 async def get_churn_warnings(
-    uow: UowDep, user: CurrentActor, manager: Annotated[str | None, Query(max_length=100)] = None
+    uow: UowDep, actor: CurrentActor, manager: Annotated[str | None, Query(max_length=100)] = None
 ) -> AtRiskList:
-    items = [AtRiskOut.of(a) for a in await lifecycle.churn_warnings(uow, manager, user)]
+    items = [AtRiskOut.of(a) for a in await lifecycle.churn_warnings(uow, manager, actor)]
     return AtRiskList(items=items, count=len(items))
 
 
@@ -348,9 +348,9 @@ def _sent(request: Request, sent: lifecycle.SentSurvey) -> SentSurveyOut:
     summary="Send the CSAT survey of a resolved ticket (one per ticket); the customer answers by link",
 )
 async def post_csat_survey(
-    ticket_id: str, request: Request, uow: UowDep, user: CurrentActor, secret: Secret
+    ticket_id: str, request: Request, uow: UowDep, actor: CurrentActor, secret: Secret
 ) -> SentSurveyOut:
-    return _sent(request, await lifecycle.send_csat(uow, ticket_id, secret, user))
+    return _sent(request, await lifecycle.send_csat(uow, ticket_id, secret, actor))
 
 
 @router.post(
@@ -360,9 +360,9 @@ async def post_csat_survey(
     summary="Send the account its NPS survey when its schedule says one is due (409 otherwise)",
 )
 async def post_nps_survey(
-    account_id: str, request: Request, uow: UowDep, user: CurrentActor, secret: Secret
+    account_id: str, request: Request, uow: UowDep, actor: CurrentActor, secret: Secret
 ) -> SentSurveyOut:
-    return _sent(request, await lifecycle.send_nps(uow, account_id, secret, user))
+    return _sent(request, await lifecycle.send_nps(uow, account_id, secret, actor))
 
 
 @router.post(
@@ -370,12 +370,12 @@ async def post_nps_survey(
     response_model=SentList,
     summary="The scheduled NPS round: a survey for every account of your book that is due one",
 )
-async def post_nps_round(request: Request, uow: UowDep, user: CurrentActor, secret: Secret) -> SentList:
-    items = [_sent(request, s) for s in await lifecycle.send_due_nps(uow, secret, user)]
+async def post_nps_round(request: Request, uow: UowDep, actor: CurrentActor, secret: Secret) -> SentList:
+    items = [_sent(request, s) for s in await lifecycle.send_due_nps(uow, secret, actor)]
     return SentList(items=items, count=len(items))
 
 
 @router.get("/accounts/{account_id}/surveys", response_model=SurveyList, summary="The account's surveys")
-async def get_surveys(account_id: str, uow: UowDep, user: CurrentActor) -> SurveyList:
-    items = [SurveyOut.of(s) for s in await lifecycle.account_surveys(uow, account_id, user)]
+async def get_surveys(account_id: str, uow: UowDep, actor: CurrentActor) -> SurveyList:
+    items = [SurveyOut.of(s) for s in await lifecycle.account_surveys(uow, account_id, actor)]
     return SurveyList(items=items, count=len(items))

@@ -6,6 +6,8 @@ Stored in the desk's database (``GET/PUT /success/config``); pure validation her
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 from crm_platform.money import Amount
@@ -87,3 +89,12 @@ class SuccessConfig(BaseModel):
 def tier_for_value(tiers: Sequence[TierConfig], value: Decimal) -> TierConfig:
     reached = [t for t in tiers if value >= t.min_value]
     return max(reached, key=lambda t: t.min_value)
+
+
+@dataclass(frozen=True)
+class SuccessConfigRecord:
+    """The customer success configuration as stored, with who changed it last and when."""
+
+    config: SuccessConfig
+    updated_at: datetime | None = None
+    updated_by: str | None = None

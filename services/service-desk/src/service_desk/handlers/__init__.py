@@ -16,5 +16,7 @@ leaves it stale until the next recompute, never wrong).
 - ``tickets``: support cases and their SLA timers;
 - ``success``: terms, tiers, account managers, renewals, check-ins, health, surveys;
 - ``reviews``: commitment reviews before sales may win a deal;
+- ``action_items``: voice of the customer: items raised for the owning department, their
+  steps recorded as they come back;
 - ``loading``: the loads every module shares (404 outside the actor's book).
 """

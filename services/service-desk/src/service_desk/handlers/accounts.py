@@ -40,7 +40,7 @@ async def on_deal_won(uow: SuccessUoW, event: DealWonV1, envelope: Envelope) -> 
             )
             return
         desk = await unit.settings.desk_config()
-        success_config, _ = await unit.settings.config()
+        success_config = await unit.settings.config()
         account = account_from_deal(
             event,
             account_id=uow.new_id(),

@@ -61,12 +61,12 @@ from service_desk.domain.renewals import (
     renewal_overdue,
 )
 from service_desk.domain.roster import active_csms
-from service_desk.domain.success_config import SuccessConfig
+from service_desk.domain.success_config import SuccessConfig, SuccessConfigRecord
 from service_desk.domain.surveys import Survey
 from service_desk.domain.tickets import TicketStatus
 from service_desk.handlers.loading import load_account as _load
 from service_desk.handlers.loading import load_ticket
-from service_desk.repository import Meta, SuccessUnit, SuccessUoW
+from service_desk.repository import SuccessUnit, SuccessUoW
 
 log = logging.getLogger("crm.service_desk.health")
 
@@ -78,45 +78,45 @@ def now_millis(uow: Uow) -> datetime:
     return to_millis(uow.clock())
 
 
-async def load(unit: SuccessUnit, user: Actor, account_id: str) -> Account:
-    return await _load(unit, user, account_id)
+async def load(unit: SuccessUnit, actor: Actor, account_id: str) -> Account:
+    return await _load(unit, actor, account_id)
 
 
 # --- configuration ------------------------------------------------------------------------------
 
 
-async def success_config(uow: Uow) -> tuple[SuccessConfig, Meta]:
-    async def work(unit: SuccessUnit) -> tuple[SuccessConfig, Meta]:
-        return await unit.settings.config()
+async def success_config(uow: Uow) -> SuccessConfigRecord:
+    async def work(unit: SuccessUnit) -> SuccessConfigRecord:
+        return await unit.settings.config_record()
 
     return await uow.run(work)
 
 
-async def replace_success_config(uow: Uow, config: SuccessConfig, user: Actor) -> Meta:
-    meta: Meta = {"updated_at": now_millis(uow), "updated_by": user.user_id}
+async def replace_success_config(uow: Uow, config: SuccessConfig, actor: Actor) -> SuccessConfigRecord:
+    record = SuccessConfigRecord(config, now_millis(uow), actor.user_id)
 
     async def work(unit: SuccessUnit) -> None:
-        await unit.settings.save_config(config, meta)
+        await unit.settings.save_config(record)
 
     await uow.run(work)
-    return meta
+    return record
 
 
 # --- tiers and account managers -----------------------------------------------------------------
 
 
-async def change_tier(uow: Uow, account_id: str, tier_name: str, user: Actor) -> Account:
+async def change_tier(uow: Uow, account_id: str, tier_name: str, actor: Actor) -> Account:
     now = now_millis(uow)
 
     async def work(unit: SuccessUnit) -> Account:
-        account = await load(unit, user, account_id)
-        config, _ = await unit.settings.config()
+        account = await load(unit, actor, account_id)
+        config = await unit.settings.config()
         tier = config.tier(tier_name)
         if tier is None:
             raise RuleViolation(
                 f"unknown tier {tier_name!r}; configured: {config.tier_names()}", field="tier"
             )
-        account.change_tier(tier, by=user.user_id, now=now)
+        account.change_tier(tier, by=actor.user_id, now=now)
         await unit.accounts.save(account)
         return account
 
@@ -124,16 +124,16 @@ async def change_tier(uow: Uow, account_id: str, tier_name: str, user: Actor) ->
 
 
 async def assign_account_manager(
-    uow: Uow, account_id: str, manager: str | None, reason: str | None, user: Actor
+    uow: Uow, account_id: str, manager: str | None, reason: str | None, actor: Actor
 ) -> Account:
     """Name (or, with ``None``, remove) the account manager; every change is recorded."""
     now = now_millis(uow)
 
     async def work(unit: SuccessUnit) -> Account:
-        account = await load(unit, user, account_id)
+        account = await load(unit, actor, account_id)
         active = active_csms(await unit.settings.roster())
         role = AssignmentRole.ACCOUNT_MANAGER
-        if account.assign(role, manager, active=active, by=user.user_id, now=now, reason=reason):
+        if account.assign(role, manager, active=active, by=actor.user_id, now=now, reason=reason):
             await unit.accounts.save(account)
         return account
 
@@ -144,16 +144,16 @@ async def assign_account_manager(
 
 
 async def renewals_due(
-    uow: Uow, manager: str | None, window_days: int | None, user: Actor
+    uow: Uow, manager: str | None, window_days: int | None, actor: Actor
 ) -> list[RenewalDue]:
     """The renewal list: renewals due within the window (default: configured), overdue first."""
-    allowed, member = book_of(user, manager)
+    allowed, member = book_of(actor, manager)
     now = now_millis(uow)
 
     async def work(unit: SuccessUnit) -> list[RenewalDue]:
         if not allowed:
             return []
-        config, _ = await unit.settings.config()
+        config = await unit.settings.config()
         window = window_days or config.renewal_window_days
         accounts = await unit.accounts.renewing(until=now + timedelta(days=window), member=member)
         return renewal_list(accounts, now=now, window_days=window)
@@ -162,13 +162,13 @@ async def renewals_due(
 
 
 async def record_renewal_outcome(
-    uow: Uow, account_id: str, decision: RenewalDecision, user: Actor
+    uow: Uow, account_id: str, decision: RenewalDecision, actor: Actor
 ) -> RenewalRecord:
     now, renewal_id = now_millis(uow), uow.new_id()
 
     async def work(unit: SuccessUnit) -> RenewalRecord:
-        account = await load(unit, user, account_id)
-        record = record_renewal(account, decision, renewal_id=renewal_id, by=user.user_id, now=now)
+        account = await load(unit, actor, account_id)
+        record = record_renewal(account, decision, renewal_id=renewal_id, by=actor.user_id, now=now)
         await unit.accounts.save(account)
         await unit.renewals.add(record)
         unit.emit(renewal_recorded(record), correlation_id=account.journey_id)
@@ -195,9 +195,9 @@ def renewal_recorded(record: RenewalRecord) -> RenewalRecordedV1:
     )
 
 
-async def account_renewals(uow: Uow, account_id: str, user: Actor) -> list[RenewalRecord]:
+async def account_renewals(uow: Uow, account_id: str, actor: Actor) -> list[RenewalRecord]:
     async def work(unit: SuccessUnit) -> list[RenewalRecord]:
-        await load(unit, user, account_id)
+        await load(unit, actor, account_id)
         return await unit.renewals.of_account(account_id)
 
     return await uow.run(work)
@@ -214,12 +214,12 @@ class CheckInEntry:
     notes: str | None = None
 
 
-async def log_checkin(uow: Uow, account_id: str, entry: CheckInEntry, user: Actor) -> CheckIn:
+async def log_checkin(uow: Uow, account_id: str, entry: CheckInEntry, actor: Actor) -> CheckIn:
     now, checkin_id = now_millis(uow), uow.new_id()
 
     async def work(unit: SuccessUnit) -> CheckIn:
-        account = await load(unit, user, account_id)
-        config, _ = await unit.settings.config()
+        account = await load(unit, actor, account_id)
+        config = await unit.settings.config()
         checkin = checkins.log_checkin(
             account,
             config.tier(account.tier),
@@ -228,7 +228,7 @@ async def log_checkin(uow: Uow, account_id: str, entry: CheckInEntry, user: Acto
             attendees=entry.attendees,
             sentiment=entry.sentiment,
             notes=entry.notes,
-            by=user.user_id,
+            by=actor.user_id,
             now=now,
         )
         await unit.checkins.add(checkin)
@@ -252,23 +252,23 @@ def checkin_logged(account: Account, checkin: CheckIn) -> CheckInLoggedV1:
     )
 
 
-async def account_checkins(uow: Uow, account_id: str, user: Actor) -> list[CheckIn]:
+async def account_checkins(uow: Uow, account_id: str, actor: Actor) -> list[CheckIn]:
     async def work(unit: SuccessUnit) -> list[CheckIn]:
-        await load(unit, user, account_id)
+        await load(unit, actor, account_id)
         return await unit.checkins.of_account(account_id)
 
     return await uow.run(work)
 
 
-async def checkins_due(uow: Uow, csm: str | None, horizon_days: int, user: Actor) -> list[CheckInDue]:
+async def checkins_due(uow: Uow, csm: str | None, horizon_days: int, actor: Actor) -> list[CheckInDue]:
     """Due (within the horizon) and overdue check-ins: a CSM's own; reps and admins anyone's."""
-    allowed, member = book_of(user, csm)
+    allowed, member = book_of(actor, csm)
     now = now_millis(uow)
 
     async def work(unit: SuccessUnit) -> list[CheckInDue]:
         if not allowed:
             return []
-        config, _ = await unit.settings.config()
+        config = await unit.settings.config()
         accounts = await unit.accounts.active(member)
         return checkins.checkins_due(accounts, config, now=now, horizon_days=horizon_days)
 
@@ -280,7 +280,7 @@ async def checkins_due(uow: Uow, csm: str | None, horizon_days: int, user: Actor
 
 async def gather_facts(unit: SuccessUnit, account: Account, rules: HealthRules, now: datetime) -> HealthFacts:
     """What the score looks at, from the desk's own records."""
-    config, _ = await unit.settings.config()
+    config = await unit.settings.config()
     tickets = await unit.tickets.of_account(account.account_id)
     recent = [t for t in tickets if t.opened_at >= now - timedelta(days=rules.window_days)]
     return HealthFacts(
@@ -367,10 +367,10 @@ async def rescore(uow: Uow, account_id: str) -> None:
     await uow.run(work)
 
 
-async def recompute_health(uow: Uow, user: Actor) -> int:
+async def recompute_health(uow: Uow, actor: Actor) -> int:
     """Score every active account of the user's book again (time moves: check-ins and renewals
     fall overdue, breaches leave the window); one transaction per account. Returns how many."""
-    _, member = book_of(user, None)
+    _, member = book_of(actor, None)
     return await _rescore_active(uow, member)
 
 
@@ -409,9 +409,9 @@ class HealthView:
     history: list[HealthRecord]
 
 
-async def account_health(uow: Uow, account_id: str, user: Actor) -> HealthView:
+async def account_health(uow: Uow, account_id: str, actor: Actor) -> HealthView:
     async def work(unit: SuccessUnit) -> HealthView:
-        account = await load(unit, user, account_id)
+        account = await load(unit, actor, account_id)
         return HealthView(account.health, await unit.health.history(account_id))
 
     return await uow.run(work)
@@ -424,22 +424,22 @@ async def health_rules(uow: Uow) -> RuleSet:
     return await uow.run(work)
 
 
-async def replace_health_rules(uow: Uow, rules: HealthRules, user: Actor) -> RuleSet:
+async def replace_health_rules(uow: Uow, rules: HealthRules, actor: Actor) -> RuleSet:
     """Save the rules as the next version; scores from now on name it."""
     now = now_millis(uow)
 
     async def work(unit: SuccessUnit) -> RuleSet:
         current = await unit.health.rules()
-        ruleset = RuleSet(version=current.version + 1, rules=rules, created_at=now, created_by=user.user_id)
+        ruleset = RuleSet(version=current.version + 1, rules=rules, created_at=now, created_by=actor.user_id)
         await unit.health.add_rules(ruleset)
         return ruleset
 
     return await uow.run(work)
 
 
-async def churn_warnings(uow: Uow, manager: str | None, user: Actor) -> list[Account]:
+async def churn_warnings(uow: Uow, manager: str | None, actor: Actor) -> list[Account]:
     """Accounts whose churn warning is raised, for their account manager (a CSM: their own)."""
-    allowed, member = book_of(user, manager)
+    allowed, member = book_of(actor, manager)
 
     async def work(unit: SuccessUnit) -> list[Account]:
         if not allowed:
@@ -463,11 +463,11 @@ async def warning_hit_rate(uow: Uow, lookback_days: int) -> health.HitRate:
     return await uow.run(work)
 
 
-async def record_usage(uow: Uow, account_id: str, usage: Usage, user: Actor) -> Account:
+async def record_usage(uow: Uow, account_id: str, usage: Usage, actor: Actor) -> Account:
     now = now_millis(uow)
 
     async def work(unit: SuccessUnit) -> Account:
-        account = await load(unit, user, account_id)
+        account = await load(unit, actor, account_id)
         account.record_usage(usage)
         await refresh_health(unit, account, now, uow.new_id)
         return account
@@ -484,26 +484,26 @@ class SentSurvey:
     token: str
 
 
-async def send_csat(uow: Uow, ticket_id: str, secret: bytes, user: Actor) -> SentSurvey:
+async def send_csat(uow: Uow, ticket_id: str, secret: bytes, actor: Actor) -> SentSurvey:
     """A CSAT survey for a resolved ticket (one per ticket), answered by the customer's link."""
     now, survey_id = now_millis(uow), uow.new_id()
 
     async def work(unit: SuccessUnit) -> Survey:
-        ticket, account = await load_ticket(unit, user, ticket_id)
+        ticket, account = await load_ticket(unit, actor, ticket_id)
         if account is None:
             raise NotFound(f"ticket {ticket_id} not found", ticket_id=ticket_id)
         if ticket.status != TicketStatus.RESOLVED:
             raise Conflict(f"ticket {ticket_id} is not resolved yet", ticket_id=ticket_id)
         if await unit.surveys.for_ticket(ticket_id) is not None:
             raise Conflict(f"ticket {ticket_id} already has its CSAT survey", ticket_id=ticket_id)
-        config, _ = await unit.settings.config()
+        config = await unit.settings.config()
         survey = surveys.new_survey(
             survey_id=survey_id,
             account_id=account.account_id,
             account_name=account.name,
             kind=SurveyKind.CSAT,
             ticket_id=ticket_id,
-            by=user.user_id,
+            by=actor.user_id,
             now=now,
             valid_days=config.survey_link_valid_days,
         )
@@ -517,7 +517,7 @@ async def send_csat(uow: Uow, ticket_id: str, secret: bytes, user: Actor) -> Sen
 async def _send_nps(
     unit: SuccessUnit, account: Account, survey_id: str, by: str, now: datetime
 ) -> Survey | None:
-    config, _ = await unit.settings.config()
+    config = await unit.settings.config()
     last = await unit.surveys.last_sent(account.account_id, SurveyKind.NPS)
     if not surveys.nps_due(last, every_days=config.nps_every_days, now=now):
         return None
@@ -535,13 +535,13 @@ async def _send_nps(
     return survey
 
 
-async def send_nps(uow: Uow, account_id: str, secret: bytes, user: Actor) -> SentSurvey:
+async def send_nps(uow: Uow, account_id: str, secret: bytes, actor: Actor) -> SentSurvey:
     """An NPS survey for one account, if its schedule (``nps_every_days``) says one is due."""
     now, survey_id = now_millis(uow), uow.new_id()
 
     async def work(unit: SuccessUnit) -> Survey:
-        account = await load(unit, user, account_id)
-        survey = await _send_nps(unit, account, survey_id, user.user_id, now)
+        account = await load(unit, actor, account_id)
+        survey = await _send_nps(unit, account, survey_id, actor.user_id, now)
         if survey is None:
             raise Conflict(f"account {account_id} was sent an NPS survey less than its schedule ago")
         return survey
@@ -550,9 +550,9 @@ async def send_nps(uow: Uow, account_id: str, secret: bytes, user: Actor) -> Sen
     return SentSurvey(survey, surveys.sign(secret, survey))
 
 
-async def send_due_nps(uow: Uow, secret: bytes, user: Actor) -> list[SentSurvey]:
+async def send_due_nps(uow: Uow, secret: bytes, actor: Actor) -> list[SentSurvey]:
     """The scheduled NPS round: a survey for every active account of the book that is due one."""
-    _, member = book_of(user, None)
+    _, member = book_of(actor, None)
 
     async def ids(unit: SuccessUnit) -> list[str]:
         return [a.account_id for a in await unit.accounts.active(member)]
@@ -565,7 +565,7 @@ async def send_due_nps(uow: Uow, secret: bytes, user: Actor) -> list[SentSurvey]
             unit: SuccessUnit, account_id: str = account_id, survey_id: str = survey_id, now: datetime = now
         ) -> Survey | None:
             account = await unit.accounts.get(account_id)
-            return await _send_nps(unit, account, survey_id, user.user_id, now) if account else None
+            return await _send_nps(unit, account, survey_id, actor.user_id, now) if account else None
 
         survey = await uow.run(work)
         if survey is not None:
@@ -632,9 +632,9 @@ def survey_answered(survey: Survey) -> SurveyAnsweredV1:
     )
 
 
-async def account_surveys(uow: Uow, account_id: str, user: Actor) -> list[Survey]:
+async def account_surveys(uow: Uow, account_id: str, actor: Actor) -> list[Survey]:
     async def work(unit: SuccessUnit) -> list[Survey]:
-        await load(unit, user, account_id)
+        await load(unit, actor, account_id)
         return await unit.surveys.of_account(account_id)
 
     return await uow.run(work)
