@@ -15,15 +15,21 @@ from typing import Any
 
 import httpx
 import pytest
-from crm_contracts import Envelope, envelope_for, topics, utcnow
-from crm_contracts.events.action_items import RAISED_BY_DEPARTMENT
+from crm_contracts import Envelope, envelope_for, topics
 from crm_platform.action_items.api import action_queue_router
 from crm_platform.action_items.handlers import ActionItemQueue, raised_handlers
 from crm_platform.action_items.wiring import install
 from crm_platform.app import create_app
 from crm_platform.runtime import ServiceRuntime, Subscription
 from crm_platform.settings import ServiceSettings
-from crm_platform.testing import TopicReader, auth_headers, eventually, produce_envelope, running_app
+from crm_platform.testing import (
+    TopicReader,
+    action_item_raised,
+    auth_headers,
+    eventually,
+    produce_envelope,
+    running_app,
+)
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 
 pytestmark = pytest.mark.integration
@@ -39,18 +45,8 @@ class Dept:
         self.receipts = TopicReader(bootstrap, topics.HANDOFF_RECEIPTS)
 
     async def hand_over(self, department: str = "sales", due: timedelta = timedelta(days=3)) -> Envelope:
-        item_id = f"ai-{uuid.uuid4().hex[:10]}"
-        event = RAISED_BY_DEPARTMENT[department](
-            item_id=item_id,
-            department=department,
-            title="Explain the renewal price to the buyer",
-            due_at=utcnow() + due,
-            account_id=f"acct-{item_id}",
-            account_name="Lovelace Analytics",
-            source={"kind": "check_in", "record_id": "ci-1"},
-            raised_by="csm-cara",
-            raised_at=utcnow() - timedelta(seconds=1),
-        )
+        event = action_item_raised(department, due=due)
+        item_id = event.item_id
         env = envelope_for(event, source="service-desk", correlation_id=f"journey-{item_id}")
         await produce_envelope(self.bootstrap, topics.ACTION_ITEMS, env)
         return env

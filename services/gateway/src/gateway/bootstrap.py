@@ -5,17 +5,19 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from crm_platform import audit_api
 from crm_platform.app import create_app
 from crm_platform.auth import TokenIssuer, TokenVerifier
 from crm_platform.keys import load_private_key
 from crm_platform.logging import request_id_var
 from crm_platform.runtime import MongoOnlyRuntime
 from crm_platform.uow import MongoUnitOfWork
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from gateway import handlers, store
 from gateway.api import auth, console, docs, proxy, users
+from gateway.api.deps import active_principal
 from gateway.handlers import Deps, Tokens
 from gateway.logctx import RequestLogFields, install_log_filter
 from gateway.revocations import RevocationCache
@@ -60,7 +62,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         runtime=runtime,
         # Public: login and the documentation; the rest needs a valid token.
         public=[auth.login_router, auth.keys_router, auth.internal_router, docs.router, proxy.public_router],
-        protected=[auth.me_router, users.router, proxy.router],
+        protected=[auth.me_router, users.router, audit_api.router(Depends(active_principal)), proxy.router],
         on_startup=on_startup,
         readiness_report=upstream_health,
         # The gateway's /docs lists every service's documentation (its own page is /docs/gateway).

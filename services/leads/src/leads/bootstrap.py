@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable
 from datetime import timedelta
 
+from crm_platform import audit_api
 from crm_platform.app import create_app
 from crm_platform.idempotency import canonical
 from crm_platform.runtime import ServiceRuntime
@@ -63,7 +64,7 @@ def build_app(settings: ServiceSettings) -> FastAPI:
             "(lead.qualified) and closes the loop with sales' verdict (lead.verdict)."
         ),
         runtime=runtime,
-        protected=[leads_api.router, scoring_api.router, action_items.router],
+        protected=[leads_api.router, scoring_api.router, action_items.router, audit_api.router()],
         default_idempotency_key=behaviour_retry_key(timedelta(seconds=s.behaviour_retry_window_seconds)),
     )
     app.state.uow = uow

@@ -89,6 +89,20 @@ async def capture_leads(uow: Uow, captures: Sequence[Capture]) -> tuple[domain.C
     return outcomes
 
 
+# -- edit ------------------------------------------------------------------------------------
+
+
+async def edit_lead(uow: Uow, lead_id: str, change: domain.LeadEdit) -> Lead:
+    """Marketing corrects a lead's details; the audit log keeps each field's history."""
+
+    async def work(unit: LeadsUnit) -> Lead:
+        lead = (await _load(unit, lead_id)).edit(change, now_millis(uow.clock))
+        await unit.leads.save(lead)
+        return lead
+
+    return await uow.run(work)
+
+
 # -- behaviour -------------------------------------------------------------------------------
 
 

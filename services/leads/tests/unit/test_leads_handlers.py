@@ -22,7 +22,7 @@ from crm_platform.consumer import DeadLetter
 from crm_platform.errors import Conflict, NotFound, RuleViolation
 from crm_platform.uow import FakeUnitOfWork
 from leads import handlers
-from leads.domain.leads import Capture, Lead, LeadStatus
+from leads.domain.leads import Capture, Lead, LeadEdit, LeadStatus
 from leads.domain.scoring import BehaviourRule
 from leads.fakes import FakeLeadsUnit, InMemoryLeads
 from pymongo.errors import DuplicateKeyError
@@ -292,3 +292,33 @@ async def test_a_verdict_on_an_unknown_lead_is_dead_lettered() -> None:
         await handlers.on_lead_verdict(u, event, envelope)
     assert dead.value.reason == "unknown_lead"
     assert u.unit.verdicts.items == {}
+
+
+# -- edit (issue 9) ------------------------------------------------------------------------------
+
+
+async def test_an_edit_changes_only_the_given_fields_and_emits_nothing() -> None:
+    u = uow()
+    lead = await captured(u)
+    u.clock.advance(minutes=5)  # type: ignore[attr-defined]
+    change = LeadEdit(company="Analytical Engines", marketing_email=False)
+    edited = await handlers.edit_lead(u, lead.id, change)
+    assert (edited.name, edited.company, edited.email) == (lead.name, "Analytical Engines", lead.email)
+    assert edited.consent.marketing_email is False
+    assert edited.consent.captured_at == edited.updated_at > lead.updated_at
+    assert await u.unit.leads.get(lead.id) == edited
+    assert len(u.unit.events) == 1, "only the capture's lead.captured: no contract carries an edit"
+
+
+async def test_an_edit_clears_with_blank_and_refuses_nothing_or_a_blank_name() -> None:
+    u = uow()
+    lead = await captured(u)
+    cleared = await handlers.edit_lead(u, lead.id, LeadEdit(company="  "))
+    assert cleared.company is None
+    assert cleared.consent == lead.consent, "consent unchanged keeps its date"
+    for change in (LeadEdit(), LeadEdit(name=" ")):
+        with pytest.raises(RuleViolation):
+            await handlers.edit_lead(u, lead.id, change)
+    with pytest.raises(NotFound):
+        await handlers.edit_lead(u, "nobody", LeadEdit(name="Ada"))
+    assert await u.unit.leads.get(lead.id) == cleared

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from crm_platform import audit_api
 from crm_platform.app import create_app
 from crm_platform.runtime import ServiceRuntime
 from crm_platform.settings import ServiceSettings
@@ -43,7 +44,14 @@ def build_app(settings: ServiceSettings) -> FastAPI:
         title="CRM sales",
         description=DESCRIPTION,
         runtime=runtime,
-        protected=[inbox.router, opportunities.router, forecast.router, team.router, action_items.router],
+        protected=[
+            inbox.router,
+            opportunities.router,
+            forecast.router,
+            team.router,
+            action_items.router,
+            audit_api.router(),
+        ],
     )
     app.state.uow = uow
     action_items.wire(app, runtime)

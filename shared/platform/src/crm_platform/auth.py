@@ -31,6 +31,8 @@ from crm_contracts import utcnow
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import Depends, HTTPException, Request, status
 
+from crm_platform import audit
+from crm_platform.actor import Actor
 from crm_platform.keys import SigningKey
 
 log = logging.getLogger("crm.auth")
@@ -48,6 +50,8 @@ class Role(StrEnum):
     CUSTOMER_SUCCESS_MANAGER = "customer_success_manager"
     MARKETING = "marketing"
     ANALYST = "analyst"
+    # Issue 9: reads every service's audit log (GET /audit, its CSV export) and nothing else.
+    AUDITOR = "auditor"
     # Issue 7: team views, reassignment and escalations in service/success; marketing's
     # scoring, campaigns and team figures; every KPI read-only, no records' personal data.
     SERVICE_LEAD = "service_lead"
@@ -268,8 +272,14 @@ async def current_principal(request: Request) -> Principal:
 
     ``async`` on purpose, like every dependency here: FastAPI runs a plain ``def``
     dependency in the thread pool, a hop that cost more than the check itself.
+    It also names the request's user and route for the audit log (crm_platform.audit): an
+    ``async`` dependency runs in the request's own context, so the handler's transaction sees them.
     """
-    return principal_of(request)
+    principal = principal_of(request)
+    audit.actor_var.set(Actor(principal.user_id, principal.username, principal.roles))
+    route = request.scope.get("route")
+    audit.operation_var.set(f"{request.method} {getattr(route, 'path', request.url.path)}")
+    return principal
 
 
 def principal_of(request: Request) -> Principal:

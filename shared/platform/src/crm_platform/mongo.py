@@ -22,10 +22,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
+from crm_platform import audit
 from crm_platform.deadline import request_db_deadline
 from crm_platform.idempotency import claim_in, current_claim
 from crm_platform.idempotency import ensure_indexes as ensure_idempotency_indexes
-from crm_platform.logging import correlation_id_var
+from crm_platform.logging import correlation_id_var, request_id_var
 from crm_platform.money import TYPE_REGISTRY
 
 log = logging.getLogger("crm.store")
@@ -58,7 +59,11 @@ def connect(uri: str, app_name: str, *, timeout_seconds: float | None = None) ->
 
 
 class Tx:
-    """One attempt of one transaction: the session plus the events to emit."""
+    """One attempt of one transaction: the session plus the events to emit.
+
+    ``db`` is the service's database as :class:`crm_platform.audit.AuditedDatabase`: every
+    write made with ``session`` becomes an audit entry committed in this transaction.
+    """
 
     def __init__(self, db: AsyncDatabase[Doc], session: AsyncClientSession, source: str) -> None:
         self.db = db
@@ -102,6 +107,7 @@ class Store:
             "published_at", expireAfterSeconds=7 * 24 * 3600, name="published_ttl"
         )
         await ensure_idempotency_indexes(self.db)
+        await audit.ensure_indexes(self.db)
 
     async def transaction(self, work: Callable[[Tx], Awaitable[T]]) -> T:
         """Run ``work`` in a transaction, storing its emitted events in the outbox.
@@ -113,12 +119,15 @@ class Store:
         emitted: list[Envelope] = []
 
         claim = current_claim.get()
+        context = audit_context(self.source)
 
         async def attempt(session: AsyncClientSession) -> T:
-            tx = Tx(self.db, session, self.source)
+            trail = audit.Trail(self.source, session, context)
+            tx = Tx(audit.AuditedDatabase(self.db, trail), session, self.source)
             # The request's Idempotency-Key commits with its effect (crm_platform.idempotency).
             await claim_in(self.db, session)
             result = await work(tx)
+            await trail.flush(self.db)
             if tx.emitted:
                 await self.db[OUTBOX].insert_many([outbox_doc(env) for env in tx.emitted], session=session)
                 sent = [
@@ -155,6 +164,26 @@ class Store:
         """Tell the outbox relay that events wait (after a commit or a re-send)."""
         for callback in self._on_commit:
             callback()
+
+
+def audit_context(service: str) -> audit.Context:
+    """Who a transaction's changes are by: the request's user, else the event being handled,
+    else the service itself (a schedule); with the request and correlation ids at hand."""
+    cause = causation_var.get()
+    user = audit.actor_var.get()
+    if user is not None:
+        actor = audit.user_actor(user)
+    elif cause is not None:
+        actor = audit.event_actor(cause.source, cause.event_type, str(cause.event_id))
+    elif request_id_var.get() is not None:
+        actor = audit.public_actor()  # a request without a token (a customer's survey answer)
+    else:
+        actor = audit.system_actor(service)
+    operation = audit.operation_var.get()
+    if operation is None and cause is not None:
+        operation = f"event {cause.event_type} v{cause.schema_version}"
+    correlation = correlation_id_var.get() or (cause.correlation_id if cause else None)
+    return audit.Context(actor, operation, request_id_var.get(), correlation)
 
 
 def outbox_doc(env: Envelope) -> Doc:

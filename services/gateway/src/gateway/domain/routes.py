@@ -40,6 +40,8 @@ SALES_ROLES = frozenset({Role.SALES_REP, Role.SALES_MANAGER, Role.ADMIN})
 SERVICE_ROLES = frozenset({Role.SERVICE_REP, Role.CUSTOMER_SUCCESS_MANAGER, Role.SERVICE_LEAD, Role.ADMIN})
 LEAD_READERS = MARKETING_ROLES | SALES_ROLES | {Role.ANALYST}
 ANALYTICS_READERS = frozenset({Role.ANALYST, Role.SALES_MANAGER, Role.EXECUTIVE, Role.ADMIN})
+# Every service's audit log (GET /audit, /audit/export): admins, and auditors who read nothing else.
+AUDIT_READERS = frozenset({Role.ADMIN, Role.AUDITOR})
 
 
 class UnsafePath(ValueError):
@@ -132,6 +134,10 @@ SALES_READERS = SALES_ROLES | {Role.ANALYST}
 
 # First match wins: list the specific rules before the broad ones of a service.
 ROUTE_TABLE: tuple[RouteRule, ...] = (
+    # every department's audit log (crm_platform.audit_api): read-only, admins and auditors
+    rule(LEADS, READ, "/audit/**", AUDIT_READERS, "marketing's audit log"),
+    rule(SALES, READ, "/audit/**", AUDIT_READERS, "sales' audit log"),
+    rule(SERVICE_DESK, READ, "/audit/**", AUDIT_READERS, "customer service and success' audit log"),
     # leads (marketing)
     rule(LEADS, WRITE, "/scoring-rules/**", MARKETING_ROLES, "scoring rules are marketing's"),
     rule(LEADS, WRITE, "/leads/**", MARKETING_ROLES, "capture and behaviour tracking are marketing's"),

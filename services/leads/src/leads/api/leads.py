@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from crm_contracts.events.common import Behaviour
+from crm_platform import audit_api
 from crm_platform.errors import NotFound, RuleViolation
 from crm_platform.routes import CurrentActor, DbDep, require_roles
 from fastapi import APIRouter, Path, Query, Response, status
@@ -22,10 +23,11 @@ from leads.api.models import (
     BulkCaptureOut,
     CaptureIn,
     CaptureOut,
+    LeadEditIn,
     LeadOut,
     LeadPageOut,
 )
-from leads.domain.leads import Capture, LeadStatus
+from leads.domain.leads import Capture, LeadEdit, LeadStatus
 
 router = APIRouter(prefix="/leads", tags=["leads"], dependencies=[require_roles(*READERS)])
 
@@ -149,3 +151,32 @@ async def list_behaviours(
         raise NotFound(f"no lead '{lead_id}'", lead_id=lead_id)
     records = await repo.list_behaviours(db, lead_id, limit)
     return BehaviourListOut(items=[BehaviourRecordOut.of(r) for r in records])
+
+
+@router.patch(
+    "/{lead_id}",
+    response_model=LeadOut,
+    dependencies=[can_write],
+    summary="Correct a lead's name, company, campaign or consent (each change in its history)",
+)
+async def edit_lead(lead_id: LeadId, body: LeadEditIn, uow: UowDep) -> LeadOut:
+    change = LeadEdit(
+        name=body.name,
+        company=body.company,
+        campaign=body.campaign,
+        marketing_email=body.consent.marketing_email if body.consent is not None else None,
+    )
+    return LeadOut.of(await handlers.edit_lead(uow, lead_id, change))
+
+
+@router.get(
+    "/{lead_id}/history",
+    response_model=audit_api.AuditPageOut,
+    summary="A lead's changes, newest first: who, when, each field before and after",
+)
+async def lead_history(
+    lead_id: LeadId, db: DbDep, limit: audit_api.Limit = 50, cursor: audit_api.Cursor = None
+) -> audit_api.AuditPageOut:
+    if await repo.get_lead(db, lead_id) is None:
+        raise NotFound(f"no lead '{lead_id}'", lead_id=lead_id)
+    return await audit_api.history_out(db, repo.LEADS, lead_id, limit, cursor)

@@ -163,6 +163,15 @@ class CaptureOut(BaseModel):
 MAX_BULK_LEADS = 1000
 
 
+class LeadEditIn(In):
+    """Only the fields given change; the email (the lead's identity and merge key) cannot."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    company: str | None = Field(default=None, max_length=200, description="blank clears it")
+    campaign: str | None = Field(default=None, max_length=200, description="blank clears it")
+    consent: ConsentIn | None = None
+
+
 class BulkCaptureIn(In):
     leads: list[CaptureIn] = Field(
         min_length=1,

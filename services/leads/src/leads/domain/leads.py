@@ -36,6 +36,7 @@ from crm_contracts.events.leads import (
     LeadStatusChangedV1,
 )
 from crm_platform.actor import Actor
+from crm_platform.errors import RuleViolation
 
 from leads.domain.scoring import Reason, Score, ScoringRules, score
 
@@ -124,6 +125,23 @@ class Capture:
 
 
 @dataclass(frozen=True)
+class LeadEdit:
+    """A correction of a lead's details by marketing (``PATCH /leads/{id}``); ``None`` keeps a field.
+
+    The email is the lead's identity and merge key (capture merges by it): not editable.
+    ``company`` and ``campaign`` given as blank clear the field.
+    """
+
+    name: str | None = None
+    company: str | None = None
+    campaign: str | None = None
+    marketing_email: bool | None = None
+
+    def is_empty(self) -> bool:
+        return all(v is None for v in (self.name, self.company, self.campaign, self.marketing_email))
+
+
+@dataclass(frozen=True)
 class Lead:
     id: str
     email: str
@@ -189,6 +207,28 @@ class Lead:
             consent=Consent(capture.marketing_email, now),
             touches=touches[-MAX_TOUCHES_KEPT:],
             touch_count=self.touch_count + 1,
+            updated_at=now,
+        )
+
+    def edit(self, change: LeadEdit, now: datetime) -> Lead:
+        """The lead with ``change`` applied (its field history is the audit log's, crm_platform.audit).
+
+        A consent change is a new statement by the person, so it is dated ``now``. No event:
+        no contract carries a lead's details after capture (sales got its copy at the handoff).
+        """
+        if change.is_empty():
+            raise RuleViolation("nothing to change: give name, company, campaign or consent")
+        if change.name is not None and _blank(change.name):
+            raise RuleViolation("name must not be blank", field="body.name")
+        consent = self.consent
+        if change.marketing_email is not None and change.marketing_email != consent.marketing_email:
+            consent = Consent(change.marketing_email, now)
+        return dataclasses.replace(
+            self,
+            name=change.name if change.name is not None else self.name,
+            company=_filled(change.company) if change.company is not None else self.company,
+            campaign=_filled(change.campaign) if change.campaign is not None else self.campaign,
+            consent=consent,
             updated_at=now,
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from crm_platform import audit_api
 from crm_platform.errors import NotFound
 from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Query, status
@@ -137,3 +138,22 @@ async def log_activity(
 )
 async def request_review(opportunity_id: OpportunityId, uow: UowDep, actor: CurrentActor) -> OpportunityOut:
     return OpportunityOut.of(await handlers.request_review(uow, opportunity_id, actor))
+
+
+@router.get(
+    "/{opportunity_id}/history",
+    response_model=audit_api.AuditPageOut,
+    summary="An opportunity's changes, newest first: who, when, each field before and after",
+)
+async def opportunity_history(
+    opportunity_id: OpportunityId,
+    db: DbDep,
+    actor: CurrentActor,
+    limit: audit_api.Limit = 50,
+    cursor: audit_api.Cursor = None,
+) -> audit_api.AuditPageOut:
+    opp = await repo.get_opportunity(db, opportunity_id)
+    if opp is None:
+        raise NotFound(f"no opportunity {opportunity_id!r}", opportunity_id=opportunity_id)
+    require_access(actor, opp.owner, "opportunity")
+    return await audit_api.history_out(db, repo.OPPORTUNITIES, opportunity_id, limit, cursor)

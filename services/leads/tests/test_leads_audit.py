@@ -1,0 +1,176 @@
+"""Every write route of marketing's service leaves an audit entry (issue 9), on the real mongod.
+
+The route list comes from the app itself: a write route added without a recipe here
+fails ``test_every_write_route_is_checked``, and a recipe whose successful call leaves no
+audit entry fails ``test_write_route_is_audited``. Then the audit API: filters, cursor,
+CSV export, and who may read it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
+
+import httpx
+import pytest
+from crm_platform.testing import assert_audited, auth_headers, raise_action_item, write_routes
+
+pytestmark = pytest.mark.integration
+Leads: TypeAlias = Any  # conftest.Leads
+
+MARKETING = auth_headers(["marketing"], "mia")
+MANAGER = auth_headers(["marketing_manager"], "max")
+ADMIN = auth_headers(["admin"], "root")
+AUDITOR = auth_headers(["auditor"], "aud")
+
+RULES = {
+    "rules": {
+        "page_view": {"weight": 5.0, "cap": 10},
+        "email_open": {"weight": 3.0, "cap": 10},
+        "form_submit": {"weight": 20.0, "cap": None},
+        "trial_signup": {"weight": 40.0, "cap": None},
+    },
+    "threshold": 60,
+}
+
+
+def lead_body(email: str | None = None) -> dict[str, Any]:
+    return {
+        "name": "Ada",
+        "email": email or f"audit-{uuid.uuid4().hex[:10]}@example.com",
+        "source_channel": "webinar",
+        "consent": {"marketing_email": True},
+    }
+
+
+async def _item(leads: Leads) -> str:
+    return await raise_action_item(leads.runtime.store, "marketing")
+
+
+async def _capture(leads: Leads) -> httpx.Response:
+    return await leads.client.post("/leads", json=lead_body(), headers=MARKETING)
+
+
+async def _bulk(leads: Leads) -> httpx.Response:
+    body = {"leads": [lead_body(), lead_body()]}
+    return await leads.client.post("/leads/bulk", json=body, headers=MARKETING)
+
+
+async def _behaviour(leads: Leads) -> httpx.Response:
+    lead = await leads.capture()
+    url = f"/leads/{lead['lead']['id']}/behaviours"
+    return await leads.client.post(url, json={"behaviour": "page_view"}, headers=MARKETING)
+
+
+async def _edit(leads: Leads) -> httpx.Response:
+    lead = await leads.capture()
+    url = f"/leads/{lead['lead']['id']}"
+    return await leads.client.patch(url, json={"company": "Analytical Engines"}, headers=MARKETING)
+
+
+async def _rules(leads: Leads) -> httpx.Response:
+    return await leads.client.put("/scoring-rules", json=RULES, headers=MARKETING)
+
+
+async def _accept(leads: Leads) -> httpx.Response:
+    return await leads.client.post(f"/action-queue/{await _item(leads)}/accept", headers=MARKETING)
+
+
+async def _assign(leads: Leads) -> httpx.Response:
+    url = f"/action-queue/{await _item(leads)}/assign"
+    return await leads.client.post(url, json={"assignee": "user-mia"}, headers=MANAGER)
+
+
+async def _complete(leads: Leads) -> httpx.Response:
+    url = f"/action-queue/{await _item(leads)}/complete"
+    return await leads.client.post(url, json={"note": "done"}, headers=MARKETING)
+
+
+async def _decline(leads: Leads) -> httpx.Response:
+    url = f"/action-queue/{await _item(leads)}/decline"
+    return await leads.client.post(url, json={"reason": "not ours"}, headers=MARKETING)
+
+
+RECIPES: dict[str, Callable[[Leads], Awaitable[httpx.Response]]] = {
+    "POST /leads": _capture,
+    "POST /leads/bulk": _bulk,
+    "POST /leads/{lead_id}/behaviours": _behaviour,
+    "PATCH /leads/{lead_id}": _edit,
+    "PUT /scoring-rules": _rules,
+    "POST /action-queue/{item_id}/accept": _accept,
+    "POST /action-queue/{item_id}/assign": _assign,
+    "POST /action-queue/{item_id}/complete": _complete,
+    "POST /action-queue/{item_id}/decline": _decline,
+}
+# Write routes that change no record, each with the reason (none in this service).
+NOT_RECORD_CHANGES: dict[str, str] = {}
+
+
+def test_every_write_route_is_checked(leads: Leads) -> None:
+    routes = write_routes(leads.app)
+    assert routes - set(RECIPES) - set(NOT_RECORD_CHANGES) == set(), "write routes with no audit check"
+    assert set(RECIPES) - routes == set(), "recipes for routes that no longer exist"
+
+
+@pytest.mark.parametrize("route", sorted(RECIPES))
+async def test_write_route_is_audited(leads: Leads, route: str) -> None:
+    response = await RECIPES[route](leads)
+    entries = await assert_audited(leads.runtime.store.db, response)
+    assert all(e["service"] == "leads" for e in entries)
+
+
+async def test_capture_entry_names_who_what_and_the_fields(leads: Leads) -> None:
+    response = await leads.client.post(
+        "/leads", json=lead_body(), headers={**MARKETING, "X-Correlation-ID": "journey-audit-1"}
+    )
+    lead_id = response.json()["lead"]["id"]
+    entries = await assert_audited(leads.runtime.store.db, response)
+    [entry] = [e for e in entries if e["record"]["type"] == "leads"]
+    mia = {"type": "user", "user_id": "user-mia", "username": "mia", "roles": ["marketing"]}
+    assert entry["actor"] == mia
+    assert entry["action"] == "insert"
+    assert entry["operation"] == "POST /leads"
+    assert entry["record"] == {"type": "leads", "id": lead_id}
+    assert entry["correlation_id"] == "journey-audit-1"
+    email = {c["field"]: c for c in entry["changes"]}["email"]
+    assert email["before"] is None
+    assert email["after"] == response.json()["lead"]["email"]
+
+
+async def test_audit_api_filters_pages_and_exports(leads: Leads) -> None:
+    name = f"pager-{uuid.uuid4().hex[:6]}"
+    user_id, mine = f"user-{name}", auth_headers(["marketing"], name)
+    for _ in range(3):
+        r = await leads.client.post("/leads", json=lead_body(), headers=mine)
+        assert r.status_code == 201
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"user_id": user_id, "record_type": "leads", "limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await leads.client.get("/audit", params=params, headers=AUDITOR)).json()
+        seen += [item["record"]["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == 3 == len(set(seen))
+    export = await leads.client.get("/audit/export", params={"user_id": user_id}, headers=ADMIN)
+    assert export.status_code == 200
+    assert export.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(export.text)))
+    assert sorted(row["record_id"] for row in rows if row["record_type"] == "leads") == sorted(seen)
+    assert {row["actor_id"] for row in rows} == {user_id}
+
+
+async def test_only_admins_and_auditors_read_the_audit_log(leads: Leads) -> None:
+    for headers in (MARKETING, MANAGER, auth_headers(["analyst"], "ann")):
+        assert (await leads.client.get("/audit", headers=headers)).status_code == 403
+    assert (await leads.client.get("/audit", headers=AUDITOR)).status_code == 200
+    bad = await leads.client.get("/audit", params={"cursor": "nope"}, headers=ADMIN)
+    assert bad.status_code == 422
+    orphan = await leads.client.get("/audit", params={"record_id": "x"}, headers=ADMIN)
+    assert orphan.status_code == 422

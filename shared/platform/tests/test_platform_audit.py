@@ -1,0 +1,172 @@
+"""The audit log on the real mongod: written in the change's transaction by every write method,
+named after the user, the event or the system behind it, append-only, queried with indexes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from crm_contracts import envelope_for
+from crm_contracts.events.sales import LeadVerdictV1
+from crm_platform import audit
+from crm_platform.actor import Actor
+from crm_platform.mongo import Store, Tx, causation_var, connect
+from pymongo import InsertOne, ReplaceOne, UpdateOne
+from pymongo.collection import ReturnDocument
+
+pytestmark = pytest.mark.integration
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def store(mongodb_uri: str) -> AsyncIterator[Store]:
+    client = connect(mongodb_uri, "audit-test")
+    s = Store(client, f"t_audit_{uuid.uuid4().hex[:8]}", "sales")
+    await s.ensure_platform_indexes()
+    yield s
+    await client.drop_database(s.db.name)
+    await client.close()
+
+
+async def entries(store: Store, record_id: str) -> list[dict[str, Any]]:
+    return await store.db[audit.AUDIT_LOG].find({"record.id": record_id}).sort("at", 1).to_list()
+
+
+def as_user(user_id: str = "u-1") -> Any:
+    return audit.actor_var.set(Actor(user_id, "uma", frozenset({"sales_rep"})))
+
+
+async def test_every_write_method_is_recorded_with_before_and_after(store: Store) -> None:
+    a, b = f"a-{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"
+
+    async def work(tx: Tx) -> None:
+        deals = tx.db["deals"]
+        await deals.insert_one({"_id": a, "stage": "new", "amount": 1}, session=tx.session)
+        await deals.insert_many([{"_id": b, "stage": "new"}], session=tx.session)
+        await deals.update_one({"_id": a}, {"$set": {"stage": "won"}}, session=tx.session)
+        await deals.replace_one({"_id": a}, {"stage": "won", "amount": 2}, session=tx.session)
+        await deals.update_many({"_id": {"$in": [a, b]}}, {"$inc": {"n": 1}}, session=tx.session)
+        after = await deals.find_one_and_update(
+            {"_id": b}, {"$set": {"stage": "lost"}}, return_document=ReturnDocument.AFTER, session=tx.session
+        )
+        assert after is not None
+        assert after["stage"] == "lost"
+        await deals.bulk_write([ReplaceOne({"_id": b}, {"stage": "open"})], session=tx.session)
+        await deals.delete_one({"_id": b}, session=tx.session)
+
+    token = as_user()
+    try:
+        await store.transaction(work)
+    finally:
+        audit.actor_var.reset(token)
+    found = await entries(store, a)
+    changes_a = [(e["action"], {c["field"]: (c["before"], c["after"]) for c in e["changes"]}) for e in found]
+    assert changes_a == [
+        ("insert", {"stage": (None, "new"), "amount": (None, 1)}),
+        ("update", {"stage": ("new", "won")}),
+        ("update", {"amount": (1, 2)}),
+        ("update", {"n": (None, 1)}),
+    ]
+    actions_b = [e["action"] for e in await entries(store, b)]
+    assert actions_b == ["insert", "update", "update", "update", "delete"]
+    first = (await entries(store, a))[0]
+    assert first["actor"] == {"type": "user", "user_id": "u-1", "username": "uma", "roles": ["sales_rep"]}
+    assert first["record"] == {"type": "deals", "id": a}
+    assert first["service"] == "sales"
+
+
+async def test_an_aborted_transaction_leaves_neither_change_nor_entry(store: Store) -> None:
+    doc_id = f"x-{uuid.uuid4().hex[:6]}"
+
+    async def work(tx: Tx) -> None:
+        await tx.db["deals"].insert_one({"_id": doc_id}, session=tx.session)
+        raise RuntimeError("the rule said no")
+
+    with pytest.raises(RuntimeError):
+        await store.transaction(work)
+    assert await store.db["deals"].find_one({"_id": doc_id}) is None
+    assert await entries(store, doc_id) == []
+
+
+async def test_a_change_made_by_an_event_names_the_event_and_its_journey(store: Store) -> None:
+    doc_id = f"lead-{uuid.uuid4().hex[:6]}"
+    event = LeadVerdictV1.model_validate({"lead_id": doc_id, "verdict": "accepted", "decided_by": "rep-1"})
+    env = envelope_for(event, source="sales", correlation_id="journey-42")
+
+    async def work(tx: Tx) -> None:
+        await tx.db["leads"].insert_one({"_id": doc_id, "status": "accepted"}, session=tx.session)
+
+    token = causation_var.set(env)
+    try:
+        await store.transaction(work)
+    finally:
+        causation_var.reset(token)
+    [entry] = await entries(store, doc_id)
+    assert entry["actor"] == {
+        "type": "event",
+        "user_id": "event:sales",
+        "source": "sales",
+        "event_type": "lead.verdict",
+        "event_id": str(env.event_id),
+    }
+    assert entry["operation"] == "event lead.verdict v1"
+    assert entry["correlation_id"] == "journey-42"
+
+
+async def test_bookkeeping_writes_outside_the_tx_and_unchanged_saves_are_not_records(store: Store) -> None:
+    doc_id, outside = f"s-{uuid.uuid4().hex[:6]}", f"o-{uuid.uuid4().hex[:6]}"
+    await store.db["deals"].insert_one({"_id": doc_id, "stage": "new"})
+
+    async def work(tx: Tx) -> None:
+        counters = tx.db["counters"]
+        await counters.update_one({"_id": doc_id}, {"$inc": {"v": 1}}, upsert=True, session=tx.session)
+        await tx.db["deals"].update_one({"_id": outside}, {"$set": {"a": 1}}, upsert=True)  # not in the tx
+        await tx.db["deals"].replace_one({"_id": doc_id}, {"stage": "new"}, session=tx.session)
+
+    await store.transaction(work)
+    assert await entries(store, doc_id) == []
+    assert await entries(store, outside) == []
+    assert (await store.db["counters"].find_one({"_id": doc_id}) or {}).get("v") == 1
+
+
+async def test_the_audit_log_is_append_only_for_service_code(store: Store) -> None:
+    async def tamper(tx: Tx) -> None:
+        await tx.db[audit.AUDIT_LOG].delete_many({}, session=tx.session)
+
+    async def forge(tx: Tx) -> None:
+        await tx.db[audit.AUDIT_LOG].insert_one({"_id": "forged"}, session=tx.session)
+
+    for work in (tamper, forge):
+        with pytest.raises(audit.AuditLogIsAppendOnly):
+            await store.transaction(work)
+    assert await store.db[audit.AUDIT_LOG].find_one({"_id": "forged"}) is None
+
+
+async def test_bulk_updates_are_refused_rather_than_left_unrecorded(store: Store) -> None:
+    async def work(tx: Tx) -> None:
+        await tx.db["deals"].bulk_write(
+            [InsertOne({"_id": "z"}), UpdateOne({"_id": "z"}, {"$set": {"a": 1}})], session=tx.session
+        )
+
+    with pytest.raises(TypeError, match="InsertOne and ReplaceOne"):
+        await store.transaction(work)
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        audit.Filters(),
+        audit.Filters(user_id="u-1"),
+        audit.Filters(record_type="deals"),
+        audit.Filters(record_type="deals", record_id="a"),
+        audit.Filters(user_id="u-1", record_type="deals"),
+        audit.Filters(since=datetime(2026, 1, 1, tzinfo=UTC), until=datetime(2027, 1, 1, tzinfo=UTC)),
+    ],
+    ids=["all", "user", "type", "record", "user+type", "period"],
+)
+async def test_audit_queries_use_an_index(store: Store, filters: audit.Filters) -> None:
+    plan = await audit.find_query(store.db, filters).explain()
+    assert "COLLSCAN" not in str(plan["queryPlanner"]["winningPlan"]), plan["queryPlanner"]["winningPlan"]
