@@ -15,6 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from crm_platform.audit import ensure_indexes as ensure_audit_indexes
 from crm_platform.auth import Role
 from crm_platform.idempotency import ensure_indexes as ensure_idempotency_indexes
 from crm_platform.mongo import Tx
@@ -44,6 +45,7 @@ async def ensure_indexes(db: Db) -> None:
     await db[USERS].create_index([("active", ASCENDING), ("roles", ASCENDING)], name="active_roles")
     await db[ATTEMPTS].create_index("expires_at", expireAfterSeconds=0, name="attempts_ttl")
     await db[USERS].create_index("sessions_valid_after", name="sessions_valid_after")
+    await ensure_audit_indexes(db)  # user changes are audited (crm_platform.audit)
     await db[REFRESH].create_index("expires_at", expireAfterSeconds=0, name="refresh_ttl")
     await db[REFRESH].create_index("session_id", name="refresh_session")
     await db[REFRESH].create_index("user_id", name="refresh_user")

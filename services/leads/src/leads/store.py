@@ -14,19 +14,16 @@ The read-side queries for the API (``get_lead``, ``list_leads``, ``list_behaviou
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from crm_contracts.events.common import Behaviour
 from crm_platform.actor import Actor
 from crm_platform.mongo import Tx
+from crm_platform.paging import Sort, page, sorts, text_search
 from crm_platform.uow import MongoUnit
-from pymongo import ASCENDING, DESCENDING, ReplaceOne
+from pymongo import ASCENDING, DESCENDING, TEXT, ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
@@ -59,6 +56,17 @@ async def ensure_indexes(db: Db) -> None:
     await db[LEADS].create_index(
         [("origin_channel", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
         name="by_channel",
+    )
+    # The other orders of GET /leads (crm_platform.paging: field then _id), alone and by status.
+    for sort in (s for s in LEAD_SORTS.values() if s.field != "created_at"):
+        await db[LEADS].create_index([(sort.field, DESCENDING), ("_id", DESCENDING)], name=f"by_{sort.field}")
+        await db[LEADS].create_index(
+            [("status", ASCENDING), (sort.field, DESCENDING), ("_id", DESCENDING)],
+            name=f"by_status_{sort.field}",
+        )
+    # ?q= : every word of the name, company and email (default_language none: names are not stemmed).
+    await db[LEADS].create_index(
+        [("name", TEXT), ("company", TEXT), ("email", TEXT)], name="search", default_language="none"
     )
     await db[BEHAVIOURS].create_index([("lead_id", ASCENDING), ("occurred_at", ASCENDING)], name="by_lead")
     await db[BEHAVIOURS].create_index(
@@ -214,26 +222,14 @@ async def get_lead(db: Db, lead_id: str) -> Lead | None:
     return lead_from_doc(doc) if doc else None
 
 
-class BadCursor(ValueError):
-    pass
-
-
-def encode_cursor(lead: Lead) -> str:
-    raw = json.dumps({"t": lead.created_at.isoformat(), "id": lead.id}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        data = json.loads(raw)
-        when = datetime.fromisoformat(data["t"])
-        lead_id = data["id"]
-    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
-        raise BadCursor("not a cursor returned by this API") from exc
-    if not isinstance(lead_id, str) or when.tzinfo is None:
-        raise BadCursor("not a cursor returned by this API")
-    return when, lead_id
+# GET /leads?sort=: newest first by default; each order has its index (ensure_indexes).
+LEAD_SORTS = sorts(
+    Sort("newest", "created_at"),
+    Sort("oldest", "created_at", descending=False),
+    Sort("updated", "updated_at"),
+    Sort("score", "score"),
+    Sort("name", "name", descending=False),
+)
 
 
 @dataclass(frozen=True)
@@ -242,24 +238,50 @@ class LeadPage:
     next_cursor: str | None
 
 
+@dataclass(frozen=True)
+class LeadQuery:
+    """What GET /leads filters, searches and sorts on."""
+
+    status: str | None = None
+    channel: str | None = None
+    q: str | None = None
+    sort: str = "newest"
+
+    def filter(self, cursor: str | None) -> Doc:
+        query: Doc = {}
+        if self.status is not None:
+            query["status"] = self.status
+        if self.channel is not None:
+            query["origin_channel"] = self.channel
+        if self.q:
+            # A whole address is the lead's identity (its unique index); words search the text index.
+            query.update({"email": self.q.strip().lower()} if "@" in self.q else text_search(self.q))
+        if cursor is not None:
+            after = LEAD_SORTS[self.sort].after(cursor)
+            query = {"$and": [query, after]} if query else after
+        return query
+
+
+def find_leads(db: Db, query: LeadQuery, cursor: str | None = None) -> Any:
+    """The cursor GET /leads reads (and tests ``explain``): filter, search, order."""
+    return db[LEADS].find(query.filter(cursor)).sort(LEAD_SORTS[query.sort].spec)
+
+
 async def list_leads(
-    db: Db, *, status: str | None, channel: str | None, limit: int, cursor: str | None
+    db: Db,
+    *,
+    status: str | None,
+    channel: str | None,
+    limit: int,
+    cursor: str | None,
+    q: str | None = None,
+    sort: str = "newest",
 ) -> LeadPage:
-    """Newest first (capture time, then id); keyset paging so pages never shift."""
-    query: Doc = {}
-    if status is not None:
-        query["status"] = status
-    if channel is not None:
-        query["origin_channel"] = channel
-    if cursor is not None:
-        when, lead_id = decode_cursor(cursor)
-        query["$or"] = [{"created_at": {"$lt": when}}, {"created_at": when, "_id": {"$lt": lead_id}}]
-    docs = await (
-        db[LEADS].find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit + 1)
-    ).to_list()
-    items = [lead_from_doc(d) for d in docs[:limit]]
-    more = len(docs) > limit
-    return LeadPage(items, encode_cursor(items[-1]) if more and items else None)
+    """Keyset paging in the query's order (crm_platform.paging), so pages never shift."""
+    query = LeadQuery(status, channel, q, sort)
+    docs = await find_leads(db, query, cursor).limit(limit + 1).to_list()
+    items, next_cursor = page(docs, limit, LEAD_SORTS[sort])
+    return LeadPage([lead_from_doc(d) for d in items], next_cursor)
 
 
 # -- behaviours --------------------------------------------------------------------------

@@ -20,6 +20,7 @@ side the API lists and shows with.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -31,8 +32,9 @@ from crm_contracts.events.service_desk import CommitmentDecisionKind
 from crm_platform.counters import RoundRobinCounter
 from crm_platform.money import to_amount
 from crm_platform.mongo import Tx
+from crm_platform.paging import Sort, page, sorts, text_search
 from crm_platform.uow import MongoUnit
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, TEXT, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -92,6 +94,7 @@ async def ensure_indexes(
     await db[OPPORTUNITIES].create_index([("owner", ASCENDING), ("created_at", DESCENDING)], name="by_owner")
     await db[OPPORTUNITIES].create_index([("stage", ASCENDING), ("owner", ASCENDING)], name="by_stage")
     await db[OPPORTUNITIES].create_index("lead_id", name="by_lead")
+    await ensure_list_indexes(db)
     # One opportunity per inbox item and per service-desk signal, whatever redelivers them.
     for key, name in (("inbox_item_id", "inbox_item_unique"), ("signal_id", "signal_unique")):
         await db[OPPORTUNITIES].create_index(
@@ -585,33 +588,89 @@ async def get_opportunity(db: Db, opportunity_id: str) -> Opportunity | None:
     return None if doc is None else opportunity_from_doc(doc)
 
 
+# GET /opportunities?sort=: newest first by default (crm_platform.paging: field then _id).
+OPPORTUNITY_SORTS = sorts(
+    Sort("newest", "created_at"),
+    Sort("oldest", "created_at", descending=False),
+    Sort("updated", "updated_at"),
+    Sort("amount", "amount"),
+)
+# The filters a list is narrowed by first (a rep's book is always narrowed by owner).
+_LIST_PREFIXES: tuple[tuple[str, ...], ...] = ((), ("owner",), ("stage",), ("status",), ("origin",))
+
+
+async def ensure_list_indexes(db: Db) -> None:
+    """One index per (filter, order) of GET /opportunities, and the text index for ?q=."""
+    for prefix in _LIST_PREFIXES:
+        for field in sorted({s.field for s in OPPORTUNITY_SORTS.values()}):
+            keys = [*((k, ASCENDING) for k in prefix), (field, DESCENDING), ("_id", DESCENDING)]
+            await db[OPPORTUNITIES].create_index(keys, name="list_" + "_".join([*prefix, field]))
+    await db[OPPORTUNITIES].create_index(
+        [("account_name", TEXT), ("description", TEXT), ("contacts.name", TEXT), ("contacts.email", TEXT)],
+        name="search",
+        default_language="none",
+    )
+
+
+@dataclass(frozen=True)
+class OpportunityQuery:
+    """What GET /opportunities filters, searches and sorts on (``owner``: the actor's scope)."""
+
+    owner: str | None = None
+    stage: str | None = None
+    status: str | None = None
+    origin: str | None = None
+    flagged: bool | None = None
+    q: str | None = None
+    sort: str = "newest"
+
+    def filter(self) -> Doc:
+        fields = (
+            ("owner", self.owner),
+            ("stage", self.stage),
+            ("status", self.status),
+            ("origin", self.origin),
+        )
+        query: Doc = {k: v for k, v in fields if v is not None}
+        if self.flagged is not None:
+            query["commitment_flags.0"] = {"$exists": self.flagged}
+        if self.q:
+            query.update(text_search(self.q))
+        return query
+
+
+def find_opportunities(db: Db, query: OpportunityQuery, cursor: str | None = None) -> Any:
+    """The cursor GET /opportunities reads (and tests ``explain``)."""
+    sort = OPPORTUNITY_SORTS[query.sort]
+    flt = query.filter()
+    if cursor is not None:
+        flt = {"$and": [flt, sort.after(cursor)]}
+    return db[OPPORTUNITIES].find(flt, {"activities": 0}).sort(sort.spec)
+
+
+@dataclass(frozen=True)
+class OpportunityPage:
+    items: list[Opportunity]
+    total: int
+    next_cursor: str | None
+
+
 async def list_opportunities(
-    db: Db,
-    *,
-    owner: str | None,
-    stage: str | None,
-    status: str | None,
-    origin: str | None,
-    flagged: bool | None,
-    limit: int,
-    offset: int,
-) -> tuple[list[Opportunity], int]:
-    query: Doc = {
-        k: v
-        for k, v in (("owner", owner), ("stage", stage), ("status", status), ("origin", origin))
-        if v is not None
-    }
-    if flagged is not None:
-        query["commitment_flags.0"] = {"$exists": flagged}
-    total = await db[OPPORTUNITIES].count_documents(query)
-    docs = await (
-        db[OPPORTUNITIES]
-        .find(query, {"activities": 0})
-        .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
-        .skip(offset)
-        .limit(limit)
-    ).to_list()
-    return [opportunity_from_doc(d) for d in docs], total
+    db: Db, query: OpportunityQuery, *, limit: int, offset: int = 0, cursor: str | None = None
+) -> OpportunityPage:
+    """A page in the query's order: after ``cursor`` (keyset, served by an index) or at ``offset``.
+
+    ``total`` counts the filter's matches (the collection's estimated size when unfiltered).
+    """
+    flt = query.filter()
+    total = await (
+        db[OPPORTUNITIES].count_documents(flt) if flt else db[OPPORTUNITIES].estimated_document_count()
+    )
+    found = find_opportunities(db, query, cursor)
+    if cursor is None and offset:
+        found = found.skip(offset)
+    docs, next_cursor = page(await found.limit(limit + 1).to_list(), limit, OPPORTUNITY_SORTS[query.sort])
+    return OpportunityPage([opportunity_from_doc(d) for d in docs], total, next_cursor)
 
 
 async def activities_for(db: Db, opportunity_id: str, limit: int = 200) -> list[Activity]:

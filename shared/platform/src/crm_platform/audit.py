@@ -31,8 +31,6 @@ cursor over the ``(at, _id)`` order, each filter backed by an index from
 
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
 import csv
 import io
@@ -54,6 +52,7 @@ from pymongo.collection import ReturnDocument
 from crm_platform.actor import Actor
 from crm_platform.clock import now_millis
 from crm_platform.ids import new_id
+from crm_platform.paging import Sort, page
 
 Doc = dict[str, Any]
 
@@ -386,24 +385,8 @@ async def ensure_indexes(db: AsyncDatabase[Doc]) -> None:
     )
 
 
-class BadCursor(ValueError):
-    pass
-
-
-def encode_cursor(doc: Mapping[str, Any]) -> str:
-    raw = json.dumps({"t": doc["at"].isoformat(), "id": doc["_id"]}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        when, entry_id = datetime.fromisoformat(data["t"]), data["id"]
-    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
-        raise BadCursor("not a cursor returned by this API") from exc
-    if not isinstance(entry_id, str) or when.tzinfo is None:
-        raise BadCursor("not a cursor returned by this API")
-    return when, entry_id
+# Newest first: the time, then the id (crm_platform.paging's keyset cursor).
+NEWEST = Sort("newest", "at")
 
 
 @dataclass(frozen=True)
@@ -444,29 +427,20 @@ class Page:
     next_cursor: str | None
 
 
-def _after(query: Doc, cursor: str | None) -> Doc:
-    if cursor is None:
-        return query
-    when, entry_id = decode_cursor(cursor)
-    return {"$and": [query, {"$or": [{"at": {"$lt": when}}, {"at": when, "_id": {"$lt": entry_id}}]}]}
-
-
 def find_query(db: AsyncDatabase[Doc], filters: Filters, cursor: str | None = None) -> Any:
     """The cursor the listing and the export read (newest first); ``record_id`` needs ``record_type``."""
     if filters.record_id is not None and filters.record_type is None:
         raise ValueError("record_id needs record_type")
-    return (
-        db[AUDIT_LOG]
-        .find(_after(filters.query(), cursor))
-        .sort([("at", DESCENDING), ("_id", DESCENDING)])
-        .hint(filters.hint())
-    )
+    query = filters.query()
+    if cursor is not None:
+        query = {"$and": [query, NEWEST.after(cursor)]}
+    return db[AUDIT_LOG].find(query).sort(NEWEST.spec).hint(filters.hint())
 
 
 async def query(db: AsyncDatabase[Doc], filters: Filters, *, limit: int, cursor: str | None = None) -> Page:
     docs = await find_query(db, filters, cursor).limit(limit + 1).to_list()
-    items = docs[:limit]
-    return Page(items, encode_cursor(items[-1]) if len(docs) > limit and items else None)
+    items, next_cursor = page(docs, limit, NEWEST)
+    return Page(items, next_cursor)
 
 
 async def history(

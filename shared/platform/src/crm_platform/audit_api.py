@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from crm_platform import audit
 from crm_platform.auth import Role, require_roles
 from crm_platform.errors import RuleViolation
+from crm_platform.paging import BadCursor
 from crm_platform.routes import DbDep
 from crm_platform.values import Timestamp
 
@@ -94,7 +95,7 @@ async def history_out(
     """A record's field history (who, when, before, after), newest first."""
     try:
         return page_out(await audit.history(db, record_type, record_id, limit=limit, cursor=cursor))
-    except audit.BadCursor as exc:
+    except BadCursor as exc:
         raise RuleViolation(f"invalid input: query.cursor: {exc}", field="query.cursor") from None
 
 
@@ -132,7 +133,7 @@ def router(*dependencies: Any) -> APIRouter:
     ) -> AuditPageOut:
         try:
             return page_out(await audit.query(db, filters, limit=limit, cursor=cursor))
-        except audit.BadCursor as exc:
+        except BadCursor as exc:
             raise RuleViolation(f"invalid input: query.cursor: {exc}", field="query.cursor") from None
 
     @api.get(

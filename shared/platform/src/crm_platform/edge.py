@@ -36,7 +36,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from crm_platform import metrics
+from crm_platform import audit, metrics
 from crm_platform.deadline import request_db_deadline
 from crm_platform.errors import is_database_outage
 from crm_platform.logging import correlation_id_var, request_id_var
@@ -129,6 +129,8 @@ class HttpEdge:
         rid = _client_id(headers, "x-request-id") or uuid.uuid4().hex
         cid = _client_id(headers, "x-correlation-id") or rid
         r_token, c_token = request_id_var.set(rid), correlation_id_var.set(cid)
+        # Nobody acts until the request's token is verified (crm_platform.auth names the actor).
+        a_token, o_token = audit.actor_var.set(None), audit.operation_var.set(None)
         ex = _Exchange(ids={"x-request-id": rid, "x-correlation-id": cid})
         started = time.perf_counter()
         try:
@@ -137,6 +139,8 @@ class HttpEdge:
             self._observe(scope, ex, time.perf_counter() - started)
             request_id_var.reset(r_token)
             correlation_id_var.reset(c_token)
+            audit.actor_var.reset(a_token)
+            audit.operation_var.reset(o_token)
 
     async def _handle(
         self, scope: Scope, receive: Receive, send: Send, ex: _Exchange, headers: Headers

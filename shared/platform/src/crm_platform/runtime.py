@@ -18,7 +18,7 @@ from crm_contracts.topics import HANDOFF_RECEIPTS
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 
-from crm_platform import audit, metrics, outbox_audit, receipts
+from crm_platform import metrics, outbox_audit, receipts
 from crm_platform.consumer import AfterStore, ConsumerConfig, EventConsumer, Handler
 from crm_platform.kafka import ensure_topics_async, make_producer, pace_empty_fetches
 from crm_platform.liveness import (
@@ -338,7 +338,6 @@ class MongoOnlyRuntime:
         return self.store.db
 
     async def start(self) -> None:
-        await audit.ensure_indexes(self.store.db)  # its writes are audited too (crm_platform.audit)
         if self.indexes is not None:
             await self.indexes(self.store.db)
         for job in self.background:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any
 
 from crm_contracts.events.common import Behaviour
 from crm_platform import audit_api
 from crm_platform.errors import NotFound, RuleViolation
+from crm_platform.paging import BadCursor
 from crm_platform.routes import CurrentActor, DbDep, require_roles
 from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import BeforeValidator, StringConstraints
@@ -33,6 +35,14 @@ router = APIRouter(prefix="/leads", tags=["leads"], dependencies=[require_roles(
 
 LeadId = Annotated[str, Path(min_length=1, max_length=100)]
 ChannelFilter = Annotated[str, StringConstraints(max_length=64)]
+
+
+class LeadSort(StrEnum):
+    NEWEST = "newest"
+    OLDEST = "oldest"
+    UPDATED = "updated"
+    SCORE = "score"
+    NAME = "name"
 
 
 def _blank_is_none(value: Any) -> Any:
@@ -79,12 +89,23 @@ async def capture_leads(body: BulkCaptureIn, uow: UowDep) -> BulkCaptureOut:
 @router.get(
     "",
     response_model=LeadPageOut,
-    summary="Leads, newest first, filtered by status and origin channel, paged",
+    summary="Leads: search, filter by status and origin channel, sort, cursor paging (each on an index)",
 )
 async def list_leads(
     db: DbDep,
     status_: Annotated[LeadStatus | None, BeforeValidator(_blank_is_none), Query(alias="status")] = None,
     channel: Annotated[ChannelFilter | None, BeforeValidator(_blank_is_none), Query()] = None,
+    q: Annotated[
+        str | None,
+        BeforeValidator(_blank_is_none),
+        Query(
+            max_length=200,
+            description="words of the name, company or email (all must match), or a whole email",
+        ),
+    ] = None,
+    sort: Annotated[
+        LeadSort, Query(description="newest (default), oldest, updated, score, name")
+    ] = LeadSort.NEWEST,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> LeadPageOut:
@@ -95,8 +116,10 @@ async def list_leads(
             channel=channel.strip().lower() if channel else None,
             limit=limit,
             cursor=cursor,
+            q=q,
+            sort=sort.value,
         )
-    except repo.BadCursor as exc:
+    except BadCursor as exc:
         raise RuleViolation(f"invalid input: query.cursor: {exc}", field="query.cursor") from None
     return LeadPageOut(items=[LeadOut.of(x) for x in page.items], next_cursor=page.next_cursor)
 

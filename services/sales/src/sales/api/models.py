@@ -604,6 +604,7 @@ class OpportunityPageOut(Out):
     total: int
     limit: int
     offset: int
+    next_cursor: str | None = Field(None, description="pass as ?cursor= for the next page; null on the last")
 
 
 class DecisionOut(Out):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 from crm_platform import audit_api
-from crm_platform.errors import NotFound
+from crm_platform.errors import NotFound, RuleViolation
+from crm_platform.paging import BadCursor
 from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Query, status
 
@@ -26,6 +28,13 @@ from sales.domain.opportunity import OpportunityStatus, Origin
 router = APIRouter(prefix="/opportunities", tags=["opportunities"], dependencies=[sales_only])
 
 
+class OpportunitySort(StrEnum):
+    NEWEST = "newest"
+    OLDEST = "oldest"
+    UPDATED = "updated"
+    AMOUNT = "amount"
+
+
 @router.get(
     "",
     response_model=OpportunityPageOut,
@@ -39,21 +48,40 @@ async def list_opportunities(
     origin: Annotated[Origin | None, Query()] = None,
     flagged: Annotated[bool | None, Query(description="Has a commitment flagged by customer success")] = None,
     owner: Annotated[str | None, Query(max_length=100, description="Managers: one rep's book")] = None,
+    q: Annotated[
+        str | None,
+        Query(max_length=200, description="words of the account, description or contacts (all must match)"),
+    ] = None,
+    sort: Annotated[OpportunitySort, Query(description="newest (default), oldest, updated, amount")] = (
+        OpportunitySort.NEWEST
+    ),
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    cursor: Annotated[
+        str | None, Query(max_length=500, description="next_cursor of the previous page")
+    ] = None,
+    offset: Annotated[
+        int, Query(ge=0, le=100_000, description="ignored with a cursor; prefer the cursor")
+    ] = 0,
 ) -> OpportunityPageOut:
-    opps, total = await repo.list_opportunities(
-        db,
+    query = repo.OpportunityQuery(
         owner=owner_scope(actor, owner),
         stage=stage,
         status=status_.value if status_ else None,
         origin=origin.value if origin else None,
         flagged=flagged,
-        limit=limit,
-        offset=offset,
+        q=q.strip() or None if q else None,
+        sort=sort.value,
     )
+    try:
+        found = await repo.list_opportunities(db, query, limit=limit, offset=offset, cursor=cursor)
+    except BadCursor as exc:
+        raise RuleViolation(f"invalid input: query.cursor: {exc}", field="query.cursor") from None
     return OpportunityPageOut(
-        items=[OpportunityOut.of(o) for o in opps], total=total, limit=limit, offset=offset
+        items=[OpportunityOut.of(o) for o in found.items],
+        total=found.total,
+        limit=limit,
+        offset=0 if cursor else offset,
+        next_cursor=found.next_cursor,
     )
 
 

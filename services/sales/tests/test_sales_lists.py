@@ -1,0 +1,67 @@
+"""GET /opportunities: text search, filters, sort and cursor paging, each query on an index
+(issue 9). The explain test runs MongoDB's ``explain`` on exactly the cursor the route reads
+(``store.find_opportunities``) for every combination and fails on a collection scan."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from typing import Any, TypeAlias
+
+import pytest
+from sales import store
+
+pytestmark = pytest.mark.integration
+Sales: TypeAlias = Any  # conftest.Sales
+
+
+async def _pages(sales: Sales, params: dict[str, Any], headers: dict[str, str]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        query = {**params, "limit": 2, **({"cursor": cursor} if cursor else {})}
+        r = await sales.client.get("/opportunities", params=query, headers=headers)
+        assert r.status_code == 200, r.text
+        items += r.json()["items"]
+        cursor = r.json()["next_cursor"]
+        if cursor is None:
+            return items
+
+
+async def test_search_sort_by_amount_and_page_through_a_reps_book(sales: Sales) -> None:
+    tag, rep = uuid.uuid4().hex[:8], sales.uid("rex")
+    amounts = [300, None, 100, 200]
+    for n, amount in enumerate(amounts):
+        opp = await sales.opportunity_for(rep, company=f"Engines{tag} {n}")
+        if amount is not None:
+            r = await sales.client.patch(
+                f"/opportunities/{opp['id']}", json={"fields": {"amount": amount}}, headers=sales.rep(rep)
+            )
+            assert r.status_code == 200, r.text
+    by_amount = await _pages(sales, {"q": f"engines{tag}", "sort": "amount"}, sales.rep(rep))
+    assert [o["account_name"] for o in by_amount] == [f"Engines{tag} {n}" for n in (0, 3, 2, 1)]
+    newest = await _pages(sales, {"q": f"Engines{tag}"}, sales.manager())
+    assert [o["account_name"] for o in newest] == [f"Engines{tag} {n}" for n in (3, 2, 1, 0)]
+    assert await _pages(sales, {"q": f"engines{tag}"}, sales.rep(sales.uid("other"))) == []
+
+
+QUERIES = [
+    store.OpportunityQuery(*values)
+    for values in itertools.product(
+        (None, "rep-1"), (None, "proposal"), (None, "open"), (None, "lead"), (None, True), (None, "engines"),
+        sorted(store.OPPORTUNITY_SORTS),
+    )
+]  # fmt: skip
+
+
+async def test_every_listed_query_uses_an_index(sales: Sales) -> None:
+    await sales.opportunity_for(sales.uid("rex"))
+    db = sales.runtime.store.db
+    any_opp = await db[store.OPPORTUNITIES].find_one({})
+    for query in QUERIES:
+        cursor = store.OPPORTUNITY_SORTS[query.sort].cursor_of(any_opp)
+        for page_cursor in (None, cursor):
+            plan = (await store.find_opportunities(db, query, page_cursor).limit(51).explain())[
+                "queryPlanner"
+            ]
+            assert "COLLSCAN" not in str(plan["winningPlan"]), (query, page_cursor, plan["winningPlan"])

@@ -1,0 +1,124 @@
+"""Keyset (cursor) pagination for every list: pages that never shift, served by an index.
+
+A list is sorted by one field and the ``_id`` (the tie-break, same direction); a page's cursor
+holds the last item's values of both, and the next page asks for what comes strictly after
+them. With an index on ``(filters..., field, _id)`` the server reads only the page, never the
+skipped items (unlike ``skip``). The cursor is opaque to clients (base64 JSON); a time
+travels as RFC 3339, money as a decimal string.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from bson import Decimal128
+from pymongo import ASCENDING, DESCENDING
+
+Doc = dict[str, Any]
+
+
+class BadCursor(ValueError):
+    """Not a cursor this API returned (or one for another sort)."""
+
+
+@dataclass(frozen=True)
+class Sort:
+    """``field`` then ``_id``, both ascending or both descending; ``name`` is what clients send."""
+
+    name: str
+    field: str
+    descending: bool = True
+
+    @property
+    def spec(self) -> list[tuple[str, int]]:
+        direction = DESCENDING if self.descending else ASCENDING
+        return [(self.field, direction), ("_id", direction)]
+
+    def after(self, cursor: str) -> Doc:
+        """The query part selecting what comes after the cursor's item in this order."""
+        sort_name, value, last_id = _decode(cursor)
+        if sort_name != self.name:
+            raise BadCursor(f"this cursor is for sort={sort_name}, not sort={self.name}")
+        op = "$lt" if self.descending else "$gt"
+        ties = {self.field: value, "_id": {op: last_id}}
+        # A missing value (null) sorts below every other: last going down, first going up.
+        rest: list[Doc]
+        if value is None:
+            rest = [] if self.descending else [{self.field: {"$ne": None}}]
+        else:
+            rest = [{self.field: {op: value}}, *([{self.field: None}] if self.descending else [])]
+        return {"$or": [ties, *rest]}
+
+    def cursor_of(self, doc: Mapping[str, Any]) -> str:
+        return _encode(self.name, _dig(doc, self.field), doc["_id"])
+
+
+def sorts(*orders: Sort) -> dict[str, Sort]:
+    """A list's orders by the name clients send (``?sort=``)."""
+    return {order.name: order for order in orders}
+
+
+def page(docs: Sequence[Doc], limit: int, sort: Sort) -> tuple[list[Doc], str | None]:
+    """The page's documents (``docs`` was read with ``limit + 1``) and the next page's cursor."""
+    items = list(docs[:limit])
+    more = len(docs) > limit and bool(items)
+    return items, sort.cursor_of(items[-1]) if more else None
+
+
+def _dig(doc: Mapping[str, Any], path: str) -> Any:
+    value: Any = doc
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
+def _wire(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"t": value.isoformat()}
+    if isinstance(value, Decimal128 | Decimal):
+        return {"d": str(value)}
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise TypeError(f"cannot page on a {type(value).__name__}")
+
+
+def _unwire(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"t"}:
+        when = datetime.fromisoformat(value["t"])
+        if when.tzinfo is None:
+            raise ValueError("naive time")
+        return when
+    if isinstance(value, dict) and set(value) == {"d"}:
+        return Decimal128(Decimal(value["d"]))
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise ValueError("unexpected value")
+
+
+def _encode(sort_name: str, value: Any, doc_id: Any) -> str:
+    raw = json.dumps({"s": sort_name, "v": _wire(value), "id": doc_id}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> tuple[str, Any, str]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        sort_name, value, doc_id = data["s"], _unwire(data["v"]), data["id"]
+    except (binascii.Error, ValueError, KeyError, TypeError, InvalidOperation) as exc:
+        raise BadCursor("not a cursor returned by this API") from exc
+    if not isinstance(sort_name, str) or not isinstance(doc_id, str):
+        raise BadCursor("not a cursor returned by this API")
+    return sort_name, value, doc_id
+
+
+def text_search(q: str) -> Doc:
+    """A ``$text`` query where every word must match (each quoted: MongoDB ANDs phrases)."""
+    words = [w.replace('"', "") for w in q.split()]
+    return {"$text": {"$search": " ".join(f'"{w}"' for w in words if w), "$caseSensitive": False}}
