@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from crm_contracts.events.service_desk import Sentiment
+from crm_contracts.events.service_desk import CheckInLoggedV1, Sentiment
 from crm_platform.errors import Conflict, RuleViolation
 from pydantic import BaseModel, ConfigDict
 
@@ -33,6 +33,19 @@ class CheckIn(BaseModel):
     due_at: datetime | None = None
     logged_by: str
     logged_at: datetime
+
+    def logged(self, tier: str) -> CheckInLoggedV1:
+        """``account.checkin_logged`` (the account's tier at the time)."""
+        return CheckInLoggedV1(
+            checkin_id=self.checkin_id,
+            account_id=self.account_id,
+            tier=tier,
+            csm=self.logged_by,
+            held_at=self.held_at,
+            sentiment=self.sentiment,
+            attendees=len(self.attendees),
+            due_at=self.due_at,
+        )
 
 
 def checkin_due_at(account: Account, tier: TierConfig | None) -> datetime | None:

@@ -10,7 +10,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from crm_contracts.events.service_desk import HealthBand, RenewalOutcome, Sentiment
+from crm_contracts.events.service_desk import (
+    ChurnRiskChangedV1,
+    HealthBand,
+    HealthReason,
+    HealthScoredV1,
+    RenewalOutcome,
+    Sentiment,
+)
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -325,6 +332,19 @@ class HealthRecord(BaseModel):
     reasons: list[StoredReason]
     scored_at: datetime
 
+    def scored(self) -> HealthScoredV1:
+        """``account.health_scored``."""
+        return HealthScoredV1(
+            account_id=self.account_id,
+            score=self.score,
+            band=self.band,
+            rules_version=self.rules_version,
+            reasons=[
+                HealthReason(component=r.component, points=r.points, detail=r.detail) for r in self.reasons
+            ],
+            scored_at=self.scored_at,
+        )
+
 
 class RiskChange(BaseModel):
     """The churn warning raised, changed or cleared for an account."""
@@ -338,6 +358,16 @@ class RiskChange(BaseModel):
     account_manager: str | None
     health_score: float
     at: datetime
+
+    def changed(self) -> ChurnRiskChangedV1:
+        """``account.churn_risk_changed``: the warning raised, changed or cleared."""
+        return ChurnRiskChangedV1(
+            account_id=self.account_id,
+            at_risk=self.at_risk,
+            signals=self.signals,
+            account_manager=self.account_manager,
+            health_score=self.health_score,
+        )
 
 
 class HealthState(BaseModel):

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from crm_contracts.events.service_desk import ChurnReason, RenewalOutcome
+from crm_contracts.events.common import Money
+from crm_contracts.events.service_desk import ChurnReason, RenewalOutcome, RenewalRecordedV1
 from crm_platform.errors import Conflict, RuleViolation
-from crm_platform.money import StoredAmount
+from crm_platform.money import StoredAmount, to_wire
 from pydantic import BaseModel, ConfigDict
 
 from service_desk.domain.accounts import Account, AccountStatus
@@ -37,6 +38,22 @@ class RenewalRecord(BaseModel):
     notes: str | None = None
     recorded_by: str
     recorded_at: datetime
+
+    def recorded(self) -> RenewalRecordedV1:
+        """``account.renewal_recorded``."""
+        return RenewalRecordedV1(
+            renewal_id=self.renewal_id,
+            account_id=self.account_id,
+            deal_id=self.deal_id,
+            tier=self.tier,
+            account_manager=self.account_manager,
+            outcome=self.outcome,
+            due_date=self.due_date,
+            previous_value=Money(amount=to_wire(self.previous_amount) or 0.0, currency=self.currency),
+            new_term=self.new_term.to_contract() if self.new_term else None,
+            churn_reason=self.churn_reason,
+            recorded_by=self.recorded_by,
+        )
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 from datetime import UTC, datetime, timedelta
 
-from crm_contracts.events.service_desk import SurveyKind
+from crm_contracts.events.service_desk import SurveyAnsweredV1, SurveyKind
 from crm_platform.errors import Conflict, DomainError, RuleViolation
 from pydantic import BaseModel, ConfigDict
 
@@ -60,6 +60,21 @@ class Survey(BaseModel):
         if isinstance(score, bool) or not low <= score <= high:
             raise RuleViolation(f"a {self.kind.value} score is {low} to {high}", field="score", value=score)
         self.score, self.comment, self.answered_at = score, (comment or "").strip() or None, now
+
+    def answered_event(self) -> SurveyAnsweredV1:
+        """``survey.answered`` (only for an answered survey)."""
+        assert self.score is not None
+        assert self.answered_at is not None
+        return SurveyAnsweredV1(
+            survey_id=self.survey_id,
+            account_id=self.account_id,
+            kind=self.kind,
+            score=self.score,
+            ticket_id=self.ticket_id,
+            has_comment=self.comment is not None,
+            sent_at=self.sent_at,
+            answered_at=self.answered_at,
+        )
 
 
 def new_survey(

@@ -16,40 +16,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from crm_contracts.events.common import Money
 from crm_contracts.events.service_desk import (
-    CheckInLoggedV1,
-    ChurnRiskChangedV1,
-    HealthReason,
-    HealthScoredV1,
-    RenewalRecordedV1,
     Sentiment,
-    SurveyAnsweredV1,
     SurveyKind,
 )
 from crm_platform.actor import Actor
 from crm_platform.clock import to_millis
 from crm_platform.errors import Conflict, NotFound, RuleViolation
-from crm_platform.money import to_wire
 from pymongo.errors import PyMongoError
 
+from service_desk.domain import account_health as assessment
 from service_desk.domain import checkins, health, surveys
 from service_desk.domain.access import book_of
 from service_desk.domain.accounts import (
     Account,
     AccountStatus,
     AssignmentRole,
-    CommitmentStatus,
-    OnboardingStatus,
     Usage,
 )
 from service_desk.domain.checkins import CheckIn, CheckInDue
 from service_desk.domain.health import (
-    HealthFacts,
     HealthRecord,
     HealthRules,
     HealthState,
-    RiskChange,
     RuleSet,
 )
 from service_desk.domain.renewals import (
@@ -58,7 +47,6 @@ from service_desk.domain.renewals import (
     RenewalRecord,
     record_renewal,
     renewal_list,
-    renewal_overdue,
 )
 from service_desk.domain.roster import active_csms
 from service_desk.domain.success_config import SuccessConfig, SuccessConfigRecord
@@ -171,28 +159,12 @@ async def record_renewal_outcome(
         record = record_renewal(account, decision, renewal_id=renewal_id, by=actor.user_id, now=now)
         await unit.accounts.save(account)
         await unit.renewals.add(record)
-        unit.emit(renewal_recorded(record), correlation_id=account.journey_id)
+        unit.emit(record.recorded(), correlation_id=account.journey_id)
         if account.status == AccountStatus.ACTIVE:
             await refresh_health(unit, account, now, uow.new_id)
         return record
 
     return await uow.run(work)
-
-
-def renewal_recorded(record: RenewalRecord) -> RenewalRecordedV1:
-    return RenewalRecordedV1(
-        renewal_id=record.renewal_id,
-        account_id=record.account_id,
-        deal_id=record.deal_id,
-        tier=record.tier,
-        account_manager=record.account_manager,
-        outcome=record.outcome,
-        due_date=record.due_date,
-        previous_value=Money(amount=to_wire(record.previous_amount) or 0.0, currency=record.currency),
-        new_term=record.new_term.to_contract() if record.new_term else None,
-        churn_reason=record.churn_reason,
-        recorded_by=record.recorded_by,
-    )
 
 
 async def account_renewals(uow: Uow, account_id: str, actor: Actor) -> list[RenewalRecord]:
@@ -232,24 +204,11 @@ async def log_checkin(uow: Uow, account_id: str, entry: CheckInEntry, actor: Act
             now=now,
         )
         await unit.checkins.add(checkin)
-        unit.emit(checkin_logged(account, checkin), correlation_id=account.journey_id)
+        unit.emit(checkin.logged(account.tier), correlation_id=account.journey_id)
         await refresh_health(unit, account, now, uow.new_id)
         return checkin
 
     return await uow.run(work)
-
-
-def checkin_logged(account: Account, checkin: CheckIn) -> CheckInLoggedV1:
-    return CheckInLoggedV1(
-        checkin_id=checkin.checkin_id,
-        account_id=account.account_id,
-        tier=account.tier,
-        csm=checkin.logged_by,
-        held_at=checkin.held_at,
-        sentiment=checkin.sentiment,
-        attendees=len(checkin.attendees),
-        due_at=checkin.due_at,
-    )
 
 
 async def account_checkins(uow: Uow, account_id: str, actor: Actor) -> list[CheckIn]:
@@ -278,28 +237,6 @@ async def checkins_due(uow: Uow, csm: str | None, horizon_days: int, actor: Acto
 # --- health and the churn early warning ---------------------------------------------------------
 
 
-async def gather_facts(unit: SuccessUnit, account: Account, rules: HealthRules, now: datetime) -> HealthFacts:
-    """What the score looks at, from the desk's own records."""
-    config = await unit.settings.config()
-    tickets = await unit.tickets.of_account(account.account_id)
-    recent = [t for t in tickets if t.opened_at >= now - timedelta(days=rules.window_days)]
-    return HealthFacts(
-        onboarding_completed=account.onboarding.status == OnboardingStatus.COMPLETED,
-        onboarding_started_at=account.onboarding.started_at,
-        tickets_in_window=len(recent),
-        sla_breaches_in_window=sum(
-            bool(t.first_response_breached) + bool(t.resolution_breached) for t in recent
-        ),
-        csat_scores=[t.csat for t in tickets if t.csat is not None][:5],
-        latest_nps=await unit.surveys.latest_answer(account.account_id, SurveyKind.NPS),
-        checkin_due_at=checkins.checkin_due_at(account, config.tier(account.tier)),
-        last_sentiment=account.last_checkin_sentiment,
-        open_flags=sum(c.status == CommitmentStatus.FLAGGED for c in account.commitments),
-        usage_ratio=account.usage.ratio if account.usage else None,
-        renewal_overdue=renewal_overdue(account, now),
-    )
-
-
 async def refresh_health(
     unit: SuccessUnit, account: Account, now: datetime, new_id: Callable[[], str]
 ) -> None:
@@ -308,51 +245,25 @@ async def refresh_health(
     A score is added to the history (``account.health_scored``) only when it changed; the
     warning's raise, change and clear (``account.churn_risk_changed``) only when they happen."""
     ruleset = await unit.health.rules()
-    facts = await gather_facts(unit, account, ruleset.rules, now)
-    result = health.score(facts, ruleset, now)
-    since = now - timedelta(days=ruleset.rules.falling_window_days)
-    history = [(h.scored_at, h.score) for h in await unit.health.history(account.account_id, since=since)]
-    warnings = health.churn_signals(result.score, history, facts, ruleset.rules, now)
-    state, record, risk = health.next_state(
-        account.health,
-        result,
-        warnings,
-        account_id=account.account_id,
-        record_id=new_id(),
-        account_manager=account.owner,
+    config = await unit.settings.config()
+    facts = assessment.facts_of(
+        account,
+        tier=config.tier(account.tier),
+        tickets=await unit.tickets.of_account(account.account_id),
+        latest_nps=await unit.surveys.latest_answer(account.account_id, SurveyKind.NPS),
+        rules=ruleset.rules,
         now=now,
     )
-    account.health = state
+    since = assessment.falling_since(ruleset.rules, now)
+    history = await unit.health.history(account.account_id, since=since)
+    record, risk = assessment.assess(account, facts, ruleset, history, record_id=new_id(), now=now)
     await unit.accounts.save(account)
     if record is not None:
         await unit.health.add(record)
-        unit.emit(health_scored(record), correlation_id=account.journey_id)
+        unit.emit(record.scored(), correlation_id=account.journey_id)
     if risk is not None:
         await unit.health.add_risk_change(risk)
-        unit.emit(churn_risk_changed(risk), correlation_id=account.journey_id)
-
-
-def health_scored(record: HealthRecord) -> HealthScoredV1:
-    return HealthScoredV1(
-        account_id=record.account_id,
-        score=record.score,
-        band=record.band,
-        rules_version=record.rules_version,
-        reasons=[
-            HealthReason(component=r.component, points=r.points, detail=r.detail) for r in record.reasons
-        ],
-        scored_at=record.scored_at,
-    )
-
-
-def churn_risk_changed(risk: RiskChange) -> ChurnRiskChangedV1:
-    return ChurnRiskChangedV1(
-        account_id=risk.account_id,
-        at_risk=risk.at_risk,
-        signals=risk.signals,
-        account_manager=risk.account_manager,
-        health_score=risk.health_score,
-    )
+        unit.emit(risk.changed(), correlation_id=account.journey_id)
 
 
 async def rescore(uow: Uow, account_id: str) -> None:
@@ -601,7 +512,7 @@ async def answer_survey(uow: Uow, token: str, score: int, comment: str | None, s
         account = await unit.accounts.get(survey.account_id)
         if survey.ticket_id is not None:
             await _rate_ticket(unit, survey, account.journey_id if account else None)
-        unit.emit(survey_answered(survey), correlation_id=account.journey_id if account else None)
+        unit.emit(survey.answered_event(), correlation_id=account.journey_id if account else None)
         if account is not None and account.status == AccountStatus.ACTIVE:
             await refresh_health(unit, account, now, uow.new_id)
         return survey
@@ -615,21 +526,6 @@ async def _rate_ticket(unit: SuccessUnit, survey: Survey, journey_id: str | None
         rated = ticket.rate(survey.score, by="customer", now=survey.answered_at)
         await unit.tickets.save(ticket)
         unit.emit(rated, correlation_id=journey_id)
-
-
-def survey_answered(survey: Survey) -> SurveyAnsweredV1:
-    assert survey.score is not None
-    assert survey.answered_at is not None
-    return SurveyAnsweredV1(
-        survey_id=survey.survey_id,
-        account_id=survey.account_id,
-        kind=survey.kind,
-        score=survey.score,
-        ticket_id=survey.ticket_id,
-        has_comment=survey.comment is not None,
-        sent_at=survey.sent_at,
-        answered_at=survey.answered_at,
-    )
 
 
 async def account_surveys(uow: Uow, account_id: str, actor: Actor) -> list[Survey]:
