@@ -15,7 +15,7 @@ from crm_contracts.events.sales import LeadVerdictV1
 from crm_platform import audit
 from crm_platform.actor import Actor
 from crm_platform.mongo import Store, Tx, causation_var, connect
-from pymongo import InsertOne, ReplaceOne, UpdateOne
+from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
 from pymongo.collection import ReturnDocument
 
 pytestmark = pytest.mark.integration
@@ -145,14 +145,32 @@ async def test_the_audit_log_is_append_only_for_service_code(store: Store) -> No
     assert await store.db[audit.AUDIT_LOG].find_one({"_id": "forged"}) is None
 
 
-async def test_bulk_updates_are_refused_rather_than_left_unrecorded(store: Store) -> None:
+async def test_a_bulk_write_records_each_document_once_from_before_to_after(store: Store) -> None:
+    a, b, c, d = (f"{x}-{uuid.uuid4().hex[:6]}" for x in "abcd")
+    await store.db["deals"].insert_many([{"_id": a, "n": 1}, {"_id": b, "n": 1}, {"_id": d, "n": 1}])
+
     async def work(tx: Tx) -> None:
         await tx.db["deals"].bulk_write(
-            [InsertOne({"_id": "z"}), UpdateOne({"_id": "z"}, {"$set": {"a": 1}})], session=tx.session
+            [
+                UpdateOne({"_id": a}, {"$inc": {"n": 1}}),
+                UpdateOne({"_id": a}, {"$inc": {"n": 1}}),
+                ReplaceOne({"_id": b}, {"n": 5}),
+                UpdateOne({"name": c}, {"$set": {"n": 9}}, upsert=True),
+                InsertOne({"_id": c, "n": 0}),
+                DeleteOne({"_id": d}),
+            ],
+            session=tx.session,
         )
 
-    with pytest.raises(TypeError, match="InsertOne and ReplaceOne"):
-        await store.transaction(work)
+    await store.transaction(work)
+    [ea], [eb], [ed] = await entries(store, a), await entries(store, b), await entries(store, d)
+    assert ea["changes"] == [{"field": "n", "before": 1, "after": 3}]
+    assert eb["changes"] == [{"field": "n", "before": 1, "after": 5}]
+    assert ed["action"] == "delete"
+    [ec] = await entries(store, c)
+    assert ec["action"] == "insert"
+    upserted = await store.db[audit.AUDIT_LOG].find_one({"changes.after": c, "action": "insert"})
+    assert upserted is not None
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from crm_platform import audit_api
 from crm_platform.app import create_app
 from crm_platform.clock import Clock, system_clock
 from crm_platform.runtime import ServiceRuntime
@@ -51,6 +52,7 @@ def build_app(settings: ServiceSettings, *, clock: Clock = system_clock) -> Fast
             reviews.router,
             action_items_api.router,
             action_items.queue_router,
+            audit_api.router(),
         ],
         public=[public.router],
     )

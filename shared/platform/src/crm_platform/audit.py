@@ -340,33 +340,37 @@ class AuditedCollection(AsyncCollection[Doc]):
         return after if wanted == ReturnDocument.AFTER else before
 
     async def bulk_write(self, requests: Sequence[Any], *args: Any, **kwargs: Any) -> Any:
-        """Inserts, and replacements by ``_id``; other bulk operations are refused in a transaction's
-        watched collections (use the single-document methods, which are audited)."""
+        """Every operation kind, with two reads around the write: one entry per document touched,
+        from its state before the batch to its state after it (an import's merges and upserts)."""
         if not self._watched(kwargs):
             return await super().bulk_write(requests, *args, **kwargs)
-        ops = list(requests)
-        refused = (UpdateOne, UpdateMany, DeleteOne, DeleteMany)
-        if any(isinstance(op, refused) for op in ops):
-            raise TypeError("audited bulk_write takes InsertOne and ReplaceOne({'_id': ...}) only")
-        replaced = [op for op in ops if isinstance(op, ReplaceOne)]
-        befores = await self._by_ids([_replace_id(op) for op in replaced], kwargs.get("session"))
-        result = await super().bulk_write(ops, *args, **kwargs)
+        session, ops = kwargs.get("session"), list(requests)
+        ids: list[Any] = []
         for op in ops:
-            if isinstance(op, InsertOne):
-                self._trail.record(self.name, None, dict(op._doc))
-            elif isinstance(op, ReplaceOne):
-                doc_id = _replace_id(op)
-                if doc_id in befores:
-                    self._trail.record(self.name, befores[doc_id], {"_id": doc_id, **dict(op._doc)})
+            ids += await self._targets(op, session)
+        befores = await self._by_ids(ids, session)
+        result = await super().bulk_write(ops, *args, **kwargs)
+        ids += [op._doc["_id"] for op in ops if isinstance(op, InsertOne)]
+        ids += list((result.upserted_ids or {}).values())
+        afters = await self._by_ids(ids, session)
+        for doc_id in dict.fromkeys(ids):  # each document once, in the batch's order
+            self._trail.record(self.name, befores.get(doc_id), afters.get(doc_id))
         return result
 
-
-def _replace_id(op: ReplaceOne[Doc]) -> Any:
-    # PyMongo keeps a request's filter and document in private attributes, with no accessor.
-    flt = op._filter
-    if not isinstance(flt, Mapping) or set(flt) != {"_id"} or isinstance(flt["_id"], dict):
-        raise TypeError("audited bulk_write: ReplaceOne must select one document by its _id")
-    return flt["_id"]
+    async def _targets(self, op: Any, session: Any) -> list[Any]:
+        """The ids of the stored documents a bulk operation will change (before it runs)."""
+        # PyMongo keeps a request's filter in a private attribute, with no accessor.
+        if isinstance(op, InsertOne):
+            return []
+        if not isinstance(op, ReplaceOne | UpdateOne | UpdateMany | DeleteOne | DeleteMany):
+            raise TypeError(f"audited bulk_write: unknown operation {type(op).__name__}")
+        flt = op._filter
+        if isinstance(flt, Mapping) and set(flt) == {"_id"} and not isinstance(flt["_id"], dict):
+            return [flt["_id"]]
+        if isinstance(op, UpdateMany | DeleteMany):
+            return [d["_id"] async for d in super().find(flt, {"_id": 1}, session=session)]
+        found = await super().find_one(flt, {"_id": 1}, session=session)
+        return [] if found is None else [found["_id"]]
 
 
 # -- the read side ----------------------------------------------------------------------------

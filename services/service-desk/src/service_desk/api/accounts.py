@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from crm_platform import audit_api
 from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel
@@ -116,3 +117,21 @@ async def deliver_commitment(
     account_id: str, commitment_id: str, uow: UowDep, actor: CurrentActor
 ) -> CommitmentOut:
     return CommitmentOut.of(await handlers.deliver_commitment(uow, account_id, commitment_id, actor))
+
+
+@router.get(
+    "/{account_id}/history",
+    response_model=audit_api.AuditPageOut,
+    summary="The account's changes, newest first: who (a user, or the deal.won that opened it), when, "
+    "each field before and after",
+)
+async def account_history(
+    account_id: str,
+    uow: UowDep,
+    db: DbDep,
+    actor: CurrentActor,
+    limit: audit_api.Limit = 50,
+    cursor: audit_api.Cursor = None,
+) -> audit_api.AuditPageOut:
+    await handlers.get_account(uow, account_id, actor)  # 404, or 403 outside the actor's book
+    return await audit_api.history_out(db, store.ACCOUNTS, account_id, limit, cursor)

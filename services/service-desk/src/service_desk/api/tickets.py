@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from crm_platform import audit_api
 from crm_platform.clock import now_millis
 from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Query, status
@@ -87,3 +88,20 @@ async def add_progress(ticket_id: str, body: ProgressIn, uow: UowDep, actor: Cur
 )
 async def resolve(ticket_id: str, body: ResolveIn, uow: UowDep, actor: CurrentActor) -> TicketOut:
     return (await _out(uow, await tickets.resolve_ticket(uow, ticket_id, body.result, actor)))[0]
+
+
+@router.get(
+    "/{ticket_id}/history",
+    response_model=audit_api.AuditPageOut,
+    summary="The ticket's changes, newest first: who, when, each field before and after",
+)
+async def ticket_history(
+    ticket_id: str,
+    uow: UowDep,
+    db: DbDep,
+    actor: CurrentActor,
+    limit: audit_api.Limit = 50,
+    cursor: audit_api.Cursor = None,
+) -> audit_api.AuditPageOut:
+    await tickets.get_ticket(uow, ticket_id, actor)  # 404, or 403 outside the actor's book
+    return await audit_api.history_out(db, store.TICKETS, ticket_id, limit, cursor)
