@@ -114,6 +114,7 @@ CRM_METRICS = frozenset(
         "crm_http_requests_total",
         "crm_http_request_seconds",
         "crm_analytics_handoff_latency_seconds",
+        "crm_analytics_business_latency_window_seconds",
         "crm_analytics_funnel",
         "crm_analytics_reconciliation_difference",
         "crm_analytics_reconciliation_timestamp_seconds",

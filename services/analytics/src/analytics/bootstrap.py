@@ -15,10 +15,10 @@ from crm_platform.runtime import MongoOnlyRuntime
 from crm_platform.settings import ServiceSettings
 from fastapi import FastAPI, Request, Response
 
-from analytics.api import routes
+from analytics.api import kpis, routes
 from analytics.metrics import COLLECTOR, SnapshotCache
 from analytics.settings import AnalyticsSettings
-from analytics.store import MongoReconciliations, MongoSnapshots
+from analytics.store import MongoKpis, MongoReconciliations, MongoSnapshots
 
 
 def analytics_settings(settings: ServiceSettings | None = None) -> AnalyticsSettings:
@@ -40,11 +40,11 @@ def build_app(settings: ServiceSettings) -> FastAPI:
         settings=s,
         title="CRM analytics",
         description=(
-            "Funnel, channel attribution and handoff latencies, computed by the analytics "
-            "stream worker from every department's events and read from its latest snapshot."
+            "Funnel, channel attribution, handoff latencies and the departments' KPIs, computed "
+            "by the analytics stream worker from every department's events and read from its latest snapshot."
         ),
         runtime=runtime,
-        protected=[routes.router],
+        protected=[routes.router, kpis.router],
     )
     install_snapshot_cache(app, runtime)
     return app
@@ -52,8 +52,12 @@ def build_app(settings: ServiceSettings) -> FastAPI:
 
 def install_snapshot_cache(app: FastAPI, runtime: MongoOnlyRuntime) -> SnapshotCache:
     """The figures cache behind the routes and ``/metrics`` (refreshed on each scrape)."""
-    cache = SnapshotCache(MongoSnapshots(runtime.db), MongoReconciliations(runtime.db))
+    kpi_reports = MongoKpis(runtime.db)
+    cache = SnapshotCache(
+        MongoSnapshots(runtime.db), MongoReconciliations(runtime.db), kpi_reports=kpi_reports
+    )
     app.state.snapshot_cache = cache
+    app.state.kpi_reports = kpi_reports
     COLLECTOR.source = cache
 
     @app.middleware("http")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from analytics.domain.snapshot import Reconciliation, Snapshot
+from analytics.domain.snapshot import KpiReport, Reconciliation, Snapshot
 
 
 class InMemorySnapshots:
@@ -36,3 +36,16 @@ class InMemoryReconciliations:
 
     async def save(self, reconciliation: Reconciliation) -> None:
         self.reconciliation = copy.deepcopy(reconciliation)
+
+
+class InMemoryKpis:
+    def __init__(self, report: KpiReport | None = None) -> None:
+        self.report = report
+        self.saves = 0
+
+    async def latest(self) -> KpiReport | None:
+        return copy.deepcopy(self.report)
+
+    async def save(self, report: KpiReport) -> None:
+        self.report = copy.deepcopy(report)
+        self.saves += 1

@@ -8,11 +8,14 @@ of each. Each is one single-document write or read through ``analytics.repositor
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
+from analytics.domain import kpis
 from analytics.domain.figures import Figures
-from analytics.domain.snapshot import Reconciliation, Snapshot
-from analytics.repository import ReconciliationRepository, SnapshotRepository
+from analytics.domain.records import Record
+from analytics.domain.snapshot import KpiReport, Reconciliation, Snapshot
+from analytics.repository import KpiRepository, ReconciliationRepository, SnapshotRepository
 
 
 async def publish_snapshot(
@@ -40,3 +43,23 @@ async def record_reconciliation(reconciliations: ReconciliationRepository, repor
 
 async def latest_reconciliation(reconciliations: ReconciliationRepository) -> Reconciliation | None:
     return await reconciliations.latest()
+
+
+async def publish_kpis(
+    reports: KpiRepository, records: Mapping[str, Record], *, records_version: int, worker: str, now: datetime
+) -> KpiReport:
+    """Compute the KPIs at ``now`` and write them as the latest report.
+
+    Always written, even when no record changed: overdue items, the latest periods and the
+    business latencies' sliding windows move with time (an alert clears after a breach).
+    """
+    report = KpiReport(
+        at=now, kpis=kpis.compute(records, now), records_version=records_version, worker=worker
+    )
+    await reports.save(report)
+    return report
+
+
+async def latest_kpis(reports: KpiRepository, now: datetime) -> KpiReport:
+    """The latest KPI report; every figure empty before the worker computed one."""
+    return await reports.latest() or KpiReport.empty(now)

@@ -131,9 +131,9 @@ async def reconcile(
     replay, scanned = await replay_log(bootstrap, upto, since=since)
     if not may_merge():
         return None
-    before = figure_values(state.figures)
+    before = figure_values(state.figures, state.records)
     repaired = merge_state(state, replay)  # synchronous: no event is folded in between
-    after = figure_values(state.figures)
+    after = figure_values(state.figures, state.records)
     difference = {name: after.get(name, 0) - before.get(name, 0) for name in sorted(set(before) | set(after))}
     return Reconciliation(
         at=utcnow(),

@@ -47,6 +47,13 @@ class AnalyticsSettings(ServiceSettings):
         validation_alias="CRM_ANALYTICS_SNAPSHOT_SECONDS",
         gt=0,
     )
+    kpi_interval_seconds: float = Field(
+        default=10.0,
+        validation_alias="CRM_ANALYTICS_KPI_SECONDS",
+        gt=0,
+        description="compute and publish the KPIs (periods, overdue items, business latency windows) "
+        "this often; they move with time, so they are computed on a timer, not per event",
+    )
     agent_concurrency: int = Field(
         default=16,
         validation_alias="CRM_ANALYTICS_CONCURRENCY",

@@ -7,20 +7,25 @@ atomically:
   channels: [{channel, stages}], handoffs}``; channels are stored as a list because
   channel names are free text (a name may hold a ``.``);
 - ``reconciliations``: ``{_id: "latest", at, worker, scanned_events, repaired_facts,
-  difference, seconds}``.
+  difference, seconds}``;
+- ``kpis``: ``{_id: "latest", at, worker, records_version, kpis}`` (the KPI document of
+  ``analytics.domain.kpis``; team and channel names are values, never keys of stored maps
+  that MongoDB would have to accept: ``kpis`` is stored as a JSON string).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from analytics.domain.snapshot import Reconciliation, Snapshot
+from analytics.domain.snapshot import KpiReport, Reconciliation, Snapshot
 
 SNAPSHOTS = "snapshots"
 LATEST = "latest"
 RECONCILIATIONS = "reconciliations"
+KPIS = "kpis"
 
 Doc = dict[str, Any]
 Db = AsyncDatabase[Doc]
@@ -95,3 +100,29 @@ def _reconciliation_from_doc(doc: Doc) -> Reconciliation:
         seconds=float(doc.get("seconds", 0.0)),
         worker=str(doc.get("worker", "")),
     )
+
+
+class MongoKpis:
+    def __init__(self, db: Db) -> None:
+        self.db = db
+
+    async def latest(self) -> KpiReport | None:
+        doc = await self.db[KPIS].find_one({"_id": LATEST})
+        if not doc:
+            return None
+        return KpiReport(
+            at=doc["at"],
+            kpis=json.loads(doc["kpis"]),
+            records_version=int(doc.get("records_version", 0)),
+            worker=str(doc.get("worker", "")),
+        )
+
+    async def save(self, report: KpiReport) -> None:
+        doc = {
+            "_id": LATEST,
+            "at": report.at,
+            "worker": report.worker,
+            "records_version": report.records_version,
+            "kpis": json.dumps(report.kpis, separators=(",", ":")),
+        }
+        await self.db[KPIS].replace_one({"_id": LATEST}, doc, upsert=True)

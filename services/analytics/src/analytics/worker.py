@@ -15,11 +15,13 @@ faust restarts it and the record, never acked, comes again. If actors keep crash
 so its supervisor (``make run``, Kubernetes) restarts the process; faust's own
 default would give up on the agent and leave a live process with frozen figures.
 
-State lives in three faust tables (in-memory store, changelog topics
-``<app id>-{leads,deals,receipts}-changelog``) holding *facts* keyed by lead id,
-deal id and handoff event id; the figures are derived from the facts in memory and
-rebuilt from the tables after each recovery. A timer writes a snapshot of the
-figures to MongoDB about once a second, only when a figure changed. After each
+State lives in four faust tables (in-memory store, changelog topics
+``<app id>-{leads,deals,receipts,records}-changelog``) holding *facts* keyed by lead id,
+deal id, handoff event id and ``<kind>:<id>`` (the records the KPIs are computed from,
+``analytics.domain.records``); a second timer computes the KPIs every
+``CRM_ANALYTICS_KPI_SECONDS`` and writes them beside the snapshot. The figures are
+derived from the facts in memory and rebuilt from the tables after each recovery. A
+timer writes a snapshot of the figures to MongoDB about once a second, only when a figure changed. After each
 recovery and every ``CRM_ANALYTICS_RECONCILE_SECONDS`` the facts are reconciled
 against a replay of the log (``analytics.reconcile``): what a lossy broker took
 from the changelog is put back and reported per figure.
@@ -75,7 +77,7 @@ from analytics.domain.engine import AnalyticsState, ImplausibleEvent, apply, reb
 from analytics.domain.snapshot import Reconciliation, Snapshot
 from analytics.reconcile import Reconciler, committed_offsets, log_report, reconcile
 from analytics.settings import AnalyticsSettings
-from analytics.store import MongoReconciliations, MongoSnapshots
+from analytics.store import MongoKpis, MongoReconciliations, MongoSnapshots
 from analytics.worker_metrics import WorkerMetrics, serve_metrics, track_partitions
 
 log = logging.getLogger("crm.analytics.worker")
@@ -186,13 +188,17 @@ class AnalyticsWorker:
         self.app = app if app is not None else build_faust_app(settings)
         self.tables = self._declare_tables()
         self.state = AnalyticsState(
-            leads=self.tables["leads"], deals=self.tables["deals"], receipts=self.tables["receipts"]
+            leads=self.tables["leads"],
+            deals=self.tables["deals"],
+            receipts=self.tables["receipts"],
+            records=self.tables["records"],
         )
         self.source = self._raw_topic(*SOURCE_TOPICS)
         self.dlq_topic_name = dead_letter_topic(settings.service_name)
         self.dlq = self._raw_topic(self.dlq_topic_name)
         self.agent = self._declare_agent()
         self.app.timer(settings.snapshot_interval_seconds, name="analytics-snapshot")(self.snapshot_tick)
+        self.app.timer(settings.kpi_interval_seconds, name="analytics-kpis")(self.kpi_tick)
         # Replays the log against the facts after each recovery and every interval.
         self.reconciler = Reconciler(interval_seconds=settings.reconcile_interval_seconds, run=self.reconcile)
         self.app.timer(1.0, name="analytics-reconcile")(self.reconcile_tick)
@@ -221,7 +227,7 @@ class AnalyticsWorker:
                 on_recover=self._on_recover,
                 help=f"analytics facts: {name}",
             )
-            for name in ("leads", "deals", "receipts")
+            for name in ("leads", "deals", "receipts", "records")
         }
         for table in tables.values():
             self.app.tables.add(table)
@@ -392,6 +398,23 @@ class AnalyticsWorker:
             return False
         self._written = written
         self.metrics.snapshot_current()
+        return True
+
+    async def kpi_tick(self) -> bool:
+        """Compute the KPIs from the records and write them (they move with time, so always)."""
+        if not self.recovered:
+            return False  # never publish not-yet-recovered emptiness over good figures
+        try:
+            await handlers.publish_kpis(
+                MongoKpis(self.mongo[self.settings.database_name]),
+                dict(self.state.records.items()),
+                records_version=self.state.records_version,
+                worker=self.settings.app_id,
+                now=utcnow(),
+            )
+        except Exception as exc:  # noqa: BLE001 - the timer retries; the agent must not stop
+            log.warning("cannot write the KPIs (will retry): %s", exc)
+            return False
         return True
 
     async def _on_before_shutdown(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:

@@ -436,3 +436,31 @@ async def request_review(uow: SalesUoW, opp_id: str, actor: Actor) -> Opportunit
         return opp
 
     return await uow.run(work)
+
+
+async def acknowledge_flag(uow: SalesUoW, opp_id: str, flag_id: str, actor: Actor) -> Opportunity:
+    """After the win: sales has seen customer success' flag on a promise (sent back to the desk)."""
+
+    async def work(unit: SalesUnit) -> Opportunity:
+        opp = await _load_opportunity(unit, opp_id, actor)
+        event = opp.acknowledge_flag(flag_id, by=actor.user_id, now=now_millis(uow.clock))
+        await unit.opportunities.save(opp)
+        unit.emit(event, correlation_id=opp.correlation_id)
+        return opp
+
+    return await uow.run(work)
+
+
+async def resolve_flag(
+    uow: SalesUoW, opp_id: str, flag_id: str, resolution: str, actor: Actor
+) -> Opportunity:
+    """After the win: sales sorted a flagged promise out; the account at the desk shows how."""
+
+    async def work(unit: SalesUnit) -> Opportunity:
+        opp = await _load_opportunity(unit, opp_id, actor)
+        event = opp.resolve_flag(flag_id, resolution, by=actor.user_id, now=now_millis(uow.clock))
+        await unit.opportunities.save(opp)
+        unit.emit(event, correlation_id=opp.correlation_id)
+        return opp
+
+    return await uow.run(work)

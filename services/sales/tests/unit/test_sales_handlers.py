@@ -18,6 +18,7 @@ from crm_contracts.events.common import Consent, Contact
 from crm_contracts.events.leads import LeadQualifiedV1
 from crm_contracts.events.sales import (
     ActivityLoggedV1,
+    CommitmentFlagUpdatedBySalesV1,
     DealWonV2,
     LeadAssignedV1,
     LeadVerdictV1,
@@ -209,9 +210,8 @@ WON_FIELDS: dict[str, object] = {
 }
 
 
-async def test_a_commitment_flag_is_recorded_once_on_the_won_deal_and_unknown_deals_are_dead_letters() -> (
-    None
-):
+async def flagged_deal() -> tuple[Uow, str, CommitmentFlaggedV1]:
+    """A won deal of Rita's whose one commitment customer success flagged (flag ``f-1``)."""
     uow = make_uow("rita")
     opp_id = await won_deal(uow)
     deal = await uow.unit.opportunities.get(opp_id)
@@ -226,6 +226,13 @@ async def test_a_commitment_flag_is_recorded_once_on_the_won_deal_and_unknown_de
         flagged_by="c",
     )
     await handlers.on_commitment_flagged(uow, flag, envelope(flag, source="service-desk"))
+    return uow, opp_id, flag
+
+
+async def test_a_commitment_flag_is_recorded_once_on_the_won_deal_and_unknown_deals_are_dead_letters() -> (
+    None
+):
+    uow, opp_id, flag = await flagged_deal()
     await handlers.on_commitment_flagged(uow, flag, envelope(flag, source="service-desk"))
     deal = await uow.unit.opportunities.get(opp_id)
     assert deal is not None
@@ -234,6 +241,40 @@ async def test_a_commitment_flag_is_recorded_once_on_the_won_deal_and_unknown_de
     with pytest.raises(DeadLetter) as err:
         await handlers.on_commitment_flagged(uow, stranger, envelope(stranger, source="service-desk"))
     assert err.value.reason == "unknown_deal"
+
+
+async def test_after_the_win_sales_acknowledges_then_resolves_a_flag_and_each_answer_goes_to_the_desk() -> (
+    None
+):
+    uow, opp_id, _flag = await flagged_deal()
+    with pytest.raises(Forbidden):
+        await handlers.acknowledge_flag(uow, opp_id, "f-1", SAM)  # not Sam's deal
+    with pytest.raises(NotFound):
+        await handlers.acknowledge_flag(uow, opp_id, "f-unknown", RITA)
+    deal = await handlers.acknowledge_flag(uow, opp_id, "f-1", RITA)
+    assert deal.commitment_flags[0].status == "acknowledged"
+    with pytest.raises(Conflict):
+        await handlers.acknowledge_flag(uow, opp_id, "f-1", RITA)
+    with pytest.raises(RuleViolation) as blank:
+        await handlers.resolve_flag(uow, opp_id, "f-1", "   ", RITA)
+    assert blank.value.details["field"] == "resolution"
+    deal = await handlers.resolve_flag(
+        uow, opp_id, "f-1", "SSO moved to the Q3 release, customer agreed", MONA
+    )
+    resolved = deal.commitment_flags[0]
+    assert (resolved.status, resolved.acknowledged_by, resolved.resolved_by) == (
+        "resolved",
+        RITA.user_id,
+        MONA.user_id,
+    )
+    with pytest.raises(Conflict):
+        await handlers.resolve_flag(uow, opp_id, "f-1", "again", RITA)
+    answers = uow.unit.emitted(CommitmentFlagUpdatedBySalesV1)
+    assert [(a.status.value, a.acted_by, a.account_id) for a in answers] == [
+        ("acknowledged", RITA.user_id, "acc-1"),
+        ("resolved", MONA.user_id, "acc-1"),
+    ]
+    assert answers[1].resolution == "SSO moved to the Q3 release, customer agreed"
 
 
 # -- team, config, pipeline -------------------------------------------------------------------

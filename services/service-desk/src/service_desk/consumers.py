@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from crm_contracts.access import CONSUMES
 from crm_contracts.events.action_items import CUSTOMER_SUCCESS, UPDATED_BY_DEPARTMENT
-from crm_contracts.events.sales import CommitmentReviewRequestedV1, DealWonV1
+from crm_contracts.events.sales import CommitmentFlagUpdatedBySalesV1, CommitmentReviewRequestedV1, DealWonV1
 from crm_platform.runtime import Subscription
 from crm_platform.uow import MongoUnitOfWork, bind_event
 
 from service_desk.handlers.accounts import on_deal_won
 from service_desk.handlers.action_items import on_outcome
-from service_desk.handlers.reviews import on_review_requested
+from service_desk.handlers.reviews import on_flag_answered, on_review_requested
 from service_desk.repository import SuccessUnit
 from service_desk.settings import DEPARTMENT
 
@@ -25,10 +25,12 @@ TOPICS: list[str] = list(CONSUMES["service-desk"])  # declared once in the contr
 
 def subscription(uow: MongoUnitOfWork[SuccessUnit]) -> Subscription:
     # department="customer-success": the platform records the transport latency of the deal-won,
-    # commitment-review-requested and action-item-outcome handoffs and emits their receipts.
+    # commitment-review-requested, commitment-flag-outcome and action-item-outcome handoffs and
+    # emits their receipts.
     handlers = {
         DealWonV1.event_type: bind_event(uow, on_deal_won),
         CommitmentReviewRequestedV1.event_type: bind_event(uow, on_review_requested),
+        CommitmentFlagUpdatedBySalesV1.event_type: bind_event(uow, on_flag_answered),
         # what marketing and sales did with the action items customer success raised
         **{
             UPDATED_BY_DEPARTMENT[d].event_type: bind_event(uow, on_outcome)

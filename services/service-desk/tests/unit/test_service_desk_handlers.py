@@ -22,6 +22,7 @@ from crm_contracts.events.service_desk import (
     HealthScoredV1,
     OnboardingCompletedV1,
     OnboardingStartedV1,
+    OnboardingStepCompletedV1,
     SignalKind,
     TicketOpenedV1,
     TicketResolvedV1,
@@ -181,6 +182,13 @@ async def test_the_last_checklist_item_completes_onboarding_once_and_rescores_he
         await accounts.complete_checklist_item(uow, account_id, "training", CARLA)
     with pytest.raises(NotFound):
         await accounts.complete_checklist_item(uow, account_id, "golf", CARLA)
+    # Each ticked item is a human step analytics can see (deal-won's business latency ends at the first).
+    steps = uow.unit.emitted(OnboardingStepCompletedV1)
+    assert [(e.item, e.completed_by, e.remaining) for e in steps] == [
+        ("kickoff", CARLA.user_id, 1),
+        ("training", CARLA.user_id, 0),
+    ]
+    assert steps[0].completed_at < steps[1].completed_at
 
 
 async def test_an_account_goes_to_another_active_csm_only() -> None:

@@ -7,8 +7,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from crm_contracts import envelope_for
-from crm_contracts.events.common import Money
-from crm_contracts.events.sales import Commitment, CommitmentReviewRequestedV1
+from crm_contracts.events.common import Contact, Money
+from crm_contracts.events.sales import (
+    Commitment,
+    CommitmentFlagStatus,
+    CommitmentFlagUpdatedBySalesV1,
+    CommitmentReviewRequestedV1,
+    DealWonV1,
+    Product,
+)
 from crm_contracts.events.service_desk import (
     CommitmentDecision,
     CommitmentDecisionKind,
@@ -16,8 +23,10 @@ from crm_contracts.events.service_desk import (
 )
 from crm_platform.actor import Actor
 from crm_platform.clock import ManualClock
+from crm_platform.consumer import DeadLetter
 from crm_platform.errors import Conflict, NotFound, RuleViolation
 from crm_platform.uow import FakeUnitOfWork
+from service_desk.domain.accounts import Account, account_from_deal
 from service_desk.domain.reviews import ReviewStatus
 from service_desk.fakes import FakeSuccessUnit
 from service_desk.handlers import reviews
@@ -132,3 +141,66 @@ async def test_a_verdict_that_misses_repeats_or_invents_a_commitment_is_refused(
 async def test_an_unknown_review_is_not_found() -> None:
     with pytest.raises(NotFound):
         await reviews.decide(make_uow(), "nope", [], CARLA)
+
+
+# --- after the win: sales' answer to a flagged commitment ---------------------------------------
+
+
+def flagged_account() -> Account:
+    won = DealWonV1(
+        deal_id="deal-1",
+        account_name="Acme GmbH",
+        contacts=[Contact(name="Ada", email="ada@example.com")],
+        products=[Product(sku="crm", name="CRM", quantity=1, unit_price=1000)],
+        value=Money(amount=1000.0),
+        commitments=[Commitment(commitment_id="c-1", description="SSO by June")],
+        sales_owner="rita",
+        won_at=T0,
+    )
+    account = account_from_deal(won, account_id="acc-1", csm="carla", checklist=["Kickoff"], now=T0)
+    account.flag_commitment("c-1", flag_id="f-1", reason="no SSO before Q3", by="carla", now=T0)
+    return account
+
+
+def answer(
+    status: CommitmentFlagStatus, at: datetime, account_id: str = "acc-1"
+) -> CommitmentFlagUpdatedBySalesV1:
+    return CommitmentFlagUpdatedBySalesV1(
+        flag_id="f-1",
+        deal_id="deal-1",
+        account_id=account_id,
+        commitment_id="c-1",
+        status=status,
+        resolution="moved to Q3, customer agreed" if status == CommitmentFlagStatus.RESOLVED else None,
+        acted_by="rita",
+        acted_at=at,
+        flagged_at=T0,
+    )
+
+
+async def test_sales_answer_to_a_flag_shows_on_the_account_and_a_late_acknowledgement_changes_nothing() -> (
+    None
+):
+    uow = make_uow()
+    uow.unit.accounts.items["acc-1"] = flagged_account()
+    for event in (
+        answer(CommitmentFlagStatus.ACKNOWLEDGED, T0 + timedelta(hours=1)),
+        answer(CommitmentFlagStatus.RESOLVED, T0 + timedelta(hours=3)),
+        answer(CommitmentFlagStatus.ACKNOWLEDGED, T0 + timedelta(hours=1)),  # a re-sent copy, late
+    ):
+        await reviews.on_flag_answered(uow, event, envelope_for(event, source="sales", correlation_id="j"))
+    account = await uow.unit.accounts.get("acc-1")
+    assert account is not None
+    c = account.commitment("c-1")
+    assert (c.sales_answer, c.sales_resolution) == ("resolved", "moved to Q3, customer agreed")
+    assert (c.sales_acknowledged_at, c.sales_resolved_at) == (
+        T0 + timedelta(hours=1),
+        T0 + timedelta(hours=3),
+    )
+
+    stranger = answer(CommitmentFlagStatus.ACKNOWLEDGED, T0, account_id="acc-unknown")
+    with pytest.raises(DeadLetter) as err:
+        await reviews.on_flag_answered(
+            uow, stranger, envelope_for(stranger, source="sales", correlation_id="j")
+        )
+    assert err.value.reason == "unknown_account"

@@ -96,6 +96,13 @@ HANDOFFS: tuple[Handoff, ...] = (
         "sales",
         "Customer success' verdict: each commitment approved or flagged with a reason",
     ),
+    Handoff(
+        "commitment-flag-outcome",
+        "commitment_flag.updated_by_sales",
+        "sales",
+        "customer-success",
+        "After the win: sales acknowledged or resolved (how) a commitment customer success flagged",
+    ),
 )
 
 HANDOFF_BY_EVENT_TYPE = {h.event_type: h for h in HANDOFFS}

@@ -79,7 +79,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         COMMITMENT_REVIEWS,
         "sales",
-        "Commitment reviews sales asks customer success for before a deal is won",
+        "Commitment reviews sales asks customer success for before a deal is won, and (after the win) "
+        "what sales did with a commitment customer success flagged",
         retention_ms=_YEAR,
     ),
     TopicSpec(

@@ -7,6 +7,9 @@ tables in the worker) and the in-memory figures derived from them:
 - ``leads``    lead_id -> LeadFacts      (lead.captured, lead.qualified, lead.verdict, deal.won)
 - ``deals``    deal_id -> DealFacts      (deal.won, account.onboarding_started)
 - ``receipts`` handoff_event_id -> ReceiptFact (handoff.received)
+- ``records``  ``<kind>:<id>`` -> Record   (tickets, surveys, renewals, check-ins, action items,
+  and the steps business latencies pair; ``analytics.domain.records``), which the KPIs
+  (``analytics.domain.kpis``) are computed from
 
 Facts are keyed by the business id, never counted: a redelivered or replayed event
 rewrites the same fact, so no figure moves; events arriving out of order (the
@@ -16,7 +19,7 @@ and give the same figures as in order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
@@ -27,6 +30,7 @@ from crm_contracts.events.platform import HandoffReceivedV1
 from crm_contracts.events.sales import DealWonV1, LeadVerdictV1, Verdict
 from crm_contracts.events.service_desk import OnboardingStartedV1
 
+from analytics.domain import records
 from analytics.domain.facts import (
     DealFacts,
     DealFactsJson,
@@ -45,6 +49,7 @@ from analytics.domain.figures import (
     lead_contribution,
     receipt_contribution,
 )
+from analytics.domain.records import Record
 
 
 class ImplausibleEvent(ValueError):
@@ -57,6 +62,8 @@ class AnalyticsState:
     leads: MutableMapping[str, LeadFactsJson] = field(default_factory=dict)
     deals: MutableMapping[str, DealFactsJson] = field(default_factory=dict)
     receipts: MutableMapping[str, ReceiptJson] = field(default_factory=dict)
+    records: MutableMapping[str, Record] = field(default_factory=dict)
+    records_version: int = 0  # bumped whenever a record changes (the KPIs are computed again)
     figures: Figures = field(default_factory=Figures)
     applied: int = 0  # events that changed a fact (diagnostics only)
 
@@ -80,6 +87,8 @@ def apply(state: AnalyticsState, envelope: Envelope, event: Event) -> AnalyticsS
     splitting it would scatter the one place that says what each event means here.
     """
     at = epoch(envelope.occurred_at)
+    for key, slots in records.changes(envelope, event):
+        _update_record(state, key, slots)
     if isinstance(event, LeadCapturedV1):
         if not event.merged:  # a merged capture is a known lead seen again: not a new one
             _update_lead(state, event.lead_id, lambda f: f.with_capture(at, event.source_channel))
@@ -101,6 +110,16 @@ def apply(state: AnalyticsState, envelope: Envelope, event: Event) -> AnalyticsS
             state, event.handoff_event_id, ReceiptFact(event.handoff, event.transport_latency_seconds)
         )
     return state
+
+
+def _update_record(state: AnalyticsState, key: str, slots: Record) -> None:
+    before = records.readable(state.records.get(key))
+    after = records.join(before, slots)
+    if after == before:
+        return
+    state.records[key] = after
+    state.applied += 1
+    state.records_version += 1
 
 
 def _update_lead(state: AnalyticsState, lead_id: str, change: Callable[[LeadFacts], LeadFacts]) -> None:
@@ -182,12 +201,20 @@ def merge_state(state: AnalyticsState, other: AnalyticsState) -> int:
         receipt = ReceiptFact.from_json(receipt_doc)
         if receipt is not None:
             _update_receipt(state, key, receipt)
+    for key, record_doc in list(other.records.items()):
+        record = records.readable(record_doc)
+        if record:
+            _update_record(state, key, record)
     return state.applied - changed
 
 
-def figure_values(figures: Figures) -> dict[str, int]:
-    """The countable figures, by name: funnel stages and latency sample counts per handoff."""
+def figure_values(figures: Figures, records_table: Mapping[str, Record] | None = None) -> dict[str, int]:
+    """The countable figures, by name: funnel stages and latency sample counts per handoff, and
+    (given the records) how many records of each kind the KPIs are computed from (``records:<kind>``)."""
     values = {f"funnel:{stage}": count for stage, count in figures.funnel.items()}
+    for key in records_table or {}:
+        kind = f"records:{key.partition(':')[0]}"
+        values[kind] = values.get(kind, 0) + 1
     for name, kinds in figures.handoff_summary().items():
         values[f"{TRANSPORT}_samples:{name}"] = kinds["transport"]["count"]
         if (business := kinds["business"]) is not None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from analytics.domain.figures import Figures, FunnelSummary, HandoffSummary, Published
+from analytics.domain.kpis import Json
 
 
 @dataclass(frozen=True)
@@ -66,3 +67,20 @@ class Reconciliation:
     def short(self) -> dict[str, int]:
         """The figures the worker was short of (the non-zero differences)."""
         return {figure: n for figure, n in self.difference.items() if n}
+
+
+@dataclass(frozen=True)
+class KpiReport:
+    """The KPIs (``analytics.domain.kpis.compute``) as the worker computed them at ``at``."""
+
+    at: datetime
+    kpis: dict[str, Json]
+    records_version: int = 0  # the records' version they were computed from
+    worker: str = ""
+
+    @classmethod
+    def empty(cls, at: datetime) -> KpiReport:
+        """What is served before the worker computed any: every figure empty."""
+        from analytics.domain.kpis import compute
+
+        return cls(at=at, kpis=compute({}, at))

@@ -42,6 +42,8 @@ LEAD_READERS = MARKETING_ROLES | SALES_ROLES | {Role.ANALYST}
 ANALYTICS_READERS = frozenset({Role.ANALYST, Role.SALES_MANAGER, Role.EXECUTIVE, Role.ADMIN})
 # Every service's audit log (GET /audit, /audit/export): admins, and auditors who read nothing else.
 AUDIT_READERS = frozenset({Role.ADMIN, Role.AUDITOR})
+# Every KPI, without records' personal data: analysts, executives (read-only) and admins.
+KPI_READERS = frozenset({Role.ANALYST, Role.EXECUTIVE, Role.ADMIN})
 
 
 class UnsafePath(ValueError):
@@ -190,6 +192,9 @@ ROUTE_TABLE: tuple[RouteRule, ...] = (
     ),
     # analytics
     rule(ANALYTICS, READ, "/funnel|channels|handoffs|summary/**", ANALYTICS_READERS, "reports"),
+    rule(ANALYTICS, READ, "/kpis/service", SERVICE_ROLES | KPI_READERS, "customer service/success KPIs"),
+    rule(ANALYTICS, READ, "/kpis/marketing", MARKETING_ROLES | KPI_READERS, "marketing's channel figures"),
+    rule(ANALYTICS, READ, "/kpis", KPI_READERS, "every KPI, no personal data"),
 )
 
 

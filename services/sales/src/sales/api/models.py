@@ -441,6 +441,18 @@ class FlagOut(Out):
     flagged_by: str
     flagged_at: datetime
     received_at: datetime
+    status: str = Field(
+        description="open | acknowledged | resolved (sales' answer, sent to customer success)"
+    )
+    acknowledged_by: str | None = None
+    acknowledged_at: datetime | None = None
+    resolved_by: str | None = None
+    resolved_at: datetime | None = None
+    resolution: str | None = None
+
+
+class FlagResolutionIn(In):
+    resolution: str = Field(min_length=1, max_length=2000, description="How the promise was sorted out")
 
 
 class CommitmentDecisionOut(Out):
@@ -588,7 +600,9 @@ class OpportunityOut(Out):
                 )
                 for c in (commitments if isinstance(commitments, list) else [])
             ],
-            commitment_flags=[FlagOut.model_validate(vars(f)) for f in o.commitment_flags],
+            commitment_flags=[
+                FlagOut.model_validate({**vars(f), "status": f.status}) for f in o.commitment_flags
+            ],
             flagged=bool(o.commitment_flags),
             commitment_review=CommitmentReviewOut.of(review, o.review_covers_commitments())
             if review

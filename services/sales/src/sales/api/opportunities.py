@@ -9,7 +9,7 @@ from crm_platform import audit_api
 from crm_platform.errors import NotFound, RuleViolation
 from crm_platform.paging import BadCursor
 from crm_platform.routes import CurrentActor, DbDep
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Path, Query, status
 
 from sales import handlers
 from sales import store as repo
@@ -18,6 +18,7 @@ from sales.api.models import (
     ActivityIn,
     ActivityOut,
     FieldsUpdateIn,
+    FlagResolutionIn,
     OpportunityOut,
     OpportunityPageOut,
     StageMoveIn,
@@ -185,3 +186,30 @@ async def opportunity_history(
         raise NotFound(f"no opportunity {opportunity_id!r}", opportunity_id=opportunity_id)
     require_access(actor, opp.owner, "opportunity")
     return await audit_api.history_out(db, repo.OPPORTUNITIES, opportunity_id, limit, cursor)
+
+
+FlagId = Annotated[str, Path(min_length=1, max_length=100, description="The flag's id (commitment.flagged)")]
+
+
+@router.post(
+    "/{opportunity_id}/commitment-flags/{flag_id}/acknowledge",
+    response_model=OpportunityOut,
+    summary="After the win: acknowledge a commitment customer success flagged (sent back to the desk)",
+)
+async def acknowledge_flag(
+    opportunity_id: OpportunityId, flag_id: FlagId, uow: UowDep, actor: CurrentActor
+) -> OpportunityOut:
+    return OpportunityOut.of(await handlers.acknowledge_flag(uow, opportunity_id, flag_id, actor))
+
+
+@router.post(
+    "/{opportunity_id}/commitment-flags/{flag_id}/resolve",
+    response_model=OpportunityOut,
+    summary="After the win: resolve a flagged commitment, saying how; the account at the desk shows it",
+)
+async def resolve_flag(
+    opportunity_id: OpportunityId, flag_id: FlagId, body: FlagResolutionIn, uow: UowDep, actor: CurrentActor
+) -> OpportunityOut:
+    return OpportunityOut.of(
+        await handlers.resolve_flag(uow, opportunity_id, flag_id, body.resolution, actor)
+    )

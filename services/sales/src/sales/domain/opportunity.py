@@ -13,7 +13,7 @@ and return the events the change causes; no I/O.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -24,6 +24,8 @@ from crm_contracts.events.leads import LeadQualifiedV1
 from crm_contracts.events.sales import (
     ActivityLoggedV1,
     Commitment,
+    CommitmentFlagStatus,
+    CommitmentFlagUpdatedBySalesV1,
     CommitmentReviewRequestedV1,
     ContractTerm,
     DealWonV2,
@@ -37,7 +39,7 @@ from crm_contracts.events.service_desk import (
     CommitmentReviewCompletedV1,
     UpsellSpottedV1,
 )
-from crm_platform.errors import Conflict, RuleViolation
+from crm_platform.errors import Conflict, NotFound, RuleViolation
 from crm_platform.money import plain_numbers, to_amount, to_wire
 from pydantic import ValidationError
 
@@ -162,6 +164,19 @@ class CommitmentFlag:
     flagged_by: str
     flagged_at: datetime
     received_at: datetime
+    # After the win, sales' answer to the flag (sent back to customer success).
+    acknowledged_by: str | None = None
+    acknowledged_at: datetime | None = None
+    resolved_by: str | None = None
+    resolved_at: datetime | None = None
+    resolution: str | None = None
+
+    @property
+    def status(self) -> str:
+        """open (not yet answered), acknowledged, or resolved."""
+        if self.resolved_at is not None:
+            return CommitmentFlagStatus.RESOLVED.value
+        return CommitmentFlagStatus.ACKNOWLEDGED.value if self.acknowledged_at is not None else "open"
 
 
 @dataclass(frozen=True)
@@ -567,3 +582,59 @@ class Opportunity:
         self.commitment_flags.append(recorded)
         self.updated_at = now
         return recorded
+
+    def acknowledge_flag(self, flag_id: str, *, by: str, now: datetime) -> CommitmentFlagUpdatedBySalesV1:
+        """Sales has seen a flag on a promise of this won deal and owns sorting it out."""
+        flag = self._flag(flag_id)
+        if flag.acknowledged_at is not None:
+            raise Conflict(
+                f"flag {flag_id!r} was already acknowledged by {flag.acknowledged_by}",
+                flag_id=flag_id,
+                status=flag.status,
+            )
+        return self._answer(replace(flag, acknowledged_by=by, acknowledged_at=now), now)
+
+    def resolve_flag(
+        self, flag_id: str, resolution: str, *, by: str, now: datetime
+    ) -> CommitmentFlagUpdatedBySalesV1:
+        """Sales sorted the flagged promise out with the customer (acknowledging it if not yet)."""
+        flag = self._flag(flag_id)
+        if flag.resolved_at is not None:
+            raise Conflict(f"flag {flag_id!r} is already resolved", flag_id=flag_id, status=flag.status)
+        if not resolution.strip():
+            raise RuleViolation("a resolution says how the flag was sorted out", field="resolution")
+        acknowledged = (flag.acknowledged_by, flag.acknowledged_at) if flag.acknowledged_at else (by, now)
+        resolved = replace(
+            flag,
+            acknowledged_by=acknowledged[0],
+            acknowledged_at=acknowledged[1],
+            resolved_by=by,
+            resolved_at=now,
+            resolution=resolution.strip(),
+        )
+        return self._answer(resolved, now)
+
+    def _flag(self, flag_id: str) -> CommitmentFlag:
+        flag = next((f for f in self.commitment_flags if f.flag_id == flag_id), None)
+        if flag is None:
+            known = [f.flag_id for f in self.commitment_flags]
+            raise NotFound(
+                f"opportunity {self.id} has no commitment flag {flag_id!r}", flag_id=flag_id, flags=known
+            )
+        return flag
+
+    def _answer(self, flag: CommitmentFlag, now: datetime) -> CommitmentFlagUpdatedBySalesV1:
+        self.commitment_flags = [flag if f.flag_id == flag.flag_id else f for f in self.commitment_flags]
+        self.updated_at = now
+        resolved = flag.resolved_at is not None
+        return CommitmentFlagUpdatedBySalesV1(
+            flag_id=flag.flag_id,
+            deal_id=self.id,
+            account_id=flag.account_id,
+            commitment_id=flag.commitment_id,
+            status=CommitmentFlagStatus.RESOLVED if resolved else CommitmentFlagStatus.ACKNOWLEDGED,
+            resolution=flag.resolution,
+            acted_by=(flag.resolved_by if resolved else flag.acknowledged_by) or "",
+            acted_at=now,
+            flagged_at=flag.flagged_at,
+        )

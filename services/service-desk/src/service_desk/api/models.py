@@ -79,6 +79,13 @@ class CommitmentOut(BaseModel):
     flagged_at: datetime | None
     delivered_by: str | None
     delivered_at: datetime | None
+    sales_answer: str | None = Field(
+        description="Sales' answer to the flag after the win: acknowledged | resolved"
+    )
+    sales_answered_by: str | None
+    sales_acknowledged_at: datetime | None
+    sales_resolved_at: datetime | None
+    sales_resolution: str | None = Field(description="How sales sorted the flagged promise out")
 
     @classmethod
     def of(cls, c: AccountCommitment) -> CommitmentOut:

@@ -10,11 +10,17 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from crm_contracts.events.sales import DealWonV1, DealWonV2
+from crm_contracts.events.sales import (
+    CommitmentFlagStatus,
+    CommitmentFlagUpdatedBySalesV1,
+    DealWonV1,
+    DealWonV2,
+)
 from crm_contracts.events.service_desk import (
     CommitmentFlaggedV1,
     OnboardingCompletedV1,
     OnboardingStartedV1,
+    OnboardingStepCompletedV1,
     Sentiment,
     SignalKind,
     UpsellSpottedV1,
@@ -120,6 +126,12 @@ class AccountCommitment(Entity):
     flagged_at: datetime | None = None
     delivered_by: str | None = None
     delivered_at: datetime | None = None
+    # Sales' answer to the flag after the win (commitment_flag.updated_by_sales).
+    sales_answer: str | None = None  # acknowledged | resolved
+    sales_answered_by: str | None = None
+    sales_acknowledged_at: datetime | None = None
+    sales_resolved_at: datetime | None = None
+    sales_resolution: str | None = None
 
 
 class ChecklistItem(Entity):
@@ -293,6 +305,18 @@ class Account(Entity):
             )
         return None
 
+    def step_completed(self, key: str, *, by: str, now: datetime) -> OnboardingStepCompletedV1:
+        """One ticked checklist item (after ``complete_item``): analytics pairs the first with the
+        deal's win, customer success' first human step (business latency of deal-won)."""
+        return OnboardingStepCompletedV1(
+            account_id=self.account_id,
+            deal_id=self.deal_id,
+            item=key,
+            completed_by=by,
+            completed_at=now,
+            remaining=sum(1 for i in self.onboarding.checklist if not i.done),
+        )
+
     # --- commitments ------------------------------------------------------------------------
 
     def commitment(self, commitment_id: str) -> AccountCommitment:
@@ -334,6 +358,23 @@ class Account(Entity):
             reason=commitment.flag_reason,
             flagged_by=commitment.flagged_by,
         )
+
+    def record_flag_answer(self, answer: CommitmentFlagUpdatedBySalesV1) -> bool:
+        """Sales acknowledged or resolved a flag on one of this account's commitments; returns
+        False when it changes nothing (an older copy after a newer answer, or another flag)."""
+        c = self.commitment(answer.commitment_id)
+        if c.flag_id is not None and c.flag_id != answer.flag_id:
+            return False
+        resolved = answer.status == CommitmentFlagStatus.RESOLVED
+        if c.sales_answer == CommitmentFlagStatus.RESOLVED.value and not resolved:
+            return False  # a re-sent acknowledgement arriving after the resolution
+        c.sales_answer = answer.status.value
+        c.sales_answered_by = answer.acted_by
+        if resolved:
+            c.sales_resolved_at, c.sales_resolution = answer.acted_at, answer.resolution
+        elif c.sales_acknowledged_at is None:
+            c.sales_acknowledged_at = answer.acted_at
+        return True
 
     def deliver_commitment(self, commitment_id: str, *, by: str, now: datetime) -> AccountCommitment:
         """The promise was kept (a flagged one too, once sales and the desk sorted it out)."""

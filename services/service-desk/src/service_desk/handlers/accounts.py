@@ -110,12 +110,15 @@ async def get_account(uow: SuccessUoW, account_id: str, actor: Actor) -> Account
 
 
 async def complete_checklist_item(uow: SuccessUoW, account_id: str, item: str, actor: Actor) -> Account:
-    """Tick one onboarding item; the last one completes the onboarding (``account.onboarding_completed``)."""
+    """Tick one onboarding item (``account.onboarding_step_completed``); the last one completes the
+    onboarding (``account.onboarding_completed``)."""
 
     async def work(unit: SuccessUnit) -> tuple[Account, bool]:
         account = await load_account(unit, actor, account_id)
-        completed = account.complete_item(item, by=actor.user_id, now=now_millis(uow.clock))
+        now = now_millis(uow.clock)
+        completed = account.complete_item(item, by=actor.user_id, now=now)
         await unit.accounts.save(account)
+        unit.emit(account.step_completed(item, by=actor.user_id, now=now), correlation_id=account.journey_id)
         if completed is not None:
             unit.emit(completed, correlation_id=account.journey_id)
         return account, completed is not None

@@ -11,10 +11,11 @@ import logging
 from collections.abc import Sequence
 
 from crm_contracts import Envelope
-from crm_contracts.events.sales import CommitmentReviewRequestedV1
+from crm_contracts.events.sales import CommitmentFlagUpdatedBySalesV1, CommitmentReviewRequestedV1
 from crm_contracts.events.service_desk import CommitmentDecision
 from crm_platform.actor import Actor
 from crm_platform.clock import now_millis
+from crm_platform.consumer import DeadLetter
 from crm_platform.errors import NotFound
 
 from service_desk.domain.reviews import CommitmentReview, arrive
@@ -37,6 +38,21 @@ async def on_review_requested(uow: Uow, event: CommitmentReviewRequestedV1, enve
         for older in arrive(review, await unit.reviews.of_deal(event.deal_id)):
             await unit.reviews.save(older)
         await unit.reviews.add(review)
+
+    await uow.run(work)
+
+
+async def on_flag_answered(uow: Uow, event: CommitmentFlagUpdatedBySalesV1, envelope: Envelope) -> None:
+    """After the win, sales acknowledged or resolved a flagged commitment: the account shows it."""
+
+    async def work(unit: SuccessUnit) -> None:
+        account = await unit.accounts.get(event.account_id)
+        if account is None:
+            raise DeadLetter("unknown_account", f"the desk has no account {event.account_id!r}")
+        if account.record_flag_answer(event):
+            await unit.accounts.save(account)
+        else:
+            log.info("flag %s: %s answer changes nothing", event.flag_id, event.status.value)
 
     await uow.run(work)
 

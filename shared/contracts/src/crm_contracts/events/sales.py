@@ -227,3 +227,38 @@ class CommitmentReviewRequestedV1(Event):
 
     def partition_key(self) -> str:
         return self.deal_id
+
+
+class CommitmentFlagStatus(StrEnum):
+    ACKNOWLEDGED = "acknowledged"  # sales has seen the flag and owns sorting it out
+    RESOLVED = "resolved"  # sales has sorted it out with the customer: how, in ``resolution``
+
+
+class CommitmentFlagUpdatedBySalesV1(Event):
+    """HANDOFF sales -> customer success: after the win, sales acknowledged or resolved a commitment
+    customer success flagged (``commitment.flagged``); the account shows it."""
+
+    event_type: ClassVar[str] = "commitment_flag.updated_by_sales"
+    version: ClassVar[int] = 1
+    topic: ClassVar[str] = topics.COMMITMENT_REVIEWS
+
+    flag_id: str = Field(min_length=1, max_length=100)
+    deal_id: str = Field(min_length=1, max_length=100)
+    account_id: str = Field(min_length=1, max_length=100)
+    commitment_id: str = Field(min_length=1, max_length=100)
+    status: CommitmentFlagStatus
+    resolution: str | None = Field(
+        default=None, max_length=2000, description="How it was sorted out; required when resolved"
+    )
+    acted_by: str = Field(description="User id of who acted in sales")
+    acted_at: Timestamp
+    flagged_at: Timestamp = Field(description="When customer success flagged it")
+
+    @model_validator(mode="after")
+    def _a_resolution_says_how(self) -> CommitmentFlagUpdatedBySalesV1:
+        if self.status == CommitmentFlagStatus.RESOLVED and not (self.resolution or "").strip():
+            raise ValueError("resolution is required when status is 'resolved'")
+        return self
+
+    def partition_key(self) -> str:
+        return self.account_id

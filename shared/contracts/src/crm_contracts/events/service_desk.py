@@ -47,6 +47,25 @@ class OnboardingCompletedV1(Event):
         return self.account_id
 
 
+class OnboardingStepCompletedV1(Event):
+    """A CSM ticked one onboarding checklist item: customer success' first human step on a won
+    deal is the earliest of these (the automatic ``account.onboarding_started`` is not one)."""
+
+    event_type: ClassVar[str] = "account.onboarding_step_completed"
+    version: ClassVar[int] = 1
+    topic: ClassVar[str] = topics.SERVICE_DESK_EVENTS
+
+    account_id: str
+    deal_id: str
+    item: str = Field(min_length=1, max_length=200, description="The checklist item's key")
+    completed_by: str = Field(description="User id of the CSM who ticked it")
+    completed_at: Timestamp
+    remaining: int = Field(ge=0, description="Checklist items still open after this one")
+
+    def partition_key(self) -> str:
+        return self.account_id
+
+
 class TicketOpenedV1(Event):
     event_type: ClassVar[str] = "ticket.opened"
     version: ClassVar[int] = 1
