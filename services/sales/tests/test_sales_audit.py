@@ -14,7 +14,10 @@ from typing import Any, TypeAlias
 
 import httpx
 import pytest
-from crm_platform.testing import assert_audited, raise_action_item, write_routes
+from crm_contracts import envelope_for
+from crm_contracts.events.service_desk import CommitmentFlaggedV1
+from crm_contracts.topics import ACCOUNT_SIGNAL
+from crm_platform.testing import assert_audited, eventually, produce_envelope, raise_action_item, write_routes
 
 pytestmark = pytest.mark.integration
 Sales: TypeAlias = Any  # conftest.Sales
@@ -90,6 +93,46 @@ async def _review(sales: Sales) -> httpx.Response:
     return await sales.client.post(f"/opportunities/{opp_id}/commitment-review", headers=sales.rep(rep))
 
 
+async def _flagged(sales: Sales) -> tuple[str, str, str]:
+    """A won deal whose commitment customer success flagged after the win: (deal, flag, rep)."""
+    rep = sales.uid("fay")
+    opp = await sales.opportunity_for(rep)
+    products = [{"sku": "CRM", "name": "CRM seat", "quantity": 1, "unit_price": 400.0}]
+    won = await sales.move(
+        opp["id"], "won", rep, fields={"amount": 400, "products": products, "commitments": COMMITMENTS}
+    )
+    assert won.status_code == 200, won.text
+    deal = won.json()
+    flag = CommitmentFlaggedV1(
+        flag_id=sales.uid("flag"),
+        account_id="acct-1",
+        deal_id=deal["id"],
+        commitment_id=deal["commitments"][0]["commitment_id"],
+        reason="not on the roadmap",
+        flagged_by="carla",
+    )
+    env = envelope_for(flag, source="service-desk", correlation_id="j")
+    await produce_envelope(sales.settings.kafka_bootstrap_servers, ACCOUNT_SIGNAL, env)
+
+    async def recorded() -> bool:
+        return bool((await sales.opportunity(deal["id"], sales.rep(rep)))["commitment_flags"])
+
+    await eventually(recorded, what="the flag on the won deal")
+    return deal["id"], flag.flag_id, rep
+
+
+async def _flag_acknowledge(sales: Sales) -> httpx.Response:
+    deal_id, flag_id, rep = await _flagged(sales)
+    url = f"/opportunities/{deal_id}/commitment-flags/{flag_id}/acknowledge"
+    return await sales.client.post(url, headers=sales.rep(rep))
+
+
+async def _flag_resolve(sales: Sales) -> httpx.Response:
+    deal_id, flag_id, rep = await _flagged(sales)
+    url = f"/opportunities/{deal_id}/commitment-flags/{flag_id}/resolve"
+    return await sales.client.post(url, json={"resolution": "phased delivery agreed"}, headers=sales.rep(rep))
+
+
 async def _roster(sales: Sales) -> httpx.Response:
     current = (await sales.client.get("/reps", headers=sales.manager())).json()
     reps = [{"user_id": r["user_id"], "active": r["active"]} for r in current["reps"]]
@@ -153,6 +196,8 @@ RECIPES: dict[str, Callable[[Sales], Awaitable[httpx.Response]]] = {
     "PATCH /opportunities/{opportunity_id}": _edit,
     "POST /opportunities/{opportunity_id}/activities": _activity,
     "POST /opportunities/{opportunity_id}/commitment-review": _review,
+    "POST /opportunities/{opportunity_id}/commitment-flags/{flag_id}/acknowledge": _flag_acknowledge,
+    "POST /opportunities/{opportunity_id}/commitment-flags/{flag_id}/resolve": _flag_resolve,
     "PUT /reps": _roster,
     "PUT /reps/{user_id}": _rep,
     "PUT /config": _config,
