@@ -9,6 +9,7 @@ instruction rather than skipping.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -109,3 +110,33 @@ def test_production_holds_no_literal_secret() -> None:
             for env in c.get("env", []):
                 if SECRET_NAMES.search(env["name"]) and not env["name"].endswith("_FILE"):
                     assert "value" not in env, f"{doc['metadata']['name']}: {env['name']} is a literal"
+
+
+def test_the_tracing_component_points_every_deployment_at_the_collector(tmp_path: Path) -> None:
+    """deploy/k8s/components/tracing over production: every CRM container gets the OTLP endpoint
+    and the pods may reach the collector (NetworkPolicies would drop the spans otherwise)."""
+    production = DEPLOY / "k8s" / "overlays" / "production"
+    component = DEPLOY / "k8s" / "components" / "tracing"
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(production, tmp_path)],
+                "components": [os.path.relpath(component, tmp_path)],
+            }
+        ),
+        encoding="utf-8",
+    )
+    docs = render(tmp_path)
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    assert len(deployments) == 7
+    for deployment in deployments:
+        (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "app"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4318"), deployment["metadata"]["name"]
+    (policy,) = [
+        d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "crm-otlp-egress"
+    ]
+    assert policy["metadata"]["namespace"] == "crm"
+    assert policy["spec"]["egress"][0]["ports"] == [{"protocol": "TCP", "port": 4318}]

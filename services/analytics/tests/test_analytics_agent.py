@@ -167,3 +167,30 @@ async def test_a_crash_looping_agent_gives_up_once_its_restart_budget_is_spent()
     assert service.restarts == 3, "no restart once the budget is spent"
     assert reasons
     assert str(reasons[0]) == "changelog unavailable"
+
+
+async def test_agent_continues_the_trace_each_event_carries(journey):
+    """The worker's fold is a CONSUMER span, child of the ``traceparent`` in the record's headers."""
+    from crm_platform import tracing
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    tracing.use_provider(provider)
+    try:
+        worker = make_worker()
+        async with worker.agent.test_context() as agent:
+            headers = [("traceparent", f"00-{trace_id}-{parent_id}-01".encode())]
+            await agent.put(journey.captured("lead-traced").to_bytes(), headers=headers)
+    finally:
+        tracing.use_provider(None)
+    (span,) = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CONSUMER]
+    assert span.name.endswith(" process")  # test_context names its topic "<internal>"
+    assert format(span.context.trace_id, "032x") == trace_id
+    assert span.parent is not None
+    assert format(span.parent.span_id, "016x") == parent_id

@@ -57,6 +57,7 @@ from crm_contracts.topics import (
     SERVICE_DESK_EVENTS,
     dead_letter_topic,
 )
+from crm_platform import tracing
 from crm_platform.dead_letters import (
     HANDLER_ERROR,
     IMPLAUSIBLE_TIME,
@@ -259,8 +260,13 @@ class AnalyticsWorker:
             await self.handle(event.message)
 
     async def handle(self, message: Any) -> None:
-        """One Kafka message: fold it into the state, or dead-letter it once with the reason."""
-        verdict = self.fold(message)
+        """One Kafka message: fold it into the state, or dead-letter it once with the reason.
+
+        With tracing on, the fold is a CONSUMER span continuing the event's trace
+        (the context its producer put in the record's headers: crm_platform.tracing).
+        """
+        with tracing.consuming(message.headers, topic=message.topic, group=self.settings.app_id):
+            verdict = self.fold(message)
         # This event's changelog writes, taken before any await so that no other actor
         # can take (and wait for) them instead.
         pending = [fut for table in self.tables.values() for fut in table.take_unconfirmed()]
@@ -498,6 +504,7 @@ def watch_progress(app: faust.App, settings: AnalyticsSettings) -> ConsumerWatch
 def main() -> None:
     settings = AnalyticsSettings()  # from the environment
     configure_logging(f"{settings.service_name}-worker", settings.log_level)
+    tracing.configure(f"{settings.service_name}-worker")  # OTLP export only when configured
     provision_topics(settings)
     pace_empty_fetches(settings.consumer_idle_backoff_ms)  # faust's consumer is aiokafka's too
     worker = AnalyticsWorker(settings)

@@ -11,6 +11,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
+from crm_platform import tracing
 from crm_platform.logging import correlation_id_var, request_id_var
 
 from gateway.logctx import annotate
@@ -235,9 +236,16 @@ async def _read_raw(response: httpx.Response) -> bytes:
 def _outgoing_headers(
     headers: Mapping[str, str], *, client_host: str | None, scheme: str, host: str | None
 ) -> list[tuple[str, str]]:
-    """The caller's headers minus hop-by-hop ones, plus trace and ``X-Forwarded-*`` headers."""
-    out = [(k, v) for k, v in headers.items() if k.lower() not in REQUEST_DROP]
+    """The caller's headers minus hop-by-hop ones, plus trace and ``X-Forwarded-*`` headers.
+
+    With tracing on, the caller's ``traceparent``/``tracestate`` are replaced by the
+    gateway's request span (crm_platform.tracing), so the service's span is its child.
+    """
+    carrier = tracing.current_carrier()
+    drop = REQUEST_DROP | set(tracing.HEADERS) if carrier else REQUEST_DROP
+    out = [(k, v) for k, v in headers.items() if k.lower() not in drop]
     out += _trace_headers()
+    out += list((carrier or {}).items())
     prior = headers.get("x-forwarded-for")
     if client_host:
         out.append(("x-forwarded-for", f"{prior}, {client_host}" if prior else client_host))

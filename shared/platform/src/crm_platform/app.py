@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from crm_platform import tracing
 from crm_platform.auth import RevocationFeed, TokenVerifier, current_principal
 from crm_platform.docs import install_local_docs
 from crm_platform.edge import HttpEdge, database_unavailable, error_response
@@ -118,6 +119,7 @@ def create_app(
     Swagger assets are served either way.
     """
     configure_logging(settings.service_name, settings.log_level)
+    tracing.configure(settings.service_name)  # OTLP export only when OTEL_EXPORTER_OTLP_ENDPOINT is set
     app = FastAPI(
         title=title,
         description=description,
@@ -163,6 +165,7 @@ def _lifespan(
                 feed.cancel()
             if runtime is not None:
                 await runtime.stop()
+            tracing.flush()
 
     return lifespan
 
@@ -189,6 +192,8 @@ def _install_edge(
         db_deadline_seconds=settings.db_deadline_seconds,
         retry_after_seconds=settings.retry_after_seconds,
     )
+    # Outermost: the request's SERVER span covers everything, a 500 from the edge included.
+    app.add_middleware(tracing.TracingEdge)
 
 
 def _install_ops_routes(

@@ -41,7 +41,7 @@ from crm_contracts.handoffs import Handoff
 from crm_contracts.topics import dead_letter_topic
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
-from crm_platform import metrics, receipts
+from crm_platform import metrics, receipts, tracing
 from crm_platform.dead_letters import (
     HANDLER_ERROR,
     UNREADABLE,
@@ -332,6 +332,8 @@ class EventConsumer:
         started = time.perf_counter()
         stored_at: list[datetime] = []
 
+        journeys: dict[str, tracing.Carrier | None] = {}
+
         async def work(tx: Tx) -> None:
             stored_at.clear()
             await tx.db[PROCESSED].insert_many([_ledger_doc(r) for r in group], session=tx.session)
@@ -339,11 +341,9 @@ class EventConsumer:
                 c_token = correlation_id_var.set(ready.envelope.correlation_id)
                 e_token = causation_var.set(ready.envelope)
                 try:
-                    await ready.handler(tx, ready.event, ready.envelope)
-                    stored_at.append(utcnow())
-                    receipt = self._receipt(ready.envelope, stored_at[-1])
-                    if receipt is not None:
-                        tx.emit(receipt)
+                    at, carrier = await self._run_handler(tx, ready)
+                    journeys.setdefault(ready.envelope.correlation_id, carrier)
+                    stored_at.append(at)
                 finally:
                     correlation_id_var.reset(c_token)
                     causation_var.reset(e_token)
@@ -355,6 +355,7 @@ class EventConsumer:
                 raise
             log.info("group of %d events not stored together (%s); one by one", len(group), _short(exc))
             return False
+        await tracing.remember_journeys(self.store.db, journeys)
         elapsed = (time.perf_counter() - started) / len(group)
         for ready, at in zip(group, stored_at, strict=True):
             self._observe_stored(ready.record, ready.envelope, at)
@@ -362,6 +363,20 @@ class EventConsumer:
             await self._after_store(ready.envelope)
             await self.on_outcome(ready.record, Outcome("processed"))
         return True
+
+    async def _run_handler(self, tx: Tx, ready: _Ready) -> tuple[datetime, tracing.Carrier | None]:
+        """The handler and the receipt, in a CONSUMER span continuing the record's trace;
+        returns when the effect was stored and that span's context (None when tracing is off)."""
+        record, envelope = ready.record, ready.envelope
+        with tracing.consuming(
+            record.headers, topic=record.topic, envelope=envelope, group=self.config.group_id
+        ):
+            await ready.handler(tx, ready.event, envelope)
+            stored_at = utcnow()
+            receipt = self._receipt(envelope, stored_at)
+            if receipt is not None:
+                tx.emit(receipt)
+            return stored_at, tracing.current_carrier()
 
     async def on_outcome(self, record: ConsumerRecord[Any, Any], outcome: Outcome) -> None:
         """Each record's final outcome once it is durable, before its offset is committed.
@@ -496,20 +511,19 @@ class EventConsumer:
         errors are transient); a duplicate or a dead letter is the record's outcome instead."""
         stored_at: list[datetime] = []
 
+        journeys: dict[str, tracing.Carrier | None] = {}
+
         async def work(tx: Tx) -> None:
             stored_at.clear()
-            await tx.db[PROCESSED].insert_one(
-                _ledger_doc(_Ready(record, handler, event, envelope)), session=tx.session
-            )
-            await handler(tx, event, envelope)
-            stored_at.append(utcnow())
-            receipt = self._receipt(envelope, stored_at[-1])
-            if receipt is not None:
-                tx.emit(receipt)
+            ready = _Ready(record, handler, event, envelope)
+            await tx.db[PROCESSED].insert_one(_ledger_doc(ready), session=tx.session)
+            at, journeys[envelope.correlation_id] = await self._run_handler(tx, ready)
+            stored_at.append(at)
 
         not_stored = await self._store_retrying(record, envelope, work)
         if not_stored is not None:
             return not_stored
+        await tracing.remember_journeys(self.store.db, journeys)
         self._observe_stored(record, envelope, stored_at[-1])
         await self._after_store(envelope)
         return Outcome("processed")

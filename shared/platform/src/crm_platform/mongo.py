@@ -16,13 +16,14 @@ from typing import Any, TypeVar
 import pymongo
 from crm_contracts import HANDOFF_BY_EVENT_TYPE, Envelope, Event, envelope_for
 from crm_contracts.registry import model_for
+from opentelemetry.context import Context
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from crm_platform import audit
+from crm_platform import audit, tracing
 from crm_platform.deadline import request_db_deadline
 from crm_platform.idempotency import claim_in, current_claim
 from crm_platform.idempotency import ensure_indexes as ensure_idempotency_indexes
@@ -70,6 +71,8 @@ class Tx:
         self.session = session
         self.source = source
         self.emitted: list[Envelope] = []
+        # The trace context each event was emitted in (crm_platform.tracing; None when off).
+        self.trace_contexts: list[Context | None] = []
 
     def emit(self, event: Event, *, correlation_id: str | None = None) -> Envelope:
         cause = causation_var.get()
@@ -82,6 +85,7 @@ class Tx:
             causation_id=str(cause.event_id) if cause else None,
         )
         self.emitted.append(env)
+        self.trace_contexts.append(tracing.capture())
         return env
 
 
@@ -108,6 +112,7 @@ class Store:
         )
         await ensure_idempotency_indexes(self.db)
         await audit.ensure_indexes(self.db)
+        await tracing.ensure_indexes(self.db)
 
     async def transaction(self, work: Callable[[Tx], Awaitable[T]]) -> T:
         """Run ``work`` in a transaction, storing its emitted events in the outbox.
@@ -117,6 +122,7 @@ class Store:
         the database through ``tx.session``.
         """
         emitted: list[Envelope] = []
+        journeys: dict[str, tracing.Carrier | None] = {}
 
         claim = current_claim.get()
         context = audit_context(self.source)
@@ -129,7 +135,21 @@ class Store:
             result = await work(tx)
             await trail.flush(self.db)
             if tx.emitted:
-                await self.db[OUTBOX].insert_many([outbox_doc(env) for env in tx.emitted], session=session)
+                rows = [outbox_doc(env) for env in tx.emitted]
+                # Each event's trace context is taken now, where it is caused (crm_platform.tracing).
+                carriers = await tracing.outbox_contexts(
+                    self.db,
+                    session,
+                    [
+                        (env, row["topic"], ctx)
+                        for env, row, ctx in zip(tx.emitted, rows, tx.trace_contexts, strict=True)
+                    ],
+                )
+                for env, row, carrier in zip(tx.emitted, rows, carriers, strict=True):
+                    if carrier:
+                        row[tracing.TRACE_FIELD] = carrier
+                        journeys.setdefault(env.correlation_id, carrier)
+                await self.db[OUTBOX].insert_many(rows, session=session)
                 sent = [
                     handoff_doc(env, self.receipt_grace)
                     for env in tx.emitted
@@ -157,6 +177,7 @@ class Store:
         if claim is not None:
             claim.committed = True
         if emitted:
+            await tracing.remember_journeys(self.db, journeys)
             self.wake()
         return result
 

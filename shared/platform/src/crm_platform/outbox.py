@@ -31,7 +31,7 @@ from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from crm_platform import metrics
+from crm_platform import metrics, tracing
 from crm_platform.kafka import make_producer
 from crm_platform.mongo import OUTBOX
 from crm_platform.outbox_audit import AUDITED, LOG_OFFSET, LOG_PARTITION
@@ -115,7 +115,11 @@ class OutboxRelay:
             env = Envelope.model_validate({**doc["envelope"], "produced_at": utcnow()})
             futures.append(
                 await self.producer.send(
-                    doc["topic"], env.to_bytes(), key=doc["key"].encode(), headers=env.headers()
+                    doc["topic"],
+                    env.to_bytes(),
+                    key=doc["key"].encode(),
+                    # The trace context stored with the row when the event was caused.
+                    headers=env.headers() + tracing.kafka_headers(doc.get(tracing.TRACE_FIELD)),
                 )
             )
         # Mark only the prefix that the broker acknowledged, so a failure midway
