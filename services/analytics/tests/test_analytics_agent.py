@@ -194,3 +194,18 @@ async def test_agent_continues_the_trace_each_event_carries(journey):
     assert format(span.context.trace_id, "032x") == trace_id
     assert span.parent is not None
     assert format(span.parent.span_id, "016x") == parent_id
+
+
+async def test_a_dead_letter_replayed_for_another_group_is_skipped(journey):
+    """``crm-ops replay`` of another department's dead letter: the worker folded the original."""
+    from crm_platform.dead_letters import REPLAY_FOR
+
+    worker = make_worker()
+    async with worker.agent.test_context() as agent:
+        others = [(REPLAY_FOR, b"sales")]
+        await agent.put(journey.captured("lead-replayed-elsewhere").to_bytes(), headers=others)
+        ours = [(REPLAY_FOR, worker.settings.app_id.encode())]
+        await agent.put(journey.captured("lead-replayed-here").to_bytes(), headers=ours)
+    assert worker.state.figures.summary()["funnel"]["stages"]["captured"] == 1
+    assert "lead-replayed-here" in worker.state.leads
+    assert "lead-replayed-elsewhere" not in worker.state.leads

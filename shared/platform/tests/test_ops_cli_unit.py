@@ -85,3 +85,43 @@ def test_age_of_the_oldest_event() -> None:
     assert _age("2026-12-05T03:00:00+00:00", now)[1] == 3600.0
     assert _age(None, now) == (None, None)
     assert _age("yesterday", now) == ("yesterday", None)
+
+
+def test_a_replay_selection_holds_every_criterion_given() -> None:
+    from crm_platform.ops_replay import Selection
+
+    letter = dead_letter("service-desk", _record(b'{"event_type": "deal.won", "event_id": "e-9"}'))
+    assert Selection().matches(letter)
+    assert Selection(reasons=frozenset({"schema_invalid"}), topics=frozenset({"crm.sales.deal-won"})).matches(
+        letter
+    )
+    assert Selection(event_ids=frozenset({"e-9"}), groups=frozenset({"service-desk"})).matches(letter)
+    assert Selection(from_offset=7, to_offset=7, partition=0).matches(letter)
+    assert not Selection(reasons=frozenset({"malformed"})).matches(letter)
+    assert not Selection(event_ids=frozenset({"e-1"})).matches(letter)
+    assert not Selection(groups=frozenset({"sales"})).matches(letter)
+    assert not Selection(from_offset=8).matches(letter)
+    assert not Selection(to_offset=6).matches(letter)
+
+
+def test_a_replayed_record_keeps_its_headers_but_the_dead_letter_ones_and_names_its_group() -> None:
+    from crm_platform.dead_letters import REPLAY_FOR, REPLAYED_FROM, replay_target, skips_replay
+    from crm_platform.ops_replay import replay_headers, why_not
+
+    record = _record(b"{}")
+    headers = replay_headers(record, "service-desk", "crm.dlq.service-desk[0]@7")
+    assert headers == [
+        ("traceparent", b"00-abc"),
+        (REPLAY_FOR, b"service-desk"),
+        (REPLAYED_FROM, b"crm.dlq.service-desk[0]@7"),
+    ]
+    assert replay_target(headers) == "service-desk"
+    assert not skips_replay(headers, "service-desk")
+    assert skips_replay(headers, "analytics")
+    assert not skips_replay([("traceparent", b"00-abc")], "analytics"), "an ordinary record"
+    # A replayed record dead-lettered again and replayed once more carries one mark only.
+    again = replay_headers(Record(0, 1, None, b"{}", headers), "service-desk", "x")
+    assert [k for k, _ in again].count(REPLAY_FOR) == 1
+    assert why_not(dead_letter("service-desk", record)) is None
+    no_source = Record(0, 1, None, b"{}", [("dlq_reason", b"malformed")])
+    assert why_not(dead_letter("service-desk", no_source)) == "no source topic in its headers"

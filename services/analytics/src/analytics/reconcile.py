@@ -67,8 +67,12 @@ async def replay_log(  # noqa: C901 - one consumer loop with its stop conditions
     upto: Mapping[TopicPartition, int],
     *,
     since: Mapping[TopicPartition, int] | None = None,
+    on_records: Callable[[int], None] | None = None,
 ) -> tuple[AnalyticsState, int]:
-    """Fold every valid event below ``upto`` (from the start, or from ``since``) into a new state."""
+    """Fold every valid event below ``upto`` (from the start, or from ``since``) into a new state.
+
+    ``on_records`` is told how many records each fetch brought (``crm-analytics-ops``'
+    progress bar)."""
     state = AnalyticsState()
     targets = {tp: end for tp, end in upto.items() if end > (since or {}).get(tp, 0)}
     if not targets:
@@ -99,6 +103,8 @@ async def replay_log(  # noqa: C901 - one consumer loop with its stop conditions
                         break
                     scanned += 1
                     _fold(state, record)
+                if on_records is not None:
+                    on_records(len(records))
     finally:
         await consumer.stop()
     return state, scanned

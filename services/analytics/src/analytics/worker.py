@@ -65,6 +65,7 @@ from crm_platform.dead_letters import (
     Rejected,
     classify,
     dead_letter_headers,
+    skips_replay,
 )
 from crm_platform.kafka import ensure_topics, pace_empty_fetches
 from crm_platform.liveness import ConsumerWatchdog, PartitionTracker, WatchdogConfig, harden_aiokafka
@@ -263,8 +264,12 @@ class AnalyticsWorker:
         """One Kafka message: fold it into the state, or dead-letter it once with the reason.
 
         With tracing on, the fold is a CONSUMER span continuing the event's trace
-        (the context its producer put in the record's headers: crm_platform.tracing).
+        (the context its producer put in the record's headers: crm_platform.tracing). A
+        dead letter another group asked to replay (``crm-ops replay``) is skipped.
         """
+        if skips_replay(message.headers, self.settings.app_id):
+            self.metrics.consumed(message.topic, "replay", "ignored")
+            return
         with tracing.consuming(message.headers, topic=message.topic, group=self.settings.app_id):
             verdict = self.fold(message)
         # This event's changelog writes, taken before any await so that no other actor

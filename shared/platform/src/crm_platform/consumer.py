@@ -49,6 +49,7 @@ from crm_platform.dead_letters import (
     classify,
     dead_letter_headers,
     short,
+    skips_replay,
 )
 from crm_platform.kafka import make_consumer, make_producer
 from crm_platform.logging import correlation_id_var
@@ -280,7 +281,12 @@ class EventConsumer:
             await self.consumer.commit({tp: record.offset + 1})
 
     def _prepare(self, record: ConsumerRecord[Any, Any]) -> _Ready | Outcome | None:
-        """Classify without side effects: ready to store, ignored (no handler), or None (dead letter)."""
+        """Classify without side effects: ready to store, ignored (no handler, or a replayed
+        dead letter meant for another group), or None (dead letter)."""
+        if skips_replay(record.headers, self.config.group_id):
+            event_type = _header(record, "event_type") or "unknown"
+            metrics.EVENTS_CONSUMED.labels(self.config.service, record.topic, event_type, "ignored").inc()
+            return Outcome("ignored")
         try:
             raw = record.value if isinstance(record.value, bytes) else None
             verdict = classify(raw, topic=record.topic)

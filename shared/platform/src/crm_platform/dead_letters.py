@@ -176,3 +176,25 @@ def dead_letter_headers(
         ("dlq_source_offset", str(offset).encode()),
         ("dlq_failed_at", failed_at.isoformat().encode()),
     ]
+
+
+# A dead letter replayed onto its original topic (``crm-ops replay``) is meant for the one
+# consumer group that parked it: every other group on that topic already handled the record
+# (or parked it itself) and skips the copy.
+REPLAY_FOR = "crm_replay_for"
+REPLAYED_FROM = "crm_replayed_from"
+
+
+def replay_target(headers: Headers) -> str | None:
+    """The consumer group a replayed record is meant for, or None for an ordinary record."""
+    pairs = headers.items() if isinstance(headers, Mapping) else (headers or ())
+    for key, value in pairs:
+        if key == REPLAY_FOR and isinstance(value, bytes | bytearray):
+            return bytes(value).decode(errors="replace")
+    return None
+
+
+def skips_replay(headers: Headers, group: str) -> bool:
+    """Whether a consumer in ``group`` must skip this record (a replay meant for another group)."""
+    target = replay_target(headers)
+    return target is not None and target != group

@@ -135,28 +135,7 @@ class Store:
             result = await work(tx)
             await trail.flush(self.db)
             if tx.emitted:
-                rows = [outbox_doc(env) for env in tx.emitted]
-                # Each event's trace context is taken now, where it is caused (crm_platform.tracing).
-                carriers = await tracing.outbox_contexts(
-                    self.db,
-                    session,
-                    [
-                        (env, row["topic"], ctx)
-                        for env, row, ctx in zip(tx.emitted, rows, tx.trace_contexts, strict=True)
-                    ],
-                )
-                for env, row, carrier in zip(tx.emitted, rows, carriers, strict=True):
-                    if carrier:
-                        row[tracing.TRACE_FIELD] = carrier
-                        journeys.setdefault(env.correlation_id, carrier)
-                await self.db[OUTBOX].insert_many(rows, session=session)
-                sent = [
-                    handoff_doc(env, self.receipt_grace)
-                    for env in tx.emitted
-                    if env.event_type in HANDOFF_BY_EVENT_TYPE
-                ]
-                if sent:
-                    await self.db[HANDOFFS_SENT].insert_many(sent, session=session)
+                journeys.update(await self._store_emitted(tx))
             emitted[:] = tx.emitted
             return result
 
@@ -180,6 +159,29 @@ class Store:
             await tracing.remember_journeys(self.db, journeys)
             self.wake()
         return result
+
+    async def _store_emitted(self, tx: Tx) -> dict[str, tracing.Carrier]:
+        """The attempt's events into the outbox (handoffs also into ``handoffs_sent``), each
+        with the trace context it was caused in; returns the first context per journey."""
+        rows = [outbox_doc(env) for env in tx.emitted]
+        emitted = zip(tx.emitted, rows, tx.trace_contexts, strict=True)
+        carriers = await tracing.outbox_contexts(
+            self.db, tx.session, [(env, row["topic"], ctx) for env, row, ctx in emitted]
+        )
+        journeys: dict[str, tracing.Carrier] = {}
+        for env, row, carrier in zip(tx.emitted, rows, carriers, strict=True):
+            if carrier:
+                row[tracing.TRACE_FIELD] = carrier
+                journeys.setdefault(env.correlation_id, carrier)
+        await self.db[OUTBOX].insert_many(rows, session=tx.session)
+        sent = [
+            handoff_doc(env, self.receipt_grace)
+            for env in tx.emitted
+            if env.event_type in HANDOFF_BY_EVENT_TYPE
+        ]
+        if sent:
+            await self.db[HANDOFFS_SENT].insert_many(sent, session=tx.session)
+        return journeys
 
     def wake(self) -> None:
         """Tell the outbox relay that events wait (after a commit or a re-send)."""

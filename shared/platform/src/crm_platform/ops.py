@@ -6,6 +6,8 @@
     crm-ops dead-letter --department D --offset N [--partition P] [--json]
     crm-ops lag [--group-prefix P] [--json]
     crm-ops outbox [--database DB ...] [--json]
+    crm-ops replay --department D [--reason R] [--topic T] [--event-id ID] [--group G]
+                   [--partition P] [--from-offset N] [--to-offset M] [--dry-run] [--json]
 
 - ``dead-letters`` lists each department's dead letters (``crm.dlq.<department>``) with
   their reasons, where they came from and when they failed, then a count per reason;
@@ -14,6 +16,9 @@
   offset, high watermark and lag.
 - ``outbox`` shows each service database's outbox backlog (events stored, not yet
   published) and the age of the oldest.
+- ``replay`` produces selected dead letters again onto their original topic, for the
+  consumer group that parked them (:mod:`crm_platform.ops_replay`); the only command that
+  writes.
 
 Only the Kafka protocol (a consumer without a group, which commits nothing; the admin API's
 group listing and committed offsets) and read-only MongoDB queries (a count and one
@@ -37,11 +42,12 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from crm_contracts.topics import dead_letter_topic
 from pymongo import MongoClient
 
+from crm_platform import ops_replay
 from crm_platform.kafka import make_consumer
 from crm_platform.kafka_security import KafkaSecurity
 from crm_platform.mongo import OUTBOX
@@ -186,24 +192,31 @@ async def read_dead_letters(
     bootstrap: str, department: str, stream: TextIO | None = None
 ) -> list[DeadLetter]:
     """Every dead letter now in ``crm.dlq.<department>``, read without a group (commits nothing)."""
+    return [letter for letter, _ in await read_dead_letter_records(bootstrap, department, stream)]
+
+
+async def read_dead_letter_records(
+    bootstrap: str, department: str, stream: TextIO | None = None
+) -> list[tuple[DeadLetter, ConsumerRecord[Any, Any]]]:
+    """Each dead letter with its raw record (the bytes and headers a replay produces again)."""
     topic = dead_letter_topic(department)
     consumer = make_consumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         bounds = await _assign_from_start(consumer, topic)
         progress = Progress(f"reading {topic}", sum(end - first for first, end in bounds.values()), stream)
-        letters: list[DeadLetter] = []
+        letters: list[tuple[DeadLetter, ConsumerRecord[Any, Any]]] = []
         last_read = time.monotonic()
         while await _behind(consumer, bounds):
             batches = await consumer.getmany(timeout_ms=500)
             for tp, records in batches.items():
-                letters.extend(dead_letter(department, r) for r in records if r.offset < bounds[tp][1])
+                letters.extend((dead_letter(department, r), r) for r in records if r.offset < bounds[tp][1])
                 progress.advance(len(records))
                 last_read = time.monotonic()
             if time.monotonic() - last_read > READ_STALL_SECONDS:
                 raise OpsError(f"{topic}: nothing read for {READ_STALL_SECONDS:.0f} s before its end")
         progress.finish()
-        return sorted(letters, key=lambda d: (d.partition, d.offset))
+        return sorted(letters, key=lambda pair: (pair[0].partition, pair[0].offset))
     finally:
         await consumer.stop()
 
@@ -399,6 +412,19 @@ async def _lag(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+async def _replay(args: argparse.Namespace, out: TextIO) -> int:
+    bootstrap = _env("KAFKA_BOOTSTRAP_SERVERS", args.kafka_bootstrap_servers)
+    wanted = ops_replay.selection(args)
+    chosen = [
+        pair for pair in await read_dead_letter_records(bootstrap, args.department) if wanted.matches(pair[0])
+    ]
+    verb = "listing" if args.dry_run else "replaying"
+    progress = Progress(f"{verb} {len(chosen)} dead letters", len(chosen))
+    report = await ops_replay.replay(bootstrap, chosen, dry_run=args.dry_run, progress=progress)
+    ops_replay.write_report(report, out, args.json)
+    return 0
+
+
 def _outbox(args: argparse.Namespace, out: TextIO) -> int:
     backlog = read_outbox(_env("MONGODB_URI", args.mongodb_uri), args.database or OUTBOX_DATABASES)
     if args.json:
@@ -436,6 +462,7 @@ def parser() -> argparse.ArgumentParser:
         "--database", action="append", help=f"repeatable; default: {', '.join(OUTBOX_DATABASES)}"
     )
     outbox.add_argument("--json", action="store_true", help="machine-readable output")
+    ops_replay.add_parser(commands, kafka)
     return top
 
 
@@ -445,7 +472,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     try:
         if args.command == "outbox":
             return _outbox(args, stream)
-        run = {"dead-letters": _dead_letters, "dead-letter": _one_dead_letter, "lag": _lag}[args.command]
+        commands = {
+            "dead-letters": _dead_letters,
+            "dead-letter": _one_dead_letter,
+            "lag": _lag,
+            "replay": _replay,
+        }
+        run = commands[args.command]
         return asyncio.run(run(args, stream))
     except OpsError as problem:
         sys.stderr.write(f"crm-ops: {problem}\n")
