@@ -18,7 +18,7 @@ PY := $(VENV)/bin/python
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export UV := $(CURDIR)/$(UV)
 
-.PHONY: help setup run stop restart chaos test test-service lint typecheck unit bench schemas clean
+.PHONY: help setup run stop restart chaos test test-service lint typecheck unit bench schemas locks clean
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -48,6 +48,9 @@ test: setup
 test-service: setup
 	@if [ -z "$(S)" ]; then echo "usage: make test-service S=<leads|sales|service-desk|analytics|gateway>"; exit 2; fi
 	@bash scripts/test_service.sh "$(S)"
+
+locks: setup
+	@$(PY) scripts/service_image.py locks
 
 lint: setup
 	@$(VENV)/bin/ruff check .
