@@ -83,7 +83,9 @@ async def test_snapshot_is_written_after_recovery_and_only_when_figures_change(m
         assert await worker.snapshot_tick() is False  # nothing changed since
 
         message = type(
-            "Message", (), {"value": journey.captured("lead-1", "web").to_bytes(), "topic": LEADS_EVENTS}
+            "Message",
+            (),
+            {"value": journey.captured("lead-1", "web").to_bytes(), "topic": LEADS_EVENTS, "headers": []},
         )
         await worker.handle(message)
         assert await worker.snapshot_tick() is True
@@ -138,7 +140,9 @@ async def test_fold_never_raises(journey, monkeypatch):
         raise RuntimeError("a bug in the engine")
 
     monkeypatch.setattr(module, "apply", broken)
-    message = type("Message", (), {"value": journey.captured("lead-1").to_bytes(), "topic": LEADS_EVENTS})
+    message = type(
+        "Message", (), {"value": journey.captured("lead-1").to_bytes(), "topic": LEADS_EVENTS, "headers": []}
+    )
     verdict = worker.fold(message)
     assert isinstance(verdict, Rejected)
     assert (verdict.reason, verdict.event_type) == ("handler_error", "lead.captured")
