@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 
 from crm_platform import audit_api
 from crm_platform.app import create_app
@@ -52,7 +53,8 @@ def behaviour_retry_key(window: timedelta) -> Callable[[str, bytes], tuple[str, 
 
 def build_app(settings: ServiceSettings) -> FastAPI:
     s = LeadsSettings.of(settings)
-    uow: MongoUnitOfWork[LeadsUnit] = MongoUnitOfWork(MongoLeadsUnit)
+    rules = store.RulesCache(s.config_cache_seconds)
+    uow: MongoUnitOfWork[LeadsUnit] = MongoUnitOfWork(partial(MongoLeadsUnit, rules_cache=rules))
     runtime = ServiceRuntime(s, subscription=consumers.subscription(uow), indexes=store.ensure_indexes)
     uow.store = runtime.store
     app = create_app(

@@ -67,7 +67,7 @@ class InMemoryScoringRules:
     def __init__(self) -> None:
         self.versions: dict[int, ScoringRules] = {DEFAULT_RULES.version: DEFAULT_RULES}
 
-    async def current(self) -> ScoringRules:
+    async def current(self, *, fresh: bool = False) -> ScoringRules:
         return self.versions[max(self.versions)]
 
     async def add(self, rules: ScoringRules) -> None:

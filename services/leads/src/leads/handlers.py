@@ -176,7 +176,7 @@ async def change_rules(
     """Store the next version of the rules; scores change on each lead's next behaviour."""
 
     async def work(unit: LeadsUnit) -> ScoringRules:
-        current = await unit.rules.current()
+        current = await unit.rules.current(fresh=True)
         if expected_version is not None and expected_version != current.version:
             raise Conflict(
                 f"the rules are at version {current.version}, not {expected_version}: "

@@ -43,7 +43,8 @@ class BehaviourRepository(Protocol):
 
 
 class ScoringRulesRepository(Protocol):
-    async def current(self) -> ScoringRules: ...
+    async def current(self, *, fresh: bool = False) -> ScoringRules:
+        """The newest version; ``fresh`` reads past the process's cache (crm_platform.cache)."""
 
     async def add(self, rules: ScoringRules) -> None:
         """Raises ``DuplicateKeyError`` when that version exists (changed at the same moment)."""

@@ -20,6 +20,7 @@ from typing import Any
 
 from crm_contracts.events.common import Behaviour
 from crm_platform.actor import Actor
+from crm_platform.cache import TtlCache
 from crm_platform.mongo import Tx
 from crm_platform.paging import Sort, page, sorts, text_search
 from crm_platform.uow import MongoUnit
@@ -374,17 +375,36 @@ def rules_from_doc(d: Doc) -> ScoringRules:
     )
 
 
-class MongoScoringRules:
-    def __init__(self, tx: Tx) -> None:
-        self.tx = tx
+RulesCache = TtlCache[str, ScoringRules]
+"""The current scoring rules, read on every behaviour, kept ``CRM_CONFIG_CACHE_SECONDS``.
 
-    async def current(self) -> ScoringRules:
-        doc = await self.tx.db[SCORING_RULES].find_one(
-            {}, sort=[("_id", DESCENDING)], session=self.tx.session
-        )
-        return rules_from_doc(doc) if doc else DEFAULT_RULES
+Another replica's new version is used here within that time (leads scored meanwhile
+name the version they were scored with); this replica's own change at once.
+"""
+
+
+class MongoScoringRules:
+    def __init__(self, tx: Tx, cache: RulesCache | None = None) -> None:
+        self.tx = tx
+        self.cache = cache if cache is not None else RulesCache(0.0)
+        self._wrote = False
+
+    async def current(self, *, fresh: bool = False) -> ScoringRules:
+        async def load() -> ScoringRules:
+            doc = await self.tx.db[SCORING_RULES].find_one(
+                {}, sort=[("_id", DESCENDING)], session=self.tx.session
+            )
+            return rules_from_doc(doc) if doc else DEFAULT_RULES
+
+        if fresh:
+            return await load()
+        return await self.cache.get("current", load, cacheable=not self._wrote)
 
     async def add(self, rules: ScoringRules) -> None:
+        if not self._wrote:
+            self._wrote = True
+            self.tx.after_commit.append(self.cache.invalidate)
+        self.cache.invalidate()
         await self.tx.db[SCORING_RULES].insert_one(rules_to_doc(rules), session=self.tx.session)
 
 
@@ -432,9 +452,9 @@ class MongoVerdicts:
 class MongoLeadsUnit(MongoUnit):
     """``leads.repository.LeadsUnit`` over one transaction (events go to its outbox)."""
 
-    def __init__(self, tx: Tx) -> None:
+    def __init__(self, tx: Tx, rules_cache: RulesCache | None = None) -> None:
         super().__init__(tx)
         self.leads = MongoLeads(tx)
         self.behaviours = MongoBehaviours(tx)
-        self.rules = MongoScoringRules(tx)
+        self.rules = MongoScoringRules(tx, rules_cache)
         self.verdicts = MongoVerdicts(tx)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from crm_platform import audit_api
@@ -36,7 +37,8 @@ def build_app(settings: ServiceSettings) -> FastAPI:
         await store.ensure_indexes(db, default_sla_minutes=sla, default_review=review)
 
     # The consumer's handlers are bound to the unit of work before the runtime (and its store) exists.
-    uow: MongoUnitOfWork[SalesUnit] = MongoUnitOfWork(store.MongoSalesUnit)
+    config = store.ConfigCache(settings.config_cache_seconds)
+    uow: MongoUnitOfWork[SalesUnit] = MongoUnitOfWork(partial(store.MongoSalesUnit, config_cache=config))
     runtime = ServiceRuntime(settings, subscription=consumers.subscription(uow), indexes=indexes)
     uow.store = runtime.store
     app = create_app(

@@ -29,6 +29,7 @@ from crm_contracts import utcnow
 from crm_contracts.events.leads import LeadQualifiedV1
 from crm_contracts.events.sales import Commitment, RejectReason, Verdict
 from crm_contracts.events.service_desk import CommitmentDecisionKind
+from crm_platform.cache import TtlCache
 from crm_platform.counters import RoundRobinCounter
 from crm_platform.money import to_amount
 from crm_platform.mongo import Tx
@@ -380,24 +381,43 @@ def _fields(doc: Doc) -> Doc:
 
 
 class MongoInboxRepository:
+    """The inbox inside one transaction.
+
+    A handoff asks three questions about one lead's items (its newest, its pending
+    one, how many): the first loads all of that lead's items at once and the other two
+    are answered from them, one round trip instead of three. A lead has one item per
+    handoff, so a handful. Any write in this unit forgets them.
+    """
+
     def __init__(self, tx: Tx) -> None:
         self.tx, self.col = tx, tx.db[INBOX]
+        self._for_lead: tuple[str, list[Doc]] | None = None
+
+    async def _items_of(self, lead_id: str) -> list[Doc]:
+        """The lead's items, newest first (the ``lead`` index), loaded once per unit."""
+        if self._for_lead is None or self._for_lead[0] != lead_id:
+            cursor = self.col.find({"lead_id": lead_id}, session=self.tx.session).sort(NEWEST_FIRST)
+            docs = await cursor.to_list()
+            self._for_lead = (lead_id, docs)
+        return self._for_lead[1]
 
     async def latest_for_lead(self, lead_id: str) -> InboxItem | None:
-        doc = await self.col.find_one({"lead_id": lead_id}, sort=NEWEST_FIRST, session=self.tx.session)
-        return None if doc is None else item_from_doc(doc)
+        docs = await self._items_of(lead_id)
+        return item_from_doc(docs[0]) if docs else None
 
     async def pending_for_lead(self, lead_id: str) -> InboxItem | None:
-        doc = await self.col.find_one({"lead_id": lead_id, "status": "pending"}, session=self.tx.session)
+        doc = next((d for d in await self._items_of(lead_id) if d.get("status") == "pending"), None)
         return None if doc is None else item_from_doc(doc)
 
     async def count_for_lead(self, lead_id: str) -> int:
-        return await self.col.count_documents({"lead_id": lead_id}, session=self.tx.session)
+        return len(await self._items_of(lead_id))
 
     async def add(self, item: InboxItem) -> None:
+        self._for_lead = None
         await self.col.insert_one(item_doc(item), session=self.tx.session)
 
     async def save(self, item: InboxItem) -> None:
+        self._for_lead = None
         result = await self.col.update_one(
             {"_id": item.id}, {"$set": _fields(item_doc(item))}, session=self.tx.session
         )
@@ -443,23 +463,51 @@ class MongoOpportunityRepository:
         return {str(r["_id"]): int(r["n"]) for r in rows}
 
 
+ConfigCache = TtlCache[str, Any]
+"""The roster and the SLA, read on every handoff, kept ``CRM_CONFIG_CACHE_SECONDS`` (crm_platform.cache)."""
+
+
+def no_cache() -> ConfigCache:
+    return TtlCache(0.0)
+
+
 class MongoTeamRepository:
-    def __init__(self, tx: Tx) -> None:
+    """The team's configuration inside one transaction; the roster and the SLA come from ``cache``.
+
+    A write here drops the cache at once and again after the commit, and this unit stops
+    using it: it reads its own, not yet committed, writes.
+    """
+
+    def __init__(self, tx: Tx, cache: ConfigCache | None = None) -> None:
         self.tx = tx
+        self.cache = cache if cache is not None else no_cache()
+        self._wrote = False
+
+    def _changed(self) -> None:
+        if not self._wrote:
+            self._wrote = True
+            self.tx.after_commit.append(self.cache.invalidate)
+        self.cache.invalidate()
 
     async def active_rep_ids(self) -> list[str]:
-        docs = await self.tx.db[REPS].find({"active": True}, {"_id": 1}, session=self.tx.session).to_list()
-        return [str(d["_id"]) for d in docs]
+        async def load() -> list[str]:
+            reps = self.tx.db[REPS]
+            docs = await reps.find({"active": True}, {"_id": 1}, session=self.tx.session).to_list()
+            return [str(d["_id"]) for d in docs]
+
+        return list(await self.cache.get("active_reps", load, cacheable=not self._wrote))
 
     async def take_turn(self) -> int:
         return await TURNS.take(self.tx.db)
 
     async def replace_reps(self, reps: list[Rep]) -> None:
+        self._changed()
         await self.tx.db[REPS].delete_many({}, session=self.tx.session)
         if reps:
             await self.tx.db[REPS].insert_many([rep_doc(r) for r in reps], session=self.tx.session)
 
     async def save_rep(self, rep: Rep) -> Rep:
+        self._changed()
         fields = {k: v for k, v in _fields(rep_doc(rep)).items() if not (k == "name" and v is None)}
         doc = await self.tx.db[REPS].find_one_and_update(
             {"_id": rep.user_id},
@@ -472,10 +520,14 @@ class MongoTeamRepository:
         return rep_from_doc(doc)
 
     async def sla_minutes(self) -> int:
-        doc = await self.tx.db[CONFIG].find_one({"_id": CONFIG_ID}, session=self.tx.session)
-        return int(doc["lead_response_sla_minutes"]) if doc else DEFAULT_SLA_MINUTES
+        async def load() -> int:
+            doc = await self.tx.db[CONFIG].find_one({"_id": CONFIG_ID}, session=self.tx.session)
+            return int(doc["lead_response_sla_minutes"]) if doc else DEFAULT_SLA_MINUTES
+
+        return int(await self.cache.get("sla_minutes", load, cacheable=not self._wrote))
 
     async def save_sla(self, minutes: int, by: str, now: datetime) -> None:
+        self._changed()
         await self.tx.db[CONFIG].update_one(
             {"_id": CONFIG_ID},
             {"$set": {"lead_response_sla_minutes": minutes, "updated_at": now, "updated_by": by}},
@@ -512,11 +564,11 @@ class MongoTeamRepository:
 class MongoSalesUnit(MongoUnit):
     """``repository.SalesUnit`` over one MongoDB transaction; events go to its outbox."""
 
-    def __init__(self, tx: Tx) -> None:
+    def __init__(self, tx: Tx, config_cache: ConfigCache | None = None) -> None:
         super().__init__(tx)
         self.inbox = MongoInboxRepository(tx)
         self.opportunities = MongoOpportunityRepository(tx)
-        self.team = MongoTeamRepository(tx)
+        self.team = MongoTeamRepository(tx, config_cache)
 
 
 # -- the read side (the API's listings and views) ----------------------------------------------

@@ -73,6 +73,9 @@ class Tx:
         self.emitted: list[Envelope] = []
         # The trace context each event was emitted in (crm_platform.tracing; None when off).
         self.trace_contexts: list[Context | None] = []
+        # Called once the transaction has committed (never for an attempt that is retried
+        # or aborted): e.g. dropping a cached configuration this transaction changed.
+        self.after_commit: list[Callable[[], None]] = []
 
     def emit(self, event: Event, *, correlation_id: str | None = None) -> Envelope:
         cause = causation_var.get()
@@ -121,9 +124,8 @@ class Store:
         results; ``work`` may therefore run more than once and must only touch
         the database through ``tx.session``.
         """
-        emitted: list[Envelope] = []
+        committed: list[Tx] = []  # the attempt that committed (with_transaction may retry)
         journeys: dict[str, tracing.Carrier | None] = {}
-
         claim = current_claim.get()
         context = audit_context(self.source)
 
@@ -136,7 +138,7 @@ class Store:
             await trail.flush(self.db)
             if tx.emitted:
                 journeys.update(await self._store_emitted(tx))
-            emitted[:] = tx.emitted
+            committed[:] = [tx]
             return result
 
         # In an HTTP request, one deadline for the whole transaction, retries and commit
@@ -155,7 +157,9 @@ class Store:
                 )
         if claim is not None:
             claim.committed = True
-        if emitted:
+        for hook in committed[0].after_commit:
+            hook()
+        if committed[0].emitted:
             await tracing.remember_journeys(self.db, journeys)
             self.wake()
         return result

@@ -67,6 +67,9 @@ class ServiceSettings(BaseSettings):
     # unset = dynamic membership. See consumer_instance_id_from_env().
     consumer_instance_id: str | None = Field(default=None, validation_alias="CRM_CONSUMER_INSTANCE_ID")
     outbox_poll_seconds: float = Field(default=0.5, validation_alias="CRM_OUTBOX_POLL_SECONDS", gt=0)
+    # How long configuration read on every event (sales' SLA and roster, leads' scoring
+    # rules) is kept in the process; other replicas see a change within it (crm_platform.cache).
+    config_cache_seconds: float = Field(default=5.0, validation_alias="CRM_CONFIG_CACHE_SECONDS", ge=0)
     # crm_outbox_backlog and crm_broker_reachable are sampled on their own timers, so
     # they keep moving while the relay is stuck on a broker outage.
     outbox_backlog_sample_seconds: float = Field(
