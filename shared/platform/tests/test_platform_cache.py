@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from crm_platform.cache import TtlCache
 
@@ -15,7 +16,7 @@ class Clock:
         return self.now
 
 
-def loader(values: list[int]):  # type: ignore[no-untyped-def]
+def loader(values: list[int]) -> tuple[Callable[[], Awaitable[int]], dict[str, int]]:
     calls = {"n": 0}
 
     async def load() -> int:
