@@ -21,8 +21,9 @@ from pathlib import Path
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.records_to_delete import RecordsToDelete
-from aiokafka.consumer import AIOKafkaConsumer
 from aiokafka.errors import PolicyViolationError
+from crm_platform.kafka import make_consumer
+from crm_platform.kafka_security import KafkaSecurity
 
 
 def state_mb(home: Path) -> float:
@@ -37,7 +38,7 @@ async def trim_log(bootstrap: str) -> int:
     Callers make sure every consumer has caught up first (each figure waits for its
     own deliveries), so no committed position points below what is deleted.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = make_consumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
         topics = [t for t in await consumer.topics() if not t.startswith("__")]
@@ -50,7 +51,7 @@ async def trim_log(bootstrap: str) -> int:
         await consumer.stop()
     todo = {tp: end for tp, end in ends.items() if end > starts.get(tp, 0)}
     deleted = 0
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **KafkaSecurity.from_env().aiokafka_kwargs())
     await admin.start()
     try:
         for topic in sorted({tp.topic for tp in todo}):

@@ -317,6 +317,17 @@ async def _capture(
     return ids, capture
 
 
+async def _baseline_beside(
+    platform: Platform, args: argparse.Namespace, kafka: str, load: dict[str, list[float]]
+) -> dict[str, Any]:
+    """The baseline on the platform's broker and mongod, the platform up and idle."""
+    load["baseline_start"] = load_average()
+    await fresh_log(args, kafka, "baseline")
+    baseline = await bench_baseline(args, kafka, platform.mongodb_uri)
+    load["baseline_end"] = load_average()
+    return baseline
+
+
 async def _load(
     platform: Platform, args: argparse.Namespace, kafka: str, marketing: dict[str, str]
 ) -> dict[str, Any]:
@@ -335,10 +346,7 @@ async def _load(
     )
     # The baseline runs now, on the same broker and mongod with the platform up and idle,
     # so both see the same machine (others' load on it changes by the minute).
-    load["baseline_start"] = load_average()
-    await fresh_log(args, kafka, "baseline")
-    baseline = await bench_baseline(args, kafka, platform.mongodb_uri)
-    load["baseline_end"] = load_average()
+    baseline = await _baseline_beside(platform, args, kafka, load)
     reader = await TopicReader(kafka, HANDOFF_RECEIPTS).start()
     fixed: dict[str, dict[str, Any]] = {}
     try:
