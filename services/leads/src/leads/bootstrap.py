@@ -18,8 +18,10 @@ from crm_platform.uow import MongoUnitOfWork
 from fastapi import FastAPI
 
 from leads import action_items, consumers, store
+from leads.api import imports as imports_api
 from leads.api import leads as leads_api
 from leads.api import scoring as scoring_api
+from leads.importer import ImportWorker
 from leads.repository import LeadsUnit
 from leads.settings import LeadsSettings
 from leads.store import MongoLeadsUnit
@@ -66,9 +68,30 @@ def build_app(settings: ServiceSettings) -> FastAPI:
             "(lead.qualified) and closes the loop with sales' verdict (lead.verdict)."
         ),
         runtime=runtime,
-        protected=[leads_api.router, scoring_api.router, action_items.router, audit_api.router()],
+        # /leads/export before /leads/{lead_id}: the first matching route wins.
+        protected=[
+            imports_api.export_router,
+            leads_api.router,
+            scoring_api.router,
+            imports_api.router,
+            imports_api.mappings_router,
+            action_items.router,
+            audit_api.router(),
+        ],
         default_idempotency_key=behaviour_retry_key(timedelta(seconds=s.behaviour_retry_window_seconds)),
+        upload_paths=imports_api.is_upload,
     )
     app.state.uow = uow
+    worker = ImportWorker(
+        uow,
+        runtime.store.db,
+        batch_rows=s.import_batch_rows,
+        lease_seconds=s.import_lease_seconds,
+        poll_seconds=s.import_poll_seconds,
+        max_row_bytes=s.import_max_row_bytes,
+    )
+    app.state.import_worker = worker
+    if s.import_worker_enabled:
+        runtime.background.append(worker.run)
     action_items.wire(app, runtime)
     return app

@@ -12,6 +12,7 @@ from collections.abc import Collection, Sequence
 from crm_platform.uow import FakeUnit
 from pymongo.errors import DuplicateKeyError
 
+from leads.domain.imports import ImportJob, Rejection
 from leads.domain.leads import BehaviourRecord, Lead, VerdictRecord
 from leads.domain.scoring import DEFAULT_RULES, ScoringRules
 
@@ -84,6 +85,26 @@ class InMemoryVerdicts:
         self.items[record.id] = record
 
 
+class InMemoryImports:
+    def __init__(self) -> None:
+        self.items: dict[str, ImportJob] = {}
+        self.rejections: list[Rejection] = []
+
+    async def get(self, job_id: str) -> ImportJob | None:
+        return self.items.get(job_id)
+
+    async def add(self, job: ImportJob) -> None:
+        if job.id in self.items:
+            raise DuplicateKeyError(f"import {job.id!r} exists")
+        self.items[job.id] = job
+
+    async def save(self, job: ImportJob) -> None:
+        self.items[job.id] = job
+
+    async def add_rejections(self, rejections: Sequence[Rejection]) -> None:
+        self.rejections.extend(rejections)
+
+
 class FakeLeadsUnit(FakeUnit):
     def __init__(self) -> None:
         super().__init__()
@@ -91,3 +112,4 @@ class FakeLeadsUnit(FakeUnit):
         self.behaviours = InMemoryBehaviours()
         self.rules = InMemoryScoringRules()
         self.verdicts = InMemoryVerdicts()
+        self.imports = InMemoryImports()

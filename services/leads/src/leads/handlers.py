@@ -25,6 +25,7 @@ from crm_platform.uow import UnitOfWork
 from pymongo.errors import DuplicateKeyError
 
 from leads import metrics
+from leads.domain import imports
 from leads.domain import leads as domain
 from leads.domain.leads import BehaviourRecord, Capture, Lead, MetaValue, VerdictRecord
 from leads.domain.scoring import BehaviourRule, InvalidRules, RulesAuthor, ScoringRules, next_version
@@ -99,6 +100,122 @@ async def edit_lead(uow: Uow, lead_id: str, change: domain.LeadEdit) -> Lead:
         lead = (await _load(unit, lead_id)).edit(change, now_millis(uow.clock))
         await unit.leads.save(lead)
         return lead
+
+
+# -- import ----------------------------------------------------------------------------------
+
+
+async def create_import(
+    uow: Uow,
+    fmt: imports.ImportFormat,
+    mapping: Mapping[str, str] | None,
+    defaults: imports.ImportDefaults,
+    *,
+    actor: Actor,
+    mapping_name: str | None = None,
+) -> imports.ImportJob:
+    """A new import, waiting for its file (``mapping`` None: the default mapping from the header)."""
+
+    async def work(unit: LeadsUnit) -> imports.ImportJob:
+        now = now_millis(uow.clock)
+        checked = imports.check_mapping(mapping) if mapping is not None else None
+        job = imports.ImportJob(
+            id=uow.new_id(),
+            format=fmt,
+            mapping=checked,
+            mapping_name=mapping_name,
+            defaults=defaults,
+            created_by=actor.user_id,
+            created_by_name=actor.display_name,
+            created_at=now,
+            updated_at=now,
+        )
+        await unit.imports.add(job)
+        return job
+
+    return await uow.run(work)
+
+
+async def _load_import(unit: LeadsUnit, job_id: str) -> imports.ImportJob:
+    job = await unit.imports.get(job_id)
+    if job is None:
+        raise NotFound(f"no import '{job_id}'", import_id=job_id)
+    return job
+
+
+async def begin_upload(uow: Uow, job_id: str, file_name: str | None) -> imports.ImportJob:
+    async def work(unit: LeadsUnit) -> imports.ImportJob:
+        job = await _load_import(unit, job_id)
+        try:
+            started = job.start_upload(file_name, now_millis(uow.clock))
+        except imports.NotAcceptingFile as exc:
+            raise Conflict(str(exc), import_id=job_id) from None
+        await unit.imports.save(started)
+        return started
+
+    return await uow.run(work)
+
+
+async def finish_upload(
+    uow: Uow, job_id: str, size: int, header: Sequence[str], data_start: int
+) -> imports.ImportJob:
+    """The file is stored whole: the job is queued for a worker."""
+
+    async def work(unit: LeadsUnit) -> imports.ImportJob:
+        job = (await _load_import(unit, job_id)).uploaded(size, header, data_start, now_millis(uow.clock))
+        await unit.imports.save(job)
+        return job
+
+    return await uow.run(work)
+
+
+async def import_batch(
+    uow: Uow,
+    job_id: str,
+    expected: imports.Checkpoint,
+    to: imports.Checkpoint,
+    captures: Sequence[Capture],
+    rejected: Sequence[imports.Rejection],
+) -> imports.ImportJob:
+    """One batch of an import in ONE transaction: its captures exactly as ``capture_leads``
+    (merge by email, one ``lead.captured`` each), its rejected rows, and the job's checkpoint.
+
+    ``StaleCheckpoint`` if the job is no longer at ``expected`` (another worker took it over):
+    nothing of the batch is kept, so no row is imported twice.
+    """
+    emails = {domain.normalize_email(c.email) for c in captures}
+
+    async def work(unit: LeadsUnit) -> tuple[imports.ImportJob, int]:
+        job = await _load_import(unit, job_id)
+        known = await unit.leads.get_many_by_email(emails)
+        now = now_millis(uow.clock)
+        batch = domain.capture_batch(known, captures, uow.new_id, now)
+        await unit.leads.add_many(batch.new)
+        await unit.leads.save_many(batch.merged)
+        for outcome in batch.outcomes:
+            unit.emit_all(outcome.events, correlation_id=outcome.lead.id)
+        await unit.imports.add_rejections(rejected)
+        merged = sum(1 for o in batch.outcomes if o.merged)
+        counts = job.counts.plus(len(captures), merged, len(rejected))
+        advanced = job.advance(expected, to, counts, now)
+        await unit.imports.save(advanced)
+        return advanced, merged
+
+    job, merged = await _retry_races(uow, work)
+    metrics.LEADS_CAPTURED.labels("true").inc(merged)
+    metrics.LEADS_CAPTURED.labels("false").inc(len(captures) - merged)
+    return job
+
+
+async def end_import(uow: Uow, job_id: str, failure: str | None = None) -> imports.ImportJob:
+    """The last batch is in (``failure`` None) or the file cannot be imported (why)."""
+
+    async def work(unit: LeadsUnit) -> imports.ImportJob:
+        job = await _load_import(unit, job_id)
+        now = now_millis(uow.clock)
+        ended = job.complete(now) if failure is None else job.fail(failure, now)
+        await unit.imports.save(ended)
+        return ended
 
     return await uow.run(work)
 

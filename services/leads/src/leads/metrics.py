@@ -10,3 +10,4 @@ LEAD_VERDICTS = Counter(
     "crm_leads_verdicts", "Sales' verdicts received, by verdict and outcome", ["verdict", "outcome"]
 )
 BEHAVIOURS_RECORDED = Counter("crm_leads_behaviours_recorded", "Behaviours recorded", ["behaviour"])
+IMPORT_ROWS = Counter("crm_leads_import_rows", "Rows of import files, by outcome", ["outcome"])

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from crm_contracts import Event
 
+from leads.domain.imports import ImportJob, Rejection
 from leads.domain.leads import BehaviourRecord, Lead, VerdictRecord
 from leads.domain.scoring import ScoringRules
 
@@ -54,6 +55,17 @@ class VerdictRepository(Protocol):
     async def add(self, record: VerdictRecord) -> None: ...
 
 
+class ImportRepository(Protocol):
+    async def get(self, job_id: str) -> ImportJob | None: ...
+
+    async def add(self, job: ImportJob) -> None: ...
+
+    async def save(self, job: ImportJob) -> None: ...
+
+    async def add_rejections(self, rejections: Sequence[Rejection]) -> None:
+        """The rows of one batch the import rejected (its error report grows with the batch)."""
+
+
 class LeadsUnit(Protocol):
     """What a handler works in: the repositories and ``emit``, committed together."""
 
@@ -72,3 +84,6 @@ class LeadsUnit(Protocol):
 
     @property
     def verdicts(self) -> VerdictRepository: ...
+
+    @property
+    def imports(self) -> ImportRepository: ...

@@ -1,4 +1,4 @@
-"""Marketing's settings: the platform's, plus the behaviour retry window."""
+"""Marketing's settings: the platform's, plus the behaviour retry window and the import worker's."""
 
 from __future__ import annotations
 
@@ -18,6 +18,16 @@ class LeadsSettings(ServiceSettings):
     behaviour_retry_window_seconds: int = Field(
         default=600, validation_alias="CRM_BEHAVIOUR_RETRY_WINDOW_SECONDS", ge=1, le=86400
     )
+    # Imports (leads.importer): rows per transaction, the worker's lease on a job (a crashed
+    # worker's job is resumed by another once it expires), how often idle workers look for
+    # work, and the longest row a file may have (a longer one is rejected, never held).
+    import_batch_rows: int = Field(default=1000, validation_alias="CRM_IMPORT_BATCH_ROWS", ge=1, le=5000)
+    import_lease_seconds: float = Field(default=30.0, validation_alias="CRM_IMPORT_LEASE_SECONDS", gt=0)
+    import_poll_seconds: float = Field(default=2.0, validation_alias="CRM_IMPORT_POLL_SECONDS", gt=0)
+    import_max_row_bytes: int = Field(
+        default=65536, validation_alias="CRM_IMPORT_MAX_ROW_BYTES", ge=1024, le=1_048_576
+    )
+    import_worker_enabled: bool = Field(default=True, validation_alias="CRM_IMPORT_WORKER_ENABLED")
 
     @classmethod
     def of(cls, settings: ServiceSettings) -> LeadsSettings:

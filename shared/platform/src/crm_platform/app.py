@@ -109,6 +109,7 @@ def create_app(
     default_idempotency_key: DefaultKey | None = None,
     readiness_report: ReadinessReport | None = None,
     docs_page: bool = True,
+    upload_paths: Callable[[str], bool] | None = None,
 ) -> FastAPI:
     """The service's app. ``idempotent_paths`` says which POST paths honour ``Idempotency-Key``
     (all by default); ``default_idempotency_key`` derives one for requests sent without it.
@@ -116,7 +117,9 @@ def create_app(
     ``readiness_report`` adds fields to the ``/readyz`` body that are reported but do not
     decide readiness (the gateway's upstreams); only the runtime's checks do. ``docs_page=False``
     leaves ``/docs`` to the service (the gateway's index of every service's docs); the local
-    Swagger assets are served either way.
+    Swagger assets are served either way. ``upload_paths`` says which paths take a streamed
+    body up to ``CRM_MAX_UPLOAD_BYTES`` (instead of ``CRM_MAX_REQUEST_BYTES``); they are never
+    idempotency-keyed by the platform (that would read the body whole).
     """
     configure_logging(settings.service_name, settings.log_level)
     tracing.configure(settings.service_name)  # OTLP export only when OTEL_EXPORTER_OTLP_ENDPOINT is set
@@ -131,7 +134,10 @@ def create_app(
     app.state.runtime = runtime
     app.state.token_verifier = token_verifier(settings)
     install_error_handlers(app, settings.retry_after_seconds)
-    _install_edge(app, settings, idempotent_paths, default_idempotency_key)
+    if upload_paths is not None:
+        keyed, uploads = idempotent_paths, upload_paths
+        idempotent_paths = lambda path: keyed(path) and not uploads(path)  # noqa: E731
+    _install_edge(app, settings, idempotent_paths, default_idempotency_key, upload_paths)
     install_local_docs(app, title, page=docs_page)
     _install_ops_routes(app, settings, runtime, readiness_report)
     for router in public:
@@ -175,6 +181,7 @@ def _install_edge(
     settings: ServiceSettings,
     idempotent_paths: Callable[[str], bool],
     default_idempotency_key: DefaultKey | None,
+    upload_paths: Callable[[str], bool] | None = None,
 ) -> None:
     """The middleware every route goes through: added inner first, so the edge (ids, limits,
     deadline) wraps the idempotency layer."""
@@ -191,6 +198,8 @@ def _install_edge(
         max_body_bytes=settings.max_request_bytes,
         db_deadline_seconds=settings.db_deadline_seconds,
         retry_after_seconds=settings.retry_after_seconds,
+        upload_paths=upload_paths,
+        max_upload_bytes=settings.max_upload_bytes,
     )
     # Outermost: the request's SERVER span covers everything, a 500 from the edge included.
     app.add_middleware(tracing.TracingEdge)

@@ -8,7 +8,9 @@ Per request it
   Starlette's catch-all handler ran, which then printed ``null``);
 * refuses bodies above ``CRM_MAX_REQUEST_BYTES`` with 413 before anything reads
   them: at once from ``Content-Length``, and while streaming for chunked bodies
-  (the byte count is checked on every chunk the application pulls);
+  (the byte count is checked on every chunk the application pulls); the paths a
+  service declares as uploads (``upload_paths``, streamed by their route) get
+  ``CRM_MAX_UPLOAD_BYTES`` instead;
 * gives the request's transactions their deadline (``CRM_DB_DEADLINE_SECONDS``,
   :mod:`crm_platform.deadline`; single operations get the same bound from the
   client's ``timeoutMS``, see :func:`crm_platform.mongo.connect`), and answers a
@@ -27,6 +29,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +105,7 @@ class _Exchange:
     status: int = 500
     started: bool = False
     received: int = 0
+    limit: int = 0
     ids: dict[str, str] = field(default_factory=dict)
 
 
@@ -114,8 +118,12 @@ class HttpEdge:
         max_body_bytes: int,
         db_deadline_seconds: float | None = None,
         retry_after_seconds: int = 5,
+        upload_paths: Callable[[str], bool] | None = None,
+        max_upload_bytes: int = 0,
     ) -> None:
         self.app = app
+        self.upload_paths = upload_paths
+        self.max_upload = max_upload_bytes
         self.deadline = db_deadline_seconds
         self.retry_after = retry_after_seconds
         self.service = service
@@ -149,9 +157,11 @@ class HttpEdge:
         if declared is not None and not declared.isdigit():
             await error_response(400, "bad_request", "invalid Content-Length header")(scope, receive, send)
             return
-        if declared is not None and int(declared) > self.max_body:
-            message = f"request body larger than {self.max_body} bytes"
-            await error_response(413, "payload_too_large", message, limit=self.max_body)(scope, receive, send)
+        upload = self.upload_paths is not None and self.upload_paths(scope.get("path", ""))
+        ex.limit = self.max_upload if upload else self.max_body
+        if declared is not None and int(declared) > ex.limit:
+            message = f"request body larger than {ex.limit} bytes"
+            await error_response(413, "payload_too_large", message, limit=ex.limit)(scope, receive, send)
             return
         try:
             deadline = request_db_deadline.set(self.deadline)
@@ -184,8 +194,8 @@ class HttpEdge:
             message = await receive()
             if message["type"] == "http.request":
                 ex.received += len(message.get("body", b""))
-                if ex.received > self.max_body:
-                    raise RequestTooLarge(self.max_body)
+                if ex.received > ex.limit:
+                    raise RequestTooLarge(ex.limit)
             return message
 
         return limited

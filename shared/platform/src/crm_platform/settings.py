@@ -128,6 +128,11 @@ class ServiceSettings(BaseSettings):
     max_request_bytes: int = Field(
         default=1_048_576, validation_alias="CRM_MAX_REQUEST_BYTES", ge=1024, le=1_073_741_824
     )
+    # Routes a service declares as uploads (create_app's ``upload_paths``, e.g. leads'
+    # import file) stream their body instead of reading it whole; they get this limit.
+    max_upload_bytes: int = Field(
+        default=4_294_967_296, validation_alias="CRM_MAX_UPLOAD_BYTES", ge=1024, le=1_099_511_627_776
+    )
     db_deadline_seconds: float = Field(default=5.0, validation_alias="CRM_DB_DEADLINE_SECONDS", gt=0, le=120)
     retry_after_seconds: int = Field(default=5, validation_alias="CRM_RETRY_AFTER_SECONDS", ge=1, le=3600)
     # Idempotency-Key records (crm_platform.idempotency) are kept this long.

@@ -65,14 +65,7 @@ async def capture_lead(body: CaptureIn, response: Response, uow: UowDep) -> Capt
 
 
 def _capture(body: CaptureIn) -> Capture:
-    return Capture(
-        email=str(body.email),
-        name=body.name,
-        source_channel=body.source_channel,
-        marketing_email=body.consent.marketing_email,
-        company=body.company,
-        campaign=body.campaign,
-    )
+    return body.to_capture()
 
 
 @router.post(

@@ -1,0 +1,260 @@
+"""The import worker: takes queued imports and works them through in batches, resumably.
+
+An adapter like ``consumers.py``: it reads the stored file from the job's checkpoint
+(``store.read_file``), turns records into captures with the capture route's own
+validation (``CaptureIn``: the same rules as ``POST /leads``), and hands each batch to
+``handlers.import_batch`` (one transaction: leads, events, rejected rows, checkpoint).
+
+One worker at a time per job: a worker **claims** a job by taking its lease
+(``CRM_IMPORT_LEASE_SECONDS``) and renews it after every batch; a worker that died
+leaves its lease to expire, and the next claim (the restarted process, or another
+replica) resumes at the job's checkpoint. A worker that lost its lease stops at its next
+batch (``StaleCheckpoint`` or a failed renewal), never writing a row twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from crm_platform.clock import now_millis
+from crm_platform.ids import new_id
+from crm_platform.uow import UnitOfWork
+from pydantic import ValidationError
+from pymongo.asynchronous.database import AsyncDatabase
+
+from leads import handlers, metrics, store
+from leads.api.models import CaptureIn
+from leads.domain.imports import (
+    Checkpoint,
+    ImportFormat,
+    ImportJob,
+    ImportState,
+    InvalidMapping,
+    RawRecord,
+    RecordReader,
+    Rejection,
+    StaleCheckpoint,
+    check_mapping,
+    columns_missing,
+    default_mapping,
+    parse_header,
+)
+from leads.domain.leads import Capture
+from leads.repository import LeadsUnit
+
+log = logging.getLogger("leads.imports")
+
+TRUE = frozenset({"true", "yes", "y", "1"})
+FALSE = frozenset({"false", "no", "n", "0"})
+
+
+class LeaseLost(RuntimeError):
+    pass
+
+
+def row_capture(
+    values: Mapping[str, object], mapping: Mapping[str, str], job: ImportJob
+) -> tuple[Capture | None, str | None]:
+    """One record's capture by the capture route's rules, or why the row is rejected."""
+    d = job.defaults
+    body: dict[str, Any] = {"source_channel": d.source_channel, "campaign": d.campaign}
+    consent = d.marketing_email
+    for column, target in mapping.items():
+        value = values.get(column)
+        if isinstance(value, str):
+            value = value.strip()
+        if value is None or value == "":
+            continue
+        if target == "marketing_email":
+            flag = value if isinstance(value, bool) else _flag(value)
+            if flag is None:
+                return None, f"marketing_email: {str(value)[:50]!r} is not true/false (yes/no, 1/0)"
+            consent = flag
+        elif not isinstance(value, str):
+            return None, f"{target}: expected text, got {type(value).__name__}"
+        else:
+            body[target] = value
+    body["consent"] = {"marketing_email": consent}
+    try:
+        return CaptureIn.model_validate(body).to_capture(), None
+    except ValidationError as exc:
+        reasons = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return None, "; ".join(reasons)
+
+
+def _flag(value: object) -> bool | None:
+    text = str(value).strip().lower()
+    return True if text in TRUE else False if text in FALSE else None
+
+
+def sort_rows(job: ImportJob, records: Sequence[RawRecord]) -> tuple[list[Capture], list[Rejection]]:
+    mapping = job.effective_mapping()
+    captures: list[Capture] = []
+    rejected: list[Rejection] = []
+    for rec in records:
+        capture, problem = (
+            (None, rec.problem) if rec.values is None else row_capture(rec.values, mapping, job)
+        )
+        if capture is not None:
+            captures.append(capture)
+        else:
+            rejected.append(Rejection(job.id, rec.row, rec.line, rec.raw, problem or "unreadable"))
+    return captures, rejected
+
+
+class ImportWorker:
+    """Background job of the leads process (``runtime.background``): one import at a time."""
+
+    def __init__(
+        self,
+        uow: UnitOfWork[LeadsUnit],
+        db: AsyncDatabase[dict[str, Any]],
+        *,
+        batch_rows: int,
+        lease_seconds: float,
+        poll_seconds: float,
+        max_row_bytes: int,
+    ) -> None:
+        self.uow = uow
+        self.db = db
+        self.batch_rows = batch_rows
+        self.lease = timedelta(seconds=lease_seconds)
+        self.poll_seconds = poll_seconds
+        self.max_row_bytes = max_row_bytes
+        self.owner = new_id()
+        self._wake = asyncio.Event()
+
+    def notify(self) -> None:
+        """A file was stored: look for work now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                job = await store.claim_import(self.db, self.owner, now_millis(self.uow.clock), self.lease)
+                if job is not None:
+                    await self.work(job)
+                    continue
+            except Exception as exc:  # noqa: BLE001 - the worker must outlive a database outage
+                log.warning("import worker: %s; retrying in %.0f s", exc, self.poll_seconds)
+            self._wake.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
+            # that lands as the wake-up does, and the worker would outlive its runtime.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_seconds):
+                    await self._wake.wait()
+
+    async def work(self, job: ImportJob) -> None:
+        """Import ``job`` from its checkpoint to its end (or until another worker has it)."""
+        log.info(
+            "import %s: %s from row %d (byte %d of %d)",
+            job.id,
+            "resuming" if job.state is ImportState.RUNNING else "starting",
+            job.checkpoint.row,
+            job.checkpoint.offset,
+            job.size,
+            extra={"import_id": job.id},
+        )
+        try:
+            missing = columns_missing(job.effective_mapping(), job.header) if job.header else []
+            if missing:
+                await handlers.end_import(self.uow, job.id, f"the file has no columns {missing}")
+                return
+            await self._batches(job)
+            done = await handlers.end_import(self.uow, job.id)
+            await store.drop_chunks(self.db, job.id)
+            log.info("import %s completed: %s", job.id, done.counts, extra={"import_id": job.id})
+        except (StaleCheckpoint, LeaseLost) as exc:
+            log.warning("import %s left to another worker: %s", job.id, exc, extra={"import_id": job.id})
+        finally:
+            await store.release_lease(self.db, job.id, self.owner)
+
+    async def _batches(self, job: ImportJob) -> None:
+        reader = RecordReader(job.format, job.header, job.checkpoint, max_row_bytes=self.max_row_bytes)
+        at = job.checkpoint
+        batch: list[RawRecord] = []
+        async for chunk in store.read_file(self.db, job.id, job.checkpoint.offset):
+            for record in reader.feed(chunk):
+                batch.append(record)
+                if len(batch) >= self.batch_rows:
+                    at, batch = await self._commit(job, at, batch), []
+        batch.extend(reader.close())
+        if batch:
+            await self._commit(job, at, batch)
+
+    async def _commit(self, job: ImportJob, at: Checkpoint, batch: list[RawRecord]) -> Checkpoint:
+        captures, rejected = sort_rows(job, batch)
+        to = batch[-1].checkpoint()
+        await handlers.import_batch(self.uow, job.id, at, to, captures, rejected)
+        metrics.IMPORT_ROWS.labels("accepted").inc(len(captures))
+        metrics.IMPORT_ROWS.labels("rejected").inc(len(rejected))
+        until = now_millis(self.uow.clock) + self.lease
+        if not await store.renew_lease(self.db, job.id, self.owner, until):
+            raise LeaseLost(f"the lease on import {job.id} was taken by another worker")
+        return to
+
+
+class BadFile(ValueError):
+    """The upload cannot be imported at all (no header, a mapping naming absent columns)."""
+
+
+async def store_upload(
+    db: AsyncDatabase[dict[str, Any]], job: ImportJob, body: AsyncIterator[bytes], *, max_row_bytes: int
+) -> tuple[int, list[str], int]:
+    """Store the request body as the job's file, in chunks, as it streams in.
+
+    Returns (size, a CSV's header columns, the offset where records start). A CSV's
+    header is read from the first line and checked against the mapping before
+    anything else is stored (``BadFile``); memory holds one chunk at a time.
+    """
+    await store.drop_chunks(db, job.id)
+    pending, size, n = bytearray(), 0, 0
+    header: list[str] | None = None if job.format is ImportFormat.CSV else []
+    data_start = 0
+    async for piece in body:
+        pending += piece
+        size += len(piece)
+        if header is None:
+            header, data_start = _header(pending, job, max_row_bytes)
+        while header is not None and len(pending) >= store.CHUNK_BYTES:
+            await store.put_chunk(db, job.id, n, bytes(pending[: store.CHUNK_BYTES]))
+            del pending[: store.CHUNK_BYTES]
+            n += 1
+    if header is None:
+        header, data_start = _header(pending, job, max_row_bytes, final=True)
+    if size == 0:
+        raise BadFile("the file is empty")
+    if pending:
+        await store.put_chunk(db, job.id, n, bytes(pending))
+    return size, header or [], data_start
+
+
+def _header(
+    pending: bytearray, job: ImportJob, max_row_bytes: int, final: bool = False
+) -> tuple[list[str] | None, int]:
+    end = pending.find(b"\n")
+    if end < 0 and not final:
+        if len(pending) > max_row_bytes:
+            raise BadFile(f"the header line is longer than {max_row_bytes} bytes")
+        return None, 0
+    line = bytes(pending if end < 0 else pending[: end + 1])
+    try:
+        columns = parse_header(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadFile("the header line is not valid UTF-8") from None
+    except ValueError as exc:
+        raise BadFile(str(exc)) from None
+    mapping = job.mapping if job.mapping is not None else default_mapping(columns)
+    missing = columns_missing(mapping, columns)
+    if missing:
+        raise BadFile(f"the mapping names columns the file does not have: {missing}; its columns: {columns}")
+    try:
+        check_mapping(mapping)
+    except InvalidMapping as exc:
+        raise BadFile(f"{exc}; the file's columns: {columns} (send a mapping)") from None
+    return columns, len(line)
