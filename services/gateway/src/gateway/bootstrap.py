@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from gateway import handlers, store
 from gateway.api import auth, console, docs, proxy, users
 from gateway.api.deps import active_principal
+from gateway.domain.routes import is_upload
 from gateway.handlers import Deps, Tokens
 from gateway.logctx import RequestLogFields, install_log_filter
 from gateway.revocations import RevocationCache
@@ -67,6 +68,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         readiness_report=upstream_health,
         # The gateway's /docs lists every service's documentation (its own page is /docs/gateway).
         docs_page=False,
+        upload_paths=is_upload,
         # Forwarded requests carry their Idempotency-Key to the department, which keeps it
         # with the effect; logins create nothing; the console's forms are the console's.
         idempotent_paths=lambda path: (

@@ -138,7 +138,7 @@ class Upstreams:
         raw_path: str,
         query: bytes,
         headers: Mapping[str, str],
-        body: bytes,
+        body: bytes | AsyncIterator[bytes],
         client_host: str | None,
         scheme: str,
         host: str | None,

@@ -13,7 +13,14 @@ from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 
 from gateway.api.deps import active_principal, get_upstreams
-from gateway.domain.routes import SERVICES, UnsafePath, authorize, find_public_route, normalize_path
+from gateway.domain.routes import (
+    SERVICES,
+    UnsafePath,
+    authorize,
+    find_public_route,
+    is_upload,
+    normalize_path,
+)
 from gateway.logctx import annotate
 from gateway.upstream import Forwarded, Upstreams
 
@@ -67,13 +74,15 @@ async def _forward(service: str, request: Request, principal: Principal, upstrea
             f"{request.method} {decision.rule.pattern} on {service} requires one of the roles "
             f"{sorted(decision.rule.roles)}; you have {sorted(principal.roles)}",
         )
+    # An upload streams through (held one piece at a time); other bodies are small and read whole.
+    body = request.stream() if is_upload(request.scope["path"]) else await request.body()
     forwarded = await upstreams.forward(
         service,
         method=request.method,
         raw_path=path,
         query=request.scope.get("query_string", b""),
         headers=request.headers,
-        body=await request.body(),
+        body=body,
         client_host=request.client.host if request.client else None,
         scheme=request.url.scheme,
         host=request.headers.get("host"),

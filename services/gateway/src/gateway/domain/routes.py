@@ -46,6 +46,15 @@ AUDIT_READERS = frozenset({Role.ADMIN, Role.AUDITOR})
 KPI_READERS = frozenset({Role.ANALYST, Role.EXECUTIVE, Role.ADMIN})
 
 
+# Uploads: forwarded as a stream (never read whole), up to CRM_MAX_UPLOAD_BYTES.
+UPLOAD_PATHS = re.compile(r"^/api/leads/imports/[^/]+/file$")
+
+
+def is_upload(path: str) -> bool:
+    """A request whose body the gateway streams to the service (an import's file)."""
+    return UPLOAD_PATHS.match(path) is not None
+
+
 class UnsafePath(ValueError):
     """A path the gateway refuses to forward (dot segments, control characters)."""
 
@@ -142,6 +151,14 @@ ROUTE_TABLE: tuple[RouteRule, ...] = (
     rule(SERVICE_DESK, READ, "/audit/**", AUDIT_READERS, "customer service and success' audit log"),
     # leads (marketing)
     rule(LEADS, WRITE, "/scoring-rules/**", MARKETING_ROLES, "scoring rules are marketing's"),
+    rule(
+        LEADS,
+        READ,
+        "/leads/export",
+        MARKETING_ROLES,
+        "the whole list's personal data leaves with marketing only",
+    ),
+    rule(LEADS, ANY, "/imports|import-mappings/**", MARKETING_ROLES, "importing leads is marketing's"),
     rule(LEADS, WRITE, "/leads/**", MARKETING_ROLES, "capture and behaviour tracking are marketing's"),
     rule(LEADS, READ, "/leads|scoring-rules/**", LEAD_READERS, "sales and analysts read leads"),
     rule(LEADS, {"POST"}, "/action-queue/*/assign", MARKETING_LEADS, "the manager routes action items"),
