@@ -40,6 +40,7 @@ from crm_contracts.topics import HANDOFF_RECEIPTS
 from crm_platform.devinfra.launcher import Platform
 from crm_platform.kafka import ensure_topics, pace_empty_fetches
 from crm_platform.testing import TopicReader, auth_headers, idle_backoff_ms
+from imports import import_and_export
 from profiling import profiled, summarize
 from scenarios import analytics_replay, backlog_drain, bulk_capture
 from system import (
@@ -379,6 +380,20 @@ async def _load(
     }
 
 
+async def bench_imports(
+    args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int
+) -> dict[str, Any]:
+    """Import a generated CSV through the gateway, then export every lead (issue 9)."""
+    platform = _platform(args, kafka, mongo, idle_backoff, "bench_imp_")
+    platform.only = ("leads", "gateway")
+    platform.start()
+    try:
+        platform.wait_ready(timeout=120)
+        return await import_and_export(platform, args.import_rows, HOME, PROFILE_DIR)
+    finally:
+        platform.stop()
+
+
 async def bench_backlog(
     args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int
 ) -> dict[str, Any]:
@@ -511,6 +526,31 @@ def targets(results: dict[str, Any], args: argparse.Namespace) -> list[Target]:
         *_capture_targets(p, args),
         *_backlog_targets(extra),
         *_resource_targets(p),
+        *_import_targets(results.get("imports") or {}),
+    ]
+
+
+def _import_targets(imp: dict[str, Any]) -> list[Target]:
+    """Issue 9: import >= 5,000 rows/s end to end (every row accounted for); export reported."""
+    if not imp:
+        return []
+    i, e = imp["import"], imp["export"]
+    exact = i["state"] == "completed" and i["read"] == imp["rows"] and i["rejected"] == i["expected_rejected"]
+    return [
+        Target(
+            "import through the gateway, end to end (issue 9)",
+            f"{i['rate']:.0f} rows/s ({i['read']}/{imp['rows']} rows, {i['rejected']} rejected of "
+            f"{i['expected_rejected']} bad, {i['merged']} merged; load {imp['load_average']['import'][0]})",
+            ">= 5,000 rows/s, every row accounted for",
+            exact and i["rate"] >= 5000,
+        ),
+        Target(
+            "export through the gateway (issue 9)",
+            f"{e['rate']:.0f} rows/s ({e['rows']} rows, {e['mb']} MB; "
+            f"load {imp['load_average']['export'][0]})",
+            "reported",
+            None,
+        ),
     ]
 
 
@@ -667,6 +707,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--bulk-leads", type=int, default=int(num("BENCH_BULK_LEADS", 20000, 2000)))
     parser.add_argument("--bulk-size", type=int, default=int(num("BENCH_BULK_SIZE", 500, 200)))
+    parser.add_argument("--import-rows", type=int, default=int(num("BENCH_IMPORT_ROWS", 200000, 20000)))
     parser.add_argument("--backlog-events", type=int, default=int(num("BENCH_BACKLOG_EVENTS", 100000, 3000)))
     parser.add_argument("--drain-max-seconds", type=float, default=num("BENCH_DRAIN_MAX_SECONDS", 300, 60))
     parser.add_argument("--replay-max-seconds", type=float, default=num("BENCH_REPLAY_MAX_SECONDS", 180, 60))
@@ -707,7 +748,7 @@ async def main() -> int:
     results: dict[str, Any] = {"load_average": {"start": load_average()}, "broker_state_mb": {}}
     args.broker_state_before = results["broker_state_before_trim_mb"] = {}
     say(f"{'reduced' if args.quick else 'full'} run; load average {results['load_average']['start']}")
-    phases = [("platform", bench_platform), ("backlog", bench_backlog)]
+    phases = [("platform", bench_platform), ("backlog", bench_backlog), ("imports", bench_imports)]
     for phase, run in phases:
         infra = fresh_infra(args)  # fresh broker state per phase: no figure pays for another's
         say(f"{phase}: infra {infra.source} (kafka {infra.kafka_bootstrap})")

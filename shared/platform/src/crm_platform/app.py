@@ -134,9 +134,6 @@ def create_app(
     app.state.runtime = runtime
     app.state.token_verifier = token_verifier(settings)
     install_error_handlers(app, settings.retry_after_seconds)
-    if upload_paths is not None:
-        keyed, uploads = idempotent_paths, upload_paths
-        idempotent_paths = lambda path: keyed(path) and not uploads(path)  # noqa: E731
     _install_edge(app, settings, idempotent_paths, default_idempotency_key, upload_paths)
     install_local_docs(app, title, page=docs_page)
     _install_ops_routes(app, settings, runtime, readiness_report)
@@ -185,6 +182,9 @@ def _install_edge(
 ) -> None:
     """The middleware every route goes through: added inner first, so the edge (ids, limits,
     deadline) wraps the idempotency layer."""
+    if upload_paths is not None:  # never keyed: the idempotency layer would read the body whole
+        keyed, uploads = idempotent_paths, upload_paths
+        idempotent_paths = lambda path: keyed(path) and not uploads(path)  # noqa: E731
     app.add_middleware(
         IdempotencyMiddleware,
         service=settings.service_name,
