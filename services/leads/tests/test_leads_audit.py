@@ -94,6 +94,22 @@ async def _decline(leads: Leads) -> httpx.Response:
     return await leads.client.post(url, json={"reason": "not ours"}, headers=MARKETING)
 
 
+async def _new_import(leads: Leads) -> httpx.Response:
+    return await leads.client.post("/imports", json={"format": "csv"}, headers=MARKETING)
+
+
+async def _upload(leads: Leads) -> httpx.Response:
+    job = (await _new_import(leads)).json()
+    data = f"email,name\n{lead_body()['email']},Ada\n".encode()
+    headers = {**MARKETING, "Content-Type": "text/csv"}
+    return await leads.client.put(f"/imports/{job['id']}/file", content=data, headers=headers)
+
+
+async def _mapping(leads: Leads) -> httpx.Response:
+    body = {"columns": {"Mail": "email", "Who": "name"}}
+    return await leads.client.put(f"/import-mappings/m-{uuid.uuid4().hex[:6]}", json=body, headers=MARKETING)
+
+
 RECIPES: dict[str, Callable[[Leads], Awaitable[httpx.Response]]] = {
     "POST /leads": _capture,
     "POST /leads/bulk": _bulk,
@@ -104,6 +120,9 @@ RECIPES: dict[str, Callable[[Leads], Awaitable[httpx.Response]]] = {
     "POST /action-queue/{item_id}/assign": _assign,
     "POST /action-queue/{item_id}/complete": _complete,
     "POST /action-queue/{item_id}/decline": _decline,
+    "POST /imports": _new_import,
+    "PUT /imports/{import_id}/file": _upload,
+    "PUT /import-mappings/{name}": _mapping,
 }
 # Write routes that change no record, each with the reason (none in this service).
 NOT_RECORD_CHANGES: dict[str, str] = {}

@@ -8,7 +8,9 @@ here too, so the handlers' race handling runs in unit tests.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from datetime import datetime
 
+from crm_platform.actor import Actor
 from crm_platform.uow import FakeUnit
 from pymongo.errors import DuplicateKeyError
 
@@ -89,6 +91,7 @@ class InMemoryImports:
     def __init__(self) -> None:
         self.items: dict[str, ImportJob] = {}
         self.rejections: list[Rejection] = []
+        self.mappings: dict[str, dict[str, str]] = {}
 
     async def get(self, job_id: str) -> ImportJob | None:
         return self.items.get(job_id)
@@ -103,6 +106,9 @@ class InMemoryImports:
 
     async def add_rejections(self, rejections: Sequence[Rejection]) -> None:
         self.rejections.extend(rejections)
+
+    async def save_mapping(self, name: str, columns: dict[str, str], by: Actor, at: datetime) -> None:
+        self.mappings[name] = dict(columns)
 
 
 class FakeLeadsUnit(FakeUnit):

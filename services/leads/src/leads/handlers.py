@@ -101,6 +101,8 @@ async def edit_lead(uow: Uow, lead_id: str, change: domain.LeadEdit) -> Lead:
         await unit.leads.save(lead)
         return lead
 
+    return await uow.run(work)
+
 
 # -- import ----------------------------------------------------------------------------------
 
@@ -134,6 +136,17 @@ async def create_import(
         return job
 
     return await uow.run(work)
+
+
+async def save_mapping(uow: Uow, name: str, columns: Mapping[str, str], *, actor: Actor) -> dict[str, str]:
+    """Store a column mapping under ``name`` (replacing one of that name)."""
+    checked = imports.check_mapping(columns)
+
+    async def work(unit: LeadsUnit) -> None:
+        await unit.imports.save_mapping(name, checked, actor, now_millis(uow.clock))
+
+    await uow.run(work)
+    return checked
 
 
 async def _load_import(unit: LeadsUnit, job_id: str) -> imports.ImportJob:

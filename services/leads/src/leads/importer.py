@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
+from crm_platform import audit
+from crm_platform.actor import Actor
 from crm_platform.clock import now_millis
 from crm_platform.ids import new_id
 from crm_platform.uow import UnitOfWork
@@ -160,6 +162,9 @@ class ImportWorker:
             job.size,
             extra={"import_id": job.id},
         )
+        # The audit log names the user who started the import for every change it makes.
+        who = audit.actor_var.set(Actor(job.created_by, job.created_by_name))
+        what = audit.operation_var.set(f"IMPORT {job.id}")
         try:
             missing = columns_missing(job.effective_mapping(), job.header) if job.header else []
             if missing:
@@ -172,6 +177,8 @@ class ImportWorker:
         except (StaleCheckpoint, LeaseLost) as exc:
             log.warning("import %s left to another worker: %s", job.id, exc, extra={"import_id": job.id})
         finally:
+            audit.actor_var.reset(who)
+            audit.operation_var.reset(what)
             await store.release_lease(self.db, job.id, self.owner)
 
     async def _batches(self, job: ImportJob) -> None:

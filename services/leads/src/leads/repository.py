@@ -8,9 +8,11 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
+from datetime import datetime
 from typing import Protocol
 
 from crm_contracts import Event
+from crm_platform.actor import Actor
 
 from leads.domain.imports import ImportJob, Rejection
 from leads.domain.leads import BehaviourRecord, Lead, VerdictRecord
@@ -64,6 +66,9 @@ class ImportRepository(Protocol):
 
     async def add_rejections(self, rejections: Sequence[Rejection]) -> None:
         """The rows of one batch the import rejected (its error report grows with the batch)."""
+
+    async def save_mapping(self, name: str, columns: dict[str, str], by: Actor, at: datetime) -> None:
+        """A saved column mapping (file column -> lead field), replacing one of that name."""
 
 
 class LeadsUnit(Protocol):

@@ -545,6 +545,16 @@ class MongoImports:
         del doc["_id"]
         await self.tx.db[IMPORT_JOBS].update_one({"_id": job.id}, {"$set": doc}, session=self.tx.session)
 
+    async def save_mapping(self, name: str, columns: dict[str, str], by: Actor, at: datetime) -> None:
+        doc = {
+            "columns": columns,
+            "changed_by": {"user_id": by.user_id, "username": by.display_name},
+            "changed_at": at,
+        }
+        await self.tx.db[IMPORT_MAPPINGS].update_one(
+            {"_id": name}, {"$set": doc}, upsert=True, session=self.tx.session
+        )
+
     async def add_rejections(self, rejections: Sequence[Rejection]) -> None:
         if rejections:
             docs = [rejection_to_doc(r) for r in rejections]
@@ -621,15 +631,6 @@ async def rejections(db: Db, job_id: str) -> AsyncIterator[Rejection]:
     cursor = db[IMPORT_REJECTIONS].find({"job_id": job_id}).sort("row", ASCENDING)
     async for d in cursor:
         yield Rejection(d["job_id"], int(d["row"]), int(d["line"]), d["raw"], d["reason"])
-
-
-async def save_mapping(db: Db, name: str, columns: dict[str, str], by: Actor, at: datetime) -> None:
-    doc = {
-        "columns": columns,
-        "changed_by": {"user_id": by.user_id, "username": by.display_name},
-        "changed_at": at,
-    }
-    await db[IMPORT_MAPPINGS].update_one({"_id": name}, {"$set": doc}, upsert=True)
 
 
 async def get_mapping(db: Db, name: str) -> dict[str, str] | None:

@@ -131,14 +131,11 @@ async def import_errors(import_id: ImportId, db: DbDep) -> StreamingResponse:
 
 
 @mappings_router.put("/{name}", response_model=MappingOut, summary="Save a column mapping under a name")
-async def save_mapping(name: MappingName, body: MappingIn, db: DbDep, actor: CurrentActor) -> MappingOut:
-    from leads.domain.imports import check_mapping
-
+async def save_mapping(name: MappingName, body: MappingIn, uow: UowDep, actor: CurrentActor) -> MappingOut:
     try:
-        columns = check_mapping(body.columns)
+        columns = await handlers.save_mapping(uow, name, body.columns, actor=actor)
     except InvalidMapping as exc:
         raise RuleViolation(f"invalid mapping: {exc}", field="body.columns") from None
-    await repo.save_mapping(db, name, columns, actor, now_millis())
     return MappingOut(name=name, columns=columns)
 
 
