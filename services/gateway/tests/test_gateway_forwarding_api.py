@@ -136,7 +136,7 @@ async def test_role_table_is_applied_before_forwarding(gateway: Any, upstream: A
             (["service_rep"], "GET", "/api/leads/leads"),
             # deny by default: no rule, no entry, whatever the roles
             (["admin"], "GET", "/api/sales/reports"),
-            ([str(r) for r in Role], "POST", "/api/leads/imports"),
+            ([str(r) for r in Role], "POST", "/api/leads/exports"),
             (["admin"], "GET", "/api/analytics"),
         ]
         for roles, method, path in denied:

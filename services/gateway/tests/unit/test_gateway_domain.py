@@ -49,7 +49,11 @@ def allowed_roles(service: str, method: str, path: str) -> set[Role]:
         ("leads", "GET", "/scoring-rules/history", {MKT, MKT_MGR, ADMIN, REP, MGR, ANALYST}),
         # deny by default: routes without a rule are refused to everyone
         ("leads", "GET", "/", set()),
-        ("leads", "POST", "/imports", set()),
+        ("leads", "POST", "/exports", set()),
+        # imports and the export are marketing's
+        ("leads", "POST", "/imports", {MKT, MKT_MGR, ADMIN}),
+        ("leads", "PUT", "/imports/i-1/file", {MKT, MKT_MGR, ADMIN}),
+        ("leads", "GET", "/leads/export", {MKT, MKT_MGR, ADMIN}),
         # sales: verdicts and opportunities are sales roles only
         ("sales", "POST", "/inbox/L-1/accept", {REP, MGR, ADMIN}),
         ("sales", "POST", "/inbox/L-1/reject", {REP, MGR, ADMIN}),
