@@ -32,8 +32,6 @@ cursor over the ``(at, _id)`` order, each filter backed by an index from
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
@@ -475,15 +473,11 @@ CSV_COLUMNS = (
 )  # fmt: skip
 
 
-def _cell(value: str) -> str:
-    """No formula injection: a spreadsheet must not run a cell that starts like a formula."""
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
-
-
 def csv_row(doc: Mapping[str, Any]) -> list[str]:
     actor, record = doc.get("actor") or {}, doc.get("record") or {}
     changes = plain(doc.get("changes") or [])
-    return [_cell(str(v)) for v in [
+    # Formula-looking cells are neutralised by crm_platform.csv_stream, which writes the export.
+    return [str(v) for v in [
         plain(doc["at"]), doc.get("service", ""), actor.get("type", ""), actor.get("user_id", ""),
         actor.get("username", ""), " ".join(actor.get("roles", [])), doc.get("action", ""),
         doc.get("operation") or "", record.get("type", ""), record.get("id", ""),
@@ -492,17 +486,7 @@ def csv_row(doc: Mapping[str, Any]) -> list[str]:
     ]]  # fmt: skip
 
 
-async def csv_rows(db: AsyncDatabase[Doc], filters: Filters, *, batch: int = 500) -> AsyncIterator[str]:
-    """The entries as CSV text, a header then one chunk per ``batch`` rows: never all in memory."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(CSV_COLUMNS)
-    n = 0
+async def csv_rows(db: AsyncDatabase[Doc], filters: Filters, *, batch: int = 500) -> AsyncIterator[list[str]]:
+    """The entries as CSV rows (:data:`CSV_COLUMNS`), read ``batch`` at a time: never all in memory."""
     async for doc in find_query(db, filters).batch_size(batch):
-        writer.writerow(csv_row(doc))
-        n += 1
-        if n % batch == 0:
-            yield out.getvalue()
-            out.seek(0)
-            out.truncate()
-    yield out.getvalue()
+        yield csv_row(doc)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from crm_platform import audit
 from crm_platform.auth import Role, require_roles
+from crm_platform.csv_stream import csv_response
 from crm_platform.errors import RuleViolation
 from crm_platform.paging import BadCursor
 from crm_platform.routes import DbDep
@@ -143,10 +144,6 @@ def router(*dependencies: Any) -> APIRouter:
         responses={200: {"content": {"text/csv": {}}}},
     )
     async def export_audit(db: DbDep, filters: FiltersDep) -> StreamingResponse:
-        return StreamingResponse(
-            audit.csv_rows(db, filters),
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": 'attachment; filename="audit.csv"'},
-        )
+        return csv_response("audit.csv", audit.CSV_COLUMNS, audit.csv_rows(db, filters))
 
     return api
