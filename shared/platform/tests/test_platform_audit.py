@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_asyncio
@@ -32,7 +32,9 @@ async def store(mongodb_uri: str) -> AsyncIterator[Store]:
 
 
 async def entries(store: Store, record_id: str) -> list[dict[str, Any]]:
-    return await store.db[audit.AUDIT_LOG].find({"record.id": record_id}).sort("at", 1).to_list()
+    return (
+        await store.db[audit.AUDIT_LOG].find({"record.id": record_id}).sort([("at", 1), ("_id", 1)]).to_list()
+    )
 
 
 def as_user(user_id: str = "u-1") -> Any:
@@ -188,3 +190,19 @@ async def test_a_bulk_write_records_each_document_once_from_before_to_after(stor
 async def test_audit_queries_use_an_index(store: Store, filters: audit.Filters) -> None:
     plan = await audit.find_query(store.db, filters).explain()
     assert "COLLSCAN" not in str(plan["queryPlanner"]["winningPlan"]), plan["queryPlanner"]["winningPlan"]
+
+
+def test_entries_written_in_one_millisecond_read_back_in_the_order_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The log is read in ``(at, _id)`` order; one transaction's entries share a millisecond."""
+    instant = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
+    monkeypatch.setattr(audit, "now_millis", lambda: instant)
+    context = audit.Context(audit.system_actor("sales"), None, None, None)
+    trail = audit.Trail("sales", session=cast(Any, object()), context=context)  # recording does no I/O
+    for n in range(12):
+        before = None if n == 0 else {"_id": "d", "n": n - 1}
+        trail.record("deals", before, {"_id": "d", "n": n} if n < 11 else None)
+    read_back = sorted(trail.entries, key=lambda e: (e["at"], e["_id"]))
+    assert [e["action"] for e in read_back] == ["insert"] + ["update"] * 10 + ["delete"]
+    assert [e["changes"][0]["after"] for e in read_back[:11]] == list(range(11))

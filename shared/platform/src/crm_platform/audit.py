@@ -114,6 +114,11 @@ class Trail:
     excluded: frozenset[str] = PLATFORM_COLLECTIONS
     entries: list[Doc] = field(default_factory=list)
     seen: dict[tuple[str, Any], Doc] = field(default_factory=dict)
+    #: Entries are ``<id>.<position>``: within one millisecond, the ``(at, _id)`` order the log is
+    #: read in is the order the transaction wrote in (a random id each would shuffle a delete
+    #: before the update it followed).
+    id_prefix: str = field(default_factory=new_id)
+    last_at: datetime | None = None
 
     def watches(self, collection: str, session: object) -> bool:
         return session is self.session and collection not in self.excluded
@@ -145,9 +150,11 @@ class Trail:
 
 def entry(trail: Trail, collection: str, doc_id: Any, action: str, changes: list[Doc]) -> Doc:
     ctx = trail.context
+    now = now_millis()
+    trail.last_at = now if trail.last_at is None else max(trail.last_at, now)  # never before the last
     return {
-        "_id": new_id(),
-        "at": now_millis(),
+        "_id": f"{trail.id_prefix}.{len(trail.entries):04d}",
+        "at": trail.last_at,
         "service": trail.service,
         "actor": ctx.actor,
         "action": action,
