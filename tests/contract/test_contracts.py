@@ -20,6 +20,7 @@ from crm_contracts.compat import breaking_changes
 from crm_contracts.compat import main as compat_main
 from crm_contracts.schemas import SCHEMA_DIR, generate, schema_filename, stale_files
 from crm_contracts.topics import TOPICS_BY_NAME
+from pydantic import ValidationError
 
 FIXTURES = Path(__file__).with_name("fixtures")
 
@@ -101,3 +102,20 @@ def test_unknown_version_is_refused_with_the_known_ones() -> None:
     )
     with pytest.raises(UnknownEventError, match=r"known versions: \[1\]"):
         decode(env)
+
+
+def test_an_email_is_validated_once_and_exactly_as_pydantic_validates_it() -> None:
+    from crm_contracts.email import EmailStr as CachedEmailStr
+    from crm_contracts.email import normalized_email
+    from pydantic import EmailStr, TypeAdapter
+
+    ours, theirs = TypeAdapter(CachedEmailStr), TypeAdapter(EmailStr)
+    for address in ("Ada@Example.COM", "bob.o'neil@exämple.de", "x@y.io"):
+        assert ours.validate_python(address) == theirs.validate_python(address)
+    assert ours.json_schema() == theirs.json_schema() == {"type": "string", "format": "email"}
+    before = normalized_email.cache_info().hits
+    ours.validate_python("Ada@Example.COM")
+    assert normalized_email.cache_info().hits == before + 1
+    for _ in range(2):  # a refusal is never remembered as an answer
+        with pytest.raises(ValidationError, match="not a valid email"):
+            ours.validate_python("not-an-email")

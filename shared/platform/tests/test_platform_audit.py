@@ -206,3 +206,29 @@ def test_entries_written_in_one_millisecond_read_back_in_the_order_written(
     read_back = sorted(trail.entries, key=lambda e: (e["at"], e["_id"]))
     assert [e["action"] for e in read_back] == ["insert"] + ["update"] * 10 + ["delete"]
     assert [e["changes"][0]["after"] for e in read_back[:11]] == list(range(11))
+
+
+def test_a_diff_lists_what_was_set_and_treats_missing_and_null_alike() -> None:
+    doc = {"_id": "d", "stage": "new", "owner": None, "password_hash": "x", "lines": [{"n": 1}]}
+    inserted = audit.diff(None, doc)
+    assert inserted == [
+        {"field": "lines", "before": None, "after": [{"n": 1}]},
+        {"field": "password_hash", "before": None, "after": audit.REDACTED},
+        {"field": "stage", "before": None, "after": "new"},
+    ]
+    assert [c["field"] for c in audit.diff(doc, None)] == ["lines", "password_hash", "stage"]
+    assert audit.diff({"_id": "d", "a": None}, {"_id": "d"}) == []
+    set_to_zero = audit.diff({"_id": "d", "a": None}, {"_id": "d", "a": 0})
+    assert set_to_zero == [{"field": "a", "before": None, "after": 0}]
+
+
+def test_a_remembered_document_is_a_deep_copy_sharing_only_immutable_values() -> None:
+    when = datetime(2026, 12, 5, tzinfo=UTC)
+    doc: dict[str, Any] = {"_id": "d", "at": when, "tags": ["a", {"k": [1]}], "nested": {"x": {"y": 1}}}
+    copied = audit.copy_doc(doc)
+    assert copied == doc
+    doc["tags"][1]["k"].append(2)
+    doc["nested"]["x"]["y"] = 2
+    assert copied["tags"] == ["a", {"k": [1]}]
+    assert copied["nested"] == {"x": {"y": 1}}
+    assert copied["at"] is when

@@ -58,6 +58,7 @@ from crm_contracts.topics import (
     dead_letter_topic,
 )
 from crm_platform import tracing
+from crm_platform.app import freeze_startup_heap
 from crm_platform.dead_letters import (
     HANDLER_ERROR,
     IMPLAUSIBLE_TIME,
@@ -515,6 +516,7 @@ def main() -> None:
     worker = AnalyticsWorker(settings)
     watch_progress(worker.app, settings)
     log.info("starting analytics worker %s on %s", settings.app_id, settings.faust_broker)
+    freeze_startup_heap()
     try:
         faust.Worker(
             worker.app,

@@ -6,13 +6,13 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from crm_contracts import utcnow
+from crm_contracts.email import EmailStr
 from crm_contracts.events.common import Behaviour
 from crm_platform.values import FiniteFloat, InRange, Int64, Timestamp
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    EmailStr,
     Field,
     StrictBool,
     StringConstraints,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import EmailStr, Field
+from pydantic import Field
 
 from crm_contracts import topics
 from crm_contracts.base import Event
+from crm_contracts.email import EmailStr
 from crm_contracts.envelope import Timestamp
 from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason
 
