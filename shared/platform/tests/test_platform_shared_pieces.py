@@ -101,3 +101,22 @@ async def test_the_fake_unit_of_work_undoes_a_failed_work_like_an_aborted_transa
     assert [e.lead_id for e in uow.unit.emitted(LeadAssignedV1)] == ["l-1"]
     assert uow.unit.events[0].correlation_id == "c-1"
     assert uow.commits == 1
+
+
+def test_the_relay_writes_a_stored_envelope_as_the_envelope_itself_would() -> None:
+    from crm_contracts import Envelope, envelope_for
+    from crm_contracts.events.leads import LeadCapturedV1
+    from crm_platform.mongo import outbox_doc
+    from crm_platform.outbox import rfc3339, wire_record
+
+    event = LeadCapturedV1.model_validate(
+        {"lead_id": "l-1", "email": "zoë@example.com", "name": "Zoë", "company": "Ünï",
+         "source_channel": "web", "consent": {"marketing_email": True}, "merged": False}
+    )  # fmt: skip
+    env = envelope_for(event, source="leads", correlation_id="l-1", causation_id=None)
+    produced = datetime(2026, 12, 5, 9, 0, 0, 123456, tzinfo=UTC)
+    value, headers = wire_record(outbox_doc(env)["envelope"], rfc3339(produced))
+    expected = env.model_copy(update={"produced_at": produced})
+    assert Envelope.from_bytes(value) == expected
+    assert value == expected.to_bytes()  # byte for byte: same order, UTF-8 unescaped, Z suffix
+    assert headers == expected.headers()

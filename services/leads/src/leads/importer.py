@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -182,28 +183,65 @@ class ImportWorker:
             await store.release_lease(self.db, job.id, self.owner)
 
     async def _batches(self, job: ImportJob) -> None:
-        reader = RecordReader(job.format, job.header, job.checkpoint, max_row_bytes=self.max_row_bytes)
-        at = job.checkpoint
-        batch: list[RawRecord] = []
-        async for chunk in store.read_file(self.db, job.id, job.checkpoint.offset):
-            for record in reader.feed(chunk):
-                batch.append(record)
-                if len(batch) >= self.batch_rows:
-                    at, batch = await self._commit(job, at, batch), []
-        batch.extend(reader.close())
-        if batch:
-            await self._commit(job, at, batch)
+        """Commit the file's batches in order, from the job's checkpoint.
 
-    async def _commit(self, job: ImportJob, at: Checkpoint, batch: list[RawRecord]) -> Checkpoint:
-        captures, rejected = sort_rows(job, batch)
-        to = batch[-1].checkpoint()
-        await handlers.import_batch(self.uow, job.id, at, to, captures, rejected)
-        metrics.IMPORT_ROWS.labels("accepted").inc(len(captures))
-        metrics.IMPORT_ROWS.labels("rejected").inc(len(rejected))
+        The next batch is read and validated (``_prepare``, a task of its own) while the
+        previous batch's transaction is with the database, so the worker's CPU work and
+        the database's overlap instead of taking turns; at most one batch waits ready.
+        """
+        ready: asyncio.Queue[Prepared | BaseException | None] = asyncio.Queue(maxsize=1)
+        reader = asyncio.create_task(self._prepare(job, ready), name=f"import-{job.id}-reader")
+        at = job.checkpoint
+        try:
+            while (batch := await ready.get()) is not None:
+                if isinstance(batch, BaseException):
+                    raise batch
+                at = await self._commit(job, at, batch)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _prepare(self, job: ImportJob, ready: asyncio.Queue[Prepared | BaseException | None]) -> None:
+        """Read the stored file into batches of sorted rows; None after the last, or the error."""
+        reader = RecordReader(job.format, job.header, job.checkpoint, max_row_bytes=self.max_row_bytes)
+        batch: list[RawRecord] = []
+        try:
+            async for chunk in store.read_file(self.db, job.id, job.checkpoint.offset):
+                for record in reader.feed(chunk):
+                    batch.append(record)
+                    if len(batch) >= self.batch_rows:
+                        await ready.put(Prepared.of(job, batch))
+                        batch = []
+            batch.extend(reader.close())
+            if batch:
+                await ready.put(Prepared.of(job, batch))
+            await ready.put(None)
+        except Exception as exc:  # noqa: BLE001 - handed to the committing loop, which raises it
+            await ready.put(exc)
+
+    async def _commit(self, job: ImportJob, at: Checkpoint, batch: Prepared) -> Checkpoint:
+        await handlers.import_batch(self.uow, job.id, at, batch.to, batch.captures, batch.rejected)
+        metrics.IMPORT_ROWS.labels("accepted").inc(len(batch.captures))
+        metrics.IMPORT_ROWS.labels("rejected").inc(len(batch.rejected))
         until = now_millis(self.uow.clock) + self.lease
         if not await store.renew_lease(self.db, job.id, self.owner, until):
             raise LeaseLost(f"the lease on import {job.id} was taken by another worker")
-        return to
+        return batch.to
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One batch read and validated, ready for its transaction."""
+
+    captures: list[Capture]
+    rejected: list[Rejection]
+    to: Checkpoint  # where the file stands after the batch
+
+    @classmethod
+    def of(cls, job: ImportJob, records: Sequence[RawRecord]) -> Prepared:
+        captures, rejected = sort_rows(job, records)
+        return cls(captures, rejected, records[-1].checkpoint())
 
 
 class BadFile(ValueError):

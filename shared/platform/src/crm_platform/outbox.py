@@ -17,16 +17,17 @@ publisher at a time, so two relays never interleave one key's events.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from crm_contracts import Envelope, utcnow
+from crm_contracts import utcnow
 from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -39,6 +40,30 @@ from crm_platform.outbox_audit import AUDITED, LOG_OFFSET, LOG_PARTITION
 log = logging.getLogger("crm.outbox")
 LEASE = "outbox_lease"
 LEASE_SECONDS = 10.0
+
+
+def rfc3339(moment: datetime) -> str:
+    """An aware UTC instant as the envelope writes it (``2026-12-05T09:00:00.123456Z``)."""
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def wire_record(envelope: Mapping[str, Any], produced_at: str) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The Kafka value and headers of a stored envelope, stamped with ``produced_at``.
+
+    The outbox row holds the envelope as JSON-ready values (``Envelope.model_dump(mode="json")``,
+    validated when the event was emitted), so it is written out as it is, as
+    ``Envelope.to_bytes`` and ``Envelope.headers`` would, without being validated and
+    rebuilt first: that cost the relay four times as much CPU per event (docs/performance.md).
+    """
+    stamped = {**envelope, "produced_at": produced_at}
+    value = json.dumps(stamped, separators=(",", ":"), ensure_ascii=False).encode()
+    headers = [
+        ("event_type", str(stamped["event_type"]).encode()),
+        ("schema_version", str(stamped["schema_version"]).encode()),
+        ("event_id", str(stamped["event_id"]).encode()),
+        ("correlation_id", str(stamped["correlation_id"]).encode()),
+    ]
+    return value, headers
 
 
 class OutboxRelay:
@@ -111,15 +136,16 @@ class OutboxRelay:
         if not docs:
             return 0
         futures = []
+        produced_at = rfc3339(utcnow())
         for doc in docs:
-            env = Envelope.model_validate({**doc["envelope"], "produced_at": utcnow()})
+            value, headers = wire_record(doc["envelope"], produced_at)
             futures.append(
                 await self.producer.send(
                     doc["topic"],
-                    env.to_bytes(),
+                    value,
                     key=doc["key"].encode(),
                     # The trace context stored with the row when the event was caused.
-                    headers=env.headers() + tracing.kafka_headers(doc.get(tracing.TRACE_FIELD)),
+                    headers=headers + tracing.kafka_headers(doc.get(tracing.TRACE_FIELD)),
                 )
             )
         # Mark only the prefix that the broker acknowledged, so a failure midway
