@@ -135,19 +135,7 @@ class OutboxRelay:
         ).to_list()
         if not docs:
             return 0
-        futures = []
-        produced_at = rfc3339(utcnow())
-        for doc in docs:
-            value, headers = wire_record(doc["envelope"], produced_at)
-            futures.append(
-                await self.producer.send(
-                    doc["topic"],
-                    value,
-                    key=doc["key"].encode(),
-                    # The trace context stored with the row when the event was caused.
-                    headers=headers + tracing.kafka_headers(doc.get(tracing.TRACE_FIELD)),
-                )
-            )
+        futures = await self._send(docs)
         # Mark only the prefix that the broker acknowledged, so a failure midway
         # republishes the rest (and consumers drop any duplicate by event id).
         done: list[Any] = []
@@ -178,6 +166,24 @@ class OutboxRelay:
         if error is not None:
             raise error
         return len(done)
+
+    async def _send(self, docs: list[dict[str, Any]]) -> list[Any]:
+        """Hand the rows' records to the producer; the futures of their acknowledgements."""
+        assert self.producer is not None
+        futures = []
+        produced_at = rfc3339(utcnow())
+        for doc in docs:
+            value, headers = wire_record(doc["envelope"], produced_at)
+            futures.append(
+                await self.producer.send(
+                    doc["topic"],
+                    value,
+                    key=doc["key"].encode(),
+                    # The trace context stored with the row when the event was caused.
+                    headers=headers + tracing.kafka_headers(doc.get(tracing.TRACE_FIELD)),
+                )
+            )
+        return futures
 
     async def _start_producer(self) -> AIOKafkaProducer:
         producer = make_producer(self.bootstrap, f"{self.service}-outbox")
