@@ -14,6 +14,8 @@ The browser: ``CRM_CHROMIUM_PATH``, else the system's Chromium, else Playwright'
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 import time
@@ -42,6 +44,8 @@ FIRST_PAGES = {
     "sven": ("service-rep", "/tickets"),
     "cora": ("customer-success", "/accounts"),
     "ana": ("analyst", "/dashboard"),
+    "eve": ("executive", "/kpis"),
+    "aude": ("auditor", "/audit-log"),
     "admin": ("admin", "/admin/users"),
 }
 
@@ -323,14 +327,37 @@ FORBIDDEN = {
         "/accounts",
         "/renewals",
         "/dashboard",
+        "/kpis",
+        "/kpis/service",
         "/admin/users",
+        "/audit-log",
         "/team",
     ],
-    "rita": ["/leads", "/leads/new", "/team", "/tickets", "/dashboard", "/admin/users"],
-    "sam": ["/leads/new", "/tickets", "/accounts", "/admin/users"],
-    "sven": ["/leads", "/inbox", "/pipeline", "/forecast", "/dashboard", "/admin/users"],
-    "cora": ["/leads", "/inbox", "/forecast", "/dashboard", "/team", "/admin/users"],
-    "ana": ["/leads/new", "/inbox", "/tickets", "/accounts", "/checkins", "/team", "/admin/users"],
+    "rita": ["/leads", "/leads/new", "/team", "/tickets", "/dashboard", "/kpis", "/admin/users"],
+    "sam": ["/leads/new", "/tickets", "/accounts", "/kpis", "/audit-log", "/admin/users"],
+    "sven": ["/leads", "/inbox", "/pipeline", "/forecast", "/dashboard", "/kpis/marketing", "/admin/users"],
+    "cora": ["/leads", "/inbox", "/forecast", "/dashboard", "/kpis", "/team", "/audit-log", "/admin/users"],
+    "ana": [
+        "/leads/new",
+        "/inbox",
+        "/tickets",
+        "/accounts",
+        "/checkins",
+        "/team",
+        "/audit-log",
+        "/admin/users",
+    ],
+    "eve": ["/leads", "/inbox", "/tickets", "/accounts", "/forecast", "/audit-log", "/admin/users"],
+    "aude": [
+        "/leads",
+        "/inbox",
+        "/tickets",
+        "/accounts",
+        "/dashboard",
+        "/kpis",
+        "/customers/x",
+        "/admin/users",
+    ],
 }
 
 
@@ -350,6 +377,70 @@ def test_a_role_is_neither_offered_nor_shown_what_it_may_not_open(
         assert response is not None
         assert response.status == 403, (username, path)
         assert page.get_by_role("heading", name="Not for your role").count() == 1
+
+
+def newest_figure(page: Any, section: str, column: int = 0) -> int:
+    """A number of the newest period (the table's last row) in a KPI section, 0 when absent."""
+    rows = page.locator(f"#{section}").locator("..").locator("tbody tr")
+    if rows.count() == 0 or rows.last.locator("td.num").count() <= column:
+        return 0
+    text = rows.last.locator("td.num").nth(column).inner_text().replace(",", "")
+    return int(text) if text.isdigit() else 0
+
+
+def test_kpi_pages_show_the_journeys_figures_to_their_roles(
+    journey: dict[str, Any], as_user: Callable[..., Any]
+) -> None:
+    """The journey's ticket in the service KPIs (CSM), its campaign in marketing's figures with
+    sales' verdict (marketing), every KPI for the executive: each chart with its numbers."""
+    cora = journey["cora"]
+    poll_page(
+        cora,
+        "/kpis/service",
+        lambda: newest_figure(cora, "h-tickets") >= 1,
+        "the journey's ticket in this period's service KPIs",
+    )
+    assert cora.locator("svg.chart").count() >= 5
+    maria = journey["maria"]
+    campaign = maria.locator("#h-campaigns").locator("..").locator("tr", has_text="console-launch")
+
+    def accepted() -> bool:
+        return campaign.count() == 1 and int(campaign.locator("td.num").nth(2).inner_text()) >= 1
+
+    poll_page(maria, "/kpis/marketing", accepted, "the journey's campaign accepted by sales")
+    assert maria.get_by_role("img", name="Sales' acceptance rate per campaign").count() == 1
+    eve = as_user("eve")
+    eve.goto("/kpis?period=week")
+    assert eve.get_by_role("heading", name=re.compile("^KPIs")).count() == 1
+    assert newest_figure(eve, "h-tickets") >= 1
+    assert eve.locator("#h-items").locator("..").locator("svg.chart").count() == 1
+    assert "console-launch" not in eve.locator("#h-marketing").locator("..").inner_text()  # per channel
+    assert "webinar" in eve.locator("#h-marketing").locator("..").inner_text()
+
+
+def test_the_auditor_finds_who_changed_the_deal_and_exports_it(
+    journey: dict[str, Any], as_user: Callable[..., Any], tmp_path: Path
+) -> None:
+    aude = as_user("aude")
+    assert aude.url.endswith("/audit-log")
+    menu = aude.locator("header nav a").all_inner_texts()
+    assert menu == ["Audit log"]
+    aude.get_by_label("Service", exact=True).select_option("sales")
+    aude.get_by_label("Record type", exact=True).fill("opportunities")
+    aude.get_by_label("Record id", exact=True).fill(journey["opportunity_id"])
+    aude.get_by_role("button", name="Query").click()
+    rows = aude.locator("table.audit tbody tr", has_text=journey["opportunity_id"])
+    assert rows.count() >= 4, aude.locator("table.audit").inner_text()  # created, then every move
+    assert "rita" in rows.first.inner_text()
+    with aude.expect_download() as download:
+        aude.get_by_role("link", name="sales", exact=True).click()
+    saved = tmp_path / "audit.csv"
+    download.value.save_as(saved)
+    exported = saved.read_text(encoding="utf-8")
+    assert journey["opportunity_id"] in exported
+    assert len(list(csv.reader(io.StringIO(exported)))) == rows.count() + 1  # a header, the same entries
+    aude.goto("/audit-log?service=sales&since=not-a-day")
+    assert "is not a date" in aude.locator("#err-since").inner_text()
 
 
 def test_the_api_decides_what_a_customer_360_shows(journey: dict[str, Any]) -> None:

@@ -21,6 +21,9 @@ USERS = {
     "rita": ("rita-pass", ["sales_rep"]),
     "admin": ("admin-pass", ["admin"]),
     "carl": ("carl-pass", ["customer_success_manager"]),
+    "ana": ("ana-pass", ["analyst"]),
+    "eve": ("eve-pass", ["executive"]),
+    "aude": ("aude-pass", ["auditor"]),
 }
 
 
@@ -41,6 +44,8 @@ class FakeGateway:
     calls: list[tuple[str, str, Any]] = field(default_factory=list)
     refresh_tokens: dict[str, str] = field(default_factory=dict)  # refresh -> username
     success: FakeSuccess = field(default_factory=lambda: FakeSuccess())
+    reports: FakeReports = field(default_factory=lambda: FakeReports())
+    last_params: dict[str, str] = field(default_factory=dict)
 
     def issue(self, username: str) -> dict[str, Any]:
         refresh = f"r-{username}-{len(self.refresh_tokens)}"
@@ -77,6 +82,7 @@ class FakeGateway:
         claims = jwt.decode(auth, options={"verify_signature": False})
         if claims["exp"] < time.time():
             return httpx.Response(401, json={"error": "unauthorized", "message": "token expired"})
+        self.last_params = dict(request.url.params)
         return self.api(request.method, path, payload, claims)
 
     def api(self, method: str, path: str, payload: Any, claims: dict[str, Any]) -> httpx.Response:
@@ -107,6 +113,8 @@ class FakeGateway:
             return httpx.Response(201, json={"merged": False, "lead": lead})
         if path == "/api/leads/leads" and method == "GET":
             return httpx.Response(200, json={"items": [], "next_cursor": None})
+        if path.startswith("/api/analytics/kpis") or path.endswith(("/audit", "/audit/export")):
+            return self.reports.api(path, self.last_params, claims)
         if path.startswith("/api/service-desk/"):
             return self.success.api(method, path.removeprefix("/api/service-desk"), payload)
         return httpx.Response(404, json={"error": "not_found", "message": f"no fake for {method} {path}"})
@@ -255,6 +263,126 @@ class FakeSuccess:
             self.checkins.append(record)
             return httpx.Response(201, json=record)
         return httpx.Response(404, json={"error": "not_found", "message": f"no fake for {method} {path}"})
+
+
+def _period(period: str, resolved: int, csat: float) -> dict[str, Any]:
+    figures = {
+        "tickets": {"opened": resolved + 2, "resolved": resolved, "sla_attainment": 0.9},
+        "csat": {"responses": 4, "average": csat, "satisfied_share": 0.75},
+        "nps": {"responses": 3, "promoters": 2, "detractors": 0, "score": 66.7},
+        "renewals": {
+            "recorded": 2,
+            "renewed": 2,
+            "downgraded": 0,
+            "churned": 0,
+            "renewal_rate": 1.0,
+            "logo_churn": 0.0,
+            "revenue_retention": {"EUR": {"previous": 1000, "gross_retention": 1.0, "net_retention": 1.1}},
+        },
+        "checkins": {"active_accounts": 4, "covered_accounts": 3, "coverage": 0.75},
+        "action_items": {},
+    }
+    return {"period": period, "start": "", "end": "", "teams": {"all": figures, "enterprise": figures}}
+
+
+LATENCY = {
+    "deal-won": {
+        "windows": {"last_day": {"count": 3, "p50": 600.0, "p90": 5400.0, "p99": 7200.0}},
+        "pending": 1,
+        "oldest_pending_seconds": 9000.0,
+    }
+}
+MARKETING = {
+    "channels": {
+        "webinar": {
+            "captured": 12,
+            "qualified": 6,
+            "accepted": 3,
+            "rejected": 2,
+            "recycled": 1,
+            "acceptance_rate": 0.5,
+            "verdict_reasons": {"no_budget": 2, "bad_timing": 1},
+        }
+    },
+    "campaigns": {
+        "spring-launch": {
+            "captured": 5,
+            "qualified": 2,
+            "accepted": 1,
+            "rejected": 1,
+            "recycled": 0,
+            "acceptance_rate": 0.5,
+            "verdict_reasons": {"no_budget": 1},
+        }
+    },
+}
+
+
+@dataclass
+class FakeReports:
+    """Analytics' KPI routes and every service's audit log, with the gateway's role checks."""
+
+    audit: dict[str, list[dict[str, Any]]] = field(
+        default_factory=lambda: {
+            "/audit": [_entry("g-1", "2026-12-03T10:00:00Z", "gateway", "users", "u-9")],
+            "/api/sales/audit": [_entry("s-1", "2026-12-04T10:00:00Z", "sales", "opportunities", "opp-1")],
+            "/api/leads/audit": [_entry("l-1", "2026-12-02T10:00:00Z", "leads", "leads", "lead-1")],
+            "/api/service-desk/audit": [],
+        }
+    )
+
+    def api(self, path: str, params: dict[str, str], claims: dict[str, Any]) -> httpx.Response:
+        roles = set(claims["roles"])
+        if path.startswith("/api/analytics/"):
+            allowed = {"/api/analytics/kpis": {"analyst", "executive", "admin"}}.get(path)
+            if allowed is not None and not roles & allowed:
+                return httpx.Response(403, json={"error": "forbidden", "message": "not for your role"})
+            periods = [_period("2026-12", 7, 4.5), _period("2026-11", 5, 4.0)]
+            body = {
+                "computed_at": "2026-12-05T08:00:00Z",
+                "period_kind": params.get("period", "month"),
+                "periods": periods,
+                "action_items": {"marketing": {"open": 2, "overdue": 1, "escalated": 0}},
+                "business_latency": LATENCY,
+                "marketing": MARKETING,
+            }
+            if path.endswith("/service"):
+                body["action_items"] = {"open": 4, "overdue": 2, "escalated": 1}
+            if path.endswith("/marketing"):
+                body = {**body, "action_items": {"open": 2, "overdue": 1, "escalated": 0}}
+            return httpx.Response(200, json=body)
+        if not roles & {"auditor", "admin"}:
+            return httpx.Response(403, json={"error": "forbidden", "message": "auditors and admins only"})
+        if params.get("record_id") and not params.get("record_type"):
+            return httpx.Response(
+                422,
+                json={
+                    "error": "rule_violation",
+                    "message": "invalid input: query.record_id needs query.record_type",
+                    "details": {"field": "query.record_id"},
+                },
+            )
+        if path.endswith("/export"):
+            return httpx.Response(
+                200, text="id,at\r\ns-1,2026-12-04\r\n", headers={"content-type": "text/csv"}
+            )
+        items = [e for e in self.audit[path] if params.get("user_id") in (None, e["actor"]["user_id"])]
+        return httpx.Response(200, json={"items": items, "next_cursor": "c-2" if items else None})
+
+
+def _entry(entry_id: str, at: str, service: str, record_type: str, record_id: str) -> dict[str, Any]:
+    return {
+        "id": entry_id,
+        "at": at,
+        "service": service,
+        "actor": {"type": "user", "user_id": "user-rita", "username": "rita", "roles": ["sales_rep"]},
+        "action": "update",
+        "operation": "POST /opportunities/x/stage",
+        "record": {"type": record_type, "id": record_id},
+        "changes": [{"field": "stage", "before": "proposal", "after": "won"}],
+        "request_id": None,
+        "correlation_id": None,
+    }
 
 
 @pytest.fixture

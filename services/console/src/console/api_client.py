@@ -141,8 +141,35 @@ class UserApi:
             raise ApiError.from_response(response)
         return response.json() if response.content else None
 
+    async def open_stream(self, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
+        """A GET whose body is passed on as it arrives (an export); the caller closes it.
+
+        A refusal is read whole and raised as :class:`ApiError` like any other call's.
+        """
+        if self.session.needs_refresh(self.refresh_margin):
+            await self.gateway.refresh(self.session)
+        response = await self._send("GET", path, params, None, None, stream=True)
+        if response.status_code == 401:
+            await response.aclose()
+            await self.gateway.refresh(self.session)
+            response = await self._send("GET", path, params, None, None, stream=True)
+        if response.status_code >= 400:
+            await response.aread()
+            await response.aclose()
+            if response.status_code == 401:
+                raise SessionExpired(ApiError.from_response(response).message)
+            raise ApiError.from_response(response)
+        return response
+
     async def _send(
-        self, method: str, path: str, params: dict[str, Any] | None, json: Any, key: str | None
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None,
+        json: Any,
+        key: str | None,
+        *,
+        stream: bool = False,
     ) -> httpx.Response:
         headers = _bearer(self.session.access_token)
         if self.request_id:
@@ -151,7 +178,8 @@ class UserApi:
             headers["Idempotency-Key"] = key
         clean = {k: v for k, v in (params or {}).items() if v not in (None, "")}
         try:
-            return await self.gateway.http.request(method, path, params=clean, json=json, headers=headers)
+            request = self.gateway.http.build_request(method, path, params=clean, json=json, headers=headers)
+            return await self.gateway.http.send(request, stream=stream)
         except httpx.TimeoutException:
             raise ApiError(504, "timeout", "the CRM did not answer in time; try again") from None
         except httpx.TransportError:

@@ -9,7 +9,7 @@ from crm_platform.app import create_app
 from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from console.api import admin, auth, customer, marketing, reports, sales, service, success
+from console.api import admin, audit, auth, customer, kpis, marketing, reports, sales, service, success
 from console.api_client import Gateway
 from console.session import Sealer
 from console.settings import ConsoleSettings
@@ -23,7 +23,9 @@ ROUTERS: tuple[APIRouter, ...] = (
     service.router,
     success.router,
     reports.router,
+    kpis.router,
     admin.router,
+    audit.router,
     customer.router,
 )
 

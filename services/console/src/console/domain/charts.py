@@ -75,3 +75,34 @@ def format_seconds(seconds: float | None) -> str:
 
 def format_percent(ratio: float | None) -> str:
     return NONE if ratio is None else f"{ratio * 100:.0f}%"
+
+
+COLUMN_WIDTH = 54
+COLUMN_AREA = 150  # the tallest column's height
+
+
+def column_chart(title: str, columns: list[Bar], *, unit: str = "") -> str:
+    """Vertical columns left to right (a series over time), each labelled below and valued above."""
+    top = max((c.value for c in columns), default=0.0)
+    width = max(len(columns), 1) * (COLUMN_WIDTH + GAP) + GAP
+    base = 20 + COLUMN_AREA
+    parts = []
+    for i, column in enumerate(columns):
+        x = GAP + i * (COLUMN_WIDTH + GAP)
+        height = 0.0 if top <= 0 else max(column.value / top * COLUMN_AREA, 1.0 if column.value > 0 else 0.0)
+        shown = column.text if column.text is not None else format_number(column.value)
+        middle = x + COLUMN_WIDTH / 2
+        parts.append(
+            f'<g><rect x="{x}" y="{base - height:.1f}" width="{COLUMN_WIDTH}" height="{height:.1f}" '
+            f'fill="{PALETTE[0]}"><title>{escape(column.label)}: {escape(shown)}{escape(unit)}</title></rect>'
+            f'<text x="{middle:.1f}" y="{base - height - 4:.1f}" text-anchor="middle">{escape(shown)}</text>'
+            f'<text x="{middle:.1f}" y="{base + 16}" text-anchor="middle" class="axis">'
+            f"{escape(column.label)}</text></g>"
+        )
+    if not columns:
+        parts.append(f'<text x="8" y="{base}">no data yet</text>')
+    return (
+        f'<svg class="chart" viewBox="0 0 {width} {base + 24}" role="img" '
+        f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">'
+        f"<title>{escape(title)}</title>{''.join(parts)}</svg>"
+    )

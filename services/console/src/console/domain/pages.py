@@ -17,7 +17,23 @@ SALES_MANAGER = "sales_manager"
 SERVICE_REP = "service_rep"
 CSM = "customer_success_manager"
 ANALYST = "analyst"
-ROLES: tuple[str, ...] = (ADMIN, MARKETING, SALES_MANAGER, SALES_REP, SERVICE_REP, CSM, ANALYST)
+EXECUTIVE = "executive"
+AUDITOR = "auditor"
+SERVICE_LEAD = "service_lead"
+MARKETING_MANAGER = "marketing_manager"
+ROLES: tuple[str, ...] = (
+    ADMIN,
+    MARKETING,
+    MARKETING_MANAGER,
+    SALES_MANAGER,
+    SALES_REP,
+    SERVICE_REP,
+    CSM,
+    SERVICE_LEAD,
+    ANALYST,
+    EXECUTIVE,
+    AUDITOR,
+)
 
 ROLE_LABELS = {
     ADMIN: "administrator",
@@ -27,18 +43,27 @@ ROLE_LABELS = {
     SERVICE_REP: "service rep",
     CSM: "customer success manager",
     ANALYST: "analyst",
+    EXECUTIVE: "executive",
+    AUDITOR: "auditor",
+    SERVICE_LEAD: "service team lead",
+    MARKETING_MANAGER: "marketing manager",
 }
 
-MARKETERS = frozenset({MARKETING, ADMIN})
+MARKETERS = frozenset({MARKETING, MARKETING_MANAGER, ADMIN})
 SALES = frozenset({SALES_REP, SALES_MANAGER, ADMIN})
 SALES_LEADS = frozenset({SALES_MANAGER, ADMIN})
-SERVICE = frozenset({SERVICE_REP, CSM, ADMIN})
-CSM_LEADS = frozenset({CSM, ADMIN})
+SERVICE = frozenset({SERVICE_REP, CSM, SERVICE_LEAD, ADMIN})
+CSM_LEADS = frozenset({CSM, SERVICE_LEAD, ADMIN})
 LEAD_READERS = MARKETERS | SALES | {ANALYST}
-REPORT_READERS = frozenset({ANALYST, SALES_MANAGER, ADMIN})
+REPORT_READERS = frozenset({ANALYST, SALES_MANAGER, EXECUTIVE, ADMIN})
+# Every KPI without records' personal data (analytics' /kpis); each department reads its own part.
+KPI_READERS = frozenset({ANALYST, EXECUTIVE, ADMIN})
 FORECAST_READERS = SALES | {ANALYST}
 ADMINS = frozenset({ADMIN})
-EVERYONE = frozenset(ROLES)
+# Every service's audit log (read-only): auditors read nothing else.
+AUDIT_READERS = frozenset({AUDITOR, ADMIN})
+# The customer 360 reads records: every role but the auditor (who reads the audit log only).
+EVERYONE = frozenset(ROLES) - {AUDITOR}
 
 
 @dataclass(frozen=True)
@@ -63,7 +88,12 @@ PAGES: tuple[Page, ...] = (
     Page("renewals", "Renewals", "/renewals", SERVICE),
     Page("checkins", "Check-ins due", "/checkins", SERVICE),
     Page("dashboard", "Dashboard", "/dashboard", REPORT_READERS),
+    Page("kpis", "KPIs", "/kpis", KPI_READERS),
+    Page("service_kpis", "Service KPIs", "/kpis/service", SERVICE | KPI_READERS),
+    Page("marketing_kpis", "Channel figures", "/kpis/marketing", MARKETERS | KPI_READERS),
     Page("users", "Users & roles", "/admin/users", ADMINS),
+    # Not /audit: the gateway answers that path itself (its own audit API).
+    Page("audit", "Audit log", "/audit-log", AUDIT_READERS),
     # Reached from a lead, an inbox item, a deal or an account; each part is shown by permission.
     Page("customer", "Customer 360", "/customers", EVERYONE, in_menu=False),
     Page("lead", "Lead", "/leads/{id}", LEAD_READERS, in_menu=False),
@@ -78,10 +108,14 @@ HOME_BY_ROLE: tuple[tuple[str, str], ...] = (
     (ADMIN, "users"),
     (SALES_MANAGER, "inbox"),
     (SALES_REP, "inbox"),
+    (MARKETING_MANAGER, "leads"),
     (MARKETING, "leads"),
+    (SERVICE_LEAD, "accounts"),
     (CSM, "accounts"),
     (SERVICE_REP, "tickets"),
     (ANALYST, "dashboard"),
+    (EXECUTIVE, "kpis"),
+    (AUDITOR, "audit"),
 )
 
 

@@ -29,6 +29,8 @@ DEMO_USERS: dict[str, tuple[str, list[str], str]] = {
     "sven": ("sven-demo-pass1", ["service_rep"], "Sven (service rep)"),
     "cora": ("cora-demo-pass1", ["customer_success_manager"], "Cora (customer success)"),
     "ana": ("ana-demo-pass-1", ["analyst"], "Ana (analyst)"),
+    "eve": ("eve-demo-pass-1", ["executive"], "Eve (executive)"),
+    "aude": ("aude-demo-pass1", ["auditor"], "Aude (auditor)"),
 }
 
 
