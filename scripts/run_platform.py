@@ -134,6 +134,8 @@ def run(no_demo: bool) -> int:
         service_port_base=SERVICE_PORT_BASE,
         consumer_idle_backoff_ms=idle_backoff_ms(infra),
         keys=keys,
+        # The demo history sets each request's time (crm_platform.clock, "The demo clock").
+        extra_env={} if no_demo else {"CRM_DEMO_CLOCK": "true"},
     )
     try:
         print(f"    {infra.source}: kafka {infra.kafka_bootstrap}, mongodb {infra.mongodb_uri}")
@@ -149,6 +151,11 @@ def run(no_demo: bool) -> int:
 
             print("==> demo data: users, rosters and a short customer journey")
             credentials = seed_demo(platform.url("gateway"), progress=lambda m: print(f"    {m}"))
+            # The history plays while the platform is already up: start-up stays short, the
+            # figures fill in as it goes (progress lines below the banner).
+            threading.Thread(
+                target=_seed_history, args=(platform.url("gateway"),), name="demo-history", daemon=True
+            ).start()
         _banner(platform, credentials)
         supervisor = Supervisor(
             platform, control_dir=CONTROL_DIR, on_change=lambda: platform.write_pids(PIDFILE, os.getpid())
@@ -164,6 +171,26 @@ def run(no_demo: bool) -> int:
         shutdown(platform, infra.stop, PIDFILE)
         print("==> stopped (data kept; `make clean` removes it)")
     return 0
+
+
+def _seed_history(gateway_url: str) -> None:
+    """A year and more of history (CRM_DEMO_ACCOUNTS accounts, 0 = none) so every KPI has figures."""
+    from crm_platform.devinfra.demo_history import seed_history
+
+    accounts = int(os.environ.get("CRM_DEMO_ACCOUNTS", "300"))
+    if accounts <= 0:
+        return
+    print(f"==> demo history: {accounts} accounts played through the gateway at their own dates")
+    try:
+        seed_history(
+            gateway_url,
+            accounts=accounts,
+            seed=int(os.environ.get("CRM_DEMO_SEED", "1205")),
+            workers=int(os.environ.get("CRM_DEMO_WORKERS", "8")),
+            progress=lambda m: print(f"    {m}", flush=True),
+        )
+    except Exception as exc:  # noqa: BLE001 - the platform keeps running without its history
+        print(f"==> demo history stopped: {exc}", flush=True)
 
 
 def _banner(platform: Platform, credentials: dict[str, str]) -> None:

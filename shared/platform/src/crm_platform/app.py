@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from crm_platform import tracing
 from crm_platform.auth import RevocationFeed, TokenVerifier, current_principal
 from crm_platform.docs import install_local_docs
-from crm_platform.edge import HttpEdge, database_unavailable, error_response
+from crm_platform.edge import DemoClockEdge, HttpEdge, database_unavailable, error_response
 from crm_platform.errors import DomainError, is_database_outage
 from crm_platform.idempotency import DefaultKey, IdempotencyMiddleware
 from crm_platform.keys import load_public_keys
@@ -187,6 +187,8 @@ def _install_edge(
     if upload_paths is not None:  # never keyed: the idempotency layer would read the body whole
         keyed, uploads = idempotent_paths, upload_paths
         idempotent_paths = lambda path: keyed(path) and not uploads(path)  # noqa: E731
+    if settings.demo_clock:  # innermost: only the route runs at the demo time
+        app.add_middleware(DemoClockEdge)
     app.add_middleware(
         IdempotencyMiddleware,
         service=settings.service_name,

@@ -42,6 +42,7 @@ from crm_contracts.topics import dead_letter_topic
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from crm_platform import metrics, receipts, tracing
+from crm_platform.clock import demo_effect_time, simulated, system_clock
 from crm_platform.dead_letters import (
     HANDLER_ERROR,
     UNREADABLE,
@@ -81,6 +82,7 @@ class ConsumerConfig:
     retry_max_seconds: float = 30.0
     group_instance_id: str | None = None  # static membership (group.instance.id)
     listener: ConsumerRebalanceListener | None = None  # told of assignments (crm_platform.liveness)
+    demo_clock: bool = False  # CRM_DEMO_CLOCK: effects at the event's own time (crm_platform.clock)
 
 
 @dataclass
@@ -374,11 +376,13 @@ class EventConsumer:
         """The handler and the receipt, in a CONSUMER span continuing the record's trace;
         returns when the effect was stored and that span's context (None when tracing is off)."""
         record, envelope = ready.record, ready.envelope
-        with tracing.consuming(
-            record.headers, topic=record.topic, envelope=envelope, group=self.config.group_id
+        group = self.config.group_id
+        with (
+            tracing.consuming(record.headers, topic=record.topic, envelope=envelope, group=group),
+            simulated(self._demo_time(envelope)),
         ):
             await ready.handler(tx, ready.event, envelope)
-            stored_at = utcnow()
+            stored_at = system_clock()
             receipt = self._receipt(envelope, stored_at)
             if receipt is not None:
                 tx.emit(receipt)
@@ -389,6 +393,13 @@ class EventConsumer:
 
         Does nothing; a subclass may observe outcomes (the crash test records them).
         """
+
+    def _demo_time(self, envelope: Envelope) -> datetime | None:
+        """Under the demo clock, the moment the event's effect happens (its own time plus
+        the real transport); otherwise None, the real time (crm_platform.clock)."""
+        if not self.config.demo_clock:
+            return None
+        return demo_effect_time(envelope.occurred_at, envelope.produced_at, utcnow())
 
     def _handoff_to_us(self, envelope: Envelope) -> Handoff | None:
         """The handoff ``envelope`` carries when it is addressed to this department."""

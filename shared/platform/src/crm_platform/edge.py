@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from crm_contracts import utcnow
 from fastapi import HTTPException
 from fastapi.encoders import jsonable_encoder
 from starlette.datastructures import Headers, MutableHeaders
@@ -40,6 +41,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crm_platform import audit, metrics
+from crm_platform.clock import DEMO_TIME_HEADER, parse_demo_time, simulated
 from crm_platform.deadline import request_db_deadline
 from crm_platform.errors import is_database_outage
 from crm_platform.logging import correlation_id_var, request_id_var
@@ -227,3 +229,26 @@ class HttpEdge:
                 ex.status,
                 extra={"status": ex.status, "duration_ms": round(elapsed * 1000, 2)},
             )
+
+
+class DemoClockEdge:
+    """``CRM_DEMO_CLOCK`` only (crm_platform.clock, "The demo clock"): a request carrying
+    ``X-CRM-Demo-Time`` runs at that time; a malformed, future or too old one is a 422 naming
+    the header. Installed innermost, so the idempotency layer and the deadline see real time."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        value = Headers(scope=scope).get(DEMO_TIME_HEADER) if scope["type"] == "http" else None
+        if value is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            moment = parse_demo_time(value, utcnow())
+        except ValueError as exc:
+            fields = [{"field": f"header.{DEMO_TIME_HEADER}", "message": str(exc)}]
+            await error_response(422, "validation_error", str(exc), fields=fields)(scope, receive, send)
+            return
+        with simulated(moment):
+            await self.app(scope, receive, send)

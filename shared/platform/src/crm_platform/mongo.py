@@ -24,6 +24,7 @@ from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
 from crm_platform import audit, tracing
+from crm_platform.clock import simulated_now
 from crm_platform.deadline import request_db_deadline
 from crm_platform.idempotency import claim_in, current_claim
 from crm_platform.idempotency import ensure_indexes as ensure_idempotency_indexes
@@ -86,6 +87,7 @@ class Tx:
             source=self.source,
             correlation_id=corr,
             causation_id=str(cause.event_id) if cause else None,
+            occurred_at=simulated_now(),  # None (the real time) unless the demo clock set one
         )
         self.emitted.append(env)
         self.trace_contexts.append(tracing.capture())

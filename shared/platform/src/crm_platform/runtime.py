@@ -129,6 +129,7 @@ class ServiceRuntime:
                 department=sub.department,
                 group_instance_id=s.consumer_instance_id,
                 listener=tracker,
+                demo_clock=s.demo_clock,
             ),
             self.store,
             sub.handlers,

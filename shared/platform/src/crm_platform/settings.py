@@ -140,8 +140,16 @@ class ServiceSettings(BaseSettings):
         default=24, validation_alias="CRM_IDEMPOTENCY_TTL_HOURS", ge=1, le=24 * 30
     )
 
+    # make run's demo history only (crm_platform.clock, "The demo clock"): requests may set
+    # their time with X-CRM-Demo-Time and consumed events take effect at their own time.
+    demo_clock: bool = Field(default=False, validation_alias="CRM_DEMO_CLOCK")
+
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> ServiceSettings:
+        if self.demo_clock and self.env == "production":
+            raise ValueError(
+                "CRM_DEMO_CLOCK lets a request set the service's time: never with CRM_ENV=production"
+            )
         if self.uses_kafka:
             refuse_plaintext_in_production(self.kafka_security, self.env, self.kafka_allow_plaintext)
         return self

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from crm_contracts import Envelope, Event, utcnow
+from crm_contracts import Envelope, Event
 from crm_contracts.events.action_items import RAISED_BY_DEPARTMENT, UPDATED_BY_DEPARTMENT
 
 from crm_platform.action_items.domain import ActionItem, View
 from crm_platform.action_items.repository import ActionItemRepository, MongoActionItems
-from crm_platform.clock import Clock, to_millis
+from crm_platform.clock import Clock, system_clock, to_millis
 from crm_platform.consumer import Handler
 from crm_platform.errors import NotFound
 from crm_platform.mongo import Store, Tx
@@ -140,7 +140,7 @@ async def escalate_overdue(
 
 
 def raised_handlers(
-    department: str, *, clock: Clock = utcnow, on_change: OnChange | None = None
+    department: str, *, clock: Clock = system_clock, on_change: OnChange | None = None
 ) -> dict[str, Handler]:
     """The consumer handler storing ``action_item.raised_for_<department>`` in the queue.
 
@@ -185,7 +185,7 @@ class ActionItemQueue:
         department: str,
         *,
         manager: str,
-        clock: Clock = utcnow,
+        clock: Clock = system_clock,
         on_change: OnChange | None = None,
     ) -> None:
         if department not in UPDATED_BY_DEPARTMENT:
