@@ -125,7 +125,13 @@ async def test_every_kpi_for_executives_service_kpis_for_service_and_channels_fo
         assert service.status_code == 200, service.text
         teams = service.json()["periods"][0]["teams"]
         assert set(teams) == {"all", "strategic"}
-        assert set(service.json()["business_latency"]) == {"deal-won", "commitment-review-requested"}
+        assert set(service.json()["business_latency"]) == {  # the handoffs customer success receives
+            "deal-won",
+            "commitment-review-requested",
+            "action-item-outcome-from-marketing",
+            "action-item-outcome-from-sales",
+            "commitment-flag-outcome",
+        }
 
         marketing = await client.get("/kpis/marketing", headers=auth_headers(["marketing"]))
         assert marketing.status_code == 200, marketing.text

@@ -396,3 +396,70 @@ def test_a_renewal_counts_in_the_period_it_was_due_or_earlier_when_decided_early
     late = late.model_copy(update={"occurred_at": NOW})  # ... recorded later in the month
     renewals = month(kpis_at(run([early, late]).records, NOW))["renewals"]
     assert (renewals["recorded"], renewals["renewed"], renewals["churned"]) == (2, 1, 1)
+
+
+def test_an_item_closed_by_sales_waits_for_customer_success_next_human_step_on_the_account():
+    raised_at, due = NOW - timedelta(days=3), NOW + timedelta(days=3)
+    closed_at = NOW - timedelta(hours=4)
+    events = [
+        raised("i1", raised_at, due),
+        checkin("c-before", "acc-1", raised_at + timedelta(hours=1)),  # before the outcome: not an answer
+        step("i1", "accepted", raised_at + timedelta(hours=2), raised_at, due),  # progress, not the outcome
+        step("i1", "done", closed_at, raised_at, due),
+        checkin("c-other", "acc-2", closed_at + timedelta(hours=1)),  # another account's
+    ]
+    state = run(events)
+    waiting = kpis_at(state.records, NOW)["business_latency"]["action-item-outcome-from-sales"]
+    assert waiting["pending"] == 1
+    assert waiting["oldest_pending_seconds"] == 4 * 3600.0
+    assert waiting["windows"]["last_hour"]["p50"] == 4 * 3600.0  # unacted: counted by its age
+
+    state = run([checkin("c-after", "acc-1", closed_at + timedelta(hours=2))], state)
+    latency = kpis_at(state.records, NOW)["business_latency"]["action-item-outcome-from-sales"]
+    assert latency["pending"] == 0
+    assert latency["windows"]["last_day"]["p50"] == 7200.0  # closed -> the CSM's check-in
+    assert (
+        kpis_at(state.records, NOW)["business_latency"]["action-item-outcome-from-marketing"]["pending"] == 0
+    )
+
+
+def test_an_escalation_is_no_outcome_for_customer_success_to_act_on():
+    raised_at, due = NOW - timedelta(days=3), NOW - timedelta(days=1)
+    events = [
+        raised("i1", raised_at, due),
+        step("i1", "escalated", NOW - timedelta(hours=20), raised_at, due, True),
+    ]
+    latency = kpis_at(run(events).records, NOW)["business_latency"]["action-item-outcome-from-sales"]
+    assert latency["pending"] == 0
+    assert latency["windows"]["last_30_days"]["count"] == 0
+
+
+def test_each_answer_of_sales_to_a_flag_waits_for_customer_success_next_step_on_the_account():
+    from crm_contracts.events.sales import CommitmentFlagStatus, CommitmentFlagUpdatedBySalesV1
+
+    acknowledged, resolved = NOW - timedelta(hours=6), NOW - timedelta(hours=3)
+
+    def answer(status: CommitmentFlagStatus, at: datetime) -> Envelope:
+        event = CommitmentFlagUpdatedBySalesV1(
+            flag_id="f1",
+            deal_id="d1",
+            account_id="a1",
+            commitment_id="c1",
+            status=status,
+            resolution="scope agreed" if status == CommitmentFlagStatus.RESOLVED else None,
+            acted_by="rep-1",
+            acted_at=at,
+            flagged_at=NOW - timedelta(days=1),
+        )
+        return env(event, at)
+
+    events = [
+        answer(CommitmentFlagStatus.ACKNOWLEDGED, acknowledged),
+        answer(CommitmentFlagStatus.RESOLVED, resolved),
+    ]
+    events += ticket("t1", "a1", NOW - timedelta(hours=5), first=60, took=None)  # after the acknowledgement
+    latency = kpis_at(run(events).records, NOW)["business_latency"]["commitment-flag-outcome"]
+    assert latency["pending"] == 1  # the resolution: nothing since
+    assert latency["oldest_pending_seconds"] == 3 * 3600.0
+    assert latency["windows"]["last_day"]["count"] == 2  # 1 h (acknowledged -> ticket) and 3 h waiting
+    assert latency["windows"]["last_day"]["p50"] == 3600.0

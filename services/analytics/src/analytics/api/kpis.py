@@ -32,7 +32,13 @@ SERVICE_AUDIENCE = (*sorted(SERVICE_ROLES - {Role.ADMIN}), *EVERY_KPI)
 MARKETING_AUDIENCE = (Role.MARKETING, Role.MARKETING_MANAGER, *EVERY_KPI)
 # The handoffs each department receives (the business latency of its own first steps).
 RECEIVED_BY = {
-    "customer-success": ("deal-won", "commitment-review-requested"),
+    "customer-success": (
+        "deal-won",
+        "commitment-review-requested",
+        "action-item-outcome-from-marketing",
+        "action-item-outcome-from-sales",
+        "commitment-flag-outcome",
+    ),
     "marketing": ("action-item-to-marketing",),
 }
 

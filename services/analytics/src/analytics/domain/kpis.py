@@ -50,6 +50,9 @@ BUSINESS_LATENCY_HANDOFFS: tuple[str, ...] = (
     "action-item-to-sales",
     "commitment-review-requested",
     "commitment-review-completed",
+    "action-item-outcome-from-marketing",
+    "action-item-outcome-from-sales",
+    "commitment-flag-outcome",
 )
 
 
@@ -428,7 +431,32 @@ def business_samples(kinds: Mapping[str, Mapping[str, Record]]) -> dict[str, lis
     for item in kinds.get("item", {}).values():
         _item_sample(out, item)
     _opportunity_samples(out, kinds)
+    _outcome_samples(out, kinds)
     return out
+
+
+def _outcome_samples(out: dict[str, list[Sample]], kinds: Mapping[str, Mapping[str, Record]]) -> None:
+    """Outcomes handed back to customer success end at its next human step on the account
+    (``csacts``: a check-in, onboarding step, ticket, renewal, signal, flag or action item):
+    the item marketing or sales closed (done or declined), each answer of sales to a flag."""
+    acts = {
+        account_id: sorted(
+            t for name, slot in record.items() if name.startswith(ACT_PREFIX) and (t := _at(slot))
+        )
+        for account_id, record in kinds.get("csacts", {}).items()
+    }
+    for item in kinds.get("item", {}).values():
+        closing = [item[name] for name in CLOSED_STEPS if name in item and not item[name].get("automatic")]
+        closed = min(closing, key=lambda slot: _at(slot) or 0.0) if closing else None
+        department = _text(closed, "department")
+        if closed is None or department not in ("marketing", "sales") or (start := _at(closed)) is None:
+            continue
+        after = _first_after(acts.get(_text(closed, "account_id") or "", []), start)
+        out[f"action-item-outcome-from-{department}"].append((start, after))
+    for flag in kinds.get("flag", {}).values():
+        for answer in (flag.get("acknowledged"), flag.get("resolved")):
+            if (start := _at(answer)) is not None and (account_id := _text(answer, "account_id")):
+                out["commitment-flag-outcome"].append((start, _first_after(acts.get(account_id, []), start)))
 
 
 def _item_sample(out: dict[str, list[Sample]], item: Record) -> None:

@@ -24,7 +24,7 @@ import json
 from collections.abc import Iterator, Mapping
 
 from crm_contracts import Envelope, Event
-from crm_contracts.events.action_items import _Raised, _Updated
+from crm_contracts.events.action_items import ActionItemUpdatedByCustomerSuccessV1, _Raised, _Updated
 from crm_contracts.events.leads import LeadCapturedV1, LeadQualifiedV1
 from crm_contracts.events.sales import (
     ActivityLoggedV1,
@@ -106,7 +106,36 @@ def readable(doc: object) -> Record | None:
 def changes(envelope: Envelope, event: Event) -> list[Change]:
     """The record slots one event brings (none for an event no KPI reads)."""
     at = envelope.occurred_at.timestamp()
-    return list(_service(event, at)) + list(_voice(event, at)) + list(_handoffs(event, at))
+    return (
+        list(_service(event, at))
+        + list(_voice(event, at))
+        + list(_handoffs(event, at))
+        + list(_cs_acts(event, at))
+    )
+
+
+# Customer success' human steps on an account: what ends the business latency of the outcomes
+# handed back to it (an action item closed by marketing or sales, sales' answer to a flag).
+CS_ACTS = (
+    CheckInLoggedV1,
+    OnboardingStepCompletedV1,
+    TicketOpenedV1,
+    TicketResolvedV1,
+    RenewalRecordedV1,
+    UpsellSpottedV1,
+    CommitmentFlaggedV1,
+)
+
+
+def _cs_acts(event: Event, at: float) -> Iterator[Change]:
+    """``csacts:<account>``: one ``act@<time>`` slot per human step of customer success."""
+    account_id: str | None = None
+    if isinstance(event, (CS_ACTS, _Raised)) or (
+        isinstance(event, ActionItemUpdatedByCustomerSuccessV1) and not event.automatic
+    ):
+        account_id = event.account_id
+    if account_id is not None:
+        yield f"csacts:{account_id}", {f"{ACT_PREFIX}{at}": {"at": at}}
 
 
 def _service(event: Event, at: float) -> Iterator[Change]:
@@ -197,6 +226,7 @@ def _voice(event: Event, at: float) -> Iterator[Change]:
             "department": event.department.value,
             "raised_at": event.raised_at.timestamp(),
             "due_at": event.due_at.timestamp(),
+            "account_id": event.account_id,
         }
         yield f"item:{event.item_id}", {f"step_{event.status.value}": step}
 
@@ -218,6 +248,7 @@ def _handoffs(event: Event, at: float) -> Iterator[Change]:
     elif isinstance(event, CommitmentReviewCompletedV1):
         yield f"review:{event.review_id}", {"completed": {"at": at, "deal_id": event.deal_id}}
     elif isinstance(event, CommitmentFlagUpdatedBySalesV1):
-        yield f"flag:{event.flag_id}", {event.status.value: {"at": event.acted_at.timestamp()}}
+        answer: Slot = {"at": event.acted_at.timestamp(), "account_id": event.account_id}
+        yield f"flag:{event.flag_id}", {event.status.value: answer}
     elif isinstance(event, OnboardingStepCompletedV1):
         yield f"deal:{event.deal_id}", {"first_step": {"at": event.completed_at.timestamp()}}
