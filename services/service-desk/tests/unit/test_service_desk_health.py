@@ -234,10 +234,12 @@ def test_check_ins_due_follow_each_tier_s_cadence() -> None:
 # --- health through the handlers ----------------------------------------------------------------
 
 
-def ticket(n: int, breached: bool, at: datetime, csat: int | None = None) -> Ticket:
+def ticket(
+    n: int, breached: bool, at: datetime, csat: int | None = None, account_id: str = "acc-1"
+) -> Ticket:
     return Ticket(
         ticket_id=f"t-{n}",
-        account_id="acc-1",
+        account_id=account_id,
         account_name="Acme",
         subject="s",
         request="r",
@@ -336,6 +338,59 @@ async def test_the_hit_rate_of_the_warning_against_recorded_renewals() -> None:
     await lifecycle.record_renewal_outcome(uow, "b", churn, ADMIN)
     rate = await lifecycle.warning_hit_rate(uow, 180)
     assert (rate.true_positives, rate.false_negatives, rate.precision, rate.recall) == (1, 1, 1.0, 0.5)
+
+
+async def test_the_hit_rate_on_a_small_history_matches_the_hand_count() -> None:
+    """Five accounts over a year, every renewal due on day 365 (the default 12-month term),
+    counted by hand with a 180-day lookback (a warning counts from day 185 to the outcome):
+
+    | account | history | warned in the lookback | outcome | counts as |
+    | --- | --- | --- | --- | --- |
+    | warned-churned | two SLA breaches on days 300 and 310 | yes (day 320) | churned | true positive |
+    | silent-churned | nothing | no | churned | false negative |
+    | warned-renewed | two SLA breaches on days 300 and 310 | yes (day 320) | renewed | false positive |
+    | quiet-renewed | nothing | no | renewed | true negative |
+    | early-churned | breaches days 20, 25: warned day 30, cleared day 130 | no | churned | false negative |
+
+    precision = 1 / (1 + 1) = 0.5, recall = 1 / (1 + 2) = 0.3333
+    """
+    names = ["warned-churned", "silent-churned", "warned-renewed", "quiet-renewed", "early-churned"]
+    clock = ManualClock(T0)
+    uow, unit = setup(clock, *(account(n) for n in names))
+    day = lambda d: T0 + timedelta(days=d)  # noqa: E731
+    tickets = [
+        ticket(1, True, day(300), account_id="warned-churned"),
+        ticket(2, True, day(310), account_id="warned-churned"),
+        ticket(3, True, day(300), account_id="warned-renewed"),
+        ticket(4, True, day(310), account_id="warned-renewed"),
+        ticket(5, True, day(20), account_id="early-churned"),
+        ticket(6, True, day(25), account_id="early-churned"),
+    ]
+    for d in (30, 130, 320):
+        clock.now = day(d)
+        unit.tickets.items = [t for t in tickets if t.opened_at <= clock.now]  # as they happened
+        await lifecycle.recompute_health(uow, ADMIN)
+    raised = [(e.account_id, e.at_risk) for e in unit.emitted(ChurnRiskChangedV1)]
+    assert raised == [
+        ("early-churned", True),
+        ("early-churned", False),
+        ("warned-churned", True),
+        ("warned-renewed", True),
+    ]
+    clock.now = day(365)
+    churn = RenewalDecision(RenewalOutcome.CHURNED, churn_reason=ChurnReason.COMPETITOR)
+    renew = RenewalDecision(RenewalOutcome.RENEWED, new_amount=Decimal(60000), new_months=12)
+    for name in names:
+        await lifecycle.record_renewal_outcome(uow, name, renew if "renewed" in name else churn, ADMIN)
+    rate = await lifecycle.warning_hit_rate(uow, 180)
+    assert (rate.true_positives, rate.false_positives, rate.false_negatives, rate.true_negatives) == (
+        1,
+        1,
+        2,
+        1,
+    )
+    assert (rate.evaluated, rate.precision, rate.recall) == (5, 0.5, 0.3333)
+    assert sorted(rate.misses) == ["early-churned", "silent-churned"]
 
 
 # --- surveys ------------------------------------------------------------------------------------
