@@ -28,25 +28,25 @@ class InMemoryAccounts:
 
     async def get(self, account_id: str) -> Account | None:
         found = self.items.get(account_id)
-        return found.model_copy(deep=True) if found else None
+        return copy.deepcopy(found) if found else None
 
     async def by_deal(self, deal_id: str) -> Account | None:
         found = next((a for a in self.items.values() if a.deal_id == deal_id), None)
-        return found.model_copy(deep=True) if found else None
+        return copy.deepcopy(found) if found else None
 
     async def add(self, account: Account) -> None:
         if account.account_id in self.items or await self.by_deal(account.deal_id) is not None:
             raise KeyError(f"account {account.account_id} (deal {account.deal_id}) exists")
-        self.items[account.account_id] = account.model_copy(deep=True)
+        self.items[account.account_id] = copy.deepcopy(account)
 
     async def save(self, account: Account) -> None:
         if account.account_id not in self.items:
             raise KeyError(f"account {account.account_id} was never added")
-        self.items[account.account_id] = account.model_copy(deep=True)
+        self.items[account.account_id] = copy.deepcopy(account)
 
     async def renewing(self, *, until: datetime, member: str | None) -> list[Account]:
         found = [
-            a.model_copy(deep=True)
+            copy.deepcopy(a)
             for a in self.items.values()
             if a.status == AccountStatus.ACTIVE
             and a.term is not None
@@ -57,7 +57,7 @@ class InMemoryAccounts:
 
     async def active(self, member: str | None) -> list[Account]:
         return [
-            a.model_copy(deep=True)
+            copy.deepcopy(a)
             for a in self.items.values()
             if a.status == AccountStatus.ACTIVE and (member is None or member in (a.csm, a.account_manager))
         ]
@@ -126,22 +126,20 @@ class InMemoryTickets:
     async def add(self, ticket: Ticket) -> None:
         if any(t.ticket_id == ticket.ticket_id for t in self.items):
             raise KeyError(f"ticket {ticket.ticket_id} exists")
-        self.items.append(ticket.model_copy(deep=True))
+        self.items.append(copy.deepcopy(ticket))
 
     async def of_account(self, account_id: str, *, since: datetime | None = None) -> list[Ticket]:
         found = [
             t for t in self.items if t.account_id == account_id and (since is None or t.opened_at >= since)
         ]
-        return sorted((t.model_copy(deep=True) for t in found), key=lambda t: t.opened_at, reverse=True)
+        return sorted((copy.deepcopy(t) for t in found), key=lambda t: t.opened_at, reverse=True)
 
     async def get(self, ticket_id: str) -> Ticket | None:
         found = next((t for t in self.items if t.ticket_id == ticket_id), None)
-        return found.model_copy(deep=True) if found else None
+        return copy.deepcopy(found) if found else None
 
     async def save(self, ticket: Ticket) -> None:
-        self.items = [
-            ticket.model_copy(deep=True) if t.ticket_id == ticket.ticket_id else t for t in self.items
-        ]
+        self.items = [copy.deepcopy(ticket) if t.ticket_id == ticket.ticket_id else t for t in self.items]
 
 
 class InMemorySurveys:
@@ -149,16 +147,16 @@ class InMemorySurveys:
         self.items: dict[str, Survey] = {}
 
     async def add(self, survey: Survey) -> None:
-        self.items[survey.survey_id] = survey.model_copy(deep=True)
+        self.items[survey.survey_id] = copy.deepcopy(survey)
 
     async def get(self, survey_id: str) -> Survey | None:
         found = self.items.get(survey_id)
-        return found.model_copy(deep=True) if found else None
+        return copy.deepcopy(found) if found else None
 
     async def save_answer(self, survey: Survey) -> bool:
         if self.items[survey.survey_id].answered_at is not None:
             return False
-        self.items[survey.survey_id] = survey.model_copy(deep=True)
+        self.items[survey.survey_id] = copy.deepcopy(survey)
         return True
 
     async def of_account(self, account_id: str) -> list[Survey]:

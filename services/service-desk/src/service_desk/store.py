@@ -16,6 +16,7 @@ from crm_platform.action_items.repository import MongoActionItems
 from crm_platform.counters import RoundRobinCounter
 from crm_platform.mongo import Tx
 from crm_platform.uow import MongoUnit
+from pydantic import TypeAdapter
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
@@ -104,24 +105,49 @@ async def ensure_indexes(db: AsyncDatabase[Doc]) -> None:
             await db.create_collection(name)
 
 
+# Entity <-> document. A document is the entity's fields (``asdict``: enums, Decimals and
+# datetimes as they are, the client encodes them) under ``_id``; reading one back validates it
+# into the dataclass with pydantic (enums and amounts from their stored form, Decimal128 or an
+# older double; fields an older document holds and the entity does not know are ignored).
+_ACCOUNT = TypeAdapter(Account)
+_TICKET = TypeAdapter(Ticket)
+_RENEWAL = TypeAdapter(RenewalRecord)
+_CHECKIN = TypeAdapter(CheckIn)
+_HEALTH_RECORD = TypeAdapter(HealthRecord)
+_RULESET = TypeAdapter(RuleSet)
+_SURVEY = TypeAdapter(Survey)
+
+
 def _without_id(doc: Doc) -> Doc:
     return {k: v for k, v in doc.items() if k != "_id"}
 
 
 def account_doc(account: Account) -> Doc:
-    return {"_id": account.account_id, **account.model_dump(mode="python")}
+    return {"_id": account.account_id, **asdict(account)}
 
 
 def account_from_doc(doc: Doc) -> Account:
-    return Account.model_validate(_without_id(doc))
+    return _ACCOUNT.validate_python(_without_id(doc))
 
 
 def ticket_doc(ticket: Ticket) -> Doc:
-    return {"_id": ticket.ticket_id, **ticket.model_dump(mode="python")}
+    return {"_id": ticket.ticket_id, **asdict(ticket)}
 
 
 def ticket_from_doc(doc: Doc) -> Ticket:
-    return Ticket.model_validate(_without_id(doc))
+    return _TICKET.validate_python(_without_id(doc))
+
+
+def survey_doc(survey: Survey) -> Doc:
+    return {"_id": survey.survey_id, **asdict(survey)}
+
+
+def survey_from_doc(doc: Doc) -> Survey:
+    return _SURVEY.validate_python(_without_id(doc))
+
+
+def ruleset_doc(ruleset: RuleSet) -> Doc:
+    return {**asdict(ruleset), "rules": ruleset.rules.model_dump(mode="python")}
 
 
 def _book(member: str) -> Doc:
@@ -208,44 +234,42 @@ async def list_tickets(
 
 class MongoRenewals(_Collection):
     async def add(self, record: RenewalRecord) -> None:
-        await self.db[RENEWALS].insert_one(
-            {"_id": record.renewal_id, **record.model_dump(mode="python")}, session=self.session
-        )
+        await self.db[RENEWALS].insert_one({"_id": record.renewal_id, **asdict(record)}, session=self.session)
 
     async def of_account(self, account_id: str) -> list[RenewalRecord]:
         cursor = self.db[RENEWALS].find({"account_id": account_id}, session=self.session)
         docs = await cursor.sort("recorded_at", DESCENDING).limit(1000).to_list()
-        return [RenewalRecord.model_validate(_without_id(d)) for d in docs]
+        return [_RENEWAL.validate_python(_without_id(d)) for d in docs]
 
     async def all(self) -> list[RenewalRecord]:
         docs = await self.db[RENEWALS].find({}, session=self.session).to_list()
-        return [RenewalRecord.model_validate(_without_id(d)) for d in docs]
+        return [_RENEWAL.validate_python(_without_id(d)) for d in docs]
 
 
 class MongoCheckIns(_Collection):
     async def add(self, checkin: CheckIn) -> None:
         await self.db[CHECKINS].insert_one(
-            {"_id": checkin.checkin_id, **checkin.model_dump(mode="python")}, session=self.session
+            {"_id": checkin.checkin_id, **asdict(checkin)}, session=self.session
         )
 
     async def of_account(self, account_id: str) -> list[CheckIn]:
         cursor = self.db[CHECKINS].find({"account_id": account_id}, session=self.session)
         docs = await cursor.sort("held_at", DESCENDING).limit(1000).to_list()
-        return [CheckIn.model_validate(_without_id(d)) for d in docs]
+        return [_CHECKIN.validate_python(_without_id(d)) for d in docs]
 
 
 class MongoHealth(_Collection):
     async def rules(self) -> RuleSet:
         doc = await self.db[HEALTH_RULES].find_one({}, sort=[("version", DESCENDING)], session=self.session)
-        return RuleSet.model_validate(_without_id(doc)) if doc else RuleSet(version=1, rules=HealthRules())
+        return _RULESET.validate_python(_without_id(doc)) if doc else RuleSet(version=1, rules=HealthRules())
 
     async def add_rules(self, ruleset: RuleSet) -> None:
         # The unique index on version makes two concurrent saves of the same version conflict.
-        await self.db[HEALTH_RULES].insert_one(ruleset.model_dump(mode="python"), session=self.session)
+        await self.db[HEALTH_RULES].insert_one(ruleset_doc(ruleset), session=self.session)
 
     async def add(self, record: HealthRecord) -> None:
         await self.db[HEALTH_SCORES].insert_one(
-            {"_id": record.record_id, **record.model_dump(mode="python")}, session=self.session
+            {"_id": record.record_id, **asdict(record)}, session=self.session
         )
 
     async def history(self, account_id: str, *, since: datetime | None = None) -> list[HealthRecord]:
@@ -253,10 +277,10 @@ class MongoHealth(_Collection):
         if since is not None:
             query["scored_at"] = {"$gte": since}
         cursor = self.db[HEALTH_SCORES].find(query, session=self.session).sort("scored_at", DESCENDING)
-        return [HealthRecord.model_validate(_without_id(d)) for d in await cursor.limit(500).to_list()]
+        return [_HEALTH_RECORD.validate_python(_without_id(d)) for d in await cursor.limit(500).to_list()]
 
     async def add_risk_change(self, change: RiskChange) -> None:
-        await self.db[CHURN_WARNINGS].insert_one(change.model_dump(mode="python"), session=self.session)
+        await self.db[CHURN_WARNINGS].insert_one(asdict(change), session=self.session)
 
     async def raised(self) -> list[tuple[str, datetime]]:
         cursor = self.db[CHURN_WARNINGS].find(
@@ -287,18 +311,16 @@ class MongoTickets(_Collection):
 
 class MongoSurveys(_Collection):
     async def add(self, survey: Survey) -> None:
-        await self.db[SURVEYS].insert_one(
-            {"_id": survey.survey_id, **survey.model_dump(mode="python")}, session=self.session
-        )
+        await self.db[SURVEYS].insert_one(survey_doc(survey), session=self.session)
 
     async def get(self, survey_id: str) -> Survey | None:
         doc = await self.db[SURVEYS].find_one({"_id": survey_id}, session=self.session)
-        return Survey.model_validate(_without_id(doc)) if doc else None
+        return survey_from_doc(doc) if doc else None
 
     async def save_answer(self, survey: Survey) -> bool:
         result = await self.db[SURVEYS].replace_one(
             {"_id": survey.survey_id, "answered_at": None},
-            survey.model_dump(mode="python"),
+            asdict(survey),
             session=self.session,
         )
         return result.modified_count == 1
@@ -309,11 +331,11 @@ class MongoSurveys(_Collection):
             .find({"account_id": account_id}, session=self.session)
             .sort("sent_at", DESCENDING)
         )
-        return [Survey.model_validate(_without_id(d)) for d in await cursor.limit(1000).to_list()]
+        return [survey_from_doc(d) for d in await cursor.limit(1000).to_list()]
 
     async def for_ticket(self, ticket_id: str) -> Survey | None:
         doc = await self.db[SURVEYS].find_one({"ticket_id": ticket_id}, session=self.session)
-        return Survey.model_validate(_without_id(doc)) if doc else None
+        return survey_from_doc(doc) if doc else None
 
     async def last_sent(self, account_id: str, kind: SurveyKind) -> datetime | None:
         doc = await self.db[SURVEYS].find_one(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -30,10 +31,11 @@ from crm_platform.uow import FakeUnitOfWork
 from service_desk.domain import health, surveys
 from service_desk.domain.accounts import Account, account_from_deal
 from service_desk.domain.checkins import checkin_due_at, checkins_due, per_csm
+from service_desk.domain.config import Priority
 from service_desk.domain.renewals import RenewalDecision
 from service_desk.domain.roster import CsmEntry
 from service_desk.domain.success_config import SuccessConfig
-from service_desk.domain.tickets import Ticket
+from service_desk.domain.tickets import Ticket, TicketStatus
 from service_desk.fakes import FakeSuccessUnit
 from service_desk.handlers import success as lifecycle
 
@@ -243,8 +245,8 @@ def ticket(
         account_name="Acme",
         subject="s",
         request="r",
-        priority="normal",
-        status="resolved",
+        priority=Priority.NORMAL,
+        status=TicketStatus.RESOLVED,
         opened_by="u-rep",
         assignee="u-rep",
         opened_at=at,
@@ -330,7 +332,7 @@ async def test_the_hit_rate_of_the_warning_against_recorded_renewals() -> None:
     a, b = account("a"), account("b")
     uow, unit = setup(clock, a, b)
     unit.tickets.items = [
-        ticket(n, True, clock.now).model_copy(update={"account_id": "a"}) for n in (1, 2)
+        replace(ticket(n, True, clock.now), account_id="a") for n in (1, 2)
     ]  # repeated breaches for a: warned; b churns without a warning
     await lifecycle.recompute_health(uow, ADMIN)
     churn = RenewalDecision(RenewalOutcome.CHURNED, churn_reason=ChurnReason.PRICE)

@@ -3,6 +3,7 @@ renewals, as use cases run against the in-memory repository (``FakeUnitOfWork``)
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -145,9 +146,7 @@ async def test_the_renewal_list_holds_the_window_overdue_first_and_only_the_csm_
     for a, name, months in ((soon, "soon", 1), (later, "later", 9), (overdue, "overdue", -1)):
         a.account_id = name
         assert a.term is not None
-        a.term = a.term.model_copy(
-            update={"renewal_date": add_months(T0, months), "start": T0 - timedelta(days=400)}
-        )
+        a.term = replace(a.term, renewal_date=add_months(T0, months), start=T0 - timedelta(days=400))
     later.csm = "u-dora"
     clock = ManualClock(T0)
     ctx, _ = context(clock, soon, later, overdue)

@@ -4,6 +4,7 @@ the rescore after a change elsewhere, one commitment review, the action-item acc
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -96,7 +97,7 @@ async def test_usage_keeps_the_latest_report_and_rescores_health() -> None:
 
 
 async def test_a_rescore_scores_active_accounts_only() -> None:
-    churned = account("acc-2").model_copy(update={"status": AccountStatus.CHURNED})
+    churned = replace(account("acc-2"), status=AccountStatus.CHURNED)
     uow = make_uow(account(), churned)
     await handlers.rescore(uow, "acc-2")
     await handlers.rescore(uow, "nope")

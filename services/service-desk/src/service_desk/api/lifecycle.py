@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated
 
@@ -120,7 +121,7 @@ class RenewalOut(BaseModel):
     @classmethod
     def of(cls, r: RenewalRecord) -> RenewalOut:
         return cls(
-            **r.model_dump(exclude={"new_term", "previous_amount", "deal_id"}),
+            **{k: v for k, v in asdict(r).items() if k not in ("new_term", "previous_amount", "deal_id")},
             previous_value=r.previous_amount,
             new_term=TermOut.of(r.new_term) if r.new_term else None,
         )

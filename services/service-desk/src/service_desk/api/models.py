@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Literal
 
@@ -89,7 +90,7 @@ class CommitmentOut(BaseModel):
 
     @classmethod
     def of(cls, c: AccountCommitment) -> CommitmentOut:
-        return cls.model_validate(c.model_dump())
+        return cls.model_validate(asdict(c))
 
 
 class ChecklistItemOut(BaseModel):
@@ -118,7 +119,7 @@ class SignalOut(BaseModel):
 
     @classmethod
     def of(cls, s: Signal) -> SignalOut:
-        return cls.model_validate(s.model_dump())
+        return cls.model_validate(asdict(s))
 
 
 class TermOut(BaseModel):
@@ -266,6 +267,18 @@ class SlaOut(BaseModel):
     resolution_breached: bool
 
 
+# Ticket fields TicketOut shows otherwise (progress notes as models; the due dates and breaches in ``sla``).
+_TICKET_INTERNAL = frozenset(
+    {
+        "progress",
+        "first_response_due_at",
+        "resolution_due_at",
+        "first_response_breached",
+        "resolution_breached",
+    }
+)
+
+
 class TicketOut(BaseModel):
     ticket_id: str
     account_id: str
@@ -293,15 +306,7 @@ class TicketOut(BaseModel):
     def of(cls, t: Ticket, now: datetime, at_risk_fraction: float) -> TicketOut:
         view = sla_view(t, now, at_risk_fraction)
         return cls(
-            **t.model_dump(
-                exclude={
-                    "progress",
-                    "first_response_due_at",
-                    "resolution_due_at",
-                    "first_response_breached",
-                    "resolution_breached",
-                }
-            ),
+            **{k: v for k, v in asdict(t).items() if k not in _TICKET_INTERNAL},
             progress=[ProgressNoteOut(note=n.note, by=n.by, at=n.at) for n in t.progress],
             first_response_seconds=t.first_response_seconds,
             resolution_seconds=t.resolution_seconds,

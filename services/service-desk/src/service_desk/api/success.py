@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated
 
@@ -45,7 +46,7 @@ class CheckInOut(BaseModel):
 
     @classmethod
     def of(cls, c: CheckIn) -> CheckInOut:
-        return cls.model_validate(c.model_dump())
+        return cls.model_validate(asdict(c))
 
 
 class CheckInList(BaseModel):
@@ -129,7 +130,7 @@ class HealthStateOut(BaseModel):
 
     @classmethod
     def of(cls, h: HealthState) -> HealthStateOut:
-        return cls.model_validate(h.model_dump())
+        return cls.model_validate(asdict(h))
 
 
 class HealthRecordOut(BaseModel):
@@ -141,7 +142,7 @@ class HealthRecordOut(BaseModel):
 
     @classmethod
     def of(cls, r: HealthRecord) -> HealthRecordOut:
-        return cls.model_validate(r.model_dump())
+        return cls.model_validate(asdict(r))
 
 
 class HealthOut(BaseModel):
@@ -164,7 +165,7 @@ class RuleSetOut(BaseModel):
 
     @classmethod
     def of(cls, r: RuleSet) -> RuleSetOut:
-        return cls.model_validate(r.model_dump())
+        return cls(version=r.version, rules=r.rules, created_at=r.created_at, created_by=r.created_by)
 
 
 class Recomputed(BaseModel):
@@ -319,7 +320,7 @@ class SurveyOut(BaseModel):
 
     @classmethod
     def of(cls, s: Survey) -> SurveyOut:
-        return cls.model_validate(s.model_dump())
+        return cls.model_validate(asdict(s))
 
 
 class SentSurveyOut(SurveyOut):

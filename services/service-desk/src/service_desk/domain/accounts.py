@@ -6,6 +6,7 @@ Everything here is pure: callers pass identifiers and the current time in.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -27,7 +28,6 @@ from crm_contracts.events.service_desk import (
 )
 from crm_platform.errors import Conflict, NotFound, RuleViolation
 from crm_platform.money import StoredAmount, to_amount, to_wire
-from pydantic import BaseModel, ConfigDict, Field
 
 from service_desk.domain.config import slugify
 from service_desk.domain.health import HealthState
@@ -35,10 +35,6 @@ from service_desk.domain.success_config import SuccessConfig, TierConfig
 from service_desk.domain.terms import Term
 
 UNASSIGNED = "unassigned"  # the CSM named in onboarding_started when nobody is on the roster
-
-
-class Entity(BaseModel):
-    model_config = ConfigDict(extra="ignore", validate_assignment=True)
 
 
 class CommitmentStatus(StrEnum):
@@ -62,7 +58,8 @@ class AssignmentRole(StrEnum):
     ACCOUNT_MANAGER = "account_manager"
 
 
-class Assignment(Entity):
+@dataclass(kw_only=True)
+class Assignment:
     """One recorded reassignment (who held the account before, who holds it now, who decided)."""
 
     role: AssignmentRole
@@ -73,47 +70,59 @@ class Assignment(Entity):
     reason: str | None = None
 
 
-class Usage(Entity):
+@dataclass(kw_only=True)
+class Usage:
     """Usage signals, when the product reports them: licences in use of those bought."""
 
-    active_users: int = Field(ge=0)
-    licensed_users: int = Field(ge=1)
+    active_users: int
+    licensed_users: int
     as_of: datetime
+
+    def __post_init__(self) -> None:
+        if self.active_users < 0 or self.licensed_users < 1:
+            raise RuleViolation(
+                "usage needs active_users >= 0 and licensed_users >= 1", field="licensed_users"
+            )
 
     @property
     def ratio(self) -> float:
         return min(1.0, self.active_users / self.licensed_users)
 
 
-class TierChange(Entity):
+@dataclass(kw_only=True)
+class TierChange:
     from_tier: str | None
     to_tier: str
     by: str
     at: datetime
 
 
-class AccountContact(Entity):
+@dataclass(kw_only=True)
+class AccountContact:
     name: str
     email: str
     phone: str | None = None
     role: str | None = None
 
 
-class AccountProduct(Entity):
+@dataclass(kw_only=True)
+class AccountProduct:
     sku: str
     name: str
     quantity: int
     unit_price: StoredAmount
 
 
-class AccountValue(Entity):
+@dataclass(kw_only=True)
+class AccountValue:
     """Exact money (crm_platform.money): Decimal here, Decimal128 stored, a JSON number shown."""
 
     amount: StoredAmount
     currency: str
 
 
-class AccountCommitment(Entity):
+@dataclass(kw_only=True)
+class AccountCommitment:
     """What sales promised the customer, as the desk tracks its delivery."""
 
     commitment_id: str
@@ -134,7 +143,8 @@ class AccountCommitment(Entity):
     sales_resolution: str | None = None
 
 
-class ChecklistItem(Entity):
+@dataclass(kw_only=True)
+class ChecklistItem:
     key: str
     title: str
     completed_at: datetime | None = None
@@ -145,7 +155,8 @@ class ChecklistItem(Entity):
         return self.completed_at is not None
 
 
-class Onboarding(Entity):
+@dataclass(kw_only=True)
+class Onboarding:
     status: OnboardingStatus = OnboardingStatus.IN_PROGRESS
     started_at: datetime
     completed_at: datetime | None = None
@@ -158,7 +169,8 @@ class Onboarding(Entity):
         return max(0.0, (self.completed_at - self.started_at).total_seconds())
 
 
-class Signal(Entity):
+@dataclass(kw_only=True)
+class Signal:
     """An upsell or renewal chance handed to sales."""
 
     signal_id: str
@@ -169,29 +181,28 @@ class Signal(Entity):
     spotted_at: datetime
 
 
-class Account(Entity):
+@dataclass(kw_only=True)
+class Account:
     account_id: str
     deal_id: str
     lead_id: str | None = None
     name: str
-    contacts: list[AccountContact] = Field(default_factory=list)
-    products: list[AccountProduct] = Field(default_factory=list)
+    contacts: list[AccountContact] = field(default_factory=list)
+    products: list[AccountProduct] = field(default_factory=list)
     value: AccountValue
     sales_owner: str
     won_at: datetime
     csm: str | None = None
-    commitments: list[AccountCommitment] = Field(default_factory=list)
+    commitments: list[AccountCommitment] = field(default_factory=list)
     onboarding: Onboarding
-    signals: list[Signal] = Field(default_factory=list)
+    signals: list[Signal] = field(default_factory=list)
     created_at: datetime
-    journey_id: str | None = Field(
-        default=None, description="Correlation id of the customer's journey (from the won deal)"
-    )
+    journey_id: str | None = None  # correlation id of the customer's journey (from the won deal)
     term: Term | None = None
     tier: str = "standard"
     account_manager: str | None = None
-    assignments: list[Assignment] = Field(default_factory=list)
-    tier_changes: list[TierChange] = Field(default_factory=list)
+    assignments: list[Assignment] = field(default_factory=list)
+    tier_changes: list[TierChange] = field(default_factory=list)
     status: AccountStatus = AccountStatus.ACTIVE
     churned_at: datetime | None = None
     last_checkin_at: datetime | None = None

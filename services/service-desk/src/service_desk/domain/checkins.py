@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 
 from crm_contracts.events.service_desk import CheckInLoggedV1, Sentiment
 from crm_platform.errors import Conflict, RuleViolation
-from pydantic import BaseModel, ConfigDict
 
 from service_desk.domain.accounts import Account, AccountStatus
 from service_desk.domain.success_config import SuccessConfig, TierConfig
@@ -19,10 +18,9 @@ from service_desk.domain.success_config import SuccessConfig, TierConfig
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 
-class CheckIn(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class CheckIn:
     """One check-in held with the customer (kept forever; notes stay in the desk)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
 
     checkin_id: str
     account_id: str

@@ -70,10 +70,9 @@ class HealthRules(BaseModel):
         return self
 
 
-class RuleSet(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class RuleSet:
     """A saved version of the rules."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
 
     version: int
     rules: HealthRules
@@ -311,18 +310,16 @@ def outcome_of(
 # --- what is stored -----------------------------------------------------------------------------
 
 
-class StoredReason(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
+@dataclass(frozen=True, kw_only=True)
+class StoredReason:
     component: str
     points: float
     detail: str
 
 
-class HealthRecord(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class HealthRecord:
     """One score in an account's health history."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
 
     record_id: str
     account_id: str
@@ -346,10 +343,9 @@ class HealthRecord(BaseModel):
         )
 
 
-class RiskChange(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class RiskChange:
     """The churn warning raised, changed or cleared for an account."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
 
     account_id: str
     at_risk: bool
@@ -370,10 +366,9 @@ class RiskChange(BaseModel):
         )
 
 
-class HealthState(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class HealthState:
     """The account's latest score and warning, kept on the account."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
 
     score: float
     band: HealthBand
@@ -381,8 +376,8 @@ class HealthState(BaseModel):
     reasons: list[StoredReason]
     scored_at: datetime
     at_risk: bool = False
-    signals: list[str] = Field(default_factory=list)
-    signal_details: list[str] = Field(default_factory=list)
+    signals: list[str] = field(default_factory=list)
+    signal_details: list[str] = field(default_factory=list)
     at_risk_since: datetime | None = None
 
 

@@ -13,16 +13,14 @@ from crm_contracts.events.common import Money
 from crm_contracts.events.service_desk import ChurnReason, RenewalOutcome, RenewalRecordedV1
 from crm_platform.errors import Conflict, RuleViolation
 from crm_platform.money import StoredAmount, to_wire
-from pydantic import BaseModel, ConfigDict
 
 from service_desk.domain.accounts import Account, AccountStatus
 from service_desk.domain.terms import Term
 
 
-class RenewalRecord(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class RenewalRecord:
     """One renewal decision, kept forever (the churn warning's hit rate is measured against it)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
 
     renewal_id: str
     account_id: str

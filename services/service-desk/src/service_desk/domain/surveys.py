@@ -11,11 +11,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from crm_contracts.events.service_desk import SurveyAnsweredV1, SurveyKind
 from crm_platform.errors import Conflict, DomainError, RuleViolation
-from pydantic import BaseModel, ConfigDict
 
 SCALES: dict[SurveyKind, tuple[int, int]] = {SurveyKind.CSAT: (1, 5), SurveyKind.NPS: (0, 10)}
 MAX_TOKEN_LENGTH = 200
@@ -33,8 +33,9 @@ class SurveyLinkExpired(DomainError):
     code = "survey_link_expired"
 
 
-class Survey(BaseModel):
-    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+@dataclass(kw_only=True)
+class Survey:
+    """One survey sent to a customer; ``answer`` records the reply once, before the link expires."""
 
     survey_id: str
     account_id: str

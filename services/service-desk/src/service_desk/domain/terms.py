@@ -1,23 +1,22 @@
 """Contract terms: when a customer's contract starts, how long it runs, when it renews, its value.
 
-Pure value objects; the calendar arithmetic (``add_months``) is the contracts' own.
+Pure value objects (frozen dataclasses); the calendar arithmetic (``add_months``) is the contracts' own.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
 from crm_contracts.events.common import Money
 from crm_contracts.events.sales import ContractTerm, add_months
 from crm_platform.money import StoredAmount, to_amount, to_wire
-from pydantic import BaseModel, ConfigDict, model_validator
 
 
-class Term(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Term:
     """A contract term as the desk stores it (exact money: ``Decimal``, Decimal128 in MongoDB)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
 
     start: datetime
     months: int
@@ -26,11 +25,9 @@ class Term(BaseModel):
     currency: str
     source: str = "deal"  # "deal": from the won deal; "default": the deal carried none; "renewal"
 
-    @model_validator(mode="after")
-    def _renews_after_start(self) -> Term:
+    def __post_init__(self) -> None:
         if self.renewal_date <= self.start:
             raise ValueError("renewal_date must be after start")
-        return self
 
     @classmethod
     def of(cls, *, start: datetime, months: int, amount: Decimal, currency: str, source: str) -> Term:

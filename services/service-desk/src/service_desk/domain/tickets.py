@@ -6,13 +6,12 @@ tested with any time the test likes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
 from crm_contracts.events.service_desk import TicketOpenedV1, TicketRatedV1, TicketResolvedV1
 from crm_platform.errors import Conflict, RuleViolation
-from pydantic import BaseModel, ConfigDict, Field
 
 from service_desk.domain.config import Priority, SlaTarget
 
@@ -34,16 +33,16 @@ class SlaState(StrEnum):
 _SEVERITY = {SlaState.MET: 0, SlaState.ON_TRACK: 0, SlaState.AT_RISK: 1, SlaState.BREACHED: 2}
 
 
-class ProgressNote(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+@dataclass(kw_only=True)
+class ProgressNote:
     note: str
     by: str
     at: datetime
 
 
-class Ticket(BaseModel):
-    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+@dataclass(kw_only=True)
+class Ticket:
+    """One support case; its methods enforce the case's rules and return the events they cause."""
 
     ticket_id: str
     account_id: str
@@ -58,7 +57,7 @@ class Ticket(BaseModel):
     first_response_due_at: datetime
     resolution_due_at: datetime
     first_response_at: datetime | None = None
-    progress: list[ProgressNote] = Field(default_factory=list)
+    progress: list[ProgressNote] = field(default_factory=list)
     resolved_at: datetime | None = None
     resolved_by: str | None = None
     result: str | None = None
