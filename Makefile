@@ -59,17 +59,17 @@ lint: setup
 typecheck: setup
 	@$(VENV)/bin/mypy
 
-# No broker, no database (CRM_TEST_NO_INFRA makes any test that asks for them fail): the
-# platform's and contracts' unit tests, then each service's tests/unit in its own directory.
+# No broker, no database (CRM_TEST_NO_INFRA makes any test that asks for them fail), no
+# external tool: the platform's and the contracts' unit tests and every service's tests/unit,
+# in one pytest process (test file names are unique across the repo; one start-up instead of
+# seven). The `tooling` checks (manifests, monitoring rules, docs, code habits, release gates,
+# the dev supervisor), tests/e2e, tests/reliability and the API fuzzer run in `make test`; the
+# fuzzer's property-testing libraries (hypothesis, schemathesis: seconds to import) are not even
+# loaded here. `make test` also runs each service's suite alone, in its own directory and venv.
 unit: setup
-	@export CRM_TEST_NO_INFRA=1; set -e; \
-	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not integration and not e2e" tests shared; \
-	for svc in services/*/; do \
-	  if [ -d "$$svc/tests/unit" ]; then \
-	    echo "==> $$svc"; \
-	    (cd "$$svc" && ../../$(VENV)/bin/pytest -q -p no:cacheprovider -m "not integration and not e2e" tests/unit); \
-	  fi; \
-	done
+	@CRM_TEST_NO_INFRA=1 $(VENV)/bin/pytest -q -p no:cacheprovider -p no:hypothesispytest \
+	  -p no:schemathesis -m "not integration and not e2e and not tooling" \
+	  --ignore=tests/contract/test_openapi_fuzz.py shared tests/contract services/*/tests/unit
 
 schemas: setup
 	@$(PY) -m crm_contracts.schemas --write

@@ -9,10 +9,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
 import yaml
 from crm_contracts.access import CONSUMES
 from crm_contracts.registry import ALL_EVENTS
 from crm_contracts.topics import TOPICS
+
+pytestmark = pytest.mark.tooling  # repository artefacts and external tools: make test, not make unit
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.tooling  # repository artefacts and external tools: make test, not make unit
+
 ROOT = Path(__file__).resolve().parents[2]
 MAX_LINES = 50
 SOURCES = ["shared/contracts/src", "shared/platform/src", "services", "scripts", "bench"]

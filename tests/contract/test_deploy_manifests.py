@@ -33,6 +33,8 @@ from crm_contracts.access import reads as readable
 from crm_contracts.handoffs import HANDOFFS
 from crm_contracts.topics import HANDOFF_RECEIPTS, TOPICS, dead_letter_topic
 
+pytestmark = pytest.mark.tooling  # repository artefacts and external tools: make test, not make unit
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from crm_contracts.handoffs import HANDOFFS
 from crm_contracts.registry import ALL_EVENTS
 from crm_contracts.topics import TOPICS
+
+pytestmark = pytest.mark.tooling  # repository artefacts and external tools: make test, not make unit
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

@@ -29,6 +29,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+pytestmark = pytest.mark.tooling  # repository artefacts and external tools: make test, not make unit
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 CRD_SCHEMAS = Path(__file__).parent / "fixtures" / "crd-schemas"

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from crm_contracts.release_gate import check, current_schemas, main, released_ref, released_schemas
 
+pytestmark = pytest.mark.tooling  # repository artefacts and external tools: make test, not make unit
+
 SCHEMAS = current_schemas()
 
 

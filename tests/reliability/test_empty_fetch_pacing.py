@@ -77,23 +77,3 @@ async def test_idle_consumer_fetches_at_most_once_per_pause_and_still_receives(
     finally:
         await producer.stop()
         await consumer.stop()
-
-
-def test_zero_leaves_the_pause_another_component_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kafka_module, "_empty_fetch_pause", kafka_module._empty_fetch_pause)
-    pace_empty_fetches(30)
-    pace_empty_fetches(0)  # e.g. a component configured for a real cluster
-    assert kafka_module._empty_fetch_pause == pytest.approx(0.03)
-
-
-def test_a_consumer_idle_for_a_second_pauses_longer_and_resumes_at_once() -> None:
-    pause = 0.02
-    # Traffic flowing (streaks of a few empty fetches): the plain pause.
-    assert kafka_module.pause_after(1, pause) == pause
-    assert kafka_module.pause_after(49, pause) == pause
-    # A second of nothing: the idle pause.
-    idle = pause * kafka_module.IDLE_PAUSE_FACTOR
-    assert kafka_module.pause_after(50, pause) == idle
-    assert kafka_module.pause_after(10_000, pause) == idle
-    # Unpaced (a real broker): never a pause.
-    assert kafka_module.pause_after(10_000, 0.0) == 0.0

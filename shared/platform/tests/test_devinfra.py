@@ -28,6 +28,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from pymongo import MongoClient
 
+pytestmark = pytest.mark.tooling  # repository artefacts and external tools: make test, not make unit
+
 T = TypeVar("T")
 
 

@@ -287,6 +287,7 @@ def _product_sources() -> list[Path]:
     return sorted(p for folder in folders for p in folder.rglob("*.py"))
 
 
+@pytest.mark.tooling  # reads every product source file
 def test_no_kafka_client_is_built_without_the_security_settings() -> None:
     """Every client construction outside the factories passes the security kwargs along."""
     import ast

@@ -25,6 +25,8 @@ import pytest
 from crm_platform.devinfra.launcher import Platform, ServiceSpec, pid_alive, read_pidfile, stop_from_pidfile
 from crm_platform.devinfra.supervisor import RestartPolicy, Supervisor, request_restart
 
+pytestmark = pytest.mark.tooling  # repository artefacts and external tools: make test, not make unit
+
 T = TypeVar("T")
 
 STANDIN = textwrap.dedent(

@@ -1,0 +1,29 @@
+"""Empty-fetch pacing's pure pieces (``crm_platform.kafka``): the pause a component asked for and
+the longer pause of an idle consumer. The paced consumer on the real broker is tested in
+``tests/reliability/test_empty_fetch_pacing.py``."""
+
+from __future__ import annotations
+
+import pytest
+from crm_platform import kafka as kafka_module
+from crm_platform.kafka import pace_empty_fetches
+
+
+def test_zero_leaves_the_pause_another_component_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kafka_module, "_empty_fetch_pause", kafka_module._empty_fetch_pause)
+    pace_empty_fetches(30)
+    pace_empty_fetches(0)  # e.g. a component configured for a real cluster
+    assert kafka_module._empty_fetch_pause == pytest.approx(0.03)
+
+
+def test_a_consumer_idle_for_a_second_pauses_longer_and_resumes_at_once() -> None:
+    pause = 0.02
+    # Traffic flowing (streaks of a few empty fetches): the plain pause.
+    assert kafka_module.pause_after(1, pause) == pause
+    assert kafka_module.pause_after(49, pause) == pause
+    # A second of nothing: the idle pause.
+    idle = pause * kafka_module.IDLE_PAUSE_FACTOR
+    assert kafka_module.pause_after(50, pause) == idle
+    assert kafka_module.pause_after(10_000, pause) == idle
+    # Unpaced (a real broker): never a pause.
+    assert kafka_module.pause_after(10_000, 0.0) == 0.0
