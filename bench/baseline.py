@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from crm_contracts.topics import TopicSpec
@@ -60,60 +61,73 @@ async def run_baseline(
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2, **aiokafka_security()
     )
-    consumer = make_consumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=topic,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    sink = _Sink(bootstrap, topic, coll)
     await producer.start()
-    await consumer.start()
-    latencies: list[float] = []
-    sent = 0
-    done = asyncio.Event()
+    await sink.consumer.start()
+    consumer_task = asyncio.create_task(sink.consume())
+    started = time.perf_counter()
+    sink.sent = await _send(producer, topic, count, rate, started)
+    sink.done.set()
+    try:
+        await asyncio.wait_for(consumer_task, timeout=drain_timeout)
+    except TimeoutError:
+        consumer_task.cancel()
+    elapsed = time.perf_counter() - started
+    await sink.consumer.stop()
+    await producer.stop()
+    await client["bench_baseline"].drop_collection(coll.name)
+    await client.close()
+    await asyncio.to_thread(_delete_topic, bootstrap, topic)
+    return RunResult(sink.sent, len(sink.latencies), elapsed, sink.latencies)
 
-    async def consume() -> None:
-        while not done.is_set() or len(latencies) < sent:
-            batches = await consumer.getmany(timeout_ms=100, max_records=500)
+
+class _Sink:
+    """Consumes the baseline topic and inserts each message, noting its end-to-end latency."""
+
+    def __init__(self, bootstrap: str, topic: str, coll: Any) -> None:
+        self.coll = coll
+        self.consumer = make_consumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=topic,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        self.latencies: list[float] = []
+        self.sent = 0  # known once sending is done
+        self.done = asyncio.Event()
+
+    async def consume(self) -> None:
+        while not self.done.is_set() or len(self.latencies) < self.sent:
+            batches = await self.consumer.getmany(timeout_ms=100, max_records=500)
             for records in batches.values():
                 for r in records:
                     doc = json.loads(r.value)
-                    await coll.insert_one(doc)
-                    latencies.append(time.time() - doc["created"])
+                    await self.coll.insert_one(doc)
+                    self.latencies.append(time.time() - doc["created"])
             if batches:
-                await consumer.commit()
+                await self.consumer.commit()
 
-    consumer_task = asyncio.create_task(consume())
-    started = time.perf_counter()
+
+async def _send(
+    producer: AIOKafkaProducer, topic: str, count: int, rate: float | None, started: float
+) -> int:
+    """Send ``count`` messages, paced to ``rate``/s from ``started`` (None: in batches of 1000)."""
     interval = 1.0 / rate if rate else 0.0
     pending = []
-    while sent < count:
+    for sent in range(1, count + 1):
         key = uuid.uuid4().hex
         doc = {"_id": key, "created": time.time(), "pad": PAYLOAD_PAD}
         pending.append(await producer.send(topic, json.dumps(doc).encode(), key=key.encode()))
-        sent += 1
         if rate:
-            next_at = started + sent * interval
-            delay = next_at - time.perf_counter()
+            delay = started + sent * interval - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
         elif len(pending) >= 1000:
             await asyncio.gather(*pending)
             pending.clear()
     await asyncio.gather(*pending)
-    done.set()
-    try:
-        await asyncio.wait_for(consumer_task, timeout=drain_timeout)
-    except TimeoutError:
-        consumer_task.cancel()
-    elapsed = time.perf_counter() - started
-    await consumer.stop()
-    await producer.stop()
-    await client["bench_baseline"].drop_collection(coll.name)
-    await client.close()
-    await asyncio.to_thread(_delete_topic, bootstrap, topic)
-    return RunResult(sent, len(latencies), elapsed, latencies)
+    return count
 
 
 def _delete_topic(bootstrap: str, topic: str) -> None:

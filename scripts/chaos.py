@@ -607,25 +607,7 @@ class Chaos:
             leads_client.close()
             sales_client.close()
         for phase in self.phases:
-            mine = [lead for lead, p in self.qualified_in.items() if p == phase.name]
-            phase.detail["lead_qualified"] = {
-                "qualified": len(mine),
-                "lost": sum(1 for lead in mine if per_lead[lead] == 0),
-                "doubled": sum(1 for lead in mine if per_lead[lead] > 1),
-            }
-            accepted = [lead for lead, p in self.accepted_in.items() if p == phase.name]
-            phase.detail["lead_verdict"] = {
-                "accepted": len(accepted),
-                "lost": sum(1 for lead in accepted if verdicts[lead] == 0),
-                "doubled": sum(1 for lead in accepted if verdicts[lead] > 1),
-            }
-            for handoff, (sent_in, received) in deals["per_id"].items():
-                mine = [key for key, p in sent_in.items() if p == phase.name]
-                phase.detail[handoff] = {
-                    "sent": len(mine),
-                    "lost": sum(1 for key in mine if received[key] == 0),
-                    "doubled": sum(1 for key in mine if received[key] > 1),
-                }
+            self._phase_detail(phase, per_lead, verdicts, deals["per_id"])
         departments = {
             "captured": captured_db,
             "qualified": len(qualified_db),
@@ -653,6 +635,34 @@ class Chaos:
                 stage: _diff(analytics.get(stage), count) for stage, count in departments.items()
             },
         }
+
+    def _phase_detail(
+        self,
+        phase: Phase,
+        per_lead: Counter[str],
+        verdicts: Counter[str],
+        per_id: dict[str, tuple[dict[str, str], Counter[str]]],
+    ) -> None:
+        """What each handoff handed off while ``phase`` lasted, and how much of it was lost or doubled."""
+        mine = [lead for lead, p in self.qualified_in.items() if p == phase.name]
+        phase.detail["lead_qualified"] = {
+            "qualified": len(mine),
+            "lost": sum(1 for lead in mine if per_lead[lead] == 0),
+            "doubled": sum(1 for lead in mine if per_lead[lead] > 1),
+        }
+        accepted = [lead for lead, p in self.accepted_in.items() if p == phase.name]
+        phase.detail["lead_verdict"] = {
+            "accepted": len(accepted),
+            "lost": sum(1 for lead in accepted if verdicts[lead] == 0),
+            "doubled": sum(1 for lead in accepted if verdicts[lead] > 1),
+        }
+        for handoff, (sent_in, received) in per_id.items():
+            mine = [key for key, p in sent_in.items() if p == phase.name]
+            phase.detail[handoff] = {
+                "sent": len(mine),
+                "lost": sum(1 for key in mine if received[key] == 0),
+                "doubled": sum(1 for key in mine if received[key] > 1),
+            }
 
     def _deal_handoffs(self, sales_db: Any) -> dict[str, Any]:
         """deal-won, upsell-spotted and commitment-flagged: what was sent, what arrived, how often.
@@ -683,15 +693,6 @@ class Chaos:
         finally:
             desk_client.close()
 
-        def total(sent: set[str], received: Counter[str]) -> dict[str, int]:
-            return {
-                "sent": len(sent),
-                "received": sum(1 for key in sent if received[key] > 0),
-                "lost": sum(1 for key in sent if received[key] == 0),
-                "doubled": sum(1 for key in sent if received[key] > 1),
-                "received_unknown": len(set(received) - sent),
-            }
-
         return {
             "won_in_sales_db": len(won),
             "per_id": {
@@ -700,9 +701,9 @@ class Chaos:
                 "commitment_flagged": (self.flag_in, flags),
             },
             "totals": {
-                "deal_won_total": total(won, accounts),
-                "upsell_spotted_total": total(signals_sent, upsells),
-                "commitment_flagged_total": total(flags_sent, flags),
+                "deal_won_total": _handoff_total(won, accounts),
+                "upsell_spotted_total": _handoff_total(signals_sent, upsells),
+                "commitment_flagged_total": _handoff_total(flags_sent, flags),
             },
         }
 
@@ -805,6 +806,17 @@ HANDOFF_COLUMNS = (  # (detail key, column title, what the first figure counts)
 )
 
 
+def _handoff_total(sent: set[str], received: Counter[str]) -> dict[str, int]:
+    """One handoff over the run: sent (the sender's records), received, lost, doubled, unknown."""
+    return {
+        "sent": len(sent),
+        "received": sum(1 for key in sent if received[key] > 0),
+        "lost": sum(1 for key in sent if received[key] == 0),
+        "doubled": sum(1 for key in sent if received[key] > 1),
+        "received_unknown": len(set(received) - sent),
+    }
+
+
 def report(chaos: Chaos, totals: dict[str, Any], converge_s: float, elapsed: float) -> str:
     c = chaos.config
     lines = [
@@ -821,22 +833,33 @@ def report(chaos: Chaos, totals: dict[str, Any], converge_s: float, elapsed: flo
         + "  clients saw",
     ]
     for p in chaos.phases:
-        rec = (
-            "-"
-            if p.name.endswith("(no fault)")
-            else ("NOT" if p.recovery_seconds is None else f"{p.recovery_seconds:.1f} s")
-        )
-        seen = ", ".join(f"{k}: {v}" for k, v in sorted(p.statuses.items()))
-        cells = []
-        for key, _, first in HANDOFF_COLUMNS:
-            d = p.detail.get(key, {})
-            cells.append(f"{d.get(first, 0)} / {d.get('lost', 0)} / {d.get('doubled', 0)}")
-        lines.append(f"{p.name:<58} {rec:>9}  " + " ".join(f"{cell:>18}" for cell in cells) + f"  {seen}")
-        extra = {k: v for k, v in p.detail.items() if k not in {key for key, _, _ in HANDOFF_COLUMNS}}
-        if extra:
-            lines.append(f"    {json.dumps(extra, default=str)}")
+        lines += _phase_lines(p)
+    return "\n".join(lines + _total_lines(totals))
+
+
+def _phase_lines(p: Phase) -> list[str]:
+    """One fault's row of the report (and its extra details, if any)."""
+    rec = (
+        "-"
+        if p.name.endswith("(no fault)")
+        else ("NOT" if p.recovery_seconds is None else f"{p.recovery_seconds:.1f} s")
+    )
+    seen = ", ".join(f"{k}: {v}" for k, v in sorted(p.statuses.items()))
+    cells = []
+    for key, _, first in HANDOFF_COLUMNS:
+        d = p.detail.get(key, {})
+        cells.append(f"{d.get(first, 0)} / {d.get('lost', 0)} / {d.get('doubled', 0)}")
+    lines = [f"{p.name:<58} {rec:>9}  " + " ".join(f"{cell:>18}" for cell in cells) + f"  {seen}"]
+    extra = {k: v for k, v in p.detail.items() if k not in {key for key, _, _ in HANDOFF_COLUMNS}}
+    if extra:
+        lines.append(f"    {json.dumps(extra, default=str)}")
+    return lines
+
+
+def _total_lines(totals: dict[str, Any]) -> list[str]:
+    """Each handoff over the whole run, and analytics against the departments."""
     t = totals["lead_qualified_total"]
-    lines += [
+    lines = [
         "",
         "after convergence, each handoff over the whole run (the departments' databases):",
         f"  lead-qualified: {t['qualified_in_leads_db']} qualified in leads' DB, "
@@ -874,7 +897,7 @@ def report(chaos: Chaos, totals: dict[str, Any], converge_s: float, elapsed: flo
             for k, v in totals["analytics_vs_departments"].items()
         )
     )
-    return "\n".join(lines)
+    return lines
 
 
 async def run(chaos: Chaos) -> tuple[dict[str, Any], float]:

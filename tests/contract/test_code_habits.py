@@ -1,9 +1,10 @@
 """House habits the linters do not check: no function over about 50 lines without a reason.
 
-A function longer than :data:`MAX_LINES` must say why in its docstring, in a sentence
-starting ``Why long:``. The ones that were already longer when the rule came in are
-listed in :data:`KNOWN_LONG`; split them (or justify them) and take them off the list.
-New code cannot add to it.
+A function of the product code (``SOURCES``: the packages, scripts and benchmarks; tests are
+scenarios and are not counted) longer than :data:`MAX_LINES` must say why in its docstring, in
+a sentence starting ``Why long:``. The one left of those that were longer when the rule came
+in (issue 11) is listed in :data:`KNOWN_LONG`; split it and take it off. New code cannot add
+to it.
 """
 
 from __future__ import annotations
@@ -19,17 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MAX_LINES = 50
 SOURCES = ["shared/contracts/src", "shared/platform/src", "services", "scripts", "bench"]
 
-# path:function -> when the rule came in (issue 11). Remove an entry once it is split.
-KNOWN_LONG = {
-    "bench/baseline.py:run_baseline",
-    "bench/run_bench.py:bench_platform",
-    "bench/run_bench.py:main",
-    "bench/run_bench.py:report",
-    "scripts/run_platform.py:run",
-    "scripts/chaos.py:measure",
-    "scripts/chaos.py:report",
-    "scripts/chaos.py:_deal_handoffs",
-}
+# path:function -> still over the limit (scripts/run_platform.py's run() grew the demo history).
+KNOWN_LONG = {"scripts/run_platform.py:run"}
 
 
 def _sources() -> list[Path]:
@@ -85,7 +77,14 @@ def test_pre_commit_runs_the_checks_make_test_runs() -> None:
     config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
     entries = {hook["entry"] for repo in config["repos"] for hook in repo["hooks"]}
     script = (ROOT / "scripts" / "test.sh").read_text()
-    for check in ("ruff check", "ruff format --check", "mypy", "-m crm_contracts.schemas"):
+    for check in (
+        "ruff check",
+        "ruff format --check",
+        "mypy",
+        "-m crm_contracts.schemas",
+        "gen_asyncapi.py --check",
+        "-m crm_contracts.release_gate",
+    ):
         assert check in script, f"make test no longer runs {check!r}: update this test and the hooks"
         assert any(check in entry for entry in entries), f"pre-commit does not run {check!r}"
     assert "make test" in entries

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from crm_platform.devinfra import cli
+from crm_platform.devinfra import cli, embedded
 from crm_platform.devinfra import resolve as resolve_module
 from crm_platform.devinfra.embedded import EmbeddedInfra, PortInUseError, kafka_answers
 from crm_platform.devinfra.resolve import Infra, docker_available, resolve
@@ -306,6 +306,26 @@ def test_port_taken_by_a_stranger_is_a_clear_error(tmp_path: Path) -> None:
     assert "CRM_KAFKA_PORT" in message
     assert "--kafka-port" in message
     assert not embedded.kafka_pidfile.exists()
+
+
+def test_a_zombie_reaped_while_its_threads_are_read_counts_as_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its /proc entry vanishing between the stat and the task listing (seen under load: crm-infra
+    start failed with FileNotFoundError on /proc/<pid>/task) means the process is gone."""
+    pid = os.getpid()  # exists for kill(0) and is nobody's child to reap
+
+    class VanishingProc(type(Path())):  # type: ignore[misc]
+        def read_text(self, *args: Any, **kwargs: Any) -> str:
+            if str(self) == f"/proc/{pid}/stat":
+                return f"{pid} (mongod) Z 1 1 1"  # the leader thread exited first
+            return str(super().read_text(*args, **kwargs))
+
+        def iterdir(self) -> Iterator[Path]:
+            if str(self) == f"/proc/{pid}/task":
+                raise FileNotFoundError(f"/proc/{pid}/task")
+            return super().iterdir()
+
+    monkeypatch.setattr(embedded, "Path", VanishingProc)
+    assert embedded._alive(pid) is False
 
 
 def test_stale_pid_file_is_cleaned_and_never_signalled(tmp_path: Path) -> None:

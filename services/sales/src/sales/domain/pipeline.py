@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from crm_platform.errors import Conflict, RuleViolation
 
@@ -160,7 +159,7 @@ def removed_stages(old: Pipeline, new: Pipeline) -> list[str]:
     return [n for n in old.names if n not in kept]
 
 
-def is_present(value: Any) -> bool:
+def is_present(value: object) -> bool:
     if value is None:
         return False
     if isinstance(value, str):
@@ -168,7 +167,7 @@ def is_present(value: Any) -> bool:
     return True
 
 
-def missing_fields(required: Iterable[str], values: Mapping[str, Any]) -> list[str]:
+def missing_fields(required: Iterable[str], values: Mapping[str, object]) -> list[str]:
     """The required fields absent from ``values``, in the stage's order."""
     return [f for f in required if not is_present(values.get(f))]
 
@@ -181,9 +180,9 @@ def check_stage_move(
     pipeline: Pipeline,
     current_stage: str,
     target_stage: str,
-    current_fields: Mapping[str, Any],
-    new_fields: Mapping[str, Any],
-) -> dict[str, Any]:
+    current_fields: Mapping[str, object],
+    new_fields: Mapping[str, object],
+) -> dict[str, object]:
     """Validate a move and return the opportunity's fields after it (merged).
 
     Raises :class:`Conflict` (409) when the opportunity is closed or already in

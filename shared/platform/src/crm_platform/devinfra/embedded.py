@@ -163,7 +163,11 @@ def _alive(pid: int) -> bool:
     # listening socket) still run: the process is gone only when every thread is.
     if stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X"):
         return True
-    return any(_task_running(task) for task in Path(f"/proc/{pid}/task").glob("*"))
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False  # reaped between the two reads: gone
+    return any(_task_running(task) for task in tasks)
 
 
 def _task_running(task: Path) -> bool:
