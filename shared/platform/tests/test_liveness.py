@@ -61,6 +61,25 @@ def test_forget_and_revoked_partitions_start_afresh() -> None:
     assert d.observe(25, {A: 1, B: 1}, {A: 5, B: 5}) == [A, B]
 
 
+def test_a_member_busy_with_other_partitions_is_slow_not_stalled() -> None:
+    # A loaded machine: the worker works through B's backlog while A's records wait their
+    # turn. B's committed offset moves every 5 s, A's not at all.
+    d = StallDetector(stall_seconds=10)
+    for t in range(0, 35, 5):
+        assert d.observe(t, {A: 3, B: t}, {A: 9, B: 100}) == [], f"A waiting its turn at {t} s"
+    # Once nothing moves any more (B last moved at 30 s), the window applies to every
+    # lagging partition.
+    assert d.observe(39, {A: 3, B: 30}, {A: 9, B: 100}) == []
+    assert d.observe(40, {A: 3, B: 30}, {A: 9, B: 100}) == [A, B]
+
+
+def test_a_partition_left_behind_while_others_move_is_stalled_after_five_windows() -> None:
+    d = StallDetector(stall_seconds=10)
+    for t in range(0, 50, 5):
+        assert d.observe(t, {A: 3, B: t}, {A: 9, B: 100}) == []
+    assert d.observe(50, {A: 3, B: 50}, {A: 9, B: 100}) == [A], "a fetch stuck on A alone"
+
+
 # --- aiokafka hardening: a close() whose cancel is swallowed -------------------------------
 
 

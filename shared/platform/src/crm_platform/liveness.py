@@ -10,7 +10,9 @@ watchdog asks the broker, on a timer, with clients of its own:
   partition this member no longer holds are dropped when it is revoked, so a pod
   that lost a partition stops reporting it);
 * a partition with lag whose committed offset has not moved for
-  ``CRM_CONSUMER_STALL_SECONDS`` is **stalled**: the watchdog logs an error
+  ``CRM_CONSUMER_STALL_SECONDS``, while no other partition of the member moved either, is
+  **stalled** (a member busy with other partitions is slow, not stalled; a partition left
+  behind while the others move counts after five windows): the watchdog logs an error
   naming the group and partitions, sets ``crm_consumer_stalled`` and **rejoins**
   (drops the Kafka clients and starts the consumer afresh);
 * still stalled ``CRM_CONSUMER_STALL_SECONDS`` after that rejoin, the process
@@ -193,12 +195,19 @@ class StallDetector:
     """Decides, from samples of committed offsets and high watermarks, which partitions are stalled.
 
     A partition is stalled when it has had lag (messages past its committed offset)
-    for ``stall_seconds`` without its committed offset moving. No I/O: the watchdog
-    feeds it what it read from the broker.
+    for ``stall_seconds`` without its committed offset moving **while the member made no
+    progress anywhere else either** (no watched partition's committed offset moved in that
+    window): a consumer working through a backlog on other partitions, slowly on a loaded
+    machine, is busy, not stalled, and restarting it would only lose its work. A partition
+    left behind while the others move is stalled once it has not moved for
+    ``starved_factor`` windows (a fetch stuck on one partition). No I/O: the watchdog feeds
+    it what it read from the broker.
     """
 
     stall_seconds: float
+    starved_factor: float = 5.0
     _seen: dict[TopicPartition, _Progress] = field(default_factory=dict)
+    _moved_at: float | None = None  # when any watched partition's committed offset last moved
 
     def observe(
         self,
@@ -207,6 +216,10 @@ class StallDetector:
         ends: dict[TopicPartition, int],
     ) -> list[TopicPartition]:
         """Record one sample; return the stalled partitions among those sampled."""
+        if self._moved_at is None or any(
+            tp in self._seen and self._seen[tp].committed != committed.get(tp) for tp in ends
+        ):
+            self._moved_at = now
         stalled = []
         for tp, end in ends.items():
             offset = committed.get(tp)
@@ -214,15 +227,23 @@ class StallDetector:
             seen = self._seen.get(tp)
             if seen is None or seen.committed != offset or lag <= 0 or not seen.lagging:
                 self._seen[tp] = _Progress(offset, lag > 0, now)
-            elif now - seen.since >= self.stall_seconds:
+            elif self._stuck(seen, now):
                 stalled.append(tp)
         for tp in set(self._seen) - set(ends):
             del self._seen[tp]  # no longer watched (revoked): forget it
         return sorted(stalled)
 
+    def _stuck(self, seen: _Progress, now: float) -> bool:
+        quiet = now - seen.since
+        member_quiet = now - (self._moved_at if self._moved_at is not None else now)
+        if quiet >= self.stall_seconds and member_quiet >= self.stall_seconds:
+            return True
+        return quiet >= self.stall_seconds * self.starved_factor
+
     def forget(self) -> None:
         """Start afresh (after a rejoin the clock restarts for every partition)."""
         self._seen.clear()
+        self._moved_at = None
 
 
 # --- reading the group's state from the broker ---------------------------------------------------
