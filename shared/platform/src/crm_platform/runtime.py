@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -370,11 +371,26 @@ class MongoOnlyRuntime:
 Runtime = ServiceRuntime | MongoOnlyRuntime
 
 
-async def _cancel_all(tasks: Iterable[asyncio.Task[None]]) -> None:
-    """Cancel the tasks and wait for each to end (whatever it raises on the way out)."""
+async def _cancel_all(tasks: Iterable[asyncio.Task[None]], *, rounds: int = 20) -> None:
+    """Cancel the tasks and wait for each to end (whatever it raises on the way out).
+
+    A task that swallowed its cancellation (one caught inside a client library while a job's
+    loop carries on) is cancelled again, for at most ``rounds`` half-second rounds; one still
+    running then is logged with where it is stuck and left behind: a stop (a pod's shutdown, a
+    test's teardown) must never wait on it forever.
+    """
     tasks = list(tasks)
+    for _ in range(rounds):
+        running = [task for task in tasks if not task.done()]
+        if not running:
+            break
+        for task in running:
+            task.cancel()
+        await asyncio.wait(running, timeout=0.5)
     for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        if not task.done():
+            where = io.StringIO()
+            task.print_stack(file=where)
+            log.error("task %s ignores cancellation; left behind:\n%s", task.get_name(), where.getvalue())
+        elif not task.cancelled():
+            task.exception()  # retrieved: no "exception was never retrieved" at exit
