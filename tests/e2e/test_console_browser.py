@@ -26,7 +26,15 @@ from typing import Any
 
 import pytest
 from crm_platform.devinfra.browser import LAUNCH_ARGS, NoBrowser, resolve
-from crm_platform.devinfra.journey import ADMIN, DEMO_USERS, Gateway, seed_rosters, seed_users
+from crm_platform.devinfra.journey import (
+    ADMIN,
+    DEMO_USERS,
+    Gateway,
+    capture_and_qualify,
+    inbox_owner,
+    seed_rosters,
+    seed_users,
+)
 from crm_platform.devinfra.launcher import Platform
 
 # Starting the platform and walking the journey in a browser takes minutes on a loaded machine.
@@ -221,7 +229,42 @@ def walk_journey(as_user: Callable[..., Any]) -> dict[str, Any]:
     sven.get_by_role("button", name="Send CSAT survey").click()
     assert "surveys/" in sven.locator(".survey-link").inner_text()
     out["sven"] = sven
+    raise_and_close_an_action_item(out)
     return out
+
+
+def raise_and_close_an_action_item(out: dict[str, Any]) -> None:
+    """What the customer said in the ticket becomes sales' action item; sales does it; CS sees it."""
+    cora, rita, title = out["cora"], out["rita"], f"Offer SSO setup help {RUN}"
+    cora.goto(f"/accounts/{out['account_id']}")
+    raise_form = cora.locator("#action-items form")
+    raise_form.get_by_label("Department", exact=True).select_option("sales")
+    raise_form.get_by_label("What is to be done", exact=True).fill(title)
+    raise_form.get_by_label("Due on", exact=True).fill(
+        time.strftime("%Y-%m-%d", time.gmtime(time.time() + 7 * 86400))
+    )
+    raise_form.get_by_label("From the ticket", exact=True).select_option(label="SSO login fails")
+    raise_form.get_by_label("What the customer said", exact=True).fill(
+        "Users see an error after the SSO redirect"
+    )
+    raise_form.get_by_role("button", name="Raise action item").click()
+    assert notice(cora) == "Action item raised with the department that owns the fix."
+    item = rita.locator("article.action-item", has_text=title)
+    poll_page(rita, "/action-items", lambda: item.count() == 1, "the action item in sales' queue")
+    assert "Users see an error after the SSO redirect" in item.inner_text()
+    item.get_by_role("button", name="Accept").click()
+    assert notice(rita) == "Action item accepted; customer success sees it."
+    item = rita.locator("article.action-item", has_text=title)
+    item.get_by_label("What was done", exact=True).fill("SSO workshop booked")
+    item.get_by_role("button", name="Mark done").click()
+    assert notice(rita) == "Action item done; customer success sees what was done."
+    raised = cora.locator("#action-items li", has_text=title)
+    poll_page(
+        cora,
+        f"/accounts/{out['account_id']}",
+        lambda: raised.count() == 1 and "SSO workshop booked" in raised.inner_text(),
+        "sales' outcome on the account's action item",
+    )
 
 
 def win_in_console(rita: Any) -> None:
@@ -335,7 +378,16 @@ FORBIDDEN = {
     ],
     "rita": ["/leads", "/leads/new", "/team", "/tickets", "/dashboard", "/kpis", "/admin/users"],
     "sam": ["/leads/new", "/tickets", "/accounts", "/kpis", "/audit-log", "/admin/users"],
-    "sven": ["/leads", "/inbox", "/pipeline", "/forecast", "/dashboard", "/kpis/marketing", "/admin/users"],
+    "sven": [
+        "/leads",
+        "/inbox",
+        "/pipeline",
+        "/forecast",
+        "/dashboard",
+        "/kpis/marketing",
+        "/commitment-reviews",
+        "/admin/users",
+    ],
     "cora": ["/leads", "/inbox", "/forecast", "/dashboard", "/kpis", "/team", "/audit-log", "/admin/users"],
     "ana": [
         "/leads/new",
@@ -441,6 +493,88 @@ def test_the_auditor_finds_who_changed_the_deal_and_exports_it(
     assert len(list(csv.reader(io.StringIO(exported)))) == rows.count() + 1  # a header, the same entries
     aude.goto("/audit-log?service=sales&since=not-a-day")
     assert "is not a date" in aude.locator("#err-since").inner_text()
+
+
+def test_a_csm_reviews_what_sales_promised_and_the_rep_sees_the_flag(
+    as_user: Callable[..., Any], gw: Gateway
+) -> None:
+    """Set up through the API (a qualified lead accepted and taken to negotiation with two
+    commitments); then in the browser: the rep asks for the review, Cora flags one with a
+    reason, the rep's deal shows the flag and why it cannot be won yet."""
+    lead_id = capture_and_qualify(gw, "webinar", "console-review", f"Review Console {RUN}")
+    owner = gw.username_of(inbox_owner(gw, lead_id))
+    opp = gw.call(owner, "POST", f"/api/sales/inbox/{lead_id}/accept", {"note": "review test"})[
+        "opportunity"
+    ]["id"]
+    stage = f"/api/sales/opportunities/{opp}/stage"
+    gw.call(
+        owner, "POST", stage, {"stage": "discovery", "fields": {"budget": 50000, "decision_maker": "CFO"}}
+    )
+    products = [{"sku": "CRM-ENT", "name": "Seat", "quantity": 10, "unit_price": 600}]
+    gw.call(owner, "POST", stage, {"stage": "proposal", "fields": {"amount": 6000, "products": products}})
+    promised = [{"description": f"24/7 phone support {RUN}"}, {"description": f"Custom SAP connector {RUN}"}]
+    gw.call(
+        owner,
+        "POST",
+        stage,
+        {"stage": "negotiation", "fields": {"close_date": "2027-01-31", "commitments": promised}},
+    )
+    rep = as_user(owner)
+    rep.goto(f"/opportunities/{opp}")
+    assert "Not reviewed." in rep.locator(".review-status").inner_text()
+    rep.get_by_role("button", name="Ask customer success to review").click()
+    assert notice(rep) == "Customer success is asked to review the commitments."
+    cora = as_user("cora")
+    review = cora.locator("article.review", has_text=f"Custom SAP connector {RUN}")
+    poll_page(cora, "/commitment-reviews", lambda: review.count() == 1, "the review at customer success")
+    support = review.locator("fieldset", has_text=f"24/7 phone support {RUN}")
+    support.get_by_role("radio", name="approve").check()
+    sap = review.locator("fieldset", has_text=f"Custom SAP connector {RUN}")
+    sap.get_by_role("radio", name="flag").check()
+    review.get_by_role("button", name="Send the verdict to sales").click()  # without the reason first
+    assert "Say why sales should not promise this." in notice(cora)
+    review = cora.locator("article.review", has_text=f"Custom SAP connector {RUN}")
+    sap = review.locator("fieldset", has_text=f"Custom SAP connector {RUN}")
+    sap.get_by_role("radio", name="flag").check()
+    review.locator("fieldset", has_text=f"24/7 phone support {RUN}").get_by_role(
+        "radio", name="approve"
+    ).check()
+    sap.get_by_label(re.compile("^Reason")).fill("we have no SAP team")
+    review.get_by_role("button", name="Send the verdict to sales").click()
+    assert notice(cora) == "Verdict sent to sales."
+    status = rep.locator(".review-status")
+    poll_page(rep, f"/opportunities/{opp}", lambda: "flagged" in status.inner_text(), "the verdict in sales")
+    assert f"Custom SAP connector {RUN}: flagged (we have no SAP team)" in rep.locator("main").inner_text()
+
+
+def test_new_health_rules_raise_a_churn_warning_for_the_journeys_account(
+    journey: dict[str, Any], as_user: Callable[..., Any]
+) -> None:
+    """Cora lowers the base score and rescores her book: the journey's account falls and is
+    warned with the reason; the rules go back as they were. A service rep reads them only."""
+    cora, company = journey["cora"], journey["company"]
+    cora.goto("/health-rules")
+    base = cora.get_by_label("base", exact=True)
+    original = base.input_value()
+    try:
+        base.fill("20")
+        cora.get_by_role("button", name=re.compile("^Save as version")).click()
+        assert notice(cora) == "Health rules saved as a new version."
+        cora.get_by_role("button", name="Score every account of your book again").click()
+        assert notice(cora) == "Accounts scored again with the current rules."
+        cora.goto("/churn-warnings")
+        row = cora.locator("table.warnings tr", has=cora.get_by_role("link", name=company))
+        assert row.count() == 1, cora.locator("table.warnings").inner_text()
+        assert "health fell from" in row.inner_text()
+        assert cora.get_by_role("heading", name="How well the warning predicts churn").count() == 1
+    finally:
+        cora.goto("/health-rules")
+        cora.get_by_label("base", exact=True).fill(original)
+        cora.get_by_role("button", name=re.compile("^Save as version")).click()
+        cora.get_by_role("button", name="Score every account of your book again").click()
+    sven = journey["sven"]
+    sven.goto("/health-rules")
+    assert sven.get_by_role("button", name=re.compile("^Save as version")).count() == 0
 
 
 def test_the_api_decides_what_a_customer_360_shows(journey: dict[str, Any]) -> None:

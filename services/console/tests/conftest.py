@@ -24,6 +24,8 @@ USERS = {
     "ana": ("ana-pass", ["analyst"]),
     "eve": ("eve-pass", ["executive"]),
     "aude": ("aude-pass", ["auditor"]),
+    "sam": ("sam-pass", ["sales_manager"]),
+    "sven": ("sven-pass", ["service_rep"]),
 }
 
 
@@ -46,6 +48,7 @@ class FakeGateway:
     success: FakeSuccess = field(default_factory=lambda: FakeSuccess())
     reports: FakeReports = field(default_factory=lambda: FakeReports())
     last_params: dict[str, str] = field(default_factory=dict)
+    queues: FakeQueues = field(default_factory=lambda: FakeQueues())
 
     def issue(self, username: str) -> dict[str, Any]:
         refresh = f"r-{username}-{len(self.refresh_tokens)}"
@@ -113,6 +116,8 @@ class FakeGateway:
             return httpx.Response(201, json={"merged": False, "lead": lead})
         if path == "/api/leads/leads" and method == "GET":
             return httpx.Response(200, json={"items": [], "next_cursor": None})
+        if "/action-queue" in path or path in ("/api/sales/reps", "/api/service-desk/csms"):
+            return self.queues.api(method, path, payload, claims)
         if path.startswith("/api/analytics/kpis") or path.endswith(("/audit", "/audit/export")):
             return self.reports.api(path, self.last_params, claims)
         if path.startswith("/api/service-desk/"):
@@ -178,6 +183,104 @@ class FakeSuccess:
     )
     renewals: list[dict[str, Any]] = field(default_factory=list)
     checkins: list[dict[str, Any]] = field(default_factory=list)
+    raised: list[dict[str, Any]] = field(default_factory=list)
+    rules: dict[str, Any] = field(
+        default_factory=lambda: {"version": 3, "rules": {"base": 60.0, "window_days": 90}}
+    )
+    reviews: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {
+            "rev-1": {
+                "review_id": "rev-1",
+                "deal_id": "opp-9",
+                "account_name": "Umbrella",
+                "sales_owner": "user-rita",
+                "value": {"amount": 250000, "currency": "EUR"},
+                "commitments": [
+                    {"commitment_id": "c1", "description": "24/7 phone support", "due_date": None},
+                    {"commitment_id": "c2", "description": "Custom SAP connector", "due_date": None},
+                ],
+                "reasons": ["value 250000 at or over 100000"],
+                "requested_by": "user-rita",
+                "requested_at": "2026-12-04T09:00:00Z",
+                "received_at": "2026-12-04T09:00:01Z",
+                "status": "pending",
+                "decisions": [],
+                "reviewed_by": None,
+                "reviewed_at": None,
+                "superseded_by": None,
+            }
+        }
+    )
+
+    def extras(self, method: str, path: str, payload: Any) -> httpx.Response | None:  # noqa: C901
+        """Action items raised, churn warnings, health rules, commitment reviews."""
+        parts = path.strip("/").split("/")
+        if path == "/action-items" and method == "POST":
+            if payload["title"] == "refuse me":
+                return httpx.Response(
+                    422,
+                    json={
+                        "error": "rule_violation",
+                        "message": "the due date must be in the future",
+                        "details": {"field": "body.due_at"},
+                    },
+                )
+            item = {"item_id": f"ai-{len(self.raised) + 1}", "status": "open", "history": [], **payload}
+            self.raised.append(item)
+            return httpx.Response(201, json=item)
+        if len(parts) == 3 and parts[2] == "action-items":
+            items = [i for i in self.raised if i["account_id"] == parts[1]]
+            return httpx.Response(200, json={"items": items, "count": len(items)})
+        if path == "/churn-warnings":
+            a = self.accounts["acc-2"]
+            h = self.health["acc-2"]
+            item = {
+                "account_id": "acc-2",
+                "account_name": a["name"],
+                "tier": a["tier"],
+                "account_manager": None,
+                "csm": "user-carl",
+                **{k: h[k] for k in ("score", "band", "signals", "signal_details", "at_risk_since")},
+            }
+            return httpx.Response(200, json={"items": [item], "count": 1})
+        if path == "/churn-warnings/hit-rate":
+            return httpx.Response(
+                200,
+                json={
+                    "lookback_days": 180,
+                    "evaluated": 10,
+                    "true_positives": 3,
+                    "false_positives": 1,
+                    "false_negatives": 1,
+                    "true_negatives": 5,
+                    "precision": 0.75,
+                    "recall": 0.75,
+                    "rules_version": 3,
+                },
+            )
+        if path == "/health/rules" and method == "GET":
+            return httpx.Response(200, json={**self.rules, "created_at": None, "created_by": None})
+        if path == "/health/rules" and method == "PUT":
+            if payload["base"] > 100:
+                return httpx.Response(
+                    422,
+                    json={
+                        "error": "validation_error",
+                        "message": "invalid input: body.base",
+                        "fields": [{"field": "body.base", "message": "at most 100"}],
+                    },
+                )
+            self.rules = {"version": self.rules["version"] + 1, "rules": payload}
+            return httpx.Response(200, json={**self.rules, "created_at": None, "created_by": "user-carl"})
+        if path == "/commitment-reviews":
+            items = list(self.reviews.values())
+            return httpx.Response(200, json={"items": items, "count": len(items)})
+        if parts[0] == "commitment-reviews" and len(parts) >= 2:
+            review = self.reviews[parts[1]]
+            if len(parts) == 3 and method == "POST":
+                review.update(status="completed", decisions=payload["decisions"])
+            return httpx.Response(200, json=review)
+        return None
 
     def _due_renewal(self, a: dict[str, Any], days_left: int) -> dict[str, Any]:
         return {
@@ -194,6 +297,9 @@ class FakeSuccess:
 
     def api(self, method: str, path: str, payload: Any) -> httpx.Response:  # noqa: C901 - a route table
         parts = path.strip("/").split("/")
+        extra = self.extras(method, path, payload)
+        if extra is not None:
+            return extra
         if method == "GET" and path == "/accounts":
             return httpx.Response(200, json={"items": list(self.accounts.values())})
         if method == "GET" and path == "/renewals":
@@ -316,6 +422,86 @@ MARKETING = {
         }
     },
 }
+
+
+def _item(item_id: str, department: str, title: str) -> dict[str, Any]:
+    return {
+        "item_id": item_id,
+        "department": department,
+        "title": title,
+        "details": None,
+        "status": "open",
+        "assignee": None,
+        "due_at": "2026-12-20T17:00:00Z",
+        "overdue": False,
+        "account_id": "acc-1",
+        "account_name": "Globex",
+        "source": {"kind": "ticket", "record_id": "t-1", "excerpt": "SSO keeps failing"},
+        "raised_by": "user-carl",
+        "raised_at": "2026-12-01T10:00:00Z",
+        "received_at": "2026-12-01T10:00:01Z",
+        "first_action_at": None,
+        "closed_at": None,
+        "reason": None,
+        "escalated_at": None,
+        "escalated_to": None,
+        "history": [],
+    }
+
+
+@dataclass
+class FakeQueues:
+    """Each department's /action-queue (members and managers as the gateway's table says)."""
+
+    items: dict[str, dict[str, dict[str, Any]]] = field(
+        default_factory=lambda: {
+            "/api/sales/action-queue": {"si-1": _item("si-1", "sales", "Offer SSO in the next quote")},
+            "/api/leads/action-queue": {"mi-1": _item("mi-1", "marketing", "Fix the pricing page")},
+            "/api/service-desk/action-queue": {"ci-1": _item("ci-1", "customer-success", "Call the sponsor")},
+        }
+    )
+    members = {
+        "/api/sales/action-queue": {"sales_rep", "sales_manager", "admin"},
+        "/api/leads/action-queue": {"marketing", "marketing_manager", "admin"},
+        "/api/service-desk/action-queue": {
+            "service_rep",
+            "customer_success_manager",
+            "service_lead",
+            "admin",
+        },
+    }
+
+    def api(self, method: str, path: str, payload: Any, claims: dict[str, Any]) -> httpx.Response:
+        if path == "/api/sales/reps":
+            reps = [{"user_id": "user-rita", "name": "Rita", "active": True}]
+            return httpx.Response(200, json={"reps": reps, "rotation": ["user-rita"], "next_up": "user-rita"})
+        if path == "/api/service-desk/csms":
+            return httpx.Response(
+                200, json={"csms": [{"user_id": "user-carl", "name": "Carl", "active": True}]}
+            )
+        base = path[: path.index("/action-queue") + len("/action-queue")]
+        if not set(claims["roles"]) & self.members[base]:
+            return httpx.Response(403, json={"error": "forbidden", "message": "not your department's queue"})
+        queue = self.items[base]
+        rest = path[len(base) :].strip("/").split("/")
+        if method == "GET":
+            items = list(queue.values())
+            return httpx.Response(200, json={"view": "open", "items": items, "count": len(items)})
+        item = queue[rest[0]]
+        step = rest[1]
+        if step == "assign" and not set(claims["roles"]) & {"sales_manager", "admin"}:
+            return httpx.Response(403, json={"error": "forbidden", "message": "managers assign items"})
+        if step == "complete" and item["status"] == "done":
+            return httpx.Response(409, json={"error": "conflict", "message": "the item is already done"})
+        status = {"accept": "accepted", "complete": "done", "decline": "declined", "assign": item["status"]}[
+            step
+        ]
+        item["status"] = status
+        item["assignee"] = (payload or {}).get("assignee", item["assignee"])
+        item["history"].append(
+            {"status": status, "by": claims["sub"], "at": "2026-12-05T09:00:00Z", **(payload or {})}
+        )
+        return httpx.Response(200, json=item)
 
 
 @dataclass

@@ -9,7 +9,20 @@ from crm_platform.app import create_app
 from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from console.api import admin, audit, auth, customer, kpis, marketing, reports, sales, service, success
+from console.api import (
+    action_items,
+    admin,
+    audit,
+    auth,
+    customer,
+    kpis,
+    marketing,
+    reports,
+    retention,
+    sales,
+    service,
+    success,
+)
 from console.api_client import Gateway
 from console.session import Sealer
 from console.settings import ConsoleSettings
@@ -22,6 +35,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     sales.router,
     service.router,
     success.router,
+    retention.router,
+    action_items.router,
     reports.router,
     kpis.router,
     admin.router,

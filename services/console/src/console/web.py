@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import Depends, FastAPI, Request, Response
@@ -72,9 +73,52 @@ NOTICES = {
     "renewal": "Renewal outcome recorded.",
     "checkin": "Check-in logged; the account's health is scored again.",
     "user": "User saved.",
+    "item_accept": "Action item accepted; customer success sees it.",
+    "item_complete": "Action item done; customer success sees what was done.",
+    "item_decline": "Action item declined; customer success sees why.",
+    "item_assign": "Action item assigned.",
+    "raised": "Action item raised with the department that owns the fix.",
+    "health_rules": "Health rules saved as a new version.",
+    "rescored": "Accounts scored again with the current rules.",
+    "review": "Verdict sent to sales.",
+    "review_requested": "Customer success is asked to review the commitments.",
     "loggedout": "You are logged out.",
     "restored": "Your session had expired. What you typed is back in the form: check it and send it again.",
 }
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The API (or the form's own check) refused a form: what the page shows, in words."""
+
+    status: int
+    errors: dict[str, str]  # field -> message, shown next to the field
+    message: str | None  # shown above the form
+
+    def page(self, *, values: dict[str, str] | None = None, prefix: str = "") -> dict[str, Any]:
+        """The form page's arguments: status, errors (keyed ``prefix`` + field), message, values."""
+        return {
+            "status": self.status if 400 <= self.status < 500 else 502,
+            "errors": {f"{prefix}{k}": v for k, v in self.errors.items()},
+            "error": self.message,
+            "values": values,
+        }
+
+
+async def submit(call: Awaitable[T], *, field: str = "form") -> T | Refusal:
+    """The API's answer to a form, or its refusal with the errors per field.
+
+    The one place forms catch :class:`ApiError`: a refusal without fields is shown next to
+    ``field`` (the form as a whole by default). An expired session still sends the user to
+    log in (:class:`SessionExpired` is not caught).
+    """
+    try:
+        return await call
+    except ApiError as exc:
+        return Refusal(exc.status, exc.fields or {field: exc.message}, exc.message)
 
 
 class LoginRequired(Exception):
@@ -138,6 +182,8 @@ def render(
     notice = NOTICES.get(request.query_params.get("ok", ""))
     # ``error``: the page's message at the top (``error`` is also the field-error macro's name).
     values["page_error"] = values.pop("error", None)
+    if values.get("values") is None:
+        values.pop("values", None)  # no form values (a refusal's page without a form): none shown
     context = {
         "user": session,
         "menu": pages.menu(session.roles) if session else [],

@@ -60,7 +60,7 @@ def test_each_role_gets_its_own_menu_and_first_page() -> None:
     assert pages.home(frozenset({"analyst"})) == "/dashboard"
     assert pages.home(frozenset({"admin"})) == "/admin/users"
     rep_menu = {p.key for p in pages.menu(frozenset({"sales_rep"}))}
-    assert rep_menu == {"inbox", "pipeline", "forecast"}
+    assert rep_menu == {"inbox", "pipeline", "forecast", "action_items"}
     assert "team" in {p.key for p in pages.menu(frozenset({"sales_manager"}))}
     assert not pages.may_open("users", frozenset({"sales_manager", "marketing"}))
 

@@ -10,7 +10,7 @@ from console.api.forms import FIELD_LABELS, number, stage_fields, text
 from console.api_client import ApiError
 from console.domain import charts
 from console.domain.pages import SALES, SALES_LEADS
-from console.web import CSRF, Ctx, PageCtx, read_form, redirect
+from console.web import CSRF, Ctx, PageCtx, Refusal, read_form, redirect, submit
 
 router = APIRouter()
 REJECT_REASONS = (
@@ -77,11 +77,9 @@ async def decide(ctx: PageCtx, lead_id: str, action: str) -> Response:
         body = {"owner": text(form, "owner")}
     else:
         return redirect("/inbox")
-    try:
-        out = await ctx.api.post(f"/api/sales/inbox/{lead_id}/{action}", body)
-    except ApiError as exc:
-        errors = {f"{lead_id}.{k}": v for k, v in exc.fields.items()} or {f"{lead_id}.form": exc.message}
-        return await _inbox_page(ctx, status=exc.status, errors=errors, error=exc.message)
+    out = await submit(ctx.api.post(f"/api/sales/inbox/{lead_id}/{action}", body))
+    if isinstance(out, Refusal):
+        return await _inbox_page(ctx, **out.page(prefix=f"{lead_id}."))
     if action == "accept" and out.get("opportunity"):
         return redirect(f"/opportunities/{out['opportunity']['id']}", "accepted")
     return redirect("/inbox", {"reject": "rejected", "recycle": "recycled", "assign": "assigned"}.get(action))
@@ -131,7 +129,7 @@ async def _opportunity_page(ctx: Ctx, opp_id: str, status: int = 200, **extra: A
         moves=moves,
         labels=FIELD_LABELS,
         activity_types=ACTIVITY_TYPES,
-        values=ctx.draft() or extra.pop("values", {}),
+        values=extra.pop("values", None) or ctx.draft() or {},
         **extra,
     )
 
@@ -149,32 +147,21 @@ async def move(ctx: PageCtx, opp_id: str) -> Response:
     fields, errors = stage_fields(form)
     stage = form.get("stage", "")
     back = form.get("_back") or f"/opportunities/{opp_id}"
-    if not errors:
-        try:
-            await ctx.api.post(f"/api/sales/opportunities/{opp_id}/stage", {"stage": stage, "fields": fields})
-        except ApiError as exc:
-            errors = {f"{stage}.{k.split('.')[-1]}": v for k, v in exc.fields.items()} or {
-                f"{stage}.form": exc.message
-            }
-            return await _opportunity_page(
-                ctx,
-                opp_id,
-                status=exc.status,
-                errors=errors,
-                error=exc.message,
-                values=form,
-                open_stage=stage,
-            )
-        return redirect(back if back.startswith("/") and not back.startswith("//") else "/pipeline", "moved")
-    return await _opportunity_page(
-        ctx,
-        opp_id,
-        status=422,
-        errors={f"{stage}.{k}": v for k, v in errors.items()},
-        error="Check the marked fields.",
-        values=form,
-        open_stage=stage,
+    path = f"/api/sales/opportunities/{opp_id}/stage"
+    answer = (
+        Refusal(422, errors, "Check the marked fields.")
+        if errors
+        else await submit(ctx.api.post(path, {"stage": stage, "fields": fields}))
     )
+    if isinstance(answer, Refusal):
+        # ``fields.amount`` -> ``amount``: the field as the stage's form names it.
+        named = Refusal(
+            answer.status, {k.split(".")[-1]: v for k, v in answer.errors.items()}, answer.message
+        )
+        return await _opportunity_page(
+            ctx, opp_id, open_stage=stage, **named.page(values=form, prefix=f"{stage}.")
+        )
+    return redirect(back if back.startswith("/") and not back.startswith("//") else "/pipeline", "moved")
 
 
 @router.post("/opportunities/{opp_id}/activities", include_in_schema=False, dependencies=CSRF)
@@ -188,18 +175,21 @@ async def log_activity(ctx: PageCtx, opp_id: str) -> Response:
         "summary": form.get("summary", "").strip(),
         "amount": form["amount"].strip() if amount is not None else None,
     }
-    if not errors:
-        try:
-            await ctx.api.post(f"/api/sales/opportunities/{opp_id}/activities", body)
-        except ApiError as exc:
-            errors = {f"activity.{k}": v for k, v in exc.fields.items()} or {"activity.form": exc.message}
-            return await _opportunity_page(
-                ctx, opp_id, status=exc.status, errors=errors, error=exc.message, values=form
-            )
-        return redirect(f"/opportunities/{opp_id}", "activity")
-    return await _opportunity_page(
-        ctx, opp_id, status=422, errors={f"activity.{k}": v for k, v in errors.items()}, values=form
-    )
+    path = f"/api/sales/opportunities/{opp_id}/activities"
+    answer = Refusal(422, errors, None) if errors else await submit(ctx.api.post(path, body))
+    if isinstance(answer, Refusal):
+        return await _opportunity_page(ctx, opp_id, **answer.page(values=form, prefix="activity."))
+    return redirect(f"/opportunities/{opp_id}", "activity")
+
+
+@router.post("/opportunities/{opp_id}/review", include_in_schema=False, dependencies=CSRF)
+async def request_review(ctx: PageCtx, opp_id: str) -> Response:
+    """Ask customer success to review the deal's commitments as they are now."""
+    ctx.require("opportunity")
+    answer = await submit(ctx.api.post(f"/api/sales/opportunities/{opp_id}/commitment-review"))
+    if isinstance(answer, Refusal):
+        return await _opportunity_page(ctx, opp_id, **answer.page(prefix="review."))
+    return redirect(f"/opportunities/{opp_id}", "review_requested")
 
 
 @router.get("/forecast", include_in_schema=False)
@@ -237,15 +227,15 @@ async def save_sla(ctx: PageCtx) -> Response:
     form = await read_form(ctx.request)
     errors: dict[str, str] = {}
     minutes = number(form, "lead_response_sla_minutes", errors, required=True)
-    if not errors:
-        try:
-            await ctx.api.put("/api/sales/config", {"lead_response_sla_minutes": int(minutes or 0)})
-        except ApiError as exc:
-            return await _team_page(
-                ctx, status=exc.status, errors=exc.fields or {"lead_response_sla_minutes": exc.message}
-            )
-        return redirect("/team", "sla")
-    return await _team_page(ctx, status=422, errors=errors)
+    body = {"lead_response_sla_minutes": int(minutes or 0)}
+    answer = (
+        Refusal(422, errors, None)
+        if errors
+        else await submit(ctx.api.put("/api/sales/config", body), field="lead_response_sla_minutes")
+    )
+    if isinstance(answer, Refusal):
+        return await _team_page(ctx, **{**answer.page(), "error": None})
+    return redirect("/team", "sla")
 
 
 @router.post("/team/reps/{user_id}", include_in_schema=False, dependencies=CSRF)
@@ -253,10 +243,10 @@ async def set_rep_active(ctx: PageCtx, user_id: str) -> Response:
     ctx.require("team")
     form = await read_form(ctx.request)
     body = {"active": form.get("active") == "true", "name": text(form, "name")}
-    try:
-        await ctx.api.put(f"/api/sales/reps/{user_id}", body)
-    except ApiError as exc:
-        return await _team_page(ctx, status=exc.status, errors={f"{user_id}.form": exc.message})
+    answer = await submit(ctx.api.put(f"/api/sales/reps/{user_id}", body))
+    if isinstance(answer, Refusal):
+        refusal = Refusal(answer.status, {"form": answer.message or ""}, None)
+        return await _team_page(ctx, **refusal.page(prefix=f"{user_id}."))
     return redirect("/team", "roster")
 
 

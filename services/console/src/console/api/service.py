@@ -6,10 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from console.api import success
+from console.api import action_items, success
 from console.api.forms import number, text
-from console.api_client import ApiError
-from console.web import CSRF, Ctx, PageCtx, read_form, redirect
+from console.web import CSRF, Ctx, PageCtx, Refusal, read_form, redirect, submit
 
 router = APIRouter()
 PRIORITIES = ("low", "normal", "high", "urgent")
@@ -59,12 +58,9 @@ async def open_ticket(ctx: PageCtx) -> Response:
         "priority": form.get("priority") or "normal",
         "assign_to": "me" if form.get("assign_to") == "me" else "csm",
     }
-    try:
-        ticket = await ctx.api.post("/api/service-desk/tickets", body)
-    except ApiError as exc:
-        return await _new_ticket_page(
-            ctx, status=exc.status, values=form, errors=exc.fields or {"form": exc.message}, error=exc.message
-        )
+    ticket = await submit(ctx.api.post("/api/service-desk/tickets", body))
+    if isinstance(ticket, Refusal):
+        return await _new_ticket_page(ctx, **ticket.page(values=form))
     return redirect(f"/tickets/{ticket['ticket_id']}", "ticket")
 
 
@@ -89,7 +85,6 @@ async def ticket_page(ctx: PageCtx, ticket_id: str) -> Response:
 async def ticket_action(ctx: PageCtx, ticket_id: str, action: str) -> Response:
     ctx.require("ticket")
     form = await read_form(ctx.request)
-    errors: dict[str, str] = {}
     body: dict[str, Any]
     if action == "progress":
         body = {"note": form.get("note", "").strip()}
@@ -97,23 +92,17 @@ async def ticket_action(ctx: PageCtx, ticket_id: str, action: str) -> Response:
         body = {"result": form.get("result", "").strip()}
     elif action == "survey":
         # CSAT comes from the customer, by a signed single-use link: shown here once, to send.
-        try:
-            sent = await ctx.api.post(f"/api/service-desk/tickets/{ticket_id}/csat-survey")
-        except ApiError as exc:
-            return await _ticket_page(ctx, ticket_id, status=exc.status, error=exc.message)
+        sent = await submit(ctx.api.post(f"/api/service-desk/tickets/{ticket_id}/csat-survey"))
+        if isinstance(sent, Refusal):
+            return await _ticket_page(ctx, ticket_id, status=sent.page()["status"], error=sent.message)
         return await _ticket_page(ctx, ticket_id, survey=sent)
     else:
         return redirect(f"/tickets/{ticket_id}")
-    if not errors:
-        try:
-            await ctx.api.post(f"/api/service-desk/tickets/{ticket_id}/{action}", body)
-        except ApiError as exc:
-            errors = exc.fields or {next(iter(body)): exc.message}
-            return await _ticket_page(
-                ctx, ticket_id, status=exc.status, values=form, errors=errors, error=exc.message
-            )
-        return redirect(f"/tickets/{ticket_id}", {"progress": "progress", "resolve": "resolved"}[action])
-    return await _ticket_page(ctx, ticket_id, status=422, values=form, errors=errors)
+    path = f"/api/service-desk/tickets/{ticket_id}/{action}"
+    answer = await submit(ctx.api.post(path, body), field=next(iter(body)))
+    if isinstance(answer, Refusal):
+        return await _ticket_page(ctx, ticket_id, **answer.page(values=form))
+    return redirect(f"/tickets/{ticket_id}", {"progress": "progress", "resolve": "resolved"}[action])
 
 
 @router.get("/accounts", include_in_schema=False)
@@ -132,6 +121,7 @@ async def _account_page(ctx: Ctx, account_id: str, status: int = 200, **extra: A
     health = await ctx.api.get(f"/api/service-desk/accounts/{account_id}/health")
     checkins = await ctx.api.get(f"/api/service-desk/accounts/{account_id}/checkins")
     renewals = await ctx.api.get(f"/api/service-desk/accounts/{account_id}/renewals")
+    items = await ctx.api.get(f"/api/service-desk/accounts/{account_id}/action-items")
     return ctx.render(
         "account.html",
         status=status,
@@ -140,6 +130,9 @@ async def _account_page(ctx: Ctx, account_id: str, status: int = 200, **extra: A
         health=health,
         checkins=checkins["items"],
         renewals=renewals["items"],
+        action_items=items["items"],
+        ticket_options=[(t["ticket_id"], t["subject"]) for t in tickets["items"]],
+        departments=[(q.department, q.label) for q in action_items.QUEUES],
         values=extra.pop("values", None) or ctx.draft() or {},
         **extra,
     )
@@ -154,12 +147,10 @@ async def account_page(ctx: PageCtx, account_id: str) -> Response:
 @router.post("/accounts/{account_id}/checklist/{item}", include_in_schema=False, dependencies=CSRF)
 async def complete_item(ctx: PageCtx, account_id: str, item: str) -> Response:
     ctx.require("account")
-    try:
-        await ctx.api.post(f"/api/service-desk/accounts/{account_id}/checklist/{item}/complete")
-    except ApiError as exc:
-        return await _account_page(
-            ctx, account_id, status=exc.status, errors={f"checklist.{item}": exc.message}, error=exc.message
-        )
+    path = f"/api/service-desk/accounts/{account_id}/checklist/{item}/complete"
+    answer = await submit(ctx.api.post(path), field=f"checklist.{item}")
+    if isinstance(answer, Refusal):
+        return await _account_page(ctx, account_id, **answer.page())
     return redirect(f"/accounts/{account_id}", "checklist")
 
 
@@ -172,15 +163,14 @@ async def commitment(ctx: PageCtx, account_id: str, commitment_id: str, action: 
     if action not in ("flag", "deliver"):
         return redirect(f"/accounts/{account_id}")
     body = {"reason": form.get("reason", "").strip()} if action == "flag" else {}
-    try:
-        await ctx.api.post(
-            f"/api/service-desk/accounts/{account_id}/commitments/{commitment_id}/{action}", body
+    path = f"/api/service-desk/accounts/{account_id}/commitments/{commitment_id}/{action}"
+    answer = await submit(ctx.api.post(path, body), field="reason")
+    if isinstance(answer, Refusal):
+        # The one field of this form is the reason: any refusal is shown next to it.
+        refusal = Refusal(
+            answer.status, {"reason": answer.errors.get("reason", answer.message or "")}, answer.message
         )
-    except ApiError as exc:
-        errors = {f"{commitment_id}.reason": exc.fields.get("reason", exc.message)}
-        return await _account_page(
-            ctx, account_id, status=exc.status, errors=errors, error=exc.message, values=form
-        )
+        return await _account_page(ctx, account_id, **refusal.page(values=form, prefix=f"{commitment_id}."))
     return redirect(f"/accounts/{account_id}", "flagged" if action == "flag" else "delivered")
 
 
@@ -195,18 +185,31 @@ async def signal(ctx: PageCtx, account_id: str) -> Response:
         "description": form.get("description", "").strip(),
         "estimated_value": form["estimated_value"].strip() if value is not None else None,
     }
-    if not errors:
-        try:
-            await ctx.api.post(f"/api/service-desk/accounts/{account_id}/signals", body)
-        except ApiError as exc:
-            errors = {f"signal.{k}": v for k, v in exc.fields.items()} or {"signal.form": exc.message}
-            return await _account_page(
-                ctx, account_id, status=exc.status, errors=errors, error=exc.message, values=form
-            )
-        return redirect(f"/accounts/{account_id}", "signal")
-    return await _account_page(
-        ctx, account_id, status=422, errors={f"signal.{k}": v for k, v in errors.items()}, values=form
+    answer = (
+        Refusal(422, errors, None)
+        if errors
+        else await submit(ctx.api.post(f"/api/service-desk/accounts/{account_id}/signals", body))
     )
+    if isinstance(answer, Refusal):
+        return await _account_page(ctx, account_id, **answer.page(values=form, prefix="signal."))
+    return redirect(f"/accounts/{account_id}", "signal")
+
+
+@router.post("/accounts/{account_id}/action-items", include_in_schema=False, dependencies=CSRF)
+async def raise_item(ctx: PageCtx, account_id: str) -> Response:
+    """Raise an action item for the department that owns the fix, from this account."""
+    ctx.require("account")
+    form = await read_form(ctx.request)
+    errors: dict[str, str] = {}
+    body = action_items.raise_body(account_id, form, errors)
+    answer = (
+        Refusal(422, errors, "Check the marked fields.")
+        if errors
+        else await submit(ctx.api.post("/api/service-desk/action-items", body))
+    )
+    if isinstance(answer, Refusal):
+        return await _account_page(ctx, account_id, **answer.page(values=form, prefix="raise."))
+    return redirect(f"/accounts/{account_id}", "raised")
 
 
 __all__ = ["router", "text"]

@@ -12,8 +12,8 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from console.api.forms import CHURN_REASONS, RENEWAL_OUTCOMES, SENTIMENTS, checkin_body, renewal_body
-from console.api_client import ApiError, UserApi
-from console.web import CSRF, Ctx, PageCtx, read_form, redirect
+from console.api_client import UserApi
+from console.web import CSRF, Ctx, PageCtx, Refusal, read_form, redirect, submit
 
 router = APIRouter()
 HEALTH_CALLS = 8  # the account list's health look-ups in flight at once
@@ -39,20 +39,12 @@ def bounded(raw: str | None, low: int, high: int) -> int | None:
     return int(raw) if raw.isdigit() and low <= int(raw) <= high else None
 
 
-def _keyed(account_id: str, errors: dict[str, str]) -> dict[str, str]:
-    return {f"{account_id}.{k}": v for k, v in errors.items()}
-
-
-Refusal = tuple[int, dict[str, str], str | None]  # status, field errors, message
-
-
-async def _refusal(ctx: Ctx, path: str, body: dict[str, Any]) -> Refusal | None:
-    """Post the form's body; None when the API took it, else (status, field errors, message)."""
-    try:
-        await ctx.api.post(path, body)
-    except ApiError as exc:
-        return exc.status, exc.fields or {"form": exc.message}, exc.message
-    return None
+async def _sent(ctx: Ctx, path: str, body: dict[str, Any], errors: dict[str, str]) -> Refusal | None:
+    """None when the API took the form; else why not (the form's own errors first)."""
+    if errors:
+        return Refusal(422, errors, None)
+    answer = await submit(ctx.api.post(path, body))
+    return answer if isinstance(answer, Refusal) else None
 
 
 async def _renewals_page(ctx: Ctx, window: int | None, status: int = 200, **extra: Any) -> Response:
@@ -84,17 +76,12 @@ async def record_renewal(ctx: PageCtx, account_id: str) -> Response:
     errors: dict[str, str] = {}
     body = renewal_body(form, errors)
     path = f"/api/service-desk/accounts/{account_id}/renewals"
-    refused = (422, errors, None) if errors else await _refusal(ctx, path, body)
+    refused = await _sent(ctx, path, body, errors)
     if refused is None:
         return redirect("/renewals", "renewal")
-    status, errors, message = refused
+    window = bounded(form.get("window_days"), 1, 730)
     return await _renewals_page(
-        ctx,
-        bounded(form.get("window_days"), 1, 730),
-        status=status,
-        values={**form, "account_id": account_id},
-        errors=_keyed(account_id, errors),
-        error=message,
+        ctx, window, **refused.page(values={**form, "account_id": account_id}, prefix=f"{account_id}.")
     )
 
 
@@ -125,15 +112,10 @@ async def log_checkin(ctx: PageCtx, account_id: str) -> Response:
     errors: dict[str, str] = {}
     body = checkin_body(form, errors)
     path = f"/api/service-desk/accounts/{account_id}/checkins"
-    refused = (422, errors, None) if errors else await _refusal(ctx, path, body)
+    refused = await _sent(ctx, path, body, errors)
     if refused is None:
         return redirect("/checkins", "checkin")
-    status, errors, message = refused
+    horizon = bounded(form.get("horizon_days"), 0, 366)
     return await _checkins_page(
-        ctx,
-        bounded(form.get("horizon_days"), 0, 366),
-        status=status,
-        values={**form, "account_id": account_id},
-        errors=_keyed(account_id, errors),
-        error=message,
+        ctx, horizon, **refused.page(values={**form, "account_id": account_id}, prefix=f"{account_id}.")
     )
