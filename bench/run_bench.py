@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baseline import RunResult, run_baseline
 from broker_state import state_mb, trim_log
+from console_pages import page_timings, slowest_ms
+from console_pages import table as console_table
 from crm_contracts import Envelope
 from crm_contracts.topics import HANDOFF_RECEIPTS
 from crm_platform.devinfra.launcher import Platform
@@ -394,6 +396,20 @@ async def bench_imports(
         platform.stop()
 
 
+async def bench_console(
+    args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int
+) -> dict[str, Any]:
+    """Issue 8: every console page's server time with the demo data (printed, not asserted)."""
+    platform = _platform(args, kafka, mongo, idle_backoff, "bench_console_")
+    platform.only = None  # every service, the console and the analytics worker included
+    platform.start()
+    try:
+        platform.wait_ready(timeout=120)
+        return {"pages": await page_timings(platform.url("gateway"))}
+    finally:
+        platform.stop()
+
+
 async def bench_backlog(
     args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int
 ) -> dict[str, Any]:
@@ -527,7 +543,17 @@ def targets(results: dict[str, Any], args: argparse.Namespace) -> list[Target]:
         *_backlog_targets(extra),
         *_resource_targets(p),
         *_import_targets(results.get("imports") or {}),
+        *_console_targets(results.get("console") or {}),
     ]
+
+
+def _console_targets(console: dict[str, Any]) -> list[Target]:
+    """Issue 8: every console page <= 200 ms server time with the demo data."""
+    worst = slowest_ms(console.get("pages") or [])
+    if worst is None:
+        return []
+    page, ms = worst
+    return [Target("console page server time (slowest page)", f"{ms:.0f} ms: {page}", "<= 200 ms", ms <= 200)]
 
 
 def _import_targets(imp: dict[str, Any]) -> list[Target]:
@@ -668,6 +694,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         "embedded broker state before each platform figure, then emptied of records already read "
         f"(MB; see bench/broker_state.py): {json.dumps(results.get('broker_state_before_trim_mb'))}",
         "",
+        *console_table((results.get("console") or {}).get("pages") or []),
+        "",
         "issue 12 targets (met = the figure is within its bound in this run):",
     ]
     rows = [
@@ -748,7 +776,12 @@ async def main() -> int:
     results: dict[str, Any] = {"load_average": {"start": load_average()}, "broker_state_mb": {}}
     args.broker_state_before = results["broker_state_before_trim_mb"] = {}
     say(f"{'reduced' if args.quick else 'full'} run; load average {results['load_average']['start']}")
-    phases = [("platform", bench_platform), ("backlog", bench_backlog), ("imports", bench_imports)]
+    phases = [
+        ("platform", bench_platform),
+        ("backlog", bench_backlog),
+        ("imports", bench_imports),
+        ("console", bench_console),
+    ]
     for phase, run in phases:
         infra = fresh_infra(args)  # fresh broker state per phase: no figure pays for another's
         say(f"{phase}: infra {infra.source} (kafka {infra.kafka_bootstrap})")

@@ -226,3 +226,11 @@ def test_a_column_chart_draws_a_series_left_to_right_scaled_to_its_top() -> None
     assert svg.index(">2026-11<") < svg.index(">2026-12<") < svg.index(">2027-01<")
     assert 'role="img" aria-label="Resolved"' in svg
     assert "no data yet" in column_chart("Empty", [])
+
+
+async def test_every_page_says_its_server_time(console) -> None:
+    await login(console, "eve")
+    r = await console.get("/kpis")
+    timing = re.fullmatch(r"app;dur=([0-9.]+)", r.headers["server-timing"])
+    assert timing, r.headers["server-timing"]
+    assert float(timing.group(1)) > 0
