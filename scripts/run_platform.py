@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from crm_platform.devinfra.launcher import SERVICE_NAMES, Platform, pid_alive, read_pidfile, stop_from_pidfile
 from crm_platform.devinfra.supervisor import Supervisor, request_restart, shutdown
@@ -126,36 +127,10 @@ def run(no_demo: bool) -> int:
     infra = resolve(HOME, KAFKA_PORT, MONGO_PORT)
     keys = ensure_dev_keys()
     print(f"==> token keys: {keys.private.parent} (Ed25519, generated once for this install)")
-    platform = Platform(
-        infra.kafka_bootstrap,
-        infra.mongodb_uri,
-        HOME / "logs",
-        gateway_port=GATEWAY_PORT,
-        service_port_base=SERVICE_PORT_BASE,
-        consumer_idle_backoff_ms=idle_backoff_ms(infra),
-        keys=keys,
-        # The demo history sets each request's time (crm_platform.clock, "The demo clock").
-        extra_env={} if no_demo else {"CRM_DEMO_CLOCK": "true"},
-    )
+    platform = _platform(infra, keys, no_demo)
     try:
-        print(f"    {infra.source}: kafka {infra.kafka_bootstrap}, mongodb {infra.mongodb_uri}")
-        report = ensure_topics(infra.kafka_bootstrap)
-        print(f"==> topics: {len(report.created)} created, {len(report.existing)} already there")
-        print("==> starting leads, sales, service-desk, analytics (API + faust worker), console, gateway")
-        platform.start()
-        platform.write_pids(PIDFILE, os.getpid())
-        platform.wait_ready(timeout=90)
-        credentials: dict[str, str] = {}
-        if not no_demo:
-            from crm_platform.devinfra.journey import seed_demo
-
-            print("==> demo data: users, rosters and a short customer journey")
-            credentials = seed_demo(platform.url("gateway"), progress=lambda m: print(f"    {m}"))
-            # The history plays while the platform is already up: start-up stays short, the
-            # figures fill in as it goes (progress lines below the banner).
-            threading.Thread(
-                target=_seed_history, args=(platform.url("gateway"),), name="demo-history", daemon=True
-            ).start()
+        _start(platform, infra)
+        credentials = {} if no_demo else _seed(platform)
         _banner(platform, credentials)
         supervisor = Supervisor(
             platform, control_dir=CONTROL_DIR, on_change=lambda: platform.write_pids(PIDFILE, os.getpid())
@@ -171,6 +146,44 @@ def run(no_demo: bool) -> int:
         shutdown(platform, infra.stop, PIDFILE)
         print("==> stopped (data kept; `make clean` removes it)")
     return 0
+
+
+def _platform(infra: Any, keys: Any, no_demo: bool) -> Platform:
+    return Platform(
+        infra.kafka_bootstrap,
+        infra.mongodb_uri,
+        HOME / "logs",
+        gateway_port=GATEWAY_PORT,
+        service_port_base=SERVICE_PORT_BASE,
+        consumer_idle_backoff_ms=idle_backoff_ms(infra),
+        keys=keys,
+        # The demo history sets each request's time (crm_platform.clock, "The demo clock").
+        extra_env={} if no_demo else {"CRM_DEMO_CLOCK": "true"},
+    )
+
+
+def _start(platform: Platform, infra: Any) -> None:
+    print(f"    {infra.source}: kafka {infra.kafka_bootstrap}, mongodb {infra.mongodb_uri}")
+    report = ensure_topics(infra.kafka_bootstrap)
+    print(f"==> topics: {len(report.created)} created, {len(report.existing)} already there")
+    print("==> starting leads, sales, service-desk, analytics (API + faust worker), console, gateway")
+    platform.start()
+    platform.write_pids(PIDFILE, os.getpid())
+    platform.wait_ready(timeout=90)
+
+
+def _seed(platform: Platform) -> dict[str, str]:
+    """Users, rosters and a short journey now; the history in the background (the credentials)."""
+    from crm_platform.devinfra.journey import seed_demo
+
+    print("==> demo data: users, rosters and a short customer journey")
+    credentials = seed_demo(platform.url("gateway"), progress=lambda m: print(f"    {m}"))
+    # The history plays while the platform is already up: start-up stays short, the
+    # figures fill in as it goes (progress lines below the banner).
+    threading.Thread(
+        target=_seed_history, args=(platform.url("gateway"),), name="demo-history", daemon=True
+    ).start()
+    return credentials
 
 
 def _seed_history(gateway_url: str) -> None:
