@@ -187,7 +187,35 @@ async def _item_decline(sales: Sales) -> httpx.Response:
     return await sales.client.post(url, json={"reason": "not sales'"}, headers=sales.rep("ria"))
 
 
+async def _account(sales: Sales) -> httpx.Response:
+    body = {"name": sales.uid("Acme"), "source": "referral"}
+    return await sales.client.post("/accounts", json=body, headers=sales.rep(sales.uid("ann")))
+
+
+async def _contact(sales: Sales) -> httpx.Response:
+    body = {"email": f"{sales.uid('c')}@example.com", "name": "Cy", "source": "outbound"}
+    return await sales.client.post("/contacts", json=body, headers=sales.rep(sales.uid("cid")))
+
+
+async def _direct_opportunity(sales: Sales) -> httpx.Response:
+    rep = sales.uid("dot")
+    account = await _account_of(sales, rep)
+    body = {"account_id": account, "source": "outbound"}
+    return await sales.client.post("/opportunities", json=body, headers=sales.rep(rep))
+
+
+async def _account_of(sales: Sales, rep: str) -> str:
+    r = await sales.client.post(
+        "/accounts", json={"name": sales.uid("Own"), "source": "outbound"}, headers=sales.rep(rep)
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
 RECIPES: dict[str, Callable[[Sales], Awaitable[httpx.Response]]] = {
+    "POST /accounts": _account,
+    "POST /contacts": _contact,
+    "POST /opportunities": _direct_opportunity,
     "POST /inbox/{lead_id}/assign": _assign,
     "POST /inbox/{lead_id}/accept": _accept,
     "POST /inbox/{lead_id}/reject": _reject,

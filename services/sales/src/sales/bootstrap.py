@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from pymongo.asynchronous.database import AsyncDatabase
 
 from sales import action_items, consumers, store
-from sales.api import forecast, inbox, opportunities, team
+from sales.api import accounts, contacts, forecast, inbox, opportunities, team
 from sales.domain.inbox import DEFAULT_SLA_MINUTES
 from sales.domain.review import ReviewPolicy
 from sales.repository import SalesUnit
@@ -49,6 +49,8 @@ def build_app(settings: ServiceSettings) -> FastAPI:
         protected=[
             inbox.router,
             opportunities.router,
+            accounts.router,
+            contacts.router,
             forecast.router,
             team.router,
             action_items.router,

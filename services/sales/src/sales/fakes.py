@@ -14,12 +14,14 @@ from typing import TypeVar
 from crm_platform.roster import rotation
 from crm_platform.uow import FakeUnit
 
+from sales.domain.account import Account
 from sales.domain.assignment import Rep
+from sales.domain.contact import Contact
 from sales.domain.inbox import DEFAULT_SLA_MINUTES, InboxItem, InboxStatus
 from sales.domain.opportunity import Activity, Opportunity
 from sales.domain.pipeline import DEFAULT_PIPELINE, Pipeline
 from sales.domain.review import ReviewPolicy
-from sales.repository import DuplicateOpportunity
+from sales.repository import DuplicateAccount, DuplicateContact, DuplicateOpportunity
 
 E = TypeVar("E")
 
@@ -100,6 +102,42 @@ class FakeOpportunityRepository:
         return counts
 
 
+class FakeAccountRepository:
+    def __init__(self) -> None:
+        self.accounts: dict[str, Account] = {}
+
+    async def get(self, account_id: str) -> Account | None:
+        found = self.accounts.get(account_id)
+        return _copy(found) if found else None
+
+    async def add(self, account: Account) -> None:
+        if any(a.key == account.key or a.id == account.id for a in self.accounts.values()):
+            raise DuplicateAccount(f"an account named {account.name!r} exists already")
+        self.accounts[account.id] = _copy(account)
+
+
+class FakeContactRepository:
+    def __init__(self) -> None:
+        self.contacts: dict[str, Contact] = {}
+
+    async def get_many(self, contact_ids: list[str]) -> list[Contact]:
+        return [_copy(self.contacts[i]) for i in contact_ids if i in self.contacts]
+
+    async def by_emails(self, emails: list[str]) -> dict[str, Contact]:
+        wanted = set(emails)
+        return {c.email: _copy(c) for c in self.contacts.values() if c.email in wanted}
+
+    async def add(self, contact: Contact) -> None:
+        if any(c.email == contact.email or c.id == contact.id for c in self.contacts.values()):
+            raise DuplicateContact(f"a contact with email {contact.email!r} exists already")
+        self.contacts[contact.id] = _copy(contact)
+
+    async def save(self, contact: Contact) -> None:
+        if contact.id not in self.contacts:
+            raise KeyError(f"contact {contact.id} was never added")
+        self.contacts[contact.id] = _copy(contact)
+
+
 class _Turns:
     """The round-robin counter. Like MongoDB's, it lives outside the transaction: a ``work``
     that fails keeps the turns it took (``FakeUnitOfWork`` restores everything else)."""
@@ -166,3 +204,5 @@ class FakeSalesUnit(FakeUnit):
         self.inbox = FakeInboxRepository()
         self.opportunities = FakeOpportunityRepository()
         self.team = FakeTeamRepository(reps)
+        self.accounts = FakeAccountRepository()
+        self.contacts = FakeContactRepository()

@@ -35,7 +35,8 @@ from crm_platform.errors import Conflict, NotFound
 from crm_platform.roster import round_robin
 
 from sales import metrics
-from sales.domain.access import require_access
+from sales.domain.access import owner_for_new_record, require_access
+from sales.domain.account import Account, DirectSource
 from sales.domain.assignment import (
     Assignment,
     Rep,
@@ -43,6 +44,7 @@ from sales.domain.assignment import (
     plan_round_robin,
     plan_upsell_owner,
 )
+from sales.domain.contact import Contact
 from sales.domain.inbox import InboxItem, check_reason, check_sla_minutes
 from sales.domain.opportunity import Activity, ActivityType, Opportunity, OpportunityStatus, check_activity
 from sales.domain.pipeline import Stage, build_pipeline, removed_stages
@@ -461,6 +463,107 @@ async def resolve_flag(
         event = opp.resolve_flag(flag_id, resolution, by=actor.user_id, now=now_millis(uow.clock))
         await unit.opportunities.save(opp)
         unit.emit(event, correlation_id=opp.correlation_id)
+        return opp
+
+    return await uow.run(work)
+
+
+# -- records sales creates itself (referrals, outbound) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewAccount:
+    name: str
+    source: DirectSource
+    owner: str | None = None
+    industry: str | None = None
+    website: str | None = None
+
+
+async def create_account(uow: SalesUoW, new: NewAccount, actor: Actor) -> Account:
+    """An account sales opens itself, in its creator's book (or a rep a manager names)."""
+
+    async def work(unit: SalesUnit) -> Account:
+        owner = owner_for_new_record(actor, new.owner, await unit.team.active_rep_ids())
+        account, event = Account.open(
+            uow.new_id(), new.name, owner=owner, source=new.source, by=actor.user_id,
+            now=now_millis(uow.clock), industry=new.industry, website=new.website,
+        )  # fmt: skip
+        await unit.accounts.add(account)
+        unit.emit(event, correlation_id=account.id)
+        return account
+
+    return await uow.run(work)
+
+
+@dataclass(frozen=True)
+class NewContact:
+    email: str
+    name: str
+    source: DirectSource
+    account_id: str | None = None
+    owner: str | None = None
+    phone: str | None = None
+    role: str | None = None
+
+
+async def _load_account(unit: SalesUnit, account_id: str, actor: Actor) -> Account:
+    account = await unit.accounts.get(account_id)
+    if account is None:
+        raise NotFound(f"no account {account_id!r}", account_id=account_id, field="body.account_id")
+    require_access(actor, account.owner, "account")
+    return account
+
+
+async def create_contact(uow: SalesUoW, new: NewContact, actor: Actor) -> Contact:
+    """A contact sales adds itself (one per email: a known one is a 409 naming it)."""
+
+    async def work(unit: SalesUnit) -> Contact:
+        owner = owner_for_new_record(actor, new.owner, await unit.team.active_rep_ids())
+        if new.account_id is not None:
+            await _load_account(unit, new.account_id, actor)
+        contact, event = Contact.add(
+            uow.new_id(), email=new.email, name=new.name, owner=owner, source=new.source.value,
+            by=actor.user_id, now=now_millis(uow.clock), account_id=new.account_id, phone=new.phone,
+            role=new.role,
+        )  # fmt: skip
+        await unit.contacts.add(contact)
+        unit.emit(event, correlation_id=contact.id)
+        return contact
+
+    return await uow.run(work)
+
+
+@dataclass(frozen=True)
+class NewOpportunity:
+    account_id: str
+    source: DirectSource
+    contact_ids: tuple[str, ...] = ()
+    owner: str | None = None
+    description: str | None = None
+
+
+async def create_opportunity(uow: SalesUoW, new: NewOpportunity, actor: Actor) -> Opportunity:
+    """An opportunity sales opens itself for one of its accounts (``origin: direct``).
+
+    It reaches analytics (``opportunity.created`` v2, source and account) and, once won,
+    customer success (the ``deal.won`` handoff) like any other."""
+
+    async def work(unit: SalesUnit) -> Opportunity:
+        owner = owner_for_new_record(actor, new.owner, await unit.team.active_rep_ids())
+        account = await _load_account(unit, new.account_id, actor)
+        contacts = await unit.contacts.get_many(list(new.contact_ids))
+        missing = sorted(set(new.contact_ids) - {c.id for c in contacts})
+        if missing:
+            raise NotFound(f"no contact {missing[0]!r}", contact_ids=missing, field="body.contact_ids")
+        for contact in contacts:
+            require_access(actor, contact.owner, "contact")
+        opp = Opportunity.direct(
+            uow.new_id(), account, contacts, source=new.source, stage=(await unit.team.pipeline()).first.name,
+            owner=owner, by=actor.user_id, now=now_millis(uow.clock), description=new.description,
+        )  # fmt: skip
+        await unit.opportunities.add(opp)
+        unit.emit(opp.created_event(), correlation_id=opp.correlation_id)
         return opp
 
     return await uow.run(work)

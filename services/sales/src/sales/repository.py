@@ -14,7 +14,9 @@ from crm_contracts import Event
 from crm_platform.errors import Conflict
 from crm_platform.uow import UnitOfWork
 
+from sales.domain.account import Account
 from sales.domain.assignment import Rep
+from sales.domain.contact import Contact
 from sales.domain.inbox import InboxItem
 from sales.domain.opportunity import Activity, Opportunity
 from sales.domain.pipeline import Pipeline
@@ -23,6 +25,34 @@ from sales.domain.review import ReviewPolicy
 
 class DuplicateOpportunity(Conflict):
     """An opportunity for this inbox item or signal exists already (the unique indexes say so)."""
+
+
+class DuplicateAccount(Conflict):
+    """An account with this name exists already (one per name, trimmed and case-folded)."""
+
+
+class DuplicateContact(Conflict):
+    """A contact with this email exists already (one per email, as marketing's capture)."""
+
+
+class AccountRepository(Protocol):
+    async def get(self, account_id: str) -> Account | None: ...
+
+    async def add(self, account: Account) -> None:
+        """Raises :class:`DuplicateAccount` for a second account of the same name."""
+
+
+class ContactRepository(Protocol):
+    async def get_many(self, contact_ids: list[str]) -> list[Contact]:
+        """The contacts of these ids that exist, in the order asked."""
+
+    async def by_emails(self, emails: list[str]) -> dict[str, Contact]:
+        """The known contacts of these emails (``email_key``-normalised), by email."""
+
+    async def add(self, contact: Contact) -> None:
+        """Raises :class:`DuplicateContact` for a second contact with the same email."""
+
+    async def save(self, contact: Contact) -> None: ...
 
 
 class InboxRepository(Protocol):
@@ -91,6 +121,12 @@ class SalesUnit(Protocol):
 
     @property
     def team(self) -> TeamRepository: ...
+
+    @property
+    def accounts(self) -> AccountRepository: ...
+
+    @property
+    def contacts(self) -> ContactRepository: ...
 
     def emit(self, event: Event, *, correlation_id: str | None = None) -> None: ...
 

@@ -9,6 +9,8 @@ Collections:
 - ``inbox``          one item per ``lead.qualified`` handoff (``_id`` = its event id)
 - ``opportunities``  opportunities and, once won, deals (``_id`` = the deal id)
 - ``activities``     calls, visits, emails, quotes logged against an opportunity
+- ``accounts``       companies sales opened itself (referral, outbound): ``key`` (name case-folded) unique
+- ``contacts``       people sales works with, created directly or imported: ``email`` unique (capture's rule)
 
 The repositories implement ``repository.py`` over the handler's transaction (always
 ``session=tx.session``) and map entities to documents in one place (``*_doc`` /
@@ -20,6 +22,7 @@ side the API lists and shows with.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -33,13 +36,15 @@ from crm_platform.cache import TtlCache
 from crm_platform.counters import RoundRobinCounter
 from crm_platform.money import to_amount
 from crm_platform.mongo import Tx
-from crm_platform.paging import Sort, page, sorts, text_search
+from crm_platform.paging import Sort, index_specs, keyset, page, sorts, text_search
 from crm_platform.uow import MongoUnit
 from pymongo import ASCENDING, DESCENDING, TEXT, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from sales.domain.account import Account, DirectSource
 from sales.domain.assignment import Rep
+from sales.domain.contact import Contact
 from sales.domain.forecast import StageTotal
 from sales.domain.inbox import DEFAULT_SLA_MINUTES, AssignmentRecord, InboxItem, InboxStatus, VerdictRecord
 from sales.domain.opportunity import (
@@ -55,7 +60,7 @@ from sales.domain.opportunity import (
 )
 from sales.domain.pipeline import DEFAULT_PIPELINE, Pipeline, Stage
 from sales.domain.review import CommitmentReview, Decision, ReviewPolicy, ReviewStatus
-from sales.repository import DuplicateOpportunity
+from sales.repository import DuplicateAccount, DuplicateContact, DuplicateOpportunity
 
 log = logging.getLogger("crm.sales.store")
 
@@ -69,6 +74,8 @@ PIPELINE = "pipeline"
 INBOX = "inbox"
 OPPORTUNITIES = "opportunities"
 ACTIVITIES = "activities"
+ACCOUNTS = "accounts"
+CONTACTS = "contacts"
 
 CONFIG_ID = "sales"
 PIPELINE_ID = "current"
@@ -96,6 +103,7 @@ async def ensure_indexes(
     await db[OPPORTUNITIES].create_index([("stage", ASCENDING), ("owner", ASCENDING)], name="by_stage")
     await db[OPPORTUNITIES].create_index("lead_id", name="by_lead")
     await ensure_list_indexes(db)
+    await ensure_book_indexes(db)
     # One opportunity per inbox item and per service-desk signal, whatever redelivers them.
     for key, name in (("inbox_item_id", "inbox_item_unique"), ("signal_id", "signal_unique")):
         await db[OPPORTUNITIES].create_index(
@@ -315,6 +323,8 @@ def opportunity_doc(o: Opportunity) -> Doc:
     }
     if o.origin == Origin.UPSELL:
         doc["assignment_counter"] = o.assignment_counter
+    if o.origin == Origin.DIRECT:
+        doc["direct_source"] = o.direct_source
     return doc
 
 
@@ -351,6 +361,7 @@ def opportunity_from_doc(d: Doc) -> Opportunity:
         lost_at=d.get("lost_at"),
         lost_reason=d.get("lost_reason"),
         assignment_counter=d.get("assignment_counter"),
+        direct_source=d.get("direct_source"),
     )
 
 
@@ -561,6 +572,113 @@ class MongoTeamRepository:
         )
 
 
+def account_doc(a: Account) -> Doc:
+    return {
+        "_id": a.id,
+        **{k: v for k, v in vars(a).items() if k != "id"},
+        "source": a.source.value,
+        "key": a.key,
+    }
+
+
+def account_from_doc(d: Doc) -> Account:
+    return Account(
+        id=str(d["_id"]),
+        name=d["name"],
+        owner=d["owner"],
+        source=DirectSource(d["source"]),
+        created_by=d["created_by"],
+        created_at=d["created_at"],
+        updated_at=d["updated_at"],
+        industry=d.get("industry"),
+        website=d.get("website"),
+    )
+
+
+def contact_doc(c: Contact) -> Doc:
+    return {"_id": c.id, **{k: v for k, v in vars(c).items() if k != "id"}}
+
+
+def contact_from_doc(d: Doc) -> Contact:
+    return Contact(
+        id=str(d["_id"]),
+        email=d["email"],
+        name=d["name"],
+        owner=d["owner"],
+        source=d["source"],
+        created_by=d["created_by"],
+        created_at=d["created_at"],
+        updated_at=d["updated_at"],
+        account_id=d.get("account_id"),
+        phone=d.get("phone"),
+        role=d.get("role"),
+        import_id=d.get("import_id"),
+    )
+
+
+class MongoAccountRepository:
+    def __init__(self, tx: Tx) -> None:
+        self.tx, self.col = tx, tx.db[ACCOUNTS]
+
+    async def get(self, account_id: str) -> Account | None:
+        doc = await self.col.find_one({"_id": account_id}, session=self.tx.session)
+        return None if doc is None else account_from_doc(doc)
+
+    async def add(self, account: Account) -> None:
+        # Looked up first to name the existing account; the unique index still decides a race
+        # (after a duplicate key error the transaction is aborted: nothing more can be read in it).
+        known = await self.col.find_one({"key": account.key}, {"_id": 1}, session=self.tx.session)
+        if known is not None:
+            raise _duplicate_account(account, known["_id"])
+        try:
+            await self.col.insert_one(account_doc(account), session=self.tx.session)
+        except DuplicateKeyError:
+            raise _duplicate_account(account, None) from None
+
+
+def _duplicate_account(account: Account, known_id: str | None) -> DuplicateAccount:
+    return DuplicateAccount(
+        f"an account named {account.name!r} exists already", field="body.name", account_id=known_id
+    )
+
+
+class MongoContactRepository:
+    def __init__(self, tx: Tx) -> None:
+        self.tx, self.col = tx, tx.db[CONTACTS]
+
+    async def get_many(self, contact_ids: list[str]) -> list[Contact]:
+        docs = await self.col.find({"_id": {"$in": contact_ids}}, session=self.tx.session).to_list()
+        by_id = {d["_id"]: contact_from_doc(d) for d in docs}
+        return [by_id[i] for i in contact_ids if i in by_id]
+
+    async def by_emails(self, emails: list[str]) -> dict[str, Contact]:
+        docs = await self.col.find({"email": {"$in": emails}}, session=self.tx.session).to_list()
+        return {d["email"]: contact_from_doc(d) for d in docs}
+
+    async def add(self, contact: Contact) -> None:
+        known = await self.col.find_one({"email": contact.email}, {"_id": 1}, session=self.tx.session)
+        if known is not None:
+            raise _duplicate_contact(contact, known["_id"])
+        try:
+            await self.col.insert_one(contact_doc(contact), session=self.tx.session)
+        except DuplicateKeyError:
+            raise _duplicate_contact(contact, None) from None
+
+    async def save(self, contact: Contact) -> None:
+        doc = _fields(contact_doc(contact))
+        result = await self.col.update_one({"_id": contact.id}, {"$set": doc}, session=self.tx.session)
+        if result.matched_count != 1:  # pragma: no cover - loaded in the same transaction
+            raise RuntimeError(f"contact {contact.id} vanished under the transaction")
+
+
+def _duplicate_contact(contact: Contact, known_id: str | None) -> DuplicateContact:
+    return DuplicateContact(
+        f"a contact with email {contact.email!r} exists already (one per email)",
+        field="body.email",
+        contact_id=known_id,
+    )
+
+
 class MongoSalesUnit(MongoUnit):
     """``repository.SalesUnit`` over one MongoDB transaction; events go to its outbox."""
 
@@ -569,6 +687,8 @@ class MongoSalesUnit(MongoUnit):
         self.inbox = MongoInboxRepository(tx)
         self.opportunities = MongoOpportunityRepository(tx)
         self.team = MongoTeamRepository(tx, config_cache)
+        self.accounts = MongoAccountRepository(tx)
+        self.contacts = MongoContactRepository(tx)
 
 
 # -- the read side (the API's listings and views) ----------------------------------------------
@@ -759,3 +879,108 @@ async def stage_totals(db: Db, owner: str | None) -> tuple[list[StageTotal], lis
     totals = [StageTotal(str(r["_id"]["stage"]), int(r["n"]), _stored_amount(r["amount"])) for r in rows]
     currencies = sorted({str(r["_id"]["currency"]) for r in rows})
     return totals, currencies
+
+
+# -- accounts and contacts sales created itself: lists (crm_platform.paging) and exports ----------
+
+ACCOUNT_SORTS = sorts(
+    Sort("newest", "created_at"),
+    Sort("oldest", "created_at", descending=False),
+    Sort("updated", "updated_at"),
+    Sort("name", "key", descending=False),
+)
+CONTACT_SORTS = sorts(
+    Sort("newest", "created_at"),
+    Sort("oldest", "created_at", descending=False),
+    Sort("updated", "updated_at"),
+    Sort("name", "name", descending=False),
+    Sort("email", "email", descending=False),
+)
+_ACCOUNT_PREFIXES: tuple[tuple[str, ...], ...] = ((), ("owner",), ("source",))
+_CONTACT_PREFIXES: tuple[tuple[str, ...], ...] = ((), ("owner",), ("account_id",), ("source",))
+
+
+async def ensure_book_indexes(db: Db) -> None:
+    """Identity (unique name key, unique email), then each list's (filter, order) and text indexes."""
+    await db[ACCOUNTS].create_index("key", unique=True, name="name_unique")
+    await db[CONTACTS].create_index("email", unique=True, name="email_unique")
+    for col, prefixes, orders in (
+        (ACCOUNTS, _ACCOUNT_PREFIXES, ACCOUNT_SORTS),
+        (CONTACTS, _CONTACT_PREFIXES, CONTACT_SORTS),
+    ):
+        for keys, name in index_specs("list", prefixes, orders.values()):
+            await db[col].create_index(keys, name=name)
+    await db[ACCOUNTS].create_index(
+        [("name", TEXT), ("industry", TEXT), ("website", TEXT)], name="search", default_language="none"
+    )
+    await db[CONTACTS].create_index(
+        [("name", TEXT), ("email", TEXT), ("role", TEXT)], name="search", default_language="none"
+    )
+
+
+@dataclass(frozen=True)
+class BookQuery:
+    """What GET /accounts and GET /contacts filter, search and sort on (``owner``: the actor's scope)."""
+
+    owner: str | None = None
+    source: str | None = None
+    account_id: str | None = None  # contacts only
+    q: str | None = None
+    sort: str = "newest"
+
+    def filter(self) -> Doc:
+        fields = (("owner", self.owner), ("source", self.source), ("account_id", self.account_id))
+        query: Doc = {k: v for k, v in fields if v is not None}
+        if self.q:
+            query.update(text_search(self.q))
+        return query
+
+
+def find_accounts(db: Db, query: BookQuery, cursor: str | None = None) -> Any:
+    """The cursor GET /accounts and its export read (and tests ``explain``)."""
+    sort = ACCOUNT_SORTS[query.sort]
+    return db[ACCOUNTS].find(keyset(query.filter(), sort, cursor)).sort(sort.spec)
+
+
+def find_contacts(db: Db, query: BookQuery, cursor: str | None = None) -> Any:
+    """The cursor GET /contacts and its export read (and tests ``explain``)."""
+    sort = CONTACT_SORTS[query.sort]
+    return db[CONTACTS].find(keyset(query.filter(), sort, cursor)).sort(sort.spec)
+
+
+async def list_accounts(
+    db: Db, query: BookQuery, *, limit: int, cursor: str | None
+) -> tuple[list[Account], str | None]:
+    docs, next_cursor = page(
+        await find_accounts(db, query, cursor).limit(limit + 1).to_list(), limit, ACCOUNT_SORTS[query.sort]
+    )
+    return [account_from_doc(d) for d in docs], next_cursor
+
+
+async def list_contacts(
+    db: Db, query: BookQuery, *, limit: int, cursor: str | None
+) -> tuple[list[Contact], str | None]:
+    docs, next_cursor = page(
+        await find_contacts(db, query, cursor).limit(limit + 1).to_list(), limit, CONTACT_SORTS[query.sort]
+    )
+    return [contact_from_doc(d) for d in docs], next_cursor
+
+
+async def get_account(db: Db, account_id: str) -> Account | None:
+    doc = await db[ACCOUNTS].find_one({"_id": account_id})
+    return None if doc is None else account_from_doc(doc)
+
+
+async def get_contact(db: Db, contact_id: str) -> Contact | None:
+    doc = await db[CONTACTS].find_one({"_id": contact_id})
+    return None if doc is None else contact_from_doc(doc)
+
+
+async def export_accounts(db: Db, query: BookQuery) -> AsyncIterator[Account]:
+    async for doc in find_accounts(db, query).batch_size(1000):
+        yield account_from_doc(doc)
+
+
+async def export_contacts(db: Db, query: BookQuery) -> AsyncIterator[Contact]:
+    async for doc in find_contacts(db, query).batch_size(1000):
+        yield contact_from_doc(doc)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -122,3 +122,23 @@ def text_search(q: str) -> Doc:
     """A ``$text`` query where every word must match (each quoted: MongoDB ANDs phrases)."""
     words = [w.replace('"', "") for w in q.split()]
     return {"$text": {"$search": " ".join(f'"{w}"' for w in words if w), "$caseSensitive": False}}
+
+
+def index_specs(
+    name: str, prefixes: Sequence[Sequence[str]], orders: Iterable[Sort]
+) -> list[tuple[list[tuple[str, int]], str]]:
+    """The indexes a list needs: one per (equality filter prefix, order field), then ``_id``.
+
+    Each is ``(keys, index name)`` for ``create_index``; descending keys serve both directions
+    of an order (MongoDB walks an index either way)."""
+    specs: list[tuple[list[tuple[str, int]], str]] = []
+    for prefix in prefixes:
+        for field in sorted({o.field for o in orders}):
+            keys = [*((k, ASCENDING) for k in prefix), (field, DESCENDING), ("_id", DESCENDING)]
+            specs.append((keys, "_".join([name, *prefix, field]).replace(".", "_")))
+    return specs
+
+
+def keyset(flt: Doc, sort: Sort, cursor: str | None) -> Doc:
+    """``flt`` narrowed to what comes after ``cursor`` in ``sort``'s order (no cursor: ``flt``)."""
+    return flt if cursor is None else {"$and": [flt, sort.after(cursor)]}

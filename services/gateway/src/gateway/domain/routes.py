@@ -168,6 +168,7 @@ ROUTE_TABLE: tuple[RouteRule, ...] = (
     rule(SALES, {"POST"}, "/inbox/*/accept|reject|recycle", SALES_ROLES, "the verdict on a handed-off lead"),
     rule(SALES, READ, "/inbox/**", SALES_ROLES, "the inbox of handed-off leads"),
     rule(SALES, ANY, "/opportunities/**", SALES_ROLES, "deals are sales' own"),
+    rule(SALES, ANY, "/accounts|contacts/**", SALES_ROLES, "accounts and contacts sales works itself"),
     rule(SALES, {"POST"}, "/action-queue/*/assign", SALES_LEADS, "the manager routes action items"),
     rule(SALES, ANY, "/action-queue/**", SALES_ROLES, "sales' queue of action items"),
     rule(SALES, READ, "/forecast|pipeline", SALES_READERS, "analysts read the forecast and stages"),

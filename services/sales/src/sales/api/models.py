@@ -12,16 +12,20 @@ from crm_contracts.events.sales import RejectReason, Verdict
 from crm_platform.money import Amount, StoredAmount, plain_numbers
 from crm_platform.values import Timestamp, custom_value
 from pydantic import (
+    AnyHttpUrl,
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    EmailStr,
     Field,
     StrictBool,
     StringConstraints,
     model_validator,
 )
 
+from sales.domain.account import Account, DirectSource
 from sales.domain.assignment import Rep, rotation, round_robin
+from sales.domain.contact import Contact as SalesContact
 from sales.domain.forecast import Forecast
 from sales.domain.inbox import MAX_SLA_MINUTES, MIN_SLA_MINUTES, InboxItem, InboxStatus
 from sales.domain.opportunity import (
@@ -514,6 +518,7 @@ _OPPORTUNITY_AS_IS = (
     "assigned_by",
     "account_name",
     "account_id",
+    "direct_source",
     "lead_id",
     "inbox_item_id",
     "signal_id",
@@ -534,7 +539,10 @@ _OPPORTUNITY_AS_IS = (
 
 class OpportunityOut(Out):
     id: str
-    origin: str
+    origin: str = Field(description="lead (marketing's handoff), upsell (customer success) or direct (sales)")
+    direct_source: str | None = Field(
+        description="For origin direct: referral, outbound, event, partner, other"
+    )
     status: OpportunityStatus
     stage: str
     owner: str
@@ -676,3 +684,91 @@ class ForecastOut(Out):
             won_value=f.won_value,
             weighted_forecast=f.weighted_forecast,
         )
+
+
+# -- records sales creates itself (referrals, outbound) --------------------------------------
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+OWNER_HELP = "Managers: the active rep who owns it (default: you); a rep always creates in their own book"
+
+
+class AccountIn(In):
+    name: Text = Field(description="The company's name (one account per name, case-insensitive)")
+    source: DirectSource = Field(description="How it came in: referral, outbound, event, partner, other")
+    owner: UserId | None = Field(default=None, description=OWNER_HELP)
+    industry: Text | None = None
+    website: AnyHttpUrl | None = None
+
+
+class AccountOut(Out):
+    id: str
+    name: str
+    owner: str
+    source: DirectSource
+    industry: str | None
+    website: str | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, a: Account) -> AccountOut:
+        return cls.model_validate({**vars(a)})
+
+
+class AccountPageOut(Out):
+    items: list[AccountOut]
+    limit: int
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null: the last page")
+
+
+class ContactIn(In):
+    email: EmailStr = Field(description="The person's email: one contact per email (as marketing's capture)")
+    name: Text
+    source: DirectSource
+    account_id: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = Field(
+        default=None, description="The account (POST /accounts) the person works at"
+    )
+    owner: UserId | None = Field(default=None, description=OWNER_HELP)
+    phone: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50)] | None = None
+    role: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] | None = None
+
+
+class ContactOut(Out):
+    id: str
+    email: str
+    name: str
+    owner: str
+    source: str
+    account_id: str | None
+    phone: str | None
+    role: str | None
+    import_id: str | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, c: SalesContact) -> ContactOut:
+        return cls.model_validate({**vars(c)})
+
+
+class ContactPageOut(Out):
+    items: list[ContactOut]
+    limit: int
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null: the last page")
+
+
+RecordId = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+
+class OpportunityIn(In):
+    """An opportunity sales opens itself (a referral, outbound work) for one of its accounts."""
+
+    account_id: RecordId = Field(description="The account (POST /accounts) the deal is with")
+    source: DirectSource
+    contact_ids: list[RecordId] = Field(
+        default_factory=list, max_length=50, description="Contacts (POST /contacts) on the deal"
+    )
+    owner: UserId | None = Field(default=None, description=OWNER_HELP)
+    description: Note | None = None

@@ -19,6 +19,7 @@ from sales.api.models import (
     ActivityOut,
     FieldsUpdateIn,
     FlagResolutionIn,
+    OpportunityIn,
     OpportunityOut,
     OpportunityPageOut,
     StageMoveIn,
@@ -84,6 +85,20 @@ async def list_opportunities(
         offset=0 if cursor else offset,
         next_cursor=found.next_cursor,
     )
+
+
+@router.post(
+    "",
+    response_model=OpportunityOut,
+    status_code=status.HTTP_201_CREATED,
+    summary="Open an opportunity directly (referral, outbound) for an account; reaches analytics and, "
+    "once won, customer success like any deal",
+)
+async def create_opportunity(body: OpportunityIn, uow: UowDep, actor: CurrentActor) -> OpportunityOut:
+    new = handlers.NewOpportunity(
+        body.account_id, body.source, tuple(body.contact_ids), body.owner, body.description
+    )
+    return OpportunityOut.of(await handlers.create_opportunity(uow, new, actor))
 
 
 @router.get(

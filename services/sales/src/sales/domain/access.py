@@ -9,7 +9,7 @@ one rule everywhere, and ids are opaque so nothing is enumerable.
 from __future__ import annotations
 
 from crm_platform.actor import Actor
-from crm_platform.errors import Forbidden
+from crm_platform.errors import Forbidden, RuleViolation
 
 MANAGER_ROLES = frozenset({"sales_manager", "admin"})
 TEAM_VIEW_ROLES = MANAGER_ROLES | {"analyst"}
@@ -42,3 +42,25 @@ def owner_scope(actor: Actor, requested_owner: str | None) -> str | None:
 def forecast_scope(actor: Actor, requested_owner: str | None) -> str | None:
     """Managers, admins and analysts see the team (or one rep); a rep only their own book."""
     return requested_owner if actor.has_any(TEAM_VIEW_ROLES) else actor.user_id
+
+
+def owner_for_new_record(actor: Actor, requested: str | None, active_reps: list[str]) -> str:
+    """Who owns an account, contact or opportunity sales creates itself.
+
+    A rep creates in their own book (naming another owner is refused); a manager or admin
+    may name an active rep, and owns it themself when naming nobody."""
+    if not is_manager(actor):
+        if requested not in (None, actor.user_id):
+            raise Forbidden(
+                "a rep creates records in their own book; a sales manager may name another owner",
+                field="body.owner",
+            )
+        return actor.user_id
+    if requested is None or requested == actor.user_id:
+        return actor.user_id
+    if requested not in active_reps:
+        raise RuleViolation(
+            f"invalid input: body.owner: {requested!r} is not an active rep in the sales roster",
+            field="body.owner",
+        )
+    return requested

@@ -29,7 +29,7 @@ from crm_contracts.events.sales import (
     CommitmentReviewRequestedV1,
     ContractTerm,
     DealWonV2,
-    OpportunityCreatedV1,
+    OpportunityCreatedV2,
     OpportunityLostV1,
     OpportunityStageChangedV1,
     Product,
@@ -43,6 +43,8 @@ from crm_platform.errors import Conflict, NotFound, RuleViolation
 from crm_platform.money import plain_numbers, to_amount, to_wire
 from pydantic import ValidationError
 
+from sales.domain.account import Account, DirectSource
+from sales.domain.contact import Contact as SalesContact
 from sales.domain.pipeline import LOST, WON, Pipeline, check_stage_move
 from sales.domain.review import CommitmentReview, ReviewPolicy, ReviewStatus, as_commitments, missing_review
 
@@ -65,6 +67,7 @@ class OpportunityStatus(StrEnum):
 class Origin(StrEnum):
     LEAD = "lead"
     UPSELL = "upsell"
+    DIRECT = "direct"  # created by sales itself (a referral, outbound work): Opportunity.direct
 
 
 class ActivityType(StrEnum):
@@ -233,6 +236,7 @@ class Opportunity:
     lost_at: datetime | None = None
     lost_reason: str | None = None
     assignment_counter: int | None = None
+    direct_source: str | None = None  # origin direct: a DirectSource value
 
     # -- opening --------------------------------------------------------------------------------
 
@@ -308,8 +312,44 @@ class Opportunity:
             opp._set_fields({"amount": to_amount(signal.estimated_value)})
         return opp
 
-    def created_event(self) -> OpportunityCreatedV1:
-        return OpportunityCreatedV1(
+    @classmethod
+    def direct(
+        cls,
+        opportunity_id: str,
+        account: Account,
+        contacts: Sequence[SalesContact],
+        *,
+        source: DirectSource,
+        stage: str,
+        owner: str,
+        by: str,
+        now: datetime,
+        description: str | None = None,
+    ) -> Opportunity:
+        """An opportunity sales opens itself for one of its accounts, in the pipeline's first stage.
+
+        Its contacts are the account's people named (as the deal.won handoff carries them);
+        from here on it is like any other: moved stage by stage and, once won, handed off."""
+        return cls(
+            id=opportunity_id,
+            origin=Origin.DIRECT,
+            stage=stage,
+            owner=owner,
+            assigned_by="creator" if owner == by else "manager",
+            account_name=account.name,
+            correlation_id=opportunity_id,
+            created_at=now,
+            updated_at=now,
+            stage_entered_at=now,
+            contacts=merge_contacts([], [c.as_deal_contact() for c in contacts]),
+            account_id=account.id,
+            description=description,
+            stage_history=[StageChange(None, stage, now, by)],
+            direct_source=source.value,
+        )
+
+    def created_event(self) -> OpportunityCreatedV2:
+        return OpportunityCreatedV2(
             opportunity_id=self.id,
             account_name=self.account_name,
             owner=self.owner,
@@ -318,6 +358,8 @@ class Opportunity:
             lead_id=self.lead_id,
             signal_id=self.signal_id,
             amount=to_wire(self.amount),
+            source=self.direct_source,
+            account_id=self.account_id if self.origin == Origin.DIRECT else None,
         )
 
     # -- changes --------------------------------------------------------------------------------

@@ -87,6 +87,61 @@ class OpportunityCreatedV1(Event):
         return self.opportunity_id
 
 
+class OpportunityCreatedV2(OpportunityCreatedV1):
+    """v1 plus how a directly created opportunity came in (issue 9: sales creates deals itself,
+    from a referral or outbound work, not only from marketing's handoff or an upsell). A
+    subclass of v1, so every consumer that handles v1 handles v2."""
+
+    version: ClassVar[int] = 2
+
+    origin: str = Field(description="'lead', 'upsell' or 'direct' (created by sales itself)")
+    source: str | None = Field(
+        default=None,
+        description="For origin 'direct': referral, outbound, event, partner or other; null otherwise",
+    )
+    account_id: str | None = Field(
+        default=None, description="For origin 'direct': sales' account (sales.account_created) it is for"
+    )
+
+
+class SalesAccountCreatedV1(Event):
+    """Sales opened an account (a customer company) itself: a referral or outbound prospect.
+
+    No personal data: the company's name, never a person's."""
+
+    event_type: ClassVar[str] = "sales.account_created"
+    version: ClassVar[int] = 1
+    topic: ClassVar[str] = topics.SALES_EVENTS
+
+    account_id: str
+    name: str
+    owner: str
+    source: str = Field(description="referral, outbound, event, partner or other")
+    industry: str | None = None
+
+    def partition_key(self) -> str:
+        return self.account_id
+
+
+class SalesContactCreatedV1(Event):
+    """Sales added a contact (a person at an account) itself, or by an import.
+
+    Carries ids only: the person's name, email and phone stay in sales' database (erasure
+    never has to chase them through the log)."""
+
+    event_type: ClassVar[str] = "sales.contact_created"
+    version: ClassVar[int] = 1
+    topic: ClassVar[str] = topics.SALES_EVENTS
+
+    contact_id: str
+    account_id: str | None = None
+    owner: str
+    source: str = Field(description="referral, outbound, event, partner, other or import")
+
+    def partition_key(self) -> str:
+        return self.contact_id
+
+
 class OpportunityStageChangedV1(Event):
     event_type: ClassVar[str] = "opportunity.stage_changed"
     version: ClassVar[int] = 1
