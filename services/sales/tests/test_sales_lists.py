@@ -1,11 +1,14 @@
-"""GET /opportunities: text search, filters, sort and cursor paging, each query on an index
+"""GET /opportunities and GET /inbox: text search, filters, sort and cursor paging, each query on an index
 (issue 9). The explain test runs MongoDB's ``explain`` on exactly the cursor the route reads
 (``store.find_opportunities``) for every combination and fails on a collection scan."""
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import uuid
+from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import pytest
@@ -65,3 +68,73 @@ async def test_every_listed_query_uses_an_index(sales: Sales) -> None:
                 "queryPlanner"
             ]
             assert "COLLSCAN" not in str(plan["winningPlan"]), (query, page_cursor, plan["winningPlan"])
+
+
+async def test_opportunities_export_streams_the_lists_selection_as_csv(sales: Sales) -> None:
+    tag, rep = uuid.uuid4().hex[:8], sales.uid("rae")
+    for n in range(3):
+        await sales.opportunity_for(rep, company=f"=Export{tag} {n}")
+    r = await sales.client.get("/opportunities/export", params={"q": f"export{tag}", "sort": "oldest"},
+                               headers=sales.rep(rep))  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.headers["content-disposition"] == 'attachment; filename="opportunities.csv"'
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert [x["account_name"] for x in rows] == [f"'=Export{tag} {n}" for n in range(3)]  # never a formula
+    assert {x["owner"] for x in rows} == {rep}
+    other = await sales.client.get("/opportunities/export", params={"q": f"export{tag}"},
+                                   headers=sales.rep(sales.uid("other")))  # fmt: skip
+    assert list(csv.DictReader(io.StringIO(other.text))) == []
+
+
+async def test_the_inbox_searches_sorts_pages_and_exports(sales: Sales) -> None:
+    tag, rep = uuid.uuid4().hex[:8], sales.uid("ivy")
+    await sales.activate(rep)
+    leads = []
+    for n in range(3):
+        item, _ = await sales.qualify(company=f"Inbox{tag} {n}")
+        if item["owner"] != rep:
+            await sales.assign(item["lead_id"], rep)
+        leads.append(item["lead_id"])
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params = {"q": f"inbox{tag}", "sort": "oldest", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        r = await sales.client.get("/inbox", params=params, headers=sales.rep(rep))
+        assert r.status_code == 200, r.text
+        items += r.json()["items"]
+        cursor = r.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert [i["lead_id"] for i in items] == leads
+    r = await sales.client.get("/inbox", params={"q": f"inbox{tag}"}, headers=sales.rep(sales.uid("other")))
+    assert r.json()["items"] == []
+    r = await sales.client.get("/inbox/export", params={"q": f"inbox{tag}", "sort": "oldest"},
+                               headers=sales.manager())  # fmt: skip
+    assert r.status_code == 200, r.text
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert [(x["lead_id"], x["owner"], x["status"]) for x in rows] == [
+        (lead, rep, "pending") for lead in leads
+    ]
+    r = await sales.client.get("/inbox", params={"cursor": "x"}, headers=sales.rep(rep))
+    assert r.status_code == 422, r.text
+
+
+INBOX_QUERIES = [
+    store.InboxQuery(*values)
+    for values in itertools.product((None, "rep-1"), (None, "pending"), (None, True, False), (False, True),
+                                    (None, "engines"), sorted(store.INBOX_SORTS))
+]  # fmt: skip
+
+
+async def test_every_listed_inbox_query_uses_an_index(sales: Sales) -> None:
+    await sales.qualify()
+    db = sales.runtime.store.db
+    any_item = await db[store.INBOX].find_one({})
+    now = datetime.now(UTC)
+    for query in INBOX_QUERIES:
+        for page_cursor in (None, store.INBOX_SORTS[query.sort].cursor_of(any_item)):
+            found = store.find_inbox(db, query, now, page_cursor)
+            if found is None:
+                continue  # nothing can match: the route answers without a query
+            plan = (await found.limit(51).explain())["queryPlanner"]["winningPlan"]
+            assert "COLLSCAN" not in str(plan), (query, page_cursor, plan)

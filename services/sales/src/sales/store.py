@@ -103,6 +103,7 @@ async def ensure_indexes(
     await db[OPPORTUNITIES].create_index([("stage", ASCENDING), ("owner", ASCENDING)], name="by_stage")
     await db[OPPORTUNITIES].create_index("lead_id", name="by_lead")
     await ensure_list_indexes(db)
+    await ensure_inbox_list_indexes(db)
     await ensure_book_indexes(db)
     # One opportunity per inbox item and per service-desk signal, whatever redelivers them.
     for key, name in (("inbox_item_id", "inbox_item_unique"), ("signal_id", "signal_unique")):
@@ -725,34 +726,101 @@ async def get_latest_item(db: Db, lead_id: str) -> InboxItem | None:
     return None if doc is None else item_from_doc(doc)
 
 
+# GET /inbox?sort=: newest first by default (crm_platform.paging).
+INBOX_SORTS = sorts(
+    Sort("newest", "received_at"),
+    Sort("oldest", "received_at", descending=False),
+    Sort("due", "response_due_at", descending=False),
+    Sort("score", "handoff.score"),
+)
+_INBOX_PREFIXES: tuple[tuple[str, ...], ...] = ((), ("owner",), ("status",))
+
+
+async def ensure_inbox_list_indexes(db: Db) -> None:
+    """One index per (filter, order) of GET /inbox, and the text index for ?q=."""
+    for keys, name in index_specs("list", _INBOX_PREFIXES, INBOX_SORTS.values()):
+        await db[INBOX].create_index(keys, name=name)
+    await db[INBOX].create_index(
+        [("company", TEXT), ("handoff.contact.name", TEXT), ("handoff.contact.email", TEXT)],
+        name="search",
+        default_language="none",
+    )
+
+
+@dataclass(frozen=True)
+class InboxQuery:
+    """What GET /inbox filters, searches and sorts on (``owner``: the actor's scope)."""
+
+    owner: str | None = None
+    status: str | None = None
+    overdue: bool | None = None
+    unassigned: bool = False
+    q: str | None = None
+    sort: str = "newest"
+
+    def filter(self, now: datetime) -> Doc | None:
+        """The filter at ``now``; None when it can match nothing (overdue but not pending)."""
+        query: Doc = {}
+        if self.unassigned:
+            query["owner"] = None
+        elif self.owner is not None:
+            query["owner"] = self.owner
+        if self.status is not None:
+            query["status"] = self.status
+        if self.overdue is True:
+            if self.status not in (None, "pending"):
+                return None
+            query["status"] = "pending"
+            query["response_due_at"] = {"$lt": now}
+        elif self.overdue is False:
+            query["$or"] = [{"status": {"$ne": "pending"}}, {"response_due_at": {"$gte": now}}]
+        if self.q:
+            query.update(text_search(self.q))
+        return query
+
+
+def find_inbox(db: Db, query: InboxQuery, now: datetime, cursor: str | None = None) -> Any:
+    """The cursor GET /inbox and its export read (and tests ``explain``); None: nothing can match."""
+    flt = query.filter(now)
+    if flt is None:
+        return None
+    sort = INBOX_SORTS[query.sort]
+    return db[INBOX].find(keyset(flt, sort, cursor)).sort(sort.spec)
+
+
+@dataclass(frozen=True)
+class InboxPage:
+    items: list[InboxItem]
+    total: int
+    next_cursor: str | None
+
+
 async def list_inbox(
-    db: Db,
-    *,
-    owner: str | None,
-    status: str | None,
-    overdue: bool | None,
-    unassigned: bool,
-    now: datetime,
-    limit: int,
-    offset: int,
-) -> tuple[list[InboxItem], int]:
-    query: Doc = {}
-    if unassigned:
-        query["owner"] = None
-    elif owner is not None:
-        query["owner"] = owner
-    if status is not None:
-        query["status"] = status
-    if overdue is True:
-        query["status"] = "pending"
-        query["response_due_at"] = {"$lt": now}
-        if status not in (None, "pending"):
-            return [], 0
-    elif overdue is False:
-        query["$or"] = [{"status": {"$ne": "pending"}}, {"response_due_at": {"$gte": now}}]
-    total = await db[INBOX].count_documents(query)
-    docs = await db[INBOX].find(query).sort(NEWEST_FIRST).skip(offset).limit(limit).to_list()
-    return [item_from_doc(d) for d in docs], total
+    db: Db, query: InboxQuery, *, now: datetime, limit: int, offset: int = 0, cursor: str | None = None
+) -> InboxPage:
+    """A page in the query's order: after ``cursor`` (keyset, on an index) or at ``offset``."""
+    found = find_inbox(db, query, now, cursor)
+    flt = query.filter(now)
+    if found is None or flt is None:
+        return InboxPage([], 0, None)
+    total = await (db[INBOX].count_documents(flt) if flt else db[INBOX].estimated_document_count())
+    if cursor is None and offset:
+        found = found.skip(offset)
+    docs, next_cursor = page(await found.limit(limit + 1).to_list(), limit, INBOX_SORTS[query.sort])
+    return InboxPage([item_from_doc(d) for d in docs], total, next_cursor)
+
+
+async def export_inbox(db: Db, query: InboxQuery, now: datetime) -> AsyncIterator[InboxItem]:
+    found = find_inbox(db, query, now)
+    if found is None:
+        return
+    async for doc in found.batch_size(1000):
+        yield item_from_doc(doc)
+
+
+async def export_opportunities(db: Db, query: OpportunityQuery) -> AsyncIterator[Opportunity]:
+    async for doc in find_opportunities(db, query).batch_size(1000):
+        yield opportunity_from_doc(doc)
 
 
 async def get_opportunity(db: Db, opportunity_id: str) -> Opportunity | None:

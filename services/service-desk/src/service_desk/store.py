@@ -5,7 +5,8 @@ the indexes, and the read-side queries the API lists with (``list_*``, no transa
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -15,13 +16,14 @@ from crm_contracts.events.service_desk import CommitmentDecision, SurveyKind
 from crm_platform.action_items.repository import MongoActionItems
 from crm_platform.counters import RoundRobinCounter
 from crm_platform.mongo import Tx
+from crm_platform.paging import Sort, index_specs, keyset, page, sorts, text_search
 from crm_platform.uow import MongoUnit
 from pydantic import TypeAdapter
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, TEXT
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from service_desk.domain.accounts import Account, AccountStatus, OnboardingStatus
+from service_desk.domain.accounts import Account, AccountStatus
 from service_desk.domain.checkins import CheckIn
 from service_desk.domain.config import ConfigRecord, ServiceDeskConfig, default_config
 from service_desk.domain.health import HealthRecord, HealthRules, RiskChange, RuleSet
@@ -31,7 +33,7 @@ from service_desk.domain.reviews import CommitmentReview, ReviewStatus
 from service_desk.domain.roster import CsmEntry, RosterRecord
 from service_desk.domain.success_config import SuccessConfig, SuccessConfigRecord
 from service_desk.domain.surveys import Survey
-from service_desk.domain.tickets import Ticket, TicketStatus
+from service_desk.domain.tickets import Ticket
 
 Doc = dict[str, Any]
 
@@ -72,6 +74,7 @@ async def ensure_indexes(db: AsyncDatabase[Doc]) -> None:
     await db[TICKETS].create_index([("account_id", ASCENDING), ("opened_at", DESCENDING)], name="by_account")
     await db[TICKETS].create_index([("status", ASCENDING), ("opened_at", DESCENDING)], name="by_status")
     await db[TICKETS].create_index([("assignee", ASCENDING), ("opened_at", DESCENDING)], name="by_assignee")
+    await ensure_list_indexes(db)
     # Collections used inside transactions exist up front.
     await db[CHECKINS].create_index([("account_id", ASCENDING), ("held_at", DESCENDING)], name="by_account")
     await db[HEALTH_SCORES].create_index(
@@ -192,44 +195,133 @@ class MongoAccounts(_Collection):
         return [account_from_doc(d) for d in await cursor.limit(20000).to_list()]
 
 
+# -- the lists (crm_platform.paging: text search, filters, sort, cursor pages on an index) -------
+
+ACCOUNT_SORTS = sorts(
+    Sort("newest", "created_at"),
+    Sort("oldest", "created_at", descending=False),
+    Sort("name", "name", descending=False),
+    Sort("renewal", "term.renewal_date", descending=False),
+)
+TICKET_SORTS = sorts(
+    Sort("newest", "opened_at"),
+    Sort("oldest", "opened_at", descending=False),
+    Sort("due", "resolution_due_at", descending=False),
+)
+_ACCOUNT_PREFIXES: tuple[tuple[str, ...], ...] = ((), ("csm",), ("account_manager",), ("status",))
+_TICKET_PREFIXES: tuple[tuple[str, ...], ...] = ((), ("account_id",), ("status",), ("assignee",))
+
+
+async def ensure_list_indexes(db: AsyncDatabase[Doc]) -> None:
+    """One index per (filter, order) of GET /accounts and GET /tickets, and their text indexes."""
+    for col, prefixes, orders in (
+        (ACCOUNTS, _ACCOUNT_PREFIXES, ACCOUNT_SORTS),
+        (TICKETS, _TICKET_PREFIXES, TICKET_SORTS),
+    ):
+        for keys, name in index_specs("list", prefixes, orders.values()):
+            await db[col].create_index(keys, name=name)
+    await db[ACCOUNTS].create_index(
+        [("name", TEXT), ("contacts.name", TEXT), ("contacts.email", TEXT)],
+        name="search",
+        default_language="none",
+    )
+    await db[TICKETS].create_index(
+        [("subject", TEXT), ("request", TEXT), ("account_name", TEXT)], name="search", default_language="none"
+    )
+
+
+@dataclass(frozen=True)
+class AccountQuery:
+    """What GET /accounts filters, searches and sorts on (``member``: a CSM's book)."""
+
+    member: str | None = None
+    onboarding: str | None = None
+    deal_id: str | None = None
+    status: str | None = None
+    tier: str | None = None
+    q: str | None = None
+    sort: str = "newest"
+
+    def filter(self) -> Doc:
+        fields = (
+            ("onboarding.status", self.onboarding), ("deal_id", self.deal_id), ("status", self.status),
+            ("tier", self.tier),
+        )  # fmt: skip
+        query: Doc = {k: v for k, v in fields if v is not None}
+        if self.member is not None:
+            query |= _book(self.member)
+        if self.q:
+            query |= text_search(self.q)
+        return query
+
+
+def find_accounts(db: AsyncDatabase[Doc], query: AccountQuery, cursor: str | None = None) -> Any:
+    """The cursor GET /accounts and its export read (and tests ``explain``)."""
+    sort = ACCOUNT_SORTS[query.sort]
+    return db[ACCOUNTS].find(keyset(query.filter(), sort, cursor)).sort(sort.spec)
+
+
 async def list_accounts(
-    db: AsyncDatabase[Doc],
-    *,
-    member: str | None = None,
-    onboarding: OnboardingStatus | None = None,
-    deal_id: str | None = None,
-    limit: int = 100,
-) -> list[Account]:
-    """The API's listing, newest first: ``member``'s accounts (as CSM or account manager) when given."""
-    query: Doc = _book(member) if member is not None else {}
-    if deal_id is not None:
-        query["deal_id"] = deal_id
-    if onboarding is not None:
-        query["onboarding.status"] = onboarding.value
-    cursor = db[ACCOUNTS].find(query).sort("created_at", DESCENDING)
-    return [account_from_doc(d) for d in await cursor.limit(limit).to_list()]
+    db: AsyncDatabase[Doc], query: AccountQuery, *, limit: int = 100, cursor: str | None = None
+) -> tuple[list[Account], str | None]:
+    """A page of the API's listing (default newest first) and the next page's cursor."""
+    docs = await find_accounts(db, query, cursor).limit(limit + 1).to_list()
+    found, next_cursor = page(docs, limit, ACCOUNT_SORTS[query.sort])
+    return [account_from_doc(d) for d in found], next_cursor
+
+
+async def export_accounts(db: AsyncDatabase[Doc], query: AccountQuery) -> AsyncIterator[Account]:
+    async for doc in find_accounts(db, query).batch_size(1000):
+        yield account_from_doc(doc)
+
+
+@dataclass(frozen=True)
+class TicketQuery:
+    """What GET /tickets filters, searches and sorts on (``visible_to``: a CSM's user id)."""
+
+    account_id: str | None = None
+    status: str | None = None
+    priority: str | None = None
+    assignee: str | None = None
+    visible_to: str | None = None
+    q: str | None = None
+    sort: str = "newest"
+
+
+async def _ticket_filter(db: AsyncDatabase[Doc], query: TicketQuery) -> Doc:
+    """The query's filter; a CSM's (``visible_to``) keeps the tickets assigned to them and those
+    of the accounts they manage."""
+    fields = (
+        ("account_id", query.account_id), ("status", query.status), ("priority", query.priority),
+        ("assignee", query.assignee),
+    )  # fmt: skip
+    flt: Doc = {k: v for k, v in fields if v is not None}
+    if query.visible_to is not None:
+        ids = [str(d["_id"]) for d in await db[ACCOUNTS].find(_book(query.visible_to), {"_id": 1}).to_list()]
+        flt["$or"] = [{"assignee": query.visible_to}, {"account_id": {"$in": ids}}]
+    if query.q:
+        flt |= text_search(query.q)
+    return flt
+
+
+async def find_tickets(db: AsyncDatabase[Doc], query: TicketQuery, cursor: str | None = None) -> Any:
+    """The cursor GET /tickets and its export read (and tests ``explain``)."""
+    sort = TICKET_SORTS[query.sort]
+    return db[TICKETS].find(keyset(await _ticket_filter(db, query), sort, cursor)).sort(sort.spec)
 
 
 async def list_tickets(
-    db: AsyncDatabase[Doc],
-    *,
-    account_id: str | None = None,
-    status: TicketStatus | None = None,
-    visible_to: str | None = None,
-    limit: int = 100,
-) -> list[Ticket]:
-    """The API's listing, newest first; ``visible_to`` (a CSM's user id) keeps the tickets
-    assigned to them and those of the accounts they manage."""
-    query: Doc = {}
-    if account_id is not None:
-        query["account_id"] = account_id
-    if status is not None:
-        query["status"] = status.value
-    if visible_to is not None:
-        ids = [str(d["_id"]) for d in await db[ACCOUNTS].find(_book(visible_to), {"_id": 1}).to_list()]
-        query["$or"] = [{"assignee": visible_to}, {"account_id": {"$in": ids}}]
-    cursor = db[TICKETS].find(query).sort("opened_at", DESCENDING)
-    return [ticket_from_doc(d) for d in await cursor.limit(limit).to_list()]
+    db: AsyncDatabase[Doc], query: TicketQuery, *, limit: int = 100, cursor: str | None = None
+) -> tuple[list[Ticket], str | None]:
+    """A page of the API's listing (default newest first) and the next page's cursor."""
+    docs = await (await find_tickets(db, query, cursor)).limit(limit + 1).to_list()
+    found, next_cursor = page(docs, limit, TICKET_SORTS[query.sort])
+    return [ticket_from_doc(d) for d in found], next_cursor
+
+
+async def export_tickets(db: AsyncDatabase[Doc], query: TicketQuery) -> AsyncIterator[Ticket]:
+    async for doc in (await find_tickets(db, query)).batch_size(1000):
+        yield ticket_from_doc(doc)
 
 
 class MongoRenewals(_Collection):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
+from enum import StrEnum
 from typing import Annotated
 
 from crm_contracts import utcnow
 from crm_contracts.events.sales import Verdict
-from crm_platform.errors import NotFound
+from crm_platform.csv_stream import Cell, csv_response
+from crm_platform.errors import NotFound, RuleViolation
+from crm_platform.paging import BadCursor
 from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Query
+from starlette.responses import StreamingResponse
 
 from sales import handlers
 from sales import store as repo
@@ -29,6 +34,42 @@ from sales.domain.inbox import InboxStatus
 router = APIRouter(prefix="/inbox", tags=["inbox"], dependencies=[sales_only])
 
 
+class InboxSort(StrEnum):
+    NEWEST = "newest"
+    OLDEST = "oldest"
+    DUE = "due"
+    SCORE = "score"
+
+
+Status = Annotated[InboxStatus | None, Query()]
+Overdue = Annotated[bool | None, Query(description="Pending past their response due date")]
+Owner = Annotated[str | None, Query(max_length=100, description="Managers: one rep's items")]
+Unassigned = Annotated[bool, Query(description="Managers: items no rep owns yet")]
+Search = Annotated[
+    str | None, Query(max_length=200, description="words of the company or the contact's name and email")
+]
+Sorting = Annotated[InboxSort, Query(description="newest (default), oldest, due (soonest first), score")]
+
+
+def _query(
+    actor: CurrentActor,
+    owner: str | None,
+    status: InboxStatus | None,
+    overdue: bool | None,
+    unassigned: bool,
+    q: str | None,
+    sort: InboxSort,
+) -> repo.InboxQuery:
+    return repo.InboxQuery(
+        owner=owner_scope(actor, owner),
+        status=status.value if status else None,
+        overdue=overdue,
+        unassigned=unassigned and is_manager(actor),
+        q=q.strip() or None if q else None,
+        sort=sort.value,
+    )
+
+
 @router.get(
     "",
     response_model=InboxPageOut,
@@ -37,27 +78,70 @@ router = APIRouter(prefix="/inbox", tags=["inbox"], dependencies=[sales_only])
 async def list_inbox(
     db: DbDep,
     actor: CurrentActor,
-    status: Annotated[InboxStatus | None, Query()] = None,
-    overdue: Annotated[bool | None, Query(description="Pending past their response due date")] = None,
-    owner: Annotated[str | None, Query(max_length=100, description="Managers: one rep's items")] = None,
-    unassigned: Annotated[bool, Query(description="Managers: items no rep owns yet")] = False,
+    status: Status = None,
+    overdue: Overdue = None,
+    owner: Owner = None,
+    unassigned: Unassigned = False,
+    q: Search = None,
+    sort: Sorting = InboxSort.NEWEST,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    cursor: Annotated[
+        str | None, Query(max_length=500, description="next_cursor of the previous page")
+    ] = None,
+    offset: Annotated[int, Query(ge=0, le=100_000, description="ignored with a cursor")] = 0,
 ) -> InboxPageOut:
     now = utcnow()
-    items, total = await repo.list_inbox(
-        db,
-        owner=owner_scope(actor, owner),
-        status=status.value if status else None,
-        overdue=overdue,
-        unassigned=unassigned and is_manager(actor),
-        now=now,
-        limit=limit,
-        offset=offset,
-    )
+    query = _query(actor, owner, status, overdue, unassigned, q, sort)
+    try:
+        found = await repo.list_inbox(db, query, now=now, limit=limit, offset=offset, cursor=cursor)
+    except BadCursor as exc:
+        raise RuleViolation(f"invalid input: query.cursor: {exc}", field="query.cursor") from None
     return InboxPageOut(
-        items=[InboxItemOut.of(i, now) for i in items], total=total, limit=limit, offset=offset
+        items=[InboxItemOut.of(i, now) for i in found.items],
+        total=found.total,
+        limit=limit,
+        offset=0 if cursor else offset,
+        next_cursor=found.next_cursor,
     )
+
+
+EXPORT_COLUMNS = (
+    "lead_id", "item_id", "status", "owner", "company", "contact_name", "contact_email", "score",
+    "source_channel", "campaign", "received_at", "response_due_at", "overdue", "verdict", "reason_code",
+    "decided_at",
+)  # fmt: skip
+
+
+@router.get(
+    "/export",
+    response_class=StreamingResponse,
+    summary="The inbox items the list's filters select, as CSV (streamed)",
+    responses={200: {"content": {"text/csv": {}}, "description": "one row per inbox item"}},
+)
+async def export_inbox(
+    db: DbDep,
+    actor: CurrentActor,
+    status: Status = None,
+    overdue: Overdue = None,
+    owner: Owner = None,
+    unassigned: Unassigned = False,
+    q: Search = None,
+    sort: Sorting = InboxSort.NEWEST,
+) -> StreamingResponse:
+    now = utcnow()
+    items = repo.export_inbox(db, _query(actor, owner, status, overdue, unassigned, q, sort), now)
+
+    async def rows() -> AsyncIterator[Sequence[Cell]]:
+        async for i in items:
+            h, v = i.handoff, i.verdict
+            yield (
+                i.lead_id, i.id, i.status.value, i.owner, i.company, h.contact.name, str(h.contact.email),
+                h.score, h.source_channel, h.campaign, i.received_at, i.response_due_at, i.overdue(now),
+                v.verdict.value if v else None, v.reason_code.value if v and v.reason_code else None,
+                v.decided_at if v else None,
+            )  # fmt: skip
+
+    return csv_response("inbox.csv", EXPORT_COLUMNS, rows())
 
 
 @router.get(

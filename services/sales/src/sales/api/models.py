@@ -286,6 +286,9 @@ class InboxPageOut(Out):
     total: int
     limit: int
     offset: int
+    next_cursor: str | None = Field(
+        default=None, description="Pass as ?cursor= for the next page; null: the last page"
+    )
 
 
 # -- opportunities ----------------------------------------------------------------------------

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from enum import StrEnum
 from typing import Annotated
 
 from crm_platform import audit_api
+from crm_platform.csv_stream import Cell, csv_response
 from crm_platform.errors import NotFound, RuleViolation
 from crm_platform.paging import BadCursor
 from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Path, Query, status
+from starlette.responses import StreamingResponse
 
 from sales import handlers
 from sales import store as repo
@@ -85,6 +88,51 @@ async def list_opportunities(
         offset=0 if cursor else offset,
         next_cursor=found.next_cursor,
     )
+
+
+EXPORT_COLUMNS = (
+    "id", "account_name", "origin", "stage", "status", "owner", "amount", "currency", "account_id", "lead_id",
+    "direct_source", "activity_count", "last_activity_at", "created_at", "updated_at", "won_at", "lost_at",
+    "lost_reason",
+)  # fmt: skip
+
+
+@router.get(
+    "/export",
+    response_class=StreamingResponse,
+    summary="The opportunities the list's filters select, as CSV (streamed)",
+    responses={200: {"content": {"text/csv": {}}, "description": "one row per opportunity"}},
+)
+async def export_opportunities(
+    db: DbDep,
+    actor: CurrentActor,
+    stage: Annotated[str | None, Query(max_length=40)] = None,
+    status_: Annotated[OpportunityStatus | None, Query(alias="status")] = None,
+    origin: Annotated[Origin | None, Query()] = None,
+    flagged: Annotated[bool | None, Query()] = None,
+    owner: Annotated[str | None, Query(max_length=100, description="Managers: one rep's book")] = None,
+    q: Annotated[str | None, Query(max_length=200)] = None,
+    sort: Annotated[OpportunitySort, Query()] = OpportunitySort.NEWEST,
+) -> StreamingResponse:
+    query = repo.OpportunityQuery(
+        owner=owner_scope(actor, owner),
+        stage=stage,
+        status=status_.value if status_ else None,
+        origin=origin.value if origin else None,
+        flagged=flagged,
+        q=q.strip() or None if q else None,
+        sort=sort.value,
+    )
+
+    async def rows() -> AsyncIterator[Sequence[Cell]]:
+        async for o in repo.export_opportunities(db, query):
+            yield (
+                o.id, o.account_name, o.origin.value, o.stage, o.status.value, o.owner, o.amount, o.currency,
+                o.account_id, o.lead_id, o.direct_source, o.activity_count, o.last_activity_at, o.created_at,
+                o.updated_at, o.won_at, o.lost_at, o.lost_reason,
+            )  # fmt: skip
+
+    return csv_response("opportunities.csv", EXPORT_COLUMNS, rows())
 
 
 @router.post(

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
+from enum import StrEnum
 from typing import Annotated
 
 from crm_platform import audit_api
+from crm_platform.csv_stream import Cell, csv_response
+from crm_platform.errors import RuleViolation
+from crm_platform.paging import BadCursor
 from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Query, status
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+from starlette.responses import StreamingResponse
 
 from service_desk import store
 from service_desk.api.deps import ROSTER_EDITING, SERVICE_DESK_ROLES, Success, UowDep
@@ -20,7 +26,7 @@ from service_desk.api.models import (
     SignalOut,
 )
 from service_desk.domain.access import book_of
-from service_desk.domain.accounts import OnboardingStatus
+from service_desk.domain.accounts import AccountStatus, OnboardingStatus
 from service_desk.handlers import accounts as handlers
 
 router = APIRouter(prefix="/accounts", tags=["accounts"], dependencies=[SERVICE_DESK_ROLES])
@@ -29,6 +35,54 @@ router = APIRouter(prefix="/accounts", tags=["accounts"], dependencies=[SERVICE_
 class AccountList(BaseModel):
     items: list[AccountOut]
     count: int
+    next_cursor: str | None = Field(
+        default=None, description="Pass as ?cursor= for the next page; null: the last page"
+    )
+
+
+class AccountSort(StrEnum):
+    NEWEST = "newest"
+    OLDEST = "oldest"
+    NAME = "name"
+    RENEWAL = "renewal"
+
+
+def bad_cursor(exc: BadCursor) -> RuleViolation:
+    return RuleViolation(f"invalid input: query.cursor: {exc}", field="query.cursor")
+
+
+Csm = Annotated[str | None, Query(max_length=100, description="One CSM's book (a CSM: only their own)")]
+DealId = Annotated[str | None, Query(max_length=100, description="The won deal's id")]
+Tier = Annotated[str | None, Query(max_length=40)]
+Search = Annotated[
+    str | None, Query(max_length=200, description="words of the name or the contacts' names and emails")
+]
+Cursor = Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")]
+
+
+def _query(
+    actor: CurrentActor,
+    csm: str | None,
+    onboarding_status: OnboardingStatus | None,
+    deal_id: str | None,
+    status_: AccountStatus | None,
+    tier: str | None,
+    q: str | None,
+    sort: AccountSort,
+) -> store.AccountQuery | None:
+    """The listing's query, or None when the actor may see none of what was asked."""
+    allowed, member = book_of(actor, csm)
+    if not allowed:
+        return None
+    return store.AccountQuery(
+        member=member,
+        onboarding=onboarding_status.value if onboarding_status else None,
+        deal_id=deal_id,
+        status=status_.value if status_ else None,
+        tier=tier,
+        q=q.strip() or None if q else None,
+        sort=sort.value,
+    )
 
 
 @router.get(
@@ -38,20 +92,64 @@ async def list_accounts(
     db: DbDep,
     actor: CurrentActor,
     success: Success,
-    csm: Annotated[str | None, Query(max_length=100)] = None,
+    csm: Csm = None,
     onboarding_status: OnboardingStatus | None = None,
-    deal_id: Annotated[str | None, Query(max_length=100, description="The won deal's id")] = None,
+    deal_id: DealId = None,
+    status_: Annotated[AccountStatus | None, Query(alias="status")] = None,
+    tier: Tier = None,
+    q: Search = None,
+    sort: AccountSort = AccountSort.NEWEST,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Cursor = None,
 ) -> AccountList:
-    allowed, member = book_of(actor, csm)
-    found = (
-        await store.list_accounts(
-            db, member=member, onboarding=onboarding_status, deal_id=deal_id, limit=limit
-        )
-        if allowed
-        else []
+    query = _query(actor, csm, onboarding_status, deal_id, status_, tier, q, sort)
+    if query is None:
+        return AccountList(items=[], count=0)
+    try:
+        found, next_cursor = await store.list_accounts(db, query, limit=limit, cursor=cursor)
+    except BadCursor as exc:
+        raise bad_cursor(exc) from None
+    return AccountList(
+        items=[AccountOut.of(a, success) for a in found], count=len(found), next_cursor=next_cursor
     )
-    return AccountList(items=[AccountOut.of(a, success) for a in found], count=len(found))
+
+
+EXPORT_COLUMNS = (
+    "id", "name", "deal_id", "status", "tier", "csm", "account_manager", "sales_owner", "onboarding_status",
+    "value", "currency", "renewal_date", "won_at", "created_at",
+)  # fmt: skip
+
+
+@router.get(
+    "/export",
+    response_class=StreamingResponse,
+    summary="The accounts the list's filters select, as CSV (streamed)",
+    responses={200: {"content": {"text/csv": {}}, "description": "one row per account"}},
+)
+async def export_accounts(
+    db: DbDep,
+    actor: CurrentActor,
+    csm: Csm = None,
+    onboarding_status: OnboardingStatus | None = None,
+    deal_id: DealId = None,
+    status_: Annotated[AccountStatus | None, Query(alias="status")] = None,
+    tier: Tier = None,
+    q: Search = None,
+    sort: AccountSort = AccountSort.NEWEST,
+) -> StreamingResponse:
+    query = _query(actor, csm, onboarding_status, deal_id, status_, tier, q, sort)
+
+    async def rows() -> AsyncIterator[Sequence[Cell]]:
+        if query is None:
+            return
+        async for a in store.export_accounts(db, query):
+            yield (
+                a.account_id, a.name, a.deal_id, a.status.value, a.tier, a.csm, a.account_manager,
+                a.sales_owner, a.onboarding.status.value, a.value.amount, a.value.currency,
+                a.term.renewal_date if a.term else None, a.won_at, a.created_at,
+            )  # fmt: skip
+
+    return csv_response("accounts.csv", EXPORT_COLUMNS, rows())
 
 
 @router.get("/{account_id}", response_model=AccountOut)

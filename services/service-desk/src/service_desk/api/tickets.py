@@ -3,18 +3,25 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
+from enum import StrEnum
 from typing import Annotated
 
 from crm_platform import audit_api
 from crm_platform.clock import now_millis
+from crm_platform.csv_stream import Cell, csv_response
+from crm_platform.paging import BadCursor
 from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Query, status
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+from starlette.responses import StreamingResponse
 
 from service_desk import store
+from service_desk.api.accounts import bad_cursor
 from service_desk.api.deps import SERVICE_DESK_ROLES, UowDep
 from service_desk.api.models import ProgressIn, ResolveIn, TicketIn, TicketOut
 from service_desk.domain.access import sees_all
+from service_desk.domain.config import Priority
 from service_desk.domain.tickets import Ticket, TicketStatus
 from service_desk.handlers import accounts, tickets
 from service_desk.repository import SuccessUoW
@@ -25,6 +32,41 @@ router = APIRouter(prefix="/tickets", tags=["tickets"], dependencies=[SERVICE_DE
 class TicketList(BaseModel):
     items: list[TicketOut]
     count: int
+    next_cursor: str | None = Field(
+        default=None, description="Pass as ?cursor= for the next page; null: the last page"
+    )
+
+
+class TicketSort(StrEnum):
+    NEWEST = "newest"
+    OLDEST = "oldest"
+    DUE = "due"
+
+
+AccountId = Annotated[str | None, Query(max_length=100)]
+Assignee = Annotated[str | None, Query(max_length=100, description="One member's tickets")]
+Search = Annotated[str | None, Query(max_length=200, description="words of the subject, request or account")]
+Cursor = Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")]
+
+
+def _query(
+    actor: CurrentActor,
+    account_id: str | None,
+    status_: TicketStatus | None,
+    priority: Priority | None,
+    assignee: str | None,
+    q: str | None,
+    sort: TicketSort,
+) -> store.TicketQuery:
+    return store.TicketQuery(
+        account_id=account_id,
+        status=status_.value if status_ else None,
+        priority=priority.value if priority else None,
+        assignee=assignee,
+        visible_to=None if sees_all(actor.roles) else actor.user_id,
+        q=q.strip() or None if q else None,
+        sort=sort.value,
+    )
 
 
 async def _out(uow: SuccessUoW, *found: Ticket) -> list[TicketOut]:
@@ -56,15 +98,57 @@ async def list_tickets(
     db: DbDep,
     uow: UowDep,
     actor: CurrentActor,
-    account_id: Annotated[str | None, Query(max_length=100)] = None,
+    account_id: AccountId = None,
     status: TicketStatus | None = None,
+    priority: Priority | None = None,
+    assignee: Assignee = None,
+    q: Search = None,
+    sort: TicketSort = TicketSort.NEWEST,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Cursor = None,
 ) -> TicketList:
-    visible_to = None if sees_all(actor.roles) else actor.user_id
-    found = await store.list_tickets(
-        db, account_id=account_id, status=status, visible_to=visible_to, limit=limit
-    )
-    return TicketList(items=await _out(uow, *found), count=len(found))
+    query = _query(actor, account_id, status, priority, assignee, q, sort)
+    try:
+        found, next_cursor = await store.list_tickets(db, query, limit=limit, cursor=cursor)
+    except BadCursor as exc:
+        raise bad_cursor(exc) from None
+    return TicketList(items=await _out(uow, *found), count=len(found), next_cursor=next_cursor)
+
+
+EXPORT_COLUMNS = (
+    "id", "account_id", "account_name", "subject", "priority", "status", "assignee", "opened_by",
+    "opened_at", "first_response_due_at", "first_response_at", "resolution_due_at", "resolved_at",
+    "first_response_breached", "resolution_breached", "csat",
+)  # fmt: skip
+
+
+@router.get(
+    "/export",
+    response_class=StreamingResponse,
+    summary="The tickets the list's filters select, as CSV (streamed)",
+    responses={200: {"content": {"text/csv": {}}, "description": "one row per ticket"}},
+)
+async def export_tickets(
+    db: DbDep,
+    actor: CurrentActor,
+    account_id: AccountId = None,
+    status: TicketStatus | None = None,
+    priority: Priority | None = None,
+    assignee: Assignee = None,
+    q: Search = None,
+    sort: TicketSort = TicketSort.NEWEST,
+) -> StreamingResponse:
+    query = _query(actor, account_id, status, priority, assignee, q, sort)
+
+    async def rows() -> AsyncIterator[Sequence[Cell]]:
+        async for t in store.export_tickets(db, query):
+            yield (
+                t.ticket_id, t.account_id, t.account_name, t.subject, t.priority.value, t.status.value,
+                t.assignee, t.opened_by, t.opened_at, t.first_response_due_at, t.first_response_at,
+                t.resolution_due_at, t.resolved_at, t.first_response_breached, t.resolution_breached, t.csat,
+            )  # fmt: skip
+
+    return csv_response("tickets.csv", EXPORT_COLUMNS, rows())
 
 
 @router.get("/{ticket_id}", response_model=TicketOut)
