@@ -89,6 +89,7 @@ def build_app(settings: ServiceSettings) -> FastAPI:
         lease_seconds=s.import_lease_seconds,
         poll_seconds=s.import_poll_seconds,
         max_row_bytes=s.import_max_row_bytes,
+        max_attempts=s.import_max_attempts,
     )
     app.state.import_worker = worker
     if s.import_worker_enabled:

@@ -10,6 +10,12 @@ One worker at a time per job: a worker **claims** a job by taking its lease
 leaves its lease to expire, and the next claim (the restarted process, or another
 replica) resumes at the job's checkpoint. A worker that lost its lease stops at its next
 batch (``StaleCheckpoint`` or a failed renewal), never writing a row twice.
+
+A job whose processing keeps failing is not retried forever: each claim counts an
+attempt (a committed batch starts the count again), the failure's reason is kept on the
+job (``last_error``, shown while it retries), and the ``CRM_IMPORT_MAX_ATTEMPTS``-th
+failure in a row, or a claim past that many (a failure that killed the process), marks
+the job failed with the reason.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -122,6 +128,7 @@ class ImportWorker:
         lease_seconds: float,
         poll_seconds: float,
         max_row_bytes: int,
+        max_attempts: int = 5,
     ) -> None:
         self.uow = uow
         self.db = db
@@ -129,6 +136,7 @@ class ImportWorker:
         self.lease = timedelta(seconds=lease_seconds)
         self.poll_seconds = poll_seconds
         self.max_row_bytes = max_row_bytes
+        self.max_attempts = max_attempts
         self.owner = new_id()
         self._wake = asyncio.Event()
 
@@ -155,32 +163,57 @@ class ImportWorker:
     async def work(self, job: ImportJob) -> None:
         """Import ``job`` from its checkpoint to its end (or until another worker has it)."""
         log.info(
-            "import %s: %s from row %d (byte %d of %d)",
+            "import %s: %s from row %d (byte %d of %d), attempt %d",
             job.id,
             "resuming" if job.state is ImportState.RUNNING else "starting",
             job.checkpoint.row,
             job.checkpoint.offset,
             job.size,
+            job.attempts,
             extra={"import_id": job.id},
         )
         # The audit log names the user who started the import for every change it makes.
         who = audit.actor_var.set(Actor(job.created_by, job.created_by_name))
         what = audit.operation_var.set(f"IMPORT {job.id}")
         try:
-            missing = columns_missing(job.effective_mapping(), job.header) if job.header else []
-            if missing:
-                await handlers.end_import(self.uow, job.id, f"the file has no columns {missing}")
-                return
-            await self._batches(job)
-            done = await handlers.end_import(self.uow, job.id)
-            await store.drop_chunks(self.db, job.id)
-            log.info("import %s completed: %s", job.id, done.counts, extra={"import_id": job.id})
+            await self._attempt(job)
         except (StaleCheckpoint, LeaseLost) as exc:
             log.warning("import %s left to another worker: %s", job.id, exc, extra={"import_id": job.id})
+        except Exception as exc:
+            if not await self._gave_up(job, f"{type(exc).__name__}: {exc}"):
+                raise
         finally:
             audit.actor_var.reset(who)
             audit.operation_var.reset(what)
             await store.release_lease(self.db, job.id, self.owner)
+
+    async def _attempt(self, job: ImportJob) -> None:
+        if job.attempts > self.max_attempts:  # the earlier attempts died with their process
+            await self._fail(job, job.last_error or "the worker stopped while importing it")
+            return
+        missing = columns_missing(job.effective_mapping(), job.header) if job.header else []
+        if missing:
+            await handlers.end_import(self.uow, job.id, f"the file has no columns {missing}")
+            return
+        await self._batches(job)
+        done = await handlers.end_import(self.uow, job.id)
+        await store.drop_chunks(self.db, job.id)
+        log.info("import %s completed: %s", job.id, done.counts, extra={"import_id": job.id})
+
+    async def _gave_up(self, job: ImportJob, reason: str) -> bool:
+        """Keep why this attempt failed; on the last allowed one, fail the job (True)."""
+        await store.note_import_failure(self.db, job.id, self.owner, reason)
+        if job.attempts < self.max_attempts:
+            return False
+        await self._fail(job, reason)
+        return True
+
+    async def _fail(self, job: ImportJob, reason: str) -> None:
+        n = self.max_attempts
+        await handlers.end_import(
+            self.uow, job.id, f"gave up after {n} attempt{'s' if n > 1 else ''} in a row failed: {reason}"
+        )
+        log.error("import %s failed for good: %s", job.id, reason, extra={"import_id": job.id})
 
     async def _batches(self, job: ImportJob) -> None:
         """Commit the file's batches in order, from the job's checkpoint.
@@ -248,14 +281,29 @@ class BadFile(ValueError):
     """The upload cannot be imported at all (no header, a mapping naming absent columns)."""
 
 
+class UploadTakenOver(RuntimeError):
+    """Another upload of the same import took over (this one had gone quiet): stop storing."""
+
+
+async def _always_mine() -> bool:
+    return True
+
+
 async def store_upload(
-    db: AsyncDatabase[dict[str, Any]], job: ImportJob, body: AsyncIterator[bytes], *, max_row_bytes: int
+    db: AsyncDatabase[dict[str, Any]],
+    job: ImportJob,
+    body: AsyncIterator[bytes],
+    *,
+    max_row_bytes: int,
+    still_mine: Callable[[], Awaitable[bool]] = _always_mine,
 ) -> tuple[int, list[str], int]:
     """Store the request body as the job's file, in chunks, as it streams in.
 
     Returns (size, a CSV's header columns, the offset where records start). A CSV's
     header is read from the first line and checked against the mapping before
-    anything else is stored (``BadFile``); memory holds one chunk at a time.
+    anything else is stored (``BadFile``); memory holds one chunk at a time. After each
+    stored chunk ``still_mine`` renews the upload's claim on the job (the API's one-upload
+    guard); False stops the upload (``UploadTakenOver``).
     """
     await store.drop_chunks(db, job.id)
     pending, size, n = bytearray(), 0, 0
@@ -267,6 +315,8 @@ async def store_upload(
         if header is None:
             header, data_start = _header(pending, job, max_row_bytes)
         while header is not None and len(pending) >= store.CHUNK_BYTES:
+            if not await still_mine():
+                raise UploadTakenOver(f"another upload of import '{job.id}' took over from this one")
             await store.put_chunk(db, job.id, n, bytes(pending[: store.CHUNK_BYTES]))
             del pending[: store.CHUNK_BYTES]
             n += 1

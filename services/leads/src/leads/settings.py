@@ -28,6 +28,14 @@ class LeadsSettings(ServiceSettings):
         default=65536, validation_alias="CRM_IMPORT_MAX_ROW_BYTES", ge=1024, le=1_048_576
     )
     import_worker_enabled: bool = Field(default=True, validation_alias="CRM_IMPORT_WORKER_ENABLED")
+    # An import whose processing fails this many times in a row (claims without a batch
+    # committed in between) is marked failed with the last error, instead of retried forever.
+    import_max_attempts: int = Field(default=5, validation_alias="CRM_IMPORT_MAX_ATTEMPTS", ge=1, le=100)
+    # One upload per import at a time: another PUT of its file is refused (409) until the
+    # running one ends or has stored nothing for this long (a client that went away).
+    import_upload_stale_seconds: float = Field(
+        default=60.0, validation_alias="CRM_IMPORT_UPLOAD_STALE_SECONDS", gt=0, le=3600
+    )
 
     @classmethod
     def of(cls, settings: ServiceSettings) -> LeadsSettings:

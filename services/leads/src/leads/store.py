@@ -522,6 +522,8 @@ def import_from_doc(d: Doc) -> ImportJob:
         error=d.get("error"),
         started_at=d.get("started_at"),
         finished_at=d.get("finished_at"),
+        attempts=int(d.get("attempts") or 0),
+        last_error=d.get("last_error"),
     )
 
 
@@ -589,7 +591,7 @@ async def claim_import(db: Db, owner: str, now: datetime, lease: timedelta) -> I
             "state": {"$in": [ImportState.QUEUED.value, ImportState.RUNNING.value]},
             "$or": [{"lease_until": None}, {"lease_until": {"$lt": now}}],
         },
-        {"$set": {"lease_owner": owner, "lease_until": now + lease}},
+        {"$set": {"lease_owner": owner, "lease_until": now + lease}, "$inc": {"attempts": 1}},
         sort=[("created_at", ASCENDING)],
         return_document=ReturnDocument.AFTER,
     )
@@ -597,11 +599,41 @@ async def claim_import(db: Db, owner: str, now: datetime, lease: timedelta) -> I
 
 
 async def renew_lease(db: Db, job_id: str, owner: str, until: datetime) -> bool:
-    """Extend this worker's lease; False when another worker took the job meanwhile."""
+    """Extend this worker's lease after a committed batch (progress: the attempts start again
+    from zero); False when another worker took the job meanwhile."""
     result = await db[IMPORT_JOBS].update_one(
-        {"_id": job_id, "lease_owner": owner}, {"$set": {"lease_until": until}}
+        {"_id": job_id, "lease_owner": owner}, {"$set": {"lease_until": until, "attempts": 0}}
     )
     return result.matched_count == 1
+
+
+async def note_import_failure(db: Db, job_id: str, owner: str, reason: str) -> None:
+    """Why this worker's attempt at the job failed (shown by GET /imports/{id} while it retries)."""
+    await db[IMPORT_JOBS].update_one({"_id": job_id, "lease_owner": owner}, {"$set": {"last_error": reason}})
+
+
+async def take_upload(db: Db, job_id: str, upload_id: str, now: datetime, stale_after: timedelta) -> bool:
+    """Become the one upload of the job's file: False while another is storing it (it stored
+    something less than ``stale_after`` ago). The job must exist."""
+    result = await db[IMPORT_JOBS].update_one(
+        {"_id": job_id, "$or": [{"upload_until": None}, {"upload_until": {"$lt": now}}]},
+        {"$set": {"upload_owner": upload_id, "upload_until": now + stale_after}},
+    )
+    return result.matched_count == 1
+
+
+async def renew_upload(db: Db, job_id: str, upload_id: str, until: datetime) -> bool:
+    """The upload stored another chunk; False when another upload took over (this one was stale)."""
+    result = await db[IMPORT_JOBS].update_one(
+        {"_id": job_id, "upload_owner": upload_id}, {"$set": {"upload_until": until}}
+    )
+    return result.matched_count == 1
+
+
+async def release_upload(db: Db, job_id: str, upload_id: str) -> None:
+    await db[IMPORT_JOBS].update_one(
+        {"_id": job_id, "upload_owner": upload_id}, {"$set": {"upload_owner": None, "upload_until": None}}
+    )
 
 
 async def release_lease(db: Db, job_id: str, owner: str) -> None:

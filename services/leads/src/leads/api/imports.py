@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from typing import Annotated
 
 from crm_platform.clock import now_millis
 from crm_platform.csv_stream import Cell, csv_response
-from crm_platform.errors import NotFound, RuleViolation
+from crm_platform.errors import Conflict, NotFound, RuleViolation
+from crm_platform.ids import new_id
 from crm_platform.routes import CurrentActor, DbDep, require_roles
 from fastapi import APIRouter, Path, Query, Request, status
 from pydantic import BeforeValidator
@@ -23,7 +25,7 @@ from leads import handlers, importer
 from leads import store as repo
 from leads.api.deps import WRITERS, UowDep
 from leads.api.models import ImportIn, ImportListOut, ImportOut, MappingIn, MappingListOut, MappingOut
-from leads.domain.imports import ImportDefaults, ImportFormat, InvalidMapping
+from leads.domain.imports import ImportDefaults, ImportFormat, ImportJob, InvalidMapping
 from leads.domain.leads import LeadStatus
 
 router = APIRouter(prefix="/imports", tags=["imports"], dependencies=[require_roles(*WRITERS)])
@@ -86,18 +88,43 @@ async def upload_file(
             f"a {job.format.value} import takes Content-Type {' or '.join(CONTENT_TYPES[job.format])}, "
             f"not '{media or 'none'}'"
         )
-    job = await handlers.begin_upload(uow, import_id, name)
     settings = request.app.state.settings
-    try:
-        size, header, start = await importer.store_upload(
-            db, job, request.stream(), max_row_bytes=settings.import_max_row_bytes
+    upload_id, stale_after = new_id(), timedelta(seconds=settings.import_upload_stale_seconds)
+    if not await repo.take_upload(db, import_id, upload_id, now_millis(), stale_after):
+        raise Conflict(
+            f"another upload of import '{import_id}' is storing its file: one upload at a time; wait for "
+            f"it to end (GET /imports/{import_id}), or send the file again once it has stored nothing "
+            f"for {settings.import_upload_stale_seconds:g} s",
+            import_id=import_id,
         )
-    except importer.BadFile as exc:
-        await repo.drop_chunks(db, import_id)
-        raise RuleViolation(f"the file cannot be imported: {exc}", field="body") from None
-    job = await handlers.finish_upload(uow, import_id, size, header, start)
+    try:
+        job = await handlers.begin_upload(uow, import_id, name)
+        size, header, start = await _store(db, job, request, upload_id, stale_after)
+        job = await handlers.finish_upload(uow, import_id, size, header, start)
+    finally:
+        await repo.release_upload(db, import_id, upload_id)
     request.app.state.import_worker.notify()
     return ImportOut.of(job, now=now_millis())
+
+
+async def _store(
+    db: DbDep, job: ImportJob, request: Request, upload_id: str, stale_after: timedelta
+) -> tuple[int, list[str], int]:
+    """The body stored as the job's file; 422 for a file that cannot be imported, 409 when a
+    later upload took over (this one had stored nothing for ``stale_after``)."""
+    try:
+        return await importer.store_upload(
+            db,
+            job,
+            request.stream(),
+            max_row_bytes=request.app.state.settings.import_max_row_bytes,
+            still_mine=lambda: repo.renew_upload(db, job.id, upload_id, now_millis() + stale_after),
+        )
+    except importer.BadFile as exc:
+        await repo.drop_chunks(db, job.id)
+        raise RuleViolation(f"the file cannot be imported: {exc}", field="body") from None
+    except importer.UploadTakenOver as exc:
+        raise Conflict(str(exc), import_id=job.id) from None
 
 
 @router.get("", response_model=ImportListOut, summary="Recent imports, newest first")

@@ -401,6 +401,10 @@ class ImportOut(BaseModel):
     header: list[str]
     progress: ProgressOut
     error: str | None
+    attempts: int = Field(
+        description="Tries since the last batch committed (CRM_IMPORT_MAX_ATTEMPTS at most)"
+    )
+    last_error: str | None = Field(description="Why the last try failed (it is retried until the limit)")
     created_by: str
     created_at: datetime
     updated_at: datetime
@@ -432,6 +436,8 @@ class ImportOut(BaseModel):
                 rows_per_second=round(c.read / seconds, 1) if seconds > 0 else None,
             ),
             error=job.error,
+            attempts=job.attempts,
+            last_error=job.last_error,
             created_by=job.created_by_name,
             created_at=job.created_at,
             updated_at=job.updated_at,

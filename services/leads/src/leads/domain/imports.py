@@ -140,6 +140,10 @@ class ImportJob:
     finished_at: datetime | None = None
     mapping_name: str | None = None
     idempotency_key: str | None = field(default=None, compare=False)
+    # The worker's, outside the job's transactions (like its lease): claims since the last
+    # committed batch, and the last failure's reason (leads.importer's retry limit).
+    attempts: int = field(default=0, compare=False)
+    last_error: str | None = field(default=None, compare=False)
 
     def effective_mapping(self) -> dict[str, str]:
         """The mapping given, else a CSV's columns named like lead fields, else the fields' names."""
