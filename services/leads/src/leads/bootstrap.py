@@ -12,6 +12,7 @@ from functools import partial
 from crm_platform import audit_api
 from crm_platform.app import create_app
 from crm_platform.idempotency import canonical
+from crm_platform.retention import retention_job
 from crm_platform.runtime import ServiceRuntime
 from crm_platform.settings import ServiceSettings
 from crm_platform.uow import MongoUnitOfWork
@@ -59,6 +60,9 @@ def build_app(settings: ServiceSettings) -> FastAPI:
     uow: MongoUnitOfWork[LeadsUnit] = MongoUnitOfWork(partial(MongoLeadsUnit, rules_cache=rules))
     runtime = ServiceRuntime(s, subscription=consumers.subscription(uow), indexes=store.ensure_indexes)
     uow.store = runtime.store
+    runtime.background.append(
+        retention_job(runtime.store, store.RETENTION_RULES, s.retention_days, s.retention_every_seconds)
+    )
     app = create_app(
         settings=s,
         title="CRM leads (marketing)",

@@ -28,6 +28,7 @@ from crm_platform.actor import Actor
 from crm_platform.cache import TtlCache
 from crm_platform.mongo import Tx
 from crm_platform.paging import Sort, page, sorts, text_search
+from crm_platform.retention import ANONYMISED, Action, Rule, anonymous_email
 from crm_platform.uow import MongoUnit
 from pymongo import ASCENDING, DESCENDING, TEXT, ReplaceOne, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
@@ -68,6 +69,9 @@ DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index violation
 async def ensure_indexes(db: Db) -> None:
     """Indexes, and version 1 of the scoring rules (the defaults) if none is stored."""
     await db[LEADS].create_index("email", unique=True, name="email_unique")
+    # What retention (RETENTION_RULES) looks expired records up by.
+    await db[LEADS].create_index("updated_at", name="by_updated")
+    await db[BEHAVIOURS].create_index("recorded_at", name="by_recorded")
     await db[LEADS].create_index([("created_at", DESCENDING), ("_id", DESCENDING)], name="newest")
     await db[LEADS].create_index(
         [("status", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="by_status"
@@ -702,3 +706,14 @@ class MongoLeadsUnit(MongoUnit):
         self.rules = MongoScoringRules(tx, rules_cache)
         self.verdicts = MongoVerdicts(tx)
         self.imports = MongoImports(tx)
+
+
+# -- retention (crm_platform.retention): marketing's record types and what expiry does to them --
+
+RETENTION_RULES = (
+    # A lead nobody touched for the period: the person's name and email go (the email is the
+    # lead's identity: a unique stand-in), the figures and channels stay.
+    Rule("lead", LEADS, "updated_at", Action.ANONYMISE, scrub={"name": ANONYMISED, "email": anonymous_email}),
+    # Tracked behaviour: deleted.
+    Rule("behaviour", BEHAVIOURS, "recorded_at", Action.DELETE),
+)

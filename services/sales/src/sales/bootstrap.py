@@ -7,6 +7,7 @@ from typing import Any
 
 from crm_platform import audit_api
 from crm_platform.app import create_app
+from crm_platform.retention import retention_job
 from crm_platform.runtime import ServiceRuntime
 from crm_platform.settings import ServiceSettings
 from crm_platform.uow import MongoUnitOfWork
@@ -41,6 +42,11 @@ def build_app(settings: ServiceSettings) -> FastAPI:
     uow: MongoUnitOfWork[SalesUnit] = MongoUnitOfWork(partial(store.MongoSalesUnit, config_cache=config))
     runtime = ServiceRuntime(settings, subscription=consumers.subscription(uow), indexes=indexes)
     uow.store = runtime.store
+    runtime.background.append(
+        retention_job(
+            runtime.store, store.RETENTION_RULES, settings.retention_days, settings.retention_every_seconds
+        )
+    )
     app = create_app(
         settings=settings,
         title="CRM sales",

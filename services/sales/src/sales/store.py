@@ -37,6 +37,7 @@ from crm_platform.counters import RoundRobinCounter
 from crm_platform.money import to_amount
 from crm_platform.mongo import Tx
 from crm_platform.paging import Sort, index_specs, keyset, page, sorts, text_search
+from crm_platform.retention import ANONYMISED, Action, Rule, anonymous_email
 from crm_platform.uow import MongoUnit
 from pymongo import ASCENDING, DESCENDING, TEXT, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
@@ -113,6 +114,9 @@ async def ensure_indexes(
     await db[ACTIVITIES].create_index(
         [("opportunity_id", ASCENDING), ("occurred_at", DESCENDING)], name="by_opportunity"
     )
+    # What retention (RETENTION_RULES) looks expired records up by.
+    await db[ACTIVITIES].create_index("logged_at", name="by_logged")
+    await db[OPPORTUNITIES].create_index([("status", ASCENDING), ("lost_at", ASCENDING)], name="by_lost")
     await TURNS.seed(db)
     now = utcnow()
     seeds: list[tuple[str, str, Doc]] = [
@@ -1052,3 +1056,21 @@ async def export_accounts(db: Db, query: BookQuery) -> AsyncIterator[Account]:
 async def export_contacts(db: Db, query: BookQuery) -> AsyncIterator[Contact]:
     async for doc in find_contacts(db, query).batch_size(1000):
         yield contact_from_doc(doc)
+
+
+# -- retention (crm_platform.retention): sales' record types and what expiry does to them ------
+
+RETENTION_RULES = (
+    # A contact nobody changed for the period: the person's details go, the record stays.
+    Rule("contact", CONTACTS, "updated_at", Action.ANONYMISE,
+         scrub={"name": ANONYMISED, "email": anonymous_email, "phone": None, "role": None}),
+    # A decided inbox item: the handed-off person's details go; the verdict and figures stay.
+    Rule("inbox_item", INBOX, "received_at", Action.ANONYMISE, eligible={"status": {"$ne": "pending"}},
+         scrub={"handoff.contact.name": ANONYMISED, "handoff.contact.email": anonymous_email,
+                "handoff.contact.phone": None}),
+    # A lost opportunity: its contacts go; the deal's history stays for the forecast's past.
+    Rule("lost_opportunity", OPPORTUNITIES, "lost_at", Action.ANONYMISE, eligible={"status": "lost"},
+         scrub={"contacts": []}),
+    # Logged calls, visits, emails and quotes: deleted.
+    Rule("activity", ACTIVITIES, "logged_at", Action.DELETE),
+)  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 from crm_platform import audit_api
 from crm_platform.app import create_app
 from crm_platform.clock import Clock, system_clock
+from crm_platform.retention import retention_job
 from crm_platform.runtime import ServiceRuntime
 from crm_platform.settings import ServiceSettings
 from crm_platform.uow import MongoUnitOfWork
@@ -32,6 +33,12 @@ def build_app(settings: ServiceSettings, *, clock: Clock = system_clock) -> Fast
     uow: MongoUnitOfWork[SuccessUnit] = MongoUnitOfWork(store.MongoSuccessUnit, clock=clock)
     runtime = ServiceRuntime(settings, subscription=consumers.subscription(uow), indexes=store.ensure_indexes)
     uow.store = runtime.store
+    runtime.background.append(
+        retention_job(
+            runtime.store, store.RETENTION_RULES, settings.retention_days, settings.retention_every_seconds,
+            clock=clock,
+        )
+    )  # fmt: skip
     if (every := health_recompute_seconds(settings)) > 0:
 
         async def scheduled_health() -> None:

@@ -17,6 +17,7 @@ from crm_platform.action_items.repository import MongoActionItems
 from crm_platform.counters import RoundRobinCounter
 from crm_platform.mongo import Tx
 from crm_platform.paging import Sort, index_specs, keyset, page, sorts, text_search
+from crm_platform.retention import ANONYMISED, Action, Rule
 from crm_platform.uow import MongoUnit
 from pydantic import TypeAdapter
 from pymongo import ASCENDING, DESCENDING, TEXT
@@ -75,6 +76,7 @@ async def ensure_indexes(db: AsyncDatabase[Doc]) -> None:
     await db[TICKETS].create_index([("status", ASCENDING), ("opened_at", DESCENDING)], name="by_status")
     await db[TICKETS].create_index([("assignee", ASCENDING), ("opened_at", DESCENDING)], name="by_assignee")
     await ensure_list_indexes(db)
+    await db[TICKETS].create_index([("status", ASCENDING), ("resolved_at", ASCENDING)], name="by_resolved")
     # Collections used inside transactions exist up front.
     await db[CHECKINS].create_index([("account_id", ASCENDING), ("held_at", DESCENDING)], name="by_account")
     await db[HEALTH_SCORES].create_index(
@@ -617,3 +619,13 @@ class MongoSuccessUnit(MongoUnit):
         self.reviews = MongoReviews(tx.db, tx.session)
         self.raised = MongoRaisedItems(tx.db, tx.session)
         self.action_queue = MongoActionItems(tx.db, tx.session)
+
+
+# -- retention (crm_platform.retention): the desk's record types and what expiry does to them ---
+
+RETENTION_RULES = (
+    # A resolved ticket: what the customer wrote and the notes about it go; its timings, SLA
+    # outcome and rating stay for the KPIs.
+    Rule("ticket", TICKETS, "resolved_at", Action.ANONYMISE, eligible={"status": "resolved"},
+         scrub={"request": ANONYMISED, "result": ANONYMISED, "progress": []}),
+)  # fmt: skip

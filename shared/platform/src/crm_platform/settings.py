@@ -8,10 +8,11 @@ locally and in tests it defaults to this install's generated development keys
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crm_platform.kafka_security import KafkaSecurity, refuse_plaintext_in_production
@@ -120,6 +121,21 @@ class ServiceSettings(BaseSettings):
     action_item_escalation_seconds: float = Field(
         default=60.0, validation_alias="CRM_ACTION_ITEM_ESCALATION_SECONDS", gt=0
     )
+    # Retention (crm_platform.retention): the days each of the service's record types is kept
+    # (JSON, e.g. {"contact": 1095}; a type not named is kept), and how often it is enforced.
+    retention_days: dict[str, Annotated[int, Field(ge=1, le=36500)]] = Field(
+        default_factory=dict, validation_alias="CRM_RETENTION_DAYS"
+    )
+    retention_every_seconds: float = Field(
+        default=3600.0, validation_alias="CRM_RETENTION_EVERY_SECONDS", gt=0
+    )
+
+    @field_validator("retention_days", mode="before")
+    @classmethod
+    def _retention_json(cls, value: Any) -> Any:
+        """The JSON text of the environment variable, also when given as a value (tests)."""
+        return json.loads(value) if isinstance(value, str) else value
+
     # HTTP edge (crm_platform.edge): bodies above this are refused with 413 before
     # they are read. Each database operation, and each whole transaction of an HTTP
     # request, must finish within the deadline (PyMongo client-side operation timeout, sent to the server
