@@ -142,3 +142,8 @@ def index_specs(
 def keyset(flt: Doc, sort: Sort, cursor: str | None) -> Doc:
     """``flt`` narrowed to what comes after ``cursor`` in ``sort``'s order (no cursor: ``flt``)."""
     return flt if cursor is None else {"$and": [flt, sort.after(cursor)]}
+
+
+def search_words(q: str | None) -> str | None:
+    """A list's ``?q=`` as searched: None when absent or blank."""
+    return (q.strip() or None) if q else None

@@ -12,9 +12,9 @@ from typing import Annotated
 from crm_platform import audit_api
 from crm_platform.csv_stream import Cell, csv_response
 from crm_platform.errors import NotFound, RuleViolation
-from crm_platform.paging import BadCursor
+from crm_platform.paging import BadCursor, search_words
 from crm_platform.routes import CurrentActor, DbDep
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Depends, Path, Query, status
 from starlette.responses import StreamingResponse
 
 from sales import handlers
@@ -22,7 +22,7 @@ from sales import store as repo
 from sales.api.deps import UowDep, sales_only
 from sales.api.models import AccountIn, AccountOut, AccountPageOut
 from sales.domain.access import owner_scope, require_access
-from sales.domain.account import DirectSource
+from sales.domain.account import Account, DirectSource
 
 router = APIRouter(prefix="/accounts", tags=["accounts"], dependencies=[sales_only])
 
@@ -58,31 +58,26 @@ async def create_account(body: AccountIn, uow: UowDep, actor: CurrentActor) -> A
 
 
 def _query(
-    actor: CurrentActor, owner: str | None, source: DirectSource | None, q: str | None, sort: AccountSort
-) -> repo.BookQuery:
-    return repo.BookQuery(
-        owner=owner_scope(actor, owner),
-        source=source.value if source else None,
-        q=q.strip() or None if q else None,
-        sort=sort.value,
-    )
-
-
-@router.get("", response_model=AccountPageOut, summary="Accounts: a rep's own book, managers the team's")
-async def list_accounts(
-    db: DbDep,
     actor: CurrentActor,
     owner: Owner = None,
     source: DirectSource | None = None,
     q: Search = None,
     sort: AccountSort = AccountSort.NEWEST,
-    limit: Limit = 50,
-    cursor: Cursor = None,
+) -> repo.BookQuery:
+    """The list's (and its export's) query, scoped to the actor's book."""
+    return repo.BookQuery(owner=owner_scope(actor, owner), source=source.value if source else None,
+                          q=search_words(q), sort=sort.value)  # fmt: skip
+
+
+QueryDep = Annotated[repo.BookQuery, Depends(_query)]
+
+
+@router.get("", response_model=AccountPageOut, summary="Accounts: a rep's own book, managers the team's")
+async def list_accounts(
+    db: DbDep, query: QueryDep, limit: Limit = 50, cursor: Cursor = None
 ) -> AccountPageOut:
     try:
-        items, next_cursor = await repo.list_accounts(
-            db, _query(actor, owner, source, q, sort), limit=limit, cursor=cursor
-        )
+        items, next_cursor = await repo.list_accounts(db, query, limit=limit, cursor=cursor)
     except BadCursor as exc:
         raise bad_cursor(exc) from None
     return AccountPageOut(items=[AccountOut.of(a) for a in items], limit=limit, next_cursor=next_cursor)
@@ -107,15 +102,8 @@ EXPORT_COLUMNS = (
     summary="The accounts the list's filters select, as CSV (streamed)",
     responses={200: {"content": {"text/csv": {}}, "description": "one row per account"}},
 )
-async def export_accounts(
-    db: DbDep,
-    actor: CurrentActor,
-    owner: Owner = None,
-    source: DirectSource | None = None,
-    q: Search = None,
-    sort: AccountSort = AccountSort.NEWEST,
-) -> StreamingResponse:
-    accounts = repo.export_accounts(db, _query(actor, owner, source, q, sort))
+async def export_accounts(db: DbDep, query: QueryDep) -> StreamingResponse:
+    accounts = repo.export_accounts(db, query)
 
     async def rows() -> AsyncIterator[Sequence[Cell]]:
         async for a in accounts:
@@ -125,19 +113,17 @@ async def export_accounts(
     return csv_response("accounts.csv", EXPORT_COLUMNS, rows())
 
 
-async def _readable(db: DbDep, actor: CurrentActor, account_id: str) -> None:
+async def _readable(db: DbDep, actor: CurrentActor, account_id: str) -> Account:
     account = await repo.get_account(db, account_id)
     if account is None:
         raise NotFound(f"no account {account_id!r}", account_id=account_id)
     require_access(actor, account.owner, "account")
+    return account
 
 
 @router.get("/{account_id}", response_model=AccountOut, summary="One account")
 async def get_account(account_id: AccountId, db: DbDep, actor: CurrentActor) -> AccountOut:
-    await _readable(db, actor, account_id)
-    account = await repo.get_account(db, account_id)
-    assert account is not None
-    return AccountOut.of(account)
+    return AccountOut.of(await _readable(db, actor, account_id))
 
 
 @router.get("/{account_id}/history", response_model=audit_api.AuditPageOut, summary="An account's changes")

@@ -10,9 +10,9 @@ from typing import Annotated
 from crm_platform import audit_api
 from crm_platform.csv_stream import Cell, csv_response
 from crm_platform.errors import NotFound
-from crm_platform.paging import BadCursor
+from crm_platform.paging import BadCursor, search_words
 from crm_platform.routes import CurrentActor, DbDep
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Depends, Path, Query, status
 from starlette.responses import StreamingResponse
 
 from sales import handlers
@@ -51,42 +51,32 @@ async def create_contact(body: ContactIn, uow: UowDep, actor: CurrentActor) -> C
     return ContactOut.of(await handlers.create_contact(uow, new, actor))
 
 
-def _query(
-    actor: CurrentActor,
-    owner: str | None,
-    account_id: str | None,
-    source: str | None,
-    q: str | None,
-    sort: ContactSort,
-) -> repo.BookQuery:
-    return repo.BookQuery(
-        owner=owner_scope(actor, owner),
-        source=source,
-        account_id=account_id,
-        q=q.strip() or None if q else None,
-        sort=sort.value,
-    )
-
-
 SourceFilter = Annotated[
     str | None,
     Query(pattern=f"^({'|'.join([*DirectSource, 'import'])})$", description="How it came in (or import)"),
 ]
 
 
-@router.get("", response_model=ContactPageOut, summary="Contacts: a rep's own book, managers the team's")
-async def list_contacts(
-    db: DbDep,
+def _query(
     actor: CurrentActor,
     owner: Owner = None,
     account_id: AccountFilter = None,
     source: SourceFilter = None,
     q: Search = None,
     sort: ContactSort = ContactSort.NEWEST,
-    limit: Limit = 50,
-    cursor: Cursor = None,
+) -> repo.BookQuery:
+    """The list's (and its export's) query, scoped to the actor's book."""
+    return repo.BookQuery(owner=owner_scope(actor, owner), source=source, account_id=account_id,
+                          q=search_words(q), sort=sort.value)  # fmt: skip
+
+
+QueryDep = Annotated[repo.BookQuery, Depends(_query)]
+
+
+@router.get("", response_model=ContactPageOut, summary="Contacts: a rep's own book, managers the team's")
+async def list_contacts(
+    db: DbDep, query: QueryDep, limit: Limit = 50, cursor: Cursor = None
 ) -> ContactPageOut:
-    query = _query(actor, owner, account_id, source, q, sort)
     try:
         items, next_cursor = await repo.list_contacts(db, query, limit=limit, cursor=cursor)
     except BadCursor as exc:
@@ -105,16 +95,8 @@ EXPORT_COLUMNS = (
     summary="The contacts the list's filters select, as CSV (streamed)",
     responses={200: {"content": {"text/csv": {}}, "description": "one row per contact"}},
 )
-async def export_contacts(
-    db: DbDep,
-    actor: CurrentActor,
-    owner: Owner = None,
-    account_id: AccountFilter = None,
-    source: SourceFilter = None,
-    q: Search = None,
-    sort: ContactSort = ContactSort.NEWEST,
-) -> StreamingResponse:
-    contacts = repo.export_contacts(db, _query(actor, owner, account_id, source, q, sort))
+async def export_contacts(db: DbDep, query: QueryDep) -> StreamingResponse:
+    contacts = repo.export_contacts(db, query)
 
     async def rows() -> AsyncIterator[Sequence[Cell]]:
         async for c in contacts:

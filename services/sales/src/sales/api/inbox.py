@@ -10,9 +10,9 @@ from crm_contracts import utcnow
 from crm_contracts.events.sales import Verdict
 from crm_platform.csv_stream import Cell, csv_response
 from crm_platform.errors import NotFound, RuleViolation
-from crm_platform.paging import BadCursor
+from crm_platform.paging import BadCursor, search_words
 from crm_platform.routes import CurrentActor, DbDep
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from starlette.responses import StreamingResponse
 
 from sales import handlers
@@ -53,21 +53,25 @@ Sorting = Annotated[InboxSort, Query(description="newest (default), oldest, due 
 
 def _query(
     actor: CurrentActor,
-    owner: str | None,
-    status: InboxStatus | None,
-    overdue: bool | None,
-    unassigned: bool,
-    q: str | None,
-    sort: InboxSort,
+    status: Status = None,
+    overdue: Overdue = None,
+    owner: Owner = None,
+    unassigned: Unassigned = False,
+    q: Search = None,
+    sort: Sorting = InboxSort.NEWEST,
 ) -> repo.InboxQuery:
+    """The list's (and its export's) query, scoped to what the actor may see."""
     return repo.InboxQuery(
         owner=owner_scope(actor, owner),
         status=status.value if status else None,
         overdue=overdue,
         unassigned=unassigned and is_manager(actor),
-        q=q.strip() or None if q else None,
+        q=search_words(q),
         sort=sort.value,
     )
+
+
+QueryDep = Annotated[repo.InboxQuery, Depends(_query)]
 
 
 @router.get(
@@ -77,13 +81,7 @@ def _query(
 )
 async def list_inbox(
     db: DbDep,
-    actor: CurrentActor,
-    status: Status = None,
-    overdue: Overdue = None,
-    owner: Owner = None,
-    unassigned: Unassigned = False,
-    q: Search = None,
-    sort: Sorting = InboxSort.NEWEST,
+    query: QueryDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[
         str | None, Query(max_length=500, description="next_cursor of the previous page")
@@ -91,7 +89,6 @@ async def list_inbox(
     offset: Annotated[int, Query(ge=0, le=100_000, description="ignored with a cursor")] = 0,
 ) -> InboxPageOut:
     now = utcnow()
-    query = _query(actor, owner, status, overdue, unassigned, q, sort)
     try:
         found = await repo.list_inbox(db, query, now=now, limit=limit, offset=offset, cursor=cursor)
     except BadCursor as exc:
@@ -118,18 +115,9 @@ EXPORT_COLUMNS = (
     summary="The inbox items the list's filters select, as CSV (streamed)",
     responses={200: {"content": {"text/csv": {}}, "description": "one row per inbox item"}},
 )
-async def export_inbox(
-    db: DbDep,
-    actor: CurrentActor,
-    status: Status = None,
-    overdue: Overdue = None,
-    owner: Owner = None,
-    unassigned: Unassigned = False,
-    q: Search = None,
-    sort: Sorting = InboxSort.NEWEST,
-) -> StreamingResponse:
+async def export_inbox(db: DbDep, query: QueryDep) -> StreamingResponse:
     now = utcnow()
-    items = repo.export_inbox(db, _query(actor, owner, status, overdue, unassigned, q, sort), now)
+    items = repo.export_inbox(db, query, now)
 
     async def rows() -> AsyncIterator[Sequence[Cell]]:
         async for i in items:

@@ -9,9 +9,9 @@ from typing import Annotated
 from crm_platform import audit_api
 from crm_platform.csv_stream import Cell, csv_response
 from crm_platform.errors import NotFound, RuleViolation
-from crm_platform.paging import BadCursor
+from crm_platform.paging import BadCursor, search_words
 from crm_platform.routes import CurrentActor, DbDep
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Depends, Path, Query, status
 from starlette.responses import StreamingResponse
 
 from sales import handlers
@@ -40,13 +40,7 @@ class OpportunitySort(StrEnum):
     AMOUNT = "amount"
 
 
-@router.get(
-    "",
-    response_model=OpportunityPageOut,
-    summary="Opportunities, newest first: a rep sees their own book, managers the team",
-)
-async def list_opportunities(
-    db: DbDep,
+def _query(
     actor: CurrentActor,
     stage: Annotated[str | None, Query(max_length=40)] = None,
     status_: Annotated[OpportunityStatus | None, Query(alias="status")] = None,
@@ -60,6 +54,30 @@ async def list_opportunities(
     sort: Annotated[OpportunitySort, Query(description="newest (default), oldest, updated, amount")] = (
         OpportunitySort.NEWEST
     ),
+) -> repo.OpportunityQuery:
+    """The list's (and its export's) query, scoped to the actor's book."""
+    return repo.OpportunityQuery(
+        owner=owner_scope(actor, owner),
+        stage=stage,
+        status=status_.value if status_ else None,
+        origin=origin.value if origin else None,
+        flagged=flagged,
+        q=search_words(q),
+        sort=sort.value,
+    )
+
+
+QueryDep = Annotated[repo.OpportunityQuery, Depends(_query)]
+
+
+@router.get(
+    "",
+    response_model=OpportunityPageOut,
+    summary="Opportunities, newest first: a rep sees their own book, managers the team",
+)
+async def list_opportunities(
+    db: DbDep,
+    query: QueryDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[
         str | None, Query(max_length=500, description="next_cursor of the previous page")
@@ -68,15 +86,6 @@ async def list_opportunities(
         int, Query(ge=0, le=100_000, description="ignored with a cursor; prefer the cursor")
     ] = 0,
 ) -> OpportunityPageOut:
-    query = repo.OpportunityQuery(
-        owner=owner_scope(actor, owner),
-        stage=stage,
-        status=status_.value if status_ else None,
-        origin=origin.value if origin else None,
-        flagged=flagged,
-        q=q.strip() or None if q else None,
-        sort=sort.value,
-    )
     try:
         found = await repo.list_opportunities(db, query, limit=limit, offset=offset, cursor=cursor)
     except BadCursor as exc:
@@ -103,27 +112,7 @@ EXPORT_COLUMNS = (
     summary="The opportunities the list's filters select, as CSV (streamed)",
     responses={200: {"content": {"text/csv": {}}, "description": "one row per opportunity"}},
 )
-async def export_opportunities(
-    db: DbDep,
-    actor: CurrentActor,
-    stage: Annotated[str | None, Query(max_length=40)] = None,
-    status_: Annotated[OpportunityStatus | None, Query(alias="status")] = None,
-    origin: Annotated[Origin | None, Query()] = None,
-    flagged: Annotated[bool | None, Query()] = None,
-    owner: Annotated[str | None, Query(max_length=100, description="Managers: one rep's book")] = None,
-    q: Annotated[str | None, Query(max_length=200)] = None,
-    sort: Annotated[OpportunitySort, Query()] = OpportunitySort.NEWEST,
-) -> StreamingResponse:
-    query = repo.OpportunityQuery(
-        owner=owner_scope(actor, owner),
-        stage=stage,
-        status=status_.value if status_ else None,
-        origin=origin.value if origin else None,
-        flagged=flagged,
-        q=q.strip() or None if q else None,
-        sort=sort.value,
-    )
-
+async def export_opportunities(db: DbDep, query: QueryDep) -> StreamingResponse:
     async def rows() -> AsyncIterator[Sequence[Cell]]:
         async for o in repo.export_opportunities(db, query):
             yield (

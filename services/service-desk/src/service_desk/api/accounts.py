@@ -9,9 +9,9 @@ from typing import Annotated
 from crm_platform import audit_api
 from crm_platform.csv_stream import Cell, csv_response
 from crm_platform.errors import RuleViolation
-from crm_platform.paging import BadCursor
+from crm_platform.paging import BadCursor, search_words
 from crm_platform.routes import CurrentActor, DbDep
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, Field
 from starlette.responses import StreamingResponse
 
@@ -62,15 +62,15 @@ Cursor = Annotated[str | None, Query(max_length=500, description="next_cursor of
 
 def _query(
     actor: CurrentActor,
-    csm: str | None,
-    onboarding_status: OnboardingStatus | None,
-    deal_id: str | None,
-    status_: AccountStatus | None,
-    tier: str | None,
-    q: str | None,
-    sort: AccountSort,
+    csm: Csm = None,
+    onboarding_status: OnboardingStatus | None = None,
+    deal_id: DealId = None,
+    status_: Annotated[AccountStatus | None, Query(alias="status")] = None,
+    tier: Tier = None,
+    q: Search = None,
+    sort: AccountSort = AccountSort.NEWEST,
 ) -> store.AccountQuery | None:
-    """The listing's query, or None when the actor may see none of what was asked."""
+    """The list's (and its export's) query, or None when the actor may see none of what was asked."""
     allowed, member = book_of(actor, csm)
     if not allowed:
         return None
@@ -80,9 +80,12 @@ def _query(
         deal_id=deal_id,
         status=status_.value if status_ else None,
         tier=tier,
-        q=q.strip() or None if q else None,
+        q=search_words(q),
         sort=sort.value,
     )
+
+
+QueryDep = Annotated[store.AccountQuery | None, Depends(_query)]
 
 
 @router.get(
@@ -90,19 +93,11 @@ def _query(
 )
 async def list_accounts(
     db: DbDep,
-    actor: CurrentActor,
     success: Success,
-    csm: Csm = None,
-    onboarding_status: OnboardingStatus | None = None,
-    deal_id: DealId = None,
-    status_: Annotated[AccountStatus | None, Query(alias="status")] = None,
-    tier: Tier = None,
-    q: Search = None,
-    sort: AccountSort = AccountSort.NEWEST,
+    query: QueryDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Cursor = None,
 ) -> AccountList:
-    query = _query(actor, csm, onboarding_status, deal_id, status_, tier, q, sort)
     if query is None:
         return AccountList(items=[], count=0)
     try:
@@ -126,18 +121,7 @@ EXPORT_COLUMNS = (
     summary="The accounts the list's filters select, as CSV (streamed)",
     responses={200: {"content": {"text/csv": {}}, "description": "one row per account"}},
 )
-async def export_accounts(
-    db: DbDep,
-    actor: CurrentActor,
-    csm: Csm = None,
-    onboarding_status: OnboardingStatus | None = None,
-    deal_id: DealId = None,
-    status_: Annotated[AccountStatus | None, Query(alias="status")] = None,
-    tier: Tier = None,
-    q: Search = None,
-    sort: AccountSort = AccountSort.NEWEST,
-) -> StreamingResponse:
-    query = _query(actor, csm, onboarding_status, deal_id, status_, tier, q, sort)
+async def export_accounts(db: DbDep, query: QueryDep) -> StreamingResponse:
 
     async def rows() -> AsyncIterator[Sequence[Cell]]:
         if query is None:

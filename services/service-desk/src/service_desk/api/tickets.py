@@ -10,9 +10,9 @@ from typing import Annotated
 from crm_platform import audit_api
 from crm_platform.clock import now_millis
 from crm_platform.csv_stream import Cell, csv_response
-from crm_platform.paging import BadCursor
+from crm_platform.paging import BadCursor, search_words
 from crm_platform.routes import CurrentActor, DbDep
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, Field
 from starlette.responses import StreamingResponse
 
@@ -51,22 +51,26 @@ Cursor = Annotated[str | None, Query(max_length=500, description="next_cursor of
 
 def _query(
     actor: CurrentActor,
-    account_id: str | None,
-    status_: TicketStatus | None,
-    priority: Priority | None,
-    assignee: str | None,
-    q: str | None,
-    sort: TicketSort,
+    account_id: AccountId = None,
+    status: TicketStatus | None = None,
+    priority: Priority | None = None,
+    assignee: Assignee = None,
+    q: Search = None,
+    sort: TicketSort = TicketSort.NEWEST,
 ) -> store.TicketQuery:
+    """The list's (and its export's) query; a CSM's keeps what they may see."""
     return store.TicketQuery(
         account_id=account_id,
-        status=status_.value if status_ else None,
+        status=status.value if status else None,
         priority=priority.value if priority else None,
         assignee=assignee,
         visible_to=None if sees_all(actor.roles) else actor.user_id,
-        q=q.strip() or None if q else None,
+        q=search_words(q),
         sort=sort.value,
     )
+
+
+QueryDep = Annotated[store.TicketQuery, Depends(_query)]
 
 
 async def _out(uow: SuccessUoW, *found: Ticket) -> list[TicketOut]:
@@ -97,17 +101,10 @@ async def open_ticket(body: TicketIn, uow: UowDep, actor: CurrentActor) -> Ticke
 async def list_tickets(
     db: DbDep,
     uow: UowDep,
-    actor: CurrentActor,
-    account_id: AccountId = None,
-    status: TicketStatus | None = None,
-    priority: Priority | None = None,
-    assignee: Assignee = None,
-    q: Search = None,
-    sort: TicketSort = TicketSort.NEWEST,
+    query: QueryDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Cursor = None,
 ) -> TicketList:
-    query = _query(actor, account_id, status, priority, assignee, q, sort)
     try:
         found, next_cursor = await store.list_tickets(db, query, limit=limit, cursor=cursor)
     except BadCursor as exc:
@@ -128,17 +125,7 @@ EXPORT_COLUMNS = (
     summary="The tickets the list's filters select, as CSV (streamed)",
     responses={200: {"content": {"text/csv": {}}, "description": "one row per ticket"}},
 )
-async def export_tickets(
-    db: DbDep,
-    actor: CurrentActor,
-    account_id: AccountId = None,
-    status: TicketStatus | None = None,
-    priority: Priority | None = None,
-    assignee: Assignee = None,
-    q: Search = None,
-    sort: TicketSort = TicketSort.NEWEST,
-) -> StreamingResponse:
-    query = _query(actor, account_id, status, priority, assignee, q, sort)
+async def export_tickets(db: DbDep, query: QueryDep) -> StreamingResponse:
 
     async def rows() -> AsyncIterator[Sequence[Cell]]:
         async for t in store.export_tickets(db, query):
