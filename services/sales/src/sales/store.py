@@ -114,9 +114,7 @@ async def ensure_indexes(
     await db[ACTIVITIES].create_index(
         [("opportunity_id", ASCENDING), ("occurred_at", DESCENDING)], name="by_opportunity"
     )
-    # What retention (RETENTION_RULES) looks expired records up by.
-    await db[ACTIVITIES].create_index("logged_at", name="by_logged")
-    await db[OPPORTUNITIES].create_index([("status", ASCENDING), ("lost_at", ASCENDING)], name="by_lost")
+    await ensure_retention_indexes(db)
     await TURNS.seed(db)
     now = utcnow()
     seeds: list[tuple[str, str, Doc]] = [
@@ -1059,6 +1057,13 @@ async def export_contacts(db: Db, query: BookQuery) -> AsyncIterator[Contact]:
 
 
 # -- retention (crm_platform.retention): sales' record types and what expiry does to them ------
+
+
+async def ensure_retention_indexes(db: Db) -> None:
+    """What retention (RETENTION_RULES) looks expired records up by (the others are the lists')."""
+    await db[ACTIVITIES].create_index("logged_at", name="by_logged")
+    await db[OPPORTUNITIES].create_index([("status", ASCENDING), ("lost_at", ASCENDING)], name="by_lost")
+
 
 RETENTION_RULES = (
     # A contact nobody changed for the period: the person's details go, the record stays.
