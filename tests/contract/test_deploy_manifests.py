@@ -31,7 +31,7 @@ import yaml
 from crm_contracts.access import CONSUMES, produces
 from crm_contracts.access import reads as readable
 from crm_contracts.handoffs import HANDOFFS
-from crm_contracts.topics import HANDOFF_RECEIPTS, TOPICS, dead_letter_topic
+from crm_contracts.topics import GATEWAY_PERMISSIONS, HANDOFF_RECEIPTS, TOPICS, dead_letter_topic
 
 pytestmark = pytest.mark.tooling  # repository artefacts and external tools: make test, not make unit
 
@@ -68,7 +68,7 @@ SERVICES: dict[str, ServiceSpec] = {
         ServiceSpec("sales", "sales", 8002, "sales"),
         ServiceSpec("service-desk", "service_desk", 8003, "service_desk"),
         ServiceSpec("analytics", "analytics", 8004, "analytics"),
-        ServiceSpec("gateway", "gateway", 8080, "gateway", kafka=False),
+        ServiceSpec("gateway", "gateway", 8080, "gateway"),
         ServiceSpec("console", "console", 8005, None, kafka=False),
     )
 }
@@ -85,7 +85,7 @@ EXTERNAL_SECRETS_API = "external-secrets.io/v1"
 # Secrets of production that no ExternalSecret of a department makes: Strimzi's User Operator
 # writes each department's Kafka password (crm-<department>); the cluster CA, which every
 # department mounts, comes from the platform overlay's ExternalSecret (PLATFORM_SECRETS).
-STRIMZI_SECRETS = {f"crm-{s}" for s in ("leads", "sales", "service-desk", "analytics")}
+STRIMZI_SECRETS = {f"crm-{s}" for s in ("leads", "sales", "service-desk", "analytics", "gateway")}
 PLATFORM_SECRETS = {KAFKA_CA_SECRET}
 # Deployables whose Kubernetes base is not written yet: named here so the gap stays visible.
 NO_BASE_YET: dict[str, str] = {}
@@ -662,6 +662,9 @@ def test_each_department_may_write_only_its_own_topics_and_read_only_what_it_con
     if service == "analytics":
         assert reads == {*CONSUMES[service], "crm-analytics-"}
         assert _acl_names(user, "group", "Read") == {"crm-analytics"}
+    elif service == "gateway":  # publishes the permission policy, reads nothing
+        assert reads == set()
+        assert writes == {GATEWAY_PERMISSIONS, dead_letter_topic(service)}
     else:
         assert reads == set(readable(service))
         assert HANDOFF_RECEIPTS in reads, "senders read the receipts of their handoffs"

@@ -205,6 +205,8 @@ async def gateway(kafka_bootstrap: str, mongodb_uri: str) -> AsyncIterator[Gatew
     settings = GatewaySettings.model_validate(
         {
             "CRM_ENV": "test",
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "CRM_PROVISION_TOPICS": False,
             "MONGODB_URI": mongodb_uri,
             "MONGODB_DATABASE": f"t_gateway_matrix_{uuid.uuid4().hex[:8]}",
         }

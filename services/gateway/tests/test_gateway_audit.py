@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from crm_platform.permissions import DEFAULT_POLICY
 from crm_platform.testing import assert_audited, write_routes
 from fastapi import FastAPI
 from gateway.main import create_app as create_gateway
@@ -65,9 +66,15 @@ async def _update(gw: Gw) -> httpx.Response:
     return await gw.client.patch(f"/users/{user['id']}", json={"roles": ["auditor"]}, headers=gw.admin)
 
 
+async def _permissions(gw: Gw) -> httpx.Response:
+    body = {"permissions": sorted(DEFAULT_POLICY.holds("auditor"))}
+    return await gw.client.put("/permissions/roles/auditor", json=body, headers=gw.admin)
+
+
 RECIPES: dict[str, Callable[[Gw], Awaitable[httpx.Response]]] = {
     "POST /users": _create,
     "PATCH /users/{user_id}": _update,
+    "PUT /permissions/roles/{role}": _permissions,
 }
 NOT_RECORD_CHANGES = {
     "POST /auth/login": "opens a session and counts the attempt: security events, logged, not records",
@@ -91,7 +98,8 @@ async def test_every_write_route_is_checked(gw: Gw) -> None:
 @pytest.mark.parametrize("route", sorted(RECIPES))
 async def test_write_route_is_audited(gw: Gw, route: str) -> None:
     entries = await assert_audited(gw.db, await RECIPES[route](gw))
-    assert {e["record"]["type"] for e in entries} == {"users"}
+    expected = "permission_policy" if route.startswith("PUT /permissions") else "users"
+    assert {e["record"]["type"] for e in entries} == {expected}
 
 
 async def test_a_password_change_is_audited_without_the_hash(gw: Gw) -> None:

@@ -16,6 +16,8 @@ def _start_in_production(**env: str) -> subprocess.CompletedProcess[str]:
         {
             "CRM_ENV": "production",
             "MONGODB_URI": "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=100",
+            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+            "CRM_KAFKA_ALLOW_PLAINTEXT": "true",
             **env,
         }
     )

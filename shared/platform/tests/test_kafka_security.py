@@ -261,7 +261,7 @@ def test_production_accepts_tls_and_a_service_without_kafka(
     env.delenv("KAFKA_SASL_USERNAME")
     env.delenv("KAFKA_SASL_PASSWORD")
 
-    class NoKafka(ServiceSettings):  # like the gateway, which publishes and consumes nothing
+    class NoKafka(ServiceSettings):  # like the console, which publishes and consumes nothing
         uses_kafka: ClassVar[bool] = False
 
     assert NoKafka().kafka_security.protocol == "PLAINTEXT"

@@ -42,11 +42,13 @@ from typing import Any
 
 import faust
 from crm_contracts import utcnow
+from crm_contracts.events.governance import PermissionsChangedV1
 from crm_contracts.topics import (
     ACCOUNT_SIGNAL,
     ACTION_ITEMS,
     COMMITMENT_REVIEWS,
     DEAL_WON,
+    GATEWAY_PERMISSIONS,
     HANDOFF_RECEIPTS,
     LEAD_QUALIFIED,
     LEAD_VERDICT,
@@ -72,6 +74,7 @@ from crm_platform.kafka import ensure_topics, pace_empty_fetches
 from crm_platform.liveness import ConsumerWatchdog, PartitionTracker, WatchdogConfig, harden_aiokafka
 from crm_platform.logging import configure_logging
 from crm_platform.mongo import connect
+from crm_platform.permission_policy import policy_of_event, store_if_newer
 from mode import OneForOneSupervisor, ServiceT
 from pymongo import AsyncMongoClient
 
@@ -98,6 +101,7 @@ SOURCE_TOPICS: tuple[str, ...] = (
     LEADS_ACTION_ITEM_UPDATES,
     COMMITMENT_REVIEWS,
     HANDOFF_RECEIPTS,
+    GATEWAY_PERMISSIONS,
 )
 
 
@@ -279,12 +283,19 @@ class AnalyticsWorker:
         if isinstance(verdict, Rejected):
             await self.dead_letter(message, verdict.reason, verdict.error, verdict.event_type)
         else:
+            await self._keep_policy(verdict.event)
             self.metrics.consumed(message.topic, verdict.envelope.event_type, "processed")
         if pending:
             # Only once its facts are in the changelog may faust ack (and commit) the
             # event. A failure propagates: faust restarts the actor and the event, never
             # acked, is delivered again (its facts are rewritten, idempotently).
             await asyncio.gather(*pending)
+
+    async def _keep_policy(self, event: Any) -> None:
+        """The role -> permission policy, kept in analytics' database for its API to enforce
+        (crm_platform.permission_policy); a failure propagates: the event is delivered again."""
+        if isinstance(event, PermissionsChangedV1):
+            await store_if_newer(self.mongo[self.settings.database_name], None, policy_of_event(event))
 
     def fold(self, message: Any) -> Accepted | Rejected:
         """Classify and apply one message; never raises (a raise would stop the partition)."""

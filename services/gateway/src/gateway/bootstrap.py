@@ -10,13 +10,13 @@ from crm_platform.app import create_app
 from crm_platform.auth import TokenIssuer, TokenVerifier
 from crm_platform.keys import load_private_key
 from crm_platform.logging import request_id_var
-from crm_platform.runtime import MongoOnlyRuntime
+from crm_platform.runtime import ServiceRuntime
 from crm_platform.uow import MongoUnitOfWork
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from gateway import handlers, store
-from gateway.api import auth, console, docs, proxy, users
+from gateway.api import auth, console, docs, permissions, proxy, users
 from gateway.api.deps import active_principal
 from gateway.domain.routes import is_upload
 from gateway.handlers import Deps, Tokens
@@ -30,7 +30,8 @@ DESCRIPTION = """The single entry point of the CRM.
 
 * `POST /auth/login` gives a short-lived access token (send it as `Authorization: Bearer
   <token>`) and a refresh token (`POST /auth/refresh`); `POST /auth/logout` revokes both.
-* `/users` manages accounts (admin only).
+* `/users` manages accounts (admin only); `/permissions` is the role -> permission policy
+  (admins change it, auditors read it; every department is told by the `permissions.changed` event).
 * `/api/{service}/{path}` forwards to leads, sales, service-desk and analytics after checking
   the token and the route table; `/docs` links every service's API documentation.
 """
@@ -43,7 +44,8 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         connect_timeout=settings.upstream_connect_timeout_seconds,
         max_connections=settings.upstream_max_connections,
     )
-    runtime = MongoOnlyRuntime(settings, indexes=store.ensure_indexes, on_stop=[upstreams.aclose])
+    # The relay publishes the permission policy's changes (no subscription: it consumes nothing).
+    runtime = ServiceRuntime(settings, indexes=store.ensure_indexes, on_stop=[upstreams.aclose])
 
     async def on_startup(app: FastAPI) -> None:
         await handlers.bootstrap_admin(app.state.deps, settings.bootstrap_admin_password)
@@ -51,9 +53,8 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         await app.state.deps.revocations.reload()
 
     async def upstream_health() -> dict[str, Any]:
-        # Ready when the gateway's own database answers (the runtime's check); upstreams
-        # are reported, not required: a department being down must not take the whole
-        # entry point out of the load balancer (its routes answer 503, the others work).
+        # Ready when its own database answers (the runtime's check); upstreams are reported, not
+        # required: one department down must not take the entry point out of the load balancer.
         return {"upstreams": await upstreams.health()}
 
     app = create_app(
@@ -63,7 +64,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         runtime=runtime,
         # Public: login and the documentation; the rest needs a valid token.
         public=[auth.login_router, auth.keys_router, auth.internal_router, docs.router, proxy.public_router],
-        protected=[auth.me_router, users.router, audit_api.router(Depends(active_principal)), proxy.router],
+        protected=_protected_routers(),
         on_startup=on_startup,
         readiness_report=upstream_health,
         # The gateway's /docs lists every service's documentation (its own page is /docs/gateway).
@@ -88,6 +89,16 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     return app
 
 
+def _protected_routers() -> list[APIRouter]:
+    return [
+        auth.me_router,
+        users.router,
+        permissions.router,
+        audit_api.router(Depends(active_principal)),
+        proxy.router,
+    ]
+
+
 async def _upstream_error(_: Request, exc: UpstreamError) -> JSONResponse:
     body = {
         "error": exc.code,
@@ -98,7 +109,7 @@ async def _upstream_error(_: Request, exc: UpstreamError) -> JSONResponse:
     return JSONResponse(status_code=exc.status_code, content=body)
 
 
-def _deps(settings: GatewaySettings, runtime: MongoOnlyRuntime, platform: TokenVerifier) -> Deps:
+def _deps(settings: GatewaySettings, runtime: ServiceRuntime, platform: TokenVerifier) -> Deps:
     """The handlers' dependencies with the signing key; the gateway verifies its own key's tokens
     even when the public key file does not list it yet (the first step of a rotation)."""
     assert settings.jwt_private_key_file is not None  # the settings fill in the dev key
@@ -121,4 +132,5 @@ def _deps(settings: GatewaySettings, runtime: MongoOnlyRuntime, platform: TokenV
         throttles=settings.throttles(),
         passwords=Passwords(),
         max_concurrent_logins=settings.login_max_concurrent,
+        on_policy_change=runtime.permissions.invalidate,
     )

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
+from crm_platform.permissions import DEFAULT_POLICY, Policy
 from crm_platform.uow import FakeUnit
 from pymongo.errors import DuplicateKeyError
 
@@ -124,10 +125,22 @@ class InMemoryRevocations:
         return users, {jti: int(exp.timestamp()) for jti, exp in self.tokens.items() if exp > now}
 
 
+class InMemoryPolicy:
+    def __init__(self) -> None:
+        self.current: Policy = DEFAULT_POLICY
+
+    async def get(self) -> Policy:
+        return self.current
+
+    async def save(self, policy: Policy) -> None:
+        self.current = policy
+
+
 class FakeGatewayUnit(FakeUnit):
     def __init__(self) -> None:
         super().__init__()
         self.users = InMemoryUsers()
+        self.policy = InMemoryPolicy()
 
 
 class FakeRepositories:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -24,6 +25,8 @@ from crm_platform.actor import Actor
 from crm_platform.auth import Principal, Role, TokenIssuer
 from crm_platform.clock import now_millis
 from crm_platform.errors import Conflict, NotFound
+from crm_platform.permission_policy import event_of_policy
+from crm_platform.permissions import Policy
 from crm_platform.uow import UnitOfWork
 from pymongo.errors import DuplicateKeyError
 
@@ -95,6 +98,8 @@ class Deps:
     passwords: Passwords
     max_concurrent_logins: int = 16
     logins_in_flight: int = 0
+    # Called once a policy change committed: this process's copy is dropped at once.
+    on_policy_change: Callable[[], None] = lambda: None
 
 
 # --- bootstrap and users -----------------------------------------------------------------------
@@ -333,3 +338,27 @@ async def logout(deps: Deps, principal: Principal) -> None:
     if principal.session_id:
         await deps.repos.refresh_tokens.end_session(principal.session_id)
     log.info("logout", extra={"user_id": principal.user_id, "username": principal.username})
+
+
+# --- permissions -------------------------------------------------------------------------------
+
+
+async def set_role_permissions(deps: Deps, role: str, permissions: list[str], actor: Actor) -> Policy:
+    """``role`` now holds exactly ``permissions``: stored (audited), published to every department
+    (``permissions.changed``, the outbox: same transaction) and in force here once committed."""
+    uow = deps.uow
+
+    async def work(unit: GatewayUnit) -> Policy:
+        policy = (await unit.policy.get()).with_role(role, permissions)
+        await unit.policy.save(policy)
+        at = now_millis(uow.clock)
+        unit.emit(event_of_policy(policy, changed_by=actor.user_id, changed_role=role, at=at))
+        return policy
+
+    policy = await uow.run(work)
+    deps.on_policy_change()
+    log.info(
+        "permissions changed",
+        extra={"role": role, "by": actor.user_id, "version": policy.version, "permissions": permissions},
+    )
+    return policy

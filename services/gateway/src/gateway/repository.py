@@ -7,13 +7,17 @@ transaction (:class:`GatewayUnit`, through ``crm_platform.uow``: the request's
 Idempotency-Key commits with it, and two administrators demoted at once conflict);
 login, refresh and logout are single-document atomic writes outside any transaction
 (:class:`Repositories`): a counted login attempt must stay counted when the password
-then turns out wrong. The gateway emits no events.
+then turns out wrong. A change of the role -> permission policy runs in the unit of work
+too, and emits ``permissions.changed`` (the outbox) in its transaction.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Protocol
+
+from crm_contracts import Event
+from crm_platform.permissions import Policy
 
 from gateway.domain.lockout import Attempts, ThrottlePolicy
 from gateway.domain.sessions import RefreshToken, RefreshUse
@@ -78,11 +82,24 @@ class RevocationRepository(Protocol):
         and revoked token ids still unexpired -> their expiry (epoch s)."""
 
 
+class PolicyRepository(Protocol):
+    """The role -> permission policy (one document; the defaults until a first change)."""
+
+    async def get(self) -> Policy: ...
+
+    async def save(self, policy: Policy) -> None: ...
+
+
 class GatewayUnit(Protocol):
-    """What a user-changing handler works in: one transaction."""
+    """What a user- or policy-changing handler works in: one transaction."""
 
     @property
     def users(self) -> UserRepository: ...
+
+    @property
+    def policy(self) -> PolicyRepository: ...
+
+    def emit(self, event: Event, *, correlation_id: str | None = None) -> None: ...
 
 
 class Repositories(Protocol):

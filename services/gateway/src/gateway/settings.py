@@ -23,9 +23,7 @@ class GatewaySettings(ServiceSettings):
     owns_revocations: ClassVar[bool] = True
     service_name: str = service_name_field(SERVICE_NAME)
     http_port: int = http_port_field(DEFAULT_PORT)
-    # The gateway publishes and consumes no events; Kafka is not needed.
-    uses_kafka: ClassVar[bool] = False
-    kafka_bootstrap_servers: str = Field(default="unused", validation_alias="KAFKA_BOOTSTRAP_SERVERS")
+    # The gateway publishes the role -> permission policy (permissions.changed) and consumes nothing.
 
     leads_url: str = Field(default="http://127.0.0.1:8001", validation_alias="CRM_LEADS_URL")
     sales_url: str = Field(default="http://127.0.0.1:8002", validation_alias="CRM_SALES_URL")

@@ -15,10 +15,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from crm_platform import permission_policy
 from crm_platform.audit import ensure_indexes as ensure_audit_indexes
 from crm_platform.auth import Role
 from crm_platform.idempotency import ensure_indexes as ensure_idempotency_indexes
 from crm_platform.mongo import Tx
+from crm_platform.permissions import Policy
 from crm_platform.uow import MongoUnit
 from pymongo import ASCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -141,10 +143,30 @@ async def list_users(db: Db, *, active: bool | None, limit: int, offset: int) ->
     return [user_from_doc(d) for d in docs], total
 
 
+class MongoPolicy:
+    """The policy document (``permission_policy``) in the unit's transaction: audited like any write."""
+
+    def __init__(self, db: Db, session: AsyncClientSession) -> None:
+        self.db = db
+        self.session = session
+
+    async def get(self) -> Policy:
+        return await permission_policy.load_policy(self.db, self.session)
+
+    async def save(self, policy: Policy) -> None:
+        await self.db[permission_policy.COLLECTION].replace_one(
+            {"_id": permission_policy.DOC_ID},
+            permission_policy.policy_doc(policy),
+            upsert=True,
+            session=self.session,
+        )
+
+
 class MongoGatewayUnit(MongoUnit):
     def __init__(self, tx: Tx) -> None:
         super().__init__(tx)
         self.users = MongoUsers(tx.db, tx.session)
+        self.policy = MongoPolicy(tx.db, tx.session)
 
 
 # --- login attempts ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from argon2 import PasswordHasher
+from crm_contracts.events.governance import PermissionsChangedV1
 from crm_platform.actor import Actor
 from crm_platform.auth import Principal, Role, TokenIssuer, TokenVerifier
 from crm_platform.clock import ManualClock
@@ -302,3 +303,29 @@ async def test_a_reload_keeps_revocations_made_here_and_adds_those_of_other_repl
     revoked = deps.revocations.verifier.revocations
     assert user_id in revoked.users
     assert "jti-elsewhere" in revoked.tokens
+
+
+# --- permissions -------------------------------------------------------------------------------
+
+
+async def test_a_permission_change_is_saved_published_and_dropped_from_the_cache() -> None:
+    dropped: list[int] = []
+    deps = make_deps(on_policy_change=lambda: dropped.append(1))
+    policy = await handlers.set_role_permissions(deps, "executive", ["analytics.kpis.read"], ROOT)
+    assert policy.version == 1
+    assert await unit(deps).policy.get() == policy
+    (event,) = unit(deps).emitted(PermissionsChangedV1)
+    assert (event.policy_version, event.changed_by, event.changed_role) == (1, "user-root", "executive")
+    assert {g.role: g.permissions for g in event.grants}["executive"] == ["analytics.kpis.read"]
+    assert event.changed_at == T0.replace(microsecond=123000)
+    assert dropped == [1]
+
+
+async def test_a_refused_permission_change_saves_and_publishes_nothing() -> None:
+    deps = make_deps()
+    with pytest.raises(RuleViolation, match=r"billing\.read"):
+        await handlers.set_role_permissions(deps, "analyst", ["billing.read"], ROOT)
+    with pytest.raises(Conflict):
+        await handlers.set_role_permissions(deps, "admin", [], ROOT)
+    assert (await unit(deps).policy.get()).version == 0
+    assert unit(deps).emitted(PermissionsChangedV1) == []

@@ -18,7 +18,12 @@ from gateway.upstream import (
 from pydantic import ValidationError
 from starlette.requests import Request
 
-BASE = {"MONGODB_URI": "mongodb://127.0.0.1:1/?directConnection=true"}
+# The gateway publishes the permission policy: a broker (plaintext allowed for these settings tests).
+BASE = {
+    "MONGODB_URI": "mongodb://127.0.0.1:1/?directConnection=true",
+    "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+    "CRM_KAFKA_ALLOW_PLAINTEXT": "true",
+}
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from crm_contracts.topics import (
     ACTION_ITEMS,
     COMMITMENT_REVIEWS,
     DEAL_WON,
+    GATEWAY_PERMISSIONS,
     HANDOFF_RECEIPTS,
     LEAD_QUALIFIED,
     LEAD_VERDICT,
@@ -30,10 +31,17 @@ from crm_contracts.topics import (
 )
 
 # service name -> the topics its consumer subscribes to
+# (every department reads the role -> permission policy the gateway publishes, issue 9)
 CONSUMES: dict[str, tuple[str, ...]] = {
-    "leads": (LEAD_VERDICT, ACTION_ITEMS),
-    "sales": (LEAD_QUALIFIED, ACCOUNT_SIGNAL, ACTION_ITEMS),
-    "service-desk": (DEAL_WON, SALES_ACTION_ITEM_UPDATES, LEADS_ACTION_ITEM_UPDATES, COMMITMENT_REVIEWS),
+    "leads": (LEAD_VERDICT, ACTION_ITEMS, GATEWAY_PERMISSIONS),
+    "sales": (LEAD_QUALIFIED, ACCOUNT_SIGNAL, ACTION_ITEMS, GATEWAY_PERMISSIONS),
+    "service-desk": (
+        DEAL_WON,
+        SALES_ACTION_ITEM_UPDATES,
+        LEADS_ACTION_ITEM_UPDATES,
+        COMMITMENT_REVIEWS,
+        GATEWAY_PERMISSIONS,
+    ),
     # the faust worker: every department's events and the receivers' receipts
     "analytics": (
         LEADS_EVENTS,
@@ -48,7 +56,10 @@ CONSUMES: dict[str, tuple[str, ...]] = {
         LEADS_ACTION_ITEM_UPDATES,
         COMMITMENT_REVIEWS,
         HANDOFF_RECEIPTS,
+        GATEWAY_PERMISSIONS,
     ),
+    # the gateway publishes the permission policy and reads nothing
+    "gateway": (),
 }
 
 _HANDOFF_TOPICS = frozenset(e.topic for e in ALL_EVENTS if e.event_type in HANDOFF_BY_EVENT_TYPE)

@@ -7,7 +7,7 @@ from typing import Any
 
 from crm_contracts.base import Event
 from crm_contracts.envelope import Envelope, utcnow
-from crm_contracts.events import action_items, leads, platform, sales, service_desk
+from crm_contracts.events import action_items, governance, leads, platform, sales, service_desk
 from crm_contracts.topics import TOPICS_BY_NAME
 
 ALL_EVENTS: tuple[type[Event], ...] = (
@@ -49,6 +49,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     action_items.ActionItemUpdatedBySalesV1,
     action_items.ActionItemUpdatedByCustomerSuccessV1,
     platform.HandoffReceivedV1,
+    governance.PermissionsChangedV1,
 )
 
 REGISTRY: dict[tuple[str, int], type[Event]] = {(e.event_type, e.version): e for e in ALL_EVENTS}

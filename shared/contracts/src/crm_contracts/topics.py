@@ -58,6 +58,8 @@ SALES_EVENTS = "crm.sales.events"
 SERVICE_DESK_EVENTS = "crm.service-desk.events"
 # Receivers' receipts of handoffs (transport latency, for analytics)
 HANDOFF_RECEIPTS = "crm.platform.handoff-receipts"
+# The role -> permission policy an administrator edits at the gateway (issue 9)
+GATEWAY_PERMISSIONS = "crm.gateway.permissions"
 
 
 def dead_letter_topic(service: str) -> str:
@@ -102,6 +104,14 @@ TOPICS: tuple[TopicSpec, ...] = (
         "Receiver-side receipts of every handoff",
         # The platform library emits a receipt in whichever service received a handoff.
         producers=("leads", "sales", "service-desk"),
+    ),
+    TopicSpec(
+        GATEWAY_PERMISSIONS,
+        "gateway",
+        "The role -> permission policy, a full snapshot per change (compacted: the latest is kept)",
+        partitions=1,
+        retention_ms=_YEAR,
+        cleanup_policy="compact",
     ),
     *(
         TopicSpec(dead_letter_topic(s), s, f"Dead letters of the {s} consumer", partitions=1)

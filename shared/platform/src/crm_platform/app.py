@@ -28,7 +28,7 @@ from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crm_platform import tracing
-from crm_platform.auth import RevocationFeed, TokenVerifier, current_principal
+from crm_platform.auth import CurrentUser, RevocationFeed, TokenVerifier, current_principal
 from crm_platform.docs import install_local_docs
 from crm_platform.edge import DemoClockEdge, HttpEdge, database_unavailable, error_response
 from crm_platform.errors import DomainError, is_database_outage
@@ -36,6 +36,7 @@ from crm_platform.idempotency import DefaultKey, IdempotencyMiddleware
 from crm_platform.keys import load_public_keys
 from crm_platform.logging import configure_logging
 from crm_platform.openapi import document_error_responses
+from crm_platform.permission_policy import PermissionGate, enforce_permission
 from crm_platform.runtime import Runtime
 from crm_platform.settings import ServiceSettings
 
@@ -140,12 +141,27 @@ def create_app(
     _install_ops_routes(app, settings, runtime, readiness_report)
     for router in public:
         app.include_router(document_error_responses(router, protected=False))
-    for router in protected:
-        # Authentication applied once, here, for every protected route.
-        app.include_router(
-            document_error_responses(router, protected=True), dependencies=[Depends(current_principal)]
-        )
+    _mount_protected(app, settings, runtime, protected)
     return app
+
+
+def _mount_protected(
+    app: FastAPI, settings: ServiceSettings, runtime: Runtime | None, protected: Sequence[APIRouter]
+) -> None:
+    """Authentication and the permission policy applied once, here, for every protected route."""
+    permissions = getattr(runtime, "permissions", None)
+    if permissions is not None:
+        app.state.permission_gate = PermissionGate(settings.service_name, permissions)
+    for router in protected:
+        app.include_router(
+            document_error_responses(router, protected=True),
+            dependencies=[Depends(current_principal), Depends(_permitted)],
+        )
+
+
+async def _permitted(request: Request, principal: CurrentUser) -> None:
+    """403 when none of the user's roles holds the permission the route needs (the policy in data)."""
+    await enforce_permission(request, principal.roles)
 
 
 def _lifespan(

@@ -22,7 +22,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from enum import StrEnum
 from typing import Annotated, Any
 
 import httpx
@@ -31,32 +30,16 @@ from crm_contracts import utcnow
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import Depends, HTTPException, Request, status
 
-from crm_platform import audit
+from crm_platform import audit, permission_policy
 from crm_platform.actor import Actor
 from crm_platform.keys import SigningKey
+from crm_platform.roles import Role as Role  # re-exported: the roles live beside the permissions
 
 log = logging.getLogger("crm.auth")
 
 ALGORITHM = "EdDSA"
 REQUIRED_CLAIMS = ["sub", "exp", "iat", "iss", "aud", "jti"]
 CLOCK_SKEW_SECONDS = 5
-
-
-class Role(StrEnum):
-    ADMIN = "admin"
-    SALES_MANAGER = "sales_manager"
-    SALES_REP = "sales_rep"
-    SERVICE_REP = "service_rep"
-    CUSTOMER_SUCCESS_MANAGER = "customer_success_manager"
-    MARKETING = "marketing"
-    ANALYST = "analyst"
-    # Issue 9: reads every service's audit log (GET /audit, its CSV export) and nothing else.
-    AUDITOR = "auditor"
-    # Issue 7: team views, reassignment and escalations in service/success; marketing's
-    # scoring, campaigns and team figures; every KPI read-only, no records' personal data.
-    SERVICE_LEAD = "service_lead"
-    MARKETING_MANAGER = "marketing_manager"
-    EXECUTIVE = "executive"
 
 
 SALES_ROLES = frozenset({Role.SALES_REP, Role.SALES_MANAGER, Role.ADMIN})
@@ -307,11 +290,14 @@ class RoleCheck:
     def __init__(self, roles: frozenset[str]) -> None:
         self.allowed = roles
 
-    async def __call__(self, principal: CurrentUser) -> Principal:
-        if not principal.has_any(self.allowed):
+    async def __call__(self, request: Request, principal: CurrentUser) -> Principal:
+        # The route's permission decides when the catalogue covers it (the policy in data:
+        # an administrator's grant or revocation); ``allowed`` are the defaults otherwise.
+        allowed = await permission_policy.permitted_roles(request, self.allowed)
+        if not principal.has_any(allowed):
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
-                f"requires one of the roles {sorted(str(r) for r in self.allowed)}; "
+                f"requires one of the roles {sorted(str(r) for r in allowed)}; "
                 f"you have {sorted(principal.roles)}",
             )
         return principal

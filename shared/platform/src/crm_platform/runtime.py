@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from crm_contracts.topics import HANDOFF_RECEIPTS
+from crm_contracts.events.governance import PermissionsChangedV1
+from crm_contracts.topics import GATEWAY_PERMISSIONS, HANDOFF_RECEIPTS
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 
@@ -34,6 +35,7 @@ from crm_platform.liveness import (
 from crm_platform.mongo import Store, connect
 from crm_platform.outbox import OutboxRelay
 from crm_platform.outbox_audit import OutboxAudit
+from crm_platform.permission_policy import PolicyCache, permissions_handler
 from crm_platform.settings import ServiceSettings
 
 log = logging.getLogger("crm.runtime")
@@ -55,6 +57,8 @@ class ServiceRuntime:
     subscription: Subscription | None = None
     indexes: IndexSetup | None = None
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    # Called on stop after the runtime's own tasks ended, before the Mongo client closes.
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -62,6 +66,8 @@ class ServiceRuntime:
         harden_aiokafka()
         self.client = connect(s.mongodb_uri, s.service_name, timeout_seconds=s.db_deadline_seconds)
         self.store = Store(self.client, s.database_name, s.service_name)
+        # The role -> permission policy this service enforces (crm_platform.permission_policy).
+        self.permissions = PolicyCache(self.store.db, s.config_cache_seconds)
         self.relay = OutboxRelay(
             self.store.db,
             bootstrap=s.kafka_bootstrap_servers,
@@ -133,10 +139,16 @@ class ServiceRuntime:
                 demo_clock=s.demo_clock,
             ),
             self.store,
-            sub.handlers,
+            self._with_policy(sub),
             after_store=sub.after_store,
         )
         self.watchdog = self._watchdog(s.group_id, sub.topics, tracker, self._rejoin_consumer)
+
+    def _with_policy(self, sub: Subscription) -> dict[str, Handler]:
+        """A department subscribed to the permissions topic keeps the policy: nothing to wire."""
+        if GATEWAY_PERMISSIONS not in sub.topics:
+            return sub.handlers
+        return {PermissionsChangedV1.event_type: permissions_handler(self.permissions), **sub.handlers}
 
     def _watchdog(
         self,
@@ -171,6 +183,7 @@ class ServiceRuntime:
         await outbox_audit.ensure_indexes(self.store.db)
         if self.indexes is not None:
             await self.indexes(self.store.db)
+        await self.permissions.refresh(required=True)
         if self.settings.provision_topics:
             try:
                 await ensure_topics_async(
@@ -199,7 +212,7 @@ class ServiceRuntime:
             self._guarded(self.receipts.run(), "handoff-receipts")
         if self.receipts_watchdog is not None:
             self._guarded(self.receipts_watchdog.run(), "handoff-receipts-watchdog")
-        for job in self.background:
+        for job in [*self.background, self.permissions.run]:
             self._jobs.append(asyncio.create_task(job(), name=getattr(job, "__name__", "job")))
         log.info("runtime started", extra={"database": self.settings.database_name})
 
@@ -263,6 +276,8 @@ class ServiceRuntime:
             _, pending = await asyncio.wait(self._tasks, timeout=10)
         await _cancel_all(pending)
         self._tasks.clear()
+        for hook in self.on_stop:
+            await hook()
         await self.client.close()
         log.info("runtime stopped")
 
@@ -333,6 +348,8 @@ class MongoOnlyRuntime:
         s = self.settings
         self.client = connect(s.mongodb_uri, s.service_name, timeout_seconds=s.db_deadline_seconds)
         self.store = Store(self.client, s.database_name, s.service_name)
+        # The policy as stored in this database (the analytics worker keeps it for its API).
+        self.permissions = PolicyCache(self.store.db, s.config_cache_seconds)
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -342,7 +359,9 @@ class MongoOnlyRuntime:
     async def start(self) -> None:
         if self.indexes is not None:
             await self.indexes(self.store.db)
-        for job in self.background:
+        with contextlib.suppress(Exception):  # not answering yet: the first request tries again
+            await self.permissions.refresh()
+        for job in [*self.background, self.permissions.run]:
             self._tasks.append(asyncio.create_task(job(), name=getattr(job, "__name__", "job")))
         log.info("runtime started (MongoDB only)", extra={"database": self.settings.database_name})
 

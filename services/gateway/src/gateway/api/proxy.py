@@ -59,7 +59,8 @@ async def _forward(service: str, request: Request, principal: Principal, upstrea
     try:
         if raw_service != service:  # an encoded '/' or other spelling of the service name
             raise UnsafePath("the service name must be spelled plainly in the path")
-        decision = authorize(principal.roles, service, request.method, path)
+        policy = await request.app.state.runtime.permissions.current()
+        decision = authorize(principal.roles, service, request.method, path, policy=policy)
     except UnsafePath as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
     if decision.rule is None:
@@ -71,8 +72,9 @@ async def _forward(service: str, request: Request, principal: Principal, upstrea
     if not decision.allowed:
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
-            f"{request.method} {decision.rule.pattern} on {service} requires one of the roles "
-            f"{sorted(decision.rule.roles)}; you have {sorted(principal.roles)}",
+            f"{request.method} {decision.rule.pattern} on {service} requires the permission "
+            f"{decision.rule.permission!r}, held by the roles {sorted(decision.roles or ())}; "
+            f"you have {sorted(principal.roles)}",
         )
     # An upload streams through (held one piece at a time); other bodies are small and read whole.
     body = request.stream() if is_upload(request.scope["path"]) else await request.body()
