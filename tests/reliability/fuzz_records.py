@@ -270,7 +270,10 @@ def generate(count: int, topics: list[str], *, seed: int, run: str) -> list[Fuzz
         fuzz_id = f"fuzz-{run}-{n}"
         verdict = classify(value, topic=topic)
         assert isinstance(verdict, Rejected), f"the generator made a valid record ({shape}): {value!r:.200}"
-        key = _key(rng, fuzz_id) if value is not None else fuzz_id.encode()  # a tombstone needs a key
+        # A tombstone needs a key, and so does every record of a compacted topic (Kafka refuses a
+        # keyless one at produce time: no consumer can ever see it).
+        compacted = TOPICS_BY_NAME[topic].cleanup_policy == "compact"
+        key = _key(rng, fuzz_id) if value is not None and not compacted else fuzz_id.encode()
         records.append(FuzzRecord(fuzz_id, shape, topic, key, value, _headers(rng, fuzz_id), verdict.reason))
     return records
 
