@@ -143,5 +143,8 @@ async def test_mongodb_down_means_not_ready_and_503_not_500():
         assert ready.json()["checks"]["mongodb"].startswith("unreachable")
         response = await client.get("/funnel", headers=ANALYST)
         assert response.status_code == 503
-        assert response.json()["error"] == "snapshot_unavailable"
+        # The permission policy was never loaded (the database was down from the start), so the
+        # route cannot know who may call it: it refuses before reading the snapshot, with a
+        # 503 too (never the defaults, which could grant what an admin revoked).
+        assert response.json()["error"] == "database_unavailable"
         assert (await client.get("/metrics")).status_code == 200  # last figures, if any
