@@ -205,6 +205,8 @@ async def test_an_upload_is_streamed_to_storage_not_held(leads: Leads) -> None:
     (peak,) = peaks
     assert r.status_code == 202, r.text
     assert r.json()["progress"]["bytes_total"] > 2_000_000
-    assert peak < 4_000_000, f"peak {peak} bytes while storing the upload"
+    # Streaming costs a few chunks' worth (the pending piece, the chunk cut from it, its BSON
+    # encoding: 3.5-4.2 MB measured); holding the 2 MB file as well would pass 5 MB.
+    assert peak < 5_000_000, f"peak {peak} bytes while storing the upload"
     done = await finished(leads, r.json()["id"])
     assert (done["progress"]["read"], done["progress"]["rejected"]) == (rows, rows)
