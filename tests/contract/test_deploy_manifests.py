@@ -86,7 +86,8 @@ EXTERNAL_SECRETS_API = "external-secrets.io/v1"
 # writes each department's Kafka password (crm-<department>); the cluster CA, which every
 # department mounts, comes from the platform overlay's ExternalSecret (PLATFORM_SECRETS).
 STRIMZI_SECRETS = {f"crm-{s}" for s in ("leads", "sales", "service-desk", "analytics", "gateway")}
-PLATFORM_SECRETS = {KAFKA_CA_SECRET}
+# ... and so does the install-wide key of the keyed hash of personal data (crm_platform.pseudonym).
+PLATFORM_SECRETS = {KAFKA_CA_SECRET, "crm-pseudonym-key"}
 # Deployables whose Kubernetes base is not written yet: named here so the gap stays visible.
 NO_BASE_YET: dict[str, str] = {}
 WORKER = "analytics-worker"

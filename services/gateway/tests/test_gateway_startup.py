@@ -18,6 +18,7 @@ def _start_in_production(**env: str) -> subprocess.CompletedProcess[str]:
             "MONGODB_URI": "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=100",
             "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
             "CRM_KAFKA_ALLOW_PLAINTEXT": "true",
+            "CRM_PSEUDONYM_KEY": "an-install-secret-of-enough-length",
             **env,
         }
     )

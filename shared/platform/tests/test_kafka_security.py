@@ -228,6 +228,7 @@ def _production_token_settings(env: pytest.MonkeyPatch) -> None:
 
     env.setenv("CRM_JWT_PUBLIC_KEYS_FILE", str(ensure_dev_keys().public))
     env.setenv("CRM_REVOCATIONS_URL", "http://gateway:8080/internal/revocations")
+    env.setenv("CRM_PSEUDONYM_KEY", "an-install-secret-of-enough-length")
 
 
 @pytest.mark.parametrize("protocol", ["PLAINTEXT", "SASL_PLAINTEXT"])

@@ -142,6 +142,7 @@ def test_production_refuses_to_start_without_real_keys(pair: tuple[Path, Path], 
         "CRM_ENV": "production",
         "CRM_KAFKA_ALLOW_PLAINTEXT": True,  # Kafka security is another test's subject
         "CRM_REVOCATIONS_URL": "http://gateway:8080/internal/revocations",
+        "CRM_PSEUDONYM_KEY": "an-install-secret-of-enough-length",
     }
     with pytest.raises(ValidationError, match="CRM_JWT_PUBLIC_KEYS_FILE"):
         ServiceSettings.model_validate(prod)

@@ -36,6 +36,7 @@ def real_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {
         "CRM_JWT_PRIVATE_KEY_FILE": str(d / "private.pem"),
         "CRM_JWT_PUBLIC_KEYS_FILE": str(d / "public.json"),
+        "CRM_PSEUDONYM_KEY": "an-install-secret-of-enough-length",
     }
 
 
@@ -90,7 +91,10 @@ def test_production_refuses_to_start_without_real_keys(real_keys: dict[str, str]
     password = {"CRM_ADMIN_PASSWORD": "s3cret-enough-pass"}
     with pytest.raises(ValidationError, match="CRM_JWT_PUBLIC_KEYS_FILE"):
         settings(CRM_ENV="production", **password)
-    public_only = {"CRM_JWT_PUBLIC_KEYS_FILE": real_keys["CRM_JWT_PUBLIC_KEYS_FILE"]}
+    public_only = {
+        "CRM_JWT_PUBLIC_KEYS_FILE": real_keys["CRM_JWT_PUBLIC_KEYS_FILE"],
+        "CRM_PSEUDONYM_KEY": real_keys["CRM_PSEUDONYM_KEY"],
+    }
     with pytest.raises(ValidationError, match="CRM_JWT_PRIVATE_KEY_FILE"):
         settings(CRM_ENV="production", **password, **public_only)
     not_a_key = tmp_path / "secret.pem"

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crm_platform.kafka_security import KafkaSecurity, refuse_plaintext_in_production
 from crm_platform.keys import ensure_dev_keys, load_public_keys
+from crm_platform.pseudonym import DEV_PSEUDONYM_KEY
 
 
 class ServiceSettings(BaseSettings):
@@ -156,6 +157,13 @@ class ServiceSettings(BaseSettings):
         default=24, validation_alias="CRM_IDEMPOTENCY_TTL_HOURS", ge=1, le=24 * 30
     )
 
+    # The install-wide key of crm_platform.pseudonym's keyed hash (pseudonyms, erasure requests'
+    # and stored email_hash values). One value for every service; refused at its development
+    # default when CRM_ENV=production. Rotating it changes every hash (docs/governance.md).
+    pseudonym_key: SecretStr = Field(
+        default=SecretStr(DEV_PSEUDONYM_KEY), validation_alias="CRM_PSEUDONYM_KEY", min_length=16
+    )
+
     # make run's demo history only (crm_platform.clock, "The demo clock"): requests may set
     # their time with X-CRM-Demo-Time and consumed events take effect at their own time.
     demo_clock: bool = Field(default=False, validation_alias="CRM_DEMO_CLOCK")
@@ -184,6 +192,15 @@ class ServiceSettings(BaseSettings):
             raise ValueError(
                 "CRM_REVOCATIONS_URL must point at the gateway's /internal/revocations when "
                 "CRM_ENV=production (otherwise logout and deactivation would not reach this service)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _pseudonym_key(self) -> ServiceSettings:
+        if self.env == "production" and self.pseudonym_key.get_secret_value() == DEV_PSEUDONYM_KEY:
+            raise ValueError(
+                "CRM_PSEUDONYM_KEY must be set to the install's secret when CRM_ENV=production "
+                "(the development key is public: anyone could recompute the hash of an e-mail)"
             )
         return self
 

@@ -1,0 +1,65 @@
+"""The install's one keyed hash of personal data (crm_platform.pseudonym), and its key's setting."""
+
+from __future__ import annotations
+
+import pytest
+from crm_platform.pseudonym import (
+    DEV_PSEUDONYM_KEY,
+    email_hash,
+    erased_email,
+    is_hex_digest,
+    keyed_hash,
+    pseudonym,
+)
+from crm_platform.settings import ServiceSettings
+from pydantic import ValidationError
+
+KEY = "a-test-key-of-enough-length"
+
+
+def test_the_hash_is_of_the_normalised_value_and_depends_on_the_key() -> None:
+    assert email_hash(" Ada@Example.COM ", KEY) == email_hash("ada@example.com", KEY)
+    assert email_hash("ada@example.com", KEY) != email_hash("ada@example.com", KEY + "x")
+    assert is_hex_digest(email_hash("ada@example.com", KEY))
+    assert keyed_hash("phone", "+1 (555) 010-2030", KEY) == keyed_hash("phone", "15550102030", KEY)
+    assert keyed_hash("name", "  Ada   LOVELACE", KEY) == keyed_hash("name", "ada lovelace", KEY)
+
+
+def test_the_kind_is_part_of_the_hash() -> None:
+    """The same text as an e-mail and as a name gives unrelated hashes."""
+    assert keyed_hash("email", "ada", KEY) != keyed_hash("name", "ada", KEY)
+
+
+def test_pseudonyms_are_stable_readable_and_hold_no_part_of_the_value() -> None:
+    email = pseudonym("email", "Ada@Example.com", KEY)
+    assert email == pseudonym("email", "ada@example.com", KEY)
+    assert email.startswith("p-")
+    assert email.endswith("@pseudonym.invalid")
+    assert "ada" not in email
+    assert pseudonym("phone", "555 0102", KEY).startswith("tel-")
+    assert pseudonym("name", "Ada Lovelace", KEY).startswith("Person ")
+    assert erased_email(email_hash("ada@example.com", KEY)).endswith("@erased.invalid")
+
+
+def _settings(**env: str) -> ServiceSettings:
+    base = {"CRM_SERVICE_NAME": "pseudonym-test", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    return ServiceSettings.model_validate({**base, "MONGODB_URI": "mongodb://127.0.0.1:1", **env})
+
+
+def test_the_development_key_is_the_default_locally_and_refused_in_production(tmp_path: object) -> None:
+    assert _settings().pseudonym_key.get_secret_value() == DEV_PSEUDONYM_KEY
+    from crm_platform.keys import ensure_dev_keys
+
+    production = {
+        "CRM_ENV": "production",
+        "CRM_JWT_PUBLIC_KEYS_FILE": str(ensure_dev_keys().public),
+        "CRM_REVOCATIONS_URL": "http://gateway:8080/internal/revocations",
+        "CRM_KAFKA_ALLOW_PLAINTEXT": "true",
+    }
+    with pytest.raises(ValidationError, match="CRM_PSEUDONYM_KEY"):
+        _settings(**production)
+    with pytest.raises(ValidationError, match="CRM_PSEUDONYM_KEY"):
+        _settings(**production, CRM_PSEUDONYM_KEY=DEV_PSEUDONYM_KEY)
+    with pytest.raises(ValidationError, match="at least 16"):
+        _settings(CRM_PSEUDONYM_KEY="short")
+    assert _settings(**production, CRM_PSEUDONYM_KEY=KEY).pseudonym_key.get_secret_value() == KEY
