@@ -782,6 +782,12 @@ async def main() -> int:
         ("imports", bench_imports),
         ("console", bench_console),
     ]
+    wanted = [p for p in os.environ.get("BENCH_PHASES", "").split(",") if p]
+    unknown = set(wanted) - {name for name, _ in phases}
+    if unknown:
+        say(f"unknown BENCH_PHASES {sorted(unknown)}; the phases are {[name for name, _ in phases]}")
+        return 2
+    phases = [(name, run) for name, run in phases if not wanted or name in wanted]
     for phase, run in phases:
         infra = fresh_infra(args)  # fresh broker state per phase: no figure pays for another's
         say(f"{phase}: infra {infra.source} (kafka {infra.kafka_bootstrap})")
@@ -798,6 +804,9 @@ async def main() -> int:
             results["load_average"][phase] = load_average()
             results["broker_state_mb"][phase] = dir_mb(HOME / "kafka")
             infra.stop()
+    if "platform" not in results:  # BENCH_PHASES without the platform: the raw figures only
+        print(json.dumps(results, indent=2, default=str))
+        return 0
     results["baseline"] = results["platform"].pop("baseline")
     text = report(results, args)
     print(text)
