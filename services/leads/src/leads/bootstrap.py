@@ -9,8 +9,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 
-from crm_platform import audit_api
+from crm_platform import audit_api, custom_fields_api
 from crm_platform.app import create_app
+from crm_platform.custom_fields import RecordType
 from crm_platform.idempotency import canonical
 from crm_platform.retention import retention_job
 from crm_platform.runtime import ServiceRuntime
@@ -22,6 +23,7 @@ from leads import action_items, consumers, store
 from leads.api import imports as imports_api
 from leads.api import leads as leads_api
 from leads.api import scoring as scoring_api
+from leads.api.deps import READERS
 from leads.importer import ImportWorker
 from leads.repository import LeadsUnit
 from leads.settings import LeadsSettings
@@ -81,11 +83,13 @@ def build_app(settings: ServiceSettings) -> FastAPI:
             imports_api.mappings_router,
             action_items.router,
             audit_api.router(),
+            custom_fields_api.router(READERS),
         ],
         default_idempotency_key=behaviour_retry_key(timedelta(seconds=s.behaviour_retry_window_seconds)),
         upload_paths=imports_api.is_upload,
     )
     app.state.uow = uow
+    custom_fields_api.wire(app, runtime.store, [RecordType.LEAD], s.config_cache_seconds)
     worker = ImportWorker(
         uow,
         runtime.store.db,

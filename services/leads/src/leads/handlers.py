@@ -20,6 +20,7 @@ from crm_contracts.events.sales import LeadVerdictV1
 from crm_platform.actor import Actor
 from crm_platform.clock import now_millis, to_millis
 from crm_platform.consumer import DeadLetter
+from crm_platform.custom_fields import FieldSet
 from crm_platform.errors import Conflict, NotFound, RuleViolation
 from crm_platform.uow import UnitOfWork
 from pymongo.errors import DuplicateKeyError
@@ -50,12 +51,14 @@ async def _load(unit: LeadsUnit, lead_id: str) -> Lead:
 # -- capture ---------------------------------------------------------------------------------
 
 
-async def capture_lead(uow: Uow, capture: Capture) -> domain.CaptureOutcome:
+async def capture_lead(
+    uow: Uow, capture: Capture, fields: FieldSet = domain.NO_CUSTOM_FIELDS
+) -> domain.CaptureOutcome:
     email = domain.normalize_email(capture.email)
 
     async def work(unit: LeadsUnit) -> domain.CaptureOutcome:
         existing = await unit.leads.get_by_email(email)
-        outcome = domain.capture(existing, uow.new_id(), capture, now_millis(uow.clock))
+        outcome = domain.capture(existing, uow.new_id(), capture, now_millis(uow.clock), fields)
         await (unit.leads.save if outcome.merged else unit.leads.add)(outcome.lead)
         unit.emit_all(outcome.events, correlation_id=outcome.lead.id)
         return outcome
@@ -65,7 +68,9 @@ async def capture_lead(uow: Uow, capture: Capture) -> domain.CaptureOutcome:
     return outcome
 
 
-async def capture_leads(uow: Uow, captures: Sequence[Capture]) -> tuple[domain.CaptureOutcome, ...]:
+async def capture_leads(
+    uow: Uow, captures: Sequence[Capture], fields: FieldSet = domain.NO_CUSTOM_FIELDS
+) -> tuple[domain.CaptureOutcome, ...]:
     """Many captures in ONE unit of work, with the effects of :func:`capture_lead` one by one.
 
     A few round trips per request instead of several per lead: one read of the batch's
@@ -77,7 +82,7 @@ async def capture_leads(uow: Uow, captures: Sequence[Capture]) -> tuple[domain.C
 
     async def work(unit: LeadsUnit) -> tuple[domain.CaptureOutcome, ...]:
         known = await unit.leads.get_many_by_email(emails)
-        batch = domain.capture_batch(known, captures, uow.new_id, now_millis(uow.clock))
+        batch = domain.capture_batch(known, captures, uow.new_id, now_millis(uow.clock), fields)
         await unit.leads.add_many(batch.new)
         await unit.leads.save_many(batch.merged)
         for outcome in batch.outcomes:
@@ -93,11 +98,13 @@ async def capture_leads(uow: Uow, captures: Sequence[Capture]) -> tuple[domain.C
 # -- edit ------------------------------------------------------------------------------------
 
 
-async def edit_lead(uow: Uow, lead_id: str, change: domain.LeadEdit) -> Lead:
+async def edit_lead(
+    uow: Uow, lead_id: str, change: domain.LeadEdit, fields: FieldSet = domain.NO_CUSTOM_FIELDS
+) -> Lead:
     """Marketing corrects a lead's details; the audit log keeps each field's history."""
 
     async def work(unit: LeadsUnit) -> Lead:
-        lead = (await _load(unit, lead_id)).edit(change, now_millis(uow.clock))
+        lead = (await _load(unit, lead_id)).edit(change, now_millis(uow.clock), fields)
         await unit.leads.save(lead)
         return lead
 

@@ -19,11 +19,12 @@ The read-side queries for the API (``get_lead``, ``list_leads``, ``list_behaviou
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from crm_contracts.events.common import Behaviour
+from crm_platform import custom_fields_api
 from crm_platform.actor import Actor
 from crm_platform.cache import TtlCache
 from crm_platform.mongo import Tx
@@ -99,6 +100,7 @@ async def ensure_indexes(db: Db) -> None:
         partialFilterExpression={"external_id": {"$type": "string"}},
     )
     await db[VERDICTS].create_index("lead_id", name="by_lead")
+    await custom_fields_api.ensure_index(db, LEADS)  # ?cf= filters on custom fields
     await db[IMPORT_JOBS].create_index([("created_at", DESCENDING), ("_id", DESCENDING)], name="newest")
     await db[IMPORT_JOBS].create_index([("state", ASCENDING), ("lease_until", ASCENDING)], name="claimable")
     await db[IMPORT_CHUNKS].create_index(
@@ -143,7 +145,7 @@ def reason_from_doc(d: Doc) -> Reason:
 
 
 def lead_to_doc(lead: Lead) -> Doc:
-    return {
+    doc = {
         "_id": lead.id,
         "email": lead.email,
         "name": lead.name,
@@ -171,6 +173,9 @@ def lead_to_doc(lead: Lead) -> Doc:
         "verdict_reason_code": lead.verdict_reason_code,
         "verdict_at": lead.verdict_at,
     }
+    if lead.custom:  # absent when none: a lead without custom fields costs nothing more
+        doc["custom"] = dict(lead.custom)
+    return doc
 
 
 def lead_from_doc(d: Doc) -> Lead:
@@ -201,6 +206,7 @@ def lead_from_doc(d: Doc) -> Lead:
         verdict=d.get("verdict"),
         verdict_reason_code=d.get("verdict_reason_code"),
         verdict_at=d.get("verdict_at"),
+        custom=d.get("custom") or {},
     )
 
 
@@ -275,9 +281,10 @@ class LeadQuery:
     channel: str | None = None
     q: str | None = None
     sort: str = "newest"
+    custom: Doc = field(default_factory=dict)  # crm_platform.custom_fields.filter_of (?cf=)
 
     def filter(self, cursor: str | None) -> Doc:
-        query: Doc = {}
+        query: Doc = dict(self.custom)
         if self.status is not None:
             query["status"] = self.status
         if self.channel is not None:
@@ -305,9 +312,10 @@ async def list_leads(
     cursor: str | None,
     q: str | None = None,
     sort: str = "newest",
+    custom: Doc | None = None,
 ) -> LeadPage:
     """Keyset paging in the query's order (crm_platform.paging), so pages never shift."""
-    query = LeadQuery(status, channel, q, sort)
+    query = LeadQuery(status, channel, q, sort, custom or {})
     docs = await find_leads(db, query, cursor).limit(limit + 1).to_list()
     items, next_cursor = page(docs, limit, LEAD_SORTS[sort])
     return LeadPage([lead_from_doc(d) for d in items], next_cursor)
@@ -713,7 +721,14 @@ class MongoLeadsUnit(MongoUnit):
 RETENTION_RULES = (
     # A lead nobody touched for the period: the person's name and email go (the email is the
     # lead's identity: a unique stand-in), the figures and channels stay.
-    Rule("lead", LEADS, "updated_at", Action.ANONYMISE, scrub={"name": ANONYMISED, "email": anonymous_email}),
+    # Its custom fields go too: a text one may be personal data (docs/governance.md).
+    Rule(
+        "lead",
+        LEADS,
+        "updated_at",
+        Action.ANONYMISE,
+        scrub={"name": ANONYMISED, "email": anonymous_email, "custom": {}},
+    ),
     # Tracked behaviour: deleted.
     Rule("behaviour", BEHAVIOURS, "recorded_at", Action.DELETE),
 )

@@ -12,6 +12,7 @@ from crm_contracts.topics import TOPICS_BY_NAME
 
 ALL_EVENTS: tuple[type[Event], ...] = (
     leads.LeadCapturedV1,
+    leads.LeadCapturedV2,
     leads.BehaviourRecordedV1,
     leads.LeadQualifiedV1,
     leads.LeadStatusChangedV1,

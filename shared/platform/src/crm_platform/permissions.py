@@ -193,6 +193,24 @@ ROUTE_TABLE: tuple[RouteRule, ...] = (
         "customer service and success' audit log",
         permission="service-desk.audit.read",
     ),
+    # every department's custom field definitions (crm_platform.custom_fields_api): its roles
+    # read them (forms need them), administrators change them
+    rule(
+        LEADS,
+        WRITE,
+        "/custom-fields/**",
+        ADMINS,
+        "administrators define custom fields",
+        permission="leads.custom-fields.write",
+    ),
+    rule(
+        LEADS,
+        READ,
+        "/custom-fields/**",
+        LEAD_READERS,
+        "whoever reads leads reads their custom fields' definitions",
+        permission="leads.custom-fields.read",
+    ),
     # leads (marketing)
     rule(
         LEADS,

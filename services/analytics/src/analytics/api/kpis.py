@@ -96,6 +96,7 @@ async def every_kpi(request: Request, period: PeriodKind = "month", team: Team =
             "action_items": _part(report, "action_items"),
             "business_latency": _part(report, "business_latency"),
             "marketing": _part(report, "marketing"),
+            "custom_fields": _part(report, "custom_fields"),
         }
     )
 

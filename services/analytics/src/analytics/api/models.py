@@ -173,6 +173,18 @@ class MarketingKpis(BaseModel):
     campaigns: dict[str, LeadFigures] = Field(description="Per campaign ('none' without one)")
 
 
+class CustomFieldFigures(BaseModel):
+    """One custom field over the records' latest values (their events' extension maps)."""
+
+    type: str = Field(description="choice, number, money or date (text is never sent to analytics)")
+    count: int = Field(description="Records with a value")
+    values: dict[str, int] | None = Field(default=None, description="choice: records per value")
+    sum: float | None = Field(default=None, description="number: the values' sum")
+    sum_by_currency: dict[str, float] | None = Field(default=None, description="money: sum per currency")
+    earliest: str | None = Field(default=None, description="date: the earliest value")
+    latest: str | None = Field(default=None, description="date: the latest value")
+
+
 class KpisOut(BaseModel):
     computed_at: datetime | None = Field(description="When the worker computed them; null: not yet")
     period_kind: str
@@ -180,6 +192,10 @@ class KpisOut(BaseModel):
     action_items: dict[str, OpenItems] = Field(description="Per owning department, now")
     business_latency: dict[str, BusinessLatency] = Field(description="Handed off -> first human action")
     marketing: MarketingKpis
+    custom_fields: dict[str, dict[str, CustomFieldFigures]] = Field(
+        default_factory=dict,
+        description="Per record kind (lead, ...) and custom field key: the breakdown of the latest values",
+    )
 
 
 class ServiceKpisOut(BaseModel):

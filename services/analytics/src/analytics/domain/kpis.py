@@ -14,7 +14,10 @@
   last hour, day and 30 days (items not acted on yet count by their age), pending items and the
   oldest one's age;
 - ``marketing``: per channel and per campaign, the leads captured, qualified, accepted and
-  rejected, with sales' verdict reasons.
+  rejected, with sales' verdict reasons;
+- ``custom_fields``: per record kind (``lead``, ...) and custom field key, from the records'
+  latest extension map: a choice field's count per value; a number's or money's count and sum
+  (money per currency); a date's count, earliest and latest.
 
 Nothing in it names a person: teams are tiers, departments are departments. It depends on
 ``now`` (overdue items, the windows, the latest periods), so the worker recomputes it on a
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Union
 
-from analytics.domain.records import ACT_PREFIX, Record, Slot
+from analytics.domain.records import ACT_PREFIX, CUSTOM_SLOT, Record, Slot
 
 Json = Union[dict[str, "Json"], list["Json"], str, int, float, bool, None]  # noqa: UP007 - a recursive alias
 
@@ -403,6 +406,7 @@ def compute(records: Mapping[str, Record], now: datetime) -> dict[str, Json]:
         "action_items": open_items(kinds.get("item", {}), moment),
         "business_latency": business_latency(kinds, moment),
         "marketing": marketing(kinds.get("lead", {})),
+        "custom_fields": custom_fields(kinds),
     }
 
 
@@ -562,3 +566,47 @@ def _lead_figures(groups: Mapping[str, Counter[str]]) -> dict[str, Json]:
         figures["verdict_reasons"] = reasons
         out[name] = figures
     return out
+
+
+def custom_fields(kinds: Mapping[str, Mapping[str, Record]]) -> dict[str, Json]:
+    """Per record kind and field key: the breakdown of the records' latest custom values."""
+    out: dict[str, Json] = {}
+    for kind, records in sorted(kinds.items()):
+        fields: dict[str, dict[str, Json]] = {}
+        for record in records.values():
+            slot = record.get(CUSTOM_SLOT)
+            for name, value in (slot or {}).items():
+                kind_of, _, key = name.partition(":")
+                if key and kind_of in ("choice", "number", "money", "date"):
+                    _fold_custom(fields, kind_of, key, value, slot)
+        if fields:
+            out[kind] = dict(sorted(fields.items()))
+    return out
+
+
+def _fold_custom(
+    fields: dict[str, dict[str, Json]], kind: str, key: str, value: object, slot: Slot | None
+) -> None:
+    figure = fields.setdefault(key, {"type": kind, "count": 0})
+    if figure.get("type") != kind:  # retyped by an admin: values of another type are left out
+        return
+    count = figure["count"]
+    figure["count"] = (count if isinstance(count, int) else 0) + 1
+    if kind == "choice" and isinstance(value, str):
+        values = figure.setdefault("values", {})
+        if isinstance(values, dict):
+            current = values.get(value, 0)
+            values[value] = (current if isinstance(current, int) else 0) + 1
+    elif kind == "number" and isinstance(value, int | float):
+        total = figure.get("sum", 0)
+        figure["sum"] = (total if isinstance(total, int | float) else 0) + value
+    elif kind == "money" and isinstance(value, int | float):
+        sums = figure.setdefault("sum_by_currency", {})
+        currency = _text(slot, f"currency:{key}") or "unknown"
+        if isinstance(sums, dict):
+            current = sums.get(currency, 0)
+            sums[currency] = round((current if isinstance(current, int | float) else 0) + value, 4)
+    elif kind == "date" and isinstance(value, str):
+        for bound, pick in (("earliest", min), ("latest", max)):
+            seen = figure.get(bound)
+            figure[bound] = pick(seen, value) if isinstance(seen, str) else value

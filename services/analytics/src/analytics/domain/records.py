@@ -16,6 +16,11 @@ time is its own slot, so a set of times is a union of slots.
 The KPIs (``analytics.domain.kpis``) are computed from the records when they are published;
 the records hold no personal data beyond the ids the events carry, and nothing derived from
 them names a person.
+
+Custom fields (issue 9): an event carrying a record's extension map (``crm_contracts.extensions``,
+e.g. ``lead.captured`` v2) gives that record a ``last_custom`` slot, the latest map flattened to
+scalars typed by their name: ``choice:<key>``, ``number:<key>``, ``date:<key>``, ``money:<key>``
+(the amount) with ``currency:<key>``. Text values never arrive (the producers leave them out).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from collections.abc import Iterator, Mapping
 
 from crm_contracts import Envelope, Event
 from crm_contracts.events.action_items import ActionItemUpdatedByCustomerSuccessV1, _Raised, _Updated
-from crm_contracts.events.leads import LeadCapturedV1, LeadQualifiedV1
+from crm_contracts.events.leads import LeadCapturedV1, LeadCapturedV2, LeadQualifiedV1
 from crm_contracts.events.sales import (
     ActivityLoggedV1,
     CommitmentFlagUpdatedBySalesV1,
@@ -48,6 +53,7 @@ from crm_contracts.events.service_desk import (
     TicketResolvedV1,
     UpsellSpottedV1,
 )
+from crm_contracts.extensions import ExtensionField, ExtensionMoney
 
 Scalar = str | float | int | bool | None
 Slot = dict[str, Scalar]  # always holds "at": epoch seconds
@@ -111,7 +117,28 @@ def changes(envelope: Envelope, event: Event) -> list[Change]:
         + list(_voice(event, at))
         + list(_handoffs(event, at))
         + list(_cs_acts(event, at))
+        + list(_custom(event, at))
     )
+
+
+CUSTOM_SLOT = "last_custom"
+
+
+def _custom(event: Event, at: float) -> Iterator[Change]:
+    """The record's latest custom field values (the event's extension map), flattened."""
+    if isinstance(event, LeadCapturedV2) and event.custom:
+        yield f"lead:{event.lead_id}", {CUSTOM_SLOT: custom_slot(event.custom, at)}
+
+
+def custom_slot(custom: Mapping[str, ExtensionField], at: float) -> Slot:
+    slot: Slot = {"at": at}
+    for key, entry in sorted(custom.items()):
+        if isinstance(entry.value, ExtensionMoney):
+            slot[f"money:{key}"] = float(entry.value.amount)
+            slot[f"currency:{key}"] = entry.value.currency
+        else:
+            slot[f"{entry.type.value}:{key}"] = entry.value
+    return slot
 
 
 # Customer success' human steps on an account: what ends the business latency of the outcomes

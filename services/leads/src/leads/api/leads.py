@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 from crm_contracts.events.common import Behaviour
 from crm_platform import audit_api
+from crm_platform.custom_fields import FieldSet, RecordType, filter_of
+from crm_platform.custom_fields_api import CustomFilter, fields_of
 from crm_platform.errors import NotFound, RuleViolation
 from crm_platform.paging import BadCursor
 from crm_platform.routes import CurrentActor, DbDep, require_roles
@@ -29,12 +31,13 @@ from leads.api.models import (
     LeadOut,
     LeadPageOut,
 )
-from leads.domain.leads import Capture, LeadEdit, LeadStatus
+from leads.domain.leads import LeadEdit, LeadStatus
 
 router = APIRouter(prefix="/leads", tags=["leads"], dependencies=[require_roles(*READERS)])
 
 LeadId = Annotated[str, Path(min_length=1, max_length=100)]
 ChannelFilter = Annotated[str, StringConstraints(max_length=64)]
+LeadFields = Annotated[FieldSet, fields_of(RecordType.LEAD)]
 
 
 class LeadSort(StrEnum):
@@ -57,15 +60,11 @@ def _blank_is_none(value: Any) -> Any:
     dependencies=[can_write],
     summary="Capture a lead (201 new; 200 when the email matched a lead and it merged)",
 )
-async def capture_lead(body: CaptureIn, response: Response, uow: UowDep) -> CaptureOut:
-    result = await handlers.capture_lead(uow, _capture(body))
+async def capture_lead(body: CaptureIn, response: Response, uow: UowDep, fields: LeadFields) -> CaptureOut:
+    result = await handlers.capture_lead(uow, body.to_capture(fields), fields)
     if result.merged:
         response.status_code = status.HTTP_200_OK
     return CaptureOut(merged=result.merged, lead=LeadOut.of(result.lead))
-
-
-def _capture(body: CaptureIn) -> Capture:
-    return body.to_capture()
 
 
 @router.post(
@@ -74,8 +73,8 @@ def _capture(body: CaptureIn) -> Capture:
     dependencies=[can_write],
     summary="Capture many leads at once (each merged by email like POST /leads; all or none)",
 )
-async def capture_leads(body: BulkCaptureIn, uow: UowDep) -> BulkCaptureOut:
-    results = await handlers.capture_leads(uow, [_capture(lead) for lead in body.leads])
+async def capture_leads(body: BulkCaptureIn, uow: UowDep, fields: LeadFields) -> BulkCaptureOut:
+    results = await handlers.capture_leads(uow, [lead.to_capture(fields) for lead in body.leads], fields)
     return BulkCaptureOut(results=[CaptureOut(merged=r.merged, lead=LeadOut.of(r.lead)) for r in results])
 
 
@@ -86,6 +85,7 @@ async def capture_leads(body: BulkCaptureIn, uow: UowDep) -> BulkCaptureOut:
 )
 async def list_leads(
     db: DbDep,
+    fields: LeadFields,
     status_: Annotated[LeadStatus | None, BeforeValidator(_blank_is_none), Query(alias="status")] = None,
     channel: Annotated[ChannelFilter | None, BeforeValidator(_blank_is_none), Query()] = None,
     q: Annotated[
@@ -101,7 +101,9 @@ async def list_leads(
     ] = LeadSort.NEWEST,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cf: CustomFilter = None,
 ) -> LeadPageOut:
+    custom = filter_of(fields, cf)
     try:
         page = await repo.list_leads(
             db,
@@ -111,6 +113,7 @@ async def list_leads(
             cursor=cursor,
             q=q,
             sort=sort.value,
+            custom=custom,
         )
     except BadCursor as exc:
         raise RuleViolation(f"invalid input: query.cursor: {exc}", field="query.cursor") from None
@@ -173,16 +176,17 @@ async def list_behaviours(
     "/{lead_id}",
     response_model=LeadOut,
     dependencies=[can_write],
-    summary="Correct a lead's name, company, campaign or consent (each change in its history)",
+    summary="Correct a lead's name, company, campaign, consent or custom fields (each change in its history)",
 )
-async def edit_lead(lead_id: LeadId, body: LeadEditIn, uow: UowDep) -> LeadOut:
+async def edit_lead(lead_id: LeadId, body: LeadEditIn, uow: UowDep, fields: LeadFields) -> LeadOut:
     change = LeadEdit(
         name=body.name,
         company=body.company,
         campaign=body.campaign,
         marketing_email=body.consent.marketing_email if body.consent is not None else None,
+        custom=body.custom,
     )
-    return LeadOut.of(await handlers.edit_lead(uow, lead_id, change))
+    return LeadOut.of(await handlers.edit_lead(uow, lead_id, change, fields))
 
 
 @router.get(

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 from crm_contracts import utcnow
 from crm_contracts.email import EmailStr
 from crm_contracts.events.common import Behaviour
+from crm_platform.custom_fields import FieldSet
+from crm_platform.custom_fields_api import CustomIn, CustomOut, custom_out
 from crm_platform.values import FiniteFloat, InRange, Int64, Timestamp
 from pydantic import (
     BaseModel,
@@ -64,8 +66,10 @@ class CaptureIn(In):
     source_channel: Channel = Field(description="e.g. web_form, webinar, import, partner_api")
     campaign: str | None = Field(default=None, max_length=200)
     consent: ConsentIn
+    custom: CustomIn = None
 
-    def to_capture(self) -> Capture:
+    def to_capture(self, fields: FieldSet | None = None) -> Capture:
+        """The capture, its custom values checked against ``fields`` (the lead's definitions)."""
         return Capture(
             email=str(self.email),
             name=self.name,
@@ -73,6 +77,7 @@ class CaptureIn(In):
             marketing_email=self.consent.marketing_email,
             company=self.company,
             campaign=self.campaign,
+            custom=fields.create(self.custom) if fields is not None else {},
         )
 
 
@@ -131,6 +136,7 @@ class LeadOut(BaseModel):
     verdict: VerdictOut | None
     created_at: datetime
     updated_at: datetime
+    custom: CustomOut = Field(default_factory=dict)
 
     @classmethod
     def of(cls, lead: Lead) -> LeadOut:
@@ -164,6 +170,7 @@ class LeadOut(BaseModel):
             ),
             created_at=lead.created_at,
             updated_at=lead.updated_at,
+            custom=custom_out(lead.custom),
         )
 
 
@@ -182,6 +189,7 @@ class LeadEditIn(In):
     company: str | None = Field(default=None, max_length=200, description="blank clears it")
     campaign: str | None = Field(default=None, max_length=200, description="blank clears it")
     consent: ConsentIn | None = None
+    custom: CustomIn = None
 
 
 class BulkCaptureIn(In):

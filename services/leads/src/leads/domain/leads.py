@@ -31,17 +31,19 @@ from crm_contracts.events.common import Behaviour, Contact, ScoreReason
 from crm_contracts.events.common import Consent as ConsentV1
 from crm_contracts.events.leads import (
     BehaviourRecordedV1,
-    LeadCapturedV1,
+    LeadCapturedV2,
     LeadQualifiedV1,
     LeadStatusChangedV1,
 )
 from crm_platform.actor import Actor
+from crm_platform.custom_fields import FieldSet, RecordType, StoredValue, to_extensions
 from crm_platform.errors import RuleViolation
 
 from leads.domain.scoring import Reason, Score, ScoringRules, score
 
 MAX_TOUCHES_KEPT = 100
 MAX_CLOCK_SKEW = timedelta(minutes=5)
+NO_CUSTOM_FIELDS = FieldSet(RecordType.LEAD)
 
 
 class LeadStatus(StrEnum):
@@ -122,6 +124,7 @@ class Capture:
     marketing_email: bool
     company: str | None = None
     campaign: str | None = None
+    custom: Mapping[str, StoredValue] = field(default_factory=dict)  # checked by FieldSet.create
 
 
 @dataclass(frozen=True)
@@ -129,16 +132,19 @@ class LeadEdit:
     """A correction of a lead's details by marketing (``PATCH /leads/{id}``); ``None`` keeps a field.
 
     The email is the lead's identity and merge key (capture merges by it): not editable.
-    ``company`` and ``campaign`` given as blank clear the field.
+    ``company`` and ``campaign`` given as blank clear the field. ``custom`` sets the custom
+    fields it names (``None`` as a value clears one), checked against the definitions.
     """
 
     name: str | None = None
     company: str | None = None
     campaign: str | None = None
     marketing_email: bool | None = None
+    custom: Mapping[str, object] | None = None
 
     def is_empty(self) -> bool:
-        return all(v is None for v in (self.name, self.company, self.campaign, self.marketing_email))
+        fields = (self.name, self.company, self.campaign, self.marketing_email)
+        return all(v is None for v in fields) and not self.custom
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,7 @@ class Lead:
     verdict: str | None = None
     verdict_reason_code: str | None = None
     verdict_at: datetime | None = None
+    custom: Mapping[str, StoredValue] = field(default_factory=dict)
 
     @classmethod
     def new(cls, lead_id: str, capture: Capture, now: datetime) -> Lead:
@@ -185,6 +192,7 @@ class Lead:
             updated_at=now,
             touches=(Touch(capture.source_channel, capture.campaign, now),),
             touch_count=1,
+            custom=dict(capture.custom),
         )
 
     def merge(self, capture: Capture, now: datetime) -> Lead:
@@ -194,7 +202,8 @@ class Lead:
         - the first source channel stays the origin; the new capture is a touch;
         - consent follows the person's latest statement (an opt-out must win, and a
           fresh opt-in is just as explicit);
-        - the status is untouched (a capture is not behaviour).
+        - the status is untouched (a capture is not behaviour);
+        - custom fields the lead has no value for are filled from the capture, like the others.
         """
         if normalize_email(capture.email) != self.email:
             raise ValueError("merge needs the same email")
@@ -208,19 +217,21 @@ class Lead:
             touches=touches[-MAX_TOUCHES_KEPT:],
             touch_count=self.touch_count + 1,
             updated_at=now,
+            custom={**capture.custom, **self.custom},
         )
 
-    def edit(self, change: LeadEdit, now: datetime) -> Lead:
+    def edit(self, change: LeadEdit, now: datetime, fields: FieldSet = NO_CUSTOM_FIELDS) -> Lead:
         """The lead with ``change`` applied (its field history is the audit log's, crm_platform.audit).
 
         A consent change is a new statement by the person, so it is dated ``now``. No event:
         no contract carries a lead's details after capture (sales got its copy at the handoff).
         """
         if change.is_empty():
-            raise RuleViolation("nothing to change: give name, company, campaign or consent")
+            raise RuleViolation("nothing to change: give name, company, campaign, consent or custom")
         if change.name is not None and _blank(change.name):
             raise RuleViolation("name must not be blank", field="body.name")
         consent = self.consent
+        custom = fields.edit(self.custom, change.custom) if change.custom else self.custom
         if change.marketing_email is not None and change.marketing_email != consent.marketing_email:
             consent = Consent(change.marketing_email, now)
         return dataclasses.replace(
@@ -230,6 +241,7 @@ class Lead:
             campaign=_filled(change.campaign) if change.campaign is not None else self.campaign,
             consent=consent,
             updated_at=now,
+            custom=custom,
         )
 
     def record_behaviour(
@@ -309,9 +321,12 @@ class Lead:
         """Lifetime occurrences per behaviour (what sales sees in the handoff)."""
         return {b: self.behaviour_totals[b] for b in Behaviour if self.behaviour_totals.get(b, 0) > 0}
 
-    def captured_event(self, capture: Capture, merged: bool) -> LeadCapturedV1:
-        """Describes the lead after this capture; channel and campaign are this capture's touch."""
-        return LeadCapturedV1(
+    def captured_event(
+        self, capture: Capture, merged: bool, fields: FieldSet = NO_CUSTOM_FIELDS
+    ) -> LeadCapturedV2:
+        """Describes the lead after this capture; channel and campaign are this capture's touch;
+        its custom fields that ``fields`` defines, text left out (the extension map)."""
+        return LeadCapturedV2(
             lead_id=self.id,
             email=self.email,
             name=self.name,
@@ -320,6 +335,7 @@ class Lead:
             campaign=capture.campaign,
             consent=_consent_v1(self.consent),
             merged=merged,
+            custom=to_extensions(fields, self.custom) if self.custom else {},
         )
 
     def qualified_event(self) -> LeadQualifiedV1:
@@ -358,11 +374,17 @@ class CaptureOutcome:
     events: tuple[Event, ...]
 
 
-def capture(existing: Lead | None, new_id: str, capture: Capture, now: datetime) -> CaptureOutcome:
+def capture(
+    existing: Lead | None,
+    new_id: str,
+    capture: Capture,
+    now: datetime,
+    fields: FieldSet = NO_CUSTOM_FIELDS,
+) -> CaptureOutcome:
     """A capture: a new lead, or ``existing`` (the lead with this email) merging it."""
     lead = existing.merge(capture, now) if existing is not None else Lead.new(new_id, capture, now)
     merged = existing is not None
-    return CaptureOutcome(lead, merged, (lead.captured_event(capture, merged),))
+    return CaptureOutcome(lead, merged, (lead.captured_event(capture, merged, fields),))
 
 
 @dataclass(frozen=True)
@@ -373,7 +395,11 @@ class BatchCaptureOutcome:
 
 
 def capture_batch(
-    known: Mapping[str, Lead], captures: Sequence[Capture], new_id: Callable[[], str], now: datetime
+    known: Mapping[str, Lead],
+    captures: Sequence[Capture],
+    new_id: Callable[[], str],
+    now: datetime,
+    fields: FieldSet = NO_CUSTOM_FIELDS,
 ) -> BatchCaptureOutcome:
     """Many captures with exactly the effects of :func:`capture` applied one by one, in order.
 
@@ -386,7 +412,7 @@ def capture_batch(
     for each in captures:
         email = normalize_email(each.email)
         existing = leads.get(email)
-        outcome = capture(existing, new_id() if existing is None else existing.id, each, now)
+        outcome = capture(existing, new_id() if existing is None else existing.id, each, now, fields)
         leads[email] = outcome.lead
         outcomes.append(outcome)
     changed = {normalize_email(c.email) for c in captures}

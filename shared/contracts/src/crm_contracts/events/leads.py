@@ -11,6 +11,7 @@ from crm_contracts.base import Event
 from crm_contracts.email import EmailStr
 from crm_contracts.envelope import Timestamp
 from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason
+from crm_contracts.extensions import Extensions
 
 
 class LeadCapturedV1(Event):
@@ -29,6 +30,16 @@ class LeadCapturedV1(Event):
 
     def partition_key(self) -> str:
         return self.lead_id
+
+
+class LeadCapturedV2(LeadCapturedV1):
+    """v1 plus the lead's custom field values (the extension map, ``crm_contracts.extensions``;
+    text fields are never carried). A subclass of v1, so every consumer that handles v1
+    handles v2."""
+
+    version: ClassVar[int] = 2
+
+    custom: Extensions = Field(default_factory=dict)
 
 
 class BehaviourRecordedV1(Event):
