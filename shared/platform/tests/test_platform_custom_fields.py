@@ -8,14 +8,27 @@ from typing import Any
 import pytest
 from crm_contracts.compat import breaking_changes
 from crm_contracts.events.leads import LeadCapturedV2
-from crm_platform.custom_fields import FieldDefinition, FieldSet, FieldSetIn, RecordType, filter_of, to_extensions
+from crm_platform.custom_fields import (
+    FieldDefinition,
+    FieldSet,
+    FieldSetIn,
+    RecordType,
+    filter_of,
+    to_extensions,
+)
 from crm_platform.errors import RuleViolation
 from pydantic import ValidationError
 
 DEFS = FieldSetIn.model_validate(
     {
         "fields": [
-            {"key": "tier", "label": "Tier", "type": "choice", "required": True, "choices": ["gold", "silver"]},
+            {
+                "key": "tier",
+                "label": "Tier",
+                "type": "choice",
+                "required": True,
+                "choices": ["gold", "silver"],
+            },
             {"key": "seats", "label": "Seats", "type": "number", "integer": True, "minimum": 1},
             {"key": "ratio", "label": "Ratio", "type": "number", "maximum": 1},
             {"key": "renewal", "label": "Renewal", "type": "date", "latest": "2030-12-31"},
@@ -74,7 +87,8 @@ def test_values_are_checked_and_stored_in_their_type() -> None:
         "budget": {"amount": Decimal("10.50"), "currency": "EUR"},
         "note": "hi",
     }
-    assert FIELDS.create({"tier": "gold", "budget": {"amount": 5}})["budget"]["currency"] == "EUR"
+    default_currency = FIELDS.create({"tier": "gold", "budget": {"amount": 5}})["budget"]
+    assert default_currency == {"amount": Decimal(5), "currency": "EUR"}
 
 
 @pytest.mark.parametrize(
@@ -98,7 +112,9 @@ def test_values_are_checked_and_stored_in_their_type() -> None:
         ({"tier": "gold", "colour": "red"}, "colour", "not a custom field of lead"),
     ],
 )
-def test_a_value_that_does_not_fit_names_the_field_and_why(given: dict[str, Any], named: str, why: str) -> None:
+def test_a_value_that_does_not_fit_names_the_field_and_why(
+    given: dict[str, Any], named: str, why: str
+) -> None:
     message = _refusal(given)
     assert f"body.custom.{named}" in message
     assert why in message
