@@ -110,6 +110,11 @@ async def _mapping(leads: Leads) -> httpx.Response:
     return await leads.client.put(f"/import-mappings/m-{uuid.uuid4().hex[:6]}", json=body, headers=MARKETING)
 
 
+async def _custom_fields(leads: Leads) -> httpx.Response:
+    body = {"fields": [{"key": "segment", "label": "Segment", "type": "choice", "choices": ["smb", "ent"]}]}
+    return await leads.client.put("/custom-fields/lead", json=body, headers=ADMIN)
+
+
 RECIPES: dict[str, Callable[[Leads], Awaitable[httpx.Response]]] = {
     "POST /leads": _capture,
     "POST /leads/bulk": _bulk,
@@ -123,6 +128,7 @@ RECIPES: dict[str, Callable[[Leads], Awaitable[httpx.Response]]] = {
     "POST /imports": _new_import,
     "PUT /imports/{import_id}/file": _upload,
     "PUT /import-mappings/{name}": _mapping,
+    "PUT /custom-fields/{record_type}": _custom_fields,
 }
 # Write routes that change no record, each with the reason (none in this service).
 NOT_RECORD_CHANGES: dict[str, str] = {}
