@@ -173,6 +173,7 @@ async def backlog_drain(
     prefix = await produce_handoffs(bootstrap, n)
     backlog = await group_lag(bootstrap, "sales", [LEAD_QUALIFIED])
     say(f"  {backlog} records wait for sales; starting it ...")
+    ops_before = await mongod_operations(mongodb_uri)
     started = time.perf_counter()
     platform.start(("sales",))
     await asyncio.to_thread(platform.wait_ready, 90, ("sales",))
@@ -183,6 +184,9 @@ async def backlog_drain(
         lag = await group_lag(bootstrap, "sales", [LEAD_QUALIFIED])
     finished = time.perf_counter()
     drained = backlog - lag
+    ops = {k: v - ops_before.get(k, 0) for k, v in (await mongod_operations(mongodb_uri)).items()}
+    per_event = {k: round(v / drained, 2) for k, v in ops.items() if v} if drained else {}
+    say(f"  mongod operations per drained event (sales' start-up included): {per_event}")
     items, doubled = await _inbox_check(mongodb_uri, platform.db_prefix + "sales", prefix)
     rate = drained / (finished - ready) if finished > ready else 0.0
     say(
@@ -200,7 +204,19 @@ async def backlog_drain(
         "inbox_items": items,
         "lost": max(0, n - items) if lag == 0 else None,
         "doubled": doubled,
+        "mongod_ops_per_event": per_event,
     }
+
+
+async def mongod_operations(mongodb_uri: str) -> dict[str, int]:
+    """mongod's operation counters (serverStatus ``opcounters``; a transaction's commit is a
+    ``command``), to count round trips per event independently of the machine's load."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri)
+    try:
+        status = await client.admin.command("serverStatus")
+        return {k: int(v) for k, v in status["opcounters"].items()}
+    finally:
+        await client.close()
 
 
 async def _inbox_check(mongodb_uri: str, database: str, prefix: str) -> tuple[int, int]:
