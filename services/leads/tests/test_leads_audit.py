@@ -65,6 +65,12 @@ async def _behaviour(leads: Leads) -> httpx.Response:
     return await leads.client.post(url, json={"behaviour": "page_view"}, headers=MARKETING)
 
 
+async def _bulk_behaviours(leads: Leads) -> httpx.Response:
+    lead = await leads.capture()
+    body = {"behaviours": [{"lead_id": lead["lead"]["id"], "behaviour": "page_view"}] * 2}
+    return await leads.client.post("/leads/behaviours/bulk", json=body, headers=MARKETING)
+
+
 async def _edit(leads: Leads) -> httpx.Response:
     lead = await leads.capture()
     url = f"/leads/{lead['lead']['id']}"
@@ -118,6 +124,7 @@ async def _custom_fields(leads: Leads) -> httpx.Response:
 RECIPES: dict[str, Callable[[Leads], Awaitable[httpx.Response]]] = {
     "POST /leads": _capture,
     "POST /leads/bulk": _bulk,
+    "POST /leads/behaviours/bulk": _bulk_behaviours,
     "POST /leads/{lead_id}/behaviours": _behaviour,
     "PATCH /leads/{lead_id}": _edit,
     "PUT /scoring-rules": _rules,

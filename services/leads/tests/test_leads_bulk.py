@@ -7,7 +7,7 @@ from typing import Any, TypeAlias
 
 import pytest
 from crm_contracts import Envelope
-from crm_contracts.topics import LEADS_EVENTS
+from crm_contracts.topics import LEAD_QUALIFIED, LEADS_EVENTS
 from crm_platform.testing import TopicReader, auth_headers
 
 pytestmark = pytest.mark.integration
@@ -109,3 +109,103 @@ async def test_bulk_capture_roles(leads: Leads) -> None:
         assert r.status_code == 403, role
     r = await leads.client.post("/leads/bulk", json=body, headers=auth_headers(["admin"], "root"))
     assert r.status_code == 200
+
+
+# -- POST /leads/behaviours/bulk ---------------------------------------------------------------
+
+
+async def test_bulk_behaviours_record_in_order_and_hand_each_qualified_lead_over_once(
+    leads: Leads, kafka_bootstrap: str
+) -> None:
+    ada = (await leads.capture())["lead"]["id"]
+    bob = (await leads.capture())["lead"]["id"]
+    reader = await TopicReader(kafka_bootstrap, LEAD_QUALIFIED).start()
+    try:
+        body = {
+            "behaviours": [
+                {"lead_id": ada, "behaviour": "form_submit", "external_id": "t-1"},
+                {"lead_id": bob, "behaviour": "page_view"},
+                {"lead_id": ada, "behaviour": "trial_signup"},
+                {"lead_id": ada, "behaviour": "form_submit", "external_id": "t-1"},  # sent twice
+            ]
+        }
+        r = await leads.client.post("/leads/behaviours/bulk", json=body, headers=MARKETING)
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [x["lead_id"] for x in results] == [ada, bob, ada, ada]
+        assert [x["duplicate"] for x in results] == [False, False, False, True]
+        assert [x["qualified_now"] for x in results] == [False, False, True, False]
+        assert results[3]["behaviour_id"] == results[0]["behaviour_id"]
+        assert results[2]["status"] == "qualified"
+
+        # The same behaviours one by one give the same score.
+        cid = (await leads.capture())["lead"]["id"]
+        one_by_one = await leads.behave(cid, "form_submit", "trial_signup")
+        assert results[2]["score"] == one_by_one["lead"]["score"]
+
+        stored = await leads.client.get(f"/leads/{ada}/behaviours", headers=MARKETING)
+        assert [b["behaviour"] for b in stored.json()["items"]] == ["trial_signup", "form_submit"]
+        lead = await leads.lead(ada)
+        assert lead["status"] == "qualified"
+        assert lead["score"] == results[2]["score"]
+
+        again = await leads.client.post(
+            "/leads/behaviours/bulk",
+            json={"behaviours": [{"lead_id": ada, "behaviour": "form_submit", "external_id": "t-1"}]},
+            headers={**MARKETING, "Idempotency-Key": uuid.uuid4().hex},
+        )
+        assert again.status_code == 200, again.text
+        assert again.json()["results"][0]["duplicate"] is True, "a stored external_id is not counted again"
+
+        def handed(_: list[Any]) -> list[Envelope] | None:
+            envs = [e for e in reader.envelopes("lead.qualified") if e.partition_key in {ada, bob, cid}]
+            return envs if len(envs) >= 2 else None
+
+        envs = await reader.wait_for(handed, what="two lead.qualified events")
+        assert sorted(e.partition_key for e in envs) == sorted([ada, cid]), "one handoff per qualified lead"
+    finally:
+        await reader.stop()
+
+
+async def test_bulk_behaviours_naming_an_unknown_lead_are_a_404_and_record_nothing(leads: Leads) -> None:
+    ada = (await leads.capture())["lead"]["id"]
+    body = {
+        "behaviours": [
+            {"lead_id": ada, "behaviour": "trial_signup"},
+            {"lead_id": "no-such-lead", "behaviour": "page_view"},
+        ]
+    }
+    r = await leads.client.post("/leads/behaviours/bulk", json=body, headers=MARKETING)
+    assert r.status_code == 404, r.text
+    assert "no-such-lead" in r.json()["message"]
+    stored = await leads.client.get(f"/leads/{ada}/behaviours", headers=MARKETING)
+    assert stored.json()["items"] == []
+    assert (await leads.lead(ada))["score"] == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"behaviours": []}, "body.behaviours"),
+        ({"behaviours": [{"lead_id": "x", "behaviour": "dancing"}]}, "body.behaviours.0.behaviour"),
+        ({"behaviours": [{"behaviour": "page_view"}]}, "body.behaviours.0.lead_id"),
+        ({"behaviours": [{"lead_id": "x", "behaviour": "page_view"}] * 1001}, "body.behaviours"),
+    ],
+)
+async def test_bad_bulk_behaviours_are_a_422_naming_the_field(
+    leads: Leads, body: dict[str, Any], field: str
+) -> None:
+    r = await leads.client.post("/leads/behaviours/bulk", json=body, headers=MARKETING)
+    assert r.status_code == 422, r.text
+    assert field in {f["field"] for f in r.json()["fields"]}, r.json()
+
+
+async def test_bulk_behaviours_roles(leads: Leads) -> None:
+    ada = (await leads.capture())["lead"]["id"]
+    body = {"behaviours": [{"lead_id": ada, "behaviour": "page_view"}]}
+    assert (await leads.client.post("/leads/behaviours/bulk", json=body)).status_code == 401
+    for role in ("sales_rep", "sales_manager", "analyst", "service_rep"):
+        r = await leads.client.post("/leads/behaviours/bulk", json=body, headers=auth_headers([role], "x"))
+        assert r.status_code == 403, role
+    r = await leads.client.post("/leads/behaviours/bulk", json=body, headers=auth_headers(["admin"], "root"))
+    assert r.status_code == 200, r.text

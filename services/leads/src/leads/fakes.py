@@ -37,6 +37,9 @@ class InMemoryLeads:
     async def save(self, lead: Lead) -> None:
         self.items[lead.id] = lead
 
+    async def get_many(self, lead_ids: Collection[str]) -> dict[str, Lead]:
+        return {i: self.items[i] for i in lead_ids if i in self.items}
+
     async def get_many_by_email(self, emails: Collection[str]) -> dict[str, Lead]:
         return {lead.email: lead for lead in self.items.values() if lead.email in emails}
 
@@ -60,10 +63,25 @@ class InMemoryBehaviours:
             (r for r in self.items.values() if r.lead_id == lead_id and r.external_id == external_id), None
         )
 
+    async def by_external_ids(
+        self, pairs: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], BehaviourRecord]:
+        return {
+            (r.lead_id, r.external_id): r
+            for r in self.items.values()
+            if r.external_id is not None and (r.lead_id, r.external_id) in pairs
+        }
+
     async def add(self, record: BehaviourRecord) -> None:
         if record.external_id is not None and await self.by_external_id(record.lead_id, record.external_id):
             raise DuplicateKeyError(f"behaviour {record.external_id!r} recorded")
         self.items[record.id] = record
+
+    async def add_many(self, records: Sequence[BehaviourRecord]) -> None:
+        pairs = [(r.lead_id, r.external_id) for r in records if r.external_id is not None]
+        if len(set(pairs)) < len(pairs) or await self.by_external_ids(set(pairs)):
+            raise DuplicateKeyError("one of these behaviours is recorded")
+        self.items.update((r.id, r) for r in records)
 
 
 class InMemoryScoringRules:

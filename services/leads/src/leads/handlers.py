@@ -298,6 +298,48 @@ async def record_behaviour(
     return result
 
 
+async def record_behaviours(
+    uow: Uow, inputs: Sequence[domain.BehaviourInput], *, actor: Actor
+) -> tuple[domain.BehaviourBatchItem, ...]:
+    """Many behaviours in ONE unit of work, with the effects of :func:`record_behaviour` one
+    by one: one read of the leads, one of the seen ``external_id``s, one insert of the
+    records, one write of the leads, the outbox. A tracker sending its events in batches
+    costs a few round trips per request instead of several per behaviour. All or none: a
+    lead the batch names that does not exist is a 404 naming it, and nothing is kept.
+    """
+    lead_ids = {i.lead_id for i in inputs}
+    pairs = {(i.lead_id, i.external_id) for i in inputs if i.external_id is not None}
+
+    async def work(unit: LeadsUnit) -> tuple[domain.BehaviourBatchItem, ...]:
+        leads = await unit.leads.get_many(lead_ids)
+        if missing := sorted(lead_ids - leads.keys()):
+            shown = ", ".join(f"'{m}'" for m in missing[:10]) + (" ..." if len(missing) > 10 else "")
+            raise NotFound(f"no lead {shown}: nothing recorded", lead_ids=missing[:100])
+        seen = await unit.behaviours.by_external_ids(pairs)
+        now = now_millis(uow.clock)
+        batch = domain.record_batch(
+            leads, seen, inputs, await unit.rules.current(), now=now, new_id=uow.new_id, by=actor
+        )
+        await unit.behaviours.add_many(batch.records)
+        await unit.leads.save_many(batch.leads)
+        for item in batch.items:
+            unit.emit_all(item.events, correlation_id=item.lead.id)
+        return batch.items
+
+    items = await _retry_races(uow, work)
+    for each, item in zip(inputs, items, strict=True):
+        if not item.duplicate:
+            metrics.BEHAVIOURS_RECORDED.labels(each.behaviour.value).inc()
+        if item.qualified_now:
+            metrics.LEADS_QUALIFIED.inc()
+    qualified = [item.lead.id for item in items if item.qualified_now]
+    if qualified:
+        log.info(
+            "%d leads qualified by a batch of %d behaviours: handed to sales", len(qualified), len(items)
+        )
+    return items
+
+
 # -- scoring rules ---------------------------------------------------------------------------
 
 

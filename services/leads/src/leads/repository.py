@@ -29,6 +29,9 @@ class LeadRepository(Protocol):
 
     async def save(self, lead: Lead) -> None: ...
 
+    async def get_many(self, lead_ids: Collection[str]) -> dict[str, Lead]:
+        """The stored leads among ``lead_ids``, by id: one round trip."""
+
     async def get_many_by_email(self, emails: Collection[str]) -> dict[str, Lead]:
         """The stored leads with these (normalized) emails, by email: one round trip."""
 
@@ -40,6 +43,14 @@ class LeadRepository(Protocol):
 
 class BehaviourRepository(Protocol):
     async def by_external_id(self, lead_id: str, external_id: str) -> BehaviourRecord | None: ...
+
+    async def by_external_ids(
+        self, pairs: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], BehaviourRecord]:
+        """The stored records of these ``(lead id, external_id)`` pairs: one round trip."""
+
+    async def add_many(self, records: Sequence[BehaviourRecord]) -> None:
+        """:meth:`add` for many; ``DuplicateKeyError`` if any pair is recorded (nothing added)."""
 
     async def add(self, record: BehaviourRecord) -> None:
         """Raises ``DuplicateKeyError`` when the lead's ``external_id`` is recorded (a concurrent retry)."""

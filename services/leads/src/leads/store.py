@@ -222,6 +222,12 @@ class MongoLeads:
         doc = await self.tx.db[LEADS].find_one({"email": email}, session=self.tx.session)
         return lead_from_doc(doc) if doc else None
 
+    async def get_many(self, lead_ids: Collection[str]) -> dict[str, Lead]:
+        if not lead_ids:
+            return {}
+        cursor = self.tx.db[LEADS].find({"_id": {"$in": sorted(lead_ids)}}, session=self.tx.session)
+        return {lead.id: lead for lead in [lead_from_doc(d) async for d in cursor]}
+
     async def get_many_by_email(self, emails: Collection[str]) -> dict[str, Lead]:
         if not emails:
             return {}
@@ -371,8 +377,29 @@ class MongoBehaviours:
         )
         return behaviour_from_doc(doc) if doc else None
 
+    async def by_external_ids(
+        self, pairs: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], BehaviourRecord]:
+        if not pairs:
+            return {}
+        wanted = [{"lead_id": lead_id, "external_id": external_id} for lead_id, external_id in sorted(pairs)]
+        cursor = self.tx.db[BEHAVIOURS].find({"$or": wanted}, session=self.tx.session)
+        records = [behaviour_from_doc(d) async for d in cursor]
+        return {(r.lead_id, r.external_id): r for r in records if r.external_id is not None}
+
     async def add(self, record: BehaviourRecord) -> None:
         await self.tx.db[BEHAVIOURS].insert_one(behaviour_to_doc(record), session=self.tx.session)
+
+    async def add_many(self, records: Sequence[BehaviourRecord]) -> None:
+        if not records:
+            return
+        try:
+            docs = [behaviour_to_doc(r) for r in records]
+            await self.tx.db[BEHAVIOURS].insert_many(docs, session=self.tx.session)
+        except BulkWriteError as exc:  # a concurrent retry recorded one of the pairs: as for add()
+            if any(e.get("code") == DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+                raise DuplicateKeyError("one of these behaviours is recorded", DUPLICATE_KEY) from exc
+            raise
 
 
 async def list_behaviours(db: Db, lead_id: str, limit: int) -> list[BehaviourRecord]:

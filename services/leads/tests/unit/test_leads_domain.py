@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from crm_contracts.events.common import Behaviour
+from crm_platform.actor import Actor
 from leads.domain import leads as d
 from leads.domain.leads import Capture, Lead, LeadStatus
 from leads.domain.scoring import (
@@ -429,3 +430,69 @@ def test_behaviour_that_occurred_before_the_recycle_is_kept_but_not_scored() -> 
     assert out.lead.score == 0
     assert out.lead.behaviour_totals[TS] == 2
     assert not out.qualified
+
+
+# -- behaviours in a batch -----------------------------------------------------------------------
+
+
+def test_a_batch_of_behaviours_has_exactly_the_effects_of_recording_them_one_by_one() -> None:
+    ada, bob = lead(), Lead.new("lead-2", capture(email="bob@example.com"), T0)
+    ids = iter(f"b{i}" for i in range(100))
+    by = Actor.of("tracker", ["marketing"])
+    inputs = [
+        d.BehaviourInput("lead-1", FS, at(1), external_id="e1"),
+        d.BehaviourInput("lead-2", PV, at(2)),
+        d.BehaviourInput("lead-1", TS, at(3)),
+        d.BehaviourInput("lead-1", FS, at(4), external_id="e1"),  # the tracker sent e1 twice
+        d.BehaviourInput("lead-1", PV, None),  # no time: when the batch is recorded
+    ]
+    batch = d.record_batch(
+        {"lead-1": ada, "lead-2": bob}, {}, inputs, DEFAULT_RULES, now=at(10), new_id=lambda: next(ids), by=by
+    )
+
+    one_by_one, outcomes = behave(ada, FS, start=1)
+    second = one_by_one.record_behaviour(TS, at(3), DEFAULT_RULES, at(10))
+    third = second.lead.record_behaviour(PV, at(10), DEFAULT_RULES, at(10))
+    assert [i.duplicate for i in batch.items] == [False, False, False, True, False]
+    assert [i.qualified_now for i in batch.items] == [False, False, True, False, False]
+    assert batch.items[3].behaviour_id == batch.items[0].behaviour_id, "the duplicate names the first"
+    assert batch.items[2].lead.score == second.lead.score
+    assert batch.items[2].lead.status == LeadStatus.QUALIFIED
+    assert batch.items[2].events
+    assert [type(e).__name__ for e in batch.items[2].events] == [type(e).__name__ for e in second.events]
+    assert batch.items[3].events == (), "a duplicate emits nothing"
+    assert [r.id for r in batch.records] == ["b0", "b1", "b2", "b3"], "duplicates are not stored again"
+    assert batch.records[3].occurred_at == at(10)
+    final = {x.id: x for x in batch.leads}
+    assert list(final) == ["lead-1", "lead-2"], "each changed lead once, in its final state"
+    assert final["lead-1"].score == third.lead.score
+    assert final["lead-1"].behaviour_totals == third.lead.behaviour_totals
+    assert final["lead-1"].cycle_counts == third.lead.cycle_counts
+    assert outcomes[0].lead.score == batch.items[0].lead.score
+
+
+def test_a_behaviour_already_stored_is_a_duplicate_in_a_batch_too() -> None:
+    by = Actor.of("tracker", ["marketing"])
+    first = d.record_batch(
+        {"lead-1": lead()},
+        {},
+        [d.BehaviourInput("lead-1", TS, at(1), external_id="e9")],
+        DEFAULT_RULES,
+        now=at(2),
+        new_id=lambda: "r1",
+        by=by,
+    )
+    again = d.record_batch(
+        {"lead-1": first.leads[0]},
+        {("lead-1", "e9"): first.records[0]},
+        [d.BehaviourInput("lead-1", TS, at(1), external_id="e9")],
+        DEFAULT_RULES,
+        now=at(3),
+        new_id=lambda: "r2",
+        by=by,
+    )
+    assert again.items[0].duplicate
+    assert again.items[0].behaviour_id == "r1"
+    assert again.records == ()
+    assert again.leads == ()
+    assert again.items[0].lead.score == first.leads[0].score

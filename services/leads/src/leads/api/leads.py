@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from crm_contracts.events.common import Behaviour
 from crm_platform import audit_api
+from crm_platform.clock import to_millis
 from crm_platform.custom_fields import FieldSet, RecordType, filter_of
 from crm_platform.custom_fields_api import CustomFilter, fields_of
 from crm_platform.errors import NotFound, RuleViolation
@@ -23,6 +24,9 @@ from leads.api.models import (
     BehaviourListOut,
     BehaviourOut,
     BehaviourRecordOut,
+    BulkBehaviourOut,
+    BulkBehavioursIn,
+    BulkBehavioursOut,
     BulkCaptureIn,
     BulkCaptureOut,
     CaptureIn,
@@ -31,7 +35,7 @@ from leads.api.models import (
     LeadOut,
     LeadPageOut,
 )
-from leads.domain.leads import LeadEdit, LeadStatus
+from leads.domain.leads import BehaviourInput, LeadEdit, LeadStatus
 
 router = APIRouter(prefix="/leads", tags=["leads"], dependencies=[require_roles(*READERS)])
 
@@ -155,6 +159,41 @@ async def record_behaviour(
         counted_in_score=result.counted_in_score,
         qualified_now=result.qualified_now,
         lead=LeadOut.of(result.lead),
+    )
+
+
+@router.post(
+    "/behaviours/bulk",
+    response_model=BulkBehavioursOut,
+    dependencies=[can_write],
+    summary="Record many behaviours at once (a tracker's batch; in order, as one by one; all or none)",
+    responses={404: {"description": "A lead the batch names does not exist: nothing recorded"}},
+)
+async def record_behaviours(body: BulkBehavioursIn, uow: UowDep, actor: CurrentActor) -> BulkBehavioursOut:
+    inputs = [
+        BehaviourInput(
+            lead_id=b.lead_id,
+            behaviour=Behaviour(b.behaviour),
+            occurred_at=to_millis(b.occurred_at) if b.occurred_at is not None else None,
+            meta=b.meta,
+            external_id=b.external_id,
+        )
+        for b in body.behaviours
+    ]
+    items = await handlers.record_behaviours(uow, inputs, actor=actor)
+    return BulkBehavioursOut(
+        results=[
+            BulkBehaviourOut(
+                lead_id=item.lead.id,
+                behaviour_id=item.behaviour_id,
+                duplicate=item.duplicate,
+                counted_in_score=item.counted_in_score,
+                qualified_now=item.qualified_now,
+                score=item.lead.score,
+                status=item.lead.status.value,
+            )
+            for item in items
+        ]
     )
 
 

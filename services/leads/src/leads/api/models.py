@@ -238,6 +238,35 @@ class BehaviourIn(In):
         return value
 
 
+MAX_BULK_BEHAVIOURS = 1000
+
+
+class BulkBehaviourIn(BehaviourIn):
+    lead_id: str = Field(min_length=1, max_length=100, description="The lead it happened to")
+
+
+class BulkBehavioursIn(In):
+    behaviours: list[BulkBehaviourIn] = Field(
+        min_length=1,
+        max_length=MAX_BULK_BEHAVIOURS,
+        description=f"1-{MAX_BULK_BEHAVIOURS} behaviours, recorded in order as if sent one by one",
+    )
+
+
+class BulkBehaviourOut(BaseModel):
+    lead_id: str
+    behaviour_id: str
+    duplicate: bool = Field(description="The external_id was seen before (or earlier in the batch)")
+    counted_in_score: bool
+    qualified_now: bool = Field(description="This behaviour handed the lead to sales")
+    score: float = Field(description="The lead's score right after this behaviour")
+    status: str = Field(description="The lead's status right after this behaviour")
+
+
+class BulkBehavioursOut(BaseModel):
+    results: list[BulkBehaviourOut] = Field(description="One per behaviour sent, in the same order")
+
+
 class BehaviourOut(BaseModel):
     behaviour_id: str
     duplicate: bool = Field(description="The external_id was seen before: nothing counted again")

@@ -514,3 +514,82 @@ class VerdictRecord:
     applied: bool
     ignored_because: str | None
     status_before: LeadStatus
+
+
+@dataclass(frozen=True)
+class BehaviourInput:
+    """One behaviour of a batch (``occurred_at`` None: when the batch is recorded)."""
+
+    lead_id: str
+    behaviour: Behaviour
+    occurred_at: datetime | None = None
+    meta: Mapping[str, MetaValue] | None = None
+    external_id: str | None = None
+
+
+@dataclass(frozen=True)
+class BehaviourBatchItem:
+    lead: Lead  # the lead right after this behaviour
+    behaviour_id: str
+    duplicate: bool  # the same (lead, external_id) was recorded before, or earlier in the batch
+    counted_in_score: bool
+    qualified_now: bool
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True)
+class BehaviourBatch:
+    items: tuple[BehaviourBatchItem, ...]  # one per input, in the batch's order
+    records: tuple[BehaviourRecord, ...]  # the records to store (duplicates have none)
+    leads: tuple[Lead, ...]  # the leads the batch changed, each in its state after the batch
+
+
+def record_batch(
+    leads: Mapping[str, Lead],
+    seen: Mapping[tuple[str, str], BehaviourRecord],
+    inputs: Sequence[BehaviourInput],
+    rules: ScoringRules,
+    *,
+    now: datetime,
+    new_id: Callable[[], str],
+    by: Actor,
+) -> BehaviourBatch:
+    """Many behaviours with exactly the effects of recording them one by one, in order.
+
+    ``leads`` holds every lead the batch names (by id); ``seen`` the stored records of the
+    batch's ``(lead id, external_id)`` pairs. A behaviour whose pair was recorded before,
+    stored or earlier in this batch, is a duplicate: nothing counted again, as one by one.
+    """
+    current = dict(leads)
+    known = dict(seen)
+    items: list[BehaviourBatchItem] = []
+    records: list[BehaviourRecord] = []
+    for each in inputs:
+        lead = current[each.lead_id]
+        pair = (each.lead_id, each.external_id) if each.external_id is not None else None
+        prior = known.get(pair) if pair is not None else None
+        if prior is not None:
+            items.append(BehaviourBatchItem(lead, prior.id, True, prior.in_cycle, False))
+            continue
+        when = each.occurred_at if each.occurred_at is not None else now
+        outcome = lead.record_behaviour(each.behaviour, when, rules, now)
+        record = BehaviourRecord.of(
+            new_id(),
+            outcome,
+            behaviour=each.behaviour,
+            occurred_at=when,
+            by=by,
+            meta=each.meta,
+            external_id=each.external_id,
+        )
+        current[each.lead_id] = outcome.lead
+        if pair is not None:
+            known[pair] = record
+        records.append(record)
+        items.append(
+            BehaviourBatchItem(
+                outcome.lead, record.id, False, outcome.in_cycle, outcome.qualified, outcome.events
+            )
+        )
+    changed = dict.fromkeys(r.lead_id for r in records)
+    return BehaviourBatch(tuple(items), tuple(records), tuple(current[lead_id] for lead_id in changed))
