@@ -58,6 +58,13 @@ class Sales:
     def rep(self, username: str) -> dict[str, str]:
         return headers("sales_rep", username)
 
+    @staticmethod
+    def headers_of(roles: list[str], user_id: str = "reader") -> dict[str, str]:
+        """A token holding all of ``roles``."""
+        from crm_platform.testing import token_for
+
+        return {"Authorization": f"Bearer {token_for(roles, user_id, user_id=user_id)}"}
+
     async def set_roster(self, **reps: bool) -> dict[str, Any]:
         body = {"reps": [{"user_id": u, "active": a} for u, a in reps.items()]}
         r = await self.client.put("/reps", json=body, headers=self.manager())

@@ -75,6 +75,8 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         idempotent_paths=lambda path: (
             not path.startswith(("/api/", "/auth/")) and not console.is_console_path(path)
         ),
+        # Forwarded answers were pseudonymised by the department that wrote them (once only).
+        pseudonymised_paths=lambda path: not path.startswith("/api/"),
     )
     app.state.upstreams = upstreams
     app.state.deps = deps = _deps(settings, runtime, app.state.token_verifier)

@@ -254,6 +254,9 @@ def test_reps_reach_their_own_book_and_managers_the_team() -> None:
     assert owner_scope(REP, "otto") == "rita"  # a rep cannot widen their view
     assert owner_scope(MANAGER, None) is None
     assert owner_scope(MANAGER, "otto") == "otto"
+    # analysts and executives reach a list only by a grant, and then read the team's (pseudonymised)
+    assert owner_scope(Actor("ana", "ana", frozenset({"analyst"})), None) is None
+    assert owner_scope(Actor("eve", "eve", frozenset({"executive"})), "otto") == "otto"
     assert is_manager(Actor.of("x", ["admin"]))
     assert is_manager(Actor.of("x", ["sales_manager", "sales_rep"]))
     assert not is_manager(Actor.of("x", ["sales_rep", "analyst"]))

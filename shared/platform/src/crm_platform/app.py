@@ -32,6 +32,7 @@ from crm_platform.auth import CurrentUser, RevocationFeed, TokenVerifier, curren
 from crm_platform.docs import install_local_docs
 from crm_platform.edge import DemoClockEdge, HttpEdge, database_unavailable, error_response
 from crm_platform.errors import DomainError, is_database_outage
+from crm_platform.field_rules import PseudonymEdge
 from crm_platform.idempotency import DefaultKey, IdempotencyMiddleware
 from crm_platform.keys import load_public_keys
 from crm_platform.logging import configure_logging
@@ -112,6 +113,7 @@ def create_app(
     readiness_report: ReadinessReport | None = None,
     docs_page: bool = True,
     upload_paths: Callable[[str], bool] | None = None,
+    pseudonymised_paths: Callable[[str], bool] = lambda _: True,
 ) -> FastAPI:
     """The service's app. ``idempotent_paths`` says which POST paths honour ``Idempotency-Key``
     (all by default); ``default_idempotency_key`` derives one for requests sent without it.
@@ -122,6 +124,8 @@ def create_app(
     Swagger assets are served either way. ``upload_paths`` says which paths take a streamed
     body up to ``CRM_MAX_UPLOAD_BYTES`` (instead of ``CRM_MAX_REQUEST_BYTES``); they are never
     idempotency-keyed by the platform (that would read the body whole).
+    ``pseudonymised_paths`` says whose JSON answers the pseudonym edge rewrites for analysts and
+    executives (all by default; the gateway leaves out what it forwards, already done upstream).
     """
     configure_logging(settings.service_name, settings.log_level)
     tracing.configure(settings.service_name)  # OTLP export only when OTEL_EXPORTER_OTLP_ENDPOINT is set
@@ -136,7 +140,7 @@ def create_app(
     app.state.runtime = runtime
     app.state.token_verifier = token_verifier(settings)
     install_error_handlers(app, settings.retry_after_seconds)
-    _install_edge(app, settings, idempotent_paths, default_idempotency_key, upload_paths)
+    _install_edge(app, settings, idempotent_paths, default_idempotency_key, upload_paths, pseudonymised_paths)
     install_local_docs(app, title, page=docs_page)
     _install_ops_routes(app, settings, runtime, readiness_report)
     for router in public:
@@ -197,9 +201,11 @@ def _install_edge(
     idempotent_paths: Callable[[str], bool],
     default_idempotency_key: DefaultKey | None,
     upload_paths: Callable[[str], bool] | None = None,
+    pseudonymised_paths: Callable[[str], bool] = lambda _: True,
 ) -> None:
     """The middleware every route goes through: added inner first, so the edge (ids, limits,
-    deadline) wraps the idempotency layer."""
+    deadline) wraps the pseudonym edge, which wraps the idempotency layer (a replayed answer is
+    stored real and pseudonymised for whoever replays it)."""
     if upload_paths is not None:  # never keyed: the idempotency layer would read the body whole
         keyed, uploads = idempotent_paths, upload_paths
         idempotent_paths = lambda path: keyed(path) and not uploads(path)  # noqa: E731
@@ -212,6 +218,8 @@ def _install_edge(
         applies=idempotent_paths,
         default_key=default_idempotency_key,
     )
+    # Field-level rules: analysts' and executives' JSON answers carry pseudonyms (crm_platform.field_rules).
+    app.add_middleware(PseudonymEdge, applies=pseudonymised_paths)
     app.add_middleware(
         HttpEdge,
         service=settings.service_name,

@@ -6,6 +6,11 @@ applies the list route's role rules and filters, hands an async iterator of rows
 and sent in pieces of about ``flush_bytes`` as the cursor yields them. Memory stays
 bounded by one piece whatever the list's size.
 
+Users who see pseudonyms (analysts and executives, :mod:`crm_platform.field_rules`) get the
+same export with the person's columns (``email``, ``phone``, a person's ``name``, ...)
+pseudonymised and free-text columns withheld, row by row as they stream: :class:`CsvResponse`
+decides when it is sent, from the request's principal, so no export route does it itself.
+
 Cells are made safe for spreadsheets: a text cell starting with ``=``, ``+``, ``-``,
 ``@``, a tab or a carriage return is prefixed with ``'`` (OWASP's advice against CSV
 formula injection), so an imported ``=HYPERLINK(...)`` name never runs as a formula in
@@ -20,8 +25,12 @@ import io
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from crm_platform import field_rules
 
 Cell = str | int | float | bool | Decimal | datetime | None
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -58,13 +67,27 @@ async def csv_chunks(
         yield buffer.getvalue().encode()
 
 
-def csv_response(
-    filename: str, header: Sequence[str], rows: AsyncIterator[Sequence[Cell]]
-) -> StreamingResponse:
+class CsvResponse(StreamingResponse):
+    """A streamed CSV whose person columns are pseudonymised for the users who see pseudonyms."""
+
+    def __init__(
+        self, header: Sequence[str], rows: AsyncIterator[Sequence[Cell]], headers: dict[str, str]
+    ) -> None:
+        self.header, self.rows = tuple(header), rows
+        super().__init__(csv_chunks(self.header, rows), media_type=MEDIA_TYPE, headers=headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = field_rules.for_scope(scope)
+        transform = field_rules.row_transform(self.header, found) if found is not None else None
+        if transform is not None:
+            rows: AsyncIterator[Any] = field_rules.transformed_rows(self.rows, transform)
+            self.body_iterator = csv_chunks(self.header, rows)
+        await super().__call__(scope, receive, send)
+
+
+def csv_response(filename: str, header: Sequence[str], rows: AsyncIterator[Sequence[Cell]]) -> CsvResponse:
     """A streamed ``text/csv`` download named ``filename`` (``Content-Disposition: attachment``)."""
     safe = "".join(c for c in filename if c.isalnum() or c in "._-") or "export.csv"
-    return StreamingResponse(
-        csv_chunks(header, rows),
-        media_type=MEDIA_TYPE,
-        headers={"Content-Disposition": f'attachment; filename="{safe}"', "Cache-Control": "no-store"},
+    return CsvResponse(
+        header, rows, {"Content-Disposition": f'attachment; filename="{safe}"', "Cache-Control": "no-store"}
     )

@@ -13,6 +13,9 @@ from crm_platform.errors import Forbidden, RuleViolation
 
 MANAGER_ROLES = frozenset({"sales_manager", "admin"})
 TEAM_VIEW_ROLES = MANAGER_ROLES | {"analyst"}
+# Read the team's lists when an administrator grants them one (they hold none by default); they
+# see personal data pseudonymised (crm_platform.field_rules) and never act on a record.
+LIST_READER_ROLES = TEAM_VIEW_ROLES | {"executive"}
 
 
 def is_manager(actor: Actor) -> bool:
@@ -33,8 +36,9 @@ def require_access(actor: Actor, owner: str | None, what: str) -> None:
 
 
 def owner_scope(actor: Actor, requested_owner: str | None) -> str | None:
-    """The owner filter a listing must apply: a rep is always scoped to themself."""
-    if is_manager(actor):
+    """The owner filter a listing must apply: a rep is always scoped to themself; managers,
+    admins, analysts and executives (who reach a list only by a grant) see the team's."""
+    if actor.has_any(LIST_READER_ROLES):
         return requested_owner
     return actor.user_id
 

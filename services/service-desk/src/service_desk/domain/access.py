@@ -7,7 +7,9 @@ from collections.abc import Iterable
 from crm_platform.actor import Actor
 from crm_platform.auth import Role
 
-SEE_ALL = frozenset({Role.SERVICE_REP, Role.SERVICE_LEAD, Role.ADMIN})
+# Analysts and executives hold no service-desk route by default; one an administrator grants
+# them shows every record, with personal data pseudonymised (crm_platform.field_rules).
+SEE_ALL = frozenset({Role.SERVICE_REP, Role.SERVICE_LEAD, Role.ADMIN, Role.ANALYST, Role.EXECUTIVE})
 ROSTER_EDITORS = frozenset({Role.CUSTOMER_SUCCESS_MANAGER, Role.SERVICE_LEAD, Role.ADMIN})
 CONFIG_EDITORS = frozenset({Role.ADMIN})
 
