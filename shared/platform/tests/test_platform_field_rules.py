@@ -82,7 +82,7 @@ router = APIRouter()
 @router.get("/people")
 async def people() -> dict[str, object]:
     history = {"before": {"name": "Ada L", "email": "ada@example.com"}, "after": {"company": "Analytical"}}
-    return {"items": [PERSON], "account": ACCOUNT, "history": [history], "note": "called Ada at home"}
+    return {"items": [PERSON], "account": ACCOUNT, "history": [history], "notes": "called Ada at home"}
 
 
 @router.get("/people/export")
@@ -126,7 +126,7 @@ async def test_analysts_and_executives_get_pseudonyms_in_json_at_any_depth(
     assert body["account"]["contacts"] == [{"name": P.name("Bob Stone"), "email": P.email("bob@acme.test")}]
     assert body["history"][0]["before"] == {"name": P.name("Ada L"), "email": P.email("ada@example.com")}
     assert body["history"][0]["after"] == {"company": "Analytical"}
-    assert body["note"] == "[withheld]"
+    assert body["notes"] == "[withheld]"
     assert int(r.headers["content-length"]) == len(r.content)
     for secret in ("Ada", "ada@", "7946", "Bob", "acme.test"):
         assert secret not in r.text
@@ -138,7 +138,7 @@ async def test_analysts_and_executives_get_pseudonyms_in_json_at_any_depth(
 async def test_operational_roles_see_real_data_untouched(client: httpx.AsyncClient, roles: list[str]) -> None:
     r = await client.get("/people", headers=auth_headers(roles))
     assert r.json()["items"] == [PERSON]
-    assert r.json()["note"] == "called Ada at home"
+    assert r.json()["notes"] == "called Ada at home"
 
 
 async def test_exports_are_pseudonymised_row_by_row_and_stay_streamed(client: httpx.AsyncClient) -> None:

@@ -71,9 +71,10 @@ PERSON_FIELDS: Mapping[str, str] = {
 }
 #: ``name`` is a person's only beside one of these (else an account, a stage, a campaign...).
 PERSON_MARKERS = ("email", "phone")
-#: Free text written about a person (notes, a ticket's request and result, an import's raw row):
-#: no pseudonym can keep its meaning, so it is withheld.
-FREE_TEXT_FIELDS = frozenset({"note", "notes", "request", "result", "raw"})
+#: Free text written about a person (an account's check-in or onboarding notes, a ticket's request
+#: and result, an import's raw row): no pseudonym can keep its meaning, so it is withheld. A
+#: single ``note`` is shown: most are about the work (a scoring-rule change's reason).
+FREE_TEXT_FIELDS = frozenset({"notes", "request", "result", "raw"})
 WITHHELD = "[withheld]"
 #: Audit record types (collections) whose ``name`` field is a person's: in an audit entry's
 #: ``changes`` (``[{field, before, after}]``) the field name says what the values are.
