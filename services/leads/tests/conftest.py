@@ -72,7 +72,7 @@ class Leads:
         return body
 
     async def lead(self, lead_id: str) -> dict[str, Any]:
-        r = await self.client.get(f"/leads/{lead_id}", headers=_headers("sales_rep", "sam"))
+        r = await self.client.get(f"/leads/{lead_id}", headers=_headers("sales_manager", "sam"))
         assert r.status_code == 200, r.text
         return dict(r.json())
 

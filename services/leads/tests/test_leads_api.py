@@ -248,8 +248,11 @@ async def test_roles(leads: Leads) -> None:
         )
         assert r.status_code == 403
     for headers in (SALES_REP, SALES_MANAGER, ANALYST, MARKETING, ADMIN):
-        assert (await leads.client.get(f"/leads/{lead['id']}", headers=headers)).status_code == 200
         assert (await leads.client.get("/leads?limit=1", headers=headers)).status_code == 200
+    for headers in (SALES_MANAGER, ANALYST, MARKETING, ADMIN):
+        assert (await leads.client.get(f"/leads/{lead['id']}", headers=headers)).status_code == 200
+    # a rep reads only the leads sales assigned to them (test_leads_assigned_reps.py)
+    assert (await leads.client.get(f"/leads/{lead['id']}", headers=SALES_REP)).status_code == 403
     assert (await leads.client.get(f"/leads/{lead['id']}", headers=SERVICE_REP)).status_code == 403
 
 

@@ -62,9 +62,13 @@ async def test_a_cursor_for_another_order_or_garbage_is_a_422(leads: Leads) -> N
 
 
 QUERIES = [
-    store.LeadQuery(status=status, channel=channel, q=q, sort=sort)
-    for status, channel, q, sort in itertools.product(
-        (None, "new"), (None, "webinar"), (None, "ada", "ada@example.com"), sorted(store.LEAD_SORTS)
+    store.LeadQuery(status=status, channel=channel, q=q, sort=sort, rep=rep)
+    for status, channel, q, sort, rep in itertools.product(
+        (None, "new"),
+        (None, "webinar"),
+        (None, "ada", "ada@example.com"),
+        sorted(store.LEAD_SORTS),
+        (None, "rep-1"),  # a sales rep's own leads (domain.access)
     )
 ]
 

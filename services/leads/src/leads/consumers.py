@@ -1,14 +1,15 @@
-"""What marketing consumes: sales' verdict on the leads it was handed."""
+"""What marketing consumes: sales' verdict on the leads it was handed, and which rep each was
+assigned to (``sales.lead_assigned`` on sales' events: a rep reads only their own leads)."""
 
 from __future__ import annotations
 
 from crm_contracts.access import CONSUMES
-from crm_contracts.events.sales import LeadVerdictV1
+from crm_contracts.events.sales import LeadAssignedV1, LeadVerdictV1
 from crm_platform.runtime import Subscription
 from crm_platform.uow import MongoUnitOfWork, bind_event
 
 from leads import action_items
-from leads.handlers import on_lead_verdict
+from leads.handlers import on_lead_assigned, on_lead_verdict
 from leads.repository import LeadsUnit
 from leads.settings import DEPARTMENT
 
@@ -22,6 +23,8 @@ def subscription(uow: MongoUnitOfWork[LeadsUnit]) -> Subscription:
         topics=list(TOPICS),
         handlers={
             LeadVerdictV1.event_type: bind_event(uow, on_lead_verdict),
+            # sales' other events on crm.sales.events have no handler here: skipped, no transaction
+            LeadAssignedV1.event_type: bind_event(uow, on_lead_assigned),
             **action_items.HANDLERS,  # action items customer success raised for marketing
         },
         department=DEPARTMENT,

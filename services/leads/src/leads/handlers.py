@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from crm_contracts import Envelope
 from crm_contracts.events.common import Behaviour
-from crm_contracts.events.sales import LeadVerdictV1
+from crm_contracts.events.sales import LeadAssignedV1, LeadVerdictV1
 from crm_platform.actor import Actor
 from crm_platform.clock import now_millis, to_millis
 from crm_platform.consumer import DeadLetter
@@ -435,6 +435,33 @@ async def on_lead_verdict(uow: Uow, event: LeadVerdictV1, envelope: Envelope) ->
     # Counted once the consumer's transaction is committed or about to be: a transient
     # retry of the whole consumer transaction may count twice (rare, harmless).
     metrics.LEAD_VERDICTS.labels(event.verdict.value, "applied" if outcome.applied else "ignored").inc()
+
+
+async def on_lead_assigned(uow: Uow, event: LeadAssignedV1, envelope: Envelope) -> None:
+    """Keep which rep sales assigned the lead to (a rep reads only their own leads: domain.access).
+
+    Idempotent (the platform's ledger drops a copy already processed) and safe in any order:
+    the assignment carries the time sales made it (the envelope's), and an assignment as old as
+    the one stored or older changes nothing, so a late copy never undoes a reassignment.
+    Unknown lead -> dead letter ``unknown_lead`` (sales is only handed marketing's leads).
+    """
+
+    async def work(unit: LeadsUnit) -> bool:
+        lead = await unit.leads.get(event.lead_id)
+        if lead is None:
+            raise DeadLetter("unknown_lead", f"no lead '{event.lead_id}' in marketing's records")
+        assigned = lead.assign(event.owner, to_millis(envelope.occurred_at))
+        if assigned is not None:
+            await unit.leads.save(assigned)
+        return assigned is not None
+
+    if not await uow.run(work):
+        log.info(
+            "assignment of lead %s to %s ignored: the lead holds a later one",
+            event.lead_id,
+            event.owner,
+            extra={"lead_id": event.lead_id, "event_id": str(envelope.event_id), "outcome": "stale"},
+        )
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -88,6 +88,15 @@ async def ensure_indexes(db: Db) -> None:
             [("status", ASCENDING), (sort.field, DESCENDING), ("_id", DESCENDING)],
             name=f"by_status_{sort.field}",
         )
+    # A sales rep's leads (domain.access): every order of GET /leads and the export, by rep.
+    await db[LEADS].create_index(
+        [("assigned_rep", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="by_rep"
+    )
+    for sort in (s for s in LEAD_SORTS.values() if s.field != "created_at"):
+        await db[LEADS].create_index(
+            [("assigned_rep", ASCENDING), (sort.field, DESCENDING), ("_id", DESCENDING)],
+            name=f"by_rep_{sort.field}",
+        )
     # ?q= : every word of the name, company and email (default_language none: names are not stemmed).
     await db[LEADS].create_index(
         [("name", TEXT), ("company", TEXT), ("email", TEXT)], name="search", default_language="none"
@@ -172,6 +181,8 @@ def lead_to_doc(lead: Lead) -> Doc:
         "verdict": lead.verdict,
         "verdict_reason_code": lead.verdict_reason_code,
         "verdict_at": lead.verdict_at,
+        "assigned_rep": lead.assigned_rep,
+        "assigned_at": lead.assigned_at,
     }
     if lead.custom:  # absent when none: a lead without custom fields costs nothing more
         doc["custom"] = dict(lead.custom)
@@ -207,6 +218,8 @@ def lead_from_doc(d: Doc) -> Lead:
         verdict_reason_code=d.get("verdict_reason_code"),
         verdict_at=d.get("verdict_at"),
         custom=d.get("custom") or {},
+        assigned_rep=d.get("assigned_rep"),
+        assigned_at=d.get("assigned_at"),
     )
 
 
@@ -288,9 +301,12 @@ class LeadQuery:
     q: str | None = None
     sort: str = "newest"
     custom: Doc = field(default_factory=dict)  # crm_platform.custom_fields.filter_of (?cf=)
+    rep: str | None = None  # a sales rep reads only the leads assigned to them (domain.access)
 
     def filter(self, cursor: str | None) -> Doc:
         query: Doc = dict(self.custom)
+        if self.rep is not None:
+            query["assigned_rep"] = self.rep
         if self.status is not None:
             query["status"] = self.status
         if self.channel is not None:
@@ -319,9 +335,10 @@ async def list_leads(
     q: str | None = None,
     sort: str = "newest",
     custom: Doc | None = None,
+    rep: str | None = None,
 ) -> LeadPage:
     """Keyset paging in the query's order (crm_platform.paging), so pages never shift."""
-    query = LeadQuery(status, channel, q, sort, custom or {})
+    query = LeadQuery(status, channel, q, sort, custom or {}, rep)
     docs = await find_leads(db, query, cursor).limit(limit + 1).to_list()
     items, next_cursor = page(docs, limit, LEAD_SORTS[sort])
     return LeadPage([lead_from_doc(d) for d in items], next_cursor)
@@ -716,9 +733,11 @@ async def list_mappings(db: Db) -> list[Doc]:
 # -- export ------------------------------------------------------------------------------
 
 
-async def export_leads(db: Db, *, status: str | None, channel: str | None) -> AsyncIterator[Lead]:
+async def export_leads(
+    db: Db, *, status: str | None, channel: str | None, rep: str | None = None
+) -> AsyncIterator[Lead]:
     """Every lead the list route's filters select, newest first, from one cursor (the export)."""
-    query: Doc = {}
+    query: Doc = {} if rep is None else {"assigned_rep": rep}
     if status is not None:
         query["status"] = status
     if channel is not None:

@@ -17,7 +17,7 @@ from crm_contracts.events.leads import (
 )
 from crm_contracts.events.sales import LeadVerdictV1, RejectReason, Verdict
 from crm_platform.actor import Actor
-from crm_platform.clock import ManualClock
+from crm_platform.clock import ManualClock, to_millis
 from crm_platform.consumer import DeadLetter
 from crm_platform.errors import Conflict, NotFound, RuleViolation
 from crm_platform.uow import FakeUnitOfWork
@@ -322,3 +322,56 @@ async def test_an_edit_clears_with_blank_and_refuses_nothing_or_a_blank_name() -
     with pytest.raises(NotFound):
         await handlers.edit_lead(u, "nobody", LeadEdit(name="Ada"))
     assert await u.unit.leads.get(lead.id) == cleared
+
+
+# -- which rep a lead is assigned to (issue 9, field-level rules) ------------------------------
+
+
+def assigned(lead_id: str, rep: str, at: datetime):
+    from crm_contracts.events.sales import LeadAssignedV1
+
+    event = LeadAssignedV1(lead_id=lead_id, owner=rep, response_due_at=at + timedelta(hours=4))
+    return event, envelope_for(event, source="sales", correlation_id="c", occurred_at=at)
+
+
+async def test_an_assignment_is_kept_and_only_a_later_one_replaces_it() -> None:
+    u = uow()
+    lead = await captured(u)
+    await handlers.on_lead_assigned(u, *assigned(lead.id, "rhea", T0))
+    stored = await u.unit.leads.get(lead.id)
+    assert stored is not None
+    assert (stored.assigned_rep, stored.assigned_at, stored.updated_at) == (
+        "rhea",
+        to_millis(T0),
+        lead.updated_at,
+    )
+    await handlers.on_lead_assigned(u, *assigned(lead.id, "rory", T0 + timedelta(minutes=1)))
+    await handlers.on_lead_assigned(u, *assigned(lead.id, "rhea", T0))  # stale: arrives late
+    await handlers.on_lead_assigned(u, *assigned(lead.id, "otto", T0 + timedelta(minutes=1)))  # same time
+    stored = await u.unit.leads.get(lead.id)
+    assert stored is not None
+    assert stored.assigned_rep == "rory"
+
+
+async def test_an_assignment_of_an_unknown_lead_is_dead_lettered() -> None:
+    with pytest.raises(DeadLetter) as dead:
+        await handlers.on_lead_assigned(uow(), *assigned("nobody", "rhea", T0))
+    assert dead.value.reason == "unknown_lead"
+
+
+def test_a_rep_reads_only_the_leads_assigned_to_them_and_other_roles_every_lead() -> None:
+    from dataclasses import replace
+
+    from leads.domain.access import can_read, rep_scope
+
+    lead = replace(Lead.new("l1", capture(), T0), assigned_rep="rhea", assigned_at=T0)
+    unassigned = Lead.new("l2", capture("bob@example.com"), T0)
+    rhea, rory = Actor.of("rhea", ["sales_rep"]), Actor.of("rory", ["sales_rep"])
+    assert (rep_scope(rhea), can_read(lead, rhea), can_read(unassigned, rhea)) == ("rhea", True, False)
+    assert not can_read(lead, rory)
+    for roles in (["sales_manager"], ["marketing"], ["marketing_manager"], ["admin"], ["analyst"],
+                  ["sales_rep", "sales_manager"], ["sales_rep", "marketing"]):  # fmt: skip
+        who = Actor.of("x", roles)
+        assert rep_scope(who) is None, roles
+        assert can_read(unassigned, who), roles
+    assert rep_scope(Actor.of("rhea", ["sales_rep", "analyst"])) == "rhea"  # an analyst rep is still a rep

@@ -33,7 +33,8 @@ from crm_contracts.topics import (
 # service name -> the topics its consumer subscribes to
 # (every department reads the role -> permission policy the gateway publishes, issue 9)
 CONSUMES: dict[str, tuple[str, ...]] = {
-    "leads": (LEAD_VERDICT, ACTION_ITEMS, GATEWAY_PERMISSIONS),
+    # sales' events: which rep a lead was assigned to (sales.lead_assigned: reps read only theirs)
+    "leads": (LEAD_VERDICT, SALES_EVENTS, ACTION_ITEMS, GATEWAY_PERMISSIONS),
     "sales": (LEAD_QUALIFIED, ACCOUNT_SIGNAL, ACTION_ITEMS, GATEWAY_PERMISSIONS),
     "service-desk": (
         DEAL_WON,

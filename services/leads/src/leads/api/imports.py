@@ -25,6 +25,7 @@ from leads import handlers, importer
 from leads import store as repo
 from leads.api.deps import WRITERS, UowDep
 from leads.api.models import ImportIn, ImportListOut, ImportOut, MappingIn, MappingListOut, MappingOut
+from leads.domain.access import rep_scope
 from leads.domain.imports import ImportDefaults, ImportFormat, ImportJob, InvalidMapping
 from leads.domain.leads import LeadStatus
 
@@ -204,11 +205,15 @@ def _blank_is_none(value: object) -> object:
 )
 async def export_leads(
     db: DbDep,
+    actor: CurrentActor,
     status_: Annotated[LeadStatus | None, BeforeValidator(_blank_is_none), Query(alias="status")] = None,
     channel: Annotated[str | None, BeforeValidator(_blank_is_none), Query(max_length=64)] = None,
 ) -> StreamingResponse:
     leads = repo.export_leads(
-        db, status=status_.value if status_ else None, channel=channel.strip().lower() if channel else None
+        db,
+        status=status_.value if status_ else None,
+        channel=channel.strip().lower() if channel else None,
+        rep=rep_scope(actor),  # a rep's export: the leads assigned to them (when granted the export)
     )
 
     async def rows() -> AsyncIterator[Sequence[Cell]]:

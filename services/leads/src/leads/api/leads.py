@@ -35,7 +35,8 @@ from leads.api.models import (
     LeadOut,
     LeadPageOut,
 )
-from leads.domain.leads import BehaviourInput, LeadEdit, LeadStatus
+from leads.domain.access import rep_scope, require_read
+from leads.domain.leads import BehaviourInput, Lead, LeadEdit, LeadStatus
 
 router = APIRouter(prefix="/leads", tags=["leads"], dependencies=[require_roles(*READERS)])
 
@@ -90,6 +91,7 @@ async def capture_leads(body: BulkCaptureIn, uow: UowDep, fields: LeadFields) ->
 async def list_leads(
     db: DbDep,
     fields: LeadFields,
+    actor: CurrentActor,
     status_: Annotated[LeadStatus | None, BeforeValidator(_blank_is_none), Query(alias="status")] = None,
     channel: Annotated[ChannelFilter | None, BeforeValidator(_blank_is_none), Query()] = None,
     q: Annotated[
@@ -118,18 +120,25 @@ async def list_leads(
             q=q,
             sort=sort.value,
             custom=custom,
+            rep=rep_scope(actor),
         )
     except BadCursor as exc:
         raise RuleViolation(f"invalid input: query.cursor: {exc}", field="query.cursor") from None
     return LeadPageOut(items=[LeadOut.of(x) for x in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/{lead_id}", response_model=LeadOut)
-async def get_lead(lead_id: LeadId, db: DbDep) -> LeadOut:
+async def readable_lead(db: DbDep, lead_id: str, actor: CurrentActor) -> Lead:
+    """The lead, if it exists (404) and ``actor`` may read it (403: a rep's lead is theirs)."""
     lead = await repo.get_lead(db, lead_id)
     if lead is None:
         raise NotFound(f"no lead '{lead_id}'", lead_id=lead_id)
-    return LeadOut.of(lead)
+    require_read(lead, actor)
+    return lead
+
+
+@router.get("/{lead_id}", response_model=LeadOut)
+async def get_lead(lead_id: LeadId, db: DbDep, actor: CurrentActor) -> LeadOut:
+    return LeadOut.of(await readable_lead(db, lead_id, actor))
 
 
 @router.post(
@@ -203,10 +212,9 @@ async def record_behaviours(body: BulkBehavioursIn, uow: UowDep, actor: CurrentA
     summary="A lead's recorded behaviour, most recent first",
 )
 async def list_behaviours(
-    lead_id: LeadId, db: DbDep, limit: Annotated[int, Query(ge=1, le=500)] = 100
+    lead_id: LeadId, db: DbDep, actor: CurrentActor, limit: Annotated[int, Query(ge=1, le=500)] = 100
 ) -> BehaviourListOut:
-    if await repo.get_lead(db, lead_id) is None:
-        raise NotFound(f"no lead '{lead_id}'", lead_id=lead_id)
+    await readable_lead(db, lead_id, actor)
     records = await repo.list_behaviours(db, lead_id, limit)
     return BehaviourListOut(items=[BehaviourRecordOut.of(r) for r in records])
 
@@ -234,8 +242,11 @@ async def edit_lead(lead_id: LeadId, body: LeadEditIn, uow: UowDep, fields: Lead
     summary="A lead's changes, newest first: who, when, each field before and after",
 )
 async def lead_history(
-    lead_id: LeadId, db: DbDep, limit: audit_api.Limit = 50, cursor: audit_api.Cursor = None
+    lead_id: LeadId,
+    db: DbDep,
+    actor: CurrentActor,
+    limit: audit_api.Limit = 50,
+    cursor: audit_api.Cursor = None,
 ) -> audit_api.AuditPageOut:
-    if await repo.get_lead(db, lead_id) is None:
-        raise NotFound(f"no lead '{lead_id}'", lead_id=lead_id)
+    await readable_lead(db, lead_id, actor)
     return await audit_api.history_out(db, repo.LEADS, lead_id, limit, cursor)

@@ -176,6 +176,9 @@ class Lead:
     verdict_reason_code: str | None = None
     verdict_at: datetime | None = None
     custom: Mapping[str, StoredValue] = field(default_factory=dict)
+    # The sales rep the lead is assigned to (sales.lead_assigned), and when sales assigned it.
+    assigned_rep: str | None = None
+    assigned_at: datetime | None = None
 
     @classmethod
     def new(cls, lead_id: str, capture: Capture, now: datetime) -> Lead:
@@ -277,6 +280,16 @@ class Lead:
         )
         events: tuple[Event, ...] = (recorded, updated.qualified_event()) if qualified else (recorded,)
         return BehaviourOutcome(updated, rescored, in_cycle, qualified, events)
+
+    def assign(self, rep: str, assigned_at: datetime) -> Lead | None:
+        """Sales assigned the lead to ``rep`` at ``assigned_at``; None when the lead already holds
+        that assignment or a later one (a re-delivered or stale copy never undoes a reassignment).
+
+        The lead's ``updated_at`` is marketing's own changes: an assignment leaves it alone.
+        """
+        if self.assigned_at is not None and assigned_at <= self.assigned_at:
+            return None
+        return dataclasses.replace(self, assigned_rep=rep, assigned_at=assigned_at)
 
     def apply_verdict(
         self, verdict: str, reason_code: str | None, decided_at: datetime, now: datetime
