@@ -213,3 +213,20 @@ async def test_a_dead_letter_replayed_for_another_group_is_skipped(journey):
     assert worker.state.figures.summary()["funnel"]["stages"]["captured"] == 1
     assert "lead-replayed-here" in worker.state.leads
     assert "lead-replayed-elsewhere" not in worker.state.leads
+
+
+async def test_the_retention_timer_drops_old_records_once_the_tables_are_recovered() -> None:
+    from datetime import timedelta
+
+    from crm_contracts import utcnow
+
+    worker = make_worker(CRM_RETENTION_DAYS='{"record": 30}')
+    old, young = ((utcnow() - timedelta(days=d)).timestamp() for d in (31, 29))
+    worker.state.records.update(
+        {"ticket:old": {"opened": {"at": old}}, "ticket:young": {"opened": {"at": young}}}
+    )
+    assert await worker.retention_tick() == 0, "not before the tables are recovered"
+    worker.recovered = True
+    assert await worker.retention_tick() == 1
+    assert set(worker.state.records) == {"ticket:young"}
+    assert await make_worker().retention_tick() == 0  # no period configured: nothing expires

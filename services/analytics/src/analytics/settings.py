@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from crm_contracts.topics import LEADS_EVENTS, TOPICS_BY_NAME
 from crm_platform.settings import ServiceSettings, http_port_field, service_name_field
-from pydantic import Field
+from pydantic import Field, model_validator
 
 if TYPE_CHECKING:
     from faust.types.auth import CredentialsT
@@ -19,9 +19,24 @@ DEPARTMENT = "analytics"
 DEFAULT_PORT = 8004
 
 
+# Retention (CRM_RETENTION_DAYS, issue 9): the record types analytics keeps for a period.
+# ``record``: the KPIs' facts of one ticket, survey, renewal, check-in, action item or handoff
+# (analytics.domain.records), dropped once none of its slots moved within the period.
+RETENTION_TYPES = ("record",)
+
+
 class AnalyticsSettings(ServiceSettings):
     service_name: str = service_name_field(SERVICE_NAME)
     http_port: int = http_port_field(DEFAULT_PORT)
+
+    @model_validator(mode="after")
+    def _known_retention_types(self) -> AnalyticsSettings:
+        unknown = sorted(set(self.retention_days) - set(RETENTION_TYPES))
+        if unknown:
+            raise ValueError(
+                f"CRM_RETENTION_DAYS names unknown record types {unknown}; known: {list(RETENTION_TYPES)}"
+            )
+        return self
 
     # The faust worker (python -m analytics.worker)
     app_id: str = Field(

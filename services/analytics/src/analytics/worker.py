@@ -79,7 +79,7 @@ from mode import OneForOneSupervisor, ServiceT
 from pymongo import AsyncMongoClient
 
 from analytics import handlers
-from analytics.domain.engine import AnalyticsState, ImplausibleEvent, apply, rebuild_figures
+from analytics.domain.engine import AnalyticsState, ImplausibleEvent, apply, forget_records, rebuild_figures
 from analytics.domain.snapshot import Reconciliation, Snapshot
 from analytics.reconcile import Reconciler, committed_offsets, log_report, reconcile
 from analytics.settings import AnalyticsSettings
@@ -209,6 +209,8 @@ class AnalyticsWorker:
         # Replays the log against the facts after each recovery and every interval.
         self.reconciler = Reconciler(interval_seconds=settings.reconcile_interval_seconds, run=self.reconcile)
         self.app.timer(1.0, name="analytics-reconcile")(self.reconcile_tick)
+        if "record" in settings.retention_days:  # retention (CRM_RETENTION_DAYS, issue 9)
+            self.app.timer(settings.retention_every_seconds, name="analytics-retention")(self.retention_tick)
         self._recoveries = 0
         self.app.on_before_shutdown.connect(self._on_before_shutdown)
         self.recovered = False
@@ -422,6 +424,23 @@ class AnalyticsWorker:
         self._written = written
         self.metrics.snapshot_current()
         return True
+
+    async def retention_tick(self) -> int:
+        """Retention: drop the records (the KPIs' facts) that last moved more than the configured
+        ``record`` days ago, through the table's changelog (a tombstone per record), and keep
+        older events from bringing them back. Returns how many were dropped."""
+        days = self.settings.retention_days.get("record")
+        if days is None or not self.recovered:
+            return 0  # never judge a table still being recovered
+        cutoff = utcnow().timestamp() - days * 86400
+        dropped = forget_records(self.state, cutoff)
+        # The tombstones' changelog writes, taken before any await (see handle).
+        pending = [fut for table in self.tables.values() for fut in table.take_unconfirmed()]
+        if pending:
+            await asyncio.gather(*pending)
+        if dropped:
+            log.info("retention: %d records older than %d days dropped", dropped, days)
+        return dropped
 
     async def kpi_tick(self) -> bool:
         """Compute the KPIs from the records and write them (they move with time, so always)."""

@@ -64,6 +64,9 @@ class AnalyticsState:
     receipts: MutableMapping[str, ReceiptJson] = field(default_factory=dict)
     records: MutableMapping[str, Record] = field(default_factory=dict)
     records_version: int = 0  # bumped whenever a record changes (the KPIs are computed again)
+    # Retention of the records (epoch seconds): a record whose every slot is older is not kept,
+    # so a replayed old event (the reconciler's) does not bring an expired record back.
+    records_kept_from: float = 0.0
     figures: Figures = field(default_factory=Figures)
     applied: int = 0  # events that changed a fact (diagnostics only)
 
@@ -115,7 +118,7 @@ def apply(state: AnalyticsState, envelope: Envelope, event: Event) -> AnalyticsS
 def _update_record(state: AnalyticsState, key: str, slots: Record) -> None:
     before = records.readable(state.records.get(key))
     after = records.join(before, slots)
-    if after == before:
+    if after == before or records.newest(after) < state.records_kept_from:
         return
     state.records[key] = after
     state.applied += 1
@@ -159,6 +162,18 @@ def _update_receipt(state: AnalyticsState, key: str, receipt: ReceiptFact) -> No
     state.receipts[key] = after.to_json()
     state.applied += 1
     state.figures.replace(receipt_contribution(before), receipt_contribution(after))
+
+
+def forget_records(state: AnalyticsState, cutoff: float) -> int:
+    """Retention: drop the records that last moved before ``cutoff`` (epoch seconds), and keep
+    older ones from coming back; returns how many were dropped (the KPIs are computed again)."""
+    state.records_kept_from = max(state.records_kept_from, cutoff)
+    gone = records.expired(state.records, cutoff)
+    for key in gone:
+        del state.records[key]
+    if gone:
+        state.records_version += 1
+    return len(gone)
 
 
 def rebuild_figures(state: AnalyticsState) -> AnalyticsState:

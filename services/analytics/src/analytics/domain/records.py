@@ -91,6 +91,21 @@ def join(current: Mapping[str, Slot] | None, other: Mapping[str, Slot]) -> Recor
     return out
 
 
+def newest(record: Mapping[str, Slot]) -> float:
+    """The time of a record's latest slot (epoch seconds): when it last moved."""
+    return max((_at(slot) for slot in record.values()), default=0.0)
+
+
+def expired(records: Mapping[str, object], cutoff: float) -> list[str]:
+    """Keys of the records that last moved before ``cutoff`` (retention, issue 9)."""
+    out = []
+    for key, doc in list(records.items()):
+        record = readable(doc)
+        if record is None or newest(record) < cutoff:
+            out.append(key)
+    return out
+
+
 def readable(doc: object) -> Record | None:
     """A stored record, or None when it is not one (a recovery never fails on one)."""
     if not isinstance(doc, dict):
