@@ -6,13 +6,15 @@ Against the real mongod; time is the relay's monotonic clock, stepped by the tes
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from crm_platform.mongo import connect
+from crm_platform.mongo import OUTBOX, connect
 from crm_platform.outbox import LEASE, LEASE_SECONDS, OutboxRelay
+from crm_platform.testing import eventually
 from pymongo.asynchronous.database import AsyncDatabase
 
 pytestmark = pytest.mark.integration
@@ -58,3 +60,34 @@ async def test_the_lease_is_written_once_per_third_of_its_term_and_kept_from_oth
     doc = await db[LEASE].find_one({"_id": "relay"})
     assert doc is not None
     assert doc["owner"] == relay.owner
+
+
+async def test_an_event_stored_by_another_replica_wakes_the_relay_without_its_poll(
+    db: AsyncDatabase[dict[str, Any]],
+) -> None:
+    """The change stream on the outbox (OutboxRelay.watch_inserts): no poll, no notify."""
+    relay = OutboxRelay(db, bootstrap="unused", service="watch-test", poll_seconds=3600)
+    watching = asyncio.create_task(relay.watch_inserts())
+    try:
+        assert not relay._wake.is_set()
+
+        async def woken() -> bool:
+            # Inserted as another replica would (its own client, no notify in this process);
+            # again on every poll, since the stream may open after the first insert.
+            await db[OUTBOX].insert_one({"_id": uuid.uuid4().hex, "published": True})
+            return relay._wake.is_set()
+
+        assert await eventually(woken, what="the relay woken by the outbox's change stream")
+
+        row = await db[OUTBOX].find_one({"published": True})
+        assert row is not None
+        relay._wake.clear()
+        await db[OUTBOX].update_one({"_id": row["_id"]}, {"$set": {"published": False}})  # handed back
+
+        async def woken_again() -> bool:
+            return relay._wake.is_set()
+
+        assert await eventually(woken_again, what="the relay woken by a row handed back to publish")
+    finally:
+        await relay.stop()
+        await asyncio.wait_for(watching, timeout=10)  # a stop ends the stream's wait

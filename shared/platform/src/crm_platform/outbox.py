@@ -215,6 +215,43 @@ class OutboxRelay:
         backlog = await self.db[OUTBOX].count_documents({"published": False})
         metrics.OUTBOX_BACKLOG.labels(self.service).set(backlog)
 
+    async def watch_inserts(self, retry_seconds: float = 30.0) -> None:
+        """Wake the relay when ANY replica (or process) stores events or hands a row back to
+        publish: a change stream on the outbox.
+
+        The committing transaction wakes its own process's relay (``Store.on_commit``);
+        events stored by another replica used to wait for the poll. With this stream
+        they wake every replica's relay at once (the one holding the lease publishes),
+        so the poll (``CRM_OUTBOX_POLL_SECONDS``) is only a fallback and can be long.
+        Only the event's id is sent (``$project``), not the stored document. A database
+        that cannot open a change stream (not a replica set) or drops it leaves the poll
+        alone; the stream is opened again after ``retry_seconds``.
+        """
+        to_publish = {
+            "$or": [
+                {"operationType": "insert"},
+                # a row handed back to the relay (a receipt's re-send, the outbox audit, crm-ops)
+                {"operationType": "update", "updateDescription.updatedFields.published": False},
+            ]
+        }
+        pipeline: list[dict[str, Any]] = [{"$match": to_publish}, {"$project": {"_id": 1}}]
+        while not self._stopping.is_set():
+            try:
+                # try_next waits at most max_await_time_ms on the server: a stop is seen within it.
+                async with await self.db[OUTBOX].watch(pipeline, max_await_time_ms=1000) as stream:
+                    while not self._stopping.is_set():
+                        if await stream.try_next() is not None:
+                            self._wake.set()
+                    return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("outbox change stream unavailable (%s); relying on the poll for now", exc)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=retry_seconds)
+            except TimeoutError:
+                pass
+
     async def track_backlog(self, interval_seconds: float) -> None:
         """Sample ``crm_outbox_backlog`` on a timer, whatever the relay is doing.
 

@@ -201,6 +201,7 @@ class ServiceRuntime:
                 self.relay.track_backlog(self.settings.outbox_backlog_sample_seconds), name="outbox-backlog"
             )
         )
+        self._tasks.append(asyncio.create_task(self.relay.watch_inserts(), name="outbox-watch"))
         self._tasks.append(asyncio.create_task(self._watch_broker(), name="broker-check"))
         if self.audit is not None:
             self._guarded(self.audit.run(), "outbox-audit")

@@ -68,7 +68,9 @@ class ServiceSettings(BaseSettings):
     # its old place and partitions at once. One stable id per replica (StatefulSet pod name);
     # unset = dynamic membership. See consumer_instance_id_from_env().
     consumer_instance_id: str | None = Field(default=None, validation_alias="CRM_CONSUMER_INSTANCE_ID")
-    outbox_poll_seconds: float = Field(default=0.5, validation_alias="CRM_OUTBOX_POLL_SECONDS", gt=0)
+    # The relay's fallback poll: the committing transaction and the outbox's change stream
+    # (another replica's events) wake it at once (crm_platform.outbox.OutboxRelay.watch_inserts).
+    outbox_poll_seconds: float = Field(default=5.0, validation_alias="CRM_OUTBOX_POLL_SECONDS", gt=0)
     # How long configuration read on every event (sales' SLA and roster, leads' scoring
     # rules) is kept in the process; other replicas see a change within it (crm_platform.cache).
     config_cache_seconds: float = Field(default=5.0, validation_alias="CRM_CONFIG_CACHE_SECONDS", ge=0)

@@ -110,7 +110,6 @@ class Platform:
                 "CRM_SERVICE_NAME": service,
                 "CRM_ENV": "local",
                 "CRM_LOG_LEVEL": "INFO",
-                "CRM_OUTBOX_POLL_SECONDS": "0.2",
                 "CRM_CONSUMER_IDLE_BACKOFF_MS": str(self.consumer_idle_backoff_ms),
                 "PYTHONUNBUFFERED": "1",
             }
