@@ -10,6 +10,7 @@ from crm_platform.app import create_app
 from crm_platform.auth import TokenIssuer, TokenVerifier
 from crm_platform.keys import load_private_key
 from crm_platform.logging import request_id_var
+from crm_platform.retention import retention_job
 from crm_platform.runtime import ServiceRuntime
 from crm_platform.uow import MongoUnitOfWork
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -46,6 +47,11 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     )
     # The relay publishes the permission policy's changes (no subscription: it consumes nothing).
     runtime = ServiceRuntime(settings, indexes=store.ensure_indexes, on_stop=[upstreams.aclose])
+    runtime.background.append(
+        retention_job(
+            runtime.store, store.RETENTION_RULES, settings.retention_days, settings.retention_every_seconds
+        )
+    )
 
     async def on_startup(app: FastAPI) -> None:
         await handlers.bootstrap_admin(app.state.deps, settings.bootstrap_admin_password)

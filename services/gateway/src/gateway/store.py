@@ -21,6 +21,7 @@ from crm_platform.auth import Role
 from crm_platform.idempotency import ensure_indexes as ensure_idempotency_indexes
 from crm_platform.mongo import Tx
 from crm_platform.permissions import Policy
+from crm_platform.retention import ANONYMISED, Action, Rule
 from crm_platform.uow import MongoUnit
 from pymongo import ASCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -47,6 +48,8 @@ async def ensure_indexes(db: Db) -> None:
     await db[USERS].create_index([("active", ASCENDING), ("roles", ASCENDING)], name="active_roles")
     await db[ATTEMPTS].create_index("expires_at", expireAfterSeconds=0, name="attempts_ttl")
     await db[USERS].create_index("sessions_valid_after", name="sessions_valid_after")
+    # What retention (RETENTION_RULES) looks expired accounts up by.
+    await db[USERS].create_index([("active", ASCENDING), ("updated_at", ASCENDING)], name="by_active_updated")
     await ensure_audit_indexes(db)  # user changes are audited (crm_platform.audit)
     await db[REFRESH].create_index("expires_at", expireAfterSeconds=0, name="refresh_ttl")
     await db[REFRESH].create_index("session_id", name="refresh_session")
@@ -296,3 +299,33 @@ class MongoRepositories:
         self.attempts = MongoLoginAttempts(db)
         self.refresh_tokens = MongoRefreshTokens(db)
         self.revocations = MongoRevocations(db)
+
+
+# -- retention (crm_platform.retention): the gateway's record types and what expiry does to them --
+
+
+def anonymous_username(user_id: Any) -> str:
+    """A unique stand-in for an expired account's username (usernames are unique keys)."""
+    return f"anonymised-{user_id}"
+
+
+RETENTION_RULES = (
+    # A deactivated account nobody changed for the period: the person's names go (the username
+    # is unique: a stand-in from the id), the password hash too; its id, roles and times stay,
+    # so the audit log's entries still name an account. Sessions, refresh tokens, revocations
+    # and failed-login counts are not record types here: their TTL indexes already remove
+    # them within hours (CRM_REFRESH_TOKEN_TTL_MINUTES, CRM_LOGIN_FORGET_MINUTES).
+    Rule(
+        "user",
+        USERS,
+        "updated_at",
+        Action.ANONYMISE,
+        eligible={"active": False},
+        scrub={
+            "username": anonymous_username,
+            "username_key": anonymous_username,
+            "display_name": ANONYMISED,
+            "password_hash": "",
+        },
+    ),
+)
