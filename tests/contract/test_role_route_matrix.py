@@ -20,6 +20,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from crm_platform.auth import Role, RoleCheck
+from crm_platform.field_rules import PseudonymEdge
 from crm_platform.testing import auth_headers, expired_token, forged_tokens, running_app
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -171,7 +172,7 @@ class _Body(httpx.AsyncByteStream):
     """A response body still to be streamed, as from a real upstream (the gateway streams it)."""
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        yield b'{"ok": true}'
+        yield b'{"ok": true, "email": "ada@example.com"}'  # a person, as a department would answer
 
 
 def _recording_upstreams(urls: dict[str, str], forwarded: list[str]) -> Upstreams:
@@ -288,3 +289,22 @@ async def test_public_routes_need_no_token_and_only_they_are_public(gateway: Gat
         if r.status_code not in (404, 405) or len(gateway.forwarded) != before:
             failures.append(f"{method} {path}: {r.status_code}")
     assert not failures, failures
+
+
+# -- field-level rules (issue 9): pseudonyms are applied once, by each department ---------------
+
+
+@pytest.mark.parametrize("service", sorted(APPS))
+def test_every_service_pseudonymises_every_answer_in_one_place(service: str) -> None:
+    """create_app installs the pseudonym edge on every path of every department: no route, nor a
+    route an administrator opens to analysts later, can answer them without it."""
+    [edge] = [m for m in _service_app(service).user_middleware if m.cls is PseudonymEdge]
+    applies: Callable[[str], bool] = edge.kwargs["applies"]  # type: ignore[assignment]
+    assert all(applies(path) for path in ("/leads", "/inbox/export", "/tickets/t-1", "/audit", "/anything"))
+
+
+async def test_the_gateway_forwards_a_department_s_answer_unchanged_to_an_analyst(gateway: Gateway) -> None:
+    """The department pseudonymised it already: a second pass would hash the pseudonym again."""
+    r = await gateway.client.get("/api/leads/leads", headers=auth_headers(["analyst"], "matrix-analyst"))
+    assert r.status_code == 200, r.text
+    assert r.json()["email"] == "ada@example.com"

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from crm_platform.devinfra.journey import Gateway, run_journey, until
+from crm_platform.pseudonym import DEV_PSEUDONYM_KEY, pseudonym
 
 pytestmark = pytest.mark.e2e
 
@@ -28,6 +29,12 @@ def test_lead_to_customer_and_back_to_sales(gw: Gateway) -> None:
     lead = gw.get("maria", f"/api/leads/leads/{journey.lead_id}")
     assert lead["status"] == "accepted"
     assert lead["score"] >= lead["threshold"]
+    # Field-level rules through the gateway: the analyst gets the person pseudonymised by leads,
+    # once (the gateway forwards the answer as it is), with the install's (here: development) key.
+    seen = gw.get("ana", f"/api/leads/leads/{journey.lead_id}")
+    assert seen["email"] == pseudonym("email", lead["email"], DEV_PSEUDONYM_KEY) != lead["email"]
+    assert seen["name"] == pseudonym("name", lead["name"], DEV_PSEUDONYM_KEY)
+    assert (seen["status"], seen["score"]) == (lead["status"], lead["score"])
 
     won = gw.get(journey.owner, f"/api/sales/opportunities/{journey.opportunity_id}")
     assert won["status"] == "won"
