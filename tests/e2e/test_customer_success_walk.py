@@ -177,3 +177,38 @@ def test_customer_success_walk_from_the_win_to_the_renewal_moves_the_kpis(gw: Ga
     assert gw.get("maria", "/api/analytics/kpis/marketing")["marketing"]["channels"][channel]["captured"] == 1
     for user in ("cora", "maria"):
         gw.call(user, "GET", "/api/analytics/kpis", expect=(403,))
+
+
+def test_marketings_edit_of_a_rejected_lead_ends_the_lead_verdict_business_latency(gw: Gateway) -> None:
+    """lead-verdict: sales rejects a lead -> it waits for marketing (by its age) -> marketing's
+    edit (``lead.edited``, field names only) is its first human step and ends the wait."""
+
+    def verdict_latency() -> dict[str, Any]:
+        return dict(gw.get("maria", "/api/analytics/kpis/marketing")["business_latency"]["lead-verdict"])
+
+    waiting_before = verdict_latency()["pending"]
+    lead_id = capture_and_qualify(gw, f"verdict-{uuid.uuid4().hex[:6]}", "cs-walk", "Dorothy Vaughan")
+    owner = gw.username_of(inbox_owner(gw, lead_id, TIMEOUT))
+    gw.call(
+        owner,
+        "POST",
+        f"/api/sales/inbox/{lead_id}/reject",
+        {"reason_code": "bad_data", "note": "Wrong company"},
+    )
+    waiting = until(
+        lambda: (v := verdict_latency())["pending"] > waiting_before and v,
+        timeout=TIMEOUT,
+        what="the rejection waiting for marketing in analytics",
+    )
+    assert waiting["windows"]["last_hour"]["count"] >= 1, "a waiting handoff counts by its age"
+
+    bad = gw.call("maria", "PATCH", f"/api/leads/leads/{lead_id}", {"name": ""}, expect=(422,))
+    assert "name" in str(bad)
+    gw.call("maria", "PATCH", f"/api/leads/leads/{lead_id}", {"company": "Vaughan Computing Ltd"})
+    acted = until(
+        lambda: (v := verdict_latency())["pending"] == waiting["pending"] - 1 and v,
+        timeout=TIMEOUT,
+        what="marketing's edit to end the rejection's wait",
+    )
+    assert acted["windows"]["last_hour"]["count"] >= 1, "the edit's latency is in the window"
+    assert "Vaughan Computing" not in str(gw.get("ana", "/api/analytics/kpis")), "no value of the lead"

@@ -136,7 +136,7 @@ async def test_every_kpi_for_executives_service_kpis_for_service_and_channels_fo
         marketing = await client.get("/kpis/marketing", headers=auth_headers(["marketing"]))
         assert marketing.status_code == 200, marketing.text
         assert marketing.json()["marketing"]["channels"]["web"]["rejected"] == 1
-        assert set(marketing.json()["business_latency"]) == {"action-item-to-marketing"}
+        assert set(marketing.json()["business_latency"]) == {"lead-verdict", "action-item-to-marketing"}
 
 
 async def test_each_kpi_route_refuses_the_roles_outside_its_audience(make_settings):

@@ -17,7 +17,7 @@ from crm_contracts.events.action_items import (
     SourceRecord,
 )
 from crm_contracts.events.common import Consent, Contact, Money
-from crm_contracts.events.leads import LeadCapturedV1
+from crm_contracts.events.leads import EditedField, LeadCapturedV1, LeadEditedV1
 from crm_contracts.events.sales import ContractTerm, DealWonV1, LeadVerdictV1, Product, RejectReason, Verdict
 from crm_contracts.events.service_desk import (
     CheckInLoggedV1,
@@ -279,6 +279,48 @@ def test_deal_won_business_latency_ends_at_the_csms_first_onboarding_step_not_th
     latency = kpis_at(state.records, NOW)["business_latency"]["deal-won"]
     assert latency["pending"] == 0
     assert latency["windows"]["last_day"]["p50"] == 3600.0
+
+
+def test_lead_verdict_ends_at_marketings_first_edit_after_a_rejection_or_recycling():
+    decided = NOW - timedelta(hours=3)
+
+    def verdict(lead: str, outcome: Verdict, reason: RejectReason | None = None) -> Envelope:
+        event = LeadVerdictV1(lead_id=lead, verdict=outcome, reason_code=reason, decided_by="rep-1")
+        return env(event, decided)
+
+    def edit(lead: str, at: datetime) -> Envelope:
+        event = LeadEditedV1(
+            lead_id=lead,
+            changed_fields=[EditedField.COMPANY],
+            edited_by="user-mia",
+            edited_by_roles=["marketing"],
+            edited_at=at,
+            source_channel="web",
+        )
+        return env(event, at)
+
+    events = [
+        edit("rejected", decided - timedelta(hours=1)),  # before the verdict: not an answer to it
+        verdict("rejected", Verdict.REJECTED, RejectReason.BAD_DATA),
+        verdict("recycled", Verdict.RECYCLED),
+        verdict("accepted", Verdict.ACCEPTED),  # sales' lead now: marketing owes it no step
+    ]
+    state = run(events)
+    latency = kpis_at(state.records, NOW)["business_latency"]["lead-verdict"]
+    assert (latency["pending"], latency["oldest_pending_seconds"]) == (2, 3 * 3600.0)
+    figures_before_edits = kpis_at(state.records, NOW)["marketing"]
+    state = run(
+        [edit("rejected", decided + timedelta(minutes=30)), edit("rejected", decided + timedelta(hours=2))],
+        state,
+    )
+    latency = kpis_at(state.records, NOW)["business_latency"]["lead-verdict"]
+    assert latency["pending"] == 1, "the recycled lead still waits for marketing"
+    day = latency["windows"]["last_day"]
+    assert (day["count"], day["p50"]) == (2, 1800.0), (
+        "the first edit after the rejection, plus the waiting one"
+    )
+    assert day["p99"] == 3 * 3600.0
+    assert kpis_at(state.records, NOW)["marketing"] == figures_before_edits, "an edit is no lead figure"
 
 
 def test_marketing_sees_channel_and_campaign_figures_with_sales_verdict_reasons():

@@ -99,14 +99,22 @@ async def capture_leads(
 
 
 async def edit_lead(
-    uow: Uow, lead_id: str, change: domain.LeadEdit, fields: FieldSet = domain.NO_CUSTOM_FIELDS
+    uow: Uow,
+    lead_id: str,
+    change: domain.LeadEdit,
+    fields: FieldSet = domain.NO_CUSTOM_FIELDS,
+    *,
+    actor: Actor,
 ) -> Lead:
-    """Marketing corrects a lead's details; the audit log keeps each field's history."""
+    """Marketing corrects a lead's details; the audit log keeps each field's history, and
+    ``lead.edited`` (field names only) goes out in the same transaction."""
 
     async def work(unit: LeadsUnit) -> Lead:
-        lead = (await _load(unit, lead_id)).edit(change, now_millis(uow.clock), fields)
-        await unit.leads.save(lead)
-        return lead
+        outcome = (await _load(unit, lead_id)).edit(change, now_millis(uow.clock), actor, fields)
+        if outcome.changed:
+            await unit.leads.save(outcome.lead)
+            unit.emit_all(outcome.events, correlation_id=outcome.lead.id)
+        return outcome.lead
 
     return await uow.run(work)
 

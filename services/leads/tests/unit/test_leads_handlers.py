@@ -11,7 +11,9 @@ from crm_contracts import envelope_for
 from crm_contracts.events.common import Behaviour
 from crm_contracts.events.leads import (
     BehaviourRecordedV1,
+    EditedField,
     LeadCapturedV1,
+    LeadEditedV1,
     LeadQualifiedV1,
     LeadStatusChangedV1,
 )
@@ -297,30 +299,48 @@ async def test_a_verdict_on_an_unknown_lead_is_dead_lettered() -> None:
 # -- edit (issue 9) ------------------------------------------------------------------------------
 
 
-async def test_an_edit_changes_only_the_given_fields_and_emits_nothing() -> None:
+async def test_an_edit_changes_only_the_given_fields_and_names_them_without_values() -> None:
     u = uow()
     lead = await captured(u)
     u.clock.advance(minutes=5)  # type: ignore[attr-defined]
-    change = LeadEdit(company="Analytical Engines", marketing_email=False)
-    edited = await handlers.edit_lead(u, lead.id, change)
+    change = LeadEdit(name=lead.name, company="Analytical Engines", marketing_email=False)
+    edited = await handlers.edit_lead(u, lead.id, change, actor=MIA)
     assert (edited.name, edited.company, edited.email) == (lead.name, "Analytical Engines", lead.email)
     assert edited.consent.marketing_email is False
     assert edited.consent.captured_at == edited.updated_at > lead.updated_at
     assert await u.unit.leads.get(lead.id) == edited
-    assert len(u.unit.events) == 1, "only the capture's lead.captured: no contract carries an edit"
+    emitted = u.unit.events[-1]
+    event = emitted.event
+    assert isinstance(event, LeadEditedV1), "marketing's human step goes out as lead.edited"
+    assert emitted.correlation_id == lead.id, "the lead's journey"
+    assert event.changed_fields == [EditedField.COMPANY, EditedField.CONSENT], "the name given was unchanged"
+    assert (event.lead_id, event.edited_by, event.edited_by_roles) == (lead.id, "user-mia", ["marketing"])
+    assert event.edited_at == edited.updated_at
+    payload = str(event.to_payload())
+    assert "Analytical" not in payload, "no value of the lead in the log"
+    assert lead.email not in payload
+
+
+async def test_an_edit_that_changes_no_value_stores_and_emits_nothing() -> None:
+    u = uow()
+    lead = await captured(u)
+    u.clock.advance(minutes=5)  # type: ignore[attr-defined]
+    same = await handlers.edit_lead(u, lead.id, LeadEdit(name=lead.name, marketing_email=True), actor=MIA)
+    assert same == lead == await u.unit.leads.get(lead.id)
+    assert not any(isinstance(e.event, LeadEditedV1) for e in u.unit.events)
 
 
 async def test_an_edit_clears_with_blank_and_refuses_nothing_or_a_blank_name() -> None:
     u = uow()
     lead = await captured(u)
-    cleared = await handlers.edit_lead(u, lead.id, LeadEdit(company="  "))
+    cleared = await handlers.edit_lead(u, lead.id, LeadEdit(company="  "), actor=MIA)
     assert cleared.company is None
     assert cleared.consent == lead.consent, "consent unchanged keeps its date"
     for change in (LeadEdit(), LeadEdit(name=" ")):
         with pytest.raises(RuleViolation):
-            await handlers.edit_lead(u, lead.id, change)
+            await handlers.edit_lead(u, lead.id, change, actor=MIA)
     with pytest.raises(NotFound):
-        await handlers.edit_lead(u, "nobody", LeadEdit(name="Ada"))
+        await handlers.edit_lead(u, "nobody", LeadEdit(name="Ada"), actor=MIA)
     assert await u.unit.leads.get(lead.id) == cleared
 
 
@@ -375,3 +395,19 @@ def test_a_rep_reads_only_the_leads_assigned_to_them_and_other_roles_every_lead(
         assert rep_scope(who) is None, roles
         assert can_read(unassigned, who), roles
     assert rep_scope(Actor.of("rhea", ["sales_rep", "analyst"])) == "rhea"  # an analyst rep is still a rep
+
+
+async def test_an_edit_of_custom_fields_names_their_keys_never_their_values() -> None:
+    from crm_platform.custom_fields import FieldSet, FieldSetIn, RecordType
+
+    defs = FieldSetIn.model_validate(
+        {"fields": [{"key": "seats", "label": "Seats", "type": "number", "integer": True, "minimum": 1}]}
+    )
+    fields = FieldSet(RecordType.LEAD, 1, tuple(defs.fields))
+    u = uow()
+    lead = await captured(u)
+    await handlers.edit_lead(u, lead.id, LeadEdit(custom={"seats": 42}), fields, actor=MIA)
+    event = u.unit.events[-1].event
+    assert isinstance(event, LeadEditedV1)
+    assert (event.changed_fields, event.changed_custom_fields) == ([], ["seats"])
+    assert "42" not in str(event.to_payload())

@@ -16,6 +16,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     leads.BehaviourRecordedV1,
     leads.LeadQualifiedV1,
     leads.LeadStatusChangedV1,
+    leads.LeadEditedV1,
     sales.LeadVerdictV1,
     sales.LeadAssignedV1,
     sales.OpportunityCreatedV1,

@@ -39,7 +39,7 @@ RECEIVED_BY = {
         "action-item-outcome-from-sales",
         "commitment-flag-outcome",
     ),
-    "marketing": ("action-item-to-marketing",),
+    "marketing": ("lead-verdict", "action-item-to-marketing"),
 }
 
 router = APIRouter(

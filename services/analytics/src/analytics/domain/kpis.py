@@ -42,10 +42,15 @@ ALL_TEAMS = "all"
 UNASSIGNED = "unassigned"
 DEPARTMENTS: tuple[str, ...] = ("marketing", "sales", "customer-success")
 CLOSED_STEPS: tuple[str, ...] = ("step_done", "step_declined")
+# Sales' verdicts that hand work back to marketing (lead-verdict's business latency): a rejected
+# lead's data or fit to look at, a recycled one to nurture again. An accepted lead is sales' own
+# from then on: marketing owes it no step, so it is not an item waiting for marketing.
+VERDICTS_FOR_MARKETING: tuple[str, ...] = ("rejected", "recycled")
 WINDOWS: dict[str, float] = {"last_hour": 3600.0, "last_day": 86400.0, "last_30_days": 30 * 86400.0}
 # The handoffs whose receiver takes a human step analytics can see (see business_samples).
 BUSINESS_LATENCY_HANDOFFS: tuple[str, ...] = (
     "lead-qualified",
+    "lead-verdict",
     "deal-won",
     "upsell-spotted",
     "commitment-flagged",
@@ -422,9 +427,10 @@ Sample = tuple[float, float | None]  # (handed off at, first human action at | N
 def business_samples(kinds: Mapping[str, Mapping[str, Record]]) -> dict[str, list[Sample]]:
     """Per handoff, (handed off, first human action of the receiver) pairs."""
     out: dict[str, list[Sample]] = {name: [] for name in BUSINESS_LATENCY_HANDOFFS}
-    for lead in kinds.get("lead", {}).values():
+    for lead_id, lead in kinds.get("lead", {}).items():
         if (start := _at(lead.get("qualified"))) is not None:
             out["lead-qualified"].append((start, _at(lead.get("verdict"))))
+        _verdict_sample(out, lead_id, lead, kinds.get("leadacts", {}))
     for deal in kinds.get("deal", {}).values():
         if (start := _at(deal.get("won"))) is not None:
             out["deal-won"].append((start, _at(deal.get("first_step"))))
@@ -461,6 +467,23 @@ def _outcome_samples(out: dict[str, list[Sample]], kinds: Mapping[str, Mapping[s
         for answer in (flag.get("acknowledged"), flag.get("resolved")):
             if (start := _at(answer)) is not None and (account_id := _text(answer, "account_id")):
                 out["commitment-flag-outcome"].append((start, _first_after(acts.get(account_id, []), start)))
+
+
+def _verdict_sample(
+    out: dict[str, list[Sample]], lead_id: str, lead: Record, leadacts: Mapping[str, Record]
+) -> None:
+    """lead-verdict: a rejected or recycled verdict -> marketing's first edit of the lead after it
+    (``lead.edited``, a person changing the lead; capture merges, imports and behaviour are not
+    marketing's hands on it)."""
+    verdict = lead.get("verdict")
+    if _text(verdict, "verdict") not in VERDICTS_FOR_MARKETING or (start := _at(verdict)) is None:
+        return
+    acts = [
+        t
+        for name, slot in leadacts.get(lead_id, {}).items()
+        if name.startswith(ACT_PREFIX) and (t := _at(slot))
+    ]
+    out["lead-verdict"].append((start, _first_after(acts, start)))
 
 
 def _item_sample(out: dict[str, list[Sample]], item: Record) -> None:

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping
 
 from crm_contracts import Envelope, Event
 from crm_contracts.events.action_items import ActionItemUpdatedByCustomerSuccessV1, _Raised, _Updated
-from crm_contracts.events.leads import LeadCapturedV1, LeadCapturedV2, LeadQualifiedV1
+from crm_contracts.events.leads import LeadCapturedV1, LeadCapturedV2, LeadEditedV1, LeadQualifiedV1
 from crm_contracts.events.sales import (
     ActivityLoggedV1,
     CommitmentFlagUpdatedBySalesV1,
@@ -250,6 +250,11 @@ def _voice(event: Event, at: float) -> Iterator[Change]:
             f"lead:{event.lead_id}",
             {"verdict": {"at": at, "verdict": event.verdict.value, "reason": reason}},
         )
+    elif isinstance(event, LeadEditedV1):
+        # Marketing's human step on a lead (what ends lead-verdict's business latency); kept
+        # apart from the lead's record so that marketing's channel figures do not see it.
+        edited = event.edited_at.timestamp()
+        yield f"leadacts:{event.lead_id}", {f"{ACT_PREFIX}{edited}": {"at": edited}}
     elif isinstance(event, _Raised):
         yield (
             f"item:{event.item_id}",

@@ -225,7 +225,9 @@ async def list_behaviours(
     dependencies=[can_write],
     summary="Correct a lead's name, company, campaign, consent or custom fields (each change in its history)",
 )
-async def edit_lead(lead_id: LeadId, body: LeadEditIn, uow: UowDep, fields: LeadFields) -> LeadOut:
+async def edit_lead(
+    lead_id: LeadId, body: LeadEditIn, uow: UowDep, fields: LeadFields, actor: CurrentActor
+) -> LeadOut:
     change = LeadEdit(
         name=body.name,
         company=body.company,
@@ -233,7 +235,7 @@ async def edit_lead(lead_id: LeadId, body: LeadEditIn, uow: UowDep, fields: Lead
         marketing_email=body.consent.marketing_email if body.consent is not None else None,
         custom=body.custom,
     )
-    return LeadOut.of(await handlers.edit_lead(uow, lead_id, change, fields))
+    return LeadOut.of(await handlers.edit_lead(uow, lead_id, change, fields, actor=actor))
 
 
 @router.get(

@@ -31,7 +31,9 @@ from crm_contracts.events.common import Behaviour, Contact, ScoreReason
 from crm_contracts.events.common import Consent as ConsentV1
 from crm_contracts.events.leads import (
     BehaviourRecordedV1,
+    EditedField,
     LeadCapturedV2,
+    LeadEditedV1,
     LeadQualifiedV1,
     LeadStatusChangedV1,
 )
@@ -223,11 +225,14 @@ class Lead:
             custom={**capture.custom, **self.custom},
         )
 
-    def edit(self, change: LeadEdit, now: datetime, fields: FieldSet = NO_CUSTOM_FIELDS) -> Lead:
+    def edit(
+        self, change: LeadEdit, now: datetime, by: Actor, fields: FieldSet = NO_CUSTOM_FIELDS
+    ) -> EditOutcome:
         """The lead with ``change`` applied (its field history is the audit log's, crm_platform.audit).
 
-        A consent change is a new statement by the person, so it is dated ``now``. No event:
-        no contract carries a lead's details after capture (sales got its copy at the handoff).
+        A consent change is a new statement by the person, so it is dated ``now``. When a value
+        actually changed, ``lead.edited`` names the changed fields (never their values: no
+        personal data in the log) and who changed them: marketing's human step on the lead.
         """
         if change.is_empty():
             raise RuleViolation("nothing to change: give name, company, campaign, consent or custom")
@@ -237,7 +242,7 @@ class Lead:
         custom = fields.edit(self.custom, change.custom) if change.custom else self.custom
         if change.marketing_email is not None and change.marketing_email != consent.marketing_email:
             consent = Consent(change.marketing_email, now)
-        return dataclasses.replace(
+        edited = dataclasses.replace(
             self,
             name=change.name if change.name is not None else self.name,
             company=_filled(change.company) if change.company is not None else self.company,
@@ -246,6 +251,29 @@ class Lead:
             updated_at=now,
             custom=custom,
         )
+        changed = [
+            name
+            for name, before, after in (
+                (EditedField.NAME, self.name, edited.name),
+                (EditedField.COMPANY, self.company, edited.company),
+                (EditedField.CAMPAIGN, self.campaign, edited.campaign),
+                (EditedField.CONSENT, self.consent.marketing_email, edited.consent.marketing_email),
+            )
+            if before != after
+        ]
+        custom_changed = sorted(k for k in {*self.custom, *custom} if self.custom.get(k) != custom.get(k))
+        if not changed and not custom_changed:
+            return EditOutcome(self, ())
+        event = LeadEditedV1(
+            lead_id=self.id,
+            changed_fields=changed,
+            changed_custom_fields=custom_changed,
+            edited_by=by.user_id,
+            edited_by_roles=sorted(by.roles),
+            edited_at=now,
+            source_channel=self.origin_channel,
+        )
+        return EditOutcome(edited, (*changed, *(f"custom.{k}" for k in custom_changed)), (event,))
 
     def record_behaviour(
         self, behaviour: Behaviour, occurred_at: datetime, rules: ScoringRules, now: datetime
@@ -442,6 +470,16 @@ class BehaviourOutcome:
     score: Score
     in_cycle: bool  # False: occurred before the lead was recycled; kept but not scored
     qualified: bool  # True: this behaviour hands the lead to sales (emit the handoff)
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True)
+class EditOutcome:
+    """An edit's result: the lead (unchanged when every value given was already there), the
+    fields whose value changed, and ``lead.edited`` when any did."""
+
+    lead: Lead
+    changed: tuple[str, ...]  # EditedField values, then ``custom.<key>`` per custom field
     events: tuple[Event, ...] = ()
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from crm_contracts import topics
 from crm_contracts.base import Event
@@ -90,6 +91,53 @@ class LeadStatusChangedV1(Event):
     status: str
     reason_code: str | None = None
     source_channel: str
+
+    def partition_key(self) -> str:
+        return self.lead_id
+
+
+class EditedField(StrEnum):
+    """What marketing may correct on a lead (``PATCH /leads/{id}``); the email is its identity."""
+
+    NAME = "name"
+    COMPANY = "company"
+    CAMPAIGN = "campaign"
+    CONSENT = "consent.marketing_email"
+
+
+class LeadEditedV1(Event):
+    """Marketing changed a lead by hand: which fields, never their values.
+
+    A human step of marketing on the lead (analytics pairs it with sales' verdict: the
+    business latency of ``lead-verdict``). Personal data stays out of the log: the payload names
+    the changed fields only; their values live in marketing's database and its audit log.
+    """
+
+    event_type: ClassVar[str] = "lead.edited"
+    version: ClassVar[int] = 1
+    topic: ClassVar[str] = topics.LEADS_EVENTS
+
+    lead_id: str
+    changed_fields: list[EditedField] = Field(
+        max_length=len(EditedField), description="The fields whose value changed, no values"
+    )
+    changed_custom_fields: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="The custom fields (their keys, as an admin defined them) whose value changed, no values",
+    )
+    edited_by: str = Field(min_length=1, max_length=200, description="The user id of who edited it")
+    edited_by_roles: list[str] = Field(
+        max_length=20, description="That user's roles when they edited it (e.g. marketing)"
+    )
+    edited_at: Timestamp
+    source_channel: str = Field(description="The lead's origin channel (marketing's figures per channel)")
+
+    @model_validator(mode="after")
+    def _something_changed(self) -> LeadEditedV1:
+        if not self.changed_fields and not self.changed_custom_fields:
+            raise ValueError("an edit names at least one changed field")
+        return self
 
     def partition_key(self) -> str:
         return self.lead_id

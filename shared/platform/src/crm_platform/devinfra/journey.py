@@ -371,6 +371,9 @@ def seed_demo(gateway_url: str, progress: Callable[[str], None] = print) -> dict
             {"reason_code": "no_budget", "note": "Budget frozen until Q3"},
         )
         progress(f"lead {rejected} rejected by {owner} (no_budget)")
+        # Marketing looks at the rejection and moves the lead to its nurture campaign (lead.edited:
+        # marketing's first human step after sales' verdict, the lead-verdict business latency).
+        gw.call("maria", "PATCH", f"/api/leads/leads/{rejected}", {"campaign": "nurture-q3"})
         nurturing = gw.call(
             "maria",
             "POST",
