@@ -176,3 +176,36 @@ def test_the_raised_event_must_name_its_own_department() -> None:
     payload = {**raised("sales").model_dump(), "department": "marketing"}
     with pytest.raises(ValueError, match="department must be 'sales'"):
         RAISED_BY_DEPARTMENT["sales"](**payload)
+
+
+async def test_an_item_made_on_a_lagging_clock_is_judged_on_its_own_clock() -> None:
+    """The demo history: an item raised and worked 200 days in the past, judged by the job on
+    the real time, escalates only once the real time passes its due date on its own clock."""
+    lag = timedelta(days=200)  # the real time is T0 + 200 days
+    repo = InMemoryActionItems()
+    assert await receive(repo, raised(due=timedelta(days=7)), T0, lag=lag) is not None
+    emitted: list[Event] = []
+    assert await escalate_overdue(repo, collect(emitted), T0 + lag, to="sales_manager") == []
+    # Worked a day later on its clock (which the real time followed for a day meanwhile).
+    await act(repo, collect(emitted), "ai-1", Accept(), "rep-ria", T0 + timedelta(days=1), lag=lag)
+    assert await escalate_overdue(repo, collect(emitted), T0 + lag + timedelta(days=5), to="m") == []
+    real = T0 + lag + timedelta(days=7, minutes=1)
+    [escalated] = await escalate_overdue(repo, collect(emitted), real, to="m")
+    assert escalated.escalated_at == T0 + timedelta(days=7, minutes=1), "stamped at the item's own time"
+    assert [getattr(e, "status", None) for e in emitted] == ["accepted", "escalated"]
+
+
+async def test_a_step_on_an_overdue_item_not_escalated_yet_comes_after_its_escalation() -> None:
+    repo = await queue_with(raised(item_id="late", due=timedelta(days=7)), raised(item_id="early"))
+    emitted: list[Event] = []
+    await act(repo, collect(emitted), "early", Complete(), "rep-ria", T0 + timedelta(days=6), escalate_to="m")
+    await act(repo, collect(emitted), "late", Complete(), "rep-ria", T0 + timedelta(days=9), escalate_to="m")
+    steps = [(getattr(e, "item_id", None), getattr(e, "status", None)) for e in emitted]
+    assert steps == [("early", "done"), ("late", "escalated"), ("late", "done")]
+    late = await repo.get("late")
+    assert late is not None
+    assert [(s.status, s.at, s.automatic) for s in late.history] == [
+        ("escalated", T0 + timedelta(days=7), True),
+        ("done", T0 + timedelta(days=9), False),
+    ]
+    assert await escalate_overdue(repo, collect(emitted), T0 + timedelta(days=30), to="m") == []

@@ -8,18 +8,20 @@ receipt goes back, members work items over HTTP, each step is published as
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from crm_contracts import Envelope, envelope_for, topics
+from crm_contracts import Envelope, envelope_for, topics, utcnow
 from crm_platform.action_items.api import action_queue_router
 from crm_platform.action_items.handlers import ActionItemQueue, raised_handlers
 from crm_platform.action_items.wiring import install
 from crm_platform.app import create_app
+from crm_platform.clock import DEMO_TIME_HEADER
 from crm_platform.runtime import ServiceRuntime, Subscription
 from crm_platform.settings import ServiceSettings
 from crm_platform.testing import (
@@ -44,10 +46,15 @@ class Dept:
         self.updates = TopicReader(bootstrap, topics.SALES_ACTION_ITEM_UPDATES)
         self.receipts = TopicReader(bootstrap, topics.HANDOFF_RECEIPTS)
 
-    async def hand_over(self, department: str = "sales", due: timedelta = timedelta(days=3)) -> Envelope:
+    async def hand_over(
+        self, department: str = "sales", due: timedelta = timedelta(days=3), at: datetime | None = None
+    ) -> Envelope:
+        """Customer success raises an item now, or (``at``: the demo history) at that moment."""
         event = action_item_raised(department, due=due)
+        if at is not None:
+            event = event.model_copy(update={"raised_at": at, "due_at": at + due})
         item_id = event.item_id
-        env = envelope_for(event, source="service-desk", correlation_id=f"journey-{item_id}")
+        env = envelope_for(event, source="service-desk", correlation_id=f"journey-{item_id}", occurred_at=at)
         await produce_envelope(self.bootstrap, topics.ACTION_ITEMS, env)
         return env
 
@@ -68,12 +75,15 @@ class Dept:
         return await self.updates.wait_for(find, what=f"{status} of {item_id}")
 
 
-@pytest.fixture
-async def dept(make_settings: Callable[..., ServiceSettings], kafka_bootstrap: str) -> AsyncIterator[Dept]:
+@contextlib.asynccontextmanager
+async def running_dept(
+    make_settings: Callable[..., ServiceSettings], kafka_bootstrap: str, **env: str
+) -> AsyncIterator[Dept]:
     settings = make_settings(
         "sales",
         CRM_CONSUMER_GROUP=f"sales-queue-test-{uuid.uuid4().hex[:8]}",
         CRM_ACTION_ITEM_ESCALATION_SECONDS=0.2,
+        **env,
     )
     # Skip what other suites left on the shared broker (e.g. the fuzz test's records).
     consumer = KafkaConsumer(
@@ -109,6 +119,21 @@ async def dept(make_settings: Callable[..., ServiceSettings], kafka_bootstrap: s
         finally:
             await d.updates.stop()
             await d.receipts.stop()
+
+
+@pytest.fixture
+async def dept(make_settings: Callable[..., ServiceSettings], kafka_bootstrap: str) -> AsyncIterator[Dept]:
+    async with running_dept(make_settings, kafka_bootstrap) as d:
+        yield d
+
+
+@pytest.fixture
+async def demo_dept(
+    make_settings: Callable[..., ServiceSettings], kafka_bootstrap: str
+) -> AsyncIterator[Dept]:
+    """The same department started as ``make run`` starts it for the demo history."""
+    async with running_dept(make_settings, kafka_bootstrap, CRM_DEMO_CLOCK="true") as d:
+        yield d
 
 
 async def test_a_handed_over_item_is_queued_receipted_worked_and_reported_back(dept: Dept) -> None:
@@ -175,3 +200,44 @@ async def test_an_overdue_item_is_escalated_by_the_service_itself(dept: Dept) ->
     bad_view = await dept.client.get("/action-queue", params={"view": "late"}, headers=REP)
     assert bad_view.status_code == 422
     assert bad_view.json()["fields"][0]["field"] == "query.view"
+
+
+async def test_an_item_of_the_demo_history_is_judged_on_its_own_clock_not_the_real_one(
+    demo_dept: Dept,
+) -> None:
+    """The race ``make run`` had: the history raises an item "100 days ago" and closes it in its
+    own past a second later; the escalation job, on the real time, found it overdue meanwhile
+    and escalated it, a step newer than the history's (customer success kept "escalated")."""
+    d = demo_dept
+    raised_at = (utcnow() - timedelta(days=100)).replace(microsecond=0)
+    due = raised_at + timedelta(days=7)
+    early = (await d.hand_over("sales", due=timedelta(days=7), at=raised_at)).payload["item_id"]
+    late = (await d.hand_over("sales", due=timedelta(days=7), at=raised_at)).payload["item_id"]
+    for item_id in (early, late):
+        await d.item(item_id)
+    # A live item already overdue: once the job escalated it, it has judged the demo items too.
+    control = (await d.hand_over("sales", due=timedelta(minutes=-5))).payload["item_id"]
+    await d.update(control, "escalated")
+    for item_id in (early, late):
+        item = await d.item(item_id)
+        assert (item["escalated_to"], item["history"]) == (None, []), "not overdue on its own clock"
+
+    async def complete(item_id: str, at: datetime) -> None:
+        headers = {**REP, DEMO_TIME_HEADER: at.isoformat()}
+        r = await d.client.post(f"/action-queue/{item_id}/complete", json={"note": "called"}, headers=headers)
+        assert r.status_code == 200, r.text
+
+    await complete(early, raised_at + timedelta(days=3))  # in time: never escalated
+    await complete(late, raised_at + timedelta(days=10))  # late: escalated at its due date first
+    await d.update(early, "done")
+    escalated, done = await d.update(late, "escalated"), await d.update(late, "done")
+    assert (escalated.payload["automatic"], escalated.payload["escalated_to"]) == (True, "sales_manager")
+    assert datetime.fromisoformat(escalated.payload["acted_at"]) == due
+    assert escalated.occurred_at <= done.occurred_at == raised_at + timedelta(days=10)
+    assert not [
+        e
+        for e in d.updates.envelopes()
+        if e.payload.get("item_id") == early and e.payload["status"] != "done"
+    ]
+    history = [s["status"] for s in (await d.item(late))["history"]]
+    assert history == ["escalated", "done"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from crm_contracts import Envelope
 from crm_contracts.events.action_items import ActionItemUpdatedByCustomerSuccessV1
 from crm_platform.action_items.domain import ActionItem
-from crm_platform.action_items.handlers import outcome_event, receive
+from crm_platform.action_items.handlers import clock_lag, outcome_event, receive
 from crm_platform.actor import Actor
 from crm_platform.clock import now_millis
 from crm_platform.consumer import DeadLetter
@@ -54,7 +54,7 @@ async def raise_item(uow: SuccessUoW, account_id: str, ask: Raise, actor: Actor)
         event = item.raised()
         unit.emit(event, correlation_id=account.journey_id)
         if item.kept_here:
-            await receive(unit.action_queue, event, now, account.journey_id)
+            await receive(unit.action_queue, event, now, account.journey_id, lag=clock_lag(now))
         return item
 
     return await uow.run(work)

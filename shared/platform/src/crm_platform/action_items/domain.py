@@ -1,9 +1,23 @@
-"""The action item as an owning department sees it: pure rules, no I/O."""
+"""The action item as an owning department sees it: pure rules, no I/O.
+
+**Whose clock judges an item overdue.** Live, every change is made on the real clock and the
+escalation job judges on it too. Under the demo clock (``make run``'s history) an item is made
+and worked at the moments of a history played in minutes, while the job runs on the real time:
+judged on the real clock, an item raised "last March" is overdue the instant it is stored and
+was escalated whenever a round of the job fell between the history raising and closing it,
+ahead of (and, newer in time, shadowing at customer success) the steps the history then took
+in March. So each item keeps the clock its latest change was made on, as ``escalate_at``: its
+due date moved by how far that clock lagged the real one (the due date itself when live). The
+job escalates it once the real time passes ``escalate_at``, stamping the step at the item's own
+time (:meth:`ActionItem.own_time`); and a step taken on the item after its due date with no
+escalation yet (the job had not come round, or the history closes it late) is preceded by the
+escalation at the due date, so a late item is always escalated before it is worked, on any clock.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -66,6 +80,9 @@ class ActionItem:
     escalated_to: str | None = None
     journey_id: str | None = None  # the customer's journey (correlation id): outcomes continue it
     history: tuple[Step, ...] = field(default_factory=tuple)
+    # The real time at which the escalation job finds it overdue (module docstring); None: stored
+    # before this field, judged by its due date.
+    escalate_at: datetime | None = None
 
     @property
     def is_open(self) -> bool:
@@ -73,6 +90,26 @@ class ActionItem:
 
     def is_overdue(self, now: datetime) -> bool:
         return self.is_open and self.due_at < now
+
+    def on_clock(self, lag: timedelta) -> ActionItem:
+        """The item as changed on a clock ``lag`` behind the real one (zero when live)."""
+        return replace(self, escalate_at=self.due_at + lag)
+
+    def own_time(self, real_now: datetime) -> datetime:
+        """``real_now`` on the clock the item's latest change was made on."""
+        return real_now - (self.escalate_at - self.due_at if self.escalate_at is not None else timedelta(0))
+
+    def due_for_escalation(self, real_now: datetime) -> bool:
+        """Open, not escalated yet, and overdue on its own clock (what the job judges)."""
+        return self.escalated_at is None and self.is_overdue(self.own_time(real_now))
+
+    def escalated_before(self, to: str, now: datetime) -> ActionItem:
+        """The item as it stood just before a step at ``now`` (its own clock): escalated at its
+        due date first when it was overdue by then and had not been."""
+        if self.escalated_at is not None or not self.is_overdue(now):
+            return self
+        last = self.history[-1].at if self.history else self.received_at
+        return self.escalate(to, max(self.due_at, last))
 
     def in_view(self, view: View, now: datetime) -> bool:
         if view == View.CLOSED:
@@ -108,7 +145,7 @@ class ActionItem:
 
     def escalate(self, to: str, now: datetime) -> ActionItem:
         """Overdue and not escalated yet: the department's manager gets it (automatic)."""
-        if not self.is_overdue(now) or self.escalated_at is not None:
+        if not self.is_open or self.due_at > now or self.escalated_at is not None:
             raise Conflict(f"action item {self.item_id} is not due for escalation")
         step = Step("escalated", SYSTEM, now, assignee=self.assignee, automatic=True)
         return replace(self, escalated_at=now, escalated_to=to, history=(*self.history, step))

@@ -13,15 +13,15 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from crm_contracts import Envelope, Event
+from crm_contracts import Envelope, Event, utcnow
 from crm_contracts.events.action_items import RAISED_BY_DEPARTMENT, UPDATED_BY_DEPARTMENT
 
 from crm_platform.action_items.domain import ActionItem, View
 from crm_platform.action_items.repository import ActionItemRepository, MongoActionItems
-from crm_platform.clock import Clock, system_clock, to_millis
+from crm_platform.clock import Clock, simulated_now, system_clock, to_millis
 from crm_platform.consumer import Handler
 from crm_platform.errors import NotFound
 from crm_platform.mongo import Store, Tx
@@ -53,6 +53,12 @@ class Decline:
 
 
 Command = Accept | Assign | Complete | Decline
+
+
+def clock_lag(now: datetime) -> timedelta:
+    """How far the clock ``now`` was read from lags the real one: zero live, the demo clock's
+    lag while ``make run``'s history plays (the item keeps it: see the domain's docstring)."""
+    return max(timedelta(0), utcnow() - now) if simulated_now() is not None else timedelta(0)
 
 
 def item_from_event(event: Any, received_at: datetime, journey_id: str | None = None) -> ActionItem:
@@ -95,10 +101,16 @@ def outcome_event(item: ActionItem) -> Event:
 
 
 async def receive(
-    repo: ActionItemRepository, event: Any, now: datetime, journey_id: str | None = None
+    repo: ActionItemRepository,
+    event: Any,
+    now: datetime,
+    journey_id: str | None = None,
+    *,
+    lag: timedelta = timedelta(0),
 ) -> ActionItem | None:
-    """Store a raised item in the queue; None if it is already there (a re-sent copy)."""
-    item = item_from_event(event, now, journey_id)
+    """Store a raised item in the queue (received at ``now``, on a clock ``lag`` behind the real
+    one); None if it is already there (a re-sent copy)."""
+    item = item_from_event(event, now, journey_id).on_clock(lag)
     return item if await repo.add(item) else None
 
 
@@ -115,12 +127,25 @@ def apply(item: ActionItem, command: Command, by: str, now: datetime) -> ActionI
 
 
 async def act(
-    repo: ActionItemRepository, emit: Emit, item_id: str, command: Command, by: str, now: datetime
+    repo: ActionItemRepository,
+    emit: Emit,
+    item_id: str,
+    command: Command,
+    by: str,
+    now: datetime,
+    *,
+    escalate_to: str | None = None,
+    lag: timedelta = timedelta(0),
 ) -> ActionItem:
+    """A member's step at ``now`` (a clock ``lag`` behind the real one). With ``escalate_to``, an
+    item overdue by then and not escalated yet is escalated at its due date first."""
     item = await repo.get(item_id)
     if item is None:
         raise NotFound(f"no action item {item_id}", item_id=item_id)
-    changed = apply(item, command, by, now)
+    if escalate_to is not None and (late := item.escalated_before(escalate_to, now)) is not item:
+        emit(outcome_event(late), late.journey_id)
+        item = late
+    changed = apply(item, command, by, now).on_clock(lag)
     await repo.save(changed)
     emit(outcome_event(changed), changed.journey_id)
     return changed
@@ -129,10 +154,11 @@ async def act(
 async def escalate_overdue(
     repo: ActionItemRepository, emit: Emit, now: datetime, *, to: str, limit: int = 100
 ) -> list[ActionItem]:
-    """Every overdue item not escalated yet goes to the department's manager (``to``)."""
+    """Every item overdue on its own clock at the real time ``now`` and not escalated yet goes to
+    the department's manager (``to``), at the item's own time."""
     escalated = []
     for item in await repo.due_for_escalation(now, limit):
-        changed = item.escalate(to, now)
+        changed = item.escalate(to, item.own_time(now))
         await repo.save(changed)
         emit(outcome_event(changed), changed.journey_id)
         escalated.append(changed)
@@ -149,16 +175,25 @@ def raised_handlers(
     """
 
     async def on_raised(tx: Tx, event: Any, envelope: Envelope) -> None:
-        await receive_in(tx, event, to_millis(clock()), on_change, journey_id=envelope.correlation_id)
+        now = to_millis(clock())
+        await receive_in(tx, event, now, on_change, journey_id=envelope.correlation_id, lag=clock_lag(now))
 
     return {RAISED_BY_DEPARTMENT[department].event_type: on_raised}
 
 
 async def receive_in(
-    tx: Tx, event: Any, now: datetime, on_change: OnChange | None = None, *, journey_id: str | None = None
+    tx: Tx,
+    event: Any,
+    now: datetime,
+    on_change: OnChange | None = None,
+    *,
+    journey_id: str | None = None,
+    lag: timedelta | None = None,
 ) -> ActionItem | None:
-    """Store a raised item in the transaction's database (consumer, or customer success' own raise)."""
-    item = await receive(MongoActionItems(tx.db, tx.session), event, now, journey_id)
+    """Store a raised item in the transaction's database (consumer, or customer success' own
+    raise); ``lag`` None: the lag of the clock ``now`` was read from (:func:`clock_lag`)."""
+    lag = clock_lag(now) if lag is None else lag
+    item = await receive(MongoActionItems(tx.db, tx.session), event, now, journey_id, lag=lag)
     if item is not None and on_change is not None:
         await on_change(tx, item)
     return item
@@ -205,9 +240,13 @@ class ActionItemQueue:
 
     async def act(self, item_id: str, command: Command, by: str) -> ActionItem:
         now = self.now()
+        lag = clock_lag(now)
 
         async def work(tx: Tx) -> ActionItem:
-            changed = await act(MongoActionItems(tx.db, tx.session), _emitter(tx), item_id, command, by, now)
+            repo = MongoActionItems(tx.db, tx.session)
+            changed = await act(
+                repo, _emitter(tx), item_id, command, by, now, escalate_to=self.manager, lag=lag
+            )
             if self.on_change is not None:
                 await self.on_change(tx, changed)
             return changed
@@ -224,6 +263,8 @@ class ActionItemQueue:
         return await MongoActionItems(self.store.db).in_view(view, self.now(), assignee=assignee, limit=limit)
 
     async def escalate_overdue(self, limit: int = 100) -> list[ActionItem]:
+        """One round of the job: judged at the real time (``self.clock`` outside any demo
+        request), each item against its own clock."""
         now = self.now()
 
         async def work(tx: Tx) -> list[ActionItem]:

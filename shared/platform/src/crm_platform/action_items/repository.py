@@ -33,7 +33,8 @@ class ActionItemRepository(Protocol):
         ...
 
     async def due_for_escalation(self, now: datetime, limit: int = 100) -> list[ActionItem]:
-        """Open items past their due date that have not been escalated yet."""
+        """Open items overdue on their own clock at the real time ``now`` (``escalate_at``
+        passed; an item stored before that field: its due date), not escalated yet."""
         ...
 
 
@@ -67,6 +68,9 @@ def _view_query(view: View, now: datetime) -> Doc:
 async def ensure_indexes(db: AsyncDatabase[Doc]) -> None:
     await db[COLLECTION].create_index([("status", ASCENDING), ("due_at", ASCENDING)], name="by_status_due")
     await db[COLLECTION].create_index([("assignee", ASCENDING), ("due_at", ASCENDING)], name="by_assignee")
+    await db[COLLECTION].create_index(
+        [("escalated_at", ASCENDING), ("status", ASCENDING), ("escalate_at", ASCENDING)], name="by_escalation"
+    )
     await db[COLLECTION].create_index(
         [("account_id", ASCENDING), ("raised_at", DESCENDING)], name="by_account"
     )
@@ -106,7 +110,11 @@ class MongoActionItems:
         return [from_doc(d) for d in await cursor.to_list()]
 
     async def due_for_escalation(self, now: datetime, limit: int = 100) -> list[ActionItem]:
-        query = {**_view_query(View.OVERDUE, now), "escalated_at": None}
+        query = {
+            **_view_query(View.OPEN, now),
+            "escalated_at": None,
+            "$or": [{"escalate_at": {"$lt": now}}, {"escalate_at": None, "due_at": {"$lt": now}}],
+        }
         cursor = self.collection.find(query, session=self.session).sort("due_at", ASCENDING).limit(limit)
         return [from_doc(d) for d in await cursor.to_list()]
 
@@ -145,7 +153,7 @@ class InMemoryActionItems:
 
     async def due_for_escalation(self, now: datetime, limit: int = 100) -> list[ActionItem]:
         found = sorted(
-            (i for i in self.items.values() if i.is_overdue(now) and i.escalated_at is None),
+            (i for i in self.items.values() if i.due_for_escalation(now)),
             key=lambda i: i.due_at,
         )
         return found[:limit]
