@@ -293,6 +293,8 @@ class FakeSuccess:
             "days_left": days_left,
             "overdue": days_left < 0,
             "value": a["term"],
+            "at_risk": 0 <= days_left <= 60,
+            "risk_reasons": ["low_health", "open_flags"] if 0 <= days_left <= 60 else [],
         }
 
     def api(self, method: str, path: str, payload: Any) -> httpx.Response:  # noqa: C901 - a route table

@@ -151,3 +151,48 @@ async def test_renewal_list_and_a_recorded_renewal_is_emitted(
     assert event.correlation_id == "j-1"
     r = await life.client.get(url, headers=ADMIN)
     assert [x["renewal_id"] for x in r.json()["items"]] == [renewal_id]
+
+
+async def test_a_renewal_at_risk_shows_weeks_before_in_the_list_and_the_warnings(
+    life: Life, make_deal: Callable[..., DealWonV1]
+) -> None:
+    """Runs last in this module: it moves the desk's clock ten days on."""
+    account = await life.win(make_deal(won_at=utcnow() - timedelta(days=300)))  # due in about 65 days
+    account_id = account["account_id"]
+    flagged = await life.client.post(
+        f"/accounts/{account_id}/commitments/c-sso/flag",
+        json={"reason": "Azure AD SSO is not in the product"},
+        headers=ADMIN,
+    )
+    assert flagged.status_code in (200, 201), flagged.text
+
+    async def line() -> dict[str, Any]:
+        r = await life.client.get("/renewals", params={"window_days": 120}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        return dict(next(i for i in r.json()["items"] if i["account_id"] == account_id))
+
+    async def warning() -> dict[str, Any] | None:
+        r = await life.client.get("/churn-warnings", headers=ADMIN)
+        return next((w for w in r.json()["items"] if w["account_id"] == account_id), None)
+
+    early = await line()
+    assert early["days_left"] in (64, 65)
+    assert (early["at_risk"], early["risk_reasons"]) == (False, [])
+    assert await warning() is None, "an open flag alone, with the renewal 64 days away, is no warning"
+
+    life.clock.advance(days=10)  # 54 days before the renewal: within the 60-day window
+    assert (await life.client.post("/health/recompute", headers=ADMIN)).status_code == 200
+    soon = await line()
+    days = early["days_left"] - 10
+    assert (soon["days_left"], soon["at_risk"]) == (days, True)
+    assert "open_flags" in soon["risk_reasons"]  # (and low_health once its check-in is overdue)
+    warned = await warning()
+    assert warned is not None
+    assert "renewal_at_risk" in warned["signals"]
+    detail = next(d for d in warned["signal_details"] if d.startswith(f"renewal due in {days} days with"))
+    assert detail.endswith(", ".join(soon["risk_reasons"]))
+
+    rules = (await life.client.get("/health/rules", headers=ADMIN)).json()["rules"]
+    bad = await life.client.put("/health/rules", json={**rules, "renewal_at_risk_days": 400}, headers=ADMIN)
+    assert bad.status_code == 422
+    assert "renewal_at_risk_days" in bad.text

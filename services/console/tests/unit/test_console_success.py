@@ -42,6 +42,7 @@ async def test_the_account_list_shows_health_renewal_date_and_the_at_risk_flag(c
 async def test_renewals_due_list_overdue_first_and_record_an_outcome(console, fake_gateway) -> None:
     await _carl(console)
     page = await console.get("/renewals")
+    assert "At risk: low health, open flags" in page.text, "a renewal at risk says why, weeks before"
     assert page.status_code == 200
     assert page.text.index("Initech") < page.text.index("Globex")  # overdue by 5 days comes first
     assert "overdue by 5 days" in page.text

@@ -32,7 +32,7 @@ from service_desk.domain import health, surveys
 from service_desk.domain.accounts import Account, account_from_deal
 from service_desk.domain.checkins import checkin_due_at, checkins_due, per_csm
 from service_desk.domain.config import Priority
-from service_desk.domain.renewals import RenewalDecision
+from service_desk.domain.renewals import RenewalDecision, renewal_list
 from service_desk.domain.roster import CsmEntry
 from service_desk.domain.success_config import SuccessConfig
 from service_desk.domain.tickets import Ticket, TicketStatus
@@ -157,6 +157,59 @@ def test_each_warning_signal() -> None:
     ]
     assert got[0].detail == "health fell from 80 to 60"
     assert health.churn_signals(70.0, history, facts(sla_breaches_in_window=1), rules, T0) == []
+
+
+def test_a_renewal_due_within_the_window_on_a_risky_account_is_a_warning_with_its_reasons() -> None:
+    rules = health.HealthRules()  # renewal_at_risk_days 60, at_risk_below 45
+    soon, later = T0 + timedelta(days=30), T0 + timedelta(days=61)
+
+    def signals(score: float, **kw: object) -> list[tuple[str, str]]:
+        return [(w.code, w.detail) for w in health.churn_signals(score, [], facts(**kw), rules, T0)]
+
+    assert signals(70.0, renewal_due_at=soon, open_flags=1) == [
+        (health.RENEWAL_AT_RISK, "renewal due in 30 days with open_flags")
+    ]
+    assert signals(40.0, renewal_due_at=soon, latest_nps=(4, T0))[-1] == (
+        health.RENEWAL_AT_RISK,
+        "renewal due in 30 days with low_health, detractor_nps",
+    )
+    assert signals(70.0, renewal_due_at=soon) == [], "a healthy account's renewal is no risk"
+    assert signals(40.0, renewal_due_at=later, open_flags=2) == [], "not due within 60 days yet"
+    assert signals(40.0, renewal_due_at=T0 - timedelta(days=1), renewal_overdue=True) == [
+        (health.OVERDUE_RENEWAL, "renewal date passed without an outcome")
+    ], "an overdue renewal is its own signal"
+    off = health.HealthRules(renewal_at_risk_days=0)
+    assert health.churn_signals(40.0, [], facts(renewal_due_at=soon, open_flags=1), off, T0) == []
+    with pytest.raises(ValueError, match="renewal_at_risk_days"):
+        health.HealthRules(renewal_at_risk_days=400)
+
+
+def test_the_renewal_list_marks_a_soon_due_renewal_of_a_risky_account_with_why() -> None:
+    def due_in(account_id: str, days: int, score: float, signals: list[str]) -> Account:
+        a = account(account_id, won_at=T0 + timedelta(days=days) - timedelta(days=365))
+        a.health = health.HealthState(
+            score=score,
+            band=HealthBand.AT_RISK if score < 45 else HealthBand.HEALTHY,
+            rules_version=1,
+            reasons=[],
+            scored_at=T0,
+            at_risk=bool(signals),
+            signals=signals,
+        )
+        return a
+
+    low = due_in("low", 40, 30.0, [])
+    falling = due_in("falling", 50, 70.0, [health.FALLING_TREND, health.RENEWAL_AT_RISK])
+    fine = due_in("fine", 20, 80.0, [])
+    far = due_in("far", 100, 20.0, [])
+    listed = renewal_list([far, fine, low, falling], now=T0, window_days=120, rules=health.HealthRules())
+    assert [(d.account.account_id, d.at_risk, d.risks) for d in listed] == [
+        ("fine", False, ()),
+        ("low", True, ("low_health",)),
+        ("falling", True, ("falling_trend",)),
+        ("far", False, ()),  # listed (120-day window) but not due within 60 days yet
+    ]
+    assert all(not d.at_risk for d in renewal_list([low], now=T0, window_days=120))  # no rules: unmarked
 
 
 def test_hit_rate_counts_warnings_before_each_outcome() -> None:
@@ -355,10 +408,15 @@ async def test_the_hit_rate_on_a_small_history_matches_the_hand_count() -> None:
     | early-churned | breaches days 20, 25: warned day 30, cleared day 130 | no | churned | false negative |
 
     precision = 1 / (1 + 1) = 0.5, recall = 1 / (1 + 2) = 0.3333
+
+    The renewal-at-risk signal is off here (``renewal_at_risk_days=0``): every account of this
+    history is still onboarding with no check-in, so it would mark all five renewals 55 days
+    before (``test_a_renewal_due_soon_on_a_risky_account_is_at_risk_weeks_before`` has its count).
     """
     names = ["warned-churned", "silent-churned", "warned-renewed", "quiet-renewed", "early-churned"]
     clock = ManualClock(T0)
     uow, unit = setup(clock, *(account(n) for n in names))
+    await lifecycle.replace_health_rules(uow, health.HealthRules(renewal_at_risk_days=0), ADMIN)
     day = lambda d: T0 + timedelta(days=d)  # noqa: E731
     tickets = [
         ticket(1, True, day(300), account_id="warned-churned"),
@@ -393,6 +451,28 @@ async def test_the_hit_rate_on_a_small_history_matches_the_hand_count() -> None:
     )
     assert (rate.evaluated, rate.precision, rate.recall) == (5, 0.5, 0.3333)
     assert sorted(rate.misses) == ["early-churned", "silent-churned"]
+
+
+async def test_a_renewal_due_soon_on_a_risky_account_is_at_risk_weeks_before() -> None:
+    """The account is still onboarding with no check-in (health 40: low): its renewal (day 365)
+    is not at risk on day 300, 65 days before, and is on day 310, 55 days before; the renewal
+    list and the churn warning say so, with the reason, weeks before the due date."""
+    clock = ManualClock(T0 + timedelta(days=300))
+    uow, unit = setup(clock, account())
+    await lifecycle.recompute_health(uow, ADMIN)
+    assert unit.emitted(ChurnRiskChangedV1) == []
+    (due,) = await lifecycle.renewals_due(uow, None, None, CARLA)
+    assert (due.days_left, due.at_risk) == (65, False)
+
+    clock.now = T0 + timedelta(days=310)
+    await lifecycle.recompute_health(uow, ADMIN)
+    (raised,) = unit.emitted(ChurnRiskChangedV1)
+    assert (raised.at_risk, raised.signals) == (True, [health.RENEWAL_AT_RISK])
+    (warned,) = await lifecycle.churn_warnings(uow, None, CARLA)
+    assert warned.health is not None
+    assert warned.health.signal_details == ["renewal due in 55 days with low_health"]
+    (due,) = await lifecycle.renewals_due(uow, None, None, CARLA)
+    assert (due.days_left, due.at_risk, due.risks) == (55, True, ("low_health",))
 
 
 # --- surveys ------------------------------------------------------------------------------------

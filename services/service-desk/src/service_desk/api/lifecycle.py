@@ -142,6 +142,12 @@ class RenewalDueOut(BaseModel):
     days_left: int
     overdue: bool
     value: TermOut
+    at_risk: bool = Field(
+        description="Due within the health rules' renewal_at_risk_days on an account showing a risk"
+    )
+    risk_reasons: list[str] = Field(
+        description="Why: low_health, falling_trend, detractor_nps, open_flags, repeated_sla_breaches"
+    )
 
     @classmethod
     def of(cls, d: RenewalDue) -> RenewalDueOut:
@@ -157,6 +163,8 @@ class RenewalDueOut(BaseModel):
             days_left=d.days_left,
             overdue=d.overdue,
             value=TermOut.of(a.term),
+            at_risk=d.at_risk,
+            risk_reasons=list(d.risks),
         )
 
 

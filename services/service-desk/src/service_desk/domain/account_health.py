@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from service_desk.domain import checkins, health
-from service_desk.domain.accounts import Account, CommitmentStatus, OnboardingStatus
+from service_desk.domain.accounts import Account, AccountStatus, CommitmentStatus, OnboardingStatus
 from service_desk.domain.health import HealthFacts, HealthRecord, HealthRules, RiskChange, RuleSet
 from service_desk.domain.renewals import renewal_overdue
 from service_desk.domain.success_config import TierConfig
@@ -40,6 +40,9 @@ def facts_of(
         open_flags=sum(c.status == CommitmentStatus.FLAGGED for c in account.commitments),
         usage_ratio=account.usage.ratio if account.usage else None,
         renewal_overdue=renewal_overdue(account, now),
+        renewal_due_at=account.term.renewal_date
+        if account.term is not None and account.status == AccountStatus.ACTIVE
+        else None,
     )
 
 

@@ -6,7 +6,7 @@ Pure: the caller gathers the facts (``HealthFacts``) and passes the time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -60,6 +60,14 @@ class HealthRules(BaseModel):
     )
     falling_window_days: int = Field(default=60, ge=1, le=365)
     repeated_breaches: int = Field(default=2, ge=1, le=100, description="SLA breaches in the window")
+    renewal_at_risk_days: int = Field(
+        default=60,
+        ge=0,
+        le=365,
+        description="A renewal due within this many days on an account showing a risk (low or falling "
+        "health, a detractor NPS, open over-promise flags, repeated SLA breaches) is at risk: "
+        "'renewal_at_risk' in the churn warning and the renewal list, weeks before the date (0: off)",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> HealthRules:
@@ -102,6 +110,7 @@ class HealthFacts:
     open_flags: int = 0
     usage_ratio: float | None = None
     renewal_overdue: bool = False
+    renewal_due_at: datetime | None = None  # the active term's renewal date
 
 
 @dataclass(frozen=True)
@@ -209,12 +218,31 @@ FALLING_TREND = "falling_trend"
 DETRACTOR_NPS = "detractor_nps"
 REPEATED_SLA_BREACHES = "repeated_sla_breaches"
 OVERDUE_RENEWAL = "overdue_renewal"
+RENEWAL_AT_RISK = "renewal_at_risk"
+# What puts an upcoming renewal at risk (besides the signals above that hold)
+LOW_HEALTH = "low_health"
+OPEN_FLAGS = "open_flags"
+RENEWAL_RISKS: tuple[str, ...] = (LOW_HEALTH, FALLING_TREND, DETRACTOR_NPS, OPEN_FLAGS, REPEATED_SLA_BREACHES)
 
 
 @dataclass(frozen=True)
 class Warning:
     code: str
     detail: str
+
+
+def renewal_in_window(due_at: datetime | None, rules: HealthRules, now: datetime) -> bool:
+    """The renewal falls due within ``renewal_at_risk_days`` (not yet overdue: that is its own signal)."""
+    return due_at is not None and now <= due_at <= now + timedelta(days=rules.renewal_at_risk_days)
+
+
+def renewal_risks(*, low_health: bool, signals: Collection[str], open_flags: int) -> list[str]:
+    """What makes an upcoming renewal at risk, in a fixed order (:data:`RENEWAL_RISKS`)."""
+    held = {LOW_HEALTH} if low_health else set()
+    held |= set(signals) & {FALLING_TREND, DETRACTOR_NPS, REPEATED_SLA_BREACHES}
+    if open_flags:
+        held.add(OPEN_FLAGS)
+    return [r for r in RENEWAL_RISKS if r in held]
 
 
 def churn_signals(
@@ -242,6 +270,15 @@ def churn_signals(
         )
     if facts.renewal_overdue:
         out.append(Warning(OVERDUE_RENEWAL, "renewal date passed without an outcome"))
+    if renewal_in_window(facts.renewal_due_at, rules, now) and facts.renewal_due_at is not None:
+        risks = renewal_risks(
+            low_health=current < rules.at_risk_below,
+            signals=[w.code for w in out],
+            open_flags=facts.open_flags,
+        )
+        if risks:
+            days = (facts.renewal_due_at - now).days
+            out.append(Warning(RENEWAL_AT_RISK, f"renewal due in {days} days with {', '.join(risks)}"))
     return out
 
 

@@ -14,7 +14,8 @@ from crm_contracts.events.service_desk import ChurnReason, RenewalOutcome, Renew
 from crm_platform.errors import Conflict, RuleViolation
 from crm_platform.money import StoredAmount, to_wire
 
-from service_desk.domain.accounts import Account, AccountStatus
+from service_desk.domain import health
+from service_desk.domain.accounts import Account, AccountStatus, CommitmentStatus
 from service_desk.domain.terms import Term
 
 
@@ -137,12 +138,18 @@ def _new_term(term: Term, decision: RenewalDecision) -> Term:
 
 @dataclass(frozen=True)
 class RenewalDue:
-    """One line of the renewal list."""
+    """One line of the renewal list; ``risks`` (codes of :data:`health.RENEWAL_RISKS`) when it is
+    due within the health rules' ``renewal_at_risk_days`` on an account showing a risk."""
 
     account: Account
     due_date: datetime
     days_left: int
     overdue: bool
+    risks: tuple[str, ...] = ()
+
+    @property
+    def at_risk(self) -> bool:
+        return bool(self.risks)
 
 
 def renewal_overdue(account: Account, now: datetime) -> bool:
@@ -154,8 +161,25 @@ def renewal_overdue(account: Account, now: datetime) -> bool:
     )
 
 
-def renewal_list(accounts: list[Account], *, now: datetime, window_days: int) -> list[RenewalDue]:
-    """Active accounts renewing within the window (overdue ones first), soonest first."""
+def renewal_risks(account: Account, rules: health.HealthRules, now: datetime) -> tuple[str, ...]:
+    """Why the account's upcoming renewal is at risk (empty: it is not, or not due soon), from the
+    account's latest health (its band and warning signals) and its open over-promise flags now."""
+    if account.term is None or not health.renewal_in_window(account.term.renewal_date, rules, now):
+        return ()
+    state = account.health
+    risks = health.renewal_risks(
+        low_health=state is not None and state.score < rules.at_risk_below,
+        signals=state.signals if state is not None else (),
+        open_flags=sum(c.status == CommitmentStatus.FLAGGED for c in account.commitments),
+    )
+    return tuple(risks)
+
+
+def renewal_list(
+    accounts: list[Account], *, now: datetime, window_days: int, rules: health.HealthRules | None = None
+) -> list[RenewalDue]:
+    """Active accounts renewing within the window (overdue ones first), soonest first; with
+    ``rules``, each marked at risk with its reasons (:func:`renewal_risks`)."""
     until = now + timedelta(days=window_days)
     due = [
         RenewalDue(
@@ -163,6 +187,7 @@ def renewal_list(accounts: list[Account], *, now: datetime, window_days: int) ->
             due_date=a.term.renewal_date,
             days_left=(a.term.renewal_date - now).days,
             overdue=a.term.renewal_date < now,
+            risks=renewal_risks(a, rules, now) if rules is not None else (),
         )
         for a in accounts
         if a.status == AccountStatus.ACTIVE and a.term is not None and a.term.renewal_date <= until

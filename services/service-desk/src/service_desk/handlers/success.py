@@ -134,7 +134,8 @@ async def assign_account_manager(
 async def renewals_due(
     uow: Uow, manager: str | None, window_days: int | None, actor: Actor
 ) -> list[RenewalDue]:
-    """The renewal list: renewals due within the window (default: configured), overdue first."""
+    """The renewal list: renewals due within the window (default: configured), overdue first, each
+    at risk (with why) when due within the health rules' ``renewal_at_risk_days`` on a risky account."""
     allowed, member = book_of(actor, manager)
     now = now_millis(uow)
 
@@ -144,7 +145,8 @@ async def renewals_due(
         config = await unit.settings.config()
         window = window_days or config.renewal_window_days
         accounts = await unit.accounts.renewing(until=now + timedelta(days=window), member=member)
-        return renewal_list(accounts, now=now, window_days=window)
+        rules = (await unit.health.rules()).rules
+        return renewal_list(accounts, now=now, window_days=window, rules=rules)
 
     return await uow.run(work)
 
