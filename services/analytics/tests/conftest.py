@@ -11,7 +11,7 @@ from crm_contracts.events.common import Behaviour, Consent, Contact, Money
 from crm_contracts.events.leads import BehaviourRecordedV1, LeadCapturedV1, LeadQualifiedV1
 from crm_contracts.events.platform import HandoffReceivedV1
 from crm_contracts.events.sales import DealWonV1, LeadVerdictV1, Product, RejectReason, Verdict
-from crm_contracts.events.service_desk import OnboardingStartedV1
+from crm_contracts.events.service_desk import OnboardingStartedV1, OnboardingStepCompletedV1
 
 pytest_plugins = ["crm_platform.testing"]
 
@@ -96,6 +96,19 @@ def onboarded(deal_id, account_id="acc-1", *, when=7200.0, base=T0) -> Envelope:
     return envelope_for(event, source="service-desk", correlation_id=deal_id, occurred_at=at(when, base))
 
 
+def first_step(deal_id, account_id="acc-1", *, when=9000.0, base=T0) -> Envelope:
+    """The CSM's first onboarding step: what ends deal-won's business latency."""
+    event = OnboardingStepCompletedV1(
+        account_id=account_id,
+        deal_id=deal_id,
+        item="kickoff",
+        completed_by="csm-1",
+        completed_at=at(when, base),
+        remaining=0,
+    )
+    return envelope_for(event, source="service-desk", correlation_id=deal_id, occurred_at=at(when, base))
+
+
 SERVICE_OF_DEPARTMENT = {"marketing": "leads", "sales": "sales", "customer-success": "service-desk"}
 HANDOFF_EVENT_TYPES = {
     "lead-qualified": ("lead.qualified", "marketing", "sales"),
@@ -138,5 +151,6 @@ def journey() -> SimpleNamespace:
         verdict=verdict,
         won=won,
         onboarded=onboarded,
+        first_step=first_step,
         receipt=receipt,
     )

@@ -166,7 +166,8 @@ async def test_worker_computes_funnel_and_latencies_and_dead_letters(
     qualified = journey.qualified(lead, channel, when=60, base=base)
     accepted = journey.verdict(lead, "accepted", when=360, base=base)
     won = journey.won(deal, lead, when=3600, base=base)
-    onboarded = journey.onboarded(deal, f"acc-{run}", when=7200, base=base)
+    onboarded = journey.onboarded(deal, f"acc-{run}", when=3602, base=base)
+    first_step = journey.first_step(deal, f"acc-{run}", when=7200, base=base)
     receipts = [
         journey.receipt("lead-qualified", str(qualified.event_id), 0.004, when=60, base=base),
         journey.receipt("deal-won", str(won.event_id), 0.007, when=3600, base=base),
@@ -181,6 +182,7 @@ async def test_worker_computes_funnel_and_latencies_and_dead_letters(
             qualified,
             captured,
             won,
+            first_step,
             *receipts,
             qualified,
             won,

@@ -5,7 +5,7 @@ fact tables (plain mutable mappings of JSON documents: dicts in unit tests, faus
 tables in the worker) and the in-memory figures derived from them:
 
 - ``leads``    lead_id -> LeadFacts      (lead.captured, lead.qualified, lead.verdict, deal.won)
-- ``deals``    deal_id -> DealFacts      (deal.won, account.onboarding_started)
+- ``deals``    deal_id -> DealFacts      (deal.won, account.onboarding_started and _step_completed)
 - ``receipts`` handoff_event_id -> ReceiptFact (handoff.received)
 - ``records``  ``<kind>:<id>`` -> Record   (tickets, surveys, renewals, check-ins, action items,
   and the steps business latencies pair; ``analytics.domain.records``), which the KPIs
@@ -28,7 +28,7 @@ from crm_contracts import Envelope, Event
 from crm_contracts.events.leads import LeadCapturedV1, LeadQualifiedV1
 from crm_contracts.events.platform import HandoffReceivedV1
 from crm_contracts.events.sales import DealWonV1, LeadVerdictV1, Verdict
-from crm_contracts.events.service_desk import OnboardingStartedV1
+from crm_contracts.events.service_desk import OnboardingStartedV1, OnboardingStepCompletedV1
 
 from analytics.domain import records
 from analytics.domain.facts import (
@@ -106,6 +106,9 @@ def apply(state: AnalyticsState, envelope: Envelope, event: Event) -> AnalyticsS
             _update_lead(state, event.lead_id, lambda f: f.with_deal(event.deal_id))
     elif isinstance(event, OnboardingStartedV1):
         _update_deal(state, event.deal_id, lambda f: f.with_onboarding(at))
+    elif isinstance(event, OnboardingStepCompletedV1):
+        step_at = event.completed_at.timestamp()
+        _update_deal(state, event.deal_id, lambda f: f.with_first_step(step_at))
     elif isinstance(event, HandoffReceivedV1):
         if not plausible_latency(event.transport_latency_seconds):
             raise ImplausibleEvent(f"transport latency {event.transport_latency_seconds} s")

@@ -128,6 +128,9 @@ class DealFacts:
     won_at: float | None = None  # earliest deal.won
     lead_id: str | None = None  # the lead the deal came from (deal.won carries it)
     onboarded_at: float | None = None  # earliest account.onboarding_started for the deal
+    # Earliest account.onboarding_step_completed for the deal: the CSM's first onboarding step,
+    # what ends deal-won's business latency (onboarding_started is automatic, not a human's).
+    first_step_at: float | None = None
 
     def with_win(self, at: float, lead_id: str | None) -> DealFacts:
         lead = self.lead_id if self.lead_id is not None else lead_id
@@ -138,6 +141,9 @@ class DealFacts:
     def with_onboarding(self, at: float) -> DealFacts:
         return replace(self, onboarded_at=_earliest(self.onboarded_at, at))
 
+    def with_first_step(self, at: float) -> DealFacts:
+        return replace(self, first_step_at=_earliest(self.first_step_at, at))
+
     def merged(self, other: DealFacts) -> DealFacts:
         """Everything either knows, as if both facts' events had been applied here."""
         out = self
@@ -145,22 +151,34 @@ class DealFacts:
             out = out.with_win(other.won_at, other.lead_id)
         if other.onboarded_at is not None:
             out = out.with_onboarding(other.onboarded_at)
+        if other.first_step_at is not None:
+            out = out.with_first_step(other.first_step_at)
         return out
 
     def business_latency(self) -> float | None:
-        """Deal won -> onboarding started by customer success, in seconds."""
-        if self.won_at is None or self.onboarded_at is None:
+        """Deal won -> the CSM's first onboarding step, in seconds (not the automatic start)."""
+        if self.won_at is None or self.first_step_at is None:
             return None
-        return max(0.0, self.onboarded_at - self.won_at)
+        return max(0.0, self.first_step_at - self.won_at)
 
     def to_json(self) -> DealFactsJson:
-        return {"won_at": self.won_at, "lead_id": self.lead_id, "onboarded_at": self.onboarded_at}
+        return {
+            "won_at": self.won_at,
+            "lead_id": self.lead_id,
+            "onboarded_at": self.onboarded_at,
+            "first_step_at": self.first_step_at,
+        }
 
     @classmethod
     def from_json(cls, doc: DealFactsJson | None) -> DealFacts:
         if not doc:
             return cls()
-        return cls(won_at=doc.get("won_at"), lead_id=doc.get("lead_id"), onboarded_at=doc.get("onboarded_at"))
+        return cls(
+            won_at=doc.get("won_at"),
+            lead_id=doc.get("lead_id"),
+            onboarded_at=doc.get("onboarded_at"),
+            first_step_at=doc.get("first_step_at"),
+        )
 
 
 def plausible_latency(seconds: float) -> bool:
@@ -210,6 +228,7 @@ class DealFactsJson(TypedDict, total=False):
     won_at: float | None
     lead_id: str | None
     onboarded_at: float | None
+    first_step_at: float | None
 
 
 class ReceiptJson(TypedDict):

@@ -32,7 +32,7 @@ KINDS: tuple[str, ...] = (TRANSPORT, BUSINESS)
 HANDOFF_NAMES: tuple[str, ...] = tuple(h.name for h in HANDOFFS)
 # The handoffs with a business latency, and what ends it.
 LEAD_QUALIFIED_HANDOFF = "lead-qualified"  # lead.qualified -> lead.verdict accepted
-DEAL_WON_HANDOFF = "deal-won"  # deal.won -> account.onboarding_started
+DEAL_WON_HANDOFF = "deal-won"  # deal.won -> the CSM's first account.onboarding_step_completed
 BUSINESS_HANDOFFS: tuple[str, ...] = (LEAD_QUALIFIED_HANDOFF, DEAL_WON_HANDOFF)
 
 CONVERSIONS: tuple[tuple[str, str, str], ...] = (

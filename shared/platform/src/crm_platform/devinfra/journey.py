@@ -255,7 +255,9 @@ def run_journey(
     opp = accept_and_win(gw, owner, lead_id, timeout, progress)
     account = onboarded_account(gw, opp, timeout)
     account_id = str(account["id"] if "id" in account else account["account_id"])
-    progress(f"customer success onboarding account {account_id} (CSM {account.get('csm')})")
+    first = account["onboarding"]["checklist"][0]["key"]
+    gw.call("cora", "POST", f"/api/service-desk/accounts/{account_id}/checklist/{first}/complete")
+    progress(f"customer success onboarding account {account_id} (CSM {account.get('csm')}): '{first}' done")
     ticket_id = resolve_a_ticket(gw, account_id)
     progress(f"ticket {ticket_id} opened, resolved and rated 5 by the customer through the survey link")
     upsell_id = spot_an_upsell(gw, owner, opp, account_id, timeout)
