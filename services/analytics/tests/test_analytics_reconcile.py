@@ -53,7 +53,8 @@ def journey_events(journey: Any, run: str, leads: int) -> tuple[str, list[Envelo
             qualified,
             journey.verdict(lead, "accepted", when=360, base=base),
             won,
-            journey.onboarded(deal, f"acc-{run}-{i}", when=7200, base=base),
+            journey.onboarded(deal, f"acc-{run}-{i}", when=3602, base=base),
+            journey.first_step(deal, f"acc-{run}-{i}", when=7200, base=base),
             journey.receipt("lead-qualified", str(qualified.event_id), 0.004, when=60, base=base),
             journey.receipt("deal-won", str(won.event_id), 0.007, when=3600, base=base),
         ]
