@@ -303,6 +303,7 @@ def test_every_service_pseudonymises_every_answer_in_one_place(service: str) -> 
     assert all(applies(path) for path in ("/leads", "/inbox/export", "/tickets/t-1", "/audit", "/anything"))
 
 
+@pytest.mark.integration
 async def test_the_gateway_forwards_a_department_s_answer_unchanged_to_an_analyst(gateway: Gateway) -> None:
     """The department pseudonymised it already: a second pass would hash the pseudonym again."""
     r = await gateway.client.get("/api/leads/leads", headers=auth_headers(["analyst"], "matrix-analyst"))
