@@ -8,13 +8,12 @@ here too, so the handlers' race handling runs in unit tests.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from datetime import datetime
 
-from crm_platform.actor import Actor
+from crm_platform.imports import fakes as platform_fakes
 from crm_platform.uow import FakeUnit
 from pymongo.errors import DuplicateKeyError
 
-from leads.domain.imports import ImportJob, Rejection
+from leads.domain.imports import ImportJob
 from leads.domain.leads import BehaviourRecord, Lead, VerdictRecord
 from leads.domain.scoring import DEFAULT_RULES, ScoringRules
 
@@ -105,28 +104,8 @@ class InMemoryVerdicts:
         self.items[record.id] = record
 
 
-class InMemoryImports:
-    def __init__(self) -> None:
-        self.items: dict[str, ImportJob] = {}
-        self.rejections: list[Rejection] = []
-        self.mappings: dict[str, dict[str, str]] = {}
-
-    async def get(self, job_id: str) -> ImportJob | None:
-        return self.items.get(job_id)
-
-    async def add(self, job: ImportJob) -> None:
-        if job.id in self.items:
-            raise DuplicateKeyError(f"import {job.id!r} exists")
-        self.items[job.id] = job
-
-    async def save(self, job: ImportJob) -> None:
-        self.items[job.id] = job
-
-    async def add_rejections(self, rejections: Sequence[Rejection]) -> None:
-        self.rejections.extend(rejections)
-
-    async def save_mapping(self, name: str, columns: dict[str, str], by: Actor, at: datetime) -> None:
-        self.mappings[name] = dict(columns)
+class InMemoryImports(platform_fakes.InMemoryImports[ImportJob]):
+    pass
 
 
 class FakeLeadsUnit(FakeUnit):

@@ -22,6 +22,7 @@ from crm_platform.clock import now_millis, to_millis
 from crm_platform.consumer import DeadLetter
 from crm_platform.custom_fields import FieldSet
 from crm_platform.errors import Conflict, NotFound, RuleViolation
+from crm_platform.imports import handlers as import_jobs
 from crm_platform.uow import UnitOfWork
 from pymongo.errors import DuplicateKeyError
 
@@ -132,69 +133,32 @@ async def create_import(
     mapping_name: str | None = None,
 ) -> imports.ImportJob:
     """A new import, waiting for its file (``mapping`` None: the default mapping from the header)."""
-
-    async def work(unit: LeadsUnit) -> imports.ImportJob:
-        now = now_millis(uow.clock)
-        checked = imports.check_mapping(mapping) if mapping is not None else None
-        job = imports.ImportJob(
-            id=uow.new_id(),
-            format=fmt,
-            mapping=checked,
-            mapping_name=mapping_name,
-            defaults=defaults,
-            created_by=actor.user_id,
-            created_by_name=actor.display_name,
-            created_at=now,
-            updated_at=now,
-        )
-        await unit.imports.add(job)
-        return job
-
-    return await uow.run(work)
+    return await import_jobs.create_import(
+        uow, imports.ImportJob, fmt, mapping, defaults, actor=actor, mapping_name=mapping_name
+    )
 
 
 async def save_mapping(uow: Uow, name: str, columns: Mapping[str, str], *, actor: Actor) -> dict[str, str]:
     """Store a column mapping under ``name`` (replacing one of that name)."""
-    checked = imports.check_mapping(columns)
-
-    async def work(unit: LeadsUnit) -> None:
-        await unit.imports.save_mapping(name, checked, actor, now_millis(uow.clock))
-
-    await uow.run(work)
-    return checked
+    return await import_jobs.save_mapping(uow, imports.ImportJob, name, columns, actor=actor)
 
 
 async def _load_import(unit: LeadsUnit, job_id: str) -> imports.ImportJob:
-    job = await unit.imports.get(job_id)
-    if job is None:
-        raise NotFound(f"no import '{job_id}'", import_id=job_id)
+    job: imports.ImportJob = await import_jobs.load(unit, job_id)
     return job
 
 
 async def begin_upload(uow: Uow, job_id: str, file_name: str | None) -> imports.ImportJob:
-    async def work(unit: LeadsUnit) -> imports.ImportJob:
-        job = await _load_import(unit, job_id)
-        try:
-            started = job.start_upload(file_name, now_millis(uow.clock))
-        except imports.NotAcceptingFile as exc:
-            raise Conflict(str(exc), import_id=job_id) from None
-        await unit.imports.save(started)
-        return started
-
-    return await uow.run(work)
+    job: imports.ImportJob = await import_jobs.begin_upload(uow, job_id, file_name)
+    return job
 
 
 async def finish_upload(
     uow: Uow, job_id: str, size: int, header: Sequence[str], data_start: int
 ) -> imports.ImportJob:
     """The file is stored whole: the job is queued for a worker."""
-
-    async def work(unit: LeadsUnit) -> imports.ImportJob:
-        job = (await _load_import(unit, job_id)).uploaded(size, header, data_start, now_millis(uow.clock))
-        await unit.imports.save(job)
-        return job
-
-    return await uow.run(work)
+    job: imports.ImportJob = await import_jobs.finish_upload(uow, job_id, size, header, data_start)
+    return job
 
 
 async def import_batch(
@@ -237,15 +201,8 @@ async def import_batch(
 
 async def end_import(uow: Uow, job_id: str, failure: str | None = None) -> imports.ImportJob:
     """The last batch is in (``failure`` None) or the file cannot be imported (why)."""
-
-    async def work(unit: LeadsUnit) -> imports.ImportJob:
-        job = await _load_import(unit, job_id)
-        now = now_millis(uow.clock)
-        ended = job.complete(now) if failure is None else job.fail(failure, now)
-        await unit.imports.save(ended)
-        return ended
-
-    return await uow.run(work)
+    job: imports.ImportJob = await import_jobs.end_import(uow, job_id, failure)
+    return job
 
 
 # -- behaviour -------------------------------------------------------------------------------

@@ -27,23 +27,17 @@ from crm_contracts.events.common import Behaviour
 from crm_platform import custom_fields_api
 from crm_platform.actor import Actor
 from crm_platform.cache import TtlCache
+from crm_platform.imports import store as imports_store
+from crm_platform.imports.store import JobCodec
 from crm_platform.mongo import Tx
 from crm_platform.paging import Sort, page, sorts, text_search
 from crm_platform.retention import ANONYMISED, Action, Rule, anonymous_email
 from crm_platform.uow import MongoUnit
-from pymongo import ASCENDING, DESCENDING, TEXT, ReplaceOne, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, TEXT, ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from leads.domain.imports import (
-    Checkpoint,
-    Counts,
-    ImportDefaults,
-    ImportFormat,
-    ImportJob,
-    ImportState,
-    Rejection,
-)
+from leads.domain.imports import ImportDefaults, ImportJob
 from leads.domain.leads import BehaviourRecord, Consent, Lead, LeadStatus, Touch, VerdictRecord
 from leads.domain.scoring import (
     DEFAULT_RULES,
@@ -60,10 +54,10 @@ LEADS = "leads"
 BEHAVIOURS = "behaviours"
 SCORING_RULES = "scoring_rules"
 VERDICTS = "verdicts"
-IMPORT_JOBS = "import_jobs"
-IMPORT_CHUNKS = "import_chunks"
-IMPORT_REJECTIONS = "import_rejections"
-IMPORT_MAPPINGS = "import_mappings"
+IMPORT_JOBS = imports_store.IMPORT_JOBS
+IMPORT_CHUNKS = imports_store.IMPORT_CHUNKS
+IMPORT_REJECTIONS = imports_store.IMPORT_REJECTIONS
+IMPORT_MAPPINGS = imports_store.IMPORT_MAPPINGS
 DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index violation
 
 
@@ -110,12 +104,7 @@ async def ensure_indexes(db: Db) -> None:
     )
     await db[VERDICTS].create_index("lead_id", name="by_lead")
     await custom_fields_api.ensure_index(db, LEADS)  # ?cf= filters on custom fields
-    await db[IMPORT_JOBS].create_index([("created_at", DESCENDING), ("_id", DESCENDING)], name="newest")
-    await db[IMPORT_JOBS].create_index([("state", ASCENDING), ("lease_until", ASCENDING)], name="claimable")
-    await db[IMPORT_CHUNKS].create_index(
-        [("job_id", ASCENDING), ("n", ASCENDING)], unique=True, name="by_job"
-    )
-    await db[IMPORT_REJECTIONS].create_index([("job_id", ASCENDING), ("row", ASCENDING)], name="by_job")
+    await imports_store.ensure_indexes(db)
     try:
         await db[SCORING_RULES].update_one(
             {"_id": DEFAULT_RULES.version},
@@ -526,208 +515,58 @@ class MongoVerdicts:
         await self.tx.db[VERDICTS].insert_one(verdict_to_doc(record), session=self.tx.session)
 
 
-# -- imports ---------------------------------------------------------------------------
+# -- imports (the machinery is crm_platform.imports.store; the lead job's defaults are ours) ---
+
+
+def _defaults_to_doc(d: ImportDefaults) -> Doc:
+    return {"source_channel": d.source_channel, "marketing_email": d.marketing_email, "campaign": d.campaign}
+
+
+def _defaults_from_doc(d: Doc) -> ImportDefaults:
+    return ImportDefaults(d["source_channel"], bool(d["marketing_email"]), d.get("campaign"))
+
+
+IMPORTS: JobCodec[ImportJob] = JobCodec(ImportJob, _defaults_to_doc, _defaults_from_doc)
+CHUNK_BYTES = imports_store.CHUNK_BYTES
 
 
 def import_to_doc(job: ImportJob) -> Doc:
-    """Every field of the job but its lease (``lease_owner``/``lease_until``: the worker's)."""
-    cp, n, d = job.checkpoint, job.counts, job.defaults
-    return {
-        "_id": job.id,
-        "format": job.format.value,
-        "mapping": dict(job.mapping) if job.mapping is not None else None,
-        "mapping_name": job.mapping_name,
-        "defaults": {
-            "source_channel": d.source_channel,
-            "marketing_email": d.marketing_email,
-            "campaign": d.campaign,
-        },
-        "created_by": {"user_id": job.created_by, "username": job.created_by_name},
-        "created_at": job.created_at,
-        "updated_at": job.updated_at,
-        "state": job.state.value,
-        "file_name": job.file_name,
-        "size": job.size,
-        "header": list(job.header),
-        "checkpoint": {"offset": cp.offset, "row": cp.row, "line": cp.line},
-        "counts": {"read": n.read, "accepted": n.accepted, "merged": n.merged, "rejected": n.rejected},
-        "error": job.error,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-    }
+    return IMPORTS.to_doc(job)
 
 
 def import_from_doc(d: Doc) -> ImportJob:
-    cp, n, de, by = d["checkpoint"], d["counts"], d["defaults"], d["created_by"]
-    return ImportJob(
-        id=d["_id"],
-        format=ImportFormat(d["format"]),
-        mapping=d.get("mapping"),
-        mapping_name=d.get("mapping_name"),
-        defaults=ImportDefaults(de["source_channel"], bool(de["marketing_email"]), de.get("campaign")),
-        created_by=by["user_id"],
-        created_by_name=by["username"],
-        created_at=d["created_at"],
-        updated_at=d["updated_at"],
-        state=ImportState(d["state"]),
-        file_name=d.get("file_name"),
-        size=int(d.get("size", 0)),
-        header=tuple(d.get("header") or ()),
-        checkpoint=Checkpoint(int(cp["offset"]), int(cp["row"]), int(cp["line"])),
-        counts=Counts(int(n["read"]), int(n["accepted"]), int(n["merged"]), int(n["rejected"])),
-        error=d.get("error"),
-        started_at=d.get("started_at"),
-        finished_at=d.get("finished_at"),
-        attempts=int(d.get("attempts") or 0),
-        last_error=d.get("last_error"),
-    )
+    return IMPORTS.from_doc(d)
 
 
-def rejection_to_doc(r: Rejection) -> Doc:
-    return {"job_id": r.job_id, "row": r.row, "line": r.line, "raw": r.raw, "reason": r.reason}
-
-
-class MongoImports:
+class MongoImports(imports_store.MongoImports[ImportJob]):
     def __init__(self, tx: Tx) -> None:
-        self.tx = tx
-
-    async def get(self, job_id: str) -> ImportJob | None:
-        doc = await self.tx.db[IMPORT_JOBS].find_one({"_id": job_id}, session=self.tx.session)
-        return import_from_doc(doc) if doc else None
-
-    async def add(self, job: ImportJob) -> None:
-        await self.tx.db[IMPORT_JOBS].insert_one(import_to_doc(job), session=self.tx.session)
-
-    async def save(self, job: ImportJob) -> None:
-        doc = import_to_doc(job)
-        del doc["_id"]
-        await self.tx.db[IMPORT_JOBS].update_one({"_id": job.id}, {"$set": doc}, session=self.tx.session)
-
-    async def save_mapping(self, name: str, columns: dict[str, str], by: Actor, at: datetime) -> None:
-        doc = {
-            "columns": columns,
-            "changed_by": {"user_id": by.user_id, "username": by.display_name},
-            "changed_at": at,
-        }
-        await self.tx.db[IMPORT_MAPPINGS].update_one(
-            {"_id": name}, {"$set": doc}, upsert=True, session=self.tx.session
-        )
-
-    async def add_rejections(self, rejections: Sequence[Rejection]) -> None:
-        if rejections:
-            docs = [rejection_to_doc(r) for r in rejections]
-            await self.tx.db[IMPORT_REJECTIONS].insert_many(docs, session=self.tx.session)
+        super().__init__(tx, IMPORTS)
 
 
-# The import's file, outside any transaction: written while it streams in, read by the worker.
-CHUNK_BYTES = 1024 * 1024
-
-
-async def drop_chunks(db: Db, job_id: str) -> None:
-    await db[IMPORT_CHUNKS].delete_many({"job_id": job_id})
-
-
-async def put_chunk(db: Db, job_id: str, n: int, data: bytes) -> None:
-    await db[IMPORT_CHUNKS].insert_one({"_id": f"{job_id}:{n:09d}", "job_id": job_id, "n": n, "data": data})
-
-
-async def read_file(db: Db, job_id: str, offset: int) -> AsyncIterator[bytes]:
-    """The stored file from byte ``offset`` on, a chunk at a time (a few chunks in memory)."""
-    first, skip = divmod(offset, CHUNK_BYTES)
-    cursor = db[IMPORT_CHUNKS].find({"job_id": job_id, "n": {"$gte": first}}).sort("n", ASCENDING)
-    async for doc in cursor.batch_size(4):
-        data = bytes(doc["data"])
-        yield data[skip:] if doc["n"] == first else data
+drop_chunks = imports_store.drop_chunks
+put_chunk = imports_store.put_chunk
+read_file = imports_store.read_file
+renew_lease = imports_store.renew_lease
+note_import_failure = imports_store.note_import_failure
+take_upload = imports_store.take_upload
+renew_upload = imports_store.renew_upload
+release_upload = imports_store.release_upload
+release_lease = imports_store.release_lease
+rejections = imports_store.rejections
+get_mapping = imports_store.get_mapping
+list_mappings = imports_store.list_mappings
 
 
 async def claim_import(db: Db, owner: str, now: datetime, lease: timedelta) -> ImportJob | None:
-    """Take a queued or running import whose lease is free or expired (one worker at a time)."""
-    doc = await db[IMPORT_JOBS].find_one_and_update(
-        {
-            "state": {"$in": [ImportState.QUEUED.value, ImportState.RUNNING.value]},
-            "$or": [{"lease_until": None}, {"lease_until": {"$lt": now}}],
-        },
-        {"$set": {"lease_owner": owner, "lease_until": now + lease}, "$inc": {"attempts": 1}},
-        sort=[("created_at", ASCENDING)],
-        return_document=ReturnDocument.AFTER,
-    )
-    return import_from_doc(doc) if doc else None
-
-
-async def renew_lease(db: Db, job_id: str, owner: str, until: datetime) -> bool:
-    """Extend this worker's lease after a committed batch (progress: the attempts start again
-    from zero); False when another worker took the job meanwhile."""
-    result = await db[IMPORT_JOBS].update_one(
-        {"_id": job_id, "lease_owner": owner}, {"$set": {"lease_until": until, "attempts": 0}}
-    )
-    return result.matched_count == 1
-
-
-async def note_import_failure(db: Db, job_id: str, owner: str, reason: str) -> None:
-    """Why this worker's attempt at the job failed (shown by GET /imports/{id} while it retries)."""
-    await db[IMPORT_JOBS].update_one({"_id": job_id, "lease_owner": owner}, {"$set": {"last_error": reason}})
-
-
-async def take_upload(db: Db, job_id: str, upload_id: str, now: datetime, stale_after: timedelta) -> bool:
-    """Become the one upload of the job's file: False while another is storing it (it stored
-    something less than ``stale_after`` ago). The job must exist."""
-    result = await db[IMPORT_JOBS].update_one(
-        {"_id": job_id, "$or": [{"upload_until": None}, {"upload_until": {"$lt": now}}]},
-        {"$set": {"upload_owner": upload_id, "upload_until": now + stale_after}},
-    )
-    return result.matched_count == 1
-
-
-async def renew_upload(db: Db, job_id: str, upload_id: str, until: datetime) -> bool:
-    """The upload stored another chunk; False when another upload took over (this one was stale)."""
-    result = await db[IMPORT_JOBS].update_one(
-        {"_id": job_id, "upload_owner": upload_id}, {"$set": {"upload_until": until}}
-    )
-    return result.matched_count == 1
-
-
-async def release_upload(db: Db, job_id: str, upload_id: str) -> None:
-    await db[IMPORT_JOBS].update_one(
-        {"_id": job_id, "upload_owner": upload_id}, {"$set": {"upload_owner": None, "upload_until": None}}
-    )
-
-
-async def release_lease(db: Db, job_id: str, owner: str) -> None:
-    await db[IMPORT_JOBS].update_one(
-        {"_id": job_id, "lease_owner": owner}, {"$set": {"lease_owner": None, "lease_until": None}}
-    )
+    return await imports_store.claim_import(db, IMPORTS, owner, now, lease)
 
 
 async def get_import(db: Db, job_id: str) -> ImportJob | None:
-    doc = await db[IMPORT_JOBS].find_one({"_id": job_id})
-    return import_from_doc(doc) if doc else None
+    return await imports_store.get_import(db, IMPORTS, job_id)
 
 
 async def list_imports(db: Db, limit: int) -> list[ImportJob]:
-    docs = (
-        await db[IMPORT_JOBS]
-        .find({})
-        .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
-        .limit(limit)
-        .to_list()
-    )
-    return [import_from_doc(d) for d in docs]
-
-
-async def rejections(db: Db, job_id: str) -> AsyncIterator[Rejection]:
-    """An import's rejected rows in file order, from a cursor (the error report, streamed)."""
-    cursor = db[IMPORT_REJECTIONS].find({"job_id": job_id}).sort("row", ASCENDING)
-    async for d in cursor:
-        yield Rejection(d["job_id"], int(d["row"]), int(d["line"]), d["raw"], d["reason"])
-
-
-async def get_mapping(db: Db, name: str) -> dict[str, str] | None:
-    doc = await db[IMPORT_MAPPINGS].find_one({"_id": name})
-    return dict(doc["columns"]) if doc else None
-
-
-async def list_mappings(db: Db) -> list[Doc]:
-    return await db[IMPORT_MAPPINGS].find({}).sort("_id", ASCENDING).limit(500).to_list()
+    return await imports_store.list_imports(db, IMPORTS, limit)
 
 
 # -- export ------------------------------------------------------------------------------

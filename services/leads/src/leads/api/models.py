@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from crm_contracts import utcnow
 from crm_contracts.email import EmailStr
@@ -19,10 +19,8 @@ from pydantic import (
     StrictBool,
     StringConstraints,
     field_validator,
-    model_validator,
 )
 
-from leads.domain.imports import ImportFormat, ImportJob, ImportState
 from leads.domain.leads import BehaviourRecord, Capture, Lead, LeadStatus, occurred_at_problem
 from leads.domain.scoring import BehaviourRule, Reason, ScoringRules
 
@@ -385,116 +383,8 @@ class RulesHistoryOut(BaseModel):
 
 # -- imports -------------------------------------------------------------------------------
 
-LeadField = Literal["email", "name", "company", "source_channel", "campaign", "marketing_email"]
-ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-
 
 class ImportDefaultsIn(In):
     source_channel: Channel = Field(default="import", description="for rows without one")
     marketing_email: StrictBool = Field(default=False, description="consent for rows without one")
     campaign: str | None = Field(default=None, max_length=200)
-
-
-class ImportIn(In):
-    format: ImportFormat = Field(
-        description="csv (a header line names the columns) or jsonl (one object a line)"
-    )
-    mapping: dict[ColumnName, LeadField] | None = Field(
-        default=None,
-        max_length=200,
-        description="file column -> lead field; omitted: columns named like the fields (CSV), "
-        "or the fields' own names (JSON lines)",
-    )
-    mapping_name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")] | None = Field(
-        default=None, description="a mapping saved with PUT /import-mappings/{name}"
-    )
-    defaults: ImportDefaultsIn = Field(default_factory=ImportDefaultsIn)
-
-    @model_validator(mode="after")
-    def _one_mapping(self) -> ImportIn:
-        if self.mapping is not None and self.mapping_name is not None:
-            raise ValueError("give mapping or mapping_name, not both")
-        return self
-
-
-class ProgressOut(BaseModel):
-    read: int = Field(description="rows read so far")
-    accepted: int = Field(description="rows stored: a new lead, or merged into one")
-    merged: int = Field(description="of the accepted, rows merged into an existing lead (same email)")
-    rejected: int = Field(description="rows refused; see GET /imports/{id}/errors")
-    bytes_done: int
-    bytes_total: int
-    percent: float
-    rows_per_second: float | None
-
-
-class ImportOut(BaseModel):
-    id: str
-    format: ImportFormat
-    state: ImportState
-    mapping: dict[str, str] | None
-    mapping_name: str | None
-    file_name: str | None
-    header: list[str]
-    progress: ProgressOut
-    error: str | None
-    attempts: int = Field(
-        description="Tries since the last batch committed (CRM_IMPORT_MAX_ATTEMPTS at most)"
-    )
-    last_error: str | None = Field(description="Why the last try failed (it is retried until the limit)")
-    created_by: str
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-    @classmethod
-    def of(cls, job: ImportJob, now: datetime | None = None) -> ImportOut:
-        c, total = job.counts, job.size
-        done = total if job.state is ImportState.COMPLETED else min(job.checkpoint.offset, total)
-        end = job.finished_at or now
-        seconds = (end - job.started_at).total_seconds() if job.started_at and end else 0
-        return cls(
-            id=job.id,
-            format=job.format,
-            state=job.state,
-            mapping=dict(job.mapping) if job.mapping is not None else None,
-            mapping_name=job.mapping_name,
-            file_name=job.file_name,
-            header=list(job.header),
-            progress=ProgressOut(
-                read=c.read,
-                accepted=c.accepted,
-                merged=c.merged,
-                rejected=c.rejected,
-                bytes_done=done,
-                bytes_total=total,
-                percent=round(100 * done / total, 1) if total else 0.0,
-                rows_per_second=round(c.read / seconds, 1) if seconds > 0 else None,
-            ),
-            error=job.error,
-            attempts=job.attempts,
-            last_error=job.last_error,
-            created_by=job.created_by_name,
-            created_at=job.created_at,
-            updated_at=job.updated_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-        )
-
-
-class ImportListOut(BaseModel):
-    items: list[ImportOut]
-
-
-class MappingIn(In):
-    columns: dict[ColumnName, LeadField] = Field(max_length=200, description="file column -> lead field")
-
-
-class MappingOut(BaseModel):
-    name: str
-    columns: dict[str, str]
-
-
-class MappingListOut(BaseModel):
-    items: list[MappingOut]

@@ -1,82 +1,64 @@
-"""Importing leads from a file: the job, its column mapping, and reading records incrementally.
+"""Importing leads from a file: marketing's fields and defaults over the shared machinery.
 
-An import is a job: created with its format and column mapping, given its file (stored
-in chunks as it streams in), then worked through in batches. Each batch's leads, their
-events, its rejected rows and the job's **checkpoint** (the byte offset just after the
-batch's last record, and that record's number) commit in one transaction, so a job that
-stops anywhere (a crash, a lost lease) resumes at its checkpoint with nothing doubled
-and nothing skipped.
-
-:class:`RecordReader` turns the file's bytes, fed in pieces of any size, into records
-with their byte offsets, holding at most one record (bounded by ``max_row_bytes``) in
-memory. Everything here is pure: no I/O, no clock.
+The job, its checkpoint, the column mapping and the incremental record reader are the
+platform's (``crm_platform.imports.domain``, shared with sales' contact imports); what is
+marketing's is which lead fields a column may map to, the values for fields a row does not
+give, and (in ``leads.importer``) turning a record into a capture by ``POST /leads``' rules.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import json
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from enum import StrEnum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from crm_platform.imports.domain import (
+    MAX_COLUMNS,
+    RAW_KEPT,
+    Checkpoint,
+    Counts,
+    ImportFormat,
+    ImportState,
+    InvalidMapping,
+    NotAcceptingFile,
+    RawRecord,
+    RecordReader,
+    Rejection,
+    StaleCheckpoint,
+    columns_missing,
+    parse_csv,
+    parse_header,
+    parse_jsonl,
+)
+from crm_platform.imports.domain import ImportJob as _ImportJob
+
+__all__ = [
+    "LEAD_FIELDS",
+    "MAX_COLUMNS",
+    "RAW_KEPT",
+    "REQUIRED_FIELDS",
+    "Checkpoint",
+    "Counts",
+    "ImportDefaults",
+    "ImportFormat",
+    "ImportJob",
+    "ImportState",
+    "InvalidMapping",
+    "NotAcceptingFile",
+    "RawRecord",
+    "RecordReader",
+    "Rejection",
+    "StaleCheckpoint",
+    "check_mapping",
+    "columns_missing",
+    "default_mapping",
+    "parse_csv",
+    "parse_header",
+    "parse_jsonl",
+]
 
 # The lead fields a file column may be mapped to (the capture's fields).
 LEAD_FIELDS = ("email", "name", "company", "source_channel", "campaign", "marketing_email")
 REQUIRED_FIELDS = ("email", "name")
-MAX_COLUMNS = 200
-RAW_KEPT = 2000  # characters of a rejected record kept in the error report
-
-
-class ImportFormat(StrEnum):
-    CSV = "csv"
-    JSONL = "jsonl"
-
-
-class ImportState(StrEnum):
-    AWAITING_FILE = "awaiting_file"  # created; PUT the file
-    UPLOADING = "uploading"  # the file is streaming in (a new PUT starts it again)
-    QUEUED = "queued"  # stored whole; a worker will take it
-    RUNNING = "running"  # batches being imported (resumes at its checkpoint after a crash)
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-
-class InvalidMapping(ValueError):
-    def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-def check_mapping(columns: Mapping[str, str]) -> dict[str, str]:
-    """A column mapping (file column -> lead field) as stored, or :class:`InvalidMapping`."""
-    if len(columns) > MAX_COLUMNS:
-        raise InvalidMapping(f"at most {MAX_COLUMNS} columns may be mapped", "columns")
-    unknown = sorted({f for f in columns.values() if f not in LEAD_FIELDS})
-    if unknown:
-        raise InvalidMapping(
-            f"unknown lead fields {unknown}: a column maps to one of {list(LEAD_FIELDS)}", "columns"
-        )
-    targets = list(columns.values())
-    twice = sorted({f for f in targets if targets.count(f) > 1})
-    if twice:
-        raise InvalidMapping(f"lead fields {twice} are mapped from more than one column", "columns")
-    missing = [f for f in REQUIRED_FIELDS if f not in targets]
-    if missing:
-        raise InvalidMapping(f"no column is mapped to {missing} (required)", "columns")
-    return dict(columns)
-
-
-def default_mapping(header: Sequence[str]) -> dict[str, str]:
-    """Without a mapping: each column named like a lead field (any case, trimmed) maps to it."""
-    return {c: c.strip().lower() for c in header if c.strip().lower() in LEAD_FIELDS}
-
-
-def columns_missing(mapping: Mapping[str, str], header: Sequence[str]) -> list[str]:
-    """The mapping's columns the file's header does not have."""
-    present = set(header)
-    return [c for c in mapping if c not in present]
 
 
 @dataclass(frozen=True)
@@ -89,285 +71,19 @@ class ImportDefaults:
 
 
 @dataclass(frozen=True)
-class Checkpoint:
-    offset: int = 0  # bytes of the file imported (the next record starts here)
-    row: int = 0  # records read up to there (the header not counted)
-    line: int = 0  # physical lines read up to there (the header counted)
+class ImportJob(_ImportJob[ImportDefaults]):
+    """An import of leads."""
+
+    FIELDS = LEAD_FIELDS
+    REQUIRED = REQUIRED_FIELDS
+    RECORD = "lead"
 
 
-@dataclass(frozen=True)
-class Counts:
-    read: int = 0
-    accepted: int = 0  # stored: a new lead or merged into one
-    merged: int = 0  # of the accepted, those merged into an existing lead (by email)
-    rejected: int = 0
-
-    def plus(self, accepted: int, merged: int, rejected: int) -> Counts:
-        return Counts(
-            self.read + accepted + rejected,
-            self.accepted + accepted,
-            self.merged + merged,
-            self.rejected + rejected,
-        )
+def check_mapping(columns: Mapping[str, str]) -> dict[str, str]:
+    """A column mapping (file column -> lead field) as stored, or :class:`InvalidMapping`."""
+    return ImportJob.checked_mapping(columns)
 
 
-class StaleCheckpoint(RuntimeError):
-    """The job moved on (or ended) since this batch was read: another worker has it."""
-
-
-class NotAcceptingFile(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class ImportJob:
-    id: str
-    format: ImportFormat
-    mapping: Mapping[str, str] | None  # None: the default mapping, from the file's header
-    defaults: ImportDefaults
-    created_by: str  # user id
-    created_by_name: str
-    created_at: datetime
-    updated_at: datetime
-    state: ImportState = ImportState.AWAITING_FILE
-    file_name: str | None = None
-    size: int = 0  # bytes stored
-    header: tuple[str, ...] = ()  # a CSV file's columns
-    checkpoint: Checkpoint = Checkpoint()
-    counts: Counts = Counts()
-    error: str | None = None  # why the job failed
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    mapping_name: str | None = None
-    idempotency_key: str | None = field(default=None, compare=False)
-    # The worker's, outside the job's transactions (like its lease): claims since the last
-    # committed batch, and the last failure's reason (leads.importer's retry limit).
-    attempts: int = field(default=0, compare=False)
-    last_error: str | None = field(default=None, compare=False)
-
-    def effective_mapping(self) -> dict[str, str]:
-        """The mapping given, else a CSV's columns named like lead fields, else the fields' names."""
-        if self.mapping is not None:
-            return dict(self.mapping)
-        if self.format is ImportFormat.JSONL:
-            return {f: f for f in LEAD_FIELDS}
-        return default_mapping(self.header)
-
-    def start_upload(self, file_name: str | None, now: datetime) -> ImportJob:
-        if self.state not in (ImportState.AWAITING_FILE, ImportState.UPLOADING):
-            raise NotAcceptingFile(f"the import is '{self.state}': its file was received already")
-        return dataclasses.replace(
-            self, state=ImportState.UPLOADING, file_name=file_name, size=0, updated_at=now
-        )
-
-    def uploaded(self, size: int, header: Sequence[str], data_start: int, now: datetime) -> ImportJob:
-        """The whole file is stored: queue it. A CSV's records start after its header line."""
-        if self.state != ImportState.UPLOADING:
-            raise NotAcceptingFile(f"the import is '{self.state}', not uploading")
-        first = Checkpoint(offset=data_start, row=0, line=1 if header else 0)
-        return dataclasses.replace(
-            self, state=ImportState.QUEUED, size=size, header=tuple(header), checkpoint=first, updated_at=now
-        )
-
-    def advance(self, expected: Checkpoint, to: Checkpoint, counts: Counts, now: datetime) -> ImportJob:
-        """One batch imported: from ``expected`` (where it started) to ``to``."""
-        if self.state not in (ImportState.QUEUED, ImportState.RUNNING) or self.checkpoint != expected:
-            raise StaleCheckpoint(f"import {self.id} is at {self.checkpoint}, not {expected}")
-        return dataclasses.replace(
-            self,
-            state=ImportState.RUNNING,
-            checkpoint=to,
-            counts=counts,
-            started_at=self.started_at or now,
-            updated_at=now,
-        )
-
-    def complete(self, now: datetime) -> ImportJob:
-        return dataclasses.replace(
-            self,
-            state=ImportState.COMPLETED,
-            started_at=self.started_at or now,
-            finished_at=now,
-            updated_at=now,
-        )
-
-    def fail(self, reason: str, now: datetime) -> ImportJob:
-        return dataclasses.replace(
-            self, state=ImportState.FAILED, error=reason, finished_at=now, updated_at=now
-        )
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """One rejected row of an import, as the error report lists it."""
-
-    job_id: str
-    row: int  # record number (1 = the first after a CSV's header)
-    line: int  # physical line where the record starts (a CSV's header is line 1)
-    raw: str  # the record as read (cut to RAW_KEPT characters)
-    reason: str
-
-
-@dataclass(frozen=True)
-class RawRecord:
-    """One record of the file: its values by column, or why it could not be read."""
-
-    row: int
-    line: int
-    end: int  # byte offset just after the record
-    end_line: int  # physical lines read up to its end
-    raw: str
-    values: Mapping[str, object] | None
-    problem: str | None = None
-
-    def checkpoint(self) -> Checkpoint:
-        return Checkpoint(self.end, self.row, self.end_line)
-
-
-class RecordReader:
-    """Records from a file's bytes fed in pieces (:meth:`feed`, then :meth:`close`).
-
-    Starts at ``start`` (a checkpoint: byte offset, record and line numbers). A CSV record
-    may span lines inside quotes; a record longer than ``max_row_bytes`` (or a quote opened
-    and never closed within it) is reported as a problem record and skipped without being
-    held whole. Empty lines are skipped.
-    """
-
-    def __init__(
-        self, fmt: ImportFormat, header: Sequence[str], start: Checkpoint, *, max_row_bytes: int = 65536
-    ) -> None:
-        self.fmt = fmt
-        self.header = list(header)
-        self.max_row = max_row_bytes
-        self.offset = start.offset  # bytes consumed into complete lines
-        self.row = start.row
-        self.line = start.line
-        self._partial = bytearray()  # the current line, not terminated yet
-        self._record: list[bytes] = []  # the current record's complete lines (CSV quotes)
-        self._record_bytes = 0
-        self._quotes = 0
-        self._skipping = False  # inside an oversize line: drop bytes until its end
-
-    def feed(self, data: bytes) -> Iterator[RawRecord]:
-        start = 0
-        while start < len(data):
-            end = data.find(b"\n", start)
-            if end < 0:
-                self._add_partial(data[start:])
-                return
-            piece = data[start : end + 1]
-            start = end + 1
-            if self._skipping:
-                self.offset += len(piece)
-                self._skipping = False
-                yield self._oversize(b"")
-                continue
-            self._partial += piece
-            line, self._partial = bytes(self._partial), bytearray()
-            yield from self._line(line)
-
-    def close(self) -> Iterator[RawRecord]:
-        """The last record, if the file does not end with a newline."""
-        if self._skipping:
-            self._skipping = False
-            yield self._oversize(b"")
-        elif self._partial or self._record:
-            line, self._partial = bytes(self._partial), bytearray()
-            yield from self._line(line, final=True)
-
-    def _add_partial(self, piece: bytes) -> None:
-        if self._skipping:
-            self.offset += len(piece)
-            return
-        self._partial += piece
-        if len(self._partial) + self._record_bytes > self.max_row:
-            self.offset += len(self._partial)
-            self._partial = bytearray()
-            self._skipping = True
-
-    def _line(self, line: bytes, final: bool = False) -> Iterator[RawRecord]:
-        self.offset += len(line)
-        if not self._record and not line.strip():
-            self.line += 1
-            return
-        self._record.append(line)
-        self._record_bytes += len(line)
-        self._quotes += line.count(b'"')
-        if self._record_bytes > self.max_row:
-            yield self._oversize(b"".join(self._record))
-            return
-        if self.fmt is ImportFormat.CSV and self._quotes % 2 and not final:
-            return  # inside a quoted field: the record goes on on the next line
-        raw = b"".join(self._record)
-        first_line = self.line + 1
-        self.line += len(self._record)
-        self._record, self._record_bytes, self._quotes = [], 0, 0
-        self.row += 1
-        yield self._parse(raw, first_line)
-
-    def _oversize(self, head: bytes) -> RawRecord:
-        first_line = self.line + 1
-        self.line += max(len(self._record), 1)
-        self._record, self._record_bytes, self._quotes = [], 0, 0
-        self.row += 1
-        text = head[:RAW_KEPT].decode("utf-8", "replace")
-        return RawRecord(
-            self.row,
-            first_line,
-            self.offset,
-            self.line,
-            text,
-            None,
-            f"row longer than {self.max_row} bytes (or a quote opened and never closed)",
-        )
-
-    def _parse(self, raw: bytes, line: int) -> RawRecord:
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            shown = raw[:RAW_KEPT].decode("utf-8", "replace").rstrip("\r\n")
-            bad = f"not valid UTF-8 (byte {exc.start})"
-            return RawRecord(self.row, line, self.offset, self.line, shown, None, bad)
-        shown = text.rstrip("\r\n")[:RAW_KEPT]
-        values, problem = parse_csv(text, self.header) if self.fmt is ImportFormat.CSV else parse_jsonl(text)
-        return RawRecord(self.row, line, self.offset, self.line, shown, values, problem)
-
-
-def parse_header(text: str) -> list[str]:
-    """A CSV header line's column names (trimmed); ValueError if empty, repeated or unreadable."""
-    try:
-        rows = list(csv.reader([text.lstrip("\ufeff")], strict=True))
-    except csv.Error as exc:
-        raise ValueError(f"the header line is not valid CSV: {exc}") from None
-    if len(rows) != 1 or not any(c.strip() for c in rows[0]):
-        raise ValueError("the file has no header line (the first line names the columns)")
-    columns = [c.strip() for c in rows[0]]
-    repeated = sorted({c for c in columns if columns.count(c) > 1})
-    if repeated:
-        raise ValueError(f"the header names columns {repeated} more than once")
-    if len(columns) > MAX_COLUMNS:
-        raise ValueError(f"the header has {len(columns)} columns; at most {MAX_COLUMNS}")
-    return columns
-
-
-def parse_csv(text: str, header: Sequence[str]) -> tuple[Mapping[str, object] | None, str | None]:
-    try:
-        rows = list(csv.reader(text.splitlines(keepends=True), strict=True))
-    except csv.Error as exc:
-        return None, f"malformed CSV: {exc}"
-    if len(rows) != 1:
-        return None, "malformed CSV: not one record"
-    cells = rows[0]
-    if len(cells) != len(header):
-        return None, f"has {len(cells)} fields; the header has {len(header)}"
-    return dict(zip(header, cells, strict=True)), None
-
-
-def parse_jsonl(text: str) -> tuple[Mapping[str, object] | None, str | None]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        return None, f"not JSON: {exc}"
-    if not isinstance(value, dict):
-        return None, "not a JSON object"
-    return value, None
+def default_mapping(header: Sequence[str]) -> dict[str, str]:
+    """Without a mapping: each column named like a lead field (any case, trimmed) maps to it."""
+    return ImportJob.mapping_for(header)
