@@ -212,8 +212,28 @@ async def _account_of(sales: Sales, rep: str) -> str:
     return str(r.json()["id"])
 
 
+async def _contact_import(sales: Sales) -> httpx.Response:
+    return await sales.client.post("/contacts/imports", json={"format": "csv"}, headers=sales.rep("cim"))
+
+
+async def _contact_upload(sales: Sales) -> httpx.Response:
+    job = (await _contact_import(sales)).json()
+    data = f"email,name\n{sales.uid('i')}@example.com,Ivy\n".encode()
+    headers = {**sales.rep("cim"), "Content-Type": "text/csv"}
+    return await sales.client.put(f"/contacts/imports/{job['id']}/file", content=data, headers=headers)
+
+
+async def _contact_mapping(sales: Sales) -> httpx.Response:
+    body = {"columns": {"Mail": "email", "Who": "name"}}
+    url = f"/contacts/import-mappings/{sales.uid('m')}"
+    return await sales.client.put(url, json=body, headers=sales.rep("cim"))
+
+
 RECIPES: dict[str, Callable[[Sales], Awaitable[httpx.Response]]] = {
     "POST /accounts": _account,
+    "POST /contacts/imports": _contact_import,
+    "PUT /contacts/imports/{import_id}/file": _contact_upload,
+    "PUT /contacts/import-mappings/{name}": _contact_mapping,
     "POST /contacts": _contact,
     "POST /opportunities": _direct_opportunity,
     "POST /inbox/{lead_id}/assign": _assign,

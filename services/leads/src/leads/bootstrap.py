@@ -89,6 +89,7 @@ def build_app(settings: ServiceSettings) -> FastAPI:
         upload_paths=imports_api.is_upload,
     )
     app.state.uow = uow
+    app.state.import_settings = s
     custom_fields_api.wire(app, runtime.store, [RecordType.LEAD], s.config_cache_seconds)
     worker = ImportWorker(
         uow,

@@ -7,6 +7,7 @@ from typing import Any
 
 from crm_platform import audit_api
 from crm_platform.app import create_app
+from crm_platform.imports.settings import ImportSettings
 from crm_platform.retention import retention_job
 from crm_platform.runtime import ServiceRuntime
 from crm_platform.settings import ServiceSettings
@@ -15,9 +16,10 @@ from fastapi import FastAPI
 from pymongo.asynchronous.database import AsyncDatabase
 
 from sales import action_items, consumers, store
-from sales.api import accounts, contacts, forecast, inbox, opportunities, team
+from sales.api import accounts, contact_imports, contacts, forecast, inbox, opportunities, team
 from sales.domain.inbox import DEFAULT_SLA_MINUTES
 from sales.domain.review import ReviewPolicy
+from sales.importer import ContactImportWorker
 from sales.repository import SalesUnit
 from sales.settings import SalesSettings
 
@@ -56,13 +58,37 @@ def build_app(settings: ServiceSettings) -> FastAPI:
             inbox.router,
             opportunities.router,
             accounts.router,
+            # /contacts/imports and /contacts/import-mappings before /contacts/{contact_id}
+            contact_imports.router,
+            contact_imports.mappings_router,
             contacts.router,
             forecast.router,
             team.router,
             action_items.router,
             audit_api.router(),
         ],
+        upload_paths=contact_imports.is_upload,
     )
     app.state.uow = uow
+    _wire_imports(app, runtime, uow, ImportSettings.of_service(settings))
     action_items.wire(app, runtime)
     return app
+
+
+def _wire_imports(
+    app: FastAPI, runtime: ServiceRuntime, uow: MongoUnitOfWork[SalesUnit], s: ImportSettings
+) -> None:
+    """Contact imports (``crm_platform.imports``): the settings the routes read, the worker."""
+    app.state.import_settings = s
+    worker = ContactImportWorker(
+        uow,
+        runtime.store.db,
+        batch_rows=s.import_batch_rows,
+        lease_seconds=s.import_lease_seconds,
+        poll_seconds=s.import_poll_seconds,
+        max_row_bytes=s.import_max_row_bytes,
+        max_attempts=s.import_max_attempts,
+    )
+    app.state.import_worker = worker
+    if s.import_worker_enabled:
+        runtime.background.append(worker.run)

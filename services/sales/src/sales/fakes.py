@@ -8,15 +8,18 @@ forgets to save it changes nothing here either. Use with
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TypeVar
 
+from crm_platform.imports.fakes import InMemoryImports
 from crm_platform.roster import rotation
 from crm_platform.uow import FakeUnit
 
 from sales.domain.account import Account
 from sales.domain.assignment import Rep
 from sales.domain.contact import Contact
+from sales.domain.contact_imports import ContactImportJob
 from sales.domain.inbox import DEFAULT_SLA_MINUTES, InboxItem, InboxStatus
 from sales.domain.opportunity import Activity, Opportunity
 from sales.domain.pipeline import DEFAULT_PIPELINE, Pipeline
@@ -132,6 +135,10 @@ class FakeContactRepository:
             raise DuplicateContact(f"a contact with email {contact.email!r} exists already")
         self.contacts[contact.id] = _copy(contact)
 
+    async def add_many(self, contacts: Sequence[Contact]) -> None:
+        for contact in contacts:
+            await self.add(contact)
+
     async def save(self, contact: Contact) -> None:
         if contact.id not in self.contacts:
             raise KeyError(f"contact {contact.id} was never added")
@@ -206,3 +213,4 @@ class FakeSalesUnit(FakeUnit):
         self.team = FakeTeamRepository(reps)
         self.accounts = FakeAccountRepository()
         self.contacts = FakeContactRepository()
+        self.imports: InMemoryImports[ContactImportJob] = InMemoryImports()

@@ -32,6 +32,8 @@ from crm_platform.actor import Actor
 from crm_platform.clock import now_millis, to_millis
 from crm_platform.consumer import DeadLetter
 from crm_platform.errors import Conflict, NotFound
+from crm_platform.imports import handlers as import_jobs
+from crm_platform.imports.domain import Checkpoint, Rejection
 from crm_platform.roster import round_robin
 
 from sales import metrics
@@ -44,7 +46,8 @@ from sales.domain.assignment import (
     plan_round_robin,
     plan_upsell_owner,
 )
-from sales.domain.contact import Contact
+from sales.domain.contact import Contact, email_key
+from sales.domain.contact_imports import ContactImportDefaults, ContactImportJob, ContactRow, import_rows
 from sales.domain.inbox import InboxItem, check_reason, check_sla_minutes
 from sales.domain.opportunity import Activity, ActivityType, Opportunity, OpportunityStatus, check_activity
 from sales.domain.pipeline import Stage, build_pipeline, removed_stages
@@ -565,5 +568,48 @@ async def create_opportunity(uow: SalesUoW, new: NewOpportunity, actor: Actor) -
         await unit.opportunities.add(opp)
         unit.emit(opp.created_event(), correlation_id=opp.correlation_id)
         return opp
+
+    return await uow.run(work)
+
+
+# -- contact imports (the job's own commands are crm_platform.imports.handlers) -----------------
+
+
+async def import_owner(uow: SalesUoW, actor: Actor, requested: str | None) -> ContactImportDefaults:
+    """Whose book an import's contacts go to: the creation rule of ``POST /contacts``."""
+
+    async def work(unit: SalesUnit) -> ContactImportDefaults:
+        return ContactImportDefaults(owner_for_new_record(actor, requested, await unit.team.active_rep_ids()))
+
+    return await uow.run(work)
+
+
+async def import_contacts(
+    uow: SalesUoW,
+    job_id: str,
+    expected: Checkpoint,
+    to: Checkpoint,
+    rows: Sequence[ContactRow],
+    rejected: Sequence[Rejection],
+) -> ContactImportJob:
+    """One batch of a contact import in ONE transaction: its rows by ``POST /contacts``' rule
+    (one contact per email; a known email merges), a ``sales.contact_created`` per new contact,
+    its rejected rows and the job's checkpoint. ``StaleCheckpoint`` when the job is no longer
+    at ``expected`` (another worker took it over): nothing of the batch is kept."""
+    emails = sorted({email_key(r.email) for r in rows})
+
+    async def work(unit: SalesUnit) -> ContactImportJob:
+        job: ContactImportJob = await import_jobs.load(unit, job_id)
+        now = now_millis(uow.clock)
+        batch = import_rows(await unit.contacts.by_emails(emails), rows, job, uow.new_id, now)
+        await unit.contacts.add_many(batch.new)
+        for contact in batch.changed:
+            await unit.contacts.save(contact)
+        for contact, event in zip(batch.new, batch.events, strict=True):
+            unit.emit(event, correlation_id=contact.id)
+        await unit.imports.add_rejections(rejected)
+        advanced = job.advance(expected, to, job.counts.plus(len(rows), batch.merged, len(rejected)), now)
+        await unit.imports.save(advanced)
+        return advanced
 
     return await uow.run(work)

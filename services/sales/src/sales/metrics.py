@@ -41,3 +41,16 @@ def observe_verdict(item: InboxItem) -> None:
 
 def observe_stage_move(target: str) -> None:
     STAGE_MOVES.labels(target).inc()
+
+
+CONTACT_IMPORT_ROWS = Counter(
+    "crm_sales_contact_import_rows",
+    "Rows of contact imports committed, by outcome",
+    ["outcome"],
+)
+
+
+def observe_contact_import(accepted: int, rejected: int) -> None:
+    """One batch of a contact import committed."""
+    CONTACT_IMPORT_ROWS.labels("accepted").inc(accepted)
+    CONTACT_IMPORT_ROWS.labels("rejected").inc(rejected)

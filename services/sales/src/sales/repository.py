@@ -6,12 +6,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Protocol
 
 from crm_contracts import Event
 from crm_platform.errors import Conflict
+from crm_platform.imports.handlers import ImportRepository
 from crm_platform.uow import UnitOfWork
 
 from sales.domain.account import Account
@@ -53,6 +54,9 @@ class ContactRepository(Protocol):
         """Raises :class:`DuplicateContact` for a second contact with the same email."""
 
     async def save(self, contact: Contact) -> None: ...
+
+    async def add_many(self, contacts: Sequence[Contact]) -> None:
+        """Contacts an import created (their emails checked against the stored ones first)."""
 
 
 class InboxRepository(Protocol):
@@ -127,6 +131,10 @@ class SalesUnit(Protocol):
 
     @property
     def contacts(self) -> ContactRepository: ...
+
+    @property
+    def imports(self) -> ImportRepository:
+        """Contact imports (``crm_platform.imports``): the jobs, their error reports, mappings."""
 
     def emit(self, event: Event, *, correlation_id: str | None = None) -> None: ...
 

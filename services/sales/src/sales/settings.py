@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from crm_platform.settings import ServiceSettings, http_port_field, service_name_field
+from crm_platform.imports.settings import ImportSettings
+from crm_platform.settings import http_port_field, service_name_field
 from pydantic import Field
 
 from sales.domain.inbox import DEFAULT_SLA_MINUTES, MAX_SLA_MINUTES, MIN_SLA_MINUTES
@@ -20,7 +21,7 @@ DEPARTMENT = "sales"
 DEFAULT_PORT = 8002
 
 
-class SalesSettings(ServiceSettings):
+class SalesSettings(ImportSettings):
     service_name: str = service_name_field(SERVICE_NAME)
     http_port: int = http_port_field(DEFAULT_PORT)
     lead_response_sla_minutes: int = Field(

@@ -22,7 +22,7 @@ side the API lists and shows with.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -34,6 +34,8 @@ from crm_contracts.events.sales import Commitment, RejectReason, Verdict
 from crm_contracts.events.service_desk import CommitmentDecisionKind
 from crm_platform.cache import TtlCache
 from crm_platform.counters import RoundRobinCounter
+from crm_platform.imports import store as imports_store
+from crm_platform.imports.store import JobCodec
 from crm_platform.money import to_amount
 from crm_platform.mongo import Tx
 from crm_platform.paging import Sort, index_specs, keyset, page, sorts, text_search
@@ -46,6 +48,7 @@ from pymongo.errors import DuplicateKeyError
 from sales.domain.account import Account, DirectSource
 from sales.domain.assignment import Rep
 from sales.domain.contact import Contact
+from sales.domain.contact_imports import ContactImportDefaults, ContactImportJob
 from sales.domain.forecast import StageTotal
 from sales.domain.inbox import DEFAULT_SLA_MINUTES, AssignmentRecord, InboxItem, InboxStatus, VerdictRecord
 from sales.domain.opportunity import (
@@ -667,6 +670,10 @@ class MongoContactRepository:
         except DuplicateKeyError:
             raise _duplicate_contact(contact, None) from None
 
+    async def add_many(self, contacts: Sequence[Contact]) -> None:
+        if contacts:
+            await self.col.insert_many([contact_doc(c) for c in contacts], session=self.tx.session)
+
     async def save(self, contact: Contact) -> None:
         doc = _fields(contact_doc(contact))
         result = await self.col.update_one({"_id": contact.id}, {"$set": doc}, session=self.tx.session)
@@ -682,6 +689,15 @@ def _duplicate_contact(contact: Contact, known_id: str | None) -> DuplicateConta
     )
 
 
+# -- contact imports (the machinery is crm_platform.imports.store; the defaults are ours) --------
+
+CONTACT_IMPORTS: JobCodec[ContactImportJob] = JobCodec(
+    ContactImportJob,
+    lambda d: {"owner": d.owner},
+    lambda d: ContactImportDefaults(str(d["owner"])),
+)
+
+
 class MongoSalesUnit(MongoUnit):
     """``repository.SalesUnit`` over one MongoDB transaction; events go to its outbox."""
 
@@ -692,6 +708,7 @@ class MongoSalesUnit(MongoUnit):
         self.team = MongoTeamRepository(tx, config_cache)
         self.accounts = MongoAccountRepository(tx)
         self.contacts = MongoContactRepository(tx)
+        self.imports = imports_store.MongoImports(tx, CONTACT_IMPORTS)
 
 
 # -- the read side (the API's listings and views) ----------------------------------------------
@@ -974,6 +991,7 @@ async def ensure_book_indexes(db: Db) -> None:
     """Identity (unique name key, unique email), then each list's (filter, order) and text indexes."""
     await db[ACCOUNTS].create_index("key", unique=True, name="name_unique")
     await db[CONTACTS].create_index("email", unique=True, name="email_unique")
+    await imports_store.ensure_indexes(db)  # contact imports (crm_platform.imports)
     for col, prefixes, orders in (
         (ACCOUNTS, _ACCOUNT_PREFIXES, ACCOUNT_SORTS),
         (CONTACTS, _CONTACT_PREFIXES, CONTACT_SORTS),

@@ -61,8 +61,9 @@ AUDIT_READERS = frozenset({Role.ADMIN, Role.AUDITOR})
 KPI_READERS = frozenset({Role.ANALYST, Role.EXECUTIVE, Role.ADMIN})
 
 
-# Uploads: forwarded as a stream (never read whole), up to CRM_MAX_UPLOAD_BYTES.
-UPLOAD_PATHS = re.compile(r"^/api/leads/imports/[^/]+/file$")
+# Uploads: forwarded as a stream (never read whole), up to CRM_MAX_UPLOAD_BYTES: marketing's
+# lead imports and sales' contact imports (crm_platform.imports).
+UPLOAD_PATHS = re.compile(r"^/api/(leads/imports|sales/contacts/imports)/[^/]+/file$")
 
 
 def is_upload(path: str) -> bool:

@@ -737,6 +737,19 @@ class ContactIn(In):
     role: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] | None = None
 
 
+class ContactRowIn(In):
+    """One row of a contact import, by ``POST /contacts``' field rules (``ContactIn``)."""
+
+    email: EmailStr
+    name: Text
+    phone: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50)] | None = None
+    role: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] | None = None
+
+
+class ContactImportDefaultsIn(In):
+    owner: UserId | None = Field(default=None, description=OWNER_HELP)
+
+
 class ContactOut(Out):
     id: str
     email: str

@@ -8,14 +8,14 @@ import is created (format, mapping, defaults), then its file is PUT as the raw b
 into storage; the department's worker (``crm_platform.imports.worker``) imports it in the
 background while ``GET .../{id}`` shows its progress and ``GET .../{id}/errors`` its rejected
 rows. The routes read ``app.state.uow`` (the department's unit of work, whose unit has
-``imports``), ``app.state.import_worker`` and ``app.state.settings``
+``imports``), ``app.state.import_worker`` and ``app.state.import_settings``
 (:class:`crm_platform.imports.settings.ImportSettings`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -24,6 +24,7 @@ from fastapi import APIRouter, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
 from starlette.responses import StreamingResponse
 
+from crm_platform.actor import Actor
 from crm_platform.auth import require_roles
 from crm_platform.clock import now_millis
 from crm_platform.csv_stream import Cell, csv_response
@@ -59,6 +60,9 @@ class ImportSpec(Generic[J]):
     writers: tuple[str, ...]
     defaults_model: type[BaseModel]  # the request's ``defaults`` (values for fields a row lacks)
     to_defaults: Callable[[Any], Any]  # that model -> the job's defaults
+    # When the defaults depend on who asks or on stored data (sales: the contacts' owner, a
+    # rep's own book), this gives them instead, in the department's unit of work.
+    resolve_defaults: Callable[[Any, Actor, Any], Awaitable[Any]] | None = None
     prefix: str = "/imports"
     mappings_prefix: str = "/import-mappings"
     tag: str = "imports"
@@ -221,13 +225,18 @@ def routers(spec: ImportSpec[J]) -> tuple[APIRouter, APIRouter]:
             mapping = await store.get_mapping(db, values.mapping_name)
             if mapping is None:
                 raise RuleViolation(f"no saved mapping '{values.mapping_name}'", field="body.mapping_name")
+        uow = request.app.state.uow
+        if spec.resolve_defaults is not None:
+            defaults = await spec.resolve_defaults(uow, actor, values.defaults)
+        else:
+            defaults = spec.to_defaults(values.defaults)
         try:
             job = await handlers.create_import(
-                request.app.state.uow,
+                uow,
                 spec.codec.job_type,
                 values.format,
                 mapping,
-                spec.to_defaults(values.defaults),
+                defaults,
                 actor=actor,
                 mapping_name=values.mapping_name,
             )
@@ -336,7 +345,7 @@ def _upload_route(spec: ImportSpec[Any]) -> Callable[..., Any]:
                 f"a {job.format.value} import takes Content-Type {' or '.join(CONTENT_TYPES[job.format])}, "
                 f"not '{media or 'none'}'"
             )
-        settings, uow = request.app.state.settings, request.app.state.uow
+        settings, uow = request.app.state.import_settings, request.app.state.uow
         upload_id, stale_after = new_id(), timedelta(seconds=settings.import_upload_stale_seconds)
         if not await store.take_upload(db, import_id, upload_id, now_millis(), stale_after):
             raise Conflict(
@@ -367,7 +376,7 @@ async def _store(
             db,
             job,
             request.stream(),
-            max_row_bytes=request.app.state.settings.import_max_row_bytes,
+            max_row_bytes=request.app.state.import_settings.import_max_row_bytes,
             still_mine=lambda: store.renew_upload(db, job.id, upload_id, now_millis() + stale_after),
         )
     except BadFile as exc:

@@ -9,6 +9,11 @@ from crm_platform.settings import ServiceSettings
 
 
 class ImportSettings(ServiceSettings):
+    @classmethod
+    def of_service(cls, settings: ServiceSettings) -> ImportSettings:
+        """``settings``' import settings (a plain ``ServiceSettings`` gets the defaults)."""
+        return settings if isinstance(settings, ImportSettings) else cls.model_validate(settings.model_dump())
+
     # Rows per transaction, the worker's lease on a job (a crashed worker's job is resumed by
     # another once it expires), how often idle workers look for work, and the longest row a
     # file may have (a longer one is rejected, never held).
