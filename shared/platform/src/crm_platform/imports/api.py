@@ -211,13 +211,34 @@ def bodies(spec: ImportSpec[Any]) -> tuple[type[BaseModel], type[BaseModel]]:
 
 def routers(spec: ImportSpec[J]) -> tuple[APIRouter, APIRouter]:
     """The department's import routes and its saved-mapping routes (its writers only)."""
-    ImportIn, MappingIn = bodies(spec)
+    import_in, mapping_in = bodies(spec)
     imports = APIRouter(prefix=spec.prefix, tags=[spec.tag], dependencies=[require_roles(*spec.writers)])
     mappings = APIRouter(
         prefix=spec.mappings_prefix, tags=[spec.tag], dependencies=[require_roles(*spec.writers)]
     )
-    record = spec.record
+    imports.add_api_route(
+        "",
+        _create_route(spec, import_in),
+        methods=["POST"],
+        response_model=ImportOut,
+        status_code=status.HTTP_201_CREATED,
+        summary=f"Create an import of {spec.record}s",
+    )
+    imports.add_api_route(
+        "/{import_id}/file",
+        _upload_route(spec),
+        methods=["PUT"],
+        response_model=ImportOut,
+        status_code=status.HTTP_202_ACCEPTED,
+        summary="Upload the import's file as the raw body (streamed; up to CRM_MAX_UPLOAD_BYTES)",
+        responses={415: {"description": "the Content-Type does not match the import's format"}},
+    )
+    _read_routes(imports, spec)
+    _mapping_routes(mappings, spec, mapping_in)
+    return imports, mappings
 
+
+def _create_route(spec: ImportSpec[Any], import_in: type[BaseModel]) -> Callable[..., Any]:
     async def create_import(body: BaseModel, request: Request, db: DbDep, actor: CurrentActor) -> ImportOut:
         values: Any = body
         mapping: dict[str, str] | None = dict(values.mapping) if values.mapping is not None else None
@@ -232,39 +253,19 @@ def routers(spec: ImportSpec[J]) -> tuple[APIRouter, APIRouter]:
             defaults = spec.to_defaults(values.defaults)
         try:
             job = await handlers.create_import(
-                uow,
-                spec.codec.job_type,
-                values.format,
-                mapping,
-                defaults,
-                actor=actor,
-                mapping_name=values.mapping_name,
-            )
+                uow, spec.codec.job_type, values.format, mapping, defaults,
+                actor=actor, mapping_name=values.mapping_name,
+            )  # fmt: skip
         except InvalidMapping as exc:
             raise RuleViolation(f"invalid mapping: {exc}", field="body.mapping") from None
         return ImportOut.of(job)
 
     # The body's model is built per department, so it is set here (FastAPI reads the signature).
-    create_import.__annotations__["body"] = ImportIn
-    imports.add_api_route(
-        "",
-        create_import,
-        methods=["POST"],
-        response_model=ImportOut,
-        status_code=status.HTTP_201_CREATED,
-        summary=f"Create an import of {record}s",
-    )
-    imports.add_api_route(
-        "/{import_id}/file",
-        _upload_route(spec),
-        methods=["PUT"],
-        response_model=ImportOut,
-        status_code=status.HTTP_202_ACCEPTED,
-        summary="Upload the import's file as the raw body (streamed; up to CRM_MAX_UPLOAD_BYTES)",
-        responses={415: {"description": "the Content-Type does not match the import's format"}},
-    )
-    _read_routes(imports, spec)
+    create_import.__annotations__["body"] = import_in
+    return create_import
 
+
+def _mapping_routes(r: APIRouter, spec: ImportSpec[Any], mapping_in: type[BaseModel]) -> None:
     async def save_mapping(
         name: MappingName, body: BaseModel, request: Request, actor: CurrentActor
     ) -> MappingOut:
@@ -277,23 +278,22 @@ def routers(spec: ImportSpec[J]) -> tuple[APIRouter, APIRouter]:
             raise RuleViolation(f"invalid mapping: {exc}", field="body.columns") from None
         return MappingOut(name=name, columns=columns)
 
-    save_mapping.__annotations__["body"] = MappingIn
+    save_mapping.__annotations__["body"] = mapping_in
 
     async def list_mappings(db: DbDep) -> MappingListOut:
         docs = await store.list_mappings(db)
         return MappingListOut(items=[MappingOut(name=d["_id"], columns=d["columns"]) for d in docs])
 
-    mappings.add_api_route(
+    r.add_api_route(
         "/{name}",
         save_mapping,
         methods=["PUT"],
         response_model=MappingOut,
         summary="Save a column mapping under a name",
     )
-    mappings.add_api_route(
+    r.add_api_route(
         "", list_mappings, methods=["GET"], response_model=MappingListOut, summary="The saved column mappings"
     )
-    return imports, mappings
 
 
 def _read_routes(r: APIRouter, spec: ImportSpec[Any]) -> None:
