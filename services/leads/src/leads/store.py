@@ -95,6 +95,19 @@ async def ensure_indexes(db: Db) -> None:
     await db[LEADS].create_index(
         [("name", TEXT), ("company", TEXT), ("email", TEXT)], name="search", default_language="none"
     )
+    await _ensure_other_indexes(db)
+    try:
+        await db[SCORING_RULES].update_one(
+            {"_id": DEFAULT_RULES.version},
+            {"$setOnInsert": {k: v for k, v in rules_to_doc(DEFAULT_RULES).items() if k != "_id"}},
+            upsert=True,
+        )
+    except DuplicateKeyError:
+        pass  # another replica seeded it at the same moment
+
+
+async def _ensure_other_indexes(db: Db) -> None:
+    """Behaviours, verdicts, custom field filters and imports."""
     await db[BEHAVIOURS].create_index([("lead_id", ASCENDING), ("occurred_at", ASCENDING)], name="by_lead")
     await db[BEHAVIOURS].create_index(
         [("lead_id", ASCENDING), ("external_id", ASCENDING)],
@@ -105,14 +118,6 @@ async def ensure_indexes(db: Db) -> None:
     await db[VERDICTS].create_index("lead_id", name="by_lead")
     await custom_fields_api.ensure_index(db, LEADS)  # ?cf= filters on custom fields
     await imports_store.ensure_indexes(db)
-    try:
-        await db[SCORING_RULES].update_one(
-            {"_id": DEFAULT_RULES.version},
-            {"$setOnInsert": {k: v for k, v in rules_to_doc(DEFAULT_RULES).items() if k != "_id"}},
-            upsert=True,
-        )
-    except DuplicateKeyError:
-        pass  # another replica seeded it at the same moment
 
 
 # -- leads -------------------------------------------------------------------------------
