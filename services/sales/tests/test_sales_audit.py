@@ -229,8 +229,14 @@ async def _contact_mapping(sales: Sales) -> httpx.Response:
     return await sales.client.put(url, json=body, headers=sales.rep("cim"))
 
 
+async def _custom_fields(sales: Sales) -> httpx.Response:
+    body = {"fields": [{"key": "segment", "label": "Segment", "type": "choice", "choices": ["smb", "ent"]}]}
+    return await sales.client.put("/custom-fields/account", json=body, headers=sales.headers("admin", "root"))
+
+
 RECIPES: dict[str, Callable[[Sales], Awaitable[httpx.Response]]] = {
     "POST /accounts": _account,
+    "PUT /custom-fields/{record_type}": _custom_fields,
     "POST /contacts/imports": _contact_import,
     "PUT /contacts/imports/{import_id}/file": _contact_upload,
     "PUT /contacts/import-mappings/{name}": _contact_mapping,

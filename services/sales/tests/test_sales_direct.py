@@ -78,7 +78,8 @@ async def test_a_referral_becomes_a_won_deal_handed_to_customer_success(
 
         a, c, o = await reader.wait_for(created, what="the direct records' events for analytics")
         assert a.payload == {"account_id": account["id"], "name": account["name"], "owner": rep,
-                             "source": "referral", "industry": None}  # fmt: skip
+                             "source": "referral", "industry": None, "custom": {}}  # fmt: skip
+        assert a.schema_version == 2, "v1 plus the (here empty) extension map"
         assert c.payload == {
             "contact_id": contact["id"],
             "account_id": account["id"],

@@ -10,6 +10,7 @@ from analytics.domain.kpis import compute
 from crm_contracts import Envelope, decode, envelope_for
 from crm_contracts.events.common import Consent
 from crm_contracts.events.leads import LeadCapturedV2
+from crm_contracts.events.sales import SalesAccountCreatedV2
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -72,3 +73,19 @@ def test_each_lead_counts_once_with_its_latest_values_in_any_order() -> None:
 
 def test_a_lead_without_custom_values_adds_nothing() -> None:
     assert breakdown([captured("l1", {})]) == {}
+
+
+def test_sales_accounts_are_broken_down_under_their_own_kind() -> None:
+    event = SalesAccountCreatedV2.model_validate(
+        {
+            "account_id": "a1",
+            "name": "Acme",
+            "owner": "rita",
+            "source": "referral",
+            "custom": {"segment": choice("ent")},
+        }
+    )
+    env = envelope_for(event, source="sales", correlation_id="c", occurred_at=NOW - timedelta(minutes=5))
+    assert breakdown([env]) == {
+        "sales_account": {"segment": {"type": "choice", "count": 1, "values": {"ent": 1}}}
+    }

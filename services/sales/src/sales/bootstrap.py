@@ -5,8 +5,9 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from crm_platform import audit_api
+from crm_platform import audit_api, custom_fields_api
 from crm_platform.app import create_app
+from crm_platform.custom_fields import RecordType
 from crm_platform.imports.settings import ImportSettings
 from crm_platform.retention import retention_job
 from crm_platform.runtime import ServiceRuntime
@@ -17,6 +18,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from sales import action_items, consumers, store
 from sales.api import accounts, contact_imports, contacts, forecast, inbox, opportunities, team
+from sales.api.deps import SALES
 from sales.domain.inbox import DEFAULT_SLA_MINUTES
 from sales.domain.review import ReviewPolicy
 from sales.importer import ContactImportWorker
@@ -66,10 +68,12 @@ def build_app(settings: ServiceSettings) -> FastAPI:
             team.router,
             action_items.router,
             audit_api.router(),
+            custom_fields_api.router(SALES),
         ],
         upload_paths=contact_imports.is_upload,
     )
     app.state.uow = uow
+    custom_fields_api.wire(app, runtime.store, [RecordType.ACCOUNT], settings.config_cache_seconds)
     _wire_imports(app, runtime, uow, ImportSettings.of_service(settings))
     action_items.wire(app, runtime)
     return app

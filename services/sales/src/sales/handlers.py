@@ -31,12 +31,14 @@ from crm_contracts.events.service_desk import (
 from crm_platform.actor import Actor
 from crm_platform.clock import now_millis, to_millis
 from crm_platform.consumer import DeadLetter
+from crm_platform.custom_fields import FieldSet, StoredValue
 from crm_platform.errors import Conflict, NotFound
 from crm_platform.imports import handlers as import_jobs
 from crm_platform.imports.domain import Checkpoint, Rejection
 from crm_platform.roster import round_robin
 
 from sales import metrics
+from sales.domain import account as account_domain
 from sales.domain.access import owner_for_new_record, require_access
 from sales.domain.account import Account, DirectSource
 from sales.domain.assignment import (
@@ -481,6 +483,8 @@ class NewAccount:
     owner: str | None = None
     industry: str | None = None
     website: str | None = None
+    custom: Mapping[str, StoredValue] | None = None  # checked against the account's FieldSet
+    fields: FieldSet = account_domain.NO_CUSTOM_FIELDS
 
 
 async def create_account(uow: SalesUoW, new: NewAccount, actor: Actor) -> Account:
@@ -490,7 +494,8 @@ async def create_account(uow: SalesUoW, new: NewAccount, actor: Actor) -> Accoun
         owner = owner_for_new_record(actor, new.owner, await unit.team.active_rep_ids())
         account, event = Account.open(
             uow.new_id(), new.name, owner=owner, source=new.source, by=actor.user_id,
-            now=now_millis(uow.clock), industry=new.industry, website=new.website,
+            now=now_millis(uow.clock), industry=new.industry, website=new.website, custom=new.custom,
+            fields=new.fields,
         )  # fmt: skip
         await unit.accounts.add(account)
         unit.emit(event, correlation_id=account.id)

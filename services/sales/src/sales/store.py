@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -32,6 +33,7 @@ from crm_contracts import utcnow
 from crm_contracts.events.leads import LeadQualifiedV1
 from crm_contracts.events.sales import Commitment, RejectReason, Verdict
 from crm_contracts.events.service_desk import CommitmentDecisionKind
+from crm_platform import custom_fields_api
 from crm_platform.cache import TtlCache
 from crm_platform.counters import RoundRobinCounter
 from crm_platform.imports import store as imports_store
@@ -598,6 +600,7 @@ def account_from_doc(d: Doc) -> Account:
         updated_at=d["updated_at"],
         industry=d.get("industry"),
         website=d.get("website"),
+        custom=d.get("custom") or {},
     )
 
 
@@ -992,6 +995,7 @@ async def ensure_book_indexes(db: Db) -> None:
     await db[ACCOUNTS].create_index("key", unique=True, name="name_unique")
     await db[CONTACTS].create_index("email", unique=True, name="email_unique")
     await imports_store.ensure_indexes(db)  # contact imports (crm_platform.imports)
+    await custom_fields_api.ensure_index(db, ACCOUNTS)  # ?cf= filters on accounts' custom fields
     for col, prefixes, orders in (
         (ACCOUNTS, _ACCOUNT_PREFIXES, ACCOUNT_SORTS),
         (CONTACTS, _CONTACT_PREFIXES, CONTACT_SORTS),
@@ -1015,10 +1019,13 @@ class BookQuery:
     account_id: str | None = None  # contacts only
     q: str | None = None
     sort: str = "newest"
+    custom: Doc = dataclass_field(
+        default_factory=dict
+    )  # accounts: crm_platform.custom_fields.filter_of (?cf=)
 
     def filter(self) -> Doc:
         fields = (("owner", self.owner), ("source", self.source), ("account_id", self.account_id))
-        query: Doc = {k: v for k, v in fields if v is not None}
+        query: Doc = {**self.custom, **{k: v for k, v in fields if v is not None}}
         if self.q:
             query.update(text_search(self.q))
         return query

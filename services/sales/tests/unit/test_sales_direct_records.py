@@ -10,7 +10,7 @@ import pytest
 from crm_contracts.events.sales import (
     DealWonV2,
     OpportunityCreatedV2,
-    SalesAccountCreatedV1,
+    SalesAccountCreatedV2,
     SalesContactCreatedV1,
 )
 from crm_platform.actor import Actor
@@ -79,7 +79,7 @@ async def test_a_rep_opens_an_account_contact_and_opportunity_in_their_book() ->
     assert opp.contacts == [{"name": "Ada", "email": "ada@x.io", "phone": None, "role": None}]
     events = uow.unit.events
     assert [type(e.event) for e in events] == [
-        SalesAccountCreatedV1,
+        SalesAccountCreatedV2,
         SalesContactCreatedV1,
         OpportunityCreatedV2,
     ]

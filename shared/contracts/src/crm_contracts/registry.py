@@ -22,6 +22,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     sales.OpportunityCreatedV1,
     sales.OpportunityCreatedV2,
     sales.SalesAccountCreatedV1,
+    sales.SalesAccountCreatedV2,
     sales.SalesContactCreatedV1,
     sales.OpportunityStageChangedV1,
     sales.ActivityLoggedV1,

@@ -212,6 +212,22 @@ ROUTE_TABLE: tuple[RouteRule, ...] = (
         "whoever reads leads reads their custom fields' definitions",
         permission="leads.custom-fields.read",
     ),
+    rule(
+        SALES,
+        WRITE,
+        "/custom-fields/**",
+        ADMINS,
+        "administrators define custom fields",
+        permission="sales.custom-fields.write",
+    ),
+    rule(
+        SALES,
+        READ,
+        "/custom-fields/**",
+        SALES_ROLES,
+        "sales reads its records' custom fields' definitions",
+        permission="sales.custom-fields.read",
+    ),
     # leads (marketing)
     rule(
         LEADS,

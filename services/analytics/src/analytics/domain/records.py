@@ -18,7 +18,8 @@ the records hold no personal data beyond the ids the events carry, and nothing d
 them names a person.
 
 Custom fields (issue 9): an event carrying a record's extension map (``crm_contracts.extensions``,
-e.g. ``lead.captured`` v2) gives that record a ``last_custom`` slot, the latest map flattened to
+``lead.captured`` v2, ``sales.account_created`` v2: kinds ``lead`` and ``sales_account``) gives that
+record a ``last_custom`` slot, the latest map flattened to
 scalars typed by their name: ``choice:<key>``, ``number:<key>``, ``date:<key>``, ``money:<key>``
 (the amount) with ``currency:<key>``. Text values never arrive (the producers leave them out).
 """
@@ -39,6 +40,7 @@ from crm_contracts.events.sales import (
     LeadVerdictV1,
     OpportunityCreatedV1,
     OpportunityStageChangedV1,
+    SalesAccountCreatedV2,
 )
 from crm_contracts.events.service_desk import (
     CheckInLoggedV1,
@@ -143,6 +145,8 @@ def _custom(event: Event, at: float) -> Iterator[Change]:
     """The record's latest custom field values (the event's extension map), flattened."""
     if isinstance(event, LeadCapturedV2) and event.custom:
         yield f"lead:{event.lead_id}", {CUSTOM_SLOT: custom_slot(event.custom, at)}
+    elif isinstance(event, SalesAccountCreatedV2) and event.custom:
+        yield f"sales_account:{event.account_id}", {CUSTOM_SLOT: custom_slot(event.custom, at)}
 
 
 def custom_slot(custom: Mapping[str, ExtensionField], at: float) -> Slot:

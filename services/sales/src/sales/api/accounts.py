@@ -11,6 +11,8 @@ from typing import Annotated
 
 from crm_platform import audit_api
 from crm_platform.csv_stream import Cell, csv_response
+from crm_platform.custom_fields import FieldSet, RecordType, filter_of
+from crm_platform.custom_fields_api import CustomFilter, fields_of
 from crm_platform.errors import NotFound, RuleViolation
 from crm_platform.paging import BadCursor, search_words
 from crm_platform.routes import CurrentActor, DbDep
@@ -24,6 +26,7 @@ from sales.api.models import AccountIn, AccountOut, AccountPageOut
 from sales.domain.access import owner_scope, require_access
 from sales.domain.account import Account, DirectSource
 
+AccountFields = Annotated[FieldSet, fields_of(RecordType.ACCOUNT)]
 router = APIRouter(prefix="/accounts", tags=["accounts"], dependencies=[sales_only])
 
 AccountId = Annotated[str, Path(min_length=1, max_length=100)]
@@ -50,23 +53,28 @@ def bad_cursor(exc: BadCursor) -> RuleViolation:
     status_code=status.HTTP_201_CREATED,
     summary="Open an account (referral, outbound): 409 names the account of the same name",
 )
-async def create_account(body: AccountIn, uow: UowDep, actor: CurrentActor) -> AccountOut:
+async def create_account(
+    body: AccountIn, uow: UowDep, actor: CurrentActor, fields: AccountFields
+) -> AccountOut:
+    website = str(body.website) if body.website else None
     new = handlers.NewAccount(
-        body.name, body.source, body.owner, body.industry, str(body.website) if body.website else None
+        body.name, body.source, body.owner, body.industry, website, fields.create(body.custom), fields
     )
     return AccountOut.of(await handlers.create_account(uow, new, actor))
 
 
 def _query(
     actor: CurrentActor,
+    fields: AccountFields,
     owner: Owner = None,
     source: DirectSource | None = None,
     q: Search = None,
     sort: AccountSort = AccountSort.NEWEST,
+    cf: CustomFilter = None,
 ) -> repo.BookQuery:
     """The list's (and its export's) query, scoped to the actor's book."""
     return repo.BookQuery(owner=owner_scope(actor, owner), source=source.value if source else None,
-                          q=search_words(q), sort=sort.value)  # fmt: skip
+                          q=search_words(q), sort=sort.value, custom=filter_of(fields, cf))  # fmt: skip
 
 
 QueryDep = Annotated[repo.BookQuery, Depends(_query)]

@@ -9,6 +9,7 @@ from crm_contracts import utcnow
 from crm_contracts.events.common import Contact
 from crm_contracts.events.leads import LeadQualifiedV1
 from crm_contracts.events.sales import RejectReason, Verdict
+from crm_platform.custom_fields_api import CustomIn, CustomOut, custom_out
 from crm_platform.money import Amount, StoredAmount, plain_numbers
 from crm_platform.values import Timestamp, custom_value
 from pydantic import (
@@ -701,6 +702,7 @@ class AccountIn(In):
     owner: UserId | None = Field(default=None, description=OWNER_HELP)
     industry: Text | None = None
     website: AnyHttpUrl | None = None
+    custom: CustomIn = None
 
 
 class AccountOut(Out):
@@ -713,10 +715,11 @@ class AccountOut(Out):
     created_by: str
     created_at: datetime
     updated_at: datetime
+    custom: CustomOut = Field(default_factory=dict)
 
     @classmethod
     def of(cls, a: Account) -> AccountOut:
-        return cls.model_validate({**vars(a)})
+        return cls.model_validate({**vars(a), "custom": custom_out(a.custom)})
 
 
 class AccountPageOut(Out):

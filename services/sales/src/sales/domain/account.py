@@ -9,11 +9,15 @@ No I/O: the time, the id and the acting user come in as arguments.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from crm_contracts.events.sales import SalesAccountCreatedV1
+from crm_contracts.events.sales import SalesAccountCreatedV2
+from crm_platform.custom_fields import FieldSet, RecordType, StoredValue, to_extensions
+
+NO_CUSTOM_FIELDS = FieldSet(RecordType.ACCOUNT)
 
 
 class DirectSource(StrEnum):
@@ -42,6 +46,7 @@ class Account:
     updated_at: datetime
     industry: str | None = None
     website: str | None = None
+    custom: Mapping[str, StoredValue] = field(default_factory=dict)  # checked by FieldSet.create
 
     @property
     def key(self) -> str:
@@ -59,10 +64,21 @@ class Account:
         now: datetime,
         industry: str | None = None,
         website: str | None = None,
-    ) -> tuple[Account, SalesAccountCreatedV1]:
-        """A new account in ``owner``'s book, and the event analytics learns of it by."""
-        account = cls(account_id, " ".join(name.split()), owner, source, by, now, now, industry, website)
-        event = SalesAccountCreatedV1(
-            account_id=account_id, name=account.name, owner=owner, source=source.value, industry=industry
+        custom: Mapping[str, StoredValue] | None = None,
+        fields: FieldSet = NO_CUSTOM_FIELDS,
+    ) -> tuple[Account, SalesAccountCreatedV2]:
+        """A new account in ``owner``'s book, and the event analytics learns of it by (its custom
+        fields that ``fields`` defines in the extension map, text left out)."""
+        values = dict(custom or {})
+        account = cls(
+            account_id, " ".join(name.split()), owner, source, by, now, now, industry, website, values
+        )
+        event = SalesAccountCreatedV2(
+            account_id=account_id,
+            name=account.name,
+            owner=owner,
+            source=source.value,
+            industry=industry,
+            custom=to_extensions(fields, values) if values else {},
         )
         return account, event

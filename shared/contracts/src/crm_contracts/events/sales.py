@@ -13,6 +13,7 @@ from crm_contracts import topics
 from crm_contracts.base import Event
 from crm_contracts.envelope import Timestamp
 from crm_contracts.events.common import Contact, Money, Value
+from crm_contracts.extensions import Extensions
 
 
 class Verdict(StrEnum):
@@ -121,6 +122,16 @@ class SalesAccountCreatedV1(Event):
 
     def partition_key(self) -> str:
         return self.account_id
+
+
+class SalesAccountCreatedV2(SalesAccountCreatedV1):
+    """v1 plus the account's custom field values (the extension map, ``crm_contracts.extensions``;
+    text fields are never carried). A subclass of v1, so every consumer that handles v1
+    handles v2."""
+
+    version: ClassVar[int] = 2
+
+    custom: Extensions = Field(default_factory=dict)
 
 
 class SalesContactCreatedV1(Event):

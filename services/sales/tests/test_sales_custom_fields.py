@@ -1,0 +1,93 @@
+"""Custom fields on sales' accounts against the real mongod and broker (issue 9): the same
+platform pieces as marketing's leads (``crm_platform.custom_fields``): an admin defines them,
+``POST /accounts`` checks a value against them (422 naming the field), the values are stored,
+listed with ``?cf=`` on the wildcard index (no collection scan), and carried in
+``sales.account_created`` v2's extension map (text left out)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, TypeAlias
+
+import pytest
+from crm_contracts import Envelope
+from crm_contracts.topics import SALES_EVENTS
+from crm_platform.custom_fields import RecordType, filter_of
+from crm_platform.custom_fields_api import COLLECTION, fieldset_from_doc
+from crm_platform.testing import TopicReader
+from sales import store
+
+pytestmark = pytest.mark.integration
+Sales: TypeAlias = Any  # conftest.Sales
+
+FIELDS: list[dict[str, Any]] = [
+    {"key": "segment", "label": "Segment", "type": "choice", "required": True, "choices": ["smb", "ent"]},
+    {"key": "arr", "label": "ARR", "type": "money", "currency": "EUR", "minimum": 0},
+    {"key": "note", "label": "Note", "type": "text"},
+]
+
+
+async def _define(sales: Sales) -> None:
+    admin = sales.headers("admin", "root")
+    r = await sales.client.put("/custom-fields/account", json={"fields": FIELDS}, headers=admin)
+    assert r.status_code == 200, r.text
+
+
+async def test_definitions_values_filters_and_the_event(sales: Sales, kafka_bootstrap: str) -> None:
+    r = await sales.client.put("/custom-fields/account", json={"fields": FIELDS}, headers=sales.manager())
+    assert r.status_code == 403, "admins define custom fields"
+    await _define(sales)
+    rep = sales.uid("rep")
+    r = await sales.client.get("/custom-fields/account", headers=sales.rep(rep))
+    assert [f["key"] for f in r.json()["fields"]] == ["segment", "arr", "note"]
+    body = {"name": sales.uid("Acme"), "source": "referral"}
+    r = await sales.client.post("/accounts", json=body, headers=sales.rep(rep))
+    assert r.status_code == 422, r.text
+    assert "body.custom.segment" in r.text, "a required custom field"
+    r = await sales.client.post(
+        "/accounts", json={**body, "custom": {"segment": "huge"}}, headers=sales.rep(rep)
+    )
+    assert r.status_code == 422, r.text
+    assert "must be one of smb, ent" in r.text
+
+    reader = await TopicReader(kafka_bootstrap, SALES_EVENTS).start()
+    try:
+        custom = {"segment": "ent", "arr": {"amount": "120000.00", "currency": "EUR"}, "note": "met at expo"}
+        r = await sales.client.post("/accounts", json={**body, "custom": custom}, headers=sales.rep(rep))
+        assert r.status_code == 201, r.text
+        account = r.json()
+        assert account["custom"] == custom
+
+        def created(_: list[Any]) -> list[Envelope] | None:
+            envs = [e for e in reader.envelopes("sales.account_created") if e.partition_key == account["id"]]
+            return envs or None
+
+        [env] = await reader.wait_for(created, what="the account's sales.account_created")
+        assert env.schema_version == 2
+        assert env.payload["custom"] == {
+            "segment": {"type": "choice", "value": "ent"},
+            "arr": {"type": "money", "value": {"amount": "120000.00", "currency": "EUR"}},
+        }, "the text field is left out"
+    finally:
+        await reader.stop()
+
+    async def ids(*cf: str) -> list[str]:
+        r = await sales.client.get("/accounts", params={"cf": list(cf), "limit": 200}, headers=sales.rep(rep))
+        assert r.status_code == 200, r.text
+        return [x["id"] for x in r.json()["items"]]
+
+    assert await ids("segment=ent", "arr>=100000") == [account["id"]]
+    assert await ids("segment=smb") == []
+    r = await sales.client.get("/accounts", params={"cf": "colour=red"}, headers=sales.rep(rep))
+    assert r.status_code == 422, r.text
+
+
+async def test_every_custom_field_filter_uses_an_index(sales: Sales) -> None:
+    await _define(sales)
+    db = sales.runtime.store.db
+    fields = fieldset_from_doc(RecordType.ACCOUNT, await db[COLLECTION].find_one({"_id": "account"}))
+    filters = (["segment=ent"], ["arr>=10"], ["segment=ent", "arr<=5"])
+    for cf, owner, sort in itertools.product(filters, (None, "rita"), sorted(store.ACCOUNT_SORTS)):
+        query = store.BookQuery(owner=owner, sort=sort, custom=filter_of(fields, cf))
+        plan = (await store.find_accounts(db, query).limit(51).explain())["queryPlanner"]
+        assert "COLLSCAN" not in str(plan["winningPlan"]), (cf, owner, sort, plan["winningPlan"])
