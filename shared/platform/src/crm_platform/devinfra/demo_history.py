@@ -5,7 +5,8 @@ have lived it, through the public APIs only: marketing captures the lead and its
 qualifies it, a rep accepts it and takes the deal to won (customer success reviewing the
 commitments of the large ones), the CSM onboards the account, service reps work its tickets,
 customers answer their CSAT and NPS links, the CSM logs check-ins and usage, action items go to
-the three departments' queues and are worked there, sales answers flagged promises, and each
+the three departments' queues and are worked there (one left open is escalated at its due date
+and handed back to a member by the manager), sales answers flagged promises, and each
 renewal is recorded. Every request carries ``X-CRM-Demo-Time`` (the services run with
 ``CRM_DEMO_CLOCK=true``), so the records and the events they emit carry the moment each step
 happened; consumers apply a handoff at its own time plus the real transport.
@@ -354,12 +355,23 @@ class AccountPlayer:
             )
         if i.accepted_at is not None:
             self.c.call(user, "POST", f"{queue}/accept", i.accepted_at, {})
+        self._reassign_if_left_open(i, queue, user)
         if i.closed_at is not None and i.outcome == "done":
             self.c.call(user, "POST", f"{queue}/complete", i.closed_at, {"note": "Done with the customer"})
         elif i.closed_at is not None:
             self.c.call(
                 user, "POST", f"{queue}/decline", i.closed_at, {"reason": "Not something we will change"}
             )
+
+    def _reassign_if_left_open(self, i: Item, queue: str, user: str) -> None:
+        """An item nobody closes was escalated to the department's manager at its due date (on
+        the history's clock, just before the manager's step); a day later the manager hands it
+        to the department's member again (sales' manager, else an administrator)."""
+        at = i.due_at + timedelta(days=1)
+        if i.outcome != "open" or at > utcnow() - timedelta(minutes=10):
+            return
+        manager = "sam" if i.department == "sales" else ADMIN[0]
+        self.c.call(manager, "POST", f"{queue}/assign", at, {"assignee": self.c.user_ids[user]})
 
     def _exists(self, user: str, path: str) -> bool:
         found = self.c.call(user, "GET", path, None, expect=(200, 404))
