@@ -819,23 +819,33 @@ def fresh_infra(args: argparse.Namespace) -> Any:
     return infra
 
 
+PHASES: tuple[tuple[str, Any], ...] = (
+    ("platform", bench_platform),
+    ("backlog", bench_backlog),
+    ("imports", bench_imports),
+    ("console", bench_console),
+)
+
+
+def selected_phases() -> list[tuple[str, Any]] | None:
+    """The phases ``BENCH_PHASES`` names (comma separated; all when unset); None if it names
+    one that does not exist."""
+    wanted = [p for p in os.environ.get("BENCH_PHASES", "").split(",") if p]
+    unknown = set(wanted) - {name for name, _ in PHASES}
+    if unknown:
+        say(f"unknown BENCH_PHASES {sorted(unknown)}; the phases are {[name for name, _ in PHASES]}")
+        return None
+    return [(name, run) for name, run in PHASES if not wanted or name in wanted]
+
+
 async def main() -> int:
     args = parse_args()
     results: dict[str, Any] = {"load_average": {"start": load_average()}, "broker_state_mb": {}}
     args.broker_state_before = results["broker_state_before_trim_mb"] = {}
     say(f"{'reduced' if args.quick else 'full'} run; load average {results['load_average']['start']}")
-    phases = [
-        ("platform", bench_platform),
-        ("backlog", bench_backlog),
-        ("imports", bench_imports),
-        ("console", bench_console),
-    ]
-    wanted = [p for p in os.environ.get("BENCH_PHASES", "").split(",") if p]
-    unknown = set(wanted) - {name for name, _ in phases}
-    if unknown:
-        say(f"unknown BENCH_PHASES {sorted(unknown)}; the phases are {[name for name, _ in phases]}")
+    phases = selected_phases()
+    if phases is None:
         return 2
-    phases = [(name, run) for name, run in phases if not wanted or name in wanted]
     for phase, run in phases:
         infra = fresh_infra(args)  # fresh broker state per phase: no figure pays for another's
         say(f"{phase}: infra {infra.source} (kafka {infra.kafka_bootstrap})")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 from typing import Any, TypeAlias
 
 import pytest
-from crm_contracts import Envelope
+from crm_contracts import Envelope, utcnow
 from crm_contracts.topics import LEAD_QUALIFIED, LEADS_EVENTS
 from crm_platform.testing import TopicReader, auth_headers
 
@@ -14,6 +15,10 @@ pytestmark = pytest.mark.integration
 Leads: TypeAlias = Any  # conftest.Leads (conftest is not importable in importlib mode)
 
 MARKETING = auth_headers(["marketing"], "mia")
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat()
 
 
 def email() -> str:
@@ -121,11 +126,13 @@ async def test_bulk_behaviours_record_in_order_and_hand_each_qualified_lead_over
     bob = (await leads.capture())["lead"]["id"]
     reader = await TopicReader(kafka_bootstrap, LEAD_QUALIFIED).start()
     try:
+        # Distinct times: the behaviour list is ordered by when each occurred.
+        first, later = (utcnow() - timedelta(minutes=m) for m in (2, 1))
         body = {
             "behaviours": [
-                {"lead_id": ada, "behaviour": "form_submit", "external_id": "t-1"},
+                {"lead_id": ada, "behaviour": "form_submit", "external_id": "t-1", "occurred_at": iso(first)},
                 {"lead_id": bob, "behaviour": "page_view"},
-                {"lead_id": ada, "behaviour": "trial_signup"},
+                {"lead_id": ada, "behaviour": "trial_signup", "occurred_at": iso(later)},
                 {"lead_id": ada, "behaviour": "form_submit", "external_id": "t-1"},  # sent twice
             ]
         }

@@ -39,19 +39,8 @@ DESCRIPTION = """The single entry point of the CRM.
 
 
 def build_app(settings: GatewaySettings) -> FastAPI:
-    upstreams = Upstreams(
-        settings.upstreams,
-        timeout=settings.upstream_timeout_seconds,
-        connect_timeout=settings.upstream_connect_timeout_seconds,
-        max_connections=settings.upstream_max_connections,
-    )
-    # The relay publishes the permission policy's changes (no subscription: it consumes nothing).
-    runtime = ServiceRuntime(settings, indexes=store.ensure_indexes, on_stop=[upstreams.aclose])
-    runtime.background.append(
-        retention_job(
-            runtime.store, store.RETENTION_RULES, settings.retention_days, settings.retention_every_seconds
-        )
-    )
+    upstreams = _upstreams(settings)
+    runtime = _runtime(settings, upstreams)
 
     async def on_startup(app: FastAPI) -> None:
         await handlers.bootstrap_admin(app.state.deps, settings.bootstrap_admin_password)
@@ -95,6 +84,27 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(RequestLogFields)
     install_log_filter()
     return app
+
+
+def _upstreams(settings: GatewaySettings) -> Upstreams:
+    return Upstreams(
+        settings.upstreams,
+        timeout=settings.upstream_timeout_seconds,
+        connect_timeout=settings.upstream_connect_timeout_seconds,
+        max_connections=settings.upstream_max_connections,
+    )
+
+
+def _runtime(settings: GatewaySettings, upstreams: Upstreams) -> ServiceRuntime:
+    """The gateway's runtime: its relay publishes the permission policy's changes (no
+    subscription: it consumes nothing); the retention job runs beside it."""
+    runtime = ServiceRuntime(settings, indexes=store.ensure_indexes, on_stop=[upstreams.aclose])
+    runtime.background.append(
+        retention_job(
+            runtime.store, store.RETENTION_RULES, settings.retention_days, settings.retention_every_seconds
+        )
+    )
+    return runtime
 
 
 def _protected_routers() -> list[APIRouter]:
