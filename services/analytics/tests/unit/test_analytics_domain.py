@@ -164,6 +164,30 @@ def test_a_requalified_lead_pairs_acceptance_with_the_latest_qualification_befor
     assert business["p50"] == pytest.approx(300, rel=REL)
 
 
+def test_a_rejected_or_recycled_lead_was_answered_too(journey):
+    """Sales' first human answer ends the handoff's business latency, whatever the verdict."""
+    state = run(
+        [
+            journey.qualified("lead-1", when=100),
+            journey.verdict("lead-1", "rejected", when=700),
+            journey.qualified("lead-2", when=100),
+            journey.verdict("lead-2", "recycled", when=250),
+        ]
+    )
+    business = handoffs(state)["lead-qualified"]["business"]
+    assert business["count"] == 2
+    assert business["p99"] == pytest.approx(600, rel=REL)
+    assert state.figures.summary()["funnel"]["stages"]["accepted"] == 0, "answered is not accepted"
+
+
+def test_lead_facts_stored_before_answered_at_existed_keep_their_sample() -> None:
+    from analytics.domain.facts import LeadFacts
+
+    old = LeadFacts.from_json({"qualified_at": [100.0], "accepted_at": 400.0})
+    assert old.business_latency() == 300.0
+    assert LeadFacts.from_json(old.to_json()) == old
+
+
 def test_business_latency_is_never_negative(journey):
     state = run([journey.qualified("lead-1", when=500), journey.verdict("lead-1", when=400)])
     assert handoffs(state)["lead-qualified"]["business"]["p50"] == 0.0

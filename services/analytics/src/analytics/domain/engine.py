@@ -98,8 +98,12 @@ def apply(state: AnalyticsState, envelope: Envelope, event: Event) -> AnalyticsS
     elif isinstance(event, LeadQualifiedV1):
         _update_lead(state, event.lead_id, lambda f: f.with_qualification(at, event.source_channel))
     elif isinstance(event, LeadVerdictV1):
-        if event.verdict == Verdict.ACCEPTED:
-            _update_lead(state, event.lead_id, lambda f: f.with_acceptance(at))
+        accepted = event.verdict == Verdict.ACCEPTED
+        _update_lead(
+            state,
+            event.lead_id,
+            lambda f: f.with_verdict(at).with_acceptance(at) if accepted else f.with_verdict(at),
+        )
     elif isinstance(event, DealWonV1):
         _update_deal(state, event.deal_id, lambda f: f.with_win(at, event.lead_id))
         if event.lead_id:

@@ -39,6 +39,7 @@ class LeadFacts:
     qualified_at: tuple[float, ...] = ()  # lead.qualified times, ascending, most recent kept
     qualify_channel: str | None = None  # channel of the earliest qualification
     accepted_at: float | None = None  # earliest lead.verdict accepted
+    answered_at: float | None = None  # latest lead.verdict of any kind (sales' human answer)
     deal_ids: tuple[str, ...] = ()  # deals won from this lead (for channel attribution)
 
     @property
@@ -66,6 +67,12 @@ class LeadFacts:
     def with_acceptance(self, at: float) -> LeadFacts:
         return replace(self, accepted_at=_earliest(self.accepted_at, at))
 
+    def with_verdict(self, at: float) -> LeadFacts:
+        """Sales answered (accepted, rejected or recycled): the latest answer is kept."""
+        if self.answered_at is not None and self.answered_at >= at:
+            return self
+        return replace(self, answered_at=at)
+
     def with_deal(self, deal_id: str) -> LeadFacts:
         if deal_id in self.deal_ids:
             return self
@@ -83,21 +90,24 @@ class LeadFacts:
                 out = out.with_qualification(at, channel)
         if other.accepted_at is not None:
             out = out.with_acceptance(other.accepted_at)
+        if other.answered_at is not None:
+            out = out.with_verdict(other.answered_at)
         for deal_id in other.deal_ids:
             out = out.with_deal(deal_id)
         return out
 
     def business_latency(self) -> float | None:
-        """Handed off (qualified) -> accepted by sales, in seconds.
+        """Handed off (qualified) -> sales' first human answer to it (a verdict of any kind:
+        accepted, rejected or recycled), in seconds.
 
-        Pairs the acceptance with the latest qualification not after it (a recycled
-        lead is qualified again); never negative (clock skew is clamped).
+        Pairs the latest verdict with the latest qualification not after it (a recycled
+        lead is qualified again and answered again); never negative (clock skew is clamped).
         """
-        if self.accepted_at is None or not self.qualified_at:
+        if self.answered_at is None or not self.qualified_at:
             return None
-        before = [t for t in self.qualified_at if t <= self.accepted_at]
+        before = [t for t in self.qualified_at if t <= self.answered_at]
         start = before[-1] if before else self.qualified_at[0]
-        return max(0.0, self.accepted_at - start)
+        return max(0.0, self.answered_at - start)
 
     def to_json(self) -> LeadFactsJson:
         return {
@@ -106,6 +116,7 @@ class LeadFacts:
             "qualified_at": list(self.qualified_at),
             "qualify_channel": self.qualify_channel,
             "accepted_at": self.accepted_at,
+            "answered_at": self.answered_at,
             "deal_ids": list(self.deal_ids),
         }
 
@@ -119,6 +130,8 @@ class LeadFacts:
             qualified_at=tuple(doc.get("qualified_at") or ()),
             qualify_channel=doc.get("qualify_channel"),
             accepted_at=doc.get("accepted_at"),
+            # Facts stored before answered_at existed knew only the acceptance.
+            answered_at=doc.get("answered_at", doc.get("accepted_at")),
             deal_ids=tuple(doc.get("deal_ids") or ()),
         )
 
@@ -221,6 +234,7 @@ class LeadFactsJson(TypedDict, total=False):
     qualified_at: list[float]
     qualify_channel: str | None
     accepted_at: float | None
+    answered_at: float | None
     deal_ids: list[str]
 
 
