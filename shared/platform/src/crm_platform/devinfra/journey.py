@@ -31,6 +31,8 @@ DEMO_USERS: dict[str, tuple[str, list[str], str]] = {
     "ana": ("ana-demo-pass-1", ["analyst"], "Ana (analyst)"),
     "eve": ("eve-demo-pass-1", ["executive"], "Eve (executive)"),
     "aude": ("aude-demo-pass1", ["auditor"], "Aude (auditor)"),
+    "lena": ("lena-demo-pass1", ["service_lead"], "Lena (service lead)"),
+    "mark": ("mark-demo-pass1", ["marketing_manager"], "Mark (marketing manager)"),
 }
 
 
