@@ -242,15 +242,9 @@ class MongoLeads:
         return {lead.email: lead for lead in [lead_from_doc(d) async for d in cursor]}
 
     async def add_many(self, leads: Sequence[Lead]) -> None:
-        if not leads:
-            return
-        try:
-            docs = [lead_to_doc(lead) for lead in leads]
-            await self.tx.db[LEADS].insert_many(docs, session=self.tx.session)
-        except BulkWriteError as exc:  # one of their emails was captured meanwhile: as for add()
-            if any(e.get("code") == DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
-                raise DuplicateKeyError("a lead with one of these emails exists", DUPLICATE_KEY) from exc
-            raise
+        # one of their emails captured meanwhile: DuplicateKeyError, as for add()
+        docs = [lead_to_doc(lead) for lead in leads]
+        await _insert_many(self.tx, LEADS, docs, "a lead with one of these emails exists")
 
     async def save_many(self, leads: Sequence[Lead]) -> None:
         if leads:
@@ -402,15 +396,22 @@ class MongoBehaviours:
         await self.tx.db[BEHAVIOURS].insert_one(behaviour_to_doc(record), session=self.tx.session)
 
     async def add_many(self, records: Sequence[BehaviourRecord]) -> None:
-        if not records:
-            return
-        try:
-            docs = [behaviour_to_doc(r) for r in records]
-            await self.tx.db[BEHAVIOURS].insert_many(docs, session=self.tx.session)
-        except BulkWriteError as exc:  # a concurrent retry recorded one of the pairs: as for add()
-            if any(e.get("code") == DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
-                raise DuplicateKeyError("one of these behaviours is recorded", DUPLICATE_KEY) from exc
-            raise
+        # a concurrent retry recorded one of the pairs: DuplicateKeyError, as for add()
+        docs = [behaviour_to_doc(r) for r in records]
+        await _insert_many(self.tx, BEHAVIOURS, docs, "one of these behaviours is recorded")
+
+
+async def _insert_many(tx: Tx, collection: str, docs: list[Doc], duplicate: str) -> None:
+    """``insert_many`` in the unit's transaction; a unique index's refusal is a
+    ``DuplicateKeyError`` (what the handlers' race retry expects), not a ``BulkWriteError``."""
+    if not docs:
+        return
+    try:
+        await tx.db[collection].insert_many(docs, session=tx.session)
+    except BulkWriteError as exc:
+        if any(e.get("code") == DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+            raise DuplicateKeyError(duplicate, DUPLICATE_KEY) from exc
+        raise
 
 
 async def list_behaviours(db: Db, lead_id: str, limit: int) -> list[BehaviourRecord]:
