@@ -14,10 +14,8 @@ import uuid
 from contextlib import AsyncExitStack
 
 import pytest
-from crm_platform.permission_policy import store_if_newer
-from crm_platform.permissions import DEFAULT_POLICY
 from crm_platform.pseudonym import DEV_PSEUDONYM_KEY, pseudonym
-from crm_platform.testing import auth_headers, isolated_settings, running_app, token_for
+from crm_platform.testing import auth_headers, grant_for_test, isolated_settings, running_app, token_for
 from leads.main import create_app as leads_app
 from leads.settings import LeadsSettings
 from sales.main import create_app as sales_app
@@ -39,12 +37,7 @@ async def test_one_person_has_one_pseudonym_in_leads_and_in_sales(
     async with AsyncExitStack() as stack:
         lc = await stack.enter_async_context(running_app(leads))
         sc = await stack.enter_async_context(running_app(sales))
-        runtime = sales.state.runtime
-        policy = DEFAULT_POLICY.with_role(
-            "analyst", DEFAULT_POLICY.holds("analyst") | {"sales.accounts.manage"}
-        )
-        assert await store_if_newer(runtime.db, None, policy)
-        runtime.permissions.invalidate()
+        await grant_for_test(sales.state.runtime, {"analyst": {"sales.accounts.manage"}})
 
         body = {"name": "Grace Hopper", "email": f"grace.{tag}@example.com", "source_channel": "webinar",
                 "consent": {"marketing_email": True}}  # fmt: skip

@@ -19,8 +19,7 @@ from crm_contracts import Envelope, envelope_for, utcnow
 from crm_contracts.events.sales import LeadAssignedV1
 from crm_contracts.topics import SALES_EVENTS, dead_letter_topic
 from crm_platform.mongo import PROCESSED
-from crm_platform.permission_policy import store_if_newer
-from crm_platform.testing import TopicReader, eventually, produce_envelope, token_for
+from crm_platform.testing import TopicReader, eventually, grant_for_test, produce_envelope, token_for
 from leads import store
 
 pytestmark = pytest.mark.integration
@@ -87,14 +86,9 @@ async def _readable(leads: Leads, headers: dict[str, str], ids: list[str], tag: 
 
 async def _grant_reps_the_export(leads: Leads) -> None:
     """Sales reps and managers hold no export by default: granted, as an administrator would."""
-    current = await leads.runtime.permissions.current()
-    if "sales_rep" in current.roles_with("leads.leads.export"):
-        return
-    policy = current
-    for role in ("sales_rep", "sales_manager"):
-        policy = policy.with_role(role, policy.holds(role) | {"leads.leads.export"})
-    assert await store_if_newer(leads.runtime.db, None, policy)
-    leads.runtime.permissions.invalidate()
+    await grant_for_test(
+        leads.runtime, {"sales_rep": {"leads.leads.export"}, "sales_manager": {"leads.leads.export"}}
+    )
 
 
 async def test_each_rep_reads_only_the_leads_assigned_to_them(leads: Leads) -> None:

@@ -13,10 +13,8 @@ import io
 from typing import Any, TypeAlias
 
 import pytest
-from crm_platform.permission_policy import store_if_newer
-from crm_platform.permissions import DEFAULT_POLICY
 from crm_platform.pseudonym import DEV_PSEUDONYM_KEY, pseudonym
-from crm_platform.testing import auth_headers
+from crm_platform.testing import auth_headers, grant_for_test
 
 pytestmark = pytest.mark.integration
 Leads: TypeAlias = Any  # conftest.Leads
@@ -31,11 +29,7 @@ REAL = {"marketing": ["marketing"], "admin": ["admin"], "analyst+marketing": ["a
 
 
 async def _grant(leads: Leads) -> None:
-    policy = DEFAULT_POLICY
-    for role in ("analyst", "executive"):
-        policy = policy.with_role(role, policy.holds(role) | set(READ))
-    assert await store_if_newer(leads.runtime.db, None, policy)
-    leads.runtime.permissions.invalidate()
+    await grant_for_test(leads.runtime, {"analyst": set(READ), "executive": set(READ)})
 
 
 async def _reads(leads: Leads, roles: list[str], lead_id: str, email: str) -> dict[str, Any]:

@@ -14,8 +14,8 @@ import uuid
 from typing import Any, TypeAlias
 
 import pytest
-from crm_platform.permission_policy import store_if_newer
 from crm_platform.pseudonym import DEV_PSEUDONYM_KEY, pseudonym
+from crm_platform.testing import grant_for_test
 
 pytestmark = pytest.mark.integration
 Sales: TypeAlias = Any  # conftest.Sales
@@ -34,14 +34,7 @@ def _name(value: str) -> str:
 
 
 async def _grant(sales: Sales) -> None:
-    current = await sales.runtime.permissions.current()
-    if "executive" in current.roles_with(GRANTS[0]):
-        return
-    policy = current
-    for role in ("analyst", "executive"):
-        policy = policy.with_role(role, policy.holds(role) | set(GRANTS))
-    assert await store_if_newer(sales.runtime.db, None, policy)
-    sales.runtime.permissions.invalidate()
+    await grant_for_test(sales.runtime, {"analyst": set(GRANTS), "executive": set(GRANTS)})
 
 
 async def _records(sales: Sales) -> dict[str, Any]:
@@ -104,6 +97,28 @@ async def test_analysts_and_executives_see_sales_records_pseudonymised(sales: Sa
         assert o["stage"] == opp["stage"]  # not personal: kept
         export = await _get(sales, roles, "/opportunities/export")
         assert f"alan.{tag}" not in export
+
+        # one record, and its history: read (pseudonymised), never acted on
+        one = await _get(sales, roles, f"/contacts/{contact['id']}")
+        assert (one["email"], one["name"]) == (c["email"], c["name"])
+        history = str(await _get(sales, roles, f"/contacts/{contact['id']}/history"))
+        assert f"grace.{tag}" not in history
+        assert c["email"] in history
+        assert [
+            x["email"] for x in (await _get(sales, roles, f"/opportunities/{opp['id']}"))["contacts"]
+        ] == [_email(f"alan.{tag}@example.com")]
+        assert f"ada.{tag}" not in str(await _get(sales, roles, f"/inbox/{item['lead_id']}"))
+
+
+async def test_an_analyst_who_is_also_a_rep_is_a_rep(sales: Sales) -> None:
+    await _grant(sales)
+    contact = (await _records(sales))["contact"]
+    listed = (await _get(sales, ["analyst", "sales_rep"], "/contacts", limit=200))["items"]
+    assert contact["id"] not in {c["id"] for c in listed}  # another rep's book
+    r = await sales.client.get(
+        f"/contacts/{contact['id']}", headers=sales.headers_of(["analyst", "sales_rep"])
+    )
+    assert r.status_code == 403, r.text
 
 
 async def test_sales_managers_admins_and_an_analyst_who_manages_see_real_people(sales: Sales) -> None:

@@ -19,11 +19,16 @@ import pytest
 from crm_contracts import envelope_for, topics
 from crm_contracts.events.common import Contact
 from crm_contracts.events.sales import DealWonV1
-from crm_platform.permission_policy import store_if_newer
-from crm_platform.permissions import DEFAULT_POLICY
 from crm_platform.pseudonym import DEV_PSEUDONYM_KEY, pseudonym
 from crm_platform.settings import ServiceSettings
-from crm_platform.testing import eventually, produce_envelope, running_app, start_group_at_end, token_for
+from crm_platform.testing import (
+    eventually,
+    grant_for_test,
+    produce_envelope,
+    running_app,
+    start_group_at_end,
+    token_for,
+)
 from service_desk.main import create_app
 
 pytestmark = pytest.mark.integration
@@ -43,12 +48,7 @@ async def client(
     await start_group_at_end(kafka_bootstrap, settings.group_id, [topics.DEAL_WON])
     app = create_app(settings)
     async with running_app(app) as c:
-        runtime = app.state.runtime
-        policy = DEFAULT_POLICY
-        for role in ("analyst", "executive"):
-            policy = policy.with_role(role, policy.holds(role) | {GRANT})
-        assert await store_if_newer(runtime.db, None, policy)
-        runtime.permissions.invalidate()
+        await grant_for_test(app.state.runtime, {"analyst": {GRANT}, "executive": {GRANT}})
         yield c
 
 

@@ -257,6 +257,7 @@ def test_reps_reach_their_own_book_and_managers_the_team() -> None:
     # analysts and executives reach a list only by a grant, and then read the team's (pseudonymised)
     assert owner_scope(Actor("ana", "ana", frozenset({"analyst"})), None) is None
     assert owner_scope(Actor("eve", "eve", frozenset({"executive"})), "otto") == "otto"
+    assert owner_scope(Actor("ana", "ana", frozenset({"analyst", "sales_rep"})), None) == "ana"  # a rep
     assert is_manager(Actor.of("x", ["admin"]))
     assert is_manager(Actor.of("x", ["sales_manager", "sales_rep"]))
     assert not is_manager(Actor.of("x", ["sales_rep", "analyst"]))

@@ -463,3 +463,24 @@ async def raise_action_item(store: Any, department: str, *, due: timedelta = tim
 
     await store.transaction(work)
     return str(event.item_id)
+
+
+# A policy version above any a shared broker's permissions topic may carry (the permission
+# tests publish epoch-millisecond versions; a department applies the newest it sees).
+TEST_GRANT_VERSION = 2**62
+
+
+async def grant_for_test(runtime: Any, grants: dict[str, set[str]]) -> None:
+    """Grant roles permissions on top of the defaults in one service's database, as an
+    administrator would (``PUT /permissions/roles/{role}``), numbered so that no copy of the
+    policy arriving on the shared broker later replaces it; the service reloads it at once."""
+    from crm_platform.permission_policy import COLLECTION, DOC_ID, load_policy, policy_doc
+    from crm_platform.permissions import Policy
+
+    current = await load_policy(runtime.db)
+    held = {role: set(current.holds(role)) for role in current.grants}
+    for role, extra in grants.items():
+        held[role] = held.get(role, set()) | extra
+    policy = Policy.of(TEST_GRANT_VERSION, held)
+    await runtime.db[COLLECTION].replace_one({"_id": DOC_ID}, policy_doc(policy), upsert=True)
+    runtime.permissions.invalidate()

@@ -23,7 +23,7 @@ from sales import handlers
 from sales import store as repo
 from sales.api.deps import UowDep, sales_only
 from sales.api.models import AccountIn, AccountOut, AccountPageOut
-from sales.domain.access import owner_scope, require_access
+from sales.domain.access import owner_scope, require_read
 from sales.domain.account import Account, DirectSource
 
 AccountFields = Annotated[FieldSet, fields_of(RecordType.ACCOUNT)]
@@ -125,7 +125,7 @@ async def _readable(db: DbDep, actor: CurrentActor, account_id: str) -> Account:
     account = await repo.get_account(db, account_id)
     if account is None:
         raise NotFound(f"no account {account_id!r}", account_id=account_id)
-    require_access(actor, account.owner, "account")
+    require_read(actor, account.owner, "account")
     return account
 
 

@@ -20,7 +20,7 @@ from sales import store as repo
 from sales.api.accounts import Cursor, Limit, Owner, bad_cursor
 from sales.api.deps import UowDep, sales_only
 from sales.api.models import ContactIn, ContactOut, ContactPageOut
-from sales.domain.access import owner_scope, require_access
+from sales.domain.access import owner_scope, require_read
 from sales.domain.account import DirectSource
 
 router = APIRouter(prefix="/contacts", tags=["contacts"], dependencies=[sales_only])
@@ -111,7 +111,7 @@ async def get_contact(contact_id: ContactId, db: DbDep, actor: CurrentActor) -> 
     contact = await repo.get_contact(db, contact_id)
     if contact is None:
         raise NotFound(f"no contact {contact_id!r}", contact_id=contact_id)
-    require_access(actor, contact.owner, "contact")
+    require_read(actor, contact.owner, "contact")
     return ContactOut.of(contact)
 
 

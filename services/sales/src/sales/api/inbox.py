@@ -28,7 +28,7 @@ from sales.api.models import (
     RecycleIn,
     RejectIn,
 )
-from sales.domain.access import is_manager, owner_scope, require_access
+from sales.domain.access import is_manager, owner_scope, require_read
 from sales.domain.inbox import InboxStatus
 
 router = APIRouter(prefix="/inbox", tags=["inbox"], dependencies=[sales_only])
@@ -141,7 +141,7 @@ async def get_item(lead_id: LeadId, db: DbDep, actor: CurrentActor) -> InboxItem
     item = await repo.get_latest_item(db, lead_id)
     if item is None:
         raise NotFound(f"lead {lead_id!r} is not in the sales inbox", lead_id=lead_id)
-    require_access(actor, item.owner, "inbox item")
+    require_read(actor, item.owner, "inbox item")
     return InboxItemOut.of(item)
 
 

@@ -27,7 +27,7 @@ from sales.api.models import (
     OpportunityPageOut,
     StageMoveIn,
 )
-from sales.domain.access import owner_scope, require_access
+from sales.domain.access import owner_scope, require_read
 from sales.domain.opportunity import OpportunityStatus, Origin
 
 router = APIRouter(prefix="/opportunities", tags=["opportunities"], dependencies=[sales_only])
@@ -147,7 +147,7 @@ async def get_opportunity(opportunity_id: OpportunityId, db: DbDep, actor: Curre
     opp = await repo.get_opportunity(db, opportunity_id)
     if opp is None:
         raise NotFound(f"no opportunity {opportunity_id!r}", opportunity_id=opportunity_id)
-    require_access(actor, opp.owner, "opportunity")
+    require_read(actor, opp.owner, "opportunity")
     blocked = opp.win_blocked_by(await repo.get_review_policy(db))
     return OpportunityOut.of(opp, await repo.activities_for(db, opportunity_id), win_blocked_by=blocked)
 
@@ -236,7 +236,7 @@ async def opportunity_history(
     opp = await repo.get_opportunity(db, opportunity_id)
     if opp is None:
         raise NotFound(f"no opportunity {opportunity_id!r}", opportunity_id=opportunity_id)
-    require_access(actor, opp.owner, "opportunity")
+    require_read(actor, opp.owner, "opportunity")
     return await audit_api.history_out(db, repo.OPPORTUNITIES, opportunity_id, limit, cursor)
 
 

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 from crm_platform.actor import Actor
 from crm_platform.errors import Forbidden, RuleViolation
+from crm_platform.field_rules import applies_to
 
 MANAGER_ROLES = frozenset({"sales_manager", "admin"})
 TEAM_VIEW_ROLES = MANAGER_ROLES | {"analyst"}
-# Read the team's lists when an administrator grants them one (they hold none by default); they
-# see personal data pseudonymised (crm_platform.field_rules) and never act on a record.
-LIST_READER_ROLES = TEAM_VIEW_ROLES | {"executive"}
+
+
+def reads_pseudonymised(actor: Actor) -> bool:
+    """Analysts and executives (and nothing else: crm_platform.field_rules) read the team's
+    records when an administrator grants them a route (they hold none by default), with personal
+    data pseudonymised; they never act on one. An analyst who is also a rep is a rep here."""
+    return applies_to(actor.roles)
 
 
 def is_manager(actor: Actor) -> bool:
@@ -25,6 +30,13 @@ def is_manager(actor: Actor) -> bool:
 def can_access(actor: Actor, owner: str | None) -> bool:
     """Managers and admins reach every record; a rep only the records they own."""
     return is_manager(actor) or (owner is not None and owner == actor.user_id)
+
+
+def require_read(actor: Actor, owner: str | None, what: str) -> None:
+    """One record's read routes: whoever may act on it, and the list readers (analysts and
+    executives reach these routes only by a grant, and read them pseudonymised)."""
+    if not reads_pseudonymised(actor):
+        require_access(actor, owner, what)
 
 
 def require_access(actor: Actor, owner: str | None, what: str) -> None:
@@ -38,7 +50,7 @@ def require_access(actor: Actor, owner: str | None, what: str) -> None:
 def owner_scope(actor: Actor, requested_owner: str | None) -> str | None:
     """The owner filter a listing must apply: a rep is always scoped to themself; managers,
     admins, analysts and executives (who reach a list only by a grant) see the team's."""
-    if actor.has_any(LIST_READER_ROLES):
+    if is_manager(actor) or reads_pseudonymised(actor):
         return requested_owner
     return actor.user_id
 
