@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -598,7 +599,12 @@ def console_settings(tmp_path: Path) -> Callable[..., ConsoleSettings]:
 async def console(
     fake_gateway: FakeGateway, console_settings: Callable[..., ConsoleSettings]
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app = build_app(console_settings(), transport=httpx.MockTransport(fake_gateway.handle))
+    async def answer(request: httpx.Request) -> httpx.Response:
+        # Like a network, each call gives way to others in flight (pages that call concurrently).
+        await asyncio.sleep(0)
+        return fake_gateway.handle(request)
+
+    app = build_app(console_settings(), transport=httpx.MockTransport(answer))
     # https: the cookies are Secure outside local, so the client only sends them over TLS.
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="https://console.test"

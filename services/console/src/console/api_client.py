@@ -5,10 +5,15 @@ the request id of the page being served and, for writes, an Idempotency-Key. An
 access token about to expire is refreshed first (``POST /auth/refresh``); a 401
 is retried once after a refresh; a refresh the gateway refuses ends the session
 (:class:`SessionExpired`), and the page sends the user to log in.
+
+A page may make its calls concurrently (``asyncio.gather``): the calls of one page share
+one refresh (a lock, and a token that changed while waiting is not refreshed again), since
+the gateway's refresh tokens are single-use.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -78,7 +83,13 @@ class Gateway:
         await self.http.aclose()
 
     async def login(self, username: str, password: str) -> Session:
-        r = await self.http.post("/auth/login", json={"username": username, "password": password})
+        """A new session, or :class:`ApiError` (401: the password; 503: the CRM is unreachable)."""
+        try:
+            r = await self.http.post("/auth/login", json={"username": username, "password": password})
+        except httpx.TransportError:
+            raise ApiError(
+                503, "unavailable", "The CRM cannot be reached right now; try again in a moment."
+            ) from None
         if r.status_code != 200:
             raise ApiError.from_response(r)
         body = r.json()
@@ -111,6 +122,18 @@ class UserApi:
     session: Session
     request_id: str | None
     refresh_margin: float
+    _refreshing: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    async def _refresh(self, stale: str | None) -> None:
+        """Refresh once for every concurrent call of this page: a call that waited for another's
+        refresh finds the token changed (``stale`` is the token it saw) and does not refresh again.
+        ``stale=None``: refresh if the token is (still) about to expire."""
+        async with self._refreshing:
+            if stale is None and not self.session.needs_refresh(self.refresh_margin):
+                return
+            if stale is not None and self.session.access_token != stale:
+                return
+            await self.gateway.refresh(self.session)
 
     async def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         return await self.call("GET", path, params=params)
@@ -128,12 +151,13 @@ class UserApi:
         self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None
     ) -> Any:
         if self.session.needs_refresh(self.refresh_margin):
-            await self.gateway.refresh(self.session)
+            await self._refresh(None)
         # One key per user action: a retry after a refresh must not act twice.
         key = str(uuid.uuid4()) if method == "POST" else None
+        sent_with = self.session.access_token
         response = await self._send(method, path, params, json, key)
         if response.status_code == 401:
-            await self.gateway.refresh(self.session)
+            await self._refresh(sent_with)
             response = await self._send(method, path, params, json, key)
             if response.status_code == 401:
                 raise SessionExpired(ApiError.from_response(response).message)
@@ -147,11 +171,12 @@ class UserApi:
         A refusal is read whole and raised as :class:`ApiError` like any other call's.
         """
         if self.session.needs_refresh(self.refresh_margin):
-            await self.gateway.refresh(self.session)
+            await self._refresh(None)
+        sent_with = self.session.access_token
         response = await self._send("GET", path, params, None, None, stream=True)
         if response.status_code == 401:
             await response.aclose()
-            await self.gateway.refresh(self.session)
+            await self._refresh(sent_with)
             response = await self._send("GET", path, params, None, None, stream=True)
         if response.status_code >= 400:
             await response.aread()

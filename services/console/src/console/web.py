@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -98,6 +98,10 @@ class Refusal:
     errors: dict[str, str]  # field -> message, shown next to the field
     message: str | None  # shown above the form
 
+    def at(self, name: str) -> Refusal:
+        """The refusal shown next to the one field ``name`` (a form with one input, or a row's)."""
+        return Refusal(self.status, {name: self.errors.get(name) or self.message or "refused"}, self.message)
+
     def page(self, *, values: dict[str, str] | None = None, prefix: str = "") -> dict[str, Any]:
         """The form page's arguments: status, errors (keyed ``prefix`` + field), message, values."""
         return {
@@ -108,17 +112,21 @@ class Refusal:
         }
 
 
-async def submit(call: Awaitable[T], *, field: str = "form") -> T | Refusal:
+async def submit(
+    call: Awaitable[T], *, field: str = "form", by_status: Mapping[int, str] | None = None
+) -> T | Refusal:
     """The API's answer to a form, or its refusal with the errors per field.
 
     The one place forms catch :class:`ApiError`: a refusal without fields is shown next to
-    ``field`` (the form as a whole by default). An expired session still sends the user to
-    log in (:class:`SessionExpired` is not caught).
+    ``field`` (the form as a whole by default), or next to ``by_status[status]`` (a 409 on a
+    username is about the username). An expired session still sends the user to log in
+    (:class:`SessionExpired` is not caught).
     """
     try:
         return await call
     except ApiError as exc:
-        return Refusal(exc.status, exc.fields or {field: exc.message}, exc.message)
+        where = (by_status or {}).get(exc.status, field)
+        return Refusal(exc.status, exc.fields or {where: exc.message}, exc.message)
 
 
 class LoginRequired(Exception):

@@ -193,3 +193,22 @@ def test_checkin_form_parsing_refuses_a_bad_date_no_attendee_and_no_sentiment() 
         "attendees": "Name at least one attendee.",
         "sentiment": "Choose positive, neutral or negative.",
     }
+
+
+async def test_the_account_page_reads_concurrently_and_refreshes_a_near_expiry_token_once(
+    console, fake_gateway
+) -> None:
+    """The account page's six reads run together: a token about to expire is refreshed by one of
+    them, the others wait for it (refresh tokens are single-use: a second refresh would end the
+    session)."""
+    fake_gateway.access_ttl = 5  # inside the 30 s refresh margin
+    await _carl(console)
+    fake_gateway.access_ttl = 900  # the refreshed token is good for a while
+    fake_gateway.calls.clear()
+    r = await console.get("/accounts/acc-2")
+    assert r.status_code == 200, r.text
+    assert [c for c in fake_gateway.calls if c[1] == "/auth/refresh"] == [
+        ("POST", "/auth/refresh", {"refresh_token": "r-carl-0"})
+    ]
+    reads = [c[1] for c in fake_gateway.calls if c[1].startswith("/api/")]
+    assert len(reads) == 6

@@ -7,9 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from console.api.forms import text
-from console.api_client import ApiError
 from console.domain.pages import ROLE_LABELS, ROLES
-from console.web import CSRF, Ctx, PageCtx, read_form, read_form_multi, redirect
+from console.web import CSRF, Ctx, PageCtx, Refusal, read_form, read_form_multi, redirect, submit
 
 router = APIRouter()
 
@@ -45,11 +44,9 @@ async def create_user(ctx: PageCtx) -> Response:
         "roles": roles,
         "display_name": text(form, "display_name"),
     }
-    try:
-        await ctx.api.post("/users", body)
-    except ApiError as exc:
-        errors = exc.fields or {"username" if exc.status == 409 else "form": exc.message}
-        return await _users_page(ctx, status=exc.status, values=form, errors=errors, error=exc.message)
+    created = await submit(ctx.api.post("/users", body), by_status={409: "username"})
+    if isinstance(created, Refusal):
+        return await _users_page(ctx, **created.page(values=form))
     return redirect("/admin/users", "user")
 
 
@@ -62,10 +59,8 @@ async def update_user(ctx: PageCtx, user_id: str) -> Response:
         body["active"] = form["active"] == "true"
     if form.get("set_roles"):
         body["roles"] = (await read_form_multi(ctx.request)).get("roles", [])
-    try:
-        await ctx.api.patch(f"/users/{user_id}", body)
-    except ApiError as exc:
-        return await _users_page(
-            ctx, status=exc.status, errors={f"{user_id}.form": exc.message}, error=exc.message
-        )
+    changed = await submit(ctx.api.patch(f"/users/{user_id}", body))
+    if isinstance(changed, Refusal):
+        # One row's buttons: the refusal is shown on that row.
+        return await _users_page(ctx, **changed.at("form").page(prefix=f"{user_id}."))
     return redirect("/admin/users", "user")

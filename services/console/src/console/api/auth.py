@@ -6,10 +6,21 @@ import httpx
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import RedirectResponse
 
-from console.api_client import ApiError, Gateway
+from console.api_client import Gateway
 from console.domain import pages
 from console.session import safe_next
-from console.web import CSRF, NOTICES, PageCtx, load_session, read_form, redirect, render, verify_csrf
+from console.web import (
+    CSRF,
+    NOTICES,
+    PageCtx,
+    Refusal,
+    load_session,
+    read_form,
+    redirect,
+    render,
+    submit,
+    verify_csrf,
+)
 
 router = APIRouter()
 
@@ -47,12 +58,9 @@ async def login(request: Request) -> Response:
         errors["password"] = "Enter your password."
     gateway: Gateway = request.app.state.gateway
     if not errors:
-        try:
-            session = await gateway.login(username, password)
-        except ApiError as exc:
-            errors["password" if exc.status == 401 else "form"] = exc.message
-        except httpx.TransportError:
-            errors["form"] = "The CRM cannot be reached right now; try again in a moment."
+        session = await submit(gateway.login(username, password), by_status={401: "password"})
+        if isinstance(session, Refusal):
+            errors.update(session.errors)
         else:
             request.state.session_out = session
             if target and request.cookies.get("crm_draft"):

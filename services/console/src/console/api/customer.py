@@ -8,13 +8,14 @@ user's role may not see is shown as such, never guessed.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Response
 
-from console.api_client import ApiError, UserApi
-from console.web import PageCtx
+from console.api_client import UserApi
+from console.web import PageCtx, Refusal, submit
 
 router = APIRouter()
 
@@ -34,43 +35,43 @@ class Journey:
 
 
 async def fetch(api: UserApi, title: str, path: str, params: dict[str, Any] | None = None) -> Part:
-    try:
-        return Part(title, await api.get(path, params))
-    except ApiError as exc:
-        if exc.status == 404:
-            return Part(title, missing=True)
-        return Part(title, refused=exc.message)
+    """One part: its data, missing (404), or refused in the API's words."""
+    answer = await submit(api.get(path, params))
+    if not isinstance(answer, Refusal):
+        return Part(title, answer)
+    return Part(title, missing=True) if answer.status == 404 else Part(title, refused=answer.message)
 
 
 async def assemble(api: UserApi, lead_id: str) -> Journey:
+    """The journey in three rounds of concurrent reads: what is known by the lead id (lead,
+    behaviour, handoff), then by the deal id the verdict names (deal, account), then the
+    account's tickets."""
     journey = Journey(lead_id)
-    journey.parts["lead"] = await fetch(api, "Lead (marketing)", f"/api/leads/leads/{lead_id}")
-    journey.parts["behaviours"] = await fetch(api, "Behaviour", f"/api/leads/leads/{lead_id}/behaviours")
-    journey.parts["inbox"] = inbox = await fetch(api, "Handoff to sales", f"/api/sales/inbox/{lead_id}")
-    verdict = (inbox.data or {}).get("verdict") or {}
-    opp_id = verdict.get("opportunity_id")
+    lead, behaviours, inbox = await asyncio.gather(
+        fetch(api, "Lead (marketing)", f"/api/leads/leads/{lead_id}"),
+        fetch(api, "Behaviour", f"/api/leads/leads/{lead_id}/behaviours"),
+        fetch(api, "Handoff to sales", f"/api/sales/inbox/{lead_id}"),
+    )
+    journey.parts.update(lead=lead, behaviours=behaviours, inbox=inbox)
+    opp_id = ((inbox.data or {}).get("verdict") or {}).get("opportunity_id")
     deal = Part("Deal (sales)", missing=True)
-    if opp_id:
-        deal = await fetch(api, "Deal (sales)", f"/api/sales/opportunities/{opp_id}")
-    elif inbox.refused:
-        deal = Part("Deal (sales)", refused=inbox.refused)
-    journey.parts["deal"] = deal
     account = Part("Account (customer success)", missing=True)
     if opp_id:
-        found = await fetch(api, account.title, "/api/service-desk/accounts", {"deal_id": opp_id})
+        deal, found = await asyncio.gather(
+            fetch(api, deal.title, f"/api/sales/opportunities/{opp_id}"),
+            fetch(api, account.title, "/api/service-desk/accounts", {"deal_id": opp_id}),
+        )
         if found.refused:
             account = found
         elif found.data and found.data.get("items"):
             account = Part(account.title, found.data["items"][0])
-    journey.parts["account"] = account
+    elif inbox.refused:
+        deal = Part(deal.title, refused=inbox.refused)
+    journey.parts.update(deal=deal, account=account)
     tickets = Part("Tickets", missing=True)
     if account.data:
-        tickets = await fetch(
-            api,
-            "Tickets",
-            "/api/service-desk/tickets",
-            {"account_id": account.data["account_id"], "limit": 100},
-        )
+        params = {"account_id": account.data["account_id"], "limit": 100}
+        tickets = await fetch(api, "Tickets", "/api/service-desk/tickets", params)
     elif account.refused:
         tickets = Part("Tickets", refused=account.refused)
     journey.parts["tickets"] = tickets

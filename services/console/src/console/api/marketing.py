@@ -7,10 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from console.api.forms import number, text
-from console.api_client import ApiError
 from console.domain import charts
 from console.domain.pages import MARKETERS
-from console.web import CSRF, PageCtx, read_form, redirect
+from console.web import CSRF, PageCtx, Refusal, read_form, redirect, submit
 
 router = APIRouter()
 STATUSES = ("new", "nurturing", "qualified", "accepted", "rejected", "recycled")
@@ -93,17 +92,9 @@ async def capture(ctx: PageCtx) -> Response:
         "campaign": text(form, "campaign"),
         "consent": {"marketing_email": form.get("consent") == "yes"},
     }
-    try:
-        out = await ctx.api.post("/api/leads/leads", body)
-    except ApiError as exc:
-        return ctx.render(
-            "capture.html",
-            status=exc.status if exc.status < 500 else 502,
-            values=form,
-            errors=exc.fields or {"form": exc.message},
-            error=exc.message,
-            channels=CHANNELS,
-        )
+    out = await submit(ctx.api.post("/api/leads/leads", body))
+    if isinstance(out, Refusal):
+        return ctx.render("capture.html", **out.page(values=form), channels=CHANNELS)
     return redirect(f"/leads/{out['lead']['id']}", "merged" if out.get("merged") else "captured")
 
 
@@ -136,13 +127,11 @@ async def lead_page(ctx: PageCtx, lead_id: str) -> Response:
 async def record_behaviour(ctx: PageCtx, lead_id: str) -> Response:
     ctx.require("capture")
     form = await read_form(ctx.request)
-    try:
-        body = {"behaviour": form.get("behaviour", ""), "external_id": text(form, "external_id")}
-        await ctx.api.post(f"/api/leads/leads/{lead_id}/behaviours", body)
-    except ApiError as exc:
-        return await _lead_page(
-            ctx, lead_id, errors=exc.fields or {"behaviour": exc.message}, error=exc.message
-        )
+    body = {"behaviour": form.get("behaviour", ""), "external_id": text(form, "external_id")}
+    answer = await submit(ctx.api.post(f"/api/leads/leads/{lead_id}/behaviours", body), field="behaviour")
+    if isinstance(answer, Refusal):
+        page = answer.page()
+        return await _lead_page(ctx, lead_id, errors=page["errors"], error=page["error"])
     return redirect(f"/leads/{lead_id}", "behaviour")
 
 
@@ -188,8 +177,7 @@ async def save_scoring(ctx: PageCtx) -> Response:
         "note": text(form, "note"),
         "expected_version": int(version) if version is not None else None,
     }
-    try:
-        await ctx.api.put("/api/leads/scoring-rules", body)
-    except ApiError as exc:
-        return await _scoring_page(ctx, status=exc.status, values=form, errors=exc.fields, error=exc.message)
+    saved = await submit(ctx.api.put("/api/leads/scoring-rules", body))
+    if isinstance(saved, Refusal):
+        return await _scoring_page(ctx, **saved.page(values=form))
     return redirect("/scoring", "rules")
