@@ -47,10 +47,12 @@ SHOTS = Path(os.environ.get("CRM_CONSOLE_SCREENSHOTS", ROOT / ".local" / "consol
 PASSWORDS = {"admin": ADMIN[1], **{u: p for u, (p, _, _) in DEMO_USERS.items()}}
 FIRST_PAGES = {
     "maria": ("marketing", "/leads"),
+    "mia": ("marketing-manager", "/leads"),
     "sam": ("sales-manager", "/inbox"),
     "rita": ("sales-rep", "/inbox"),
     "sven": ("service-rep", "/tickets"),
     "cora": ("customer-success", "/accounts"),
+    "leo": ("service-lead", "/accounts"),
     "ana": ("analyst", "/dashboard"),
     "eve": ("executive", "/kpis"),
     "aude": ("auditor", "/audit-log"),
@@ -362,20 +364,24 @@ def test_each_roles_first_page_is_captured_for_the_readme(
         assert (SHOTS / f"{name}.png").stat().st_size > 10_000
 
 
+MARKETING_FORBIDDEN = [
+    "/inbox",
+    "/pipeline",
+    "/tickets",
+    "/accounts",
+    "/renewals",
+    "/dashboard",
+    "/kpis",
+    "/kpis/service",
+    "/admin/users",
+    "/audit-log",
+    "/team",
+]
+# What each role may not open (the administrator may open every page: nothing to list).
 FORBIDDEN = {
-    "maria": [
-        "/inbox",
-        "/pipeline",
-        "/tickets",
-        "/accounts",
-        "/renewals",
-        "/dashboard",
-        "/kpis",
-        "/kpis/service",
-        "/admin/users",
-        "/audit-log",
-        "/team",
-    ],
+    "maria": MARKETING_FORBIDDEN,
+    # The marketing manager assigns marketing's action items, and is otherwise a marketer.
+    "mia": MARKETING_FORBIDDEN,
     "rita": ["/leads", "/leads/new", "/team", "/tickets", "/dashboard", "/kpis", "/admin/users"],
     "sam": ["/leads/new", "/tickets", "/accounts", "/kpis", "/audit-log", "/admin/users"],
     "sven": [
@@ -389,6 +395,21 @@ FORBIDDEN = {
         "/admin/users",
     ],
     "cora": ["/leads", "/inbox", "/forecast", "/dashboard", "/kpis", "/team", "/audit-log", "/admin/users"],
+    # The service team lead: customer success' and the desk's pages, none of sales' or marketing's.
+    "leo": [
+        "/leads",
+        "/leads/new",
+        "/scoring",
+        "/inbox",
+        "/pipeline",
+        "/forecast",
+        "/dashboard",
+        "/kpis",
+        "/kpis/marketing",
+        "/team",
+        "/audit-log",
+        "/admin/users",
+    ],
     "ana": [
         "/leads/new",
         "/inbox",

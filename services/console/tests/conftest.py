@@ -50,6 +50,7 @@ class FakeGateway:
     reports: FakeReports = field(default_factory=lambda: FakeReports())
     last_params: dict[str, str] = field(default_factory=dict)
     queues: FakeQueues = field(default_factory=lambda: FakeQueues())
+    sales: FakeSales = field(default_factory=lambda: FakeSales())
 
     def issue(self, username: str) -> dict[str, Any]:
         refresh = f"r-{username}-{len(self.refresh_tokens)}"
@@ -117,6 +118,8 @@ class FakeGateway:
             return httpx.Response(201, json={"merged": False, "lead": lead})
         if path == "/api/leads/leads" and method == "GET":
             return httpx.Response(200, json={"items": [], "next_cursor": None})
+        if path in ("/api/sales/pipeline", "/api/sales/reps/response-times", "/api/sales/config"):
+            return self.sales.api(method, path, payload, self.last_params)
         if "/action-queue" in path or path in ("/api/sales/reps", "/api/service-desk/csms"):
             return self.queues.api(method, path, payload, claims)
         if path.startswith("/api/analytics/kpis") or path.endswith(("/audit", "/audit/export")):
@@ -572,6 +575,58 @@ def _entry(entry_id: str, at: str, service: str, record_type: str, record_id: st
         "request_id": None,
         "correlation_id": None,
     }
+
+
+@dataclass
+class FakeSales:
+    """The sales manager's configuration: the pipeline (validated like the API) and response times."""
+
+    pipeline: dict[str, Any] = field(
+        default_factory=lambda: {
+            "version": 1,
+            "stages": [
+                {"name": "qualification", "probability": 0.1, "required_fields": [], "closed": False},
+                {"name": "proposal", "probability": 0.5, "required_fields": ["amount"], "closed": False},
+                {
+                    "name": "won",
+                    "probability": 1.0,
+                    "required_fields": ["amount", "products", "commitments"],
+                    "closed": True,
+                },
+                {"name": "lost", "probability": 0.0, "required_fields": ["lost_reason"], "closed": True},
+            ],
+            "updated_at": None,
+            "updated_by": None,
+        }
+    )
+    response_times: dict[str, Any] = field(default_factory=lambda: {"reps": [], "truncated": False})
+    response_days: list[str] = field(default_factory=list)  # the windows asked for
+    puts: list[Any] = field(default_factory=list)
+
+    def api(self, method: str, path: str, payload: Any, params: dict[str, str]) -> httpx.Response:
+        if path == "/api/sales/config":
+            return httpx.Response(
+                200, json={"lead_response_sla_minutes": 60, "updated_at": None, "updated_by": None}
+            )
+        if path == "/api/sales/reps/response-times":
+            self.response_days.append(params.get("days", ""))
+            return httpx.Response(200, json={"days": int(params.get("days", 30)), **self.response_times})
+        if method == "GET":
+            return httpx.Response(200, json=self.pipeline)
+        self.puts.append(payload)
+        problems = [
+            f"stage {s['name']!r} must require ['amount'] (its handoff needs them)"
+            for s in payload["stages"]
+            if s["name"] == "won" and "amount" not in s["required_fields"]
+        ]
+        if problems:
+            message = "invalid pipeline: " + "; ".join(problems)
+            return httpx.Response(
+                422, json={"error": "rule_violation", "message": message, "details": {"problems": problems}}
+            )
+        stages = [{**s, "closed": s["name"] in ("won", "lost")} for s in payload["stages"]]
+        self.pipeline = {**self.pipeline, "version": self.pipeline["version"] + 1, "stages": stages}
+        return httpx.Response(200, json=self.pipeline)
 
 
 @pytest.fixture

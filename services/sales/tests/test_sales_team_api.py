@@ -167,3 +167,35 @@ async def test_service_edges_and_authentication(sales: Sales) -> None:
     assert r.status_code == 403
     r = await sales.client.get("/pipeline", headers=sales.headers("service_rep", "sam"))
     assert r.status_code == 403
+
+
+@pytest.mark.integration
+async def test_managers_read_each_reps_response_times(sales: Sales) -> None:
+    """From a lead reaching the rep's inbox to their verdict, per rep; what waits is counted."""
+    rep = sales.uid("rt")
+    await sales.activate(rep)
+    answered, _ = await sales.qualify()
+    waiting, _ = await sales.qualify()
+    for item in (answered, waiting):
+        if item["owner"] != rep:
+            await sales.assign(item["lead_id"], rep)
+    await sales.accept(answered["lead_id"], rep)
+
+    r = await sales.client.get("/reps/response-times", params={"days": 7}, headers=sales.manager())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["days"] == 7
+    assert body["truncated"] is False
+    mine = next(x for x in body["reps"] if x["owner"] == rep)
+    assert mine["answered"] == 1
+    assert mine["within_sla"] == 1
+    assert mine["pending"] == 1
+    assert mine["pending_overdue"] == 0
+    assert 0 <= mine["p50_seconds"] == mine["p90_seconds"] < 60
+    assert mine["oldest_pending_seconds"] >= 0
+
+    r = await sales.client.get("/reps/response-times", headers=sales.rep(rep))
+    assert r.status_code == 403
+    for days in ("0", "91", "x"):
+        r = await sales.client.get("/reps/response-times", params={"days": days}, headers=sales.manager())
+        assert r.status_code == 422, days

@@ -21,6 +21,7 @@ from console.api import (
     retention,
     sales,
     service,
+    stages,
     success,
 )
 from console.api_client import Gateway
@@ -33,6 +34,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     auth.router,
     marketing.router,
     sales.router,
+    stages.router,
     service.router,
     success.router,
     retention.router,

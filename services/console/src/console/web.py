@@ -63,6 +63,7 @@ NOTICES = {
     "activity": "Activity logged.",
     "roster": "Roster saved.",
     "sla": "Response SLA saved.",
+    "stages": "Stages saved as a new pipeline version: deals move by the new stages from now on.",
     "ticket": "Ticket opened.",
     "progress": "Progress noted.",
     "resolved": "Ticket resolved.",

@@ -65,6 +65,7 @@ from sales.domain.opportunity import (
     StageChange,
 )
 from sales.domain.pipeline import DEFAULT_PIPELINE, Pipeline, Stage
+from sales.domain.response_times import Answer
 from sales.domain.review import CommitmentReview, Decision, ReviewPolicy, ReviewStatus
 from sales.repository import DuplicateAccount, DuplicateContact, DuplicateOpportunity
 
@@ -767,6 +768,26 @@ async def ensure_inbox_list_indexes(db: Db) -> None:
         name="search",
         default_language="none",
     )
+
+
+RESPONSE_TIMES_MAX_ITEMS = 50_000  # bounds GET /reps/response-times' read (a 90-day window)
+
+
+async def response_answers(db: Db, since: datetime) -> list[Answer]:
+    """The inbox items that reached a rep since ``since``, and every item still pending.
+
+    Read through the ``received_at`` and ``status`` indexes with only the five fields the
+    response times need, at most :data:`RESPONSE_TIMES_MAX_ITEMS` (newest first).
+    """
+    fields = {"owner": 1, "received_at": 1, "assigned_at": 1, "response_due_at": 1, "verdict.decided_at": 1}
+    query = {"$or": [{"received_at": {"$gte": since}}, {"status": InboxStatus.PENDING.value}]}
+    cursor = db[INBOX].find(query, fields).sort("received_at", DESCENDING).limit(RESPONSE_TIMES_MAX_ITEMS)
+    out = []
+    async for d in cursor:
+        reached = max(d["received_at"], d.get("assigned_at") or d["received_at"])
+        decided = (d.get("verdict") or {}).get("decided_at")
+        out.append(Answer(d.get("owner"), reached, d["response_due_at"], decided))
+    return out
 
 
 @dataclass(frozen=True)

@@ -346,6 +346,14 @@ ROUTE_TABLE: tuple[RouteRule, ...] = (
         permission="sales.forecast.read",
     ),
     rule(
+        SALES,
+        READ,
+        "/reps/response-times",
+        SALES_LEADS,
+        "managers read their reps' response times",
+        permission="sales.team.manage",
+    ),
+    rule(
         SALES, READ, "/reps|config/**", SALES_ROLES, "the team and its settings", permission="sales.team.read"
     ),
     rule(

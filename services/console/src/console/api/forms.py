@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -168,3 +169,71 @@ def checkin_body(form: dict[str, str], errors: dict[str, str]) -> dict[str, Any]
         "sentiment": sentiment,
         "notes": text(form, "notes"),
     }
+
+
+STAGE_ROWS_BLANK = 2  # empty rows under the stages, to add new ones
+
+
+def pipeline_body(
+    form: dict[str, str], rows: int, errors: dict[str, str]
+) -> tuple[dict[str, Any], list[int]]:
+    """The stage editor's rows (``stage-<i>.name``, ``.position``, ``.probability`` in percent,
+    ``.required_fields`` comma-separated) as the body of the sales API's ``PUT /pipeline``.
+
+    A row without a name is left out (that removes a stage); the rest are ordered by position,
+    then by row. Returns the body and, per stage sent, the row it came from (to show the API's
+    errors on the row). The rules of a pipeline are the API's; here only the numbers are read.
+    """
+    kept: list[tuple[float, int, dict[str, Any]]] = []
+    for i in range(rows):
+        name = form.get(f"stage-{i}.name", "").strip().lower()
+        if not name:
+            continue
+        position = number(form, f"stage-{i}.position", errors)
+        percent = number(form, f"stage-{i}.probability", errors, required=True)
+        if percent is not None and not 0 <= percent <= 100:
+            errors[f"stage-{i}.probability"] = "Between 0 and 100 (%)."
+        fields = [f.strip() for f in form.get(f"stage-{i}.required_fields", "").split(",") if f.strip()]
+        stage = {"name": name, "probability": round((percent or 0) / 100, 4), "required_fields": fields}
+        kept.append((position if position is not None else float(i + 1), i, stage))
+    kept.sort(key=lambda entry: (entry[0], entry[1]))
+    if not kept:
+        errors["form"] = "Keep at least one open stage, then won and lost."
+    return {"stages": [stage for _, _, stage in kept]}, [row for _, row, _ in kept]
+
+
+def pipeline_errors(
+    message: str, fields: dict[str, str], stages: list[dict[str, Any]], rows: list[int]
+) -> dict[str, str]:
+    """The API's refusal of a pipeline on the rows it is about.
+
+    A validation error names ``stages.<n>.<field>`` (the n-th stage sent); a rule of the pipeline
+    (``invalid pipeline: ...; ...``) names each stage it is about as ``stage '<name>'``. What names
+    no stage is shown above the table.
+    """
+    out: dict[str, str] = {}
+    for key, words in fields.items():
+        parts = key.split(".")
+        if len(parts) >= 3 and parts[0] == "stages" and parts[1].isdigit() and int(parts[1]) < len(rows):
+            out[f"stage-{rows[int(parts[1])]}.{parts[2]}"] = words
+        else:
+            out["form"] = words
+    problems = (
+        message.removeprefix("invalid pipeline: ").split("; ")
+        if message.startswith("invalid pipeline")
+        else []
+    )
+    row_of = {stage["name"]: row for stage, row in zip(stages, rows, strict=True)}
+    general = []
+    for problem in problems:
+        named = re.search(r"stage (?:name )?'([^']+)'", problem)
+        if named and named.group(1) in row_of:
+            key = f"stage-{row_of[named.group(1)]}.name"
+            out[key] = f"{out[key]}; {problem}" if key in out else problem
+        else:
+            general.append(problem)
+    if general:
+        out["form"] = "; ".join(general)
+    elif not out:
+        out["form"] = message
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -205,14 +206,37 @@ async def forecast(ctx: PageCtx) -> Response:
     return ctx.render("forecast.html", data=data, chart=chart, team=data.get("scope") != "own")
 
 
+RESPONSE_DAYS = (7, 30, 90)
+
+
 async def _team_page(ctx: Ctx, status: int = 200, **extra: Any) -> Response:
-    reps = await ctx.api.get("/api/sales/reps")
-    config = await ctx.api.get("/api/sales/config")
-    try:
-        users = await ctx.api.get("/users", {"limit": 500}) if "admin" in ctx.roles else None
-    except ApiError:
-        users = None
-    return ctx.render("team.html", status=status, reps=reps, config=config, users=users, **extra)
+    raw_days = ctx.request.query_params.get("days", "")
+    days = int(raw_days) if raw_days.isdigit() and int(raw_days) in RESPONSE_DAYS else 30
+    reps, config, times = await asyncio.gather(
+        ctx.api.get("/api/sales/reps"),
+        ctx.api.get("/api/sales/config"),
+        ctx.api.get("/api/sales/reps/response-times", {"days": days}),
+    )
+    names = {r["user_id"]: r.get("name") or r["user_id"] for r in reps["reps"]}
+    bars = [
+        charts.Bar(names.get(r["owner"], r["owner"] or "unassigned"), float(r["p50_seconds"]),
+                   charts.format_seconds(r["p50_seconds"]))
+        for r in times["reps"]
+        if r["p50_seconds"] is not None
+    ]  # fmt: skip
+    chart = charts.bar_chart(f"Median time to answer a lead, last {days} days", bars)
+    return ctx.render(
+        "team.html",
+        status=status,
+        reps=reps,
+        config=config,
+        times=times,
+        names=names,
+        days=days,
+        day_choices=RESPONSE_DAYS,
+        response_chart=chart,
+        **extra,
+    )
 
 
 @router.get("/team", include_in_schema=False)

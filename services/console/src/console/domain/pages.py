@@ -83,6 +83,7 @@ PAGES: tuple[Page, ...] = (
     Page("pipeline", "Pipeline", "/pipeline", SALES),
     Page("forecast", "Forecast", "/forecast", FORECAST_READERS),
     Page("team", "Team & SLA", "/team", SALES_LEADS),
+    Page("stages", "Stages & fields", "/team/stages", SALES_LEADS),
     Page("tickets", "Tickets", "/tickets", SERVICE),
     Page("accounts", "Accounts", "/accounts", SERVICE),
     Page("renewals", "Renewals", "/renewals", SERVICE),

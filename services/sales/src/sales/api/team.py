@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
+from crm_contracts import utcnow
 from crm_platform.routes import CurrentActor, DbDep
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, Field
 
 from sales import handlers
 from sales import store as repo
@@ -23,6 +26,7 @@ from sales.api.models import (
     RosterOut,
 )
 from sales.domain.pipeline import Stage
+from sales.domain.response_times import RepResponseTimes, per_rep
 from sales.domain.review import ReviewPolicy
 
 # Its widest audience once (the pipeline is read by analysts too); each route narrows it.
@@ -60,6 +64,47 @@ async def get_reps(db: DbDep) -> RosterOut:
 async def put_reps(body: RosterIn, uow: UowDep, db: DbDep, actor: CurrentActor) -> RosterOut:
     await handlers.replace_roster(uow, [(r.user_id, r.name, r.active) for r in body.reps], actor)
     return await _roster(db)
+
+
+class RepResponseTimesOut(BaseModel):
+    owner: str = Field(description="The rep's user id; empty for items no rep holds")
+    answered: int = Field(description="Items reached in the window and accepted, rejected or recycled")
+    p50_seconds: float | None = Field(description="Reached -> answered, median (nearest rank)")
+    p90_seconds: float | None = Field(description="Reached -> answered, 90th percentile (nearest rank)")
+    within_sla: int = Field(description="Answered by the item's response due time")
+    pending: int = Field(description="Items waiting for the rep now (whenever they arrived)")
+    pending_overdue: int = Field(description="Waiting items past their response due time")
+    oldest_pending_seconds: float | None
+
+    @classmethod
+    def of(cls, r: RepResponseTimes) -> RepResponseTimesOut:
+        return cls.model_validate(r, from_attributes=True)
+
+
+class ResponseTimesOut(BaseModel):
+    days: int
+    reps: list[RepResponseTimesOut] = Field(description="Slowest median first")
+    truncated: bool = Field(description="True when the window held more items than one answer reads")
+
+
+@router.get(
+    "/reps/response-times",
+    response_model=ResponseTimesOut,
+    dependencies=[managers_only],
+    summary="Per rep: time from a lead reaching their inbox to accept or reject (p50, p90), and what waits",
+)
+async def response_times(
+    db: DbDep, days: Annotated[int, Query(ge=1, le=90, description="The window: items reached in it")] = 30
+) -> ResponseTimesOut:
+    """A reassigned item's clock starts at its reassignment; waiting items count whenever they
+    arrived. At most ``RESPONSE_TIMES_MAX_ITEMS`` items are read (newest first)."""
+    now = utcnow()
+    answers = await repo.response_answers(db, now - timedelta(days=days))
+    return ResponseTimesOut(
+        days=days,
+        reps=[RepResponseTimesOut.of(r) for r in per_rep(answers, now)],
+        truncated=len(answers) >= repo.RESPONSE_TIMES_MAX_ITEMS,
+    )
 
 
 @router.put(
