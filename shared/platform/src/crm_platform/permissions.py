@@ -351,7 +351,7 @@ ROUTE_TABLE: tuple[RouteRule, ...] = (
         "/reps/response-times",
         SALES_LEADS,
         "managers read their reps' response times",
-        permission="sales.team.manage",
+        permission="sales.team.response-times",
     ),
     rule(
         SALES, READ, "/reps|config/**", SALES_ROLES, "the team and its settings", permission="sales.team.read"
