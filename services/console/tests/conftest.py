@@ -52,6 +52,22 @@ class FakeGateway:
     queues: FakeQueues = field(default_factory=lambda: FakeQueues())
     sales: FakeSales = field(default_factory=lambda: FakeSales())
 
+    def lead_page(self) -> httpx.Response:
+        """GET /leads as the leads API answers it: a bad score bound is a 422 naming its field."""
+        low = self.last_params.get("min_score")
+        if low is not None and not low.replace(".", "", 1).isdigit():
+            return httpx.Response(
+                422,
+                json={
+                    "error": "validation_error",
+                    "message": "invalid input: query.min_score",
+                    "fields": [{"field": "query.min_score", "message": "Input should be a valid number"}],
+                },
+            )
+        items = [lead for lead in self.leads.values() if not self.last_params.get("q")]
+        cursor = "next-page" if "cursor" not in self.last_params and items else None
+        return httpx.Response(200, json={"items": items, "next_cursor": cursor})
+
     def issue(self, username: str) -> dict[str, Any]:
         refresh = f"r-{username}-{len(self.refresh_tokens)}"
         self.refresh_tokens[refresh] = username
@@ -117,7 +133,7 @@ class FakeGateway:
             self.leads[lead["id"]] = lead
             return httpx.Response(201, json={"merged": False, "lead": lead})
         if path == "/api/leads/leads" and method == "GET":
-            return httpx.Response(200, json={"items": [], "next_cursor": None})
+            return self.lead_page()
         if path in ("/api/sales/pipeline", "/api/sales/reps/response-times", "/api/sales/config"):
             return self.sales.api(method, path, payload, self.last_params)
         if "/action-queue" in path or path in ("/api/sales/reps", "/api/service-desk/csms"):

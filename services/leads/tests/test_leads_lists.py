@@ -84,3 +84,50 @@ async def test_every_listed_query_uses_an_index(leads: Leads) -> None:
         for page_cursor in (None, cursor):
             plan = (await store.find_leads(db, query, page_cursor).limit(51).explain())["queryPlanner"]
             assert "COLLSCAN" not in str(plan["winningPlan"]), (query, page_cursor, plan["winningPlan"])
+
+
+async def test_filter_by_campaign_and_score_range_and_page_in_order(leads: Leads) -> None:
+    tag = uuid.uuid4().hex[:8]
+    db = leads.runtime.store.db
+    scores = {"Ann": 5.0, "Ben": 40.0, "Cy": 65.5, "Di": 90.0}
+    for name, score in scores.items():
+        lead = (await leads.capture(leads.unique_email(tag), name=name, campaign=f"spring-{tag}"))["lead"]
+        await db[store.LEADS].update_one({"_id": lead["id"]}, {"$set": {"score": score}})
+    await leads.capture(leads.unique_email(tag), name="Other", campaign=f"autumn-{tag}")
+    campaign = f"spring-{tag}"
+    found = await _pages(leads, {"campaign": campaign, "min_score": 40, "max_score": 70, "sort": "score"})
+    assert [x["name"] for x in found] == ["Cy", "Ben"]
+    found = await _pages(leads, {"campaign": campaign, "min_score": "65.5", "sort": "name"})
+    assert [x["name"] for x in found] == ["Cy", "Di"]
+    found = await _pages(leads, {"campaign": campaign, "max_score": 5, "min_score": ""})
+    assert [x["name"] for x in found] == ["Ann"]
+    assert len(await _pages(leads, {"campaign": campaign})) == 4
+    for bad in ({"min_score": 50, "max_score": 10}, {"min_score": -1}, {"max_score": "x"}):
+        r = await leads.client.get("/leads", params=bad, headers=MARKETING)
+        assert r.status_code == 422, (bad, r.text)
+    r = await leads.client.get("/leads", params={"min_score": 50, "max_score": 10}, headers=MARKETING)
+    assert r.json()["details"]["field"] == "query.min_score", r.text
+
+
+FILTERED = [
+    store.LeadQuery(status=status, campaign=campaign, min_score=low, max_score=high, sort=sort)
+    for status, campaign, (low, high), sort in itertools.product(
+        (None, "new"),
+        (None, "q1"),
+        ((None, None), (10.0, None), (None, 50.0), (10.0, 50.0)),
+        sorted(store.LEAD_SORTS),
+    )
+]
+
+
+async def test_every_campaign_and_score_query_uses_an_index(leads: Leads) -> None:
+    for _ in range(3):
+        await leads.capture()
+    db = leads.runtime.store.db
+    for query in FILTERED:
+        first = await store.find_leads(db, query).limit(3).to_list()
+        last = first[-1] if first else await db[store.LEADS].find_one({})
+        cursor = store.LEAD_SORTS[query.sort].cursor_of(last)
+        for page_cursor in (None, cursor):
+            plan = (await store.find_leads(db, query, page_cursor).limit(51).explain())["queryPlanner"]
+            assert "COLLSCAN" not in str(plan["winningPlan"]), (query, page_cursor, plan["winningPlan"])

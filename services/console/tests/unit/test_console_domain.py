@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from console.api.customer import Part
 from console.api.forms import commitments, products, stage_fields
-from console.api.marketing import filter_leads
+from console.api.marketing import list_params
 from console.api.reports import dashboard_charts
 from console.api.sales import missing_fields
 from console.domain import charts, pages, timing
@@ -95,43 +95,38 @@ def test_the_fields_a_stage_asks_for_are_the_required_ones_the_deal_lacks() -> N
     assert missing_fields(opp, {"name": "discovery", "required_fields": ["budget"]}) == []
 
 
-def test_leads_are_searched_filtered_by_score_and_sorted_on_the_returned_page() -> None:
-    leads = [
-        {
-            "name": "Ada",
-            "email": "ada@x.io",
-            "company": "Lovelace",
-            "score": 73,
-            "campaign": "autumn",
-            "updated_at": "2",
-        },
-        {
-            "name": "Grace",
-            "email": "g@y.io",
-            "company": "Hopper",
-            "score": 20,
-            "campaign": None,
-            "updated_at": "3",
-        },
-        {
-            "name": "Alan",
-            "email": "alan@x.io",
-            "company": "Turing",
-            "score": 50,
-            "campaign": "autumn",
-            "updated_at": "1",
-        },
-    ]
-    assert [lead["name"] for lead in filter_leads(leads, {"search": "X.IO"})] == ["Ada", "Alan"]
-    assert [lead["name"] for lead in filter_leads(leads, {"min_score": "30", "sort": "score"})] == [
-        "Ada",
-        "Alan",
-    ]
-    assert [lead["name"] for lead in filter_leads(leads, {"campaign": "aut", "sort": "name"})] == [
-        "Ada",
-        "Alan",
-    ]
-    assert [lead["name"] for lead in filter_leads(leads, {})] == ["Grace", "Ada", "Alan"]
+def test_the_lead_list_query_goes_to_the_leads_api_whole() -> None:
+    """Search, every filter, the order and the cursor are the API's: nothing is filtered here."""
+    query = {
+        "search": " ada  ",
+        "status": "new",
+        "channel": "webinar",
+        "campaign": "spring",
+        "min_score": "30",
+        "max_score": "",
+        "sort": "score",
+        "limit": "100",
+        "cursor": "abc",
+        "ok": "captured",
+    }
+    assert list_params(query) == {
+        "q": "ada",
+        "status": "new",
+        "channel": "webinar",
+        "campaign": "spring",
+        "min_score": "30",
+        "max_score": None,
+        "sort": "score",
+        "limit": "100",
+        "cursor": "abc",
+    }
+    defaults = list_params({"sort": "shoe_size", "limit": "7"})
+    assert (defaults["sort"], defaults["limit"], defaults["q"], defaults["cursor"]) == (
+        "newest",
+        "50",
+        None,
+        None,
+    )
 
 
 def test_the_dashboard_puts_the_numbers_beside_each_chart() -> None:

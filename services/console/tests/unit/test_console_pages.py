@@ -205,3 +205,35 @@ def _access_token(console: httpx.AsyncClient) -> str:
     assert session is not None
     assert session.expires_at > time.time()
     return session.access_token
+
+
+async def test_the_lead_list_asks_the_leads_api_to_search_filter_sort_and_page(console, fake_gateway) -> None:
+    await login(console)
+    fake_gateway.leads["lead-1"] = {
+        "id": "lead-1", "name": "Ada", "email": "ada@x.io", "company": "X", "status": "new", "score": 45.0,
+        "source_channel": "webinar", "campaign": "spring", "updated_at": "2026-12-01T10:00:00Z",
+    }  # fmt: skip
+    query = {"search": "ada", "status": "new", "campaign": "spring", "min_score": "40", "sort": "score"}
+    r = await console.get("/leads", params=query)
+    assert r.status_code == 200
+    assert fake_gateway.last_params == {
+        "q": "ada", "status": "new", "campaign": "spring", "min_score": "40", "sort": "score", "limit": "50",
+    }  # fmt: skip
+    assert '<option value="score" selected>' in r.text
+    r = await console.get("/leads", params={"campaign": "spring"})
+    assert 'href="/leads/lead-1"' in r.text
+    assert "Next page" in r.text
+    assert "cursor=next-page" in r.text
+    page_two = await console.get("/leads", params={"campaign": "spring", "cursor": "next-page"})
+    assert fake_gateway.last_params["cursor"] == "next-page"
+    assert 'href="/leads?campaign=spring">First page' in page_two.text
+
+
+async def test_a_bad_score_bound_is_shown_next_to_its_field(console, fake_gateway) -> None:
+    await login(console)
+    r = await console.get("/leads", params={"min_score": "lots"})
+    assert r.status_code == 422
+    assert 'id="err-min_score"' in r.text
+    assert "Input should be a valid number" in r.text
+    assert 'aria-describedby="err-min_score"' in r.text
+    assert 'value="lots"' in r.text

@@ -75,6 +75,9 @@ async def ensure_indexes(db: Db) -> None:
         [("origin_channel", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
         name="by_channel",
     )
+    await db[LEADS].create_index(
+        [("campaign", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="by_campaign"
+    )
     # The other orders of GET /leads (crm_platform.paging: field then _id), alone and by status.
     for sort in (s for s in LEAD_SORTS.values() if s.field != "created_at"):
         await db[LEADS].create_index([(sort.field, DESCENDING), ("_id", DESCENDING)], name=f"by_{sort.field}")
@@ -282,7 +285,8 @@ class LeadPage:
 
 @dataclass(frozen=True)
 class LeadQuery:
-    """What GET /leads filters, searches and sorts on."""
+    """What GET /leads filters, searches and sorts on (a score range is read through the
+    ``score`` order's index, the campaign through ``by_campaign``, or the order's index)."""
 
     status: str | None = None
     channel: str | None = None
@@ -290,6 +294,9 @@ class LeadQuery:
     sort: str = "newest"
     custom: Doc = field(default_factory=dict)  # crm_platform.custom_fields.filter_of (?cf=)
     rep: str | None = None  # a sales rep reads only the leads assigned to them (domain.access)
+    campaign: str | None = None
+    min_score: float | None = None
+    max_score: float | None = None
 
     def filter(self, cursor: str | None) -> Doc:
         query: Doc = dict(self.custom)
@@ -299,6 +306,15 @@ class LeadQuery:
             query["status"] = self.status
         if self.channel is not None:
             query["origin_channel"] = self.channel
+        if self.campaign is not None:
+            query["campaign"] = self.campaign
+        score: Doc = {}
+        if self.min_score is not None:
+            score["$gte"] = self.min_score
+        if self.max_score is not None:
+            score["$lte"] = self.max_score
+        if score:
+            query["score"] = score
         if self.q:
             # A whole address is the lead's identity (its unique index); words search the text index.
             query.update({"email": self.q.strip().lower()} if "@" in self.q else text_search(self.q))
@@ -324,9 +340,12 @@ async def list_leads(
     sort: str = "newest",
     custom: Doc | None = None,
     rep: str | None = None,
+    campaign: str | None = None,
+    min_score: float | None = None,
+    max_score: float | None = None,
 ) -> LeadPage:
     """Keyset paging in the query's order (crm_platform.paging), so pages never shift."""
-    query = LeadQuery(status, channel, q, sort, custom or {}, rep)
+    query = LeadQuery(status, channel, q, sort, custom or {}, rep, campaign, min_score, max_score)
     docs = await find_leads(db, query, cursor).limit(limit + 1).to_list()
     items, next_cursor = page(docs, limit, LEAD_SORTS[sort])
     return LeadPage([lead_from_doc(d) for d in items], next_cursor)

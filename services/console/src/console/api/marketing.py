@@ -15,62 +15,50 @@ router = APIRouter()
 STATUSES = ("new", "nurturing", "qualified", "accepted", "rejected", "recycled")
 CHANNELS = ("web_form", "webinar", "partner_api", "import", "email", "event", "ads", "referral")
 BEHAVIOURS = ("page_view", "email_open", "form_submit", "trial_signup")
-SORTS = {"updated": "updated_at", "score": "score", "name": "name", "created": "created_at"}
+# The leads API's orders (each on an index): name ascending, created for newest and oldest.
+SORTS = ("newest", "oldest", "updated", "score", "name")
+LIST_FILTERS = ("status", "channel", "campaign", "min_score", "max_score")
 
 
-def filter_leads(items: list[dict[str, Any]], q: dict[str, str]) -> list[dict[str, Any]]:
-    """Search, score range, owner and campaign over the page the leads API returned, then sort.
+def list_params(q: dict[str, str]) -> dict[str, str | None]:
+    """The console's lead-list query as the leads API's ``GET /leads`` parameters.
 
-    The leads API filters by status and channel and pages with a cursor; the rest is done
-    here on the page it returned (up to 200 leads), and the page says so.
+    Every filter, the text search (``search`` -> ``q``: words of the name, email or company, or
+    a whole email), the order and the cursor go to the API, which searches, filters, sorts and
+    pages over every stored lead on its indexes; nothing is filtered here.
     """
-    needle = (q.get("search") or "").strip().lower()
-    campaign = (q.get("campaign") or "").strip().lower()
-    errors: dict[str, str] = {}
-    low = number(q, "min_score", errors)
-    high = number(q, "max_score", errors)
-    out = []
-    for lead in items:
-        hay = " ".join(str(lead.get(k) or "") for k in ("name", "email", "company")).lower()
-        if needle and needle not in hay:
-            continue
-        if campaign and campaign not in str(lead.get("campaign") or "").lower():
-            continue
-        if low is not None and float(lead.get("score") or 0) < low:
-            continue
-        if high is not None and float(lead.get("score") or 0) > high:
-            continue
-        out.append(lead)
-    key = SORTS.get(q.get("sort") or "updated", "updated_at")
-    descending = (q.get("order") or ("asc" if key == "name" else "desc")) == "desc"
-    out.sort(key=lambda lead: (lead.get(key) is None, lead.get(key) or ""), reverse=descending)
-    return out
+    params: dict[str, str | None] = {name: (q.get(name) or "").strip() or None for name in LIST_FILTERS}
+    params["q"] = (q.get("search") or "").strip() or None
+    params["sort"] = q.get("sort") if q.get("sort") in SORTS else "newest"
+    params["limit"] = q.get("limit") if q.get("limit") in ("25", "50", "100", "200") else "50"
+    params["cursor"] = q.get("cursor") or None
+    return params
 
 
 @router.get("/leads", include_in_schema=False)
 async def lead_list(ctx: PageCtx) -> Response:
     ctx.require("leads")
     q = dict(ctx.request.query_params)
-    limit = q.get("limit") if q.get("limit") in ("25", "50", "100", "200") else "50"
-    page = await ctx.api.get(
-        "/api/leads/leads",
-        {"status": q.get("status"), "channel": q.get("channel"), "limit": limit, "cursor": q.get("cursor")},
-    )
-    leads = filter_leads(page["items"], q)
+    params = list_params(q)
+    page = await submit(ctx.api.get("/api/leads/leads", params), field="search")
+    refusal = page if isinstance(page, Refusal) else None
+    found = {"items": [], "next_cursor": None} if isinstance(page, Refusal) else page
     template = "leads_rows.html" if ctx.request.headers.get("hx-request") else "leads.html"
-    next_query = {k: v for k, v in q.items() if k not in ("cursor", "ok")} | {
-        "cursor": page.get("next_cursor")
-    }
+    first_query = {k: v for k, v in q.items() if k not in ("cursor", "ok")}
     return ctx.render(
         template,
-        leads=leads,
+        **(refusal.page() if refusal else {}),
+        leads=found["items"],
         q=q,
-        limit=limit,
+        sort=params["sort"],
+        sorts=SORTS,
+        limit=params["limit"],
         statuses=STATUSES,
         channels=CHANNELS,
-        next_cursor=page.get("next_cursor"),
-        next_query=next_query,
-        fetched=len(page["items"]),
+        next_cursor=found.get("next_cursor"),
+        first_query=first_query,
+        next_query=first_query | {"cursor": found.get("next_cursor")},
+        first_page=not params["cursor"],
     )
 
 

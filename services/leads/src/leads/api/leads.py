@@ -14,7 +14,7 @@ from crm_platform.errors import NotFound, RuleViolation
 from crm_platform.paging import BadCursor
 from crm_platform.routes import CurrentActor, DbDep, require_roles
 from fastapi import APIRouter, Path, Query, Response, status
-from pydantic import BeforeValidator, StringConstraints
+from pydantic import BeforeValidator, Field, StringConstraints
 
 from leads import handlers
 from leads import store as repo
@@ -53,6 +53,10 @@ class LeadSort(StrEnum):
     NAME = "name"
 
 
+# A score bound of GET /leads (a blank one is no bound: checked after _blank_is_none).
+Score = Annotated[float, Field(ge=0, le=1_000_000, allow_inf_nan=False)]
+
+
 def _blank_is_none(value: Any) -> Any:
     """``?status=&channel=`` (empty) means no filter, as if the parameter were absent."""
     return None if isinstance(value, str) and not value.strip() else value
@@ -86,7 +90,7 @@ async def capture_leads(body: BulkCaptureIn, uow: UowDep, fields: LeadFields) ->
 @router.get(
     "",
     response_model=LeadPageOut,
-    summary="Leads: search, filter by status and origin channel, sort, cursor paging (each on an index)",
+    summary="Leads: search, filter by status, origin channel, campaign and score range, sort, cursor paging",
 )
 async def list_leads(
     db: DbDep,
@@ -108,7 +112,20 @@ async def list_leads(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     cf: CustomFilter = None,
+    campaign: Annotated[
+        str | None,
+        BeforeValidator(_blank_is_none),
+        Query(max_length=200, description="the campaign the lead was captured for (exact)"),
+    ] = None,
+    min_score: Annotated[
+        Score | None, BeforeValidator(_blank_is_none), Query(description="score at least")
+    ] = None,
+    max_score: Annotated[
+        Score | None, BeforeValidator(_blank_is_none), Query(description="score at most")
+    ] = None,
 ) -> LeadPageOut:
+    if min_score is not None and max_score is not None and min_score > max_score:
+        raise RuleViolation("min_score must not be above max_score", field="query.min_score")
     custom = filter_of(fields, cf)
     try:
         page = await repo.list_leads(
@@ -121,6 +138,9 @@ async def list_leads(
             sort=sort.value,
             custom=custom,
             rep=rep_scope(actor),
+            campaign=campaign.strip() if campaign else None,
+            min_score=min_score,
+            max_score=max_score,
         )
     except BadCursor as exc:
         raise RuleViolation(f"invalid input: query.cursor: {exc}", field="query.cursor") from None
