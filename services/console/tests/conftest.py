@@ -16,6 +16,7 @@ from console.bootstrap import build_app
 from console.settings import ConsoleSettings
 
 pytest_plugins = ["crm_platform.testing"]
+BEHAVIOURS = ("page_view", "email_open", "form_submit", "trial_signup")
 
 USERS = {
     "maria": ("maria-pass", ["marketing"]),
@@ -51,6 +52,57 @@ class FakeGateway:
     last_params: dict[str, str] = field(default_factory=dict)
     queues: FakeQueues = field(default_factory=lambda: FakeQueues())
     sales: FakeSales = field(default_factory=lambda: FakeSales())
+    rule_drafts: list[tuple[str, Any]] = field(default_factory=list)  # scoring rules PUT or previewed
+
+    def leads_api(self, method: str, path: str, payload: Any) -> httpx.Response:
+        """Marketing's leads API: capture, the list, the scoring rules."""
+        if path.startswith("/api/leads/scoring-rules"):
+            return self.scoring(method, path.removeprefix("/api/leads/scoring-rules"), payload)
+        if method == "POST":
+            if "@" not in payload["email"]:
+                return httpx.Response(
+                    422,
+                    json={
+                        "error": "validation_error",
+                        "message": "invalid input: body.email",
+                        "fields": [{"field": "body.email", "message": "not an email address"}],
+                    },
+                )
+            lead = {"id": f"lead-{len(self.leads) + 1}", **payload}
+            self.leads[lead["id"]] = lead
+            return httpx.Response(201, json={"merged": False, "lead": lead})
+        return self.lead_page()
+
+    def scoring(self, method: str, path: str, payload: Any) -> httpx.Response:
+        """The scoring rules: current, history, a save, and a preview (a cap of 0 is refused)."""
+        rules = {
+            "version": 1,
+            "rules": {b: {"weight": 5.0, "cap": None} for b in BEHAVIOURS},
+            "threshold": 60.0,
+            "changed_by": {"user_id": "system", "username": "system"},
+            "changed_at": None,
+            "note": None,
+        }
+        if path == "/history":
+            return httpx.Response(200, json={"items": [rules]})
+        if method == "GET":
+            return httpx.Response(200, json=rules)
+        self.rule_drafts.append((path, payload))
+        for behaviour, rule in payload["rules"].items():
+            if rule["cap"] == 0:
+                field_name = f"rules.{behaviour}.cap"
+                return httpx.Response(
+                    422,
+                    json={
+                        "error": "rule_violation",
+                        "message": f"invalid scoring rules: {field_name}: must be >= 1 (omit it for no cap)",
+                        "details": {"field": field_name},
+                    },
+                )
+        if path == "/preview":
+            preview = {"current_version": 1, "leads": 1234, "qualify_current": 40, "qualify_draft": 95}
+            return httpx.Response(200, json={**preview, "newly": 57, "no_longer": 2, "truncated": False})
+        return httpx.Response(200, json={**rules, "version": 2})
 
     def lead_page(self) -> httpx.Response:
         """GET /leads as the leads API answers it: a bad score bound is a 422 naming its field."""
@@ -119,21 +171,8 @@ class FakeGateway:
             )
         if path == "/auth/logout":
             return httpx.Response(204)
-        if path == "/api/leads/leads" and method == "POST":
-            if "@" not in payload["email"]:
-                return httpx.Response(
-                    422,
-                    json={
-                        "error": "validation_error",
-                        "message": "invalid input: body.email",
-                        "fields": [{"field": "body.email", "message": "not an email address"}],
-                    },
-                )
-            lead = {"id": f"lead-{len(self.leads) + 1}", **payload}
-            self.leads[lead["id"]] = lead
-            return httpx.Response(201, json={"merged": False, "lead": lead})
-        if path == "/api/leads/leads" and method == "GET":
-            return self.lead_page()
+        if path == "/api/leads/leads" or path.startswith("/api/leads/scoring-rules"):
+            return self.leads_api(method, path, payload)
         if path in ("/api/sales/pipeline", "/api/sales/reps/response-times", "/api/sales/config"):
             return self.sales.api(method, path, payload, self.last_params)
         if "/action-queue" in path or path in ("/api/sales/reps", "/api/service-desk/csms"):

@@ -237,3 +237,49 @@ async def test_a_bad_score_bound_is_shown_next_to_its_field(console, fake_gatewa
     assert "Input should be a valid number" in r.text
     assert 'aria-describedby="err-min_score"' in r.text
     assert 'value="lots"' in r.text
+
+
+def _rules_form(csrf: str, **changes: str) -> dict[str, str]:
+    form = {"csrf_token": csrf, "threshold": "50", "expected_version": "1"}
+    for behaviour in ("page_view", "email_open", "form_submit", "trial_signup"):
+        form[f"{behaviour}.weight"] = "10"
+        form[f"{behaviour}.cap"] = ""
+    return form | changes
+
+
+async def test_a_rules_draft_is_previewed_before_saving_with_what_was_typed(console, fake_gateway) -> None:
+    await login(console)
+    page = await console.get("/scoring")
+    assert 'formaction="/scoring/preview"' in page.text
+    r = await console.post(
+        "/scoring/preview", data=_rules_form(csrf_of(page.text), **{"page_view.weight": "7.5"})
+    )
+    assert r.status_code == 200, r.text
+    path, sent = fake_gateway.rule_drafts[-1]
+    assert path == "/preview"
+    assert sent["threshold"] == 50
+    assert sent["rules"]["page_view"] == {"weight": 7.5, "cap": None}
+    preview = r.text.split('id="preview"')[1].split("</section>")[0]
+    assert "Of the 1,234 leads still being scored" in preview
+    assert 'qualify with these rules</th><td class="num">95<' in preview
+    assert (
+        'would qualify only with these (at their next behaviour once saved)</th><td class="num">57<'
+        in preview
+    )
+    assert 'value="7.5"' in r.text  # what was typed, to save next
+    assert [p for p, _ in fake_gateway.rule_drafts] == ["/preview"]  # nothing saved
+
+
+async def test_a_refused_draft_is_shown_next_to_the_rules_field(console, fake_gateway) -> None:
+    await login(console)
+    page = await console.get("/scoring")
+    for action in ("/scoring/preview", "/scoring"):
+        r = await console.post(action, data=_rules_form(csrf_of(page.text), **{"email_open.cap": "0"}))
+        assert r.status_code == 422, (action, r.text)
+        assert (
+            "must be &gt;= 1 (omit it for no cap)"
+            in r.text.split('id="f-email_open-cap"')[1].split("</td>")[0]
+        )
+    r = await console.post("/scoring/preview", data=_rules_form(csrf_of(page.text), threshold="lots"))
+    assert r.status_code == 422
+    assert "&#39;lots&#39; is not a number." in r.text

@@ -507,6 +507,23 @@ async def current_rules(db: Db) -> ScoringRules:
     return rules_from_doc(doc) if doc else DEFAULT_RULES
 
 
+PREVIEW_MAX_LEADS = 20_000  # the leads a scoring preview reads at most (newest first)
+OPEN_STATUSES = ("new", "nurturing", "recycled")  # the leads a score can still qualify
+
+
+async def open_cycles(db: Db) -> AsyncIterator[dict[Behaviour, int]]:
+    """The current cycle's behaviour counts of the leads a score can still qualify, newest first,
+    at most :data:`PREVIEW_MAX_LEADS` (one field read per lead, through the ``by_status`` index)."""
+    cursor = (
+        db[LEADS]
+        .find({"status": {"$in": list(OPEN_STATUSES)}}, {"cycle_counts": 1, "_id": 0})
+        .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+        .limit(PREVIEW_MAX_LEADS)
+    )
+    async for doc in cursor:
+        yield _counts_from_doc(doc.get("cycle_counts"))
+
+
 async def rules_history(db: Db, limit: int) -> list[ScoringRules]:
     docs = await db[SCORING_RULES].find({}).sort("_id", DESCENDING).limit(limit).to_list()
     return [rules_from_doc(d) for d in docs]

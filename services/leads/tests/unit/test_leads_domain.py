@@ -14,9 +14,11 @@ from leads.domain.scoring import (
     DEFAULT_RULES,
     BehaviourRule,
     InvalidRules,
+    Preview,
     RulesAuthor,
     ScoringRules,
     next_version,
+    preview,
     score,
     validate_rules,
 )
@@ -496,3 +498,37 @@ def test_a_behaviour_already_stored_is_a_duplicate_in_a_batch_too() -> None:
     assert again.records == ()
     assert again.leads == ()
     assert again.items[0].lead.score == first.leads[0].score
+
+
+def test_a_rules_preview_counts_who_qualifies_with_the_current_rules_and_with_the_draft() -> None:
+    current = ScoringRules(
+        {
+            Behaviour.PAGE_VIEW: BehaviourRule(5, 10),
+            Behaviour.EMAIL_OPEN: BehaviourRule(3, 10),
+            Behaviour.FORM_SUBMIT: BehaviourRule(20, None),
+            Behaviour.TRIAL_SIGNUP: BehaviourRule(40, None),
+        },
+        threshold=60,
+    )
+    # Page views now count up to 20 and score 4; a trial signup scores 30; threshold 50.
+    draft = ScoringRules(
+        {
+            **current.rules,
+            Behaviour.PAGE_VIEW: BehaviourRule(4, 20),
+            Behaviour.TRIAL_SIGNUP: BehaviourRule(30),
+        },
+        threshold=50,
+        version=2,
+    )
+    cycles = [
+        {},  # captured, nothing seen: 0 and 0
+        {Behaviour.PAGE_VIEW: 15},  # 50 (capped at 10) -> 60: newly
+        {Behaviour.TRIAL_SIGNUP: 1, Behaviour.FORM_SUBMIT: 1},  # 60 -> 50: both
+        {Behaviour.TRIAL_SIGNUP: 1, Behaviour.EMAIL_OPEN: 7},  # 61 -> 51: both
+        {Behaviour.TRIAL_SIGNUP: 1, Behaviour.PAGE_VIEW: 4},  # 60 -> 46: no longer
+        {Behaviour.EMAIL_OPEN: 2},  # 6 -> 6: neither
+    ]
+    assert preview(cycles, current, draft) == Preview(
+        leads=6, qualify_current=3, qualify_draft=3, newly=1, no_longer=1
+    )
+    assert preview([], current, draft) == Preview(0, 0, 0, 0, 0)

@@ -143,29 +143,50 @@ async def scoring(ctx: PageCtx) -> Response:
     return await _scoring_page(ctx, values=ctx.draft() or {})
 
 
-@router.post("/scoring", include_in_schema=False, dependencies=CSRF)
-async def save_scoring(ctx: PageCtx) -> Response:
-    ctx.require("scoring")
-    form = await read_form(ctx.request)
-    errors: dict[str, str] = {}
+def rules_body(form: dict[str, str], errors: dict[str, str]) -> dict[str, Any]:
+    """The rules editor's fields as the leads API's rules body (weights, caps, threshold)."""
     rules: dict[str, Any] = {}
     for kind in BEHAVIOURS:
         weight = number(form, f"{kind}.weight", errors, required=True)
         cap = number(form, f"{kind}.cap", errors)
         rules[kind] = {"weight": weight, "cap": int(cap) if cap is not None else None}
-    threshold = number(form, "threshold", errors, required=True)
+    return {"rules": rules, "threshold": number(form, "threshold", errors, required=True)}
+
+
+def _on_rows(refusal: Refusal) -> Refusal:
+    """The API names a rule's field ``rules.<behaviour>.<weight|cap>``; the editor's row is
+    ``<behaviour>.<weight|cap>``."""
+    errors = {k.removeprefix("rules."): v for k, v in refusal.errors.items()}
+    return Refusal(refusal.status, errors, refusal.message)
+
+
+@router.post("/scoring", include_in_schema=False, dependencies=CSRF)
+async def save_scoring(ctx: PageCtx) -> Response:
+    ctx.require("scoring")
+    form = await read_form(ctx.request)
+    errors: dict[str, str] = {}
+    body = rules_body(form, errors)
     version = number(form, "expected_version", errors)
     if errors:
-        return await _scoring_page(
-            ctx, status=422, values=form, errors=errors, error="Check the marked fields."
-        )
-    body = {
-        "rules": rules,
-        "threshold": threshold,
-        "note": text(form, "note"),
-        "expected_version": int(version) if version is not None else None,
-    }
+        return await _scoring_page(ctx, **Refusal(422, errors, "Check the marked fields.").page(values=form))
+    body |= {"note": text(form, "note"), "expected_version": int(version) if version is not None else None}
     saved = await submit(ctx.api.put("/api/leads/scoring-rules", body))
     if isinstance(saved, Refusal):
-        return await _scoring_page(ctx, **saved.page(values=form))
+        return await _scoring_page(ctx, **_on_rows(saved).page(values=form))
     return redirect("/scoring", "rules")
+
+
+@router.post("/scoring/preview", include_in_schema=False, dependencies=CSRF)
+async def preview_scoring(ctx: PageCtx) -> Response:
+    """How many leads the rules as typed would qualify, before saving them (nothing is saved):
+    the page comes back with what was typed and the leads API's preview beside it."""
+    ctx.require("scoring")
+    form = await read_form(ctx.request)
+    errors: dict[str, str] = {}
+    body = rules_body(form, errors)
+    if errors:
+        return await _scoring_page(ctx, **Refusal(422, errors, "Check the marked fields.").page(values=form))
+    preview = await submit(ctx.api.post("/api/leads/scoring-rules/preview", body))
+    if isinstance(preview, Refusal):
+        return await _scoring_page(ctx, **_on_rows(preview).page(values=form))
+    return await _scoring_page(ctx, values=form, preview=preview)

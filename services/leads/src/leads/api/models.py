@@ -347,6 +347,27 @@ class RulesIn(In):
     )
 
 
+class RulesPreviewIn(In):
+    """A draft of the rules, to preview before saving it (nothing is stored)."""
+
+    rules: RuleSetIn
+    threshold: float = Field(
+        gt=0, le=1_000_000_000, allow_inf_nan=False, description="Score that would qualify a lead"
+    )
+
+
+class RulesPreviewOut(BaseModel):
+    current_version: int = Field(description="The rules the draft is compared with")
+    leads: int = Field(description="Leads read: new, nurturing or recycled (a score can still qualify them)")
+    qualify_current: int = Field(description="Of them, at or over the threshold with the current rules")
+    qualify_draft: int = Field(description="Of them, at or over the draft's threshold with the draft")
+    newly: int = Field(
+        description="Only with the draft: they qualify at their next behaviour once it is saved"
+    )
+    no_longer: int = Field(description="With the current rules, not with the draft")
+    truncated: bool = Field(description="True when more leads were open than a preview reads (newest first)")
+
+
 class RuleOut(BaseModel):
     weight: float
     cap: int | None

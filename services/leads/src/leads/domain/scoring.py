@@ -8,7 +8,7 @@ the lead. Rules are versioned: each change is a new version, never an edit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -139,3 +139,34 @@ def score(counts: Mapping[Behaviour, int], rules: ScoringRules) -> Score:
         total += points
         reasons.append(Reason(behaviour, count, counted, float(rule.weight), points))
     return Score(round(total, 6), tuple(reasons), rules.version, float(rules.threshold))
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What a draft of the rules would do to the leads still being scored, before it is saved.
+
+    ``leads``: the leads read (new, nurturing or recycled: the ones a score can still qualify),
+    each with its counts of the current scoring cycle; of them, how many reach the threshold
+    with the current rules and with the draft, how many only with the draft (``newly``: they
+    qualify at their next behaviour once the draft is saved, since rules apply when a behaviour
+    is scored), and how many would stop qualifying (``no_longer``).
+    """
+
+    leads: int
+    qualify_current: int
+    qualify_draft: int
+    newly: int
+    no_longer: int
+
+
+def preview(cycles: Iterable[Mapping[Behaviour, int]], current: ScoringRules, draft: ScoringRules) -> Preview:
+    """Score every lead's cycle counts with both rule sets (the one :func:`score`)."""
+    leads = now = then = newly = gone = 0
+    for counts in cycles:
+        before, after = score(counts, current).qualifies, score(counts, draft).qualifies
+        leads += 1
+        now += before
+        then += after
+        newly += after and not before
+        gone += before and not after
+    return Preview(leads, now, then, newly, gone)
