@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from analytics.domain.engine import AnalyticsState, apply
@@ -91,14 +91,49 @@ async def test_snapshot_served_as_funnel_channels_handoffs_and_summary(make_sett
         assert summary["updated_at"] == funnel["updated_at"]
 
 
+async def test_handoff_latency_over_time_per_day_within_the_window(make_settings, journey):
+    """The snapshot's days, stored and read back; the window keeps the last ``days`` days."""
+    today = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0)
+    state = AnalyticsState()
+    for env in [
+        journey.receipt("lead-qualified", "evt-1", 0.004, base=today - timedelta(days=10)),
+        journey.receipt("lead-qualified", "evt-2", 0.008, base=today - timedelta(days=2)),
+        journey.receipt("lead-qualified", "evt-3", 0.016, base=today - timedelta(days=2), when=60),
+        journey.qualified("lead-1", base=today, when=0),
+        journey.verdict("lead-1", base=today, when=600),
+    ]:
+        apply(state, env, decode(env))
+    settings = make_settings("analytics")
+    await write(settings, state.figures, when=today)
+    async with running_app(create_app(settings)) as client:
+        r = await client.get("/handoffs/series", params={"days": 7}, headers=ANALYST)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["days"] == 7
+        assert list(body["handoffs"]) == list(HANDOFF_NAMES)
+        lq = body["handoffs"]["lead-qualified"]
+        assert [(d["day"], d["count"]) for d in lq["transport"]] == [
+            ((today - timedelta(days=2)).date().isoformat(), 2)
+        ]
+        assert lq["transport"][0]["p90"] == pytest.approx(0.016, rel=0.02)
+        assert [(d["day"], d["count"]) for d in lq["business"]] == [(today.date().isoformat(), 1)]
+        assert lq["business"][0]["p50"] == pytest.approx(600, rel=0.02)
+        assert body["handoffs"]["lead-verdict"]["business"] is None
+        wider = (await client.get("/handoffs/series", params={"days": 30}, headers=ANALYST)).json()
+        assert [d["count"] for d in wider["handoffs"]["lead-qualified"]["transport"]] == [1, 2]
+        for days in ("0", "91", "x"):
+            r = await client.get("/handoffs/series", params={"days": days}, headers=ANALYST)
+            assert r.status_code == 422, days
+
+
 async def test_only_analysts_admins_and_sales_managers_may_read(make_settings):
     async with running_app(create_app(make_settings("analytics"))) as client:
         assert (await client.get("/summary")).status_code == 401
         denied = await client.get("/funnel", headers=auth_headers(["sales_rep"]))
         assert denied.status_code == 403
         assert denied.json()["error"] == "forbidden"
-        for role in ("analyst", "admin", "sales_manager"):
-            for path in ("/funnel", "/channels", "/handoffs", "/summary"):
+        for role in ("analyst", "admin", "sales_manager", "executive"):
+            for path in ("/funnel", "/channels", "/handoffs", "/summary", "/handoffs/series"):
                 response = await client.get(path, headers=auth_headers([role]))
                 assert response.status_code == 200, (role, path)
 

@@ -177,6 +177,8 @@ class FakeGateway:
             return self.sales.api(method, path, payload, self.last_params)
         if "/action-queue" in path or path in ("/api/sales/reps", "/api/service-desk/csms"):
             return self.queues.api(method, path, payload, claims)
+        if path in ("/api/analytics/summary", "/api/analytics/handoffs/series"):
+            return self.reports.analytics(path, self.last_params)
         if path.startswith("/api/analytics/kpis") or path.endswith(("/audit", "/audit/export")):
             return self.reports.api(path, self.last_params, claims)
         if path.startswith("/api/service-desk/"):
@@ -577,6 +579,46 @@ class FakeReports:
             "/api/service-desk/audit": [],
         }
     )
+
+    series_asked: list[dict[str, str]] = field(default_factory=list)
+
+    def analytics(self, path: str, params: dict[str, str]) -> httpx.Response:
+        """The dashboard's summary and the handoff latency over time (two handoffs)."""
+        if path.endswith("/summary"):
+            stages = dict.fromkeys(("captured", "qualified", "accepted", "won", "onboarded"), 1)
+            latency = {"count": 1, "p50": 0.01, "p95": 0.02, "p99": 0.03}
+            return httpx.Response(
+                200,
+                json={
+                    "funnel": {
+                        "stages": stages,
+                        "conversion": dict.fromkeys(
+                            (
+                                "captured_to_qualified",
+                                "qualified_to_accepted",
+                                "accepted_to_won",
+                                "won_to_onboarded",
+                                "captured_to_won",
+                            ),
+                            1.0,
+                        ),
+                        "updated_at": "2026-12-05T09:00:00Z",
+                    },
+                    "channels": {"web": stages},
+                    "handoffs": {"lead-qualified": {"transport": latency, "business": latency}},
+                    "updated_at": "2026-12-05T09:00:00Z",
+                },
+            )
+        self.series_asked.append(dict(params))
+        day = {"count": 3, "p50": 0.004, "p90": 0.5}
+        handoffs = {
+            "lead-qualified": {
+                "transport": [{**day, "day": "2026-12-03"}, {**day, "day": "2026-12-05", "count": 7}],
+                "business": [{"day": "2026-12-04", "count": 2, "p50": 5400.0, "p90": 7200.0}],
+            },
+            "lead-verdict": {"transport": [{**day, "day": "2026-12-05", "p50": 0.02}], "business": None},
+        }
+        return httpx.Response(200, json={"days": int(params.get("days", 30)), "handoffs": handoffs})
 
     def api(self, path: str, params: dict[str, str], claims: dict[str, Any]) -> httpx.Response:
         roles = set(claims["roles"])

@@ -4,7 +4,7 @@ The Mongo implementations of ``analytics.repository``. One document each, replac
 atomically:
 
 - ``snapshots``: ``{_id: "latest", updated_at, version, worker, funnel,
-  channels: [{channel, stages}], handoffs}``; channels are stored as a list because
+  channels: [{channel, stages}], handoffs, series}``; channels are stored as a list because
   channel names are free text (a name may hold a ``.``);
 - ``reconciliations``: ``{_id: "latest", at, worker, scanned_events, repaired_facts,
   difference, seconds}``;
@@ -65,6 +65,7 @@ def _snapshot_to_doc(snapshot: Snapshot) -> Doc:
         "funnel": snapshot.funnel,
         "channels": [{"channel": name, "stages": stages} for name, stages in snapshot.channels.items()],
         "handoffs": snapshot.handoffs,
+        "series": snapshot.series,
     }
 
 
@@ -76,6 +77,7 @@ def _snapshot_from_doc(doc: Doc) -> Snapshot:
         updated_at=doc.get("updated_at"),
         version=int(doc.get("version", 0)),
         worker=str(doc.get("worker", "")),
+        series=doc.get("series") or {},
     )
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from datetime import timedelta
 
 import pytest
 from analytics.domain.engine import AnalyticsState, apply, figure_values, merge_state, rebuild_figures
+from analytics.domain.facts import ReceiptFact
 from analytics.domain.figures import HANDOFF_NAMES
 from analytics.domain.histogram import GROWTH
 from crm_contracts import decode
@@ -346,3 +348,63 @@ def test_figure_values_name_every_countable_figure(journey):
     assert values["business_samples:lead-qualified"] == 1
     assert values["transport_samples:commitment-flagged"] == 0
     assert "business_samples:lead-verdict" not in values  # no business latency for it
+
+
+DAY = 86_400.0
+
+
+def series(state):
+    return state.figures.summary()["series"]
+
+
+def test_latency_over_time_is_per_handoff_per_day_the_samples_ended(journey):
+    """Transport samples by the day the receiver stored them, business ones by the day their
+    step ended; each day with its own count, p50 and p90."""
+    day0 = journey.T0.date()
+    events = [
+        journey.receipt("lead-qualified", "evt-1", 0.002, when=0),
+        journey.receipt("lead-qualified", "evt-2", 0.004, when=60),
+        journey.receipt("lead-qualified", "evt-3", 0.300, when=DAY + 60),
+        journey.receipt("deal-won", "evt-4", 0.5, when=2 * DAY),
+        *full_journey(journey),  # accepted 300 s after qualifying, onboarded 3600 s after the win, day 0
+        journey.qualified("lead-2", when=DAY),
+        journey.verdict("lead-2", "accepted", when=DAY + 1200),
+    ]
+    state = run(events)
+    s = series(state)
+    days = [(day0 + timedelta(days=n)).isoformat() for n in range(3)]
+    transport = s["lead-qualified"]["transport"]
+    assert [(d["day"], d["count"]) for d in transport] == [(days[0], 2), (days[1], 1)]
+    assert transport[0]["p50"] == pytest.approx(0.002, rel=REL)
+    assert transport[0]["p90"] == pytest.approx(0.004, rel=REL)
+    assert transport[1]["p90"] == pytest.approx(0.3, rel=REL)
+    assert [(d["day"], d["count"]) for d in s["deal-won"]["transport"]] == [(days[2], 1)]
+    business = s["lead-qualified"]["business"]
+    assert [(d["day"], d["count"]) for d in business] == [(days[0], 1), (days[1], 1)]
+    assert business[0]["p50"] == pytest.approx(300, rel=REL)
+    assert business[1]["p50"] == pytest.approx(1200, rel=REL)
+    assert [d["count"] for d in s["deal-won"]["business"]] == [1]
+    # The same receipt again (a redelivery, a later store): no day moves.
+    again = run([journey.receipt("lead-qualified", "evt-1", 0.010, when=2 * DAY)], state)
+    assert series(again) == s
+
+
+def test_the_series_keeps_the_newest_days_and_survives_a_rebuild(journey):
+    events = [journey.receipt("lead-qualified", f"evt-{n}", 0.01, when=n * DAY) for n in range(100)]
+    state = run(events)
+    transport = series(state)["lead-qualified"]["transport"]
+    assert len(transport) == 90  # SERIES_DAYS, up to the newest day with a sample
+    assert transport[-1]["day"] == (journey.T0.date() + timedelta(days=99)).isoformat()
+    rebuilt = rebuild_figures(
+        AnalyticsState(leads=state.leads, deals=state.deals, receipts=state.receipts, records=state.records)
+    )
+    assert series(rebuilt) == series(state)
+
+
+def test_a_receipt_stored_before_receipts_had_a_time_counts_overall_but_not_per_day():
+    old = ReceiptFact.from_json({"handoff": "deal-won", "latency": 0.2})
+    assert old == ReceiptFact("deal-won", 0.2, None)
+    assert old.to_json() == {"handoff": "deal-won", "latency": 0.2}
+    timed = ReceiptFact("deal-won", 0.3, 1_000.0)
+    assert old.merged(timed) == ReceiptFact("deal-won", 0.2, 1_000.0)  # the first store, its time kept
+    assert ReceiptFact.from_json(timed.to_json()) == timed

@@ -234,3 +234,32 @@ async def test_every_page_says_its_server_time(console) -> None:
     timing = re.fullmatch(r"app;dur=([0-9.]+)", r.headers["server-timing"])
     assert timing, r.headers["server-timing"]
     assert float(timing.group(1)) > 0
+
+
+async def test_the_dashboard_shows_a_handoffs_latency_over_time_beside_its_numbers(
+    console, fake_gateway
+) -> None:
+    await login(console, "ana")
+    r = await console.get("/dashboard", params={"days": "7"})
+    assert r.status_code == 200, r.text
+    assert fake_gateway.reports.series_asked == [{"days": "7"}]
+    section = r.text.split('id="h-over-time"')[1].split("</section>")[0]
+    assert '<option value="lead-qualified" selected>' in section
+    assert 'aria-label="lead-qualified: transport latency p50 per day"' in section
+    assert 'aria-label="lead-qualified: business latency p50 per day"' in section
+    rows = section.split('id="latency-over-time"')[1].split("<tbody>")[1].split("</tr>")
+    # One row per day with a sample of either kind, oldest first; a kind absent that day shows 0 and a dash.
+    assert [row.split("<td>")[1].split("<")[0] for row in rows[:3]] == [
+        "2026-12-03",
+        "2026-12-04",
+        "2026-12-05",
+    ]
+    assert '<td class="num">0</td>' in rows[1]
+    assert ">90 min<" in rows[1]  # the business p50 of 2026-12-04
+    assert '<td class="num">7</td>' in rows[2]
+    other = await console.get("/dashboard", params={"handoff": "lead-verdict", "days": "400"})
+    section = other.text.split('id="h-over-time"')[1].split("</section>")[0]
+    assert fake_gateway.reports.series_asked[-1] == {"days": "30"}
+    assert "business latency p50" not in section
+    assert "no business latency analytics can see" in section
+    assert ">20 ms<" in section

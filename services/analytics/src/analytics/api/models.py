@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from pydantic import BaseModel, Field, RootModel
 
@@ -51,6 +51,28 @@ class ChannelsOut(RootModel[dict[str, StageCounts]]):
 
 class HandoffsOut(RootModel[dict[str, HandoffLatency]]):
     """Latency percentiles per handoff name."""
+
+
+class DayLatencyOut(BaseModel):
+    day: date = Field(description="The UTC day the samples ended (stored by the receiver; the business step)")
+    count: int = Field(description="Exact number of samples that day")
+    p50: float | None = Field(description="Seconds; about 1 % relative error (log buckets)")
+    p90: float | None
+
+
+class HandoffSeries(BaseModel):
+    transport: list[DayLatencyOut] = Field(description="Event occurred -> stored by the receiver, per day")
+    business: list[DayLatencyOut] | None = Field(
+        description="Handed off -> the receiver's first action, per day; null where not defined"
+    )
+
+
+class SeriesOut(BaseModel):
+    """Handoff latency over time: per handoff, each day's samples (days without one left out)."""
+
+    days: int = Field(description="The window: the last ``days`` UTC days up to today")
+    handoffs: dict[str, HandoffSeries]
+    updated_at: datetime | None = Field(description="When the worker wrote the snapshot")
 
 
 class SummaryOut(BaseModel):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
 from crm_platform.auth import Role, require_roles
 from crm_platform.errors import DomainError
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
-from analytics.api.models import ChannelsOut, FunnelOut, HandoffsOut, SummaryOut
+from analytics.api.models import ChannelsOut, FunnelOut, HandoffSeries, HandoffsOut, SeriesOut, SummaryOut
+from analytics.domain.figures import BUSINESS, BUSINESS_HANDOFFS, HANDOFF_NAMES, SERIES_DAYS, TRANSPORT
 from analytics.domain.snapshot import Snapshot
 from analytics.metrics import SnapshotCache
 
@@ -50,6 +54,31 @@ async def channels(request: Request) -> ChannelsOut:
 )
 async def handoffs(request: Request) -> HandoffsOut:
     return HandoffsOut.model_validate((await _snapshot(request)).handoffs)
+
+
+@router.get(
+    "/handoffs/series",
+    response_model=SeriesOut,
+    summary="Handoff latency over time: per handoff and UTC day, transport and business p50/p90",
+)
+async def handoff_series(
+    request: Request,
+    days: Annotated[int, Query(ge=1, le=SERIES_DAYS, description="The last days, up to today")] = 30,
+) -> SeriesOut:
+    """Every handoff, each with its days in the window that had a sample (oldest first); a
+    transport sample's day is when the receiver stored it, a business one's when its step ended."""
+    snapshot = await _snapshot(request)
+    since = (datetime.now(UTC) - timedelta(days=days - 1)).date().isoformat()
+    names = list(HANDOFF_NAMES) + sorted(set(snapshot.series) - set(HANDOFF_NAMES))
+    handoffs: dict[str, HandoffSeries] = {}
+    for name in names:
+        kinds = snapshot.series.get(name, {})
+        transport = [d for d in kinds.get(TRANSPORT, []) if d["day"] >= since]
+        business = [d for d in kinds.get(BUSINESS, []) if d["day"] >= since]
+        handoffs[name] = HandoffSeries.model_validate(
+            {"transport": transport, "business": business if name in BUSINESS_HANDOFFS else None}
+        )
+    return SeriesOut(days=days, handoffs=handoffs, updated_at=snapshot.updated_at)
 
 
 @router.get("/summary", response_model=SummaryOut, summary="Funnel, channels and handoffs")

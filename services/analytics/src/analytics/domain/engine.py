@@ -117,7 +117,9 @@ def apply(state: AnalyticsState, envelope: Envelope, event: Event) -> AnalyticsS
         if not plausible_latency(event.transport_latency_seconds):
             raise ImplausibleEvent(f"transport latency {event.transport_latency_seconds} s")
         _update_receipt(
-            state, event.handoff_event_id, ReceiptFact(event.handoff, event.transport_latency_seconds)
+            state,
+            event.handoff_event_id,
+            ReceiptFact(event.handoff, event.transport_latency_seconds, epoch(event.stored_at)),
         )
     return state
 

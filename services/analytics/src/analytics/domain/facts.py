@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from crm_contracts.envelope import MAX_CLOCK_SKEW, MAX_EVENT_AGE
 
@@ -206,21 +206,31 @@ class ReceiptFact:
 
     handoff: str
     latency: float
+    at: float | None = None  # when the receiver stored it (epoch seconds); None in older facts
 
     def merged(self, other: ReceiptFact) -> ReceiptFact:
         """Two receipts for one handoff event: the first store is the real one (min)."""
-        if (other.latency, other.handoff) < (self.latency, self.handoff):
-            return other
-        return self
+        first, second = (
+            (other, self) if (other.latency, other.handoff) < (self.latency, self.handoff) else (self, other)
+        )
+        if first.at is None and second.at is not None:
+            return ReceiptFact(first.handoff, first.latency, second.at)
+        return first
 
     def to_json(self) -> ReceiptJson:
-        return {"handoff": self.handoff, "latency": self.latency}
+        doc: ReceiptJson = {"handoff": self.handoff, "latency": self.latency}
+        if self.at is not None:
+            doc["at"] = self.at
+        return doc
 
     @classmethod
     def from_json(cls, doc: ReceiptJson | None) -> ReceiptFact | None:
         if not doc:
             return None
-        return cls(handoff=str(doc["handoff"]), latency=float(doc["latency"]))
+        at = doc.get("at")
+        return cls(
+            handoff=str(doc["handoff"]), latency=float(doc["latency"]), at=None if at is None else float(at)
+        )
 
 
 # The facts as JSON documents (the faust tables' values). A document read back from a
@@ -248,3 +258,4 @@ class DealFactsJson(TypedDict, total=False):
 class ReceiptJson(TypedDict):
     handoff: str
     latency: float
+    at: NotRequired[float]

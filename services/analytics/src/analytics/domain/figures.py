@@ -10,6 +10,7 @@ fact, hence the contribution, unchanged, so no figure moves.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TypedDict
 
 from crm_contracts import HANDOFFS
@@ -26,6 +27,7 @@ CAPTURED, QUALIFIED, ACCEPTED, WON, ONBOARDED = (
 )
 STAGES: tuple[str, ...] = (CAPTURED, QUALIFIED, ACCEPTED, WON, ONBOARDED)
 UNKNOWN_CHANNEL = "unknown"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 TRANSPORT, BUSINESS = "transport", "business"
 KINDS: tuple[str, ...] = (TRANSPORT, BUSINESS)
@@ -44,11 +46,21 @@ CONVERSIONS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+DAY_SECONDS = 86_400
+SERIES_DAYS = 90  # the days of latency over time the snapshot publishes (the newest ones)
+
+
+def day_of(at: float | None) -> int | None:
+    """The UTC day (days since the epoch) of a moment, the bucket of the latency over time."""
+    return None if at is None else int(at // DAY_SECONDS)
+
+
 @dataclass(frozen=True)
 class Contribution:
     stages: frozenset[str] = frozenset()
     channel: str = UNKNOWN_CHANNEL
     sample: tuple[str, str, float] | None = None  # (handoff, kind, seconds)
+    day: int | None = None  # the sample's day (it ended then): its bucket over time; None: unknown
 
 
 NOTHING = Contribution()
@@ -69,6 +81,7 @@ def lead_contribution(lead: LeadFacts | None) -> Contribution:
         stages=frozenset(stages),
         channel=lead.channel or UNKNOWN_CHANNEL,
         sample=None if latency is None else (LEAD_QUALIFIED_HANDOFF, BUSINESS, latency),
+        day=None if latency is None else day_of(lead.accepted_at),
     )
 
 
@@ -87,6 +100,7 @@ def deal_contribution(deal: DealFacts | None, lead: LeadFacts | None) -> Contrib
         stages=frozenset(stages),
         channel=channel,
         sample=None if latency is None else (DEAL_WON_HANDOFF, BUSINESS, latency),
+        day=None if latency is None else day_of(deal.onboarded_at),
     )
 
 
@@ -95,7 +109,7 @@ def receipt_contribution(receipt: ReceiptFact | None) -> Contribution:
     # intake refused them (a fact recovered from an old changelog).
     if receipt is None or not plausible_latency(receipt.latency):
         return NOTHING
-    return Contribution(sample=(receipt.handoff, TRANSPORT, receipt.latency))
+    return Contribution(sample=(receipt.handoff, TRANSPORT, receipt.latency), day=day_of(receipt.at))
 
 
 @dataclass
@@ -103,6 +117,8 @@ class Figures:
     funnel: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
     channels: dict[str, dict[str, int]] = field(default_factory=dict)
     latencies: dict[tuple[str, str], LatencyHistogram] = field(default_factory=dict)
+    # The same samples per day they ended (handoff, kind, day): the latency over time.
+    daily: dict[tuple[str, str, int], LatencyHistogram] = field(default_factory=dict)
     version: int = 0  # bumped whenever a figure actually changes
 
     def replace(self, old: Contribution, new: Contribution) -> bool:
@@ -129,11 +145,12 @@ class Figures:
                 del self.channels[c.channel]
         if c.sample is not None:
             handoff, kind, seconds = c.sample
-            histogram = self.latencies.setdefault((handoff, kind), LatencyHistogram())
-            if sign > 0:
-                histogram.add(seconds)
-            else:
-                histogram.remove(seconds)
+            _count(self.latencies.setdefault((handoff, kind), LatencyHistogram()), seconds, sign)
+            if c.day is not None:
+                key = (handoff, kind, c.day)
+                _count(day := self.daily.setdefault(key, LatencyHistogram()), seconds, sign)
+                if day.count == 0:
+                    del self.daily[key]
 
     def summary(self) -> Published:
         """The published figures: plain JSON, ready for the snapshot document."""
@@ -141,7 +158,27 @@ class Figures:
             funnel=FunnelSummary(stages=dict(self.funnel), conversion=conversion(self.funnel)),
             channels={name: dict(counts) for name, counts in sorted(self.channels.items())},
             handoffs=self.handoff_summary(),
+            series=self.series(),
         )
+
+    def series(self, days: int = SERIES_DAYS) -> dict[str, dict[str, list[DayLatency]]]:
+        """Per handoff and kind, each day's samples (count, p50, p90; days without one left out)
+        over the ``days`` days up to the newest day with a sample, oldest first."""
+        newest = max((day for _, _, day in self.daily), default=None)
+        out: dict[str, dict[str, list[DayLatency]]] = {}
+        if newest is None:
+            return out
+        for (handoff, kind, day), histogram in sorted(self.daily.items()):
+            if day > newest - days:
+                out.setdefault(handoff, {}).setdefault(kind, []).append(
+                    DayLatency(
+                        day=day_iso(day),
+                        count=histogram.count,
+                        p50=_round(histogram.quantile(0.5)),
+                        p90=_round(histogram.quantile(0.9)),
+                    )
+                )
+        return out
 
     def handoff_summary(self) -> dict[str, HandoffSummary]:
         names = list(HANDOFF_NAMES) + sorted({h for h, _ in self.latencies} - set(HANDOFF_NAMES))
@@ -165,12 +202,38 @@ class HandoffSummary(TypedDict):
     business: LatencySummary | None  # None where a handoff has no business latency
 
 
+class DayLatency(TypedDict):
+    """One day's latency samples of a handoff (the day they ended, UTC)."""
+
+    day: str  # YYYY-MM-DD
+    count: int
+    p50: float | None
+    p90: float | None
+
+
 class Published(TypedDict):
-    """What analytics publishes: the funnel, per-channel stage counts, handoff latencies."""
+    """What analytics publishes: the funnel, per-channel stage counts, handoff latencies
+    (overall, and per day: ``series[handoff][transport|business]``)."""
 
     funnel: FunnelSummary
     channels: dict[str, dict[str, int]]
     handoffs: dict[str, HandoffSummary]
+    series: dict[str, dict[str, list[DayLatency]]]
+
+
+def _count(histogram: LatencyHistogram, seconds: float, sign: int) -> None:
+    if sign > 0:
+        histogram.add(seconds)
+    else:
+        histogram.remove(seconds)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def day_iso(day: int) -> str:
+    return (EPOCH + timedelta(days=day)).date().isoformat()
 
 
 def conversion(funnel: dict[str, int]) -> dict[str, float | None]:

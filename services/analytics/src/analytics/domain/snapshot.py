@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from analytics.domain.figures import Figures, FunnelSummary, HandoffSummary, Published
+from analytics.domain.figures import DayLatency, Figures, FunnelSummary, HandoffSummary, Published
 from analytics.domain.kpis import Json
 
 
@@ -22,6 +22,8 @@ class Snapshot:
     updated_at: datetime | None = None  # when the worker wrote it; None: nothing written yet
     version: int = 0  # the figures' version it shows (Figures.version)
     worker: str = ""  # the worker (faust app id) that wrote it
+    # Per handoff and kind, each day's latency (the newest SERIES_DAYS days); {} in older snapshots.
+    series: dict[str, dict[str, list[DayLatency]]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, figures: Figures, *, worker: str, at: datetime) -> Snapshot:
@@ -34,6 +36,7 @@ class Snapshot:
             updated_at=at,
             version=figures.version,
             worker=worker,
+            series=published["series"],
         )
 
     @classmethod
@@ -47,7 +50,9 @@ class Snapshot:
         return self.updated_at is not None and self.version == figures.version
 
     def published(self) -> Published:
-        return Published(funnel=self.funnel, channels=self.channels, handoffs=self.handoffs)
+        return Published(
+            funnel=self.funnel, channels=self.channels, handoffs=self.handoffs, series=self.series
+        )
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -11,6 +12,7 @@ from console.web import PageCtx
 
 router = APIRouter()
 STAGES = ("captured", "qualified", "accepted", "won", "onboarded")
+SERIES_DAYS = (7, 30, 90)
 
 
 def dashboard_charts(summary: dict[str, Any]) -> dict[str, Any]:
@@ -45,8 +47,50 @@ def dashboard_charts(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def series_view(series: dict[str, Any], handoff: str) -> dict[str, Any]:
+    """One handoff's latency over time: a column chart of each kind's daily p50 and the rows of
+    numbers beside them (one per day with a sample of either kind; pure: unit-tested)."""
+    kinds = series["handoffs"].get(handoff) or {"transport": [], "business": None}
+    days: dict[str, dict[str, Any]] = {}
+    for kind in ("transport", "business"):
+        for d in kinds.get(kind) or []:
+            days.setdefault(d["day"], {"day": d["day"]})[kind] = d
+    chart_of = {
+        kind: charts.column_chart(
+            f"{handoff}: {kind} latency p50 per day",
+            [charts.Bar(d["day"][5:], float(d["p50"] or 0), charts.format_seconds(d["p50"])) for d in points],
+        )
+        for kind in ("transport", "business")
+        if (points := kinds.get(kind)) is not None
+    }
+    return {
+        "rows": [days[k] for k in sorted(days)],
+        "charts": chart_of,
+        "has_business": kinds.get("business") is not None,
+    }
+
+
 @router.get("/dashboard", include_in_schema=False)
 async def dashboard(ctx: PageCtx) -> Response:
     ctx.require("dashboard")
-    summary = await ctx.api.get("/api/analytics/summary")
-    return ctx.render("dashboard.html", summary=summary, stage_names=STAGES, **dashboard_charts(summary))
+    q = ctx.request.query_params
+    raw_days = q.get("days", "")
+    days = int(raw_days) if raw_days.isdigit() and int(raw_days) in SERIES_DAYS else 30
+    summary, series = await asyncio.gather(
+        ctx.api.get("/api/analytics/summary"),
+        ctx.api.get("/api/analytics/handoffs/series", {"days": days}),
+    )
+    names = list(series["handoffs"])
+    requested = q.get("handoff") or ""
+    handoff = requested if requested in names else (names[0] if names else "")
+    return ctx.render(
+        "dashboard.html",
+        summary=summary,
+        stage_names=STAGES,
+        series=series_view(series, handoff),
+        handoff=handoff,
+        handoff_names=names,
+        days=days,
+        day_choices=SERIES_DAYS,
+        **dashboard_charts(summary),
+    )
