@@ -306,12 +306,64 @@ def test_the_journey_runs_through_the_console_alone(
     poll_page(
         ana, "/dashboard", lambda: won.count() == 1 and int(won.inner_text()) >= 1, "a won deal in the funnel"
     )
-    assert ana.locator("svg.chart").count() == 3
+    assert ana.locator("svg.chart").count() == 5  # funnel, channels, latency; a handoff over time (2)
+    over_time = ana.locator("#latency-over-time tbody tr", has_text=time.strftime("%Y-%m-%d", time.gmtime()))
+    poll_page(
+        ana,
+        "/dashboard?handoff=lead-qualified&days=7",
+        lambda: over_time.count() == 1 and int(over_time.locator("td.num").first.inner_text()) >= 1,
+        "today's lead-qualified transport latency over time",
+    )
     admin = as_user("admin")
     admin.goto(f"/customers/{journey['lead_id']}")
     story = admin.locator("ol.journey").inner_text()
     for part in ("won", "SSO login fails", "Data migration from the legacy CRM", "accepted"):
         assert part in story, part
+
+
+def test_the_lead_list_searches_and_the_rules_preview_count_on_the_server(journey: dict[str, Any]) -> None:
+    """Marketing finds the journey's lead by a word of its company, its campaign and a score range
+    (the leads API searches every lead), and previews a draft of the rules before saving it."""
+    maria = journey["maria"]
+    maria.goto("/leads")
+    maria.get_by_label("Search name, email, company", exact=True).fill(f"{RUN} GmbH")
+    maria.get_by_label("Campaign", exact=True).fill("console-launch")
+    maria.get_by_label("Score from", exact=True).fill("1")
+    maria.get_by_label("Sort by", exact=True).select_option("score")
+    maria.get_by_role("button", name="Apply").click()
+    maria.wait_for_url(re.compile(r"campaign=console-launch"))
+    rows = maria.locator("#lead-rows tbody tr")
+    assert rows.count() == 1
+    assert maria.get_by_role("link", name=f"Ada Console {RUN}").count() == 1
+    maria.get_by_label("Score from", exact=True).fill("100000")
+    maria.get_by_role("button", name="Apply").click()
+    maria.wait_for_url(re.compile(r"min_score=100000"))
+    assert "No leads match." in maria.locator("#lead-rows").inner_text()
+    maria.goto("/scoring")
+    maria.get_by_label("Qualify at score", exact=True).fill("1")
+    maria.get_by_role("button", name="Preview: how many leads would qualify").click()
+    preview = maria.locator("#preview")
+    preview.wait_for()
+    assert "Preview of these rules (not saved)" in preview.inner_text()
+    assert maria.get_by_label("Qualify at score", exact=True).input_value() == "1"
+    maria.goto("/scoring")
+    assert maria.get_by_label("Qualify at score", exact=True).input_value() != "1"  # nothing saved
+
+
+def test_the_sales_manager_reads_response_times_and_the_stages(journey: dict[str, Any]) -> None:
+    """Rita answered the reassigned lead: the team page lists her response time; the stage editor
+    shows every stage with its required fields, by keyboard-reachable labelled inputs."""
+    sam = journey["sam"]
+    sam.goto("/team?days=7")
+    row = sam.locator("#response-times tbody tr", has_text=DEMO_USERS["rita"][2])
+    assert row.count() == 1
+    answered = int(row.locator("td.num").first.inner_text())
+    assert answered >= 1
+    assert sam.locator("#h-response").locator("..").locator("svg.chart").count() == 1
+    sam.goto("/team/stages")
+    names = [sam.locator(f"#f-stage-{i}-name").input_value() for i in range(6)]
+    assert names[-2:] == ["won", "lost"]
+    assert "commitments" in sam.get_by_label("Required fields of row 5", exact=True).input_value()
 
 
 def test_a_csm_logs_a_checkin_and_records_a_renewal_and_sees_them_on_the_account(
