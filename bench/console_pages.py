@@ -22,8 +22,17 @@ TIMING = re.compile(r"app;dur=([0-9.]+)")
 CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]+)"')
 # Each role's pages, first page first ({lead}, {opp}, {account}: ids from the demo data).
 PAGES: dict[str, tuple[str, ...]] = {
-    "maria": ("/leads", "/leads/new", "/leads/{lead}", "/scoring", "/kpis/marketing", "/action-items"),
-    "sam": ("/inbox", "/pipeline", "/team", "/forecast", "/dashboard", "/action-items"),
+    "maria": (
+        "/leads",
+        "/leads?search=demo&min_score=10&sort=score",
+        "/leads/new",
+        "/leads/{lead}",
+        "/scoring",
+        "/kpis/marketing",
+        "/action-items",
+    ),
+    "mia": ("/leads", "/scoring", "/action-items"),
+    "sam": ("/inbox", "/pipeline", "/team", "/team/stages", "/forecast", "/dashboard", "/action-items"),
     "rita": ("/inbox", "/pipeline", "/opportunities/{opp}", "/forecast"),
     "sven": ("/tickets", "/tickets/new", "/accounts", "/churn-warnings", "/health-rules", "/kpis/service"),
     "cora": (
@@ -34,7 +43,8 @@ PAGES: dict[str, tuple[str, ...]] = {
         "/commitment-reviews",
         "/action-items",
     ),
-    "ana": ("/dashboard", "/kpis", "/forecast"),
+    "leo": ("/accounts", "/accounts/{account}", "/churn-warnings", "/commitment-reviews"),
+    "ana": ("/dashboard", "/dashboard?handoff=deal-won&days=90", "/kpis", "/forecast"),
     "eve": ("/kpis", "/kpis/service", "/kpis/marketing"),
     "aude": ("/audit-log", "/audit-log?service=sales"),
     "admin": ("/admin/users", "/customers/{lead}"),
