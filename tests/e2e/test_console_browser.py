@@ -317,7 +317,14 @@ def test_the_journey_runs_through_the_console_alone(
     admin = as_user("admin")
     admin.goto(f"/customers/{journey['lead_id']}")
     story = admin.locator("ol.journey").inner_text()
-    for part in ("won", "SSO login fails", "Data migration from the legacy CRM", "accepted"):
+    for part in (
+        "won",
+        "SSO login fails",
+        "Data migration from the legacy CRM",
+        "accepted",
+        "CSAT sent",  # the survey sven sent
+        f"Offer SSO setup help {RUN}",  # the action item customer success raised, done by sales
+    ):
         assert part in story, part
 
 

@@ -161,3 +161,35 @@ def test_only_local_paths_are_followed_after_login() -> None:
 def test_a_part_refused_by_the_api_is_kept_apart_from_one_not_reached_yet() -> None:
     assert Part("Tickets", refused="requires one of the roles").refused
     assert Part("Tickets", missing=True).data is None
+
+
+async def test_the_360_reads_the_accounts_tickets_surveys_and_action_items_together() -> None:
+    from console.api.customer import _account_parts
+    from console.api_client import ApiError
+
+    class Api:
+        def __init__(self) -> None:
+            self.paths: list[str] = []
+
+        async def get(self, path: str, params: dict[str, object] | None = None) -> dict[str, object]:
+            self.paths.append(path)
+            if path.endswith("/surveys"):
+                raise ApiError(403, "forbidden", "requires one of the roles ['customer_success_manager']")
+            return {"items": [{"path": path}]}
+
+    api = Api()
+    parts = await _account_parts(api, Part("Account", {"account_id": "acc-1"}))  # type: ignore[arg-type]
+    assert sorted(api.paths) == [
+        "/api/service-desk/accounts/acc-1/action-items",
+        "/api/service-desk/accounts/acc-1/surveys",
+        "/api/service-desk/tickets",
+    ]
+    assert parts["surveys"].refused == "requires one of the roles ['customer_success_manager']"
+    assert parts["action_items"].data == {
+        "items": [{"path": "/api/service-desk/accounts/acc-1/action-items"}]
+    }
+    assert parts["tickets"].title == "Tickets"
+    unreached = await _account_parts(api, Part("Account", missing=True))  # type: ignore[arg-type]
+    assert all(p.missing and not p.refused for p in unreached.values())
+    refused = await _account_parts(api, Part("Account", refused="not yours"))  # type: ignore[arg-type]
+    assert all(p.refused == "not yours" for p in refused.values())

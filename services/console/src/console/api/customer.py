@@ -1,9 +1,9 @@
 """Customer 360: one customer's journey, assembled from each department's API.
 
 Keyed by the lead id, which is the journey's correlation id: the lead (marketing),
-its inbox item and verdict and the deal (sales), the account and its tickets
-(service desk). Each part is asked for with the user's own token; a part the
-user's role may not see is shown as such, never guessed.
+its inbox item and verdict and the deal (sales), the account, its tickets, surveys and
+the action items customer success raised (service desk). Each part is asked for with the
+user's own token; a part the user's role may not see is shown as such, never guessed.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ async def fetch(api: UserApi, title: str, path: str, params: dict[str, Any] | No
 async def assemble(api: UserApi, lead_id: str) -> Journey:
     """The journey in three rounds of concurrent reads: what is known by the lead id (lead,
     behaviour, handoff), then by the deal id the verdict names (deal, account), then the
-    account's tickets."""
+    account's tickets, surveys and action items."""
     journey = Journey(lead_id)
     lead, behaviours, inbox = await asyncio.gather(
         fetch(api, "Lead (marketing)", f"/api/leads/leads/{lead_id}"),
@@ -68,14 +68,26 @@ async def assemble(api: UserApi, lead_id: str) -> Journey:
     elif inbox.refused:
         deal = Part(deal.title, refused=inbox.refused)
     journey.parts.update(deal=deal, account=account)
-    tickets = Part("Tickets", missing=True)
-    if account.data:
-        params = {"account_id": account.data["account_id"], "limit": 100}
-        tickets = await fetch(api, "Tickets", "/api/service-desk/tickets", params)
-    elif account.refused:
-        tickets = Part("Tickets", refused=account.refused)
-    journey.parts["tickets"] = tickets
+    journey.parts.update(await _account_parts(api, account))
     return journey
+
+
+async def _account_parts(api: UserApi, account: Part) -> dict[str, Part]:
+    """The account's tickets, surveys and action items, read together (each by its own API)."""
+    titles = {"tickets": "Tickets", "surveys": "Surveys (CSAT and NPS)", "action_items": "Action items"}
+    if not account.data:
+        return {
+            key: Part(title, refused=account.refused, missing=not account.refused)
+            for key, title in titles.items()
+        }
+    account_id = account.data["account_id"]
+    base = f"/api/service-desk/accounts/{account_id}"
+    tickets, surveys, items = await asyncio.gather(
+        fetch(api, titles["tickets"], "/api/service-desk/tickets", {"account_id": account_id, "limit": 100}),
+        fetch(api, titles["surveys"], f"{base}/surveys"),
+        fetch(api, titles["action_items"], f"{base}/action-items"),
+    )
+    return {"tickets": tickets, "surveys": surveys, "action_items": items}
 
 
 @router.get("/customers/{lead_id}", include_in_schema=False)
