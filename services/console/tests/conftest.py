@@ -173,7 +173,11 @@ class FakeGateway:
             return httpx.Response(204)
         if path == "/api/leads/leads" or path.startswith("/api/leads/scoring-rules"):
             return self.leads_api(method, path, payload)
-        if path in ("/api/sales/pipeline", "/api/sales/reps/response-times", "/api/sales/config"):
+        if path.startswith("/api/sales/opportunities") or path in (
+            "/api/sales/pipeline",
+            "/api/sales/reps/response-times",
+            "/api/sales/config",
+        ):
             return self.sales.api(method, path, payload, self.last_params)
         if "/action-queue" in path or path in ("/api/sales/reps", "/api/service-desk/csms"):
             return self.queues.api(method, path, payload, claims)
@@ -699,8 +703,29 @@ class FakeSales:
     response_times: dict[str, Any] = field(default_factory=lambda: {"reps": [], "truncated": False})
     response_days: list[str] = field(default_factory=list)  # the windows asked for
     puts: list[Any] = field(default_factory=list)
+    moves: list[tuple[str, Any]] = field(default_factory=list)  # (opportunity id, body)
+    opportunities: list[dict[str, Any]] = field(
+        default_factory=lambda: [
+            {
+                "id": "opp-1", "account_name": "Globex", "stage": "qualification", "status": "open",
+                "amount": None, "currency": "EUR", "owner": "user-rita", "origin": "lead", "flagged": False,
+                "products": [], "commitments": [], "fields": {},
+            },
+            {
+                "id": "opp-2", "account_name": "Initech", "stage": "won", "status": "won",
+                "amount": 900.0, "currency": "EUR", "owner": "user-rita", "origin": "lead", "flagged": False,
+                "products": [], "commitments": [], "fields": {},
+            },
+        ]
+    )  # fmt: skip
 
     def api(self, method: str, path: str, payload: Any, params: dict[str, str]) -> httpx.Response:
+        if path == "/api/sales/opportunities":
+            items = self.opportunities
+            return httpx.Response(200, json={"items": items, "total": len(items), "limit": 200, "offset": 0})
+        if path.startswith("/api/sales/opportunities/") and path.endswith("/stage"):
+            self.moves.append((path.split("/")[4], payload))
+            return httpx.Response(200, json={})
         if path == "/api/sales/config":
             return httpx.Response(
                 200, json={"lead_response_sla_minutes": 60, "updated_at": None, "updated_by": None}

@@ -188,3 +188,21 @@ async def test_a_window_outside_the_choices_reads_30_days(console, fake_gateway)
     assert "No lead reached a rep in this window." in r.text
     assert "last 30 days" in r.text
     assert fake_gateway.sales.response_days == ["30"]
+
+
+async def test_a_deal_moves_on_from_the_board_asked_for_the_next_stages_missing_fields(
+    console, fake_gateway
+) -> None:
+    await _login(console, "rita")
+    board = await console.get("/pipeline")
+    assert board.status_code == 200, board.text
+    card = board.text.split('href="/opportunities/opp-1"')[1].split("</article>")[0]
+    assert "Move to proposal (asks for: amount)" in card
+    assert '<label for="f-opp-1-amount">' in card
+    won = board.text.split('href="/opportunities/opp-2"')[1].split("</article>")[0]
+    assert "Move to" not in won  # closed: nothing moves out of won
+    form = {"csrf_token": csrf_of(board.text), "stage": "proposal", "_back": "/pipeline", "amount": "1,200"}
+    r = await console.post("/opportunities/opp-1/stage", data=form)
+    assert r.status_code == 303
+    assert r.headers["location"] == "/pipeline?ok=moved"
+    assert fake_gateway.sales.moves == [("opp-1", {"stage": "proposal", "fields": {"amount": "1200"}})]

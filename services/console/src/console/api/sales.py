@@ -106,12 +106,28 @@ async def board(ctx: PageCtx) -> Response:
     pipeline = await ctx.api.get("/api/sales/pipeline")
     page = await ctx.api.get("/api/sales/opportunities", {"limit": 200})
     names = await roster(ctx) if ctx.has(SALES_LEADS) else {}
+    stages = pipeline["stages"]
     columns = [
-        {"stage": s, "deals": [o for o in page["items"] if o["stage"] == s["name"]]}
-        for s in pipeline["stages"]
+        {
+            "stage": s,
+            "next": following,
+            "deals": [
+                {**o, "missing": missing_fields(o, following) if following else []}
+                for o in page["items"]
+                if o["stage"] == s["name"]
+            ],
+        }
+        for i, s in enumerate(stages)
+        # The next stage in order (an open deal moves on from the board; won and lost on its page).
+        for following in [stages[i + 1] if i + 1 < len(stages) and not s["closed"] else None]
     ]
     return ctx.render(
-        "pipeline.html", columns=columns, names=names, manager=ctx.has(SALES_LEADS), total=page["total"]
+        "pipeline.html",
+        columns=columns,
+        names=names,
+        manager=ctx.has(SALES_LEADS),
+        total=page["total"],
+        labels=FIELD_LABELS,
     )
 
 
