@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from analytics.domain.engine import AnalyticsState, apply
 from analytics.domain.figures import HANDOFF_NAMES
-from analytics.domain.snapshot import Snapshot
+from analytics.domain.snapshot import KpiReport, Snapshot
 from analytics.main import create_app
-from analytics.store import MongoSnapshots
+from analytics.store import MongoKpis, MongoSnapshots
 from crm_contracts import decode
 from crm_platform.mongo import connect
 from crm_platform.settings import ServiceSettings
@@ -92,19 +92,27 @@ async def test_snapshot_served_as_funnel_channels_handoffs_and_summary(make_sett
 
 
 async def test_handoff_latency_over_time_per_day_within_the_window(make_settings, journey):
-    """The snapshot's days, stored and read back; the window keeps the last ``days`` days."""
+    """Transport per day from the snapshot, business per day from the KPI report, each stored and
+    read back; the window keeps the last ``days`` days."""
     today = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0)
     state = AnalyticsState()
     for env in [
         journey.receipt("lead-qualified", "evt-1", 0.004, base=today - timedelta(days=10)),
         journey.receipt("lead-qualified", "evt-2", 0.008, base=today - timedelta(days=2)),
         journey.receipt("lead-qualified", "evt-3", 0.016, base=today - timedelta(days=2), when=60),
-        journey.qualified("lead-1", base=today, when=0),
-        journey.verdict("lead-1", base=today, when=600),
     ]:
         apply(state, env, decode(env))
     settings = make_settings("analytics")
     await write(settings, state.figures, when=today)
+    day = {"count": 2, "p50": 600.0, "p90": 900.0}
+    daily = [{**day, "day": (today - timedelta(days=n)).date().isoformat()} for n in (40, 1)]
+    business = {"windows": {}, "pending": 0, "oldest_pending_seconds": None, "daily": daily}
+    client = connect(settings.mongodb_uri, "analytics-test")
+    try:
+        report = KpiReport(at=today, kpis={"business_latency": {"deal-won": business}}, worker="test")
+        await MongoKpis(client[settings.database_name]).save(report)
+    finally:
+        await client.close()
     async with running_app(create_app(settings)) as client:
         r = await client.get("/handoffs/series", params={"days": 7}, headers=ANALYST)
         assert r.status_code == 200, r.text
@@ -116,11 +124,13 @@ async def test_handoff_latency_over_time_per_day_within_the_window(make_settings
             ((today - timedelta(days=2)).date().isoformat(), 2)
         ]
         assert lq["transport"][0]["p90"] == pytest.approx(0.016, rel=0.02)
-        assert [(d["day"], d["count"]) for d in lq["business"]] == [(today.date().isoformat(), 1)]
-        assert lq["business"][0]["p50"] == pytest.approx(600, rel=0.02)
-        assert body["handoffs"]["lead-verdict"]["business"] is None
-        wider = (await client.get("/handoffs/series", params={"days": 30}, headers=ANALYST)).json()
+        assert lq["business"] is None  # not in this KPI report
+        won = body["handoffs"]["deal-won"]
+        assert won["transport"] == []
+        assert won["business"] == [{**day, "day": (today - timedelta(days=1)).date().isoformat()}]
+        wider = (await client.get("/handoffs/series", params={"days": 60}, headers=ANALYST)).json()
         assert [d["count"] for d in wider["handoffs"]["lead-qualified"]["transport"]] == [1, 2]
+        assert len(wider["handoffs"]["deal-won"]["business"]) == 2
         for days in ("0", "91", "x"):
             r = await client.get("/handoffs/series", params={"days": days}, headers=ANALYST)
             assert r.status_code == 422, days

@@ -505,3 +505,22 @@ def test_each_answer_of_sales_to_a_flag_waits_for_customer_success_next_step_on_
     assert latency["oldest_pending_seconds"] == 3 * 3600.0
     assert latency["windows"]["last_day"]["count"] == 2  # 1 h (acknowledged -> ticket) and 3 h waiting
     assert latency["windows"]["last_day"]["p50"] == 3600.0
+
+
+def test_business_latency_per_day_counts_the_actions_taken_that_day():
+    from analytics.domain.kpis import daily_stats
+
+    day = 86_400.0
+    now = 20_000 * day + 3600.0  # 01:00 UTC on day 20000
+    samples = [
+        (now - 2 * day, now - 2 * day + 60.0),  # acted two days ago, after 1 min
+        (now - 3 * day, now - 2 * day + 7200.0),  # handed off the day before, acted two days ago
+        (now - 600.0, now - 300.0),  # today, after 5 min
+        (now - 100 * day, now - 95 * day),  # acted 95 days ago: outside the 90 days
+        (now - 60.0, None),  # still waiting: in no day
+    ]
+    assert daily_stats(samples, now) == [
+        {"day": "2024-10-02", "count": 2, "p50": 60.0, "p90": 86_400.0 + 7200.0},
+        {"day": "2024-10-04", "count": 1, "p50": 300.0, "p90": 300.0},
+    ]
+    assert daily_stats([], now) == []

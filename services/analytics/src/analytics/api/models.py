@@ -167,6 +167,13 @@ class OpenItems(BaseModel):
     escalated: int = Field(description="Open and escalated to the department's manager")
 
 
+class DayPercentiles(BaseModel):
+    day: date = Field(description="The UTC day the receiver acted")
+    count: int
+    p50: float | None = Field(description="Seconds (nearest rank)")
+    p90: float | None
+
+
 class WindowLatency(BaseModel):
     count: int = Field(description="Actions taken in the window plus items still waiting")
     p50: float | None = Field(description="Seconds; a waiting item counts by its age")
@@ -178,6 +185,9 @@ class BusinessLatency(BaseModel):
     windows: dict[str, WindowLatency] = Field(description="last_hour, last_day, last_30_days")
     pending: int = Field(description="Handed off, not acted on yet")
     oldest_pending_seconds: float | None
+    daily: list[DayPercentiles] = Field(
+        default_factory=list, description="Per UTC day of the last 90: the actions taken that day"
+    )
 
 
 class LeadFigures(BaseModel):

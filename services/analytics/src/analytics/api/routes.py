@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
+from crm_contracts import utcnow
 from crm_platform.auth import Role, require_roles
 from crm_platform.errors import DomainError
 from fastapi import APIRouter, Query, Request
 
+from analytics import handlers
 from analytics.api.models import ChannelsOut, FunnelOut, HandoffSeries, HandoffsOut, SeriesOut, SummaryOut
-from analytics.domain.figures import BUSINESS, BUSINESS_HANDOFFS, HANDOFF_NAMES, SERIES_DAYS, TRANSPORT
+from analytics.domain.figures import HANDOFF_NAMES, SERIES_DAYS, TRANSPORT
 from analytics.domain.snapshot import Snapshot
 from analytics.metrics import SnapshotCache
+from analytics.repository import KpiRepository
 
 READERS = (Role.ANALYST, Role.ADMIN, Role.SALES_MANAGER, Role.EXECUTIVE)
 
@@ -65,20 +68,37 @@ async def handoff_series(
     request: Request,
     days: Annotated[int, Query(ge=1, le=SERIES_DAYS, description="The last days, up to today")] = 30,
 ) -> SeriesOut:
-    """Every handoff, each with its days in the window that had a sample (oldest first); a
-    transport sample's day is when the receiver stored it, a business one's when its step ended."""
+    """Every handoff, each with its days in the window that had a sample (oldest first):
+    transport by the day the receiver stored the event (the snapshot's series), business by the
+    day the receiver took its first human step (the KPIs' ``business_latency.daily``, for the
+    handoffs whose step analytics can see; null for the others)."""
     snapshot = await _snapshot(request)
+    daily = await _business_daily(request)
     since = (datetime.now(UTC) - timedelta(days=days - 1)).date().isoformat()
-    names = list(HANDOFF_NAMES) + sorted(set(snapshot.series) - set(HANDOFF_NAMES))
+    names = list(HANDOFF_NAMES) + sorted((set(snapshot.series) | set(daily)) - set(HANDOFF_NAMES))
     handoffs: dict[str, HandoffSeries] = {}
     for name in names:
-        kinds = snapshot.series.get(name, {})
-        transport = [d for d in kinds.get(TRANSPORT, []) if d["day"] >= since]
-        business = [d for d in kinds.get(BUSINESS, []) if d["day"] >= since]
-        handoffs[name] = HandoffSeries.model_validate(
-            {"transport": transport, "business": business if name in BUSINESS_HANDOFFS else None}
-        )
+        transport = [d for d in snapshot.series.get(name, {}).get(TRANSPORT, []) if d["day"] >= since]
+        business = [d for d in daily[name] if str(d.get("day")) >= since] if name in daily else None
+        handoffs[name] = HandoffSeries.model_validate({"transport": transport, "business": business})
     return SeriesOut(days=days, handoffs=handoffs, updated_at=snapshot.updated_at)
+
+
+async def _business_daily(request: Request) -> dict[str, list[dict[str, Any]]]:
+    """Per handoff, the KPI report's business latency per day."""
+    reports: KpiRepository = request.app.state.kpi_reports
+    try:
+        report = await handlers.latest_kpis(reports, utcnow())
+    except Exception as exc:
+        raise SnapshotUnavailable(
+            "the analytics KPI store is unreachable; retry shortly", cause=type(exc).__name__
+        ) from exc
+    latency = report.kpis.get("business_latency")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, figures in latency.items() if isinstance(latency, dict) else []:
+        days = figures.get("daily") if isinstance(figures, dict) else None
+        out[name] = [d for d in days if isinstance(d, dict)] if isinstance(days, list) else []
+    return out
 
 
 @router.get("/summary", response_model=SummaryOut, summary="Funnel, channels and handoffs")

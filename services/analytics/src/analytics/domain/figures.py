@@ -117,7 +117,7 @@ class Figures:
     funnel: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
     channels: dict[str, dict[str, int]] = field(default_factory=dict)
     latencies: dict[tuple[str, str], LatencyHistogram] = field(default_factory=dict)
-    # The same samples per day they ended (handoff, kind, day): the latency over time.
+    # The transport samples per day the receiver stored them (handoff, kind, day): over time.
     daily: dict[tuple[str, str, int], LatencyHistogram] = field(default_factory=dict)
     version: int = 0  # bumped whenever a figure actually changes
 
@@ -146,7 +146,7 @@ class Figures:
         if c.sample is not None:
             handoff, kind, seconds = c.sample
             _count(self.latencies.setdefault((handoff, kind), LatencyHistogram()), seconds, sign)
-            if c.day is not None:
+            if c.day is not None and kind == TRANSPORT:  # business per day: the KPIs' (all handoffs)
                 key = (handoff, kind, c.day)
                 _count(day := self.daily.setdefault(key, LatencyHistogram()), seconds, sign)
                 if day.count == 0:
@@ -162,8 +162,9 @@ class Figures:
         )
 
     def series(self, days: int = SERIES_DAYS) -> dict[str, dict[str, list[DayLatency]]]:
-        """Per handoff and kind, each day's samples (count, p50, p90; days without one left out)
-        over the ``days`` days up to the newest day with a sample, oldest first."""
+        """Per handoff, each day's transport samples (count, p50, p90; days without one left out)
+        over the ``days`` days up to the newest day with a sample, oldest first. (Business latency
+        per day is the KPIs' ``business_latency.daily``, for every handoff with a visible step.)"""
         newest = max((day for _, _, day in self.daily), default=None)
         out: dict[str, dict[str, list[DayLatency]]] = {}
         if newest is None:

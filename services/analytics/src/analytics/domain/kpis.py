@@ -12,7 +12,7 @@
 - ``action_items``: open, overdue and escalated items per department, now;
 - ``business_latency``: per handoff, handed off -> first human action of the receiver over the
   last hour, day and 30 days (items not acted on yet count by their age), pending items and the
-  oldest one's age;
+  oldest one's age, and per UTC day of the last 90 the actions taken that day (``daily``);
 - ``marketing``: per channel and per campaign, the leads captured, qualified, accepted and
   rejected, with sales' verdict reasons;
 - ``custom_fields``: per record kind (``lead``, ...) and custom field key, from the records'
@@ -534,6 +534,23 @@ def window_stats(samples: list[Sample], now: float, seconds: float) -> dict[str,
     return {**stats(values), "p99": percentile(values, 0.99)}
 
 
+DAILY_DAYS = 90  # the days of business latency over time (the UTC day an action ended)
+
+
+def daily_stats(samples: list[Sample], now: float, days: int = DAILY_DAYS) -> list[Json]:
+    """Per UTC day of the last ``days`` (oldest first, days without an action left out): the
+    latencies of the actions taken that day, count, p50 and p90. Waiting items are in no day."""
+    first = math.floor(now / 86400) - days + 1
+    by_day: dict[int, list[float]] = defaultdict(list)
+    for start, end in samples:
+        if end is not None and (day := math.floor(end / 86400)) >= first:
+            by_day[day].append(max(0.0, end - start))
+    return [
+        {"day": (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=day)).date().isoformat(), **stats(values)}
+        for day, values in sorted(by_day.items())
+    ]
+
+
 def business_latency(kinds: Mapping[str, Mapping[str, Record]], now: float) -> dict[str, Json]:
     out: dict[str, Json] = {}
     for name, samples in business_samples(kinds).items():
@@ -542,6 +559,7 @@ def business_latency(kinds: Mapping[str, Mapping[str, Record]], now: float) -> d
             "windows": {w: window_stats(samples, now, seconds) for w, seconds in WINDOWS.items()},
             "pending": len(pending),
             "oldest_pending_seconds": round(max(pending), 3) if pending else None,
+            "daily": daily_stats(samples, now),
         }
     return out
 
