@@ -724,7 +724,8 @@ def test_pages_fit_a_phone_and_a_1280_px_screen(journey: dict[str, Any], browser
         try:
             page = context.new_page()
             login(page, "sam", PASSWORDS["sam"])
-            for path in ("/inbox", "/pipeline", f"/opportunities/{journey['opportunity_id']}", "/forecast"):
+            pages = ("/inbox", "/pipeline", f"/opportunities/{journey['opportunity_id']}", "/forecast")
+            for path in (*pages, "/team", "/team/stages", "/dashboard"):
                 page.goto(path)
                 overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
                 assert overflow <= 1, (width, path, overflow)

@@ -137,8 +137,10 @@ RECIPES: dict[str, Callable[[Leads], Awaitable[httpx.Response]]] = {
     "PUT /import-mappings/{name}": _mapping,
     "PUT /custom-fields/{record_type}": _custom_fields,
 }
-# Write routes that change no record, each with the reason (none in this service).
-NOT_RECORD_CHANGES: dict[str, str] = {}
+# Write routes that change no record, each with the reason.
+NOT_RECORD_CHANGES: dict[str, str] = {
+    "POST /scoring-rules/preview": "scores a draft of the rules over the open leads; nothing is stored",
+}
 
 
 def test_every_write_route_is_checked(leads: Leads) -> None:

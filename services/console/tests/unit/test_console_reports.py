@@ -126,7 +126,7 @@ async def test_every_kpi_page_shows_each_figure_beside_its_chart(console, fake_g
     assert fake_gateway.last_params == {"period": "quarter", "team": "enterprise"}
     html = r.text
     assert html.index("<td>2026-11</td>") < html.index("<td>2026-12</td>")  # oldest first
-    assert html.count('<svg class="chart"') == 8
+    assert html.count('<svg class="chart') == 8
     assert 'aria-label="Tickets resolved per period"' in html
     assert '<td class="num">7</td>' in html  # December's resolved tickets in the table
     assert "110%" in html  # net retention
@@ -243,7 +243,8 @@ async def test_the_dashboard_shows_a_handoffs_latency_over_time_beside_its_numbe
     r = await console.get("/dashboard", params={"days": "7"})
     assert r.status_code == 200, r.text
     assert fake_gateway.reports.series_asked == [{"days": "7"}]
-    section = r.text.split('id="h-over-time"')[1].split("</section>")[0]
+    assert "<title>Dashboard · CRM console</title>" in r.text
+    section = r.text.split('<main id="main"')[1].split('id="h-over-time"')[1].split("</section>")[0]
     assert '<option value="lead-qualified" selected>' in section
     assert 'aria-label="lead-qualified: transport latency p50 per day"' in section
     assert 'aria-label="lead-qualified: business latency p50 per day"' in section

@@ -102,7 +102,8 @@ def column_chart(title: str, columns: list[Bar], *, unit: str = "") -> str:
     if not columns:
         parts.append(f'<text x="8" y="{base}">no data yet</text>')
     return (
-        f'<svg class="chart" viewBox="0 0 {width} {base + 24}" role="img" '
+        f'<svg class="chart columns" viewBox="0 0 {width} {base + 24}" width="{width}" height="{base + 24}" '
+        f'role="img" '
         f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">'
         f"<title>{escape(title)}</title>{''.join(parts)}</svg>"
     )
