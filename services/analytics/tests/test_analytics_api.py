@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from analytics.domain.engine import AnalyticsState, apply
 from analytics.domain.figures import HANDOFF_NAMES
+from analytics.domain.kpis import Json
 from analytics.domain.snapshot import KpiReport, Snapshot
 from analytics.main import create_app
 from analytics.store import MongoKpis, MongoSnapshots
@@ -104,15 +105,15 @@ async def test_handoff_latency_over_time_per_day_within_the_window(make_settings
         apply(state, env, decode(env))
     settings = make_settings("analytics")
     await write(settings, state.figures, when=today)
-    day = {"count": 2, "p50": 600.0, "p90": 900.0}
-    daily = [{**day, "day": (today - timedelta(days=n)).date().isoformat()} for n in (40, 1)]
-    business = {"windows": {}, "pending": 0, "oldest_pending_seconds": None, "daily": daily}
-    client = connect(settings.mongodb_uri, "analytics-test")
+    day: dict[str, Json] = {"count": 2, "p50": 600.0, "p90": 900.0}
+    daily: list[Json] = [{**day, "day": (today - timedelta(days=n)).date().isoformat()} for n in (40, 1)]
+    business: Json = {"windows": {}, "pending": 0, "oldest_pending_seconds": None, "daily": daily}
+    mongo = connect(settings.mongodb_uri, "analytics-test")
     try:
         report = KpiReport(at=today, kpis={"business_latency": {"deal-won": business}}, worker="test")
-        await MongoKpis(client[settings.database_name]).save(report)
+        await MongoKpis(mongo[settings.database_name]).save(report)
     finally:
-        await client.close()
+        await mongo.close()
     async with running_app(create_app(settings)) as client:
         r = await client.get("/handoffs/series", params={"days": 7}, headers=ANALYST)
         assert r.status_code == 200, r.text

@@ -102,6 +102,13 @@ async def test_filter_by_campaign_and_score_range_and_page_in_order(leads: Leads
     found = await _pages(leads, {"campaign": campaign, "max_score": 5, "min_score": ""})
     assert [x["name"] for x in found] == ["Ann"]
     assert len(await _pages(leads, {"campaign": campaign})) == 4
+    rep = f"rep-{tag}"
+    await db[store.LEADS].update_many(
+        {"campaign": campaign, "name": {"$in": ["Ben", "Di"]}}, {"$set": {"assigned_rep": rep}}
+    )
+    mine = await _pages(leads, {"owner": rep, "sort": "name"})
+    assert [(x["name"], x["owner"]) for x in mine] == [("Ben", rep), ("Di", rep)]
+    assert [x["name"] for x in await _pages(leads, {"owner": rep, "min_score": 50})] == ["Di"]
     for bad in ({"min_score": 50, "max_score": 10}, {"min_score": -1}, {"max_score": "x"}):
         r = await leads.client.get("/leads", params=bad, headers=MARKETING)
         assert r.status_code == 422, (bad, r.text)
@@ -110,12 +117,13 @@ async def test_filter_by_campaign_and_score_range_and_page_in_order(leads: Leads
 
 
 FILTERED = [
-    store.LeadQuery(status=status, campaign=campaign, min_score=low, max_score=high, sort=sort)
-    for status, campaign, (low, high), sort in itertools.product(
+    store.LeadQuery(status=status, campaign=campaign, min_score=low, max_score=high, sort=sort, rep=rep)
+    for status, campaign, (low, high), sort, rep in itertools.product(
         (None, "new"),
         (None, "q1"),
         ((None, None), (10.0, None), (None, 50.0), (10.0, 50.0)),
         sorted(store.LEAD_SORTS),
+        (None, "user-rita"),
     )
 ]
 

@@ -17,7 +17,7 @@ CHANNELS = ("web_form", "webinar", "partner_api", "import", "email", "event", "a
 BEHAVIOURS = ("page_view", "email_open", "form_submit", "trial_signup")
 # The leads API's orders (each on an index): name ascending, created for newest and oldest.
 SORTS = ("newest", "oldest", "updated", "score", "name")
-LIST_FILTERS = ("status", "channel", "campaign", "min_score", "max_score")
+LIST_FILTERS = ("status", "channel", "campaign", "min_score", "max_score", "owner")
 
 
 def list_params(q: dict[str, str]) -> dict[str, str | None]:

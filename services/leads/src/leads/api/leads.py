@@ -90,7 +90,7 @@ async def capture_leads(body: BulkCaptureIn, uow: UowDep, fields: LeadFields) ->
 @router.get(
     "",
     response_model=LeadPageOut,
-    summary="Leads: search, filter by status, origin channel, campaign and score range, sort, cursor paging",
+    summary="Leads: search, filter by status, channel, campaign, score range and owner, sort, cursor paging",
 )
 async def list_leads(
     db: DbDep,
@@ -123,6 +123,13 @@ async def list_leads(
     max_score: Annotated[
         Score | None, BeforeValidator(_blank_is_none), Query(description="score at most")
     ] = None,
+    owner: Annotated[
+        str | None,
+        BeforeValidator(_blank_is_none),
+        Query(
+            max_length=100, description="the sales rep the lead is assigned to (user id; a rep: their own)"
+        ),
+    ] = None,
 ) -> LeadPageOut:
     if min_score is not None and max_score is not None and min_score > max_score:
         raise RuleViolation("min_score must not be above max_score", field="query.min_score")
@@ -137,7 +144,7 @@ async def list_leads(
             q=q,
             sort=sort.value,
             custom=custom,
-            rep=rep_scope(actor),
+            rep=rep_scope(actor) or (owner.strip() if owner else None),
             campaign=campaign.strip() if campaign else None,
             min_score=min_score,
             max_score=max_score,

@@ -115,6 +115,9 @@ class LeadOut(BaseModel):
     company: str | None
     source_channel: str = Field(description="The origin: the channel of the first capture")
     campaign: str | None
+    owner: str | None = Field(
+        default=None, description="The sales rep the lead is assigned to (user id), once sales assigned it"
+    )
     consent: ConsentOut
     status: LeadStatus
     score: float
@@ -145,6 +148,7 @@ class LeadOut(BaseModel):
             company=lead.company,
             source_channel=lead.origin_channel,
             campaign=lead.campaign,
+            owner=lead.assigned_rep,
             consent=ConsentOut(
                 marketing_email=lead.consent.marketing_email, captured_at=lead.consent.captured_at
             ),
