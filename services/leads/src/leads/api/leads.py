@@ -62,6 +62,18 @@ def _blank_is_none(value: Any) -> Any:
     return None if isinstance(value, str) and not value.strip() else value
 
 
+CampaignFilter = Annotated[
+    str | None,
+    BeforeValidator(_blank_is_none),
+    Query(max_length=200, description="the campaign the lead was captured for (exact)"),
+]
+OwnerFilter = Annotated[
+    str | None,
+    BeforeValidator(_blank_is_none),
+    Query(max_length=100, description="the sales rep the lead is assigned to (user id; a rep: their own)"),
+]
+
+
 @router.post(
     "",
     response_model=CaptureOut,
@@ -112,24 +124,10 @@ async def list_leads(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     cf: CustomFilter = None,
-    campaign: Annotated[
-        str | None,
-        BeforeValidator(_blank_is_none),
-        Query(max_length=200, description="the campaign the lead was captured for (exact)"),
-    ] = None,
-    min_score: Annotated[
-        Score | None, BeforeValidator(_blank_is_none), Query(description="score at least")
-    ] = None,
-    max_score: Annotated[
-        Score | None, BeforeValidator(_blank_is_none), Query(description="score at most")
-    ] = None,
-    owner: Annotated[
-        str | None,
-        BeforeValidator(_blank_is_none),
-        Query(
-            max_length=100, description="the sales rep the lead is assigned to (user id; a rep: their own)"
-        ),
-    ] = None,
+    campaign: CampaignFilter = None,
+    min_score: Annotated[Score | None, BeforeValidator(_blank_is_none), Query(description="at least")] = None,
+    max_score: Annotated[Score | None, BeforeValidator(_blank_is_none), Query(description="at most")] = None,
+    owner: OwnerFilter = None,
 ) -> LeadPageOut:
     if min_score is not None and max_score is not None and min_score > max_score:
         raise RuleViolation("min_score must not be above max_score", field="query.min_score")
