@@ -47,12 +47,12 @@ SHOTS = Path(os.environ.get("CRM_CONSOLE_SCREENSHOTS", ROOT / ".local" / "consol
 PASSWORDS = {"admin": ADMIN[1], **{u: p for u, (p, _, _) in DEMO_USERS.items()}}
 FIRST_PAGES = {
     "maria": ("marketing", "/leads"),
-    "mia": ("marketing-manager", "/leads"),
+    "mark": ("marketing-manager", "/leads"),
     "sam": ("sales-manager", "/inbox"),
     "rita": ("sales-rep", "/inbox"),
     "sven": ("service-rep", "/tickets"),
     "cora": ("customer-success", "/accounts"),
-    "leo": ("service-lead", "/accounts"),
+    "lena": ("service-lead", "/accounts"),
     "ana": ("analyst", "/dashboard"),
     "eve": ("executive", "/kpis"),
     "aude": ("auditor", "/audit-log"),
@@ -440,7 +440,7 @@ MARKETING_FORBIDDEN = [
 FORBIDDEN = {
     "maria": MARKETING_FORBIDDEN,
     # The marketing manager assigns marketing's action items, and is otherwise a marketer.
-    "mia": MARKETING_FORBIDDEN,
+    "mark": MARKETING_FORBIDDEN,
     "rita": ["/leads", "/leads/new", "/team", "/tickets", "/dashboard", "/kpis", "/admin/users"],
     "sam": ["/leads/new", "/tickets", "/accounts", "/kpis", "/audit-log", "/admin/users"],
     "sven": [
@@ -455,7 +455,7 @@ FORBIDDEN = {
     ],
     "cora": ["/leads", "/inbox", "/forecast", "/dashboard", "/kpis", "/team", "/audit-log", "/admin/users"],
     # The service team lead: customer success' and the desk's pages, none of sales' or marketing's.
-    "leo": [
+    "lena": [
         "/leads",
         "/leads/new",
         "/scoring",

@@ -23,13 +23,11 @@ ADMIN = ("admin", "admin-dev-password")
 DEMO_USERS: dict[str, tuple[str, list[str], str]] = {
     # username: (password, roles, display name)
     "maria": ("maria-demo-pass", ["marketing"], "Maria (marketing)"),
-    "mia": ("mia-demo-pass-1", ["marketing_manager"], "Mia (marketing manager)"),
     "sam": ("sam-demo-pass-1", ["sales_manager"], "Sam (sales manager)"),
     "rita": ("rita-demo-pass1", ["sales_rep"], "Rita (sales rep)"),
     "rob": ("rob-demo-pass-1", ["sales_rep"], "Rob (sales rep)"),
     "sven": ("sven-demo-pass1", ["service_rep"], "Sven (service rep)"),
     "cora": ("cora-demo-pass1", ["customer_success_manager"], "Cora (customer success)"),
-    "leo": ("leo-demo-pass-1", ["service_lead"], "Leo (service team lead)"),
     "ana": ("ana-demo-pass-1", ["analyst"], "Ana (analyst)"),
     "eve": ("eve-demo-pass-1", ["executive"], "Eve (executive)"),
     "aude": ("aude-demo-pass1", ["auditor"], "Aude (auditor)"),
