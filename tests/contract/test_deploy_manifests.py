@@ -31,7 +31,14 @@ import yaml
 from crm_contracts.access import CONSUMES, produces
 from crm_contracts.access import reads as readable
 from crm_contracts.handoffs import HANDOFFS
-from crm_contracts.topics import GATEWAY_PERMISSIONS, HANDOFF_RECEIPTS, TOPICS, dead_letter_topic
+from crm_contracts.topics import (
+    ERASURE_CONFIRMATIONS,
+    GATEWAY_ERASURE_REQUESTS,
+    GATEWAY_PERMISSIONS,
+    HANDOFF_RECEIPTS,
+    TOPICS,
+    dead_letter_topic,
+)
 
 pytestmark = pytest.mark.tooling  # repository artefacts and external tools: make test, not make unit
 
@@ -651,7 +658,8 @@ def test_each_department_may_write_only_its_own_topics_and_read_only_what_it_con
 
     writes = _acl_names(user, "topic", "Write")
     owners = {t.name: t.owner for t in TOPICS}
-    foreign = {t for t in writes if owners.get(t) not in (service, None) and t != HANDOFF_RECEIPTS}
+    shared = {t.name for t in TOPICS if service in t.producers}  # receipts, erasure confirmations
+    foreign = {t for t in writes if owners.get(t) not in (service, None) and t not in shared}
     assert not foreign, f"{service} may write another department's topics: {foreign}"
     if service == "analytics":  # plus its faust changelogs (a prefix it owns)
         assert writes == {*produces(service), "crm-analytics-"}
@@ -663,9 +671,9 @@ def test_each_department_may_write_only_its_own_topics_and_read_only_what_it_con
     if service == "analytics":
         assert reads == {*CONSUMES[service], "crm-analytics-"}
         assert _acl_names(user, "group", "Read") == {"crm-analytics"}
-    elif service == "gateway":  # publishes the permission policy, reads nothing
-        assert reads == set()
-        assert writes == {GATEWAY_PERMISSIONS, dead_letter_topic(service)}
+    elif service == "gateway":  # publishes the policy and erasure requests, reads their confirmations
+        assert reads == {ERASURE_CONFIRMATIONS}
+        assert writes == {GATEWAY_PERMISSIONS, GATEWAY_ERASURE_REQUESTS, dead_letter_topic(service)}
     else:
         assert reads == set(readable(service))
         assert HANDOFF_RECEIPTS in reads, "senders read the receipts of their handoffs"

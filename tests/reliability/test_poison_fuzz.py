@@ -35,6 +35,7 @@ from crm_contracts import Envelope
 from crm_contracts.topics import (
     ACCOUNT_SIGNAL,
     DEAL_WON,
+    GATEWAY_ERASURE_REQUESTS,
     GATEWAY_PERMISSIONS,
     HANDOFF_RECEIPTS,
     LEAD_QUALIFIED,
@@ -73,8 +74,10 @@ HANDOFF_RULES = {LEAD_VERDICT: "unknown_lead"}  # marketing has no such lead: re
 
 def test_every_consumer_s_topics_are_fuzzed_the_permission_policy_s_included() -> None:
     """The topics come from the consumers' own subscriptions: a topic a department starts to
-    consume is fuzzed without a change here (the permission policy, issue 9, is read by all)."""
+    consume is fuzzed without a change here (the permission policy and the erasure requests,
+    issue 9, are read by all)."""
     assert all(GATEWAY_PERMISSIONS in topics for topics in CONSUMERS.values())
+    assert all(GATEWAY_ERASURE_REQUESTS in topics for topics in CONSUMERS.values())
 
 
 @pytest.fixture(scope="module")

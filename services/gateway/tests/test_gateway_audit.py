@@ -71,10 +71,20 @@ async def _permissions(gw: Gw) -> httpx.Response:
     return await gw.client.put("/permissions/roles/auditor", json=body, headers=gw.admin)
 
 
+async def _erasure(gw: Gw) -> httpx.Response:
+    body = {"email": f"someone-{uuid.uuid4().hex[:8]}@example.com"}
+    return await gw.client.post("/erasure-requests", json=body, headers=gw.admin)
+
+
 RECIPES: dict[str, Callable[[Gw], Awaitable[httpx.Response]]] = {
     "POST /users": _create,
     "PATCH /users/{user_id}": _update,
     "PUT /permissions/roles/{role}": _permissions,
+    "POST /erasure-requests": _erasure,
+}
+RECORD_TYPES = {
+    "PUT /permissions/roles/{role}": "permission_policy",
+    "POST /erasure-requests": "erasure_requests",
 }
 NOT_RECORD_CHANGES = {
     "POST /auth/login": "opens a session and counts the attempt: security events, logged, not records",
@@ -98,8 +108,7 @@ async def test_every_write_route_is_checked(gw: Gw) -> None:
 @pytest.mark.parametrize("route", sorted(RECIPES))
 async def test_write_route_is_audited(gw: Gw, route: str) -> None:
     entries = await assert_audited(gw.db, await RECIPES[route](gw))
-    expected = "permission_policy" if route.startswith("PUT /permissions") else "users"
-    assert {e["record"]["type"] for e in entries} == {expected}
+    assert {e["record"]["type"] for e in entries} == {RECORD_TYPES.get(route, "users")}
 
 
 async def test_a_password_change_is_audited_without_the_hash(gw: Gw) -> None:

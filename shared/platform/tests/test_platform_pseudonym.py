@@ -34,11 +34,11 @@ def test_pseudonyms_are_stable_readable_and_hold_no_part_of_the_value() -> None:
     email = pseudonym("email", "Ada@Example.com", KEY)
     assert email == pseudonym("email", "ada@example.com", KEY)
     assert email.startswith("p-")
-    assert email.endswith("@pseudonym.invalid")
+    assert email.endswith("@pseudonym.example")
     assert "ada" not in email
     assert pseudonym("phone", "555 0102", KEY).startswith("tel-")
     assert pseudonym("name", "Ada Lovelace", KEY).startswith("Person ")
-    assert erased_email(email_hash("ada@example.com", KEY)).endswith("@erased.invalid")
+    assert erased_email(email_hash("ada@example.com", KEY)).endswith("@erased.example")
 
 
 def _settings(**env: str) -> ServiceSettings:

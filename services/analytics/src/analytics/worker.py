@@ -41,13 +41,15 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
-from crm_contracts import utcnow
-from crm_contracts.events.governance import PermissionsChangedV1
+from crm_contracts import envelope_for, utcnow
+from crm_contracts.events.governance import ErasureCompletedV1, ErasureRequestedV1, PermissionsChangedV1
 from crm_contracts.topics import (
     ACCOUNT_SIGNAL,
     ACTION_ITEMS,
     COMMITMENT_REVIEWS,
     DEAL_WON,
+    ERASURE_CONFIRMATIONS,
+    GATEWAY_ERASURE_REQUESTS,
     GATEWAY_PERMISSIONS,
     HANDOFF_RECEIPTS,
     LEAD_QUALIFIED,
@@ -102,7 +104,11 @@ SOURCE_TOPICS: tuple[str, ...] = (
     COMMITMENT_REVIEWS,
     HANDOFF_RECEIPTS,
     GATEWAY_PERMISSIONS,
+    GATEWAY_ERASURE_REQUESTS,
 )
+# The erasure requests analytics confirmed (its database): one confirmation per request.
+ERASURES = "erasures"
+DEPARTMENT = "analytics"
 
 
 def build_faust_app(settings: AnalyticsSettings) -> faust.App:
@@ -203,6 +209,7 @@ class AnalyticsWorker:
         self.source = self._raw_topic(*SOURCE_TOPICS)
         self.dlq_topic_name = dead_letter_topic(settings.service_name)
         self.dlq = self._raw_topic(self.dlq_topic_name)
+        self.confirmations = self._raw_topic(ERASURE_CONFIRMATIONS)
         self.agent = self._declare_agent()
         self.app.timer(settings.snapshot_interval_seconds, name="analytics-snapshot")(self.snapshot_tick)
         self.app.timer(settings.kpi_interval_seconds, name="analytics-kpis")(self.kpi_tick)
@@ -286,6 +293,7 @@ class AnalyticsWorker:
             await self.dead_letter(message, verdict.reason, verdict.error, verdict.event_type)
         else:
             await self._keep_policy(verdict.event)
+            await self._confirm_erasure(verdict.event, verdict.envelope)
             self.metrics.consumed(message.topic, verdict.envelope.event_type, "processed")
         if pending:
             # Only once its facts are in the changelog may faust ack (and commit) the
@@ -298,6 +306,37 @@ class AnalyticsWorker:
         (crm_platform.permission_policy); a failure propagates: the event is delivered again."""
         if isinstance(event, PermissionsChangedV1):
             await store_if_newer(self.mongo[self.settings.database_name], None, policy_of_event(event))
+
+    async def _confirm_erasure(self, event: Any, envelope: Any) -> None:
+        """Analytics keeps no personal data (facts keyed by record ids, and figures): it confirms
+        an erasure request at once, once per request (noted in its database after the broker's
+        ack; a crash in between sends a second copy, which the gateway's fold ignores). A failure
+        propagates: the request is delivered again."""
+        if not isinstance(event, ErasureRequestedV1):
+            return
+        done = self.mongo[self.settings.database_name][ERASURES]
+        if await done.find_one({"_id": event.request_id}) is not None:
+            return
+        now = utcnow()
+        waited = max(0, int((now - event.requested_at).total_seconds() * 1000))
+        completed = ErasureCompletedV1(
+            request_id=event.request_id,
+            department=DEPARTMENT,
+            records_erased=0,
+            audit_entries_rewritten=0,
+            duration_ms=waited,
+            completed_at=now,
+        )
+        out = envelope_for(
+            completed,
+            source=DEPARTMENT,
+            correlation_id=envelope.correlation_id,
+            causation_id=str(envelope.event_id),
+        )
+        key = completed.partition_key().encode()
+        await (await self.confirmations.send(key=key, value=out.to_bytes(), force=True))
+        await done.update_one({"_id": event.request_id}, {"$set": {"confirmed_at": now}}, upsert=True)
+        log.info("erasure request %s confirmed (analytics keeps no personal data)", event.request_id)
 
     def fold(self, message: Any) -> Accepted | Rejected:
         """Classify and apply one message; never raises (a raise would stop the partition)."""

@@ -5,23 +5,26 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from crm_contracts.access import CONSUMES
+from crm_contracts.events.governance import ErasureCompletedV1
 from crm_platform import audit_api
 from crm_platform.app import create_app
 from crm_platform.auth import TokenIssuer, TokenVerifier
 from crm_platform.keys import load_private_key
 from crm_platform.logging import request_id_var
 from crm_platform.retention import retention_job
-from crm_platform.runtime import ServiceRuntime
-from crm_platform.uow import MongoUnitOfWork
+from crm_platform.runtime import ServiceRuntime, Subscription
+from crm_platform.uow import MongoUnitOfWork, bind_event
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from gateway import handlers, store
-from gateway.api import auth, console, docs, permissions, proxy, users
+from gateway.api import auth, console, docs, erasure, permissions, proxy, users
 from gateway.api.deps import active_principal
 from gateway.domain.routes import is_upload
 from gateway.handlers import Deps, Tokens
 from gateway.logctx import RequestLogFields, install_log_filter
+from gateway.repository import GatewayUnit
 from gateway.revocations import RevocationCache
 from gateway.security import Passwords
 from gateway.settings import GatewaySettings
@@ -33,6 +36,8 @@ DESCRIPTION = """The single entry point of the CRM.
   <token>`) and a refresh token (`POST /auth/refresh`); `POST /auth/logout` revokes both.
 * `/users` manages accounts (admin only); `/permissions` is the role -> permission policy
   (admins change it, auditors read it; every department is told by the `permissions.changed` event).
+* `/erasure-requests`: admins file a request to forget a person, every department erases them
+  and confirms; admins and auditors follow each department's confirmation.
 * `/api/{service}/{path}` forwards to leads, sales, service-desk and analytics after checking
   the token and the route table; `/docs` links every service's API documentation.
 """
@@ -40,7 +45,7 @@ DESCRIPTION = """The single entry point of the CRM.
 
 def build_app(settings: GatewaySettings) -> FastAPI:
     upstreams = _upstreams(settings)
-    runtime = _runtime(settings, upstreams)
+    runtime, uow = _runtime(settings, upstreams)
 
     async def on_startup(app: FastAPI) -> None:
         await handlers.bootstrap_admin(app.state.deps, settings.bootstrap_admin_password)
@@ -74,7 +79,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         pseudonymised_paths=lambda path: not path.startswith("/api/"),
     )
     app.state.upstreams = upstreams
-    app.state.deps = deps = _deps(settings, runtime, app.state.token_verifier)
+    app.state.deps = deps = _deps(settings, runtime, uow, app.state.token_verifier)
     app.state.token_verifier = deps.revocations.verifier
     runtime.background.append(lambda: deps.revocations.keep_fresh(settings.revocation_refresh_seconds))
 
@@ -95,23 +100,12 @@ def _upstreams(settings: GatewaySettings) -> Upstreams:
     )
 
 
-def _runtime(settings: GatewaySettings, upstreams: Upstreams) -> ServiceRuntime:
-    """The gateway's runtime: its relay publishes the permission policy's changes (no
-    subscription: it consumes nothing); the retention job runs beside it."""
-    runtime = ServiceRuntime(settings, indexes=store.ensure_indexes, on_stop=[upstreams.aclose])
-    runtime.background.append(
-        retention_job(
-            runtime.store, store.RETENTION_RULES, settings.retention_days, settings.retention_every_seconds
-        )
-    )
-    return runtime
-
-
 def _protected_routers() -> list[APIRouter]:
     return [
         auth.me_router,
         users.router,
         permissions.router,
+        erasure.router,
         audit_api.router(Depends(active_principal)),
         proxy.router,
     ]
@@ -127,7 +121,35 @@ async def _upstream_error(_: Request, exc: UpstreamError) -> JSONResponse:
     return JSONResponse(status_code=exc.status_code, content=body)
 
 
-def _deps(settings: GatewaySettings, runtime: ServiceRuntime, platform: TokenVerifier) -> Deps:
+def _runtime(
+    settings: GatewaySettings, upstreams: Upstreams
+) -> tuple[ServiceRuntime, MongoUnitOfWork[GatewayUnit]]:
+    """The gateway's runtime: its relay publishes the permission policy's changes and erasure
+    requests, its consumer folds the departments' confirmations of those requests; the
+    retention job runs beside it."""
+    uow: MongoUnitOfWork[GatewayUnit] = MongoUnitOfWork(store.MongoGatewayUnit)
+    subscription = Subscription(
+        topics=list(CONSUMES["gateway"]),
+        handlers={ErasureCompletedV1.event_type: bind_event(uow, handlers.on_erasure_completed)},
+    )
+    runtime = ServiceRuntime(
+        settings, subscription=subscription, indexes=store.ensure_indexes, on_stop=[upstreams.aclose]
+    )
+    uow.store = runtime.store
+    runtime.background.append(
+        retention_job(
+            runtime.store, store.RETENTION_RULES, settings.retention_days, settings.retention_every_seconds
+        )
+    )
+    return runtime, uow
+
+
+def _deps(
+    settings: GatewaySettings,
+    runtime: ServiceRuntime,
+    uow: MongoUnitOfWork[GatewayUnit],
+    platform: TokenVerifier,
+) -> Deps:
     """The handlers' dependencies with the signing key; the gateway verifies its own key's tokens
     even when the public key file does not list it yet (the first step of a rotation)."""
     assert settings.jwt_private_key_file is not None  # the settings fill in the dev key
@@ -138,7 +160,7 @@ def _deps(settings: GatewaySettings, runtime: ServiceRuntime, platform: TokenVer
     access_ttl = timedelta(minutes=settings.access_token_ttl_minutes)
     repos = store.MongoRepositories(runtime.db)
     return Deps(
-        uow=MongoUnitOfWork(store.MongoGatewayUnit, runtime.store),
+        uow=uow,
         repos=repos,
         tokens=Tokens(
             TokenIssuer(key, settings.jwt_issuer, settings.jwt_audience),

@@ -18,6 +18,7 @@ from crm_platform.permissions import DEFAULT_POLICY, Policy
 from crm_platform.uow import FakeUnit
 from pymongo.errors import DuplicateKeyError
 
+from gateway.domain.erasure import ErasureRequest
 from gateway.domain.lockout import Attempts, ThrottlePolicy
 from gateway.domain.sessions import RefreshToken, RefreshUse
 from gateway.domain.users import ADMIN, User
@@ -136,11 +137,28 @@ class InMemoryPolicy:
         self.current = policy
 
 
+class InMemoryErasureRequests:
+    def __init__(self) -> None:
+        self.items: dict[str, ErasureRequest] = {}
+
+    async def get(self, request_id: str) -> ErasureRequest | None:
+        return self.items.get(request_id)
+
+    async def add(self, request: ErasureRequest) -> None:
+        if request.id in self.items:
+            raise DuplicateKeyError(f"erasure request {request.id} exists")
+        self.items[request.id] = request
+
+    async def save(self, request: ErasureRequest) -> None:
+        self.items[request.id] = request
+
+
 class FakeGatewayUnit(FakeUnit):
     def __init__(self) -> None:
         super().__init__()
         self.users = InMemoryUsers()
         self.policy = InMemoryPolicy()
+        self.erasures = InMemoryErasureRequests()
 
 
 class FakeRepositories:

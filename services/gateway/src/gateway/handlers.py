@@ -1,4 +1,5 @@
-"""Use cases of the gateway: log in, refresh, log out, bootstrap the first admin, manage users.
+"""Use cases of the gateway: log in, refresh, log out, bootstrap the first admin, manage users,
+change the permission policy, file erasure requests and fold their confirmations.
 
 Sessions: a login gives a short-lived access token (a JWT any service verifies) and a
 refresh token (random, stored only as its SHA-256, rotated on every use; a replayed
@@ -20,16 +21,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from crm_contracts import utcnow
+from crm_contracts import Envelope, utcnow
+from crm_contracts.events.governance import ErasureCompletedV1
 from crm_platform.actor import Actor
 from crm_platform.auth import Principal, Role, TokenIssuer
 from crm_platform.clock import now_millis
+from crm_platform.consumer import DeadLetter
 from crm_platform.errors import Conflict, NotFound
 from crm_platform.permission_policy import event_of_policy
 from crm_platform.permissions import Policy
+from crm_platform.pseudonym import email_hash
 from crm_platform.uow import UnitOfWork
 from pymongo.errors import DuplicateKeyError
 
+from gateway.domain.erasure import ErasureRequest
 from gateway.domain.lockout import ThrottlePolicy, register_attempt, retry_after
 from gateway.domain.passwords import PasswordPolicy, username_key
 from gateway.domain.sessions import RefreshToken, token_hash
@@ -362,3 +367,46 @@ async def set_role_permissions(deps: Deps, role: str, permissions: list[str], ac
         extra={"role": role, "by": actor.user_id, "version": policy.version, "permissions": permissions},
     )
     return policy
+
+
+# --- erasure requests (issue 9) ------------------------------------------------------------------
+
+
+async def file_erasure_request(
+    deps: Deps, email: str | None, record_ids: list[str], actor: Actor
+) -> ErasureRequest:
+    """File a request to forget a person: stored (audited) and published as ``erasure.requested``
+    (the outbox, same transaction) with only the keyed hash of the e-mail, never the e-mail."""
+    uow = deps.uow
+    digest = email_hash(email) if email else None
+
+    async def work(unit: GatewayUnit) -> ErasureRequest:
+        now = now_millis(uow.clock)
+        request, event = ErasureRequest.file(uow.new_id(), digest, record_ids, actor.user_id, now)
+        await unit.erasures.add(request)
+        unit.emit(event, correlation_id=request.id)
+        return request
+
+    request = await uow.run(work)
+    log.info("erasure request filed", extra={"request_id": request.id, "by": actor.user_id})
+    return request
+
+
+async def on_erasure_completed(
+    uow: UnitOfWork[GatewayUnit], event: ErasureCompletedV1, envelope: Envelope
+) -> None:
+    """A department's confirmation folded into its request (the first per department counts)."""
+    if event.department != envelope.source:
+        raise DeadLetter(
+            "wrong_department", f"{envelope.source} confirmed an erasure as department {event.department}"
+        )
+
+    async def work(unit: GatewayUnit) -> None:
+        request = await unit.erasures.get(event.request_id)
+        if request is None:
+            raise DeadLetter("unknown_erasure_request", f"no erasure request {event.request_id}")
+        confirmed = request.confirm(event, str(envelope.event_id))
+        if confirmed is not None:
+            await unit.erasures.save(confirmed)
+
+    await uow.run(work)

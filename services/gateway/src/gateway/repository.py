@@ -8,7 +8,8 @@ Idempotency-Key commits with it, and two administrators demoted at once conflict
 login, refresh and logout are single-document atomic writes outside any transaction
 (:class:`Repositories`): a counted login attempt must stay counted when the password
 then turns out wrong. A change of the role -> permission policy runs in the unit of work
-too, and emits ``permissions.changed`` (the outbox) in its transaction.
+too, and emits ``permissions.changed`` (the outbox) in its transaction; so does filing an
+erasure request (``erasure.requested``) and folding a department's confirmation of one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Protocol
 from crm_contracts import Event
 from crm_platform.permissions import Policy
 
+from gateway.domain.erasure import ErasureRequest
 from gateway.domain.lockout import Attempts, ThrottlePolicy
 from gateway.domain.sessions import RefreshToken, RefreshUse
 from gateway.domain.users import User
@@ -90,14 +92,27 @@ class PolicyRepository(Protocol):
     async def save(self, policy: Policy) -> None: ...
 
 
+class ErasureRequestRepository(Protocol):
+    """Erasure requests (issue 9), each with the departments' confirmations."""
+
+    async def get(self, request_id: str) -> ErasureRequest | None: ...
+
+    async def add(self, request: ErasureRequest) -> None: ...
+
+    async def save(self, request: ErasureRequest) -> None: ...
+
+
 class GatewayUnit(Protocol):
-    """What a user- or policy-changing handler works in: one transaction."""
+    """What a user-, policy- or erasure-changing handler works in: one transaction."""
 
     @property
     def users(self) -> UserRepository: ...
 
     @property
     def policy(self) -> PolicyRepository: ...
+
+    @property
+    def erasures(self) -> ErasureRequestRepository: ...
 
     def emit(self, event: Event, *, correlation_id: str | None = None) -> None: ...
 

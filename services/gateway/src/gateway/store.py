@@ -1,5 +1,6 @@
 """The gateway's own collections: ``users``, ``login_attempts``, ``refresh_tokens`` (hashed),
-``revoked_tokens`` (logged-out token ids) and one guard document (``gateway_meta``).
+``revoked_tokens`` (logged-out token ids), ``erasure_requests`` (issue 9) and one guard
+document (``gateway_meta``).
 
 The repositories implement ``repository.py``: :class:`MongoUsers` over the unit of
 work's transaction (always ``session=tx.session``) or, outside one, over the database;
@@ -23,11 +24,12 @@ from crm_platform.mongo import Tx
 from crm_platform.permissions import Policy
 from crm_platform.retention import ANONYMISED, Action, Rule
 from crm_platform.uow import MongoUnit
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from gateway.domain.erasure import Confirmation, ErasureRequest
 from gateway.domain.lockout import Attempts, ThrottlePolicy
 from gateway.domain.sessions import RefreshToken, RefreshUse
 from gateway.domain.users import User
@@ -40,6 +42,7 @@ ATTEMPTS = "login_attempts"
 REFRESH = "refresh_tokens"
 REVOKED = "revoked_tokens"
 META = "gateway_meta"
+ERASURES = "erasure_requests"
 ADMIN_GUARD = "admin_guard"
 
 
@@ -56,6 +59,7 @@ async def ensure_indexes(db: Db) -> None:
     await db[REFRESH].create_index("user_id", name="refresh_user")
     await db[REVOKED].create_index("expires_at", expireAfterSeconds=0, name="revoked_ttl")
     await ensure_idempotency_indexes(db)
+    await db[ERASURES].create_index([("requested_at", DESCENDING), ("_id", DESCENDING)], name="newest")
 
 
 # --- users -----------------------------------------------------------------------------------
@@ -165,11 +169,76 @@ class MongoPolicy:
         )
 
 
+# --- erasure requests --------------------------------------------------------------------------
+
+
+def erasure_doc(r: ErasureRequest) -> Doc:
+    return {
+        "_id": r.id,
+        "email_hash": r.email_hash,
+        "record_ids": list(r.record_ids),
+        "requested_by": r.requested_by,
+        "requested_at": r.requested_at,
+        "departments": list(r.departments),
+        "confirmations": [vars(c).copy() for c in r.confirmations],
+        "state": r.state.value,
+        "completed_at": r.completed_at,
+    }
+
+
+def erasure_from_doc(d: Doc) -> ErasureRequest:
+    return ErasureRequest(
+        id=d["_id"],
+        email_hash=d.get("email_hash"),
+        record_ids=tuple(d.get("record_ids", [])),
+        requested_by=d["requested_by"],
+        requested_at=d["requested_at"],
+        departments=tuple(d["departments"]),
+        confirmations=tuple(Confirmation(**c) for c in d.get("confirmations", [])),
+        completed_at=d.get("completed_at"),
+    )
+
+
+class MongoErasureRequests:
+    def __init__(self, db: Db, session: AsyncClientSession) -> None:
+        self.db = db
+        self.session = session
+
+    async def get(self, request_id: str) -> ErasureRequest | None:
+        doc = await self.db[ERASURES].find_one({"_id": request_id}, session=self.session)
+        return erasure_from_doc(doc) if doc else None
+
+    async def add(self, request: ErasureRequest) -> None:
+        await self.db[ERASURES].insert_one(erasure_doc(request), session=self.session)
+
+    async def save(self, request: ErasureRequest) -> None:
+        doc = erasure_doc(request)
+        await self.db[ERASURES].update_one({"_id": doc.pop("_id")}, {"$set": doc}, session=self.session)
+
+
+async def get_erasure_request(db: Db, request_id: str) -> ErasureRequest | None:
+    doc = await db[ERASURES].find_one({"_id": request_id})
+    return erasure_from_doc(doc) if doc else None
+
+
+async def list_erasure_requests(db: Db, limit: int, before: str | None) -> list[ErasureRequest]:
+    """Newest first; ``before`` an id from the previous page (its time and id are the cursor)."""
+    query: Doc = {}
+    if before is not None:
+        last = await db[ERASURES].find_one({"_id": before}, {"requested_at": 1})
+        if last is not None:
+            at = last["requested_at"]
+            query = {"$or": [{"requested_at": {"$lt": at}}, {"requested_at": at, "_id": {"$lt": before}}]}
+    cursor = db[ERASURES].find(query).sort([("requested_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+    return [erasure_from_doc(d) async for d in cursor]
+
+
 class MongoGatewayUnit(MongoUnit):
     def __init__(self, tx: Tx) -> None:
         super().__init__(tx)
         self.users = MongoUsers(tx.db, tx.session)
         self.policy = MongoPolicy(tx.db, tx.session)
+        self.erasures = MongoErasureRequests(tx.db, tx.session)
 
 
 # --- login attempts ---------------------------------------------------------------------------

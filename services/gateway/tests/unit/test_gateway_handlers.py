@@ -12,15 +12,24 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from argon2 import PasswordHasher
-from crm_contracts.events.governance import PermissionsChangedV1
+from crm_contracts import Envelope, envelope_for
+from crm_contracts.events.governance import (
+    ERASURE_DEPARTMENTS,
+    ErasureCompletedV1,
+    ErasureRequestedV1,
+    PermissionsChangedV1,
+)
 from crm_platform.actor import Actor
 from crm_platform.auth import Principal, Role, TokenIssuer, TokenVerifier
 from crm_platform.clock import ManualClock
+from crm_platform.consumer import DeadLetter
 from crm_platform.errors import Conflict, NotFound, RuleViolation
 from crm_platform.keys import SigningKey, thumbprint
+from crm_platform.pseudonym import email_hash
 from crm_platform.uow import FakeUnitOfWork
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway import handlers
+from gateway.domain.erasure import ErasureState
 from gateway.domain.lockout import ThrottlePolicy
 from gateway.domain.passwords import PasswordPolicy
 from gateway.domain.sessions import token_hash
@@ -329,3 +338,79 @@ async def test_a_refused_permission_change_saves_and_publishes_nothing() -> None
         await handlers.set_role_permissions(deps, "admin", [], ROOT)
     assert (await unit(deps).policy.get()).version == 0
     assert unit(deps).emitted(PermissionsChangedV1) == []
+
+
+# --- erasure requests (issue 9) --------------------------------------------------------------------
+
+
+def _completed(request_id: str, department: str, records: int = 2) -> ErasureCompletedV1:
+    return ErasureCompletedV1(
+        request_id=request_id,
+        department=department,
+        records_erased=records,
+        audit_entries_rewritten=3,
+        duration_ms=1500,
+        completed_at=T0 + timedelta(seconds=1.5),
+    )
+
+
+def _envelope(event: ErasureCompletedV1, source: str) -> Envelope:
+    return envelope_for(event, source=source, correlation_id=event.request_id)
+
+
+async def test_an_erasure_request_keeps_and_publishes_only_the_keyed_hash() -> None:
+    deps = make_deps()
+    request = await handlers.file_erasure_request(deps, " Ada@Example.com ", ["lead-7"], ROOT)
+    assert request.email_hash == email_hash("ada@example.com")
+    assert await unit(deps).erasures.get(request.id) == request
+    (event,) = unit(deps).emitted(ErasureRequestedV1)
+    assert (event.request_id, event.email_hash, event.record_ids) == (
+        request.id,
+        request.email_hash,
+        ["lead-7"],
+    )
+    assert "ada" not in event.model_dump_json().lower()
+    assert request.state == ErasureState.PENDING
+
+
+async def test_an_erasure_request_must_name_the_person() -> None:
+    deps = make_deps()
+    with pytest.raises(RuleViolation, match="email or record_ids"):
+        await handlers.file_erasure_request(deps, None, [], ROOT)
+    assert unit(deps).emitted(ErasureRequestedV1) == []
+
+
+async def test_confirmations_fold_once_per_department_until_completed() -> None:
+    deps = make_deps()
+    request = await handlers.file_erasure_request(deps, "ada@example.com", [], ROOT)
+    for department in ERASURE_DEPARTMENTS[:-1]:
+        event = _completed(request.id, department)
+        await handlers.on_erasure_completed(deps.uow, event, _envelope(event, department))
+    again = _completed(request.id, "leads", records=99)  # a re-sent copy: the first counts
+    await handlers.on_erasure_completed(deps.uow, again, _envelope(again, "leads"))
+    pending = await unit(deps).erasures.get(request.id)
+    assert pending is not None
+    assert pending.state == ErasureState.PENDING
+    assert pending.confirmation("leads").records_erased == 2  # type: ignore[union-attr]
+    last = _completed(request.id, ERASURE_DEPARTMENTS[-1])
+    await handlers.on_erasure_completed(deps.uow, last, _envelope(last, ERASURE_DEPARTMENTS[-1]))
+    done = await unit(deps).erasures.get(request.id)
+    assert done is not None
+    assert done.state == ErasureState.COMPLETED
+    assert done.completed_at == T0 + timedelta(seconds=1.5)
+
+
+async def test_a_confirmation_from_another_department_or_for_no_request_is_a_dead_letter() -> None:
+    deps = make_deps()
+    request = await handlers.file_erasure_request(deps, "ada@example.com", [], ROOT)
+    forged = _completed(request.id, "sales")
+    with pytest.raises(DeadLetter) as wrong:
+        await handlers.on_erasure_completed(deps.uow, forged, _envelope(forged, "leads"))
+    assert wrong.value.reason == "wrong_department"
+    unknown = _completed("no-such-request", "sales")
+    with pytest.raises(DeadLetter) as missing:
+        await handlers.on_erasure_completed(deps.uow, unknown, _envelope(unknown, "sales"))
+    assert missing.value.reason == "unknown_erasure_request"
+    stored = await unit(deps).erasures.get(request.id)
+    assert stored is not None
+    assert stored.confirmations == ()

@@ -60,7 +60,9 @@ def build_app(settings: ServiceSettings) -> FastAPI:
     s = LeadsSettings.of(settings)
     rules = store.RulesCache(s.config_cache_seconds)
     uow: MongoUnitOfWork[LeadsUnit] = MongoUnitOfWork(partial(MongoLeadsUnit, rules_cache=rules))
-    runtime = ServiceRuntime(s, subscription=consumers.subscription(uow), indexes=store.ensure_indexes)
+    runtime = ServiceRuntime(
+        s, subscription=consumers.subscription(uow, store.ERASURE_TARGETS), indexes=store.ensure_indexes
+    )
     uow.store = runtime.store
     runtime.background.append(
         retention_job(runtime.store, store.RETENTION_RULES, s.retention_days, s.retention_every_seconds)

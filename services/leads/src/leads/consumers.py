@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from crm_contracts.access import CONSUMES
 from crm_contracts.events.sales import LeadAssignedV1, LeadVerdictV1
+from crm_platform.erasure import Target
 from crm_platform.runtime import Subscription
 from crm_platform.uow import MongoUnitOfWork, bind_event
 
@@ -16,7 +17,7 @@ from leads.settings import DEPARTMENT
 TOPICS = list(CONSUMES["leads"])  # declared once in the contracts (the Kafka ACLs use it)
 
 
-def subscription(uow: MongoUnitOfWork[LeadsUnit]) -> Subscription:
+def subscription(uow: MongoUnitOfWork[LeadsUnit], erasure_targets: tuple[Target, ...] = ()) -> Subscription:
     # department="marketing": the platform records the lead-verdict handoff's
     # transport latency and emits the handoff.received receipt.
     return Subscription(
@@ -28,4 +29,5 @@ def subscription(uow: MongoUnitOfWork[LeadsUnit]) -> Subscription:
             **action_items.HANDLERS,  # action items customer success raised for marketing
         },
         department=DEPARTMENT,
+        erasure_targets=erasure_targets,  # erasure requests: the platform's handler erases these
     )

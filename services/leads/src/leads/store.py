@@ -27,6 +27,7 @@ from crm_contracts.events.common import Behaviour
 from crm_platform import custom_fields_api
 from crm_platform.actor import Actor
 from crm_platform.cache import TtlCache
+from crm_platform.erasure import Related, Target, with_person_hashes
 from crm_platform.imports import store as imports_store
 from crm_platform.imports.store import JobCodec
 from crm_platform.mongo import Tx
@@ -150,8 +151,19 @@ def reason_from_doc(d: Doc) -> Reason:
     )
 
 
+# Where marketing's database holds people (crm_platform.erasure): the lead's e-mail, name and
+# custom fields, and the note sales gave with its verdict on the lead.
+LEAD_PEOPLE = Target(
+    LEADS,
+    emails=("email",),
+    clear=("custom",),  # a text custom field may hold personal data (docs/governance.md)
+    related=(Related(VERDICTS, "lead_id", clear=("note",)),),
+)
+ERASURE_TARGETS = (LEAD_PEOPLE,)
+
+
 def lead_to_doc(lead: Lead) -> Doc:
-    doc = {
+    doc: Doc = {
         "_id": lead.id,
         "email": lead.email,
         "name": lead.name,
@@ -183,7 +195,7 @@ def lead_to_doc(lead: Lead) -> Doc:
     }
     if lead.custom:  # absent when none: a lead without custom fields costs nothing more
         doc["custom"] = dict(lead.custom)
-    return doc
+    return with_person_hashes(doc, LEAD_PEOPLE)
 
 
 def lead_from_doc(d: Doc) -> Lead:

@@ -44,7 +44,9 @@ def build_app(settings: ServiceSettings) -> FastAPI:
     # The consumer's handlers are bound to the unit of work before the runtime (and its store) exists.
     config = store.ConfigCache(settings.config_cache_seconds)
     uow: MongoUnitOfWork[SalesUnit] = MongoUnitOfWork(partial(store.MongoSalesUnit, config_cache=config))
-    runtime = ServiceRuntime(settings, subscription=consumers.subscription(uow), indexes=indexes)
+    runtime = ServiceRuntime(
+        settings, subscription=consumers.subscription(uow, store.ERASURE_TARGETS), indexes=indexes
+    )
     uow.store = runtime.store
     runtime.background.append(
         retention_job(

@@ -14,6 +14,7 @@ from crm_contracts.events.service_desk import (
     CommitmentReviewCompletedV1,
     UpsellSpottedV1,
 )
+from crm_platform.erasure import Target
 from crm_platform.runtime import Subscription
 from crm_platform.uow import MongoUnitOfWork, bind_event
 
@@ -30,7 +31,7 @@ from sales.settings import DEPARTMENT
 TOPICS = list(CONSUMES["sales"])  # declared once in the contracts (the Kafka ACLs use it)
 
 
-def subscription(uow: MongoUnitOfWork[SalesUnit]) -> Subscription:
+def subscription(uow: MongoUnitOfWork[SalesUnit], erasure_targets: tuple[Target, ...] = ()) -> Subscription:
     # department="sales": the platform records the transport latency of the
     # lead-qualified, upsell-spotted, commitment-flagged and commitment-review-completed
     # handoffs and emits their handoff.received receipts.
@@ -41,4 +42,6 @@ def subscription(uow: MongoUnitOfWork[SalesUnit]) -> Subscription:
         CommitmentReviewCompletedV1.event_type: bind_event(uow, on_commitment_review_completed),
         **action_items.HANDLERS,  # action items customer success raised for sales
     }
-    return Subscription(topics=list(TOPICS), handlers=handlers, department=DEPARTMENT)
+    return Subscription(
+        topics=list(TOPICS), handlers=handlers, department=DEPARTMENT, erasure_targets=erasure_targets
+    )

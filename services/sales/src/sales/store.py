@@ -36,6 +36,7 @@ from crm_contracts.events.service_desk import CommitmentDecisionKind
 from crm_platform import custom_fields_api
 from crm_platform.cache import TtlCache
 from crm_platform.counters import RoundRobinCounter
+from crm_platform.erasure import Related, Target, with_person_hashes
 from crm_platform.imports import store as imports_store
 from crm_platform.imports.store import JobCodec
 from crm_platform.money import to_amount
@@ -181,6 +182,17 @@ def pipeline_from_doc(d: Doc | None) -> Pipeline:
     )
 
 
+# Where sales' database holds people (crm_platform.erasure): the handed-off lead's contact and
+# the verdict's note on them, the contacts of opportunities (and the activities logged on
+# those), and the contacts sales keeps.
+INBOX_PEOPLE = Target(INBOX, emails=("handoff.contact.email",), clear=("verdict.note",))
+OPPORTUNITY_PEOPLE = Target(
+    OPPORTUNITIES, emails=("contacts.email",), related=(Related(ACTIVITIES, "opportunity_id"),)
+)
+CONTACT_PEOPLE = Target(CONTACTS, emails=("email",))
+ERASURE_TARGETS = (INBOX_PEOPLE, OPPORTUNITY_PEOPLE, CONTACT_PEOPLE)
+
+
 def item_doc(item: InboxItem) -> Doc:
     v = item.verdict
     doc: Doc = {
@@ -216,7 +228,7 @@ def item_doc(item: InboxItem) -> Doc:
         doc["last_handed_off_at"] = item.last_handed_off_at
     if item.superseded_event_ids:
         doc["superseded_event_ids"] = list(item.superseded_event_ids)
-    return doc
+    return with_person_hashes(doc, INBOX_PEOPLE)
 
 
 def item_from_doc(d: Doc) -> InboxItem:
@@ -334,7 +346,7 @@ def opportunity_doc(o: Opportunity) -> Doc:
         doc["assignment_counter"] = o.assignment_counter
     if o.origin == Origin.DIRECT:
         doc["direct_source"] = o.direct_source
-    return doc
+    return with_person_hashes(doc, OPPORTUNITY_PEOPLE)
 
 
 def opportunity_from_doc(d: Doc) -> Opportunity:
@@ -606,7 +618,9 @@ def account_from_doc(d: Doc) -> Account:
 
 
 def contact_doc(c: Contact) -> Doc:
-    return {"_id": c.id, **{k: v for k, v in vars(c).items() if k != "id"}}
+    return with_person_hashes(
+        {"_id": c.id, **{k: v for k, v in vars(c).items() if k != "id"}}, CONTACT_PEOPLE
+    )
 
 
 def contact_from_doc(d: Doc) -> Contact:

@@ -31,7 +31,11 @@ def build_app(settings: ServiceSettings, *, clock: Clock = system_clock) -> Fast
     integration tests move it to walk SLA timers, renewals and link expiry)."""
     # The consumer's handlers are bound to the unit of work before the runtime (and its store) exists.
     uow: MongoUnitOfWork[SuccessUnit] = MongoUnitOfWork(store.MongoSuccessUnit, clock=clock)
-    runtime = ServiceRuntime(settings, subscription=consumers.subscription(uow), indexes=store.ensure_indexes)
+    runtime = ServiceRuntime(
+        settings,
+        subscription=consumers.subscription(uow, store.ERASURE_TARGETS),
+        indexes=store.ensure_indexes,
+    )
     uow.store = runtime.store
     runtime.background.append(
         retention_job(

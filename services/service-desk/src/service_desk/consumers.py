@@ -11,6 +11,7 @@ from __future__ import annotations
 from crm_contracts.access import CONSUMES
 from crm_contracts.events.action_items import CUSTOMER_SUCCESS, UPDATED_BY_DEPARTMENT
 from crm_contracts.events.sales import CommitmentFlagUpdatedBySalesV1, CommitmentReviewRequestedV1, DealWonV1
+from crm_platform.erasure import Target
 from crm_platform.runtime import Subscription
 from crm_platform.uow import MongoUnitOfWork, bind_event
 
@@ -23,7 +24,7 @@ from service_desk.settings import DEPARTMENT
 TOPICS: list[str] = list(CONSUMES["service-desk"])  # declared once in the contracts (the Kafka ACLs use it)
 
 
-def subscription(uow: MongoUnitOfWork[SuccessUnit]) -> Subscription:
+def subscription(uow: MongoUnitOfWork[SuccessUnit], erasure_targets: tuple[Target, ...] = ()) -> Subscription:
     # department="customer-success": the platform records the transport latency of the deal-won,
     # commitment-review-requested, commitment-flag-outcome and action-item-outcome handoffs and
     # emits their receipts.
@@ -38,4 +39,6 @@ def subscription(uow: MongoUnitOfWork[SuccessUnit]) -> Subscription:
             if d != CUSTOMER_SUCCESS
         },
     }
-    return Subscription(topics=list(TOPICS), handlers=handlers, department=DEPARTMENT)
+    return Subscription(
+        topics=list(TOPICS), handlers=handlers, department=DEPARTMENT, erasure_targets=erasure_targets
+    )

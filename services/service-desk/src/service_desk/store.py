@@ -15,6 +15,7 @@ from crm_contracts.events.sales import Commitment
 from crm_contracts.events.service_desk import CommitmentDecision, SurveyKind
 from crm_platform.action_items.repository import MongoActionItems
 from crm_platform.counters import RoundRobinCounter
+from crm_platform.erasure import Related, Target, with_person_hashes
 from crm_platform.mongo import Tx
 from crm_platform.paging import Sort, index_specs, keyset, page, sorts, text_search
 from crm_platform.retention import ANONYMISED, Action, Rule
@@ -127,8 +128,18 @@ def _without_id(doc: Doc) -> Doc:
     return {k: v for k, v in doc.items() if k != "_id"}
 
 
+# Where the service desk's database holds people (crm_platform.erasure): an account's contacts;
+# the account's tickets, check-ins and surveys are searched for mentions of them.
+ACCOUNT_PEOPLE = Target(
+    ACCOUNTS,
+    emails=("contacts.email",),
+    related=(Related(TICKETS, "account_id"), Related(CHECKINS, "account_id"), Related(SURVEYS, "account_id")),
+)
+ERASURE_TARGETS = (ACCOUNT_PEOPLE,)
+
+
 def account_doc(account: Account) -> Doc:
-    return {"_id": account.account_id, **asdict(account)}
+    return with_person_hashes({"_id": account.account_id, **asdict(account)}, ACCOUNT_PEOPLE)
 
 
 def account_from_doc(doc: Doc) -> Account:

@@ -17,6 +17,8 @@ from crm_contracts.topics import (
     ACTION_ITEMS,
     COMMITMENT_REVIEWS,
     DEAL_WON,
+    ERASURE_CONFIRMATIONS,
+    GATEWAY_ERASURE_REQUESTS,
     GATEWAY_PERMISSIONS,
     HANDOFF_RECEIPTS,
     LEAD_QUALIFIED,
@@ -31,17 +33,19 @@ from crm_contracts.topics import (
 )
 
 # service name -> the topics its consumer subscribes to
-# (every department reads the role -> permission policy the gateway publishes, issue 9)
+# (every department reads the role -> permission policy and the erasure requests the gateway
+# publishes, issue 9)
 CONSUMES: dict[str, tuple[str, ...]] = {
     # sales' events: which rep a lead was assigned to (sales.lead_assigned: reps read only theirs)
-    "leads": (LEAD_VERDICT, SALES_EVENTS, ACTION_ITEMS, GATEWAY_PERMISSIONS),
-    "sales": (LEAD_QUALIFIED, ACCOUNT_SIGNAL, ACTION_ITEMS, GATEWAY_PERMISSIONS),
+    "leads": (LEAD_VERDICT, SALES_EVENTS, ACTION_ITEMS, GATEWAY_PERMISSIONS, GATEWAY_ERASURE_REQUESTS),
+    "sales": (LEAD_QUALIFIED, ACCOUNT_SIGNAL, ACTION_ITEMS, GATEWAY_PERMISSIONS, GATEWAY_ERASURE_REQUESTS),
     "service-desk": (
         DEAL_WON,
         SALES_ACTION_ITEM_UPDATES,
         LEADS_ACTION_ITEM_UPDATES,
         COMMITMENT_REVIEWS,
         GATEWAY_PERMISSIONS,
+        GATEWAY_ERASURE_REQUESTS,
     ),
     # the faust worker: every department's events and the receivers' receipts
     "analytics": (
@@ -58,9 +62,11 @@ CONSUMES: dict[str, tuple[str, ...]] = {
         COMMITMENT_REVIEWS,
         HANDOFF_RECEIPTS,
         GATEWAY_PERMISSIONS,
+        GATEWAY_ERASURE_REQUESTS,
     ),
-    # the gateway publishes the permission policy and reads nothing
-    "gateway": (),
+    # the gateway publishes the permission policy and erasure requests, and folds the
+    # departments' confirmations of those requests
+    "gateway": (ERASURE_CONFIRMATIONS,),
 }
 
 _HANDOFF_TOPICS = frozenset(e.topic for e in ALL_EVENTS if e.event_type in HANDOFF_BY_EVENT_TYPE)
@@ -85,11 +91,12 @@ def reads(service: str) -> tuple[str, ...]:
 
 
 def produces(service: str) -> tuple[str, ...]:
-    """The topics ``service`` may write: those it owns (its DLQ included), receipts if it receives."""
-    owned = [t.name for t in TOPICS if t.owner == service]
+    """The topics ``service`` may write: those it owns or is named a producer of (its DLQ included),
+    receipts if it receives."""
+    owned = [t.name for t in TOPICS if t.owner == service or service in t.producers]
     dlq = dead_letter_topic(service)
     if dlq not in owned:
         owned.append(dlq)
-    if receives_handoffs(service):
+    if receives_handoffs(service) and HANDOFF_RECEIPTS not in owned:
         owned.append(HANDOFF_RECEIPTS)
     return tuple(sorted(owned))

@@ -53,6 +53,8 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     action_items.ActionItemUpdatedByCustomerSuccessV1,
     platform.HandoffReceivedV1,
     governance.PermissionsChangedV1,
+    governance.ErasureRequestedV1,
+    governance.ErasureCompletedV1,
 )
 
 REGISTRY: dict[tuple[str, int], type[Event]] = {(e.event_type, e.version): e for e in ALL_EVENTS}

@@ -60,6 +60,9 @@ SERVICE_DESK_EVENTS = "crm.service-desk.events"
 HANDOFF_RECEIPTS = "crm.platform.handoff-receipts"
 # The role -> permission policy an administrator edits at the gateway (issue 9)
 GATEWAY_PERMISSIONS = "crm.gateway.permissions"
+# Erasure requests the gateway files, and each department's confirmation (issue 9)
+GATEWAY_ERASURE_REQUESTS = "crm.gateway.erasure-requests"
+ERASURE_CONFIRMATIONS = "crm.platform.erasure-confirmations"
 
 
 def dead_letter_topic(service: str) -> str:
@@ -113,9 +116,25 @@ TOPICS: tuple[TopicSpec, ...] = (
         retention_ms=_YEAR,
         cleanup_policy="compact",
     ),
+    TopicSpec(
+        GATEWAY_ERASURE_REQUESTS,
+        "gateway",
+        "Erasure requests: a request id and the keyed hash of the person's e-mail, never the e-mail",
+        partitions=1,
+        retention_ms=_YEAR,
+    ),
+    TopicSpec(
+        ERASURE_CONFIRMATIONS,
+        "platform",
+        "Each department's confirmation that it erased the person of an erasure request",
+        partitions=1,
+        retention_ms=_YEAR,
+        # Every department confirms its own erasure; the gateway folds the confirmations.
+        producers=("leads", "sales", "service-desk", "analytics"),
+    ),
     *(
         TopicSpec(dead_letter_topic(s), s, f"Dead letters of the {s} consumer", partitions=1)
-        for s in ("leads", "sales", "service-desk", "analytics")
+        for s in ("leads", "sales", "service-desk", "analytics", "gateway")
     ),
 )
 

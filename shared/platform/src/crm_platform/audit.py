@@ -20,8 +20,11 @@ recorded as changed, never with their value.
 
 **Append-only.** This module is the only writer of ``audit_log`` and it only inserts; a
 service's code that tries to write the collection through the transaction's database gets
-:class:`AuditLogIsAppendOnly`. (At the database level, give the services' MongoDB user a
-role with ``insert`` and ``find`` only on ``audit_log``: deploy/README.md.)
+:class:`AuditLogIsAppendOnly`. The one exception is erasure (:func:`erase_values`, called by
+:func:`crm_platform.erasure.erase_person`): an erased person's values are replaced by
+``[erased]`` in the before/after values of the erased records' entries, who/when/what kept.
+(At the database level, give the services' MongoDB user a role with ``insert``, ``find`` and,
+for erasure, ``update`` on ``audit_log``, never ``remove``: deploy/README.md.)
 
 The read side: :func:`query` (per user, record type, record, period; newest first, keyset
 cursor over the ``(at, _id)`` order, each filter backed by an index from
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -407,6 +411,68 @@ class AuditedCollection(AsyncCollection[Doc]):
             return [d["_id"] async for d in super().find(flt, {"_id": 1}, session=session)]
         found = await super().find_one(flt, {"_id": 1}, session=session)
         return [] if found is None else [found["_id"]]
+
+
+# -- erasure: the one rewrite ------------------------------------------------------------------
+
+ERASED = "[erased]"
+
+
+def scrub(value: Any, pattern: re.Pattern[str] | None) -> Any:
+    """``value`` with every match of ``pattern`` in its strings replaced by ``[erased]`` (deep;
+    dict keys and ``_id`` kept)."""
+    if pattern is None:
+        return value
+    if isinstance(value, str):
+        return pattern.sub(ERASED, value)
+    if isinstance(value, list):
+        return [scrub(v, pattern) for v in value]
+    if isinstance(value, dict):
+        return {k: v if k == "_id" else scrub(v, pattern) for k, v in value.items()}
+    return value
+
+
+def _scrubbed_changes(changes: list[Doc], pattern: re.Pattern[str]) -> list[Doc]:
+    return [
+        {**c, "before": scrub(c.get("before"), pattern), "after": scrub(c.get("after"), pattern)}
+        for c in changes
+    ]
+
+
+async def erase_values(
+    db: AsyncDatabase[Doc],
+    session: AsyncClientSession,
+    records: Sequence[tuple[str, Any]],
+    pattern: re.Pattern[str] | None,
+) -> int:
+    """Replace the person's values (``pattern``) in the before/after values of every audit entry
+    of ``records`` (``(collection, _id)``), those of the current transaction not yet written
+    included (``db`` is then its :class:`AuditedDatabase`); returns how many entries changed.
+
+    The one write to ``audit_log`` besides inserting, for erasure only (issue 9): who, when,
+    which record and which fields changed stay; only the erased person's values go.
+    """
+    if pattern is None or not records:
+        return 0
+    rewritten = 0
+    if isinstance(db, AuditedDatabase):
+        for pending in db._trail.entries:
+            changes = _scrubbed_changes(pending["changes"], pattern)
+            if changes != pending["changes"]:
+                pending["changes"] = changes
+                rewritten += 1
+    log = db.client[db.name][AUDIT_LOG]  # the plain collection: AuditedCollection refuses writes
+    ids_by_type: dict[str, list[str]] = {}
+    for collection, doc_id in records:
+        ids_by_type.setdefault(collection, []).append(str(doc_id))
+    for record_type, ids in ids_by_type.items():
+        query = {"record.type": record_type, "record.id": {"$in": ids}}
+        async for stored in log.find(query, {"changes": 1}, session=session):
+            changes = _scrubbed_changes(stored.get("changes", []), pattern)
+            if changes != stored.get("changes", []):
+                await log.update_one({"_id": stored["_id"]}, {"$set": {"changes": changes}}, session=session)
+                rewritten += 1
+    return rewritten
 
 
 # -- the read side ----------------------------------------------------------------------------

@@ -492,6 +492,22 @@ GATEWAY_TABLE: tuple[RouteRule, ...] = (
     rule(
         GATEWAY, READ, "/audit/**", AUDIT_READERS, "the gateway's audit log", permission="gateway.audit.read"
     ),
+    rule(
+        GATEWAY,
+        READ,
+        "/erasure-requests/**",
+        AUDIT_READERS,
+        "erasure requests and each department's confirmation: administrators and auditors read them",
+        permission="gateway.erasure.read",
+    ),
+    rule(
+        GATEWAY,
+        WRITE,
+        "/erasure-requests/**",
+        ADMINS,
+        "administrators file erasure requests (a person forgotten by every department)",
+        permission="gateway.erasure.manage",
+    ),
 )
 
 CATALOGUE_RULES: tuple[RouteRule, ...] = ROUTE_TABLE + GATEWAY_TABLE

@@ -28,6 +28,9 @@ DEV_PSEUDONYM_KEY = "crm-dev-pseudonym-key-not-a-secret"
 
 Kind = Literal["email", "phone", "name"]
 
+# Pseudonymous e-mails use the reserved ``.example`` domain (RFC 2606): valid for the contracts'
+# EmailStr (``.invalid`` is refused as special-use), and never deliverable.
+
 _SPACES = re.compile(r"\s+")
 _NOT_DIGIT = re.compile(r"\D")
 # Hex digits a display pseudonym shows (48 bits: collisions are rare at CRM scale and
@@ -59,16 +62,30 @@ def keyed_hash(kind: Kind, value: str, key: str) -> str:
     return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
 
 
-def email_hash(email: str, key: str) -> str:
-    """The keyed hash that stands for a person's e-mail (erasure requests, stored ``email_hash``)."""
-    return keyed_hash("email", email, key)
+_configured: list[str] = [DEV_PSEUDONYM_KEY]
+
+
+def configure(key: str) -> None:
+    """Set this process's key (the runtimes call it with ``CRM_PSEUDONYM_KEY`` at start): the
+    stores hash e-mails as they write them without carrying the key through every call."""
+    _configured[0] = key
+
+
+def current_key() -> str:
+    return _configured[0]
+
+
+def email_hash(email: str, key: str | None = None) -> str:
+    """The keyed hash that stands for a person's e-mail (erasure requests, stored hashes);
+    ``key`` defaults to the process's configured key (:func:`configure`)."""
+    return keyed_hash("email", email, current_key() if key is None else key)
 
 
 def pseudonym(kind: Kind, value: str, key: str) -> str:
     """A readable stand-in for a person's ``kind`` value, the same wherever it is computed."""
     digits = keyed_hash(kind, value, key)[:DISPLAY_DIGITS]
     if kind == "email":
-        return f"p-{digits}@pseudonym.invalid"
+        return f"p-{digits}@pseudonym.example"
     if kind == "phone":
         return f"tel-{digits}"
     return f"Person {digits}"
@@ -76,7 +93,15 @@ def pseudonym(kind: Kind, value: str, key: str) -> str:
 
 def erased_email(email_digest: str) -> str:
     """What an erased person's e-mail becomes: derived from the hash alone (no key, no e-mail needed)."""
-    return f"erased-{email_digest[:DISPLAY_DIGITS]}@erased.invalid"
+    return f"erased-{email_digest[:DISPLAY_DIGITS]}{ERASED_DOMAIN}"
+
+
+ERASED_DOMAIN = "@erased.example"
+
+
+def is_erased_email(value: str) -> bool:
+    """An e-mail :func:`erased_email` made (nobody's: it stands for a person who was forgotten)."""
+    return value.endswith(ERASED_DOMAIN)
 
 
 def erased_name(email_digest: str) -> str:

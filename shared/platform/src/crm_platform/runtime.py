@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from crm_contracts.events.governance import PermissionsChangedV1
-from crm_contracts.topics import GATEWAY_PERMISSIONS, HANDOFF_RECEIPTS
+from crm_contracts.events.governance import ErasureRequestedV1, PermissionsChangedV1
+from crm_contracts.topics import GATEWAY_ERASURE_REQUESTS, GATEWAY_PERMISSIONS, HANDOFF_RECEIPTS
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 
-from crm_platform import metrics, outbox_audit, receipts
+from crm_platform import erasure, metrics, outbox_audit, pseudonym, receipts
 from crm_platform.consumer import AfterStore, ConsumerConfig, EventConsumer, Handler
 from crm_platform.kafka import ensure_topics_async, make_producer, pace_empty_fetches
 from crm_platform.liveness import (
@@ -49,6 +49,9 @@ class Subscription:
     handlers: dict[str, Handler]
     department: str | None = None
     after_store: AfterStore | None = None
+    # Where this department's database holds people (crm_platform.erasure): with the erasure
+    # requests' topic subscribed, the runtime erases and confirms them; nothing else to wire.
+    erasure_targets: tuple[erasure.Target, ...] = ()
 
 
 @dataclass
@@ -62,6 +65,7 @@ class ServiceRuntime:
 
     def __post_init__(self) -> None:
         s = self.settings
+        pseudonym.configure(s.pseudonym_key.get_secret_value())
         pace_empty_fetches(s.consumer_idle_backoff_ms)
         harden_aiokafka()
         self.client = connect(s.mongodb_uri, s.service_name, timeout_seconds=s.db_deadline_seconds)
@@ -84,6 +88,9 @@ class ServiceRuntime:
         self.on_fatal: Fatal = exit_process
         if self.subscription is not None and s.consumer_enabled:
             self._build_consumer(self.subscription)
+        self._erasure_targets = self.subscription.erasure_targets if self.subscription is not None else ()
+        if self._erasure_targets:
+            self.background.append(lambda: erasure.backfill_job(self.store.db, self._erasure_targets))
         self.receipts: receipts.HandoffTracker | None = None
         self.receipts_watchdog: ConsumerWatchdog | None = None
         department = self.subscription.department if self.subscription is not None else None
@@ -145,10 +152,14 @@ class ServiceRuntime:
         self.watchdog = self._watchdog(s.group_id, sub.topics, tracker, self._rejoin_consumer)
 
     def _with_policy(self, sub: Subscription) -> dict[str, Handler]:
-        """A department subscribed to the permissions topic keeps the policy: nothing to wire."""
-        if GATEWAY_PERMISSIONS not in sub.topics:
-            return sub.handlers
-        return {PermissionsChangedV1.event_type: permissions_handler(self.permissions), **sub.handlers}
+        """A department subscribed to the permissions topic keeps the policy, one subscribed to the
+        erasure requests erases its people (``sub.erasure_targets``) and confirms: nothing to wire."""
+        handlers = dict(sub.handlers)
+        if GATEWAY_PERMISSIONS in sub.topics:
+            handlers.setdefault(PermissionsChangedV1.event_type, permissions_handler(self.permissions))
+        if GATEWAY_ERASURE_REQUESTS in sub.topics:
+            handlers.setdefault(ErasureRequestedV1.event_type, erasure.erasure_handler(sub.erasure_targets))
+        return handlers
 
     def _watchdog(
         self,
@@ -183,6 +194,7 @@ class ServiceRuntime:
         await outbox_audit.ensure_indexes(self.store.db)
         if self.indexes is not None:
             await self.indexes(self.store.db)
+        await erasure.ensure_indexes(self.store.db, self._erasure_targets)
         await self.permissions.refresh(required=True)
         if self.settings.provision_topics:
             try:
@@ -347,6 +359,7 @@ class MongoOnlyRuntime:
 
     def __post_init__(self) -> None:
         s = self.settings
+        pseudonym.configure(s.pseudonym_key.get_secret_value())
         self.client = connect(s.mongodb_uri, s.service_name, timeout_seconds=s.db_deadline_seconds)
         self.store = Store(self.client, s.database_name, s.service_name)
         # The policy as stored in this database (the analytics worker keeps it for its API).

@@ -1,0 +1,346 @@
+"""Erasure of a person in a department's own database (issue 9, "right to be forgotten").
+
+The gateway publishes ``erasure.requested`` with only the keyed hash of the person's e-mail
+(:func:`crm_platform.pseudonym.email_hash`). Each department declares where people live in its
+database (:class:`Target`: a collection and the dotted paths of the e-mails in its documents;
+the object holding an e-mail is the person: its ``name``/``phone`` siblings are theirs) and
+where free text about them may be (:class:`Related`: documents linked to a person's record),
+and its consumer hands the request to :func:`erase_person`, which, in the consumer's
+transaction:
+
+1. finds the person's documents by ``person_hashes`` (the hashes of the e-mails a document
+   holds, written by the service's store with every save: :func:`person_hashes`; indexed),
+   plus the documents named by id in the request; documents written before the field existed
+   are found by a scan of those without it (the backfill path: :func:`backfill` gives them the
+   field, so the scan shrinks to nothing);
+2. replaces each matching person's e-mail, name and phone by a stand-in derived from the hash
+   alone (:func:`crm_platform.pseudonym.erased_email`: no key and no e-mail needed), clears the
+   target's free-text fields, and replaces any other mention of the person's values in the
+   document and in its related documents by ``[erased]`` (:func:`crm_platform.audit.scrub`);
+3. rewrites the before/after values of the audit entries of every document it changed, those
+   of this very transaction included (:func:`crm_platform.audit.erase_values`: the one change
+   the append-only log allows, made by the audit module itself).
+
+The write of step 2 is an ordinary audited write; the department then emits
+``erasure.completed`` through its outbox in the same transaction. A replayed request finds
+nothing left to change (the hash is removed from ``person_hashes``) and the consumer's ledger
+drops a re-delivered copy, so a department confirms once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from crm_contracts import Envelope
+from crm_contracts.events.governance import ErasureCompletedV1, ErasureRequestedV1
+from pymongo.errors import PyMongoError
+
+from crm_platform import audit
+from crm_platform.audit import ERASED, scrub  # noqa: F401 - re-exported for the departments
+from crm_platform.clock import now_millis
+from crm_platform.mongo import OUTBOX
+from crm_platform.pseudonym import email_hash, erased_email, erased_name, is_erased_email
+
+log = logging.getLogger("crm.erasure")
+
+Doc = dict[str, Any]
+
+PERSON_HASHES = "person_hashes"
+# Values shorter than this are not searched for inside free text (a two-letter name would
+# erase every word that contains it); they are still replaced where they are the person's field.
+MIN_MENTION = 3
+NAME_KEYS = ("name", "full_name", "contact_name")
+PHONE_KEYS = ("phone", "contact_phone")
+
+
+@dataclass(frozen=True)
+class Related:
+    """Documents that may mention a person of a target's documents (notes, tickets, ...):
+    those whose ``foreign_key`` holds the id of an erased document are scrubbed of the person's
+    values, and their ``clear`` fields (free text about the person) emptied."""
+
+    collection: str
+    foreign_key: str
+    clear: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Target:
+    """A collection whose documents hold people: the dotted ``emails`` paths (lists walked)."""
+
+    collection: str
+    emails: tuple[str, ...]
+    clear: tuple[str, ...] = ()
+    related: tuple[Related, ...] = ()
+
+
+@dataclass
+class Person:
+    """What was found of one person: the values to erase wherever they are mentioned."""
+
+    values: set[str] = field(default_factory=set)
+
+    def add(self, value: Any) -> None:
+        if isinstance(value, str) and value.strip():
+            self.values.add(value.strip())
+
+
+@dataclass
+class Outcome:
+    records: int = 0
+    audit_entries: int = 0
+    changed: list[tuple[str, Any]] = field(default_factory=list)
+
+
+# -- pure: where the people of a document are, and how a document is erased -----------------
+
+
+def person_hashes(*emails: str | None) -> list[str]:
+    """The ``person_hashes`` value of a document holding these e-mails (the store writes it); an
+    erased person's stand-in is nobody's e-mail."""
+    return sorted({email_hash(e) for e in emails if e and not is_erased_email(e)})
+
+
+def _walk(value: Any, parts: Sequence[str]) -> Iterator[tuple[dict[str, Any], str]]:
+    """Each (parent object, key) that the dotted path reaches, through lists."""
+    if isinstance(value, list):
+        for item in value:
+            yield from _walk(item, parts)
+        return
+    if not isinstance(value, dict) or not parts:
+        return
+    head, rest = parts[0], parts[1:]
+    if not rest:
+        if isinstance(value.get(head), str):
+            yield value, head
+        return
+    yield from _walk(value.get(head), rest)
+
+
+def emails_in(doc: Mapping[str, Any], paths: Iterable[str]) -> list[str]:
+    return [parent[key] for path in paths for parent, key in _walk(doc, path.split("."))]
+
+
+def hashes_of(doc: Mapping[str, Any], target: Target) -> list[str]:
+    return person_hashes(*emails_in(doc, target.emails))
+
+
+def with_person_hashes(doc: Doc, target: Target) -> Doc:
+    """``doc`` with its ``person_hashes`` (a store's ``<entity>_doc`` ends with it)."""
+    doc[PERSON_HASHES] = hashes_of(doc, target)
+    return doc
+
+
+def erase_doc(doc: Doc, target: Target, digest: str | None, whole: bool, person: Person) -> Doc:
+    """``doc`` with the person of ``digest`` erased (every person of it when ``whole``: the
+    document was named by id); the values found are added to ``person``."""
+    out = audit.copy_doc(doc)
+    for path in target.emails:
+        for parent, key in _walk(out, path.split(".")):
+            if is_erased_email(parent[key]):
+                continue  # erased already (a request filed twice): nothing left to change
+            found = email_hash(parent[key])
+            if whole or found == digest:
+                _erase_person_object(parent, key, found, person)
+    for path in target.clear:
+        _clear(out, path)
+    remaining = [h for h in hashes_of(out, target) if h != digest]
+    out[PERSON_HASHES] = remaining
+    return out
+
+
+def _erase_person_object(parent: dict[str, Any], key: str, digest: str, person: Person) -> None:
+    person.add(parent[key])
+    parent[key] = erased_email(digest)
+    for name in NAME_KEYS:
+        if isinstance(parent.get(name), str):
+            person.add(parent[name])
+            parent[name] = erased_name(digest)
+    for phone in PHONE_KEYS:
+        if parent.get(phone) is not None:
+            person.add(parent[phone])
+            parent[phone] = None
+
+
+def _clear(value: Any, path: str) -> None:
+    """Set what the dotted ``path`` reaches (through lists) to None, whatever its type."""
+    head, _, rest = path.partition(".")
+    if isinstance(value, list):
+        for item in value:
+            _clear(item, path)
+    elif isinstance(value, dict) and value.get(head) is not None:
+        if rest:
+            _clear(value[head], rest)
+        else:
+            value[head] = None
+
+
+def mention_pattern(values: Iterable[str]) -> re.Pattern[str] | None:
+    """One case-insensitive pattern for the values worth searching for in free text."""
+    wanted = sorted({v for v in values if len(v) >= MIN_MENTION}, key=len, reverse=True)
+    if not wanted:
+        return None
+    return re.compile("|".join(re.escape(v) for v in wanted), re.IGNORECASE)
+
+
+# -- in the consumer's transaction --------------------------------------------------------------
+
+
+async def erase_person(
+    tx: Any, targets: Sequence[Target], digest: str | None, record_ids: Sequence[str] = ()
+) -> Outcome:
+    """Erase the person of ``digest`` (and the records named by id) in ``tx``'s database.
+
+    ``tx`` is the platform's :class:`crm_platform.mongo.Tx` (its audited database and session).
+    First every target's documents are found and erased (which collects the person's values),
+    then each is written once with any other mention of those values scrubbed, then the related
+    documents, then the audit entries of everything written.
+    """
+    outcome = Outcome()
+    person = Person()
+    erased: list[tuple[Target, Doc, Doc]] = []
+    for target in targets:
+        for doc in await _matching(tx, target, digest, record_ids):
+            erased.append(
+                (target, doc, erase_doc(doc, target, digest, str(doc["_id"]) in record_ids, person))
+            )
+    pattern = mention_pattern(person.values)
+    for target, old, new in erased:
+        await _replace(tx, target.collection, old, scrub(new, pattern), outcome)
+    for target in targets:
+        ids = [old["_id"] for t, old, _ in erased if t is target]
+        for related in target.related:
+            await _scrub_related(tx, related, ids, pattern, outcome)
+    outcome.audit_entries = await audit.erase_values(tx.db, tx.session, outcome.changed, pattern)
+    await _scrub_outbox(tx, [str(doc_id) for _, doc_id in outcome.changed], pattern)
+    return outcome
+
+
+async def _scrub_outbox(tx: Any, keys: list[str], pattern: re.Pattern[str] | None) -> None:
+    """The outbox keeps published events a week (forensics): those keyed by an erased record
+    lose the person's values too. Unpublished ones are left whole: they must still be valid
+    events when the relay publishes them (what the log then keeps: docs/governance.md)."""
+    if not keys or pattern is None:
+        return
+    outbox = tx.db[OUTBOX]
+    async for row in outbox.find({"key": {"$in": keys}, "published": True}, session=tx.session):
+        envelope = scrub(row["envelope"], pattern)
+        if envelope != row["envelope"]:
+            await outbox.update_one({"_id": row["_id"]}, {"$set": {"envelope": envelope}}, session=tx.session)
+
+
+async def _matching(tx: Any, target: Target, digest: str | None, record_ids: Sequence[str]) -> list[Doc]:
+    coll = tx.db[target.collection]
+    named: list[Doc] = [{"_id": {"$in": list(record_ids)}}]
+    query: Doc = {"$or": named if digest is None else [{PERSON_HASHES: digest}, *named]}
+    found = [d async for d in coll.find(query, session=tx.session)]
+    if digest is None:
+        return found
+    # Documents written before the store kept person_hashes (until backfill() reached them).
+    async for doc in coll.find({PERSON_HASHES: {"$exists": False}}, session=tx.session):
+        if digest in hashes_of(doc, target) and doc not in found:
+            found.append(doc)
+    return found
+
+
+async def _replace(tx: Any, collection: str, old: Doc, new: Doc, outcome: Outcome) -> None:
+    if new == old:
+        return
+    await tx.db[collection].replace_one({"_id": old["_id"]}, new, session=tx.session)
+    outcome.changed.append((collection, old["_id"]))
+    outcome.records += 1
+
+
+async def _scrub_related(
+    tx: Any, related: Related, ids: list[Any], pattern: re.Pattern[str] | None, outcome: Outcome
+) -> None:
+    if not ids:
+        return
+    query = {related.foreign_key: {"$in": ids}}
+    async for doc in tx.db[related.collection].find(query, session=tx.session):
+        new = scrub(doc, pattern)
+        for path in related.clear:
+            _clear(new, path)
+        await _replace(tx, related.collection, doc, new, outcome)
+
+
+async def backfill(db: Any, targets: Sequence[Target], batch: int = 500) -> int:
+    """Give ``person_hashes`` to the documents written before the stores kept it (outside any
+    transaction: only that field is set, and only where it is still missing); returns how many.
+    Run at start (``ServiceRuntime`` background job); until it is through, :func:`erase_person`
+    scans what is left."""
+    done = 0
+    for target in targets:
+        coll = db[target.collection]
+        while True:
+            docs = [d async for d in coll.find({PERSON_HASHES: {"$exists": False}}).limit(batch)]
+            if not docs:
+                break
+            for doc in docs:
+                await coll.update_one(
+                    {"_id": doc["_id"], PERSON_HASHES: {"$exists": False}},
+                    {"$set": {PERSON_HASHES: hashes_of(doc, target)}},
+                )
+            done += len(docs)
+    return done
+
+
+async def ensure_indexes(db: Any, targets: Sequence[Target]) -> None:
+    """``person_hashes`` indexed on every target; each related collection's link, unless an index
+    on that key alone exists already (under another name)."""
+    for target in targets:
+        await db[target.collection].create_index(PERSON_HASHES, name="by_person_hash")
+        for related in target.related:
+            coll = db[related.collection]
+            keys = [list(ix["key"].keys()) async for ix in await coll.list_indexes()]
+            if [related.foreign_key] not in keys and not any(k[:1] == [related.foreign_key] for k in keys):
+                await coll.create_index(related.foreign_key, name=f"erasure_{related.foreign_key}")
+
+
+# -- the consumer handler (added by the runtime when a department subscribes) ------------------
+
+
+def erasure_handler(targets: Sequence[Target]) -> Any:
+    """The consumer handler for ``erasure.requested``: erase, then confirm through the outbox in
+    the same transaction (``erasure.completed``, the department being the envelope's source)."""
+
+    async def on_erasure_requested(tx: Any, event: ErasureRequestedV1, envelope: Envelope) -> None:
+        outcome = await erase_person(tx, targets, event.email_hash, event.record_ids)
+        now = now_millis()
+        waited = max(0, int((now - event.requested_at).total_seconds() * 1000))
+        tx.emit(
+            ErasureCompletedV1(
+                request_id=event.request_id,
+                department=tx.source,
+                records_erased=outcome.records,
+                audit_entries_rewritten=outcome.audit_entries,
+                duration_ms=waited,
+                completed_at=now,
+            ),
+            correlation_id=envelope.correlation_id,
+        )
+        log.info(
+            "erasure request %s: %d records, %d audit entries",
+            event.request_id,
+            outcome.records,
+            outcome.audit_entries,
+            extra={"event_id": envelope.event_id},
+        )
+
+    return on_erasure_requested
+
+
+async def backfill_job(db: Any, targets: Sequence[Target]) -> None:
+    """The runtime's start-up job: :func:`backfill`, logged; a failure is logged and left to the
+    next start (the erasure handler scans what is left meanwhile)."""
+    try:
+        done = await backfill(db, targets)
+    except PyMongoError as exc:
+        log.warning("person_hashes backfill stopped (erasure scans the rest): %s", exc)
+        return
+    if done:
+        log.info("person_hashes backfilled on %d documents", done)
