@@ -133,7 +133,7 @@ def test_an_erased_person_is_gone_from_every_department(gw: Gateway, platform: P
 
 
 def _of(reader: TopicReader, event_type: str, request_id: str) -> list[Envelope]:
-    return [e for e in reader.envelopes(event_type) if e.payload["request_id"] == request_id]
+    return [e for e in reader.envelopes(event_type) if e.payload.get("request_id") == request_id]
 
 
 async def _replay(bootstrap: str, request_id: str) -> None:

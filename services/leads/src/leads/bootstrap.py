@@ -60,9 +60,8 @@ def build_app(settings: ServiceSettings) -> FastAPI:
     s = LeadsSettings.of(settings)
     rules = store.RulesCache(s.config_cache_seconds)
     uow: MongoUnitOfWork[LeadsUnit] = MongoUnitOfWork(partial(MongoLeadsUnit, rules_cache=rules))
-    runtime = ServiceRuntime(
-        s, subscription=consumers.subscription(uow, store.ERASURE_TARGETS), indexes=store.ensure_indexes
-    )
+    sub = consumers.subscription(uow, store.ERASURE_TARGETS)
+    runtime = ServiceRuntime(s, subscription=sub, indexes=store.ensure_indexes)
     uow.store = runtime.store
     runtime.background.append(
         retention_job(runtime.store, store.RETENTION_RULES, s.retention_days, s.retention_every_seconds)
