@@ -121,15 +121,6 @@ async def _upstream_error(_: Request, exc: UpstreamError) -> JSONResponse:
     return JSONResponse(status_code=exc.status_code, content=body)
 
 
-def _upstreams(settings: GatewaySettings) -> Upstreams:
-    return Upstreams(
-        settings.upstreams,
-        timeout=settings.upstream_timeout_seconds,
-        connect_timeout=settings.upstream_connect_timeout_seconds,
-        max_connections=settings.upstream_max_connections,
-    )
-
-
 def _runtime(
     settings: GatewaySettings, upstreams: Upstreams
 ) -> tuple[ServiceRuntime, MongoUnitOfWork[GatewayUnit]]:
