@@ -108,7 +108,9 @@ async def test_analysts_and_executives_see_contacts_pseudonymised_and_requests_w
         assert f"Acme {tag}" in seen  # the account's name is not a person's
         r = await client.get(f"/accounts/{account_id}", headers=_as(*roles))
         assert r.json()["contacts"][0]["name"] == pseudonym("name", "Ada Lovelace", DEV_PSEUDONYM_KEY)
-        ticket = (await client.get(f"/tickets/{ticket_id}", headers=_as(*roles))).json()
+        r = await client.get(f"/tickets/{ticket_id}", headers=_as(*roles))
+        assert r.status_code == 200, (roles, r.text)
+        ticket = r.json()
         assert (ticket["request"], ticket["subject"]) == ("[withheld]", f"Login {tag}")
         rows = list(csv.DictReader(io.StringIO((await client.get("/accounts/export", params={"q": tag},
                                                                    headers=_as(*roles))).text)))  # fmt: skip
