@@ -690,7 +690,8 @@ def _backlog_targets(extra: dict[str, Any]) -> list[Target]:
         out.append(
             Target(
                 "analytics worker replay",
-                f"{replay['rate']:.0f} events/s ({replay.get('replayed', 0)}/{replay['events']} events)",
+                f"{'at least ' if replay.get('lower_bound') else ''}{replay['rate']:.0f} events/s "
+                f"({replay.get('replayed', 0)}/{replay['events']} events)",
                 ">= 20,000 events/s",
                 replay["rate"] >= 20000,
             )
