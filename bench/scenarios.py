@@ -274,12 +274,7 @@ async def analytics_replay(
     if first is None:
         say("  the worker committed nothing")
         return {"events": total, "rate": 0.0, "complete": False}
-    t0, lag0 = first
-    counted = lag0 - lag
-    lower_bound = lag0 == 0  # everything committed at once: no span after the first commit
-    if lower_bound:  # all of it within the start-up span: at least this fast
-        counted, t0 = total, began
-    rate = counted / (ended - t0) if ended > t0 else 0.0
+    rate, t0, lower_bound = _replay_rate(total, lag, first, began, ended)
     how = "at least (all at its first commit; start-up included)" if lower_bound else "after its first commit"
     say(f"  {total - lag}/{total} events; {rate:.0f} events/s {how}")
     return {
@@ -291,3 +286,17 @@ async def analytics_replay(
         "complete": lag == 0,
         "lower_bound": lower_bound,
     }
+
+
+def _replay_rate(
+    total: int, lag: int, first: tuple[float, int], began: float, ended: float
+) -> tuple[float, float, bool]:
+    """Events/s after the worker's first commit, from when that span starts, and whether it
+    is only a lower bound: when everything was committed at the first commit, there is no
+    span after it, so the whole run (start-up included) is the span."""
+    t0, lag0 = first
+    counted = lag0 - lag
+    lower_bound = lag0 == 0
+    if lower_bound:
+        counted, t0 = total, began
+    return (counted / (ended - t0) if ended > t0 else 0.0), t0, lower_bound
