@@ -95,11 +95,7 @@ def build_app(settings: ServiceSettings) -> FastAPI:
     worker = ImportWorker(
         uow,
         runtime.store.db,
-        batch_rows=s.import_batch_rows,
-        lease_seconds=s.import_lease_seconds,
-        poll_seconds=s.import_poll_seconds,
-        max_row_bytes=s.import_max_row_bytes,
-        max_attempts=s.import_max_attempts,
+        **s.worker_options(),
     )
     app.state.import_worker = worker
     if s.import_worker_enabled:

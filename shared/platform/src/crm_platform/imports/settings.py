@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from crm_platform.settings import ServiceSettings
@@ -32,3 +34,13 @@ class ImportSettings(ServiceSettings):
     import_upload_stale_seconds: float = Field(
         default=60.0, validation_alias="CRM_IMPORT_UPLOAD_STALE_SECONDS", gt=0, le=3600
     )
+
+    def worker_options(self) -> dict[str, Any]:
+        """The import worker's keyword arguments from these settings (every department's the same)."""
+        return {
+            "batch_rows": self.import_batch_rows,
+            "lease_seconds": self.import_lease_seconds,
+            "poll_seconds": self.import_poll_seconds,
+            "max_row_bytes": self.import_max_row_bytes,
+            "max_attempts": self.import_max_attempts,
+        }
