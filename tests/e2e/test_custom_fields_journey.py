@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
-from crm_platform.devinfra.journey import Gateway, JourneyError, until
+from crm_platform.devinfra.journey import Gateway, JourneyError, onboarded_account, until, win
 
 pytestmark = pytest.mark.e2e
 
@@ -62,3 +62,52 @@ def test_a_custom_choice_field_reaches_analytics_breakdown(gw: Gateway) -> None:
     }
     every = gw.get("eve", "/api/analytics/kpis")["custom_fields"]["lead"]
     assert note not in every, "text fields may hold personal data: they never leave marketing"
+
+
+def test_opportunity_and_ticket_custom_fields_reach_analytics(gw: Gateway) -> None:
+    """Sales' opportunity and the service desk's ticket carry their custom fields through
+    ``opportunity.created`` v3 and ``ticket.opened`` v2 to analytics' breakdown."""
+    run = uuid.uuid4().hex[:6]
+    deal_type, seats, component, caller = f"dt_{run}", f"seats_{run}", f"comp_{run}", f"caller_{run}"
+    gw.call("admin", "PUT", "/api/sales/custom-fields/opportunity", json={"fields": [
+        {"key": deal_type, "label": "Deal type", "type": "choice", "choices": ["new", "renewal"]},
+        {"key": seats, "label": "Seats", "type": "number", "integer": True},
+    ]})  # fmt: skip
+    gw.call("admin", "PUT", "/api/service-desk/custom-fields/ticket", json={"fields": [
+        {"key": component, "label": "Component", "type": "choice", "choices": ["billing", "sso"]},
+        {"key": caller, "label": "Caller", "type": "text"},
+    ]})  # fmt: skip
+    account = gw.call(
+        "rita", "POST", "/api/sales/accounts", json={"name": f"CF Co {run}", "source": "referral"}
+    )
+    body = {"account_id": account["id"], "source": "referral", "custom": {deal_type: "new", seats: 40}}
+    with pytest.raises(JourneyError, match=rf"422.*body\.custom\.{seats}"):
+        gw.call("rita", "POST", "/api/sales/opportunities", json={**body, "custom": {seats: 2.5}})
+    opp = gw.call("rita", "POST", "/api/sales/opportunities", json=body)
+    assert opp["custom"] == {deal_type: "new", seats: 40}
+    found = gw.get("rita", f"/api/sales/opportunities?cf={deal_type}=new")
+    assert [o["id"] for o in found["items"]] == [opp["id"]]
+    win(gw, "rita", opp["id"], timeout=60)
+    desk_account = onboarded_account(gw, opp["id"], timeout=60)
+    ticket_body = {
+        "account_id": desk_account["account_id"],
+        "subject": "Invoice",
+        "request": "Wrong VAT",
+        "custom": {component: "billing", caller: "Bobby"},
+    }
+    ticket = gw.call("sven", "POST", "/api/service-desk/tickets", json=ticket_body)
+    assert ticket["custom"] == {component: "billing", caller: "Bobby"}
+
+    def figures() -> tuple[Any, Any] | None:
+        kpis = gw.get("eve", "/api/analytics/kpis").get("custom_fields", {})
+        opp_figures = kpis.get("opportunity", {}).get(deal_type)
+        ticket_figures = kpis.get("ticket", {}).get(component)
+        return (kpis, ticket_figures) if opp_figures and ticket_figures else None
+
+    kpis, ticket_figures = until(
+        figures, timeout=90, what="analytics' breakdown of opportunities and tickets"
+    )
+    assert kpis["opportunity"][deal_type]["values"] == {"new": 1}
+    assert kpis["opportunity"][seats]["sum"] == 40
+    assert ticket_figures["values"] == {"billing": 1}
+    assert caller not in kpis["ticket"], "text fields never leave the service desk"

@@ -91,3 +91,105 @@ async def test_every_custom_field_filter_uses_an_index(sales: Sales) -> None:
         query = store.BookQuery(owner=owner, sort=sort, custom=filter_of(fields, cf))
         plan = (await store.find_accounts(db, query).limit(51).explain())["queryPlanner"]
         assert "COLLSCAN" not in str(plan["winningPlan"]), (cf, owner, sort, plan["winningPlan"])
+
+
+OPPORTUNITY_FIELDS: list[dict[str, Any]] = [
+    {
+        "key": "deal_type",
+        "label": "Deal type",
+        "type": "choice",
+        "required": True,
+        "choices": ["new", "renewal"],
+    },
+    {"key": "seats", "label": "Seats", "type": "number", "integer": True, "minimum": 1},
+    {"key": "close_note", "label": "Close note", "type": "text"},
+]
+
+
+async def _define_opportunity_fields(sales: Sales) -> None:
+    admin = sales.headers("admin", "root")
+    r = await sales.client.put(
+        "/custom-fields/opportunity", json={"fields": OPPORTUNITY_FIELDS}, headers=admin
+    )
+    assert r.status_code == 200, r.text
+
+
+async def test_opportunity_custom_fields_checked_stored_edited_filtered_and_sent(
+    sales: Sales, kafka_bootstrap: str
+) -> None:
+    await _define(sales)
+    await _define_opportunity_fields(sales)
+    rep = sales.uid("rep")
+    r = await sales.client.post("/accounts", json={"name": sales.uid("Opp Co"), "source": "referral",
+                                "custom": {"segment": "smb"}}, headers=sales.rep(rep))  # fmt: skip
+    assert r.status_code == 201, r.text
+    body = {"account_id": r.json()["id"], "source": "referral"}
+    r = await sales.client.post("/opportunities", json=body, headers=sales.rep(rep))
+    assert r.status_code == 422, r.text
+    assert "body.custom.deal_type" in r.text, r.text
+    r = await sales.client.post(
+        "/opportunities", json={**body, "custom": {"deal_type": "new", "seats": 0}}, headers=sales.rep(rep)
+    )
+    assert r.status_code == 422, r.text
+    assert "body.custom.seats" in r.text, r.text
+    assert "at least 1" in r.text, r.text
+
+    reader = await TopicReader(kafka_bootstrap, SALES_EVENTS).start()
+    try:
+        custom = {"deal_type": "new", "seats": 40, "close_note": "CFO is Ada's cousin"}
+        r = await sales.client.post("/opportunities", json={**body, "custom": custom}, headers=sales.rep(rep))
+        assert r.status_code == 201, r.text
+        opp = r.json()
+        assert opp["custom"] == custom
+
+        def created(_: list[Any]) -> list[Envelope] | None:
+            envs = [e for e in reader.envelopes("opportunity.created") if e.partition_key == opp["id"]]
+            return envs or None
+
+        [env] = await reader.wait_for(created, what="the opportunity's opportunity.created")
+        assert env.schema_version == 3
+        assert env.payload["custom"] == {
+            "deal_type": {"type": "choice", "value": "new"},
+            "seats": {"type": "number", "value": 40},
+        }, "the text field is left out"
+    finally:
+        await reader.stop()
+
+    path = f"/opportunities/{opp['id']}"
+    r = await sales.client.patch(path, json={"custom": {"deal_type": None}}, headers=sales.rep(rep))
+    assert r.status_code == 422, "a required field is not cleared"
+    assert "body.custom.deal_type" in r.text, "a required field is not cleared"
+    r = await sales.client.patch(path, json={"custom": {"colour": "red"}}, headers=sales.rep(rep))
+    assert r.status_code == 422, r.text
+    assert "body.custom.colour" in r.text, r.text
+    r = await sales.client.patch(
+        path, json={"custom": {"deal_type": "renewal", "close_note": None}}, headers=sales.rep(rep)
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["custom"] == {"deal_type": "renewal", "seats": 40}
+    r = await sales.client.get(f"{path}/history", headers=sales.rep(rep))
+    changes = [c for e in r.json()["items"] for c in e["changes"] if c["field"].startswith("custom")]
+    assert changes, "the custom field edit is in the opportunity's history"
+
+    async def ids(*cf: str) -> list[str]:
+        params = {"cf": list(cf), "limit": 200}
+        r = await sales.client.get("/opportunities", params=params, headers=sales.rep(rep))
+        assert r.status_code == 200, r.text
+        return [x["id"] for x in r.json()["items"]]
+
+    assert await ids("deal_type=renewal", "seats>=40") == [opp["id"]]
+    assert await ids("deal_type=new") == []
+    r = await sales.client.get("/opportunities", params={"cf": "seats=many"}, headers=sales.rep(rep))
+    assert r.status_code == 422, r.text
+    assert "query.cf" in r.text, r.text
+
+
+async def test_every_opportunity_custom_field_filter_uses_an_index(sales: Sales) -> None:
+    await _define_opportunity_fields(sales)
+    db = sales.runtime.store.db
+    fields = fieldset_from_doc(RecordType.OPPORTUNITY, await db[COLLECTION].find_one({"_id": "opportunity"}))
+    filters = (["deal_type=new"], ["seats>=10"], ["deal_type=new", "seats<=5"])
+    for cf, owner, sort in itertools.product(filters, (None, "rita"), sorted(store.OPPORTUNITY_SORTS)):
+        query = store.OpportunityQuery(owner=owner, sort=sort, custom=filter_of(fields, cf))
+        plan = (await store.find_opportunities(db, query).limit(51).explain())["queryPlanner"]
+        assert "COLLSCAN" not in str(plan["winningPlan"]), (cf, owner, sort, plan["winningPlan"])

@@ -144,6 +144,21 @@ async def _progress(sd: Sd) -> httpx.Response:
     )
 
 
+async def _custom_fields(sd: Sd) -> httpx.Response:
+    body = {
+        "fields": [{"key": "component", "label": "Component", "type": "choice", "choices": ["api", "ui"]}]
+    }
+    return await sd.client.put("/custom-fields/ticket", json=body, headers=ADMIN)
+
+
+async def _edit_ticket(sd: Sd) -> httpx.Response:
+    assert (await _custom_fields(sd)).status_code == 200
+    ticket = await sd.ticket()
+    return await sd.client.patch(
+        f"/tickets/{ticket['ticket_id']}", json={"custom": {"component": "api"}}, headers=REP
+    )
+
+
 async def _resolve(sd: Sd) -> httpx.Response:
     ticket = await sd.ticket()
     url = f"/tickets/{ticket['ticket_id']}/resolve"
@@ -301,6 +316,8 @@ RECIPES: dict[str, Callable[[Sd], Awaitable[httpx.Response]]] = {
     "POST /accounts/{account_id}/commitments/{commitment_id}/deliver": _deliver,
     "POST /tickets": _open,
     "POST /tickets/{ticket_id}/progress": _progress,
+    "PATCH /tickets/{ticket_id}": _edit_ticket,
+    "PUT /custom-fields/{record_type}": _custom_fields,
     "POST /tickets/{ticket_id}/resolve": _resolve,
     "POST /tickets/{ticket_id}/csat-survey": _csat,
     "POST /accounts/{account_id}/nps-survey": _nps,

@@ -10,7 +10,8 @@ from analytics.domain.kpis import compute
 from crm_contracts import Envelope, decode, envelope_for
 from crm_contracts.events.common import Consent
 from crm_contracts.events.leads import LeadCapturedV2
-from crm_contracts.events.sales import SalesAccountCreatedV2
+from crm_contracts.events.sales import OpportunityCreatedV3, SalesAccountCreatedV2
+from crm_contracts.events.service_desk import TicketOpenedV2
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -89,3 +90,43 @@ def test_sales_accounts_are_broken_down_under_their_own_kind() -> None:
     assert breakdown([env]) == {
         "sales_account": {"segment": {"type": "choice", "count": 1, "values": {"ent": 1}}}
     }
+
+
+def test_opportunities_and_tickets_are_broken_down_under_their_own_kinds() -> None:
+    opportunity = OpportunityCreatedV3.model_validate(
+        {
+            "opportunity_id": "o1",
+            "account_name": "Acme",
+            "owner": "rita",
+            "stage": "qualification",
+            "origin": "direct",
+            "source": "referral",
+            "custom": {"deal_type": choice("new"), "seats": {"type": "number", "value": 40}},
+        }
+    )
+    ticket = TicketOpenedV2.model_validate(
+        {
+            "ticket_id": "t1",
+            "account_id": "a1",
+            "priority": "high",
+            "assignee": "sam",
+            "custom": {"component": choice("billing")},
+        }
+    )
+    envs = [
+        envelope_for(event, source=source, correlation_id="c", occurred_at=NOW - timedelta(minutes=5))
+        for event, source in ((opportunity, "sales"), (ticket, "service-desk"))
+    ]
+    assert breakdown(envs) == {
+        "opportunity": {
+            "deal_type": {"type": "choice", "count": 1, "values": {"new": 1}},
+            "seats": {"type": "number", "count": 1, "sum": 40},
+        },
+        "ticket": {"component": {"type": "choice", "count": 1, "values": {"billing": 1}}},
+    }
+    state = AnalyticsState()
+    for e in envs:
+        apply(state, e, decode(e))
+    assert {"opened", "last_custom"} <= set(state.records["ticket:t1"]), (
+        "its service figures stay beside them"
+    )

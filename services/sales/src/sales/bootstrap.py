@@ -75,7 +75,9 @@ def build_app(settings: ServiceSettings) -> FastAPI:
         upload_paths=contact_imports.is_upload,
     )
     app.state.uow = uow
-    custom_fields_api.wire(app, runtime.store, [RecordType.ACCOUNT], settings.config_cache_seconds)
+    custom_fields_api.wire(
+        app, runtime.store, [RecordType.ACCOUNT, RecordType.OPPORTUNITY], settings.config_cache_seconds
+    )
     _wire_imports(app, runtime, uow, ImportSettings.of_service(settings))
     action_items.wire(app, runtime)
     return app

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from crm_contracts import Envelope
 from crm_contracts.events.leads import LeadQualifiedV1
@@ -39,6 +40,7 @@ from crm_platform.roster import round_robin
 
 from sales import metrics
 from sales.domain import account as account_domain
+from sales.domain import opportunity as opportunity_domain
 from sales.domain.access import owner_for_new_record, require_access
 from sales.domain.account import Account, DirectSource
 from sales.domain.assignment import (
@@ -384,12 +386,15 @@ async def update_fields(
     fields: Mapping[str, object],
     contacts: Sequence[Mapping[str, object]],
     actor: Actor,
+    custom: CustomEdit | None = None,
 ) -> Opportunity:
-    """Set fields (and add contacts) on an open opportunity without moving it."""
+    """Set fields, custom fields (checked against their definitions: 422 naming the field)
+    and contacts on an open opportunity without moving it."""
 
     async def work(unit: SalesUnit) -> Opportunity:
         opp = await _load_opportunity(unit, opp_id, actor)
-        opp.update_fields(fields, contacts, now=now_millis(uow.clock), new_id=uow.new_id)
+        values = custom.fields.edit(opp.custom, custom.given) if custom is not None else None
+        opp.update_fields(fields, contacts, now=now_millis(uow.clock), new_id=uow.new_id, custom=values)
         await unit.opportunities.save(opp)
         return opp
 
@@ -543,12 +548,22 @@ async def create_contact(uow: SalesUoW, new: NewContact, actor: Actor) -> Contac
 
 
 @dataclass(frozen=True)
+class CustomEdit:
+    """An edit's ``custom`` object and the record type's definitions it is checked against."""
+
+    fields: FieldSet
+    given: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class NewOpportunity:
     account_id: str
     source: DirectSource
     contact_ids: tuple[str, ...] = ()
     owner: str | None = None
     description: str | None = None
+    custom: Mapping[str, StoredValue] | None = None  # checked against the opportunity's FieldSet
+    fields: FieldSet = opportunity_domain.NO_CUSTOM_FIELDS
 
 
 async def create_opportunity(uow: SalesUoW, new: NewOpportunity, actor: Actor) -> Opportunity:
@@ -569,9 +584,10 @@ async def create_opportunity(uow: SalesUoW, new: NewOpportunity, actor: Actor) -
         opp = Opportunity.direct(
             uow.new_id(), account, contacts, source=new.source, stage=(await unit.team.pipeline()).first.name,
             owner=owner, by=actor.user_id, now=now_millis(uow.clock), description=new.description,
+            custom=new.custom,
         )  # fmt: skip
         await unit.opportunities.add(opp)
-        unit.emit(opp.created_event(), correlation_id=opp.correlation_id)
+        unit.emit(opp.created_event(new.fields), correlation_id=opp.correlation_id)
         return opp
 
     return await uow.run(work)

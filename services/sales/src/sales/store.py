@@ -346,6 +346,7 @@ def opportunity_doc(o: Opportunity) -> Doc:
         doc["assignment_counter"] = o.assignment_counter
     if o.origin == Origin.DIRECT:
         doc["direct_source"] = o.direct_source
+    doc["custom"] = o.custom  # always set: save is a $set, an edit may clear every value
     return with_person_hashes(doc, OPPORTUNITY_PEOPLE)
 
 
@@ -383,6 +384,7 @@ def opportunity_from_doc(d: Doc) -> Opportunity:
         lost_reason=d.get("lost_reason"),
         assignment_counter=d.get("assignment_counter"),
         direct_source=d.get("direct_source"),
+        custom=dict(d.get("custom") or {}),
     )
 
 
@@ -907,6 +909,7 @@ async def ensure_list_indexes(db: Db) -> None:
         name="search",
         default_language="none",
     )
+    await custom_fields_api.ensure_index(db, OPPORTUNITIES)  # ?cf= filters on custom fields
 
 
 @dataclass(frozen=True)
@@ -920,6 +923,7 @@ class OpportunityQuery:
     flagged: bool | None = None
     q: str | None = None
     sort: str = "newest"
+    custom: Doc = dataclass_field(default_factory=dict)  # crm_platform.custom_fields.filter_of (?cf=)
 
     def filter(self) -> Doc:
         fields = (
@@ -928,7 +932,7 @@ class OpportunityQuery:
             ("status", self.status),
             ("origin", self.origin),
         )
-        query: Doc = {k: v for k, v in fields if v is not None}
+        query: Doc = {**self.custom, **{k: v for k, v in fields if v is not None}}
         if self.flagged is not None:
             query["commitment_flags.0"] = {"$exists": self.flagged}
         if self.q:

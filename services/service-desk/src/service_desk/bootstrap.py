@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from crm_platform import audit_api
+from crm_platform import audit_api, custom_fields_api
 from crm_platform.app import create_app
+from crm_platform.auth import SERVICE_ROLES
 from crm_platform.clock import Clock, system_clock
+from crm_platform.custom_fields import RecordType
 from crm_platform.retention import retention_job
 from crm_platform.runtime import ServiceRuntime
 from crm_platform.settings import ServiceSettings
@@ -64,10 +66,12 @@ def build_app(settings: ServiceSettings, *, clock: Clock = system_clock) -> Fast
             action_items_api.router,
             action_items.queue_router,
             audit_api.router(),
+            custom_fields_api.router(tuple(SERVICE_ROLES)),
         ],
         public=[public.router],
     )
     app.state.uow = uow
+    custom_fields_api.wire(app, runtime.store, [RecordType.TICKET], settings.config_cache_seconds)
     app.state.survey_secret = survey_secret(settings)
     app.state.survey_base_url = survey_base_url(settings)
     action_items.wire(app, runtime, uow, clock)

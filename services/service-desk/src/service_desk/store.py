@@ -6,13 +6,14 @@ the indexes, and the read-side queries the API lists with (``list_*``, no transa
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 from crm_contracts.events.common import Money
 from crm_contracts.events.sales import Commitment
 from crm_contracts.events.service_desk import CommitmentDecision, SurveyKind
+from crm_platform import custom_fields_api
 from crm_platform.action_items.repository import MongoActionItems
 from crm_platform.counters import RoundRobinCounter
 from crm_platform.erasure import Related, Target, with_person_hashes
@@ -241,6 +242,7 @@ async def ensure_list_indexes(db: AsyncDatabase[Doc]) -> None:
     await db[TICKETS].create_index(
         [("subject", TEXT), ("request", TEXT), ("account_name", TEXT)], name="search", default_language="none"
     )
+    await custom_fields_api.ensure_index(db, TICKETS)  # ?cf= filters on tickets' custom fields
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,7 @@ class TicketQuery:
     visible_to: str | None = None
     q: str | None = None
     sort: str = "newest"
+    custom: Doc = field(default_factory=dict)  # crm_platform.custom_fields.filter_of (?cf=)
 
 
 async def _ticket_filter(db: AsyncDatabase[Doc], query: TicketQuery) -> Doc:
@@ -308,7 +311,7 @@ async def _ticket_filter(db: AsyncDatabase[Doc], query: TicketQuery) -> Doc:
         ("account_id", query.account_id), ("status", query.status), ("priority", query.priority),
         ("assignee", query.assignee),
     )  # fmt: skip
-    flt: Doc = {k: v for k, v in fields if v is not None}
+    flt: Doc = {**query.custom, **{k: v for k, v in fields if v is not None}}
     if query.visible_to is not None:
         ids = [str(d["_id"]) for d in await db[ACCOUNTS].find(_book(query.visible_to), {"_id": 1}).to_list()]
         flt["$or"] = [{"assignee": query.visible_to}, {"account_id": {"$in": ids}}]

@@ -431,6 +431,22 @@ ROUTE_TABLE: tuple[RouteRule, ...] = (
     ),
     rule(
         SERVICE_DESK,
+        WRITE,
+        "/custom-fields/**",
+        ADMINS,
+        "administrators define custom fields",
+        permission="service-desk.custom-fields.write",
+    ),
+    rule(
+        SERVICE_DESK,
+        READ,
+        "/custom-fields/**",
+        SERVICE_ROLES,
+        "the service desk reads its tickets' custom fields' definitions",
+        permission="service-desk.custom-fields.read",
+    ),
+    rule(
+        SERVICE_DESK,
         ANY,
         "/accounts|tickets|csms|config|success|renewals|checkins|health|churn-warnings|surveys/**",
         SERVICE_ROLES,

@@ -18,7 +18,8 @@ the records hold no personal data beyond the ids the events carry, and nothing d
 them names a person.
 
 Custom fields (issue 9): an event carrying a record's extension map (``crm_contracts.extensions``,
-``lead.captured`` v2, ``sales.account_created`` v2: kinds ``lead`` and ``sales_account``) gives that
+``lead.captured`` v2, ``sales.account_created`` v2, ``opportunity.created`` v3, ``ticket.opened`` v2:
+kinds ``lead``, ``sales_account``, ``opportunity`` and ``ticket``) gives that
 record a ``last_custom`` slot, the latest map flattened to
 scalars typed by their name: ``choice:<key>``, ``number:<key>``, ``date:<key>``, ``money:<key>``
 (the amount) with ``currency:<key>``. Text values never arrive (the producers leave them out).
@@ -39,6 +40,7 @@ from crm_contracts.events.sales import (
     DealWonV1,
     LeadVerdictV1,
     OpportunityCreatedV1,
+    OpportunityCreatedV3,
     OpportunityStageChangedV1,
     SalesAccountCreatedV2,
 )
@@ -52,6 +54,7 @@ from crm_contracts.events.service_desk import (
     RenewalRecordedV1,
     SurveyAnsweredV1,
     TicketOpenedV1,
+    TicketOpenedV2,
     TicketResolvedV1,
     UpsellSpottedV1,
 )
@@ -147,6 +150,10 @@ def _custom(event: Event, at: float) -> Iterator[Change]:
         yield f"lead:{event.lead_id}", {CUSTOM_SLOT: custom_slot(event.custom, at)}
     elif isinstance(event, SalesAccountCreatedV2) and event.custom:
         yield f"sales_account:{event.account_id}", {CUSTOM_SLOT: custom_slot(event.custom, at)}
+    elif isinstance(event, OpportunityCreatedV3) and event.custom:
+        yield f"opportunity:{event.opportunity_id}", {CUSTOM_SLOT: custom_slot(event.custom, at)}
+    elif isinstance(event, TicketOpenedV2) and event.custom:
+        yield f"ticket:{event.ticket_id}", {CUSTOM_SLOT: custom_slot(event.custom, at)}
 
 
 def custom_slot(custom: Mapping[str, ExtensionField], at: float) -> Slot:

@@ -390,6 +390,7 @@ class StageMoveIn(In):
 class FieldsUpdateIn(In):
     fields: OpportunityFieldsIn = Field(default_factory=OpportunityFieldsIn)
     contacts: list[Contact] = Field(default_factory=list, max_length=50)
+    custom: CustomIn = None
 
 
 class ActivityIn(In):
@@ -587,6 +588,7 @@ class OpportunityOut(Out):
     activities: list[ActivityOut] | None = Field(
         default=None, description="Newest first (on GET /opportunities/{id} only)"
     )
+    custom: CustomOut = Field(default_factory=dict)
 
     @classmethod
     def of(
@@ -622,6 +624,7 @@ class OpportunityOut(Out):
             win_blocked_by=win_blocked_by,
             stage_history=[StageChangeOut.model_validate(vars(h)) for h in o.stage_history],
             activities=[ActivityOut.of(a) for a in activities] if activities is not None else None,
+            custom=custom_out(o.custom),
         )
 
 
@@ -791,3 +794,4 @@ class OpportunityIn(In):
     )
     owner: UserId | None = Field(default=None, description=OWNER_HELP)
     description: Note | None = None
+    custom: CustomIn = None

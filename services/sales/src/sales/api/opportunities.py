@@ -8,6 +8,8 @@ from typing import Annotated
 
 from crm_platform import audit_api
 from crm_platform.csv_stream import Cell, csv_response
+from crm_platform.custom_fields import FieldSet, RecordType, filter_of
+from crm_platform.custom_fields_api import CustomFilter, fields_of
 from crm_platform.errors import NotFound, RuleViolation
 from crm_platform.paging import BadCursor, search_words
 from crm_platform.routes import CurrentActor, DbDep
@@ -30,6 +32,7 @@ from sales.api.models import (
 from sales.domain.access import owner_scope, require_read
 from sales.domain.opportunity import OpportunityStatus, Origin
 
+OpportunityFields = Annotated[FieldSet, fields_of(RecordType.OPPORTUNITY)]
 router = APIRouter(prefix="/opportunities", tags=["opportunities"], dependencies=[sales_only])
 
 
@@ -42,6 +45,7 @@ class OpportunitySort(StrEnum):
 
 def _query(
     actor: CurrentActor,
+    fields: OpportunityFields,
     stage: Annotated[str | None, Query(max_length=40)] = None,
     status_: Annotated[OpportunityStatus | None, Query(alias="status")] = None,
     origin: Annotated[Origin | None, Query()] = None,
@@ -54,6 +58,7 @@ def _query(
     sort: Annotated[OpportunitySort, Query(description="newest (default), oldest, updated, amount")] = (
         OpportunitySort.NEWEST
     ),
+    cf: CustomFilter = None,
 ) -> repo.OpportunityQuery:
     """The list's (and its export's) query, scoped to the actor's book."""
     return repo.OpportunityQuery(
@@ -64,6 +69,7 @@ def _query(
         flagged=flagged,
         q=search_words(q),
         sort=sort.value,
+        custom=filter_of(fields, cf),
     )
 
 
@@ -131,10 +137,13 @@ async def export_opportunities(db: DbDep, query: QueryDep) -> StreamingResponse:
     summary="Open an opportunity directly (referral, outbound) for an account; reaches analytics and, "
     "once won, customer success like any deal",
 )
-async def create_opportunity(body: OpportunityIn, uow: UowDep, actor: CurrentActor) -> OpportunityOut:
+async def create_opportunity(
+    body: OpportunityIn, uow: UowDep, actor: CurrentActor, fields: OpportunityFields
+) -> OpportunityOut:
     new = handlers.NewOpportunity(
-        body.account_id, body.source, tuple(body.contact_ids), body.owner, body.description
-    )
+        body.account_id, body.source, tuple(body.contact_ids), body.owner, body.description,
+        fields.create(body.custom), fields,
+    )  # fmt: skip
     return OpportunityOut.of(await handlers.create_opportunity(uow, new, actor))
 
 
@@ -174,10 +183,14 @@ async def move_stage(
 @router.patch(
     "/{opportunity_id}",
     response_model=OpportunityOut,
-    summary="Set fields or add contacts on an open opportunity without moving it",
+    summary="Set fields, custom fields or add contacts on an open opportunity without moving it",
 )
 async def update_fields(
-    opportunity_id: OpportunityId, body: FieldsUpdateIn, uow: UowDep, actor: CurrentActor
+    opportunity_id: OpportunityId,
+    body: FieldsUpdateIn,
+    uow: UowDep,
+    actor: CurrentActor,
+    custom_fields: OpportunityFields,
 ) -> OpportunityOut:
     result = await handlers.update_fields(
         uow,
@@ -185,6 +198,7 @@ async def update_fields(
         body.fields.values(),
         [c.model_dump(mode="json") for c in body.contacts],
         actor,
+        None if body.custom is None else handlers.CustomEdit(custom_fields, body.custom),
     )
     return OpportunityOut.of(result)
 

@@ -29,7 +29,7 @@ from crm_contracts.events.sales import (
     CommitmentReviewRequestedV1,
     ContractTerm,
     DealWonV2,
-    OpportunityCreatedV2,
+    OpportunityCreatedV3,
     OpportunityLostV1,
     OpportunityStageChangedV1,
     Product,
@@ -39,6 +39,7 @@ from crm_contracts.events.service_desk import (
     CommitmentReviewCompletedV1,
     UpsellSpottedV1,
 )
+from crm_platform.custom_fields import FieldSet, RecordType, StoredValue, to_extensions
 from crm_platform.errors import Conflict, NotFound, RuleViolation
 from crm_platform.money import plain_numbers, to_amount, to_wire
 from pydantic import ValidationError
@@ -48,6 +49,7 @@ from sales.domain.contact import Contact as SalesContact
 from sales.domain.pipeline import LOST, WON, Pipeline, check_stage_move
 from sales.domain.review import CommitmentReview, ReviewPolicy, ReviewStatus, as_commitments, missing_review
 
+NO_CUSTOM_FIELDS = FieldSet(RecordType.OPPORTUNITY)
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 DEFAULT_CURRENCY = "EUR"
 DEFAULT_CONTRACT_MONTHS = 12  # a won deal whose fields name no contract_months
@@ -237,6 +239,7 @@ class Opportunity:
     lost_reason: str | None = None
     assignment_counter: int | None = None
     direct_source: str | None = None  # origin direct: a DirectSource value
+    custom: dict[str, StoredValue] = field(default_factory=dict)  # checked by FieldSet.create / edit
 
     # -- opening --------------------------------------------------------------------------------
 
@@ -325,11 +328,13 @@ class Opportunity:
         by: str,
         now: datetime,
         description: str | None = None,
+        custom: Mapping[str, StoredValue] | None = None,
     ) -> Opportunity:
         """An opportunity sales opens itself for one of its accounts, in the pipeline's first stage.
 
         Its contacts are the account's people named (as the deal.won handoff carries them);
-        from here on it is like any other: moved stage by stage and, once won, handed off."""
+        ``custom``: its custom field values, already checked (``FieldSet.create``). From here
+        on it is like any other: moved stage by stage and, once won, handed off."""
         return cls(
             id=opportunity_id,
             origin=Origin.DIRECT,
@@ -346,10 +351,12 @@ class Opportunity:
             description=description,
             stage_history=[StageChange(None, stage, now, by)],
             direct_source=source.value,
+            custom=dict(custom or {}),
         )
 
-    def created_event(self) -> OpportunityCreatedV2:
-        return OpportunityCreatedV2(
+    def created_event(self, fields: FieldSet = NO_CUSTOM_FIELDS) -> OpportunityCreatedV3:
+        """``opportunity.created`` v3: the custom values ``fields`` defines, text left out."""
+        return OpportunityCreatedV3(
             opportunity_id=self.id,
             account_name=self.account_name,
             owner=self.owner,
@@ -360,6 +367,7 @@ class Opportunity:
             amount=to_wire(self.amount),
             source=self.direct_source,
             account_id=self.account_id if self.origin == Origin.DIRECT else None,
+            custom=to_extensions(fields, self.custom) if self.custom else {},
         )
 
     # -- changes --------------------------------------------------------------------------------
@@ -486,9 +494,13 @@ class Opportunity:
         *,
         now: datetime,
         new_id: Callable[[], str],
+        custom: Mapping[str, StoredValue] | None = None,
     ) -> None:
-        """Set fields (and add contacts) on an open opportunity without moving it."""
+        """Set fields (and add contacts) on an open opportunity without moving it; ``custom``:
+        its custom values after the edit (``FieldSet.edit``), when the edit gave any."""
         check_open_for_edit(self.status)
+        if custom is not None:
+            self.custom = dict(custom)
         self._set_fields({**self.fields, **self._with_ids(new_fields, new_id)})
         self.contacts = merge_contacts(self.contacts, contacts)
         self.updated_at = now

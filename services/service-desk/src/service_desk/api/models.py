@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Literal
 
 from crm_contracts.events.service_desk import SignalKind
+from crm_platform.custom_fields_api import CustomIn, CustomOut, custom_out
 from crm_platform.money import Amount, StoredAmount
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -241,6 +242,13 @@ class TicketIn(Body):
         default="csm",
         description="'csm': the account's CSM (the opening rep if the account has none); 'me': the rep",
     )
+    custom: CustomIn = None
+
+
+class TicketEditIn(Body):
+    """``PATCH /tickets/{id}``: the ticket's custom field values to set (``null`` clears one)."""
+
+    custom: CustomIn = None
 
 
 class ProgressIn(Body):
@@ -271,6 +279,7 @@ class SlaOut(BaseModel):
 _TICKET_INTERNAL = frozenset(
     {
         "progress",
+        "custom",
         "first_response_due_at",
         "resolution_due_at",
         "first_response_breached",
@@ -301,6 +310,7 @@ class TicketOut(BaseModel):
     rated_at: datetime | None
     rated_by: str | None
     sla: SlaOut
+    custom: CustomOut = Field(default_factory=dict)
 
     @classmethod
     def of(cls, t: Ticket, now: datetime, at_risk_fraction: float) -> TicketOut:
@@ -310,6 +320,7 @@ class TicketOut(BaseModel):
             progress=[ProgressNoteOut(note=n.note, by=n.by, at=n.at) for n in t.progress],
             first_response_seconds=t.first_response_seconds,
             resolution_seconds=t.resolution_seconds,
+            custom=custom_out(t.custom),
             sla=SlaOut(
                 state=view.state,
                 first_response=view.first_response,

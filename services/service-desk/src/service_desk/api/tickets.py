@@ -10,6 +10,8 @@ from typing import Annotated
 from crm_platform import audit_api
 from crm_platform.clock import now_millis
 from crm_platform.csv_stream import Cell, csv_response
+from crm_platform.custom_fields import FieldSet, RecordType, filter_of
+from crm_platform.custom_fields_api import CustomFilter, fields_of
 from crm_platform.paging import BadCursor, search_words
 from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Depends, Query, status
@@ -19,13 +21,14 @@ from starlette.responses import StreamingResponse
 from service_desk import store
 from service_desk.api.accounts import bad_cursor
 from service_desk.api.deps import SERVICE_DESK_ROLES, UowDep
-from service_desk.api.models import ProgressIn, ResolveIn, TicketIn, TicketOut
+from service_desk.api.models import ProgressIn, ResolveIn, TicketEditIn, TicketIn, TicketOut
 from service_desk.domain.access import sees_all
 from service_desk.domain.config import Priority
 from service_desk.domain.tickets import Ticket, TicketStatus
 from service_desk.handlers import accounts, tickets
 from service_desk.repository import SuccessUoW
 
+TicketFields = Annotated[FieldSet, fields_of(RecordType.TICKET)]
 router = APIRouter(prefix="/tickets", tags=["tickets"], dependencies=[SERVICE_DESK_ROLES])
 
 
@@ -51,12 +54,14 @@ Cursor = Annotated[str | None, Query(max_length=500, description="next_cursor of
 
 def _query(
     actor: CurrentActor,
+    fields: TicketFields,
     account_id: AccountId = None,
     status: TicketStatus | None = None,
     priority: Priority | None = None,
     assignee: Assignee = None,
     q: Search = None,
     sort: TicketSort = TicketSort.NEWEST,
+    cf: CustomFilter = None,
 ) -> store.TicketQuery:
     """The list's (and its export's) query; a CSM's keeps what they may see."""
     return store.TicketQuery(
@@ -67,6 +72,7 @@ def _query(
         visible_to=None if sees_all(actor.roles) else actor.user_id,
         q=search_words(q),
         sort=sort.value,
+        custom=filter_of(fields, cf),
     )
 
 
@@ -86,13 +92,15 @@ async def _out(uow: SuccessUoW, *found: Ticket) -> list[TicketOut]:
     status_code=status.HTTP_201_CREATED,
     summary="Open a ticket (SLA due times from the priority's targets)",
 )
-async def open_ticket(body: TicketIn, uow: UowDep, actor: CurrentActor) -> TicketOut:
+async def open_ticket(body: TicketIn, uow: UowDep, actor: CurrentActor, fields: TicketFields) -> TicketOut:
     new = tickets.NewTicket(
         account_id=body.account_id,
         subject=body.subject,
         request=body.request,
         priority=body.priority,
         assign_to_me=body.assign_to == "me",
+        custom=fields.create(body.custom),
+        fields=fields,
     )
     return (await _out(uow, await tickets.open_new_ticket(uow, new, actor)))[0]
 
@@ -141,6 +149,17 @@ async def export_tickets(db: DbDep, query: QueryDep) -> StreamingResponse:
 @router.get("/{ticket_id}", response_model=TicketOut)
 async def get_ticket(ticket_id: str, uow: UowDep, actor: CurrentActor) -> TicketOut:
     return (await _out(uow, await tickets.get_ticket(uow, ticket_id, actor)))[0]
+
+
+@router.patch(
+    "/{ticket_id}",
+    response_model=TicketOut,
+    summary="Set or clear (null) a ticket's custom field values; 422 names the field",
+)
+async def edit_ticket(
+    ticket_id: str, body: TicketEditIn, uow: UowDep, actor: CurrentActor, fields: TicketFields
+) -> TicketOut:
+    return (await _out(uow, await tickets.edit_custom(uow, ticket_id, fields, body.custom or {}, actor)))[0]
 
 
 @router.post(

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from crm_contracts.events.service_desk import TicketOpenedV1, TicketRatedV1, TicketResolvedV1
+from crm_contracts.events.service_desk import TicketOpenedV2, TicketRatedV1, TicketResolvedV1
+from crm_platform.custom_fields import FieldSet, RecordType, StoredValue, to_extensions
 from crm_platform.errors import Conflict, RuleViolation
 
 from service_desk.domain.config import Priority, SlaTarget
 
 CSAT_MIN, CSAT_MAX = 1, 5
+NO_CUSTOM_FIELDS = FieldSet(RecordType.TICKET)
 
 
 class TicketStatus(StrEnum):
@@ -66,6 +68,8 @@ class Ticket:
     csat: int | None = None
     rated_at: datetime | None = None
     rated_by: str | None = None
+    # Custom field values (crm_platform.custom_fields), checked by FieldSet.create / edit.
+    custom: dict[str, StoredValue] = field(default_factory=dict)
 
     @property
     def first_response_seconds(self) -> float | None:
@@ -79,12 +83,14 @@ class Ticket:
             return None
         return _seconds_between(self.opened_at, self.resolved_at)
 
-    def opened(self) -> TicketOpenedV1:
-        return TicketOpenedV1(
+    def opened(self, fields: FieldSet = NO_CUSTOM_FIELDS) -> TicketOpenedV2:
+        """``ticket.opened`` v2: the custom values ``fields`` defines (text left out)."""
+        return TicketOpenedV2(
             ticket_id=self.ticket_id,
             account_id=self.account_id,
             priority=self.priority.value,
             assignee=self.assignee,
+            custom=to_extensions(fields, self.custom) if self.custom else {},
         )
 
     def add_progress(self, note: str, *, by: str, now: datetime) -> bool:
@@ -174,6 +180,7 @@ def open_ticket(
     assignee: str,
     target: SlaTarget,
     now: datetime,
+    custom: dict[str, StoredValue] | None = None,
 ) -> Ticket:
     subject, request = subject.strip(), request.strip()
     if not subject:
@@ -192,6 +199,7 @@ def open_ticket(
         opened_at=now,
         first_response_due_at=now + target.first_response,
         resolution_due_at=now + target.resolution,
+        custom=dict(custom or {}),
     )
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from crm_platform.actor import Actor
 from crm_platform.clock import now_millis
+from crm_platform.custom_fields import FieldSet
 from crm_platform.errors import RuleViolation
 
 from service_desk import metrics
 from service_desk.domain import access
 from service_desk.domain.config import Priority
-from service_desk.domain.tickets import Ticket, open_ticket
+from service_desk.domain.tickets import NO_CUSTOM_FIELDS, Ticket, open_ticket
 from service_desk.handlers import success
 from service_desk.handlers.loading import load_ticket
 from service_desk.repository import SuccessUnit, SuccessUoW
@@ -24,6 +27,8 @@ class NewTicket:
     request: str
     priority: Priority
     assign_to_me: bool
+    custom: Mapping[str, Any] | None = None  # checked against the ticket's FieldSet
+    fields: FieldSet = NO_CUSTOM_FIELDS
 
 
 async def open_new_ticket(uow: SuccessUoW, new: NewTicket, actor: Actor) -> Ticket:
@@ -51,9 +56,10 @@ async def open_new_ticket(uow: SuccessUoW, new: NewTicket, actor: Actor) -> Tick
             assignee=actor.user_id if new.assign_to_me or account.csm is None else account.csm,
             target=desk.config.target(new.priority),
             now=now_millis(uow.clock),
+            custom=dict(new.custom or {}),
         )
         await unit.tickets.add(ticket)
-        unit.emit(ticket.opened(), correlation_id=account.journey_id)
+        unit.emit(ticket.opened(new.fields), correlation_id=account.journey_id)
         return ticket
 
     ticket = await uow.run(work)
@@ -64,6 +70,22 @@ async def open_new_ticket(uow: SuccessUoW, new: NewTicket, actor: Actor) -> Tick
 async def get_ticket(uow: SuccessUoW, ticket_id: str, actor: Actor) -> Ticket:
     async def work(unit: SuccessUnit) -> Ticket:
         ticket, _ = await load_ticket(unit, actor, ticket_id)
+        return ticket
+
+    return await uow.run(work)
+
+
+async def edit_custom(
+    uow: SuccessUoW, ticket_id: str, fields: FieldSet, given: Mapping[str, Any], actor: Actor
+) -> Ticket:
+    """Set or clear (``None``) a ticket's custom field values, checked against their definitions
+    (422 naming the field); audited like every change, not published (no event carries a
+    ticket's details after ``ticket.opened``)."""
+
+    async def work(unit: SuccessUnit) -> Ticket:
+        ticket, _ = await load_ticket(unit, actor, ticket_id)
+        ticket.custom = fields.edit(ticket.custom, given)
+        await unit.tickets.save(ticket)
         return ticket
 
     return await uow.run(work)

@@ -105,6 +105,17 @@ class OpportunityCreatedV2(OpportunityCreatedV1):
     )
 
 
+class OpportunityCreatedV3(OpportunityCreatedV2):
+    """v2 plus the opportunity's custom field values (the extension map,
+    ``crm_contracts.extensions``; text fields are never carried). A subclass of v2, so every
+    consumer that handles v1 or v2 handles v3. Opportunities opened from a handoff or an
+    upsell carry an empty map: their custom fields are set later, by an edit."""
+
+    version: ClassVar[int] = 3
+
+    custom: Extensions = Field(default_factory=dict)
+
+
 class SalesAccountCreatedV1(Event):
     """Sales opened an account (a customer company) itself: a referral or outbound prospect.
 

@@ -12,6 +12,7 @@ from crm_contracts.base import Event
 from crm_contracts.envelope import Timestamp
 from crm_contracts.events.common import Money, Value
 from crm_contracts.events.sales import ContractTerm
+from crm_contracts.extensions import Extensions
 
 
 class OnboardingStartedV1(Event):
@@ -78,6 +79,16 @@ class TicketOpenedV1(Event):
 
     def partition_key(self) -> str:
         return self.account_id
+
+
+class TicketOpenedV2(TicketOpenedV1):
+    """v1 plus the ticket's custom field values (the extension map, ``crm_contracts.extensions``;
+    text fields are never carried). A subclass of v1, so every consumer that handles v1
+    handles v2."""
+
+    version: ClassVar[int] = 2
+
+    custom: Extensions = Field(default_factory=dict)
 
 
 class TicketResolvedV1(Event):
