@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from crm_contracts.events.sales import (
     DealWonV2,
-    OpportunityCreatedV2,
+    OpportunityCreatedV3,
     SalesAccountCreatedV2,
     SalesContactCreatedV1,
 )
@@ -81,9 +81,9 @@ async def test_a_rep_opens_an_account_contact_and_opportunity_in_their_book() ->
     assert [type(e.event) for e in events] == [
         SalesAccountCreatedV2,
         SalesContactCreatedV1,
-        OpportunityCreatedV2,
+        OpportunityCreatedV3,
     ]
-    created = uow.unit.emitted(OpportunityCreatedV2)[0]
+    created = uow.unit.emitted(OpportunityCreatedV3)[0]
     assert (created.origin, created.source, created.account_id) == ("direct", "referral", account.id)
     assert "ada" not in uow.unit.emitted(SalesContactCreatedV1)[0].model_dump_json().lower()
 
