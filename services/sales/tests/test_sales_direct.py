@@ -88,7 +88,7 @@ async def test_a_referral_becomes_a_won_deal_handed_to_customer_success(
         }
         assert "Grace" not in c.to_bytes().decode()
         assert tag not in c.to_bytes().decode()
-        assert (o.schema_version, o.payload["origin"], o.payload["source"]) == (2, "direct", "referral")
+        assert (o.schema_version, o.payload["origin"], o.payload["source"]) == (3, "direct", "referral")
         assert o.payload["account_id"] == account["id"]
 
         fields = {"amount": 1000, "products": PRODUCTS, "commitments": []}

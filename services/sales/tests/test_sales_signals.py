@@ -103,8 +103,9 @@ async def test_an_upsell_signal_becomes_an_opportunity_for_the_accounts_sales_ow
             "amount": 12000.0,
             "source": None,  # v2: how a direct opportunity came in; none for an upsell
             "account_id": None,  # v2: sales' own account of a direct opportunity
+            "custom": {},  # v3: the opportunity's custom values (none for an upsell)
         }
-        assert created.schema_version == 2
+        assert created.schema_version == 3
         assert created.causation_id == str(env.event_id)
         # (any sales process on the broker receipts it; they all say the same)
         rcpt, *_ = await reader.wait_for(

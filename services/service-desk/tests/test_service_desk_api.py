@@ -362,7 +362,10 @@ async def test_ticket_open_progress_resolve_rate(desk: Desk, make_deal: Callable
     assert ticket["first_response_at"] is None
     assert ticket["sla"]["state"] == "on_track"
     opened = await desk.emitted(desk.events, "ticket.opened", ticket_id=tid)
-    assert opened.payload == {"ticket_id": tid, "account_id": acc_id, "priority": "urgent", "assignee": csm}
+    assert opened.payload == {
+        "ticket_id": tid, "account_id": acc_id, "priority": "urgent", "assignee": csm, "custom": {}
+    }  # fmt: skip
+    assert opened.schema_version == 2
     assert opened.correlation_id == f"journey-{account['deal_id']}"
 
     # Urgent: 1 h to the first response (at risk from 45 min), 8 h to resolve.
