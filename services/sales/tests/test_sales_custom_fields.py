@@ -6,6 +6,8 @@ listed with ``?cf=`` on the wildcard index (no collection scan), and carried in
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 from typing import Any, TypeAlias
 
@@ -178,6 +180,11 @@ async def test_opportunity_custom_fields_checked_stored_edited_filtered_and_sent
         return [x["id"] for x in r.json()["items"]]
 
     assert await ids("deal_type=renewal", "seats>=40") == [opp["id"]]
+    r = await sales.client.get(
+        "/opportunities/export", params={"cf": "deal_type=renewal"}, headers=sales.rep(rep)
+    )
+    [row] = [x for x in csv.DictReader(io.StringIO(r.text)) if x["id"] == opp["id"]]
+    assert (row["custom.deal_type"], row["custom.seats"], row["custom.close_note"]) == ("renewal", "40", "")
     assert await ids("deal_type=new") == []
     r = await sales.client.get("/opportunities", params={"cf": "seats=many"}, headers=sales.rep(rep))
     assert r.status_code == 422, r.text

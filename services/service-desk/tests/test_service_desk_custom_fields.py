@@ -6,6 +6,8 @@ collection scan), and carried in ``ticket.opened`` v2's extension map (text left
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -133,6 +135,13 @@ async def test_ticket_custom_fields_checked_stored_edited_filtered_and_sent(
         return [t["ticket_id"] for t in r.json()["items"]]
 
     assert await ids("component=api", "affected_users>=10") == [ticket["ticket_id"]]
+    r = await client.get(
+        "/tickets/export", params={"cf": "component=api", "account_id": account_id}, headers=REP
+    )
+    [row] = list(csv.DictReader(io.StringIO(r.text)))
+    assert (row["custom.component"], row["custom.affected_users"], row["custom.caller_nickname"]) == (
+        "api", "12", ""
+    )  # fmt: skip
     assert await ids("component=billing") == []
     r = await client.get("/tickets", params={"cf": "colour=red"}, headers=REP)
     assert r.status_code == 422, r.text

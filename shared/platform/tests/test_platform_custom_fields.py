@@ -13,7 +13,10 @@ from crm_platform.custom_fields import (
     FieldSet,
     FieldSetIn,
     RecordType,
+    export_cells,
+    export_columns,
     filter_of,
+    row_reason,
     to_extensions,
 )
 from crm_platform.errors import RuleViolation
@@ -174,3 +177,35 @@ def test_filters_become_queries_on_the_wildcard_indexed_paths() -> None:
     ):
         with pytest.raises(RuleViolation, match=why):
             filter_of(FIELDS, [bad])
+
+
+def test_an_import_rows_cells_are_read_as_their_types_and_a_bad_one_names_the_field() -> None:
+    cells = {"tier": "gold", "seats": "12", "ratio": "0.5", "budget": "10.5 EUR", "renewal": "2027-01-31"}
+    assert FIELDS.create(FIELDS.from_cells(cells)) == {
+        "tier": "gold",
+        "seats": 12,
+        "ratio": 0.5,
+        "budget": {"amount": Decimal("10.5"), "currency": "EUR"},
+        "renewal": "2027-01-31",
+    }
+    budget = FIELDS.create(FIELDS.from_cells({"tier": "gold", "budget": "7"}))["budget"]
+    assert isinstance(budget, dict)
+    assert budget["currency"] == "EUR"
+    assert FIELDS.from_cells({"seats": 3}) == {"seats": 3}, "a JSON line's typed value passes as it is"
+    for cells, reason in (
+        ({"tier": "gold", "seats": "many"}, "custom.seats: 'many' is not a number"),
+        ({"tier": "gold", "budget": "5 USD"}, "custom.budget: currency must be EUR"),
+        ({"seats": "2"}, "custom.tier: is required for a lead"),
+    ):
+        with pytest.raises(RuleViolation) as caught:
+            FIELDS.create(FIELDS.from_cells(cells))
+        assert row_reason(caught.value) == reason
+
+
+def test_export_cells_follow_the_definitions_and_read_back() -> None:
+    values = FIELDS.create({"tier": "gold", "budget": {"amount": "10.50", "currency": "EUR"}, "note": "hi"})
+    assert export_columns(FIELDS) == tuple(f"custom.{f.key}" for f in FIELDS.fields)
+    cells = export_cells(FIELDS, values)
+    assert cells == ("gold", None, None, None, "10.50 EUR", "hi")
+    read_back = {f.key: c for f, c in zip(FIELDS.fields, cells, strict=True) if c is not None}
+    assert FIELDS.create(FIELDS.from_cells(read_back)) == values

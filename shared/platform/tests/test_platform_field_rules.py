@@ -12,6 +12,7 @@ from crm_platform.csv_stream import Cell, CsvResponse, csv_response
 from crm_platform.field_rules import (
     Pseudonymiser,
     applies_to,
+    pseudonymise_changes,
     pseudonymise_json,
     pseudonymiser,
     row_transform,
@@ -157,3 +158,25 @@ async def test_exports_are_pseudonymised_row_by_row_and_stay_streamed(client: ht
 def test_row_transform_is_none_for_exports_without_personal_columns() -> None:
     assert row_transform(("id", "name", "stage"), _pseudonymiser()) is None  # a name alone: not a person
     assert row_transform(("id", "email"), _pseudonymiser()) is not None
+
+
+def test_text_custom_values_are_withheld_unless_the_key_is_defined_as_non_text() -> None:
+    p = _pseudonymiser()
+    record = {
+        "id": "l1",
+        "custom": {"tier": "gold", "nickname": "Bobby", "seats": 3, "budget": {"amount": "1"}},
+    }
+    assert pseudonymise_json(record, p, frozenset({"tier", "seats", "budget"}))["custom"] == {
+        "tier": "gold",
+        "nickname": "[withheld]",
+        "seats": 3,
+        "budget": {"amount": "1"},
+    }
+    assert pseudonymise_json(record, p)["custom"]["tier"] == "[withheld]", "no definitions: fail closed"
+    change = [{"field": "custom.nickname", "before": None, "after": "Bobby"}]
+    assert pseudonymise_changes(change, "leads", p, frozenset({"tier"}))[0]["after"] == "[withheld]"
+    transform = row_transform(
+        ("id", "custom.tier", "custom.nickname", "custom.seats"), p, frozenset({"tier"})
+    )
+    assert transform is not None
+    assert list(transform(("l1", "gold", "Bobby", 3))) == ["l1", "gold", "[withheld]", 3]

@@ -91,12 +91,8 @@ def build_app(settings: ServiceSettings) -> FastAPI:
     )
     app.state.uow = uow
     app.state.import_settings = s
-    custom_fields_api.wire(app, runtime.store, [RecordType.LEAD], s.config_cache_seconds)
-    worker = ImportWorker(
-        uow,
-        runtime.store.db,
-        **s.worker_options(),
-    )
+    fields = custom_fields_api.wire(app, runtime.store, [RecordType.LEAD], s.config_cache_seconds)
+    worker = ImportWorker(uow, runtime.store.db, **s.worker_options(), custom_fields=fields)
     app.state.import_worker = worker
     if s.import_worker_enabled:
         runtime.background.append(worker.run)

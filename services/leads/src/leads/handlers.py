@@ -168,6 +168,7 @@ async def import_batch(
     to: imports.Checkpoint,
     captures: Sequence[Capture],
     rejected: Sequence[imports.Rejection],
+    fields: FieldSet = domain.NO_CUSTOM_FIELDS,
 ) -> imports.ImportJob:
     """One batch of an import in ONE transaction: its captures exactly as ``capture_leads``
     (merge by email, one ``lead.captured`` each), its rejected rows, and the job's checkpoint.
@@ -181,7 +182,7 @@ async def import_batch(
         job = await _load_import(unit, job_id)
         known = await unit.leads.get_many_by_email(emails)
         now = now_millis(uow.clock)
-        batch = domain.capture_batch(known, captures, uow.new_id, now)
+        batch = domain.capture_batch(known, captures, uow.new_id, now, fields)
         await unit.leads.add_many(batch.new)
         await unit.leads.save_many(batch.merged)
         for outcome in batch.outcomes:

@@ -13,6 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from crm_platform.custom_fields import CUSTOM_PREFIX, FieldSet, RecordType, row_reason
+from crm_platform.custom_fields_api import CustomFieldRegistry
+from crm_platform.errors import RuleViolation
 from crm_platform.imports import worker as platform_worker
 from crm_platform.imports.worker import (
     BadFile,
@@ -30,8 +33,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from leads import handlers, metrics, store
 from leads.api.models import CaptureIn
-from leads.domain.imports import Checkpoint, ImportJob, RawRecord, Rejection
-from leads.domain.leads import Capture
+from leads.domain.imports import Checkpoint, ImportFormat, ImportJob, RawRecord, Rejection
+from leads.domain.leads import NO_CUSTOM_FIELDS, Capture
 from leads.repository import LeadsUnit
 
 __all__ = [
@@ -46,14 +49,21 @@ __all__ = [
 
 
 def row_capture(
-    values: Mapping[str, object], mapping: Mapping[str, str], job: ImportJob
+    values: Mapping[str, object],
+    mapping: Mapping[str, str],
+    job: ImportJob,
+    fields: FieldSet = NO_CUSTOM_FIELDS,
 ) -> tuple[Capture | None, str | None]:
-    """One record's capture by the capture route's rules, or why the row is rejected."""
+    """One record's capture by the capture route's rules (its custom values checked against
+    ``fields``, the lead's definitions), or why the row is rejected."""
     d = job.defaults
     body: dict[str, Any] = {"source_channel": d.source_channel, "campaign": d.campaign}
     consent = d.marketing_email
+    custom: dict[str, object] = {}
     for target, value in mapped_cells(values, mapping):
-        if target == "marketing_email":
+        if target.startswith(CUSTOM_PREFIX):
+            custom[target[len(CUSTOM_PREFIX) :]] = value
+        elif target == "marketing_email":
             given = flag(value)
             if given is None:
                 return None, f"marketing_email: {str(value)[:50]!r} is not true/false (yes/no, 1/0)"
@@ -63,14 +73,24 @@ def row_capture(
         else:
             body[target] = value
     body["consent"] = {"marketing_email": consent}
+    if job.format is ImportFormat.JSONL and job.mapping is None and isinstance(values.get("custom"), dict):
+        custom = {**values["custom"], **custom}  # type: ignore[dict-item]  # a JSON line's own custom object
     try:
-        return CaptureIn.model_validate(body).to_capture(), None
+        capture = CaptureIn.model_validate(body)
+        if not fields.fields and not custom:  # the common case costs nothing more
+            return capture.to_capture(), None
+        capture.custom = fields.from_cells(custom)
+        return capture.to_capture(fields), None
     except ValidationError as exc:
         return None, validation_reasons(exc)
+    except RuleViolation as exc:
+        return None, row_reason(exc)
 
 
-def sort_rows(job: ImportJob, records: Sequence[RawRecord]) -> tuple[list[Capture], list[Rejection]]:
-    return sort_records(job, records, lambda values, mapping: row_capture(values, mapping, job))
+def sort_rows(
+    job: ImportJob, records: Sequence[RawRecord], fields: FieldSet = NO_CUSTOM_FIELDS
+) -> tuple[list[Capture], list[Rejection]]:
+    return sort_records(job, records, lambda values, mapping: row_capture(values, mapping, job, fields))
 
 
 class ImportWorker(platform_worker.ImportWorker[ImportJob, Capture]):
@@ -86,6 +106,7 @@ class ImportWorker(platform_worker.ImportWorker[ImportJob, Capture]):
         poll_seconds: float,
         max_row_bytes: int,
         max_attempts: int = 5,
+        custom_fields: CustomFieldRegistry | None = None,
     ) -> None:
         super().__init__(
             db,
@@ -98,16 +119,22 @@ class ImportWorker(platform_worker.ImportWorker[ImportJob, Capture]):
             max_attempts=max_attempts,
         )
         self.uow = uow
+        self.custom_fields = custom_fields
+        self.fields = NO_CUSTOM_FIELDS  # the lead's definitions, loaded as an import begins
+
+    async def begin(self, job: ImportJob) -> None:
+        if self.custom_fields is not None:
+            self.fields = await self.custom_fields.current(RecordType.LEAD)
 
     def sort_rows(
         self, job: ImportJob, records: Sequence[RawRecord]
     ) -> tuple[list[Capture], list[Rejection]]:
-        return sort_rows(job, records)
+        return sort_rows(job, records, self.fields)
 
     async def import_batch(
         self, job: ImportJob, at: Checkpoint, to: Checkpoint, rows: list[Capture], rejected: list[Rejection]
     ) -> None:
-        await handlers.import_batch(self.uow, job.id, at, to, rows, rejected)
+        await handlers.import_batch(self.uow, job.id, at, to, rows, rejected, self.fields)
         metrics.IMPORT_ROWS.labels("accepted").inc(len(rows))
         metrics.IMPORT_ROWS.labels("rejected").inc(len(rejected))
 

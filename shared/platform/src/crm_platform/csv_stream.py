@@ -78,7 +78,9 @@ class CsvResponse(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = field_rules.for_scope(scope)
-        transform = field_rules.row_transform(self.header, found) if found is not None else None
+        transform = None
+        if found is not None:
+            transform = field_rules.row_transform(self.header, found, await field_rules.custom_shown(scope))
         if transform is not None:
             rows: AsyncIterator[Any] = field_rules.transformed_rows(self.rows, transform)
             self.body_iterator = csv_chunks(self.header, rows)

@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from crm_platform.errors import RuleViolation
 
 __all__ = [
+    "CUSTOM_PREFIX",
     "FieldDefinition",
     "FieldSet",
     "FieldType",
@@ -64,6 +65,7 @@ class RecordType(StrEnum):
 StoredValue = str | int | float | dict[str, Any]
 """A stored custom value: text/choice/date string, number, or money ``{amount, currency}``."""
 
+CUSTOM_PREFIX = "custom."  # an import column mapped to ``custom.<key>``; an export's column
 MAX_TEXT = 1000
 MAX_CHOICES = 100
 MAX_MONEY = Decimal("1e15")
@@ -185,6 +187,52 @@ class FieldSet:
             else:
                 out[key] = _checked(definition, value)
         return out
+
+    def from_cells(self, cells: Mapping[str, object]) -> dict[str, Any]:
+        """An import row's custom cells (by key) in the API's form, for :meth:`create`.
+
+        A file's cells are text: a number field's cell is parsed as a number, a money field's
+        as ``"123.45"`` or ``"123.45 EUR"``; other types, and values a JSON line already typed,
+        pass as they are. A cell that cannot be read as its type is a 422 naming the field."""
+        out: dict[str, Any] = {}
+        for key, value in cells.items():
+            d = self.field(key)
+            out[key] = _from_cell(d, value) if d is not None and isinstance(value, str) else value
+        return out
+
+
+def row_reason(exc: RuleViolation) -> str:
+    """A custom field's refusal as an import row's reason: ``custom.<key>: why``."""
+    return str(exc).removeprefix("invalid input: body.")
+
+
+def export_columns(fields: FieldSet) -> tuple[str, ...]:
+    """An export's custom columns: ``custom.<key>`` per defined field (what an import maps back)."""
+    return tuple(CUSTOM_PREFIX + f.key for f in fields.fields)
+
+
+def export_cells(fields: FieldSet, values: Mapping[str, StoredValue]) -> tuple[str | int | float | None, ...]:
+    """A record's cells under :func:`export_columns`: money as ``"123.45 EUR"`` (what an import
+    reads back), the rest as stored, empty when unset."""
+    return tuple(_cell(values.get(f.key)) for f in fields.fields)
+
+
+def _cell(value: StoredValue | None) -> str | int | float | None:
+    if isinstance(value, dict):
+        return f"{value.get('amount')} {value.get('currency')}"
+    return value
+
+
+def _from_cell(d: FieldDefinition, text: str) -> Any:
+    if d.type == FieldType.NUMBER:
+        try:
+            return float(text) if any(c in text for c in ".eE") else int(text)
+        except ValueError:
+            raise _refuse(d.key, f"{text[:50]!r} is not a number") from None
+    if d.type == FieldType.MONEY:
+        amount, _, currency = text.strip().partition(" ")
+        return {"amount": amount, **({"currency": currency.strip()} if currency.strip() else {})}
+    return text
 
 
 def _refuse(key: str, why: str) -> RuleViolation:

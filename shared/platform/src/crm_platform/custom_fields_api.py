@@ -35,7 +35,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 from crm_platform.auth import Role, require_roles
 from crm_platform.cache import TtlCache
 from crm_platform.clock import now_millis
-from crm_platform.custom_fields import FieldDefinition, FieldSet, FieldSetIn, RecordType, StoredValue
+from crm_platform.custom_fields import (
+    FieldDefinition,
+    FieldSet,
+    FieldSetIn,
+    FieldType,
+    RecordType,
+    StoredValue,
+)
 from crm_platform.errors import NotFound
 from crm_platform.mongo import Store, Tx
 from crm_platform.routes import CurrentActor
@@ -87,6 +94,13 @@ class CustomFieldRegistry:
             )
 
         return await self.cache.get(record_type, load)
+
+    async def non_text_keys(self) -> frozenset[str]:
+        """The keys defined, in every record type of the department, only as non-text fields
+        (``crm_platform.field_rules``: a text value may be personal data)."""
+        sets = [await self.current(t) for t in self.record_types]
+        text = {f.key for s in sets for f in s.fields if f.type == FieldType.TEXT}
+        return frozenset(f.key for s in sets for f in s.fields) - text
 
     async def replace(self, record_type: RecordType, fields: Sequence[FieldDefinition], by: str) -> FieldSet:
         """The next version of ``record_type``'s definitions, in one audited transaction."""

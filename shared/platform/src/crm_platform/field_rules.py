@@ -18,7 +18,12 @@ Applied once for every service, never per route:
 
 Which fields: :data:`PERSON_FIELDS` by key or column name; ``name`` only inside a record that
 also has an ``email`` or ``phone`` (a person, not an account, stage or campaign); in an audit
-entry's changes, ``name`` of the record types in :data:`PERSON_RECORDS`.
+entry's changes, ``name`` of the record types in :data:`PERSON_RECORDS`. Custom fields
+(:mod:`crm_platform.custom_fields`): a ``text`` field may hold personal data, so in a record's
+``custom`` object (and an export's ``custom.<key>`` columns) every text value is withheld
+unless the department defines that key only as a non-text field (choice, date; numbers and
+money are never text): decided from the definitions (``app.state.custom_fields``), failing
+closed (withheld) when they cannot be read.
 """
 
 from __future__ import annotations
@@ -94,36 +99,61 @@ def _pseudonym(p: Pseudonymiser, kind: str, value: Any) -> Any:
     return p.pseudonym(kind, value)  # type: ignore[arg-type]  # kind comes from PERSON_FIELDS
 
 
-def _field(p: Pseudonymiser, key: str, item: Any, person: bool) -> Any:
-    """One field's value as a pseudonymised user sees it (``person``: its record is a person)."""
+NOTHING: frozenset[str] = frozenset()
+CUSTOM = "custom"
+
+
+def _field(p: Pseudonymiser, key: str, item: Any, person: bool, shown: frozenset[str] = NOTHING) -> Any:
+    """One field's value as a pseudonymised user sees it (``person``: its record is a person;
+    ``shown``: the custom field keys whose string values are not text, see the module doc)."""
     kind = PERSON_FIELDS.get(key) or ("name" if key == "name" and person else None)
     if kind is not None:
         return [_pseudonym(p, kind, v) for v in item] if isinstance(item, list) else _pseudonym(p, kind, item)
     if key in FREE_TEXT_FIELDS and isinstance(item, str) and item:
         return WITHHELD
-    return pseudonymise_json(item, p)
+    if key == CUSTOM and isinstance(item, dict):
+        return {k: _custom_value(k, v, shown, p) for k, v in item.items()}
+    if (
+        key.startswith(CUSTOM + ".")
+        and isinstance(item, str)
+        and item
+        and key[len(CUSTOM) + 1 :] not in shown
+    ):
+        return WITHHELD  # an audit change of one custom field
+    return pseudonymise_json(item, p, shown)
 
 
-def pseudonymise_changes(changes: Any, record_type: str, p: Pseudonymiser) -> Any:
+def _custom_value(key: str, value: Any, shown: frozenset[str], p: Pseudonymiser) -> Any:
+    if isinstance(value, str) and value and key not in shown:
+        return WITHHELD
+    return pseudonymise_json(value, p, shown)
+
+
+def pseudonymise_changes(
+    changes: Any, record_type: str, p: Pseudonymiser, shown: frozenset[str] = NOTHING
+) -> Any:
     """An audit entry's ``[{field, before, after}]``: the field name says what the values are."""
     if not isinstance(changes, list):
-        return pseudonymise_json(changes, p)
+        return pseudonymise_json(changes, p, shown)
     person = record_type in PERSON_RECORDS
     out = []
     for change in changes:
         if isinstance(change, dict) and isinstance(change.get("field"), str):
             name = change["field"]
-            values = {k: _field(p, name, change[k], person) for k in ("before", "after") if k in change}
+            values = {
+                k: _field(p, name, change[k], person, shown) for k in ("before", "after") if k in change
+            }
             change = {**change, **values}
         out.append(change)
     return out
 
 
-def pseudonymise_json(value: Any, p: Pseudonymiser) -> Any:
+def pseudonymise_json(value: Any, p: Pseudonymiser, shown: frozenset[str] = NOTHING) -> Any:
     """``value`` (decoded JSON) with every person's identifiers pseudonymised and free text
-    withheld, at any depth (lists, nested records, audit entries' changes)."""
+    withheld, at any depth (lists, nested records, audit entries' changes); ``shown``: the
+    custom field keys whose string values are not text (the others are withheld)."""
     if isinstance(value, list):
-        return [pseudonymise_json(v, p) for v in value]
+        return [pseudonymise_json(v, p, shown) for v in value]
     if not isinstance(value, dict):
         return value
     person = any(k in value for k in PERSON_MARKERS)
@@ -131,23 +161,41 @@ def pseudonymise_json(value: Any, p: Pseudonymiser) -> Any:
     out: dict[str, Any] = {}
     for key, item in value.items():
         if key == "changes" and isinstance(record, dict):  # an audit entry
-            out[key] = pseudonymise_changes(item, str(record.get("type", "")), p)
+            out[key] = pseudonymise_changes(item, str(record.get("type", "")), p, shown)
         else:
-            out[key] = _field(p, key, item, person)
+            out[key] = _field(p, key, item, person, shown)
     return out
+
+
+async def custom_shown(scope: Mapping[str, Any]) -> frozenset[str]:
+    """The custom field keys the request's department defines only as non-text (their string
+    values are choices and dates): read from ``app.state.custom_fields`` (its cache); none when
+    the department keeps no custom fields or they cannot be read (fail closed)."""
+    registry = getattr(getattr(scope.get("app"), "state", None), "custom_fields", None)
+    if registry is None:
+        return NOTHING
+    try:
+        shown: frozenset[str] = await registry.non_text_keys()
+    except Exception:  # noqa: BLE001 - the database may be down: withhold rather than fail
+        return NOTHING
+    return shown
 
 
 Row = Sequence[Any]
 
 
-def row_transform(header: Sequence[str], p: Pseudonymiser) -> Callable[[Row], Row] | None:
-    """What to do to each CSV row under ``header`` (by column name, the same fields as JSON),
-    or None when no column holds personal data."""
+def row_transform(
+    header: Sequence[str], p: Pseudonymiser, shown: frozenset[str] = NOTHING
+) -> Callable[[Row], Row] | None:
+    """What to do to each CSV row under ``header`` (by column name, the same fields as JSON;
+    a ``custom.<key>`` column's text withheld unless ``key`` is in ``shown``), or None when no
+    column holds personal data."""
     person = any(h in PERSON_MARKERS for h in header)
     plan: list[tuple[int, str | None]] = []
     for i, name in enumerate(header):
         kind = PERSON_FIELDS.get(name) or ("name" if name == "name" and person else None)
-        if kind is not None or name in FREE_TEXT_FIELDS:
+        custom_text = name.startswith(CUSTOM + ".") and name[len(CUSTOM) + 1 :] not in shown
+        if kind is not None or name in FREE_TEXT_FIELDS or custom_text:
             plan.append((i, kind))
     # The audit log's export: ``changes`` is the entry's changes as JSON text.
     audit = (
@@ -168,7 +216,7 @@ def row_transform(header: Sequence[str], p: Pseudonymiser) -> Callable[[Row], Ro
                 else:
                     cells[i] = _pseudonym(p, kind, cell)
         if audit is not None and isinstance(cells[audit[0]], str) and cells[audit[0]]:
-            changes = pseudonymise_changes(json.loads(cells[audit[0]]), str(cells[audit[1]]), p)
+            changes = pseudonymise_changes(json.loads(cells[audit[0]]), str(cells[audit[1]]), p, shown)
             cells[audit[0]] = json.dumps(changes, sort_keys=True)
         return cells
 
@@ -223,10 +271,11 @@ class PseudonymEdge:
         scope.setdefault("state", {})  # where auth caches the principal (the same dict)
         held: list[Message] = []
         chosen: Pseudonymiser | None = None
+        shown = NOTHING
         passing = False
 
         async def watch(message: Message) -> None:
-            nonlocal chosen, passing
+            nonlocal chosen, passing, shown
             if passing:
                 await send(message)
                 return
@@ -236,10 +285,11 @@ class PseudonymEdge:
                     passing = True
                     await send(message)
                     return
+                shown = await custom_shown(scope)
             held.append(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 assert chosen is not None
-                for out in _rewritten(held, chosen):
+                for out in _rewritten(held, chosen, shown):
                     await send(out)
 
         await self.app(scope, receive, watch)
@@ -252,12 +302,15 @@ def _is_json(start: Message) -> bool:
     return False
 
 
-def _rewritten(held: list[Message], p: Pseudonymiser) -> list[Message]:
+def _rewritten(held: list[Message], p: Pseudonymiser, shown: frozenset[str] = NOTHING) -> list[Message]:
     start, bodies = held[0], held[1:]
     raw = b"".join(m.get("body", b"") for m in bodies)
     try:
         body = json.dumps(
-            pseudonymise_json(json.loads(raw), p), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+            pseudonymise_json(json.loads(raw), p, shown),
+            ensure_ascii=False,
+            allow_nan=False,
+            separators=(",", ":"),
         ).encode()
     except ValueError:  # labelled JSON but not JSON: fail closed, never the real data
         start = {**start, "status": 500}

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Annotated
 
 from crm_platform.csv_stream import Cell, csv_response
+from crm_platform.custom_fields import FieldSet, RecordType, export_cells, export_columns
+from crm_platform.custom_fields_api import fields_of
 from crm_platform.imports.api import ImportSpec, routers
 from crm_platform.routes import CurrentActor, DbDep, require_roles
 from fastapi import APIRouter, Query
@@ -74,6 +76,7 @@ def _blank_is_none(value: object) -> object:
 async def export_leads(
     db: DbDep,
     actor: CurrentActor,
+    fields: Annotated[FieldSet, fields_of(RecordType.LEAD)],
     status_: Annotated[LeadStatus | None, BeforeValidator(_blank_is_none), Query(alias="status")] = None,
     channel: Annotated[str | None, BeforeValidator(_blank_is_none), Query(max_length=64)] = None,
 ) -> StreamingResponse:
@@ -101,6 +104,8 @@ async def export_leads(
                 x.verdict,
                 x.created_at,
                 x.updated_at,
+                *export_cells(fields, x.custom),
             )
 
-    return csv_response("leads.csv", EXPORT_COLUMNS, rows())
+    # Then one custom.<key> column per custom field defined now (what an import maps back).
+    return csv_response("leads.csv", EXPORT_COLUMNS + export_columns(fields), rows())

@@ -77,6 +77,7 @@ class ImportJob(_ImportJob[ImportDefaults]):
     FIELDS = LEAD_FIELDS
     REQUIRED = REQUIRED_FIELDS
     RECORD = "lead"
+    CUSTOM_FIELDS = True  # a column may map to custom.<key> (crm_platform.custom_fields)
 
 
 def check_mapping(columns: Mapping[str, str]) -> dict[str, str]:

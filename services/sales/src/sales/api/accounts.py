@@ -11,7 +11,7 @@ from typing import Annotated
 
 from crm_platform import audit_api
 from crm_platform.csv_stream import Cell, csv_response
-from crm_platform.custom_fields import FieldSet, RecordType, filter_of
+from crm_platform.custom_fields import FieldSet, RecordType, export_cells, export_columns, filter_of
 from crm_platform.custom_fields_api import CustomFilter, fields_of
 from crm_platform.errors import NotFound, RuleViolation
 from crm_platform.paging import BadCursor, search_words
@@ -110,15 +110,15 @@ EXPORT_COLUMNS = (
     summary="The accounts the list's filters select, as CSV (streamed)",
     responses={200: {"content": {"text/csv": {}}, "description": "one row per account"}},
 )
-async def export_accounts(db: DbDep, query: QueryDep) -> StreamingResponse:
+async def export_accounts(db: DbDep, query: QueryDep, fields: AccountFields) -> StreamingResponse:
     accounts = repo.export_accounts(db, query)
 
     async def rows() -> AsyncIterator[Sequence[Cell]]:
         async for a in accounts:
             yield (a.id, a.name, a.owner, a.source.value, a.industry, a.website, a.created_by, a.created_at,
-                   a.updated_at)  # fmt: skip
+                   a.updated_at, *export_cells(fields, a.custom))  # fmt: skip
 
-    return csv_response("accounts.csv", EXPORT_COLUMNS, rows())
+    return csv_response("accounts.csv", EXPORT_COLUMNS + export_columns(fields), rows())
 
 
 async def _readable(db: DbDep, actor: CurrentActor, account_id: str) -> Account:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from crm_platform import audit_api
 from crm_platform.csv_stream import Cell, csv_response
-from crm_platform.custom_fields import FieldSet, RecordType, filter_of
+from crm_platform.custom_fields import FieldSet, RecordType, export_cells, export_columns, filter_of
 from crm_platform.custom_fields_api import CustomFilter, fields_of
 from crm_platform.errors import NotFound, RuleViolation
 from crm_platform.paging import BadCursor, search_words
@@ -118,16 +118,16 @@ EXPORT_COLUMNS = (
     summary="The opportunities the list's filters select, as CSV (streamed)",
     responses={200: {"content": {"text/csv": {}}, "description": "one row per opportunity"}},
 )
-async def export_opportunities(db: DbDep, query: QueryDep) -> StreamingResponse:
+async def export_opportunities(db: DbDep, query: QueryDep, fields: OpportunityFields) -> StreamingResponse:
     async def rows() -> AsyncIterator[Sequence[Cell]]:
         async for o in repo.export_opportunities(db, query):
             yield (
                 o.id, o.account_name, o.origin.value, o.stage, o.status.value, o.owner, o.amount, o.currency,
                 o.account_id, o.lead_id, o.direct_source, o.activity_count, o.last_activity_at, o.created_at,
-                o.updated_at, o.won_at, o.lost_at, o.lost_reason,
+                o.updated_at, o.won_at, o.lost_at, o.lost_reason, *export_cells(fields, o.custom),
             )  # fmt: skip
 
-    return csv_response("opportunities.csv", EXPORT_COLUMNS, rows())
+    return csv_response("opportunities.csv", EXPORT_COLUMNS + export_columns(fields), rows())
 
 
 @router.post(

@@ -10,7 +10,7 @@ from typing import Annotated
 from crm_platform import audit_api
 from crm_platform.clock import now_millis
 from crm_platform.csv_stream import Cell, csv_response
-from crm_platform.custom_fields import FieldSet, RecordType, filter_of
+from crm_platform.custom_fields import FieldSet, RecordType, export_cells, export_columns, filter_of
 from crm_platform.custom_fields_api import CustomFilter, fields_of
 from crm_platform.paging import BadCursor, search_words
 from crm_platform.routes import CurrentActor, DbDep
@@ -133,7 +133,7 @@ EXPORT_COLUMNS = (
     summary="The tickets the list's filters select, as CSV (streamed)",
     responses={200: {"content": {"text/csv": {}}, "description": "one row per ticket"}},
 )
-async def export_tickets(db: DbDep, query: QueryDep) -> StreamingResponse:
+async def export_tickets(db: DbDep, query: QueryDep, fields: TicketFields) -> StreamingResponse:
 
     async def rows() -> AsyncIterator[Sequence[Cell]]:
         async for t in store.export_tickets(db, query):
@@ -141,9 +141,10 @@ async def export_tickets(db: DbDep, query: QueryDep) -> StreamingResponse:
                 t.ticket_id, t.account_id, t.account_name, t.subject, t.priority.value, t.status.value,
                 t.assignee, t.opened_by, t.opened_at, t.first_response_due_at, t.first_response_at,
                 t.resolution_due_at, t.resolved_at, t.first_response_breached, t.resolution_breached, t.csat,
+                *export_cells(fields, t.custom),
             )  # fmt: skip
 
-    return csv_response("tickets.csv", EXPORT_COLUMNS, rows())
+    return csv_response("tickets.csv", EXPORT_COLUMNS + export_columns(fields), rows())
 
 
 @router.get("/{ticket_id}", response_model=TicketOut)

@@ -31,7 +31,7 @@ from crm_platform.csv_stream import Cell, csv_response
 from crm_platform.errors import Conflict, NotFound, RuleViolation
 from crm_platform.ids import new_id
 from crm_platform.imports import handlers, store
-from crm_platform.imports.domain import ImportFormat, ImportJob, ImportState, InvalidMapping
+from crm_platform.imports.domain import CUSTOM_TARGET, ImportFormat, ImportJob, ImportState, InvalidMapping
 from crm_platform.imports.store import JobCodec
 from crm_platform.imports.worker import BadFile, UploadTakenOver, store_upload
 from crm_platform.routes import CurrentActor, DbDep
@@ -180,6 +180,8 @@ class _ImportInBase(_In):
 def bodies(spec: ImportSpec[Any]) -> tuple[type[BaseModel], type[BaseModel]]:
     """The department's ``ImportIn`` and ``MappingIn``: a column maps to one of its fields."""
     field_type: Any = Literal[spec.codec.job_type.FIELDS]  # the OpenAPI enum of the fields
+    if spec.codec.job_type.CUSTOM_FIELDS:  # or custom.<key>: one of the record's custom fields
+        field_type = field_type | Annotated[str, StringConstraints(pattern=CUSTOM_TARGET.pattern)]
     record = spec.record
     import_in = create_model(
         "ImportIn",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,13 +56,24 @@ class InvalidMapping(ValueError):
         self.field = field
 
 
+CUSTOM_TARGET = re.compile(r"^custom\.[a-z][a-z0-9_]{0,39}$")
+"""A column mapped to a custom field: ``custom.<key>`` (the key as an admin defined it)."""
+
+
 def check_mapping(
-    columns: Mapping[str, str], fields: Sequence[str], required: Sequence[str], record: str = "lead"
+    columns: Mapping[str, str],
+    fields: Sequence[str],
+    required: Sequence[str],
+    record: str = "lead",
+    custom: bool = False,
 ) -> dict[str, str]:
-    """A column mapping (file column -> ``record`` field) as stored, or :class:`InvalidMapping`."""
+    """A column mapping (file column -> ``record`` field, or ``custom.<key>`` when the record has
+    custom fields) as stored, or :class:`InvalidMapping`."""
     if len(columns) > MAX_COLUMNS:
         raise InvalidMapping(f"at most {MAX_COLUMNS} columns may be mapped", "columns")
-    unknown = sorted({f for f in columns.values() if f not in fields})
+    unknown = sorted(
+        {f for f in columns.values() if f not in fields and not (custom and CUSTOM_TARGET.match(f))}
+    )
     if unknown:
         raise InvalidMapping(
             f"unknown {record} fields {unknown}: a column maps to one of {list(fields)}", "columns"
@@ -76,9 +88,14 @@ def check_mapping(
     return dict(columns)
 
 
-def default_mapping(header: Sequence[str], fields: Sequence[str]) -> dict[str, str]:
-    """Without a mapping: each column named like a field (any case, trimmed) maps to it."""
-    return {c: c.strip().lower() for c in header if c.strip().lower() in fields}
+def default_mapping(header: Sequence[str], fields: Sequence[str], custom: bool = False) -> dict[str, str]:
+    """Without a mapping: each column named like a field (any case, trimmed) maps to it, and
+    with ``custom`` each column named ``custom.<key>`` to that custom field."""
+    return {
+        c: c.strip().lower()
+        for c in header
+        if c.strip().lower() in fields or (custom and CUSTOM_TARGET.match(c.strip().lower()))
+    }
 
 
 def columns_missing(mapping: Mapping[str, str], header: Sequence[str]) -> list[str]:
@@ -126,6 +143,8 @@ class ImportJob(Generic[D]):
     FIELDS: ClassVar[tuple[str, ...]] = ()
     REQUIRED: ClassVar[tuple[str, ...]] = ()
     RECORD: ClassVar[str] = "record"  # what a row becomes, in messages ("lead", "contact")
+    # Whether a column may map to one of the record's custom fields (``custom.<key>``).
+    CUSTOM_FIELDS: ClassVar[bool] = False
 
     id: str
     format: ImportFormat
@@ -154,12 +173,12 @@ class ImportJob(Generic[D]):
     @classmethod
     def checked_mapping(cls, columns: Mapping[str, str]) -> dict[str, str]:
         """``columns`` checked against this kind of import's fields (:class:`InvalidMapping`)."""
-        return check_mapping(columns, cls.FIELDS, cls.REQUIRED, cls.RECORD)
+        return check_mapping(columns, cls.FIELDS, cls.REQUIRED, cls.RECORD, cls.CUSTOM_FIELDS)
 
     @classmethod
     def mapping_for(cls, header: Sequence[str]) -> dict[str, str]:
         """Without a mapping: the CSV header's columns named like this import's fields."""
-        return default_mapping(header, cls.FIELDS)
+        return default_mapping(header, cls.FIELDS, cls.CUSTOM_FIELDS)
 
     def effective_mapping(self) -> dict[str, str]:
         """The mapping given, else a CSV's columns named like the fields, else the fields' names."""

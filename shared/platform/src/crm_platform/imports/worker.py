@@ -119,6 +119,10 @@ class ImportWorker(Generic[J, R]):
         """The last batch is in (``failure`` None), or the job failed (why)."""
         raise NotImplementedError
 
+    async def begin(self, job: J) -> None:
+        """Before the job's first batch (of each attempt): load what ``sort_rows`` needs that
+        lives in the database (leads: the lead's custom field definitions)."""
+
     # -- the machinery ------------------------------------------------------------------
 
     def notify(self) -> None:
@@ -178,6 +182,7 @@ class ImportWorker(Generic[J, R]):
         if missing:
             await self.end_import(job.id, f"the file has no columns {missing}")
             return
+        await self.begin(job)
         await self._batches(job)
         done = await self.end_import(job.id)
         await store.drop_chunks(self.db, job.id)
