@@ -134,3 +134,35 @@ async def test_sales_managers_admins_and_an_analyst_who_manages_see_real_people(
         )
         assert f"grace.{tag}@example.com" in await _get(sales, roles, "/contacts/export")
         assert f"ada.{tag}@example.com" in str(await _get(sales, roles, "/inbox", limit=200))
+
+
+async def test_pseudonymised_users_cannot_search_sales_lists_by_the_people_in_them(sales: Sales) -> None:
+    """A search matched against real names and e-mails would tell an analyst that a person
+    they know is in sales' books: ``q`` on the inbox, contacts and opportunities (and their
+    exports), sorting contacts by name and filtering on a text custom field are refused (403
+    naming the parameter); a sales manager searches as before."""
+    await _grant(sales)
+    rec = await _records(sales)
+    email = rec["contact"]["email"]
+    admin = sales.headers("admin", "root")
+    text_field = [{"key": "close_note", "label": "Close note", "type": "text"}]
+    r = await sales.client.put("/custom-fields/opportunity", json={"fields": text_field}, headers=admin)
+    assert r.status_code == 200, r.text
+    refused = (
+        ("/inbox", {"q": rec["tag"]}, "query.q"),
+        ("/inbox/export", {"q": rec["tag"]}, "query.q"),
+        ("/contacts", {"q": email}, "query.q"),
+        ("/contacts/export", {"q": email}, "query.q"),
+        ("/contacts", {"sort": "name"}, "query.sort"),
+        ("/opportunities", {"q": rec["tag"]}, "query.q"),
+        ("/opportunities", {"cf": "close_note=Ada"}, "query.cf"),
+    )
+    for roles in PSEUDONYMISED:
+        for path, params, field in refused:
+            r = await sales.client.get(path, params=params, headers=sales.headers_of(roles))
+            assert r.status_code == 403, (roles, path, params, r.text)
+            assert r.json()["details"]["field"] == field, r.text
+            assert email not in r.text
+    for roles in REAL:
+        found = await _get(sales, roles, "/contacts", q=email)
+        assert [c["email"] for c in found["items"]] == [email], roles

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -41,6 +41,7 @@ from typing import Annotated, Any
 from crm_contracts.extensions import KEY_PATTERN, MAX_FIELDS, ExtensionField, ExtensionMoney, FieldType
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from crm_platform import field_rules
 from crm_platform.errors import RuleViolation
 
 __all__ = [
@@ -346,8 +347,14 @@ def to_extensions(fields: FieldSet, values: Mapping[str, StoredValue]) -> dict[s
 _FILTER = re.compile(r"^([a-z][a-z0-9_]{0,39})(>=|<=|=)(.*)$", re.DOTALL)
 
 
-def filter_of(fields: FieldSet, filters: list[str] | None, param: str = "query.cf") -> dict[str, Any]:
-    """The MongoDB query for ``?cf=key=value`` / ``key>=value`` / ``key<=value`` (all must hold)."""
+def filter_of(
+    fields: FieldSet, filters: list[str] | None, param: str = "query.cf", *, roles: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The MongoDB query for ``?cf=key=value`` / ``key>=value`` / ``key<=value`` (all must hold).
+
+    ``roles``: the user's; a pseudonymised user (analyst, executive) filtering on a ``text``
+    field is refused (403): they see text values withheld, so the filter must not tell them
+    a real value is there (``crm_platform.field_rules.refuse_personal_search``)."""
     clauses: list[dict[str, Any]] = []
     for raw in filters or []:
         match = _FILTER.match(raw.strip())
@@ -359,6 +366,8 @@ def filter_of(fields: FieldSet, filters: list[str] | None, param: str = "query.c
         d = fields.field(key)
         if d is None:
             raise RuleViolation(f"invalid input: {param}: no custom field {key!r}", field=param)
+        if d.type == FieldType.TEXT:
+            field_rules.refuse_personal_search(roles, {param: raw})
         clauses.append(_clause(d, op, text, param))
     if not clauses:
         return {}

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from crm_platform.errors import Forbidden
 from crm_platform.pseudonym import DEV_PSEUDONYM_KEY, Kind, pseudonym
 from crm_platform.roles import Role
 
@@ -91,6 +92,26 @@ def applies_to(roles: Iterable[str]) -> bool:
     an operational role sees what that role sees)."""
     held = frozenset(roles)
     return bool(held) and held <= PSEUDONYMISED_ROLES
+
+
+def refuse_personal_search(roles: Iterable[str], given: Mapping[str, object]) -> None:
+    """A pseudonymised user (:func:`applies_to`) may not search, filter or sort a list by what
+    they see pseudonymised or withheld: matched against the real values, a search for an
+    e-mail they already know would tell them that this person is there (and a keyset
+    cursor ordered by name would carry a real name). ``given``: the list's parameters that
+    reach personal data (``{"query.q": q, ...}``); any given one is a 403 naming it. Other
+    users, and the parameters left out (None, empty), pass (docs/governance.md, section 2)."""
+    if not applies_to(roles):
+        return
+    for param, value in given.items():
+        if value is not None and value != "" and value != [] and value is not False:
+            raise Forbidden(
+                f"{param}: analysts and executives see people's names, e-mails, phones and free text "
+                "pseudonymised or withheld, so a list cannot be searched, filtered or sorted by them "
+                "for these roles (a real value would tell whether that person is there)",
+                field=param,
+                reason="pseudonymised_search",
+            )
 
 
 def _pseudonym(p: Pseudonymiser, kind: str, value: Any) -> Any:

@@ -11,6 +11,7 @@ from crm_platform.clock import to_millis
 from crm_platform.custom_fields import FieldSet, RecordType, filter_of
 from crm_platform.custom_fields_api import CustomFilter, fields_of
 from crm_platform.errors import NotFound, RuleViolation
+from crm_platform.field_rules import refuse_personal_search
 from crm_platform.paging import BadCursor
 from crm_platform.routes import CurrentActor, DbDep, require_roles
 from fastapi import APIRouter, Path, Query, Response, status
@@ -131,7 +132,9 @@ async def list_leads(
 ) -> LeadPageOut:
     if min_score is not None and max_score is not None and min_score > max_score:
         raise RuleViolation("min_score must not be above max_score", field="query.min_score")
-    custom = filter_of(fields, cf)
+    # Analysts and executives see names and e-mails pseudonymised: no search or sort by them.
+    refuse_personal_search(actor.roles, {"query.q": q, "query.sort": sort == LeadSort.NAME})
+    custom = filter_of(fields, cf, roles=actor.roles)
     try:
         page = await repo.list_leads(
             db,

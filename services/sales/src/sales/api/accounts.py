@@ -73,8 +73,9 @@ def _query(
     cf: CustomFilter = None,
 ) -> repo.BookQuery:
     """The list's (and its export's) query, scoped to the actor's book."""
+    custom = filter_of(fields, cf, roles=actor.roles)  # text custom fields: not for pseudonymised users
     return repo.BookQuery(owner=owner_scope(actor, owner), source=source.value if source else None,
-                          q=search_words(q), sort=sort.value, custom=filter_of(fields, cf))  # fmt: skip
+                          q=search_words(q), sort=sort.value, custom=custom)  # fmt: skip
 
 
 QueryDep = Annotated[repo.BookQuery, Depends(_query)]

@@ -10,6 +10,7 @@ from typing import Annotated
 from crm_platform import audit_api
 from crm_platform.csv_stream import Cell, csv_response
 from crm_platform.errors import NotFound
+from crm_platform.field_rules import refuse_personal_search
 from crm_platform.paging import BadCursor, search_words
 from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Depends, Path, Query, status
@@ -65,7 +66,9 @@ def _query(
     q: Search = None,
     sort: ContactSort = ContactSort.NEWEST,
 ) -> repo.BookQuery:
-    """The list's (and its export's) query, scoped to the actor's book."""
+    """The list's (and its export's) query, scoped to the actor's book (no search or sort by
+    people's names and e-mails for pseudonymised users: crm_platform.field_rules)."""
+    refuse_personal_search(actor.roles, {"query.q": q, "query.sort": sort == ContactSort.NAME})
     return repo.BookQuery(owner=owner_scope(actor, owner), source=source, account_id=account_id,
                           q=search_words(q), sort=sort.value)  # fmt: skip
 

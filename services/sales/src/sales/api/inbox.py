@@ -10,6 +10,7 @@ from crm_contracts import utcnow
 from crm_contracts.events.sales import Verdict
 from crm_platform.csv_stream import Cell, csv_response
 from crm_platform.errors import NotFound, RuleViolation
+from crm_platform.field_rules import refuse_personal_search
 from crm_platform.paging import BadCursor, search_words
 from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Depends, Query
@@ -60,7 +61,9 @@ def _query(
     q: Search = None,
     sort: Sorting = InboxSort.NEWEST,
 ) -> repo.InboxQuery:
-    """The list's (and its export's) query, scoped to what the actor may see."""
+    """The list's (and its export's) query, scoped to what the actor may see (no search by the
+    contact's name and e-mail for pseudonymised users: crm_platform.field_rules)."""
+    refuse_personal_search(actor.roles, {"query.q": q})
     return repo.InboxQuery(
         owner=owner_scope(actor, owner),
         status=status.value if status else None,

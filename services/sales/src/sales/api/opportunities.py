@@ -11,6 +11,7 @@ from crm_platform.csv_stream import Cell, csv_response
 from crm_platform.custom_fields import FieldSet, RecordType, export_cells, export_columns, filter_of
 from crm_platform.custom_fields_api import CustomFilter, fields_of
 from crm_platform.errors import NotFound, RuleViolation
+from crm_platform.field_rules import refuse_personal_search
 from crm_platform.paging import BadCursor, search_words
 from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Depends, Path, Query, status
@@ -60,7 +61,9 @@ def _query(
     ),
     cf: CustomFilter = None,
 ) -> repo.OpportunityQuery:
-    """The list's (and its export's) query, scoped to the actor's book."""
+    """The list's (and its export's) query, scoped to the actor's book (no search by contacts'
+    names and e-mails, nor text custom fields, for pseudonymised users: crm_platform.field_rules)."""
+    refuse_personal_search(actor.roles, {"query.q": q})
     return repo.OpportunityQuery(
         owner=owner_scope(actor, owner),
         stage=stage,
@@ -69,7 +72,7 @@ def _query(
         flagged=flagged,
         q=search_words(q),
         sort=sort.value,
-        custom=filter_of(fields, cf),
+        custom=filter_of(fields, cf, roles=actor.roles),
     )
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 from crm_platform import audit_api
 from crm_platform.csv_stream import Cell, csv_response
 from crm_platform.errors import RuleViolation
+from crm_platform.field_rules import refuse_personal_search
 from crm_platform.paging import BadCursor, search_words
 from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Depends, Query, status
@@ -70,7 +71,9 @@ def _query(
     q: Search = None,
     sort: AccountSort = AccountSort.NEWEST,
 ) -> store.AccountQuery | None:
-    """The list's (and its export's) query, or None when the actor may see none of what was asked."""
+    """The list's (and its export's) query, or None when the actor may see none of what was asked
+    (no search by contacts' names and e-mails for pseudonymised users: crm_platform.field_rules)."""
+    refuse_personal_search(actor.roles, {"query.q": q})
     allowed, member = book_of(actor, csm)
     if not allowed:
         return None

@@ -12,6 +12,7 @@ from crm_platform.clock import now_millis
 from crm_platform.csv_stream import Cell, csv_response
 from crm_platform.custom_fields import FieldSet, RecordType, export_cells, export_columns, filter_of
 from crm_platform.custom_fields_api import CustomFilter, fields_of
+from crm_platform.field_rules import refuse_personal_search
 from crm_platform.paging import BadCursor, search_words
 from crm_platform.routes import CurrentActor, DbDep
 from fastapi import APIRouter, Depends, Query, status
@@ -63,7 +64,9 @@ def _query(
     sort: TicketSort = TicketSort.NEWEST,
     cf: CustomFilter = None,
 ) -> store.TicketQuery:
-    """The list's (and its export's) query; a CSM's keeps what they may see."""
+    """The list's (and its export's) query; a CSM's keeps what they may see (no search of the
+    request's free text, nor text custom fields, for pseudonymised users: crm_platform.field_rules)."""
+    refuse_personal_search(actor.roles, {"query.q": q})
     return store.TicketQuery(
         account_id=account_id,
         status=status.value if status else None,
@@ -72,7 +75,7 @@ def _query(
         visible_to=None if sees_all(actor.roles) else actor.user_id,
         q=search_words(q),
         sort=sort.value,
-        custom=filter_of(fields, cf),
+        custom=filter_of(fields, cf, roles=actor.roles),
     )
 
 
