@@ -23,8 +23,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from crm_contracts import utcnow
 from crm_contracts.events.leads import LeadStatusChangedV1
 from crm_contracts.registry import envelope_for
-from crm_platform.mongo import OUTBOX, outbox_doc
-from crm_platform.outbox_audit import AUDITED, LOG_OFFSET, LOG_PARTITION
+from crm_platform.mongo import OUTBOX, outbox_doc, outbox_rows
+from crm_platform.outbox_audit import AUDITED, LOG_OFFSET, LOG_PARTITION, LOG_POSITIONS
 from crm_platform.runtime import ServiceRuntime
 from crm_platform.settings import ServiceSettings
 from crm_platform.testing import TopicReader, eventually
@@ -172,3 +172,94 @@ async def test_events_the_broker_kept_are_audited_and_not_published_again(
     assert [r[LOG_OFFSET] for r in rows] == sorted(r[LOG_OFFSET] for r in rows)
     assert all("republished" not in r for r in rows)
     assert republished(service, topic) == 0
+
+
+async def batch_row(runtime: ServiceRuntime, topic: str, n: int, *, lost_at: int | None = None) -> list[str]:
+    """Store ``n`` events as ONE batch row (as ``emit(batched=True)`` stores a bulk path's
+    events); with ``lost_at``, "published from there on, and lost" (no record sent)."""
+    envs = [
+        envelope_for(
+            LeadStatusChangedV1(
+                lead_id=f"batch-{uuid.uuid4().hex[:8]}", status="nurturing", source_channel="web"
+            ),
+            source=runtime.settings.service_name,
+            correlation_id="audit",
+        )
+        for _ in range(n)
+    ]
+    [row] = outbox_rows([{**outbox_doc(env), "topic": topic} for env in envs], [True] * n)
+    if lost_at is not None:
+        positions = [[0, lost_at + k] for k in range(n)]
+        row.update({"published": True, "published_at": utcnow(), LOG_POSITIONS: positions, AUDITED: False})
+    await runtime.db[OUTBOX].insert_one(row)
+    runtime.relay.notify()
+    return [str(env.event_id) for env in envs]
+
+
+async def test_a_batch_row_is_published_event_by_event_in_order_and_audited(
+    kafka_bootstrap: str,
+    make_settings: Callable[..., ServiceSettings],
+    scratch_topics: Callable[[str], tuple[str, str]],
+) -> None:
+    service = f"audit-{uuid.uuid4().hex[:6]}"
+    topic, _ = scratch_topics(service)
+    runtime = ServiceRuntime(make_settings(service, **FAST_AUDIT))
+    reader = await TopicReader(kafka_bootstrap, topic).start()
+    await runtime.start()
+    try:
+        sent = await batch_row(runtime, topic, 5)
+
+        async def audited() -> dict[str, Any] | None:
+            row = await runtime.db[OUTBOX].find_one({"event_id": f"batch:{sent[0]}"})
+            return row if row is not None and row.get(AUDITED) is True else None
+
+        row = await eventually(audited, timeout=30, what="the batch row published and audited")
+        await reader.wait_for(lambda envs: len(envs) >= 5, what="the batch's five events")
+        seen = ids_in(reader)
+    finally:
+        await runtime.stop()
+        await reader.stop()
+
+    assert seen == sent, "one record per event, in the batch's order"
+    assert [p for p, _ in row[LOG_POSITIONS]] == [0] * 5
+    assert [o for _, o in row[LOG_POSITIONS]] == sorted(o for _, o in row[LOG_POSITIONS])
+    assert "republished" not in row
+    assert republished(service, topic) == 0
+
+
+async def test_a_batch_row_with_an_event_the_broker_lost_is_published_again_whole(
+    kafka_bootstrap: str,
+    make_settings: Callable[..., ServiceSettings],
+    scratch_topics: Callable[[str], tuple[str, str]],
+) -> None:
+    service = f"audit-{uuid.uuid4().hex[:6]}"
+    topic, _ = scratch_topics(service)
+    runtime = ServiceRuntime(make_settings(service, **FAST_AUDIT))
+    sender = Sender(runtime, topic)
+    reader = await TopicReader(kafka_bootstrap, topic).start()
+    await runtime.start()
+    try:
+        kept = [await sender.emit() for _ in range(2)]  # two records really in the log
+        await eventually(lambda: _all_published(runtime), timeout=30, what="the two events published")
+        end = await topic_end(kafka_bootstrap, topic)
+        lost = await batch_row(runtime, topic, 3, lost_at=end)
+
+        async def republished_and_audited() -> dict[str, Any] | None:
+            row = await runtime.db[OUTBOX].find_one({"event_id": f"batch:{lost[0]}"})
+            return row if row is not None and row.get("republished") == 1 and row.get(AUDITED) else None
+
+        row = await eventually(republished_and_audited, timeout=30, what="the batch row published again")
+        await reader.wait_for(lambda envs: len(envs) >= 5, what="the kept events and the batch's three")
+        seen = ids_in(reader)
+    finally:
+        await runtime.stop()
+        await reader.stop()
+
+    assert seen[:2] == kept
+    assert seen[2:] == lost, "the whole batch published again, in order (consumers drop copies by id)"
+    assert all(o >= end for _, o in row[LOG_POSITIONS]), "new positions of its own"
+    assert republished(service, topic) == 1
+
+
+async def _all_published(runtime: ServiceRuntime) -> bool:
+    return await runtime.db[OUTBOX].count_documents({"published": False}) == 0

@@ -200,6 +200,45 @@ async def test_audit_api_filters_pages_and_exports(leads: Leads) -> None:
     assert {row["actor_id"] for row in rows} == {user_id}
 
 
+async def test_a_bulk_captured_leads_entry_is_found_by_record_and_by_user(leads: Leads) -> None:
+    """The bulk paths store one audit entry per batch (crm_platform.audit.one_entry_per_batch);
+    each lead of it is still found by its record id and by its user, with its own fields."""
+    name = f"bulk-{uuid.uuid4().hex[:6]}"
+    user_id, mine = f"user-{name}", auth_headers(["marketing"], name)
+    bodies = [lead_body() for _ in range(3)]
+    response = await leads.client.post(
+        "/leads/bulk", json={"leads": bodies}, headers={**mine, "X-Correlation-ID": f"journey-{name}"}
+    )
+    ids = [r["lead"]["id"] for r in response.json()["results"]]
+    stored = [
+        e for e in await assert_audited(leads.runtime.store.db, response) if e["record"]["type"] == "leads"
+    ]
+    assert [e["record"]["id"] for e in stored] == [ids], "one stored entry naming the batch's leads"
+
+    for lead_id, body in zip(ids, bodies, strict=True):
+        params = {"record_type": "leads", "record_id": lead_id}
+        [item] = (await leads.client.get("/audit", params=params, headers=AUDITOR)).json()["items"]
+        assert item["record"] == {"type": "leads", "id": lead_id}
+        assert item["actor"]["user_id"] == user_id
+        assert item["actor"]["roles"] == ["marketing"]
+        assert (item["action"], item["operation"]) == ("insert", "POST /leads/bulk")
+        assert item["request_id"] == response.headers["x-request-id"]
+        assert item["correlation_id"] == f"journey-{name}"
+        assert item["batch"]["size"] == 3
+        email = {c["field"]: c for c in item["changes"]}["email"]
+        assert (email["before"], email["after"]) == (None, body["email"])
+        history = (await leads.client.get(f"/leads/{lead_id}/history", headers=ADMIN)).json()["items"]
+        assert [h["record"]["id"] for h in history] == [lead_id]
+
+    by_user = (await leads.client.get("/audit", params={"user_id": user_id}, headers=AUDITOR)).json()
+    assert sorted(i["record"]["id"] for i in by_user["items"] if i["record"]["type"] == "leads") == sorted(
+        ids
+    )
+    export = await leads.client.get("/audit/export", params={"user_id": user_id}, headers=ADMIN)
+    rows = [row for row in csv.DictReader(io.StringIO(export.text)) if row["record_type"] == "leads"]
+    assert sorted(row["record_id"] for row in rows) == sorted(ids), "one CSV row per lead"
+
+
 async def test_only_admins_and_auditors_read_the_audit_log(leads: Leads) -> None:
     for headers in (MARKETING, MANAGER, auth_headers(["analyst"], "ann")):
         assert (await leads.client.get("/audit", headers=headers)).status_code == 403

@@ -9,6 +9,7 @@ from typing import Any, TypeAlias
 import pytest
 from crm_contracts import Envelope, utcnow
 from crm_contracts.topics import LEAD_QUALIFIED, LEADS_EVENTS
+from crm_platform.mongo import BATCH_EVENTS, OUTBOX
 from crm_platform.testing import TopicReader, auth_headers
 
 pytestmark = pytest.mark.integration
@@ -81,6 +82,8 @@ async def test_bulk_capture_creates_and_merges_in_order_with_one_event_each(
         assert known_events == [False, True]
         per_lead = [e.payload["merged"] for e in envs if e.partition_key == merged_twice["id"]]
         assert per_lead == [False, True], "in the batch's order"
+        rows = await leads.runtime.db[OUTBOX].find({f"{BATCH_EVENTS}.key": {"$in": list(ids)}}).to_list()
+        assert [r["count"] for r in rows] == [4], "the batch's four events stored in one outbox row"
     finally:
         await reader.stop()
 

@@ -3,6 +3,7 @@ named after the user, the event or the system behind it, append-only, queried wi
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -175,6 +176,71 @@ async def test_a_bulk_write_records_each_document_once_from_before_to_after(stor
     assert upserted is not None
 
 
+async def test_a_batch_insert_is_one_entry_naming_each_record_and_read_back_per_record(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``one_entry_per_batch`` (the bulk paths): one stored entry per batch of records, each
+    record found by its id, by the user and in the export with its own after-values."""
+    monkeypatch.setattr(audit, "BATCH_ENTRY_RECORDS", 2)
+    run = uuid.uuid4().hex[:6]
+    ids = [f"bl-{run}-{k}" for k in range(3)]
+    user = f"u-batch-{run}"
+
+    async def work(tx: Tx) -> None:
+        with audit.one_entry_per_batch():
+            docs = [{"_id": i, "email": f"{i}@example.com", "score": k} for k, i in enumerate(ids)]
+            await tx.db["bulk_leads"].insert_many(docs, session=tx.session)
+
+    token = as_user(user)
+    try:
+        await store.transaction(work)
+    finally:
+        audit.actor_var.reset(token)
+
+    stored = await store.db[audit.AUDIT_LOG].find({"actor.user_id": user}).sort("_id", 1).to_list()
+    assert [e["record"]["id"] for e in stored] == [ids[:2], ids[2:]], "one entry per batch of at most 2"
+    assert all("changes" not in e and e["action"] == "insert" for e in stored)
+
+    second = (await audit.history(store.db, "bulk_leads", ids[1], limit=10)).items
+    assert [(e["record"], e["actor"]["user_id"], e["action"]) for e in second] == [
+        ({"type": "bulk_leads", "id": ids[1]}, user, "insert")
+    ]
+    assert second[0]["changes"] == [
+        {"field": "email", "before": None, "after": f"{ids[1]}@example.com"},
+        {"field": "score", "before": None, "after": 1},
+    ]
+    assert second[0]["batch"] == {"id": stored[0]["_id"], "size": 2}
+
+    by_user = (await audit.query(store.db, audit.Filters(user_id=user), limit=10)).items
+    assert sorted(e["record"]["id"] for e in by_user) == ids, "each record once, as its own entry"
+    assert len({e["_id"] for e in by_user}) == 3
+    rows = [row async for row in audit.csv_rows(store.db, audit.Filters(user_id=user))]
+    assert sorted(r[audit.CSV_COLUMNS.index("record_id")] for r in rows) == ids
+
+
+async def test_erasure_rewrites_the_erased_records_values_in_a_batch_entry(store: Store) -> None:
+    run = uuid.uuid4().hex[:6]
+    ids = [f"er-{run}-{k}" for k in range(2)]
+
+    async def write(tx: Tx) -> None:
+        with audit.one_entry_per_batch():
+            docs = [{"_id": i, "email": f"{i}@example.com"} for i in ids]
+            await tx.db["bulk_leads"].insert_many(docs, session=tx.session)
+
+    await store.transaction(write)
+
+    async def erase(tx: Tx) -> int:
+        return await audit.erase_values(
+            tx.db, tx.session, [("bulk_leads", ids[0])], re.compile(re.escape(ids[0]))
+        )
+
+    assert await store.transaction(erase) == 1
+    [erased] = (await audit.history(store.db, "bulk_leads", ids[0], limit=5)).items
+    [kept] = (await audit.history(store.db, "bulk_leads", ids[1], limit=5)).items
+    assert erased["changes"] == [{"field": "email", "before": None, "after": "[erased]@example.com"}]
+    assert kept["changes"] == [{"field": "email", "before": None, "after": f"{ids[1]}@example.com"}]
+
+
 @pytest.mark.parametrize(
     "filters",
     [
@@ -188,6 +254,11 @@ async def test_a_bulk_write_records_each_document_once_from_before_to_after(stor
     ids=["all", "user", "type", "record", "user+type", "period"],
 )
 async def test_audit_queries_use_an_index(store: Store, filters: audit.Filters) -> None:
+    async def batch(tx: Tx) -> None:  # batch entries make the by_record index multikey
+        with audit.one_entry_per_batch():
+            await tx.db["deals"].insert_many([{"n": 1}, {"n": 2}], session=tx.session)
+
+    await store.transaction(batch)
     plan = await audit.find_query(store.db, filters).explain()
     assert "COLLSCAN" not in str(plan["queryPlanner"]["winningPlan"]), plan["queryPlanner"]["winningPlan"]
 

@@ -79,21 +79,36 @@ async def capture_leads(
     capture emits its own ``lead.captured`` in the batch's order (the order per lead).
     All or none: a lead captured meanwhile by another request runs the batch again.
     """
-    emails = {domain.normalize_email(c.email) for c in captures}
 
     async def work(unit: LeadsUnit) -> tuple[domain.CaptureOutcome, ...]:
-        known = await unit.leads.get_many_by_email(emails)
-        batch = domain.capture_batch(known, captures, uow.new_id, now_millis(uow.clock), fields)
-        await unit.leads.add_many(batch.new)
-        await unit.leads.save_many(batch.merged)
-        for outcome in batch.outcomes:
-            unit.emit_all(outcome.events, correlation_id=outcome.lead.id)
-        return batch.outcomes
+        return (await store_captures(unit, captures, uow, now_millis(uow.clock), fields)).outcomes
 
     outcomes = await _retry_races(uow, work)
     for outcome in outcomes:
         metrics.LEADS_CAPTURED.labels(str(outcome.merged).lower()).inc()
     return outcomes
+
+
+async def store_captures(
+    unit: LeadsUnit,
+    captures: Sequence[Capture],
+    uow: Uow,
+    now: datetime,
+    fields: FieldSet = domain.NO_CUSTOM_FIELDS,
+) -> domain.BatchCaptureOutcome:
+    """The batch path that bulk capture and every import batch share, inside the caller's unit:
+    one read of the batch's emails, the captures one by one by ``domain.capture_batch``'s rules,
+    one insert of the new leads, one write of the merged ones, and each capture's own events
+    (``lead.captured`` built by the domain, one per lead, in the batch's order) stored
+    together in the outbox (``batched``: one outbox row for the batch, crm_platform.mongo).
+    """
+    known = await unit.leads.get_many_by_email({domain.normalize_email(c.email) for c in captures})
+    batch = domain.capture_batch(known, captures, uow.new_id, now, fields)
+    await unit.leads.add_many(batch.new)
+    await unit.leads.save_many(batch.merged)
+    for outcome in batch.outcomes:
+        unit.emit_all(outcome.events, correlation_id=outcome.lead.id, batched=True)
+    return batch
 
 
 # -- edit ------------------------------------------------------------------------------------
@@ -176,17 +191,11 @@ async def import_batch(
     ``StaleCheckpoint`` if the job is no longer at ``expected`` (another worker took it over):
     nothing of the batch is kept, so no row is imported twice.
     """
-    emails = {domain.normalize_email(c.email) for c in captures}
 
     async def work(unit: LeadsUnit) -> tuple[imports.ImportJob, int]:
         job = await _load_import(unit, job_id)
-        known = await unit.leads.get_many_by_email(emails)
         now = now_millis(uow.clock)
-        batch = domain.capture_batch(known, captures, uow.new_id, now, fields)
-        await unit.leads.add_many(batch.new)
-        await unit.leads.save_many(batch.merged)
-        for outcome in batch.outcomes:
-            unit.emit_all(outcome.events, correlation_id=outcome.lead.id)
+        batch = await store_captures(unit, captures, uow, now, fields)
         await unit.imports.add_rejections(rejected)
         merged = sum(1 for o in batch.outcomes if o.merged)
         counts = job.counts.plus(len(captures), merged, len(rejected))

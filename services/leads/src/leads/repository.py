@@ -85,9 +85,12 @@ class ImportRepository(Protocol):
 class LeadsUnit(Protocol):
     """What a handler works in: the repositories and ``emit``, committed together."""
 
-    def emit(self, event: Event, *, correlation_id: str | None = None) -> None: ...
+    def emit(self, event: Event, *, correlation_id: str | None = None, batched: bool = False) -> None: ...
 
-    def emit_all(self, events: Iterable[Event], *, correlation_id: str | None = None) -> None: ...
+    def emit_all(
+        self, events: Iterable[Event], *, correlation_id: str | None = None, batched: bool = False
+    ) -> None:
+        """``batched``: a bulk path's events share outbox rows (crm_platform.mongo.Tx.emit)."""
 
     @property
     def leads(self) -> LeadRepository: ...

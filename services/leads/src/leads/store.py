@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from crm_contracts.events.common import Behaviour
-from crm_platform import custom_fields_api
+from crm_platform import audit, custom_fields_api
 from crm_platform.actor import Actor
 from crm_platform.cache import TtlCache
 from crm_platform.erasure import Related, Target, with_person_hashes
@@ -259,7 +259,9 @@ class MongoLeads:
     async def add_many(self, leads: Sequence[Lead]) -> None:
         # one of their emails captured meanwhile: DuplicateKeyError, as for add()
         docs = [lead_to_doc(lead) for lead in leads]
-        await _insert_many(self.tx, LEADS, docs, "a lead with one of these emails exists")
+        # The bulk paths (bulk capture, import batches): one audit entry per batch, naming each lead.
+        with audit.one_entry_per_batch():
+            await _insert_many(self.tx, LEADS, docs, "a lead with one of these emails exists")
 
     async def save_many(self, leads: Sequence[Lead]) -> None:
         if leads:

@@ -37,7 +37,8 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -72,6 +73,32 @@ INSERT, UPDATE, DELETE = "insert", "update", "delete"
 # Set for each authenticated request (crm_platform.auth.current_principal): who acts, and the route.
 actor_var: ContextVar[Actor | None] = ContextVar("audit_actor", default=None)
 operation_var: ContextVar[str | None] = ContextVar("audit_operation", default=None)
+# Set by :func:`one_entry_per_batch` around a bulk path's ``insert_many``.
+batch_entries_var: ContextVar[bool] = ContextVar("audit_batch_entries", default=False)
+
+# A batch entry's records (``{id, changes}`` each, in the order written); at most this many per entry.
+RECORDS = "records"
+BATCH_ENTRY_RECORDS = 250
+
+
+@contextmanager
+def one_entry_per_batch() -> Iterator[None]:
+    """Inserts of many records made inside are recorded as ONE entry per batch (of at most
+    :data:`BATCH_ENTRY_RECORDS` records) instead of one entry per record.
+
+    For the bulk paths (an import batch, a bulk capture): each record is still named
+    (``record.id`` lists every id, so the ``by_record`` index and the per-record query find
+    it) with its own after-values (``records: [{id, changes}]``), and the entry has the
+    same actor, action, operation, request and correlation ids and time as the per-record
+    entries would. The read side (:func:`query`, :func:`history`, :func:`csv_rows`) shows
+    it as one entry per record (:func:`entries_of`). What it saves: one audit document and
+    its four index entries per record (docs/performance.md, "Sixth session").
+    """
+    token = batch_entries_var.set(True)
+    try:
+        yield
+    finally:
+        batch_entries_var.reset(token)
 
 
 class AuditLogIsAppendOnly(RuntimeError):
@@ -138,6 +165,19 @@ class Trail:
         """Insert the entries in the transaction (``db`` the plain database: the only writer)."""
         if self.entries:
             await db[AUDIT_LOG].insert_many(self.entries, session=self.session)
+
+    def record_inserts(self, collection: str, docs: Sequence[Doc]) -> None:
+        """Batch entries for inserted records (:func:`one_entry_per_batch`)."""
+        for start in range(0, len(docs), BATCH_ENTRY_RECORDS):
+            chunk = docs[start : start + BATCH_ENTRY_RECORDS]
+            records = [{"id": str(doc["_id"]), "changes": diff(None, doc)} for doc in chunk]
+            batch = entry(self, collection, None, INSERT, [])
+            del batch["changes"]  # each record's are in ``records``
+            batch["record"]["id"] = [r["id"] for r in records]
+            batch[RECORDS] = records
+            self.entries.append(batch)
+            for doc in chunk:
+                self.remember(collection, doc)
 
     def record(self, collection: str, before: Doc | None, after: Doc | None) -> None:
         changes = diff(before, after)
@@ -288,8 +328,11 @@ class AuditedCollection(AsyncCollection[Doc]):
         docs = list(documents)
         result = await super().insert_many(docs, *args, **kwargs)
         if self._watched(kwargs):
-            for doc in docs:
-                self._trail.record(self.name, None, dict(doc))
+            if batch_entries_var.get() and len(docs) > 1:
+                self._trail.record_inserts(self.name, [dict(doc) for doc in docs])
+            else:
+                for doc in docs:
+                    self._trail.record(self.name, None, dict(doc))
         return result
 
     async def replace_one(self, filter: Any, replacement: Any, *args: Any, **kwargs: Any) -> Any:
@@ -439,6 +482,16 @@ def _scrubbed_changes(changes: list[Doc], pattern: re.Pattern[str]) -> list[Doc]
     ]
 
 
+def _scrubbed(entry: Mapping[str, Any], pattern: re.Pattern[str]) -> Doc:
+    """The entry's ``changes`` and, in a batch entry, each record's, without the person's values."""
+    out: Doc = {}
+    if "changes" in entry:
+        out["changes"] = _scrubbed_changes(entry["changes"], pattern)
+    if RECORDS in entry:
+        out[RECORDS] = [{**r, "changes": _scrubbed_changes(r["changes"], pattern)} for r in entry[RECORDS]]
+    return out
+
+
 async def erase_values(
     db: AsyncDatabase[Doc],
     session: AsyncClientSession,
@@ -457,9 +510,9 @@ async def erase_values(
     rewritten = 0
     if isinstance(db, AuditedDatabase):
         for pending in db._trail.entries:
-            changes = _scrubbed_changes(pending["changes"], pattern)
-            if changes != pending["changes"]:
-                pending["changes"] = changes
+            scrubbed = _scrubbed(pending, pattern)
+            if any(pending[k] != v for k, v in scrubbed.items()):
+                pending.update(scrubbed)
                 rewritten += 1
     log = db.client[db.name][AUDIT_LOG]  # the plain collection: AuditedCollection refuses writes
     ids_by_type: dict[str, list[str]] = {}
@@ -467,10 +520,10 @@ async def erase_values(
         ids_by_type.setdefault(collection, []).append(str(doc_id))
     for record_type, ids in ids_by_type.items():
         query = {"record.type": record_type, "record.id": {"$in": ids}}
-        async for stored in log.find(query, {"changes": 1}, session=session):
-            changes = _scrubbed_changes(stored.get("changes", []), pattern)
-            if changes != stored.get("changes", []):
-                await log.update_one({"_id": stored["_id"]}, {"$set": {"changes": changes}}, session=session)
+        async for stored in log.find(query, {"changes": 1, RECORDS: 1}, session=session):
+            scrubbed = _scrubbed(stored, pattern)
+            if any(stored[k] != v for k, v in scrubbed.items()):
+                await log.update_one({"_id": stored["_id"]}, {"$set": scrubbed}, session=session)
                 rewritten += 1
     return rewritten
 
@@ -544,9 +597,34 @@ def find_query(db: AsyncDatabase[Doc], filters: Filters, cursor: str | None = No
 
 
 async def query(db: AsyncDatabase[Doc], filters: Filters, *, limit: int, cursor: str | None = None) -> Page:
+    """A page of ``limit`` stored entries, newest first; a batch entry shows as one entry per
+    record it names (:func:`entries_of`; only the filtered record's with ``record_id``)."""
     docs = await find_query(db, filters, cursor).limit(limit + 1).to_list()
-    items, next_cursor = page(docs, limit, NEWEST)
-    return Page(items, next_cursor)
+    stored, next_cursor = page(docs, limit, NEWEST)
+    return Page([e for doc in stored for e in entries_of(doc, filters.record_id)], next_cursor)
+
+
+def entries_of(doc: Doc, record_id: str | None = None) -> list[Doc]:
+    """A stored entry as the per-record entries it stands for: itself, or for a batch entry
+    (:func:`one_entry_per_batch`) one entry per record (``record_id``: that record's only),
+    each with the batch's who, what, when and ids, its own record and changes, its id
+    ``<batch entry id>/<position>`` and ``batch: {id, size}``."""
+    records = doc.get(RECORDS)
+    if records is None:
+        return [doc]
+    shared = {k: v for k, v in doc.items() if k not in (RECORDS, "record", "_id")}
+    batch = {"id": doc["_id"], "size": len(records)}
+    return [
+        {
+            **shared,
+            "_id": f"{doc['_id']}/{k}",
+            "record": {"type": doc["record"]["type"], "id": r["id"]},
+            "changes": r["changes"],
+            "batch": batch,
+        }
+        for k, r in enumerate(records)
+        if record_id is None or r["id"] == record_id
+    ]
 
 
 async def history(
@@ -593,4 +671,5 @@ def csv_row(doc: Mapping[str, Any]) -> list[str]:
 async def csv_rows(db: AsyncDatabase[Doc], filters: Filters, *, batch: int = 500) -> AsyncIterator[list[str]]:
     """The entries as CSV rows (:data:`CSV_COLUMNS`), read ``batch`` at a time: never all in memory."""
     async for doc in find_query(db, filters).batch_size(batch):
-        yield csv_row(doc)
+        for each in entries_of(doc, filters.record_id):
+            yield csv_row(each)

@@ -47,6 +47,11 @@ class AuditRecordOut(BaseModel):
     id: str
 
 
+class AuditBatchOut(BaseModel):
+    id: str = Field(description="the stored batch entry")
+    size: int = Field(description="how many records it names")
+
+
 class AuditEntryOut(BaseModel):
     id: str
     at: datetime
@@ -60,6 +65,11 @@ class AuditEntryOut(BaseModel):
     changes: list[FieldChangeOut]
     request_id: str | None = None
     correlation_id: str | None = None
+    batch: AuditBatchOut | None = Field(
+        None,
+        description="set when the change was stored in one entry per batch (an import batch, a bulk "
+        "capture): the stored entry that names this record among its batch's (crm_platform.audit)",
+    )
 
     @classmethod
     def of(cls, doc: dict[str, Any]) -> AuditEntryOut:
@@ -74,6 +84,7 @@ class AuditEntryOut(BaseModel):
             changes=[FieldChangeOut(**audit.plain(c)) for c in doc.get("changes", [])],
             request_id=doc.get("request_id"),
             correlation_id=doc.get("correlation_id"),
+            batch=AuditBatchOut(**doc["batch"]) if doc.get("batch") else None,
         )
 
 

@@ -42,7 +42,7 @@ from pymongo.errors import PyMongoError
 from crm_platform import audit
 from crm_platform.audit import ERASED, scrub  # noqa: F401 - re-exported for the departments
 from crm_platform.clock import now_millis
-from crm_platform.mongo import OUTBOX
+from crm_platform.mongo import BATCH_EVENTS, OUTBOX
 from crm_platform.pseudonym import email_hash, erased_email, erased_name, is_erased_email
 
 log = logging.getLogger("crm.erasure")
@@ -227,7 +227,19 @@ async def _scrub_outbox(tx: Any, keys: list[str], pattern: re.Pattern[str] | Non
     if not keys or pattern is None:
         return
     outbox = tx.db[OUTBOX]
-    async for row in outbox.find({"key": {"$in": keys}, "published": True}, session=tx.session):
+    keyed = {"$or": [{"key": {"$in": keys}}, {f"{BATCH_EVENTS}.key": {"$in": keys}}], "published": True}
+    async for row in outbox.find(keyed, session=tx.session):
+        if BATCH_EVENTS in row:  # a batch row (crm_platform.mongo.outbox_rows): its erased records' events
+            wanted = set(keys)
+            items = [
+                {**item, "envelope": scrub(item["envelope"], pattern)} if item["key"] in wanted else item
+                for item in row[BATCH_EVENTS]
+            ]
+            if items != row[BATCH_EVENTS]:
+                await outbox.update_one(
+                    {"_id": row["_id"]}, {"$set": {BATCH_EVENTS: items}}, session=tx.session
+                )
+            continue
         envelope = scrub(row["envelope"], pattern)
         if envelope != row["envelope"]:
             await outbox.update_one({"_id": row["_id"]}, {"$set": {"envelope": envelope}}, session=tx.session)

@@ -74,11 +74,19 @@ class Tx:
         self.emitted: list[Envelope] = []
         # The trace context each event was emitted in (crm_platform.tracing; None when off).
         self.trace_contexts: list[Context | None] = []
+        # Whether each event may share one outbox row with its neighbours (``emit(batched=True)``).
+        self.batched: list[bool] = []
         # Called once the transaction has committed (never for an attempt that is retried
         # or aborted): e.g. dropping a cached configuration this transaction changed.
         self.after_commit: list[Callable[[], None]] = []
 
-    def emit(self, event: Event, *, correlation_id: str | None = None) -> Envelope:
+    def emit(self, event: Event, *, correlation_id: str | None = None, batched: bool = False) -> Envelope:
+        """Store ``event`` in the outbox with this transaction.
+
+        ``batched``: the event may share ONE outbox row with the batched events emitted next to
+        it (:func:`outbox_rows`): a bulk capture or an import batch writes and marks one row
+        instead of one per lead. Consumers still get one record per event, in order.
+        """
         cause = causation_var.get()
         corr = correlation_id or (cause.correlation_id if cause else None)
         corr = corr or correlation_id_var.get() or event.partition_key()
@@ -91,6 +99,7 @@ class Tx:
         )
         self.emitted.append(env)
         self.trace_contexts.append(tracing.capture())
+        self.batched.append(batched and env.event_type not in HANDOFF_BY_EVENT_TYPE)
         return env
 
 
@@ -169,17 +178,17 @@ class Store:
     async def _store_emitted(self, tx: Tx) -> dict[str, tracing.Carrier]:
         """The attempt's events into the outbox (handoffs also into ``handoffs_sent``), each
         with the trace context it was caused in; returns the first context per journey."""
-        rows = [outbox_doc(env) for env in tx.emitted]
-        emitted = zip(tx.emitted, rows, tx.trace_contexts, strict=True)
+        items = [outbox_doc(env) for env in tx.emitted]
+        emitted = zip(tx.emitted, items, tx.trace_contexts, strict=True)
         carriers = await tracing.outbox_contexts(
-            self.db, tx.session, [(env, row["topic"], ctx) for env, row, ctx in emitted]
+            self.db, tx.session, [(env, item["topic"], ctx) for env, item, ctx in emitted]
         )
         journeys: dict[str, tracing.Carrier] = {}
-        for env, row, carrier in zip(tx.emitted, rows, carriers, strict=True):
+        for env, item, carrier in zip(tx.emitted, items, carriers, strict=True):
             if carrier:
-                row[tracing.TRACE_FIELD] = carrier
+                item[tracing.TRACE_FIELD] = carrier
                 journeys.setdefault(env.correlation_id, carrier)
-        await self.db[OUTBOX].insert_many(rows, session=tx.session)
+        await self.db[OUTBOX].insert_many(outbox_rows(items, tx.batched), session=tx.session)
         sent = [
             handoff_doc(env, self.receipt_grace)
             for env in tx.emitted
@@ -225,6 +234,73 @@ def outbox_doc(env: Envelope) -> Doc:
         "published": False,
         "created_at": env.occurred_at,
     }
+
+
+# A batch row (``emit(batched=True)``) holds its events' items under this field, in order.
+BATCH_EVENTS = "events"
+
+
+def outbox_rows(items: list[Doc], batched: list[bool]) -> list[Doc]:
+    """The outbox rows of a transaction's events (:func:`outbox_doc` each), in emission order.
+
+    A run of two or more neighbouring batched events becomes ONE row listing them under
+    ``events`` (one insert, one index entry set, one mark when published, one change-stream
+    wake-up, instead of one of each per event); every other event is a row of its own, as
+    before. The batch row's ``event_id`` is ``batch:`` + its first event's id (the unique
+    index), its ``topic``/``event_type`` are its first event's, its ``key`` is null (each
+    item has its own): :func:`row_items` reads either shape.
+    """
+    rows: list[Doc] = []
+    run: list[Doc] = []
+
+    def close_run() -> None:
+        if len(run) == 1:
+            rows.append(run[0])
+        elif run:
+            first = run[0]
+            rows.append(
+                {
+                    "event_id": f"batch:{first['event_id']}",
+                    "event_type": first["event_type"],
+                    "topic": first["topic"],
+                    "key": None,
+                    BATCH_EVENTS: [{k: v for k, v in item.items() if k not in _ROW_ONLY} for item in run],
+                    "count": len(run),
+                    "published": False,
+                    "created_at": first["created_at"],
+                }
+            )
+        run.clear()
+
+    for item, joins in zip(items, batched, strict=True):
+        if joins:
+            run.append(item)
+            continue
+        close_run()
+        rows.append(item)
+    close_run()
+    return rows
+
+
+_ROW_ONLY = frozenset({"published", "created_at"})
+
+
+def row_items(row: Doc) -> list[Doc]:
+    """The events of an outbox row: a batch row's items, or the row itself (one event)."""
+    items: list[Doc] | None = row.get(BATCH_EVENTS)
+    return items if items is not None else [row]
+
+
+def outbox_events_pipeline(match: Doc) -> list[Doc]:
+    """An aggregation over ``outbox`` giving one document per stored EVENT (a batch row's items
+    unwound, a single row as it is) that matches ``match`` (e.g. ``{"event_type": ...,
+    "key": ...}``): what tests and tools count instead of rows."""
+    return [
+        {"$project": {"item": {"$ifNull": [f"${BATCH_EVENTS}", ["$$ROOT"]]}, "published": 1}},
+        {"$unwind": "$item"},
+        {"$replaceRoot": {"newRoot": {"$mergeObjects": ["$item", {"published": "$published"}]}}},
+        {"$match": match},
+    ]
 
 
 def handoff_doc(env: Envelope, grace: timedelta) -> Doc:

@@ -305,7 +305,14 @@ def read_outbox(uri: str, databases: Sequence[str], stream: TextIO | None = None
         found = []
         for name in databases:
             outbox = client[name][OUTBOX]
-            pending = outbox.count_documents({"published": False})
+            # A batch row (crm_platform.mongo.outbox_rows) counts its events.
+            by_rows = outbox.aggregate(
+                [
+                    {"$match": {"published": False}},
+                    {"$group": {"_id": None, "events": {"$sum": {"$ifNull": ["$count", 1]}}}},
+                ]
+            ).to_list()
+            pending = int(by_rows[0]["events"]) if by_rows else 0
             oldest = outbox.find_one({"published": False}, sort=[("_id", 1)], projection={"created_at": 1})
             created, age = _age((oldest or {}).get("created_at"), datetime.now(UTC))
             found.append(Backlog(name, pending, created, age))

@@ -34,8 +34,8 @@ from pymongo.errors import DuplicateKeyError
 
 from crm_platform import metrics, tracing
 from crm_platform.kafka import make_producer
-from crm_platform.mongo import OUTBOX
-from crm_platform.outbox_audit import AUDITED, LOG_OFFSET, LOG_PARTITION
+from crm_platform.mongo import BATCH_EVENTS, OUTBOX, row_items
+from crm_platform.outbox_audit import AUDITED, LOG_OFFSET, LOG_PARTITION, LOG_POSITIONS
 
 log = logging.getLogger("crm.outbox")
 LEASE = "outbox_lease"
@@ -64,6 +64,24 @@ def wire_record(envelope: Mapping[str, Any], produced_at: str) -> tuple[bytes, l
         ("correlation_id", str(stamped["correlation_id"]).encode()),
     ]
     return value, headers
+
+
+def _positions(doc: Mapping[str, Any], metas: list[Any]) -> dict[str, Any]:
+    """Where the broker says it stored the row's events: the audit checks they are still
+    there once the publish is old enough (crm_platform.outbox_audit)."""
+    if BATCH_EVENTS in doc:
+        return {LOG_POSITIONS: [[m.partition, m.offset] for m in metas], AUDITED: False}
+    return {LOG_PARTITION: metas[0].partition, LOG_OFFSET: metas[0].offset, AUDITED: False}
+
+
+async def pending_events(db: AsyncDatabase[dict[str, Any]]) -> int:
+    """How many events wait in the outbox (a batch row counts its events)."""
+    pipeline: list[dict[str, Any]] = [
+        {"$match": {"published": False}},
+        {"$group": {"_id": None, "events": {"$sum": {"$ifNull": ["$count", 1]}}}},
+    ]
+    found = await (await db[OUTBOX].aggregate(pipeline)).to_list()
+    return int(found[0]["events"]) if found else 0
 
 
 class OutboxRelay:
@@ -128,61 +146,90 @@ class OutboxRelay:
         await self._release_lease()
 
     async def publish_pending(self) -> int:
-        """Publish one batch of pending events; returns how many were published."""
+        """Publish one batch of pending events; returns how many were published.
+
+        A batch row (``crm_platform.mongo.outbox_rows``) is published whole, its events in
+        order, and marked once, with every event's position (``log_positions``).
+        """
         assert self.producer is not None
-        docs = await (
-            self.db[OUTBOX].find({"published": False}).sort("_id", 1).limit(self.batch_size)
-        ).to_list()
+        docs = await self._pending_rows()
         if not docs:
             return 0
         futures = await self._send(docs)
-        # Mark only the prefix that the broker acknowledged, so a failure midway
-        # republishes the rest (and consumers drop any duplicate by event id).
+        # Mark only the prefix of rows that the broker acknowledged whole, so a failure
+        # midway republishes the rest (and consumers drop any duplicate by event id).
         done: list[Any] = []
         marks: list[UpdateOne] = []
         error: BaseException | None = None
         published_at = utcnow()
-        for doc, fut in zip(docs, futures, strict=True):
+        for doc, row_futures in zip(docs, futures, strict=True):
             try:
-                meta = await fut
+                metas = [await fut for fut in row_futures]
             except Exception as exc:
                 error = exc
                 break
             done.append(doc)
-            # Where the broker says it stored the event: the audit checks it is still
-            # there once the publish is old enough (crm_platform.outbox_audit).
-            position = {LOG_PARTITION: meta.partition, LOG_OFFSET: meta.offset, AUDITED: False}
             marks.append(
                 UpdateOne(
                     {"_id": doc["_id"]},
-                    {"$set": {"published": True, "published_at": published_at, **position}},
+                    {"$set": {"published": True, "published_at": published_at, **_positions(doc, metas)}},
                 )
             )
         if marks:
             await self.db[OUTBOX].bulk_write(marks, ordered=False)
             for d in done:
-                metrics.EVENTS_PRODUCED.labels(self.service, d["topic"], d["event_type"]).inc()
+                for item in row_items(d):
+                    metrics.EVENTS_PRODUCED.labels(self.service, item["topic"], item["event_type"]).inc()
         self.connected = True
         if error is not None:
             raise error
-        return len(done)
+        return sum(len(row_items(d)) for d in done)
 
-    async def _send(self, docs: list[dict[str, Any]]) -> list[Any]:
-        """Hand the rows' records to the producer; the futures of their acknowledgements."""
+    async def _pending_rows(self) -> list[dict[str, Any]]:
+        """The oldest pending rows holding about ``batch_size`` events (at least one row).
+
+        Read without the batch rows' events first (a single row is read whole): a batch row
+        holds up to a thousand events, and ``batch_size`` of those would be far more than one
+        publish. Only the batch rows taken are then read with their events.
+        """
+        pending = self.db[OUTBOX].find({"published": False}, {BATCH_EVENTS: 0}).sort("_id", 1)
+        heads = await pending.limit(self.batch_size).to_list()
+        taken: list[dict[str, Any]] = []
+        events = 0
+        for head in heads:
+            if taken and events + head.get("count", 1) > self.batch_size:
+                break
+            taken.append(head)
+            events += head.get("count", 1)
+        batches = [row["_id"] for row in taken if "count" in row]
+        if batches:
+            full = {
+                row["_id"]: row
+                async for row in self.db[OUTBOX].find({"_id": {"$in": batches}, "published": False})
+            }
+            taken = [full.get(row["_id"], row) if "count" in row else row for row in taken]
+            taken = [row for row in taken if "count" not in row or BATCH_EVENTS in row]
+        return taken
+
+    async def _send(self, docs: list[dict[str, Any]]) -> list[list[Any]]:
+        """Hand the rows' records to the producer; per row, the futures of their acknowledgements."""
         assert self.producer is not None
         futures = []
         produced_at = rfc3339(utcnow())
         for doc in docs:
-            value, headers = wire_record(doc["envelope"], produced_at)
-            futures.append(
-                await self.producer.send(
-                    doc["topic"],
-                    value,
-                    key=doc["key"].encode(),
-                    # The trace context stored with the row when the event was caused.
-                    headers=headers + tracing.kafka_headers(doc.get(tracing.TRACE_FIELD)),
+            row_futures = []
+            for item in row_items(doc):
+                value, headers = wire_record(item["envelope"], produced_at)
+                row_futures.append(
+                    await self.producer.send(
+                        item["topic"],
+                        value,
+                        key=item["key"].encode(),
+                        # The trace context stored with the event when it was caused.
+                        headers=headers + tracing.kafka_headers(item.get(tracing.TRACE_FIELD)),
+                    )
                 )
-            )
+            futures.append(row_futures)
         return futures
 
     async def _start_producer(self) -> AIOKafkaProducer:
@@ -212,8 +259,7 @@ class OutboxRelay:
         self._wake.clear()
 
     async def _refresh_backlog(self) -> None:
-        backlog = await self.db[OUTBOX].count_documents({"published": False})
-        metrics.OUTBOX_BACKLOG.labels(self.service).set(backlog)
+        metrics.OUTBOX_BACKLOG.labels(self.service).set(await pending_events(self.db))
 
     async def watch_inserts(self, retry_seconds: float = 30.0) -> None:
         """Wake the relay when ANY replica (or process) stores events or hands a row back to

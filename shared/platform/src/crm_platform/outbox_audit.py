@@ -50,12 +50,15 @@ from pymongo.errors import PyMongoError
 
 from crm_platform import metrics
 from crm_platform.kafka import make_consumer
+from crm_platform.mongo import BATCH_EVENTS as _BATCH_EVENTS
 from crm_platform.mongo import OUTBOX
 
 log = logging.getLogger("crm.outbox.audit")
 
 # Fields the relay sets on a published row (crm_platform.outbox).
 LOG_PARTITION, LOG_OFFSET, AUDITED = "log_partition", "log_offset", "audited"
+# A batch row's (crm_platform.mongo.outbox_rows) positions, ``[partition, offset]`` per event in order.
+LOG_POSITIONS = "log_positions"
 READ_SECONDS = 30.0  # one partition's read may take this long before the round gives up
 
 
@@ -146,30 +149,41 @@ class OutboxAudit:
             self.db[OUTBOX]
             .find(
                 {AUDITED: False, "published": True, "published_at": {"$lte": due}},
-                {"event_id": 1, "topic": 1, LOG_PARTITION: 1, LOG_OFFSET: 1},
+                {
+                    "event_id": 1,
+                    "topic": 1,
+                    LOG_PARTITION: 1,
+                    LOG_OFFSET: 1,
+                    LOG_POSITIONS: 1,
+                    f"{_BATCH_EVENTS}.event_id": 1,
+                    f"{_BATCH_EVENTS}.topic": 1,
+                },
             )
             .sort("published_at", 1)
             .limit(self.batch_size)
         ).to_list()
         if not rows:
             return 0
+        # Each published event (a batch row has several) with the row it belongs to.
         by_tp: dict[TopicPartition, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
-            by_tp[TopicPartition(row["topic"], int(row[LOG_PARTITION]))].append(row)
-        ok: list[Any] = []
+            for event in published_events(row):
+                by_tp[TopicPartition(event["topic"], int(event[LOG_PARTITION]))].append(event)
+        lost: dict[Any, dict[str, Any]] = {}
         try:
-            for tp, tp_rows in by_tp.items():
-                verdicts = await self._check_partition(tp, tp_rows)
-                for row, verdict in zip(tp_rows, verdicts, strict=True):
+            for tp, events in by_tp.items():
+                verdicts = await self._check_partition(tp, events)
+                for event, verdict in zip(events, verdicts, strict=True):
                     if verdict == "lost":
-                        await self._republish(row)
-                    else:
-                        ok.append(row["_id"])
+                        lost.setdefault(event["row"]["_id"], event)
         finally:
             # An assigned partition is fetched in the background for ever (on a broker that
             # answers empty fetches at once, at full CPU): hold none between rounds.
             if self._consumer is not None:
                 self._consumer.unsubscribe()
+        for event in lost.values():
+            await self._republish(event["row"], event)  # a batch row: all of it again
+        ok = [row["_id"] for row in rows if row["_id"] not in lost]
         if ok:
             await self.db[OUTBOX].update_many({"_id": {"$in": ok}}, {"$set": {AUDITED: True}})
         return len(rows)
@@ -202,24 +216,33 @@ class OutboxAudit:
             for r in rows
         ]
 
-    async def _republish(self, row: dict[str, Any]) -> None:
+    async def _republish(self, row: dict[str, Any], event: dict[str, Any]) -> None:
+        """Hand ``row`` back to the relay (``event``: the one of its events found lost; a batch
+        row is published again whole, its other events dropped as copies by consumers)."""
+        same = {LOG_POSITIONS: row[LOG_POSITIONS]} if LOG_POSITIONS in row else {LOG_OFFSET: row[LOG_OFFSET]}
         result = await self.db[OUTBOX].update_one(
-            {"_id": row["_id"], "published": True, LOG_OFFSET: row[LOG_OFFSET]},
+            {"_id": row["_id"], "published": True, **same},
             {
                 "$set": {"published": False, "republished_at": utcnow()},
-                "$unset": {"published_at": "", AUDITED: "", LOG_PARTITION: "", LOG_OFFSET: ""},
+                "$unset": {
+                    "published_at": "",
+                    AUDITED: "",
+                    LOG_PARTITION: "",
+                    LOG_OFFSET: "",
+                    LOG_POSITIONS: "",
+                },
                 "$inc": {"republished": 1},
             },
         )
         if result.modified_count:
-            metrics.OUTBOX_REPUBLISHED.labels(self.service, row["topic"]).inc()
+            metrics.OUTBOX_REPUBLISHED.labels(self.service, event["topic"]).inc()
             log.warning(
                 "the broker lost event %s (acknowledged at %s[%s]@%s): publishing it again",
-                row["event_id"],
-                row["topic"],
-                row[LOG_PARTITION],
-                row[LOG_OFFSET],
-                extra={"event_id": row["event_id"], "topic": row["topic"]},
+                event["event_id"],
+                event["topic"],
+                event[LOG_PARTITION],
+                event[LOG_OFFSET],
+                extra={"event_id": event["event_id"], "topic": event["topic"]},
             )
             self.wake_relay()
 
@@ -241,6 +264,21 @@ class OutboxAudit:
                 await asyncio.wait_for(consumer.stop(), timeout=10)
             except Exception as exc:
                 log.debug("outbox audit consumer stop failed: %s", exc, exc_info=exc)
+
+
+def published_events(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A published row's events with where the broker stored each (``row``: the row itself).
+
+    A single row is one event at ``log_partition``/``log_offset``; a batch row's events are
+    its ``events`` items at the ``log_positions`` of the same index.
+    """
+    if LOG_POSITIONS not in row:
+        return [{"event_id": row["event_id"], "topic": row["topic"], LOG_PARTITION: row[LOG_PARTITION],
+                 LOG_OFFSET: row[LOG_OFFSET], "row": row}]  # fmt: skip
+    return [
+        {"event_id": item["event_id"], "topic": item["topic"], LOG_PARTITION: p, LOG_OFFSET: o, "row": row}
+        for item, (p, o) in zip(row[_BATCH_EVENTS], row[LOG_POSITIONS], strict=True)
+    ]
 
 
 def _event_id(headers: Any) -> str | None:

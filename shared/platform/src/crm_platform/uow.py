@@ -55,12 +55,16 @@ class MongoUnit:
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
 
-    def emit(self, event: Event, *, correlation_id: str | None = None) -> None:
-        self.tx.emit(event, correlation_id=correlation_id)
+    def emit(self, event: Event, *, correlation_id: str | None = None, batched: bool = False) -> None:
+        self.tx.emit(event, correlation_id=correlation_id, batched=batched)
 
-    def emit_all(self, events: Iterable[Event], *, correlation_id: str | None = None) -> None:
+    def emit_all(
+        self, events: Iterable[Event], *, correlation_id: str | None = None, batched: bool = False
+    ) -> None:
+        """``batched``: the events may share one outbox row with their batched neighbours
+        (:meth:`crm_platform.mongo.Tx.emit`): a bulk path's many events, one row."""
         for event in events:
-            self.emit(event, correlation_id=correlation_id)
+            self.emit(event, correlation_id=correlation_id, batched=batched)
 
 
 @dataclass(frozen=True)
@@ -75,12 +79,14 @@ class FakeUnit:
     def __init__(self) -> None:
         self.events: list[Emitted] = []
 
-    def emit(self, event: Event, *, correlation_id: str | None = None) -> None:
+    def emit(self, event: Event, *, correlation_id: str | None = None, batched: bool = False) -> None:
         self.events.append(Emitted(event, correlation_id))
 
-    def emit_all(self, events: Iterable[Event], *, correlation_id: str | None = None) -> None:
+    def emit_all(
+        self, events: Iterable[Event], *, correlation_id: str | None = None, batched: bool = False
+    ) -> None:
         for event in events:
-            self.emit(event, correlation_id=correlation_id)
+            self.emit(event, correlation_id=correlation_id, batched=batched)
 
     def emitted(self, event_type: type[EV]) -> list[EV]:
         """The events of one type emitted (and committed) so far."""
