@@ -424,6 +424,30 @@ async def _load(
     }
 
 
+async def bench_bulk(args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int) -> dict[str, Any]:
+    """``BENCH_PHASES=bulk``: the platform phase's bulk capture alone (every service up, as
+    there), with its CPU per lead (and py-spy profiles with ``BENCH_PROFILE``): for profiling
+    and A/B runs of that one figure; ``make bench`` takes it within the platform phase."""
+    platform = _platform(args, kafka, mongo, idle_backoff, "bench_bulk_")
+    platform.start()
+    try:
+        platform.wait_ready(timeout=120)
+        marketing = auth_headers(["marketing"], "bench")
+        await _configure(platform, marketing)
+        cpu: dict[str, dict[str, float]] = {}
+        start = load_average()
+        with profiled("bulk", _pids(platform), PROFILE_DIR):
+            bulk = await _bulk(platform, args, marketing, cpu)
+        end = load_average()
+        say(
+            f"bulk capture: {bulk['rate']:.0f} leads/s ({bulk['leads']} leads, load {start} -> {end}); "
+            f"CPU per lead (ms): {cpu['bulk_ms_per_lead']}"
+        )
+        return {"bulk_capture": bulk, "cpu": cpu, "load_average": {"start": start, "end": end}}
+    finally:
+        platform.stop()
+
+
 async def bench_imports(
     args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int
 ) -> dict[str, Any]:
@@ -825,6 +849,7 @@ PHASES: tuple[tuple[str, Any], ...] = (
     ("backlog", bench_backlog),
     ("imports", bench_imports),
     ("console", bench_console),
+    ("bulk", bench_bulk),  # not in the full run (the platform phase has it): BENCH_PHASES=bulk
 )
 
 
@@ -836,7 +861,11 @@ def selected_phases() -> list[tuple[str, Any]] | None:
     if unknown:
         say(f"unknown BENCH_PHASES {sorted(unknown)}; the phases are {[name for name, _ in PHASES]}")
         return None
-    return [(name, run) for name, run in PHASES if not wanted or name in wanted]
+    return [(name, run) for name, run in PHASES if name in wanted or (not wanted and name not in ALONE_ONLY)]
+
+
+# Phases that only run when BENCH_PHASES names them (their figure is also in another phase).
+ALONE_ONLY = frozenset({"bulk"})
 
 
 async def main() -> int:

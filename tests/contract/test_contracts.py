@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 
@@ -102,6 +104,56 @@ def test_unknown_version_is_refused_with_the_known_ones() -> None:
     )
     with pytest.raises(UnknownEventError, match=r"known versions: \[1\]"):
         decode(env)
+
+
+def _generated_addresses(n: int) -> list[str]:
+    """Addresses near the shortcut's edges: case, dots, hyphens, digits, lengths, IDNA and
+    special-use domains, characters it does not take, pretty names and whitespace."""
+    rng = random.Random(20261205)
+    tails = ["com", "io", "COM", "x", "123", "test", "local", "localhost", "onion", "arpa", "invalid",
+             "example", "xn--p1ai", "de", "co.uk", "ab--cd.com", "a" * 63, "a" * 64]  # fmt: skip
+
+    def part(chars: str, odd: str, sizes: list[int]) -> str:
+        return "".join(rng.choice(odd if rng.random() < 0.03 else chars) for _ in range(rng.choice(sizes)))
+
+    out = []
+    for _ in range(n):
+        local = part("ab9_%+-", "B.!#'~ ü\"", [1, 3, 8, 64, 65])
+        if rng.random() < 0.3:  # a dot inside, as in first.last
+            local = f"{local}.{part('ab9', '.', [1, 5])}"
+        label = part("az9-", "Z._ é", [1, 4, 12, 63, 64])
+        out.append(f"{local}@{label}.{rng.choice(tails)}")
+    out += ["a@b.co", "x..y@b.co", ".x@b.co", "x.@b.co", "a@-b.co", "a@b-.co", "a@b.c0m", "a@b.test",
+            "a@mail.local", "Ada <ada@b.co>", " ada@b.co", "ada@b.co ", "ada@xn--80ak6aa92e.com", "a@b",
+            "a" * 64 + "@b.co", "a" * 65 + "@b.co", "a@" + "b" * 64 + ".co", "a_b%c+d-e@b.co",
+            "a@" + "b." * 124 + "co", "a@" + "b." * 125 + "co"]  # fmt: skip
+    return out
+
+
+def test_the_plain_address_shortcut_answers_exactly_as_email_validator() -> None:
+    """``normalized_email`` takes a shortcut for plain addresses; every answer (the normalised
+    address, or a refusal) is pydantic's own ``validate_email``'s."""
+    from crm_contracts import email
+    from pydantic.networks import validate_email
+    from pydantic_core import PydanticCustomError
+
+    def answer(check: Callable[[str], object], address: str) -> str:
+        try:
+            return str(check(address))
+        except PydanticCustomError:
+            return "refused"
+
+    addresses = _generated_addresses(3000)
+    taken = [a for a in addresses if email._plain(a)]
+    assert len(taken) > 150, "the shortcut is taken often enough to be tested"
+    email.normalized_email.cache_clear()
+    differ = [
+        (a, ours, theirs)
+        for a in addresses
+        if (ours := answer(email.normalized_email, a))
+        != (theirs := answer(lambda x: validate_email(x)[1], a))
+    ]
+    assert not differ, differ[:10]
 
 
 def test_an_email_is_validated_once_and_exactly_as_pydantic_validates_it() -> None:
