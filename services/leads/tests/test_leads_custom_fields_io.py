@@ -123,11 +123,23 @@ async def test_an_import_maps_columns_to_custom_fields_and_names_the_field_of_a_
     assert [x["custom"]["nickname"] for x in r.json()["items"]] == ["Annie"]
 
 
-async def test_a_mapping_to_a_malformed_custom_key_is_a_422(leads: Leads) -> None:
+async def test_a_mapping_to_a_malformed_or_undefined_custom_key_is_a_422(leads: Leads) -> None:
+    await _define(leads)
     body = {"format": "csv", "mapping": {"E": "email", "N": "name", "T": "custom.Not A Key"}}
     r = await leads.client.post("/imports", json=body, headers=MARKETING)
     assert r.status_code == 422, r.text
     assert "body.mapping" in r.text
+    body["mapping"] = {"E": "email", "N": "name", "T": "custom.colour"}
+    r = await leads.client.post("/imports", json=body, headers=MARKETING)
+    assert r.status_code == 422, r.text
+    assert r.json()["details"]["field"] == "body.mapping"
+    assert "custom.colour is not a custom field of lead (known: tier, seats, budget, nickname)" in r.text
+    r = await leads.client.put("/import-mappings/cf", json={"columns": body["mapping"]}, headers=MARKETING)
+    assert r.status_code == 422, r.text
+    assert r.json()["details"]["field"] == "body.columns"
+    body["mapping"] = {"E": "email", "N": "name", "T": "custom.tier"}
+    r = await leads.client.post("/imports", json=body, headers=MARKETING)
+    assert r.status_code == 201, r.text
 
 
 async def test_analysts_see_text_custom_values_withheld(leads: Leads) -> None:

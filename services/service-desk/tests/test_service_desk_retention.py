@@ -59,15 +59,17 @@ async def test_a_resolved_ticket_past_its_period_is_anonymised(
     db = client.app.state.runtime.db  # type: ignore[attr-defined]
     aged = utcnow() - timedelta(days=400)
     await db[store.TICKETS].update_many(
-        {"_id": {"$in": ids}}, {"$set": {"resolved_at": aged, "opened_at": aged}}
+        {"_id": {"$in": ids}}, {"$set": {"resolved_at": aged, "opened_at": aged, "custom": {"caller": "Ada"}}}
     )
     done = await enforce(client.app.state.runtime.store, store.RETENTION_RULES, {"ticket": 365})  # type: ignore[attr-defined]
     assert done == {"ticket": 1}
     resolved = (await client.get(f"/tickets/{ids[0]}", headers=REP)).json()
     assert (resolved["request"], resolved["result"]) == ("[anonymised]", "[anonymised]")
+    assert resolved["custom"] == {}, "custom values may be about the person: cleared"
     assert (resolved["status"], resolved["subject"]) == ("resolved", "resolved")
     still = (await client.get(f"/tickets/{ids[1]}", headers=REP)).json()
     assert still["request"] == "my password is hunter2", "an open ticket is never expired"
+    assert still["custom"] == {"caller": "Ada"}
     entry = await db[AUDIT_LOG].find_one({"record.id": ids[0], "operation": "RETENTION ticket"})
     assert entry is not None
     assert entry["actor"]["user_id"] == "system:service-desk"

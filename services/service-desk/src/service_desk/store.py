@@ -638,8 +638,8 @@ class MongoSuccessUnit(MongoUnit):
 # -- retention (crm_platform.retention): the desk's record types and what expiry does to them ---
 
 RETENTION_RULES = (
-    # A resolved ticket: what the customer wrote and the notes about it go; its timings, SLA
-    # outcome and rating stay for the KPIs.
+    # A resolved ticket: what the customer wrote, the notes about it and its custom values (a
+    # text one may be about the person) go; its timings, SLA outcome and rating stay for the KPIs.
     Rule("ticket", TICKETS, "resolved_at", Action.ANONYMISE, eligible={"status": "resolved"},
-         scrub={"request": ANONYMISED, "result": ANONYMISED, "progress": []}),
+         scrub={"request": ANONYMISED, "result": ANONYMISED, "progress": [], "custom": {}}),
 )  # fmt: skip

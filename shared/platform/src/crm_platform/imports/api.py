@@ -15,7 +15,7 @@ rows. The routes read ``app.state.uow`` (the department's unit of work, whose un
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -28,6 +28,7 @@ from crm_platform.actor import Actor
 from crm_platform.auth import require_roles
 from crm_platform.clock import now_millis
 from crm_platform.csv_stream import Cell, csv_response
+from crm_platform.custom_fields import CUSTOM_PREFIX, RecordType
 from crm_platform.errors import Conflict, NotFound, RuleViolation
 from crm_platform.ids import new_id
 from crm_platform.imports import handlers, store
@@ -240,6 +241,27 @@ def routers(spec: ImportSpec[J]) -> tuple[APIRouter, APIRouter]:
     return imports, mappings
 
 
+async def _custom_targets_defined(
+    spec: ImportSpec[Any], request: Request, mapping: Mapping[str, str] | None, field: str
+) -> None:
+    """A mapping's ``custom.<key>`` targets must be custom fields the record type has now (the
+    department's definitions, ``app.state.custom_fields``): a 422 naming ``field`` otherwise,
+    before any row is read, rather than every row rejected for it."""
+    keys = [t.removeprefix(CUSTOM_PREFIX) for t in (mapping or {}).values() if t.startswith(CUSTOM_PREFIX)]
+    registry = getattr(request.app.state, "custom_fields", None)
+    if not keys or registry is None or not spec.codec.job_type.CUSTOM_FIELDS:
+        return
+    fields = await registry.current(RecordType(spec.record))
+    unknown = [k for k in keys if fields.field(k) is None]
+    if unknown:
+        known = ", ".join(f.key for f in fields.fields) or "none defined"
+        raise RuleViolation(
+            f"invalid mapping: {', '.join(CUSTOM_PREFIX + k for k in unknown)} is not a custom field of "
+            f"{spec.record} (known: {known})",
+            field=field,
+        )
+
+
 def _create_route(spec: ImportSpec[Any], import_in: type[BaseModel]) -> Callable[..., Any]:
     async def create_import(body: BaseModel, request: Request, db: DbDep, actor: CurrentActor) -> ImportOut:
         values: Any = body
@@ -248,6 +270,9 @@ def _create_route(spec: ImportSpec[Any], import_in: type[BaseModel]) -> Callable
             mapping = await store.get_mapping(db, values.mapping_name)
             if mapping is None:
                 raise RuleViolation(f"no saved mapping '{values.mapping_name}'", field="body.mapping_name")
+        await _custom_targets_defined(
+            spec, request, mapping, "body.mapping_name" if values.mapping_name else "body.mapping"
+        )
         uow = request.app.state.uow
         if spec.resolve_defaults is not None:
             defaults = await spec.resolve_defaults(uow, actor, values.defaults)
@@ -272,6 +297,7 @@ def _mapping_routes(r: APIRouter, spec: ImportSpec[Any], mapping_in: type[BaseMo
         name: MappingName, body: BaseModel, request: Request, actor: CurrentActor
     ) -> MappingOut:
         values: Any = body
+        await _custom_targets_defined(spec, request, values.columns, "body.columns")
         try:
             columns = await handlers.save_mapping(
                 request.app.state.uow, spec.codec.job_type, name, values.columns, actor=actor
