@@ -262,13 +262,7 @@ async def _configure(platform: Platform, marketing: dict[str, str]) -> None:
         rules = (await c.get("/scoring-rules")).json()
         body = {"rules": rules["rules"], "threshold": 40, "note": "bench"}
         (await c.put("/scoring-rules", json=body)).raise_for_status()
-    async with httpx.AsyncClient(
-        base_url=platform.url("sales"), headers=auth_headers(["sales_manager"], "mgr")
-    ) as c:
-        await c.put(
-            "/reps",
-            json={"reps": [{"username": "rep1", "active": True}, {"username": "rep2", "active": True}]},
-        )
+    await _configure_sales(platform)
 
 
 async def bench_platform(
@@ -502,13 +496,16 @@ async def bench_backlog(
 
 
 async def _configure_sales(platform: Platform) -> None:
+    """Two active reps: every handoff is assigned round-robin, as in a working sales team.
+
+    (Until 2026-12-05 the roster was sent with ``username`` instead of ``user_id`` and
+    refused with a 422 nobody read: every handoff waited unassigned, with a warning logged.)
+    """
     async with httpx.AsyncClient(
         base_url=platform.url("sales"), headers=auth_headers(["sales_manager"], "mgr")
     ) as c:
-        await c.put(
-            "/reps",
-            json={"reps": [{"username": "rep1", "active": True}, {"username": "rep2", "active": True}]},
-        )
+        reps = [{"user_id": "rep1", "active": True}, {"user_id": "rep2", "active": True}]
+        (await c.put("/reps", json={"reps": reps})).raise_for_status()
 
 
 async def fresh_log(args: argparse.Namespace, kafka: str, before: str) -> None:

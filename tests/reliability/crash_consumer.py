@@ -4,7 +4,9 @@ With ``--crash-on NAME`` it SIGKILLs itself right after the effect of the event
 whose payload name is NAME is stored, before its offset can be committed. With
 ``--crash-inside NAME`` it SIGKILLs itself inside that event's transaction, after its
 handler wrote the effect and before the commit (the batch's group transaction, with
-crm_platform.consumer's group commit).
+crm_platform.consumer's group commit). With ``--deferred`` the handler writes its effect as
+a batch would (``Tx.insert_later``: one insert for the batch, written before the commit)
+and ``--crash-inside`` kills after that write reached mongod.
 Each outcome is appended to ``--outcomes`` so the test can see redeliveries.
 """
 
@@ -45,6 +47,7 @@ async def main() -> None:
     p.add_argument("--outcomes", required=True)
     p.add_argument("--crash-on")
     p.add_argument("--crash-inside")
+    p.add_argument("--deferred", action="store_true", help="effects inserted with the batch")
     p.add_argument("--instance-id", help="static membership: group.instance.id")
     p.add_argument("--expect", type=int, required=True, help="stop after this many effects")
     args = p.parse_args()
@@ -57,7 +60,12 @@ async def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     async def effect_then_maybe_crash(tx: Tx, event: Any, env: Envelope) -> None:
-        await record_effect(tx, event, env)
+        if args.deferred:
+            tx.insert_later("effects", {"_id": str(env.event_id), "name": event.name, "count": 1})
+        else:
+            await record_effect(tx, event, env)
+        if args.crash_inside and args.deferred and env.payload.get("name") == args.crash_inside:
+            await tx.flush_inserts()  # the batch's effects so far are in mongod, uncommitted
         if args.crash_inside and env.payload.get("name") == args.crash_inside:
             os.kill(os.getpid(), signal.SIGKILL)  # written in the transaction, never committed
 

@@ -93,7 +93,9 @@ async def test_sigkill_between_store_and_commit_causes_no_second_effect(
 
 
 @pytest.mark.timeout(900)  # the restart's deadline stretches with the machine's load (up to 5x)
+@pytest.mark.parametrize("deferred", [False, True], ids=["insert-per-event", "insert-per-batch"])
 async def test_sigkill_inside_a_batch_transaction_keeps_none_of_it_and_loses_nothing(
+    deferred: bool,
     crm_infra: Any,
     kafka_bootstrap: str,
     mongodb_uri: str,
@@ -111,6 +113,7 @@ async def test_sigkill_inside_a_batch_transaction_keeps_none_of_it_and_loses_not
         *("--bootstrap", kafka_bootstrap, "--mongo", mongodb_uri, "--database", database),
         *("--topic", topic, "--group", group, "--outcomes", str(outcomes)),
         *("--instance-id", f"{group}-0"),  # static membership, as above
+        *(["--deferred"] if deferred else []),  # Tx.insert_later: the batch's effects in one insert
     ]
 
     crashed = _run([*common, "--crash-inside", "e3", "--expect", "5"])

@@ -162,3 +162,73 @@ async def test_a_dead_letter_in_a_batch_stores_the_others_once_and_parks_only_it
     assert {TP: 3} in kafka.commits
     assert {TP: 4} in kafka.commits
     assert offsets == {TP: 6}
+
+
+async def test_a_duplicate_in_the_middle_of_a_batch_leaves_the_others_in_one_transaction(
+    store: CountingStore,
+) -> None:
+    envs = [envelope(f"lead-{i}", f"e{i}") for i in range(8)]
+    consumer, _ = _consumer(store)
+    await consumer._handle_partition(TP, [_record(3, envs[3].to_bytes())], {})  # stored before
+    store.commits = 0
+    consumer.outcomes.clear()
+    offsets: dict[TopicPartition, int] = {}
+    await consumer._handle_partition(TP, [_record(i, e.to_bytes()) for i, e in enumerate(envs)], offsets)
+
+    assert store.commits == 1, "the ledger was asked first: the seven others in one transaction"
+    assert await _effects(store) == {str(e.event_id): 1 for e in envs}
+    assert dict(consumer.outcomes) == {i: "duplicate" if i == 3 else "processed" for i in range(8)}
+    assert offsets == {TP: 8}
+
+
+async def test_a_poisoned_event_in_the_middle_is_set_apart_and_the_others_stay_batched(
+    store: CountingStore,
+) -> None:
+    envs = [envelope(f"lead-{i}", f"e{i}") for i in range(10)]
+    ran: list[str] = []
+
+    async def handler(tx: Tx, event: Any, env: Envelope) -> None:
+        ran.append(event.name)
+        if event.name == "e4":
+            raise ValueError("a bug this event triggers")
+        await record_effect(tx, event, env)
+
+    consumer, kafka = _consumer(store, handler)
+    offsets: dict[TopicPartition, int] = {}
+    await consumer._handle_partition(TP, [_record(i, e.to_bytes()) for i, e in enumerate(envs)], offsets)
+
+    assert store.commits == 2, "e0-e3 together, then e5-e9 together (not one transaction each)"
+    assert await _effects(store) == {str(e.event_id): 1 for e in envs if e.payload["name"] != "e4"}
+    assert len(kafka.dead_letters) == 1
+    assert b'"e4"' in kafka.dead_letters[0]
+    assert dict(consumer.outcomes) == {i: "dead_lettered" if i == 4 else "processed" for i in range(10)}
+    assert {TP: 5} in kafka.commits, "the dead letter's offset committed once it was parked"
+    assert offsets == {TP: 10}
+    assert (ran.count("e0"), ran.count("e4"), ran.count("e9")) == (2, 2, 1), ran
+
+
+async def test_handlers_see_the_batch_and_deferred_inserts_commit_with_it(store: CountingStore) -> None:
+    envs = [envelope(f"lead-{i}", f"e{i}") for i in range(6)]
+    loads: list[list[str]] = []
+
+    async def handler(tx: Tx, event: Any, env: Envelope) -> None:
+        assert tx.batch is not None
+        assert tx.batch.events[tx.batch.position][1] is env, "position names the event being handled"
+
+        async def load() -> list[str]:
+            names = [str(getattr(e, "name", "")) for e, _ in tx.batch.ahead()] if tx.batch else []
+            loads.append(names)
+            return names
+
+        assert await tx.batch.memo("test.names", load) == [f"e{i}" for i in range(6)]
+        tx.insert_later("deferred", {"_id": str(env.event_id), "name": event.name})
+
+    consumer, _ = _consumer(store, handler)
+    await consumer._handle_partition(TP, [_record(i, e.to_bytes()) for i, e in enumerate(envs)], {})
+
+    assert store.commits == 1
+    assert loads == [[f"e{i}" for i in range(6)]], "loaded once for the whole batch"
+    names = sorted([d["name"] async for d in store.db["deferred"].find()])
+    assert names == [f"e{i}" for i in range(6)]
+    audited = await store.db["audit_log"].count_documents({"record.type": "deferred"})
+    assert audited == 6, "deferred inserts are audited like any other"

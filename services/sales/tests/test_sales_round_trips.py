@@ -41,10 +41,17 @@ async def reads_during(sales: Sales, lead_id: str | None = None) -> dict[str, in
     # Reads inside a transaction (the consumer's; the test's polling reads are not in one).
     async for op in db["system.profile"].find({"op": "query", "command.txnNumber": {"$exists": True}}):
         collection = op["ns"].split(".", 1)[1]
-        if collection in names and op["command"].get("filter", {}).get("lead_id") in (None, item["lead_id"]):
+        if collection in names and _about(op["command"].get("filter", {}).get("lead_id"), item["lead_id"]):
             counts[collection] += 1
     await db["system.profile"].drop()
     return counts
+
+
+def _about(lead_filter: Any, lead_id: str) -> bool:
+    """A read of no lead in particular, of this lead, or of a batch's leads that include it."""
+    if isinstance(lead_filter, dict):
+        return lead_id in lead_filter.get("$in", ())
+    return lead_filter in (None, lead_id)
 
 
 async def test_a_handoff_reads_the_leads_items_once_and_the_team_configuration_from_the_cache(

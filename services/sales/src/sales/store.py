@@ -34,8 +34,9 @@ from crm_contracts.events.leads import LeadQualifiedV1
 from crm_contracts.events.sales import Commitment, RejectReason, Verdict
 from crm_contracts.events.service_desk import CommitmentDecisionKind
 from crm_platform import custom_fields_api
+from crm_platform.batch import Batch
 from crm_platform.cache import TtlCache
-from crm_platform.counters import RoundRobinCounter
+from crm_platform.counters import RoundRobinCounter, TurnReservations
 from crm_platform.erasure import Related, Target, with_person_hashes
 from crm_platform.imports import store as imports_store
 from crm_platform.imports.store import JobCodec
@@ -89,6 +90,8 @@ CONFIG_ID = "sales"
 PIPELINE_ID = "current"
 TURNS = RoundRobinCounter("round_robin", collection=COUNTERS, field="value")
 NEWEST_FIRST = [("received_at", DESCENDING), ("_id", DESCENDING)]
+BATCH_ITEMS = "sales.inbox_by_lead"  # a consumer batch's inbox items (crm_platform.batch)
+BATCH_TURNS = "sales.turns"  # the round-robin turns a consumer batch reserved
 
 
 async def ensure_indexes(
@@ -418,9 +421,13 @@ class MongoInboxRepository:
     """The inbox inside one transaction.
 
     A handoff asks three questions about one lead's items (its newest, its pending
-    one, how many): the first loads all of that lead's items at once and the other two
-    are answered from them, one round trip instead of three. A lead has one item per
-    handoff, so a handful. Any write in this unit forgets them.
+    one, how many): they are answered from the lead's items loaded once. In a
+    consumer's batch (``tx.batch``, crm_platform.batch) the items of EVERY lead the
+    batch hands over are loaded with one ``$in`` query, kept up to date with this
+    batch's own writes, and new items are inserted together before the commit
+    (``Tx.insert_later``): a batch costs a round trip or two, not two per event.
+    Outside a batch the lead's items are loaded once per unit. A lead has one item per
+    handoff, so a handful.
     """
 
     def __init__(self, tx: Tx) -> None:
@@ -428,12 +435,41 @@ class MongoInboxRepository:
         self._for_lead: tuple[str, list[Doc]] | None = None
 
     async def _items_of(self, lead_id: str) -> list[Doc]:
-        """The lead's items, newest first (the ``lead`` index), loaded once per unit."""
+        """The lead's items, newest first (the ``lead`` index)."""
+        batch = self.tx.batch
+        if batch is not None:
+            view = await batch.memo(BATCH_ITEMS, lambda: self._load_batch(batch))
+            if lead_id in view:
+                return view[lead_id]
         if self._for_lead is None or self._for_lead[0] != lead_id:
+            await self.tx.flush_inserts(INBOX)  # a query sees only what was written
             cursor = self.col.find({"lead_id": lead_id}, session=self.tx.session).sort(NEWEST_FIRST)
             docs = await cursor.to_list()
             self._for_lead = (lead_id, docs)
         return self._for_lead[1]
+
+    async def _load_batch(self, batch: Batch) -> dict[str, list[Doc]]:
+        """The items of every lead the batch's events name, by lead, newest first: one query."""
+        lead_ids = sorted(
+            {lead for event, _ in batch.events if isinstance(lead := getattr(event, "lead_id", None), str)}
+        )
+        view: dict[str, list[Doc]] = {lead: [] for lead in lead_ids}
+        if lead_ids:
+            await self.tx.flush_inserts(INBOX)
+            query = {"lead_id": {"$in": lead_ids}}
+            async for doc in self.col.find(query, session=self.tx.session).sort(NEWEST_FIRST):
+                view[doc["lead_id"]].append(doc)
+        return view
+
+    def _remember(self, doc: Doc) -> None:
+        """This unit wrote ``doc``: the batch's view of its lead shows it from now on."""
+        self._for_lead = None
+        view = self.tx.batch.peek(BATCH_ITEMS) if self.tx.batch is not None else None
+        if view is None or doc["lead_id"] not in view:
+            return
+        items = [d for d in view[doc["lead_id"]] if d["_id"] != doc["_id"]] + [doc]
+        items.sort(key=lambda d: (d["received_at"], d["_id"]), reverse=True)
+        view[doc["lead_id"]] = items
 
     async def latest_for_lead(self, lead_id: str) -> InboxItem | None:
         docs = await self._items_of(lead_id)
@@ -447,16 +483,41 @@ class MongoInboxRepository:
         return len(await self._items_of(lead_id))
 
     async def add(self, item: InboxItem) -> None:
-        self._for_lead = None
-        await self.col.insert_one(item_doc(item), session=self.tx.session)
+        doc = item_doc(item)
+        if self.tx.batch is not None:
+            self.tx.insert_later(INBOX, doc)  # with the batch's other new items, before the commit
+        else:
+            await self.col.insert_one(doc, session=self.tx.session)
+        self._remember(doc)
 
     async def save(self, item: InboxItem) -> None:
-        self._for_lead = None
-        result = await self.col.update_one(
-            {"_id": item.id}, {"$set": _fields(item_doc(item))}, session=self.tx.session
-        )
+        await self.tx.flush_inserts(INBOX)  # the item may be one this batch added
+        doc = item_doc(item)
+        result = await self.col.update_one({"_id": item.id}, {"$set": _fields(doc)}, session=self.tx.session)
         if result.matched_count != 1:  # pragma: no cover - loaded in the same transaction
             raise RuntimeError(f"inbox item {item.id} vanished under the transaction")
+        self._remember(doc)
+
+
+def turns_ahead(batch: Batch) -> int:
+    """How many round-robin turns the batch still needs, this event's included (an estimate).
+
+    Each later handoff of a lead not yet seen in the batch and without an assigned pending
+    item takes one; a lead handed over twice in one batch takes one (the second handoff
+    refreshes the item the first assigned). An estimate too high skips positions of the
+    rotation (``crm_platform.counters``), one too low costs another increment.
+    """
+    view: dict[str, list[Doc]] = batch.peek(BATCH_ITEMS) or {}
+    seen = {getattr(batch.events[batch.position][0], "lead_id", None)}
+    needed = 1
+    for event, envelope in batch.events[batch.position + 1 :]:
+        lead = getattr(event, "lead_id", None)
+        if envelope.event_type != LeadQualifiedV1.event_type or lead in seen:
+            continue
+        seen.add(lead)
+        if not any(d.get("status") == "pending" and d.get("owner") for d in view.get(str(lead), ())):
+            needed += 1
+    return needed
 
 
 class MongoOpportunityRepository:
@@ -532,7 +593,16 @@ class MongoTeamRepository:
         return list(await self.cache.get("active_reps", load, cacheable=not self._wrote))
 
     async def take_turn(self) -> int:
-        return await TURNS.take(self.tx.db)
+        """The next turn; in a consumer's batch, from the turns the batch reserved together."""
+        batch = self.tx.batch
+        if batch is None:
+            return await TURNS.take(self.tx.db)
+
+        async def reserve() -> TurnReservations:
+            return TurnReservations(TURNS)
+
+        reserved = await batch.memo(BATCH_TURNS, reserve)
+        return await reserved.take(self.tx.db, ahead=turns_ahead(batch))
 
     async def replace_reps(self, reps: list[Rep]) -> None:
         self._changed()

@@ -42,6 +42,7 @@ from crm_contracts.topics import dead_letter_topic
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from crm_platform import metrics, receipts, tracing
+from crm_platform.batch import Batch
 from crm_platform.clock import demo_effect_time, simulated, system_clock
 from crm_platform.dead_letters import (
     HANDLER_ERROR,
@@ -311,58 +312,133 @@ class EventConsumer:
         offsets: dict[TopicPartition, int],
         ignored_through: int,
     ) -> bool:
-        """Store a run of ready records: one transaction, or one by one when that fails.
+        """Store a run of ready records: already-seen ones skipped, the rest in one transaction.
 
+        One query first asks the ledger which of the run's events it holds (a batch
+        redelivered after a crash): those are duplicates, answered without a transaction.
         True when every record reached its outcome (then ignored records up to
         ``ignored_through`` may be committed too); False if a stop interrupted it.
         """
-        if len(group) > 1 and await self._store_group(group):
-            offsets[tp] = group[-1].record.offset + 1
-        else:
-            # One record, or the group's transaction failed (a duplicate, a handler that
-            # raised, a dead letter): each record on its own, with the per-record outcomes.
-            for ready in group:
-                if self._stopping.is_set():
-                    return False
-                await self._settle(tp, ready.record, await self._finish(ready), offsets)
+        if group:
+            seen = await self._already_seen(group)
+            for ready in (r for r in group if str(r.envelope.event_id) in seen):
+                await self.on_outcome(ready.record, await self._duplicate(ready))
+            fresh = [r for r in group if str(r.envelope.event_id) not in seen]
+            if not await self._store_run(tp, fresh, offsets):
+                return False
+            offsets[tp] = max(offsets.get(tp, 0), group[-1].record.offset + 1)
         if ignored_through > offsets.get(tp, 0):
             offsets[tp] = ignored_through
         return True
 
-    async def _store_group(self, group: list[_Ready]) -> bool:
-        """Store every record's effect in ONE transaction; False (nothing stored) if it failed.
+    async def _duplicate(self, ready: _Ready) -> Outcome:
+        """The outcome of an event the ledger already holds (its receipt re-published)."""
+        c_token = correlation_id_var.set(ready.envelope.correlation_id)
+        e_token = causation_var.set(ready.envelope)
+        try:
+            return await self._skip_duplicate(ready.record, ready.envelope, self._receives(ready.envelope))
+        finally:
+            correlation_id_var.reset(c_token)
+            causation_var.reset(e_token)
+
+    async def _already_seen(self, group: list[_Ready]) -> set[str]:
+        """The ids of ``group`` already in the processed-events ledger (one ``$in`` query).
+
+        Only a shortcut: if it fails, nothing is skipped, and the ledger's unique key still
+        refuses a second effect inside the transaction.
+        """
+        ids = [str(r.envelope.event_id) for r in group]
+        try:
+            cursor = self.store.db[PROCESSED].find({"_id": {"$in": ids}}, {"_id": 1})
+            return {str(d["_id"]) async for d in cursor}
+        except Exception as exc:
+            if self._stopping.is_set():
+                raise
+            log.info(
+                "ledger lookup of %d events failed (%s); storing them as they come", len(ids), _short(exc)
+            )
+            return set()
+
+    async def _store_run(
+        self, tp: TopicPartition, run: list[_Ready], offsets: dict[TopicPartition, int]
+    ) -> bool:
+        """``run`` in one transaction; a record whose handler fails is set apart, not the batch.
+
+        When a handler raises (a poisoned event, a dead letter), the records before it are
+        stored together again, that one alone (its own outcome: a dead letter, or stored if
+        the failure was passing), then the records after it together. A failure that names
+        no record (the commit, a deferred insert) stores the run one by one, as before.
+        """
+        start = 0
+        while start < len(run):
+            rest = run[start:]
+            failed = await self._store_group(rest) if len(rest) > 1 else 0
+            if failed is None:
+                offsets[tp] = rest[-1].record.offset + 1
+                return True
+            if failed < 0:
+                return await self._one_by_one(tp, rest, offsets)
+            if failed > 0 and not await self._store_run(tp, rest[:failed], offsets):
+                return False
+            if self._stopping.is_set():
+                return False
+            await self._settle(tp, rest[failed].record, await self._finish(rest[failed]), offsets)
+            start += failed + 1
+        return True
+
+    async def _one_by_one(
+        self, tp: TopicPartition, run: list[_Ready], offsets: dict[TopicPartition, int]
+    ) -> bool:
+        for ready in run:
+            if self._stopping.is_set():
+                return False
+            await self._settle(tp, ready.record, await self._finish(ready), offsets)
+        return True
+
+    async def _store_group(self, group: list[_Ready]) -> int | None:
+        """Store every record's effect in ONE transaction: None, or what kept it from committing.
 
         Inside: the ledger entries of the whole group (one insert; a duplicate id
         fails it), then each handler in offset order with its own correlation and
         causation, and each receipt. The group shares one snapshot, so a handler
-        sees the writes of the records before it, as it would one by one.
+        sees the writes of the records before it, as it would one by one; ``tx.batch``
+        (crm_platform.batch) lets handlers load what the whole group needs at once.
+        When it fails nothing is stored, and the result is the index of the record whose
+        handler raised, or -1 when the failure was not a handler's.
         """
         started = time.perf_counter()
         stored_at: list[datetime] = []
-
+        failing: list[int] = []
         journeys: dict[str, tracing.Carrier | None] = {}
 
         async def work(tx: Tx) -> None:
             stored_at.clear()
+            failing.clear()
+            tx.batch = Batch([(r.event, r.envelope) for r in group])
             await tx.db[PROCESSED].insert_many([_ledger_doc(r) for r in group], session=tx.session)
-            for ready in group:
+            for i, ready in enumerate(group):
+                tx.batch.position = i
                 c_token = correlation_id_var.set(ready.envelope.correlation_id)
                 e_token = causation_var.set(ready.envelope)
                 try:
                     at, carrier = await self._run_handler(tx, ready)
-                    journeys.setdefault(ready.envelope.correlation_id, carrier)
-                    stored_at.append(at)
+                except BaseException:
+                    failing.append(i)
+                    raise
                 finally:
                     correlation_id_var.reset(c_token)
                     causation_var.reset(e_token)
+                journeys.setdefault(ready.envelope.correlation_id, carrier)
+                stored_at.append(at)
 
         try:
             await self.store.transaction(work)
         except Exception as exc:
             if self._stopping.is_set():
                 raise
-            log.info("group of %d events not stored together (%s); one by one", len(group), _short(exc))
-            return False
+            where = f"at offset {group[failing[0]].record.offset}" if failing else "not a handler"
+            log.info("group of %d events not stored together (%s, %s)", len(group), where, _short(exc))
+            return failing[0] if failing else -1
         await tracing.remember_journeys(self.store.db, journeys)
         elapsed = (time.perf_counter() - started) / len(group)
         for ready, at in zip(group, stored_at, strict=True):
@@ -370,7 +446,7 @@ class EventConsumer:
             metrics.PROCESSING_SECONDS.labels(self.config.service, ready.envelope.event_type).observe(elapsed)
             await self._after_store(ready.envelope)
             await self.on_outcome(ready.record, Outcome("processed"))
-        return True
+        return None
 
     async def _run_handler(self, tx: Tx, ready: _Ready) -> tuple[datetime, tracing.Carrier | None]:
         """The handler and the receipt, in a CONSUMER span continuing the record's trace;
@@ -533,6 +609,7 @@ class EventConsumer:
         async def work(tx: Tx) -> None:
             stored_at.clear()
             ready = _Ready(record, handler, event, envelope)
+            tx.batch = Batch([(event, envelope)])  # a batch of one (crm_platform.batch)
             await tx.db[PROCESSED].insert_one(_ledger_doc(ready), session=tx.session)
             at, journeys[envelope.correlation_id] = await self._run_handler(tx, ready)
             stored_at.append(at)
