@@ -239,6 +239,8 @@ def _platform(args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: in
     env = {}
     if args.http_stack == "plain":  # the stack before uvloop/httptools, for comparison
         env = {"CRM_HTTP_LOOP": "asyncio", "CRM_HTTP_PARSER": "h11"}
+    if os.environ.get("BENCH_CONSUMER_MAX_RECORDS"):  # records per partition batch, to compare sizes
+        env["CRM_CONSUMER_MAX_RECORDS"] = os.environ["BENCH_CONSUMER_MAX_RECORDS"]
     return Platform(
         kafka,
         mongo,
@@ -483,7 +485,7 @@ async def bench_backlog(
         platform.wait_ready(timeout=120)
         await _configure_sales(platform)
         drain = await backlog_drain(
-            platform, mongo, n=args.backlog_events, max_seconds=args.drain_max_seconds
+            platform, mongo, n=args.backlog_events, max_seconds=args.drain_max_seconds, infra=infra_pids(HOME)
         )
         drain["load_average"] = load_average()
     finally:

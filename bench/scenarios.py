@@ -18,7 +18,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -32,6 +32,7 @@ from crm_platform.devinfra.launcher import Platform
 from crm_platform.kafka import make_consumer, make_producer
 from crm_platform.kafka_security import aiokafka_security
 from pymongo import AsyncMongoClient
+from system import cpu_ms_per_op, cpu_snapshot
 
 
 def say(msg: str) -> None:
@@ -164,9 +165,17 @@ async def group_lag(bootstrap: str, group: str, topics: Iterable[str]) -> int:
 
 
 async def backlog_drain(
-    platform: Platform, mongodb_uri: str, *, n: int, max_seconds: float
+    platform: Platform,
+    mongodb_uri: str,
+    *,
+    n: int,
+    max_seconds: float,
+    infra: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Sales down, ``n`` handoffs wait in Kafka, sales back: how fast it drains them, and exactly once?"""
+    """Sales down, ``n`` handoffs wait in Kafka, sales back: how fast it drains them, and exactly once?
+
+    Also the CPU each process spent per drained event (sales from when it is ready; the
+    broker's and mongod's pids in ``infra``)."""
     bootstrap = platform.kafka_bootstrap
     platform.stop(("sales",))
     say(f"backlog: sales stopped, producing {n} lead-qualified handoffs ...")
@@ -178,12 +187,16 @@ async def backlog_drain(
     platform.start(("sales",))
     await asyncio.to_thread(platform.wait_ready, 90, ("sales",))
     ready = time.perf_counter()
+    everyone = {**{name: p.pid for name, p in platform.procs.items() if p.poll() is None}, **(infra or {})}
+    cpu_before = cpu_snapshot(everyone)
     lag = backlog
     while lag > 0 and time.perf_counter() - ready < max_seconds:
         await asyncio.sleep(1.0)
         lag = await group_lag(bootstrap, "sales", [LEAD_QUALIFIED])
     finished = time.perf_counter()
     drained = backlog - lag
+    cpu = cpu_ms_per_op(cpu_before, cpu_snapshot(everyone), drained)
+    say(f"  CPU ms per drained event: {cpu}")
     ops = {k: v - ops_before.get(k, 0) for k, v in (await mongod_operations(mongodb_uri)).items()}
     per_event = {k: round(v / drained, 2) for k, v in ops.items() if v} if drained else {}
     say(f"  mongod operations per drained event (sales' start-up included): {per_event}")
@@ -205,6 +218,7 @@ async def backlog_drain(
         "lost": max(0, n - items) if lag == 0 else None,
         "doubled": doubled,
         "mongod_ops_per_event": per_event,
+        "cpu_ms_per_event": cpu,
     }
 
 

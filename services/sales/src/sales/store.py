@@ -602,7 +602,7 @@ class MongoTeamRepository:
             return TurnReservations(TURNS)
 
         reserved = await batch.memo(BATCH_TURNS, reserve)
-        return await reserved.take(self.tx.db, ahead=turns_ahead(batch))
+        return await reserved.take(self.tx.db, ahead=1 if reserved.held() else turns_ahead(batch))
 
     async def replace_reps(self, reps: list[Rep]) -> None:
         self._changed()

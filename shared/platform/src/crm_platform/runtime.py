@@ -144,6 +144,7 @@ class ServiceRuntime:
                 group_instance_id=s.consumer_instance_id,
                 listener=tracker,
                 demo_clock=s.demo_clock,
+                max_records=s.consumer_max_records,
             ),
             self.store,
             self._with_policy(sub),
