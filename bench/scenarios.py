@@ -175,7 +175,8 @@ async def backlog_drain(
     """Sales down, ``n`` handoffs wait in Kafka, sales back: how fast it drains them, and exactly once?
 
     Also the CPU each process spent per drained event (sales from when it is ready; the
-    broker's and mongod's pids in ``infra``)."""
+    broker's and mongod's pids in ``infra``). Why long: one measurement, start to end, whose
+    steps share its clocks and counters."""
     bootstrap = platform.kafka_bootstrap
     platform.stop(("sales",))
     say(f"backlog: sales stopped, producing {n} lead-qualified handoffs ...")

@@ -314,13 +314,15 @@ class EventConsumer:
     ) -> bool:
         """Store a run of ready records: already-seen ones skipped, the rest in one transaction.
 
-        One query first asks the ledger which of the run's events it holds (a batch
-        redelivered after a crash): those are duplicates, answered without a transaction.
+        For more than one record, one query first asks the ledger which of the run's events
+        it holds (a batch redelivered after a crash): those are duplicates, answered without
+        a transaction.
         True when every record reached its outcome (then ignored records up to
         ``ignored_through`` may be committed too); False if a stop interrupted it.
         """
         if group:
-            seen = await self._already_seen(group)
+            # One record alone: its own transaction's ledger insert finds a repeat at no extra cost.
+            seen = await self._already_seen(group) if len(group) > 1 else set()
             for ready in (r for r in group if str(r.envelope.event_id) in seen):
                 await self.on_outcome(ready.record, await self._duplicate(ready))
             fresh = [r for r in group if str(r.envelope.event_id) not in seen]
@@ -440,13 +442,16 @@ class EventConsumer:
             log.info("group of %d events not stored together (%s, %s)", len(group), where, _short(exc))
             return failing[0] if failing else -1
         await tracing.remember_journeys(self.store.db, journeys)
-        elapsed = (time.perf_counter() - started) / len(group)
+        await self._group_stored(group, stored_at, (time.perf_counter() - started) / len(group))
+        return None
+
+    async def _group_stored(self, group: list[_Ready], stored_at: list[datetime], elapsed: float) -> None:
+        """Each record of a committed group: its metrics, the after-store hook, its outcome."""
         for ready, at in zip(group, stored_at, strict=True):
             self._observe_stored(ready.record, ready.envelope, at)
             metrics.PROCESSING_SECONDS.labels(self.config.service, ready.envelope.event_type).observe(elapsed)
             await self._after_store(ready.envelope)
             await self.on_outcome(ready.record, Outcome("processed"))
-        return None
 
     async def _run_handler(self, tx: Tx, ready: _Ready) -> tuple[datetime, tracing.Carrier | None]:
         """The handler and the receipt, in a CONSUMER span continuing the record's trace;
