@@ -188,7 +188,10 @@ async def test_a_batch_insert_is_one_entry_naming_each_record_and_read_back_per_
 
     async def work(tx: Tx) -> None:
         with audit.one_entry_per_batch():
-            docs = [{"_id": i, "email": f"{i}@example.com", "score": k} for k, i in enumerate(ids)]
+            docs = [
+                {"_id": i, "email": f"{i}@example.com", "score": k, "note": None, "token": "s3cret"}
+                for k, i in enumerate(ids)
+            ]
             await tx.db["bulk_leads"].insert_many(docs, session=tx.session)
 
     token = as_user(user)
@@ -208,7 +211,9 @@ async def test_a_batch_insert_is_one_entry_naming_each_record_and_read_back_per_
     assert second[0]["changes"] == [
         {"field": "email", "before": None, "after": f"{ids[1]}@example.com"},
         {"field": "score", "before": None, "after": 1},
-    ]
+        {"field": "token", "before": None, "after": audit.REDACTED},
+    ], "as an insert's own entry lists them: null left out, secrets redacted"
+    assert "s3cret" not in str(stored), "never stored"
     assert second[0]["batch"] == {"id": stored[0]["_id"], "size": 2}
 
     by_user = (await audit.query(store.db, audit.Filters(user_id=user), limit=10)).items

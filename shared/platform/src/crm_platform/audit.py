@@ -88,7 +88,7 @@ def one_entry_per_batch() -> Iterator[None]:
 
     For the bulk paths (an import batch, a bulk capture): each record is still named
     (``record.id`` lists every id, so the ``by_record`` index and the per-record query find
-    it) with its own after-values (``records: [{id, changes}]``), and the entry has the
+    it) with its own after-values (``records: [{id, after}]``: the fields it set), and the entry has the
     same actor, action, operation, request and correlation ids and time as the per-record
     entries would. The read side (:func:`query`, :func:`history`, :func:`csv_rows`) shows
     it as one entry per record (:func:`entries_of`). What it saves: one audit document and
@@ -167,17 +167,19 @@ class Trail:
             await db[AUDIT_LOG].insert_many(self.entries, session=self.session)
 
     def record_inserts(self, collection: str, docs: Sequence[Doc]) -> None:
-        """Batch entries for inserted records (:func:`one_entry_per_batch`)."""
+        """Batch entries for inserted records (:func:`one_entry_per_batch`): each record's
+        fields as set (``after``; null ones left out, secrets redacted), from which the read
+        side lists its changes as :func:`diff` would (:func:`entries_of`). Not remembered as
+        'before' states: a bulk path does not write its new records twice in a transaction
+        (a later write would read the record instead)."""
         for start in range(0, len(docs), BATCH_ENTRY_RECORDS):
             chunk = docs[start : start + BATCH_ENTRY_RECORDS]
-            records = [{"id": str(doc["_id"]), "changes": diff(None, doc)} for doc in chunk]
+            records = [{"id": str(doc["_id"]), "after": inserted_fields(doc)} for doc in chunk]
             batch = entry(self, collection, None, INSERT, [])
             del batch["changes"]  # each record's are in ``records``
             batch["record"]["id"] = [r["id"] for r in records]
             batch[RECORDS] = records
             self.entries.append(batch)
-            for doc in chunk:
-                self.remember(collection, doc)
 
     def record(self, collection: str, before: Doc | None, after: Doc | None) -> None:
         changes = diff(before, after)
@@ -190,6 +192,16 @@ class Trail:
             self.remember(collection, after)
         else:
             self.seen.pop((collection, doc_id), None)
+
+
+def inserted_fields(doc: Mapping[str, Any]) -> Doc:
+    """The fields an insert sets, as a batch entry keeps them: null ones and ``_id`` left out,
+    secrets redacted (``diff(None, {"_id": ..., **inserted_fields(doc)})`` is ``diff(None, doc)``)."""
+    return {
+        name: REDACTED if name in REDACTED_FIELDS else value
+        for name, value in doc.items()
+        if value is not None and name != "_id"
+    }
 
 
 def entry(trail: Trail, collection: str, doc_id: Any, action: str, changes: list[Doc]) -> Doc:
@@ -488,7 +500,7 @@ def _scrubbed(entry: Mapping[str, Any], pattern: re.Pattern[str]) -> Doc:
     if "changes" in entry:
         out["changes"] = _scrubbed_changes(entry["changes"], pattern)
     if RECORDS in entry:
-        out[RECORDS] = [{**r, "changes": _scrubbed_changes(r["changes"], pattern)} for r in entry[RECORDS]]
+        out[RECORDS] = [{**r, "after": scrub(r["after"], pattern)} for r in entry[RECORDS]]
     return out
 
 
@@ -607,8 +619,9 @@ async def query(db: AsyncDatabase[Doc], filters: Filters, *, limit: int, cursor:
 def entries_of(doc: Doc, record_id: str | None = None) -> list[Doc]:
     """A stored entry as the per-record entries it stands for: itself, or for a batch entry
     (:func:`one_entry_per_batch`) one entry per record (``record_id``: that record's only),
-    each with the batch's who, what, when and ids, its own record and changes, its id
-    ``<batch entry id>/<position>`` and ``batch: {id, size}``."""
+    each with the batch's who, what, when and ids, its own record and changes (every field it
+    set, as an insert's entry lists them), its id ``<batch entry id>/<position>`` and
+    ``batch: {id, size}``."""
     records = doc.get(RECORDS)
     if records is None:
         return [doc]
@@ -619,7 +632,7 @@ def entries_of(doc: Doc, record_id: str | None = None) -> list[Doc]:
             **shared,
             "_id": f"{doc['_id']}/{k}",
             "record": {"type": doc["record"]["type"], "id": r["id"]},
-            "changes": r["changes"],
+            "changes": diff(None, r["after"]),
             "batch": batch,
         }
         for k, r in enumerate(records)
