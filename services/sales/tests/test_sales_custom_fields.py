@@ -200,3 +200,24 @@ async def test_every_opportunity_custom_field_filter_uses_an_index(sales: Sales)
         query = store.OpportunityQuery(owner=owner, sort=sort, custom=filter_of(fields, cf))
         plan = (await store.find_opportunities(db, query).limit(51).explain())["queryPlanner"]
         assert "COLLSCAN" not in str(plan["winningPlan"]), (cf, owner, sort, plan["winningPlan"])
+
+
+async def test_the_openapi_document_shows_the_custom_objects_and_filters(sales: Sales) -> None:
+    doc = (await sales.client.get("/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    for model in ("AccountIn", "AccountOut", "OpportunityIn", "FieldsUpdateIn", "OpportunityOut"):
+        assert "custom" in schemas[model]["properties"], model
+    for path in ("/accounts", "/opportunities", "/opportunities/export"):
+        assert "cf" in {p["name"] for p in doc["paths"][path]["get"]["parameters"]}, path
+
+
+async def test_the_account_export_has_a_column_per_custom_field(sales: Sales) -> None:
+    await _define(sales)
+    rep = sales.uid("rep")
+    custom = {"segment": "smb", "arr": {"amount": "10.50", "currency": "EUR"}}
+    r = await sales.client.post("/accounts", json={"name": sales.uid("Export Co"), "source": "outbound",
+                                "custom": custom}, headers=sales.rep(rep))  # fmt: skip
+    assert r.status_code == 201, r.text
+    r = await sales.client.get("/accounts/export", headers=sales.rep(rep))
+    [row] = [x for x in csv.DictReader(io.StringIO(r.text)) if x["owner"] == rep]
+    assert (row["custom.segment"], row["custom.arr"], row["custom.note"]) == ("smb", "10.50 EUR", "")

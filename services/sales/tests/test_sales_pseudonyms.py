@@ -166,3 +166,12 @@ async def test_pseudonymised_users_cannot_search_sales_lists_by_the_people_in_th
     for roles in REAL:
         found = await _get(sales, roles, "/contacts", q=email)
         assert [c["email"] for c in found["items"]] == [email], roles
+    # A text custom value may be about a person: withheld from them like free text.
+    opp_path = f"/opportunities/{rec['opportunity']['id']}"
+    r = await sales.client.patch(
+        opp_path, json={"custom": {"close_note": "Ada's cousin"}}, headers=sales.manager()
+    )
+    assert r.status_code == 200, r.text
+    for roles in PSEUDONYMISED:
+        assert (await _get(sales, roles, opp_path))["custom"] == {"close_note": "[withheld]"}, roles
+    assert (await _get(sales, ["sales_manager"], opp_path))["custom"] == {"close_note": "Ada's cousin"}

@@ -158,3 +158,13 @@ async def test_every_ticket_custom_field_filter_uses_an_index(client: httpx.Asyn
         query = store.TicketQuery(status=status, sort=sort, custom=filter_of(fields, cf))
         plan = (await (await store.find_tickets(db, query)).limit(101).explain())["queryPlanner"]
         assert "COLLSCAN" not in str(plan["winningPlan"]), (cf, status, sort, plan["winningPlan"])
+
+
+async def test_the_openapi_document_shows_the_custom_object_and_filter(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    for model in ("TicketIn", "TicketEditIn", "TicketOut"):
+        assert "custom" in schemas[model]["properties"], model
+    assert "cf" in {p["name"] for p in doc["paths"]["/tickets"]["get"]["parameters"]}
+    assert "patch" in doc["paths"]["/tickets/{ticket_id}"]
+    assert "/custom-fields/{record_type}" in doc["paths"]
