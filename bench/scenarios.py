@@ -19,6 +19,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,6 +32,7 @@ from crm_contracts.topics import LEAD_QUALIFIED
 from crm_platform.devinfra.launcher import Platform
 from crm_platform.kafka import make_consumer, make_producer
 from crm_platform.kafka_security import aiokafka_security
+from profiling import profiled
 from pymongo import AsyncMongoClient
 from system import cpu_ms_per_op, cpu_snapshot
 
@@ -255,9 +257,21 @@ async def _inbox_check(mongodb_uri: str, database: str, prefix: str) -> tuple[in
 
 
 async def analytics_replay(
-    platform: Platform, topics: tuple[str, ...], *, max_seconds: float
+    platform: Platform,
+    topics: tuple[str, ...],
+    *,
+    max_seconds: float,
+    extra_env: dict[str, str] | None = None,
+    others: Mapping[str, int] | None = None,
+    profile_dir: Path | None = None,
+    drop_changelogs: bool = False,
 ) -> dict[str, Any]:
-    """A fresh faust worker replays ``topics`` from the beginning: events/s."""
+    """A fresh faust worker replays ``topics`` from the beginning: events/s, and the CPU
+    milliseconds per event of the worker and of ``others`` (the broker, mongod) over the
+    measured span. ``extra_env`` goes to the worker's process (``bench/replay.py`` runs
+    another tree's worker with it); ``profile_dir`` records it with py-spy (BENCH_PROFILE);
+    ``drop_changelogs`` deletes the worker's changelog topics afterwards (the embedded broker's
+    CPU grows with its state: the next replay then starts from the same state)."""
     bootstrap = platform.kafka_bootstrap
     group = f"crm-analytics-replay-{uuid.uuid4().hex[:6]}"
     total = await group_lag(bootstrap, group, topics)
@@ -271,28 +285,39 @@ async def analytics_replay(
         consumer_idle_backoff_ms=platform.consumer_idle_backoff_ms,
         gateway_port=platform.gateway_port,
         service_port_base=platform.service_port_base,
+        extra_env=dict(extra_env or {}),
     )
     say(f"analytics replay: a fresh worker ({group}) reads {total} events ...")
     worker.start()
+    pids = {"analytics-worker": worker.procs["analytics-worker"].pid, **(others or {})}
+    cpu: dict[str, dict[str, float]] = {"start": cpu_snapshot(pids)}
     try:
-        began = time.perf_counter()
-        first: tuple[float, int] | None = None
-        lag = total
-        while lag > 0 and time.perf_counter() - began < max_seconds:
-            await asyncio.sleep(0.5)
-            lag = await group_lag(bootstrap, group, topics)
-            if first is None and lag < total:
-                first = (time.perf_counter(), lag)
-        ended = time.perf_counter()
+        with profiled("replay", {"analytics-worker": pids["analytics-worker"]}, profile_dir or Path(".")):
+            began = time.perf_counter()
+            first: tuple[float, int] | None = None
+            lag = total
+            while lag > 0 and time.perf_counter() - began < max_seconds:
+                await asyncio.sleep(0.5)
+                lag = await group_lag(bootstrap, group, topics)
+                if first is None and lag < total:
+                    first, cpu["first"] = (time.perf_counter(), lag), cpu_snapshot(pids)
+            ended = time.perf_counter()
+            cpu["end"] = cpu_snapshot(pids)
     finally:
         worker.stop()
+        if drop_changelogs:
+            await _drop_topics(bootstrap, prefix=f"{group}-")
     if first is None:
         say("  the worker committed nothing")
         return {"events": total, "rate": 0.0, "complete": False}
     rate, t0, lower_bound = _replay_rate(total, lag, first, began, ended)
     how = "at least (all at its first commit; start-up included)" if lower_bound else "after its first commit"
-    say(f"  {total - lag}/{total} events; {rate:.0f} events/s {how}")
+    per_event = cpu_ms_per_op(
+        cpu["start" if lower_bound else "first"], cpu["end"], total - lag if lower_bound else first[1] - lag
+    )
+    say(f"  {total - lag}/{total} events; {rate:.0f} events/s {how}; CPU ms per event {per_event}")
     return {
+        "cpu_ms_per_event": per_event,
         "events": total,
         "replayed": total - lag,
         "rate": rate,
@@ -301,6 +326,17 @@ async def analytics_replay(
         "complete": lag == 0,
         "lower_bound": lower_bound,
     }
+
+
+async def _drop_topics(bootstrap: str, *, prefix: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **aiokafka_security())
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
 
 
 def _replay_rate(

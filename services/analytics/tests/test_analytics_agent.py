@@ -230,3 +230,24 @@ async def test_the_retention_timer_drops_old_records_once_the_tables_are_recover
     assert await worker.retention_tick() == 1
     assert set(worker.state.records) == {"ticket:young"}
     assert await make_worker().retention_tick() == 0  # no period configured: nothing expires
+
+
+async def test_the_agent_folds_every_event_exactly_once(journey, monkeypatch):
+    """One actor folds the stream; the confirmer only acks: no event is folded twice."""
+    import analytics.worker as module
+
+    worker = make_worker()
+    folded: list[str] = []
+    real_apply = module.apply
+
+    def counting(state, envelope, event):
+        folded.append(str(envelope.event_id))
+        return real_apply(state, envelope, event)
+
+    monkeypatch.setattr(module, "apply", counting)
+    sent = [journey.captured(f"lead-{n}") for n in range(300)] + [journey.qualified("lead-7")]
+    async with worker.agent.test_context() as agent:
+        for env in sent:
+            await agent.put(env.to_bytes())
+    assert sorted(folded) == sorted(str(env.event_id) for env in sent)
+    assert worker.state.figures.summary()["funnel"]["stages"]["captured"] == 300

@@ -9,6 +9,7 @@ channel, the rest as lower bounds.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from analytics.main import create_app
 from analytics.worker import SOURCE_TOPICS
@@ -303,3 +304,61 @@ def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
         for sample in family.samples:
             out.setdefault(sample.name, []).append((sample.labels, sample.value))
     return out
+
+
+def respawn(worker: WorkerProcess) -> None:
+    """Start the worker again with the same app id, database and data dir (its log appended)."""
+    with worker.log_path.open("ab") as log:
+        worker.proc = subprocess.Popen(
+            [sys.executable, "-m", "analytics.worker"],
+            env=worker.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+async def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(
+    worker, kafka_bootstrap, make_settings, journey
+):
+    """The agent folds ahead of its changelog writes and acks in batches (analytics.confirm).
+    Killed (SIGKILL: no flush, no commit) while folding, then started again, it ends with every
+    lead counted once: what was folded but not confirmed was not acked, so it came again."""
+    run = uuid.uuid4().hex[:8]
+    channel, n = f"kill-{run}", 3000
+    base = datetime.now(UTC) - timedelta(hours=1)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        sent = []
+        for i in range(n):
+            env = journey.captured(f"lead-{run}-{i}", channel, when=i * 0.001, base=base)
+            value, key = env.to_bytes(), env.partition_key.encode()
+            sent.append(await producer.send(LEADS_EVENTS, value, key=key, headers=env.headers()))
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    settings = make_settings("analytics", MONGODB_DATABASE=worker.env["MONGODB_DATABASE"])
+    group = worker.env["CRM_ANALYTICS_APP_ID"]
+    async with running_app(create_app(settings)) as client:
+
+        async def captured() -> int:
+            counts = (await client.get("/channels", headers=ANALYST)).json().get(channel) or {}
+            return int(counts.get("captured", 0))
+
+        async def folding() -> int | None:
+            assert worker.proc.poll() is None, worker.log_tail()
+            return await captured() or None
+
+        await eventually(folding, timeout=90, interval=0.2, what="the worker folding the leads")
+        worker.proc.kill()
+        worker.proc.wait(timeout=30)
+        respawn(worker)
+
+        async def all_counted() -> int | None:
+            assert worker.proc.poll() is None, worker.log_tail()
+            done = await captured() == n and await caught_up(kafka_bootstrap, group)
+            return n if done else None
+
+        await eventually(all_counted, timeout=120, interval=0.5, what=f"{n} leads counted after the restart")
+        assert await captured() == n, "nothing counted twice"

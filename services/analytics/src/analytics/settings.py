@@ -69,12 +69,13 @@ class AnalyticsSettings(ServiceSettings):
         description="compute and publish the KPIs (periods, overdue items, business latency windows) "
         "this often; they move with time, so they are computed on a timer, not per event",
     )
-    agent_concurrency: int = Field(
-        default=16,
-        validation_alias="CRM_ANALYTICS_CONCURRENCY",
+    confirm_batch_max: int = Field(
+        default=2000,
+        validation_alias="CRM_ANALYTICS_CONFIRM_BATCH",
         ge=1,
-        le=256,
-        description="events in flight at once (each waits for its changelog writes)",
+        le=100_000,
+        description="events folded ahead of their changelog writes' acknowledgement (the agent "
+        "then waits for the broker): one wait covers every event folded meanwhile",
     )
     reconcile_interval_seconds: float = Field(
         default=3600.0,

@@ -8,8 +8,11 @@ and hands the event to :func:`analytics.domain.engine.apply`. Whatever raises wh
 reading or folding one record sends that record to ``crm.dlq.analytics`` once, with
 the original bytes and ``dlq_*`` headers, and the agent carries on.
 
-Only a failure to store (the dead letter or the changelog writes) crashes the actor:
-faust restarts it and the record, never acked, comes again. If actors keep crashing
+One actor folds the stream; an event is acked only once the changelog writes of its fold are
+stored, and those writes are awaited in batches (``analytics.confirm``: one broker round trip
+for every event folded meanwhile, not one per event). Only a failure to store (the dead
+letter or the changelog writes) crashes the actor: faust restarts it and the records, never
+acked, come again. If actors keep crashing
 (more than ``CRM_ANALYTICS_MAX_RESTARTS`` restarts within
 ``CRM_ANALYTICS_RESTART_WINDOW_SECONDS``) the worker stops and exits with status 1,
 so its supervisor (``make run``, Kubernetes) restarts the process; faust's own
@@ -81,6 +84,7 @@ from mode import OneForOneSupervisor, ServiceT
 from pymongo import AsyncMongoClient
 
 from analytics import handlers
+from analytics.confirm import ChangelogConfirmer
 from analytics.domain.engine import AnalyticsState, ImplausibleEvent, apply, forget_records, rebuild_figures
 from analytics.domain.snapshot import Reconciliation, Snapshot
 from analytics.reconcile import Reconciler, committed_offsets, log_report, reconcile
@@ -106,6 +110,13 @@ SOURCE_TOPICS: tuple[str, ...] = (
     GATEWAY_PERMISSIONS,
     GATEWAY_ERASURE_REQUESTS,
 )
+# aiokafka's batch per changelog partition (faust's default is 16 KiB, about 40 facts).
+CHANGELOG_BATCH_BYTES = 512 * 1024
+CHANGELOG_LINGER_SECONDS = 0.01
+# Changelog writes faust's producer buffer holds before it makes the stream wait for it to
+# drain (faust's default, 100, makes a batch of folds wait on a slow flush loop); the
+# confirmer's CRM_ANALYTICS_CONFIRM_BATCH bounds what the agent has in flight instead.
+PRODUCER_BUFFER_MESSAGES = 50_000
 # The erasure requests analytics confirmed (its database): one confirmation per request.
 ERASURES = "erasures"
 DEPARTMENT = "analytics"
@@ -134,6 +145,14 @@ def build_faust_app(settings: AnalyticsSettings) -> faust.App:
         consumer_group_instance_id=settings.consumer_instance_id,
         key_serializer="raw",
         value_serializer="raw",
+        # The changelog writes of a whole batch of folds are in flight together
+        # (analytics.confirm): batches per partition large enough that a send rarely waits
+        # for the previous batch of its partition to drain (aiokafka allows one).
+        producer_max_batch_size=CHANGELOG_BATCH_BYTES,
+        # ... and sent a few milliseconds late, so that one produce request carries the
+        # writes of many folds (a request per small batch cost a fifth of the worker's CPU
+        # in socket writes); the confirmer waits for them anyway.
+        producer_linger=CHANGELOG_LINGER_SECONDS,
     )
 
 
@@ -143,9 +162,9 @@ class ConfirmedTable(faust.Table):
     faust sends table changes through a fire-and-forget buffer; at shutdown (and
     whenever its flush gives up) a change can be lost while the offset of the event
     that made it is committed, and the fact is then gone for good. The agent takes
-    the futures of an event's writes (:meth:`take_unconfirmed`) and awaits them before
-    it lets faust ack the event, so an offset is only committed once the facts it
-    produced are stored in the changelog.
+    the futures of an event's writes (:meth:`take_unconfirmed`) and acks the event only
+    once they are done (``analytics.confirm``, many events per wait), so an offset is only
+    committed once the facts it produced are stored in the changelog.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -256,14 +275,13 @@ class AnalyticsWorker:
         )
 
     def _declare_agent(self) -> faust.types.AgentT[Any]:
-        # Several actors share the stream: each awaits its own changelog writes, so the
-        # writes of many events travel together. The folds are order-insensitive, and
-        # faust commits only up to the first offset not yet acked.
+        # ONE actor folds the stream in order; a ChangelogConfirmer acks the folded events
+        # once their changelog writes are stored, many events per wait (analytics.confirm).
         settings = self.settings
         return self.app.agent(
             self.source,
             name="analytics-events",
-            concurrency=settings.agent_concurrency,
+            concurrency=1,
             supervisor_strategy=crash_loop_supervisor(
                 settings.max_restarts, settings.restart_window_seconds, self.give_up
             ),
@@ -271,23 +289,42 @@ class AnalyticsWorker:
 
     # -- the agent ---------------------------------------------------------------
     async def _process(self, stream: Any) -> None:
-        async for event in stream.events():
-            await self.handle(event.message)
+        self.app.producer.buffer.max_messages = PRODUCER_BUFFER_MESSAGES
+        manual = stream.noack()  # acked by the confirmer, once the event's facts are stored
+        confirmer: ChangelogConfirmer[Any] = ChangelogConfirmer(
+            manual.ack, max_pending=self.settings.confirm_batch_max
+        )
+        confirmer.start()
+        try:
+            async for event in manual.events():
+                await confirmer.add(event, await self.take(event.message))
+        finally:
+            await confirmer.stop()
 
     async def handle(self, message: Any) -> None:
-        """One Kafka message: fold it into the state, or dead-letter it once with the reason.
+        """One Kafka message, alone: :meth:`take`, then wait for its changelog writes."""
+        pending = await self.take(message)
+        if pending:
+            await asyncio.gather(*pending)
 
-        With tracing on, the fold is a CONSUMER span continuing the event's trace
-        (the context its producer put in the record's headers: crm_platform.tracing). A
-        dead letter another group asked to replay (``crm-ops replay``) is skipped.
+    async def take(self, message: Any) -> list[asyncio.Future[Any]]:
+        """One Kafka message: fold it into the state, or dead-letter it once with the reason;
+        returns the futures of the changelog writes its fold made.
+
+        Only once they are done may the event be acked (and its offset committed); a
+        failure of one of them crashes the actor, and the event, never acked, is delivered
+        again (its facts are rewritten, idempotently). With tracing on, the fold is a CONSUMER
+        span continuing the event's trace (the context its producer put in the record's
+        headers: crm_platform.tracing). A dead letter another group asked to replay
+        (``crm-ops replay``) is skipped.
         """
         if skips_replay(message.headers, self.settings.app_id):
             self.metrics.consumed(message.topic, "replay", "ignored")
-            return
+            return []
         with tracing.consuming(message.headers, topic=message.topic, group=self.settings.app_id):
             verdict = self.fold(message)
-        # This event's changelog writes, taken before any await so that no other actor
-        # can take (and wait for) them instead.
+        # This event's changelog writes, taken before any await so that no timer (the
+        # reconciliation, the retention) can take them instead.
         pending = [fut for table in self.tables.values() for fut in table.take_unconfirmed()]
         if isinstance(verdict, Rejected):
             await self.dead_letter(message, verdict.reason, verdict.error, verdict.event_type)
@@ -295,11 +332,7 @@ class AnalyticsWorker:
             await self._keep_policy(verdict.event)
             await self._confirm_erasure(verdict.event, verdict.envelope)
             self.metrics.consumed(message.topic, verdict.envelope.event_type, "processed")
-        if pending:
-            # Only once its facts are in the changelog may faust ack (and commit) the
-            # event. A failure propagates: faust restarts the actor and the event, never
-            # acked, is delivered again (its facts are rewritten, idempotently).
-            await asyncio.gather(*pending)
+        return pending
 
     async def _keep_policy(self, event: Any) -> None:
         """The role -> permission policy, kept in analytics' database for its API to enforce
