@@ -79,6 +79,9 @@ def worker(kafka_bootstrap, mongodb_uri, tmp_path, run_id):
             "MONGODB_URI": mongodb_uri,
             "MONGODB_DATABASE": f"t_analytics_worker_{run}",
             "CRM_ANALYTICS_APP_ID": f"crm-analytics-test-{run}",
+            # Static membership, as `make run` and Kubernetes give it: a worker started again
+            # after a SIGKILL takes its partitions back (the embedded broker never evicts).
+            "CRM_CONSUMER_INSTANCE_ID": f"analytics-worker-test-{run}",
             "CRM_ANALYTICS_WORKER_DATADIR": str(tmp_path / "faust"),
             "CRM_PROVISION_TOPICS": "false",
             # The group starts at the end on purpose; reconciling would replay (and count)
@@ -318,6 +321,7 @@ def respawn(worker: WorkerProcess) -> None:
         )
 
 
+@pytest.mark.timeout(300)  # two worker start-ups and 3,000 events on a shared machine
 async def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(
     worker, kafka_bootstrap, make_settings, journey
 ):
@@ -350,7 +354,7 @@ async def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(
             assert worker.proc.poll() is None, worker.log_tail()
             return await captured() or None
 
-        await eventually(folding, timeout=90, interval=0.2, what="the worker folding the leads")
+        await eventually(folding, timeout=45, interval=0.2, what="the worker folding the leads")
         worker.proc.kill()
         worker.proc.wait(timeout=30)
         respawn(worker)
@@ -360,5 +364,5 @@ async def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(
             done = await captured() == n and await caught_up(kafka_bootstrap, group)
             return n if done else None
 
-        await eventually(all_counted, timeout=120, interval=0.5, what=f"{n} leads counted after the restart")
+        await eventually(all_counted, timeout=50, interval=0.5, what=f"{n} leads counted after the restart")
         assert await captured() == n, "nothing counted twice"
