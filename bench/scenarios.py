@@ -275,38 +275,18 @@ async def analytics_replay(
     bootstrap = platform.kafka_bootstrap
     group = f"crm-analytics-replay-{uuid.uuid4().hex[:6]}"
     total = await group_lag(bootstrap, group, topics)
-    worker = Platform(
-        bootstrap,
-        platform.mongodb_uri,
-        platform.logdir,
-        db_prefix=platform.db_prefix + "replay_",
-        group_suffix=group.removeprefix("crm-analytics"),
-        only=("analytics-worker",),
-        consumer_idle_backoff_ms=platform.consumer_idle_backoff_ms,
-        gateway_port=platform.gateway_port,
-        service_port_base=platform.service_port_base,
-        extra_env=dict(extra_env or {}),
-    )
+    worker = _replay_worker(platform, group, extra_env)
     say(f"analytics replay: a fresh worker ({group}) reads {total} events ...")
     worker.start()
     pids = {"analytics-worker": worker.procs["analytics-worker"].pid, **(others or {})}
-    cpu: dict[str, dict[str, float]] = {"start": cpu_snapshot(pids)}
     try:
         with profiled("replay", {"analytics-worker": pids["analytics-worker"]}, profile_dir or Path(".")):
-            began = time.perf_counter()
-            first: tuple[float, int] | None = None
-            lag = total
-            while lag > 0 and time.perf_counter() - began < max_seconds:
-                await asyncio.sleep(0.5)
-                lag = await group_lag(bootstrap, group, topics)
-                if first is None and lag < total:
-                    first, cpu["first"] = (time.perf_counter(), lag), cpu_snapshot(pids)
-            ended = time.perf_counter()
-            cpu["end"] = cpu_snapshot(pids)
+            watch = await _watch_commits(bootstrap, group, topics, total, max_seconds, pids)
     finally:
         worker.stop()
         if drop_changelogs:
             await _drop_topics(bootstrap, prefix=f"{group}-")
+    began, first, lag, ended, cpu = watch
     if first is None:
         say("  the worker committed nothing")
         return {"events": total, "rate": 0.0, "complete": False}
@@ -326,6 +306,46 @@ async def analytics_replay(
         "complete": lag == 0,
         "lower_bound": lower_bound,
     }
+
+
+def _replay_worker(platform: Platform, group: str, extra_env: dict[str, str] | None) -> Platform:
+    """The analytics worker alone, as ``platform`` runs it, with the app id ``group``."""
+    return Platform(
+        platform.kafka_bootstrap,
+        platform.mongodb_uri,
+        platform.logdir,
+        db_prefix=platform.db_prefix + "replay_",
+        group_suffix=group.removeprefix("crm-analytics"),
+        only=("analytics-worker",),
+        consumer_idle_backoff_ms=platform.consumer_idle_backoff_ms,
+        gateway_port=platform.gateway_port,
+        service_port_base=platform.service_port_base,
+        extra_env=dict(extra_env or {}),
+    )
+
+
+async def _watch_commits(
+    bootstrap: str,
+    group: str,
+    topics: tuple[str, ...],
+    total: int,
+    max_seconds: float,
+    pids: Mapping[str, int],
+) -> tuple[float, tuple[float, int] | None, int, float, dict[str, dict[str, float]]]:
+    """Poll the group's lag until it is 0 (or ``max_seconds``): when it started, its first
+    commit (time, lag), the lag left, when it ended, and CPU snapshots at start, first, end."""
+    cpu: dict[str, dict[str, float]] = {"start": cpu_snapshot(pids)}
+    began = time.perf_counter()
+    first: tuple[float, int] | None = None
+    lag = total
+    while lag > 0 and time.perf_counter() - began < max_seconds:
+        await asyncio.sleep(0.5)
+        lag = await group_lag(bootstrap, group, topics)
+        if first is None and lag < total:
+            first, cpu["first"] = (time.perf_counter(), lag), cpu_snapshot(pids)
+    ended = time.perf_counter()
+    cpu["end"] = cpu_snapshot(pids)
+    return began, first, lag, ended, cpu
 
 
 async def _drop_topics(bootstrap: str, *, prefix: str) -> None:
