@@ -18,6 +18,7 @@ pytestmark = pytest.mark.integration
 Leads: TypeAlias = Any  # conftest.Leads
 
 MARKETING = auth_headers(["marketing"], "mia")
+AUDITOR = auth_headers(["auditor"], "aud")
 CSV_TYPE = {**MARKETING, "Content-Type": "text/csv"}
 
 
@@ -105,6 +106,29 @@ async def test_an_import_stores_good_rows_merges_by_email_and_reports_each_bad_r
     assert out[f"new4-{tag}@example.com"]["name"] == "'=HYPERLINK(1)", "formulas are neutralised"
     assert out[f"new1-{tag}@example.com"]["marketing_email"] == "true"
     assert known not in out, "the export filters on the origin channel, as the list does"
+    await _imported_leads_are_audited_by_record_and_user(
+        leads, job["id"], [out[f"new{n}-{tag}@example.com"] for n in (1, 4)]
+    )
+
+
+async def _imported_leads_are_audited_by_record_and_user(
+    leads: Leads, job_id: str, rows: list[dict[str, str]]
+) -> None:
+    """An import batch stores one audit entry for its new leads (crm_platform.audit's batch
+    entries); each lead is still found by its id and by the importing user, with its fields."""
+    for row in rows:
+        params = {"record_type": "leads", "record_id": row["id"]}
+        items = (await leads.client.get("/audit", params=params, headers=AUDITOR)).json()["items"]
+        [insert] = [i for i in items if i["action"] == "insert"]
+        assert insert["actor"]["user_id"] == "user-mia"
+        assert insert["operation"] == f"IMPORT {job_id}"
+        assert insert["batch"] is not None, "written as a batch entry"
+        assert {c["field"]: c["after"] for c in insert["changes"]}["email"] == row["email"]
+    by_user = (
+        await leads.client.get("/audit", params={"user_id": "user-mia", "limit": 500}, headers=AUDITOR)
+    ).json()
+    found = {i["record"]["id"] for i in by_user["items"] if i["operation"] == f"IMPORT {job_id}"}
+    assert {row["id"] for row in rows} <= found
 
 
 async def test_json_lines_with_the_default_mapping(leads: Leads) -> None:
