@@ -77,7 +77,7 @@ def row_capture(
         custom = {**values["custom"], **custom}  # type: ignore[dict-item]  # a JSON line's own custom object
     try:
         capture = CaptureIn.model_validate(body)
-        if not fields.fields and not custom:  # the common case costs nothing more
+        if not custom and not fields.has_required:  # no custom value to check: nothing more to do
             return capture.to_capture(), None
         capture.custom = fields.from_cells(custom)
         return capture.to_capture(fields), None

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
+from functools import cached_property
 from typing import Annotated, Any
 
 from crm_contracts.extensions import KEY_PATTERN, MAX_FIELDS, ExtensionField, ExtensionMoney, FieldType
@@ -160,8 +161,17 @@ class FieldSet:
     changed_at: datetime | None = None
     changed_by: str | None = None
 
+    @cached_property
+    def _by_key(self) -> dict[str, FieldDefinition]:
+        return {f.key: f for f in self.fields}
+
+    @cached_property
+    def has_required(self) -> bool:
+        """Some field is required: every new record must give it (an import row included)."""
+        return any(f.required for f in self.fields)
+
     def field(self, key: str) -> FieldDefinition | None:
-        return next((f for f in self.fields if f.key == key), None)
+        return self._by_key.get(key)  # per value of every row of an import: a dict, not a scan
 
     def create(self, given: Mapping[str, Any] | None) -> dict[str, StoredValue]:
         """The values to store on a new record: every given key checked, required ones present."""
