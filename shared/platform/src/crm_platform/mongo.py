@@ -86,7 +86,8 @@ class Tx:
 
     def insert_later(self, collection: str, doc: Doc) -> None:
         """Insert ``doc`` with the transaction's other deferred inserts: one ``insert_many``
-        per collection before the commit (or at :meth:`flush_inserts`), audited as usual.
+        per collection before the commit (or at :meth:`flush_inserts`), audited as ONE entry
+        naming every record of the insert (:func:`crm_platform.audit.one_entry_per_batch`).
 
         For a consumer's batch, where each event adds a record: one round trip instead of
         one per event. The caller reads that collection in this transaction only after
@@ -101,7 +102,8 @@ class Tx:
         for name in names:
             docs = self._later.pop(name, None)
             if docs:
-                await self.db[name].insert_many(docs, session=self.session)
+                with audit.one_entry_per_batch():
+                    await self.db[name].insert_many(docs, session=self.session)
 
     def emit(self, event: Event, *, correlation_id: str | None = None, batched: bool = False) -> Envelope:
         """Store ``event`` in the outbox with this transaction.
