@@ -12,6 +12,7 @@ from typing import Any, TypeAlias
 import pytest
 from crm_contracts import utcnow
 from crm_platform.audit import AUDIT_LOG
+from crm_platform.retention import enforce
 from crm_platform.settings import ServiceSettings
 from crm_platform.testing import eventually
 from sales import store
@@ -103,3 +104,21 @@ async def test_expired_records_are_anonymised_or_deleted_and_audited(sales: Sale
     assert (name["before"], name["after"]) == ("Old Person", "[anonymised]")
     assert (activity_entry["operation"], activity_entry["action"]) == ("RETENTION activity", "delete")
     assert young_c["id"] not in entries
+
+
+async def test_a_lost_opportunity_past_its_period_loses_its_contacts_and_custom_values(sales: Sales) -> None:
+    rep = sales.uid("rory")
+    lost, young = await sales.opportunity_for(rep), await sales.opportunity_for(rep)
+    db = sales.runtime.store.db
+    for opp in (lost, young):
+        r = await sales.move(opp["id"], "lost", rep, fields={"lost_reason": "went elsewhere"})
+        assert r.status_code == 200, r.text
+        await db[store.OPPORTUNITIES].update_one({"_id": opp["id"]}, {"$set": {"custom": {"note": "Ada's"}}})
+    await _age(sales, store.OPPORTUNITIES, lost["id"], "lost_at", DAYS + 1)
+    done = await enforce(sales.runtime.store, store.RETENTION_RULES, {"lost_opportunity": DAYS})
+    assert done.get("lost_opportunity") == 1, done
+    stripped = await db[store.OPPORTUNITIES].find_one({"_id": lost["id"]})
+    assert (stripped["contacts"], stripped["custom"], stripped["lost_reason"]) == ([], {}, "went elsewhere")
+    kept = await db[store.OPPORTUNITIES].find_one({"_id": young["id"]})
+    assert kept["custom"] == {"note": "Ada's"}, "a younger lost deal is kept"
+    assert kept["contacts"]

@@ -1207,9 +1207,10 @@ RETENTION_RULES = (
     Rule("inbox_item", INBOX, "received_at", Action.ANONYMISE, eligible={"status": {"$ne": "pending"}},
          scrub={"handoff.contact.name": ANONYMISED, "handoff.contact.email": anonymous_email,
                 "handoff.contact.phone": None}),
-    # A lost opportunity: its contacts go; the deal's history stays for the forecast's past.
+    # A lost opportunity: its contacts and custom values (a text one may be about a person) go;
+    # the deal's history stays for the forecast's past.
     Rule("lost_opportunity", OPPORTUNITIES, "lost_at", Action.ANONYMISE, eligible={"status": "lost"},
-         scrub={"contacts": []}),
+         scrub={"contacts": [], "custom": {}}),
     # Logged calls, visits, emails and quotes: deleted.
     Rule("activity", ACTIVITIES, "logged_at", Action.DELETE),
 )  # fmt: skip
