@@ -3,13 +3,27 @@ per event, in emission order; handoffs are never batched (their receipts find th
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
+import pytest
 from crm_contracts import envelope_for, utcnow
 from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason
 from crm_contracts.events.leads import LeadQualifiedV1, LeadStatusChangedV1
-from crm_platform.mongo import BATCH_EVENTS, Tx, outbox_doc, outbox_rows, row_items
+from crm_platform.mongo import (
+    BATCH_EVENTS,
+    OUTBOX,
+    PENDING_BATCHES,
+    Store,
+    Tx,
+    connect,
+    outbox_doc,
+    outbox_rows,
+    row_items,
+)
+from crm_platform.ops import read_outbox
+from crm_platform.outbox import pending_events
 
 
 def item(n: int) -> dict[str, Any]:
@@ -53,3 +67,26 @@ def test_a_handoff_is_never_batched() -> None:
     tx.emit(qualified, batched=True)
     tx.emit(status)
     assert tx.batched == [True, False, False]
+
+
+@pytest.mark.integration
+async def test_the_backlog_counts_a_batch_rows_events_without_fetching_rows(mongodb_uri: str) -> None:
+    client = connect(mongodb_uri, "outbox-batch-test")
+    store = Store(client, f"t_outbox_{uuid.uuid4().hex[:8]}", "leads")
+    try:
+        await store.ensure_platform_indexes()
+        items = [item(n) for n in range(7)]
+        rows = outbox_rows(items, [False, True, True, True, True, False, False])
+        rows[-1]["published"] = True  # one already published: not waiting
+        await store.db[OUTBOX].insert_many(rows)
+
+        assert await pending_events(store.db) == 6, "1 + a batch row of 4 + 1"
+        [backlog] = await asyncio.to_thread(read_outbox, mongodb_uri, [store.db.name])
+        assert backlog.pending == 6
+        plan = await store.db[OUTBOX].find(PENDING_BATCHES, {"count": 1, "_id": 0}).explain()
+        winning = str(plan["queryPlanner"]["winningPlan"])
+        assert "pending_batches" in winning
+        assert "FETCH" not in winning, "covered by the index: no batch row is read"
+    finally:
+        await client.drop_database(store.db.name)
+        await client.close()

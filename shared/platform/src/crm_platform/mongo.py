@@ -145,6 +145,12 @@ class Store:
     async def ensure_platform_indexes(self) -> None:
         await self.db[OUTBOX].create_index([("published", ASCENDING), ("_id", ASCENDING)], name="pending")
         await self.db[OUTBOX].create_index("event_id", unique=True, name="event_id")
+        # The pending batch rows' event counts, read without fetching a row (outbox.pending_events).
+        await self.db[OUTBOX].create_index(
+            [("published", ASCENDING), ("count", ASCENDING)],
+            name="pending_batches",
+            partialFilterExpression={"count": {"$exists": True}},
+        )
         # Published events are kept a week for forensics, then expire.
         await self.db[OUTBOX].create_index(
             "published_at", expireAfterSeconds=7 * 24 * 3600, name="published_ttl"
@@ -264,6 +270,8 @@ def outbox_doc(env: Envelope) -> Doc:
 
 # A batch row (``emit(batched=True)``) holds its events' items under this field, in order.
 BATCH_EVENTS = "events"
+# The pending batch rows (on the ``pending_batches`` index: their ``count`` without the rows).
+PENDING_BATCHES = {"published": False, "count": {"$gt": 0}}  # a range: covered by the index
 
 
 def outbox_rows(items: list[Doc], batched: list[bool]) -> list[Doc]:

@@ -50,7 +50,7 @@ from pymongo import MongoClient
 from crm_platform import ops_replay
 from crm_platform.kafka import make_consumer
 from crm_platform.kafka_security import KafkaSecurity
-from crm_platform.mongo import OUTBOX
+from crm_platform.mongo import OUTBOX, PENDING_BATCHES
 
 DEPARTMENTS = ("leads", "sales", "service-desk", "analytics")
 # The services' own databases that hold an outbox (analytics publishes nothing through one).
@@ -305,14 +305,9 @@ def read_outbox(uri: str, databases: Sequence[str], stream: TextIO | None = None
         found = []
         for name in databases:
             outbox = client[name][OUTBOX]
-            # A batch row (crm_platform.mongo.outbox_rows) counts its events.
-            by_rows = outbox.aggregate(
-                [
-                    {"$match": {"published": False}},
-                    {"$group": {"_id": None, "events": {"$sum": {"$ifNull": ["$count", 1]}}}},
-                ]
-            ).to_list()
-            pending = int(by_rows[0]["events"]) if by_rows else 0
+            # A batch row (crm_platform.mongo.outbox_rows) counts its events (as outbox.pending_events).
+            pending = outbox.count_documents({"published": False})
+            pending += sum(int(b["count"]) - 1 for b in outbox.find(PENDING_BATCHES, {"count": 1, "_id": 0}))
             oldest = outbox.find_one({"published": False}, sort=[("_id", 1)], projection={"created_at": 1})
             created, age = _age((oldest or {}).get("created_at"), datetime.now(UTC))
             found.append(Backlog(name, pending, created, age))
