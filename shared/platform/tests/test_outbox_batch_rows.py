@@ -4,6 +4,7 @@ per event, in emission order; handoffs are never batched (their receipts find th
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from crm_contracts import envelope_for, utcnow
 from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason
 from crm_contracts.events.leads import LeadQualifiedV1, LeadStatusChangedV1
+from crm_platform import audit, erasure
 from crm_platform.mongo import (
     BATCH_EVENTS,
     OUTBOX,
@@ -87,6 +89,36 @@ async def test_the_backlog_counts_a_batch_rows_events_without_fetching_rows(mong
         winning = str(plan["queryPlanner"]["winningPlan"])
         assert "pending_batches" in winning
         assert "FETCH" not in winning, "covered by the index: no batch row is read"
+    finally:
+        await client.drop_database(store.db.name)
+        await client.close()
+
+
+@pytest.mark.integration
+async def test_erasure_scrubs_the_erased_records_events_inside_a_published_batch_row(
+    mongodb_uri: str,
+) -> None:
+    client = connect(mongodb_uri, "outbox-batch-test")
+    store = Store(client, f"t_outbox_{uuid.uuid4().hex[:8]}", "leads")
+    try:
+        items = []
+        for who in ("ada", "bob"):
+            event = LeadStatusChangedV1(
+                lead_id=f"lead-{who}", status="nurturing", source_channel=f"{who}-channel"
+            )
+            items.append(outbox_doc(envelope_for(event, source="leads", correlation_id=f"lead-{who}")))
+        [row] = outbox_rows(items, [True, True])
+        row["published"] = True
+        await store.db[OUTBOX].insert_one(row)
+
+        async def erase(tx: Tx) -> None:
+            await erasure._scrub_outbox(tx, ["lead-ada"], re.compile("ada-channel"))
+
+        await store.transaction(erase)
+        stored = await store.db[OUTBOX].find_one({"_id": row["_id"]})
+        assert stored is not None
+        ada, bob = (item["envelope"]["payload"]["source_channel"] for item in stored[BATCH_EVENTS])
+        assert (ada, bob) == (audit.ERASED, "bob-channel"), "only the erased record's event"
     finally:
         await client.drop_database(store.db.name)
         await client.close()
