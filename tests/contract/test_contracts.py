@@ -102,7 +102,7 @@ def test_unknown_version_is_refused_with_the_known_ones() -> None:
         partition_key="k",
         payload={},
     )
-    with pytest.raises(UnknownEventError, match=r"known versions: \[1\]"):
+    with pytest.raises(UnknownEventError, match=r"known versions: \[1, 2\]"):
         decode(env)
 
 

@@ -7,6 +7,12 @@ gateway; every department (leads, sales, service desk, analytics) confirms; then
 e-mail, name and phone are gone from every service's own read API (records, histories, audit
 logs) and from every collection of every service's database. Filing the same request again
 changes nothing and each department still confirms it once.
+
+The log too (crypto-shredding, crm_platform.shredding): every topic read from its beginning
+holds none of the person's values in any record's bytes (key, value, headers), the latest record
+of each of the person's keys on the key topics is its shredding (the embedded broker does not
+compact: on Kafka, compaction then leaves only that record), and no database keeps a key of
+theirs: what their sealed events carry can no longer be opened by anyone.
 """
 
 from __future__ import annotations
@@ -18,10 +24,20 @@ import uuid
 from typing import Any
 
 import pytest
+from aiokafka import ConsumerRecord, TopicPartition
 from crm_contracts import Envelope
-from crm_contracts.topics import ERASURE_CONFIRMATIONS, GATEWAY_ERASURE_REQUESTS
+from crm_contracts.topics import (
+    DEAL_WON,
+    ERASURE_CONFIRMATIONS,
+    GATEWAY_ERASURE_REQUESTS,
+    LEADS_EVENTS,
+    LEADS_PERSON_KEYS,
+    SALES_PERSON_KEYS,
+    TOPICS,
+)
 from crm_platform.devinfra.journey import Gateway, run_journey, until
 from crm_platform.devinfra.launcher import Platform
+from crm_platform.kafka import make_consumer
 from crm_platform.testing import TopicReader, produce_envelope
 from pymongo import MongoClient
 from pymongo.database import Database
@@ -120,6 +136,7 @@ def test_an_erased_person_is_gone_from_every_department(gw: Gateway, platform: P
     assert lead["status"] == "accepted", "the record stays, only the person goes"
 
     _assert_databases_clean(platform, person)
+    _assert_log_clean(platform, journey.lead_id, journey.opportunity_id, person)
 
     # The request replayed (the same event again on the log), then the same person filed again:
     # the replay is dropped by every department's ledger, the new request finds nothing left.
@@ -159,6 +176,88 @@ async def _confirmations(bootstrap: str, first: str, second: str) -> list[str]:
         return [e.source for e in _of(reader, "erasure.completed", first)]
     finally:
         await reader.stop()
+
+
+Records = list[ConsumerRecord[bytes, bytes]]
+
+
+async def _read_everything(bootstrap: str) -> Records:
+    """Every record of every topic in the table, from the beginning up to the end it has now."""
+    consumer = make_consumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [
+            TopicPartition(spec.name, p)
+            for spec in TOPICS
+            for p in sorted(consumer.partitions_for_topic(spec.name) or [])
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: Records = []
+        behind = {tp for tp in partitions if ends[tp] > 0}
+        while behind:
+            batch = await consumer.getmany(*behind, timeout_ms=1000)
+            for got in batch.values():
+                records += got
+            behind = {tp for tp in behind if await consumer.position(tp) < ends[tp]}
+        return records
+    finally:
+        await consumer.stop()
+
+
+def _person_ids(
+    records: list[ConsumerRecord[bytes, bytes]], lead_id: str, deal_id: str
+) -> dict[str, set[str]]:
+    """The person's ids on each key topic, from the sealed events that name them."""
+    ids: dict[str, set[str]] = {LEADS_PERSON_KEYS: set(), SALES_PERSON_KEYS: set()}
+    for record in records:
+        if record.topic not in (LEADS_EVENTS, DEAL_WON) or record.value is None:
+            continue
+        payload = json.loads(record.value)["payload"]
+        if payload.get("lead_id") == lead_id and payload.get("sealed_person"):
+            ids[LEADS_PERSON_KEYS].add(payload["sealed_person"]["person_id"])
+        if payload.get("deal_id") == deal_id:
+            ids[SALES_PERSON_KEYS] |= {s["person_id"] for s in payload.get("sealed_contacts", [])}
+    return ids
+
+
+def _assert_log_clean(platform: Platform, lead_id: str, deal_id: str, person: tuple[str, ...]) -> None:
+    """What a replay of the whole log after the erasure shows of the person: nothing readable."""
+
+    def shredded() -> tuple[Records, dict[str, set[str]]] | None:
+        records = asyncio.run(_read_everything(platform.kafka_bootstrap))
+        ids = _person_ids(records, lead_id, deal_id)
+        latest = {(r.topic, r.key): r for r in records if r.topic in ids}  # in offset order: the last wins
+        last = [latest.get((topic, pid.encode())) for topic, pids in ids.items() for pid in pids]
+        done = all(r is not None and b"person_key_shredded" in (r.value or b"") for r in last)
+        return (records, ids) if done else None
+
+    records, ids = until(shredded, timeout=60, what="the person's keys shredded on the log")
+    assert ids[LEADS_PERSON_KEYS], "marketing sealed the person under a key of its own"
+    assert ids[SALES_PERSON_KEYS], "sales sealed the deal's contact under a key of its own"
+    found = []
+    for record in records:
+        headers = [value for _, value in record.headers or ()]
+        raw = b" ".join([record.key or b"", record.value or b"", *headers]).lower()
+        found += [f"{record.topic}@{record.offset}: {v}" for v in person if v.lower().encode() in raw]
+    assert found == [], "the person's values are on the log in plaintext"
+    _assert_no_keys_left(platform, {pid for pids in ids.values() for pid in pids})
+
+
+def _assert_no_keys_left(platform: Platform, person_ids: set[str]) -> None:
+    """No department keeps a key of the person's (owner, holder or outbox row)."""
+    left: list[str] = []
+    client: MongoClient[dict[str, Any]]
+    with MongoClient(platform.mongodb_uri, serverSelectionTimeoutMS=10_000) as client:
+        for suffix in DEPARTMENT_DATABASES:
+            db: Database[dict[str, Any]] = client[f"{platform.db_prefix}{suffix}"]
+            query = {"person_id": {"$in": sorted(person_ids)}, "key": {"$exists": True}}
+            left += [f"{suffix}.person_keys: {d['_id']}" for d in db["person_keys"].find(query)]
+            rows = {"key": {"$in": sorted(person_ids)}, "event_type": {"$regex": "person_key_issued$"}}
+            left += [f"{suffix}.outbox: {d['event_id']}" for d in db["outbox"].find(rows)]
+    assert left == []
 
 
 def _assert_databases_clean(platform: Platform, person: tuple[str, ...]) -> None:

@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 import pytest
 from crm_contracts import Envelope
 from crm_contracts.topics import DEAL_WON, SALES_EVENTS
-from crm_platform.testing import TopicReader
+from crm_platform.testing import TopicReader, opened_payload
 from sales import store
 
 pytestmark = pytest.mark.integration
@@ -101,7 +101,8 @@ async def test_a_referral_becomes_a_won_deal_handed_to_customer_success(
         handoff = await reader.wait_for(deal, what="deal.won of the direct opportunity")
         assert handoff.payload["account_name"] == account["name"]
         assert handoff.payload["lead_id"] is None
-        assert [x["email"] for x in handoff.payload["contacts"]] == [contact["email"]]
+        opened = await opened_payload(sales.runtime.db, handoff)  # sealed on the wire (issue 9)
+        assert [x["email"] for x in opened["contacts"]] == [contact["email"]]
         assert handoff.correlation_id == o.correlation_id == opp["id"]
     finally:
         await reader.stop()

@@ -9,7 +9,7 @@ from typing import Any, TypeAlias
 import pytest
 from crm_contracts import Envelope
 from crm_contracts.topics import DEAL_WON, SALES_EVENTS
-from crm_platform.testing import TopicReader
+from crm_platform.testing import TopicReader, opened_payload
 
 pytestmark = pytest.mark.integration
 Sales: TypeAlias = Any  # conftest.Sales (conftest is not importable in importlib mode)
@@ -149,9 +149,11 @@ async def test_a_won_deal_is_handed_to_customer_success_with_its_commitments(
         assert [c["commitment_id"] for c in p["commitments"]] == [c["commitment_id"] for c in commitments]
         assert datetime.fromisoformat(p["commitments"][0]["due_date"]) == due
         assert p["commitments"][1]["due_date"] is None
-        assert [c["email"] for c in p["contacts"]] == [f"{opp['lead_id']}@example.com", "charles@example.com"]
+        opened = await opened_payload(sales.runtime.db, event)  # the contacts are sealed (issue 9)
+        emails = [c["email"] for c in opened["contacts"]]
+        assert emails == [f"{opp['lead_id']}@example.com", "charles@example.com"]
         assert event.correlation_id == f"journey-{opp['lead_id']}"
-        assert event.schema_version == 2  # v2 carries the contract term
+        assert event.schema_version == 3  # v2 (the contract term) with the contacts sealed
         assert p["term"] == {
             "start": "2026-07-01T00:00:00Z",
             "months": 24,

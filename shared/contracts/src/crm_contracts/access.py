@@ -25,8 +25,10 @@ from crm_contracts.topics import (
     LEAD_VERDICT,
     LEADS_ACTION_ITEM_UPDATES,
     LEADS_EVENTS,
+    LEADS_PERSON_KEYS,
     SALES_ACTION_ITEM_UPDATES,
     SALES_EVENTS,
+    SALES_PERSON_KEYS,
     SERVICE_DESK_EVENTS,
     TOPICS,
     dead_letter_topic,
@@ -69,6 +71,14 @@ CONSUMES: dict[str, tuple[str, ...]] = {
     "gateway": (ERASURE_CONFIRMATIONS,),
 }
 
+# service name -> the key topics it reads (issue 9, crypto-shredding: crm_platform.shredding),
+# each with a consumer of its own (group ``<service>.person-keys``), so that an event waiting for
+# its key never holds up the key it waits for. Analytics needs no personal data: it reads none.
+PERSON_KEYS: dict[str, tuple[str, ...]] = {
+    "sales": (LEADS_PERSON_KEYS,),  # to open lead.qualified v2
+    "service-desk": (SALES_PERSON_KEYS,),  # to open deal.won v3
+}
+
 _HANDOFF_TOPICS = frozenset(e.topic for e in ALL_EVENTS if e.event_type in HANDOFF_BY_EVENT_TYPE)
 
 
@@ -83,8 +93,9 @@ def sends_handoffs(service: str) -> bool:
 
 
 def reads(service: str) -> tuple[str, ...]:
-    """The topics ``service`` may read: what it consumes, plus the receipts if it sends handoffs."""
-    topics = list(CONSUMES.get(service, ()))
+    """The topics ``service`` may read: what it consumes, the key topics it holds keys from, plus
+    the receipts if it sends handoffs."""
+    topics = [*CONSUMES.get(service, ()), *PERSON_KEYS.get(service, ())]
     if sends_handoffs(service) and HANDOFF_RECEIPTS not in topics:
         topics.append(HANDOFF_RECEIPTS)
     return tuple(topics)

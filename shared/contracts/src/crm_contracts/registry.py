@@ -7,14 +7,16 @@ from typing import Any
 
 from crm_contracts.base import Event
 from crm_contracts.envelope import Envelope, utcnow
-from crm_contracts.events import action_items, governance, leads, platform, sales, service_desk
+from crm_contracts.events import action_items, governance, leads, person_keys, platform, sales, service_desk
 from crm_contracts.topics import TOPICS_BY_NAME
 
 ALL_EVENTS: tuple[type[Event], ...] = (
     leads.LeadCapturedV1,
     leads.LeadCapturedV2,
+    leads.LeadCapturedV3,
     leads.BehaviourRecordedV1,
     leads.LeadQualifiedV1,
+    leads.LeadQualifiedV2,
     leads.LeadStatusChangedV1,
     leads.LeadEditedV1,
     sales.LeadVerdictV1,
@@ -30,6 +32,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     sales.OpportunityLostV1,
     sales.DealWonV1,
     sales.DealWonV2,
+    sales.DealWonV3,
     sales.CommitmentReviewRequestedV1,
     sales.CommitmentFlagUpdatedBySalesV1,
     service_desk.OnboardingStartedV1,
@@ -57,6 +60,10 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     governance.PermissionsChangedV1,
     governance.ErasureRequestedV1,
     governance.ErasureCompletedV1,
+    person_keys.LeadPersonKeyIssuedV1,
+    person_keys.LeadPersonKeyShreddedV1,
+    person_keys.SalesPersonKeyIssuedV1,
+    person_keys.SalesPersonKeyShreddedV1,
 )
 
 REGISTRY: dict[tuple[str, int], type[Event]] = {(e.event_type, e.version): e for e in ALL_EVENTS}

@@ -63,6 +63,9 @@ GATEWAY_PERMISSIONS = "crm.gateway.permissions"
 # Erasure requests the gateway files, and each department's confirmation (issue 9)
 GATEWAY_ERASURE_REQUESTS = "crm.gateway.erasure-requests"
 ERASURE_CONFIRMATIONS = "crm.platform.erasure-confirmations"
+# Per-person data keys (issue 9, crypto-shredding): each owner's compacted key topic
+LEADS_PERSON_KEYS = "crm.leads.person-keys"
+SALES_PERSON_KEYS = "crm.sales.person-keys"
 
 
 def dead_letter_topic(service: str) -> str:
@@ -70,6 +73,17 @@ def dead_letter_topic(service: str) -> str:
 
 
 _YEAR = 365 * DAY_MS
+HOUR_MS = 60 * 60 * 1000
+
+# A key topic keeps the latest record per person only: a shredded key leaves the closed
+# segments soon (hourly segments, a low dirty ratio, no compaction lag), and the shredding
+# record stays a day past compaction for consumers that are behind (docs/governance.md, 3).
+PERSON_KEY_TOPIC_CONFIGS = {
+    "segment.ms": str(HOUR_MS),
+    "min.cleanable.dirty.ratio": "0.1",
+    "delete.retention.ms": str(DAY_MS),
+    "min.compaction.lag.ms": "0",
+}
 
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(LEAD_QUALIFIED, "leads", "Qualified leads handed to sales", retention_ms=_YEAR),
@@ -131,6 +145,19 @@ TOPICS: tuple[TopicSpec, ...] = (
         retention_ms=_YEAR,
         # Every department confirms its own erasure; the gateway folds the confirmations.
         producers=("leads", "sales", "service-desk", "analytics"),
+    ),
+    *(
+        TopicSpec(
+            name,
+            owner,
+            f"The per-person data keys {owner} makes (key = person id; the latest record per person: "
+            "the key, or its shredding after an erasure). Read only by the departments that open the "
+            "sealed events",
+            retention_ms=_YEAR,
+            cleanup_policy="compact",
+            configs=PERSON_KEY_TOPIC_CONFIGS,
+        )
+        for name, owner in ((LEADS_PERSON_KEYS, "leads"), (SALES_PERSON_KEYS, "sales"))
     ),
     *(
         TopicSpec(dead_letter_topic(s), s, f"Dead letters of the {s} consumer", partitions=1)

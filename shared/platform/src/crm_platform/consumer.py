@@ -56,6 +56,7 @@ from crm_platform.dead_letters import (
 from crm_platform.kafka import make_consumer, make_producer
 from crm_platform.logging import correlation_id_var
 from crm_platform.mongo import PROCESSED, Store, Tx, causation_var
+from crm_platform.shredding import PersonKeyPending
 
 log = logging.getLogger("crm.consumer")
 
@@ -84,6 +85,9 @@ class ConsumerConfig:
     group_instance_id: str | None = None  # static membership (group.instance.id)
     listener: ConsumerRebalanceListener | None = None  # told of assignments (crm_platform.liveness)
     demo_clock: bool = False  # CRM_DEMO_CLOCK: effects at the event's own time (crm_platform.clock)
+    # How long an event whose person key has not arrived is retried before it is dead-lettered
+    # (crm_platform.shredding; CRM_PERSON_KEY_WAIT_SECONDS, under the liveness stall window)
+    key_wait_seconds: float = 60.0
 
 
 @dataclass
@@ -637,11 +641,20 @@ class EventConsumer:
         c_token = correlation_id_var.set(envelope.correlation_id)
         e_token = causation_var.set(envelope)
         backoff = 0.1
+        key_deadline = time.monotonic() + self.config.key_wait_seconds
         try:
             while True:
                 try:
                     await self.store.transaction(work)
                     return None
+                except PersonKeyPending as exc:
+                    # The key topic is read by a consumer of its own: the key arrives meanwhile.
+                    metrics.PERSON_KEY_WAITS.labels(self.config.service, record.topic).inc()
+                    if time.monotonic() >= key_deadline:
+                        reason = "person_key_missing"
+                        return await self._dead_letter(record, envelope.event_type, reason, str(exc))
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
                 except DuplicateKeyError as exc:
                     if _is_ledger_duplicate(exc):
                         return await self._skip_duplicate(record, envelope, self._receives(envelope))

@@ -39,7 +39,7 @@ from crm_contracts import Envelope
 from crm_contracts.events.governance import ErasureCompletedV1, ErasureRequestedV1
 from pymongo.errors import PyMongoError
 
-from crm_platform import audit
+from crm_platform import audit, shredding
 from crm_platform.audit import ERASED, scrub  # noqa: F401 - re-exported for the departments
 from crm_platform.clock import now_millis
 from crm_platform.mongo import BATCH_EVENTS, OUTBOX
@@ -94,6 +94,9 @@ class Outcome:
     records: int = 0
     audit_entries: int = 0
     changed: list[tuple[str, Any]] = field(default_factory=list)
+    # The person's values found (their e-mails name the person keys to destroy as well).
+    values: set[str] = field(default_factory=set)
+    keys_destroyed: int = 0
 
 
 # -- pure: where the people of a document are, and how a document is erased -----------------
@@ -217,6 +220,10 @@ async def erase_person(
             await _scrub_related(tx, related, ids, pattern, outcome)
     outcome.audit_entries = await audit.erase_values(tx.db, tx.session, outcome.changed, pattern)
     await _scrub_outbox(tx, [str(doc_id) for _, doc_id in outcome.changed], pattern)
+    outcome.values = person.values
+    # Crypto-shredding: the person's data keys go, so their sealed events on the log stay sealed.
+    digests = [*shredding.email_hashes(person.values), *([digest] if digest else [])]
+    outcome.keys_destroyed = await shredding.shred(tx, digests)
     return outcome
 
 
@@ -336,10 +343,11 @@ def erasure_handler(targets: Sequence[Target]) -> Any:
             correlation_id=envelope.correlation_id,
         )
         log.info(
-            "erasure request %s: %d records, %d audit entries",
+            "erasure request %s: %d records, %d audit entries, %d person keys destroyed",
             event.request_id,
             outcome.records,
             outcome.audit_entries,
+            outcome.keys_destroyed,
             extra={"event_id": envelope.event_id},
         )
 

@@ -62,6 +62,11 @@ OUTBOX_REPUBLISHED = Counter(
     "Published events the broker lost afterwards (not at the acknowledged position), published again",
     ["service", "topic"],
 )
+PERSON_KEY_WAITS = Counter(
+    "crm_person_key_waits",
+    "Tries of a sealed event put back because its person key had not arrived yet (crm_platform.shredding)",
+    ["service", "topic"],
+)
 DEAD_LETTERED = Counter(
     "crm_dead_lettered",
     "Events sent to the dead-letter topic",

@@ -23,7 +23,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from crm_platform import audit, tracing
+from crm_platform import audit, shredding, tracing
 from crm_platform.batch import Batch
 from crm_platform.clock import simulated_now
 from crm_platform.deadline import request_db_deadline
@@ -210,6 +210,8 @@ class Store:
     async def _store_emitted(self, tx: Tx) -> dict[str, tracing.Carrier]:
         """The attempt's events into the outbox (handoffs also into ``handoffs_sent``), each
         with the trace context it was caused in; returns the first context per journey."""
+        # Personal data leaves in the sealed versions only (crm_platform.shredding).
+        await shredding.seal_emitted(self.db, tx)
         items = [outbox_doc(env) for env in tx.emitted]
         emitted = zip(tx.emitted, items, tx.trace_contexts, strict=True)
         carriers = await tracing.outbox_contexts(

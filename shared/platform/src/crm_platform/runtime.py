@@ -20,7 +20,7 @@ from crm_contracts.topics import GATEWAY_ERASURE_REQUESTS, GATEWAY_PERMISSIONS, 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 
-from crm_platform import erasure, metrics, outbox_audit, pseudonym, receipts
+from crm_platform import erasure, metrics, outbox_audit, pseudonym, receipts, shredding
 from crm_platform.consumer import AfterStore, ConsumerConfig, EventConsumer, Handler
 from crm_platform.kafka import ensure_topics_async, make_producer, pace_empty_fetches
 from crm_platform.liveness import (
@@ -88,6 +88,10 @@ class ServiceRuntime:
         self.on_fatal: Fatal = exit_process
         if self.subscription is not None and s.consumer_enabled:
             self._build_consumer(self.subscription)
+        # The per-person keys this department opens sealed events with (crm_platform.shredding).
+        self.key_consumer: EventConsumer | None = None
+        if self.subscription is not None and s.consumer_enabled and shredding.key_topics(s.service_name):
+            self.key_consumer = self._key_consumer()
         self._erasure_targets = self.subscription.erasure_targets if self.subscription is not None else ()
         if self._erasure_targets:
             self.background.append(lambda: erasure.backfill_job(self.store.db, self._erasure_targets))
@@ -145,12 +149,29 @@ class ServiceRuntime:
                 listener=tracker,
                 demo_clock=s.demo_clock,
                 max_records=s.consumer_max_records,
+                key_wait_seconds=s.person_key_wait_seconds,
             ),
             self.store,
             self._with_policy(sub),
             after_store=sub.after_store,
         )
         self.watchdog = self._watchdog(s.group_id, sub.topics, tracker, self._rejoin_consumer)
+
+    def _key_consumer(self) -> EventConsumer:
+        """A consumer of its own for the key topics (group ``<group>.person-keys``): an event
+        retried until its key arrives must not hold up the very records that bring the key."""
+        s = self.settings
+        return EventConsumer(
+            ConsumerConfig(
+                service=s.service_name,
+                group_id=f"{s.group_id}.person-keys",
+                topics=list(shredding.key_topics(s.service_name)),
+                bootstrap=s.kafka_bootstrap_servers,
+                group_instance_id=f"{s.consumer_instance_id}.person-keys" if s.consumer_instance_id else None,
+            ),
+            self.store,
+            shredding.key_handlers(),
+        )
 
     def _with_policy(self, sub: Subscription) -> dict[str, Handler]:
         """A department subscribed to the permissions topic keeps the policy, one subscribed to the
@@ -160,7 +181,8 @@ class ServiceRuntime:
             handlers.setdefault(PermissionsChangedV1.event_type, permissions_handler(self.permissions))
         if GATEWAY_ERASURE_REQUESTS in sub.topics:
             handlers.setdefault(ErasureRequestedV1.event_type, erasure.erasure_handler(sub.erasure_targets))
-        return handlers
+        # Sealed events reach the handlers opened: the plaintext version they were written for.
+        return {event_type: shredding.unsealing(handler) for event_type, handler in handlers.items()}
 
     def _watchdog(
         self,
@@ -218,17 +240,22 @@ class ServiceRuntime:
         self._tasks.append(asyncio.create_task(self._watch_broker(), name="broker-check"))
         if self.audit is not None:
             self._guarded(self.audit.run(), "outbox-audit")
+        self._start_consumers()
+        for job in [*self.background, self.permissions.run]:
+            self._jobs.append(asyncio.create_task(job(), name=getattr(job, "__name__", "job")))
+        log.info("runtime started", extra={"database": self.settings.database_name})
+
+    def _start_consumers(self) -> None:
         if self.consumer is not None:
             self._consumer_task = self._guarded(self.consumer.run(), "consumer")
+        if self.key_consumer is not None:
+            self._guarded(self.key_consumer.run(), "person-keys-consumer")
         if self.watchdog is not None:
             self._guarded(self.watchdog.run(), "consumer-watchdog")
         if self.receipts is not None:
             self._guarded(self.receipts.run(), "handoff-receipts")
         if self.receipts_watchdog is not None:
             self._guarded(self.receipts_watchdog.run(), "handoff-receipts-watchdog")
-        for job in [*self.background, self.permissions.run]:
-            self._jobs.append(asyncio.create_task(job(), name=getattr(job, "__name__", "job")))
-        log.info("runtime started", extra={"database": self.settings.database_name})
 
     def _guarded(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A background task whose unexpected end makes the service exit (``on_fatal``)."""
@@ -281,6 +308,8 @@ class ServiceRuntime:
             await self.watchdog.stop()
         if self.consumer is not None:
             await self.consumer.stop()
+        if self.key_consumer is not None:
+            await self.key_consumer.stop()
         if self.receipts_watchdog is not None:
             await self.receipts_watchdog.stop()
         if self.receipts is not None:

@@ -64,6 +64,11 @@ class ServiceSettings(BaseSettings):
     # partition with lag whose committed offset does not move for consumer_stall_seconds
     # makes the consumer rejoin, and if it stays stalled as long again, the process exit.
     consumer_stall_seconds: float = Field(default=180.0, validation_alias="CRM_CONSUMER_STALL_SECONDS", gt=0)
+    # An event sealed with a person key this department has not received yet is retried this
+    # long, then dead-lettered ``person_key_missing`` (crm_platform.shredding).
+    person_key_wait_seconds: float = Field(
+        default=60.0, validation_alias="CRM_PERSON_KEY_WAIT_SECONDS", gt=0, le=600
+    )
     consumer_watchdog_seconds: float = Field(
         default=5.0, validation_alias="CRM_CONSUMER_WATCHDOG_SECONDS", gt=0
     )

@@ -484,3 +484,14 @@ async def grant_for_test(runtime: Any, grants: dict[str, set[str]]) -> None:
     policy = Policy.of(TEST_GRANT_VERSION, held)
     await runtime.db[COLLECTION].replace_one({"_id": DOC_ID}, policy_doc(policy), upsert=True)
     runtime.permissions.invalidate()
+
+
+async def opened_payload(db: Any, envelope: Envelope) -> dict[str, Any]:
+    """The payload of ``envelope`` with its sealed personal data opened (issue 9,
+    ``crm_platform.shredding``), read with the keys of the producer's database ``db``: what a
+    test of a producer asserts on. An event that seals nothing comes back as it is."""
+    from crm_contracts.registry import decode
+
+    from crm_platform.shredding import OwnerKeys, open_event
+
+    return (await open_event(OwnerKeys(db), decode(envelope))).to_payload()

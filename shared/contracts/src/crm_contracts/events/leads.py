@@ -11,7 +11,7 @@ from crm_contracts import topics
 from crm_contracts.base import Event
 from crm_contracts.email import EmailStr
 from crm_contracts.envelope import Timestamp
-from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason
+from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason, SealedPerson
 from crm_contracts.extensions import Extensions
 
 
@@ -41,6 +41,19 @@ class LeadCapturedV2(LeadCapturedV1):
     version: ClassVar[int] = 2
 
     custom: Extensions = Field(default_factory=dict)
+
+
+class LeadCapturedV3(LeadCapturedV2):
+    """v2 with the person's e-mail and name sealed (issue 9, crypto-shredding): the values are
+    only in ``sealed_person``, readable with the lead's data key (``crm.leads.person-keys``,
+    destroyed on erasure); ``email`` and ``name`` hold stand-ins (``sealed_email``,
+    ``SEALED_NAME``). A subclass of v2: analytics, which needs neither, reads it as v2."""
+
+    version: ClassVar[int] = 3
+
+    sealed_person: SealedPerson | None = Field(
+        default=None, description="The e-mail and name, sealed with the lead's data key"
+    )
 
 
 class BehaviourRecordedV1(Event):
@@ -78,6 +91,18 @@ class LeadQualifiedV1(Event):
 
     def partition_key(self) -> str:
         return self.lead_id
+
+
+class LeadQualifiedV2(LeadQualifiedV1):
+    """HANDOFF marketing -> sales: v1 with the contact's name, e-mail and phone sealed (issue 9,
+    crypto-shredding) in ``sealed_contact``; ``contact`` keeps stand-ins (and the role). Sales
+    opens it with the lead's data key from ``crm.leads.person-keys``."""
+
+    version: ClassVar[int] = 2
+
+    sealed_contact: SealedPerson | None = Field(
+        default=None, description="The contact's name, e-mail and phone, sealed with the lead's data key"
+    )
 
 
 class LeadStatusChangedV1(Event):

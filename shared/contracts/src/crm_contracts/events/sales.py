@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 from crm_contracts import topics
 from crm_contracts.base import Event
 from crm_contracts.envelope import Timestamp
-from crm_contracts.events.common import Contact, Money, Value
+from crm_contracts.events.common import Contact, Money, SealedPerson, Value
 from crm_contracts.extensions import Extensions
 
 
@@ -276,6 +276,27 @@ class DealWonV2(DealWonV1):
     term: ContractTerm | None = Field(
         default=None, description="The contract term sales closed (start, months, renewal date, value)"
     )
+
+
+class DealWonV3(DealWonV2):
+    """HANDOFF sales -> customer success: v2 with each contact's name, e-mail and phone sealed
+    (issue 9, crypto-shredding) under sales' data key for that person (``crm.sales.person-keys``):
+    ``sealed_contacts[i]`` is ``contacts[i]``'s, whose plaintext fields hold stand-ins (the role
+    stays plain)."""
+
+    version: ClassVar[int] = 3
+
+    sealed_contacts: list[SealedPerson] = Field(
+        default_factory=list,
+        max_length=200,
+        description="Per contact (same order), its name, e-mail and phone sealed with its data key",
+    )
+
+    @model_validator(mode="after")
+    def _one_seal_per_contact(self) -> DealWonV3:
+        if self.sealed_contacts and len(self.sealed_contacts) != len(self.contacts):
+            raise ValueError("sealed_contacts must have one entry per contact")
+        return self
 
 
 class CommitmentReviewRequestedV1(Event):

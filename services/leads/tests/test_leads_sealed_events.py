@@ -1,0 +1,106 @@
+"""Marketing's events carry the person sealed (issue 9, crypto-shredding; crm_platform.shredding),
+on the real broker and mongod: ``lead.captured`` v3 and ``lead.qualified`` v2 hold no e-mail,
+name or phone in their bytes; the lead's data key is in marketing's database and on
+``crm.leads.person-keys`` (published through the outbox with the first event sealed with it),
+one key per person however often they are captured; the key opens what was sealed; erasure
+destroys it and publishes its shredding under the same record key."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from crm_contracts import Envelope, envelope_for
+from crm_contracts.events.governance import ErasureRequestedV1
+from crm_contracts.topics import GATEWAY_ERASURE_REQUESTS, LEAD_QUALIFIED, LEADS_EVENTS, LEADS_PERSON_KEYS
+from crm_platform.pseudonym import email_hash
+from crm_platform.shredding import KEYS
+from crm_platform.testing import TopicReader, eventually, opened_payload, produce_envelope
+
+NAME = "Grace Hopper"
+PHONE_FREE = ("grace", "hopper")
+
+
+def _mine(reader: TopicReader, event_type: str, lead_id: str) -> list[Envelope]:
+    return [e for e in reader.envelopes(event_type) if e.partition_key == lead_id]
+
+
+async def test_captured_and_qualified_events_are_sealed_and_the_key_opens_them(
+    leads: Any, kafka_bootstrap: str
+) -> None:
+    email = f"grace-{uuid.uuid4().hex[:10]}@example.com"
+    events = await TopicReader(kafka_bootstrap, LEADS_EVENTS).start()
+    handoffs = await TopicReader(kafka_bootstrap, LEAD_QUALIFIED).start()
+    keys = await TopicReader(kafka_bootstrap, LEADS_PERSON_KEYS).start()
+    try:
+        lead = await leads.qualified_lead(email=email, name=NAME)
+        again = await leads.capture(email=email.upper(), name=NAME)
+        assert again["lead"]["id"] == lead["id"]
+
+        def both(_: list[Any]) -> list[Envelope] | None:
+            found = _mine(events, "lead.captured", lead["id"])
+            return found if len(found) == 2 else None
+
+        captured = await events.wait_for(both, what="the two lead.captured of the lead")
+        [handoff] = await handoffs.wait_for(
+            lambda _: _mine(handoffs, "lead.qualified", lead["id"]) or None, what="lead.qualified"
+        )
+        for env in [*captured, handoff]:
+            raw = env.model_dump_json().lower()
+            assert email.lower() not in raw
+            assert all(part not in raw for part in PHONE_FREE), raw
+        assert {e.schema_version for e in captured} == {3}
+        assert handoff.schema_version == 2
+
+        own = [d async for d in leads.runtime.db[KEYS].find({"email_hash": email_hash(email)})]
+        assert len(own) == 1, "one key per person, however often captured"
+        person_id = own[0]["person_id"]
+        assert {e.payload["sealed_person"]["person_id"] for e in captured} == {person_id}
+        assert handoff.payload["sealed_contact"]["person_id"] == person_id
+        issued = await keys.wait_for(
+            lambda _: (
+                [e for e in keys.envelopes("lead.person_key_issued") if e.partition_key == person_id] or None
+            ),
+            what="the lead's key on crm.leads.person-keys",
+        )
+        assert len(issued) == 1
+
+        opened = await opened_payload(leads.runtime.db, captured[0])
+        assert (opened["email"], opened["name"]) == (email, NAME)
+        contact = (await opened_payload(leads.runtime.db, handoff))["contact"]
+        assert (contact["email"], contact["name"]) == (email, NAME)
+
+        await _erase(leads, kafka_bootstrap, email)
+
+        async def key_gone() -> bool:
+            return await leads.runtime.db[KEYS].count_documents({"person_id": person_id}) == 0
+
+        await eventually(key_gone, what="the lead's key destroyed by the erasure")
+        shredded = await keys.wait_for(
+            lambda _: (
+                [e for e in keys.envelopes("lead.person_key_shredded") if e.partition_key == person_id]
+                or None
+            ),
+            what="the key's shredding on crm.leads.person-keys",
+        )
+        assert shredded[0].payload["person_id"] == person_id
+        rows = {"topic": LEADS_PERSON_KEYS, "event_type": "lead.person_key_issued", "key": person_id}
+        assert await leads.runtime.db["outbox"].count_documents(rows) == 0, "the key's outbox row went too"
+    finally:
+        for reader in (events, handoffs, keys):
+            await reader.stop()
+
+
+async def _erase(leads: Any, kafka_bootstrap: str, email: str) -> None:
+    request = ErasureRequestedV1(
+        request_id=f"er-{uuid.uuid4().hex[:12]}",
+        email_hash=email_hash(email),
+        record_ids=[],
+        requested_at=datetime.now(UTC),
+    )
+    await produce_envelope(
+        kafka_bootstrap,
+        GATEWAY_ERASURE_REQUESTS,
+        envelope_for(request, source="gateway", correlation_id=request.request_id),
+    )

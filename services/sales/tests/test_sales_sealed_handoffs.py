@@ -1,0 +1,132 @@
+"""Sales opens marketing's sealed handoffs (issue 9, crypto-shredding; crm_platform.shredding),
+on the real broker and mongod: a ``lead.qualified`` v2 lands in the inbox with the contact's
+real name and e-mail once marketing's key for the person is in sales' database, whether the key
+arrived first or AFTER the event (the event is retried meanwhile, not dead-lettered); a key
+shredded by marketing opens to erased stand-ins; sales' own ``deal.won`` goes out as v3, its
+contacts sealed under sales' keys (on ``crm.sales.person-keys``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crm_contracts import Envelope, envelope_for
+from crm_contracts.events.person_keys import LeadPersonKeyShreddedV1
+from crm_contracts.topics import DEAL_WON, LEAD_QUALIFIED, LEADS_PERSON_KEYS, SALES_PERSON_KEYS
+from crm_platform.shredding import KEYS, sealed_event
+from crm_platform.testing import TopicReader, eventually, opened_payload, produce_envelope
+from prometheus_client import REGISTRY
+
+WON = {
+    "amount": 100,
+    "products": [{"sku": "CRM-ENT", "name": "CRM Enterprise seat", "quantity": 1, "unit_price": 100.0}],
+    "commitments": [],
+}
+CHARLES = {
+    "name": "Charles Babbage",
+    "email": "charles@example.com",
+    "phone": "+44 20 7946 1234",
+    "role": "COO",
+}
+
+
+async def _produce(sales: Any, topic: str, event: Any, correlation_id: str) -> Envelope:
+    env = envelope_for(event, source="leads", correlation_id=correlation_id)
+    await produce_envelope(sales.settings.kafka_bootstrap_servers, topic, env)
+    return env
+
+
+async def _landed(sales: Any, lead_id: str) -> dict[str, Any]:
+    async def item() -> dict[str, Any] | None:
+        return await sales.inbox_item(lead_id)
+
+    found: dict[str, Any] = await eventually(item, what=f"inbox item for {lead_id}")
+    return found
+
+
+async def test_a_sealed_handoff_opens_when_its_key_arrived_first(sales: Any, make_qualified: Any) -> None:
+    lead_id = sales.uid("sealed")
+    plain = make_qualified(lead_id)
+    handoff, [key] = sealed_event(plain, "leads")
+    await _produce(sales, LEADS_PERSON_KEYS, key, lead_id)
+    await _produce(sales, LEAD_QUALIFIED, handoff, lead_id)
+    item = await _landed(sales, lead_id)
+    assert item["handoff"]["contact"]["email"] == f"{lead_id}@example.com"
+    assert item["handoff"]["contact"]["name"] == "Ada Lovelace"
+    assert item["handoff"]["contact"]["role"] == "CTO"
+    held = await sales.runtime.db[KEYS].find_one({"person_id": key.person_id})
+    assert held is not None
+    assert held["owner"] == "leads"
+
+
+async def test_a_sealed_handoff_whose_key_comes_later_waits_for_it(sales: Any, make_qualified: Any) -> None:
+    lead_id = sales.uid("late-key")
+    handoff, [key] = sealed_event(make_qualified(lead_id), "leads")
+    await _produce(sales, LEAD_QUALIFIED, handoff, lead_id)
+
+    labels = {"service": "sales", "topic": LEAD_QUALIFIED}
+    before = REGISTRY.get_sample_value("crm_person_key_waits_total", labels) or 0.0
+
+    async def waiting() -> bool:
+        # The consumer has the event and puts it back, keyless (not dead-lettered): it waits.
+        return (REGISTRY.get_sample_value("crm_person_key_waits_total", labels) or 0.0) > before
+
+    await eventually(waiting, what="the handoff waiting for its key")
+    assert await sales.inbox_item(lead_id) is None
+    await _produce(sales, LEADS_PERSON_KEYS, key, lead_id)
+    item = await _landed(sales, lead_id)
+    assert item["handoff"]["contact"]["email"] == f"{lead_id}@example.com"
+
+
+async def test_a_handoff_of_a_person_whose_key_was_shredded_opens_to_erased_stand_ins(
+    sales: Any, make_qualified: Any
+) -> None:
+    lead_id = sales.uid("shredded")
+    handoff, [key] = sealed_event(make_qualified(lead_id), "leads")
+    await _produce(sales, LEADS_PERSON_KEYS, key, lead_id)
+    shredded = LeadPersonKeyShreddedV1(person_id=key.person_id, shredded_at=key.issued_at)
+    await _produce(sales, LEADS_PERSON_KEYS, shredded, lead_id)
+
+    async def marked() -> bool:
+        doc = await sales.runtime.db[KEYS].find_one({"person_id": key.person_id})
+        return doc is not None and doc.get("shredded") is True and "key" not in doc
+
+    await eventually(marked, what="the held key replaced by its shredding marker")
+    await _produce(sales, LEAD_QUALIFIED, handoff, lead_id)
+    item = await _landed(sales, lead_id)
+    assert item["handoff"]["contact"]["email"].endswith("@erased.example")
+    assert f"{lead_id}@example.com" not in str(item)
+
+
+async def test_sales_deal_won_goes_out_sealed_under_sales_keys(sales: Any, kafka_bootstrap: str) -> None:
+    won = await TopicReader(kafka_bootstrap, DEAL_WON).start()
+    keys = await TopicReader(kafka_bootstrap, SALES_PERSON_KEYS).start()
+    try:
+        rep = sales.uid("rep")
+        opp = await sales.opportunity_for(rep)
+        r = await sales.move(opp["id"], "won", rep, fields=WON, contacts=[CHARLES])
+        assert r.status_code == 200, r.text
+
+        def mine(_: list[Any]) -> Envelope | None:
+            return next((e for e in won.envelopes("deal.won") if e.payload["deal_id"] == opp["id"]), None)
+
+        env = await won.wait_for(mine, what="the deal.won")
+        assert env.schema_version == 3
+        email = f"{opp['lead_id']}@example.com"
+        assert email not in env.model_dump_json()
+        for value in ("Ada Lovelace", "Charles Babbage", "charles@example.com", "7946 1234"):
+            assert value not in env.model_dump_json()
+        person_ids = [s["person_id"] for s in env.payload["sealed_contacts"]]
+        opened = await opened_payload(sales.runtime.db, env)
+        assert [c["email"] for c in opened["contacts"]] == [email, "charles@example.com"]
+        assert opened["contacts"][1]["phone"] == "+44 20 7946 1234"
+        assert [c["role"] for c in env.payload["contacts"]] == ["CTO", "COO"], "the role stays plain"
+        await keys.wait_for(
+            lambda _: (
+                [e for e in keys.envelopes("sales.person_key_issued") if e.partition_key in person_ids]
+                or None
+            ),
+            what="sales' key for the contact",
+        )
+    finally:
+        await won.stop()
+        await keys.stop()

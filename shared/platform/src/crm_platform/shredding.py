@@ -1,0 +1,468 @@
+"""Crypto-shredding: personal data on the Kafka log, readable only while the person exists.
+
+Issue 9, docs/governance.md section 3. Events are kept a year; a person's e-mail, name and
+phone in them are sealed with a random per-person AES-256-GCM data key, and erasure destroys
+the key, so what stays on the log is ciphertext nobody can read.
+
+- **Producers change nothing.** Their domain emits the plaintext versions as before
+  (``lead.captured`` v2, ``lead.qualified`` v1, ``deal.won`` v2); when the transaction stores
+  its events (:func:`seal_emitted`, called by ``crm_platform.mongo.Store``) each one is turned
+  into its sealed version (``lead.captured`` v3, ``lead.qualified`` v2, ``deal.won`` v3): the
+  plaintext fields get stand-ins and the values go, sealed, into the new optional field. The
+  key of each person is looked up by the keyed hash of their e-mail in the department's own
+  ``person_keys`` collection (one query per transaction), or made and stored there, and its
+  ``*.person_key_issued`` record emitted in the same transaction: the key reaches the outbox
+  exactly when the first event sealed with it does.
+- **Holders** (``crm_contracts.access.PERSON_KEYS``: sales reads marketing's keys, customer
+  success sales') keep a copy of each key they read (:func:`key_handlers`, a consumer of its
+  own so that an event waiting for its key never holds up the key), and their handlers get the
+  opened, plaintext version of an event (:func:`unsealing`): nothing to change in a handler.
+  An event whose key has not arrived yet raises :class:`PersonKeyPending`, which the platform
+  consumer retries (``CRM_PERSON_KEY_WAIT_SECONDS``) instead of dead-lettering it.
+- **Erasure** (:func:`shred`, from ``crm_platform.erasure``): the owner deletes its key and
+  emits ``*.person_key_shredded`` (same record key: the latest record per person on the
+  compacted topic), drops the key's outbox rows; a holder replaces its copy by a marker when
+  the shredding record arrives, or at once when the erasure request's hash names it. An event
+  of a shredded person opens with erased stand-ins (a replay rebuilds the record, not the
+  person).
+
+Costs: one AES-GCM call per person per event, one lookup per transaction, no key derivation.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from bson.binary import Binary
+from crm_contracts import Envelope, Event, utcnow
+from crm_contracts.access import PERSON_KEYS
+from crm_contracts.events.common import SEALED_NAME, SealedPerson, sealed_email
+from crm_contracts.events.leads import LeadCapturedV2, LeadQualifiedV1
+from crm_contracts.events.person_keys import (
+    LeadPersonKeyIssuedV1,
+    LeadPersonKeyShreddedV1,
+    SalesPersonKeyIssuedV1,
+    SalesPersonKeyShreddedV1,
+)
+from crm_contracts.events.sales import DealWonV2
+from crm_contracts.registry import model_for
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from crm_platform.pseudonym import email_hash, erased_email, erased_name, is_erased_email
+
+KEYS = "person_keys"
+KEY_BYTES = 32
+NONCE_BYTES = 12
+OUTBOX = "outbox"  # crm_platform.mongo.OUTBOX (not imported: mongo imports this module)
+BATCH_EVENTS = "events"  # crm_platform.mongo.BATCH_EVENTS, likewise
+
+Doc = dict[str, Any]
+KeyIssued = LeadPersonKeyIssuedV1 | SalesPersonKeyIssuedV1
+Handler = Callable[[Any, Any, Envelope], Awaitable[None]]
+
+_ISSUED: dict[str, type[LeadPersonKeyIssuedV1 | SalesPersonKeyIssuedV1]] = {
+    "leads": LeadPersonKeyIssuedV1,
+    "sales": SalesPersonKeyIssuedV1,
+}
+_SHREDDED: dict[str, type[LeadPersonKeyShreddedV1 | SalesPersonKeyShreddedV1]] = {
+    "leads": LeadPersonKeyShreddedV1,
+    "sales": SalesPersonKeyShreddedV1,
+}
+
+
+class PersonKeyPending(Exception):
+    """The event's person key has not reached this department yet: retry the event later."""
+
+
+class UnreadableSeal(Exception):
+    """A sealed value that its key does not open (tampered, or not sealed for this person)."""
+
+
+# -- pure: the cipher ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PersonFields:
+    """What is sealed of a person: the values erasure must make unreadable."""
+
+    email: str
+    name: str
+    phone: str | None = None
+
+
+def new_key() -> bytes:
+    return AESGCM.generate_key(bit_length=KEY_BYTES * 8)
+
+
+def _aad(person_id: str, owner: str) -> bytes:
+    return f"{owner}\x00{person_id}".encode()
+
+
+def seal(key: bytes, person_id: str, owner: str, fields: PersonFields) -> SealedPerson:
+    """One AES-GCM call: the fields' compact JSON, bound to the person and the key's owner."""
+    nonce = os.urandom(NONCE_BYTES)
+    plain: dict[str, str] = {"e": fields.email, "n": fields.name}
+    if fields.phone is not None:
+        plain["p"] = fields.phone
+    data = json.dumps(plain, separators=(",", ":"), ensure_ascii=False).encode()
+    sealed = AESGCM(key).encrypt(nonce, data, _aad(person_id, owner))
+    return SealedPerson(
+        person_id=person_id,
+        key_owner=owner,
+        nonce=base64.b64encode(nonce).decode(),
+        ciphertext=base64.b64encode(sealed).decode(),
+    )
+
+
+def open_sealed(key: bytes, sealed: SealedPerson) -> PersonFields:
+    try:
+        nonce = base64.b64decode(sealed.nonce, validate=True)
+        data = base64.b64decode(sealed.ciphertext, validate=True)
+        plain = json.loads(AESGCM(key).decrypt(nonce, data, _aad(sealed.person_id, sealed.key_owner)))
+        return PersonFields(email=str(plain["e"]), name=str(plain["n"]), phone=plain.get("p"))
+    except (InvalidTag, ValueError, KeyError, TypeError) as exc:
+        raise UnreadableSeal(f"person {sealed.person_id}: {type(exc).__name__}") from None
+
+
+def erased_fields(person_id: str) -> PersonFields:
+    """What an event of a shredded person opens to: stand-ins derived from the person id alone."""
+    digest = hashlib.sha256(person_id.encode()).hexdigest()
+    return PersonFields(email=erased_email(digest), name=erased_name(digest))
+
+
+def encode_key(key: bytes) -> str:
+    return base64.b64encode(key).decode()
+
+
+def decode_key(text: str) -> bytes:
+    key = base64.b64decode(text, validate=True)
+    if len(key) != KEY_BYTES:
+        raise ValueError("a person key is 32 bytes")
+    return key
+
+
+# -- pure: which events are sealed, and how ----------------------------------------------------
+
+
+def _stand_in(contact: Doc, person_id: str) -> Doc:
+    return {**contact, "email": sealed_email(person_id), "name": SEALED_NAME, "phone": None}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A plaintext version and its sealed version: the people in a payload, and the payload
+    with their values replaced by stand-ins and sealed (``seals`` in the people's order)."""
+
+    sealed_version: int
+    people: Callable[[Doc], list[PersonFields]]
+    apply: Callable[[Doc, list[SealedPerson]], Doc]
+
+
+def _captured_people(p: Doc) -> list[PersonFields]:
+    return [PersonFields(email=p["email"], name=p["name"])]
+
+
+def _captured_sealed(p: Doc, seals: list[SealedPerson]) -> Doc:
+    pid = seals[0].person_id
+    return {**p, "email": sealed_email(pid), "name": SEALED_NAME, "sealed_person": seals[0].model_dump()}
+
+
+def _contact_fields(c: Doc) -> PersonFields:
+    return PersonFields(email=c["email"], name=c["name"], phone=c.get("phone"))
+
+
+def _qualified_sealed(p: Doc, seals: list[SealedPerson]) -> Doc:
+    contact = _stand_in(p["contact"], seals[0].person_id)
+    return {**p, "contact": contact, "sealed_contact": seals[0].model_dump()}
+
+
+def _won_sealed(p: Doc, seals: list[SealedPerson]) -> Doc:
+    contacts = [_stand_in(c, s.person_id) for c, s in zip(p["contacts"], seals, strict=True)]
+    return {**p, "contacts": contacts, "sealed_contacts": [s.model_dump() for s in seals]}
+
+
+SEAL_RULES: dict[tuple[str, int], Rule] = {
+    (LeadCapturedV2.event_type, 2): Rule(3, _captured_people, _captured_sealed),
+    (LeadQualifiedV1.event_type, 1): Rule(2, lambda p: [_contact_fields(p["contact"])], _qualified_sealed),
+    (DealWonV2.event_type, 2): Rule(3, lambda p: [_contact_fields(c) for c in p["contacts"]], _won_sealed),
+}
+
+
+# -- the producer's side: in the transaction that stores the events ----------------------------
+
+
+def _owned_id(owner: str, digest: str) -> str:
+    # Deterministic per person: two transactions making the same person's key conflict (a
+    # retried write conflict), never store two keys.
+    return f"own:{owner}:{digest}"
+
+
+def _held_id(owner: str, person_id: str) -> str:
+    return f"held:{owner}:{person_id}"
+
+
+async def seal_emitted(db: Any, tx: Any) -> None:
+    """Replace ``tx.emitted``'s plaintext events by their sealed versions (same event ids),
+    making (and emitting) the keys of people this department has none for yet.
+
+    ``db`` is the plain database (key documents are never audited: no key in the audit log).
+    A department that owns no key topic (``_ISSUED``) has nothing to seal.
+    """
+    owner = tx.source
+    if owner not in _ISSUED:
+        return
+    todo = [
+        (i, SEAL_RULES[(env.event_type, env.schema_version)])
+        for i, env in enumerate(tx.emitted)
+        if (env.event_type, env.schema_version) in SEAL_RULES
+    ]
+    if not todo:
+        return
+    people = {i: rule.people(tx.emitted[i].payload) for i, rule in todo}
+    keys = await _owned_keys(db, tx, owner, {p.email for ps in people.values() for p in ps})
+    for i, rule in todo:
+        env = tx.emitted[i]
+        seals = [seal(*keys[email_hash(p.email)], owner, p) for p in people[i]]
+        payload = rule.apply(env.payload, seals)
+        tx.emitted[i] = env.model_copy(update={"schema_version": rule.sealed_version, "payload": payload})
+
+
+def sealed_event(event: Event, owner: str) -> tuple[Event, list[KeyIssued]]:
+    """``event``'s sealed version with a fresh key per person, and the key records to publish
+    on ``owner``'s key topic: what a test producing a department's sealed events uses."""
+    rule = SEAL_RULES[(event.event_type, event.version)]
+    payload = event.to_payload()
+    seals: list[SealedPerson] = []
+    issued: list[KeyIssued] = []
+    for person in rule.people(payload):
+        key, person_id = new_key(), os.urandom(16).hex()
+        seals.append(seal(key, person_id, owner, person))
+        issued.append(_ISSUED[owner](person_id=person_id, key=encode_key(key), issued_at=utcnow()))
+    sealed = model_for(event.event_type, rule.sealed_version).model_validate(rule.apply(payload, seals))
+    return sealed, issued
+
+
+async def _owned_keys(db: Any, tx: Any, owner: str, emails: set[str]) -> dict[str, tuple[bytes, str]]:
+    """email hash -> (key, person id), one lookup; the missing ones made, stored and emitted."""
+    digests = {email_hash(e) for e in emails}
+    found: dict[str, tuple[bytes, str]] = {}
+    query = {"_id": {"$in": [_owned_id(owner, d) for d in digests]}}
+    async for doc in db[KEYS].find(query, session=tx.session):
+        found[doc["email_hash"]] = (bytes(doc["key"]), doc["person_id"])
+    missing = sorted(digests - found.keys())
+    if not missing:
+        return found
+    now = utcnow()
+    docs = []
+    for digest in missing:
+        key, person_id = new_key(), os.urandom(16).hex()
+        found[digest] = (key, person_id)
+        docs.append(
+            {
+                "_id": _owned_id(owner, digest),
+                "owner": owner,
+                "person_id": person_id,
+                "email_hash": digest,
+                "key": Binary(key),
+                "created_at": now,
+            }
+        )
+        # Batched: a bulk capture's new keys share outbox rows like its events (crm_platform.mongo).
+        tx.emit(_ISSUED[owner](person_id=person_id, key=encode_key(key), issued_at=now), batched=True)
+    await db[KEYS].insert_many(docs, session=tx.session)
+    return found
+
+
+# -- the holders' side -----------------------------------------------------------------------
+
+
+def key_handlers() -> dict[str, Handler]:
+    """The consumer handlers of the key topics: keep a copy of an issued key, replace it by a
+    marker when it is shredded (a key issued again after its shredding, a late re-send, stays
+    shredded)."""
+    handlers: dict[str, Handler] = {}
+    for issued in _ISSUED.values():
+        handlers[issued.event_type] = _on_issued
+    for shredded in _SHREDDED.values():
+        handlers[shredded.event_type] = _on_shredded
+    return handlers
+
+
+async def _on_issued(tx: Any, event: LeadPersonKeyIssuedV1, envelope: Envelope) -> None:
+    doc_id = _held_id(envelope.source, event.person_id)
+    existing = await tx.db[KEYS].find_one({"_id": doc_id}, session=tx.session)
+    if existing is not None:
+        return  # held already, or shredded: never brought back
+    await tx.db[KEYS].insert_one(
+        {
+            "_id": doc_id,
+            "owner": envelope.source,
+            "person_id": event.person_id,
+            "key": Binary(decode_key(event.key)),
+            "person_hashes": [],
+            "received_at": utcnow(),
+        },
+        session=tx.session,
+    )
+
+
+async def _on_shredded(tx: Any, event: LeadPersonKeyShreddedV1, envelope: Envelope) -> None:
+    await _mark_shredded(tx, {"_id": _held_id(envelope.source, event.person_id)}, upsert=True)
+
+
+async def _mark_shredded(tx: Any, query: Doc, *, upsert: bool = False) -> int:
+    update = {"$set": {"shredded": True, "shredded_at": utcnow()}, "$unset": {"key": "", "person_hashes": ""}}
+    if upsert:
+        await tx.db[KEYS].update_one(query, update, upsert=True, session=tx.session)
+        return 1
+    result = await tx.db[KEYS].update_many(query, update, session=tx.session)
+    return int(result.modified_count)
+
+
+async def _open(tx: Any, sealed: SealedPerson) -> PersonFields:
+    if isinstance(tx, OwnerKeys):
+        return await tx.open(sealed)
+    held = _held_id(sealed.key_owner, sealed.person_id)
+    doc = await tx.db[KEYS].find_one({"_id": held}, session=tx.session)
+    if doc is None:
+        raise PersonKeyPending(f"no key yet for person {sealed.person_id} of {sealed.key_owner}")
+    if doc.get("shredded"):
+        return erased_fields(sealed.person_id)
+    fields = open_sealed(bytes(doc["key"]), sealed)
+    digest = email_hash(fields.email)
+    if digest not in doc.get("person_hashes", ()):
+        # The holder learns whose key it is: an erasure request (a hash) then finds its copy.
+        await tx.db[KEYS].update_one(
+            {"_id": doc["_id"]}, {"$addToSet": {"person_hashes": digest}}, session=tx.session
+        )
+    return fields
+
+
+@dataclass(frozen=True)
+class OwnerKeys:
+    """Opens sealed values with the owner's own keys (``db`` is the owner's database): what a
+    test, or an operator with the owner's database, uses to read what a department sealed."""
+
+    db: Any
+
+    async def open(self, sealed: SealedPerson) -> PersonFields:
+        query = {"person_id": sealed.person_id, "owner": sealed.key_owner, "email_hash": {"$exists": True}}
+        doc = await self.db[KEYS].find_one(query)
+        if doc is None:
+            raise PersonKeyPending(f"{sealed.key_owner} holds no key for person {sealed.person_id}")
+        return open_sealed(bytes(doc["key"]), sealed)
+
+
+def _plain(contact: Doc, fields: PersonFields) -> Doc:
+    return {**contact, "email": fields.email, "name": fields.name, "phone": fields.phone}
+
+
+async def open_event(tx: Any, event: Event) -> Event:
+    """The plaintext version of a sealed event (the version its handlers were written for);
+    any other event as it is. ``tx`` is the consumer's transaction (the held keys), or
+    :class:`OwnerKeys`."""
+    if isinstance(event, DealWonV2) and event.version == 3:
+        payload = event.to_payload()
+        sealed = payload.pop("sealed_contacts")
+        if sealed:
+            opened = [await _open(tx, SealedPerson.model_validate(s)) for s in sealed]
+            payload["contacts"] = [_plain(c, f) for c, f in zip(payload["contacts"], opened, strict=True)]
+        return DealWonV2.model_validate(payload)
+    if isinstance(event, LeadQualifiedV1) and event.version == 2:
+        payload = event.to_payload()
+        sealed = payload.pop("sealed_contact")
+        if sealed is not None:
+            fields = await _open(tx, SealedPerson.model_validate(sealed))
+            payload["contact"] = _plain(payload["contact"], fields)
+        return LeadQualifiedV1.model_validate(payload)
+    if isinstance(event, LeadCapturedV2) and event.version == 3:
+        payload = event.to_payload()
+        sealed = payload.pop("sealed_person")
+        if sealed is not None:
+            fields = await _open(tx, SealedPerson.model_validate(sealed))
+            payload.update(email=fields.email, name=fields.name)
+        return LeadCapturedV2.model_validate(payload)
+    return event
+
+
+def unsealing(handler: Handler) -> Handler:
+    """``handler`` given the plaintext version of a sealed event (:func:`open_event`)."""
+
+    async def opened(tx: Any, event: Any, envelope: Envelope) -> None:
+        try:
+            plain = await open_event(tx, event)
+        except UnreadableSeal as exc:
+            # Imported here: the consumer imports mongo, which imports this module.
+            from crm_platform.consumer import DeadLetter
+
+            raise DeadLetter("unreadable_person", str(exc)) from None
+        await handler(tx, plain, envelope)
+
+    return opened
+
+
+def key_topics(service: str) -> tuple[str, ...]:
+    """The key topics ``service`` holds keys from (``crm_contracts.access.PERSON_KEYS``)."""
+    return PERSON_KEYS.get(service, ())
+
+
+# -- erasure ---------------------------------------------------------------------------------
+
+
+async def shred(tx: Any, digests: Iterable[str]) -> int:
+    """Destroy the keys of the people with these e-mail hashes; returns how many keys.
+
+    The owner deletes its key, drops the key's outbox rows (the published ones are kept a
+    week: they hold the key) and emits the shredding record; a holder replaces its copy by a
+    marker (the owner's shredding record does the same when it arrives).
+    """
+    wanted = sorted({d for d in digests if d})
+    if not wanted:
+        return 0
+    owner = tx.source
+    destroyed = 0
+    if owner in _SHREDDED:
+        query = {"_id": {"$in": [_owned_id(owner, d) for d in wanted]}}
+        async for doc in tx.db[KEYS].find(query, session=tx.session):
+            await tx.db[KEYS].delete_one({"_id": doc["_id"]}, session=tx.session)
+            await _drop_key_rows(tx, _ISSUED[owner].event_type, doc["person_id"])
+            tx.emit(_SHREDDED[owner](person_id=doc["person_id"], shredded_at=utcnow()))
+            destroyed += 1
+    held = {"_id": {"$regex": "^held:"}, "person_hashes": {"$in": wanted}}
+    return destroyed + await _mark_shredded(tx, held)
+
+
+async def _drop_key_rows(tx: Any, event_type: str, person_id: str) -> None:
+    """The outbox rows holding the key (published rows stay a week): its own row goes; its item
+    in a batch row (``crm_platform.mongo.outbox_rows``) stays in place, its key zeroed (the
+    row's positions on the log stay aligned with its items, for the outbox audit)."""
+    item = {"key": person_id, "event_type": event_type}
+    await tx.db[OUTBOX].delete_many(item, session=tx.session)
+    async for row in tx.db[OUTBOX].find({BATCH_EVENTS: {"$elemMatch": item}}, session=tx.session):
+        items = [
+            _zero_key(i) if i.get("key") == person_id and i.get("event_type") == event_type else i
+            for i in row[BATCH_EVENTS]
+        ]
+        await tx.db[OUTBOX].update_one(
+            {"_id": row["_id"]}, {"$set": {BATCH_EVENTS: items}}, session=tx.session
+        )
+
+
+ZERO_KEY = encode_key(bytes(KEY_BYTES))
+
+
+def _zero_key(item: Doc) -> Doc:
+    envelope = item["envelope"]
+    return {**item, "envelope": {**envelope, "payload": {**envelope["payload"], "key": ZERO_KEY}}}
+
+
+def email_hashes(values: Iterable[str]) -> list[str]:
+    """The hashes of the e-mails among an erased person's values (a request by record id)."""
+    return [email_hash(v) for v in values if "@" in v and not is_erased_email(v)]

@@ -1,0 +1,179 @@
+"""Crypto-shredding's pure parts (crm_platform.shredding): the cipher, and what a sealed event
+looks like on the wire. No I/O (the key store and the consumers: the services' integration
+tests and tests/e2e/test_erasure.py)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from crm_contracts.events.common import SEALED_NAME, Consent, Contact, Money, SealedPerson, sealed_email
+from crm_contracts.events.leads import LeadCapturedV2, LeadCapturedV3, LeadQualifiedV1, LeadQualifiedV2
+from crm_contracts.events.sales import DealWonV2, DealWonV3, Product
+from crm_contracts.registry import model_for
+from crm_platform.shredding import (
+    SEAL_RULES,
+    PersonFields,
+    UnreadableSeal,
+    decode_key,
+    encode_key,
+    erased_fields,
+    new_key,
+    open_sealed,
+    seal,
+)
+
+ADA = PersonFields(email="ada@example.com", name="Ada Lovelace", phone="+44 20 7946 0000")
+NOW = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
+
+
+def test_sealed_fields_open_with_their_key_and_hold_no_plaintext() -> None:
+    key = new_key()
+    sealed = seal(key, "p-1", "leads", ADA)
+    wire = sealed.model_dump_json()
+    for value in ("ada@example.com", "Ada Lovelace", "7946"):
+        assert value not in wire
+    assert open_sealed(key, sealed) == ADA
+
+
+def test_two_seals_of_the_same_person_differ_nonce_and_ciphertext() -> None:
+    key = new_key()
+    first, second = seal(key, "p-1", "leads", ADA), seal(key, "p-1", "leads", ADA)
+    assert first.nonce != second.nonce
+    assert first.ciphertext != second.ciphertext
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"person_id": "p-2"},  # sealed for another person: the associated data differs
+        {"key_owner": "sales"},
+        {"ciphertext": "AAAA" + "B" * 40},
+        {"nonce": "not base64 !!!!!"},
+    ],
+)
+def test_a_tampered_or_moved_seal_does_not_open(
+    change: dict[str, str],
+) -> None:
+    key = new_key()
+    sealed = seal(key, "p-1", "leads", ADA).model_copy(update=change)
+    with pytest.raises(UnreadableSeal):
+        open_sealed(key, sealed)
+
+
+def test_another_key_does_not_open_it() -> None:
+    sealed = seal(new_key(), "p-1", "leads", ADA)
+    with pytest.raises(UnreadableSeal):
+        open_sealed(new_key(), sealed)
+
+
+def test_a_key_travels_as_44_base64_characters_and_comes_back_whole() -> None:
+    key = new_key()
+    assert len(key) == 32
+    assert len(encode_key(key)) == 44
+    assert decode_key(encode_key(key)) == key
+    with pytest.raises(ValueError):
+        decode_key(encode_key(b"short"))
+
+
+def test_a_shredded_person_opens_to_stand_ins_derived_from_the_person_id_alone() -> None:
+    erased = erased_fields("p-1")
+    assert erased == erased_fields("p-1")
+    assert erased != erased_fields("p-2")
+    assert erased.email.endswith("@erased.example")
+    assert erased.phone is None
+
+
+def _sealed_payload(
+    event_type: str, version: int, payload: dict[str, object]
+) -> tuple[int, dict[str, object]]:
+    rule = SEAL_RULES[(event_type, version)]
+    people = rule.people(payload)
+    seals = [seal(new_key(), f"p-{i}", "sales", p) for i, p in enumerate(people)]
+    return rule.sealed_version, rule.apply(payload, seals)
+
+
+def _assert_no_plaintext(payload: dict[str, object]) -> None:
+    wire = json.dumps(payload)
+    for value in ("ada@example.com", "Ada Lovelace", "7946", "bob@example.com", "Bob Stone"):
+        assert value not in wire
+
+
+def test_lead_captured_v2_seals_into_a_valid_v3_with_stand_ins() -> None:
+    plain = LeadCapturedV2(
+        lead_id="lead-1",
+        email="ada@example.com",
+        name="Ada Lovelace",
+        company="Acme",
+        source_channel="web",
+        consent=Consent(marketing_email=True),
+        merged=False,
+    )
+    version, payload = _sealed_payload(plain.event_type, plain.version, plain.to_payload())
+    event = model_for(plain.event_type, version).model_validate(payload)
+    assert isinstance(event, LeadCapturedV3)
+    assert event.sealed_person is not None
+    assert event.name == SEALED_NAME
+    assert event.email == sealed_email(event.sealed_person.person_id)
+    _assert_no_plaintext(payload)
+
+
+def test_lead_qualified_v1_seals_into_a_valid_v2_keeping_the_role() -> None:
+    plain = LeadQualifiedV1(
+        lead_id="lead-1",
+        contact=Contact(name="Ada Lovelace", email="ada@example.com", phone="+44 20 7946 0000", role="CTO"),
+        company="Acme",
+        score=80,
+        threshold=50,
+        score_reasons=[],
+        source_channel="web",
+        behaviour_summary={},
+        consent=Consent(marketing_email=True),
+        qualified_at=NOW,
+    )
+    version, payload = _sealed_payload(plain.event_type, plain.version, plain.to_payload())
+    event = model_for(plain.event_type, version).model_validate(payload)
+    assert isinstance(event, LeadQualifiedV2)
+    assert event.sealed_contact is not None
+    assert event.contact.role == "CTO"
+    assert event.contact.phone is None
+    _assert_no_plaintext(payload)
+
+
+def test_deal_won_v2_seals_each_contact_in_order() -> None:
+    plain = DealWonV2(
+        deal_id="deal-1",
+        account_name="Acme",
+        contacts=[
+            Contact(name="Ada Lovelace", email="ada@example.com", phone="+44 20 7946 0000"),
+            Contact(name="Bob Stone", email="bob@example.com", role="CFO"),
+        ],
+        products=[Product(sku="S", name="Seat", quantity=1, unit_price=10)],
+        value=Money(amount=10),
+        commitments=[],
+        sales_owner="rep",
+        won_at=NOW,
+    )
+    version, payload = _sealed_payload(plain.event_type, plain.version, plain.to_payload())
+    event = model_for(plain.event_type, version).model_validate(payload)
+    assert isinstance(event, DealWonV3)
+    assert [s.person_id for s in event.sealed_contacts] == ["p-0", "p-1"]
+    assert [c.role for c in event.contacts] == [None, "CFO"]
+    _assert_no_plaintext(payload)
+
+
+def test_a_deal_whose_seals_do_not_match_its_contacts_is_refused() -> None:
+    sealed = seal(new_key(), "p-1", "sales", ADA)
+    with pytest.raises(ValueError, match="one entry per contact"):
+        DealWonV3(
+            deal_id="deal-1",
+            account_name="Acme",
+            contacts=[],
+            sealed_contacts=[SealedPerson.model_validate(sealed.model_dump())],
+            products=[Product(sku="S", name="Seat", quantity=1, unit_price=10)],
+            value=Money(amount=10),
+            commitments=[],
+            sales_owner="rep",
+            won_at=NOW,
+        )
