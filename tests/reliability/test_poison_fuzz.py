@@ -9,6 +9,8 @@ one of them consumes. Then:
 - every record is in the dead-letter topic of every consumer of its topic exactly
   once (counted by its ``x-fuzz-id`` header), with the reason the platform's
   classification gives it;
+- the key topics (issue 9, crypto-shredding) are fuzzed too: their holders read them with a
+  consumer of their own (group ``<group>.person-keys``), which dead-letters like any other;
 - every consumer group has committed up to the end of every topic it reads (its lag
   drained: no reconnect loop, no stuck partition) and every process still runs;
 - a valid handoff sent afterwards to every partition of every handoff topic is
@@ -32,6 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from analytics.worker import SOURCE_TOPICS
 from crm_contracts import Envelope
+from crm_contracts.access import PERSON_KEYS
 from crm_contracts.topics import (
     ACCOUNT_SIGNAL,
     DEAL_WON,
@@ -40,6 +43,8 @@ from crm_contracts.topics import (
     HANDOFF_RECEIPTS,
     LEAD_QUALIFIED,
     LEAD_VERDICT,
+    LEADS_PERSON_KEYS,
+    SALES_PERSON_KEYS,
     dead_letter_topic,
 )
 from crm_platform.devinfra.launcher import Platform
@@ -58,6 +63,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 RECORDS = int(os.environ.get("CRM_FUZZ_RECORDS", "10000"))
 SEED = int(os.environ.get("CRM_FUZZ_SEED", "20261204"))
 RUN = uuid.uuid4().hex[:6]
+KEYS_GROUP = ".person-keys"
 SUFFIX = f"-fuzz-{RUN}"
 # service -> the topics its consumer reads, from the services' own subscriptions
 CONSUMERS: dict[str, list[str]] = {
@@ -65,19 +71,31 @@ CONSUMERS: dict[str, list[str]] = {
     "sales": list(SALES_TOPICS),
     "service-desk": list(SERVICE_DESK_TOPICS),
     "analytics": list(SOURCE_TOPICS),
+    # the per-person key topics, each read by its holders' consumer of its own
+    **{f"{service}{KEYS_GROUP}": list(topics) for service, topics in PERSON_KEYS.items()},
 }
-GROUPS = {service: f"{service}{SUFFIX}" for service in ("leads", "sales", "service-desk")} | {
-    "analytics": f"crm-analytics{SUFFIX}"
-}
+GROUPS = (
+    {service: f"{service}{SUFFIX}" for service in ("leads", "sales", "service-desk")}
+    | {"analytics": f"crm-analytics{SUFFIX}"}
+    | {f"{service}{KEYS_GROUP}": f"{service}{SUFFIX}{KEYS_GROUP}" for service in PERSON_KEYS}
+)
+FUZZED = sorted({topic for topics in CONSUMERS.values() for topic in topics})
 HANDOFF_RULES = {LEAD_VERDICT: "unknown_lead"}  # marketing has no such lead: refused by its rule
+
+
+def _dlq(consumer: str) -> str:
+    """The dead-letter topic of a consumer (a department's key consumer writes its department's)."""
+    return dead_letter_topic(consumer.removesuffix(KEYS_GROUP))
 
 
 def test_every_consumer_s_topics_are_fuzzed_the_permission_policy_s_included() -> None:
     """The topics come from the consumers' own subscriptions: a topic a department starts to
     consume is fuzzed without a change here (the permission policy and the erasure requests,
-    issue 9, are read by all)."""
-    assert all(GATEWAY_PERMISSIONS in topics for topics in CONSUMERS.values())
-    assert all(GATEWAY_ERASURE_REQUESTS in topics for topics in CONSUMERS.values())
+    issue 9, are read by all; the key topics by their holders)."""
+    departments = {name: topics for name, topics in CONSUMERS.items() if KEYS_GROUP not in name}
+    assert all(GATEWAY_PERMISSIONS in topics for topics in departments.values())
+    assert all(GATEWAY_ERASURE_REQUESTS in topics for topics in departments.values())
+    assert {LEADS_PERSON_KEYS, SALES_PERSON_KEYS} <= set(FUZZED)
 
 
 @pytest.fixture(scope="module")
@@ -194,11 +212,11 @@ async def _read_to_end(reader: TopicReader) -> list[Any]:
 async def test_every_malformed_record_is_dead_lettered_once_and_every_consumer_keeps_going(
     consumers: Platform, kafka_bootstrap: str
 ) -> None:
-    records = generate(RECORDS, list(SOURCE_TOPICS), seed=SEED, run=RUN)
+    records = generate(RECORDS, FUZZED, seed=SEED, run=RUN)
     assert len(records) >= 10_000 or RECORDS < 10_000
     shapes = Counter((r.shape, r.topic) for r in records)
-    assert len(shapes) == len({r.shape for r in records}) * len(SOURCE_TOPICS), "every shape on every topic"
-    dlqs = await TopicReader(kafka_bootstrap, *(dead_letter_topic(s) for s in CONSUMERS)).start()
+    assert len(shapes) == len({r.shape for r in records}) * len(FUZZED), "every shape on every topic"
+    dlqs = await TopicReader(kafka_bootstrap, *sorted({_dlq(s) for s in CONSUMERS})).start()
     receipts = await TopicReader(kafka_bootstrap, HANDOFF_RECEIPTS).start()
     try:
         started = time.monotonic()
@@ -240,15 +258,15 @@ async def _drain(consumers: Platform, bootstrap: str) -> None:
 
 def _ours(dead_letters: list[Any]) -> list[tuple[Any, dict[str, bytes]]]:
     """Dead letters written by this test's groups (the e2e platform's share the DLQ topics)."""
-    groups = {dead_letter_topic(service): group.encode() for service, group in GROUPS.items()}
+    groups = {(_dlq(consumer), group.encode()) for consumer, group in GROUPS.items()}
     pairs = [(d, {k: bytes(v or b"") for k, v in d.headers or ()}) for d in dead_letters]
-    return [(d, h) for d, h in pairs if h.get("dlq_consumer_group") == groups[d.topic]]
+    return [(d, h) for d, h in pairs if (d.topic, h.get("dlq_consumer_group")) in groups]
 
 
 def _assert_each_dead_lettered_once(records: list[FuzzRecord], dead_letters: list[Any]) -> None:
     """Every record: once in the DLQ of every consumer of its topic, with its reason."""
     expected = Counter(
-        (dead_letter_topic(service), r.fuzz_id, r.reason)
+        (_dlq(service), r.fuzz_id, r.reason)
         for r in records
         for service, topics in CONSUMERS.items()
         if r.topic in topics

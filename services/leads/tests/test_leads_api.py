@@ -8,11 +8,11 @@ import uuid
 from typing import Any, TypeAlias
 
 import pytest
-from crm_contracts import Envelope, decode
+from crm_contracts import Envelope
 from crm_contracts.events.leads import LeadQualifiedV1
 from crm_contracts.topics import LEAD_QUALIFIED, LEADS_EVENTS
 from crm_platform.mongo import OUTBOX
-from crm_platform.testing import TopicReader, auth_headers, eventually
+from crm_platform.testing import TopicReader, auth_headers, eventually, opened_payload
 
 pytestmark = pytest.mark.integration
 Leads: TypeAlias = Any  # conftest.Leads (conftest is not importable in importlib mode)
@@ -379,8 +379,9 @@ async def test_crossing_the_threshold_emits_lead_qualified_exactly_once(
         assert outbox == 1
 
         env = handoffs[0]
-        event = decode(env)
-        assert isinstance(event, LeadQualifiedV1)
+        assert env.schema_version == 2, "sealed (crm_platform.shredding)"
+        assert captured["lead"]["email"] not in env.model_dump_json()
+        event = LeadQualifiedV1.model_validate(await opened_payload(leads.runtime.db, env))
         assert env.source == "leads"
         assert env.correlation_id == lead_id
         assert event.contact.email == captured["lead"]["email"]

@@ -90,7 +90,7 @@ def _sealed_payload(
 ) -> tuple[int, dict[str, object]]:
     rule = SEAL_RULES[(event_type, version)]
     people = rule.people(payload)
-    seals = [seal(new_key(), f"p-{i}", "sales", p) for i, p in enumerate(people)]
+    seals = [seal(new_key(), f"p-{i}", "sales", p).model_dump() for i, p in enumerate(people)]
     return rule.sealed_version, rule.apply(payload, seals)
 
 

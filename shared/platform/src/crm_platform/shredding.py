@@ -107,18 +107,23 @@ def _aad(person_id: str, owner: str) -> bytes:
 
 def seal(key: bytes, person_id: str, owner: str, fields: PersonFields) -> SealedPerson:
     """One AES-GCM call: the fields' compact JSON, bound to the person and the key's owner."""
+    return SealedPerson.model_validate(_seal_wire(AESGCM(key), person_id, owner, fields))
+
+
+def _seal_wire(cipher: AESGCM, person_id: str, owner: str, fields: PersonFields) -> Doc:
+    """:func:`seal` as the wire dict (the emit path: no model built per person)."""
     nonce = os.urandom(NONCE_BYTES)
     plain: dict[str, str] = {"e": fields.email, "n": fields.name}
     if fields.phone is not None:
         plain["p"] = fields.phone
     data = json.dumps(plain, separators=(",", ":"), ensure_ascii=False).encode()
-    sealed = AESGCM(key).encrypt(nonce, data, _aad(person_id, owner))
-    return SealedPerson(
-        person_id=person_id,
-        key_owner=owner,
-        nonce=base64.b64encode(nonce).decode(),
-        ciphertext=base64.b64encode(sealed).decode(),
-    )
+    sealed = cipher.encrypt(nonce, data, _aad(person_id, owner))
+    return {
+        "person_id": person_id,
+        "key_owner": owner,
+        "nonce": base64.b64encode(nonce).decode(),
+        "ciphertext": base64.b64encode(sealed).decode(),
+    }
 
 
 def open_sealed(key: bytes, sealed: SealedPerson) -> PersonFields:
@@ -162,30 +167,28 @@ class Rule:
 
     sealed_version: int
     people: Callable[[Doc], list[PersonFields]]
-    apply: Callable[[Doc, list[SealedPerson]], Doc]
+    apply: Callable[[Doc, list[Doc]], Doc]
 
 
 def _captured_people(p: Doc) -> list[PersonFields]:
     return [PersonFields(email=p["email"], name=p["name"])]
 
 
-def _captured_sealed(p: Doc, seals: list[SealedPerson]) -> Doc:
-    pid = seals[0].person_id
-    return {**p, "email": sealed_email(pid), "name": SEALED_NAME, "sealed_person": seals[0].model_dump()}
+def _captured_sealed(p: Doc, seals: list[Doc]) -> Doc:
+    return {**p, "email": sealed_email(seals[0]["person_id"]), "name": SEALED_NAME, "sealed_person": seals[0]}
 
 
 def _contact_fields(c: Doc) -> PersonFields:
     return PersonFields(email=c["email"], name=c["name"], phone=c.get("phone"))
 
 
-def _qualified_sealed(p: Doc, seals: list[SealedPerson]) -> Doc:
-    contact = _stand_in(p["contact"], seals[0].person_id)
-    return {**p, "contact": contact, "sealed_contact": seals[0].model_dump()}
+def _qualified_sealed(p: Doc, seals: list[Doc]) -> Doc:
+    return {**p, "contact": _stand_in(p["contact"], seals[0]["person_id"]), "sealed_contact": seals[0]}
 
 
-def _won_sealed(p: Doc, seals: list[SealedPerson]) -> Doc:
-    contacts = [_stand_in(c, s.person_id) for c, s in zip(p["contacts"], seals, strict=True)]
-    return {**p, "contacts": contacts, "sealed_contacts": [s.model_dump() for s in seals]}
+def _won_sealed(p: Doc, seals: list[Doc]) -> Doc:
+    contacts = [_stand_in(c, s["person_id"]) for c, s in zip(p["contacts"], seals, strict=True)]
+    return {**p, "contacts": contacts, "sealed_contacts": seals}
 
 
 SEAL_RULES: dict[tuple[str, int], Rule] = {
@@ -226,10 +229,14 @@ async def seal_emitted(db: Any, tx: Any) -> None:
     if not todo:
         return
     people = {i: rule.people(tx.emitted[i].payload) for i, rule in todo}
-    keys = await _owned_keys(db, tx, owner, {p.email for ps in people.values() for p in ps})
+    digests = {p.email: email_hash(p.email) for ps in people.values() for p in ps}  # one HMAC each
+    keys = await _owned_keys(db, tx, owner, set(digests.values()))
     for i, rule in todo:
         env = tx.emitted[i]
-        seals = [seal(*keys[email_hash(p.email)], owner, p) for p in people[i]]
+        seals = []
+        for person in people[i]:
+            cipher, person_id = keys[digests[person.email]]
+            seals.append(_seal_wire(cipher, person_id, owner, person))
         payload = rule.apply(env.payload, seals)
         tx.emitted[i] = env.model_copy(update={"schema_version": rule.sealed_version, "payload": payload})
 
@@ -239,23 +246,22 @@ def sealed_event(event: Event, owner: str) -> tuple[Event, list[KeyIssued]]:
     on ``owner``'s key topic: what a test producing a department's sealed events uses."""
     rule = SEAL_RULES[(event.event_type, event.version)]
     payload = event.to_payload()
-    seals: list[SealedPerson] = []
+    seals: list[Doc] = []
     issued: list[KeyIssued] = []
     for person in rule.people(payload):
         key, person_id = new_key(), os.urandom(16).hex()
-        seals.append(seal(key, person_id, owner, person))
+        seals.append(_seal_wire(AESGCM(key), person_id, owner, person))
         issued.append(_ISSUED[owner](person_id=person_id, key=encode_key(key), issued_at=utcnow()))
     sealed = model_for(event.event_type, rule.sealed_version).model_validate(rule.apply(payload, seals))
     return sealed, issued
 
 
-async def _owned_keys(db: Any, tx: Any, owner: str, emails: set[str]) -> dict[str, tuple[bytes, str]]:
-    """email hash -> (key, person id), one lookup; the missing ones made, stored and emitted."""
-    digests = {email_hash(e) for e in emails}
-    found: dict[str, tuple[bytes, str]] = {}
+async def _owned_keys(db: Any, tx: Any, owner: str, digests: set[str]) -> dict[str, tuple[AESGCM, str]]:
+    """email hash -> (cipher, person id), one lookup; the missing ones made, stored and emitted."""
+    found: dict[str, tuple[AESGCM, str]] = {}
     query = {"_id": {"$in": [_owned_id(owner, d) for d in digests]}}
     async for doc in db[KEYS].find(query, session=tx.session):
-        found[doc["email_hash"]] = (bytes(doc["key"]), doc["person_id"])
+        found[doc["email_hash"]] = (AESGCM(bytes(doc["key"])), doc["person_id"])
     missing = sorted(digests - found.keys())
     if not missing:
         return found
@@ -263,7 +269,7 @@ async def _owned_keys(db: Any, tx: Any, owner: str, emails: set[str]) -> dict[st
     docs = []
     for digest in missing:
         key, person_id = new_key(), os.urandom(16).hex()
-        found[digest] = (key, person_id)
+        found[digest] = (AESGCM(key), person_id)
         docs.append(
             {
                 "_id": _owned_id(owner, digest),
