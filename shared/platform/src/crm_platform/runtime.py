@@ -218,6 +218,7 @@ class ServiceRuntime:
         if self.indexes is not None:
             await self.indexes(self.store.db)
         await erasure.ensure_indexes(self.store.db, self._erasure_targets)
+        await shredding.ensure_indexes(self.store.db)
         await self.permissions.refresh(required=True)
         if self.settings.provision_topics:
             try:

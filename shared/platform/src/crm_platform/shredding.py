@@ -469,6 +469,12 @@ def _zero_key(item: Doc) -> Doc:
     return {**item, "envelope": {**envelope, "payload": {**envelope["payload"], "key": ZERO_KEY}}}
 
 
+async def ensure_indexes(db: Any) -> None:
+    """A holder's copies by the hashes it learned (an erasure request), keys by person id."""
+    await db[KEYS].create_index("person_hashes", name="by_person_hash", sparse=True)
+    await db[KEYS].create_index("person_id", name="by_person_id")
+
+
 def email_hashes(values: Iterable[str]) -> list[str]:
     """The hashes of the e-mails among an erased person's values (a request by record id)."""
     return [email_hash(v) for v in values if "@" in v and not is_erased_email(v)]
