@@ -38,6 +38,7 @@ from crm_contracts.topics import (
 from crm_platform.devinfra.journey import Gateway, run_journey, until
 from crm_platform.devinfra.launcher import Platform
 from crm_platform.kafka import make_consumer
+from crm_platform.shredding import ZERO_KEY
 from crm_platform.testing import TopicReader, produce_envelope
 from pymongo import MongoClient
 from pymongo.database import Database
@@ -255,8 +256,13 @@ def _assert_no_keys_left(platform: Platform, person_ids: set[str]) -> None:
             db: Database[dict[str, Any]] = client[f"{platform.db_prefix}{suffix}"]
             query = {"person_id": {"$in": sorted(person_ids)}, "key": {"$exists": True}}
             left += [f"{suffix}.person_keys: {d['_id']}" for d in db["person_keys"].find(query)]
-            rows = {"key": {"$in": sorted(person_ids)}, "event_type": {"$regex": "person_key_issued$"}}
-            left += [f"{suffix}.outbox: {d['event_id']}" for d in db["outbox"].find(rows)]
+            ids = sorted(person_ids)
+            rows = {"$or": [{"key": {"$in": ids}}, {"events.key": {"$in": ids}}]}
+            for row in db["outbox"].find(rows):
+                for item in row.get("events", [row]):  # a batch row lists its events
+                    key = item["envelope"]["payload"].get("key")
+                    if item.get("key") in person_ids and key not in (None, ZERO_KEY):
+                        left.append(f"{suffix}.outbox: {item['event_id']}")
     assert left == []
 
 

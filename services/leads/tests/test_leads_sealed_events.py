@@ -15,8 +15,8 @@ from crm_contracts import Envelope, envelope_for
 from crm_contracts.events.governance import ErasureRequestedV1
 from crm_contracts.topics import GATEWAY_ERASURE_REQUESTS, LEAD_QUALIFIED, LEADS_EVENTS, LEADS_PERSON_KEYS
 from crm_platform.pseudonym import email_hash
-from crm_platform.shredding import KEYS
-from crm_platform.testing import TopicReader, eventually, opened_payload, produce_envelope
+from crm_platform.shredding import KEYS, ZERO_KEY
+from crm_platform.testing import TopicReader, auth_headers, eventually, opened_payload, produce_envelope
 
 NAME = "Grace Hopper"
 PHONE_FREE = ("grace", "hopper")
@@ -104,3 +104,51 @@ async def _erase(leads: Any, kafka_bootstrap: str, email: str) -> None:
         GATEWAY_ERASURE_REQUESTS,
         envelope_for(request, source="gateway", correlation_id=request.request_id),
     )
+
+
+async def test_a_bulk_capture_s_keys_share_batch_rows_and_erasure_zeroes_only_the_erased_one(
+    leads: Any, kafka_bootstrap: str
+) -> None:
+    """Bulk capture batches its events and the new keys into shared outbox rows; erasing one of
+    the people zeroes that key in its batch row (positions kept for the outbox audit) and
+    leaves the other's alone."""
+    tag = uuid.uuid4().hex[:8]
+    ada, bob = f"ada-{tag}@example.com", f"bob-{tag}@example.com"
+    body = {
+        "leads": [
+            {
+                "email": e,
+                "name": n,
+                "company": "Engines",
+                "source_channel": "import",
+                "consent": {"marketing_email": True},
+            }
+            for e, n in ((ada, "Ada Bulk"), (bob, "Bob Bulk"))
+        ]
+    }
+    r = await leads.client.post("/leads/bulk", json=body, headers=auth_headers(["marketing"], "mia"))
+    assert r.status_code == 200, r.text
+    hashes = {"email_hash": {"$in": [email_hash(ada), email_hash(bob)]}}
+    keys = {d["email_hash"]: d async for d in leads.runtime.db[KEYS].find(hashes)}
+    ada_id, bob_id = keys[email_hash(ada)]["person_id"], keys[email_hash(bob)]["person_id"]
+
+    async def issued_items() -> dict[str, str]:
+        found: dict[str, str] = {}
+        async for row in leads.runtime.db["outbox"].find({"events.key": {"$in": [ada_id, bob_id]}}):
+            for item in row["events"]:
+                if item["event_type"] == "lead.person_key_issued":
+                    found[item["key"]] = item["envelope"]["payload"]["key"]
+        return found
+
+    before = await issued_items()
+    assert set(before) == {ada_id, bob_id}, "both keys in a batch row"
+    await _erase(leads, kafka_bootstrap, ada)
+    await eventually(
+        lambda: _zeroed(issued_items, ada_id), what="the erased person's key zeroed in its batch row"
+    )
+    after = await issued_items()
+    assert after[bob_id] == before[bob_id] != ZERO_KEY
+
+
+async def _zeroed(items: Any, person_id: str) -> bool:
+    return bool((await items()).get(person_id) == ZERO_KEY)
