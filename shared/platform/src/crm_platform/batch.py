@@ -35,10 +35,6 @@ class Batch:
         """The event being handled and the ones after it."""
         return self.events[self.position :]
 
-    def of_type(self, event_type: type[T]) -> list[T]:
-        """Every event of the batch of this contract model, in offset order."""
-        return [event for event, _ in self.events if isinstance(event, event_type)]
-
     async def memo(self, key: str, load: Callable[[], Awaitable[T]]) -> T:
         """``load()``'s value, loaded once per batch (keys are namespaced by the caller)."""
         if key not in self._memo:
