@@ -101,9 +101,11 @@ def worker(kafka_bootstrap, mongodb_uri, tmp_path, run_id):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    handle = WorkerProcess(proc, env, log_path)
     try:
-        yield WorkerProcess(proc, env, log_path)
+        yield handle
     finally:
+        proc = handle.proc  # the one running now: a test may have started it again (respawn)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
