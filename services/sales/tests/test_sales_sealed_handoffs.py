@@ -130,3 +130,27 @@ async def test_sales_deal_won_goes_out_sealed_under_sales_keys(sales: Any, kafka
     finally:
         await won.stop()
         await keys.stop()
+
+
+async def test_the_key_consumer_is_watched_and_rejoins_like_the_department_s_own(
+    sales: Any, make_qualified: Any
+) -> None:
+    runtime = sales.runtime
+    watchdog = runtime.key_watchdog
+    assert watchdog is not None
+    assert watchdog.config.group_id == f"{sales.settings.group_id}.person-keys"
+    assert watchdog.config.topics == [LEADS_PERSON_KEYS]
+    before = runtime._key_task
+    await runtime._rejoin_key_consumer()
+    assert runtime._key_task is not None
+    assert runtime._key_task is not before, "a fresh member"
+
+    # Still reading: a key produced now reaches sales' database.
+    lead_id = sales.uid("after-rejoin")
+    _, [key] = sealed_event(make_qualified(lead_id), "leads")
+    await _produce(sales, LEADS_PERSON_KEYS, key, lead_id)
+
+    async def held() -> bool:
+        return await runtime.db[KEYS].count_documents({"person_id": key.person_id}) == 1
+
+    await eventually(held, what="the key held after the rejoin")

@@ -90,6 +90,7 @@ class ServiceRuntime:
             self._build_consumer(self.subscription)
         # The per-person keys this department opens sealed events with (crm_platform.shredding).
         self.key_consumer: EventConsumer | None = None
+        self.key_watchdog: ConsumerWatchdog | None = None
         if self.subscription is not None and s.consumer_enabled and shredding.key_topics(s.service_name):
             self.key_consumer = self._key_consumer()
         self._erasure_targets = self.subscription.erasure_targets if self.subscription is not None else ()
@@ -102,6 +103,7 @@ class ServiceRuntime:
             self._build_receipts(department)
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer_task: asyncio.Task[None] | None = None
+        self._key_task: asyncio.Task[None] | None = None
         self._retired: set[asyncio.Task[None]] = set()  # cancelled on purpose (rejoin)
         self._jobs: list[asyncio.Task[None]] = []  # the background jobs: cancelled first on stop
         self._stopping = False
@@ -159,19 +161,25 @@ class ServiceRuntime:
 
     def _key_consumer(self) -> EventConsumer:
         """A consumer of its own for the key topics (group ``<group>.person-keys``): an event
-        retried until its key arrives must not hold up the very records that bring the key."""
+        retried until its key arrives must not hold up the very records that bring the key.
+        Watched like the department's own (a stalled key consumer rejoins, then exits)."""
         s = self.settings
-        return EventConsumer(
+        tracker = PartitionTracker(s.service_name)
+        group, topics = f"{s.group_id}.person-keys", list(shredding.key_topics(s.service_name))
+        consumer = EventConsumer(
             ConsumerConfig(
                 service=s.service_name,
-                group_id=f"{s.group_id}.person-keys",
-                topics=list(shredding.key_topics(s.service_name)),
+                group_id=group,
+                topics=topics,
                 bootstrap=s.kafka_bootstrap_servers,
                 group_instance_id=f"{s.consumer_instance_id}.person-keys" if s.consumer_instance_id else None,
+                listener=tracker,
             ),
             self.store,
             shredding.key_handlers(),
         )
+        self.key_watchdog = self._watchdog(group, topics, tracker, self._rejoin_key_consumer)
+        return consumer
 
     def _with_policy(self, sub: Subscription) -> dict[str, Handler]:
         """A department subscribed to the permissions topic keeps the policy, one subscribed to the
@@ -250,7 +258,9 @@ class ServiceRuntime:
         if self.consumer is not None:
             self._consumer_task = self._guarded(self.consumer.run(), "consumer")
         if self.key_consumer is not None:
-            self._guarded(self.key_consumer.run(), "person-keys-consumer")
+            self._key_task = self._guarded(self.key_consumer.run(), "person-keys-consumer")
+        if self.key_watchdog is not None:
+            self._guarded(self.key_watchdog.run(), "person-keys-watchdog")
         if self.watchdog is not None:
             self._guarded(self.watchdog.run(), "consumer-watchdog")
         if self.receipts is not None:
@@ -270,13 +280,21 @@ class ServiceRuntime:
         return task
 
     async def _rejoin_consumer(self) -> None:
-        """Drop the consumer's task and Kafka clients, then start it afresh (a new group member).
-
-        Bounded throughout: a client stuck on a broker that went away must not
-        hold the watchdog too.
-        """
+        """Drop the consumer's task and Kafka clients, then start it afresh (a new group member)."""
         assert self.consumer is not None
-        old = self._consumer_task
+        self._consumer_task = await self._restart(self.consumer, self._consumer_task, "consumer")
+
+    async def _rejoin_key_consumer(self) -> None:
+        """The same for the key topics' consumer (crm_platform.shredding)."""
+        assert self.key_consumer is not None
+        self._key_task = await self._restart(self.key_consumer, self._key_task, "person-keys-consumer")
+
+    async def _restart(
+        self, consumer: EventConsumer, old: asyncio.Task[None] | None, name: str
+    ) -> asyncio.Task[None] | None:
+        """Cancel ``old`` (the consumer's task), drop its Kafka clients, run it again (unless
+        stopping). Bounded throughout: a client stuck on a broker that went away must not
+        hold the watchdog too."""
         if old is not None:
             self._retired.add(old)
             old.cancel()
@@ -284,11 +302,10 @@ class ServiceRuntime:
             if old in self._tasks:
                 self._tasks.remove(old)
         try:
-            await asyncio.wait_for(self.consumer.reset(), timeout=10)
+            await asyncio.wait_for(consumer.reset(), timeout=10)
         except (TimeoutError, Exception) as exc:
             log.warning("closing the stalled consumer's clients failed: %s", exc)
-        if not self._stopping:
-            self._consumer_task = self._guarded(self.consumer.run(), "consumer")
+        return None if self._stopping else self._guarded(consumer.run(), name)
 
     async def _database_ok(self) -> bool:
         try:
@@ -309,6 +326,8 @@ class ServiceRuntime:
             await self.watchdog.stop()
         if self.consumer is not None:
             await self.consumer.stop()
+        if self.key_watchdog is not None:
+            await self.key_watchdog.stop()
         if self.key_consumer is not None:
             await self.key_consumer.stop()
         if self.receipts_watchdog is not None:
