@@ -15,7 +15,7 @@ from crm_contracts import Envelope, envelope_for
 from crm_contracts.events.governance import ErasureRequestedV1
 from crm_contracts.topics import GATEWAY_ERASURE_REQUESTS, LEAD_QUALIFIED, LEADS_EVENTS, LEADS_PERSON_KEYS
 from crm_platform.pseudonym import email_hash
-from crm_platform.shredding import KEYS, ZERO_KEY
+from crm_platform.shredding import KEYS
 from crm_platform.testing import TopicReader, auth_headers, eventually, opened_payload, produce_envelope
 
 NAME = "Grace Hopper"
@@ -106,12 +106,11 @@ async def _erase(leads: Any, kafka_bootstrap: str, email: str) -> None:
     )
 
 
-async def test_a_bulk_capture_s_keys_share_batch_rows_and_erasure_zeroes_only_the_erased_one(
+async def test_a_captured_person_s_key_stays_home_until_a_handoff_and_erasure_destroys_it(
     leads: Any, kafka_bootstrap: str
 ) -> None:
-    """Bulk capture batches its events and the new keys into shared outbox rows; erasing one of
-    the people zeroes that key in its batch row (positions kept for the outbox audit) and
-    leaves the other's alone."""
+    """Nobody opens lead.captured: a bulk capture stores the new people's keys in marketing's
+    database and puts none on the key topic; erasing one of them destroys that key alone."""
     tag = uuid.uuid4().hex[:8]
     ada, bob = f"ada-{tag}@example.com", f"bob-{tag}@example.com"
     body = {
@@ -130,25 +129,21 @@ async def test_a_bulk_capture_s_keys_share_batch_rows_and_erasure_zeroes_only_th
     assert r.status_code == 200, r.text
     hashes = {"email_hash": {"$in": [email_hash(ada), email_hash(bob)]}}
     keys = {d["email_hash"]: d async for d in leads.runtime.db[KEYS].find(hashes)}
+    assert [k["shared"] for k in keys.values()] == [False, False]
     ada_id, bob_id = keys[email_hash(ada)]["person_id"], keys[email_hash(bob)]["person_id"]
-
-    async def issued_items() -> dict[str, str]:
-        found: dict[str, str] = {}
-        async for row in leads.runtime.db["outbox"].find({"events.key": {"$in": [ada_id, bob_id]}}):
-            for item in row["events"]:
-                if item["event_type"] == "lead.person_key_issued":
-                    found[item["key"]] = item["envelope"]["payload"]["key"]
-        return found
-
-    before = await issued_items()
-    assert set(before) == {ada_id, bob_id}, "both keys in a batch row"
-    await _erase(leads, kafka_bootstrap, ada)
-    await eventually(
-        lambda: _zeroed(issued_items, ada_id), what="the erased person's key zeroed in its batch row"
+    outbox = leads.runtime.db["outbox"]
+    issued = {"event_type": "lead.person_key_issued"}
+    assert await outbox.count_documents({**issued, "key": {"$in": [ada_id, bob_id]}}) == 0
+    assert (
+        await outbox.count_documents({"events": {"$elemMatch": {**issued, "key": {"$in": [ada_id, bob_id]}}}})
+        == 0
     )
-    after = await issued_items()
-    assert after[bob_id] == before[bob_id] != ZERO_KEY
 
+    await _erase(leads, kafka_bootstrap, ada)
 
-async def _zeroed(items: Any, person_id: str) -> bool:
-    return bool((await items()).get(person_id) == ZERO_KEY)
+    async def shredded() -> bool:
+        return await outbox.count_documents({"event_type": "lead.person_key_shredded", "key": ada_id}) == 1
+
+    await eventually(shredded, what="the erased person's key shredded")
+    assert await leads.runtime.db[KEYS].count_documents({"person_id": ada_id}) == 0
+    assert await leads.runtime.db[KEYS].count_documents({"person_id": bob_id}) == 1

@@ -168,6 +168,8 @@ class Rule:
     sealed_version: int
     people: Callable[[Doc], list[PersonFields]]
     apply: Callable[[Doc, list[Doc]], Doc]
+    # A handoff another department opens: its people's keys go on the key topic with it.
+    opened_by_holders: bool = True
 
 
 def _captured_people(p: Doc) -> list[PersonFields]:
@@ -192,7 +194,8 @@ def _won_sealed(p: Doc, seals: list[Doc]) -> Doc:
 
 
 SEAL_RULES: dict[tuple[str, int], Rule] = {
-    (LeadCapturedV2.event_type, 2): Rule(3, _captured_people, _captured_sealed),
+    # Nobody opens lead.captured (analytics needs no personal field): no key record for it.
+    (LeadCapturedV2.event_type, 2): Rule(3, _captured_people, _captured_sealed, opened_by_holders=False),
     (LeadQualifiedV1.event_type, 1): Rule(2, lambda p: [_contact_fields(p["contact"])], _qualified_sealed),
     (DealWonV2.event_type, 2): Rule(3, lambda p: [_contact_fields(c) for c in p["contacts"]], _won_sealed),
 }
@@ -231,14 +234,18 @@ async def seal_emitted(db: Any, tx: Any) -> None:
     people = {i: rule.people(tx.emitted[i].payload) for i, rule in todo}
     digests = {p.email: email_hash(p.email) for ps in people.values() for p in ps}  # one HMAC each
     keys = await _owned_keys(db, tx, owner, set(digests.values()))
+    shared: list[tuple[str, _Owned]] = []
     for i, rule in todo:
         env = tx.emitted[i]
         seals = []
         for person in people[i]:
-            cipher, person_id = keys[digests[person.email]]
-            seals.append(_seal_wire(cipher, person_id, owner, person))
+            owned = keys[digests[person.email]]
+            seals.append(_seal_wire(owned.cipher, owned.person_id, owner, person))
+            if rule.opened_by_holders:
+                shared.append((digests[person.email], owned))
         payload = rule.apply(env.payload, seals)
         tx.emitted[i] = env.model_copy(update={"schema_version": rule.sealed_version, "payload": payload})
+    await _share(db, tx, owner, shared)
 
 
 def sealed_event(event: Event, owner: str) -> tuple[Event, list[KeyIssued]]:
@@ -256,12 +263,23 @@ def sealed_event(event: Event, owner: str) -> tuple[Event, list[KeyIssued]]:
     return sealed, issued
 
 
-async def _owned_keys(db: Any, tx: Any, owner: str, digests: set[str]) -> dict[str, tuple[AESGCM, str]]:
-    """email hash -> (cipher, person id), one lookup; the missing ones made, stored and emitted."""
-    found: dict[str, tuple[AESGCM, str]] = {}
+@dataclass
+class _Owned:
+    cipher: AESGCM
+    person_id: str
+    key: bytes
+    shared: bool  # its key record is on the key topic already
+
+
+async def _owned_keys(db: Any, tx: Any, owner: str, digests: set[str]) -> dict[str, _Owned]:
+    """email hash -> the person's key, one lookup; the missing ones made and stored (their key
+    record is emitted once an event a holder must open is sealed with them: :func:`_share`)."""
+    found: dict[str, _Owned] = {}
     query = {"_id": {"$in": [_owned_id(owner, d) for d in digests]}}
     async for doc in db[KEYS].find(query, session=tx.session):
-        found[doc["email_hash"]] = (AESGCM(bytes(doc["key"])), doc["person_id"])
+        key = bytes(doc["key"])
+        # Keys made before sharing was deferred were published at once (no field).
+        found[doc["email_hash"]] = _Owned(AESGCM(key), doc["person_id"], key, doc.get("shared", True))
     missing = sorted(digests - found.keys())
     if not missing:
         return found
@@ -269,7 +287,7 @@ async def _owned_keys(db: Any, tx: Any, owner: str, digests: set[str]) -> dict[s
     docs = []
     for digest in missing:
         key, person_id = new_key(), os.urandom(16).hex()
-        found[digest] = (AESGCM(key), person_id)
+        found[digest] = _Owned(AESGCM(key), person_id, key, False)
         docs.append(
             {
                 "_id": _owned_id(owner, digest),
@@ -277,13 +295,26 @@ async def _owned_keys(db: Any, tx: Any, owner: str, digests: set[str]) -> dict[s
                 "person_id": person_id,
                 "email_hash": digest,
                 "key": Binary(key),
+                "shared": False,
                 "created_at": now,
             }
         )
-        # Batched: a bulk capture's new keys share outbox rows like its events (crm_platform.mongo).
-        tx.emit(_ISSUED[owner](person_id=person_id, key=encode_key(key), issued_at=now), batched=True)
     await db[KEYS].insert_many(docs, session=tx.session)
     return found
+
+
+async def _share(db: Any, tx: Any, owner: str, keys: list[tuple[str, _Owned]]) -> None:
+    """Emit the key record of each key not shared yet (same transaction as the handoff that
+    needs it), and note it shared: a person only captured never has a key on the topic."""
+    fresh = {digest: k for digest, k in keys if not k.shared}
+    if not fresh:
+        return
+    now = utcnow()
+    for k in fresh.values():
+        k.shared = True
+        tx.emit(_ISSUED[owner](person_id=k.person_id, key=encode_key(k.key), issued_at=now))
+    ids = [_owned_id(owner, digest) for digest in fresh]
+    await db[KEYS].update_many({"_id": {"$in": ids}}, {"$set": {"shared": True}}, session=tx.session)
 
 
 # -- the holders' side -----------------------------------------------------------------------
