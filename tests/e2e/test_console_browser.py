@@ -561,6 +561,8 @@ def test_the_auditor_finds_who_changed_the_deal_and_exports_it(
     aude.get_by_label("Record type", exact=True).fill("opportunities")
     aude.get_by_label("Record id", exact=True).fill(journey["opportunity_id"])
     aude.get_by_role("button", name="Query").click()
+    # The query is a GET form: wait for its answer before counting (count() does not wait).
+    aude.wait_for_url(re.compile(r"record_id=" + re.escape(journey["opportunity_id"])))
     rows = aude.locator("table.audit tbody tr", has_text=journey["opportunity_id"])
     assert rows.count() >= 4, aude.locator("table.audit").inner_text()  # created, then every move
     assert "rita" in rows.first.inner_text()
