@@ -211,7 +211,7 @@ async def test_saved_mappings(leads: Leads) -> None:
 
 async def test_an_upload_is_streamed_to_storage_not_held(leads: Leads) -> None:
     """A body many times the batch and the chunk size goes through in bounded memory."""
-    rows = 60_000  # about 2 MB: 60 batches, 2 stored chunks
+    rows = 300_000  # about 10.5 MB: 300 batches, about 10 stored chunks
     job = await create(leads)
 
     peaks: list[int] = []
@@ -232,9 +232,11 @@ async def test_an_upload_is_streamed_to_storage_not_held(leads: Leads) -> None:
         tracemalloc.stop()
     (peak,) = peaks
     assert r.status_code == 202, r.text
-    assert r.json()["progress"]["bytes_total"] > 2_000_000
+    assert r.json()["progress"]["bytes_total"] > 10_000_000
     # Streaming costs a few chunks' worth (the pending piece, the chunk cut from it, its BSON
-    # encoding: 3.5-4.2 MB measured); holding the 2 MB file as well would pass 5 MB.
-    assert peak < 5_000_000, f"peak {peak} bytes while storing the upload"
+    # encoding: 3.5-4.2 MB measured alone). The peak is the whole process's, so other tests'
+    # background work (import workers, consumers, relays) adds to it: up to 6 MB seen
+    # in a full run. Holding the 10.5 MB file would pass 8 MB whatever else runs.
+    assert peak < 8_000_000, f"peak {peak} bytes while storing the upload"
     done = await finished(leads, r.json()["id"])
     assert (done["progress"]["read"], done["progress"]["rejected"]) == (rows, rows)
