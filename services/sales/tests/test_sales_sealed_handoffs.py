@@ -7,12 +7,13 @@ contacts sealed under sales' keys (on ``crm.sales.person-keys``)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from crm_contracts import Envelope, envelope_for
 from crm_contracts.events.person_keys import LeadPersonKeyShreddedV1
 from crm_contracts.topics import DEAL_WON, LEAD_QUALIFIED, LEADS_PERSON_KEYS, SALES_PERSON_KEYS
-from crm_platform.shredding import KEYS, sealed_event
+from crm_platform.shredding import KEYS, keys_missing, sealed_event, until_key_stored
 from crm_platform.testing import TopicReader, eventually, opened_payload, produce_envelope
 from prometheus_client import REGISTRY
 
@@ -75,6 +76,36 @@ async def test_a_sealed_handoff_whose_key_comes_later_waits_for_it(sales: Any, m
     await _produce(sales, LEADS_PERSON_KEYS, key, lead_id)
     item = await _landed(sales, lead_id)
     assert item["handoff"]["contact"]["email"] == f"{lead_id}@example.com"
+
+
+async def test_a_batch_knows_the_keys_it_still_needs_and_is_woken_when_one_is_stored(
+    sales: Any, make_qualified: Any
+) -> None:
+    """What the consumer's batch path waits on before storing a batch of sealed events in one
+    transaction: the count of held keys still missing (one query), and the wake-up when the
+    key consumer of this process stores one (not only a backoff running out)."""
+    lead_ids = [sales.uid("batch-key") for _ in range(3)]
+    sealed = [sealed_event(make_qualified(lead_id), "leads") for lead_id in lead_ids]
+    db = sales.runtime.db
+    assert await keys_missing(db, [handoff for handoff, _ in sealed]) == 3
+    assert await keys_missing(db, [make_qualified(lead_ids[0])]) == 0  # plaintext v1: no key
+    for lead_id, (handoff, _) in zip(lead_ids, sealed, strict=True):
+        await _produce(sales, LEAD_QUALIFIED, handoff, lead_id)
+    woken = asyncio.create_task(until_key_stored(60))
+    await asyncio.sleep(0)  # the waiter is registered before the key can be stored
+    await _produce(sales, LEADS_PERSON_KEYS, sealed[0][1][0], lead_ids[0])
+    assert await woken is True
+
+    async def one_fewer() -> bool:
+        return await keys_missing(db, [handoff for handoff, _ in sealed]) == 2
+
+    await eventually(one_fewer, what="the first key held")
+    for lead_id, (_, [key]) in zip(lead_ids[1:], sealed[1:], strict=True):
+        await _produce(sales, LEADS_PERSON_KEYS, key, lead_id)
+    for lead_id in lead_ids:
+        item = await _landed(sales, lead_id)
+        assert item["handoff"]["contact"]["email"] == f"{lead_id}@example.com"
+    assert await keys_missing(db, [handoff for handoff, _ in sealed]) == 0
 
 
 async def test_a_handoff_of_a_person_whose_key_was_shredded_opens_to_erased_stand_ins(

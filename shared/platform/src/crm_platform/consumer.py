@@ -56,7 +56,7 @@ from crm_platform.dead_letters import (
 from crm_platform.kafka import make_consumer, make_producer
 from crm_platform.logging import correlation_id_var
 from crm_platform.mongo import PROCESSED, Store, Tx, causation_var
-from crm_platform.shredding import PersonKeyPending
+from crm_platform.shredding import PersonKeyPending, keys_missing, until_key_stored
 
 log = logging.getLogger("crm.consumer")
 
@@ -88,6 +88,11 @@ class ConsumerConfig:
     # How long an event whose person key has not arrived is retried before it is dead-lettered
     # (crm_platform.shredding; CRM_PERSON_KEY_WAIT_SECONDS, under the liveness stall window)
     key_wait_seconds: float = 60.0
+    # This department opens sealed events (it holds keys from a key topic): a batch first waits
+    # briefly for the keys it needs, so it is stored in one transaction instead of being split
+    # at every event whose key is a few milliseconds behind it.
+    holds_keys: bool = False
+    batch_key_wait_seconds: float = 2.0
 
 
 @dataclass
@@ -378,6 +383,8 @@ class EventConsumer:
         start = 0
         while start < len(run):
             rest = run[start:]
+            if len(rest) > 1:
+                await self._await_keys(rest)
             failed = await self._store_group(rest) if len(rest) > 1 else 0
             if failed is None:
                 offsets[tp] = rest[-1].record.offset + 1
@@ -391,6 +398,25 @@ class EventConsumer:
             await self._settle(tp, rest[failed].record, await self._finish(rest[failed]), offsets)
             start += failed + 1
         return True
+
+    async def _await_keys(self, run: list[_Ready]) -> None:
+        """Wait (bounded) until the keys ``run``'s sealed events need are here: woken when this
+        process stores a key, else on a short backoff. Past the bound the run is stored anyway,
+        and an event still without its key waits alone (``_store_retrying``)."""
+        if not self.config.holds_keys:
+            return
+        deadline = time.monotonic() + self.config.batch_key_wait_seconds
+        wait = 0.01
+        events = [r.event for r in run]
+        try:
+            while await keys_missing(self.store.db, events) and time.monotonic() < deadline:
+                metrics.PERSON_KEY_WAITS.labels(self.config.service, run[0].record.topic).inc()
+                await until_key_stored(wait)
+                wait = min(wait * 2, 0.5)
+        except Exception as exc:  # the check is an optimisation: storing proceeds as before
+            if self._stopping.is_set():
+                raise
+            log.info("key check of %d events failed (%s); storing them as they come", len(run), _short(exc))
 
     async def _one_by_one(
         self, tp: TopicPartition, run: list[_Ready], offsets: dict[TopicPartition, int]
@@ -641,6 +667,7 @@ class EventConsumer:
         c_token = correlation_id_var.set(envelope.correlation_id)
         e_token = causation_var.set(envelope)
         backoff = 0.1
+        key_backoff = 0.02  # woken at once when this process stores a key (shredding)
         key_deadline = time.monotonic() + self.config.key_wait_seconds
         try:
             while True:
@@ -653,8 +680,8 @@ class EventConsumer:
                     if time.monotonic() >= key_deadline:
                         reason = "person_key_missing"
                         return await self._dead_letter(record, envelope.event_type, reason, str(exc))
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    await until_key_stored(key_backoff)
+                    key_backoff = min(key_backoff * 2, 2.0)
                 except DuplicateKeyError as exc:
                     if _is_ledger_duplicate(exc):
                         return await self._skip_duplicate(record, envelope, self._receives(envelope))

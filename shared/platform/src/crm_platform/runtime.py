@@ -152,6 +152,7 @@ class ServiceRuntime:
                 demo_clock=s.demo_clock,
                 max_records=s.consumer_max_records,
                 key_wait_seconds=s.person_key_wait_seconds,
+                holds_keys=bool(shredding.key_topics(s.service_name)),
             ),
             self.store,
             self._with_policy(sub),
@@ -177,6 +178,7 @@ class ServiceRuntime:
             ),
             self.store,
             shredding.key_handlers(),
+            after_store=shredding.key_stored,  # wakes the events waiting for a key at once
         )
         self.key_watchdog = self._watchdog(group, topics, tracker, self._rejoin_key_consumer)
         return consumer

@@ -31,6 +31,7 @@ Costs: one AES-GCM call per person per event, one lookup per transaction, no key
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -83,6 +84,41 @@ class PersonKeyPending(Exception):
 
 class UnreadableSeal(Exception):
     """A sealed value that its key does not open (tampered, or not sealed for this person)."""
+
+
+# -- waiting for a key: woken when this process stores one -----------------------------------
+# The key record and the event it opens are published together, but the key topic is read by a
+# consumer of its own, so the event often arrives a few milliseconds first. Its retry waits
+# until this process commits a key (the key consumer's after-store hook calls ``key_stored``)
+# or its backoff runs out (a key stored by another replica is only seen by trying again).
+_key_waiters: set[asyncio.Future[None]] = set()
+
+
+def key_stored(_envelope: object = None) -> None:
+    """A key record (or its shredding) is committed here: wake every event waiting for one."""
+    waiters = list(_key_waiters)
+    _key_waiters.clear()
+    for waiter in waiters:
+        waiter.get_loop().call_soon_threadsafe(_wake, waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def until_key_stored(timeout: float) -> bool:
+    """Wait until this process stores a key (True), or ``timeout`` seconds (False: the caller
+    just tries again)."""
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    _key_waiters.add(waiter)
+    try:
+        await asyncio.wait_for(waiter, timeout)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        _key_waiters.discard(waiter)
 
 
 # -- pure: the cipher ------------------------------------------------------------------------
@@ -427,6 +463,23 @@ async def open_event(tx: Any, event: Event) -> Event:
             payload.update(email=fields.email, name=fields.name)
         return LeadCapturedV2.model_validate(payload)
     return event
+
+
+def _seals(event: Event) -> list[Any]:
+    """The sealed people an event carries (none for a plaintext version)."""
+    found = [getattr(event, name, None) for name in ("sealed_person", "sealed_contact")]
+    found.extend(getattr(event, "sealed_contacts", None) or ())
+    return [s for s in found if s is not None]
+
+
+async def keys_missing(db: Any, events: Iterable[Event]) -> int:
+    """How many of the held keys these events need this department does not have yet (one
+    query for a whole batch; a shredding marker counts as had: it opens to stand-ins)."""
+    wanted = {_held_id(s.key_owner, s.person_id) for e in events for s in _seals(e)}
+    if not wanted:
+        return 0
+    have = await db[KEYS].count_documents({"_id": {"$in": sorted(wanted)}})
+    return len(wanted) - int(have)
 
 
 def unsealing(handler: Handler) -> Handler:
