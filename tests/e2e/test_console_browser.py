@@ -339,6 +339,8 @@ def test_the_lead_list_searches_and_the_rules_preview_count_on_the_server(journe
     maria.get_by_label("Sort by", exact=True).select_option("score")
     maria.get_by_role("button", name="Apply").click()
     maria.wait_for_url(re.compile(r"campaign=console-launch"))
+    # The URL changes before the rows are swapped in (count() does not wait): wait for the lead.
+    maria.get_by_role("link", name=f"Ada Console {RUN}").wait_for()
     rows = maria.locator("#lead-rows tbody tr")
     assert rows.count() == 1
     assert maria.get_by_role("link", name=f"Ada Console {RUN}").count() == 1
