@@ -166,7 +166,7 @@ class ServiceRuntime:
         Watched like the department's own (a stalled key consumer rejoins, then exits)."""
         s = self.settings
         tracker = PartitionTracker(s.service_name)
-        group, topics = f"{s.group_id}.person-keys", list(shredding.key_topics(s.service_name))
+        group, topics = shredding.key_group(s.group_id), list(shredding.key_topics(s.service_name))
         consumer = EventConsumer(
             ConsumerConfig(
                 service=s.service_name,

@@ -498,6 +498,11 @@ def unsealing(handler: Handler) -> Handler:
     return opened
 
 
+def key_group(group_id: str) -> str:
+    """The consumer group a key holder reads the key topics with, beside its own ``group_id``."""
+    return f"{group_id}.person-keys"
+
+
 def key_topics(service: str) -> tuple[str, ...]:
     """The key topics ``service`` holds keys from (``crm_contracts.access.PERSON_KEYS``)."""
     return PERSON_KEYS.get(service, ())

@@ -24,8 +24,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import RecordMetadata
 from crm_contracts import Envelope
+from crm_contracts.access import PERSON_KEYS
 from fastapi import FastAPI
 
+from crm_platform import shredding
 from crm_platform.auth import Principal, TokenIssuer
 from crm_platform.kafka import make_consumer
 from crm_platform.kafka_security import KafkaSecurity
@@ -125,13 +127,23 @@ def isolated_settings(
 
 
 async def start_group_at_end(bootstrap: str, group: str, topics: list[str]) -> None:
-    """Commit the topics' current end offsets for a new consumer group.
+    """Commit the topics' current end offsets for a new consumer group, and for its key group.
 
     The test broker is shared: other suites leave thousands of events on the
     topics. A new group (the platform consumer starts new groups at the earliest
     offset) would read them all first; positioned at the end it sees only what is
-    produced from here on.
+    produced from here on. The same goes for the group's key consumer
+    (``shredding.key_group``): left at the earliest offset it would work through the
+    fuzz suites' records on the key topics while the test measures the department.
     """
+    await _commit_end_offsets(bootstrap, group, topics)
+    await _commit_end_offsets(bootstrap, shredding.key_group(group), sorted(ALL_KEY_TOPICS))
+
+
+ALL_KEY_TOPICS = frozenset(topic for topics in PERSON_KEYS.values() for topic in topics)
+
+
+async def _commit_end_offsets(bootstrap: str, group: str, topics: list[str]) -> None:
     consumer = make_consumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
