@@ -16,8 +16,11 @@ from typing import Any, TypeAlias
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from crm_contracts import Envelope, envelope_for
-from crm_contracts.topics import LEAD_QUALIFIED
+from crm_contracts.events.person_keys import LeadPersonKeyShreddedV1
+from crm_contracts.topics import LEAD_QUALIFIED, LEADS_PERSON_KEYS
+from crm_platform import shredding
 from crm_platform.consumer import ConsumerConfig, EventConsumer, Outcome
+from crm_platform.pseudonym import email_hash
 from sales import consumers
 from sales import store as repo
 
@@ -45,13 +48,17 @@ class Recording(EventConsumer):
         self.outcomes[record.offset] = outcome.outcome
 
 
-def _consumer(sales: Sales) -> tuple[Recording, StandInKafka]:
+def _consumer(sales: Sales, handlers: dict[str, Any] | None = None) -> tuple[Recording, StandInKafka]:
+    """Sales' consumer (its handlers opening sealed events, as the runtime wires them), or
+    one with ``handlers`` (the key topics')."""
     kafka = StandInKafka()
-    subscription = consumers.subscription(sales.app.state.uow)
+    if handlers is None:
+        subscription = consumers.subscription(sales.app.state.uow)
+        handlers = {t: shredding.unsealing(h) for t, h in subscription.handlers.items()}
     consumer = Recording(
         ConsumerConfig(service="sales", group_id="sales-batch-test", topics=[LEAD_QUALIFIED], bootstrap="-"),
         sales.runtime.store,
-        subscription.handlers,
+        handlers,
     )
     consumer.outcomes = {}
     consumer.consumer = kafka
@@ -59,21 +66,23 @@ def _consumer(sales: Sales) -> tuple[Recording, StandInKafka]:
     return consumer, kafka
 
 
-def _record(offset: int, value: bytes) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(LEAD_QUALIFIED, 0, offset, 0, 0, b"k", value, None, 1, len(value), ())
+def _record(offset: int, value: bytes, topic: str = LEAD_QUALIFIED) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(topic, 0, offset, 0, 0, b"k", value, None, 1, len(value), ())
 
 
 def _handoff(sales: Sales, make_qualified: Any, lead_id: str) -> Envelope:
     return envelope_for(make_qualified(lead_id), source="leads", correlation_id=f"journey-{lead_id}")
 
 
-async def _profiled(sales: Sales, consumer: Recording, records: list[Any]) -> Counter[tuple[str, str]]:
+async def _profiled(
+    sales: Sales, consumer: Recording, records: list[Any], tp: TopicPartition = TP
+) -> Counter[tuple[str, str]]:
     """Hand ``records`` to the consumer as one fetch; the operations inside transactions by
     (operation, collection)."""
     db = sales.runtime.db
     await db.command({"profile": 2})
     try:
-        await consumer._handle_partition(TP, records, {})
+        await consumer._handle_partition(tp, records, {})
     finally:
         await db.command({"profile": 0})
     ops: Counter[tuple[str, str]] = Counter()
@@ -158,3 +167,63 @@ async def test_a_lead_handed_over_twice_in_one_batch_has_one_item_refreshed(
     item = await sales.inbox_item(lead)
     assert item["owner"] == rep
     assert item["handoff_number"] == 1
+
+
+async def test_a_batch_of_key_records_is_stored_with_one_read_and_one_insert(
+    sales: Sales, make_qualified: Any
+) -> None:
+    """The key consumer's batch: the held keys of every record read in one ``$in``, the new
+    ones inserted together; a key sent twice is held once, and a key shredded later in the
+    same batch ends as its shredding marker (never brought back)."""
+    keys = [shredding.sealed_event(make_qualified(sales.uid("key-lead")), "leads")[1][0] for _ in range(6)]
+    shredded = LeadPersonKeyShreddedV1(person_id=keys[5].person_id, shredded_at=keys[5].issued_at)
+    events = [*keys, keys[0], shredded]
+    values = [envelope_for(e, source="leads", correlation_id="keys").to_bytes() for e in events]
+    consumer, _ = _consumer(sales, shredding.key_handlers())
+    tp = TopicPartition(LEADS_PERSON_KEYS, 0)
+    records = [_record(i, v, LEADS_PERSON_KEYS) for i, v in enumerate(values)]
+
+    ops = await _profiled(sales, consumer, records, tp)
+
+    assert consumer.outcomes == dict.fromkeys(range(8), "processed")
+    assert ops[("query", shredding.KEYS)] == 1, "the batch's held keys in one query"
+    assert ops[("insert", shredding.KEYS)] == 1, "the new keys in one insert"
+    ids = [k.person_id for k in keys]
+    held = {
+        d["person_id"]: d async for d in sales.runtime.db[shredding.KEYS].find({"person_id": {"$in": ids}})
+    }
+    assert len(held) == 6, "one copy per person, the repeated record's included"
+    assert all(held[p].get("key") is not None for p in ids[:5])
+    assert held[ids[5]].get("shredded") is True
+    assert "key" not in held[ids[5]]
+
+
+async def test_a_batch_of_sealed_handoffs_reads_their_keys_in_one_query(
+    sales: Sales, make_qualified: Any
+) -> None:
+    """Each sealed handoff opens with its held key (the plaintext reaches the inbox) and the
+    holder learns whose key it is (the e-mail's hash, for erasure), for the whole batch with
+    one read of the keys and one write of what it learned."""
+    await sales.set_roster(**{sales.uid("k1"): True})
+    leads = [sales.uid("sealed-batch") for _ in range(8)]
+    sealed = [shredding.sealed_event(make_qualified(lead), "leads") for lead in leads]
+    key_values = [envelope_for(k, source="leads", correlation_id="k").to_bytes() for _, [k] in sealed]
+    key_consumer, _ = _consumer(sales, shredding.key_handlers())
+    key_records = [_record(i, v, LEADS_PERSON_KEYS) for i, v in enumerate(key_values)]
+    await key_consumer._handle_partition(TopicPartition(LEADS_PERSON_KEYS, 0), key_records, {})
+    consumer, kafka = _consumer(sales)
+    records = [
+        _record(i, envelope_for(h, source="leads", correlation_id=lead).to_bytes())
+        for i, (lead, (h, _)) in enumerate(zip(leads, sealed, strict=True))
+    ]
+
+    ops = await _profiled(sales, consumer, records)
+
+    assert consumer.outcomes == dict.fromkeys(range(8), "processed")
+    assert kafka.dead_letters == []
+    assert ops[("query", shredding.KEYS)] == 1, "the batch's keys in one query"
+    for lead, (_, [key]) in zip(leads, sealed, strict=True):
+        item = await sales.inbox_item(lead)
+        assert item["handoff"]["contact"]["email"] == f"{lead}@example.com"
+        held = await sales.runtime.db[shredding.KEYS].find_one({"person_id": key.person_id})
+        assert held["person_hashes"] == [email_hash(f"{lead}@example.com")]

@@ -42,6 +42,10 @@ class Batch:
         value: T = self._memo[key]
         return value
 
+    def forget(self, key: str) -> None:
+        """Drop what :meth:`memo` loaded under ``key`` (the next ``memo`` loads it again)."""
+        self._memo.pop(key, None)
+
     def peek(self, key: str) -> Any | None:
         """What :meth:`memo` loaded under ``key``, or None if nothing was."""
         return self._memo.get(key)

@@ -17,7 +17,7 @@ import pymongo
 from crm_contracts import HANDOFF_BY_EVENT_TYPE, Envelope, Event, envelope_for
 from crm_contracts.registry import model_for
 from opentelemetry.context import Context
-from pymongo import ASCENDING, AsyncMongoClient
+from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.read_concern import ReadConcern
@@ -83,6 +83,7 @@ class Tx:
         # In a consumer: the events stored in this transaction (crm_platform.batch).
         self.batch: Batch | None = None
         self._later: dict[str, list[Doc]] = {}
+        self._later_updates: dict[str, list[UpdateOne]] = {}
 
     def insert_later(self, collection: str, doc: Doc) -> None:
         """Insert ``doc`` with the transaction's other deferred inserts: one ``insert_many``
@@ -96,14 +97,29 @@ class Tx:
         """
         self._later.setdefault(collection, []).append(doc)
 
+    def update_later(self, collection: str, update: UpdateOne) -> None:
+        """Apply ``update`` with the transaction's other deferred updates of ``collection``: one
+        ordered ``bulk_write`` per collection before the commit (after the deferred inserts),
+        or at :meth:`flush_inserts`. For a consumer's batch where each event changes a record
+        it read through the batch (``crm_platform.batch``): one round trip, not one per event.
+        Like :meth:`insert_later`, a read of that collection in this transaction sees the
+        update only after :meth:`flush_inserts`."""
+        self._later_updates.setdefault(collection, []).append(update)
+
     async def flush_inserts(self, collection: str | None = None) -> None:
-        """Write the deferred inserts (of one ``collection``, or all) now."""
+        """Write the deferred inserts, then the deferred updates (of one ``collection``, or
+        all) now."""
         names = [collection] if collection is not None else list(self._later)
         for name in names:
             docs = self._later.pop(name, None)
             if docs:
                 with audit.one_entry_per_batch():
                     await self.db[name].insert_many(docs, session=self.session)
+        names = [collection] if collection is not None else list(self._later_updates)
+        for name in names:
+            updates = self._later_updates.pop(name, None)
+            if updates:
+                await self.db[name].bulk_write(updates, ordered=True, session=self.session)
 
     def emit(self, event: Event, *, correlation_id: str | None = None, batched: bool = False) -> Envelope:
         """Store ``event`` in the outbox with this transaction.

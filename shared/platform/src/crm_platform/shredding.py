@@ -55,6 +55,7 @@ from crm_contracts.events.sales import DealWonV2
 from crm_contracts.registry import model_for
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pymongo import UpdateOne
 
 from crm_platform.pseudonym import email_hash, erased_email, erased_name, is_erased_email
 
@@ -370,20 +371,22 @@ def key_handlers() -> dict[str, Handler]:
 
 async def _on_issued(tx: Any, event: LeadPersonKeyIssuedV1, envelope: Envelope) -> None:
     doc_id = _held_id(envelope.source, event.person_id)
-    existing = await tx.db[KEYS].find_one({"_id": doc_id}, session=tx.session)
-    if existing is not None:
+    held = await _held(tx, doc_id)
+    if held.get(doc_id) is not None:
         return  # held already, or shredded: never brought back
-    await tx.db[KEYS].insert_one(
-        {
-            "_id": doc_id,
-            "owner": envelope.source,
-            "person_id": event.person_id,
-            "key": Binary(decode_key(event.key)),
-            "person_hashes": [],
-            "received_at": utcnow(),
-        },
-        session=tx.session,
-    )
+    doc = {
+        "_id": doc_id,
+        "owner": envelope.source,
+        "person_id": event.person_id,
+        "key": Binary(decode_key(event.key)),
+        "person_hashes": [],
+        "received_at": utcnow(),
+    }
+    held[doc_id] = doc  # a second record of this key later in the batch finds it
+    if getattr(tx, "batch", None) is not None:
+        tx.insert_later(KEYS, doc)  # with the batch's other keys: one insert before the commit
+    else:
+        await tx.db[KEYS].insert_one(doc, session=tx.session)
 
 
 async def _on_shredded(tx: Any, event: LeadPersonKeyShreddedV1, envelope: Envelope) -> None:
@@ -391,6 +394,12 @@ async def _on_shredded(tx: Any, event: LeadPersonKeyShreddedV1, envelope: Envelo
 
 
 async def _mark_shredded(tx: Any, query: Doc, *, upsert: bool = False) -> int:
+    batch = getattr(tx, "batch", None)
+    if batch is not None:
+        # The batch's deferred key inserts and learned hashes land first (the query may name
+        # them), and its view of the held keys is read again after this change.
+        await tx.flush_inserts(KEYS)
+        batch.forget(HELD_KEYS)
     update = {"$set": {"shredded": True, "shredded_at": utcnow()}, "$unset": {"key": "", "person_hashes": ""}}
     if upsert:
         await tx.db[KEYS].update_one(query, update, upsert=True, session=tx.session)
@@ -402,20 +411,66 @@ async def _mark_shredded(tx: Any, query: Doc, *, upsert: bool = False) -> int:
 async def _open(tx: Any, sealed: SealedPerson) -> PersonFields:
     if isinstance(tx, OwnerKeys):
         return await tx.open(sealed)
-    held = _held_id(sealed.key_owner, sealed.person_id)
-    doc = await tx.db[KEYS].find_one({"_id": held}, session=tx.session)
+    held_id = _held_id(sealed.key_owner, sealed.person_id)
+    doc = (await _held(tx, held_id)).get(held_id)
     if doc is None:
         raise PersonKeyPending(f"no key yet for person {sealed.person_id} of {sealed.key_owner}")
     if doc.get("shredded"):
         return erased_fields(sealed.person_id)
     fields = open_sealed(bytes(doc["key"]), sealed)
     digest = email_hash(fields.email)
-    if digest not in doc.get("person_hashes", ()):
+    hashes = doc.setdefault("person_hashes", [])
+    if digest not in hashes:
         # The holder learns whose key it is: an erasure request (a hash) then finds its copy.
-        await tx.db[KEYS].update_one(
-            {"_id": doc["_id"]}, {"$addToSet": {"person_hashes": digest}}, session=tx.session
-        )
+        hashes.append(digest)  # the batch's copy: a later event of this person adds nothing
+        learn = UpdateOne({"_id": held_id}, {"$addToSet": {"person_hashes": digest}})
+        if getattr(tx, "batch", None) is not None:
+            tx.update_later(KEYS, learn)  # with the batch's others: one bulk write before the commit
+        else:
+            await tx.db[KEYS].bulk_write([learn], session=tx.session)
     return fields
+
+
+HELD_KEYS = "shredding.held_keys"  # a consumer batch's held key documents (crm_platform.batch)
+
+
+async def _held(tx: Any, held_id: str) -> dict[str, Doc | None]:
+    """The held key documents by id (None: not here), ``held_id``'s among them.
+
+    In a consumer's batch (``tx.batch``) the keys of EVERY sealed event and key record of the
+    batch are read with one ``$in`` query, and the batch's own inserts and learned hashes
+    are kept in that view; a key asked for outside it (or outside a batch) is read alone.
+    The transaction's snapshot makes either read the same.
+    """
+    batch = getattr(tx, "batch", None)
+    view: dict[str, Doc | None] = {}
+    if batch is not None:
+        view = batch.peek(HELD_KEYS)
+        if view is None:
+            view = await batch.memo(HELD_KEYS, lambda: _load_held(tx, _batch_held_ids(batch)))
+        if held_id in view:
+            return view
+    view.update(await _load_held(tx, {held_id}))
+    return view
+
+
+def _batch_held_ids(batch: Any) -> set[str]:
+    """The held key ids a batch's events name: their sealed people's and their key records'."""
+    ids = {_held_id(s.key_owner, s.person_id) for event, _ in batch.events for s in _seals(event)}
+    ids.update(
+        _held_id(envelope.source, event.person_id)
+        for event, envelope in batch.events
+        if isinstance(event, LeadPersonKeyIssuedV1 | SalesPersonKeyIssuedV1)
+    )
+    return ids
+
+
+async def _load_held(tx: Any, ids: set[str]) -> dict[str, Doc | None]:
+    view: dict[str, Doc | None] = dict.fromkeys(ids)
+    if ids:
+        async for doc in tx.db[KEYS].find({"_id": {"$in": sorted(ids)}}, session=tx.session):
+            view[doc["_id"]] = doc
+    return view
 
 
 @dataclass(frozen=True)
