@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
-from crm_contracts import Envelope
+from crm_contracts import Envelope, envelope_for
+from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason
+from crm_contracts.events.leads import LeadQualifiedV1
+from crm_platform import receipts
 from crm_platform.consumer import ConsumerConfig, DeadLetter, EventConsumer, Outcome
-from crm_platform.mongo import PROCESSED, Store, Tx, causation_var, connect
+from crm_platform.mongo import OUTBOX, PROCESSED, Store, Tx, causation_var, connect, row_items
 from reliability.probe import envelope, record_effect
 
 pytestmark = pytest.mark.integration
@@ -233,3 +237,65 @@ async def test_handlers_see_the_batch_and_deferred_inserts_commit_with_it(store:
     audited = await store.db["audit_log"].find({"record.type": "deferred"}).to_list()
     assert len(audited) == 1, "the batch's deferred inserts: one audit entry"
     assert sorted(audited[0]["record"]["id"]) == sorted(str(e.event_id) for e in envs), "naming each record"
+
+
+async def _count_effect(tx: Tx, event: Any, env: Envelope) -> None:
+    await tx.db["effects"].update_one(
+        {"_id": str(env.event_id)}, {"$inc": {"count": 1}}, upsert=True, session=tx.session
+    )
+
+
+def _qualified(lead_id: str) -> Envelope:
+    event = LeadQualifiedV1(
+        lead_id=lead_id,
+        contact=Contact(name="Ada", email=f"{lead_id}@example.com"),
+        company="Acme",
+        score=72,
+        threshold=60,
+        score_reasons=[ScoreReason(behaviour=Behaviour.TRIAL_SIGNUP, count=1, points=40)],
+        source_channel="web",
+        behaviour_summary={Behaviour.TRIAL_SIGNUP: 1},
+        consent=Consent(marketing_email=True),
+        qualified_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    return envelope_for(event, source="leads", correlation_id=lead_id)
+
+
+async def test_a_batchs_receipts_share_one_outbox_row_and_a_repeat_puts_back_only_its_own(
+    store: CountingStore,
+) -> None:
+    """The events a batch emits (here each handoff's receipt) are ONE outbox row, in offset
+    order (one insert, one mark when published); a copy of one handoff arriving later (the
+    sender re-sent it) puts that handoff's receipt back alone, the same receipt event, and
+    the batch's other events are not published again."""
+    await receipts.ensure_indexes(store.db)
+    envs = [_qualified(f"lead-{i}") for i in range(5)]
+    kafka = StandInKafka()
+    config = ConsumerConfig(
+        service="rel-group", group_id="rel-group", topics=[TOPIC], bootstrap="unused", department="sales"
+    )
+    consumer = Recording(config, store, {"lead.qualified": _count_effect})
+    consumer.consumer = kafka
+    consumer.producer = kafka
+    await consumer._handle_partition(TP, [_record(i, e.to_bytes()) for i, e in enumerate(envs)], {})
+
+    rows = await store.db[OUTBOX].find().to_list()
+    assert len(rows) == 1, "the batch's receipts in one row"
+    handed = [item["envelope"]["payload"]["handoff_event_id"] for item in row_items(rows[0])]
+    assert handed == [str(e.event_id) for e in envs], "in offset order"
+    await store.db[OUTBOX].update_one({"_id": rows[0]["_id"]}, {"$set": {"published": True}})
+    receipt_id = row_items(rows[0])[2]["event_id"]
+
+    consumer.outcomes.clear()
+    await consumer._handle_partition(TP, [_record(5, envs[2].to_bytes())], {})
+    await consumer._handle_partition(TP, [_record(6, envs[2].to_bytes())], {})
+
+    assert consumer.outcomes == [(5, "duplicate"), (6, "duplicate")]
+    assert await _effects(store) == {str(e.event_id): 1 for e in envs}
+    alone = await store.db[OUTBOX].find({"event_id": receipt_id}).to_list()
+    assert len(alone) == 1, "the receipt put back once, as a row of its own"
+    assert alone[0]["published"] is False
+    assert alone[0]["envelope"] == row_items(rows[0])[2]["envelope"], "the same receipt event"
+    batch_row = await store.db[OUTBOX].find_one({"_id": rows[0]["_id"]})
+    assert batch_row is not None
+    assert batch_row["published"] is True, "the batch's other receipts are not sent again"

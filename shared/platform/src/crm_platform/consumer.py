@@ -447,6 +447,7 @@ class EventConsumer:
             stored_at.clear()
             failing.clear()
             tx.batch = Batch([(r.event, r.envelope) for r in group])
+            tx.batch_emits = True  # the group's receipts and events: one outbox row, in order
             await tx.db[PROCESSED].insert_many([_ledger_doc(r) for r in group], session=tx.session)
             for i, ready in enumerate(group):
                 tx.batch.position = i

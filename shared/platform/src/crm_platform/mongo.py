@@ -82,6 +82,9 @@ class Tx:
         self.after_commit: list[Callable[[], None]] = []
         # In a consumer: the events stored in this transaction (crm_platform.batch).
         self.batch: Batch | None = None
+        # Every event emitted here may share an outbox row (``emit(batched=True)``): a
+        # consumer's batch, whose receipts and effects' events are one row, not one per event.
+        self.batch_emits = False
         self._later: dict[str, list[Doc]] = {}
         self._later_updates: dict[str, list[UpdateOne]] = {}
 
@@ -126,7 +129,9 @@ class Tx:
 
         ``batched``: the event may share ONE outbox row with the batched events emitted next to
         it (:func:`outbox_rows`): a bulk capture or an import batch writes and marks one row
-        instead of one per lead. Consumers still get one record per event, in order.
+        instead of one per lead; in a consumer's batch every event does (``batch_emits``).
+        Consumers still get one record per event, in order. A handoff is always a row of its
+        own (its receipt tracking and re-send work on its row).
         """
         cause = causation_var.get()
         corr = correlation_id or (cause.correlation_id if cause else None)
@@ -140,7 +145,7 @@ class Tx:
         )
         self.emitted.append(env)
         self.trace_contexts.append(tracing.capture())
-        self.batched.append(batched and env.event_type not in HANDOFF_BY_EVENT_TYPE)
+        self.batched.append((batched or self.batch_emits) and env.event_type not in HANDOFF_BY_EVENT_TYPE)
         return env
 
 

@@ -49,17 +49,19 @@ from crm_contracts.handoffs import HANDOFF_BY_EVENT_TYPE
 from crm_contracts.topics import HANDOFF_RECEIPTS
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from crm_platform import metrics
 from crm_platform.kafka import make_consumer
 from crm_platform.liveness import PartitionTracker
-from crm_platform.mongo import HANDOFFS_SENT, OUTBOX, PROCESSED, Store, Tx
+from crm_platform.mongo import BATCH_EVENTS, HANDOFFS_SENT, OUTBOX, PROCESSED, Store, Tx
 from crm_platform.settings import ServiceSettings
 
 log = logging.getLogger("crm.receipts")
 
 PENDING, RECEIPTED, GAVE_UP = "pending", "receipted", "gave_up"
 RECEIPT_EVENT = HandoffReceivedV1.event_type
+RECEIPT_IN_BATCH = f"{BATCH_EVENTS}.envelope.payload.handoff_event_id"
 RECEIPTED_KEPT = timedelta(days=7)  # receipted handoffs are kept a week for forensics
 
 Action = Literal["resend", "wait", "give_up", "gone"]
@@ -138,6 +140,8 @@ async def ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
         name="receipt_of_handoff",
         partialFilterExpression={"event_type": RECEIPT_EVENT},
     )
+    # ... and a receipt stored in a consumer batch's row (crm_platform.mongo.outbox_rows).
+    await db[OUTBOX].create_index(RECEIPT_IN_BATCH, name="receipt_in_batch", sparse=True)
 
 
 class HandoffTracker:
@@ -437,6 +441,8 @@ async def confirm_again(store: Store, envelope: Envelope) -> str:
         )
         store.wake()
         return "republished"
+    if await _republish_from_batch(store, event_id):
+        return "republished"
     ledger = await store.db[PROCESSED].find_one({"_id": event_id}, {"processed_at": 1})
     stored_at = ledger["processed_at"] if ledger and ledger.get("processed_at") else utcnow()
     handoff = HANDOFF_BY_EVENT_TYPE[envelope.event_type]
@@ -457,6 +463,25 @@ async def confirm_again(store: Store, envelope: Envelope) -> str:
 
     await store.transaction(work)
     return "emitted"
+
+
+async def _republish_from_batch(store: Store, event_id: str) -> bool:
+    """The receipt stored inside a batch row (a consumer's batch: ``Tx.batch_emits``) goes out
+    again alone: a row of its own holding that same receipt (same event id), pending. The
+    batch row's other events are not published again. False when no batch row holds it."""
+    item = {"event_type": RECEIPT_EVENT, "envelope.payload.handoff_event_id": event_id}
+    found = await store.db[OUTBOX].find_one(
+        {BATCH_EVENTS: {"$elemMatch": item}}, {f"{BATCH_EVENTS}.$": 1, "created_at": 1}
+    )
+    if found is None:
+        return False
+    receipt = found[BATCH_EVENTS][0]
+    try:
+        await store.db[OUTBOX].insert_one({**receipt, "published": False, "created_at": found["created_at"]})
+    except DuplicateKeyError:
+        pass  # another copy of the handoff put it back meanwhile: its row is the one found first
+    store.wake()
+    return True
 
 
 def _consistent(payload: dict[str, Any]) -> bool:
