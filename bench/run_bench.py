@@ -44,6 +44,7 @@ from crm_platform.devinfra.launcher import Platform
 from crm_platform.kafka import ensure_topics, pace_empty_fetches
 from crm_platform.testing import TopicReader, auth_headers, idle_backoff_ms
 from imports import import_and_export
+from loadgen import Connection, HttpError
 from profiling import profiled, summarize
 from scenarios import analytics_replay, backlog_drain, bulk_capture
 from system import (
@@ -54,6 +55,8 @@ from system import (
     dir_mb,
     infra_pids,
     load_average,
+    mongo_counters,
+    per_op,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,18 +90,17 @@ def say(msg: str) -> None:
 async def capture_through_gateway(
     gateway: str, n: int, clients: int, token_headers: dict[str, str]
 ) -> tuple[list[str], Figures]:
-    """Capture ``n`` leads through the gateway with ``clients`` concurrent clients."""
+    """Capture ``n`` leads through the gateway with ``clients`` concurrent clients, each on its
+    own keep-alive connection (bench/loadgen.py: a lean client, since it shares the cores)."""
     ids: list[str] = []
     latencies: list[float] = []
     failures: list[str] = []
     counter = iter(range(n))
     run = uuid.uuid4().hex[:6]
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(
-        base_url=gateway, headers=token_headers, limits=limits, timeout=30
-    ) as client:
 
-        async def worker() -> None:
+    async def worker() -> None:
+        connection = Connection(gateway, token_headers)
+        try:
             for i in counter:
                 body = {
                     "name": f"Bench {i}",
@@ -109,19 +111,21 @@ async def capture_through_gateway(
                 }
                 started = time.perf_counter()
                 try:
-                    r = await client.post("/api/leads/leads", json=body)
-                except httpx.HTTPError as exc:
-                    failures.append(type(exc).__name__)
+                    status_code, content = await connection.request("POST", "/api/leads/leads", body)
+                except HttpError as exc:
+                    failures.append(str(exc))
                     continue
                 latencies.append(time.perf_counter() - started)
-                if r.status_code >= 300:
-                    failures.append(str(r.status_code))
+                if status_code >= 300:
+                    failures.append(str(status_code))
                     continue
-                ids.append(r.json()["lead"]["id"])
+                ids.append(json.loads(content)["lead"]["id"])
+        finally:
+            await connection.close()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    elapsed = time.perf_counter() - started
     if failures:
         say(f"  !! {len(failures)} capture requests failed: {sorted(set(failures))}")
     return ids, figures(latencies, len(ids) / elapsed)
@@ -349,7 +353,7 @@ async def _capture(
 ) -> tuple[list[str], Figures]:
     """Capture ``n`` leads through the gateway, with the CPU per request of every process."""
     say(f"capturing {n} leads through the gateway ({args.clients} concurrent clients) ...")
-    everyone = {**_pids(platform), **infra_pids(HOME)}
+    everyone = {**_pids(platform), **infra_pids(HOME), "bench (load generator)": os.getpid()}
     before = cpu_snapshot(everyone)
     with profiled("capture", _pids(platform), PROFILE_DIR):
         ids, capture = await capture_through_gateway(platform.url("gateway"), n, args.clients, marketing)
@@ -440,6 +444,43 @@ async def bench_bulk(args: argparse.Namespace, kafka: str, mongo: str, idle_back
             f"CPU per lead (ms): {cpu['bulk_ms_per_lead']}"
         )
         return {"bulk_capture": bulk, "cpu": cpu, "load_average": {"start": start, "end": end}}
+    finally:
+        platform.stop()
+
+
+async def bench_capture(
+    args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int
+) -> dict[str, Any]:
+    """``BENCH_PHASES=capture``: the platform phase's capture figure alone (every service up,
+    as there), with the CPU per capture of every process (the bench's own load generator
+    included: it shares the machine's cores) and mongod's operations per capture (its
+    ``serverStatus`` counters); ``BENCH_PROFILE`` adds py-spy profiles. For A/B runs of that one
+    figure; ``make bench`` takes it within the platform phase."""
+    platform = _platform(args, kafka, mongo, idle_backoff, "bench_cap_")
+    platform.start()
+    try:
+        platform.wait_ready(timeout=120)
+        marketing = auth_headers(["marketing"], "bench")
+        await _configure(platform, marketing)
+        # Warm up (connections, caches, first-request imports), then measure.
+        await capture_through_gateway(platform.url("gateway"), 2 * args.clients, args.clients, marketing)
+        cpu: dict[str, dict[str, float]] = {}
+        start = load_average()
+        ops_before = await mongo_counters(platform.mongodb_uri)
+        _, capture = await _capture(platform, args, args.capture_leads, marketing, cpu)
+        ops = per_op(ops_before, await mongo_counters(platform.mongodb_uri), capture.count)
+        end = load_average()
+        say(
+            f"capture: {capture.rate:.0f} req/s, p50 {capture.p50_ms:.1f} ms, p99 {capture.p99_ms:.1f} ms "
+            f"({capture.count} requests, load {start} -> {end})"
+        )
+        say(f"  mongod operations per capture: {ops}")
+        return {
+            "capture_via_gateway": asdict(capture),
+            "cpu": cpu,
+            "mongod_ops_per_capture": ops,
+            "load_average": {"start": start, "end": end},
+        }
     finally:
         platform.stop()
 
@@ -805,6 +846,12 @@ def parse_args() -> argparse.Namespace:
         default=int(env("BENCH_QUALIFY_BATCH", "100")),
         help="behaviours per request when saturating the handoff (POST /leads/behaviours/bulk)",
     )
+    parser.add_argument(
+        "--capture-leads",
+        type=int,
+        default=int(num("BENCH_CAPTURE_LEADS", 10000, 3000)),
+        help="captures in BENCH_PHASES=capture (the platform phase captures what its handoffs need)",
+    )
     parser.add_argument("--bulk-leads", type=int, default=int(num("BENCH_BULK_LEADS", 20000, 2000)))
     parser.add_argument("--bulk-size", type=int, default=int(num("BENCH_BULK_SIZE", 500, 200)))
     parser.add_argument("--import-rows", type=int, default=int(num("BENCH_IMPORT_ROWS", 200000, 20000)))
@@ -849,6 +896,7 @@ PHASES: tuple[tuple[str, Any], ...] = (
     ("imports", bench_imports),
     ("console", bench_console),
     ("bulk", bench_bulk),  # not in the full run (the platform phase has it): BENCH_PHASES=bulk
+    ("capture", bench_capture),  # likewise: BENCH_PHASES=capture
 )
 
 
@@ -864,7 +912,7 @@ def selected_phases() -> list[tuple[str, Any]] | None:
 
 
 # Phases that only run when BENCH_PHASES names them (their figure is also in another phase).
-ALONE_ONLY = frozenset({"bulk"})
+ALONE_ONLY = frozenset({"bulk", "capture"})
 
 
 async def main() -> int:

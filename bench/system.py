@@ -120,3 +120,26 @@ def infra_pids(home: Path) -> dict[str, int]:
         except (OSError, ValueError, IndexError):
             pass
     return out
+
+
+async def mongo_counters(uri: str) -> dict[str, float]:
+    """mongod's operation counters so far (``serverStatus``): commands, queries, inserts,
+    updates, deletes, getMores and committed transactions; two snapshots around a phase give
+    its round trips per operation (the services' background polling included)."""
+    from pymongo import AsyncMongoClient
+
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri)
+    try:
+        status = await client.admin.command("serverStatus")
+    finally:
+        await client.close()
+    out = {name: float(n) for name, n in status["opcounters"].items()}
+    out["transactions committed"] = float(status.get("transactions", {}).get("totalCommitted", 0))
+    return out
+
+
+def per_op(before: Mapping[str, float], after: Mapping[str, float], ops: int) -> dict[str, float]:
+    """Each counter's growth between two snapshots per operation."""
+    if not ops:
+        return {}
+    return {name: round((after[name] - before.get(name, 0.0)) / ops, 2) for name in after}
