@@ -10,8 +10,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from crm_platform import auth as auth_module
 from crm_platform.app import token_verifier
-from crm_platform.auth import AuthError, Principal, RevocationFeed, RevocationList, TokenIssuer, TokenVerifier
+from crm_platform.auth import (
+    CLOCK_SKEW_SECONDS,
+    AuthError,
+    Principal,
+    RevocationFeed,
+    RevocationList,
+    TokenIssuer,
+    TokenVerifier,
+)
 from crm_platform.keys import (
     KeyFileError,
     ensure_dev_keys,
@@ -103,6 +112,46 @@ def test_revocation_by_token_id_and_by_user(pair: tuple[Path, Path]) -> None:
     verifier.revocations.replace(RevocationList(users={"u-alice": second.issued_at + 1}))
     with pytest.raises(AuthError, match="deactivated"):
         verifier.verify(second.token)
+
+
+def test_a_remembered_token_still_expires_and_is_still_checked_against_revocations(
+    pair: tuple[Path, Path],
+) -> None:
+    issuer, verifier = issuer_and_verifier(*pair)
+    issued = issuer.issue(ALICE, timedelta(minutes=5))
+    assert verifier.verify(issued.token).user_id == "u-alice"
+    assert verifier.verify(issued.token).user_id == "u-alice"  # remembered: no second signature check
+    verifier.revocations.replace(RevocationList(tokens={issued.jti: issued.expires_at}))
+    with pytest.raises(AuthError, match="logged out"):
+        verifier.verify(issued.token)
+    verifier.revocations.replace(RevocationList())
+    assert verifier.verify(issued.token).user_id == "u-alice"
+    # Past its expiry (and the clock skew allowed), the remembered token is refused like any other.
+    later = issued.expires_at + CLOCK_SKEW_SECONDS + 1
+    verifier.clock = lambda: float(later)
+    with pytest.raises(AuthError, match="expired"):
+        verifier.verify(issued.token)
+
+
+def test_only_the_exact_verified_token_is_remembered(
+    pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same header and claims with another signature (or tampered claims) is not the remembered
+    token: it is verified, and refused."""
+    issuer, verifier = issuer_and_verifier(*pair)
+    issued = issuer.issue(ALICE, timedelta(minutes=5))
+    verifier.verify(issued.token)
+    head, claims, signature = issued.token.split(".")
+    flipped = signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")
+    for tampered in (f"{head}.{claims}.{flipped}", f"{head}.{claims}x.{signature}"):
+        with pytest.raises(AuthError, match="invalid token"):
+            verifier.verify(tampered)
+    # Only as many tokens as VERIFIED_TOKENS_KEPT are remembered; the oldest go first.
+    monkeypatch.setattr(auth_module, "VERIFIED_TOKENS_KEPT", 3)
+    tokens = [issuer.issue(ALICE, timedelta(minutes=5)).token for _ in range(5)]
+    for token in tokens:
+        verifier.verify(token)
+    assert list(verifier._verified) == tokens[-3:]
 
 
 async def test_the_feed_follows_the_gateway_and_keeps_the_last_list_while_it_is_away() -> None:
