@@ -81,6 +81,46 @@ async def test_every_write_method_is_recorded_with_before_and_after(store: Store
     assert first["service"] == "sales"
 
 
+async def test_an_insert_unless_found_upsert_is_an_insert_when_new_and_nothing_when_found(
+    store: Store,
+) -> None:
+    """``$setOnInsert`` alone (a capture's dedupe and insert in one round trip): the inserted
+    document is known without reading it back; a matched one is unchanged, so no entry."""
+    doc_id, email = f"c-{uuid.uuid4().hex[:6]}", f"{uuid.uuid4().hex[:6]}@example.com"
+    answers: list[Any] = []
+
+    async def work(tx: Tx) -> None:
+        for attempt in ("first", "second"):
+            doc = {"_id": f"{doc_id}-{attempt}", "email": email, "name": attempt, "phone": None}
+            answers.append(
+                await tx.db["contacts"].find_one_and_update(
+                    {"email": email},
+                    {"$setOnInsert": doc},
+                    upsert=True,
+                    return_document=ReturnDocument.BEFORE,
+                    session=tx.session,
+                )
+            )
+        # The found document is remembered: a write after it records the change from it.
+        await tx.db["contacts"].update_one({"email": email}, {"$set": {"name": "third"}}, session=tx.session)
+
+    token = as_user()
+    try:
+        await store.transaction(work)
+    finally:
+        audit.actor_var.reset(token)
+    assert answers[0] is None, "nothing matched: inserted"
+    assert answers[1] == {"_id": f"{doc_id}-first", "email": email, "name": "first", "phone": None}
+    found = await entries(store, f"{doc_id}-first")
+    changes = [(e["action"], {c["field"]: (c["before"], c["after"]) for c in e["changes"]}) for e in found]
+    assert changes == [
+        ("insert", {"email": (None, email), "name": (None, "first")}),
+        ("update", {"name": ("first", "third")}),
+    ]
+    assert await entries(store, f"{doc_id}-second") == []
+    assert await store.db["contacts"].count_documents({"email": email}) == 1
+
+
 async def test_an_aborted_transaction_leaves_neither_change_nor_entry(store: Store) -> None:
     doc_id = f"x-{uuid.uuid4().hex[:6]}"
 

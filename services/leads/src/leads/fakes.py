@@ -33,6 +33,12 @@ class InMemoryLeads:
             raise DuplicateKeyError(f"lead {lead.email!r} exists")
         self.items[lead.id] = lead
 
+    async def add_unless_email_known(self, lead: Lead) -> Lead | None:
+        known = await self.get_by_email(lead.email)
+        if known is None:
+            await self.add(lead)
+        return known
+
     async def save(self, lead: Lead) -> None:
         self.items[lead.id] = lead
 

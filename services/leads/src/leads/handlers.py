@@ -55,12 +55,16 @@ async def _load(unit: LeadsUnit, lead_id: str) -> Lead:
 async def capture_lead(
     uow: Uow, capture: Capture, fields: FieldSet = domain.NO_CUSTOM_FIELDS
 ) -> domain.CaptureOutcome:
-    email = domain.normalize_email(capture.email)
 
     async def work(unit: LeadsUnit) -> domain.CaptureOutcome:
-        existing = await unit.leads.get_by_email(email)
-        outcome = domain.capture(existing, uow.new_id(), capture, now_millis(uow.clock), fields)
-        await (unit.leads.save if outcome.merged else unit.leads.add)(outcome.lead)
+        # The lead as if the email were new, inserted in the same round trip as the dedupe
+        # lookup; a stored lead with this email is answered instead (nothing written) and merges.
+        now = now_millis(uow.clock)
+        outcome = domain.capture(None, uow.new_id(), capture, now, fields)
+        existing = await unit.leads.add_unless_email_known(outcome.lead)
+        if existing is not None:
+            outcome = domain.capture(existing, outcome.lead.id, capture, now, fields)
+            await unit.leads.save(outcome.lead)
         unit.emit_all(outcome.events, correlation_id=outcome.lead.id)
         return outcome
 

@@ -27,6 +27,11 @@ class LeadRepository(Protocol):
     async def add(self, lead: Lead) -> None:
         """Raises ``DuplicateKeyError`` when a lead with this email exists (a concurrent capture)."""
 
+    async def add_unless_email_known(self, lead: Lead) -> Lead | None:
+        """Insert ``lead`` unless a lead with its email is stored: that lead, unchanged (then
+        nothing was written), or None (``lead`` was inserted). One round trip: a capture's
+        dedupe lookup and insert together."""
+
     async def save(self, lead: Lead) -> None: ...
 
     async def get_many(self, lead_ids: Collection[str]) -> dict[str, Lead]:

@@ -34,7 +34,7 @@ from crm_platform.mongo import Tx
 from crm_platform.paging import Sort, page, sorts, text_search
 from crm_platform.retention import ANONYMISED, Action, Rule, anonymous_email
 from crm_platform.uow import MongoUnit
-from pymongo import ASCENDING, DESCENDING, TEXT, ReplaceOne
+from pymongo import ASCENDING, DESCENDING, TEXT, ReplaceOne, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
@@ -271,6 +271,20 @@ class MongoLeads:
 
     async def add(self, lead: Lead) -> None:
         await self.tx.db[LEADS].insert_one(lead_to_doc(lead), session=self.tx.session)
+
+    async def add_unless_email_known(self, lead: Lead) -> Lead | None:
+        # An upsert that only sets fields on insert: a stored lead with this email is left as
+        # it is and answered (its state before = now); otherwise ``lead`` is inserted. Two
+        # captures of a new email at once: one inserts, the other's transaction conflicts and
+        # runs again (it then finds the lead), as the unique email index made them before.
+        found = await self.tx.db[LEADS].find_one_and_update(
+            {"email": lead.email},
+            {"$setOnInsert": lead_to_doc(lead)},
+            upsert=True,
+            return_document=ReturnDocument.BEFORE,
+            session=self.tx.session,
+        )
+        return lead_from_doc(found) if found is not None else None
 
     async def save(self, lead: Lead) -> None:
         await self.tx.db[LEADS].replace_one({"_id": lead.id}, lead_to_doc(lead), session=self.tx.session)

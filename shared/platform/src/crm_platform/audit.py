@@ -296,6 +296,26 @@ class AuditedDatabase(AsyncDatabase[Doc]):
         return AuditedCollection(self, name, self._trail, *args, **kwargs)
 
 
+def _set_on_insert_only(filter: Any, change: Any, kwargs: Mapping[str, Any]) -> Doc | None:
+    """The document an upsert whose update is only ``$setOnInsert`` (with an ``_id``) inserts
+    when nothing matches: the filter's plain equality fields, then the ``$setOnInsert`` fields.
+    None for any other write (its after-state is read back)."""
+    if not kwargs.get("upsert") or not isinstance(change, Mapping) or list(change) != ["$setOnInsert"]:
+        return None
+    fields = change["$setOnInsert"]
+    if not isinstance(filter, Mapping) or not isinstance(fields, Mapping):
+        return None
+    plain = {k: v for k, v in filter.items() if not k.startswith("$") and "." not in k and not _operator(v)}
+    if len(plain) != len(filter) or any(k in fields and fields[k] != v for k, v in plain.items()):
+        return None  # operators or dotted paths in the filter: the stored document is read back
+    doc = {**plain, **fields}
+    return doc if "_id" in doc else None
+
+
+def _operator(value: Any) -> bool:
+    return isinstance(value, Mapping) and any(str(k).startswith("$") for k in value)
+
+
 class AuditedCollection(AsyncCollection[Doc]):
     """A collection whose writes in the trail's session become audit entries (module docstring).
 
@@ -428,12 +448,29 @@ class AuditedCollection(AsyncCollection[Doc]):
                 self._trail.record(self.name, before, None)
             return before
         wanted = kwargs.pop("return_document", ReturnDocument.BEFORE)
+        if kind == "update" and (inserted := _set_on_insert_only(filter, change, kwargs)) is not None:
+            return await self._insert_unless_found(filter, change, inserted, wanted, kwargs)
         before = await call[kind](filter, change, return_document=ReturnDocument.BEFORE, **kwargs)
         doc_id = before["_id"] if before is not None else None
         after = await super().find_one({"_id": doc_id} if doc_id is not None else filter, session=session)
         if after is not None:
             self._trail.record(self.name, before, after)
         return after if wanted == ReturnDocument.AFTER else before
+
+    async def _insert_unless_found(
+        self, filter: Any, change: Any, inserted: Doc, wanted: Any, kwargs: dict[str, Any]
+    ) -> Any:
+        """An upsert that only sets fields on insert (``$setOnInsert``): a matched document is
+        left unchanged (no entry; remembered as the 'before' of a later write), else the
+        inserted document is exactly ``inserted``: audited as an insert with no read after it."""
+        before = await super().find_one_and_update(
+            filter, change, return_document=ReturnDocument.BEFORE, **kwargs
+        )
+        if before is not None:
+            self._trail.remember(self.name, before)
+            return before
+        self._trail.record(self.name, None, inserted)
+        return inserted if wanted == ReturnDocument.AFTER else None
 
     async def bulk_write(self, requests: Sequence[Any], *args: Any, **kwargs: Any) -> Any:
         """Every operation kind, with two reads around the write: one entry per document touched,

@@ -55,7 +55,7 @@ from crm_contracts.events.sales import DealWonV2
 from crm_contracts.registry import model_for
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from pymongo import UpdateOne
+from pymongo import ReturnDocument, UpdateOne
 
 from crm_platform.pseudonym import email_hash, erased_email, erased_name, is_erased_email
 
@@ -311,6 +311,8 @@ class _Owned:
 async def _owned_keys(db: Any, tx: Any, owner: str, digests: set[str]) -> dict[str, _Owned]:
     """email hash -> the person's key, one lookup; the missing ones made and stored (their key
     record is emitted once an event a holder must open is sealed with them: :func:`_share`)."""
+    if len(digests) == 1:
+        return await _owned_key(db, tx, owner, next(iter(digests)))
     found: dict[str, _Owned] = {}
     query = {"_id": {"$in": [_owned_id(owner, d) for d in digests]}}
     async for doc in db[KEYS].find(query, session=tx.session):
@@ -320,24 +322,38 @@ async def _owned_keys(db: Any, tx: Any, owner: str, digests: set[str]) -> dict[s
     missing = sorted(digests - found.keys())
     if not missing:
         return found
-    now = utcnow()
-    docs = []
-    for digest in missing:
-        key, person_id = new_key(), os.urandom(16).hex()
-        found[digest] = _Owned(AESGCM(key), person_id, key, False)
-        docs.append(
-            {
-                "_id": _owned_id(owner, digest),
-                "owner": owner,
-                "person_id": person_id,
-                "email_hash": digest,
-                "key": Binary(key),
-                "shared": False,
-                "created_at": now,
-            }
-        )
+    docs = [{"_id": _owned_id(owner, digest), **_owned_doc(owner, digest)} for digest in missing]
+    for doc in docs:
+        key = bytes(doc["key"])
+        found[doc["email_hash"]] = _Owned(AESGCM(key), doc["person_id"], key, False)
     await db[KEYS].insert_many(docs, session=tx.session)
     return found
+
+
+async def _owned_key(db: Any, tx: Any, owner: str, digest: str) -> dict[str, _Owned]:
+    """One person's key (a single capture): found or made in ONE round trip, an upsert that
+    keeps the stored key (``$setOnInsert``) and answers the document as it now is."""
+    doc = await db[KEYS].find_one_and_update(
+        {"_id": _owned_id(owner, digest)},
+        {"$setOnInsert": _owned_doc(owner, digest)},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+        session=tx.session,
+    )
+    key = bytes(doc["key"])
+    return {digest: _Owned(AESGCM(key), doc["person_id"], key, doc.get("shared", True))}
+
+
+def _owned_doc(owner: str, digest: str) -> Doc:
+    """A new key of the person with this email hash, kept by ``owner`` (its ``_id`` aside)."""
+    return {
+        "owner": owner,
+        "person_id": os.urandom(16).hex(),
+        "email_hash": digest,
+        "key": Binary(new_key()),
+        "shared": False,
+        "created_at": utcnow(),
+    }
 
 
 async def _share(db: Any, tx: Any, owner: str, keys: list[tuple[str, _Owned]]) -> None:

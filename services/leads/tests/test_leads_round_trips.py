@@ -1,0 +1,85 @@
+"""What one capture (``POST /leads``) costs in database operations (issue 12), counted with
+MongoDB's profiler on this module's own database: no timing, the operations themselves.
+
+Before: the capture's transaction read the lead by email, inserted it, read the person's key,
+inserted it, then the audit entry and the outbox row (six writes and reads, then the commit).
+Now the dedupe lookup and the insert are one upsert that only sets fields on insert (a stored
+lead is answered unchanged and merges), and so is the person's key: four.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import pytest
+from crm_platform.audit import AUDIT_LOG
+from crm_platform.mongo import OUTBOX
+from crm_platform.pseudonym import email_hash
+from crm_platform.shredding import KEYS
+from crm_platform.testing import auth_headers
+from leads.store import LEADS
+
+pytestmark = pytest.mark.integration
+Leads: TypeAlias = Any  # conftest.Leads (conftest is not importable in importlib mode)
+
+MARKETING = auth_headers(["marketing"], "mia")
+
+
+async def operations_of(leads: Leads, body: dict[str, Any]) -> tuple[int, list[tuple[str, str]]]:
+    """Capture ``body``; its status and the (collection, command) of every operation sent inside
+    its transaction, in order (the profiler's view; the commit is on ``admin``)."""
+    db = leads.runtime.db
+    await db["system.profile"].drop()
+    await db.command({"profile": 2})
+    try:
+        r = await leads.client.post("/leads", json=body, headers=MARKETING)
+    finally:
+        await db.command({"profile": 0})
+    assert r.status_code in (200, 201), r.text
+    ops = []
+    # Inside the transaction: read at its snapshot (the relay's marks and polls read "local").
+    async for op in db["system.profile"].find({"readConcern.level": "snapshot"}).sort("ts", 1):
+        collection = op["ns"].split(".", 1)[1]
+        ops.append((collection, op["op"] if op["op"] != "command" else next(iter(op["command"]))))
+    await db["system.profile"].drop()
+    return r.status_code, ops
+
+
+def body_for(email: str, name: str = "Ada Lovelace") -> dict[str, Any]:
+    return {"name": name, "email": email, "source_channel": "web_form", "consent": {"marketing_email": True}}
+
+
+async def test_a_new_lead_is_looked_up_and_stored_in_one_operation_and_its_key_in_another(
+    leads: Leads,
+) -> None:
+    email = leads.unique_email("trips")
+    status, ops = await operations_of(leads, body_for(email))
+    assert status == 201
+    assert ops == [
+        (LEADS, "findAndModify"),  # the dedupe lookup and the insert
+        (AUDIT_LOG, "insert"),
+        (KEYS, "findAndModify"),  # the person's key, found or made
+        (OUTBOX, "insert"),
+    ]
+    stored = await leads.runtime.db[LEADS].find_one({"email": email})
+    assert stored is not None
+    assert stored["name"] == "Ada Lovelace"
+    assert stored["touch_count"] == 1
+
+
+async def test_a_known_email_merges_the_stored_lead_unchanged_by_the_lookup(leads: Leads) -> None:
+    email = leads.unique_email("trips")
+    await operations_of(leads, body_for(email))
+    status, ops = await operations_of(leads, body_for(email.upper(), name="Someone Else"))
+    assert status == 200
+    assert ops == [
+        (LEADS, "findAndModify"),  # answered the stored lead, wrote nothing
+        (LEADS, "update"),  # the merge
+        (AUDIT_LOG, "insert"),
+        (KEYS, "findAndModify"),  # the same person's key
+        (OUTBOX, "insert"),
+    ]
+    [stored] = [d async for d in leads.runtime.db[LEADS].find({"email": email})]
+    assert stored["name"] == "Ada Lovelace", "a filled field is kept by a merge"
+    assert stored["touch_count"] == 2
+    assert await leads.runtime.db[KEYS].count_documents({"email_hash": email_hash(email)}) == 1
