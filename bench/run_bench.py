@@ -846,12 +846,8 @@ def parse_args() -> argparse.Namespace:
         default=int(env("BENCH_QUALIFY_BATCH", "100")),
         help="behaviours per request when saturating the handoff (POST /leads/behaviours/bulk)",
     )
-    parser.add_argument(
-        "--capture-leads",
-        type=int,
-        default=int(num("BENCH_CAPTURE_LEADS", 10000, 3000)),
-        help="captures in BENCH_PHASES=capture (the platform phase captures what its handoffs need)",
-    )
+    # Captures in BENCH_PHASES=capture (the platform phase captures what its handoffs need).
+    parser.add_argument("--capture-leads", type=int, default=int(num("BENCH_CAPTURE_LEADS", 10000, 3000)))
     parser.add_argument("--bulk-leads", type=int, default=int(num("BENCH_BULK_LEADS", 20000, 2000)))
     parser.add_argument("--bulk-size", type=int, default=int(num("BENCH_BULK_SIZE", 500, 200)))
     parser.add_argument("--import-rows", type=int, default=int(num("BENCH_IMPORT_ROWS", 200000, 20000)))
