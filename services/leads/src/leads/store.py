@@ -26,6 +26,7 @@ from typing import Any
 from crm_contracts.events.common import Behaviour
 from crm_platform import audit, custom_fields_api
 from crm_platform.actor import Actor
+from crm_platform.batch import Batch
 from crm_platform.cache import TtlCache
 from crm_platform.erasure import Related, Target, with_person_hashes
 from crm_platform.imports import store as imports_store
@@ -52,6 +53,7 @@ Doc = dict[str, Any]
 Db = AsyncDatabase[Doc]
 
 LEADS = "leads"
+BATCH_LEADS = "leads.by_id"  # a consumer batch's leads (crm_platform.batch)
 BEHAVIOURS = "behaviours"
 SCORING_RULES = "scoring_rules"
 VERDICTS = "verdicts"
@@ -237,8 +239,42 @@ class MongoLeads:
         self.tx = tx
 
     async def get(self, lead_id: str) -> Lead | None:
-        doc = await self.tx.db[LEADS].find_one({"_id": lead_id}, session=self.tx.session)
+        """The lead; in a consumer's batch (``tx.batch``) the leads of EVERY event of the batch
+        are read with one query (each remembered for the audit's 'before', so a save costs no
+        second read), and the view keeps this batch's saves."""
+        view = await self._batch_view()
+        if view is not None and lead_id in view:
+            doc = view[lead_id]
+        else:
+            doc = await self.tx.db[LEADS].find_one({"_id": lead_id}, session=self.tx.session)
         return lead_from_doc(doc) if doc else None
+
+    async def _batch_view(self) -> dict[str, Doc | None] | None:
+        batch = self.tx.batch
+        if batch is None:
+            return None
+        view: dict[str, Doc | None] | None = batch.peek(BATCH_LEADS)
+        if view is None:
+            view = await batch.memo(BATCH_LEADS, lambda: self._load_batch(batch))
+        return view
+
+    async def _load_batch(self, batch: Batch) -> dict[str, Doc | None]:
+        ids = sorted({i for event, _ in batch.events if isinstance(i := vars(event).get("lead_id"), str)})
+        view: dict[str, Doc | None] = dict.fromkeys(ids)
+        coll = self.tx.db[LEADS]
+        query = {"_id": {"$in": ids}}
+        if isinstance(coll, audit.AuditedCollection):
+            docs = await coll.find_to_change(query, session=self.tx.session)
+        else:
+            docs = [d async for d in coll.find(query, session=self.tx.session)]
+        view.update((d["_id"], d) for d in docs)
+        return view
+
+    def _seen_in_batch(self, leads: Sequence[Lead]) -> None:
+        """This unit wrote ``leads``: the batch's view shows them from now on."""
+        view = self.tx.batch.peek(BATCH_LEADS) if self.tx.batch is not None else None
+        if view is not None:
+            view.update((lead.id, lead_to_doc(lead)) for lead in leads)
 
     async def get_by_email(self, email: str) -> Lead | None:
         doc = await self.tx.db[LEADS].find_one({"email": email}, session=self.tx.session)
@@ -262,15 +298,18 @@ class MongoLeads:
         # The bulk paths (bulk capture, import batches): one audit entry per batch, naming each lead.
         with audit.one_entry_per_batch():
             await _insert_many(self.tx, LEADS, docs, "a lead with one of these emails exists")
+        self._seen_in_batch(leads)
 
     async def save_many(self, leads: Sequence[Lead]) -> None:
         if leads:
             await self.tx.db[LEADS].bulk_write(
                 [ReplaceOne({"_id": lead.id}, lead_to_doc(lead)) for lead in leads], session=self.tx.session
             )
+            self._seen_in_batch(leads)
 
     async def add(self, lead: Lead) -> None:
         await self.tx.db[LEADS].insert_one(lead_to_doc(lead), session=self.tx.session)
+        self._seen_in_batch([lead])
 
     async def add_unless_email_known(self, lead: Lead) -> Lead | None:
         # An upsert that only sets fields on insert: a stored lead with this email is left as
@@ -288,6 +327,7 @@ class MongoLeads:
 
     async def save(self, lead: Lead) -> None:
         await self.tx.db[LEADS].replace_one({"_id": lead.id}, lead_to_doc(lead), session=self.tx.session)
+        self._seen_in_batch([lead])
 
 
 async def get_lead(db: Db, lead_id: str) -> Lead | None:

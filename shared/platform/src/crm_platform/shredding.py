@@ -538,8 +538,9 @@ async def open_event(tx: Any, event: Event) -> Event:
 
 def _seals(event: Event) -> list[Any]:
     """The sealed people an event carries (none for a plaintext version)."""
-    found = [getattr(event, name, None) for name in ("sealed_person", "sealed_contact")]
-    found.extend(getattr(event, "sealed_contacts", None) or ())
+    fields = vars(event)  # a missing attribute through getattr costs pydantic an exception
+    found = [fields.get("sealed_person"), fields.get("sealed_contact")]
+    found.extend(fields.get("sealed_contacts") or ())
     return [s for s in found if s is not None]
 
 

@@ -1,0 +1,95 @@
+"""A batch of ``sales.lead_assigned`` events stored together (group commit, issue 12), against
+the real mongod: the leads of the whole batch are read with one query and each save costs no
+second read, with exactly the effects and audit entries of one by one (a reassignment later
+in the batch wins, a stale copy changes nothing). The records are handed to marketing's own
+consumer handlers as one fetch would hand them (the Kafka side is a stand-in)."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any, TypeAlias
+
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+from crm_contracts import Envelope, envelope_for, utcnow
+from crm_contracts.events.sales import LeadAssignedV1
+from crm_contracts.topics import SALES_EVENTS
+from crm_platform.consumer import ConsumerConfig, EventConsumer, Outcome
+from leads import consumers
+from leads import store as repo
+
+pytestmark = pytest.mark.integration
+Leads: TypeAlias = Any  # conftest.Leads
+TP = TopicPartition(SALES_EVENTS, 0)
+
+
+class StandInKafka:
+    def __init__(self) -> None:
+        self.dead_letters: list[bytes] = []
+
+    async def send_and_wait(self, topic: str, value: bytes, **_: Any) -> None:
+        self.dead_letters.append(value)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        pass
+
+
+class Recording(EventConsumer):
+    outcomes: dict[int, str]
+
+    async def on_outcome(self, record: Any, outcome: Outcome) -> None:
+        self.outcomes[record.offset] = outcome.outcome
+
+
+def _assignment(lead_id: str, rep: str, at: datetime) -> Envelope:
+    event = LeadAssignedV1(lead_id=lead_id, owner=rep, response_due_at=at + timedelta(hours=4))
+    return envelope_for(event, source="sales", correlation_id=f"journey-{lead_id}", occurred_at=at)
+
+
+def _record(offset: int, env: Envelope) -> ConsumerRecord[bytes, bytes]:
+    value = env.to_bytes()
+    return ConsumerRecord(SALES_EVENTS, 0, offset, 0, 0, b"k", value, None, 1, len(value), ())
+
+
+async def test_a_batch_of_assignments_reads_its_leads_once_and_audits_each_change(leads: Leads) -> None:
+    tag = f"batch{uuid.uuid4().hex[:8]}"
+    ids = [(await leads.capture(company=f"Firm {tag}", source_channel=tag))["lead"]["id"] for _ in range(5)]
+    rhea, rory = f"rhea-{tag}", f"rory-{tag}"
+    at = utcnow() - timedelta(minutes=10)
+    envs = [_assignment(lead_id, rhea, at) for lead_id in ids]
+    envs.append(_assignment(ids[0], rory, at + timedelta(minutes=5)))  # reassigned later in the batch
+    envs.append(_assignment(ids[1], rory, at - timedelta(minutes=5)))  # a stale copy: changes nothing
+    kafka = StandInKafka()
+    consumer = Recording(
+        ConsumerConfig(service="leads", group_id="leads-batch-test", topics=[SALES_EVENTS], bootstrap="-"),
+        leads.runtime.store,
+        consumers.subscription(leads.app.state.uow).handlers,
+    )
+    consumer.outcomes = {}
+    consumer.consumer = consumer.producer = kafka
+    db = leads.runtime.db
+
+    await db.command({"profile": 2})
+    try:
+        await consumer._handle_partition(TP, [_record(i, e) for i, e in enumerate(envs)], {})
+    finally:
+        await db.command({"profile": 0})
+    ops: Counter[tuple[str, str]] = Counter()
+    async for op in db["system.profile"].find({"command.txnNumber": {"$exists": True}}):
+        ops[(op["op"], op["ns"].split(".", 1)[1])] += 1
+    await db["system.profile"].drop()
+
+    assert consumer.outcomes == dict.fromkeys(range(7), "processed")
+    assert kafka.dead_letters == []
+    assert ops[("query", repo.LEADS)] == 1, "the leads of the whole batch in one query, no read per save"
+    reps = {d["_id"]: d.get("assigned_rep") async for d in db[repo.LEADS].find({"_id": {"$in": ids}})}
+    assert reps == {ids[0]: rory, **{lead_id: rhea for lead_id in ids[1:]}}
+    for lead_id in ids:
+        entries = await db["audit_log"].find({"record.id": lead_id, "action": "update"}).to_list()
+        changes = [
+            (c["before"], c["after"]) for e in entries for c in e["changes"] if c["field"] == "assigned_rep"
+        ]
+        expected = [(None, rhea), (rhea, rory)] if lead_id == ids[0] else [(None, rhea)]
+        assert sorted(changes, key=str) == sorted(expected, key=str), lead_id
