@@ -36,6 +36,9 @@ from profiling import profiled
 from pymongo import AsyncMongoClient
 from system import cpu_ms_per_op, cpu_snapshot
 
+# py-spy profiles of the drain (BENCH_PROFILE), beside run_bench's
+PROFILE_DIR = Path(__file__).resolve().parent / "results/profile"
+
 
 def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -193,9 +196,10 @@ async def backlog_drain(
     everyone = {**{name: p.pid for name, p in platform.procs.items() if p.poll() is None}, **(infra or {})}
     cpu_before = cpu_snapshot(everyone)
     lag = backlog
-    while lag > 0 and time.perf_counter() - ready < max_seconds:
-        await asyncio.sleep(1.0)
-        lag = await group_lag(bootstrap, "sales", [LEAD_QUALIFIED])
+    with profiled("drain", {"sales": platform.procs["sales"].pid}, PROFILE_DIR):
+        while lag > 0 and time.perf_counter() - ready < max_seconds:
+            await asyncio.sleep(1.0)
+            lag = await group_lag(bootstrap, "sales", [LEAD_QUALIFIED])
     finished = time.perf_counter()
     drained = backlog - lag
     cpu = cpu_ms_per_op(cpu_before, cpu_snapshot(everyone), drained)
