@@ -348,3 +348,18 @@ def test_a_remembered_document_is_a_deep_copy_sharing_only_immutable_values() ->
     assert copied["tags"] == ["a", {"k": [1]}]
     assert copied["nested"] == {"x": {"y": 1}}
     assert copied["at"] is when
+
+
+async def test_a_transactions_collection_is_built_once_per_name_and_still_records(store: Store) -> None:
+    """A consumer's batch asks ``tx.db`` for the same few collections per event: one object each
+    for the transaction (building one costs about as much as encoding a small command)."""
+    record_id = f"once-{uuid.uuid4().hex[:6]}"
+
+    async def work(tx: Tx) -> None:
+        first, again = tx.db["deals"], tx.db["deals"]
+        assert first is again
+        assert tx.db["notes"] is not first
+        await again.insert_one({"_id": record_id, "stage": "new"}, session=tx.session)
+
+    await store.transaction(work)
+    assert [e["action"] for e in await entries(store, record_id)] == ["insert"]

@@ -288,9 +288,15 @@ class AuditedDatabase(AsyncDatabase[Doc]):
         options = (db.codec_options, db.read_preference, db.write_concern, db.read_concern)
         super().__init__(db.client, db.name, *options)
         self._trail = trail
+        # One collection object per name for the transaction: building one costs more than
+        # many a round trip's encoding, and a consumer's batch asks for the same few per event.
+        self._collections: dict[str, AuditedCollection] = {}
 
     def __getitem__(self, name: str) -> AsyncCollection[Doc]:
-        return AuditedCollection(self, name, self._trail)
+        collection = self._collections.get(name)
+        if collection is None:
+            collection = self._collections[name] = AuditedCollection(self, name, self._trail)
+        return collection
 
     def get_collection(self, name: str, *args: Any, **kwargs: Any) -> AsyncCollection[Doc]:
         return AuditedCollection(self, name, self._trail, *args, **kwargs)
