@@ -3,9 +3,11 @@
 ``.venv/bin/python bench/replay.py`` starts a fresh broker and mongod (the bench's ports),
 fills the log as the backlog phase of ``make bench`` does (``BENCH_BACKLOG_EVENTS``
 lead-qualified handoffs drained by sales: the handoffs, sales' receipts and its own events),
-then replays the analytics worker's topics ``BENCH_REPLAY_RUNS`` times (3), each with a fresh
+adds ``BENCH_REPLAY_HISTORY`` journeys straight onto the topics (4 folded events each; 10,000 in
+quick mode), then replays the analytics worker's topics ``BENCH_REPLAY_RUNS`` times (3), each with a fresh
 application id (fresh consumer group and tables), and prints events/s and CPU ms per event
-(worker, broker, mongod) of each run.
+(worker, broker, mongod) of each run: the folds counted by the worker itself, from the first
+to the last (``scenarios.analytics_replay``).
 
 ``BENCH_REPLAY_TREES=/path/a,/path/b`` alternates the worker's code between checkouts (each
 run's worker gets ``PYTHONPATH=<tree>/services/analytics/src:<tree>/shared/platform/src:
@@ -32,7 +34,7 @@ from crm_platform.devinfra.resolve import resolve
 from crm_platform.kafka import pace_empty_fetches
 from crm_platform.testing import idle_backoff_ms
 from run_bench import HOME, ROOT, _configure_sales, _platform, fresh_infra, parse_args
-from scenarios import analytics_replay, backlog_drain, say
+from scenarios import analytics_replay, backlog_drain, produce_history, say
 from system import infra_pids, load_average
 
 
@@ -44,8 +46,9 @@ def tree_env(tree: str) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(str(Path(tree) / p) for p in parts)}
 
 
-async def fill(platform: Platform, mongodb_uri: str, n: int) -> None:
-    """The backlog phase's log: ``n`` handoffs, drained by sales (its receipts and events)."""
+async def fill(platform: Platform, mongodb_uri: str, n: int, history: int) -> None:
+    """The backlog phase's log: ``n`` handoffs, drained by sales (its receipts and events), and
+    ``history`` journeys produced straight onto the topics (``BENCH_REPLAY_HISTORY``)."""
     platform.start()
     try:
         platform.wait_ready(timeout=120)
@@ -53,6 +56,8 @@ async def fill(platform: Platform, mongodb_uri: str, n: int) -> None:
         await backlog_drain(platform, mongodb_uri, n=n, max_seconds=600)
     finally:
         platform.stop()
+    if history:
+        say(f"replay history: {await produce_history(platform.kafka_bootstrap, history)} more events")
 
 
 async def main() -> int:
@@ -70,7 +75,7 @@ async def main() -> int:
     platform = _platform(args, infra.kafka_bootstrap, infra.mongodb_uri, idle, "bench_replay_")
     try:
         if not reuse:
-            await fill(platform, infra.mongodb_uri, args.backlog_events)
+            await fill(platform, infra.mongodb_uri, args.backlog_events, args.replay_history)
             filled.write_text(str(args.backlog_events))
         from analytics.worker import SOURCE_TOPICS
 

@@ -251,3 +251,26 @@ async def test_the_agent_folds_every_event_exactly_once(journey, monkeypatch):
             await agent.put(env.to_bytes())
     assert sorted(folded) == sorted(str(env.event_id) for env in sent)
     assert worker.state.figures.summary()["funnel"]["stages"]["captured"] == 300
+
+
+async def test_records_of_types_analytics_does_not_fold_are_skipped_unread(journey, monkeypatch):
+    """By their ``event_type`` header (analytics.domain.reads): not parsed, so not dead-lettered
+    either; a record of a folded type, or without the header, is read and judged as before."""
+    worker = make_worker()
+    parked = []
+
+    async def dead_letter(message, reason, error, event_type=None):
+        parked.append((reason, message.value))
+
+    monkeypatch.setattr(worker, "dead_letter", dead_letter)
+    behaviour = journey.behaviour("lead-1")
+    async with worker.agent.test_context() as agent:
+        await agent.put(behaviour.to_bytes(), headers=behaviour.headers())
+        await agent.put(b"{unread", headers=[("event_type", b"lead.behaviour_recorded")])
+        await agent.put(b"{read", headers=[("event_type", b"lead.captured")])
+        await agent.put(b"{no header")
+        await agent.put(b"{garbled", headers=[("event_type", b"\xff\xfe")])
+        captured = journey.captured("lead-1")
+        await agent.put(captured.to_bytes(), headers=captured.headers())
+    assert parked == [("malformed", b"{read"), ("malformed", b"{no header"), ("malformed", b"{garbled")]
+    assert worker.state.figures.summary()["funnel"]["stages"]["captured"] == 1

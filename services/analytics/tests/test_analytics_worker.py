@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,15 +22,20 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from analytics.domain import kpis
+from analytics.domain.engine import AnalyticsState, apply, rebuild_figures
 from analytics.main import create_app
 from analytics.worker import SOURCE_TOPICS
+from crm_contracts import Envelope
 from crm_contracts.registry import model_for
 from crm_contracts.topics import DEAL_WON, LEADS_EVENTS, dead_letter_topic
+from crm_platform.dead_letters import Accepted, classify
 from crm_platform.testing import (
     TopicReader,
     auth_headers,
@@ -366,3 +372,151 @@ async def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(
 
         await eventually(all_counted, timeout=50, interval=0.5, what=f"{n} leads counted after the restart")
         assert await captured() == n, "nothing counted twice"
+
+
+def generated_history(journey, run: str, n: int, base: datetime) -> list[Envelope]:
+    """``n`` journeys of every kind the funnel and the latencies fold (seeded, so a failure
+    replays): captures (some merged), qualifications (some twice), accepted, rejected and
+    recycled verdicts, deals won, onboardings, first steps, receipts with their latencies;
+    10% of the events delivered twice, and the whole history shuffled (out of order)."""
+    rng = random.Random(run)
+    events: list[Envelope] = []
+    for i in range(n):
+        lead, deal, account = f"lead-{run}-{i}", f"deal-{run}-{i}", f"acc-{run}-{i}"
+        channel, t = f"gen-{run}-{rng.randrange(3)}", rng.uniform(0, 3600)
+        events.append(journey.captured(lead, channel, when=t, base=base))
+        if rng.random() < 0.1:
+            events.append(journey.captured(lead, channel, when=t + 5, merged=True, base=base))
+        if rng.random() < 0.2:
+            continue
+        qualified = journey.qualified(lead, channel, when=t + 60, base=base)
+        events += [
+            qualified,
+            journey.receipt(
+                "lead-qualified", str(qualified.event_id), rng.uniform(0.001, 2), when=t + 60, base=base
+            ),
+        ]
+        if rng.random() < 0.1:
+            events.append(journey.qualified(lead, channel, when=t + 90, base=base))
+        if rng.random() < 0.4:
+            continue
+        outcome = rng.choices(["accepted", "rejected", "recycled"], [6, 2.5, 1.5])[0]
+        events.append(journey.verdict(lead, outcome, when=t + rng.uniform(100, 5000), base=base))
+        if outcome != "accepted" or rng.random() < 0.5:
+            continue
+        won = journey.won(deal, lead, when=t + 6000, base=base)
+        events += [
+            won,
+            journey.receipt("deal-won", str(won.event_id), rng.uniform(0.001, 2), when=t + 6000, base=base),
+        ]
+        if rng.random() < 0.7:
+            events.append(journey.onboarded(deal, account, when=t + 6002, base=base))
+        if rng.random() < 0.5:
+            events.append(journey.first_step(deal, account, when=t + rng.uniform(6100, 20000), base=base))
+    events += rng.sample(events, len(events) // 10)
+    rng.shuffle(events)
+    return events
+
+
+def pure_fold(events: list[Envelope]) -> AnalyticsState:
+    """The same history folded by the engine alone, in memory, with the worker's classification."""
+    state = AnalyticsState()
+    for env in events:
+        verdict = classify(env.to_bytes(), topic=model_for(env.event_type, env.schema_version).topic)
+        assert isinstance(verdict, Accepted), verdict
+        apply(state, verdict.envelope, verdict.event)
+    return state
+
+
+async def changelog_facts(bootstrap: str, app_id: str, table: str) -> dict[str, Any]:
+    """A table as its changelog holds it: the last value of each key, tombstones removed."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        tps = await partitions(consumer, f"{app_id}-{table}-changelog")
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        facts: dict[str, Any] = {}
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < end for tp, end in ends.items()])
+
+        while await behind():
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                for record in records:
+                    key = json.loads(record.key)
+                    if record.value is None:
+                        facts.pop(key, None)
+                    else:
+                        facts[key] = json.loads(record.value)
+        return facts
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.timeout(300)  # two worker start-ups and a few thousand events on a shared machine
+async def test_a_replayed_history_folds_to_the_pure_computation_across_a_restart(
+    worker, kafka_bootstrap, make_settings, journey
+):
+    """A generated history (out of order, redelivered) through the worker, SIGKILLed while
+    folding and started again: the facts in its changelogs (what a recovery rebuilds the tables
+    from) are exactly those of the engine folding the same events in memory, and so are the
+    funnel, the channels, the latencies and the KPIs computed from them."""
+    run = uuid.uuid4().hex[:8]
+    base = datetime.now(UTC) - timedelta(days=2)
+    events = generated_history(journey, run, 400, base)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        sent = []
+        for env in events:
+            topic = model_for(env.event_type, env.schema_version).topic
+            value, key = env.to_bytes(), env.partition_key.encode()
+            sent.append(await producer.send(topic, value, key=key, headers=env.headers()))
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    app_id = worker.env["CRM_ANALYTICS_APP_ID"]
+    settings = make_settings("analytics", MONGODB_DATABASE=worker.env["MONGODB_DATABASE"])
+    async with running_app(create_app(settings)) as client:
+
+        async def folding() -> bool | None:
+            assert worker.proc.poll() is None, worker.log_tail()
+            channels = (await client.get("/channels", headers=ANALYST)).json()
+            return any(name.startswith(f"gen-{run}") for name in channels) or None
+
+        await eventually(folding, timeout=45, interval=0.2, what="the worker folding the history")
+    worker.proc.kill()
+    worker.proc.wait(timeout=30)
+    respawn(worker)
+
+    async def done() -> bool | None:
+        assert worker.proc.poll() is None, worker.log_tail()
+        return await caught_up(kafka_bootstrap, app_id) or None
+
+    await eventually(done, timeout=120, interval=0.5, what="the history folded after the restart")
+    expected = pure_fold(events)
+    receipt_keys = set(expected.receipts)
+
+    def mine(key: str) -> bool:
+        return run in key or key in receipt_keys
+
+    found: dict[str, dict[str, Any]] = {}
+    for table in ("leads", "deals", "receipts", "records"):
+        facts = await changelog_facts(kafka_bootstrap, app_id, table)
+        found[table] = {k: v for k, v in facts.items() if mine(k)}
+        want = {k: v for k, v in getattr(expected, table).items() if mine(k)}
+        assert found[table] == want, f"{table}: the changelog differs from the pure fold"
+    assert len(found["leads"]) == 400
+    assert found["deals"]
+    assert found["receipts"]
+    replayed = rebuild_figures(
+        AnalyticsState(
+            leads=found["leads"], deals=found["deals"], receipts=found["receipts"], records=found["records"]
+        )
+    )
+    assert replayed.figures.summary() == expected.figures.summary()
+    now = datetime.now(UTC)
+    assert kpis.compute(found["records"], now) == kpis.compute(dict(expected.records), now)

@@ -1,8 +1,9 @@
 """Ack folded events once their changelog writes are stored: one broker wait for many events.
 
 The worker's agent folds one event after another (the folds are synchronous and in memory)
-and hands each event here with the futures of the changelog writes its fold made. A
-background task takes everything handed over so far, waits for all of its writes at once,
+and hands each event here (with the futures of any writes of its own). A background task takes
+everything handed over so far, calls ``flush`` at that moment (``analytics.changelog``: the
+changelog records of every key those folds changed, once each), waits for all of it at once,
 then acks those events: faust commits a source offset only once it and every offset before
 it on its partition are acked, so an offset is never committed before the facts it produced
 are in the changelog. While one wait is with the broker the next events are folded, so the
@@ -27,8 +28,17 @@ E = TypeVar("E")
 class ChangelogConfirmer(Generic[E]):
     """Events folded and waiting for their changelog writes; acked in batches (module doc)."""
 
-    def __init__(self, ack: Callable[[E], Awaitable[Any]], *, max_pending: int) -> None:
+    def __init__(
+        self,
+        ack: Callable[[E], Awaitable[Any]],
+        *,
+        max_pending: int,
+        flush: Callable[[], asyncio.Future[Any]] | None = None,
+    ) -> None:
         self._ack = ack
+        # Called at the moment a batch is taken: starts the writes of everything folded so far
+        # (analytics.changelog) and gives their future, awaited with the batch's other writes.
+        self._flush = flush
         self.max_pending = max_pending
         self._events: list[E] = []
         self._writes: list[asyncio.Future[Any]] = []
@@ -81,6 +91,8 @@ class ChangelogConfirmer(Generic[E]):
             self._events, self._writes = [], []
             self._room.set()
             try:
+                if self._flush is not None:
+                    writes.append(self._flush())
                 if writes:
                     self.batches += 1
                     await asyncio.gather(*writes)

@@ -41,6 +41,7 @@ from crm_platform.kafka import make_consumer
 from crm_platform.kafka_security import aiokafka_security
 
 from analytics.domain.engine import AnalyticsState, apply, figure_values, merge_state
+from analytics.domain.reads import unread_type
 from analytics.domain.snapshot import Reconciliation
 
 log = logging.getLogger("crm.analytics.reconcile")
@@ -114,6 +115,8 @@ def _fold(state: AnalyticsState, record: ConsumerRecord[Any, Any]) -> None:
     """Fold one replayed record as the worker did: the same classification, and the
     plausible-time window around the record's own timestamp, not today's, so a record
     dead-lettered as implausible then does not count now (nor the reverse)."""
+    if unread_type(record.headers) is not None:
+        return  # a type analytics does not read: the worker skipped it unread too
     appended = datetime.fromtimestamp(record.timestamp / 1000, UTC)
     outcome = classify(record.value, topic=record.topic, now=appended)
     if not isinstance(outcome, Accepted):

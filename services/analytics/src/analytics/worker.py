@@ -9,8 +9,10 @@ reading or folding one record sends that record to ``crm.dlq.analytics`` once, w
 the original bytes and ``dlq_*`` headers, and the agent carries on.
 
 One actor folds the stream; an event is acked only once the changelog writes of its fold are
-stored, and those writes are awaited in batches (``analytics.confirm``: one broker round trip
-for every event folded meanwhile, not one per event). Only a failure to store (the dead
+stored, and those writes are made and awaited in batches (``analytics.changelog``: the tables
+note changed keys and each flush writes every noted key once, one record batch per changelog
+partition; ``analytics.confirm``: one flush and one broker round trip for every event folded
+meanwhile, not one per event). Only a failure to store (the dead
 letter or the changelog writes) crashes the actor: faust restarts it and the records, never
 acked, come again. If actors keep crashing
 (more than ``CRM_ANALYTICS_MAX_RESTARTS`` restarts within
@@ -35,7 +37,6 @@ repartitioned, so two workers would each see half the partitions.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
@@ -84,8 +85,10 @@ from mode import OneForOneSupervisor, ServiceT
 from pymongo import AsyncMongoClient
 
 from analytics import handlers
+from analytics.changelog import ChangelogWriter, WriteBehindTable
 from analytics.confirm import ChangelogConfirmer
 from analytics.domain.engine import AnalyticsState, ImplausibleEvent, apply, forget_records, rebuild_figures
+from analytics.domain.reads import unread_type
 from analytics.domain.snapshot import Reconciliation, Snapshot
 from analytics.reconcile import Reconciler, committed_offsets, log_report, reconcile
 from analytics.settings import AnalyticsSettings
@@ -113,10 +116,6 @@ SOURCE_TOPICS: tuple[str, ...] = (
 # aiokafka's batch per changelog partition (faust's default is 16 KiB, about 40 facts).
 CHANGELOG_BATCH_BYTES = 512 * 1024
 CHANGELOG_LINGER_SECONDS = 0.01
-# Changelog writes faust's producer buffer holds before it makes the stream wait for it to
-# drain (faust's default, 100, makes a batch of folds wait on a slow flush loop); the
-# confirmer's CRM_ANALYTICS_CONFIRM_BATCH bounds what the agent has in flight instead.
-PRODUCER_BUFFER_MESSAGES = 50_000
 # The erasure requests analytics confirmed (its database): one confirmation per request.
 ERASURES = "erasures"
 DEPARTMENT = "analytics"
@@ -145,40 +144,14 @@ def build_faust_app(settings: AnalyticsSettings) -> faust.App:
         consumer_group_instance_id=settings.consumer_instance_id,
         key_serializer="raw",
         value_serializer="raw",
-        # The changelog writes of a whole batch of folds are in flight together
-        # (analytics.confirm): batches per partition large enough that a send rarely waits
-        # for the previous batch of its partition to drain (aiokafka allows one).
+        # A flush's record batch per changelog partition (analytics.changelog) holds this
+        # much before another is started (which waits for the previous one to drain).
         producer_max_batch_size=CHANGELOG_BATCH_BYTES,
         # ... and sent a few milliseconds late, so that one produce request carries the
         # writes of many folds (a request per small batch cost a fifth of the worker's CPU
         # in socket writes); the confirmer waits for them anyway.
         producer_linger=CHANGELOG_LINGER_SECONDS,
     )
-
-
-class ConfirmedTable(faust.Table):
-    """A faust table whose changelog writes can be awaited.
-
-    faust sends table changes through a fire-and-forget buffer; at shutdown (and
-    whenever its flush gives up) a change can be lost while the offset of the event
-    that made it is committed, and the fact is then gone for good. The agent takes
-    the futures of an event's writes (:meth:`take_unconfirmed`) and acks the event only
-    once they are done (``analytics.confirm``, many events per wait), so an offset is only
-    committed once the facts it produced are stored in the changelog.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.unconfirmed: list[asyncio.Future[Any]] = []
-
-    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
-        fut = super().send_changelog(*args, **kwargs)
-        self.unconfirmed.append(fut)
-        return fut
-
-    def take_unconfirmed(self) -> list[asyncio.Future[Any]]:
-        pending, self.unconfirmed = self.unconfirmed, []
-        return pending
 
 
 EXIT_CRASH_LOOP = 1
@@ -225,6 +198,7 @@ class AnalyticsWorker:
             receipts=self.tables["receipts"],
             records=self.tables["records"],
         )
+        self.changelog = ChangelogWriter(self.app, self.tables.values())
         self.source = self._raw_topic(*SOURCE_TOPICS)
         self.dlq_topic_name = dead_letter_topic(settings.service_name)
         self.dlq = self._raw_topic(self.dlq_topic_name)
@@ -248,9 +222,9 @@ class AnalyticsWorker:
         serve_metrics(self.app)
         self.crash_looping = False
 
-    def _declare_tables(self) -> dict[str, ConfirmedTable]:
+    def _declare_tables(self) -> dict[str, WriteBehindTable]:
         tables = {
-            name: ConfirmedTable(
+            name: WriteBehindTable(
                 self.app,
                 name=name,
                 beacon=self.app.tables.beacon,
@@ -289,50 +263,51 @@ class AnalyticsWorker:
 
     # -- the agent ---------------------------------------------------------------
     async def _process(self, stream: Any) -> None:
-        self.app.producer.buffer.max_messages = PRODUCER_BUFFER_MESSAGES
         manual = stream.noack()  # acked by the confirmer, once the event's facts are stored
+        # The confirmer flushes the tables' changelog (analytics.changelog) each time it takes
+        # a batch: once per changed key for every event folded since the previous batch.
         confirmer: ChangelogConfirmer[Any] = ChangelogConfirmer(
-            manual.ack, max_pending=self.settings.confirm_batch_max
+            manual.ack, max_pending=self.settings.confirm_batch_max, flush=self.changelog.flush
         )
         confirmer.start()
         try:
             async for event in manual.events():
-                await confirmer.add(event, await self.take(event.message))
+                await self.take(event.message)
+                await confirmer.add(event, ())
         finally:
             await confirmer.stop()
 
     async def handle(self, message: Any) -> None:
         """One Kafka message, alone: :meth:`take`, then wait for its changelog writes."""
-        pending = await self.take(message)
-        if pending:
-            await asyncio.gather(*pending)
+        await self.take(message)
+        await self.changelog.flush()
 
-    async def take(self, message: Any) -> list[asyncio.Future[Any]]:
-        """One Kafka message: fold it into the state, or dead-letter it once with the reason;
-        returns the futures of the changelog writes its fold made.
+    async def take(self, message: Any) -> None:
+        """One Kafka message: fold it into the state, or dead-letter it once with the reason.
 
-        Only once they are done may the event be acked (and its offset committed); a
-        failure of one of them crashes the actor, and the event, never acked, is delivered
-        again (its facts are rewritten, idempotently). With tracing on, the fold is a CONSUMER
-        span continuing the event's trace (the context its producer put in the record's
-        headers: crm_platform.tracing). A dead letter another group asked to replay
-        (``crm-ops replay``) is skipped.
+        The fold's table changes reach the changelog with the next flush (analytics.changelog);
+        the event may be acked (and its offset committed) only once that flush is stored; a
+        failure crashes the actor, and the event, never acked, is delivered again (its facts are
+        rewritten, idempotently). With tracing on, the fold is a CONSUMER span continuing the
+        event's trace (the context its producer put in the record's headers:
+        crm_platform.tracing). A dead letter another group asked to replay (``crm-ops replay``)
+        is skipped.
         """
         if skips_replay(message.headers, self.settings.app_id):
             self.metrics.consumed(message.topic, "replay", "ignored")
-            return []
+            return
+        unread = unread_type(message.headers)
+        if unread is not None:
+            self.metrics.consumed(message.topic, unread, "skipped")  # not read (domain.reads)
+            return
         with tracing.consuming(message.headers, topic=message.topic, group=self.settings.app_id):
             verdict = self.fold(message)
-        # This event's changelog writes, taken before any await so that no timer (the
-        # reconciliation, the retention) can take them instead.
-        pending = [fut for table in self.tables.values() for fut in table.take_unconfirmed()]
         if isinstance(verdict, Rejected):
             await self.dead_letter(message, verdict.reason, verdict.error, verdict.event_type)
         else:
             await self._keep_policy(verdict.event)
             await self._confirm_erasure(verdict.event, verdict.envelope)
             self.metrics.consumed(message.topic, verdict.envelope.event_type, "processed")
-        return pending
 
     async def _keep_policy(self, event: Any) -> None:
         """The role -> permission policy, kept in analytics' database for its API to enforce
@@ -460,10 +435,8 @@ class AnalyticsWorker:
         )
         if report is None:
             return None  # the tables were recovered again meanwhile: the next run checks them
-        # The repaired facts' changelog writes, taken before any await (see handle()).
-        pending = [fut for table in self.tables.values() for fut in table.take_unconfirmed()]
-        if pending:
-            await asyncio.gather(*pending)
+        # The repaired facts' changelog writes (with whatever the agent folded meanwhile).
+        await self.changelog.flush()
         report.worker = self.settings.app_id
         reconciliations = MongoReconciliations(self.mongo[self.settings.database_name])
         await handlers.record_reconciliation(reconciliations, report)
@@ -506,10 +479,7 @@ class AnalyticsWorker:
             return 0  # never judge a table still being recovered
         cutoff = utcnow().timestamp() - days * 86400
         dropped = forget_records(self.state, cutoff)
-        # The tombstones' changelog writes, taken before any await (see handle).
-        pending = [fut for table in self.tables.values() for fut in table.take_unconfirmed()]
-        if pending:
-            await asyncio.gather(*pending)
+        await self.changelog.flush()  # the tombstones' changelog writes
         if dropped:
             log.info("retention: %d records older than %d days dropped", dropped, days)
         return dropped

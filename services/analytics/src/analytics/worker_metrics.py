@@ -4,8 +4,9 @@ The worker is a separate process from the analytics API, so what it does is only
 visible if it serves metrics itself (a PodMonitor scrapes port ``worker-web``):
 
 - ``crm_events_consumed_total{service="analytics-worker",topic,event_type,outcome}``:
-  outcome ``processed`` or ``dead_lettered`` (the platform's counter, so the same
-  dashboards and alerts cover the worker);
+  outcome ``processed``, ``dead_lettered``, ``skipped`` (a type analytics does not read,
+  ``analytics.domain.reads``) or ``ignored`` (a dead letter replayed for another group) (the
+  platform's counter, so the same dashboards and alerts cover the worker);
 - ``crm_dead_lettered_total{service="analytics-worker",topic,reason}``;
 - ``crm_consumer_lag{service="analytics-worker",topic,partition}``: from the group's
   committed offsets and the high watermarks, per source partition the worker holds

@@ -125,3 +125,30 @@ async def test_stopping_leaves_the_unconfirmed_events_unacked() -> None:
     await asyncio.sleep(0)
     await confirmer.stop()
     assert acks.acked == [], "they come again after a restart and fold to the same facts"
+
+
+async def test_a_batch_is_acked_only_once_its_flush_is_stored() -> None:
+    """With a flush (analytics.changelog), each batch calls it when taken and waits for it."""
+    acked: list[int] = []
+    stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    flushes = 0
+
+    def flush() -> asyncio.Future[None]:
+        nonlocal flushes
+        flushes += 1
+        return stored
+
+    async def ack(event: int) -> None:
+        acked.append(event)
+
+    confirmer: ChangelogConfirmer[int] = ChangelogConfirmer(ack, max_pending=100, flush=flush)
+    confirmer.start()
+    await confirmer.add(1, ())
+    await confirmer.add(2, ())
+    await asyncio.sleep(0.01)
+    assert flushes == 1
+    assert acked == []
+    stored.set_result(None)
+    await confirmer.drained()
+    assert acked == [1, 2]
+    await confirmer.stop()

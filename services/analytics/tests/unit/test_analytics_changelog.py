@@ -1,0 +1,101 @@
+"""The tables' changelog written behind the folds (analytics.changelog), without a broker: the
+worker's real tables, the sending replaced by a recorder."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from analytics.settings import AnalyticsSettings
+from analytics.worker import AnalyticsWorker
+
+
+def make_worker() -> AnalyticsWorker:
+    return AnalyticsWorker(
+        AnalyticsSettings(
+            KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9",
+            MONGODB_URI="mongodb://127.0.0.1:9",
+            CRM_ANALYTICS_APP_ID=f"crm-analytics-unit-{uuid.uuid4().hex[:8]}",
+        )
+    )
+
+
+class Recorder:
+    """Stands in for the producer: records each flush's records; a send waits for ``gate``."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[tuple[str, bytes, bytes | None]]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail: Exception | None = None
+
+    async def send(self, records: list[Any]) -> list[asyncio.Future[Any]]:
+        await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        self.sent.append([(topic, key, value) for _table, _key, topic, key, value in records])
+        return []
+
+
+@pytest.fixture
+def worker(monkeypatch) -> tuple[AnalyticsWorker, Recorder]:
+    w = make_worker()
+    recorder = Recorder()
+    monkeypatch.setattr(w.changelog, "_send", recorder.send)
+    return w, recorder
+
+
+async def test_a_key_changed_by_several_folds_is_written_once_with_its_latest_value(worker) -> None:
+    w, recorder = worker
+    leads = w.tables["leads"]
+    leads["a"] = {"captured_at": 1.0}
+    leads["a"] = {"captured_at": 1.0, "qualified": [2.0]}
+    leads["b"] = {"captured_at": 3.0}
+    del leads["b"]
+    await w.changelog.flush()
+    [records] = recorder.sent
+    topic = leads.changelog_topic.get_topic_name()
+    assert records == [
+        (topic, b'"a"', b'{"captured_at":1.0,"qualified":[2.0]}'),
+        (topic, b'"b"', None),  # deleted: a tombstone
+    ]
+    assert leads.dirty == {}
+    await w.changelog.flush()  # nothing changed since: nothing sent
+    assert len(recorder.sent) == 1
+
+
+async def test_a_flush_with_nothing_of_its_own_waits_for_the_earlier_flushes(worker) -> None:
+    """The reconciliation's flush may take keys the agent's events changed: the confirmer's
+    next flush, empty, must not be done before that one is stored."""
+    w, recorder = worker
+    recorder.gate.clear()
+    w.tables["deals"]["d"] = {"won_at": 1.0}
+    earlier = w.changelog.flush()
+    later = w.changelog.flush()
+    await asyncio.sleep(0.01)
+    assert not later.done()
+    recorder.gate.set()
+    await later
+    assert earlier.done()
+
+
+async def test_a_failed_flush_fails_the_queued_ones_and_its_keys_are_written_next_time(worker) -> None:
+    w, recorder = worker
+    receipts = w.tables["receipts"]
+    recorder.gate.clear()
+    receipts["r1"] = {"handoff": "lead-qualified", "latency": 0.1}
+    first = w.changelog.flush()
+    receipts["r2"] = {"handoff": "lead-qualified", "latency": 0.2}
+    second = w.changelog.flush()
+    recorder.fail = ConnectionError("broker away")
+    recorder.gate.set()
+    for flush in (first, second):
+        with pytest.raises(ConnectionError):
+            await flush
+    assert set(receipts.dirty) == {"r1", "r2"}
+    recorder.fail = None
+    await w.changelog.flush()
+    assert sorted(key for _topic, key, _value in recorder.sent[-1]) == [b'"r1"', b'"r2"']
+    await w.changelog.stop()
