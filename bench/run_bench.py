@@ -857,13 +857,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--import-rows", type=int, default=int(num("BENCH_IMPORT_ROWS", 200000, 20000)))
     parser.add_argument("--backlog-events", type=int, default=int(num("BENCH_BACKLOG_EVENTS", 100000, 3000)))
     parser.add_argument("--drain-max-seconds", type=float, default=num("BENCH_DRAIN_MAX_SECONDS", 300, 60))
-    parser.add_argument(
-        "--replay-history",
-        type=int,
-        default=int(num("BENCH_REPLAY_HISTORY", 0, 10000)),
-        help="journeys (4 folded events each) produced straight onto the worker's topics before its "
-        "replay, on top of the backlog phase's log (quick mode: 10,000 = 40,000 events)",
-    )
+    parser.add_argument("--replay-history", type=int, default=int(num("BENCH_REPLAY_HISTORY", 0, 10000)))
     parser.add_argument("--replay-max-seconds", type=float, default=num("BENCH_REPLAY_MAX_SECONDS", 180, 60))
     parser.add_argument("--idle-settle", type=float, default=num("BENCH_IDLE_SETTLE", 15, 5))
     parser.add_argument("--idle-seconds", type=float, default=num("BENCH_IDLE_SECONDS", 20, 5))
