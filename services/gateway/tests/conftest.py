@@ -68,6 +68,7 @@ def _upstream_app(hits: list[dict[str, Any]]) -> Any:
             "query": request.url.query,
             "body": body.decode("utf-8", "replace"),
             "headers": {k: v for k, v in request.headers.items()},
+            "client_port": request.client.port if request.client else None,
             "principal": {
                 "user_id": principal.user_id,
                 "username": principal.username,
@@ -94,7 +95,10 @@ async def upstream() -> AsyncIterator[Upstream]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(_upstream_app(hits), log_config=None, access_log=False, lifespan="off")
+        # proxy_headers off: the echo reports the TCP peer's port (the gateway's pooled connection)
+        uvicorn.Config(
+            _upstream_app(hits), log_config=None, access_log=False, lifespan="off", proxy_headers=False
+        )
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))
 

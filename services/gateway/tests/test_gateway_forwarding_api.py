@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import uuid
 from typing import Any
 
 import pytest
 from crm_platform.auth import Role
 from crm_platform.testing import auth_headers
+from gateway.upstream import Upstreams
 
 PASSWORD = "a-good-long-password"
 
@@ -229,6 +232,41 @@ async def test_unknown_service_is_404(gateway: Any) -> None:
         assert r.status_code == 404
         assert "billing" in r.json()["message"]
         assert (await client.get("/api/billing", headers=auth_headers(["admin"]))).status_code == 404
+
+
+async def test_the_upstream_pool_keeps_its_connections_alive_between_bursts(upstream: Any) -> None:
+    """40 clients sending four requests each: the pool opens at most 40 connections and keeps
+    them (it kept 20 alive and closed the others once idle: httpx's default limits)."""
+    up = Upstreams({"leads": upstream.url}, max_connections=200)
+    tag = uuid.uuid4().hex[:8]
+    headers = auth_headers(["marketing"])
+
+    async def one(burst: int, i: int) -> None:
+        forwarded = await up.forward(
+            "leads",
+            method="GET",
+            raw_path=f"/pool-{tag}/{burst}/{i}",
+            query=b"",
+            headers=headers,
+            body=b"",
+            client_host="127.0.0.1",
+            scheme="http",
+            host="gateway",
+        )
+        assert forwarded.status_code == 200
+        await forwarded.aclose()
+
+    async def client(i: int) -> None:
+        for burst in range(4):
+            await one(burst, i)
+
+    try:
+        await asyncio.gather(*(client(i) for i in range(40)))
+    finally:
+        await up.aclose()
+    mine = [hit for hit in upstream.hits if hit["path"].startswith(f"/pool-{tag}/")]
+    assert len(mine) == 160
+    assert len({hit["client_port"] for hit in mine}) <= 40
 
 
 async def test_upstream_down_is_503(gateway: Any) -> None:

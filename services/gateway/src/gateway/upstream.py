@@ -104,16 +104,20 @@ class Upstreams:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.urls = dict(urls)
+        limits = httpx.Limits(
+            max_connections=max_connections,
+            # Every connection may stay open: a pool that closes some after each burst
+            # makes the next burst open new TCP connections (and pay their setup).
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=30.0,
+        )
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout),
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                # Every connection may stay open: a pool that closes some after each burst
-                # makes the next burst open new TCP connections (and pay their setup).
-                max_keepalive_connections=max_connections,
-                keepalive_expiry=30.0,
-            ),
-            transport=transport or httpx.AsyncHTTPTransport(retries=1),
+            # The client's ``limits`` only reach a transport it makes itself: the transport
+            # made here gets them too (without, httpx's default kept 20 connections alive and
+            # closed the rest after each request, so 32 clients opened a connection per few requests).
+            limits=limits,
+            transport=transport or httpx.AsyncHTTPTransport(retries=1, limits=limits),
             follow_redirects=False,
             trust_env=False,
             # One client serves every user: it must never keep a Set-Cookie (the console's
