@@ -122,3 +122,55 @@ async def test_erasure_scrubs_the_erased_records_events_inside_a_published_batch
     finally:
         await client.drop_database(store.db.name)
         await client.close()
+
+
+def _qualified(lead_id: str, email: str) -> LeadQualifiedV1:
+    return LeadQualifiedV1(
+        lead_id=lead_id,
+        contact=Contact(name="Ann", email=email),
+        company="Co",
+        score=50.0,
+        threshold=40.0,
+        score_reasons=[ScoreReason(behaviour=Behaviour.TRIAL_SIGNUP, count=1, points=50.0)],
+        source_channel="web_form",
+        behaviour_summary={Behaviour.TRIAL_SIGNUP: 1},
+        consent=Consent(marketing_email=True),
+        qualified_at=utcnow(),
+    )
+
+
+@pytest.mark.integration
+async def test_the_key_records_a_transaction_shares_go_ahead_of_its_handoffs_in_one_row(
+    mongodb_uri: str,
+) -> None:
+    """Three leads qualified in one transaction (a tracker's batch of behaviours): their sealed
+    handoffs are rows of their own, and the three people's key records ONE row stored before
+    the first of them (the relay publishes in ``_id`` order: each key before the events
+    sealed with it, so the holder seldom waits for one)."""
+    client = connect(mongodb_uri, "outbox-batch-test")
+    store = Store(client, f"t_outbox_{uuid.uuid4().hex[:8]}", "leads")
+    leads = [f"lead-{uuid.uuid4().hex[:6]}" for _ in range(3)]
+    try:
+        await store.ensure_platform_indexes()
+
+        async def work(tx: Tx) -> None:
+            tx.emit(LeadStatusChangedV1(lead_id=leads[0], status="nurturing", source_channel="web"))
+            for lead in leads:
+                tx.emit(_qualified(lead, f"{lead}@example.com"))
+
+        await store.transaction(work)
+        rows = await store.db[OUTBOX].find().sort("_id", 1).to_list()
+        kinds = [(row["event_type"], row.get("count", 1)) for row in rows]
+        assert kinds == [
+            ("lead.status_changed", 1),
+            ("lead.person_key_issued", 3),
+            ("lead.qualified", 1),
+            ("lead.qualified", 1),
+            ("lead.qualified", 1),
+        ]
+        keyed = [item["envelope"]["payload"]["person_id"] for item in row_items(rows[1])]
+        sealed = [row["envelope"]["payload"]["sealed_contact"]["person_id"] for row in rows[2:]]
+        assert keyed == sealed, "each handoff's key, in the handoffs' order"
+    finally:
+        await client.drop_database(store.db.name)
+        await client.close()

@@ -124,14 +124,22 @@ class Tx:
             if updates:
                 await self.db[name].bulk_write(updates, ordered=True, session=self.session)
 
-    def emit(self, event: Event, *, correlation_id: str | None = None, batched: bool = False) -> Envelope:
+    def emit(
+        self,
+        event: Event,
+        *,
+        correlation_id: str | None = None,
+        batched: bool = False,
+        before: int | None = None,
+    ) -> Envelope:
         """Store ``event`` in the outbox with this transaction.
 
         ``batched``: the event may share ONE outbox row with the batched events emitted next to
         it (:func:`outbox_rows`): a bulk capture or an import batch writes and marks one row
         instead of one per lead; in a consumer's batch every event does (``batch_emits``).
         Consumers still get one record per event, in order. A handoff is always a row of its
-        own (its receipt tracking and re-send work on its row).
+        own (its receipt tracking and re-send work on its row). ``before``: stored ahead of the
+        event emitted at that position (a key record ahead of the handoff it opens).
         """
         cause = causation_var.get()
         corr = correlation_id or (cause.correlation_id if cause else None)
@@ -143,9 +151,10 @@ class Tx:
             causation_id=str(cause.event_id) if cause else None,
             occurred_at=simulated_now(),  # None (the real time) unless the demo clock set one
         )
-        self.emitted.append(env)
-        self.trace_contexts.append(tracing.capture())
-        self.batched.append((batched or self.batch_emits) and env.event_type not in HANDOFF_BY_EVENT_TYPE)
+        at = len(self.emitted) if before is None else before
+        self.emitted.insert(at, env)
+        self.trace_contexts.insert(at, tracing.capture())
+        self.batched.insert(at, (batched or self.batch_emits) and env.event_type not in HANDOFF_BY_EVENT_TYPE)
         return env
 
 

@@ -282,7 +282,9 @@ async def seal_emitted(db: Any, tx: Any) -> None:
                 shared.append((digests[person.email], owned))
         payload = rule.apply(env.payload, seals)
         tx.emitted[i] = env.model_copy(update={"schema_version": rule.sealed_version, "payload": payload})
-    await _share(db, tx, owner, shared)
+    if shared:
+        first = min(i for i, rule in todo if rule.opened_by_holders)
+        await _share(db, tx, owner, shared, before=first)
 
 
 def sealed_event(event: Event, owner: str) -> tuple[Event, list[KeyIssued]]:
@@ -356,16 +358,22 @@ def _owned_doc(owner: str, digest: str) -> Doc:
     }
 
 
-async def _share(db: Any, tx: Any, owner: str, keys: list[tuple[str, _Owned]]) -> None:
+async def _share(db: Any, tx: Any, owner: str, keys: list[tuple[str, _Owned]], *, before: int) -> None:
     """Emit the key record of each key not shared yet (same transaction as the handoff that
-    needs it), and note it shared: a person only captured never has a key on the topic."""
+    needs it), and note it shared: a person only captured never has a key on the topic.
+
+    The records go ahead of the first event emitted at ``before`` (the first that a holder
+    opens), so the relay publishes each key before the events sealed with it and the holder
+    usually has it when they arrive instead of waiting for it; and they share one outbox
+    row (``batched``; erasure zeroes a key inside a batch row: :func:`_drop_key_rows`)."""
     fresh = {digest: k for digest, k in keys if not k.shared}
     if not fresh:
         return
     now = utcnow()
-    for k in fresh.values():
+    for n, k in enumerate(fresh.values()):
         k.shared = True
-        tx.emit(_ISSUED[owner](person_id=k.person_id, key=encode_key(k.key), issued_at=now))
+        record = _ISSUED[owner](person_id=k.person_id, key=encode_key(k.key), issued_at=now)
+        tx.emit(record, batched=True, before=before + n)
     ids = [_owned_id(owner, digest) for digest in fresh]
     await db[KEYS].update_many({"_id": {"$in": ids}}, {"$set": {"shared": True}}, session=tx.session)
 
