@@ -27,3 +27,25 @@ def test_a_consumer_idle_for_a_second_pauses_longer_and_resumes_at_once() -> Non
     assert kafka_module.pause_after(10_000, pause) == idle
     # Unpaced (a real broker): never a pause.
     assert kafka_module.pause_after(10_000, 0.0) == 0.0
+
+
+def test_a_fetch_that_brought_records_waits_out_the_rest_of_the_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kafka_module, "_empty_fetch_pause", 0.02)
+    monkeypatch.setattr(kafka_module, "_fetch_interval", 0.0)
+    assert kafka_module.wait_after_fetch(True, 0.001, 0) == 0.0  # unpaced: the next fetch at once
+    assert kafka_module.wait_after_fetch(False, 0.001, 1) == pytest.approx(0.02)  # empty: its own pause
+    monkeypatch.setattr(kafka_module, "_fetch_interval", 0.1)
+    assert kafka_module.wait_after_fetch(True, 0.03, 0) == pytest.approx(0.07)
+    assert kafka_module.wait_after_fetch(True, 0.25, 0) == 0.0  # a long fetch (a replay): no wait
+    assert kafka_module.wait_after_fetch(False, 0.001, 1) == pytest.approx(0.02)
+
+
+def test_fetch_pacing_zero_leaves_the_interval_another_component_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kafka_module, "_fetch_interval", kafka_module._fetch_interval)
+    kafka_module.pace_fetches(100)
+    kafka_module.pace_fetches(0)
+    assert kafka_module._fetch_interval == pytest.approx(0.1)

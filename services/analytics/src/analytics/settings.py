@@ -77,6 +77,15 @@ class AnalyticsSettings(ServiceSettings):
         description="events folded ahead of their changelog writes' acknowledgement (the agent "
         "then waits for the broker): one wait covers every event folded meanwhile",
     )
+    fetch_interval_ms: int = Field(
+        default=100,
+        validation_alias="CRM_ANALYTICS_FETCH_INTERVAL_MS",
+        ge=0,
+        le=5000,
+        description="a fetch that brought records starts the next one no sooner than this "
+        "(crm_platform.kafka.pace_fetches): live events come several per fetch instead of one "
+        "or two; the figures are published once a second anyway; 0 turns it off",
+    )
     reconcile_interval_seconds: float = Field(
         default=3600.0,
         validation_alias="CRM_ANALYTICS_RECONCILE_SECONDS",

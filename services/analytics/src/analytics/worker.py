@@ -76,7 +76,7 @@ from crm_platform.dead_letters import (
     dead_letter_headers,
     skips_replay,
 )
-from crm_platform.kafka import ensure_topics, pace_empty_fetches
+from crm_platform.kafka import ensure_topics, pace_empty_fetches, pace_fetches
 from crm_platform.liveness import ConsumerWatchdog, PartitionTracker, WatchdogConfig, harden_aiokafka
 from crm_platform.logging import configure_logging
 from crm_platform.mongo import connect
@@ -585,6 +585,7 @@ def main() -> None:
     tracing.configure(f"{settings.service_name}-worker")  # OTLP export only when configured
     provision_topics(settings)
     pace_empty_fetches(settings.consumer_idle_backoff_ms)  # faust's consumer is aiokafka's too
+    pace_fetches(settings.fetch_interval_ms)  # several live events per fetch, not one
     worker = AnalyticsWorker(settings)
     watch_progress(worker.app, settings)
     log.info("starting analytics worker %s on %s", settings.app_id, settings.faust_broker)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,7 @@ def make_admin(bootstrap: str, client_id: str, security: KafkaSecurity | None = 
 
 
 _empty_fetch_pause = 0.0
+_fetch_interval = 0.0  # pace_fetches: the least time between fetches that bring records
 # A consumer whose fetches came back empty for this long is idle: it then waits
 # IDLE_PAUSE_FACTOR times the pause (so an idle platform costs a fifth of the CPU);
 # the first record after a quiet second waits that much longer, none while traffic flows.
@@ -88,12 +90,47 @@ def pace_empty_fetches(delay_ms: int) -> None:
     if delay_ms <= 0:
         return
     _empty_fetch_pause = delay_ms / 1000
+    _pace_fetcher("crm_platform.kafka.pace_empty_fetches (Fetcher._proc_fetch_request)")
+    log.info("empty fetches paced at %d ms (broker answers empty fetches at once)", delay_ms)
+
+
+def pace_fetches(interval_ms: int) -> None:
+    """Make every aiokafka consumer in this process start a fetch that brings records at most
+    once per ``interval_ms`` (to each broker).
+
+    While records trickle in, each fetch brings one or two, and a fetch costs the consumer
+    the same whatever it brings (a request naming every assigned partition, its response
+    decoded, the round through the consumer's loop): a consumer that does not need every
+    record within milliseconds (the analytics worker, whose figures are published once a
+    second) gets several records per fetch by waiting out the rest of the interval after
+    one that brought some. Under load a fetch brings as much as the fetch sizes allow, so the
+    interval costs no throughput once a fetch takes longer than it. Empty fetches are paced by
+    :func:`pace_empty_fetches`. Process-wide; the last positive value wins; 0 changes nothing.
+    """
+    global _fetch_interval
+    if interval_ms <= 0:
+        return
+    _fetch_interval = interval_ms / 1000
+    _pace_fetcher("crm_platform.kafka.pace_fetches (Fetcher._proc_fetch_request)")
+    log.info("fetches that bring records paced at one per %d ms", interval_ms)
+
+
+def wait_after_fetch(has_data: bool, elapsed: float, empty_streak: int) -> float:
+    """Seconds to wait after a fetch that took ``elapsed`` (the pacing asked for, if any)."""
+    if has_data:
+        return max(0.0, _fetch_interval - elapsed)
+    return pause_after(empty_streak, _empty_fetch_pause) if _empty_fetch_pause else 0.0
+
+
+def _pace_fetcher(what: str) -> None:
+    """Wrap aiokafka's fetch round once: after it, wait as :func:`wait_after_fetch` says."""
     if getattr(Fetcher, "_crm_paced", False):
         return
-    require_patchable("crm_platform.kafka.pace_empty_fetches (Fetcher._proc_fetch_request)")
+    require_patchable(what)
     original = Fetcher._proc_fetch_request
 
     async def paced(self: Fetcher, *args: Any, **kwargs: Any) -> bool:
+        started = time.monotonic()
         has_data: bool = await original(self, *args, **kwargs)
         task = asyncio.current_task()
         if task is not None and task.cancelling():
@@ -104,18 +141,18 @@ def pace_empty_fetches(delay_ms: int) -> None:
             return False
         streak = 0 if has_data else getattr(self, "_crm_empty_streak", 0) + 1
         self._crm_empty_streak = streak
-        if not has_data and _empty_fetch_pause:
+        wait = wait_after_fetch(has_data, time.monotonic() - started, streak)
+        if wait > 0:
             # Still inside the fetch task, so the fetcher counts this broker as
             # busy and sends it nothing new until the pause is over.
             try:
-                await asyncio.sleep(pause_after(streak, _empty_fetch_pause))
+                await asyncio.sleep(wait)
             except asyncio.CancelledError:
                 return False  # closing: the fetcher cancels its tasks and moves on
         return has_data
 
     Fetcher._proc_fetch_request = paced
     Fetcher._crm_paced = True
-    log.info("empty fetches paced at %d ms (broker answers empty fetches at once)", delay_ms)
 
 
 @dataclass
