@@ -104,7 +104,8 @@ async def send(producer: AIOKafkaProducer, envelopes: list[Envelope]) -> None:
 
 
 async def one_run(infra: Any, tree: str, rate: float, seconds: float) -> dict[str, Any]:
-    """A fresh worker at the topics' end, warmed up by one handoff, then the trickle."""
+    """A fresh worker at the topics' end, warmed up by one handoff, then the trickle. Why long:
+    one measurement, start to end, whose steps share its clocks and counters."""
     from analytics.worker import SOURCE_TOPICS
 
     bootstrap, mongodb_uri = infra.kafka_bootstrap, infra.mongodb_uri

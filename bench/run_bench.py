@@ -825,6 +825,7 @@ def _ratio(platform: dict[str, Any], baseline: dict[str, Any], key: str) -> str:
 
 
 def parse_args() -> argparse.Namespace:
+    """The bench's options (environment defaults, reduced in quick mode). Why long: one call per option."""
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0", "false")
     env = os.environ.get
 

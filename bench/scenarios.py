@@ -361,7 +361,8 @@ async def analytics_replay(
     to the worker's process (``bench/replay.py`` runs another tree's worker with it);
     ``profile_dir`` records it with py-spy (BENCH_PROFILE); ``drop_changelogs`` deletes the
     worker's changelog topics afterwards (the embedded broker's CPU grows with its state: the
-    next replay then starts from the same state)."""
+    next replay then starts from the same state). Why long: one measurement, start to end,
+    whose steps share its clocks and counters."""
     bootstrap = platform.kafka_bootstrap
     group = f"crm-analytics-replay-{uuid.uuid4().hex[:6]}"
     total = await group_lag(bootstrap, group, topics)
