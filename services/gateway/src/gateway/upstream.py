@@ -74,6 +74,9 @@ class UnknownService(LookupError):
     pass
 
 
+# Idle upstream connections kept open for the next requests (see Upstreams.__init__).
+KEEP_ALIVE = 20
+
 # Bodies announced at most this large are read whole and answered in one piece;
 # larger or unannounced ones (chunked) are streamed through.
 SMALL_BODY_BYTES = 256 * 1024
@@ -106,16 +109,18 @@ class Upstreams:
         self.urls = dict(urls)
         limits = httpx.Limits(
             max_connections=max_connections,
-            # Every connection may stay open: a pool that closes some after each burst
-            # makes the next burst open new TCP connections (and pay their setup).
-            max_keepalive_connections=max_connections,
+            # At most KEEP_ALIVE idle connections stay open. Keeping every connection was
+            # measured to cost more: httpcore's pool scans its connections (twice nested, with
+            # a poll() per idle one) on every request, and that grows faster than the cost of
+            # the reconnects it saves (docs/performance.md, seventh session).
+            max_keepalive_connections=min(KEEP_ALIVE, max_connections),
             keepalive_expiry=30.0,
         )
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=connect_timeout),
             # The client's ``limits`` only reach a transport it makes itself: the transport
-            # made here gets them too (without, httpx's default kept 20 connections alive and
-            # closed the rest after each request, so 32 clients opened a connection per few requests).
+            # made here gets them too (without, CRM_UPSTREAM_MAX_CONNECTIONS was not applied:
+            # httpx's default transport allows 100).
             limits=limits,
             transport=transport or httpx.AsyncHTTPTransport(retries=1, limits=limits),
             follow_redirects=False,
