@@ -11,6 +11,7 @@ import itertools
 import uuid
 from typing import Any, TypeAlias
 
+import bson
 import pytest
 from crm_platform.testing import auth_headers
 from leads import store
@@ -139,3 +140,38 @@ async def test_every_campaign_and_score_query_uses_an_index(leads: Leads) -> Non
         for page_cursor in (None, cursor):
             plan = (await store.find_leads(db, query, page_cursor).limit(51).explain())["queryPlanner"]
             assert "COLLSCAN" not in str(plan["winningPlan"]), (query, page_cursor, plan["winningPlan"])
+
+
+def _index_names(stage: Any) -> set[str]:
+    if isinstance(stage, dict):
+        found = {stage["indexName"]} if "indexName" in stage else set()
+        return found.union(*(_index_names(v) for v in stage.values()))
+    return set().union(*(_index_names(v) for v in stage)) if isinstance(stage, list) else set()
+
+
+async def _candidates(cursor: Any) -> set[str]:
+    """The indexes of every plan the planner weighed for ``cursor`` (winner and rejected)."""
+    plan = bson.decode((await cursor.explain())["queryPlanner"].raw)
+    return _index_names([plan["winningPlan"], plan["rejectedPlans"]])
+
+
+async def test_a_reps_and_a_campaigns_queries_can_use_their_partial_indexes(leads: Leads) -> None:
+    """Only assigned leads and leads with a campaign are in ``assigned*`` and ``in_campaign``
+    (a captured or imported lead maintains neither): the planner weighs them for every query on
+    a rep or a campaign, and for no other query (searches aside: an address reads the unique
+    email index, words the text index); the indexes an earlier version made are dropped at start-up."""
+    await leads.capture()
+    db = leads.runtime.store.db
+    for query in [q for q in QUERIES + FILTERED if not q.q]:
+        spec = store.LEAD_SORTS[query.sort]
+        name = "assigned" if spec.field == "created_at" else f"assigned_{spec.field}"
+        plans = await _candidates(store.find_leads(db, query).limit(51))
+        assert (name in plans) == (query.rep is not None), (query, plans)
+        assert ("in_campaign" in plans) == (query.campaign is not None), (query, plans)
+    export = db[store.LEADS].find({"assigned_rep": "rep-1", "status": "new"}).sort("created_at", -1)
+    assert "assigned" in await _candidates(export)
+    await db[store.LEADS].create_index("updated_at", name="by_updated")
+    await store.ensure_indexes(db)
+    await store.ensure_indexes(db)  # again: nothing left to drop
+    names = {ix["name"] async for ix in await db[store.LEADS].list_indexes()}
+    assert not names & set(store.RETIRED_INDEXES), names

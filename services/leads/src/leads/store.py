@@ -37,7 +37,7 @@ from crm_platform.retention import ANONYMISED, Action, Rule, anonymous_email
 from crm_platform.uow import MongoUnit
 from pymongo import ASCENDING, DESCENDING, TEXT, ReplaceOne, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from leads.domain.imports import ImportDefaults, ImportJob
 from leads.domain.leads import BehaviourRecord, Consent, Lead, LeadStatus, Touch, VerdictRecord
@@ -62,13 +62,26 @@ IMPORT_CHUNKS = imports_store.IMPORT_CHUNKS
 IMPORT_REJECTIONS = imports_store.IMPORT_REJECTIONS
 IMPORT_MAPPINGS = imports_store.IMPORT_MAPPINGS
 DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index violation
+INDEX_NOT_FOUND = 27
+
+
+# A lead's fields that most leads leave empty (null): their indexes hold only the leads that have
+# a value (``$gte ""`` is every string, never null), so inserting a captured or imported lead
+# maintains none of them. A query's equality on a string implies the filter: the planner uses them.
+ASSIGNED = {"assigned_rep": {"$gte": ""}}
+IN_CAMPAIGN = {"campaign": {"$gte": ""}}
+# Indexes an earlier version made that a declared one now serves (dropped at start-up):
+# ``by_updated`` (retention's ``updated_at`` range: ``by_updated_at`` serves it), and the rep's and
+# the campaign's whole-collection indexes (now partial, under new names).
+RETIRED_INDEXES = ("by_updated", "by_campaign", "by_rep", "by_rep_updated_at", "by_rep_score", "by_rep_name")
 
 
 async def ensure_indexes(db: Db) -> None:
-    """Indexes, and version 1 of the scoring rules (the defaults) if none is stored."""
+    """Indexes, and version 1 of the scoring rules (the defaults) if none is stored.
+
+    Each index costs every inserted lead mongod time (the import's largest step), so each one
+    serves a listed query no other index serves (tests/test_leads_lists.py ``explain``s them)."""
     await db[LEADS].create_index("email", unique=True, name="email_unique")
-    # What retention (RETENTION_RULES) looks expired records up by.
-    await db[LEADS].create_index("updated_at", name="by_updated")
     await db[BEHAVIOURS].create_index("recorded_at", name="by_recorded")
     await db[LEADS].create_index([("created_at", DESCENDING), ("_id", DESCENDING)], name="newest")
     await db[LEADS].create_index(
@@ -79,24 +92,19 @@ async def ensure_indexes(db: Db) -> None:
         name="by_channel",
     )
     await db[LEADS].create_index(
-        [("campaign", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="by_campaign"
+        [("campaign", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+        name="in_campaign",
+        partialFilterExpression=IN_CAMPAIGN,
     )
-    # The other orders of GET /leads (crm_platform.paging: field then _id), alone and by status.
+    # The other orders of GET /leads (crm_platform.paging: field then _id), alone and by status;
+    # ``by_updated_at`` is also what retention (RETENTION_RULES) looks expired leads up by.
     for sort in (s for s in LEAD_SORTS.values() if s.field != "created_at"):
         await db[LEADS].create_index([(sort.field, DESCENDING), ("_id", DESCENDING)], name=f"by_{sort.field}")
         await db[LEADS].create_index(
             [("status", ASCENDING), (sort.field, DESCENDING), ("_id", DESCENDING)],
             name=f"by_status_{sort.field}",
         )
-    # A sales rep's leads (domain.access): every order of GET /leads and the export, by rep.
-    await db[LEADS].create_index(
-        [("assigned_rep", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="by_rep"
-    )
-    for sort in (s for s in LEAD_SORTS.values() if s.field != "created_at"):
-        await db[LEADS].create_index(
-            [("assigned_rep", ASCENDING), (sort.field, DESCENDING), ("_id", DESCENDING)],
-            name=f"by_rep_{sort.field}",
-        )
+    await _ensure_rep_indexes(db)
     # ?q= : every word of the name, company and email (default_language none: names are not stemmed).
     await db[LEADS].create_index(
         [("name", TEXT), ("company", TEXT), ("email", TEXT)], name="search", default_language="none"
@@ -110,6 +118,25 @@ async def ensure_indexes(db: Db) -> None:
         )
     except DuplicateKeyError:
         pass  # another replica seeded it at the same moment
+
+
+async def _ensure_rep_indexes(db: Db) -> None:
+    """A sales rep's leads (domain.access): every order of GET /leads and the export, by rep;
+    only assigned leads are in them (``ASSIGNED``). Then the retired indexes go."""
+    for sort_field in ("created_at", *(s.field for s in LEAD_SORTS.values() if s.field != "created_at")):
+        await db[LEADS].create_index(
+            [("assigned_rep", ASCENDING), (sort_field, DESCENDING), ("_id", DESCENDING)],
+            name="assigned" if sort_field == "created_at" else f"assigned_{sort_field}",
+            partialFilterExpression=ASSIGNED,
+        )
+    existing = {ix["name"] async for ix in await db[LEADS].list_indexes()}
+    for name in RETIRED_INDEXES:
+        if name in existing:
+            try:
+                await db[LEADS].drop_index(name)
+            except OperationFailure as e:  # another replica starting dropped it first
+                if e.code != INDEX_NOT_FOUND:
+                    raise
 
 
 async def _ensure_other_indexes(db: Db) -> None:
