@@ -381,7 +381,7 @@ class LeadPage:
 @dataclass(frozen=True)
 class LeadQuery:
     """What GET /leads filters, searches and sorts on (a score range is read through the
-    ``score`` order's index, the campaign through ``by_campaign``, or the order's index)."""
+    ``score`` order's index, the campaign through ``in_campaign``, or the order's index)."""
 
     status: str | None = None
     channel: str | None = None
