@@ -537,7 +537,9 @@ async def bench_backlog(
         say(
             f"replay history: {await produce_history(kafka, args.replay_history)} more events onto the topics"
         )
-    replay = await analytics_replay(platform, SOURCE_TOPICS, max_seconds=args.replay_max_seconds)
+    replay = await analytics_replay(
+        platform, SOURCE_TOPICS, max_seconds=args.replay_max_seconds, others=infra_pids(HOME)
+    )
     replay["load_average"] = load_average()
     return {"backlog_drain": drain, "analytics_replay": replay}
 
