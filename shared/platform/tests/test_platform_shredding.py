@@ -4,6 +4,7 @@ tests and tests/e2e/test_erasure.py)."""
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
 
@@ -16,6 +17,9 @@ from crm_platform.shredding import (
     SEAL_RULES,
     PersonFields,
     UnreadableSeal,
+    _owned_docs,
+    _random_pieces,
+    _seal_wire,
     decode_key,
     encode_key,
     erased_fields,
@@ -23,6 +27,7 @@ from crm_platform.shredding import (
     open_sealed,
     seal,
 )
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 ADA = PersonFields(email="ada@example.com", name="Ada Lovelace", phone="+44 20 7946 0000")
 NOW = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
@@ -177,3 +182,25 @@ def test_a_deal_whose_seals_do_not_match_its_contacts_is_refused() -> None:
             sales_owner="rep",
             won_at=NOW,
         )
+
+
+def test_a_batchs_new_keys_and_nonces_are_fresh_whole_and_open_what_they_seal() -> None:
+    """A batch draws its people's ids, keys and its seals' nonces in one call each: every
+    piece has its full size, none repeats, and a seal made with a drawn nonce opens."""
+    digests = [f"{n:064x}" for n in range(200)]
+    docs = _owned_docs("leads", digests)
+    assert [d["_id"] for d in docs] == [f"own:leads:{d}" for d in digests]
+    assert [d["email_hash"] for d in docs] == digests
+    keys = [bytes(d["key"]) for d in docs]
+    assert {len(k) for k in keys} == {32}
+    assert len(set(keys)) == len(keys)
+    ids = [d["person_id"] for d in docs]
+    assert {len(i) for i in ids} == {32}
+    assert len(set(ids)) == len(ids)
+    assert {(d["owner"], d["shared"]) for d in docs} == {("leads", False)}
+    nonces = list(_random_pieces(12, 300))
+    assert {len(n) for n in nonces} == {12}
+    assert len(set(nonces)) == 300
+    wire = _seal_wire(AESGCM(keys[0]), ids[0], "leads", ADA, nonces[0])
+    assert base64.b64decode(wire["nonce"]) == nonces[0]
+    assert open_sealed(keys[0], SealedPerson.model_validate(wire)) == ADA

@@ -36,7 +36,7 @@ import base64
 import hashlib
 import json
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,13 +147,20 @@ def seal(key: bytes, person_id: str, owner: str, fields: PersonFields) -> Sealed
     return SealedPerson.model_validate(_seal_wire(AESGCM(key), person_id, owner, fields))
 
 
-def _seal_wire(cipher: AESGCM, person_id: str, owner: str, fields: PersonFields) -> Doc:
-    """:func:`seal` as the wire dict (the emit path: no model built per person)."""
-    nonce = os.urandom(NONCE_BYTES)
+# json.dumps with these options builds a new encoder per call: one, made once.
+_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _seal_wire(
+    cipher: AESGCM, person_id: str, owner: str, fields: PersonFields, nonce: bytes | None = None
+) -> Doc:
+    """:func:`seal` as the wire dict (the emit path: no model built per person); ``nonce``
+    a fresh random one (a batch draws its nonces in one call), else drawn here."""
+    nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
     plain: dict[str, str] = {"e": fields.email, "n": fields.name}
     if fields.phone is not None:
         plain["p"] = fields.phone
-    data = json.dumps(plain, separators=(",", ":"), ensure_ascii=False).encode()
+    data = _compact_json(plain).encode()
     sealed = cipher.encrypt(nonce, data, _aad(person_id, owner))
     return {
         "person_id": person_id,
@@ -272,12 +279,13 @@ async def seal_emitted(db: Any, tx: Any) -> None:
     digests = {p.email: email_hash(p.email) for ps in people.values() for p in ps}  # one HMAC each
     keys = await _owned_keys(db, tx, owner, set(digests.values()))
     shared: list[tuple[str, _Owned]] = []
+    nonces = _random_pieces(NONCE_BYTES, sum(len(ps) for ps in people.values()))  # one call
     for i, rule in todo:
         env = tx.emitted[i]
         seals = []
         for person in people[i]:
             owned = keys[digests[person.email]]
-            seals.append(_seal_wire(owned.cipher, owned.person_id, owner, person))
+            seals.append(_seal_wire(owned.cipher, owned.person_id, owner, person, next(nonces)))
             if rule.opened_by_holders:
                 shared.append((digests[person.email], owned))
         payload = rule.apply(env.payload, seals)
@@ -324,7 +332,7 @@ async def _owned_keys(db: Any, tx: Any, owner: str, digests: set[str]) -> dict[s
     missing = sorted(digests - found.keys())
     if not missing:
         return found
-    docs = [{"_id": _owned_id(owner, digest), **_owned_doc(owner, digest)} for digest in missing]
+    docs = _owned_docs(owner, missing)
     for doc in docs:
         key = bytes(doc["key"])
         found[doc["email_hash"]] = _Owned(AESGCM(key), doc["person_id"], key, False)
@@ -356,6 +364,31 @@ def _owned_doc(owner: str, digest: str) -> Doc:
         "shared": False,
         "created_at": utcnow(),
     }
+
+
+def _random_pieces(size: int, count: int) -> Iterator[bytes]:
+    """``count`` fresh random byte strings of ``size``, drawn from the OS in ONE call."""
+    pool = os.urandom(size * count)
+    return (pool[n : n + size] for n in range(0, size * count, size))
+
+
+def _owned_docs(owner: str, digests: list[str]) -> list[Doc]:
+    """:func:`_owned_doc` for many people (their ids and keys each drawn in one call, one clock read)."""
+    now = utcnow()
+    ids = _random_pieces(16, len(digests))
+    keys = _random_pieces(KEY_BYTES, len(digests))
+    return [
+        {
+            "_id": _owned_id(owner, digest),
+            "owner": owner,
+            "person_id": next(ids).hex(),
+            "email_hash": digest,
+            "key": Binary(next(keys)),
+            "shared": False,
+            "created_at": now,
+        }
+        for digest in digests
+    ]
 
 
 async def _share(db: Any, tx: Any, owner: str, keys: list[tuple[str, _Owned]], *, before: int) -> None:
