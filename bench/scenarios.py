@@ -374,7 +374,7 @@ async def analytics_replay(
     worker.start()
     pids = {"analytics-worker": worker.procs["analytics-worker"].pid, **(others or {})}
     try:
-        with profiled("replay", {"analytics-worker": pids["analytics-worker"]}, profile_dir or Path(".")):
+        with profiled("replay", {"analytics-worker": pids["analytics-worker"]}, profile_dir or PROFILE_DIR):
             folds = await _watch_folds(f"http://127.0.0.1:{web_port}/metrics", total, max_seconds, pids)
             lag = await _wait_committed(bootstrap, group, topics, began + max_seconds)
             committed = time.perf_counter()
