@@ -12,7 +12,7 @@ import pytest
 from crm_contracts import envelope_for, utcnow
 from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason
 from crm_contracts.events.leads import LeadQualifiedV1, LeadStatusChangedV1
-from crm_platform import audit, erasure
+from crm_platform import audit, erasure, metrics
 from crm_platform.mongo import (
     BATCH_EVENTS,
     OUTBOX,
@@ -25,7 +25,7 @@ from crm_platform.mongo import (
     row_items,
 )
 from crm_platform.ops import read_outbox
-from crm_platform.outbox import pending_events
+from crm_platform.outbox import counted, pending_events
 
 
 def item(n: int) -> dict[str, Any]:
@@ -48,6 +48,17 @@ def test_neighbouring_batched_events_share_one_row_in_emission_order() -> None:
     assert rows[3] is items[5], "a run of one batched event is a plain row"
     flat = [i["event_id"] for r in rows for i in row_items(r)]
     assert flat == [i["event_id"] for i in items], "every event once, in emission order"
+
+
+def test_a_published_batch_rows_events_are_each_counted_once_by_topic_and_type() -> None:
+    items = [item(n) for n in range(5)]
+    rows = outbox_rows(items, [True, True, True, False, True])  # a batch row of 3, two plain rows
+    topic, event_type = items[0]["topic"], items[0]["event_type"]
+    service = f"svc-{uuid.uuid4().hex[:6]}"
+    counted(service, rows)
+    counted(service, rows[1:])
+    child = metrics.EVENTS_PRODUCED.labels(service, topic, event_type)
+    assert child._value.get() == 5 + 2
 
 
 def test_a_handoff_is_never_batched() -> None:

@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -64,6 +65,14 @@ def wire_record(envelope: Mapping[str, Any], produced_at: str) -> tuple[bytes, l
         ("correlation_id", str(stamped["correlation_id"]).encode()),
     ]
     return value, headers
+
+
+def counted(service: str, rows: list[dict[str, Any]]) -> None:
+    """The published rows' events into ``crm_events_produced_total``: one labelled child
+    looked up per (topic, type), not per event (a batch row holds a thousand events)."""
+    produced = Counter((item["topic"], item["event_type"]) for row in rows for item in row_items(row))
+    for (topic, event_type), n in produced.items():
+        metrics.EVENTS_PRODUCED.labels(service, topic, event_type).inc(n)
 
 
 def _positions(doc: Mapping[str, Any], metas: list[Any]) -> dict[str, Any]:
@@ -179,9 +188,7 @@ class OutboxRelay:
             )
         if marks:
             await self.db[OUTBOX].bulk_write(marks, ordered=False)
-            for d in done:
-                for item in row_items(d):
-                    metrics.EVENTS_PRODUCED.labels(self.service, item["topic"], item["event_type"]).inc()
+            counted(self.service, done)
         self.connected = True
         if error is not None:
             raise error
