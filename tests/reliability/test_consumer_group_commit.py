@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
-from crm_contracts import Envelope, envelope_for
-from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason
-from crm_contracts.events.leads import LeadQualifiedV1
+from crm_contracts import Envelope
 from crm_platform import receipts
 from crm_platform.consumer import ConsumerConfig, DeadLetter, EventConsumer, Outcome
 from crm_platform.mongo import OUTBOX, PROCESSED, Store, Tx, causation_var, connect, row_items
-from reliability.probe import envelope, record_effect
+from reliability.probe import count_effect, envelope, handoff, record_effect
 
 pytestmark = pytest.mark.integration
 
@@ -239,28 +236,6 @@ async def test_handlers_see_the_batch_and_deferred_inserts_commit_with_it(store:
     assert sorted(audited[0]["record"]["id"]) == sorted(str(e.event_id) for e in envs), "naming each record"
 
 
-async def _count_effect(tx: Tx, event: Any, env: Envelope) -> None:
-    await tx.db["effects"].update_one(
-        {"_id": str(env.event_id)}, {"$inc": {"count": 1}}, upsert=True, session=tx.session
-    )
-
-
-def _qualified(lead_id: str) -> Envelope:
-    event = LeadQualifiedV1(
-        lead_id=lead_id,
-        contact=Contact(name="Ada", email=f"{lead_id}@example.com"),
-        company="Acme",
-        score=72,
-        threshold=60,
-        score_reasons=[ScoreReason(behaviour=Behaviour.TRIAL_SIGNUP, count=1, points=40)],
-        source_channel="web",
-        behaviour_summary={Behaviour.TRIAL_SIGNUP: 1},
-        consent=Consent(marketing_email=True),
-        qualified_at=datetime(2026, 1, 1, tzinfo=UTC),
-    )
-    return envelope_for(event, source="leads", correlation_id=lead_id)
-
-
 async def test_a_batchs_receipts_share_one_outbox_row_and_a_repeat_puts_back_only_its_own(
     store: CountingStore,
 ) -> None:
@@ -269,12 +244,12 @@ async def test_a_batchs_receipts_share_one_outbox_row_and_a_repeat_puts_back_onl
     sender re-sent it) puts that handoff's receipt back alone, the same receipt event, and
     the batch's other events are not published again."""
     await receipts.ensure_indexes(store.db)
-    envs = [_qualified(f"lead-{i}") for i in range(5)]
+    envs = [handoff(f"lead-{i}") for i in range(5)]
     kafka = StandInKafka()
     config = ConsumerConfig(
         service="rel-group", group_id="rel-group", topics=[TOPIC], bootstrap="unused", department="sales"
     )
-    consumer = Recording(config, store, {"lead.qualified": _count_effect})
+    consumer = Recording(config, store, {"lead.qualified": count_effect})
     consumer.consumer = kafka
     consumer.producer = kafka
     await consumer._handle_partition(TP, [_record(i, e.to_bytes()) for i, e in enumerate(envs)], {})

@@ -10,43 +10,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from crm_contracts import Envelope, envelope_for
-from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason
-from crm_contracts.events.leads import LeadQualifiedV1
+from crm_contracts import Envelope
 from crm_platform import receipts
-from crm_platform.mongo import PROCESSED, Store, Tx
+from crm_platform.mongo import PROCESSED, Store
 from crm_platform.runtime import ServiceRuntime, Subscription
 from crm_platform.settings import ServiceSettings
 from crm_platform.testing import TopicReader, eventually, produce_envelope
 from pymongo.errors import AutoReconnect
+from reliability.probe import count_effect, handoff
 
 pytestmark = pytest.mark.integration
-
-
-async def record_qualified(tx: Tx, event: LeadQualifiedV1, envelope: Envelope) -> None:
-    await tx.db["effects"].update_one(
-        {"_id": str(envelope.event_id)}, {"$inc": {"count": 1}}, upsert=True, session=tx.session
-    )
-
-
-def handoff(lead_id: str) -> Envelope:
-    event = LeadQualifiedV1(
-        lead_id=lead_id,
-        contact=Contact(name="Ada", email=f"{lead_id}@example.com"),
-        company="Acme",
-        score=72,
-        threshold=60,
-        score_reasons=[ScoreReason(behaviour=Behaviour.TRIAL_SIGNUP, count=1, points=40)],
-        source_channel="web",
-        behaviour_summary={Behaviour.TRIAL_SIGNUP: 1},
-        consent=Consent(marketing_email=True),
-        qualified_at=datetime(2026, 1, 1, tzinfo=UTC),
-    )
-    return envelope_for(event, source="leads", correlation_id=lead_id)
 
 
 async def test_a_transient_error_confirming_a_duplicates_receipt_is_retried_not_dead_lettered(
@@ -70,7 +46,7 @@ async def test_a_transient_error_confirming_a_duplicates_receipt_is_retried_not_
     runtime = ServiceRuntime(
         make_settings(service, CRM_CONSUMER_GROUP=service),
         subscription=Subscription(
-            topics=[topic], handlers={"lead.qualified": record_qualified}, department="sales"
+            topics=[topic], handlers={"lead.qualified": count_effect}, department="sales"
         ),
     )
     dead_letters = await TopicReader(kafka_bootstrap, dlq).start()

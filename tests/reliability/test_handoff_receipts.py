@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from crm_contracts import Envelope, utcnow
-from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason
 from crm_contracts.events.leads import LeadQualifiedV1
 from crm_contracts.topics import HANDOFF_RECEIPTS, LEAD_VERDICT
 from crm_platform.mongo import HANDOFFS_SENT, OUTBOX, PROCESSED, Tx
@@ -31,6 +30,7 @@ from crm_platform.runtime import ServiceRuntime, Subscription
 from crm_platform.settings import ServiceSettings
 from crm_platform.testing import TopicReader, eventually
 from prometheus_client import REGISTRY
+from reliability.probe import qualified
 
 pytestmark = pytest.mark.integration
 
@@ -47,21 +47,6 @@ async def record_qualified(tx: Tx, event: LeadQualifiedV1, envelope: Envelope) -
         {"$inc": {"count": 1}, "$set": {"lead_id": event.lead_id}},
         upsert=True,
         session=tx.session,
-    )
-
-
-def qualified(lead_id: str) -> LeadQualifiedV1:
-    return LeadQualifiedV1(
-        lead_id=lead_id,
-        contact=Contact(name="Ada", email=f"{lead_id}@example.com"),
-        company="Acme",
-        score=72,
-        threshold=60,
-        score_reasons=[ScoreReason(behaviour=Behaviour.TRIAL_SIGNUP, count=1, points=40)],
-        source_channel="web",
-        behaviour_summary={Behaviour.TRIAL_SIGNUP: 1},
-        consent=Consent(marketing_email=True),
-        qualified_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
 
 
