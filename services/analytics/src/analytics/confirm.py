@@ -19,7 +19,7 @@ over but not yet confirmed when the agent stops are not acked either, for the sa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 E = TypeVar("E")
@@ -67,6 +67,17 @@ class ChangelogConfirmer(Generic[E]):
         self.raise_failure()
         self._events.append(event)
         self._writes.extend(writes)
+        await self._handed_over()
+
+    async def add_many(self, events: Sequence[E]) -> None:
+        """Hand over several folded events at once (a fetched batch's: ``analytics.batches``),
+        with no writes of their own; raises a previous batch's failure."""
+        self.raise_failure()
+        if events:
+            self._events.extend(events)
+            await self._handed_over()
+
+    async def _handed_over(self) -> None:
         self._idle.clear()
         self._wake.set()
         if len(self._events) >= self.max_pending:

@@ -37,12 +37,13 @@ repartitioned, so two workers would each see half the partitions.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import faust
 from crm_contracts import envelope_for, utcnow
@@ -81,10 +82,13 @@ from crm_platform.liveness import ConsumerWatchdog, PartitionTracker, WatchdogCo
 from crm_platform.logging import configure_logging
 from crm_platform.mongo import connect
 from crm_platform.permission_policy import policy_of_event, store_if_newer
+from faust.transport.drivers.aiokafka import Transport as AiokafkaTransport
+from faust.types import ConsumerT
 from mode import OneForOneSupervisor, ServiceT
 from pymongo import AsyncMongoClient
 
 from analytics import handlers
+from analytics.batches import BatchConsumer, BatchHandler
 from analytics.changelog import ChangelogWriter, WriteBehindTable
 from analytics.confirm import ChangelogConfirmer
 from analytics.domain.engine import AnalyticsState, ImplausibleEvent, apply, forget_records, rebuild_figures
@@ -118,14 +122,42 @@ CHANGELOG_BATCH_BYTES = 512 * 1024
 CHANGELOG_LINGER_SECONDS = 0.01
 # The erasure requests analytics confirmed (its database): one confirmation per request.
 ERASURES = "erasures"
+# Messages of a fetched batch folded between two yields to the event loop (and handed to the
+# confirmer together).
+FOLD_CHUNK = 500
 DEPARTMENT = "analytics"
+
+
+class AnalyticsApp(faust.App):
+    """faust's app whose Kafka consumer hands fetched batches of some topics over whole
+    (analytics.batches), once :meth:`deliver_batches` named them."""
+
+    batch_delivery: tuple[tuple[str, ...], BatchHandler] | None = None
+
+    def deliver_batches(self, topics: tuple[str, ...], handler: BatchHandler) -> None:
+        self.batch_delivery = (topics, handler)
+
+    def _new_consumer(self) -> ConsumerT:
+        transport = self.transport
+        if self.batch_delivery is None or not isinstance(transport, AiokafkaTransport):
+            return super()._new_consumer()
+        consumer = BatchConsumer(
+            transport,
+            callback=self.topics.on_message,
+            on_partitions_revoked=self._on_partitions_revoked,
+            on_partitions_assigned=self._on_partitions_assigned,
+            beacon=self.beacon,
+            loop=transport.loop,
+        )
+        consumer.deliver_batches(*self.batch_delivery)
+        return consumer
 
 
 def build_faust_app(settings: AnalyticsSettings) -> faust.App:
     web_port = settings.worker_web_port
     # faust creates only the last level of its data directory itself.
     settings.faust_datadir.parent.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    return AnalyticsApp(
         settings.app_id,
         broker=settings.faust_broker,
         broker_credentials=settings.faust_credentials,
@@ -204,6 +236,11 @@ class AnalyticsWorker:
         self.dlq = self._raw_topic(self.dlq_topic_name)
         self.confirmations = self._raw_topic(ERASURE_CONFIRMATIONS)
         self.agent = self._declare_agent()
+        # The agent's topics, fetched from Kafka, are folded a fetched batch at a time
+        # (fold_batch); the agent's stream serves only what is put on it in process.
+        self._batch_confirmer: ChangelogConfirmer[Any] | None = None
+        if isinstance(self.app, AnalyticsApp):
+            self.app.deliver_batches(SOURCE_TOPICS, self.fold_batch)
         self.app.timer(settings.snapshot_interval_seconds, name="analytics-snapshot")(self.snapshot_tick)
         self.app.timer(settings.kpi_interval_seconds, name="analytics-kpis")(self.kpi_tick)
         # Replays the log against the facts after each recovery and every interval.
@@ -276,6 +313,52 @@ class AnalyticsWorker:
                 await confirmer.add(event, ())
         finally:
             await confirmer.stop()
+
+    async def fold_batch(self, messages: Sequence[Any]) -> int:
+        """A fetched batch of the source topics (analytics.batches): each message taken
+        (:meth:`take`) in order, handed to the batch confirmer a chunk at a time, acked once
+        its changelog writes are stored. Stops at the first message met with the consumer's
+        flow stopped or its generation changed (a rebalance: faust fetches the rest again);
+        returns how many it took. A failed store ends the worker (:meth:`give_up`): it starts
+        again from the committed offsets, so what was not confirmed comes again."""
+        taken = 0
+        try:
+            confirmer = self._confirmer_for_batches()
+            while taken < len(messages):
+                chunk = await self._take_chunk(messages[taken : taken + FOLD_CHUNK])
+                taken += len(chunk)
+                await confirmer.add_many(chunk)
+                if len(chunk) < FOLD_CHUNK:
+                    break
+                await asyncio.sleep(0)  # the timers, the metrics page, the confirmer
+        except Exception as exc:  # noqa: BLE001 - a failed store: the worker starts again
+            self.give_up(exc)
+        return taken
+
+    async def _take_chunk(self, messages: Sequence[Any]) -> list[Any]:
+        consumer, app = cast(Any, self.app.consumer), self.app
+        taken: list[Any] = []
+        for message in messages:
+            if not consumer.flow_active or message.generation_id != app.consumer_generation_id:
+                break
+            consumer.track_message(message)
+            await self.take(message)
+            taken.append(message)
+        return taken
+
+    def _confirmer_for_batches(self) -> ChangelogConfirmer[Any]:
+        if self._batch_confirmer is None:
+            consumer, on_out = self.app.consumer, self.app.sensors.on_message_out
+
+            async def ack(message: Any) -> None:
+                if consumer.ack(message):
+                    on_out(message.tp, message.offset, message)
+
+            self._batch_confirmer = ChangelogConfirmer(
+                ack, max_pending=self.settings.confirm_batch_max, flush=self.changelog.flush
+            )
+            self._batch_confirmer.start()
+        return self._batch_confirmer
 
     async def handle(self, message: Any) -> None:
         """One Kafka message, alone: :meth:`take`, then wait for its changelog writes."""
@@ -502,6 +585,8 @@ class AnalyticsWorker:
         return True
 
     async def _on_before_shutdown(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        if self._batch_confirmer is not None:
+            await self._batch_confirmer.stop()  # what it has not confirmed stays unacked
         try:
             await self.snapshot_tick()
         finally:

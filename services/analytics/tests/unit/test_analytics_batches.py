@@ -1,0 +1,131 @@
+"""A fetch's records of the source topics folded as one batch (analytics.batches), without a
+broker: the worker's real faust consumer, handed a fetch's records as aiokafka gives them."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from analytics.batches import BatchConsumer
+from analytics.domain.engine import AnalyticsState
+from analytics.settings import AnalyticsSettings
+from analytics.worker import AnalyticsWorker
+from crm_contracts.topics import LEAD_QUALIFIED, LEADS_EVENTS
+from faust.types import TP
+
+
+def make_worker() -> AnalyticsWorker:
+    worker = AnalyticsWorker(
+        AnalyticsSettings(
+            KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9",
+            MONGODB_URI="mongodb://127.0.0.1:9",
+            CRM_ANALYTICS_APP_ID=f"crm-analytics-unit-{uuid.uuid4().hex[:8]}",
+        )
+    )
+    worker.state = AnalyticsState()  # plain dicts: no changelog to write
+    return worker
+
+
+def record(topic: str, partition: int, offset: int, value: bytes) -> Any:
+    """What aiokafka's fetcher gives for one record."""
+    return SimpleNamespace(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp=1_700_000_000_000,
+        timestamp_type=0,
+        headers=[],
+        key=None,
+        value=value,
+        checksum=None,
+        serialized_key_size=0,
+        serialized_value_size=len(value),
+    )
+
+
+@pytest.fixture
+async def consumer(monkeypatch) -> tuple[AnalyticsWorker, BatchConsumer, list[Any]]:
+    worker = make_worker()
+    consumer = worker.app.consumer
+    assert isinstance(consumer, BatchConsumer)
+    monkeypatch.setattr(consumer, "highwater", lambda tp: 0)  # no broker to ask
+    one_by_one: list[Any] = []
+
+    async def conductor(message: Any) -> None:
+        one_by_one.append(message)
+
+    monkeypatch.setattr(consumer, "callback", conductor)
+    return worker, consumer, one_by_one
+
+
+async def test_a_fetch_of_the_source_topics_is_folded_as_one_batch_never_through_the_conductor(
+    consumer, journey, monkeypatch
+) -> None:
+    """One handler call per fetch; every event folded once; acked only once its batch's
+    changelog flush is stored; the tables' changelog records still go through the conductor."""
+    worker, batch_consumer, one_by_one = consumer
+    calls: list[int] = []
+    fold_batch = worker.fold_batch
+
+    async def counting(messages: Any) -> int:
+        calls.append(len(messages))
+        return await fold_batch(messages)
+
+    monkeypatch.setattr(batch_consumer, "_batch_handler", counting)
+    gate = asyncio.Event()
+
+    def flush() -> asyncio.Future[None]:
+        return asyncio.ensure_future(gate.wait())  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worker.changelog, "flush", flush)
+    leads, qualified = TP(LEADS_EVENTS, 0), TP(LEAD_QUALIFIED, 3)
+    changelog = TP(f"{worker.settings.app_id}-leads-changelog", 0)
+    records = {
+        leads: [record(LEADS_EVENTS, 0, n, journey.captured(f"lead-{n}").to_bytes()) for n in range(1200)],
+        qualified: [record(LEAD_QUALIFIED, 3, 7, journey.qualified("lead-5").to_bytes())],
+        changelog: [record(changelog.topic, 0, 0, b'{"captured_at": 1.0}')],
+    }
+    await batch_consumer.deliver(records, None)
+    assert calls == [1201]
+    assert [m.topic for m in one_by_one] == [changelog.topic]
+    assert worker.state.figures.summary()["funnel"]["stages"]["captured"] == 1200
+    assert worker.state.figures.summary()["funnel"]["stages"]["qualified"] == 1
+    assert (batch_consumer._read_offset[leads], batch_consumer._read_offset[qualified]) == (1199, 7)
+    assert batch_consumer.unacked, "nothing acked before the flush is stored"
+    gate.set()
+    await asyncio.wait_for(worker._batch_confirmer.drained(), 5)
+    assert not [m for m in batch_consumer.unacked if not m.acked]
+    await batch_consumer.deliver(records, None)  # fetched again: nothing below the read offsets
+    assert calls == [1201, 2]  # each partition's record at its read offset, as faust's ">=" has it
+    assert worker._batch_confirmer is not None
+    await worker._batch_confirmer.stop()
+
+
+async def test_a_rebalance_stops_the_batch_and_only_what_was_taken_is_read(
+    consumer, journey, monkeypatch
+) -> None:
+    """The flow stopped mid-batch (faust revoking partitions): the fold stops there and the read
+    offset stays at the last event taken, so faust fetches the rest again after its seek."""
+    worker, batch_consumer, _ = consumer
+    take = worker.take
+    taken: list[int] = []
+
+    async def stopping(message: Any) -> None:
+        taken.append(message.offset)
+        await take(message)
+        if message.offset == 4:
+            batch_consumer.stop_flow()
+
+    monkeypatch.setattr(worker, "take", stopping)
+    leads = TP(LEADS_EVENTS, 1)
+    values = [journey.captured(f"lead-{n}").to_bytes() for n in range(10)]
+    records = {leads: [record(LEADS_EVENTS, 1, n, value) for n, value in enumerate(values)]}
+    await batch_consumer.deliver(records, None)
+    assert taken == [0, 1, 2, 3, 4]
+    assert batch_consumer._read_offset[leads] == 4
+    assert worker.state.figures.summary()["funnel"]["stages"]["captured"] == 5
+    assert worker._batch_confirmer is not None
+    await worker._batch_confirmer.stop()
