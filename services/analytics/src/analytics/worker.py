@@ -1,20 +1,25 @@
 """The analytics stream worker: ``python -m analytics.worker``.
 
 A faust-streaming app (id ``CRM_ANALYTICS_APP_ID``, default ``crm-analytics``; it is
-also the consumer group) with one agent over every department's topics. The agent
-is thin: it reads the raw bytes with the platform's dead-letter classification
+also the consumer group) with one agent over every department's topics. The fold is
+thin: it reads the raw bytes with the platform's dead-letter classification
 (:func:`crm_platform.dead_letters.classify`, the one the departments' consumers use)
 and hands the event to :func:`analytics.domain.engine.apply`. Whatever raises while
 reading or folding one record sends that record to ``crm.dlq.analytics`` once, with
-the original bytes and ``dlq_*`` headers, and the agent carries on.
+the original bytes and ``dlq_*`` headers, and the worker carries on.
 
-One actor folds the stream; an event is acked only once the changelog writes of its fold are
+What the consumer fetches from those topics is folded a fetch at a time
+(:meth:`AnalyticsWorker.fold_batch`, ``analytics.batches``: faust's consumer hands the batch
+over whole instead of one record at a time through its conductor and the agent's stream); the
+agent folds what is put on its stream in process (``agent.test_context()``) the same way.
+Events are folded in order; an event is acked only once the changelog writes of its fold are
 stored, and those writes are made and awaited in batches (``analytics.changelog``: the tables
 note changed keys and each flush writes every noted key once, one record batch per changelog
 partition; ``analytics.confirm``: one flush and one broker round trip for every event folded
 meanwhile, not one per event). Only a failure to store (the dead
-letter or the changelog writes) crashes the actor: faust restarts it and the records, never
-acked, come again. If actors keep crashing
+letter or the changelog writes) stops the folding: a fetched batch's ends the worker (exit 1,
+it starts again from the committed offsets); the agent's crashes its actor, which faust
+restarts. Either way the records, never acked, come again. If actors keep crashing
 (more than ``CRM_ANALYTICS_MAX_RESTARTS`` restarts within
 ``CRM_ANALYTICS_RESTART_WINDOW_SECONDS``) the worker stops and exits with status 1,
 so its supervisor (``make run``, Kubernetes) restarts the process; faust's own
