@@ -129,3 +129,17 @@ def test_a_key_goes_to_the_partition_faust_and_aiokafka_give_it() -> None:
         key = f'"lead-{n}-{uuid.uuid4()}"'.encode()
         faust_s = AIOKafkaProducer._partition(producer, "t-changelog", None, None, None, key, None)
         assert partition_of(key) == faust_s
+
+
+def test_a_table_get_is_one_lookup_in_the_store(monkeypatch) -> None:
+    """``table.get`` reads the in-memory store's dict: the value faust's ``table[key]`` gives, the
+    default for a missing key, and neither faust's ``__getitem__`` nor its get sensor on the way."""
+    leads = make_worker().tables["leads"]
+    leads["a"] = {"captured_at": 1.0}
+    assert leads.get("a") == leads["a"] == {"captured_at": 1.0}
+    through_faust: list[Any] = []
+    monkeypatch.setattr(type(leads), "on_key_get", lambda self, key: through_faust.append(key))
+    assert leads.get("a") == {"captured_at": 1.0}
+    assert leads.get("missing") is None
+    assert leads.get("missing", {}) == {}
+    assert through_faust == []
