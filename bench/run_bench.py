@@ -426,8 +426,10 @@ async def _load(
 
 async def bench_bulk(args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int) -> dict[str, Any]:
     """``BENCH_PHASES=bulk``: the platform phase's bulk capture alone (every service up, as
-    there), with its CPU per lead (and py-spy profiles with ``BENCH_PROFILE``): for profiling
-    and A/B runs of that one figure; ``make bench`` takes it within the platform phase."""
+    there), with its CPU per lead, mongod's operations and documents per lead (its
+    ``serverStatus`` counters; the services' background polling included) and py-spy profiles
+    with ``BENCH_PROFILE``: for profiling and A/B runs of that one figure; ``make bench``
+    takes it within the platform phase."""
     platform = _platform(args, kafka, mongo, idle_backoff, "bench_bulk_")
     platform.start()
     try:
@@ -436,14 +438,22 @@ async def bench_bulk(args: argparse.Namespace, kafka: str, mongo: str, idle_back
         await _configure(platform, marketing)
         cpu: dict[str, dict[str, float]] = {}
         start = load_average()
+        ops_before = await mongo_counters(platform.mongodb_uri)
         with profiled("bulk", _pids(platform), PROFILE_DIR):
             bulk = await _bulk(platform, args, marketing, cpu)
+        ops = per_op(ops_before, await mongo_counters(platform.mongodb_uri), bulk["leads"])
         end = load_average()
         say(
             f"bulk capture: {bulk['rate']:.0f} leads/s ({bulk['leads']} leads, load {start} -> {end}); "
             f"CPU per lead (ms): {cpu['bulk_ms_per_lead']}"
         )
-        return {"bulk_capture": bulk, "cpu": cpu, "load_average": {"start": start, "end": end}}
+        say(f"  mongod operations per lead: {ops}")
+        return {
+            "bulk_capture": bulk,
+            "cpu": cpu,
+            "mongod_ops_per_lead": ops,
+            "load_average": {"start": start, "end": end},
+        }
     finally:
         platform.stop()
 

@@ -124,7 +124,8 @@ def infra_pids(home: Path) -> dict[str, int]:
 
 async def mongo_counters(uri: str) -> dict[str, float]:
     """mongod's operation counters so far (``serverStatus``): commands, queries, inserts,
-    updates, deletes, getMores and committed transactions; two snapshots around a phase give
+    updates, deletes, getMores, committed transactions and documents inserted, updated,
+    deleted and returned; two snapshots around a phase give
     its round trips per operation (the services' background polling included)."""
     from pymongo import AsyncMongoClient
 
@@ -135,6 +136,9 @@ async def mongo_counters(uri: str) -> dict[str, float]:
         await client.close()
     out = {name: float(n) for name, n in status["opcounters"].items()}
     out["transactions committed"] = float(status.get("transactions", {}).get("totalCommitted", 0))
+    # Documents, not operations: an insert_many of 500 leads is one insert above, 500 here.
+    for name, n in status.get("metrics", {}).get("document", {}).items():
+        out[f"documents {name}"] = float(n)
     return out
 
 
