@@ -28,6 +28,8 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
+from crm_contracts import uuids
+
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 MAX_EVENT_AGE = timedelta(days=3 * 365)
 
@@ -52,7 +54,7 @@ Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_only)]
 class Envelope(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = Field(default_factory=uuids.uuid4)
     event_type: str = Field(min_length=1, description="e.g. 'lead.qualified'")
     schema_version: int = Field(ge=1, strict=True)  # "1" or 1.0 is not a version
     occurred_at: Timestamp = Field(description="When the business fact happened (UTC)")

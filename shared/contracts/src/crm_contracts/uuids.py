@@ -1,0 +1,50 @@
+"""Random (version 4) UUIDs, their randomness drawn from the OS a block at a time.
+
+``uuid.uuid4()`` asks the OS for 16 bytes per id (a ``getrandom`` call) and builds the UUID in
+Python: 4-9 us an id on the build machine, and a bulk capture or an import batch makes two ids
+per lead (the lead's, its event's). Here one ``os.urandom`` call draws the bytes of
+``BLOCK`` ids; each id is then those 16 bytes with the version (4) and variant (RFC 4122)
+bits set, exactly what ``uuid.uuid4()`` makes of its own 16 random bytes. Ids are not secrets
+(identifiers, never keys or tokens); a forked child drops the parent's unused block, so two
+processes never hand out the same id.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+BLOCK = 256  # ids per draw from the OS
+_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))  # the version nibble and the variant's two bits
+_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, variant RFC 4122 (binary 10)
+
+_pool: list[int] = []
+
+
+def _refill() -> None:
+    raw = os.urandom(16 * BLOCK)
+    from_bytes = int.from_bytes
+    _pool.extend((from_bytes(raw[i : i + 16], "big") & _CLEAR) | _SET for i in range(0, 16 * BLOCK, 16))
+
+
+def uuid4_int() -> int:
+    """A random version-4 UUID as its 128-bit integer."""
+    while True:
+        try:
+            return _pool.pop()
+        except IndexError:  # empty (another thread may refill at the same moment: harmless)
+            _refill()
+
+
+def uuid4() -> uuid.UUID:
+    """What ``uuid.uuid4()`` returns, from the pool."""
+    return uuid.UUID(int=uuid4_int())
+
+
+def uuid4_str() -> str:
+    """``str(uuid.uuid4())`` (the canonical 8-4-4-4-12 form, lower-case), from the pool."""
+    h = f"{uuid4_int():032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+os.register_at_fork(after_in_child=_pool.clear)

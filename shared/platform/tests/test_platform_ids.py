@@ -1,0 +1,72 @@
+"""Ids and event ids drawn from the OS a block at a time (crm_contracts.uuids), no I/O."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from crm_contracts import Envelope, uuids
+from crm_platform.ids import new_id
+
+
+def _count_draws(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    draws: list[int] = []
+    real = os.urandom
+
+    def counted(n: int) -> bytes:
+        draws.append(n)
+        return real(n)
+
+    monkeypatch.setattr(uuids.os, "urandom", counted)
+    uuids._pool.clear()
+    return draws
+
+
+def test_ids_are_version_4_uuids_in_canonical_form_and_never_repeat() -> None:
+    ids = [new_id() for _ in range(5 * uuids.BLOCK + 3)]
+    assert len(set(ids)) == len(ids)
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+    objects = [uuids.uuid4() for _ in range(uuids.BLOCK + 1)]
+    assert all(u.version == 4 and u.variant == uuid.RFC_4122 for u in objects)
+    assert len({*objects, *map(uuid.UUID, ids)}) == len(objects) + len(ids)
+
+
+def test_a_thousand_ids_and_event_ids_take_a_few_draws_from_the_os_not_one_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    draws = _count_draws(monkeypatch)
+    for _ in range(1000):
+        new_id()
+        Envelope(
+            event_type="lead.captured",
+            schema_version=1,
+            occurred_at=datetime.now(UTC),
+            source="leads",
+            correlation_id="c",
+            partition_key="k",
+            payload={},
+        )
+    assert len(draws) == -(-2000 // uuids.BLOCK)
+    assert set(draws) == {16 * uuids.BLOCK}
+
+
+def test_a_forked_child_never_hands_out_its_parents_next_ids() -> None:
+    new_id()  # the parent holds a partly used block
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child process
+        os.write(write, new_id().encode())
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(child, 0)
+    from_child = os.read(read, 100).decode()
+    os.close(read)
+    assert status == 0
+    assert uuid.UUID(from_child).version == 4
+    assert from_child != new_id()
