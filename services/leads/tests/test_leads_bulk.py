@@ -88,6 +88,32 @@ async def test_bulk_capture_creates_and_merges_in_order_with_one_event_each(
         await reader.stop()
 
 
+async def test_bulk_capture_preferring_return_minimal_answers_ids_and_verdicts_with_the_same_effects(
+    leads: Leads,
+) -> None:
+    known, new, twice = email(), email(), email()
+    existing = (await leads.capture(known))["lead"]
+    body = {"leads": [lead(new), lead(known.upper()), lead(twice), lead(twice, company="Later Co")]}
+    prefer = {**MARKETING, "Prefer": 'respond-async, RETURN="minimal"; x=1'}
+    r = await leads.client.post("/leads/bulk", json=body, headers=prefer)
+    assert r.status_code == 200, r.text
+    assert r.headers["preference-applied"] == "return=minimal"
+    results = r.json()["results"]
+    assert [sorted(x) for x in results] == [["id", "merged"]] * 4, "no lead representation"
+    assert [x["merged"] for x in results] == [False, True, False, True]
+    assert results[1]["id"] == existing["id"]
+    assert results[2]["id"] == results[3]["id"]
+    for x, address in zip(results, [new, known, twice, twice], strict=True):
+        stored = (await leads.client.get(f"/leads/{x['id']}", headers=MARKETING)).json()
+        assert stored["email"] == address
+    assert stored["company"] == "Later Co"
+    plain = await leads.client.post(
+        "/leads/bulk", json=body, headers={**MARKETING, "Prefer": "return=representation"}
+    )
+    assert "preference-applied" not in plain.headers
+    assert [x["lead"]["id"] for x in plain.json()["results"]] == [x["id"] for x in results]
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

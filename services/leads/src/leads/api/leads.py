@@ -14,7 +14,7 @@ from crm_platform.errors import NotFound, RuleViolation
 from crm_platform.field_rules import refuse_personal_search
 from crm_platform.paging import BadCursor
 from crm_platform.routes import CurrentActor, DbDep, require_roles
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Response, status
 from pydantic import BeforeValidator, Field, StringConstraints
 
 from leads import handlers
@@ -29,7 +29,9 @@ from leads.api.models import (
     BulkBehavioursIn,
     BulkBehavioursOut,
     BulkCaptureIn,
+    BulkCaptureMinimalOut,
     BulkCaptureOut,
+    CapturedOut,
     CaptureIn,
     CaptureOut,
     LeadEditIn,
@@ -89,14 +91,41 @@ async def capture_lead(body: CaptureIn, response: Response, uow: UowDep, fields:
     return CaptureOut(merged=result.merged, lead=LeadOut.of(result.lead))
 
 
+# RFC 7240: ``Prefer: return=minimal`` asks for the outcome without the records' representation.
+PreferHeader = Annotated[
+    str | None,
+    Header(
+        max_length=200,
+        description="`return=minimal`: each result is `{id, merged}` instead of `{merged, lead}` "
+        "(answered with `Preference-Applied: return=minimal`); absent: the whole lead, as before",
+    ),
+]
+
+
+def prefers_minimal(prefer: str | None) -> bool:
+    """Whether a ``Prefer`` header asks for ``return=minimal`` (RFC 7240: comma-separated
+    preferences, each ``token[=value]`` with parameters after ``;``, tokens case-insensitive)."""
+    for preference in (prefer or "").split(","):
+        name, _, value = preference.split(";")[0].partition("=")
+        if name.strip().lower() == "return" and value.strip().strip('"').lower() == "minimal":
+            return True
+    return False
+
+
 @router.post(
     "/bulk",
-    response_model=BulkCaptureOut,
+    response_model=BulkCaptureOut | BulkCaptureMinimalOut,
     dependencies=[can_write],
     summary="Capture many leads at once (each merged by email like POST /leads; all or none)",
 )
-async def capture_leads(body: BulkCaptureIn, uow: UowDep, fields: LeadFields) -> BulkCaptureOut:
+async def capture_leads(
+    body: BulkCaptureIn, uow: UowDep, fields: LeadFields, response: Response, prefer: PreferHeader = None
+) -> BulkCaptureOut | BulkCaptureMinimalOut:
     results = await handlers.capture_leads(uow, [lead.to_capture(fields) for lead in body.leads], fields)
+    if prefers_minimal(prefer):
+        # A loader that needs only the ids skips building and sending 500 full leads (~700 bytes each).
+        response.headers["Preference-Applied"] = "return=minimal"
+        return BulkCaptureMinimalOut(results=[CapturedOut(id=r.lead.id, merged=r.merged) for r in results])
     return BulkCaptureOut(results=[CaptureOut(merged=r.merged, lead=LeadOut.of(r.lead)) for r in results])
 
 

@@ -206,6 +206,17 @@ class BulkCaptureOut(BaseModel):
     results: list[CaptureOut] = Field(description="One per lead sent, in the same order")
 
 
+class CapturedOut(BaseModel):
+    id: str = Field(description="The lead's id (the lead the email matched, when merged)")
+    merged: bool = Field(description="True: the email matched an existing lead, which was updated")
+
+
+class BulkCaptureMinimalOut(BaseModel):
+    """``Prefer: return=minimal`` (RFC 7240): each capture's lead id and dedupe verdict only."""
+
+    results: list[CapturedOut] = Field(description="One per lead sent, in the same order")
+
+
 class LeadPageOut(BaseModel):
     items: list[LeadOut]
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null at the end")
