@@ -120,3 +120,22 @@ def test_the_relay_writes_a_stored_envelope_as_the_envelope_itself_would() -> No
     assert Envelope.from_bytes(value) == expected
     assert value == expected.to_bytes()  # byte for byte: same order, UTF-8 unescaped, Z suffix
     assert headers == expected.headers()
+
+
+def test_the_relay_writes_floats_as_the_envelope_itself_would() -> None:
+    from crm_contracts import envelope_for
+    from crm_contracts.events.leads import LeadQualifiedV1
+    from crm_platform.mongo import outbox_doc
+    from crm_platform.outbox import rfc3339, wire_record
+
+    event = LeadQualifiedV1.model_validate(
+        {"lead_id": "l-2", "contact": {"name": "Ada", "email": "ada@example.com"}, "company": "Co",
+         "score": 1e16, "threshold": 0.00001, "score_reasons": [], "source_channel": "web",
+         "behaviour_summary": {}, "consent": {"marketing_email": True, "captured_at": "2026-12-05T09:00:00Z"},
+         "qualified_at": "2026-12-05T09:00:00Z"}
+    )  # fmt: skip
+    env = envelope_for(event, source="leads", correlation_id="l-2")
+    produced = datetime(2026, 12, 5, 9, 0, 0, 123456, tzinfo=UTC)
+    value, _ = wire_record(outbox_doc(env)["envelope"], rfc3339(produced))
+    # json.dumps wrote 1e+16 and 1e-05 where the envelope writes 1e16 and 1e-5
+    assert value == env.model_copy(update={"produced_at": produced}).to_bytes()
