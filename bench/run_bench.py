@@ -338,7 +338,12 @@ async def _bulk(
     everyone = {**_pids(platform), **infra_pids(HOME)}
     before = cpu_snapshot(everyone)
     bulk = await bulk_capture(
-        platform.url("gateway"), marketing, total=args.bulk_leads, per_request=args.bulk_size, clients=4
+        platform.url("gateway"),
+        marketing,
+        total=args.bulk_leads,
+        per_request=args.bulk_size,
+        clients=4,
+        prefer=args.bulk_prefer,
     )
     cpu["bulk_ms_per_lead"] = cpu_ms_per_op(before, cpu_snapshot(everyone), bulk["leads"])
     return bulk
@@ -404,7 +409,10 @@ async def _load(
         await fresh_log(args, kafka, "bulk capture")
         bulk = await _bulk(platform, args, marketing, cpu)
         load["bulk"] = load_average()
-        say(f"bulk capture: {bulk['rate']:.0f} leads/s ({bulk['leads']} leads, load {load['bulk']})")
+        say(
+            f"bulk capture: {bulk['rate']:.0f} leads/s ({bulk['leads']} leads, "
+            f"Prefer '{bulk['prefer']}', load {load['bulk']})"
+        )
         for rate in higher:
             n = int(rate * args.duration)
             say(f"capturing {n} more leads for the {rate:.0f}/s run ...")
@@ -444,7 +452,8 @@ async def bench_bulk(args: argparse.Namespace, kafka: str, mongo: str, idle_back
         ops = per_op(ops_before, await mongo_counters(platform.mongodb_uri), bulk["leads"])
         end = load_average()
         say(
-            f"bulk capture: {bulk['rate']:.0f} leads/s ({bulk['leads']} leads, load {start} -> {end}); "
+            f"bulk capture: {bulk['rate']:.0f} leads/s ({bulk['leads']} leads, Prefer '{bulk['prefer']}', "
+            f"load {start} -> {end}); "
             f"CPU per lead (ms): {cpu['bulk_ms_per_lead']}"
         )
         say(f"  mongod operations per lead: {ops}")
@@ -743,7 +752,7 @@ def _capture_targets(p: dict[str, Any], args: argparse.Namespace) -> list[Target
         Target(
             "bulk capture end to end",
             f"{bulk.get('rate', 0):.0f} leads/s ({bulk.get('leads', 0)} leads, "
-            f"{bulk.get('failures', 0)} failed requests)",
+            f"{bulk.get('failures', 0)} failed requests, Prefer '{bulk.get('prefer', '')}')",
             ">= 5,000 leads/s",
             bool(bulk.get("leads")) and bulk.get("rate", 0) >= 5000 and not bulk.get("failures"),
         )
@@ -867,6 +876,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--capture-leads", type=int, default=int(num("BENCH_CAPTURE_LEADS", 10000, 3000)))
     parser.add_argument("--bulk-leads", type=int, default=int(num("BENCH_BULK_LEADS", 20000, 2000)))
     parser.add_argument("--bulk-size", type=int, default=int(num("BENCH_BULK_SIZE", 500, 200)))
+    parser.add_argument(
+        "--bulk-prefer",
+        default=env("BENCH_BULK_PREFER", "return=minimal"),
+        help="the bulk requests' Prefer header: return=minimal (ids and verdicts answered, the "
+        "default) or empty / return=representation (every lead answered whole, as before 2026-12-05)",
+    )
     parser.add_argument("--import-rows", type=int, default=int(num("BENCH_IMPORT_ROWS", 200000, 20000)))
     parser.add_argument("--backlog-events", type=int, default=int(num("BENCH_BACKLOG_EVENTS", 100000, 3000)))
     parser.add_argument("--drain-max-seconds", type=float, default=num("BENCH_DRAIN_MAX_SECONDS", 300, 60))
