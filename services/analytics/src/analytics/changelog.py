@@ -24,7 +24,6 @@ their current values) and the flush's future raises: the events it covered are n
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,34 +31,12 @@ from typing import Any, cast
 
 import faust
 from aiokafka.partitioner import DefaultPartitioner
+from crm_platform.kafka import murmur2
 from faust.stores.memory import Store as MemoryStore
 from pydantic_core import to_json
 
 SET = 1
 DELETE = 2
-_M32 = 0xFFFFFFFF
-_MURMUR_M = 0x5BD1E995
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 of ``data`` (``org.apache.kafka.common.utils.Utils.murmur2``, as
-    ``aiokafka.partitioner.murmur2`` computes it), four bytes at a time."""
-    length = len(data)
-    h = 0x9747B28C ^ length
-    for k in struct.unpack_from(f"<{length >> 2}I", data):
-        k = (k * _MURMUR_M) & _M32
-        k = ((k ^ (k >> 24)) * _MURMUR_M) & _M32
-        h = ((h * _MURMUR_M) & _M32) ^ k
-    rest, tail = length & 3, length & ~3
-    if rest == 3:
-        h ^= data[tail + 2] << 16
-    if rest >= 2:
-        h ^= data[tail + 1] << 8
-    if rest:
-        h = ((h ^ data[tail]) * _MURMUR_M) & _M32
-    h ^= h >> 13
-    h = (h * _MURMUR_M) & _M32
-    return h ^ (h >> 15)
 
 
 class WriteBehindTable(faust.Table):
