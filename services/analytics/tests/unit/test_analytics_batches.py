@@ -75,6 +75,13 @@ async def test_a_fetch_of_the_source_topics_is_folded_as_one_batch_never_through
         return await fold_batch(messages)
 
     monkeypatch.setattr(batch_consumer, "_batch_handler", counting)
+    take, taken = worker.take, []
+
+    async def counting_take(message: Any) -> None:
+        taken.append((message.topic, message.offset))
+        await take(message)
+
+    monkeypatch.setattr(worker, "take", counting_take)
     gate = asyncio.Event()
 
     def flush() -> asyncio.Future[None]:
@@ -90,6 +97,7 @@ async def test_a_fetch_of_the_source_topics_is_folded_as_one_batch_never_through
     }
     await batch_consumer.deliver(records, None)
     assert calls == [1201]
+    assert len(taken) == len({*taken}) == 1201, "each event folded once"
     assert [m.topic for m in one_by_one] == [changelog.topic]
     assert worker.state.figures.summary()["funnel"]["stages"]["captured"] == 1200
     assert worker.state.figures.summary()["funnel"]["stages"]["qualified"] == 1
