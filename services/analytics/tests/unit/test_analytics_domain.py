@@ -401,3 +401,34 @@ def test_a_receipt_stored_before_receipts_had_a_time_counts_overall_but_not_per_
     timed = ReceiptFact("deal-won", 0.3, 1_000.0)
     assert old.merged(timed) == ReceiptFact("deal-won", 0.2, 1_000.0)  # the first store, its time kept
     assert ReceiptFact.from_json(timed.to_json()) == timed
+
+
+def test_a_histogram_or_a_channels_counts_is_made_once_not_per_folded_event(journey, monkeypatch):
+    """The figures make a latency histogram (per handoff and kind, per day) and a channel's
+    counts the first time they are needed, not on every fold that touches them."""
+    import analytics.domain.figures as figures
+    from analytics.domain.histogram import LatencyHistogram
+
+    made: list[object] = []
+
+    class Counted(LatencyHistogram):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(figures, "LatencyHistogram", Counted)
+    fromkeys: list[object] = []
+    real_dict = dict
+
+    class CountingDict(dict):
+        @classmethod
+        def fromkeys(cls, keys, value=None):
+            fromkeys.append(keys)
+            return real_dict.fromkeys(keys, value)
+
+    monkeypatch.setattr(figures, "dict", CountingDict, raising=False)
+    run([journey.receipt("lead-qualified", f"evt-{n}", 0.002 + n / 1000) for n in range(50)])
+    assert len(made) == 2, "one histogram per handoff and kind, one for the day"
+    fromkeys.clear()
+    run([journey.captured(f"lead-{n}", "web") for n in range(50)])
+    assert len(fromkeys) == 2, "the funnel's and the web channel's counts, each made once"

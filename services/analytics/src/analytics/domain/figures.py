@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TypedDict
+from typing import TypedDict, TypeVar
 
 from crm_contracts import HANDOFFS
 
@@ -112,6 +112,17 @@ def receipt_contribution(receipt: ReceiptFact | None) -> Contribution:
     return Contribution(sample=(receipt.handoff, TRANSPORT, receipt.latency), day=day_of(receipt.at))
 
 
+K = TypeVar("K")
+
+
+def _histogram(histograms: dict[K, LatencyHistogram], key: K) -> LatencyHistogram:
+    """The histogram at ``key``, made (empty) the first time."""
+    histogram = histograms.get(key)
+    if histogram is None:
+        histogram = histograms[key] = LatencyHistogram()
+    return histogram
+
+
 @dataclass
 class Figures:
     funnel: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
@@ -136,8 +147,12 @@ class Figures:
             self.version += 1
 
     def _apply(self, c: Contribution, sign: int) -> None:
+        # get, then make only what is missing: a setdefault would build a histogram or a
+        # channel's counts on every call, present or not (two to four per folded event).
         if c.stages:
-            per_channel = self.channels.setdefault(c.channel, dict.fromkeys(STAGES, 0))
+            per_channel = self.channels.get(c.channel)
+            if per_channel is None:
+                per_channel = self.channels[c.channel] = dict.fromkeys(STAGES, 0)
             for stage in c.stages:
                 self.funnel[stage] += sign
                 per_channel[stage] += sign
@@ -145,10 +160,10 @@ class Figures:
                 del self.channels[c.channel]
         if c.sample is not None:
             handoff, kind, seconds = c.sample
-            _count(self.latencies.setdefault((handoff, kind), LatencyHistogram()), seconds, sign)
+            _count(_histogram(self.latencies, (handoff, kind)), seconds, sign)
             if c.day is not None and kind == TRANSPORT:  # business per day: the KPIs' (all handoffs)
                 key = (handoff, kind, c.day)
-                _count(day := self.daily.setdefault(key, LatencyHistogram()), seconds, sign)
+                _count(day := _histogram(self.daily, key), seconds, sign)
                 if day.count == 0:
                     del self.daily[key]
 
