@@ -324,6 +324,28 @@ def test_entries_written_in_one_millisecond_read_back_in_the_order_written(
     assert [e["changes"][0]["after"] for e in read_back[:11]] == list(range(11))
 
 
+def test_records_named_by_records_by_carry_their_own_requests_context() -> None:
+    """One transaction holding several requests' inserts (leads' grouped captures): each
+    record's entry names its own request, even in a bulk insert; the others the transaction's."""
+    own = {
+        rid: audit.Context(audit.user_actor(Actor(rid, rid, frozenset())), "POST /leads", rid, rid)
+        for rid in "ab"
+    }
+    contexts: dict[str, audit.Context] = {}
+    with audit.records_by(contexts):
+        trail = audit.Trail(
+            "leads",
+            session=cast(Any, object()),
+            context=audit.Context(audit.system_actor("leads"), None, None, None),
+        )
+    contexts.update({"1": own["a"], "2": own["b"]})  # filled once the ids are made, as a handler does
+    trail.record_inserts("leads", [{"_id": "1", "n": 1}, {"_id": "2", "n": 2}, {"_id": "3", "n": 3}])
+    trail.record("leads", {"_id": "2", "n": 2}, {"_id": "2", "n": 4})
+    by_record = [(e["record"]["id"], e["request_id"], e["actor"]["user_id"]) for e in trail.entries]
+    assert by_record == [("1", "a", "a"), ("2", "b", "b"), ("3", None, "system:leads"), ("2", "b", "b")]
+    assert all("changes" in e for e in trail.entries), "one request's one record: a plain entry"
+
+
 def test_a_diff_lists_what_was_set_and_treats_missing_and_null_alike() -> None:
     doc = {"_id": "d", "stage": "new", "owner": None, "password_hash": "x", "lines": [{"n": 1}]}
     inserted = audit.diff(None, doc)

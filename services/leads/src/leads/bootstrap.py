@@ -24,6 +24,7 @@ from leads.api import imports as imports_api
 from leads.api import leads as leads_api
 from leads.api import scoring as scoring_api
 from leads.api.deps import READERS
+from leads.capture_groups import CaptureGroups
 from leads.importer import ImportWorker
 from leads.repository import LeadsUnit
 from leads.settings import LeadsSettings
@@ -90,6 +91,7 @@ def build_app(settings: ServiceSettings) -> FastAPI:
         upload_paths=imports_api.is_upload,
     )
     app.state.uow = uow
+    app.state.capture_groups = CaptureGroups(uow, runtime.store.source)
     app.state.import_settings = s
     fields = custom_fields_api.wire(app, runtime.store, [RecordType.LEAD], s.config_cache_seconds)
     worker = ImportWorker(uow, runtime.store.db, **s.worker_options(), custom_fields=fields)

@@ -8,6 +8,7 @@ touches its unit; metrics are counted and logs written after the commit.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import TypeVar
 from crm_contracts import Envelope
 from crm_contracts.events.common import Behaviour
 from crm_contracts.events.sales import LeadAssignedV1, LeadVerdictV1
+from crm_platform import audit
 from crm_platform.actor import Actor
 from crm_platform.clock import now_millis, to_millis
 from crm_platform.consumer import DeadLetter
@@ -88,6 +90,40 @@ async def capture_leads(
         return (await store_captures(unit, captures, uow, now_millis(uow.clock), fields)).outcomes
 
     outcomes = await _retry_races(uow, work)
+    for outcome in outcomes:
+        metrics.LEADS_CAPTURED.labels(str(outcome.merged).lower()).inc()
+    return outcomes
+
+
+async def capture_together(
+    uow: Uow,
+    captures: Sequence[Capture],
+    fields: FieldSet,
+    audits: Sequence[audit.Context],
+    contexts: Sequence[contextvars.Context],
+) -> tuple[domain.CaptureOutcome, ...]:
+    """Several requests' single captures (distinct emails) in ONE unit of work, each with the
+    effects :func:`capture_lead` has alone: its verdict (new or merged), its own ``lead.captured``
+    emitted in its request's context (its trace), its own audit entry naming its request
+    (``audits[i]``: who, the route, request and correlation ids). Only the round trips and the
+    commit are shared (the batch path's: one read of the emails, one insert, one write of the
+    merged leads, one outbox row); leads' group commit (:mod:`leads.capture_groups`).
+    """
+    by_record: dict[str, audit.Context] = {}
+
+    async def work(unit: LeadsUnit) -> tuple[domain.CaptureOutcome, ...]:
+        known = await unit.leads.get_many_by_email({domain.normalize_email(c.email) for c in captures})
+        batch = domain.capture_batch(known, captures, uow.new_id, now_millis(uow.clock), fields)
+        by_record.clear()
+        by_record.update({o.lead.id: a for o, a in zip(batch.outcomes, audits, strict=True)})
+        await unit.leads.add_many(batch.new)
+        await unit.leads.save_many(batch.merged)
+        for outcome, context in zip(batch.outcomes, contexts, strict=True):
+            context.run(unit.emit_all, outcome.events, correlation_id=outcome.lead.id, batched=True)
+        return batch.outcomes
+
+    with audit.records_by(by_record):
+        outcomes = await _retry_races(uow, work)
     for outcome in outcomes:
         metrics.LEADS_CAPTURED.labels(str(outcome.merged).lower()).inc()
     return outcomes

@@ -77,6 +77,19 @@ operation_var: ContextVar[str | None] = ContextVar("audit_operation", default=No
 # Set by :func:`one_entry_per_batch` around a bulk path's ``insert_many``.
 batch_entries_var: ContextVar[bool] = ContextVar("audit_batch_entries", default=False)
 
+# Whose change each record is, when one transaction holds several requests' changes (leads'
+# grouped captures): ``str(_id) -> Context``. Set by :func:`records_by`.
+record_contexts_var: ContextVar[Mapping[str, Context] | None] = ContextVar(
+    "audit_record_contexts", default=None
+)
+
+
+def _record_contexts() -> Mapping[str, Context]:
+    """The mapping :func:`records_by` set (the same object: it is filled as the work runs)."""
+    contexts = record_contexts_var.get()
+    return {} if contexts is None else contexts
+
+
 # A batch entry's records (``{id, changes}`` each, in the order written); at most this many per entry.
 RECORDS = "records"
 BATCH_ENTRY_RECORDS = 250
@@ -100,6 +113,21 @@ def one_entry_per_batch() -> Iterator[None]:
         yield
     finally:
         batch_entries_var.reset(token)
+
+
+@contextmanager
+def records_by(contexts: Mapping[str, Context]) -> Iterator[None]:
+    """Entries for the records named in ``contexts`` (by ``str(_id)``: ids are unique) name that
+    record's own :class:`Context` (who, what, request and correlation ids) instead of the
+    transaction's: several requests' changes stored in ONE transaction (a group commit) keep
+    one entry each, by their own request. ``contexts`` may be filled while the transaction
+    runs (a record's id is known only once it is made); it is read when an entry is written.
+    """
+    token = record_contexts_var.set(contexts)
+    try:
+        yield
+    finally:
+        record_contexts_var.reset(token)
 
 
 class AuditLogIsAppendOnly(RuntimeError):
@@ -151,6 +179,12 @@ class Trail:
     #: before the update it followed).
     id_prefix: str = field(default_factory=new_id)
     last_at: datetime | None = None
+    #: Records whose entries name their own context (:func:`records_by`), read as entries are made.
+    record_contexts: Mapping[str, Context] = field(default_factory=lambda: _record_contexts())
+
+    def context_of(self, collection: str, doc_id: Any) -> Context:
+        """Whose change the record is: its own context (:func:`records_by`), else the transaction's."""
+        return self.record_contexts.get(str(doc_id), self.context) if self.record_contexts else self.context
 
     def watches(self, collection: str, session: object) -> bool:
         return session is self.session and collection not in self.excluded
@@ -173,14 +207,22 @@ class Trail:
         side lists its changes as :func:`diff` would (:func:`entries_of`). Not remembered as
         'before' states: a bulk path does not write its new records twice in a transaction
         (a later write would read the record instead)."""
-        for start in range(0, len(docs), BATCH_ENTRY_RECORDS):
-            chunk = docs[start : start + BATCH_ENTRY_RECORDS]
-            records = [{"id": str(doc["_id"]), "after": inserted_fields(doc)} for doc in chunk]
-            batch = entry(self, collection, None, INSERT, [])
-            del batch["changes"]  # each record's are in ``records``
-            batch["record"]["id"] = [r["id"] for r in records]
-            batch[RECORDS] = records
-            self.entries.append(batch)
+        by_context: dict[int, tuple[Context, list[Doc]]] = {}
+        for doc in docs:  # one batch per request when the records are several requests' (records_by)
+            ctx = self.context_of(collection, doc["_id"])
+            by_context.setdefault(id(ctx), (ctx, []))[1].append(doc)
+        for ctx, group in by_context.values():
+            if len(group) == 1 and len(by_context) > 1:
+                self.record(collection, None, group[0])  # one request's one record: a plain entry
+                continue
+            for start in range(0, len(group), BATCH_ENTRY_RECORDS):
+                chunk = group[start : start + BATCH_ENTRY_RECORDS]
+                records = [{"id": str(doc["_id"]), "after": inserted_fields(doc)} for doc in chunk]
+                batch = entry(self, collection, None, INSERT, [], ctx)
+                del batch["changes"]  # each record's are in ``records``
+                batch["record"]["id"] = [r["id"] for r in records]
+                batch[RECORDS] = records
+                self.entries.append(batch)
 
     def record(self, collection: str, before: Doc | None, after: Doc | None) -> None:
         changes = diff(before, after)
@@ -205,8 +247,15 @@ def inserted_fields(doc: Mapping[str, Any]) -> Doc:
     }
 
 
-def entry(trail: Trail, collection: str, doc_id: Any, action: str, changes: list[Doc]) -> Doc:
-    ctx = trail.context
+def entry(
+    trail: Trail,
+    collection: str,
+    doc_id: Any,
+    action: str,
+    changes: list[Doc],
+    context: Context | None = None,
+) -> Doc:
+    ctx = context or trail.context_of(collection, doc_id)
     now = now_millis()
     trail.last_at = now if trail.last_at is None else max(trail.last_at, now)  # never before the last
     return {

@@ -13,6 +13,7 @@ from crm_platform.auth import Role, require_roles
 from crm_platform.uow import UnitOfWork
 from fastapi import Depends, Request
 
+from leads.capture_groups import CaptureGroups
 from leads.repository import LeadsUnit
 
 # Marketing owns leads and scoring; admins may do anything marketing does.
@@ -29,3 +30,11 @@ async def get_uow(request: Request) -> UnitOfWork[LeadsUnit]:
 
 
 UowDep = Annotated[UnitOfWork[LeadsUnit], Depends(get_uow)]
+
+
+async def get_capture_groups(request: Request) -> CaptureGroups:
+    groups: CaptureGroups = request.app.state.capture_groups
+    return groups
+
+
+CaptureGroupsDep = Annotated[CaptureGroups, Depends(get_capture_groups)]

@@ -19,7 +19,7 @@ from pydantic import BeforeValidator, Field, StringConstraints
 
 from leads import handlers
 from leads import store as repo
-from leads.api.deps import READERS, UowDep, can_write
+from leads.api.deps import READERS, CaptureGroupsDep, UowDep, can_write
 from leads.api.models import (
     BehaviourIn,
     BehaviourListOut,
@@ -84,8 +84,11 @@ OwnerFilter = Annotated[
     dependencies=[can_write],
     summary="Capture a lead (201 new; 200 when the email matched a lead and it merged)",
 )
-async def capture_lead(body: CaptureIn, response: Response, uow: UowDep, fields: LeadFields) -> CaptureOut:
-    result = await handlers.capture_lead(uow, body.to_capture(fields), fields)
+async def capture_lead(
+    body: CaptureIn, response: Response, groups: CaptureGroupsDep, fields: LeadFields
+) -> CaptureOut:
+    # Concurrent captures share transactions (leads.capture_groups); each keeps its own effects.
+    result = await groups.capture(body.to_capture(fields), fields)
     if result.merged:
         response.status_code = status.HTTP_200_OK
     return CaptureOut(merged=result.merged, lead=LeadOut.of(result.lead))
