@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from crm_platform import tracing
 from crm_platform.logging import correlation_id_var, request_id_var
 
+from gateway import http1
 from gateway.logctx import annotate
 
 log = logging.getLogger("crm.gateway.upstream")
@@ -84,16 +86,18 @@ SMALL_BODY_BYTES = 256 * 1024
 
 @dataclass
 class Forwarded:
-    """An upstream response: its body read whole (``content``) or still to be streamed."""
+    """An upstream response: its body read whole (``content``) or still to be streamed;
+    ``response`` is httpx's when httpx carried it (uploads, HEAD, a test's transport)."""
 
     status_code: int
     headers: list[tuple[str, str]]
     body: AsyncIterator[bytes]
-    response: httpx.Response
+    closer: Callable[[], Awaitable[None]]
     content: bytes | None = None
+    response: httpx.Response | None = None
 
     async def aclose(self) -> None:
-        await self.response.aclose()
+        await self.closer()
 
 
 class Upstreams:
@@ -107,6 +111,16 @@ class Upstreams:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.urls = dict(urls)
+        # Forwarding goes through a lean pool per upstream (gateway.http1) unless a transport
+        # is given (tests' mock upstreams); uploads and HEAD go through httpx either way.
+        self.pools: dict[str, http1.Pool | None] = {}
+        if transport is None:
+            self.pools = {
+                name: _pool(
+                    url, max_connections=max_connections, timeout=timeout, connect_timeout=connect_timeout
+                )
+                for name, url in self.urls.items()
+            }
         limits = httpx.Limits(
             max_connections=max_connections,
             # At most KEEP_ALIVE idle connections stay open. Keeping every connection was
@@ -131,6 +145,9 @@ class Upstreams:
         )
 
     async def aclose(self) -> None:
+        for pool in self.pools.values():
+            if pool is not None:
+                await pool.aclose()
         await self.client.aclose()
 
     def base_url(self, service: str) -> str:
@@ -154,9 +171,13 @@ class Upstreams:
     ) -> Forwarded:
         """Send the request upstream and return its response head; the body streams on."""
         url = self.base_url(service) + raw_path
+        out = _outgoing_headers(headers, client_host=client_host, scheme=scheme, host=host)
+        pool = self.pools.get(service)
+        if pool is not None and isinstance(body, bytes) and method != "HEAD":
+            target = f"{raw_path}?{query.decode('latin-1')}" if query else raw_path
+            return await self._lean(service, pool, method, target, out, body)
         if query:
             url = f"{url}?{query.decode('latin-1')}"
-        out = _outgoing_headers(headers, client_host=client_host, scheme=scheme, host=host)
         request = self.client.build_request(method, httpx.URL(url), headers=out, content=body)
         started = time.perf_counter()
         annotate(upstream=service, upstream_url=self.base_url(service))
@@ -174,7 +195,9 @@ class Upstreams:
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
         annotate(upstream_status=response.status_code, upstream_ms=elapsed_ms)
         resp_headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in RESPONSE_DROP]
-        forwarded = Forwarded(response.status_code, resp_headers, response.aiter_raw(), response)
+        forwarded = Forwarded(
+            response.status_code, resp_headers, response.aiter_raw(), response.aclose, response=response
+        )
         if _is_small(response):
             # Read whole (raw: the headers still describe these bytes) and answered in one
             # piece: streaming a small body costs a task and several ASGI messages per request.
@@ -185,16 +208,45 @@ class Upstreams:
                 raise UpstreamError(service, f"{service} failed: {type(exc).__name__}") from None
         return forwarded
 
-    def _failed(self, service: str, method: str, path: str, started: float, exc: Exception) -> None:
+    async def _lean(
+        self,
+        service: str,
+        pool: http1.Pool,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> Forwarded:
+        """``forward`` through the service's lean pool (gateway.http1), the same errors and log fields."""
+        started = time.perf_counter()
+        annotate(upstream=service, upstream_url=self.urls[service])
+        try:
+            response = await pool.request(_request_head(method, pool, target, headers, len(body)), body)
+            elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+            annotate(upstream_status=response.status_code, upstream_ms=elapsed_ms)
+            out = [(k, v) for k, v in response.headers if k.lower() not in RESPONSE_DROP]
+            forwarded = Forwarded(response.status_code, out, response.stream(), response.aclose)
+            length = next((v for k, v in response.headers if k.lower() == "content-length"), None)
+            if length is not None and length.isdigit() and int(length) <= SMALL_BODY_BYTES:
+                forwarded.content = await response.read()  # answered in one piece (see forward)
+            return forwarded
+        except http1.Http1Error as exc:
+            self._failed(service, method, target, started, exc, exc.kind)
+            raise _gateway_error(service, exc) from None
+
+    def _failed(
+        self, service: str, method: str, path: str, started: float, exc: Exception, kind: str | None = None
+    ) -> None:
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
-        annotate(upstream_error=type(exc).__name__, upstream_ms=elapsed_ms)
+        kind = kind or type(exc).__name__
+        annotate(upstream_error=kind, upstream_ms=elapsed_ms)
         log.warning(
             "upstream %s failed: %s %s (%s)",
             service,
             method,
             path,
-            type(exc).__name__,
-            extra={"upstream": service, "upstream_error": type(exc).__name__, "upstream_ms": elapsed_ms},
+            kind,
+            extra={"upstream": service, "upstream_error": kind, "upstream_ms": elapsed_ms},
         )
 
     async def health(self, timeout: float = 1.5) -> dict[str, str]:
@@ -228,6 +280,47 @@ class Upstreams:
         if not isinstance(doc, dict):
             raise UpstreamError(service, f"{service} returned an OpenAPI document that is not an object")
         return rewrite_openapi(doc, service)
+
+
+def _pool(url: str, *, max_connections: int, timeout: float, connect_timeout: float) -> http1.Pool | None:
+    """The lean pool for a plain ``http://host:port`` upstream (None for any other URL: httpx)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        return None
+    return http1.Pool(
+        parts.hostname,
+        parts.port or 80,
+        max_connections=max_connections,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+    )
+
+
+def _request_head(
+    method: str, pool: http1.Pool, target: str, headers: list[tuple[str, str]], length: int
+) -> bytes:
+    """The request line and headers (``Host`` the upstream's, the body's ``Content-Length``)."""
+    lines = [f"{method} {target} HTTP/1.1", f"host: {pool.host}:{pool.port}"]
+    for name, value in headers:
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
+            raise http1.ProtocolFailed(f"header {name!r} cannot be sent")
+        lines.append(f"{name}: {value}")
+    if length or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"content-length: {length}")
+    try:
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    except UnicodeEncodeError:
+        raise http1.ProtocolFailed("a header is not latin-1") from None
+
+
+def _gateway_error(service: str, exc: http1.Http1Error) -> UpstreamError:
+    """The gateway's answer for a lean pool's failure, as for httpx's (see ``forward``)."""
+    name = exc.kind
+    if isinstance(exc, http1.ConnectFailed | http1.PoolFull):
+        return UpstreamUnavailable(service, f"{service} is unavailable: {name}")
+    if isinstance(exc, http1.TimedOut):
+        return UpstreamTimeout(service, f"{service} did not answer in time")
+    return UpstreamError(service, f"{service} failed: {name}")
 
 
 def _is_small(response: httpx.Response) -> bool:

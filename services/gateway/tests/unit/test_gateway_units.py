@@ -159,6 +159,7 @@ async def _forward_with(handler: httpx.MockTransport) -> httpx.Response | Except
             host=None,
         )
         await fwd.aclose()
+        assert fwd.response is not None, "a test's transport: httpx carries the request"
         return fwd.response
     except Exception as exc:  # noqa: BLE001 - the test asserts on whatever was raised
         return exc
