@@ -88,13 +88,15 @@ class CaptureGroups:
             self._busy = False
 
     async def _drain(self) -> None:
+        group: list[_Waiting] = []
         try:
             while group := self._take():
                 await self._run(group)
         finally:
             self._busy = False
-            for left in self._waiting:  # only when cancelled (shutting down)
-                left.done.cancel()
+            for left in [*group, *self._waiting]:  # only when cancelled (shutting down)
+                if not left.done.done():
+                    left.done.cancel()
             self._waiting = []
 
     def _take(self) -> list[_Waiting]:
