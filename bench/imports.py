@@ -24,7 +24,17 @@ from crm_platform.devinfra.launcher import Platform
 from crm_platform.testing import auth_headers
 from profiling import profiled
 from scenarios import say
-from system import RssSampler, cpu_ms_per_op, cpu_snapshot, infra_pids, load_average
+from system import (
+    RssSampler,
+    cpu_ms_per_op,
+    cpu_snapshot,
+    infra_pids,
+    load_average,
+    mongo_counters,
+    per_op,
+    sched_snapshot,
+    time_shares,
+)
 
 MAPPING = {"Email": "email", "Name": "name", "Company": "company", "Opt-in": "marketing_email"}
 
@@ -78,6 +88,8 @@ async def import_and_export(platform: Platform, rows: int, home: Path, profile_d
         job_id = r.json()["id"]
         body, bad = generated_rows(rows, job_id[:8])
         say(f"import: {rows} rows ({bad} bad) through the gateway ...")
+        ops_before = await mongo_counters(platform.mongodb_uri)
+        sched_before = sched_snapshot(everyone)
         before = cpu_snapshot(everyone)
         started = time.perf_counter()
         with (
@@ -91,6 +103,11 @@ async def import_and_export(platform: Platform, rows: int, home: Path, profile_d
             job = await _wait_done(client, job_id, marketing, limit=max(600.0, rows / 50))
         elapsed = time.perf_counter() - started
         out["cpu_ms_per_row"] = cpu_ms_per_op(before, cpu_snapshot(everyone), rows)
+        out["time_shares"] = time_shares(sched_before, sched_snapshot(everyone), elapsed)
+        # Per 1,000 rows (one batch): round trips, commits, aborted attempts, write conflicts.
+        out["mongod_ops_per_1000_rows"] = per_op(
+            ops_before, await mongo_counters(platform.mongodb_uri), rows // 1000
+        )
         out["rss_mb"] = {k: round(v, 1) for k, v in rss.peak.items()}
         p = job.get("progress", {})
         out["import"] = {
@@ -112,6 +129,8 @@ async def import_and_export(platform: Platform, rows: int, home: Path, profile_d
             f"{p.get('accepted')} accepted ({p.get('merged')} merged), {p.get('rejected')} rejected "
             f"(load average {out['load_average']['import']}); CPU per row (ms): {out['cpu_ms_per_row']}"
         )
+        say(f"  mongod operations per 1,000 rows: {out['mongod_ops_per_1000_rows']}")
+        say(f"  share of the import's wall time on a core / waiting for one: {out['time_shares']}")
         report = await client.get(f"/api/leads/imports/{job_id}/errors", headers=marketing)
         out["import"]["error_report_rows"] = max(len(report.text.splitlines()) - 1, 0)
         out["export"] = await _export(client, marketing)

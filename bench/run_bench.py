@@ -245,6 +245,9 @@ def _platform(args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: in
         env = {"CRM_HTTP_LOOP": "asyncio", "CRM_HTTP_PARSER": "h11"}
     if os.environ.get("BENCH_CONSUMER_MAX_RECORDS"):  # records per partition batch, to compare sizes
         env["CRM_CONSUMER_MAX_RECORDS"] = os.environ["BENCH_CONSUMER_MAX_RECORDS"]
+    for knob in ("IMPORT_IN_FLIGHT", "IMPORT_BATCH_ROWS"):  # the import's batches, to compare settings
+        if os.environ.get(f"BENCH_{knob}"):
+            env[f"CRM_{knob}"] = os.environ[f"BENCH_{knob}"]
     return Platform(
         kafka,
         mongo,

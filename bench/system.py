@@ -8,6 +8,7 @@ run and the load average at that moment.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -41,6 +42,37 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def sched_seconds(pid: int) -> tuple[float, float] | None:
+    """(seconds on a core, seconds runnable but waiting for one) of all a process's threads so
+    far (``/proc/<pid>/task/*/schedstat``)."""
+    on, waiting = 0, 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                ran, waited = task.joinpath("schedstat").read_text().split()[:2]
+                on, waiting = on + int(ran), waiting + int(waited)
+    except OSError:
+        return None
+    return on / 1e9, waiting / 1e9
+
+
+def sched_snapshot(pids: Mapping[str, int]) -> dict[str, tuple[float, float]]:
+    return {name: t for name, pid in pids.items() if (t := sched_seconds(pid)) is not None}
+
+
+def time_shares(
+    before: Mapping[str, tuple[float, float]], after: Mapping[str, tuple[float, float]], wall: float
+) -> dict[str, dict[str, float]]:
+    """Each process's share of the wall time on a core and waiting for one (its threads summed:
+    more than 1.0 is more than one core). The rest of a one-thread process's time (leads' event
+    loop) it waited for I/O: for the import, for mongod and the broker (the serial chain)."""
+    out = {}
+    for name in before.keys() & after.keys():
+        (r0, w0), (r1, w1) = before[name], after[name]
+        out[name] = {"running": round((r1 - r0) / wall, 2), "waiting_for_a_core": round((w1 - w0) / wall, 2)}
+    return out
 
 
 class RssSampler:
@@ -135,7 +167,10 @@ async def mongo_counters(uri: str) -> dict[str, float]:
     finally:
         await client.close()
     out = {name: float(n) for name, n in status["opcounters"].items()}
-    out["transactions committed"] = float(status.get("transactions", {}).get("totalCommitted", 0))
+    tx = status.get("transactions", {})
+    out["transactions committed"] = float(tx.get("totalCommitted", 0))
+    out["transactions aborted"] = float(tx.get("totalAborted", 0))
+    out["write conflicts"] = float(status.get("metrics", {}).get("operation", {}).get("writeConflicts", 0))
     # Documents, not operations: an insert_many of 500 leads is one insert above, 500 here.
     for name, n in status.get("metrics", {}).get("document", {}).items():
         out[f"documents {name}"] = float(n)
