@@ -4,7 +4,9 @@ Leads and the gateway run as processes on the real broker and mongod. A generate
 (good rows, rows repeating an email of the file or of a stored lead, bad rows) is
 uploaded through the gateway as a stream; once the worker has committed some batches
 the leads process is SIGKILLed and started again. Its job's lease expires, the restarted
-worker claims the job and resumes at the checkpoint stored with the last batch. Then:
+worker claims the job, folds the batch records committed past the job's checkpoint (two
+batches run in flight: the kill may fall between a batch's commit and its fold) and
+resumes there. Then:
 every row is counted once (read = rows, rejected = the bad rows exactly, listed in the
 error report by row number), every person is one lead whose touches equal its rows in
 the file (a row imported twice would add a touch), and each accepted row has exactly
@@ -52,9 +54,11 @@ def platform(crm_infra: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         group_suffix=f"-imp-{RUN}",
         only=("leads", "gateway"),
         consumer_idle_backoff_ms=idle_backoff_ms(crm_infra),
-        # Small batches and a short lease: several checkpoints before the kill, a quick takeover.
+        # Small batches and a short lease: several checkpoints before the kill, a quick takeover;
+        # two batches in flight, so the kill can land between a commit and its fold.
         extra_env={
             "CRM_IMPORT_BATCH_ROWS": "500",
+            "CRM_IMPORT_IN_FLIGHT": "2",
             "CRM_IMPORT_LEASE_SECONDS": "3",
             "CRM_IMPORT_POLL_SECONDS": "0.5",
         },

@@ -224,29 +224,30 @@ async def import_batch(
     captures: Sequence[Capture],
     rejected: Sequence[imports.Rejection],
     fields: FieldSet = domain.NO_CUSTOM_FIELDS,
-) -> imports.ImportJob:
+) -> imports.Counts:
     """One batch of an import in ONE transaction: its captures exactly as ``capture_leads``
-    (merge by email, one ``lead.captured`` each), its rejected rows, and the job's checkpoint.
+    (merge by email, one ``lead.captured`` each), its rejected rows, and the batch's record
+    (where it ends, its counts: the worker folds it into the job's checkpoint after the
+    commit, so the next batch's transaction can run beside this one; crm_platform.imports).
 
-    ``StaleCheckpoint`` if the job is no longer at ``expected`` (another worker took it over):
-    nothing of the batch is kept, so no row is imported twice.
+    ``StaleCheckpoint`` if the job ended or moved past ``expected``, or a batch from
+    ``expected`` is stored already (another worker took the job over): nothing of the batch
+    is kept, so no row is imported twice. Returns the batch's counts.
     """
 
-    async def work(unit: LeadsUnit) -> tuple[imports.ImportJob, int]:
-        job = await _load_import(unit, job_id)
-        now = now_millis(uow.clock)
-        batch = await store_captures(unit, captures, uow, now, fields)
+    async def work(unit: LeadsUnit) -> imports.Counts:
+        (await _load_import(unit, job_id)).check_batch(expected)
+        batch = await store_captures(unit, captures, uow, now_millis(uow.clock), fields)
         await unit.imports.add_rejections(rejected)
         merged = sum(1 for o in batch.outcomes if o.merged)
-        counts = job.counts.plus(len(captures), merged, len(rejected))
-        advanced = job.advance(expected, to, counts, now)
-        await unit.imports.save(advanced)
-        return advanced, merged
+        counts = imports.Counts.of_batch(len(captures), merged, len(rejected))
+        await unit.imports.add_batch(job_id, expected, to, counts)
+        return counts
 
-    job, merged = await _retry_races(uow, work)
-    metrics.LEADS_CAPTURED.labels("true").inc(merged)
-    metrics.LEADS_CAPTURED.labels("false").inc(len(captures) - merged)
-    return job
+    counts = await _retry_races(uow, work)
+    metrics.LEADS_CAPTURED.labels("true").inc(counts.merged)
+    metrics.LEADS_CAPTURED.labels("false").inc(len(captures) - counts.merged)
+    return counts
 
 
 async def end_import(uow: Uow, job_id: str, failure: str | None = None) -> imports.ImportJob:

@@ -5,7 +5,8 @@ batch ahead, the retry limit, storing an upload) is the platform's
 (``crm_platform.imports.worker``, shared with sales' contact imports). Here: each record
 through the capture route's validation (``CaptureIn``), and each batch handed to
 ``handlers.import_batch`` (one transaction: leads merged by email like a capture, their
-``lead.captured`` events, the rejected rows, the checkpoint).
+``lead.captured`` events, the rejected rows, the batch's record). Two batches' transactions
+run at once (``CRM_IMPORT_IN_FLIGHT``) when they share no email (:meth:`ImportWorker.batch_keys`).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from leads import handlers, metrics, store
 from leads.api.models import CaptureIn
-from leads.domain.imports import Checkpoint, ImportFormat, ImportJob, RawRecord, Rejection
-from leads.domain.leads import NO_CUSTOM_FIELDS, Capture
+from leads.domain.imports import Checkpoint, Counts, ImportFormat, ImportJob, RawRecord, Rejection
+from leads.domain.leads import NO_CUSTOM_FIELDS, Capture, normalize_email
 from leads.repository import LeadsUnit
 
 __all__ = [
@@ -106,6 +107,7 @@ class ImportWorker(platform_worker.ImportWorker[ImportJob, Capture]):
         poll_seconds: float,
         max_row_bytes: int,
         max_attempts: int = 5,
+        in_flight: int = 1,
         custom_fields: CustomFieldRegistry | None = None,
     ) -> None:
         super().__init__(
@@ -117,6 +119,7 @@ class ImportWorker(platform_worker.ImportWorker[ImportJob, Capture]):
             poll_seconds=poll_seconds,
             max_row_bytes=max_row_bytes,
             max_attempts=max_attempts,
+            in_flight=in_flight,
         )
         self.uow = uow
         self.custom_fields = custom_fields
@@ -133,10 +136,15 @@ class ImportWorker(platform_worker.ImportWorker[ImportJob, Capture]):
 
     async def import_batch(
         self, job: ImportJob, at: Checkpoint, to: Checkpoint, rows: list[Capture], rejected: list[Rejection]
-    ) -> None:
-        await handlers.import_batch(self.uow, job.id, at, to, rows, rejected, self.fields)
+    ) -> Counts:
+        counts = await handlers.import_batch(self.uow, job.id, at, to, rows, rejected, self.fields)
         metrics.IMPORT_ROWS.labels("accepted").inc(len(rows))
         metrics.IMPORT_ROWS.labels("rejected").inc(len(rejected))
+        return counts
+
+    def batch_keys(self, rows: Sequence[Capture]) -> frozenset[str]:
+        """A batch's emails: a batch repeating one of the batch in flight waits for it (merges)."""
+        return frozenset(normalize_email(c.email) for c in rows)
 
     async def end_import(self, job_id: str, failure: str | None = None) -> ImportJob:
         return await handlers.end_import(self.uow, job_id, failure)

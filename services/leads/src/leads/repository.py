@@ -14,7 +14,7 @@ from typing import Protocol
 from crm_contracts import Event
 from crm_platform.actor import Actor
 
-from leads.domain.imports import ImportJob, Rejection
+from leads.domain.imports import Checkpoint, Counts, ImportJob, Rejection
 from leads.domain.leads import BehaviourRecord, Lead, VerdictRecord
 from leads.domain.scoring import ScoringRules
 
@@ -82,6 +82,10 @@ class ImportRepository(Protocol):
 
     async def add_rejections(self, rejections: Sequence[Rejection]) -> None:
         """The rows of one batch the import rejected (its error report grows with the batch)."""
+
+    async def add_batch(self, job_id: str, at: Checkpoint, to: Checkpoint, counts: Counts) -> None:
+        """The batch from ``at`` to ``to`` is stored (its record; ``StaleCheckpoint`` when a batch
+        from ``at`` is stored already): the worker folds it into the job's checkpoint."""
 
     async def save_mapping(self, name: str, columns: dict[str, str], by: Actor, at: datetime) -> None:
         """A saved column mapping (file column -> lead field), replacing one of that name."""

@@ -43,6 +43,10 @@ HANDOFFS_SENT = "handoffs_sent"
 
 # The envelope being handled, so events emitted in reaction name it as their cause.
 causation_var: ContextVar[Envelope | None] = ContextVar("causation", default=None)
+# Awaited by a transaction just before it commits, when set: an import batch whose
+# transaction runs beside the previous batch's waits there for that one to commit first
+# (crm_platform.imports.worker), so batches commit in file order. Raising aborts it.
+commit_after_var: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar("commit_after", default=None)
 
 
 def connect(uri: str, app_name: str, *, timeout_seconds: float | None = None) -> AsyncMongoClient[Doc]:
@@ -211,6 +215,8 @@ class Store:
             await trail.flush(self.db)
             if tx.emitted:
                 journeys.update(await self._store_emitted(tx))
+            if (wait := commit_after_var.get()) is not None:
+                await wait()
             committed[:] = [tx]
             return result
 

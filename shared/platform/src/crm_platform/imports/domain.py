@@ -11,7 +11,9 @@ in chunks as it streams in), then worked through in batches. Each batch's leads,
 events, its rejected rows and the job's **checkpoint** (the byte offset just after the
 batch's last record, and that record's number) commit in one transaction, so a job that
 stops anywhere (a crash, a lost lease) resumes at its checkpoint with nothing doubled
-and nothing skipped.
+and nothing skipped. (A department whose batches run two at a time stores a batch record
+with where the batch ends instead, folded into the job's checkpoint in file order after the
+commit: ``crm_platform.imports.worker``.)
 
 :class:`RecordReader` turns the file's bytes, fed in pieces of any size, into records
 with their byte offsets, holding at most one record (bounded by ``max_row_bytes``) in
@@ -118,6 +120,11 @@ class Counts:
     merged: int = 0  # of the accepted, those merged into an existing record (by its key)
     rejected: int = 0
 
+    @classmethod
+    def of_batch(cls, accepted: int, merged: int, rejected: int) -> Counts:
+        """One batch's own counts (what it adds to the job's)."""
+        return cls().plus(accepted, merged, rejected)
+
     def plus(self, accepted: int, merged: int, rejected: int) -> Counts:
         return Counts(
             self.read + accepted + rejected,
@@ -216,6 +223,12 @@ class ImportJob(Generic[D]):
             started_at=self.started_at or now,
             updated_at=now,
         )
+
+    def check_batch(self, at: Checkpoint) -> None:
+        """A batch starting at ``at`` may still be stored as a batch record: the job runs and has
+        not passed ``at`` (the batches before it may not be folded into the job yet)."""
+        if self.state not in (ImportState.QUEUED, ImportState.RUNNING) or self.checkpoint.offset > at.offset:
+            raise StaleCheckpoint(f"import {self.id} is at {self.checkpoint}, past {at}")
 
     def complete(self, now: datetime) -> Self:
         return dataclasses.replace(

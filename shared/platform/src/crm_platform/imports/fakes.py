@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 from pymongo.errors import DuplicateKeyError
 
 from crm_platform.actor import Actor
-from crm_platform.imports.domain import ImportJob, Rejection
+from crm_platform.imports.domain import Checkpoint, Counts, ImportJob, Rejection, StaleCheckpoint
 
 J = TypeVar("J", bound=ImportJob[Any])
 
@@ -19,6 +19,7 @@ class InMemoryImports(Generic[J]):
         self.items: dict[str, J] = {}
         self.rejections: list[Rejection] = []
         self.mappings: dict[str, dict[str, str]] = {}
+        self.batches: dict[tuple[str, int], tuple[Checkpoint, Counts]] = {}  # (job, start) -> end, counts
 
     async def get(self, job_id: str) -> J | None:
         return self.items.get(job_id)
@@ -33,6 +34,11 @@ class InMemoryImports(Generic[J]):
 
     async def add_rejections(self, rejections: Sequence[Rejection]) -> None:
         self.rejections.extend(rejections)
+
+    async def add_batch(self, job_id: str, at: Checkpoint, to: Checkpoint, counts: Counts) -> None:
+        if (job_id, at.offset) in self.batches:
+            raise StaleCheckpoint(f"import {job_id}: the batch from {at} is stored already")
+        self.batches[(job_id, at.offset)] = (to, counts)
 
     async def save_mapping(self, name: str, columns: dict[str, str], by: Actor, at: datetime) -> None:
         self.mappings[name] = dict(columns)

@@ -15,7 +15,14 @@ from typing import Any, Protocol, TypeVar
 from crm_platform.actor import Actor
 from crm_platform.clock import now_millis
 from crm_platform.errors import Conflict, NotFound
-from crm_platform.imports.domain import ImportFormat, ImportJob, NotAcceptingFile, Rejection
+from crm_platform.imports.domain import (
+    Checkpoint,
+    Counts,
+    ImportFormat,
+    ImportJob,
+    NotAcceptingFile,
+    Rejection,
+)
 from crm_platform.uow import UnitOfWork
 
 J = TypeVar("J", bound=ImportJob[Any])
@@ -30,6 +37,10 @@ class ImportRepository(Protocol):
 
     async def add_rejections(self, rejections: Sequence[Rejection]) -> None:
         """The rows of one batch the import rejected (its error report grows with the batch)."""
+
+    async def add_batch(self, job_id: str, at: Checkpoint, to: Checkpoint, counts: Counts) -> None:
+        """A department whose batches run two at a time stores each batch's record instead of
+        saving the job (``StaleCheckpoint`` when a batch from ``at`` is stored already)."""
 
     async def save_mapping(self, name: str, columns: dict[str, str], by: Actor, at: datetime) -> None:
         """A saved column mapping (file column -> field), replacing one of that name."""

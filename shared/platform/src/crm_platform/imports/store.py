@@ -4,6 +4,10 @@
 - ``import_chunks``      an import's file as it was uploaded, in 1 MiB pieces (dropped when done)
 - ``import_rejections``  the rows each import rejected, with why (its error report)
 - ``import_mappings``    saved column mappings (``_id`` = name)
+- ``import_batches``     the batches stored by a department whose batches run two at a time
+                         (leads): one record per batch, ``_id`` = job and starting offset, with
+                         where it ends and its counts; folded into the job's checkpoint and
+                         counts in file order after each commit (dropped when done)
 
 A department's job type (its fields and its defaults) is stored through a :class:`JobCodec`;
 everything else is the same for every department. The job's own changes go through
@@ -21,9 +25,18 @@ from typing import Any, Generic, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from crm_platform.actor import Actor
-from crm_platform.imports.domain import Checkpoint, Counts, ImportFormat, ImportJob, ImportState, Rejection
+from crm_platform.imports.domain import (
+    Checkpoint,
+    Counts,
+    ImportFormat,
+    ImportJob,
+    ImportState,
+    Rejection,
+    StaleCheckpoint,
+)
 from crm_platform.mongo import Tx
 
 Doc = dict[str, Any]
@@ -34,6 +47,7 @@ IMPORT_JOBS = "import_jobs"
 IMPORT_CHUNKS = "import_chunks"
 IMPORT_REJECTIONS = "import_rejections"
 IMPORT_MAPPINGS = "import_mappings"
+IMPORT_BATCHES = "import_batches"
 CHUNK_BYTES = 1024 * 1024
 
 
@@ -44,6 +58,9 @@ async def ensure_indexes(db: Db) -> None:
         [("job_id", ASCENDING), ("n", ASCENDING)], unique=True, name="by_job"
     )
     await db[IMPORT_REJECTIONS].create_index([("job_id", ASCENDING), ("row", ASCENDING)], name="by_job")
+    # Made here, not by the first batch's insert: two batches' transactions creating the same
+    # collection at once conflict, and one of them would be redone whole.
+    await db[IMPORT_BATCHES].create_index("job_id", name="by_job")
 
 
 @dataclass(frozen=True)
@@ -70,8 +87,8 @@ class JobCodec(Generic[J]):
             "file_name": job.file_name,
             "size": job.size,
             "header": list(job.header),
-            "checkpoint": {"offset": cp.offset, "row": cp.row, "line": cp.line},
-            "counts": {"read": n.read, "accepted": n.accepted, "merged": n.merged, "rejected": n.rejected},
+            "checkpoint": _checkpoint_doc(cp),
+            "counts": _counts_doc(n),
             "error": job.error,
             "started_at": job.started_at,
             "finished_at": job.finished_at,
@@ -101,6 +118,19 @@ class JobCodec(Generic[J]):
             attempts=int(d.get("attempts") or 0),
             last_error=d.get("last_error"),
         )
+
+
+def batch_id(job_id: str, at: Checkpoint) -> str:
+    """A batch record's ``_id``: its job and where it starts (one record per start)."""
+    return f"{job_id}:{at.offset:015d}"
+
+
+def _checkpoint_doc(cp: Checkpoint) -> Doc:
+    return {"offset": cp.offset, "row": cp.row, "line": cp.line}
+
+
+def _counts_doc(n: Counts) -> Doc:
+    return {"read": n.read, "accepted": n.accepted, "merged": n.merged, "rejected": n.rejected}
 
 
 def rejection_to_doc(r: Rejection) -> Doc:
@@ -135,6 +165,22 @@ class MongoImports(Generic[J]):
             {"_id": name}, {"$set": doc}, upsert=True, session=self.tx.session
         )
 
+    async def add_batch(self, job_id: str, at: Checkpoint, to: Checkpoint, counts: Counts) -> None:
+        """The batch of ``job_id`` from ``at`` to ``to`` is stored, with its counts: its record,
+        in the batch's transaction instead of the job's checkpoint (the worker folds it into the
+        job after the commit, :func:`fold_batch`). ``StaleCheckpoint`` when a batch starting at
+        ``at`` was stored already (another worker took the job over)."""
+        doc = {
+            "_id": batch_id(job_id, at),
+            "job_id": job_id,
+            "to": _checkpoint_doc(to),
+            "counts": _counts_doc(counts),
+        }
+        try:
+            await self.tx.db[IMPORT_BATCHES].insert_one(doc, session=self.tx.session)
+        except DuplicateKeyError:
+            raise StaleCheckpoint(f"import {job_id}: the batch from {at} is stored already") from None
+
     async def add_rejections(self, rejections: Sequence[Rejection]) -> None:
         if rejections:
             docs = [rejection_to_doc(r) for r in rejections]
@@ -146,6 +192,58 @@ class MongoImports(Generic[J]):
 
 async def drop_chunks(db: Db, job_id: str) -> None:
     await db[IMPORT_CHUNKS].delete_many({"job_id": job_id})
+    await db[IMPORT_BATCHES].delete_many({"job_id": job_id})
+
+
+async def stored_batch(db: Db, job_id: str, at: Checkpoint) -> tuple[Checkpoint, Counts] | None:
+    """Where the stored batch starting at ``at`` ends and its counts (None: none is stored)."""
+    doc = await db[IMPORT_BATCHES].find_one({"_id": batch_id(job_id, at)})
+    if doc is None:
+        return None
+    to, n = doc["to"], doc["counts"]
+    return (
+        Checkpoint(int(to["offset"]), int(to["row"]), int(to["line"])),
+        Counts(int(n["read"]), int(n["accepted"]), int(n["merged"]), int(n["rejected"])),
+    )
+
+
+async def fold_batch(
+    db: Db,
+    job_id: str,
+    owner: str,
+    at: Checkpoint,
+    to: Checkpoint,
+    counts: Counts,
+    now: datetime,
+    lease: datetime,
+) -> bool:
+    """A committed batch record into its job: the checkpoint moves from ``at`` to ``to``, its
+    counts are added, and this worker's lease runs until ``lease`` (progress: the attempts start
+    again from zero). Only from ``at`` (a batch is folded once) and only by the lease's owner:
+    False otherwise (another worker has the job; it folds what this one stored)."""
+    added = {f"counts.{k}": {"$add": [f"$counts.{k}", v]} for k, v in _counts_doc(counts).items()}
+    result = await db[IMPORT_JOBS].update_one(
+        {
+            "_id": job_id,
+            "lease_owner": owner,
+            "checkpoint.offset": at.offset,
+            "state": {"$in": [ImportState.QUEUED.value, ImportState.RUNNING.value]},
+        },
+        [
+            {
+                "$set": {
+                    "checkpoint": {"$literal": _checkpoint_doc(to)},
+                    **added,
+                    "state": {"$literal": ImportState.RUNNING.value},
+                    "started_at": {"$ifNull": ["$started_at", now]},
+                    "updated_at": now,
+                    "lease_until": lease,
+                    "attempts": 0,
+                }
+            }
+        ],
+    )
+    return result.matched_count == 1
 
 
 async def put_chunk(db: Db, job_id: str, n: int, data: bytes) -> None:

@@ -13,6 +13,20 @@ leaves its lease to expire, and the next claim (the restarted process, or anothe
 replica) resumes at the job's checkpoint. A worker that lost its lease stops at its next
 batch (``StaleCheckpoint`` or a failed renewal), never writing a row twice.
 
+**Two batches in flight.** A department that stores each batch as a batch record
+(``unit.imports.add_batch`` instead of saving the job's checkpoint, so two batches'
+transactions write no common document) and names each batch's dedupe keys
+(:meth:`~ImportWorker.batch_keys`, leads: the rows' emails) gets up to ``in_flight``
+(``CRM_IMPORT_IN_FLIGHT``) batch transactions at once: batch N+1's reads, its Python work
+and its writes run while batch N's are with the database, so the process and the database
+work side by side instead of taking turns. The batches still commit in file order (N+1's
+transaction waits for N's commit just before its own, ``crm_platform.mongo.commit_after_var``,
+and aborts if N's failed), a batch sharing a key with one in flight waits for it to end
+first (it would merge into a lead the other is inserting), and after each commit the
+worker folds the batch's record into the job's checkpoint and counts, in order
+(``store.fold_batch``, which renews the lease). A worker that stops between a commit and its
+fold leaves the record: the next claim folds it before reading on (:meth:`_caught_up`).
+
 A job whose processing keeps failing is not retried forever: each claim counts an
 attempt (a committed batch starts the count again), the failure's reason is kept on the
 job (``last_error``, shown while it retries), and the ``CRM_IMPORT_MAX_ATTEMPTS``-th
@@ -25,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,6 +55,7 @@ from crm_platform.ids import new_id
 from crm_platform.imports import store
 from crm_platform.imports.domain import (
     Checkpoint,
+    Counts,
     ImportFormat,
     ImportJob,
     ImportState,
@@ -52,6 +68,7 @@ from crm_platform.imports.domain import (
     parse_header,
 )
 from crm_platform.imports.store import JobCodec
+from crm_platform.mongo import commit_after_var
 
 log = logging.getLogger("crm.imports")
 
@@ -64,6 +81,10 @@ FALSE = frozenset({"false", "no", "n", "0"})
 
 class LeaseLost(RuntimeError):
     pass
+
+
+class EarlierBatchFailed(RuntimeError):
+    """The batch before this one did not commit: this one, in flight beside it, is not kept."""
 
 
 def flag(value: object) -> bool | None:
@@ -90,6 +111,7 @@ class ImportWorker(Generic[J, R]):
         poll_seconds: float,
         max_row_bytes: int,
         max_attempts: int = 5,
+        in_flight: int = 1,
     ) -> None:
         self.db = db
         self.codec = codec
@@ -99,6 +121,7 @@ class ImportWorker(Generic[J, R]):
         self.poll_seconds = poll_seconds
         self.max_row_bytes = max_row_bytes
         self.max_attempts = max_attempts
+        self.in_flight = max(1, in_flight)
         self.owner = new_id()
         self._wake = asyncio.Event()
 
@@ -110,10 +133,17 @@ class ImportWorker(Generic[J, R]):
 
     async def import_batch(
         self, job: J, at: Checkpoint, to: Checkpoint, rows: list[R], rejected: list[Rejection]
-    ) -> None:
+    ) -> Counts | None:
         """One batch in ONE transaction: its rows, their events, the rejections, the checkpoint
-        (``StaleCheckpoint`` when the job is no longer at ``at``)."""
+        (``StaleCheckpoint`` when the job is no longer at ``at``). Either the job itself is
+        advanced and saved (returns None), or the batch's record is stored
+        (``unit.imports.add_batch``) and its counts returned: the worker folds it into the job."""
         raise NotImplementedError
+
+    def batch_keys(self, rows: Sequence[R]) -> frozenset[str] | None:
+        """The keys the batch's rows dedupe on (two batches sharing one never run at once), or
+        None: this department's batches run one at a time (its transaction saves the job)."""
+        return None
 
     async def end_import(self, job_id: str, failure: str | None = None) -> J:
         """The last batch is in (``failure`` None), or the job failed (why)."""
@@ -183,7 +213,7 @@ class ImportWorker(Generic[J, R]):
             await self.end_import(job.id, f"the file has no columns {missing}")
             return
         await self.begin(job)
-        await self._batches(job)
+        await self._batches(await self._caught_up(job))
         done = await self.end_import(job.id)
         await store.drop_chunks(self.db, job.id)
         log.info("import %s completed: %s", job.id, done.counts, extra={"import_id": job.id})
@@ -207,18 +237,32 @@ class ImportWorker(Generic[J, R]):
         """Commit the file's batches in order, from the job's checkpoint.
 
         The next batch is read and validated (``_prepare``, a task of its own) while the
-        previous batch's transaction is with the database, so the worker's CPU work and
-        the database's overlap instead of taking turns; at most one batch waits ready.
+        batches before it are with the database; up to ``in_flight`` batches' transactions
+        run at once (:meth:`batch_keys`), committing and folded into the job in file order.
         """
         ready: asyncio.Queue[Prepared[R] | BaseException | None] = asyncio.Queue(maxsize=1)
         reader = asyncio.create_task(self._prepare(job, ready), name=f"import-{job.id}-reader")
+        flights: deque[Flight] = deque()
         at = job.checkpoint
         try:
             while (batch := await ready.get()) is not None:
                 if isinstance(batch, BaseException):
                     raise batch
-                at = await self._commit(job, at, batch)
+                keys = self.batch_keys(batch.rows) if self.in_flight > 1 else None
+                while flights and (keys is None or len(flights) >= self.in_flight or _shares(keys, flights)):
+                    await self._settle(job, flights.popleft())
+                before = flights[-1].task if flights else None
+                task = asyncio.create_task(
+                    self._commit(job, at, batch, before), name=f"import-{job.id}-batch"
+                )
+                flights.append(Flight(at, batch.to, keys or frozenset(), task))
+                at = batch.to
+            while flights:
+                await self._settle(job, flights.popleft())
         finally:
+            for flight in flights:
+                flight.task.cancel()
+            await asyncio.gather(*(f.task for f in flights), return_exceptions=True)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
@@ -245,12 +289,63 @@ class ImportWorker(Generic[J, R]):
         rows, rejected = self.sort_rows(job, records)
         return Prepared(rows, rejected, records[-1].checkpoint())
 
-    async def _commit(self, job: J, at: Checkpoint, batch: Prepared[R]) -> Checkpoint:
-        await self.import_batch(job, at, batch.to, batch.rows, batch.rejected)
+    async def _commit(
+        self, job: J, at: Checkpoint, batch: Prepared[R], before: asyncio.Task[Counts | None] | None
+    ) -> Counts | None:
+        """The batch's transaction (a task of its own); with ``before`` (the previous batch's,
+        still in flight) it commits only after that one has, and not at all if it failed."""
+        if before is not None:
+            commit_after_var.set(lambda: _committed(before))
+        return await self.import_batch(job, at, batch.to, batch.rows, batch.rejected)
+
+    async def _settle(self, job: J, flight: Flight) -> None:
+        """The oldest batch in flight has committed: fold its record into the job (or, when its
+        transaction advanced the job itself, renew the lease)."""
+        counts = await flight.task
+        if counts is not None:
+            await self._fold(job, flight.at, flight.to, counts)
+            return
         until = now_millis(self.clock) + self.lease
         if not await store.renew_lease(self.db, job.id, self.owner, until):
             raise LeaseLost(f"the lease on import {job.id} was taken by another worker")
-        return batch.to
+
+    async def _fold(self, job: J, at: Checkpoint, to: Checkpoint, counts: Counts) -> None:
+        now = now_millis(self.clock)
+        if not await store.fold_batch(self.db, job.id, self.owner, at, to, counts, now, now + self.lease):
+            raise LeaseLost(f"import {job.id} is no longer this worker's at {at}")
+
+    async def _caught_up(self, job: J) -> J:
+        """``job`` with the batch records stored past its checkpoint folded in: a worker that
+        stopped between a batch's commit and its fold left them (the batches commit in order,
+        so they follow each other from the checkpoint)."""
+        at = job.checkpoint
+        while (stored := await store.stored_batch(self.db, job.id, at)) is not None:
+            await self._fold(job, at, *stored)
+            at = stored[0]
+        if at == job.checkpoint:
+            return job
+        return await store.get_import(self.db, self.codec, job.id) or job
+
+
+async def _committed(before: asyncio.Task[Counts | None]) -> None:
+    """Wait for the previous batch's transaction: it committed, or this one must not."""
+    await asyncio.wait([before])
+    if before.cancelled() or before.exception() is not None:
+        raise EarlierBatchFailed("the batch before this one did not commit")
+
+
+def _shares(keys: frozenset[str], flights: deque[Flight]) -> bool:
+    return any(not keys.isdisjoint(f.keys) for f in flights)
+
+
+@dataclass(frozen=True)
+class Flight:
+    """One batch's transaction in flight: where it starts and ends, its dedupe keys."""
+
+    at: Checkpoint
+    to: Checkpoint
+    keys: frozenset[str]
+    task: asyncio.Task[Counts | None]
 
 
 @dataclass(frozen=True)
