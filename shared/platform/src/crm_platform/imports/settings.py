@@ -27,10 +27,9 @@ class ImportSettings(ServiceSettings):
     )
     # Batches whose transactions may run at once (a department that stores batch records and
     # names its batches' dedupe keys: leads; crm_platform.imports.worker): with 2 the process
-    # works on the next batch while the database works on the one before. 1 until measured on
-    # a machine with idle cores: on the shared build machine two cost mongod more CPU per row
-    # and gained nothing (docs/performance.md, "Eighth session, import").
-    import_in_flight: int = Field(default=1, validation_alias="CRM_IMPORT_IN_FLIGHT", ge=1, le=4)
+    # works on the next batch while the database works on the one before (docs/performance.md,
+    # "Eighth session, import"); 1 runs them one by one.
+    import_in_flight: int = Field(default=2, validation_alias="CRM_IMPORT_IN_FLIGHT", ge=1, le=4)
     import_worker_enabled: bool = Field(default=True, validation_alias="CRM_IMPORT_WORKER_ENABLED")
     # An import whose processing fails this many times in a row (claims without a batch
     # committed in between) is marked failed with the last error, instead of retried forever.
