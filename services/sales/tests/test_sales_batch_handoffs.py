@@ -10,17 +10,21 @@ exactly the one written here.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from crm_contracts import Envelope, envelope_for
 from crm_contracts.events.person_keys import LeadPersonKeyShreddedV1
 from crm_contracts.topics import LEAD_QUALIFIED, LEADS_PERSON_KEYS
+from crm_platform import consumer as consumer_module
 from crm_platform import shredding
 from crm_platform.consumer import ConsumerConfig, EventConsumer, Outcome
 from crm_platform.pseudonym import email_hash
+from crm_platform.testing import eventually
+from prometheus_client import REGISTRY
 from sales import consumers
 from sales import store as repo
 
@@ -227,3 +231,68 @@ async def test_a_batch_of_sealed_handoffs_reads_their_keys_in_one_query(
         assert item["handoff"]["contact"]["email"] == f"{lead}@example.com"
         held = await sales.runtime.db[shredding.KEYS].find_one({"person_id": key.person_id})
         assert held["person_hashes"] == [email_hash(f"{lead}@example.com")]
+
+
+async def test_a_sealed_handoff_alone_waits_for_its_key_before_beginning_its_transaction(
+    sales: Sales, make_qualified: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sealed handoff fetched before its person key (the usual case at a low rate: the key
+    consumer fetches on its own) waits for the key outside any transaction, like a batch does:
+    its effect is stored in ONE transaction, not one begun, aborted for the missing key and
+    begun again; woken by the key's storing, it goes to that transaction without asking for
+    its keys again (a round trip on the handoff's latency)."""
+    checks: list[int] = []
+
+    async def counted(db: Any, events: Any) -> int:
+        checks.append(1)
+        return await shredding.keys_missing(db, events)
+
+    async def woken_only(_backoff: float) -> bool:  # no backoff running out: only the wake-up
+        return await shredding.until_key_stored(60.0)
+
+    monkeypatch.setattr(consumer_module, "keys_missing", counted)
+    monkeypatch.setattr(consumer_module, "until_key_stored", woken_only)
+    lead = sales.uid("alone")
+    handoff, [key] = shredding.sealed_event(make_qualified(lead), "leads")
+    env = envelope_for(handoff, source="leads", correlation_id=f"journey-{lead}")
+    key_value = envelope_for(key, source="leads", correlation_id=f"journey-{lead}").to_bytes()
+    consumer, kafka = _consumer(sales)
+    consumer.config.holds_keys = True
+    counting = CountingStore(sales.runtime.store)
+    consumer.store = cast(Any, counting)
+    keys, _ = _consumer(sales, shredding.key_handlers())
+    keys.after_store = shredding.key_stored  # as the runtime wires the key consumer
+    labels = {"service": "sales", "topic": LEAD_QUALIFIED}
+    before = REGISTRY.get_sample_value("crm_person_key_waits_total", labels) or 0.0
+
+    async def waiting() -> bool:
+        return (REGISTRY.get_sample_value("crm_person_key_waits_total", labels) or 0.0) > before
+
+    stored = asyncio.create_task(consumer._handle_partition(TP, [_record(0, env.to_bytes())], {}))
+    await eventually(waiting, what="the handoff waiting for its key")
+    key_tp = TopicPartition(LEADS_PERSON_KEYS, 0)
+    await keys._handle_partition(key_tp, [_record(0, key_value, LEADS_PERSON_KEYS)], {})
+    await asyncio.wait_for(stored, timeout=30)
+
+    assert consumer.outcomes == {0: "processed"}
+    assert kafka.dead_letters == []
+    assert counting.transactions == 1, "one transaction: none begun before the key was held"
+    assert len(checks) == 1, "its keys asked for once: the wake-up is the answer"
+    item = await sales.inbox_item(lead)
+    assert item is not None
+    assert item["handoff"]["contact"]["email"] == f"{lead}@example.com"
+
+
+class CountingStore:
+    """The service's store, counting the transactions begun through it."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.transactions = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def transaction(self, work: Any) -> Any:
+        self.transactions += 1
+        return await self._store.transaction(work)

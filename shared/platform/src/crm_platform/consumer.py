@@ -383,8 +383,7 @@ class EventConsumer:
         start = 0
         while start < len(run):
             rest = run[start:]
-            if len(rest) > 1:
-                await self._await_keys(rest)
+            await self._await_keys(rest)  # one alone too: no transaction begun just to abort
             failed = await self._store_group(rest) if len(rest) > 1 else 0
             if failed is None:
                 offsets[tp] = rest[-1].record.offset + 1
@@ -411,7 +410,8 @@ class EventConsumer:
         try:
             while await keys_missing(self.store.db, events) and time.monotonic() < deadline:
                 metrics.PERSON_KEY_WAITS.labels(self.config.service, run[0].record.topic).inc()
-                await until_key_stored(wait)
+                if await until_key_stored(wait) and len(run) == 1:
+                    return  # most likely its own key: the transaction checks (PersonKeyPending)
                 wait = min(wait * 2, 0.5)
         except Exception as exc:  # the check is an optimisation: storing proceeds as before
             if self._stopping.is_set():
