@@ -352,6 +352,25 @@ async def _bulk(
     return bulk
 
 
+async def _bulk_on_fresh_log(
+    platform: Platform,
+    args: argparse.Namespace,
+    kafka: str,
+    marketing: dict[str, str],
+    cpu: dict[str, dict[str, float]],
+    load: dict[str, Any],
+) -> dict[str, Any]:
+    """The platform phase's bulk capture, on a fresh broker log, said with the load after it."""
+    await fresh_log(args, kafka, "bulk capture")
+    bulk = await _bulk(platform, args, marketing, cpu)
+    load["bulk"] = load_average()
+    say(
+        f"bulk capture: {bulk['rate']:.0f} leads/s ({bulk['leads']} leads, "
+        f"Prefer '{bulk['prefer']}', load {load['bulk']})"
+    )
+    return bulk
+
+
 async def _capture(
     platform: Platform,
     args: argparse.Namespace,
@@ -409,13 +428,7 @@ async def _load(
         sat = await _saturated(platform, args, reader, ids[:sat_n], marketing, cpu)
         load["handoff"] = load_average()
         say(f"  {sat.count}/{sat_n} delivered, {sat.rate:.0f} handoffs/s sustained (load {load['handoff']})")
-        await fresh_log(args, kafka, "bulk capture")
-        bulk = await _bulk(platform, args, marketing, cpu)
-        load["bulk"] = load_average()
-        say(
-            f"bulk capture: {bulk['rate']:.0f} leads/s ({bulk['leads']} leads, "
-            f"Prefer '{bulk['prefer']}', load {load['bulk']})"
-        )
+        bulk = await _bulk_on_fresh_log(platform, args, kafka, marketing, cpu, load)
         for rate in higher:
             n = int(rate * args.duration)
             say(f"capturing {n} more leads for the {rate:.0f}/s run ...")

@@ -64,16 +64,7 @@ async def bulk_capture(
         async def worker() -> None:
             nonlocal accepted
             for start in batches:
-                leads = [
-                    {
-                        "name": f"Bulk {i}",
-                        "email": f"bulk-{run}-{i}@example.com",
-                        "company": "Bulk Co",
-                        "source_channel": "web_form",
-                        "consent": {"marketing_email": True},
-                    }
-                    for i in range(start, min(start + per_request, total))
-                ]
+                leads = [_bulk_lead(run, i) for i in range(start, min(start + per_request, total))]
                 began = time.perf_counter()
                 r = await client.post("/api/leads/leads/bulk", json={"leads": leads})
                 latencies.append(time.perf_counter() - began)
@@ -97,6 +88,17 @@ async def bulk_capture(
         "prefer": prefer,
         "request_p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000,
         "failures": len(failures),
+    }
+
+
+def _bulk_lead(run: str, i: int) -> dict[str, Any]:
+    """The ``i``-th new lead of a bulk capture run (a new email each)."""
+    return {
+        "name": f"Bulk {i}",
+        "email": f"bulk-{run}-{i}@example.com",
+        "company": "Bulk Co",
+        "source_channel": "web_form",
+        "consent": {"marketing_email": True},
     }
 
 

@@ -178,6 +178,18 @@ class Upstreams:
             return await self._lean(service, pool, method, target, out, body)
         if query:
             url = f"{url}?{query.decode('latin-1')}"
+        return await self._via_httpx(service, method, raw_path, url, out, body)
+
+    async def _via_httpx(
+        self,
+        service: str,
+        method: str,
+        raw_path: str,
+        url: str,
+        out: list[tuple[str, str]],
+        body: bytes | AsyncIterator[bytes],
+    ) -> Forwarded:
+        """What the lean pool does not carry (uploads, HEAD, mock transports), through httpx."""
         request = self.client.build_request(method, httpx.URL(url), headers=out, content=body)
         started = time.perf_counter()
         annotate(upstream=service, upstream_url=self.base_url(service))
