@@ -19,6 +19,7 @@ from pydantic import BeforeValidator, Field, StringConstraints
 
 from leads import handlers
 from leads import store as repo
+from leads.api.capture_route import CaptureRoute
 from leads.api.deps import READERS, CaptureGroupsDep, UowDep, can_write
 from leads.api.models import (
     BehaviourIn,
@@ -77,13 +78,6 @@ OwnerFilter = Annotated[
 ]
 
 
-@router.post(
-    "",
-    response_model=CaptureOut,
-    status_code=status.HTTP_201_CREATED,
-    dependencies=[can_write],
-    summary="Capture a lead (201 new; 200 when the email matched a lead and it merged)",
-)
 async def capture_lead(
     body: CaptureIn, response: Response, groups: CaptureGroupsDep, fields: LeadFields
 ) -> CaptureOut:
@@ -92,6 +86,19 @@ async def capture_lead(
     if result.merged:
         response.status_code = status.HTTP_200_OK
     return CaptureOut(merged=result.merged, lead=LeadOut.of(result.lead))
+
+
+# Served by CaptureRoute: the same declaration, without FastAPI's per-request dependency solving.
+router.add_api_route(
+    "",
+    capture_lead,
+    methods=["POST"],
+    response_model=CaptureOut,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[can_write],
+    summary="Capture a lead (201 new; 200 when the email matched a lead and it merged)",
+    route_class_override=CaptureRoute,
+)
 
 
 # RFC 7240: ``Prefer: return=minimal`` asks for the outcome without the records' representation.
