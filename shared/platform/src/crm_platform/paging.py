@@ -56,6 +56,19 @@ class Sort:
             rest = [{self.field: {op: value}}, *([{self.field: None}] if self.descending else [])]
         return {"$or": [ties, *rest]}
 
+    def after_in_range(self, cursor: str) -> Doc:
+        """What ``after`` selects, as a range on the field and a filter on its ties.
+
+        The range bounds an index scan on ``(..., field, _id)`` even when the planner merges
+        several (a filter ``$in`` before the field), which ``after``'s ``$or`` cannot. For a
+        field every document has: a cursor on a missing value selects as ``after`` does."""
+        after = self.after(cursor)  # checks the cursor's sort
+        ties = after["$or"][0]
+        value, op = ties[self.field], "$lt" if self.descending else "$gt"
+        if value is None:
+            return after
+        return {self.field: {op + "e": value}, "$or": [{self.field: {op: value}}, {"_id": ties["_id"]}]}
+
     def cursor_of(self, doc: Mapping[str, Any]) -> str:
         return _encode(self.name, _dig(doc, self.field), doc["_id"])
 
