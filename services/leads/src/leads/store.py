@@ -32,7 +32,7 @@ from crm_platform.erasure import Related, Target, with_person_hashes
 from crm_platform.imports import store as imports_store
 from crm_platform.imports.store import JobCodec
 from crm_platform.mongo import Tx
-from crm_platform.paging import Sort, page, sorts, text_search
+from crm_platform.paging import Sort, cursor_value, page, sorts, text_search
 from crm_platform.retention import ANONYMISED, Action, Rule, anonymous_email
 from crm_platform.uow import MongoUnit
 from pymongo import ASCENDING, DESCENDING, TEXT, ReplaceOne, ReturnDocument
@@ -70,10 +70,30 @@ INDEX_NOT_FOUND = 27
 # maintains none of them. A query's equality on a string implies the filter: the planner uses them.
 ASSIGNED = {"assigned_rep": {"$gte": ""}}
 IN_CAMPAIGN = {"campaign": {"$gte": ""}}
+# Every status a lead can have: a query asking for all of them (``EVERY_STATUS``) reads the
+# ``by_status*`` index of its order one status after the other, merged in order (MongoDB's
+# SORT_MERGE), so the orders below need no index of their own (one entry less per lead each).
+EVERY_STATUS = {"$in": sorted(s.value for s in LeadStatus)}
+# The orders served that way: their values rarely tie beyond a batch (the leads of one bulk
+# request or import batch share their times), so a later page's range (``_from_cursor``) reads
+# little more than the page. ``score`` keeps its index: most leads tie at 0, and a page deep in
+# a tie would read the tie from its start in every status.
+STATUS_MERGED_ORDERS = frozenset({"created_at", "updated_at", "name"})
 # Indexes an earlier version made that a declared one now serves (dropped at start-up):
-# ``by_updated`` (retention's ``updated_at`` range: ``by_updated_at`` serves it), and the rep's and
-# the campaign's whole-collection indexes (now partial, under new names).
-RETIRED_INDEXES = ("by_updated", "by_campaign", "by_rep", "by_rep_updated_at", "by_rep_score", "by_rep_name")
+# ``by_updated`` (retention's ``updated_at`` range: ``by_updated_at`` serves it), the rep's and
+# the campaign's whole-collection indexes (now partial, under new names), and the orders that
+# ``by_status*`` serves for every status (``STATUS_MERGED_ORDERS``).
+RETIRED_INDEXES = (
+    "by_updated",
+    "by_campaign",
+    "by_rep",
+    "by_rep_updated_at",
+    "by_rep_score",
+    "by_rep_name",
+    "newest",
+    "by_updated_at",
+    "by_name",
+)
 
 
 async def ensure_indexes(db: Db) -> None:
@@ -83,7 +103,6 @@ async def ensure_indexes(db: Db) -> None:
     serves a listed query no other index serves (tests/test_leads_lists.py ``explain``s them)."""
     await db[LEADS].create_index("email", unique=True, name="email_unique")
     await db[BEHAVIOURS].create_index("recorded_at", name="by_recorded")
-    await db[LEADS].create_index([("created_at", DESCENDING), ("_id", DESCENDING)], name="newest")
     await db[LEADS].create_index(
         [("status", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="by_status"
     )
@@ -96,10 +115,14 @@ async def ensure_indexes(db: Db) -> None:
         name="in_campaign",
         partialFilterExpression=IN_CAMPAIGN,
     )
-    # The other orders of GET /leads (crm_platform.paging: field then _id), alone and by status;
-    # ``by_updated_at`` is also what retention (RETENTION_RULES) looks expired leads up by.
+    # The other orders of GET /leads (crm_platform.paging: field then _id) by status, and alone
+    # those that the status indexes do not serve (STATUS_MERGED_ORDERS); ``by_status_updated_at``
+    # is also what retention (RETENTION_RULES) looks expired leads up by.
     for sort in (s for s in LEAD_SORTS.values() if s.field != "created_at"):
-        await db[LEADS].create_index([(sort.field, DESCENDING), ("_id", DESCENDING)], name=f"by_{sort.field}")
+        if sort.field not in STATUS_MERGED_ORDERS:
+            await db[LEADS].create_index(
+                [(sort.field, DESCENDING), ("_id", DESCENDING)], name=f"by_{sort.field}"
+            )
         await db[LEADS].create_index(
             [("status", ASCENDING), (sort.field, DESCENDING), ("_id", DESCENDING)],
             name=f"by_status_{sort.field}",
@@ -397,26 +420,41 @@ class LeadQuery:
         query: Doc = dict(self.custom)
         if self.rep is not None:
             query["assigned_rep"] = self.rep
+        spec = LEAD_SORTS[self.sort]
         if self.status is not None:
             query["status"] = self.status
+        elif spec.field in STATUS_MERGED_ORDERS:
+            query["status"] = EVERY_STATUS  # the order's by_status index, every status merged
         if self.channel is not None:
             query["origin_channel"] = self.channel
         if self.campaign is not None:
             query["campaign"] = self.campaign
-        score: Doc = {}
-        if self.min_score is not None:
-            score["$gte"] = self.min_score
-        if self.max_score is not None:
-            score["$lte"] = self.max_score
-        if score:
-            query["score"] = score
+        if self.min_score is not None or self.max_score is not None:
+            query["score"] = self._score_range()
         if self.q:
             # A whole address is the lead's identity (its unique index); words search the text index.
             query.update({"email": self.q.strip().lower()} if "@" in self.q else text_search(self.q))
         if cursor is not None:
-            after = LEAD_SORTS[self.sort].after(cursor)
-            query = {"$and": [query, after]} if query else after
+            after = spec.after(cursor)
+            merged = query.get("status") is EVERY_STATUS
+            query = (
+                {"$and": [query, *(_from_cursor(spec, cursor) if merged else []), after]} if query else after
+            )
         return query
+
+    def _score_range(self) -> Doc:
+        bounds = {"$gte": self.min_score, "$lte": self.max_score}
+        return {op: value for op, value in bounds.items() if value is not None}
+
+
+def _from_cursor(spec: Sort, cursor: str) -> list[Doc]:
+    """The page's range on the order's field (the cursor's value and what follows it, nulls
+    included), besides ``Sort.after``'s exact ``$or``: merging the statuses' index scans, the
+    server bounds each scan by it; the ``$or`` alone it applies after reading from the start."""
+    value = cursor_value(cursor)
+    if value is None:
+        return []
+    return [{spec.field: {"$not": {"$gt": value}} if spec.descending else {"$gte": value}}]
 
 
 def find_leads(db: Db, query: LeadQuery, cursor: str | None = None) -> Any:
@@ -714,8 +752,7 @@ async def export_leads(
 ) -> AsyncIterator[Lead]:
     """Every lead the list route's filters select, newest first, from one cursor (the export)."""
     query: Doc = {} if rep is None else {"assigned_rep": rep}
-    if status is not None:
-        query["status"] = status
+    query["status"] = status if status is not None else EVERY_STATUS  # by_status, every status merged
     if channel is not None:
         query["origin_channel"] = channel
     cursor = db[LEADS].find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).batch_size(1000)
@@ -749,6 +786,7 @@ RETENTION_RULES = (
         LEADS,
         "updated_at",
         Action.ANONYMISE,
+        eligible={"status": EVERY_STATUS},  # every lead; read through by_status_updated_at
         scrub={"name": ANONYMISED, "email": anonymous_email, "custom": {}},
     ),
     # Tracked behaviour: deleted.

@@ -73,6 +73,11 @@ class Sort:
         return _encode(self.name, _dig(doc, self.field), doc["_id"])
 
 
+def cursor_value(cursor: str) -> Any:
+    """The order's value of the cursor's item (``BadCursor`` if it is not a cursor)."""
+    return _decode(cursor)[1]
+
+
 def sorts(*orders: Sort) -> dict[str, Sort]:
     """A list's orders by the name clients send (``?sort=``)."""
     return {order.name: order for order in orders}
