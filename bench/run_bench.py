@@ -918,6 +918,11 @@ def parse_args() -> argparse.Namespace:
     args.mongo_port = int(env("CRM_BENCH_MONGO_PORT", 27317))
     args.gateway_port = int(env("CRM_BENCH_GATEWAY_PORT", 28080))
     args.service_port_base = int(env("CRM_BENCH_SERVICE_PORT_BASE", 28000))
+    # The embedded mongod's WiredTiger cache: 2 GB, not the development default of a quarter GB
+    # (with it mongod evicted and read back its own recent writes: about 0.07 ms more of its CPU
+    # per imported row; docs/performance.md "Ninth session, import"). mongod's own default
+    # on this machine would be about 11.5 GB. BENCH_MONGO_CACHE_GB=0.25 measures as before.
+    args.mongo_cache_gb = num("BENCH_MONGO_CACHE_GB", 2, 2)
     return args
 
 
@@ -926,8 +931,9 @@ def fresh_infra(args: argparse.Namespace) -> Any:
     from crm_platform.devinfra.resolve import resolve
 
     if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        from crm_platform.devinfra.embedded import EmbeddedInfra
+        from crm_platform.devinfra.embedded import MONGO_CACHE_GB_ENV, EmbeddedInfra
 
+        os.environ[MONGO_CACHE_GB_ENV] = f"{args.mongo_cache_gb:g}"
         EmbeddedInfra(HOME, args.kafka_port, args.mongo_port).stop()
         shutil.rmtree(HOME, ignore_errors=True)
     infra = resolve(HOME, args.kafka_port, args.mongo_port)
@@ -964,7 +970,10 @@ async def main() -> int:
     args = parse_args()
     results: dict[str, Any] = {"load_average": {"start": load_average()}, "broker_state_mb": {}}
     args.broker_state_before = results["broker_state_before_trim_mb"] = {}
-    say(f"{'reduced' if args.quick else 'full'} run; load average {results['load_average']['start']}")
+    say(
+        f"{'reduced' if args.quick else 'full'} run; load average {results['load_average']['start']};"
+        f" mongod cache {args.mongo_cache_gb:g} GB (BENCH_MONGO_CACHE_GB)"
+    )
     phases = selected_phases()
     if phases is None:
         return 2

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import pytest
 from crm_platform.devinfra import cli, embedded
 from crm_platform.devinfra import resolve as resolve_module
-from crm_platform.devinfra.embedded import EmbeddedInfra, PortInUseError, kafka_answers
+from crm_platform.devinfra.embedded import MONGO_CACHE_GB_ENV, EmbeddedInfra, PortInUseError, kafka_answers
 from crm_platform.devinfra.resolve import Infra, docker_available, resolve
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
@@ -499,3 +499,17 @@ def test_testcontainers_is_not_imported_without_docker() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_mongod_cache_is_a_quarter_gb_unless_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    infra = EmbeddedInfra(tmp_path, 1, 2)
+    monkeypatch.delenv(MONGO_CACHE_GB_ENV, raising=False)
+    command = infra._mongod_command(Path("mongod"))
+    assert command[command.index("--wiredTigerCacheSizeGB") + 1] == "0.25"
+    monkeypatch.setenv(MONGO_CACHE_GB_ENV, "2")
+    command = infra._mongod_command(Path("mongod"))
+    assert command[command.index("--wiredTigerCacheSizeGB") + 1] == "2"
+    for bad in ("0.1", "lots"):
+        monkeypatch.setenv(MONGO_CACHE_GB_ENV, bad)
+        with pytest.raises(ValueError, match=MONGO_CACHE_GB_ENV):
+            infra._mongod_command(Path("mongod"))

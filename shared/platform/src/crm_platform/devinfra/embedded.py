@@ -52,6 +52,12 @@ DEFAULT_KAFKA_PORT = 19092
 DEFAULT_MONGO_PORT = 27117
 REPLICA_SET = "rs0"
 HOST = "127.0.0.1"
+# mongod's WiredTiger cache: a quarter GB for development and tests (many mongods share a
+# machine); ``CRM_MONGO_CACHE_GB`` sets another for a mongod this module starts (the bench
+# gives its own more, docs/performance.md "Ninth session, import"). mongod's own default
+# would be half of the machine's memory less 1 GB.
+MONGO_CACHE_GB_ENV = "CRM_MONGO_CACHE_GB"
+DEFAULT_MONGO_CACHE_GB = 0.25
 
 Component = Literal["kafka", "mongo"]
 
@@ -465,6 +471,20 @@ def _repoint_member(client: MongoClient[dict[str, Any]], member_host: str) -> bo
 # --- the infrastructure -----------------------------------------------------------------------------
 
 
+def mongo_cache_gb() -> float:
+    """The WiredTiger cache a started mongod gets (``CRM_MONGO_CACHE_GB``, else 0.25 GB)."""
+    raw = os.environ.get(MONGO_CACHE_GB_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MONGO_CACHE_GB
+    try:
+        size = float(raw)
+    except ValueError:
+        size = 0.0
+    if not 0.25 <= size <= 1024:
+        raise ValueError(f"{MONGO_CACHE_GB_ENV}={raw!r}: a size in GB from 0.25 (mongod's least) up")
+    return size
+
+
 class EmbeddedInfra:
     """noida-db (Kafka protocol) and mongod (single-node replica set) under one folder."""
 
@@ -665,7 +685,7 @@ class EmbeddedInfra:
             "--replSet",
             REPLICA_SET,
             "--wiredTigerCacheSizeGB",
-            "0.25",
+            f"{mongo_cache_gb():g}",
             # TCP only: the default unix socket would land in /tmp, outside home.
             "--nounixsocket",
             "--fork",
