@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import itertools
 import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from crm_platform.imports import domain as imports_domain
 from leads.domain.imports import (
     Checkpoint,
     Counts,
@@ -162,3 +165,37 @@ def test_a_job_moves_only_from_the_checkpoint_it_is_at() -> None:
     with pytest.raises(StaleCheckpoint):
         moved.advance(job.checkpoint, Checkpoint(60, 2, 3), Counts(2, 1, 0, 1), NOW)
     assert moved.complete(NOW).state is ImportState.COMPLETED
+
+
+def _by_the_csv_module(text: str, header: list[str]) -> tuple[object, str | None]:
+    try:
+        rows = list(csv.reader(text.splitlines(keepends=True), strict=True))
+    except csv.Error as exc:
+        return None, f"malformed CSV: {exc}"
+    if len(rows) != 1:
+        return None, "malformed CSV: not one record"
+    if len(rows[0]) != len(header):
+        return None, f"has {len(rows[0])} fields; the header has {len(header)}"
+    return dict(zip(header, rows[0], strict=True)), None
+
+
+def test_plain_lines_split_as_the_csv_module_splits_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record of one line without a quote is split on its commas, not read by the csv module:
+    the same cells and problems for every short text of line ends, separators and quotes."""
+    alphabet = ["a", ",", "\r", "\n", " ", "\x00", "\x0b", "\x85", "\u2028", "é", '"']
+    for n in range(5):
+        for text in ("".join(t) for t in itertools.product(alphabet, repeat=n)):
+            for header in (["c0"], ["c0", "c1"], ["c0", "c1", "c2"]):
+                assert imports_domain.parse_csv(text, header) == _by_the_csv_module(text, header), (
+                    text,
+                    header,
+                )
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the csv module read a plain line")
+
+    monkeypatch.setattr(csv, "reader", refuse)
+    assert imports_domain.parse_csv("a@x.com,Ann,Acme\r\n", HEADER) == (
+        {"email": "a@x.com", "name": "Ann", "company": "Acme"},
+        None,
+    )
