@@ -393,7 +393,7 @@ async def analytics_replay(
         return {"events": total, "replayed": folds.folded, "rate": 0.0, "complete": False}
     (t0, n0), (t1, n1) = folds.first, folds.last
     rate = (n1 - n0) / (t1 - t0)
-    per_event = cpu_ms_per_op(folds.cpu_first, folds.cpu_last, n1 - n0)
+    per_event = cpu_ms_per_op(folds.cpu_first, folds.cpu_last, n1 - n0, digits=3)
     say(
         f"  folded {n1}/{total} events; {rate:.0f} events/s ({n1 - n0} events in {t1 - t0:.2f} s, "
         f"first fold {t0 - began:.1f} s after start); CPU ms per event {per_event}; "

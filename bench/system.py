@@ -134,12 +134,15 @@ def cpu_snapshot(pids: Mapping[str, int]) -> dict[str, float]:
     return {name: t for name, pid in pids.items() if (t := cpu_seconds(pid)) is not None}
 
 
-def cpu_ms_per_op(before: Mapping[str, float], after: Mapping[str, float], ops: int) -> dict[str, float]:
-    """CPU milliseconds each process spent per operation between two snapshots, and the total."""
+def cpu_ms_per_op(
+    before: Mapping[str, float], after: Mapping[str, float], ops: int, digits: int = 2
+) -> dict[str, float]:
+    """CPU milliseconds each process spent per operation between two snapshots, and the total
+    (``digits`` decimals: 3 for the replay's events, a few hundredths of a millisecond each)."""
     if not ops:
         return {}
-    out = {name: round(1000 * (after[name] - before[name]) / ops, 2) for name in before if name in after}
-    out["total"] = round(sum(out.values()), 2)
+    out = {name: round(1000 * (after[name] - before[name]) / ops, digits) for name in before if name in after}
+    out["total"] = round(sum(out.values()), digits)
     return out
 
 
