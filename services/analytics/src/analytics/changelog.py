@@ -12,7 +12,8 @@ What stays as faust had it: the topics (``<app id>-<table>-changelog``), the par
 key (faust's ``use_partitioner``: the producer's partitioner on the serialized key, through
 faust's own ``key_partition``), the serialized key (the table's key codec), a deleted key's
 tombstone, and recovery (faust reads the changelog back as before). The values are compact
-JSON, which faust's JSON codec reads.
+JSON, which faust's JSON codec reads (a fact object as its ``to_json`` document:
+``analytics.domain.facts.stored_json``).
 
 Order: flushes are sent one after another in the order they were taken, so a later value of a
 key never lands before an earlier one. :meth:`~ChangelogWriter.flush` is synchronous: what it
@@ -34,6 +35,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from crm_platform.kafka import murmur2
 from faust.stores.memory import Store as MemoryStore
 from pydantic_core import to_json
+
+from analytics.domain.facts import stored_json
 
 SET = 1
 DELETE = 2
@@ -130,7 +133,7 @@ class ChangelogWriter:
                     continue  # gone since (a recovery dropped a partition it no longer holds)
                 raw_key = dumps_key(table.key_type, key, serializer=table.key_serializer)
                 assert raw_key is not None
-                raw = None if value is None else to_json(value)
+                raw = None if value is None else to_json(stored_json(value))
                 yield table, key, topic, raw_key, raw
 
     async def _run(self) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import random
 from datetime import timedelta
 
 import pytest
+from analytics.domain import facts
 from analytics.domain.engine import AnalyticsState, apply, figure_values, merge_state, rebuild_figures
-from analytics.domain.facts import ReceiptFact
+from analytics.domain.facts import DealFacts, LeadFacts, ReceiptFact, stored_json
 from analytics.domain.figures import HANDOFF_NAMES
 from analytics.domain.histogram import GROWTH
 from crm_contracts import decode
@@ -18,10 +20,11 @@ REL = GROWTH - 1
 
 
 class JsonTable(dict):
-    """A dict that stores what a faust changelog would give back (JSON round trip)."""
+    """A dict that stores what a faust changelog would give back (JSON round trip of what the
+    changelog writer stores: ``stored_json``)."""
 
     def __setitem__(self, key, value):
-        super().__setitem__(key, json.loads(json.dumps(value)))
+        super().__setitem__(key, json.loads(json.dumps(stored_json(value))))
 
 
 def new_state() -> AnalyticsState:
@@ -432,3 +435,47 @@ def test_a_histogram_or_a_channels_counts_is_made_once_not_per_folded_event(jour
     fromkeys.clear()
     run([journey.captured(f"lead-{n}", "web") for n in range(50)])
     assert len(fromkeys) == 2, "the funnel's and the web channel's counts, each made once"
+
+
+def test_the_tables_hold_the_folded_fact_objects_and_read_recovered_documents_alike(journey):
+    """The worker's tables keep the frozen facts the engine folds (no JSON copy per event); the
+    changelog stores their JSON; a state recovered from that JSON folds on to the same facts."""
+    events = _random_history(journey, 21)
+    live = run(events, AnalyticsState())  # plain dicts: what the faust tables hold
+    assert live.leads
+    assert live.deals
+    assert live.receipts
+    assert all(isinstance(v, LeadFacts) for v in live.leads.values())
+    assert all(isinstance(v, DealFacts) for v in live.deals.values())
+    assert all(isinstance(v, ReceiptFact) for v in live.receipts.values())
+    for lead in live.leads.values():
+        assert LeadFacts.from_json(json.loads(json.dumps(stored_json(lead)))) == lead
+    for deal in live.deals.values():
+        assert DealFacts.from_json(json.loads(json.dumps(stored_json(deal)))) == deal
+    for receipt in live.receipts.values():
+        assert ReceiptFact.from_json(json.loads(json.dumps(stored_json(receipt)))) == receipt
+    recovered = run(
+        events[:40],
+        AnalyticsState(leads=JsonTable(), deals=JsonTable(), receipts=JsonTable()),
+    )
+    recovered = rebuild_figures(
+        AnalyticsState(
+            leads=dict(recovered.leads), deals=dict(recovered.deals), receipts=dict(recovered.receipts)
+        )
+    )
+    run(events[40:], recovered)
+    assert recovered.figures.summary() == live.figures.summary()
+    assert {k: LeadFacts.from_json(v) for k, v in recovered.leads.items()} == dict(live.leads)
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_the_facts_own_replace_gives_what_dataclasses_replace_gives(journey, monkeypatch, seed):
+    events = _random_history(journey, seed)
+    fast = run(events, AnalyticsState())
+    monkeypatch.setattr(facts, "replace", dataclasses.replace)
+    slow = run(events, AnalyticsState())
+    assert dict(fast.leads) == dict(slow.leads)
+    assert dict(fast.deals) == dict(slow.deals)
+    for value in [*fast.leads.values(), *fast.deals.values()]:
+        assert isinstance(value, LeadFacts | DealFacts)
+        assert list(vars(value)) == [f.name for f in dataclasses.fields(value)]

@@ -1,8 +1,10 @@
 """The stream logic: one validated event in, the analytics state updated (no I/O).
 
 ``apply(state, envelope, event)`` is all the faust agent calls. The state is three
-fact tables (plain mutable mappings of JSON documents: dicts in unit tests, faust
-tables in the worker) and the in-memory figures derived from them:
+fact tables (plain mutable mappings: dicts in unit tests, faust tables in the worker) holding
+the frozen fact objects the engine folds (a table recovered from its changelog holds JSON
+documents until they are folded again; ``analytics.domain.facts``), the records table, and the
+in-memory figures derived from them:
 
 - ``leads``    lead_id -> LeadFacts      (lead.captured, lead.qualified, lead.verdict, deal.won)
 - ``deals``    deal_id -> DealFacts      (deal.won, account.onboarding_started and _step_completed)
@@ -33,11 +35,11 @@ from crm_contracts.events.service_desk import OnboardingStartedV1, OnboardingSte
 from analytics.domain import records
 from analytics.domain.facts import (
     DealFacts,
-    DealFactsJson,
+    DealValue,
     LeadFacts,
-    LeadFactsJson,
+    LeadValue,
     ReceiptFact,
-    ReceiptJson,
+    ReceiptValue,
     epoch,
     plausible_latency,
 )
@@ -59,9 +61,9 @@ class ImplausibleEvent(ValueError):
 @dataclass
 class AnalyticsState:
     # Plain dicts in unit tests, faust tables in the worker.
-    leads: MutableMapping[str, LeadFactsJson] = field(default_factory=dict)
-    deals: MutableMapping[str, DealFactsJson] = field(default_factory=dict)
-    receipts: MutableMapping[str, ReceiptJson] = field(default_factory=dict)
+    leads: MutableMapping[str, LeadValue] = field(default_factory=dict)
+    deals: MutableMapping[str, DealValue] = field(default_factory=dict)
+    receipts: MutableMapping[str, ReceiptValue] = field(default_factory=dict)
     records: MutableMapping[str, Record] = field(default_factory=dict)
     records_version: int = 0  # bumped whenever a record changes (the KPIs are computed again)
     # Retention of the records (epoch seconds): a record whose every slot is older is not kept,
@@ -139,7 +141,7 @@ def _update_lead(state: AnalyticsState, lead_id: str, change: Callable[[LeadFact
     after = change(before or LeadFacts())
     if after == before:
         return
-    state.leads[lead_id] = after.to_json()
+    state.leads[lead_id] = after
     state.applied += 1
     state.figures.replace(lead_contribution(before), lead_contribution(after))
     if before is None or before.channel != after.channel:
@@ -156,7 +158,7 @@ def _update_deal(state: AnalyticsState, deal_id: str, change: Callable[[DealFact
     after = change(before or DealFacts())
     if after == before:
         return
-    state.deals[deal_id] = after.to_json()
+    state.deals[deal_id] = after
     state.applied += 1
     old_lead = state.lead(before.lead_id) if before is not None and before.lead_id else None
     new_lead = state.lead(after.lead_id) if after.lead_id else None
@@ -168,7 +170,7 @@ def _update_receipt(state: AnalyticsState, key: str, receipt: ReceiptFact) -> No
     after = receipt if before is None else before.merged(receipt)
     if after == before:
         return
-    state.receipts[key] = after.to_json()
+    state.receipts[key] = after
     state.applied += 1
     state.figures.replace(receipt_contribution(before), receipt_contribution(after))
 
@@ -250,7 +252,7 @@ F = TypeVar("F")
 D = TypeVar("D")
 
 
-def _readable(read: Callable[[D], F | None], doc: D | None) -> F | None:
+def _readable(read: Callable[[D], F | None], doc: D) -> F | None:
     """A stored fact, or None when it is empty or unreadable: a recovery never crashes on one."""
     if not doc:
         return None

@@ -6,16 +6,18 @@ same event applied twice, or two events applied in either order, give the same
 facts. That is what makes every figure derived from the facts safe under Kafka's
 at-least-once redelivery and under cross-topic reordering.
 
-Facts travel through faust tables as JSON, so each has ``to_json``/``from_json``.
-Times are epoch seconds (floats).
+The worker's tables hold the facts as these objects (what the engine folds, no copy per
+event); their changelogs hold them as JSON (``to_json``, written at each flush:
+:func:`stored_json`), and a table recovered from its changelog holds the JSON documents until
+a fold replaces them: ``from_json`` reads either. Times are epoch seconds (floats).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
-from typing import NotRequired, TypedDict
+from typing import NotRequired, TypedDict, TypeVar
 
 from crm_contracts.envelope import MAX_CLOCK_SKEW, MAX_EVENT_AGE
 
@@ -26,6 +28,20 @@ MAX_EVENT_AGE_SECONDS = MAX_EVENT_AGE.total_seconds()
 
 def epoch(moment: datetime) -> float:
     return moment.timestamp()
+
+
+F = TypeVar("F", bound="LeadFacts | DealFacts")
+
+
+def replace(fact: F, **changes: object) -> F:
+    """``dataclasses.replace`` for these frozen facts (plain fields, no ``__post_init__``) at a
+    quarter of its cost (2 us, a fold or two per replayed event): a copy of the field values
+    with ``changes`` over them, set as the frozen class's own ``__init__`` would."""
+    new = object.__new__(type(fact))
+    values = new.__dict__
+    values.update(fact.__dict__)
+    values.update(changes)
+    return new
 
 
 def _earliest(current: float | None, candidate: float) -> float:
@@ -121,7 +137,9 @@ class LeadFacts:
         }
 
     @classmethod
-    def from_json(cls, doc: LeadFactsJson | None) -> LeadFacts:
+    def from_json(cls, doc: LeadFactsJson | LeadFacts | None) -> LeadFacts:
+        if isinstance(doc, LeadFacts):
+            return doc  # a table's own value (frozen: shared as it is)
         if not doc:
             return cls()
         return cls(
@@ -183,7 +201,9 @@ class DealFacts:
         }
 
     @classmethod
-    def from_json(cls, doc: DealFactsJson | None) -> DealFacts:
+    def from_json(cls, doc: DealFactsJson | DealFacts | None) -> DealFacts:
+        if isinstance(doc, DealFacts):
+            return doc
         if not doc:
             return cls()
         return cls(
@@ -224,7 +244,9 @@ class ReceiptFact:
         return doc
 
     @classmethod
-    def from_json(cls, doc: ReceiptJson | None) -> ReceiptFact | None:
+    def from_json(cls, doc: ReceiptJson | ReceiptFact | None) -> ReceiptFact | None:
+        if isinstance(doc, ReceiptFact):
+            return doc
         if not doc:
             return None
         at = doc.get("at")
@@ -259,3 +281,15 @@ class ReceiptJson(TypedDict):
     handoff: str
     latency: float
     at: NotRequired[float]
+
+
+Fact = LeadFacts | DealFacts | ReceiptFact
+LeadValue = LeadFacts | LeadFactsJson  # what the leads table holds (module doc)
+DealValue = DealFacts | DealFactsJson
+ReceiptValue = ReceiptFact | ReceiptJson
+
+
+def stored_json(value: object) -> object:
+    """What a table's changelog stores for ``value``: a fact as its JSON document, anything
+    else (a record, a document recovered from the changelog) as it is."""
+    return value.to_json() if isinstance(value, LeadFacts | DealFacts | ReceiptFact) else value
