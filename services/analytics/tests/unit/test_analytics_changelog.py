@@ -143,3 +143,26 @@ def test_a_table_get_is_one_lookup_in_the_store(monkeypatch) -> None:
     assert leads.get("missing") is None
     assert leads.get("missing", {}) == {}
     assert through_faust == []
+
+
+async def test_a_key_is_written_as_faust_serializes_it_without_its_codec_per_key(worker, monkeypatch) -> None:
+    """The changelog's keys are the bytes faust's ``dumps_key`` gives (its ``json`` key codec),
+    made by the stdlib's string encoder: faust's registry is not called once per key."""
+    w, recorder = worker
+    leads = w.tables["leads"]
+    keys = ["lead-1", 'q"uote', "back\\slash", "new\nline", "caf\u00e9", "\u2028\U0001f600", ""]
+    expected = [w.app.serializers.dumps_key(leads.key_type, k, serializer=leads.key_serializer) for k in keys]
+    calls: list[Any] = []
+    dumps_key = w.app.serializers.dumps_key
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return dumps_key(*args, **kwargs)
+
+    monkeypatch.setattr(w.app.serializers, "dumps_key", counting)
+    for n, key in enumerate(keys):
+        leads[key] = {"captured_at": float(n)}
+    await w.changelog.flush()
+    [records] = recorder.sent
+    assert [key for _topic, key, _value in records] == expected
+    assert len(calls) <= 1  # the probe, once per flush of the table: never per key
