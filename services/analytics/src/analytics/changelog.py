@@ -61,6 +61,17 @@ class WriteBehindTable(faust.Table):
             return store.data.get(key, default)
         return super().get(key, default)
 
+    def __setitem__(self, key: Any, value: Any) -> None:
+        """Note the key and store the value: for the in-memory store one dict assignment (faust's
+        goes through ``ManagedUserDict.__setitem__`` and the store's mapping protocol, one to two
+        sets per folded event); another store kind is written as faust writes it."""
+        store = self.data
+        if isinstance(store, MemoryStore):
+            self.dirty[key] = SET
+            store.data[key] = value
+        else:
+            super().__setitem__(key, value)
+
     def on_key_set(self, key: Any, value: Any) -> None:
         self.dirty[key] = SET
 

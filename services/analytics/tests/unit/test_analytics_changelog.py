@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
+from analytics.changelog import DELETE, SET
 from analytics.settings import AnalyticsSettings
 from analytics.worker import AnalyticsWorker
 
@@ -143,6 +144,23 @@ def test_a_table_get_is_one_lookup_in_the_store(monkeypatch) -> None:
     assert leads.get("missing") is None
     assert leads.get("missing", {}) == {}
     assert through_faust == []
+
+
+def test_a_table_set_is_one_assignment_in_the_store_and_the_key_is_noted(monkeypatch) -> None:
+    """``table[key] = value`` stores into the in-memory store's dict and notes the key for the next
+    flush, as faust's ``__setitem__`` with ``on_key_set`` did, without its mapping protocol."""
+    leads = make_worker().tables["leads"]
+    through_store: list[Any] = []
+    store = type(leads.data)
+    monkeypatch.setattr(store, "__setitem__", lambda self, key, value: through_store.append(key))
+    leads["a"] = {"captured_at": 1.0}
+    leads["a"] = {"captured_at": 2.0}
+    assert leads.get("a") == leads["a"] == {"captured_at": 2.0}
+    assert leads.take_dirty() == {"a": SET}
+    del leads["a"]
+    assert leads.get("a") is None
+    assert leads.take_dirty() == {"a": DELETE}
+    assert through_store == []
 
 
 async def test_a_key_is_written_as_faust_serializes_it_without_its_codec_per_key(worker, monkeypatch) -> None:

@@ -479,3 +479,16 @@ def test_the_facts_own_replace_gives_what_dataclasses_replace_gives(journey, mon
     for value in [*fast.leads.values(), *fast.deals.values()]:
         assert isinstance(value, LeadFacts | DealFacts)
         assert list(vars(value)) == [f.name for f in dataclasses.fields(value)]
+
+
+def test_a_contribution_is_a_named_tuple_made_and_compared_in_c() -> None:
+    """Two to four contributions are made and compared per folded event: a named tuple's
+    constructor and ``==`` are C (a frozen dataclass's are Python); same values, same equality."""
+    from analytics.domain.figures import NOTHING, Contribution
+
+    assert issubclass(Contribution, tuple)
+    web = Contribution(stages=frozenset({"captured"}), channel="web")
+    assert web == Contribution(stages=frozenset({"captured"}), channel="web")
+    assert web != NOTHING
+    assert Contribution() == NOTHING
+    assert (web.channel, web.sample, web.day) == ("web", None, None)
