@@ -240,7 +240,8 @@ async def test_a_sealed_handoff_alone_waits_for_its_key_before_beginning_its_tra
     consumer fetches on its own) waits for the key outside any transaction, like a batch does:
     its effect is stored in ONE transaction, not one begun, aborted for the missing key and
     begun again; woken by the key's storing, it goes to that transaction without asking for
-    its keys again (a round trip on the handoff's latency)."""
+    its keys again (a round trip on the handoff's latency). While it waits, the process's
+    paced consumers end their empty-fetch pauses (``kafka.hurry_fetches``)."""
     checks: list[int] = []
 
     async def counted(db: Any, events: Any) -> int:
@@ -250,8 +251,10 @@ async def test_a_sealed_handoff_alone_waits_for_its_key_before_beginning_its_tra
     async def woken_only(_backoff: float) -> bool:  # no backoff running out: only the wake-up
         return await shredding.until_key_stored(60.0)
 
+    hurried: list[int] = []
     monkeypatch.setattr(consumer_module, "keys_missing", counted)
     monkeypatch.setattr(consumer_module, "until_key_stored", woken_only)
+    monkeypatch.setattr(consumer_module, "hurry_fetches", lambda: hurried.append(1))
     lead = sales.uid("alone")
     handoff, [key] = shredding.sealed_event(make_qualified(lead), "leads")
     env = envelope_for(handoff, source="leads", correlation_id=f"journey-{lead}")
@@ -278,6 +281,7 @@ async def test_a_sealed_handoff_alone_waits_for_its_key_before_beginning_its_tra
     assert kafka.dead_letters == []
     assert counting.transactions == 1, "one transaction: none begun before the key was held"
     assert len(checks) == 1, "its keys asked for once: the wake-up is the answer"
+    assert hurried == [1], "the key consumer told to fetch now, not after its empty-fetch pause"
     item = await sales.inbox_item(lead)
     assert item is not None
     assert item["handoff"]["contact"]["email"] == f"{lead}@example.com"

@@ -4,6 +4,8 @@ the longer pause of an idle consumer. The paced consumer on the real broker is t
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from crm_platform import kafka as kafka_module
 from crm_platform.kafka import pace_empty_fetches
@@ -49,3 +51,15 @@ def test_fetch_pacing_zero_leaves_the_interval_another_component_asked_for(
     kafka_module.pace_fetches(100)
     kafka_module.pace_fetches(0)
     assert kafka_module._fetch_interval == pytest.approx(0.1)
+
+
+async def test_hurry_fetches_ends_an_empty_fetch_pause() -> None:
+    """A sealed event waiting for its key (``EventConsumer._await_keys``) ends the key consumer's
+    pause after its last empty fetch: the key is fetched now, not up to a pause later."""
+    paused = asyncio.create_task(kafka_module.pause_empty(3600))
+    await asyncio.sleep(0)  # the pause begins
+    assert kafka_module._pauses
+    kafka_module.hurry_fetches()
+    await asyncio.wait_for(paused, 10)  # an hour otherwise
+    assert not kafka_module._pauses
+    await kafka_module.pause_empty(0)  # no hurry: the pause runs out on its own

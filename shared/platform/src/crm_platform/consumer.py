@@ -53,7 +53,7 @@ from crm_platform.dead_letters import (
     short,
     skips_replay,
 )
-from crm_platform.kafka import make_consumer, make_producer
+from crm_platform.kafka import hurry_fetches, make_consumer, make_producer
 from crm_platform.logging import correlation_id_var
 from crm_platform.mongo import PROCESSED, Store, Tx, causation_var
 from crm_platform.shredding import PersonKeyPending, keys_missing, until_key_stored
@@ -410,6 +410,7 @@ class EventConsumer:
         try:
             while await keys_missing(self.store.db, events) and time.monotonic() < deadline:
                 metrics.PERSON_KEY_WAITS.labels(self.config.service, run[0].record.topic).inc()
+                hurry_fetches()  # the key consumer fetches now, not after its empty-fetch pause
                 if await until_key_stored(wait) and len(run) == 1:
                     return  # most likely its own key: the transaction checks (PersonKeyPending)
                 wait = min(wait * 2, 0.5)

@@ -165,6 +165,34 @@ def wait_after_fetch(has_data: bool, elapsed: float, empty_streak: int) -> float
     return pause_after(empty_streak, _empty_fetch_pause) if _empty_fetch_pause else 0.0
 
 
+# The pauses after empty fetches in progress in this process: ``hurry_fetches`` ends them.
+_pauses: set[asyncio.Future[None]] = set()
+
+
+def hurry_fetches() -> None:
+    """End every empty-fetch pause in progress in this process: each paced consumer fetches now.
+
+    For a record that waits for what another consumer of this process fetches (a sealed
+    event for its person key, crm_platform.shredding): that consumer's next fetch then
+    need not wait out the pause after its last empty one."""
+    for waiter in list(_pauses):
+        if not waiter.done():
+            waiter.set_result(None)
+    _pauses.clear()
+
+
+async def pause_empty(seconds: float) -> None:
+    """Wait ``seconds`` after an empty fetch, or until ``hurry_fetches`` (cancellable)."""
+    waiter = asyncio.get_running_loop().create_future()
+    _pauses.add(waiter)
+    try:
+        await asyncio.wait_for(waiter, seconds)
+    except TimeoutError:
+        pass
+    finally:
+        _pauses.discard(waiter)
+
+
 def _pace_fetcher(what: str) -> None:
     """Wrap aiokafka's fetch round once: after it, wait as :func:`wait_after_fetch` says."""
     if getattr(Fetcher, "_crm_paced", False):
@@ -189,7 +217,7 @@ def _pace_fetcher(what: str) -> None:
             # Still inside the fetch task, so the fetcher counts this broker as
             # busy and sends it nothing new until the pause is over.
             try:
-                await asyncio.sleep(wait)
+                await (asyncio.sleep(wait) if has_data else pause_empty(wait))
             except asyncio.CancelledError:
                 return False  # closing: the fetcher cancels its tasks and moves on
         return has_data
