@@ -56,7 +56,9 @@ from system import (
     infra_pids,
     load_average,
     mongo_counters,
+    mongo_top,
     per_op,
+    top_ms_per_op,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -320,6 +322,7 @@ async def _saturated(
         f"{args.qualify_batch}) ..."
     )
     everyone = {**_pids(platform), **infra_pids(HOME)}
+    ops_before, top_before = await mongo_counters(platform.mongodb_uri), await mongo_top(platform.mongodb_uri)
     started = time.perf_counter()
     before = cpu_snapshot(everyone)
     with profiled("handoff", _pids(platform), PROFILE_DIR):
@@ -331,6 +334,11 @@ async def _saturated(
     # Qualifying behaviour + handoff + receipt + analytics, per handoff delivered.
     cpu["handoff_ms_per_event"] = cpu_ms_per_op(before, cpu_snapshot(everyone), len(got))
     say(f"  CPU per handoff (ms, the qualifying request included): {cpu['handoff_ms_per_event']}")
+    ops = per_op(ops_before, await mongo_counters(platform.mongodb_uri), len(got))
+    top = top_ms_per_op(top_before, await mongo_top(platform.mongodb_uri), len(got))
+    cpu["handoff_mongod_ops"], cpu["handoff_mongod_top_ms"] = ops, top
+    say(f"  mongod operations per handoff: {ops}")
+    say(f"  mongod time per handoff by collection (ms, `top`: lock held, waits included): {top}")
     return figures([e.payload["transport_latency_seconds"] for e in got], len(got) / elapsed)
 
 
@@ -561,7 +569,12 @@ async def bench_backlog(
         platform.wait_ready(timeout=120)
         await _configure_sales(platform)
         drain = await backlog_drain(
-            platform, mongo, n=args.backlog_events, max_seconds=args.drain_max_seconds, infra=infra_pids(HOME)
+            platform,
+            mongo,
+            n=args.backlog_events,
+            max_seconds=args.drain_max_seconds,
+            infra=infra_pids(HOME),
+            replicas=args.sales_replicas,
         )
         drain["load_average"] = load_average()
     finally:
@@ -900,6 +913,8 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--import-rows", type=int, default=int(num("BENCH_IMPORT_ROWS", 200000, 20000)))
     parser.add_argument("--backlog-events", type=int, default=int(num("BENCH_BACKLOG_EVENTS", 100000, 3000)))
+    # Sales processes draining the backlog (one consumer group; production runs 3-6 pods).
+    parser.add_argument("--sales-replicas", type=int, default=int(env("BENCH_SALES_REPLICAS", "1")))
     parser.add_argument("--drain-max-seconds", type=float, default=num("BENCH_DRAIN_MAX_SECONDS", 300, 60))
     parser.add_argument("--replay-history", type=int, default=int(num("BENCH_REPLAY_HISTORY", 0, 10000)))
     parser.add_argument("--replay-max-seconds", type=float, default=num("BENCH_REPLAY_MAX_SECONDS", 180, 60))

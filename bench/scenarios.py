@@ -15,8 +15,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -261,6 +264,7 @@ async def backlog_drain(
     n: int,
     max_seconds: float,
     infra: Mapping[str, int] | None = None,
+    replicas: int = 1,
 ) -> dict[str, Any]:
     """Sales down, ``n`` handoffs wait in Kafka, sales back: how fast it drains them, and exactly once?
 
@@ -276,9 +280,13 @@ async def backlog_drain(
     ops_before = await mongod_operations(mongodb_uri)
     started = time.perf_counter()
     platform.start(("sales",))
+    extra = [_start_replica(platform, "sales", i) for i in range(1, replicas)]
     await asyncio.to_thread(platform.wait_ready, 90, ("sales",))
+    for _, port, _ in extra:
+        await _wait_ready(port, 90)
     ready = time.perf_counter()
     everyone = {**{name: p.pid for name, p in platform.procs.items() if p.poll() is None}, **(infra or {})}
+    everyone.update({name: proc.pid for name, _, proc in extra})
     cpu_before = cpu_snapshot(everyone)
     lag = backlog
     with profiled("drain", {"sales": platform.procs["sales"].pid}, PROFILE_DIR):
@@ -288,6 +296,7 @@ async def backlog_drain(
     finished = time.perf_counter()
     drained = backlog - lag
     cpu = cpu_ms_per_op(cpu_before, cpu_snapshot(everyone), drained)
+    _stop_replicas(extra)
     say(f"  CPU ms per drained event: {cpu}")
     ops = {k: v - ops_before.get(k, 0) for k, v in (await mongod_operations(mongodb_uri)).items()}
     per_event = {k: round(v / drained, 2) for k, v in ops.items() if v} if drained else {}
@@ -312,6 +321,42 @@ async def backlog_drain(
         "mongod_ops_per_event": per_event,
         "cpu_ms_per_event": cpu,
     }
+
+
+def _start_replica(platform: Platform, name: str, i: int) -> tuple[str, int, subprocess.Popen[bytes]]:
+    """Another process of service ``name`` (its ``i``-th replica: same database and consumer
+    group, its own HTTP port and static group member id), as production runs several pods."""
+    spec = platform.spec(name)
+    port = platform.port(name) + 10 * i
+    env = {**platform.env_for(spec), "CRM_HTTP_PORT": str(port)}
+    env["CRM_CONSUMER_INSTANCE_ID"] = f"{name}{platform.group_suffix}-{i}"
+    with (platform.logdir / f"{name}-{i}.log").open("ab") as logfile:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", spec.module], env=env, stdin=subprocess.DEVNULL,
+            stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    return f"{name}-{i}", port, proc
+
+
+async def _wait_ready(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"replica on port {port} not ready after {timeout:.0f} s")
+
+
+def _stop_replicas(extra: list[tuple[str, int, subprocess.Popen[bytes]]]) -> None:
+    for _, _, proc in extra:
+        proc.terminate()
+    for _, _, proc in extra:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 async def mongod_operations(mongodb_uri: str) -> dict[str, int]:

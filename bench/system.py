@@ -180,6 +180,28 @@ async def mongo_counters(uri: str) -> dict[str, float]:
     return out
 
 
+async def mongo_top(uri: str) -> dict[str, float]:
+    """mongod's time so far per collection (``top``: microseconds spent holding each
+    collection's lock, its reads and writes); two snapshots around a phase say which
+    collections its mongod time went to."""
+    from pymongo import AsyncMongoClient
+
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri)
+    try:
+        totals = (await client.admin.command("top"))["totals"]
+    finally:
+        await client.close()
+    return {ns: float(v["total"]["time"]) for ns, v in totals.items() if isinstance(v, dict) and "total" in v}
+
+
+def top_ms_per_op(
+    before: Mapping[str, float], after: Mapping[str, float], ops: int, top: int = 12
+) -> dict[str, float]:
+    """The collections with the most mongod time between two ``mongo_top`` snapshots, ms per op."""
+    grown = {ns: (after[ns] - before.get(ns, 0.0)) / 1000 / max(ops, 1) for ns in after}
+    return {ns: round(ms, 3) for ns, ms in sorted(grown.items(), key=lambda kv: -kv[1])[:top] if ms > 0}
+
+
 def per_op(before: Mapping[str, float], after: Mapping[str, float], ops: int) -> dict[str, float]:
     """Each counter's growth between two snapshots per operation."""
     if not ops:
