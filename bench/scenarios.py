@@ -40,7 +40,7 @@ from crm_platform.kafka import make_consumer, make_producer
 from crm_platform.kafka_security import aiokafka_security
 from profiling import profiled
 from pymongo import AsyncMongoClient
-from system import cpu_ms_per_op, cpu_snapshot
+from system import cpu_ms_per_op, cpu_snapshot, mongo_top, top_ms_per_op
 
 # py-spy profiles of the drain (BENCH_PROFILE), beside run_bench's
 PROFILE_DIR = Path(__file__).resolve().parent / "results/profile"
@@ -277,7 +277,7 @@ async def backlog_drain(
     prefix = await produce_handoffs(bootstrap, n)
     backlog = await group_lag(bootstrap, "sales", [LEAD_QUALIFIED])
     say(f"  {backlog} records wait for sales; starting it ...")
-    ops_before = await mongod_operations(mongodb_uri)
+    ops_before, top_before = await mongod_operations(mongodb_uri), await mongo_top(mongodb_uri)
     started = time.perf_counter()
     platform.start(("sales",))
     extra = [_start_replica(platform, "sales", i) for i in range(1, replicas)]
@@ -301,6 +301,8 @@ async def backlog_drain(
     ops = {k: v - ops_before.get(k, 0) for k, v in (await mongod_operations(mongodb_uri)).items()}
     per_event = {k: round(v / drained, 2) for k, v in ops.items() if v} if drained else {}
     say(f"  mongod operations per drained event (sales' start-up included): {per_event}")
+    top = top_ms_per_op(top_before, await mongo_top(mongodb_uri), drained)
+    say(f"  mongod time per drained event by collection (ms, `top`: lock held, waits included): {top}")
     items, doubled = await _inbox_check(mongodb_uri, platform.db_prefix + "sales", prefix)
     rate = drained / (finished - ready) if finished > ready else 0.0
     say(
@@ -319,6 +321,7 @@ async def backlog_drain(
         "lost": max(0, n - items) if lag == 0 else None,
         "doubled": doubled,
         "mongod_ops_per_event": per_event,
+        "mongod_top_ms_per_event": top,
         "cpu_ms_per_event": cpu,
     }
 
