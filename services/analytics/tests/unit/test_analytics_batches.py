@@ -137,3 +137,29 @@ async def test_a_rebalance_stops_the_batch_and_only_what_was_taken_is_read(
     assert worker.state.figures.summary()["funnel"]["stages"]["captured"] == 5
     assert worker._batch_confirmer is not None
     await worker._batch_confirmer.stop()
+
+
+async def test_a_folded_event_awaits_the_policy_and_erasure_steps_only_when_it_is_one_of_theirs(
+    journey, monkeypatch
+) -> None:
+    """``take`` of an ordinary event folds it and counts it, without awaiting the permission
+    policy's and the erasure confirmation's steps (a class lookup, not two coroutines per event);
+    those steps still run for their own events (their behaviour: the worker-process tests)."""
+    from analytics import worker as worker_module
+    from crm_contracts.events.governance import ErasureRequestedV1, PermissionsChangedV1
+
+    assert set(worker_module.ACTS_ON) == {PermissionsChangedV1, ErasureRequestedV1}
+    worker = make_worker()
+    steps: list[str] = []
+
+    async def step(*args: Any) -> None:
+        steps.append(type(args[0]).__name__)
+
+    monkeypatch.setattr(worker, "_keep_policy", step)
+    monkeypatch.setattr(worker, "_confirm_erasure", step)
+    for n in range(3):
+        await worker.take(record(LEADS_EVENTS, 0, n, journey.captured(f"lead-{n}").to_bytes()))
+    assert steps == []
+    assert worker.state.figures.funnel["captured"] == 3
+    assert worker_module._acts_on(object.__new__(PermissionsChangedV1))
+    assert worker_module._acts_on(object.__new__(ErasureRequestedV1))
