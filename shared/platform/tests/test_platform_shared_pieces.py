@@ -139,3 +139,21 @@ def test_the_relay_writes_floats_as_the_envelope_itself_would() -> None:
     value, _ = wire_record(outbox_doc(env)["envelope"], rfc3339(produced))
     # json.dumps wrote 1e+16 and 1e-05 where the envelope writes 1e16 and 1e-5
     assert value == env.model_copy(update={"produced_at": produced}).to_bytes()
+
+
+def test_a_started_service_collects_its_young_objects_every_ten_thousand_allocations() -> None:
+    """A bulk batch's objects are not walked and promoted by a young collection every 700
+    allocations (docs/performance.md, ninth session, bulk): the start-up freeze sets it."""
+    import gc
+
+    from crm_platform.app import GC_YOUNG_THRESHOLD, freeze_startup_heap
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        freeze_startup_heap()
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, 10, 10)
+        assert GC_YOUNG_THRESHOLD >= 10_000
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)
