@@ -25,7 +25,7 @@ from crm_platform.mongo import (
     row_items,
 )
 from crm_platform.ops import read_outbox
-from crm_platform.outbox import counted, pending_events
+from crm_platform.outbox import OutboxRelay, counted, pending_events
 
 
 def item(n: int) -> dict[str, Any]:
@@ -182,6 +182,57 @@ async def test_the_key_records_a_transaction_shares_go_ahead_of_its_handoffs_in_
         keyed = [item["envelope"]["payload"]["person_id"] for item in row_items(rows[1])]
         sealed = [row["envelope"]["payload"]["sealed_contact"]["person_id"] for row in rows[2:]]
         assert keyed == sealed, "each handoff's key, in the handoffs' order"
+    finally:
+        await client.drop_database(store.db.name)
+        await client.close()
+
+
+@pytest.mark.integration
+async def test_the_relay_publishes_the_batch_rows_committed_here_as_written_not_read_back(
+    mongodb_uri: str,
+) -> None:
+    """A bulk path's batch row goes to this process's relay from memory (Store.committed_rows):
+    the relay does not read hundreds of events back right after writing them. A row handed
+    back to the relay (a field added) or holding key records is read from mongod, and a row
+    is taken from memory once."""
+    client = connect(mongodb_uri, "outbox-batch-test")
+    store = Store(client, f"t_outbox_{uuid.uuid4().hex[:8]}", "leads")
+    relay = OutboxRelay(store.db, bootstrap="unused", service="leads", committed=store.committed_rows)
+    leads = [f"lead-{uuid.uuid4().hex[:6]}" for _ in range(3)]
+    try:
+        await store.ensure_platform_indexes()
+
+        async def work(tx: Tx) -> None:
+            for lead in leads:
+                tx.emit(
+                    LeadStatusChangedV1(lead_id=lead, status="nurturing", source_channel="web"), batched=True
+                )
+
+        for _ in range(3):
+            await store.transaction(work)
+        first, handed_back, third = await store.db[OUTBOX].find().sort("_id", 1).to_list()
+        assert len(store.committed_rows) == 3
+        # What mongod holds now differs from what was written: only a read back would see it.
+        for row in (first, handed_back, third):
+            await store.db[OUTBOX].update_one(
+                {"_id": row["_id"]}, {"$set": {f"{BATCH_EVENTS}.0.topic": "read-back"}}
+            )
+        await store.db[OUTBOX].update_one({"_id": handed_back["_id"]}, {"$set": {"republished": 1}})
+
+        taken = await relay._pending_rows()
+        assert [row["_id"] for row in taken] == [first["_id"], handed_back["_id"], third["_id"]]
+        topics = [row[BATCH_EVENTS][0]["topic"] for row in taken]
+        assert topics == [first[BATCH_EVENTS][0]["topic"], "read-back", third[BATCH_EVENTS][0]["topic"]]
+        assert taken[2][BATCH_EVENTS] == third[BATCH_EVENTS], "as written"
+        assert len(store.committed_rows) == 0, "each row taken from memory once"
+        assert [r[BATCH_EVENTS][0]["topic"] for r in await relay._pending_rows()] == ["read-back"] * 3
+
+        async def keyed(tx: Tx) -> None:
+            tx.emit(_qualified(leads[0], f"{leads[0]}@example.com"))
+            tx.emit(_qualified(leads[1], f"{leads[1]}@example.com"))
+
+        await store.transaction(keyed)
+        assert len(store.committed_rows) == 0, "a row of key records is never kept: erasure zeroes keys in it"
     finally:
         await client.drop_database(store.db.name)
         await client.close()

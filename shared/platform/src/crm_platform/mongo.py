@@ -8,7 +8,8 @@ commit together or not at all.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -91,6 +92,8 @@ class Tx:
         self.batch_emits = False
         self._later: dict[str, list[Doc]] = {}
         self._later_updates: dict[str, list[UpdateOne]] = {}
+        # The outbox rows this attempt inserted (their ``_id`` set by the insert).
+        self.stored_rows: list[Doc] = []
 
     def insert_later(self, collection: str, doc: Doc) -> None:
         """Insert ``doc`` with the transaction's other deferred inserts: one ``insert_many``
@@ -168,6 +171,8 @@ class Store:
         self.db: AsyncDatabase[Doc] = client[database]
         self.source = source
         self._on_commit: list[Callable[[], None]] = []
+        # The batch rows committed here lately, for this process's relay (no read back).
+        self.committed_rows = CommittedRows()
         # When a handoff sent now is first checked for its receipt (the runtime
         # sets it from CRM_HANDOFF_RESEND_AFTER_SECONDS).
         self.receipt_grace = timedelta(seconds=120)
@@ -239,6 +244,7 @@ class Store:
         for hook in committed[0].after_commit:
             hook()
         if committed[0].emitted:
+            self.committed_rows.add(committed[0].stored_rows)
             await tracing.remember_journeys(self.db, journeys)
             self.wake()
         return result
@@ -258,7 +264,9 @@ class Store:
             if carrier:
                 item[tracing.TRACE_FIELD] = carrier
                 journeys.setdefault(env.correlation_id, carrier)
-        await self.db[OUTBOX].insert_many(outbox_rows(items, tx.batched), session=tx.session)
+        rows = outbox_rows(items, tx.batched)
+        await self.db[OUTBOX].insert_many(rows, session=tx.session)
+        tx.stored_rows = rows
         sent = [
             handoff_doc(env, self.receipt_grace)
             for env in tx.emitted
@@ -355,6 +363,53 @@ def outbox_rows(items: list[Doc], batched: list[bool]) -> list[Doc]:
 
 
 _ROW_ONLY = frozenset({"published", "created_at"})
+
+
+class CommittedRows:
+    """The batch rows (:func:`outbox_rows`) this process committed lately, by ``_id``, as it
+    wrote them: its outbox relay publishes them from here instead of reading each one (up to
+    a thousand events) back from mongod right after writing it (docs/performance.md, ninth
+    session, bulk). The stored row stays the truth: the relay takes a row from here only
+    when its pending head has no field the written row lacks (a row handed back to the relay
+    has some), and each row once (a failed publish reads it again). A row holding person-key
+    records is never kept: erasure zeroes a key inside a waiting row (crm_platform.shredding).
+    At most ``limit`` events are kept (the oldest rows go first).
+    """
+
+    def __init__(self, limit: int = 4000) -> None:
+        self.limit = limit
+        self._rows: OrderedDict[Any, Doc] = OrderedDict()
+        self._events = 0
+
+    def add(self, rows: Iterable[Doc]) -> None:
+        for row in rows:
+            items = row.get(BATCH_EVENTS)
+            if (
+                items is None
+                or "_id" not in row
+                or any(i["event_type"] in shredding.KEY_RECORDS for i in items)
+            ):
+                continue
+            self._rows[row["_id"]] = row
+            self._events += len(items)
+        while self._events > self.limit:
+            self._events -= len(self._rows.popitem(last=False)[1][BATCH_EVENTS])
+
+    def take(self, head: Doc) -> Doc | None:
+        """The written row of this pending ``head`` (read without its events), or None: not
+        committed here lately, or changed since (more fields than were written)."""
+        row = self._rows.pop(head["_id"], None)
+        if row is None:
+            return None
+        self._events -= len(row[BATCH_EVENTS])
+        return row if head.keys() <= row.keys() else None
+
+    def clear(self) -> None:
+        self._rows.clear()
+        self._events = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
 
 def row_items(row: Doc) -> list[Doc]:

@@ -35,7 +35,7 @@ from pymongo.errors import DuplicateKeyError
 
 from crm_platform import metrics, tracing
 from crm_platform.kafka import make_producer
-from crm_platform.mongo import BATCH_EVENTS, OUTBOX, PENDING_BATCHES, row_items
+from crm_platform.mongo import BATCH_EVENTS, OUTBOX, PENDING_BATCHES, CommittedRows, row_items
 from crm_platform.outbox_audit import AUDITED, LOG_OFFSET, LOG_PARTITION, LOG_POSITIONS
 
 log = logging.getLogger("crm.outbox")
@@ -106,8 +106,11 @@ class OutboxRelay:
         service: str,
         poll_seconds: float = 0.5,
         batch_size: int = 500,
+        committed: CommittedRows | None = None,
     ) -> None:
         self.db = db
+        # The batch rows this process's Store committed lately: published without a read back.
+        self.committed = committed
         self.bootstrap = bootstrap
         self.service = service
         self.poll_seconds = poll_seconds
@@ -136,6 +139,8 @@ class OutboxRelay:
                     self.producer = await self._start_producer()
                     backoff = 0.5
                 if not await self._lease_held():
+                    if self.committed is not None:
+                        self.committed.clear()  # another replica publishes them
                     await self._idle(LEASE_SECONDS / 3)
                     continue
                 published = await self.publish_pending()
@@ -201,7 +206,8 @@ class OutboxRelay:
 
         Read without the batch rows' events first (a single row is read whole): a batch row
         holds up to a thousand events, and ``batch_size`` of those would be far more than one
-        publish. Only the batch rows taken are then read with their events.
+        publish. Only the batch rows taken are then read with their events, but for those this
+        process committed lately: they are published as written (``committed``).
         """
         pending = self.db[OUTBOX].find({"published": False}, {BATCH_EVENTS: 0}).sort("_id", 1)
         heads = await pending.limit(self.batch_size).to_list()
@@ -212,15 +218,25 @@ class OutboxRelay:
                 break
             taken.append(head)
             events += head.get("count", 1)
-        batches = [row["_id"] for row in taken if "count" in row]
+        full = self._committed_here(taken)
+        batches = [row["_id"] for row in taken if "count" in row and row["_id"] not in full]
         if batches:
-            full = {
-                row["_id"]: row
-                async for row in self.db[OUTBOX].find({"_id": {"$in": batches}, "published": False})
-            }
-            taken = [full.get(row["_id"], row) if "count" in row else row for row in taken]
-            taken = [row for row in taken if "count" not in row or BATCH_EVENTS in row]
-        return taken
+            full.update(
+                {
+                    row["_id"]: row
+                    async for row in self.db[OUTBOX].find({"_id": {"$in": batches}, "published": False})
+                }
+            )
+        taken = [full.get(row["_id"], row) if "count" in row else row for row in taken]
+        return [row for row in taken if "count" not in row or BATCH_EVENTS in row]
+
+    def _committed_here(self, heads: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+        """The batch rows among ``heads`` that this process committed lately, as it wrote
+        them (crm_platform.mongo.CommittedRows): not read back from mongod."""
+        if self.committed is None or not len(self.committed):
+            return {}
+        rows = ((head["_id"], self.committed.take(head)) for head in heads if "count" in head)
+        return {row_id: row for row_id, row in rows if row is not None}
 
     async def _send(self, docs: list[dict[str, Any]]) -> list[list[Any]]:
         """Hand the rows' records to the producer; per row, the futures of their acknowledgements."""

@@ -77,6 +77,7 @@ class ServiceRuntime:
             bootstrap=s.kafka_bootstrap_servers,
             service=s.service_name,
             poll_seconds=s.outbox_poll_seconds,
+            committed=self.store.committed_rows,
         )
         self.store.on_commit(self.relay.notify)
         self.audit = self._build_audit()

@@ -73,6 +73,8 @@ _ISSUED: dict[str, type[LeadPersonKeyIssuedV1 | SalesPersonKeyIssuedV1]] = {
     "leads": LeadPersonKeyIssuedV1,
     "sales": SalesPersonKeyIssuedV1,
 }
+# The key records' event types: erasure changes them in place in a waiting outbox row.
+KEY_RECORDS = frozenset(issued.event_type for issued in _ISSUED.values())
 _SHREDDED: dict[str, type[LeadPersonKeyShreddedV1 | SalesPersonKeyShreddedV1]] = {
     "leads": LeadPersonKeyShreddedV1,
     "sales": SalesPersonKeyShreddedV1,
