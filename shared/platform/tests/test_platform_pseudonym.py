@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
+import crm_platform.pseudonym as pseudonym_module
 import pytest
 from crm_platform.pseudonym import (
     DEV_PSEUDONYM_KEY,
@@ -23,6 +27,17 @@ def test_the_hash_is_of_the_normalised_value_and_depends_on_the_key() -> None:
     assert is_hex_digest(email_hash("ada@example.com", KEY))
     assert keyed_hash("phone", "+1 (555) 010-2030", KEY) == keyed_hash("phone", "15550102030", KEY)
     assert keyed_hash("name", "  Ada   LOVELACE", KEY) == keyed_hash("name", "ada lovelace", KEY)
+
+
+def test_a_keys_hmac_is_made_once_and_copied_for_each_value() -> None:
+    """Two hashes per bulk-captured lead (its stored person hashes, its person key's lookup):
+    the key's HMAC is set up once per key, not per value; the hashes are HMAC-SHA256's."""
+    pseudonym_module._keyed.cache_clear()
+    hashes = [keyed_hash("email", f"p{n}@example.com", KEY) for n in range(3)]
+    assert pseudonym_module._keyed.cache_info()[:2] == (2, 1), "(hits, misses): one HMAC made"
+    expected = hmac.new(KEY.encode(), b"email:p0@example.com", hashlib.sha256).hexdigest()
+    assert hashes[0] == expected
+    assert len(set(hashes)) == 3
 
 
 def test_the_kind_is_part_of_the_hash() -> None:
