@@ -19,6 +19,7 @@ from crm_platform.mongo import (
     PENDING_BATCHES,
     Store,
     Tx,
+    commit_after_var,
     connect,
     outbox_doc,
     outbox_rows,
@@ -233,6 +234,17 @@ async def test_the_relay_publishes_the_batch_rows_committed_here_as_written_not_
 
         await store.transaction(keyed)
         assert len(store.committed_rows) == 0, "a row of key records is never kept: erasure zeroes keys in it"
+
+        async def refuse() -> None:
+            raise RuntimeError("aborted just before the commit")
+
+        token = commit_after_var.set(refuse)
+        try:
+            with pytest.raises(RuntimeError):
+                await store.transaction(work)
+        finally:
+            commit_after_var.reset(token)
+        assert len(store.committed_rows) == 0, "an attempt that did not commit takes its rows back"
     finally:
         await client.drop_database(store.db.name)
         await client.close()

@@ -206,6 +206,7 @@ class Store:
         the database through ``tx.session``.
         """
         committed: list[Tx] = []  # the attempt that committed (with_transaction may retry)
+        attempts: list[Tx] = []
         journeys: dict[str, tracing.Carrier | None] = {}
         claim = current_claim.get()
         context = audit_context(self.source)
@@ -213,6 +214,7 @@ class Store:
         async def attempt(session: AsyncClientSession) -> T:
             trail = audit.Trail(self.source, session, context)
             tx = Tx(audit.AuditedDatabase(self.db, trail), session, self.source)
+            attempts.append(tx)
             # The request's Idempotency-Key commits with its effect (crm_platform.idempotency).
             await claim_in(self.db, session)
             result = await work(tx)
@@ -225,29 +227,37 @@ class Store:
             committed[:] = [tx]
             return result
 
-        # In an HTTP request, one deadline for the whole transaction, retries and commit
-        # included (crm_platform.deadline): without it with_transaction keeps retrying
-        # transient errors for up to 120 s while the database is away. commitTransaction
-        # is sent with maxTimeMS = the time left, so the server aborts rather than commits
-        # late; only a commit already being applied when the deadline passes can still
-        # land, and an Idempotency-Key makes the client's retry of that request safe
-        # (crm_platform.idempotency).
-        with pymongo.timeout(request_db_deadline.get()):
-            async with self.client.start_session() as session:
-                result = await session.with_transaction(
-                    attempt,
-                    read_concern=ReadConcern("snapshot"),
-                    write_concern=WriteConcern("majority"),
-                )
+        try:
+            result = await self._with_transaction(attempt)
+        finally:  # an attempt that did not commit takes back the rows it wrote
+            self.committed_rows.discard(r for tx in attempts if tx not in committed for r in tx.stored_rows)
         if claim is not None:
             claim.committed = True
         for hook in committed[0].after_commit:
             hook()
         if committed[0].emitted:
-            self.committed_rows.add(committed[0].stored_rows)
             await tracing.remember_journeys(self.db, journeys)
             self.wake()
         return result
+
+    async def _with_transaction(self, attempt: Callable[[AsyncClientSession], Awaitable[T]]) -> T:
+        """``attempt`` run by PyMongo's ``with_transaction``, under the request's deadline.
+
+        In an HTTP request, one deadline for the whole transaction, retries and commit
+        included (crm_platform.deadline): without it with_transaction keeps retrying
+        transient errors for up to 120 s while the database is away. commitTransaction
+        is sent with maxTimeMS = the time left, so the server aborts rather than commits
+        late; only a commit already being applied when the deadline passes can still
+        land, and an Idempotency-Key makes the client's retry of that request safe
+        (crm_platform.idempotency).
+        """
+        with pymongo.timeout(request_db_deadline.get()):
+            async with self.client.start_session() as session:
+                return await session.with_transaction(
+                    attempt,
+                    read_concern=ReadConcern("snapshot"),
+                    write_concern=WriteConcern("majority"),
+                )
 
     async def _store_emitted(self, tx: Tx) -> dict[str, tracing.Carrier]:
         """The attempt's events into the outbox (handoffs also into ``handoffs_sent``), each
@@ -267,6 +277,9 @@ class Store:
         rows = outbox_rows(items, tx.batched)
         await self.db[OUTBOX].insert_many(rows, session=tx.session)
         tx.stored_rows = rows
+        # Kept from now: the relay, woken by the change stream as the commit lands, may look
+        # for them before this coroutine resumes after the commit.
+        self.committed_rows.add(rows)
         sent = [
             handoff_doc(env, self.receipt_grace)
             for env in tx.emitted
@@ -369,11 +382,14 @@ class CommittedRows:
     """The batch rows (:func:`outbox_rows`) this process committed lately, by ``_id``, as it
     wrote them: its outbox relay publishes them from here instead of reading each one (up to
     a thousand events) back from mongod right after writing it (docs/performance.md, ninth
-    session, bulk). The stored row stays the truth: the relay takes a row from here only
-    when its pending head has no field the written row lacks (a row handed back to the relay
-    has some), and each row once (a failed publish reads it again). A row holding person-key
-    records is never kept: erasure zeroes a key inside a waiting row (crm_platform.shredding).
-    At most ``limit`` events are kept (the oldest rows go first).
+    session, bulk). Kept from their insert (the relay, woken by the change stream as the
+    commit lands, may look first); an attempt that does not commit takes its rows back, and
+    the relay only looks for rows it read as pending. The stored row stays the truth: the
+    relay takes a row from here only when its pending head has no field the written row
+    lacks (a row handed back to the relay has some), and each row once (a failed publish
+    reads it again). A row holding person-key records is never kept: erasure zeroes a key
+    inside a waiting row (crm_platform.shredding). At most ``limit`` events are kept (the
+    oldest rows go first).
     """
 
     def __init__(self, limit: int = 4000) -> None:
@@ -394,6 +410,13 @@ class CommittedRows:
             self._events += len(items)
         while self._events > self.limit:
             self._events -= len(self._rows.popitem(last=False)[1][BATCH_EVENTS])
+
+    def discard(self, rows: Iterable[Doc]) -> None:
+        """Forget these rows (written by an attempt that did not commit)."""
+        for row in rows:
+            kept = self._rows.pop(row.get("_id"), None)
+            if kept is not None:
+                self._events -= len(kept[BATCH_EVENTS])
 
     def take(self, head: Doc) -> Doc | None:
         """The written row of this pending ``head`` (read without its events), or None: not
