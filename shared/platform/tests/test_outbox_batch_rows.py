@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from crm_contracts import envelope_for, utcnow
 from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason
 from crm_contracts.events.leads import LeadQualifiedV1, LeadStatusChangedV1
 from crm_platform import audit, erasure, metrics
+from crm_platform.kafka import partition_for
 from crm_platform.mongo import (
     BATCH_EVENTS,
     OUTBOX,
@@ -26,7 +28,7 @@ from crm_platform.mongo import (
     row_items,
 )
 from crm_platform.ops import read_outbox
-from crm_platform.outbox import OutboxRelay, counted, pending_events
+from crm_platform.outbox import OutboxRelay, acknowledged, counted, pending_events
 
 
 def item(n: int) -> dict[str, Any]:
@@ -248,3 +250,58 @@ async def test_the_relay_publishes_the_batch_rows_committed_here_as_written_not_
     finally:
         await client.drop_database(store.db.name)
         await client.close()
+
+
+class _BatchingProducer:
+    """What the relay uses of AIOKafkaProducer: its partitions, its batches; records offsets."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.sent: list[tuple[str, int, int]] = []  # (topic, partition, records) per batch
+        self.offsets: dict[tuple[str, int], int] = {}
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2}
+
+    def create_batch(self) -> Any:
+        from aiokafka.producer.message_accumulator import BatchBuilder
+
+        return BatchBuilder(self.batch_size, 0)
+
+    async def send_batch(self, builder: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        records = builder.record_count()
+        base = self.offsets.get((topic, partition), 0)
+        self.offsets[(topic, partition)] = base + records
+        self.sent.append((topic, partition, records))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(SimpleNamespace(partition=partition, offset=base))
+        return future
+
+
+@pytest.mark.parametrize("batch_size", [256 * 1024, 1000])
+async def test_the_relay_hands_the_producer_one_batch_per_partition_in_the_events_order(
+    batch_size: int,
+) -> None:
+    """Not one aiokafka send per event (its per-record path was most of the relay's CPU): the
+    records of a publish go in producer batches, a partition's in the rows' order, each at
+    the producer's own partition for its key, its position the batch's offset + its place."""
+    producer = _BatchingProducer(batch_size)
+    relay = OutboxRelay(None, bootstrap="unused", service="leads")  # type: ignore[arg-type]  # no database
+    relay.producer = producer
+    items = [item(n) for n in range(12)]
+    rows = outbox_rows(items, [True] * 7 + [False] + [True] * 4)  # a row of 7, one of 1, one of 4
+    placed = await relay._send(rows)
+    stored = [[await acknowledged(record) for record in row] for row in placed]
+
+    assert [len(row) for row in stored] == [7, 1, 4]
+    flat = [position for row in stored for position in row]
+    partitions = [partition_for(i["key"].encode(), [0, 1, 2], [0, 1, 2]) for i in items]
+    assert [p.partition for p in flat] == partitions
+    for partition in set(partitions):
+        offsets = [p.offset for p in flat if p.partition == partition]
+        assert offsets == list(range(len(offsets))), "a partition's events in order, each once"
+    if batch_size > 100_000:
+        assert sorted(p for _, p, _ in producer.sent) == sorted(set(partitions)), "one batch per partition"
+    else:
+        assert len(producer.sent) > len(set(partitions)), "a full batch is sent and the next one begun"
+    assert sum(n for _, _, n in producer.sent) == 12

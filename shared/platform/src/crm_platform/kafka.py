@@ -69,9 +69,13 @@ def partition_for(key: bytes | None, all_partitions: list[int], available: list[
     return all_partitions[(murmur2(key) & 0x7FFFFFFF) % len(all_partitions)]
 
 
-def make_producer(bootstrap: str, client_id: str, security: KafkaSecurity | None = None) -> AIOKafkaProducer:
+def make_producer(
+    bootstrap: str, client_id: str, security: KafkaSecurity | None = None, *, max_batch_size: int = 16384
+) -> AIOKafkaProducer:
     # Idempotent + acks=all: a retried send never duplicates or reorders within
     # a partition, and a send is only "done" once every in-sync replica has it.
+    # ``max_batch_size``: the bytes of one producer batch (aiokafka's default; the outbox
+    # relay fills larger ones itself: crm_platform.outbox).
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         client_id=client_id,
@@ -80,6 +84,7 @@ def make_producer(bootstrap: str, client_id: str, security: KafkaSecurity | None
         linger_ms=2,
         request_timeout_ms=15000,
         partitioner=partition_for,
+        max_batch_size=max_batch_size,
         **(security or KafkaSecurity.from_env()).aiokafka_kwargs(),
     )
 
