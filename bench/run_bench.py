@@ -46,7 +46,7 @@ from crm_platform.testing import TopicReader, auth_headers, idle_backoff_ms
 from imports import import_and_export
 from loadgen import Connection, HttpError
 from profiling import profiled, summarize
-from scenarios import analytics_replay, backlog_drain, bulk_capture, produce_history
+from scenarios import analytics_replay, backlog_drain, bulk_capture, outbox_published, produce_history
 from system import (
     RssSampler,
     cpu_ms_per_op,
@@ -345,9 +345,11 @@ async def _saturated(
 async def _bulk(
     platform: Platform, args: argparse.Namespace, marketing: dict[str, str], cpu: dict[str, dict[str, float]]
 ) -> dict[str, Any]:
-    """Bulk capture through the gateway (4 clients), with its CPU per lead."""
+    """Bulk capture through the gateway (4 clients), end to end: the clock and the CPU per lead
+    run until leads' outbox has published every lead's events, not to the last answer."""
     everyone = {**_pids(platform), **infra_pids(HOME)}
     before = cpu_snapshot(everyone)
+    started = time.perf_counter()
     bulk = await bulk_capture(
         platform.url("gateway"),
         marketing,
@@ -356,7 +358,12 @@ async def _bulk(
         clients=4,
         prefer=args.bulk_prefer,
     )
+    leads_db = platform.db_prefix + "leads"
+    published = await outbox_published(platform.mongodb_uri, leads_db, timeout=120 + bulk["leads"] / 100)
     cpu["bulk_ms_per_lead"] = cpu_ms_per_op(before, cpu_snapshot(everyone), bulk["leads"])
+    bulk["answered_rate"], bulk["answered_seconds"] = bulk["rate"], bulk["seconds"]
+    bulk["seconds"] = round(published - started, 2)
+    bulk["rate"] = bulk["leads"] / (published - started)
     return bulk
 
 
@@ -373,8 +380,8 @@ async def _bulk_on_fresh_log(
     bulk = await _bulk(platform, args, marketing, cpu)
     load["bulk"] = load_average()
     say(
-        f"bulk capture: {bulk['rate']:.0f} leads/s ({bulk['leads']} leads, "
-        f"Prefer '{bulk['prefer']}', load {load['bulk']})"
+        f"bulk capture: {bulk['rate']:.0f} leads/s published ({bulk['answered_rate']:.0f}/s answered; "
+        f"{bulk['leads']} leads, Prefer '{bulk['prefer']}', load {load['bulk']})"
     )
     return bulk
 
@@ -476,8 +483,8 @@ async def bench_bulk(args: argparse.Namespace, kafka: str, mongo: str, idle_back
         ops = per_op(ops_before, await mongo_counters(platform.mongodb_uri), bulk["leads"])
         end = load_average()
         say(
-            f"bulk capture: {bulk['rate']:.0f} leads/s ({bulk['leads']} leads, Prefer '{bulk['prefer']}', "
-            f"load {start} -> {end}); "
+            f"bulk capture: {bulk['rate']:.0f} leads/s published ({bulk['answered_rate']:.0f}/s answered; "
+            f"{bulk['leads']} leads, Prefer '{bulk['prefer']}', load {start} -> {end}); "
             f"CPU per lead (ms): {cpu['bulk_ms_per_lead']}"
         )
         say(f"  mongod operations per lead: {ops}")
@@ -780,7 +787,8 @@ def _capture_targets(p: dict[str, Any], args: argparse.Namespace) -> list[Target
     out.append(
         Target(
             "bulk capture end to end",
-            f"{bulk.get('rate', 0):.0f} leads/s ({bulk.get('leads', 0)} leads, "
+            f"{bulk.get('rate', 0):.0f} leads/s, every event published "
+            f"({bulk.get('answered_rate', 0):.0f}/s to the last answer; {bulk.get('leads', 0)} leads, "
             f"{bulk.get('failures', 0)} failed requests, Prefer '{bulk.get('prefer', '')}')",
             ">= 5,000 leads/s",
             bool(bulk.get("leads")) and bulk.get("rate", 0) >= 5000 and not bulk.get("failures"),

@@ -373,6 +373,23 @@ async def mongod_operations(mongodb_uri: str) -> dict[str, int]:
         await client.close()
 
 
+async def outbox_published(mongodb_uri: str, database: str, *, timeout: float) -> float:
+    """Wait until ``database``'s outbox holds no unpublished row; returns when (perf_counter).
+
+    A bulk capture is answered before its events reach Kafka (the relay publishes after the
+    commit), so a rate that stops at the last answer would reward a lagging relay."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri)
+    deadline = time.perf_counter() + timeout
+    try:
+        while await client[database]["outbox"].count_documents({"published": False}, limit=1):
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"{database}'s outbox still had unpublished events after {timeout:.0f} s")
+            await asyncio.sleep(0.02)
+        return time.perf_counter()
+    finally:
+        await client.close()
+
+
 async def _inbox_check(mongodb_uri: str, database: str, prefix: str) -> tuple[int, int]:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri)
     try:
