@@ -535,6 +535,31 @@ async def bench_capture(
         platform.stop()
 
 
+async def bench_idle(args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int) -> dict[str, Any]:
+    """``BENCH_PHASES=idle``: the platform phase's idle figure alone (every service up, a few
+    captures through the gateway first, then ``BENCH_IDLE_SETTLE`` seconds to settle and each
+    process's CPU over ``BENCH_IDLE_SECONDS``); ``BENCH_PROFILE`` records the idle window with
+    py-spy. For A/B runs of that one figure; ``make bench`` takes it within the platform phase."""
+    platform = _platform(args, kafka, mongo, idle_backoff, "bench_idle_")
+    platform.start()
+    try:
+        platform.wait_ready(timeout=120)
+        marketing = auth_headers(["marketing"], "bench")
+        await _configure(platform, marketing)
+        await capture_through_gateway(platform.url("gateway"), 2 * args.clients, args.clients, marketing)
+        await asyncio.sleep(args.idle_settle)
+        # An idle process is busy a few % of the time: sample it more often than a loaded one.
+        with profiled(
+            "idle", _pids(platform), PROFILE_DIR, rate=int(os.environ.get("BENCH_PROFILE_RATE", "500"))
+        ):
+            idle = await asyncio.to_thread(cpu_share, _pids(platform), args.idle_seconds)
+        load = load_average()
+        say(f"idle: {sum(idle.values()):.1f}% of one core {idle} (load average {load})")
+        return {"idle_cpu_percent": idle, "load_average": load}
+    finally:
+        platform.stop()
+
+
 async def bench_imports(
     args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int
 ) -> dict[str, Any]:
@@ -971,6 +996,7 @@ PHASES: tuple[tuple[str, Any], ...] = (
     ("console", bench_console),
     ("bulk", bench_bulk),  # not in the full run (the platform phase has it): BENCH_PHASES=bulk
     ("capture", bench_capture),  # likewise: BENCH_PHASES=capture
+    ("idle", bench_idle),  # likewise: BENCH_PHASES=idle
 )
 
 
@@ -986,7 +1012,7 @@ def selected_phases() -> list[tuple[str, Any]] | None:
 
 
 # Phases that only run when BENCH_PHASES names them (their figure is also in another phase).
-ALONE_ONLY = frozenset({"bulk", "capture"})
+ALONE_ONLY = frozenset({"bulk", "capture", "idle"})
 
 
 async def main() -> int:
