@@ -88,6 +88,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(console.router)
     app.add_middleware(RequestLogFields)
     install_log_filter()
+    proxy.try_forwarding_first(app)  # after every route is mounted
     return app
 
 
