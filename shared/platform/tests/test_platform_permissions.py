@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 import pytest
 from crm_contracts import utcnow
+from crm_platform import permissions
 from crm_platform.errors import Conflict, RuleViolation
 from crm_platform.permission_policy import event_of_policy, policy_doc, policy_from_doc, policy_of_event
 from crm_platform.permissions import (
@@ -45,6 +49,26 @@ def test_permission_for_a_request() -> None:
     assert permission_for("gateway", "PUT", "/permissions/roles/analyst") == "gateway.permissions.manage"
     assert permission_for("sales", "GET", "/reports") is None  # no rule: refused by default elsewhere
     assert permission_for("sales", "GET", "/a/../inbox") is None  # unsafe: never matched
+
+
+def test_the_permission_of_a_path_is_found_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each request asks up to three times (policy, router's and route's role checks): the
+    catalogue is scanned once per (service, method, path); a long path is never remembered."""
+    scans: list[str] = []
+    original = permissions.find_rule
+
+    def counting(service: str, method: str, path: str, *rest: Any) -> Any:
+        scans.append(path)
+        return original(service, method, path, *rest)
+
+    monkeypatch.setattr(permissions, "find_rule", counting)
+    path = f"/leads/{uuid.uuid4().hex}"
+    for _ in range(3):
+        assert permission_for("leads", "GET", path) == "leads.leads.read"
+    long = "/leads/" + "x" * permissions.REMEMBERED_PATH_CHARS
+    for _ in range(2):
+        assert permission_for("leads", "GET", long) == "leads.leads.read"
+    assert scans == [path, long, long]
 
 
 def test_a_change_replaces_one_role_s_permissions_and_counts_the_version() -> None:
