@@ -205,3 +205,27 @@ def test_production_refuses_to_start_without_real_keys(pair: tuple[Path, Path], 
         )
     ok = ServiceSettings.model_validate({**prod, "CRM_JWT_PUBLIC_KEYS_FILE": str(pair[1])})
     assert ok.jwt_public_keys_file == pair[1]
+
+
+async def test_the_audit_operation_names_the_route_without_parsing_the_url(pair: tuple[Path, Path]) -> None:
+    """``current_principal`` names the request's operation by its route's template; the URL is
+    only built for a request without a route (building it parses the whole URL per request)."""
+    from types import SimpleNamespace
+
+    from crm_platform import audit
+    from starlette.requests import Request
+
+    issuer, verifier = issuer_and_verifier(*pair)
+    token = issuer.issue(ALICE, timedelta(minutes=5)).token
+    app = SimpleNamespace(state=SimpleNamespace(token_verifier=verifier))
+    # No "path", "server" or "scheme": building request.url would raise.
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "headers": [(b"authorization", f"Bearer {token}".encode())],
+        "route": SimpleNamespace(path="/leads/{lead_id}"),
+        "app": app,
+    }
+    principal = await auth_module.current_principal(Request(scope))
+    assert principal.user_id == "u-alice"
+    assert audit.operation_var.get() == "POST /leads/{lead_id}"
