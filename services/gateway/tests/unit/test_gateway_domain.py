@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from crm_platform.auth import Role
 from crm_platform.errors import Conflict
+from gateway.domain import routes
 from gateway.domain.lockout import Attempts, ThrottlePolicy, register_attempt, retry_after
 from gateway.domain.passwords import PasswordPolicy, PolicyViolation, check_username, username_key
 from gateway.domain.routes import (
@@ -375,3 +378,25 @@ def test_only_a_change_of_an_admins_access_needs_the_other_admins() -> None:
         admin.apply(UserChange(active=False), T_USER, other_active_admins=0)
     assert admin.active, "a refused change changes nothing"
     assert a_user(["admin"], active=False).apply(UserChange(roles=["analyst"]), T_USER, other_active_admins=0)
+
+
+def test_the_rule_of_a_path_is_found_once_and_an_unsafe_path_refused_each_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each forwarded request is authorised against the route table: its rule is looked up once
+    per (service, method, path); the roles and the policy still decide every time."""
+    scans: list[str] = []
+
+    def counting(service: str, method: str, path: str, *rest: Any) -> Any:
+        scans.append(path)
+        return find_rule(service, method, path, *rest)
+
+    monkeypatch.setattr(routes, "find_rule", counting)
+    path = f"/leads/{uuid.uuid4().hex}"
+    assert not authorize([REP], "leads", "PATCH", path).allowed
+    assert authorize([MKT], "leads", "PATCH", path).allowed
+    assert authorize([ADMIN], "leads", "PATCH", path).allowed
+    assert scans == [path]
+    for _ in range(2):
+        with pytest.raises(UnsafePath):
+            authorize([ADMIN], "leads", "GET", f"/x{uuid.uuid4().hex}/../leads")

@@ -9,6 +9,7 @@ request matching no rule is refused (403), whoever sends it.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from crm_platform.permissions import (
     DEFAULT_POLICY,
     GATEWAY_TABLE,
     LEADS,
+    REMEMBERED_PATH_CHARS,
+    REMEMBERED_PATHS,
     ROUTE_TABLE,
     SALES,
     SERVICE_DESK,
@@ -137,7 +140,10 @@ def authorize(
 ) -> Decision:
     """May a user with ``roles`` call ``method path`` on ``service``, under ``policy``?
     ``path`` is normalised here."""
-    matched = find_rule(service, method, normalize_path(path), table)
+    if table is ROUTE_TABLE and len(path) <= REMEMBERED_PATH_CHARS:
+        matched = _remembered_rule(service, method, path)
+    else:
+        matched = find_rule(service, method, normalize_path(path), table)
     if matched is None:
         return Decision(False, None)
     if matched.permission in CATALOGUE:
@@ -145,3 +151,11 @@ def authorize(
     else:  # a rule outside the catalogue (a test's own table): its roles decide
         holders = frozenset(str(r) for r in matched.roles)
     return Decision(bool(set(roles) & holders), matched, holders)
+
+
+# The rule of a (service, method, path) in the route table is remembered (a constant table:
+# a pure function of the three), as crm_platform.permissions remembers the permission; a path
+# a client makes long, or an unsafe one (normalize_path raises), is looked at every time.
+@functools.lru_cache(maxsize=REMEMBERED_PATHS)
+def _remembered_rule(service: str, method: str, path: str) -> RouteRule | None:
+    return find_rule(service, method, normalize_path(path))
