@@ -104,3 +104,20 @@ async def test_refused_captures_are_fastapis_answers(
         assert solved == [1]  # FastAPI's handler answered
     assert r.json()["error"] in ("unauthorized", "forbidden", "validation_error")
     assert r.json()["request_id"] == r.headers["x-request-id"]
+
+
+async def test_a_chunked_body_past_the_limit_is_a_413(leads: Any) -> None:
+    """Read by the lean path (the checks passed): the edge's 413, as FastAPI's handler gave it."""
+    limit = leads.settings.max_request_bytes
+    first = leads.client.build_request("POST", "/leads", json=_body(leads)).content[:-1]
+
+    async def chunks() -> Any:  # no Content-Length: only counting while reading can refuse it
+        yield first + b', "name2": "'
+        for _ in range(limit // 4096 + 2):
+            yield b"x" * 4096
+        yield b'"}'
+
+    headers = {**MARKETING, "content-type": "application/json"}
+    r = await leads.client.post("/leads", content=chunks(), headers=headers)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"] == "payload_too_large"
