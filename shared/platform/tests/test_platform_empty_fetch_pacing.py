@@ -5,6 +5,7 @@ the longer pause of an idle consumer. The paced consumer on the real broker is t
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from crm_platform import kafka as kafka_module
@@ -63,3 +64,31 @@ async def test_hurry_fetches_ends_an_empty_fetch_pause() -> None:
     await asyncio.wait_for(paused, 10)  # an hour otherwise
     assert not kafka_module._pauses
     await kafka_module.pause_empty(0)  # no hurry: the pause runs out on its own
+
+
+async def test_a_pause_that_runs_out_costs_what_a_sleep_costs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle consumer pauses about ten times a second in every process: a pause that runs out
+    takes one timer and as many loop callbacks as ``asyncio.sleep`` (``wait_for`` cancelled,
+    awaited and raised besides), and a cancelled pause leaves nothing behind."""
+    loop = asyncio.get_running_loop()
+    counted: list[str] = []
+    for name in ("call_soon", "call_later", "call_at"):
+        original = getattr(loop, name)
+
+        def counting(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
+            counted.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(loop, name, counting)
+    await asyncio.sleep(0.001)
+    slept = len(counted)
+    counted.clear()
+    await kafka_module.pause_empty(0.001)
+    assert len(counted) <= slept, counted
+    assert not kafka_module._pauses
+    paused = asyncio.create_task(kafka_module.pause_empty(3600))
+    await asyncio.sleep(0)
+    paused.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await paused
+    assert not kafka_module._pauses
