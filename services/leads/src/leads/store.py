@@ -31,13 +31,13 @@ from crm_platform.cache import TtlCache
 from crm_platform.erasure import Related, Target, with_person_hashes
 from crm_platform.imports import store as imports_store
 from crm_platform.imports.store import JobCodec
-from crm_platform.mongo import Tx
+from crm_platform.mongo import Tx, drop_retired_indexes
 from crm_platform.paging import Sort, cursor_value, page, sorts, text_search
 from crm_platform.retention import ANONYMISED, Action, Rule, anonymous_email
 from crm_platform.uow import MongoUnit
 from pymongo import ASCENDING, DESCENDING, TEXT, ReplaceOne, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from leads.domain.imports import ImportDefaults, ImportJob
 from leads.domain.leads import BehaviourRecord, Consent, Lead, LeadStatus, Touch, VerdictRecord
@@ -62,7 +62,6 @@ IMPORT_CHUNKS = imports_store.IMPORT_CHUNKS
 IMPORT_REJECTIONS = imports_store.IMPORT_REJECTIONS
 IMPORT_MAPPINGS = imports_store.IMPORT_MAPPINGS
 DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index violation
-INDEX_NOT_FOUND = 27
 
 
 # A lead's fields that most leads leave empty (null): their indexes hold only the leads that have
@@ -152,14 +151,7 @@ async def _ensure_rep_indexes(db: Db) -> None:
             name="assigned" if sort_field == "created_at" else f"assigned_{sort_field}",
             partialFilterExpression=ASSIGNED,
         )
-    existing = {ix["name"] async for ix in await db[LEADS].list_indexes()}
-    for name in RETIRED_INDEXES:
-        if name in existing:
-            try:
-                await db[LEADS].drop_index(name)
-            except OperationFailure as e:  # another replica starting dropped it first
-                if e.code != INDEX_NOT_FOUND:
-                    raise
+    await drop_retired_indexes(db[LEADS], RETIRED_INDEXES)
 
 
 async def _ensure_other_indexes(db: Db) -> None:

@@ -41,13 +41,13 @@ from crm_platform.erasure import Related, Target, with_person_hashes
 from crm_platform.imports import store as imports_store
 from crm_platform.imports.store import JobCodec
 from crm_platform.money import to_amount
-from crm_platform.mongo import Tx
+from crm_platform.mongo import Tx, drop_retired_indexes
 from crm_platform.paging import Sort, index_specs, keyset, page, sorts, text_search
 from crm_platform.retention import ANONYMISED, Action, Rule, anonymous_email
 from crm_platform.uow import MongoUnit
 from pymongo import ASCENDING, DESCENDING, TEXT, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import DuplicateKeyError
 
 from sales.domain.account import Account, DirectSource
 from sales.domain.assignment import Rep
@@ -842,7 +842,6 @@ INBOX_SORTS = sorts(
 # instead of the 11 one per (filter, order) took, the drain's largest share of mongod.
 _INBOX_PREFIXES: tuple[tuple[str, ...], ...] = (("status",), ("owner", "status"))
 INBOX_STATUSES = tuple(s.value for s in InboxStatus)
-INDEX_NOT_FOUND = 27  # MongoDB error code
 # Served by the indexes above since 2026-12-05 (ninth session): dropped at start-up.
 RETIRED_INBOX_INDEXES = (
     "by_owner", "by_status_due", "list_received_at", "list_response_due_at", "list_handoff_score",
@@ -859,14 +858,7 @@ async def ensure_inbox_list_indexes(db: Db) -> None:
         name="search",
         default_language="none",
     )
-    existing = await db[INBOX].index_information()
-    for name in RETIRED_INBOX_INDEXES:
-        if name in existing:
-            try:
-                await db[INBOX].drop_index(name)
-            except OperationFailure as e:  # another replica starting dropped it first
-                if e.code != INDEX_NOT_FOUND:
-                    raise
+    await drop_retired_indexes(db[INBOX], RETIRED_INBOX_INDEXES)
 
 
 def on_status_index(flt: Doc, sort: Sort | None = None, cursor: str | None = None) -> Doc:

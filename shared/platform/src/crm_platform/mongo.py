@@ -20,7 +20,9 @@ from crm_contracts.registry import model_for
 from opentelemetry.context import Context
 from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import OperationFailure
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
@@ -293,6 +295,23 @@ class Store:
         """Tell the outbox relay that events wait (after a commit or a re-send)."""
         for callback in self._on_commit:
             callback()
+
+
+INDEX_NOT_FOUND = 27  # MongoDB's error code
+
+
+async def drop_retired_indexes(collection: AsyncCollection[Doc], names: Iterable[str]) -> None:
+    """Drop the indexes ``names`` that exist on ``collection``: ones a newer set of indexes
+    serves, dropped at start-up. Another replica starting at the same moment may drop one
+    first, which is fine."""
+    existing = await collection.index_information()
+    for name in names:
+        if name in existing:
+            try:
+                await collection.drop_index(name)
+            except OperationFailure as e:
+                if e.code != INDEX_NOT_FOUND:
+                    raise
 
 
 def audit_context(service: str) -> audit.Context:
