@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from crm_platform.testing import dependency_names
 from fastapi.routing import iter_route_contexts
 from gateway.api import proxy
 from gateway.main import create_app
@@ -16,14 +17,6 @@ BASE = {
     "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
     "CRM_KAFKA_ALLOW_PLAINTEXT": "true",
 }
-
-
-def _names(dependant: Any, out: set[str]) -> set[str]:
-    for dependency in dependant.dependencies:
-        call = dependency.call
-        out.add(getattr(call, "__name__", type(call).__name__))
-        _names(dependency, out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -48,4 +41,4 @@ def test_the_forwarding_routes_declare_exactly_the_checks_the_lean_handler_makes
     """A dependency added to the protected routers (crm_platform.app) or to the forwarding
     routes would be skipped by ForwardingRoute's handler: it must be added there too."""
     for ctx in forwarding:
-        assert _names(ctx.dependant, set()) == proxy.FORWARD_DEPENDENCIES, ctx.path
+        assert dependency_names(ctx.dependant) == proxy.FORWARD_DEPENDENCIES, ctx.path

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from crm_platform.testing import dependency_names
 from fastapi.routing import iter_route_contexts
 from leads.api import capture_route
 from leads.api import leads as leads_api
@@ -18,14 +19,6 @@ BASE = {
     "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
     "CRM_KAFKA_ALLOW_PLAINTEXT": "true",
 }
-
-
-def _names(dependant: Any, out: set[str]) -> set[str]:
-    for dependency in dependant.dependencies:
-        call = dependency.call
-        out.add(getattr(call, "__name__", type(call).__name__))
-        _names(dependency, out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +42,7 @@ def test_the_capture_route_is_served_by_the_lean_handler(capture: Any) -> None:
 def test_the_capture_route_declares_exactly_the_checks_the_lean_handler_makes(capture: Any) -> None:
     """A dependency added to the protected routers (crm_platform.app), the leads router or the
     route would be skipped by CaptureRoute's handler: it must be added there too."""
-    assert _names(capture.dependant, set()) == capture_route.CAPTURE_DEPENDENCIES
+    assert dependency_names(capture.dependant) == capture_route.CAPTURE_DEPENDENCIES
 
 
 def test_the_lean_handler_checks_the_routers_roles_then_the_routes(capture: Any) -> None:

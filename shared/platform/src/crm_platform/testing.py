@@ -43,6 +43,18 @@ SESSION = uuid.uuid4().hex[:8]
 EMBEDDED_IDLE_BACKOFF_MS = 20
 
 
+def dependency_names(dependant: Any, out: set[str] | None = None) -> set[str]:
+    """The names of every dependency a FastAPI route declares, nested ones included: a lean
+    route that makes its checks itself (leads' ``CaptureRoute``, the gateway's
+    ``ForwardingRoute``) is tested against what its route declares."""
+    out = set() if out is None else out
+    for dependency in dependant.dependencies:
+        call = dependency.call
+        out.add(getattr(call, "__name__", type(call).__name__))
+        dependency_names(dependency, out)
+    return out
+
+
 def _repo_root() -> Path:
     here = Path.cwd().resolve()
     for candidate in (here, *here.parents):
