@@ -367,6 +367,14 @@ async def _bulk(
     return bulk
 
 
+def _bulk_said(bulk: dict[str, Any]) -> str:
+    """A bulk capture's rates and size, as both the platform phase and ``BENCH_PHASES=bulk`` say it."""
+    return (
+        f"{bulk['rate']:.0f} leads/s published ({bulk['answered_rate']:.0f}/s answered; "
+        f"{bulk['leads']} leads, Prefer '{bulk['prefer']}'"
+    )
+
+
 async def _bulk_on_fresh_log(
     platform: Platform,
     args: argparse.Namespace,
@@ -379,10 +387,7 @@ async def _bulk_on_fresh_log(
     await fresh_log(args, kafka, "bulk capture")
     bulk = await _bulk(platform, args, marketing, cpu)
     load["bulk"] = load_average()
-    say(
-        f"bulk capture: {bulk['rate']:.0f} leads/s published ({bulk['answered_rate']:.0f}/s answered; "
-        f"{bulk['leads']} leads, Prefer '{bulk['prefer']}', load {load['bulk']})"
-    )
+    say(f"bulk capture: {_bulk_said(bulk)}, load {load['bulk']})")
     return bulk
 
 
@@ -482,11 +487,8 @@ async def bench_bulk(args: argparse.Namespace, kafka: str, mongo: str, idle_back
             bulk = await _bulk(platform, args, marketing, cpu)
         ops = per_op(ops_before, await mongo_counters(platform.mongodb_uri), bulk["leads"])
         end = load_average()
-        say(
-            f"bulk capture: {bulk['rate']:.0f} leads/s published ({bulk['answered_rate']:.0f}/s answered; "
-            f"{bulk['leads']} leads, Prefer '{bulk['prefer']}', load {start} -> {end}); "
-            f"CPU per lead (ms): {cpu['bulk_ms_per_lead']}"
-        )
+        say(f"bulk capture: {_bulk_said(bulk)}, load {start} -> {end})")
+        say(f"  CPU per lead (ms): {cpu['bulk_ms_per_lead']}")
         say(f"  mongod operations per lead: {ops}")
         return {
             "bulk_capture": bulk,

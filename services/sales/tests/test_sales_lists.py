@@ -86,25 +86,36 @@ async def test_opportunities_export_streams_the_lists_selection_as_csv(sales: Sa
     assert list(csv.DictReader(io.StringIO(other.text))) == []
 
 
-async def test_the_inbox_searches_sorts_pages_and_exports(sales: Sales) -> None:
-    tag, rep = uuid.uuid4().hex[:8], sales.uid("ivy")
-    await sales.activate(rep)
+async def _three_for(sales: Sales, rep: str, company: str) -> list[str]:
+    """Three qualified leads whose inbox items ``rep`` owns; their lead ids in order."""
     leads = []
     for n in range(3):
-        item, _ = await sales.qualify(company=f"Inbox{tag} {n}")
+        item, _ = await sales.qualify(company=f"{company} {n}")
         if item["owner"] != rep:
             await sales.assign(item["lead_id"], rep)
         leads.append(item["lead_id"])
+    return leads
+
+
+async def _every_page(sales: Sales, rep: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """``rep``'s GET /inbox with ``params``, every page followed by its cursor."""
     items: list[dict[str, Any]] = []
     cursor: str | None = None
     while True:
-        params = {"q": f"inbox{tag}", "sort": "oldest", "limit": 2, **({"cursor": cursor} if cursor else {})}
-        r = await sales.client.get("/inbox", params=params, headers=sales.rep(rep))
+        page_params = {**params, **({"cursor": cursor} if cursor else {})}
+        r = await sales.client.get("/inbox", params=page_params, headers=sales.rep(rep))
         assert r.status_code == 200, r.text
         items += r.json()["items"]
         cursor = r.json()["next_cursor"]
         if cursor is None:
-            break
+            return items
+
+
+async def test_the_inbox_searches_sorts_pages_and_exports(sales: Sales) -> None:
+    tag, rep = uuid.uuid4().hex[:8], sales.uid("ivy")
+    await sales.activate(rep)
+    leads = await _three_for(sales, rep, f"Inbox{tag}")
+    items = await _every_page(sales, rep, {"q": f"inbox{tag}", "sort": "oldest", "limit": 2})
     assert [i["lead_id"] for i in items] == leads
     r = await sales.client.get("/inbox", params={"q": f"inbox{tag}"}, headers=sales.rep(sales.uid("other")))
     assert r.json()["items"] == []
@@ -145,23 +156,10 @@ async def test_the_inbox_pages_every_status_in_each_order(sales: Sales) -> None:
     cursor (``store.on_status_index``); a pending and an accepted item in every order."""
     rep = sales.uid("ida")
     await sales.activate(rep)
-    leads = []
-    for n in range(3):
-        item, _ = await sales.qualify(company=f"Paged {n}")
-        if item["owner"] != rep:
-            await sales.assign(item["lead_id"], rep)
-        leads.append(item["lead_id"])
+    leads = await _three_for(sales, rep, "Paged")
     await sales.accept(leads[1], rep)
     for sort in store.INBOX_SORTS:
-        items, cursor = [], None
-        while True:
-            params = {"sort": sort, "limit": 1, **({"cursor": cursor} if cursor else {})}
-            r = await sales.client.get("/inbox", params=params, headers=sales.rep(rep))
-            assert r.status_code == 200, r.text
-            items += r.json()["items"]
-            cursor = r.json()["next_cursor"]
-            if cursor is None:
-                break
+        items = await _every_page(sales, rep, {"sort": sort, "limit": 1})
         one_page = await sales.client.get("/inbox", params={"sort": sort}, headers=sales.rep(rep))
         assert [i["id"] for i in items] == [i["id"] for i in one_page.json()["items"]], sort
         assert sorted(i["lead_id"] for i in items) == sorted(leads), sort
