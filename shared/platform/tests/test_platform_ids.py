@@ -24,13 +24,13 @@ def _count_draws(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return draws
 
 
-def test_ids_are_version_4_uuids_in_canonical_form_and_never_repeat() -> None:
+def test_ids_are_version_7_uuids_in_canonical_form_and_never_repeat() -> None:
     ids = [new_id() for _ in range(5 * uuids.BLOCK + 3)]
     assert len(set(ids)) == len(ids)
     for value in ids:
         parsed = uuid.UUID(value)
         assert str(parsed) == value
-        assert parsed.version == 4
+        assert parsed.version == 7
         assert parsed.variant == uuid.RFC_4122
     objects = [uuids.uuid4() for _ in range(uuids.BLOCK + 1)]
     assert all(u.version == 4 and u.variant == uuid.RFC_4122 for u in objects)
@@ -68,5 +68,32 @@ def test_a_forked_child_never_hands_out_its_parents_next_ids() -> None:
     from_child = os.read(read, 100).decode()
     os.close(read)
     assert status == 0
-    assert uuid.UUID(from_child).version == 4
+    assert uuid.UUID(from_child).version == 7
     assert from_child != new_id()
+
+
+def test_ids_made_later_sort_after_ids_made_earlier(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Time-ordered: an index on ids takes a new one at its edge, not on a random page (the
+    import's mongod wrote back whole pages of its random-keyed indexes: docs/performance.md,
+    "Tenth session, import")."""
+    clock = [1_796_522_728_387_000_000]  # nanoseconds
+    monkeypatch.setattr(uuids.time, "time_ns", lambda: clock[0])
+    made = []
+    for _ in range(3 * uuids.BLOCK):
+        made.append(new_id())
+        clock[0] += 1_000_000  # a millisecond later
+    assert made == sorted(made)
+    assert [uuid.UUID(i) for i in made] == sorted(uuid.UUID(i) for i in made)
+    assert uuid.UUID(made[0]).int >> 80 == 1_796_522_728_387  # the Unix time in milliseconds
+
+
+def test_a_version_7_id_keeps_74_random_bits() -> None:
+    """Two ids of the same millisecond differ (the time is not the whole id) and the bits below
+    the time are as random as a version-4 id's (no fixed pattern across a block)."""
+    same = {uuids.uuid7_int(1_000) for _ in range(uuids.BLOCK)}
+    assert len(same) == uuids.BLOCK
+    assert {u >> 80 for u in same} == {1_000}
+    assert {(u >> 76) & 0xF for u in same} == {7}
+    assert {(u >> 62) & 0x3 for u in same} == {0b10}
+    low = [u & ((1 << 62) - 1) for u in same]
+    assert 0 < sum(bin(v).count("1") for v in low) / (62 * len(low)) < 1

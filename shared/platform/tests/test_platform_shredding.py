@@ -9,6 +9,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from crm_contracts import uuids
 from crm_contracts.events.common import SEALED_NAME, Consent, Contact, Money, SealedPerson, sealed_email
 from crm_contracts.events.leads import LeadCapturedV2, LeadCapturedV3, LeadQualifiedV1, LeadQualifiedV2
 from crm_contracts.events.sales import DealWonV2, DealWonV3, Product
@@ -17,6 +18,7 @@ from crm_platform.shredding import (
     SEAL_RULES,
     PersonFields,
     UnreadableSeal,
+    _owned_doc,
     _owned_docs,
     _random_pieces,
     _seal_wire,
@@ -204,3 +206,22 @@ def test_a_batchs_new_keys_and_nonces_are_fresh_whole_and_open_what_they_seal() 
     wire = _seal_wire(AESGCM(keys[0]), ids[0], "leads", ADA, nonces[0])
     assert base64.b64decode(wire["nonce"]) == nonces[0]
     assert open_sealed(keys[0], SealedPerson.model_validate(wire)) == ADA
+
+
+def test_people_keyed_later_get_person_ids_that_sort_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Person ids are time-ordered: the key documents' ``by_person_id`` index takes a new person
+    at its edge (on random ids an import's mongod wrote its pages back again and again:
+    docs/performance.md, "Tenth session, import")."""
+    clock = [1_796_522_728_387_000_000]
+
+    def later() -> int:
+        clock[0] += 1_000_000  # the next millisecond
+        return clock[0]
+
+    monkeypatch.setattr(uuids.time, "time_ns", later)
+    batches = [_owned_docs("leads", [f"{n:064x}", f"{n + 1:064x}"]) for n in range(0, 600, 2)]
+    ids = [d["person_id"] for docs in batches for d in docs]
+    ids.append(_owned_doc("leads", "f" * 64)["person_id"])
+    assert ids == sorted(ids)
+    assert {len(i) for i in ids} == {32}
+    assert len(set(ids)) == len(ids)

@@ -1,4 +1,5 @@
-"""Random (version 4) UUIDs, their randomness drawn from the OS a block at a time.
+"""Random (version 4) and time-ordered (version 7) UUIDs, their randomness drawn from the OS a
+block at a time.
 
 ``uuid.uuid4()`` asks the OS for 16 bytes per id (a ``getrandom`` call) and builds the UUID in
 Python: 4-9 us an id on the build machine, and a bulk capture or an import batch makes two ids
@@ -7,16 +8,28 @@ per lead (the lead's, its event's). Here one ``os.urandom`` call draws the bytes
 bits set, exactly what ``uuid.uuid4()`` makes of its own 16 random bytes. Ids are not secrets
 (identifiers, never keys or tokens); a forked child drops the parent's unused block, so two
 processes never hand out the same id.
+
+A version-7 UUID (RFC 9562, :func:`uuid7_str`) starts with the Unix time in milliseconds
+(48 bits, then the version; 74 random bits follow): ids made later sort after ids made
+earlier, as strings too (fixed-width lower-case hex). A B-tree index on such ids (a
+collection's ``_id``, an index ending in ``_id``) takes each new entry at its edge; on
+random ids every insert lands on a random page, and once an index outgrows what the
+database keeps dirty in memory each insert makes it write a whole page back (mongod's
+eviction: docs/performance.md, "Tenth session, import").
 """
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 BLOCK = 256  # ids per draw from the OS
 _CLEAR = ~((0xF000 << 64) | (0xC000 << 48))  # the version nibble and the variant's two bits
 _SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, variant RFC 4122 (binary 10)
+
+_BELOW_VERSION = (1 << 76) - 1  # the 76 bits after the time and the version (the variant's in them)
+_V7 = 0x7000 << 64  # version 7 in place of the pool's version 4
 
 _pool: list[int] = []
 
@@ -44,6 +57,21 @@ def uuid4() -> uuid.UUID:
 def uuid4_str() -> str:
     """``str(uuid.uuid4())`` (the canonical 8-4-4-4-12 form, lower-case), from the pool."""
     h = f"{uuid4_int():032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def uuid7_int(millis: int | None = None) -> int:
+    """A version-7 UUID as its 128-bit integer: ``millis`` (the Unix time in milliseconds, now
+    by default) in its top 48 bits, the version, then 74 random bits from the pool."""
+    if millis is None:
+        millis = time.time_ns() // 1_000_000
+    random_part = uuid4_int() & _BELOW_VERSION  # the pool's bits below its version (variant set)
+    return ((millis & 0xFFFF_FFFF_FFFF) << 80) | _V7 | random_part
+
+
+def uuid7_str(millis: int | None = None) -> str:
+    """A version-7 UUID in the canonical 8-4-4-4-12 form (lower-case): time-ordered."""
+    h = f"{uuid7_int(millis):032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
