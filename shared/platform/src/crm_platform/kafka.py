@@ -70,12 +70,18 @@ def partition_for(key: bytes | None, all_partitions: list[int], available: list[
 
 
 def make_producer(
-    bootstrap: str, client_id: str, security: KafkaSecurity | None = None, *, max_batch_size: int = 16384
+    bootstrap: str,
+    client_id: str,
+    security: KafkaSecurity | None = None,
+    *,
+    max_batch_size: int = 16384,
+    compression: str | None = None,
 ) -> AIOKafkaProducer:
     # Idempotent + acks=all: a retried send never duplicates or reorders within
     # a partition, and a send is only "done" once every in-sync replica has it.
     # ``max_batch_size``: the bytes of one producer batch (aiokafka's default; the outbox
-    # relay fills larger ones itself: crm_platform.outbox).
+    # relay fills larger ones itself: crm_platform.outbox). ``compression``: the batches'
+    # codec (``lz4``, ``zstd``, ``gzip``, ``snappy``) or None; consumers decode any of them.
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         client_id=client_id,
@@ -85,6 +91,7 @@ def make_producer(
         request_timeout_ms=15000,
         partitioner=partition_for,
         max_batch_size=max_batch_size,
+        compression_type=compression,
         **(security or KafkaSecurity.from_env()).aiokafka_kwargs(),
     )
 

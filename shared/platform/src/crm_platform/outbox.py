@@ -176,8 +176,13 @@ class OutboxRelay:
         poll_seconds: float = 0.5,
         batch_size: int = 500,
         committed: CommittedRows | None = None,
+        compression: str | None = "lz4",
     ) -> None:
         self.db = db
+        # The producer batches' codec: the lead.captured JSON of an import packs about 4 to 1,
+        # and the embedded broker's CPU follows the bytes it keeps (docs/performance.md,
+        # "Tenth session, import").
+        self.compression = compression
         # The batch rows this process's Store committed lately: published without a read back.
         self.committed = committed
         self.bootstrap = bootstrap
@@ -325,8 +330,17 @@ class OutboxRelay:
         await batches.send()
         return placed
 
+    def new_producer(self) -> AIOKafkaProducer:
+        """The relay's producer, not started: its batches of ``RELAY_BATCH_BYTES`` in its codec."""
+        return make_producer(
+            self.bootstrap,
+            f"{self.service}-outbox",
+            max_batch_size=RELAY_BATCH_BYTES,
+            compression=self.compression,
+        )
+
     async def _start_producer(self) -> AIOKafkaProducer:
-        producer = make_producer(self.bootstrap, f"{self.service}-outbox", max_batch_size=RELAY_BATCH_BYTES)
+        producer = self.new_producer()
         try:
             await producer.start()
         except Exception:

@@ -78,6 +78,7 @@ class ServiceRuntime:
             service=s.service_name,
             poll_seconds=s.outbox_poll_seconds,
             committed=self.store.committed_rows,
+            compression=None if s.outbox_compression == "none" else s.outbox_compression,
         )
         self.store.on_commit(self.relay.notify)
         self.audit = self._build_audit()
