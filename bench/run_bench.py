@@ -250,6 +250,8 @@ def _platform(args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: in
     for knob in ("IMPORT_IN_FLIGHT", "IMPORT_BATCH_ROWS"):  # the import's batches, to compare settings
         if os.environ.get(f"BENCH_{knob}"):
             env[f"CRM_{knob}"] = os.environ[f"BENCH_{knob}"]
+    # Any service setting for an A/B: BENCH_SET_CRM_X=v runs the services with CRM_X=v.
+    env.update({k[len("BENCH_SET_") :]: v for k, v in os.environ.items() if k.startswith("BENCH_SET_CRM_")})
     return Platform(
         kafka,
         mongo,
