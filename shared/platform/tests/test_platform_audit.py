@@ -216,6 +216,49 @@ async def test_a_bulk_write_records_each_document_once_from_before_to_after(stor
     assert upserted is not None
 
 
+async def test_a_bulk_write_of_records_read_to_change_and_replaced_by_id_reads_nothing_more(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read with ``find_to_change``, replaced and inserted by ``_id``: the entries come from the
+    remembered states and the documents sent, with no read around the write (a tracker's batch
+    of qualifications: it read every lead three times)."""
+    a, b, c = (f"{x}-{uuid.uuid4().hex[:6]}" for x in "abc")
+    await store.db["deals"].insert_many([{"_id": a, "n": 1, "stage": "new"}, {"_id": b, "n": 2}])
+    reads: list[Any] = []
+
+    async def work(tx: Tx) -> None:
+        deals = cast(audit.AuditedCollection, tx.db["deals"])
+        await deals.find_to_change({"_id": {"$in": [a, b]}}, session=tx.session)
+        real = audit.AuditedCollection._by_ids
+
+        async def counted(self: audit.AuditedCollection, ids: Any, session: Any) -> dict[Any, Any]:
+            reads.append(list(ids))
+            return await real(self, ids, session)
+
+        monkeypatch.setattr(audit.AuditedCollection, "_by_ids", counted)
+        ghost = ReplaceOne({"_id": f"ghost-{a}"}, {"n": 0})  # replaces nothing: no entry
+        ops = [
+            ReplaceOne({"_id": a}, {"n": 2}),
+            ReplaceOne({"_id": b}, {"n": 2}),
+            InsertOne({"_id": c, "n": 3}),
+            ghost,
+        ]
+        await deals.bulk_write(ops, session=tx.session)
+
+    await store.transaction(work)
+    assert reads == [[f"ghost-{a}"]], (
+        "only the unknown one read before, nothing after: the rest remembered or sent"
+    )
+    [ea], eb, [ec] = await entries(store, a), await entries(store, b), await entries(store, c)
+    assert ea["changes"] == [
+        {"field": "n", "before": 1, "after": 2},
+        {"field": "stage", "before": "new", "after": None},
+    ]
+    assert eb == [], "a replacement that changed nothing is not a change"
+    assert (ec["action"], ec["changes"]) == ("insert", [{"field": "n", "before": None, "after": 3}])
+    assert await entries(store, f"ghost-{a}") == []
+
+
 async def test_a_batch_insert_is_one_entry_naming_each_record_and_read_back_per_record(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -303,14 +303,16 @@ class MongoLeads:
     async def _load_batch(self, batch: Batch) -> dict[str, Doc | None]:
         ids = sorted({i for event, _ in batch.events if isinstance(i := vars(event).get("lead_id"), str)})
         view: dict[str, Doc | None] = dict.fromkeys(ids)
-        coll = self.tx.db[LEADS]
-        query = {"_id": {"$in": ids}}
-        if isinstance(coll, audit.AuditedCollection):
-            docs = await coll.find_to_change(query, session=self.tx.session)
-        else:
-            docs = [d async for d in coll.find(query, session=self.tx.session)]
-        view.update((d["_id"], d) for d in docs)
+        view.update((d["_id"], d) for d in await self._to_change({"_id": {"$in": ids}}))
         return view
+
+    async def _to_change(self, query: Doc) -> list[Doc]:
+        """The leads ``query`` finds, each remembered as the audit's 'before' of this
+        transaction's save of it (``find_to_change``: no second read when it is saved)."""
+        coll = self.tx.db[LEADS]
+        if isinstance(coll, audit.AuditedCollection):
+            return await coll.find_to_change(query, session=self.tx.session)
+        return [d async for d in coll.find(query, session=self.tx.session)]
 
     def _seen_in_batch(self, leads: Sequence[Lead]) -> None:
         """This unit wrote ``leads``: the batch's view shows them from now on."""
@@ -323,16 +325,18 @@ class MongoLeads:
         return lead_from_doc(doc) if doc else None
 
     async def get_many(self, lead_ids: Collection[str]) -> dict[str, Lead]:
+        """The leads by id, read to be changed (:meth:`save_many` writes them with no read)."""
         if not lead_ids:
             return {}
-        cursor = self.tx.db[LEADS].find({"_id": {"$in": sorted(lead_ids)}}, session=self.tx.session)
-        return {lead.id: lead for lead in [lead_from_doc(d) async for d in cursor]}
+        docs = await self._to_change({"_id": {"$in": sorted(lead_ids)}})
+        return {lead.id: lead for lead in map(lead_from_doc, docs)}
 
     async def get_many_by_email(self, emails: Collection[str]) -> dict[str, Lead]:
+        """The leads by e-mail, read to be merged (:meth:`save_many` writes them with no read)."""
         if not emails:
             return {}
-        cursor = self.tx.db[LEADS].find({"email": {"$in": sorted(emails)}}, session=self.tx.session)
-        return {lead.email: lead for lead in [lead_from_doc(d) async for d in cursor]}
+        docs = await self._to_change({"email": {"$in": sorted(emails)}})
+        return {lead.email: lead for lead in map(lead_from_doc, docs)}
 
     async def add_many(self, leads: Sequence[Lead]) -> None:
         # one of their emails captured meanwhile: DuplicateKeyError, as for add()

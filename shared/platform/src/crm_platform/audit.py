@@ -538,22 +538,39 @@ class AuditedCollection(AsyncCollection[Doc]):
         return inserted if wanted == ReturnDocument.AFTER else None
 
     async def bulk_write(self, requests: Sequence[Any], *args: Any, **kwargs: Any) -> Any:
-        """Every operation kind, with two reads around the write: one entry per document touched,
-        from its state before the batch to its state after it (an import's merges and upserts)."""
+        """Every operation kind: one entry per document touched, from its state before the batch
+        to its state after it (an import's merges and upserts). The states before are read
+        around the write unless this transaction read them already (:meth:`find_to_change`);
+        a batch of whole-document writes by ``_id`` (:func:`_written`) is its own state after,
+        as for :meth:`replace_one`; any other batch is read again after the write."""
         if not self._watched(kwargs):
             return await super().bulk_write(requests, *args, **kwargs)
         session, ops = kwargs.get("session"), list(requests)
         ids: list[Any] = []
         for op in ops:
             ids += await self._targets(op, session)
-        befores = await self._by_ids(ids, session)
+        befores = await self._known_or_read(ids, session)
         result = await super().bulk_write(ops, *args, **kwargs)
         ids += [op._doc["_id"] for op in ops if isinstance(op, InsertOne)]
         ids += list((result.upserted_ids or {}).values())
-        afters = await self._by_ids(ids, session)
+        written = _written(ops, befores)
+        afters = written if written is not None else await self._by_ids(ids, session)
         for doc_id in dict.fromkeys(ids):  # each document once, in the batch's order
             self._trail.record(self.name, befores.get(doc_id), afters.get(doc_id))
         return result
+
+    async def _known_or_read(self, ids: Sequence[Any], session: Any) -> dict[Any, Doc]:
+        """The documents ``ids`` as this transaction last saw them: remembered, else read."""
+        found: dict[Any, Doc] = {}
+        unknown: list[Any] = []
+        for doc_id in dict.fromkeys(ids):
+            doc = self._trail.known(self.name, doc_id)
+            if doc is not None:
+                found[doc_id] = doc
+            else:
+                unknown.append(doc_id)
+        found.update(await self._by_ids(unknown, session))
+        return found
 
     async def _targets(self, op: Any, session: Any) -> list[Any]:
         """The ids of the stored documents a bulk operation will change (before it runs)."""
@@ -563,12 +580,39 @@ class AuditedCollection(AsyncCollection[Doc]):
         if not isinstance(op, ReplaceOne | UpdateOne | UpdateMany | DeleteOne | DeleteMany):
             raise TypeError(f"audited bulk_write: unknown operation {type(op).__name__}")
         flt = op._filter
-        if isinstance(flt, Mapping) and set(flt) == {"_id"} and not isinstance(flt["_id"], dict):
+        if _by_plain_id(flt):
             return [flt["_id"]]
         if isinstance(op, UpdateMany | DeleteMany):
             return [d["_id"] async for d in super().find(flt, {"_id": 1}, session=session)]
         found = await super().find_one(flt, {"_id": 1}, session=session)
         return [] if found is None else [found["_id"]]
+
+
+def _written(ops: Sequence[Any], befores: Mapping[Any, Doc]) -> dict[Any, Doc] | None:
+    """The documents a batch of inserts and replacements by ``_id`` leaves, each touched once,
+    known without reading them back: an inserted document as sent (its ``_id`` set by the
+    driver), a replaced one as its replacement (a replacement of nothing, not upserted, leaves
+    nothing). None for any other batch (updates, deletes, filters, an ``_id`` written twice):
+    those are read after the write."""
+    afters: dict[Any, Doc] = {}
+    touched: set[Any] = set()
+    for op in ops:
+        if isinstance(op, InsertOne):
+            doc_id, after = op._doc["_id"], dict(op._doc)
+        elif isinstance(op, ReplaceOne) and _by_plain_id(op._filter):
+            doc_id, after = op._filter["_id"], {"_id": op._filter["_id"], **op._doc}
+        else:
+            return None
+        if doc_id in touched:
+            return None
+        touched.add(doc_id)
+        if isinstance(op, InsertOne) or doc_id in befores or op._upsert:
+            afters[doc_id] = after
+    return afters
+
+
+def _by_plain_id(flt: Any) -> bool:
+    return isinstance(flt, Mapping) and set(flt) == {"_id"} and not isinstance(flt["_id"], dict)
 
 
 # -- erasure: the one rewrite ------------------------------------------------------------------
