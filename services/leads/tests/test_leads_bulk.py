@@ -203,6 +203,28 @@ async def test_bulk_behaviours_record_in_order_and_hand_each_qualified_lead_over
         await reader.stop()
 
 
+async def test_a_trackers_batch_stores_its_behaviour_events_in_one_row_ahead_of_its_handoffs(
+    leads: Leads,
+) -> None:
+    """The batch's behaviour events share ONE outbox row, in the batch's order; each handoff is
+    a row of its own after it, in order (one per behaviour before: the handoff's outbox cost)."""
+    ada, bob, cid = [(await leads.capture())["lead"]["id"] for _ in range(3)]
+    order = [(ada, "form_submit"), (bob, "page_view"), (cid, "form_submit"), (ada, "trial_signup")]
+    order += [(cid, "trial_signup")]
+    body = {"behaviours": [{"lead_id": i, "behaviour": b} for i, b in order]}
+    r = await leads.client.post("/leads/behaviours/bulk", json=body, headers=MARKETING)
+    assert r.status_code == 200, r.text
+    ids = [ada, bob, cid]
+    mine = {"$or": [{"key": {"$in": ids}}, {f"{BATCH_EVENTS}.key": {"$in": ids}}]}
+    query = {**mine, "event_type": {"$ne": "lead.captured"}}
+    rows = await leads.runtime.db[OUTBOX].find(query).sort("_id", 1).to_list()
+    assert [r["event_type"] for r in rows] == ["lead.behaviour_recorded", "lead.qualified", "lead.qualified"]
+    items = [i for i in rows[0][BATCH_EVENTS] if i["key"] in ids]  # the keys' records ahead of the handoffs
+    recorded = [(i["key"], i["envelope"]["payload"]["behaviour"]) for i in items]
+    assert recorded == order, "every behaviour in one row, in the batch's order"
+    assert [r["key"] for r in rows[1:]] == [ada, cid], "then each handoff, in order"
+
+
 async def test_bulk_behaviours_naming_an_unknown_lead_are_a_404_and_record_nothing(leads: Leads) -> None:
     ada = (await leads.capture())["lead"]["id"]
     body = {
