@@ -46,7 +46,14 @@ from crm_platform.testing import TopicReader, auth_headers, idle_backoff_ms
 from imports import import_and_export
 from loadgen import Connection, HttpError
 from profiling import profiled, summarize
-from scenarios import analytics_replay, backlog_drain, bulk_capture, outbox_published, produce_history
+from scenarios import (
+    analytics_replay,
+    backlog_drain,
+    bulk_capture,
+    outbox_published,
+    produce_history,
+    stored_lead_ids,
+)
 from system import (
     RssSampler,
     cpu_ms_per_op,
@@ -539,6 +546,41 @@ async def bench_capture(
         platform.stop()
 
 
+async def bench_handoff(
+    args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int
+) -> dict[str, Any]:
+    """``BENCH_PHASES=handoff``: the platform phase's saturated handoff alone (every service up,
+    as there; its ``BENCH_SATURATION_LEADS`` leads bulk-captured first, their events published
+    before it starts), with its CPU per handoff in every process, mongod's operations and time by
+    collection per handoff; ``BENCH_PROFILE`` adds py-spy profiles. For A/B runs of that figure:
+    no baseline runs beside it (compare the CPU per handoff, not the rate)."""
+    platform = _platform(args, kafka, mongo, idle_backoff, "bench_ho_")
+    platform.start()
+    try:
+        platform.wait_ready(timeout=120)
+        marketing = auth_headers(["marketing"], "bench")
+        await _configure(platform, marketing)
+        n, leads_db = args.saturation_leads, platform.db_prefix + "leads"
+        await bulk_capture(platform.url("gateway"), marketing, total=n, per_request=500, clients=4)
+        await outbox_published(platform.mongodb_uri, leads_db, timeout=120 + n / 100)
+        await asyncio.sleep(5)  # the captures' events folded by their consumers first
+        ids = await stored_lead_ids(platform.mongodb_uri, leads_db)
+        reader = await TopicReader(kafka, HANDOFF_RECEIPTS).start()
+        cpu: dict[str, dict[str, float]] = {}
+        start = load_average()
+        try:
+            sat = await _saturated(platform, args, reader, ids, marketing, cpu)
+        finally:
+            await reader.stop()
+        end = load_average()
+        say(
+            f"  {sat.count}/{len(ids)} delivered, {sat.rate:.0f} handoffs/s sustained (load {start} -> {end})"
+        )
+        return {"saturated": asdict(sat), "cpu": cpu, "load_average": {"start": start, "end": end}}
+    finally:
+        platform.stop()
+
+
 async def bench_idle(args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int) -> dict[str, Any]:
     """``BENCH_PHASES=idle``: the platform phase's idle figure alone (every service up, a few
     captures through the gateway first, then ``BENCH_IDLE_SETTLE`` seconds to settle and each
@@ -1001,6 +1043,7 @@ PHASES: tuple[tuple[str, Any], ...] = (
     ("bulk", bench_bulk),  # not in the full run (the platform phase has it): BENCH_PHASES=bulk
     ("capture", bench_capture),  # likewise: BENCH_PHASES=capture
     ("idle", bench_idle),  # likewise: BENCH_PHASES=idle
+    ("handoff", bench_handoff),  # likewise: BENCH_PHASES=handoff (the saturated handoff)
 )
 
 
@@ -1016,7 +1059,7 @@ def selected_phases() -> list[tuple[str, Any]] | None:
 
 
 # Phases that only run when BENCH_PHASES names them (their figure is also in another phase).
-ALONE_ONLY = frozenset({"bulk", "capture", "idle"})
+ALONE_ONLY = frozenset({"bulk", "capture", "idle", "handoff"})
 
 
 async def main() -> int:

@@ -390,6 +390,15 @@ async def outbox_published(mongodb_uri: str, database: str, *, timeout: float) -
         await client.close()
 
 
+async def stored_lead_ids(mongodb_uri: str, database: str) -> list[str]:
+    """The ids of every lead ``database`` holds (``BENCH_PHASES=handoff``: bulk-captured leads)."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri)
+    try:
+        return [str(d["_id"]) async for d in client[database]["leads"].find({}, {"_id": 1})]
+    finally:
+        await client.close()
+
+
 async def _inbox_check(mongodb_uri: str, database: str, prefix: str) -> tuple[int, int]:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri)
     try:
