@@ -16,6 +16,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from crm_contracts import Envelope, envelope_for, utcnow
 from crm_contracts.events.sales import LeadAssignedV1
 from crm_contracts.topics import SALES_EVENTS
+from crm_platform import audit
 from crm_platform.consumer import ConsumerConfig, EventConsumer, Outcome
 from leads import consumers
 from leads import store as repo
@@ -53,7 +54,9 @@ def _record(offset: int, env: Envelope) -> ConsumerRecord[bytes, bytes]:
     return ConsumerRecord(SALES_EVENTS, 0, offset, 0, 0, b"k", value, None, 1, len(value), ())
 
 
-async def test_a_batch_of_assignments_reads_its_leads_once_and_audits_each_change(leads: Leads) -> None:
+async def test_a_batch_of_assignments_reads_its_leads_once_and_audits_each_change(
+    leads: Leads, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tag = f"batch{uuid.uuid4().hex[:8]}"
     ids = [(await leads.capture(company=f"Firm {tag}", source_channel=tag))["lead"]["id"] for _ in range(5)]
     rhea, rory = f"rhea-{tag}", f"rory-{tag}"
@@ -70,6 +73,7 @@ async def test_a_batch_of_assignments_reads_its_leads_once_and_audits_each_chang
     consumer.outcomes = {}
     consumer.consumer = consumer.producer = kafka
     db = leads.runtime.db
+    writes = _count_lead_writes(monkeypatch)
 
     await db.command({"profile": 2})
     try:
@@ -84,6 +88,9 @@ async def test_a_batch_of_assignments_reads_its_leads_once_and_audits_each_chang
     assert consumer.outcomes == dict.fromkeys(range(7), "processed")
     assert kafka.dead_letters == []
     assert ops[("query", repo.LEADS)] == 1, "the leads of the whole batch in one query, no read per save"
+    # One write per event before; now the batch's saves go together, the reassigned lead's
+    # first save ahead of its second (each an audit entry of its own, as one by one).
+    assert writes == {"bulk_write": 2}, "the batch's saves in one bulk_write, one more for a lead saved twice"
     reps = {d["_id"]: d.get("assigned_rep") async for d in db[repo.LEADS].find({"_id": {"$in": ids}})}
     assert reps == {ids[0]: rory, **{lead_id: rhea for lead_id in ids[1:]}}
     for lead_id in ids:
@@ -93,3 +100,20 @@ async def test_a_batch_of_assignments_reads_its_leads_once_and_audits_each_chang
         ]
         expected = [(None, rhea), (rhea, rory)] if lead_id == ids[0] else [(None, rhea)]
         assert sorted(changes, key=str) == sorted(expected, key=str), lead_id
+
+
+def _count_lead_writes(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """The writes of marketing's ``leads`` collection, by method, from now on."""
+    writes: Counter[str] = Counter()
+    for name in ("replace_one", "update_one", "bulk_write"):
+        real = getattr(audit.AuditedCollection, name)
+
+        def counted(
+            self: audit.AuditedCollection, *args: Any, _name: str = name, _real: Any = real, **kw: Any
+        ) -> Any:
+            if self.name == repo.LEADS:
+                writes[_name] += 1
+            return _real(self, *args, **kw)
+
+        monkeypatch.setattr(audit.AuditedCollection, name, counted)
+    return writes

@@ -18,7 +18,7 @@ import pymongo
 from crm_contracts import HANDOFF_BY_EVENT_TYPE, Envelope, Event, envelope_for
 from crm_contracts.registry import model_for
 from opentelemetry.context import Context
-from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
+from pymongo import ASCENDING, AsyncMongoClient, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -93,7 +93,7 @@ class Tx:
         # consumer's batch, whose receipts and effects' events are one row, not one per event.
         self.batch_emits = False
         self._later: dict[str, list[Doc]] = {}
-        self._later_updates: dict[str, list[UpdateOne]] = {}
+        self._later_updates: dict[str, list[UpdateOne | ReplaceOne[Doc]]] = {}
         # The outbox rows this attempt inserted (their ``_id`` set by the insert).
         self.stored_rows: list[Doc] = []
 
@@ -109,13 +109,13 @@ class Tx:
         """
         self._later.setdefault(collection, []).append(doc)
 
-    def update_later(self, collection: str, update: UpdateOne) -> None:
-        """Apply ``update`` with the transaction's other deferred updates of ``collection``: one
-        ordered ``bulk_write`` per collection before the commit (after the deferred inserts),
-        or at :meth:`flush_inserts`. For a consumer's batch where each event changes a record
-        it read through the batch (``crm_platform.batch``): one round trip, not one per event.
-        Like :meth:`insert_later`, a read of that collection in this transaction sees the
-        update only after :meth:`flush_inserts`."""
+    def update_later(self, collection: str, update: UpdateOne | ReplaceOne[Doc]) -> None:
+        """Apply ``update`` (or a replacement) with the transaction's other deferred updates of
+        ``collection``: one ordered ``bulk_write`` per collection before the commit (after the
+        deferred inserts), or at :meth:`flush_inserts`. For a consumer's batch where each event
+        changes a record it read through the batch (``crm_platform.batch``): one round trip,
+        not one per event. Like :meth:`insert_later`, a read of that collection in this
+        transaction sees the update only after :meth:`flush_inserts`."""
         self._later_updates.setdefault(collection, []).append(update)
 
     async def flush_inserts(self, collection: str | None = None) -> None:
