@@ -3,8 +3,10 @@ named after the user, the event or the system behind it, append-only, queried wi
 
 from __future__ import annotations
 
+import gc
 import re
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -428,3 +430,25 @@ async def test_a_transactions_collection_is_built_once_per_name_and_still_record
 
     await store.transaction(work)
     assert [e["action"] for e in await entries(store, record_id)] == ["insert"]
+
+
+async def test_a_transactions_documents_are_freed_when_it_ends_without_the_cyclic_collector(
+    store: Store,
+) -> None:
+    """A transaction's collection objects hold its database, which caches them: released when the
+    transaction ends, so the trail and the documents it wrote go with the last reference, not at
+    the cyclic collector's next full collection (docs/performance.md, tenth session, rss)."""
+    left: list[weakref.ref[Any]] = []
+
+    async def work(tx: Tx) -> None:
+        written = {"_id": f"freed-{uuid.uuid4().hex[:6]}", "stage": "new"}
+        await tx.db["deals"].insert_one(written, session=tx.session)
+        left.extend([weakref.ref(tx.db), weakref.ref(tx.db["deals"])])
+
+    gc.collect()
+    gc.disable()
+    try:
+        await store.transaction(work)
+        assert [ref() for ref in left] == [None, None], "kept alive by a reference cycle"
+    finally:
+        gc.enable()

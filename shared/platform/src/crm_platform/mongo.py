@@ -209,13 +209,15 @@ class Store:
         """
         committed: list[Tx] = []  # the attempt that committed (with_transaction may retry)
         attempts: list[Tx] = []
+        databases: list[audit.AuditedDatabase] = []  # each attempt's, released at the end
         journeys: dict[str, tracing.Carrier | None] = {}
         claim = current_claim.get()
         context = audit_context(self.source)
 
         async def attempt(session: AsyncClientSession) -> T:
             trail = audit.Trail(self.source, session, context)
-            tx = Tx(audit.AuditedDatabase(self.db, trail), session, self.source)
+            databases.append(audit.AuditedDatabase(self.db, trail))
+            tx = Tx(databases[-1], session, self.source)
             attempts.append(tx)
             # The request's Idempotency-Key commits with its effect (crm_platform.idempotency).
             await claim_in(self.db, session)
@@ -233,6 +235,8 @@ class Store:
             result = await self._with_transaction(attempt)
         finally:  # an attempt that did not commit takes back the rows it wrote
             self.committed_rows.discard(r for tx in attempts if tx not in committed for r in tx.stored_rows)
+            for db in databases:  # freed by reference counting, not the cyclic collector
+                db.release()
         if claim is not None:
             claim.committed = True
         for hook in committed[0].after_commit:
