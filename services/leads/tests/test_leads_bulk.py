@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timedelta
 from typing import Any, TypeAlias
@@ -11,6 +12,7 @@ from crm_contracts import Envelope, utcnow
 from crm_contracts.topics import LEAD_QUALIFIED, LEADS_EVENTS
 from crm_platform.mongo import BATCH_EVENTS, OUTBOX
 from crm_platform.testing import TopicReader, auth_headers
+from leads import handlers
 
 pytestmark = pytest.mark.integration
 Leads: TypeAlias = Any  # conftest.Leads (conftest is not importable in importlib mode)
@@ -143,6 +145,35 @@ async def test_bulk_capture_roles(leads: Leads) -> None:
         assert r.status_code == 403, role
     r = await leads.client.post("/leads/bulk", json=body, headers=auth_headers(["admin"], "root"))
     assert r.status_code == 200
+
+
+async def test_bulk_captures_take_turns_for_their_transactions(
+    leads: Leads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most ``bulk_in_flight`` (2) batches build and commit at once; the others wait with only
+    their parsed requests (a 500-lead batch holds about 5 MB until it commits: leads' peak RSS
+    with four at once, docs/performance.md, tenth session, rss). Every request is still answered."""
+    running, most = 0, 0
+    capture_leads = handlers.capture_leads
+
+    async def spying(*args: Any, **kwargs: Any) -> Any:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            for _ in range(50):  # the other requests run meanwhile, up to their turn
+                await asyncio.sleep(0)
+            return await capture_leads(*args, **kwargs)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(handlers, "capture_leads", spying)
+    bodies = [{"leads": [lead(email()), lead(email())]} for _ in range(5)]
+    posts = (leads.client.post("/leads/bulk", json=b, headers=MARKETING) for b in bodies)
+    answers = await asyncio.gather(*posts)
+    assert [r.status_code for r in answers] == [200] * 5
+    assert leads.settings.bulk_in_flight == 2
+    assert most == 2
 
 
 # -- POST /leads/behaviours/bulk ---------------------------------------------------------------

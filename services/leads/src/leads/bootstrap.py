@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -92,6 +93,7 @@ def build_app(settings: ServiceSettings) -> FastAPI:
     )
     app.state.uow = uow
     app.state.capture_groups = CaptureGroups(uow, runtime.store.source)
+    app.state.bulk_turns = asyncio.Semaphore(s.bulk_in_flight)
     app.state.import_settings = s
     fields = custom_fields_api.wire(app, runtime.store, [RecordType.LEAD], s.config_cache_seconds)
     worker = ImportWorker(uow, runtime.store.db, **s.worker_options(), custom_fields=fields)

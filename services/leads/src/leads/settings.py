@@ -21,6 +21,11 @@ class LeadsSettings(ImportSettings):
         default=600, validation_alias="CRM_BEHAVIOUR_RETRY_WINDOW_SECONDS", ge=1, le=86400
     )
 
+    # Bulk captures (POST /leads/bulk) whose transactions run at once in this process; more wait
+    # for a turn. A 500-lead batch holds about 5 MB of Python objects until it commits; four at
+    # once made leads' peak RSS (docs/performance.md, tenth session, rss).
+    bulk_in_flight: int = Field(default=2, validation_alias="CRM_LEADS_BULK_IN_FLIGHT", ge=1, le=64)
+
     @classmethod
     def of(cls, settings: ServiceSettings) -> LeadsSettings:
         """``settings`` as leads settings (a plain ``ServiceSettings`` gets leads' defaults)."""

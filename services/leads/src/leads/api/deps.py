@@ -7,6 +7,7 @@ narrowed on the routes that change something (``can_write``).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from crm_platform.auth import Role, require_roles
@@ -38,3 +39,12 @@ async def get_capture_groups(request: Request) -> CaptureGroups:
 
 
 CaptureGroupsDep = Annotated[CaptureGroups, Depends(get_capture_groups)]
+
+
+async def get_bulk_turns(request: Request) -> asyncio.Semaphore:
+    """Turns for bulk captures' transactions (``LeadsSettings.bulk_in_flight`` at once)."""
+    turns: asyncio.Semaphore = request.app.state.bulk_turns
+    return turns
+
+
+BulkTurnsDep = Annotated[asyncio.Semaphore, Depends(get_bulk_turns)]
