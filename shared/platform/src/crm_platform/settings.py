@@ -120,10 +120,10 @@ class ServiceSettings(BaseSettings):
         default=900.0, validation_alias="CRM_HANDOFF_RESEND_SILENT_AFTER_SECONDS", gt=0
     )
     handoff_check_seconds: float = Field(default=5.0, validation_alias="CRM_HANDOFF_CHECK_SECONDS", gt=0)
-    # The codec of the outbox relay's producer batches (crm_platform.outbox): lz4 (cramjam),
-    # or zstd, gzip, snappy; "none" sends them uncompressed. Every consumer decodes any of them.
-    outbox_compression: Literal["lz4", "zstd", "gzip", "snappy", "none"] = Field(
-        default="lz4", validation_alias="CRM_OUTBOX_COMPRESSION"
+    # The codec of the outbox relay's producer batches (crm_platform.outbox): zstd (cramjam),
+    # or lz4, gzip, snappy; "none" sends them uncompressed. Every consumer decodes any of them.
+    outbox_compression: Literal["zstd", "lz4", "gzip", "snappy", "none"] = Field(
+        default="zstd", validation_alias="CRM_OUTBOX_COMPRESSION"
     )
     # The outbox audit (crm_platform.outbox_audit): a publish this old is checked against
     # the log (the record at its acknowledged position) and published again if the broker
