@@ -585,14 +585,17 @@ async def bench_idle(args: argparse.Namespace, kafka: str, mongo: str, idle_back
     """``BENCH_PHASES=idle``: the platform phase's idle figure alone (every service up, a few
     captures through the gateway first, then ``BENCH_IDLE_SETTLE`` seconds to settle and each
     process's CPU over ``BENCH_IDLE_SECONDS``); ``BENCH_PROFILE`` records the idle window with
-    py-spy. For A/B runs of that one figure; ``make bench`` takes it within the platform phase."""
+    py-spy. Then what idling costs the next handoff: ``BENCH_IDLE_HANDOFFS`` leads qualified one
+    at a time, each after ``BENCH_IDLE_GAP`` quiet seconds, with sales' transport latency of
+    each. For A/B runs of that one figure; ``make bench`` takes it within the platform phase."""
     platform = _platform(args, kafka, mongo, idle_backoff, "bench_idle_")
     platform.start()
     try:
         platform.wait_ready(timeout=120)
         marketing = auth_headers(["marketing"], "bench")
         await _configure(platform, marketing)
-        await capture_through_gateway(platform.url("gateway"), 2 * args.clients, args.clients, marketing)
+        gateway = platform.url("gateway")
+        ids, _ = await capture_through_gateway(gateway, 2 * args.clients, args.clients, marketing)
         await asyncio.sleep(args.idle_settle)
         # An idle process is busy a few % of the time: sample it more often than a loaded one.
         with profiled(
@@ -601,9 +604,33 @@ async def bench_idle(args: argparse.Namespace, kafka: str, mongo: str, idle_back
             idle = await asyncio.to_thread(cpu_share, _pids(platform), args.idle_seconds)
         load = load_average()
         say(f"idle: {sum(idle.values()):.1f}% of one core {idle} (load average {load})")
-        return {"idle_cpu_percent": idle, "load_average": load}
+        after = await handoffs_after_idle(platform, kafka, ids, marketing)
+        return {"idle_cpu_percent": idle, "load_average": load, "handoff_after_idle_ms": after}
     finally:
         platform.stop()
+
+
+async def handoffs_after_idle(
+    platform: Platform, kafka: str, ids: list[str], headers: dict[str, str]
+) -> list[float]:
+    """Each handoff's transport latency (ms, sales' receipt) when it is the first after
+    ``BENCH_IDLE_GAP`` seconds in which nothing happened (``BENCH_IDLE_HANDOFFS`` of them): what
+    the consumers' idle pauses add on the embedded broker (crm_platform.kafka.pause_after)."""
+    count, gap = int(os.environ.get("BENCH_IDLE_HANDOFFS", "5")), float(os.environ.get("BENCH_IDLE_GAP", "8"))
+    if count <= 0:
+        return []
+    reader = await TopicReader(kafka, HANDOFF_RECEIPTS).start()
+    latencies: list[float] = []
+    try:
+        for lead_id in ids[:count]:
+            await asyncio.sleep(gap)
+            await qualify(platform.url("leads"), [lead_id], rate=None, clients=1, headers=headers)
+            got = await receipts_for(reader, {lead_id}, timeout=30)
+            latencies += [round(1000 * e.payload["transport_latency_seconds"], 1) for e in got]
+    finally:
+        await reader.stop()
+    say(f"  handoffs each after {gap:.0f} s idle (ms): {latencies}")
+    return latencies
 
 
 async def bench_imports(
