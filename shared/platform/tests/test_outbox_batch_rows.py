@@ -269,6 +269,8 @@ class _BatchingProducer:
         return BatchBuilder(self.batch_size, 0)
 
     async def send_batch(self, builder: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        # aiokafka lets an open batch linger (linger_ms) before sending it; a closed one goes now.
+        assert builder.closed(), "a batch handed to the producer is complete: closed, not lingering"
         records = builder.record_count()
         base = self.offsets.get((topic, partition), 0)
         self.offsets[(topic, partition)] = base + records
@@ -305,3 +307,17 @@ async def test_the_relay_hands_the_producer_one_batch_per_partition_in_the_event
     else:
         assert len(producer.sent) > len(set(partitions)), "a full batch is sent and the next one begun"
     assert sum(n for _, _, n in producer.sent) == 12
+
+
+async def test_a_closed_batch_does_not_linger_in_aiokafka() -> None:
+    """Why the relay closes its batches: aiokafka holds an open batch for ``linger_ms`` (2 ms,
+    crm_platform.kafka.make_producer) before it sends it, a closed one it sends at once."""
+    from aiokafka.producer.message_accumulator import BatchBuilder, MessageBatch
+    from aiokafka.structs import TopicPartition
+
+    builder = BatchBuilder(16384, 0)
+    builder.append(timestamp=None, key=b"k", value=b"v", headers=[])
+    batch = MessageBatch(TopicPartition("t", 0), builder, ttl=30, linger_time=60.0)
+    assert batch.remaining_linger() is not None, "an open batch waits out linger_ms"
+    builder.close()
+    assert batch.remaining_linger() is None, "a closed batch is ready now"
