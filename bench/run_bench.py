@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -285,16 +287,28 @@ async def _configure(platform: Platform, marketing: dict[str, str]) -> None:
     await _configure_sales(platform)
 
 
-async def bench_platform(
-    args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int
-) -> dict[str, Any]:
-    """Capture, handoff at fixed rates and saturated, bulk capture, RSS and idle CPU."""
-    platform = _platform(args, kafka, mongo, idle_backoff, "bench_")
+@contextlib.asynccontextmanager
+async def _configured(
+    args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int, prefix: str
+) -> AsyncIterator[tuple[Platform, dict[str, str]]]:
+    """A phase's services started, ready and configured (scoring rules, sales' team), with the
+    marketing user's headers; stopped when the phase ends, however it ends."""
+    platform = _platform(args, kafka, mongo, idle_backoff, prefix)
     platform.start()
     try:
         platform.wait_ready(timeout=120)
         marketing = auth_headers(["marketing"], "bench")
         await _configure(platform, marketing)
+        yield platform, marketing
+    finally:
+        platform.stop()
+
+
+async def bench_platform(
+    args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int
+) -> dict[str, Any]:
+    """Capture, handoff at fixed rates and saturated, bulk capture, RSS and idle CPU."""
+    async with _configured(args, kafka, mongo, idle_backoff, "bench_") as (platform, marketing):
         with RssSampler(_pids(platform)) as rss:
             out = await _load(platform, args, kafka, marketing)
         out["rss_mb"] = {k: round(v, 1) for k, v in rss.peak.items()}
@@ -308,8 +322,6 @@ async def bench_platform(
             f"{out['idle_cpu_percent']} (load average {out['load_average']})"
         )
         return out
-    finally:
-        platform.stop()
 
 
 async def _saturated(
@@ -483,12 +495,7 @@ async def bench_bulk(args: argparse.Namespace, kafka: str, mongo: str, idle_back
     ``serverStatus`` counters; the services' background polling included) and py-spy profiles
     with ``BENCH_PROFILE``: for profiling and A/B runs of that one figure; ``make bench``
     takes it within the platform phase."""
-    platform = _platform(args, kafka, mongo, idle_backoff, "bench_bulk_")
-    platform.start()
-    try:
-        platform.wait_ready(timeout=120)
-        marketing = auth_headers(["marketing"], "bench")
-        await _configure(platform, marketing)
+    async with _configured(args, kafka, mongo, idle_backoff, "bench_bulk_") as (platform, marketing):
         cpu: dict[str, dict[str, float]] = {}
         start = load_average()
         ops_before = await mongo_counters(platform.mongodb_uri)
@@ -505,8 +512,6 @@ async def bench_bulk(args: argparse.Namespace, kafka: str, mongo: str, idle_back
             "mongod_ops_per_lead": ops,
             "load_average": {"start": start, "end": end},
         }
-    finally:
-        platform.stop()
 
 
 async def bench_capture(
@@ -517,12 +522,7 @@ async def bench_capture(
     included: it shares the machine's cores) and mongod's operations per capture (its
     ``serverStatus`` counters); ``BENCH_PROFILE`` adds py-spy profiles. For A/B runs of that one
     figure; ``make bench`` takes it within the platform phase."""
-    platform = _platform(args, kafka, mongo, idle_backoff, "bench_cap_")
-    platform.start()
-    try:
-        platform.wait_ready(timeout=120)
-        marketing = auth_headers(["marketing"], "bench")
-        await _configure(platform, marketing)
+    async with _configured(args, kafka, mongo, idle_backoff, "bench_cap_") as (platform, marketing):
         # Warm up (connections, caches, first-request imports), then measure.
         await capture_through_gateway(platform.url("gateway"), 2 * args.clients, args.clients, marketing)
         cpu: dict[str, dict[str, float]] = {}
@@ -542,8 +542,6 @@ async def bench_capture(
             "mongod_ops_per_capture": ops,
             "load_average": {"start": start, "end": end},
         }
-    finally:
-        platform.stop()
 
 
 async def bench_handoff(
@@ -554,12 +552,7 @@ async def bench_handoff(
     before it starts), with its CPU per handoff in every process, mongod's operations and time by
     collection per handoff; ``BENCH_PROFILE`` adds py-spy profiles. For A/B runs of that figure:
     no baseline runs beside it (compare the CPU per handoff, not the rate)."""
-    platform = _platform(args, kafka, mongo, idle_backoff, "bench_ho_")
-    platform.start()
-    try:
-        platform.wait_ready(timeout=120)
-        marketing = auth_headers(["marketing"], "bench")
-        await _configure(platform, marketing)
+    async with _configured(args, kafka, mongo, idle_backoff, "bench_ho_") as (platform, marketing):
         n, leads_db = args.saturation_leads, platform.db_prefix + "leads"
         await bulk_capture(platform.url("gateway"), marketing, total=n, per_request=500, clients=4)
         await outbox_published(platform.mongodb_uri, leads_db, timeout=120 + n / 100)
@@ -577,8 +570,6 @@ async def bench_handoff(
             f"  {sat.count}/{len(ids)} delivered, {sat.rate:.0f} handoffs/s sustained (load {start} -> {end})"
         )
         return {"saturated": asdict(sat), "cpu": cpu, "load_average": {"start": start, "end": end}}
-    finally:
-        platform.stop()
 
 
 async def bench_idle(args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int) -> dict[str, Any]:
@@ -588,12 +579,7 @@ async def bench_idle(args: argparse.Namespace, kafka: str, mongo: str, idle_back
     py-spy. Then what idling costs the next handoff: ``BENCH_IDLE_HANDOFFS`` leads qualified one
     at a time, each after ``BENCH_IDLE_GAP`` quiet seconds, with sales' transport latency of
     each. For A/B runs of that one figure; ``make bench`` takes it within the platform phase."""
-    platform = _platform(args, kafka, mongo, idle_backoff, "bench_idle_")
-    platform.start()
-    try:
-        platform.wait_ready(timeout=120)
-        marketing = auth_headers(["marketing"], "bench")
-        await _configure(platform, marketing)
+    async with _configured(args, kafka, mongo, idle_backoff, "bench_idle_") as (platform, marketing):
         gateway = platform.url("gateway")
         ids, _ = await capture_through_gateway(gateway, 2 * args.clients, args.clients, marketing)
         await asyncio.sleep(args.idle_settle)
@@ -606,8 +592,6 @@ async def bench_idle(args: argparse.Namespace, kafka: str, mongo: str, idle_back
         say(f"idle: {sum(idle.values()):.1f}% of one core {idle} (load average {load})")
         after = await handoffs_after_idle(platform, kafka, ids, marketing)
         return {"idle_cpu_percent": idle, "load_average": load, "handoff_after_idle_ms": after}
-    finally:
-        platform.stop()
 
 
 async def handoffs_after_idle(
