@@ -9,16 +9,13 @@ from typing import Any
 import fastapi.routing
 import httpx
 import pytest
+from crm_platform.testing import OFFLINE_SETTINGS
 from gateway.api import docs, proxy
 from gateway.main import create_app
 from gateway.settings import GatewaySettings
 from starlette.routing import Match
 
-BASE = {
-    "MONGODB_URI": "mongodb://127.0.0.1:1/?directConnection=true",
-    "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
-    "CRM_KAFKA_ALLOW_PLAINTEXT": "true",
-}
+BASE = OFFLINE_SETTINGS
 
 
 @pytest.fixture(scope="module")

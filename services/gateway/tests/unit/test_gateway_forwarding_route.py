@@ -6,17 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from crm_platform.testing import dependency_names
+from crm_platform.testing import OFFLINE_SETTINGS, dependency_names
 from fastapi.routing import iter_route_contexts
 from gateway.api import proxy
 from gateway.main import create_app
 from gateway.settings import GatewaySettings
 
-BASE = {
-    "MONGODB_URI": "mongodb://127.0.0.1:1/?directConnection=true",
-    "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
-    "CRM_KAFKA_ALLOW_PLAINTEXT": "true",
-}
+BASE = OFFLINE_SETTINGS
 
 
 @pytest.fixture(scope="module")

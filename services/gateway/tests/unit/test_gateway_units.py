@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from crm_platform.testing import OFFLINE_SETTINGS
 from gateway.api.proxy import upstream_path
 from gateway.settings import DEV_ADMIN_PASSWORD, GatewaySettings
 from gateway.upstream import (
@@ -19,11 +20,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 
 # The gateway publishes the permission policy: a broker (plaintext allowed for these settings tests).
-BASE = {
-    "MONGODB_URI": "mongodb://127.0.0.1:1/?directConnection=true",
-    "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
-    "CRM_KAFKA_ALLOW_PLAINTEXT": "true",
-}
+BASE = OFFLINE_SETTINGS
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from crm_platform.testing import dependency_names
+from crm_platform.testing import OFFLINE_SETTINGS, dependency_names
 from fastapi.routing import iter_route_contexts
 from leads.api import capture_route
 from leads.api import leads as leads_api
@@ -14,11 +14,7 @@ from leads.api.deps import READERS, WRITERS
 from leads.main import create_app
 from leads.settings import LeadsSettings
 
-BASE = {
-    "MONGODB_URI": "mongodb://127.0.0.1:1/?directConnection=true",
-    "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
-    "CRM_KAFKA_ALLOW_PLAINTEXT": "true",
-}
+BASE = OFFLINE_SETTINGS
 
 
 @pytest.fixture(scope="module")

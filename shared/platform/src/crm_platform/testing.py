@@ -13,10 +13,11 @@ import functools
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import httpx
@@ -35,6 +36,17 @@ from crm_platform.keys import SigningKey, ensure_dev_keys, load_private_key
 from crm_platform.settings import ServiceSettings
 
 T = TypeVar("T")
+
+# Settings that build a service's app without reaching anything (unit tests of its routes and
+# settings): addresses nothing listens on, plaintext Kafka allowed for them. Read-only: copy it
+# (``{**OFFLINE_SETTINGS, ...}``) to add to it.
+OFFLINE_SETTINGS: Mapping[str, str] = MappingProxyType(
+    {
+        "MONGODB_URI": "mongodb://127.0.0.1:1/?directConnection=true",
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "CRM_KAFKA_ALLOW_PLAINTEXT": "true",
+    }
+)
 
 TEST_HOME = Path(os.environ.get("CRM_TEST_INFRA_HOME", ".local/test"))
 TEST_KAFKA_PORT = int(os.environ.get("CRM_TEST_KAFKA_PORT", "19192"))
