@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from crm_contracts import envelope_for
+import pytest
+from crm_contracts import Envelope, envelope_for
 from crm_contracts.events.platform import HandoffReceivedV1
 from crm_platform.mongo import Store, connect
 from crm_platform.receipts import Decision, HandoffTracker, ResendPolicy, decide
@@ -130,3 +132,24 @@ def test_a_receipt_that_contradicts_the_handoff_table_silences_no_resend() -> No
     raws = [envelope_for(e, source="leads", correlation_id="c").to_bytes() for e in (forged, renamed)]
     assert tracker.ours([*raws, _receipt("real", from_department="sales", occurred_at=NOW)]) == ["real"]
     assert tracker.newest_receipted == {"deal-won": NOW}
+
+
+def test_only_this_departments_receipts_are_validated_as_envelopes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drain's receipts are mostly the ones the department itself emitted (sales: one per
+    lead.qualified it received): they are dropped on their parsed type and from_department,
+    not after a whole envelope's validation (docs/performance.md, eleventh session, drain)."""
+    validated: list[object] = []
+
+    def counting(real: Any) -> Any:
+        def validate(value: Any, *args: Any, **kwargs: Any) -> Any:
+            validated.append(value)
+            return real(value, *args, **kwargs)
+
+        return validate
+
+    for name in ("model_validate", "model_validate_json"):
+        monkeypatch.setattr(Envelope, name, counting(getattr(Envelope, name)))
+    tracker = _tracker()
+    theirs = [_receipt(f"theirs-{i}", from_department="marketing", occurred_at=NOW) for i in range(50)]
+    assert tracker.ours([*theirs, _receipt("mine", from_department="sales", occurred_at=NOW)]) == ["mine"]
+    assert len(validated) == 1
