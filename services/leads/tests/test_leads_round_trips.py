@@ -16,13 +16,14 @@ from crm_platform.audit import AUDIT_LOG
 from crm_platform.mongo import OUTBOX
 from crm_platform.pseudonym import email_hash
 from crm_platform.shredding import KEYS
-from crm_platform.testing import auth_headers
+from crm_platform.testing import audit_entries, auth_headers
 from leads.store import LEADS
 
 pytestmark = pytest.mark.integration
 Leads: TypeAlias = Any  # conftest.Leads (conftest is not importable in importlib mode)
 
 MARKETING = auth_headers(["marketing"], "mia")
+AUDITOR = auth_headers(["auditor"], "aud.itor")
 
 
 async def operations_of(
@@ -111,3 +112,37 @@ async def test_a_trackers_batch_reads_its_leads_once_and_writes_them_without_rea
     changed = {c["field"]: (c["before"], c["after"]) for c in entry["changes"]}
     assert changed["behaviour_totals"] == ({}, {"form_submit": 1, "trial_signup": 1})
     assert changed["score"] == (0, (await leads.lead(ada))["score"])
+
+
+async def test_a_trackers_batch_writes_one_audit_entry_for_its_behaviours_and_one_for_its_leads(
+    leads: Leads,
+) -> None:
+    """A tracker's batch of 100 qualifying behaviours wrote 200 audit entries (one per behaviour,
+    one per lead), each with its four index entries: now one for the batch's behaviours and one
+    for its leads, each naming every record with its own values (eleventh session, handoff).
+    Each lead's history and each behaviour's still read as entries of their own."""
+    ids = [(await leads.capture())["lead"]["id"] for _ in range(3)]
+    body = {
+        "behaviours": [{"lead_id": i, "behaviour": b} for i in ids for b in ("form_submit", "trial_signup")]
+    }
+    r = await leads.client.post("/leads/behaviours/bulk", json=body, headers=MARKETING)
+    assert r.status_code == 200, r.text
+    assert all(x["qualified_now"] for x in r.json()["results"][1::2])
+    stored = await audit_entries(leads.runtime.db, r)
+    assert sorted((e["record"]["type"], len(e["record"]["id"])) for e in stored) == [
+        ("behaviours", 6),
+        (LEADS, 3),
+    ], "one entry per record type for the whole batch (nine entries before)"
+    for lead_id in ids:
+        history = (await leads.client.get(f"/leads/{lead_id}/history", headers=MARKETING)).json()["items"]
+        [update] = [e for e in history if e["action"] == "update"]
+        changed = {c["field"]: (c["before"], c["after"]) for c in update["changes"]}
+        assert changed["status"] == ("new", "qualified")
+        assert changed["behaviour_totals"] == ({}, {"form_submit": 1, "trial_signup": 1})
+    behaviour_ids = [x["behaviour_id"] for x in r.json()["results"]]
+    audit = await leads.client.get(
+        "/audit", params={"record_type": "behaviours", "record_id": behaviour_ids[3]}, headers=AUDITOR
+    )
+    assert audit.status_code == 200, audit.text
+    [entry] = audit.json()["items"]
+    assert {"field": "lead_id", "before": None, "after": ids[1]} in entry["changes"]

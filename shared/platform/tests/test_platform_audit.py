@@ -331,6 +331,70 @@ async def test_erasure_rewrites_the_erased_records_values_in_a_batch_entry(store
     assert kept["changes"] == [{"field": "email", "before": None, "after": f"{ids[1]}@example.com"}]
 
 
+async def test_a_batch_update_is_one_entry_naming_each_record_with_its_own_changes(store: Store) -> None:
+    """``one_entry_per_batch`` around a ``bulk_write`` of records read to change (a tracker's
+    batch of leads): ONE stored entry naming the changed records, each read back (history,
+    query, export) as its own update with exactly its own changes; an unchanged save is no
+    entry; erasure rewrites one record's values and keeps the others'."""
+    run = uuid.uuid4().hex[:6]
+    ids = [f"bu-{run}-{k}" for k in range(3)]
+    user = f"u-bupd-{run}"
+    await store.db["bulk_leads"].insert_many(
+        [{"_id": i, "email": f"{i}@example.com", "score": 0} for i in ids]
+    )
+
+    async def work(tx: Tx) -> None:
+        found = await cast(audit.AuditedCollection, tx.db["bulk_leads"]).find_to_change(
+            {"_id": {"$in": ids}}, session=tx.session
+        )
+        assert len(found) == 3
+        with audit.one_entry_per_batch():
+            await tx.db["bulk_leads"].bulk_write(
+                [
+                    ReplaceOne({"_id": ids[0]}, {"email": f"{ids[0]}@example.com", "score": 40}),
+                    ReplaceOne({"_id": ids[1]}, {"email": f"{ids[1]}@example.com", "score": 0}),  # unchanged
+                    ReplaceOne({"_id": ids[2]}, {"email": f"new-{ids[2]}@example.com", "score": 60}),
+                ],
+                session=tx.session,
+            )
+
+    token = as_user(user)
+    try:
+        await store.transaction(work)
+    finally:
+        audit.actor_var.reset(token)
+
+    [stored] = await store.db[audit.AUDIT_LOG].find({"actor.user_id": user}).to_list()
+    assert (stored["action"], stored["record"]["id"]) == ("update", [ids[0], ids[2]])
+    first = (await audit.history(store.db, "bulk_leads", ids[0], limit=10)).items
+    assert [(e["action"], e["changes"]) for e in first] == [
+        ("update", [{"field": "score", "before": 0, "after": 40}])
+    ]
+    third = (await audit.history(store.db, "bulk_leads", ids[2], limit=10)).items
+    assert third[0]["changes"] == [
+        {"field": "email", "before": f"{ids[2]}@example.com", "after": f"new-{ids[2]}@example.com"},
+        {"field": "score", "before": 0, "after": 60},
+    ]
+    assert third[0]["batch"] == {"id": stored["_id"], "size": 2}
+    assert (await audit.history(store.db, "bulk_leads", ids[1], limit=10)).items == []
+    by_user = (await audit.query(store.db, audit.Filters(user_id=user), limit=10)).items
+    assert sorted(e["record"]["id"] for e in by_user) == [ids[0], ids[2]]
+    rows = [row async for row in audit.csv_rows(store.db, audit.Filters(user_id=user))]
+    assert sorted(r[audit.CSV_COLUMNS.index("record_id")] for r in rows) == [ids[0], ids[2]]
+
+    async def erase(tx: Tx) -> int:
+        return await audit.erase_values(
+            tx.db, tx.session, [("bulk_leads", ids[2])], re.compile(re.escape(ids[2]))
+        )
+
+    assert await store.transaction(erase) == 1
+    [erased] = (await audit.history(store.db, "bulk_leads", ids[2], limit=5)).items
+    assert erased["changes"][0]["before"] == "[erased]@example.com"
+    assert erased["changes"][0]["after"] == "new-[erased]@example.com"
+    [kept] = (await audit.history(store.db, "bulk_leads", ids[0], limit=5)).items
+    assert kept["changes"] == first[0]["changes"]
+
+
 @pytest.mark.parametrize(
     "filters",
     [

@@ -348,10 +348,16 @@ class MongoLeads:
         self._seen_in_batch(leads)
 
     async def save_many(self, leads: Sequence[Lead]) -> None:
+        """Write ``leads`` (read by :meth:`get_many` or :meth:`get_many_by_email`) in one
+        ``bulk_write``, audited as ONE entry per request naming each lead with its own changes
+        (``one_entry_per_batch``: a tracker's batch of 100 qualifying behaviours wrote 100 audit
+        entries for its leads, each with four index entries; eleventh session, handoff)."""
         if leads:
-            await self.tx.db[LEADS].bulk_write(
-                [ReplaceOne({"_id": lead.id}, lead_to_doc(lead)) for lead in leads], session=self.tx.session
-            )
+            with audit.one_entry_per_batch():
+                await self.tx.db[LEADS].bulk_write(
+                    [ReplaceOne({"_id": lead.id}, lead_to_doc(lead)) for lead in leads],
+                    session=self.tx.session,
+                )
             self._seen_in_batch(leads)
 
     async def add(self, lead: Lead) -> None:
@@ -568,7 +574,9 @@ class MongoBehaviours:
     async def add_many(self, records: Sequence[BehaviourRecord]) -> None:
         # a concurrent retry recorded one of the pairs: DuplicateKeyError, as for add()
         docs = [behaviour_to_doc(r) for r in records]
-        await _insert_many(self.tx, BEHAVIOURS, docs, "one of these behaviours is recorded")
+        # A tracker's batch: one audit entry per batch, naming each behaviour (as the leads' bulk paths).
+        with audit.one_entry_per_batch():
+            await _insert_many(self.tx, BEHAVIOURS, docs, "one of these behaviours is recorded")
 
 
 async def _insert_many(tx: Tx, collection: str, docs: list[Doc], duplicate: str) -> None:

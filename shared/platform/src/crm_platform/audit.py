@@ -90,7 +90,8 @@ def _record_contexts() -> Mapping[str, Context]:
     return {} if contexts is None else contexts
 
 
-# A batch entry's records (``{id, changes}`` each, in the order written); at most this many per entry.
+# A batch entry's records (``{id, after}`` each for inserts, ``{id, changes}`` for updates, in the
+# order written); at most this many per entry.
 RECORDS = "records"
 BATCH_ENTRY_RECORDS = 250
 
@@ -98,7 +99,9 @@ BATCH_ENTRY_RECORDS = 250
 @contextmanager
 def one_entry_per_batch() -> Iterator[None]:
     """Inserts of many records made inside are recorded as ONE entry per batch (of at most
-    :data:`BATCH_ENTRY_RECORDS` records) instead of one entry per record.
+    :data:`BATCH_ENTRY_RECORDS` records) instead of one entry per record; so are the updates
+    of many records by one ``bulk_write`` (``records: [{id, changes}]``: each record's fields
+    before and after, as its own entry would list them; :meth:`Trail.record_updates`).
 
     For the bulk paths (an import batch, a bulk capture): each record is still named
     (``record.id`` lists every id, so the ``by_record`` index and the per-record query find
@@ -222,6 +225,38 @@ class Trail:
                 del batch["changes"]  # each record's are in ``records``
                 batch["record"]["id"] = [r["id"] for r in records]
                 batch[RECORDS] = records
+                self.entries.append(batch)
+
+    def record_updates(self, collection: str, pairs: Sequence[tuple[Doc, Doc]]) -> None:
+        """Batch entries for records one write updated together (:func:`one_entry_per_batch`
+        around a ``bulk_write``): per context, ONE ``update`` entry naming every record
+        (``record.id``) with its own changes (``records: [{id, changes}]``, :func:`diff`'s),
+        which the read side shows as one entry per record (:func:`entries_of`); a context with
+        one changed record gets a plain entry. A save that changed nothing is no entry; each
+        state after is remembered as the 'before' of a later write, as :meth:`record` does."""
+        by_context: dict[int, tuple[Context, list[Doc]]] = {}
+        for before, after in pairs:
+            self.remember(collection, after)
+            changes = diff(before, after)
+            if changes:
+                ctx = self.context_of(collection, after["_id"])
+                group = by_context.setdefault(id(ctx), (ctx, []))[1]
+                group.append({"id": after["_id"], "changes": changes})
+        for ctx, records in by_context.values():
+            if len(records) == 1:
+                self.entries.append(
+                    entry(self, collection, records[0]["id"], UPDATE, records[0]["changes"], ctx)
+                )
+                continue
+            for start in range(0, len(records), BATCH_ENTRY_RECORDS):
+                chunk = [
+                    {"id": str(r["id"]), "changes": r["changes"]}
+                    for r in records[start : start + BATCH_ENTRY_RECORDS]
+                ]
+                batch = entry(self, collection, None, UPDATE, [], ctx)
+                del batch["changes"]  # each record's are in ``records``
+                batch["record"]["id"] = [r["id"] for r in chunk]
+                batch[RECORDS] = chunk
                 self.entries.append(batch)
 
     def record(self, collection: str, before: Doc | None, after: Doc | None) -> None:
@@ -567,8 +602,15 @@ class AuditedCollection(AsyncCollection[Doc]):
         ids += list((result.upserted_ids or {}).values())
         written = _written(ops, befores)
         afters = written if written is not None else await self._by_ids(ids, session)
+        updated: list[tuple[Doc, Doc]] = []  # one entry per batch for them (one_entry_per_batch)
         for doc_id in dict.fromkeys(ids):  # each document once, in the batch's order
-            self._trail.record(self.name, befores.get(doc_id), afters.get(doc_id))
+            before, after = befores.get(doc_id), afters.get(doc_id)
+            if before is not None and after is not None and batch_entries_var.get():
+                updated.append((before, after))
+            else:
+                self._trail.record(self.name, before, after)
+        if updated:
+            self._trail.record_updates(self.name, updated)
         return result
 
     async def _known_or_read(self, ids: Sequence[Any], session: Any) -> dict[Any, Doc]:
@@ -659,8 +701,15 @@ def _scrubbed(entry: Mapping[str, Any], pattern: re.Pattern[str]) -> Doc:
     if "changes" in entry:
         out["changes"] = _scrubbed_changes(entry["changes"], pattern)
     if RECORDS in entry:
-        out[RECORDS] = [{**r, "after": scrub(r["after"], pattern)} for r in entry[RECORDS]]
+        out[RECORDS] = [_scrubbed_record(r, pattern) for r in entry[RECORDS]]
     return out
+
+
+def _scrubbed_record(record: Doc, pattern: re.Pattern[str]) -> Doc:
+    """A batch entry's record (an insert's ``after``, an update's ``changes``) without the values."""
+    if "changes" in record:
+        return {**record, "changes": _scrubbed_changes(record["changes"], pattern)}
+    return {**record, "after": scrub(record["after"], pattern)}
 
 
 async def erase_values(
@@ -778,9 +827,9 @@ async def query(db: AsyncDatabase[Doc], filters: Filters, *, limit: int, cursor:
 def entries_of(doc: Doc, record_id: str | None = None) -> list[Doc]:
     """A stored entry as the per-record entries it stands for: itself, or for a batch entry
     (:func:`one_entry_per_batch`) one entry per record (``record_id``: that record's only),
-    each with the batch's who, what, when and ids, its own record and changes (every field it
-    set, as an insert's entry lists them), its id ``<batch entry id>/<position>`` and
-    ``batch: {id, size}``."""
+    each with the batch's who, what, when and ids, its own record and changes (an insert's:
+    every field it set, as an insert's entry lists them; an update's: its own), its id
+    ``<batch entry id>/<position>`` and ``batch: {id, size}``."""
     records = doc.get(RECORDS)
     if records is None:
         return [doc]
@@ -791,7 +840,7 @@ def entries_of(doc: Doc, record_id: str | None = None) -> list[Doc]:
             **shared,
             "_id": f"{doc['_id']}/{k}",
             "record": {"type": doc["record"]["type"], "id": r["id"]},
-            "changes": diff(None, r["after"]),
+            "changes": r["changes"] if "changes" in r else diff(None, r["after"]),
             "batch": batch,
         }
         for k, r in enumerate(records)
