@@ -117,3 +117,59 @@ def _count_lead_writes(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
         monkeypatch.setattr(audit.AuditedCollection, name, counted)
     return writes
+
+
+async def test_an_assignment_writes_its_two_fields_not_the_whole_lead(
+    leads: Leads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each assignment's save sets the lead's ``assigned_rep`` and ``assigned_at`` only (the
+    whole lead, about 30 fields, was replaced: encoded, sent and written to the oplog whole),
+    reads nothing back for its audit entry, and the lead and its history are as before."""
+    tag = f"set{uuid.uuid4().hex[:8]}"
+    ids = [(await leads.capture(company=f"Firm {tag}"))["lead"]["id"] for _ in range(3)]
+    rep, at = f"rhea-{tag}", utcnow() - timedelta(minutes=3)
+    kafka = StandInKafka()
+    consumer = Recording(
+        ConsumerConfig(service="leads", group_id="leads-set-test", topics=[SALES_EVENTS], bootstrap="-"),
+        leads.runtime.store,
+        consumers.subscription(leads.app.state.uow).handlers,
+    )
+    consumer.outcomes = {}
+    consumer.consumer = consumer.producer = kafka
+    before = {d["_id"]: d async for d in leads.runtime.db[repo.LEADS].find({"_id": {"$in": ids}})}
+    sent: list[Any] = []
+    real = audit.AuditedCollection.bulk_write
+
+    async def spy(self: audit.AuditedCollection, requests: Any, *args: Any, **kw: Any) -> Any:
+        if self.name == repo.LEADS:
+            sent.extend(requests)
+        return await real(self, requests, *args, **kw)
+
+    monkeypatch.setattr(audit.AuditedCollection, "bulk_write", spy)
+    db = leads.runtime.db
+    await db.command({"profile": 2})
+    try:
+        records = [_record(i, _assignment(lead_id, rep, at)) for i, lead_id in enumerate(ids)]
+        await consumer._handle_partition(TP, records, {})
+    finally:
+        await db.command({"profile": 0})
+    reads = await db["system.profile"].count_documents({"op": "query", "ns": f"{db.name}.{repo.LEADS}"})
+    await db["system.profile"].drop()
+
+    assert consumer.outcomes == dict.fromkeys(range(3), "processed")
+    assert [(type(op).__name__, sorted(op._doc["$set"])) for op in sent] == [
+        ("UpdateOne", ["assigned_at", "assigned_rep"])
+    ] * 3, "two fields set, not the whole lead replaced"
+    assert reads == 1, "the batch's one read of its leads; nothing read back for the audit"
+    for lead_id in ids:
+        stored = await db[repo.LEADS].find_one({"_id": lead_id})
+        assert stored is not None
+        assert {k: v for k, v in stored.items() if k not in ("assigned_rep", "assigned_at")} == {
+            k: v for k, v in before[lead_id].items() if k not in ("assigned_rep", "assigned_at")
+        }
+        assert stored["assigned_rep"] == rep
+        [entry] = await db["audit_log"].find({"record.id": lead_id, "action": "update"}).to_list()
+        assert sorted((c["field"], c["before"]) for c in entry["changes"]) == [
+            ("assigned_at", None),
+            ("assigned_rep", None),
+        ]

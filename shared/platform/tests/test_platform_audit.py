@@ -261,6 +261,44 @@ async def test_a_bulk_write_of_records_read_to_change_and_replaced_by_id_reads_n
     assert await entries(store, f"ghost-{a}") == []
 
 
+async def test_a_bulk_write_setting_fields_of_records_read_to_change_reads_nothing_after(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ``UpdateOne`` by ``_id`` that only sets and removes top-level fields of a record the
+    transaction read to change is its own state after (a consumer's assignment of a lead: two
+    fields set); any other update is still read back after the write."""
+    a, b = (f"{x}-{uuid.uuid4().hex[:6]}" for x in "ab")
+    await store.db["deals"].insert_many([{"_id": a, "n": 1, "stage": "new"}, {"_id": b, "n": 2}])
+    reads: list[Any] = []
+
+    async def work(tx: Tx) -> None:
+        deals = cast(audit.AuditedCollection, tx.db["deals"])
+        await deals.find_to_change({"_id": {"$in": [a, b]}}, session=tx.session)
+        real = audit.AuditedCollection._by_ids
+
+        async def counted(self: audit.AuditedCollection, ids: Any, session: Any) -> dict[Any, Any]:
+            reads.append(list(ids))
+            return await real(self, ids, session)
+
+        monkeypatch.setattr(audit.AuditedCollection, "_by_ids", counted)
+        await deals.bulk_write(
+            [UpdateOne({"_id": a}, {"$set": {"n": 5, "rep": "rhea"}, "$unset": {"stage": ""}})],
+            session=tx.session,
+        )
+        await deals.bulk_write([UpdateOne({"_id": b}, {"$inc": {"n": 1}})], session=tx.session)
+
+    await store.transaction(work)
+    assert [r for r in reads if r] == [[b]], "the $set of a known record is not read back; the $inc is"
+    [ea], [eb] = await entries(store, a), await entries(store, b)
+    assert ea["changes"] == [
+        {"field": "n", "before": 1, "after": 5},
+        {"field": "rep", "before": None, "after": "rhea"},
+        {"field": "stage", "before": "new", "after": None},
+    ]
+    assert await store.db["deals"].find_one({"_id": a}) == {"_id": a, "n": 5, "rep": "rhea"}
+    assert eb["changes"] == [{"field": "n", "before": 2, "after": 3}]
+
+
 async def test_a_batch_insert_is_one_entry_naming_each_record_and_read_back_per_record(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

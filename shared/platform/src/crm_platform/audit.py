@@ -643,18 +643,24 @@ class AuditedCollection(AsyncCollection[Doc]):
 
 
 def _written(ops: Sequence[Any], befores: Mapping[Any, Doc]) -> dict[Any, Doc] | None:
-    """The documents a batch of inserts and replacements by ``_id`` leaves, each touched once,
-    known without reading them back: an inserted document as sent (its ``_id`` set by the
-    driver), a replaced one as its replacement (a replacement of nothing, not upserted, leaves
-    nothing). None for any other batch (updates, deletes, filters, an ``_id`` written twice):
-    those are read after the write."""
+    """The documents a batch of inserts, replacements and plain field updates by ``_id`` leaves,
+    each touched once, known without reading them back: an inserted document as sent (its
+    ``_id`` set by the driver), a replaced one as its replacement (a replacement of nothing, not
+    upserted, leaves nothing), one whose state before is known and whose update only sets and
+    removes top-level fields as that state so changed (:func:`_fields_set`). None for any other
+    batch (other updates, deletes, filters, an ``_id`` written twice): those are read after."""
     afters: dict[Any, Doc] = {}
     touched: set[Any] = set()
     for op in ops:
+        after: Doc | None = None
         if isinstance(op, InsertOne):
             doc_id, after = op._doc["_id"], dict(op._doc)
-        elif isinstance(op, ReplaceOne) and _by_plain_id(op._filter):
-            doc_id, after = op._filter["_id"], {"_id": op._filter["_id"], **op._doc}
+        elif isinstance(op, ReplaceOne | UpdateOne) and _by_plain_id(op._filter):
+            doc_id = op._filter["_id"]
+            if isinstance(op, ReplaceOne):
+                after = {"_id": doc_id, **op._doc}
+            elif (after := _fields_set(befores.get(doc_id), op._doc)) is None:
+                return None  # not a plain $set / $unset of a known document: read back
         else:
             return None
         if doc_id in touched:
@@ -663,6 +669,22 @@ def _written(ops: Sequence[Any], befores: Mapping[Any, Doc]) -> dict[Any, Doc] |
         if isinstance(op, InsertOne) or doc_id in befores or op._upsert:
             afters[doc_id] = after
     return afters
+
+
+def _fields_set(before: Doc | None, update: Any) -> Doc | None:
+    """The document an update that only sets (``$set``) and removes (``$unset``) top-level
+    fields leaves of ``before`` (the fields named plainly: no dots, no operators, not
+    ``_id``); None for any other update, or when ``before`` is unknown."""
+    if before is None or not isinstance(update, Mapping) or not update or set(update) - {"$set", "$unset"}:
+        return None
+    parts = list(update.values())
+    if not all(isinstance(part, Mapping) for part in parts):
+        return None
+    names = [name for part in parts for name in part]
+    if any(not isinstance(n, str) or "." in n or n.startswith("$") or n == "_id" for n in names):
+        return None
+    removed = update.get("$unset", {})
+    return {**{k: v for k, v in before.items() if k not in removed}, **update.get("$set", {})}
 
 
 def _by_plain_id(flt: Any) -> bool:
