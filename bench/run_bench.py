@@ -386,7 +386,7 @@ async def _bulk(
     )
     leads_db = platform.db_prefix + "leads"
     published = await outbox_published(platform.mongodb_uri, leads_db, timeout=120 + bulk["leads"] / 100)
-    cpu["bulk_ms_per_lead"] = cpu_ms_per_op(before, cpu_snapshot(everyone), bulk["leads"])
+    cpu["bulk_ms_per_lead"] = cpu_ms_per_op(before, cpu_snapshot(everyone), bulk["leads"], digits=3)
     bulk["answered_rate"], bulk["answered_seconds"] = bulk["rate"], bulk["seconds"]
     bulk["seconds"] = round(published - started, 2)
     bulk["rate"] = bulk["leads"] / (published - started)
@@ -504,17 +504,25 @@ async def bench_bulk(args: argparse.Namespace, kafka: str, mongo: str, idle_back
         cpu: dict[str, dict[str, float]] = {}
         start = load_average()
         ops_before = await mongo_counters(platform.mongodb_uri)
-        with profiled("bulk", _pids(platform), PROFILE_DIR):
+        top_before = await mongo_top(platform.mongodb_uri)
+        # Start-up included (it is most of a service's resident memory), sampled every 0.25 s.
+        with profiled("bulk", _pids(platform), PROFILE_DIR), RssSampler(_pids(platform), 0.25) as rss:
             bulk = await _bulk(platform, args, marketing, cpu)
         ops = per_op(ops_before, await mongo_counters(platform.mongodb_uri), bulk["leads"])
+        top = top_ms_per_op(top_before, await mongo_top(platform.mongodb_uri), bulk["leads"])
         end = load_average()
+        peak = {k: round(v, 1) for k, v in rss.peak.items()}
         say(f"bulk capture: {_bulk_said(bulk)}, load {start} -> {end})")
         say(f"  CPU per lead (ms): {cpu['bulk_ms_per_lead']}")
         say(f"  mongod operations per lead: {ops}")
+        say(f"  mongod time per lead by collection (ms, `top`: lock held, waits included): {top}")
+        say(f"  peak resident memory until every event was published (MB): {peak}")
         return {
             "bulk_capture": bulk,
             "cpu": cpu,
             "mongod_ops_per_lead": ops,
+            "mongod_top_ms_per_lead": top,
+            "rss_mb": peak,
             "load_average": {"start": start, "end": end},
         }
 
