@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 from datetime import datetime, timedelta
 from typing import Any, TypeAlias
@@ -10,6 +11,7 @@ from typing import Any, TypeAlias
 import pytest
 from crm_contracts import Envelope, utcnow
 from crm_contracts.topics import LEAD_QUALIFIED, LEADS_EVENTS
+from crm_platform.app import GC_YOUNG_THRESHOLD
 from crm_platform.mongo import BATCH_EVENTS, OUTBOX
 from crm_platform.testing import TopicReader, auth_headers
 from leads import handlers
@@ -18,6 +20,7 @@ pytestmark = pytest.mark.integration
 Leads: TypeAlias = Any  # conftest.Leads (conftest is not importable in importlib mode)
 
 MARKETING = auth_headers(["marketing"], "mia")
+MINIMAL = "return=minimal"
 
 
 def iso(moment: datetime) -> str:
@@ -174,6 +177,46 @@ async def test_bulk_captures_take_turns_for_their_transactions(
     assert [r.status_code for r in answers] == [200] * 5
     assert leads.settings.bulk_in_flight == 2
     assert most == 2
+
+
+async def test_a_bulk_batch_is_built_without_young_collections_walking_it(
+    leads: Leads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 500-lead batch keeps ~60,000 objects alive until its transaction ends, all freed by
+    their reference counts: at the service's young threshold (10,000) the collector walked them
+    several times per batch and freed almost nothing (docs/performance.md, eleventh session,
+    bulk). Now no collection runs while the batch is built, and the threshold is back after."""
+    building, during = False, 0
+    capture_leads = handlers.capture_leads
+
+    async def spying(*args: Any, **kwargs: Any) -> Any:
+        nonlocal building
+        building = True
+        try:
+            return await capture_leads(*args, **kwargs)
+        finally:
+            building = False
+
+    def counted(phase: str, info: dict[str, int]) -> None:
+        nonlocal during
+        during += phase == "start" and building
+
+    monkeypatch.setattr(handlers, "capture_leads", spying)
+    body = {"leads": [lead(email(), company="Batch Co") for _ in range(500)]}
+    saved = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+    gc.collect()  # every generation's count starts from zero
+    gc.callbacks.append(counted)
+    try:
+        r = await leads.client.post("/leads/bulk", json=body, headers={**MARKETING, "Prefer": MINIMAL})
+        after = gc.get_threshold()
+    finally:
+        gc.callbacks.remove(counted)
+        gc.set_threshold(*saved)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["results"]) == 500
+    assert during == 0, f"{during} collections while a 500-lead batch was built"
+    assert after == (GC_YOUNG_THRESHOLD, 10, 10)
 
 
 # -- POST /leads/behaviours/bulk ---------------------------------------------------------------

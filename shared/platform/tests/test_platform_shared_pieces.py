@@ -141,6 +141,33 @@ def test_the_relay_writes_floats_as_the_envelope_itself_would() -> None:
     assert value == env.model_copy(update={"produced_at": produced}).to_bytes()
 
 
+def test_open_batches_raise_the_young_threshold_until_the_last_one_ends() -> None:
+    """A bulk batch's objects live until its transaction ends and are freed by their reference
+    counts: while any batch is open the young generation waits for GC_BATCH_YOUNG_THRESHOLD net
+    allocations, and the threshold found is back once the last overlapping batch ends, even if
+    it ends first or by an error (docs/performance.md, eleventh session, bulk)."""
+    import gc
+
+    from crm_platform.app import GC_BATCH_YOUNG_THRESHOLD, GC_YOUNG_THRESHOLD, batch_heap
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+        first = batch_heap()
+        first.__enter__()
+        assert gc.get_threshold() == (GC_BATCH_YOUNG_THRESHOLD, 10, 10)
+        second = batch_heap()
+        second.__enter__()
+        first.__exit__(None, None, None)  # the first batch ends while the second is open
+        assert gc.get_threshold() == (GC_BATCH_YOUNG_THRESHOLD, 10, 10)
+        failed = RuntimeError("the second batch failed")
+        assert not second.__exit__(RuntimeError, failed, None)  # raised on, not swallowed
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, 10, 10)
+        assert GC_BATCH_YOUNG_THRESHOLD >= 10 * GC_YOUNG_THRESHOLD
+    finally:
+        gc.set_threshold(*saved)
+
+
 def test_a_started_service_collects_its_young_objects_every_ten_thousand_allocations() -> None:
     """A bulk batch's objects are not walked and promoted by a young collection every 700
     allocations (docs/performance.md, ninth session, bulk): the start-up freeze sets it."""
