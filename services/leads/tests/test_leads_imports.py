@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 import tracemalloc
@@ -12,7 +13,9 @@ from typing import Any, TypeAlias
 
 import pytest
 from crm_contracts.topics import LEADS_EVENTS
+from crm_platform.app import GC_YOUNG_THRESHOLD
 from crm_platform.testing import TopicReader, auth_headers, eventually
+from leads import handlers
 
 pytestmark = pytest.mark.integration
 Leads: TypeAlias = Any  # conftest.Leads
@@ -243,3 +246,47 @@ async def test_an_upload_is_streamed_to_storage_not_held(leads: Leads) -> None:
     assert peak < 12_000_000, f"peak {peak} bytes while storing the upload"
     done = await finished(leads, r.json()["id"])
     assert (done["progress"]["read"], done["progress"]["rejected"]) == (rows, rows)
+
+
+async def test_an_import_batch_is_built_without_young_collections_walking_it(
+    leads: Leads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import batch (1,000 rows) is the bulk capture's batch path: its objects are freed by
+    their reference counts when the transaction ends, so no young collection runs while it is
+    built (crm_platform.app.batch_heap; docs/performance.md, eleventh session, bulk)."""
+    building, during = False, 0
+    import_batch = handlers.import_batch
+
+    async def spying(*args: Any, **kwargs: Any) -> Any:
+        nonlocal building
+        building = True
+        try:
+            return await import_batch(*args, **kwargs)
+        finally:
+            building = False
+
+    def counted(phase: str, info: dict[str, int]) -> None:
+        nonlocal during
+        during += phase == "start" and building
+
+    monkeypatch.setattr(handlers, "import_batch", spying)
+    tag = uuid.uuid4().hex[:8]
+    data = "".join(f"gc-{tag}-{i}@example.com,Row {i},Batch Co,yes\n" for i in range(1000)).encode()
+    mapping = {"email": "email", "name": "name", "company": "company", "opt_in": "marketing_email"}
+    job = await create(leads, mapping=mapping, defaults={"source_channel": "import"})
+    saved = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+    gc.collect()  # every generation's count starts from zero
+    gc.callbacks.append(counted)
+    try:
+        header = b"email,name,company,opt_in\n"
+        url = f"/imports/{job['id']}/file?name=gc.csv"
+        r = await leads.client.put(url, content=header + data, headers=CSV_TYPE)
+        assert r.status_code == 202, r.text
+        done = await finished(leads, job["id"])
+    finally:
+        gc.callbacks.remove(counted)
+        gc.set_threshold(*saved)
+    assert done["state"] == "completed", done
+    assert done["progress"]["accepted"] == 1000
+    assert during == 0, f"{during} collections while a 1,000-row import batch was built"

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from crm_contracts.email import normalized_email
+from crm_platform.app import batch_heap
 from crm_platform.custom_fields import CUSTOM_PREFIX, FieldSet, RecordType, row_reason
 from crm_platform.custom_fields_api import CustomFieldRegistry
 from crm_platform.errors import RuleViolation
@@ -195,7 +196,8 @@ class ImportWorker(platform_worker.ImportWorker[ImportJob, Capture]):
     async def import_batch(
         self, job: ImportJob, at: Checkpoint, to: Checkpoint, rows: list[Capture], rejected: list[Rejection]
     ) -> Counts:
-        counts = await handlers.import_batch(self.uow, job.id, at, to, rows, rejected, self.fields)
+        with batch_heap():  # the bulk capture's batch path: no young collection walking it
+            counts = await handlers.import_batch(self.uow, job.id, at, to, rows, rejected, self.fields)
         metrics.IMPORT_ROWS.labels("accepted").inc(len(rows))
         metrics.IMPORT_ROWS.labels("rejected").inc(len(rejected))
         return counts
