@@ -17,6 +17,7 @@ from typing import Any, TypeAlias, cast
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from crm_contracts import Envelope, envelope_for
+from crm_contracts.events.common import SealedPerson
 from crm_contracts.events.person_keys import LeadPersonKeyShreddedV1
 from crm_contracts.topics import LEAD_QUALIFIED, LEADS_PERSON_KEYS
 from crm_platform import consumer as consumer_module
@@ -300,3 +301,110 @@ class CountingStore:
     async def transaction(self, work: Any) -> Any:
         self.transactions += 1
         return await self._store.transaction(work)
+
+
+async def _fetched_ahead(
+    sales: Sales, make_qualified: Any
+) -> tuple[str, Any, Envelope, ConsumerRecord[bytes, bytes], Recording]:
+    """A sealed handoff and its key, the key read by the key consumer's fetch (classified, as
+    its records are before its transaction) but not stored: the key consumer itself."""
+    lead = sales.uid("fetched")
+    handoff, [key] = shredding.sealed_event(make_qualified(lead), "leads")
+    env = envelope_for(handoff, source="leads", correlation_id=f"journey-{lead}")
+    key_value = envelope_for(key, source="leads", correlation_id=lead).to_bytes()
+    key_record = _record(0, key_value, LEADS_PERSON_KEYS)
+    keys, _ = _consumer(sales, shredding.key_handlers())
+    keys.after_store, keys.on_classified = shredding.key_stored, shredding.key_fetched  # as the runtime
+    assert keys._prepare(key_record) is not None
+    return lead, handoff, env, key_record, keys
+
+
+async def test_a_sealed_handoff_opens_with_the_key_its_process_fetched_before_that_key_is_stored(
+    sales: Sales, make_qualified: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key's own transaction is not on the handoff's path: a key this process's key consumer
+    has fetched opens the handoff at once (no key check, no wait); the hash learned is stored
+    with the effect beside the key, not in it (the key consumer, storing the key afterwards,
+    writes it alone: the two transactions never conflict), and an erasure request finds it."""
+    checks: list[int] = []
+
+    async def counted(db: Any, events: Any) -> int:
+        missing = await shredding.keys_missing(db, events)
+        checks.append(missing)
+        return missing
+
+    monkeypatch.setattr(consumer_module, "keys_missing", counted)
+    await sales.set_roster(**{sales.uid("f1"): True})
+    lead, _, env, key_record, keys = await _fetched_ahead(sales, make_qualified)
+    consumer, kafka = _consumer(sales)
+    consumer.config.holds_keys = True
+    consumer.config.key_wait_seconds = 0.5  # a handoff that waited for its key's storing: dead-lettered
+    counting = CountingStore(sales.runtime.store)
+    consumer.store = cast(Any, counting)
+
+    await consumer._handle_partition(TP, [_record(0, env.to_bytes())], {})
+
+    assert consumer.outcomes == {0: "processed"}
+    assert kafka.dead_letters == []
+    assert counting.transactions == 1
+    assert checks == [0], "its key counted as had: no wait"
+    item = await sales.inbox_item(lead)
+    assert item["handoff"]["contact"]["email"] == f"{lead}@example.com"
+    person_id = SealedPerson.model_validate(env.payload["sealed_contact"]).person_id
+    db = sales.runtime.db
+    assert await db[shredding.KEYS].find_one({"_id": f"held:leads:{person_id}"}) is None, "not stored yet"
+    digest = email_hash(f"{lead}@example.com")
+    learned = await db[shredding.KEYS].find_one({"_id": f"learned:held:leads:{person_id}"})
+    assert learned["person_hashes"] == [digest]
+    await keys._handle_partition(TopicPartition(LEADS_PERSON_KEYS, 0), [key_record], {})
+    assert keys.outcomes == {0: "processed"}, "the key stored after the handoff, no conflict"
+    held = await db[shredding.KEYS].find_one({"_id": f"held:leads:{person_id}"})
+    assert held["key"] is not None
+    assert await sales.runtime.store.transaction(lambda tx: shredding.shred(tx, [digest])) == 1
+    held = await db[shredding.KEYS].find_one({"_id": f"held:leads:{person_id}"})
+    assert held["shredded"] is True, "found by the hash the handoff learned"
+    assert "key" not in held
+
+
+async def test_an_erasure_before_the_fetched_key_is_stored_leaves_it_shredded(
+    sales: Sales, make_qualified: Any
+) -> None:
+    """An erasure request naming a person whose handoff opened with a fetched key, before the
+    key consumer stored that key: the key is withdrawn and a shredding marker left, which the
+    key's storing keeps (never brought back), and a later handoff of the person opens erased."""
+    await sales.set_roster(**{sales.uid("e1"): True})
+    lead, handoff, env, key_record, keys = await _fetched_ahead(sales, make_qualified)
+    consumer, _ = _consumer(sales)
+    consumer.config.holds_keys = True
+    await consumer._handle_partition(TP, [_record(0, env.to_bytes())], {})
+    assert consumer.outcomes == {0: "processed"}
+    digest = email_hash(f"{lead}@example.com")
+
+    assert await sales.runtime.store.transaction(lambda tx: shredding.shred(tx, [digest])) == 1
+    await keys._handle_partition(TopicPartition(LEADS_PERSON_KEYS, 0), [key_record], {})
+
+    person_id = SealedPerson.model_validate(env.payload["sealed_contact"]).person_id
+    db = sales.runtime.db
+    held = await db[shredding.KEYS].find_one({"_id": f"held:leads:{person_id}"})
+    assert held["shredded"] is True
+    assert "key" not in held
+    assert await db[shredding.KEYS].find_one({"_id": f"learned:held:leads:{person_id}"}) is None
+    opened = await sales.runtime.store.transaction(lambda tx: shredding.open_event(tx, handoff))
+    assert opened.contact.email != f"{lead}@example.com", "opens to erased stand-ins"
+
+
+def test_a_key_shredded_in_a_fetch_is_withdrawn_and_not_brought_back_by_a_late_resend(
+    make_qualified: Any,
+) -> None:
+    """A shredding record the key consumer fetched withdraws the fetched key, and the same key
+    fetched again after it (a late re-send) stays withdrawn."""
+    _, [key] = shredding.sealed_event(make_qualified("withdrawn"), "leads")
+    issued = envelope_for(key, source="leads", correlation_id="k")
+    shredded = LeadPersonKeyShreddedV1(person_id=key.person_id, shredded_at=key.issued_at)
+    held_id = f"held:leads:{key.person_id}"
+    shredding.key_fetched(issued, key)
+    assert shredding._fetched_doc(held_id) is not None
+    shredding.key_fetched(envelope_for(shredded, source="leads", correlation_id="k"), shredded)
+    assert shredding._fetched_doc(held_id) is None
+    shredding.key_fetched(issued, key)
+    assert shredding._fetched_doc(held_id) is None

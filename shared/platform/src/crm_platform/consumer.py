@@ -63,6 +63,7 @@ log = logging.getLogger("crm.consumer")
 Handler = Callable[[Tx, Any, Envelope], Awaitable[None]]
 CLIENT_STOP_SECONDS = 15.0
 AfterStore = Callable[[Envelope], Awaitable[None] | None]
+OnClassified = Callable[[Envelope, Event], None]
 
 
 class DeadLetter(Exception):
@@ -132,11 +133,15 @@ class EventConsumer:
         handlers: dict[str, Handler],
         *,
         after_store: AfterStore | None = None,
+        on_classified: OnClassified | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.handlers = handlers
         self.after_store = after_store
+        # Told of each valid record with a handler as its fetch is read, before its transaction
+        # (the key consumer's fetched keys: crm_platform.shredding.key_fetched).
+        self.on_classified = on_classified
         self.dlq_topic = dead_letter_topic(config.service)
         self._stopping = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
@@ -312,6 +317,8 @@ class EventConsumer:
                 self.config.service, record.topic, verdict.envelope.event_type, "ignored"
             ).inc()
             return Outcome("ignored")
+        if self.on_classified is not None:
+            self.on_classified(verdict.envelope, verdict.event)
         return _Ready(record, handler, verdict.event, verdict.envelope)
 
     async def _flush(

@@ -181,6 +181,8 @@ class ServiceRuntime:
             self.store,
             shredding.key_handlers(),
             after_store=shredding.key_stored,  # wakes the events waiting for a key at once
+            # ... and as soon as it is fetched: they open with it before it is stored
+            on_classified=shredding.key_fetched,
         )
         self.key_watchdog = self._watchdog(group, topics, tracker, self._rejoin_key_consumer)
         return consumer

@@ -36,6 +36,7 @@ import base64
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -101,6 +102,10 @@ _key_waiters: set[asyncio.Future[None]] = set()
 
 def key_stored(_envelope: object = None) -> None:
     """A key record (or its shredding) is committed here: wake every event waiting for one."""
+    _wake_waiters()
+
+
+def _wake_waiters() -> None:
     waiters = list(_key_waiters)
     _key_waiters.clear()
     for waiter in waiters:
@@ -113,8 +118,8 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 
 
 async def until_key_stored(timeout: float) -> bool:
-    """Wait until this process stores a key (True), or ``timeout`` seconds (False: the caller
-    just tries again)."""
+    """Wait until this process stores or fetches a key (True), or ``timeout`` seconds (False:
+    the caller just tries again)."""
     waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     _key_waiters.add(waiter)
     try:
@@ -124,6 +129,55 @@ async def until_key_stored(timeout: float) -> bool:
         return False
     finally:
         _key_waiters.discard(waiter)
+
+
+# -- keys fetched, not stored yet: a sealed event opens with them at once ----------------------
+# The key consumer registers each issued key as it classifies its record (``key_fetched``, its
+# ``on_classified`` hook), before its own transaction stores it. A sealed event of this process
+# whose held key is not in the database yet opens with the fetched one instead of waiting for
+# that transaction (a fetch pause, four round trips and a majority commit on the handoff's
+# latency: docs/performance.md, "Eleventh session, latency"); the hash it learns is stored with
+# its effect in a ``learned:`` document, never in the held key's, so the key consumer stays the
+# only writer of held keys and the two transactions never conflict. A shredding record fetched
+# withdraws the key (a re-sent key after it stays withdrawn); an erasure request finds the
+# person by the learned hash and leaves a shredding marker the key's storing then keeps.
+FETCHED_LIMIT = 4096  # keys (about 100 bytes each) kept after their fetch, the oldest dropped
+_fetched: OrderedDict[str, bytes | None] = OrderedDict()  # held id -> key, None: withdrawn
+
+
+def key_fetched(envelope: Envelope, event: Event) -> None:
+    """The key consumer classified ``event``: an issued key is usable from now on, a shredded
+    one no longer (wakes the events waiting for a key)."""
+    if isinstance(event, LeadPersonKeyIssuedV1 | SalesPersonKeyIssuedV1):
+        held_id = _held_id(envelope.source, event.person_id)
+        if held_id in _fetched and _fetched[held_id] is None:
+            return  # shredded: never brought back
+        try:
+            _remember(held_id, decode_key(event.key))
+        except ValueError:
+            return  # its handler dead-letters it
+        _wake_waiters()
+    elif isinstance(event, LeadPersonKeyShreddedV1 | SalesPersonKeyShreddedV1):
+        _remember(_held_id(envelope.source, event.person_id), None)
+
+
+def _remember(held_id: str, key: bytes | None) -> None:
+    _fetched[held_id] = key
+    _fetched.move_to_end(held_id)
+    while len(_fetched) > FETCHED_LIMIT:
+        _fetched.popitem(last=False)
+
+
+def _fetched_doc(held_id: str) -> Doc | None:
+    """A held key's document as the fetched key gives it (not stored: ``fetched``), or None."""
+    key = _fetched.get(held_id)
+    if key is None:
+        return None
+    return {"_id": held_id, "key": key, "person_hashes": [], "fetched": True}
+
+
+def _learned_id(held_id: str) -> str:
+    return "learned:" + held_id
 
 
 # -- pure: the cipher ------------------------------------------------------------------------
@@ -478,9 +532,13 @@ async def _open(tx: Any, sealed: SealedPerson) -> PersonFields:
     if isinstance(tx, OwnerKeys):
         return await tx.open(sealed)
     held_id = _held_id(sealed.key_owner, sealed.person_id)
-    doc = (await _held(tx, held_id)).get(held_id)
+    view = await _held(tx, held_id)
+    doc = view.get(held_id)
     if doc is None:
-        raise PersonKeyPending(f"no key yet for person {sealed.person_id} of {sealed.key_owner}")
+        doc = _fetched_doc(held_id)  # fetched by this process's key consumer, not stored yet
+        if doc is None:
+            raise PersonKeyPending(f"no key yet for person {sealed.person_id} of {sealed.key_owner}")
+        view[held_id] = doc  # the batch's later events of this person use it too
     if doc.get("shredded"):
         return erased_fields(sealed.person_id)
     fields = open_sealed(bytes(doc["key"]), sealed)
@@ -489,12 +547,22 @@ async def _open(tx: Any, sealed: SealedPerson) -> PersonFields:
     if digest not in hashes:
         # The holder learns whose key it is: an erasure request (a hash) then finds its copy.
         hashes.append(digest)  # the batch's copy: a later event of this person adds nothing
-        learn = UpdateOne({"_id": held_id}, {"$addToSet": {"person_hashes": digest}})
+        learn = _learning(held_id, digest, fetched=bool(doc.get("fetched")))
         if getattr(tx, "batch", None) is not None:
             tx.update_later(KEYS, learn)  # with the batch's others: one bulk write before the commit
         else:
             await tx.db[KEYS].bulk_write([learn], session=tx.session)
     return fields
+
+
+def _learning(held_id: str, digest: str, *, fetched: bool) -> UpdateOne:
+    """The write that stores a learned hash: into the held key, or, for a key opened as fetched
+    (the key consumer stores the held key), into the person's ``learned:`` document."""
+    if not fetched:
+        return UpdateOne({"_id": held_id}, {"$addToSet": {"person_hashes": digest}})
+    # Only the held key's id besides the hash: not a key document (no owner, no person_id).
+    update = {"$addToSet": {"person_hashes": digest}, "$setOnInsert": {"held_id": held_id}}
+    return UpdateOne({"_id": _learned_id(held_id)}, update, upsert=True)
 
 
 HELD_KEYS = "shredding.held_keys"  # a consumer batch's held key documents (crm_platform.batch)
@@ -596,8 +664,10 @@ def _seals(event: Event) -> list[Any]:
 
 async def keys_missing(db: Any, events: Iterable[Event]) -> int:
     """How many of the held keys these events need this department does not have yet (one
-    query for a whole batch; a shredding marker counts as had: it opens to stand-ins)."""
+    query for a whole batch, none when this process fetched them all; a shredding marker
+    counts as had: it opens to stand-ins)."""
     wanted = {_held_id(s.key_owner, s.person_id) for e in events for s in _seals(e)}
+    wanted = {w for w in wanted if _fetched.get(w) is None}  # a fetched key opens them (_open)
     if not wanted:
         return 0
     have = await db[KEYS].count_documents({"_id": {"$in": sorted(wanted)}})
@@ -652,8 +722,25 @@ async def shred(tx: Any, digests: Iterable[str]) -> int:
             await _drop_key_rows(tx, _ISSUED[owner].event_type, doc["person_id"])
             tx.emit(_SHREDDED[owner](person_id=doc["person_id"], shredded_at=utcnow()))
             destroyed += 1
-    held = {"_id": {"$regex": "^held:"}, "person_hashes": {"$in": wanted}}
-    return destroyed + await _mark_shredded(tx, held)
+    return destroyed + await _shred_held(tx, wanted)
+
+
+async def _shred_held(tx: Any, wanted: list[str]) -> int:
+    """A holder's copies of the people with these hashes replaced by shredding markers: those
+    that learned a hash, and those of people known by a ``learned:`` document only (opened as
+    fetched: a marker is left that the key's storing keeps; the fetched key is withdrawn)."""
+    if getattr(tx, "batch", None) is not None:
+        await tx.flush_inserts(KEYS)  # the batch's learned hashes first: the query may name them
+    query = {"_id": {"$regex": "^learned:"}, "person_hashes": {"$in": wanted}}
+    learned = [d async for d in tx.db[KEYS].find(query, session=tx.session)]
+    ids = [str(d["held_id"]) for d in learned]
+    for held_id in ids:
+        _remember(held_id, None)
+        await _mark_shredded(tx, {"_id": held_id}, upsert=True)
+    if learned:
+        await tx.db[KEYS].delete_many({"_id": {"$in": [d["_id"] for d in learned]}}, session=tx.session)
+    held = {"_id": {"$regex": "^held:", "$nin": ids}, "person_hashes": {"$in": wanted}}
+    return len(ids) + await _mark_shredded(tx, held)
 
 
 async def _drop_key_rows(tx: Any, event_type: str, person_id: str) -> None:
