@@ -13,7 +13,7 @@ from typing import Any, TypeAlias
 
 import pytest
 from crm_platform.audit import AUDIT_LOG
-from crm_platform.mongo import OUTBOX
+from crm_platform.mongo import HANDOFFS_SENT, OUTBOX
 from crm_platform.pseudonym import email_hash
 from crm_platform.shredding import KEYS
 from crm_platform.testing import audit_entries, auth_headers
@@ -146,3 +146,28 @@ async def test_a_trackers_batch_writes_one_audit_entry_for_its_behaviours_and_on
     assert audit.status_code == 200, audit.text
     [entry] = audit.json()["items"]
     assert {"field": "lead_id", "before": None, "after": ids[1]} in entry["changes"]
+
+
+async def test_a_handoff_marks_its_person_key_shared_with_the_lookup_that_finds_it(leads: Leads) -> None:
+    """After the handoff is emitted, its transaction finds the person's key and marks it shared
+    in ONE upsert (answered as it was: not shared yet, so its key record goes out with the
+    handoff); no second write of the key (an ``update`` of it was a round trip on the handoff's
+    latency)."""
+    lead = (await leads.capture(email=leads.unique_email("shared")))["lead"]["id"]
+    await leads.behave(lead, "form_submit")
+    status, ops = await operations_of(leads, {"behaviour": "trial_signup"}, f"/leads/{lead}/behaviours")
+    assert status == 201
+    after_emit = ops[[op[0] for op in ops].index(AUDIT_LOG) :]
+    assert after_emit == [
+        (AUDIT_LOG, "insert"),
+        (KEYS, "findAndModify"),  # found, and marked shared
+        (OUTBOX, "insert"),  # the key record and the handoff
+        (HANDOFFS_SENT, "insert"),
+    ]
+    stored = await leads.lead(lead)
+    key = await leads.runtime.db[KEYS].find_one({"email_hash": email_hash(stored["email"])})
+    assert key["shared"] is True
+    outbox = leads.runtime.db[OUTBOX]
+    naming = {"$or": [{"key": key["person_id"]}, {"events.key": key["person_id"]}]}
+    records = [r async for r in outbox.find(naming)]
+    assert len(records) == 1, "its key record went out once"

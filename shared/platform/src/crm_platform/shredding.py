@@ -333,7 +333,9 @@ async def seal_emitted(db: Any, tx: Any) -> None:
         return
     people = {i: rule.people(tx.emitted[i].payload) for i, rule in todo}
     digests = {p.email: email_hash(p.email) for ps in people.values() for p in ps}  # one HMAC each
-    keys = await _owned_keys(db, tx, owner, set(digests.values()))
+    # The keys a holder will need: marked shared by the lookup itself where it can (_owned_key).
+    sharing = {digests[p.email] for i, rule in todo if rule.opened_by_holders for p in people[i]}
+    keys = await _owned_keys(db, tx, owner, set(digests.values()), sharing)
     shared: list[tuple[str, _Owned]] = []
     nonces = _random_pieces(NONCE_BYTES, sum(len(ps) for ps in people.values()))  # one call
     for i, rule in todo:
@@ -372,13 +374,18 @@ class _Owned:
     person_id: str
     key: bytes
     shared: bool  # its key record is on the key topic already
+    marked: bool = False  # its document says ``shared`` already (set by this transaction's lookup)
 
 
-async def _owned_keys(db: Any, tx: Any, owner: str, digests: set[str]) -> dict[str, _Owned]:
+async def _owned_keys(
+    db: Any, tx: Any, owner: str, digests: set[str], sharing: set[str]
+) -> dict[str, _Owned]:
     """email hash -> the person's key, one lookup; the missing ones made and stored (their key
-    record is emitted once an event a holder must open is sealed with them: :func:`_share`)."""
+    record is emitted once an event a holder must open is sealed with them, ``sharing``:
+    :func:`_share`)."""
     if len(digests) == 1:
-        return await _owned_key(db, tx, owner, next(iter(digests)))
+        digest = next(iter(digests))
+        return await _owned_key(db, tx, owner, digest, share=digest in sharing)
     found: dict[str, _Owned] = {}
     query = {"_id": {"$in": [_owned_id(owner, d) for d in digests]}}
     async for doc in db[KEYS].find(query, session=tx.session):
@@ -391,23 +398,32 @@ async def _owned_keys(db: Any, tx: Any, owner: str, digests: set[str]) -> dict[s
     docs = _owned_docs(owner, missing)
     for doc in docs:
         key = bytes(doc["key"])
-        found[doc["email_hash"]] = _Owned(AESGCM(key), doc["person_id"], key, False)
+        doc["shared"] = doc["email_hash"] in sharing  # inserted marked: no update of it after
+        found[doc["email_hash"]] = _Owned(AESGCM(key), doc["person_id"], key, False, marked=doc["shared"])
     await db[KEYS].insert_many(docs, session=tx.session)
     return found
 
 
-async def _owned_key(db: Any, tx: Any, owner: str, digest: str) -> dict[str, _Owned]:
-    """One person's key (a single capture): found or made in ONE round trip, an upsert that
-    keeps the stored key (``$setOnInsert``) and answers the document as it now is."""
+async def _owned_key(db: Any, tx: Any, owner: str, digest: str, *, share: bool) -> dict[str, _Owned]:
+    """One person's key (a single capture, a handoff): found or made in ONE round trip, an
+    upsert that keeps the stored key (``$setOnInsert``) and answers the document as it now is.
+    When a holder will open the event (``share``), the same upsert marks the key shared and
+    answers it as it was before (not shared yet: its key record goes out, :func:`_share`), so
+    the handoff's transaction needs no second write of the key (a round trip on its latency)."""
+    new = _owned_doc(owner, digest)
+    update: Doc = {"$setOnInsert": new}
+    if share:
+        update = {"$setOnInsert": {k: v for k, v in new.items() if k != "shared"}, "$set": {"shared": True}}
     doc = await db[KEYS].find_one_and_update(
         {"_id": _owned_id(owner, digest)},
-        {"$setOnInsert": _owned_doc(owner, digest)},
+        update,
         upsert=True,
-        return_document=ReturnDocument.AFTER,
+        return_document=ReturnDocument.BEFORE if share else ReturnDocument.AFTER,
         session=tx.session,
     )
+    doc = new if doc is None else doc  # None: made by this upsert (answered as before it)
     key = bytes(doc["key"])
-    return {digest: _Owned(AESGCM(key), doc["person_id"], key, doc.get("shared", True))}
+    return {digest: _Owned(AESGCM(key), doc["person_id"], key, doc.get("shared", True), marked=share)}
 
 
 def _owned_doc(owner: str, digest: str) -> Doc:
@@ -470,8 +486,9 @@ async def _share(db: Any, tx: Any, owner: str, keys: list[tuple[str, _Owned]], *
         k.shared = True
         record = _ISSUED[owner](person_id=k.person_id, key=encode_key(k.key), issued_at=now)
         tx.emit(record, batched=True, before=before + n)
-    ids = [_owned_id(owner, digest) for digest in fresh]
-    await db[KEYS].update_many({"_id": {"$in": ids}}, {"$set": {"shared": True}}, session=tx.session)
+    ids = [_owned_id(owner, digest) for digest, k in fresh.items() if not k.marked]
+    if ids:
+        await db[KEYS].update_many({"_id": {"$in": ids}}, {"$set": {"shared": True}}, session=tx.session)
 
 
 # -- the holders' side -----------------------------------------------------------------------
