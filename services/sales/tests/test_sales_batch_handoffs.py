@@ -408,3 +408,25 @@ def test_a_key_shredded_in_a_fetch_is_withdrawn_and_not_brought_back_by_a_late_r
     assert shredding._fetched_doc(held_id) is None
     shredding.key_fetched(issued, key)
     assert shredding._fetched_doc(held_id) is None
+
+
+async def test_a_key_fetched_while_its_handoff_asks_for_it_is_not_waited_for(
+    sales: Sales, make_qualified: Any
+) -> None:
+    """The key consumer fetches the key while the handoff's key check is at the database (the
+    wake-up comes before anyone waits): the check counts it as had, so the handoff does not wait
+    for a wake-up that already came."""
+    lead = sales.uid("race")
+    handoff, [key] = shredding.sealed_event(make_qualified(lead), "leads")
+    issued = envelope_for(key, source="leads", correlation_id=lead)
+
+    class FetchingDuringQuery:
+        def __init__(self, db: Any) -> None:
+            self.db = db
+
+        def __getitem__(self, name: str) -> Any:
+            shredding.key_fetched(issued, key)  # fetched as the query goes out
+            return self.db[name]
+
+    missing = await shredding.keys_missing(FetchingDuringQuery(sales.runtime.db), [handoff])
+    assert missing == 0

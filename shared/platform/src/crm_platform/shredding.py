@@ -687,8 +687,9 @@ async def keys_missing(db: Any, events: Iterable[Event]) -> int:
     wanted = {w for w in wanted if _fetched.get(w) is None}  # a fetched key opens them (_open)
     if not wanted:
         return 0
-    have = await db[KEYS].count_documents({"_id": {"$in": sorted(wanted)}})
-    return len(wanted) - int(have)
+    have = {d["_id"] async for d in db[KEYS].find({"_id": {"$in": sorted(wanted)}}, {"_id": 1})}
+    # Fetched meanwhile (its wake-up came before the caller waits): counted as had, not waited for.
+    return sum(1 for w in wanted - have if _fetched.get(w) is None)
 
 
 def unsealing(handler: Handler) -> Handler:
