@@ -110,6 +110,7 @@ STAGES = {
     "key produced -> key's transaction began": ("key produced", "key began"),
     "key's transaction -> handoff's": ("key began", "began"),
     "sales' transaction began -> stored": ("began", "stored"),
+    "sales: produced -> stored": ("produced", "stored"),
     "total (the receipt's latency)": ("occurred", "stored"),
 }
 
