@@ -46,7 +46,12 @@ async def latest_reconciliation(reconciliations: ReconciliationRepository) -> Re
 
 
 async def publish_kpis(
-    reports: KpiRepository, records: Mapping[str, Record], *, records_version: int, worker: str, now: datetime
+    reports: KpiRepository,
+    records: Mapping[str, Record] | kpis.Derived,
+    *,
+    records_version: int,
+    worker: str,
+    now: datetime,
 ) -> KpiReport:
     """Compute the KPIs at ``now`` and write them as the latest report.
 

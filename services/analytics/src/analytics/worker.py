@@ -96,6 +96,7 @@ from analytics import handlers
 from analytics.batches import BatchConsumer, BatchHandler
 from analytics.changelog import ChangelogWriter, WriteBehindTable
 from analytics.confirm import ChangelogConfirmer
+from analytics.domain import kpis
 from analytics.domain.engine import AnalyticsState, ImplausibleEvent, apply, forget_records, rebuild_figures
 from analytics.domain.reads import unread_type
 from analytics.domain.snapshot import Reconciliation, Snapshot
@@ -254,6 +255,7 @@ class AnalyticsWorker:
         if "record" in settings.retention_days:  # retention (CRM_RETENTION_DAYS, issue 9)
             self.app.timer(settings.retention_every_seconds, name="analytics-retention")(self.retention_tick)
         self._recoveries = 0
+        self._kpi_inputs = kpis.DerivedCache()
         self.app.on_before_shutdown.connect(self._on_before_shutdown)
         self.recovered = False
         self._needs_rebuild = False
@@ -578,9 +580,14 @@ class AnalyticsWorker:
         if not self.recovered:
             return False  # never publish not-yet-recovered emptiness over good figures
         try:
+            # What the records alone give is kept while none changes (a recovery may change
+            # them behind the version): an idle tick walks no record.
+            derived = self._kpi_inputs.get(
+                (self.state.records_version, self._recoveries), lambda: dict(self.state.records.items())
+            )
             await handlers.publish_kpis(
                 MongoKpis(self.mongo[self.settings.database_name]),
-                dict(self.state.records.items()),
+                derived,
                 records_version=self.state.records_version,
                 worker=self.settings.app_id,
                 now=utcnow(),

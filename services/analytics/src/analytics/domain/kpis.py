@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Union
@@ -385,10 +385,46 @@ def open_items(items: Mapping[str, Record], now: float) -> dict[str, Json]:
     return {d: {k: c[k] for k in ("open", "overdue", "escalated")} for d, c in out.items()}
 
 
-def compute(records: Mapping[str, Record], now: datetime) -> dict[str, Json]:
-    """Every KPI at ``now`` (see the module's docstring)."""
-    moment = now.timestamp()
+@dataclass(frozen=True)
+class Derived:
+    """What the KPIs read from the records alone, whatever ``now`` is: the records by kind, the
+    business latencies' samples, the marketing and custom-field figures. The worker keeps it
+    while no record changes (:class:`DerivedCache`): its KPI timer recomputes only what moves
+    with time, not a walk of every lead each tick (docs/performance.md, eleventh session, idle)."""
+
+    kinds: dict[str, dict[str, Record]]
+    samples: dict[str, list[Sample]]
+    marketing: dict[str, Json]
+    custom_fields: dict[str, Json]
+
+
+def derive(records: Mapping[str, Record]) -> Derived:
     kinds = _by_kind(records)
+    return Derived(kinds, business_samples(kinds), marketing(kinds.get("lead", {})), custom_fields(kinds))
+
+
+class DerivedCache:
+    """:func:`derive` of the records, kept while their ``version`` is the same."""
+
+    def __init__(self) -> None:
+        self._version: object = None
+        self._derived: Derived | None = None
+
+    def get(self, version: object, records: Callable[[], Mapping[str, Record]]) -> Derived:
+        """The records' :class:`Derived`, computed again only when ``version`` changed
+        (``records`` is called then only)."""
+        if self._derived is None or version != self._version:
+            # The old one let go first: two at once would raise the worker's peak memory.
+            self._derived = None
+            self._derived, self._version = derive(records()), version
+        return self._derived
+
+
+def compute(records: Mapping[str, Record] | Derived, now: datetime) -> dict[str, Json]:
+    """Every KPI at ``now`` (see the module's docstring), from the records or their :class:`Derived`."""
+    moment = now.timestamp()
+    derived = records if isinstance(records, Derived) else derive(records)
+    kinds = derived.kinds
     accounts = kinds.get("account", {})
     periods = Periods(moment)
     for ticket in kinds.get("ticket", {}).values():
@@ -409,9 +445,9 @@ def compute(records: Mapping[str, Record], now: datetime) -> dict[str, Json]:
         "computed_at": now.astimezone(UTC).isoformat(),
         "periods": periods.document(),
         "action_items": open_items(kinds.get("item", {}), moment),
-        "business_latency": business_latency(kinds, moment),
-        "marketing": marketing(kinds.get("lead", {})),
-        "custom_fields": custom_fields(kinds),
+        "business_latency": business_latency(derived.samples, moment),
+        "marketing": derived.marketing,
+        "custom_fields": derived.custom_fields,
     }
 
 
@@ -551,9 +587,10 @@ def daily_stats(samples: list[Sample], now: float, days: int = DAILY_DAYS) -> li
     ]
 
 
-def business_latency(kinds: Mapping[str, Mapping[str, Record]], now: float) -> dict[str, Json]:
+def business_latency(by_handoff: Mapping[str, list[Sample]], now: float) -> dict[str, Json]:
+    """Per handoff, from its :func:`business_samples`, at ``now``."""
     out: dict[str, Json] = {}
-    for name, samples in business_samples(kinds).items():
+    for name, samples in by_handoff.items():
         pending = [now - start for start, end in samples if end is None]
         out[name] = {
             "windows": {w: window_stats(samples, now, seconds) for w, seconds in WINDOWS.items()},

@@ -1,0 +1,109 @@
+"""The worker's KPI timer (analytics.worker.kpi_tick) without a broker or a database: what the
+records alone give (analytics.domain.kpis.derive) is computed again only when a record changed
+or the tables were recovered; an idle tick walks no record and writes the same figures."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from analytics import worker as worker_module
+from analytics.domain import kpis
+from analytics.domain.engine import AnalyticsState, apply
+from analytics.settings import AnalyticsSettings
+from analytics.worker import AnalyticsWorker
+from crm_contracts import decode, envelope_for
+from crm_contracts.events.common import Consent
+from crm_contracts.events.leads import LeadCapturedV1
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+class Reports:
+    """Stands in for MongoKpis: keeps what each tick saved."""
+
+    saved: list[Any] = []
+
+    def __init__(self, db: Any) -> None:
+        pass
+
+    async def save(self, report: Any) -> None:
+        Reports.saved.append(report)
+
+
+def captured(lead_id: str, channel: str) -> LeadCapturedV1:
+    return LeadCapturedV1(
+        lead_id=lead_id,
+        email=f"{lead_id}@example.com",
+        name="Ada",
+        company="Acme",
+        source_channel=channel,
+        consent=Consent(marketing_email=True),
+        merged=False,
+    )
+
+
+@pytest.fixture
+def ticking(monkeypatch: pytest.MonkeyPatch) -> tuple[AnalyticsWorker, list[int]]:
+    worker = AnalyticsWorker(
+        AnalyticsSettings(
+            KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9",
+            MONGODB_URI="mongodb://127.0.0.1:9",
+            CRM_ANALYTICS_APP_ID=f"crm-analytics-unit-{uuid.uuid4().hex[:8]}",
+        )
+    )
+    worker.recovered = True
+    worker._mongo = defaultdict(lambda: None)  # type: ignore[assignment]  # Reports reads nothing
+    Reports.saved = []
+    monkeypatch.setattr(worker_module, "MongoKpis", Reports)
+    walks: list[int] = []
+    real = kpis.derive
+
+    def counted(records: Any) -> kpis.Derived:
+        walks.append(len(records))
+        return real(records)
+
+    monkeypatch.setattr(kpis, "derive", counted)
+    return worker, walks
+
+
+def fold(worker: AnalyticsWorker | AnalyticsState, lead_id: str, channel: str = "web") -> None:
+    event = captured(lead_id, channel)
+    envelope = envelope_for(event, source="leads", correlation_id="c", occurred_at=NOW - timedelta(days=1))
+    apply(worker.state if isinstance(worker, AnalyticsWorker) else worker, envelope, decode(envelope))
+
+
+async def test_an_idle_tick_walks_no_record_and_writes_the_same_figures(ticking) -> None:
+    worker, walks = ticking
+    fold(worker, "a")
+    fold(worker, "b")
+    for _ in range(3):
+        assert await worker.kpi_tick()
+    assert walks == [2]  # one walk of the two records for three ticks
+    first, *later = Reports.saved
+    for report in later:
+        assert report.kpis["marketing"] == first.kpis["marketing"]
+        assert report.kpis["marketing"]["channels"]["web"]["captured"] == 2
+
+
+async def test_a_changed_record_or_a_recovery_walks_the_records_again(ticking) -> None:
+    worker, walks = ticking
+    fold(worker, "a")
+    assert await worker.kpi_tick()
+    fold(worker, "b", channel="event")
+    assert await worker.kpi_tick()
+    assert Reports.saved[-1].kpis["marketing"]["channels"]["event"]["captured"] == 1
+    assert walks == [1, 2]
+    await worker._on_recover()  # the tables recovered: records may have changed behind the version
+    assert await worker.kpi_tick()
+    assert walks == [1, 2, 2]
+
+
+def test_the_kpis_from_what_was_derived_are_the_kpis_from_the_records() -> None:
+    state = AnalyticsState()
+    fold(state, "a")
+    fold(state, "b", channel="event")
+    assert kpis.compute(kpis.derive(state.records), NOW) == kpis.compute(state.records, NOW)
