@@ -24,7 +24,7 @@ from crm_contracts import utcnow
 from crm_contracts.events.leads import LeadStatusChangedV1
 from crm_contracts.registry import envelope_for
 from crm_platform.mongo import OUTBOX, outbox_doc, outbox_rows
-from crm_platform.outbox_audit import AUDITED, LOG_OFFSET, LOG_PARTITION, LOG_POSITIONS
+from crm_platform.outbox_audit import AUDITED, LOG_CHECKS, LOG_OFFSET, LOG_PARTITION, LOG_POSITIONS
 from crm_platform.runtime import ServiceRuntime
 from crm_platform.settings import ServiceSettings
 from crm_platform.testing import TopicReader, eventually
@@ -174,9 +174,13 @@ async def test_events_the_broker_kept_are_audited_and_not_published_again(
     assert republished(service, topic) == 0
 
 
-async def batch_row(runtime: ServiceRuntime, topic: str, n: int, *, lost_at: int | None = None) -> list[str]:
+async def batch_row(
+    runtime: ServiceRuntime, topic: str, n: int, *, lost_at: int | None = None, checks: bool = True
+) -> list[str]:
     """Store ``n`` events as ONE batch row (as ``emit(batched=True)`` stores a bulk path's
-    events); with ``lost_at``, "published from there on, and lost" (no record sent)."""
+    events); with ``lost_at``, "published from there on, and lost" (no record sent), in one
+    producer batch whose last record the audit checks (``checks``), or as a relay before
+    ``log_checks`` left it (every event checked)."""
     envs = [
         envelope_for(
             LeadStatusChangedV1(
@@ -191,6 +195,8 @@ async def batch_row(runtime: ServiceRuntime, topic: str, n: int, *, lost_at: int
     if lost_at is not None:
         positions = [[0, lost_at + k] for k in range(n)]
         row.update({"published": True, "published_at": utcnow(), LOG_POSITIONS: positions, AUDITED: False})
+        if checks:
+            row[LOG_CHECKS] = [[topic, 0, lost_at + n - 1, str(envs[-1].event_id)]]
     await runtime.db[OUTBOX].insert_one(row)
     runtime.relay.notify()
     return [str(env.event_id) for env in envs]
@@ -223,14 +229,18 @@ async def test_a_batch_row_is_published_event_by_event_in_order_and_audited(
     assert seen == sent, "one record per event, in the batch's order"
     assert [p for p, _ in row[LOG_POSITIONS]] == [0] * 5
     assert [o for _, o in row[LOG_POSITIONS]] == sorted(o for _, o in row[LOG_POSITIONS])
+    # One producer batch: the audit read its last record, not the five.
+    assert row[LOG_CHECKS] == [[topic, 0, row[LOG_POSITIONS][-1][1], sent[-1]]]
     assert "republished" not in row
     assert republished(service, topic) == 0
 
 
+@pytest.mark.parametrize("checks", [True, False], ids=["checked-per-producer-batch", "checked-per-event"])
 async def test_a_batch_row_with_an_event_the_broker_lost_is_published_again_whole(
     kafka_bootstrap: str,
     make_settings: Callable[..., ServiceSettings],
     scratch_topics: Callable[[str], tuple[str, str]],
+    checks: bool,
 ) -> None:
     service = f"audit-{uuid.uuid4().hex[:6]}"
     topic, _ = scratch_topics(service)
@@ -242,7 +252,7 @@ async def test_a_batch_row_with_an_event_the_broker_lost_is_published_again_whol
         kept = [await sender.emit() for _ in range(2)]  # two records really in the log
         await eventually(lambda: _all_published(runtime), timeout=30, what="the two events published")
         end = await topic_end(kafka_bootstrap, topic)
-        lost = await batch_row(runtime, topic, 3, lost_at=end)
+        lost = await batch_row(runtime, topic, 3, lost_at=end, checks=checks)
 
         async def republished_and_audited() -> dict[str, Any] | None:
             row = await runtime.db[OUTBOX].find_one({"event_id": f"batch:{lost[0]}"})
@@ -258,6 +268,7 @@ async def test_a_batch_row_with_an_event_the_broker_lost_is_published_again_whol
     assert seen[:2] == kept
     assert seen[2:] == lost, "the whole batch published again, in order (consumers drop copies by id)"
     assert all(o >= end for _, o in row[LOG_POSITIONS]), "new positions of its own"
+    assert row[LOG_CHECKS] == [[topic, 0, row[LOG_POSITIONS][-1][1], lost[-1]]], "and checks of its own"
     assert republished(service, topic) == 1
 
 

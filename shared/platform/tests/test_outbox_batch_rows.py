@@ -28,7 +28,8 @@ from crm_platform.mongo import (
     row_items,
 )
 from crm_platform.ops import read_outbox
-from crm_platform.outbox import OutboxRelay, acknowledged, counted, pending_events
+from crm_platform.outbox import OutboxRelay, _positions, acknowledged, counted, pending_events
+from crm_platform.outbox_audit import LOG_OFFSET, LOG_PARTITION, published_events
 
 
 def item(n: int) -> dict[str, Any]:
@@ -321,3 +322,33 @@ async def test_a_closed_batch_does_not_linger_in_aiokafka() -> None:
     assert batch.remaining_linger() is not None, "an open batch waits out linger_ms"
     builder.close()
     assert batch.remaining_linger() is None, "a closed batch is ready now"
+
+
+@pytest.mark.parametrize("batch_size", [256 * 1024, 1000])
+async def test_a_batch_row_is_audited_by_its_last_record_in_each_producer_batch(batch_size: int) -> None:
+    """What the outbox audit reads of a published batch row: per producer batch its events went
+    in, the last of them (``log_checks``), not every event; a single row is its one event."""
+    producer = _BatchingProducer(batch_size)
+    relay = OutboxRelay(None, bootstrap="unused", service="leads")  # type: ignore[arg-type]  # no database
+    relay.producer = producer
+    items = [item(n) for n in range(12)]
+    rows = outbox_rows(items, [True] * 7 + [False] + [True] * 4)
+    placed = await relay._send(rows)
+    for row, records in zip(rows, placed, strict=True):
+        metas = [await acknowledged(record) for record in records]
+        row.update(_positions(row, metas, records))
+        last = {id(record.slot): index for index, record in enumerate(records)}  # per producer batch
+        checked = [
+            (event["topic"], event[LOG_PARTITION], event[LOG_OFFSET], event["event_id"])
+            for event in published_events(row)
+        ]
+        expected = [
+            (row_items(row)[i]["topic"], metas[i].partition, metas[i].offset, row_items(row)[i]["event_id"])
+            for i in sorted(last.values())
+        ]
+        assert checked == expected
+    assert [len(published_events(row)) for row in rows] == [
+        len({id(r.slot) for r in records}) for records in placed
+    ]
+    if batch_size > 100_000:
+        assert len(published_events(rows[0])) < len(row_items(rows[0])), "fewer reads than events"

@@ -36,7 +36,7 @@ from pymongo.errors import DuplicateKeyError
 from crm_platform import metrics, tracing
 from crm_platform.kafka import make_producer, partition_for
 from crm_platform.mongo import BATCH_EVENTS, OUTBOX, PENDING_BATCHES, CommittedRows, row_items
-from crm_platform.outbox_audit import AUDITED, LOG_OFFSET, LOG_PARTITION, LOG_POSITIONS
+from crm_platform.outbox_audit import AUDITED, LOG_CHECKS, LOG_OFFSET, LOG_PARTITION, LOG_POSITIONS
 
 log = logging.getLogger("crm.outbox")
 LEASE = "outbox_lease"
@@ -77,12 +77,22 @@ def counted(service: str, rows: list[dict[str, Any]]) -> None:
         metrics.EVENTS_PRODUCED.labels(service, topic, event_type).inc(n)
 
 
-def _positions(doc: Mapping[str, Any], metas: list[Any]) -> dict[str, Any]:
+def _positions(doc: Mapping[str, Any], metas: list[Stored], placed: list[Placed]) -> dict[str, Any]:
     """Where the broker says it stored the row's events: the audit checks they are still
-    there once the publish is old enough (crm_platform.outbox_audit)."""
-    if BATCH_EVENTS in doc:
-        return {LOG_POSITIONS: [[m.partition, m.offset] for m in metas], AUDITED: False}
-    return {LOG_PARTITION: metas[0].partition, LOG_OFFSET: metas[0].offset, AUDITED: False}
+    there once the publish is old enough (crm_platform.outbox_audit). A batch row also
+    names, per producer batch its events went in, the last of them (``log_checks``): the
+    audit reads those, not every event (see :data:`crm_platform.outbox_audit.LOG_CHECKS`)."""
+    if BATCH_EVENTS not in doc:
+        return {LOG_PARTITION: metas[0].partition, LOG_OFFSET: metas[0].offset, AUDITED: False}
+    last: dict[int, int] = {}  # producer batch (its acknowledgement's slot) -> the row's last record in it
+    for index, record in enumerate(placed):
+        last[id(record.slot)] = index
+    items = doc[BATCH_EVENTS]
+    checks = [
+        [items[i]["topic"], metas[i].partition, metas[i].offset, items[i]["event_id"]]
+        for i in sorted(last.values())
+    ]
+    return {LOG_POSITIONS: [[m.partition, m.offset] for m in metas], LOG_CHECKS: checks, AUDITED: False}
 
 
 async def pending_events(db: AsyncDatabase[dict[str, Any]]) -> int:
@@ -266,10 +276,10 @@ class OutboxRelay:
                 error = exc
                 break
             done.append(doc)
+            stored = _positions(doc, metas, row_futures)
             marks.append(
                 UpdateOne(
-                    {"_id": doc["_id"]},
-                    {"$set": {"published": True, "published_at": published_at, **_positions(doc, metas)}},
+                    {"_id": doc["_id"]}, {"$set": {"published": True, "published_at": published_at, **stored}}
                 )
             )
         if marks:
