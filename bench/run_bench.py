@@ -73,6 +73,8 @@ from system import (
 ROOT = Path(__file__).resolve().parents[1]
 HOME = ROOT / ".local/bench"
 PROFILE_DIR = ROOT / "bench/results/profile"
+# An idle process is busy a few % of the time: its windows are sampled more often than a loaded one.
+IDLE_PROFILE_RATE = int(os.environ.get("BENCH_PROFILE_RATE", "500"))
 
 
 def pct(values: list[float], q: float) -> float:
@@ -318,15 +320,22 @@ async def bench_platform(
             out = await _load(platform, args, kafka, marketing)
         out["rss_mb"] = {k: round(v, 1) for k, v in rss.peak.items()}
         say(f"peak resident memory under load (MB): {out['rss_mb']}")
-        say(f"idle: waiting {args.idle_settle:.0f} s, then measuring CPU for {args.idle_seconds:.0f} s ...")
-        await asyncio.sleep(args.idle_settle)
-        out["idle_cpu_percent"] = await asyncio.to_thread(cpu_share, _pids(platform), args.idle_seconds)
-        out["load_average"] = load_average()
-        say(
-            f"  services idle: {sum(out['idle_cpu_percent'].values()):.1f}% of one core "
-            f"{out['idle_cpu_percent']} (load average {out['load_average']})"
-        )
+        out.update(await _idle_after_load(platform, args, "platform"))
         return out
+
+
+async def _idle_after_load(platform: Platform, args: argparse.Namespace, phase: str) -> dict[str, Any]:
+    """The idle figure after a phase's load: ``args.idle_settle`` seconds to settle, then each
+    service process's CPU over ``args.idle_seconds`` (py-spy records it with ``BENCH_PROFILE``:
+    ``<phase>-idle-<service>.txt``). What the load left to do (the outbox audit reading the
+    events back 30 s after their publish, the KPIs over more records) falls in that window."""
+    say(f"idle: waiting {args.idle_settle:.0f} s, then measuring CPU for {args.idle_seconds:.0f} s ...")
+    await asyncio.sleep(args.idle_settle)
+    with profiled(f"{phase}-idle", _pids(platform), PROFILE_DIR, rate=IDLE_PROFILE_RATE):
+        idle = await asyncio.to_thread(cpu_share, _pids(platform), args.idle_seconds)
+    load = load_average()
+    say(f"  services idle: {sum(idle.values()):.1f}% of one core {idle} (load average {load})")
+    return {"idle_cpu_percent": idle, "load_average": load}
 
 
 async def _saturated(
@@ -499,7 +508,9 @@ async def bench_bulk(args: argparse.Namespace, kafka: str, mongo: str, idle_back
     there), with its CPU per lead, mongod's operations and documents per lead (its
     ``serverStatus`` counters; the services' background polling included) and py-spy profiles
     with ``BENCH_PROFILE``: for profiling and A/B runs of that one figure; ``make bench``
-    takes it within the platform phase."""
+    takes it within the platform phase. Then the idle figure after it, as the platform phase
+    measures idle after its bulk capture (``idle_after_bulk``: this phase has no capture or
+    handoff load before the bulk, so it is not the platform phase's figure)."""
     async with _configured(args, kafka, mongo, idle_backoff, "bench_bulk_") as (platform, marketing):
         cpu: dict[str, dict[str, float]] = {}
         start = load_average()
@@ -517,6 +528,7 @@ async def bench_bulk(args: argparse.Namespace, kafka: str, mongo: str, idle_back
         say(f"  mongod operations per lead: {ops}")
         say(f"  mongod time per lead by collection (ms, `top`: lock held, waits included): {top}")
         say(f"  peak resident memory until every event was published (MB): {peak}")
+        say("idle after the bulk capture alone (not the platform phase's figure: no load before the bulk):")
         return {
             "bulk_capture": bulk,
             "cpu": cpu,
@@ -524,6 +536,7 @@ async def bench_bulk(args: argparse.Namespace, kafka: str, mongo: str, idle_back
             "mongod_top_ms_per_lead": top,
             "rss_mb": peak,
             "load_average": {"start": start, "end": end},
+            "idle_after_bulk": await _idle_after_load(platform, args, "bulk"),
         }
 
 
@@ -596,10 +609,7 @@ async def bench_idle(args: argparse.Namespace, kafka: str, mongo: str, idle_back
         gateway = platform.url("gateway")
         ids, _ = await capture_through_gateway(gateway, 2 * args.clients, args.clients, marketing)
         await asyncio.sleep(args.idle_settle)
-        # An idle process is busy a few % of the time: sample it more often than a loaded one.
-        with profiled(
-            "idle", _pids(platform), PROFILE_DIR, rate=int(os.environ.get("BENCH_PROFILE_RATE", "500"))
-        ):
+        with profiled("idle", _pids(platform), PROFILE_DIR, rate=IDLE_PROFILE_RATE):
             idle = await asyncio.to_thread(cpu_share, _pids(platform), args.idle_seconds)
         load = load_average()
         say(f"idle: {sum(idle.values()):.1f}% of one core {idle} (load average {load})")
