@@ -80,9 +80,11 @@ async def test_an_idle_tick_walks_no_record_and_writes_the_same_figures(ticking)
     worker, walks = ticking
     fold(worker, "a")
     fold(worker, "b")
-    for _ in range(3):
+    for _ in range(4):
         assert await worker.kpi_tick()
-    assert walks == [2]  # one walk of the two records for three ticks
+    # The first tick after a change walks them and keeps nothing (records still changing hold
+    # nothing between ticks: the worker's peak RSS); the second, unchanged, keeps its walk.
+    assert walks == [2, 2]
     first, *later = Reports.saved
     for report in later:
         assert report.kpis["marketing"] == first.kpis["marketing"]
@@ -93,13 +95,15 @@ async def test_a_changed_record_or_a_recovery_walks_the_records_again(ticking) -
     worker, walks = ticking
     fold(worker, "a")
     assert await worker.kpi_tick()
+    assert await worker.kpi_tick()  # kept from here on
     fold(worker, "b", channel="event")
     assert await worker.kpi_tick()
     assert Reports.saved[-1].kpis["marketing"]["channels"]["event"]["captured"] == 1
-    assert walks == [1, 2]
+    assert await worker.kpi_tick()
+    assert walks == [1, 1, 2, 2]
     await worker._on_recover()  # the tables recovered: records may have changed behind the version
     assert await worker.kpi_tick()
-    assert walks == [1, 2, 2]
+    assert walks == [1, 1, 2, 2, 2]
 
 
 def test_the_kpis_from_what_was_derived_are_the_kpis_from_the_records() -> None:
@@ -107,3 +111,14 @@ def test_the_kpis_from_what_was_derived_are_the_kpis_from_the_records() -> None:
     fold(state, "a")
     fold(state, "b", channel="event")
     assert kpis.compute(kpis.derive(state.records), NOW) == kpis.compute(state.records, NOW)
+
+
+def test_nothing_is_held_between_ticks_while_the_records_change() -> None:
+    cache = kpis.DerivedCache()
+    records: dict[str, Any] = {"lead:a": {}}
+    for version in range(3):  # a record changed before every tick: under load
+        cache.get(version, lambda: records)
+        assert cache._derived is None
+    kept = cache.get(2, lambda: records)  # unchanged since the last tick
+    assert cache._derived is kept
+    assert cache.get(2, lambda: {}) is kept
