@@ -92,3 +92,23 @@ async def test_a_pause_that_runs_out_costs_what_a_sleep_costs(monkeypatch: pytes
     with pytest.raises(asyncio.CancelledError):
         await paused
     assert not kafka_module._pauses
+
+
+def test_a_patient_consumer_idle_for_a_second_pauses_half_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A consumer no one waits on within a second (``be_patient``: a handoff's receipts) fetches
+    twice a second once idle, not ten times; while records flow it keeps the plain pause."""
+    pause = 0.02
+    assert kafka_module.pause_after(49, pause, patient=True) == pause
+    assert kafka_module.pause_after(50, pause, patient=True) == kafka_module.PATIENT_IDLE_PAUSE_SECONDS == 0.5
+    assert kafka_module.pause_after(10_000, 0.0, patient=True) == 0.0  # unpaced: never a pause
+    monkeypatch.setattr(kafka_module, "_empty_fetch_pause", pause)
+    assert kafka_module.wait_after_fetch(False, 0.001, 50, patient=True) == 0.5
+    assert kafka_module.wait_after_fetch(False, 0.001, 50) == pause * kafka_module.IDLE_PAUSE_FACTOR
+    assert kafka_module.wait_after_fetch(True, 0.001, 0, patient=True) == 0.0  # records: no pause
+
+
+async def test_be_patient_marks_the_client_the_fetcher_reads() -> None:
+    consumer = kafka_module.make_consumer(bootstrap_servers="127.0.0.1:9")
+    assert not getattr(consumer._client, "_crm_patient", False)
+    assert kafka_module.be_patient(consumer) is consumer
+    assert consumer._client._crm_patient is True

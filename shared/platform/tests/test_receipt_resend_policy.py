@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from crm_contracts import Envelope, envelope_for
 from crm_contracts.events.platform import HandoffReceivedV1
+from crm_platform import receipts as receipts_module
 from crm_platform.mongo import Store, connect
 from crm_platform.receipts import Decision, HandoffTracker, ResendPolicy, decide
 from crm_platform.settings import ServiceSettings
@@ -153,3 +155,30 @@ def test_only_this_departments_receipts_are_validated_as_envelopes(monkeypatch: 
     theirs = [_receipt(f"theirs-{i}", from_department="marketing", occurred_at=NOW) for i in range(50)]
     assert tracker.ours([*theirs, _receipt("mine", from_department="sales", occurred_at=NOW)]) == ["mine"]
     assert len(validated) == 1
+
+
+async def test_the_receipt_listener_is_a_patient_consumer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A receipt is needed within minutes (the re-send timer): the listener's consumer takes the
+    patient idle pause (crm_platform.kafka.be_patient), not the departments' idle pause."""
+    tracker = _tracker()
+    made: list[Any] = []
+
+    class Consumer:
+        def __init__(self, **config: Any) -> None:
+            self._client = SimpleNamespace()
+            made.append(self)
+
+        def subscribe(self, topics: list[str], listener: Any) -> None:
+            pass
+
+        async def start(self) -> None:
+            await tracker.stop()  # one round is enough
+            raise RuntimeError("no broker here")
+
+        async def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(receipts_module, "make_consumer", lambda **config: Consumer(**config))
+    await tracker._listen()
+    [consumer] = made
+    assert consumer._client._crm_patient is True

@@ -119,11 +119,31 @@ IDLE_AFTER_SECONDS = 1.0
 IDLE_PAUSE_FACTOR = 5
 
 
-def pause_after(empty_streak: int, pause: float) -> float:
-    """The wait after the ``empty_streak``-th empty fetch in a row (``pause`` seconds each)."""
+# An idle consumer that no one waits on within a second (:func:`be_patient`: a handoff's receipts)
+# pauses this long instead of the idle pause: each of them fetched about 10 times a second at
+# the idle platform, a third of a department's fetch rounds (docs/performance.md, eleventh session).
+PATIENT_IDLE_PAUSE_SECONDS = 0.5
+
+
+def pause_after(empty_streak: int, pause: float, *, patient: bool = False) -> float:
+    """The wait after the ``empty_streak``-th empty fetch in a row (``pause`` seconds each);
+    a ``patient`` consumer's idle pause is :data:`PATIENT_IDLE_PAUSE_SECONDS`."""
     if pause <= 0:
         return 0.0
-    return pause * IDLE_PAUSE_FACTOR if empty_streak * pause >= IDLE_AFTER_SECONDS else pause
+    if empty_streak * pause < IDLE_AFTER_SECONDS:
+        return pause
+    idle = pause * IDLE_PAUSE_FACTOR
+    return max(idle, PATIENT_IDLE_PAUSE_SECONDS) if patient else idle
+
+
+def be_patient(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
+    """Mark a consumer (before it starts) that no one waits on within a second: once idle, it
+    fetches every :data:`PATIENT_IDLE_PAUSE_SECONDS` on a broker that answers empty fetches at
+    once, not every idle pause. Not for a consumer on a handoff's path (the departments', the
+    person keys'): a record that arrives during a pause waits for its end. A fetch that brings
+    records puts it back on the plain pause; :func:`hurry_fetches` ends its pause too."""
+    consumer._client._crm_patient = True  # the client its fetcher is given (aiokafka's Fetcher._client)
+    return consumer
 
 
 def pace_empty_fetches(delay_ms: int) -> None:
@@ -170,11 +190,11 @@ def pace_fetches(interval_ms: int) -> None:
     log.info("fetches that bring records paced at one per %d ms", interval_ms)
 
 
-def wait_after_fetch(has_data: bool, elapsed: float, empty_streak: int) -> float:
+def wait_after_fetch(has_data: bool, elapsed: float, empty_streak: int, *, patient: bool = False) -> float:
     """Seconds to wait after a fetch that took ``elapsed`` (the pacing asked for, if any)."""
     if has_data:
         return max(0.0, _fetch_interval - elapsed)
-    return pause_after(empty_streak, _empty_fetch_pause) if _empty_fetch_pause else 0.0
+    return pause_after(empty_streak, _empty_fetch_pause, patient=patient) if _empty_fetch_pause else 0.0
 
 
 # The pauses after empty fetches in progress in this process: ``hurry_fetches`` ends them.
@@ -233,7 +253,8 @@ def _pace_fetcher(what: str) -> None:
             return False
         streak = 0 if has_data else getattr(self, "_crm_empty_streak", 0) + 1
         self._crm_empty_streak = streak
-        wait = wait_after_fetch(has_data, time.monotonic() - started, streak)
+        patient = getattr(self._client, "_crm_patient", False)
+        wait = wait_after_fetch(has_data, time.monotonic() - started, streak, patient=patient)
         if wait > 0:
             # Still inside the fetch task, so the fetcher counts this broker as
             # busy and sends it nothing new until the pause is over.

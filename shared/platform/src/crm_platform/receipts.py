@@ -53,7 +53,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from crm_platform import metrics
-from crm_platform.kafka import make_consumer
+from crm_platform.kafka import be_patient, make_consumer
 from crm_platform.liveness import PartitionTracker
 from crm_platform.mongo import BATCH_EVENTS, HANDOFFS_SENT, OUTBOX, PROCESSED, Store, Tx
 from crm_platform.settings import ServiceSettings
@@ -259,12 +259,16 @@ class HandoffTracker:
     async def _listen(self) -> None:
         backoff = 0.5
         while not self._stopping.is_set():
-            consumer = make_consumer(
-                bootstrap_servers=self.settings.kafka_bootstrap_servers,
-                group_id=self.group_id,
-                client_id=f"{self.service}-receipts",
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
+            # Patient: a receipt is needed within minutes (the re-send timer), not within the
+            # idle pause (crm_platform.kafka.be_patient: a third of a department's idle fetches).
+            consumer = be_patient(
+                make_consumer(
+                    bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                    group_id=self.group_id,
+                    client_id=f"{self.service}-receipts",
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                )
             )
             consumer.subscribe([HANDOFF_RECEIPTS], listener=self.partitions)
             try:
