@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from crm_contracts import Envelope
-from crm_platform import receipts
+from crm_platform import metrics, receipts
 from crm_platform.consumer import ConsumerConfig, DeadLetter, EventConsumer, Outcome
 from crm_platform.mongo import OUTBOX, PROCESSED, Store, Tx, causation_var, connect, row_items
 from reliability.probe import count_effect, envelope, handoff, record_effect
@@ -274,3 +274,32 @@ async def test_a_batchs_receipts_share_one_outbox_row_and_a_repeat_puts_back_onl
     batch_row = await store.db[OUTBOX].find_one({"_id": rows[0]["_id"]})
     assert batch_row is not None
     assert batch_row["published"] is True, "the batch's other receipts are not sent again"
+
+
+async def test_a_stored_batch_looks_its_metric_children_up_once_per_event_type(
+    store: CountingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each stored record still counts (crm_events_consumed, crm_event_processing_seconds), but
+    the labelled children are looked up once per (topic, event type), not three times per record
+    (about 1 us each: docs/performance.md, eleventh session, drain)."""
+    consumer, _ = _consumer(store)
+    first = [envelope(f"lead-{i}", f"m{i}") for i in range(5)]
+    await consumer._handle_partition(TP, [_record(i, e.to_bytes()) for i, e in enumerate(first)], {})
+    looked_up: list[tuple[str, ...]] = []
+    for metric in (metrics.EVENTS_CONSUMED, metrics.PROCESSING_SECONDS, metrics.HANDOFF_TRANSPORT_LATENCY):
+        real = metric.labels
+
+        def counting(*labels: str, _real: Any = real) -> Any:
+            looked_up.append(labels)
+            return _real(*labels)
+
+        monkeypatch.setattr(metric, "labels", counting)
+    processed = metrics.EVENTS_CONSUMED.labels("rel-group", TOPIC, "lead.captured", "processed")
+    looked_up.clear()
+    before = processed._value.get()
+    envs = [envelope(f"lead-{i}", f"n{i}") for i in range(20)]
+    await consumer._handle_partition(TP, [_record(5 + i, e.to_bytes()) for i, e in enumerate(envs)], {})
+
+    assert consumer.outcomes[-20:] == [(5 + i, "processed") for i in range(20)]
+    assert processed._value.get() - before == 20, "every stored record counted"
+    assert looked_up == [], "no labels() per record (40 for these 20 before)"

@@ -117,6 +117,15 @@ class _Ready:
     envelope: Envelope
 
 
+@dataclass(frozen=True)
+class _StoredMetrics:
+    """The metric children one (topic, event type) of stored records moves."""
+
+    consumed: Any  # crm_events_consumed{outcome="processed"}
+    processing: Any  # crm_event_processing_seconds
+    transport: Any | None  # crm_handoff_transport_latency_seconds, for a handoff to this department
+
+
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, ConnectionFailure):
         return True
@@ -144,6 +153,10 @@ class EventConsumer:
         self.on_classified = on_classified
         self.dlq_topic = dead_letter_topic(config.service)
         self._stopping = asyncio.Event()
+        # Per (topic, event type): the metric children a stored record moves, looked up once
+        # (a ``labels()`` call is about 1 us, three per record; docs/performance.md, eleventh
+        # session, drain).
+        self._stored_metrics: dict[tuple[str, str], _StoredMetrics] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
 
@@ -487,8 +500,7 @@ class EventConsumer:
     async def _group_stored(self, group: list[_Ready], stored_at: list[datetime], elapsed: float) -> None:
         """Each record of a committed group: its metrics, the after-store hook, its outcome."""
         for ready, at in zip(group, stored_at, strict=True):
-            self._observe_stored(ready.record, ready.envelope, at)
-            metrics.PROCESSING_SECONDS.labels(self.config.service, ready.envelope.event_type).observe(elapsed)
+            self._observe_stored(ready.record, ready.envelope, at).processing.observe(elapsed)
             await self._after_store(ready.envelope)
             await self.on_outcome(ready.record, Outcome("processed"))
 
@@ -547,15 +559,30 @@ class EventConsumer:
 
     def _observe_stored(
         self, record: ConsumerRecord[Any, Any], envelope: Envelope, stored_at: datetime
-    ) -> None:
+    ) -> _StoredMetrics:
+        """A stored record counted (and its handoff's transport latency); returns its children."""
+        children = self._stored_metrics.get((record.topic, envelope.event_type))
+        if children is None:
+            children = self._stored_metrics[(record.topic, envelope.event_type)] = self._children(
+                record.topic, envelope
+            )
+        if children.transport is not None:
+            children.transport.observe((stored_at - envelope.occurred_at).total_seconds())
+        children.consumed.inc()
+        return children
+
+    def _children(self, topic: str, envelope: Envelope) -> _StoredMetrics:
+        service, event_type = self.config.service, envelope.event_type
         handoff = self._handoff_to_us(envelope)
-        if handoff is not None:
-            metrics.HANDOFF_TRANSPORT_LATENCY.labels(
+        return _StoredMetrics(
+            consumed=metrics.EVENTS_CONSUMED.labels(service, topic, event_type, "processed"),
+            processing=metrics.PROCESSING_SECONDS.labels(service, event_type),
+            transport=None
+            if handoff is None
+            else metrics.HANDOFF_TRANSPORT_LATENCY.labels(
                 handoff.name, handoff.from_department, handoff.to_department
-            ).observe((stored_at - envelope.occurred_at).total_seconds())
-        metrics.EVENTS_CONSUMED.labels(
-            self.config.service, record.topic, envelope.event_type, "processed"
-        ).inc()
+            ),
+        )
 
     async def _finish(self, ready: _Ready) -> Outcome:
         """One classified record stored on its own (the path :meth:`handle_record` takes)."""
