@@ -153,6 +153,7 @@ class ServiceRuntime:
                 listener=tracker,
                 demo_clock=s.demo_clock,
                 max_records=s.consumer_max_records,
+                max_fetch_records=s.consumer_max_fetch_records,
                 key_wait_seconds=s.person_key_wait_seconds,
                 holds_keys=bool(shredding.key_topics(s.service_name)),
             ),

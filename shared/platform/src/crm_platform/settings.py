@@ -59,7 +59,11 @@ class ServiceSettings(BaseSettings):
     consumer_group: str | None = Field(default=None, validation_alias="CRM_CONSUMER_GROUP")
     # Records per partition in one fetched batch, stored in one transaction (group commit,
     # crm_platform.consumer): larger batches drain a backlog in fewer round trips.
-    consumer_max_records: int = Field(default=100, validation_alias="CRM_CONSUMER_MAX_RECORDS", ge=1, le=2000)
+    consumer_max_records: int = Field(default=250, validation_alias="CRM_CONSUMER_MAX_RECORDS", ge=1, le=2000)
+    # Records of one fetch across partitions (what a consumer holds in memory at once).
+    consumer_max_fetch_records: int = Field(
+        default=1000, validation_alias="CRM_CONSUMER_MAX_FETCH_RECORDS", ge=1, le=10000
+    )
     # Liveness (crm_platform.liveness): lag is sampled every consumer_watchdog_seconds; a
     # partition with lag whose committed offset does not move for consumer_stall_seconds
     # makes the consumer rejoin, and if it stays stalled as long again, the process exit.

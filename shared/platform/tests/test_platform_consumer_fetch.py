@@ -1,0 +1,81 @@
+"""What one fetch of the platform consumer takes: a transaction's worth of records from each
+partition, no more than a bounded number in all, every partition in turn (no Kafka: the
+consumer client is a stand-in holding buffered records, as aiokafka's fetcher does)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from aiokafka import ConsumerRecord, TopicPartition
+from crm_platform.consumer import ConsumerConfig, EventConsumer
+from crm_platform.mongo import Store, connect
+from crm_platform.settings import ServiceSettings
+
+TOPIC = "crm.test.fetch"
+PARTITIONS = [TopicPartition(TOPIC, p) for p in range(6)]
+
+
+class Buffered:
+    """aiokafka's ``getmany`` over records already fetched: per partition, in offset order."""
+
+    def __init__(self, per_partition: int) -> None:
+        self.buffered = {tp: list(range(per_partition)) for tp in PARTITIONS}
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(PARTITIONS)
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        for tp in partitions or [tp for tp in PARTITIONS if self.buffered[tp]][:1]:
+            offsets, self.buffered[tp] = self.buffered[tp][:max_records], self.buffered[tp][max_records:]
+            if offsets:
+                return {
+                    tp: [
+                        ConsumerRecord(TOPIC, tp.partition, o, 0, 0, b"k", b"v", None, 1, 1, ())
+                        for o in offsets
+                    ]
+                }
+        return {}
+
+
+def _consumer(**config: Any) -> EventConsumer:
+    store = Store(connect("mongodb://127.0.0.1:1", "test"), "unused", "test")  # never connects here
+    consumer = EventConsumer(
+        ConsumerConfig(service="test", group_id="test", topics=[TOPIC], bootstrap="-", **config), store, {}
+    )
+    return consumer
+
+
+def test_a_fetch_takes_up_to_a_transactions_worth_per_partition_and_a_bound_in_all() -> None:
+    consumer = _consumer()
+    kafka = Buffered(per_partition=1000)
+    consumer.consumer = kafka
+    served: Counter[int] = Counter()
+
+    async def fetches() -> list[dict[TopicPartition, list[Any]]]:
+        return [await consumer._fetch() for _ in range(6)]
+
+    for batch in asyncio.run(fetches()):
+        assert sum(len(records) for records in batch.values()) <= 1000, "in flight at once: bounded"
+        assert all(len(records) <= 250 for records in batch.values()), "one transaction per partition"
+        assert max(len(records) for records in batch.values()) == 250
+        served.update(tp.partition for tp in batch)
+    assert set(served) == {tp.partition for tp in PARTITIONS}, "every partition in turn, none left behind"
+    for tp in PARTITIONS:  # each partition's records still come in offset order, none skipped
+        assert kafka.buffered[tp] == list(range(1000 - len(kafka.buffered[tp]), 1000))
+
+
+def test_the_services_take_250_records_per_partition_and_1000_per_fetch_by_default() -> None:
+    settings = ServiceSettings.model_validate(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+            "MONGODB_URI": "mongodb://127.0.0.1:1",
+            "CRM_SERVICE_NAME": "x",
+        }
+    )
+    assert (settings.consumer_max_records, settings.consumer_max_fetch_records) == (250, 1000)
+    config = ConsumerConfig(service="x", group_id="x", topics=[], bootstrap="-")
+    assert (config.max_records, config.max_fetch_records) == (250, 1000)
