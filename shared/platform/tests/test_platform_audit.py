@@ -218,6 +218,17 @@ async def test_a_bulk_write_records_each_document_once_from_before_to_after(stor
     assert upserted is not None
 
 
+def _count_reads(monkeypatch: pytest.MonkeyPatch, reads: list[Any]) -> None:
+    """From now on, every read of records by id an audited collection makes is put in ``reads``."""
+    real = audit.AuditedCollection._by_ids
+
+    async def counted(self: audit.AuditedCollection, ids: Any, session: Any) -> dict[Any, Any]:
+        reads.append(list(ids))
+        return await real(self, ids, session)
+
+    monkeypatch.setattr(audit.AuditedCollection, "_by_ids", counted)
+
+
 async def test_a_bulk_write_of_records_read_to_change_and_replaced_by_id_reads_nothing_more(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -231,13 +242,7 @@ async def test_a_bulk_write_of_records_read_to_change_and_replaced_by_id_reads_n
     async def work(tx: Tx) -> None:
         deals = cast(audit.AuditedCollection, tx.db["deals"])
         await deals.find_to_change({"_id": {"$in": [a, b]}}, session=tx.session)
-        real = audit.AuditedCollection._by_ids
-
-        async def counted(self: audit.AuditedCollection, ids: Any, session: Any) -> dict[Any, Any]:
-            reads.append(list(ids))
-            return await real(self, ids, session)
-
-        monkeypatch.setattr(audit.AuditedCollection, "_by_ids", counted)
+        _count_reads(monkeypatch, reads)
         ghost = ReplaceOne({"_id": f"ghost-{a}"}, {"n": 0})  # replaces nothing: no entry
         ops = [
             ReplaceOne({"_id": a}, {"n": 2}),
@@ -274,13 +279,7 @@ async def test_a_bulk_write_setting_fields_of_records_read_to_change_reads_nothi
     async def work(tx: Tx) -> None:
         deals = cast(audit.AuditedCollection, tx.db["deals"])
         await deals.find_to_change({"_id": {"$in": [a, b]}}, session=tx.session)
-        real = audit.AuditedCollection._by_ids
-
-        async def counted(self: audit.AuditedCollection, ids: Any, session: Any) -> dict[Any, Any]:
-            reads.append(list(ids))
-            return await real(self, ids, session)
-
-        monkeypatch.setattr(audit.AuditedCollection, "_by_ids", counted)
+        _count_reads(monkeypatch, reads)
         await deals.bulk_write(
             [UpdateOne({"_id": a}, {"$set": {"n": 5, "rep": "rhea"}, "$unset": {"stage": ""}})],
             session=tx.session,
