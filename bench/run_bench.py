@@ -907,9 +907,10 @@ def _backlog_targets(extra: dict[str, Any]) -> list[Target]:
     drain = extra.get("backlog_drain")
     if drain:
         exact = drain["complete"] and drain["lost"] == 0 and drain["doubled"] == 0
+        exact = exact and not drain.get("unopened")
         out.append(
             Target(
-                f"backlog drain ({drain['events']} events)",
+                f"backlog drain ({drain['events']} v{drain.get('handoff_version', 1)} handoffs)",
                 f"{drain['rate']:.0f} events/s, drained {drain['drained']}/{drain['backlog']}, "
                 f"lost {drain['lost']}, doubled {drain['doubled']}",
                 ">= 5,000/s, nothing lost or doubled",

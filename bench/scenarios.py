@@ -31,15 +31,16 @@ import httpx
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from crm_contracts import envelope_for, utcnow
-from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason
+from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason, sealed_email
 from crm_contracts.events.leads import LeadCapturedV1, LeadQualifiedV1
 from crm_contracts.events.platform import HandoffReceivedV1
 from crm_contracts.events.sales import LeadVerdictV1, Verdict
-from crm_contracts.topics import LEAD_QUALIFIED
+from crm_contracts.topics import LEAD_QUALIFIED, LEADS_PERSON_KEYS
+from crm_platform import shredding
 from crm_platform.devinfra.launcher import Platform
 from crm_platform.kafka import make_consumer, make_producer
 from crm_platform.kafka_security import aiokafka_security
-from crm_platform.outbox import RELAY_BATCH_BYTES
+from crm_platform.outbox import RELAY_BATCH_BYTES, rfc3339, wire_record
 from profiling import profiled
 from pymongo import AsyncMongoClient
 from system import cpu_ms_per_op, cpu_snapshot, mongo_top, top_ms_per_op
@@ -142,8 +143,18 @@ def _backlog_producer(bootstrap: str) -> Any:
     )
 
 
+# Which handoffs the backlog holds: 2 (the default since the twelfth session), ``lead.qualified``
+# v2 sealed, each a person of its own whose key record (``lead.person_key_issued`` on
+# ``crm.leads.person-keys``) is published just ahead of it, as leads' relay publishes a handoff
+# since the sixth session; 1: the plaintext v1 handoffs every earlier drain figure measured.
+BACKLOG_VERSION = int(os.environ.get("BENCH_BACKLOG_VERSION", "2"))
+
+
 async def produce_handoffs(bootstrap: str, n: int) -> str:
-    """Produce ``n`` distinct lead-qualified handoffs; returns the run's lead id prefix."""
+    """Produce ``n`` distinct lead-qualified handoffs (:data:`BACKLOG_VERSION`; v2 each after
+    its person key record); returns the run's lead id prefix."""
+    if BACKLOG_VERSION == 2:
+        return await produce_sealed_handoffs(bootstrap, n)
     run = uuid.uuid4().hex[:8]
     template = _handoff_template(run)
     producer = _backlog_producer(bootstrap)
@@ -169,6 +180,78 @@ async def produce_handoffs(bootstrap: str, n: int) -> str:
     finally:
         await producer.stop()
     return f"bl-{run}-"
+
+
+async def produce_sealed_handoffs(bootstrap: str, n: int) -> str:
+    """``n`` sealed handoffs as leads' relay publishes them: per handoff a new person (own
+    e-mail, person id and AES key), its key record, then the ``lead.qualified`` v2 sealed with
+    that key (the relay's values and headers, :func:`crm_platform.outbox.wire_record`)."""
+    run = uuid.uuid4().hex[:8]
+    handoff, issued = _sealed_templates()
+    producer = _backlog_producer(bootstrap)
+    await producer.start()
+    try:
+        pending = []
+        for i in range(n):
+            lead = f"bl-{run}-{i}"
+            for topic, key, envelope in _sealed_pair(handoff, issued, lead, f"backlog-{run}-{i}@example.com"):
+                value, headers = wire_record(envelope, rfc3339(utcnow()))
+                pending.append(await producer.send(topic, value, key=key.encode(), headers=headers))
+            if len(pending) >= 4000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return f"bl-{run}-"
+
+
+def _sealed_templates() -> tuple[dict[str, Any], dict[str, Any]]:
+    """A sealed handoff's envelope and its key record's (JSON values), sealed once by
+    :func:`crm_platform.shredding.sealed_event`; :func:`_sealed_pair` fills in each handoff."""
+    plain = LeadQualifiedV1(
+        lead_id="LEAD",
+        contact=Contact(name="Backlog Lead", email="backlog@example.com"),
+        company="Backlog Co",
+        score=50.0,
+        threshold=40.0,
+        score_reasons=[ScoreReason(behaviour=Behaviour.TRIAL_SIGNUP, count=1, points=50.0)],
+        source_channel="web_form",
+        behaviour_summary={Behaviour.TRIAL_SIGNUP: 1},
+        consent=Consent(marketing_email=True),
+        qualified_at=utcnow(),
+    )
+    sealed, [issued] = shredding.sealed_event(plain, "leads")
+
+    def dumped(event: Any) -> dict[str, Any]:
+        return envelope_for(event, source="leads", correlation_id="LEAD").model_dump(mode="json")
+
+    return dumped(sealed), dumped(issued)
+
+
+def _sealed_pair(
+    handoff: dict[str, Any], issued: dict[str, Any], lead: str, email: str
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """(topic, record key, envelope) of one new person's key record and handoff, in the order
+    leads' relay publishes them (the key first: crm_platform.shredding._share)."""
+    key, person_id = shredding.new_key(), shredding.new_person_id()
+    fields = shredding.PersonFields(email=email, name="Backlog Lead")
+    sealed = shredding.seal(key, person_id, "leads", fields).model_dump(mode="json")
+    payload = handoff["payload"]
+    contact = {**payload["contact"], "email": sealed_email(person_id)}
+    key_record = {
+        **issued,
+        "event_id": str(uuid.uuid4()),
+        "correlation_id": lead,
+        "payload": {**issued["payload"], "person_id": person_id, "key": shredding.encode_key(key)},
+    }
+    sealed_handoff = {
+        **handoff,
+        "event_id": str(uuid.uuid4()),
+        "correlation_id": lead,
+        "payload": {**payload, "lead_id": lead, "contact": contact, "sealed_contact": sealed},
+    }
+    return [(LEADS_PERSON_KEYS, person_id, key_record), (LEAD_QUALIFIED, lead, sealed_handoff)]
 
 
 def _history_templates(run: str) -> list[tuple[str, bytes, bytes]]:
@@ -291,12 +374,12 @@ async def backlog_drain(
     bootstrap = platform.kafka_bootstrap
     platform.stop(("sales",))
     say(
-        f"backlog: sales stopped, producing {n} lead-qualified handoffs "
+        f"backlog: sales stopped, producing {n} lead-qualified v{BACKLOG_VERSION} handoffs "
         f"(compression {BACKLOG_COMPRESSION}) ..."
     )
     prefix = await produce_handoffs(bootstrap, n)
-    backlog = await group_lag(bootstrap, "sales", [LEAD_QUALIFIED])
-    say(f"  {backlog} records wait for sales; starting it ...")
+    backlog, keys = await group_lag(bootstrap, "sales", [LEAD_QUALIFIED]), await _key_lag(bootstrap)
+    say(f"  {backlog} handoffs and {keys} key records wait for sales; starting it ...")
     ops_before, top_before = await mongod_operations(mongodb_uri), await mongo_top(mongodb_uri)
     started = time.perf_counter()
     platform.start(("sales",))
@@ -310,9 +393,9 @@ async def backlog_drain(
     cpu_before = cpu_snapshot(everyone)
     lag = backlog
     with profiled("drain", {"sales": platform.procs["sales"].pid}, PROFILE_DIR):
-        while lag > 0 and time.perf_counter() - ready < max_seconds:
+        while (lag > 0 or keys > 0) and time.perf_counter() - ready < max_seconds:
             await asyncio.sleep(1.0)
-            lag = await group_lag(bootstrap, "sales", [LEAD_QUALIFIED])
+            lag, keys = await group_lag(bootstrap, "sales", [LEAD_QUALIFIED]), await _key_lag(bootstrap)
     finished = time.perf_counter()
     drained = backlog - lag
     cpu = cpu_ms_per_op(cpu_before, cpu_snapshot(everyone), drained)
@@ -323,21 +406,25 @@ async def backlog_drain(
     say(f"  mongod operations per drained event (sales' start-up included): {per_event}")
     top = top_ms_per_op(top_before, await mongo_top(mongodb_uri), drained)
     say(f"  mongod time per drained event by collection (ms, `top`: lock held, waits included): {top}")
-    items, doubled = await _inbox_check(mongodb_uri, platform.db_prefix + "sales", prefix)
+    items, doubled, unopened = await _inbox_check(mongodb_uri, platform.db_prefix + "sales", prefix)
     rate = drained / (finished - ready) if finished > ready else 0.0
     say(
         f"  drained {drained}/{backlog} in {finished - ready:.1f} s after ready ({rate:.0f}/s; "
-        f"{ready - started:.1f} s to start); inbox items {items} of {n}, doubled {doubled}"
+        f"{ready - started:.1f} s to start); inbox items {items} of {n}, doubled {doubled}, "
+        f"still sealed {unopened}, key records left {keys}"
     )
     return {
         "events": n,
+        "handoff_version": BACKLOG_VERSION,
+        "unopened": unopened,
+        "key_lag": keys,
         "compression": BACKLOG_COMPRESSION,
         "backlog": backlog,
         "drained": drained,
         "seconds": round(finished - ready, 2),
         "startup_seconds": round(ready - started, 2),
         "rate": rate,
-        "complete": lag == 0,
+        "complete": lag == 0 and keys == 0,
         "inbox_items": items,
         "lost": max(0, n - items) if lag == 0 else None,
         "doubled": doubled,
@@ -420,12 +507,22 @@ async def stored_lead_ids(mongodb_uri: str, database: str) -> list[str]:
         await client.close()
 
 
-async def _inbox_check(mongodb_uri: str, database: str, prefix: str) -> tuple[int, int]:
+async def _key_lag(bootstrap: str) -> int:
+    """The person key records sales' key consumer has not committed yet (none in a v1 backlog)."""
+    if BACKLOG_VERSION != 2:
+        return 0
+    return await group_lag(bootstrap, shredding.key_group("sales"), [LEADS_PERSON_KEYS])
+
+
+async def _inbox_check(mongodb_uri: str, database: str, prefix: str) -> tuple[int, int, int]:
+    """The run's inbox items, those doubled, and those whose contact is still the sealed stand-in."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri)
     try:
         inbox = client[database]["inbox"]
         match = {"lead_id": {"$regex": f"^{prefix}"}}
         items = await inbox.count_documents(match)
+        sealed = {"handoff.contact.email": {"$regex": "@sealed[.]example$"}}
+        unopened = await inbox.count_documents({**match, **sealed})
         cursor = await inbox.aggregate(
             [
                 {"$match": match},
@@ -435,7 +532,7 @@ async def _inbox_check(mongodb_uri: str, database: str, prefix: str) -> tuple[in
             ]
         )
         doubled = await cursor.to_list()
-        return items, (doubled[0]["doubled"] if doubled else 0)
+        return items, (doubled[0]["doubled"] if doubled else 0), unopened
     finally:
         await client.close()
 
