@@ -122,9 +122,10 @@ def _count_lead_writes(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 async def test_an_assignment_writes_its_two_fields_not_the_whole_lead(
     leads: Leads, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each assignment's save sets the lead's ``assigned_rep`` and ``assigned_at`` only (the
-    whole lead, about 30 fields, was replaced: encoded, sent and written to the oplog whole),
-    reads nothing back for its audit entry, and the lead and its history are as before."""
+    """Each assignment's save sets the lead's ``assigned_rep`` and ``assigned_at`` only, and
+    adds the rep's book to the lead's lists (``list_keys``; the whole lead, about 30 fields, was
+    replaced: encoded, sent and written to the oplog whole), reads nothing back for its audit
+    entry, and the lead and its history are as before."""
     tag = f"set{uuid.uuid4().hex[:8]}"
     ids = [(await leads.capture(company=f"Firm {tag}"))["lead"]["id"] for _ in range(3)]
     rep, at = f"rhea-{tag}", utcnow() - timedelta(minutes=3)
@@ -158,18 +159,21 @@ async def test_an_assignment_writes_its_two_fields_not_the_whole_lead(
 
     assert consumer.outcomes == dict.fromkeys(range(3), "processed")
     assert [(type(op).__name__, sorted(op._doc["$set"])) for op in sent] == [
-        ("UpdateOne", ["assigned_at", "assigned_rep"])
-    ] * 3, "two fields set, not the whole lead replaced"
+        ("UpdateOne", ["assigned_at", "assigned_rep", repo.LIST_KEYS])
+    ] * 3, "three fields set, not the whole lead replaced"
     assert reads == 1, "the batch's one read of its leads; nothing read back for the audit"
     for lead_id in ids:
         stored = await db[repo.LEADS].find_one({"_id": lead_id})
         assert stored is not None
-        assert {k: v for k, v in stored.items() if k not in ("assigned_rep", "assigned_at")} == {
-            k: v for k, v in before[lead_id].items() if k not in ("assigned_rep", "assigned_at")
+        assigned = ("assigned_rep", "assigned_at", repo.LIST_KEYS)
+        assert {k: v for k, v in stored.items() if k not in assigned} == {
+            k: v for k, v in before[lead_id].items() if k not in assigned
         }
         assert stored["assigned_rep"] == rep
+        assert stored[repo.LIST_KEYS] == ["status:new", f"rep:{rep}"], "in the rep's book from now on"
         [entry] = await db["audit_log"].find({"record.id": lead_id, "action": "update"}).to_list()
         assert sorted((c["field"], c["before"]) for c in entry["changes"]) == [
             ("assigned_at", None),
             ("assigned_rep", None),
+            (repo.LIST_KEYS, ["status:new"]),
         ]

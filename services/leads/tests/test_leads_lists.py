@@ -104,8 +104,9 @@ async def test_filter_by_campaign_and_score_range_and_page_in_order(leads: Leads
     assert [x["name"] for x in found] == ["Ann"]
     assert len(await _pages(leads, {"campaign": campaign})) == 4
     rep = f"rep-{tag}"
-    await db[store.LEADS].update_many(
-        {"campaign": campaign, "name": {"$in": ["Ben", "Di"]}}, {"$set": {"assigned_rep": rep}}
+    await db[store.LEADS].update_many(  # as the assignment's save writes them (store.lead_to_doc)
+        {"campaign": campaign, "name": {"$in": ["Ben", "Di"]}},
+        {"$set": {"assigned_rep": rep}, "$addToSet": {store.LIST_KEYS: store.rep_key(rep)}},
     )
     mine = await _pages(leads, {"owner": rep, "sort": "name"})
     assert [(x["name"], x["owner"]) for x in mine] == [("Ben", rep), ("Di", rep)]
@@ -155,26 +156,59 @@ async def _candidates(cursor: Any) -> set[str]:
     return _index_names([plan["winningPlan"], plan["rejectedPlans"]])
 
 
-async def test_a_reps_and_a_campaigns_queries_can_use_their_partial_indexes(leads: Leads) -> None:
-    """Only assigned leads and leads with a campaign are in ``assigned*`` and ``in_campaign``
-    (a captured or imported lead maintains neither): the planner weighs them for every query on
-    a rep or a campaign, and for no other query (searches aside: an address reads the unique
-    email index, words the text index); the indexes an earlier version made are dropped at start-up."""
+def _list_bounds(stage: Any) -> set[str]:
+    """The ``LIST_KEYS`` intervals the index scans of a plan read (``'["rep:r", "rep:r"]'``)."""
+    if isinstance(stage, dict):
+        bounds = stage.get("indexBounds", {}).get(store.LIST_KEYS, [])
+        return set(bounds).union(*(_list_bounds(v) for v in stage.values()))
+    return set().union(*(_list_bounds(v) for v in stage)) if isinstance(stage, list) else set()
+
+
+async def _weighed_lists(cursor: Any) -> set[str]:
+    plan = bson.decode((await cursor.explain())["queryPlanner"].raw)
+    return _list_bounds([plan["winningPlan"], plan["rejectedPlans"]])
+
+
+async def test_a_reps_and_a_campaigns_queries_read_their_own_index_entries(leads: Leads) -> None:
+    """A rep's leads are read through their rep's entries in the ``listed*`` index of the order
+    (the status lists and a rep's lists share those indexes); only leads with a campaign are in
+    ``in_campaign`` (a captured or imported lead maintains neither a rep's entry nor that index),
+    weighed for every query on a campaign and no other (searches aside: an address reads the
+    unique email index, words the text index)."""
     await leads.capture()
     db = leads.runtime.store.db
     for query in [q for q in QUERIES + FILTERED if not q.q]:
         spec = store.LEAD_SORTS[query.sort]
-        name = "assigned" if spec.field == "created_at" else f"assigned_{spec.field}"
-        plans = await _candidates(store.find_leads(db, query).limit(51))
-        assert (name in plans) == (query.rep is not None), (query, plans)
+        name = "listed" if spec.field == "created_at" else f"listed_{spec.field}"
+        cursor = store.find_leads(db, query).limit(51)
+        plans, lists = await _candidates(cursor), await _weighed_lists(cursor)
+        rep = f'["{store.rep_key(query.rep)}", "{store.rep_key(query.rep)}"]' if query.rep else None
+        assert (rep in lists) == (query.rep is not None), (query, lists)
+        assert name in plans or query.rep is None, (query, plans)
         assert ("in_campaign" in plans) == (query.campaign is not None), (query, plans)
-    export = db[store.LEADS].find({"assigned_rep": "rep-1", "status": "new"}).sort("created_at", -1)
-    assert "assigned" in await _candidates(export)
+    export = db[store.LEADS].find({store.LIST_KEYS: {"$all": ["rep:rep-1", "status:new"]}})
+    assert "listed" in await _candidates(export.sort([("created_at", -1), ("_id", -1)]))
+
+
+async def test_the_status_and_rep_indexes_are_retired_and_older_leads_get_their_lists(leads: Leads) -> None:
+    """Start-up gives the leads an earlier version stored their ``LIST_KEYS`` (as
+    ``lead_to_doc`` does) before it drops the indexes the ``listed*`` ones serve: mongod 6.0
+    checks every index of ``leads`` for each lead a transaction updates (twice per handoff)."""
+    tag = uuid.uuid4().hex[:8]
+    db = leads.runtime.store.db
+    old = [(await leads.capture(leads.unique_email(tag)))["lead"]["id"] for _ in range(2)]
+    await db[store.LEADS].update_one({"_id": old[1]}, {"$set": {"assigned_rep": f"rep-{tag}"}})
+    await db[store.LEADS].update_many({"_id": {"$in": old}}, {"$unset": {store.LIST_KEYS: ""}})
     await db[store.LEADS].create_index("updated_at", name="by_updated")
+    await db[store.LEADS].create_index([("assigned_rep", 1), ("score", -1)], name="assigned_score")
     await store.ensure_indexes(db)
-    await store.ensure_indexes(db)  # again: nothing left to drop
+    await store.ensure_indexes(db)  # again: nothing left to drop, nothing to fill in
     names = {ix["name"] async for ix in await db[store.LEADS].list_indexes()}
     assert not names & set(store.RETIRED_INDEXES), names
+    assert {"listed", "listed_updated_at", "listed_score", "listed_name"} <= names
+    assert len(names - {"by_person_hash"}) == 11, names
+    stored = {d["_id"]: d[store.LIST_KEYS] async for d in db[store.LEADS].find({"_id": {"$in": old}})}
+    assert stored == {old[0]: ["status:new"], old[1]: ["status:new", f"rep:rep-{tag}"]}
 
 
 def _stages(stage: Any) -> list[str]:
@@ -186,7 +220,7 @@ def _stages(stage: Any) -> list[str]:
 
 async def test_the_orders_by_time_and_name_read_the_status_indexes_page_after_page(leads: Leads) -> None:
     """``newest``, ``oldest``, ``updated`` and ``name`` without a status filter read their
-    ``by_status*`` index every status at once (merged in order), so a lead enters three index
+    ``listed*`` index every status at once (merged in order), so a lead enters three index
     entries fewer (no ``newest``, ``by_updated_at``, ``by_name``); a later page reads about a
     page of index keys, not everything before it, and nothing is sorted in memory."""
     tag = uuid.uuid4().hex[:8]
@@ -194,7 +228,7 @@ async def test_the_orders_by_time_and_name_read_the_status_indexes_page_after_pa
         await leads.capture(leads.unique_email(tag), name=f"Merged {n:02d}", campaign=None)
     db = leads.runtime.store.db
     names = {ix["name"] async for ix in await db[store.LEADS].list_indexes()}
-    assert not names & {"newest", "by_updated_at", "by_name"}, names
+    assert not names & {"newest", "by_updated_at", "by_name", "by_status", "by_status_name"}, names
     for sort in ("newest", "oldest", "updated", "name"):
         query = store.LeadQuery(sort=sort)
         first = await store.find_leads(db, query).limit(30).to_list()

@@ -31,7 +31,8 @@ DRAFT: dict[str, Any] = {
 async def _lead_in(leads: Leads, status: str, counts: dict[str, int]) -> None:
     lead = (await leads.capture())["lead"]
     await leads.runtime.store.db[store.LEADS].update_one(
-        {"_id": lead["id"]}, {"$set": {"status": status, "cycle_counts": counts}}
+        {"_id": lead["id"]},
+        {"$set": {"status": status, "cycle_counts": counts, store.LIST_KEYS: [store.status_key(status)]}},
     )
 
 

@@ -68,12 +68,32 @@ DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index violation
 # A lead's fields that most leads leave empty (null): their indexes hold only the leads that have
 # a value (``$gte ""`` is every string, never null), so inserting a captured or imported lead
 # maintains none of them. A query's equality on a string implies the filter: the planner uses them.
-ASSIGNED = {"assigned_rep": {"$gte": ""}}
 IN_CAMPAIGN = {"campaign": {"$gte": ""}}
+# The lists a lead is in, one value each (``lead_to_doc``): its status (``status:<status>``) and,
+# once assigned, its rep's book (``rep:<rep>``). One ``listed*`` index per order of GET /leads
+# over them serves both the lists by status and a rep's lists, where a status index and a rep
+# index per order were eight (``RETIRED_INDEXES``): mongod 6.0 checks every index of the
+# collection for each document a transaction updates, and a handoff updates its lead twice in
+# one (the qualifying behaviour, then the assignment; twelfth session, handoff).
+LIST_KEYS = "list_keys"
+
+
+def status_key(status: str) -> str:
+    return f"status:{status}"
+
+
+def rep_key(rep: str) -> str:
+    return f"rep:{rep}"
+
+
+def list_keys(status: str, rep: str | None) -> list[str]:
+    return [status_key(status)] if rep is None else [status_key(status), rep_key(rep)]
+
+
 # Every status a lead can have: a query asking for all of them (``EVERY_STATUS``) reads the
-# ``by_status*`` index of its order one status after the other, merged in order (MongoDB's
+# ``listed*`` index of its order one status after the other, merged in order (MongoDB's
 # SORT_MERGE), so the orders below need no index of their own (one entry less per lead each).
-EVERY_STATUS = {"$in": sorted(s.value for s in LeadStatus)}
+EVERY_STATUS = {"$in": [status_key(s) for s in sorted(s.value for s in LeadStatus)]}
 # The orders served that way: their values rarely tie beyond a batch (the leads of one bulk
 # request or import batch share their times), so a later page's range (``_from_cursor``) reads
 # little more than the page. ``score`` keeps its index: most leads tie at 0, and a page deep in
@@ -82,7 +102,8 @@ STATUS_MERGED_ORDERS = frozenset({"created_at", "updated_at", "name"})
 # Indexes an earlier version made that a declared one now serves (dropped at start-up):
 # ``by_updated`` (retention's ``updated_at`` range: ``by_updated_at`` serves it), the rep's and
 # the campaign's whole-collection indexes (now partial, under new names), and the orders that
-# ``by_status*`` serves for every status (``STATUS_MERGED_ORDERS``).
+# ``listed*`` serves for every status (``STATUS_MERGED_ORDERS``), and the status and rep
+# indexes of every order, which the ``listed*`` indexes replace.
 RETIRED_INDEXES = (
     "by_updated",
     "by_campaign",
@@ -93,6 +114,15 @@ RETIRED_INDEXES = (
     "newest",
     "by_updated_at",
     "by_name",
+    # one status index and one rep index per order: the ``listed*`` indexes serve both
+    "by_status",
+    "by_status_updated_at",
+    "by_status_score",
+    "by_status_name",
+    "assigned",
+    "assigned_updated_at",
+    "assigned_score",
+    "assigned_name",
 )
 
 
@@ -104,9 +134,6 @@ async def ensure_indexes(db: Db) -> None:
     await db[LEADS].create_index("email", unique=True, name="email_unique")
     await db[BEHAVIOURS].create_index("recorded_at", name="by_recorded")
     await db[LEADS].create_index(
-        [("status", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="by_status"
-    )
-    await db[LEADS].create_index(
         [("origin_channel", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
         name="by_channel",
     )
@@ -115,19 +142,10 @@ async def ensure_indexes(db: Db) -> None:
         name="in_campaign",
         partialFilterExpression=IN_CAMPAIGN,
     )
-    # The other orders of GET /leads (crm_platform.paging: field then _id) by status, and alone
-    # those that the status indexes do not serve (STATUS_MERGED_ORDERS); ``by_status_updated_at``
-    # is also what retention (RETENTION_RULES) looks expired leads up by.
-    for sort in (s for s in LEAD_SORTS.values() if s.field != "created_at"):
-        if sort.field not in STATUS_MERGED_ORDERS:
-            await db[LEADS].create_index(
-                [(sort.field, DESCENDING), ("_id", DESCENDING)], name=f"by_{sort.field}"
-            )
-        await db[LEADS].create_index(
-            [("status", ASCENDING), (sort.field, DESCENDING), ("_id", DESCENDING)],
-            name=f"by_status_{sort.field}",
-        )
-    await _ensure_rep_indexes(db)
+    # The orders that the status lists do not serve alone (STATUS_MERGED_ORDERS).
+    for sort in (s for s in LEAD_SORTS.values() if s.field not in STATUS_MERGED_ORDERS):
+        await db[LEADS].create_index([(sort.field, DESCENDING), ("_id", DESCENDING)], name=f"by_{sort.field}")
+    await _ensure_list_indexes(db)
     # ?q= : every word of the name, company and email (default_language none: names are not stemmed).
     await db[LEADS].create_index(
         [("name", TEXT), ("company", TEXT), ("email", TEXT)], name="search", default_language="none"
@@ -143,15 +161,22 @@ async def ensure_indexes(db: Db) -> None:
         pass  # another replica seeded it at the same moment
 
 
-async def _ensure_rep_indexes(db: Db) -> None:
-    """A sales rep's leads (domain.access): every order of GET /leads and the export, by rep;
-    only assigned leads are in them (``ASSIGNED``). Then the retired indexes go."""
+async def _ensure_list_indexes(db: Db) -> None:
+    """Every order of GET /leads and the export over the lists a lead is in (``LIST_KEYS``):
+    by status, and a sales rep's leads (domain.access); ``listed_updated_at`` is also what
+    retention (RETENTION_RULES) looks expired leads up by. Leads stored before the lists had
+    them get theirs first; then the retired indexes go."""
     for sort_field in ("created_at", *(s.field for s in LEAD_SORTS.values() if s.field != "created_at")):
         await db[LEADS].create_index(
-            [("assigned_rep", ASCENDING), (sort_field, DESCENDING), ("_id", DESCENDING)],
-            name="assigned" if sort_field == "created_at" else f"assigned_{sort_field}",
-            partialFilterExpression=ASSIGNED,
+            [(LIST_KEYS, ASCENDING), (sort_field, DESCENDING), ("_id", DESCENDING)],
+            name="listed" if sort_field == "created_at" else f"listed_{sort_field}",
         )
+    # a rep's key only for a lead with a rep (missing and null are both "not assigned")
+    rep = {"$cond": [{"$gt": ["$assigned_rep", None]}, [{"$concat": ["rep:", "$assigned_rep"]}], []]}
+    status = [{"$concat": ["status:", "$status"]}]
+    await db[LEADS].update_many(
+        {LIST_KEYS: {"$exists": False}}, [{"$set": {LIST_KEYS: {"$concatArrays": [status, rep]}}}]
+    )
     await drop_retired_indexes(db[LEADS], RETIRED_INDEXES)
 
 
@@ -237,6 +262,7 @@ def lead_to_doc(lead: Lead) -> Doc:
         "verdict_at": lead.verdict_at,
         "assigned_rep": lead.assigned_rep,
         "assigned_at": lead.assigned_at,
+        LIST_KEYS: list_keys(lead.status.value, lead.assigned_rep),
     }
     if lead.custom:  # absent when none: a lead without custom fields costs nothing more
         doc["custom"] = dict(lead.custom)
@@ -459,13 +485,10 @@ class LeadQuery:
 
     def filter(self, cursor: str | None) -> Doc:
         query: Doc = dict(self.custom)
-        if self.rep is not None:
-            query["assigned_rep"] = self.rep
         spec = LEAD_SORTS[self.sort]
-        if self.status is not None:
-            query["status"] = self.status
-        elif spec.field in STATUS_MERGED_ORDERS:
-            query["status"] = EVERY_STATUS  # the order's by_status index, every status merged
+        merged = self.status is None and spec.field in STATUS_MERGED_ORDERS
+        if (lists := in_lists(self.status, self.rep, merged)) is not None:
+            query[LIST_KEYS] = lists
         if self.channel is not None:
             query["origin_channel"] = self.channel
         if self.campaign is not None:
@@ -477,7 +500,6 @@ class LeadQuery:
             query.update({"email": self.q.strip().lower()} if "@" in self.q else text_search(self.q))
         if cursor is not None:
             after = spec.after(cursor)
-            merged = query.get("status") is EVERY_STATUS
             query = (
                 {"$and": [query, *(_from_cursor(spec, cursor) if merged else []), after]} if query else after
             )
@@ -486,6 +508,16 @@ class LeadQuery:
     def _score_range(self) -> Doc:
         bounds = {"$gte": self.min_score, "$lte": self.max_score}
         return {op: value for op, value in bounds.items() if value is not None}
+
+
+def in_lists(status: str | None, rep: str | None, every_status: bool) -> Doc | str | None:
+    """What a query asks of ``LIST_KEYS``: a rep's book (of one status), one status, or
+    ``every_status`` (the order's ``listed*`` index read one status after the other, merged)."""
+    if rep is not None:
+        return rep_key(rep) if status is None else {"$all": [rep_key(rep), status_key(status)]}
+    if status is not None:
+        return status_key(status)
+    return EVERY_STATUS if every_status else None
 
 
 def _from_cursor(spec: Sort, cursor: str) -> list[Doc]:
@@ -689,10 +721,10 @@ OPEN_STATUSES = ("new", "nurturing", "recycled")  # the leads a score can still 
 
 async def open_cycles(db: Db) -> AsyncIterator[dict[Behaviour, int]]:
     """The current cycle's behaviour counts of the leads a score can still qualify, newest first,
-    at most :data:`PREVIEW_MAX_LEADS` (one field read per lead, through the ``by_status`` index)."""
+    at most :data:`PREVIEW_MAX_LEADS` (one field read per lead, through the ``listed`` index)."""
     cursor = (
         db[LEADS]
-        .find({"status": {"$in": list(OPEN_STATUSES)}}, {"cycle_counts": 1, "_id": 0})
+        .find({LIST_KEYS: {"$in": [status_key(s) for s in OPEN_STATUSES]}}, {"cycle_counts": 1, "_id": 0})
         .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
         .limit(PREVIEW_MAX_LEADS)
     )
@@ -794,8 +826,7 @@ async def export_leads(
     db: Db, *, status: str | None, channel: str | None, rep: str | None = None
 ) -> AsyncIterator[Lead]:
     """Every lead the list route's filters select, newest first, from one cursor (the export)."""
-    query: Doc = {} if rep is None else {"assigned_rep": rep}
-    query["status"] = status if status is not None else EVERY_STATUS  # by_status, every status merged
+    query: Doc = {LIST_KEYS: in_lists(status, rep, every_status=True)}  # listed, statuses merged
     if channel is not None:
         query["origin_channel"] = channel
     cursor = db[LEADS].find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).batch_size(1000)
@@ -829,7 +860,7 @@ RETENTION_RULES = (
         LEADS,
         "updated_at",
         Action.ANONYMISE,
-        eligible={"status": EVERY_STATUS},  # every lead; read through by_status_updated_at
+        eligible={LIST_KEYS: EVERY_STATUS},  # every lead; read through listed_updated_at
         scrub={"name": ANONYMISED, "email": anonymous_email, "custom": {}},
     ),
     # Tracked behaviour: deleted.
