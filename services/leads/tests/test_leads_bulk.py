@@ -8,6 +8,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any, TypeAlias
 
+import fastapi.routing
 import pytest
 from crm_contracts import Envelope, utcnow
 from crm_contracts.topics import LEAD_QUALIFIED, LEADS_EVENTS
@@ -15,6 +16,7 @@ from crm_platform.app import GC_YOUNG_THRESHOLD
 from crm_platform.mongo import BATCH_EVENTS, OUTBOX
 from crm_platform.testing import TopicReader, auth_headers
 from leads import handlers
+from leads.api.models import BulkCaptureMinimalOut, BulkCaptureOut
 
 pytestmark = pytest.mark.integration
 Leads: TypeAlias = Any  # conftest.Leads (conftest is not importable in importlib mode)
@@ -148,6 +150,43 @@ async def test_bulk_capture_roles(leads: Leads) -> None:
         assert r.status_code == 403, role
     r = await leads.client.post("/leads/bulk", json=body, headers=auth_headers(["admin"], "root"))
     assert r.status_code == 200
+
+
+async def test_a_bulk_answer_is_not_validated_again_by_the_framework(
+    leads: Leads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bulk answer is written as JSON once: FastAPI's ``serialize_response`` (validating a
+    returned model against the route's ``response_model`` union, every result rebuilt, before
+    dumping it) is not called, and both shapes answer what their models say (docs/performance.md,
+    "Twelfth session, capture")."""
+    serialized: list[object] = []
+    original = fastapi.routing.serialize_response
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        serialized.append(kwargs.get("response_content"))
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "serialize_response", counting)
+    new, twice = email(), email()
+    body = {"leads": [lead(new), lead(twice), lead(twice, company="Later Co")]}
+    r = await leads.client.post("/leads/bulk", json=body, headers={**MARKETING, "Prefer": MINIMAL})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["Preference-Applied"] == MINIMAL
+    minimal = BulkCaptureMinimalOut.model_validate_json(r.content)
+    assert [x.merged for x in minimal.results] == [False, False, True]
+    assert minimal.results[1].id == minimal.results[2].id
+    assert r.json() == minimal.model_dump(mode="json")
+    r = await leads.client.post("/leads/bulk", json={"leads": [lead(twice)]}, headers=MARKETING)
+    assert r.status_code == 200, r.text
+    assert "Preference-Applied" not in r.headers
+    whole = BulkCaptureOut.model_validate_json(r.content)
+    assert whole.results[0].merged
+    assert whole.results[0].lead.id == minimal.results[1].id
+    assert whole.results[0].lead.company == "Later Co"
+    assert whole.results[0].lead.touch_count == 3
+    assert r.json() == whole.model_dump(mode="json")
+    assert serialized == [], "the bulk answers went through the framework's response validation"
 
 
 async def test_bulk_captures_take_turns_for_their_transactions(
