@@ -120,7 +120,7 @@ async def one_run(infra: Any, tree: str, rate: float, seconds: float) -> dict[st
         group_suffix=group.removeprefix("crm-analytics"),
         only=("analytics-worker",),
         consumer_idle_backoff_ms=idle_backoff_ms(infra),
-        extra_env={"CRM_ANALYTICS_WORKER_WEB_PORT": str(port), **tree_env(tree)},
+        extra_env={"CRM_ANALYTICS_WORKER_WEB_PORT": str(port), **tree_env(tree), **set_env()},
     )
     worker.start()
     url, run = f"http://127.0.0.1:{port}/metrics", uuid.uuid4().hex[:6]
@@ -160,6 +160,11 @@ async def one_run(infra: Any, tree: str, rate: float, seconds: float) -> dict[st
         "idle_cpu_ms_per_second": idle,
         "load": load_average(),
     }
+
+
+def set_env() -> dict[str, str]:
+    """``BENCH_SET_CRM_X=v`` runs the worker with ``CRM_X=v`` (as ``run_bench`` does the services)."""
+    return {k[len("BENCH_SET_") :]: v for k, v in os.environ.items() if k.startswith("BENCH_SET_CRM_")}
 
 
 async def main() -> int:

@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ from scenarios import (
     stored_lead_ids,
 )
 from system import (
+    CpuTimeline,
     RssSampler,
     cpu_ms_per_op,
     cpu_share,
@@ -242,9 +244,19 @@ async def fixed_rate(
     """Qualify ``lead_ids`` at ``rate``/s (open loop) and read sales' receipts for them."""
     n = len(lead_ids)
     say(f"lead-qualified handoff offered at {rate:.0f}/s for {args.duration:.0f}s ...")
-    sent_s = await qualify(platform.url("leads"), lead_ids, rate=rate, clients=64, headers=headers)
-    # A rate above capacity queues: give the backlog time to drain.
-    got = await receipts_for(reader, set(lead_ids), timeout=max(60.0, n / 10))
+    everyone = {**_pids(platform), **infra_pids(HOME), "bench (load generator)": os.getpid()}
+    ops_before = await mongo_counters(platform.mongodb_uri)
+    # Which process took the cores while the latency was measured, every 100 ms.
+    with CpuTimeline(everyone) as timeline, profiled(f"fixed-{rate:g}", _pids(platform), PROFILE_DIR):
+        sent_s = await qualify(platform.url("leads"), lead_ids, rate=rate, clients=64, headers=headers)
+        # A rate above capacity queues: give the backlog time to drain.
+        got = await receipts_for(reader, set(lead_ids), timeout=max(60.0, n / 10))
+    if got:  # up to the last receipt's storing: not the wait for receipts that never came
+        timeline.until(max(_epoch(e.payload["stored_at"]) for e in got))
+    say(timeline.summary(len(got)))
+    timeline.write(ROOT / f"bench/results/cpu-timeline-{rate:g}.tsv")
+    ops = per_op(ops_before, await mongo_counters(platform.mongodb_uri), len(got))
+    say(f"  mongod operations per handoff (background work included): {ops}")
     lat = [e.payload["transport_latency_seconds"] for e in got]
     f = figures(lat, n / sent_s)  # rate: what leads actually accepted
     say(
@@ -252,6 +264,12 @@ async def fixed_rate(
         f"p50 {f.p50_ms:.1f} ms, p99 {f.p99_ms:.1f} ms"
     )
     return asdict(f)
+
+
+def _epoch(value: str | datetime) -> float:
+    """A receipt's timestamp (ISO text as it went over the broker, or a datetime) in epoch seconds."""
+    at = value if isinstance(value, datetime) else datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return at.timestamp()
 
 
 SERVICES_UNDER_LOAD = ("leads", "sales", "service-desk", "analytics", "analytics-worker", "gateway")
@@ -501,6 +519,30 @@ async def _load(
         "baseline": baseline,
         "cpu": cpu,
     }
+
+
+async def bench_latency(
+    args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int
+) -> dict[str, Any]:
+    """``BENCH_PHASES=latency``: the platform phase up to its first fixed-rate handoff run and no
+    further (every service up; the same captures, then the baseline beside, then the lowest
+    rate), for A/B runs of the handoff's p99 at 25/s with the CPU timeline of that run."""
+    async with _configured(args, kafka, mongo, idle_backoff, "bench_") as (platform, marketing):
+        low, sat_n = min(args.rates), args.saturation_leads
+        ids, _ = await _capture(platform, args, int(low * args.duration) + sat_n, marketing, {})
+        load: dict[str, Any] = {"capture": load_average()}
+        baseline = await _baseline_beside(platform, args, kafka, load)
+        reader = await TopicReader(kafka, HANDOFF_RECEIPTS).start()
+        try:
+            await fresh_log(args, kafka, f"handoff {_rate_key(low)}")
+            fixed = await fixed_rate(platform, reader, ids[sat_n:], low, args, marketing)
+        finally:
+            await reader.stop()
+        load["fixed"] = load_average()
+        base = baseline["fixed"][_rate_key(low)]
+        ratio = fixed["p99_ms"] / base["p99_ms"]
+        say(f"p99 {fixed['p99_ms']:.1f} ms = {ratio:.2f}x the baseline's (load {load})")
+        return {"fixed": fixed, "baseline": baseline, "load_average": load}
 
 
 async def bench_bulk(args: argparse.Namespace, kafka: str, mongo: str, idle_backoff: int) -> dict[str, Any]:
@@ -1079,6 +1121,7 @@ PHASES: tuple[tuple[str, Any], ...] = (
     ("capture", bench_capture),  # likewise: BENCH_PHASES=capture
     ("idle", bench_idle),  # likewise: BENCH_PHASES=idle
     ("handoff", bench_handoff),  # likewise: BENCH_PHASES=handoff (the saturated handoff)
+    ("latency", bench_latency),  # likewise: BENCH_PHASES=latency (the platform phase to its 25/s run)
 )
 
 
@@ -1094,7 +1137,7 @@ def selected_phases() -> list[tuple[str, Any]] | None:
 
 
 # Phases that only run when BENCH_PHASES names them (their figure is also in another phase).
-ALONE_ONLY = frozenset({"bulk", "capture", "idle", "handoff"})
+ALONE_ONLY = frozenset({"bulk", "capture", "idle", "handoff", "latency"})
 
 
 async def main() -> int:

@@ -207,3 +207,74 @@ def per_op(before: Mapping[str, float], after: Mapping[str, float], ops: int) ->
     if not ops:
         return {}
     return {name: round((after[name] - before.get(name, 0.0)) / ops, 2) for name in after}
+
+
+class CpuTimeline:
+    """Each named process's time on a core and waiting for one, sampled every ``interval`` s
+    (``/proc/<pid>/task/*/schedstat``): which processes took the cores while a fixed-rate run
+    was measured, and when. ``summary(ops)`` says it per operation and names the busiest
+    windows (their processes' share of a core each)."""
+
+    def __init__(self, pids: Mapping[str, int], interval: float = 0.1) -> None:
+        self.pids = dict(pids)
+        self.interval = interval
+        self.samples: list[tuple[float, dict[str, tuple[float, float]]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-timeline", daemon=True)
+
+    def __enter__(self) -> CpuTimeline:
+        self.samples.append((time.time(), sched_snapshot(self.pids)))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.samples.append((time.time(), sched_snapshot(self.pids)))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append((time.time(), sched_snapshot(self.pids)))
+
+    def until(self, last: float) -> None:
+        """Forget the samples after the first one at or past ``last`` (epoch seconds: the last
+        operation's end), so a wait for operations that never came is not counted in."""
+        ends = [i for i, (at, _) in enumerate(self.samples) if at >= last]
+        if ends:
+            del self.samples[ends[0] + 1 :]
+
+    def windows(self) -> list[tuple[float, dict[str, float]]]:
+        """(seconds since the start, each process's cores in use over that window)."""
+        out = []
+        start = self.samples[0][0]
+        for (t0, a), (t1, b) in zip(self.samples, self.samples[1:], strict=False):
+            wall = max(t1 - t0, 1e-6)
+            out.append((t0 - start, {n: (b[n][0] - a[n][0]) / wall for n in a.keys() & b.keys()}))
+        return out
+
+    def summary(self, ops: int, busiest: int = 8) -> str:
+        """CPU and core-waiting ms per operation by process, the share of windows with both cores
+        busy, and the busiest windows."""
+        (t0, first), (t1, last) = self.samples[0], self.samples[-1]
+        ops = max(ops, 1)
+        lines = [f"CPU over {t1 - t0:.1f} s, ms per operation ({ops}): on a core / waiting for one"]
+        for name in sorted(first.keys() & last.keys(), key=lambda n: first[n][0] - last[n][0]):
+            on, wait = (1000 * (last[name][i] - first[name][i]) / ops for i in (0, 1))
+            lines.append(f"  {name:22s} {on:7.2f} / {wait:7.2f}")
+        windows = self.windows()
+        full = sum(1 for _, w in windows if sum(w.values()) >= 1.8)
+        width = f"{self.interval * 1000:.0f} ms"
+        lines.append(f"windows of {width} with >= 1.8 cores busy: {full}/{len(windows)}")
+        for at, w in sorted(windows, key=lambda x: -sum(x[1].values()))[:busiest]:
+            top = ", ".join(f"{n} {c:.2f}" for n, c in sorted(w.items(), key=lambda x: -x[1]) if c >= 0.05)
+            lines.append(f"  at {at:6.1f} s: {sum(w.values()):.2f} cores ({top})")
+        return "\n".join(lines)
+
+    def write(self, path: Path) -> None:
+        """Every window as a row (seconds since the start, then cores per process): to plot."""
+        names = sorted(self.pids)
+        rows = ["t\t" + "\t".join(names)]
+        for at, w in self.windows():
+            rows.append(f"{at:.2f}\t" + "\t".join(f"{w.get(n, 0.0):.3f}" for n in names))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(rows) + "\n")

@@ -135,15 +135,25 @@ async def run(platform: Any, bootstrap: str, n: int, rate: float) -> list[Envelo
         await rb.qualify(leads, ids[:WARM_UP], rate=rate, clients=64, headers=marketing)
         await rb.receipts_for(reader, set(ids[:WARM_UP]), 60)
         rb.say(f"tracing {n} handoffs at {rate:.0f}/s (load {rb.load_average()}) ...")
-        await rb.qualify(leads, ids[WARM_UP:], rate=rate, clients=64, headers=marketing)
-        return await rb.receipts_for(reader, set(ids[WARM_UP:]), 60)
+        everyone = {**rb._pids(platform), **rb.infra_pids(rb.HOME), "bench (load generator)": os.getpid()}
+        with rb.CpuTimeline(everyone) as timeline:
+            await rb.qualify(leads, ids[WARM_UP:], rate=rate, clients=64, headers=marketing)
+            got = await rb.receipts_for(reader, set(ids[WARM_UP:]), 60)
+        if got:  # up to the last receipt's storing: not the wait for receipts that never came
+            timeline.until(max(_at(e.payload["stored_at"]).timestamp() for e in got))
+        rb.say(timeline.summary(len(got)))
+        timeline.write(rb.ROOT / "bench/results/cpu-timeline-trace.tsv")
+        return got
     finally:
         await reader.stop()
 
 
 async def main() -> None:
     args = rb.parse_args()
-    args.services = ("leads", "sales", "gateway")
+    # TRACE_SERVICES=all: every service the platform phase runs (the analytics worker and API,
+    # the service desk beside the handoff's three), to see what they cost the handoff.
+    every = os.environ.get("TRACE_SERVICES", "") == "all"
+    args.services = rb.SERVICES_UNDER_LOAD if every else ("leads", "sales", "gateway")
     n, rate = int(os.environ.get("TRACE_N", "250")), float(os.environ.get("TRACE_RATE", "25"))
     infra = rb.fresh_infra(args)
     pause = rb.idle_backoff_ms(infra)
