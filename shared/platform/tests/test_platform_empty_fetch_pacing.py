@@ -112,3 +112,39 @@ async def test_be_patient_marks_the_client_the_fetcher_reads() -> None:
     assert not getattr(consumer._client, "_crm_patient", False)
     assert kafka_module.be_patient(consumer) is consumer
     assert consumer._client._crm_patient is True
+
+
+def test_a_backlogs_fetch_waits_no_longer_than_the_backlog_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long interval for a live trickle (the analytics worker's half second) must not slow a
+    replay: a fetch that brought a backlog's bytes starts the next one at most
+    ``BACKLOG_FETCH_INTERVAL`` after it began."""
+    monkeypatch.setattr(kafka_module, "_fetch_interval", 0.5)
+    small, big = kafka_module.BACKLOG_FETCH_BYTES - 1, kafka_module.BACKLOG_FETCH_BYTES
+    assert kafka_module.wait_after_fetch(True, 0.01, 0, fetched_bytes=small) == pytest.approx(0.49)
+    assert kafka_module.wait_after_fetch(True, 0.01, 0, fetched_bytes=big) == pytest.approx(0.09)
+    assert kafka_module.wait_after_fetch(True, 0.2, 0, fetched_bytes=big) == 0.0
+    monkeypatch.setattr(kafka_module, "_fetch_interval", 0.05)  # shorter than the backlog's: kept
+    assert kafka_module.wait_after_fetch(True, 0.01, 0, fetched_bytes=big) == pytest.approx(0.04)
+
+
+def test_fetched_bytes_counts_the_batches_the_request_buffered() -> None:
+    """What a fetch request brought: the buffered record batches of the partitions it named
+    (others' buffers, fetched before, and partitions that brought nothing are not counted)."""
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+
+    def result(size: int) -> SimpleNamespace:
+        records = SimpleNamespace(size_in_bytes=lambda: size)
+        return SimpleNamespace(_partition_records=SimpleNamespace(_records=records))
+
+    fetcher: Any = SimpleNamespace(
+        _records={
+            TopicPartition("a", 0): result(1000),
+            TopicPartition("a", 1): result(24),
+            TopicPartition("b", 0): result(5000),  # buffered before: not in this request
+        }
+    )
+    request = SimpleNamespace(topics=[("a", [(0, 10, 1 << 20), (1, 3, 1 << 20), (2, 0, 1 << 20)])])
+    assert kafka_module.fetched_bytes(fetcher, request) == 1024
+    assert kafka_module.fetched_bytes(fetcher, None) == 0

@@ -78,13 +78,15 @@ class AnalyticsSettings(ServiceSettings):
         "then waits for the broker): one wait covers every event folded meanwhile",
     )
     fetch_interval_ms: int = Field(
-        default=100,
+        default=500,
         validation_alias="CRM_ANALYTICS_FETCH_INTERVAL_MS",
         ge=0,
         le=5000,
         description="a fetch that brought records starts the next one no sooner than this "
-        "(crm_platform.kafka.pace_fetches): live events come several per fetch instead of one "
-        "or two; the figures are published once a second anyway; 0 turns it off",
+        "(crm_platform.kafka.pace_fetches): live events come many per fetch instead of one "
+        "or two; the figures are published once a second anyway (half a second: a live handoff "
+        "cost the worker about half the CPU of 100 ms, docs/performance.md twelfth session, "
+        "latency); 0 turns it off",
     )
     reconcile_interval_seconds: float = Field(
         default=3600.0,

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.consumer.fetcher import Fetcher
 from crm_contracts.topics import TOPICS, TopicSpec
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
@@ -112,6 +112,11 @@ def make_admin(bootstrap: str, client_id: str, security: KafkaSecurity | None = 
 
 _empty_fetch_pause = 0.0
 _fetch_interval = 0.0  # pace_fetches: the least time between fetches that bring records
+# A fetch that brought this many bytes or more is a backlog's (a replay, a consumer catching up),
+# not a live trickle's: the next one starts no later than BACKLOG_FETCH_INTERVAL after it began,
+# whatever the interval, so a long interval for live events never slows a replay.
+BACKLOG_FETCH_BYTES = 256 * 1024
+BACKLOG_FETCH_INTERVAL = 0.1
 # A consumer whose fetches came back empty for this long is idle: it then waits
 # IDLE_PAUSE_FACTOR times the pause (so an idle platform costs a fifth of the CPU);
 # the first record after a quiet second waits that much longer, none while traffic flows.
@@ -201,10 +206,16 @@ def pace_fetches(interval_ms: int) -> None:
     log.info("fetches that bring records paced at one per %d ms", interval_ms)
 
 
-def wait_after_fetch(has_data: bool, elapsed: float, empty_streak: int, *, patient: bool = False) -> float:
-    """Seconds to wait after a fetch that took ``elapsed`` (the pacing asked for, if any)."""
+def wait_after_fetch(
+    has_data: bool, elapsed: float, empty_streak: int, *, patient: bool = False, fetched_bytes: int = 0
+) -> float:
+    """Seconds to wait after a fetch that took ``elapsed`` and brought ``fetched_bytes`` of
+    record batches (the pacing asked for, if any; a backlog's fetch at most the backlog's)."""
     if has_data:
-        return max(0.0, _fetch_interval - elapsed)
+        interval = _fetch_interval
+        if fetched_bytes >= BACKLOG_FETCH_BYTES:
+            interval = min(interval, BACKLOG_FETCH_INTERVAL)
+        return max(0.0, interval - elapsed)
     return pause_after(empty_streak, _empty_fetch_pause, patient=patient) if _empty_fetch_pause else 0.0
 
 
@@ -245,6 +256,19 @@ def _end_pause(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+def fetched_bytes(fetcher: Fetcher, request: Any) -> int:
+    """The record batches' bytes a fetch request just buffered (read right after the fetch, before
+    any other task can consume them: a request names only partitions with nothing buffered)."""
+    total = 0
+    buffered = fetcher._records
+    for topic, partitions in getattr(request, "topics", ()):
+        for partition, *_ in partitions:
+            fetched = getattr(buffered.get(TopicPartition(topic, partition)), "_partition_records", None)
+            records = getattr(fetched, "_records", None)
+            total += records.size_in_bytes() if records is not None else 0
+    return total
+
+
 def _pace_fetcher(what: str) -> None:
     """Wrap aiokafka's fetch round once: after it, wait as :func:`wait_after_fetch` says."""
     if getattr(Fetcher, "_crm_paced", False):
@@ -265,7 +289,12 @@ def _pace_fetcher(what: str) -> None:
         streak = 0 if has_data else getattr(self, "_crm_empty_streak", 0) + 1
         self._crm_empty_streak = streak
         patient = _patient_process or getattr(self._client, "_crm_patient", False)
-        wait = wait_after_fetch(has_data, time.monotonic() - started, streak, patient=patient)
+        size = 0
+        if has_data and _fetch_interval > BACKLOG_FETCH_INTERVAL:  # only where it can change the wait
+            size = fetched_bytes(self, args[2] if len(args) > 2 else kwargs.get("request"))
+        wait = wait_after_fetch(
+            has_data, time.monotonic() - started, streak, patient=patient, fetched_bytes=size
+        )
         if wait > 0:
             # Still inside the fetch task, so the fetcher counts this broker as
             # busy and sends it nothing new until the pause is over.
