@@ -16,6 +16,7 @@ from crm_contracts.events.sales import DealWonV2, DealWonV3, Product
 from crm_contracts.registry import model_for
 from crm_platform.shredding import (
     SEAL_RULES,
+    OwnerKeys,
     PersonFields,
     UnreadableSeal,
     _owned_doc,
@@ -26,10 +27,13 @@ from crm_platform.shredding import (
     encode_key,
     erased_fields,
     new_key,
+    open_event,
     open_sealed,
     seal,
+    sealed_event,
 )
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pydantic import ValidationError
 
 ADA = PersonFields(email="ada@example.com", name="Ada Lovelace", phone="+44 20 7946 0000")
 NOW = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
@@ -225,3 +229,63 @@ def test_people_keyed_later_get_person_ids_that_sort_after(monkeypatch: pytest.M
     assert ids == sorted(ids)
     assert {len(i) for i in ids} == {32}
     assert len(set(ids)) == len(ids)
+
+
+class _Keys(OwnerKeys):
+    """The owner's keys without a database: opens with the keys given."""
+
+    def __init__(self, keys: dict[str, bytes]) -> None:
+        object.__setattr__(self, "keys", keys)
+
+    async def open(self, sealed: SealedPerson) -> PersonFields:
+        return open_sealed(self.keys[sealed.person_id], sealed)  # type: ignore[attr-defined]
+
+
+def _qualified_v2(email: str = "ada@example.com") -> tuple[LeadQualifiedV1, LeadQualifiedV2, _Keys]:
+    plain = LeadQualifiedV1(
+        lead_id="lead-1",
+        contact=Contact(name="Ada Lovelace", email=email, phone="+44 20 7946 0000", role="CTO"),
+        company="Acme",
+        score=80,
+        threshold=50,
+        score_reasons=[],
+        source_channel="web",
+        campaign="spring",
+        behaviour_summary={},
+        consent=Consent(marketing_email=True),
+        qualified_at=NOW,
+    )
+    sealed, [issued] = sealed_event(plain, "leads")
+    assert isinstance(sealed, LeadQualifiedV2)
+    return plain, sealed, _Keys({issued.person_id: decode_key(issued.key)})
+
+
+async def test_a_sealed_handoff_opens_to_its_v1_without_validating_the_handoff_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The drain opens every handoff: classification validated the v2 whole, so only the opened
+    # contact is validated, not the handoff dumped and validated again as v1.
+    plain, sealed, keys = _qualified_v2()
+    validated: list[object] = []
+    real = LeadQualifiedV1.model_validate.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[LeadQualifiedV1], obj: object, **kwargs: object) -> LeadQualifiedV1:
+        validated.append(obj)
+        return real(cls, obj, **kwargs)
+
+    monkeypatch.setattr(LeadQualifiedV1, "model_validate", classmethod(counting))
+    opened = await open_event(keys, sealed)
+    assert validated == []
+    assert type(opened) is LeadQualifiedV1
+    assert opened == plain
+    assert opened.to_payload() == plain.to_payload()
+    assert "sealed_contact" not in opened.to_payload()
+
+
+async def test_a_sealed_handoff_whose_opened_email_is_invalid_is_refused() -> None:
+    _, sealed, keys = _qualified_v2()
+    assert sealed.sealed_contact is not None
+    key = keys.keys[sealed.sealed_contact.person_id]  # type: ignore[attr-defined]
+    bad = seal(key, sealed.sealed_contact.person_id, "leads", PersonFields(email="not an e-mail", name="Ada"))
+    with pytest.raises(ValidationError):
+        await open_event(keys, sealed.model_copy(update={"sealed_contact": bad}))
