@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from crm_platform import audit
 from crm_platform.testing import produce_envelope, timeout_scale
 from pymongo import MongoClient
 from pymongo.collection import Collection
@@ -135,4 +136,14 @@ async def test_sigkill_inside_a_batch_transaction_keeps_none_of_it_and_loses_not
     first_run, second_run = outcomes.read_text().split("--- restart\n")
     assert "e3" not in first_run
     assert "e3 processed" in second_run, "stored once, after the restart (nothing of it was kept)"
+    # The audit log neither loses nor doubles either: each effect has ONE insert entry, naming
+    # its own event although the batch was stored in one transaction (nothing of the killed one).
+    log = client[database][audit.AUDIT_LOG].find({"record.type": "effects"})
+    entries = [e for stored in log for e in audit.entries_of(stored)]
+    causes = sorted(
+        (e["record"]["id"], e["action"], e["actor"].get("event_id"), e["correlation_id"]) for e in entries
+    )
+    assert causes == sorted((d["_id"], "insert", d["_id"], f"lead-{d['name']}") for d in effects.find()), (
+        causes
+    )
     client.close()

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from crm_contracts import Envelope
-from crm_platform import metrics, receipts
+from crm_platform import audit, metrics, receipts
 from crm_platform.consumer import ConsumerConfig, DeadLetter, EventConsumer, Outcome
 from crm_platform.mongo import OUTBOX, PROCESSED, Store, Tx, causation_var, connect, row_items
+from pymongo import UpdateOne
 from reliability.probe import count_effect, envelope, handoff, record_effect
 
 pytestmark = pytest.mark.integration
@@ -303,3 +304,55 @@ async def test_a_stored_batch_looks_its_metric_children_up_once_per_event_type(
     assert consumer.outcomes[-20:] == [(5 + i, "processed") for i in range(20)]
     assert processed._value.get() - before == 20, "every stored record counted"
     assert looked_up == [], "no labels() per record (40 for these 20 before)"
+
+
+async def test_each_change_of_a_grouped_transaction_names_the_event_that_caused_it(
+    store: CountingStore,
+) -> None:
+    """A group of events stored in ONE transaction: every change's audit entry names its own
+    event (actor, operation, correlation id), not ``system:<service>`` (the transaction's
+    context is taken before any event's): a direct write, a deferred insert written at the
+    commit or inside a LATER event's handler (``flush_inserts``), a deferred update, and one
+    record updated by two events (two entries). The deferred inserts stay one stored entry
+    per flush (not one per event), read back as one entry per record with its own cause."""
+    envs = [envelope(f"lead-{i}", f"e{i}") for i in range(6)]
+    await audit.ensure_indexes(store.db)
+    await store.db["tallies"].insert_one({"_id": "shared", "last": None})
+
+    async def handler(tx: Tx, event: Any, env: Envelope) -> None:
+        await tx.db["direct"].insert_one({"_id": str(env.event_id), "name": event.name}, session=tx.session)
+        tx.insert_later("deferred", {"_id": str(env.event_id), "name": event.name})
+        if event.name == "e3":
+            await tx.flush_inserts("deferred")  # e0-e3's, written in e3's handler
+        if event.name in ("e1", "e4"):  # the same record by two events: an entry each
+            tx.update_later("tallies", UpdateOne({"_id": "shared"}, {"$set": {"last": event.name}}))
+
+    consumer, _ = _consumer(store, handler)
+    await consumer._handle_partition(TP, [_record(i, e.to_bytes()) for i, e in enumerate(envs)], {})
+    assert store.commits == 1, "one grouped transaction"
+
+    for collection in ("direct", "deferred"):
+        for env in envs:
+            [entry] = (await audit.history(store.db, collection, str(env.event_id), limit=5)).items
+            assert _cause(entry) == _cause_of(env), (collection, env.payload["name"])
+    stored = await store.db[audit.AUDIT_LOG].find({"record.type": "deferred"}).to_list()
+    assert len(stored) == 2, "e0-e3 flushed in e3's handler, e4-e5 at the commit: an entry per flush"
+    tallies = (await audit.history(store.db, "tallies", "shared", limit=5)).items
+    assert [(_cause(e), e["changes"][0]["after"]) for e in reversed(tallies)] == [
+        (_cause_of(envs[1]), "e1"),
+        (_cause_of(envs[4]), "e4"),
+    ]
+    rows = [r async for r in audit.csv_rows(store.db, audit.Filters(record_type="deferred"))]
+    column = audit.CSV_COLUMNS.index("correlation_id")
+    assert sorted(r[column] for r in rows) == sorted(e.correlation_id for e in envs), "the export too"
+
+
+def _cause(entry: dict[str, Any]) -> tuple[Any, ...]:
+    actor = entry["actor"]
+    return (actor["user_id"], actor.get("event_id"), actor.get("event_type"), entry["operation"],
+            entry["correlation_id"])  # fmt: skip
+
+
+def _cause_of(env: Envelope) -> tuple[Any, ...]:
+    return (f"event:{env.source}", str(env.event_id), env.event_type, f"event {env.event_type} v1",
+            env.correlation_id)  # fmt: skip

@@ -84,6 +84,17 @@ record_contexts_var: ContextVar[Mapping[str, Context] | None] = ContextVar(
 )
 
 
+# Whose change a write made now is, when one transaction holds several events' changes (a
+# consumer's grouped transaction, ``EventConsumer._store_group``): each event's own
+# :class:`Context`, set around its handler (:func:`caused_by`) and read as each entry is made
+# (:meth:`Trail.context_of`), so the transaction's context (taken when it begins, before any
+# event's) names only what no event caused.
+cause_var: ContextVar[Context | None] = ContextVar("audit_cause", default=None)
+# While a transaction's deferred writes are written (``Tx.insert_later``/``update_later``):
+# ``str(_id) -> Context`` of the cause that queued each record's write (:func:`queued_by`).
+queued_by_var: ContextVar[Mapping[str, Context] | None] = ContextVar("audit_queued_by", default=None)
+
+
 def _record_contexts() -> Mapping[str, Context]:
     """The mapping :func:`records_by` set (the same object: it is filled as the work runs)."""
     contexts = record_contexts_var.get()
@@ -107,9 +118,11 @@ def one_entry_per_batch() -> Iterator[None]:
     (``record.id`` lists every id, so the ``by_record`` index and the per-record query find
     it) with its own after-values (``records: [{id, after}]``: the fields it set), and the entry has the
     same actor, action, operation, request and correlation ids and time as the per-record
-    entries would. The read side (:func:`query`, :func:`history`, :func:`csv_rows`) shows
-    it as one entry per record (:func:`entries_of`). What it saves: one audit document and
-    its four index entries per record (docs/performance.md, "Sixth session").
+    entries would (one entry per actor; a record whose cause is not the entry's, one event
+    of a consumer's grouped transaction, carries its own: :func:`with_cause`). The read side
+    (:func:`query`, :func:`history`, :func:`csv_rows`) shows it as one entry per record
+    (:func:`entries_of`). What it saves: one audit document and its four index entries per
+    record (docs/performance.md, "Sixth session").
     """
     token = batch_entries_var.set(True)
     try:
@@ -131,6 +144,40 @@ def records_by(contexts: Mapping[str, Context]) -> Iterator[None]:
         yield
     finally:
         record_contexts_var.reset(token)
+
+
+@contextmanager
+def caused_by(context: Context | None) -> Iterator[None]:
+    """Writes made inside are ``context``'s changes (one event of a grouped transaction);
+    None changes nothing (the transaction's context, or an outer cause, stays)."""
+    if context is None:
+        yield
+        return
+    token = cause_var.set(context)
+    try:
+        yield
+    finally:
+        cause_var.reset(token)
+
+
+@contextmanager
+def queued_by(contexts: Mapping[str, Context]) -> Iterator[None]:
+    """Entries for the records named in ``contexts`` (``str(_id)``) name that record's cause:
+    deferred writes (``Tx.flush_inserts``) written after, or inside another event's handler
+    than, the event that queued them. Empty: nothing changes."""
+    if not contexts:
+        yield
+        return
+    token = queued_by_var.set(contexts)
+    try:
+        yield
+    finally:
+        queued_by_var.reset(token)
+
+
+def current_cause() -> Context | None:
+    """The cause set now (:func:`caused_by`): what ``Tx.insert_later`` keeps with a deferred write."""
+    return cause_var.get()
 
 
 class AuditLogIsAppendOnly(RuntimeError):
@@ -186,8 +233,15 @@ class Trail:
     record_contexts: Mapping[str, Context] = field(default_factory=lambda: _record_contexts())
 
     def context_of(self, collection: str, doc_id: Any) -> Context:
-        """Whose change the record is: its own context (:func:`records_by`), else the transaction's."""
-        return self.record_contexts.get(str(doc_id), self.context) if self.record_contexts else self.context
+        """Whose change the record is: its own context (:func:`records_by`), else the cause that
+        queued its deferred write (:func:`queued_by`), else the cause being handled
+        (:func:`caused_by`), else the transaction's."""
+        if self.record_contexts and (own := self.record_contexts.get(str(doc_id))) is not None:
+            return own
+        queued = queued_by_var.get()
+        if queued and (own := queued.get(str(doc_id))) is not None:
+            return own
+        return cause_var.get() or self.context
 
     def watches(self, collection: str, session: object) -> bool:
         return session is self.session and collection not in self.excluded
@@ -209,55 +263,56 @@ class Trail:
         fields as set (``after``; null ones left out, secrets redacted), from which the read
         side lists its changes as :func:`diff` would (:func:`entries_of`). Not remembered as
         'before' states: a bulk path does not write its new records twice in a transaction
-        (a later write would read the record instead)."""
-        by_context: dict[int, tuple[Context, list[Doc]]] = {}
-        for doc in docs:  # one batch per request when the records are several requests' (records_by)
+        (a later write would read the record instead). One batch per actor (the ``by_user``
+        index finds it); a record whose cause differs from its batch's names its own
+        (:func:`with_cause`); an actor's one record among others' is a plain entry."""
+        by_actor: dict[Any, list[tuple[Context, Doc]]] = {}
+        for doc in docs:
             ctx = self.context_of(collection, doc["_id"])
-            by_context.setdefault(id(ctx), (ctx, []))[1].append(doc)
-        for ctx, group in by_context.values():
-            if len(group) == 1 and len(by_context) > 1:
-                self.record(collection, None, group[0])  # one request's one record: a plain entry
+            by_actor.setdefault(ctx.actor.get("user_id"), []).append((ctx, doc))
+        for group in by_actor.values():
+            if len(group) == 1 and len(by_actor) > 1:
+                self.record(collection, None, group[0][1])  # one actor's one record: a plain entry
                 continue
-            for start in range(0, len(group), BATCH_ENTRY_RECORDS):
-                chunk = group[start : start + BATCH_ENTRY_RECORDS]
-                records = [{"id": str(doc["_id"]), "after": inserted_fields(doc)} for doc in chunk]
-                batch = entry(self, collection, None, INSERT, [], ctx)
-                del batch["changes"]  # each record's are in ``records``
-                batch["record"]["id"] = [r["id"] for r in records]
-                batch[RECORDS] = records
-                self.entries.append(batch)
+            records = [(ctx, {"id": str(doc["_id"]), "after": inserted_fields(doc)}) for ctx, doc in group]
+            self._batches(collection, INSERT, records)
 
     def record_updates(self, collection: str, pairs: Sequence[tuple[Doc, Doc]]) -> None:
         """Batch entries for records one write updated together (:func:`one_entry_per_batch`
-        around a ``bulk_write``): per context, ONE ``update`` entry naming every record
-        (``record.id``) with its own changes (``records: [{id, changes}]``, :func:`diff`'s),
-        which the read side shows as one entry per record (:func:`entries_of`); a context with
-        one changed record gets a plain entry. A save that changed nothing is no entry; each
+        around a ``bulk_write``): per actor, ONE ``update`` entry naming every record
+        (``record.id``) with its own changes (``records: [{id, changes}]``, :func:`diff`'s)
+        and, where it differs from the batch's, its own cause (:func:`with_cause`), which the
+        read side shows as one entry per record (:func:`entries_of`); an actor with one
+        changed record gets a plain entry. A save that changed nothing is no entry; each
         state after is remembered as the 'before' of a later write, as :meth:`record` does."""
-        by_context: dict[int, tuple[Context, list[Doc]]] = {}
+        by_actor: dict[Any, list[tuple[Context, Doc]]] = {}
         for before, after in pairs:
             self.remember(collection, after)
             changes = diff(before, after)
             if changes:
                 ctx = self.context_of(collection, after["_id"])
-                group = by_context.setdefault(id(ctx), (ctx, []))[1]
-                group.append({"id": after["_id"], "changes": changes})
-        for ctx, records in by_context.values():
-            if len(records) == 1:
-                self.entries.append(
-                    entry(self, collection, records[0]["id"], UPDATE, records[0]["changes"], ctx)
+                by_actor.setdefault(ctx.actor.get("user_id"), []).append(
+                    (ctx, {"id": after["_id"], "changes": changes})
                 )
+        for group in by_actor.values():
+            if len(group) == 1:
+                ctx, only = group[0]
+                self.entries.append(entry(self, collection, only["id"], UPDATE, only["changes"], ctx))
                 continue
-            for start in range(0, len(records), BATCH_ENTRY_RECORDS):
-                chunk = [
-                    {"id": str(r["id"]), "changes": r["changes"]}
-                    for r in records[start : start + BATCH_ENTRY_RECORDS]
-                ]
-                batch = entry(self, collection, None, UPDATE, [], ctx)
-                del batch["changes"]  # each record's are in ``records``
-                batch["record"]["id"] = [r["id"] for r in chunk]
-                batch[RECORDS] = chunk
-                self.entries.append(batch)
+            records = [(ctx, {"id": str(r["id"]), "changes": r["changes"]}) for ctx, r in group]
+            self._batches(collection, UPDATE, records)
+
+    def _batches(self, collection: str, action: str, records: Sequence[tuple[Context, Doc]]) -> None:
+        """Entries of at most :data:`BATCH_ENTRY_RECORDS` records each (one actor's): the entry
+        names its first record's context, each record its own where that differs."""
+        for start in range(0, len(records), BATCH_ENTRY_RECORDS):
+            chunk = records[start : start + BATCH_ENTRY_RECORDS]
+            first = chunk[0][0]
+            batch = entry(self, collection, None, action, [], first)
+            del batch["changes"]  # each record's are in ``records``
+            batch["record"]["id"] = [r["id"] for _, r in chunk]
+            batch[RECORDS] = [with_cause(r, ctx, first) for ctx, r in chunk]
+            self.entries.append(batch)
 
     def record(self, collection: str, before: Doc | None, after: Doc | None) -> None:
         changes = diff(before, after)
@@ -270,6 +325,23 @@ class Trail:
             self.remember(collection, after)
         else:
             self.seen.pop((collection, doc_id), None)
+
+
+# What a batch entry's record may carry of its own cause, when it is not the batch's (a
+# consumer's grouped transaction: each record's event, operation and journey).
+CAUSE_FIELDS = ("actor", "operation", "request_id", "correlation_id")
+
+
+def with_cause(record: Doc, context: Context, batch: Context) -> Doc:
+    """``record`` (a batch entry's) with the fields of its own ``context`` that differ from
+    the ``batch`` entry's context (:data:`CAUSE_FIELDS`): read back as its entry's
+    (:func:`entries_of`)."""
+    if context is not batch:
+        for name in CAUSE_FIELDS:
+            value = getattr(context, name)
+            if value != getattr(batch, name):
+                record[name] = value
+    return record
 
 
 def inserted_fields(doc: Mapping[str, Any]) -> Doc:
@@ -687,6 +759,44 @@ def _fields_set(before: Doc | None, update: Any) -> Doc | None:
     return {**{k: v for k, v in before.items() if k not in removed}, **update.get("$set", {})}
 
 
+Run = tuple[list[Any], dict[str, Context], Context | None]
+
+
+def queued_runs(queued: Sequence[tuple[Any, Context | None]]) -> list[Run]:
+    """A collection's deferred writes (``Tx.update_later``), each with the cause that queued it,
+    as the fewest ordered runs ``(writes, cause by str(_id), cause of the whole run)`` in which
+    each record has one cause: ONE run (one ``bulk_write``) unless a record is written again by
+    another cause, or a write does not name its record by ``_id`` (then a run of its own,
+    under its cause: its records are known only when it runs)."""
+    if not queued:
+        return []
+    if all(ctx is None for _, ctx in queued):
+        return [([op for op, _ in queued], {}, None)]
+    runs: list[Run] = []
+    ops: list[Any] = []
+    owners: dict[str, Context | None] = {}
+
+    def close() -> None:
+        if ops:
+            runs.append((list(ops), {k: v for k, v in owners.items() if v is not None}, None))
+        ops.clear()
+        owners.clear()
+
+    for op, ctx in queued:
+        flt: Any = getattr(op, "_filter", None)
+        if isinstance(op, InsertOne) or not _by_plain_id(flt):
+            close()
+            runs.append(([op], {}, ctx))
+            continue
+        key = str(flt["_id"])
+        if key in owners and owners[key] is not ctx:
+            close()
+        owners[key] = ctx
+        ops.append(op)
+    close()
+    return runs
+
+
 def _by_plain_id(flt: Any) -> bool:
     return isinstance(flt, Mapping) and set(flt) == {"_id"} and not isinstance(flt["_id"], dict)
 
@@ -849,7 +959,8 @@ async def query(db: AsyncDatabase[Doc], filters: Filters, *, limit: int, cursor:
 def entries_of(doc: Doc, record_id: str | None = None) -> list[Doc]:
     """A stored entry as the per-record entries it stands for: itself, or for a batch entry
     (:func:`one_entry_per_batch`) one entry per record (``record_id``: that record's only),
-    each with the batch's who, what, when and ids, its own record and changes (an insert's:
+    each with the batch's who, what, when and ids (or the record's own cause where it
+    differs: :func:`with_cause`), its own record and changes (an insert's:
     every field it set, as an insert's entry lists them; an update's: its own), its id
     ``<batch entry id>/<position>`` and ``batch: {id, size}``."""
     records = doc.get(RECORDS)
@@ -860,6 +971,7 @@ def entries_of(doc: Doc, record_id: str | None = None) -> list[Doc]:
     return [
         {
             **shared,
+            **{name: r[name] for name in CAUSE_FIELDS if name in r},  # its own cause (with_cause)
             "_id": f"{doc['_id']}/{k}",
             "record": {"type": doc["record"]["type"], "id": r["id"]},
             "changes": r["changes"] if "changes" in r else diff(None, r["after"]),

@@ -41,7 +41,7 @@ from crm_contracts.handoffs import Handoff
 from crm_contracts.topics import dead_letter_topic
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
-from crm_platform import metrics, receipts, tracing
+from crm_platform import audit, metrics, receipts, tracing
 from crm_platform.batch import Batch
 from crm_platform.clock import demo_effect_time, simulated, system_clock
 from crm_platform.dead_letters import (
@@ -55,7 +55,7 @@ from crm_platform.dead_letters import (
 )
 from crm_platform.kafka import hurry_fetches, make_consumer, make_producer
 from crm_platform.logging import correlation_id_var
-from crm_platform.mongo import PROCESSED, Store, Tx, causation_var
+from crm_platform.mongo import PROCESSED, Store, Tx, audit_context, causation_var
 from crm_platform.shredding import PersonKeyPending, keys_missing, until_key_stored
 
 log = logging.getLogger("crm.consumer")
@@ -466,8 +466,9 @@ class EventConsumer:
         """Store every record's effect in ONE transaction: None, or what kept it from committing.
 
         Inside: the ledger entries of the whole group (one insert; a duplicate id
-        fails it), then each handler in offset order with its own correlation and
-        causation, and each receipt. The group shares one snapshot, so a handler
+        fails it), then each handler in offset order with its own correlation,
+        causation and audit cause (its changes' entries name it: ``audit.cause_var``,
+        deferred writes too), and each receipt. The group shares one snapshot, so a handler
         sees the writes of the records before it, as it would one by one; ``tx.batch``
         (crm_platform.batch) lets handlers load what the whole group needs at once.
         When it fails nothing is stored, and the result is the index of the record whose
@@ -486,16 +487,11 @@ class EventConsumer:
             await tx.db[PROCESSED].insert_many([_ledger_doc(r) for r in group], session=tx.session)
             for i, ready in enumerate(group):
                 tx.batch.position = i
-                c_token = correlation_id_var.set(ready.envelope.correlation_id)
-                e_token = causation_var.set(ready.envelope)
                 try:
-                    at, carrier = await self._run_handler(tx, ready)
+                    at, carrier = await self._run_grouped(tx, ready)
                 except BaseException:
                     failing.append(i)
                     raise
-                finally:
-                    correlation_id_var.reset(c_token)
-                    causation_var.reset(e_token)
                 journeys.setdefault(ready.envelope.correlation_id, carrier)
                 stored_at.append(at)
 
@@ -510,6 +506,20 @@ class EventConsumer:
         await tracing.remember_journeys(self.store.db, journeys)
         await self._group_stored(group, stored_at, (time.perf_counter() - started) / len(group))
         return None
+
+    async def _run_grouped(self, tx: Tx, ready: _Ready) -> tuple[datetime, tracing.Carrier | None]:
+        """One event of a grouped transaction: its handler with its own correlation, causation
+        and audit cause, so its changes' entries name it, not the transaction (whose context,
+        taken as it began, names no event); its deferred writes keep it (``Tx.insert_later``)."""
+        c_token = correlation_id_var.set(ready.envelope.correlation_id)
+        e_token = causation_var.set(ready.envelope)
+        a_token = audit.cause_var.set(audit_context(self.store.source))
+        try:
+            return await self._run_handler(tx, ready)
+        finally:
+            audit.cause_var.reset(a_token)
+            correlation_id_var.reset(c_token)
+            causation_var.reset(e_token)
 
     async def _group_stored(self, group: list[_Ready], stored_at: list[datetime], elapsed: float) -> None:
         """Each record of a committed group: its metrics, the after-store hook, its outcome."""

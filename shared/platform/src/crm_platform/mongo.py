@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import pymongo
+from bson import ObjectId
 from crm_contracts import HANDOFF_BY_EVENT_TYPE, Envelope, Event, envelope_for
 from crm_contracts.registry import model_for
 from opentelemetry.context import Context
@@ -92,8 +93,10 @@ class Tx:
         # Every event emitted here may share an outbox row (``emit(batched=True)``): a
         # consumer's batch, whose receipts and effects' events are one row, not one per event.
         self.batch_emits = False
-        self._later: dict[str, list[Doc]] = {}
-        self._later_updates: dict[str, list[UpdateOne | ReplaceOne[Doc]]] = {}
+        # Deferred writes, each with the cause that queued it (audit.current_cause: the event of a
+        # consumer's grouped transaction whose handler queued it; None outside one).
+        self._later: dict[str, list[tuple[Doc, audit.Context | None]]] = {}
+        self._later_updates: dict[str, list[tuple[UpdateOne | ReplaceOne[Doc], audit.Context | None]]] = {}
         # The outbox rows this attempt inserted (their ``_id`` set by the insert).
         self.stored_rows: list[Doc] = []
 
@@ -105,9 +108,11 @@ class Tx:
         For a consumer's batch, where each event adds a record: one round trip instead of
         one per event. The caller reads that collection in this transaction only after
         :meth:`flush_inserts` (a query does not see documents still waiting here); a unique
-        index refusing one fails the whole transaction, as ``insert_one`` would have.
+        index refusing one fails the whole transaction, as ``insert_one`` would have. Its audit
+        record names the cause being handled now (:func:`crm_platform.audit.caused_by`: in a
+        consumer's grouped transaction, the event whose handler queued it), whenever it is written.
         """
-        self._later.setdefault(collection, []).append(doc)
+        self._later.setdefault(collection, []).append((doc, audit.current_cause()))
 
     def update_later(self, collection: str, update: UpdateOne | ReplaceOne[Doc]) -> None:
         """Apply ``update`` (or a replacement) with the transaction's other deferred updates of
@@ -115,23 +120,26 @@ class Tx:
         deferred inserts), or at :meth:`flush_inserts`. For a consumer's batch where each event
         changes a record it read through the batch (``crm_platform.batch``): one round trip,
         not one per event. Like :meth:`insert_later`, a read of that collection in this
-        transaction sees the update only after :meth:`flush_inserts`."""
-        self._later_updates.setdefault(collection, []).append(update)
+        transaction sees the update only after :meth:`flush_inserts`. Audited as the cause being
+        handled now, as :meth:`insert_later` is."""
+        self._later_updates.setdefault(collection, []).append((update, audit.current_cause()))
 
     async def flush_inserts(self, collection: str | None = None) -> None:
         """Write the deferred inserts, then the deferred updates (of one ``collection``, or
         all) now."""
         names = [collection] if collection is not None else list(self._later)
         for name in names:
-            docs = self._later.pop(name, None)
-            if docs:
-                with audit.one_entry_per_batch():
+            queued = self._later.pop(name, None)
+            if queued:
+                docs = [doc for doc, _ in queued]
+                with audit.one_entry_per_batch(), audit.queued_by(_insert_causes(queued)):
                     await self.db[name].insert_many(docs, session=self.session)
         names = [collection] if collection is not None else list(self._later_updates)
         for name in names:
             updates = self._later_updates.pop(name, None)
-            if updates:
-                await self.db[name].bulk_write(updates, ordered=True, session=self.session)
+            for ops, causes, cause in audit.queued_runs(updates or []):
+                with audit.queued_by(causes), audit.caused_by(cause):
+                    await self.db[name].bulk_write(ops, ordered=True, session=self.session)
 
     def emit(
         self,
@@ -165,6 +173,16 @@ class Tx:
         self.trace_contexts.insert(at, tracing.capture())
         self.batched.insert(at, (batched or self.batch_emits) and env.event_type not in HANDOFF_BY_EVENT_TYPE)
         return env
+
+
+def _insert_causes(queued: list[tuple[Doc, audit.Context | None]]) -> dict[str, audit.Context]:
+    """Who queued each deferred insert, by ``str(_id)`` (a document without one is given its
+    ObjectId now, as the driver would at the insert, so its cause can name it)."""
+    causes: dict[str, audit.Context] = {}
+    for doc, cause in queued:
+        if cause is not None:
+            causes[str(doc.setdefault("_id", ObjectId()))] = cause
+    return causes
 
 
 class Store:
