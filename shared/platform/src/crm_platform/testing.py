@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -465,6 +466,96 @@ async def assert_audited(db: Any, response: httpx.Response) -> list[dict[str, An
         assert doc["actor"]["user_id"], (what, doc["actor"])
         assert str(doc["operation"]).startswith(f"{request.method} "), (what, doc["operation"])
     return entries
+
+
+async def produce_together(
+    bootstrap: str, topic: str, envs: Sequence[Envelope], *, partition: int = 0
+) -> None:
+    """Produce ``envs`` as ONE record batch on one partition, in order: a consumer's fetch
+    returns them together, so its group commit stores them in one transaction."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, max_batch_size=1 << 20, **KafkaSecurity.from_env().aiokafka_kwargs()
+    )
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        for env in envs:
+            key, value = env.partition_key.encode(), env.to_bytes()
+            added = batch.append(key=key, value=value, timestamp=None, headers=env.headers())
+            assert added is not None, "the record batch is full"
+        await (await producer.send_batch(batch, topic, partition=partition))
+    finally:
+        await producer.stop()
+
+
+def event_cause(env: Envelope) -> tuple[Any, ...]:
+    """What an audit entry of a change ``env`` caused names: the event's sender, id and type,
+    the operation ``event <type> v<version>`` and the journey's correlation id."""
+    return (f"event:{env.source}", str(env.event_id), env.event_type,
+            f"event {env.event_type} v{env.schema_version}", env.correlation_id)  # fmt: skip
+
+
+def entry_cause(entry: Mapping[str, Any]) -> tuple[Any, ...]:
+    """An audit entry's cause, comparable with :func:`event_cause`."""
+    actor = entry["actor"]
+    return (actor["user_id"], actor.get("event_id"), actor.get("event_type"), entry["operation"],
+            entry["correlation_id"])  # fmt: skip
+
+
+async def histories_name_their_events(
+    db: Any, record_type: str, causes: Mapping[str, Envelope], *, since: datetime | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Each record's history (``crm_platform.audit``'s per-record query, as ``GET
+    /<records>/{id}/history`` reads it; from ``since``): at least one entry, every one naming
+    the record's own causing event in ``causes`` (record id -> envelope). Returns the
+    histories, newest first."""
+    from crm_platform import audit
+
+    histories: dict[str, list[dict[str, Any]]] = {}
+    for record_id, env in causes.items():
+        filters = audit.Filters(record_type=record_type, record_id=record_id, since=since)
+        entries = (await audit.query(db, filters, limit=100)).items
+        assert entries, f"{record_type} {record_id}: no audit entry"
+        for entry in entries:
+            assert entry_cause(entry) == event_cause(env), (record_type, record_id, entry)
+        histories[record_id] = entries
+    return histories
+
+
+async def named_by_events_only(db: Any, transaction: str) -> list[dict[str, Any]]:
+    """Every audit entry ``transaction`` wrote (read back per record), asserting none names
+    anything but an event (``system:<service>`` was the grouped transaction's gap)."""
+    from crm_platform import audit
+
+    found = db[audit.AUDIT_LOG].find({"_id": {"$regex": f"^{re.escape(transaction)}\\."}})
+    entries = [e async for doc in found for e in audit.entries_of(doc)]
+    assert entries, f"transaction {transaction} wrote no audit entry"
+    assert [e for e in entries if e["actor"]["type"] != "event"] == [], "an entry names no event"
+    return entries
+
+
+def transaction_of(entry: Mapping[str, Any]) -> str:
+    """The transaction that wrote an audit entry: its entries' ids are ``<transaction>.<n>``."""
+    return str(entry["_id"]).split(".", 1)[0]
+
+
+async def request_erasure(bootstrap: str, email: str) -> Envelope:
+    """The gateway's ``erasure.requested`` for the person of ``email``, produced; its envelope."""
+    from crm_contracts import envelope_for, utcnow
+    from crm_contracts.events.governance import ErasureRequestedV1
+    from crm_contracts.topics import GATEWAY_ERASURE_REQUESTS
+
+    from crm_platform.pseudonym import email_hash
+
+    request = ErasureRequestedV1(
+        request_id=f"er-{uuid.uuid4().hex[:12]}",
+        email_hash=email_hash(email),
+        record_ids=[],
+        requested_at=utcnow(),
+    )
+    env = envelope_for(request, source="gateway", correlation_id=request.request_id)
+    await produce_envelope(bootstrap, GATEWAY_ERASURE_REQUESTS, env)
+    return env
 
 
 def action_item_raised(department: str, *, due: timedelta = timedelta(days=3)) -> Any:
