@@ -535,8 +535,9 @@ async def named_by_events_only(db: Any, transaction: str) -> list[dict[str, Any]
 
 
 def transaction_of(entry: Mapping[str, Any]) -> str:
-    """The transaction that wrote an audit entry: its entries' ids are ``<transaction>.<n>``."""
-    return str(entry["_id"]).split(".", 1)[0]
+    """The transaction that wrote an audit entry (as stored or read: ``_id``, or the API's
+    ``id``): its entries' ids are ``<transaction>.<n>``."""
+    return str(entry.get("_id", entry.get("id"))).split(".", 1)[0]
 
 
 async def request_erasure(bootstrap: str, email: str) -> Envelope:
