@@ -18,7 +18,7 @@ from crm_contracts.events.sales import LeadVerdictV1
 from crm_platform import audit
 from crm_platform.actor import Actor
 from crm_platform.mongo import Store, Tx, causation_var, connect
-from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateOne
+from pymongo import DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
 from pymongo.collection import ReturnDocument
 
 pytestmark = pytest.mark.integration
@@ -553,3 +553,29 @@ async def test_a_transactions_documents_are_freed_when_it_ends_without_the_cycli
         assert [ref() for ref in left] == [None, None], "kept alive by a reference cycle"
     finally:
         gc.enable()
+
+
+def test_deferred_updates_are_one_bulk_write_unless_a_record_has_two_causes_or_no_id() -> None:
+    """``Tx.update_later``'s writes of a collection, each with the event that queued it: ONE run
+    (one ``bulk_write``) naming each record's cause, split only where a record is written again
+    by another cause (an entry each) or a write does not name its record by ``_id`` (its own
+    run, under its cause); bookkeeping collections are one run whoever queued them."""
+    a, b = (audit.Context(audit.event_actor("leads", "t", e), "event t v1", None, e) for e in "ab")
+    ops = [
+        (UpdateOne({"_id": 1}, {"$set": {"n": 1}}), a),
+        (UpdateOne({"_id": 2}, {"$set": {"n": 2}}), b),
+        (UpdateOne({"_id": 1}, {"$set": {"m": 1}}), a),
+        (UpdateOne({"_id": 1}, {"$set": {"n": 3}}), b),
+        (UpdateMany({"stage": "new"}, {"$set": {"n": 4}}), a),
+        (UpdateOne({"_id": 3}, {"$set": {"n": 5}}), None),
+    ]
+    runs = audit.queued_runs(ops)
+    assert [([o for o, _ in ops].index(run[0][0]), len(run[0]), run[1], run[2]) for run in runs] == [
+        (0, 3, {"1": a, "2": b}, None),
+        (3, 1, {"1": b}, None),
+        (4, 1, {}, a),
+        (5, 1, {}, None),
+    ]
+    [(every, none, nobody)] = audit.queued_runs(ops, audited=False)
+    assert (len(every), none, nobody) == (6, {}, None)
+    assert audit.queued_runs([]) == []

@@ -762,15 +762,16 @@ def _fields_set(before: Doc | None, update: Any) -> Doc | None:
 Run = tuple[list[Any], dict[str, Context], Context | None]
 
 
-def queued_runs(queued: Sequence[tuple[Any, Context | None]]) -> list[Run]:
+def queued_runs(queued: Sequence[tuple[Any, Context | None]], *, audited: bool = True) -> list[Run]:
     """A collection's deferred writes (``Tx.update_later``), each with the cause that queued it,
     as the fewest ordered runs ``(writes, cause by str(_id), cause of the whole run)`` in which
     each record has one cause: ONE run (one ``bulk_write``) unless a record is written again by
     another cause, or a write does not name its record by ``_id`` (then a run of its own,
-    under its cause: its records are known only when it runs)."""
+    under its cause: its records are known only when it runs). Not ``audited`` (bookkeeping,
+    :data:`PLATFORM_COLLECTIONS`): one run, whoever queued them."""
     if not queued:
         return []
-    if all(ctx is None for _, ctx in queued):
+    if not audited or all(ctx is None for _, ctx in queued):
         return [([op for op, _ in queued], {}, None)]
     runs: list[Run] = []
     ops: list[Any] = []

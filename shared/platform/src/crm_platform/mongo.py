@@ -132,13 +132,15 @@ class Tx:
             queued = self._later.pop(name, None)
             if queued:
                 docs = [doc for doc, _ in queued]
-                with audit.one_entry_per_batch(), audit.queued_by(_insert_causes(queued)):
+                causes = _insert_causes(queued) if name not in audit.PLATFORM_COLLECTIONS else {}
+                with audit.one_entry_per_batch(), audit.queued_by(causes):
                     await self.db[name].insert_many(docs, session=self.session)
         names = [collection] if collection is not None else list(self._later_updates)
         for name in names:
             updates = self._later_updates.pop(name, None)
-            for ops, causes, cause in audit.queued_runs(updates or []):
-                with audit.queued_by(causes), audit.caused_by(cause):
+            audited = name not in audit.PLATFORM_COLLECTIONS
+            for ops, by_record, cause in audit.queued_runs(updates or [], audited=audited):
+                with audit.queued_by(by_record), audit.caused_by(cause):
                     await self.db[name].bulk_write(ops, ordered=True, session=self.session)
 
     def emit(
@@ -181,7 +183,9 @@ def _insert_causes(queued: list[tuple[Doc, audit.Context | None]]) -> dict[str, 
     causes: dict[str, audit.Context] = {}
     for doc, cause in queued:
         if cause is not None:
-            causes[str(doc.setdefault("_id", ObjectId()))] = cause
+            if "_id" not in doc:  # not setdefault: an ObjectId made for nothing costs 1-2 us
+                doc["_id"] = ObjectId()
+            causes[str(doc["_id"])] = cause
     return causes
 
 
