@@ -17,6 +17,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from crm_contracts import Envelope, utcnow
 from crm_contracts.events.leads import LeadQualifiedV1
 from crm_contracts.topics import HANDOFF_RECEIPTS, LEAD_VERDICT
-from crm_platform.mongo import HANDOFFS_SENT, OUTBOX, PROCESSED, Tx
+from crm_platform.mongo import BATCH_EVENTS, HANDOFFS_SENT, OUTBOX, PROCESSED, Tx
 from crm_platform.outbox import LEASE
 from crm_platform.runtime import ServiceRuntime, Subscription
 from crm_platform.settings import ServiceSettings
@@ -167,6 +168,26 @@ class Departments:
         await resume_relay(self.sender)
         return event_id
 
+    async def hand_off_batch(self, lead_ids: list[str], *, lost: bool) -> list[str]:
+        """Marketing qualifies leads in one transaction, their handoffs sharing ONE outbox row
+        (a tracker's batch); with ``lost`` the broker "loses" that row's publish."""
+
+        async def work(tx: Tx) -> list[str]:
+            return [str(tx.emit(qualified(lead_id), batched=True).event_id) for lead_id in lead_ids]
+
+        await pause_relay(self.sender)
+        event_ids = await self.sender.store.transaction(work)
+        row = {f"{BATCH_EVENTS}.event_id": event_ids[0]}
+        await self.sender.db[OUTBOX].update_one(
+            row,
+            {"$set": {f"{BATCH_EVENTS}.$[h].topic": self.topic}},
+            array_filters=[{"h.event_type": "lead.qualified"}],
+        )
+        if lost:
+            await lose_published(self.sender, row)
+        await resume_relay(self.sender)
+        return event_ids
+
     async def effect(self, event_id: str) -> dict[str, Any] | None:
         return await self.receiver.db["effects"].find_one({"_id": event_id})
 
@@ -268,3 +289,37 @@ async def test_a_handoff_whose_receipt_was_lost_is_re_sent_dropped_and_receipted
     assert len(receipt_rows) == 1, "the receiver stored one receipt, published again, not a new one"
     original = receipt_rows[0]["event_id"]
     assert {str(e.event_id) for e in seen} == {original}, "the sender got the original receipt"
+
+
+async def test_handoffs_lost_in_one_batch_row_are_each_re_sent_alone_and_arrive_once(
+    kafka_bootstrap: str,
+    make_settings: Callable[..., ServiceSettings],
+    scratch_topics: Callable[[str], tuple[str, str]],
+) -> None:
+    """A tracker's batch stores its handoffs in ONE outbox row; each ``handoffs_sent`` record
+    names that row, and a re-send puts its handoff back alone (a pending row of its own with
+    the same event id), not the whole batch: each arrives once, re-sent once."""
+    deps = Departments(make_settings, kafka_bootstrap, scratch_topics, LONE)
+    await deps.start()
+    try:
+        leads = [f"batch-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+        event_ids = await deps.hand_off_batch(leads, lost=True)
+        rows = {(await deps.tracked(e)).get("row") for e in event_ids}
+        for e in event_ids:
+            await eventually(partial(deps.receipted, e), timeout=45, what="the re-sent handoff's receipt")
+        effects = [await deps.effect(e) for e in event_ids]
+        ledger = await deps.receiver.db[PROCESSED].count_documents({"_id": {"$in": event_ids}})
+        [batch] = await deps.sender.db[OUTBOX].find({f"{BATCH_EVENTS}.event_id": event_ids[0]}).to_list()
+        alone = await deps.sender.db[OUTBOX].find({"event_id": {"$in": event_ids}}).to_list()
+        tracked = [await deps.tracked(e) for e in event_ids]
+    finally:
+        await deps.stop()
+
+    assert rows == {batch["event_id"]}, "each handoff's record names the batch row"
+    handoffs = [i["event_id"] for i in batch[BATCH_EVENTS] if i["event_type"] == "lead.qualified"]
+    assert handoffs == event_ids
+    assert batch["published"] is True, "the batch row is not published again"
+    assert sorted(r["event_id"] for r in alone) == sorted(event_ids), "each re-sent alone, same event id"
+    assert [e["count"] if e else 0 for e in effects] == [1, 1], "one effect each"
+    assert ledger == 2
+    assert [t["resends"] for t in tracked] == [1, 1]

@@ -13,7 +13,7 @@ import pytest
 from crm_contracts import Envelope, utcnow
 from crm_contracts.topics import LEAD_QUALIFIED, LEADS_EVENTS
 from crm_platform.app import GC_YOUNG_THRESHOLD
-from crm_platform.mongo import BATCH_EVENTS, OUTBOX
+from crm_platform.mongo import BATCH_EVENTS, HANDOFFS_SENT, OUTBOX
 from crm_platform.testing import TopicReader, auth_headers
 from leads import handlers
 from leads.api.models import BulkCaptureMinimalOut, BulkCaptureOut
@@ -316,11 +316,12 @@ async def test_bulk_behaviours_record_in_order_and_hand_each_qualified_lead_over
         await reader.stop()
 
 
-async def test_a_trackers_batch_stores_its_behaviour_events_in_one_row_ahead_of_its_handoffs(
+async def test_a_trackers_batch_stores_its_behaviour_events_and_then_its_handoffs_in_one_row(
     leads: Leads,
 ) -> None:
-    """The batch's behaviour events share ONE outbox row, in the batch's order; each handoff is
-    a row of its own after it, in order (one per behaviour before: the handoff's outbox cost)."""
+    """The batch's behaviour events share ONE outbox row, in the batch's order, and its
+    handoffs follow them in that row, in order (one row per behaviour and one per handoff
+    before: the handoff's outbox cost); each handoff's record names the row (its re-send)."""
     ada, bob, cid = [(await leads.capture())["lead"]["id"] for _ in range(3)]
     order = [(ada, "form_submit"), (bob, "page_view"), (cid, "form_submit"), (ada, "trial_signup")]
     order += [(cid, "trial_signup")]
@@ -331,11 +332,21 @@ async def test_a_trackers_batch_stores_its_behaviour_events_in_one_row_ahead_of_
     mine = {"$or": [{"key": {"$in": ids}}, {f"{BATCH_EVENTS}.key": {"$in": ids}}]}
     query = {**mine, "event_type": {"$ne": "lead.captured"}}
     rows = await leads.runtime.db[OUTBOX].find(query).sort("_id", 1).to_list()
-    assert [r["event_type"] for r in rows] == ["lead.behaviour_recorded", "lead.qualified", "lead.qualified"]
-    items = [i for i in rows[0][BATCH_EVENTS] if i["key"] in ids]  # the keys' records ahead of the handoffs
-    recorded = [(i["key"], i["envelope"]["payload"]["behaviour"]) for i in items]
+    assert [r["event_type"] for r in rows] == ["lead.behaviour_recorded"], "one row"
+    items = [i for i in rows[0][BATCH_EVENTS] if i["key"] in ids]  # the keys' records are keyed by person
+    recorded = [(i["key"], i["envelope"]["payload"]["behaviour"]) for i in items[:-2]]
     assert recorded == order, "every behaviour in one row, in the batch's order"
-    assert [r["key"] for r in rows[1:]] == [ada, cid], "then each handoff, in order"
+    handoffs = items[-2:]
+    assert [(i["event_type"], i["key"]) for i in handoffs] == [
+        ("lead.qualified", ada),
+        ("lead.qualified", cid),
+    ]
+    sent = (
+        await leads.runtime.db[HANDOFFS_SENT]
+        .find({"_id": {"$in": [i["event_id"] for i in handoffs]}})
+        .to_list()
+    )
+    assert [d["row"] for d in sent] == [rows[0]["event_id"]] * 2, "each handoff's record names its row"
 
 
 async def test_bulk_behaviours_naming_an_unknown_lead_are_a_404_and_record_nothing(leads: Leads) -> None:

@@ -1,5 +1,6 @@
 """A bulk path's events share one outbox row (``emit(batched=True)``); everything else is a row
-per event, in emission order; handoffs are never batched (their receipts find them by id)."""
+per event, in emission order; a handoff shares a row only when its emitter asks (its
+``handoffs_sent`` record names the row, where its re-send finds it)."""
 
 from __future__ import annotations
 
@@ -65,7 +66,10 @@ def test_a_published_batch_rows_events_are_each_counted_once_by_topic_and_type()
     assert child._value.get() == 5 + 2
 
 
-def test_a_handoff_is_never_batched() -> None:
+def test_a_handoff_shares_a_row_only_when_its_emitter_asks() -> None:
+    """A tracker's batch of handoffs asks (``batched``; its re-send puts one back alone:
+    tests/reliability/test_handoff_receipts.py); a consumer's batch (``batch_emits``) keeps
+    each handoff a row of its own."""
     tx = Tx(None, None, "leads")  # type: ignore[arg-type]  # emit touches neither
     qualified = LeadQualifiedV1(
         lead_id=f"lead-{uuid.uuid4().hex[:6]}",
@@ -82,8 +86,14 @@ def test_a_handoff_is_never_batched() -> None:
     status = LeadStatusChangedV1(lead_id="lead-1", status="nurturing", source_channel="web")
     tx.emit(status, batched=True)
     tx.emit(qualified, batched=True)
+    tx.emit(qualified)
     tx.emit(status)
-    assert tx.batched == [True, False, False]
+    assert tx.batched == [True, True, False, False]
+    consumer = Tx(None, None, "sales")  # type: ignore[arg-type]
+    consumer.batch_emits = True
+    consumer.emit(status)
+    consumer.emit(qualified)
+    assert consumer.batched == [True, False]
 
 
 @pytest.mark.integration

@@ -357,13 +357,14 @@ async def record_behaviours(
 
 
 def _emit_tracker_batch(unit: LeadsUnit, items: Sequence[domain.BehaviourBatchItem]) -> None:
-    """A tracker's batch's events: its behaviour events first, in the batch's order, sharing
-    ONE outbox row (``batched``), then its handoffs in order, each a row of its own (a
-    handoff's receipt tracking and re-send work on its row; the keys they are sealed with go
-    just ahead of them). The order per lead on each topic is the batch's (the behaviours are on
-    the leads' events topic, the handoffs on their own), and no behaviour is published after
-    the handoff it led to. One outbox row, insert and relay mark per batch for the behaviours
-    instead of one per behaviour (a handoff's second largest mongod cost was leads' outbox)."""
+    """A tracker's batch's events: its behaviour events first, in the batch's order, then its
+    handoffs in order (the keys they are sealed with just ahead of them), all sharing ONE
+    outbox row (``batched``; a handoff's re-send puts it back alone: crm_platform.receipts).
+    The order per lead on each topic is the batch's (the behaviours are on the leads' events
+    topic, the handoffs on their own), and no behaviour is published after the handoff it led
+    to. One outbox row, insert, relay mark and audit mark per batch instead of one per
+    behaviour (tenth session) and one per handoff (twelfth: a handoff's second largest mongod
+    cost was leads' outbox)."""
     handoffs: list[tuple[LeadQualifiedV1, str]] = []
     for item in items:
         for event in item.events:
@@ -372,7 +373,7 @@ def _emit_tracker_batch(unit: LeadsUnit, items: Sequence[domain.BehaviourBatchIt
             else:
                 unit.emit(event, correlation_id=item.lead.id, batched=True)
     for handoff, lead_id in handoffs:
-        unit.emit(handoff, correlation_id=lead_id)
+        unit.emit(handoff, correlation_id=lead_id, batched=True)
 
 
 # -- scoring rules ---------------------------------------------------------------------------

@@ -156,9 +156,12 @@ class Tx:
         ``batched``: the event may share ONE outbox row with the batched events emitted next to
         it (:func:`outbox_rows`): a bulk capture or an import batch writes and marks one row
         instead of one per lead; in a consumer's batch every event does (``batch_emits``).
-        Consumers still get one record per event, in order. A handoff is always a row of its
-        own (its receipt tracking and re-send work on its row). ``before``: stored ahead of the
-        event emitted at that position (a key record ahead of the handoff it opens).
+        Consumers still get one record per event, in order. A handoff shares a row only when
+        its emitter asks (a tracker's batch of handoffs: one insert, relay mark and audit mark
+        for the batch instead of one each per handoff); its ``handoffs_sent`` record names that
+        row, and a re-send puts the handoff back alone (crm_platform.receipts). In a consumer's
+        batch each handoff stays a row of its own. ``before``: stored ahead of the event
+        emitted at that position (a key record ahead of the handoff it opens).
         """
         cause = causation_var.get()
         corr = correlation_id or (cause.correlation_id if cause else None)
@@ -173,7 +176,7 @@ class Tx:
         at = len(self.emitted) if before is None else before
         self.emitted.insert(at, env)
         self.trace_contexts.insert(at, tracing.capture())
-        self.batched.insert(at, (batched or self.batch_emits) and env.event_type not in HANDOFF_BY_EVENT_TYPE)
+        self.batched.insert(at, batched or (self.batch_emits and env.event_type not in HANDOFF_BY_EVENT_TYPE))
         return env
 
 
@@ -314,6 +317,7 @@ class Store:
             if env.event_type in HANDOFF_BY_EVENT_TYPE
         ]
         if sent:
+            _name_batch_rows(sent, rows)
             await self.db[HANDOFFS_SENT].insert_many(sent, session=tx.session)
         return journeys
 
@@ -496,6 +500,17 @@ def outbox_events_pipeline(match: Doc) -> list[Doc]:
         {"$replaceRoot": {"newRoot": {"$mergeObjects": ["$item", {"published": "$published"}]}}},
         {"$match": match},
     ]
+
+
+def _name_batch_rows(sent: list[Doc], rows: list[Doc]) -> None:
+    """Each handoff stored inside a batch row names that row (``row``: its ``event_id``), where
+    its re-send finds it (crm_platform.receipts); a handoff in a row of its own names none."""
+    in_batch = {
+        item["event_id"]: row["event_id"] for row in rows if BATCH_EVENTS in row for item in row[BATCH_EVENTS]
+    }
+    for doc in sent:
+        if (row := in_batch.get(doc["_id"])) is not None:
+            doc["row"] = row
 
 
 def handoff_doc(env: Envelope, grace: timedelta) -> Doc:

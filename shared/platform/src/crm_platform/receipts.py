@@ -350,9 +350,7 @@ class HandoffTracker:
             doc = await sent.find_one({"_id": event_id, "state": PENDING}, session=tx.session)
             if doc is None or doc["next_check_at"] > now:
                 return "skip"  # receipted meanwhile, or another replica checked it
-            row = await tx.db[OUTBOX].find_one(
-                {"event_id": event_id}, {"published": 1, "published_at": 1}, session=tx.session
-            )
+            row = await _outbox_row(tx, event_id, doc.get("row"))
             overtaken = self.overtaken(doc["handoff"], doc["created_at"])
             decision = decide(
                 self.policy, resends=doc["resends"], outbox_row=row, now=now, overtaken=overtaken
@@ -360,11 +358,7 @@ class HandoffTracker:
             outcome.update(doc)
             if decision.action == "resend":
                 assert row is not None
-                await tx.db[OUTBOX].update_one(
-                    {"_id": row["_id"], "published": True},
-                    {"$set": {"published": False, "resent_at": now}, "$unset": {"published_at": ""}},
-                    session=tx.session,
-                )
+                await _put_back(tx, row, now)
                 update: dict[str, Any] = {
                     "$set": {"next_check_at": decision.next_check_at, "last_resent_at": now},
                     "$inc": {"resends": 1},
@@ -440,6 +434,38 @@ class HandoffTracker:
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
         except TimeoutError:
             pass
+
+
+async def _outbox_row(tx: Tx, event_id: str, batch_row: str | None) -> dict[str, Any] | None:
+    """The outbox row that holds a handoff: its own (or the one a re-send put back), else the
+    batch row its transaction stored it in (``batch_row``, its ``handoffs_sent`` record's
+    ``row``), with only that handoff's item under ``events``; None when neither is left."""
+    fields = {"published": 1, "published_at": 1}
+    row = await tx.db[OUTBOX].find_one({"event_id": event_id}, fields, session=tx.session)
+    if row is not None or batch_row is None:
+        return row
+    found = await tx.db[OUTBOX].find_one(
+        {"event_id": batch_row},
+        {**fields, "created_at": 1, BATCH_EVENTS: {"$elemMatch": {"event_id": event_id}}},
+        session=tx.session,
+    )
+    return found if found is not None and found.get(BATCH_EVENTS) else None
+
+
+async def _put_back(tx: Tx, row: dict[str, Any], now: datetime) -> None:
+    """Publish a handoff again with the same event id: its own row back to pending, or, for a
+    handoff inside a batch row, a pending row of its own holding the same item (the batch's
+    other events are not published again; a later re-send finds this row by its event id)."""
+    items = row.get(BATCH_EVENTS)
+    if items is None:
+        await tx.db[OUTBOX].update_one(
+            {"_id": row["_id"], "published": True},
+            {"$set": {"published": False, "resent_at": now}, "$unset": {"published_at": ""}},
+            session=tx.session,
+        )
+        return
+    alone = {**items[0], "published": False, "created_at": row["created_at"], "resent_at": now}
+    await tx.db[OUTBOX].insert_one(alone, session=tx.session)
 
 
 async def confirm_again(store: Store, envelope: Envelope) -> str:
