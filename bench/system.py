@@ -210,38 +210,51 @@ def per_op(before: Mapping[str, float], after: Mapping[str, float], ops: int) ->
 
 
 class CpuTimeline:
-    """Each named process's time on a core and waiting for one, sampled every ``interval`` s
-    (``/proc/<pid>/task/*/schedstat``): which processes took the cores while a fixed-rate run
-    was measured, and when. ``summary(ops)`` says it per operation and names the busiest
+    """Each named process's CPU every ``interval`` s (``/proc/<pid>/stat``: one read per process)
+    and its time on a core and waiting for one every ``sched_every`` samples
+    (``/proc/<pid>/task/*/schedstat``, a read per thread: 3-9 ms of the bench's own CPU for the
+    platform's processes, so not every 100 ms): which processes took the cores while a fixed-rate
+    run was measured, and when. ``summary(ops)`` says it per operation and names the busiest
     windows (their processes' share of a core each)."""
 
-    def __init__(self, pids: Mapping[str, int], interval: float = 0.1) -> None:
+    def __init__(self, pids: Mapping[str, int], interval: float = 0.1, sched_every: int = 20) -> None:
         self.pids = dict(pids)
         self.interval = interval
-        self.samples: list[tuple[float, dict[str, tuple[float, float]]]] = []
+        self.sched_every = sched_every
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self.sched: list[tuple[float, dict[str, tuple[float, float]]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cpu-timeline", daemon=True)
 
     def __enter__(self) -> CpuTimeline:
-        self.samples.append((time.time(), sched_snapshot(self.pids)))
+        self._sample(sched=True)
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self.samples.append((time.time(), sched_snapshot(self.pids)))
+        self._sample(sched=True)
+
+    def _sample(self, sched: bool) -> None:
+        now = time.time()
+        self.samples.append((now, cpu_snapshot(self.pids)))
+        if sched:
+            self.sched.append((now, sched_snapshot(self.pids)))
 
     def _run(self) -> None:
+        n = 0
         while not self._stop.wait(self.interval):
-            self.samples.append((time.time(), sched_snapshot(self.pids)))
+            n += 1
+            self._sample(sched=n % self.sched_every == 0)
 
     def until(self, last: float) -> None:
         """Forget the samples after the first one at or past ``last`` (epoch seconds: the last
         operation's end), so a wait for operations that never came is not counted in."""
-        ends = [i for i, (at, _) in enumerate(self.samples) if at >= last]
-        if ends:
-            del self.samples[ends[0] + 1 :]
+        for samples in (self.samples, self.sched):
+            ends = [i for i, (at, _) in enumerate(samples) if at >= last]
+            if ends:
+                del samples[ends[0] + 1 :]
 
     def windows(self) -> list[tuple[float, dict[str, float]]]:
         """(seconds since the start, each process's cores in use over that window)."""
@@ -249,13 +262,13 @@ class CpuTimeline:
         start = self.samples[0][0]
         for (t0, a), (t1, b) in zip(self.samples, self.samples[1:], strict=False):
             wall = max(t1 - t0, 1e-6)
-            out.append((t0 - start, {n: (b[n][0] - a[n][0]) / wall for n in a.keys() & b.keys()}))
+            out.append((t0 - start, {n: (b[n] - a[n]) / wall for n in a.keys() & b.keys()}))
         return out
 
     def summary(self, ops: int, busiest: int = 8) -> str:
         """CPU and core-waiting ms per operation by process, the share of windows with both cores
         busy, and the busiest windows."""
-        (t0, first), (t1, last) = self.samples[0], self.samples[-1]
+        (t0, first), (t1, last) = self.sched[0], self.sched[-1]
         ops = max(ops, 1)
         lines = [f"CPU over {t1 - t0:.1f} s, ms per operation ({ops}): on a core / waiting for one"]
         for name in sorted(first.keys() & last.keys(), key=lambda n: first[n][0] - last[n][0]):
