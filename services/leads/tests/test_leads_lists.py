@@ -7,13 +7,14 @@ a collection scan.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from typing import Any, TypeAlias
 
 import bson
 import pytest
-from crm_platform.testing import auth_headers
+from crm_platform.testing import auth_headers, eventually
 from leads import store
 
 pytestmark = pytest.mark.integration
@@ -242,3 +243,32 @@ async def test_the_orders_by_time_and_name_read_the_status_indexes_page_after_pa
         spec = store.LEAD_SORTS[sort]
         every = [d["_id"] async for d in db[store.LEADS].find({}, {"_id": 1}).sort(spec.spec)]
         assert [x["id"] for x in await _pages(leads, {"sort": sort})] == every
+
+
+async def test_a_lead_an_earlier_replica_saves_during_a_rolling_update_is_back_in_its_lists(
+    leads: Leads,
+) -> None:
+    """An earlier version's save unsets ``LIST_KEYS`` (its lead has no such field): the running
+    service's job gives the lead its lists again within a round, finding such leads through the
+    ``listed`` index, not by reading every lead."""
+    tag = uuid.uuid4().hex[:8]
+    db = leads.runtime.store.db
+    lead = (await leads.capture(leads.unique_email(tag)))["lead"]["id"]
+    await db[store.LEADS].update_one(
+        {"_id": lead},
+        {"$set": {"status": "nurturing", "assigned_rep": f"rep-{tag}"}, "$unset": {store.LIST_KEYS: ""}},
+    )
+    query = store.LeadQuery(status="nurturing", rep=f"rep-{tag}")
+    assert await store.find_leads(db, query).to_list() == [], "out of its lists until filled"
+    plan = (await db[store.LEADS].find({store.LIST_KEYS: {"$exists": False}}).explain())["queryPlanner"]
+    assert "COLLSCAN" not in str(plan["winningPlan"]), plan["winningPlan"]
+    job = asyncio.create_task(store.list_keys_job(db, every_seconds=0.05)())
+    try:
+
+        async def listed() -> list[Any] | None:
+            return await store.find_leads(db, query).to_list() or None
+
+        [found] = await eventually(listed, timeout=10, what="the lead back in its lists")
+    finally:
+        job.cancel()
+    assert found[store.LIST_KEYS] == ["status:nurturing", f"rep:rep-{tag}"]

@@ -68,6 +68,7 @@ def build_app(settings: ServiceSettings) -> FastAPI:
     runtime.background.append(
         retention_job(runtime.store, store.RETENTION_RULES, s.retention_days, s.retention_every_seconds)
     )
+    runtime.background.append(store.list_keys_job(runtime.store.db))
     app = create_app(
         settings=s,
         title="CRM leads (marketing)",

@@ -18,7 +18,9 @@ The read-side queries for the API (``get_lead``, ``list_leads``, ``list_behaviou
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -51,6 +53,8 @@ from leads.domain.scoring import (
 
 Doc = dict[str, Any]
 Db = AsyncDatabase[Doc]
+
+log = logging.getLogger("leads.store")
 
 LEADS = "leads"
 BATCH_LEADS = "leads.by_id"  # a consumer batch's leads (crm_platform.batch)
@@ -171,13 +175,40 @@ async def _ensure_list_indexes(db: Db) -> None:
             [(LIST_KEYS, ASCENDING), (sort_field, DESCENDING), ("_id", DESCENDING)],
             name="listed" if sort_field == "created_at" else f"listed_{sort_field}",
         )
+    await fill_list_keys(db)
+    await drop_retired_indexes(db[LEADS], RETIRED_INDEXES)
+
+
+async def fill_list_keys(db: Db) -> int:
+    """Give each lead without ``LIST_KEYS`` its lists, as ``lead_to_doc`` writes them: leads an
+    earlier version stored (at start-up), and during a rolling update the leads an earlier
+    replica saves meanwhile (its save unsets the field: :func:`list_keys_job`). Finds them
+    through the ``listed`` index's entries for a missing field, not by reading every lead."""
     # a rep's key only for a lead with a rep (missing and null are both "not assigned")
     rep = {"$cond": [{"$gt": ["$assigned_rep", None]}, [{"$concat": ["rep:", "$assigned_rep"]}], []]}
     status = [{"$concat": ["status:", "$status"]}]
-    await db[LEADS].update_many(
+    result = await db[LEADS].update_many(
         {LIST_KEYS: {"$exists": False}}, [{"$set": {LIST_KEYS: {"$concatArrays": [status, rep]}}}]
     )
-    await drop_retired_indexes(db[LEADS], RETIRED_INDEXES)
+    return result.modified_count
+
+
+def list_keys_job(db: Db, every_seconds: float = 60.0) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A runtime background job: :func:`fill_list_keys` every ``every_seconds`` (a lead an
+    earlier replica saved during a rolling update is back in its lists within a round)."""
+
+    async def keep_list_keys_filled() -> None:
+        while True:
+            await asyncio.sleep(every_seconds)
+            try:
+                if filled := await fill_list_keys(db):
+                    log.info("gave %d leads their list keys (saved by an earlier version)", filled)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the job outlives a failed round (database away)
+                log.warning("list keys round failed (%s); retrying next round", exc)
+
+    return keep_list_keys_filled
 
 
 async def _ensure_other_indexes(db: Db) -> None:
