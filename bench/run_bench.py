@@ -959,6 +959,17 @@ def _backlog_targets(extra: dict[str, Any]) -> list[Target]:
                 drain["rate"] >= 5000 and exact,
             )
         )
+        peak = drain.get("rss_mb") or {}
+        if peak:
+            worst = max(peak, key=lambda k: peak[k])
+            out.append(
+                Target(
+                    "resident memory draining the backlog",
+                    f"max {peak[worst]:.0f} MB ({worst})",
+                    "<= 150 MB each",
+                    peak[worst] <= 150,
+                )
+            )
     replay = extra.get("analytics_replay")
     if replay:
         out.append(

@@ -43,7 +43,7 @@ from crm_platform.kafka_security import aiokafka_security
 from crm_platform.outbox import RELAY_BATCH_BYTES, rfc3339, wire_record
 from profiling import profiled
 from pymongo import AsyncMongoClient
-from system import cpu_ms_per_op, cpu_snapshot, mongo_top, top_ms_per_op
+from system import RssSampler, cpu_ms_per_op, cpu_snapshot, mongo_top, top_ms_per_op
 
 # py-spy profiles of the drain (BENCH_PROFILE), beside run_bench's
 PROFILE_DIR = Path(__file__).resolve().parent / "results/profile"
@@ -392,11 +392,13 @@ async def backlog_drain(
     everyone.update({name: proc.pid for name, _, proc in extra})
     cpu_before = cpu_snapshot(everyone)
     lag = backlog
-    with profiled("drain", {"sales": platform.procs["sales"].pid}, PROFILE_DIR):
+    sales = {"sales": platform.procs["sales"].pid, **{n: proc.pid for n, _, proc in extra}}
+    with profiled("drain", {"sales": platform.procs["sales"].pid}, PROFILE_DIR), RssSampler(sales) as rss:
         while (lag > 0 or keys > 0) and time.perf_counter() - ready < max_seconds:
             await asyncio.sleep(1.0)
             lag, keys = await group_lag(bootstrap, "sales", [LEAD_QUALIFIED]), await _key_lag(bootstrap)
     finished = time.perf_counter()
+    peak = {name: round(mb, 1) for name, mb in rss.peak.items()}
     drained = backlog - lag
     cpu = cpu_ms_per_op(cpu_before, cpu_snapshot(everyone), drained)
     _stop_replicas(extra)
@@ -411,7 +413,7 @@ async def backlog_drain(
     say(
         f"  drained {drained}/{backlog} in {finished - ready:.1f} s after ready ({rate:.0f}/s; "
         f"{ready - started:.1f} s to start); inbox items {items} of {n}, doubled {doubled}, "
-        f"still sealed {unopened}, key records left {keys}"
+        f"still sealed {unopened}, key records left {keys}; sales' peak resident memory (MB) {peak}"
     )
     return {
         "events": n,
@@ -431,6 +433,7 @@ async def backlog_drain(
         "mongod_ops_per_event": per_event,
         "mongod_top_ms_per_event": top,
         "cpu_ms_per_event": cpu,
+        "rss_mb": peak,
     }
 
 

@@ -34,6 +34,18 @@ def rss_mb(pid: int) -> float | None:
     return int(fields[1]) * PAGE / 2**20
 
 
+def peak_rss_mb(pid: int) -> float | None:
+    """The most resident memory the process has had since it started (``VmHWM``): a peak
+    between two samples included."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of one process so far."""
     try:
@@ -76,7 +88,9 @@ def time_shares(
 
 
 class RssSampler:
-    """Samples each named process's resident memory every ``interval`` s; keeps the peak."""
+    """Samples each named process's resident memory every ``interval`` s; keeps the peak. On
+    exit the peak is also the process's own high-water mark (``VmHWM``: since its start), so a
+    peak shorter than the interval is not missed."""
 
     def __init__(self, pids: Mapping[str, int], interval: float = 1.0) -> None:
         self.pids = dict(pids)
@@ -93,6 +107,10 @@ class RssSampler:
         self._stop.set()
         self._thread.join(timeout=5)
         self.sample()
+        for name, pid in self.pids.items():
+            mb = peak_rss_mb(pid)
+            if mb is not None:
+                self.peak[name] = max(self.peak.get(name, 0.0), mb)
 
     def sample(self) -> None:
         for name, pid in self.pids.items():
