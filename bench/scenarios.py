@@ -108,10 +108,11 @@ def _bulk_lead(run: str, i: int) -> dict[str, Any]:
     }
 
 
-def _handoff_template(run: str) -> bytes:
-    """One lead.qualified envelope whose ids are placeholders, so n copies cost no validation."""
-    event = LeadQualifiedV1(
-        lead_id=f"bl-{run}-LEADNUM",
+def _backlog_handoff(lead_id: str) -> LeadQualifiedV1:
+    """The one handoff every backlog record copies (v1, or sealed into v2), ``lead_id`` a
+    placeholder each copy fills in."""
+    return LeadQualifiedV1(
+        lead_id=lead_id,
         contact=Contact(name="Backlog Lead", email="backlog@example.com"),
         company="Backlog Co",
         score=50.0,
@@ -122,6 +123,11 @@ def _handoff_template(run: str) -> bytes:
         consent=Consent(marketing_email=True),
         qualified_at=utcnow(),
     )
+
+
+def _handoff_template(run: str) -> bytes:
+    """One lead.qualified envelope whose ids are placeholders, so n copies cost no validation."""
+    event = _backlog_handoff(f"bl-{run}-LEADNUM")
     env = envelope_for(event, source="leads", correlation_id=f"bl-{run}-LEADNUM")
     doc = env.model_dump(mode="json")
     doc["event_id"] = "EVENTID"
@@ -209,18 +215,7 @@ async def produce_sealed_handoffs(bootstrap: str, n: int) -> str:
 def _sealed_templates() -> tuple[dict[str, Any], dict[str, Any]]:
     """A sealed handoff's envelope and its key record's (JSON values), sealed once by
     :func:`crm_platform.shredding.sealed_event`; :func:`_sealed_pair` fills in each handoff."""
-    plain = LeadQualifiedV1(
-        lead_id="LEAD",
-        contact=Contact(name="Backlog Lead", email="backlog@example.com"),
-        company="Backlog Co",
-        score=50.0,
-        threshold=40.0,
-        score_reasons=[ScoreReason(behaviour=Behaviour.TRIAL_SIGNUP, count=1, points=50.0)],
-        source_channel="web_form",
-        behaviour_summary={Behaviour.TRIAL_SIGNUP: 1},
-        consent=Consent(marketing_email=True),
-        qualified_at=utcnow(),
-    )
+    plain = _backlog_handoff("LEAD")
     sealed, [issued] = shredding.sealed_event(plain, "leads")
 
     def dumped(event: Any) -> dict[str, Any]:
