@@ -579,3 +579,17 @@ def test_deferred_updates_are_one_bulk_write_unless_a_record_has_two_causes_or_n
     [(every, none, nobody)] = audit.queued_runs(ops, audited=False)
     assert (len(every), none, nobody) == (6, {}, None)
     assert audit.queued_runs([]) == []
+
+
+def test_a_derived_field_is_in_no_entrys_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A field a store derives from others for its indexes (leads' ``list_keys``) is left out
+    of an insert's and an update's changes: the history tells the rep, not the index key; an
+    update that changed only it is no change."""
+    monkeypatch.setattr(audit, "DERIVED_FIELDS", set())
+    before = {"_id": "l1", "status": "new", "keys": ["status:new"]}
+    after = {"_id": "l1", "status": "new", "rep": "r", "keys": ["status:new", "rep:r"]}
+    assert [c["field"] for c in audit.diff(before, after)] == ["keys", "rep"], "shown before"
+    audit.derived_field("keys")
+    assert audit.diff(before, after) == [{"field": "rep", "before": None, "after": "r"}]
+    assert [c["field"] for c in audit.diff(None, after)] == ["rep", "status"]
+    assert audit.diff(before, {**before, "keys": ["status:new", "rep:r"]}) == []

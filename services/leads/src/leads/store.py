@@ -80,6 +80,7 @@ IN_CAMPAIGN = {"campaign": {"$gte": ""}}
 # collection for each document a transaction updates, and a handoff updates its lead twice in
 # one (the qualifying behaviour, then the assignment; twelfth session, handoff).
 LIST_KEYS = "list_keys"
+audit.derived_field(LIST_KEYS)  # an index key, not a change anyone made: no history lists it
 
 
 def status_key(status: str) -> str:

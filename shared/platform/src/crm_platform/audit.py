@@ -68,6 +68,9 @@ PLATFORM_COLLECTIONS = frozenset(
 # Recorded as changed ("[redacted]" before and after), never with their value.
 REDACTED_FIELDS = frozenset({"password_hash", "password", "secret", "token", "token_hash"})
 REDACTED = "[redacted]"
+# Fields a store derives from a record's other fields only to index them (leads' list_keys):
+# no one changes them, so no entry lists them (:func:`derived_field`).
+DERIVED_FIELDS: set[str] = set()
 
 INSERT, UPDATE, DELETE = "insert", "update", "delete"
 
@@ -403,8 +406,16 @@ def _copy(value: Any) -> Any:
 _SHARED = frozenset({str, int, float, bool, type(None), datetime, ObjectId, Decimal128, Decimal, bytes})
 
 
+def derived_field(name: str) -> None:
+    """Leave the field ``name`` out of every entry's changes in this process: a field the store
+    derives from the record's other fields for its indexes, whose change the history already
+    tells by theirs (a user reading a lead's history sees its rep, not an index key)."""
+    DERIVED_FIELDS.add(name)
+
+
 def diff(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> list[Doc]:
-    """The top-level fields that differ, ``[{field, before, after}]`` (``_id`` left out).
+    """The top-level fields that differ, ``[{field, before, after}]`` (``_id`` and
+    :data:`DERIVED_FIELDS` left out).
 
     A field missing and a field set to null are the same ("not set"): an insert lists the
     fields it sets, a delete the fields the record had.
@@ -413,12 +424,12 @@ def diff(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> l
         return [
             {"field": name, "before": None, "after": REDACTED if name in REDACTED_FIELDS else value}
             for name, value in sorted(after.items())
-            if value is not None and name != "_id"
+            if value is not None and name != "_id" and name not in DERIVED_FIELDS
         ]
     old, new = before or {}, after or {}
     changes: list[Doc] = []
     for name in sorted(set(old) | set(new)):
-        if name == "_id":
+        if name == "_id" or name in DERIVED_FIELDS:
             continue
         was, now = old.get(name, _MISSING), new.get(name, _MISSING)
         if was == now or _value(was) is _value(now) is None:  # missing and null are both "not set"
