@@ -959,17 +959,8 @@ def _backlog_targets(extra: dict[str, Any]) -> list[Target]:
                 drain["rate"] >= 5000 and exact,
             )
         )
-        peak = drain.get("rss_mb") or {}
-        if peak:
-            worst = max(peak, key=lambda k: peak[k])
-            out.append(
-                Target(
-                    "resident memory draining the backlog",
-                    f"max {peak[worst]:.0f} MB ({worst})",
-                    "<= 150 MB each",
-                    peak[worst] <= 150,
-                )
-            )
+        if drain.get("rss_mb"):
+            out.append(_memory_target("resident memory draining the backlog", drain["rss_mb"], each=False))
     replay = extra.get("analytics_replay")
     if replay:
         out.append(
@@ -984,19 +975,20 @@ def _backlog_targets(extra: dict[str, Any]) -> list[Target]:
     return out
 
 
+def _memory_target(name: str, peaks: dict[str, float], *, each: bool) -> Target:
+    """The largest of ``peaks`` (MB per process) against the 150 MB bound; ``each``: every
+    process's peak after it."""
+    worst = max(peaks, key=lambda k: peaks[k])
+    figure = f"max {peaks[worst]:.0f} MB ({worst})"
+    if each:
+        figure += "; " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items())
+    return Target(name, figure, "<= 150 MB each", peaks[worst] <= 150)
+
+
 def _resource_targets(p: dict[str, Any]) -> list[Target]:
     out: list[Target] = []
-    rss = p.get("rss_mb") or {}
-    if rss:
-        worst = max(rss, key=lambda k: rss[k])
-        out.append(
-            Target(
-                "resident memory per service under load",
-                f"max {rss[worst]:.0f} MB ({worst}); " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items()),
-                "<= 150 MB each",
-                rss[worst] <= 150,
-            )
-        )
+    if p.get("rss_mb"):
+        out.append(_memory_target("resident memory per service under load", p["rss_mb"], each=True))
     idle = p.get("idle_cpu_percent") or {}
     if idle:
         total = sum(idle.values())
