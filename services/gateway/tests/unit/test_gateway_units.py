@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from argon2 import PasswordHasher
 from crm_platform.testing import OFFLINE_SETTINGS
 from gateway.api.proxy import upstream_path
 from gateway.settings import DEV_ADMIN_PASSWORD, GatewaySettings
@@ -207,6 +208,32 @@ async def test_password_hashing_uses_argon2id_and_verifies() -> None:
     assert not await pw.verify(None, "dummy password for timing equalisation")  # no user, never ok
     assert not await pw.verify("not-a-hash", "x")
     assert not pw.needs_rehash(h)
+
+
+class _CountingHasher(PasswordHasher):
+    hashed = 0
+
+    def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        type(self).hashed += 1
+        return super().hash(password, salt=salt)
+
+
+def test_no_password_is_hashed_at_start_up_with_the_default_parameters() -> None:
+    """Each argon2 hash takes 64 MiB for a moment: the start-up's dummy hash set the gateway's
+    memory high-water mark (~164 MB). The default parameters' dummy hash is made beforehand,
+    and it is what an unknown username's login verifies against (as costly as a real one)."""
+    from gateway import security
+
+    _CountingHasher.hashed = 0
+    security.Passwords(_CountingHasher())
+    assert _CountingHasher.hashed == 0
+    from gateway.security import DUMMY_HASH, DUMMY_PASSWORD, Passwords
+
+    assert not PasswordHasher().check_needs_rehash(DUMMY_HASH)  # the defaults' parameters
+    assert PasswordHasher().verify(DUMMY_HASH, DUMMY_PASSWORD)
+    cheap = Passwords(_CountingHasher(time_cost=1, memory_cost=8, parallelism=1))
+    assert _CountingHasher.hashed == 1  # other parameters: its own dummy, as costly as its hashes
+    assert not cheap.needs_rehash(cheap._dummy_hash)
 
 
 def test_readme_documents_every_route_rule() -> None:
