@@ -87,19 +87,42 @@ def time_shares(
     return out
 
 
+def reset_peak_rss(pid: int) -> bool:
+    """Start the process's high-water mark (``VmHWM``) again from its resident memory now
+    (``/proc/<pid>/clear_refs``, value 5; Linux 4.0+). False when it could not be reset."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 class RssSampler:
     """Samples each named process's resident memory every ``interval`` s; keeps the peak. On
-    exit the peak is also the process's own high-water mark (``VmHWM``: since its start), so a
-    peak shorter than the interval is not missed."""
+    exit the peak is also the process's own high-water mark (``VmHWM``), so a peak shorter than
+    the interval is not missed.
 
-    def __init__(self, pids: Mapping[str, int], interval: float = 1.0) -> None:
+    The high-water mark is since the process started, unless ``from_now``: then what it was when
+    the sampler started is kept in :attr:`before` (a start-up's peak: the gateway hashes the
+    bootstrap admin's password, 64 MiB for a moment) and the mark starts again from there, so
+    :attr:`peak` is the window's alone. A process whose mark could not be reset keeps it since
+    its start (its name is not in :attr:`before`)."""
+
+    def __init__(self, pids: Mapping[str, int], interval: float = 1.0, *, from_now: bool = False) -> None:
         self.pids = dict(pids)
         self.interval = interval
+        self.from_now = from_now
         self.peak: dict[str, float] = {}
+        self.before: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
     def __enter__(self) -> RssSampler:
+        if self.from_now:
+            for name, pid in self.pids.items():
+                mb = peak_rss_mb(pid)
+                if mb is not None and reset_peak_rss(pid):
+                    self.before[name] = mb
         self._thread.start()
         return self
 
