@@ -93,13 +93,21 @@ async def test_a_batch_of_assignments_reads_its_leads_once_and_audits_each_chang
     assert writes == {"bulk_write": 2}, "the batch's saves in one bulk_write, one more for a lead saved twice"
     reps = {d["_id"]: d.get("assigned_rep") async for d in db[repo.LEADS].find({"_id": {"$in": ids}})}
     assert reps == {ids[0]: rory, **{lead_id: rhea for lead_id in ids[1:]}}
+    stored = await db["audit_log"].find({"record.id": {"$in": ids}, "action": "update"}).to_list()
+    # One entry per bulk_write (the batch's five assignments, then the reassignment alone), not
+    # one per assigned lead: an audit document and its index entries per handoff (thirteenth
+    # session, handoff).
+    assert len(stored) == 2, "one audit entry per bulk_write of the batch's saves"
     for lead_id in ids:
-        entries = await db["audit_log"].find({"record.id": lead_id, "action": "update"}).to_list()
+        entries = [e for d in stored for e in audit.entries_of(d, lead_id) if e["record"]["id"] == lead_id]
         changes = [
             (c["before"], c["after"]) for e in entries for c in e["changes"] if c["field"] == "assigned_rep"
         ]
         expected = [(None, rhea), (rhea, rory)] if lead_id == ids[0] else [(None, rhea)]
         assert sorted(changes, key=str) == sorted(expected, key=str), lead_id
+        # Each change names the event that made it (its journey), as its own entry did.
+        assert {e["correlation_id"] for e in entries} == {f"journey-{lead_id}"}, lead_id
+        assert {e["actor"]["type"] for e in entries} == {"event"}, lead_id
 
 
 def _count_lead_writes(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
@@ -171,7 +179,8 @@ async def test_an_assignment_writes_its_two_fields_not_the_whole_lead(
         }
         assert stored["assigned_rep"] == rep
         assert stored[repo.LIST_KEYS] == ["status:new", f"rep:{rep}"], "in the rep's book from now on"
-        [entry] = await db["audit_log"].find({"record.id": lead_id, "action": "update"}).to_list()
+        [stored_entry] = await db["audit_log"].find({"record.id": lead_id, "action": "update"}).to_list()
+        [entry] = audit.entries_of(stored_entry, lead_id)  # the batch's one entry, this lead's part
         assert sorted((c["field"], c["before"]) for c in entry["changes"]) == [
             ("assigned_at", None),
             ("assigned_rep", None),

@@ -441,7 +441,8 @@ class MongoLeads:
         batch's other saves in ONE ``bulk_write`` before the commit (``Tx.update_later``; its
         audit entry needs no read: the view remembered its state before), one round trip per
         batch instead of one per event; a lead saved twice in a batch has its first save
-        written first, so each save stays an audit entry of its own, as one by one."""
+        written first, so each save stays a change of its own, as one by one (the batch's saves
+        are one audit entry naming each lead's changes and the event that made them)."""
         doc = lead_to_doc(lead)
         view = self.tx.batch.peek(BATCH_LEADS) if self.tx.batch is not None else None
         if view is None or lead.id not in view:

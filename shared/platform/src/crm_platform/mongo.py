@@ -121,7 +121,9 @@ class Tx:
         changes a record it read through the batch (``crm_platform.batch``): one round trip,
         not one per event. Like :meth:`insert_later`, a read of that collection in this
         transaction sees the update only after :meth:`flush_inserts`. Audited as the cause being
-        handled now, as :meth:`insert_later` is."""
+        handled now, as :meth:`insert_later` is, and like its inserts as ONE entry per
+        ``bulk_write`` naming each changed record with its changes and its own cause
+        (:func:`crm_platform.audit.one_entry_per_batch`; one record: a plain entry)."""
         self._later_updates.setdefault(collection, []).append((update, audit.current_cause()))
 
     async def flush_inserts(self, collection: str | None = None) -> None:
@@ -140,7 +142,10 @@ class Tx:
             updates = self._later_updates.pop(name, None)
             audited = name not in audit.PLATFORM_COLLECTIONS
             for ops, by_record, cause in audit.queued_runs(updates or [], audited=audited):
-                with audit.queued_by(by_record), audit.caused_by(cause):
+                # One audit entry per run (per actor), each record with its own cause, as the
+                # deferred inserts: a batch of 40 assignments wrote 40 entries (each 4-5 index
+                # entries), one per handoff (docs/performance.md, thirteenth session, handoff).
+                with audit.one_entry_per_batch(), audit.queued_by(by_record), audit.caused_by(cause):
                     await self.db[name].bulk_write(ops, ordered=True, session=self.session)
 
     def emit(
