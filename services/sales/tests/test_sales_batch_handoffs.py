@@ -203,6 +203,42 @@ async def test_a_batch_of_key_records_is_stored_with_one_read_and_one_insert(
     assert "key" not in held[ids[5]]
 
 
+async def test_the_key_consumer_keeps_no_ledger_and_a_batch_delivered_again_changes_nothing(
+    sales: Sales, make_qualified: Any
+) -> None:
+    """The runtime's key consumer keeps no processed-events ledger: its handlers are idempotent by
+    their own writes (a held key is inserted only when none is held, a shredding marker is an
+    upsert that keeps its first time), so the ledger's insert per key record (one per sealed
+    handoff) and its lookup per batch are gone (thirteenth session, handoff). A batch delivered
+    again (a crash before its offsets were committed) is processed with no second effect."""
+    runtime_keys = sales.runtime.key_consumer
+    assert runtime_keys is not None
+    assert runtime_keys.config.ledger is False
+    keys = [shredding.sealed_event(make_qualified(sales.uid("nl-lead")), "leads")[1][0] for _ in range(4)]
+    shredded = LeadPersonKeyShreddedV1(person_id=keys[3].person_id, shredded_at=keys[3].issued_at)
+    values = [envelope_for(e, source="leads", correlation_id="keys").to_bytes() for e in [*keys, shredded]]
+    consumer = Recording(runtime_keys.config, sales.runtime.store, shredding.key_handlers())
+    consumer.outcomes = {}
+    kafka = StandInKafka()
+    consumer.consumer = consumer.producer = kafka
+    tp = TopicPartition(LEADS_PERSON_KEYS, 0)
+    records = [_record(i, v, LEADS_PERSON_KEYS) for i, v in enumerate(values)]
+    db, ids = sales.runtime.db, [k.person_id for k in keys]
+
+    first = await _profiled(sales, consumer, records, tp)
+    held = {d["_id"]: d async for d in db[shredding.KEYS].find({"person_id": {"$in": ids}})}
+    consumer.outcomes = {}
+    again = await _profiled(sales, consumer, records, tp)
+
+    assert consumer.outcomes == dict.fromkeys(range(5), "processed"), "no duplicate outcome: no ledger"
+    assert kafka.dead_letters == []
+    assert first[("insert", "processed_events")] == again[("insert", "processed_events")] == 0
+    assert again[("insert", shredding.KEYS)] == 0, "every key held already"
+    assert {d["_id"]: d async for d in db[shredding.KEYS].find({"person_id": {"$in": ids}})} == held
+    assert len(held) == 4
+    assert sum(1 for d in held.values() if d.get("shredded")) == 1
+
+
 async def test_a_batch_of_sealed_handoffs_reads_their_keys_in_one_query(
     sales: Sales, make_qualified: Any
 ) -> None:

@@ -178,6 +178,7 @@ class ServiceRuntime:
                 bootstrap=s.kafka_bootstrap_servers,
                 group_instance_id=f"{s.consumer_instance_id}.person-keys" if s.consumer_instance_id else None,
                 listener=tracker,
+                ledger=False,  # its handlers are idempotent by their own writes (shredding.key_handlers)
             ),
             self.store,
             shredding.key_handlers(),

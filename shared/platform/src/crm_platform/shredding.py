@@ -497,7 +497,9 @@ async def _share(db: Any, tx: Any, owner: str, keys: list[tuple[str, _Owned]], *
 def key_handlers() -> dict[str, Handler]:
     """The consumer handlers of the key topics: keep a copy of an issued key, replace it by a
     marker when it is shredded (a key issued again after its shredding, a late re-send, stays
-    shredded)."""
+    shredded). Idempotent by their own writes (a key held already is not inserted again, a
+    shredding marker keeps its first time), so their consumer keeps no processed-events ledger
+    (``ConsumerConfig.ledger``)."""
     handlers: dict[str, Handler] = {}
     for issued in _ISSUED.values():
         handlers[issued.event_type] = _on_issued
@@ -537,7 +539,13 @@ async def _mark_shredded(tx: Any, query: Doc, *, upsert: bool = False) -> int:
         # them), and its view of the held keys is read again after this change.
         await tx.flush_inserts(KEYS)
         batch.forget(HELD_KEYS)
-    update = {"$set": {"shredded": True, "shredded_at": utcnow()}, "$unset": {"key": "", "person_hashes": ""}}
+    # $min: a repeated shredding (a redelivered record: the key consumer keeps no ledger) leaves
+    # the marker as it was.
+    update = {
+        "$set": {"shredded": True},
+        "$min": {"shredded_at": utcnow()},
+        "$unset": {"key": "", "person_hashes": ""},
+    }
     if upsert:
         await tx.db[KEYS].update_one(query, update, upsert=True, session=tx.session)
         return 1
