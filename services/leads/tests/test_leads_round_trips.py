@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, TypeAlias
 
 import pytest
-from crm_platform.audit import AUDIT_LOG
+from crm_platform.audit import AUDIT_LOG, AuditedCollection
 from crm_platform.mongo import HANDOFFS_SENT, OUTBOX
 from crm_platform.pseudonym import email_hash
 from crm_platform.shredding import KEYS
@@ -112,6 +112,55 @@ async def test_a_trackers_batch_reads_its_leads_once_and_writes_them_without_rea
     changed = {c["field"]: (c["before"], c["after"]) for c in entry["changes"]}
     assert changed["behaviour_totals"] == ({}, {"form_submit": 1, "trial_signup": 1})
     assert changed["score"] == (0, (await leads.lead(ada))["score"])
+
+
+async def test_a_trackers_batch_writes_each_leads_changed_fields_not_the_whole_lead(
+    leads: Leads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A qualifying batch's save sets the fields the behaviours changed (status, score, totals,
+    times, lists), not the whole lead replaced: the lead's identity, consent and touches are
+    not encoded, sent and written to the oplog again for every handoff (thirteenth session,
+    handoff). The stored lead and its history are as a replacement left them."""
+    ada, bob = [(await leads.capture())["lead"]["id"] for _ in range(2)]
+    before = {i: await leads.runtime.db[LEADS].find_one({"_id": i}) for i in (ada, bob)}
+    sent: list[Any] = []
+    real = AuditedCollection.bulk_write
+
+    async def spy(self: AuditedCollection, requests: Any, *args: Any, **kw: Any) -> Any:
+        if self.name == LEADS:
+            sent.extend(requests)
+        return await real(self, requests, *args, **kw)
+
+    monkeypatch.setattr(AuditedCollection, "bulk_write", spy)
+    body = {
+        "behaviours": [
+            {"lead_id": i, "behaviour": b} for i in (ada, bob) for b in ("form_submit", "trial_signup")
+        ]
+    }
+    r = await leads.client.post("/leads/behaviours/bulk", json=body, headers=MARKETING)
+    assert r.status_code == 200, r.text
+
+    assert [type(op).__name__ for op in sent] == ["UpdateOne", "UpdateOne"], "no whole lead replaced"
+    for op in sent:
+        assert set(op._doc) == {"$set"}
+        assert not set(op._doc["$set"]) & {
+            "email",
+            "name",
+            "consent",
+            "touches",
+            "created_at",
+            "origin_channel",
+        }
+    for lead_id in (ada, bob):
+        stored = await leads.runtime.db[LEADS].find_one({"_id": lead_id})
+        assert stored is not None
+        assert stored["status"] == "qualified"
+        unchanged = {k: v for k, v in before[lead_id].items() if k not in sent[0]._doc["$set"]}
+        assert {k: v for k, v in stored.items() if k in unchanged} == unchanged
+        history = (await leads.client.get(f"/leads/{lead_id}/history", headers=MARKETING)).json()["items"]
+        [update] = [e for e in history if e["action"] == "update"]
+        changed = {c["field"]: (c["before"], c["after"]) for c in update["changes"]}
+        assert changed["status"] == ("new", "qualified")
 
 
 async def test_a_trackers_batch_writes_one_audit_entry_for_its_behaviours_and_one_for_its_leads(

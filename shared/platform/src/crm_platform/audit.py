@@ -523,6 +523,11 @@ class AuditedCollection(AsyncCollection[Doc]):
             self._trail.remember(self.name, doc)
         return doc
 
+    def known(self, doc_id: Any, session: Any) -> Doc | None:
+        """The record as this transaction last saw it (read to change, or written), a copy of its
+        own; None when it has not: what a save can write only the changed fields of."""
+        return self._trail.known(self.name, doc_id) if self._trail.watches(self.name, session) else None
+
     async def find_to_change(self, filter: Any, *, session: Any) -> list[Doc]:
         """``find(filter)``'s documents, each remembered as its state before this transaction
         changes it (as :meth:`find_one` does for one): a batch read of records the
