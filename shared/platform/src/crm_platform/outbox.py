@@ -211,6 +211,8 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self.producer: AIOKafkaProducer | None = None
         self.connected = False
+        # The last read of the pending rows took every row it found (fewer than a batch).
+        self._drained = False
 
     def notify(self) -> None:
         """Wake the relay now (called after a transaction stored events)."""
@@ -233,8 +235,11 @@ class OutboxRelay:
                     await self._idle(LEASE_SECONDS / 3)
                     continue
                 published = await self.publish_pending()
-                if published == 0:
-                    # The backlog gauge is sampled by track_backlog on its own timer.
+                if published == 0 or self._drained:
+                    # Nothing left that the last read saw: wait for a wake-up (a commit, the
+                    # change stream) or the poll instead of reading the pending rows again at
+                    # once only to find none; a wake-up during the publish ends the wait at
+                    # once. The backlog gauge is sampled by track_backlog on its own timer.
                     await self._idle(self.poll_seconds)
             except asyncio.CancelledError:
                 raise
@@ -307,6 +312,7 @@ class OutboxRelay:
                 break
             taken.append(head)
             events += head.get("count", 1)
+        self._drained = len(heads) < self.batch_size and len(taken) == len(heads)
         full = self._committed_here(taken)
         batches = [row["_id"] for row in taken if "count" in row and row["_id"] not in full]
         if batches:
@@ -402,13 +408,15 @@ class OutboxRelay:
                 {"operationType": "update", "updateDescription.updatedFields.published": False},
             ]
         }
-        pipeline: list[dict[str, Any]] = [{"$match": to_publish}, {"$project": {"_id": 1}}]
+        project = {"_id": 1, "operationType": 1, "documentKey": 1}
+        pipeline: list[dict[str, Any]] = [{"$match": to_publish}, {"$project": project}]
         while not self._stopping.is_set():
             try:
                 # try_next waits at most max_await_time_ms on the server: a stop is seen within it.
                 async with await self.db[OUTBOX].watch(pipeline, max_await_time_ms=1000) as stream:
                     while not self._stopping.is_set():
-                        if await stream.try_next() is not None:
+                        change = await stream.try_next()
+                        if change is not None and not self._woken_here(change):
                             self._wake.set()
                     return
             except asyncio.CancelledError:
@@ -419,6 +427,15 @@ class OutboxRelay:
                 await asyncio.wait_for(self._stopping.wait(), timeout=retry_seconds)
             except TimeoutError:
                 pass
+
+    def _woken_here(self, change: Mapping[str, Any]) -> bool:
+        """Whether a change the stream reports is a row this process's transaction inserted:
+        that transaction wakes the relay itself once committed (crm_platform.mongo.Store),
+        so waking it again would only read the pending rows once more and find them
+        published. A row handed back (an update) always wakes it."""
+        if self.committed is None or change.get("operationType") != "insert":
+            return False
+        return self.committed.woken_here(change.get("documentKey", {}).get("_id"))
 
     async def track_backlog(self, interval_seconds: float) -> None:
         """Sample ``crm_outbox_backlog`` on a timer, whatever the relay is doing.
