@@ -79,3 +79,36 @@ def test_the_services_take_250_records_per_partition_and_1000_per_fetch_by_defau
     assert (settings.consumer_max_records, settings.consumer_max_fetch_records) == (250, 1000)
     config = ConsumerConfig(service="x", group_id="x", topics=[], bootstrap="-")
     assert (config.max_records, config.max_fetch_records) == (250, 1000)
+
+
+class _Made:
+    """What ``make_consumer`` / ``make_producer`` give the consumer here: clients that start."""
+
+    def __init__(self, made: list[Any]) -> None:
+        self._client = type("Client", (), {})()
+        made.append(self)
+
+    def subscribe(self, topics: list[str], listener: Any = None) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+
+def _connected(monkeypatch: Any, **config: Any) -> Any:
+    from crm_platform import consumer as consumer_module
+
+    made: list[Any] = []
+    monkeypatch.setattr(consumer_module, "make_consumer", lambda **kw: _Made(made))
+    monkeypatch.setattr(consumer_module, "make_producer", lambda *a, **kw: _Made([]))
+    asyncio.run(_consumer(**config)._connect())
+    [kafka] = made
+    return kafka
+
+
+def test_a_patient_consumer_marks_its_kafka_client_patient(monkeypatch: Any) -> None:
+    """``patient``: no one waits on its records within a second, so once idle it takes the
+    patient pause (crm_platform.kafka.be_patient); a consumer is not patient by default (a
+    department's, on a handoff's path)."""
+    assert getattr(_connected(monkeypatch, patient=True)._client, "_crm_patient", False) is True
+    assert getattr(_connected(monkeypatch)._client, "_crm_patient", False) is False

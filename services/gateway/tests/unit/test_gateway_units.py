@@ -245,3 +245,14 @@ def test_readme_documents_every_route_rule() -> None:
     for r in ROUTE_TABLE:
         row = f"| {r.service} | {r.describe_methods()} | `{r.pattern.replace('|', chr(92) + '|')}` |"
         assert row in readme, f"README route table is missing: {row}"
+
+
+def test_the_erasure_confirmations_consumer_is_patient() -> None:
+    """No one waits within a second for a confirmation (an administrator reads a request's status):
+    the gateway's only consumer takes the patient idle pause (crm_platform.kafka.be_patient)."""
+    from gateway.bootstrap import _runtime, _upstreams
+
+    s = settings()
+    runtime, _ = _runtime(s, _upstreams(s))
+    assert runtime.consumer is not None
+    assert runtime.consumer.config.patient is True

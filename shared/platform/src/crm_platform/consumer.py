@@ -53,7 +53,7 @@ from crm_platform.dead_letters import (
     short,
     skips_replay,
 )
-from crm_platform.kafka import hurry_fetches, make_consumer, make_producer
+from crm_platform.kafka import be_patient, hurry_fetches, make_consumer, make_producer
 from crm_platform.logging import correlation_id_var
 from crm_platform.mongo import PROCESSED, Store, Tx, audit_context, causation_var
 from crm_platform.shredding import PersonKeyPending, keys_missing, until_key_stored
@@ -107,6 +107,10 @@ class ConsumerConfig:
     # held, a shredding is an upsert of the marker). One insert and its index entry fewer per
     # sealed handoff in a key holder (docs/performance.md, thirteenth session, handoff).
     ledger: bool = True
+    # No one waits on this consumer's records within a second (the gateway's erasure
+    # confirmations): once idle it takes the patient pause (crm_platform.kafka.be_patient).
+    # Never for a consumer on a handoff's path (a department's, the person keys').
+    patient: bool = False
 
 
 @dataclass
@@ -209,6 +213,8 @@ class EventConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
+        if self.config.patient:
+            be_patient(self.consumer)
         self.consumer.subscribe(self.config.topics, listener=self.config.listener)
         await self.consumer.start()
         log.info("consumer %s subscribed to %s", self.config.group_id, self.config.topics)

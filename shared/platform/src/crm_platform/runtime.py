@@ -52,6 +52,9 @@ class Subscription:
     # Where this department's database holds people (crm_platform.erasure): with the erasure
     # requests' topic subscribed, the runtime erases and confirms them; nothing else to wire.
     erasure_targets: tuple[erasure.Target, ...] = ()
+    # No one waits on these records within a second: the consumer is patient once idle
+    # (crm_platform.consumer.ConsumerConfig.patient). Not for a department receiving handoffs.
+    patient: bool = False
 
 
 @dataclass
@@ -156,6 +159,7 @@ class ServiceRuntime:
                 max_fetch_records=s.consumer_max_fetch_records,
                 key_wait_seconds=s.person_key_wait_seconds,
                 holds_keys=bool(shredding.key_topics(s.service_name)),
+                patient=sub.patient,
             ),
             self.store,
             self._with_policy(sub),
