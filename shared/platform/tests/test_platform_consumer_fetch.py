@@ -112,3 +112,26 @@ def test_a_patient_consumer_marks_its_kafka_client_patient(monkeypatch: Any) -> 
     department's, on a handoff's path)."""
     assert getattr(_connected(monkeypatch, patient=True)._client, "_crm_patient", False) is True
     assert getattr(_connected(monkeypatch)._client, "_crm_patient", False) is False
+
+
+def test_the_person_keys_consumer_is_patient_until_records_and_the_departments_is_not() -> None:
+    """A key is published with the events sealed with it: the key consumer is patient once idle
+    and its pause ends when the department's consumer fetches records (kafka.be_patient's
+    ``until_records``); the department's consumer, on the handoff's path, keeps the idle pause."""
+    from crm_platform.runtime import ServiceRuntime, Subscription
+    from crm_platform.testing import OFFLINE_SETTINGS
+
+    settings = ServiceSettings.model_validate({**OFFLINE_SETTINGS, "CRM_SERVICE_NAME": "sales"})
+    subscription = Subscription(topics=[TOPIC], handlers={}, department="sales")
+    runtime = ServiceRuntime(settings, subscription=subscription)
+    assert runtime.key_consumer is not None
+    assert runtime.consumer is not None
+    assert runtime.key_consumer.config.patient_until_records is True
+    assert not runtime.consumer.config.patient
+    assert not runtime.consumer.config.patient_until_records
+
+
+def test_a_consumer_patient_until_records_marks_its_kafka_client(monkeypatch: Any) -> None:
+    kafka = _connected(monkeypatch, patient_until_records=True)
+    assert kafka._client._crm_patient is True
+    assert kafka._client._crm_until_records is True

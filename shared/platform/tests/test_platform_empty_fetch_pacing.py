@@ -5,9 +5,11 @@ the longer pause of an idle consumer. The paced consumer on the real broker is t
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka.consumer.fetcher import Fetcher
 from crm_platform import kafka as kafka_module
 from crm_platform.kafka import pace_empty_fetches
 
@@ -148,3 +150,84 @@ def test_fetched_bytes_counts_the_batches_the_request_buffered() -> None:
     request = SimpleNamespace(topics=[("a", [(0, 10, 1 << 20), (1, 3, 1 << 20), (2, 0, 1 << 20)])])
     assert kafka_module.fetched_bytes(fetcher, request) == 1024
     assert kafka_module.fetched_bytes(fetcher, None) == 0
+
+
+class _Fetching:
+    """A fetcher as the paced fetch round sees it: its client's marks, its empty streak, and
+    what its next fetch brings (``has_data``)."""
+
+    def __init__(self, has_data: bool, **marks: bool) -> None:
+        self._client = SimpleNamespace(**marks)
+        self._crm_empty_streak = 1_000  # idle for a while
+        self.has_data = has_data
+
+
+@pytest.fixture
+def paced_round(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """aiokafka's fetch round wrapped by the pacing as in a service (the fetch itself a stand-in;
+    the patient pause an hour, so that only an ending, not a timer, finishes it)."""
+
+    async def fetch(self: Any, *args: Any, **kwargs: Any) -> bool:
+        return bool(self.has_data)
+
+    monkeypatch.setattr(Fetcher, "_proc_fetch_request", fetch)
+    monkeypatch.setattr(Fetcher, "_crm_paced", False, raising=False)
+    monkeypatch.setattr(kafka_module, "_empty_fetch_pause", 0.02)
+    monkeypatch.setattr(kafka_module, "_fetch_interval", 0.0)
+    monkeypatch.setattr(kafka_module, "PATIENT_IDLE_PAUSE_SECONDS", 3600.0)
+    kafka_module._pace_fetcher("test")
+    return Fetcher._proc_fetch_request
+
+
+async def test_records_fetched_by_a_department_end_the_key_consumers_patient_pause(paced_round: Any) -> None:
+    """The person keys' consumer (``be_patient(..., until_records=True)``) is patient once idle,
+    and the first fetch of the process that brings records ends its pause: a key is published
+    with the events sealed with it, so it is fetched beside them, not a patient pause later. A
+    receipt listener's patient pause (plain ``be_patient``) is not ended by them."""
+    keys = asyncio.create_task(paced_round(_Fetching(False, _crm_patient=True, _crm_until_records=True)))
+    receipts = asyncio.create_task(paced_round(_Fetching(False, _crm_patient=True)))
+    for _ in range(3):
+        await asyncio.sleep(0)  # both in their patient pause
+    assert len(kafka_module._patient_pauses) == 1
+    assert len(kafka_module._pauses) == 2
+    await paced_round(_Fetching(False))  # the department's empty fetch: the pauses go on
+    assert not keys.done()
+    assert not receipts.done()
+    assert await paced_round(_Fetching(True)) is True  # the department's fetch brings records
+    assert await asyncio.wait_for(keys, 10) is False  # an hour otherwise
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not receipts.done(), "not a consumer that waits for records elsewhere"
+    kafka_module.hurry_fetches()
+    await asyncio.wait_for(receipts, 10)
+    assert not kafka_module._pauses
+    assert not kafka_module._patient_pauses
+
+
+async def test_the_key_consumers_records_end_no_other_pause_and_its_plain_pause_is_not_ended(
+    paced_round: Any,
+) -> None:
+    """Only the patient pause of a key consumer is ended by other consumers' records (while keys
+    flow it keeps its plain pause, as before), and its own records end nobody's."""
+    key_fetcher = _Fetching(False, _crm_patient=True, _crm_until_records=True)
+    key_fetcher._crm_empty_streak = 0  # records a moment ago: the plain pause
+    plain = asyncio.create_task(paced_round(key_fetcher))
+    await asyncio.sleep(0)
+    assert kafka_module._pauses
+    assert not kafka_module._patient_pauses
+    await asyncio.wait_for(plain, 10)  # 20 ms
+    idle = asyncio.create_task(paced_round(_Fetching(False, _crm_patient=True, _crm_until_records=True)))
+    await asyncio.sleep(0)
+    await paced_round(_Fetching(True, _crm_patient=True, _crm_until_records=True))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not idle.done()
+    kafka_module.hurry_fetches()
+    await asyncio.wait_for(idle, 10)
+
+
+async def test_be_patient_until_records_marks_the_client() -> None:
+    consumer = kafka_module.make_consumer(bootstrap_servers="127.0.0.1:9")
+    kafka_module.be_patient(consumer, until_records=True)
+    assert consumer._client._crm_patient is True
+    assert consumer._client._crm_until_records is True

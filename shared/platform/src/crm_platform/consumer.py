@@ -111,6 +111,9 @@ class ConsumerConfig:
     # confirmations): once idle it takes the patient pause (crm_platform.kafka.be_patient).
     # Never for a consumer on a handoff's path (a department's, the person keys').
     patient: bool = False
+    # Patient, and its patient pause ends when another consumer of the process fetches records
+    # (the person keys': a key is published with the events sealed with it; kafka.be_patient).
+    patient_until_records: bool = False
 
 
 @dataclass
@@ -213,8 +216,8 @@ class EventConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        if self.config.patient:
-            be_patient(self.consumer)
+        if self.config.patient or self.config.patient_until_records:
+            be_patient(self.consumer, until_records=self.config.patient_until_records)
         self.consumer.subscribe(self.config.topics, listener=self.config.listener)
         await self.consumer.start()
         log.info("consumer %s subscribed to %s", self.config.group_id, self.config.topics)

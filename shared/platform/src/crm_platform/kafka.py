@@ -152,13 +152,21 @@ def pace_patiently() -> None:
     _patient_process = True
 
 
-def be_patient(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
+def be_patient(consumer: AIOKafkaConsumer, *, until_records: bool = False) -> AIOKafkaConsumer:
     """Mark a consumer (before it starts) that no one waits on within a second: once idle, it
     fetches every :data:`PATIENT_IDLE_PAUSE_SECONDS` on a broker that answers empty fetches at
-    once, not every idle pause. Not for a consumer on a handoff's path (the departments', the
-    person keys'): a record that arrives during a pause waits for its end. A fetch that brings
-    records puts it back on the plain pause; :func:`hurry_fetches` ends its pause too."""
-    consumer._client._crm_patient = True  # the client its fetcher is given (aiokafka's Fetcher._client)
+    once, not every idle pause. Not for a consumer on a handoff's path (the departments'): a
+    record that arrives during a pause waits for its end. A fetch that brings records puts it
+    back on the plain pause; :func:`hurry_fetches` ends its pause too.
+
+    ``until_records``: its patient pause also ends as soon as any other consumer of this process
+    fetches records (:func:`end_patient_pauses`). For the person keys' consumer: a key is
+    published with the event sealed with it (one outbox row, the key first), so while its
+    department's consumer finds nothing there is no key to fetch either, and when it fetches
+    records the key consumer fetches at once, not after its pause."""
+    client = consumer._client  # the client its fetcher is given (aiokafka's Fetcher._client)
+    client._crm_patient = True
+    client._crm_until_records = until_records
     return consumer
 
 
@@ -221,6 +229,9 @@ def wait_after_fetch(
 
 # The pauses after empty fetches in progress in this process: ``hurry_fetches`` ends them.
 _pauses: set[asyncio.Future[None]] = set()
+# Those of them that are patient pauses of ``be_patient(..., until_records=True)`` consumers:
+# another consumer's fetch with records ends them (``end_patient_pauses``).
+_patient_pauses: set[asyncio.Future[None]] = set()
 
 
 def hurry_fetches() -> None:
@@ -234,8 +245,17 @@ def hurry_fetches() -> None:
     _pauses.clear()
 
 
-async def pause_empty(seconds: float) -> None:
-    """Wait ``seconds`` after an empty fetch, or until ``hurry_fetches`` (cancellable).
+def end_patient_pauses() -> None:
+    """A consumer of this process fetched records: end the patient pauses of the consumers that
+    wait for records elsewhere (``be_patient(..., until_records=True)``)."""
+    for waiter in list(_patient_pauses):
+        _end_pause(waiter)
+    _patient_pauses.clear()
+
+
+async def pause_empty(seconds: float, *, until_records: bool = False) -> None:
+    """Wait ``seconds`` after an empty fetch, or until ``hurry_fetches`` (cancellable), or, with
+    ``until_records``, until another consumer of this process fetches records.
 
     As cheap as ``asyncio.sleep`` (one future, one timer): an idle consumer pauses about ten
     times a second, and ``asyncio.wait_for`` on a pause that runs out cancels, awaits and
@@ -244,11 +264,14 @@ async def pause_empty(seconds: float) -> None:
     waiter = loop.create_future()
     timer = loop.call_later(seconds, _end_pause, waiter)
     _pauses.add(waiter)
+    if until_records:
+        _patient_pauses.add(waiter)
     try:
         await waiter
     finally:
         timer.cancel()
         _pauses.discard(waiter)
+        _patient_pauses.discard(waiter)
 
 
 def _end_pause(waiter: asyncio.Future[None]) -> None:
@@ -289,6 +312,9 @@ def _pace_fetcher(what: str) -> None:
         streak = 0 if has_data else getattr(self, "_crm_empty_streak", 0) + 1
         self._crm_empty_streak = streak
         patient = _patient_process or getattr(self._client, "_crm_patient", False)
+        until_records = getattr(self._client, "_crm_until_records", False)
+        if has_data and _patient_pauses and not until_records:
+            end_patient_pauses()  # the key consumer fetches the keys of these records now
         size = 0
         if has_data and _fetch_interval > BACKLOG_FETCH_INTERVAL:  # only where it can change the wait
             size = fetched_bytes(self, args[2] if len(args) > 2 else kwargs.get("request"))
@@ -299,7 +325,11 @@ def _pace_fetcher(what: str) -> None:
             # Still inside the fetch task, so the fetcher counts this broker as
             # busy and sends it nothing new until the pause is over.
             try:
-                await (asyncio.sleep(wait) if has_data else pause_empty(wait))
+                if has_data:
+                    await asyncio.sleep(wait)
+                else:
+                    patient_pause = until_records and wait >= PATIENT_IDLE_PAUSE_SECONDS
+                    await pause_empty(wait, until_records=patient_pause)
             except asyncio.CancelledError:
                 return False  # closing: the fetcher cancels its tasks and moves on
         return has_data
