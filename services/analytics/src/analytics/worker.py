@@ -72,7 +72,6 @@ from crm_contracts.topics import (
     dead_letter_topic,
 )
 from crm_platform import tracing
-from crm_platform.app import freeze_startup_heap
 from crm_platform.dead_letters import (
     HANDLER_ERROR,
     IMPLAUSIBLE_TIME,
@@ -82,6 +81,7 @@ from crm_platform.dead_letters import (
     dead_letter_headers,
     skips_replay,
 )
+from crm_platform.heap import freeze_startup_heap
 from crm_platform.kafka import ensure_topics, pace_empty_fetches, pace_fetches, pace_patiently
 from crm_platform.liveness import ConsumerWatchdog, PartitionTracker, WatchdogConfig, harden_aiokafka
 from crm_platform.logging import configure_logging

@@ -44,15 +44,15 @@ from typing import Any
 
 from bson.binary import Binary
 from crm_contracts import utcnow
-from fastapi import HTTPException, Request
 from pymongo import ASCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException  # FastAPI's is a subclass (no FastAPI import)
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from crm_platform.edge import error_response
 from crm_platform.errors import Conflict
 
 log = logging.getLogger("crm.idempotency")
@@ -160,9 +160,8 @@ class IdempotencyMiddleware:
             return
         key = Headers(scope=scope).get(HEADER)
         if key is not None and not _KEY.match(key):
-            await error_response(
-                422, "validation_error", "Idempotency-Key must be 1-200 printable ASCII characters"
-            )(scope, receive, send)
+            message = "Idempotency-Key must be 1-200 printable ASCII characters"
+            await _refuse(422, "validation_error", message, scope, receive, send)
             return
         if key is None and self.default_key is None:
             await self.app(scope, receive, send)
@@ -202,13 +201,13 @@ class IdempotencyMiddleware:
             return False
         if record["fingerprint"] != claim.fingerprint:
             message = "this Idempotency-Key was already used for a different request (other body or query)"
-            await error_response(422, "idempotency_key_reused", message)(scope, receive, send)
+            await _refuse(422, "idempotency_key_reused", message, scope, receive, send)
         elif record.get("response") is None:
             message = (
                 "the request with this Idempotency-Key was carried out, but its answer was not recorded; "
                 "read the resource to see the effect (it happened once)"
             )
-            await error_response(409, "idempotency_answer_lost", message)(scope, receive, send)
+            await _refuse(409, "idempotency_answer_lost", message, scope, receive, send)
         else:
             await _send_recorded(record["response"], send)
         return True
@@ -245,6 +244,14 @@ class IdempotencyMiddleware:
         except Exception:
             # The effect is committed; a retry is told its answer was lost (409), never re-run.
             log.exception("could not record the answer for an idempotent request")
+
+
+async def _refuse(status: int, code: str, message: str, scope: Scope, receive: Receive, send: Send) -> None:
+    """The platform's error answer. Imported here: a process that only stores claims (the
+    analytics worker, through ``crm_platform.mongo``) imports neither FastAPI nor the edge."""
+    from crm_platform.edge import error_response
+
+    await error_response(status, code, message)(scope, receive, send)
 
 
 def _principal(scope: Scope, receive: Receive) -> str | None:

@@ -23,17 +23,19 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crm_contracts import Envelope
 from crm_contracts.events.governance import PermissionsChangedV1, RoleGrant
-from fastapi import HTTPException, Request, status
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from crm_platform.errors import is_database_outage
 from crm_platform.permissions import DEFAULT_POLICY, Policy, normalize_path, permission_for
+
+if TYPE_CHECKING:  # FastAPI only where a request is checked: the worker stores policies only
+    from fastapi import Request
 
 log = logging.getLogger("crm.permissions")
 
@@ -193,6 +195,8 @@ async def enforce_permission(request: Request, roles: frozenset[str]) -> None:
         return
     permission, holders = found
     if not roles & holders:
+        from fastapi import HTTPException, status
+
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
             f"requires the permission {permission!r} (held by {sorted(holders)}); you have {sorted(roles)}",
