@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.conn import AIOKafkaConnection
 from aiokafka.consumer.fetcher import Fetcher
 from crm_contracts.topics import TOPICS, TopicSpec
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
@@ -336,6 +337,46 @@ def _pace_fetcher(what: str) -> None:
 
     Fetcher._proc_fetch_request = paced
     Fetcher._crm_paced = True
+
+
+def release_read_frames() -> None:
+    """Make every aiokafka connection of this process drop each response frame once handled.
+
+    aiokafka's reader loop (``AIOKafkaConnection._read``) keeps the last frame it read in a
+    local until the next frame arrives. A fetch response's record batches are copied out of
+    the frame as it is decoded, so the frame itself is dead weight, and a consumer that is
+    working through what it fetched sends that broker no new fetch: the frame stays for as
+    long as the records last. The embedded broker answers a fetch with everything a
+    partition holds from the position, whatever ``max_partition_fetch_bytes`` says
+    (measured: 17.8 MB for 100,000 sealed handoffs in one response), so sales draining a
+    backlog kept the whole backlog twice (docs/performance.md, thirteenth session, drain).
+    The same loop, with the frame released before waiting for the next one. Idempotent,
+    process-wide; raises :class:`crm_platform.aiokafka_compat.UnsupportedAiokafka` on an
+    aiokafka it was not written for.
+    """
+    if getattr(AIOKafkaConnection, "_crm_frames_released", False):
+        return
+    require_patchable("crm_platform.kafka.release_read_frames (AIOKafkaConnection._read)")
+    AIOKafkaConnection._read = staticmethod(_read_frames)
+    AIOKafkaConnection._crm_frames_released = True
+
+
+async def _read_frames(self_ref: Callable[[], Any]) -> None:
+    """aiokafka 0.14.0's ``AIOKafkaConnection._read`` (errors go to its done callback), except
+    that no frame is referenced while the next one is awaited."""
+    self = self_ref()
+    if self is None:
+        return
+    reader = self._reader
+    del self
+    while True:
+        (size,) = struct.unpack(">i", await reader.readexactly(4))
+        frame = await reader.readexactly(size)
+        self = self_ref()
+        if self is None:
+            return
+        self._handle_frame(frame)
+        del self, frame  # the decoded response holds what it needs
 
 
 @dataclass
