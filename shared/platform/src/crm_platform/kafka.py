@@ -361,6 +361,61 @@ def release_read_frames() -> None:
     AIOKafkaConnection._crm_frames_released = True
 
 
+# A partition at most this many records behind its end (as its last fetch found it) is caught up:
+# any fetch may ask for it. The others (a backlog, or not fetched yet) join a fetch one at a time.
+CAUGHT_UP_RECORDS = 1000
+
+
+def spread_backlog_fetches() -> None:
+    """Make each fetch of this process's aiokafka consumers ask for at most one partition that
+    may hold a backlog, beside every partition known to be caught up.
+
+    The embedded broker answers a fetch with everything each partition holds from the position,
+    whatever the fetch sizes say, so a consumer starting on a backlog received all of it in one
+    response and held it twice while it was decoded (17.8 MB for 100,000 sealed handoffs over
+    six partitions: sales' peak RSS grew with the backlog; docs/performance.md, thirteenth
+    session, drain). One such partition per fetch: a response is a sixth of that, and the other
+    partitions follow on the next round trips, while the first one's records are handled. A
+    live consumer's partitions are all caught up: its fetches do not change. Idempotent,
+    process-wide; raises :class:`crm_platform.aiokafka_compat.UnsupportedAiokafka` on an
+    aiokafka it was not written for.
+    """
+    if getattr(Fetcher, "_crm_spread", False):
+        return
+    require_patchable("crm_platform.kafka.spread_backlog_fetches (Fetcher._get_actions_per_node)")
+    original = Fetcher._get_actions_per_node
+
+    def spread(self: Fetcher, assignment: Any) -> Any:
+        actions = original(self, assignment)
+        for _, request in actions[0]:
+            request._topics = one_backlog(request.topics, assignment.state_value)
+        return actions
+
+    Fetcher._get_actions_per_node = spread
+    Fetcher._crm_spread = True
+
+
+Asked = list[tuple[str, list[tuple[int, int, int]]]]  # (topic, [(partition, offset, max bytes)])
+
+
+def one_backlog(topics: Asked, state: Callable[[TopicPartition], Any]) -> Asked:
+    """Of a fetch request's partitions: those caught up, and the first that is not (its
+    ``highwater`` unknown, or more than :data:`CAUGHT_UP_RECORDS` past the offset asked)."""
+    kept: Asked = []
+    backlog_taken = False
+    for topic, partitions in topics:
+        keep = []
+        for asked in partitions:
+            end = state(TopicPartition(topic, asked[0])).highwater
+            caught_up = end is not None and end - asked[1] <= CAUGHT_UP_RECORDS
+            if caught_up or not backlog_taken:
+                keep.append(asked)
+                backlog_taken = backlog_taken or not caught_up
+        if keep:
+            kept.append((topic, keep))
+    return kept
+
+
 async def _read_frames(self_ref: Callable[[], Any]) -> None:
     """aiokafka 0.14.0's ``AIOKafkaConnection._read`` (errors go to its done callback), except
     that no frame is referenced while the next one is awaited."""

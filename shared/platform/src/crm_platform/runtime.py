@@ -22,7 +22,13 @@ from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 
 from crm_platform import erasure, metrics, outbox_audit, pseudonym, receipts, shredding
 from crm_platform.consumer import AfterStore, ConsumerConfig, EventConsumer, Handler
-from crm_platform.kafka import ensure_topics_async, make_producer, pace_empty_fetches, release_read_frames
+from crm_platform.kafka import (
+    ensure_topics_async,
+    make_producer,
+    pace_empty_fetches,
+    release_read_frames,
+    spread_backlog_fetches,
+)
 from crm_platform.liveness import (
     ConsumerWatchdog,
     Fatal,
@@ -72,6 +78,7 @@ class ServiceRuntime:
         pace_empty_fetches(s.consumer_idle_backoff_ms)
         harden_aiokafka()
         release_read_frames()
+        spread_backlog_fetches()
         self.client = connect(s.mongodb_uri, s.service_name, timeout_seconds=s.db_deadline_seconds)
         self.store = Store(self.client, s.database_name, s.service_name)
         # The role -> permission policy this service enforces (crm_platform.permission_policy).
