@@ -376,9 +376,11 @@ def spread_backlog_fetches() -> None:
     six partitions: sales' peak RSS grew with the backlog; docs/performance.md, thirteenth
     session, drain). One such partition per fetch: a response is a sixth of that, and the other
     partitions follow on the next round trips, while the first one's records are handled. A
-    live consumer's partitions are all caught up: its fetches do not change. Idempotent,
-    process-wide; raises :class:`crm_platform.aiokafka_compat.UnsupportedAiokafka` on an
-    aiokafka it was not written for.
+    live consumer's partitions are all caught up: its fetches do not change. Only for a broker
+    that ignores fetch sizes (the embedded one: services call it where they pace empty
+    fetches); against Kafka, which honours them, a consumer behind on several partitions would
+    get less per round trip. Idempotent, process-wide; raises
+    :class:`crm_platform.aiokafka_compat.UnsupportedAiokafka` on an aiokafka it was not written for.
     """
     if getattr(Fetcher, "_crm_spread", False):
         return

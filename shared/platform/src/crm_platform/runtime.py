@@ -78,7 +78,8 @@ class ServiceRuntime:
         pace_empty_fetches(s.consumer_idle_backoff_ms)
         harden_aiokafka()
         release_read_frames()
-        spread_backlog_fetches()
+        if s.consumer_idle_backoff_ms > 0:  # the embedded broker, which ignores fetch sizes too
+            spread_backlog_fetches()
         self.client = connect(s.mongodb_uri, s.service_name, timeout_seconds=s.db_deadline_seconds)
         self.store = Store(self.client, s.database_name, s.service_name)
         # The role -> permission policy this service enforces (crm_platform.permission_policy).
