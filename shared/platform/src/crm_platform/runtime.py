@@ -63,6 +63,17 @@ class Subscription:
     patient: bool = False
 
 
+def _patch_aiokafka(idle_backoff_ms: int) -> None:
+    """The process-wide aiokafka fixes: empty fetches paced and the backlog's fetches spread only
+    against a broker that answers empty fetches at once and ignores fetch sizes (the embedded one:
+    ``idle_backoff_ms`` > 0), the rest everywhere."""
+    pace_empty_fetches(idle_backoff_ms)
+    harden_aiokafka()
+    release_read_frames()
+    if idle_backoff_ms > 0:
+        spread_backlog_fetches()
+
+
 @dataclass
 class ServiceRuntime:
     settings: ServiceSettings
@@ -75,11 +86,7 @@ class ServiceRuntime:
     def __post_init__(self) -> None:
         s = self.settings
         pseudonym.configure(s.pseudonym_key.get_secret_value())
-        pace_empty_fetches(s.consumer_idle_backoff_ms)
-        harden_aiokafka()
-        release_read_frames()
-        if s.consumer_idle_backoff_ms > 0:  # the embedded broker, which ignores fetch sizes too
-            spread_backlog_fetches()
+        _patch_aiokafka(s.consumer_idle_backoff_ms)
         self.client = connect(s.mongodb_uri, s.service_name, timeout_seconds=s.db_deadline_seconds)
         self.store = Store(self.client, s.database_name, s.service_name)
         # The role -> permission policy this service enforces (crm_platform.permission_policy).
