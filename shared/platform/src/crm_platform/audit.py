@@ -111,6 +111,16 @@ BATCH_ENTRY_RECORDS = 250
 
 
 @contextmanager
+def _bound(var: ContextVar[Any], value: Any) -> Iterator[None]:
+    """``var`` set to ``value`` inside, its previous value back after."""
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)
+
+
+@contextmanager
 def one_entry_per_batch() -> Iterator[None]:
     """Inserts of many records made inside are recorded as ONE entry per batch (of at most
     :data:`BATCH_ENTRY_RECORDS` records) instead of one entry per record; so are the updates
@@ -127,11 +137,8 @@ def one_entry_per_batch() -> Iterator[None]:
     (:func:`entries_of`). What it saves: one audit document and its four index entries per
     record (docs/performance.md, "Sixth session").
     """
-    token = batch_entries_var.set(True)
-    try:
+    with _bound(batch_entries_var, True):
         yield
-    finally:
-        batch_entries_var.reset(token)
 
 
 @contextmanager
@@ -142,11 +149,8 @@ def records_by(contexts: Mapping[str, Context]) -> Iterator[None]:
     one entry each, by their own request. ``contexts`` may be filled while the transaction
     runs (a record's id is known only once it is made); it is read when an entry is written.
     """
-    token = record_contexts_var.set(contexts)
-    try:
+    with _bound(record_contexts_var, contexts):
         yield
-    finally:
-        record_contexts_var.reset(token)
 
 
 @contextmanager
@@ -156,11 +160,8 @@ def caused_by(context: Context | None) -> Iterator[None]:
     if context is None:
         yield
         return
-    token = cause_var.set(context)
-    try:
+    with _bound(cause_var, context):
         yield
-    finally:
-        cause_var.reset(token)
 
 
 @contextmanager
@@ -171,11 +172,8 @@ def queued_by(contexts: Mapping[str, Context]) -> Iterator[None]:
     if not contexts:
         yield
         return
-    token = queued_by_var.set(contexts)
-    try:
+    with _bound(queued_by_var, contexts):
         yield
-    finally:
-        queued_by_var.reset(token)
 
 
 def current_cause() -> Context | None:
