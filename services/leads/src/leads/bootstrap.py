@@ -90,6 +90,8 @@ def build_app(settings: ServiceSettings) -> FastAPI:
             custom_fields_api.router(READERS),
         ],
         default_idempotency_key=behaviour_retry_key(timedelta(seconds=s.behaviour_retry_window_seconds)),
+        # A behaviour's handler begins with its transaction: its key is not read before it.
+        keyed_on_insert=lambda path: BEHAVIOURS_PATH.match(path) is not None,
         upload_paths=imports_api.is_upload,
     )
     app.state.uow = uow

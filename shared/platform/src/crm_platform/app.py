@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -113,14 +114,15 @@ def create_app(
     on_startup: Callable[[FastAPI], Awaitable[None]] | None = None,
     idempotent_paths: Callable[[str], bool] = lambda _: True,
     default_idempotency_key: DefaultKey | None = None,
+    keyed_on_insert: Callable[[str], bool] = lambda _: False,
     readiness_report: ReadinessReport | None = None,
     docs_page: bool = True,
     upload_paths: Callable[[str], bool] | None = None,
     pseudonymised_paths: Callable[[str], bool] = lambda _: True,
 ) -> FastAPI:
     """The service's app. ``idempotent_paths`` says which POST paths honour ``Idempotency-Key``
-    (all by default); ``default_idempotency_key`` derives one for requests sent without it.
-
+    (all by default); ``default_idempotency_key`` derives one for requests sent without it;
+    ``keyed_on_insert``: those whose key is claimed on insert, not read first (idempotency).
     ``readiness_report`` adds fields to the ``/readyz`` body that are reported but do not
     decide readiness (the gateway's upstreams); only the runtime's checks do. ``docs_page=False``
     leaves ``/docs`` to the service (the gateway's index of every service's docs); the local
@@ -143,7 +145,8 @@ def create_app(
     app.state.runtime = runtime
     app.state.token_verifier = token_verifier(settings)
     install_error_handlers(app, settings.retry_after_seconds)
-    _install_edge(app, settings, idempotent_paths, default_idempotency_key, upload_paths, pseudonymised_paths)
+    keys = _Keys(idempotent_paths, default_idempotency_key, keyed_on_insert)
+    _install_edge(app, settings, keys, upload_paths, pseudonymised_paths)
     install_local_docs(app, title, page=docs_page)
     _install_ops_routes(app, settings, runtime, readiness_report)
     for router in public:
@@ -198,17 +201,27 @@ def _lifespan(
     return lifespan
 
 
+@dataclass(frozen=True)
+class _Keys:
+    """Which POST paths honour ``Idempotency-Key``, the key derived for one sent without it,
+    and which are keyed on insert (crm_platform.idempotency)."""
+
+    paths: Callable[[str], bool]
+    default: DefaultKey | None
+    on_insert: Callable[[str], bool]
+
+
 def _install_edge(
     app: FastAPI,
     settings: ServiceSettings,
-    idempotent_paths: Callable[[str], bool],
-    default_idempotency_key: DefaultKey | None,
+    keys: _Keys,
     upload_paths: Callable[[str], bool] | None = None,
     pseudonymised_paths: Callable[[str], bool] = lambda _: True,
 ) -> None:
     """The middleware every route goes through: added inner first, so the edge (ids, limits,
     deadline) wraps the pseudonym edge, which wraps the idempotency layer (a replayed answer is
     stored real and pseudonymised for whoever replays it)."""
+    idempotent_paths = keys.paths
     if upload_paths is not None:  # never keyed: the idempotency layer would read the body whole
         keyed, uploads = idempotent_paths, upload_paths
         idempotent_paths = lambda path: keyed(path) and not uploads(path)  # noqa: E731
@@ -219,7 +232,8 @@ def _install_edge(
         service=settings.service_name,
         ttl=timedelta(hours=settings.idempotency_ttl_hours),
         applies=idempotent_paths,
-        default_key=default_idempotency_key,
+        default_key=keys.default,
+        insert_first=keys.on_insert,
     )
     # Field-level rules: analysts' and executives' JSON answers carry pseudonyms (crm_platform.field_rules).
     app.add_middleware(PseudonymEdge, applies=pseudonymised_paths)
