@@ -3,6 +3,8 @@ in the audit log, the handoff that caused each change: not ``system:sales`` (the
 transaction's context is taken before any event's). On the real broker and mongod: the
 handoffs are produced as one record batch, so the running service fetches and stores them
 together; erasure still rewrites their entries, and the audit API reads one entry per record.
+The entry names the new items without copying them (``audit.inserts_named``): each reads back
+with its values as inserted.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ async def test_each_inbox_item_of_a_grouped_batch_names_its_own_handoff(
     assert len({transaction_of(h[0]) for h in histories.values()}) == 1, "one grouped transaction"
     written = await db[audit.AUDIT_LOG].find({"record.id": {"$in": list(causes)}}).to_list()
     assert len(written) == 1, "the batch's new items: one stored entry, each record with its own cause"
+    assert [r["id"] for r in written[0]["records"]] == list(causes)
+    assert all("after" not in r for r in written[0]["records"]), "each item named, its handoff not copied"
+    assert f"{leads[1]}@example.com" not in str(written)
     await named_by_events_only(db, transaction_of(written[0]))  # nothing named system:sales
 
     r = await sales.client.get(
@@ -71,3 +76,6 @@ async def test_each_inbox_item_of_a_grouped_batch_names_its_own_handoff(
     assert insert["actor"]["event_id"] == items[0]["id"], "who and why are kept"
     [kept] = (await audit.history(db, repo.INBOX, items[1]["id"], limit=10)).items
     assert f"{leads[1]}@example.com" in str(kept), "the others' entries are untouched"
+    inserted = {c["field"]: c["after"] for c in kept["changes"]}
+    assert inserted["handoff"]["contact"]["email"] == f"{leads[1]}@example.com", "read back from the item"
+    assert (inserted["lead_id"], inserted["status"]) == (leads[1], "pending")

@@ -345,6 +345,66 @@ async def test_a_batch_insert_is_one_entry_naming_each_record_and_read_back_per_
     assert sorted(r[audit.CSV_COLUMNS.index("record_id")] for r in rows) == ids
 
 
+async def test_a_named_batch_insert_stores_no_values_and_reads_back_as_inserted(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A collection whose inserts are named (``audit.inserts_named``: sales' inbox): the batch
+    entry stores each record's id, not its values, and every read (history, by user, export)
+    shows each record's insert as a copy would have: the stored record with every later
+    change undone (an update, a removed field, a delete, erasure)."""
+    monkeypatch.setattr(audit, "NAMED_INSERTS", {"named_items"})
+    run = uuid.uuid4().hex[:6]
+    ids = [f"nm-{run}-{k}" for k in range(4)]
+    user = f"u-named-{run}"
+    docs = [{"_id": i, "email": f"{i}@example.com", "score": k, "tags": ["a"], "token": "s3cret"}
+            for k, i in enumerate(ids)]  # fmt: skip
+
+    async def insert(tx: Tx) -> None:
+        with audit.one_entry_per_batch():
+            await tx.db["named_items"].insert_many([dict(d) for d in docs], session=tx.session)
+
+    async def change(tx: Tx) -> None:
+        items = tx.db["named_items"]
+        await items.update_one(
+            {"_id": ids[0]}, {"$set": {"score": 9}, "$unset": {"tags": ""}}, session=tx.session
+        )
+        await items.update_one({"_id": ids[0]}, {"$set": {"score": 10, "stage": "won"}}, session=tx.session)
+        await items.delete_one({"_id": ids[1]}, session=tx.session)
+        await items.replace_one({"_id": ids[2]}, {"email": "[erased]", "score": 2}, session=tx.session)
+        await audit.erase_values(tx.db, tx.session, [("named_items", ids[2])], re.compile(re.escape(ids[2])))
+
+    token = as_user(user)
+    try:
+        await store.transaction(insert)
+        await store.transaction(change)
+    finally:
+        audit.actor_var.reset(token)
+
+    [stored] = await store.db[audit.AUDIT_LOG].find({"record.id": ids[0], "action": "insert"}).to_list()
+    assert stored["records"] == [{"id": i} for i in ids], "named, not copied"
+    assert "example.com" not in str(stored)
+
+    def inserted(k: int, email: str) -> list[dict[str, Any]]:
+        fields = {"email": email, "score": k, "tags": ["a"], "token": audit.REDACTED}
+        return [{"field": f, "before": None, "after": v} for f, v in sorted(fields.items())]
+
+    for k, email in [(0, f"{ids[0]}@example.com"), (1, f"{ids[1]}@example.com"), (2, "[erased]@example.com"),
+                     (3, f"{ids[3]}@example.com")]:  # fmt: skip
+        history = (await audit.history(store.db, "named_items", ids[k], limit=10)).items
+        assert history[-1]["action"] == "insert"
+        assert history[-1]["changes"] == inserted(k, email), k
+        assert "named" not in history[-1]
+        assert history[-1]["batch"]["size"] == 4
+    by_user = (await audit.query(store.db, audit.Filters(user_id=user), limit=20)).items
+    shown = {e["record"]["id"]: e["changes"] for e in by_user if e["action"] == "insert"}
+    assert [shown[ids[k]] == inserted(k, f"{ids[k]}@example.com") for k in (0, 1, 3)] == [True] * 3
+    rows = [row async for row in audit.csv_rows(store.db, audit.Filters(user_id=user))]
+    changes = audit.CSV_COLUMNS.index("changes")
+    assert sum(f"{i}@example.com" in r[changes] for r in rows for i in (ids[0], ids[3])) >= 2
+    assert "s3cret" not in str(rows)
+    assert f"{ids[2]}@example.com" not in str(rows)
+
+
 async def test_erasure_rewrites_the_erased_records_values_in_a_batch_entry(store: Store) -> None:
     run = uuid.uuid4().hex[:6]
     ids = [f"er-{run}-{k}" for k in range(2)]

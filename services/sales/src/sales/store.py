@@ -33,7 +33,7 @@ from crm_contracts import utcnow
 from crm_contracts.events.leads import LeadQualifiedV1
 from crm_contracts.events.sales import Commitment, RejectReason, Verdict
 from crm_contracts.events.service_desk import CommitmentDecisionKind
-from crm_platform import custom_fields_api
+from crm_platform import audit, custom_fields_api
 from crm_platform.batch import Batch
 from crm_platform.cache import TtlCache
 from crm_platform.counters import RoundRobinCounter, TurnReservations
@@ -81,6 +81,9 @@ COUNTERS = "counters"
 CONFIG = "config"
 PIPELINE = "pipeline"
 INBOX = "inbox"
+# A consumer batch's new inbox items are ONE audit entry naming them, not copying each item (its
+# handoff whole, about 1.3 KB): the read side takes the values from the item (audit.inserts_named).
+audit.inserts_named(INBOX)
 OPPORTUNITIES = "opportunities"
 ACTIVITIES = "activities"
 ACCOUNTS = "accounts"

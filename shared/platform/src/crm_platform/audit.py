@@ -71,6 +71,12 @@ REDACTED = "[redacted]"
 # Fields a store derives from a record's other fields only to index them (leads' list_keys):
 # no one changes them, so no entry lists them (:func:`derived_field`).
 DERIVED_FIELDS: set[str] = set()
+# Collections whose batch-inserted records an entry names without a copy of their values
+# (:func:`inserts_named`): the read side takes them from the stored record (:func:`with_values`).
+NAMED_INSERTS: set[str] = set()
+# A batch insert entry whose records carry no ``after``: their values are the stored records'
+# with every later entry's changes undone (:func:`with_values`), not a copy.
+NAMED = "named"
 
 INSERT, UPDATE, DELETE = "insert", "update", "delete"
 
@@ -275,8 +281,11 @@ class Trail:
             if len(group) == 1 and len(by_actor) > 1:
                 self.record(collection, None, group[0][1])  # one actor's one record: a plain entry
                 continue
-            records = [(ctx, {"id": str(doc["_id"]), "after": inserted_fields(doc)}) for ctx, doc in group]
-            self._batches(collection, INSERT, records)
+            named = collection in NAMED_INSERTS  # ids only: the read side takes the values (with_values)
+            records = [
+                (ctx, {"id": str(doc["_id"])} if named else inserted_record(doc)) for ctx, doc in group
+            ]
+            self._batches(collection, INSERT, records, named=named)
 
     def record_updates(self, collection: str, pairs: Sequence[tuple[Doc, Doc]]) -> None:
         """Batch entries for records one write updated together (:func:`one_entry_per_batch`
@@ -303,9 +312,12 @@ class Trail:
             records = [(ctx, {"id": str(r["id"]), "changes": r["changes"]}) for ctx, r in group]
             self._batches(collection, UPDATE, records)
 
-    def _batches(self, collection: str, action: str, records: Sequence[tuple[Context, Doc]]) -> None:
+    def _batches(
+        self, collection: str, action: str, records: Sequence[tuple[Context, Doc]], *, named: bool = False
+    ) -> None:
         """Entries of at most :data:`BATCH_ENTRY_RECORDS` records each (one actor's): the entry
-        names its first record's context, each record its own where that differs."""
+        names its first record's context, each record its own where that differs; ``named``:
+        inserted records without their values (:data:`NAMED`)."""
         for start in range(0, len(records), BATCH_ENTRY_RECORDS):
             chunk = records[start : start + BATCH_ENTRY_RECORDS]
             first = chunk[0][0]
@@ -313,6 +325,8 @@ class Trail:
             del batch["changes"]  # each record's are in ``records``
             batch["record"]["id"] = [r["id"] for _, r in chunk]
             batch[RECORDS] = [with_cause(r, ctx, first) for ctx, r in chunk]
+            if named:
+                batch[NAMED] = True
             self.entries.append(batch)
 
     def record(self, collection: str, before: Doc | None, after: Doc | None) -> None:
@@ -343,6 +357,11 @@ def with_cause(record: Doc, context: Context, batch: Context) -> Doc:
             if value != getattr(batch, name):
                 record[name] = value
     return record
+
+
+def inserted_record(doc: Mapping[str, Any]) -> Doc:
+    """A batch insert entry's record: its id and the fields it set (:func:`inserted_fields`)."""
+    return {"id": str(doc["_id"]), "after": inserted_fields(doc)}
 
 
 def inserted_fields(doc: Mapping[str, Any]) -> Doc:
@@ -409,6 +428,18 @@ def derived_field(name: str) -> None:
     derives from the record's other fields for its indexes, whose change the history already
     tells by theirs (a user reading a lead's history sees its rep, not an index key)."""
     DERIVED_FIELDS.add(name)
+
+
+def inserts_named(collection: str) -> None:
+    """Batch entries of records inserted into ``collection`` (:func:`one_entry_per_batch`) name
+    each record without copying its values (:data:`NAMED`); the read side takes them from the
+    stored record with every later entry's changes undone (:func:`with_values`), so each record
+    reads back as a copy would have shown it. Only for a collection whose records have string
+    ids, are new at insert (an id never used before) and are written only in audited
+    transactions (an unaudited write would change what the insert reads back as): sales'
+    inbox, whose item copies were the largest part of its audit entries (the inserted handoff
+    whole; docs/performance.md, fourteenth session, handoff)."""
+    NAMED_INSERTS.add(collection)
 
 
 def diff(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> list[Doc]:
@@ -856,6 +887,8 @@ def _scrubbed_record(record: Doc, pattern: re.Pattern[str]) -> Doc:
     """A batch entry's record (an insert's ``after``, an update's ``changes``) without the values."""
     if "changes" in record:
         return {**record, "changes": _scrubbed_changes(record["changes"], pattern)}
+    if "after" not in record:
+        return record  # named (:data:`NAMED`): its values are the stored record's, erased there
     return {**record, "after": scrub(record["after"], pattern)}
 
 
@@ -968,7 +1001,64 @@ async def query(db: AsyncDatabase[Doc], filters: Filters, *, limit: int, cursor:
     record it names (:func:`entries_of`; only the filtered record's with ``record_id``)."""
     docs = await find_query(db, filters, cursor).limit(limit + 1).to_list()
     stored, next_cursor = page(docs, limit, NEWEST)
+    await with_values(db, stored, filters.record_id)
     return Page([e for doc in stored for e in entries_of(doc, filters.record_id)], next_cursor)
+
+
+async def with_values(db: AsyncDatabase[Doc], docs: Sequence[Doc], record_id: str | None = None) -> None:
+    """Give each named record (:data:`NAMED`, :func:`inserts_named`) of ``docs`` its inserted
+    values (``after``, as a copy would have kept them), in place; only ``record_id``'s when
+    given. Two reads per named entry: the records, then every other entry of them."""
+    for doc in docs:
+        if not doc.pop(NAMED, False):
+            continue
+        records = [r for r in doc[RECORDS] if record_id is None or r["id"] == record_id]
+        values = await _inserted_values(db, doc, [r["id"] for r in records])
+        for r in records:
+            r["after"] = values[r["id"]]
+
+
+async def _inserted_values(db: AsyncDatabase[Doc], doc: Doc, ids: list[str]) -> dict[str, Doc]:
+    """The values each of ``ids`` (records ``doc``, a named insert, made) had when inserted: the
+    stored record, each later change undone, newest first (any other entry of the record is
+    later: its id was new at the insert); a record deleted since, its delete's values."""
+    collection = doc["record"]["type"]
+    states: dict[str, Doc] = {i: {} for i in ids}
+    if not ids:
+        return {}
+    async for stored in db[collection].find({"_id": {"$in": ids}}):
+        states[str(stored["_id"])] = stored
+    others = {"record.type": collection, "record.id": {"$in": ids}, "_id": {"$ne": doc["_id"]}}
+    async for later in db[AUDIT_LOG].find(others).sort(NEWEST.spec).hint("by_record"):
+        for rec_id, action, changes in _record_changes(later, states):
+            states[rec_id] = _undone(states[rec_id], action, changes)
+    return {i: inserted_fields(state) for i, state in states.items()}
+
+
+def _record_changes(doc: Doc, wanted: Mapping[str, Any]) -> Iterator[tuple[str, str, list[Doc]]]:
+    """``(record id, action, changes)`` of each of ``wanted``'s records a stored entry names."""
+    if RECORDS not in doc:
+        if doc["record"]["id"] in wanted:
+            yield doc["record"]["id"], doc["action"], doc.get("changes") or []
+        return
+    for r in doc[RECORDS]:
+        if r["id"] in wanted:
+            yield r["id"], doc["action"], r.get("changes") or []
+
+
+def _undone(state: Doc, action: str, changes: list[Doc]) -> Doc:
+    """A record's state before an entry's change, from its state after it."""
+    if action == INSERT:
+        return {}
+    if action == DELETE:
+        return {c["field"]: c["before"] for c in changes if c["before"] is not None}
+    before = dict(state)
+    for c in changes:
+        if c["before"] is None:
+            before.pop(c["field"], None)
+        else:
+            before[c["field"]] = c["before"]
+    return before
 
 
 def entries_of(doc: Doc, record_id: str | None = None) -> list[Doc]:
@@ -1041,5 +1131,6 @@ def csv_row(doc: Mapping[str, Any]) -> list[str]:
 async def csv_rows(db: AsyncDatabase[Doc], filters: Filters, *, batch: int = 500) -> AsyncIterator[list[str]]:
     """The entries as CSV rows (:data:`CSV_COLUMNS`), read ``batch`` at a time: never all in memory."""
     async for doc in find_query(db, filters).batch_size(batch):
+        await with_values(db, [doc], filters.record_id)
         for each in entries_of(doc, filters.record_id):
             yield csv_row(each)

@@ -527,8 +527,9 @@ async def named_by_events_only(db: Any, transaction: str) -> list[dict[str, Any]
     anything but an event (``system:<service>`` was the grouped transaction's gap)."""
     from crm_platform import audit
 
-    found = db[audit.AUDIT_LOG].find({"_id": {"$regex": f"^{re.escape(transaction)}\\."}})
-    entries = [e async for doc in found for e in audit.entries_of(doc)]
+    found = await db[audit.AUDIT_LOG].find({"_id": {"$regex": f"^{re.escape(transaction)}\\."}}).to_list()
+    await audit.with_values(db, found)
+    entries = [e for doc in found for e in audit.entries_of(doc)]
     assert entries, f"transaction {transaction} wrote no audit entry"
     assert [e for e in entries if e["actor"]["type"] != "event"] == [], "an entry names no event"
     return entries
