@@ -80,10 +80,14 @@ def _handoff(sales: Sales, make_qualified: Any, lead_id: str) -> Envelope:
 
 
 async def _profiled(
-    sales: Sales, consumer: Recording, records: list[Any], tp: TopicPartition = TP
+    sales: Sales,
+    consumer: Recording,
+    records: list[Any],
+    tp: TopicPartition = TP,
+    index_keys: Counter[tuple[str, str]] | None = None,
 ) -> Counter[tuple[str, str]]:
     """Hand ``records`` to the consumer as one fetch; the operations inside transactions by
-    (operation, collection)."""
+    (operation, collection), and into ``index_keys`` the index keys they inserted."""
     db = sales.runtime.db
     await db.command({"profile": 2})
     try:
@@ -93,6 +97,8 @@ async def _profiled(
     ops: Counter[tuple[str, str]] = Counter()
     async for op in db["system.profile"].find({"command.txnNumber": {"$exists": True}}):
         ops[(op["op"], op["ns"].split(".", 1)[1])] += 1
+        if index_keys is not None:
+            index_keys[(op["op"], op["ns"].split(".", 1)[1])] += op.get("keysInserted", 0)
     await db["system.profile"].drop()
     return ops
 
@@ -188,11 +194,15 @@ async def test_a_batch_of_key_records_is_stored_with_one_read_and_one_insert(
     tp = TopicPartition(LEADS_PERSON_KEYS, 0)
     records = [_record(i, v, LEADS_PERSON_KEYS) for i, v in enumerate(values)]
 
-    ops = await _profiled(sales, consumer, records, tp)
+    index_keys: Counter[tuple[str, str]] = Counter()
+    ops = await _profiled(sales, consumer, records, tp, index_keys)
 
     assert consumer.outcomes == dict.fromkeys(range(8), "processed")
     assert ops[("query", shredding.KEYS)] == 1, "the batch's held keys in one query"
     assert ops[("insert", shredding.KEYS)] == 1, "the new keys in one insert"
+    # _id and by_person_id per held key; by_person_hash only once a hash is learned (an empty
+    # list was a key of its own, which the learning update then moved: two index writes)
+    assert index_keys[("insert", shredding.KEYS)] == 2 * 6, "no by_person_hash entry before a hash"
     ids = [k.person_id for k in keys]
     held = {
         d["person_id"]: d async for d in sales.runtime.db[shredding.KEYS].find({"person_id": {"$in": ids}})

@@ -518,7 +518,9 @@ async def _on_issued(tx: Any, event: LeadPersonKeyIssuedV1, envelope: Envelope) 
         "owner": envelope.source,
         "person_id": event.person_id,
         "key": Binary(decode_key(event.key)),
-        "person_hashes": [],
+        # No person_hashes until one is learned (_open's $addToSet makes the list): an empty list
+        # is a by_person_hash entry of its own (sparse indexes keep it), which the learning then
+        # moves: three index writes per held key and its first hash instead of one.
         "received_at": utcnow(),
     }
     held[doc_id] = doc  # a second record of this key later in the batch finds it
