@@ -182,6 +182,8 @@ async def test_a_trackers_batch_writes_one_audit_entry_for_its_behaviours_and_on
         ("behaviours", 6),
         (LEADS, 3),
     ], "one entry per record type for the whole batch (nine entries before)"
+    [named] = [e for e in stored if e["record"]["type"] == "behaviours"]
+    assert all(set(x) == {"id"} for x in named["records"]), "the behaviours named, not copied"
     for lead_id in ids:
         history = (await leads.client.get(f"/leads/{lead_id}/history", headers=MARKETING)).json()["items"]
         [update] = [e for e in history if e["action"] == "update"]
@@ -195,6 +197,7 @@ async def test_a_trackers_batch_writes_one_audit_entry_for_its_behaviours_and_on
     assert audit.status_code == 200, audit.text
     [entry] = audit.json()["items"]
     assert {"field": "lead_id", "before": None, "after": ids[1]} in entry["changes"]
+    assert {"field": "behaviour", "before": None, "after": "trial_signup"} in entry["changes"]
 
 
 async def test_a_handoff_marks_its_person_key_shared_with_the_lookup_that_finds_it(leads: Leads) -> None:

@@ -60,6 +60,10 @@ LEADS = "leads"
 BATCH_LEADS = "leads.by_id"  # a consumer batch's leads (crm_platform.batch)
 BATCH_SAVES = "leads.saved_later"  # the ids of its leads whose saves wait for the batch's bulk_write
 BEHAVIOURS = "behaviours"
+# A tracker's batch of behaviours is ONE audit entry naming them, not copying each (~440 bytes per
+# handoff): a read takes their values from the stored behaviours (audit.inserts_named; they are
+# only ever inserted, and deleted by retention, in audited transactions).
+audit.inserts_named(BEHAVIOURS)
 SCORING_RULES = "scoring_rules"
 VERDICTS = "verdicts"
 IMPORT_JOBS = imports_store.IMPORT_JOBS

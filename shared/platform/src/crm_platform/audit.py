@@ -438,7 +438,7 @@ def inserts_named(collection: str) -> None:
     ids, are new at insert (an id never used before) and are written only in audited
     transactions (an unaudited write would change what the insert reads back as): sales'
     inbox, whose item copies were the largest part of its audit entries (the inserted handoff
-    whole; docs/performance.md, fourteenth session, handoff)."""
+    whole), and leads' behaviours (docs/performance.md, fourteenth session, handoff)."""
     NAMED_INSERTS.add(collection)
 
 
