@@ -13,6 +13,7 @@ Swagger UI served from local files (``/docs``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -297,12 +298,15 @@ def _start_revocation_feed(app: FastAPI, settings: ServiceSettings) -> asyncio.T
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:
-    """Run under uvicorn; SIGTERM triggers the lifespan shutdown (graceful stop)."""
+    """Run under uvicorn (:class:`crm_platform.serving.CalmServer`: one wake-up a second when
+    idle, not ten); SIGTERM triggers the lifespan shutdown (graceful stop)."""
     import uvicorn
+
+    from crm_platform.serving import CalmServer
 
     # Keep-alive longer than typical client idle timeouts, so an idle pooled
     # connection is not closed under a client that is about to reuse it.
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.http_host,
         port=settings.http_port,
@@ -312,3 +316,8 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         loop=settings.http_loop,
         http=settings.http_parser,
     )
+    server = CalmServer(config)
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run
+        server.run()
+    if not server.started:  # uvicorn.run's exit when the start-up failed
+        raise SystemExit(3)
