@@ -41,6 +41,10 @@ from crm_platform.outbox_audit import AUDITED, LOG_CHECKS, LOG_OFFSET, LOG_PARTI
 log = logging.getLogger("crm.outbox")
 LEASE = "outbox_lease"
 LEASE_SECONDS = 10.0
+# How long the outbox change stream's getMore waits on the server for a change (it answers at
+# once when one comes): one round trip per this many idle seconds, not per second; a stop
+# cancels the wait (docs/performance.md, fourteenth session, idle).
+WATCH_AWAIT_SECONDS = 5.0
 
 
 def rfc3339(moment: datetime) -> str:
@@ -213,6 +217,7 @@ class OutboxRelay:
         self.connected = False
         # The last read of the pending rows took every row it found (fewer than a batch).
         self._drained = False
+        self._watching: asyncio.Task[Any] | None = None  # watch_inserts' task, ended by stop()
 
     def notify(self) -> None:
         """Wake the relay now (called after a transaction stored events)."""
@@ -221,6 +226,9 @@ class OutboxRelay:
     async def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
+        watching = self._watching
+        if watching is not None and not watching.done():
+            watching.cancel()  # its getMore waits on the server up to WATCH_AWAIT_SECONDS
 
     async def run(self) -> None:
         backoff = 0.5
@@ -410,16 +418,19 @@ class OutboxRelay:
         }
         project = {"_id": 1, "operationType": 1, "documentKey": 1}
         pipeline: list[dict[str, Any]] = [{"$match": to_publish}, {"$project": project}]
+        self._watching = asyncio.current_task()
+        wait_ms = int(WATCH_AWAIT_SECONDS * 1000)
         while not self._stopping.is_set():
             try:
-                # try_next waits at most max_await_time_ms on the server: a stop is seen within it.
-                async with await self.db[OUTBOX].watch(pipeline, max_await_time_ms=1000) as stream:
+                async with await self.db[OUTBOX].watch(pipeline, max_await_time_ms=wait_ms) as stream:
                     while not self._stopping.is_set():
                         change = await stream.try_next()
                         if change is not None and not self._woken_here(change):
                             self._wake.set()
                     return
             except asyncio.CancelledError:
+                if self._ended_by_stop():
+                    return
                 raise
             except Exception as exc:
                 log.info("outbox change stream unavailable (%s); relying on the poll for now", exc)
@@ -427,6 +438,11 @@ class OutboxRelay:
                 await asyncio.wait_for(self._stopping.wait(), timeout=retry_seconds)
             except TimeoutError:
                 pass
+
+    def _ended_by_stop(self) -> bool:
+        """Whether the watch's cancellation is :meth:`stop`'s alone (then the watch just ends)."""
+        task = asyncio.current_task()
+        return self._stopping.is_set() and task is not None and task.uncancel() == 0
 
     def _woken_here(self, change: Mapping[str, Any]) -> bool:
         """Whether a change the stream reports is a row this process's transaction inserted:

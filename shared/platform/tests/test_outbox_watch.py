@@ -1,0 +1,73 @@
+"""The outbox relay's change stream while idle: one getMore per WATCH_AWAIT_SECONDS, ended by a stop."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from crm_platform import outbox
+from crm_platform.mongo import OUTBOX
+from crm_platform.outbox import OutboxRelay
+
+
+class _Stream:
+    """A change stream whose getMore waits (as mongod's does for max_await_time_ms) for ever."""
+
+    def __init__(self) -> None:
+        self.waiting = asyncio.Event()
+        self.closed = False
+
+    async def __aenter__(self) -> _Stream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.closed = True
+
+    async def try_next(self) -> None:
+        self.waiting.set()
+        await asyncio.Event().wait()
+
+
+class _Outbox:
+    def __init__(self) -> None:
+        self.stream = _Stream()
+        self.watched: list[dict[str, Any]] = []
+
+    async def watch(self, pipeline: list[dict[str, Any]], **options: Any) -> _Stream:
+        self.watched.append(options)
+        return self.stream
+
+
+class _Db:
+    def __init__(self) -> None:
+        self.outbox = _Outbox()
+
+    def __getitem__(self, name: str) -> _Outbox:
+        assert name == OUTBOX
+        return self.outbox
+
+
+async def test_an_idle_change_stream_waits_seconds_per_getmore_and_a_stop_ends_its_wait() -> None:
+    """The getMore waits WATCH_AWAIT_SECONDS on the server (it answers at once when a row comes):
+    about five times fewer round trips than one a second, and a stop does not wait it out."""
+    db = _Db()
+    relay = OutboxRelay(db, bootstrap="unused", service="watch-test")  # type: ignore[arg-type]
+    watching = asyncio.create_task(relay.watch_inserts())
+    await asyncio.wait_for(db.outbox.stream.waiting.wait(), timeout=10)
+    assert db.outbox.watched == [{"max_await_time_ms": 5000}]
+    assert outbox.WATCH_AWAIT_SECONDS >= 5
+    await relay.stop()
+    await asyncio.wait_for(watching, timeout=10)  # ends, not cancelled: the stop's own cancel
+    assert db.outbox.stream.closed
+    assert not watching.cancelled()
+
+
+async def test_a_cancel_that_is_not_the_stops_still_cancels_the_watch() -> None:
+    db = _Db()
+    relay = OutboxRelay(db, bootstrap="unused", service="watch-test")  # type: ignore[arg-type]
+    watching = asyncio.create_task(relay.watch_inserts())
+    await asyncio.wait_for(db.outbox.stream.waiting.wait(), timeout=10)
+    watching.cancel()
+    done, _ = await asyncio.wait([watching], timeout=10)
+    assert done
+    assert watching.cancelled()
