@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.consumer.fetcher import Fetcher
 from crm_platform import kafka as kafka_module
 from crm_platform.kafka import pace_empty_fetches
@@ -231,3 +232,84 @@ async def test_be_patient_until_records_marks_the_client() -> None:
     kafka_module.be_patient(consumer, until_records=True)
     assert consumer._client._crm_patient is True
     assert consumer._client._crm_until_records is True
+
+
+class _Scripted(_Fetching):
+    """A fetcher whose fetches bring what ``script`` says, one after the other (then records)."""
+
+    def __init__(self, *script: bool) -> None:
+        super().__init__(False)
+        self.script = list(script)
+        self.fetches = 0
+        self._records: dict[Any, Any] = {}
+        self._wait_consume_future = asyncio.get_running_loop().create_future()
+
+    @property
+    def has_data(self) -> bool:
+        self.fetches += 1
+        return self.script.pop(0) if self.script else True
+
+    @has_data.setter
+    def has_data(self, value: bool) -> None:
+        pass
+
+
+def _assigned(positions: dict[int, int], paused: frozenset[int] = frozenset()) -> Any:
+    """An assignment of topic ``t``'s partitions at ``positions``, and its fetch request."""
+    states = {
+        TopicPartition("t", p): SimpleNamespace(paused=p in paused, has_valid_position=True, position=o)
+        for p, o in positions.items()
+    }
+    return SimpleNamespace(active=True, tps=set(states), state_value=states.get)
+
+
+def _request(offsets: dict[int, int]) -> Any:
+    return SimpleNamespace(topics=[("t", [(p, o, 1 << 20) for p, o in offsets.items()])])
+
+
+async def test_an_empty_fetch_is_sent_again_in_its_task_until_records_come(paced_round: Any) -> None:
+    """An idle consumer's empty fetch and its pause, then the same request again in the same task:
+    aiokafka's fetch routine (its round, its wait, a new task) is not run for each of them."""
+    fetcher = _Scripted(False, False, False)
+    assert await paced_round(fetcher, _assigned({0: 5, 1: 7}), 0, _request({0: 5, 1: 7})) is True
+    assert fetcher.fetches == 4, "three empty fetches and the one with records, in one task"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "position moved",
+        "partition not asked",
+        "partition paused",
+        "records consumed",
+        "unassigned",
+        "buffered",
+    ],
+)
+async def test_an_empty_fetch_goes_back_to_the_routine_when_anything_changed(
+    paced_round: Any, change: str
+) -> None:
+    fetcher = _Scripted(False, False, False)
+    assignment = _assigned(
+        {0: 5, 1: 7}, paused=frozenset({1}) if change == "partition paused" else frozenset()
+    )
+    request = _request({0: 5} if change == "partition not asked" else {0: 5, 1: 7})
+    if change == "position moved":  # a seek while the fetch was out
+        assignment.state_value(TopicPartition("t", 0)).position = 3
+    elif change == "records consumed":
+        fetcher._wait_consume_future.set_result(None)
+    elif change == "unassigned":
+        assignment.active = False
+    elif change == "buffered":
+        fetcher._records[TopicPartition("t", 1)] = object()
+    assert await paced_round(fetcher, assignment, 0, request) is False
+    assert fetcher.fetches == 1
+
+
+async def test_the_fetch_routine_is_not_woken_five_times_a_second_for_nothing() -> None:
+    consumer = kafka_module.make_consumer(bootstrap_servers="127.0.0.1:9")
+    assert consumer._consumer_timeout == 1.0  # aiokafka's default 0.2 s
+    assert (
+        kafka_module.make_consumer(bootstrap_servers="127.0.0.1:9", consumer_timeout_ms=50)._consumer_timeout
+        == 0.05
+    )
