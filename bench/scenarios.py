@@ -43,7 +43,7 @@ from crm_platform.kafka_security import aiokafka_security
 from crm_platform.outbox import RELAY_BATCH_BYTES, rfc3339, wire_record
 from profiling import profiled
 from pymongo import AsyncMongoClient
-from system import RssSampler, cpu_ms_per_op, cpu_snapshot, mongo_top, top_ms_per_op
+from system import RssSampler, cpu_ms_per_op, cpu_snapshot, mongo_top, peak_rss_mb, rss_mb, top_ms_per_op
 
 # py-spy profiles of the drain (BENCH_PROFILE), beside run_bench's
 PROFILE_DIR = Path(__file__).resolve().parent / "results/profile"
@@ -574,6 +574,8 @@ async def analytics_replay(
             folds = await _watch_folds(f"http://127.0.0.1:{web_port}/metrics", total, max_seconds, pids)
             lag = await _wait_committed(bootstrap, group, topics, began + max_seconds)
             committed = time.perf_counter()
+            # The worker's resident memory with every folded fact held (its state grows per lead).
+            rss = {"now": rss_mb(pids["analytics-worker"]), "peak": peak_rss_mb(pids["analytics-worker"])}
     finally:
         worker.stop()
         if drop_changelogs:
@@ -587,10 +589,11 @@ async def analytics_replay(
     say(
         f"  folded {n1}/{total} events; {rate:.0f} events/s ({n1 - n0} events in {t1 - t0:.2f} s, "
         f"first fold {t0 - began:.1f} s after start); CPU ms per event {per_event}; "
-        f"all committed {committed - began:.1f} s after start (lag {lag})"
+        f"all committed {committed - began:.1f} s after start (lag {lag}); worker RSS MB {rss}"
     )
     return {
         "cpu_ms_per_event": per_event,
+        "worker_rss_mb": rss,
         "events": total,
         "replayed": n1,
         "rate": rate,
