@@ -171,3 +171,82 @@ def test_an_email_is_validated_once_and_exactly_as_pydantic_validates_it() -> No
     for _ in range(2):  # a refusal is never remembered as an answer
         with pytest.raises(ValidationError, match="not a valid email"):
             ours.validate_python("not-an-email")
+
+
+class _CountingValidator:
+    """Stands in for a model's validator, counting what is validated through it."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> object:
+        attribute = getattr(self.inner, name)
+        if not name.startswith("validate"):
+            return attribute
+
+        def counted(*args: object, **kwargs: object) -> object:
+            self.calls += 1
+            return attribute(*args, **kwargs)
+
+        return counted
+
+
+@pytest.mark.parametrize("occurred_at", [None, "utc", "paris", "plus_two"])
+def test_an_emitted_envelope_is_the_validated_one_without_validating_it_again(
+    sample_lead_qualified: object, occurred_at: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``envelope_for`` wraps a validated event: its envelope equals what the model gives for the
+    same values (fields, their order, the fields set, its JSON), without the model validating it
+    again (4 us of every emitted event; docs/performance.md, "Fourteenth session, bulk")."""
+    from datetime import UTC, datetime, timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    at = {
+        None: None,
+        "utc": datetime.now(UTC),
+        "paris": datetime(2026, 3, 1, 9, 30, tzinfo=ZoneInfo("Europe/Paris")),
+        "plus_two": datetime(2026, 3, 1, 9, 30, tzinfo=timezone(timedelta(hours=2))),
+    }[occurred_at]
+    event = sample_lead_qualified
+    counting = _CountingValidator(Envelope.__pydantic_validator__)
+    monkeypatch.setattr(Envelope, "__pydantic_validator__", counting)
+    built = envelope_for(event, source="leads", correlation_id="journey-1", causation_id=None, occurred_at=at)  # type: ignore[arg-type]
+    assert counting.calls == 0
+    monkeypatch.undo()
+    given = {k: getattr(built, k) for k in built.model_fields_set}
+    validated = Envelope(event_id=built.event_id, **given)
+    assert built == validated
+    assert list(built.__dict__) == list(validated.__dict__)
+    assert built.model_fields_set == validated.model_fields_set - {"event_id"}
+    assert built.model_dump_json() == validated.model_dump_json()
+    assert built.payload == event.to_payload()  # type: ignore[attr-defined]
+    with pytest.raises(ValidationError):
+        built.source = "sales"  # type: ignore[misc]  # frozen, as validated
+
+
+def test_an_envelope_the_model_would_refuse_is_still_refused(sample_lead_qualified: object) -> None:
+    from datetime import datetime
+
+    event = sample_lead_qualified
+    for bad in (
+        {"source": "", "correlation_id": "c"},
+        {"source": "leads", "correlation_id": ""},
+        {"source": "leads", "correlation_id": "c", "occurred_at": datetime(2026, 1, 1)},  # noqa: DTZ001 - no zone: refused
+    ):
+        with pytest.raises(ValidationError):
+            envelope_for(event, **bad)  # type: ignore[arg-type]
+
+
+def test_a_replaced_envelope_is_model_copys_without_validation(sample_lead_qualified: object) -> None:
+    from crm_contracts.envelope import replaced
+
+    envelope = envelope_for(sample_lead_qualified, source="leads", correlation_id="c")  # type: ignore[arg-type]
+    changed = replaced(envelope, schema_version=2, payload={"sealed": True})
+    expected = envelope.model_copy(update={"schema_version": 2, "payload": {"sealed": True}})
+    assert changed == expected
+    assert changed.model_fields_set == expected.model_fields_set
+    assert repr(changed) == repr(expected)
+    assert envelope.schema_version == 1
+    with pytest.raises(ValueError, match="not fields"):
+        replaced(envelope, schema="x")

@@ -83,6 +83,37 @@ class Envelope(BaseModel):
         ]
 
 
+_object_setattr = object.__setattr__
+
+
+def built(values: dict[str, Any], fields_set: set[str]) -> Envelope:
+    """An :class:`Envelope` holding ``values`` (every field, as validation would keep them) without
+    validating them again: for envelopes made by code from what is valid already (a validated
+    event's payload, :func:`crm_contracts.registry.envelope_for`; a copy with changed fields,
+    :func:`replaced`). What ``model_construct`` does, without its walk over the fields and their
+    defaults (which cost as much as the validation: 4 us per envelope, on every emitted event;
+    docs/performance.md, "Fourteenth session, bulk"). ``fields_set``: what ``model_fields_set``
+    answers (the fields the caller gave, as validation would note them)."""
+    envelope = Envelope.__new__(Envelope)
+    _object_setattr(envelope, "__dict__", values)
+    _object_setattr(envelope, "__pydantic_fields_set__", fields_set)
+    _object_setattr(envelope, "__pydantic_extra__", None)
+    _object_setattr(envelope, "__pydantic_private__", None)
+    return envelope
+
+
+def replaced(envelope: Envelope, **changes: Any) -> Envelope:
+    """``envelope.model_copy(update=changes)`` (the same fields, fields set and values, nothing
+    validated), without pydantic's copy machinery: half its CPU (sealing copies every event it
+    seals, crm_platform.shredding)."""
+    if not changes.keys() <= _FIELDS:
+        raise ValueError(f"not fields of an envelope: {sorted(changes.keys() - _FIELDS)}")
+    return built({**envelope.__dict__, **changes}, envelope.__pydantic_fields_set__ | changes.keys())
+
+
+_FIELDS = frozenset(Envelope.model_fields)
+
+
 def implausible_time(envelope: Envelope, *, now: datetime | None = None) -> str | None:
     """Why the envelope's times are outside the plausible window, or None when they are fine."""
     now = now or utcnow()

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from crm_contracts import uuids
 from crm_contracts.base import Event
-from crm_contracts.envelope import Envelope, utcnow
+from crm_contracts.envelope import Envelope, built, utcnow
 from crm_contracts.events import action_items, governance, leads, person_keys, platform, sales, service_desk
 from crm_contracts.topics import TOPICS_BY_NAME
 
@@ -91,17 +92,68 @@ def envelope_for(
     causation_id: str | None = None,
     occurred_at: datetime | None = None,
 ) -> Envelope:
-    """Wrap a validated event in a fresh envelope."""
-    return Envelope(
-        event_type=event.event_type,
-        schema_version=event.version,
-        occurred_at=occurred_at or utcnow(),
-        source=source,
-        correlation_id=correlation_id,
-        causation_id=causation_id,
-        partition_key=event.partition_key(),
-        payload=event.to_payload(),
+    """Wrap a validated event in a fresh envelope.
+
+    Its payload is the validated event's own JSON form and the other fields are checked here as
+    the envelope's model would check them, so the envelope is built without validating all of
+    it again (:func:`crm_contracts.envelope.built`; every emitted event paid that); anything
+    the model would refuse goes through the model, which says why."""
+    at = occurred_at or utcnow()
+    event_type, version, key = event.event_type, event.version, event.partition_key()
+    if not (
+        _text(event_type, source, correlation_id, key)
+        and type(version) is int
+        and version >= 1
+        and (causation_id is None or type(causation_id) is str)
+        and isinstance(at, datetime)
+        and at.utcoffset() is not None
+    ):  # what the model would refuse (or change): the model says why
+        return Envelope(
+            event_type=event_type,
+            schema_version=version,
+            occurred_at=at,
+            source=source,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            partition_key=key,
+            payload=event.to_payload(),
+        )
+    values = {
+        "event_id": uuids.uuid4(),  # in the order of a validated envelope's values
+        "event_type": event_type,
+        "schema_version": version,
+        "occurred_at": at,
+        "produced_at": None,
+        "source": source,
+        "correlation_id": correlation_id,
+        "causation_id": causation_id,
+        "partition_key": key,
+        "payload": event.to_payload(),
+    }
+    return built(values, set(_GIVEN))
+
+
+# The fields envelope_for gives (its envelope's ``model_fields_set``, as validation notes them).
+_GIVEN = frozenset(
+    (
+        "event_type",
+        "schema_version",
+        "occurred_at",
+        "source",
+        "correlation_id",
+        "causation_id",
+        "partition_key",
+        "payload",
     )
+)
+
+
+def _text(*values: object) -> bool:
+    """Whether each value is a non-empty string (the envelope's ``min_length=1`` text fields)."""
+    for value in values:  # noqa: SIM110 - a loop: all() over a generator costs more here
+        if type(value) is not str or not value:
+            return False
+    return True
 
 
 def decode(envelope: Envelope) -> Event:
