@@ -411,3 +411,28 @@ async def test_an_edit_of_custom_fields_names_their_keys_never_their_values() ->
     assert isinstance(event, LeadEditedV1)
     assert (event.changed_fields, event.changed_custom_fields) == ([], ["seats"])
     assert "42" not in str(event.to_payload())
+
+
+def test_a_stored_leads_person_hashes_are_its_emails_without_walking_the_document(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``lead_to_doc`` stores what ``with_person_hashes(doc, LEAD_PEOPLE)`` would (erasure finds
+    the lead by them), hashing the lead's one e-mail directly instead of walking the document for
+    the target's paths (2 us of every bulk or imported lead; docs/performance.md, "Fourteenth
+    session, bulk")."""
+    from crm_platform import erasure
+    from leads.store import LEAD_PEOPLE, lead_to_doc
+
+    lead = Lead.new(
+        "lead-1",
+        Capture(email="Ada@Example.com ", name="Ada", source_channel="web", marketing_email=True),
+        T0,
+    )
+    expected = erasure.with_person_hashes(lead_to_doc(lead), LEAD_PEOPLE)[erasure.PERSON_HASHES]
+
+    def walked(*args: object) -> list[str]:
+        raise AssertionError("the document was walked for its e-mails")
+
+    monkeypatch.setattr(erasure, "emails_in", walked)
+    assert lead_to_doc(lead)[erasure.PERSON_HASHES] == expected == erasure.person_hashes("ada@example.com")
+    assert LEAD_PEOPLE.emails == ("email",), "lead_to_doc hashes the one e-mail LEAD_PEOPLE names"
