@@ -17,6 +17,7 @@ from crm_platform import kafka as kafka_module
 from crm_platform.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from crm_platform.kafka_security import KafkaSecurity, KafkaSecurityError
 from crm_platform.settings import ServiceSettings
+from kafka import admin as kafka_admin
 from pydantic import ValidationError
 
 BASE_ENV = {"KAFKA_BOOTSTRAP_SERVERS": "broker:9093", "MONGODB_URI": "mongodb://db/?replicaSet=rs0"}
@@ -179,11 +180,13 @@ def test_the_admin_client_that_provisions_topics_is_built_with_them(
         seen.append(kwargs)
         raise _Refused
 
-    env.setattr(kafka_module, "KafkaAdminClient", recorder)
+    env.setattr(kafka_module, "AIOKafkaAdminClient", recorder)  # the services' provisioning
+    env.setattr(kafka_admin, "KafkaAdminClient", recorder)  # the bench's tools
     with pytest.raises(_Refused):
         ensure_topics("broker:9093")
     with pytest.raises(_Refused):
         make_admin("broker:9093", "bench")
+    assert len(seen) == 2
     for kwargs in seen:
         assert kwargs["security_protocol"] == EXPECTED[mode]["security_protocol"]
         assert kwargs.get("sasl_plain_password") == EXPECTED[mode].get("sasl_plain_password")

@@ -9,23 +9,29 @@ is built here and gets the process's security settings (TLS, SASL, mTLS; see
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import struct
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import AIOKafkaConnection
 from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 from crm_contracts.topics import TOPICS, TopicSpec
-from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
 
 from crm_platform.aiokafka_compat import require_patchable
 from crm_platform.kafka_security import KafkaSecurity
+
+if TYPE_CHECKING:
+    from kafka.admin import KafkaAdminClient
 
 log = logging.getLogger("crm.kafka")
 
@@ -112,7 +118,10 @@ def make_consumer(*topics: str, security: KafkaSecurity | None = None, **config:
 
 
 def make_admin(bootstrap: str, client_id: str, security: KafkaSecurity | None = None) -> KafkaAdminClient:
-    """kafka-python's admin client (topic provisioning) with the security settings."""
+    """kafka-python's admin client with the security settings (the bench's tools; services
+    provision topics with aiokafka's, :func:`ensure_topics_async`, and never import kafka-python)."""
+    from kafka.admin import KafkaAdminClient
+
     return KafkaAdminClient(
         bootstrap_servers=bootstrap,
         client_id=client_id,
@@ -495,16 +504,42 @@ def ensure_topics(
     replication_factor: int | None = None,
     client_id: str = "crm-provisioner",
 ) -> ProvisionReport:
+    """:func:`ensure_topics_async` for synchronous callers (in a thread of its own when the caller's
+    thread runs an event loop)."""
+    work = functools.partial(
+        ensure_topics_async, bootstrap, replication_factor, specs=specs, client_id=client_id
+    )
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work())
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, work()).result()
+
+
+async def ensure_topics_async(
+    bootstrap: str,
+    replication_factor: int | None = None,
+    *,
+    specs: Iterable[TopicSpec] = TOPICS,
+    client_id: str = "crm-provisioner",
+) -> ProvisionReport:
     """Create missing topics from the table; leave existing ones alone, report drift.
 
     The replication factor is capped by the number of brokers so the same table
-    provisions a three-broker cluster and a one-broker development setup.
+    provisions a three-broker cluster and a one-broker development setup. aiokafka's admin
+    client, not kafka-python's: every service provisions at start-up, and kafka-python's import
+    alone kept 6.7 MB resident in each (docs/performance.md, fourteenth session, drain).
     """
+    specs = list(specs)
     report = ProvisionReport()
-    admin = make_admin(bootstrap, client_id)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id=client_id, **KafkaSecurity.from_env().aiokafka_kwargs()
+    )
     try:
-        brokers = _broker_count(admin)
-        existing = {t.get("name") or t.get("topic"): t for t in admin.describe_topics()}
+        await admin.start()
+        brokers = await _broker_count(admin)
+        existing = {t["topic"]: t for t in await admin.describe_topics()}
         missing: list[NewTopic] = []
         for spec in specs:
             if spec.name in existing:
@@ -518,14 +553,11 @@ def ensure_topics(
             rf = min(replication_factor or spec.replication_factor, brokers)
             missing.append(NewTopic(spec.name, spec.partitions, rf, topic_configs=spec.topic_configs()))
         if missing:
-            try:
-                admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another service's replica created it first: that is fine
+            _raise_creation_errors(await admin.create_topics(missing))
             report.created.extend(t.name for t in missing)
-        report.mismatches.extend(_config_drift(admin, [s for s in specs if s.name in existing]))
+        report.mismatches.extend(await _config_drift(admin, [s for s in specs if s.name in existing]))
     finally:
-        admin.close()
+        await admin.close()
     for line in report.mismatches:
         log.warning("topic drift: %s", line)
     if report.created:
@@ -533,22 +565,29 @@ def ensure_topics(
     return report
 
 
-def _broker_count(admin: KafkaAdminClient) -> int:
+def _raise_creation_errors(response: Any) -> None:
+    """A topic another service's replica created first is fine; any other error is raised."""
+    for topic, code, message in response.topic_errors:
+        if code not in (0, TopicAlreadyExistsError.errno):
+            raise for_code(code)(f"creating {topic}: {message}")
+
+
+async def _broker_count(admin: AIOKafkaAdminClient) -> int:
     try:
-        return max(1, len(admin.describe_cluster().get("brokers", [])))
+        return max(1, len((await admin.describe_cluster()).get("brokers", [])))
     except Exception:
         # Some Kafka-protocol brokers answer DescribeCluster in a shape this
         # client cannot parse; the bootstrap metadata knows the brokers too.
-        cluster = getattr(getattr(admin, "_client", None), "cluster", None)
-        brokers = cluster.brokers() if cluster is not None else ()
-        return max(1, len(brokers))
+        return max(1, len(admin._client.cluster.brokers()))
 
 
-def _config_drift(admin: KafkaAdminClient, specs: list[TopicSpec]) -> list[str]:
+async def _config_drift(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> list[str]:
     if not specs:
         return []
     try:
-        results = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, s.name) for s in specs])
+        results = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, s.name) for s in specs]
+        )
     except Exception as exc:  # some brokers do not implement DescribeConfigs
         log.info("cannot compare topic configs: %s", exc)
         return []
@@ -565,7 +604,3 @@ def _config_drift(admin: KafkaAdminClient, specs: list[TopicSpec]) -> list[str]:
                 if key in actual and actual[key] != want:
                     drift.append(f"{name}: {key}={actual[key]}, table says {want}")
     return drift
-
-
-async def ensure_topics_async(bootstrap: str, replication_factor: int | None = None) -> None:
-    await asyncio.to_thread(ensure_topics, bootstrap, replication_factor=replication_factor)
