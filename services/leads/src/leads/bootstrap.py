@@ -25,6 +25,7 @@ from leads.api import imports as imports_api
 from leads.api import leads as leads_api
 from leads.api import scoring as scoring_api
 from leads.api.deps import READERS
+from leads.behaviour_groups import BehaviourGroups
 from leads.capture_groups import CaptureGroups
 from leads.importer import ImportWorker
 from leads.repository import LeadsUnit
@@ -96,6 +97,7 @@ def build_app(settings: ServiceSettings) -> FastAPI:
     )
     app.state.uow = uow
     app.state.capture_groups = CaptureGroups(uow, runtime.store.source)
+    app.state.behaviour_groups = BehaviourGroups(uow, runtime.store.source)
     app.state.bulk_turns = asyncio.Semaphore(s.bulk_in_flight)
     app.state.import_settings = s
     fields = custom_fields_api.wire(app, runtime.store, [RecordType.LEAD], s.config_cache_seconds)

@@ -301,18 +301,69 @@ async def record_behaviour(
         return BehaviourResult(outcome.lead, record.id, False, outcome.in_cycle, outcome.qualified)
 
     result = await _retry_races(uow, work)
+    _counted(result, behaviour)
+    return result
+
+
+def _counted(result: BehaviourResult, behaviour: Behaviour) -> None:
+    """A single behaviour's metrics and log line once committed (in its request's context)."""
     if not result.duplicate:
         metrics.BEHAVIOURS_RECORDED.labels(behaviour.value).inc()
     if result.qualified_now:
+        lead = result.lead
         metrics.LEADS_QUALIFIED.inc()
         log.info(
             "lead %s qualified (score %.1f >= %.1f): handed to sales",
-            lead_id,
-            result.lead.score,
-            result.lead.threshold or 0,
-            extra={"lead_id": lead_id, "handoff_count": result.lead.handoff_count},
+            lead.id,
+            lead.score,
+            lead.threshold or 0,
+            extra={"lead_id": lead.id, "handoff_count": lead.handoff_count},
         )
-    return result
+
+
+async def record_together(
+    uow: Uow,
+    inputs: Sequence[domain.BehaviourInput],
+    audits: Sequence[audit.Context],
+    contexts: Sequence[contextvars.Context],
+) -> tuple[BehaviourResult, ...]:
+    """Several requests' single behaviours (distinct leads, each ``by`` its own user) in ONE unit
+    of work, each with the effects :func:`record_behaviour` has alone: its answer, its events
+    emitted in its request's context (its trace), its audit entries naming its request
+    (``audits[i]``: who, the route, request and correlation ids), its metrics and log line.
+    Only the round trips and the commit are shared (the tracker batch's: one read of the leads,
+    one insert of the records, one write of the leads, one outbox row); leads' group commit
+    (:mod:`leads.behaviour_groups`). A lead that does not exist fails the group (each request
+    then runs alone and gets its own answer)."""
+    lead_ids = {i.lead_id for i in inputs}
+    pairs = {(i.lead_id, i.external_id) for i in inputs if i.external_id is not None}
+    by_record: dict[str, audit.Context] = {}
+
+    async def work(unit: LeadsUnit) -> tuple[domain.BehaviourBatchItem, ...]:
+        leads = await unit.leads.get_many(lead_ids)
+        if missing := sorted(lead_ids - leads.keys()):
+            raise NotFound(f"no lead '{missing[0]}'", lead_id=missing[0])
+        seen = await unit.behaviours.by_external_ids(pairs)
+        rules, now = await unit.rules.current(), now_millis(uow.clock)
+        batch = domain.record_batch(leads, seen, inputs, rules, now=now, new_id=uow.new_id)
+        by_record.clear()
+        for item, who in zip(batch.items, audits, strict=True):
+            by_record.update({item.behaviour_id: who, item.lead.id: who})
+        await unit.behaviours.add_many(batch.records)
+        await unit.leads.save_many(batch.leads)
+        for item, context in zip(batch.items, contexts, strict=True):
+            context.run(unit.emit_all, item.events, correlation_id=item.lead.id, batched=True)
+        return batch.items
+
+    with audit.records_by(by_record):
+        items = await _retry_races(uow, work)
+    results = tuple(
+        BehaviourResult(i.lead, i.behaviour_id, i.duplicate, i.counted_in_score, i.qualified_now)
+        for i in items
+    )
+    for each, result, context in zip(inputs, results, contexts, strict=True):
+        context.run(_counted, result, each.behaviour)
+    return results
 
 
 async def record_behaviours(

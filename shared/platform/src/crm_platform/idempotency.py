@@ -53,7 +53,7 @@ from crm_contracts import utcnow
 from pymongo import ASCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException  # FastAPI's is a subclass (no FastAPI import)
 from starlette.requests import Request
@@ -96,31 +96,61 @@ class Claim:
 current_claim: ContextVar[Claim | None] = ContextVar("idempotency_claim", default=None)
 
 
-async def claim_in(db: AsyncDatabase[Any], session: AsyncClientSession) -> Claim | None:
-    """Called by ``Store.transaction`` inside each attempt: insert the request's key, if any.
+# The claims of the requests a group transaction carries (a service's group commit: several
+# requests' effects in one transaction, run outside any one request): it inserts each of them
+# with the group's effects, as a request's own transaction inserts its claim.
+group_claims: ContextVar[tuple[Claim, ...]] = ContextVar("idempotency_group_claims", default=())
 
-    A duplicate key means the same request committed concurrently: 409, no second effect.
-    """
+
+def claims_now() -> list[Claim]:
+    """The claims the transaction starting now inserts: its request's, else its group's (each
+    not committed yet)."""
     claim = current_claim.get()
-    if claim is None or claim.committed:
-        return None
-    doc = {
-        "_id": claim.id,
-        "fingerprint": claim.fingerprint,
-        "path": claim.path,
-        "created_at": utcnow(),
-        "expires_at": claim.expires_at,
-        "response": None,
-    }
+    claims = [claim] if claim is not None else list(group_claims.get())
+    return [c for c in claims if not c.committed]
+
+
+async def claim_in(db: AsyncDatabase[Any], session: AsyncClientSession, claims: list[Claim]) -> None:
+    """Called by ``Store.transaction`` inside each attempt: insert the claims (:func:`claims_now`).
+
+    A duplicate key means the same request committed before or concurrently: 409, no second
+    effect; for a claim not read first (``looked_up`` False) :class:`ClaimTaken`, answered by
+    the middleware from the record.
+    """
+    if not claims:
+        return
+    docs = [
+        {
+            "_id": claim.id,
+            "fingerprint": claim.fingerprint,
+            "path": claim.path,
+            "created_at": utcnow(),
+            "expires_at": claim.expires_at,
+            "response": None,
+        }
+        for claim in claims
+    ]
     try:
-        await db[COLLECTION].insert_one(doc, session=session)
-    except DuplicateKeyError:
-        if not claim.looked_up:
-            raise ClaimTaken(claim.id) from None
+        if len(docs) == 1:
+            await db[COLLECTION].insert_one(docs[0], session=session)
+        else:
+            await db[COLLECTION].insert_many(docs, session=session)
+    except (DuplicateKeyError, BulkWriteError) as exc:
+        if isinstance(exc, BulkWriteError) and not _duplicate(exc):
+            raise
+        if not all(claim.looked_up for claim in claims):
+            raise ClaimTaken(claims[0].id) from None
         raise InProgress(
             "a request with this Idempotency-Key was carried out meanwhile; retry to get its answer"
         ) from None
-    return claim
+
+
+def _duplicate(exc: BulkWriteError) -> bool:
+    errors = exc.details.get("writeErrors", [])
+    return bool(errors) and all(e.get("code") == DUPLICATE_KEY for e in errors)
+
+
+DUPLICATE_KEY = 11000  # MongoDB's error code
 
 
 async def ensure_indexes(db: AsyncDatabase[Any]) -> None:

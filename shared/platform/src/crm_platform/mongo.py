@@ -31,7 +31,7 @@ from crm_platform import audit, shredding, tracing
 from crm_platform.batch import Batch
 from crm_platform.clock import simulated_now
 from crm_platform.deadline import request_db_deadline
-from crm_platform.idempotency import claim_in, current_claim
+from crm_platform.idempotency import claim_in, claims_now
 from crm_platform.idempotency import ensure_indexes as ensure_idempotency_indexes
 from crm_platform.logging import correlation_id_var, request_id_var
 from crm_platform.money import TYPE_REGISTRY
@@ -241,7 +241,7 @@ class Store:
         attempts: list[Tx] = []
         databases: list[audit.AuditedDatabase] = []  # each attempt's, released at the end
         journeys: dict[str, tracing.Carrier | None] = {}
-        claim = current_claim.get()
+        claims = claims_now()
         context = audit_context(self.source)
 
         async def attempt(session: AsyncClientSession) -> T:
@@ -249,8 +249,9 @@ class Store:
             databases.append(audit.AuditedDatabase(self.db, trail))
             tx = Tx(databases[-1], session, self.source)
             attempts.append(tx)
-            # The request's Idempotency-Key commits with its effect (crm_platform.idempotency).
-            await claim_in(self.db, session)
+            # The request's Idempotency-Key (a group's: each request's) commits with its effect
+            # (crm_platform.idempotency).
+            await claim_in(self.db, session, claims)
             result = await work(tx)
             await tx.flush_inserts()
             await trail.flush(self.db)
@@ -267,7 +268,7 @@ class Store:
             self.committed_rows.discard(r for tx in attempts if tx not in committed for r in tx.stored_rows)
             for db in databases:  # freed by reference counting, not the cyclic collector
                 db.release()
-        if claim is not None:
+        for claim in claims:
             claim.committed = True
         for hook in committed[0].after_commit:
             hook()

@@ -14,6 +14,7 @@ from crm_platform.auth import Role, require_roles
 from crm_platform.uow import UnitOfWork
 from fastapi import Depends, Request
 
+from leads.behaviour_groups import BehaviourGroups
 from leads.capture_groups import CaptureGroups
 from leads.repository import LeadsUnit
 
@@ -39,6 +40,14 @@ async def get_capture_groups(request: Request) -> CaptureGroups:
 
 
 CaptureGroupsDep = Annotated[CaptureGroups, Depends(get_capture_groups)]
+
+
+async def get_behaviour_groups(request: Request) -> BehaviourGroups:
+    groups: BehaviourGroups = request.app.state.behaviour_groups
+    return groups
+
+
+BehaviourGroupsDep = Annotated[BehaviourGroups, Depends(get_behaviour_groups)]
 
 
 async def get_bulk_turns(request: Request) -> asyncio.Semaphore:

@@ -23,7 +23,7 @@ from pydantic_core import to_json
 from leads import handlers
 from leads import store as repo
 from leads.api.capture_route import CaptureRoute
-from leads.api.deps import READERS, BulkTurnsDep, CaptureGroupsDep, UowDep, can_write
+from leads.api.deps import READERS, BehaviourGroupsDep, BulkTurnsDep, CaptureGroupsDep, UowDep, can_write
 from leads.api.models import (
     BehaviourIn,
     BehaviourListOut,
@@ -243,16 +243,18 @@ async def get_lead(lead_id: LeadId, db: DbDep, actor: CurrentActor) -> LeadOut:
     summary="Record a behaviour and re-score (200 when external_id was already recorded)",
 )
 async def record_behaviour(
-    lead_id: LeadId, body: BehaviourIn, response: Response, uow: UowDep, actor: CurrentActor
+    lead_id: LeadId, body: BehaviourIn, response: Response, groups: BehaviourGroupsDep, actor: CurrentActor
 ) -> BehaviourOut:
-    result = await handlers.record_behaviour(
-        uow,
-        lead_id,
-        Behaviour(body.behaviour),
-        occurred_at=body.occurred_at,
-        meta=body.meta,
-        external_id=body.external_id,
-        actor=actor,
+    # Concurrent single behaviours share transactions (leads.behaviour_groups); each keeps its own effects.
+    result = await groups.record(
+        BehaviourInput(
+            lead_id=lead_id,
+            behaviour=Behaviour(body.behaviour),
+            occurred_at=to_millis(body.occurred_at) if body.occurred_at is not None else None,
+            meta=body.meta,
+            external_id=body.external_id,
+            by=actor,
+        )
     )
     if result.duplicate:
         response.status_code = status.HTTP_200_OK

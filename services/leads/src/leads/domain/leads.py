@@ -569,13 +569,15 @@ class VerdictRecord:
 
 @dataclass(frozen=True)
 class BehaviourInput:
-    """One behaviour of a batch (``occurred_at`` None: when the batch is recorded)."""
+    """One behaviour of a batch (``occurred_at`` None: when the batch is recorded; ``by`` None:
+    the batch's user, else this behaviour's own: one request's of a group commit)."""
 
     lead_id: str
     behaviour: Behaviour
     occurred_at: datetime | None = None
     meta: Mapping[str, MetaValue] | None = None
     external_id: str | None = None
+    by: Actor | None = None
 
 
 @dataclass(frozen=True)
@@ -603,7 +605,7 @@ def record_batch(
     *,
     now: datetime,
     new_id: Callable[[], str],
-    by: Actor,
+    by: Actor | None = None,
 ) -> BehaviourBatch:
     """Many behaviours with exactly the effects of recording them one by one, in order.
 
@@ -629,7 +631,7 @@ def record_batch(
             outcome,
             behaviour=each.behaviour,
             occurred_at=when,
-            by=by,
+            by=_by(each, by),
             meta=each.meta,
             external_id=each.external_id,
         )
@@ -644,3 +646,11 @@ def record_batch(
         )
     changed = dict.fromkeys(r.lead_id for r in records)
     return BehaviourBatch(tuple(items), tuple(records), tuple(current[lead_id] for lead_id in changed))
+
+
+def _by(each: BehaviourInput, batch_user: Actor | None) -> Actor:
+    """Who recorded a behaviour of a batch: its own user (a group commit's request), else the batch's."""
+    who = each.by or batch_user
+    if who is None:
+        raise ValueError("a behaviour of the batch has no user")
+    return who
