@@ -23,6 +23,7 @@ from crm_platform.idempotency import COLLECTION as KEYS
 from crm_platform.mongo import HANDOFFS_SENT, OUTBOX, outbox_events_pipeline
 from crm_platform.testing import auth_headers
 from leads.store import BEHAVIOURS, LEADS
+from pymongo.asynchronous.collection import AsyncCollection
 
 pytestmark = pytest.mark.integration
 Leads: TypeAlias = Any  # conftest.Leads (conftest is not importable in importlib mode)
@@ -107,6 +108,34 @@ async def test_behaviours_at_once_share_transactions_and_keep_their_own_effects(
     pipeline = outbox_events_pipeline({"event_type": "lead.qualified", "key": {"$in": ids}})
     handoffs = await (await db[OUTBOX].aggregate(pipeline)).to_list()
     assert sorted(h["key"] for h in handoffs) == sorted(ids)
+
+
+async def test_the_answers_of_behaviours_at_once_are_recorded_together(
+    leads: Leads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each request's answer goes into its key's record after its commit: those that finish
+    while one is being written go in ONE ``bulk_write`` (a group's requests finish together),
+    not one round trip each; each retry still gets its own first answer."""
+    ids = await new_leads(leads, 8)
+    sent: list[int] = []
+    real = AsyncCollection.bulk_write
+
+    async def spy(self: AsyncCollection[Any], requests: Any, *args: Any, **kw: Any) -> Any:
+        if self.name == KEYS:
+            sent.append(len(requests))
+        return await real(self, requests, *args, **kw)
+
+    monkeypatch.setattr(AsyncCollection, "bulk_write", spy)
+    answers, _ = await behave_at_once(leads, ids)
+    monkeypatch.undo()
+    assert [r.status_code for r in answers] == [201] * 8, [r.text for r in answers]
+    assert sum(sent) == 8, sent
+    assert len(sent) < 8, f"{sent}: an answer recorded per round trip"
+    for lead_id, first, (role, user) in zip(ids, answers, USERS * 4, strict=True):
+        url, headers = f"/leads/{lead_id}/behaviours", auth_headers([role], user)
+        retry = await leads.client.post(url, json={"behaviour": "trial_signup"}, headers=headers)
+        assert (retry.status_code, retry.json()) == (201, first.json())
+        assert retry.headers["idempotent-replayed"] == "true"
 
 
 async def test_a_retry_among_new_behaviours_is_answered_from_its_record(leads: Leads) -> None:

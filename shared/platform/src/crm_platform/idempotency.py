@@ -37,6 +37,8 @@ app factory):
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import hashlib
 import json
 import logging
@@ -50,7 +52,7 @@ from typing import Any
 
 from bson.binary import Binary
 from crm_contracts import utcnow
-from pymongo import ASCENDING
+from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
@@ -204,6 +206,7 @@ class IdempotencyMiddleware:
         # Claims being run in this process, by id: a key found taken while the same key runs
         # here is "in progress" (409), as a concurrent duplicate was before.
         self._running: Counter[str] = Counter()
+        self._answers = _Answers()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not self.applies(scope["path"]):
@@ -310,8 +313,7 @@ class IdempotencyMiddleware:
         if claim.committed:
             await self._record(collection, claim, captured)
 
-    @staticmethod
-    async def _record(collection: Any, claim: Claim, captured: _Captured) -> None:
+    async def _record(self, collection: Any, claim: Claim, captured: _Captured) -> None:
         keep = [(k, v) for k, v in captured.headers if k.lower() in (b"content-type", b"location")]
         response = {
             "status": captured.status,
@@ -319,10 +321,67 @@ class IdempotencyMiddleware:
             "body": Binary(bytes(captured.body)),
         }
         try:
-            await collection.update_one({"_id": claim.id}, {"$set": {"response": response}})
+            answer = UpdateOne({"_id": claim.id}, {"$set": {"response": response}})
+            await self._answers.record(collection, answer)
         except Exception:
             # The effect is committed; a retry is told its answer was lost (409), never re-run.
             log.exception("could not record the answer for an idempotent request")
+
+
+class _Answers:
+    """Committed requests' answers, each recorded in its key's record: alone when none is being
+    written, else with every answer that came meanwhile in ONE ``bulk_write`` (a group commit's
+    requests finish together: one round trip for the group instead of one each)."""
+
+    def __init__(self, most: int = 500) -> None:
+        self.most = most
+        self.writes = 0  # round trips sent (tests)
+        self._busy = False
+        self._queued: list[tuple[UpdateOne, asyncio.Future[None]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def record(self, collection: Any, update: UpdateOne) -> None:
+        if self._busy:
+            done = asyncio.get_running_loop().create_future()
+            self._queued.append((update, done))
+            await done
+            return
+        self._busy = True
+        try:
+            self.writes += 1
+            await collection.bulk_write([update])
+        finally:
+            if self._queued:  # their turn, in a context of their own (no request's)
+                self._drainer = asyncio.create_task(self._drain(collection), context=contextvars.Context())
+            else:
+                self._busy = False
+
+    async def _drain(self, collection: Any) -> None:
+        try:
+            while batch := self._queued[: self.most]:
+                del self._queued[: len(batch)]
+                self.writes += 1
+                try:
+                    await collection.bulk_write([update for update, _ in batch], ordered=False)
+                except Exception as exc:  # noqa: BLE001 - each request logs it, as it did alone
+                    _settle(batch, exc)
+                else:
+                    _settle(batch, None)
+        finally:
+            self._busy = False
+            for _, done in self._queued:  # only when cancelled (shutting down)
+                done.cancel()
+            self._queued = []
+
+
+def _settle(batch: list[tuple[UpdateOne, asyncio.Future[None]]], error: BaseException | None) -> None:
+    for _, done in batch:
+        if done.done():
+            continue
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
 
 
 async def _refuse(status: int, code: str, message: str, scope: Scope, receive: Receive, send: Send) -> None:
