@@ -7,15 +7,22 @@ here too, so the handlers' race handling runs in unit tests.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from datetime import UTC, datetime
+from typing import TypeVar
 
+from crm_platform.clock import ManualClock
 from crm_platform.imports import fakes as platform_fakes
-from crm_platform.uow import FakeUnit
+from crm_platform.uow import FakeUnit, FakeUnitOfWork
 from pymongo.errors import DuplicateKeyError
 
 from leads.domain.imports import ImportJob
 from leads.domain.leads import BehaviourRecord, Lead, VerdictRecord
 from leads.domain.scoring import DEFAULT_RULES, ScoringRules
+
+T = TypeVar("T")
 
 
 class InMemoryLeads:
@@ -122,3 +129,33 @@ class FakeLeadsUnit(FakeUnit):
         self.rules = InMemoryScoringRules()
         self.verdicts = InMemoryVerdicts()
         self.imports = InMemoryImports()
+
+
+class HeldFirst:
+    """A unit of work on :class:`FakeLeadsUnit` whose first ``run`` (counted from ``runs = 0``)
+    waits for ``release`` while ``held``: a transaction in flight, for the group commits' tests."""
+
+    def __init__(self, *, held: bool = True) -> None:
+        ids = (f"id-{n}" for n in itertools.count(1))
+        self.inner = FakeUnitOfWork(
+            FakeLeadsUnit(), clock=ManualClock(datetime(2026, 3, 1, tzinfo=UTC)), new_id=lambda: next(ids)
+        )
+        self.clock, self.new_id = self.inner.clock, self.inner.new_id
+        self.release = asyncio.Event()
+        self.held = held
+        self.runs = 0
+
+    async def run(self, work: Callable[[FakeLeadsUnit], Awaitable[T]]) -> T:
+        self.runs += 1
+        if self.held and self.runs == 1:
+            await self.release.wait()
+        return await self.inner.run(work)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Return once ``condition`` holds, polled once per turn of the event loop (no clock)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("never happened")

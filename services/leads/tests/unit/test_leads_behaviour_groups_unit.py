@@ -5,55 +5,21 @@ moment runs alone."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from crm_contracts.events.common import Behaviour
 from crm_contracts.events.leads import LeadQualifiedV1
 from crm_platform.actor import Actor
-from crm_platform.clock import ManualClock
-from crm_platform.uow import FakeUnitOfWork
 from leads import handlers
 from leads.behaviour_groups import BehaviourGroups
 from leads.domain.leads import BehaviourInput, Capture
-from leads.fakes import FakeLeadsUnit
+from leads.fakes import HeldFirst, until
 
-T = TypeVar("T")
 MIA, MAX = Actor.of("user-mia", ["marketing"], "mia"), Actor.of("user-max", ["marketing"], "max")
 
 
-class HeldFirst:
-    """A unit of work whose first ``run`` after ``hold`` waits for ``release`` (a transaction in flight)."""
-
-    def __init__(self) -> None:
-        ids = (f"id-{n}" for n in itertools.count(1))
-        self.inner = FakeUnitOfWork(
-            FakeLeadsUnit(), clock=ManualClock(datetime(2026, 3, 1, tzinfo=UTC)), new_id=lambda: next(ids)
-        )
-        self.clock, self.new_id = self.inner.clock, self.inner.new_id
-        self.release = asyncio.Event()
-        self.held = False
-        self.runs = 0
-
-    async def run(self, work: Callable[[FakeLeadsUnit], Awaitable[T]]) -> T:
-        self.runs += 1
-        if self.held and self.runs == 1:
-            await self.release.wait()
-        return await self.inner.run(work)
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    for _ in range(1000):  # the event loop's turns, no clock
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("never happened")
-
-
 async def test_waiting_behaviours_go_together_each_lead_once_in_arrival_order() -> None:
-    uow = HeldFirst()
+    uow = HeldFirst(held=False)
     ids = [
         (await handlers.capture_lead(uow, Capture(f"{n}@x.com", "Ada", "webinar", True))).lead.id
         for n in range(3)

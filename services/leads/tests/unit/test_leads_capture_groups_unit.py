@@ -4,50 +4,16 @@ email once per group, in arrival order; the first capture of a quiet moment runs
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from crm_contracts.events.leads import LeadCapturedV1
-from crm_platform.clock import ManualClock
-from crm_platform.uow import FakeUnitOfWork
 from leads.capture_groups import CaptureGroups
 from leads.domain.leads import NO_CUSTOM_FIELDS, Capture
-from leads.fakes import FakeLeadsUnit
-
-T = TypeVar("T")
-
-
-class HeldFirst:
-    """A unit of work whose first ``run`` waits for ``release`` (a transaction in flight)."""
-
-    def __init__(self) -> None:
-        ids = (f"id-{n}" for n in itertools.count(1))
-        self.inner = FakeUnitOfWork(
-            FakeLeadsUnit(), clock=ManualClock(datetime(2026, 3, 1, tzinfo=UTC)), new_id=lambda: next(ids)
-        )
-        self.clock, self.new_id = self.inner.clock, self.inner.new_id
-        self.release = asyncio.Event()
-        self.runs = 0
-
-    async def run(self, work: Callable[[FakeLeadsUnit], Awaitable[T]]) -> T:
-        self.runs += 1
-        if self.runs == 1:
-            await self.release.wait()
-        return await self.inner.run(work)
+from leads.fakes import HeldFirst, until
 
 
 def capture(email: str) -> Capture:
     return Capture(email=email, name="Ada", source_channel="webinar", marketing_email=True)
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    for _ in range(1000):  # the event loop's turns, no clock
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("never happened")
 
 
 async def test_waiting_captures_go_together_each_email_once_in_arrival_order() -> None:
