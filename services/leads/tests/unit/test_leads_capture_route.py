@@ -1,5 +1,6 @@
-"""The capture route's handler makes its checks itself (``CaptureRoute``, no per-request
-dependency solving): what the route declares must stay what that handler does."""
+"""The capture and single behaviour routes' handlers make their checks themselves
+(``CaptureRoute``, ``BehaviourRoute``, no per-request dependency solving): what each route
+declares must stay what its handler does."""
 
 from __future__ import annotations
 
@@ -45,3 +46,28 @@ def test_the_lean_handler_checks_the_routers_roles_then_the_routes(capture: Any)
     route = capture.original_route
     assert [check.allowed for check in route.role_checks] == [frozenset(READERS), frozenset(WRITERS)]
     assert route.fields.__qualname__.startswith("fields_of.")
+
+
+@pytest.fixture(scope="module")
+def behaviour() -> Any:
+    app = create_app(LeadsSettings.model_validate(BASE))
+    found = [
+        ctx
+        for ctx in iter_route_contexts(app.routes)
+        if getattr(ctx, "endpoint", None) is leads_api.record_behaviour
+    ]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_the_single_behaviour_route_is_served_by_the_lean_handler(behaviour: Any) -> None:
+    assert isinstance(behaviour.original_route, capture_route.BehaviourRoute)
+    assert behaviour.path == "/leads/{lead_id}/behaviours"
+    assert behaviour.methods == {"POST"}
+
+
+def test_the_behaviour_route_declares_exactly_the_checks_the_lean_handler_makes(behaviour: Any) -> None:
+    assert dependency_names(behaviour.dependant) == capture_route.BEHAVIOUR_DEPENDENCIES
+    route = behaviour.original_route
+    assert [check.allowed for check in route.role_checks] == [frozenset(READERS), frozenset(WRITERS)]
+    assert route.lead_id.name == "lead_id"

@@ -22,7 +22,7 @@ from pydantic_core import to_json
 
 from leads import handlers
 from leads import store as repo
-from leads.api.capture_route import CaptureRoute
+from leads.api.capture_route import BehaviourRoute, CaptureRoute
 from leads.api.deps import READERS, BehaviourGroupsDep, BulkTurnsDep, CaptureGroupsDep, UowDep, can_write
 from leads.api.models import (
     BehaviourIn,
@@ -235,13 +235,6 @@ async def get_lead(lead_id: LeadId, db: DbDep, actor: CurrentActor) -> LeadOut:
     return LeadOut.of(await readable_lead(db, lead_id, actor))
 
 
-@router.post(
-    "/{lead_id}/behaviours",
-    response_model=BehaviourOut,
-    status_code=status.HTTP_201_CREATED,
-    dependencies=[can_write],
-    summary="Record a behaviour and re-score (200 when external_id was already recorded)",
-)
 async def record_behaviour(
     lead_id: LeadId, body: BehaviourIn, response: Response, groups: BehaviourGroupsDep, actor: CurrentActor
 ) -> BehaviourOut:
@@ -265,6 +258,20 @@ async def record_behaviour(
         qualified_now=result.qualified_now,
         lead=LeadOut.of(result.lead),
     )
+
+
+# Served by BehaviourRoute (the handoff's qualifying request): the same declaration, without
+# FastAPI's per-request dependency solving.
+router.add_api_route(
+    "/{lead_id}/behaviours",
+    record_behaviour,
+    methods=["POST"],
+    response_model=BehaviourOut,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[can_write],
+    summary="Record a behaviour and re-score (200 when external_id was already recorded)",
+    route_class_override=BehaviourRoute,
+)
 
 
 @router.post(
