@@ -147,3 +147,33 @@ async def test_a_captured_person_s_key_stays_home_until_a_handoff_and_erasure_de
     await eventually(shredded, what="the erased person's key shredded")
     assert await leads.runtime.db[KEYS].count_documents({"person_id": ada_id}) == 0
     assert await leads.runtime.db[KEYS].count_documents({"person_id": bob_id}) == 1
+
+
+async def test_an_erased_bulk_captured_lead_is_gone_from_its_audit_entries(
+    leads: Any, kafka_bootstrap: str
+) -> None:
+    """A bulk batch's entry names its leads (audit.inserts_named): an erased lead's insert reads
+    back from the erased lead, so neither its e-mail nor its name is in its audit entries."""
+    name = f"Erasable {uuid.uuid4().hex[:6]}"
+    email = f"erasable-{uuid.uuid4().hex[:10]}@example.com"
+    first = {"name": name, "email": email, "source_channel": "web_form", "consent": {"marketing_email": True}}
+    body = {"leads": [first, {**first, "email": f"kept-{uuid.uuid4().hex[:10]}@example.com"}]}
+    r = await leads.client.post("/leads/bulk", json=body, headers=auth_headers(["marketing"], "mia"))
+    assert r.status_code == 200, r.text
+    lead_id = r.json()["results"][0]["lead"]["id"]
+    auditor = auth_headers(["auditor"], "aud")
+
+    async def read() -> str:
+        params = {"record_type": "leads", "record_id": lead_id}
+        got = await leads.client.get("/audit", params=params, headers=auditor)
+        assert got.status_code == 200, got.text
+        return got.text.lower()
+
+    assert email in await read()
+    await _erase(leads, kafka_bootstrap, email)
+
+    async def erased() -> bool:
+        text = await read()
+        return email not in text and name.lower() not in text
+
+    await eventually(erased, what="the erased lead's e-mail and name gone from its audit entries")
