@@ -22,6 +22,7 @@ from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 
 from crm_platform import erasure, metrics, outbox_audit, pseudonym, receipts, shredding
 from crm_platform.consumer import AfterStore, ConsumerConfig, EventConsumer, Handler
+from crm_platform.fetch_spill import spill_large_fetches
 from crm_platform.kafka import (
     ensure_topics_async,
     make_producer,
@@ -64,14 +65,16 @@ class Subscription:
 
 
 def _patch_aiokafka(idle_backoff_ms: int) -> None:
-    """The process-wide aiokafka fixes: empty fetches paced and the backlog's fetches spread only
-    against a broker that answers empty fetches at once and ignores fetch sizes (the embedded one:
-    ``idle_backoff_ms`` > 0), the rest everywhere."""
+    """The process-wide aiokafka fixes: empty fetches paced, the backlog's fetches spread and
+    large fetched partitions kept in a temporary file only against a broker that answers empty
+    fetches at once and ignores fetch sizes (the embedded one: ``idle_backoff_ms`` > 0), the rest
+    everywhere."""
     pace_empty_fetches(idle_backoff_ms)
     harden_aiokafka()
     release_read_frames()
     if idle_backoff_ms > 0:
         spread_backlog_fetches()
+        spill_large_fetches()
 
 
 @dataclass
