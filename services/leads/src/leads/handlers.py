@@ -91,9 +91,18 @@ async def capture_leads(
         return (await store_captures(unit, captures, uow, now_millis(uow.clock), fields)).outcomes
 
     outcomes = await _retry_races(uow, work)
-    for outcome in outcomes:
-        metrics.LEADS_CAPTURED.labels(str(outcome.merged).lower()).inc()
+    count_captured(outcomes)
     return outcomes
+
+
+def count_captured(outcomes: Sequence[domain.CaptureOutcome]) -> None:
+    """``crm_leads_captured`` for many captures: one increment per verdict, not one labelled
+    lookup and increment per lead (about 1.2 us of leads' CPU per bulk-captured lead)."""
+    merged = sum(1 for outcome in outcomes if outcome.merged)
+    if merged:
+        metrics.LEADS_CAPTURED.labels("true").inc(merged)
+    if len(outcomes) > merged:
+        metrics.LEADS_CAPTURED.labels("false").inc(len(outcomes) - merged)
 
 
 async def capture_together(
@@ -125,8 +134,7 @@ async def capture_together(
 
     with audit.records_by(by_record):
         outcomes = await _retry_races(uow, work)
-    for outcome in outcomes:
-        metrics.LEADS_CAPTURED.labels(str(outcome.merged).lower()).inc()
+    count_captured(outcomes)
     return outcomes
 
 

@@ -129,6 +129,35 @@ async def test_bulk_capture_has_the_effects_of_its_captures_one_by_one_in_order(
     assert [e.correlation_id for e in events] == ["id-2", "id-1", "id-2"]
 
 
+async def test_bulk_capture_counts_its_leads_once_per_verdict_not_once_per_lead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``crm_leads_captured`` gets the batch's new and merged leads as one increment each: a
+    labelled lookup and increment per lead was about 1.2 us of leads' CPU per bulk lead."""
+    counted: list[tuple[str, float]] = []
+
+    class Child:
+        def __init__(self, merged: str) -> None:
+            self.merged = merged
+
+        def inc(self, amount: float = 1) -> None:
+            counted.append((self.merged, amount))
+
+    class Captured:
+        @staticmethod
+        def labels(merged: str) -> Child:
+            return Child(merged)
+
+    monkeypatch.setattr(handlers.metrics, "LEADS_CAPTURED", Captured)
+    u = uow()
+    await captured(u)
+    counted.clear()
+    captures = [capture(f"new-{n}@example.com") for n in range(5)] + [capture(), capture()]
+    outcomes = await handlers.capture_leads(u, captures)
+    assert [o.merged for o in outcomes] == [False] * 5 + [True, True]
+    assert sorted(counted) == [("false", 5), ("true", 2)], "one increment per verdict"
+
+
 class StaleFirstBatchRead(InMemoryLeads):
     """A rival request committed one of the batch's emails after our read."""
 
