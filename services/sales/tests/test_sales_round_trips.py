@@ -70,3 +70,23 @@ async def test_a_roster_change_reaches_the_next_handoff_at_once(sales: Sales) ->
     await sales.set_roster(dana=True)  # this replica's change drops the cache
     item, _ = await sales.qualify()
     assert item["owner"] == "dana"
+
+
+async def test_a_lone_handoffs_receipt_and_assignment_share_one_outbox_row(sales: Sales) -> None:
+    """A handoff stored alone (not in a group) writes its assignment and its receipt as ONE
+    outbox row, as a group does: one insert, relay mark and audit mark instead of two
+    (docs/performance.md, fifteenth session, sales). Consumers still get one record each."""
+    from crm_platform.mongo import OUTBOX, row_items
+
+    await sales.set_roster(ann=True)
+    item, env = await sales.qualify()
+    mine = {
+        "$or": [
+            {"envelope.correlation_id": env.correlation_id},
+            {"events.envelope.correlation_id": env.correlation_id},
+        ]
+    }
+    rows = await sales.runtime.db[OUTBOX].find(mine).to_list()
+    assert len(rows) == 1, [r["event_type"] for r in rows]
+    assert [i["event_type"] for i in row_items(rows[0])] == ["sales.lead_assigned", "handoff.received"]
+    assert item["owner"] == "ann"

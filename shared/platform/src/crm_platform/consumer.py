@@ -721,6 +721,9 @@ class EventConsumer:
             stored_at.clear()
             ready = _Ready(record, handler, event, envelope)
             tx.batch = Batch([(event, envelope)])  # a batch of one (crm_platform.batch)
+            # Its receipt and events share one outbox row, as a group's do (a lone handoff's
+            # receipt and assignment: one insert, relay mark and audit mark instead of two).
+            tx.batch_emits = True
             if self.config.ledger:
                 await tx.db[PROCESSED].insert_one(_ledger_doc(ready), session=tx.session)
             at, journeys[envelope.correlation_id] = await self._run_handler(tx, ready)
