@@ -476,3 +476,47 @@ async def test_a_key_fetched_while_its_handoff_asks_for_it_is_not_waited_for(
 
     missing = await shredding.keys_missing(FetchingDuringQuery(sales.runtime.db), [handoff])
     assert missing == 0
+
+
+async def test_a_key_record_alone_is_stored_with_one_upsert_and_no_read(
+    sales: Sales, make_qualified: Any
+) -> None:
+    """A key record handled alone (the 25/s handoff's key: one record per fetch) is stored by
+    one upsert that inserts it only when no copy is held, not a read of the held keys and an
+    insert (fifteenth session, sales); a held key or a shredding marker is kept as it is."""
+    key = shredding.sealed_event(make_qualified(sales.uid("lone-key")), "leads")[1][0]
+    shredded = LeadPersonKeyShreddedV1(person_id=key.person_id, shredded_at=key.issued_at)
+    consumer, _ = _consumer(sales, shredding.key_handlers())
+    tp = TopicPartition(LEADS_PERSON_KEYS, 0)
+    db, held_id = sales.runtime.db, f"held:leads:{key.person_id}"
+
+    async def alone(event: Any, offset: int) -> Counter[str]:
+        record = _record(
+            offset, envelope_for(event, source="leads", correlation_id="keys").to_bytes(), tp.topic
+        )
+        await db.command({"profile": 2})
+        try:
+            await consumer._handle_partition(tp, [record], {})
+        finally:
+            await db.command({"profile": 0})
+        ops = Counter(
+            [op["op"] async for op in db["system.profile"].find({"ns": f"{db.name}.{shredding.KEYS}"})]
+        )
+        await db["system.profile"].drop()
+        return ops
+
+    assert await alone(key, 0) == Counter({"update": 1}), "one upsert, no read (a query and an insert before)"
+    held = await db[shredding.KEYS].find_one({"_id": held_id})
+    assert held is not None
+    assert (held["owner"], held["person_id"]) == ("leads", key.person_id)
+    assert bytes(held["key"]) == shredding.decode_key(key.key)
+    assert "person_hashes" not in held
+    await alone(key, 1)
+    assert await db[shredding.KEYS].find_one({"_id": held_id}) == held, "a key held already is left as it is"
+    await alone(shredded, 2)
+    await alone(key, 3)
+    marker = await db[shredding.KEYS].find_one({"_id": held_id})
+    assert marker is not None
+    assert marker.get("shredded") is True
+    assert "key" not in marker, "never brought back"
+    assert consumer.outcomes == dict.fromkeys(range(4), "processed")

@@ -512,9 +512,6 @@ def key_handlers() -> dict[str, Handler]:
 
 async def _on_issued(tx: Any, event: LeadPersonKeyIssuedV1, envelope: Envelope) -> None:
     doc_id = _held_id(envelope.source, event.person_id)
-    held = await _held(tx, doc_id)
-    if held.get(doc_id) is not None:
-        return  # held already, or shredded: never brought back
     doc = {
         "_id": doc_id,
         "owner": envelope.source,
@@ -525,11 +522,21 @@ async def _on_issued(tx: Any, event: LeadPersonKeyIssuedV1, envelope: Envelope) 
         # moves: three index writes per held key and its first hash instead of one.
         "received_at": utcnow(),
     }
+    batch = getattr(tx, "batch", None)
+    if batch is None or len(batch.events) == 1:
+        # A record alone (the 25/s handoff's key): one upsert that inserts the key only when
+        # none is held, instead of a read and an insert (one round trip fewer; a held key or a
+        # shredding marker is left as it is).
+        fields = {k: v for k, v in doc.items() if k != "_id"}
+        await tx.db[KEYS].update_one(
+            {"_id": doc_id}, {"$setOnInsert": fields}, upsert=True, session=tx.session
+        )
+        return
+    held = await _held(tx, doc_id)
+    if held.get(doc_id) is not None:
+        return  # held already, or shredded: never brought back
     held[doc_id] = doc  # a second record of this key later in the batch finds it
-    if getattr(tx, "batch", None) is not None:
-        tx.insert_later(KEYS, doc)  # with the batch's other keys: one insert before the commit
-    else:
-        await tx.db[KEYS].insert_one(doc, session=tx.session)
+    tx.insert_later(KEYS, doc)  # with the batch's other keys: one insert before the commit
 
 
 async def _on_shredded(tx: Any, event: LeadPersonKeyShreddedV1, envelope: Envelope) -> None:
