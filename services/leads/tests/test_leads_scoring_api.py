@@ -6,10 +6,12 @@ scores other modules assert on.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeAlias
 
 import pytest
 from crm_platform.testing import auth_headers
+from leads import store
 
 pytestmark = pytest.mark.integration
 Leads: TypeAlias = Any  # conftest.Leads (conftest is not importable in importlib mode)
@@ -146,3 +148,33 @@ async def test_rules_need_a_token_and_a_reading_role(leads: Leads) -> None:
     assert (await leads.client.get("/scoring-rules")).status_code == 401
     service_rep = auth_headers(["service_rep"], "sid")
     assert (await leads.client.get("/scoring-rules", headers=service_rep)).status_code == 403
+
+
+async def test_a_change_applies_here_at_once_though_an_older_transaction_read_the_rules_after_it(
+    leads: Leads,
+) -> None:
+    """This replica scores with its own change at once (crm_platform.cache), even when a
+    transaction that began before the change committed reads the rules after it: that one
+    scores with its snapshot's rules, and must not keep them in the cache."""
+    uow = leads.app.state.uow
+    began, changed = asyncio.Event(), asyncio.Event()
+
+    async def older(unit: Any) -> Any:
+        await unit.tx.db[store.SCORING_RULES].find_one({}, session=unit.tx.session)  # snapshot fixed
+        began.set()
+        await changed.wait()
+        return await unit.rules.current()
+
+    reading = asyncio.create_task(uow.run(older))
+    await began.wait()
+    r = await leads.client.put(
+        "/scoring-rules", json=rules_body(form_submit={"weight": 45, "cap": None}), headers=MARKETING
+    )
+    assert r.status_code == 200, r.text
+    new = r.json()["version"]
+    changed.set()
+    assert (await reading).version == new - 1, "the older transaction reads its snapshot"
+    lead = (await leads.capture())["lead"]
+    out = await leads.behave(lead["id"], "form_submit")
+    assert (out["lead"]["rules_version"], out["lead"]["score"]) == (new, 45)
+    assert (await leads.client.put("/scoring-rules", json=rules_body(), headers=ADMIN)).status_code == 200

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeAlias
 
 import pytest
+from sales import store
 from sales.settings import SalesSettings
 
 Sales: TypeAlias = Any  # conftest.Sales (conftest is not importable in importlib mode)
@@ -54,6 +56,39 @@ async def test_the_roster_is_edited_by_managers_and_read_by_sales(sales: Sales) 
     assert roster["next_up"] == a
     r = await sales.client.get("/reps", headers=sales.headers("marketing", "mia"))
     assert r.status_code == 403
+
+
+@pytest.mark.integration
+async def test_a_rep_activated_here_is_assignable_at_once_though_an_older_transaction_read_the_roster(
+    sales: Sales,
+) -> None:
+    """This replica uses its own roster change at once (crm_platform.cache), even when a
+    transaction that began before the change committed (a consumer's batch, say) reads the
+    roster after it: that transaction sees its snapshot's roster, and must not keep it in the
+    cache, or the new rep is refused (422) for ``CRM_CONFIG_CACHE_SECONDS``."""
+    rep = sales.uid("nia")
+    uow = sales.app.state.uow
+    began, changed = asyncio.Event(), asyncio.Event()
+
+    async def older(unit: Any) -> list[str]:
+        await unit.tx.db[store.REPS].find_one({}, session=unit.tx.session)  # its snapshot is fixed here
+        began.set()
+        await changed.wait()
+        return list(await unit.team.active_rep_ids())
+
+    reading = asyncio.create_task(uow.run(older))
+    await began.wait()
+    await sales.activate(rep)  # committed, and this replica's cache dropped
+    changed.set()
+    assert rep not in await reading, "the older transaction reads its snapshot"
+
+    async def roster(unit: Any) -> list[str]:
+        return list(await unit.team.active_rep_ids())
+
+    assert rep in await uow.run(roster), "the snapshot's roster was not kept"
+    item, _ = await sales.qualify()
+    assigned = await sales.assign(item["lead_id"], rep)
+    assert assigned["owner"] == rep
 
 
 @pytest.mark.integration

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from crm_platform.cache import TtlCache
+from crm_platform.cache import TtlCache, invalidations
 
 
 class Clock:
@@ -81,3 +81,26 @@ async def test_a_load_that_started_before_an_invalidation_is_not_kept() -> None:
     release.set()
     assert await pending == 1  # the caller gets what it read ...
     assert await cache.get("k", slow_load) == 2  # ... but it was not kept
+
+
+async def test_a_load_in_a_transaction_that_began_before_an_invalidation_is_not_kept() -> None:
+    """A transaction reads the snapshot its first operation fixed: one that began before a change
+    committed (and the cache was dropped) reads the old value even when it loads after the drop."""
+    cache: TtlCache[str, int] = TtlCache(60.0, Clock())
+    load, calls = loader([1, 2])
+    began = invalidations()  # an older transaction begins (crm_platform.mongo.Tx.began)
+    cache.invalidate()  # a change commits meanwhile and drops the cache
+    assert await cache.get("k", load, since=began) == 1  # it gets its snapshot's value ...
+    assert await cache.get("k", load, since=invalidations()) == 2  # ... not kept: a newer one loads
+    assert await cache.get("k", load) == 2  # and that one is kept
+    assert calls["n"] == 2
+
+
+async def test_an_invalidation_of_another_cache_does_not_stop_this_one_keeping_its_loads() -> None:
+    ours: TtlCache[str, int] = TtlCache(60.0, Clock())
+    began = invalidations()
+    TtlCache(60.0, Clock()).invalidate()
+    load, calls = loader([1, 2])
+    assert await ours.get("k", load, since=began) == 1
+    assert await ours.get("k", load) == 1
+    assert calls["n"] == 1

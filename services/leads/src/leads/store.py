@@ -752,7 +752,7 @@ class MongoScoringRules:
 
         if fresh:
             return await load()
-        return await self.cache.get("current", load, cacheable=not self._wrote)
+        return await self.cache.get("current", load, cacheable=not self._wrote, since=self.tx.began)
 
     async def add(self, rules: ScoringRules) -> None:
         if not self._wrote:

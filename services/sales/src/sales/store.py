@@ -587,7 +587,7 @@ class MongoTeamRepository:
             docs = await reps.find({"active": True}, {"_id": 1}, session=self.tx.session).to_list()
             return [str(d["_id"]) for d in docs]
 
-        return list(await self.cache.get("active_reps", load, cacheable=not self._wrote))
+        return list(await self.cache.get("active_reps", load, cacheable=not self._wrote, since=self.tx.began))
 
     async def take_turn(self) -> int:
         """The next turn; in a consumer's batch, from the turns the batch reserved together."""
@@ -625,7 +625,7 @@ class MongoTeamRepository:
             doc = await self.tx.db[CONFIG].find_one({"_id": CONFIG_ID}, session=self.tx.session)
             return int(doc["lead_response_sla_minutes"]) if doc else DEFAULT_SLA_MINUTES
 
-        return int(await self.cache.get("sla_minutes", load, cacheable=not self._wrote))
+        return int(await self.cache.get("sla_minutes", load, cacheable=not self._wrote, since=self.tx.began))
 
     async def save_sla(self, minutes: int, by: str, now: datetime) -> None:
         self._changed()

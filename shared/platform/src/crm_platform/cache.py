@@ -15,7 +15,12 @@ scoring rules: each a MongoDB round trip per event (issue 12's profile: sales ma
   (the caller passes ``cacheable=False``): it may never commit.
 
 A load that started before the latest invalidation is returned to its caller but not
-kept (the generation check), so a slow read cannot put an older value back.
+kept (the invalidation count is checked), so a slow read cannot put an older value back. A load in a
+transaction passes ``since``: the invalidation count when its transaction began
+(:attr:`crm_platform.mongo.Tx.began`), for it reads the snapshot its first operation fixed.
+A transaction that began before a change committed and loads after the change dropped the
+cache reads the old value: it gets it, but it is not kept (it was kept, and for
+``ttl_seconds`` sales refused a rep just activated on this very replica: README, "Tests").
 """
 
 from __future__ import annotations
@@ -29,30 +34,47 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
+class _Invalidations:
+    """Every cache's invalidations in this process, counted: an order, not a time."""
+
+    count = 0
+
+
+def invalidations() -> int:
+    """How many invalidations this process's caches have seen so far (any cache)."""
+    return _Invalidations.count
+
+
 @dataclass
 class TtlCache(Generic[K, V]):
     ttl_seconds: float
     monotonic: Callable[[], float] = time.monotonic
     _entries: dict[K, tuple[float, V]] = field(default_factory=dict)
-    _generation: int = 0
+    _invalidated: int = 0  # the count (invalidations()) at this cache's latest invalidation
     hits: int = 0
     misses: int = 0
 
-    async def get(self, key: K, load: Callable[[], Awaitable[V]], *, cacheable: bool = True) -> V:
-        """The value kept for ``key`` if fresh, else ``load()`` (kept when ``cacheable``)."""
+    async def get(
+        self, key: K, load: Callable[[], Awaitable[V]], *, cacheable: bool = True, since: int | None = None
+    ) -> V:
+        """The value kept for ``key`` if fresh, else ``load()``, kept when ``cacheable`` and
+        this cache was not invalidated after ``since`` (default: the load's start; a load in
+        a transaction: ``Tx.began``, the count when it began, before its snapshot was fixed)."""
         now = self.monotonic()
         entry = self._entries.get(key)
         if cacheable and entry is not None and entry[0] > now:
             self.hits += 1
             return entry[1]
         self.misses += 1
-        generation = self._generation
+        as_of = invalidations() if since is None else since
         value = await load()
-        if cacheable and self.ttl_seconds > 0 and generation == self._generation:
+        if cacheable and self.ttl_seconds > 0 and self._invalidated <= as_of:
             self._entries[key] = (self.monotonic() + self.ttl_seconds, value)
         return value
 
     def invalidate(self) -> None:
-        """Forget every value, and refuse to keep loads that started before now."""
-        self._generation += 1
+        """Forget every value, and refuse to keep loads that started (or whose transaction
+        began) before now."""
+        _Invalidations.count += 1
+        self._invalidated = _Invalidations.count
         self._entries.clear()

@@ -27,7 +27,7 @@ from pymongo.errors import OperationFailure
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from crm_platform import audit, shredding, tracing
+from crm_platform import audit, cache, shredding, tracing
 from crm_platform.batch import Batch
 from crm_platform.clock import simulated_now
 from crm_platform.deadline import request_db_deadline
@@ -80,6 +80,10 @@ class Tx:
         self.db = db
         self.session = session
         self.source = source
+        # The configuration caches' invalidation count as this attempt begins, before its first
+        # operation fixes its snapshot: what it loads into a cache is kept only if no cache
+        # change came after (``TtlCache.get(since=...)``; a later one may not be in its snapshot).
+        self.began = cache.invalidations()
         self.emitted: list[Envelope] = []
         # The trace context each event was emitted in (crm_platform.tracing; None when off).
         self.trace_contexts: list[Context | None] = []
