@@ -22,9 +22,18 @@ def _start_in_production(**env: str) -> subprocess.CompletedProcess[str]:
             **env,
         }
     )
+    # -X importtime: each module the process imports is listed on stderr (see the fail-fast test).
     return subprocess.run(
-        [sys.executable, "-m", "gateway.main"], env=full, capture_output=True, text=True, timeout=60
+        [sys.executable, "-X", "importtime", "-m", "gateway.main"],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
+
+
+def _imported(stderr: str) -> set[str]:
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
 
 
 def test_production_without_admin_password_exits_with_a_clear_error(tmp_path: Path) -> None:
@@ -44,3 +53,14 @@ def test_production_without_keys_exits_with_a_clear_error() -> None:
     )
     assert proc.returncode != 0
     assert "CRM_JWT_PUBLIC_KEYS_FILE must name the gateway's public keys" in proc.stderr
+
+
+def test_a_refused_configuration_stops_the_process_before_the_app_is_imported() -> None:
+    """Fail fast: the settings are checked before FastAPI and the app's modules are imported
+    (about 3 s of CPU; on a node at load 30 the refusal took more than this test's 60 s)."""
+    proc = _start_in_production(CRM_ADMIN_PASSWORD="s3cret-enough-pass")
+    assert proc.returncode != 0
+    assert "CRM_JWT_PUBLIC_KEYS_FILE must name the gateway's public keys" in proc.stderr
+    imported = _imported(proc.stderr)
+    assert "gateway.settings" in imported
+    assert not {"fastapi", "gateway.bootstrap", "crm_platform.app"} & imported
