@@ -370,7 +370,7 @@ async def test_crossing_the_threshold_emits_lead_qualified_exactly_once(
 
         await reader.wait_for(last_behaviour_seen, what="all six behaviour events")
         await eventually(lambda: _nothing_pending(leads), what="outbox drained")
-        await reader.poll()
+        await reader.read_to_end()  # all the drained outbox published, not one poll's worth
         handoffs = [e for e in reader.envelopes("lead.qualified") if e.partition_key == lead_id]
         assert len(handoffs) == 1, "handed to sales exactly once"
         outbox = await leads.runtime.db[OUTBOX].count_documents(

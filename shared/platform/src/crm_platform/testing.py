@@ -307,6 +307,23 @@ class TopicReader:
             self.records.extend(records)
         return self.records
 
+    async def read_to_end(self, *, timeout: float = 20.0) -> list[Any]:
+        """Every record on the topics as they end now (all that was published before this call,
+        e.g. once an outbox has drained), polling until the reader has passed each partition's end.
+
+        One ``poll`` gets what the consumer's fetches brought within 100 ms: under load a record
+        published already may not be among it (a single poll counted a handoff 0 times)."""
+        assert self._consumer is not None
+        consumer = self._consumer
+        ends = await consumer.end_offsets(sorted(consumer.assignment()))
+
+        async def passed() -> bool:
+            await self.poll()
+            return all([await consumer.position(tp) >= end for tp, end in ends.items()])
+
+        await eventually(passed, timeout=timeout, what=f"the end of {', '.join(self.topics)}")
+        return self.records
+
     def envelopes(self, event_type: str | None = None) -> list[Envelope]:
         out = []
         for r in self.records:
