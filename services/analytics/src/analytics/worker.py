@@ -81,6 +81,7 @@ from crm_platform.dead_letters import (
     dead_letter_headers,
     skips_replay,
 )
+from crm_platform.fetch_spill import spill_large_fetches
 from crm_platform.heap import freeze_startup_heap
 from crm_platform.kafka import ensure_topics, pace_empty_fetches, pace_fetches, pace_patiently
 from crm_platform.liveness import ConsumerWatchdog, PartitionTracker, WatchdogConfig, harden_aiokafka
@@ -131,6 +132,10 @@ ERASURES = "erasures"
 # Messages of a fetched batch folded between two yields to the event loop (and handed to the
 # confirmer together).
 FOLD_CHUNK = 500
+# Records handed over per poll (faust's ``broker_max_poll_records``; its default, none, handed a
+# replay's whole fetched backlog over at once: 300,000 events decoded together, the worker's
+# 865 MB peak; docs/performance.md, fifteenth session, memory). Folded FOLD_CHUNK at a time anyway.
+MAX_POLL_RECORDS = 10_000
 DEPARTMENT = "analytics"
 
 
@@ -177,6 +182,7 @@ def build_faust_app(settings: AnalyticsSettings) -> faust.App:
         topic_replication_factor=settings.topic_replication_factor or 1,
         topic_disable_leader=True,  # no on_leader timers: no leader-election topic
         consumer_auto_offset_reset="earliest",
+        broker_max_poll_records=MAX_POLL_RECORDS,
         # Static membership (CRM_CONSUMER_INSTANCE_ID): a restarted worker takes its
         # partitions back at once instead of waiting for its old self to be evicted.
         consumer_group_instance_id=settings.consumer_instance_id,
@@ -700,6 +706,8 @@ def pace_consumers(settings: AnalyticsSettings) -> None:
     pace_empty_fetches(settings.consumer_idle_backoff_ms)
     pace_fetches(settings.fetch_interval_ms)
     pace_patiently()
+    if settings.consumer_idle_backoff_ms > 0:  # the embedded broker: a partition's whole remainder per fetch
+        spill_large_fetches()
 
 
 def main() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
+from analytics import worker
 from analytics.settings import AnalyticsSettings
 from analytics.worker import pace_consumers
 from crm_platform import kafka as kafka_module
@@ -38,3 +41,35 @@ def test_a_fetch_that_brought_records_starts_the_next_half_a_second_later(
     pace_consumers(settings)
     assert kafka_module.wait_after_fetch(True, 0.01, 0) == pytest.approx(0.49)
     assert kafka_module.wait_after_fetch(True, 0.6, 0) == 0.0
+
+
+@pytest.mark.parametrize(("idle_backoff_ms", "spilled"), [(20, True), (0, False)])
+def test_the_worker_keeps_large_fetched_partitions_in_a_file_on_the_embedded_broker(
+    monkeypatch: pytest.MonkeyPatch, idle_backoff_ms: int, spilled: bool
+) -> None:
+    """The embedded broker sends a partition's whole remainder per fetch (a replay's whole log):
+    crm_platform.fetch_spill keeps it out of memory. Against Kafka (no idle backoff) nothing."""
+    for name in ("_empty_fetch_pause", "_fetch_interval", "_patient_process"):
+        monkeypatch.setattr(kafka_module, name, getattr(kafka_module, name))
+    calls: list[str] = []
+    monkeypatch.setattr(worker, "spill_large_fetches", lambda: calls.append("spill"))
+    settings = AnalyticsSettings(
+        KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9",
+        MONGODB_URI="mongodb://127.0.0.1:9",
+        CRM_CONSUMER_IDLE_BACKOFF_MS=idle_backoff_ms,
+    )
+    pace_consumers(settings)
+    assert (calls == ["spill"]) is spilled
+
+
+def test_a_poll_hands_over_a_bounded_number_of_records() -> None:
+    """faust's default (no bound) handed a replay's whole fetched log over in one poll: every
+    record decoded at once (the worker's peak; docs/performance.md, fifteenth session, memory)."""
+    settings = AnalyticsSettings(
+        KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9",
+        MONGODB_URI="mongodb://127.0.0.1:9",
+        CRM_ANALYTICS_APP_ID=f"crm-analytics-poll-{uuid.uuid4().hex[:8]}",
+    )
+    app = worker.build_faust_app(settings)
+    assert app.conf.broker_max_poll_records == worker.MAX_POLL_RECORDS
+    assert worker.FOLD_CHUNK <= worker.MAX_POLL_RECORDS <= 20_000
