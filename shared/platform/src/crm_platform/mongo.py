@@ -27,7 +27,7 @@ from pymongo.errors import OperationFailure
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
 
-from crm_platform import audit, cache, mongo_wire, shredding, tracing
+from crm_platform import audit, cache, shredding, tracing
 from crm_platform.batch import Batch
 from crm_platform.clock import simulated_now
 from crm_platform.deadline import request_db_deadline
@@ -62,7 +62,6 @@ def connect(uri: str, app_name: str, *, timeout_seconds: float | None = None) ->
     up too; the error becomes 503 + Retry-After at the HTTP edge. Whole transactions are
     bounded by the request's deadline in :meth:`Store.transaction`.
     """
-    mongo_wire.install()  # PyMongo's round trip without its three tasks each (crm_platform.mongo_wire)
     options: dict[str, Any] = {"serverSelectionTimeoutMS": 5000}
     if timeout_seconds is not None:
         ms = max(1, int(timeout_seconds * 1000))
