@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import fastapi.routing
 import httpx
 import pytest
 import pytest_asyncio
@@ -103,3 +104,18 @@ async def leads(leads_settings: ServiceSettings) -> AsyncIterator[Leads]:
     app = create_app(leads_settings)
     async with running_app(app) as client:
         yield Leads(app, client, app.state.runtime, leads_settings)
+
+
+@pytest.fixture
+def solved(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times FastAPI solved a request's dependencies (the lean routes,
+    leads.api.capture_route, answer without it)."""
+    calls: list[int] = []
+    original = fastapi.routing.solve_dependencies
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies", counting)
+    return calls

@@ -6,25 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import fastapi.routing
 import pytest
-from crm_platform.testing import auth_headers
+from crm_platform.testing import auth_headers, json_shape
 
 MARKETING = auth_headers(["marketing"], "mia")
-
-
-@pytest.fixture
-def solved(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many times FastAPI solved a request's dependencies."""
-    calls: list[int] = []
-    original = fastapi.routing.solve_dependencies
-
-    async def counting(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return await original(*args, **kwargs)
-
-    monkeypatch.setattr(fastapi.routing, "solve_dependencies", counting)
-    return calls
 
 
 def _body(leads: Any, **change: Any) -> dict[str, Any]:
@@ -62,18 +47,10 @@ async def test_the_answer_is_the_one_fastapi_gives(leads: Any, solved: list[int]
     full = await leads.client.post("/leads", content=raw, headers=headers)
     assert solved == [1]
     assert (lean.status_code, full.status_code) == (201, 201), full.text
-    assert _shape(lean.json()) == _shape(full.json())
+    assert json_shape(lean.json()) == json_shape(full.json())
     assert sorted(k for k in lean.headers if k not in ("date",)) == sorted(
         k for k in full.headers if k not in ("date",)
     )
-
-
-def _shape(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _shape(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_shape(v) for v in value]
-    return type(value).__name__
 
 
 @pytest.mark.parametrize(

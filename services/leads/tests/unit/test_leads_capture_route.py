@@ -18,16 +18,17 @@ from leads.settings import LeadsSettings
 BASE = OFFLINE_SETTINGS
 
 
-@pytest.fixture(scope="module")
-def capture() -> Any:
+def route_of(endpoint: Any) -> Any:
+    """The one route of a fresh leads app whose endpoint is ``endpoint``."""
     app = create_app(LeadsSettings.model_validate(BASE))
-    found = [
-        ctx
-        for ctx in iter_route_contexts(app.routes)
-        if getattr(ctx, "endpoint", None) is leads_api.capture_lead
-    ]
+    found = [ctx for ctx in iter_route_contexts(app.routes) if getattr(ctx, "endpoint", None) is endpoint]
     assert len(found) == 1
     return found[0]
+
+
+@pytest.fixture(scope="module")
+def capture() -> Any:
+    return route_of(leads_api.capture_lead)
 
 
 def test_the_capture_route_is_served_by_the_lean_handler(capture: Any) -> None:
@@ -50,14 +51,7 @@ def test_the_lean_handler_checks_the_routers_roles_then_the_routes(capture: Any)
 
 @pytest.fixture(scope="module")
 def behaviour() -> Any:
-    app = create_app(LeadsSettings.model_validate(BASE))
-    found = [
-        ctx
-        for ctx in iter_route_contexts(app.routes)
-        if getattr(ctx, "endpoint", None) is leads_api.record_behaviour
-    ]
-    assert len(found) == 1
-    return found[0]
+    return route_of(leads_api.record_behaviour)
 
 
 def test_the_single_behaviour_route_is_served_by_the_lean_handler(behaviour: Any) -> None:
