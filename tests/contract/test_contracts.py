@@ -173,6 +173,34 @@ def test_an_email_is_validated_once_and_exactly_as_pydantic_validates_it() -> No
             ours.validate_python("not-an-email")
 
 
+def test_a_sealed_events_stand_in_address_is_taken_as_it_is_not_remembered() -> None:
+    """A sealed event's stand-in (``sealed_email``, one per person) is valid and its own normalised
+    form, as ``email_validator`` says, and is not remembered: a consumer folding sealed events would
+    otherwise cycle the cache with addresses it never sees again. Near misses take the usual path."""
+    import os
+
+    from crm_contracts.email import EmailStr as CachedEmailStr
+    from crm_contracts.email import normalized_email
+    from crm_contracts.events.common import sealed_email
+    from pydantic import EmailStr, TypeAdapter
+    from pydantic.networks import validate_email
+
+    ours, theirs = TypeAdapter(CachedEmailStr), TypeAdapter(EmailStr)
+    stand_ins = [sealed_email(os.urandom(16).hex()) for _ in range(200)]
+    normalized_email.cache_clear()
+    for address in stand_ins:
+        assert ours.validate_python(address) == address == validate_email(address)[1]
+    assert normalized_email.cache_info().currsize == 0
+    near = [
+        "sealed-0123456789AB@sealed.example",
+        "sealed-0123456789a@sealed.example",
+        "Sealed-0123456789ab@Sealed.Example",
+    ]
+    for address in near:
+        assert ours.validate_python(address) == theirs.validate_python(address)
+    assert normalized_email.cache_info().currsize == len(near)
+
+
 class _CountingValidator:
     """Stands in for a model's validator, counting what is validated through it."""
 

@@ -34,6 +34,14 @@ _PLAIN = re.compile(
 )
 
 
+# The stand-in address a sealed event carries (``crm_contracts.events.common.sealed_email``):
+# plain, so ``email_validator`` returns it unchanged (a test holds it), and one per person, so a
+# consumer of sealed events (analytics folds every ``lead.captured``) never finds it among the
+# remembered addresses: it paid :func:`_plain` and the cache's miss for each, 2.3 us against
+# 0.2 for this match (docs/performance.md, "Sixteenth session, bulk").
+_SEALED_STAND_IN = re.compile(r"sealed-[0-9a-f]{12}@sealed\.example")
+
+
 def _plain(value: str) -> bool:
     """Whether ``value`` is an address ``email_validator`` accepts and returns unchanged, known
     without it: the lengths it checks, no ``--`` (IDNA's ``xn--``), no special-use domain."""
@@ -67,4 +75,6 @@ class EmailStr(_PydanticEmailStr):
 
     @classmethod
     def _validate(cls, input_value: str, /) -> str:
+        if _SEALED_STAND_IN.fullmatch(input_value) is not None:
+            return input_value  # a sealed event's stand-in: its own normalised form, not remembered
         return normalized_email(input_value)
