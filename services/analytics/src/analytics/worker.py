@@ -127,6 +127,7 @@ SOURCE_TOPICS: tuple[str, ...] = (
 # aiokafka's batch per changelog partition (faust's default is 16 KiB, about 40 facts).
 CHANGELOG_BATCH_BYTES = 512 * 1024
 CHANGELOG_LINGER_SECONDS = 0.01
+CHANGELOG_COMPRESSION = "zstd"
 # The erasure requests analytics confirmed (its database): one confirmation per request.
 ERASURES = "erasures"
 # Messages of a fetched batch folded between two yields to the event loop (and handed to the
@@ -195,6 +196,11 @@ def build_faust_app(settings: AnalyticsSettings) -> faust.App:
         # writes of many folds (a request per small batch cost a fifth of the worker's CPU
         # in socket writes); the confirmer waits for them anyway.
         producer_linger=CHANGELOG_LINGER_SECONDS,
+        # The changelog's batches (and the worker's dead letters and confirmations) in zstd, as
+        # the outbox relays send theirs: a fold's facts and record are JSON that packs several
+        # to one, and the embedded broker's CPU follows the bytes it keeps (uncompressed, the
+        # two changelogs held 330 bytes per folded lead, more than the lead's own event).
+        producer_compression_type=CHANGELOG_COMPRESSION,
     )
 
 
