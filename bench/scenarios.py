@@ -41,6 +41,7 @@ from crm_platform.devinfra.launcher import Platform
 from crm_platform.kafka import make_consumer, make_producer
 from crm_platform.kafka_security import aiokafka_security
 from crm_platform.outbox import RELAY_BATCH_BYTES, rfc3339, wire_record
+from crm_platform.pseudonym import email_hash
 from profiling import profiled
 from pymongo import AsyncMongoClient
 from system import RssSampler, cpu_ms_per_op, cpu_snapshot, mongo_top, peak_rss_mb, rss_mb, top_ms_per_op
@@ -238,7 +239,12 @@ def _sealed_pair(
         **issued,
         "event_id": str(uuid.uuid4()),
         "correlation_id": lead,
-        "payload": {**issued["payload"], "person_id": person_id, "key": shredding.encode_key(key)},
+        "payload": {
+            **issued["payload"],
+            "person_id": person_id,
+            "key": shredding.encode_key(key),
+            "email_hash": email_hash(email),  # v2: sales stores it with its copy of the key
+        },
     }
     sealed_handoff = {
         **handoff,

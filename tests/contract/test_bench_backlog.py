@@ -12,11 +12,12 @@ from pathlib import Path
 
 from crm_contracts import Envelope
 from crm_contracts.events.leads import LeadQualifiedV2
-from crm_contracts.events.person_keys import LeadPersonKeyIssuedV1
+from crm_contracts.events.person_keys import LeadPersonKeyIssuedV2
 from crm_contracts.registry import model_for
 from crm_contracts.topics import LEAD_QUALIFIED, LEADS_PERSON_KEYS
 from crm_platform import shredding
 from crm_platform.outbox import wire_record
+from crm_platform.pseudonym import email_hash
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
@@ -34,12 +35,13 @@ def test_a_sealed_backlog_pair_is_a_key_record_then_a_v2_handoff_it_opens() -> N
         envelopes.append(Envelope.model_validate_json(value))
         assert dict(headers)["correlation_id"] == b"bl-t-0"
     key_record, sealed = envelopes
-    assert (key_record.event_type, key_record.schema_version) == ("lead.person_key_issued", 1)
+    assert (key_record.event_type, key_record.schema_version) == ("lead.person_key_issued", 2)
     assert (sealed.event_type, sealed.schema_version) == ("lead.qualified", 2)
-    key_event = model_for(key_record.event_type, 1).model_validate(key_record.payload)
+    key_event = model_for(key_record.event_type, 2).model_validate(key_record.payload)
     event = model_for(sealed.event_type, 2).model_validate(sealed.payload)
     assert isinstance(event, LeadQualifiedV2)
-    assert isinstance(key_event, LeadPersonKeyIssuedV1)
+    assert isinstance(key_event, LeadPersonKeyIssuedV2)
+    assert key_event.email_hash == email_hash("p0@example.com")  # as leads' key records carry it
     assert event.sealed_contact is not None
     assert event.lead_id == "bl-t-0"
     assert event.contact.email.endswith("@sealed.example")

@@ -65,6 +65,8 @@ async def test_captured_and_qualified_events_are_sealed_and_the_key_opens_them(
             what="the lead's key on crm.leads.person-keys",
         )
         assert len(issued) == 1
+        # v2: the person's e-mail hash with the key, which sales stores with its copy
+        assert (issued[0].schema_version, issued[0].payload["email_hash"]) == (2, email_hash(email))
 
         opened = await opened_payload(leads.runtime.db, captured[0])
         assert (opened["email"], opened["name"]) == (email, NAME)

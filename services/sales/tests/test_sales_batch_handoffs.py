@@ -18,7 +18,7 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from crm_contracts import Envelope, envelope_for
 from crm_contracts.events.common import SealedPerson
-from crm_contracts.events.person_keys import LeadPersonKeyShreddedV1
+from crm_contracts.events.person_keys import LeadPersonKeyIssuedV1, LeadPersonKeyShreddedV1
 from crm_contracts.topics import LEAD_QUALIFIED, LEADS_PERSON_KEYS
 from crm_platform import consumer as consumer_module
 from crm_platform import shredding
@@ -85,9 +85,12 @@ async def _profiled(
     records: list[Any],
     tp: TopicPartition = TP,
     index_keys: Counter[tuple[str, str]] | None = None,
+    updates: Counter[str] | None = None,
 ) -> Counter[tuple[str, str]]:
     """Hand ``records`` to the consumer as one fetch; the operations inside transactions by
-    (operation, collection), and into ``index_keys`` the index keys they inserted."""
+    (operation, collection), into ``index_keys`` the index keys they inserted, and into
+    ``updates`` the update statements by collection (a bulk write's statements are profiled
+    without the transaction's number)."""
     db = sales.runtime.db
     await db.command({"profile": 2})
     try:
@@ -99,6 +102,9 @@ async def _profiled(
         ops[(op["op"], op["ns"].split(".", 1)[1])] += 1
         if index_keys is not None:
             index_keys[(op["op"], op["ns"].split(".", 1)[1])] += op.get("keysInserted", 0)
+    if updates is not None:
+        async for op in db["system.profile"].find({"op": "update"}):
+            updates[op["ns"].split(".", 1)[1]] += 1
     await db["system.profile"].drop()
     return ops
 
@@ -200,9 +206,10 @@ async def test_a_batch_of_key_records_is_stored_with_one_read_and_one_insert(
     assert consumer.outcomes == dict.fromkeys(range(8), "processed")
     assert ops[("query", shredding.KEYS)] == 1, "the batch's held keys in one query"
     assert ops[("insert", shredding.KEYS)] == 1, "the new keys in one insert"
-    # _id and by_person_id per held key; by_person_hash only once a hash is learned (an empty
-    # list was a key of its own, which the learning update then moved: two index writes)
-    assert index_keys[("insert", shredding.KEYS)] == 2 * 6, "no by_person_hash entry before a hash"
+    # _id, by_person_id and by_person_hash per held key: its v2 record's hash is stored with it
+    # (a v1 record has none: no by_person_hash entry until an opened event teaches it one; an
+    # empty list would be a key of its own, which the learning update then moves)
+    assert index_keys[("insert", shredding.KEYS)] == 3 * 6, "each key's hash indexed as it is stored"
     ids = [k.person_id for k in keys]
     held = {
         d["person_id"]: d async for d in sales.runtime.db[shredding.KEYS].find({"person_id": {"$in": ids}})
@@ -252,13 +259,20 @@ async def test_the_key_consumer_keeps_no_ledger_and_a_batch_delivered_again_chan
 async def test_a_batch_of_sealed_handoffs_reads_their_keys_in_one_query(
     sales: Sales, make_qualified: Any
 ) -> None:
-    """Each sealed handoff opens with its held key (the plaintext reaches the inbox) and the
-    holder learns whose key it is (the e-mail's hash, for erasure), for the whole batch with
-    one read of the keys and one write of what it learned."""
+    """Each sealed handoff opens with its held key (the plaintext reaches the inbox), for the
+    whole batch with one read of the keys; the holder knows whose key it is (the e-mail's hash,
+    for erasure) from the key record (v2), so opening writes nothing to the keys. With v1 key
+    records (no hash) it learns the hashes as it opens: one write for the batch."""
     await sales.set_roster(**{sales.uid("k1"): True})
+    await _sealed_batch(sales, make_qualified, with_hash=True)
+    await _sealed_batch(sales, make_qualified, with_hash=False)
+
+
+async def _sealed_batch(sales: Sales, make_qualified: Any, *, with_hash: bool) -> None:
     leads = [sales.uid("sealed-batch") for _ in range(8)]
     sealed = [shredding.sealed_event(make_qualified(lead), "leads") for lead in leads]
-    key_values = [envelope_for(k, source="leads", correlation_id="k").to_bytes() for _, [k] in sealed]
+    key_events = [k if with_hash else _v1(k) for _, [k] in sealed]
+    key_values = [envelope_for(k, source="leads", correlation_id="k").to_bytes() for k in key_events]
     key_consumer, _ = _consumer(sales, shredding.key_handlers())
     key_records = [_record(i, v, LEADS_PERSON_KEYS) for i, v in enumerate(key_values)]
     await key_consumer._handle_partition(TopicPartition(LEADS_PERSON_KEYS, 0), key_records, {})
@@ -268,16 +282,26 @@ async def test_a_batch_of_sealed_handoffs_reads_their_keys_in_one_query(
         for i, (lead, (h, _)) in enumerate(zip(leads, sealed, strict=True))
     ]
 
-    ops = await _profiled(sales, consumer, records)
+    updates: Counter[str] = Counter()
+    ops = await _profiled(sales, consumer, records, updates=updates)
 
     assert consumer.outcomes == dict.fromkeys(range(8), "processed")
     assert kafka.dead_letters == []
     assert ops[("query", shredding.KEYS)] == 1, "the batch's keys in one query"
+    if with_hash:
+        assert updates[shredding.KEYS] == 0, "every copy stored with its hash: nothing to learn"
+    else:
+        assert updates[shredding.KEYS] == 8, "v1 records: each hash learned as its handoff opens"
     for lead, (_, [key]) in zip(leads, sealed, strict=True):
         item = await sales.inbox_item(lead)
         assert item["handoff"]["contact"]["email"] == f"{lead}@example.com"
         held = await sales.runtime.db[shredding.KEYS].find_one({"person_id": key.person_id})
         assert held["person_hashes"] == [email_hash(f"{lead}@example.com")]
+
+
+def _v1(key: Any) -> LeadPersonKeyIssuedV1:
+    """``key`` as a v1 record (no e-mail hash), as leads sent them before the sixteenth session."""
+    return LeadPersonKeyIssuedV1(person_id=key.person_id, key=key.key, issued_at=key.issued_at)
 
 
 async def test_a_sealed_handoff_alone_waits_for_its_key_before_beginning_its_transaction(
@@ -412,6 +436,27 @@ async def test_a_sealed_handoff_opens_with_the_key_its_process_fetched_before_th
     assert "key" not in held
 
 
+async def test_an_erasure_finds_a_held_key_by_the_hash_its_record_carried_before_anything_opened(
+    sales: Sales, make_qualified: Any
+) -> None:
+    """A key record (v2) names the person's e-mail hash, which the copy is stored with: an
+    erasure request naming that hash shreds the copy although no handoff of the person has been
+    opened yet (with v1 records only an opened handoff taught the holder whose key it was)."""
+    lead = sales.uid("erase-unopened")
+    key = shredding.sealed_event(make_qualified(lead), "leads")[1][0]
+    keys, _ = _consumer(sales, shredding.key_handlers())
+    value = envelope_for(key, source="leads", correlation_id="keys").to_bytes()
+    await keys._handle_partition(
+        TopicPartition(LEADS_PERSON_KEYS, 0), [_record(0, value, LEADS_PERSON_KEYS)], {}
+    )
+    digest = email_hash(f"{lead}@example.com")
+
+    assert await sales.runtime.store.transaction(lambda tx: shredding.shred(tx, [digest])) == 1
+    held = await sales.runtime.db[shredding.KEYS].find_one({"_id": f"held:leads:{key.person_id}"})
+    assert held["shredded"] is True
+    assert "key" not in held
+
+
 async def test_an_erasure_before_the_fetched_key_is_stored_leaves_it_shredded(
     sales: Sales, make_qualified: Any
 ) -> None:
@@ -484,7 +529,8 @@ async def test_a_key_record_alone_is_stored_with_one_upsert_and_no_read(
     """A key record handled alone (the 25/s handoff's key: one record per fetch) is stored by
     one upsert that inserts it only when no copy is held, not a read of the held keys and an
     insert (fifteenth session, sales); a held key or a shredding marker is kept as it is."""
-    key = shredding.sealed_event(make_qualified(sales.uid("lone-key")), "leads")[1][0]
+    lead = sales.uid("lone-key")
+    key = shredding.sealed_event(make_qualified(lead), "leads")[1][0]
     shredded = LeadPersonKeyShreddedV1(person_id=key.person_id, shredded_at=key.issued_at)
     consumer, _ = _consumer(sales, shredding.key_handlers())
     tp = TopicPartition(LEADS_PERSON_KEYS, 0)
@@ -510,7 +556,7 @@ async def test_a_key_record_alone_is_stored_with_one_upsert_and_no_read(
     assert held is not None
     assert (held["owner"], held["person_id"]) == ("leads", key.person_id)
     assert bytes(held["key"]) == shredding.decode_key(key.key)
-    assert "person_hashes" not in held
+    assert held["person_hashes"] == [email_hash(f"{lead}@example.com")], "the hash its v2 record carries"
     await alone(key, 1)
     assert await db[shredding.KEYS].find_one({"_id": held_id}) == held, "a key held already is left as it is"
     await alone(shredded, 2)

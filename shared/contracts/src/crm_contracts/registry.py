@@ -62,8 +62,10 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     governance.ErasureRequestedV1,
     governance.ErasureCompletedV1,
     person_keys.LeadPersonKeyIssuedV1,
+    person_keys.LeadPersonKeyIssuedV2,
     person_keys.LeadPersonKeyShreddedV1,
     person_keys.SalesPersonKeyIssuedV1,
+    person_keys.SalesPersonKeyIssuedV2,
     person_keys.SalesPersonKeyShreddedV1,
 )
 

@@ -50,8 +50,10 @@ from crm_contracts.events.common import SEALED_NAME, Contact, SealedPerson, seal
 from crm_contracts.events.leads import LeadCapturedV2, LeadQualifiedV1, LeadQualifiedV2
 from crm_contracts.events.person_keys import (
     LeadPersonKeyIssuedV1,
+    LeadPersonKeyIssuedV2,
     LeadPersonKeyShreddedV1,
     SalesPersonKeyIssuedV1,
+    SalesPersonKeyIssuedV2,
     SalesPersonKeyShreddedV1,
 )
 from crm_contracts.events.sales import DealWonV2
@@ -73,9 +75,10 @@ Doc = dict[str, Any]
 KeyIssued = LeadPersonKeyIssuedV1 | SalesPersonKeyIssuedV1
 Handler = Callable[[Any, Any, Envelope], Awaitable[None]]
 
-_ISSUED: dict[str, type[LeadPersonKeyIssuedV1 | SalesPersonKeyIssuedV1]] = {
-    "leads": LeadPersonKeyIssuedV1,
-    "sales": SalesPersonKeyIssuedV1,
+# The key records an owner emits: v2, with the person's e-mail hash (holders still read v1).
+_ISSUED: dict[str, type[LeadPersonKeyIssuedV2 | SalesPersonKeyIssuedV2]] = {
+    "leads": LeadPersonKeyIssuedV2,
+    "sales": SalesPersonKeyIssuedV2,
 }
 # The key records' event types: erasure changes them in place in a waiting outbox row.
 KEY_RECORDS = frozenset(issued.event_type for issued in _ISSUED.values())
@@ -365,7 +368,14 @@ def sealed_event(event: Event, owner: str) -> tuple[Event, list[KeyIssued]]:
     for person in rule.people(payload):
         key, person_id = new_key(), os.urandom(16).hex()
         seals.append(_seal_wire(AESGCM(key), person_id, owner, person))
-        issued.append(_ISSUED[owner](person_id=person_id, key=encode_key(key), issued_at=utcnow()))
+        issued.append(
+            _ISSUED[owner](
+                person_id=person_id,
+                key=encode_key(key),
+                issued_at=utcnow(),
+                email_hash=email_hash(person.email),
+            )
+        )
     sealed = model_for(event.event_type, rule.sealed_version).model_validate(rule.apply(payload, seals))
     return sealed, issued
 
@@ -484,9 +494,12 @@ async def _share(db: Any, tx: Any, owner: str, keys: list[tuple[str, _Owned]], *
     if not fresh:
         return
     now = utcnow()
-    for n, k in enumerate(fresh.values()):
+    for n, (digest, k) in enumerate(fresh.items()):
         k.shared = True
-        record = _ISSUED[owner](person_id=k.person_id, key=encode_key(k.key), issued_at=now)
+        # With the person's hash: the holder's copy is stored with it (no update when it opens).
+        record = _ISSUED[owner](
+            person_id=k.person_id, key=encode_key(k.key), issued_at=now, email_hash=digest
+        )
         tx.emit(record, batched=True, before=before + n)
     ids = [_owned_id(owner, digest) for digest, k in fresh.items() if not k.marked]
     if ids:
@@ -522,6 +535,11 @@ async def _on_issued(tx: Any, event: LeadPersonKeyIssuedV1, envelope: Envelope) 
         # moves: three index writes per held key and its first hash instead of one.
         "received_at": utcnow(),
     }
+    digest = vars(event).get("email_hash")  # v2: the owner's hash of the person's e-mail
+    if digest:
+        # Stored with the key: the event it opens finds its hash known and writes nothing
+        # (a drained handoff's update of its held key; docs/performance.md, sixteenth session).
+        doc["person_hashes"] = [digest]
     batch = getattr(tx, "batch", None)
     if batch is None or len(batch.events) == 1:
         # A record alone (the 25/s handoff's key): one upsert that inserts the key only when
@@ -811,7 +829,10 @@ ZERO_KEY = encode_key(bytes(KEY_BYTES))
 
 def _zero_key(item: Doc) -> Doc:
     envelope = item["envelope"]
-    return {**item, "envelope": {**envelope, "payload": {**envelope["payload"], "key": ZERO_KEY}}}
+    payload = {**envelope["payload"], "key": ZERO_KEY}
+    if payload.get("email_hash") is not None:
+        payload["email_hash"] = None  # a zeroed key names no one
+    return {**item, "envelope": {**envelope, "payload": payload}}
 
 
 async def ensure_indexes(db: Any) -> None:

@@ -11,7 +11,7 @@ and the sealed fields left on the log are unreadable.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -21,6 +21,8 @@ from crm_contracts.envelope import Timestamp
 
 # Base64 of a 32-byte key.
 KEY_LENGTH = 44
+# A keyed hash (crm_platform.pseudonym.email_hash): SHA-256 as 64 lower-case hex digits.
+_HEX_DIGEST = r"^[0-9a-f]{64}$"
 
 
 class _PersonKeyIssued(Event):
@@ -30,6 +32,20 @@ class _PersonKeyIssued(Event):
 
     def partition_key(self) -> str:
         return self.person_id
+
+
+def _email_hash() -> Any:
+    """v2 of a key record: the keyed hash of the person's e-mail, which the owner looked the key
+    up by. A holder stores it with its copy, so that an erasure request (a hash) finds the copy
+    at once without the holder writing it into the copy when it first opens an event sealed with
+    the key (one update per handoff: docs/performance.md, "Sixteenth session, drain"). An erasure
+    request carries the same hash on the log: it names a person without being their data."""
+    return Field(
+        default=None,
+        pattern=_HEX_DIGEST,
+        description="HMAC-SHA256 (hex) of the person's normalised e-mail (the install's keyed hash); "
+        "null: the holder learns it when it opens an event sealed with the key",
+    )
 
 
 class _PersonKeyShredded(Event):
@@ -48,6 +64,14 @@ class LeadPersonKeyIssuedV1(_PersonKeyIssued):
     topic: ClassVar[str] = topics.LEADS_PERSON_KEYS
 
 
+class LeadPersonKeyIssuedV2(LeadPersonKeyIssuedV1):
+    """v1 with the person's e-mail hash: sales keeps it with its copy of the key."""
+
+    version: ClassVar[int] = 2
+
+    email_hash: str | None = _email_hash()
+
+
 class LeadPersonKeyShreddedV1(_PersonKeyShredded):
     """Marketing destroyed the person's key (erasure): holders delete their copy."""
 
@@ -63,6 +87,14 @@ class SalesPersonKeyIssuedV1(_PersonKeyIssued):
     event_type: ClassVar[str] = "sales.person_key_issued"
     version: ClassVar[int] = 1
     topic: ClassVar[str] = topics.SALES_PERSON_KEYS
+
+
+class SalesPersonKeyIssuedV2(SalesPersonKeyIssuedV1):
+    """v1 with the person's e-mail hash: customer success keeps it with its copy of the key."""
+
+    version: ClassVar[int] = 2
+
+    email_hash: str | None = _email_hash()
 
 
 class SalesPersonKeyShreddedV1(_PersonKeyShredded):
