@@ -15,10 +15,11 @@ from datetime import datetime, timedelta
 from typing import Any, TypeAlias
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from crm_contracts import Envelope, envelope_for, utcnow
 from crm_contracts.events.sales import LeadAssignedV1
 from crm_contracts.topics import SALES_EVENTS, dead_letter_topic
-from crm_platform.mongo import PROCESSED
 from crm_platform.testing import TopicReader, eventually, grant_for_test, produce_envelope, token_for
 from leads import store
 
@@ -36,14 +37,23 @@ def _assignment(lead_id: str, rep: str, at: datetime) -> Envelope:
 
 
 async def _assign(leads: Leads, env: Envelope) -> None:
-    """Produce the assignment and wait until marketing's consumer processed it."""
-    await produce_envelope(leads.settings.kafka_bootstrap_servers, SALES_EVENTS, env)
-    db = leads.runtime.db
+    """Produce the assignment and wait until marketing's consumer processed it: its group's
+    committed offset is past the record (committed once its effect is stored; an assignment
+    keeps no ledger entry to look for, ``Subscription.unledgered``)."""
+    bootstrap = leads.settings.kafka_bootstrap_servers
+    sent = await produce_envelope(bootstrap, SALES_EVENTS, env)
+    tp = TopicPartition(SALES_EVENTS, sent.partition)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
 
-    async def processed() -> bool:
-        return await db[PROCESSED].find_one({"_id": str(env.event_id)}) is not None
+        async def processed() -> bool:
+            committed = (await admin.list_consumer_group_offsets(leads.settings.group_id)).get(tp)
+            return committed is not None and committed.offset > sent.offset
 
-    await eventually(processed, what=f"the assignment {env.event_id} processed")
+        await eventually(processed, what=f"the assignment {env.event_id} processed")
+    finally:
+        await admin.close()
 
 
 async def _rep_of(leads: Leads, lead_id: str) -> str | None:
@@ -126,7 +136,7 @@ async def test_reassignment_moves_the_lead_and_stale_or_repeated_copies_change_n
     # An older assignment arriving late (another copy of the first, under a new event id) ...
     await _assign(leads, _assignment(lead_id, rhea, at))
     assert await _rep_of(leads, lead_id) == rory
-    # ... and the very same first event again (the ledger drops it): still rory's.
+    # ... and the very same first event again (older than the stored one): still rory's.
     await produce_envelope(leads.settings.kafka_bootstrap_servers, SALES_EVENTS, original)
     # (the same partition, in order: once this later copy is processed, the repeat was handled)
     await _assign(leads, _assignment(lead_id, rory, at + timedelta(minutes=5)))

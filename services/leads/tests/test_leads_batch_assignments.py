@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from crm_contracts import Envelope, envelope_for, utcnow
-from crm_contracts.events.sales import LeadAssignedV1
+from crm_contracts.events.sales import LeadAssignedV1, LeadVerdictV1
 from crm_contracts.topics import SALES_EVENTS
 from crm_platform import audit
 from crm_platform.consumer import ConsumerConfig, EventConsumer, Outcome
@@ -195,3 +195,77 @@ async def test_an_assignment_writes_its_two_fields_not_the_whole_lead(
             ("assigned_at", None),
             ("assigned_rep", None),
         ], "the rep, not the index key derived from it (audit.derived_field)"
+
+
+async def test_an_assignment_keeps_no_ledger_entry_and_its_repeat_changes_nothing(leads: Leads) -> None:
+    """``sales.lead_assigned`` is handled without a processed-events ledger entry (its handler
+    is idempotent by the stored assignment's time, ``Lead.assign``): a batch of assignments and
+    a lone one insert nothing into the ledger and ask it nothing (an insert and its index entry
+    per handoff, and a query per batch, before), and the same records delivered again (a
+    redelivery after a crash before the offsets' commit) change no lead and write no second
+    audit entry. The verdicts on the same topic keep theirs (a handoff's repeat re-publishes
+    its receipt), and a handoff cannot be configured without one."""
+    sub = consumers.subscription(leads.app.state.uow)
+    assert leads.runtime.consumer is not None
+    assert leads.runtime.consumer.config.unledgered == {LeadAssignedV1.event_type}, "the runtime wires it"
+    tag = f"led{uuid.uuid4().hex[:8]}"
+    ids = [(await leads.capture(company=f"Firm {tag}"))["lead"]["id"] for _ in range(4)]
+    rep, at = f"rhea-{tag}", utcnow() - timedelta(minutes=3)
+    kafka = StandInKafka()
+    consumer = Recording(
+        ConsumerConfig(
+            service="leads",
+            group_id="leads-ledger-test",
+            topics=[SALES_EVENTS],
+            bootstrap="-",
+            unledgered=sub.unledgered,
+        ),
+        leads.runtime.store,
+        sub.handlers,
+    )
+    consumer.outcomes = {}
+    consumer.consumer = consumer.producer = kafka
+    db = leads.runtime.db
+    envs = [_assignment(lead_id, rep, at) for lead_id in ids]
+    batch = [_record(i, e) for i, e in enumerate(envs[:3])]
+    lone = [_record(3, envs[3])]
+
+    await db.command({"profile": 2})
+    try:
+        await consumer._handle_partition(TP, batch, {})
+        await consumer._handle_partition(TP, lone, {})  # one record: its own transaction
+    finally:
+        await db.command({"profile": 0})
+    ledger_ops = await db["system.profile"].count_documents({"ns": f"{db.name}.processed_events"})
+    await db["system.profile"].drop()
+    event_ids = [str(e.event_id) for e in envs]
+    assert consumer.outcomes == dict.fromkeys(range(4), "processed")
+    assert await db["processed_events"].count_documents({"_id": {"$in": event_ids}}) == 0
+    assert ledger_ops == 0, "no ledger insert, and no lookup of a batch whose events keep none"
+    after_first = {d["_id"]: d async for d in db[repo.LEADS].find({"_id": {"$in": ids}})}
+    assert {d["assigned_rep"] for d in after_first.values()} == {rep}
+    entries = await db["audit_log"].count_documents({"record.id": {"$in": ids}, "action": "update"})
+    assert entries == 2, "the batch's entry and the lone assignment's"
+
+    consumer.outcomes = {}
+    await consumer._handle_partition(TP, batch, {})  # delivered again
+    await consumer._handle_partition(TP, lone, {})
+    assert consumer.outcomes == dict.fromkeys(range(4), "processed")
+    assert kafka.dead_letters == []
+    assert {d["_id"]: d async for d in db[repo.LEADS].find({"_id": {"$in": ids}})} == after_first
+    assert await db["audit_log"].count_documents({"record.id": {"$in": ids}, "action": "update"}) == entries
+    assert await db["processed_events"].count_documents({"_id": {"$in": event_ids}}) == 0
+
+    assert LeadVerdictV1.event_type not in sub.unledgered, "a verdict is a handoff: it keeps its entry"
+    with pytest.raises(ValueError, match="ledger"):
+        EventConsumer(
+            ConsumerConfig(
+                service="leads",
+                group_id="leads-ledger-test",
+                topics=[SALES_EVENTS],
+                bootstrap="-",
+                unledgered=frozenset({LeadVerdictV1.event_type}),
+            ),
+            leads.runtime.store,
+            sub.handlers,
+        )

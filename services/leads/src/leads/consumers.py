@@ -30,4 +30,7 @@ def subscription(uow: MongoUnitOfWork[LeadsUnit], erasure_targets: tuple[Target,
         },
         department=DEPARTMENT,
         erasure_targets=erasure_targets,  # erasure requests: the platform's handler erases these
+        # An assignment as old as the stored one or older changes nothing (Lead.assign): a
+        # repeat needs no ledger entry to be harmless (one insert fewer per handoff).
+        unledgered=frozenset({LeadAssignedV1.event_type}),
     )

@@ -107,6 +107,13 @@ class ConsumerConfig:
     # held, a shredding is an upsert of the marker). One insert and its index entry fewer per
     # sealed handoff in a key holder (docs/performance.md, thirteenth session, handoff).
     ledger: bool = True
+    # Event types whose handler is idempotent by its own write (a repeat changes nothing, in
+    # any order) and that are no handoff (a repeated handoff's receipt is published again from
+    # the ledger's verdict): no ledger entry and no ledger lookup for them, the consumer's other
+    # events keep theirs. Leads' ``sales.lead_assigned`` (an assignment as old as the stored one
+    # or older is ignored): one insert and its index entry fewer per handoff in leads
+    # (docs/performance.md, sixteenth session, handoff).
+    unledgered: frozenset[str] = frozenset()
     # No one waits on this consumer's records within a second (the gateway's erasure
     # confirmations): once idle it takes the patient pause (crm_platform.kafka.be_patient).
     # Never for a consumer on a handoff's path (a department's, the person keys').
@@ -164,6 +171,8 @@ class EventConsumer:
         after_store: AfterStore | None = None,
         on_classified: OnClassified | None = None,
     ) -> None:
+        if handoffs := sorted(config.unledgered & HANDOFF_BY_EVENT_TYPE.keys()):
+            raise ValueError(f"a handoff keeps its ledger entry (its repeat's receipt): {handoffs}")
         self.config = config
         self.store = store
         self.handlers = handlers
@@ -380,7 +389,7 @@ class EventConsumer:
         """
         if group:
             # One record alone: its own transaction's ledger insert finds a repeat at no extra cost.
-            seen = await self._already_seen(group) if len(group) > 1 and self.config.ledger else set()
+            seen = await self._already_seen(group) if len(group) > 1 else set()
             for ready in (r for r in group if str(r.envelope.event_id) in seen):
                 await self.on_outcome(ready.record, await self._duplicate(ready))
             fresh = [r for r in group if str(r.envelope.event_id) not in seen]
@@ -390,6 +399,10 @@ class EventConsumer:
         if ignored_through > offsets.get(tp, 0):
             offsets[tp] = ignored_through
         return True
+
+    def _ledgered(self, envelope: Envelope) -> bool:
+        """Whether this event has a processed-events ledger entry (``ConsumerConfig.unledgered``)."""
+        return self.config.ledger and envelope.event_type not in self.config.unledgered
 
     async def _duplicate(self, ready: _Ready) -> Outcome:
         """The outcome of an event the ledger already holds (its receipt re-published)."""
@@ -407,7 +420,9 @@ class EventConsumer:
         Only a shortcut: if it fails, nothing is skipped, and the ledger's unique key still
         refuses a second effect inside the transaction.
         """
-        ids = [str(r.envelope.event_id) for r in group]
+        ids = [str(r.envelope.event_id) for r in group if self._ledgered(r.envelope)]
+        if not ids:
+            return set()
         try:
             cursor = self.store.db[PROCESSED].find({"_id": {"$in": ids}}, {"_id": 1})
             return {str(d["_id"]) async for d in cursor}
@@ -499,8 +514,8 @@ class EventConsumer:
             failing.clear()
             tx.batch = Batch([(r.event, r.envelope) for r in group])
             tx.batch_emits = True  # the group's receipts and events: one outbox row, in order
-            if self.config.ledger:
-                await tx.db[PROCESSED].insert_many([_ledger_doc(r) for r in group], session=tx.session)
+            if entries := [_ledger_doc(r) for r in group if self._ledgered(r.envelope)]:
+                await tx.db[PROCESSED].insert_many(entries, session=tx.session)
             for i, ready in enumerate(group):
                 tx.batch.position = i
                 try:
@@ -724,7 +739,7 @@ class EventConsumer:
             # Its receipt and events share one outbox row, as a group's do (a lone handoff's
             # receipt and assignment: one insert, relay mark and audit mark instead of two).
             tx.batch_emits = True
-            if self.config.ledger:
+            if self._ledgered(envelope):
                 await tx.db[PROCESSED].insert_one(_ledger_doc(ready), session=tx.session)
             at, journeys[envelope.correlation_id] = await self._run_handler(tx, ready)
             stored_at.append(at)

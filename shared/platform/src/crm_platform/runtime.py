@@ -62,6 +62,9 @@ class Subscription:
     # No one waits on these records within a second: the consumer is patient once idle
     # (crm_platform.consumer.ConsumerConfig.patient). Not for a department receiving handoffs.
     patient: bool = False
+    # Event types handled without a processed-events ledger entry: handlers idempotent by their
+    # own write, no handoff (crm_platform.consumer.ConsumerConfig.unledgered).
+    unledgered: frozenset[str] = frozenset()
 
 
 def _patch_aiokafka(idle_backoff_ms: int) -> None:
@@ -179,6 +182,7 @@ class ServiceRuntime:
                 key_wait_seconds=s.person_key_wait_seconds,
                 holds_keys=bool(shredding.key_topics(s.service_name)),
                 patient=sub.patient,
+                unledgered=sub.unledgered,
             ),
             self.store,
             self._with_policy(sub),
