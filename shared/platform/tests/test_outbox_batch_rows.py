@@ -14,7 +14,7 @@ import pytest
 from crm_contracts import envelope_for, utcnow
 from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason
 from crm_contracts.events.leads import LeadQualifiedV1, LeadStatusChangedV1
-from crm_platform import audit, erasure, metrics
+from crm_platform import audit, erasure, metrics, shredding
 from crm_platform.kafka import partition_for
 from crm_platform.mongo import (
     BATCH_EVENTS,
@@ -206,9 +206,10 @@ async def test_the_relay_publishes_the_batch_rows_committed_here_as_written_not_
     mongodb_uri: str,
 ) -> None:
     """A bulk path's batch row goes to this process's relay from memory (Store.committed_rows):
-    the relay does not read hundreds of events back right after writing them. A row handed
-    back to the relay (a field added) or holding key records is read from mongod, and a row
-    is taken from memory once."""
+    the relay does not read hundreds of events back right after writing them, nor a row of
+    person-key records (a tracker's batch of handoffs holds its keys). A row handed back to the
+    relay (a field added), or whose key records erasure zeroed meanwhile, is read from mongod,
+    and a row is taken from memory once."""
     client = connect(mongodb_uri, "outbox-batch-test")
     store = Store(client, f"t_outbox_{uuid.uuid4().hex[:8]}", "leads")
     relay = OutboxRelay(store.db, bootstrap="unused", service="leads", committed=store.committed_rows)
@@ -245,8 +246,35 @@ async def test_the_relay_publishes_the_batch_rows_committed_here_as_written_not_
             tx.emit(_qualified(leads[0], f"{leads[0]}@example.com"))
             tx.emit(_qualified(leads[1], f"{leads[1]}@example.com"))
 
+        await store.db[OUTBOX].update_many({}, {"$set": {"published": True}})  # the rows above: done
         await store.transaction(keyed)
-        assert len(store.committed_rows) == 0, "a row of key records is never kept: erasure zeroes keys in it"
+
+        async def keyed_again(tx: Tx) -> None:  # two other people: a second row of key records
+            tx.emit(_qualified(leads[2], f"{leads[2]}@example.com"))
+            tx.emit(_qualified(leads[0], f"other-{leads[0]}@example.com"))
+
+        await store.transaction(keyed_again)
+        assert len(store.committed_rows) == 2, "rows of key records kept as written"
+        waiting = {BATCH_EVENTS: {"$exists": True}, "published": False}
+        zeroed, kept = await store.db[OUTBOX].find(waiting).sort("_id", 1).to_list()
+        for row in (zeroed, kept):
+            await store.db[OUTBOX].update_one(
+                {"_id": row["_id"]}, {"$set": {f"{BATCH_EVENTS}.1.topic": "read-back"}}
+            )
+        erased = zeroed[BATCH_EVENTS][0]
+
+        async def erase(tx: Tx) -> None:  # what erasure does to a waiting row holding the key
+            await shredding._drop_key_rows(tx, erased["event_type"], erased["key"])
+
+        await store.transaction(erase)
+        taken = [row for row in await relay._pending_rows() if BATCH_EVENTS in row]
+        assert [row["_id"] for row in taken] == [zeroed["_id"], kept["_id"]]
+        assert shredding.KEYS_ZEROED in taken[0], "read back: erasure's change is in it"
+        assert taken[0][BATCH_EVENTS][0]["envelope"]["payload"]["key"] == shredding.ZERO_KEY
+        assert taken[0][BATCH_EVENTS][1]["topic"] == "read-back"
+        assert taken[1][BATCH_EVENTS] == kept[BATCH_EVENTS] != [], "as written, not read back"
+        assert taken[1][BATCH_EVENTS][1]["topic"] != "read-back"
+        assert taken[1][BATCH_EVENTS][0]["envelope"]["payload"]["key"] != shredding.ZERO_KEY
 
         async def refuse() -> None:
             raise RuntimeError("aborted just before the commit")

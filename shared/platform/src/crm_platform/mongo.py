@@ -447,10 +447,11 @@ class CommittedRows:
     commit lands, may look first); an attempt that does not commit takes its rows back, and
     the relay only looks for rows it read as pending. The stored row stays the truth: the
     relay takes a row from here only when its pending head has no field the written row
-    lacks (a row handed back to the relay has some), and each row once (a failed publish
-    reads it again). A row holding person-key records is never kept: erasure zeroes a key
-    inside a waiting row (crm_platform.shredding). At most ``limit`` events are kept (the
-    oldest rows go first).
+    lacks (a row handed back to the relay has some, and so has a row whose person-key records
+    erasure zeroed: ``crm_platform.shredding.KEYS_ZEROED``), and each row once (a failed
+    publish reads it again). A tracker's batch of handoffs, its keys in it, is not read back
+    (about 3.5 KB per handoff read and decoded again before; docs/performance.md, sixteenth
+    session, handoff). At most ``limit`` events are kept (the oldest rows go first).
 
     It also knows the ``_id`` of every row (batch or not) this process inserted lately
     (:meth:`woken_here`): the transaction that commits one wakes the relay itself
@@ -471,11 +472,7 @@ class CommittedRows:
             if "_id" in row:
                 self._ids[row["_id"]] = None
             items = row.get(BATCH_EVENTS)
-            if (
-                items is None
-                or "_id" not in row
-                or any(i["event_type"] in shredding.KEY_RECORDS for i in items)
-            ):
+            if items is None or "_id" not in row:
                 continue
             self._rows[row["_id"]] = row
             self._events += len(items)

@@ -811,7 +811,9 @@ async def _shred_held(tx: Any, wanted: list[str]) -> int:
 async def _drop_key_rows(tx: Any, event_type: str, person_id: str) -> None:
     """The outbox rows holding the key (published rows stay a week): its own row goes; its item
     in a batch row (``crm_platform.mongo.outbox_rows``) stays in place, its key zeroed (the
-    row's positions on the log stay aligned with its items, for the outbox audit)."""
+    row's positions on the log stay aligned with its items, for the outbox audit), and the row
+    says so (:data:`KEYS_ZEROED`): a relay holding the row as its process wrote it
+    (``crm_platform.mongo.CommittedRows``) sees a field it did not write and reads it back."""
     item = {"key": person_id, "event_type": event_type}
     await tx.db[OUTBOX].delete_many(item, session=tx.session)
     async for row in tx.db[OUTBOX].find({BATCH_EVENTS: {"$elemMatch": item}}, session=tx.session):
@@ -820,11 +822,13 @@ async def _drop_key_rows(tx: Any, event_type: str, person_id: str) -> None:
             for i in row[BATCH_EVENTS]
         ]
         await tx.db[OUTBOX].update_one(
-            {"_id": row["_id"]}, {"$set": {BATCH_EVENTS: items}}, session=tx.session
+            {"_id": row["_id"]}, {"$set": {BATCH_EVENTS: items, KEYS_ZEROED: utcnow()}}, session=tx.session
         )
 
 
 ZERO_KEY = encode_key(bytes(KEY_BYTES))
+# Set on a batch row whose key records erasure zeroed (when): never in a row as written.
+KEYS_ZEROED = "keys_zeroed_at"
 
 
 def _zero_key(item: Doc) -> Doc:
