@@ -21,9 +21,10 @@ partition.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -72,6 +73,67 @@ class DeadLetter(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+Lane = Callable[[TopicPartition, list[ConsumerRecord[Any, Any]]], Coroutine[Any, Any, None]]
+
+
+class _Lanes:
+    """The partitions being handled: one batch per partition at a time (``handle``, a task),
+    the partition's later records queued until it ends, then handled in order, at most
+    ``per_batch`` at a time. ``taken`` counts the records queued or being handled."""
+
+    def __init__(self, handle: Lane, per_batch: int, stopping: asyncio.Event) -> None:
+        self._handle = handle
+        self._per_batch = per_batch
+        self._stopping = stopping
+        self._tasks: dict[TopicPartition, asyncio.Task[None]] = {}
+        self._queued: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
+        self._room = asyncio.Event()
+        self.taken = 0
+        self.failure: BaseException | None = None
+
+    def add(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> None:
+        self.taken += len(records)
+        if tp in self._tasks or tp in self._queued:
+            self._queued.setdefault(tp, []).extend(records)
+        else:
+            self._start(tp, records)
+
+    def _start(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> None:
+        batch, rest = records[: self._per_batch], records[self._per_batch :]
+        if rest:
+            self._queued[tp] = rest
+        task = asyncio.create_task(self._handle(tp, batch))
+        self._tasks[tp] = task
+        task.add_done_callback(functools.partial(self._ended, tp, len(batch)))
+
+    def _ended(self, tp: TopicPartition, n: int, task: asyncio.Task[None]) -> None:
+        del self._tasks[tp]
+        self.taken -= n
+        self._room.set()
+        if not task.cancelled() and task.exception() is not None and self.failure is None:
+            self.failure = task.exception()
+        more = self._queued.pop(tp, None)
+        if more is None:
+            return
+        if task.cancelled() or self.failure is not None or self._stopping.is_set():
+            self.taken -= len(more)  # not handled, not committed: fetched again after a reconnect
+            return
+        self._start(tp, more)
+
+    async def wait_for_room(self) -> None:
+        self._room.clear()
+        await self._room.wait()
+
+    def cancel(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+
+    async def ended(self) -> None:
+        """Wait until no batch is being handled (a batch's end may start its partition's next)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
 
 @dataclass
@@ -254,37 +316,72 @@ class EventConsumer:
             pass
 
     async def _loop(self) -> None:
-        assert self.consumer is not None
-        while not self._stopping.is_set():
-            batches = await self._fetch()
-            if not batches:
-                continue
-            offsets: dict[TopicPartition, int] = {}
-            try:
-                # Partitions are independent: their records are handled concurrently,
-                # each partition's strictly in order, so one aggregate's events keep
-                # their order while database round trips overlap across aggregates.
-                await asyncio.gather(
-                    *(self._handle_partition(tp, records, offsets) for tp, records in batches.items())
-                )
-            finally:
-                # Every record up to these offsets reached its final outcome (effect
-                # stored or dead letter acked): commit them even if another partition
-                # failed, so a reconnect never handles (or dead-letters) them again.
-                if offsets:
-                    await self.consumer.commit(offsets)
+        """Fetch, and hand each fetched partition's records to a lane of its own (:class:`_Lanes`).
 
-    async def _fetch(self) -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
+        Partitions are independent: each partition's records are handled strictly in order,
+        one batch at a time, so one aggregate's events keep their order, while the loop goes
+        on fetching. A record never waits for another partition's transaction, commit or
+        offset commit to end, only for its own partition's earlier records: at 25 handoffs/s a
+        handoff fetched while another partition's batch was being handled waited for all of it
+        (most of the 25/s p99 above the p50; docs/performance.md, sixteenth session, latency).
+        Every fetched record is taken out of the client at once (records left in aiokafka's
+        buffer hold back its fetches of every other partition), the ones of a partition being
+        handled queued in its lane; each batch commits its partition's offsets as it ends. At
+        most ``max_fetch_records`` records are taken and not yet handled at a time, as one
+        fetch's worth was before.
+        """
+        assert self.consumer is not None
+        consumer = self.consumer
+        lanes = _Lanes(
+            lambda tp, records: self._handle_and_commit(consumer, tp, records),
+            self.config.max_records,
+            self._stopping,
+        )
+        try:
+            while not self._stopping.is_set() and lanes.failure is None:
+                room = self.config.max_fetch_records - lanes.taken
+                if room <= 0:
+                    await lanes.wait_for_room()
+                    continue
+                for tp, records in (await self._fetch(room)).items():
+                    lanes.add(tp, records)
+        except asyncio.CancelledError:
+            lanes.cancel()  # the loop itself is cancelled: nothing is left to wait for them
+            raise
+        finally:
+            # Otherwise every batch being handled reaches its end (a stop ends it between
+            # records; a failure elsewhere lets it finish) and commits what it stored before the
+            # loop returns or raises and the clients may be closed. Queued records were not
+            # committed: they come again after a reconnect.
+            await lanes.ended()
+        if lanes.failure is not None:
+            raise lanes.failure
+
+    async def _handle_and_commit(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]
+    ) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        try:
+            await self._handle_partition(tp, records, offsets)
+        finally:
+            # Every record up to this offset reached its final outcome (effect stored or dead
+            # letter acked): committed even if handling failed later in the partition, so a
+            # reconnect never handles (or dead-letters) them again.
+            if offsets:
+                await consumer.commit(offsets)
+
+    async def _fetch(self, room: int | None = None) -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
         """Wait for records, then take what the other partitions already hold.
 
         ``getmany`` fills its batch from one partition at a time; asking each
         other partition without waiting gives a batch that spans partitions, so
         they can be handled side by side, without adding latency when idle. At most
-        ``max_fetch_records`` in all; the partitions asked after the first take turns
+        ``room`` (``max_fetch_records``) in all; the partitions asked after the first take turns
         at coming first, so none waits behind the others while a backlog lasts.
         """
         assert self.consumer is not None
-        per_partition, room = self.config.max_records, self.config.max_fetch_records
+        per_partition = self.config.max_records
+        room = self.config.max_fetch_records if room is None else room
         batches = dict(await self.consumer.getmany(timeout_ms=200, max_records=min(per_partition, room)))
         if not batches:
             return batches
