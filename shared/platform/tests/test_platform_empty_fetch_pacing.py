@@ -205,18 +205,27 @@ async def test_records_fetched_by_a_department_end_the_key_consumers_patient_pau
     assert not kafka_module._patient_pauses
 
 
-async def test_the_key_consumers_records_end_no_other_pause_and_its_plain_pause_is_not_ended(
-    paced_round: Any,
+async def test_records_fetched_by_a_department_end_the_key_consumers_plain_pause_too(
+    paced_round: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Only the patient pause of a key consumer is ended by other consumers' records (while keys
-    flow it keeps its plain pause, as before), and its own records end nobody's."""
+    """While keys flow the key consumer is on its plain pause after each empty fetch: a
+    department's fetch that brings records ends that pause too, so the key sealed with them is
+    fetched beside them instead of up to a plain pause later (the handoff waiting for it)."""
+    monkeypatch.setattr(kafka_module, "_empty_fetch_pause", 3600.0)  # only an ending finishes it
     key_fetcher = _Fetching(False, _crm_patient=True, _crm_until_records=True)
     key_fetcher._crm_empty_streak = 0  # records a moment ago: the plain pause
     plain = asyncio.create_task(paced_round(key_fetcher))
     await asyncio.sleep(0)
     assert kafka_module._pauses
+    assert kafka_module._patient_pauses, "ended by other consumers' records"
+    assert await paced_round(_Fetching(True)) is True  # the department's fetch brings records
+    assert await asyncio.wait_for(plain, 10) is False  # an hour otherwise
     assert not kafka_module._patient_pauses
-    await asyncio.wait_for(plain, 10)  # 20 ms
+
+
+async def test_the_key_consumers_records_end_no_other_pause(paced_round: Any) -> None:
+    """The key consumer's own records end nobody's pause (another key consumer's included)."""
+    department = asyncio.create_task(paced_round(_Fetching(False)))
     idle = asyncio.create_task(paced_round(_Fetching(False, _crm_patient=True, _crm_until_records=True)))
     await asyncio.sleep(0)
     await paced_round(_Fetching(True, _crm_patient=True, _crm_until_records=True))
@@ -225,6 +234,7 @@ async def test_the_key_consumers_records_end_no_other_pause_and_its_plain_pause_
     assert not idle.done()
     kafka_module.hurry_fetches()
     await asyncio.wait_for(idle, 10)
+    await asyncio.wait_for(department, 10)
 
 
 async def test_be_patient_until_records_marks_the_client() -> None:

@@ -178,11 +178,15 @@ def be_patient(consumer: AIOKafkaConsumer, *, until_records: bool = False) -> AI
     record that arrives during a pause waits for its end. A fetch that brings records puts it
     back on the plain pause; :func:`hurry_fetches` ends its pause too.
 
-    ``until_records``: its patient pause also ends as soon as any other consumer of this process
-    fetches records (:func:`end_patient_pauses`). For the person keys' consumer: a key is
-    published with the event sealed with it (one outbox row, the key first), so while its
-    department's consumer finds nothing there is no key to fetch either, and when it fetches
-    records the key consumer fetches at once, not after its pause."""
+    ``until_records``: its pause after an empty fetch, the patient one or the plain one, also
+    ends as soon as any other consumer of this process fetches records
+    (:func:`end_patient_pauses`). For the person keys' consumer: a key is published with the
+    event sealed with it (one outbox row, the key first), so while its department's consumer
+    finds nothing there is no key to fetch either, and when it fetches records the key
+    consumer fetches at once, not after its pause: while keys flow (a key per handoff) a
+    handoff's key used to wait out the rest of the plain pause (up to 20 ms with the embedded
+    broker), and the handoff with it or in a person-key wait (docs/performance.md, sixteenth
+    session, latency)."""
     client = consumer._client  # the client its fetcher is given (aiokafka's Fetcher._client)
     client._crm_patient = True
     client._crm_until_records = until_records
@@ -248,8 +252,8 @@ def wait_after_fetch(
 
 # The pauses after empty fetches in progress in this process: ``hurry_fetches`` ends them.
 _pauses: set[asyncio.Future[None]] = set()
-# Those of them that are patient pauses of ``be_patient(..., until_records=True)`` consumers:
-# another consumer's fetch with records ends them (``end_patient_pauses``).
+# Those of them that are pauses of ``be_patient(..., until_records=True)`` consumers (plain or
+# patient): another consumer's fetch with records ends them (``end_patient_pauses``).
 _patient_pauses: set[asyncio.Future[None]] = set()
 
 
@@ -265,8 +269,8 @@ def hurry_fetches() -> None:
 
 
 def end_patient_pauses() -> None:
-    """A consumer of this process fetched records: end the patient pauses of the consumers that
-    wait for records elsewhere (``be_patient(..., until_records=True)``)."""
+    """A consumer of this process fetched records: end the pauses of the consumers that wait
+    for records elsewhere (``be_patient(..., until_records=True)``)."""
     for waiter in list(_patient_pauses):
         _end_pause(waiter)
     _patient_pauses.clear()
@@ -361,8 +365,9 @@ async def _paced_round(
         if has_data:
             await asyncio.sleep(wait)
         else:
-            patient_pause = until_records and wait >= PATIENT_IDLE_PAUSE_SECONDS
-            await pause_empty(wait, until_records=patient_pause)
+            # A key consumer's pause, plain or patient, ends when the department's records come:
+            # its key is on the broker with them (be_patient's ``until_records``).
+            await pause_empty(wait, until_records=until_records)
     except asyncio.CancelledError:
         return False, False  # closing: the fetcher cancels its tasks and moves on
     return has_data, True
