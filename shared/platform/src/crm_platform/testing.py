@@ -577,6 +577,27 @@ async def request_erasure(bootstrap: str, email: str) -> Envelope:
     return env
 
 
+def lead_qualified(lead_id: str = "lead-1", **changes: Any) -> Any:
+    """A ``lead.qualified`` v1 handoff as marketing sends it, with ``changes`` over its fields (tests)."""
+    from crm_contracts import utcnow
+    from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason
+    from crm_contracts.events.leads import LeadQualifiedV1
+
+    fields: dict[str, Any] = {
+        "lead_id": lead_id,
+        "contact": Contact(name="Ann", email="ann@example.com"),
+        "company": "Co",
+        "score": 50.0,
+        "threshold": 40.0,
+        "score_reasons": [ScoreReason(behaviour=Behaviour.TRIAL_SIGNUP, count=1, points=50.0)],
+        "source_channel": "web_form",
+        "behaviour_summary": {Behaviour.TRIAL_SIGNUP: 1},
+        "consent": Consent(marketing_email=True),
+        "qualified_at": utcnow(),
+    }
+    return LeadQualifiedV1(**{**fields, **changes})
+
+
 def action_item_raised(department: str, *, due: timedelta = timedelta(days=3)) -> Any:
     """An ``action_item.raised_for_<department>`` event as customer success sends it (tests)."""
     from crm_contracts import utcnow

@@ -1,0 +1,210 @@
+"""A valid record is read without the walk; every record gets the verdict the ordered checks give.
+
+``classify`` first tries to accept a record the way a valid one can be read (the same parse and
+contracts, the walk's bounds checked only where the payload's model lets a problem through);
+whatever that does not accept is judged by the ordered checks as before. The verdicts must be
+the same as the ordered checks' alone, for valid records and for every kind of bad one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from crm_contracts import envelope_for
+from crm_contracts.events.common import Contact, Money, SealedPerson
+from crm_contracts.events.leads import LeadCapturedV2, LeadQualifiedV2
+from crm_contracts.events.platform import HandoffReceivedV1
+from crm_contracts.events.sales import DealWonV1, Product
+from crm_platform import dead_letters
+from crm_platform.dead_letters import Accepted, Rejected, classify
+from crm_platform.testing import lead_qualified
+
+NOW = datetime(2026, 12, 6, 18, 0, tzinfo=UTC)
+AT = datetime(2026, 12, 6, 17, 0, tzinfo=UTC)
+
+
+def _docs() -> list[tuple[str, dict[str, Any]]]:
+    sealed = SealedPerson(person_id="p1", key_owner="leads", nonce="A" * 16, ciphertext="c2VhbGVk")
+    qualified = LeadQualifiedV2(**dict(lead_qualified(qualified_at=AT)), sealed_contact=sealed)
+    receipt = HandoffReceivedV1(
+        handoff="lead-qualified",
+        handoff_event_id="h1",
+        handoff_event_type="lead.qualified",
+        from_department="marketing",
+        to_department="sales",
+        occurred_at=AT,
+        stored_at=AT,
+        transport_latency_seconds=0.25,
+    )
+    captured = LeadCapturedV2.model_validate(
+        {
+            "lead_id": "lead-2",
+            "email": "ada@example.com",
+            "name": "Ada",
+            "company": "Acme",
+            "source_channel": "web",
+            "consent": {"marketing_email": True},
+            "merged": False,
+            "custom": {
+                "budget": {"type": "number", "value": 12.5},
+                "tier": {"type": "choice", "value": "gold"},
+            },
+        }
+    )
+    won = DealWonV1(
+        deal_id="d1",
+        account_name="Acme",
+        contacts=[Contact(name="Ada", email="ada@example.com")],
+        products=[Product(sku="p", name="P", quantity=1, unit_price=9.5)],
+        value=Money(amount=100.0),
+        commitments=[],
+        sales_owner="rep1",
+        won_at=AT,
+    )
+    out = []
+    for event, source in ((qualified, "leads"), (receipt, "sales"), (captured, "leads"), (won, "sales")):
+        envelope = envelope_for(event, source=source, correlation_id="c", occurred_at=AT)
+        out.append((event.topic, json.loads(envelope.to_bytes())))
+    return out
+
+
+def _ordered(raw: bytes | None, topic: str) -> Accepted | Rejected:
+    """The ordered checks alone (the verdicts before the one-pass read)."""
+    saved = dead_letters._accepted_at_once
+    dead_letters._accepted_at_once = lambda *_: None
+    try:
+        return classify(raw, topic=topic, now=NOW)
+    finally:
+        dead_letters._accepted_at_once = saved
+
+
+def _same(a: Accepted | Rejected, b: Accepted | Rejected) -> bool:
+    if isinstance(a, Rejected) or isinstance(b, Rejected):
+        return a == b
+    return (
+        repr(a) == repr(b)  # repr: a NaN read from a string is equal to itself here
+        and type(a.event) is type(b.event)
+        and a.envelope.model_fields_set == b.envelope.model_fields_set
+        and repr(a.envelope.payload) == repr(b.envelope.payload)
+    )
+
+
+# Raw JSON put in place of a value: numbers out of range, literals the parser refuses, deep nests.
+_RAW = [
+    "1e400",
+    "-1e309",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "9" * 400,
+    "9" * 5000,
+    "[" * 40 + "]" * 40,
+    '{"a":' * 40 + "1" + "}" * 40,
+    '[{"points": 1e400}]',
+    '{"type": "number", "value": 1e400}',
+]
+_VALUES: list[Any] = [None, [], {}, True, 0, -1, 1.5, "x", "", "inf", "NaN", "1e400", [1e300], {"x": 1}]
+
+
+def _paths(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [path] if path else []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out += _paths(value, (*path, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            out += _paths(value, (*path, i))
+    return out
+
+
+def _mutated(doc: dict[str, Any], rng: random.Random) -> bytes:
+    doc = json.loads(json.dumps(doc))
+    path = rng.choice(_paths(doc))
+    parent = doc
+    for step in path[:-1]:
+        parent = parent[step]
+    marker = "@@raw@@"
+    roll = rng.random()
+    raw_value = None
+    if roll < 0.45:
+        raw_value = rng.choice(_RAW)
+        parent[path[-1]] = marker
+    elif roll < 0.85:
+        parent[path[-1]] = rng.choice(_VALUES)
+    elif roll < 0.92 and isinstance(parent, dict) and path != ("event_id",):  # a fresh default each read
+        del parent[path[-1]]
+    elif isinstance(parent, dict):
+        parent["unexpected"] = 1
+    text = json.dumps(doc)
+    if raw_value is not None:
+        text = text.replace(json.dumps(marker), raw_value)
+    return text.encode()
+
+
+def test_valid_records_are_accepted_as_the_ordered_checks_accept_them() -> None:
+    for topic, doc in _docs():
+        raw = json.dumps(doc).encode()
+        outcome = classify(raw, topic=topic, now=NOW)
+        assert isinstance(outcome, Accepted), outcome
+        assert _same(outcome, _ordered(raw, topic))
+
+
+def test_a_valid_record_is_parsed_once_and_not_walked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Accepted in one pass: no second parse, and no walk over a payload whose model bounds it
+    (every value of every record was visited before)."""
+
+    def never(*_: Any) -> None:
+        pytest.fail("parsed a second time or walked")
+
+    monkeypatch.setattr(dead_letters, "_parsed", never)
+    monkeypatch.setattr(dead_letters, "_walk", never)
+    for topic, doc in _docs():
+        assert isinstance(classify(json.dumps(doc).encode(), topic=topic, now=NOW), Accepted)
+
+
+def test_every_mutated_record_gets_the_ordered_checks_verdict() -> None:
+    rng = random.Random(16)
+    reasons: set[str] = set()
+    accepted = 0
+    for topic, doc in _docs():
+        for _ in range(400):
+            raw = _mutated(doc, rng)
+            outcome = classify(raw, topic=topic, now=NOW)
+            expected = _ordered(raw, topic)
+            assert _same(outcome, expected), (raw, outcome, expected)
+            if isinstance(outcome, Rejected):
+                reasons.add(outcome.reason)
+            else:
+                accepted += 1
+    assert {"malformed", "too_deep", "schema_invalid", "wrong_source", "unknown_version"} <= reasons
+    assert accepted > 0, "some mutations keep a record valid (an optional value set to None, ...)"
+
+
+@pytest.mark.parametrize(
+    ("topic_index", "place", "raw_number"),
+    [
+        (0, ("payload", "score"), "1e400"),
+        (0, ("payload", "score_reasons", 0, "points"), "-1e309"),
+        (0, ("payload", "threshold"), "NaN"),
+        (1, ("payload", "transport_latency_seconds"), "Infinity"),
+        (2, ("payload", "custom", "budget", "value"), "1e400"),
+        (3, ("payload", "value", "amount"), "1e400"),
+    ],
+)
+def test_a_number_out_of_range_in_a_float_field_is_malformed(
+    topic_index: int, place: tuple[Any, ...], raw_number: str
+) -> None:
+    topic, doc = _docs()[topic_index]
+    parent: Any = doc
+    for step in place[:-1]:
+        parent = parent[step]
+    parent[place[-1]] = "@@n@@"
+    raw = json.dumps(doc).replace('"@@n@@"', raw_number).encode()
+    outcome = classify(raw, topic=topic, now=NOW)
+    assert isinstance(outcome, Rejected), outcome
+    assert outcome.reason == "malformed"
+    assert outcome == _ordered(raw, topic)
