@@ -103,9 +103,10 @@ async def test_a_failed_flush_fails_the_queued_ones_and_its_keys_are_written_nex
 
 
 def test_a_key_goes_to_the_partition_faust_and_aiokafka_give_it() -> None:
-    """The word-at-a-time murmur2 is Kafka's (aiokafka's per-byte one), and the writer's partition
-    of a key is what faust's ``key_partition`` (aiokafka's producer) gives: a key written before
-    this change lands in the same changelog partition, where compaction and recovery find it."""
+    """The word-at-a-time murmur2 and the many-keys-together one are Kafka's (aiokafka's per-byte
+    one), and the writer's partition of each key of a flush is what faust's ``key_partition``
+    (aiokafka's producer) gives: a key written before this change lands in the same changelog
+    partition, where compaction and recovery find it."""
     import os
     import random
     from types import SimpleNamespace
@@ -113,23 +114,31 @@ def test_a_key_goes_to_the_partition_faust_and_aiokafka_give_it() -> None:
     from aiokafka.partitioner import DefaultPartitioner
     from aiokafka.partitioner import murmur2 as aiokafka_murmur2
     from aiokafka.producer.producer import AIOKafkaProducer
-    from analytics.changelog import murmur2
+    from crm_platform.kafka import murmur2, murmur2_many
 
     rng = random.Random(7)
     for length in range(0, 70):
+        keys = []
         for _ in range(20):
             data = os.urandom(length) if rng.random() < 0.5 else f'"{uuid.uuid4()}"'.encode()[:length]
             assert murmur2(data) == aiokafka_murmur2(data), data
+            keys.append(data)
+        assert murmur2_many(keys) == [aiokafka_murmur2(k) for k in keys], length
+        assert murmur2_many(keys[:3]) == [aiokafka_murmur2(k) for k in keys[:3]]
+    mixed = [os.urandom(rng.randrange(0, 50)) for _ in range(3000)]
+    assert murmur2_many(mixed) == [aiokafka_murmur2(k) for k in mixed], "lengths mixed, order kept"
     partitions = {0, 1, 2, 3, 4, 5}
     metadata = SimpleNamespace(
         partitions_for_topic=lambda topic: partitions, available_partitions_for_topic=lambda topic: partitions
     )
     producer: Any = SimpleNamespace(_partitioner=DefaultPartitioner(), _metadata=metadata)
-    partition_of = make_worker().changelog._partitioner(producer, "t-changelog")
-    for n in range(2000):
-        key = f'"lead-{n}-{uuid.uuid4()}"'.encode()
-        faust_s = AIOKafkaProducer._partition(producer, "t-changelog", None, None, None, key, None)
-        assert partition_of(key) == faust_s
+    keys = [f'"lead-{n}-{uuid.uuid4()}"'.encode() for n in range(2000)] + [
+        f'"{uuid.uuid4()}"'.encode() for _ in range(500)
+    ]
+    faust_s = [
+        AIOKafkaProducer._partition(producer, "t-changelog", None, None, None, key, None) for key in keys
+    ]
+    assert make_worker().changelog._partitions(producer, "t-changelog", keys) == faust_s
 
 
 def test_a_table_get_is_one_lookup_in_the_store(monkeypatch) -> None:
