@@ -28,7 +28,8 @@ $BIN/python scripts/gen_asyncapi.py --check
 step "contracts: releasable against the last release (tag v*/release-*, else main)"
 $BIN/python -m crm_contracts.release_gate
 
-command -v promtool >/dev/null || echo "!! promtool is missing: the monitoring rule tests will FAIL (apt-get install prometheus)"
+step "OS packages the tests need (promtool, Chromium)"
+bash scripts/os_packages.sh
 
 export CRM_TEST_INFRA_HOME="$PWD/.local/test"
 export CRM_TEST_KAFKA_PORT=${CRM_TEST_KAFKA_PORT:-19192}

@@ -8,7 +8,7 @@
   series the services export;
 - every monitoring resource follows the one selector convention (deploy/README.md).
 
-promtool comes from the OS (Debian: ``apt-get install prometheus``; ``.ci/run`` installs it
+promtool comes from the OS (Debian: ``apt-get install prometheus``; ``make test`` installs it
 when missing). Missing, these tests FAIL with that instruction: they never skip.
 """
 
@@ -40,7 +40,7 @@ def promtool() -> str:
     if found is None:
         pytest.fail(
             "promtool is not installed: the alert and recording rule tests need it. "
-            "Install it with `sudo apt-get install prometheus` (Debian/Ubuntu; .ci/run does this when "
+            "Install it with `sudo apt-get install prometheus` (Debian/Ubuntu; make test does this when "
             "run as root) or put Prometheus' promtool on PATH."
         )
     return found

@@ -2,7 +2,7 @@
 
 In order: the path in ``CRM_CHROMIUM_PATH``; the system's Chromium
 (``/usr/bin/chromium``, or ``chromium`` / ``chromium-browser`` / ``google-chrome``
-on the PATH; Debian's package ``chromium``, which ``.ci/run`` installs when it runs
+on the PATH; Debian's package ``chromium``, which ``make test`` installs when it runs
 as root); Playwright's own download (``playwright install chromium``, where the
 network allows it). No browser is never a reason to skip: the tests fail with
 :data:`HOW_TO_GET_ONE`.
@@ -34,7 +34,7 @@ HOW_TO_GET_ONE = (
     "no Chromium for the console's browser tests. Get one of: "
     f"(1) set {ENV} to a Chromium/Chrome binary; "
     "(2) install the system's package (Debian/Ubuntu: `sudo apt-get install chromium`; "
-    "`.ci/run` does this itself when it runs as root); "
+    "`make test` does this itself when it runs as root); "
     "(3) `.venv/bin/playwright install chromium` (Playwright's own download, where reachable)."
 )
 
