@@ -171,19 +171,45 @@ def test_a_partitions_next_records_wait_for_its_batch_being_handled() -> None:
 
 
 def test_the_records_taken_and_not_yet_handled_stay_within_max_fetch_records() -> None:
-    consumer, kafka = Held(max_records=2, max_fetch_records=3), Kafka()
+    consumer, kafka = Held(max_records=2, max_fetch_records=5), Kafka()
 
     async def body() -> None:
         for tp in PARTITIONS:
             consumer.held[tp.partition] = asyncio.Event()
             kafka.add(tp, 2)
-        await _until(lambda: consumer.in_flight >= 3)
+        await _until(lambda: consumer.in_flight >= 4)
         await _turns()  # anything more the loop would take, it takes now
-        assert consumer.most_in_flight == 3
+        # 4 taken: the room left (1) is less than a batch (2), so the loop waits for room
+        assert consumer.most_in_flight == 4
         for release in consumer.held.values():
             release.set()
         await _until(lambda: all(any(c.get(tp) == 2 for c in kafka.committed) for tp in PARTITIONS))
-        assert consumer.most_in_flight <= 3
+        assert consumer.most_in_flight <= 5
+        begun = sorted(e for e in consumer.events if e[0] == "begin")
+        assert begun == [("begin", tp.partition, 0) for tp in PARTITIONS], (
+            "each partition whole, in one batch"
+        )
+
+    _running(consumer, kafka, body)
+
+
+def test_a_batch_produced_together_is_not_taken_in_pieces_when_the_bound_is_nearly_reached() -> None:
+    # A fetch with room for fewer records than a batch would take a partition's records produced
+    # together (one group-commit transaction, crm_platform.testing.produce_together) in pieces:
+    # seen as two transactions for one batch of won deals in the service desk's suite.
+    consumer, kafka = Held(max_records=5, max_fetch_records=6), Kafka()
+
+    async def body() -> None:
+        consumer.held[0] = asyncio.Event()
+        kafka.add(PARTITIONS[0], 2)
+        await _until(lambda: ("begin", 0, 0) in consumer.events)
+        kafka.add(PARTITIONS[1], 5)  # room for 4 while partition 0's 2 are being handled
+        await _turns()
+        assert not any(e[1] == 1 for e in consumer.events), "taken only when a whole batch fits"
+        consumer.held[0].set()
+        await _until(lambda: ("end", 1, 0) in consumer.events)
+        assert [e for e in consumer.events if e[1] == 1] == [("begin", 1, 0), ("end", 1, 0)]
+        assert {PARTITIONS[1]: 5} in kafka.committed
 
     _running(consumer, kafka, body)
 

@@ -328,7 +328,8 @@ class EventConsumer:
         buffer hold back its fetches of every other partition), the ones of a partition being
         handled queued in its lane; each batch commits its partition's offsets as it ends. At
         most ``max_fetch_records`` records are taken and not yet handled at a time, as one
-        fetch's worth was before.
+        fetch's worth was before, and the loop fetches only with room for a whole batch
+        (``max_records``): a fetch with less room would take a partition's batch in pieces.
         """
         assert self.consumer is not None
         consumer = self.consumer
@@ -337,10 +338,13 @@ class EventConsumer:
             self.config.max_records,
             self._stopping,
         )
+        full_batch = min(self.config.max_records, self.config.max_fetch_records)
         try:
             while not self._stopping.is_set() and lanes.failure is None:
                 room = self.config.max_fetch_records - lanes.taken
-                if room <= 0:
+                if room < full_batch:
+                    # A fetch with less room than a batch would split a partition's batch (a
+                    # record batch produced together, a group's one transaction) into pieces.
                     await lanes.wait_for_room()
                     continue
                 for tp, records in (await self._fetch(room)).items():
@@ -376,7 +380,8 @@ class EventConsumer:
         ``getmany`` fills its batch from one partition at a time; asking each
         other partition without waiting gives a batch that spans partitions, so
         they can be handled side by side, without adding latency when idle. At most
-        ``room`` (``max_fetch_records``) in all; the partitions asked after the first take turns
+        ``room`` (``max_fetch_records``) in all, another partition asked only while a whole
+        batch fits; the partitions asked after the first take turns
         at coming first, so none waits behind the others while a backlog lasts.
         """
         assert self.consumer is not None
@@ -389,8 +394,8 @@ class EventConsumer:
         others = sorted((tp for tp in self.consumer.assignment() if tp not in batches), key=_tp_order)
         self._turn = (self._turn + 1) % max(1, len(others))
         for tp in others[self._turn :] + others[: self._turn]:
-            if room <= 0:
-                break
+            if room < min(per_partition, self.config.max_fetch_records):
+                break  # no room for a whole batch: the partition's records are taken later, whole
             extra = await self.consumer.getmany(tp, timeout_ms=0, max_records=min(per_partition, room))
             for got, records in extra.items():
                 batches[got] = records
