@@ -4,21 +4,33 @@ a second right after publishing them (finding none), and a third when the outbox
 stream reported the insert its own process had committed (and had woken it for already).
 Each read is a round trip on the service's loop and a query for mongod at 25 handoffs/s.
 
-Against the real mongod and broker; the reads are counted, nothing is timed."""
+Against the real mongod and broker; the reads are counted, nothing is timed.
+
+The relay's marks (sixteenth session, relay marks): written beside its loop, not on it. A row
+committed while the relay wrote the previous rows' marks (a majority write, a journal wait)
+waited for them before its own read; now the next publish goes on, the rows being marked left
+out of its reads; a failed mark hands its rows back (published again, at least once); a row
+whose publish failed is not overtaken by its key's later rows. There the broker is a stand-in
+producer that records what it stores, in order, and fails a batch when told; the marks are
+held by a wrapper around the outbox's ``bulk_write``."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from crm_contracts import envelope_for
 from crm_contracts.events.leads import LeadStatusChangedV1
+from crm_platform.kafka import partition_for
 from crm_platform.mongo import OUTBOX, CommittedRows, Store, Tx, connect, outbox_doc
 from crm_platform.outbox import OutboxRelay
 from crm_platform.testing import eventually
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import AutoReconnect
 
 pytestmark = pytest.mark.integration
 
@@ -92,3 +104,205 @@ def test_an_insert_is_this_processs_once_and_only_if_it_committed() -> None:
     rows.add([{"_id": 1}, {"_id": 2}, {"_id": 3}])  # the oldest past the limit forgotten
     rows.discard([{"_id": 3}])  # an attempt that did not commit
     assert [rows.woken_here(i) for i in (1, 2, 3, 2)] == [False, True, False, False]
+
+
+PARTITIONS = [0, 1, 2]
+
+
+class _Builder:
+    """A producer batch that keeps its records' event ids and keys."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str]] = []
+
+    def append(self, *, timestamp: Any, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> object:
+        self.records.append((dict(headers)["event_id"].decode(), key.decode()))
+        return object()  # it fits
+
+    def close(self) -> None:
+        pass
+
+
+class _Broker:
+    """The relay's producer: each batch stored (its records appended to ``stored``, in order)
+    unless it holds a key in ``fail_keys`` (then the batch fails, once per key)."""
+
+    def __init__(self) -> None:
+        self.stored: list[str] = []
+        self.keys: dict[str, str] = {}
+        self.fail_keys: set[str] = set()
+        self.offsets: dict[tuple[str, int], int] = {}
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(PARTITIONS)
+
+    def create_batch(self) -> _Builder:
+        return _Builder()
+
+    async def send_batch(self, builder: _Builder, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        failing = self.fail_keys & {key for _, key in builder.records}
+        if failing:
+            self.fail_keys -= failing
+            future.set_exception(RuntimeError(f"the broker did not store {sorted(failing)}"))
+            return future
+        base = self.offsets.get((topic, partition), 0)
+        self.offsets[(topic, partition)] = base + len(builder.records)
+        for event_id, key in builder.records:
+            self.stored.append(event_id)
+            self.keys[event_id] = key
+        future.set_result(SimpleNamespace(partition=partition, offset=base))
+        return future
+
+
+class _Marks:
+    """Holds the relay's mark writes (the outbox's ``bulk_write`` without a session): each
+    waits on a future in ``waiting`` until the test lets it write (``let_through``) or fail (``fail``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.waiting: list[asyncio.Future[None]] = []
+        self.holding = True
+        original = AsyncCollection.bulk_write
+
+        async def bulk_write(
+            collection: AsyncCollection[Any], requests: Any, *args: Any, **kwargs: Any
+        ) -> Any:
+            if collection.name == OUTBOX and kwargs.get("session") is None and self.holding:
+                gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self.waiting.append(gate)
+                await gate  # raises what the test set
+            return await original(collection, requests, *args, **kwargs)
+
+        monkeypatch.setattr(AsyncCollection, "bulk_write", bulk_write)
+
+    def fail(self, index: int) -> None:
+        self.waiting[index].set_exception(AutoReconnect("the mark's connection was lost"))
+
+    def let_through(self) -> None:
+        """Every held mark written, and the next ones not held."""
+        self.holding = False
+        for gate in self.waiting:
+            if not gate.done():
+                gate.set_result(None)
+
+
+@pytest.fixture
+async def relaying(store: Store, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[_Broker, _Marks]]:
+    """A relay running on ``store`` (woken by its commits) with a stand-in broker, its marks held."""
+    broker, marks = _Broker(), _Marks(monkeypatch)
+    relay = OutboxRelay(
+        store.db, bootstrap="unused", service="relay-marks-test", poll_seconds=3600,
+        committed=store.committed_rows,
+    )  # fmt: skip
+    relay.new_producer = lambda: broker  # type: ignore[method-assign]
+    store.on_commit(relay.notify)
+    running = asyncio.create_task(relay.run())
+    try:
+        yield broker, marks
+    finally:
+        marks.let_through()
+        await relay.stop()
+        await asyncio.wait_for(running, timeout=15)
+
+
+async def _emitted(store: Store, *leads: str) -> list[str]:
+    """One transaction's events (a row each), one per lead in order: their event ids."""
+    ids: list[str] = []
+
+    async def work(tx: Tx) -> None:
+        ids.clear()
+        for lead in leads:
+            event = LeadStatusChangedV1(lead_id=lead, status="nurturing", source_channel="web")
+            ids.append(str(tx.emit(event).event_id))
+
+    await store.transaction(work)
+    return ids
+
+
+async def _all_marked(store: Store, event_ids: list[str]) -> bool:
+    marked = await store.db[OUTBOX].count_documents({"event_id": {"$in": event_ids}, "published": True})
+    return marked == len(event_ids)
+
+
+async def _first_held(store: Store, marks: _Marks, key: str) -> str:
+    """A first row of ``key`` committed, published, its mark held: its event id."""
+    [first] = await _emitted(store, key)
+    await eventually(lambda: _true(len(marks.waiting) == 1), what="the first row's mark held")
+    return first
+
+
+async def test_the_next_row_is_published_while_the_previous_rows_marks_are_written(
+    store: Store, relaying: tuple[_Broker, _Marks]
+) -> None:
+    """Without the marks in a task, the relay sits in the first mark's write and the second
+    row, of the same key, waits for it; with them, each row is published once (the row being
+    marked is not read again), in order, and at most two marks are in flight."""
+    broker, marks = relaying
+    first = await _first_held(store, marks, "lead-a")
+    assert broker.stored == [first]
+    [second] = await _emitted(store, "lead-a")
+    await eventually(lambda: _true(second in broker.stored), what="the next row published during the mark")
+    await eventually(lambda: _true(len(marks.waiting) == 2), what="its mark held too")
+    [third] = await _emitted(store, "lead-a")
+    await eventually(lambda: _true(third in broker.stored), what="a third row published")
+    assert broker.stored == [first, second, third], "each row once, in order"
+    assert len(marks.waiting) == 2, "the third mark waits: two in flight at most"
+    assert not await store.db[OUTBOX].count_documents({"published": True})
+    marks.let_through()
+    await eventually(lambda: _all_marked(store, [first, second, third]), what="every row marked")
+    assert broker.stored == [first, second, third]
+
+
+async def test_a_failed_mark_hands_its_rows_back_to_be_published_again(
+    store: Store, relaying: tuple[_Broker, _Marks]
+) -> None:
+    """At least once: the rows of a mark that failed are pending in mongod and read again,
+    published again (after the later row published meanwhile; consumers drop the repeat by
+    event id), and marked; the later row, marked, is not published again."""
+    broker, marks = relaying
+    first = await _first_held(store, marks, "lead-a")
+    [second] = await _emitted(store, "lead-a")
+    await eventually(lambda: _true(len(marks.waiting) == 2), what="the second row's mark held")
+    marks.fail(0)
+    await eventually(lambda: _true(broker.stored.count(first) == 2), what="the first row published again")
+    marks.let_through()
+    await eventually(lambda: _all_marked(store, [first, second]), what="both rows marked")
+    assert broker.stored == [first, second, first]
+
+
+async def test_a_row_whose_publish_failed_is_not_overtaken_while_marks_are_in_flight(
+    store: Store, relaying: tuple[_Broker, _Marks]
+) -> None:
+    """Order per key: with the first row's mark in flight, the next row of its key fails at the
+    broker; neither that row nor the rows read after it are marked, and the key's later row is
+    published only after it. Every row ends marked; each key's rows first stored in order."""
+    broker, marks = relaying
+    key = "lead-a"
+    partition = partition_for(key.encode(), PARTITIONS, PARTITIONS)
+    other = next(  # a key of another partition: its batch is stored when key's fails
+        lead for lead in (f"lead-{n}" for n in range(100))
+        if partition_for(lead.encode(), PARTITIONS, PARTITIONS) != partition
+    )  # fmt: skip
+    first = await _first_held(store, marks, key)
+    broker.fail_keys = {key}
+    second, beside = await _emitted(store, key, other)  # one read: key's batch fails, other's is stored
+    [third] = await _emitted(store, key)  # committed while the failed row waits for its retry
+    await eventually(lambda: _true(second in broker.stored), what="the failed row published again")
+    marks.let_through()
+    rows = [first, second, beside, third]
+    await eventually(lambda: _all_marked(store, rows), what="every row marked")
+    assert broker.stored.count(first) == 1, "the row being marked is not read again"
+    firsts = list(dict.fromkeys(broker.stored))
+    assert [e for e in firsts if broker.keys[e] == key] == [first, second, third]
+    assert broker.stored.index(beside) < broker.stored.index(second), "stored, not marked: after a failed row"
+    assert broker.stored.count(beside) == 2, "published again after the failed row"
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -6,9 +6,11 @@ in ``_id`` order (ObjectIds increase within a process, so one aggregate's events
 keep their order) with an idempotent producer and marks them published. If the
 broker is down, writes keep succeeding and the backlog drains when it returns.
 Consumers deduplicate by event id, so a crash between publish and mark costs a
-duplicate delivery, never a lost event. Each row keeps the partition and offset the
-broker acknowledged; :mod:`crm_platform.outbox_audit` republishes the rows whose
-record the broker lost afterwards.
+duplicate delivery, never a lost event. The marks are written beside the relay's loop
+(:meth:`OutboxRelay._mark`): the next publish does not wait for them, and leaves the rows
+being marked out of its read; a mark that fails hands its rows back to be published again.
+Each row keeps the partition and offset the broker acknowledged;
+:mod:`crm_platform.outbox_audit` republishes the rows whose record the broker lost afterwards.
 
 With several replicas of a service, a lease in the database makes one relay the
 publisher at a time, so two relays never interleave one key's events.
@@ -41,6 +43,9 @@ from crm_platform.outbox_audit import AUDITED, LOG_CHECKS, LOG_OFFSET, LOG_PARTI
 log = logging.getLogger("crm.outbox")
 LEASE = "outbox_lease"
 LEASE_SECONDS = 10.0
+# How many writes of "published" marks may be in flight at once (OutboxRelay._mark): the
+# relay publishes the next rows while they are written, and waits when this many are.
+MARKS_IN_FLIGHT = 2
 # How long the outbox change stream's getMore waits on the server for a change (it answers at
 # once when one comes): one round trip per this many idle seconds, not per second; a stop
 # cancels the wait (docs/performance.md, fourteenth session, idle).
@@ -195,6 +200,7 @@ class OutboxRelay:
         batch_size: int = 500,
         committed: CommittedRows | None = None,
         compression: str | None = "zstd",
+        marks_in_flight: int = MARKS_IN_FLIGHT,
     ) -> None:
         self.db = db
         # The producer batches' codec: an import's lead.captured JSON packs 5 to 1 with zstd,
@@ -218,6 +224,12 @@ class OutboxRelay:
         # The last read of the pending rows took every row it found (fewer than a batch).
         self._drained = False
         self._watching: asyncio.Task[Any] | None = None  # watch_inserts' task, ended by stop()
+        # The writes of "published" marks in flight (_mark), the rows each marks, and those
+        # rows' ids: published already, left out of the next reads until marked or handed back.
+        self.marks_in_flight = max(1, marks_in_flight)
+        self._marking: dict[asyncio.Task[None], list[Any]] = {}
+        self._being_marked: set[Any] = set()
+        self._mark_error: Exception | None = None  # a failed mark's, raised in the loop (its backoff)
 
     def notify(self) -> None:
         """Wake the relay now (called after a transaction stored events)."""
@@ -231,6 +243,20 @@ class OutboxRelay:
             watching.cancel()  # its getMore waits on the server up to WATCH_AWAIT_SECONDS
 
     async def run(self) -> None:
+        try:
+            await self._publish_until_stopped()
+            await self._marks_written()  # a stop lets the marks in flight end
+        except asyncio.CancelledError:
+            # Abandoned: their rows stay pending in mongod, published again by whoever publishes.
+            for task in list(self._marking):
+                task.cancel()
+            self._marking.clear()
+            self._being_marked.clear()
+            raise
+        await self._close_producer()
+        await self._release_lease()
+
+    async def _publish_until_stopped(self) -> None:
         backoff = 0.5
         while not self._stopping.is_set():
             try:
@@ -262,16 +288,19 @@ class OutboxRelay:
                 await self._close_producer()
                 await self._idle(backoff)
                 backoff = min(backoff * 2, 5.0)
-        await self._close_producer()
-        await self._release_lease()
 
     async def publish_pending(self) -> int:
         """Publish one batch of pending events; returns how many were published.
 
         A batch row (``crm_platform.mongo.outbox_rows``) is published whole, its events in
-        order, and marked once, with every event's position (``log_positions``).
+        order, and marked once, with every event's position (``log_positions``). The marks are
+        written in a task (:meth:`_mark`); a mark written earlier that failed is raised here
+        (its rows are pending again), before anything else is read.
         """
         assert self.producer is not None
+        if self._mark_error is not None:
+            failed, self._mark_error = self._mark_error, None
+            raise failed
         docs = await self._pending_rows()
         if not docs:
             return 0
@@ -296,12 +325,49 @@ class OutboxRelay:
                 )
             )
         if marks:
-            await self.db[OUTBOX].bulk_write(marks, ordered=False)
-            counted(self.service, done)
+            await self._mark(marks, done)
         self.connected = True
         if error is not None:
             raise error
         return sum(len(row_items(d)) for d in done)
+
+    async def _mark(self, marks: list[UpdateOne], done: list[dict[str, Any]]) -> None:
+        """Write the published rows' marks in a task, not on the relay's loop: a majority write
+        (a journal wait, 4-5 ms) that a row committed meanwhile waited for before its own read
+        (docs/performance.md, sixteenth session, relay marks). Its rows are left out of the reads
+        until it ends: published once in the normal path; rows after them, of their keys too,
+        may be published, since these were. At most ``marks_in_flight`` at once: at the bound
+        this waits for one to end."""
+        while len(self._marking) >= self.marks_in_flight:
+            await asyncio.wait(list(self._marking), return_when=asyncio.FIRST_COMPLETED)
+        ids = [doc["_id"] for doc in done]
+        self._being_marked.update(ids)
+        task = asyncio.create_task(self._write_marks(marks, done, ids), name="outbox-marks")
+        self._marking[task] = ids
+
+    async def _write_marks(self, marks: list[UpdateOne], done: list[dict[str, Any]], ids: list[Any]) -> None:
+        """One :meth:`_mark` write. Failed (or cancelled by a stop that abandons it), its rows,
+        or those not marked, are pending in mongod: handed back to the relay's reads, published
+        again (at least once; consumers drop the repeat by event id), the relay woken for them."""
+        try:
+            await self.db[OUTBOX].bulk_write(marks, ordered=False)
+        except Exception as exc:
+            log.warning("outbox marks failed (%s); their %d rows are published again", exc, len(ids))
+            if self._mark_error is None:
+                self._mark_error = exc
+            self._wake.set()
+        else:
+            counted(self.service, done)
+        finally:
+            self._being_marked.difference_update(ids)
+            task = asyncio.current_task()
+            if task is not None:
+                self._marking.pop(task, None)
+
+    async def _marks_written(self) -> None:
+        """Wait for every mark in flight to end (written or failed)."""
+        while self._marking:
+            await asyncio.wait(list(self._marking))
 
     async def _pending_rows(self) -> list[dict[str, Any]]:
         """The oldest pending rows holding about ``batch_size`` events (at least one row).
@@ -311,7 +377,11 @@ class OutboxRelay:
         publish. Only the batch rows taken are then read with their events, but for those this
         process committed lately: they are published as written (``committed``).
         """
-        pending = self.db[OUTBOX].find({"published": False}, {BATCH_EVENTS: 0}).sort("_id", 1)
+        # Not the rows whose marks are being written (published already: _mark).
+        query: dict[str, Any] = {"published": False}
+        if self._being_marked:
+            query["_id"] = {"$nin": list(self._being_marked)}
+        pending = self.db[OUTBOX].find(query, {BATCH_EVENTS: 0}).sort("_id", 1)
         heads = await pending.limit(self.batch_size).to_list()
         taken: list[dict[str, Any]] = []
         events = 0
