@@ -184,6 +184,11 @@ class ConsumerConfig:
     # (the person keys': a key is published with the events sealed with it; kafka.be_patient).
     patient_until_records: bool = False
 
+    @property
+    def full_batch(self) -> int:
+        """The room a fetch needs: one partition's whole batch, within the bound on records taken."""
+        return min(self.max_records, self.max_fetch_records)
+
 
 @dataclass
 class Outcome:
@@ -338,11 +343,10 @@ class EventConsumer:
             self.config.max_records,
             self._stopping,
         )
-        full_batch = min(self.config.max_records, self.config.max_fetch_records)
         try:
             while not self._stopping.is_set() and lanes.failure is None:
                 room = self.config.max_fetch_records - lanes.taken
-                if room < full_batch:
+                if room < self.config.full_batch:
                     # A fetch with less room than a batch would split a partition's batch (a
                     # record batch produced together, a group's one transaction) into pieces.
                     await lanes.wait_for_room()
@@ -394,7 +398,7 @@ class EventConsumer:
         others = sorted((tp for tp in self.consumer.assignment() if tp not in batches), key=_tp_order)
         self._turn = (self._turn + 1) % max(1, len(others))
         for tp in others[self._turn :] + others[: self._turn]:
-            if room < min(per_partition, self.config.max_fetch_records):
+            if room < self.config.full_batch:
                 break  # no room for a whole batch: the partition's records are taken later, whole
             extra = await self.consumer.getmany(tp, timeout_ms=0, max_records=min(per_partition, room))
             for got, records in extra.items():
