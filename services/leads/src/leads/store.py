@@ -110,11 +110,15 @@ def list_keys(status: str, rep: str | None) -> list[str]:
 # ``listed*`` index of its order one status after the other, merged in order (MongoDB's
 # SORT_MERGE), so the orders below need no index of their own (one entry less per lead each).
 EVERY_STATUS = {"$in": [status_key(s) for s in sorted(s.value for s in LeadStatus)]}
-# The orders served that way: their values rarely tie beyond a batch (the leads of one bulk
-# request or import batch share their times), so a later page's range (``_from_cursor``) reads
-# little more than the page. ``score`` keeps its index: most leads tie at 0, and a page deep in
-# a tie would read the tie from its start in every status.
-STATUS_MERGED_ORDERS = frozenset({"created_at", "updated_at", "name"})
+# Every order of GET /leads is served that way. The time and name orders' values rarely tie
+# beyond a batch (the leads of one bulk request or import batch share their times), so a later
+# page's range (``_from_cursor``) reads little more than the page. ``score`` ties (most leads
+# at 0): a later page asks each status's scan for its side of the cursor, the tie's ``_id``
+# included (``_each_status_after``), so a page deep in the tie reads about a page of keys, as
+# its own index ``by_score`` did (retired: mongod 6.0 checks every index of ``leads`` for each
+# lead a transaction updates, twice per handoff; seventeenth session, indexes).
+STATUS_MERGED_ORDERS = frozenset({"created_at", "updated_at", "name", "score"})
+TIED_ORDERS = frozenset({"score"})
 # Indexes an earlier version made that a declared one now serves (dropped at start-up):
 # ``by_updated`` (retention's ``updated_at`` range: ``by_updated_at`` serves it), the rep's and
 # the campaign's whole-collection indexes (now partial, under new names), and the orders that
@@ -139,6 +143,8 @@ RETIRED_INDEXES = (
     "assigned_updated_at",
     "assigned_score",
     "assigned_name",
+    # the score order's own index: ``listed_score`` serves it for every status
+    "by_score",
 )
 
 
@@ -158,9 +164,8 @@ async def ensure_indexes(db: Db) -> None:
         name="in_campaign",
         partialFilterExpression=IN_CAMPAIGN,
     )
-    # The orders that the status lists do not serve alone (STATUS_MERGED_ORDERS).
-    for sort in (s for s in LEAD_SORTS.values() if s.field not in STATUS_MERGED_ORDERS):
-        await db[LEADS].create_index([(sort.field, DESCENDING), ("_id", DESCENDING)], name=f"by_{sort.field}")
+    # Every order reads the status lists (STATUS_MERGED_ORDERS): no order has an index of its own.
+    assert {s.field for s in LEAD_SORTS.values()} <= STATUS_MERGED_ORDERS
     await _ensure_list_indexes(db)
     # ?q= : every word of the name, company and email (default_language none: names are not stemmed).
     await db[LEADS].create_index(
@@ -523,7 +528,7 @@ class LeadPage:
 @dataclass(frozen=True)
 class LeadQuery:
     """What GET /leads filters, searches and sorts on (a score range is read through the
-    ``score`` order's index, the campaign through ``in_campaign``, or the order's index)."""
+    ``listed_score`` index, the campaign through ``in_campaign``, or the order's index)."""
 
     status: str | None = None
     channel: str | None = None
@@ -552,6 +557,8 @@ class LeadQuery:
             query.update({"email": self.q.strip().lower()} if "@" in self.q else text_search(self.q))
         if cursor is not None:
             after = spec.after(cursor)
+            if query.get(LIST_KEYS) is EVERY_STATUS and spec.field in TIED_ORDERS:
+                return _each_status_after(query, after)
             query = (
                 {"$and": [query, *(_from_cursor(spec, cursor) if merged else []), after]} if query else after
             )
@@ -580,6 +587,23 @@ def _from_cursor(spec: Sort, cursor: str) -> list[Doc]:
     if value is None:
         return []
     return [{spec.field: {"$not": {"$gt": value}} if spec.descending else {"$gte": value}}]
+
+
+def _each_status_after(query: Doc, after: Doc) -> Doc:
+    """``query`` (every status's list) after a cursor, as one ``$or`` branch per status and side
+    of the cursor (``Sort.after``'s ties, and the values past it), each with the query's other
+    filters: every branch is one ``listed*`` scan bounded by its status, value and ``_id``, and
+    the server merges them in order (SORT_MERGE). The same filter as ``{"$and": [query, after]}``;
+    in that form the server bounds no scan by the tie's ``_id`` (it reads the tie from its start
+    in every status), and with the filters outside the branches it reads another index and sorts.
+    A ``$text`` search stays outside (its own index serves it)."""
+    rest = {k: v for k, v in query.items() if k not in (LIST_KEYS, "$text")}
+    branches = [
+        {"$and": [{LIST_KEYS: status}, *([rest] if rest else []), side]}
+        for status in EVERY_STATUS["$in"]
+        for side in after["$or"]
+    ]
+    return {**({"$text": query["$text"]} if "$text" in query else {}), "$or": branches}
 
 
 def find_leads(db: Db, query: LeadQuery, cursor: str | None = None) -> Any:
