@@ -172,9 +172,9 @@ async def _weighed_lists(cursor: Any) -> set[str]:
 
 async def test_a_reps_and_a_campaigns_queries_read_their_own_index_entries(leads: Leads) -> None:
     """A rep's leads are read through their rep's entries in the ``listed*`` index of the order
-    (the status lists and a rep's lists share those indexes); only leads with a campaign are in
-    ``in_campaign`` (a captured or imported lead maintains neither a rep's entry nor that index),
-    weighed for every query on a campaign and no other (searches aside: an address reads the
+    (the status lists and a rep's lists share those indexes); a channel's and a campaign's
+    through their entries in ``by_source`` (only leads with a campaign have one), weighed for
+    every query on a channel or a campaign and no other (searches aside: an address reads the
     unique email index, words the text index)."""
     await leads.capture()
     db = leads.runtime.store.db
@@ -186,7 +186,8 @@ async def test_a_reps_and_a_campaigns_queries_read_their_own_index_entries(leads
         rep = f'["{store.rep_key(query.rep)}", "{store.rep_key(query.rep)}"]' if query.rep else None
         assert (rep in lists) == (query.rep is not None), (query, lists)
         assert name in plans or query.rep is None, (query, plans)
-        assert ("in_campaign" in plans) == (query.campaign is not None), (query, plans)
+        sourced = query.campaign is not None or query.channel is not None
+        assert ("by_source" in plans) == sourced, (query, plans)
     export = db[store.LEADS].find({store.LIST_KEYS: {"$all": ["rep:rep-1", "status:new"]}})
     assert "listed" in await _candidates(export.sort([("created_at", -1), ("_id", -1)]))
 
@@ -207,7 +208,7 @@ async def test_the_status_and_rep_indexes_are_retired_and_older_leads_get_their_
     names = {ix["name"] async for ix in await db[store.LEADS].list_indexes()}
     assert not names & set(store.RETIRED_INDEXES), names
     assert {"listed", "listed_updated_at", "listed_score", "listed_name"} <= names
-    assert len(names - {"by_person_hash"}) == 10, names
+    assert len(names - {"by_person_hash"}) == 9, names
     stored = {d["_id"]: d[store.LIST_KEYS] async for d in db[store.LEADS].find({"_id": {"$in": old}})}
     assert stored == {old[0]: ["status:new"], old[1]: ["status:new", f"rep:rep-{tag}"]}
 
@@ -280,6 +281,52 @@ async def test_the_score_order_reads_the_status_indexes_deep_in_its_tie(leads: L
     every = [d["_id"] async for d in db[store.LEADS].find(fair, {"_id": 1}).sort(spec.spec)]
     assert len(every) == 40
     assert [x["id"] for x in await _pages(leads, {"sort": "score", "channel": f"fair-{tag}"})] == every
+
+
+async def test_a_channel_and_a_campaign_are_read_through_one_index(leads: Leads) -> None:
+    """A lead's channel and campaign are its ``SOURCES``: ``by_source`` serves ?channel=,
+    ?campaign= and both, and the two indexes it replaces (``by_channel``, ``in_campaign``) are
+    retired at start-up after the leads an earlier version stored get their sources (mongod
+    6.0 checks every index of ``leads`` for each lead a transaction updates, twice per
+    handoff). A newest-first page reads its channel's or campaign's entries only, nothing sorted
+    in memory; a corrected campaign moves the lead to the other campaign's list."""
+    tag = uuid.uuid4().hex[:8]
+    db = leads.runtime.store.db
+    await db[store.LEADS].create_index(
+        [("origin_channel", 1), ("created_at", -1), ("_id", -1)], name="by_channel"
+    )
+    ids = [
+        (await leads.capture(leads.unique_email(tag), source_channel=f"expo-{tag}", campaign=campaign))[
+            "lead"
+        ]["id"]
+        for campaign in (f"spring-{tag}", f"spring-{tag}", None, f"autumn-{tag}")
+    ]
+    await db[store.LEADS].update_many(
+        {"_id": {"$in": ids[:2]}}, {"$unset": {store.SOURCES: ""}}
+    )  # stored earlier
+    await store.ensure_indexes(db)
+    names = {ix["name"] async for ix in await db[store.LEADS].list_indexes()}
+    assert "by_source" in names, names
+    assert not names & {"by_channel", "in_campaign"}, names
+    for params, expected in (
+        ({"channel": f"expo-{tag}"}, ids),
+        ({"campaign": f"spring-{tag}"}, ids[:2]),
+        ({"channel": f"expo-{tag}", "campaign": f"autumn-{tag}"}, ids[3:]),
+    ):
+        assert sorted(x["id"] for x in await _pages(leads, params)) == sorted(expected), params
+        query = store.LeadQuery(channel=params.get("channel"), campaign=params.get("campaign"), status="new")
+        explained = await store.find_leads(db, query).limit(3).explain()
+        plan, stats = (bson.decode(explained[k].raw) for k in ("queryPlanner", "executionStats"))
+        assert _index_names(plan["winningPlan"]) == {"by_source"}, (params, plan["winningPlan"])
+        assert "SORT" not in _stages(plan["winningPlan"]), (params, plan["winningPlan"])
+        assert stats["totalKeysExamined"] <= len(expected) + 1, (params, stats)
+    r = await leads.client.patch(f"/leads/{ids[0]}", json={"campaign": f"autumn-{tag}"}, headers=MARKETING)
+    assert r.status_code == 200, r.text
+    assert sorted(x["id"] for x in await _pages(leads, {"campaign": f"autumn-{tag}"})) == sorted(
+        [ids[0], ids[3]]
+    )
+    history = (await leads.client.get(f"/leads/{ids[0]}/history", headers=MARKETING)).json()["items"]
+    assert all(c["field"] != store.SOURCES for e in history for c in e.get("changes") or []), history
 
 
 async def test_a_lead_an_earlier_replica_saves_during_a_rolling_update_is_back_in_its_lists(

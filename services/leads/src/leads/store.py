@@ -80,10 +80,21 @@ IMPORT_MAPPINGS = imports_store.IMPORT_MAPPINGS
 DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index violation
 
 
-# A lead's fields that most leads leave empty (null): their indexes hold only the leads that have
-# a value (``$gte ""`` is every string, never null), so inserting a captured or imported lead
-# maintains none of them. A query's equality on a string implies the filter: the planner uses them.
-IN_CAMPAIGN = {"campaign": {"$gte": ""}}
+# Where a lead came from, one value each (``lead_to_doc``): its channel (``channel:<channel>``)
+# and, when it has one, its campaign (``campaign:<campaign>``). ONE index (``by_source``) serves
+# ?channel=, ?campaign= and both, where ``by_channel`` and the partial ``in_campaign`` were two
+# with the same entries per lead (``RETIRED_INDEXES``): mongod 6.0 checks every index of the
+# collection for each lead a transaction updates (seventeenth session, indexes).
+SOURCES = "sources"
+audit.derived_field(SOURCES)  # an index key, not a change anyone made: no history lists it
+
+
+def source_keys(channel: str | None, campaign: str | None) -> list[str]:
+    """The ``SOURCES`` entries of a channel and a campaign (a lead's; a query may name one)."""
+    named = (("channel", channel), ("campaign", campaign))
+    return [f"{kind}:{value}" for kind, value in named if value is not None]
+
+
 # The lists a lead is in, one value each (``lead_to_doc``): its status (``status:<status>``) and,
 # once assigned, its rep's book (``rep:<rep>``). One ``listed*`` index per order of GET /leads
 # over them serves both the lists by status and a rep's lists, where a status index and a rep
@@ -145,6 +156,9 @@ RETIRED_INDEXES = (
     "assigned_name",
     # the score order's own index: ``listed_score`` serves it for every status
     "by_score",
+    # the channel's and the campaign's: ``by_source`` serves both
+    "by_channel",
+    "in_campaign",
 )
 
 
@@ -156,13 +170,7 @@ async def ensure_indexes(db: Db) -> None:
     await db[LEADS].create_index("email", unique=True, name="email_unique")
     await db[BEHAVIOURS].create_index("recorded_at", name="by_recorded")
     await db[LEADS].create_index(
-        [("origin_channel", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
-        name="by_channel",
-    )
-    await db[LEADS].create_index(
-        [("campaign", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
-        name="in_campaign",
-        partialFilterExpression=IN_CAMPAIGN,
+        [(SOURCES, ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="by_source"
     )
     # Every order reads the status lists (STATUS_MERGED_ORDERS): no order has an index of its own.
     assert {s.field for s in LEAD_SORTS.values()} <= STATUS_MERGED_ORDERS
@@ -185,8 +193,8 @@ async def ensure_indexes(db: Db) -> None:
 async def _ensure_list_indexes(db: Db) -> None:
     """Every order of GET /leads and the export over the lists a lead is in (``LIST_KEYS``):
     by status, and a sales rep's leads (domain.access); ``listed_updated_at`` is also what
-    retention (RETENTION_RULES) looks expired leads up by. Leads stored before the lists had
-    them get theirs first; then the retired indexes go."""
+    retention (RETENTION_RULES) looks expired leads up by. Leads stored before the lists (or
+    their ``SOURCES``) had them get theirs first; then the retired indexes go."""
     for sort_field in ("created_at", *(s.field for s in LEAD_SORTS.values() if s.field != "created_at")):
         await db[LEADS].create_index(
             [(LIST_KEYS, ASCENDING), (sort_field, DESCENDING), ("_id", DESCENDING)],
@@ -207,7 +215,15 @@ async def fill_list_keys(db: Db) -> int:
     result = await db[LEADS].update_many(
         {LIST_KEYS: {"$exists": False}}, [{"$set": {LIST_KEYS: {"$concatArrays": [status, rep]}}}]
     )
-    return result.modified_count
+    # likewise the lead's SOURCES, found through ``by_source``'s entries for a missing field
+    campaign = {
+        "$cond": [{"$eq": [{"$type": "$campaign"}, "string"]}, [{"$concat": ["campaign:", "$campaign"]}], []]
+    }
+    channel = [{"$concat": ["channel:", "$origin_channel"]}]
+    sources = await db[LEADS].update_many(
+        {SOURCES: {"$exists": False}}, [{"$set": {SOURCES: {"$concatArrays": [channel, campaign]}}}]
+    )
+    return result.modified_count + sources.modified_count
 
 
 def list_keys_job(db: Db, every_seconds: float = 60.0) -> Callable[[], Coroutine[Any, Any, None]]:
@@ -311,6 +327,7 @@ def lead_to_doc(lead: Lead) -> Doc:
         "assigned_rep": lead.assigned_rep,
         "assigned_at": lead.assigned_at,
         LIST_KEYS: list_keys(lead.status.value, lead.assigned_rep),
+        SOURCES: source_keys(lead.origin_channel, lead.campaign),
     }
     if lead.custom:  # absent when none: a lead without custom fields costs nothing more
         doc["custom"] = dict(lead.custom)
@@ -528,7 +545,7 @@ class LeadPage:
 @dataclass(frozen=True)
 class LeadQuery:
     """What GET /leads filters, searches and sorts on (a score range is read through the
-    ``listed_score`` index, the campaign through ``in_campaign``, or the order's index)."""
+    ``listed_score`` index, the channel and campaign through ``by_source``, or the order's index)."""
 
     status: str | None = None
     channel: str | None = None
@@ -546,10 +563,8 @@ class LeadQuery:
         merged = self.status is None and spec.field in STATUS_MERGED_ORDERS
         if (lists := in_lists(self.status, self.rep, merged)) is not None:
             query[LIST_KEYS] = lists
-        if self.channel is not None:
-            query["origin_channel"] = self.channel
-        if self.campaign is not None:
-            query["campaign"] = self.campaign
+        if (sources := in_sources(self.channel, self.campaign)) is not None:
+            query[SOURCES] = sources
         if self.min_score is not None or self.max_score is not None:
             query["score"] = self._score_range()
         if self.q:
@@ -577,6 +592,14 @@ def in_lists(status: str | None, rep: str | None, every_status: bool) -> Doc | s
     if status is not None:
         return status_key(status)
     return EVERY_STATUS if every_status else None
+
+
+def in_sources(channel: str | None, campaign: str | None) -> Doc | str | None:
+    """What a query asks of ``SOURCES``: a channel, a campaign, both, or nothing."""
+    keys = source_keys(channel, campaign)
+    if not keys:
+        return None
+    return keys[0] if len(keys) == 1 else {"$all": keys}
 
 
 def _from_cursor(spec: Sort, cursor: str) -> list[Doc]:
@@ -904,7 +927,7 @@ async def export_leads(
     """Every lead the list route's filters select, newest first, from one cursor (the export)."""
     query: Doc = {LIST_KEYS: in_lists(status, rep, every_status=True)}  # listed, statuses merged
     if channel is not None:
-        query["origin_channel"] = channel
+        query[SOURCES] = source_keys(channel, None)[0]
     cursor = db[LEADS].find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).batch_size(1000)
     async for doc in cursor:
         yield lead_from_doc(doc)
