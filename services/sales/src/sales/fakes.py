@@ -7,8 +7,9 @@ forgets to save it changes nothing here either. Use with
 
 from __future__ import annotations
 
+import asyncio
 import copy
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
@@ -171,6 +172,9 @@ class FakeTeamRepository:
     async def take_turn(self) -> int:
         turn, self.turns.value = self.turns.value, self.turns.value + 1
         return turn
+
+    def turn_ahead(self) -> Awaitable[int] | None:
+        return asyncio.ensure_future(self.take_turn())
 
     async def replace_reps(self, reps: list[Rep]) -> None:
         self.reps = {r.user_id: r for r in reps}

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -94,6 +94,10 @@ class TeamRepository(Protocol):
 
     async def take_turn(self) -> int:
         """The next round-robin turn (taken outside the transaction: ``crm_platform.counters``)."""
+
+    def turn_ahead(self) -> Awaitable[int] | None:
+        """The next turn, its round trip started now, beside the transaction's own reads (None
+        where turns are not taken one at a time: a consumer's batch reserves them together)."""
 
     async def replace_reps(self, reps: list[Rep]) -> None: ...
 

@@ -21,8 +21,9 @@ side the API lists and shows with.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import datetime
@@ -588,6 +589,11 @@ class MongoTeamRepository:
             return [str(d["_id"]) for d in docs]
 
         return list(await self.cache.get("active_reps", load, cacheable=not self._wrote, since=self.tx.began))
+
+    def turn_ahead(self) -> Awaitable[int] | None:
+        if self.tx.batch is not None:
+            return None  # the batch's turns are reserved together (take_turn)
+        return asyncio.ensure_future(TURNS.take(self.tx.db))  # no session: its own connection
 
     async def take_turn(self) -> int:
         """The next turn; in a consumer's batch, from the turns the batch reserved together."""

@@ -146,6 +146,34 @@ async def test_an_older_resent_handoff_after_a_newer_one_changes_nothing_but_is_
     assert len(uow.unit.emitted(LeadAssignedV1)) == 1
 
 
+async def test_a_handoffs_round_robin_turn_is_started_before_the_leads_items_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The turn (its own round trip, outside the transaction) goes out beside the inbox read,
+    not after it: one round trip fewer before a lone handoff is stored (issue 12's p99). The
+    rotation is the same: rita, sam, rita."""
+    uow = make_uow("sam", "rita")
+    order: list[str] = []
+    team, inbox = uow.unit.team, uow.unit.inbox
+    turn_ahead, latest = team.turn_ahead, inbox.latest_for_lead
+
+    def recorded_turn() -> Any:
+        order.append("turn")
+        return turn_ahead()
+
+    async def recorded_read(lead_id: str) -> Any:
+        order.append("inbox read")
+        return await latest(lead_id)
+
+    monkeypatch.setattr(team, "turn_ahead", recorded_turn)
+    monkeypatch.setattr(inbox, "latest_for_lead", recorded_read)
+    for lead in ("l-1", "l-2", "l-3"):
+        await handoff(uow, lead)
+    assert order == ["turn", "inbox read"] * 3
+    assert [e.owner for e in uow.unit.emitted(LeadAssignedV1)] == ["rita", "sam", "rita"]
+    assert team.turns.value == 3
+
+
 # -- upsell.spotted and commitment.flagged ----------------------------------------------------
 
 
