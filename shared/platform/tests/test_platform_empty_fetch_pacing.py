@@ -323,3 +323,42 @@ async def test_the_fetch_routine_is_not_woken_five_times_a_second_for_nothing() 
         kafka_module.make_consumer(bootstrap_servers="127.0.0.1:9", consumer_timeout_ms=50)._consumer_timeout
         == 0.05
     )
+
+
+def test_a_consumers_own_interval_paces_its_fetches_that_bring_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``pace_records``' interval (a receipt listener's): after a fetch that brought records the
+    next one waits out the rest of it, the longer of it and the process's; a backlog's fetch at
+    most the backlog's interval; an empty fetch keeps its own pause."""
+    monkeypatch.setattr(kafka_module, "_empty_fetch_pause", 0.02)
+    monkeypatch.setattr(kafka_module, "_fetch_interval", 0.0)
+    assert kafka_module.wait_after_fetch(True, 0.01, 0, interval=0.5) == pytest.approx(0.49)
+    big = kafka_module.BACKLOG_FETCH_BYTES
+    assert kafka_module.wait_after_fetch(True, 0.01, 0, interval=0.5, fetched_bytes=big) == pytest.approx(
+        0.09
+    )
+    assert kafka_module.wait_after_fetch(False, 0.001, 1, interval=0.5) == pytest.approx(0.02)
+    monkeypatch.setattr(kafka_module, "_fetch_interval", 0.7)  # the process's is longer: kept
+    assert kafka_module.wait_after_fetch(True, 0.01, 0, interval=0.5) == pytest.approx(0.69)
+
+
+async def test_pace_records_marks_the_client_and_its_fetch_with_records_waits(
+    paced_round: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A paced consumer's fetch that brought records holds its fetch task for the interval (the
+    fetcher sends that broker nothing meanwhile: the records of that while wait for one fetch);
+    another consumer's fetch with records does not wait."""
+    consumer = kafka_module.make_consumer(bootstrap_servers="127.0.0.1:9")
+    assert kafka_module.pace_records(consumer, 3600.0) is consumer
+    assert consumer._client._crm_fetch_interval == 3600.0
+    paced = _Fetching(True, _crm_patient=True)
+    paced._client = consumer._client
+    paced._records = {}  # type: ignore[attr-defined]  # what the fetch buffered: nothing
+    held = asyncio.create_task(paced_round(paced))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not held.done(), "the next fetch waits for the interval"
+    assert await asyncio.wait_for(paced_round(_Fetching(True)), 10) is True  # unpaced: at once
+    held.cancel()
+    assert await asyncio.wait_for(held, 10) is False  # a closing fetcher's cancel ends the wait

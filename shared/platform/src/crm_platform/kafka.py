@@ -251,6 +251,22 @@ def be_patient(consumer: AIOKafkaConsumer, *, until_records: bool = False) -> AI
     return consumer
 
 
+def pace_records(consumer: AIOKafkaConsumer, seconds: float) -> AIOKafkaConsumer:
+    """Make a consumer (before it starts) whose records no one waits on within a second start a
+    fetch that brings records at most once per ``seconds``: the records that come meanwhile wait
+    on the broker for its next fetch. For a handoff's receipts, which come one per handoff while
+    traffic flows: each used to be a fetch of its own in every service's receipt listener (the
+    receipts topic is shared), and in the sending department a write of its mark and an offset
+    commit too, on the 20 ms plain pause; now a fetch, a write and a commit per interval
+    (docs/performance.md, seventeenth session, leads25). A backlog's fetch waits no longer than
+    ``BACKLOG_FETCH_INTERVAL`` (as :func:`pace_fetches`). Empty fetches keep their own pause."""
+    client = consumer._client  # the client its fetcher is given (aiokafka's Fetcher._client)
+    client._crm_fetch_interval = max(0.0, seconds)
+    if seconds > 0:
+        _pace_fetcher("crm_platform.kafka.pace_records (Fetcher._proc_fetch_request)")
+    return consumer
+
+
 def pace_empty_fetches(delay_ms: int) -> None:
     """Make every aiokafka consumer in this process wait ``delay_ms`` after an empty fetch.
 
@@ -296,12 +312,19 @@ def pace_fetches(interval_ms: int) -> None:
 
 
 def wait_after_fetch(
-    has_data: bool, elapsed: float, empty_streak: int, *, patient: bool = False, fetched_bytes: int = 0
+    has_data: bool,
+    elapsed: float,
+    empty_streak: int,
+    *,
+    patient: bool = False,
+    fetched_bytes: int = 0,
+    interval: float = 0.0,
 ) -> float:
     """Seconds to wait after a fetch that took ``elapsed`` and brought ``fetched_bytes`` of
-    record batches (the pacing asked for, if any; a backlog's fetch at most the backlog's)."""
+    record batches (the pacing asked for, if any: the process's, or the consumer's own
+    ``interval``, the longer; a backlog's fetch at most the backlog's)."""
     if has_data:
-        interval = _fetch_interval
+        interval = max(_fetch_interval, interval)
         if fetched_bytes >= BACKLOG_FETCH_BYTES:
             interval = min(interval, BACKLOG_FETCH_INTERVAL)
         return max(0.0, interval - elapsed)
@@ -411,10 +434,12 @@ async def _paced_round(
     until_records = getattr(self._client, "_crm_until_records", False)
     if has_data and _patient_pauses and not until_records:
         end_patient_pauses()  # the key consumer fetches the keys of these records now
+    own: float = getattr(self._client, "_crm_fetch_interval", 0.0)  # pace_records
     size = 0
-    if has_data and _fetch_interval > BACKLOG_FETCH_INTERVAL:  # only where it can change the wait
+    if has_data and max(_fetch_interval, own) > BACKLOG_FETCH_INTERVAL:  # only where it can change the wait
         size = fetched_bytes(self, args[2] if len(args) > 2 else kwargs.get("request"))
-    wait = wait_after_fetch(has_data, time.monotonic() - started, streak, patient=patient, fetched_bytes=size)
+    elapsed = time.monotonic() - started
+    wait = wait_after_fetch(has_data, elapsed, streak, patient=patient, fetched_bytes=size, interval=own)
     if wait <= 0:
         return has_data, False
     # Still inside the fetch task, so the fetcher counts this broker as

@@ -53,7 +53,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from crm_platform import metrics
-from crm_platform.kafka import be_patient, make_consumer
+from crm_platform.kafka import PATIENT_IDLE_PAUSE_SECONDS, be_patient, make_consumer, pace_records
 from crm_platform.liveness import PartitionTracker
 from crm_platform.mongo import BATCH_EVENTS, HANDOFFS_SENT, OUTBOX, PROCESSED, Store, Tx
 from crm_platform.settings import ServiceSettings
@@ -190,6 +190,9 @@ class HandoffTracker:
         # listener's group reads them (a listener that stops silently is rejoined).
         self.partitions = PartitionTracker(self.service)
         self._listener: asyncio.Task[None] | None = None
+        # How often the listener fetches while receipts flow: the patient idle pause, and well
+        # within the re-send wait (a receipt marked later than that would look missing).
+        self.fetch_interval = min(PATIENT_IDLE_PAUSE_SECONDS, self.policy.after.total_seconds() / 4)
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -270,6 +273,9 @@ class HandoffTracker:
                     auto_offset_reset="earliest",
                 )
             )
+            # And while receipts flow (one a handoff), the receipts of a while in one fetch, one
+            # mark and one offset commit, not one each per receipt (crm_platform.kafka.pace_records).
+            pace_records(consumer, self.fetch_interval)
             consumer.subscribe([HANDOFF_RECEIPTS], listener=self.partitions)
             try:
                 await consumer.start()
