@@ -99,6 +99,53 @@ async def test_a_commit_is_published_after_one_read_of_the_pending_rows(
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=15)
 
 
+async def test_the_change_stream_reports_other_writers_inserts_not_this_processs(
+    store: Store, kafka_bootstrap: str
+) -> None:
+    """A row this process's transaction inserted wakes its relay through the commit
+    (``Store.wake``); the outbox's change stream leaves it out on the server (its ``writer``), so
+    the stream's getMore is not answered for it (one round trip a handoff in each sending
+    service). Another writer's insert is reported as before."""
+    relay = OutboxRelay(
+        store.db, bootstrap=kafka_bootstrap, service="relay-reads-test", committed=store.committed_rows
+    )
+    reported: list[Any] = []
+    woken_here = relay._woken_here
+
+    def seen(change: Any) -> bool:
+        reported.append(change["documentKey"]["_id"])
+        return woken_here(change)
+
+    relay._woken_here = seen  # type: ignore[method-assign]
+
+    async def reported_now(row_id: Any) -> bool:
+        return row_id in reported
+
+    watching = asyncio.create_task(relay.watch_inserts())
+    try:
+        others: list[Any] = []  # another writer's rows until one is reported: the stream is open
+
+        async def stream_open() -> bool:
+            others.append(await inserted_by_another_replica(store))
+            return any(row_id in reported for row_id in others)
+
+        await eventually(stream_open, what="another writer's insert reported")
+
+        async def work(tx: Tx) -> None:
+            tx.emit(status_changed())
+
+        await store.transaction(work)
+        ours = [row["_id"] async for row in store.db[OUTBOX].find({"_id": {"$nin": others}})]
+        assert len(ours) == 1
+        last = await inserted_by_another_replica(store)  # reported after the commit, if that was
+        await eventually(lambda: reported_now(last), what="the next insert reported")
+        assert ours[0] not in reported, "this process's own insert not reported"
+        assert set(reported) <= {*others, last}
+    finally:
+        await relay.stop()
+        await asyncio.wait_for(watching, timeout=15)
+
+
 def test_an_insert_is_this_processs_once_and_only_if_it_committed() -> None:
     rows = CommittedRows(ids_limit=2)
     rows.add([{"_id": 1}, {"_id": 2}, {"_id": 3}])  # the oldest past the limit forgotten

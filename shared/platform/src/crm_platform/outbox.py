@@ -37,7 +37,7 @@ from pymongo.errors import DuplicateKeyError
 
 from crm_platform import metrics, tracing
 from crm_platform.kafka import make_producer, partition_for
-from crm_platform.mongo import BATCH_EVENTS, OUTBOX, PENDING_BATCHES, CommittedRows, row_items
+from crm_platform.mongo import BATCH_EVENTS, OUTBOX, PENDING_BATCHES, WRITER, CommittedRows, row_items
 from crm_platform.outbox_audit import AUDITED, LOG_CHECKS, LOG_OFFSET, LOG_PARTITION, LOG_POSITIONS
 
 log = logging.getLogger("crm.outbox")
@@ -479,9 +479,14 @@ class OutboxRelay:
         that cannot open a change stream (not a replica set) or drops it leaves the poll
         alone; the stream is opened again after ``retry_seconds``.
         """
+        # Not this process's own inserts (``WRITER``): their commit wakes the relay itself
+        # (``Store.wake``), and each was a getMore answered for nothing, one a handoff.
+        insert: dict[str, Any] = {"operationType": "insert"}
+        if self.committed is not None:
+            insert[f"fullDocument.{WRITER}"] = {"$ne": self.committed.writer}
         to_publish = {
             "$or": [
-                {"operationType": "insert"},
+                insert,
                 # a row handed back to the relay (a receipt's re-send, the outbox audit, crm-ops)
                 {"operationType": "update", "updateDescription.updatedFields.published": False},
             ]
