@@ -353,3 +353,84 @@ async def test_a_row_whose_publish_failed_is_not_overtaken_while_marks_are_in_fl
 
 async def _true(value: bool) -> bool:
     return value
+
+
+class _Gathering:
+    """A relay whose marks gather for an hour (``marks_gather_seconds``), its producer a stand-in
+    broker, and the size of each mark it writes (``writes``: the outbox's ``bulk_write``s
+    without a session)."""
+
+    def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.writes: list[int] = []
+        original = AsyncCollection.bulk_write
+
+        async def bulk_write(
+            collection: AsyncCollection[Any], requests: Any, *args: Any, **kwargs: Any
+        ) -> Any:
+            if collection.name == OUTBOX and kwargs.get("session") is None:
+                self.writes.append(len(requests))
+            return await original(collection, requests, *args, **kwargs)
+
+        monkeypatch.setattr(AsyncCollection, "bulk_write", bulk_write)
+        self.broker = _Broker()
+        self.relay = OutboxRelay(
+            store.db, bootstrap="unused", service="relay-marks-test", poll_seconds=3600,
+            committed=store.committed_rows, marks_gather_seconds=3600,
+        )  # fmt: skip
+        self.relay.new_producer = lambda: self.broker  # type: ignore[method-assign]
+        store.on_commit(self.relay.notify)
+
+
+@pytest.fixture
+async def gathering(store: Store, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[_Gathering]:
+    """:class:`_Gathering`'s relay running until the test ends (then stopped: its marks written)."""
+    relay = _Gathering(store, monkeypatch)
+    running = asyncio.create_task(relay.relay.run())
+    try:
+        yield relay
+    finally:
+        await relay.relay.stop()
+        await asyncio.wait_for(running, timeout=15)
+
+
+async def test_the_marks_of_publishes_close_together_are_written_in_one_write(
+    store: Store, gathering: _Gathering
+) -> None:
+    """A mark waits a while (``marks_gather_seconds``; an hour here) for the marks of the next
+    publishes and is written with them: one ``bulk_write`` for two rows published one after the
+    other (two without the wait); a stop writes it at once. Each row published once, in order."""
+    broker = gathering.broker
+    [first] = await _emitted(store, "lead-a")
+    await eventually(lambda: _true(first in broker.stored), what="the first row published")
+    [second] = await _emitted(store, "lead-a")
+    await eventually(lambda: _true(second in broker.stored), what="the second row published")
+    assert gathering.writes == [], "the first mark waits for the next publishes' marks"
+    await gathering.relay.stop()
+    await eventually(lambda: _all_marked(store, [first, second]), what="both rows marked at the stop")
+    assert gathering.writes == [2], "both rows' marks in one write"
+    assert broker.stored == [first, second]
+
+
+async def test_a_backlogs_publish_is_marked_at_once(store: Store, gathering: _Gathering) -> None:
+    """Only a trickle's marks wait (a publish of fewer than ``gather_below_events`` events): a
+    batch row of a hundred events is marked at once (a bulk capture ends when its events are
+    all marked published), the gather an hour long notwithstanding."""
+    ids: list[str] = []
+
+    async def work(tx: Tx) -> None:
+        ids.clear()
+        for n in range(gathering.relay.gather_below_events * 2):
+            event = LeadStatusChangedV1(lead_id=f"lead-{n}", status="nurturing", source_channel="web")
+            ids.append(str(tx.emit(event, batched=True).event_id))
+
+    await store.transaction(work)
+    await eventually(lambda: _all_marked_row(store, ids[0]), what="the backlog's row marked at once")
+    assert gathering.writes == [1]
+    assert sorted(gathering.broker.stored) == sorted(ids)  # each once (in order per key: one each)
+
+
+async def _all_marked_row(store: Store, first_event_id: str) -> bool:
+    """Whether the batch row whose first event is ``first_event_id`` is marked published."""
+    return bool(
+        await store.db[OUTBOX].count_documents({"event_id": f"batch:{first_event_id}", "published": True})
+    )

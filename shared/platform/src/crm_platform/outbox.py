@@ -46,6 +46,12 @@ LEASE_SECONDS = 10.0
 # How many writes of "published" marks may be in flight at once (OutboxRelay._mark): the
 # relay publishes the next rows while they are written, and waits when this many are.
 MARKS_IN_FLIGHT = 2
+# How long a mark waits before it is written, taking the marks of the publishes meanwhile with
+# it: at 25 handoffs/s a publish every 40 ms was a bulk_write each (a round trip in the service
+# and a command for mongod); now one per this while. Its rows are published already (left out
+# of the reads until marked); a stop writes it at once; a crash before it publishes them again
+# (at least once, as a crash after a publish always did).
+MARKS_GATHER_SECONDS = 0.1
 # How long the outbox change stream's getMore waits on the server for a change (it answers at
 # once when one comes): one round trip per this many idle seconds, not per second; a stop
 # cancels the wait (docs/performance.md, fourteenth session, idle).
@@ -201,6 +207,7 @@ class OutboxRelay:
         committed: CommittedRows | None = None,
         compression: str | None = "zstd",
         marks_in_flight: int = MARKS_IN_FLIGHT,
+        marks_gather_seconds: float = MARKS_GATHER_SECONDS,
     ) -> None:
         self.db = db
         # The producer batches' codec: an import's lead.captured JSON packs 5 to 1 with zstd,
@@ -230,6 +237,11 @@ class OutboxRelay:
         self._marking: dict[asyncio.Task[None], list[Any]] = {}
         self._being_marked: set[Any] = set()
         self._mark_error: Exception | None = None  # a failed mark's, raised in the loop (its backoff)
+        # The mark still waiting to be written (its marks, rows and ids: later publishes join it).
+        self.marks_gather_seconds = marks_gather_seconds
+        self.gather_below_events = max(1, batch_size // 10)  # a publish of fewer is a trickle's
+        self._gathered_events = 0
+        self._gathering: tuple[list[UpdateOne], list[dict[str, Any]], list[Any]] | None = None
 
     def notify(self) -> None:
         """Wake the relay now (called after a transaction stored events)."""
@@ -252,6 +264,7 @@ class OutboxRelay:
                 task.cancel()
             self._marking.clear()
             self._being_marked.clear()
+            self._gathering = None
             raise
         await self._close_producer()
         await self._release_lease()
@@ -337,13 +350,44 @@ class OutboxRelay:
         (docs/performance.md, sixteenth session, relay marks). Its rows are left out of the reads
         until it ends: published once in the normal path; rows after them, of their keys too,
         may be published, since these were. At most ``marks_in_flight`` at once: at the bound
-        this waits for one to end."""
+        this waits for one to end. A trickle's mark (fewer than ``gather_below_events`` events)
+        waits ``marks_gather_seconds`` before it is written: the marks of the trickle's publishes
+        meanwhile join it, one write for them all."""
+        ids = [doc["_id"] for doc in done]
+        # A trickle's publish (a few events: a lone handoff's rows) waits; a backlog's is
+        # written at once (its end is when a bulk capture's events are all published).
+        events = sum(len(row_items(doc)) for doc in done)
+        trickle = self.marks_gather_seconds > 0 and events < self.gather_below_events
+        gathering = self._gathering
+        if trickle and gathering is not None and self._gathered_events + events < self.gather_below_events:
+            gathering[0].extend(marks)
+            gathering[1].extend(done)
+            gathering[2].extend(ids)  # the same list as the task's in _marking
+            self._gathered_events += events
+            self._being_marked.update(ids)
+            return
         while len(self._marking) >= self.marks_in_flight:
             await asyncio.wait(list(self._marking), return_when=asyncio.FIRST_COMPLETED)
-        ids = [doc["_id"] for doc in done]
         self._being_marked.update(ids)
-        task = asyncio.create_task(self._write_marks(marks, done, ids), name="outbox-marks")
+        batch = (list(marks), list(done), ids)
+        if trickle:
+            self._gathering, self._gathered_events = batch, events
+        task = asyncio.create_task(self._gather_and_write(batch, trickle), name="outbox-marks")
         self._marking[task] = ids
+
+    async def _gather_and_write(
+        self, batch: tuple[list[UpdateOne], list[dict[str, Any]], list[Any]], gather: bool
+    ) -> None:
+        """A mark's wait for the next publishes' marks (a stop ends it), then its write."""
+        if gather:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=self.marks_gather_seconds)
+            except TimeoutError:
+                pass
+            finally:
+                if self._gathering is batch:
+                    self._gathering = None
+        await self._write_marks(*batch)
 
     async def _write_marks(self, marks: list[UpdateOne], done: list[dict[str, Any]], ids: list[Any]) -> None:
         """One :meth:`_mark` write. Failed (or cancelled by a stop that abandons it), its rows,
