@@ -434,3 +434,74 @@ async def _all_marked_row(store: Store, first_event_id: str) -> bool:
     return bool(
         await store.db[OUTBOX].count_documents({"event_id": f"batch:{first_event_id}", "published": True})
     )
+
+
+class _Counted:
+    """The relay's change stream, its getMores that answered nothing counted."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.quiet = 0
+
+    async def __aenter__(self) -> _Counted:
+        await self.stream.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stream.__aexit__(*exc)
+
+    async def try_next(self) -> Any:
+        change = await self.stream.try_next()
+        self.quiet += change is None
+        return change
+
+
+async def test_a_quiet_change_stream_outlives_the_clients_operation_timeout(mongodb_uri: str) -> None:
+    """The services' client has an operation timeout (CRM_DB_DEADLINE_SECONDS), which PyMongo
+    applies to each getMore of the stream. A getMore that waited on the server as long as the
+    timeout failed: a stream that saw no change for that long closed for ``retry_seconds`` (30 s
+    in the services), its relay left to the poll. Here the timeout is 1 s, the poll and the retry
+    an hour: the stream answers empty getMores past the timeout and still wakes the relay for
+    another replica's row (without the fix the first getMore fails and nothing wakes it)."""
+    client = connect(mongodb_uri, "relay-watch-timeout-test", timeout_seconds=1.0)
+    store = Store(client, f"t_relay_{uuid.uuid4().hex[:8]}", "leads")
+    await store.ensure_platform_indexes()
+    streams: list[_Counted] = []
+    outbox = store.db[OUTBOX]
+    watch = outbox.watch
+
+    async def counted_watch(*args: Any, **kwargs: Any) -> _Counted:
+        streams.append(_Counted(await watch(*args, **kwargs)))
+        return streams[-1]
+
+    class _Db:
+        """The store's database, its outbox's change streams counted."""
+
+        def __init__(self) -> None:
+            self.client = client
+
+        def __getitem__(self, name: str) -> Any:
+            return outbox if name == OUTBOX else store.db[name]
+
+    outbox.watch = counted_watch  # type: ignore[method-assign,assignment]
+    relay = OutboxRelay(_Db(), bootstrap="unused", service="watch-timeout-test", poll_seconds=3600)  # type: ignore[arg-type]
+    watching = asyncio.create_task(relay.watch_inserts(retry_seconds=3600))
+    try:
+
+        async def quiet_past_the_timeout() -> bool:
+            return len(streams) == 1 and streams[0].quiet >= 2  # two waits of 0.8 s each: past 1 s
+
+        await eventually(quiet_past_the_timeout, what="empty getMores past the client's timeout")
+        assert not relay._wake.is_set()
+        await inserted_by_another_replica(store)
+
+        async def woken() -> bool:
+            return relay._wake.is_set()
+
+        await eventually(woken, what="the relay woken by the stream after a quiet spell")
+        assert len(streams) == 1, "the stream was opened again"
+    finally:
+        await relay.stop()
+        await asyncio.wait_for(watching, timeout=15)
+        await client.drop_database(store.db.name)
+        await client.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 from crm_platform import outbox
@@ -39,8 +40,9 @@ class _Outbox:
 
 
 class _Db:
-    def __init__(self) -> None:
+    def __init__(self, client: Any = None) -> None:
         self.outbox = _Outbox()
+        self.client = client
 
     def __getitem__(self, name: str) -> _Outbox:
         assert name == OUTBOX
@@ -71,3 +73,19 @@ async def test_a_cancel_that_is_not_the_stops_still_cancels_the_watch() -> None:
     done, _ = await asyncio.wait([watching], timeout=10)
     assert done
     assert watching.cancelled()
+
+
+async def test_the_getmore_waits_within_the_clients_operation_timeout() -> None:
+    """PyMongo applies the client's ``timeoutMS`` (the services' CRM_DB_DEADLINE_SECONDS, 5 s) to
+    each getMore of the stream: waiting as long as that on the server, a quiet stream failed
+    after it and stayed closed for ``retry_seconds``. The wait is kept within it."""
+    client = SimpleNamespace(options=SimpleNamespace(timeout=5.0))
+    db = _Db(client)
+    relay = OutboxRelay(db, bootstrap="unused", service="watch-test")  # type: ignore[arg-type]
+    watching = asyncio.create_task(relay.watch_inserts())
+    await asyncio.wait_for(db.outbox.stream.waiting.wait(), timeout=10)
+    assert db.outbox.watched == [{"max_await_time_ms": 4000}]
+    await relay.stop()
+    await asyncio.wait_for(watching, timeout=10)
+    assert outbox.watch_await_ms(_Db(SimpleNamespace(options=SimpleNamespace(timeout=60.0)))) == 5000
+    assert outbox.watch_await_ms(_Db(SimpleNamespace(options=SimpleNamespace(timeout=None)))) == 5000

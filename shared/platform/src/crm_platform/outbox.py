@@ -56,6 +56,22 @@ MARKS_GATHER_SECONDS = 0.1
 # once when one comes): one round trip per this many idle seconds, not per second; a stop
 # cancels the wait (docs/performance.md, fourteenth session, idle).
 WATCH_AWAIT_SECONDS = 5.0
+# At most this share of the client's operation timeout (``timeoutMS``: CRM_DB_DEADLINE_SECONDS,
+# 5 s in the services), which PyMongo applies to each of the stream's getMores: one that waits
+# as long as the timeout ends past it, and the stream failed ("outbox change stream unavailable")
+# whenever 5 s passed without a matching change, closed until ``retry_seconds`` later
+# (docs/performance.md, seventeenth session, mongod25).
+WATCH_AWAIT_SHARE = 0.8
+
+
+def watch_await_ms(db: Any) -> int:
+    """How long the relay's change stream getMore waits on the server: ``WATCH_AWAIT_SECONDS``,
+    but within the client's operation timeout, if it has one."""
+    wait = WATCH_AWAIT_SECONDS
+    timeout = getattr(getattr(getattr(db, "client", None), "options", None), "timeout", None)
+    if isinstance(timeout, int | float) and timeout > 0:
+        wait = min(wait, timeout * WATCH_AWAIT_SHARE)
+    return max(1, int(wait * 1000))
 
 
 def rfc3339(moment: datetime) -> str:
@@ -519,6 +535,7 @@ class OutboxRelay:
         events stored by another replica used to wait for the poll. With this stream
         they wake every replica's relay at once (the one holding the lease publishes),
         so the poll (``CRM_OUTBOX_POLL_SECONDS``) is only a fallback and can be long.
+        Each getMore waits within the client's operation timeout (:func:`watch_await_ms`).
         Only the event's id is sent (``$project``), not the stored document. A database
         that cannot open a change stream (not a replica set) or drops it leaves the poll
         alone; the stream is opened again after ``retry_seconds``.
@@ -538,7 +555,7 @@ class OutboxRelay:
         project = {"_id": 1, "operationType": 1, "documentKey": 1}
         pipeline: list[dict[str, Any]] = [{"$match": to_publish}, {"$project": project}]
         self._watching = asyncio.current_task()
-        wait_ms = int(WATCH_AWAIT_SECONDS * 1000)
+        wait_ms = watch_await_ms(self.db)
         while not self._stopping.is_set():
             try:
                 async with await self.db[OUTBOX].watch(pipeline, max_await_time_ms=wait_ms) as stream:
