@@ -157,15 +157,19 @@ async def on_lead_qualified(uow: SalesUoW, event: LeadQualifiedV1, envelope: Env
             _unused(ahead[2])
         await (unit.inbox.save(item) if pending is not None else unit.inbox.add(item))
         if item.owner is None and pending is None:
-            log.warning(
-                "no active sales rep: lead %s waits unassigned in the inbox "
-                "(assign it with POST /inbox/%s/assign)",
-                event.lead_id,
-                event.lead_id,
-                extra={"lead_id": event.lead_id, "inbox_item_id": item.id},
-            )
+            _warn_unassigned(event.lead_id, item.id)
 
     await uow.run(work)
+
+
+def _warn_unassigned(lead_id: str, item_id: str) -> None:
+    """A new inbox item no active rep could take: say so, and how to assign it by hand."""
+    log.warning(
+        "no active sales rep: lead %s waits unassigned in the inbox (assign it with POST /inbox/%s/assign)",
+        lead_id,
+        lead_id,
+        extra={"lead_id": lead_id, "inbox_item_id": item_id},
+    )
 
 
 async def on_upsell_spotted(uow: SalesUoW, event: UpsellSpottedV1, envelope: Envelope) -> None:
