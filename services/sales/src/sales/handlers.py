@@ -70,43 +70,43 @@ async def _turn(unit: SalesUnit, plan: Assignment, active: list[str]) -> tuple[s
     return round_robin(active, turn), turn
 
 
-async def _auto_assign(
-    unit: SalesUnit,
-    item: InboxItem,
-    now: datetime,
-    ahead: tuple[list[str], Assignment, Awaitable[int] | None],
-) -> None:
-    """Give an unassigned item to the next active rep, if there is one (``ahead``: the active
-    reps, their plan and the turn already being taken, :func:`_turn_ahead`)."""
-    active, plan, turn_ahead = ahead
-    turn: int | None
-    if turn_ahead is not None:
-        turn = await turn_ahead
-        owner: str | None = round_robin(active, turn)
-    else:
-        owner, turn = await _turn(unit, plan, active)
-    if owner is not None:
-        event = item.assign(owner, how=plan.how, by="system", counter=turn, now=now)
-        if event is not None:
-            unit.emit(event)
-
-
-async def _turn_ahead(unit: SalesUnit) -> tuple[list[str], Assignment, Awaitable[int] | None]:
+class _TurnAhead:
     """The active reps, their round-robin plan, and the turn a new item will take, its round
     trip (outside the transaction) started before the lead's inbox items are read instead of
     after: one round trip fewer before a lone handoff is stored. A turn taken and not used (the
     handoff superseded, or refreshing a pending item that has an owner) is a skipped position of
     the rotation, as a retried transaction's or a batch's unused reservation is."""
-    active = await unit.team.active_rep_ids()
-    plan = plan_round_robin(active)
-    return active, plan, unit.team.turn_ahead() if plan.uses_counter else None
+
+    def __init__(self, active: list[str], plan: Assignment, turn: Awaitable[int] | None) -> None:
+        self.active, self.plan, self._turn = active, plan, turn
+
+    @classmethod
+    async def start(cls, unit: SalesUnit) -> _TurnAhead:
+        active = await unit.team.active_rep_ids()
+        plan = plan_round_robin(active)
+        return cls(active, plan, unit.team.turn_ahead() if plan.uses_counter else None)
+
+    async def owner(self, unit: SalesUnit) -> tuple[str | None, int | None]:
+        """The next rep and the turn that chose them: the turn taken ahead, else taken now."""
+        if self._turn is None:
+            return await _turn(unit, self.plan, self.active)
+        turn, self._turn = await self._turn, None
+        return round_robin(self.active, turn), turn
+
+    def release(self) -> None:
+        """A turn taken ahead and not used: its outcome is collected when it comes (nothing
+        waits for it; an error of its write is no one's)."""
+        if isinstance(self._turn, asyncio.Future):
+            self._turn.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
-def _unused(turn: Awaitable[int] | None) -> None:
-    """A turn taken ahead and not used: its outcome is collected when it comes (nothing waits
-    for it; an error of its write is no one's)."""
-    if isinstance(turn, asyncio.Future):
-        turn.add_done_callback(lambda f: f.cancelled() or f.exception())
+async def _auto_assign(unit: SalesUnit, item: InboxItem, now: datetime, ahead: _TurnAhead) -> None:
+    """Give an unassigned item to the next active rep, if there is one."""
+    owner, turn = await ahead.owner(unit)
+    if owner is not None:
+        event = item.assign(owner, how=ahead.plan.how, by="system", counter=turn, now=now)
+        if event is not None:
+            unit.emit(event)
 
 
 # -- consumers ------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ async def on_lead_qualified(uow: SalesUoW, event: LeadQualifiedV1, envelope: Env
 
     async def work(unit: SalesUnit) -> None:
         now = now_millis(uow.clock)
-        ahead = await _turn_ahead(unit)
+        ahead = await _TurnAhead.start(unit)
         try:
             latest = await unit.inbox.latest_for_lead(event.lead_id)
             if latest is not None and latest.is_newer_than(envelope):
@@ -152,9 +152,8 @@ async def on_lead_qualified(uow: SalesUoW, event: LeadQualifiedV1, envelope: Env
             )
             if item.owner is None:
                 await _auto_assign(unit, item, now, ahead)
-                ahead = (ahead[0], ahead[1], None)
         finally:
-            _unused(ahead[2])
+            ahead.release()
         await (unit.inbox.save(item) if pending is not None else unit.inbox.add(item))
         if item.owner is None and pending is None:
             _warn_unassigned(event.lead_id, item.id)
