@@ -390,3 +390,36 @@ async def test_a_batch_row_is_audited_by_its_last_record_in_each_producer_batch(
     ]
     if batch_size > 100_000:
         assert len(published_events(rows[0])) < len(row_items(rows[0])), "fewer reads than events"
+
+
+async def test_a_batch_rows_keys_are_hashed_together_each_at_the_producers_partition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bulk capture's or an import batch's row: its keys' murmur2 computed together
+    (``murmur2_many``), not one ``murmur2`` call per event (2.9 us each, every bulk lead), and
+    each record still at the partition the producer's partitioner gives its key."""
+    from crm_platform import kafka
+
+    def lead_item(lead_id: str) -> dict[str, Any]:
+        event = LeadStatusChangedV1(lead_id=lead_id, status="nurturing", source_channel="web")
+        return outbox_doc(envelope_for(event, source="leads", correlation_id=lead_id))
+
+    items = [lead_item(str(uuid.uuid4())) for _ in range(40)]
+    rows = outbox_rows(items, [True] * 39 + [False])  # a batch row of 39, a row of one
+    expected = [partition_for(i["key"].encode(), [0, 1, 2], [0, 1, 2]) for i in items]
+    one_at_a_time = kafka.murmur2
+    calls: list[bytes] = []
+
+    def counted_murmur2(data: bytes) -> int:
+        calls.append(data)
+        return one_at_a_time(data)
+
+    monkeypatch.setattr(kafka, "murmur2", counted_murmur2)
+    relay = OutboxRelay(None, bootstrap="unused", service="leads")  # type: ignore[arg-type]  # no database
+    producer = _BatchingProducer(256 * 1024)
+    relay.producer = producer
+    placed = await relay._send(rows)
+    flat = [await acknowledged(record) for row in placed for record in row]
+
+    assert [p.partition for p in flat] == expected
+    assert calls == [items[-1]["key"].encode()], "only the lone row's key is hashed by itself"
