@@ -169,6 +169,41 @@ def test_new_lead_starts_new_with_origin_and_one_touch() -> None:
     assert x.score == 0
 
 
+def test_a_new_lead_is_the_lead_its_constructor_makes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lead.new sets the fields without the frozen dataclass's per-field ``__init__`` (every
+    bulk-captured and imported lead): the same lead, every field set, still frozen, with
+    mappings of its own."""
+    given = capture(email=" ADA@example.com ", company="  ", custom={"seats": 12})
+    expected = Lead(
+        id="lead-1",
+        email="ada@example.com",
+        name="Ada Lovelace",
+        company=None,
+        origin_channel="webinar",
+        campaign="q1-launch",
+        consent=d.Consent(True, T0),
+        status=LeadStatus.NEW,
+        created_at=T0,
+        updated_at=T0,
+        touches=(d.Touch("webinar", "q1-launch", T0),),
+        custom={"seats": 12},
+    )
+
+    def field_by_field(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("Lead.new went through the dataclass's __init__")
+
+    monkeypatch.setattr(Lead, "__init__", field_by_field)
+    first, second = Lead.new("lead-1", given, T0), Lead.new("lead-2", capture(), T0)
+    assert first == expected
+    assert list(vars(first)) == [f.name for f in dataclasses.fields(Lead)], "every field, in order"
+    assert all(v is not d._UNSET for v in vars(first).values()), "no field left without a value"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.name = "changed"  # type: ignore[misc]
+    assert first.custom is not given.custom, "its own custom map, not the capture's"
+    assert first.behaviour_totals is not second.behaviour_totals
+    assert first.cycle_counts is not second.cycle_counts
+
+
 def test_merge_fills_empty_fields_keeps_filled_ones_and_the_origin() -> None:
     first = Lead.new("lead-1", capture(company=None, campaign=None), T0)
     merged = first.merge(
