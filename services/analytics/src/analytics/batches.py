@@ -17,8 +17,18 @@ committed), flow control on a rebalance (the handler stops at the first record i
 the flow stopped or the generation changed; records it did not take are fetched again after
 faust's seek to the committed offsets).
 
-The handler returns how many of the batch's messages it took (a prefix of the list): only
+The handler returns how many of the batch's records it took (a prefix of the list): only
 those advance the read offsets.
+
+The batch is aiokafka's records as fetched, not faust's messages (docs/performance.md,
+eighteenth session, replay): a ``ConsumerMessage`` built, tracked and acked one by one was
+about a tenth of the replaying worker's CPU. What faust did per message is done per batch with
+the same bookkeeping: the read offsets and gaps per partition (:meth:`BatchConsumer._read`),
+acks into faust's acked offsets, so faust commits exactly what it committed before
+(:meth:`BatchConsumer.ack_records`), faust's monitor's message counts, and a rebalance or a stop
+waits for what was handed over as it waited for tracked messages (:meth:`BatchConsumer.wait_empty`,
+the handler's ``settled``). A rebalance is seen as before: the handler stops at the first
+record it meets with the flow stopped or the generation changed from the one of the fetch.
 """
 
 from __future__ import annotations
@@ -29,9 +39,12 @@ from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import Consumer
-from faust.types import TP, Message
+from faust.types import TP
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
 
-BatchHandler = Callable[[Sequence[Message]], Awaitable[int]]
+# (the fetched records, the consumer generation they were fetched in) -> how many were taken
+BatchHandler = Callable[[Sequence[Any], int], Awaitable[int]]
 
 
 class BatchConsumer(Consumer):
@@ -39,12 +52,20 @@ class BatchConsumer(Consumer):
 
     _batch_topics: frozenset[str] = frozenset()
     _batch_handler: BatchHandler | None = None
+    _batch_settled: Callable[[], Awaitable[None]] | None = None
     batches_delivered = 0  # diagnostics and tests
 
-    def deliver_batches(self, topics: Iterable[str], handler: BatchHandler) -> None:
-        """Hand each fetch's records of ``topics`` to ``handler`` (before the consumer starts)."""
+    def deliver_batches(
+        self,
+        topics: Iterable[str],
+        handler: BatchHandler,
+        settled: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Hand each fetch's records of ``topics`` to ``handler`` (before the consumer starts);
+        ``settled`` waits until whatever the handler took is acked (or will never be)."""
         self._batch_topics = frozenset(topics)
         self._batch_handler = handler
+        self._batch_settled = settled
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - the broker's loop
         """faust's fetch loop (``Consumer._drain_messages``), one delivery per fetch."""
@@ -77,36 +98,103 @@ class BatchConsumer(Consumer):
         if not self.flow_active:
             await self.perform_seek()  # as faust's getmany: back to the committed offsets
             return
-        batch: list[Message] = []
+        generation = self.app.consumer_generation_id
+        batch: list[Any] = []
+        runs: list[tuple[TP, int]] = []  # each partition's share of the batch, in order
         for tp, tp_records in records.items():
             if not (active is None or tp in active or tp in self._buffered_partitions):
                 continue
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
             if tp.topic in self._batch_topics:
-                batch.extend(self._unread(tp, tp_records))
+                unread = self._unread_records(tp, tp_records)
+                if unread:
+                    batch.extend(unread)
+                    runs.append((tp, len(unread)))
             else:
                 await self._deliver_each(tp, tp_records)
         if batch and self._batch_handler is not None:
-            taken = await self._batch_handler(batch)
+            taken = await self._batch_handler(batch, generation)
             self.batches_delivered += 1
-            for message in batch[:taken]:
-                await self._read(message.tp, message.offset)
+            start = 0
+            for tp, count in runs:
+                if start >= taken:
+                    break
+                run = batch[start : min(start + count, taken)]
+                await self._read(tp, run)
+                self._received(tp, run)
+                start += count
             await self._maybe_commit()
 
-    def _unread(self, tp: TP, tp_records: list[Any]) -> Iterable[Message]:
-        """The records past what was read of ``tp``, as faust's messages."""
+    def _unread_records(self, tp: TP, tp_records: list[Any]) -> list[Any]:
+        """The records past what was read of ``tp`` (faust's ``>=``: the one at the read offset
+        comes again), as aiokafka gives them."""
         last = self._read_offset[tp]
-        for record in tp_records:
-            if last is None or record.offset >= last:
-                yield self._to_message(tp, record)
+        if last is None:
+            return tp_records
+        return [record for record in tp_records if record.offset >= last]
 
-    async def _read(self, tp: TP, offset: int) -> None:
-        """``offset`` of ``tp`` was taken: note a gap before it (acks-enabled topics: compacted
-        or transactional logs skip offsets) and advance the read offset, as faust does."""
+    def _unread(self, tp: TP, tp_records: list[Any]) -> Iterable[Any]:
+        """The records past what was read of ``tp``, as faust's messages."""
+        for record in self._unread_records(tp, tp_records):
+            yield self._to_message(tp, record)
+
+    async def _read(self, tp: TP, taken: Sequence[Any]) -> None:
+        """``taken`` records of ``tp`` (in offset order) were taken: note each gap between them
+        (acks-enabled topics: compacted or transactional logs skip offsets), advance the read
+        offset, as faust does per message."""
         last = self._read_offset[tp]
-        if last and offset - last > 1 and self.app.topics.acks_enabled_for(tp.topic):
-            await self._add_gap(tp, last + 1, offset)
-        self._read_offset[tp] = offset
+        gaps = self.app.topics.acks_enabled_for(tp.topic)
+        for record in taken:
+            offset = record.offset
+            if gaps and last and offset - last > 1:
+                await self._add_gap(tp, last + 1, offset)
+            last = offset
+        self._read_offset[tp] = last
+
+    def _received(self, tp: TP, taken: Sequence[Any]) -> None:
+        """faust's monitor counts the taken records as its ``on_message_in`` counts each message
+        (the stream does it for the conductor's)."""
+        monitor = self.app.monitor
+        monitor.messages_received_total += len(taken)
+        monitor.messages_active += len(taken)
+        monitor.messages_received_by_topic[tp.topic] += len(taken)
+        monitor.tp_read_offsets[tp] = taken[-1].offset
+
+    def ack_records(self, records: Iterable[Any]) -> int:
+        """Ack taken records, as faust's ``ack`` does each message: an offset not acked yet and
+        not below the committed one joins faust's acked offsets of its partition, so faust
+        commits it once every offset before it is acked too. Returns how many were acked."""
+        offsets: dict[tuple[str, int], list[int]] = {}
+        for record in records:
+            key = (record.topic, record.partition)
+            per_tp = offsets.get(key)
+            if per_tp is None:
+                per_tp = offsets[key] = []
+            per_tp.append(record.offset)
+        acked = 0
+        with ack_lock:
+            for (topic, partition), tp_offsets in offsets.items():
+                if not self.app.topics.acks_enabled_for(topic):
+                    continue
+                tp = TP(topic, partition)
+                committed = self._committed_offset[tp]
+                index, acked_for_tp = self._acked_index[tp], self._acked[tp]
+                for offset in tp_offsets:
+                    if (committed is None or offset >= committed) and offset not in index:
+                        index.add(offset)
+                        acked_for_tp.append(offset)
+                        acked += 1
+            self._n_acked += acked
+            notify(self._waiting_for_ack)
+        self.app.monitor.messages_active -= acked  # faust's Monitor.on_message_out
+        return acked
+
+    async def wait_empty(self) -> None:
+        """faust waits here, on a rebalance and on stopping, for every message it tracked to be
+        acked: the batch handler's records are waited for the same way."""
+        if self._batch_settled is not None:
+            await self._batch_settled()
+        await super().wait_empty()
 
     async def _deliver_each(self, tp: TP, tp_records: list[Any]) -> None:
         """faust's own delivery, one message at a time through the conductor."""
@@ -116,7 +204,7 @@ class BatchConsumer(Consumer):
                 return
             await self._maybe_commit()
             await self.wait_first(self.callback(message), self.suspend_flow.wait())
-            await self._read(tp, message.offset)
+            await self._read(tp, (message,))
 
     async def _maybe_commit(self) -> None:
         """faust commits every ``broker_commit_every`` acks as well as every interval."""

@@ -30,12 +30,16 @@ class ChangelogConfirmer(Generic[E]):
 
     def __init__(
         self,
-        ack: Callable[[E], Awaitable[Any]],
+        ack: Callable[[E], Awaitable[Any]] | None,
         *,
         max_pending: int,
         flush: Callable[[], asyncio.Future[Any]] | None = None,
+        ack_all: Callable[[Sequence[E]], Awaitable[Any]] | None = None,
     ) -> None:
+        if (ack is None) == (ack_all is None):
+            raise ValueError("give either ack (each event) or ack_all (a batch's events at once)")
         self._ack = ack
+        self._ack_all = ack_all
         # Called at the moment a batch is taken: starts the writes of everything folded so far
         # (analytics.changelog) and gives their future, awaited with the batch's other writes.
         self._flush = flush
@@ -85,6 +89,18 @@ class ChangelogConfirmer(Generic[E]):
             await self._room.wait()
             self.raise_failure()
 
+    async def settled(self) -> None:
+        """Wait until every event handed over is acked, or never will be here (a batch failed,
+        or the confirmer stopped: those events come again). Never raises the failure."""
+        task = self._task
+        if task is None or task.done():
+            return
+        idle = asyncio.ensure_future(self._idle.wait())
+        try:
+            await asyncio.wait((idle, task), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
+
     async def drained(self) -> None:
         """Wait until every event handed over is acked (or a batch failed: raised)."""
         await self._idle.wait()
@@ -107,8 +123,12 @@ class ChangelogConfirmer(Generic[E]):
                 if writes:
                     self.batches += 1
                     await asyncio.gather(*writes)
-                for event in events:
-                    await self._ack(event)
+                if self._ack_all is not None:
+                    await self._ack_all(events)
+                else:
+                    assert self._ack is not None
+                    for event in events:
+                        await self._ack(event)
             except Exception as exc:  # noqa: BLE001 - raised in the agent (module doc)
                 self.failure = exc
                 self._room.set()

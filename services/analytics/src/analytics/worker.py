@@ -47,7 +47,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import faust
@@ -79,7 +79,6 @@ from crm_platform.dead_letters import (
     Rejected,
     classify,
     dead_letter_headers,
-    skips_replay,
 )
 from crm_platform.fetch_spill import spill_large_fetches
 from crm_platform.heap import freeze_startup_heap
@@ -99,7 +98,7 @@ from analytics.changelog import ChangelogWriter, WriteBehindTable
 from analytics.confirm import ChangelogConfirmer
 from analytics.domain import kpis
 from analytics.domain.engine import AnalyticsState, ImplausibleEvent, apply, forget_records, rebuild_figures
-from analytics.domain.reads import unread_type
+from analytics.domain.reads import triage
 from analytics.domain.snapshot import Reconciliation, Snapshot
 from analytics.reconcile import Reconciler, committed_offsets, log_report, reconcile
 from analytics.settings import AnalyticsSettings
@@ -144,10 +143,12 @@ class AnalyticsApp(faust.App):
     """faust's app whose Kafka consumer hands fetched batches of some topics over whole
     (analytics.batches), once :meth:`deliver_batches` named them."""
 
-    batch_delivery: tuple[tuple[str, ...], BatchHandler] | None = None
+    batch_delivery: tuple[tuple[str, ...], BatchHandler, Callable[[], Awaitable[None]]] | None = None
 
-    def deliver_batches(self, topics: tuple[str, ...], handler: BatchHandler) -> None:
-        self.batch_delivery = (topics, handler)
+    def deliver_batches(
+        self, topics: tuple[str, ...], handler: BatchHandler, settled: Callable[[], Awaitable[None]]
+    ) -> None:
+        self.batch_delivery = (topics, handler, settled)
 
     def _new_consumer(self) -> ConsumerT:
         transport = self.transport
@@ -258,7 +259,7 @@ class AnalyticsWorker:
         # (fold_batch); the agent's stream serves only what is put on it in process.
         self._batch_confirmer: ChangelogConfirmer[Any] | None = None
         if isinstance(self.app, AnalyticsApp):
-            self.app.deliver_batches(SOURCE_TOPICS, self.fold_batch)
+            self.app.deliver_batches(SOURCE_TOPICS, self.fold_batch, self._batches_settled)
         self.app.timer(settings.snapshot_interval_seconds, name="analytics-snapshot")(self.snapshot_tick)
         self.app.timer(settings.kpi_interval_seconds, name="analytics-kpis")(self.kpi_tick)
         # Replays the log against the facts after each recovery and every interval.
@@ -333,18 +334,19 @@ class AnalyticsWorker:
         finally:
             await confirmer.stop()
 
-    async def fold_batch(self, messages: Sequence[Any]) -> int:
-        """A fetched batch of the source topics (analytics.batches): each message taken
-        (:meth:`take`) in order, handed to the batch confirmer a chunk at a time, acked once
-        its changelog writes are stored. Stops at the first message met with the consumer's
-        flow stopped or its generation changed (a rebalance: faust fetches the rest again);
-        returns how many it took. A failed store ends the worker (:meth:`give_up`): it starts
-        again from the committed offsets, so what was not confirmed comes again."""
+    async def fold_batch(self, records: Sequence[Any], generation: int) -> int:
+        """A fetched batch of the source topics (analytics.batches: aiokafka's records, fetched
+        in consumer ``generation``): each record taken (:meth:`take`) in order, handed to the
+        batch confirmer a chunk at a time, acked once its changelog writes are stored. Stops at
+        the first record met with the consumer's flow stopped or its generation changed (a
+        rebalance: faust fetches the rest again); returns how many it took. A failed store ends
+        the worker (:meth:`give_up`): it starts again from the committed offsets, so what was
+        not confirmed comes again."""
         taken = 0
         try:
             confirmer = self._confirmer_for_batches()
-            while taken < len(messages):
-                chunk = await self._take_chunk(messages[taken : taken + FOLD_CHUNK])
+            while taken < len(records):
+                chunk = await self._take_chunk(records[taken : taken + FOLD_CHUNK], generation)
                 taken += len(chunk)
                 await confirmer.add_many(chunk)
                 if len(chunk) < FOLD_CHUNK:
@@ -354,30 +356,42 @@ class AnalyticsWorker:
             self.give_up(exc)
         return taken
 
-    async def _take_chunk(self, messages: Sequence[Any]) -> list[Any]:
+    async def _take_chunk(self, records: Sequence[Any], generation: int) -> Sequence[Any]:
+        """Take records in order while the consumer's flow runs in ``generation``; the chunk's
+        consumed counts go to the metrics together (one increment per outcome, not per record)."""
         consumer, app = cast(Any, self.app.consumer), self.app
-        taken: list[Any] = []
-        for message in messages:
-            if not consumer.flow_active or message.generation_id != app.consumer_generation_id:
-                break
-            consumer.track_message(message)
-            await self.take(message)
-            taken.append(message)
-        return taken
+        counts: dict[tuple[str, str, str], int] = {}
+        taken = 0
+        try:
+            for record in records:
+                if not consumer.flow_active or app.consumer_generation_id != generation:
+                    break
+                outcome = await self._take(record)
+                taken += 1
+                if outcome is not None:
+                    counts[outcome] = counts.get(outcome, 0) + 1
+        finally:
+            self.metrics.consumed_many(counts)
+        return records if taken == len(records) else records[:taken]
 
     def _confirmer_for_batches(self) -> ChangelogConfirmer[Any]:
         if self._batch_confirmer is None:
-            consumer, on_out = self.app.consumer, self.app.sensors.on_message_out
+            consumer = cast(BatchConsumer, self.app.consumer)
 
-            async def ack(message: Any) -> None:
-                if consumer.ack(message):
-                    on_out(message.tp, message.offset, message)
+            async def ack_all(records: Sequence[Any]) -> None:
+                consumer.ack_records(records)
 
             self._batch_confirmer = ChangelogConfirmer(
-                ack, max_pending=self.settings.confirm_batch_max, flush=self.changelog.flush
+                None, max_pending=self.settings.confirm_batch_max, flush=self.changelog.flush, ack_all=ack_all
             )
             self._batch_confirmer.start()
         return self._batch_confirmer
+
+    async def _batches_settled(self) -> None:
+        """Whatever the batch path took is acked, or never will be (the confirmer stopped or
+        failed): what faust's consumer waits for on a rebalance and on stopping."""
+        if self._batch_confirmer is not None:
+            await self._batch_confirmer.settled()
 
     async def handle(self, message: Any) -> None:
         """One Kafka message, alone: :meth:`take`, then wait for its changelog writes."""
@@ -395,22 +409,25 @@ class AnalyticsWorker:
         crm_platform.tracing). A dead letter another group asked to replay (``crm-ops replay``)
         is skipped.
         """
-        if skips_replay(message.headers, self.settings.app_id):
-            self.metrics.consumed(message.topic, "replay", "ignored")
-            return
-        unread = unread_type(message.headers)
-        if unread is not None:
-            self.metrics.consumed(message.topic, unread, "skipped")  # not read (domain.reads)
-            return
+        outcome = await self._take(message)
+        if outcome is not None:
+            self.metrics.consumed(*outcome)
+
+    async def _take(self, message: Any) -> tuple[str, str, str] | None:
+        """:meth:`take` without counting: the (topic, event type, outcome) to count, or None
+        when it was counted already (a dead letter)."""
+        skipped = triage(message.headers, self.settings.app_id)
+        if skipped is not None:
+            return (message.topic, *skipped)  # a replay for another group, or a type not read
         with tracing.consuming(message.headers, topic=message.topic, group=self.settings.app_id):
             verdict = self.fold(message)
         if isinstance(verdict, Rejected):
             await self.dead_letter(message, verdict.reason, verdict.error, verdict.event_type)
-        else:
-            if _acts_on(verdict.event):
-                await self._keep_policy(verdict.event)
-                await self._confirm_erasure(verdict.event, verdict.envelope)
-            self.metrics.consumed(message.topic, verdict.envelope.event_type, "processed")
+            return None
+        if _acts_on(verdict.event):
+            await self._keep_policy(verdict.event)
+            await self._confirm_erasure(verdict.event, verdict.envelope)
+        return (message.topic, verdict.envelope.event_type, "processed")
 
     async def _keep_policy(self, event: Any) -> None:
         """The role -> permission policy, kept in analytics' database for its API to enforce

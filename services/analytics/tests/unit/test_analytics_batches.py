@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from analytics.batches import BatchConsumer
 from analytics.domain.engine import AnalyticsState
 from analytics.settings import AnalyticsSettings
-from analytics.worker import AnalyticsWorker
+from analytics.worker import SOURCE_TOPICS, AnalyticsWorker
 from crm_contracts.topics import LEAD_QUALIFIED, LEADS_EVENTS
 from faust.types import TP
 
@@ -52,6 +52,9 @@ async def consumer(monkeypatch) -> tuple[AnalyticsWorker, BatchConsumer, list[An
     consumer = worker.app.consumer
     assert isinstance(consumer, BatchConsumer)
     monkeypatch.setattr(consumer, "highwater", lambda tp: 0)  # no broker to ask
+    # The running app's conductor acks the agent's topics (its channel acks): faust keeps their
+    # acked offsets and commits from them.
+    cast(Any, worker.app.topics)._acking_topics.update(SOURCE_TOPICS)
     one_by_one: list[Any] = []
 
     async def conductor(message: Any) -> None:
@@ -70,18 +73,18 @@ async def test_a_fetch_of_the_source_topics_is_folded_as_one_batch_never_through
     calls: list[int] = []
     fold_batch = worker.fold_batch
 
-    async def counting(messages: Any) -> int:
-        calls.append(len(messages))
-        return await fold_batch(messages)
+    async def counting(records: Any, generation: int) -> int:
+        calls.append(len(records))
+        return await fold_batch(records, generation)
 
     monkeypatch.setattr(batch_consumer, "_batch_handler", counting)
-    take, taken = worker.take, []
+    take, taken = worker._take, []
 
-    async def counting_take(message: Any) -> None:
-        taken.append((message.topic, message.offset))
-        await take(message)
+    async def counting_take(record: Any) -> Any:
+        taken.append((record.topic, record.offset))
+        return await take(record)
 
-    monkeypatch.setattr(worker, "take", counting_take)
+    monkeypatch.setattr(worker, "_take", counting_take)
     gate = asyncio.Event()
 
     def flush() -> asyncio.Future[None]:
@@ -102,10 +105,12 @@ async def test_a_fetch_of_the_source_topics_is_folded_as_one_batch_never_through
     assert worker.state.figures.summary()["funnel"]["stages"]["captured"] == 1200
     assert worker.state.figures.summary()["funnel"]["stages"]["qualified"] == 1
     assert (batch_consumer._read_offset[leads], batch_consumer._read_offset[qualified]) == (1199, 7)
-    assert batch_consumer.unacked, "nothing acked before the flush is stored"
+    assert not batch_consumer._acked[leads], "nothing acked before the flush is stored"
     gate.set()
     await asyncio.wait_for(worker._batch_confirmer.drained(), 5)
-    assert not [m for m in batch_consumer.unacked if not m.acked]
+    assert sorted(batch_consumer._acked[leads]) == list(range(1200))
+    assert batch_consumer._acked[qualified] == [7]
+    assert batch_consumer._new_offset(leads) == 1200, "faust commits past every folded offset"
     await batch_consumer.deliver(records, None)  # fetched again: nothing below the read offsets
     assert calls == [1201, 2]  # each partition's record at its read offset, as faust's ">=" has it
     assert worker._batch_confirmer is not None
@@ -118,16 +123,17 @@ async def test_a_rebalance_stops_the_batch_and_only_what_was_taken_is_read(
     """The flow stopped mid-batch (faust revoking partitions): the fold stops there and the read
     offset stays at the last event taken, so faust fetches the rest again after its seek."""
     worker, batch_consumer, _ = consumer
-    take = worker.take
+    take = worker._take
     taken: list[int] = []
 
-    async def stopping(message: Any) -> None:
-        taken.append(message.offset)
-        await take(message)
-        if message.offset == 4:
+    async def stopping(record: Any) -> Any:
+        taken.append(record.offset)
+        outcome = await take(record)
+        if record.offset == 4:
             batch_consumer.stop_flow()
+        return outcome
 
-    monkeypatch.setattr(worker, "take", stopping)
+    monkeypatch.setattr(worker, "_take", stopping)
     leads = TP(LEADS_EVENTS, 1)
     values = [journey.captured(f"lead-{n}").to_bytes() for n in range(10)]
     records = {leads: [record(LEADS_EVENTS, 1, n, value) for n, value in enumerate(values)]}

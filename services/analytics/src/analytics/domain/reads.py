@@ -49,6 +49,7 @@ from crm_contracts.events.service_desk import (
     UpsellSpottedV1,
 )
 from crm_contracts.registry import ALL_EVENTS
+from crm_platform.dead_letters import REPLAY_FOR
 
 FOLDED_CLASSES: tuple[type, ...] = (
     # engine.apply
@@ -103,4 +104,30 @@ def unread_type(headers: Iterable[tuple[str, object]] | Mapping[str, object] | N
         if key == "event_type" and isinstance(value, bytes | bytearray):
             event_type = bytes(value).decode(errors="replace")
             return event_type if event_type in SKIPPED_EVENT_TYPES else None
+    return None
+
+
+def triage(
+    headers: Iterable[tuple[str, object]] | Mapping[str, object] | None, group: str
+) -> tuple[str, str] | None:
+    """What to count instead of reading the record, from one pass over its headers: ``("replay",
+    "ignored")`` for a dead letter replayed for another group than ``group``
+    (``crm_platform.dead_letters.skips_replay``), else ``(its type, "skipped")`` for a type
+    analytics does not read (:func:`unread_type`); None: read it. The same answers as those two
+    functions one after the other (each header pass was 0.6-0.8 us a record)."""
+    pairs = headers.items() if isinstance(headers, Mapping) else (headers or ())
+    target: bytes | bytearray | None = None
+    event_type: bytes | bytearray | None = None
+    for key, value in pairs:
+        if key == REPLAY_FOR:
+            if target is None and isinstance(value, bytes | bytearray):
+                target = value
+        elif key == "event_type" and event_type is None and isinstance(value, bytes | bytearray):
+            event_type = value
+    if target is not None and bytes(target).decode(errors="replace") != group:
+        return ("replay", "ignored")
+    if event_type is not None:
+        name = bytes(event_type).decode(errors="replace")
+        if name in SKIPPED_EVENT_TYPES:
+            return (name, "skipped")
     return None
