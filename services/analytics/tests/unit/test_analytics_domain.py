@@ -7,6 +7,7 @@ import itertools
 import json
 import random
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from analytics.domain.engine import AnalyticsState, apply, figure_values, merge_state, rebuild_figures
@@ -516,3 +517,37 @@ def test_a_contribution_is_a_named_tuple_made_and_compared_in_c() -> None:
     assert web != NOTHING
     assert Contribution() == NOTHING
     assert (web.channel, web.sample, web.day) == ("web", None, None)
+
+
+def test_a_fold_reads_the_events_time_once_and_folds_new_leads_from_one_shared_empty_fact(
+    journey, monkeypatch
+) -> None:
+    """``apply`` hands the records its ``occurred_at`` in epoch seconds (each ``timestamp()`` of
+    pydantic's zone is about 0.9 us) and folds a lead or deal not seen yet from one shared empty
+    fact: the same facts, records and figures as before."""
+    from analytics.domain import engine, records
+
+    env = journey.qualified("lead-1")
+    event = decode(env)
+    assert records.changes(env, event, 12.5) == [
+        ("lead:lead-1", {"qualified": {"at": 12.5, "channel": "web", "campaign": None}})
+    ]
+    assert records.changes(env, event) == records.changes(env, event, env.occurred_at.timestamp())
+    asked: list[float | None] = []
+    real = records.changes
+
+    def changes(envelope: Any, ev: Any, at: float | None = None) -> Any:
+        asked.append(at)
+        return real(envelope, ev, at)
+
+    monkeypatch.setattr(records, "changes", changes)
+    state = AnalyticsState()
+    for e in (journey.captured("lead-1"), env, journey.verdict("lead-1"), journey.won("deal-1", "lead-1")):
+        apply(state, e, decode(e))
+    assert asked
+    assert None not in asked, "the engine gives the records the time it read"
+    assert state.leads["lead-1"] is not engine.NO_LEAD
+    assert state.deals["deal-1"] is not engine.NO_DEAL
+    assert LeadFacts() == engine.NO_LEAD, "the shared empty facts stay empty"
+    assert DealFacts() == engine.NO_DEAL
+    assert state.figures.funnel == {"captured": 1, "qualified": 1, "accepted": 1, "won": 1, "onboarded": 0}

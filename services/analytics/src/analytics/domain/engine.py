@@ -53,6 +53,11 @@ from analytics.domain.figures import (
 )
 from analytics.domain.records import Record
 
+# What a lead or deal not seen yet is folded from (frozen: one shared empty fact, not a new
+# one per new lead of a replay).
+NO_LEAD = LeadFacts()
+NO_DEAL = DealFacts()
+
 
 class ImplausibleEvent(ValueError):
     """A contract-valid event whose figures cannot be real (the worker dead-letters it)."""
@@ -92,7 +97,7 @@ def apply(state: AnalyticsState, envelope: Envelope, event: Event) -> AnalyticsS
     splitting it would scatter the one place that says what each event means here.
     """
     at = epoch(envelope.occurred_at)
-    for key, slots in records.changes(envelope, event):
+    for key, slots in records.changes(envelope, event, at):
         _update_record(state, key, slots)
     if isinstance(event, LeadCapturedV1):
         if not event.merged:  # a merged capture is a known lead seen again: not a new one
@@ -138,7 +143,7 @@ def _update_record(state: AnalyticsState, key: str, slots: Record) -> None:
 
 def _update_lead(state: AnalyticsState, lead_id: str, change: Callable[[LeadFacts], LeadFacts]) -> None:
     before = state.lead(lead_id)
-    after = change(before or LeadFacts())
+    after = change(before or NO_LEAD)
     if after == before:
         return
     state.leads[lead_id] = after
@@ -155,7 +160,7 @@ def _update_lead(state: AnalyticsState, lead_id: str, change: Callable[[LeadFact
 
 def _update_deal(state: AnalyticsState, deal_id: str, change: Callable[[DealFacts], DealFacts]) -> None:
     before = state.deal(deal_id)
-    after = change(before or DealFacts())
+    after = change(before or NO_DEAL)
     if after == before:
         return
     state.deals[deal_id] = after
