@@ -423,3 +423,44 @@ async def test_a_batch_rows_keys_are_hashed_together_each_at_the_producers_parti
 
     assert [p.partition for p in flat] == expected
     assert calls == [items[-1]["key"].encode()], "only the lone row's key is hashed by itself"
+
+
+def test_an_outbox_item_holds_its_envelopes_json_form_from_one_serializer_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every emitted event's item: the envelope's JSON form (what ``model_dump(mode="json")``
+    gives, the relay's record and erasure's scrub read it) from its serializer called directly,
+    not through ``model_dump``'s defaults (0.9 us per event), its id the dumped string."""
+    from crm_contracts import Envelope
+    from crm_contracts.events.leads import LeadCapturedV2
+
+    captured = LeadCapturedV2(
+        lead_id="lead-1",
+        email="ann@example.com",
+        name="Ann",
+        company="Co",
+        source_channel="web",
+        campaign=None,
+        consent=Consent(marketing_email=True, captured_at=utcnow()),
+        merged=False,
+        custom={},
+    )
+    sealed, _ = shredding.sealed_event(captured, "leads")
+    envelopes = [
+        envelope_for(sealed, source="leads", correlation_id="lead-1"),
+        envelope_for(
+            LeadStatusChangedV1(lead_id="lead-2", status="nurturing", source_channel="web"),
+            source="leads",
+            correlation_id="lead-2",
+            causation_id=str(uuid.uuid4()),
+        ),
+    ]
+    expected = [(str(env.event_id), env.model_dump(mode="json")) for env in envelopes]
+
+    def through_model_dump(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("outbox_doc went through Envelope.model_dump")
+
+    monkeypatch.setattr(Envelope, "model_dump", through_model_dump)
+    items = [outbox_doc(env) for env in envelopes]
+    assert [(i["event_id"], i["envelope"]) for i in items] == expected
+    assert [i["key"] for i in items] == ["lead-1", "lead-2"]
