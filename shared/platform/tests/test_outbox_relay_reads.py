@@ -63,14 +63,25 @@ async def inserted_by_another_replica(store: Store) -> Any:
     return (await store.db[OUTBOX].insert_one(doc)).inserted_id
 
 
-async def test_a_commit_is_published_after_one_read_of_the_pending_rows(
-    store: Store, kafka_bootstrap: str
-) -> None:
+def relay_of(store: Store, bootstrap: str) -> OutboxRelay:
+    """The store's relay as a service runs it (its committed rows, woken by its commits), its
+    poll an hour."""
     relay = OutboxRelay(
-        store.db, bootstrap=kafka_bootstrap, service="relay-reads-test", poll_seconds=3600,
+        store.db, bootstrap=bootstrap, service="relay-reads-test", poll_seconds=3600,
         committed=store.committed_rows,
     )  # fmt: skip
     store.on_commit(relay.notify)
+    return relay
+
+
+async def streaming(relay: OutboxRelay) -> bool:
+    return relay.streaming
+
+
+async def test_a_commit_is_published_after_one_read_of_the_pending_rows(
+    store: Store, kafka_bootstrap: str
+) -> None:
+    relay = relay_of(store, kafka_bootstrap)
     reads: list[int] = []
     read_pending = relay._pending_rows
 
@@ -79,11 +90,12 @@ async def test_a_commit_is_published_after_one_read_of_the_pending_rows(
         return await read_pending()
 
     relay._pending_rows = counted  # type: ignore[method-assign]
+    # Another replica's row, found by the relay's first read: its change stream opens then.
+    first = await inserted_by_another_replica(store)
     tasks = [asyncio.create_task(relay.run()), asyncio.create_task(relay.watch_inserts())]
     try:
-        # The change stream is open once another replica's row wakes the relay.
-        first = await inserted_by_another_replica(store)
-        await eventually(lambda: published(store, first), what="a row woken by the change stream published")
+        await eventually(lambda: published(store, first), what="another replica's row published")
+        await eventually(lambda: streaming(relay), what="the change stream open")
         reads.clear()
 
         async def work(tx: Tx) -> None:
@@ -123,7 +135,8 @@ async def test_the_change_stream_reports_other_writers_inserts_not_this_processs
 
     watching = asyncio.create_task(relay.watch_inserts())
     try:
-        others: list[Any] = []  # another writer's rows until one is reported: the stream is open
+        others: list[Any] = [await inserted_by_another_replica(store)]
+        await relay._pending_rows()  # a read finds another writer's row: the stream opens
 
         async def stream_open() -> bool:
             others.append(await inserted_by_another_replica(store))
@@ -144,6 +157,58 @@ async def test_the_change_stream_reports_other_writers_inserts_not_this_processs
     finally:
         await relay.stop()
         await asyncio.wait_for(watching, timeout=15)
+
+
+async def test_a_lone_writers_relay_opens_its_change_stream_only_for_another_writers_row(
+    store: Store, kafka_bootstrap: str
+) -> None:
+    """With no other writer the stream reported nothing (this process's inserts are left out on
+    the server) and cost mongod a scan of every oplog entry: it is not opened. Another replica's
+    row is published by the poll (here: a read the test asks for), and the stream opens then; that
+    replica's next row wakes the relay without a poll."""
+    relay = relay_of(store, kafka_bootstrap)
+    opened: list[int] = []
+    watch = store.db[OUTBOX].watch
+
+    async def counted_watch(*args: Any, **kwargs: Any) -> Any:
+        opened.append(1)
+        return await watch(*args, **kwargs)
+
+    outbox = store.db[OUTBOX]
+    outbox.watch = counted_watch  # type: ignore[method-assign]
+    relay.db = _WithOutbox(store, outbox)  # type: ignore[assignment]
+    tasks = [asyncio.create_task(relay.run()), asyncio.create_task(relay.watch_inserts())]
+    try:
+
+        async def work(tx: Tx) -> None:
+            tx.emit(status_changed())
+
+        await store.transaction(work)  # this process's own row: published, no stream
+        ours = await store.db[OUTBOX].find_one({})
+        assert ours is not None
+        await eventually(lambda: published(store, ours["_id"]), what="this process's row published")
+        assert opened == []
+        assert not relay.streaming
+        first = await inserted_by_another_replica(store)
+        relay.notify()  # the poll's read (an hour here)
+        await eventually(lambda: published(store, first), what="another replica's row published")
+        await eventually(lambda: streaming(relay), what="the change stream open")
+        last = await inserted_by_another_replica(store)  # no notify: the stream wakes the relay
+        await eventually(lambda: published(store, last), what="the other replica's next row published")
+        assert opened == [1]
+    finally:
+        await relay.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=15)
+
+
+class _WithOutbox:
+    """The store's database, with the outbox collection object the test wrapped."""
+
+    def __init__(self, store: Store, outbox: Any) -> None:
+        self.store, self.outbox, self.client = store, outbox, store.client
+
+    def __getitem__(self, name: str) -> Any:
+        return self.outbox if name == OUTBOX else self.store.db[name]
 
 
 def test_an_insert_is_this_processs_once_and_only_if_it_committed() -> None:

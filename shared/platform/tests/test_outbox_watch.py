@@ -1,4 +1,5 @@
-"""The outbox relay's change stream while idle: one getMore per WATCH_AWAIT_SECONDS, ended by a stop."""
+"""The outbox relay's change stream while idle: one getMore per WATCH_AWAIT_SECONDS, ended by a stop;
+open only while another writer's rows are read."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from crm_platform import outbox
-from crm_platform.mongo import OUTBOX
+from crm_platform.mongo import OUTBOX, WRITER, CommittedRows
 from crm_platform.outbox import OutboxRelay
 
 
@@ -89,3 +90,100 @@ async def test_the_getmore_waits_within_the_clients_operation_timeout() -> None:
     await asyncio.wait_for(watching, timeout=10)
     assert outbox.watch_await_ms(_Db(SimpleNamespace(options=SimpleNamespace(timeout=60.0)))) == 5000
     assert outbox.watch_await_ms(_Db(SimpleNamespace(options=SimpleNamespace(timeout=None)))) == 5000
+
+
+class _Getmores:
+    """A change stream whose getMores answer what the test gives them (None: an empty one, as
+    when the server's await ends), one at a time."""
+
+    def __init__(self) -> None:
+        self.answers: asyncio.Queue[Any] = asyncio.Queue()
+        self.asked = 0
+        self.closed = asyncio.Event()
+
+    async def __aenter__(self) -> _Getmores:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.closed.set()
+
+    async def try_next(self) -> Any:
+        self.asked += 1
+        return await self.answers.get()
+
+
+class _Streams:
+    """The outbox's ``watch``: a new stream each time one is opened."""
+
+    def __init__(self) -> None:
+        self.opened: list[_Getmores] = []
+        self.one_open = asyncio.Event()
+
+    async def watch(self, pipeline: list[dict[str, Any]], **options: Any) -> _Getmores:
+        self.opened.append(_Getmores())
+        self.one_open.set()
+        return self.opened[-1]
+
+
+async def _settled() -> None:
+    """Let the watch task run until it waits (no time passes: the loop's ready tasks only)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_a_relay_that_reads_only_its_own_rows_opens_no_change_stream() -> None:
+    """A lone replica's stream reported nothing (its own inserts are left out on the server), and
+    every open stream's getMore is woken by every oplog write: mongod's scan of each entry for
+    nothing. The stream opens when a read of the pending rows finds a row another process wrote,
+    and closes once no read has found one for ``watch_kept_seconds`` (a getMore's end checks)."""
+    rows = CommittedRows()
+    streams = _Streams()
+    clock = [1000.0]
+    relay = OutboxRelay(
+        _Collections(streams),  # type: ignore[arg-type]
+        bootstrap="unused",
+        service="watch-test",
+        committed=rows,
+        watch_kept_seconds=600,
+    )
+    relay.monotonic = lambda: clock[0]
+    watching = asyncio.create_task(relay.watch_inserts())
+    await _settled()
+    assert streams.opened == [], "no stream before another writer's row was read"
+    relay._note_writers([{"_id": 1, WRITER: rows.writer}])  # this process's own row
+    await _settled()
+    assert streams.opened == []
+
+    relay._note_writers([{"_id": 2, WRITER: rows.writer}, {"_id": 3, WRITER: "another replica"}])
+    await asyncio.wait_for(streams.one_open.wait(), timeout=10)
+    first = streams.opened[0]
+    assert relay.streaming
+    clock[0] += 599
+    await first.answers.put(None)  # an empty getMore inside the window: the stream stays open
+    await _settled()
+    assert first.asked == 2
+    assert not first.closed.is_set()
+    clock[0] += 2
+    await first.answers.put(None)  # past it: closed
+    await asyncio.wait_for(first.closed.wait(), timeout=10)
+    await _settled()
+    assert not relay.streaming
+    assert len(streams.opened) == 1
+
+    streams.one_open.clear()
+    relay._note_writers([{"_id": 4}])  # a row no Store wrote (handed back from elsewhere)
+    await asyncio.wait_for(streams.one_open.wait(), timeout=10)
+    assert len(streams.opened) == 2
+    await relay.stop()
+    await asyncio.wait_for(watching, timeout=10)
+    assert not watching.cancelled()
+
+
+class _Collections:
+    def __init__(self, streams: _Streams) -> None:
+        self.streams = streams
+        self.client = None
+
+    def __getitem__(self, name: str) -> _Streams:
+        assert name == OUTBOX
+        return self.streams

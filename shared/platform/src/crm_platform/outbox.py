@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import time
@@ -62,6 +63,14 @@ WATCH_AWAIT_SECONDS = 5.0
 # whenever 5 s passed without a matching change, closed until ``retry_seconds`` later
 # (docs/performance.md, seventeenth session, mongod25).
 WATCH_AWAIT_SHARE = 0.8
+# A relay whose store names its rows (``committed``: ``WRITER``) opens its change stream only once
+# a read of the pending rows found a row another process wrote (another replica's insert, a row
+# handed back from elsewhere), and closes it when no read has found one for this long. Every
+# open stream's awaiting getMore is woken by every oplog write and scans it: four streams cost
+# mongod 1.6-3.8 ms per handoff at 25/s with no other writer to report (docs/performance.md,
+# seventeenth session, mongod25, and eighteenth session, p99leads). With one replica no stream is
+# open; with two, the first row of the other replica waits for the poll, the next ones wake it.
+WATCH_KEPT_SECONDS = 600.0
 
 
 def watch_await_ms(db: Any) -> int:
@@ -244,6 +253,7 @@ class OutboxRelay:
         compression: str | None = "zstd",
         marks_in_flight: int = MARKS_IN_FLIGHT,
         marks_gather_seconds: float = MARKS_GATHER_SECONDS,
+        watch_kept_seconds: float = WATCH_KEPT_SECONDS,
     ) -> None:
         self.db = db
         # The producer batches' codec: an import's lead.captured JSON packs 5 to 1 with zstd,
@@ -278,6 +288,9 @@ class OutboxRelay:
         self.gather_below_events = max(1, batch_size // 10)  # a publish of fewer is a trickle's
         self._gathered_events = 0
         self._gathering: tuple[list[UpdateOne], list[dict[str, Any]], list[Any]] | None = None
+        # When a read last found another writer's pending row (monotonic; it opens the stream).
+        self._others_at, self._others = -math.inf, asyncio.Event()
+        self.watch_kept_seconds, self.streaming = watch_kept_seconds, False  # streaming: it is open
 
     def notify(self) -> None:
         """Wake the relay now (called after a transaction stored events)."""
@@ -286,6 +299,7 @@ class OutboxRelay:
     async def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
+        self._others.set()
         watching = self._watching
         if watching is not None and not watching.done():
             watching.cancel()  # its getMore waits on the server up to WATCH_AWAIT_SECONDS
@@ -463,6 +477,7 @@ class OutboxRelay:
             query["_id"] = {"$nin": list(self._being_marked)}
         pending = self.db[OUTBOX].find(query, {BATCH_EVENTS: 0}).sort("_id", 1)
         heads = await pending.limit(self.batch_size).to_list()
+        self._note_writers(heads)
         taken: list[dict[str, Any]] = []
         events = 0
         for head in heads:
@@ -482,6 +497,26 @@ class OutboxRelay:
             )
         taken = [full.get(row["_id"], row) if "count" in row else row for row in taken]
         return [row for row in taken if "count" not in row or BATCH_EVENTS in row]
+
+    def _note_writers(self, heads: list[dict[str, Any]]) -> None:
+        """A pending row that another process wrote (not this store's ``WRITER``) opens the change
+        stream, or keeps it open (:meth:`watch_inserts`): that process may write more."""
+        if self.committed is None:
+            return
+        mine = self.committed.writer
+        if any(head.get(WRITER) != mine for head in heads):
+            self._others_at = self.monotonic()
+            self._others.set()
+
+    def _others_lately(self) -> bool:
+        """Whether the change stream is wanted: always without ``committed`` (no writer to tell
+        this process's rows by), else while a read found another writer's row lately."""
+        if self.committed is None:
+            return True
+        if self.monotonic() - self._others_at < self.watch_kept_seconds:
+            return True
+        self._others.clear()
+        return False
 
     def _committed_here(self, heads: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
         """The batch rows among ``heads`` that this process committed lately, as it wrote
@@ -561,7 +596,37 @@ class OutboxRelay:
         Only the event's id is sent (``$project``), not the stored document. A database
         that cannot open a change stream (not a replica set) or drops it leaves the poll
         alone; the stream is opened again after ``retry_seconds``.
+
+        A relay that tells this process's rows by their ``WRITER`` (``committed``) opens the
+        stream only once a read of the pending rows found another writer's row, and closes it
+        ``watch_kept_seconds`` after the last such read (:meth:`_others_lately`): each open
+        stream costs mongod a scan of every oplog entry, and a lone replica's stream reported
+        nothing (its own inserts are left out). The rows of another replica, and those handed
+        back from elsewhere, meanwhile wait for the poll (``poll_seconds``) until one is read.
         """
+        pipeline = self._watch_pipeline()
+        self._watching = asyncio.current_task()
+        wait_ms = watch_await_ms(self.db)
+        while not self._stopping.is_set():
+            try:
+                if not self._others_lately():
+                    await self._others.wait()  # a read found another writer's row (or a stop)
+                    continue
+                await self._stream(pipeline, wait_ms)
+                continue
+            except asyncio.CancelledError:
+                if self._ended_by_stop():
+                    return
+                raise
+            except Exception as exc:
+                log.info("outbox change stream unavailable (%s); relying on the poll for now", exc)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=retry_seconds)
+            except TimeoutError:
+                pass
+
+    def _watch_pipeline(self) -> list[dict[str, Any]]:
+        """The change stream's filter: inserts and rows handed back, their ids only."""
         # Not this process's own inserts (``WRITER``): their commit wakes the relay itself
         # (``Store.wake``), and each was a getMore answered for nothing, one a handoff.
         insert: dict[str, Any] = {"operationType": "insert"}
@@ -575,27 +640,20 @@ class OutboxRelay:
             ]
         }
         project = {"_id": 1, "operationType": 1, "documentKey": 1}
-        pipeline: list[dict[str, Any]] = [{"$match": to_publish}, {"$project": project}]
-        self._watching = asyncio.current_task()
-        wait_ms = watch_await_ms(self.db)
-        while not self._stopping.is_set():
-            try:
-                async with await self.db[OUTBOX].watch(pipeline, max_await_time_ms=wait_ms) as stream:
-                    while not self._stopping.is_set():
-                        change = await stream.try_next()
-                        if change is not None and not self._woken_here(change):
-                            self._wake.set()
-                    return
-            except asyncio.CancelledError:
-                if self._ended_by_stop():
-                    return
-                raise
-            except Exception as exc:
-                log.info("outbox change stream unavailable (%s); relying on the poll for now", exc)
-            try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=retry_seconds)
-            except TimeoutError:
-                pass
+        return [{"$match": to_publish}, {"$project": project}]
+
+    async def _stream(self, pipeline: list[dict[str, Any]], wait_ms: int) -> None:
+        """The change stream open, waking the relay for each change reported, until a stop or
+        until no read has found another writer's row for ``watch_kept_seconds``."""
+        try:
+            async with await self.db[OUTBOX].watch(pipeline, max_await_time_ms=wait_ms) as stream:
+                self.streaming = True
+                while not self._stopping.is_set() and self._others_lately():
+                    change = await stream.try_next()
+                    if change is not None and not self._woken_here(change):
+                        self._wake.set()
+        finally:
+            self.streaming = False
 
     def _ended_by_stop(self) -> bool:
         """Whether the watch's cancellation is :meth:`stop`'s alone (then the watch just ends)."""

@@ -81,7 +81,8 @@ class ServiceSettings(BaseSettings):
     # unset = dynamic membership. See consumer_instance_id_from_env().
     consumer_instance_id: str | None = Field(default=None, validation_alias="CRM_CONSUMER_INSTANCE_ID")
     # The relay's fallback poll: the committing transaction and the outbox's change stream
-    # (another replica's events) wake it at once (crm_platform.outbox.OutboxRelay.watch_inserts).
+    # (another replica's events) wake it at once (crm_platform.outbox.OutboxRelay.watch_inserts);
+    # the stream opens once a poll's read found another writer's row, which waited for this.
     outbox_poll_seconds: float = Field(default=5.0, validation_alias="CRM_OUTBOX_POLL_SECONDS", gt=0)
     # How long configuration read on every event (sales' SLA and roster, leads' scoring
     # rules) is kept in the process; other replicas see a change within it (crm_platform.cache).
