@@ -136,6 +136,10 @@ FOLD_CHUNK = 500
 # replay's whole fetched backlog over at once: 300,000 events decoded together, the worker's
 # 865 MB peak; docs/performance.md, fifteenth session, memory). Folded FOLD_CHUNK at a time anyway.
 MAX_POLL_RECORDS = 10_000
+# KPI ticks skipped in a row at most while the worker catches up (its last fetch came back full:
+# a replay, a backlog): the KPIs are derived over every record, 6% of a replaying worker's CPU,
+# and what they would publish is a moment of a log half read. Then one is published anyway.
+KPI_TICKS_DEFERRED_AT_MOST = 5
 DEPARTMENT = "analytics"
 
 
@@ -269,6 +273,9 @@ class AnalyticsWorker:
             self.app.timer(settings.retention_every_seconds, name="analytics-retention")(self.retention_tick)
         self._recoveries = 0
         self._kpi_inputs = kpis.DerivedCache()
+        self.catching_up = False  # the last fetched batch was full (fold_batch)
+        self._batches_since_kpis = 0  # fetched batches folded since the last KPI tick
+        self._kpi_deferred = 0
         self.app.on_before_shutdown.connect(self._on_before_shutdown)
         self.recovered = False
         self._needs_rebuild = False
@@ -343,6 +350,8 @@ class AnalyticsWorker:
         the worker (:meth:`give_up`): it starts again from the committed offsets, so what was
         not confirmed comes again."""
         taken = 0
+        self.catching_up = len(records) >= MAX_POLL_RECORDS
+        self._batches_since_kpis += 1
         try:
             confirmer = self._confirmer_for_batches()
             while taken < len(records):
@@ -605,9 +614,18 @@ class AnalyticsWorker:
         return dropped
 
     async def kpi_tick(self) -> bool:
-        """Compute the KPIs from the records and write them (they move with time, so always)."""
+        """Compute the KPIs from the records and write them (they move with time, so always);
+        while the worker catches up (its last fetch came back full) at most every
+        ``KPI_TICKS_DEFERRED_AT_MOST + 1`` ticks."""
         if not self.recovered:
             return False  # never publish not-yet-recovered emptiness over good figures
+        # Catching up: the last fetch came back full and batches came since the last tick (a
+        # log that ended on a full fetch is caught up at the next tick).
+        busy, self._batches_since_kpis = self.catching_up and self._batches_since_kpis > 0, 0
+        if busy and self._kpi_deferred < KPI_TICKS_DEFERRED_AT_MOST:
+            self._kpi_deferred += 1  # the log's rest is being folded: publish once caught up
+            return False
+        self._kpi_deferred = 0
         try:
             # What the records alone give is kept while none changes (a recovery may change
             # them behind the version): an idle tick walks no record.

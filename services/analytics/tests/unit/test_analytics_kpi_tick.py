@@ -122,3 +122,44 @@ def test_nothing_is_held_between_ticks_while_the_records_change() -> None:
     kept = cache.get(2, lambda: records)  # unchanged since the last tick
     assert cache._derived is kept
     assert cache.get(2, lambda: {}) is kept
+
+
+async def test_while_the_worker_catches_up_the_kpis_wait_a_few_ticks_then_publish(ticking) -> None:
+    """A full fetch (a replay, a backlog) defers the KPI tick, at most
+    ``KPI_TICKS_DEFERRED_AT_MOST`` ticks in a row: then the KPIs are published anyway; once a
+    fetch comes back short, or no batch came since the last tick (the log ended on a full fetch),
+    every tick publishes again, with every folded record."""
+    worker, walks = ticking
+    fold(worker, "a")
+    worker.catching_up = True
+    ticks = []
+    for _ in range(2 * (worker_module.KPI_TICKS_DEFERRED_AT_MOST + 1)):
+        worker._batches_since_kpis += 1  # a full fetch folded between two ticks
+        ticks.append(await worker.kpi_tick())
+    assert ticks == ([False] * worker_module.KPI_TICKS_DEFERRED_AT_MOST + [True]) * 2
+    assert len(Reports.saved) == 2
+    worker._batches_since_kpis += 1
+    assert not await worker.kpi_tick()
+    assert await worker.kpi_tick(), "no batch since the last tick: caught up"
+    fold(worker, "b")
+    worker.catching_up = False
+    worker._batches_since_kpis += 1
+    assert await worker.kpi_tick()
+    assert Reports.saved[-1].kpis["marketing"]["channels"]["web"]["captured"] == 2
+    assert walks == [1, 1, 2]  # the third publication read what the second kept
+
+
+async def test_a_full_fetch_says_the_worker_catches_up_a_short_one_that_it_caught_up(
+    journey, monkeypatch
+) -> None:
+    from .test_analytics_batches import make_worker, record
+
+    worker = make_worker()
+    monkeypatch.setattr(worker_module, "MAX_POLL_RECORDS", 3)
+    full = [record("crm.leads.events", 0, n, journey.captured(f"lead-{n}").to_bytes()) for n in range(3)]
+    await worker.fold_batch(full, worker.app.consumer_generation_id)
+    assert worker.catching_up
+    await worker.fold_batch(full[:2], worker.app.consumer_generation_id)
+    assert not worker.catching_up
+    assert worker._batch_confirmer is not None
+    await worker._batch_confirmer.stop()
