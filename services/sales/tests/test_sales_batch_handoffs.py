@@ -389,13 +389,12 @@ async def _fetched_ahead(
     return lead, handoff, env, key_record, keys
 
 
-async def test_a_sealed_handoff_opens_with_the_key_its_process_fetched_before_that_key_is_stored(
-    sales: Sales, make_qualified: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The key's own transaction is not on the handoff's path: a key this process's key consumer
-    has fetched opens the handoff at once (no key check, no wait); the hash learned is stored
-    with the effect beside the key, not in it (the key consumer, storing the key afterwards,
-    writes it alone: the two transactions never conflict), and an erasure request finds it."""
+class _KeyFetcher:
+    """The key consumer's fetcher as the pacing knows it: an object it holds weakly."""
+
+
+def _counting_key_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """What each key check outside the transaction (``keys_missing``) answered, in order."""
     checks: list[int] = []
 
     async def counted(db: Any, events: Any) -> int:
@@ -404,6 +403,17 @@ async def test_a_sealed_handoff_opens_with_the_key_its_process_fetched_before_th
         return missing
 
     monkeypatch.setattr(consumer_module, "keys_missing", counted)
+    return checks
+
+
+async def test_a_sealed_handoff_opens_with_the_key_its_process_fetched_before_that_key_is_stored(
+    sales: Sales, make_qualified: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key's own transaction is not on the handoff's path: a key this process's key consumer
+    has fetched opens the handoff at once (no key check, no wait); the hash learned is stored
+    with the effect beside the key, not in it (the key consumer, storing the key afterwards,
+    writes it alone: the two transactions never conflict), and an erasure request finds it."""
+    checks = _counting_key_checks(monkeypatch)
     await sales.set_roster(**{sales.uid("f1"): True})
     lead, _, env, key_record, keys = await _fetched_ahead(sales, make_qualified)
     consumer, kafka = _consumer(sales)
@@ -566,3 +576,49 @@ async def test_a_key_record_alone_is_stored_with_one_upsert_and_no_read(
     assert marker.get("shredded") is True
     assert "key" not in marker, "never brought back"
     assert consumer.outcomes == dict.fromkeys(range(4), "processed")
+
+
+async def test_a_handoffs_key_check_waits_for_the_key_fetch_on_its_way_instead_of_asking_the_database(
+    sales: Sales, make_qualified: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live handoff's fetch ends the key consumer's pause, and its key (published with it) is on
+    its way in that consumer's next fetch: the handoff's key check waits for that fetch
+    (``kafka.records_fetch_pending``) and opens with the key as soon as it is read, without
+    asking the database for its key first (a read that the key's arrival made moot most of the
+    time) and without a person-key wait."""
+    from crm_platform import kafka as kafka_module
+
+    for name in ("_records_fetching", "_records_unread", "_records_paused", "_records_fetch_waiters"):
+        monkeypatch.setattr(kafka_module, name, type(getattr(kafka_module, name))())
+    checks = _counting_key_checks(monkeypatch)
+    lead = sales.uid("on-its-way")
+    handoff, [key] = shredding.sealed_event(make_qualified(lead), "leads")
+    env = envelope_for(handoff, source="leads", correlation_id=f"journey-{lead}")
+    issued = envelope_for(key, source="leads", correlation_id=f"journey-{lead}")
+    consumer, kafka = _consumer(sales)
+    consumer.config.holds_keys = True
+    labels = {"service": "sales", "topic": LEAD_QUALIFIED}
+    before = REGISTRY.get_sample_value("crm_person_key_waits_total", labels) or 0.0
+    key_fetcher = _KeyFetcher()  # the key consumer, in its pause until the handoff's records are fetched
+    paused = asyncio.create_task(kafka_module.pause_empty(3600, until_records=True, fetcher=key_fetcher))
+    await asyncio.sleep(0)
+    kafka_module.end_patient_pauses()  # the department's fetch brought the handoff
+    await asyncio.wait_for(paused, 10)
+
+    stored = asyncio.create_task(consumer._handle_partition(TP, [_record(0, env.to_bytes())], {}))
+
+    async def waiting_for_the_fetch() -> bool:
+        return bool(kafka_module._records_fetch_waiters)
+
+    await eventually(waiting_for_the_fetch, what="the handoff waiting for the key fetch on its way")
+    shredding.key_fetched(issued, key)  # the key consumer reads what its fetch brought
+    kafka_module.records_fetch_read(key_fetcher)
+    await asyncio.wait_for(stored, timeout=30)
+
+    assert consumer.outcomes == {0: "processed"}
+    assert kafka.dead_letters == []
+    assert checks == [0], "the key counted as had: the database was not asked"
+    assert (REGISTRY.get_sample_value("crm_person_key_waits_total", labels) or 0.0) == before
+    item = await sales.inbox_item(lead)
+    assert item is not None
+    assert item["handoff"]["contact"]["email"] == f"{lead}@example.com"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
-from crm_platform.consumer import ConsumerConfig, EventConsumer
+from crm_platform.consumer import ConsumerConfig, EventConsumer, Outcome
 from crm_platform.mongo import Store, connect
 
 TOPIC = "crm.test.partitions"
@@ -242,3 +242,54 @@ def test_a_failing_partition_ends_the_loop_after_the_others_are_handled_and_comm
         assert {PARTITIONS[0]: 1} in kafka.committed, "the other partition's handling ended and committed"
 
     asyncio.run(main())
+
+
+class Classifying(Held):
+    """Told of each classified record, as the person keys' consumer is (``on_classified``):
+    notes the records ``_prepare`` classified."""
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__(**config)
+        self.on_classified = lambda envelope, event: None
+        self.classified: list[tuple[int, int]] = []
+
+    def _prepare(self, record: ConsumerRecord[Any, Any]) -> Outcome:
+        self.classified.append((record.partition, record.offset))
+        return Outcome("ignored")
+
+
+def test_a_consumer_told_of_classified_records_classifies_them_as_they_are_taken() -> None:
+    """The key consumer's records are classified as the loop takes them, not when their
+    partition's lane gets to them: a key queued behind its partition's batch being stored opens
+    its handoff at once (``shredding.key_fetched``) instead of after that batch's commit."""
+    consumer, kafka = Classifying(), Kafka()
+
+    async def body() -> None:
+        consumer.held[0] = asyncio.Event()
+        kafka.add(PARTITIONS[0])
+        await _until(lambda: ("begin", 0, 0) in consumer.events)
+        kafka.add(PARTITIONS[0], 2)  # queued behind the held batch
+        await _until(lambda: (0, 2) in consumer.classified)
+        assert consumer.classified == [(0, 0), (0, 1), (0, 2)]
+        assert ("begin", 0, 1) not in consumer.events, "still queued behind its partition's batch"
+        consumer.held[0].set()
+        await _until(lambda: ("end", 0, 1) in consumer.events)
+
+    _running(consumer, kafka, body)
+
+
+async def test_a_record_classified_as_taken_is_not_classified_again_when_handled() -> None:
+    store = Store(connect("mongodb://127.0.0.1:1", "test"), "unused", "test")  # never connects
+    consumer = EventConsumer(
+        ConsumerConfig(service="test", group_id="test", topics=[TOPIC], bootstrap="-"), store, {}
+    )
+    consumer._ahead[(TOPIC, 0, 5)] = Outcome("ignored")
+
+    def again(record: Any) -> None:
+        raise AssertionError("classified twice")
+
+    consumer._prepare = again  # type: ignore[method-assign]
+    offsets: dict[TopicPartition, int] = {}
+    await consumer._handle_partition(PARTITIONS[0], [_record(PARTITIONS[0], 5)], offsets)
+    assert offsets == {PARTITIONS[0]: 6}
+    assert not consumer._ahead

@@ -161,6 +161,7 @@ class _Fetching:
         self._client = SimpleNamespace(**marks)
         self._crm_empty_streak = 1_000  # idle for a while
         self.has_data = has_data
+        self._records: dict[Any, Any] = {}  # nothing buffered (kafka.fetched_bytes)
 
 
 @pytest.fixture
@@ -354,7 +355,6 @@ async def test_pace_records_marks_the_client_and_its_fetch_with_records_waits(
     assert consumer._client._crm_fetch_interval == 3600.0
     paced = _Fetching(True, _crm_patient=True)
     paced._client = consumer._client
-    paced._records = {}  # type: ignore[attr-defined]  # what the fetch buffered: nothing
     held = asyncio.create_task(paced_round(paced))
     for _ in range(3):
         await asyncio.sleep(0)
@@ -362,3 +362,84 @@ async def test_pace_records_marks_the_client_and_its_fetch_with_records_waits(
     assert await asyncio.wait_for(paced_round(_Fetching(True)), 10) is True  # unpaced: at once
     held.cancel()
     assert await asyncio.wait_for(held, 10) is False  # a closing fetcher's cancel ends the wait
+
+
+async def test_a_key_consumers_fetch_is_on_its_way_until_it_pauses_with_what_it_fetched_read(
+    paced_round: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handoff's key check waits for the key consumer's fetch on its way
+    (``kafka.records_fetch_pending``) rather than asking the database: from the department's
+    records ending the key consumer's pause, through its fetch, until it pauses again with what
+    it fetched read by its consumer; its waiters are woken then (a key not fetched by now is not
+    coming with that fetch)."""
+    monkeypatch.setattr(kafka_module, "_empty_fetch_pause", 3600.0)  # only an ending finishes a pause
+    for name in ("_records_fetching", "_records_unread", "_records_paused"):
+        monkeypatch.setattr(kafka_module, name, type(getattr(kafka_module, name))())
+    keys = _Fetching(False, _crm_patient=True, _crm_until_records=True)
+    keys._crm_empty_streak = 0  # keys flowing: the plain pause
+    paused = asyncio.create_task(paced_round(keys))
+    await asyncio.sleep(0)
+    assert not kafka_module.records_fetch_pending(), "in its pause: nothing on its way"
+    assert await paced_round(_Fetching(True)) is True  # the department's fetch brings a handoff
+    assert kafka_module.records_fetch_pending(), "its pause ended: it fetches next"
+    assert await asyncio.wait_for(paused, 10) is False
+    keys.has_data = True
+    assert await paced_round(keys) is True  # the key comes: no pause after records
+    assert kafka_module.records_fetch_pending(), "records fetched, not read yet"
+    waiter = asyncio.get_running_loop().create_future()
+    kafka_module.watch_records_fetches(waiter)
+    kafka_module.records_fetch_read(keys)  # its consumer took and classified them
+    keys.has_data = False
+    again = asyncio.create_task(paced_round(keys))  # the next fetch is empty: it pauses
+    await asyncio.wait_for(waiter, 10)  # woken as it pauses (an hour otherwise)
+    assert not kafka_module.records_fetch_pending()
+    kafka_module.hurry_fetches()
+    assert await asyncio.wait_for(again, 10) is False
+
+
+async def test_a_key_consumer_fetches_again_at_once_when_records_came_elsewhere_during_its_fetch(
+    paced_round: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key consumer's empty fetch was on its way when another consumer fetched records (here:
+    a key check hurried the fetches): the key of those records may have reached the broker after
+    its fetch was answered, so it fetches again at once instead of pausing (the handoff used to
+    wait out the plain pause for it)."""
+    monkeypatch.setattr(kafka_module, "_empty_fetch_pause", 3600.0)  # a pause would never end here
+
+    class Overtaken(_Fetching):
+        @property
+        def has_data(self) -> bool:
+            kafka_module.hurry_fetches()  # while the fetch is on its way
+            return False
+
+        @has_data.setter
+        def has_data(self, value: bool) -> None:
+            pass
+
+    keys = Overtaken(False, _crm_patient=True, _crm_until_records=True)
+    fetching = asyncio.create_task(paced_round(keys))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    paused = bool(kafka_module._pauses)
+    kafka_module.hurry_fetches()  # a pause (the failure) ends here, not an hour later
+    assert await asyncio.wait_for(fetching, 10) is False
+    assert not paused, "back to the fetch routine at once, no pause"
+
+
+async def test_a_key_fetch_on_its_way_does_not_keep_a_closed_consumers_fetcher(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fetch on its way is known by its fetcher, held weakly: a key consumer closed while its
+    fetch was on its way (a reconnect) leaves nothing behind, and nothing to wait for."""
+    import gc
+
+    monkeypatch.setattr(kafka_module, "_records_fetching", type(kafka_module._records_fetching)())
+    fetcher = _Fetching(False, _crm_patient=True, _crm_until_records=True)
+    paused = asyncio.create_task(kafka_module.pause_empty(3600, until_records=True, fetcher=fetcher))
+    await asyncio.sleep(0)
+    kafka_module.end_patient_pauses()  # records elsewhere: its fetch is on its way
+    await asyncio.wait_for(paused, 10)
+    assert kafka_module.records_fetch_pending()
+    del fetcher, paused
+    gc.collect()
+    assert not kafka_module.records_fetch_pending()

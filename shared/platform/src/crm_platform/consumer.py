@@ -54,15 +54,20 @@ from crm_platform.dead_letters import (
     short,
     skips_replay,
 )
-from crm_platform.kafka import be_patient, hurry_fetches, make_consumer, make_producer
+from crm_platform.kafka import be_patient, hurry_fetches, make_consumer, make_producer, records_fetch_read
 from crm_platform.logging import correlation_id_var
 from crm_platform.mongo import PROCESSED, Store, Tx, audit_context, causation_var
-from crm_platform.shredding import PersonKeyPending, keys_missing, until_key_stored
+from crm_platform.shredding import PersonKeyPending, keys_missing, until_key_stored, until_keys_fetched
 
 log = logging.getLogger("crm.consumer")
 
 Handler = Callable[[Tx, Any, Envelope], Awaitable[None]]
 CLIENT_STOP_SECONDS = 15.0
+# A run of at most this many records (a live trickle's, not a backlog's) whose keys this process's
+# key consumer is fetching waits for that fetch, at most KEY_FETCH_WAIT_SECONDS, before its keys
+# are asked for in the database (``EventConsumer._await_keys``, crm_platform.shredding).
+KEY_FETCH_RUN = 8
+KEY_FETCH_WAIT_SECONDS = 0.1
 AfterStore = Callable[[Envelope], Awaitable[None] | None]
 OnClassified = Callable[[Envelope, Event], None]
 
@@ -254,6 +259,8 @@ class EventConsumer:
         # session, drain).
         self._stored_metrics: dict[tuple[str, str], _StoredMetrics] = {}
         self._turn = 0  # which of the other partitions a fetch asks first (``_fetch``)
+        # Records classified as they were taken (``_classify_ahead``), by (topic, partition, offset).
+        self._ahead: dict[tuple[str, int, int], _Ready | Outcome | None] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
 
@@ -351,7 +358,10 @@ class EventConsumer:
                     # record batch produced together, a group's one transaction) into pieces.
                     await lanes.wait_for_room()
                     continue
-                for tp, records in (await self._fetch(room)).items():
+                batches = await self._fetch(room)
+                if self.on_classified is not None and batches:
+                    self._classify_ahead(batches)
+                for tp, records in batches.items():
                     lanes.add(tp, records)
         except asyncio.CancelledError:
             lanes.cancel()  # the loop itself is cancelled: nothing is left to wait for them
@@ -362,8 +372,21 @@ class EventConsumer:
             # loop returns or raises and the clients may be closed. Queued records were not
             # committed: they come again after a reconnect.
             await lanes.ended()
+            self._ahead.clear()  # records not handled are fetched again after a reconnect
         if lanes.failure is not None:
             raise lanes.failure
+
+    def _classify_ahead(self, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
+        """Classify every record taken now, not when its partition's lane gets to it, for a
+        consumer told of each classified record (``on_classified``: the person keys', whose keys
+        open sealed events as soon as they are fetched, even while an earlier key of their
+        partition is being stored); then its fetch is read (``kafka.records_fetch_read``: a
+        handoff's key check waiting for that fetch looks at the keys now)."""
+        for records in batches.values():
+            for record in records:
+                self._ahead[(record.topic, record.partition, record.offset)] = self._prepare(record)
+        if self.consumer is not None:
+            records_fetch_read(getattr(self.consumer, "_fetcher", None))
 
     async def _handle_and_commit(
         self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]
@@ -426,7 +449,8 @@ class EventConsumer:
         for record in records:
             if self._stopping.is_set():
                 break
-            prepared = self._prepare(record)
+            at = (record.topic, record.partition, record.offset)
+            prepared = self._ahead.pop(at) if at in self._ahead else self._prepare(record)
             if isinstance(prepared, _Ready):
                 group.append(prepared)
             elif prepared is not None:
@@ -578,6 +602,8 @@ class EventConsumer:
         wait = 0.01
         events = [r.event for r in run]
         try:
+            if len(run) <= KEY_FETCH_RUN:  # a live trickle's: its keys are on their way with it
+                await until_keys_fetched(events, KEY_FETCH_WAIT_SECONDS)
             while await keys_missing(self.store.db, events) and time.monotonic() < deadline:
                 metrics.PERSON_KEY_WAITS.labels(self.config.service, run[0].record.topic).inc()
                 hurry_fetches()  # the key consumer fetches now, not after its empty-fetch pause

@@ -14,6 +14,7 @@ import logging
 import random
 import struct
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -244,7 +245,10 @@ def be_patient(consumer: AIOKafkaConsumer, *, until_records: bool = False) -> AI
     consumer fetches at once, not after its pause: while keys flow (a key per handoff) a
     handoff's key used to wait out the rest of the plain pause (up to 20 ms with the embedded
     broker), and the handoff with it or in a person-key wait (docs/performance.md, sixteenth
-    session, latency)."""
+    session, latency). It fetches again at once when records came elsewhere while its fetch
+    was on its way, and a handoff's key check waits for such a fetch
+    (:func:`records_fetch_pending`) instead of asking the database (eighteenth session,
+    p99sales)."""
     client = consumer._client  # the client its fetcher is given (aiokafka's Fetcher._client)
     client._crm_patient = True
     client._crm_until_records = until_records
@@ -334,8 +338,24 @@ def wait_after_fetch(
 # The pauses after empty fetches in progress in this process: ``hurry_fetches`` ends them.
 _pauses: set[asyncio.Future[None]] = set()
 # Those of them that are pauses of ``be_patient(..., until_records=True)`` consumers (plain or
-# patient): another consumer's fetch with records ends them (``end_patient_pauses``).
-_patient_pauses: set[asyncio.Future[None]] = set()
+# patient), with the fetcher pausing: another consumer's fetch with records ends them
+# (``end_patient_pauses``), and that fetcher then fetches.
+_patient_pauses: dict[asyncio.Future[None], object] = {}
+# The ``until_records`` fetchers with a fetch on its way, since when (monotonic): from the end of
+# a pause (or its ending by records elsewhere) until the next pause begins with what the fetch
+# brought read by its consumer. A handoff's key check waits for it (records_fetch_pending).
+# Weakly held: a consumer closed meanwhile (a reconnect) leaves no fetcher behind.
+_records_fetching: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+_records_unread: weakref.WeakSet[Any] = weakref.WeakSet()  # their last fetch's records not read yet
+_records_paused: weakref.WeakSet[Any] = weakref.WeakSet()  # those in a pause
+# Woken when such a fetcher pauses with what it fetched read (watch_records_fetches).
+_records_fetch_waiters: set[asyncio.Future[None]] = set()
+# How many fetches of this process brought records (the ``until_records`` consumers' aside) or
+# were hurried (``hurry_fetches``): a key consumer whose fetch was on its way meanwhile fetches
+# again at once instead of pausing.
+_records_fetched = 0
+# A fetch on its way for longer than this is not waited for (its consumer stopped, say).
+RECORDS_FETCH_STALE_SECONDS = 1.0
 
 
 def hurry_fetches() -> None:
@@ -343,7 +363,11 @@ def hurry_fetches() -> None:
 
     For a record that waits for what another consumer of this process fetches (a sealed
     event for its person key, crm_platform.shredding): that consumer's next fetch then
-    need not wait out the pause after its last empty one."""
+    need not wait out the pause after its last empty one (and a key consumer's fetch already
+    on its way is sent again as soon as it is back)."""
+    global _records_fetched
+    _records_fetched += 1
+    end_patient_pauses()
     for waiter in list(_pauses):
         _end_pause(waiter)
     _pauses.clear()
@@ -351,15 +375,68 @@ def hurry_fetches() -> None:
 
 def end_patient_pauses() -> None:
     """A consumer of this process fetched records: end the pauses of the consumers that wait
-    for records elsewhere (``be_patient(..., until_records=True)``)."""
-    for waiter in list(_patient_pauses):
+    for records elsewhere (``be_patient(..., until_records=True)``); each has a fetch on its way
+    from now (:func:`records_fetch_pending`)."""
+    now = time.monotonic()
+    for waiter, fetcher in list(_patient_pauses.items()):
         _end_pause(waiter)
+        _records_fetching[fetcher] = now
     _patient_pauses.clear()
 
 
-async def pause_empty(seconds: float, *, until_records: bool = False) -> None:
+def records_fetch_pending() -> bool:
+    """Whether an ``until_records`` consumer of this process (the person keys') has a fetch on
+    its way: begun, or its pause ended by another consumer's records (it fetches next)."""
+    if not _records_fetching:
+        return False
+    fresh = time.monotonic() - RECORDS_FETCH_STALE_SECONDS
+    return any(since > fresh for since in _records_fetching.values())
+
+
+def watch_records_fetches(waiter: asyncio.Future[None]) -> None:
+    """End ``waiter`` when an ``until_records`` consumer pauses with nothing on its way (what it
+    fetched read by its consumer): a key not fetched by then is not coming with that fetch."""
+    _records_fetch_waiters.add(waiter)
+
+
+def unwatch_records_fetches(waiter: asyncio.Future[None]) -> None:
+    _records_fetch_waiters.discard(waiter)
+
+
+def records_fetch_read(fetcher: object) -> None:
+    """What ``fetcher``'s last fetch brought has been read by its consumer (the key consumer
+    classifies its records as it takes them, crm_platform.consumer)."""
+    if fetcher is None:
+        return
+    _records_unread.discard(fetcher)
+    if fetcher in _records_paused:
+        _records_settled(fetcher)
+
+
+def _records_pausing(fetcher: object, pausing: bool) -> None:
+    """An ``until_records`` fetcher begins (``pausing``) or ends a pause."""
+    if not pausing:
+        _records_paused.discard(fetcher)
+        _records_fetching[fetcher] = time.monotonic()  # it fetches next
+        return
+    _records_paused.add(fetcher)
+    if fetcher not in _records_unread:
+        _records_settled(fetcher)
+
+
+def _records_settled(fetcher: object) -> None:
+    """``fetcher`` pauses with everything it fetched read: nothing on its way; wake the waiters
+    to look again (a key not fetched by now is asked for in the database)."""
+    _records_fetching.pop(fetcher, None)
+    for waiter in list(_records_fetch_waiters):
+        _end_pause(waiter)
+    _records_fetch_waiters.clear()
+
+
+async def pause_empty(seconds: float, *, until_records: bool = False, fetcher: object = None) -> None:
     """Wait ``seconds`` after an empty fetch, or until ``hurry_fetches`` (cancellable), or, with
-    ``until_records``, until another consumer of this process fetches records.
+    ``until_records``, until another consumer of this process fetches records (``fetcher``: the
+    one pausing, which then has a fetch on its way).
 
     As cheap as ``asyncio.sleep`` (one future, one timer): an idle consumer pauses about ten
     times a second, and ``asyncio.wait_for`` on a pause that runs out cancels, awaits and
@@ -369,13 +446,13 @@ async def pause_empty(seconds: float, *, until_records: bool = False) -> None:
     timer = loop.call_later(seconds, _end_pause, waiter)
     _pauses.add(waiter)
     if until_records:
-        _patient_pauses.add(waiter)
+        _patient_pauses[waiter] = fetcher
     try:
         await waiter
     finally:
         timer.cancel()
         _pauses.discard(waiter)
-        _patient_pauses.discard(waiter)
+        _patient_pauses.pop(waiter, None)
 
 
 def _end_pause(waiter: asyncio.Future[None]) -> None:
@@ -419,8 +496,11 @@ async def _paced_round(
     self: Fetcher, original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[bool, bool]:
     """One fetch and the wait after it: (whether it brought records, whether it paused in full)."""
+    global _records_fetched
     started = time.monotonic()
-    has_data: bool = await original(self, *args, **kwargs)
+    until_records = getattr(self._client, "_crm_until_records", False)
+    seen = _records_fetched
+    has_data = await _fetch_marked(self, original, args, kwargs, until_records)
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         # aiokafka's fetch swallowed a cancel (the fetcher is closing or the
@@ -431,9 +511,12 @@ async def _paced_round(
     streak = 0 if has_data else getattr(self, "_crm_empty_streak", 0) + 1
     self._crm_empty_streak = streak
     patient = _patient_process or getattr(self._client, "_crm_patient", False)
-    until_records = getattr(self._client, "_crm_until_records", False)
-    if has_data and _patient_pauses and not until_records:
-        end_patient_pauses()  # the key consumer fetches the keys of these records now
+    if has_data and not until_records:
+        _records_fetched += 1
+        if _patient_pauses:
+            end_patient_pauses()  # the key consumer fetches the keys of these records now
+    if until_records and _empty_fetch_pause:
+        return await _pause_until_records(self, has_data, streak, patient, seen != _records_fetched)
     own: float = getattr(self._client, "_crm_fetch_interval", 0.0)  # pace_records
     size = 0
     if has_data and max(_fetch_interval, own) > BACKLOG_FETCH_INTERVAL:  # only where it can change the wait
@@ -453,6 +536,49 @@ async def _paced_round(
             await pause_empty(wait, until_records=until_records)
     except asyncio.CancelledError:
         return False, False  # closing: the fetcher cancels its tasks and moves on
+    return has_data, True
+
+
+async def _fetch_marked(
+    self: Fetcher, original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], marked: bool
+) -> bool:
+    """aiokafka's fetch; a ``marked`` (``until_records``) consumer's counted as on its way
+    (:func:`records_fetch_pending`) until it pauses with what it brought read."""
+    if not marked:
+        return bool(await original(self, *args, **kwargs))
+    _records_fetching[self] = time.monotonic()
+    has_data: bool = await original(self, *args, **kwargs)
+    if has_data:
+        _records_unread.add(self)  # on its way until its consumer reads them (records_fetch_read)
+    return has_data
+
+
+async def _pause_until_records(
+    fetcher: Fetcher, has_data: bool, streak: int, patient: bool, missed: bool
+) -> tuple[bool, bool]:
+    """The wait of an ``until_records`` consumer (the person keys') after a fetch: none after one
+    that brought records, nor after one on its way while another consumer fetched records (or a
+    key check hurried fetches), whose keys it may have missed (it used to pause the plain pause
+    then, the handoff with it); otherwise its pause (:func:`pause_after`), ended by the next
+    records fetched elsewhere (:func:`end_patient_pauses`), during which it has nothing on its way
+    once its consumer has read what it fetched (:func:`records_fetch_pending`).
+
+    Its own rhythm while keys flow is kept: a key often reaches this process before its handoff,
+    which then needs no wait. Without it (the idle pause from the first empty fetch, tried again
+    here) the key fetch rounds per handoff fell from about 2 to 0.6 at 25/s, but every key came
+    after its handoff and person-key waits rose (40 in 250 against 0-12; docs/performance.md,
+    eighteenth session, p99sales)."""
+    if missed or has_data:
+        return has_data, False
+    _records_pausing(fetcher, True)
+    try:
+        await pause_empty(
+            pause_after(streak, _empty_fetch_pause, patient=patient), until_records=True, fetcher=fetcher
+        )
+    except asyncio.CancelledError:
+        _records_paused.discard(fetcher)  # closing: nothing on its way
+        return False, False  # the fetcher cancels its tasks and moves on
+    _records_pausing(fetcher, False)
     return has_data, True
 
 

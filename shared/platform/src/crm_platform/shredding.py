@@ -63,6 +63,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pymongo import ReturnDocument, UpdateOne
 
+from crm_platform.kafka import records_fetch_pending, unwatch_records_fetches, watch_records_fetches
 from crm_platform.pseudonym import email_hash, erased_email, erased_name, is_erased_email
 
 KEYS = "person_keys"
@@ -724,6 +725,33 @@ def _seals(event: Event) -> list[Any]:
     found = [fields.get("sealed_person"), fields.get("sealed_contact")]
     found.extend(fields.get("sealed_contacts") or ())
     return [s for s in found if s is not None]
+
+
+async def until_keys_fetched(events: Iterable[Event], seconds: float) -> None:
+    """Wait, at most ``seconds``, while a held key these events need is not fetched by this
+    process and its key consumer has a fetch on its way (``kafka.records_fetch_pending``: begun,
+    or its pause ended by these very events' fetch): woken as keys are fetched, or when that fetch
+    comes back without records. Asks the database nothing; a key still not fetched after it is
+    asked for there (:func:`keys_missing`). A live handoff's key is published with it and fetched
+    as it is read, so its check waits for that fetch instead of a read of the held keys that the
+    key's arrival made moot most of the time (docs/performance.md, eighteenth session, p99sales)."""
+    wanted = {_held_id(s.key_owner, s.person_id) for e in events for s in _seals(e)}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while records_fetch_pending() and any(_fetched.get(w) is None for w in wanted):
+        left = deadline - loop.time()
+        if left <= 0:
+            return
+        waiter: asyncio.Future[None] = loop.create_future()
+        _key_waiters.add(waiter)
+        watch_records_fetches(waiter)
+        timer = loop.call_later(left, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            _key_waiters.discard(waiter)
+            unwatch_records_fetches(waiter)
 
 
 async def keys_missing(db: Any, events: Iterable[Event]) -> int:
