@@ -3,10 +3,13 @@ development keys and the production settings that refuse to start without real k
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import stat
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -31,6 +34,7 @@ from crm_platform.keys import (
 )
 from crm_platform.settings import ServiceSettings
 from crm_platform.testing import dev_signing_key, expired_token, forged_tokens, token_for
+from httpcore._async import http11 as httpcore_http11
 from pydantic import ValidationError
 
 ALICE = Principal("u-alice", "alice", frozenset({"sales_rep"}))
@@ -229,3 +233,35 @@ async def test_the_audit_operation_names_the_route_without_parsing_the_url(pair:
     principal = await auth_module.current_principal(Request(scope))
     assert principal.user_id == "u-alice"
     assert audit.operation_var.get() == "POST /leads/{lead_id}"
+
+
+async def test_the_feed_keeps_its_connection_to_the_gateway_from_poll_to_poll(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """httpx's default keep-alive (5 s) is the poll's period: each poll opened a new connection.
+    httpx's clock is stepped by a poll's period and a second between the polls."""
+    body = b'{"users": [], "tokens": []}'
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(head % len(body) + body)
+                await writer.drain()
+
+    now = [1000.0]
+    monkeypatch.setattr(httpcore_http11, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    feed = RevocationFeed(f"http://127.0.0.1:{port}/internal/revocations", RevocationList())
+    try:
+        async with feed.client() as client:
+            for _ in range(3):
+                assert await feed.refresh(client)
+                now[0] += feed.poll_seconds + 1.0
+    finally:
+        server.close()
+    assert connections == 1

@@ -228,6 +228,11 @@ def _principal(claims: dict[str, Any]) -> Principal:
     )
 
 
+# How much longer than its poll period the feed's connection is kept idle (the gateway's own
+# keep-alive is 75 s: crm_platform.app.serve).
+FEED_KEEPALIVE_MARGIN_SECONDS = 10.0
+
+
 class RevocationFeed:
     """Keeps a service's revocation list in step with the gateway's (``GET /internal/revocations``).
 
@@ -257,8 +262,17 @@ class RevocationFeed:
         self.target.replace(fresh)
         return True
 
+    def client(self) -> httpx.AsyncClient:
+        """The feed's HTTP client: its one connection to the gateway kept from poll to poll.
+        httpx drops a connection idle for 5 s by default, the poll's own period, so every poll
+        opened a new one (a connect here; in the gateway an accept and a new connection's
+        protocol, for each of the four services' polls; docs/performance.md, eighteenth session)."""
+        expiry = self.poll_seconds + FEED_KEEPALIVE_MARGIN_SECONDS
+        keep = httpx.Limits(max_connections=1, keepalive_expiry=expiry)
+        return httpx.AsyncClient(timeout=max(1.0, self.poll_seconds), trust_env=False, limits=keep)
+
     async def run(self) -> None:
-        async with httpx.AsyncClient(timeout=max(1.0, self.poll_seconds), trust_env=False) as client:
+        async with self.client() as client:
             while True:
                 await self.refresh(client)
                 await asyncio.sleep(self.poll_seconds)
