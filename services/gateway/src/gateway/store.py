@@ -349,14 +349,21 @@ class MongoRevocations:
         )
 
     async def load(self, *, users_since: int, now: datetime) -> tuple[dict[str, int], dict[str, int]]:
+        """Both lists in one round trip (``$unionWith``, each side on its index): the gateway
+        reloads them every second, and two finds were a fifth of an idle gateway's CPU."""
+        revoked = [{"$match": {"expires_at": {"$gt": now}}}, {"$project": {"expires_at": 1}}]
+        pipeline: list[Doc] = [
+            {"$match": {"sessions_valid_after": {"$gt": users_since}}},
+            {"$project": {"sessions_valid_after": 1}},
+            {"$unionWith": {"coll": REVOKED, "pipeline": revoked}},
+        ]
         users: dict[str, int] = {}
-        async for doc in self.db[USERS].find(
-            {"sessions_valid_after": {"$gt": users_since}}, {"sessions_valid_after": 1}
-        ):
-            users[str(doc["_id"])] = int(doc["sessions_valid_after"])
         tokens: dict[str, int] = {}
-        async for doc in self.db[REVOKED].find({"expires_at": {"$gt": now}}):
-            tokens[str(doc["_id"])] = int(doc["expires_at"].timestamp())
+        async for doc in await self.db[USERS].aggregate(pipeline):
+            if "sessions_valid_after" in doc:
+                users[str(doc["_id"])] = int(doc["sessions_valid_after"])
+            else:
+                tokens[str(doc["_id"])] = int(doc["expires_at"].timestamp())
         return users, tokens
 
 
