@@ -483,6 +483,8 @@ class AnalyticsWorker:
             verdict = classify(message.value, topic=message.topic)
             if isinstance(verdict, Accepted):
                 apply(self.state, verdict.envelope, verdict.event)
+                # The KPIs' walk is held only while the records stand still (peak RSS).
+                self._kpi_inputs.release((self.state.records_version, self._recoveries))
             return verdict
         except ImplausibleEvent as exc:
             return Rejected(IMPLAUSIBLE_TIME, str(exc), _event_type(verdict))

@@ -406,10 +406,13 @@ def derive(records: Mapping[str, Record]) -> Derived:
 class DerivedCache:
     """:func:`derive` of the records, kept while their ``version`` stands still.
 
-    Kept only once the version was the same at two calls in a row (the records stood still for
-    a whole KPI interval): while records change, every tick derives anew anyway, and holding
-    the last one between ticks would add its size (megabytes at 30,000 leads) to the fold's
-    own peak memory, the worker's peak RSS being at its bound."""
+    Kept from the walk on, and let go as soon as a record changes (:meth:`release`, called by
+    the worker's fold): while records change, every tick derives anew anyway, and holding the
+    last walk between ticks would add its size (megabytes at 30,000 leads) to the fold's own
+    peak memory, the worker's peak RSS being at its bound. It used to be kept only once the
+    version was the same at two ticks in a row, so the records were walked twice after the last
+    change, the second walk often in the platform's idle window (docs/performance.md,
+    eighteenth session, idle)."""
 
     def __init__(self) -> None:
         self._version: object = None
@@ -420,11 +423,14 @@ class DerivedCache:
         if self._derived is not None and version == self._version:
             return self._derived
         self._derived = None
-        derived = derive(records())
-        if version == self._version:
-            self._derived = derived  # the records stood still since the last call: keep it
+        self._derived = derive(records())
         self._version = version
-        return derived
+        return self._derived
+
+    def release(self, version: object) -> None:
+        """A fold ran: let the walk go if the records' ``version`` moved since it."""
+        if self._derived is not None and version != self._version:
+            self._derived = None
 
 
 def compute(records: Mapping[str, Record] | Derived, now: datetime) -> dict[str, Json]:
