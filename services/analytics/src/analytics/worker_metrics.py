@@ -49,20 +49,20 @@ class WorkerMetrics:
         SNAPSHOT_AGE.set_function(lambda: time.monotonic() - self._fresh_at)
 
     def consumed(self, topic: str, event_type: str | None, outcome: str) -> None:
-        key = (topic, event_type or "unknown", outcome)
-        counter = self._consumed.get(key)
-        if counter is None:
-            counter = self._consumed[key] = metrics.EVENTS_CONSUMED.labels(self.service, *key)
-        counter.inc()
+        self._counter((topic, event_type or "unknown", outcome)).inc()
 
     def consumed_many(self, counts: dict[tuple[str, str, str], int]) -> None:
         """Several records' outcomes at once, by (topic, event type, outcome): one increment
         per key (a fetched batch's chunk, analytics.worker: one per record was 3% of a replay)."""
         for key, n in counts.items():
-            counter = self._consumed.get(key)
-            if counter is None:
-                counter = self._consumed[key] = metrics.EVENTS_CONSUMED.labels(self.service, *key)
-            counter.inc(n)
+            self._counter(key).inc(n)
+
+    def _counter(self, key: tuple[str, str, str]) -> Any:
+        """The labelled counter of (topic, event type, outcome), resolved once."""
+        counter = self._consumed.get(key)
+        if counter is None:
+            counter = self._consumed[key] = metrics.EVENTS_CONSUMED.labels(self.service, *key)
+        return counter
 
     def dead_lettered(self, topic: str, reason: str) -> None:
         metrics.DEAD_LETTERED.labels(self.service, topic, reason).inc()
