@@ -36,6 +36,7 @@ from aiokafka import (
     ConsumerRecord,
     TopicPartition,
 )
+from bson import ObjectId
 from crm_contracts import HANDOFF_BY_EVENT_TYPE, Envelope, Event, utcnow
 from crm_contracts.events.platform import HandoffReceivedV1
 from crm_contracts.handoffs import Handoff
@@ -530,6 +531,15 @@ class EventConsumer:
             offsets[tp] = ignored_through
         return True
 
+    def _ledger_entry(self, ready: _Ready, row_key: ObjectId) -> dict[str, Any]:
+        """The record's ledger entry; a handoff to this department's names the outbox row its
+        receipt is stored in (``receipts.RECEIPT_ROW``: its transaction's ``Tx.row_key``), where
+        a re-sent copy's receipt is found again (``receipts.confirm_again``)."""
+        entry = _ledger_doc(ready)
+        if self._receives(ready.envelope):
+            entry[receipts.RECEIPT_ROW] = row_key
+        return entry
+
     def _ledgered(self, envelope: Envelope) -> bool:
         """Whether this event has a processed-events ledger entry (``ConsumerConfig.unledgered``)."""
         return self.config.ledger and envelope.event_type not in self.config.unledgered
@@ -646,7 +656,8 @@ class EventConsumer:
             failing.clear()
             tx.batch = Batch([(r.event, r.envelope) for r in group])
             tx.batch_emits = True  # the group's receipts and events: one outbox row, in order
-            if entries := [_ledger_doc(r) for r in group if self._ledgered(r.envelope)]:
+            tx.row_key = ObjectId()  # that row's key, named by each received handoff's ledger entry
+            if entries := [self._ledger_entry(r, tx.row_key) for r in group if self._ledgered(r.envelope)]:
                 await tx.db[PROCESSED].insert_many(entries, session=tx.session)
             for i, ready in enumerate(group):
                 tx.batch.position = i
@@ -871,8 +882,9 @@ class EventConsumer:
             # Its receipt and events share one outbox row, as a group's do (a lone handoff's
             # receipt and assignment: one insert, relay mark and audit mark instead of two).
             tx.batch_emits = True
+            tx.row_key = ObjectId()  # its receipt's row, named by its ledger entry
             if self._ledgered(envelope):
-                await tx.db[PROCESSED].insert_one(_ledger_doc(ready), session=tx.session)
+                await tx.db[PROCESSED].insert_one(self._ledger_entry(ready, tx.row_key), session=tx.session)
             at, journeys[envelope.correlation_id] = await self._run_handler(tx, ready)
             stored_at.append(at)
 

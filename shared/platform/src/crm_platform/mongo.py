@@ -97,6 +97,10 @@ class Tx:
         # Every event emitted here may share an outbox row (``emit(batched=True)``): a
         # consumer's batch, whose receipts and effects' events are one row, not one per event.
         self.batch_emits = False
+        # Set by a consumer: its batch rows carry it (``ROW_KEY``) and its ledger entries name
+        # it, so a stored receipt is found from its handoff's ledger entry (receipts.confirm_again)
+        # instead of through an index entry per receipt in every row.
+        self.row_key: ObjectId | None = None
         # Deferred writes, each with the cause that queued it (audit.current_cause: the event of a
         # consumer's grouped transaction whose handler queued it; None outside one).
         self._later: dict[str, list[tuple[Doc, audit.Context | None]]] = {}
@@ -317,7 +321,7 @@ class Store:
             if carrier:
                 item[tracing.TRACE_FIELD] = carrier
                 journeys.setdefault(env.correlation_id, carrier)
-        rows = outbox_rows(items, tx.batched)
+        rows = outbox_rows(items, tx.batched, tx.row_key)
         for row in rows:  # its commit wakes this process's relay: the change stream need not
             row[WRITER] = self.committed_rows.writer
         await self.db[OUTBOX].insert_many(rows, session=tx.session)
@@ -396,11 +400,14 @@ def outbox_doc(env: Envelope) -> Doc:
 
 # A batch row (``emit(batched=True)``) holds its events' items under this field, in order.
 BATCH_EVENTS = "events"
+# A consumer transaction's batch rows: its key (``Tx.row_key``), which the ledger entry of each
+# handoff it received names (crm_platform.receipts.RECEIPT_ROW).
+ROW_KEY = "row_key"
 # The pending batch rows (on the ``pending_batches`` index: their ``count`` without the rows).
 PENDING_BATCHES = {"published": False, "count": {"$gt": 0}}  # a range: covered by the index
 
 
-def outbox_rows(items: list[Doc], batched: list[bool]) -> list[Doc]:
+def outbox_rows(items: list[Doc], batched: list[bool], row_key: ObjectId | None = None) -> list[Doc]:
     """The outbox rows of a transaction's events (:func:`outbox_doc` each), in emission order.
 
     A run of two or more neighbouring batched events becomes ONE row listing them under
@@ -408,7 +415,8 @@ def outbox_rows(items: list[Doc], batched: list[bool]) -> list[Doc]:
     wake-up, instead of one of each per event); every other event is a row of its own, as
     before. The batch row's ``event_id`` is ``batch:`` + its first event's id (the unique
     index), its ``topic``/``event_type`` are its first event's, its ``key`` is null (each
-    item has its own): :func:`row_items` reads either shape.
+    item has its own): :func:`row_items` reads either shape. ``row_key`` (a consumer's
+    transaction, ``Tx.row_key``) is stored on each batch row as ``ROW_KEY``.
     """
     rows: list[Doc] = []
     run: list[Doc] = []
@@ -428,6 +436,7 @@ def outbox_rows(items: list[Doc], batched: list[bool]) -> list[Doc]:
                     "count": len(run),
                     "published": False,
                     "created_at": first["created_at"],
+                    **({} if row_key is None else {ROW_KEY: row_key}),
                 }
             )
         run.clear()

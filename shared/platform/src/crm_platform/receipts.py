@@ -55,14 +55,29 @@ from pymongo.errors import DuplicateKeyError
 from crm_platform import metrics
 from crm_platform.kafka import PATIENT_IDLE_PAUSE_SECONDS, be_patient, make_consumer, pace_records
 from crm_platform.liveness import PartitionTracker
-from crm_platform.mongo import BATCH_EVENTS, HANDOFFS_SENT, OUTBOX, PROCESSED, Store, Tx
+from crm_platform.mongo import (
+    BATCH_EVENTS,
+    HANDOFFS_SENT,
+    OUTBOX,
+    PROCESSED,
+    ROW_KEY,
+    Store,
+    Tx,
+    drop_retired_indexes,
+)
 from crm_platform.settings import ServiceSettings
 
 log = logging.getLogger("crm.receipts")
 
 PENDING, RECEIPTED, GAVE_UP = "pending", "receipted", "gave_up"
 RECEIPT_EVENT = HandoffReceivedV1.event_type
-RECEIPT_IN_BATCH = f"{BATCH_EVENTS}.envelope.payload.handoff_event_id"
+# A received handoff's ledger entry names the consumer batch row its receipt is stored in (the
+# row's ``ROW_KEY``: crm_platform.consumer), so confirm_again finds it with one index entry per
+# row. Until the nineteenth session an index over every receipt in every batch row
+# (``receipt_in_batch``, retired: an index entry per drained handoff, and the receipts walked
+# again at each mark of the row) found it (docs/performance.md, nineteenth session, drainstore).
+RECEIPT_ROW = "receipt_row"
+RETIRED_OUTBOX_INDEXES = ("receipt_in_batch",)
 RECEIPTED_KEPT = timedelta(days=7)  # receipted handoffs are kept a week for forensics
 
 Action = Literal["resend", "wait", "give_up", "gone"]
@@ -141,8 +156,9 @@ async def ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
         name="receipt_of_handoff",
         partialFilterExpression={"event_type": RECEIPT_EVENT},
     )
-    # ... and a receipt stored in a consumer batch's row (crm_platform.mongo.outbox_rows).
-    await db[OUTBOX].create_index(RECEIPT_IN_BATCH, name="receipt_in_batch", sparse=True)
+    # ... and a consumer batch's row, by the key its handoffs' ledger entries name (RECEIPT_ROW).
+    await db[OUTBOX].create_index(ROW_KEY, name="receipt_rows", sparse=True)
+    await drop_retired_indexes(db[OUTBOX], RETIRED_OUTBOX_INDEXES)
 
 
 def _receipt_for(raw: Any, department: str) -> Envelope | None:
@@ -497,9 +513,13 @@ async def confirm_again(store: Store, envelope: Envelope) -> str:
         )
         store.wake()
         return "republished"
-    if await _republish_from_batch(store, event_id):
+    ledger = await store.db[PROCESSED].find_one({"_id": event_id}, {"processed_at": 1, RECEIPT_ROW: 1})
+    if (
+        ledger
+        and ledger.get(RECEIPT_ROW) is not None
+        and await _republish_from_batch(store, event_id, ledger[RECEIPT_ROW])
+    ):
         return "republished"
-    ledger = await store.db[PROCESSED].find_one({"_id": event_id}, {"processed_at": 1})
     stored_at = ledger["processed_at"] if ledger and ledger.get("processed_at") else utcnow()
     handoff = HANDOFF_BY_EVENT_TYPE[envelope.event_type]
 
@@ -521,13 +541,15 @@ async def confirm_again(store: Store, envelope: Envelope) -> str:
     return "emitted"
 
 
-async def _republish_from_batch(store: Store, event_id: str) -> bool:
-    """The receipt stored inside a batch row (a consumer's batch: ``Tx.batch_emits``) goes out
-    again alone: a row of its own holding that same receipt (same event id), pending. The
-    batch row's other events are not published again. False when no batch row holds it."""
+async def _republish_from_batch(store: Store, event_id: str, row_key: Any) -> bool:
+    """The receipt stored inside a batch row (a consumer's batch: ``Tx.batch_emits``; the rows
+    of the transaction ``row_key`` names) goes out again alone: a row of its own holding that
+    same receipt (same event id), pending. The batch row's other events are not published
+    again. False when no such row holds it (expired, or stored before rows had a key: a ledger
+    entry of an earlier version names none, and then a new receipt is emitted)."""
     item = {"event_type": RECEIPT_EVENT, "envelope.payload.handoff_event_id": event_id}
     found = await store.db[OUTBOX].find_one(
-        {BATCH_EVENTS: {"$elemMatch": item}}, {f"{BATCH_EVENTS}.$": 1, "created_at": 1}
+        {ROW_KEY: row_key, BATCH_EVENTS: {"$elemMatch": item}}, {f"{BATCH_EVENTS}.$": 1, "created_at": 1}
     )
     if found is None:
         return False
