@@ -622,3 +622,49 @@ async def test_a_handoffs_key_check_waits_for_the_key_fetch_on_its_way_instead_o
     item = await sales.inbox_item(lead)
     assert item is not None
     assert item["handoff"]["contact"]["email"] == f"{lead}@example.com"
+
+
+async def test_a_handoffs_inbox_items_are_read_beside_its_held_key_not_after_it(
+    sales: Sales, make_qualified: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sealed handoff's transaction reads its held key (the erasure's guard, in the snapshot)
+    and the lead's inbox items: once the ledger insert has begun the transaction, the items'
+    read is on its way while the held key's is (``sales.store.preload_inbox``,
+    ``crm_platform.batch.Batch.preload``): one serial round trip fewer before it is stored."""
+    lead = sales.uid("side-by-side")
+    handoff, [key] = shredding.sealed_event(make_qualified(lead), "leads")
+    keys, _ = _consumer(sales, shredding.key_handlers())
+    key_record = _record(
+        0, envelope_for(key, source="leads", correlation_id=lead).to_bytes(), LEADS_PERSON_KEYS
+    )
+    await keys._handle_partition(TopicPartition(LEADS_PERSON_KEYS, 0), [key_record], {})  # held
+    items_read = asyncio.Event()
+    seen_beside: list[bool] = []
+    load_items, load_held = repo.MongoInboxRepository._load_batch, shredding._load_held
+
+    async def reading_items(self: Any, batch: Any) -> Any:
+        items_read.set()
+        return await load_items(self, batch)
+
+    async def reading_held(tx: Any, ids: Any) -> Any:
+        held = await load_held(tx, ids)
+        if ids:  # the handoff's held key answered: was the items' read sent meanwhile?
+            try:
+                await asyncio.wait_for(items_read.wait(), 2)  # a deadline, not a measure
+                seen_beside.append(True)
+            except TimeoutError:
+                seen_beside.append(False)
+        return held
+
+    monkeypatch.setattr(repo.MongoInboxRepository, "_load_batch", reading_items)
+    monkeypatch.setattr(shredding, "_load_held", reading_held)
+    consumer, kafka = _consumer(sales)
+    env = envelope_for(handoff, source="leads", correlation_id=f"journey-{lead}")
+    await consumer._handle_partition(TP, [_record(0, env.to_bytes())], {})
+
+    assert consumer.outcomes == {0: "processed"}
+    assert kafka.dead_letters == []
+    assert seen_beside == [True], "the items' read waited for the held key's answer"
+    item = await sales.inbox_item(lead)
+    assert item is not None
+    assert item["handoff"]["contact"]["email"] == f"{lead}@example.com"

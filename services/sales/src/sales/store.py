@@ -446,6 +446,13 @@ class MongoInboxRepository:
             self._for_lead = (lead_id, docs)
         return self._for_lead[1]
 
+    def preload(self) -> None:
+        """Start reading the items of the batch's leads now (``Batch.preload``): a handoff's
+        run beside the read of its held key, not after it."""
+        batch = self.tx.batch
+        if batch is not None:
+            batch.preload(BATCH_ITEMS, lambda: self._load_batch(batch))
+
     async def _load_batch(self, batch: Batch) -> dict[str, list[Doc]]:
         """The items of every lead the batch's events name, by lead, newest first: one query."""
         lead_ids = sorted(
@@ -495,6 +502,12 @@ class MongoInboxRepository:
         if result.matched_count != 1:  # pragma: no cover - loaded in the same transaction
             raise RuntimeError(f"inbox item {item.id} vanished under the transaction")
         self._remember(doc)
+
+
+def preload_inbox(tx: Tx) -> None:
+    """A handoff's inbox items read beside its other reads (``crm_platform.batch.with_preload``):
+    one serial round trip fewer before a lone handoff is stored."""
+    MongoInboxRepository(tx).preload()
 
 
 def turns_ahead(batch: Batch) -> int:

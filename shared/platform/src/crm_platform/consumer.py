@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import (
     AIOKafkaConsumer,
@@ -61,6 +61,7 @@ from crm_platform.mongo import PROCESSED, Store, Tx, audit_context, causation_va
 from crm_platform.shredding import PersonKeyPending, keys_missing, until_key_stored, until_keys_fetched
 
 log = logging.getLogger("crm.consumer")
+T = TypeVar("T")
 
 Handler = Callable[[Tx, Any, Envelope], Awaitable[None]]
 CLIENT_STOP_SECONDS = 15.0
@@ -654,13 +655,17 @@ class EventConsumer:
         async def work(tx: Tx) -> None:
             stored_at.clear()
             failing.clear()
-            tx.batch = Batch([(r.event, r.envelope) for r in group])
+            tx.batch = batch = Batch([(r.event, r.envelope) for r in group])
             tx.batch_emits = True  # the group's receipts and events: one outbox row, in order
             tx.row_key = ObjectId()  # that row's key, named by each received handoff's ledger entry
             if entries := [self._ledger_entry(r, tx.row_key) for r in group if self._ledgered(r.envelope)]:
                 await tx.db[PROCESSED].insert_many(entries, session=tx.session)
+                batch.begun = True  # the handlers' reads may run side by side (Batch.preload)
+            await _settling(batch, handle_all(tx, batch))
+
+        async def handle_all(tx: Tx, batch: Batch) -> None:
             for i, ready in enumerate(group):
-                tx.batch.position = i
+                batch.position = i
                 try:
                     at, carrier = await self._run_grouped(tx, ready)
                 except BaseException:
@@ -878,14 +883,15 @@ class EventConsumer:
         async def work(tx: Tx) -> None:
             stored_at.clear()
             ready = _Ready(record, handler, event, envelope)
-            tx.batch = Batch([(event, envelope)])  # a batch of one (crm_platform.batch)
+            tx.batch = batch = Batch([(event, envelope)])  # a batch of one (crm_platform.batch)
             # Its receipt and events share one outbox row, as a group's do (a lone handoff's
             # receipt and assignment: one insert, relay mark and audit mark instead of two).
             tx.batch_emits = True
             tx.row_key = ObjectId()  # its receipt's row, named by its ledger entry
             if self._ledgered(envelope):
                 await tx.db[PROCESSED].insert_one(self._ledger_entry(ready, tx.row_key), session=tx.session)
-            at, journeys[envelope.correlation_id] = await self._run_handler(tx, ready)
+                batch.begun = True  # the handler's reads may run side by side (Batch.preload)
+            at, journeys[envelope.correlation_id] = await _settling(batch, self._run_handler(tx, ready))
             stored_at.append(at)
 
         not_stored = await self._store_retrying(record, envelope, work)
@@ -995,6 +1001,18 @@ class EventConsumer:
         metrics.DEAD_LETTERED.labels(self.config.service, record.topic, reason).inc()
         metrics.EVENTS_CONSUMED.labels(self.config.service, record.topic, event_type, "dead_lettered").inc()
         return Outcome("dead_lettered", reason)
+
+
+async def _settling(batch: Batch, handling: Awaitable[T]) -> T:
+    """``handling``'s result once the loads it started beside each other are finished too
+    (``Batch.settle``): none reaches the server after the transaction's commit or abort."""
+    try:
+        result = await handling
+    except BaseException:
+        await batch.settle(failed=True)
+        raise
+    await batch.settle()
+    return result
 
 
 def _ledger_doc(ready: _Ready) -> dict[str, Any]:

@@ -63,6 +63,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pymongo import ReturnDocument, UpdateOne
 
+from crm_platform.batch import preload_of
 from crm_platform.kafka import records_fetch_pending, unwatch_records_fetches, watch_records_fetches
 from crm_platform.pseudonym import email_hash, erased_email, erased_name, is_erased_email
 
@@ -768,9 +769,15 @@ async def keys_missing(db: Any, events: Iterable[Event]) -> int:
 
 
 def unsealing(handler: Handler) -> Handler:
-    """``handler`` given the plaintext version of a sealed event (:func:`open_event`)."""
+    """``handler`` given the plaintext version of a sealed event (:func:`open_event`). The
+    loads ``handler`` names (``crm_platform.batch.with_preload``, e.g. sales' inbox items of
+    the lead) are started first, so they run beside the read of the held keys instead of after
+    it (once the transaction has begun: ``Batch.begun``)."""
+    preload = preload_of(handler)
 
     async def opened(tx: Any, event: Any, envelope: Envelope) -> None:
+        if preload is not None and getattr(tx, "batch", None) is not None:
+            preload(tx)
         try:
             plain = await open_event(tx, event)
         except UnreadableSeal as exc:

@@ -25,6 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from crm_contracts import Envelope, Event
 
+from crm_platform.batch import Preload, with_preload
 from crm_platform.clock import Clock, system_clock
 from crm_platform.consumer import Handler
 from crm_platform.ids import IdFactory, new_id
@@ -131,15 +132,19 @@ class JoinedUnitOfWork(Generic[U]):
         return await work(self.unit)
 
 
-def bind_event(uow: MongoUnitOfWork[U], handler: EventHandler[U]) -> Handler:
-    """The platform consumer's handler for ``handler``: same transaction as the ledger entry."""
+def bind_event(
+    uow: MongoUnitOfWork[U], handler: EventHandler[U], *, preload: Preload | None = None
+) -> Handler:
+    """The platform consumer's handler for ``handler``: same transaction as the ledger entry.
+    ``preload``: the loads its batch will ask for, started beside the event's other reads
+    (``crm_platform.batch.with_preload``)."""
 
     async def handle(tx: Tx, event: Any, envelope: Envelope) -> None:
         await handler(uow.joining(tx), event, envelope)
 
     handle.__name__ = getattr(handler, "__name__", "handle")
     handle.__doc__ = handler.__doc__
-    return handle
+    return handle if preload is None else with_preload(handle, preload)
 
 
 @dataclass
