@@ -7,6 +7,7 @@ commit together or not at all.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
@@ -134,19 +135,34 @@ class Tx:
         (:func:`crm_platform.audit.one_entry_per_batch`; one record: a plain entry)."""
         self._later_updates.setdefault(collection, []).append((update, audit.current_cause()))
 
-    async def flush_inserts(self, collection: str | None = None) -> None:
+    async def flush_inserts(self, collection: str | None = None, *, beside: bool = False) -> None:
         """Write the deferred inserts, then the deferred updates (of one ``collection``, or
-        all) now."""
-        names = [collection] if collection is not None else list(self._later)
-        for name in names:
+        all) now. ``beside`` (the transaction has begun: a command of it was answered): the
+        platform's collections (not audited: a consumer's learned hashes, its key copies) are
+        written beside the audited ones, whose writes and entries keep their order."""
+        names = (
+            [collection]
+            if collection is not None
+            else list(dict.fromkeys([*self._later, *self._later_updates]))
+        )
+        platform = [n for n in names if n in audit.PLATFORM_COLLECTIONS]
+        audited = [n for n in names if n not in audit.PLATFORM_COLLECTIONS]
+        if beside and platform and audited:
+            await side_by_side(self._flush(audited), self._flush(platform))
+        else:
+            await self._flush(names)
+
+    async def _flush(self, names: list[str]) -> None:
+        """The deferred inserts of ``names``, then their deferred updates, each in the order
+        their collections were first deferred."""
+        for name in [n for n in self._later if n in names]:
             queued = self._later.pop(name, None)
             if queued:
                 docs = [doc for doc, _ in queued]
                 causes = _insert_causes(queued) if name not in audit.PLATFORM_COLLECTIONS else {}
                 with audit.one_entry_per_batch(), audit.queued_by(causes):
                     await self.db[name].insert_many(docs, session=self.session)
-        names = [collection] if collection is not None else list(self._later_updates)
-        for name in names:
+        for name in [n for n in self._later_updates if n in names]:
             updates = self._later_updates.pop(name, None)
             audited = name not in audit.PLATFORM_COLLECTIONS
             for ops, by_record, cause in audit.queued_runs(updates or [], audited=audited):
@@ -261,10 +277,7 @@ class Store:
             # (crm_platform.idempotency).
             await claim_in(self.db, session, claims)
             result = await work(tx)
-            await tx.flush_inserts()
-            await trail.flush(self.db)
-            if tx.emitted:
-                journeys.update(await self._store_emitted(tx))
+            journeys.update(await self._write_before_commit(tx, trail))
             if (wait := commit_after_var.get()) is not None:
                 await wait()
             committed[:] = [tx]
@@ -306,6 +319,22 @@ class Store:
                     write_concern=WriteConcern("majority"),
                 )
 
+    async def _write_before_commit(self, tx: Tx, trail: audit.Trail) -> dict[str, tracing.Carrier]:
+        """The attempt's deferred writes, its audit entries and its outbox rows; returns the
+        journeys' trace contexts (:meth:`_store_emitted`). Once the transaction has begun (an
+        audited write or the consumer's ledger insert answered), the writes that do not depend
+        on each other go beside each other: mongod runs one command of a session at a time, the
+        round trips between them are saved (docs/performance.md, nineteenth session, p99sales)."""
+        begun = bool(trail.entries) or (tx.batch is not None and tx.batch.begun)
+        await tx.flush_inserts(beside=begun)
+        if trail.entries and tx.emitted:  # no audited write among the outbox's
+            journeys: dict[str, tracing.Carrier] = (
+                await side_by_side(trail.flush(self.db), self._store_emitted(tx))
+            )[1]
+            return journeys
+        await trail.flush(self.db)
+        return await self._store_emitted(tx) if tx.emitted else {}
+
     async def _store_emitted(self, tx: Tx) -> dict[str, tracing.Carrier]:
         """The attempt's events into the outbox (handoffs also into ``handoffs_sent``), each
         with the trace context it was caused in; returns the first context per journey."""
@@ -343,6 +372,20 @@ class Store:
         """Tell the outbox relay that events wait (after a commit or a re-send)."""
         for callback in self._on_commit:
             callback()
+
+
+async def side_by_side(*steps: Awaitable[Any]) -> list[Any]:
+    """``steps`` (commands of one begun transaction) awaited together; when one fails, the
+    others are cancelled and ended before its error is raised (none reaches the server after
+    the transaction's abort)."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 INDEX_NOT_FOUND = 27  # MongoDB's error code
