@@ -27,7 +27,7 @@ from sales.handlers import (
 )
 from sales.repository import SalesUnit
 from sales.settings import DEPARTMENT
-from sales.store import preload_inbox
+from sales.store import preload_handoff
 
 TOPICS = list(CONSUMES["sales"])  # declared once in the contracts (the Kafka ACLs use it)
 
@@ -37,8 +37,8 @@ def subscription(uow: MongoUnitOfWork[SalesUnit], erasure_targets: tuple[Target,
     # lead-qualified, upsell-spotted, commitment-flagged and commitment-review-completed
     # handoffs and emits their handoff.received receipts.
     handlers = {
-        # The lead's inbox items are read beside the handoff's held key (one round trip fewer).
-        LeadQualifiedV1.event_type: bind_event(uow, on_lead_qualified, preload=preload_inbox),
+        # The lead's inbox items and a lone handoff's turn beside its held key (two round trips fewer).
+        LeadQualifiedV1.event_type: bind_event(uow, on_lead_qualified, preload=preload_handoff),
         UpsellSpottedV1.event_type: bind_event(uow, on_upsell_spotted),
         CommitmentFlaggedV1.event_type: bind_event(uow, on_commitment_flagged),
         CommitmentReviewCompletedV1.event_type: bind_event(uow, on_commitment_review_completed),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -504,10 +505,21 @@ class MongoInboxRepository:
         self._remember(doc)
 
 
-def preload_inbox(tx: Tx) -> None:
-    """A handoff's inbox items read beside its other reads (``crm_platform.batch.with_preload``):
-    one serial round trip fewer before a lone handoff is stored."""
+def preload_handoff(tx: Tx) -> None:
+    """A handoff's inbox items read beside its other reads (``crm_platform.batch.with_preload``),
+    and a lone handoff's round-robin turn reserved beside them too (outside the transaction, on
+    its own connection, as ``take_turn`` takes it): two serial round trips fewer before a lone
+    handoff is stored. A turn reserved and not used (the handoff refreshes a pending item that
+    has an owner, is superseded, or nobody is active) is a skipped position of the rotation,
+    as a retried transaction's or a batch's unused reservation is."""
     MongoInboxRepository(tx).preload()
+    batch = tx.batch
+    if batch is not None and len(batch.events) == 1:
+        batch.preload(BATCH_TURNS, lambda: _one_turn_reserved(tx))
+
+
+async def _one_turn_reserved(tx: Tx) -> TurnReservations:
+    return TurnReservations(TURNS, deque(await TURNS.take_many(tx.db, 1)))  # no session
 
 
 def turns_ahead(batch: Batch) -> int:
