@@ -624,47 +624,61 @@ async def test_a_handoffs_key_check_waits_for_the_key_fetch_on_its_way_instead_o
     assert item["handoff"]["contact"]["email"] == f"{lead}@example.com"
 
 
-async def test_a_handoffs_inbox_items_are_read_beside_its_held_key_not_after_it(
-    sales: Sales, make_qualified: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A sealed handoff's transaction reads its held key (the erasure's guard, in the snapshot)
-    and the lead's inbox items: once the ledger insert has begun the transaction, the items'
-    read is on its way while the held key's is (``sales.store.preload_inbox``,
-    ``crm_platform.batch.Batch.preload``): one serial round trip fewer before it is stored."""
-    lead = sales.uid("side-by-side")
+async def _stored_with_its_held_key_answered_beside(
+    sales: Sales, make_qualified: Any, monkeypatch: pytest.MonkeyPatch, lead: str, on_its_way: asyncio.Event
+) -> list[bool]:
+    """A sealed handoff of ``lead`` stored alone, its key held already; once its held key's read
+    is answered, it waits (a 2 s deadline, not a measure) for ``on_its_way``: whether that was
+    set meanwhile, per read of held keys."""
     handoff, [key] = shredding.sealed_event(make_qualified(lead), "leads")
     keys, _ = _consumer(sales, shredding.key_handlers())
     key_record = _record(
         0, envelope_for(key, source="leads", correlation_id=lead).to_bytes(), LEADS_PERSON_KEYS
     )
     await keys._handle_partition(TopicPartition(LEADS_PERSON_KEYS, 0), [key_record], {})  # held
+    seen: list[bool] = []
+    load_held = shredding._load_held
+
+    async def reading_held(tx: Any, ids: Any) -> Any:
+        held = await load_held(tx, ids)
+        if ids:
+            try:
+                await asyncio.wait_for(on_its_way.wait(), 2)
+                seen.append(True)
+            except TimeoutError:
+                seen.append(False)
+        return held
+
+    monkeypatch.setattr(shredding, "_load_held", reading_held)
+    consumer, kafka = _consumer(sales)
+    env = envelope_for(handoff, source="leads", correlation_id=f"journey-{lead}")
+    await consumer._handle_partition(TP, [_record(0, env.to_bytes())], {})
+    assert consumer.outcomes == {0: "processed"}
+    assert kafka.dead_letters == []
+    return seen
+
+
+async def test_a_handoffs_inbox_items_are_read_beside_its_held_key_not_after_it(
+    sales: Sales, make_qualified: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sealed handoff's transaction reads its held key (the erasure's guard, in the snapshot)
+    and the lead's inbox items: once the ledger insert has begun the transaction, the items'
+    read is on its way while the held key's is (``sales.store.preload_handoff``,
+    ``crm_platform.batch.Batch.preload``): one serial round trip fewer before it is stored."""
+    lead = sales.uid("side-by-side")
     items_read = asyncio.Event()
-    seen_beside: list[bool] = []
-    load_items, load_held = repo.MongoInboxRepository._load_batch, shredding._load_held
+    load_items = repo.MongoInboxRepository._load_batch
 
     async def reading_items(self: Any, batch: Any) -> Any:
         items_read.set()
         return await load_items(self, batch)
 
-    async def reading_held(tx: Any, ids: Any) -> Any:
-        held = await load_held(tx, ids)
-        if ids:  # the handoff's held key answered: was the items' read sent meanwhile?
-            try:
-                await asyncio.wait_for(items_read.wait(), 2)  # a deadline, not a measure
-                seen_beside.append(True)
-            except TimeoutError:
-                seen_beside.append(False)
-        return held
-
     monkeypatch.setattr(repo.MongoInboxRepository, "_load_batch", reading_items)
-    monkeypatch.setattr(shredding, "_load_held", reading_held)
-    consumer, kafka = _consumer(sales)
-    env = envelope_for(handoff, source="leads", correlation_id=f"journey-{lead}")
-    await consumer._handle_partition(TP, [_record(0, env.to_bytes())], {})
+    seen = await _stored_with_its_held_key_answered_beside(
+        sales, make_qualified, monkeypatch, lead, items_read
+    )
 
-    assert consumer.outcomes == {0: "processed"}
-    assert kafka.dead_letters == []
-    assert seen_beside == [True], "the items' read waited for the held key's answer"
+    assert seen == [True], "the items' read waited for the held key's answer"
     item = await sales.inbox_item(lead)
     assert item is not None
     assert item["handoff"]["contact"]["email"] == f"{lead}@example.com"
@@ -731,39 +745,19 @@ async def test_a_lone_handoffs_round_robin_turn_is_reserved_beside_its_reads(
     rep = sales.uid("turn-rep")
     await sales.set_roster(**{rep: True})
     lead = sales.uid("turn-beside")
-    handoff, [key] = shredding.sealed_event(make_qualified(lead), "leads")
-    keys, _ = _consumer(sales, shredding.key_handlers())
-    key_record = _record(
-        0, envelope_for(key, source="leads", correlation_id=lead).to_bytes(), LEADS_PERSON_KEYS
-    )
-    await keys._handle_partition(TopicPartition(LEADS_PERSON_KEYS, 0), [key_record], {})  # held
     turn_taken = asyncio.Event()
-    seen_beside: list[bool] = []
-    take_many, load_held = RoundRobinCounter.take_many, shredding._load_held
+    take_many = RoundRobinCounter.take_many
 
     async def taking(self: Any, db: Any, n: int) -> Any:
         turn_taken.set()
         return await take_many(self, db, n)
 
-    async def reading_held(tx: Any, ids: Any) -> Any:
-        held = await load_held(tx, ids)
-        if ids:  # the held key answered: was the turn on its way meanwhile? (a deadline, not a measure)
-            try:
-                await asyncio.wait_for(turn_taken.wait(), 2)
-                seen_beside.append(True)
-            except TimeoutError:
-                seen_beside.append(False)
-        return held
-
     monkeypatch.setattr(RoundRobinCounter, "take_many", taking)
-    monkeypatch.setattr(shredding, "_load_held", reading_held)
-    consumer, kafka = _consumer(sales)
-    env = envelope_for(handoff, source="leads", correlation_id=f"journey-{lead}")
-    await consumer._handle_partition(TP, [_record(0, env.to_bytes())], {})
+    seen = await _stored_with_its_held_key_answered_beside(
+        sales, make_qualified, monkeypatch, lead, turn_taken
+    )
 
-    assert consumer.outcomes == {0: "processed"}
-    assert kafka.dead_letters == []
-    assert seen_beside == [True], "the turn was taken after the reads"
+    assert seen == [True], "the turn was taken after the reads"
     item = await sales.inbox_item(lead)
     assert item is not None
     assert item["owner"] == rep
