@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from crm_contracts import Envelope, utcnow
 from crm_contracts.events.leads import LeadQualifiedV1
 from crm_contracts.topics import HANDOFF_RECEIPTS, LEAD_VERDICT
-from crm_platform.mongo import BATCH_EVENTS, HANDOFFS_SENT, OUTBOX, PROCESSED, Tx
+from crm_platform.mongo import BATCH_EVENTS, HANDOFFS_SENT, OUTBOX, PROCESSED, Tx, handoff_records
 from crm_platform.outbox import LEASE
 from crm_platform.runtime import ServiceRuntime, Subscription
 from crm_platform.settings import ServiceSettings
@@ -84,7 +84,11 @@ async def resume_relay(runtime: ServiceRuntime) -> None:
 
 
 async def lose_published(runtime: ServiceRuntime, query: dict[str, Any]) -> None:
-    """Mark stored events published although no broker has them: a lost acknowledged write."""
+    """Mark stored events published although no broker has them: a lost acknowledged write. As
+    the relay does once the broker acknowledged a row, its handoffs are recorded first."""
+    rows = await runtime.db[OUTBOX].find({**query, "published": False}).to_list()
+    if records := handoff_records(rows, runtime.relay.receipt_grace):
+        await runtime.db[HANDOFFS_SENT].insert_many(records)
     result = await runtime.db[OUTBOX].update_many(
         {**query, "published": False}, {"$set": {"published": True, "published_at": utcnow()}}
     )
@@ -192,9 +196,9 @@ class Departments:
         return await self.receiver.db["effects"].find_one({"_id": event_id})
 
     async def tracked(self, event_id: str) -> dict[str, Any]:
-        doc = await self.sender.db[HANDOFFS_SENT].find_one({"_id": event_id})
-        assert doc is not None, "the sender tracks every handoff it emits"
-        return doc
+        """The sender's record of a handoff: written by its relay as it publishes it."""
+        sent = self.sender.db[HANDOFFS_SENT]
+        return await eventually(lambda: sent.find_one({"_id": event_id}), what="the handoff's record")
 
     async def receipted(self, event_id: str) -> dict[str, Any] | None:
         doc = await self.tracked(event_id)

@@ -21,7 +21,7 @@ import pytest
 from crm_platform import audit
 from crm_platform.idempotency import COLLECTION as KEYS
 from crm_platform.mongo import HANDOFFS_SENT, OUTBOX, outbox_events_pipeline
-from crm_platform.testing import auth_headers
+from crm_platform.testing import auth_headers, eventually
 from leads.store import BEHAVIOURS, LEADS
 from pymongo.asynchronous.collection import AsyncCollection
 
@@ -102,9 +102,12 @@ async def test_behaviours_at_once_share_transactions_and_keep_their_own_effects(
         mine = [e for e in entries if e["request_id"] == rid]
         assert len(mine) == 1, ("each behaviour's lead update names its own request", entries)
         assert mine[0]["actor"]["username"] == user, "and its own user"
-    assert await db[HANDOFFS_SENT].count_documents({"key": {"$in": ids}}) == 8, (
-        "each lead handed to sales once"
-    )
+
+    async def handed() -> bool:  # recorded by the relay as it publishes them
+        return await db[HANDOFFS_SENT].count_documents({"key": {"$in": ids}}) == 8
+
+    await eventually(handed, what="each lead handed to sales once")
+    assert await db[HANDOFFS_SENT].count_documents({"key": {"$in": ids}}) == 8
     pipeline = outbox_events_pipeline({"event_type": "lead.qualified", "key": {"$in": ids}})
     handoffs = await (await db[OUTBOX].aggregate(pipeline)).to_list()
     assert sorted(h["key"] for h in handoffs) == sorted(ids)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from crm_platform.mongo import HANDOFFS_SENT
-from crm_platform.testing import auth_headers, json_shape
+from crm_platform.testing import auth_headers, eventually, json_shape
 
 MARKETING = auth_headers(["marketing"], "mia")
 
@@ -33,7 +33,9 @@ async def test_a_qualifying_behaviour_skips_dependency_solving(leads: Any, solve
     assert again.json()["duplicate"] is True
     assert first.headers["content-type"] == "application/json"
     assert int(first.headers["content-length"]) == len(first.content)
-    assert await leads.runtime.db[HANDOFFS_SENT].count_documents({"key": lead_id}) == 1
+    sent = leads.runtime.db[HANDOFFS_SENT]  # recorded by the relay as it publishes the handoff
+    await eventually(lambda: sent.find_one({"key": lead_id}), what="the handoff's record")
+    assert await sent.count_documents({"key": lead_id}) == 1
     mine = await leads.lead(lead_id)
     assert mine["status"] == "qualified", mine
 

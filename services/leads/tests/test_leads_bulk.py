@@ -14,7 +14,7 @@ from crm_contracts import Envelope, utcnow
 from crm_contracts.topics import LEAD_QUALIFIED, LEADS_EVENTS
 from crm_platform.app import GC_YOUNG_THRESHOLD
 from crm_platform.mongo import BATCH_EVENTS, HANDOFFS_SENT, OUTBOX
-from crm_platform.testing import TopicReader, auth_headers
+from crm_platform.testing import TopicReader, auth_headers, eventually
 from leads import handlers
 from leads.api.models import BulkCaptureMinimalOut, BulkCaptureOut
 
@@ -341,11 +341,13 @@ async def test_a_trackers_batch_stores_its_behaviour_events_and_then_its_handoff
         ("lead.qualified", ada),
         ("lead.qualified", cid),
     ]
-    sent = (
-        await leads.runtime.db[HANDOFFS_SENT]
-        .find({"_id": {"$in": [i["event_id"] for i in handoffs]}})
-        .to_list()
-    )
+
+    async def tracked() -> list[dict[str, Any]]:  # recorded by the relay as it publishes them
+        query = {"_id": {"$in": [i["event_id"] for i in handoffs]}}
+        found = await leads.runtime.db[HANDOFFS_SENT].find(query).to_list()
+        return found if len(found) == 2 else []
+
+    sent = await eventually(tracked, what="both handoffs' records")
     assert [d["row"] for d in sent] == [rows[0]["event_id"]] * 2, "each handoff's record names its row"
 
 

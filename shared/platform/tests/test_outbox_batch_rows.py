@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,6 +19,7 @@ from crm_platform import audit, erasure, metrics, shredding
 from crm_platform.kafka import partition_for
 from crm_platform.mongo import (
     BATCH_EVENTS,
+    HANDOFFS_SENT,
     OUTBOX,
     PENDING_BATCHES,
     Store,
@@ -464,3 +466,73 @@ def test_an_outbox_item_holds_its_envelopes_json_form_from_one_serializer_call(
     items = [outbox_doc(env) for env in envelopes]
     assert [(i["event_id"], i["envelope"]) for i in items] == expected
     assert [i["key"] for i in items] == ["lead-1", "lead-2"]
+
+
+@pytest.mark.integration
+async def test_the_relay_records_each_published_handoff_before_its_mark_not_the_transaction(
+    mongodb_uri: str,
+) -> None:
+    """A transaction stores its handoffs in the outbox only; the relay writes their
+    ``handoffs_sent`` records once the broker has them, before their rows' mark (one round trip
+    fewer in every handing-off transaction). A handoff in a batch row names the row; a record
+    there already (a receipt that came first, a re-send published again) is left as it is, and
+    the mark still written."""
+    client = connect(mongodb_uri, "outbox-handoffs-test")
+    store = Store(client, f"t_outbox_{uuid.uuid4().hex[:8]}", "leads")
+    relay = OutboxRelay(
+        store.db, bootstrap="unused", service="leads", committed=store.committed_rows, marks_gather_seconds=0
+    )
+    relay.producer = _BatchingProducer(256 * 1024)
+    relay.receipt_grace = timedelta(seconds=7)
+    leads = [f"lead-{uuid.uuid4().hex[:6]}" for _ in range(3)]
+    sent = store.db[HANDOFFS_SENT]
+    try:
+        await store.ensure_platform_indexes()
+
+        async def alone(tx: Tx) -> str:
+            return str(tx.emit(_qualified(leads[0], f"{leads[0]}@example.com")).event_id)
+
+        async def batch(tx: Tx) -> list[str]:
+            return [
+                str(tx.emit(_qualified(lead, f"{lead}@example.com"), batched=True).event_id)
+                for lead in leads[1:]
+            ]
+
+        lone = await store.transaction(alone)
+        batched = await store.transaction(batch)
+        assert await sent.count_documents({}) == 0, "not written by the transactions"
+        early = batched[0]  # its receipt came before the relay's record (HandoffTracker.mark_receipted)
+        await sent.insert_one({"_id": early, "state": "receipted", "receipted_at": utcnow()})
+
+        assert await relay.publish_pending() > 0
+        await relay._marks_written()
+        assert await store.db[OUTBOX].count_documents({"published": False}) == 0, "every row marked"
+        records = {d["_id"]: d async for d in sent.find()}
+        assert set(records) == {lone, *batched}
+        assert records[early] == {
+            "_id": early,
+            "state": "receipted",
+            "receipted_at": records[early]["receipted_at"],
+        }
+        batch_row = await store.db[OUTBOX].find_one({f"{BATCH_EVENTS}.event_id": batched[1]})
+        qualified_row = await store.db[OUTBOX].find_one({"event_id": lone})
+        assert batch_row is not None
+        assert qualified_row is not None
+        for event_id, row in ((lone, None), (batched[1], batch_row["event_id"])):
+            record = records[event_id]
+            assert record.get("row") == row
+            assert (record["state"], record["handoff"], record["resends"]) == ("pending", "lead-qualified", 0)
+            assert record["next_check_at"] == record["created_at"] + timedelta(seconds=7)
+        assert records[lone]["created_at"] == qualified_row["created_at"], "when the handoff occurred"
+        assert records[lone]["key"] == leads[0]
+
+        # A re-send puts its row back (crm_platform.receipts): published again, its record kept.
+        await sent.update_one({"_id": lone}, {"$set": {"resends": 1}})
+        await store.db[OUTBOX].update_one({"event_id": lone}, {"$set": {"published": False}})
+        assert await relay.publish_pending() == 1
+        await relay._marks_written()
+        assert await sent.count_documents({"_id": lone, "resends": 1}) == 1
+        assert await store.db[OUTBOX].count_documents({"event_id": lone, "published": True}) == 1
+    finally:
+        await client.drop_database(store.db.name)
+        await client.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -9,8 +10,10 @@ from typing import Any
 import pytest
 from crm_contracts import Envelope, envelope_for
 from crm_contracts.events.platform import HandoffReceivedV1
+from crm_contracts.events.sales import LeadVerdictV1
 from crm_platform import receipts as receipts_module
-from crm_platform.mongo import Store, connect
+from crm_platform.mongo import HANDOFFS_SENT, Store, connect, outbox_doc
+from crm_platform.outbox import OutboxRelay
 from crm_platform.receipts import Decision, HandoffTracker, ResendPolicy, decide
 from crm_platform.settings import ServiceSettings
 
@@ -182,3 +185,38 @@ async def test_the_receipt_listener_is_a_patient_consumer(monkeypatch: pytest.Mo
     await tracker._listen()
     [consumer] = made
     assert consumer._client._crm_patient is True
+
+
+@pytest.mark.integration
+async def test_a_receipt_before_the_relays_record_is_kept_receipted(mongodb_uri: str) -> None:
+    """The relay records a handoff once it is published, with its mark (crm_platform.outbox):
+    a fast receipt can come first. It is recorded receipted then, and the relay's record, coming
+    after, leaves it so (it would otherwise stay pending and be re-sent for nothing)."""
+    settings = ServiceSettings.model_validate(
+        {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "MONGODB_URI": mongodb_uri, "CRM_SERVICE_NAME": "sales"}
+    )
+    store = Store(connect(mongodb_uri, "receipts-test"), f"t_receipts_{uuid.uuid4().hex[:8]}", "sales")
+    tracker = HandoffTracker(store, settings, department="sales", wake_relay=lambda: None)
+    relay = OutboxRelay(store.db, bootstrap="unused", service="sales")
+    verdicts = [
+        envelope_for(
+            LeadVerdictV1(lead_id=lead, verdict="accepted", decided_by="sam"),
+            source="sales",
+            correlation_id=lead,
+        )
+        for lead in ("lead-1", "lead-2")
+    ]
+    rows = [outbox_doc(env) for env in verdicts]
+    known, early = (str(env.event_id) for env in verdicts)
+    sent = store.db[HANDOFFS_SENT]
+    try:
+        await relay._track_handoffs(rows[:1])  # published and recorded, pending
+        assert await tracker.mark_receipted([known, early, known]) == 2
+        await relay._track_handoffs(rows)  # the early one published before its receipt came
+        records = {d["_id"]: d async for d in sent.find()}
+        assert {i: d["state"] for i, d in records.items()} == {known: "receipted", early: "receipted"}
+        assert records[early]["receipted_at"] is not None
+        assert await tracker.mark_receipted([early]) == 0, "receipted once"
+    finally:
+        await store.client.drop_database(store.db.name)
+        await store.client.close()

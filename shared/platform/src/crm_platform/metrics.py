@@ -91,7 +91,7 @@ HANDOFFS_RESENT = Counter(
 )
 HANDOFFS_UNRECEIPTED = Gauge(
     "crm_handoffs_unreceipted",
-    "Handoffs this service sent whose receipt has not arrived (in flight, re-sent or given up)",
+    "Handoffs this service published whose receipt has not arrived (in flight, re-sent or given up)",
     ["service", "handoff"],
 )
 HANDOFF_UNRECEIPTED_OLDEST = Gauge(

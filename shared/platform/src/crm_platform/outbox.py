@@ -34,11 +34,22 @@ from aiokafka import AIOKafkaProducer
 from crm_contracts import utcnow
 from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.write_concern import WriteConcern
 
 from crm_platform import metrics, tracing
 from crm_platform.kafka import make_producer, murmur2_many, partition_for
-from crm_platform.mongo import BATCH_EVENTS, OUTBOX, PENDING_BATCHES, WRITER, CommittedRows, row_items
+from crm_platform.mongo import (
+    BATCH_EVENTS,
+    HANDOFFS_SENT,
+    OUTBOX,
+    PENDING_BATCHES,
+    RECEIPT_GRACE,
+    WRITER,
+    CommittedRows,
+    handoff_records,
+    row_items,
+)
 from crm_platform.outbox_audit import AUDITED, LOG_CHECKS, LOG_OFFSET, LOG_PARTITION, LOG_POSITIONS
 
 log = logging.getLogger("crm.outbox")
@@ -71,6 +82,8 @@ WATCH_AWAIT_SHARE = 0.8
 # seventeenth session, mongod25, and eighteenth session, p99leads). With one replica no stream is
 # open; with two, the first row of the other replica waits for the poll, the next ones wake it.
 WATCH_KEPT_SECONDS = 600.0
+DUPLICATE_KEY = 11000  # MongoDB's error code
+APPLIED = WriteConcern(w=1)  # acknowledged once applied on the primary (no journal wait)
 
 
 def watch_await_ms(db: Any) -> int:
@@ -241,6 +254,11 @@ class Batches:
 
 
 class OutboxRelay:
+    # When a handoff published here is first checked for its receipt (its ``handoffs_sent``
+    # record, written with its mark: :meth:`_track_handoffs`); the runtime sets it from
+    # CRM_HANDOFF_RESEND_AFTER_SECONDS.
+    receipt_grace: timedelta = RECEIPT_GRACE
+
     def __init__(
         self,
         db: AsyncDatabase[dict[str, Any]],
@@ -444,6 +462,7 @@ class OutboxRelay:
         or those not marked, are pending in mongod: handed back to the relay's reads, published
         again (at least once; consumers drop the repeat by event id), the relay woken for them."""
         try:
+            await self._track_handoffs(done)
             await self.db[OUTBOX].bulk_write(marks, ordered=False)
         except Exception as exc:
             log.warning("outbox marks failed (%s); their %d rows are published again", exc, len(ids))
@@ -457,6 +476,28 @@ class OutboxRelay:
             task = asyncio.current_task()
             if task is not None:
                 self._marking.pop(task, None)
+
+    async def _track_handoffs(self, done: list[dict[str, Any]]) -> None:
+        """The ``handoffs_sent`` records of the handoffs in ``done`` (published), before their
+        rows are marked (crm_platform.mongo.handoff_records): one write with the gathered mark,
+        off the handoff's way, instead of one in each sending transaction. A record there
+        already (a re-send published again, a mark that failed after its records, a receipt
+        that came first: crm_platform.receipts) is left as it is."""
+        records = handoff_records(done, self.receipt_grace)
+        if not records:
+            return
+        try:
+            # Acknowledged once applied, without a journal wait of its own: the mark written
+            # next waits for the majority, and reaching it makes this earlier write durable too
+            # (the journal and the oplog are in order); lost in a crash before the mark, its rows
+            # are pending and published and recorded again.
+            sent = self.db[HANDOFFS_SENT].with_options(write_concern=APPLIED)
+            await sent.insert_many(records, ordered=False)
+        except BulkWriteError as exc:
+            if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+                raise
+            if exc.details.get("writeConcernErrors"):
+                raise
 
     async def _marks_written(self) -> None:
         """Wait for every mark in flight to end (written or failed)."""

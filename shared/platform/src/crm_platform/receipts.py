@@ -7,8 +7,10 @@ emulator stopped under traffic, a cluster with ``unclean.leader.election`` or
 The receiver already stores a ``handoff.received`` receipt in the same
 transaction as the handoff's effect; this module closes the loop:
 
-1. **Track.** :meth:`Store.transaction` records every handoff a service emits in
-   ``handoffs_sent`` (same transaction as its outbox row), ``state: pending``.
+1. **Track.** The outbox relay records every handoff a service publishes in
+   ``handoffs_sent``, ``state: pending``, once the broker acknowledged it and before it marks
+   its row published (a crash between leaves the row pending: published and recorded again).
+   Until then the outbox row is what guarantees the handoff goes out.
 2. **Receipt.** :class:`HandoffTracker` consumes ``crm.platform.handoff-receipts``
    in its own group (``<group>.handoff-receipts``), keeps the receipts whose
    ``from_department`` is this service's department and marks those handoffs
@@ -48,7 +50,7 @@ from crm_contracts import Envelope, utcnow
 from crm_contracts.events.platform import HandoffReceivedV1
 from crm_contracts.handoffs import HANDOFF_BY_EVENT_TYPE
 from crm_contracts.topics import HANDOFF_RECEIPTS
-from pymongo import ASCENDING
+from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -269,11 +271,23 @@ class HandoffTracker:
         return newest is not None and newest >= created_at + self.policy.after
 
     async def mark_receipted(self, event_ids: list[str]) -> int:
-        result = await self.store.db[HANDOFFS_SENT].update_many(
-            {"_id": {"$in": event_ids}, "state": {"$in": [PENDING, GAVE_UP]}},
-            {"$set": {"state": RECEIPTED, "receipted_at": utcnow()}},
+        """Mark these handoffs receipted; returns how many were not receipted before. A handoff
+        with no record yet (the relay records it with its mark, after the publish: a receipt can
+        come first) is recorded receipted now, and the relay's record then finds it taken."""
+        sent, now = self.store.db[HANDOFFS_SENT], utcnow()
+        ids = list(dict.fromkeys(event_ids))
+        result = await sent.update_many(
+            {"_id": {"$in": ids}, "state": {"$in": [PENDING, GAVE_UP]}},
+            {"$set": {"state": RECEIPTED, "receipted_at": now}},
         )
-        return result.modified_count
+        if result.matched_count == len(ids):
+            return result.modified_count
+        # Receipted before (a receipt confirmed again), or not recorded yet: the latter
+        # inserted as receipted, in one round trip (a record receipted before is left as it is).
+        receipted = [{"$set": {"state": RECEIPTED, "receipted_at": {"$ifNull": ["$receipted_at", now]}}}]
+        ops = [UpdateOne({"_id": i}, receipted, upsert=True) for i in ids]
+        early = await sent.bulk_write(ops, ordered=False)
+        return result.modified_count + early.modified_count + early.upserted_count
 
     async def _listen(self) -> None:
         backoff = 0.5

@@ -154,7 +154,7 @@ class ServiceRuntime:
         """Every department that receives handoffs sends some too: track them until their
         receipt comes back, re-send those that never do."""
         s = self.settings
-        self.store.receipt_grace = timedelta(seconds=s.handoff_resend_after_seconds)
+        self.relay.receipt_grace = timedelta(seconds=s.handoff_resend_after_seconds)
         self.receipts = receipts.HandoffTracker(
             self.store, s, department=department, wake_relay=self.relay.notify
         )
