@@ -39,6 +39,7 @@ class StandInKafka:
 
 class Recording(EventConsumer):
     outcomes: dict[int, str]
+    kafka: StandInKafka
 
     async def on_outcome(self, record: Any, outcome: Outcome) -> None:
         self.outcomes[record.offset] = outcome.outcome
@@ -47,6 +48,19 @@ class Recording(EventConsumer):
 def _assignment(lead_id: str, rep: str, at: datetime) -> Envelope:
     event = LeadAssignedV1(lead_id=lead_id, owner=rep, response_due_at=at + timedelta(hours=4))
     return envelope_for(event, source="sales", correlation_id=f"journey-{lead_id}", occurred_at=at)
+
+
+def _recording(leads: Leads, group_id: str) -> Recording:
+    """Marketing's consumer handlers, fed records directly (the Kafka side a stand-in)."""
+    consumer = Recording(
+        ConsumerConfig(service="leads", group_id=group_id, topics=[SALES_EVENTS], bootstrap="-"),
+        leads.runtime.store,
+        consumers.subscription(leads.app.state.uow).handlers,
+    )
+    consumer.outcomes = {}
+    consumer.kafka = StandInKafka()
+    consumer.consumer = consumer.producer = consumer.kafka
+    return consumer
 
 
 def _record(offset: int, env: Envelope) -> ConsumerRecord[bytes, bytes]:
@@ -64,14 +78,7 @@ async def test_a_batch_of_assignments_reads_its_leads_once_and_audits_each_chang
     envs = [_assignment(lead_id, rhea, at) for lead_id in ids]
     envs.append(_assignment(ids[0], rory, at + timedelta(minutes=5)))  # reassigned later in the batch
     envs.append(_assignment(ids[1], rory, at - timedelta(minutes=5)))  # a stale copy: changes nothing
-    kafka = StandInKafka()
-    consumer = Recording(
-        ConsumerConfig(service="leads", group_id="leads-batch-test", topics=[SALES_EVENTS], bootstrap="-"),
-        leads.runtime.store,
-        consumers.subscription(leads.app.state.uow).handlers,
-    )
-    consumer.outcomes = {}
-    consumer.consumer = consumer.producer = kafka
+    consumer = _recording(leads, "leads-batch-test")
     db = leads.runtime.db
     writes = _count_lead_writes(monkeypatch)
 
@@ -84,7 +91,7 @@ async def test_a_batch_of_assignments_reads_its_leads_once_and_audits_each_chang
     await db["system.profile"].drop()
 
     assert consumer.outcomes == dict.fromkeys(range(7), "processed")
-    assert kafka.dead_letters == []
+    assert consumer.kafka.dead_letters == []
     assert reads == 1, "the leads of the whole batch in one query, no read per save"
     # One write per event before; now the batch's saves go together, the reassigned lead's
     # first save ahead of its second (each an audit entry of its own, as one by one).
@@ -147,14 +154,7 @@ async def test_an_assignment_writes_its_two_fields_not_the_whole_lead(
     tag = f"set{uuid.uuid4().hex[:8]}"
     ids = [(await leads.capture(company=f"Firm {tag}"))["lead"]["id"] for _ in range(3)]
     rep, at = f"rhea-{tag}", utcnow() - timedelta(minutes=3)
-    kafka = StandInKafka()
-    consumer = Recording(
-        ConsumerConfig(service="leads", group_id="leads-set-test", topics=[SALES_EVENTS], bootstrap="-"),
-        leads.runtime.store,
-        consumers.subscription(leads.app.state.uow).handlers,
-    )
-    consumer.outcomes = {}
-    consumer.consumer = consumer.producer = kafka
+    consumer = _recording(leads, "leads-set-test")
     before = {d["_id"]: d async for d in leads.runtime.db[repo.LEADS].find({"_id": {"$in": ids}})}
     sent: list[Any] = []
     real = audit.AuditedCollection.bulk_write
@@ -269,3 +269,49 @@ async def test_an_assignment_keeps_no_ledger_entry_and_its_repeat_changes_nothin
             leads.runtime.store,
             sub.handlers,
         )
+
+
+async def test_a_lone_assignment_of_a_qualified_lead_is_one_write_without_a_read(leads: Leads) -> None:
+    """The usual assignment, a lead sales was just handed, alone in its transaction: ONE
+    conditioned write (``findAndModify`` on the stored assignment's time), no read of the lead
+    before it nor after it for the audit entry (a read and a write per handoff before). Its
+    effects and history as before: the rep and the rep's book, an audit entry naming the two
+    fields; a stale copy changes nothing and a later reassignment replaces it."""
+    tag = f"one{uuid.uuid4().hex[:8]}"
+    lead_id = (await leads.capture(company=f"Firm {tag}"))["lead"]["id"]
+    await leads.behave(lead_id, "form_submit", "trial_signup")
+    assert (await leads.lead(lead_id))["status"] == "qualified"
+    consumer = _recording(leads, "leads-one-test")
+    db = leads.runtime.db
+    rep, at = f"rhea-{tag}", utcnow() - timedelta(minutes=3)
+    await db["system.profile"].drop()
+    await db.command({"profile": 2})
+    try:
+        await consumer._handle_partition(TP, [_record(0, _assignment(lead_id, rep, at))], {})
+    finally:
+        await db.command({"profile": 0})
+    mine = {"ns": f"{db.name}.{repo.LEADS}", "command.lsid": {"$exists": True}}
+    ops = [p async for p in db["system.profile"].find(mine) if lead_id in str(p["command"])]
+    await db["system.profile"].drop()
+    assert consumer.outcomes == {0: "processed"}
+    assert [(p["op"], next(iter(p["command"]))) for p in ops] == [("command", "findAndModify")]
+    stored = await db[repo.LEADS].find_one({"_id": lead_id})
+    assert stored is not None
+    assert (stored["assigned_rep"], stored[repo.LIST_KEYS]) == (rep, ["status:qualified", f"rep:{rep}"])
+    [entry] = (
+        await db["audit_log"]
+        .find({"record.id": lead_id, "action": "update", "changes.field": "assigned_rep"})
+        .to_list()
+    )
+    assert sorted((c["field"], c["before"], c["after"]) for c in entry["changes"]) == [
+        ("assigned_at", None, stored["assigned_at"]),
+        ("assigned_rep", None, rep),
+    ]
+    stale = _record(1, _assignment(lead_id, "someone-earlier", at - timedelta(minutes=1)))
+    later = _record(2, _assignment(lead_id, f"{rep}-2", at + timedelta(minutes=1)))
+    await consumer._handle_partition(TP, [stale], {})
+    assert (await db[repo.LEADS].find_one({"_id": lead_id}) or {})["assigned_rep"] == rep, "stale: unchanged"
+    await consumer._handle_partition(TP, [later], {})
+    assert (await db[repo.LEADS].find_one({"_id": lead_id}) or {})["assigned_rep"] == f"{rep}-2"
+    entries = await db["audit_log"].count_documents({"record.id": lead_id, "changes.field": "assigned_rep"})
+    assert entries == 2, "the first and the reassignment; the stale copy wrote none"

@@ -19,7 +19,7 @@ from crm_platform.uow import FakeUnit, FakeUnitOfWork
 from pymongo.errors import DuplicateKeyError
 
 from leads.domain.imports import ImportJob
-from leads.domain.leads import BehaviourRecord, Lead, VerdictRecord
+from leads.domain.leads import BehaviourRecord, Lead, LeadStatus, VerdictRecord
 from leads.domain.scoring import DEFAULT_RULES, ScoringRules
 
 T = TypeVar("T")
@@ -48,6 +48,15 @@ class InMemoryLeads:
 
     async def save(self, lead: Lead) -> None:
         self.items[lead.id] = lead
+
+    async def assign_if_qualified(self, lead_id: str, rep: str, assigned_at: datetime) -> bool:
+        lead = self.items.get(lead_id)
+        if lead is None or lead.status != LeadStatus.QUALIFIED:
+            return False
+        assigned = lead.assign(rep, assigned_at)
+        if assigned is not None:
+            self.items[lead_id] = assigned
+        return assigned is not None
 
     async def get_many(self, lead_ids: Collection[str]) -> dict[str, Lead]:
         return {i: self.items[i] for i in lead_ids if i in self.items}

@@ -542,10 +542,14 @@ async def on_lead_assigned(uow: Uow, event: LeadAssignedV1, envelope: Envelope) 
     """
 
     async def work(unit: LeadsUnit) -> bool:
+        at = to_millis(envelope.occurred_at)
+        # The usual case, a lead sales was just handed, in one write (a read fewer per handoff).
+        if await unit.leads.assign_if_qualified(event.lead_id, event.owner, at):
+            return True
         lead = await unit.leads.get(event.lead_id)
         if lead is None:
             raise DeadLetter("unknown_lead", f"no lead '{event.lead_id}' in marketing's records")
-        assigned = lead.assign(event.owner, to_millis(envelope.occurred_at))
+        assigned = lead.assign(event.owner, at)
         if assigned is not None:
             await unit.leads.save(assigned)
         return assigned is not None

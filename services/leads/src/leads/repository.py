@@ -34,6 +34,10 @@ class LeadRepository(Protocol):
 
     async def save(self, lead: Lead) -> None: ...
 
+    async def assign_if_qualified(self, lead_id: str, rep: str, assigned_at: datetime) -> bool:
+        """``Lead.assign`` written without reading the lead first, for a qualified lead: True
+        when it is assigned now; False when that could not be done so (the caller reads it)."""
+
     async def get_many(self, lead_ids: Collection[str]) -> dict[str, Lead]:
         """The stored leads among ``lead_ids``, by id: one round trip."""
 

@@ -477,6 +477,34 @@ class MongoLeads:
         )
         return lead_from_doc(found) if found is not None else None
 
+    async def assign_if_qualified(self, lead_id: str, rep: str, assigned_at: datetime) -> bool:
+        """Sales' assignment (``Lead.assign``) in ONE conditioned write, no read first: True when
+        the lead is qualified (what sales was handed) and holds no assignment as late, and is
+        now assigned. False tells nothing (no such lead, a later assignment, another status, or
+        a consumer's batch of several, whose leads :meth:`get` reads at once): the caller reads
+        the lead then. Its audit entry comes from the state before the write returns (no read)."""
+        batch = self.tx.batch
+        if batch is not None and len(batch.events) > 1:
+            return False
+        found = await self.tx.db[LEADS].find_one_and_update(
+            {
+                "_id": lead_id,
+                "status": LeadStatus.QUALIFIED.value,
+                # Lead.assign: only an assignment later than the one stored (none: null or missing)
+                "$or": [{"assigned_at": None}, {"assigned_at": {"$lt": assigned_at}}],
+            },
+            {
+                "$set": {
+                    "assigned_rep": rep,
+                    "assigned_at": assigned_at,
+                    LIST_KEYS: list_keys(LeadStatus.QUALIFIED.value, rep),
+                }
+            },
+            return_document=ReturnDocument.BEFORE,
+            session=self.tx.session,
+        )
+        return found is not None
+
     async def save(self, lead: Lead) -> None:
         """Write the lead. A lead of a consumer's batch view (:meth:`get`) is written with the
         batch's other saves in ONE ``bulk_write`` before the commit (``Tx.update_later``; its

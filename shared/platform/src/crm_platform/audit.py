@@ -680,8 +680,15 @@ class AuditedCollection(AsyncCollection[Doc]):
         if kind == "update" and (inserted := _set_on_insert_only(filter, change, kwargs)) is not None:
             return await self._insert_unless_found(filter, change, inserted, wanted, kwargs)
         before = await call[kind](filter, change, return_document=ReturnDocument.BEFORE, **kwargs)
+        if before is None and not kwargs.get("upsert"):
+            return None  # nothing matched: nothing changed, nothing to read
         doc_id = before["_id"] if before is not None else None
-        after = await super().find_one({"_id": doc_id} if doc_id is not None else filter, session=session)
+        # An update that only sets and removes top-level fields leaves ``before`` so changed
+        # (_fields_set): no read after it (leads' assignment of a lead it handed to sales in one
+        # round trip, docs/performance.md, nineteenth session, p99leads).
+        after = _fields_set(before, change) if kind == "update" else None
+        if after is None:
+            after = await super().find_one({"_id": doc_id} if doc_id is not None else filter, session=session)
         if after is not None:
             self._trail.record(self.name, before, after)
         return after if wanted == ReturnDocument.AFTER else before
