@@ -658,13 +658,28 @@ async def _stored_with_its_held_key_answered_beside(
     return seen
 
 
+def _as_if_load_balanced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client as if in load-balanced mode, where PyMongo pins a transaction to one
+    connection: no two commands of a transaction may be on their way together
+    (``crm_platform.mongo.commands_may_overlap``)."""
+    import crm_platform.consumer
+    import crm_platform.mongo
+
+    for module in (crm_platform.consumer, crm_platform.mongo):
+        monkeypatch.setattr(module, "commands_may_overlap", lambda session: False)
+
+
+@pytest.mark.parametrize("load_balanced", [False, True])
 async def test_a_handoffs_inbox_items_are_read_beside_its_held_key_not_after_it(
-    sales: Sales, make_qualified: Any, monkeypatch: pytest.MonkeyPatch
+    sales: Sales, make_qualified: Any, monkeypatch: pytest.MonkeyPatch, load_balanced: bool
 ) -> None:
     """A sealed handoff's transaction reads its held key (the erasure's guard, in the snapshot)
     and the lead's inbox items: once the ledger insert has begun the transaction, the items'
     read is on its way while the held key's is (``sales.store.preload_handoff``,
-    ``crm_platform.batch.Batch.preload``): one serial round trip fewer before it is stored."""
+    ``crm_platform.batch.Batch.preload``): one serial round trip fewer before it is stored.
+    In load-balanced mode they go one after the other, as before."""
+    if load_balanced:
+        _as_if_load_balanced(monkeypatch)
     lead = sales.uid("side-by-side")
     items_read = asyncio.Event()
     load_items = repo.MongoInboxRepository._load_batch
@@ -678,21 +693,26 @@ async def test_a_handoffs_inbox_items_are_read_beside_its_held_key_not_after_it(
         sales, make_qualified, monkeypatch, lead, items_read
     )
 
-    assert seen == [True], "the items' read waited for the held key's answer"
+    assert seen == [not load_balanced], "the items' read beside the held key's only off load-balanced mode"
     item = await sales.inbox_item(lead)
     assert item is not None
     assert item["handoff"]["contact"]["email"] == f"{lead}@example.com"
 
 
+@pytest.mark.parametrize("load_balanced", [False, True])
 async def test_a_handoffs_writes_before_its_commit_go_beside_each_other(
-    sales: Sales, make_qualified: Any, monkeypatch: pytest.MonkeyPatch
+    sales: Sales, make_qualified: Any, monkeypatch: pytest.MonkeyPatch, load_balanced: bool
 ) -> None:
     """A lone handoff opened with a fetched key (not stored yet) writes its inbox item and its
     learned hash, then its audit entry and its outbox row: once the transaction has begun, the
     learned hash (a platform collection, not audited) goes beside the item, and the outbox row
     beside the audit entry (``crm_platform.mongo.side_by_side``): two serial round trips fewer
-    before the commit, so its partition's next handoff waits less."""
+    before the commit, so its partition's next handoff waits less. In load-balanced mode each
+    write waits for the one before, as before."""
     from pymongo.asynchronous.collection import AsyncCollection
+
+    if load_balanced:
+        _as_if_load_balanced(monkeypatch)
 
     partners = {
         repo.INBOX: shredding.KEYS,
@@ -727,7 +747,9 @@ async def test_a_handoffs_writes_before_its_commit_go_beside_each_other(
 
     assert consumer.outcomes == {0: "processed"}
     assert kafka.dead_letters == []
-    assert beside == dict.fromkeys(partners, True), "each write waited for the other's answer"
+    assert set(beside) == set(partners)
+    # One after the other, the first of each pair finds its partner not started when answered.
+    assert all(beside.values()) is not load_balanced, f"side by side only off load-balanced mode: {beside}"
     item = await sales.inbox_item(lead)
     assert item["handoff"]["contact"]["email"] == f"{lead}@example.com"
     await keys._handle_partition(TopicPartition(LEADS_PERSON_KEYS, 0), [key_record], {})

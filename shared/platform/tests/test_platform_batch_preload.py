@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from crm_platform.batch import Batch, preload_of, with_preload
 
@@ -83,3 +84,20 @@ async def test_a_handler_names_its_preload() -> None:
 
     assert preload_of(handler) is None
     assert preload_of(with_preload(handler, preload)) is preload
+
+
+def test_a_transactions_commands_overlap_except_in_load_balanced_mode() -> None:
+    """PyMongo pins a load-balanced transaction to one connection, which carries one command at
+    a time: there a begun transaction's commands are not sent side by side."""
+    from types import SimpleNamespace
+
+    from crm_platform.mongo import commands_may_overlap
+    from pymongo.topology_description import TOPOLOGY_TYPE
+
+    def session(kind: int) -> Any:
+        described = SimpleNamespace(topology_description=SimpleNamespace(topology_type=kind))
+        return SimpleNamespace(client=described)
+
+    assert commands_may_overlap(session(TOPOLOGY_TYPE.ReplicaSetWithPrimary))
+    assert commands_may_overlap(session(TOPOLOGY_TYPE.Sharded))
+    assert not commands_may_overlap(session(TOPOLOGY_TYPE.LoadBalanced))

@@ -57,7 +57,7 @@ from crm_platform.dead_letters import (
 )
 from crm_platform.kafka import be_patient, hurry_fetches, make_consumer, make_producer, records_fetch_read
 from crm_platform.logging import correlation_id_var
-from crm_platform.mongo import PROCESSED, Store, Tx, audit_context, causation_var
+from crm_platform.mongo import PROCESSED, Store, Tx, audit_context, causation_var, commands_may_overlap
 from crm_platform.shredding import PersonKeyPending, keys_missing, until_key_stored, until_keys_fetched
 
 log = logging.getLogger("crm.consumer")
@@ -660,7 +660,7 @@ class EventConsumer:
             tx.row_key = ObjectId()  # that row's key, named by each received handoff's ledger entry
             if entries := [self._ledger_entry(r, tx.row_key) for r in group if self._ledgered(r.envelope)]:
                 await tx.db[PROCESSED].insert_many(entries, session=tx.session)
-                batch.begun = True  # the handlers' reads may run side by side (Batch.preload)
+                batch.begun = commands_may_overlap(tx.session)  # reads side by side (Batch.preload)
             await _settling(batch, handle_all(tx, batch))
 
         async def handle_all(tx: Tx, batch: Batch) -> None:
@@ -890,7 +890,7 @@ class EventConsumer:
             tx.row_key = ObjectId()  # its receipt's row, named by its ledger entry
             if self._ledgered(envelope):
                 await tx.db[PROCESSED].insert_one(self._ledger_entry(ready, tx.row_key), session=tx.session)
-                batch.begun = True  # the handler's reads may run side by side (Batch.preload)
+                batch.begun = commands_may_overlap(tx.session)  # reads side by side (Batch.preload)
             at, journeys[envelope.correlation_id] = await _settling(batch, self._run_handler(tx, ready))
             stored_at.append(at)
 

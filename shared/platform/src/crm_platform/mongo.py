@@ -26,6 +26,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 from pymongo.read_concern import ReadConcern
+from pymongo.topology_description import TOPOLOGY_TYPE
 from pymongo.write_concern import WriteConcern
 
 from crm_platform import audit, cache, shredding, tracing
@@ -323,8 +324,9 @@ class Store:
         on each other go beside each other: mongod runs one command of a session at a time, the
         round trips between them are saved (docs/performance.md, nineteenth session, p99sales)."""
         begun = bool(trail.entries) or (tx.batch is not None and tx.batch.begun)
+        begun = begun and commands_may_overlap(tx.session)
         await tx.flush_inserts(beside=begun)
-        if trail.entries and tx.emitted:  # no audited write among the outbox's
+        if begun and trail.entries and tx.emitted:  # no audited write among the outbox's
             journeys: dict[str, tracing.Carrier] = (
                 await side_by_side(trail.flush(self.db), self._store_emitted(tx))
             )[1]
@@ -363,6 +365,16 @@ class Store:
         """Tell the outbox relay that events wait (after a commit or a re-send)."""
         for callback in self._on_commit:
             callback()
+
+
+def commands_may_overlap(session: AsyncClientSession) -> bool:
+    """Whether a begun transaction's commands may be sent side by side (:func:`side_by_side`,
+    ``Batch.preload``). The server runs one command of a session at a time and holds the next
+    until the first is done, so on a replica set or through mongos only the round trip between
+    them is saved. PyMongo documents a session as one operation at a time: in load-balanced
+    mode it pins a transaction to ONE connection, which cannot carry two commands at once, so
+    there they go one after the other, as before (docs/performance.md, nineteenth session)."""
+    return session.client.topology_description.topology_type != TOPOLOGY_TYPE.LoadBalanced
 
 
 async def side_by_side(*steps: Awaitable[Any]) -> list[Any]:
