@@ -24,4 +24,7 @@ class Event(BaseModel):
         raise NotImplementedError
 
     def to_payload(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The payload's JSON form: ``model_dump(mode="json")``, from the model's serializer
+        directly (that call with every other option at its default: 2.7 against 3.3 us for a
+        ``lead.qualified``; every emitted event and every inbox item pays it)."""
+        return self.__pydantic_serializer__.to_python(self, mode="json")
