@@ -21,7 +21,7 @@ from crm_contracts.events.common import SealedPerson
 from crm_contracts.events.person_keys import LeadPersonKeyIssuedV1, LeadPersonKeyShreddedV1
 from crm_contracts.topics import LEAD_QUALIFIED, LEADS_PERSON_KEYS
 from crm_platform import consumer as consumer_module
-from crm_platform import shredding
+from crm_platform import pseudonym, shredding
 from crm_platform.consumer import ConsumerConfig, EventConsumer, Outcome
 from crm_platform.pseudonym import email_hash
 from crm_platform.testing import eventually
@@ -283,9 +283,13 @@ async def _sealed_batch(sales: Sales, make_qualified: Any, *, with_hash: bool) -
     ]
 
     updates: Counter[str] = Counter()
+    before = sum(pseudonym._keyed.cache_info()[:2])
     ops = await _profiled(sales, consumer, records, updates=updates)
+    hashed = sum(pseudonym._keyed.cache_info()[:2]) - before
 
     assert consumer.outcomes == dict.fromkeys(range(8), "processed")
+    # Each e-mail hashed once: as its key opens it, its inbox item's person hashes reuse it.
+    assert hashed == 8, f"{hashed} e-mails hashed for 8 handoffs"
     assert kafka.dead_letters == []
     assert ops[("query", shredding.KEYS)] == 1, "the batch's keys in one query"
     if with_hash:

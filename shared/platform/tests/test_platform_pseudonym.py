@@ -78,3 +78,23 @@ def test_the_development_key_is_the_default_locally_and_refused_in_production(tm
     with pytest.raises(ValidationError, match="at least 16"):
         _settings(CRM_PSEUDONYM_KEY="short")
     assert _settings(**production, CRM_PSEUDONYM_KEY=KEY).pseudonym_key.get_secret_value() == KEY
+
+
+def test_the_same_value_hashed_twice_in_a_row_is_hashed_once() -> None:
+    """A drained handoff's e-mail is hashed as its key opens it, then for its inbox item's
+    person hashes: the second time it is not hashed again; any other kind, key or value is."""
+    keyed_hash("name", "someone else", KEY)
+    pseudonym_module._keyed.cache_clear()
+    first = email_hash("Ada@Example.com", KEY)
+    assert email_hash("Ada@Example.com", KEY) == first
+    assert pseudonym_module._keyed.cache_info()[:2] == (0, 1), "(hits, misses): hashed once"
+    assert first == hmac.new(KEY.encode(), b"email:ada@example.com", hashlib.sha256).hexdigest()
+    others = [
+        keyed_hash("name", "Ada@Example.com", KEY),
+        email_hash("Ada@Example.com", KEY + "x"),
+        email_hash("Bob@Example.com", KEY),
+        email_hash("Ada@Example.com", KEY),
+    ]
+    assert pseudonym_module._keyed.cache_info()[:2] == (3, 2), "each of them hashed"
+    assert others[-1] == first
+    assert len(set(others)) == 4

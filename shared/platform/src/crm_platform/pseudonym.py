@@ -59,9 +59,22 @@ _NORMALISE = {"email": normalise_email, "phone": normalise_phone, "name": normal
 
 def keyed_hash(kind: Kind, value: str, key: str) -> str:
     """HMAC-SHA256 (hex) of the normalised ``value`` of ``kind`` under the install's ``key``."""
+    asked = (kind, value, key)
+    last = _last[0]
+    if last[0] == asked:
+        return last[1]
     mac = _keyed(key).copy()  # the key's padded inner and outer hashes, made once per key
     mac.update(f"{kind}:{_NORMALISE[kind](value)}".encode())
-    return mac.hexdigest()
+    digest = mac.hexdigest()
+    _last[0] = (asked, digest)
+    return digest
+
+
+# The last value hashed and its hash: a drained handoff's e-mail is hashed twice in a row (the
+# key it opens with learns it, then its inbox item's person hashes), 1.45 us each time; the
+# second is this lookup (docs/performance.md, nineteenth session, drainsales). One value only,
+# replaced by the next one hashed, set in one assignment (threads read a whole pair).
+_last: list[tuple[tuple[str, str, str], str]] = [(("", "", ""), "")]
 
 
 @functools.lru_cache(maxsize=4)
