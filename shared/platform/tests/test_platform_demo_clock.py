@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from crm_contracts import utcnow
+from crm_platform import clock as clock_module
 from crm_platform.app import create_app
 from crm_platform.clock import (
     DEMO_TIME_HEADER,
@@ -112,6 +113,37 @@ def test_simulated_holds_only_inside_its_block() -> None:
         assert system_clock() == PAST
         assert simulated_now() == PAST
     assert simulated_now() is None
+
+
+def test_the_real_time_inside_a_simulation_and_nothing_to_set_outside_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every consumed record without a demo time asks for the real time: with none simulated
+    # there is nothing to set, so no context variable is touched (a generator-based context per
+    # record before: docs/performance.md, nineteenth session, drainsales).
+    with simulated(PAST), simulated(None):
+        assert simulated_now() is None, "the real time inside a simulation"
+        assert system_clock() != PAST
+    with simulated(PAST), simulated(None):
+        pass
+    assert simulated_now() is None
+
+    def refused(*args: object) -> None:
+        raise AssertionError("the simulated time set with nothing to set")
+
+    monkeypatch.setattr(clock_module, "_simulated", _Refusing(refused))
+    with simulated(None):
+        assert system_clock() - utcnow() < timedelta(seconds=5)
+
+
+class _Refusing:
+    """A context variable holding nothing that refuses to be set."""
+
+    def __init__(self, refused: object) -> None:
+        self.set = refused
+
+    def get(self) -> None:
+        return None
 
 
 def test_a_consumed_event_takes_effect_at_its_own_time_plus_the_real_transport() -> None:

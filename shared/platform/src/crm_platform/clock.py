@@ -19,7 +19,7 @@ re-send timers and TTLs keep the real time (they use ``crm_contracts.utcnow``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,9 +44,17 @@ def simulated_now() -> datetime | None:
     return _simulated.get()
 
 
-@contextmanager
-def simulated(moment: datetime | None) -> Iterator[None]:
+def simulated(moment: datetime | None) -> AbstractContextManager[None]:
     """Run the block at ``moment`` (aware; None: the real time)."""
+    if moment is None and _simulated.get() is None:
+        # On the real time already (every consumed record and request without a demo time):
+        # nothing to set, no generator-based context per record (1.06 against 0.30 us).
+        return nullcontext()
+    return _simulating(moment)
+
+
+@contextmanager
+def _simulating(moment: datetime | None) -> Iterator[None]:
     token = _simulated.set(None if moment is None else to_millis(moment))
     try:
         yield
