@@ -280,6 +280,23 @@ async def test_a_sealed_handoff_opens_to_its_v1_without_validating_the_handoff_a
     assert opened == plain
     assert opened.to_payload() == plain.to_payload()
     assert "sealed_contact" not in opened.to_payload()
+    # Built as model_construct builds it (same fields in order, fields set, no extra or private
+    # values), without model_construct's per-field search of aliases and defaults.
+    constructed = LeadQualifiedV1.model_construct(opened.model_fields_set, **vars(opened))
+    assert list(vars(opened)) == list(vars(constructed))
+    assert (
+        opened.model_fields_set
+        == constructed.model_fields_set
+        == sealed.model_fields_set - {"sealed_contact"}
+    )
+    assert (opened.__pydantic_extra__, opened.__pydantic_private__) == (None, None)
+    assert repr(opened) == repr(constructed)
+
+    def refused(cls: type[LeadQualifiedV1], *args: object, **kwargs: object) -> None:
+        raise AssertionError("model_construct called")
+
+    monkeypatch.setattr(LeadQualifiedV1, "model_construct", classmethod(refused))
+    assert await open_event(keys, sealed) == plain
 
 
 async def test_a_sealed_handoff_whose_opened_email_is_invalid_is_refused() -> None:
