@@ -138,7 +138,7 @@ async def claim_in(db: AsyncDatabase[Any], session: AsyncClientSession, claims: 
         else:
             await db[COLLECTION].insert_many(docs, session=session)
     except (DuplicateKeyError, BulkWriteError) as exc:
-        if isinstance(exc, BulkWriteError) and not _duplicate(exc):
+        if isinstance(exc, BulkWriteError) and not only_duplicate_keys(exc):
             raise
         if not all(claim.looked_up for claim in claims):
             raise ClaimTaken(claims[0].id) from None
@@ -147,7 +147,8 @@ async def claim_in(db: AsyncDatabase[Any], session: AsyncClientSession, claims: 
         ) from None
 
 
-def _duplicate(exc: BulkWriteError) -> bool:
+def only_duplicate_keys(exc: BulkWriteError) -> bool:
+    """Whether every write error of ``exc`` is a duplicate key (and there is at least one)."""
     errors = exc.details.get("writeErrors", [])
     return bool(errors) and all(e.get("code") == DUPLICATE_KEY for e in errors)
 

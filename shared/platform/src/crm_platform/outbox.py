@@ -38,6 +38,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
 from crm_platform import metrics, tracing
+from crm_platform.idempotency import only_duplicate_keys
 from crm_platform.kafka import make_producer, murmur2_many, partition_for
 from crm_platform.mongo import (
     BATCH_EVENTS,
@@ -82,7 +83,6 @@ WATCH_AWAIT_SHARE = 0.8
 # seventeenth session, mongod25, and eighteenth session, p99leads). With one replica no stream is
 # open; with two, the first row of the other replica waits for the poll, the next ones wake it.
 WATCH_KEPT_SECONDS = 600.0
-DUPLICATE_KEY = 11000  # MongoDB's error code
 APPLIED = WriteConcern(w=1)  # acknowledged once applied on the primary (no journal wait)
 
 
@@ -494,9 +494,7 @@ class OutboxRelay:
             sent = self.db[HANDOFFS_SENT].with_options(write_concern=APPLIED)
             await sent.insert_many(records, ordered=False)
         except BulkWriteError as exc:
-            if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
-                raise
-            if exc.details.get("writeConcernErrors"):
+            if not only_duplicate_keys(exc) or exc.details.get("writeConcernErrors"):
                 raise
 
     async def _marks_written(self) -> None:
