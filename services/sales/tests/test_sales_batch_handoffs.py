@@ -16,16 +16,19 @@ from typing import Any, TypeAlias, cast
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
-from crm_contracts import Envelope, envelope_for
+from crm_contracts import Envelope, envelope_for, utcnow
 from crm_contracts.events.common import SealedPerson
 from crm_contracts.events.person_keys import LeadPersonKeyIssuedV1, LeadPersonKeyShreddedV1
 from crm_contracts.topics import LEAD_QUALIFIED, LEADS_PERSON_KEYS
 from crm_platform import consumer as consumer_module
 from crm_platform import pseudonym, shredding
 from crm_platform.consumer import ConsumerConfig, EventConsumer, Outcome
+from crm_platform.mongo import Store
 from crm_platform.pseudonym import email_hash
 from crm_platform.testing import eventually
 from prometheus_client import REGISTRY
+from pymongo import AsyncMongoClient
+from pymongo.monitoring import CommandListener, CommandStartedEvent
 from sales import consumers
 from sales import store as repo
 
@@ -580,6 +583,96 @@ async def test_a_key_record_alone_is_stored_with_one_upsert_and_no_read(
     assert marker.get("shredded") is True
     assert "key" not in marker, "never brought back"
     assert consumer.outcomes == dict.fromkeys(range(4), "processed")
+
+
+class _Commands(CommandListener):
+    """The commands a client sends, by name, with their bodies."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def started(self, event: CommandStartedEvent) -> None:
+        self.sent.append((event.command_name, dict(event.command)))
+
+    def succeeded(self, event: Any) -> None:
+        pass
+
+    def failed(self, event: Any) -> None:
+        pass
+
+
+async def test_the_key_consumer_stores_a_record_alone_in_one_majority_write_without_a_transaction(
+    sales: Sales, make_qualified: Any
+) -> None:
+    """A key record alone is the runtime key consumer's one upsert, sent without a transaction and
+    acknowledged by the majority (a commit's durability): one mongod command, not the upsert and
+    a ``commitTransaction`` (twentieth session, p99sales). Exactly once still: the same record
+    delivered again (a crash after the write, before its offset was committed) leaves the held
+    key as it was, and a key record after its shredding leaves the marker."""
+    runtime_keys = sales.runtime.key_consumer
+    assert runtime_keys is not None
+    assert runtime_keys.config.one_write_alone is True
+    commands = _Commands()
+    client: Any = AsyncMongoClient(sales.settings.mongodb_uri, tz_aware=True, event_listeners=[commands])
+    store = Store(client, sales.runtime.db.name, "sales")
+    consumer = Recording(runtime_keys.config, store, shredding.key_handlers())
+    consumer.outcomes = {}
+    kafka = StandInKafka()
+    consumer.consumer = consumer.producer = kafka
+    lead = sales.uid("one-write")
+    key = shredding.sealed_event(make_qualified(lead), "leads")[1][0]
+    shredded = LeadPersonKeyShreddedV1(person_id=key.person_id, shredded_at=key.issued_at)
+    tp, db, held_id = TopicPartition(LEADS_PERSON_KEYS, 0), sales.runtime.db, f"held:leads:{key.person_id}"
+
+    async def alone(event: Any, offset: int) -> list[tuple[str, dict[str, Any]]]:
+        value = envelope_for(event, source="leads", correlation_id="keys").to_bytes()
+        commands.sent.clear()
+        await consumer._handle_partition(tp, [_record(offset, value, tp.topic)], {})
+        return commands.sent
+
+    try:
+        [(name, update)] = await alone(key, 0)
+        held = await db[shredding.KEYS].find_one({"_id": held_id})
+        assert held is not None
+        assert bytes(held["key"]) == shredding.decode_key(key.key)
+        assert (await alone(key, 1))[0][0] == "update"
+        assert await db[shredding.KEYS].find_one({"_id": held_id}) == held, "delivered again: no change"
+        assert [n for n, _ in await alone(shredded, 2)] == ["update"]
+        await alone(key, 3)
+    finally:
+        await client.close()
+    assert (name, update["update"]) == ("update", shredding.KEYS)
+    assert "autocommit" not in update, "no transaction"
+    assert "startTransaction" not in update
+    assert update["writeConcern"] == {"w": "majority"}
+    marker = await db[shredding.KEYS].find_one({"_id": held_id})
+    assert marker is not None
+    assert marker.get("shredded") is True
+    assert "key" not in marker, "never brought back"
+    assert consumer.outcomes == dict.fromkeys(range(4), "processed")
+    assert kafka.dead_letters == []
+
+
+async def test_one_write_alone_refuses_what_needs_a_transaction(sales: Sales) -> None:
+    """``Store.one_write`` refuses a work that emits an event or defers a write (they need the
+    transaction), and a consumer without a transaction keeps no ledger and stores no receipt."""
+    store = sales.runtime.store
+
+    async def emitting(tx: Any) -> None:
+        tx.emit(LeadPersonKeyShreddedV1(person_id="p-1", shredded_at=utcnow()))
+
+    async def deferring(tx: Any) -> None:
+        tx.insert_later(shredding.KEYS, {"_id": "never"})
+
+    for work in (emitting, deferring):
+        with pytest.raises(RuntimeError):
+            await store.one_write(work)
+    assert await sales.runtime.db[shredding.KEYS].find_one({"_id": "never"}) is None
+    for ledger, department in ((True, None), (False, "sales")):
+        config = ConsumerConfig("sales", "g", [LEADS_PERSON_KEYS], "-", department, ledger=ledger)
+        config.one_write_alone = True
+        with pytest.raises(ValueError):
+            EventConsumer(config, store, {})
 
 
 async def test_a_handoffs_key_check_waits_for_the_key_fetch_on_its_way_instead_of_asking_the_database(

@@ -183,6 +183,13 @@ class ConsumerConfig:
     # or older is ignored): one insert and its index entry fewer per handoff in leads
     # (docs/performance.md, sixteenth session, handoff).
     unledgered: frozenset[str] = frozenset()
+    # Every handler's effect on a record alone is ONE write of one platform document, idempotent
+    # by itself (the key consumer's: a held key's ``$setOnInsert`` upsert, a shredding marker's
+    # upsert), and the consumer keeps no ledger: a record alone is stored without a transaction
+    # (``Store.one_write``: its write acknowledged by the majority, as a commit is), one mongod
+    # command instead of the write and a commit, per sealed handoff (docs/performance.md,
+    # twentieth session, p99sales). A batch of records keeps its transaction.
+    one_write_alone: bool = False
     # No one waits on this consumer's records within a second (the gateway's erasure
     # confirmations): once idle it takes the patient pause (crm_platform.kafka.be_patient).
     # Never for a consumer on a handoff's path (a department's, the person keys').
@@ -247,6 +254,8 @@ class EventConsumer:
     ) -> None:
         if handoffs := sorted(config.unledgered & HANDOFF_BY_EVENT_TYPE.keys()):
             raise ValueError(f"a handoff keeps its ledger entry (its repeat's receipt): {handoffs}")
+        if config.one_write_alone and (config.ledger or config.department is not None):
+            raise ValueError("one write alone: no ledger entry and no receipt to store with it")
         self.config = config
         self.store = store
         self.handlers = handlers
@@ -875,7 +884,8 @@ class EventConsumer:
         self, record: ConsumerRecord[Any, Any], handler: Handler, event: Event, envelope: Envelope
     ) -> Outcome:
         """One record's ledger entry, effect and receipt in one transaction (retried while the
-        errors are transient); a duplicate or a dead letter is the record's outcome instead."""
+        errors are transient); a duplicate or a dead letter is the record's outcome instead.
+        A consumer whose handlers make one write each stores it without one (``one_write_alone``)."""
         stored_at: list[datetime] = []
 
         journeys: dict[str, tracing.Carrier | None] = {}
@@ -905,10 +915,10 @@ class EventConsumer:
     async def _store_retrying(
         self, record: ConsumerRecord[Any, Any], envelope: Envelope, work: Callable[[Tx], Awaitable[None]]
     ) -> Outcome | None:
-        """Run ``work`` in a transaction until it commits (None), retrying transient errors with
-        backoff, or return the outcome that replaces it: ``duplicate`` (the id is in the ledger)
-        or a dead letter (the handler's :class:`DeadLetter`, or any other failure). A stop
-        request raises. The event's correlation and causation are set throughout."""
+        """Run ``work`` in a transaction (:meth:`_stored`) until it commits (None), retrying
+        transient errors with backoff, or return the outcome that replaces it: ``duplicate`` (the
+        id is in the ledger) or a dead letter (the handler's :class:`DeadLetter`, or any other
+        failure). A stop request raises. The event's correlation and causation are set throughout."""
         c_token = correlation_id_var.set(envelope.correlation_id)
         e_token = causation_var.set(envelope)
         backoff = 0.1
@@ -917,7 +927,7 @@ class EventConsumer:
         try:
             while True:
                 try:
-                    await self.store.transaction(work)
+                    await self._stored(work)
                     return None
                 except PersonKeyPending as exc:
                     # The key topic is read by a consumer of its own: the key arrives meanwhile.
@@ -949,6 +959,14 @@ class EventConsumer:
         finally:
             correlation_id_var.reset(c_token)
             causation_var.reset(e_token)
+
+    async def _stored(self, work: Callable[[Tx], Awaitable[None]]) -> None:
+        """``work`` in a transaction, or, for a consumer whose handlers make one write each
+        (``ConsumerConfig.one_write_alone``), without one (``Store.one_write``)."""
+        if self.config.one_write_alone:
+            await self.store.one_write(work)
+        else:
+            await self.store.transaction(work)
 
     async def _after_store(self, envelope: Envelope) -> None:
         """The effect is stored: a failing hook is logged, never turns it into a dead letter."""

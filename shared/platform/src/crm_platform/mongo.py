@@ -136,6 +136,10 @@ class Tx:
         (:func:`crm_platform.audit.one_entry_per_batch`; one record: a plain entry)."""
         self._later_updates.setdefault(collection, []).append((update, audit.current_cause()))
 
+    def deferred(self) -> bool:
+        """Whether deferred writes wait (:meth:`insert_later`, :meth:`update_later`)."""
+        return any(self._later.values()) or any(self._later_updates.values())
+
     async def flush_inserts(self, collection: str | None = None, *, beside: bool = False) -> None:
         """Write the deferred inserts, then the deferred updates (of one ``collection``, or
         all) now. ``beside`` (the transaction has begun: a command of it was answered): the
@@ -226,6 +230,8 @@ class Store:
     def __init__(self, client: AsyncMongoClient[Doc], database: str, source: str) -> None:
         self.client = client
         self.db: AsyncDatabase[Doc] = client[database]
+        # ``one_write``'s: a write outside a transaction acknowledged as a commit is.
+        self._majority = self.db.with_options(write_concern=WriteConcern("majority"))
         self.source = source
         self._on_commit: list[Callable[[], None]] = []
         # The batch rows committed here lately, for this process's relay (no read back).
@@ -296,6 +302,22 @@ class Store:
             # (CommittedRows.woken_here), and the journeys are a round trip it need not wait for.
             self.wake()
             await tracing.remember_journeys(self.db, journeys)
+        return result
+
+    async def one_write(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run ``work``, whose whole effect is ONE write of one platform document, without a
+        transaction: that write is atomic on its own, and it is acknowledged by the majority,
+        as a commit is. A transaction of one write was the same write plus a commit and a
+        transaction's Python (the key consumer's lone record, two mongod commands per sealed
+        handoff; docs/performance.md, twentieth session, p99sales). ``tx.db`` is the plain
+        database (no audit trail: only platform collections, which have none); ``work`` may
+        emit nothing and defer nothing (RuntimeError: it needed a transaction)."""
+        with pymongo.timeout(request_db_deadline.get()):
+            async with self.client.start_session() as session:
+                tx = Tx(self._majority, session, self.source)
+                result = await work(tx)
+        if tx.emitted or tx.deferred():
+            raise RuntimeError("events or deferred writes outside a transaction: use Store.transaction")
         return result
 
     async def _with_transaction(self, attempt: Callable[[AsyncClientSession], Awaitable[T]]) -> T:

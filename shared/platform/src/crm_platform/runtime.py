@@ -206,6 +206,7 @@ class ServiceRuntime:
                 group_instance_id=f"{s.consumer_instance_id}.person-keys" if s.consumer_instance_id else None,
                 listener=tracker,
                 ledger=False,  # its handlers are idempotent by their own writes (shredding.key_handlers)
+                one_write_alone=True,  # a record alone: one upsert, no transaction (Store.one_write)
                 # Keys come with the events sealed with them: while the department's consumer
                 # finds nothing there is no key to fetch, and its first records end the pause.
                 patient_until_records=True,

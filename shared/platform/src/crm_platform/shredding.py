@@ -519,7 +519,8 @@ def key_handlers() -> dict[str, Handler]:
     marker when it is shredded (a key issued again after its shredding, a late re-send, stays
     shredded). Idempotent by their own writes (a key held already is not inserted again, a
     shredding marker keeps its first time), so their consumer keeps no processed-events ledger
-    (``ConsumerConfig.ledger``)."""
+    (``ConsumerConfig.ledger``). A record alone is one write of one document (an upsert), so it
+    needs no transaction either (``ConsumerConfig.one_write_alone``)."""
     handlers: dict[str, Handler] = {}
     for issued in _ISSUED.values():
         handlers[issued.event_type] = _on_issued
@@ -549,7 +550,8 @@ async def _on_issued(tx: Any, event: LeadPersonKeyIssuedV1, envelope: Envelope) 
     if batch is None or len(batch.events) == 1:
         # A record alone (the 25/s handoff's key): one upsert that inserts the key only when
         # none is held, instead of a read and an insert (one round trip fewer; a held key or a
-        # shredding marker is left as it is).
+        # shredding marker is left as it is). The key consumer sends it without a transaction
+        # (``ConsumerConfig.one_write_alone``): it is the record's whole effect.
         fields = {k: v for k, v in doc.items() if k != "_id"}
         await tx.db[KEYS].update_one(
             {"_id": doc_id}, {"$setOnInsert": fields}, upsert=True, session=tx.session
