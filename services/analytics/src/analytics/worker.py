@@ -375,7 +375,8 @@ class AnalyticsWorker:
             for record in records:
                 if not consumer.flow_active or app.consumer_generation_id != generation:
                     break
-                outcome = await self._take(record)
+                now = self._take_at_once(record)  # nearly every record: no coroutine each
+                outcome = now if isinstance(now, tuple) else await self._take_rest(record, now)
                 taken += 1
                 if outcome is not None:
                     counts[outcome] = counts.get(outcome, 0) + 1
@@ -425,17 +426,32 @@ class AnalyticsWorker:
     async def _take(self, message: Any) -> tuple[str, str, str] | None:
         """:meth:`take` without counting: the (topic, event type, outcome) to count, or None
         when it was counted already (a dead letter)."""
+        now = self._take_at_once(message)
+        return now if isinstance(now, tuple) else await self._take_rest(message, now)
+
+    def _take_at_once(self, message: Any) -> tuple[str, str, str] | Accepted | Rejected:
+        """:meth:`_take` as far as it goes without awaiting anything: the outcome to count for a
+        record skipped unread (:func:`triage`) or folded with nothing more to do (nearly every
+        record), else its verdict, which :meth:`_take_rest` finishes (a dead letter to send, a
+        permission policy or an erasure to act on). A fetched batch's chunk calls it directly:
+        no coroutine made and awaited per record (docs/performance.md, twentieth session)."""
         skipped = triage(message.headers, self.settings.app_id)
         if skipped is not None:
             return (message.topic, *skipped)  # a replay for another group, or a type not read
         with tracing.consuming(message.headers, topic=message.topic, group=self.settings.app_id):
             verdict = self.fold(message)
+        if isinstance(verdict, Accepted) and not _acts_on(verdict.event):
+            return (message.topic, verdict.envelope.event_type, "processed")
+        return verdict
+
+    async def _take_rest(self, message: Any, verdict: Accepted | Rejected) -> tuple[str, str, str] | None:
+        """What :meth:`_take_at_once` left: the dead letter (None: counted with it), or the event's
+        policy and erasure steps, then its outcome."""
         if isinstance(verdict, Rejected):
             await self.dead_letter(message, verdict.reason, verdict.error, verdict.event_type)
             return None
-        if _acts_on(verdict.event):
-            await self._keep_policy(verdict.event)
-            await self._confirm_erasure(verdict.event, verdict.envelope)
+        await self._keep_policy(verdict.event)
+        await self._confirm_erasure(verdict.event, verdict.envelope)
         return (message.topic, verdict.envelope.event_type, "processed")
 
     async def _keep_policy(self, event: Any) -> None:
@@ -477,7 +493,7 @@ class AnalyticsWorker:
 
     def fold(self, message: Any) -> Accepted | Rejected:
         """Classify and apply one message; never raises (a raise would stop the partition)."""
-        verdict: Accepted | Rejected = Rejected(HANDLER_ERROR, "not read")
+        verdict: Accepted | Rejected = NOT_READ
         try:
             self._maybe_rebuild()
             verdict = classify(message.value, topic=message.topic)
@@ -657,6 +673,8 @@ class AnalyticsWorker:
                 self._mongo = None
 
 
+# A fold's verdict until the record is read (frozen, so one for all: not one built per record).
+NOT_READ = Rejected(HANDLER_ERROR, "not read")
 # The events whose take does more than the fold: the permission policy, the erasure confirmation.
 ACTS_ON: tuple[type, ...] = (PermissionsChangedV1, ErasureRequestedV1)
 _acts_on_class: dict[type, bool] = {}

@@ -78,13 +78,13 @@ async def test_a_fetch_of_the_source_topics_is_folded_as_one_batch_never_through
         return await fold_batch(records, generation)
 
     monkeypatch.setattr(batch_consumer, "_batch_handler", counting)
-    take, taken = worker._take, []
+    take, taken = worker._take_at_once, []
 
-    async def counting_take(record: Any) -> Any:
+    def counting_take(record: Any) -> Any:
         taken.append((record.topic, record.offset))
-        return await take(record)
+        return take(record)
 
-    monkeypatch.setattr(worker, "_take", counting_take)
+    monkeypatch.setattr(worker, "_take_at_once", counting_take)
     gate = asyncio.Event()
 
     def flush() -> asyncio.Future[None]:
@@ -123,17 +123,17 @@ async def test_a_rebalance_stops_the_batch_and_only_what_was_taken_is_read(
     """The flow stopped mid-batch (faust revoking partitions): the fold stops there and the read
     offset stays at the last event taken, so faust fetches the rest again after its seek."""
     worker, batch_consumer, _ = consumer
-    take = worker._take
+    take = worker._take_at_once
     taken: list[int] = []
 
-    async def stopping(record: Any) -> Any:
+    def stopping(record: Any) -> Any:
         taken.append(record.offset)
-        outcome = await take(record)
+        outcome = take(record)
         if record.offset == 4:
             batch_consumer.stop_flow()
         return outcome
 
-    monkeypatch.setattr(worker, "_take", stopping)
+    monkeypatch.setattr(worker, "_take_at_once", stopping)
     leads = TP(LEADS_EVENTS, 1)
     values = [journey.captured(f"lead-{n}").to_bytes() for n in range(10)]
     records = {leads: [record(LEADS_EVENTS, 1, n, value) for n, value in enumerate(values)]}
@@ -169,3 +169,58 @@ async def test_a_folded_event_awaits_the_policy_and_erasure_steps_only_when_it_i
     assert worker.state.figures.funnel["captured"] == 3
     assert worker_module._acts_on(object.__new__(PermissionsChangedV1))
     assert worker_module._acts_on(object.__new__(ErasureRequestedV1))
+
+
+async def test_a_chunks_records_are_taken_without_a_coroutine_or_a_verdict_built_each(
+    consumer, journey, monkeypatch
+) -> None:
+    """A fetched batch's chunk takes each record skipped unread or folded with nothing more to do
+    without making and awaiting a coroutine for it (``_take``), and the fold builds no "not
+    read" verdict per record; a record with more to do (here a dead letter to send) still gets
+    its awaited steps (``_take_rest``), counted as before."""
+    from analytics import worker as worker_module
+    from crm_platform.dead_letters import Rejected
+
+    worker, batch_consumer, _ = consumer
+
+    take, coroutines = worker._take, []
+
+    async def counting_take(record: Any) -> Any:
+        coroutines.append(record.offset)
+        return await take(record)
+
+    monkeypatch.setattr(worker, "_take", counting_take)
+    made: list[str] = []
+    init = Rejected.__init__
+
+    def counting_init(self: Rejected, *args: Any, **kwargs: Any) -> None:
+        made.append(args[0] if args else kwargs["reason"])
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Rejected, "__init__", counting_init)
+    letters: list[tuple[int, str]] = []
+
+    async def dead_letter(message: Any, reason: str, error: str, event_type: str | None = None) -> None:
+        letters.append((message.offset, reason))
+
+    monkeypatch.setattr(worker, "dead_letter", dead_letter)
+    counted: list[dict[tuple[str, str, str], int]] = []
+    monkeypatch.setattr(worker.metrics, "consumed_many", lambda counts: counted.append(dict(counts)))
+    leads = TP(LEADS_EVENTS, 2)
+    values = [journey.captured(f"lead-{n}").to_bytes() for n in range(20)]
+    values[7] = b"not json"
+    skipped = record(LEADS_EVENTS, 2, 20, journey.captured("lead-x").to_bytes())
+    skipped.headers = [("event_type", b"lead.behaviour_recorded")]  # a type analytics does not read
+    records = {leads: [*(record(LEADS_EVENTS, 2, n, v) for n, v in enumerate(values)), skipped]}
+    await batch_consumer.deliver(records, None)
+    assert coroutines == [], "no coroutine made and awaited per record"
+    assert letters == [(7, "malformed")]
+    assert made == ["malformed"], "one verdict built: the refused record's own"
+    assert worker.state.figures.funnel["captured"] == 19
+    event_type = journey.captured("lead-0").event_type
+    assert counted == [
+        {(LEADS_EVENTS, event_type, "processed"): 19, (LEADS_EVENTS, "lead.behaviour_recorded", "skipped"): 1}
+    ]
+    assert Rejected("handler_error", "not read") == worker_module.NOT_READ
+    assert worker._batch_confirmer is not None
+    await worker._batch_confirmer.stop()
