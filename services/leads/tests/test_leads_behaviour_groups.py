@@ -18,9 +18,10 @@ from typing import Any, TypeAlias
 
 import httpx
 import pytest
-from crm_platform import audit
+from crm_platform import audit, shredding
 from crm_platform.idempotency import COLLECTION as KEYS
 from crm_platform.mongo import HANDOFFS_SENT, OUTBOX, outbox_events_pipeline
+from crm_platform.pseudonym import email_hash
 from crm_platform.testing import auth_headers, eventually
 from leads.store import BEHAVIOURS, LEADS
 from pymongo.asynchronous.collection import AsyncCollection
@@ -171,3 +172,45 @@ async def test_a_group_naming_a_lead_that_does_not_exist_answers_each_as_alone(l
     ids = await new_leads(leads, 3)
     answers, _ = await behave_at_once(leads, [ids[1], "no-such-lead", ids[2]], "email_open")
     assert [r.status_code for r in answers] == [201, 404, 201], [r.text for r in answers]
+
+
+async def test_a_groups_person_keys_are_found_and_marked_shared_before_its_handoffs_are_emitted(
+    leads: Leads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group's handoffs' person keys are found and marked shared beside the leads' write,
+    before the handoffs are emitted (crm_platform.uow.MongoUnit.keys_beside): the sealing after
+    the emit looks up no key and writes none (a key lookup and a ``shared`` mark were two round
+    trips after the emit, between it and the outbox insert: twentieth session, p99leads). Each
+    person's key record still goes out once, with its handoff."""
+    ids = await new_leads(leads, 8)
+    groups = leads.app.state.behaviour_groups.groups
+    emitted_at_lookup: list[int] = []
+    left_to_write: list[str] = []
+    owned_keys, share = shredding._owned_keys, shredding._share
+
+    async def looked_up(db: Any, tx: Any, *args: Any) -> Any:
+        emitted_at_lookup.append(len(tx.emitted))
+        return await owned_keys(db, tx, *args)
+
+    async def shared(db: Any, tx: Any, owner: str, keys: Any, *, before: int) -> None:
+        left_to_write.extend(digest for digest, key in keys if not key.shared and not key.marked)
+        await share(db, tx, owner, keys, before=before)
+
+    monkeypatch.setattr(shredding, "_owned_keys", looked_up)
+    monkeypatch.setattr(shredding, "_share", shared)
+    answers, _ = await behave_at_once(leads, ids)
+    monkeypatch.undo()
+    assert [r.status_code for r in answers] == [201] * 8, [r.text for r in answers]
+    assert all(r.json()["qualified_now"] for r in answers)
+    assert leads.app.state.behaviour_groups.groups > groups, "not grouped"
+    assert emitted_at_lookup, "no key looked up"
+    assert emitted_at_lookup == [0] * len(emitted_at_lookup), "a key looked up after an emit"
+    assert left_to_write == [], "a key marked shared after the emit"
+
+    db = leads.runtime.db
+    for lead_id in ids:
+        stored = await leads.lead(lead_id)
+        key = await db[shredding.KEYS].find_one({"email_hash": email_hash(stored["email"])})
+        assert key["shared"] is True
+        naming = {"$or": [{"key": key["person_id"]}, {"events.key": key["person_id"]}]}
+        assert len([r async for r in db[OUTBOX].find(naming)]) == 1, "its key record went out once"

@@ -304,7 +304,8 @@ async def record_behaviour(
             external_id=external_id,
         )
         await unit.behaviours.add(record)
-        await unit.leads.save(outcome.lead)
+        # A handoff's person key is looked up beside the lead's write, not after the emit.
+        await unit.keys_beside(unit.leads.save(outcome.lead), outcome.events)
         unit.emit_all(outcome.events, correlation_id=lead_id)
         return BehaviourResult(outcome.lead, record.id, False, outcome.in_cycle, outcome.qualified)
 
@@ -358,7 +359,8 @@ async def record_together(
         for item, who in zip(batch.items, audits, strict=True):
             by_record.update({item.behaviour_id: who, item.lead.id: who})
         await unit.behaviours.add_many(batch.records)
-        await unit.leads.save_many(batch.leads)
+        # The handoffs' person keys looked up beside the leads' write, not after the emit.
+        await unit.keys_beside(unit.leads.save_many(batch.leads), [e for i in batch.items for e in i.events])
         for item, context in zip(batch.items, contexts, strict=True):
             context.run(unit.emit_all, item.events, correlation_id=item.lead.id, batched=True)
         return batch.items

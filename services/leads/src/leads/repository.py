@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Awaitable, Collection, Iterable, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from crm_contracts import Event
 from crm_platform.actor import Actor
@@ -17,6 +17,8 @@ from crm_platform.actor import Actor
 from leads.domain.imports import Checkpoint, Counts, ImportJob, Rejection
 from leads.domain.leads import BehaviourRecord, Lead, VerdictRecord
 from leads.domain.scoring import ScoringRules
+
+T = TypeVar("T")
 
 
 class LeadRepository(Protocol):
@@ -104,6 +106,10 @@ class LeadsUnit(Protocol):
         self, events: Iterable[Event], *, correlation_id: str | None = None, batched: bool = False
     ) -> None:
         """``batched``: a bulk path's events share outbox rows (crm_platform.mongo.Tx.emit)."""
+
+    async def keys_beside(self, write: Awaitable[T], events: Iterable[Event]) -> T:
+        """``write``, and beside it the person keys ``events`` (emitted next) are sealed with:
+        not a round trip after the emit (crm_platform.uow.MongoUnit.keys_beside)."""
 
     @property
     def leads(self) -> LeadRepository: ...

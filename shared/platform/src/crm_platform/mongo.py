@@ -109,6 +109,8 @@ class Tx:
         self._later_updates: dict[str, list[tuple[UpdateOne | ReplaceOne[Doc], audit.Context | None]]] = {}
         # The outbox rows this attempt inserted (their ``_id`` set by the insert).
         self.stored_rows: list[Doc] = []
+        # The person keys found before the emit (crm_platform.shredding.keys_ahead), by email hash.
+        self.sealing_keys: dict[str, Any] = {}
 
     def insert_later(self, collection: str, doc: Doc) -> None:
         """Insert ``doc`` with the transaction's other deferred inserts: one ``insert_many``

@@ -344,7 +344,9 @@ async def seal_emitted(db: Any, tx: Any) -> None:
     digests = {p.email: email_hash(p.email) for ps in people.values() for p in ps}  # one HMAC each
     # The keys a holder will need: marked shared by the lookup itself where it can (_owned_key).
     sharing = {digests[p.email] for i, rule in todo if rule.opened_by_holders for p in people[i]}
-    keys = await _owned_keys(db, tx, owner, set(digests.values()), sharing)
+    keys = _found_ahead(tx, set(digests.values()), sharing)
+    if len(keys) < len(set(digests.values())):
+        keys.update(await _owned_keys(db, tx, owner, set(digests.values()) - keys.keys(), sharing))
     shared: list[tuple[str, _Owned]] = []
     nonces = _random_pieces(NONCE_BYTES, sum(len(ps) for ps in people.values()))  # one call
     for i, rule in todo:
@@ -361,6 +363,52 @@ async def seal_emitted(db: Any, tx: Any) -> None:
     if shared:
         first = min(i for i, rule in todo if rule.opened_by_holders)
         await _share(db, tx, owner, shared, before=first)
+
+
+def people_to_seal(owner: str, events: Iterable[Event]) -> list[tuple[PersonFields, bool]]:
+    """The people whose keys ``events`` will be sealed with once emitted by ``owner``, each with
+    whether a holder opens the event (its key is then shared): none when nothing is sealed."""
+    if owner not in _ISSUED:
+        return []
+    people: list[tuple[PersonFields, bool]] = []
+    for event in events:
+        rule = SEAL_RULES.get((event.event_type, event.version))
+        if rule is not None:
+            people += [(person, rule.opened_by_holders) for person in rule.people(event.to_payload())]
+    return people
+
+
+async def keys_ahead(db: Any, tx: Any, people: list[tuple[PersonFields, bool]]) -> None:
+    """Find (or make) the keys of ``people`` (:func:`people_to_seal`) before their events are
+    emitted, and mark shared those a holder will need, as :func:`seal_emitted` would after the
+    emit: it then seals with them (``tx.sealing_keys``) and makes no round trip of its own. A
+    handler that knows its events before its last write sends this beside that write
+    (``crm_platform.uow.MongoUnit.keys_beside``): a qualifying behaviour's key lookup was a round
+    trip of its own between the emit and the outbox insert, on the handoff's way
+    (docs/performance.md, twentieth session, p99leads). The same writes as there, in the same
+    transaction: a key made here and not used (the transaction aborts) is not kept either."""
+    owner = tx.source
+    digests = {person.email: email_hash(person.email) for person, _ in people}
+    sharing = {digests[person.email] for person, opened in people if opened}
+    keys = await _owned_keys(db, tx, owner, set(digests.values()), sharing)
+    unmarked = sorted(d for d in sharing if not keys[d].shared and not keys[d].marked)
+    if unmarked:  # several people's keys found, not shared yet (one person's: marked by its lookup)
+        ids = [_owned_id(owner, digest) for digest in unmarked]
+        await db[KEYS].update_many({"_id": {"$in": ids}}, {"$set": {"shared": True}}, session=tx.session)
+        for digest in unmarked:
+            keys[digest].marked = True
+    tx.sealing_keys.update({digest: (key, digest in sharing) for digest, key in keys.items()})
+
+
+def _found_ahead(tx: Any, digests: set[str], sharing: set[str]) -> dict[str, _Owned]:
+    """The keys among ``digests`` that :func:`keys_ahead` found in this attempt, each as the
+    sealing needs it (one a holder needs: found marked shared)."""
+    ahead: dict[str, tuple[_Owned, bool]] = tx.sealing_keys
+    return {
+        digest: found[0]
+        for digest in digests
+        if (found := ahead.get(digest)) is not None and (found[1] or digest not in sharing)
+    }
 
 
 def sealed_event(event: Event, owner: str) -> tuple[Event, list[KeyIssued]]:

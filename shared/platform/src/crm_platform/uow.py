@@ -25,11 +25,12 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from crm_contracts import Envelope, Event
 
+from crm_platform import shredding
 from crm_platform.batch import Preload, with_preload
 from crm_platform.clock import Clock, system_clock
 from crm_platform.consumer import Handler
 from crm_platform.ids import IdFactory, new_id
-from crm_platform.mongo import Store, Tx
+from crm_platform.mongo import Store, Tx, commands_may_overlap, side_by_side
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -67,6 +68,22 @@ class MongoUnit:
         for event in events:
             self.emit(event, correlation_id=correlation_id, batched=batched)
 
+    async def keys_beside(self, write: Awaitable[T], events: Iterable[Event]) -> T:
+        """``write`` (a command of this transaction, which has begun: one of its commands was
+        answered), and beside it the person keys that ``events``, emitted next, will be sealed
+        with (crm_platform.shredding.keys_ahead): their lookup is then not a round trip of its
+        own after the emit, between it and the outbox insert."""
+        people = shredding.people_to_seal(self.tx.source, events)
+        if not people:
+            return await write
+        ahead = shredding.keys_ahead(self.tx.db, self.tx, people)
+        if not commands_may_overlap(self.tx.session):
+            result = await write
+            await ahead
+            return result
+        done: T = (await side_by_side(write, ahead))[0]
+        return done
+
 
 @dataclass(frozen=True)
 class Emitted:
@@ -88,6 +105,10 @@ class FakeUnit:
     ) -> None:
         for event in events:
             self.emit(event, correlation_id=correlation_id, batched=batched)
+
+    async def keys_beside(self, write: Awaitable[T], events: Iterable[Event]) -> T:
+        """``write``: in memory there are no keys to look up (:meth:`MongoUnit.keys_beside`)."""
+        return await write
 
     def emitted(self, event_type: type[EV]) -> list[EV]:
         """The events of one type emitted (and committed) so far."""
