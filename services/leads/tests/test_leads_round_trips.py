@@ -231,6 +231,13 @@ async def test_a_handoff_marks_its_person_key_shared_with_the_lookup_that_finds_
         (KEYS, "findAndModify"),  # found, and marked shared, beside the lead's write
     ]
     assert [op for op in ops if op[0] == KEYS] == [(KEYS, "findAndModify")]
+    [row] = [r async for r in leads.runtime.db[OUTBOX].find({"events.key": lead})]
+    assert [item["event_type"] for item in row["events"]] == [
+        "lead.behaviour_recorded",
+        "lead.person_key_issued",
+        "lead.qualified",
+    ], "the behaviour's event, the key record and the handoff share ONE outbox row, in order"
+    assert row["count"] == 3
     sent = leads.runtime.db[HANDOFFS_SENT]
     handoff = await eventually(lambda: sent.find_one({"key": lead}))
     assert handoff["handoff"] == "lead-qualified"

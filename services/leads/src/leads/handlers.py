@@ -306,7 +306,8 @@ async def record_behaviour(
         await unit.behaviours.add(record)
         # A handoff's person key is looked up beside the lead's write, not after the emit.
         await unit.keys_beside(unit.leads.save(outcome.lead), outcome.events)
-        unit.emit_all(outcome.events, correlation_id=lead_id)
+        # Batched: a handoff, its key record and its behaviour's event share ONE outbox row.
+        unit.emit_all(outcome.events, correlation_id=lead_id, batched=True)
         return BehaviourResult(outcome.lead, record.id, False, outcome.in_cycle, outcome.qualified)
 
     result = await _retry_races(uow, work)
