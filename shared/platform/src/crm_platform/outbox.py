@@ -413,9 +413,10 @@ class OutboxRelay:
         return sum(len(row_items(d)) for d in done)
 
     async def _mark(self, marks: list[UpdateOne], done: list[dict[str, Any]]) -> None:
-        """Write the published rows' marks in a task, not on the relay's loop: a majority write
-        (a journal wait, 4-5 ms) that a row committed meanwhile waited for before its own read
-        (docs/performance.md, sixteenth session, relay marks). Its rows are left out of the reads
+        """Write the published rows' marks in a task, not on the relay's loop: a write (then a
+        majority write, a journal wait of 4-5 ms; w=1 since: :meth:`_write_marks`) that a row
+        committed meanwhile waited for before its own read (docs/performance.md, sixteenth
+        session, relay marks). Its rows are left out of the reads
         until it ends: published once in the normal path; rows after them, of their keys too,
         may be published, since these were. At most ``marks_in_flight`` at once: at the bound
         this waits for one to end. A trickle's mark (fewer than ``gather_below_events`` events)
@@ -460,10 +461,17 @@ class OutboxRelay:
     async def _write_marks(self, marks: list[UpdateOne], done: list[dict[str, Any]], ids: list[Any]) -> None:
         """One :meth:`_mark` write. Failed (or cancelled by a stop that abandons it), its rows,
         or those not marked, are pending in mongod: handed back to the relay's reads, published
-        again (at least once; consumers drop the repeat by event id), the relay woken for them."""
+        again (at least once; consumers drop the repeat by event id), the relay woken for them.
+
+        Acknowledged once applied (``APPLIED``), without a journal wait of its own: a mark lost
+        in a crash before mongod's next journal flush (within its commit interval, 100 ms, or
+        sooner with any durable write) leaves its rows pending, published and recorded again,
+        as a crash within ``marks_gather_seconds`` (the mark not written yet) always did. Its
+        majority wait was a journal sync of its own for most lone handoffs at 25/s, about
+        0.35 ms of mongod's CPU each (docs/performance.md, twentieth session, p99leads)."""
         try:
             await self._track_handoffs(done)
-            await self.db[OUTBOX].bulk_write(marks, ordered=False)
+            await self.db[OUTBOX].with_options(write_concern=APPLIED).bulk_write(marks, ordered=False)
         except Exception as exc:
             log.warning("outbox marks failed (%s); their %d rows are published again", exc, len(ids))
             if self._mark_error is None:
@@ -487,10 +495,10 @@ class OutboxRelay:
         if not records:
             return
         try:
-            # Acknowledged once applied, without a journal wait of its own: the mark written
-            # next waits for the majority, and reaching it makes this earlier write durable too
-            # (the journal and the oplog are in order); lost in a crash before the mark, its rows
-            # are pending and published and recorded again.
+            # Acknowledged once applied, without a journal wait of its own, as the mark written
+            # next (the journal and the oplog are in order: durable no later than the mark); lost
+            # in a crash before the journal's flush, its rows are pending (their mark lost too)
+            # and published and recorded again.
             sent = self.db[HANDOFFS_SENT].with_options(write_concern=APPLIED)
             await sent.insert_many(records, ordered=False)
         except BulkWriteError as exc:
