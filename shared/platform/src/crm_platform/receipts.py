@@ -336,13 +336,30 @@ class HandoffTracker:
     async def _resend_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                await self.check_due()
-                await self.refresh_gauges()
+                await self.check_round()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("handoff receipt check failed (%s); retrying", exc)
             await self._sleep(self.settings.handoff_check_seconds)
+
+    async def check_round(self) -> dict[str, int]:
+        """One round of the re-send timer: the gauges, and the checks of the handoffs due.
+
+        One read when nothing is due (the usual round: receipts come within a second, a
+        handoff is due only ``CRM_HANDOFF_RESEND_AFTER_SECONDS`` after it occurred): the
+        gauges' aggregate also counts the handoffs due, and :meth:`check_due`'s read runs only
+        when it counted some (this was a find and an aggregate every round, in every sending
+        service, busy or idle). After checks that gave a handoff up the gauges are read again
+        (a wait or a re-send leaves a handoff pending, and the gauges as they were)."""
+        rows = await self._unreceipted(utcnow())
+        counts: dict[str, int] = {}
+        if any(row["due"] for row in rows):
+            counts = await self.check_due()
+            if counts.get("give_up") or counts.get("gone"):
+                rows = await self._unreceipted(utcnow())
+        self._set_gauges(rows)
+        return counts
 
     async def check_due(self, limit: int = 200) -> dict[str, int]:
         """Check every pending handoff whose check is due; returns the count per action."""
@@ -434,20 +451,28 @@ class HandoffTracker:
             )
 
     async def refresh_gauges(self) -> None:
-        rows = await (
-            await self.store.db[HANDOFFS_SENT].aggregate(
-                [
-                    {"$match": {"state": {"$in": [PENDING, GAVE_UP]}}},
-                    {
-                        "$group": {
-                            "_id": {"handoff": "$handoff", "state": "$state"},
-                            "count": {"$sum": 1},
-                            "oldest": {"$min": "$created_at"},
-                        }
-                    },
-                ]
-            )
-        ).to_list()
+        self._set_gauges(await self._unreceipted(utcnow()))
+
+    async def _unreceipted(self, now: datetime) -> list[dict[str, Any]]:
+        """Per handoff and state (pending, given up): how many, the oldest, and how many are
+        due for a check at ``now`` (:meth:`check_due`'s condition)."""
+        due = {"$and": [{"$eq": ["$state", PENDING]}, {"$lte": ["$next_check_at", now]}]}
+        cursor = await self.store.db[HANDOFFS_SENT].aggregate(
+            [
+                {"$match": {"state": {"$in": [PENDING, GAVE_UP]}}},
+                {
+                    "$group": {
+                        "_id": {"handoff": "$handoff", "state": "$state"},
+                        "count": {"$sum": 1},
+                        "oldest": {"$min": "$created_at"},
+                        "due": {"$sum": {"$cond": [due, 1, 0]}},
+                    }
+                },
+            ]
+        )
+        return await cursor.to_list()
+
+    def _set_gauges(self, rows: list[dict[str, Any]]) -> None:
         now = utcnow()
         unreceipted: dict[str, int] = dict.fromkeys(self._seen_handoffs, 0)
         given_up: dict[str, int] = dict.fromkeys(self._seen_handoffs, 0)

@@ -28,6 +28,7 @@ from aiokafka.structs import RecordMetadata
 from crm_contracts import Envelope
 from crm_contracts.access import PERSON_KEYS
 from fastapi import FastAPI
+from pymongo.monitoring import CommandListener, CommandStartedEvent
 
 from crm_platform import shredding
 from crm_platform.auth import Principal, TokenIssuer
@@ -54,6 +55,24 @@ TEST_KAFKA_PORT = int(os.environ.get("CRM_TEST_KAFKA_PORT", "19192"))
 TEST_MONGO_PORT = int(os.environ.get("CRM_TEST_MONGO_PORT", "27217"))
 SESSION = uuid.uuid4().hex[:8]
 EMBEDDED_IDLE_BACKOFF_MS = 20
+
+
+class CommandNames(CommandListener):
+    """The names of the commands a PyMongo client sends, in order (each one a round trip):
+    ``AsyncMongoClient(uri, event_listeners=[names])``. With ``collection``, only the commands
+    on that collection."""
+
+    def __init__(self, collection: str | None = None) -> None:
+        self.collection = collection
+        self.names: list[str] = []
+
+    def started(self, event: CommandStartedEvent) -> None:
+        if self.collection is None or event.command.get(event.command_name) == self.collection:
+            self.names.append(event.command_name)
+
+    def succeeded(self, event: object) -> None: ...
+
+    def failed(self, event: object) -> None: ...
 
 
 def dependency_names(dependant: Any, out: set[str] | None = None) -> set[str]:
