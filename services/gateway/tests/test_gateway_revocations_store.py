@@ -6,27 +6,15 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from crm_platform.testing import CommandNames
 from gateway.store import REVOKED, USERS, MongoRevocations, ensure_indexes
 from pymongo import AsyncMongoClient
-from pymongo.monitoring import CommandListener, CommandStartedEvent
 
 pytestmark = pytest.mark.integration
 
 
-class Commands(CommandListener):
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def started(self, event: CommandStartedEvent) -> None:
-        self.names.append(event.command_name)
-
-    def succeeded(self, event: object) -> None: ...
-
-    def failed(self, event: object) -> None: ...
-
-
 async def test_a_reload_reads_both_lists_in_one_round_trip(mongodb_uri: str) -> None:
-    commands = Commands()
+    commands = CommandNames()
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongodb_uri, event_listeners=[commands])
     db = client[f"t_gateway_revocations_{uuid.uuid4().hex[:10]}"]
     try:

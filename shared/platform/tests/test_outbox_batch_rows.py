@@ -21,7 +21,6 @@ from crm_platform.mongo import (
     BATCH_EVENTS,
     HANDOFFS_SENT,
     OUTBOX,
-    PENDING_BATCHES,
     Store,
     Tx,
     commit_after_var,
@@ -31,8 +30,17 @@ from crm_platform.mongo import (
     row_items,
 )
 from crm_platform.ops import read_outbox
-from crm_platform.outbox import OutboxRelay, _positions, acknowledged, counted, pending_events
+from crm_platform.outbox import (
+    BACKLOG_PIPELINE,
+    OutboxRelay,
+    _positions,
+    acknowledged,
+    counted,
+    pending_events,
+)
 from crm_platform.outbox_audit import LOG_OFFSET, LOG_PARTITION, published_events
+from crm_platform.testing import CommandNames
+from pymongo import AsyncMongoClient
 
 
 def item(n: int) -> dict[str, Any]:
@@ -98,6 +106,16 @@ def test_a_handoff_shares_a_row_only_when_its_emitter_asks() -> None:
     assert consumer.batched == [True, False]
 
 
+def winning_plans(explained: Any) -> list[Any]:
+    """Every ``winningPlan`` in an aggregate's explain (its sub-pipelines' too)."""
+    if isinstance(explained, dict):
+        found = [explained["winningPlan"]] if "winningPlan" in explained else []
+        return found + [p for k, v in explained.items() if k != "winningPlan" for p in winning_plans(v)]
+    if isinstance(explained, list):
+        return [p for v in explained for p in winning_plans(v)]
+    return []
+
+
 @pytest.mark.integration
 async def test_the_backlog_counts_a_batch_rows_events_without_fetching_rows(mongodb_uri: str) -> None:
     client = connect(mongodb_uri, "outbox-batch-test")
@@ -112,12 +130,33 @@ async def test_the_backlog_counts_a_batch_rows_events_without_fetching_rows(mong
         assert await pending_events(store.db) == 6, "1 + a batch row of 4 + 1"
         [backlog] = await asyncio.to_thread(read_outbox, mongodb_uri, [store.db.name])
         assert backlog.pending == 6
-        plan = await store.db[OUTBOX].find(PENDING_BATCHES, {"count": 1, "_id": 0}).explain()
-        winning = str(plan["queryPlanner"]["winningPlan"])
-        assert "pending_batches" in winning
-        assert "FETCH" not in winning, "covered by the index: no batch row is read"
+        backlog_read = {"aggregate": OUTBOX, "pipeline": BACKLOG_PIPELINE, "cursor": {}}
+        explained = await store.db.command("explain", backlog_read, verbosity="queryPlanner")
+        plan = str(winning_plans(explained))  # the count's and the union's
+        assert "COUNT_SCAN" in plan
+        assert "pending_batches" in plan
+        assert "FETCH" not in plan, "counted and covered by the indexes: no row is read"
+        await store.db[OUTBOX].delete_many({})
+        assert await pending_events(store.db) == 0
     finally:
         await client.drop_database(store.db.name)
+        await client.close()
+
+
+@pytest.mark.integration
+async def test_the_backlog_is_one_round_trip(mongodb_uri: str) -> None:
+    """The relay samples the backlog every few seconds in every service, idle or not."""
+    commands = CommandNames()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri, event_listeners=[commands])
+    db = client[f"t_outbox_{uuid.uuid4().hex[:8]}"]
+    try:
+        rows = outbox_rows([item(n) for n in range(5)], [False, True, True, True, False])
+        await db[OUTBOX].insert_many(rows)
+        commands.names.clear()
+        assert await pending_events(db) == 5
+        assert commands.names == ["aggregate"], "the pending rows and the batch rows' counts together"
+    finally:
+        await client.drop_database(db.name)
         await client.close()
 
 

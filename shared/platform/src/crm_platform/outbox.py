@@ -148,16 +148,32 @@ def _positions(doc: Mapping[str, Any], metas: list[Stored], placed: list[Placed]
     return {LOG_POSITIONS: [[m.partition, m.offset] for m in metas], LOG_CHECKS: checks, AUDITED: False}
 
 
+# The backlog's two reads in one round trip (``$unionWith``): the pending rows counted on
+# ``pending`` (a COUNT_SCAN), then each pending batch row's ``count`` from ``pending_batches``
+# (covered: no row is fetched; a batch row holds up to a thousand envelopes).
+BACKLOG_PIPELINE: list[dict[str, Any]] = [
+    {"$match": {"published": False}},
+    {"$group": {"_id": None, "rows": {"$sum": 1}}},
+    {
+        "$unionWith": {
+            "coll": OUTBOX,
+            "pipeline": [{"$match": PENDING_BATCHES}, {"$project": {"count": 1, "_id": 0}}],
+        }
+    },
+]
+
+
 async def pending_events(db: AsyncDatabase[dict[str, Any]]) -> int:
     """How many events wait in the outbox (a batch row counts its events).
 
-    On indexes only, however long the backlog: the pending rows counted on ``pending``, and
-    the few pending batch rows' ``count`` read from ``pending_batches`` (covered: no row is
-    fetched; a batch row holds up to a thousand envelopes).
+    On indexes only, however long the backlog, and in one round trip (``BACKLOG_PIPELINE``):
+    the relay samples it every ``CRM_OUTBOX_BACKLOG_SAMPLE_SECONDS`` in every service, busy or
+    idle (a count and a find before, two requests each time).
     """
-    rows = await db[OUTBOX].count_documents({"published": False})
-    batches = db[OUTBOX].find(PENDING_BATCHES, {"count": 1, "_id": 0})
-    return rows + sum([int(b["count"]) - 1 async for b in batches])
+    total = 0
+    async for doc in await db[OUTBOX].aggregate(BACKLOG_PIPELINE):
+        total += int(doc["rows"]) if "rows" in doc else int(doc["count"]) - 1
+    return total
 
 
 # The bytes of one producer batch the relay fills (a 500-event bulk row: about 70 KiB per
