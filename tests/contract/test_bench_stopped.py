@@ -1,0 +1,46 @@
+"""A process that stopped during a bench phase is named, not left out of a figure silently.
+
+The idle figure is the sum of each running process's CPU: a service that had exited (the
+twentieth session saw the analytics worker missing from two runs' idle figures) idles at 0%,
+and the sum without it was reported as met. bench/run_bench.py's ``not_running`` names each
+started process that has stopped, how it ended and its log's last lines (a phase's logs are
+rewritten by the next), and the idle target is then "not measured" rather than met.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import run_bench
+from crm_platform.devinfra.launcher import Platform
+
+
+def test_a_stopped_process_is_named_with_its_exit_and_its_logs_last_lines(tmp_path: Path) -> None:
+    platform = Platform(kafka_bootstrap="127.0.0.1:1", mongodb_uri="mongodb://127.0.0.1:1", logdir=tmp_path)
+    platform.logfile("analytics-worker").write_text("ready\nanalytics agent crash-looping (last: boom)\n")
+    stopped = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    running = subprocess.Popen([sys.executable, "-c", "input()"], stdin=subprocess.PIPE)
+    try:
+        stopped.wait(timeout=30)
+        platform.procs = {"analytics-worker": stopped, "leads": running}
+        found = run_bench.not_running(platform)
+        assert list(found) == ["analytics-worker"]
+        assert found["analytics-worker"].startswith("exit code 3")
+        assert "crash-looping (last: boom)" in found["analytics-worker"]
+    finally:
+        running.communicate(b"\n", timeout=30)
+
+
+def test_the_idle_figure_without_a_stopped_process_is_not_called_met() -> None:
+    idle = {"leads": 3.0, "sales": 2.0, "gateway": 1.0}
+    met = run_bench._resource_targets({"idle_cpu_percent": idle})
+    assert [(t.name, t.met) for t in met] == [("idle platform CPU", True)]
+    [target] = run_bench._resource_targets(
+        {"idle_cpu_percent": idle, "not_running": {"analytics-worker": "exit code 3"}}
+    )
+    assert target.met is None
+    assert "without analytics-worker" in target.figure
