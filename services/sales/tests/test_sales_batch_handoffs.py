@@ -25,10 +25,9 @@ from crm_platform import pseudonym, shredding
 from crm_platform.consumer import ConsumerConfig, EventConsumer, Outcome
 from crm_platform.mongo import Store
 from crm_platform.pseudonym import email_hash
-from crm_platform.testing import eventually
+from crm_platform.testing import CommandNames, eventually
 from prometheus_client import REGISTRY
 from pymongo import AsyncMongoClient
-from pymongo.monitoring import CommandListener, CommandStartedEvent
 from sales import consumers
 from sales import store as repo
 
@@ -585,22 +584,6 @@ async def test_a_key_record_alone_is_stored_with_one_upsert_and_no_read(
     assert consumer.outcomes == dict.fromkeys(range(4), "processed")
 
 
-class _Commands(CommandListener):
-    """The commands a client sends, by name, with their bodies."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, dict[str, Any]]] = []
-
-    def started(self, event: CommandStartedEvent) -> None:
-        self.sent.append((event.command_name, dict(event.command)))
-
-    def succeeded(self, event: Any) -> None:
-        pass
-
-    def failed(self, event: Any) -> None:
-        pass
-
-
 async def test_the_key_consumer_stores_a_record_alone_in_one_majority_write_without_a_transaction(
     sales: Sales, make_qualified: Any
 ) -> None:
@@ -612,7 +595,7 @@ async def test_the_key_consumer_stores_a_record_alone_in_one_majority_write_with
     runtime_keys = sales.runtime.key_consumer
     assert runtime_keys is not None
     assert runtime_keys.config.one_write_alone is True
-    commands = _Commands()
+    commands = CommandNames()
     client: Any = AsyncMongoClient(sales.settings.mongodb_uri, tz_aware=True, event_listeners=[commands])
     store = Store(client, sales.runtime.db.name, "sales")
     consumer = Recording(runtime_keys.config, store, shredding.key_handlers())

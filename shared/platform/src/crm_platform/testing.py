@@ -59,16 +59,18 @@ EMBEDDED_IDLE_BACKOFF_MS = 20
 
 class CommandNames(CommandListener):
     """The names of the commands a PyMongo client sends, in order (each one a round trip):
-    ``AsyncMongoClient(uri, event_listeners=[names])``. With ``collection``, only the commands
-    on that collection."""
+    ``AsyncMongoClient(uri, event_listeners=[names])``; ``sent`` has each name with its body.
+    With ``collection``, only the commands on that collection."""
 
     def __init__(self, collection: str | None = None) -> None:
         self.collection = collection
         self.names: list[str] = []
+        self.sent: list[tuple[str, dict[str, Any]]] = []
 
     def started(self, event: CommandStartedEvent) -> None:
         if self.collection is None or event.command.get(event.command_name) == self.collection:
             self.names.append(event.command_name)
+            self.sent.append((event.command_name, dict(event.command)))
 
     def succeeded(self, event: object) -> None: ...
 
