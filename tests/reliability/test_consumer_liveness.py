@@ -15,16 +15,20 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.records_to_delete import RecordsToDelete
 from crm_contracts import Envelope, envelope_for, utcnow
 from crm_contracts.events.platform import HandoffReceivedV1
 from crm_contracts.handoffs import HANDOFF_BY_EVENT_TYPE
 from crm_contracts.topics import HANDOFF_RECEIPTS, TopicSpec, dead_letter_topic
 from crm_platform import metrics
-from crm_platform.kafka import ensure_topics
+from crm_platform.kafka import ensure_topics, make_consumer
+from crm_platform.liveness import ConsumerWatchdog, PartitionTracker, WatchdogConfig
 from crm_platform.mongo import Tx
 from crm_platform.runtime import ServiceRuntime, Subscription
 from crm_platform.settings import ServiceSettings
-from crm_platform.testing import eventually, produce_envelope
+from crm_platform.testing import eventually, produce, produce_envelope
 from reliability.probe import envelope, record_effect
 
 pytestmark = pytest.mark.integration
@@ -308,3 +312,60 @@ async def test_a_consumer_task_killed_by_a_stray_cancelled_error_is_fatal(
         await eventually(_at_least(lambda: len(fatal.reasons), 1), timeout=10, what="fatal")
     finally:
         await runtime.stop()
+
+
+async def test_a_group_whose_records_are_gone_shows_no_lag_and_is_not_stalled(
+    kafka_bootstrap: str,
+) -> None:
+    """Retention (here the broker's delete-records) took a quiet partition past the group's
+    committed offset: the consumer has nothing to read and will never commit there again.
+    The watchdog counts from the log's start: no lag reported, no stall, no restart (counting
+    from the committed offset, every restart would meet the same stall)."""
+    service = f"rel-gone-{uuid.uuid4().hex[:6]}"
+    topic = make_topic(kafka_bootstrap, service, partitions=1)
+    tp = TopicPartition(topic, 0)
+    group = f"{service}-group"
+    for i in range(3):
+        await produce(kafka_bootstrap, topic, b"x", key=f"k{i}".encode())
+    await _commit(kafka_bootstrap, group, tp, 1)  # read one record, then went away
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records({tp: RecordsToDelete(before_offset=3)}, timeout_ms=30_000)
+    finally:
+        await admin.close()
+
+    tracker = PartitionTracker(service)
+    await tracker.on_partitions_assigned([tp])
+    fatal = Fatal()
+    watchdog = ConsumerWatchdog(
+        WatchdogConfig(service, group, [topic], kafka_bootstrap, stall_seconds=1),
+        tracker,
+        rejoin=None,
+        on_fatal=fatal,
+    )
+    try:
+        offsets = await watchdog.reader.read(group, {tp})
+        assert (offsets.committed[tp], offsets.ends[tp], offsets.starts[tp]) == (1, 3, 3)
+        for now in (0.0, 5.0, 10.0):
+            assert await watchdog.tick(now) == []
+        assert gauge(metrics.CONSUMER_LAG, service, topic, "0") == 0
+        assert fatal.reasons == []
+
+        await produce(kafka_bootstrap, topic, b"x", key=b"k3")  # a record after the start: lag
+        assert await watchdog.tick(20.0) == []
+        assert gauge(metrics.CONSUMER_LAG, service, topic, "0") == 1
+        assert await watchdog.tick(25.0) == [tp], "still a stall when there is something to read"
+        assert len(fatal.reasons) == 1
+    finally:
+        await watchdog.reader.close()
+
+
+async def _commit(bootstrap: str, group: str, tp: TopicPartition, offset: int) -> None:
+    consumer = make_consumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([tp])  # a manual assignment may commit for its group
+        await consumer.commit({tp: offset})
+    finally:
+        await consumer.stop()

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.records_to_delete import RecordsToDelete
 from crm_contracts.topics import TopicSpec, dead_letter_topic
 from crm_platform import ops
 from crm_platform.dead_letters import dead_letter_headers
@@ -149,6 +151,37 @@ async def test_lag_per_group_and_partition_from_committed_offsets_and_high_water
         (group, topic, 1, high[tps[1]], high[tps[1]], 0),
     ]
     assert high[tps[0]] + high[tps[1]] == 5
+
+
+async def test_lag_counts_from_the_log_start_when_the_records_below_it_are_gone(
+    kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A group committed at 1, then retention (here delete-records) took the log to 3: nothing
+    is left for it to read, so its lag is 0, not 2; the start is shown beside the offsets."""
+    topic = f"crm.test.ops.{uuid.uuid4().hex[:8]}"
+    group = f"ops-gone-{uuid.uuid4().hex[:8]}"
+    tp = TopicPartition(topic, 0)
+    ensure_topics(kafka_bootstrap, [TopicSpec(topic, "test", "gone", partitions=1, replication_factor=1)])
+    for i in range(3):
+        await produce(kafka_bootstrap, topic, b"x", key=f"k{i}".encode())
+    consumer = make_consumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.commit({tp: 1})
+    finally:
+        await consumer.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records({tp: RecordsToDelete(before_offset=3)}, timeout_ms=30_000)
+    finally:
+        await admin.close()
+
+    lags, _ = await _in_thread(
+        capsys, "lag", "--group-prefix", group, "--kafka-bootstrap-servers", kafka_bootstrap, "--json"
+    )
+    assert [(x["committed"], x["start"], x["end"], x["lag"]) for x in lags] == [(1, 3, 3, 0)]
 
 
 async def test_outbox_backlog_counts_only_unpublished_events_and_ages_the_oldest(

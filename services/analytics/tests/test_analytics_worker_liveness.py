@@ -76,7 +76,7 @@ async def _consumed_past(bootstrap: str, group: str, record: RecordMetadata) -> 
     reader = OffsetsReader(bootstrap, "liveness-test", timeout=5)
     try:
         tp = TopicPartition(record.topic, record.partition)
-        committed, _ = await reader.read(group, {tp})
+        committed = (await reader.read(group, {tp})).committed
         return (committed[tp] or 0) > record.offset
     finally:
         await reader.close()

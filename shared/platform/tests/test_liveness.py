@@ -11,7 +11,7 @@ from aiokafka import TopicPartition
 from aiokafka.consumer.fetcher import Fetcher
 from crm_platform import kafka
 from crm_platform.kafka import pace_empty_fetches
-from crm_platform.liveness import StallDetector, harden_aiokafka
+from crm_platform.liveness import StallDetector, behind, harden_aiokafka
 
 A, B = TopicPartition("t", 0), TopicPartition("t", 1)
 
@@ -41,6 +41,21 @@ def test_a_partition_never_committed_counts_from_offset_zero() -> None:
     d = StallDetector(stall_seconds=10)
     d.observe(0, {A: None}, {A: 3})
     assert d.observe(10, {A: None}, {A: 3}) == [A]
+
+
+def test_records_gone_below_the_committed_offset_are_not_lag() -> None:
+    """Retention or delete-records took the log past the group's committed offset: a consumer
+    there has nothing to read and never commits again; counting from the stale offset would
+    stall it (and every restart) forever."""
+    assert behind(2, 9, start=9) == 0
+    assert behind(None, 9, start=9) == 0
+    assert behind(2, 9, start=5) == 4, "what is left after the start is still lag"
+    assert behind(7, 9, start=5) == 2
+    d = StallDetector(stall_seconds=10)
+    for t in range(0, 100, 5):
+        assert d.observe(t, {A: 2, B: None}, {A: 9, B: 4}, {A: 9, B: 4}) == []
+    d.observe(100, {A: 2}, {A: 12}, {A: 9})  # new records after the start: lag again
+    assert d.observe(110, {A: 2}, {A: 12}, {A: 9}) == [A]
 
 
 def test_lag_that_appears_later_starts_its_own_clock() -> None:

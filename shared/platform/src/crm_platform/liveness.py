@@ -8,7 +8,8 @@ watchdog asks the broker, on a timer, with clients of its own:
 * the group's **committed offsets** and each partition's **high watermark**
   give ``crm_consumer_lag`` per partition this member holds (series of a
   partition this member no longer holds are dropped when it is revoked, so a pod
-  that lost a partition stops reporting it);
+  that lost a partition stops reporting it), counted from the log's **start** when
+  the records below it are gone (:func:`behind`);
 * a partition with lag whose committed offset has not moved for
   ``CRM_CONSUMER_STALL_SECONDS``, while no other partition of the member moved either, is
   **stalled** (a member busy with other partitions is slow, not stalled; a partition left
@@ -35,9 +36,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -183,6 +184,18 @@ def drop_lag_series(service: str, partitions: Iterable[TopicPartition]) -> None:
 # --- stall detection (pure) -------------------------------------------------------------------
 
 
+def behind(committed: int | None, end: int, start: int = 0) -> int:
+    """The records a group has still to read on a partition.
+
+    From its committed offset, or from the log's start when the records below that are
+    gone (retention, an operator's delete-records): a consumer there resets to the start
+    and, with nothing after it to read, never commits again, so counting from the stale
+    committed offset would report lag that no consumer can work off, and a stall that
+    every restart would meet again.
+    """
+    return max(0, end - max(committed or 0, start))
+
+
 @dataclass
 class _Progress:
     committed: int | None
@@ -214,8 +227,12 @@ class StallDetector:
         now: float,
         committed: dict[TopicPartition, int | None],
         ends: dict[TopicPartition, int],
+        starts: Mapping[TopicPartition, int] | None = None,
     ) -> list[TopicPartition]:
-        """Record one sample; return the stalled partitions among those sampled."""
+        """Record one sample; return the stalled partitions among those sampled.
+
+        ``starts``: each partition's log start where it is above 0 (:func:`behind`).
+        """
         if self._moved_at is None or any(
             tp in self._seen and self._seen[tp].committed != committed.get(tp) for tp in ends
         ):
@@ -223,7 +240,7 @@ class StallDetector:
         stalled = []
         for tp, end in ends.items():
             offset = committed.get(tp)
-            lag = end - (offset or 0)
+            lag = behind(offset, end, (starts or {}).get(tp, 0))
             seen = self._seen.get(tp)
             if seen is None or seen.committed != offset or lag <= 0 or not seen.lagging:
                 self._seen[tp] = _Progress(offset, lag > 0, now)
@@ -249,8 +266,15 @@ class StallDetector:
 # --- reading the group's state from the broker ---------------------------------------------------
 
 
+class Offsets(NamedTuple):
+    committed: dict[TopicPartition, int | None]  # None: the group never committed there
+    ends: dict[TopicPartition, int]  # high watermarks
+    starts: dict[TopicPartition, int]  # the log's start, only where the group looks behind
+
+
 class OffsetsReader:
-    """Committed offsets of a group and high watermarks, with its own clients (not the consumer's)."""
+    """Committed offsets of a group, high watermarks and, where the group looks behind, the
+    logs' starts; with its own clients (not the consumer's)."""
 
     def __init__(self, bootstrap: str, client_id: str, timeout: float) -> None:
         self.bootstrap = bootstrap
@@ -294,9 +318,7 @@ class OffsetsReader:
             found.update(TopicPartition(topic, p) for p in ids)
         return found
 
-    async def read(
-        self, group: str, partitions: set[TopicPartition]
-    ) -> tuple[dict[TopicPartition, int | None], dict[TopicPartition, int]]:
+    async def read(self, group: str, partitions: set[TopicPartition]) -> Offsets:
         admin, ends = await self._clients()
         tps = sorted(partitions)
         listed = await asyncio.wait_for(
@@ -307,7 +329,12 @@ class OffsetsReader:
             if meta is not None and meta.offset >= 0:
                 committed[tp] = meta.offset
         high = await asyncio.wait_for(ends.end_offsets(tps), self.timeout)
-        return committed, dict(high)
+        # The starts only where the group looks behind: caught up (the idle case), no request.
+        looks_behind = [tp for tp in tps if (committed[tp] or 0) < high[tp]]
+        starts = {}
+        if looks_behind:
+            starts = await asyncio.wait_for(ends.beginning_offsets(looks_behind), self.timeout)
+        return Offsets(committed, dict(high), dict(starts))
 
     async def close(self) -> None:
         admin, ends, self._admin, self._ends = self._admin, self._ends, None, None
@@ -400,10 +427,10 @@ class ConsumerWatchdog:
         # Holding nothing, this member watches the whole subscription: a member stuck
         # before it was ever assigned anything is as silent as one stuck after.
         watched = held or await self.reader.partitions(self.config.topics)
-        committed, ends = await self.reader.read(self.config.group_id, watched)
-        self._report_lag(committed, ends)
-        stalled = self.detector.observe(now, committed, ends)
-        lagging = [tp for tp in ends if ends[tp] > (committed.get(tp) or 0)]
+        committed, ends, starts = await self.reader.read(self.config.group_id, watched)
+        self._report_lag(committed, ends, starts)
+        stalled = self.detector.observe(now, committed, ends, starts)
+        lagging = [tp for tp in ends if behind(committed.get(tp), ends[tp], starts.get(tp, 0))]
         if not held and len(stalled) < len(lagging):
             stalled = []  # some lagging partitions move: other members hold them and work
         if self.rejoined_at is not None and (
@@ -419,13 +446,16 @@ class ConsumerWatchdog:
         return stalled
 
     def _report_lag(
-        self, committed: dict[TopicPartition, int | None], ends: dict[TopicPartition, int]
+        self,
+        committed: dict[TopicPartition, int | None],
+        ends: dict[TopicPartition, int],
+        starts: dict[TopicPartition, int],
     ) -> None:
         # Held *now*: a revocation during this tick's reads must not bring a series back.
         held = set(self.tracker.assigned) & set(ends)
         drop_lag_series(self.config.service, self._lag_series - held)
         for tp in held:
-            lag = max(0, ends[tp] - (committed.get(tp) or 0))
+            lag = behind(committed.get(tp), ends[tp], starts.get(tp, 0))
             metrics.CONSUMER_LAG.labels(self.config.service, tp.topic, str(tp.partition)).set(lag)
         self._lag_series = held
 

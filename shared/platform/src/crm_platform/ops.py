@@ -50,6 +50,7 @@ from pymongo import MongoClient
 from crm_platform import ops_replay
 from crm_platform.kafka import make_consumer
 from crm_platform.kafka_security import KafkaSecurity
+from crm_platform.liveness import behind
 from crm_platform.mongo import OUTBOX, PENDING_BATCHES
 
 DEPARTMENTS = ("leads", "sales", "service-desk", "analytics")
@@ -231,10 +232,11 @@ class PartitionLag:
     partition: int
     committed: int
     end: int
+    start: int = 0  # the log's start: records below it are gone (retention, delete-records)
 
     @property
     def lag(self) -> int:
-        return max(0, self.end - self.committed)
+        return behind(self.committed, self.end, self.start)
 
 
 async def _group_offsets(admin: AIOKafkaAdminClient, group: str) -> dict[TopicPartition, int]:
@@ -245,7 +247,8 @@ async def _group_offsets(admin: AIOKafkaAdminClient, group: str) -> dict[TopicPa
 async def read_lag(
     bootstrap: str, group_prefix: str = "", stream: TextIO | None = None
 ) -> list[PartitionLag]:
-    """Committed offset and high watermark of every partition each consumer group has committed on."""
+    """Committed offset, high watermark and log start of every partition each consumer group has
+    committed on (the lag counts from the log start when the committed offset is below it)."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap, client_id="crm-ops", **KafkaSecurity.from_env().aiokafka_kwargs()
     )
@@ -261,8 +264,9 @@ async def read_lag(
         for group in groups:
             committed = await _group_offsets(admin, group)
             high = await ends.end_offsets(sorted(committed)) if committed else {}
+            starts = await ends.beginning_offsets(sorted(committed)) if committed else {}
             found.extend(
-                PartitionLag(group, tp.topic, tp.partition, offset, high[tp])
+                PartitionLag(group, tp.topic, tp.partition, offset, high[tp], starts[tp])
                 for tp, offset in committed.items()
             )
             progress.advance()
@@ -404,8 +408,8 @@ async def _lag(args: argparse.Namespace, out: TextIO) -> int:
         json.dump([{**asdict(p), "lag": p.lag} for p in lags], out, indent=2)
         out.write("\n")
         return 0
-    rows = [[p.group, p.topic, p.partition, p.committed, p.end, p.lag] for p in lags]
-    _table(rows, ["group", "topic", "partition", "committed", "end", "lag"], out)
+    rows = [[p.group, p.topic, p.partition, p.committed, p.start, p.end, p.lag] for p in lags]
+    _table(rows, ["group", "topic", "partition", "committed", "start", "end", "lag"], out)
     totals: Counter[str] = Counter()
     for p in lags:
         totals[p.group] += p.lag
