@@ -30,6 +30,7 @@ from crm_contracts.topics import (
     DEAL_WON,
     ERASURE_CONFIRMATIONS,
     GATEWAY_ERASURE_REQUESTS,
+    LEAD_QUALIFIED,
     LEADS_EVENTS,
     LEADS_PERSON_KEYS,
     SALES_PERSON_KEYS,
@@ -211,18 +212,21 @@ async def _read_everything(bootstrap: str) -> Records:
 def _person_ids(
     records: list[ConsumerRecord[bytes, bytes]], lead_id: str, deal_id: str
 ) -> dict[str, set[str]]:
-    """The person's ids on each key topic, from the sealed events that name them."""
+    """The person's ids on each key topic, from the sealed events that name them (marketing's
+    key: the handoff's; ``lead.captured`` seals nothing, docs/governance.md section 3)."""
     ids: dict[str, set[str]] = {LEADS_PERSON_KEYS: set(), SALES_PERSON_KEYS: set()}
     for record in records:
-        if record.topic not in (LEADS_EVENTS, DEAL_WON) or record.value is None:
+        if record.topic not in (LEADS_EVENTS, LEAD_QUALIFIED, DEAL_WON) or record.value is None:
             continue
         try:  # the shared test broker also holds other suites' malformed records (the fuzzer's)
             envelope = Envelope.from_bytes(record.value)
         except ValueError:
             continue
         payload = envelope.payload
-        if payload.get("lead_id") == lead_id and payload.get("sealed_person"):
-            ids[LEADS_PERSON_KEYS].add(payload["sealed_person"]["person_id"])
+        if payload.get("lead_id") == lead_id:
+            assert payload.get("sealed_person") is None, "lead.captured seals nothing"
+            if payload.get("sealed_contact"):
+                ids[LEADS_PERSON_KEYS].add(payload["sealed_contact"]["person_id"])
         if payload.get("deal_id") == deal_id:
             ids[SALES_PERSON_KEYS] |= {s["person_id"] for s in payload.get("sealed_contacts", [])}
     return ids

@@ -109,7 +109,7 @@ async def test_values_are_stored_edited_filtered_and_sent_without_text(
             return envs or None
 
         [env] = await reader.wait_for(captured, what="the lead's lead.captured")
-        assert env.schema_version == 3, "v2 with the e-mail and name sealed (crm_platform.shredding)"
+        assert env.schema_version == 3, "v2 with stand-ins for the e-mail and name (crm_platform.shredding)"
         assert env.payload["custom"] == {
             "tier": {"type": "choice", "value": "gold"},
             "seats": {"type": "number", "value": 40},

@@ -86,7 +86,7 @@ async def test_an_import_maps_columns_to_custom_fields_and_names_the_field_of_a_
         assert reasons[4].startswith("custom.tier: is required"), reasons
         assert reasons[5].startswith("custom.budget: currency must be EUR"), reasons
 
-        # The event carries the e-mail sealed (crm_platform.shredding): found by the lead's id.
+        # The event carries a stand-in of the lead (crm_platform.shredding): found by the lead's id.
         stored = await leads.runtime.db["leads"].find_one({"email": good})
         assert stored is not None
 

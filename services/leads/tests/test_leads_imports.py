@@ -12,8 +12,11 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import pytest
+from crm_contracts.events.common import sealed_email
 from crm_contracts.topics import LEADS_EVENTS
 from crm_platform.app import GC_YOUNG_THRESHOLD
+from crm_platform.pseudonym import email_hash
+from crm_platform.shredding import KEYS
 from crm_platform.testing import TopicReader, auth_headers, eventually
 from leads import handlers
 
@@ -90,7 +93,7 @@ async def test_an_import_stores_good_rows_merges_by_email_and_reports_each_bad_r
 
         emails = {f"new1-{tag}@example.com", f"new4-{tag}@example.com", known}
 
-        # The events carry the e-mails sealed (crm_platform.shredding): find them by lead id.
+        # The events carry stand-ins of the leads (crm_platform.shredding): find them by lead id.
         ids = {d["_id"] async for d in leads.runtime.db["leads"].find({"email": {"$in": sorted(emails)}})}
         assert len(ids) == 3
 
@@ -105,6 +108,16 @@ async def test_an_import_stores_good_rows_merges_by_email_and_reports_each_bad_r
 
         envs = await reader.wait_for(four_events, what="one lead.captured per imported row")
         assert sorted(e.payload["merged"] for e in envs) == [False, False, True, True]
+        # Nobody opens lead.captured: stand-ins of the lead, nothing sealed, no key made
+        # (docs/governance.md section 3).
+        for env in envs:
+            assert (env.schema_version, env.payload.get("sealed_person")) == (3, None)
+            assert env.payload["email"] == sealed_email(env.partition_key)
+            raw = env.model_dump_json().lower()
+            assert not [e for e in emails if e in raw], raw
+            assert "known again" not in raw, raw
+        hashes = sorted(email_hash(e) for e in emails)
+        assert await leads.runtime.db[KEYS].count_documents({"email_hash": {"$in": hashes}}) == 0
     finally:
         await reader.stop()
 

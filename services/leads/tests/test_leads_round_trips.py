@@ -3,8 +3,10 @@ MongoDB's profiler on this module's own database: no timing, the operations them
 
 Before: the capture's transaction read the lead by email, inserted it, read the person's key,
 inserted it, then the audit entry and the outbox row (six writes and reads, then the commit).
-Now the dedupe lookup and the insert are one upsert that only sets fields on insert (a stored
-lead is answered unchanged and merges), and so is the person's key: four.
+Then the dedupe lookup and the insert became one upsert that only sets fields on insert (a
+stored lead is answered unchanged and merges), and so did the person's key: four. Now a capture
+makes no key at all (``lead.captured`` carries stand-ins and nothing sealed: docs/governance.md
+section 3), the key is made at the person's first qualification: three.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def body_for(email: str, name: str = "Ada Lovelace") -> dict[str, Any]:
     return {"name": name, "email": email, "source_channel": "web_form", "consent": {"marketing_email": True}}
 
 
-async def test_a_new_lead_is_looked_up_and_stored_in_one_operation_and_its_key_in_another(
+async def test_a_new_lead_is_looked_up_and_stored_in_one_operation_and_no_key_made(
     leads: Leads,
 ) -> None:
     email = leads.unique_email("trips")
@@ -71,9 +73,9 @@ async def test_a_new_lead_is_looked_up_and_stored_in_one_operation_and_its_key_i
     assert status == 201
     assert without_audit(ops) == [
         (LEADS, "findAndModify"),  # the dedupe lookup and the insert
-        (KEYS, "findAndModify"),  # the person's key, found or made
-        (OUTBOX, "insert"),
+        (OUTBOX, "insert"),  # lead.captured with stand-ins: no person key looked up or made
     ]
+    assert await leads.runtime.db[KEYS].count_documents({"email_hash": email_hash(email)}) == 0
     stored = await leads.runtime.db[LEADS].find_one({"email": email})
     assert stored is not None
     assert stored["name"] == "Ada Lovelace"
@@ -88,13 +90,12 @@ async def test_a_known_email_merges_the_stored_lead_unchanged_by_the_lookup(lead
     assert without_audit(ops) == [
         (LEADS, "findAndModify"),  # answered the stored lead, wrote nothing
         (LEADS, "update"),  # the merge
-        (KEYS, "findAndModify"),  # the same person's key
-        (OUTBOX, "insert"),
+        (OUTBOX, "insert"),  # no person key: the merged capture seals nothing either
     ]
     [stored] = [d async for d in leads.runtime.db[LEADS].find({"email": email})]
     assert stored["name"] == "Ada Lovelace", "a filled field is kept by a merge"
     assert stored["touch_count"] == 2
-    assert await leads.runtime.db[KEYS].count_documents({"email_hash": email_hash(email)}) == 1
+    assert await leads.runtime.db[KEYS].count_documents({"email_hash": email_hash(email)}) == 0
 
 
 async def test_a_trackers_batch_reads_its_leads_once_and_writes_them_without_reading_them_again(
@@ -209,7 +210,8 @@ async def test_a_trackers_batch_writes_one_audit_entry_for_its_behaviours_and_on
 
 
 async def test_a_handoff_marks_its_person_key_shared_with_the_lookup_that_finds_it(leads: Leads) -> None:
-    """The handoff's transaction finds the person's key and marks it shared in ONE upsert
+    """The handoff's transaction finds (here: makes, the person's first qualification) the
+    person's key and marks it shared in ONE upsert
     (answered as it was: not shared yet, so its key record goes out with the handoff), beside
     the lead's write, before the handoff is emitted: after the emit only the outbox insert and
     the audit entry (beside each other) come before the commit (the key's lookup was a round
@@ -228,7 +230,7 @@ async def test_a_handoff_marks_its_person_key_shared_with_the_lookup_that_finds_
     ], "after the emit: the outbox and the audit entry (mongo.side_by_side), nothing else"
     assert sorted(ops[-4:-2]) == [
         (LEADS, "update"),
-        (KEYS, "findAndModify"),  # found, and marked shared, beside the lead's write
+        (KEYS, "findAndModify"),  # made, and marked shared, beside the lead's write
     ]
     assert [op for op in ops if op[0] == KEYS] == [(KEYS, "findAndModify")]
     [row] = [r async for r in leads.runtime.db[OUTBOX].find({"events.key": lead})]

@@ -111,23 +111,92 @@ def _assert_no_plaintext(payload: dict[str, object]) -> None:
         assert value not in wire
 
 
-def test_lead_captured_v2_seals_into_a_valid_v3_with_stand_ins() -> None:
-    plain = LeadCapturedV2(
-        lead_id="lead-1",
-        email="ada@example.com",
-        name="Ada Lovelace",
-        company="Acme",
-        source_channel="web",
-        consent=Consent(marketing_email=True),
-        merged=False,
-    )
+def _captured(**change: object) -> LeadCapturedV2:
+    fields: dict[str, object] = {
+        "lead_id": "lead-1",
+        "email": "ada@example.com",
+        "name": "Ada Lovelace",
+        "company": "Acme",
+        "source_channel": "web",
+        "consent": Consent(marketing_email=True),
+        "merged": False,
+    }
+    return LeadCapturedV2.model_validate({**fields, **change})
+
+
+def test_lead_captured_v2_becomes_a_valid_v3_with_stand_ins_of_the_lead_and_nothing_sealed() -> None:
+    """Nobody opens lead.captured: its v3 carries no ``sealed_person`` and its stand-ins come from
+    the lead id alone (docs/governance.md section 3, the twenty-first session's decision)."""
+    plain = _captured()
+    rule = SEAL_RULES[(plain.event_type, plain.version)]
+    assert rule.people(plain.to_payload()) == [], "no person to make a key for"
     version, payload = _sealed_payload(plain.event_type, plain.version, plain.to_payload())
+    assert "sealed_person" not in payload
     event = model_for(plain.event_type, version).model_validate(payload)
     assert isinstance(event, LeadCapturedV3)
-    assert event.sealed_person is not None
-    assert event.name == SEALED_NAME
-    assert event.email == sealed_email(event.sealed_person.person_id)
+    assert event.sealed_person is None
+    assert (event.email, event.name) == (sealed_email("lead-1"), SEALED_NAME)
     _assert_no_plaintext(payload)
+    # Not from the person: another person's capture of the same lead has the same stand-ins,
+    # another lead's differ.
+    other = _captured(email="bob@example.com", name="Bob Stone", merged=True)
+    assert rule.apply(other.to_payload(), [])["email"] == event.email
+    assert rule.apply(_captured(lead_id="lead-2").to_payload(), [])["email"] != event.email
+
+
+class _NoDatabase:
+    """A database that fails any use: what a transaction of captures must not touch."""
+
+    def __getitem__(self, name: str) -> object:
+        raise AssertionError(f"the seal used the database ({name})")
+
+
+async def test_a_transaction_of_captures_is_stored_with_stand_ins_and_no_key_looked_up_or_made() -> None:
+    """``seal_emitted`` over a capture (single, bulk, import: the same path) makes no key: no
+    lookup, no insert, no key record; the events keep their ids, become v3 without a seal."""
+    from types import SimpleNamespace
+
+    from crm_contracts import envelope_for
+    from crm_platform.shredding import seal_emitted
+
+    emitted = [
+        envelope_for(
+            _captured(lead_id=f"lead-{n}", email=f"p{n}@example.com"), source="leads", correlation_id="c"
+        )
+        for n in range(3)
+    ]
+    ids = [e.event_id for e in emitted]
+    tx = SimpleNamespace(source="leads", emitted=list(emitted), sealing_keys={})
+    tx.emit = lambda *a, **k: pytest.fail("a key record emitted")
+    await seal_emitted(_NoDatabase(), tx)
+    assert [e.event_id for e in tx.emitted] == ids
+    assert {e.schema_version for e in tx.emitted} == {3}
+    for n, env in enumerate(tx.emitted):
+        assert "sealed_person" not in env.payload
+        assert env.payload["email"] == sealed_email(f"lead-{n}")
+        assert f"p{n}@example.com" not in env.model_dump_json()
+        LeadCapturedV3.model_validate(env.payload)
+
+
+async def test_a_captured_v3_sealed_before_the_decision_is_still_valid_and_opens() -> None:
+    """Events on the log from before carry ``sealed_person``: still valid, still opened."""
+    key = new_key()
+    person = PersonFields(email="ada@example.com", name="Ada Lovelace")
+    old = {
+        **_captured().to_payload(),
+        "email": sealed_email("p-1"),
+        "name": SEALED_NAME,
+        "sealed_person": seal(key, "p-1", "leads", person).model_dump(),
+    }
+    event = LeadCapturedV3.model_validate(old)
+    assert event.sealed_person is not None
+    opened = await open_event(_Keys({"p-1": key}), event)
+    assert type(opened) is LeadCapturedV2
+    assert (opened.email, opened.name) == ("ada@example.com", "Ada Lovelace")
+    new = LeadCapturedV3.model_validate(SEAL_RULES[("lead.captured", 2)].apply(_captured().to_payload(), []))
+    unopened = await open_event(_Keys({}), new)
+    assert isinstance(unopened, LeadCapturedV2)
+    assert unopened.email == sealed_email("lead-1"), "nothing to open"
 
 
 def test_lead_qualified_v1_seals_into_a_valid_v2_keeping_the_role() -> None:

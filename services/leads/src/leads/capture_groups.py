@@ -1,16 +1,16 @@
 """Group commit for single captures (``POST /leads``): one transaction for the captures that
 arrived while the previous one was being committed (:mod:`leads.group_commit`).
 
-A capture alone costs a MongoDB transaction (the upsert, the person's key, the audit entry,
-the outbox row, a commit waiting for the journal): under many clients mongod's share of that
-was a quarter of the CPU per capture, and leads' pymongo round trips another third
-(docs/performance.md, "Eighth session, capture"). Here a capture that finds no transaction of
-this kind in flight runs alone, as before (:func:`leads.handlers.capture_lead`); one that
-arrives while one is in flight waits, and when it ends, everything that waited goes in ONE
-transaction (:func:`leads.handlers.capture_together`). Each request keeps everything its
-capture had alone: its verdict (201 new / 200 merged), its ``lead.captured`` in its own trace,
-its audit entry naming its own user, route, request and correlation ids, the person's key
-(crypto-shredding), and the outbox row committed with the lead.
+A capture alone costs a MongoDB transaction (the upsert, the audit entry, the outbox row, a
+commit waiting for the journal; the person's key too until the twenty-first session): under
+many clients mongod's share of that was a quarter of the CPU per capture, and leads' pymongo
+round trips another third (docs/performance.md, "Eighth session, capture"). Here a capture
+that finds no transaction of this kind in flight runs alone, as before
+(:func:`leads.handlers.capture_lead`); one that arrives while one is in flight waits, and when
+it ends, everything that waited goes in ONE transaction (:func:`leads.handlers.capture_together`).
+Each request keeps everything its capture had alone: its verdict (201 new / 200 merged), its
+``lead.captured`` in its own trace, its audit entry naming its own user, route, request and
+correlation ids, and the outbox row committed with the lead.
 
 A group holds each email once: a second capture of an email waits for the next group (it
 merges into what the first stored, in arrival order). A request with an ``Idempotency-Key``

@@ -12,7 +12,9 @@ the key, so what stays on the log is ciphertext nobody can read.
   key of each person is looked up by the keyed hash of their e-mail in the department's own
   ``person_keys`` collection (one query per transaction), or made and stored there, and its
   ``*.person_key_issued`` record emitted in the same transaction: the key reaches the outbox
-  exactly when the first event sealed with it does.
+  exactly when the first event sealed with it does. ``lead.captured``, which nobody opens,
+  gets the stand-ins only (no ``sealed_person``, no key: data minimisation, docs/governance.md
+  section 3): a person's key is made at their first qualification.
 - **Holders** (``crm_contracts.access.PERSON_KEYS``: sales reads marketing's keys, customer
   success sales') keep a copy of each key they read (:func:`key_handlers`, a consumer of its
   own so that an event waiting for its key never holds up the key), and their handlers get the
@@ -281,12 +283,18 @@ class Rule:
     opened_by_holders: bool = True
 
 
-def _captured_people(p: Doc) -> list[PersonFields]:
-    return [PersonFields(email=p["email"], name=p["name"])]
+def _nobody(_p: Doc) -> list[PersonFields]:
+    return []
 
 
-def _captured_sealed(p: Doc, seals: list[Doc]) -> Doc:
-    return {**p, "email": sealed_email(seals[0]["person_id"]), "name": SEALED_NAME, "sealed_person": seals[0]}
+def _captured_withheld(p: Doc, seals: list[Doc]) -> Doc:
+    """``lead.captured`` v3 with stand-ins and nothing sealed: nobody opens a captured event
+    (analytics needs no personal field, no holder reads it), so the person is not put on the
+    log at all, not even sealed, and no key is made for it (docs/governance.md section 3, the
+    twenty-first session's decision). The stand-ins come from the lead id, which the event
+    carries anyway: never from the e-mail or the name (a hash of either is the person's
+    pseudonym, which no erasure takes off the log), and the same for every capture of the lead."""
+    return {**p, "email": sealed_email(p["lead_id"]), "name": SEALED_NAME}
 
 
 def _contact_fields(c: Doc) -> PersonFields:
@@ -303,8 +311,9 @@ def _won_sealed(p: Doc, seals: list[Doc]) -> Doc:
 
 
 SEAL_RULES: dict[tuple[str, int], Rule] = {
-    # Nobody opens lead.captured (analytics needs no personal field): no key record for it.
-    (LeadCapturedV2.event_type, 2): Rule(3, _captured_people, _captured_sealed, opened_by_holders=False),
+    # Nobody opens lead.captured (analytics needs no personal field): stand-ins only, no seal,
+    # no key (a person's key is made at their first qualification, the first event opened).
+    (LeadCapturedV2.event_type, 2): Rule(3, _nobody, _captured_withheld, opened_by_holders=False),
     (LeadQualifiedV1.event_type, 1): Rule(2, lambda p: [_contact_fields(p["contact"])], _qualified_sealed),
     (DealWonV2.event_type, 2): Rule(3, lambda p: [_contact_fields(c) for c in p["contacts"]], _won_sealed),
 }
@@ -342,6 +351,13 @@ async def seal_emitted(db: Any, tx: Any) -> None:
         return
     people = {i: rule.people(tx.emitted[i].payload) for i, rule in todo}
     digests = {p.email: email_hash(p.email) for ps in people.values() for p in ps}  # one HMAC each
+    if not digests:  # stand-ins only (lead.captured): no key to find or make
+        for i, rule in todo:
+            env = tx.emitted[i]
+            tx.emitted[i] = replaced(
+                env, schema_version=rule.sealed_version, payload=rule.apply(env.payload, [])
+            )
+        return
     # The keys a holder will need: marked shared by the lookup itself where it can (_owned_key).
     sharing = {digests[p.email] for i, rule in todo if rule.opened_by_holders for p in people[i]}
     keys = _found_ahead(tx, set(digests.values()), sharing)

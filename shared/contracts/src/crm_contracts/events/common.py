@@ -51,8 +51,9 @@ SEALED_NAME = "Sealed person"
 
 
 def sealed_email(person_id: str) -> str:
-    """The stand-in e-mail a sealed event carries in its plaintext field: from the person id
-    alone (never from personal data), in the reserved ``.example`` domain."""
+    """The stand-in e-mail a sealed event carries in its plaintext field: from an opaque id
+    alone, never from personal data (the person id; ``lead.captured``, which seals nothing, the
+    lead id), in the reserved ``.example`` domain."""
     return f"sealed-{hashlib.sha256(person_id.encode()).hexdigest()[:12]}@sealed.example"
 
 

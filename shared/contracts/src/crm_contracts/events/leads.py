@@ -44,15 +44,19 @@ class LeadCapturedV2(LeadCapturedV1):
 
 
 class LeadCapturedV3(LeadCapturedV2):
-    """v2 with the person's e-mail and name sealed (issue 9, crypto-shredding): the values are
-    only in ``sealed_person``, readable with the lead's data key (``crm.leads.person-keys``,
-    destroyed on erasure); ``email`` and ``name`` hold stand-ins (``sealed_email``,
-    ``SEALED_NAME``). A subclass of v2: analytics, which needs neither, reads it as v2."""
+    """v2 without the person's e-mail and name (issue 9, crypto-shredding): ``email`` and
+    ``name`` hold stand-ins (``sealed_email`` of the lead id, ``SEALED_NAME``). Nobody opens a
+    captured event, so marketing emits it with ``sealed_person`` absent: the person is not on
+    the log at all (data minimisation; their key is made at their first qualification). Events
+    emitted before that decision carry the values in ``sealed_person``, readable with the lead's
+    data key (``crm.leads.person-keys``, destroyed on erasure) and still valid. A subclass of
+    v2: analytics, which needs neither, reads it as v2."""
 
     version: ClassVar[int] = 3
 
     sealed_person: SealedPerson | None = Field(
-        default=None, description="The e-mail and name, sealed with the lead's data key"
+        default=None,
+        description="Absent in new events; in older ones the e-mail and name sealed with the lead's key",
     )
 
 
