@@ -188,7 +188,9 @@ class ConsumerConfig:
     # upsert), and the consumer keeps no ledger: a record alone is stored without a transaction
     # (``Store.one_write``: its write acknowledged by the majority, as a commit is), one mongod
     # command instead of the write and a commit, per sealed handoff (docs/performance.md,
-    # twentieth session, p99sales). A batch of records keeps its transaction.
+    # twentieth session, p99sales). A batch of records too: its handlers' inserts go in one
+    # unordered insert where absent, without a read or a transaction (twenty-first session,
+    # drainkeys).
     one_write_alone: bool = False
     # No one waits on this consumer's records within a second (the gateway's erasure
     # confirmations): once idle it takes the patient pause (crm_platform.kafka.be_patient).
@@ -684,7 +686,7 @@ class EventConsumer:
                 stored_at.append(at)
 
         try:
-            await self.store.transaction(work)
+            await self._stored(work)
         except Exception as exc:
             if self._stopping.is_set():
                 raise
@@ -961,8 +963,8 @@ class EventConsumer:
             causation_var.reset(e_token)
 
     async def _stored(self, work: Callable[[Tx], Awaitable[None]]) -> None:
-        """``work`` in a transaction, or, for a consumer whose handlers make one write each
-        (``ConsumerConfig.one_write_alone``), without one (``Store.one_write``)."""
+        """``work`` in a transaction, or, for a consumer whose handlers' writes are idempotent
+        by themselves (``ConsumerConfig.one_write_alone``), without one (``Store.one_write``)."""
         if self.config.one_write_alone:
             await self.store.one_write(work)
         else:

@@ -24,7 +24,7 @@ from pymongo import ASCENDING, AsyncMongoClient, ReplaceOne, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import OperationFailure
+from pymongo.errors import BulkWriteError, OperationFailure
 from pymongo.read_concern import ReadConcern
 from pymongo.topology_description import TOPOLOGY_TYPE
 from pymongo.write_concern import WriteConcern
@@ -33,7 +33,7 @@ from crm_platform import audit, cache, shredding, tracing
 from crm_platform.batch import Batch
 from crm_platform.clock import simulated_now
 from crm_platform.deadline import request_db_deadline
-from crm_platform.idempotency import claim_in, claims_now
+from crm_platform.idempotency import claim_in, claims_now, only_duplicate_keys
 from crm_platform.idempotency import ensure_indexes as ensure_idempotency_indexes
 from crm_platform.logging import correlation_id_var, request_id_var
 from crm_platform.money import TYPE_REGISTRY
@@ -111,6 +111,8 @@ class Tx:
         self.stored_rows: list[Doc] = []
         # The person keys found before the emit (crm_platform.shredding.keys_ahead), by email hash.
         self.sealing_keys: dict[str, Any] = {}
+        # No transaction (``Store.one_write``): a deferred insert is an insert where absent.
+        self.outside_transaction = False
 
     def insert_later(self, collection: str, doc: Doc) -> None:
         """Insert ``doc`` with the transaction's other deferred inserts: one ``insert_many``
@@ -140,7 +142,11 @@ class Tx:
 
     def deferred(self) -> bool:
         """Whether deferred writes wait (:meth:`insert_later`, :meth:`update_later`)."""
-        return any(self._later.values()) or any(self._later_updates.values())
+        return any(self._later.values()) or self.deferred_updates()
+
+    def deferred_updates(self) -> bool:
+        """Whether deferred updates wait (:meth:`update_later`)."""
+        return any(self._later_updates.values())
 
     async def flush_inserts(self, collection: str | None = None, *, beside: bool = False) -> None:
         """Write the deferred inserts, then the deferred updates (of one ``collection``, or
@@ -166,6 +172,9 @@ class Tx:
             queued = self._later.pop(name, None)
             if queued:
                 docs = [doc for doc, _ in queued]
+                if self.outside_transaction:
+                    await _insert_absent(self.db[name], docs, self.session)
+                    continue
                 causes = _insert_causes(queued) if name not in audit.PLATFORM_COLLECTIONS else {}
                 with audit.one_entry_per_batch(), audit.queued_by(causes):
                     await self.db[name].insert_many(docs, session=self.session)
@@ -214,6 +223,18 @@ class Tx:
         self.trace_contexts.insert(at, tracing.capture())
         self.batched.insert(at, batched or (self.batch_emits and env.event_type not in HANDOFF_BY_EVENT_TYPE))
         return env
+
+
+async def _insert_absent(
+    collection: AsyncCollection[Doc], docs: list[Doc], session: AsyncClientSession
+) -> None:
+    """``docs`` inserted where their ``_id`` is absent, in one unordered insert (outside a
+    transaction): a document already there refuses its copy, and only that is ignored."""
+    try:
+        await collection.insert_many(docs, ordered=False, session=session)
+    except BulkWriteError as exc:
+        if not only_duplicate_keys(exc) or exc.details.get("writeConcernErrors"):
+            raise
 
 
 def _insert_causes(queued: list[tuple[Doc, audit.Context | None]]) -> dict[str, audit.Context]:
@@ -311,19 +332,24 @@ class Store:
         return result
 
     async def one_write(self, work: Callable[[Tx], Awaitable[T]]) -> T:
-        """Run ``work``, whose whole effect is ONE write of one platform document, without a
-        transaction: that write is atomic on its own, and it is acknowledged by the majority,
-        as a commit is. A transaction of one write was the same write plus a commit and a
-        transaction's Python (the key consumer's lone record, two mongod commands per sealed
-        handoff; docs/performance.md, twentieth session, p99sales). ``tx.db`` is the plain
-        database (no audit trail: only platform collections, which have none); ``work`` may
-        emit nothing and defer nothing (RuntimeError: it needed a transaction)."""
+        """Run ``work``, whose every write is idempotent by itself, without a transaction: each
+        write is acknowledged by the majority, as a commit is. A transaction of one write was the
+        same write plus a commit and a transaction's Python (the key consumer's lone record, two
+        mongod commands per sealed handoff; docs/performance.md, twentieth session, p99sales).
+        ``tx.db`` is the plain database (no audit trail: only platform collections, which have
+        none). Its deferred inserts (``Tx.insert_later``: a batch of key records) go at the end,
+        each collection's as one unordered insert of the documents whose ``_id`` is absent: one
+        already there is left as it is, so a batch written in part before a crash and delivered
+        again ends the same (twenty-first session, drainkeys). ``work`` may emit nothing and defer
+        no update (RuntimeError: it needed a transaction)."""
         with pymongo.timeout(request_db_deadline.get()):
             async with self.client.start_session() as session:
                 tx = Tx(self._majority, session, self.source)
+                tx.outside_transaction = True
                 result = await work(tx)
-        if tx.emitted or tx.deferred():
-            raise RuntimeError("events or deferred writes outside a transaction: use Store.transaction")
+                if tx.emitted or tx.deferred_updates():
+                    raise RuntimeError("events or deferred updates outside a transaction: use transaction")
+                await tx.flush_inserts()
         return result
 
     async def _with_transaction(self, attempt: Callable[[AsyncClientSession], Awaitable[T]]) -> T:

@@ -583,8 +583,9 @@ def key_handlers() -> dict[str, Handler]:
     marker when it is shredded (a key issued again after its shredding, a late re-send, stays
     shredded). Idempotent by their own writes (a key held already is not inserted again, a
     shredding marker keeps its first time), so their consumer keeps no processed-events ledger
-    (``ConsumerConfig.ledger``). A record alone is one write of one document (an upsert), so it
-    needs no transaction either (``ConsumerConfig.one_write_alone``)."""
+    (``ConsumerConfig.ledger``). A record alone is one write of one document (an upsert), a batch
+    one unordered insert of its keys where none is held (and a shredding's upsert in its place),
+    so they need no transaction either (``ConsumerConfig.one_write_alone``)."""
     handlers: dict[str, Handler] = {}
     for issued in _ISSUED.values():
         handlers[issued.event_type] = _on_issued
@@ -620,6 +621,13 @@ async def _on_issued(tx: Any, event: LeadPersonKeyIssuedV1, envelope: Envelope) 
         await tx.db[KEYS].update_one(
             {"_id": doc_id}, {"$setOnInsert": fields}, upsert=True, session=tx.session
         )
+        return
+    if getattr(tx, "outside_transaction", False):
+        # The key consumer's batch, without a transaction (``Store.one_write``): no read of the
+        # held keys; the batch's keys go in one unordered insert where none is held (a held key
+        # or a shredding marker refuses its copy: never brought back). A drained handoff's key:
+        # no query, no commit, no transaction (docs/performance.md, twenty-first session, drainkeys).
+        tx.insert_later(KEYS, doc)
         return
     held = await _held(tx, doc_id)
     if held.get(doc_id) is not None:
