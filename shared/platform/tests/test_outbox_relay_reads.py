@@ -28,8 +28,7 @@ from crm_contracts.events.leads import LeadStatusChangedV1
 from crm_platform.kafka import partition_for
 from crm_platform.mongo import OUTBOX, CommittedRows, Store, Tx, connect, outbox_doc
 from crm_platform.outbox import OutboxRelay
-from crm_platform.testing import CommandNames, eventually
-from pymongo import AsyncMongoClient
+from crm_platform.testing import eventually
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import AutoReconnect
 
@@ -308,21 +307,16 @@ class _Marks:
                 gate.set_result(None)
 
 
-def _woken_by_commits(store: Store, broker: _Broker, service: str) -> OutboxRelay:
-    """A relay on ``store`` woken by its commits (no poll), ``broker`` its producer."""
-    relay = OutboxRelay(
-        store.db, bootstrap="unused", service=service, poll_seconds=3600, committed=store.committed_rows
-    )
-    relay.new_producer = lambda: broker  # type: ignore[method-assign]
-    store.on_commit(relay.notify)
-    return relay
-
-
 @pytest.fixture
 async def relaying(store: Store, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[_Broker, _Marks]]:
     """A relay running on ``store`` (woken by its commits) with a stand-in broker, its marks held."""
     broker, marks = _Broker(), _Marks(monkeypatch)
-    relay = _woken_by_commits(store, broker, "relay-marks-test")
+    relay = OutboxRelay(
+        store.db, bootstrap="unused", service="relay-marks-test", poll_seconds=3600,
+        committed=store.committed_rows,
+    )  # fmt: skip
+    relay.new_producer = lambda: broker  # type: ignore[method-assign]
+    store.on_commit(relay.notify)
     running = asyncio.create_task(relay.run())
     try:
         yield broker, marks
@@ -596,43 +590,3 @@ async def test_a_mark_is_acknowledged_once_applied_without_a_journal_wait_of_its
     await eventually(lambda: _all_marked(store, [event]), what="the row marked")
     assert broker.stored == [event]
     assert marks.write_concerns == [{"w": 1}], "acknowledged once applied, no journal wait"
-
-
-async def test_a_commits_relay_reads_its_rows_before_the_committing_task_sends_anything_else(
-    mongodb_uri: str,
-) -> None:
-    """The relay woken by a commit sends its read of the committed rows before the committing
-    task's next command: in a request, that task renders the response and then writes its
-    ``Idempotency-Key`` answer (a majority write), which went to mongod first while the relay's
-    read waited on the loop (a lone qualifying behaviour's answer came before the relay's read
-    in 18 of 20 handoffs; twenty-first session, p99). Without the yield after the wake-up
-    (``Store.transaction``) or with the relay's wait in a task of its own (``wait_for``:
-    three rounds of the loop), the answer's command is sent first."""
-    commands = CommandNames()
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri, event_listeners=[commands])
-    store = Store(client, f"t_relay_{uuid.uuid4().hex[:8]}", "leads")
-    await store.ensure_platform_indexes()
-    broker = _Broker()
-    relay = _woken_by_commits(store, broker, "relay-first-test")
-    idling, wait_for_wake = asyncio.Event(), relay._idle
-
-    async def idle(seconds: float) -> None:
-        idling.set()  # no suspension before the wait below: the relay waits once this is seen
-        await wait_for_wake(seconds)
-
-    relay._idle = idle  # type: ignore[method-assign]
-    running = asyncio.create_task(relay.run())
-    try:
-        await asyncio.wait_for(idling.wait(), timeout=15)  # its first read found nothing
-        commands.sent.clear()
-        [event] = await _emitted(store, "lead-first")
-        await store.db["answers"].insert_one({"_id": event})  # at once, as a request's answer
-        sent = [(name, body.get(name)) for name, body in commands.sent]
-        after = sent[sent.index(("commitTransaction", 1)) + 1 :]
-        assert after.index(("find", OUTBOX)) < after.index(("insert", "answers")), sent
-        await eventually(lambda: _true(broker.stored == [event]), what="the row published")
-    finally:
-        await relay.stop()
-        await asyncio.wait_for(running, timeout=15)
-        await client.drop_database(store.db.name)
-        await client.close()

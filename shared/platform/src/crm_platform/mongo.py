@@ -324,10 +324,6 @@ class Store:
             # The relay first: its change stream leaves this process's rows to this wake-up
             # (CommittedRows.woken_here), and the journeys are a round trip it need not wait for.
             self.wake()
-            # One round of the loop for the relay woken (OutboxRelay._idle): its read of these
-            # rows is sent before anything else this task does (a request's response and its
-            # Idempotency-Key answer, a majority write), not after them.
-            await asyncio.sleep(0)
             await tracing.remember_journeys(self.db, journeys)
         return result
 

@@ -638,14 +638,8 @@ class OutboxRelay:
                 log.debug("producer stop failed: %s", exc)
 
     async def _idle(self, seconds: float) -> None:
-        """Wait for a wake-up (:meth:`notify`) or ``seconds``. The wake-up resumes this task on
-        the loop's next round: ``Store.transaction`` yields one round after waking it, so this
-        relay's read of the committed rows goes to mongod before the committing task's next
-        command (a request's response and its ``Idempotency-Key`` answer; ``wait_for`` ran
-        the wait in a task of its own, and the relay then resumed three rounds later)."""
         try:
-            async with asyncio.timeout(seconds):
-                await self._wake.wait()
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
         except TimeoutError:
             pass
         self._wake.clear()
