@@ -10,9 +10,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.records_to_delete import RecordsToDelete
 from crm_contracts import Envelope, envelope_for
 from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason
 from crm_contracts.events.leads import LeadCapturedV1, LeadQualifiedV1
+from crm_platform.kafka import make_consumer
 from crm_platform.mongo import Tx
 
 
@@ -66,3 +70,24 @@ def qualified(lead_id: str) -> LeadQualifiedV1:
 def handoff(lead_id: str) -> Envelope:
     """A ``lead.qualified`` handoff from leads, as marketing's outbox would send it."""
     return envelope_for(qualified(lead_id), source="leads", correlation_id=lead_id)
+
+
+async def commit_offsets(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
+    """``group`` commits ``offsets``, as a member that read that far and went away."""
+    consumer = make_consumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(sorted(offsets))  # a manual assignment may commit for its group
+        await consumer.commit(offsets)
+    finally:
+        await consumer.stop()
+
+
+async def delete_records_before(bootstrap: str, tp: TopicPartition, offset: int) -> None:
+    """What retention does to a partition: its records below ``offset`` are gone."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records({tp: RecordsToDelete(before_offset=offset)}, timeout_ms=30_000)
+    finally:
+        await admin.close()

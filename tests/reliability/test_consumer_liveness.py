@@ -16,20 +16,18 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.records_to_delete import RecordsToDelete
 from crm_contracts import Envelope, envelope_for, utcnow
 from crm_contracts.events.platform import HandoffReceivedV1
 from crm_contracts.handoffs import HANDOFF_BY_EVENT_TYPE
 from crm_contracts.topics import HANDOFF_RECEIPTS, TopicSpec, dead_letter_topic
 from crm_platform import metrics
-from crm_platform.kafka import ensure_topics, make_consumer
+from crm_platform.kafka import ensure_topics
 from crm_platform.liveness import ConsumerWatchdog, PartitionTracker, WatchdogConfig
 from crm_platform.mongo import Tx
 from crm_platform.runtime import ServiceRuntime, Subscription
 from crm_platform.settings import ServiceSettings
 from crm_platform.testing import eventually, produce, produce_envelope
-from reliability.probe import envelope, record_effect
+from reliability.probe import commit_offsets, delete_records_before, envelope, record_effect
 
 pytestmark = pytest.mark.integration
 
@@ -327,13 +325,8 @@ async def test_a_group_whose_records_are_gone_shows_no_lag_and_is_not_stalled(
     group = f"{service}-group"
     for i in range(3):
         await produce(kafka_bootstrap, topic, b"x", key=f"k{i}".encode())
-    await _commit(kafka_bootstrap, group, tp, 1)  # read one record, then went away
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_records({tp: RecordsToDelete(before_offset=3)}, timeout_ms=30_000)
-    finally:
-        await admin.close()
+    await commit_offsets(kafka_bootstrap, group, {tp: 1})  # read one record, then went away
+    await delete_records_before(kafka_bootstrap, tp, 3)
 
     tracker = PartitionTracker(service)
     await tracker.on_partitions_assigned([tp])
@@ -359,13 +352,3 @@ async def test_a_group_whose_records_are_gone_shows_no_lag_and_is_not_stalled(
         assert len(fatal.reasons) == 1
     finally:
         await watchdog.reader.close()
-
-
-async def _commit(bootstrap: str, group: str, tp: TopicPartition, offset: int) -> None:
-    consumer = make_consumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign([tp])  # a manual assignment may commit for its group
-        await consumer.commit({tp: offset})
-    finally:
-        await consumer.stop()

@@ -14,14 +14,13 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.records_to_delete import RecordsToDelete
 from crm_contracts.topics import TopicSpec, dead_letter_topic
 from crm_platform import ops
 from crm_platform.dead_letters import dead_letter_headers
 from crm_platform.kafka import ensure_topics, make_consumer
 from crm_platform.testing import produce
 from pymongo import MongoClient
+from reliability.probe import commit_offsets, delete_records_before
 
 pytestmark = pytest.mark.integration
 
@@ -164,19 +163,8 @@ async def test_lag_counts_from_the_log_start_when_the_records_below_it_are_gone(
     ensure_topics(kafka_bootstrap, [TopicSpec(topic, "test", "gone", partitions=1, replication_factor=1)])
     for i in range(3):
         await produce(kafka_bootstrap, topic, b"x", key=f"k{i}".encode())
-    consumer = make_consumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        await consumer.commit({tp: 1})
-    finally:
-        await consumer.stop()
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_records({tp: RecordsToDelete(before_offset=3)}, timeout_ms=30_000)
-    finally:
-        await admin.close()
+    await commit_offsets(kafka_bootstrap, group, {tp: 1})
+    await delete_records_before(kafka_bootstrap, tp, 3)
 
     lags, _ = await _in_thread(
         capsys, "lag", "--group-prefix", group, "--kafka-bootstrap-servers", kafka_bootstrap, "--json"
