@@ -7,14 +7,12 @@ stand-in client holding records, and partition handling that the test holds and 
 from __future__ import annotations
 
 import asyncio
-import gc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 from crm_platform.consumer import ConsumerConfig, EventConsumer, Outcome
-from crm_platform.heap import GC_BATCH_YOUNG_THRESHOLD, GC_YOUNG_THRESHOLD
 from crm_platform.mongo import Store, connect
 
 TOPIC = "crm.test.partitions"
@@ -295,39 +293,3 @@ async def test_a_record_classified_as_taken_is_not_classified_again_when_handled
     await consumer._handle_partition(PARTITIONS[0], [_record(PARTITIONS[0], 5)], offsets)
     assert offsets == {PARTITIONS[0]: 6}
     assert not consumer._ahead
-
-
-class Thresholds(Held):
-    """Notes the cyclic collector's young threshold while each partition's records are handled."""
-
-    def __init__(self, **config: Any) -> None:
-        super().__init__(**config)
-        self.young: dict[int, int] = {}  # records handled together -> young threshold meanwhile
-
-    async def _handle_partition(
-        self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]], offsets: dict[TopicPartition, int]
-    ) -> None:
-        self.young[len(records)] = gc.get_threshold()[0]
-        await super()._handle_partition(tp, records, offsets)
-
-
-def test_a_batch_of_records_is_handled_without_young_collections_and_a_lone_record_as_before() -> None:
-    # A drain's batches keep their records' objects alive until their transaction ends: at the
-    # service's young threshold every collection walked them (10 ms each, 8-15% of sales' CPU
-    # in a drain; docs/performance.md, twenty-first session, drainsales).
-    consumer, kafka = Thresholds(), Kafka()
-    saved = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *saved[1:])
-    try:
-
-        async def body() -> None:
-            kafka.add(PARTITIONS[0], 3)
-            await _until(lambda: {PARTITIONS[0]: 3} in kafka.committed)
-            kafka.add(PARTITIONS[1])
-            await _until(lambda: {PARTITIONS[1]: 1} in kafka.committed)
-
-        _running(consumer, kafka, body)
-        assert consumer.young == {3: GC_BATCH_YOUNG_THRESHOLD, 1: GC_YOUNG_THRESHOLD}
-        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD, "put back once the batch ends"
-    finally:
-        gc.set_threshold(*saved)

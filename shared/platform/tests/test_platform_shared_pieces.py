@@ -168,45 +168,6 @@ def test_open_batches_raise_the_young_threshold_until_the_last_one_ends() -> Non
         gc.set_threshold(*saved)
 
 
-def test_a_consumers_batch_collects_the_young_cycles_as_it_ends_once_due() -> None:
-    """In a drain some consumer batch is always open and the young count hovers below the batch
-    threshold: no young collection ran over 100,000 handoffs and the memory of the cycles made
-    meanwhile was never given back (sales' peak RSS 171-196 MB against 128-134). A consumer's
-    batch (``young_every``) collects the young generation as it ends once that long since the
-    last time, not at every batch's end (docs/performance.md, twenty-first session, drainsales)."""
-    import gc
-    import time
-    import weakref
-
-    from crm_platform import heap
-
-    class Node:
-        cycle: object = None
-
-    def batch_leaving_a_cycle(young_every: float | None) -> weakref.ref[Node]:
-        with heap.batch_heap(young_every=young_every):
-            node = Node()
-            node.cycle = node
-            left = weakref.ref(node)
-            del node
-        return left
-
-    saved, was_enabled = gc.get_threshold(), gc.isenabled()
-    gc.disable()  # no collection but the ones asked for
-    try:
-        heap._BatchHeap.young_at = time.monotonic()
-        assert batch_leaving_a_cycle(3600.0)() is not None, "collected a second ago: not due"
-        assert batch_leaving_a_cycle(None)() is not None, "a bulk batch: no collection as it ends"
-        due = time.monotonic()
-        assert batch_leaving_a_cycle(0.0)() is None, "due: the cycle is freed as the batch ends"
-        assert heap._BatchHeap.young_at >= due
-        assert heap.GC_BATCH_YOUNG_SECONDS <= 1.0
-    finally:
-        gc.set_threshold(*saved)
-        if was_enabled:
-            gc.enable()
-
-
 def test_a_started_service_collects_its_young_objects_every_ten_thousand_allocations() -> None:
     """A bulk batch's objects are not walked and promoted by a young collection every 700
     allocations (docs/performance.md, ninth session, bulk): the start-up freeze sets it."""

@@ -21,7 +21,6 @@ partition.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -56,7 +55,6 @@ from crm_platform.dead_letters import (
     short,
     skips_replay,
 )
-from crm_platform.heap import GC_BATCH_YOUNG_SECONDS, batch_heap
 from crm_platform.kafka import be_patient, hurry_fetches, make_consumer, make_producer, records_fetch_read
 from crm_platform.logging import correlation_id_var
 from crm_platform.mongo import PROCESSED, Store, Tx, audit_context, causation_var, commands_may_overlap
@@ -408,13 +406,7 @@ class EventConsumer:
     ) -> None:
         offsets: dict[TopicPartition, int] = {}
         try:
-            # A batch's records keep their objects alive until its transaction ends: no young
-            # collection walks them meanwhile, one a second at a batch's end instead (a drain's
-            # 10 ms collections every 10,000 net allocations were 8-15% of sales' CPU;
-            # docs/performance.md, twenty-first session, drainsales). A lone record as before.
-            lone = len(records) == 1
-            with contextlib.nullcontext() if lone else batch_heap(young_every=GC_BATCH_YOUNG_SECONDS):
-                await self._handle_partition(tp, records, offsets)
+            await self._handle_partition(tp, records, offsets)
         finally:
             # Every record up to this offset reached its final outcome (effect stored or dead
             # letter acked): committed even if handling failed later in the partition, so a

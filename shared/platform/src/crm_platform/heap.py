@@ -9,7 +9,6 @@ of its resident memory: docs/performance.md, "Thirteenth session, memory").
 from __future__ import annotations
 
 import gc
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -40,14 +39,6 @@ GC_YOUNG_THRESHOLD = 10_000
 # The same while a batch is built (:func:`batch_heap`): above what a 500-lead bulk batch (two
 # at once) keeps alive, so its transient objects are freed before any collection walks them.
 GC_BATCH_YOUNG_THRESHOLD = 100_000
-# A consumer's batches (``batch_heap(young_every=...)``): the young generation collected at a
-# batch's end once this long since the last such collection. In a drain some batch is always
-# open, and the young count (allocations less deallocations) then hovers below the batch
-# threshold: no young collection at all ran over a 100,000-handoff drain, and the memory of the
-# few cycles made meanwhile (closed connections, cancelled turns and polls) was never given
-# back: sales' peak RSS 171-196 MB against 128-134 (docs/performance.md, twenty-first session,
-# drainsales). Once a second keeps it at 133 MB.
-GC_BATCH_YOUNG_SECONDS = 1.0
 
 
 class _BatchHeap:
@@ -55,11 +46,10 @@ class _BatchHeap:
 
     open = 0
     found: tuple[int, int, int] = (GC_YOUNG_THRESHOLD, 10, 10)
-    young_at = 0.0  # time.monotonic() of the last young collection at a batch's end
 
 
 @contextmanager
-def batch_heap(*, young_every: float | None = None) -> Iterator[None]:
+def batch_heap() -> Iterator[None]:
     """While a batch is built and committed (a bulk capture), no young collection unless
     :data:`GC_BATCH_YOUNG_THRESHOLD` net allocations pile up; the threshold found is put back
     when the last batch open in the process ends (several coroutines' batches overlap).
@@ -70,9 +60,7 @@ def batch_heap(*, young_every: float | None = None) -> Iterator[None]:
     and found almost nothing to free (64 young and 6 middle collections over 20,000 bulk leads
     freed 178 objects, 0.017-0.026 ms of leads' CPU per lead; none at all with this:
     docs/performance.md, "Eleventh session, bulk"). Cyclic garbage still waits at most
-    :data:`GC_BATCH_YOUNG_THRESHOLD` net allocations, and only while a batch is open; with
-    ``young_every`` (seconds: a consumer's batches, which overlap without end in a drain) the
-    young generation is also collected as a batch ends once that long since the last time.
+    :data:`GC_BATCH_YOUNG_THRESHOLD` net allocations, and only while a batch is open.
     """
     if _BatchHeap.open == 0:
         _BatchHeap.found = gc.get_threshold()
@@ -85,6 +73,3 @@ def batch_heap(*, young_every: float | None = None) -> Iterator[None]:
         _BatchHeap.open -= 1
         if _BatchHeap.open == 0:
             gc.set_threshold(*_BatchHeap.found)
-        if young_every is not None and time.monotonic() - _BatchHeap.young_at >= young_every:
-            gc.collect(0)
-            _BatchHeap.young_at = time.monotonic()
