@@ -350,14 +350,8 @@ async def seal_emitted(db: Any, tx: Any) -> None:
     if not todo:
         return
     people = {i: rule.people(tx.emitted[i].payload) for i, rule in todo}
-    digests = {p.email: email_hash(p.email) for ps in people.values() for p in ps}  # one HMAC each
-    if not digests:  # stand-ins only (lead.captured): no key to find or make
-        for i, rule in todo:
-            env = tx.emitted[i]
-            tx.emitted[i] = replaced(
-                env, schema_version=rule.sealed_version, payload=rule.apply(env.payload, [])
-            )
-        return
+    # One HMAC each; none for lead.captured (stand-ins only: nothing below finds or makes a key).
+    digests = {p.email: email_hash(p.email) for ps in people.values() for p in ps}
     # The keys a holder will need: marked shared by the lookup itself where it can (_owned_key).
     sharing = {digests[p.email] for i, rule in todo if rule.opened_by_holders for p in people[i]}
     keys = _found_ahead(tx, set(digests.values()), sharing)
