@@ -55,7 +55,16 @@ from crm_platform.dead_letters import (
     short,
     skips_replay,
 )
-from crm_platform.kafka import be_patient, hurry_fetches, make_consumer, make_producer, records_fetch_read
+from crm_platform.kafka import (
+    CLIENT_START_SECONDS,
+    be_patient,
+    hurry_fetches,
+    make_consumer,
+    make_producer,
+    records_fetch_read,
+    start_client,
+    stop_client,
+)
 from crm_platform.logging import correlation_id_var
 from crm_platform.mongo import PROCESSED, Store, Tx, audit_context, causation_var, commands_may_overlap
 from crm_platform.shredding import PersonKeyPending, keys_missing, until_key_stored, until_keys_fetched
@@ -64,7 +73,6 @@ log = logging.getLogger("crm.consumer")
 T = TypeVar("T")
 
 Handler = Callable[[Tx, Any, Envelope], Awaitable[None]]
-CLIENT_STOP_SECONDS = 15.0
 # A run of at most this many records (a live trickle's, not a backlog's) whose keys this process's
 # key consumer is fetching waits for that fetch, at most KEY_FETCH_WAIT_SECONDS, before its keys
 # are asked for in the database (``EventConsumer._await_keys``, crm_platform.shredding).
@@ -159,6 +167,8 @@ class ConsumerConfig:
     max_records: int = 250
     max_fetch_records: int = 1000
     retry_max_seconds: float = 30.0
+    # How long each Kafka client's start may take (CRM_KAFKA_START_SECONDS, crm_platform.kafka.start_client)
+    start_seconds: float = CLIENT_START_SECONDS
     group_instance_id: str | None = None  # static membership (group.instance.id)
     listener: ConsumerRebalanceListener | None = None  # told of assignments (crm_platform.liveness)
     demo_clock: bool = False  # CRM_DEMO_CLOCK: effects at the event's own time (crm_platform.clock)
@@ -303,7 +313,7 @@ class EventConsumer:
         if self.consumer is not None:
             return
         self.producer = make_producer(self.config.bootstrap, f"{self.config.service}-dlq")
-        await self.producer.start()
+        await start_client(self.producer, self.config.start_seconds)
         self.consumer = make_consumer(
             bootstrap_servers=self.config.bootstrap,
             group_id=self.config.group_id,
@@ -315,7 +325,7 @@ class EventConsumer:
         if self.config.patient or self.config.patient_until_records:
             be_patient(self.consumer, until_records=self.config.patient_until_records)
         self.consumer.subscribe(self.config.topics, listener=self.config.listener)
-        await self.consumer.start()
+        await start_client(self.consumer, self.config.start_seconds)
         log.info("consumer %s subscribed to %s", self.config.group_id, self.config.topics)
 
     async def reset(self) -> None:
@@ -327,12 +337,7 @@ class EventConsumer:
         producer, self.producer = self.producer, None
         for client in (consumer, producer):
             if client is not None:
-                try:
-                    # Bounded: a client stuck on a broker that went away must not
-                    # keep this consumer from reconnecting (see liveness.harden_aiokafka).
-                    await asyncio.wait_for(client.stop(), timeout=CLIENT_STOP_SECONDS)
-                except Exception as exc:
-                    log.warning("client stop failed (%s: %s); dropping it", type(exc).__name__, exc)
+                await stop_client(client)  # bounded (see liveness.harden_aiokafka)
 
     async def _sleep(self, seconds: float) -> None:
         try:

@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -186,6 +186,50 @@ def make_admin(bootstrap: str, client_id: str, security: KafkaSecurity | None = 
         client_id=client_id,
         **(security or KafkaSecurity.from_env()).kafka_python_kwargs(),
     )
+
+
+# How long an aiokafka client's start() may take (CRM_KAFKA_START_SECONDS): a consumer's joins its
+# group, and a join whose request a broker that just restarted never answers is retried by
+# aiokafka forever; and how long its stop() may take (see liveness.harden_aiokafka).
+CLIENT_START_SECONDS = 30.0
+CLIENT_STOP_SECONDS = 15.0
+KafkaClient: TypeAlias = AIOKafkaConsumer | AIOKafkaProducer
+
+
+class ClientStartTimeout(TimeoutError):
+    """An aiokafka client did not start within its bound (:func:`start_client`); it was stopped."""
+
+
+async def start_client(client: KafkaClient, seconds: float = CLIENT_START_SECONDS) -> None:
+    """``client.start()`` within ``seconds``. Past it the half-started client is stopped (within
+    :data:`CLIENT_STOP_SECONDS`) and :class:`ClientStartTimeout` says which client, which group
+    and how long: the caller reconnects with a fresh one, as after any failed start. Unbounded,
+    a consumer whose join a restarted broker never answered stayed unsubscribed, silently, until
+    the liveness watchdog's window (``CRM_CONSUMER_STALL_SECONDS``)."""
+    try:
+        await asyncio.wait_for(client.start(), seconds)
+    except TimeoutError:
+        # A consumer not assigned yet has nothing to finish: its coordination task, waiting on the
+        # join's answer, is cancelled, or stop() would wait for that answer (request_timeout_ms).
+        coordinator = getattr(client, "_coordinator", None)
+        if (joining := getattr(coordinator, "_coordination_task", None)) is not None:
+            joining.cancel()
+        await stop_client(client)
+        inner = client._client if isinstance(client, AIOKafkaConsumer) else client.client
+        group = getattr(client, "_group_id", None)
+        raise ClientStartTimeout(
+            f"Kafka client {inner._client_id}{f' of group {group}' if group else ''}"
+            f" did not start within {seconds:g} s"
+        ) from None
+
+
+async def stop_client(client: KafkaClient, seconds: float = CLIENT_STOP_SECONDS) -> None:
+    """``client.stop()`` within ``seconds``; a failure is logged and the client dropped: a client
+    stuck on a broker that went away must not keep its owner from reconnecting."""
+    try:
+        await asyncio.wait_for(client.stop(), timeout=seconds)
+    except Exception as exc:
+        log.warning("client stop failed (%s: %s); dropping it", type(exc).__name__, exc)
 
 
 _empty_fetch_pause = 0.0

@@ -39,7 +39,14 @@ from pymongo.write_concern import WriteConcern
 
 from crm_platform import metrics, tracing
 from crm_platform.idempotency import only_duplicate_keys
-from crm_platform.kafka import make_producer, murmur2_many, partition_for
+from crm_platform.kafka import (
+    CLIENT_START_SECONDS,
+    make_producer,
+    murmur2_many,
+    partition_for,
+    start_client,
+    stop_client,
+)
 from crm_platform.mongo import (
     BATCH_EVENTS,
     HANDOFFS_SENT,
@@ -274,6 +281,7 @@ class OutboxRelay:
     # record, written with its mark: :meth:`_track_handoffs`); the runtime sets it from
     # CRM_HANDOFF_RESEND_AFTER_SECONDS.
     receipt_grace: timedelta = RECEIPT_GRACE
+    start_seconds: float = CLIENT_START_SECONDS  # its producer's start (CRM_KAFKA_START_SECONDS)
 
     def __init__(
         self,
@@ -621,9 +629,9 @@ class OutboxRelay:
     async def _start_producer(self) -> AIOKafkaProducer:
         producer = self.new_producer()
         try:
-            await producer.start()
+            await start_client(producer, self.start_seconds)
         except Exception:
-            await producer.stop()
+            await stop_client(producer)
             raise
         self.connected = True
         log.info("outbox relay connected to %s", self.bootstrap)

@@ -49,7 +49,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from crm_platform import metrics
-from crm_platform.kafka import make_consumer
+from crm_platform.kafka import CLIENT_START_SECONDS, make_consumer, start_client
 from crm_platform.mongo import BATCH_EVENTS as _BATCH_EVENTS
 from crm_platform.mongo import OUTBOX
 
@@ -100,6 +100,8 @@ async def ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
 
 class OutboxAudit:
     """Checks published outbox rows against the log and republishes the lost ones."""
+
+    start_seconds: float = CLIENT_START_SECONDS  # its reader's start (CRM_KAFKA_START_SECONDS)
 
     def __init__(
         self,
@@ -272,7 +274,7 @@ class OutboxAudit:
                 client_id=f"{self.service}-outbox-audit",
                 enable_auto_commit=False,
             )
-            await consumer.start()
+            await start_client(consumer, self.start_seconds)
             self._consumer = consumer
         return self._consumer
 

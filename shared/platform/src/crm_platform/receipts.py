@@ -55,7 +55,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from crm_platform import metrics
-from crm_platform.kafka import PATIENT_IDLE_PAUSE_SECONDS, be_patient, make_consumer, pace_records
+from crm_platform.kafka import (
+    PATIENT_IDLE_PAUSE_SECONDS,
+    be_patient,
+    make_consumer,
+    pace_records,
+    start_client,
+    stop_client,
+)
 from crm_platform.liveness import PartitionTracker
 from crm_platform.mongo import (
     BATCH_EVENTS,
@@ -308,7 +315,7 @@ class HandoffTracker:
             pace_records(consumer, self.fetch_interval)
             consumer.subscribe([HANDOFF_RECEIPTS], listener=self.partitions)
             try:
-                await consumer.start()
+                await start_client(consumer, self.settings.kafka_start_seconds)
                 backoff = 0.5
                 while not self._stopping.is_set():
                     batches = await consumer.getmany(timeout_ms=500, max_records=500)
@@ -327,10 +334,7 @@ class HandoffTracker:
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
-                try:
-                    await consumer.stop()
-                except Exception as exc:
-                    log.debug("receipt consumer stop failed: %s", exc)
+                await stop_client(consumer)
 
     # -- re-sends -----------------------------------------------------------------
     async def _resend_loop(self) -> None:

@@ -105,8 +105,11 @@ class ServiceRuntime:
             committed=self.store.committed_rows,
             compression=None if s.outbox_compression == "none" else s.outbox_compression,
         )
+        self.relay.start_seconds = s.kafka_start_seconds
         self.store.on_commit(self.relay.notify)
         self.audit = self._build_audit()
+        if self.audit is not None:
+            self.audit.start_seconds = s.kafka_start_seconds
         self.consumer: EventConsumer | None = None
         self.watchdog: ConsumerWatchdog | None = None
         # What to do when the service finds itself broken (a stalled consumer that a
@@ -179,6 +182,7 @@ class ServiceRuntime:
                 demo_clock=s.demo_clock,
                 max_records=s.consumer_max_records,
                 max_fetch_records=s.consumer_max_fetch_records,
+                start_seconds=s.kafka_start_seconds,
                 key_wait_seconds=s.person_key_wait_seconds,
                 holds_keys=bool(shredding.key_topics(s.service_name)),
                 patient=sub.patient,
@@ -203,6 +207,7 @@ class ServiceRuntime:
                 group_id=group,
                 topics=topics,
                 bootstrap=s.kafka_bootstrap_servers,
+                start_seconds=s.kafka_start_seconds,
                 group_instance_id=f"{s.consumer_instance_id}.person-keys" if s.consumer_instance_id else None,
                 listener=tracker,
                 ledger=False,  # its handlers are idempotent by their own writes (shredding.key_handlers)

@@ -93,6 +93,10 @@ class ServiceSettings(BaseSettings):
         default=5.0, validation_alias="CRM_OUTBOX_BACKLOG_SAMPLE_SECONDS", gt=0
     )
     broker_check_seconds: float = Field(default=15.0, validation_alias="CRM_BROKER_CHECK_SECONDS", gt=0)
+    # How long a Kafka client's start may take (a consumer's includes joining its group): past it
+    # the client is dropped and its owner (consumer, relay, receipt listener, outbox audit)
+    # reconnects with a fresh one after its backoff (crm_platform.kafka.start_client).
+    kafka_start_seconds: float = Field(default=30.0, validation_alias="CRM_KAFKA_START_SECONDS", gt=0)
     consumer_enabled: bool = Field(default=True, validation_alias="CRM_CONSUMER_ENABLED")
     provision_topics: bool = Field(default=True, validation_alias="CRM_PROVISION_TOPICS")
     topic_replication_factor: int | None = Field(
