@@ -90,6 +90,34 @@ def emitted(uow: Uow) -> list[str]:
     return [e.event.event_type for e in uow.unit.events]
 
 
+def test_an_inbox_items_person_hashes_are_its_contacts_without_walking_the_document(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``item_doc`` stores what ``with_person_hashes(doc, INBOX_PEOPLE)`` would (erasure finds the
+    item by them), hashing the handoff's one contact e-mail directly instead of walking the
+    document for the target's paths (1.5 us of every drained handoff; docs/performance.md,
+    twenty-second session, drainsales)."""
+    from crm_platform import erasure
+    from sales.domain.inbox import InboxItem
+    from sales.store import INBOX_PEOPLE, item_doc
+
+    event = qualified("lead-1")
+    item = InboxItem.receive(event, envelope(event), now=MS, sla_minutes=60, handoff_number=1)
+    doc = item_doc(item)
+    unhashed = {k: v for k, v in doc.items() if k != erasure.PERSON_HASHES}
+    walked = erasure.with_person_hashes(unhashed, INBOX_PEOPLE)
+    assert doc == walked
+    assert list(doc) == list(walked)
+    assert doc[erasure.PERSON_HASHES] == erasure.person_hashes("lead-1@example.com")
+
+    def never(*args: object) -> list[str]:
+        raise AssertionError("the document was walked for its e-mails")
+
+    monkeypatch.setattr(erasure, "emails_in", never)
+    assert item_doc(item) == doc
+    assert INBOX_PEOPLE.emails == ("handoff.contact.email",), "item_doc hashes the one e-mail it names"
+
+
 # -- lead.qualified ---------------------------------------------------------------------------
 
 
