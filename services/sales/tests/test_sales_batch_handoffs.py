@@ -932,3 +932,46 @@ async def test_a_lone_handoffs_round_robin_turn_is_reserved_beside_its_reads(
     item = await sales.inbox_item(lead)
     assert item is not None
     assert item["owner"] == rep
+
+
+async def test_a_runs_event_ids_are_made_text_once_as_classified_not_per_step(
+    sales: Sales, make_qualified: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A classified record carries its event id as text (``_Ready.event_id``): the run's ledger
+    look-up, its split into seen and fresh and its ledger entries use it, where each made
+    ``str(UUID)`` again (0.5-0.7 us each, two to four per record; twenty-second session,
+    drainsales). A batch delivered again still finds its duplicates by it."""
+    import uuid
+
+    await sales.set_roster(**{sales.uid("t1"): True})
+    envs = [_handoff(sales, make_qualified, sales.uid("text-lead")) for _ in range(4)]
+    consumer, _ = _consumer(sales)
+    records = [_record(i, env.to_bytes()) for i, env in enumerate(envs)]
+    group = [consumer._prepare(r) for r in records]
+    assert [r.event_id for r in group] == [str(env.event_id) for env in envs]  # type: ignore[union-attr]
+    made: list[uuid.UUID] = []
+    as_text = uuid.UUID.__str__
+
+    def counted(self: uuid.UUID) -> str:
+        made.append(self)
+        return as_text(self)
+
+    stored: list[list[Any]] = []
+
+    async def store_run(tp: TopicPartition, run: list[Any], offsets: dict[TopicPartition, int]) -> bool:
+        stored.append(run)
+        return True
+
+    monkeypatch.setattr(uuid.UUID, "__str__", counted)
+    monkeypatch.setattr(consumer, "_store_run", store_run)
+    assert await consumer._flush(TP, group, {}, 0)  # type: ignore[arg-type]
+    entries = [consumer_module._ledger_doc(r) for r in group]  # type: ignore[arg-type]
+    assert made == [], "no event id made text again by the run's look-up, split or entries"
+    assert stored == [group]
+    assert [e["_id"] for e in entries] == [str(env.event_id) for env in envs]
+    monkeypatch.undo()
+
+    await consumer._handle_partition(TP, records[:2], {})  # stored: the batch delivered again
+    consumer.outcomes = {}
+    await consumer._handle_partition(TP, records, {})
+    assert consumer.outcomes == {0: "duplicate", 1: "duplicate", 2: "processed", 3: "processed"}
