@@ -166,6 +166,27 @@ def test_a_valid_record_is_parsed_once_and_not_walked(monkeypatch: pytest.Monkey
         assert isinstance(classify(json.dumps(doc).encode(), topic=topic, now=NOW), Accepted)
 
 
+def test_a_valid_records_payload_is_validated_by_its_models_validator_directly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The payload's model validator called as it is, not through ``model_validate`` (the same
+    validation behind a Python frame checking its options): the same events."""
+    from pydantic import BaseModel
+
+    docs = list(_docs())
+    expected = [_ordered(json.dumps(doc).encode(), topic) for topic, doc in docs]
+
+    def refused(cls: type[BaseModel], *args: object, **kwargs: object) -> None:
+        raise AssertionError(f"{cls.__name__}.model_validate called")
+
+    monkeypatch.setattr(dead_letters, "_payload_checks", {})
+    monkeypatch.setattr(BaseModel, "model_validate", classmethod(refused))
+    for (topic, doc), ordered in zip(docs, expected, strict=True):
+        outcome = classify(json.dumps(doc).encode(), topic=topic, now=NOW)
+        assert isinstance(outcome, Accepted), outcome
+        assert _same(outcome, ordered)
+
+
 def test_every_mutated_record_gets_the_ordered_checks_verdict() -> None:
     rng = random.Random(16)
     reasons: set[str] = set()

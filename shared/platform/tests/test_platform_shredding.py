@@ -366,6 +366,9 @@ async def test_a_sealed_handoff_opens_to_its_v1_without_validating_the_handoff_a
 
     monkeypatch.setattr(LeadQualifiedV1, "model_construct", classmethod(refused))
     assert await open_event(keys, sealed) == plain
+    # The opened contact by its model's validator directly, not through ``model_validate``'s frame.
+    monkeypatch.setattr(Contact, "model_validate", classmethod(refused))
+    assert await open_event(keys, sealed) == plain
 
 
 async def test_a_sealed_handoff_whose_opened_email_is_invalid_is_refused() -> None:

@@ -786,13 +786,15 @@ async def _open_qualified(tx: Any, event: LeadQualifiedV2) -> LeadQualifiedV1:
     if event.sealed_contact is not None:
         opened = await _open(tx, event.sealed_contact)
         role = event.contact.role
-        fields["contact"] = Contact.model_validate(
+        fields["contact"] = _validate_contact(
             {"name": opened.name, "email": opened.email, "phone": opened.phone, "role": role}
         )
     return _v1(fields, event.model_fields_set - {"sealed_contact"})
 
 
 _V1_FIELDS = tuple(LeadQualifiedV1.model_fields)
+# ``Contact.model_validate`` without its Python frame checking its options (the same validator).
+_validate_contact = Contact.__pydantic_validator__.validate_python
 # Whether LeadQualifiedV1 is built by model_construct's last steps alone: no alias to look for,
 # no post-init (every field is given, so none of its defaults is needed either).
 _V1_PLAIN = LeadQualifiedV1.__pydantic_post_init__ is None and all(
