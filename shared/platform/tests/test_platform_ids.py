@@ -97,3 +97,30 @@ def test_a_version_7_id_keeps_74_random_bits() -> None:
     assert {(u >> 62) & 0x3 for u in same} == {0b10}
     low = [u & ((1 << 62) - 1) for u in same]
     assert 0 < sum(bin(v).count("1") for v in low) / (62 * len(low)) < 1
+
+
+def test_a_uuids_text_is_made_once_per_object_and_is_always_its_str(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``uuids.text`` answers ``str(value)``; asked again for the same object it answers without
+    making the text again; an equal UUID that is another object, and any UUID once the kept texts
+    were dropped, are made text again, never mistaken for another."""
+    made: list[uuid.UUID] = []
+    as_text = uuid.UUID.__str__
+
+    def counted(self: uuid.UUID) -> str:
+        made.append(self)
+        return as_text(self)
+
+    monkeypatch.setattr(uuid.UUID, "__str__", counted)
+    first = uuids.uuid4()
+    assert uuids.text(first) == as_text(first)
+    assert made == [first]
+    assert uuids.text(first) is uuids.text(first)
+    assert made == [first], "made once"
+    twin = uuid.UUID(int=first.int)
+    assert uuids.text(twin) == as_text(first)
+    assert len(made) == 2
+    many = [uuids.uuid4() for _ in range(uuids.TEXTS_KEPT + 10)]  # past the kept texts: dropped
+    assert [uuids.text(u) for u in many] == [as_text(u) for u in many]
+    assert [uuids.text(u) for u in many] == [as_text(u) for u in many]
+    assert uuids.text(first) == as_text(first)
+    assert len(uuids._texts) <= uuids.TEXTS_KEPT

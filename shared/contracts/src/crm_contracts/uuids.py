@@ -54,6 +54,28 @@ def uuid4() -> uuid.UUID:
     return uuid.UUID(int=uuid4_int())
 
 
+# The text of the UUIDs most recently made text by :func:`text`, by the object's id; each entry
+# holds its UUID, so no other object can take that id while the entry is here.
+TEXTS_KEPT = 4096
+_texts: dict[int, tuple[uuid.UUID, str]] = {}
+
+
+def text(value: uuid.UUID) -> str:
+    """``str(value)``, made once per UUID object while it is among the last :data:`TEXTS_KEPT`
+    asked for (a UUID cannot change). A consumed event's id is written as text by its ledger
+    entry, its changes' audit actor, its receipt, the causation of each event it causes and the
+    inbox item it makes: ``str(UUID)`` (0.5-0.7 us) for each, where this is a dict look-up
+    (docs/performance.md, twenty-second session, drainsales)."""
+    hit = _texts.get(id(value))
+    if hit is not None and hit[0] is value:
+        return hit[1]
+    made = str(value)
+    if len(_texts) >= TEXTS_KEPT:
+        _texts.clear()
+    _texts[id(value)] = (value, made)
+    return made
+
+
 def uuid4_str() -> str:
     """``str(uuid.uuid4())`` (the canonical 8-4-4-4-12 form, lower-case), from the pool."""
     h = f"{uuid4_int():032x}"

@@ -37,7 +37,7 @@ from aiokafka import (
     TopicPartition,
 )
 from bson import ObjectId
-from crm_contracts import HANDOFF_BY_EVENT_TYPE, Envelope, Event, utcnow
+from crm_contracts import HANDOFF_BY_EVENT_TYPE, Envelope, Event, utcnow, uuids
 from crm_contracts.events.platform import HandoffReceivedV1
 from crm_contracts.handoffs import Handoff
 from crm_contracts.topics import dead_letter_topic
@@ -241,7 +241,7 @@ class _Ready:
     event_id: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.event_id = str(self.envelope.event_id)
+        self.event_id = uuids.text(self.envelope.event_id)
 
 
 @dataclass(frozen=True)
@@ -776,7 +776,7 @@ class EventConsumer:
             return None
         return HandoffReceivedV1(
             handoff=handoff.name,
-            handoff_event_id=str(envelope.event_id),
+            handoff_event_id=uuids.text(envelope.event_id),
             handoff_event_type=envelope.event_type,
             from_department=handoff.from_department,
             to_department=handoff.to_department,

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pymongo
 from bson import ObjectId
-from crm_contracts import HANDOFF_BY_EVENT_TYPE, Envelope, Event, envelope_for
+from crm_contracts import HANDOFF_BY_EVENT_TYPE, Envelope, Event, envelope_for, uuids
 from crm_contracts.registry import model_for
 from opentelemetry.context import Context
 from pymongo import ASCENDING, AsyncMongoClient, ReplaceOne, UpdateOne
@@ -215,7 +215,7 @@ class Tx:
             event,
             source=self.source,
             correlation_id=corr,
-            causation_id=str(cause.event_id) if cause else None,
+            causation_id=uuids.text(cause.event_id) if cause else None,
             occurred_at=simulated_now(),  # None (the real time) unless the demo clock set one
         )
         at = len(self.emitted) if before is None else before
@@ -466,7 +466,7 @@ def audit_context(service: str) -> audit.Context:
     if user is not None:
         actor = audit.user_actor(user)
     elif cause is not None:
-        actor = audit.event_actor(cause.source, cause.event_type, str(cause.event_id))
+        actor = audit.event_actor(cause.source, cause.event_type, uuids.text(cause.event_id))
     elif request_id_var.get() is not None:
         actor = audit.public_actor()  # a request without a token (a customer's survey answer)
     else:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from crm_contracts import Envelope
+from crm_contracts import Envelope, uuids
 from crm_contracts.events.leads import LeadQualifiedV1
 from crm_contracts.events.sales import LeadAssignedV1, LeadVerdictV1, RejectReason, Verdict
 from crm_platform.actor import Actor
@@ -142,8 +142,9 @@ class InboxItem:
         handoff_number: int,
     ) -> InboxItem:
         """A new item for a handoff, due ``sla_minutes`` after it was received."""
+        event_id = uuids.text(envelope.event_id)
         return cls(
-            id=str(envelope.event_id),
+            id=event_id,
             lead_id=event.lead_id,
             company=event.company,
             handoff=event,
@@ -154,7 +155,7 @@ class InboxItem:
             sla_minutes=sla_minutes,
             updated_at=now,
             handoff_number=handoff_number,
-            handoff_event_ids=[str(envelope.event_id)],
+            handoff_event_ids=[event_id],
         )
 
     @property
