@@ -8,10 +8,12 @@ import csv
 import io
 import itertools
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
 import pytest
+from bson import decode
+from crm_platform.paging import page
 from sales import store
 
 pytestmark = pytest.mark.integration
@@ -168,15 +170,50 @@ async def test_the_inbox_pages_every_status_in_each_order(sales: Sales) -> None:
 
 async def test_an_inbox_item_enters_six_listing_indexes(sales: Sales) -> None:
     """(owner?, status, order) only: 15 indexes with the text index became 10 (the drain's mongod
-    time per item); the retired ones are dropped at start-up."""
+    time per item); the retired ones, the score lists without the time of change among them, are
+    dropped at start-up."""
     db = sales.runtime.store.db
     await db[store.INBOX].create_index([("status", 1), ("response_due_at", 1)], name="by_status_due")
+    score_by_id = [("status", 1), ("handoff.score", -1), ("_id", -1)]
+    await db[store.INBOX].create_index(score_by_id, name="list_status_handoff_score")
     await store.ensure_inbox_list_indexes(db)
     names = set(await db[store.INBOX].index_information())
     assert {n for n in names if n.startswith("list_")} == {
         f"list_{prefix}{field}"
         for prefix in ("status_", "owner_status_")
-        for field in ("received_at", "response_due_at", "handoff_score")
+        for field in ("received_at", "response_due_at", "handoff_score_updated_at")
     }
     others = {n for n in names if not n.startswith("list_")}
     assert others == {"_id_", "by_lead", "search", "by_person_hash"}
+
+
+async def test_the_score_order_ties_latest_changed_first_through_its_index(sales: Sales) -> None:
+    """A tie of scores is read latest changed first: the score lists hold (score, updated_at, _id),
+    so a drained item enters its tie at the end, as the time lists take it, not at its random id
+    (the handoff's event id) anywhere in the tie. A rep's items in two statuses, ids in the
+    opposite order of their times, paged two at a time: the latest first, each once, one ordered
+    index scan per status merged (no blocking sort) for the first page."""
+    db = sales.runtime.store.db
+    rep, t0 = sales.uid("tie"), datetime(2026, 12, 7, tzinfo=UTC)
+    docs = [
+        {"_id": f"{rep}-{9 - i}", "owner": rep, "status": ("pending", "accepted")[i % 2],
+         "handoff": {"score": 50.0}, "received_at": t0, "updated_at": t0 + timedelta(seconds=i)}
+        for i in range(6)
+    ]  # fmt: skip
+    await db[store.INBOX].insert_many(docs)
+    try:
+        query, score = store.InboxQuery(owner=rep, sort="score"), store.INBOX_SORTS["score"]
+        order, cursor = [], None
+        while True:
+            found = store.find_inbox(db, query, t0, cursor)
+            if cursor is None:  # (a page after a cursor: the planner's choice on six items)
+                plan = str(decode((await found.limit(3).explain())["queryPlanner"]["winningPlan"].raw))
+                assert "status_handoff_score_updated_at'" in plan, plan  # a score list
+                assert "'SORT'" not in plan, plan
+            batch, cursor = page(await store.find_inbox(db, query, t0, cursor).limit(3).to_list(), 2, score)
+            order += [d["_id"] for d in batch]
+            if cursor is None:
+                break
+        assert order == [d["_id"] for d in reversed(docs)]
+    finally:
+        await db[store.INBOX].delete_many({"owner": rep})

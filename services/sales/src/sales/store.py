@@ -872,7 +872,12 @@ INBOX_SORTS = sorts(
     Sort("newest", "received_at"),
     Sort("oldest", "received_at", descending=False),
     Sort("due", "response_due_at", descending=False),
-    Sort("score", "handoff.score"),
+    # Ties most recently changed first: a new item enters the score lists at the end of its tie,
+    # as it enters the time lists at their end, not at its random id (the handoff's event id)
+    # anywhere in the tie (a drain dirtied a page of each score list per item, which WiredTiger
+    # then wrote out again). Not the receipt time: no other order's cursor ranges over this field,
+    # so the planner takes no score list for them.
+    Sort("score", "handoff.score", then="updated_at"),
 )
 # Every listing index begins with the status (after the owner for a rep's scope): a query
 # without a status asks for each of them (`on_status_index`), which MongoDB reads as one
@@ -880,10 +885,12 @@ INBOX_SORTS = sorts(
 # instead of the 11 one per (filter, order) took, the drain's largest share of mongod.
 _INBOX_PREFIXES: tuple[tuple[str, ...], ...] = (("status",), ("owner", "status"))
 INBOX_STATUSES = tuple(s.value for s in InboxStatus)
-# Served by the indexes above since 2026-12-05 (ninth session): dropped at start-up.
+# Served by the indexes above since 2026-12-05 (ninth session), the score lists without the time
+# since 2026-12-07 (twenty-second session): dropped at start-up.
 RETIRED_INBOX_INDEXES = (
     "by_owner", "by_status_due", "list_received_at", "list_response_due_at", "list_handoff_score",
     "list_owner_received_at", "list_owner_response_due_at", "list_owner_handoff_score",
+    "list_status_handoff_score", "list_owner_status_handoff_score",
 )  # fmt: skip
 
 

@@ -49,7 +49,12 @@ Unassigned = Annotated[bool, Query(description="Managers: items no rep owns yet"
 Search = Annotated[
     str | None, Query(max_length=200, description="words of the company or the contact's name and email")
 ]
-Sorting = Annotated[InboxSort, Query(description="newest (default), oldest, due (soonest first), score")]
+Sorting = Annotated[
+    InboxSort,
+    Query(
+        description="newest (default), oldest, due (soonest first), score (ties: the latest changed first)"
+    ),
+]
 
 
 def _query(
