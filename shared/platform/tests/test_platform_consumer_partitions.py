@@ -293,3 +293,33 @@ async def test_a_record_classified_as_taken_is_not_classified_again_when_handled
     await consumer._handle_partition(PARTITIONS[0], [_record(PARTITIONS[0], 5)], offsets)
     assert offsets == {PARTITIONS[0]: 6}
     assert not consumer._ahead
+
+
+def test_room_freed_by_a_batch_goes_to_an_idle_partition_before_a_busy_partitions_backlog() -> None:
+    """A backlog: the client holds many records of a busy partition (first in its buffer, as
+    aiokafka's ``getmany`` takes first) and a whole batch of an idle one. The room another
+    partition's end frees starts the idle partition's batch beside the busy one, not the busy
+    one's next batch queued behind it (the drain ran one partition at a time)."""
+    consumer, kafka = Held(max_records=2, max_fetch_records=4), Kafka()
+
+    async def body() -> None:
+        consumer.held[0] = asyncio.Event()
+        consumer.held[1] = asyncio.Event()
+        consumer.held[2] = asyncio.Event()
+        kafka.add(PARTITIONS[0], 10)
+        kafka.add(PARTITIONS[1], 2)
+        await _until(lambda: ("begin", 1, 0) in consumer.events)  # room for two batches: taken
+        kafka.add(PARTITIONS[2], 2)
+        await _turns()
+        assert not any(e[1] == 2 for e in consumer.events), "no room while two batches are held"
+        consumer.held[1].set()  # its end frees a batch's room while partition 0 is still held
+        await _until(lambda: ("begin", 2, 0) in consumer.events)
+        assert ("end", 0, 0) not in consumer.events, "partition 2 did not wait for partition 0"
+        assert kafka.buffered[PARTITIONS[0]] == list(range(2, 10)), "partition 0's next batch left"
+        consumer.held[2].set()
+        consumer.held[0].set()
+        await _until(lambda: any(c.get(PARTITIONS[0]) == 10 for c in kafka.committed))
+        mine = [e for e in consumer.events if e[1] == 0 and e[0] == "begin"]
+        assert mine == [("begin", 0, o) for o in range(0, 10, 2)], "partition 0 in order, batch by batch"
+
+    _running(consumer, kafka, body)
