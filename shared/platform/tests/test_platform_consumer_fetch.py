@@ -59,7 +59,7 @@ def test_a_fetch_takes_up_to_a_transactions_worth_per_partition_and_a_bound_in_a
         return [await consumer._fetch() for _ in range(6)]
 
     for batch in asyncio.run(fetches()):
-        assert sum(len(records) for records in batch.values()) <= 1000, "in flight at once: bounded"
+        assert sum(len(records) for records in batch.values()) <= 750, "in flight at once: bounded"
         assert all(len(records) <= 250 for records in batch.values()), "one transaction per partition"
         assert max(len(records) for records in batch.values()) == 250
         served.update(tp.partition for tp in batch)
@@ -68,7 +68,7 @@ def test_a_fetch_takes_up_to_a_transactions_worth_per_partition_and_a_bound_in_a
         assert kafka.buffered[tp] == list(range(1000 - len(kafka.buffered[tp]), 1000))
 
 
-def test_the_services_take_250_records_per_partition_and_1000_per_fetch_by_default() -> None:
+def test_the_services_take_250_records_per_partition_and_750_per_fetch_by_default() -> None:
     settings = ServiceSettings.model_validate(
         {
             "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
@@ -76,9 +76,9 @@ def test_the_services_take_250_records_per_partition_and_1000_per_fetch_by_defau
             "CRM_SERVICE_NAME": "x",
         }
     )
-    assert (settings.consumer_max_records, settings.consumer_max_fetch_records) == (250, 1000)
+    assert (settings.consumer_max_records, settings.consumer_max_fetch_records) == (250, 750)
     config = ConsumerConfig(service="x", group_id="x", topics=[], bootstrap="-")
-    assert (config.max_records, config.max_fetch_records) == (250, 1000)
+    assert (config.max_records, config.max_fetch_records) == (250, 750)
 
 
 class _Made:

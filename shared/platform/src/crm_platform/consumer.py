@@ -177,9 +177,12 @@ class ConsumerConfig:
     # each while stored). 250 and 1,000, not 100 per partition (up to 600 over six): a 60,000-
     # event drain on the quiet machine took 0.48 ms of CPU per event in all processes against
     # 0.55-0.58, sales' peak RSS 143 MB against 137-140 (250 from each of six, 1,500 at once:
-    # 186 MB at load; docs/performance.md, eleventh session, drain).
+    # 186 MB at load; docs/performance.md, eleventh session, drain). 750, not 1,000, since
+    # batches of idle partitions come first (``_fetch``): 1,000 were four batches at once, sales'
+    # peak RSS 145 MB in the 100,000 drain against 139 with three (131 when one partition
+    # ran at a time); three keep sales busy while the others wait (twenty-second session).
     max_records: int = 250
-    max_fetch_records: int = 1000
+    max_fetch_records: int = 750
     retry_max_seconds: float = 30.0
     # How long each Kafka client's start may take (CRM_KAFKA_START_SECONDS, crm_platform.kafka.start_client)
     start_seconds: float = CLIENT_START_SECONDS

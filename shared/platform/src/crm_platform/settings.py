@@ -62,7 +62,7 @@ class ServiceSettings(BaseSettings):
     consumer_max_records: int = Field(default=250, validation_alias="CRM_CONSUMER_MAX_RECORDS", ge=1, le=2000)
     # Records of one fetch across partitions (what a consumer holds in memory at once).
     consumer_max_fetch_records: int = Field(
-        default=1000, validation_alias="CRM_CONSUMER_MAX_FETCH_RECORDS", ge=1, le=10000
+        default=750, validation_alias="CRM_CONSUMER_MAX_FETCH_RECORDS", ge=1, le=10000
     )
     # Liveness (crm_platform.liveness): lag is sampled every consumer_watchdog_seconds; a
     # partition with lag whose committed offset does not move for consumer_stall_seconds
