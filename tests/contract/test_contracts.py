@@ -93,6 +93,28 @@ def test_envelope_round_trip_and_typed_decode(sample_lead_qualified: object) -> 
     assert dict(env.headers())["event_type"] == b"lead.qualified"
 
 
+def test_an_event_id_is_any_uuid_the_version_7_ones_made_now_and_the_version_4_ones_made_before(
+    sample_lead_qualified: object,
+) -> None:
+    """Events emitted now carry a version-7 (time-ordered) id; the version-4 ids of events made
+    before stay valid on the wire (a replay, a dead letter sent again, a topic's retention),
+    and the envelope's schema says a UUID, no version (docs/asyncapi)."""
+    made = envelope_for(sample_lead_qualified, source="leads", correlation_id="c-1")  # type: ignore[arg-type]
+    assert made.event_id.version == 7
+    for old_id in ("3f2b8c1e-9a4d-4e7f-b1c2-5d6e7f8a9b0c", "6ba7b810-9dad-11d1-80b4-00c04fd430c8"):
+        wire = json.loads(made.to_bytes())
+        wire["event_id"] = old_id  # version 4, and version 1: any UUID is an event id
+        again = Envelope.from_bytes(json.dumps(wire).encode())
+        assert str(again.event_id) == old_id
+        assert decode(again) == sample_lead_qualified
+        assert dict(again.headers())["event_id"] == old_id.encode()
+    schema = Envelope.model_json_schema()["properties"]["event_id"]
+    assert (schema["type"], schema["format"]) == ("string", "uuid")
+    assert not {"pattern", "const", "enum"} & schema.keys()
+    with pytest.raises(ValidationError):
+        Envelope.from_bytes(made.to_bytes().replace(str(made.event_id).encode(), b"not-a-uuid"))
+
+
 def test_unknown_version_is_refused_with_the_known_ones() -> None:
     env = Envelope(
         event_type="lead.qualified",

@@ -1,14 +1,27 @@
-"""Ids and event ids drawn from the OS a block at a time (crm_contracts.uuids), no I/O."""
+"""Ids and event ids: time-ordered, drawn from the OS a block at a time (crm_contracts.uuids), no I/O."""
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
-from crm_contracts import Envelope, uuids
+from crm_contracts import Envelope, envelope_for, uuids
+from crm_contracts.events.sales import LeadAssignedV1
 from crm_platform.ids import new_id
+
+_ENVELOPE: dict[str, Any] = {
+    "event_type": "lead.captured",
+    "schema_version": 1,
+    "occurred_at": datetime(2026, 12, 7, tzinfo=UTC),
+    "source": "leads",
+    "correlation_id": "c",
+    "partition_key": "k",
+    "payload": {},
+}
 
 
 def _count_draws(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -21,6 +34,7 @@ def _count_draws(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(uuids.os, "urandom", counted)
     uuids._pool.clear()
+    uuids._pool7.clear()
     return draws
 
 
@@ -77,7 +91,7 @@ def test_ids_made_later_sort_after_ids_made_earlier(monkeypatch: pytest.MonkeyPa
     import's mongod wrote back whole pages of its random-keyed indexes: docs/performance.md,
     "Tenth session, import")."""
     clock = [1_796_522_728_387_000_000]  # nanoseconds
-    monkeypatch.setattr(uuids.time, "time_ns", lambda: clock[0])
+    monkeypatch.setattr(uuids, "_time_ns", lambda: clock[0])
     made = []
     for _ in range(3 * uuids.BLOCK):
         made.append(new_id())
@@ -87,16 +101,33 @@ def test_ids_made_later_sort_after_ids_made_earlier(monkeypatch: pytest.MonkeyPa
     assert uuid.UUID(made[0]).int >> 80 == 1_796_522_728_387  # the Unix time in milliseconds
 
 
-def test_a_version_7_id_keeps_74_random_bits() -> None:
-    """Two ids of the same millisecond differ (the time is not the whole id) and the bits below
-    the time are as random as a version-4 id's (no fixed pattern across a block)."""
-    same = {uuids.uuid7_int(1_000) for _ in range(uuids.BLOCK)}
-    assert len(same) == uuids.BLOCK
-    assert {u >> 80 for u in same} == {1_000}
-    assert {(u >> 76) & 0xF for u in same} == {7}
-    assert {(u >> 62) & 0x3 for u in same} == {0b10}
-    low = [u & ((1 << 62) - 1) for u in same]
-    assert 0 < sum(bin(v).count("1") for v in low) / (62 * len(low)) < 1
+def test_every_emitted_events_id_is_a_version_7_uuid_made_now_and_later_ones_sort_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An event's id (an envelope's default, ``envelope_for``'s) is time-ordered: a consumer's
+    ledger and whatever it keys by a consumed event's id (sales' inbox item, the audit entries
+    naming it) take each new one at the index's edge (docs/performance.md, "Twenty-third
+    session, eventids"). Ids of one millisecond differ, in any order."""
+    clock = [1_796_522_728_387_000_000]
+    monkeypatch.setattr(uuids, "_time_ns", lambda: clock[0])
+    event = LeadAssignedV1(lead_id="l-1", owner="rep-1", response_due_at=datetime(2026, 12, 7, tzinfo=UTC))
+    made: list[uuid.UUID] = []
+    for i in range(2 * uuids.BLOCK):
+        if i % 2:
+            made.append(envelope_for(event, source="leads", correlation_id="c").event_id)
+        else:
+            made.append(Envelope(**_ENVELOPE).event_id)
+        clock[0] += 1_000_000 if i % 3 == 0 else 1_000  # a millisecond later, or within one
+    assert all(value.version == 7 and value.variant == uuid.RFC_4122 for value in made)
+    assert len(set(made)) == len(made)
+    millis = [value.int >> 80 for value in made]
+    assert millis == sorted(millis)
+    assert millis[0] == 1_796_522_728_387
+    by_ms: dict[int, list[uuid.UUID]] = {}
+    for value in made:
+        by_ms.setdefault(value.int >> 80, []).append(value)
+    assert sorted(made) == [value for ms in sorted(by_ms) for value in sorted(by_ms[ms])]
+    assert [str(value) for value in sorted(made)] == sorted(str(value) for value in made)
 
 
 def test_a_uuids_text_is_made_once_per_object_and_is_always_its_str(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,19 +157,22 @@ def test_a_uuids_text_is_made_once_per_object_and_is_always_its_str(monkeypatch:
     assert len(uuids._texts) <= uuids.TEXTS_KEPT
 
 
+@pytest.mark.parametrize(("make", "version"), [(uuids.uuid7, 7), (uuids.uuid4, 4)])
 def test_an_event_id_is_the_uuid_that_uuid_int_makes_without_its_checks(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, make: Callable[[], uuid.UUID], version: int
 ) -> None:
-    """``uuids.uuid4`` is the object ``uuid.UUID(int=...)`` makes of the pool's integer (equal,
-    same hash, text, version, attributes, pickled alike), set without ``UUID.__init__``'s checks."""
+    """``uuids.uuid7`` (every event's id) and ``uuids.uuid4`` are the object ``uuid.UUID(int=...)``
+    makes of their integer (equal, same hash, text, version, attributes, pickled alike), set
+    without ``UUID.__init__``'s checks; no two alike."""
     import pickle
 
-    made = [uuids.uuid4() for _ in range(uuids.BLOCK + 1)]
+    made = [make() for _ in range(uuids.BLOCK + 1)]
+    assert len(set(made)) == len(made)
     for value in made:
         twin = uuid.UUID(int=value.int)
         assert type(value) is uuid.UUID
         assert (value, hash(value), str(value), repr(value)) == (twin, hash(twin), str(twin), repr(twin))
-        assert (value.version, value.variant, value.is_safe) == (4, uuid.RFC_4122, twin.is_safe)
+        assert (value.version, value.variant, value.is_safe) == (version, uuid.RFC_4122, twin.is_safe)
         assert pickle.loads(pickle.dumps(value)) == value
         with pytest.raises(TypeError):
             value.int = 1  # type: ignore[misc]  # immutable, as any UUID
@@ -147,4 +181,4 @@ def test_an_event_id_is_the_uuid_that_uuid_int_makes_without_its_checks(
         raise AssertionError("UUID.__init__ called")
 
     monkeypatch.setattr(uuid.UUID, "__init__", checked)
-    assert uuids.uuid4().version == 4
+    assert make().version == version

@@ -291,7 +291,7 @@ def test_people_keyed_later_get_person_ids_that_sort_after(monkeypatch: pytest.M
         clock[0] += 1_000_000  # the next millisecond
         return clock[0]
 
-    monkeypatch.setattr(uuids.time, "time_ns", later)
+    monkeypatch.setattr(uuids, "_time_ns", later)
     batches = [_owned_docs("leads", [f"{n:064x}", f"{n + 1:064x}"]) for n in range(0, 600, 2)]
     ids = [d["person_id"] for docs in batches for d in docs]
     ids.append(_owned_doc("leads", "f" * 64)["person_id"])

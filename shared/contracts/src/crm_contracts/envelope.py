@@ -10,6 +10,14 @@ Timestamps (the envelope's and every event's) are RFC 3339 strings with a zone
 format always said. Numbers (``"occurred_at": 12`` used to become 1970), dates
 without a time and times without a zone are schema-invalid.
 
+Event ids (``event_id``): unique per event, any UUID. Events emitted since 2026-12-07 carry a
+version-7 UUID (RFC 9562: the Unix time in milliseconds the id was made, then 74 random bits;
+:data:`new_event_id`), events made before a random version-4 one: both are valid, and a
+consumer compares ids, never reads a version, a time or an order from them. The id's
+millisecond tells nothing an event does not carry already (``occurred_at``, ``produced_at``).
+Time-ordered ids let every consumer's ledger and whatever it keys by a consumed event's id take
+new keys at the index's edge (docs/performance.md, "Twenty-third session, eventids").
+
 Plausible time, checked by consumers (:func:`implausible_time`): an envelope's
 ``occurred_at`` and ``produced_at`` lie within [now - ``MAX_EVENT_AGE``,
 now + ``MAX_CLOCK_SKEW``]. An event outside it is dead-lettered with reason
@@ -36,6 +44,10 @@ MAX_EVENT_AGE = timedelta(days=3 * 365)
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 
 
+new_event_id = uuids.uuid7
+"""Every emitted event's id: a version-7 (time-ordered) UUID, made now."""
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -54,7 +66,10 @@ Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_only)]
 class Envelope(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    event_id: uuid.UUID = Field(default_factory=uuids.uuid4)
+    event_id: uuid.UUID = Field(
+        default_factory=new_event_id,
+        description="Unique per event: a UUID of any version (version 7, time-ordered, since 2026-12-07)",
+    )
     event_type: str = Field(min_length=1, description="e.g. 'lead.qualified'")
     schema_version: int = Field(ge=1, strict=True)  # "1" or 1.0 is not a version
     occurred_at: Timestamp = Field(description="When the business fact happened (UTC)")

@@ -5,9 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from crm_contracts import uuids
 from crm_contracts.base import Event
-from crm_contracts.envelope import Envelope, built, utcnow
+from crm_contracts.envelope import Envelope, built, new_event_id, utcnow
 from crm_contracts.events import action_items, governance, leads, person_keys, platform, sales, service_desk
 from crm_contracts.topics import TOPICS_BY_NAME
 
@@ -121,7 +120,7 @@ def envelope_for(
             payload=event.to_payload(),
         )
     values = {
-        "event_id": uuids.uuid4(),  # in the order of a validated envelope's values
+        "event_id": new_event_id(),  # in the order of a validated envelope's values
         "event_type": event_type,
         "schema_version": version,
         "occurred_at": at,

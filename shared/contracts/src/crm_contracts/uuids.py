@@ -16,6 +16,17 @@ collection's ``_id``, an index ending in ``_id``) takes each new entry at its ed
 random ids every insert lands on a random page, and once an index outgrows what the
 database keeps dirty in memory each insert makes it write a whole page back (mongod's
 eviction: docs/performance.md, "Tenth session, import").
+
+Every event's id is a version-7 UUID (:func:`uuid7`, ``crm_contracts.envelope.new_event_id``):
+a consumer's ledger, and whatever it keys by a consumed event's id (sales' inbox item, the audit
+entries naming it), takes new keys at its B-tree's edge (docs/performance.md, "Twenty-third
+session, eventids"). Order is to the millisecond only: ids of the same millisecond follow in
+random order (none of RFC 9562's optional counters, section 6.2: nothing orders by an event id;
+consumers read a partition in offset order and outboxes publish in ``_id`` order). A clock
+stepped back makes ids that sort before earlier ones: their keys land inside the index, and
+they stay unique. Unique across processes as a version-4 id is: 74 random bits per
+millisecond (two processes making a million ids in the same millisecond collide with a
+chance of about 10^-11), the pool dropped by a forked child.
 """
 
 from __future__ import annotations
@@ -30,14 +41,35 @@ _SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, variant RFC 4122 (binary 10
 
 _BELOW_VERSION = (1 << 76) - 1  # the 76 bits after the time and the version (the variant's in them)
 _V7 = 0x7000 << 64  # version 7 in place of the pool's version 4
+_RANDOM_V7 = _CLEAR & _BELOW_VERSION  # what a version-7 id keeps of 128 random bits (74 of them)
+_SET_V7 = _V7 | (0x8000 << 48)  # version 7, variant RFC 4122
 
 _pool: list[int] = []
+_pool7: list[int] = []  # a version-7 id's bits below its time: 74 random bits, version and variant set
+_pop7 = _pool7.pop
 
 
 def _refill() -> None:
     raw = os.urandom(16 * BLOCK)
     from_bytes = int.from_bytes
     _pool.extend((from_bytes(raw[i : i + 16], "big") & _CLEAR) | _SET for i in range(0, 16 * BLOCK, 16))
+
+
+def _refill7() -> None:
+    raw = os.urandom(16 * BLOCK)
+    from_bytes = int.from_bytes
+    _pool7.extend(
+        (from_bytes(raw[i : i + 16], "big") & _RANDOM_V7) | _SET_V7 for i in range(0, 16 * BLOCK, 16)
+    )
+
+
+def _random7() -> int:
+    """A version-7 id's bits below its time, from the pool."""
+    while True:
+        try:
+            return _pop7()
+        except IndexError:  # empty (another thread may refill at the same moment: harmless)
+            _refill7()
 
 
 def uuid4_int() -> int:
@@ -49,9 +81,14 @@ def uuid4_int() -> int:
             _refill()
 
 
+_UUID = uuid.UUID
 _new_uuid = uuid.UUID.__new__
 _set = object.__setattr__
 _UNKNOWN = uuid.SafeUUID.unknown
+# UUID's two slots set through their descriptors: object.__setattr__ without its look-up by name
+_set_int = uuid.UUID.__dict__["int"].__set__
+_set_is_safe = uuid.UUID.__dict__["is_safe"].__set__
+_time_ns = time.time_ns
 
 
 def uuid4() -> uuid.UUID:
@@ -61,6 +98,21 @@ def uuid4() -> uuid.UUID:
     value = _new_uuid(uuid.UUID)
     _set(value, "int", uuid4_int())
     _set(value, "is_safe", _UNKNOWN)
+    return value
+
+
+def uuid7() -> uuid.UUID:
+    """A version-7 UUID made now (:func:`uuid7_int`), the object ``uuid.UUID(int=...)`` makes
+    (as :func:`uuid4` makes it): every emitted event's id. No dearer than :func:`uuid4`
+    (0.5 us on the build machine): the time costs 0.1 us, the pool is popped in line and the
+    UUID's two slots are set through their descriptors."""
+    value = _new_uuid(_UUID)
+    try:
+        random_part = _pop7()
+    except IndexError:
+        random_part = _random7()
+    _set_int(value, _time_ns() // 1_000_000 << 80 | random_part)  # 48 bits of ms until the year 10889
+    _set_is_safe(value, _UNKNOWN)
     return value
 
 
@@ -96,9 +148,8 @@ def uuid7_int(millis: int | None = None) -> int:
     """A version-7 UUID as its 128-bit integer: ``millis`` (the Unix time in milliseconds, now
     by default) in its top 48 bits, the version, then 74 random bits from the pool."""
     if millis is None:
-        millis = time.time_ns() // 1_000_000
-    random_part = uuid4_int() & _BELOW_VERSION  # the pool's bits below its version (variant set)
-    return ((millis & 0xFFFF_FFFF_FFFF) << 80) | _V7 | random_part
+        millis = _time_ns() // 1_000_000
+    return ((millis & 0xFFFF_FFFF_FFFF) << 80) | _random7()
 
 
 def uuid7_str(millis: int | None = None) -> str:
@@ -107,4 +158,9 @@ def uuid7_str(millis: int | None = None) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-os.register_at_fork(after_in_child=_pool.clear)
+def _drop_pools() -> None:
+    _pool.clear()
+    _pool7.clear()
+
+
+os.register_at_fork(after_in_child=_drop_pools)
