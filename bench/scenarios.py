@@ -31,6 +31,7 @@ import httpx
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from crm_contracts import envelope_for, utcnow
+from crm_contracts.envelope import new_event_id
 from crm_contracts.events.common import Behaviour, Consent, Contact, ScoreReason, sealed_email
 from crm_contracts.events.leads import LeadCapturedV1, LeadQualifiedV1
 from crm_contracts.events.platform import HandoffReceivedV1
@@ -169,7 +170,7 @@ async def produce_handoffs(bootstrap: str, n: int) -> str:
     try:
         pending = []
         for i in range(n):
-            event_id = str(uuid.uuid4())
+            event_id = str(new_event_id())  # as leads makes an event's id
             lead = f"bl-{run}-{i}"
             value = template.replace(b"EVENTID", event_id.encode()).replace(
                 f"bl-{run}-LEADNUM".encode(), lead.encode()
@@ -237,7 +238,7 @@ def _sealed_pair(
     contact = {**payload["contact"], "email": sealed_email(person_id)}
     key_record = {
         **issued,
-        "event_id": str(uuid.uuid4()),
+        "event_id": str(new_event_id()),  # each record an id made as leads makes it
         "correlation_id": lead,
         "payload": {
             **issued["payload"],
@@ -248,7 +249,7 @@ def _sealed_pair(
     }
     sealed_handoff = {
         **handoff,
-        "event_id": str(uuid.uuid4()),
+        "event_id": str(new_event_id()),
         "correlation_id": lead,
         "payload": {**payload, "lead_id": lead, "contact": contact, "sealed_contact": sealed},
     }

@@ -35,6 +35,8 @@ def test_a_sealed_backlog_pair_is_a_key_record_then_a_v2_handoff_it_opens() -> N
         envelopes.append(Envelope.model_validate_json(value))
         assert dict(headers)["correlation_id"] == b"bl-t-0"
     key_record, sealed = envelopes
+    # each record's id made as leads makes an event's (crm_contracts.envelope.new_event_id)
+    assert [env.event_id.version for env in envelopes] == [7, 7]
     assert (key_record.event_type, key_record.schema_version) == ("lead.person_key_issued", 2)
     assert (sealed.event_type, sealed.schema_version) == ("lead.qualified", 2)
     key_event = model_for(key_record.event_type, 2).model_validate(key_record.payload)
