@@ -13,6 +13,7 @@ import random
 from datetime import UTC, datetime
 from typing import Any
 
+import pydantic_core
 import pytest
 from crm_contracts import envelope_for
 from crm_contracts.events.common import Contact, Money, SealedPerson
@@ -203,6 +204,32 @@ def test_every_mutated_record_gets_the_ordered_checks_verdict() -> None:
                 accepted += 1
     assert {"malformed", "too_deep", "schema_invalid", "wrong_source", "unknown_version"} <= reasons
     assert accepted > 0, "some mutations keep a record valid (an optional value set to None, ...)"
+
+
+def test_a_record_parsed_with_the_string_cache_for_keys_only_gets_the_same_verdict(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``cache_strings="keys"`` (the analytics worker's: its values are nearly all new) parses
+    with pydantic-core's string cache for the keys only, and changes no verdict: valid and
+    mutated records are accepted or refused, with the same reason, envelope and event."""
+    parsed: list[object] = []
+    from_json = pydantic_core.from_json
+
+    def recording(raw: bytes, **kwargs: Any) -> Any:
+        parsed.append(kwargs.get("cache_strings", "all"))
+        return from_json(raw, **kwargs)
+
+    rng = random.Random(23)
+    cases = [(topic, json.dumps(doc).encode()) for topic, doc in _docs()]
+    cases += [(topic, _mutated(doc, rng)) for topic, doc in _docs() for _ in range(150)]
+    expected = [classify(raw, topic=topic, now=NOW) for topic, raw in cases]
+    monkeypatch.setattr(pydantic_core, "from_json", recording)
+    for (topic, raw), before in zip(cases, expected, strict=True):
+        parsed.clear()
+        outcome = classify(raw, topic=topic, now=NOW, cache_strings="keys")
+        assert _same(outcome, before), (raw, outcome, before)
+        assert parsed[:1] == ["keys"] or len(raw) > dead_letters.MAX_RECORD_BYTES or not raw
+    assert sum(isinstance(v, Accepted) for v in expected) >= 4
 
 
 @pytest.mark.parametrize(

@@ -496,7 +496,8 @@ class AnalyticsWorker:
         verdict: Accepted | Rejected = NOT_READ
         try:
             self._maybe_rebuild()
-            verdict = classify(message.value, topic=message.topic)
+            # Values not shared through the parser's cache (CacheStrings): the facts share theirs.
+            verdict = classify(message.value, topic=message.topic, cache_strings="keys")
             if isinstance(verdict, Accepted):
                 apply(self.state, verdict.envelope, verdict.event)
                 # The KPIs' walk is held only while the records stand still (peak RSS).

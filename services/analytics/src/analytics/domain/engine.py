@@ -42,6 +42,7 @@ from analytics.domain.facts import (
     ReceiptValue,
     epoch,
     plausible_latency,
+    shared,
 )
 from analytics.domain.figures import (
     BUSINESS,
@@ -99,11 +100,14 @@ def apply(state: AnalyticsState, envelope: Envelope, event: Event) -> AnalyticsS
     at = epoch(envelope.occurred_at)
     for key, slots in records.changes(envelope, event, at):
         _update_record(state, key, slots)
+    # The strings a fact keeps for long are shared (facts.shared).
     if isinstance(event, LeadCapturedV1):
         if not event.merged:  # a merged capture is a known lead seen again: not a new one
-            _update_lead(state, event.lead_id, lambda f: f.with_capture(at, event.source_channel))
+            channel = shared(event.source_channel)
+            _update_lead(state, event.lead_id, lambda f: f.with_capture(at, channel))
     elif isinstance(event, LeadQualifiedV1):
-        _update_lead(state, event.lead_id, lambda f: f.with_qualification(at, event.source_channel))
+        channel = shared(event.source_channel)
+        _update_lead(state, event.lead_id, lambda f: f.with_qualification(at, channel))
     elif isinstance(event, LeadVerdictV1):
         accepted = event.verdict == Verdict.ACCEPTED
         _update_lead(
@@ -126,7 +130,7 @@ def apply(state: AnalyticsState, envelope: Envelope, event: Event) -> AnalyticsS
         _update_receipt(
             state,
             event.handoff_event_id,
-            ReceiptFact(event.handoff, event.transport_latency_seconds, epoch(event.stored_at)),
+            ReceiptFact(shared(event.handoff), event.transport_latency_seconds, epoch(event.stored_at)),
         )
     return state
 

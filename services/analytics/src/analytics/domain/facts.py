@@ -17,13 +17,25 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NotRequired, TypedDict
+from sys import intern
+from typing import NotRequired, TypedDict, TypeVar, cast
 
 from crm_contracts.envelope import MAX_CLOCK_SKEW, MAX_EVENT_AGE
 
 MAX_QUALIFICATIONS = 8  # re-qualifications kept per lead (the most recent ones)
 MAX_CLOCK_SKEW_SECONDS = MAX_CLOCK_SKEW.total_seconds()
 MAX_EVENT_AGE_SECONDS = MAX_EVENT_AGE.total_seconds()
+
+
+T = TypeVar("T")
+
+
+def shared(value: T) -> T:
+    """A string a fact or record keeps for long, shared with every equal one (interned): the worker
+    parses events without the parser's cache for values (``crm_platform.dead_letters.CacheStrings``),
+    so each event's channel or handoff name would otherwise be a string of its own, held per lead
+    and per receipt. Anything but a ``str`` as it is."""
+    return cast(T, intern(cast(str, value))) if type(value) is str else value
 
 
 def epoch(moment: datetime) -> float:

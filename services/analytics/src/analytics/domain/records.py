@@ -60,6 +60,8 @@ from crm_contracts.events.service_desk import (
 )
 from crm_contracts.extensions import ExtensionField, ExtensionMoney
 
+from analytics.domain.facts import shared
+
 Scalar = str | float | int | bool | None
 Slot = dict[str, Scalar]  # always holds "at": epoch seconds
 Record = dict[str, Slot]
@@ -251,18 +253,17 @@ def _renewal_slot(event: RenewalRecordedV1, at: float) -> Slot:
     }
 
 
+def _channel_slot(event: LeadCapturedV1 | LeadQualifiedV1, at: float) -> Slot:
+    """A lead's capture or qualification: its channel and campaign, shared (facts.shared)."""
+    return {"at": at, "channel": shared(event.source_channel), "campaign": shared(event.campaign)}
+
+
 def _voice(event: Event, at: float) -> Iterator[Change]:
     """Leads (channel, campaign, verdict reasons) and action items."""
     if isinstance(event, LeadCapturedV1) and not event.merged:
-        yield (
-            f"lead:{event.lead_id}",
-            {"captured": {"at": at, "channel": event.source_channel, "campaign": event.campaign}},
-        )
+        yield f"lead:{event.lead_id}", {"captured": _channel_slot(event, at)}
     elif isinstance(event, LeadQualifiedV1):
-        yield (
-            f"lead:{event.lead_id}",
-            {"qualified": {"at": at, "channel": event.source_channel, "campaign": event.campaign}},
-        )
+        yield f"lead:{event.lead_id}", {"qualified": _channel_slot(event, at)}
     elif isinstance(event, LeadVerdictV1):
         reason = event.reason_code.value if event.reason_code is not None else None
         yield (
