@@ -261,3 +261,38 @@ async def test_the_worker_parses_values_outside_the_string_cache_and_its_facts_s
     assert len({id(cast(ReceiptFact, state.receipts[f"h-{n}"]).handoff) for n in range(3)}) == 1
     assert [fact.qualify_channel for fact in facts] == ["webina"] * 3
     assert worker.state.figures.funnel["qualified"] == 3
+
+
+async def test_after_a_large_fetch_the_next_fetch_and_its_fold_run_without_young_collections(
+    consumer, journey
+) -> None:
+    """While the consumer catches up (its last fetch's batch held a tenth of a poll's most or
+    more: a replay, a backlog), the next fetch and its fold run with the batch heap's young
+    threshold (``crm_platform.heap.batch_heap``: the fetch's decoded records are alive until
+    folded and acked, and young collections only walked and promoted them); after a small
+    (live) fetch, with the process's own; the threshold is put back at each fetch's end."""
+    import gc
+
+    from crm_platform.heap import GC_BATCH_YOUNG_THRESHOLD
+
+    worker, batch_consumer, _ = consumer
+    own = gc.get_threshold()
+    large = batch_consumer.catch_up_records()
+    assert large == worker.app.conf.broker_max_poll_records // 10 == 1000
+    assert not batch_consumer.catching_up
+    with batch_consumer.fetch_heap():
+        assert gc.get_threshold() == own
+    leads = TP(LEADS_EVENTS, 0)
+    values = [journey.captured(f"lead-{n}").to_bytes() for n in range(int(large) + 1)]
+    await batch_consumer.deliver({leads: [record(LEADS_EVENTS, 0, n, v) for n, v in enumerate(values)]}, None)
+    assert batch_consumer.catching_up
+    with batch_consumer.fetch_heap():
+        assert gc.get_threshold() == (GC_BATCH_YOUNG_THRESHOLD, *own[1:])
+    assert gc.get_threshold() == own
+    await batch_consumer.deliver({leads: [record(LEADS_EVENTS, 0, len(values), values[0])]}, None)
+    assert not batch_consumer.catching_up
+    with batch_consumer.fetch_heap():
+        assert gc.get_threshold() == own
+    assert worker.state.figures.funnel["captured"] == len(values)
+    assert worker._batch_confirmer is not None
+    await worker._batch_confirmer.stop()
