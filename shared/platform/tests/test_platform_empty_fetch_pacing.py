@@ -5,12 +5,17 @@ the longer pause of an idle consumer. The paced consumer on the real broker is t
 from __future__ import annotations
 
 import asyncio
+import collections
+import struct
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.client import ConnectionGroup
+from aiokafka.conn import AIOKafkaConnection
 from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.protocol.fetch import FetchRequest, FetchResponse_v11
 from crm_platform import kafka as kafka_module
 from crm_platform.kafka import pace_empty_fetches
 
@@ -443,3 +448,103 @@ async def test_a_key_fetch_on_its_way_does_not_keep_a_closed_consumers_fetcher(
     del fetcher, paused
     gc.collect()
     assert not kafka_module.records_fetch_pending()
+
+
+class _Broker:
+    """An aiokafka connection to the embedded broker as the paced fetch sees it: what is written
+    to it is a request, each answered (through aiokafka's own ``_handle_frame``) with the next of
+    ``answers`` (a FetchResponse v11's body), in order."""
+
+    def __init__(self, *answers: bytes) -> None:
+        self.answers = list(answers)
+        self.sent: list[bytes] = []
+        self._versions = {FetchRequest.API_KEY: (4, 11)}
+        self._client_id = "test"
+        self._requests: collections.deque[Any] = collections.deque()
+        self._correlation_id = 0
+        self._request_timeout = 40.0
+        self._writer = SimpleNamespace(write=self._write)
+
+    def connected(self) -> bool:
+        return True
+
+    def _next_correlation_id(self) -> int:
+        self._correlation_id += 1
+        return self._correlation_id
+
+    def _write(self, data: bytes) -> None:
+        self.sent.append(data)
+        frame = data[8:12] + self.answers.pop(0)  # the request's correlation id, then the answer
+        asyncio.get_running_loop().call_soon(AIOKafkaConnection._handle_frame, self, frame)
+
+
+def _answer(highwater: int, *, error: int = 0, records: bytes = b"") -> bytes:
+    partitions: list[Any] = [(p, error, highwater, highwater, 0, [], -1, records) for p in (0, 1)]
+    encoded: bytes = FetchResponse_v11(0, 0, 0, [("t", partitions)]).encode()
+    return encoded
+
+
+def _on_broker(fetcher: _Fetching, broker: _Broker) -> None:
+    fetcher._client._conns = {(0, ConnectionGroup.DEFAULT): broker}
+
+
+async def test_an_idle_fetch_sent_again_is_not_decoded_while_its_answer_is_the_same(
+    paced_round: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle consumer's request, sent again, goes out as the bytes it was (a new correlation id)
+    and its answer is compared with the last empty one as bytes: decoded once, not each time;
+    aiokafka's own fetch comes only when the answer changed (records came)."""
+    decoded: list[bytes] = []
+    decode = FetchResponse_v11.decode
+
+    def counted(data: Any) -> Any:
+        decoded.append(data)
+        return decode(data)
+
+    monkeypatch.setattr(FetchResponse_v11, "decode", counted)
+    fetcher = _Scripted(False, True)  # aiokafka's fetches: an empty one, then records
+    broker = _Broker(_answer(5), _answer(5), _answer(5), _answer(6))
+    _on_broker(fetcher, broker)
+    request = FetchRequest(0, 1, 1 << 20, 0, [("t", [(0, 5, 1 << 20), (1, 5, 1 << 20)])])
+    assignment = _assigned({0: 5, 1: 5})
+    assert await paced_round(fetcher, assignment, 0, request) is True
+    assert fetcher.fetches == 2, "aiokafka's fetch: the first, then the one the changed answer called for"
+    assert len(broker.sent) == 4, "three answers the same, the fourth changed"
+    assert len(decoded) == 1, "only the first answer to the request sent again"
+    encoded = request.prepare(broker._versions)
+    for correlation_id, sent in enumerate(broker.sent, start=1):
+        header = encoded.build_request_header(correlation_id=correlation_id, client_id="test").encode()
+        assert sent == struct.pack(">i", len(header) + len(encoded.encode())) + header + encoded.encode()
+    state = assignment.state_value(TopicPartition("t", 0))
+    assert state.highwater == 5
+    assert state.timestamp is not None
+
+
+@pytest.mark.parametrize("first", ["records", "error"])
+async def test_an_answer_with_records_or_an_error_is_for_aiokafkas_fetch(
+    paced_round: Any, first: str
+) -> None:
+    """The first answer to a request sent again is decoded: one with records or an error is not
+    taken as empty, and aiokafka's own fetch runs at once (and handles it, as it would have)."""
+    fetcher = _Scripted(False, True)
+    answer = _answer(6, records=b"x" * 70) if first == "records" else _answer(5, error=6)
+    broker = _Broker(answer)
+    _on_broker(fetcher, broker)
+    request = FetchRequest(0, 1, 1 << 20, 0, [("t", [(0, 5, 1 << 20), (1, 5, 1 << 20)])])
+    assert await paced_round(fetcher, _assigned({0: 5, 1: 5}), 0, request) is True
+    assert fetcher.fetches == 2
+    assert len(broker.sent) == 1
+
+
+async def test_a_consumer_not_idle_fetches_as_before(paced_round: Any) -> None:
+    """A consumer that had records within the second (on its plain pause: the handoffs at 25/s)
+    sends its request again through aiokafka's own fetch, as before: the first records after an
+    empty answer cost no round trip more there."""
+    fetcher = _Scripted(False, False, True)
+    fetcher._crm_empty_streak = 0  # records a moment ago
+    broker = _Broker()  # would fail on any request written to it
+    _on_broker(fetcher, broker)
+    request = FetchRequest(0, 1, 1 << 20, 0, [("t", [(0, 5, 1 << 20), (1, 5, 1 << 20)])])
+    assert await paced_round(fetcher, _assigned({0: 5, 1: 5}), 0, request) is True
+    assert fetcher.fetches == 3
+    assert not broker.sent

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import logging
 import random
 import struct
@@ -23,9 +24,10 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.conn import AIOKafkaConnection
+from aiokafka.client import ConnectionGroup
+from aiokafka.conn import AIOKafkaConnection, CloseReason
 from aiokafka.consumer.fetcher import Fetcher
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from crm_contracts.topics import TOPICS, TopicSpec
 
 from crm_platform.aiokafka_compat import require_patchable
@@ -527,10 +529,22 @@ def _pace_fetcher(what: str) -> None:
     original = Fetcher._proc_fetch_request
 
     async def paced(self: Fetcher, *args: Any, **kwargs: Any) -> bool:
+        fetch = original
         while True:
-            has_data, paused = await _paced_round(self, original, args, kwargs)
+            has_data, paused = await _paced_round(self, fetch, args, kwargs)
             if has_data or not paused or not may_fetch_again(self, args):
                 return has_data
+            fetch = again if _idle(self) else original
+
+    async def again(self: Fetcher, *args: Any, **kwargs: Any) -> bool:
+        """The same request once more: aiokafka's fetch only if the answer is not the last empty
+        one (:func:`same_empty_answer`)."""
+        try:
+            if await same_empty_answer(self, args):
+                return False
+        except asyncio.CancelledError:
+            return False  # as aiokafka's own fetch: closing, or the assignment changed
+        return bool(await original(self, *args, **kwargs))
 
     Fetcher._proc_fetch_request = paced
     Fetcher._crm_paced = True
@@ -641,14 +655,161 @@ def may_fetch_again(fetcher: Fetcher, args: tuple[Any, ...]) -> bool:
     consumed = getattr(fetcher, "_wait_consume_future", None)
     if consumed is None or consumed.done() or fetcher._records or not assignment.active:
         return False
-    asked = 0
-    for topic, partitions in request.topics:
-        for partition, offset, *_ in partitions:
-            state = assignment.state_value(TopicPartition(topic, partition))
-            if state is None or state.paused or not state.has_valid_position or state.position != offset:
+    asked = _asked(fetcher, request)
+    for tp, offset in asked:
+        state = assignment.state_value(tp)
+        if state is None or state.paused or not state.has_valid_position or state.position != offset:
+            return False
+    return len(asked) == len(assignment.tps)
+
+
+def _idle(fetcher: Fetcher) -> bool:
+    """Whether a consumer found nothing for :data:`IDLE_AFTER_SECONDS` (its pauses are the idle or
+    the patient one): only then is its request sent again as bytes (:func:`same_empty_answer`), so
+    a consumer that had records within the second (the handoffs at 25/s) fetches as before, and
+    the first records after an idle spell take one round trip more on a pause of 0.1 s or more."""
+    return (
+        bool(_empty_fetch_pause)
+        and getattr(fetcher, "_crm_empty_streak", 0) * _empty_fetch_pause >= IDLE_AFTER_SECONDS
+    )
+
+
+def _asked(fetcher: Fetcher, request: Any) -> list[tuple[TopicPartition, int]]:
+    """A fetch request's partitions and offsets, made once per request (an idle consumer asks the
+    same request again and again: a ``TopicPartition`` per partition each time was a third of
+    :func:`may_fetch_again`, twenty partitions in sales)."""
+    kept = getattr(fetcher, "_crm_asked", None)
+    if kept is not None and kept[0] is request:
+        return kept[1]  # type: ignore[no-any-return]
+    asked = [
+        (TopicPartition(topic, partition), offset)
+        for topic, partitions in request.topics
+        for partition, offset, *_ in partitions
+    ]
+    fetcher._crm_asked = (request, asked)
+    return asked
+
+
+class _Probe:
+    """An idle consumer's fetch request as the bytes it was sent as (its correlation id aside),
+    and the last answer to it known to bring nothing (its correlation id aside too)."""
+
+    __slots__ = ("answer", "conn", "head", "request", "states", "tail", "versioned")
+
+    def __init__(self, request: Any, conn: AIOKafkaConnection) -> None:
+        self.request = request
+        self.conn = conn
+        self.versioned = request.prepare(conn._versions)
+        # Every request header begins with api_key (2 bytes), api_version (2), correlation_id (4).
+        header = self.versioned.build_request_header(correlation_id=0, client_id=conn._client_id).encode()
+        message = header + self.versioned.encode()
+        self.head = struct.pack(">i", len(message)) + header[:4]
+        self.tail = message[8:]
+        self.answer: bytes | None = None
+        self.states: list[Any] = []  # the asked partitions' states, stamped at each answer
+
+    async def ask(self) -> bytes | None:
+        """Send the request again; its answer's frame, or None (no answer: aiokafka's fetch then
+        finds out why, as it would have)."""
+        conn = self.conn
+        correlation_id = conn._next_correlation_id()
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[bytes] = loop.create_future()
+        try:
+            conn._writer.write(self.head + struct.pack(">i", correlation_id) + self.tail)
+        except OSError:
+            conn.close(reason=CloseReason.CONNECTION_BROKEN)
+            return None
+        # aiokafka hands the frame of a request queued without a correlation id (its SASL
+        # tokens') to the future as it is, undecoded; frames come back in the order sent.
+        conn._requests.append((None, None, answered))
+        timer = loop.call_later(conn._request_timeout, _time_out, answered)
+        try:
+            frame = await answered
+        except (KafkaError, TimeoutError):
+            return None  # the connection closed, or no answer in time
+        finally:
+            timer.cancel()
+        if frame[:4] != struct.pack(">i", correlation_id):
+            conn.close(reason=CloseReason.OUT_OF_SYNC)  # as aiokafka does on a mismatch
+            return None
+        return frame
+
+    def unchanged(self, frame: bytes, assignment: Any) -> bool:
+        """Whether ``frame`` brings nothing: the same bytes as the last empty answer, or, the first
+        time, an answer decoded and found empty (no records, no error)."""
+        if self.answer is not None:
+            if frame[4:] != self.answer:
+                self.answer = None  # something changed: aiokafka's fetch reads it
                 return False
-            asked += 1
-    return asked == len(assignment.tps)
+            now_ms = int(1000 * time.time())
+            for state in self.states:
+                state.timestamp = now_ms  # the last fetch's time, as aiokafka keeps it (faust reads it)
+            return True
+        states = self._empty_answer(frame, assignment)
+        if states is None:
+            return False
+        self.answer, self.states = frame[4:], states
+        return True
+
+    def _empty_answer(self, frame: bytes, assignment: Any) -> list[Any] | None:
+        """The answer decoded as aiokafka would; the asked partitions' states updated as aiokafka
+        does for an empty one, or None if it brings records or an error."""
+        buffer = io.BytesIO(frame)
+        self.versioned.parse_response_header(buffer)
+        response = self.versioned.RESPONSE_TYPE.decode(buffer)
+        if getattr(response, "error_code", 0):
+            return None
+        for _, partitions in response.topics:
+            for _, error_code, _, *part_data in partitions:
+                if error_code or part_data[-1]:
+                    return None
+        offsets = {
+            TopicPartition(topic, partition): offset
+            for topic, partitions in self.request.topics
+            for partition, offset, *_ in partitions
+        }
+        now_ms = int(1000 * time.time())
+        states = []
+        for topic, partitions in response.topics:
+            for partition, _, highwater, *part_data in partitions:
+                tp = TopicPartition(topic, partition)
+                state = assignment.state_value(tp)
+                if state is None or not state.has_valid_position or state.position != offsets.get(tp):
+                    continue  # aiokafka discards an answer for a partition that moved meanwhile
+                state.highwater = highwater
+                state.lso = part_data[0] if response.API_VERSION >= 4 else None
+                state.timestamp = now_ms
+                states.append(state)
+        return states
+
+
+def _time_out(answered: asyncio.Future[bytes]) -> None:
+    if not answered.done():
+        answered.set_exception(TimeoutError())
+
+
+async def same_empty_answer(fetcher: Fetcher, args: tuple[Any, ...]) -> bool:
+    """Whether the request in ``args`` (one that :func:`may_fetch_again` let be sent again), sent
+    again, brings the same empty answer as last time: then nothing changed on the broker for
+    these partitions (an answer carries each partition's high watermark, start offset and error),
+    and the answer is not decoded. An idle consumer sent the same request about ten times a
+    second and decoded the same answer each time: aiokafka's request built and encoded again,
+    the answer's structs decoded, each partition's answer handled (about a third of an idle
+    department's CPU; docs/performance.md, twenty-third session, idle). Any other answer, or no
+    usable connection, is for aiokafka's own fetch, which then runs as before. Only for an idle
+    consumer (:func:`_idle`)."""
+    assignment, node_id, request = args[:3]
+    conns = getattr(getattr(fetcher, "_client", None), "_conns", None)
+    conn = conns.get((node_id, ConnectionGroup.DEFAULT)) if isinstance(conns, dict) else None
+    if conn is None or conn._writer is None or not conn.connected():
+        return False
+    probe: _Probe | None = getattr(fetcher, "_crm_probe", None)
+    if probe is None or probe.request is not request or probe.conn is not conn:
+        probe = _Probe(request, conn)
+        fetcher._crm_probe = probe
+    frame = await probe.ask()
+    return frame is not None and probe.unchanged(frame, assignment)
 
 
 def release_read_frames() -> None:
