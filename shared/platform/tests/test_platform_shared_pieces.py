@@ -168,50 +168,6 @@ def test_open_batches_raise_the_young_threshold_until_the_last_one_ends() -> Non
         gc.set_threshold(*saved)
 
 
-_MAPPED_BLOCKS = """
-import ctypes, json
-from crm_platform import heap
-
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-        "keepcost")]
-
-mallinfo2 = ctypes.CDLL(None).mallinfo2
-mallinfo2.restype = MallInfo2
-fixed = heap.fix_malloc_mmap_threshold()
-larger = bytearray(8 * 2**20)  # mapped, then freed: glibc would raise its threshold past it
-del larger
-before = mallinfo2().hblkhd
-block = bytearray(512 * 1024)
-during = mallinfo2().hblkhd
-del block
-print(json.dumps({"fixed": fixed, "mapped": during - before, "left": mallinfo2().hblkhd - before}))
-"""
-
-
-def test_large_blocks_keep_a_mapping_of_their_own_after_a_larger_one_was_freed() -> None:
-    """glibc's malloc raises its mapping threshold to the size of any mapped block freed: later
-    large buffers came from its heap, whose free space stayed resident (sales' drain heap 36-40
-    MB, 10-13 free, against 27-31). Fixed at start-up, a large block is a mapping of its own
-    and given back when freed (docs/performance.md, twenty-third session, draingc). In a fresh
-    interpreter: a long test process's heap may hold a free stretch that serves the block."""
-    import json
-    import subprocess
-    import sys
-
-    import pytest
-    from crm_platform import heap
-
-    out = subprocess.run([sys.executable, "-c", _MAPPED_BLOCKS], capture_output=True, text=True, check=True)
-    seen = json.loads(out.stdout)
-    if not seen["fixed"]:
-        pytest.skip("the C library is not glibc")
-    assert seen["mapped"] >= 512 * 1024, "a large block is a mapping of its own"
-    assert seen["left"] == 0, "and given back as it is freed"
-    assert heap.MALLOC_MMAP_THRESHOLD <= 128 * 1024
-
-
 def test_a_started_service_collects_its_young_objects_every_ten_thousand_allocations() -> None:
     """A bulk batch's objects are not walked and promoted by a young collection every 700
     allocations (docs/performance.md, ninth session, bulk): the start-up freeze sets it."""

@@ -8,7 +8,6 @@ of its resident memory: docs/performance.md, "Thirteenth session, memory").
 
 from __future__ import annotations
 
-import ctypes
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,34 +32,6 @@ def freeze_startup_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-    fix_malloc_mmap_threshold()
-
-
-# Allocations of this many bytes or more get a mapping of their own from glibc's malloc, given
-# back to the system as they are freed (glibc's starting value, kept fixed: see below).
-MALLOC_MMAP_THRESHOLD = 128 * 1024
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
-
-
-def fix_malloc_mmap_threshold() -> bool:
-    """Keep glibc's malloc giving large blocks (:data:`MALLOC_MMAP_THRESHOLD` and more) mappings of
-    their own, returned to the system when freed, instead of carving them out of its heap.
-
-    glibc raises that threshold to the size of any mapped block freed (up to 32 MB): once a
-    process's first large buffers were freed, every later one came from the heap, whose free
-    space grew as a drain went on and stayed resident: sales' heap 36-40 MB (10-13 free) over a
-    100,000-handoff drain against 27-31 (3-6 free) with the threshold fixed
-    (docs/performance.md, twenty-third session, draingc). Called at start-up; False where the
-    C library is not glibc (nothing changed).
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 - glibc only: musl and others ignore or lack it
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD))
 
 
 # Net allocations between young-generation collections in a service process (Python's 700).
