@@ -9,6 +9,12 @@ notice, so each patch first calls :func:`require_patchable`, which raises, and s
 stops the service at startup, on any aiokafka it was not read against: a patch
 silently applied to code it does not know is worse than none.
 
+``pace_empty_fetches`` also sends an idle consumer's fetch again as bytes on aiokafka's
+connection (``crm_platform.kafka.same_empty_answer``: ``AIOKafkaConnection._writer``,
+``_requests``, ``_next_correlation_id``, ``_versions``, and ``_handle_frame`` handing a
+frame queued without a correlation id to its future undecoded), so a new aiokafka's
+connection code is to be read as well.
+
 ``crm-platform`` pins aiokafka to exactly these versions (its ``pyproject.toml``),
 so an install cannot drift either. To move to a new aiokafka: read its
 ``Fetcher.close``, ``_fetch_requests_routine`` and ``_proc_fetch_request`` (is the
