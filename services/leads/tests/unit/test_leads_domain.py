@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
+import pydantic
 import pytest
 from crm_contracts.events.common import Behaviour
+from crm_contracts.events.common import Consent as ConsentV1
+from crm_contracts.events.leads import LeadCapturedV2
 from crm_platform.actor import Actor
 from leads.domain import leads as d
 from leads.domain.leads import Capture, Lead, LeadStatus
@@ -202,6 +206,87 @@ def test_a_new_lead_is_the_lead_its_constructor_makes(monkeypatch: pytest.Monkey
     assert first.custom is not given.custom, "its own custom map, not the capture's"
     assert first.behaviour_totals is not second.behaviour_totals
     assert first.cycle_counts is not second.cycle_counts
+
+
+def _captured_validated(x: Lead, given: Capture, merged: bool) -> LeadCapturedV2:
+    """``lead.captured`` v2 as the model's validation makes it (what captured_event built before)."""
+    return LeadCapturedV2(
+        lead_id=x.id,
+        email=x.email,
+        name=x.name,
+        company=x.company or "",
+        source_channel=given.source_channel,
+        campaign=given.campaign,
+        consent=ConsentV1(marketing_email=x.consent.marketing_email, captured_at=x.consent.captured_at),
+        merged=merged,
+        custom={},
+    )
+
+
+class _Refused:
+    """A model's validator that fails the test when called."""
+
+    def validate_python(self, *_args: object, **_kwargs: object) -> None:
+        raise AssertionError("validated")
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        capture(),
+        capture(email=" ADA@example.com ", company=None, campaign=None, marketing_email=False),
+        capture(company="  ", name="Ada  Lovelace ", source_channel="web_form"),
+    ],
+)
+@pytest.mark.parametrize("merged", [False, True])
+def test_a_captured_event_is_the_one_its_model_validates_without_running_the_validation(
+    monkeypatch: pytest.MonkeyPatch, given: Capture, merged: bool
+) -> None:
+    """captured_event builds ``lead.captured`` v2 without the model's validation (every bulk-
+    captured and imported lead) when each value is one it keeps as it is: the same event, field
+    by field and type by type, the same fields set, the same JSON form."""
+    x = Lead.new("lead-1", given, T0)
+    expected = _captured_validated(x, given, merged)
+    monkeypatch.setattr(LeadCapturedV2, "__pydantic_validator__", _Refused())
+    monkeypatch.setattr(ConsentV1, "__pydantic_validator__", _Refused())
+    event = x.captured_event(given, merged)
+    assert type(event) is LeadCapturedV2
+    assert type(event.consent) is ConsentV1
+    assert event == expected
+    assert [(k, type(v)) for k, v in vars(event).items()] == [(k, type(v)) for k, v in vars(expected).items()]
+    assert vars(event.consent) == vars(expected.consent)
+    assert event.model_fields_set == expected.model_fields_set
+    assert event.consent.model_fields_set == expected.consent.model_fields_set
+    assert event.to_payload() == expected.to_payload()
+    assert event.model_dump_json() == expected.model_dump_json()
+    with pytest.raises(pydantic.ValidationError):  # still a frozen model
+        event.name = "changed"  # type: ignore[misc]
+
+
+class _Channel(StrEnum):
+    WEBINAR = "webinar"
+
+
+def test_a_captured_event_the_validation_would_change_or_refuse_is_validated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Values the model's validation would change (a ``StrEnum`` member becomes its plain value),
+    custom values (their bounds are the model's) and values it refuses (an e-mail that is no
+    address, a time without a zone) go through the validation, as before."""
+    enum_channel = capture(source_channel=_Channel.WEBINAR)
+    x = Lead.new("lead-1", enum_channel, T0)
+    event = x.captured_event(enum_channel, False)
+    assert event == _captured_validated(x, enum_channel, False)
+    assert type(event.source_channel) is str
+    with_custom = Lead.new("lead-1", capture(custom={"seats": 12}), T0)
+    monkeypatch.setattr(d, "to_extensions", lambda _fields, values: dict(values))
+    with pytest.raises(pydantic.ValidationError, match=r"custom\.seats"):  # the model checks the map
+        with_custom.captured_event(capture(), False)
+    with pytest.raises(pydantic.ValidationError):
+        dataclasses.replace(x, email="not an address").captured_event(capture(), False)
+    naive = dataclasses.replace(x, consent=d.Consent(True, T0.replace(tzinfo=None)))
+    with pytest.raises(pydantic.ValidationError):
+        naive.captured_event(capture(), False)
 
 
 def test_merge_fills_empty_fields_keeps_filled_ones_and_the_origin() -> None:
