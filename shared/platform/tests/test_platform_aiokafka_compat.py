@@ -8,6 +8,7 @@ from pathlib import Path
 import aiokafka
 import pytest
 from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from crm_platform import kafka
 from crm_platform.aiokafka_compat import PATCHED_FOR, UnsupportedAiokafka, require_patchable
 from crm_platform.liveness import harden_aiokafka
@@ -41,11 +42,14 @@ def test_harden_aiokafka_refuses_another_version_and_leaves_fetcher_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(Fetcher, "_crm_hardened", False, raising=False)
+    monkeypatch.setattr(GroupCoordinator, "_crm_leaves_abandoned", False, raising=False)
     close = Fetcher.close
+    reset = GroupCoordinator.reset_generation
     monkeypatch.setattr(aiokafka, "__version__", "0.99.0")
     with pytest.raises(UnsupportedAiokafka, match="harden_aiokafka"):
         harden_aiokafka()
     assert Fetcher.close is close
+    assert GroupCoordinator.reset_generation is reset
 
 
 def test_empty_fetch_pacing_refuses_another_version(monkeypatch: pytest.MonkeyPatch) -> None:

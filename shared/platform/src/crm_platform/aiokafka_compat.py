@@ -2,7 +2,9 @@
 
 Two fixes replace private aiokafka methods for the whole process, because the
 public API offers no way in: ``crm_platform.liveness.harden_aiokafka``
-(``Fetcher.close``, so a consumer's ``stop()`` returns after a broker restart) and
+(``Fetcher.close``, so a consumer's ``stop()`` returns after a broker restart; and
+``GroupCoordinator.reset_generation``, ``_maybe_leave_group`` and ``close``, so a member id
+aiokafka gives up is left with a ``LeaveGroup``) and
 ``crm_platform.kafka.pace_empty_fetches`` (``Fetcher._proc_fetch_request``, only
 against a broker that answers empty fetches at once). Private code changes without
 notice, so each patch first calls :func:`require_patchable`, which raises, and so
@@ -18,7 +20,9 @@ connection code is to be read as well.
 ``crm-platform`` pins aiokafka to exactly these versions (its ``pyproject.toml``),
 so an install cannot drift either. To move to a new aiokafka: read its
 ``Fetcher.close``, ``_fetch_requests_routine`` and ``_proc_fetch_request`` (is the
-swallowed cancel still there? aio-libs/aiokafka#983), adapt or drop the patches,
+swallowed cancel still there? aio-libs/aiokafka#983), ``GroupCoordinator.reset_generation``
+and its callers (does it still forget the member id without leaving? does
+``_send_sync_group_request`` still restore it?), adapt or drop the patches,
 run ``tests/reliability/test_consumer_survives_broker_restarts.py``, then add the
 version here and to the pin together.
 """

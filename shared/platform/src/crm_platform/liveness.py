@@ -43,6 +43,9 @@ from typing import Any, NamedTuple
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.errors import KafkaError, UnknownMemberIdError, for_code
+from aiokafka.protocol.group import LeaveGroupRequest
 
 from crm_platform import metrics
 from crm_platform.aiokafka_compat import require_patchable
@@ -133,6 +136,105 @@ def harden_aiokafka() -> None:
 
     Fetcher.close = close
     Fetcher._crm_hardened = True
+    _leave_abandoned_members()
+
+
+# How long a consumer's stop() waits for the LeaveGroup requests of member ids it abandoned
+# (:func:`_leave_abandoned_members`) before it closes the client under them.
+ABANDONED_LEAVE_SECONDS = 5.0
+
+
+def _leave_abandoned_members() -> None:
+    """Make a group consumer send a ``LeaveGroup`` for every member id it abandons.
+
+    aiokafka forgets its member id whenever the coordinator answers a commit, heartbeat, join
+    or sync with ``IllegalGenerationError`` or ``UnknownMemberIdError``
+    (``GroupCoordinator.reset_generation``) and joins again as a new member, without telling
+    the coordinator it left; and it sends a ``LeaveGroup`` on close only for a member with a
+    generation. After a broker restart the coordinator may still hold the old member: Apache
+    Kafka waits for it in the next rebalance until its session or rebalance timeout ends, and
+    noida-db keeps it for good, so the new member's every join completed a generation led by
+    the old one, which never synced: the group stalled, silently, every later start ran into
+    ``CRM_KAFKA_START_SECONDS`` (docs/performance.md, twenty-fourth session, restart).
+
+    The patched ``reset_generation`` sends a ``LeaveGroup`` for the member id it is about to
+    forget (in a task; a coordinator that does not know it answers ``UnknownMemberIdError``,
+    which changes nothing), and ``close`` waits for those requests, bounded by
+    :data:`ABANDONED_LEAVE_SECONDS`, and leaves a member that has an id but no generation (one
+    aiokafka's close would not leave). Static members (``group.instance.id``) are left to their
+    session timeout, as aiokafka leaves them. Only the Kafka protocol's ``LeaveGroup``: the same
+    on any broker. Called by :func:`harden_aiokafka`.
+
+    Why long: the three replaced methods close over the originals they call; apart, each would
+    need the originals kept in module globals.
+    """
+    if getattr(GroupCoordinator, "_crm_leaves_abandoned", False):
+        return
+    reset_generation = GroupCoordinator.reset_generation
+    maybe_leave_group = GroupCoordinator._maybe_leave_group
+    close = GroupCoordinator.close
+
+    def reset(self: GroupCoordinator) -> None:
+        member = self.member_id
+        left = self.__dict__.setdefault("_crm_left", set())
+        if (
+            member
+            and member not in left
+            and self._group_instance_id is None
+            and not getattr(self, "_crm_leaving", False)
+        ):
+            left.add(member)  # once: aiokafka may restore an id it reset (a sync that succeeded meanwhile)
+            leaves = self.__dict__.setdefault("_crm_leaves", set())
+            task = asyncio.get_running_loop().create_task(_leave(self, member))
+            leaves.add(task)
+            task.add_done_callback(leaves.discard)
+        reset_generation(self)
+
+    async def leave_group(self: GroupCoordinator) -> None:
+        member = self.member_id
+        if (
+            self._group_instance_id is None
+            and member
+            and self.generation <= 0
+            and member not in self._crm_left
+        ):
+            await _leave(self, member)  # an id without a generation: aiokafka skips it
+        self._crm_leaving = True  # aiokafka's own LeaveGroup, then its reset_generation
+        try:
+            await maybe_leave_group(self)
+        finally:
+            self._crm_leaving = False
+
+    async def close_after_leaves(self: GroupCoordinator) -> None:
+        leaves = getattr(self, "_crm_leaves", None)
+        if leaves:
+            _, late = await asyncio.wait(set(leaves), timeout=ABANDONED_LEAVE_SECONDS)
+            for task in late:
+                task.cancel()
+        await close(self)
+
+    GroupCoordinator._crm_left = frozenset()  # the ids it left: its own set from its first reset on
+    GroupCoordinator.reset_generation = reset
+    GroupCoordinator._maybe_leave_group = leave_group
+    GroupCoordinator.close = close_after_leaves
+    GroupCoordinator._crm_leaves_abandoned = True
+
+
+async def _leave(coordinator: GroupCoordinator, member: str) -> None:
+    """One ``LeaveGroup`` for ``member``, logged; a failure is logged, not raised."""
+    group = coordinator.group_id
+    try:
+        response = await coordinator._send_req(LeaveGroupRequest(group, member))
+    except KafkaError as exc:
+        log.warning("could not leave group %s as abandoned member %s (%s)", group, member, exc)
+        return
+    error = for_code(response.error_code)
+    if error is UnknownMemberIdError:
+        log.info("group %s no longer knows abandoned member %s", group, member)
+    elif response.error_code:
+        log.warning("LeaveGroup of group %s for member %s: %s", group, member, error.__name__)
+    else:
+        log.info("left group %s as abandoned member %s", group, member)
 
 
 async def _finish(*tasks: asyncio.Future[Any] | None, rounds: int = 20) -> None:
