@@ -64,6 +64,7 @@ from crm_platform.kafka import (
     records_fetch_read,
     start_client,
     stop_client,
+    wait_for_records_ms,
 )
 from crm_platform.logging import correlation_id_var
 from crm_platform.mongo import PROCESSED, Store, Tx, audit_context, causation_var, commands_may_overlap
@@ -98,10 +99,17 @@ class _Lanes:
     the partition's later records queued until it ends, then handled in order, at most
     ``per_batch`` at a time. ``taken`` counts the records queued or being handled."""
 
-    def __init__(self, handle: Lane, per_batch: int, stopping: asyncio.Event) -> None:
+    def __init__(
+        self,
+        handle: Lane,
+        per_batch: int,
+        stopping: asyncio.Event,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
         self._handle = handle
         self._per_batch = per_batch
         self._stopping = stopping
+        self._on_failure = on_failure  # the loop's wait for records ends (EventConsumer._wake_fetch)
         self._tasks: dict[TopicPartition, asyncio.Task[None]] = {}
         self._queued: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
         self._room = asyncio.Event()
@@ -133,6 +141,8 @@ class _Lanes:
         self._room.set()
         if not task.cancelled() and task.exception() is not None and self.failure is None:
             self.failure = task.exception()
+            if self._on_failure is not None:
+                self._on_failure()
         more = self._queued.pop(tp, None)
         if more is None:
             return
@@ -163,6 +173,10 @@ class _Lanes:
         """Wait until no batch is being handled (a batch's end may start its partition's next)."""
         while self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+
+class _FetchWoken(Exception):
+    """Ends an event consumer's wait for records (``EventConsumer._wake_fetch``)."""
 
 
 @dataclass
@@ -313,6 +327,17 @@ class EventConsumer:
 
     async def stop(self) -> None:
         self._stopping.set()
+        self._wake_fetch()
+
+    def _wake_fetch(self) -> None:
+        """End the loop's wait for records (``getmany``) now: a stop, or a lane's failure, is seen
+        at once, not at the wait's timeout (``kafka.RECORDS_WAIT_SECONDS``). aiokafka's fetch
+        waiters take an exception as they do for a critical error (``abort_waiters``);
+        :meth:`_fetch` takes it as no records."""
+        fetcher = getattr(self.consumer, "_fetcher", None)
+        for waiter in list(getattr(fetcher, "_fetch_waiters", ())):
+            if not waiter.done():
+                waiter.set_exception(_FetchWoken())
 
     async def run(self) -> None:
         """Consume until stopped; reconnect with backoff when the broker goes away."""
@@ -391,6 +416,7 @@ class EventConsumer:
             lambda tp, records: self._handle_and_commit(consumer, tp, records),
             self.config.max_records,
             self._stopping,
+            on_failure=self._wake_fetch,
         )
         try:
             while not self._stopping.is_set() and lanes.failure is None:
@@ -468,7 +494,15 @@ class EventConsumer:
         idle = lanes.idle_first(self.consumer.assignment()) if lanes is not None and lanes.busy() else []
         if idle and (batches := await self._take(idle, room)):
             return batches
-        batches = dict(await self.consumer.getmany(timeout_ms=200, max_records=min(per_partition, room)))
+        try:
+            # Until records come, a stop or a lane's failure (_wake_fetch), or about a second on
+            # the process's wake-up grid (kafka.wait_for_records_ms): not a wake-up of its own.
+            got = await self.consumer.getmany(
+                timeout_ms=wait_for_records_ms(), max_records=min(per_partition, room)
+            )
+        except _FetchWoken:
+            return {}
+        batches = dict(got)
         if not batches:
             return batches
         room -= sum(len(records) for records in batches.values())

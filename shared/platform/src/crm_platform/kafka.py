@@ -12,6 +12,7 @@ import asyncio
 import functools
 import io
 import logging
+import math
 import random
 import struct
 import time
@@ -166,9 +167,46 @@ def make_producer(
 
 # aiokafka's fetch routine wakes at least this often even when nothing happened (its
 # ``consumer_timeout_ms``, 200 by default): every event it acts on (a fetch done, records
-# consumed, a seek, a resumed partition, a new assignment) wakes it anyway, so an idle consumer
-# whose fetch task pauses (:func:`pace_empty_fetches`) need not also wake it five times a second.
-FETCH_ROUTINE_TIMEOUT_MS = 1000
+# consumed, a seek, a resumed partition, a new assignment) wakes it anyway, and a node it must
+# wait for (a backoff, metadata) sets a shorter timeout of its own, so an idle consumer whose
+# fetch task pauses (:func:`pace_empty_fetches`) need not also wake it on its own: once every
+# 5 s, not every second (three consumers a department: docs/performance.md, twenty-fourth
+# session, wakeups).
+FETCH_ROUTINE_TIMEOUT_MS = 5000
+
+# An idle process's timers end on this grid (seconds of the event loop's clock): the idle and
+# patient pauses after empty fetches (:func:`pause_empty`) and the consumers' waits for records
+# (:func:`wait_for_records_ms`), so the consumers of one process that wait at once wake at once,
+# one wake-up of the process instead of one each. On this VM a wake-up on a quiet core costs
+# several times the CPU of the work it does (docs/performance.md, twenty-third session, idle).
+# The plain pause (shorter than the grid, while records flow) is not moved.
+WAKE_GRID_SECONDS = 0.1
+
+
+def on_grid(now: float, seconds: float) -> float:
+    """When a wait of ``seconds`` begun at ``now`` ends: at ``now + seconds`` for a wait shorter
+    than :data:`WAKE_GRID_SECONDS`, else at the grid's point nearest to it (never sooner than
+    half a grid step after ``now``), so the wait is ``seconds`` within half a step."""
+    if seconds < WAKE_GRID_SECONDS:
+        return now + seconds
+    step = WAKE_GRID_SECONDS
+    return max(round((now + seconds) / step), math.ceil((now + step / 2) / step)) * step
+
+
+# How long a consumer's ``getmany`` waits for records at most (:func:`wait_for_records_ms`): it
+# returns as soon as a fetch brings some, so the timeout only bounds how late an idle consumer's
+# loop looks at anything else (aiokafka's coordination errors, which ``getmany`` raises on its
+# next call). Each timeout was a wake-up: 200 ms, five a second for each of a department's two
+# event consumers. A consumer's stop and a lane's failure end the wait at once
+# (crm_platform.consumer.EventConsumer).
+RECORDS_WAIT_SECONDS = 1.0
+
+
+def wait_for_records_ms(seconds: float = RECORDS_WAIT_SECONDS) -> float:
+    """``getmany``'s ``timeout_ms`` for a wait of about ``seconds`` that ends on the wake-up grid
+    (:func:`on_grid`): with the idle pauses of the process's consumers, not a wake-up of its own."""
+    now = asyncio.get_running_loop().time()
+    return 1000 * (on_grid(now, seconds) - now)
 
 
 def make_consumer(*topics: str, security: KafkaSecurity | None = None, **config: Any) -> AIOKafkaConsumer:
@@ -489,7 +527,8 @@ async def pause_empty(seconds: float, *, until_records: bool = False, fetcher: o
     raises besides (a few more loop rounds and an exception per pause, in every idle process)."""
     loop = asyncio.get_running_loop()
     waiter = loop.create_future()
-    timer = loop.call_later(seconds, _end_pause, waiter)
+    # An idle or patient pause ends on the wake-up grid, with the process's other idle waits.
+    timer = loop.call_at(on_grid(loop.time(), seconds), _end_pause, waiter)
     _pauses.add(waiter)
     if until_records:
         _patient_pauses[waiter] = fetcher

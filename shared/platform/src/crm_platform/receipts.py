@@ -62,6 +62,7 @@ from crm_platform.kafka import (
     pace_records,
     start_client,
     stop_client,
+    wait_for_records_ms,
 )
 from crm_platform.liveness import PartitionTracker
 from crm_platform.mongo import (
@@ -80,6 +81,10 @@ log = logging.getLogger("crm.receipts")
 
 PENDING, RECEIPTED, GAVE_UP = "pending", "receipted", "gave_up"
 RECEIPT_EVENT = HandoffReceivedV1.event_type
+# The receipt listener's wait for receipts at most (``getmany``): it returns with the first
+# receipts and is cancelled on a stop, so the timeout only bounds how late aiokafka's coordination
+# errors are raised; at 500 ms it was two wake-ups a second in each department.
+RECEIPTS_WAIT_SECONDS = 2.0
 # A received handoff's ledger entry names the consumer batch row its receipt is stored in (the
 # row's ``ROW_KEY``: crm_platform.consumer), so confirm_again finds it with one index entry per
 # row. Until the nineteenth session an index over every receipt in every batch row
@@ -318,7 +323,11 @@ class HandoffTracker:
                 await start_client(consumer, self.settings.kafka_start_seconds)
                 backoff = 0.5
                 while not self._stopping.is_set():
-                    batches = await consumer.getmany(timeout_ms=500, max_records=500)
+                    # Cancelled on a stop: the wait ends with records, or on the process's
+                    # wake-up grid after a few seconds (kafka.wait_for_records_ms), not twice a second.
+                    batches = await consumer.getmany(
+                        timeout_ms=wait_for_records_ms(RECEIPTS_WAIT_SECONDS), max_records=500
+                    )
                     if not batches:
                         continue
                     ids = self.ours(r.value for records in batches.values() for r in records)
