@@ -135,3 +135,104 @@ def test_a_consumer_patient_until_records_marks_its_kafka_client(monkeypatch: An
     kafka = _connected(monkeypatch, patient_until_records=True)
     assert kafka._client._crm_patient is True
     assert kafka._client._crm_until_records is True
+
+
+class Waiting:
+    """aiokafka's ``getmany`` waiting for records that do not come: its fetcher's own wait
+    (``Fetcher.fetched_records``: a fetch waiter, ``asyncio.wait`` with the timeout) over nothing
+    buffered."""
+
+    def __init__(self) -> None:
+        from aiokafka.consumer.fetcher import Fetcher
+
+        self.fetcher = Fetcher.__new__(Fetcher)
+        self.fetcher._loop = asyncio.get_running_loop()
+        self.fetcher._fetch_waiters = set()
+        self.fetcher._records = {}
+        self.fetcher._closed = False
+        self.fetcher._subscriptions = type("Subscriptions", (), {"reassignment_in_progress": False})()
+        self._fetcher = self.fetcher
+        self.timeouts_ms: list[float] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(PARTITIONS)
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: float = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Any]]:
+        self.timeouts_ms.append(timeout_ms)
+        result: dict[TopicPartition, list[Any]] = await self.fetcher.fetched_records(
+            partitions, timeout_ms / 1000, max_records
+        )
+        return result
+
+
+async def _waiting_fetch(monkeypatch: Any) -> tuple[EventConsumer, Waiting, asyncio.Task[Any]]:
+    from crm_platform import consumer as consumer_module
+
+    # A wait for records that would last an hour: only the consumer's own wake can end it here.
+    monkeypatch.setattr(consumer_module, "wait_for_records_ms", lambda: 3_600_000)
+    consumer = _consumer()
+    kafka = Waiting()
+    consumer.consumer = kafka
+    fetch = asyncio.create_task(consumer._fetch())
+    while not kafka.fetcher._fetch_waiters:
+        await asyncio.sleep(0)
+    return consumer, kafka, fetch
+
+
+def test_a_stop_ends_the_consumers_wait_for_records_at_once(monkeypatch: Any) -> None:
+    """The loop's ``getmany`` waits about a second for records (not 200 ms: five wake-ups a second
+    of an idle consumer); a stop must not wait for its end: it ends the wait, as no records."""
+
+    async def scenario() -> tuple[bool, Any]:
+        consumer, _, fetch = await _waiting_fetch(monkeypatch)
+        await consumer.stop()
+        done, _ = await asyncio.wait([fetch], timeout=60)  # a guard against a hang, not a timing
+        return fetch in done, fetch.result() if fetch in done else None
+
+    ended, batches = asyncio.run(scenario())
+    assert ended, "the wait for records ran on after the stop"
+    assert batches == {}
+
+
+def test_a_lanes_failure_ends_the_consumers_wait_for_records(monkeypatch: Any) -> None:
+    """A batch that fails ends the loop (a reconnect): the loop sees it at once, not after the
+    wait for records runs out."""
+    from crm_platform.consumer import _Lanes
+
+    async def scenario() -> tuple[bool, Any]:
+        consumer, _, fetch = await _waiting_fetch(monkeypatch)
+
+        async def fails(tp: TopicPartition, records: list[Any]) -> None:
+            raise RuntimeError("the store went away")
+
+        lanes = _Lanes(fails, 250, asyncio.Event(), on_failure=consumer._wake_fetch)
+        lanes.add(PARTITIONS[0], [object()])
+        done, _ = await asyncio.wait([fetch], timeout=60)  # a guard against a hang, not a timing
+        await lanes.ended()
+        return fetch in done, lanes.failure
+
+    ended, failure = asyncio.run(scenario())
+    assert ended, "the wait for records ran on after a lane failed"
+    assert isinstance(failure, RuntimeError)
+
+
+def test_the_wait_for_records_is_about_a_second_and_ends_on_the_wake_up_grid() -> None:
+    from crm_platform.kafka import RECORDS_WAIT_SECONDS
+    from crm_platform.wakeups import WAKE_GRID_SECONDS, on_grid
+
+    async def scenario() -> tuple[float, float]:
+        consumer = _consumer()
+        kafka = Waiting()
+        consumer.consumer = kafka
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        await consumer._fetch()  # nothing comes: the wait runs out
+        return now, kafka.timeouts_ms[0]
+
+    now, timeout_ms = asyncio.run(scenario())
+    assert abs(timeout_ms / 1000 - RECORDS_WAIT_SECONDS) <= WAKE_GRID_SECONDS / 2 + 0.01
+    end = now + timeout_ms / 1000
+    assert abs(end / WAKE_GRID_SECONDS - round(end / WAKE_GRID_SECONDS)) < 0.05  # on the grid (to the ms)
+    assert on_grid(now, RECORDS_WAIT_SECONDS) >= now + WAKE_GRID_SECONDS / 2

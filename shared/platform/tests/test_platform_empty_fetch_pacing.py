@@ -17,6 +17,7 @@ from aiokafka.conn import AIOKafkaConnection
 from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.protocol.fetch import FetchRequest, FetchResponse_v11
 from crm_platform import kafka as kafka_module
+from crm_platform import wakeups
 from crm_platform.kafka import pace_empty_fetches
 
 
@@ -548,3 +549,35 @@ async def test_a_consumer_not_idle_fetches_as_before(paced_round: Any) -> None:
     assert await paced_round(fetcher, _assigned({0: 5, 1: 5}), 0, request) is True
     assert fetcher.fetches == 3
     assert not broker.sent
+
+
+def test_idle_waits_end_on_one_grid_and_short_ones_are_not_moved() -> None:
+    """The consumers of an idle process that pause (idle 0.1 s, patient 0.5 s) or wait for records
+    at different moments end their waits together, on the grid: one wake-up of the process, not
+    one each. Each wait keeps its length within half a grid step; the plain pause is not moved."""
+    step = wakeups.WAKE_GRID_SECONDS
+    ends = set()
+    for begun in (1000.001, 1000.013, 1000.031, 1000.049):
+        for seconds in (0.1, 0.5, 1.0):
+            end = wakeups.on_grid(begun, seconds)
+            assert abs(end - (begun + seconds)) <= step / 2 + 1e-9
+            assert end - begun >= step / 2
+            ends.add(round(end / step))
+            assert end == round(end / step) * step
+    assert ends == {10001, 10005, 10010}, "every consumer's wait of one length ends at one moment"
+    assert wakeups.on_grid(1000.013, 0.02) == 1000.013 + 0.02  # the plain pause is not moved
+
+
+async def test_an_idle_pause_ends_on_the_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    asked: list[float] = []
+    real = loop.call_at
+
+    def call_at(when: float, *args: Any, **kwargs: Any) -> Any:
+        asked.append(when)
+        return real(when, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", call_at)
+    await kafka_module.pause_empty(0.1)
+    [when] = asked
+    assert when == round(when / wakeups.WAKE_GRID_SECONDS) * wakeups.WAKE_GRID_SECONDS

@@ -12,7 +12,6 @@ import asyncio
 import functools
 import io
 import logging
-import math
 import random
 import struct
 import time
@@ -33,6 +32,7 @@ from crm_contracts.topics import TOPICS, TopicSpec
 
 from crm_platform.aiokafka_compat import require_patchable
 from crm_platform.kafka_security import KafkaSecurity
+from crm_platform.wakeups import on_grid
 
 if TYPE_CHECKING:
     from kafka.admin import KafkaAdminClient
@@ -174,25 +174,6 @@ def make_producer(
 # session, wakeups).
 FETCH_ROUTINE_TIMEOUT_MS = 5000
 
-# An idle process's timers end on this grid (seconds of the event loop's clock): the idle and
-# patient pauses after empty fetches (:func:`pause_empty`) and the consumers' waits for records
-# (:func:`wait_for_records_ms`), so the consumers of one process that wait at once wake at once,
-# one wake-up of the process instead of one each. On this VM a wake-up on a quiet core costs
-# several times the CPU of the work it does (docs/performance.md, twenty-third session, idle).
-# The plain pause (shorter than the grid, while records flow) is not moved.
-WAKE_GRID_SECONDS = 0.1
-
-
-def on_grid(now: float, seconds: float) -> float:
-    """When a wait of ``seconds`` begun at ``now`` ends: at ``now + seconds`` for a wait shorter
-    than :data:`WAKE_GRID_SECONDS`, else at the grid's point nearest to it (never sooner than
-    half a grid step after ``now``), so the wait is ``seconds`` within half a step."""
-    if seconds < WAKE_GRID_SECONDS:
-        return now + seconds
-    step = WAKE_GRID_SECONDS
-    return max(round((now + seconds) / step), math.ceil((now + step / 2) / step)) * step
-
-
 # How long a consumer's ``getmany`` waits for records at most (:func:`wait_for_records_ms`): it
 # returns as soon as a fetch brings some, so the timeout only bounds how late an idle consumer's
 # loop looks at anything else (aiokafka's coordination errors, which ``getmany`` raises on its
@@ -204,7 +185,8 @@ RECORDS_WAIT_SECONDS = 1.0
 
 def wait_for_records_ms(seconds: float = RECORDS_WAIT_SECONDS) -> float:
     """``getmany``'s ``timeout_ms`` for a wait of about ``seconds`` that ends on the wake-up grid
-    (:func:`on_grid`): with the idle pauses of the process's consumers, not a wake-up of its own."""
+    (crm_platform.wakeups): with the idle pauses of the process's consumers, not a wake-up of its
+    own (``WAKE_GRID_SECONDS``: within half a step of ``seconds``)."""
     now = asyncio.get_running_loop().time()
     return 1000 * (on_grid(now, seconds) - now)
 
@@ -527,7 +509,8 @@ async def pause_empty(seconds: float, *, until_records: bool = False, fetcher: o
     raises besides (a few more loop rounds and an exception per pause, in every idle process)."""
     loop = asyncio.get_running_loop()
     waiter = loop.create_future()
-    # An idle or patient pause ends on the wake-up grid, with the process's other idle waits.
+    # An idle or patient pause ends on the wake-up grid (crm_platform.wakeups), with the process's
+    # other idle waits: its consumers' pauses and waits for records, PyMongo's polls.
     timer = loop.call_at(on_grid(loop.time(), seconds), _end_pause, waiter)
     _pauses.add(waiter)
     if until_records:

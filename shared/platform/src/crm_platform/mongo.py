@@ -37,6 +37,7 @@ from crm_platform.idempotency import claim_in, claims_now, only_duplicate_keys
 from crm_platform.idempotency import ensure_indexes as ensure_idempotency_indexes
 from crm_platform.logging import correlation_id_var, request_id_var
 from crm_platform.money import TYPE_REGISTRY
+from crm_platform.wakeups import align_pymongo_polls
 
 log = logging.getLogger("crm.store")
 T = TypeVar("T")
@@ -64,6 +65,7 @@ def connect(uri: str, app_name: str, *, timeout_seconds: float | None = None) ->
     up too; the error becomes 503 + Retry-After at the HTTP edge. Whole transactions are
     bounded by the request's deadline in :meth:`Store.transaction`.
     """
+    align_pymongo_polls()  # its half-second polls wake an idle process with its other waits
     options: dict[str, Any] = {"serverSelectionTimeoutMS": 5000}
     if timeout_seconds is not None:
         ms = max(1, int(timeout_seconds * 1000))
