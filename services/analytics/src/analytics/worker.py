@@ -82,11 +82,18 @@ from crm_platform.dead_letters import (
 )
 from crm_platform.fetch_spill import spill_large_fetches
 from crm_platform.heap import freeze_startup_heap
-from crm_platform.kafka import ensure_topics, pace_empty_fetches, pace_fetches, pace_patiently
+from crm_platform.kafka import (
+    FETCH_ROUTINE_TIMEOUT_MS,
+    ensure_topics,
+    pace_empty_fetches,
+    pace_fetches,
+    pace_patiently,
+)
 from crm_platform.liveness import ConsumerWatchdog, PartitionTracker, WatchdogConfig, harden_aiokafka
 from crm_platform.logging import configure_logging
 from crm_platform.mongo import connect
 from crm_platform.permission_policy import policy_of_event, store_if_newer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Transport as AiokafkaTransport
 from faust.types import ConsumerT
 from mode import OneForOneSupervisor, ServiceT
@@ -768,8 +775,28 @@ def pace_consumers(settings: AnalyticsSettings) -> None:
     pace_empty_fetches(settings.consumer_idle_backoff_ms)
     pace_fetches(settings.fetch_interval_ms)
     pace_patiently()
+    quiet_fetch_routine()
     if settings.consumer_idle_backoff_ms > 0:  # the embedded broker: a partition's whole remainder per fetch
         spill_large_fetches()
+
+
+def quiet_fetch_routine() -> None:
+    """faust builds its aiokafka consumer itself, with aiokafka's ``consumer_timeout_ms`` of
+    200 ms: its fetch routine woke five times a second for nothing, the worker's largest timer
+    left once its fetches were paced. Every event the routine acts on wakes it anyway, so it
+    times out as the services' consumers do (``crm_platform.kafka.FETCH_ROUTINE_TIMEOUT_MS``;
+    docs/performance.md, twenty-fourth session, wakeups). Idempotent."""
+    if getattr(AIOKafkaConsumerThread, "_crm_quiet", False):
+        return
+    create = AIOKafkaConsumerThread._create_worker_consumer
+
+    def quiet(self: AIOKafkaConsumerThread, transport: Any) -> Any:
+        consumer = create(self, transport)
+        consumer._consumer_timeout = FETCH_ROUTINE_TIMEOUT_MS / 1000  # read by its start (the fetcher's)
+        return consumer
+
+    AIOKafkaConsumerThread._create_worker_consumer = quiet  # type: ignore[method-assign]
+    AIOKafkaConsumerThread._crm_quiet = True  # type: ignore[attr-defined]
 
 
 def main() -> None:

@@ -98,3 +98,22 @@ async def test_the_changelogs_batches_leave_the_worker_compressed() -> None:
     zstd = 4  # the record batch's attributes (bytes 21-22): codec in the low three bits
     assert built[22] & 0x07 == zstd
     assert len(built) < plain / 3
+
+
+def test_fausts_fetch_routine_times_out_as_the_services_consumers_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    """faust makes its aiokafka consumer with aiokafka's 200 ms ``consumer_timeout_ms``: five
+    wake-ups a second of an idle worker for nothing; its routine times out as the services' do."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    class Made:  # what faust's consumer thread builds, as far as the routine's timeout goes
+        _consumer_timeout = 0.2  # aiokafka's default consumer_timeout_ms
+
+    def faust_made(self: Any, transport: Any) -> Any:
+        return Made()
+
+    monkeypatch.setattr(AIOKafkaConsumerThread, "_create_worker_consumer", faust_made)
+    monkeypatch.setattr(AIOKafkaConsumerThread, "_crm_quiet", False, raising=False)
+    worker.quiet_fetch_routine()
+    worker.quiet_fetch_routine()  # idempotent
+    consumer = AIOKafkaConsumerThread._create_worker_consumer(cast(Any, None), cast(Any, None))
+    assert consumer._consumer_timeout == kafka_module.FETCH_ROUTINE_TIMEOUT_MS / 1000 == 5.0
