@@ -89,7 +89,7 @@ class _Made:
         made.append(self)
 
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
-        pass
+        self.listener = listener
 
     async def start(self) -> None:
         pass
@@ -236,3 +236,27 @@ def test_the_wait_for_records_is_about_a_second_and_ends_on_the_wake_up_grid() -
     end = now + timeout_ms / 1000
     assert abs(end / WAKE_GRID_SECONDS - round(end / WAKE_GRID_SECONDS)) < 0.05  # on the grid (to the ms)
     assert on_grid(now, RECORDS_WAIT_SECONDS) >= now + WAKE_GRID_SECONDS / 2
+
+
+def test_a_services_consumers_gather_their_offset_commits_by_default(
+    monkeypatch: Any,
+) -> None:
+    """The department's consumer and the key consumer commit a batch's offsets with those of the
+    batches ended within 0.2 s (CRM_CONSUMER_COMMIT_GATHER_SECONDS), not one commit per batch, and
+    subscribe with the listener that commits them before a rebalance takes partitions away; a
+    consumer configured by hand commits at once."""
+    from crm_platform.consumer import _CommitsFirst
+    from crm_platform.runtime import ServiceRuntime, Subscription
+    from crm_platform.testing import OFFLINE_SETTINGS
+
+    settings = ServiceSettings.model_validate({**OFFLINE_SETTINGS, "CRM_SERVICE_NAME": "sales"})
+    runtime = ServiceRuntime(
+        settings, subscription=Subscription(topics=[TOPIC], handlers={}, department="sales")
+    )
+    assert runtime.consumer is not None
+    assert runtime.key_consumer is not None
+    assert runtime.consumer.config.commit_gather_seconds == 0.2
+    assert runtime.key_consumer.config.commit_gather_seconds == 0.2
+    assert ConsumerConfig(service="x", group_id="x", topics=[], bootstrap="-").commit_gather_seconds == 0
+    assert not isinstance(_connected(monkeypatch).listener, _CommitsFirst)
+    assert isinstance(_connected(monkeypatch, commit_gather_seconds=0.2).listener, _CommitsFirst)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
-from crm_platform.consumer import ConsumerConfig, EventConsumer, Outcome
+from crm_platform.consumer import ConsumerConfig, EventConsumer, Outcome, _Commits, _CommitsFirst
 from crm_platform.mongo import Store, connect
 
 TOPIC = "crm.test.partitions"
@@ -323,3 +323,76 @@ def test_room_freed_by_a_batch_goes_to_an_idle_partition_before_a_busy_partition
         assert mine == [("begin", 0, o) for o in range(0, 10, 2)], "partition 0 in order, batch by batch"
 
     _running(consumer, kafka, body)
+
+
+def test_batches_ended_while_offsets_gather_are_committed_in_one_request_by_the_loops_end() -> None:
+    """``commit_gather_seconds``: a batch's end commits nothing at once; the offsets of every
+    batch ended meanwhile (several partitions, a partition's later batch) go in ONE commit, each
+    partition's highest. A gather longer than the test: the loop's end commits them."""
+    consumer, kafka = Held(max_records=2, commit_gather_seconds=3600), Kafka()
+
+    async def body() -> None:
+        kafka.add(PARTITIONS[0], 3)  # two batches: offsets 0-1, then 2
+        kafka.add(PARTITIONS[1])
+        await _until(lambda: ("end", 0, 2) in consumer.events and ("end", 1, 0) in consumer.events)
+        kafka.add(PARTITIONS[2])
+        await _until(lambda: ("end", 2, 0) in consumer.events)
+        await _turns()
+        assert kafka.committed == [], "nothing committed while the offsets gather"
+
+    _running(consumer, kafka, body)
+    assert kafka.committed == [{PARTITIONS[0]: 3, PARTITIONS[1]: 1, PARTITIONS[2]: 1}]
+
+
+def test_gathered_offsets_are_committed_when_the_gather_ends_while_the_consumer_runs() -> None:
+    consumer, kafka = Held(commit_gather_seconds=0.01), Kafka()
+
+    async def body() -> None:
+        kafka.add(PARTITIONS[3])
+        await _until(lambda: kafka.committed == [{PARTITIONS[3]: 1}])
+        kafka.add(PARTITIONS[3])
+        await _until(lambda: kafka.committed == [{PARTITIONS[3]: 1}, {PARTITIONS[3]: 2}])
+
+    _running(consumer, kafka, body)
+
+
+def test_a_dead_letters_commit_takes_the_gathered_offsets_with_it_at_once() -> None:
+    """A dead letter's offset is committed at once (never sent to the dead letters twice), and the
+    offsets gathered before it go in the same commit (a partition's committed offset only moves on)."""
+    consumer, kafka = Held(commit_gather_seconds=3600), Kafka()
+
+    async def body() -> None:
+        kafka.add(PARTITIONS[0], 2)
+        await _until(lambda: ("end", 0, 0) in consumer.events)
+        await _turns()
+        assert kafka.committed == []
+        assert consumer._commits is not None
+        await consumer._commits.now({PARTITIONS[4]: 8})  # as _settle does for a dead letter
+        assert kafka.committed == [{PARTITIONS[0]: 2, PARTITIONS[4]: 8}]
+
+    _running(consumer, kafka, body)
+    assert kafka.committed == [{PARTITIONS[0]: 2, PARTITIONS[4]: 8}], "nothing left for the loop's end"
+
+
+async def test_the_gathered_offsets_are_committed_before_partitions_are_taken_away() -> None:
+    """The rebalance listener a gathering consumer subscribes with commits what it gathered while
+    it still owns the partitions, then tells the configured listener (crm_platform.liveness)."""
+    told: list[tuple[str, Any]] = []
+
+    class Tracker:
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            told.append(("revoked", list(kafka.committed)))
+
+        def on_partitions_assigned(self, assigned: Any) -> None:  # a plain method is told too
+            told.append(("assigned", list(assigned)))
+
+    kafka = Kafka()
+    consumer = Held(commit_gather_seconds=3600)
+    consumer._commits = _Commits(kafka, 3600)  # the stand-in client
+    await consumer._commits.add({PARTITIONS[5]: 4})
+    listener = _CommitsFirst(consumer, Tracker())
+    await listener.on_partitions_revoked({PARTITIONS[5]})
+    await listener.on_partitions_assigned({PARTITIONS[5]})
+    assert told == [("revoked", [{PARTITIONS[5]: 4}]), ("assigned", [PARTITIONS[5]])]
+    await consumer._commits.close()
+    assert kafka.committed == [{PARTITIONS[5]: 4}], "committed once"

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -179,6 +180,111 @@ class _FetchWoken(Exception):
     """Ends an event consumer's wait for records (``EventConsumer._wake_fetch``)."""
 
 
+class _Commits:
+    """A consumer's offset commits, gathered: a batch's end adds its offsets (``add``) and they are
+    committed ``gather_seconds`` later with those of every batch ended meanwhile, in ONE request;
+    ``now`` commits at once with everything gathered (a dead letter's offset, the loop's end).
+    ``gather_seconds`` 0: each batch's commit at once, as before.
+
+    A lone handoff's batch committed its offsets as it ended: an OffsetCommit round trip per
+    record, in each consumer it passes (sales' department and key consumers, leads' department
+    consumer for the assignment), each a send, an answer and a wake-up in the service and a
+    request in the broker; gathered over 0.2 s at 25 handoffs/s, five a second per consumer
+    instead of 25 (docs/performance.md, twenty-fourth session, p99). Nothing waits for them:
+    a partition's next batch begins as its last one ends. Records stored and not committed yet
+    when the process dies come again and are dropped as repeats (the ledger, or a handler
+    idempotent by its own write), as those between a commit and a crash always were. Commits go
+    one at a time and each takes everything gathered, so a partition's committed offset only
+    moves forward. A failed commit is the loop's failure (``failure``): it reconnects, as when a
+    batch's own commit failed."""
+
+    def __init__(
+        self, consumer: AIOKafkaConsumer, gather_seconds: float, on_failure: Callable[[], None] | None = None
+    ) -> None:
+        self._consumer = consumer
+        self._gather = gather_seconds
+        self._on_failure = on_failure  # the loop's wait for records ends (EventConsumer._wake_fetch)
+        self._pending: dict[TopicPartition, int] = {}
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.Task[None] | None = None
+        self.failure: BaseException | None = None
+
+    async def add(self, offsets: dict[TopicPartition, int]) -> None:
+        if self._gather <= 0:
+            await self._consumer.commit(offsets)  # at once, beside any other batch's, as before
+            return
+        self._merge(offsets)
+        if self._timer is None:
+            self._timer = asyncio.create_task(self._later(), name="consumer-commits")
+
+    def _merge(self, offsets: dict[TopicPartition, int]) -> None:
+        for tp, offset in offsets.items():
+            if offset > self._pending.get(tp, -1):
+                self._pending[tp] = offset
+
+    async def _later(self) -> None:
+        try:
+            await asyncio.sleep(self._gather)
+            self._timer = None
+            await self.now()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self.failure is None:
+                self.failure = exc  # the loop raises it once its wait for records ends
+                if self._on_failure is not None:
+                    self._on_failure()
+        finally:
+            if self._timer is asyncio.current_task():
+                self._timer = None
+
+    async def now(self, offsets: dict[TopicPartition, int] | None = None) -> None:
+        """Commit ``offsets`` and everything gathered, at once (after any commit in flight)."""
+        if offsets:
+            self._merge(offsets)
+        async with self._lock:
+            pending, self._pending = self._pending, {}
+            if pending:
+                await self._consumer.commit(pending)
+
+    async def close(self) -> None:
+        """The loop's end: the gathered offsets committed now, the timer stopped."""
+        timer, self._timer = self._timer, None
+        if timer is not None and not timer.done():
+            timer.cancel()
+        await self.now()
+
+
+class _CommitsFirst(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types
+    """The consumer's rebalance listener: the offsets gathered so far (``_Commits``) are
+    committed before partitions are taken away (while this member still owns them), then the
+    configured listener (crm_platform.liveness) is told."""
+
+    def __init__(self, owner: EventConsumer, inner: ConsumerRebalanceListener | None) -> None:
+        self._owner = owner
+        self._inner = inner
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        commits = self._owner._commits
+        if commits is not None:
+            try:
+                await commits.now()
+            except Exception as exc:  # their records come again to the next owner: repeats
+                log.info("gathered offsets not committed before a rebalance (%s)", _short(exc))
+        if self._inner is not None:
+            await _told(self._inner.on_partitions_revoked(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        if self._inner is not None:
+            await _told(self._inner.on_partitions_assigned(assigned))
+
+
+async def _told(result: Any) -> None:
+    """A listener's answer awaited if it is a coroutine (aiokafka takes either)."""
+    if inspect.isawaitable(result):
+        await result
+
+
 @dataclass
 class ConsumerConfig:
     service: str
@@ -240,6 +346,10 @@ class ConsumerConfig:
     # Patient, and its patient pause ends when another consumer of the process fetches records
     # (the person keys': a key is published with the events sealed with it; kafka.be_patient).
     patient_until_records: bool = False
+    # A batch's offsets are committed this long after it ends, with those of the batches ended
+    # meanwhile, in one request (:class:`_Commits`); 0: each batch's at once.
+    # CRM_CONSUMER_COMMIT_GATHER_SECONDS in the services.
+    commit_gather_seconds: float = 0.0
 
     @property
     def full_batch(self) -> int:
@@ -324,6 +434,7 @@ class EventConsumer:
         self._ahead: dict[tuple[str, int, int], _Ready | Outcome | None] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self._commits: _Commits | None = None  # the running loop's (``_loop``)
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -373,7 +484,10 @@ class EventConsumer:
         )
         if self.config.patient or self.config.patient_until_records:
             be_patient(self.consumer, until_records=self.config.patient_until_records)
-        self.consumer.subscribe(self.config.topics, listener=self.config.listener)
+        listener = self.config.listener
+        if self.config.commit_gather_seconds > 0:
+            listener = _CommitsFirst(self, listener)
+        self.consumer.subscribe(self.config.topics, listener=listener)
         await start_client(self.consumer, self.config.start_seconds)
         log.info("consumer %s subscribed to %s", self.config.group_id, self.config.topics)
 
@@ -411,15 +525,15 @@ class EventConsumer:
         (``max_records``): a fetch with less room would take a partition's batch in pieces.
         """
         assert self.consumer is not None
-        consumer = self.consumer
+        commits = self._commits = _Commits(self.consumer, self.config.commit_gather_seconds, self._wake_fetch)
         lanes = _Lanes(
-            lambda tp, records: self._handle_and_commit(consumer, tp, records),
+            lambda tp, records: self._handle_and_commit(commits, tp, records),
             self.config.max_records,
             self._stopping,
             on_failure=self._wake_fetch,
         )
         try:
-            while not self._stopping.is_set() and lanes.failure is None:
+            while not self._stopping.is_set() and lanes.failure is None and commits.failure is None:
                 room = self.config.max_fetch_records - lanes.taken
                 if room < self.config.full_batch:
                     # A fetch with less room than a batch would split a partition's batch (a
@@ -441,8 +555,20 @@ class EventConsumer:
             # committed: they come again after a reconnect.
             await lanes.ended()
             self._ahead.clear()  # records not handled are fetched again after a reconnect
-        if lanes.failure is not None:
-            raise lanes.failure
+            await self._close_commits(commits)
+        if (failure := lanes.failure or commits.failure) is not None:
+            raise failure
+
+    async def _close_commits(self, commits: _Commits) -> None:
+        """What the batches stored is committed before the loop returns or raises (the gathered
+        offsets: ``_Commits``); a failure to is the loop's, unless it has one already."""
+        try:
+            await commits.close()
+        except Exception as exc:
+            if commits.failure is None:
+                commits.failure = exc
+        finally:
+            self._commits = None
 
     def _classify_ahead(self, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
         """Classify every record taken now, not when its partition's lane gets to it, for a
@@ -457,7 +583,7 @@ class EventConsumer:
             records_fetch_read(getattr(self.consumer, "_fetcher", None))
 
     async def _handle_and_commit(
-        self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]
+        self, commits: _Commits, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]
     ) -> None:
         offsets: dict[TopicPartition, int] = {}
         try:
@@ -465,9 +591,10 @@ class EventConsumer:
         finally:
             # Every record up to this offset reached its final outcome (effect stored or dead
             # letter acked): committed even if handling failed later in the partition, so a
-            # reconnect never handles (or dead-letters) them again.
+            # reconnect never handles (or dead-letters) them again; gathered with the other
+            # batches' (``_Commits``: at the latest as the loop ends).
             if offsets:
-                await consumer.commit(offsets)
+                await commits.add(offsets)
 
     async def _fetch(
         self, room: int | None = None, lanes: _Lanes | None = None
@@ -574,7 +701,10 @@ class EventConsumer:
         if outcome.outcome == "dead_lettered":
             # A dead letter is not idempotent like an effect (no ledger): commit
             # at once so even a crash cannot send this record to the DLQ twice.
-            await self.consumer.commit({tp: record.offset + 1})
+            if self._commits is not None:
+                await self._commits.now({tp: record.offset + 1})  # with what is gathered
+            else:
+                await self.consumer.commit({tp: record.offset + 1})
 
     def _prepare(self, record: ConsumerRecord[Any, Any]) -> _Ready | Outcome | None:
         """Classify without side effects: ready to store, ignored (no handler, or a replayed

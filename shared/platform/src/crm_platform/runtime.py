@@ -187,6 +187,7 @@ class ServiceRuntime:
                 holds_keys=bool(shredding.key_topics(s.service_name)),
                 patient=sub.patient,
                 unledgered=sub.unledgered,
+                commit_gather_seconds=s.consumer_commit_gather_seconds,
             ),
             self.store,
             self._with_policy(sub),
@@ -215,6 +216,7 @@ class ServiceRuntime:
                 # Keys come with the events sealed with them: while the department's consumer
                 # finds nothing there is no key to fetch, and its first records end the pause.
                 patient_until_records=True,
+                commit_gather_seconds=s.consumer_commit_gather_seconds,
             ),
             self.store,
             shredding.key_handlers(),
