@@ -19,6 +19,7 @@ from aiokafka.protocol.fetch import FetchRequest, FetchResponse_v11
 from crm_platform import kafka as kafka_module
 from crm_platform import wakeups
 from crm_platform.kafka import pace_empty_fetches
+from crm_platform.testing import timers_asked
 
 
 def test_zero_leaves_the_pause_another_component_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -569,15 +570,7 @@ def test_idle_waits_end_on_one_grid_and_short_ones_are_not_moved() -> None:
 
 
 async def test_an_idle_pause_ends_on_the_grid(monkeypatch: pytest.MonkeyPatch) -> None:
-    loop = asyncio.get_running_loop()
-    asked: list[float] = []
-    real = loop.call_at
-
-    def call_at(when: float, *args: Any, **kwargs: Any) -> Any:
-        asked.append(when)
-        return real(when, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "call_at", call_at)
+    asked = timers_asked(monkeypatch)
     await kafka_module.pause_empty(0.1)
     [when] = asked
     assert when == round(when / wakeups.WAKE_GRID_SECONDS) * wakeups.WAKE_GRID_SECONDS

@@ -11,6 +11,7 @@ import pymongo.periodic_executor
 import pytest
 from crm_platform import wakeups
 from crm_platform.mongo import connect
+from crm_platform.testing import timers_asked
 
 
 def test_a_client_made_by_the_platform_has_pymongos_polls_on_the_grid() -> None:
@@ -28,14 +29,7 @@ async def test_a_sleep_on_the_grid_ends_on_it_and_a_short_one_is_not_moved(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     loop = asyncio.get_running_loop()
-    asked: list[float] = []
-    real = loop.call_at
-
-    def call_at(when: float, *args: Any, **kwargs: Any) -> Any:
-        asked.append(when)
-        return real(when, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "call_at", call_at)
+    asked = timers_asked(monkeypatch)
     begun = loop.time()
     assert await wakeups.sleep_on_grid(0.5, "done") == "done"
     [when] = asked

@@ -206,6 +206,21 @@ async def _commit_end_offsets(bootstrap: str, group: str, topics: list[str]) -> 
         await consumer.stop()
 
 
+def timers_asked(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The times the running event loop's timers are set for from now on (``loop.call_at``),
+    in the order asked: where a wait on the wake-up grid (crm_platform.wakeups) ends."""
+    loop = asyncio.get_running_loop()
+    asked: list[float] = []
+    real = loop.call_at
+
+    def call_at(when: float, *args: Any, **kwargs: Any) -> Any:
+        asked.append(when)
+        return real(when, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", call_at)
+    return asked
+
+
 def idle_backoff_ms(infra: Any) -> int:
     """The empty-fetch pause for consumers on this infrastructure (see ``pace_empty_fetches``).
 
