@@ -4,7 +4,6 @@ with the consumers' idle waits, each within half a grid step of what it asked.""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pymongo.network_layer
 import pymongo.periodic_executor
