@@ -165,8 +165,8 @@ def _leave_abandoned_members() -> None:
     session timeout, as aiokafka leaves them. Only the Kafka protocol's ``LeaveGroup``: the same
     on any broker. Called by :func:`harden_aiokafka`.
 
-    Why long: the three replaced methods close over the originals they call; apart, each would
-    need the originals kept in module globals.
+    The three replacements close over the originals they call; what each adds is a function of
+    its own below.
     """
     if getattr(GroupCoordinator, "_crm_leaves_abandoned", False):
         return
@@ -175,30 +175,11 @@ def _leave_abandoned_members() -> None:
     close = GroupCoordinator.close
 
     def reset(self: GroupCoordinator) -> None:
-        member = self.member_id
-        left = self.__dict__.setdefault("_crm_left", set())
-        if (
-            member
-            and member not in left
-            and self._group_instance_id is None
-            and not getattr(self, "_crm_leaving", False)
-        ):
-            left.add(member)  # once: aiokafka may restore an id it reset (a sync that succeeded meanwhile)
-            leaves = self.__dict__.setdefault("_crm_leaves", set())
-            task = asyncio.get_running_loop().create_task(_leave(self, member))
-            leaves.add(task)
-            task.add_done_callback(leaves.discard)
+        _leave_in_background(self)
         reset_generation(self)
 
     async def leave_group(self: GroupCoordinator) -> None:
-        member = self.member_id
-        if (
-            self._group_instance_id is None
-            and member
-            and self.generation <= 0
-            and member not in self._crm_left
-        ):
-            await _leave(self, member)  # an id without a generation: aiokafka skips it
+        await _leave_without_generation(self)
         self._crm_leaving = True  # aiokafka's own LeaveGroup, then its reset_generation
         try:
             await maybe_leave_group(self)
@@ -206,11 +187,7 @@ def _leave_abandoned_members() -> None:
             self._crm_leaving = False
 
     async def close_after_leaves(self: GroupCoordinator) -> None:
-        leaves = getattr(self, "_crm_leaves", None)
-        if leaves:
-            _, late = await asyncio.wait(set(leaves), timeout=ABANDONED_LEAVE_SECONDS)
-            for task in late:
-                task.cancel()
+        await _leaves_sent(self)
         await close(self)
 
     GroupCoordinator._crm_left = frozenset()  # the ids it left: its own set from its first reset on
@@ -218,6 +195,48 @@ def _leave_abandoned_members() -> None:
     GroupCoordinator._maybe_leave_group = leave_group
     GroupCoordinator.close = close_after_leaves
     GroupCoordinator._crm_leaves_abandoned = True
+
+
+def _leave_in_background(coordinator: GroupCoordinator) -> None:
+    """Before ``reset_generation`` forgets the member id: a ``LeaveGroup`` for it, in a task,
+    once per id (aiokafka may restore an id it reset: a sync that succeeded meanwhile); not for
+    a static member, nor during aiokafka's own leave."""
+    member = coordinator.member_id
+    left = coordinator.__dict__.setdefault("_crm_left", set())
+    if (
+        member
+        and member not in left
+        and coordinator._group_instance_id is None
+        and not getattr(coordinator, "_crm_leaving", False)
+    ):
+        left.add(member)
+        leaves = coordinator.__dict__.setdefault("_crm_leaves", set())
+        task = asyncio.get_running_loop().create_task(_leave(coordinator, member))
+        leaves.add(task)
+        task.add_done_callback(leaves.discard)
+
+
+async def _leave_without_generation(coordinator: GroupCoordinator) -> None:
+    """On close: leave a (dynamic) member that has an id but no generation, which aiokafka's
+    own ``_maybe_leave_group`` skips, unless it was left already."""
+    member = coordinator.member_id
+    if (
+        coordinator._group_instance_id is None
+        and member
+        and coordinator.generation <= 0
+        and member not in coordinator._crm_left
+    ):
+        await _leave(coordinator, member)
+
+
+async def _leaves_sent(coordinator: GroupCoordinator) -> None:
+    """Before close: the abandoned members' ``LeaveGroup`` requests answered, at most
+    :data:`ABANDONED_LEAVE_SECONDS`; those still out then are cancelled."""
+    leaves = getattr(coordinator, "_crm_leaves", None)
+    if leaves:
+        _, late = await asyncio.wait(set(leaves), timeout=ABANDONED_LEAVE_SECONDS)
+        for task in late:
+            task.cancel()
 
 
 async def _leave(coordinator: GroupCoordinator, member: str) -> None:
