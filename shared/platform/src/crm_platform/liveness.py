@@ -163,10 +163,8 @@ def _leave_abandoned_members() -> None:
     :data:`ABANDONED_LEAVE_SECONDS`, and leaves a member that has an id but no generation (one
     aiokafka's close would not leave). Static members (``group.instance.id``) are left to their
     session timeout, as aiokafka leaves them. Only the Kafka protocol's ``LeaveGroup``: the same
-    on any broker. Called by :func:`harden_aiokafka`.
-
-    The three replacements close over the originals they call; what each adds is a function of
-    its own below.
+    on any broker. Called by :func:`harden_aiokafka`. What each replacement adds to the
+    original it closes over is a function of its own below.
     """
     if getattr(GroupCoordinator, "_crm_leaves_abandoned", False):
         return
