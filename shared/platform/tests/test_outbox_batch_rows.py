@@ -39,6 +39,8 @@ from crm_platform.outbox import (
     pending_events,
 )
 from crm_platform.outbox_audit import LOG_OFFSET, LOG_PARTITION, published_events
+from crm_platform.receipts import HandoffTracker
+from crm_platform.settings import ServiceSettings
 from crm_platform.testing import CommandNames
 from pymongo import AsyncMongoClient
 
@@ -514,8 +516,8 @@ async def test_the_relay_records_each_published_handoff_before_its_mark_not_the_
     """A transaction stores its handoffs in the outbox only; the relay writes their
     ``handoffs_sent`` records once the broker has them, before their rows' mark (one round trip
     fewer in every handing-off transaction). A handoff in a batch row names the row; a record
-    there already (a receipt that came first, a re-send published again) is left as it is, and
-    the mark still written."""
+    there already (a re-send published again) is left as it is, one a receipt made first keeps
+    its receipt and gets the relay's fields, and the mark is still written."""
     client = connect(mongodb_uri, "outbox-handoffs-test")
     store = Store(client, f"t_outbox_{uuid.uuid4().hex[:8]}", "leads")
     relay = OutboxRelay(
@@ -548,11 +550,9 @@ async def test_the_relay_records_each_published_handoff_before_its_mark_not_the_
         assert await store.db[OUTBOX].count_documents({"published": False}) == 0, "every row marked"
         records = {d["_id"]: d async for d in sent.find()}
         assert set(records) == {lone, *batched}
-        assert records[early] == {
-            "_id": early,
-            "state": "receipted",
-            "receipted_at": records[early]["receipted_at"],
-        }
+        assert (records[early]["state"], records[early]["key"]) == ("receipted", leads[1]), (
+            "receipt kept, filled in"
+        )
         batch_row = await store.db[OUTBOX].find_one({f"{BATCH_EVENTS}.event_id": batched[1]})
         qualified_row = await store.db[OUTBOX].find_one({"event_id": lone})
         assert batch_row is not None
@@ -574,4 +574,111 @@ async def test_the_relay_records_each_published_handoff_before_its_mark_not_the_
         assert await store.db[OUTBOX].count_documents({"event_id": lone, "published": True}) == 1
     finally:
         await client.drop_database(store.db.name)
+        await client.close()
+
+
+@pytest.mark.integration
+async def test_a_receipt_that_comes_while_the_marks_gather_leaves_the_relays_record_whole(
+    mongodb_uri: str,
+) -> None:
+    """The relay writes a handoff's ``handoffs_sent`` record with its gathered mark, after the
+    publish: the receiver's receipt often comes first (``HandoffTracker.mark_receipted`` makes the
+    record, receipted). The relay's record then fills in what it describes (handoff, event type,
+    key, when it occurred, re-sends, next check, its batch row) and leaves the receipt as it is;
+    a lone handoff's and a batch row's alike. Without: the receipted record had only its state."""
+    settings = ServiceSettings.model_validate(
+        {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "MONGODB_URI": mongodb_uri, "CRM_SERVICE_NAME": "leads"}
+    )
+    client = connect(mongodb_uri, "outbox-handoffs-test")
+    store = Store(client, f"t_outbox_{uuid.uuid4().hex[:8]}", "leads")
+    relay = OutboxRelay(
+        store.db,
+        bootstrap="unused",
+        service="leads",
+        committed=store.committed_rows,
+        marks_gather_seconds=3600,
+    )
+    relay.producer = _BatchingProducer(256 * 1024)
+    relay.receipt_grace = timedelta(seconds=7)
+    tracker = HandoffTracker(store, settings, department="marketing", wake_relay=lambda: None)
+    leads = [f"lead-{uuid.uuid4().hex[:6]}" for _ in range(3)]
+    sent = store.db[HANDOFFS_SENT]
+    try:
+        await store.ensure_platform_indexes()
+
+        async def alone(tx: Tx) -> str:
+            return str(tx.emit(_qualified(leads[0], f"{leads[0]}@example.com")).event_id)
+
+        async def batch(tx: Tx) -> list[str]:
+            return [
+                str(tx.emit(_qualified(lead, f"{lead}@example.com"), batched=True).event_id)
+                for lead in leads[1:]
+            ]
+
+        lone, batched = await store.transaction(alone), await store.transaction(batch)
+        assert await relay.publish_pending() > 0
+        assert await sent.count_documents({}) == 0, "the mark (and the records) still gathering"
+        assert await tracker.mark_receipted([lone, batched[0]]) == 2, "receipts before the records"
+        receipted_at = {d["_id"]: d["receipted_at"] async for d in sent.find()}
+        await relay.stop()  # the gathered mark written at once
+        await relay._marks_written()
+        assert await store.db[OUTBOX].count_documents({"published": False}) == 0, "every row marked"
+        records = {d["_id"]: d async for d in sent.find()}
+        batch_row = await store.db[OUTBOX].find_one({f"{BATCH_EVENTS}.event_id": batched[0]})
+        assert batch_row is not None
+        for event_id, key, row in ((lone, leads[0], None), (batched[0], leads[1], batch_row["event_id"])):
+            record = records[event_id]
+            assert (record["state"], record["receipted_at"]) == ("receipted", receipted_at[event_id])
+            assert (record["handoff"], record["event_type"], record["key"]) == (
+                "lead-qualified", "lead.qualified", key,
+            )  # fmt: skip
+            assert (record["resends"], record.get("row")) == (0, row)
+            assert record["next_check_at"] == record["created_at"] + timedelta(seconds=7)
+        assert records[batched[1]]["state"] == "pending", "no receipt yet: recorded pending"
+        assert await tracker.mark_receipted([lone]) == 0, "receipted once"
+    finally:
+        await client.drop_database(store.db.name)
+        await client.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("handoffs", "requests"), [(3, ["update"]), (60, ["insert", "update"])])
+async def test_a_trickles_handoff_records_are_one_request_of_upserts_a_backlogs_inserted_then_filled_in(
+    mongodb_uri: str, handoffs: int, requests: list[str]
+) -> None:
+    """The relay's ``handoffs_sent`` records: a trickle's few (fewer than ``gather_below_events``)
+    as upserts, one request; a backlog's inserted (an ``insert_many`` is a few storage
+    transactions, an upsert one each), then only those whose id a receipt took filled in. Either
+    way every record ends with the relay's fields and the receipts kept."""
+    commands = CommandNames(HANDOFFS_SENT)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongodb_uri, event_listeners=[commands], tz_aware=True
+    )
+    db = client[f"t_outbox_{uuid.uuid4().hex[:8]}"]
+    relay = OutboxRelay(db, bootstrap="unused", service="leads")
+    envelopes = [
+        envelope_for(
+            _qualified(f"lead-{n}", f"lead-{n}@example.com"), source="leads", correlation_id=f"lead-{n}"
+        )
+        for n in range(handoffs)
+    ]
+    rows = outbox_rows([outbox_doc(env) for env in envelopes], [handoffs > 1] * handoffs)
+    early = [str(env.event_id) for env in envelopes[1:3]]
+    try:
+        receipted_at = utcnow().replace(microsecond=0)
+        await db[HANDOFFS_SENT].insert_many(
+            [{"_id": i, "state": "receipted", "receipted_at": receipted_at} for i in early]
+        )
+        commands.names.clear()
+        await relay._track_handoffs(rows)
+        assert commands.names == requests
+        records = {d["_id"]: d async for d in db[HANDOFFS_SENT].find()}
+        assert len(records) == handoffs
+        for n, env in enumerate(envelopes):
+            record = records[str(env.event_id)]
+            assert (record["handoff"], record["key"], record["resends"]) == ("lead-qualified", f"lead-{n}", 0)
+            state = ("receipted", receipted_at) if str(env.event_id) in early else ("pending", None)
+            assert (record["state"], record.get("receipted_at")) == state
+    finally:
+        await client.drop_database(db.name)
         await client.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,7 +28,7 @@ from crm_contracts import envelope_for
 from crm_contracts.events.leads import LeadStatusChangedV1
 from crm_platform.kafka import partition_for
 from crm_platform.mongo import OUTBOX, CommittedRows, Store, Tx, connect, outbox_doc
-from crm_platform.outbox import OutboxRelay
+from crm_platform.outbox import LEASE, OutboxRelay
 from crm_platform.testing import eventually
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import AutoReconnect
@@ -423,6 +424,10 @@ async def _true(value: bool) -> bool:
     return value
 
 
+async def _in(row: str, stored: list[str]) -> bool:
+    return row in stored
+
+
 class _Gathering:
     """A relay whose marks gather for an hour (``marks_gather_seconds``), its producer a stand-in
     broker, and the size of each mark it writes (``writes``: the outbox's ``bulk_write``s
@@ -477,6 +482,56 @@ async def test_the_marks_of_publishes_close_together_are_written_in_one_write(
     await eventually(lambda: _all_marked(store, [first, second]), what="both rows marked at the stop")
     assert gathering.writes == [2], "both rows' marks in one write"
     assert broker.stored == [first, second]
+
+
+async def test_a_gathered_mark_without_room_for_the_next_publish_is_written_at_once(
+    store: Store, gathering: _Gathering
+) -> None:
+    """A trickle's publish that the gathering mark has no room for (``gather_below_events``; two
+    events here) ends that mark's wait, and gathers anew: the first mark is written at once, not
+    after its hour, and the third publish is not held by two marks waiting out their gathers
+    (``marks_in_flight``). Each row published once, in order; the last mark at the stop."""
+    broker, relay = gathering.broker, gathering.relay
+    relay.gather_below_events = 2
+    rows: list[str] = []
+    for n in range(3):
+        [row] = await _emitted(store, "lead-a")
+        await eventually(partial(_in, row, broker.stored), what=f"row {n} published")
+        rows.append(row)
+    await eventually(lambda: _true(gathering.writes == [1, 1]), what="the two full gathers written")
+    assert await _all_marked(store, rows[:2])
+    await relay.stop()
+    await eventually(lambda: _all_marked(store, rows), what="the last row marked at the stop")
+    assert gathering.writes == [1, 1, 1]
+    assert broker.stored == rows
+
+
+async def test_a_relay_killed_while_its_mark_gathers_publishes_the_rows_again_after_its_restart(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relay that dies between a publish and its gathered mark (0.5 s in a service, an hour
+    here) leaves the rows pending: the relay that takes over publishes them again, with the
+    same event ids (consumers drop the repeat by event id), and marks them. Nothing written by
+    the dead one's mark."""
+    first = _Gathering(store, monkeypatch)
+    running = asyncio.create_task(first.relay.run())
+    [row] = await _emitted(store, "lead-a")
+    await eventually(lambda: _true(row in first.broker.stored), what="the row published")
+    running.cancel()  # killed: its gathered mark is never written
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert first.writes == []
+    assert not await _all_marked(store, [row]), "still pending"
+    await store.db[LEASE].delete_one({})  # the dead relay's lease ran out
+    restarted = _Gathering(store, monkeypatch)
+    restarted.relay.marks_gather_seconds = 0
+    again = asyncio.create_task(restarted.relay.run())
+    try:
+        await eventually(lambda: _all_marked(store, [row]), what="the row published again and marked")
+    finally:
+        await restarted.relay.stop()
+        await asyncio.wait_for(again, timeout=15)
+    assert restarted.broker.stored == [row], "the same event id"
 
 
 async def test_a_backlogs_publish_is_marked_at_once(store: Store, gathering: _Gathering) -> None:

@@ -689,6 +689,26 @@ def handoff_records(rows: Iterable[Doc], grace: timedelta = RECEIPT_GRACE) -> li
     return records
 
 
+def handoff_upserts(records: Iterable[Doc]) -> list[UpdateOne]:
+    """:func:`handoff_records`' records as upserts that fill in the fields a record there
+    already lacks and leave those it has (``$ifNull``, values as ``$literal``).
+
+    With the marks gathered (``OutboxRelay``), a handoff's receipt mostly comes before its
+    record, and the receipt listener makes the record, ``receipted``, with its state and
+    ``receipted_at`` only (crm_platform.receipts.HandoffTracker.mark_receipted); an insert then
+    found the id taken and left the record without its handoff, event type, key, time, re-sends
+    and next check. Now the record ends the same whichever came first. A record the relay wrote
+    before (a re-send published again, a mark that failed after its records) is left as it is."""
+    return [
+        UpdateOne(
+            {"_id": record["_id"]},
+            [{"$set": {f: {"$ifNull": [f"${f}", {"$literal": v}]} for f, v in record.items() if f != "_id"}}],
+            upsert=True,
+        )
+        for record in records
+    ]
+
+
 def _occurred_at(item: Doc) -> datetime:
     """When the event of an outbox item occurred (a batch row's items keep no ``created_at``)."""
     return datetime.fromisoformat(str(item["envelope"]["occurred_at"]).replace("Z", "+00:00"))

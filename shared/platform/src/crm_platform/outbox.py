@@ -33,6 +33,7 @@ import pydantic_core
 from aiokafka import AIOKafkaProducer
 from crm_contracts import utcnow
 from pymongo import UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.write_concern import WriteConcern
@@ -56,6 +57,7 @@ from crm_platform.mongo import (
     WRITER,
     CommittedRows,
     handoff_records,
+    handoff_upserts,
     row_items,
 )
 from crm_platform.outbox_audit import AUDITED, LOG_CHECKS, LOG_OFFSET, LOG_PARTITION, LOG_POSITIONS
@@ -68,10 +70,14 @@ LEASE_SECONDS = 10.0
 MARKS_IN_FLIGHT = 2
 # How long a mark waits before it is written, taking the marks of the publishes meanwhile with
 # it: at 25 handoffs/s a publish every 40 ms was a bulk_write each (a round trip in the service
-# and a command for mongod); now one per this while. Its rows are published already (left out
-# of the reads until marked); a stop writes it at once; a crash before it publishes them again
-# (at least once, as a crash after a publish always did).
-MARKS_GATHER_SECONDS = 0.1
+# and a command for mongod; in a sending service two, its handoffs_sent records first); now one
+# per this while (0.1 s until the twenty-fifth session: ten a second at 25/s, now two). Its rows
+# are published already (left out of the reads until marked); a stop writes it at once, and so
+# does a trickle's publish it has no room for (``gather_below_events``); a crash before it
+# publishes them again (at least once, as a crash after a publish always did). A handoff's
+# receipt now mostly comes before its record: the record is an upsert that fills in what the
+# receipt's lacks (crm_platform.mongo.handoff_upserts).
+MARKS_GATHER_SECONDS = 0.5
 # How long the outbox change stream's getMore waits on the server for a change (it answers at
 # once when one comes): one round trip per this many idle seconds, not per second; a stop
 # cancels the wait (docs/performance.md, fourteenth session, idle).
@@ -276,6 +282,17 @@ class Batches:
         slot.append(await self.producer.send_batch(builder, tp[0], partition=tp[1]))
 
 
+async def _filled(sent: AsyncCollection[dict[str, Any]], records: list[dict[str, Any]]) -> None:
+    """``handoffs_sent`` records written as upserts that fill in what a record there lacks
+    (crm_platform.mongo.handoff_upserts); a duplicate key (two upserts of one id at once) is
+    left to the one that won."""
+    try:
+        await sent.bulk_write(handoff_upserts(records), ordered=False)
+    except BulkWriteError as exc:
+        if not only_duplicate_keys(exc) or exc.details.get("writeConcernErrors"):
+            raise
+
+
 class OutboxRelay:
     # When a handoff published here is first checked for its receipt (its ``handoffs_sent``
     # record, written with its mark: :meth:`_track_handoffs`); the runtime sets it from
@@ -330,6 +347,7 @@ class OutboxRelay:
         self.gather_below_events = max(1, batch_size // 10)  # a publish of fewer is a trickle's
         self._gathered_events = 0
         self._gathering: tuple[list[UpdateOne], list[dict[str, Any]], list[Any]] | None = None
+        self._gather_ends = asyncio.Event()  # the gathering mark's: set, it is written now (full, a stop)
         # When a read last found another writer's pending row (monotonic; it opens the stream).
         self._others_at, self._others = -math.inf, asyncio.Event()
         self.watch_kept_seconds, self.streaming = watch_kept_seconds, False  # streaming: it is open
@@ -342,6 +360,7 @@ class OutboxRelay:
         self._stopping.set()
         self._wake.set()
         self._others.set()
+        self._gather_ends.set()
         watching = self._watching
         if watching is not None and not watching.done():
             watching.cancel()  # its getMore waits on the server up to WATCH_AWAIT_SECONDS
@@ -445,36 +464,46 @@ class OutboxRelay:
         may be published, since these were. At most ``marks_in_flight`` at once: at the bound
         this waits for one to end. A trickle's mark (fewer than ``gather_below_events`` events)
         waits ``marks_gather_seconds`` before it is written: the marks of the trickle's publishes
-        meanwhile join it, one write for them all."""
+        meanwhile join it, one write for them all. One it has no room for ends its wait (it is
+        written now) and gathers anew: no second mark waits out the gather beside it, nor the
+        relay's loop for one at the bound."""
         ids = [doc["_id"] for doc in done]
         # A trickle's publish (a few events: a lone handoff's rows) waits; a backlog's is
         # written at once (its end is when a bulk capture's events are all published).
         events = sum(len(row_items(doc)) for doc in done)
         trickle = self.marks_gather_seconds > 0 and events < self.gather_below_events
         gathering = self._gathering
-        if trickle and gathering is not None and self._gathered_events + events < self.gather_below_events:
-            gathering[0].extend(marks)
-            gathering[1].extend(done)
-            gathering[2].extend(ids)  # the same list as the task's in _marking
-            self._gathered_events += events
-            self._being_marked.update(ids)
-            return
+        if trickle and gathering is not None:
+            if self._gathered_events + events < self.gather_below_events:
+                gathering[0].extend(marks)
+                gathering[1].extend(done)
+                gathering[2].extend(ids)  # the same list as the task's in _marking
+                self._gathered_events += events
+                self._being_marked.update(ids)
+                return
+            self._gathering = None
+            self._gather_ends.set()  # full: written now
         while len(self._marking) >= self.marks_in_flight:
             await asyncio.wait(list(self._marking), return_when=asyncio.FIRST_COMPLETED)
         self._being_marked.update(ids)
         batch = (list(marks), list(done), ids)
+        ends = None
         if trickle:
             self._gathering, self._gathered_events = batch, events
-        task = asyncio.create_task(self._gather_and_write(batch, trickle), name="outbox-marks")
+            ends = self._gather_ends = asyncio.Event()
+            if self._stopping.is_set():
+                ends.set()
+        task = asyncio.create_task(self._gather_and_write(batch, ends), name="outbox-marks")
         self._marking[task] = ids
 
     async def _gather_and_write(
-        self, batch: tuple[list[UpdateOne], list[dict[str, Any]], list[Any]], gather: bool
+        self, batch: tuple[list[UpdateOne], list[dict[str, Any]], list[Any]], ends: asyncio.Event | None
     ) -> None:
-        """A mark's wait for the next publishes' marks (a stop ends it), then its write."""
-        if gather:
+        """A mark's wait for the next publishes' marks (``ends``: set by a stop, or by a publish
+        it has no room for; None: no wait), then its write."""
+        if ends is not None:
             try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=self.marks_gather_seconds)
+                await asyncio.wait_for(ends.wait(), timeout=self.marks_gather_seconds)
             except TimeoutError:
                 pass
             finally:
@@ -513,21 +542,32 @@ class OutboxRelay:
         """The ``handoffs_sent`` records of the handoffs in ``done`` (published), before their
         rows are marked (crm_platform.mongo.handoff_records): one write with the gathered mark,
         off the handoff's way, instead of one in each sending transaction. A record there
-        already (a re-send published again, a mark that failed after its records, a receipt
-        that came first: crm_platform.receipts) is left as it is."""
+        already (a re-send published again, a mark that failed after its records) is left as it
+        is, and one a receipt made first (crm_platform.receipts) keeps its receipt and gets the
+        fields it lacks (crm_platform.mongo.handoff_upserts).
+
+        A trickle's few records (fewer than ``gather_below_events``, where the receipts mostly
+        came first) are upserts, one request; a backlog's are inserted, then those whose id was
+        taken are filled in: an ``insert_many`` of hundreds is a few storage transactions, their
+        upserts one each (ten times mongod's time per record)."""
         records = handoff_records(done, self.receipt_grace)
         if not records:
             return
+        # Acknowledged once applied, without a journal wait of its own, as the mark written
+        # next (the journal and the oplog are in order: durable no later than the mark); lost
+        # in a crash before the journal's flush, its rows are pending (their mark lost too)
+        # and published and recorded again.
+        sent = self.db[HANDOFFS_SENT].with_options(write_concern=APPLIED)
+        if len(records) < self.gather_below_events:
+            await _filled(sent, records)
+            return
         try:
-            # Acknowledged once applied, without a journal wait of its own, as the mark written
-            # next (the journal and the oplog are in order: durable no later than the mark); lost
-            # in a crash before the journal's flush, its rows are pending (their mark lost too)
-            # and published and recorded again.
-            sent = self.db[HANDOFFS_SENT].with_options(write_concern=APPLIED)
             await sent.insert_many(records, ordered=False)
         except BulkWriteError as exc:
             if not only_duplicate_keys(exc) or exc.details.get("writeConcernErrors"):
                 raise
+            taken = {records[error["index"]]["_id"] for error in exc.details["writeErrors"]}
+            await _filled(sent, [record for record in records if record["_id"] in taken])
 
     async def _marks_written(self) -> None:
         """Wait for every mark in flight to end (written or failed)."""
