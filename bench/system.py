@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -218,6 +219,22 @@ async def mongo_counters(uri: str) -> dict[str, float]:
     # Documents, not operations: an insert_many of 500 leads is one insert above, 500 here.
     for name, n in status.get("metrics", {}).get("document", {}).items():
         out[f"documents {name}"] = float(n)
+    out.update(_requests(status.get("metrics", {}).get("commands", {})))
+    return out
+
+
+# The commands counted one by one in ``requests`` (the rest are summed in it only).
+REQUESTS_NAMED = ("insert", "update", "find", "aggregate", "findAndModify", "commitTransaction", "getMore")
+
+
+def _requests(commands: Mapping[str, Any]) -> dict[str, float]:
+    """Requests, not statements: ``opcounters`` count each statement of a bulk write (an
+    ``insert_many`` of 5, or 5 upserts in one ``bulk_write``, is 5 there and one request here).
+    ``requests`` is every command mongod was sent (monitoring's ``hello`` included), ``requests
+    <name>`` a few of them alone."""
+    totals = {name: float(v["total"]) for name, v in commands.items() if isinstance(v, dict) and "total" in v}
+    out = {"requests": sum(totals.values())}
+    out.update({f"requests {name}": totals.get(name, 0.0) for name in REQUESTS_NAMED})
     return out
 
 
