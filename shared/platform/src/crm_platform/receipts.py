@@ -287,8 +287,7 @@ class HandoffTracker:
         with no record yet (the relay records it with its gathered mark, after the publish: a
         receipt mostly comes first) is recorded receipted now, and the relay's record then fills
         in the rest (crm_platform.mongo.handoff_upserts). The recorded ones in one statement
-        first: a drain's receipts come 500 at a time, and an upsert each costs mongod a write of
-        its own where ``update_many`` makes one pass."""
+        first, the upserts only for the rest (a drain's receipts come 500 at a time)."""
         sent, now = self.store.db[HANDOFFS_SENT], utcnow()
         ids = list(dict.fromkeys(event_ids))
         result = await sent.update_many(
