@@ -345,9 +345,8 @@ class OutboxRelay:
         # The mark still waiting to be written (its marks, rows and ids: later publishes join it).
         self.marks_gather_seconds = marks_gather_seconds
         self.gather_below_events = max(1, batch_size // 10)  # a publish of fewer is a trickle's
-        self._gathered_events = 0
+        self._gathered_events, self._gather_ends = 0, asyncio.Event()  # set: written now (full, a stop)
         self._gathering: tuple[list[UpdateOne], list[dict[str, Any]], list[Any]] | None = None
-        self._gather_ends = asyncio.Event()  # the gathering mark's: set, it is written now (full, a stop)
         # When a read last found another writer's pending row (monotonic; it opens the stream).
         self._others_at, self._others = -math.inf, asyncio.Event()
         self.watch_kept_seconds, self.streaming = watch_kept_seconds, False  # streaming: it is open
