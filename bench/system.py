@@ -202,8 +202,9 @@ def infra_pids(home: Path) -> dict[str, int]:
 async def mongo_counters(uri: str) -> dict[str, float]:
     """mongod's operation counters so far (``serverStatus``): commands, queries, inserts,
     updates, deletes, getMores, committed transactions and documents inserted, updated,
-    deleted and returned; two snapshots around a phase give
-    its round trips per operation (the services' background polling included)."""
+    deleted and returned, and the requests it was sent; two snapshots around a phase give
+    them per operation (the services' background polling included): statements in the
+    opcounters, round trips in ``requests``."""
     from pymongo import AsyncMongoClient
 
     client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(uri)
@@ -216,7 +217,8 @@ async def mongo_counters(uri: str) -> dict[str, float]:
     out["transactions committed"] = float(tx.get("totalCommitted", 0))
     out["transactions aborted"] = float(tx.get("totalAborted", 0))
     out["write conflicts"] = float(status.get("metrics", {}).get("operation", {}).get("writeConflicts", 0))
-    # Documents, not operations: an insert_many of 500 leads is one insert above, 500 here.
+    # Documents: opcounters' insert counts each document of an insert_many too (500 leads are
+    # 500 inserts above and 500 here); round trips are the ``requests`` figures below.
     for name, n in status.get("metrics", {}).get("document", {}).items():
         out[f"documents {name}"] = float(n)
     out.update(_requests(status.get("metrics", {}).get("commands", {})))
