@@ -207,6 +207,21 @@ def _qualified(lead_id: str, email: str) -> LeadQualifiedV1:
     )
 
 
+async def _lone_and_batched(store: Store, leads: list[str]) -> tuple[str, list[str]]:
+    """Two transactions: the first lead's qualification alone (its own outbox row), the rest's
+    in one batch row; their event ids."""
+
+    async def alone(tx: Tx) -> str:
+        return str(tx.emit(_qualified(leads[0], f"{leads[0]}@example.com")).event_id)
+
+    async def batch(tx: Tx) -> list[str]:
+        return [
+            str(tx.emit(_qualified(lead, f"{lead}@example.com"), batched=True).event_id) for lead in leads[1:]
+        ]
+
+    return await store.transaction(alone), await store.transaction(batch)
+
+
 @pytest.mark.integration
 async def test_the_key_records_a_transaction_shares_go_ahead_of_its_handoffs_in_one_row(
     mongodb_uri: str,
@@ -530,17 +545,7 @@ async def test_the_relay_records_each_published_handoff_before_its_mark_not_the_
     try:
         await store.ensure_platform_indexes()
 
-        async def alone(tx: Tx) -> str:
-            return str(tx.emit(_qualified(leads[0], f"{leads[0]}@example.com")).event_id)
-
-        async def batch(tx: Tx) -> list[str]:
-            return [
-                str(tx.emit(_qualified(lead, f"{lead}@example.com"), batched=True).event_id)
-                for lead in leads[1:]
-            ]
-
-        lone = await store.transaction(alone)
-        batched = await store.transaction(batch)
+        lone, batched = await _lone_and_batched(store, leads)
         assert await sent.count_documents({}) == 0, "not written by the transactions"
         early = batched[0]  # its receipt came before the relay's record (HandoffTracker.mark_receipted)
         await sent.insert_one({"_id": early, "state": "receipted", "receipted_at": utcnow()})
@@ -606,16 +611,7 @@ async def test_a_receipt_that_comes_while_the_marks_gather_leaves_the_relays_rec
     try:
         await store.ensure_platform_indexes()
 
-        async def alone(tx: Tx) -> str:
-            return str(tx.emit(_qualified(leads[0], f"{leads[0]}@example.com")).event_id)
-
-        async def batch(tx: Tx) -> list[str]:
-            return [
-                str(tx.emit(_qualified(lead, f"{lead}@example.com"), batched=True).event_id)
-                for lead in leads[1:]
-            ]
-
-        lone, batched = await store.transaction(alone), await store.transaction(batch)
+        lone, batched = await _lone_and_batched(store, leads)
         assert await relay.publish_pending() > 0
         assert await sent.count_documents({}) == 0, "the mark (and the records) still gathering"
         assert await tracker.mark_receipted([lone, batched[0]]) == 2, "receipts before the records"
