@@ -153,6 +153,12 @@ def only_duplicate_keys(exc: BulkWriteError) -> bool:
     return bool(errors) and all(e.get("code") == DUPLICATE_KEY for e in errors)
 
 
+def only_duplicates_applied(exc: BulkWriteError) -> bool:
+    """Whether an unordered insert or upsert refused only documents already there and had no
+    write concern error: every other document is written, so the error may be ignored."""
+    return only_duplicate_keys(exc) and not exc.details.get("writeConcernErrors")
+
+
 DUPLICATE_KEY = 11000  # MongoDB's error code
 
 

@@ -33,7 +33,7 @@ from crm_platform import audit, cache, shredding, tracing
 from crm_platform.batch import Batch
 from crm_platform.clock import simulated_now
 from crm_platform.deadline import request_db_deadline
-from crm_platform.idempotency import claim_in, claims_now, only_duplicate_keys
+from crm_platform.idempotency import claim_in, claims_now, only_duplicates_applied
 from crm_platform.idempotency import ensure_indexes as ensure_idempotency_indexes
 from crm_platform.logging import correlation_id_var, request_id_var
 from crm_platform.money import TYPE_REGISTRY
@@ -235,7 +235,7 @@ async def _insert_absent(
     try:
         await collection.insert_many(docs, ordered=False, session=session)
     except BulkWriteError as exc:
-        if not only_duplicate_keys(exc) or exc.details.get("writeConcernErrors"):
+        if not only_duplicates_applied(exc):
             raise
 
 

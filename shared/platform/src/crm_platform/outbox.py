@@ -39,7 +39,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
 from crm_platform import metrics, tracing
-from crm_platform.idempotency import only_duplicate_keys
+from crm_platform.idempotency import only_duplicates_applied
 from crm_platform.kafka import (
     CLIENT_START_SECONDS,
     make_producer,
@@ -289,7 +289,7 @@ async def _filled(sent: AsyncCollection[dict[str, Any]], records: list[dict[str,
     try:
         await sent.bulk_write(handoff_upserts(records), ordered=False)
     except BulkWriteError as exc:
-        if not only_duplicate_keys(exc) or exc.details.get("writeConcernErrors"):
+        if not only_duplicates_applied(exc):
             raise
 
 
@@ -563,7 +563,7 @@ class OutboxRelay:
         try:
             await sent.insert_many(records, ordered=False)
         except BulkWriteError as exc:
-            if not only_duplicate_keys(exc) or exc.details.get("writeConcernErrors"):
+            if not only_duplicates_applied(exc):
                 raise
             taken = {records[error["index"]]["_id"] for error in exc.details["writeErrors"]}
             await _filled(sent, [record for record in records if record["_id"] in taken])
