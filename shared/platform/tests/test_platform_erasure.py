@@ -3,6 +3,7 @@ people are, what an erased document looks like, and what scrubbing leaves. No I/
 
 from __future__ import annotations
 
+from crm_contracts import envelope_for
 from crm_platform.audit import ERASED, scrub
 from crm_platform.erasure import (
     PERSON_HASHES,
@@ -13,9 +14,12 @@ from crm_platform.erasure import (
     hashes_of,
     mention_pattern,
     person_hashes,
+    person_query,
     with_person_hashes,
 )
 from crm_platform.pseudonym import email_hash
+from crm_platform.shredding import held_key_of, is_held_key_id, sealed_event
+from crm_platform.testing import lead_qualified
 
 OPPORTUNITIES = Target("opportunities", emails=("contacts.email",), clear=("notes", "custom"))
 ADA = "ada@example.com"
@@ -84,3 +88,42 @@ def test_short_values_are_not_searched_in_free_text() -> None:
     pattern = mention_pattern({"Al", "al@example.com"})
     assert scrub("Always call al@example.com", pattern) == f"Always call {ERASED}"
     assert mention_pattern({"Al"}) is None
+
+
+INBOX = Target("inbox", emails=("handoff.contact.email",), by_held_key=True)
+
+
+def test_a_sealed_handoff_names_its_person_by_the_held_key_that_opens_it() -> None:
+    """What an item stored from an opened handoff names its person by instead of the hash: the
+    held key's id (the key the holder stores as ``held:<owner>:<person id>``); a plaintext handoff
+    names none (its item keeps the hash)."""
+    plain = lead_qualified("lead-1")
+    sealed, [key] = sealed_event(plain, "leads")
+    held = held_key_of(envelope_for(sealed, source="leads", correlation_id="c"))
+    assert held == f"held:leads:{key.person_id}"
+    assert held is not None
+    assert is_held_key_id(held)
+    assert not is_held_key_id(email_hash(ADA)), "a hash is never taken for a held key's id"
+    assert held_key_of(envelope_for(plain, source="leads", correlation_id="c")) is None
+
+
+def test_a_person_is_matched_by_their_hash_or_by_the_ids_of_the_held_keys_that_learned_it() -> None:
+    digest = email_hash(ADA)
+    assert person_query(digest) == {PERSON_HASHES: digest}
+    held = ["held:leads:0190aa", "held:leads:0190ab"]
+    assert person_query(digest, held) == {PERSON_HASHES: {"$in": [digest, *held]}}
+
+
+def test_an_item_named_by_its_held_key_is_erased_and_named_by_nothing_after() -> None:
+    """An erased item keeps no way back to the person: the held key's id leaves ``person_hashes``
+    with the hash it stood for (a request filed again finds nothing: idempotent)."""
+    doc: dict[str, object] = {
+        "_id": "item-1",
+        "handoff": {"contact": {"name": "Ada Lovelace", "email": ADA, "phone": None}},
+        PERSON_HASHES: ["held:leads:0190aa"],
+    }
+    person = Person()
+    erased = erase_doc(doc, INBOX, email_hash(ADA), False, person)
+    assert erased["handoff"]["contact"]["email"].endswith("@erased.example")  # type: ignore[index]
+    assert erased[PERSON_HASHES] == []
+    assert person.values == {ADA, "Ada Lovelace"}

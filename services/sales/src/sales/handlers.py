@@ -38,6 +38,7 @@ from crm_platform.errors import Conflict, NotFound
 from crm_platform.imports import handlers as import_jobs
 from crm_platform.imports.domain import Checkpoint, Rejection
 from crm_platform.roster import round_robin
+from crm_platform.shredding import held_key_of
 
 from sales import metrics
 from sales.domain import account as account_domain
@@ -136,7 +137,7 @@ async def on_lead_qualified(uow: SalesUoW, event: LeadQualifiedV1, envelope: Env
                 return
             pending = await unit.inbox.pending_for_lead(event.lead_id)
             if pending is not None:
-                pending.refresh(event, envelope, now=now)
+                pending.refresh(event, envelope, now=now, person_key=held_key_of(envelope))
                 log.info(
                     "lead %s handed off again while pending: inbox item %s refreshed",
                     event.lead_id,
@@ -149,6 +150,7 @@ async def on_lead_qualified(uow: SalesUoW, event: LeadQualifiedV1, envelope: Env
                 now=now,
                 sla_minutes=await unit.team.sla_minutes(),
                 handoff_number=handoffs + 1,
+                person_key=held_key_of(envelope),
             )
             if item.owner is None:
                 await _auto_assign(unit, item, now, ahead)

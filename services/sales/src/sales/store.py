@@ -46,6 +46,7 @@ from crm_platform.money import to_amount
 from crm_platform.mongo import Tx, drop_retired_indexes
 from crm_platform.paging import Sort, index_specs, keyset, page, sorts, text_search
 from crm_platform.retention import ANONYMISED, Action, Rule, anonymous_email
+from crm_platform.shredding import is_held_key_id
 from crm_platform.uow import MongoUnit
 from pymongo import ASCENDING, DESCENDING, TEXT, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
@@ -187,7 +188,10 @@ def pipeline_from_doc(d: Doc | None) -> Pipeline:
 # Where sales' database holds people (crm_platform.erasure): the handed-off lead's contact and
 # the verdict's note on them, the contacts of opportunities (and the activities logged on
 # those), and the contacts sales keeps.
-INBOX_PEOPLE = Target(INBOX, emails=("handoff.contact.email",), clear=("verdict.note",))
+# An item of a sealed handoff names its contact by the held key it was opened with (by_held_key):
+# its ``by_person_hash`` entry a time-ordered id at the index's edge, not a random hash
+# (docs/performance.md, twenty-sixth session, erasurekey).
+INBOX_PEOPLE = Target(INBOX, emails=("handoff.contact.email",), clear=("verdict.note",), by_held_key=True)
 OPPORTUNITY_PEOPLE = Target(
     OPPORTUNITIES, emails=("contacts.email",), related=(Related(ACTIVITIES, "opportunity_id"),)
 )
@@ -230,11 +234,23 @@ def item_doc(item: InboxItem) -> Doc:
         doc["last_handed_off_at"] = item.last_handed_off_at
     if item.superseded_event_ids:
         doc["superseded_event_ids"] = list(item.superseded_event_ids)
-    # ``with_person_hashes(doc, INBOX_PEOPLE)``: the person is the handoff's one contact e-mail
-    # (INBOX_PEOPLE's ``emails``), hashed without walking the document for it (1.5 us of every
-    # handoff sales stores; docs/performance.md, twenty-second session, drainsales).
-    doc[PERSON_HASHES] = person_hashes(item.handoff.contact.email)
+    doc[PERSON_HASHES] = item_person_hashes(item)
     return doc
+
+
+def item_person_hashes(item: InboxItem) -> list[str]:
+    """``with_person_hashes(doc, INBOX_PEOPLE)``'s value: the person is the handoff's one contact
+    e-mail (INBOX_PEOPLE's ``emails``), hashed without walking the document for it (1.5 us of
+    every handoff sales stores; docs/performance.md, twenty-second session, drainsales). A
+    contact opened with a held key is named by that key's id instead (``by_held_key``: erasure
+    finds the item through the key, which holds the hash); an erased one by nothing."""
+    hashes = person_hashes(item.handoff.contact.email)
+    return [item.person_key] if hashes and item.person_key is not None else hashes
+
+
+def _person_key(d: Doc) -> str | None:
+    """The held key an item names its contact by (:func:`item_person_hashes`), if any."""
+    return next((h for h in d.get(PERSON_HASHES, ()) if is_held_key_id(h)), None)
 
 
 def item_from_doc(d: Doc) -> InboxItem:
@@ -262,6 +278,7 @@ def item_from_doc(d: Doc) -> InboxItem:
         handoff_event_ids=list(d.get("handoff_event_ids", [])),
         superseded_event_ids=list(d.get("superseded_event_ids", [])),
         last_handed_off_at=d.get("last_handed_off_at"),
+        person_key=_person_key(d),
         verdict=None
         if not v
         else VerdictRecord(

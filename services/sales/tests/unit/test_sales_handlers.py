@@ -118,6 +118,43 @@ def test_an_inbox_items_person_hashes_are_its_contacts_without_walking_the_docum
     assert INBOX_PEOPLE.emails == ("handoff.contact.email",), "item_doc hashes the one e-mail it names"
 
 
+async def test_an_item_of_a_sealed_handoff_names_its_contact_by_the_held_key_it_was_opened_with() -> None:
+    """A sealed handoff's item stores the id of the held key its contact was opened with in
+    ``person_hashes``, not the contact's hash (a time-ordered index entry, not a random one:
+    erasure finds it through the key, crm_platform.erasure ``by_held_key``); read back, it keeps
+    it. A plaintext refresh names the new contact by its hash, an erased contact by nothing."""
+    from crm_platform import erasure
+    from crm_platform.shredding import sealed_event
+    from sales.store import INBOX_PEOPLE, item_doc, item_from_doc
+
+    assert INBOX_PEOPLE.by_held_key
+    uow = make_uow("sam")
+    plain = qualified("l-1")
+    sealed, [key] = sealed_event(plain, "leads")
+    await handlers.on_lead_qualified(uow, plain, envelope(sealed))  # the consumer opened it
+    item = await uow.unit.inbox.latest_for_lead("l-1")
+    assert item is not None
+    held = f"held:leads:{key.person_id}"
+    assert item.person_key == held
+    doc = item_doc(item)
+    assert doc[erasure.PERSON_HASHES] == [held]
+    assert item_from_doc(doc).person_key == held
+    assert item_doc(item_from_doc(doc)) == doc
+
+    later = qualified("l-1")
+    await handlers.on_lead_qualified(uow, later, envelope(later, T0 + timedelta(minutes=5)))
+    refreshed = await uow.unit.inbox.latest_for_lead("l-1")
+    assert refreshed is not None
+    assert refreshed.person_key is None
+    assert item_doc(refreshed)[erasure.PERSON_HASHES] == erasure.person_hashes("l-1@example.com")
+
+    refreshed.person_key = held
+    refreshed.handoff = refreshed.handoff.model_copy(
+        update={"contact": refreshed.handoff.contact.model_copy(update={"email": "erased-0@erased.example"})}
+    )
+    assert item_doc(refreshed)[erasure.PERSON_HASHES] == [], "an erased contact is nobody"
+
+
 # -- lead.qualified ---------------------------------------------------------------------------
 
 

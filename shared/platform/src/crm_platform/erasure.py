@@ -10,6 +10,9 @@ transaction:
 
 1. finds the person's documents by ``person_hashes`` (the hashes of the e-mails a document
    holds, written by the service's store with every save: :func:`person_hashes`; indexed),
+   or, for a target ``by_held_key``, by the id of the held key a sealed event's person was
+   opened with, which a document stored from it holds there instead of the hash (the request's
+   hash -> the holder's ``person_keys`` that learned it -> their ids: one more query),
    plus the documents named by id in the request; documents written before the field existed
    are found by a scan of those without it (the backfill path: :func:`backfill` gives them the
    field, so the scan shrinks to nothing);
@@ -70,12 +73,19 @@ class Related:
 
 @dataclass(frozen=True)
 class Target:
-    """A collection whose documents hold people: the dotted ``emails`` paths (lists walked)."""
+    """A collection whose documents hold people: the dotted ``emails`` paths (lists walked).
+
+    ``by_held_key``: a document stored from a sealed event's opened person may name that person
+    in ``person_hashes`` by the id of the held key that opened them
+    (``crm_platform.shredding.held_key_of``: ``held:<owner>:<person id>``, time-ordered, so its
+    index entry lands at the B-tree's edge) instead of by their hash (random: a page anywhere);
+    erasure then finds it as hash -> held keys -> documents (:func:`_matching`)."""
 
     collection: str
     emails: tuple[str, ...]
     clear: tuple[str, ...] = ()
     related: tuple[Related, ...] = ()
+    by_held_key: bool = False
 
 
 @dataclass
@@ -151,6 +161,8 @@ def erase_doc(doc: Doc, target: Target, digest: str | None, whole: bool, person:
                 _erase_person_object(parent, key, found, person)
     for path in target.clear:
         _clear(out, path)
+    # Recomputed from what is left: a held key's id goes too (its person is gone, or named by
+    # their hash from now on).
     remaining = [h for h in hashes_of(out, target) if h != digest]
     out[PERSON_HASHES] = remaining
     return out
@@ -254,8 +266,7 @@ async def _scrub_outbox(tx: Any, keys: list[str], pattern: re.Pattern[str] | Non
 
 async def _matching(tx: Any, target: Target, digest: str | None, record_ids: Sequence[str]) -> list[Doc]:
     coll = tx.db[target.collection]
-    named: list[Doc] = [{"_id": {"$in": list(record_ids)}}]
-    query: Doc = {"$or": named if digest is None else [{PERSON_HASHES: digest}, *named]}
+    query = await matching_query(tx, target, digest, record_ids)
     found = [d async for d in coll.find(query, session=tx.session)]
     if digest is None:
         return found
@@ -264,6 +275,25 @@ async def _matching(tx: Any, target: Target, digest: str | None, record_ids: Seq
         if digest in hashes_of(doc, target) and doc not in found:
             found.append(doc)
     return found
+
+
+async def matching_query(tx: Any, target: Target, digest: str | None, record_ids: Sequence[str]) -> Doc:
+    """The query of a target's documents of the person of ``digest`` and those named by id: by
+    the hash, and (``by_held_key``) by the ids of the held keys that learned it (markers too:
+    a key shredded before the request came keeps its hashes), all on ``by_person_hash``."""
+    named: list[Doc] = [{"_id": {"$in": list(record_ids)}}]
+    if digest is None:
+        return {"$or": named}
+    held = await shredding.held_keys_by_hash(tx, digest) if target.by_held_key else []
+    return {"$or": [person_query(digest, held), *named]}
+
+
+def person_query(digest: str, held_keys: Sequence[str] = ()) -> Doc:
+    """A document of the person of ``digest``: its hash, or one of their held keys' ids, in
+    ``person_hashes``."""
+    if not held_keys:
+        return {PERSON_HASHES: digest}
+    return {PERSON_HASHES: {"$in": [digest, *held_keys]}}
 
 
 async def _replace(tx: Any, collection: str, old: Doc, new: Doc, outcome: Outcome) -> None:

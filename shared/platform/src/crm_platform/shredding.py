@@ -634,7 +634,13 @@ async def _on_shredded(tx: Any, event: LeadPersonKeyShreddedV1, envelope: Envelo
     await _mark_shredded(tx, {"_id": _held_id(envelope.source, event.person_id)}, upsert=True)
 
 
-async def _mark_shredded(tx: Any, query: Doc, *, upsert: bool = False) -> int:
+async def _mark_shredded(tx: Any, query: Doc, *, upsert: bool = False, hashes: Iterable[str] = ()) -> int:
+    """The key of ``query`` replaced by a shredding marker (``hashes``: learned ones it keeps).
+
+    The marker keeps the person's hashes: an erasure request that arrives after the owner's
+    shredding record still finds, through it, the records that name the person by their held
+    key (``crm_platform.erasure``, ``Target.by_held_key``: sales' inbox items of sealed
+    handoffs). A hash is not personal data on its own: the erased stand-ins are derived from it."""
     batch = getattr(tx, "batch", None)
     if batch is not None:
         # The batch's deferred key inserts and learned hashes land first (the query may name
@@ -643,11 +649,10 @@ async def _mark_shredded(tx: Any, query: Doc, *, upsert: bool = False) -> int:
         batch.forget(HELD_KEYS)
     # $min: a repeated shredding (a redelivered record: the key consumer keeps no ledger) leaves
     # the marker as it was.
-    update = {
-        "$set": {"shredded": True},
-        "$min": {"shredded_at": utcnow()},
-        "$unset": {"key": "", "person_hashes": ""},
-    }
+    update: Doc = {"$set": {"shredded": True}, "$min": {"shredded_at": utcnow()}, "$unset": {"key": ""}}
+    kept = sorted(set(hashes))
+    if kept:
+        update["$addToSet"] = {"person_hashes": {"$each": kept}}
     if upsert:
         await tx.db[KEYS].update_one(query, update, upsert=True, session=tx.session)
         return 1
@@ -899,6 +904,38 @@ def key_topics(service: str) -> tuple[str, ...]:
 # -- erasure ---------------------------------------------------------------------------------
 
 
+def held_key_of(envelope: Envelope) -> str | None:
+    """The id of the held key (``held:<owner>:<person id>``) that opens the one person a sealed
+    ``envelope`` carries (``lead.qualified`` v2's ``sealed_contact``), None for any other: what
+    a record stored from its opened values names its person by instead of their hash
+    (``crm_platform.erasure``, ``Target.by_held_key``). By the time that record commits, the
+    person's hash is in the held key or in its ``learned:`` document (:func:`_open`)."""
+    sealed = envelope.payload.get("sealed_contact")
+    if not isinstance(sealed, dict):
+        return None
+    owner, person_id = sealed.get("key_owner"), sealed.get("person_id")
+    if not isinstance(owner, str) or not isinstance(person_id, str):
+        return None
+    return _held_id(owner, person_id)
+
+
+def is_held_key_id(value: str) -> bool:
+    """Whether ``value`` is a held key's id (:func:`held_key_of`), not a hash."""
+    return value.startswith("held:")
+
+
+async def held_keys_by_hash(tx: Any, digest: str) -> list[str]:
+    """The ids of the held keys of the person with e-mail hash ``digest``: the copies (and
+    shredding markers, which keep their hashes) that learned it, and those known by a
+    ``learned:`` document (``person_keys.by_person_hash``, one query)."""
+    if getattr(tx, "batch", None) is not None:
+        await tx.flush_inserts(KEYS)  # the batch's learned hashes first
+    query = {"person_hashes": digest}
+    found = tx.db[KEYS].find(query, {"held_id": 1}, session=tx.session)
+    ids = {str(doc.get("held_id") or doc["_id"]) async for doc in found}
+    return sorted(i for i in ids if is_held_key_id(i))
+
+
 async def shred(tx: Any, digests: Iterable[str]) -> int:
     """Destroy the keys of the people with these e-mail hashes; returns how many keys.
 
@@ -930,9 +967,10 @@ async def _shred_held(tx: Any, wanted: list[str]) -> int:
     query = {"_id": {"$regex": "^learned:"}, "person_hashes": {"$in": wanted}}
     learned = [d async for d in tx.db[KEYS].find(query, session=tx.session)]
     ids = [str(d["held_id"]) for d in learned]
-    for held_id in ids:
-        _remember(held_id, None)
-        await _mark_shredded(tx, {"_id": held_id}, upsert=True)
+    for doc in learned:
+        _remember(str(doc["held_id"]), None)
+        # The marker takes the learned hashes (the learned document goes): still found by them.
+        await _mark_shredded(tx, {"_id": doc["held_id"]}, upsert=True, hashes=doc.get("person_hashes", ()))
     if learned:
         await tx.db[KEYS].delete_many({"_id": {"$in": [d["_id"] for d in learned]}}, session=tx.session)
     held = {"_id": {"$regex": "^held:", "$nin": ids}, "person_hashes": {"$in": wanted}}

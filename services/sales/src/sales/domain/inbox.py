@@ -130,6 +130,10 @@ class InboxItem:
     superseded_event_ids: list[str] = field(default_factory=list)
     last_handed_off_at: datetime | None = None
     verdict: VerdictRecord | None = None
+    # The held key its handoff's contact was opened with (``held:<owner>:<person id>``, a sealed
+    # handoff; None: a plaintext one): erasure finds the item through it (crm_platform.erasure,
+    # ``Target.by_held_key``), so the store keeps it instead of the contact's hash.
+    person_key: str | None = None
 
     @classmethod
     def receive(
@@ -140,8 +144,10 @@ class InboxItem:
         now: datetime,
         sla_minutes: int,
         handoff_number: int,
+        person_key: str | None = None,
     ) -> InboxItem:
-        """A new item for a handoff, due ``sla_minutes`` after it was received."""
+        """A new item for a handoff, due ``sla_minutes`` after it was received (``person_key``:
+        the held key its contact was opened with)."""
         event_id = uuids.text(envelope.event_id)
         return cls(
             id=event_id,
@@ -156,6 +162,7 @@ class InboxItem:
             updated_at=now,
             handoff_number=handoff_number,
             handoff_event_ids=[event_id],
+            person_key=person_key,
         )
 
     @property
@@ -171,9 +178,13 @@ class InboxItem:
         """Remember a re-sent older handoff that arrived after a newer one (and changes nothing)."""
         self.superseded_event_ids.append(str(envelope.event_id))
 
-    def refresh(self, event: LeadQualifiedV1, envelope: Envelope, *, now: datetime) -> None:
-        """Marketing handed the pending lead over again: the newer handoff replaces the old one."""
+    def refresh(
+        self, event: LeadQualifiedV1, envelope: Envelope, *, now: datetime, person_key: str | None = None
+    ) -> None:
+        """Marketing handed the pending lead over again: the newer handoff replaces the old one
+        (its contact with it, and the held key that contact was opened with)."""
         self.handoff, self.company = event, event.company
+        self.person_key = person_key
         self.updated_at = now
         self.last_handed_off_at = envelope.occurred_at
         self.handoff_event_ids.append(str(envelope.event_id))
