@@ -8,6 +8,9 @@ e-mail, name and phone are gone from every service's own read API (records, hist
 logs) and from every collection of every service's database. Filing the same request again
 changes nothing and each department still confirms it once.
 
+Sales' inbox item came from a sealed handoff, so it names the person by the held key it was
+opened with (not by their hash): the request finds it through that key, and erases it.
+
 The log too (crypto-shredding, crm_platform.shredding): every topic read from its beginning
 holds none of the person's values in any record's bytes (key, value, headers), the latest record
 of each of the person's keys on the key topics is its shredding (the embedded broker does not
@@ -39,6 +42,7 @@ from crm_contracts.topics import (
 from crm_platform.devinfra.journey import Gateway, run_journey, until
 from crm_platform.devinfra.launcher import Platform
 from crm_platform.kafka import make_consumer
+from crm_platform.pseudonym import email_hash
 from crm_platform.shredding import ZERO_KEY
 from crm_platform.testing import TopicReader, produce_envelope
 from pymongo import MongoClient
@@ -96,6 +100,13 @@ def test_an_erased_person_is_gone_from_every_department(gw: Gateway, platform: P
         },
     )
     person = (email, name, phone)
+    # The handoff reached sales sealed: its inbox item names the person by the held key it was
+    # opened with, not by their hash (the erasure finds it as hash -> held key -> item).
+    digest = email_hash(email)
+    named_by = _inbox_person_hashes(platform, journey.lead_id)
+    assert named_by, "the item names its person"
+    assert all(h.startswith("held:leads:") for h in named_by), named_by
+    assert digest not in named_by
 
     request = _file(gw, email)
     assert request["email_hash"] is not None
@@ -137,6 +148,7 @@ def test_an_erased_person_is_gone_from_every_department(gw: Gateway, platform: P
     assert lead["name"].startswith("Erased person ")
     assert lead["status"] == "accepted", "the record stays, only the person goes"
 
+    assert _inbox_person_hashes(platform, journey.lead_id) == [], "the sealed item was erased"
     _assert_databases_clean(platform, person)
     _assert_log_clean(platform, journey.lead_id, journey.opportunity_id, person)
 
@@ -272,6 +284,15 @@ def _assert_no_keys_left(platform: Platform, person_ids: set[str]) -> None:
                     if item.get("key") in person_ids and key not in (None, ZERO_KEY):
                         left.append(f"{suffix}.outbox: {item['event_id']}")
     assert left == []
+
+
+def _inbox_person_hashes(platform: Platform, lead_id: str) -> list[str]:
+    """What sales' inbox item of the lead names its person by (``person_hashes``)."""
+    client: MongoClient[dict[str, Any]]
+    with MongoClient(platform.mongodb_uri, serverSelectionTimeoutMS=10_000) as client:
+        item = client[f"{platform.db_prefix}sales"]["inbox"].find_one({"lead_id": lead_id})
+    assert item is not None, f"no inbox item of {lead_id}"
+    return list(item["person_hashes"])
 
 
 def _assert_databases_clean(platform: Platform, person: tuple[str, ...]) -> None:
