@@ -124,6 +124,6 @@ def test_an_item_named_by_its_held_key_is_erased_and_named_by_nothing_after() ->
     }
     person = Person()
     erased = erase_doc(doc, INBOX, email_hash(ADA), False, person)
-    assert erased["handoff"]["contact"]["email"].endswith("@erased.example")  # type: ignore[index]
+    assert erased["handoff"]["contact"]["email"].endswith("@erased.example")
     assert erased[PERSON_HASHES] == []
     assert person.values == {ADA, "Ada Lovelace"}
