@@ -160,6 +160,29 @@ def test_only_this_departments_receipts_are_validated_as_envelopes(monkeypatch: 
     assert len(validated) == 1
 
 
+def test_receipts_are_parsed_with_the_string_cache_for_keys_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A receipt's values (ids, times) are all new and most receipts are dropped at once: the
+    parse shares only the keys through pydantic-core's string cache (twenty-sixth session,
+    salesdrain); the same receipts are kept."""
+    import pydantic_core
+
+    parsed: list[object] = []
+    from_json = pydantic_core.from_json
+
+    def recording(raw: Any, **kwargs: Any) -> Any:
+        parsed.append(kwargs.get("cache_strings", "all"))
+        return from_json(raw, **kwargs)
+
+    monkeypatch.setattr(pydantic_core, "from_json", recording)
+    tracker = _tracker()
+    raws = [
+        _receipt("theirs", from_department="marketing", occurred_at=NOW),
+        _receipt("mine", from_department="sales", occurred_at=NOW),
+    ]
+    assert tracker.ours(raws) == ["mine"]
+    assert parsed == ["keys", "keys"]
+
+
 async def test_the_receipt_listener_is_a_patient_consumer(monkeypatch: pytest.MonkeyPatch) -> None:
     """A receipt is needed within minutes (the re-send timer): the listener's consumer takes the
     patient idle pause (crm_platform.kafka.be_patient), not the departments' idle pause."""
