@@ -551,6 +551,7 @@ def _pace_fetcher(what: str) -> None:
     original = Fetcher._proc_fetch_request
 
     async def paced(self: Fetcher, *args: Any, **kwargs: Any) -> bool:
+        look_again_when_done(self)
         fetch = original
         while True:
             has_data, paused = await _paced_round(self, fetch, args, kwargs)
@@ -570,6 +571,32 @@ def _pace_fetcher(what: str) -> None:
 
     Fetcher._proc_fetch_request = paced
     Fetcher._crm_paced = True
+
+
+def look_again_when_done(fetcher: Fetcher) -> None:
+    """Make aiokafka's fetch routine look again once this fetch task has ended and its broker is
+    free: called in the task, so the callback comes after the routine's own, which frees the broker
+    (``_in_flight``).
+
+    Without it a wake-up could be lost: the routine woken for records taken (its
+    ``_wait_consume_future``) in the loop round in which the task ended sees the task done but
+    its broker still in flight, sends nothing, and waits with no task to wake it, for its
+    timeout (:data:`FETCH_ROUTINE_TIMEOUT_MS`, 5 s). Records are taken while a fetch task is on
+    its way whenever a partition's records were held while the others were fetched (counted
+    twice in each of two platform phases, the receipts' listener and leads' department
+    consumer), and every time with a trickle's records taken during its fetch's pause (branch
+    ``fetchtail``: five stalls of 5 s in a row in sales' department consumer, the 25/s p99 5.4 s;
+    docs/performance.md, twenty-sixth session, fetchtail). A routine that is not waiting for
+    records taken loops once more, as it would anyway: the task ended."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.add_done_callback(functools.partial(_look_again, fetcher))
+
+
+def _look_again(fetcher: Fetcher, _task: object) -> None:
+    waiting = fetcher._wait_consume_future  # what the routine waits on besides its tasks
+    if waiting is not None:
+        _end_pause(waiting)
 
 
 async def _paced_round(
