@@ -574,3 +574,51 @@ async def test_an_idle_pause_ends_on_the_grid(monkeypatch: pytest.MonkeyPatch) -
     await kafka_module.pause_empty(0.1)
     [when] = asked
     assert when == round(when / wakeups.WAKE_GRID_SECONDS) * wakeups.WAKE_GRID_SECONDS
+
+
+def _trickle(size: int, **marks: bool) -> Any:
+    """A caught-up consumer's fetcher whose fetch brought ``size`` bytes of records to partition 0."""
+    fetcher = _Fetching(True, **marks)
+    records = SimpleNamespace(size_in_bytes=lambda: size)
+    buffered = SimpleNamespace(_partition_records=SimpleNamespace(_records=records))
+    fetcher._records[TopicPartition("t", 0)] = buffered
+    return fetcher
+
+
+async def test_a_trickles_fetch_waits_the_plain_pause_as_an_empty_one(
+    paced_round: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caught-up consumer's fetch that brought a record or two (a live trickle: the handoffs at
+    25/s) is followed by the plain pause, not by a fetch at once that finds nothing (a third of a
+    department consumer's fetch rounds); like an empty fetch's pause, ``hurry_fetches`` ends it."""
+    monkeypatch.setattr(kafka_module, "_empty_fetch_pause", 3600.0)  # only an ending finishes it
+    assignment, request = _assigned({0: 5, 1: 7}), _request({0: 5, 1: 7})
+    round_ = asyncio.create_task(paced_round(_trickle(1500), assignment, 0, request))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not round_.done(), "the next fetch waits the pause"
+    assert kafka_module._pauses
+    kafka_module.hurry_fetches()
+    assert await asyncio.wait_for(round_, 10) is True  # an hour otherwise
+    assert not kafka_module._pauses
+
+
+@pytest.mark.parametrize(
+    "case", ["a backlog's bytes", "records in hand", "unpaced", "key consumer", "interval"]
+)
+async def test_a_fetch_with_records_that_is_not_a_trickles_fetches_again_at_once(
+    paced_round: Any, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """No pause after records where the next fetch may bring more at once: a fetch of a backlog's
+    bytes, one whose request left out partitions whose records the consumer had in hand (it was
+    not caught up), a broker that holds fetches (Apache Kafka: no pacing), the key consumer (its
+    own rhythm, ``be_patient(..., until_records=True)``) and a paced interval's consumer."""
+    monkeypatch.setattr(kafka_module, "_empty_fetch_pause", 0.0 if case == "unpaced" else 3600.0)
+    if case == "interval":
+        monkeypatch.setattr(kafka_module, "_fetch_interval", 1e-6)
+    size = kafka_module.TRICKLE_FETCH_BYTES if case == "a backlog's bytes" else 1500
+    marks = {"_crm_patient": True, "_crm_until_records": True} if case == "key consumer" else {}
+    request = _request({0: 5} if case == "records in hand" else {0: 5, 1: 7})
+    fetched = paced_round(_trickle(size, **marks), _assigned({0: 5, 1: 7}), 0, request)
+    assert await asyncio.wait_for(fetched, 10) is True  # an hour if it paused
+    assert not kafka_module._pauses

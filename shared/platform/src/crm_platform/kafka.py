@@ -261,6 +261,9 @@ _fetch_interval = 0.0  # pace_fetches: the least time between fetches that bring
 # whatever the interval, so a long interval for live events never slows a replay.
 BACKLOG_FETCH_BYTES = 256 * 1024
 BACKLOG_FETCH_INTERVAL = 0.1
+# A fetch that brought less than this, for a consumer that had caught up, is a live trickle's: the
+# next fetch waits the plain pause, as after an empty one (:func:`trickled`).
+TRICKLE_FETCH_BYTES = 16 * 1024
 # A consumer whose fetches came back empty for this long is idle: it then waits
 # IDLE_PAUSE_FACTOR times the pause (so an idle platform costs a fifth of the CPU);
 # the first record after a quiet second waits that much longer, none while traffic flows.
@@ -630,20 +633,44 @@ async def _paced_round(
         size = fetched_bytes(self, args[2] if len(args) > 2 else kwargs.get("request"))
     elapsed = time.monotonic() - started
     wait = wait_after_fetch(has_data, elapsed, streak, patient=patient, fetched_bytes=size, interval=own)
+    if has_data and not max(_fetch_interval, own) and trickled(self, args):  # then wait is 0
+        return await _pause_after_round(has_data, _empty_fetch_pause, interval=False)
+    return await _pause_after_round(has_data, wait, interval=has_data)
+
+
+async def _pause_after_round(has_data: bool, wait: float, *, interval: bool) -> tuple[bool, bool]:
+    """The wait after a fetch round, if any: a fetch interval's (``interval``: :func:`pace_fetches`,
+    :func:`pace_records`) or an empty fetch's or a trickle's pause (:func:`pause_empty`, ended by
+    :func:`hurry_fetches`). (Whether the fetch brought records, whether it paused in full.)"""
     if wait <= 0:
         return has_data, False
     # Still inside the fetch task, so the fetcher counts this broker as
     # busy and sends it nothing new until the pause is over.
     try:
-        if has_data:
+        if interval:
             await asyncio.sleep(wait)
         else:
-            # A key consumer's pause, plain or patient, ends when the department's records come:
-            # its key is on the broker with them (be_patient's ``until_records``).
-            await pause_empty(wait, until_records=until_records)
+            await pause_empty(wait)
     except asyncio.CancelledError:
         return False, False  # closing: the fetcher cancels its tasks and moves on
     return has_data, True
+
+
+def trickled(fetcher: Fetcher, args: tuple[Any, ...]) -> bool:
+    """Whether a fetch that brought records was a live trickle's, on a broker that answers empty
+    fetches at once (:func:`pace_empty_fetches`): its request named every partition the consumer
+    holds (nothing was buffered or in hand: the consumer had caught up) and it brought less than
+    :data:`TRICKLE_FETCH_BYTES`. The next fetch then waits the plain pause, as after an empty one:
+    sent at once, it found nothing in nearly every round (at 25 handoffs a second, a third of a
+    department consumer's 68 fetch rounds a second were these; docs/performance.md, twenty-fifth
+    session, fetchrounds), and a record that comes meanwhile waits no longer than one that comes
+    during an empty fetch's pause. Never on Apache Kafka (no pause: the broker holds the fetch)."""
+    if not _empty_fetch_pause or len(args) < 3:
+        return False
+    assignment, _, request = args[:3]
+    if len(_asked(fetcher, request)) != len(assignment.tps):
+        return False
+    return fetched_bytes(fetcher, request) < TRICKLE_FETCH_BYTES
 
 
 async def _fetch_marked(
