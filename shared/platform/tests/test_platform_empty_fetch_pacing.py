@@ -169,6 +169,7 @@ class _Fetching:
         self._crm_empty_streak = 1_000  # idle for a while
         self.has_data = has_data
         self._records: dict[Any, Any] = {}  # nothing buffered (kafka.fetched_bytes)
+        self._fetch_waiters: set[asyncio.Future[None]] = set()  # its consumers' waits for records
 
 
 @pytest.fixture
@@ -590,13 +591,19 @@ async def test_a_trickles_fetch_waits_the_plain_pause_as_an_empty_one(
 ) -> None:
     """A caught-up consumer's fetch that brought a record or two (a live trickle: the handoffs at
     25/s) is followed by the plain pause, not by a fetch at once that finds nothing (a third of a
-    department consumer's fetch rounds); like an empty fetch's pause, ``hurry_fetches`` ends it."""
+    department consumer's fetch rounds); like an empty fetch's pause, ``hurry_fetches`` ends it.
+    The consumer waiting for records has them at once, not when the pause is over (aiokafka's
+    routine wakes it when the fetch task ends)."""
     monkeypatch.setattr(kafka_module, "_empty_fetch_pause", 3600.0)  # only an ending finishes it
     assignment, request = _assigned({0: 5, 1: 7}), _request({0: 5, 1: 7})
-    round_ = asyncio.create_task(paced_round(_trickle(1500), assignment, 0, request))
+    fetcher = _trickle(1500)
+    waiting = asyncio.get_running_loop().create_future()
+    fetcher._fetch_waiters.add(waiting)
+    round_ = asyncio.create_task(paced_round(fetcher, assignment, 0, request))
     for _ in range(3):
         await asyncio.sleep(0)
     assert not round_.done(), "the next fetch waits the pause"
+    assert waiting.done(), "the consumer has the records while the pause goes on"
     assert kafka_module._pauses
     kafka_module.hurry_fetches()
     assert await asyncio.wait_for(round_, 10) is True  # an hour otherwise

@@ -634,6 +634,8 @@ async def _paced_round(
     elapsed = time.monotonic() - started
     wait = wait_after_fetch(has_data, elapsed, streak, patient=patient, fetched_bytes=size, interval=own)
     if has_data and not max(_fetch_interval, own) and trickled(self, args):  # then wait is 0
+        for waiter in list(self._fetch_waiters):  # the records now: aiokafka's routine wakes its
+            _end_pause(waiter)  # consumers' waits when this task ends, after the pause
         return await _pause_after_round(has_data, _empty_fetch_pause, interval=False)
     return await _pause_after_round(has_data, wait, interval=has_data)
 
