@@ -626,7 +626,8 @@ async def _paced_round(
         if _patient_pauses:
             end_patient_pauses()  # the key consumer fetches the keys of these records now
     if until_records and _empty_fetch_pause:
-        return await _pause_until_records(self, has_data, streak, patient, seen != _records_fetched)
+        trickle = has_data and trickled(self, args)
+        return await _pause_until_records(self, has_data, streak, patient, seen != _records_fetched, trickle)
     own: float = getattr(self._client, "_crm_fetch_interval", 0.0)  # pace_records
     size = 0
     if has_data and max(_fetch_interval, own) > BACKLOG_FETCH_INTERVAL:  # only where it can change the wait
@@ -634,8 +635,7 @@ async def _paced_round(
     elapsed = time.monotonic() - started
     wait = wait_after_fetch(has_data, elapsed, streak, patient=patient, fetched_bytes=size, interval=own)
     if has_data and not max(_fetch_interval, own) and trickled(self, args):  # then wait is 0
-        for waiter in list(self._fetch_waiters):  # the records now: aiokafka's routine wakes its
-            _end_pause(waiter)  # consumers' waits when this task ends, after the pause
+        hand_over(self)
         return await _pause_after_round(has_data, _empty_fetch_pause, interval=False)
     return await _pause_after_round(has_data, wait, interval=has_data)
 
@@ -656,6 +656,14 @@ async def _pause_after_round(has_data: bool, wait: float, *, interval: bool) -> 
     except asyncio.CancelledError:
         return False, False  # closing: the fetcher cancels its tasks and moves on
     return has_data, True
+
+
+def hand_over(fetcher: Fetcher) -> None:
+    """Wake the consumer's waits for records now, for a fetch task that pauses after bringing some
+    (:func:`trickled`): aiokafka's fetch routine wakes them only when the task ends, which held a
+    trickle's records for the pause (the trace's produced -> sales' transaction p50 14.8 -> 32.1 ms)."""
+    for waiter in list(fetcher._fetch_waiters):
+        _end_pause(waiter)
 
 
 def trickled(fetcher: Fetcher, args: tuple[Any, ...]) -> bool:
@@ -690,10 +698,11 @@ async def _fetch_marked(
 
 
 async def _pause_until_records(
-    fetcher: Fetcher, has_data: bool, streak: int, patient: bool, missed: bool
+    fetcher: Fetcher, has_data: bool, streak: int, patient: bool, missed: bool, trickle: bool
 ) -> tuple[bool, bool]:
     """The wait of an ``until_records`` consumer (the person keys') after a fetch: none after one
-    that brought records, nor after one on its way while another consumer fetched records (or a
+    that brought records other than a trickle (:func:`trickled`: a key or two, handed to its
+    consumer at once), nor after one on its way while another consumer fetched records (or a
     key check hurried fetches), whose keys it may have missed (it used to pause the plain pause
     then, the handoff with it); otherwise its pause (:func:`pause_after`), ended by the next
     records fetched elsewhere (:func:`end_patient_pauses`), during which it has nothing on its way
@@ -704,8 +713,10 @@ async def _pause_until_records(
     here) the key fetch rounds per handoff fell from about 2 to 0.6 at 25/s, but every key came
     after its handoff and person-key waits rose (40 in 250 against 0-12; docs/performance.md,
     eighteenth session, p99sales)."""
-    if missed or has_data:
+    if missed or (has_data and not trickle):
         return has_data, False
+    if has_data:
+        hand_over(fetcher)
     _records_pausing(fetcher, True)
     try:
         await pause_empty(
