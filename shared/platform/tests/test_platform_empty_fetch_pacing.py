@@ -577,13 +577,20 @@ async def test_an_idle_pause_ends_on_the_grid(monkeypatch: pytest.MonkeyPatch) -
     assert when == round(when / wakeups.WAKE_GRID_SECONDS) * wakeups.WAKE_GRID_SECONDS
 
 
-def _trickle(size: int, **marks: bool) -> Any:
-    """A caught-up consumer's fetcher whose fetch brought ``size`` bytes of records to partition 0."""
+def _trickle(**marks: bool) -> Any:
+    """A caught-up consumer's fetcher whose fetch brings records (buffered in partition 0)."""
     fetcher = _Fetching(True, **marks)
-    records = SimpleNamespace(size_in_bytes=lambda: size)
-    buffered = SimpleNamespace(_partition_records=SimpleNamespace(_records=records))
-    fetcher._records[TopicPartition("t", 0)] = buffered
+    fetcher._records[TopicPartition("t", 0)] = object()
     return fetcher
+
+
+def _seen(highwaters: dict[int, int]) -> Any:
+    """An assignment of topic ``t``'s partitions at offsets 5 and 7 whose fetch answer gave these
+    high watermarks (``highwaters``: how many records the broker held past each offset)."""
+    assignment = _assigned({0: 5, 1: 7})
+    for partition, highwater in highwaters.items():
+        assignment.state_value(TopicPartition("t", partition)).highwater = highwater
+    return assignment
 
 
 async def test_a_trickles_fetch_waits_the_plain_pause_as_an_empty_one(
@@ -595,8 +602,8 @@ async def test_a_trickles_fetch_waits_the_plain_pause_as_an_empty_one(
     The consumer waiting for records has them at once, not when the pause is over (aiokafka's
     routine wakes it when the fetch task ends)."""
     monkeypatch.setattr(kafka_module, "_empty_fetch_pause", 3600.0)  # only an ending finishes it
-    assignment, request = _assigned({0: 5, 1: 7}), _request({0: 5, 1: 7})
-    fetcher = _trickle(1500)
+    assignment, request = _seen({0: 7, 1: 7}), _request({0: 5, 1: 7})  # two records came
+    fetcher = _trickle()
     waiting = asyncio.get_running_loop().create_future()
     fetcher._fetch_waiters.add(waiting)
     round_ = asyncio.create_task(paced_round(fetcher, assignment, 0, request))
@@ -611,22 +618,25 @@ async def test_a_trickles_fetch_waits_the_plain_pause_as_an_empty_one(
 
 
 @pytest.mark.parametrize(
-    "case", ["a backlog's bytes", "records in hand", "unpaced", "key consumer's backlog", "interval"]
+    "case",
+    ["more behind it", "records in hand", "unpaced", "key consumer's backlog", "interval", "no answer"],
 )
 async def test_a_fetch_with_records_that_is_not_a_trickles_fetches_again_at_once(
     paced_round: Any, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
-    """No pause after records where the next fetch may bring more at once: a fetch of a backlog's
-    bytes, one whose request left out partitions whose records the consumer had in hand (it was
-    not caught up), a broker that holds fetches (Apache Kafka: no pacing), the key consumer's
-    backlog (``be_patient(..., until_records=True)``) and a paced interval's consumer."""
+    """No pause after records where the next fetch may bring more at once: a fetch that found more
+    records behind it on the broker (a backlog, a saturated flow: the key consumer's too, ``be_patient(...,
+    until_records=True)``), one whose request left out partitions whose records the consumer had
+    in hand (it was not caught up), a broker that holds fetches (Apache Kafka: no pacing), a
+    paced interval's consumer, and a partition whose high watermark is unknown."""
     monkeypatch.setattr(kafka_module, "_empty_fetch_pause", 0.0 if case == "unpaced" else 3600.0)
     if case == "interval":
         monkeypatch.setattr(kafka_module, "_fetch_interval", 1e-6)
-    size = kafka_module.TRICKLE_FETCH_BYTES if "backlog" in case else 1500
+    behind = kafka_module.TRICKLE_FETCH_RECORDS + 1 if "behind" in case or "backlog" in case else 1
+    assignment = _seen({0: 5 + behind} if case == "no answer" else {0: 5 + behind, 1: 7})
     marks = {"_crm_patient": True, "_crm_until_records": True} if "key" in case else {}
     request = _request({0: 5} if case == "records in hand" else {0: 5, 1: 7})
-    fetched = paced_round(_trickle(size, **marks), _assigned({0: 5, 1: 7}), 0, request)
+    fetched = paced_round(_trickle(**marks), assignment, 0, request)
     assert await asyncio.wait_for(fetched, 10) is True  # an hour if it paused
     assert not kafka_module._pauses
 
@@ -643,11 +653,11 @@ async def test_a_key_consumers_trickle_is_handed_over_then_it_pauses_on_its_way_
     for name in ("_records_fetching", "_records_unread", "_records_paused"):
         monkeypatch.setattr(kafka_module, name, type(getattr(kafka_module, name))())
     loop = asyncio.get_running_loop()
-    keys = _trickle(300, _crm_patient=True, _crm_until_records=True)
+    keys = _trickle(_crm_patient=True, _crm_until_records=True)
     keys._crm_empty_streak = 0
     waiting = loop.create_future()
     keys._fetch_waiters.add(waiting)
-    fetched = asyncio.create_task(paced_round(keys, _assigned({0: 5, 1: 7}), 0, _request({0: 5, 1: 7})))
+    fetched = asyncio.create_task(paced_round(keys, _seen({0: 6, 1: 7}), 0, _request({0: 5, 1: 7})))
     for _ in range(3):
         await asyncio.sleep(0)
     assert not fetched.done(), "its pause follows"

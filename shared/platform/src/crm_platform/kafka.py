@@ -261,9 +261,9 @@ _fetch_interval = 0.0  # pace_fetches: the least time between fetches that bring
 # whatever the interval, so a long interval for live events never slows a replay.
 BACKLOG_FETCH_BYTES = 256 * 1024
 BACKLOG_FETCH_INTERVAL = 0.1
-# A fetch that brought less than this, for a consumer that had caught up, is a live trickle's: the
-# next fetch waits the plain pause, as after an empty one (:func:`trickled`).
-TRICKLE_FETCH_BYTES = 16 * 1024
+# A fetch that found at most this many records on the broker, for a consumer that had caught up,
+# is a live trickle's: the next fetch waits the plain pause, as after an empty one (:func:`trickled`).
+TRICKLE_FETCH_RECORDS = 2
 # A consumer whose fetches came back empty for this long is idle: it then waits
 # IDLE_PAUSE_FACTOR times the pause (so an idle platform costs a fifth of the CPU);
 # the first record after a quiet second waits that much longer, none while traffic flows.
@@ -669,18 +669,28 @@ def hand_over(fetcher: Fetcher) -> None:
 def trickled(fetcher: Fetcher, args: tuple[Any, ...]) -> bool:
     """Whether a fetch that brought records was a live trickle's, on a broker that answers empty
     fetches at once (:func:`pace_empty_fetches`): its request named every partition the consumer
-    holds (nothing was buffered or in hand: the consumer had caught up) and it brought less than
-    :data:`TRICKLE_FETCH_BYTES`. The next fetch then waits the plain pause, as after an empty one:
-    sent at once, it found nothing in nearly every round (at 25 handoffs a second, a third of a
-    department consumer's 68 fetch rounds a second were these; docs/performance.md, twenty-fifth
-    session, fetchrounds), and a record that comes meanwhile waits no longer than one that comes
-    during an empty fetch's pause. Never on Apache Kafka (no pause: the broker holds the fetch)."""
+    holds (nothing was buffered: the consumer had caught up) and the broker held at most
+    :data:`TRICKLE_FETCH_RECORDS` records past the offsets asked (each partition's high
+    watermark, as the answer gave it). The next fetch then waits the plain pause, as after an
+    empty one: sent at once, it found nothing in nearly every round (at 25 handoffs a second, a
+    third of a department consumer's 68 fetch rounds a second were these; docs/performance.md,
+    twenty-fifth session, fetchrounds), and a record that comes meanwhile waits no longer than
+    one that comes during an empty fetch's pause. A fetch with more behind it (a backlog, a
+    saturated flow) is followed by the next at once, as before. Never on Apache Kafka (no pause:
+    the broker holds the fetch)."""
     if not _empty_fetch_pause or len(args) < 3:
         return False
     assignment, _, request = args[:3]
-    if len(_asked(fetcher, request)) != len(assignment.tps):
+    asked = _asked(fetcher, request)
+    if len(asked) != len(assignment.tps):
         return False
-    return fetched_bytes(fetcher, request) < TRICKLE_FETCH_BYTES
+    seen = 0
+    for tp, offset in asked:
+        highwater = getattr(assignment.state_value(tp), "highwater", None)
+        if highwater is None:
+            return False
+        seen += max(0, highwater - offset)
+    return seen <= TRICKLE_FETCH_RECORDS
 
 
 async def _fetch_marked(
