@@ -619,55 +619,24 @@ async def test_a_trickles_fetch_waits_the_plain_pause_as_an_empty_one(
 
 @pytest.mark.parametrize(
     "case",
-    ["more behind it", "records in hand", "unpaced", "key consumer's backlog", "interval", "no answer"],
+    ["more behind it", "records in hand", "unpaced", "key consumer", "interval", "no answer"],
 )
 async def test_a_fetch_with_records_that_is_not_a_trickles_fetches_again_at_once(
     paced_round: Any, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
     """No pause after records where the next fetch may bring more at once: a fetch that found more
-    records behind it on the broker (a backlog, a saturated flow: the key consumer's too, ``be_patient(...,
-    until_records=True)``), one whose request left out partitions whose records the consumer had
-    in hand (it was not caught up), a broker that holds fetches (Apache Kafka: no pacing), a
-    paced interval's consumer, and a partition whose high watermark is unknown."""
+    records behind it on the broker (a backlog, a saturated flow), one whose request left out
+    partitions whose records the consumer had in hand (it was not caught up), a broker that holds
+    fetches (Apache Kafka: no pacing), a paced interval's consumer, a partition whose high
+    watermark is unknown; and the person keys' consumer's trickle (``be_patient(...,
+    until_records=True)``: paused after its keys, the handoffs waited for them)."""
     monkeypatch.setattr(kafka_module, "_empty_fetch_pause", 0.0 if case == "unpaced" else 3600.0)
     if case == "interval":
         monkeypatch.setattr(kafka_module, "_fetch_interval", 1e-6)
-    behind = kafka_module.TRICKLE_FETCH_RECORDS + 1 if "behind" in case or "backlog" in case else 1
+    behind = kafka_module.TRICKLE_FETCH_RECORDS + 1 if "behind" in case else 1
     assignment = _seen({0: 5 + behind} if case == "no answer" else {0: 5 + behind, 1: 7})
     marks = {"_crm_patient": True, "_crm_until_records": True} if "key" in case else {}
     request = _request({0: 5} if case == "records in hand" else {0: 5, 1: 7})
     fetched = paced_round(_trickle(**marks), assignment, 0, request)
     assert await asyncio.wait_for(fetched, 10) is True  # an hour if it paused
     assert not kafka_module._pauses
-
-
-async def test_a_key_consumers_trickle_is_handed_over_then_it_pauses_on_its_way_until_read(
-    paced_round: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The key consumer's fetch that brought a key or two is followed by its pause, not by a fetch
-    at once that finds nothing (as many fetch rounds as the department's, at 25/s): its consumer
-    has the keys at once, the fetch is on its way for the key checks
-    (``kafka.records_fetch_pending``) until its consumer has read them (their waiters woken
-    then), and the department's next records end the pause (their keys are fetched beside them)."""
-    monkeypatch.setattr(kafka_module, "_empty_fetch_pause", 3600.0)  # only an ending finishes a pause
-    for name in ("_records_fetching", "_records_unread", "_records_paused"):
-        monkeypatch.setattr(kafka_module, name, type(getattr(kafka_module, name))())
-    loop = asyncio.get_running_loop()
-    keys = _trickle(_crm_patient=True, _crm_until_records=True)
-    keys._crm_empty_streak = 0
-    waiting = loop.create_future()
-    keys._fetch_waiters.add(waiting)
-    fetched = asyncio.create_task(paced_round(keys, _seen({0: 6, 1: 7}), 0, _request({0: 5, 1: 7})))
-    for _ in range(3):
-        await asyncio.sleep(0)
-    assert not fetched.done(), "its pause follows"
-    assert waiting.done(), "its consumer has the keys now"
-    assert kafka_module.records_fetch_pending(), "fetched, not read yet"
-    watcher = loop.create_future()
-    kafka_module.watch_records_fetches(watcher)
-    kafka_module.records_fetch_read(keys)  # its consumer took and classified them
-    await asyncio.wait_for(watcher, 10)
-    assert not kafka_module.records_fetch_pending()
-    assert await paced_round(_Fetching(True)) is True  # the department's fetch brings a handoff
-    assert await asyncio.wait_for(fetched, 10) is True  # an hour otherwise
-    assert kafka_module.records_fetch_pending(), "its pause ended: it fetches next"
