@@ -90,7 +90,7 @@ async def test_records_taken_as_a_fetch_task_ends_leave_no_fetch_routine_waiting
     task ended, it saw the task done but the broker still in flight, sent nothing, and waited with
     no task to wake it: the next record waited for the routine's timeout (5 s in the platform:
     counted 1-2 times a platform phase; five times in a row in sales' department consumer with
-    branch ``fetchtail``'s trickle, whose records are taken during its fetch task's pause:
+    the trickle's pause, whose records are taken during its fetch task (``hand_over``):
     docs/performance.md, twenty-sixth session, fetchtail). Provoked step by step: partition 0's
     record in hand while a fetch of partition 1 pauses an hour; the record taken and the pause
     ended without the loop running between; the routine's timeout ten minutes. The record

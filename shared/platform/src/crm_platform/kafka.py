@@ -587,9 +587,9 @@ def look_again_when_done(fetcher: Fetcher) -> None:
     timeout (:data:`FETCH_ROUTINE_TIMEOUT_MS`, 5 s). Records are taken while a fetch task is on
     its way whenever a partition's records were held while the others were fetched (counted
     twice in each of two platform phases, the receipts' listener and leads' department
-    consumer), and every time with a trickle's records taken during its fetch's pause (branch
-    ``fetchtail``: five stalls of 5 s in a row in sales' department consumer, the 25/s p99 5.4 s;
-    docs/performance.md, twenty-sixth session, fetchtail). A routine that is not waiting for
+    consumer), and every time with a trickle's records taken during its fetch's pause
+    (:func:`hand_over`: five stalls of 5 s in a row in sales' department consumer, the 25/s p99
+    5.4 s; docs/performance.md, twenty-sixth session, fetchtail). A routine that is not waiting for
     records taken loops once more, as it would anyway: the task ended."""
     task = asyncio.current_task()
     if task is not None:
