@@ -298,6 +298,8 @@ async def test_the_relay_publishes_the_batch_rows_committed_here_as_written_not_
         assert topics == [first[BATCH_EVENTS][0]["topic"], "read-back", third[BATCH_EVENTS][0]["topic"]]
         assert taken[2][BATCH_EVENTS] == third[BATCH_EVENTS], "as written"
         assert len(store.committed_rows) == 0, "each row taken from memory once"
+        assert await relay._pending_rows() == [], "nothing handed since the read, no read wanted"
+        relay.notify()  # a wake-up that wants a read (a row handed back, another writer's row)
         assert [r[BATCH_EVENTS][0]["topic"] for r in await relay._pending_rows()] == ["read-back"] * 3
 
         async def keyed(tx: Tx) -> None:
@@ -573,6 +575,7 @@ async def test_the_relay_records_each_published_handoff_before_its_mark_not_the_
         # A re-send puts its row back (crm_platform.receipts): published again, its record kept.
         await sent.update_one({"_id": lone}, {"$set": {"resends": 1}})
         await store.db[OUTBOX].update_one({"event_id": lone}, {"$set": {"published": False}})
+        relay.notify()  # as the re-send wakes it (HandoffTracker.wake_relay): read
         assert await relay.publish_pending() == 1
         await relay._marks_written()
         assert await sent.count_documents({"_id": lone, "resends": 1}) == 1

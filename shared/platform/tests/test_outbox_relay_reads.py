@@ -71,7 +71,7 @@ def relay_of(store: Store, bootstrap: str) -> OutboxRelay:
         store.db, bootstrap=bootstrap, service="relay-reads-test", poll_seconds=3600,
         committed=store.committed_rows,
     )  # fmt: skip
-    store.on_commit(relay.notify)
+    store.on_commit(relay.rows_handed)  # as the runtime: its commits hand it their rows
     return relay
 
 
@@ -317,7 +317,7 @@ async def relaying(store: Store, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
         committed=store.committed_rows,
     )  # fmt: skip
     relay.new_producer = lambda: broker  # type: ignore[method-assign]
-    store.on_commit(relay.notify)
+    store.on_commit(relay.rows_handed)  # as the runtime: its commits hand it their rows
     running = asyncio.create_task(relay.run())
     try:
         yield broker, marks
@@ -451,7 +451,7 @@ class _Gathering:
             committed=store.committed_rows, marks_gather_seconds=3600,
         )  # fmt: skip
         self.relay.new_producer = lambda: self.broker  # type: ignore[method-assign]
-        store.on_commit(self.relay.notify)
+        store.on_commit(self.relay.rows_handed)  # as the runtime
 
 
 @pytest.fixture

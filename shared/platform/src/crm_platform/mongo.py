@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from datetime import datetime, timedelta
@@ -115,6 +115,10 @@ class Tx:
         self.sealing_keys: dict[str, Any] = {}
         # No transaction (``Store.one_write``): a deferred insert is an insert where absent.
         self.outside_transaction = False
+        # Set by a write that changes or deletes stored outbox rows (erasure's key rows:
+        # crm_platform.shredding): its commit makes the relay read the pending rows before it
+        # publishes a row handed to it (``CommittedRows.want_read``), so it sends what is stored.
+        self.outbox_changed = False
 
     def insert_later(self, collection: str, doc: Doc) -> None:
         """Insert ``doc`` with the transaction's other deferred inserts: one ``insert_many``
@@ -263,7 +267,8 @@ class Store:
         self.committed_rows = CommittedRows()
 
     def on_commit(self, callback: Callable[[], None]) -> None:
-        """Called after each transaction that emitted events (wakes the outbox relay)."""
+        """Called after each transaction that emitted events, its rows handed to
+        ``committed_rows`` first, and by :meth:`wake` (wakes the outbox relay)."""
         self._on_commit.append(callback)
 
     async def ensure_platform_indexes(self) -> None:
@@ -320,12 +325,16 @@ class Store:
                 db.release()
         for claim in claims:
             claim.committed = True
+        if committed[0].outbox_changed:
+            self.committed_rows.want_read()
+        # Its rows to the relay, published without a read back (CommittedRows.hand).
+        self.committed_rows.hand(committed[0].stored_rows)
         for hook in committed[0].after_commit:
             hook()
         if committed[0].emitted:
             # The relay first: its change stream leaves this process's rows to this wake-up
             # (CommittedRows.woken_here), and the journeys are a round trip it need not wait for.
-            self.wake()
+            self._wake_callbacks()
             await tracing.remember_journeys(self.db, journeys)
         return result
 
@@ -414,7 +423,12 @@ class Store:
         return journeys
 
     def wake(self) -> None:
-        """Tell the outbox relay that events wait (after a commit or a re-send)."""
+        """Tell the outbox relay that events wait that no commit handed it (a re-send put a
+        row back): it reads the pending rows (``CommittedRows.want_read``)."""
+        self.committed_rows.want_read()
+        self._wake_callbacks()
+
+    def _wake_callbacks(self) -> None:
         for callback in self._on_commit:
             callback()
 
@@ -575,6 +589,18 @@ class CommittedRows:
     (``Store.wake``), so the outbox's change stream need not wake it again for that insert
     (each such wake-up was a read of the pending rows that found nothing: two of the three
     reads per publish of a single handoff, thirteenth session, latency).
+
+    **Handed rows** (:meth:`hand`, :meth:`take_handed`): every row a transaction committed, in
+    commit order, for the relay to publish without reading the pending rows first (that read was
+    one mongod round trip per commit on the handoff's way; docs/performance.md, twenty-sixth
+    session, relayhop). The relay does so only while nothing else can be pending: no read is
+    wanted (:meth:`want_read`: a row handed back, an erasure's change to stored rows, a hand-off
+    dropped past ``limit``, a relay that was not publishing; the relay's own wake for a re-send
+    or another writer's row) and its last read, within its sweep, found everything. A read
+    takes over the rows handed before it began (:meth:`reading`: found by it if pending, else
+    dropped: published or deleted); a row handed while a read ran wants the next read; a row a
+    read published before its hand-off came is left out of the hand-off (:meth:`read`). The
+    rows stay pending in mongod until marked, so a crash between commit and send loses nothing.
     """
 
     def __init__(self, limit: int = 4000, ids_limit: int = 10_000) -> None:
@@ -587,6 +613,13 @@ class CommittedRows:
         self._events = 0
         self.ids_limit = ids_limit
         self._ids: OrderedDict[Any, None] = OrderedDict()
+        # Committed rows not yet published or taken over by a read, in commit order.
+        self._handed: deque[Doc] = deque()
+        self._handed_events = 0
+        # Something besides the handed rows may be pending: the relay reads before publishing.
+        self.read_wanted = True
+        # Rows of this process a read published before their transaction handed them.
+        self._read_ahead: OrderedDict[Any, None] = OrderedDict()
 
     def add(self, rows: Iterable[Doc]) -> None:
         for row in rows:
@@ -625,10 +658,79 @@ class CommittedRows:
         self._events -= len(row[BATCH_EVENTS])
         return row if head.keys() <= row.keys() else None
 
+    def hand(self, rows: Iterable[Doc]) -> None:
+        """The rows of a transaction that committed, for the relay (in commit order); one a
+        read published already is left out. Past ``limit`` events they are dropped, and a read
+        wanted: they are pending in mongod."""
+        for row in rows:
+            if self._read_ahead.pop(row["_id"], 0) is None:
+                continue
+            self._handed.append(row)
+            self._handed_events += len(row_items(row))
+        if self._handed_events > self.limit:
+            self._drop_handed()
+            self.read_wanted = True
+
+    def want_read(self) -> None:
+        """Rows besides the handed ones may be pending: the relay's next publish reads first."""
+        self.read_wanted = True
+
+    @property
+    def handed(self) -> int:
+        """How many handed rows wait."""
+        return len(self._handed)
+
+    def take_handed(self, events: int) -> list[Doc]:
+        """The oldest handed rows holding about ``events`` events (at least one row), taken
+        (and the batch rows among them out of :meth:`take`'s, published from here)."""
+        taken: list[Doc] = []
+        count = 0
+        while self._handed:
+            size = len(row_items(self._handed[0]))
+            if taken and count + size > events:
+                break
+            row = self._handed.popleft()
+            self._handed_events -= size
+            kept = self._rows.pop(row["_id"], None)
+            if kept is not None:
+                self._events -= len(kept[BATCH_EVENTS])
+            taken.append(row)
+            count += size
+        return taken
+
+    def reading(self) -> set[Any]:
+        """A read of the pending rows begins: it takes over the rows handed so far (it finds
+        those still pending; the others were published or deleted). Returns their ids."""
+        self.read_wanted = False
+        covered = {row["_id"] for row in self._handed}
+        self._drop_handed()
+        return covered
+
+    def read(self, heads: list[Doc], covered: set[Any], *, drained: bool) -> None:
+        """A read (begun at :meth:`reading`, which returned ``covered``) found ``heads``. A row
+        handed while it ran may have committed after its snapshot or changed before it: the next
+        read is wanted, as it is when this one did not take every pending row. This process's
+        rows it found that were not handed yet are left out of their hand-off."""
+        if self._handed or not drained:
+            self.read_wanted = True
+        during = {row["_id"] for row in self._handed}
+        for head in heads:
+            if head.get(WRITER) == self.writer and head["_id"] not in covered and head["_id"] not in during:
+                self._read_ahead[head["_id"]] = None
+        while len(self._read_ahead) > self.ids_limit:
+            self._read_ahead.popitem(last=False)
+
+    def _drop_handed(self) -> None:
+        self._handed.clear()
+        self._handed_events = 0
+
     def clear(self) -> None:
         self._rows.clear()
         self._events = 0
         self._ids.clear()
+        self._drop_handed()
+        self._read_ahead.clear()
+        self.read_wanted = True
 
     def __len__(self) -> int:
         return len(self._rows)

@@ -97,6 +97,13 @@ WATCH_AWAIT_SHARE = 0.8
 # open; with two, the first row of the other replica waits for the poll, the next ones wake it.
 WATCH_KEPT_SECONDS = 600.0
 APPLIED = WriteConcern(w=1)  # acknowledged once applied on the primary (no journal wait)
+# A relay whose store hands it its committed rows (``committed``: CommittedRows.hand) publishes
+# them without reading the pending rows first, while nothing else can be pending; it still reads
+# them at least this often while it publishes (and after every idle poll): the safety sweep
+# that finds what no wake-up announced (another replica's first row while its change stream is
+# closed, a row a tool handed back). The read after every commit was one mongod round trip on
+# each handoff's way (docs/performance.md, twenty-sixth session, relayhop).
+SWEEP_SECONDS = 1.0
 
 
 def watch_await_ms(db: Any) -> int:
@@ -313,6 +320,7 @@ class OutboxRelay:
         marks_in_flight: int = MARKS_IN_FLIGHT,
         marks_gather_seconds: float = MARKS_GATHER_SECONDS,
         watch_kept_seconds: float = WATCH_KEPT_SECONDS,
+        sweep_seconds: float = SWEEP_SECONDS,
     ) -> None:
         self.db = db
         # The producer batches' codec: an import's lead.captured JSON packs 5 to 1 with zstd,
@@ -350,9 +358,20 @@ class OutboxRelay:
         # When a read last found another writer's pending row (monotonic; it opens the stream).
         self._others_at, self._others = -math.inf, asyncio.Event()
         self.watch_kept_seconds, self.streaming = watch_kept_seconds, False  # streaming: it is open
+        # The handed rows are published without a read until then (monotonic; SWEEP_SECONDS).
+        self.sweep_seconds, self._sweep_at = min(sweep_seconds, poll_seconds), -math.inf
 
     def notify(self) -> None:
-        """Wake the relay now (called after a transaction stored events)."""
+        """Wake the relay to read the pending rows: a row handed back (a re-send, the outbox
+        audit), rows that no commit of this process handed it."""
+        if self.committed is not None:
+            self.committed.want_read()
+        self._wake.set()
+
+    def rows_handed(self) -> None:
+        """Wake the relay for the rows a commit of this process handed it (``committed``:
+        crm_platform.mongo.CommittedRows.hand): published without a read when nothing else can
+        be pending (:meth:`_handed_only`). The service's store calls it after each commit."""
         self._wake.set()
 
     async def stop(self) -> None:
@@ -388,7 +407,7 @@ class OutboxRelay:
                     backoff = 0.5
                 if not await self._lease_held():
                     if self.committed is not None:
-                        self.committed.clear()  # another replica publishes them
+                        self.committed.clear()  # another replica publishes them (a read wanted)
                     await self._idle(LEASE_SECONDS / 3)
                     continue
                 published = await self.publish_pending()
@@ -402,6 +421,8 @@ class OutboxRelay:
                 raise
             except Exception as exc:
                 self.connected = False
+                if self.committed is not None:
+                    self.committed.want_read()  # rows taken and not sent are pending in mongod
                 log.warning(
                     "outbox relay cannot publish (%s); retrying in %.1f s",
                     exc,
@@ -528,7 +549,7 @@ class OutboxRelay:
             log.warning("outbox marks failed (%s); their %d rows are published again", exc, len(ids))
             if self._mark_error is None:
                 self._mark_error = exc
-            self._wake.set()
+            self.notify()  # its rows are pending again: read
         else:
             counted(self.service, done)
         finally:
@@ -574,7 +595,37 @@ class OutboxRelay:
             await asyncio.wait(list(self._marking))
 
     async def _pending_rows(self) -> list[dict[str, Any]]:
-        """The oldest pending rows holding about ``batch_size`` events (at least one row).
+        """The oldest pending rows holding about ``batch_size`` events (at least one row): the
+        rows this process's commits handed the relay, without a read, when nothing else can be
+        pending (:meth:`_handed_only`), else those a read of the outbox finds."""
+        committed = self.committed
+        if committed is not None and self._handed_only(committed):
+            rows = committed.take_handed(self.batch_size)
+            self._drained = not committed.handed
+            return rows
+        if committed is None:
+            return await self._read_pending()
+        covered = committed.reading()
+        self._sweep_at = self.monotonic() + self.sweep_seconds
+        heads: list[dict[str, Any]] = []
+        rows = await self._read_pending(heads)
+        committed.read(heads, covered, drained=self._drained)
+        return rows
+
+    def _handed_only(self, committed: CommittedRows) -> bool:
+        """Whether the handed rows are all that can be pending: no read wanted (a row handed
+        back, an erasure's change, a dropped hand-off, a start or a failure: ``committed``'s
+        ``read_wanted``), the last read took every pending row and is younger than the sweep
+        (``sweep_seconds``), and no other writer's row was found lately (its change stream open:
+        that writer's rows may be older than the handed ones). Order per key: the handed rows go
+        in commit order, after every row the last read found."""
+        if committed.read_wanted or self.monotonic() >= self._sweep_at:
+            return False
+        return self.monotonic() - self._others_at >= self.watch_kept_seconds
+
+    async def _read_pending(self, heads_found: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """The oldest pending rows holding about ``batch_size`` events, read (at least one row);
+        ``heads_found`` gets every row the read found (without a batch row's events).
 
         Read without the batch rows' events first (a single row is read whole): a batch row
         holds up to a thousand events, and ``batch_size`` of those would be far more than one
@@ -587,6 +638,8 @@ class OutboxRelay:
             query["_id"] = {"$nin": list(self._being_marked)}
         pending = self.db[OUTBOX].find(query, {BATCH_EVENTS: 0}).sort("_id", 1)
         heads = await pending.limit(self.batch_size).to_list()
+        if heads_found is not None:
+            heads_found.extend(heads)
         self._note_writers(heads)
         taken: list[dict[str, Any]] = []
         events = 0
@@ -761,7 +814,7 @@ class OutboxRelay:
                 while not self._stopping.is_set() and self._others_lately():
                     change = await stream.try_next()
                     if change is not None and not self._woken_here(change):
-                        self._wake.set()
+                        self.notify()  # a row no commit here handed: read
         finally:
             self.streaming = False
 

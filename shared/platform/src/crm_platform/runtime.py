@@ -106,7 +106,7 @@ class ServiceRuntime:
             compression=None if s.outbox_compression == "none" else s.outbox_compression,
         )
         self.relay.start_seconds = s.kafka_start_seconds
-        self.store.on_commit(self.relay.notify)
+        self.store.on_commit(self.relay.rows_handed)  # its commits hand it their rows
         self.audit = self._build_audit()
         if self.audit is not None:
             self.audit.start_seconds = s.kafka_start_seconds

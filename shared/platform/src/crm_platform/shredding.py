@@ -982,8 +982,11 @@ async def _drop_key_rows(tx: Any, event_type: str, person_id: str) -> None:
     in a batch row (``crm_platform.mongo.outbox_rows``) stays in place, its key zeroed (the
     row's positions on the log stay aligned with its items, for the outbox audit), and the row
     says so (:data:`KEYS_ZEROED`): a relay holding the row as its process wrote it
-    (``crm_platform.mongo.CommittedRows``) sees a field it did not write and reads it back."""
+    (``crm_platform.mongo.CommittedRows``) sees a field it did not write and reads it back;
+    the rows handed to it are not published as written until it has read the pending rows again
+    (``Tx.outbox_changed``: its commit wants a read)."""
     item = {"key": person_id, "event_type": event_type}
+    tx.outbox_changed = True
     await tx.db[OUTBOX].delete_many(item, session=tx.session)
     async for row in tx.db[OUTBOX].find({BATCH_EVENTS: {"$elemMatch": item}}, session=tx.session):
         items = [
