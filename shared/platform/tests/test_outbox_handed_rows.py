@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from crm_contracts import Envelope
+from crm_contracts import Envelope, envelope_for
 from crm_contracts.events.leads import LeadStatusChangedV1
 from crm_contracts.topics import LEADS_EVENTS
-from crm_platform.mongo import OUTBOX, WRITER, CommittedRows, Store, Tx, connect
+from crm_platform.mongo import OUTBOX, WRITER, CommittedRows, Store, Tx, connect, outbox_doc
 from crm_platform.outbox import OutboxRelay
 from crm_platform.testing import TopicReader, eventually
 
@@ -249,3 +249,45 @@ async def test_rows_a_dead_process_committed_and_never_sent_are_sent_by_the_next
         await asyncio.wait_for(running, timeout=15)
         await reader.stop()
         await client.close()
+
+
+async def _pending(store: Store, row_id: Any) -> bool:
+    row = await store.db[OUTBOX].find_one({"_id": row_id}, {"published": 1})
+    return row is not None and not row["published"]
+
+
+async def _published(store: Store, event_id: str) -> bool:
+    row = await store.db[OUTBOX].find_one({"event_id": event_id}, {"published": 1})
+    return bool(row and row["published"])
+
+
+@pytest.mark.integration
+async def test_the_sweep_reads_what_no_wake_up_announced_after_the_handed_rows_are_sent(
+    store: Store, kafka_bootstrap: str
+) -> None:
+    """A row no commit here handed and no wake-up announced (another replica's first row while
+    no change stream is open, a row a tool handed back) waits for the sweep: once the sweep is
+    due, the next commit's rows are sent first, then the relay reads and sends that row."""
+    relay = _relay(store, kafka_bootstrap)
+    now = [0.0]
+    relay.monotonic = lambda: now[0]
+    reads = _Reads(relay)
+    running = asyncio.create_task(relay.run())
+    try:
+        lead = f"lead-{uuid.uuid4().hex[:8]}"
+        await eventually(lambda: _true(reads.count == 1), what="the start's read")
+        elsewhere = LeadStatusChangedV1(lead_id=lead, status="elsewhere", source_channel="web")
+        doc = outbox_doc(envelope_for(elsewhere, source="leads", correlation_id="another-process"))
+        unannounced = (await store.db[OUTBOX].insert_one(doc)).inserted_id
+        first = await _commit(store, lead, 0)
+        await eventually(lambda: _published(store, first), what="the commit's row sent")
+        assert await _pending(store, unannounced), "no read: nothing announced it"
+        assert reads.count == 1
+        now[0] += 3600  # the sweep is due
+        last = await _commit(store, lead, 1)
+        await eventually(lambda: _all_published(store), what="the unannounced row sent after the sweep")
+        assert reads.count == 2, "the sweep's read"
+        assert await _published(store, last)
+    finally:
+        await relay.stop()
+        await asyncio.wait_for(running, timeout=15)

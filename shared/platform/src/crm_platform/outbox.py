@@ -600,9 +600,13 @@ class OutboxRelay:
         pending (:meth:`_handed_only`), else those a read of the outbox finds."""
         committed = self.committed
         if committed is not None and self._handed_only(committed):
+            sweep = self.monotonic() >= self._sweep_at
             rows = committed.take_handed(self.batch_size)
-            self._drained = not committed.handed
-            return rows
+            if rows or not sweep:
+                if sweep:  # the sweep's read once these are sent: not on their way
+                    committed.want_read()
+                self._drained = not committed.handed and not sweep
+                return rows
         if committed is None:
             return await self._read_pending()
         covered = committed.reading()
@@ -615,11 +619,12 @@ class OutboxRelay:
     def _handed_only(self, committed: CommittedRows) -> bool:
         """Whether the handed rows are all that can be pending: no read wanted (a row handed
         back, an erasure's change, a dropped hand-off, a start or a failure: ``committed``'s
-        ``read_wanted``), the last read took every pending row and is younger than the sweep
-        (``sweep_seconds``), and no other writer's row was found lately (its change stream open:
-        that writer's rows may be older than the handed ones). Order per key: the handed rows go
-        in commit order, after every row the last read found."""
-        if committed.read_wanted or self.monotonic() >= self._sweep_at:
+        ``read_wanted``; a read that did not take every pending row wants the next), and no other
+        writer's row was found lately (its change stream open: that writer's rows may be older
+        than the handed ones). Order per key: the handed rows go in commit order, after every
+        row the last read found. The sweep (``sweep_seconds`` after the last read) reads once
+        the rows handed by then are sent (:meth:`_pending_rows`)."""
+        if committed.read_wanted:
             return False
         return self.monotonic() - self._others_at >= self.watch_kept_seconds
 
