@@ -328,19 +328,16 @@ class OutboxRelay:
         # takes no level and compresses lz4 at 9 (7.9 us per 1 KB record against zstd's 2.0,
         # and a third larger; docs/performance.md, "Tenth session, import").
         self.compression = compression
-        # The batch rows this process's Store committed lately: published without a read back.
-        self.committed = committed
-        self.bootstrap = bootstrap
-        self.service = service
-        self.poll_seconds = poll_seconds
-        self.batch_size = batch_size
+        # The rows this process's Store committed lately: published without a read (back).
+        self.committed, self.bootstrap, self.service = committed, bootstrap, service
+        self.poll_seconds, self.batch_size = poll_seconds, batch_size
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
         self._wake = asyncio.Event()
         self._renew_at = 0.0  # monotonic time when the lease is due for renewal
         self.monotonic: Callable[[], float] = time.monotonic  # tests step their own clock
         self._stopping = asyncio.Event()
         self.producer: AIOKafkaProducer | None = None
-        self.connected = False
+        self.connected = False  # the producer's last publish or start succeeded
         # The last read of the pending rows took every row it found (fewer than a batch).
         self._drained = False
         self._watching: asyncio.Task[Any] | None = None  # watch_inserts' task, ended by stop()
