@@ -4,7 +4,9 @@ Two fixes replace private aiokafka methods for the whole process, because the
 public API offers no way in: ``crm_platform.liveness.harden_aiokafka``
 (``Fetcher.close``, so a consumer's ``stop()`` returns after a broker restart; and
 ``GroupCoordinator.reset_generation``, ``_maybe_leave_group`` and ``close``, so a member id
-aiokafka gives up is left with a ``LeaveGroup``) and
+aiokafka gives up is left with a ``LeaveGroup``; and ``Fetcher._proc_fetch_request``, so each
+fetch task wakes the fetch routine's ``_wait_consume_future`` when it ends:
+``crm_platform.kafka.wake_routine_after_fetches``) and
 ``crm_platform.kafka.pace_empty_fetches`` (``Fetcher._proc_fetch_request``, only
 against a broker that answers empty fetches at once). Private code changes without
 notice, so each patch first calls :func:`require_patchable`, which raises, and so

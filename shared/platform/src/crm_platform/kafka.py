@@ -592,11 +592,41 @@ def look_again_when_done(fetcher: Fetcher) -> None:
     5.4 s; docs/performance.md, twenty-sixth session, fetchtail). A routine that is not waiting for
     records taken loops once more, as it would anyway: the task ended."""
     task = asyncio.current_task()
-    if task is not None:
+    if task is not None and task not in _looking_again:
+        _looking_again.add(task)  # once per task: a paced task sends its fetch again in itself
         task.add_done_callback(functools.partial(_look_again, fetcher))
 
 
-def _look_again(fetcher: Fetcher, _task: object) -> None:
+# The fetch tasks that will wake their routine when they end (:func:`look_again_when_done`).
+_looking_again: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
+def wake_routine_after_fetches(what: str) -> None:
+    """Make every fetch task of every aiokafka consumer in this process wake its fetch routine
+    once it has ended and its broker is free (:func:`look_again_when_done`), on any broker.
+
+    Stock aiokafka has the same order: the routine woken for records taken in the round before
+    a fetch task's end runs before the task's callback that frees the broker, finds it in flight
+    and waits for its timeout, which the platform sets to :data:`FETCH_ROUTINE_TIMEOUT_MS` (5 s;
+    aiokafka's own is 0.2 s) on every consumer, a real cluster's too. The paced fetch round
+    (:func:`_pace_fetcher`, a broker that answers empty fetches at once) does it in its own
+    wrapper as well; a task registers once. Process-wide and idempotent; called by
+    ``crm_platform.liveness.harden_aiokafka``."""
+    if getattr(Fetcher, "_crm_looks_again", False):
+        return
+    require_patchable(what)
+    original = Fetcher._proc_fetch_request
+
+    async def looking_again(self: Fetcher, *args: Any, **kwargs: Any) -> bool:
+        look_again_when_done(self)
+        return bool(await original(self, *args, **kwargs))
+
+    Fetcher._proc_fetch_request = looking_again
+    Fetcher._crm_looks_again = True
+
+
+def _look_again(fetcher: Fetcher, task: asyncio.Task[Any]) -> None:
+    _looking_again.discard(task)
     waiting = fetcher._wait_consume_future  # what the routine waits on besides its tasks
     if waiting is not None:
         _end_pause(waiting)

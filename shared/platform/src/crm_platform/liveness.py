@@ -49,7 +49,7 @@ from aiokafka.protocol.group import LeaveGroupRequest
 
 from crm_platform import metrics
 from crm_platform.aiokafka_compat import require_patchable
-from crm_platform.kafka import make_consumer
+from crm_platform.kafka import make_consumer, wake_routine_after_fetches
 from crm_platform.kafka_security import KafkaSecurity
 
 log = logging.getLogger("crm.liveness")
@@ -116,7 +116,9 @@ def harden_aiokafka() -> None:
     nothing logged (aio-libs/aiokafka#983 and #1007 are the same family).
 
     The patched ``close`` cancels the fetch task (and its pending requests) again
-    until it has really ended, bounded, then runs aiokafka's own close. Idempotent,
+    until it has really ended, bounded, then runs aiokafka's own close. Every fetch task also
+    wakes its fetch routine when it ends (``crm_platform.kafka.wake_routine_after_fetches``: a
+    wake-up the routine can lose otherwise, then waits out its 5 s timeout). Idempotent,
     process-wide; faust's consumer, being aiokafka's, is covered too. Raises
     :class:`crm_platform.aiokafka_compat.UnsupportedAiokafka` (the service does not
     start) on an aiokafka this was not written for.
@@ -137,6 +139,7 @@ def harden_aiokafka() -> None:
     Fetcher.close = close
     Fetcher._crm_hardened = True
     _leave_abandoned_members()
+    wake_routine_after_fetches("crm_platform.liveness.harden_aiokafka (Fetcher._proc_fetch_request)")
 
 
 # How long a consumer's stop() waits for the LeaveGroup requests of member ids it abandoned
