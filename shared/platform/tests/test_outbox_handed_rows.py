@@ -14,6 +14,7 @@ import asyncio
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -168,28 +169,39 @@ async def _rounds(
     return committed
 
 
+@asynccontextmanager
+async def _publishing(store: Store, bootstrap: str) -> AsyncIterator[tuple[OutboxRelay, _Reads, TopicReader]]:
+    """``store``'s relay running (its reads counted) and a reader of its topic, both stopped after."""
+    relay = _relay(store, bootstrap)
+    reads = _Reads(relay)
+    reader = await TopicReader(bootstrap, LEADS_EVENTS).start()
+    running = asyncio.create_task(relay.run())
+    try:
+        yield relay, reads, reader
+    finally:
+        await relay.stop()
+        await asyncio.wait_for(running, timeout=15)
+        await reader.stop()
+
+
+async def _sent_once_in_commit_order(reader: TopicReader, committed: dict[str, list[str]]) -> None:
+    wanted = {event_id for ids in committed.values() for event_id in ids}
+    sent = await _on_the_broker(reader, wanted)
+    assert Counter(str(env.event_id) for env in sent) == Counter(wanted), "each once"
+    assert _per_key(sent) == committed, "in commit order per key"
+
+
 @pytest.mark.integration
 async def test_a_lone_writers_commits_are_sent_without_a_read_once_each_in_order_per_key(
     store: Store, kafka_bootstrap: str
 ) -> None:
-    relay = _relay(store, kafka_bootstrap)
-    reads = _Reads(relay)
-    reader = await TopicReader(kafka_bootstrap, LEADS_EVENTS).start()
-    running = asyncio.create_task(relay.run())
-    try:
+    async with _publishing(store, kafka_bootstrap) as (_, reads, reader):
         leads = [f"lead-{uuid.uuid4().hex[:8]}" for _ in range(4)]
         await eventually(lambda: _true(reads.count == 1), what="the start's read")
         committed = await _rounds(store, leads, 10)
         await eventually(lambda: _all_published(store), what="every row published")
         assert reads.count == 1, "no read for a commit's rows"
-        wanted = {event_id for ids in committed.values() for event_id in ids}
-        sent = await _on_the_broker(reader, wanted)
-        assert Counter(str(env.event_id) for env in sent) == Counter(wanted), "each once"
-        assert _per_key(sent) == committed, "in commit order per key"
-    finally:
-        await relay.stop()
-        await asyncio.wait_for(running, timeout=15)
-        await reader.stop()
+        await _sent_once_in_commit_order(reader, committed)
 
 
 @pytest.mark.integration
@@ -198,11 +210,7 @@ async def test_reads_wanted_between_commits_send_each_row_once_in_order_per_key(
 ) -> None:
     """Wake-ups that want a read (as a re-send's) between and beside the commits: the reads and
     the hand-offs overlap; no row goes out twice, none is left, the order per key holds."""
-    relay = _relay(store, kafka_bootstrap)
-    reads = _Reads(relay)
-    reader = await TopicReader(kafka_bootstrap, LEADS_EVENTS).start()
-    running = asyncio.create_task(relay.run())
-    try:
+    async with _publishing(store, kafka_bootstrap) as (relay, reads, reader):
         leads = [f"lead-{uuid.uuid4().hex[:8]}" for _ in range(4)]
 
         def wake_to_read(step: int) -> None:
@@ -212,14 +220,7 @@ async def test_reads_wanted_between_commits_send_each_row_once_in_order_per_key(
         committed = await _rounds(store, leads, 12, between=wake_to_read)
         await eventually(lambda: _all_published(store), what="every row published")
         assert reads.count > 1, "the wake-ups read"
-        wanted = {event_id for ids in committed.values() for event_id in ids}
-        sent = await _on_the_broker(reader, wanted)
-        assert Counter(str(env.event_id) for env in sent) == Counter(wanted), "each once"
-        assert _per_key(sent) == committed, "in commit order per key"
-    finally:
-        await relay.stop()
-        await asyncio.wait_for(running, timeout=15)
-        await reader.stop()
+        await _sent_once_in_commit_order(reader, committed)
 
 
 @pytest.mark.integration
@@ -235,19 +236,11 @@ async def test_rows_a_dead_process_committed_and_never_sent_are_sent_by_the_next
     assert store.committed_rows.handed == 9, "handed, not sent"
     client = connect(mongodb_uri, "handed-rows-next-process")
     after = Store(client, store.db.name, "leads")
-    relay = _relay(after, kafka_bootstrap)
-    reader = await TopicReader(kafka_bootstrap, LEADS_EVENTS).start()
-    running = asyncio.create_task(relay.run())
     try:
-        await eventually(lambda: _all_published(store), what="the dead process's rows published")
-        wanted = {event_id for ids in committed.values() for event_id in ids}
-        sent = await _on_the_broker(reader, wanted)
-        assert Counter(str(env.event_id) for env in sent) == Counter(wanted), "each once"
-        assert _per_key(sent) == committed, "in commit order per key"
+        async with _publishing(after, kafka_bootstrap) as (_, _, reader):
+            await eventually(lambda: _all_published(store), what="the dead process's rows published")
+            await _sent_once_in_commit_order(reader, committed)
     finally:
-        await relay.stop()
-        await asyncio.wait_for(running, timeout=15)
-        await reader.stop()
         await client.close()
 
 
