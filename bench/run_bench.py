@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -263,7 +264,29 @@ async def fixed_rate(
         f"  {f.count}/{n} delivered (leads accepted {f.rate:.0f}/s), "
         f"p50 {f.p50_ms:.1f} ms, p99 {f.p99_ms:.1f} ms"
     )
+    say(f"  the slowest 1% (s into the window: ms): {slowest_by_time(_timed(got))}")
     return asdict(f)
+
+
+def _timed(receipts: list[Any]) -> list[tuple[float, float]]:
+    """(when the handoff occurred in epoch seconds, its latency in seconds) of each receipt."""
+    timed = []
+    for e in receipts:
+        latency = e.payload["transport_latency_seconds"]
+        timed.append((_epoch(e.payload["stored_at"]) - latency, latency))
+    return timed
+
+
+def slowest_by_time(timed: list[tuple[float, float]], share: float = 0.01) -> str:
+    """The slowest ``share`` of (occurred, latency) pairs, in window order, as "s: ms" from the
+    first one's occurrence: whether a percentile's tail is spread over the window or bunched (a
+    stall, or the window's first seconds after the figure before it)."""
+    if not timed:
+        return "none"
+    start = min(at for at, _ in timed)
+    count = max(1, math.ceil(share * len(timed)))
+    slowest = sorted(sorted(timed, key=lambda t: t[1], reverse=True)[:count])
+    return ", ".join(f"{at - start:.1f}: {1000 * latency:.1f}" for at, latency in slowest)
 
 
 def _epoch(value: str | datetime) -> float:

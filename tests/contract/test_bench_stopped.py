@@ -44,3 +44,14 @@ def test_the_idle_figure_without_a_stopped_process_is_not_called_met() -> None:
     )
     assert target.met is None
     assert "without analytics-worker" in target.figure
+
+
+def test_the_slowest_handoffs_are_named_with_their_time_in_the_window() -> None:
+    """The 25/s window's tail, placed in time: a p99 made of the window's first seconds (the
+    figure before it still settling) reads differently from one spread over the window."""
+    timed = [(100.0 + i / 25, 0.020) for i in range(200)]
+    timed[3] = (timed[3][0], 0.480)
+    timed[150] = (timed[150][0], 0.090)
+    assert run_bench.slowest_by_time(timed) == "0.1: 480.0, 6.0: 90.0"
+    assert run_bench.slowest_by_time([]) == "none"
+    assert run_bench.slowest_by_time([(5.0, 0.01)], share=0.01) == "0.0: 10.0"
