@@ -62,8 +62,18 @@ Doc = dict[str, Any]
 AUDIT_LOG = "audit_log"
 # The platform's bookkeeping collections: never records (crm_platform.mongo, idempotency, counters).
 PLATFORM_COLLECTIONS = frozenset(
-    # person_keys: the per-person data keys (crm_platform.shredding) never go into the log
-    {AUDIT_LOG, "outbox", "processed_events", "handoffs_sent", "idempotency_keys", "counters", "person_keys"}
+    # person_keys: the per-person data keys (crm_platform.shredding) never go into the log;
+    # erasure_rechecks: the requests to match again (crm_platform.erasure.RECHECKS)
+    {
+        AUDIT_LOG,
+        "outbox",
+        "processed_events",
+        "handoffs_sent",
+        "idempotency_keys",
+        "counters",
+        "person_keys",
+        "erasure_rechecks",
+    }
 )
 # Recorded as changed ("[redacted]" before and after), never with their value.
 REDACTED_FIELDS = frozenset({"password_hash", "password", "secret", "token", "token_hash"})

@@ -28,23 +28,35 @@ The write of step 2 is an ordinary audited write; the department then emits
 ``erasure.completed`` through its outbox in the same transaction. A replayed request finds
 nothing left to change (the hash is removed from ``person_hashes``) and the consumer's ledger
 drops a re-delivered copy, so a department confirms once.
+
+**The late writer** (:class:`Rechecks`). A transaction that read the person (a sealed handoff's
+held key, in its snapshot) before the request's transaction committed can commit a new document
+holding them after it: the two write different documents, so snapshot isolation sees no
+conflict, and the request's query never saw that document. mongod ends every transaction within
+a bound of its start (``transactionLifetimeLimitSeconds`` plus its abort pass's period), so the
+handler also records the request in :data:`RECHECKS` (one write per request, none per handoff),
+and each department's :func:`recheck_loop` matches the request once more when every
+transaction that began before its commit has ended: idempotent, claimed by deleting the
+record in the recheck's own transaction, so a process killed before it ran leaves it to the next.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from crm_contracts import Envelope
 from crm_contracts.events.governance import ErasureCompletedV1, ErasureRequestedV1
 from pymongo.errors import PyMongoError
 
-from crm_platform import audit, shredding
+from crm_platform import audit, metrics, shredding
 from crm_platform.audit import ERASED, scrub  # noqa: F401 - re-exported for the departments
-from crm_platform.clock import now_millis
+from crm_platform.clock import Clock, now_millis
 from crm_platform.mongo import BATCH_EVENTS, OUTBOX
 from crm_platform.pseudonym import email_hash, erased_email, erased_name, is_erased_email
 
@@ -340,7 +352,9 @@ async def backfill(db: Any, targets: Sequence[Target], batch: int = 500) -> int:
 
 async def ensure_indexes(db: Any, targets: Sequence[Target]) -> None:
     """``person_hashes`` indexed on every target; each related collection's link, unless an index
-    on that key alone exists already (under another name)."""
+    on that key alone exists already (under another name); the rechecks by their record's time."""
+    if targets:
+        await ensure_recheck_indexes(db)
     for target in targets:
         await db[target.collection].create_index(PERSON_HASHES, name="by_person_hash")
         for related in target.related:
@@ -353,12 +367,15 @@ async def ensure_indexes(db: Any, targets: Sequence[Target]) -> None:
 # -- the consumer handler (added by the runtime when a department subscribes) ------------------
 
 
-def erasure_handler(targets: Sequence[Target]) -> Any:
+def erasure_handler(targets: Sequence[Target], rechecks: Rechecks | None = None) -> Any:
     """The consumer handler for ``erasure.requested``: erase, then confirm through the outbox in
-    the same transaction (``erasure.completed``, the department being the envelope's source)."""
+    the same transaction (``erasure.completed``, the department being the envelope's source),
+    and record the request's recheck there too (``rechecks``: :func:`recheck_loop` runs it)."""
 
     async def on_erasure_requested(tx: Any, event: ErasureRequestedV1, envelope: Envelope) -> None:
         outcome = await erase_person(tx, targets, event.email_hash, event.record_ids)
+        if rechecks is not None:
+            await record_recheck(tx, event, rechecks.clock())
         now = now_millis()
         waited = max(0, int((now - event.requested_at).total_seconds() * 1000))
         tx.emit(
@@ -394,3 +411,144 @@ async def backfill_job(db: Any, targets: Sequence[Target]) -> None:
         return
     if done:
         log.info("person_hashes backfilled on %d documents", done)
+
+
+# -- the late writer: each request matched once more after every older transaction ended -------
+
+# One document per request a department erased (``_id``: the request id): the hash, the record
+# ids and when it was recorded. Bookkeeping, not a record (crm_platform.audit.PLATFORM_COLLECTIONS).
+RECHECKS = "erasure_rechecks"
+# Added to the bound: the clocks of the service's replicas, and the abort pass's own run time.
+RECHECK_MARGIN_SECONDS = 10.0
+# mongod's default ``transactionLifetimeLimitSeconds``: used when the server does not say.
+DEFAULT_TRANSACTION_LIFETIME_SECONDS = 60.0
+RECHECK_BATCH = 100
+
+
+def wall_clock() -> datetime:
+    """The real time, never the demo clock's (:func:`crm_platform.clock.system_clock` follows a
+    consumed event's time under ``CRM_DEMO_CLOCK``): mongod's transaction lifetimes run on it."""
+    return datetime.now(UTC)
+
+
+def transaction_bound(lifetime_seconds: float) -> float:
+    """How long after its start a transaction can still commit: mongod aborts a transaction older
+    than ``transactionLifetimeLimitSeconds`` on a pass it runs every half of that (at least 1 s,
+    at most 60 s), so one can outlive the limit by up to one such period."""
+    return lifetime_seconds + min(60.0, max(1.0, lifetime_seconds / 2))
+
+
+def recheck_delay(lifetime_seconds: float, margin: float = RECHECK_MARGIN_SECONDS) -> float:
+    """From a recheck's recording to when it is due. The request's own transaction began before
+    the record was written, so it commits within one bound of it; a transaction that read the
+    person before that commit began before it too, so it has ended one bound after the commit.
+    190 s with mongod's default 60 s limit."""
+    return 2 * transaction_bound(lifetime_seconds) + margin
+
+
+@dataclass
+class Rechecks:
+    """A department's erasure rechecks: ``delay`` seconds from a request's record to its
+    recheck (``CRM_ERASURE_RECHECK_SECONDS``; None: :func:`recheck_delay` of the server's
+    ``transactionLifetimeLimitSeconds``, read at start), on ``clock`` (tests move a
+    ``ManualClock``)."""
+
+    delay: float | None = None
+    clock: Clock = wall_clock
+
+    @property
+    def poll_seconds(self) -> float:
+        """How often the loop looks for due rechecks: a twentieth of the delay, 50 ms to 10 s."""
+        return min(10.0, max(0.05, (self.delay or 0.0) / 20))
+
+    async def resolve(self, db: Any) -> float:
+        """The delay: the setting's, else from the server's transaction lifetime (60 s when the
+        server does not say, e.g. the service's user may not run ``getParameter``)."""
+        if self.delay is None:
+            self.delay = recheck_delay(await _transaction_lifetime(db))
+        return self.delay
+
+
+async def _transaction_lifetime(db: Any) -> float:
+    try:
+        answer = await db.client.admin.command({"getParameter": 1, "transactionLifetimeLimitSeconds": 1})
+        return float(answer["transactionLifetimeLimitSeconds"])
+    except (PyMongoError, KeyError, TypeError, ValueError) as exc:
+        log.warning(
+            "transactionLifetimeLimitSeconds not read (%s): taken as %.0f s; set CRM_ERASURE_RECHECK_SECONDS "
+            "if the server's is longer",
+            exc,
+            DEFAULT_TRANSACTION_LIFETIME_SECONDS,
+        )
+        return DEFAULT_TRANSACTION_LIFETIME_SECONDS
+
+
+async def record_recheck(tx: Any, event: ErasureRequestedV1, now: datetime) -> None:
+    """The request's recheck, in the erasure's transaction. A request erased again (filed with
+    the same id, a replay) moves its recheck to the later erasure (``$max``)."""
+    update = {
+        "$set": {"email_hash": event.email_hash, "record_ids": list(event.record_ids)},
+        "$max": {"recorded_at": now},
+    }
+    await tx.db[RECHECKS].update_one({"_id": event.request_id}, update, upsert=True, session=tx.session)
+
+
+async def run_due_rechecks(store: Any, targets: Sequence[Target], rechecks: Rechecks) -> int:
+    """Each recheck due now, run in a transaction of its own (:func:`_recheck`); how many ran."""
+    delay = await rechecks.resolve(store.db)
+    due = {"recorded_at": {"$lte": rechecks.clock() - timedelta(seconds=delay)}}
+    found = [d async for d in store.db[RECHECKS].find(due).sort("recorded_at", 1).limit(RECHECK_BATCH)]
+    for doc in found:
+
+        async def work(tx: Any, doc: Doc = doc) -> Outcome | None:
+            return await _recheck(tx, targets, doc)
+
+        outcome = await store.transaction(work)
+        if outcome is not None:
+            _observe_recheck(store.source, str(doc["_id"]), outcome)
+    return len(found)
+
+
+async def _recheck(tx: Any, targets: Sequence[Target], doc: Doc) -> Outcome | None:
+    """The request of ``doc`` matched again, its record deleted in the same transaction (the
+    claim: another replica's run of it deletes nothing and does nothing; None)."""
+    claim = {"_id": doc["_id"], "recorded_at": doc["recorded_at"]}
+    claimed = await tx.db[RECHECKS].delete_one(claim, session=tx.session)
+    if claimed.deleted_count == 0:
+        return None  # run by another replica, or recorded again since (due later)
+    return await erase_person(tx, targets, doc.get("email_hash"), doc.get("record_ids") or ())
+
+
+def _observe_recheck(service: str, request_id: str, outcome: Outcome) -> None:
+    found = "erased" if outcome.records or outcome.keys_destroyed else "clean"
+    metrics.ERASURE_RECHECKS.labels(service, found).inc()
+    level = logging.WARNING if found == "erased" else logging.INFO
+    log.log(
+        level,
+        "erasure request %s rechecked: %d records erased late, %d audit entries, %d person keys destroyed",
+        request_id,
+        outcome.records,
+        outcome.audit_entries,
+        outcome.keys_destroyed,
+    )
+
+
+async def recheck_loop(store: Any, targets: Sequence[Target], rechecks: Rechecks) -> None:
+    """The runtime's background job: run the due rechecks, then wait ``poll_seconds`` for the
+    next (a failure is logged and tried again then); until cancelled. A recheck recorded by a
+    process that stopped before it ran is run by the next one (the record is in the database)."""
+    delay = await rechecks.resolve(store.db)
+    log.info("erasure rechecks: %.1f s after each request", delay)
+    while True:
+        try:
+            ran = await run_due_rechecks(store, targets, rechecks)
+        except Exception as exc:  # noqa: BLE001 - the database away, or anything else: the loop goes on
+            log.warning("erasure rechecks stopped (tried again in %.1f s): %r", rechecks.poll_seconds, exc)
+            ran = 0
+        if ran < RECHECK_BATCH:
+            await asyncio.sleep(rechecks.poll_seconds)
+
+
+async def ensure_recheck_indexes(db: Any) -> None:
+    """The rechecks by when they were recorded (the loop's query of the due ones)."""
+    await db[RECHECKS].create_index("recorded_at", name="by_recorded_at")

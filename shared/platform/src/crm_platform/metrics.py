@@ -67,6 +67,13 @@ PERSON_KEY_WAITS = Counter(
     "Tries of a sealed event put back because its person key had not arrived yet (crm_platform.shredding)",
     ["service", "topic"],
 )
+ERASURE_RECHECKS = Counter(
+    "crm_erasure_rechecks",
+    "Erasure requests matched again once every transaction begun before their erasure had ended "
+    "(crm_platform.erasure.recheck_loop), by what the recheck found: erased (a late writer's "
+    "records) or clean",
+    ["service", "outcome"],
+)
 DEAD_LETTERED = Counter(
     "crm_dead_lettered",
     "Events sent to the dead-letter topic",

@@ -116,6 +116,9 @@ class ServiceRuntime:
         # rejoin did not cure, a background task that ended): exit non-zero so it is
         # restarted. Tests replace it.
         self.on_fatal: Fatal = exit_process
+        # Each erasure request matched once more after every older transaction ended (the
+        # handler records it, the loop runs it: crm_platform.erasure.Rechecks).
+        self.erasure_rechecks = erasure.Rechecks(delay=s.erasure_recheck_seconds)
         if self.subscription is not None and s.consumer_enabled:
             self._build_consumer(self.subscription)
         # The per-person keys this department opens sealed events with (crm_platform.shredding).
@@ -126,6 +129,7 @@ class ServiceRuntime:
         self._erasure_targets = self.subscription.erasure_targets if self.subscription is not None else ()
         if self._erasure_targets:
             self.background.append(lambda: erasure.backfill_job(self.store.db, self._erasure_targets))
+            self.background.append(self._erasure_recheck_loop)
         self.receipts: receipts.HandoffTracker | None = None
         self.receipts_watchdog: ConsumerWatchdog | None = None
         department = self.subscription.department if self.subscription is not None else None
@@ -234,9 +238,13 @@ class ServiceRuntime:
         if GATEWAY_PERMISSIONS in sub.topics:
             handlers.setdefault(PermissionsChangedV1.event_type, permissions_handler(self.permissions))
         if GATEWAY_ERASURE_REQUESTS in sub.topics:
-            handlers.setdefault(ErasureRequestedV1.event_type, erasure.erasure_handler(sub.erasure_targets))
+            handler = erasure.erasure_handler(sub.erasure_targets, self.erasure_rechecks)
+            handlers.setdefault(ErasureRequestedV1.event_type, handler)
         # Sealed events reach the handlers opened: the plaintext version they were written for.
         return {event_type: shredding.unsealing(handler) for event_type, handler in handlers.items()}
+
+    async def _erasure_recheck_loop(self) -> None:
+        await erasure.recheck_loop(self.store, self._erasure_targets, self.erasure_rechecks)
 
     def _watchdog(
         self,

@@ -81,6 +81,13 @@ class ServiceSettings(BaseSettings):
     person_key_wait_seconds: float = Field(
         default=60.0, validation_alias="CRM_PERSON_KEY_WAIT_SECONDS", gt=0, le=600
     )
+    # From an erasure request's erasure to its recheck, which matches the request once more after
+    # every transaction that began before the erasure committed has ended (a handoff that read the
+    # person before it: crm_platform.erasure.Rechecks). Unset: from the server's
+    # transactionLifetimeLimitSeconds (190 s for its default 60). Never below what that gives.
+    erasure_recheck_seconds: float | None = Field(
+        default=None, validation_alias="CRM_ERASURE_RECHECK_SECONDS", ge=0, le=86400
+    )
     consumer_watchdog_seconds: float = Field(
         default=5.0, validation_alias="CRM_CONSUMER_WATCHDOG_SECONDS", gt=0
     )
