@@ -8,6 +8,7 @@ from crm_platform.audit import ERASED, scrub
 from crm_platform.erasure import (
     PERSON_HASHES,
     Person,
+    Rechecks,
     Target,
     emails_in,
     erase_doc,
@@ -15,6 +16,8 @@ from crm_platform.erasure import (
     mention_pattern,
     person_hashes,
     person_query,
+    recheck_delay,
+    transaction_bound,
     with_person_hashes,
 )
 from crm_platform.pseudonym import email_hash
@@ -127,3 +130,45 @@ def test_an_item_named_by_its_held_key_is_erased_and_named_by_nothing_after() ->
     assert erased["handoff"]["contact"]["email"].endswith("@erased.example")
     assert erased[PERSON_HASHES] == []
     assert person.values == {ADA, "Ada Lovelace"}
+
+
+def test_a_transaction_can_commit_until_its_lifetime_and_one_abort_pass_after() -> None:
+    """mongod's abort pass runs every half of transactionLifetimeLimitSeconds, 1 s to 60 s."""
+    assert transaction_bound(60) == 90
+    assert transaction_bound(1) == 2  # the pass at least every second
+    assert transaction_bound(300) == 360  # at most every minute
+
+
+def test_a_recheck_is_due_two_bounds_and_the_margin_after_it_was_recorded() -> None:
+    """The erasure's own transaction commits within one bound of the record; every transaction
+    that read the person before that commit ends within one bound more."""
+    assert recheck_delay(60) == 2 * 90 + 10
+    assert recheck_delay(60, margin=0) == 180
+
+
+async def test_the_recheck_delay_is_the_settings_else_the_servers_and_the_poll_follows_it() -> None:
+    class Server:  # answers getParameter as mongod does
+        class client:  # noqa: N801 - the attribute path of a database's client
+            class admin:  # noqa: N801
+                @staticmethod
+                async def command(_cmd: object) -> dict[str, object]:
+                    return {"transactionLifetimeLimitSeconds": 30, "ok": 1.0}
+
+    assert await Rechecks(delay=2.0).resolve(Server()) == 2.0
+    assert await Rechecks().resolve(Server()) == recheck_delay(30)
+    assert Rechecks(delay=2.0).poll_seconds == 0.1
+    assert Rechecks(delay=recheck_delay(60)).poll_seconds == 9.5
+    assert Rechecks(delay=0.0).poll_seconds == 0.05
+
+
+async def test_a_server_that_does_not_say_its_transaction_lifetime_is_taken_at_mongods_default() -> None:
+    from pymongo.errors import OperationFailure
+
+    class Refusing:  # a service user without the getParameter privilege
+        class client:  # noqa: N801
+            class admin:  # noqa: N801
+                @staticmethod
+                async def command(_cmd: object) -> dict[str, object]:
+                    raise OperationFailure("not authorized on admin to execute command", code=13)
+
+    assert await Rechecks().resolve(Refusing()) == recheck_delay(60)
