@@ -3,6 +3,8 @@ people are, what an erased document looks like, and what scrubbing leaves. No I/
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from crm_contracts import envelope_for
 from crm_platform.audit import ERASED, scrub
 from crm_platform.erasure import (
@@ -147,15 +149,12 @@ def test_a_recheck_is_due_two_bounds_and_the_margin_after_it_was_recorded() -> N
 
 
 async def test_the_recheck_delay_is_the_settings_else_the_servers_and_the_poll_follows_it() -> None:
-    class Server:  # answers getParameter as mongod does
-        class client:  # noqa: N801 - the attribute path of a database's client
-            class admin:  # noqa: N801
-                @staticmethod
-                async def command(_cmd: object) -> dict[str, object]:
-                    return {"transactionLifetimeLimitSeconds": 30, "ok": 1.0}
+    async def answer(_cmd: object) -> dict[str, object]:  # getParameter, as mongod answers it
+        return {"transactionLifetimeLimitSeconds": 30, "ok": 1.0}
 
-    assert await Rechecks(delay=2.0).resolve(Server()) == 2.0
-    assert await Rechecks().resolve(Server()) == recheck_delay(30)
+    server = _database(answer)
+    assert await Rechecks(delay=2.0).resolve(server) == 2.0
+    assert await Rechecks().resolve(server) == recheck_delay(30)
     assert Rechecks(delay=2.0).poll_seconds == 0.1
     assert Rechecks(delay=recheck_delay(60)).poll_seconds == 9.5
     assert Rechecks(delay=0.0).poll_seconds == 0.05
@@ -164,11 +163,12 @@ async def test_the_recheck_delay_is_the_settings_else_the_servers_and_the_poll_f
 async def test_a_server_that_does_not_say_its_transaction_lifetime_is_taken_at_mongods_default() -> None:
     from pymongo.errors import OperationFailure
 
-    class Refusing:  # a service user without the getParameter privilege
-        class client:  # noqa: N801
-            class admin:  # noqa: N801
-                @staticmethod
-                async def command(_cmd: object) -> dict[str, object]:
-                    raise OperationFailure("not authorized on admin to execute command", code=13)
+    async def refuse(_cmd: object) -> dict[str, object]:  # a user without the getParameter privilege
+        raise OperationFailure("not authorized on admin to execute command", code=13)
 
-    assert await Rechecks().resolve(Refusing()) == recheck_delay(60)
+    assert await Rechecks().resolve(_database(refuse)) == recheck_delay(60)
+
+
+def _database(command: object) -> object:
+    """What ``Rechecks.resolve`` uses of a database: ``db.client.admin.command``."""
+    return SimpleNamespace(client=SimpleNamespace(admin=SimpleNamespace(command=command)))

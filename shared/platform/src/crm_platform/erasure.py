@@ -42,7 +42,6 @@ record in the recheck's own transaction, so a process killed before it ran leave
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -59,6 +58,7 @@ from crm_platform.audit import ERASED, scrub  # noqa: F401 - re-exported for the
 from crm_platform.clock import Clock, now_millis
 from crm_platform.mongo import BATCH_EVENTS, OUTBOX
 from crm_platform.pseudonym import email_hash, erased_email, erased_name, is_erased_email
+from crm_platform.wakeups import sleep_on_grid
 
 log = logging.getLogger("crm.erasure")
 
@@ -546,7 +546,7 @@ async def recheck_loop(store: Any, targets: Sequence[Target], rechecks: Rechecks
             log.warning("erasure rechecks stopped (tried again in %.1f s): %r", rechecks.poll_seconds, exc)
             ran = 0
         if ran < RECHECK_BATCH:
-            await asyncio.sleep(rechecks.poll_seconds)
+            await sleep_on_grid(rechecks.poll_seconds)  # with the idle process's other timers
 
 
 async def ensure_recheck_indexes(db: Any) -> None:
