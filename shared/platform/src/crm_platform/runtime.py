@@ -116,9 +116,7 @@ class ServiceRuntime:
         # rejoin did not cure, a background task that ended): exit non-zero so it is
         # restarted. Tests replace it.
         self.on_fatal: Fatal = exit_process
-        # Each erasure request matched once more after every older transaction ended (the
-        # handler records it, the loop runs it: crm_platform.erasure.Rechecks).
-        self.erasure_rechecks = erasure.Rechecks(delay=s.erasure_recheck_seconds)
+        self._wire_erasure()
         if self.subscription is not None and s.consumer_enabled:
             self._build_consumer(self.subscription)
         # The per-person keys this department opens sealed events with (crm_platform.shredding).
@@ -126,10 +124,6 @@ class ServiceRuntime:
         self.key_watchdog: ConsumerWatchdog | None = None
         if self.subscription is not None and s.consumer_enabled and shredding.key_topics(s.service_name):
             self.key_consumer = self._key_consumer()
-        self._erasure_targets = self.subscription.erasure_targets if self.subscription is not None else ()
-        if self._erasure_targets:
-            self.background.append(lambda: erasure.backfill_job(self.store.db, self._erasure_targets))
-            self.background.append(self._erasure_recheck_loop)
         self.receipts: receipts.HandoffTracker | None = None
         self.receipts_watchdog: ConsumerWatchdog | None = None
         department = self.subscription.department if self.subscription is not None else None
@@ -242,6 +236,17 @@ class ServiceRuntime:
             handlers.setdefault(ErasureRequestedV1.event_type, handler)
         # Sealed events reach the handlers opened: the plaintext version they were written for.
         return {event_type: shredding.unsealing(handler) for event_type, handler in handlers.items()}
+
+    def _wire_erasure(self) -> None:
+        """Where the department's people are (``Subscription.erasure_targets``): their hashes
+        given to older documents at start, and each erasure request matched once more after
+        every older transaction ended (the handler records it, the loop runs it:
+        ``crm_platform.erasure.Rechecks``). Before the consumer: its handler takes the rechecks."""
+        self.erasure_rechecks = erasure.Rechecks(delay=self.settings.erasure_recheck_seconds)
+        self._erasure_targets = self.subscription.erasure_targets if self.subscription is not None else ()
+        if self._erasure_targets:
+            self.background.append(lambda: erasure.backfill_job(self.store.db, self._erasure_targets))
+            self.background.append(self._erasure_recheck_loop)
 
     async def _erasure_recheck_loop(self) -> None:
         await erasure.recheck_loop(self.store, self._erasure_targets, self.erasure_rechecks)

@@ -1,0 +1,92 @@
+"""A capture whose transaction began before an erasure request's transaction committed, and
+inserted the person's lead after it, on the real broker and mongod (docs/governance.md section 3,
+"A late writer": marketing's case of the race sales' inbox and the service desk's accounts have).
+
+Marketing holds no held keys: a capture that read a stored lead before the erasure writes that
+lead too, so mongod serialises the two (a write conflict). A capture of an e-mail not stored yet
+inserts a new lead; the erasure, finding none, writes nothing the capture touches, so both
+commit, and the lead holds the person in plain text after the request was confirmed. The
+request's recheck (its clock moved by hand here) erases it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, TypeAlias
+
+import pytest
+from crm_platform.clock import ManualClock
+from crm_platform.erasure import RECHECKS, wall_clock
+from crm_platform.mongo import commit_after_var
+from crm_platform.settings import ServiceSettings
+from crm_platform.testing import eventually, request_erasure
+from leads import store as repo
+from leads.domain.leads import Capture
+from leads.handlers import capture_lead
+
+pytestmark = pytest.mark.integration
+Leads: TypeAlias = Any  # conftest.Leads
+Doc = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def leads_settings(kafka_bootstrap: str, mongodb_uri: str) -> ServiceSettings:
+    from crm_platform.testing import isolated_settings
+    from leads.settings import LeadsSettings
+
+    return isolated_settings(
+        LeadsSettings, "leads", kafka_bootstrap, mongodb_uri, CRM_ERASURE_RECHECK_SECONDS=2
+    )
+
+
+async def _holding(leads: Leads, value: str) -> list[str]:
+    """The collections of marketing's database with a document holding ``value`` anywhere."""
+    db = leads.runtime.db
+    names = sorted(await db.list_collection_names())
+    return [n for n in names if any([value in str(d) async for d in db[n].find()])]
+
+
+async def test_a_lead_a_capture_begun_before_the_erasure_inserted_after_it_is_erased_by_the_recheck(
+    leads: Leads,
+) -> None:
+    runtime = leads.runtime
+    clock = ManualClock(wall_clock())
+    runtime.erasure_rechecks.clock = clock  # the recheck is due only when the test says
+    email = f"late-capture-{uuid.uuid4().hex[:10]}@example.com"
+    requests: list[str] = []
+
+    async def erased_meanwhile() -> None:
+        if requests:
+            return  # a retried attempt commits at once
+        request = await request_erasure(runtime.settings.kafka_bootstrap_servers, email)
+        requests.append(request.payload["request_id"])
+
+        async def committed() -> Doc | None:  # its confirmation, in the erasure's transaction
+            field = "envelope.payload.request_id"
+            query = {"$or": [{field: requests[0]}, {f"events.{field}": requests[0]}]}
+            found: Doc | None = await runtime.db["outbox"].find_one(query)
+            return found
+
+        await eventually(committed, what="marketing's erasure of the request committed")
+
+    capture = Capture(email=email, name="Late Capture", source_channel="webinar", marketing_email=True)
+    token = commit_after_var.set(erased_meanwhile)
+    try:
+        outcome = await capture_lead(leads.app.state.uow, capture)
+    finally:
+        commit_after_var.reset(token)
+    lead = await runtime.db[repo.LEADS].find_one({"_id": outcome.lead.id})
+    assert lead is not None
+    assert lead["email"] == email, "the race: the lead is stored in plain text after the erasure"
+    assert await runtime.db[RECHECKS].find_one({"_id": requests[0]}) is not None
+
+    clock.advance(seconds=2)  # every transaction older than the erasure has ended
+
+    async def erased() -> Doc | None:
+        found: Doc | None = await runtime.db[repo.LEADS].find_one({"_id": outcome.lead.id})
+        return found if found is not None and str(found["email"]).endswith("@erased.example") else None
+
+    await eventually(erased, what="the late lead erased by the recheck")
+    for value in (email, "Late Capture"):
+        assert await _holding(leads, value) == [], value  # the lead, its audit entries, the outbox
+    assert await runtime.db[RECHECKS].find_one({"_id": requests[0]}) is None
