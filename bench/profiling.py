@@ -61,8 +61,10 @@ def _bucket(frame: str) -> str:
 
 
 @contextlib.contextmanager
-def profiled(phase: str, pids: Mapping[str, int], outdir: Path, rate: int = 50) -> Iterator[None]:
-    """Record every process in ``pids`` while the ``with`` block runs."""
+def profiled(phase: str, pids: Mapping[str, int], outdir: Path, rate: int = 0) -> Iterator[None]:
+    """Record every process in ``pids`` while the ``with`` block runs (``rate`` 0:
+    ``BENCH_PROFILE_BUSY_RATE`` samples a second, 50 by default)."""
+    rate = rate or int(os.environ.get("BENCH_PROFILE_BUSY_RATE", "50"))
     if not os.environ.get("BENCH_PROFILE"):
         yield
         return

@@ -207,3 +207,75 @@ def _app_with(**options: Any) -> FastAPI:
     app = _app()
     settings = app.state.settings
     return create_app(settings=settings, title="edge test", **options)
+
+
+# -- the edge's per-request bookkeeping (docs/performance.md, "Twenty-seventh session, capture") --
+
+
+def _count(name: str, labels: dict[str, str]) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_each_request_is_counted_under_its_labels_which_are_looked_up_once(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crm_platform import metrics
+
+    lookups: list[tuple[str, ...]] = []
+    labels = metrics.HTTP_REQUESTS.labels
+
+    def counted(*values: str) -> Any:
+        lookups.append(values)
+        return labels(*values)
+
+    monkeypatch.setattr(metrics.HTTP_REQUESTS, "labels", counted)
+    created = {"service": "edge-test", "method": "POST", "route": "/notes", "status": "201"}
+    refused = {**created, "status": "422"}
+    before = _count("crm_http_requests_total", created), _count("crm_http_requests_total", refused)
+    timed = {"service": "edge-test", "method": "POST", "route": "/notes"}
+    observed = _count("crm_http_request_seconds_count", timed)
+    for _ in range(3):
+        assert (await client.post("/notes", json={"text": "a"}, headers=AUTH)).status_code == 201
+    assert (await client.post("/notes", json={}, headers=AUTH)).status_code == 422
+    assert _count("crm_http_requests_total", created) == before[0] + 3
+    assert _count("crm_http_requests_total", refused) == before[1] + 1
+    assert _count("crm_http_request_seconds_count", timed) == observed + 4
+    assert lookups == [("edge-test", "POST", "/notes", "201"), ("edge-test", "POST", "/notes", "422")]
+
+
+def test_the_log_line_is_the_json_it_was_with_its_time_to_the_millisecond() -> None:
+    import json
+    import logging
+    from datetime import UTC, datetime
+
+    from crm_platform.logging import JsonFormatter
+
+    formatter = JsonFormatter("edge-test")
+    # Each whole second's text is made once: the same second again, the next, a carry of the
+    # rounded microseconds into the next second, an earlier second after a later one.
+    moments = [1765152000.0004, 1765152000.9994, 1765152000.9999996, 1765152001.5, 1765151999.25, 0.0]
+    for created in moments:
+        record = logging.LogRecord("crm.http", logging.INFO, __file__, 1, "%s -> %d", ("POST /x", 201), None)
+        record.created = created
+        upstream = object()  # not JSON: written as its str(), as before
+        record.__dict__.update(duration_ms=1.25, upstream=upstream)
+        line = json.loads(formatter.format(record))
+        assert line["ts"] == datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        assert line["msg"] == "POST /x -> 201"
+        assert line["duration_ms"] == 1.25
+        assert line["upstream"] == str(upstream)
+        assert list(line)[:5] == ["ts", "level", "service", "logger", "msg"]
+
+
+def test_framework_telemetry_is_off_and_records_skip_thread_and_process_names() -> None:
+    import logging
+
+    app = _app()
+    # crm_platform.tracing traces every request; FastAPI's own would repeat it (and asked the
+    # global OpenTelemetry providers on every request whether it had anything to do).
+    assert not any(app._telemetry.get(signal) for signal in ("tracing", "metrics", "logs"))
+    record = logging.getLogger("crm.http").makeRecord("crm.http", logging.INFO, "f", 1, "m", (), None)
+    assert record.threadName is None  # never written to the line
+    assert record.processName is None

@@ -49,6 +49,8 @@ from crm_platform.logging import correlation_id_var, request_id_var
 log = logging.getLogger("crm.http")
 
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Label sets whose metric children an edge keeps (HttpEdge._series_of).
+SERIES_KEPT = 1024
 # A client-chosen id is echoed into logs and headers: keep it short and printable.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
@@ -130,6 +132,9 @@ class HttpEdge:
         self.retry_after = retry_after_seconds
         self.service = service
         self.max_body = max_body_bytes
+        # (method, route, status) -> the request counter's and the duration histogram's
+        # children: ``labels()`` per request was two label checks, a lock and a dict lookup each.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -215,12 +220,27 @@ class HttpEdge:
 
         return sender
 
+    def _series_of(self, method: str, path: str, status: int) -> tuple[Any, Any]:
+        """The metrics' children for a request's labels, looked up once per label set (at most
+        ``SERIES_KEPT`` kept: a client's made-up methods are counted, never held)."""
+        key = (method, path, status)
+        series = self._series.get(key)
+        if series is None:
+            series = (
+                metrics.HTTP_REQUESTS.labels(self.service, method, path, str(status)),
+                metrics.HTTP_SECONDS.labels(self.service, method, path),
+            )
+            if len(self._series) < SERIES_KEPT:
+                self._series[key] = series
+        return series
+
     def _observe(self, scope: Scope, ex: _Exchange, elapsed: float) -> None:
         route = scope.get("route")
         path = getattr(route, "path", "unmatched")
         method = scope.get("method", "")
-        metrics.HTTP_REQUESTS.labels(self.service, method, path, str(ex.status)).inc()
-        metrics.HTTP_SECONDS.labels(self.service, method, path).observe(elapsed)
+        requests, seconds = self._series_of(method, path, ex.status)
+        requests.inc()
+        seconds.observe(elapsed)
         if path not in QUIET_PATHS:
             log.info(
                 "%s %s -> %d",
