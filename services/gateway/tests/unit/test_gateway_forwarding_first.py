@@ -13,7 +13,7 @@ from crm_platform.testing import OFFLINE_SETTINGS
 from gateway.api import docs, proxy
 from gateway.main import create_app
 from gateway.settings import GatewaySettings
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 
 BASE = OFFLINE_SETTINGS
 
@@ -65,4 +65,47 @@ async def test_a_forwarded_request_tries_no_other_router(app: Any, monkeypatch: 
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
         r = await client.post("/api/leads/leads", json={})
     assert r.status_code == 401, r.text  # the forwarding route's own check: no token
-    assert {id(r) for r in asked} == {id(docs.router), id(proxy.router)}, asked
+    # The docs routes' path patterns do not match the path, so their router is not asked
+    # (about 6 us per forwarded request); only the forwarding router is.
+    assert {id(r) for r in asked} == {id(proxy.router)}, asked
+
+
+def test_the_earlier_routes_are_asked_for_a_path_their_patterns_match(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[Any] = []
+    original = fastapi.routing._IncludedRouter.matches
+
+    def counting(self: Any, scope: Any) -> Any:
+        asked.append(self.original_router)
+        return original(self, scope)
+
+    monkeypatch.setattr(fastapi.routing._IncludedRouter, "matches", counting)
+    first = app.router.routes[0]
+    assert [p.pattern for p in first.earlier_paths] == [
+        "^/docs$",
+        "^/docs/(?P<service>[^/]+)$",
+        "^/api/(?P<service>[^/]+)/openapi\\.json$",
+    ]
+    for method in ("GET", "POST"):  # a POST is the docs route's 405, as before
+        assert first.matches(_scope(method, "/api/leads/openapi.json"))[0] == Match.NONE
+    assert [id(r) for r in asked] == [id(docs.router)] * 2
+
+
+def test_an_earlier_route_without_a_pattern_of_its_own_is_always_asked() -> None:
+    asked: list[str] = []
+
+    async def nowhere(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("never served here")
+
+    class Everything(Mount):
+        def matches(self, scope: Any) -> Any:
+            asked.append(scope["path"])
+            return Match.FULL, {}
+
+    installed: Any = create_app(GatewaySettings.model_validate(BASE)).router.routes[0]
+    forwarding = installed.forwarding
+    first = proxy.ForwardingFirst(forwarding, [Everything("/elsewhere", app=nowhere)])
+    assert first.earlier_paths is None
+    assert first.matches(_scope("POST", "/api/leads/leads"))[0] == Match.NONE
+    assert asked == ["/api/leads/leads"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -13,7 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 from fastapi.routing import APIRoute
 from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, get_route_path
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.deps import active_principal, get_upstreams
@@ -116,7 +117,7 @@ async def _forward(service: str, request: Request, principal: Principal, upstrea
         headers=request.headers,
         body=body,
         client_host=request.client.host if request.client else None,
-        scheme=request.url.scheme,
+        scheme=request.scope.get("scheme", "http"),  # request.url would parse the whole URL
         host=request.headers.get("host"),
     )
     return _stream(forwarded)
@@ -224,7 +225,7 @@ async def forward_public(
         headers={k: v for k, v in request.headers.items() if k.lower() not in CREDENTIALS},
         body=await request.body(),
         client_host=request.client.host if request.client else None,
-        scheme=request.url.scheme,
+        scheme=request.scope.get("scheme", "http"),  # request.url would parse the whole URL
         host=request.headers.get("host"),
     )
     return _stream(forwarded)
@@ -258,13 +259,25 @@ class ForwardingFirst(BaseRoute):
     def __init__(self, forwarding: BaseRoute, earlier: list[BaseRoute]) -> None:
         self.forwarding = forwarding
         self.earlier = earlier
+        self.earlier_paths = _path_patterns(earlier)
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http" or not scope["path"].startswith("/api/"):
             return Match.NONE, {}
-        if any(route.matches(scope)[0] != Match.NONE for route in self.earlier):
+        if self._earlier_may_match(scope) and any(
+            route.matches(scope)[0] != Match.NONE for route in self.earlier
+        ):
             return Match.NONE, {}
         return self.forwarding.matches(scope)
+
+    def _earlier_may_match(self, scope: Scope) -> bool:
+        """Whether a route in ``earlier`` could match: when each is a FastAPI route, only if
+        its path pattern matches the path as routes see it (a route whose pattern does not is
+        ``Match.NONE``; asking the docs router's three routes was about 6 us per request)."""
+        if self.earlier_paths is None:
+            return bool(self.earlier)
+        path = get_route_path(scope)
+        return any(pattern.match(path) for pattern in self.earlier_paths)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.forwarding.handle(scope, receive, send)
@@ -277,6 +290,22 @@ def try_forwarding_first(app: FastAPI) -> ForwardingFirst:
     first = ForwardingFirst(routes[at], [r for r in routes[:at] if _may_take_api(r)])
     routes.insert(0, first)
     return first
+
+
+def _path_patterns(routes: list[BaseRoute]) -> list[re.Pattern[str]] | None:
+    """The path patterns of every FastAPI route in ``routes`` (those of an included router
+    included); None when any route is something else (a mount, a plain Starlette route): its
+    match is then always asked."""
+    patterns: list[re.Pattern[str]] = []
+    for route in routes:
+        contexts = route.effective_route_contexts() if hasattr(route, "effective_route_contexts") else [route]
+        for context in contexts:
+            original = getattr(context, "original_route", context)
+            pattern = getattr(context, "path_regex", None)
+            if not isinstance(original, APIRoute) or not isinstance(pattern, re.Pattern):
+                return None
+            patterns.append(pattern)
+    return patterns
 
 
 def _may_take_api(route: BaseRoute) -> bool:
