@@ -279,3 +279,18 @@ def test_framework_telemetry_is_off_and_records_skip_thread_and_process_names() 
     record = logging.getLogger("crm.http").makeRecord("crm.http", logging.INFO, "f", 1, "m", (), None)
     assert record.threadName is None  # never written to the line
     assert record.processName is None
+
+
+async def test_a_request_without_an_id_gets_a_new_version_4_uuid(client: httpx.AsyncClient) -> None:
+    import uuid
+
+    ids = {
+        (await client.post("/notes", json={"text": "a"}, headers=AUTH)).headers["x-request-id"]
+        for _ in range(50)
+    }
+    assert len(ids) == 50
+    for rid in ids:
+        parsed = uuid.UUID(rid)
+        assert parsed.hex == rid  # uuid.uuid4().hex's form: 32 lower-case hex digits
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122

@@ -26,9 +26,9 @@ so the context variables it sets are the ones handlers and error handlers see.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +86,16 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> JSONRe
     return JSONResponse(status_code=status, content=jsonable_encoder(body))
 
 
+def new_request_id() -> str:
+    """``uuid.uuid4().hex``: 16 random bytes with the version (4) and variant (RFC 4122) bits
+    set as ``UUID(bytes=..., version=4)`` sets them, without making the UUID object (2.2 ->
+    0.8 us; every request the gateway receives without an id makes one)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    return raw.hex()
+
+
 def _client_id(headers: Headers, name: str) -> str | None:
     value = headers.get(name)
     return value if value and _SAFE_ID.match(value) else None
@@ -141,7 +151,7 @@ class HttpEdge:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        rid = _client_id(headers, "x-request-id") or uuid.uuid4().hex
+        rid = _client_id(headers, "x-request-id") or new_request_id()
         cid = _client_id(headers, "x-correlation-id") or rid
         r_token, c_token = request_id_var.set(rid), correlation_id_var.set(cid)
         # Nobody acts until the request's token is verified (crm_platform.auth names the actor).
