@@ -150,8 +150,7 @@ def create_app(
         docs_url=None,
         telemetry=NO_FRAMEWORK_TELEMETRY,
     )
-    app.state.settings = settings
-    app.state.runtime = runtime
+    app.state.settings, app.state.runtime = settings, runtime
     app.state.token_verifier = token_verifier(settings)
     install_error_handlers(app, settings.retry_after_seconds)
     keys = _Keys(idempotent_paths, default_idempotency_key, keyed_on_insert)
