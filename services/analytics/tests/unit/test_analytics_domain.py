@@ -551,3 +551,72 @@ def test_a_fold_reads_the_events_time_once_and_folds_new_leads_from_one_shared_e
     assert LeadFacts() == engine.NO_LEAD, "the shared empty facts stay empty"
     assert DealFacts() == engine.NO_DEAL
     assert state.figures.funnel == {"captured": 1, "qualified": 1, "accepted": 1, "won": 1, "onboarded": 0}
+
+
+def test_a_leads_contribution_without_latency_is_one_made_once_and_equal_to_a_fresh_one() -> None:
+    """``lead_contribution`` takes a lead's contribution without a latency sample from its cache
+    by (captured, qualified, accepted, channel): equal to the one made fresh for every lead of
+    generated facts (any field left out of the key would make some differ), the same object for
+    two leads in the same stages and channel, a fresh one for a lead with a latency sample."""
+    from analytics.domain import figures
+
+    rng = random.Random(11)
+    times = [None, 100.0, 250.0]
+    for _ in range(2000):
+        lead = LeadFacts(
+            captured_at=rng.choice(times),
+            capture_channel=rng.choice([None, "web", "event"]),
+            qualified_at=tuple(sorted(rng.sample([50.0, 120.0, 300.0], rng.randrange(0, 3)))),
+            qualify_channel=rng.choice([None, "web", "partner"]),
+            accepted_at=rng.choice(times),
+            answered_at=rng.choice(times),
+        )
+        assert figures.lead_contribution(lead) == figures._made_lead_contribution(lead), lead
+    one, two = (
+        LeadFacts(captured_at=1.0, capture_channel="web"),
+        LeadFacts(captured_at=2.0, capture_channel="web"),
+    )
+    assert figures.lead_contribution(one) is figures.lead_contribution(two)
+    answered = LeadFacts(qualified_at=(1.0,), answered_at=5.0, accepted_at=5.0, capture_channel="web")
+    assert figures.lead_contribution(answered).sample == ("lead-qualified", "business", 4.0)
+    assert figures.lead_contribution(answered) is not figures.lead_contribution(answered)
+
+
+def test_the_lead_contribution_cache_is_bounded(monkeypatch) -> None:
+    """Channels are the senders' words: the cache starts over once it holds its bound."""
+    from analytics.domain import figures
+
+    monkeypatch.setattr(figures, "_lead_contributions", {})
+    monkeypatch.setattr(figures, "LEAD_CONTRIBUTIONS_KEPT", 5)
+    for n in range(12):
+        figures.lead_contribution(LeadFacts(captured_at=1.0, capture_channel=f"channel-{n}"))
+        assert len(figures._lead_contributions) <= 5
+    assert figures.lead_contribution(LeadFacts(captured_at=1.0, capture_channel="x")).channel == "x"
+
+
+def test_a_new_record_is_the_events_slots_and_a_later_event_leaves_them_as_they_were(
+    journey, monkeypatch
+) -> None:
+    """A record seen for the first time is stored as the slots the event brought (no copy of
+    each); a later event's join builds a new record and never changes the stored one in place."""
+    from analytics.domain import records
+
+    state = AnalyticsState()
+    captured = journey.captured("lead-r", "web")
+    brought = records.changes(captured, decode(captured))
+    (key, slots), *_ = brought
+    monkeypatch.setattr(records, "changes", lambda *args, **kwargs: brought)
+    apply(state, captured, decode(captured))
+    monkeypatch.undo()
+    first = state.records[key]
+    assert key == "lead:lead-r"
+    assert first is slots
+    snapshot = json.loads(json.dumps(first))
+    qualified = journey.qualified("lead-r", "partner")
+    apply(state, qualified, decode(qualified))
+    assert first == snapshot  # not changed in place
+    after = state.records[key]
+    assert after is not first
+    assert set(after) == {"captured", "qualified"}
+    assert after["captured"] == snapshot["captured"]
+    assert after["qualified"]["channel"] == "partner"

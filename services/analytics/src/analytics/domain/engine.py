@@ -136,8 +136,12 @@ def apply(state: AnalyticsState, envelope: Envelope, event: Event) -> AnalyticsS
 
 
 def _update_record(state: AnalyticsState, key: str, slots: Record) -> None:
-    before = records.readable(state.records.get(key))
-    after = records.join(before, slots)
+    """Join ``slots`` (an event's own: :func:`records.changes` builds them per event) into the
+    record at ``key``. A new record is the slots themselves: the join of nothing with them is
+    a copy of each, equal, and nothing else holds them."""
+    stored = state.records.get(key)
+    before = None if stored is None else records.readable(stored)
+    after = slots if before is None else records.join(before, slots)
     if after == before or records.newest(after) < state.records_kept_from:
         return
     state.records[key] = after

@@ -68,9 +68,35 @@ class Contribution(NamedTuple):
 NOTHING = Contribution()
 
 
+# A lead's contribution without a latency sample, by (captured, qualified, accepted, channel):
+# the same few for nearly every lead (a captured lead's, a qualified one's), made once each.
+_lead_contributions: dict[tuple[bool, bool, bool, str | None], Contribution] = {}
+LEAD_CONTRIBUTIONS_KEPT = 4096  # distinct keys kept at most (channels are the senders' words)
+
+
 def lead_contribution(lead: LeadFacts | None) -> Contribution:
+    """What ``lead`` adds to the figures. One without a latency sample (every lead until sales
+    answers it) is taken from :data:`_lead_contributions`: two were built per folded lead event
+    (0.9 us each), equal to one made before for every lead in the same stages and channel."""
     if lead is None:
         return NOTHING
+    if lead.answered_at is None or not lead.qualified_at:  # no business latency (LeadFacts)
+        key = (
+            lead.captured_at is not None,
+            bool(lead.qualified_at),
+            lead.accepted_at is not None,
+            lead.channel,
+        )
+        known = _lead_contributions.get(key)
+        if known is None:
+            if len(_lead_contributions) >= LEAD_CONTRIBUTIONS_KEPT:
+                _lead_contributions.clear()
+            known = _lead_contributions[key] = _made_lead_contribution(lead)
+        return known
+    return _made_lead_contribution(lead)
+
+
+def _made_lead_contribution(lead: LeadFacts) -> Contribution:
     stages = set()
     if lead.captured_at is not None:
         stages.add(CAPTURED)
