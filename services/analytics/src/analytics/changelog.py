@@ -139,8 +139,11 @@ class ChangelogWriter:
                 continue
             topic = table.changelog_topic.get_topic_name()
             dumps_key = self._key_dumper(table)
+            # The in-memory store's dict read directly (WriteBehindTable.get, one lookup a key).
+            store = table.data
+            get = store.data.get if isinstance(store, MemoryStore) else table.get
             for key, change in table.take_dirty().items():
-                value = table.get(key)
+                value = get(key)
                 if value is None and change == SET:
                     continue  # gone since (a recovery dropped a partition it no longer holds)
                 raw = None if value is None else to_json(stored_json(value))

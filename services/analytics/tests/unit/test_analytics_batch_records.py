@@ -214,3 +214,49 @@ def test_one_pass_over_the_headers_answers_as_the_replay_and_unread_checks_did()
             else (None if unread_type(dict(headers)) is None else (unread_type(dict(headers)), "skipped"))
         )
     assert triage(None, group) is None
+
+
+async def test_a_chunk_reads_the_clock_once_and_makes_no_span_with_tracing_off(
+    batch_consumer, journey, monkeypatch
+) -> None:
+    """A chunk's records are judged plausible against one reading of the clock (again after an
+    awaited step, here a dead letter), and with tracing off no span context is entered per
+    record; a record too far in the future is still dead-lettered as implausible."""
+    from contextlib import nullcontext
+
+    import analytics.worker as worker_module
+    from crm_platform import tracing
+
+    worker, consumer = batch_consumer
+    readings: list[Any] = []
+    real_utcnow = worker_module.utcnow
+
+    def utcnow() -> Any:
+        readings.append(real_utcnow())
+        return readings[-1]
+
+    monkeypatch.setattr(worker_module, "utcnow", utcnow)
+    spans: list[Any] = []
+
+    def consuming(*args: Any, **kwargs: Any) -> Any:
+        spans.append(args)
+        return nullcontext()
+
+    monkeypatch.setattr(tracing, "consuming", consuming)
+    parked: list[str] = []
+
+    async def dead_letter(message: Any, reason: str, error: str, event_type: str | None = None) -> None:
+        parked.append(reason)
+
+    monkeypatch.setattr(worker, "dead_letter", dead_letter)
+    future = journey.captured("lead-late", when=3600.0, base=real_utcnow())
+    batch = [record(LEADS_EVENTS, 1, n, journey.captured(f"lead-{n}").to_bytes()) for n in range(5)]
+    batch.append(record(LEADS_EVENTS, 1, 5, future.to_bytes()))
+    batch.append(record(LEADS_EVENTS, 1, 6, journey.captured("lead-6").to_bytes()))
+    await consumer.deliver({TP(LEADS_EVENTS, 1): batch}, None)
+    assert parked == ["implausible_time"]
+    assert len(readings) == 2  # the chunk's, and again after the dead letter
+    assert spans == []
+    assert worker.state.figures.funnel["captured"] == 6
+    assert worker._batch_confirmer is not None
+    await worker._batch_confirmer.stop()

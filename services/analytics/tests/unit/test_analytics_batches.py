@@ -80,9 +80,9 @@ async def test_a_fetch_of_the_source_topics_is_folded_as_one_batch_never_through
     monkeypatch.setattr(batch_consumer, "_batch_handler", counting)
     take, taken = worker._take_at_once, []
 
-    def counting_take(record: Any) -> Any:
+    def counting_take(record: Any, *args: Any) -> Any:
         taken.append((record.topic, record.offset))
-        return take(record)
+        return take(record, *args)
 
     monkeypatch.setattr(worker, "_take_at_once", counting_take)
     gate = asyncio.Event()
@@ -126,9 +126,9 @@ async def test_a_rebalance_stops_the_batch_and_only_what_was_taken_is_read(
     take = worker._take_at_once
     taken: list[int] = []
 
-    def stopping(record: Any) -> Any:
+    def stopping(record: Any, *args: Any) -> Any:
         taken.append(record.offset)
-        outcome = take(record)
+        outcome = take(record, *args)
         if record.offset == 4:
             batch_consumer.stop_flow()
         return outcome
