@@ -149,7 +149,7 @@ async def one_run(infra: Any, tree: str, rate: float, seconds: float) -> dict[st
     finally:
         await producer.stop()
         worker.stop()
-    per_handoff = cpu_ms_per_op(before, after, n)
+    per_handoff = cpu_ms_per_op(before, after, n, digits=3)
     say(
         f"{tree or 'this checkout'}: {n} handoffs at {rate}/s; CPU ms per handoff {per_handoff}; "
         f"idle CPU ms per second {idle}"
