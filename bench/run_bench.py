@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -264,7 +264,11 @@ async def fixed_rate(
         f"  {f.count}/{n} delivered (leads accepted {f.rate:.0f}/s), "
         f"p50 {f.p50_ms:.1f} ms, p99 {f.p99_ms:.1f} ms"
     )
-    say(f"  the slowest 1% (s into the window: ms): {slowest_by_time(_timed(got))}")
+    timed = _timed(got)
+    began = (
+        datetime.fromtimestamp(min(at for at, _ in timed), UTC).strftime("%H:%M:%S.%f")[:-3] if timed else "-"
+    )
+    say(f"  the slowest 1% (s into the window from {began} UTC: ms): {slowest_by_time(timed)}")
     return asdict(f)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import sys
 from datetime import datetime
@@ -78,30 +79,92 @@ async def stored(mongodb_uri: str, prefix: str) -> tuple[dict[str, str], dict[st
     return key_of, began
 
 
-def stages(
+Times = dict[str, datetime | None]
+
+
+def handoff_times(
     receipts: list[Envelope],
     produced: dict[str, datetime],
     key_of: dict[str, str],
     began: dict[str, datetime],
-) -> dict[str, list[float]]:
-    """Seconds per stage per handoff (a stage left out where a timestamp is missing)."""
-    out: dict[str, list[float]] = {name: [] for name in STAGES}
+) -> list[Times]:
+    """Each handoff's timestamps (None where one is missing), in the order of the receipts."""
+    out: list[Times] = []
     for receipt in receipts:
         handoff = receipt.payload["handoff_event_id"]
         key = key_of.get(handoff)
-        times: dict[str, datetime | None] = {
-            "occurred": _at(receipt.payload["occurred_at"]),
-            "produced": produced.get(handoff),
-            "began": began.get(handoff),
-            "stored": _at(receipt.payload["stored_at"]),
-            "key produced": produced.get(key) if key else None,
-            "key began": began.get(key) if key else None,
-        }
-        for name, (start, end) in STAGES.items():
-            began_at, ended_at = times[start], times[end]
-            if began_at is not None and ended_at is not None:
-                out[name].append((ended_at - began_at).total_seconds())
+        out.append(
+            {
+                "occurred": _at(receipt.payload["occurred_at"]),
+                "produced": produced.get(handoff),
+                "began": began.get(handoff),
+                "stored": _at(receipt.payload["stored_at"]),
+                "key produced": produced.get(key) if key else None,
+                "key began": began.get(key) if key else None,
+            }
+        )
     return out
+
+
+def stage_seconds(times: Times) -> dict[str, float]:
+    """One handoff's seconds per stage (a stage left out where a timestamp is missing)."""
+    out: dict[str, float] = {}
+    for name, (start, end) in STAGES.items():
+        began_at, ended_at = times[start], times[end]
+        if began_at is not None and ended_at is not None:
+            out[name] = (ended_at - began_at).total_seconds()
+    return out
+
+
+def stages(every: list[Times]) -> dict[str, list[float]]:
+    """Seconds per stage, every handoff's."""
+    out: dict[str, list[float]] = {name: [] for name in STAGES}
+    for times in every:
+        for name, seconds in stage_seconds(times).items():
+            out[name].append(seconds)
+    return out
+
+
+TOTAL = "total (the receipt's latency)"
+SHORT = {  # the slowest handoffs' columns: each stage of the chain, in its order
+    "leads: emitted -> produced": "leads",
+    "produced -> sales' transaction began": "to sales",
+    "key produced -> key's transaction began": "key hop",
+    "key's transaction -> handoff's": "key->tx",
+    "sales' transaction began -> stored": "handler",
+    TOTAL: "total",
+}
+
+
+def slowest(every: list[Times], share: float = 0.01) -> str:
+    """The slowest ``share`` of the handoffs (by the receipt's latency) stage by stage, in the
+    window's order, with when each occurred (s into the window, and the wall clock's time and
+    its second's fraction, to line them up with periodic work: sweeps, timers, checkpoints)."""
+    timed = [(t, stage_seconds(t)) for t in every if t["occurred"] is not None]
+    if not timed:
+        return "no handoffs"
+    start = min(t["occurred"] for t, _ in timed)  # type: ignore[type-var]
+    count = max(1, math.ceil(share * len(timed)))
+    worst = sorted(
+        sorted(timed, key=lambda x: x[1].get(TOTAL, 0.0), reverse=True)[:count],
+        key=lambda x: x[0]["occurred"],
+    )  # type: ignore[arg-type,return-value]
+    head = f"{'s':>6s} {'occurred (UTC)':>15s} " + " ".join(f"{c:>8s}" for c in SHORT.values()) + " (ms)"
+    lines = [f"the slowest {count} of {len(timed)}, stage by stage:", head]
+    for times, secs in worst:
+        at = times["occurred"]
+        assert at is not None
+        cells = " ".join(f"{1000 * secs[n]:8.1f}" if n in secs else f"{'-':>8s}" for n in SHORT)
+        lines.append(f"{(at - start).total_seconds():6.1f} {at.strftime('%H:%M:%S.%f')[:-3]:>15s} {cells}")
+    return "\n".join(lines)
+
+
+def write_tsv(every: list[Times], path: Path) -> None:
+    """Every handoff's timestamps (epoch seconds) for lining up with other logs."""
+    names = list(every[0]) if every else []
+    rows = ["\t".join(names)]
+    rows += ["\t".join(f"{t[n].timestamp():.4f}" if t[n] else "" for n in names) for t in every]  # type: ignore[union-attr]
+    path.write_text("\n".join(rows) + "\n")
 
 
 STAGES = {
@@ -168,7 +231,10 @@ async def main() -> None:
         waits = [line for line in metrics.splitlines() if line.startswith("crm_person_key_waits_total")]
         rb.say(f"{len(receipts)}/{n} receipts (load {rb.load_average()}); sales' {waits or 'no key waits'}")
         key_of, began = await stored(infra.mongodb_uri, "trace_")
-        print(table(stages(receipts, await produced_at(infra.kafka_bootstrap), key_of, began)))
+        every = handoff_times(receipts, await produced_at(infra.kafka_bootstrap), key_of, began)
+        print(table(stages(every)))
+        print(slowest(every))
+        write_tsv(every, rb.ROOT / "bench/results/trace-handoffs.tsv")
     finally:
         platform.stop()
         infra.stop()
