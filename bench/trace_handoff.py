@@ -138,32 +138,32 @@ SHORT = {  # the slowest handoffs' columns: each stage of the chain, in its orde
 
 def slowest(every: list[Times], share: float = 0.01) -> str:
     """The slowest ``share`` of the handoffs (by the receipt's latency) stage by stage, in the
-    window's order, with when each occurred (s into the window, and the wall clock's time and
-    its second's fraction, to line them up with periodic work: sweeps, timers, checkpoints)."""
-    timed = [(t, stage_seconds(t)) for t in every if t["occurred"] is not None]
+    window's order, with when each occurred (s into the window and the wall clock's time, to
+    line them up with periodic work: sweeps, lease renewals, timers, checkpoints)."""
+    timed = [(at, stage_seconds(t)) for t in every if (at := t["occurred"]) is not None]
     if not timed:
         return "no handoffs"
-    start = min(t["occurred"] for t, _ in timed)  # type: ignore[type-var]
+    start = min(at for at, _ in timed)
     count = max(1, math.ceil(share * len(timed)))
     worst = sorted(
-        sorted(timed, key=lambda x: x[1].get(TOTAL, 0.0), reverse=True)[:count],
-        key=lambda x: x[0]["occurred"],
-    )  # type: ignore[arg-type,return-value]
+        sorted(timed, key=lambda x: x[1].get(TOTAL, 0.0), reverse=True)[:count], key=lambda x: x[0]
+    )
     head = f"{'s':>6s} {'occurred (UTC)':>15s} " + " ".join(f"{c:>8s}" for c in SHORT.values()) + " (ms)"
     lines = [f"the slowest {count} of {len(timed)}, stage by stage:", head]
-    for times, secs in worst:
-        at = times["occurred"]
-        assert at is not None
+    for at, secs in worst:
         cells = " ".join(f"{1000 * secs[n]:8.1f}" if n in secs else f"{'-':>8s}" for n in SHORT)
         lines.append(f"{(at - start).total_seconds():6.1f} {at.strftime('%H:%M:%S.%f')[:-3]:>15s} {cells}")
     return "\n".join(lines)
 
 
+def _epoch(at: datetime | None) -> str:
+    return f"{at.timestamp():.4f}" if at is not None else ""
+
+
 def write_tsv(every: list[Times], path: Path) -> None:
-    """Every handoff's timestamps (epoch seconds) for lining up with other logs."""
+    """Every handoff's timestamps (epoch seconds, empty where missing), to line up with other logs."""
     names = list(every[0]) if every else []
-    rows = ["\t".join(names)]
-    rows += ["\t".join(f"{t[n].timestamp():.4f}" if t[n] else "" for n in names) for t in every]  # type: ignore[union-attr]
+    rows = ["\t".join(names)] + ["\t".join(_epoch(t[n]) for n in names) for t in every]
     path.write_text("\n".join(rows) + "\n")
 
 
@@ -231,10 +231,10 @@ async def main() -> None:
         waits = [line for line in metrics.splitlines() if line.startswith("crm_person_key_waits_total")]
         rb.say(f"{len(receipts)}/{n} receipts (load {rb.load_average()}); sales' {waits or 'no key waits'}")
         key_of, began = await stored(infra.mongodb_uri, "trace_")
-        every = handoff_times(receipts, await produced_at(infra.kafka_bootstrap), key_of, began)
-        print(table(stages(every)))
-        print(slowest(every))
-        write_tsv(every, rb.ROOT / "bench/results/trace-handoffs.tsv")
+        handoffs = handoff_times(receipts, await produced_at(infra.kafka_bootstrap), key_of, began)
+        print(table(stages(handoffs)))
+        print(slowest(handoffs))
+        write_tsv(handoffs, rb.ROOT / "bench/results/trace-handoffs.tsv")
     finally:
         platform.stop()
         infra.stop()

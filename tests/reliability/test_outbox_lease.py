@@ -115,7 +115,7 @@ async def test_a_renewal_due_is_written_beside_the_publishes_not_before_them(
     clock = [1000.0]
     relay = OutboxRelay(db, bootstrap="unused", service="lease-aside-test")
     relay.monotonic = lambda: clock[0]
-    gate, writes = asyncio.Event(), []
+    gate, writes = asyncio.Event(), list[float]()
     _gated_writes(relay, gate, writes)
     gate.set()
     assert await relay._lease_held()  # the first renewal: in the loop (nothing held yet)
@@ -146,7 +146,7 @@ async def test_a_lease_lost_or_checked_while_renewed_aside_is_not_trusted_past_i
     clock = [1000.0]
     relay = OutboxRelay(db, bootstrap="unused", service="lease-lost-test")
     relay.monotonic = lambda: clock[0]
-    gate, writes = asyncio.Event(), []
+    gate, writes = asyncio.Event(), list[float]()
     _gated_writes(relay, gate, writes)
     gate.set()
     assert await relay._lease_held()
