@@ -179,7 +179,10 @@ class Pool:
             raise
 
     async def _take_slot(self) -> None:
-        # asyncio.timeout (a timer) rather than wait_for (a task): this runs for every request.
+        if not self._slots.locked():  # a slot is free: taken at once, nothing to time
+            await self._slots.acquire()
+            return
+        # asyncio.timeout (a timer) rather than wait_for (a task): only a request that waits.
         try:
             async with asyncio.timeout(self.connect_timeout):
                 await self._slots.acquire()

@@ -129,3 +129,32 @@ async def test_failures_are_named_for_the_gateway_s_statuses() -> None:
         await held.aclose()
     with pytest.raises(http1.ConnectFailed):
         await pool(port).request(GET, b"")  # that server is gone
+
+
+async def test_a_free_slot_is_taken_without_a_timer_and_a_wait_for_one_is_timed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    timers: list[float] = []
+    timeout = asyncio.timeout
+
+    def counted(delay: float | None) -> asyncio.Timeout:
+        timers.append(delay or 0.0)
+        return timeout(delay)
+
+    monkeypatch.setattr(http1.asyncio, "timeout", counted)
+    async with server(ok) as port:
+        up = pool(port, max_connections=1, connect_timeout=0.3)
+        first = await up.request(GET, b"")
+        assert timers.count(0.3) == 1  # the connect's (the slot's would be another 0.3)
+        assert 2.0 in timers  # the answer's head
+        timers.clear()
+        with pytest.raises(http1.PoolFull):  # the one slot taken: the wait is timed
+            await up.request(GET, b"")
+        assert timers == [0.3]
+        await first.aclose()
+        timers.clear()
+        second = await up.request(GET, b"")  # on the kept connection, the slot free again
+        assert (second.status_code, await second.read()) == (200, b"ok")
+        assert 0.3 not in timers  # neither a slot's timer nor a connect
+        assert 2.0 in timers
+        await up.aclose()
