@@ -323,10 +323,8 @@ class OutboxRelay:
         sweep_seconds: float = SWEEP_SECONDS,
     ) -> None:
         self.db = db
-        # The producer batches' codec: an import's lead.captured JSON packs 5 to 1 with zstd,
-        # and the embedded broker's CPU follows the bytes it keeps. zstd, not lz4: aiokafka
-        # takes no level and compresses lz4 at 9 (7.9 us per 1 KB record against zstd's 2.0,
-        # and a third larger; docs/performance.md, "Tenth session, import").
+        # The producer batches' codec: zstd, not lz4 (aiokafka compresses lz4 at level 9: 4x the
+        # CPU, a third larger; docs/performance.md, "Tenth session, import").
         self.compression = compression
         # The rows this process's Store committed lately: published without a read (back).
         self.committed, self.bootstrap, self.service = committed, bootstrap, service
@@ -340,8 +338,7 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self.producer: AIOKafkaProducer | None = None
         self.connected = False  # the producer's last publish or start succeeded
-        # The last read of the pending rows took every row it found (fewer than a batch).
-        self._drained = False
+        self._drained = False  # the last read of the pending rows took all it found (< a batch)
         self._watching: asyncio.Task[Any] | None = None  # watch_inserts' task, ended by stop()
         # The writes of "published" marks in flight (_mark), the rows each marks, and those
         # rows' ids: published already, left out of the next reads until marked or handed back.
