@@ -330,20 +330,34 @@ def _pids(platform: Platform) -> dict[str, int]:
     return {name: p.pid for name, p in platform.procs.items() if p.poll() is None}
 
 
-def not_running(platform: Platform, tail: int = 5) -> dict[str, str]:
-    """The started processes that have stopped, each with how it ended and its log's last lines:
-    a figure taken without one of them (the idle sum, a rate) is not the platform's. The logs are
-    a phase's own and rewritten by the next, so this is the one chance to see why."""
+STOPPED_LOGS = ROOT / "bench/results/stopped"
+
+
+def not_running(platform: Platform, tail: int = 5, kept: Path = STOPPED_LOGS) -> dict[str, str]:
+    """The started processes that have stopped, each with how it ended, its log's last lines and
+    the lines before them above info (the cause: a worker's "crash!" line is its last, the error
+    that led to it comes before its shutdown's lines): a figure taken without one of them (the
+    idle sum, a rate) is not the platform's. The logs are a phase's own and rewritten by the
+    next, so the whole log is also kept in ``kept`` (``<process>.log``)."""
     out: dict[str, str] = {}
     for name, proc in platform.procs.items():
         if (code := proc.poll()) is None:
             continue
         try:
-            lines = platform.logfile(name).read_text(errors="replace").splitlines()[-tail:]
+            lines = platform.logfile(name).read_text(errors="replace").splitlines()
         except OSError:
             lines = []
-        out[name] = describe_exit(code) + "".join(f"\n      | {line[:300]}" for line in lines)
+        else:
+            kept.mkdir(parents=True, exist_ok=True)
+            (kept / f"{name}.log").write_text("\n".join(lines) + "\n")
+        shown = [line for line in lines[:-tail] if not _info_line(line)][-20:] + lines[-tail:]
+        out[name] = describe_exit(code) + "".join(f"\n      | {line[:300]}" for line in shown)
     return out
+
+
+def _info_line(line: str) -> bool:
+    """A JSON log line at info or debug (a traceback's lines and plain output are not)."""
+    return '"level": "info"' in line or '"level": "debug"' in line
 
 
 def _say_not_running(platform: Platform) -> dict[str, str]:

@@ -9,6 +9,7 @@ rewritten by the next), and the idle target is then "not measured" rather than m
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,18 +20,33 @@ import run_bench
 from crm_platform.devinfra.launcher import Platform
 
 
+def _info(msg: str) -> str:
+    return json.dumps({"level": "info", "msg": msg})
+
+
 def test_a_stopped_process_is_named_with_its_exit_and_its_logs_last_lines(tmp_path: Path) -> None:
+    """Its last lines, the lines above info before them (the cause comes before a worker's
+    shutdown lines) and its whole log kept: the next phase rewrites the log."""
     platform = Platform(kafka_bootstrap="127.0.0.1:1", mongodb_uri="mongodb://127.0.0.1:1", logdir=tmp_path)
-    platform.logfile("analytics-worker").write_text("ready\nanalytics agent crash-looping (last: boom)\n")
+    shutdown = [_info(f"Stopping {i}") for i in range(8)]
+    cause = ['{"level": "error", "msg": "consumer stalled"}', "Traceback (most recent call last):"]
+    lines = [_info("ready"), *cause, *shutdown, "analytics agent crash-looping (last: boom)"]
+    platform.logfile("analytics-worker").write_text("\n".join(lines) + "\n")
     stopped = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
     running = subprocess.Popen([sys.executable, "-c", "input()"], stdin=subprocess.PIPE)
     try:
         stopped.wait(timeout=30)
         platform.procs = {"analytics-worker": stopped, "leads": running}
-        found = run_bench.not_running(platform)
+        found = run_bench.not_running(platform, kept=tmp_path / "kept")
         assert list(found) == ["analytics-worker"]
-        assert found["analytics-worker"].startswith("exit code 3")
-        assert "crash-looping (last: boom)" in found["analytics-worker"]
+        said = found["analytics-worker"]
+        assert said.startswith("exit code 3")
+        assert "crash-looping (last: boom)" in said
+        assert "consumer stalled" in said
+        assert "Traceback" in said
+        assert "ready" not in said  # info lines before the tail are left out
+        assert "Stopping 0" not in said
+        assert (tmp_path / "kept" / "analytics-worker.log").read_text().splitlines() == lines
     finally:
         running.communicate(b"\n", timeout=30)
 
