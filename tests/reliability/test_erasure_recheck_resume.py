@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import pytest
 from crm_platform.devinfra.launcher import Platform
 from crm_platform.erasure import RECHECKS
 from crm_platform.pseudonym import email_hash
-from crm_platform.testing import idle_backoff_ms, request_erasure, timeout_scale
+from crm_platform.testing import idle_backoff_ms, request_erasure, until
 from pymongo import MongoClient
 
 pytestmark = pytest.mark.integration
@@ -58,15 +57,6 @@ def platform(crm_infra: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         p.stop()
 
 
-def _poll(check: Callable[[], Doc | None], timeout: float, what: str) -> Doc:
-    deadline = time.monotonic() + timeout * timeout_scale()
-    while time.monotonic() < deadline:
-        if (result := check()) is not None:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_recheck_recorded_before_the_department_was_killed_is_run_after_its_restart(
     platform: Platform, crm_infra: Any
 ) -> None:
@@ -76,7 +66,7 @@ def test_a_recheck_recorded_before_the_department_was_killed_is_run_after_its_re
     try:
         request = asyncio.run(request_erasure(crm_infra.kafka_bootstrap, email))
         request_id = request.payload["request_id"]
-        _poll(lambda: db[RECHECKS].find_one({"_id": request_id}), 90, "the request's recheck recorded")
+        until(lambda: db[RECHECKS].find_one({"_id": request_id}), 90, "the request's recheck recorded")
         late = {
             "_id": f"late-{RUN}",
             "email": email,
@@ -93,7 +83,7 @@ def test_a_recheck_recorded_before_the_department_was_killed_is_run_after_its_re
         platform.wait_ready(timeout=90, names=("sales",))
 
         erased_query = {"_id": late["_id"], "email": {"$regex": "@erased[.]example$"}}
-        erased = _poll(lambda: db["contacts"].find_one(erased_query), 60, "the late record erased")
+        erased = until(lambda: db["contacts"].find_one(erased_query), 60, "the late record erased")
         assert email not in str(erased)
         assert "Late Writer" not in str(erased)
         assert erased["person_hashes"] == []
@@ -101,6 +91,6 @@ def test_a_recheck_recorded_before_the_department_was_killed_is_run_after_its_re
         def recheck_gone() -> Doc | None:
             return None if db[RECHECKS].find_one({"_id": request_id}) else {"gone": request_id}
 
-        _poll(recheck_gone, 30, "the recheck's document deleted by its run")
+        until(recheck_gone, 30, "the recheck's document deleted by its run")
     finally:
         client.close()

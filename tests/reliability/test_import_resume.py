@@ -19,9 +19,8 @@ import csv
 import io
 import os
 import signal
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import httpx
 import pytest
 from crm_platform.devinfra.launcher import Platform
 from crm_platform.mongo import outbox_events_pipeline
-from crm_platform.testing import auth_headers, idle_backoff_ms, timeout_scale
+from crm_platform.testing import auth_headers, idle_backoff_ms, until
 from pymongo import MongoClient
 from pymongo.database import Database
 
@@ -98,15 +97,6 @@ def pieces(data: bytes, size: int = 64 * 1024) -> Iterator[bytes]:
         yield data[i : i + size]
 
 
-def _poll(check: Callable[[], dict[str, Any] | None], timeout: float, what: str) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout * timeout_scale()
-    while time.monotonic() < deadline:
-        if (result := check()) is not None:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_an_import_killed_midway_resumes_with_nothing_doubled_or_lost(
     platform: Platform, crm_infra: Any
 ) -> None:
@@ -144,13 +134,13 @@ def test_an_import_killed_midway_resumes_with_nothing_doubled_or_lost(
             j = job()
             return j if j["state"] in ("completed", "failed") else None
 
-        at_kill = _poll(some_batches, 120, "some batches")
+        at_kill = until(some_batches, 120, "some batches")
         platform.stop(("leads",), sig=signal.SIGKILL)
         assert at_kill["state"] == "running", f"the import ended before the kill: {at_kill}"
         platform.start(("leads",))
         platform.wait_ready(timeout=90, names=("leads",))
 
-        done = _poll(ended, 300, "the import")
+        done = until(ended, 300, "the import")
         assert done["state"] == "completed", done
         p = done["progress"]
         assert p["read"] == ROWS, p

@@ -282,6 +282,18 @@ def timeout_scale() -> float:
     return min(5.0, max(1.0, per_core / 2))
 
 
+def until(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
+    """:func:`eventually` for a test that polls from a plain thread (a platform of processes,
+    a blocking client): ``check``'s first result that is not None; fails after ``timeout``
+    seconds, stretched by :func:`timeout_scale`."""
+    deadline = time.monotonic() + timeout * timeout_scale()
+    while time.monotonic() < deadline:
+        if (result := check()) is not None:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 async def eventually(
     check: Callable[[], Awaitable[T | None]],
     *,
