@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -117,3 +118,40 @@ def test_fausts_fetch_routine_times_out_as_the_services_consumers_do(monkeypatch
     worker.quiet_fetch_routine()  # idempotent
     consumer = AIOKafkaConsumerThread._create_worker_consumer(cast(Any, None), cast(Any, None))
     assert consumer._consumer_timeout == kafka_module.FETCH_ROUTINE_TIMEOUT_MS / 1000 == 5.0
+
+
+async def test_fausts_livelock_check_skips_a_partition_awaiting_its_position(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """faust's livelock check reads each assigned partition's position, which aiokafka asserts
+    is set: a partition awaiting an offset reset (its records deleted below its offset) made it
+    raise and crashed the worker. Such a partition is skipped; one with a position is checked."""
+    from aiokafka.consumer.subscription_state import TopicPartitionState
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+    from faust.types import TP
+
+    awaiting, placed = TopicPartitionState(None), TopicPartitionState(None)
+    placed.reset_to(42)
+    states = {0: awaiting, 1: placed}
+    checked: list[Any] = []
+
+    def fausts_check(self: Any, now: float, tp: Any) -> None:  # as far as it reads the position
+        checked.append(tp)
+        assert states[tp.partition].position >= 0
+
+    assignment = SimpleNamespace(state_value=lambda tp: states[tp.partition])
+    subscriptions = SimpleNamespace(subscription=SimpleNamespace(assignment=assignment))
+    thread = cast(
+        Any,
+        SimpleNamespace(_consumer=SimpleNamespace(_fetcher=SimpleNamespace(_subscriptions=subscriptions))),
+    )
+    with pytest.raises(AssertionError):
+        fausts_check(thread, 0.0, TP("t", 0))  # what crashed the worker
+    checked.clear()
+    monkeypatch.setattr(AIOKafkaConsumerThread, "verify_event_path", fausts_check)
+    monkeypatch.setattr(AIOKafkaConsumerThread, "_crm_unset_skipped", False, raising=False)
+    worker.unset_positions_not_verified()
+    worker.unset_positions_not_verified()  # idempotent
+    AIOKafkaConsumerThread.verify_event_path(thread, 0.0, TP("t", 0))
+    AIOKafkaConsumerThread.verify_event_path(thread, 0.0, TP("t", 1))
+    assert checked == [TP("t", 1)]
