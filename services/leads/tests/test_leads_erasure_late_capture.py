@@ -15,11 +15,11 @@ import uuid
 from typing import Any, TypeAlias
 
 import pytest
+from crm_contracts import Envelope
 from crm_platform.clock import ManualClock
 from crm_platform.erasure import RECHECKS, wall_clock
-from crm_platform.mongo import commit_after_var
 from crm_platform.settings import ServiceSettings
-from crm_platform.testing import eventually, request_erasure
+from crm_platform.testing import erasure_before_commit, eventually
 from leads import store as repo
 from leads.domain.leads import Capture
 from leads.handlers import capture_lead
@@ -53,28 +53,23 @@ async def test_a_lead_a_capture_begun_before_the_erasure_inserted_after_it_is_er
     clock = ManualClock(wall_clock())
     runtime.erasure_rechecks.clock = clock  # the recheck is due only when the test says
     email = f"late-capture-{uuid.uuid4().hex[:10]}@example.com"
-    requests: list[str] = []
 
-    async def erased_meanwhile() -> None:
-        if requests:
-            return  # a retried attempt commits at once
-        request = await request_erasure(runtime.settings.kafka_bootstrap_servers, email)
-        requests.append(request.payload["request_id"])
+    async def committed(request: Envelope) -> None:
+        request_id = request.payload["request_id"]
 
-        async def committed() -> Doc | None:  # its confirmation, in the erasure's transaction
+        async def confirmed() -> Doc | None:  # its confirmation, in the erasure's transaction
             field = "envelope.payload.request_id"
-            query = {"$or": [{field: requests[0]}, {f"events.{field}": requests[0]}]}
+            query = {"$or": [{field: request_id}, {f"events.{field}": request_id}]}
             found: Doc | None = await runtime.db["outbox"].find_one(query)
             return found
 
-        await eventually(committed, what="marketing's erasure of the request committed")
+        await eventually(confirmed, what="marketing's erasure of the request committed")
 
     capture = Capture(email=email, name="Late Capture", source_channel="webinar", marketing_email=True)
-    token = commit_after_var.set(erased_meanwhile)
-    try:
+    bootstrap = runtime.settings.kafka_bootstrap_servers
+    async with erasure_before_commit(bootstrap, email, committed) as filed:
         outcome = await capture_lead(leads.app.state.uow, capture)
-    finally:
-        commit_after_var.reset(token)
+    requests = [request.payload["request_id"] for request in filed]
     lead = await runtime.db[repo.LEADS].find_one({"_id": outcome.lead.id})
     assert lead is not None
     assert lead["email"] == email, "the race: the lead is stored in plain text after the erasure"

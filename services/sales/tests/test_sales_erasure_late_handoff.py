@@ -25,11 +25,10 @@ from crm_contracts.events.leads import LeadQualifiedV1
 from crm_contracts.topics import LEADS_PERSON_KEYS
 from crm_platform.clock import ManualClock
 from crm_platform.erasure import RECHECKS, wall_clock
-from crm_platform.mongo import commit_after_var
 from crm_platform.runtime import ServiceRuntime
 from crm_platform.settings import ServiceSettings
 from crm_platform.shredding import KEYS, sealed_event
-from crm_platform.testing import eventually, produce_envelope, request_erasure
+from crm_platform.testing import erasure_before_commit, eventually, produce_envelope
 from prometheus_client import REGISTRY
 from sales import store as repo
 from sales.consumers import TOPICS
@@ -87,24 +86,16 @@ async def _late_item(runtime: ServiceRuntime, lead: str, qualified: Any) -> tupl
     envelope = envelope_for(handoff, source="leads", correlation_id=f"journey-{lead}")
     assert runtime.consumer is not None
     handle = runtime.consumer.handlers[LeadQualifiedV1.event_type]  # opens the seal, then sales' handler
-    requests: list[Envelope] = []
 
-    async def erased_meanwhile() -> None:
-        if requests:
-            return  # a retried attempt (its snapshot after the erasure) commits at once
-        requests.append(await request_erasure(bootstrap, f"{lead}@example.com"))
-        await _found(
-            runtime, KEYS, {"_id": held, "shredded": True}, "the erasure committed (the key's marker)"
-        )
+    async def committed(request: Envelope) -> None:
+        marker = {"_id": held, "shredded": True}
+        await _found(runtime, KEYS, marker, "the erasure committed (the key's marker)")
 
     async def work(tx: Any) -> None:
         await handle(tx, handoff, envelope)
 
-    token = commit_after_var.set(erased_meanwhile)
-    try:
+    async with erasure_before_commit(bootstrap, f"{lead}@example.com", committed) as requests:
         await runtime.store.transaction(work)
-    finally:
-        commit_after_var.reset(token)
     item = await runtime.db[repo.INBOX].find_one({"lead_id": lead})
     assert item is not None
     assert item["handoff"]["contact"]["email"] == f"{lead}@example.com", (

@@ -20,14 +20,13 @@ from crm_contracts.events.common import Contact
 from crm_contracts.events.sales import DealWonV1, DealWonV2
 from crm_platform.clock import ManualClock
 from crm_platform.erasure import RECHECKS, wall_clock
-from crm_platform.mongo import commit_after_var
 from crm_platform.runtime import ServiceRuntime
 from crm_platform.settings import ServiceSettings
 from crm_platform.shredding import KEYS, sealed_event
 from crm_platform.testing import (
+    erasure_before_commit,
     eventually,
     produce_envelope,
-    request_erasure,
     running_app,
     start_group_at_end,
 )
@@ -69,24 +68,16 @@ async def _late_account(runtime: ServiceRuntime, make_deal: Callable[..., DealWo
     envelope = envelope_for(deal, source="sales", correlation_id=plain.deal_id)
     assert runtime.consumer is not None
     handle = runtime.consumer.handlers[DealWonV1.event_type]  # opens the seals, then the desk's handler
-    requests: list[Envelope] = []
 
-    async def erased_meanwhile() -> None:
-        if requests:
-            return  # a retried attempt (its snapshot after the erasure) commits at once
-        requests.append(await request_erasure(bootstrap, str(ERASED.email)))
-        await _found(
-            runtime, KEYS, {"_id": erased_key, "shredded": True}, "the erasure committed (the marker)"
-        )
+    async def committed(request: Envelope) -> None:
+        marker = {"_id": erased_key, "shredded": True}
+        await _found(runtime, KEYS, marker, "the erasure committed (the marker)")
 
     async def work(tx: Any) -> None:
         await handle(tx, deal, envelope)
 
-    token = commit_after_var.set(erased_meanwhile)
-    try:
+    async with erasure_before_commit(bootstrap, str(ERASED.email), committed) as requests:
         await runtime.store.transaction(work)
-    finally:
-        commit_after_var.reset(token)
     account = await runtime.db[repo.ACCOUNTS].find_one({"deal_id": plain.deal_id})
     assert account is not None
     assert [c["email"] for c in account["contacts"]] == [ERASED.email, KEPT.email], (

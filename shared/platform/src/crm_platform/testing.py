@@ -625,6 +625,31 @@ async def request_erasure(bootstrap: str, email: str) -> Envelope:
     return env
 
 
+@asynccontextmanager
+async def erasure_before_commit(
+    bootstrap: str, email: str, committed: Callable[[Envelope], Awaitable[Any]]
+) -> AsyncIterator[list[Envelope]]:
+    """The late writer's race, step by step: inside, the next transaction's commit first files an
+    erasure request for ``email`` and waits for ``committed(request)`` (the department's erasure
+    of it committed); a retried attempt (its snapshot after the erasure) commits at once. Yields
+    the requests filed (one, once the transaction has committed)."""
+    from crm_platform.mongo import commit_after_var
+
+    requests: list[Envelope] = []
+
+    async def erased_meanwhile() -> None:
+        if requests:
+            return
+        requests.append(await request_erasure(bootstrap, email))
+        await committed(requests[0])
+
+    token = commit_after_var.set(erased_meanwhile)
+    try:
+        yield requests
+    finally:
+        commit_after_var.reset(token)
+
+
 def lead_qualified(lead_id: str = "lead-1", **changes: Any) -> Any:
     """A ``lead.qualified`` v1 handoff as marketing sends it, with ``changes`` over its fields (tests)."""
     from crm_contracts import utcnow
