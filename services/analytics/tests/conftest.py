@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import traceback
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -14,6 +16,30 @@ from crm_contracts.events.sales import DealWonV1, LeadVerdictV1, Product, Reject
 from crm_contracts.events.service_desk import OnboardingStartedV1, OnboardingStepCompletedV1
 
 pytest_plugins = ["crm_platform.testing"]
+
+
+@pytest.fixture(autouse=True)
+def worker_stops(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[BaseException | None]]:
+    """Every ``AnalyticsWorker`` built in a test stops by recording why, not by its production stop
+    (``analytics.worker.stop_the_process``: a SIGTERM to its own process, which would end the
+    whole pytest run with no report). A test that expects its worker to give up takes the
+    reasons from this list (``worker_stops.clear()``); any left fail the test, naming the cause."""
+    from analytics import worker
+
+    stops: list[BaseException | None] = []
+    monkeypatch.setattr(worker, "stop_the_process", stops.append)
+    yield stops
+    if stops:
+        pytest.fail(
+            "the analytics worker gave up in this test (crash-looping; in production it stops its "
+            "process): " + "".join(_described(reason) for reason in stops),
+            pytrace=False,
+        )
+
+
+def _described(reason: BaseException | None) -> str:
+    return "no reason" if reason is None else "\n" + "".join(traceback.format_exception(reason))
+
 
 # Recent, so journeys stay within the contracts' plausible-time window whenever the
 # suite runs (an event years old or in the future is dead-lettered).
