@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -26,7 +26,8 @@ class RunResult:
     sent: int
     stored: int
     seconds: float
-    latencies: list[float]
+    latencies: list[float]  # the measured messages', in the order they were sent
+    warmup_latencies: list[float] = field(default_factory=list)  # the first ``warmup``, not counted
 
     @property
     def rate(self) -> float:
@@ -42,9 +43,13 @@ async def run_baseline(
     *,
     rate: float | None,
     count: int,
+    warmup: int = 0,
     drain_timeout: float = 120.0,
 ) -> RunResult:
-    """Send ``count`` messages at ``rate``/s (None: as fast as possible), until all are stored.
+    """Send ``warmup`` + ``count`` messages at ``rate``/s (None: as fast as possible), until all
+    are stored; the first ``warmup`` are the warm-up (the consumer's group join, its first
+    fetches), their latencies kept apart (``RunResult.warmup_latencies``), as the platform's
+    fixed-rate window keeps its first handoffs apart (run_bench.fixed_rate).
 
     ``seconds`` runs from the first send to the last insert, so with ``rate=None``
     ``stored / seconds`` is the pipeline's sustained throughput. The topic is
@@ -66,7 +71,7 @@ async def run_baseline(
     await sink.consumer.start()
     consumer_task = asyncio.create_task(sink.consume())
     started = time.perf_counter()
-    sink.sent = await _send(producer, topic, count, rate, started)
+    sink.sent = await _send(producer, topic, warmup + count, rate, started)
     sink.done.set()
     try:
         await asyncio.wait_for(consumer_task, timeout=drain_timeout)
@@ -78,7 +83,16 @@ async def run_baseline(
     await client["bench_baseline"].drop_collection(coll.name)
     await client.close()
     await asyncio.to_thread(_delete_topic, bootstrap, topic)
-    return RunResult(sink.sent, len(sink.latencies), elapsed, sink.latencies)
+    measured, warmed = split_warmup(sink.latencies, warmup)
+    return RunResult(sink.sent - warmup, len(measured), elapsed, measured, warmed)
+
+
+def split_warmup(latencies: list[tuple[int, float]], warmup: int) -> tuple[list[float], list[float]]:
+    """(place in the sending from 1, latency) pairs, in any order (partitions are consumed side by
+    side), as the measured messages' latencies and the first ``warmup`` messages', each in sending
+    order."""
+    ordered = sorted(latencies)
+    return [x for seq, x in ordered if seq > warmup], [x for seq, x in ordered if seq <= warmup]
 
 
 class _Sink:
@@ -93,7 +107,7 @@ class _Sink:
             auto_offset_reset="earliest",
             enable_auto_commit=False,
         )
-        self.latencies: list[float] = []
+        self.latencies: list[tuple[int, float]] = []  # (the message's place in the sending, latency)
         self.sent = 0  # known once sending is done
         self.done = asyncio.Event()
 
@@ -104,7 +118,7 @@ class _Sink:
                 for r in records:
                     doc = json.loads(r.value)
                     await self.coll.insert_one(doc)
-                    self.latencies.append(time.time() - doc["created"])
+                    self.latencies.append((doc["seq"], time.time() - doc["created"]))
             if batches:
                 await self.consumer.commit()
 
@@ -117,7 +131,7 @@ async def _send(
     pending = []
     for sent in range(1, count + 1):
         key = uuid.uuid4().hex
-        doc = {"_id": key, "created": time.time(), "pad": PAYLOAD_PAD}
+        doc = {"_id": key, "seq": sent, "created": time.time(), "pad": PAYLOAD_PAD}
         pending.append(await producer.send(topic, json.dumps(doc).encode(), key=key.encode()))
         if rate:
             delay = started + sent * interval - time.perf_counter()
