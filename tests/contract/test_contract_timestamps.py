@@ -12,6 +12,7 @@ from crm_contracts.envelope import MAX_CLOCK_SKEW, MAX_EVENT_AGE, implausible_ti
 from crm_contracts.events.platform import HandoffReceivedV1
 from crm_contracts.registry import wrong_source
 from crm_contracts.topics import HANDOFF_RECEIPTS, LEAD_QUALIFIED, LEADS_EVENTS, SALES_EVENTS
+from crm_platform.testing import EDGE_TIMESTAMPS
 from pydantic import ValidationError
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -144,3 +145,52 @@ def test_envelope_for_still_builds_valid_envelopes() -> None:
     env = envelope_for(event, source="leads", correlation_id="l")
     assert Envelope.from_bytes(env.to_bytes()) == env
     assert decode(Envelope.from_bytes(env.to_bytes())) == event
+
+
+def test_the_parsed_json_validator_refuses_what_the_envelope_refuses_and_makes_the_same_envelope() -> None:
+    """``parsed_json_validator`` (the dead-letter classification's first read) accepts no document
+    ``Envelope.model_validate`` refuses, and of one it accepts makes the same envelope (fields,
+    fields set, their order, the zones' types): timestamps at the edge of RFC 3339 in both
+    envelope times, every other field given odd values, optional fields left out."""
+    from crm_contracts.envelope import parsed_json_validator
+
+    read = parsed_json_validator()
+    full = _doc(event_id="0193a4b2-7c1d-7e3f-8a9b-0c1d2e3f4a5b", produced_at="2026-01-01T00:00:01Z")
+    values: list[object] = [None, 0, 1, -1, 1.0, True, "", "x", [], {}, "3", "6f1c", "0" * 32]
+    docs = [{**full, name: s} for name in ("occurred_at", "produced_at") for s in EDGE_TIMESTAMPS]
+    docs += [{**full, name: v} for name in [*Envelope.model_fields, "extra"] for v in values]
+    docs += [{k: v for k, v in full.items() if k != name} for name in full if name != "event_id"]
+    accepted = 0
+    for doc in docs:
+        try:
+            expected: Envelope | None = Envelope.model_validate(doc)
+        except ValidationError:
+            expected = None
+        try:
+            got: Envelope | None = read(doc)
+        except ValidationError:
+            got = None
+        if expected is None:
+            assert got is None or not isinstance(doc.get("payload"), dict), (doc, got)
+            continue
+        assert got is not None, doc
+        accepted += 1
+        assert type(got) is Envelope
+        assert (got.__dict__, list(got.__dict__)) == (expected.__dict__, list(expected.__dict__)), doc
+        assert got.model_fields_set == expected.model_fields_set
+        assert type(got.occurred_at.tzinfo) is type(expected.occurred_at.tzinfo)
+    assert accepted > 10
+
+
+def test_the_parsed_json_validator_is_not_the_envelopes_own() -> None:
+    """pydantic-core builds a model schema naming a complete model class with that class's own
+    validator: the variant must be built as a variant (else its 2 us are gone, silently). Its
+    payload is taken as it is (the caller checks it is a dict); the class is left complete."""
+    from crm_contracts.envelope import parsed_json_validator
+
+    payload = [1, 2]
+    with pytest.raises(ValidationError):
+        Envelope.model_validate(_doc(payload=payload))
+    assert parsed_json_validator()(_doc(payload=payload)).payload is payload
+    assert Envelope.__pydantic_complete__ is True
+    assert Envelope.model_validate(_doc()).payload == {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pydantic_core
@@ -292,3 +292,75 @@ def test_a_number_out_of_range_in_a_float_field_is_malformed(
     assert isinstance(outcome, Rejected), outcome
     assert outcome.reason == "malformed"
     assert outcome == _ordered(raw, topic)
+
+
+def _timestamp_places(doc: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Where a document holds a timestamp: the envelope's two and the payload's."""
+    places: list[tuple[Any, ...]] = [("occurred_at",), ("produced_at",)]
+    return places + [("payload", k) for k, v in doc["payload"].items() if k.endswith("_at") and v is not None]
+
+
+def _with(doc: dict[str, Any], place: tuple[Any, ...], value: Any) -> bytes:
+    doc = json.loads(json.dumps(doc))
+    parent = doc
+    for step in place[:-1]:
+        parent = parent[step]
+    parent[place[-1]] = value
+    return json.dumps(doc).encode()
+
+
+def test_timestamps_at_the_edge_of_rfc3339_get_the_ordered_checks_verdict() -> None:
+    """The first read checks the envelope's timestamps in pydantic-core (an ASCII RFC 3339
+    pattern, then the datetime), not through the contract's Python check: every record with a
+    timestamp at the edge of RFC 3339, in the envelope or the payload, gets the ordered checks'
+    verdict, reason and error."""
+    from crm_platform.testing import EDGE_TIMESTAMPS
+
+    accepted, refused = 0, set()
+    for topic, doc in _docs():
+        for place in _timestamp_places(doc):
+            for value in [*EDGE_TIMESTAMPS, "2026-12-06T17:00:00.5+02:00", "2026-12-06t17:00:00z"]:
+                raw = _with(doc, place, value)
+                outcome, expected = classify(raw, topic=topic, now=NOW), _ordered(raw, topic)
+                assert _same(outcome, expected), (place, value, outcome, expected)
+                accepted += isinstance(outcome, Accepted)
+                refused |= {outcome.reason} if isinstance(outcome, Rejected) else set()
+    assert accepted >= 8
+    assert refused == {"schema_invalid", "implausible_time"}
+
+
+def test_times_at_the_plausible_windows_edges_get_the_ordered_checks_verdict() -> None:
+    """The first read's envelope times (pydantic-core's datetimes once its pattern matched) are
+    judged as the ordered checks judge theirs: at the window's edges to the microsecond, in far
+    zones and at the calendar's ends, the same verdict and reason."""
+    from crm_contracts.envelope import MAX_CLOCK_SKEW, MAX_EVENT_AGE
+    from crm_platform.outbox import rfc3339
+
+    micro = timedelta(microseconds=1)
+    instants = [
+        e + d for e in (NOW - MAX_EVENT_AGE, NOW + MAX_CLOCK_SKEW) for d in (-micro, 0 * micro, micro)
+    ]
+    zones = [UTC, timezone(timedelta(hours=14)), timezone(timedelta(hours=-12, minutes=-30))]
+    values: list[str | None] = [rfc3339(i.astimezone(z)) for i in instants for z in zones]
+    values += ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59.999999-01:00", None]
+    verdicts: list[str] = []
+    for topic, doc in _docs():
+        for name in ("occurred_at", "produced_at"):
+            for value in values:
+                raw = _with(doc, (name,), value)
+                outcome, expected = classify(raw, topic=topic, now=NOW), _ordered(raw, topic)
+                assert _same(outcome, expected), (name, value, outcome, expected)
+                verdicts.append(outcome.reason if isinstance(outcome, Rejected) else "accepted")
+    assert {"accepted", "implausible_time", "schema_invalid"} <= set(verdicts)
+
+
+def test_a_payload_that_is_not_an_object_gets_the_ordered_checks_verdict() -> None:
+    """The first read takes the envelope's payload as the parser gave it (not copied into a new
+    dict): one that is not a JSON object is refused as the ordered checks refuse it."""
+    for topic, doc in _docs():
+        payloads: list[Any] = [None, [], [doc["payload"]], "x", 0, 1.5, True, {}]
+        for value in payloads:
+            raw = _with(doc, ("payload",), value)
+            outcome, expected = classify(raw, topic=topic, now=NOW), _ordered(raw, topic)
+            assert _same(outcome, expected), (value, outcome, expected)
+            assert isinstance(outcome, Rejected)

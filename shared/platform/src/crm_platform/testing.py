@@ -50,6 +50,40 @@ OFFLINE_SETTINGS: Mapping[str, str] = MappingProxyType(
     }
 )
 
+# Strings at the edge of RFC 3339 with a zone: what the Timestamp's Python check (a regular
+# expression) and pydantic's datetime parser each accept or refuse.
+EDGE_TIMESTAMPS: tuple[str, ...] = (
+    "2026-01-01T00:00:00Z",
+    "2026-01-01t00:00:00z",
+    "2026-01-01T00:00:00.1Z",
+    "2026-01-01T00:00:00.123456789+14:00",
+    "2026-01-01T00:00:00.1234567890Z",
+    "2026-01-01T00:00:00.Z",
+    "2026-01-01T23:59:60Z",
+    "2026-01-01T24:00:00Z",
+    "2026-02-30T00:00:00Z",
+    "2026-01-01T00:00:00-00:00",
+    "2026-01-01T00:00:00+2400",
+    "2026-01-01T00:00:00+0100",  # pydantic accepts these three and "1700000000", the contract not
+    "2026-01-01T00:00:00,5Z",
+    "2026-01-01T00:00:00.123456789123456Z",
+    "2026-01-01T00:00:00+24:00",
+    "2026-01-01T00:00:00+23:59",
+    "2026-01-01T00:00Z",
+    "2026-01-01 00:00:00Z",
+    "2026-01-01T00:00:00Z\n",
+    "\n2026-01-01T00:00:00Z",
+    " 2026-01-01T00:00:00Z",
+    "2026-01-01T00:00:00ZZ",
+    "\u0662\u0660\u0662\u0666-01-01T00:00:00Z",  # Arabic-Indic digits: \d in Python's re
+    "\uff12\uff10\uff12\uff16-01-01T00:00:00Z",  # full-width digits
+    "2026-01-01T00:00:00\u0660Z",
+    "0001-01-01T00:00:00+01:00",
+    "9999-12-31T23:59:59-01:00",
+    "1700000000",
+    "",
+)
+
 TEST_HOME = Path(os.environ.get("CRM_TEST_INFRA_HOME", ".local/test"))
 TEST_KAFKA_PORT = int(os.environ.get("CRM_TEST_KAFKA_PORT", "19192"))
 TEST_MONGO_PORT = int(os.environ.get("CRM_TEST_MONGO_PORT", "27217"))
