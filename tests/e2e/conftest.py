@@ -34,6 +34,9 @@ def platform(crm_infra: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         db_prefix=f"e2e_{RUN}_",
         group_suffix=f"-e2e-{RUN}",
         consumer_idle_backoff_ms=idle_backoff_ms(crm_infra),
+        # Each erasure is confirmed after its recheck (docs/governance.md, section 3): seconds
+        # here, not mongod's 190 s, so the erasure tests wait for it.
+        extra_env={"CRM_ERASURE_RECHECK_SECONDS": "2"},
     )
     p.start()
     try:

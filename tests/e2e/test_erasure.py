@@ -3,7 +3,8 @@
 A person is captured by marketing, qualified, handed to sales, won and onboarded by customer
 success (the e2e journey); sales also keeps them as a contact with a phone number, and a ticket
 mentions them by name and e-mail. An administrator files an erasure request at the
-gateway; every department (leads, sales, service desk, analytics) confirms; then the person's
+gateway; every department that stores people (leads, sales, service desk) reports its first
+pass, then confirms after its recheck (analytics, which keeps none, at once); then the person's
 e-mail, name and phone are gone from every service's own read API (records, histories, audit
 logs) and from every collection of every service's database. Filing the same request again
 changes nothing and each department still confirms it once.
@@ -120,6 +121,13 @@ def test_an_erased_person_is_gone_from_every_department(gw: Gateway, platform: P
     assert confirmed["service-desk"]["records_erased"] >= 2  # the account and the ticket
     assert confirmed["analytics"]["records_erased"] == 0  # it keeps no personal data
     assert done["duration_ms"] >= max(d["duration_ms"] for d in confirmed.values())
+    for department in ("leads", "sales", "service-desk"):  # first pass, then the recheck's confirmation
+        shown = confirmed[department]
+        assert shown["erased_at"] is not None, shown
+        assert shown["recheck_due_at"] is not None, shown
+        assert shown["late_records"] == 0, shown  # no late writer here
+    assert confirmed["analytics"]["recheck_due_at"] is None
+    assert done["rechecks_due_by"] is None
 
     ticket_id = ticket.get("id", ticket.get("ticket_id"))
     reads = {
@@ -159,11 +167,15 @@ def test_an_erased_person_is_gone_from_every_department(gw: Gateway, platform: P
     second = _completed(gw, again["id"])
     assert all(d["records_erased"] == 0 for d in second["departments"]), second
     # One partition: every department handled the replay before the second request.
-    confirmations = asyncio.run(_confirmations(platform.kafka_bootstrap, request["id"], again["id"]))
+    reports = asyncio.run(_confirmations(platform.kafka_bootstrap, request["id"], again["id"]))
+    confirmations = [source for source, kind in reports if kind == "erasure.completed"]
     assert sorted(confirmations) == sorted(confirmed), "each department confirmed the first request once"
+    for department in ("leads", "sales", "service-desk"):
+        said = [kind for source, kind in reports if source == department]
+        assert said == ["erasure.erased", "erasure.completed"], (department, said)
 
 
-def _of(reader: TopicReader, event_type: str, request_id: str) -> list[Envelope]:
+def _of(reader: TopicReader, event_type: str | None, request_id: str) -> list[Envelope]:
     return [e for e in reader.envelopes(event_type) if e.payload.get("request_id") == request_id]
 
 
@@ -179,15 +191,16 @@ async def _replay(bootstrap: str, request_id: str) -> None:
     await produce_envelope(bootstrap, GATEWAY_ERASURE_REQUESTS, original)
 
 
-async def _confirmations(bootstrap: str, first: str, second: str) -> list[str]:
-    """Who confirmed ``first``, read up to the confirmations of ``second`` (filed after the replay)."""
+async def _confirmations(bootstrap: str, first: str, second: str) -> list[tuple[str, str]]:
+    """Who reported what of ``first`` (source, event type; in the log's order), read up to the
+    confirmations of ``second`` (filed after the replay)."""
     reader = await TopicReader(bootstrap, ERASURE_CONFIRMATIONS, from_beginning=True).start()
     try:
         await reader.wait_for(
             lambda _: len(_of(reader, "erasure.completed", second)) >= 4 or None,
             what="the confirmations of the second request",
         )
-        return [e.source for e in _of(reader, "erasure.completed", first)]
+        return [(e.source, e.event_type) for e in _of(reader, None, first)]
     finally:
         await reader.stop()
 

@@ -8,6 +8,8 @@ that opened the person before the erasure committed and stored them after it, is
 in-process by ``services/sales/tests/test_sales_erasure_late_handoff.py``; here the record is
 written directly). Sales is SIGKILLed with the recheck not run, and started again with a delay
 of a second: the new process runs the recheck it finds in the database, and the record is erased.
+Sales' confirmation (``erasure.completed``) is sent only by that recheck, once, the late record
+counted; before it, only the first pass's ``erasure.erased``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import pytest
 from crm_platform.devinfra.launcher import Platform
 from crm_platform.erasure import RECHECKS
+from crm_platform.mongo import OUTBOX, outbox_events_pipeline
 from crm_platform.pseudonym import email_hash
 from crm_platform.testing import idle_backoff_ms, request_erasure, until
 from pymongo import MongoClient
@@ -57,6 +60,14 @@ def platform(crm_infra: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         p.stop()
 
 
+def _reports(db: Any, request_id: str) -> dict[str, list[Doc]]:
+    """Sales' outbox's erasure events of the request, by type (their payloads)."""
+    found: dict[str, list[Doc]] = {}
+    for item in db[OUTBOX].aggregate(outbox_events_pipeline({"key": request_id})):
+        found.setdefault(item["event_type"], []).append(item["envelope"]["payload"])
+    return found
+
+
 def test_a_recheck_recorded_before_the_department_was_killed_is_run_after_its_restart(
     platform: Platform, crm_infra: Any
 ) -> None:
@@ -78,6 +89,9 @@ def test_a_recheck_recorded_before_the_department_was_killed_is_run_after_its_re
         platform.stop(("sales",), sig=signal.SIGKILL)
         assert db[RECHECKS].find_one({"_id": request_id}) is not None, "not run before the kill"
         assert db["contacts"].find_one({"_id": late["_id"]}) == late
+        before = _reports(db, request_id)
+        assert "erasure.completed" not in before, "confirmed before the recheck"
+        (first,) = before["erasure.erased"]
         platform.extra_env["CRM_ERASURE_RECHECK_SECONDS"] = "1"
         platform.start(("sales",))
         platform.wait_ready(timeout=90, names=("sales",))
@@ -92,5 +106,7 @@ def test_a_recheck_recorded_before_the_department_was_killed_is_run_after_its_re
             return None if db[RECHECKS].find_one({"_id": request_id}) else {"gone": request_id}
 
         until(recheck_gone, 30, "the recheck's document deleted by its run")
+        (completed,) = _reports(db, request_id)["erasure.completed"]  # once, by the recheck
+        assert completed["records_erased"] == first["records_erased"] + 1, "the late record counted"
     finally:
         client.close()

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from crm_contracts import envelope_for, utcnow
-from crm_contracts.events.governance import ERASURE_DEPARTMENTS, ErasureCompletedV1
+from crm_contracts.events.governance import ERASURE_DEPARTMENTS, ErasureCompletedV1, ErasureErasedV1
 from crm_contracts.topics import ERASURE_CONFIRMATIONS, GATEWAY_ERASURE_REQUESTS, dead_letter_topic
 from crm_platform.pseudonym import email_hash
 from crm_platform.testing import TopicReader, auth_headers, eventually, produce_envelope, start_group_at_end
@@ -168,3 +169,96 @@ async def test_confirmations_fold_and_forged_ones_are_dead_lettered(
         await dlq.stop()
     assert found[str(forged.event_id)] == "wrong_department"
     assert found[str(unknown.event_id)] == "unknown_erasure_request"
+
+
+def _first_pass(request_id: str, department: str, records: int, due: datetime) -> ErasureErasedV1:
+    return ErasureErasedV1(
+        request_id=request_id,
+        department=department,
+        records_erased=records,
+        audit_entries_rewritten=records,
+        duration_ms=100,
+        erased_at=utcnow(),
+        recheck_due_at=due,
+    )
+
+
+def _completed(request_id: str, department: str, records: int) -> ErasureCompletedV1:
+    return _confirmation(request_id, department).model_copy(update={"records_erased": records})
+
+
+async def _produce(bootstrap: str, event: Any, source: str) -> Any:
+    env = envelope_for(event, source=source, correlation_id="c")
+    await produce_envelope(bootstrap, ERASURE_CONFIRMATIONS, env)
+    return env
+
+
+async def test_a_department_erased_but_not_rechecked_keeps_the_request_pending_and_the_late_records_show(
+    gateway: Callable[..., Any], settings: GatewaySettings, kafka_bootstrap: str
+) -> None:
+    """The first pass (``erasure.erased``) shows what was erased and when the recheck is due; the
+    request is completed only by every department's confirmation, sent after its recheck, and the
+    records a late writer left (erased by the recheck) show per department. A re-sent first pass
+    changes nothing; a forged one is dead-lettered."""
+    await _at_end(settings)
+    dlq = await TopicReader(kafka_bootstrap, dead_letter_topic("gateway")).start()
+    try:
+        async with gateway(settings) as client:
+            r = await client.post("/erasure-requests", json={"email": "late@example.com"}, headers=ADMIN)
+            request_id = r.json()["id"]
+            due = utcnow() + timedelta(seconds=190)
+            stores = ("leads", "sales", "service-desk")
+            for department in stores:
+                await _produce(kafka_bootstrap, _first_pass(request_id, department, 2, due), department)
+            resent = await _produce(kafka_bootstrap, _first_pass(request_id, "sales", 9, due), "sales")
+            forged = await _produce(kafka_bootstrap, _first_pass(request_id, "sales", 5, due), "leads")
+            await _produce(kafka_bootstrap, _completed(request_id, "analytics", 0), "analytics")
+
+            async def states(wanted: dict[str, str]) -> dict[str, Any] | None:
+                got = (await client.get(f"/erasure-requests/{request_id}", headers=AUDITOR)).json()
+                seen = {d["department"]: d["state"] for d in got["departments"]}
+                return dict(got) if seen == wanted else None
+
+            erased = {**dict.fromkeys(stores, "erased"), "analytics": "confirmed"}
+            got = await eventually(
+                lambda: states(erased), what="three departments erased, analytics confirmed"
+            )
+            assert got["state"] == "pending", "erased is not completed: the rechecks are due"
+            assert got["completed_at"] is None
+            assert datetime.fromisoformat(got["rechecks_due_by"]) == due.replace(
+                microsecond=due.microsecond // 1000 * 1000
+            )
+            by_name = {d["department"]: d for d in got["departments"]}
+            assert by_name["sales"]["records_erased"] == 2, "the first first pass counts, not its copy"
+            assert by_name["sales"]["late_records"] is None
+            assert by_name["leads"]["recheck_due_at"] is not None
+
+            for department, total in (("leads", 3), ("sales", 2), ("service-desk", 2)):
+                await _produce(kafka_bootstrap, _completed(request_id, department, total), department)
+            done = await eventually(
+                lambda: states(dict.fromkeys(ERASURE_DEPARTMENTS, "confirmed")),
+                what="every department confirmed",
+            )
+            assert done["state"] == "completed"
+            assert done["rechecks_due_by"] is None
+            late = {d["department"]: d["late_records"] for d in done["departments"]}
+            assert late == {"leads": 1, "sales": 0, "service-desk": 0, "analytics": None}
+            assert {d["department"]: d["records_erased"] for d in done["departments"]} == {
+                "leads": 3,
+                "sales": 2,
+                "service-desk": 2,
+                "analytics": 0,
+            }
+
+            def reasons(records: list[Any]) -> dict[str, str] | None:
+                found = {
+                    json.loads(x.value).get("event_id", ""): dict(x.headers)["dlq_reason"].decode()
+                    for x in records
+                }
+                return found if str(forged.event_id) in found else None
+
+            found = await dlq.wait_for(reasons, what="the forged first pass dead-lettered")
+    finally:
+        await dlq.stop()
+    assert found[str(forged.event_id)] == "wrong_department"
+    assert str(resent.event_id) not in found, "a re-sent first pass is no dead letter: it is ignored"

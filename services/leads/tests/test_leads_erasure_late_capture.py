@@ -19,7 +19,7 @@ from crm_contracts import Envelope
 from crm_platform.clock import ManualClock
 from crm_platform.erasure import RECHECKS, wall_clock
 from crm_platform.settings import ServiceSettings
-from crm_platform.testing import erasure_before_commit, eventually
+from crm_platform.testing import confirmed_once, erased_not_confirmed, erasure_before_commit, eventually
 from leads import store as repo
 from leads.domain.leads import Capture
 from leads.handlers import capture_lead
@@ -57,7 +57,7 @@ async def test_a_lead_a_capture_begun_before_the_erasure_inserted_after_it_is_er
     async def committed(request: Envelope) -> None:
         request_id = request.payload["request_id"]
 
-        async def confirmed() -> Doc | None:  # its confirmation, in the erasure's transaction
+        async def confirmed() -> Doc | None:  # its first pass's report, in the erasure's transaction
             field = "envelope.payload.request_id"
             query = {"$or": [{field: request_id}, {f"events.{field}": request_id}]}
             found: Doc | None = await runtime.db["outbox"].find_one(query)
@@ -74,6 +74,7 @@ async def test_a_lead_a_capture_begun_before_the_erasure_inserted_after_it_is_er
     assert lead is not None
     assert lead["email"] == email, "the race: the lead is stored in plain text after the erasure"
     assert await runtime.db[RECHECKS].find_one({"_id": requests[0]}) is not None
+    first = await erased_not_confirmed(runtime.db, requests[0], "leads")
 
     clock.advance(seconds=2)  # every transaction older than the erasure has ended
 
@@ -85,3 +86,4 @@ async def test_a_lead_a_capture_begun_before_the_erasure_inserted_after_it_is_er
     for value in (email, "Late Capture"):
         assert await _holding(leads, value) == [], value  # the lead, its audit entries, the outbox
     assert await runtime.db[RECHECKS].find_one({"_id": requests[0]}) is None
+    await confirmed_once(runtime.db, requests[0], first, late=1)  # the late lead

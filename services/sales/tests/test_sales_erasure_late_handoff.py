@@ -17,6 +17,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -28,7 +29,14 @@ from crm_platform.erasure import RECHECKS, wall_clock
 from crm_platform.runtime import ServiceRuntime
 from crm_platform.settings import ServiceSettings
 from crm_platform.shredding import KEYS, sealed_event
-from crm_platform.testing import erasure_before_commit, eventually, produce_envelope
+from crm_platform.testing import (
+    confirmed_once,
+    erased_not_confirmed,
+    erasure_before_commit,
+    erasure_reports,
+    eventually,
+    produce_envelope,
+)
 from prometheus_client import REGISTRY
 from sales import store as repo
 from sales.consumers import TOPICS
@@ -122,6 +130,15 @@ async def _holding(runtime: ServiceRuntime, value: str) -> list[str]:
     return [n for n in names if any([value in str(d) async for d in runtime.db[n].find()])]
 
 
+async def _first_pass_only(runtime: ServiceRuntime, request_id: str, recheck: Doc) -> dict[str, Any]:
+    """The erasure committed: ``erasure.erased`` with the recheck's due time, no confirmation."""
+    first = await erased_not_confirmed(runtime.db, request_id, "sales")
+    due = recheck["recorded_at"] + timedelta(seconds=RECHECK_SECONDS)
+    assert datetime.fromisoformat(first["recheck_due_at"]) == due
+    assert recheck["records_erased"] == first["records_erased"]
+    return first
+
+
 def _rechecked(outcome: str) -> float:
     return (
         REGISTRY.get_sample_value("crm_erasure_rechecks_total", {"service": "sales", "outcome": outcome})
@@ -142,6 +159,7 @@ async def test_an_item_a_handoff_stored_after_the_erasure_from_a_key_read_before
         recheck = await _found(runtime, RECHECKS, {"_id": request_id}, "the request's recheck")
         assert recheck["email_hash"] == request.payload["email_hash"]
         assert runtime.erasure_rechecks.delay == RECHECK_SECONDS
+        first = await _first_pass_only(runtime, request_id, recheck)
 
         assert repo.INBOX in await _holding(runtime, f"{lead}@example.com")
 
@@ -152,6 +170,7 @@ async def test_an_item_a_handoff_stored_after_the_erasure_from_a_key_read_before
         assert await _holding(runtime, f"{lead}@example.com") == [], "nowhere: items, audit log, outbox"
         assert await runtime.db[RECHECKS].find_one({"_id": request_id}) is None, "run once, then gone"
         assert _rechecked("erased") == before + 1
+        await confirmed_once(runtime.db, request_id, first, late=1)  # the late item
 
 
 async def test_a_recheck_recorded_by_a_process_stopped_before_it_ran_is_run_by_the_next(
@@ -162,10 +181,32 @@ async def test_a_recheck_recorded_by_a_process_stopped_before_it_ran_is_run_by_t
         runtime.erasure_rechecks.clock = ManualClock(wall_clock())  # never due in this process
         item, request = await _late_item(runtime, lead, make_qualified)
         request_id = request.payload["request_id"]
-        await _found(runtime, RECHECKS, {"_id": request_id}, "the request's recheck")
+        recheck = await _found(runtime, RECHECKS, {"_id": request_id}, "the request's recheck")
+        first = await _first_pass_only(runtime, request_id, recheck)
     # Stopped with its recheck not run; a new process on the same database (the real clock).
     async with _sales(late_settings) as runtime:
         erased = await _erased(runtime, lead)
         assert erased["_id"] == item["_id"]
         assert f"{lead}@example.com" not in str(erased)
         assert await runtime.db[RECHECKS].find_one({"_id": request_id}) is None
+        await confirmed_once(runtime.db, request_id, first, late=1)  # the late item
+
+
+async def test_a_recheck_an_older_release_recorded_sends_no_second_confirmation(
+    late_settings: ServiceSettings,
+) -> None:
+    """An older release confirmed at its erasure's commit and recorded its recheck without the
+    first pass's counts (no ``confirm``): the recheck still runs, and sends nothing."""
+    request_id = f"er-old-{uuid.uuid4().hex[:10]}"
+    async with _sales(late_settings) as runtime:
+        clock = ManualClock(wall_clock())
+        runtime.erasure_rechecks.clock = clock
+        older = {"_id": request_id, "email_hash": "0" * 64, "record_ids": [], "recorded_at": clock()}
+        await runtime.db[RECHECKS].insert_one(older)
+        clock.advance(seconds=RECHECK_SECONDS)
+
+        async def gone() -> bool | None:
+            return True if await runtime.db[RECHECKS].find_one({"_id": request_id}) is None else None
+
+        await eventually(gone, what="the older release's recheck run")
+        assert await erasure_reports(runtime.db, request_id) == {}, "confirmed once, by the older release"

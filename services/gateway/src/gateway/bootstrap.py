@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from crm_contracts.access import CONSUMES
-from crm_contracts.events.governance import ErasureCompletedV1
+from crm_contracts.events.governance import ErasureCompletedV1, ErasureErasedV1
 from crm_platform import audit_api
 from crm_platform.app import create_app
 from crm_platform.auth import TokenIssuer, TokenVerifier
@@ -131,7 +131,10 @@ def _runtime(
     uow: MongoUnitOfWork[GatewayUnit] = MongoUnitOfWork(store.MongoGatewayUnit)
     subscription = Subscription(
         topics=list(CONSUMES["gateway"]),
-        handlers={ErasureCompletedV1.event_type: bind_event(uow, handlers.on_erasure_completed)},
+        handlers={
+            ErasureCompletedV1.event_type: bind_event(uow, handlers.on_erasure_completed),
+            ErasureErasedV1.event_type: bind_event(uow, handlers.on_erasure_erased),
+        },
         # A confirmation moves a request's status, which an administrator reads minutes later,
         # not within a second: the patient idle pause (0.5 s), not the departments' 0.1 s
         # (about 8 fewer fetch rounds a second in the idle gateway; docs/performance.md).

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from crm_contracts import Envelope, utcnow
-from crm_contracts.events.governance import ErasureCompletedV1
+from crm_contracts.events.governance import ErasureCompletedV1, ErasureErasedV1
 from crm_platform.actor import Actor
 from crm_platform.auth import Principal, Role, TokenIssuer
 from crm_platform.clock import now_millis
@@ -396,17 +396,33 @@ async def on_erasure_completed(
     uow: UnitOfWork[GatewayUnit], event: ErasureCompletedV1, envelope: Envelope
 ) -> None:
     """A department's confirmation folded into its request (the first per department counts)."""
+    await _fold_erasure(uow, event, envelope, lambda r: r.confirm(event, str(envelope.event_id)))
+
+
+async def on_erasure_erased(uow: UnitOfWork[GatewayUnit], event: ErasureErasedV1, envelope: Envelope) -> None:
+    """A department's first pass folded into its request (the first per department counts): the
+    request shows what it erased and when its recheck is due, and stays pending until the
+    department's confirmation."""
+    await _fold_erasure(uow, event, envelope, lambda r: r.note_erased(event, str(envelope.event_id)))
+
+
+async def _fold_erasure(
+    uow: UnitOfWork[GatewayUnit],
+    event: ErasureCompletedV1 | ErasureErasedV1,
+    envelope: Envelope,
+    fold: Callable[[ErasureRequest], ErasureRequest | None],
+) -> None:
     if event.department != envelope.source:
         raise DeadLetter(
-            "wrong_department", f"{envelope.source} confirmed an erasure as department {event.department}"
+            "wrong_department", f"{envelope.source} reported an erasure as department {event.department}"
         )
 
     async def work(unit: GatewayUnit) -> None:
         request = await unit.erasures.get(event.request_id)
         if request is None:
             raise DeadLetter("unknown_erasure_request", f"no erasure request {event.request_id}")
-        confirmed = request.confirm(event, str(envelope.event_id))
-        if confirmed is not None:
-            await unit.erasures.save(confirmed)
+        folded = fold(request)
+        if folded is not None:
+            await unit.erasures.save(folded)
 
     await uow.run(work)

@@ -29,7 +29,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from gateway.domain.erasure import Confirmation, ErasureRequest
+from gateway.domain.erasure import Confirmation, ErasureRequest, FirstPass
 from gateway.domain.lockout import Attempts, ThrottlePolicy
 from gateway.domain.sessions import RefreshToken, RefreshUse
 from gateway.domain.users import User
@@ -183,6 +183,7 @@ def erasure_doc(r: ErasureRequest) -> Doc:
         "confirmations": [vars(c).copy() for c in r.confirmations],
         "state": r.state.value,
         "completed_at": r.completed_at,
+        "first_passes": [vars(f).copy() for f in r.first_passes],
     }
 
 
@@ -196,6 +197,7 @@ def erasure_from_doc(d: Doc) -> ErasureRequest:
         departments=tuple(d["departments"]),
         confirmations=tuple(Confirmation(**c) for c in d.get("confirmations", [])),
         completed_at=d.get("completed_at"),
+        first_passes=tuple(FirstPass(**f) for f in d.get("first_passes", [])),
     )
 
 

@@ -16,6 +16,7 @@ from crm_contracts import Envelope, envelope_for
 from crm_contracts.events.governance import (
     ERASURE_DEPARTMENTS,
     ErasureCompletedV1,
+    ErasureErasedV1,
     ErasureRequestedV1,
     PermissionsChangedV1,
 )
@@ -29,7 +30,7 @@ from crm_platform.pseudonym import email_hash
 from crm_platform.uow import FakeUnitOfWork
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway import handlers
-from gateway.domain.erasure import ErasureState
+from gateway.domain.erasure import DepartmentState, ErasureState
 from gateway.domain.lockout import ThrottlePolicy
 from gateway.domain.passwords import PasswordPolicy
 from gateway.domain.sessions import token_hash
@@ -354,7 +355,19 @@ def _completed(request_id: str, department: str, records: int = 2) -> ErasureCom
     )
 
 
-def _envelope(event: ErasureCompletedV1, source: str) -> Envelope:
+def _erased(request_id: str, department: str, records: int = 2) -> ErasureErasedV1:
+    return ErasureErasedV1(
+        request_id=request_id,
+        department=department,
+        records_erased=records,
+        audit_entries_rewritten=3,
+        duration_ms=500,
+        erased_at=T0 + timedelta(seconds=0.5),
+        recheck_due_at=T0 + timedelta(seconds=190.5),
+    )
+
+
+def _envelope(event: ErasureCompletedV1 | ErasureErasedV1, source: str) -> Envelope:
     return envelope_for(event, source=source, correlation_id=event.request_id)
 
 
@@ -414,3 +427,47 @@ async def test_a_confirmation_from_another_department_or_for_no_request_is_a_dea
     stored = await unit(deps).erasures.get(request.id)
     assert stored is not None
     assert stored.confirmations == ()
+
+
+async def test_a_first_pass_shows_erased_until_the_rechecks_confirmation_counting_the_late_ones() -> None:
+    deps = make_deps()
+    request = await handlers.file_erasure_request(deps, "ada@example.com", [], ROOT)
+    for department in ("leads", "sales", "service-desk"):
+        first = _erased(request.id, department)
+        await handlers.on_erasure_erased(deps.uow, first, _envelope(first, department))
+    again = _erased(request.id, "sales", records=7)  # a re-sent copy: the first counts
+    await handlers.on_erasure_erased(deps.uow, again, _envelope(again, "sales"))
+    analytics = _completed(request.id, "analytics", records=0)
+    await handlers.on_erasure_completed(deps.uow, analytics, _envelope(analytics, "analytics"))
+    erased = await unit(deps).erasures.get(request.id)
+    assert erased is not None
+    assert erased.state == ErasureState.PENDING, "a first pass is not a confirmation"
+    assert erased.department_state("sales") == DepartmentState.ERASED
+    assert erased.first_pass("sales").records_erased == 2  # type: ignore[union-attr]
+    assert erased.department_state("analytics") == DepartmentState.CONFIRMED
+    assert erased.rechecks_due_by == T0 + timedelta(seconds=190.5)
+    for department, total in (("leads", 3), ("sales", 2), ("service-desk", 2)):
+        done = _completed(request.id, department, records=total)
+        await handlers.on_erasure_completed(deps.uow, done, _envelope(done, department))
+    completed = await unit(deps).erasures.get(request.id)
+    assert completed is not None
+    assert completed.state == ErasureState.COMPLETED
+    assert completed.rechecks_due_by is None
+    late = {d: completed.late_records(d) for d in ERASURE_DEPARTMENTS}
+    assert late == {"leads": 1, "sales": 0, "service-desk": 0, "analytics": None}
+
+
+async def test_a_forged_first_pass_or_one_for_no_request_is_a_dead_letter() -> None:
+    deps = make_deps()
+    request = await handlers.file_erasure_request(deps, "ada@example.com", [], ROOT)
+    forged = _erased(request.id, "sales")
+    with pytest.raises(DeadLetter) as wrong:
+        await handlers.on_erasure_erased(deps.uow, forged, _envelope(forged, "leads"))
+    assert wrong.value.reason == "wrong_department"
+    unknown = _erased("no-such-request", "sales")
+    with pytest.raises(DeadLetter) as missing:
+        await handlers.on_erasure_erased(deps.uow, unknown, _envelope(unknown, "sales"))
+    assert missing.value.reason == "unknown_erasure_request"
+    stored = await unit(deps).erasures.get(request.id)
+    assert stored is not None
+    assert stored.first_passes == ()

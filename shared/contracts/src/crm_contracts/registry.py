@@ -60,6 +60,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     governance.PermissionsChangedV1,
     governance.ErasureRequestedV1,
     governance.ErasureCompletedV1,
+    governance.ErasureErasedV1,
     person_keys.LeadPersonKeyIssuedV1,
     person_keys.LeadPersonKeyIssuedV2,
     person_keys.LeadPersonKeyShreddedV1,

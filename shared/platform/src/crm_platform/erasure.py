@@ -50,12 +50,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from crm_contracts import Envelope
-from crm_contracts.events.governance import ErasureCompletedV1, ErasureRequestedV1
+from crm_contracts.events.governance import ErasureCompletedV1, ErasureErasedV1, ErasureRequestedV1
 from pymongo.errors import PyMongoError
 
 from crm_platform import audit, metrics, shredding
 from crm_platform.audit import ERASED, scrub  # noqa: F401 - re-exported for the departments
-from crm_platform.clock import Clock, now_millis
+from crm_platform.clock import Clock, now_millis, to_millis
 from crm_platform.mongo import BATCH_EVENTS, OUTBOX
 from crm_platform.pseudonym import email_hash, erased_email, erased_name, is_erased_email
 from crm_platform.wakeups import sleep_on_grid
@@ -368,27 +368,35 @@ async def ensure_indexes(db: Any, targets: Sequence[Target]) -> None:
 
 
 def erasure_handler(targets: Sequence[Target], rechecks: Rechecks | None = None) -> Any:
-    """The consumer handler for ``erasure.requested``: erase, then confirm through the outbox in
-    the same transaction (``erasure.completed``, the department being the envelope's source),
-    and record the request's recheck there too (``rechecks``: :func:`recheck_loop` runs it)."""
+    """The consumer handler for ``erasure.requested``: erase, then say so through the outbox in
+    the same transaction (the department being the envelope's source). With ``rechecks`` (a
+    department that stores people) that is ``erasure.erased`` with the recheck's due time, and
+    the request's recheck recorded there too (:func:`recheck_loop` runs it and sends
+    ``erasure.completed`` with both passes counted); without, ``erasure.completed`` at once."""
 
     async def on_erasure_requested(tx: Any, event: ErasureRequestedV1, envelope: Envelope) -> None:
         outcome = await erase_person(tx, targets, event.email_hash, event.record_ids)
-        if rechecks is not None:
-            await record_recheck(tx, event, rechecks.clock())
         now = now_millis()
-        waited = max(0, int((now - event.requested_at).total_seconds() * 1000))
-        tx.emit(
-            ErasureCompletedV1(
-                request_id=event.request_id,
-                department=tx.source,
-                records_erased=outcome.records,
-                audit_entries_rewritten=outcome.audit_entries,
-                duration_ms=waited,
-                completed_at=now,
-            ),
-            correlation_id=envelope.correlation_id,
-        )
+        waited = _millis_between(event.requested_at, now)
+        if rechecks is None:
+            tx.emit(
+                _completed(tx.source, event.request_id, outcome.records, outcome.audit_entries, waited, now),
+                correlation_id=envelope.correlation_id,
+            )
+        else:
+            due = await record_recheck(tx, event, rechecks, outcome, envelope.correlation_id)
+            tx.emit(
+                ErasureErasedV1(
+                    request_id=event.request_id,
+                    department=tx.source,
+                    records_erased=outcome.records,
+                    audit_entries_rewritten=outcome.audit_entries,
+                    duration_ms=waited,
+                    erased_at=now,
+                    recheck_due_at=to_millis(due),
+                ),
+                correlation_id=envelope.correlation_id,
+            )
         log.info(
             "erasure request %s: %d records, %d audit entries, %d person keys destroyed",
             event.request_id,
@@ -399,6 +407,23 @@ def erasure_handler(targets: Sequence[Target], rechecks: Rechecks | None = None)
         )
 
     return on_erasure_requested
+
+
+def _millis_between(start: datetime, end: datetime) -> int:
+    return max(0, int((end - start).total_seconds() * 1000))
+
+
+def _completed(
+    department: str, request_id: str, records: int, audit_entries: int, waited: int, at: datetime
+) -> ErasureCompletedV1:
+    return ErasureCompletedV1(
+        request_id=request_id,
+        department=department,  # the envelope's source (the gateway checks it)
+        records_erased=records,
+        audit_entries_rewritten=audit_entries,
+        duration_ms=waited,
+        completed_at=at,
+    )
 
 
 async def backfill_job(db: Any, targets: Sequence[Target]) -> None:
@@ -461,6 +486,12 @@ class Rechecks:
         """How often the loop looks for due rechecks: a twentieth of the delay, 50 ms to 10 s."""
         return min(10.0, max(0.05, (self.delay or 0.0) / 20))
 
+    @property
+    def delay_or_default(self) -> float:
+        """The delay, or mongod's default's before :meth:`resolve` ran (a handler called before
+        the runtime started: tests)."""
+        return self.delay if self.delay is not None else recheck_delay(DEFAULT_TRANSACTION_LIFETIME_SECONDS)
+
     async def resolve(self, db: Any) -> float:
         """The delay: the setting's, else from the server's transaction lifetime (60 s when the
         server does not say, e.g. the service's user may not run ``getParameter``)."""
@@ -483,14 +514,28 @@ async def _transaction_lifetime(db: Any) -> float:
         return DEFAULT_TRANSACTION_LIFETIME_SECONDS
 
 
-async def record_recheck(tx: Any, event: ErasureRequestedV1, now: datetime) -> None:
-    """The request's recheck, in the erasure's transaction. A request erased again (filed with
-    the same id, a replay) moves its recheck to the later erasure (``$max``)."""
+async def record_recheck(
+    tx: Any, event: ErasureRequestedV1, rechecks: Rechecks, outcome: Outcome, correlation_id: str | None
+) -> datetime:
+    """The request's recheck, in the erasure's transaction, with what the first pass erased and
+    what the confirmation sent after the recheck needs (``confirm``: a record of an older
+    release, which confirmed at its commit, has none and its recheck sends nothing). A request
+    erased again (filed with the same id, a replay) moves its recheck to the later erasure
+    (``$max``) and adds that pass's counts. Returns when the recheck is due."""
+    now = rechecks.clock()
     update = {
-        "$set": {"email_hash": event.email_hash, "record_ids": list(event.record_ids)},
+        "$set": {
+            "email_hash": event.email_hash,
+            "record_ids": list(event.record_ids),
+            "requested_at": event.requested_at,
+            "correlation_id": correlation_id,
+            "confirm": True,
+        },
+        "$inc": {"records_erased": outcome.records, "audit_entries_rewritten": outcome.audit_entries},
         "$max": {"recorded_at": now},
     }
     await tx.db[RECHECKS].update_one({"_id": event.request_id}, update, upsert=True, session=tx.session)
+    return now + timedelta(seconds=rechecks.delay_or_default)
 
 
 async def run_due_rechecks(store: Any, targets: Sequence[Target], rechecks: Rechecks) -> int:
@@ -511,12 +556,26 @@ async def run_due_rechecks(store: Any, targets: Sequence[Target], rechecks: Rech
 
 async def _recheck(tx: Any, targets: Sequence[Target], doc: Doc) -> Outcome | None:
     """The request of ``doc`` matched again, its record deleted in the same transaction (the
-    claim: another replica's run of it deletes nothing and does nothing; None)."""
+    claim: another replica's run of it deletes nothing and does nothing; None), and the
+    department's ``erasure.completed`` sent in it with both passes counted."""
     claim = {"_id": doc["_id"], "recorded_at": doc["recorded_at"]}
     claimed = await tx.db[RECHECKS].delete_one(claim, session=tx.session)
     if claimed.deleted_count == 0:
         return None  # run by another replica, or recorded again since (due later)
-    return await erase_person(tx, targets, doc.get("email_hash"), doc.get("record_ids") or ())
+    outcome = await erase_person(tx, targets, doc.get("email_hash"), doc.get("record_ids") or ())
+    if doc.get("confirm"):
+        now = now_millis()
+        requested_at = to_millis(doc["requested_at"])
+        completed = _completed(
+            tx.source,
+            str(doc["_id"]),
+            int(doc.get("records_erased", 0)) + outcome.records,
+            int(doc.get("audit_entries_rewritten", 0)) + outcome.audit_entries,
+            _millis_between(requested_at, now),
+            now,
+        )
+        tx.emit(completed, correlation_id=doc.get("correlation_id"))
+    return outcome
 
 
 def _observe_recheck(service: str, request_id: str, outcome: Outcome) -> None:

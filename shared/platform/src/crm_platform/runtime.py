@@ -232,7 +232,9 @@ class ServiceRuntime:
         if GATEWAY_PERMISSIONS in sub.topics:
             handlers.setdefault(PermissionsChangedV1.event_type, permissions_handler(self.permissions))
         if GATEWAY_ERASURE_REQUESTS in sub.topics:
-            handler = erasure.erasure_handler(sub.erasure_targets, self.erasure_rechecks)
+            # A department with no people (no targets, no recheck loop) confirms at once.
+            rechecks = self.erasure_rechecks if sub.erasure_targets else None
+            handler = erasure.erasure_handler(sub.erasure_targets, rechecks)
             handlers.setdefault(ErasureRequestedV1.event_type, handler)
         # Sealed events reach the handlers opened: the plaintext version they were written for.
         return {event_type: shredding.unsealing(handler) for event_type, handler in handlers.items()}
@@ -285,6 +287,8 @@ class ServiceRuntime:
         if self.indexes is not None:
             await self.indexes(self.store.db)
         await erasure.ensure_indexes(self.store.db, self._erasure_targets)
+        if self._erasure_targets:  # before the consumer: its erasures say when their recheck is due
+            await self.erasure_rechecks.resolve(self.store.db)
         await shredding.ensure_indexes(self.store.db)
         await self.permissions.refresh(required=True)
         if self.settings.provision_topics:

@@ -659,6 +659,42 @@ async def request_erasure(bootstrap: str, email: str) -> Envelope:
     return env
 
 
+async def erasure_reports(db: Any, request_id: str) -> dict[str, list[dict[str, Any]]]:
+    """What a department's outbox holds for erasure request ``request_id``, by event type
+    (``erasure.erased``, ``erasure.completed``): each event's payload, in the order stored. The
+    outbox is written in the erasure's (and the recheck's) own transaction, so what is absent
+    here after that commit was not sent."""
+    from crm_platform.mongo import OUTBOX, outbox_events_pipeline
+
+    found: dict[str, list[dict[str, Any]]] = {}
+    pipeline = outbox_events_pipeline({"key": request_id, "event_type": {"$regex": "^erasure[.]"}})
+    async for item in await db[OUTBOX].aggregate(pipeline):
+        found.setdefault(item["event_type"], []).append(item["envelope"]["payload"])
+    return found
+
+
+async def erased_not_confirmed(db: Any, request_id: str, department: str) -> dict[str, Any]:
+    """The department's erasure of ``request_id`` committed and its recheck has not run: its
+    outbox holds one ``erasure.erased`` and NO ``erasure.completed`` (a late writer's record may
+    still hold the person: a confirmation now would lie). The first pass's payload."""
+    reports = await erasure_reports(db, request_id)
+    assert "erasure.completed" not in reports, f"{department} confirmed before its recheck"
+    (first,) = reports["erasure.erased"]
+    assert first["department"] == department
+    return dict(first)
+
+
+async def confirmed_once(db: Any, request_id: str, first: Mapping[str, Any], late: int) -> dict[str, Any]:
+    """After the recheck: one ``erasure.completed`` (sent in the recheck's transaction), counting
+    the first pass's records and the ``late`` ones the recheck erased; still one first pass."""
+    reports = await erasure_reports(db, request_id)
+    (completed,) = reports["erasure.completed"]
+    assert completed["records_erased"] == first["records_erased"] + late, (completed, first)
+    assert completed["audit_entries_rewritten"] >= first["audit_entries_rewritten"] + late
+    assert len(reports["erasure.erased"]) == 1
+    return dict(completed)
+
+
 @asynccontextmanager
 async def erasure_before_commit(
     bootstrap: str, email: str, committed: Callable[[Envelope], Awaitable[Any]]

@@ -43,41 +43,65 @@ class FileErasure(BaseModel):
 
 class ConfirmationOut(BaseModel):
     department: str
-    state: str = Field(description="pending | confirmed")
-    records_erased: int | None = None
+    state: str = Field(
+        description="pending (nothing heard yet) | erased (first pass done, its recheck due at "
+        "recheck_due_at: a record a late writer stored may still hold the person until then) | "
+        "confirmed (the recheck ran, or the department keeps no personal data)"
+    )
+    records_erased: int | None = Field(
+        default=None,
+        description="erased: by the first pass; confirmed: by both passes (late_records included)",
+    )
     audit_entries_rewritten: int | None = None
-    duration_ms: int | None = Field(default=None, description="from the request to the department's commit")
-    completed_at: datetime | None = None
+    erased_at: datetime | None = Field(default=None, description="the first pass's commit")
+    recheck_due_at: datetime | None = Field(
+        default=None, description="when the department matches the request once more"
+    )
+    late_records: int | None = Field(
+        default=None, description="confirmed: the records the recheck erased (a late writer's)"
+    )
+    duration_ms: int | None = Field(
+        default=None, description="from the request to the department's confirmation (its recheck's commit)"
+    )
+    completed_at: datetime | None = Field(default=None, description="the confirmation's commit")
+
+    @classmethod
+    def of(cls, r: ErasureRequest, name: str) -> ConfirmationOut:
+        state = r.department_state(name)
+        first, confirmed = r.first_pass(name), r.confirmation(name)
+        out = cls(department=name, state=state.value)
+        if first is not None:
+            out.records_erased = first.records_erased
+            out.audit_entries_rewritten = first.audit_entries_rewritten
+            out.erased_at = first.erased_at
+            out.recheck_due_at = first.recheck_due_at
+        if confirmed is not None:
+            out.records_erased = confirmed.records_erased
+            out.audit_entries_rewritten = confirmed.audit_entries_rewritten
+            out.duration_ms = confirmed.duration_ms
+            out.completed_at = confirmed.completed_at
+            out.late_records = r.late_records(name)
+        return out
 
 
 class ErasureOut(BaseModel):
     id: str
-    state: str = Field(description="pending until every department confirmed, then completed")
+    state: str = Field(
+        description="pending until every department confirmed (after its recheck), then completed"
+    )
     email_hash: str | None = Field(description="the keyed hash the departments matched (never the e-mail)")
     record_ids: list[str]
     requested_by: str
     requested_at: datetime
     completed_at: datetime | None
     duration_ms: int | None = Field(description="from the request to the last confirmation")
+    rechecks_due_by: datetime | None = Field(
+        description="pending: when the last recheck still awaited is due (null: none has said yet)"
+    )
     departments: list[ConfirmationOut]
 
     @classmethod
     def of(cls, r: ErasureRequest) -> ErasureOut:
-        departments = []
-        for name in r.departments:
-            c = r.confirmation(name)
-            departments.append(
-                ConfirmationOut(department=name, state="pending")
-                if c is None
-                else ConfirmationOut(
-                    department=name,
-                    state="confirmed",
-                    records_erased=c.records_erased,
-                    audit_entries_rewritten=c.audit_entries_rewritten,
-                    duration_ms=c.duration_ms,
-                    completed_at=c.completed_at,
-                )
-            )
         took = (
             None if r.completed_at is None else int((r.completed_at - r.requested_at).total_seconds() * 1000)
         )
@@ -90,7 +114,8 @@ class ErasureOut(BaseModel):
             requested_at=r.requested_at,
             completed_at=r.completed_at,
             duration_ms=took,
-            departments=departments,
+            rechecks_due_by=r.rechecks_due_by,
+            departments=[ConfirmationOut.of(r, name) for name in r.departments],
         )
 
 

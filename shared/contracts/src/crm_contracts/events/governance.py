@@ -95,9 +95,13 @@ class ErasureRequestedV1(Event):
 class ErasureCompletedV1(Event):
     """A department erased (or anonymised) the person of a request in its own database.
 
-    Sent once per (request, department), from the department's outbox in the erasure's own
-    transaction; ``duration_ms`` is from the request's ``requested_at`` to this department's
-    commit (transport and queueing included: the time the person waited).
+    Sent once per (request, department), from the department's outbox; ``duration_ms`` is from
+    the request's ``requested_at`` to this department's commit (transport and queueing
+    included: the time the person waited). A department that rechecks its erasures (every one
+    that stores people: ``crm_platform.erasure.Rechecks``) sends it in its recheck's
+    transaction, after every transaction begun before the erasure has ended, with the records
+    of both passes counted (its first pass is ``erasure.erased``); analytics, which keeps no
+    personal data, and a department of an older release send it at the erasure's commit.
     """
 
     event_type: ClassVar[str] = "erasure.completed"
@@ -110,6 +114,34 @@ class ErasureCompletedV1(Event):
     audit_entries_rewritten: int = Field(ge=0, le=2**31, description="Audit entries whose values were erased")
     duration_ms: int = Field(ge=0, le=2**53, description="requested_at -> this department's commit")
     completed_at: Timestamp
+
+    def partition_key(self) -> str:
+        return self.request_id
+
+
+class ErasureErasedV1(Event):
+    """A department's first pass of a request: it erased what it found and will match the
+    request once more at ``recheck_due_at`` (a late writer: a transaction that read the person
+    before the erasure committed can store them after it), and only then sends
+    ``erasure.completed`` with both passes counted.
+
+    Sent once per (request, department), from the department's outbox in the erasure's own
+    transaction, on the confirmations' topic ahead of the department's ``erasure.completed``
+    (same key, one partition). A gateway of an older release does not know it (dead-lettered
+    ``unknown_version``, nothing lost: it counts the ``erasure.completed`` that follows).
+    """
+
+    event_type: ClassVar[str] = "erasure.erased"
+    version: ClassVar[int] = 1
+    topic: ClassVar[str] = topics.ERASURE_CONFIRMATIONS
+
+    request_id: str = Field(pattern=_ID)
+    department: Literal["leads", "sales", "service-desk", "analytics"]
+    records_erased: int = Field(ge=0, le=2**31, description="Records erased or anonymised by the first pass")
+    audit_entries_rewritten: int = Field(ge=0, le=2**31, description="Audit entries whose values were erased")
+    duration_ms: int = Field(ge=0, le=2**53, description="requested_at -> this department's first commit")
+    erased_at: Timestamp
+    recheck_due_at: Timestamp = Field(description="When the department matches the request once more")
 
     def partition_key(self) -> str:
         return self.request_id
