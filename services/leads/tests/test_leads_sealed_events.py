@@ -95,7 +95,7 @@ async def test_a_captured_person_is_on_the_log_as_stand_ins_and_keyed_at_the_fir
 
         request_id = await _erase(leads, kafka_bootstrap, email)
         assert await _erasure_events(leads, request_id) == [
-            ("erasure.completed", 1),
+            ("erasure.erased", 1),
             ("lead.person_key_shredded", None),
         ]
         assert await leads.runtime.db[KEYS].count_documents({"person_id": person_id}) == 0
@@ -130,8 +130,9 @@ async def _erase(leads: Any, kafka_bootstrap: str, email: str) -> str:
 
 
 async def _erasure_events(leads: Any, request_id: str) -> list[tuple[str, int | None]]:
-    """The events marketing's erasure of the request stored (its one transaction: confirmation
-    and shreddings together), each with the records it says were erased, once confirmed."""
+    """The events marketing's erasure of the request stored (its one transaction: the first
+    pass's report and the shreddings together; the confirmation follows its recheck), each with
+    the records it says were erased, once committed."""
     outbox = leads.runtime.db["outbox"]
     mine = {"envelope.correlation_id": request_id}
     query = {"$or": [mine, {"events": {"$elemMatch": mine}}]}
@@ -141,9 +142,9 @@ async def _erasure_events(leads: Any, request_id: str) -> list[tuple[str, int | 
         async for row in outbox.find(query):
             items += [i for i in row.get("events", [row]) if i["envelope"]["correlation_id"] == request_id]
         found = sorted((i["event_type"], i["envelope"]["payload"].get("records_erased")) for i in items)
-        return found if any(t == "erasure.completed" for t, _ in found) else None
+        return found if any(t == "erasure.erased" for t, _ in found) else None
 
-    done: list[tuple[str, int | None]] = await eventually(confirmed, what=f"erasure {request_id} confirmed")
+    done: list[tuple[str, int | None]] = await eventually(confirmed, what=f"erasure {request_id} committed")
     return done
 
 
@@ -186,7 +187,7 @@ async def test_a_person_only_captured_has_no_key_and_is_erased_with_none_to_shre
     assert not [i for i in bulk if i["event_type"] == "lead.person_key_issued"]
 
     request_id = await _erase(leads, kafka_bootstrap, ada)
-    assert await _erasure_events(leads, request_id) == [("erasure.completed", 1)], "no key to shred"
+    assert await _erasure_events(leads, request_id) == [("erasure.erased", 1)], "no key to shred"
     erased, kept = await leads.lead(ada_id), await leads.lead(bob_id)
     assert (erased["email"] != ada, kept["email"]) == (True, bob)
 
