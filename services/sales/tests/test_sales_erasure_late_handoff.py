@@ -21,8 +21,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from crm_contracts import Envelope, envelope_for
+from crm_contracts import Envelope, envelope_for, utcnow
 from crm_contracts.events.leads import LeadQualifiedV1
+from crm_contracts.events.person_keys import LeadPersonKeyShreddedV1
 from crm_contracts.topics import LEADS_PERSON_KEYS
 from crm_platform.clock import ManualClock
 from crm_platform.erasure import RECHECKS, wall_clock
@@ -36,6 +37,7 @@ from crm_platform.testing import (
     erasure_reports,
     eventually,
     produce_envelope,
+    request_erasure,
 )
 from prometheus_client import REGISTRY
 from sales import store as repo
@@ -205,8 +207,57 @@ async def test_a_recheck_an_older_release_recorded_sends_no_second_confirmation(
         await runtime.db[RECHECKS].insert_one(older)
         clock.advance(seconds=RECHECK_SECONDS)
 
-        async def gone() -> bool | None:
-            return True if await runtime.db[RECHECKS].find_one({"_id": request_id}) is None else None
-
-        await eventually(gone, what="the older release's recheck run")
+        await _gone(runtime, request_id, "the older release's recheck run")
         assert await erasure_reports(runtime.db, request_id) == {}, "confirmed once, by the older release"
+
+
+async def test_a_key_stored_after_the_recheck_and_then_shredded_has_what_it_opened_rechecked(
+    late_settings: ServiceSettings, make_qualified: Any
+) -> None:
+    """A key consumer far behind (more than the delay): the request is erased and rechecked in
+    sales before the person's key reaches it; then the key comes, a handoff opens with it and
+    stores the person in plain text, then the owner's shredding record comes. The shredding
+    finds the key live and records a recheck of its hash, which erases the item."""
+    lead = f"late-key-{uuid.uuid4().hex[:10]}"
+    async with _sales(late_settings) as runtime:
+        clock = ManualClock(wall_clock())
+        runtime.erasure_rechecks.clock = clock
+        bootstrap = runtime.settings.kafka_bootstrap_servers
+        request = await request_erasure(bootstrap, f"{lead}@example.com")
+        request_id = request.payload["request_id"]
+        await _found(runtime, RECHECKS, {"_id": request_id}, "the request's recheck")
+        clock.advance(seconds=RECHECK_SECONDS)
+        await _gone(runtime, request_id, "the request's recheck run (nothing found)")
+
+        handoff, [key] = sealed_event(make_qualified(lead), "leads")
+        keys = (key, LeadPersonKeyShreddedV1(person_id=key.person_id, shredded_at=utcnow()))
+        await produce_envelope(
+            bootstrap, LEADS_PERSON_KEYS, envelope_for(keys[0], source="leads", correlation_id=lead)
+        )
+        held = f"held:leads:{key.person_id}"
+        await _found(runtime, KEYS, {"_id": held, "key": {"$exists": True}}, "the late key stored")
+        handle = runtime.consumer.handlers[LeadQualifiedV1.event_type] if runtime.consumer else None
+        assert handle is not None
+        envelope = envelope_for(handoff, source="leads", correlation_id=f"journey-{lead}")
+        await runtime.store.transaction(lambda tx: handle(tx, handoff, envelope))
+        assert repo.INBOX in await _holding(runtime, f"{lead}@example.com"), "opened with the late key"
+
+        await produce_envelope(
+            bootstrap, LEADS_PERSON_KEYS, envelope_for(keys[1], source="leads", correlation_id=lead)
+        )
+        await _found(runtime, KEYS, {"_id": held, "shredded": True}, "the owner's shredding stored")
+        recheck = await _found(runtime, RECHECKS, {"_id": {"$regex": f"^key:{held}:"}}, "the key's recheck")
+        assert recheck["email_hash"] == request.payload["email_hash"]
+        assert repo.INBOX in await _holding(runtime, f"{lead}@example.com"), "the marker alone erases nothing"
+        clock.advance(seconds=RECHECK_SECONDS + 3600)  # past the recheck recorded on the wall clock
+        erased = await _erased(runtime, lead)
+        assert f"{lead}@example.com" not in str(erased)
+        await _gone(runtime, recheck["_id"], "the key's recheck run")
+        assert await erasure_reports(runtime.db, recheck["_id"]) == {}, "no request of the gateway's"
+
+
+async def _gone(runtime: ServiceRuntime, recheck_id: str, what: str) -> None:
+    async def gone() -> bool | None:
+        return True if await runtime.db[RECHECKS].find_one({"_id": recheck_id}) is None else None
+
+    await eventually(gone, what=what)

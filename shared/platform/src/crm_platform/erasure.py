@@ -538,6 +538,20 @@ async def record_recheck(
     return now + timedelta(seconds=rechecks.delay_or_default)
 
 
+async def record_key_recheck(tx: Any, held: Doc, now: datetime) -> int:
+    """Rechecks for the hashes of a held key that the owner's shredding record found live
+    (``crm_platform.shredding``): one per hash (``_id`` ``key:<held id>:<hash prefix>``), due
+    after the delay like a request's, run by :func:`recheck_loop`, sending nothing (no request
+    of the gateway's is theirs: the department's own request, if it comes, has its own). A key
+    that learned no hash (a v1 key record never opened) gets none. Returns how many."""
+    digests = [h for h in held.get(PERSON_HASHES) or () if not str(h).startswith("held:")]
+    for digest in digests:
+        update = {"$set": {"email_hash": digest, "record_ids": []}, "$max": {"recorded_at": now}}
+        doc_id = f"key:{held['_id']}:{digest[:16]}"
+        await tx.db[RECHECKS].update_one({"_id": doc_id}, update, upsert=True, session=tx.session)
+    return len(digests)
+
+
 async def run_due_rechecks(store: Any, targets: Sequence[Target], rechecks: Rechecks) -> int:
     """Each recheck due now, run in a transaction of its own (:func:`_recheck`); how many ran."""
     delay = await rechecks.resolve(store.db)

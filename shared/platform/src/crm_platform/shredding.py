@@ -631,7 +631,26 @@ async def _on_issued(tx: Any, event: LeadPersonKeyIssuedV1, envelope: Envelope) 
 
 
 async def _on_shredded(tx: Any, event: LeadPersonKeyShreddedV1, envelope: Envelope) -> None:
-    await _mark_shredded(tx, {"_id": _held_id(envelope.source, event.person_id)}, upsert=True)
+    held_id = _held_id(envelope.source, event.person_id)
+    await _recheck_if_live(tx, held_id)
+    await _mark_shredded(tx, {"_id": held_id}, upsert=True)
+
+
+async def _recheck_if_live(tx: Any, held_id: str) -> None:
+    """The owner's shredding record finds the key still live here: this holder's erasure of the
+    person did not see it (the key came after it: a key consumer far behind, or the request not
+    handled here yet), so an event opened with it may have stored the person in plain text. The
+    person's hashes get a recheck of their own (``crm_platform.erasure.record_key_recheck``),
+    recorded before the marker: a record delivered again after a crash between the two finds
+    the key live again and records it again (idempotent). One read per shredding record, none
+    per handoff."""
+    from crm_platform import erasure  # it imports this module
+
+    if getattr(tx, "batch", None) is not None:
+        await tx.flush_inserts(KEYS)  # the batch's key, if this record follows it in the batch
+    live = await tx.db[KEYS].find_one({"_id": held_id, "key": {"$exists": True}}, session=tx.session)
+    if live is not None:
+        await erasure.record_key_recheck(tx, live, erasure.wall_clock())
 
 
 async def _mark_shredded(tx: Any, query: Doc, *, upsert: bool = False, hashes: Iterable[str] = ()) -> int:
