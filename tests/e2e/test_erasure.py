@@ -66,7 +66,9 @@ def _completed(gw: Gateway, request_id: str) -> dict[str, Any]:
         request = gw.get("admin", f"/erasure-requests/{request_id}")
         return dict(request) if request["state"] == "completed" else None
 
-    return until(done, timeout=90, what=f"every department to confirm erasure {request_id}")
+    # A deadline, not a timing: each confirmation follows its department's recheck (2 s here), and
+    # on a long-lived test broker each department first works through every earlier request.
+    return until(done, timeout=180, what=f"every department to confirm erasure {request_id}")
 
 
 def _assert_absent(where: str, payload: Any, person: tuple[str, ...]) -> None:
