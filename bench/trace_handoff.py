@@ -16,6 +16,11 @@ fetch pause, classification, waiting for the key), the key's own hop, and the ha
 Also sales' count of person-key waits. Run (a fresh broker and mongod on the bench ports)::
 
     TRACE_RATE=25 TRACE_N=250 .venv/bin/python bench/trace_handoff.py
+
+``TRACE_WARMUP_RATE`` sends the 50 warm-up handoffs at another rate than the traced ones (by
+default the same): ``TRACE_RATE=0.8 TRACE_WARMUP_RATE=25 TRACE_N=40`` traces handoffs that each
+find sales' consumers idle (a second without records: their 100 ms idle pause on the embedded
+broker), against ``TRACE_RATE=2`` (docs/performance.md, "Twenty-eighth session, lead").
 """
 
 from __future__ import annotations
@@ -187,17 +192,17 @@ def table(by_stage: dict[str, list[float]]) -> str:
     return "\n".join(lines)
 
 
-async def run(platform: Any, bootstrap: str, n: int, rate: float) -> list[Envelope]:
-    """Qualify ``n`` leads at ``rate``/s after a warm-up; sales' receipts of them."""
+async def run(platform: Any, bootstrap: str, n: int, rate: float, warmup_rate: float) -> list[Envelope]:
+    """Qualify ``n`` leads at ``rate``/s after a warm-up at ``warmup_rate``/s; sales' receipts of them."""
     marketing = auth_headers(["marketing"], "bench")
     await rb._configure(platform, marketing)
     ids, _ = await rb.capture_through_gateway(platform.url("gateway"), n + WARM_UP, 8, marketing)
     reader = await TopicReader(bootstrap, HANDOFF_RECEIPTS).start()
     try:
         leads = platform.url("leads")
-        await rb.qualify(leads, ids[:WARM_UP], rate=rate, clients=64, headers=marketing)
+        await rb.qualify(leads, ids[:WARM_UP], rate=warmup_rate, clients=64, headers=marketing)
         await rb.receipts_for(reader, set(ids[:WARM_UP]), 60)
-        rb.say(f"tracing {n} handoffs at {rate:.0f}/s (load {rb.load_average()}) ...")
+        rb.say(f"tracing {n} handoffs at {rate:g}/s (load {rb.load_average()}) ...")
         everyone = {**rb._pids(platform), **rb.infra_pids(rb.HOME), "bench (load generator)": os.getpid()}
         with rb.CpuTimeline(everyone) as timeline:
             await rb.qualify(leads, ids[WARM_UP:], rate=rate, clients=64, headers=marketing)
@@ -218,6 +223,7 @@ async def main() -> None:
     every = os.environ.get("TRACE_SERVICES", "") == "all"
     args.services = rb.SERVICES_UNDER_LOAD if every else ("leads", "sales", "gateway")
     n, rate = int(os.environ.get("TRACE_N", "250")), float(os.environ.get("TRACE_RATE", "25"))
+    warmup_rate = float(os.environ.get("TRACE_WARMUP_RATE", rate))
     infra = rb.fresh_infra(args)
     pause = rb.idle_backoff_ms(infra)
     rb.pace_empty_fetches(pause)
@@ -225,7 +231,7 @@ async def main() -> None:
     platform.start()
     try:
         platform.wait_ready(timeout=120)
-        receipts = await run(platform, infra.kafka_bootstrap, n, rate)
+        receipts = await run(platform, infra.kafka_bootstrap, n, rate, warmup_rate)
         async with httpx.AsyncClient() as client:
             metrics = (await client.get(platform.url("sales") + "/metrics")).text
         waits = [line for line in metrics.splitlines() if line.startswith("crm_person_key_waits_total")]
