@@ -34,10 +34,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from analytics.worker import SOURCE_TOPICS
 from crm_contracts import Envelope
-from crm_contracts.access import PERSON_KEYS
+from crm_contracts.access import CONSUMES, PERSON_KEYS
 from crm_contracts.topics import (
     ACCOUNT_SIGNAL,
     DEAL_WON,
+    ERASURE_CONFIRMATIONS,
     GATEWAY_ERASURE_REQUESTS,
     GATEWAY_PERMISSIONS,
     HANDOFF_RECEIPTS,
@@ -73,9 +74,11 @@ CONSUMERS: dict[str, list[str]] = {
     "analytics": list(SOURCE_TOPICS),
     # the per-person key topics, each read by its holders' consumer of its own
     **{f"{service}{KEYS_GROUP}": list(topics) for service, topics in PERSON_KEYS.items()},
+    # the departments' erasure reports and confirmations, read by the gateway
+    "gateway": list(CONSUMES["gateway"]),
 }
 GROUPS = (
-    {service: f"{service}{SUFFIX}" for service in ("leads", "sales", "service-desk")}
+    {service: f"{service}{SUFFIX}" for service in ("leads", "sales", "service-desk", "gateway")}
     | {"analytics": f"crm-analytics{SUFFIX}"}
     | {f"{service}{KEYS_GROUP}": f"{service}{SUFFIX}{KEYS_GROUP}" for service in PERSON_KEYS}
 )
@@ -91,11 +94,12 @@ def _dlq(consumer: str) -> str:
 def test_every_consumer_s_topics_are_fuzzed_the_permission_policy_s_included() -> None:
     """The topics come from the consumers' own subscriptions: a topic a department starts to
     consume is fuzzed without a change here (the permission policy and the erasure requests,
-    issue 9, are read by all; the key topics by their holders)."""
-    departments = {name: topics for name, topics in CONSUMERS.items() if KEYS_GROUP not in name}
+    issue 9, are read by all; the key topics by their holders; the erasure reports and
+    confirmations by the gateway)."""
+    departments = {name: t for name, t in CONSUMERS.items() if KEYS_GROUP not in name and name != "gateway"}
     assert all(GATEWAY_PERMISSIONS in topics for topics in departments.values())
     assert all(GATEWAY_ERASURE_REQUESTS in topics for topics in departments.values())
-    assert {LEADS_PERSON_KEYS, SALES_PERSON_KEYS} <= set(FUZZED)
+    assert {LEADS_PERSON_KEYS, SALES_PERSON_KEYS, ERASURE_CONFIRMATIONS} <= set(FUZZED)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +112,7 @@ def consumers(crm_infra: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
         service_port_base=int(os.environ.get("CRM_FUZZ_SERVICE_PORT_BASE", str(base + 10))),
         db_prefix=f"fuzz_{RUN}_",
         group_suffix=SUFFIX,
-        only=("leads", "sales", "service-desk", "analytics-worker"),
+        only=("leads", "sales", "service-desk", "analytics-worker", "gateway"),
         consumer_idle_backoff_ms=idle_backoff_ms(crm_infra),
     )
     ensure_topics(crm_infra.kafka_bootstrap)
